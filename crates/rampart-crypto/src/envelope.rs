@@ -130,9 +130,15 @@ mod tests {
         assert_eq!(key_id(&blob).unwrap(), "svc/v1");
         assert_eq!(&open(&k, &blob, b"ctx").unwrap()[..], b"attack at dawn");
         // Wrong context, wrong key, flipped byte: all refused.
-        assert!(matches!(open(&k, &blob, b"other"), Err(CryptoError::Decrypt)));
+        assert!(matches!(
+            open(&k, &blob, b"other"),
+            Err(CryptoError::Decrypt)
+        ));
         let k2 = DataKey::generate().unwrap();
-        assert!(matches!(open(&k2, &blob, b"ctx"), Err(CryptoError::Decrypt)));
+        assert!(matches!(
+            open(&k2, &blob, b"ctx"),
+            Err(CryptoError::Decrypt)
+        ));
         for i in 0..blob.len() {
             let mut t = blob.clone();
             t[i] ^= 0x01;

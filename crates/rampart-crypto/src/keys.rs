@@ -102,7 +102,10 @@ mod tests {
     fn debug_never_shows_key_bytes() {
         let k = DataKey::from_bytes([0xAB; 32]);
         let s = format!("{k:?}");
-        assert!(!s.contains("171") && !s.to_lowercase().contains("ab"), "{s}");
+        assert!(
+            !s.contains("171") && !s.to_lowercase().contains("ab"),
+            "{s}"
+        );
         let s = format!("{:?}", SecretBytes::new(b"hunter2".to_vec()));
         assert!(!s.contains("hunter2"));
     }

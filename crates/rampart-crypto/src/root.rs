@@ -229,7 +229,10 @@ mod tests {
         let check = a.check().unwrap();
         a.verify(&check).unwrap();
         let err = b.verify(&check).unwrap_err();
-        assert_eq!(err.to_string(), "root key does not match this data directory");
+        assert_eq!(
+            err.to_string(),
+            "root key does not match this data directory"
+        );
     }
 
     #[test]

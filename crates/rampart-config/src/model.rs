@@ -1,0 +1,197 @@
+//! The validated configuration. Every value here has been checked.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+
+/// A validated `rampart.toml`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// This node.
+    pub node: Node,
+    /// The control API.
+    pub control: Control,
+    /// Environments (dev, test, prod, …); hard walls between principals and keys.
+    pub environments: Vec<Environment>,
+    /// Services behind the edge.
+    pub services: Vec<Service>,
+    /// Routes from host and path prefix to a service.
+    pub routes: Vec<Route>,
+    /// Roles and their permissions.
+    pub roles: Vec<Role>,
+    /// Declared keys.
+    pub keys: Vec<KeyDecl>,
+    /// The audit log.
+    pub audit: Audit,
+    /// The file this came from, if any.
+    pub source: Option<PathBuf>,
+}
+
+/// This node's identity and storage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    /// The node name recorded in audit events.
+    pub name: String,
+    /// The data directory, if the file names one (the CLI's `--data-dir` wins).
+    pub data_dir: Option<PathBuf>,
+}
+
+/// The private control API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Control {
+    /// Where it listens.
+    pub listen: SocketAddr,
+    /// Source networks allowed to connect; empty means loopback only.
+    pub allow: Vec<IpNet>,
+}
+
+/// An environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Environment {
+    /// Its name.
+    pub name: String,
+    /// Whether it holds production data.
+    pub production: bool,
+    /// Free text.
+    pub description: String,
+}
+
+/// An upstream address: a host name or IP address and a port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// Host name or IP address.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+}
+
+impl std::fmt::Display for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// A service that Rampart fronts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    /// Unique name.
+    pub name: String,
+    /// The environment it runs in.
+    pub environment: String,
+    /// The port it listens on.
+    pub port: u16,
+    /// Its instances.
+    pub upstreams: Vec<Upstream>,
+    /// Free text.
+    pub description: String,
+}
+
+/// How a route authenticates callers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteAuth {
+    /// No authentication.
+    None,
+    /// An API key.
+    ApiKey,
+    /// A session token.
+    Session,
+    /// A client certificate.
+    ClientCert,
+}
+
+/// A route from a host and path prefix to a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Host name, or `*.example.com`.
+    pub host: String,
+    /// Path prefix, starting with `/`.
+    pub path_prefix: String,
+    /// The service name.
+    pub service: String,
+    /// How callers authenticate.
+    pub auth: RouteAuth,
+    /// Roles allowed (empty: any authenticated principal).
+    pub roles: Vec<String>,
+    /// Source networks allowed (empty: all).
+    pub allow_cidrs: Vec<IpNet>,
+    /// Source networks denied.
+    pub deny_cidrs: Vec<IpNet>,
+}
+
+/// A role and what it may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Role {
+    /// Its name.
+    pub name: String,
+    /// Permissions such as `keys:encrypt` or `secrets:*`.
+    pub permissions: Vec<String>,
+    /// Whether members must use a second factor.
+    pub require_mfa: bool,
+    /// Free text.
+    pub description: String,
+}
+
+/// A declared key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyDecl {
+    /// Its name, unique within its environment.
+    pub name: String,
+    /// The environment it belongs to.
+    pub environment: String,
+    /// The service allowed to use it, if dedicated to one.
+    pub service: Option<String>,
+    /// Days between automatic rotations.
+    pub rotation_days: u32,
+    /// Free text.
+    pub description: String,
+}
+
+/// The audit log's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Audit {
+    /// Retention per tier, in days.
+    pub retention: Retention,
+    /// Write a checkpoint after this many records.
+    pub checkpoint_every_records: u32,
+    /// Write a checkpoint after this many seconds.
+    pub checkpoint_every_seconds: u32,
+    /// A second directory to copy checkpoints to.
+    pub checkpoint_dir: Option<PathBuf>,
+}
+
+/// Retention per audit tier, in days.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Security events.
+    pub security: u32,
+    /// Data processing events.
+    pub processing: u32,
+    /// Application events.
+    pub application: u32,
+    /// Network events.
+    pub network: u32,
+    /// API access events.
+    pub api_access: u32,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            security: 3653,
+            processing: 365,
+            application: 180,
+            network: 90,
+            api_access: 90,
+        }
+    }
+}
+
+/// The default control API address.
+pub const DEFAULT_CONTROL_LISTEN: &str = "127.0.0.1:7443";
+/// Default days between key rotations.
+pub const DEFAULT_ROTATION_DAYS: u32 = 365;

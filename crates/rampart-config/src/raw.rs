@@ -1,0 +1,158 @@
+//! The raw, span-carrying form of the file, exactly as serde reads it.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub(crate) type S<T> = Spanned<T>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    #[serde(default)]
+    pub node: RawNode,
+    #[serde(default)]
+    pub control: RawControl,
+    #[serde(default)]
+    pub environments: Vec<RawEnvironment>,
+    #[serde(default)]
+    pub services: Vec<RawService>,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+    #[serde(default)]
+    pub roles: Vec<RawRole>,
+    #[serde(default)]
+    pub keys: Vec<RawKey>,
+    #[serde(default)]
+    pub audit: RawAudit,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawNode {
+    pub name: Option<S<String>>,
+    pub data_dir: Option<S<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawControl {
+    pub listen: Option<S<String>>,
+    #[serde(default)]
+    pub allow: Vec<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawEnvironment {
+    pub name: S<String>,
+    #[serde(default)]
+    pub production: bool,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawService {
+    pub name: S<String>,
+    pub environment: S<String>,
+    pub port: S<i64>,
+    #[serde(default)]
+    pub upstreams: Vec<S<String>>,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRoute {
+    pub host: S<String>,
+    pub path_prefix: Option<S<String>>,
+    pub service: S<String>,
+    pub auth: Option<S<String>>,
+    #[serde(default)]
+    pub roles: Vec<S<String>>,
+    #[serde(default)]
+    pub allow_cidrs: Vec<S<String>>,
+    #[serde(default)]
+    pub deny_cidrs: Vec<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRole {
+    pub name: S<String>,
+    #[serde(default)]
+    pub permissions: Vec<S<String>>,
+    #[serde(default)]
+    pub require_mfa: bool,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawKey {
+    pub name: S<String>,
+    pub environment: S<String>,
+    pub service: Option<S<String>>,
+    pub rotation_days: Option<S<i64>>,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAudit {
+    #[serde(default)]
+    pub retention: RawRetention,
+    pub checkpoint_every_records: Option<S<i64>>,
+    pub checkpoint_every_seconds: Option<S<i64>>,
+    pub checkpoint_dir: Option<S<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRetention {
+    pub security: Option<S<i64>>,
+    pub processing: Option<S<i64>>,
+    pub application: Option<S<i64>>,
+    pub network: Option<S<i64>>,
+    #[serde(rename = "api-access")]
+    pub api_access: Option<S<i64>>,
+}
+
+/// A problem found while reading raw TOML.
+pub(crate) struct RawError {
+    pub span: Option<std::ops::Range<usize>>,
+    pub path: String,
+    pub message: String,
+}
+
+pub(crate) fn parse(text: &str) -> Result<RawConfig, RawError> {
+    let de = toml::Deserializer::parse(text).map_err(|e| RawError {
+        span: e.span(),
+        path: String::new(),
+        message: format!("invalid TOML: {}", first_line(e.message())),
+    })?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        // `Spanned` shows up in serde's path as private segments; drop them.
+        let path = e
+            .path()
+            .to_string()
+            .split('.')
+            .filter(|seg| !seg.starts_with("$__serde_spanned"))
+            .collect::<Vec<_>>()
+            .join(".");
+        let inner = e.into_inner();
+        RawError {
+            span: inner.span(),
+            path: if path == "." { String::new() } else { path },
+            message: first_line(inner.message()).to_string(),
+        }
+    })
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s).trim()
+}

@@ -1,0 +1,112 @@
+use super::*;
+use std::path::Path;
+
+fn fixtures(kind: &str) -> Vec<std::path::PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(kind);
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    v.sort();
+    assert!(!v.is_empty());
+    v
+}
+
+#[test]
+fn good_fixtures_load() {
+    for f in fixtures("good") {
+        Config::load(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+    }
+}
+
+/// Each bad fixture's first line says where the first error must be reported:
+/// `# expect: LINE:COL PATH | MESSAGE-SUBSTRING`.
+#[test]
+fn bad_fixtures_report_line_column_and_field() {
+    for f in fixtures("bad") {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let expect = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("# expect: "))
+            .unwrap_or_else(|| panic!("{} has no expect line", f.display()));
+        let (loc_path, msg) = expect.split_once(" | ").unwrap();
+        let (loc, path) = loc_path.split_once(' ').unwrap_or((loc_path, ""));
+        let (line, col) = loc.split_once(':').unwrap();
+        let err = Config::load(&f).expect_err(&f.display().to_string());
+        let d = err.diagnostics().first().unwrap_or_else(|| panic!("{err}"));
+        let name = f.display().to_string();
+        assert_eq!(d.file, name);
+        assert_eq!(d.line.to_string(), line, "{name}: {d}");
+        assert_eq!(d.column.to_string(), col, "{name}: {d}");
+        assert_eq!(d.path, path, "{name}: {d}");
+        assert!(d.message.contains(msg), "{name}: {d}");
+        assert!(d.to_string().starts_with(&format!("{name}:{line}:{col}: ")));
+    }
+}
+
+#[test]
+fn every_error_is_reported_not_just_the_first() {
+    let text = r#"
+[[environments]]
+name = "prod"
+
+[[services]]
+name = "api"
+environment = "staging"
+port = 0
+
+[[routes]]
+host = "x.example.com"
+service = "nope"
+deny_cidrs = ["not-a-net"]
+"#;
+    let err = Config::parse(text, "t.toml").unwrap_err();
+    let paths: Vec<_> = err.diagnostics().iter().map(|d| d.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "services[0].environment",
+            "services[0].port",
+            "routes[0].service",
+            "routes[0].deny_cidrs[0]"
+        ]
+    );
+}
+
+#[test]
+fn defaults_and_dev_config() {
+    let c = Config::parse("", "empty.toml").unwrap();
+    assert_eq!(c.control.listen.to_string(), DEFAULT_CONTROL_LISTEN);
+    assert_eq!(c.audit.retention.security, 3653);
+    assert_eq!(c.audit.retention.api_access, 90);
+    let dev = Config::dev().unwrap();
+    assert_eq!(dev.environments[0].name, "dev");
+    assert_eq!(dev.keys[0].rotation_days, 365);
+}
+
+#[test]
+fn example_file_is_valid() {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/rampart.toml");
+    let c = Config::load(&p).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!c.services.is_empty() && !c.routes.is_empty());
+}
+
+#[test]
+fn hostile_inputs_do_not_panic() {
+    for text in [
+        "\u{0}",
+        "[[",
+        "a = \"\\u{D800}\"",
+        "[[services]]\nport = 99999999999999999999",
+        "[audit.retention]\nsecurity = -1",
+        "[[routes]]\nhost = \"\"\nservice = \"\"\npath_prefix = \"../x\"",
+        "[control]\nlisten = \"localhost\"",
+    ] {
+        let _ = Config::parse(text, "h.toml");
+    }
+    let big = "x".repeat(1 << 16);
+    let _ = Config::parse(&big, "big.toml");
+}

@@ -1,0 +1,537 @@
+//! Raw to validated: every check, every cross-reference, every error at once.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+
+use crate::model::*;
+use crate::raw::{RawConfig, RawError, S};
+
+struct Checker {
+    errors: Vec<RawError>,
+}
+
+impl Checker {
+    fn err<T>(&mut self, at: &S<T>, path: impl Into<String>, message: impl Into<String>) {
+        self.err_span(Some(at.span()), path, message);
+    }
+
+    fn err_span(
+        &mut self,
+        span: Option<Range<usize>>,
+        path: impl Into<String>,
+        message: impl Into<String>,
+    ) {
+        self.errors.push(RawError {
+            span,
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    /// Names are lowercase identifiers: they end up in key ids, URLs and file names.
+    fn name(&mut self, v: &S<String>, path: &str) -> String {
+        let s = v.get_ref();
+        let ok = !s.is_empty()
+            && s.len() <= 63
+            && s.starts_with(|c: char| c.is_ascii_lowercase())
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        if !ok {
+            self.err(
+                v,
+                path,
+                format!("invalid name {s:?}: use 1 to 63 of a-z, 0-9, '-' and '_', starting with a letter"),
+            );
+        }
+        s.clone()
+    }
+
+    fn port(&mut self, v: &S<i64>, path: &str) -> u16 {
+        match u16::try_from(*v.get_ref()) {
+            Ok(p) if p != 0 => p,
+            _ => {
+                self.err(
+                    v,
+                    path,
+                    format!("invalid port {}: must be 1 to 65535", v.get_ref()),
+                );
+                0
+            }
+        }
+    }
+
+    fn days(&mut self, v: &Option<S<i64>>, path: &str, default: u32, max: u32) -> u32 {
+        let Some(v) = v else { return default };
+        match u32::try_from(*v.get_ref()) {
+            Ok(d) if (1..=max).contains(&d) => d,
+            _ => {
+                self.err(
+                    v,
+                    path,
+                    format!("invalid value {}: must be 1 to {max}", v.get_ref()),
+                );
+                default
+            }
+        }
+    }
+
+    fn cidr(&mut self, v: &S<String>, path: &str) -> Option<IpNet> {
+        let s = v.get_ref().trim();
+        let parsed = s
+            .parse::<IpNet>()
+            .ok()
+            .or_else(|| s.parse::<std::net::IpAddr>().ok().map(IpNet::from));
+        if parsed.is_none() {
+            self.err(
+                v,
+                path,
+                format!("invalid CIDR {s:?}: expected an address or network such as 10.0.0.0/8 or ::1/128"),
+            );
+        }
+        parsed
+    }
+
+    fn upstream(&mut self, v: &S<String>, path: &str) -> Option<Upstream> {
+        let s = v.get_ref();
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            if addr.port() == 0 {
+                self.err(v, path, format!("invalid upstream {s:?}: port 0"));
+                return None;
+            }
+            return Some(Upstream {
+                host: addr.ip().to_string(),
+                port: addr.port(),
+            });
+        }
+        let parsed = s.rsplit_once(':').and_then(|(host, port)| {
+            let port = port.parse::<u16>().ok().filter(|p| *p != 0)?;
+            valid_hostname(host).then(|| Upstream {
+                host: host.to_string(),
+                port,
+            })
+        });
+        if parsed.is_none() {
+            self.err(
+                v,
+                path,
+                format!("invalid upstream {s:?}: expected host:port with a port from 1 to 65535"),
+            );
+        }
+        parsed
+    }
+}
+
+fn valid_hostname(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+fn valid_permission(p: &str) -> bool {
+    let part = |s: &str| {
+        s == "*"
+            || (!s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_'))
+    };
+    p == "*" || matches!(p.split_once(':'), Some((plane, action)) if part(plane) && part(action))
+}
+
+/// Checks that names in one list are unique; returns name → index.
+fn unique<'a>(
+    c: &mut Checker,
+    list: impl Iterator<Item = (&'a S<String>, String)>,
+    what: &str,
+) -> HashMap<String, usize> {
+    let mut seen = HashMap::new();
+    for (i, (name, path)) in list.enumerate() {
+        if let Some(first) = seen.get(name.get_ref()) {
+            c.err(
+                name,
+                path,
+                format!(
+                    "duplicate {what} name {:?} (first defined at {what}s[{first}])",
+                    name.get_ref()
+                ),
+            );
+        } else {
+            seen.insert(name.get_ref().clone(), i);
+        }
+    }
+    seen
+}
+
+pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
+    let mut c = Checker { errors: Vec::new() };
+
+    // Node and control API.
+    let node = Node {
+        name: match &raw.node.name {
+            Some(n) => c.name(n, "node.name"),
+            None => "rampart-1".to_string(),
+        },
+        data_dir: raw
+            .node
+            .data_dir
+            .as_ref()
+            .map(|d| PathBuf::from(d.get_ref())),
+    };
+    let listen = match &raw.control.listen {
+        Some(l) => l.get_ref().parse::<SocketAddr>().unwrap_or_else(|_| {
+            c.err(
+                l,
+                "control.listen",
+                format!(
+                    "invalid address {:?}: expected ip:port such as 127.0.0.1:7443",
+                    l.get_ref()
+                ),
+            );
+            SocketAddr::from(([127, 0, 0, 1], 7443))
+        }),
+        None => SocketAddr::from(([127, 0, 0, 1], 7443)),
+    };
+    let allow = raw
+        .control
+        .allow
+        .iter()
+        .enumerate()
+        .filter_map(|(i, v)| c.cidr(v, &format!("control.allow[{i}]")))
+        .collect();
+
+    // Environments.
+    let envs = unique(
+        &mut c,
+        raw.environments
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (&e.name, format!("environments[{i}].name"))),
+        "environment",
+    );
+    let environments: Vec<Environment> = raw
+        .environments
+        .iter()
+        .enumerate()
+        .map(|(i, e)| Environment {
+            name: c.name(&e.name, &format!("environments[{i}].name")),
+            production: e.production,
+            description: e.description.clone(),
+        })
+        .collect();
+    let env_names = || envs.keys().cloned().collect::<BTreeSet<_>>();
+    let check_env = |c: &mut Checker, v: &S<String>, path: &str| {
+        if !envs.contains_key(v.get_ref()) {
+            c.err(
+                v,
+                path,
+                format!(
+                    "unknown environment {:?} (defined: {})",
+                    v.get_ref(),
+                    list(env_names())
+                ),
+            );
+        }
+    };
+
+    // Services.
+    let services_by_name = unique(
+        &mut c,
+        raw.services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (&s.name, format!("services[{i}].name"))),
+        "service",
+    );
+    let mut services = Vec::new();
+    for (i, s) in raw.services.iter().enumerate() {
+        let p = |f: &str| format!("services[{i}].{f}");
+        check_env(&mut c, &s.environment, &p("environment"));
+        let upstreams = s
+            .upstreams
+            .iter()
+            .enumerate()
+            .filter_map(|(j, u)| c.upstream(u, &format!("services[{i}].upstreams[{j}]")))
+            .collect();
+        services.push(Service {
+            name: c.name(&s.name, &p("name")),
+            environment: s.environment.get_ref().clone(),
+            port: c.port(&s.port, &p("port")),
+            upstreams,
+            description: s.description.clone(),
+        });
+    }
+    let service_names = || services_by_name.keys().cloned().collect::<BTreeSet<_>>();
+
+    // Roles.
+    let roles_by_name = unique(
+        &mut c,
+        raw.roles
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (&r.name, format!("roles[{i}].name"))),
+        "role",
+    );
+    let mut roles = Vec::new();
+    for (i, r) in raw.roles.iter().enumerate() {
+        for (j, perm) in r.permissions.iter().enumerate() {
+            if !valid_permission(perm.get_ref()) {
+                c.err(
+                    perm,
+                    format!("roles[{i}].permissions[{j}]"),
+                    format!(
+                        "invalid permission {:?}: expected plane:action such as keys:encrypt, secrets:*, or *",
+                        perm.get_ref()
+                    ),
+                );
+            }
+        }
+        roles.push(Role {
+            name: c.name(&r.name, &format!("roles[{i}].name")),
+            permissions: r.permissions.iter().map(|p| p.get_ref().clone()).collect(),
+            require_mfa: r.require_mfa,
+            description: r.description.clone(),
+        });
+    }
+
+    // Routes.
+    let mut routes = Vec::new();
+    let mut seen_routes: HashMap<(String, String), usize> = HashMap::new();
+    for (i, r) in raw.routes.iter().enumerate() {
+        let p = |f: &str| format!("routes[{i}].{f}");
+        let host = r.host.get_ref().to_ascii_lowercase();
+        let bare = host.strip_prefix("*.").unwrap_or(&host);
+        if !valid_hostname(bare) {
+            c.err(
+                &r.host,
+                p("host"),
+                format!("invalid host {:?}", r.host.get_ref()),
+            );
+        }
+        let prefix = match &r.path_prefix {
+            Some(pp) => {
+                let v = pp.get_ref();
+                if !v.starts_with('/') || v.contains(['?', '#', ' ']) || v.contains("..") {
+                    c.err(
+                        pp,
+                        p("path_prefix"),
+                        format!("invalid path prefix {v:?}: must start with '/' and hold no '?', '#', spaces or '..'"),
+                    );
+                }
+                v.clone()
+            }
+            None => "/".to_string(),
+        };
+        if let Some(first) = seen_routes.insert((host.clone(), prefix.clone()), i) {
+            c.err(
+                &r.host,
+                p("host"),
+                format!("duplicate route {host}{prefix} (also routes[{first}])"),
+            );
+        }
+        if !services_by_name.contains_key(r.service.get_ref()) {
+            c.err(
+                &r.service,
+                p("service"),
+                format!(
+                    "unknown service {:?} (defined: {})",
+                    r.service.get_ref(),
+                    list(service_names())
+                ),
+            );
+        }
+        let auth = match r.auth.as_ref().map(|a| a.get_ref().as_str()) {
+            None | Some("none") => RouteAuth::None,
+            Some("api_key") => RouteAuth::ApiKey,
+            Some("session") => RouteAuth::Session,
+            Some("client_cert") => RouteAuth::ClientCert,
+            Some(other) => {
+                if let Some(a) = &r.auth {
+                    c.err(
+                        a,
+                        p("auth"),
+                        format!("unknown auth {other:?}: expected none, api_key, session or client_cert"),
+                    );
+                }
+                RouteAuth::None
+            }
+        };
+        for (j, role) in r.roles.iter().enumerate() {
+            if !roles_by_name.contains_key(role.get_ref()) {
+                c.err(
+                    role,
+                    format!("routes[{i}].roles[{j}]"),
+                    format!("unknown role {:?}", role.get_ref()),
+                );
+            }
+        }
+        if let (Some(first), RouteAuth::None) = (r.roles.first(), auth) {
+            c.err(
+                first,
+                p("roles"),
+                "roles need an authenticated route: set auth",
+            );
+        }
+        let allow_cidrs = r
+            .allow_cidrs
+            .iter()
+            .enumerate()
+            .filter_map(|(j, v)| c.cidr(v, &format!("routes[{i}].allow_cidrs[{j}]")))
+            .collect();
+        let deny_cidrs = r
+            .deny_cidrs
+            .iter()
+            .enumerate()
+            .filter_map(|(j, v)| c.cidr(v, &format!("routes[{i}].deny_cidrs[{j}]")))
+            .collect();
+        routes.push(Route {
+            host,
+            path_prefix: prefix,
+            service: r.service.get_ref().clone(),
+            auth,
+            roles: r.roles.iter().map(|r| r.get_ref().clone()).collect(),
+            allow_cidrs,
+            deny_cidrs,
+        });
+    }
+
+    // Keys: unique per environment, in a known environment, for a service of that environment.
+    let mut keys = Vec::new();
+    let mut seen_keys: HashMap<(String, String), usize> = HashMap::new();
+    for (i, k) in raw.keys.iter().enumerate() {
+        let p = |f: &str| format!("keys[{i}].{f}");
+        let name = c.name(&k.name, &p("name"));
+        check_env(&mut c, &k.environment, &p("environment"));
+        if let Some(first) = seen_keys.insert((k.environment.get_ref().clone(), name.clone()), i) {
+            c.err(
+                &k.name,
+                p("name"),
+                format!(
+                    "duplicate key {name:?} in environment {:?} (also keys[{first}])",
+                    k.environment.get_ref()
+                ),
+            );
+        }
+        if let Some(svc) = &k.service {
+            match services_by_name.get(svc.get_ref()) {
+                None => c.err(
+                    svc,
+                    p("service"),
+                    format!(
+                        "unknown service {:?} (defined: {})",
+                        svc.get_ref(),
+                        list(service_names())
+                    ),
+                ),
+                Some(&si) => {
+                    if let Some(s) = raw.services.get(si) {
+                        if s.environment.get_ref() != k.environment.get_ref() {
+                            c.err(
+                                svc,
+                                p("service"),
+                                format!(
+                                    "service {:?} runs in environment {:?}, not {:?}: environments are hard walls",
+                                    svc.get_ref(),
+                                    s.environment.get_ref(),
+                                    k.environment.get_ref()
+                                ),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        keys.push(KeyDecl {
+            name,
+            environment: k.environment.get_ref().clone(),
+            service: k.service.as_ref().map(|s| s.get_ref().clone()),
+            rotation_days: c.days(
+                &k.rotation_days,
+                &p("rotation_days"),
+                DEFAULT_ROTATION_DAYS,
+                3650,
+            ),
+            description: k.description.clone(),
+        });
+    }
+
+    // Audit.
+    let d = Retention::default();
+    let r = &raw.audit.retention;
+    let max = 36_500;
+    let retention = Retention {
+        security: c.days(&r.security, "audit.retention.security", d.security, max),
+        processing: c.days(
+            &r.processing,
+            "audit.retention.processing",
+            d.processing,
+            max,
+        ),
+        application: c.days(
+            &r.application,
+            "audit.retention.application",
+            d.application,
+            max,
+        ),
+        network: c.days(&r.network, "audit.retention.network", d.network, max),
+        api_access: c.days(
+            &r.api_access,
+            "audit.retention.api-access",
+            d.api_access,
+            max,
+        ),
+    };
+    let audit = Audit {
+        retention,
+        checkpoint_every_records: c.days(
+            &raw.audit.checkpoint_every_records,
+            "audit.checkpoint_every_records",
+            1000,
+            10_000_000,
+        ),
+        checkpoint_every_seconds: c.days(
+            &raw.audit.checkpoint_every_seconds,
+            "audit.checkpoint_every_seconds",
+            60,
+            86_400,
+        ),
+        checkpoint_dir: raw
+            .audit
+            .checkpoint_dir
+            .as_ref()
+            .map(|d| PathBuf::from(d.get_ref())),
+    };
+
+    if c.errors.is_empty() {
+        Ok(Config {
+            node,
+            control: Control { listen, allow },
+            environments,
+            services,
+            routes,
+            roles,
+            keys,
+            audit,
+            source: None,
+        })
+    } else {
+        c.errors.sort_by_key(|e| e.span.as_ref().map(|s| s.start));
+        Err(c.errors)
+    }
+}
+
+fn list(names: BTreeSet<String>) -> String {
+    if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.into_iter().collect::<Vec<_>>().join(", ")
+    }
+}
