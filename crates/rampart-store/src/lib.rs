@@ -33,7 +33,7 @@ pub use error::StoreError;
 pub use keyring::{Keyring, RootKeySource, RootMeta};
 pub use migrations::LATEST_VERSION;
 pub use sealed::SealedStore;
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteStore, DB_FILE};
 
 /// A stored value and its version.
 #[derive(Clone, PartialEq, Eq)]

@@ -1,1 +1,83 @@
-fn main(){}
+//! The `rampart` command. It parses arguments, loads configuration and wires
+//! the planes together; plane logic lives in the library crates.
+#![forbid(unsafe_code)]
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
+mod api;
+mod bootstrap;
+mod cli;
+mod errors;
+mod init;
+mod node;
+mod tls;
+mod up;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command, ConfigCommand};
+use crate::errors::CliError;
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = run(cli);
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            e.print();
+            std::process::ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => config_check(&file),
+        Command::Init(args) => {
+            init_logging(&cli.log_level);
+            runtime()?.block_on(init::run(args))
+        }
+        Command::Up(args) => {
+            init_logging(&cli.log_level);
+            runtime()?.block_on(up::run(args))
+        }
+    }
+}
+
+fn config_check(file: &std::path::Path) -> Result<(), CliError> {
+    match rampart_config::Config::load(file) {
+        Ok(_) => {
+            println!("ok");
+            Ok(())
+        }
+        Err(e) => Err(CliError::Config(e)),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Runtime(format!("cannot start the async runtime: {e}")))
+}
+
+/// Structured JSON logs on standard error; standard output is for people.
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RAMPART_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_current_span(false)
+        .try_init();
+}

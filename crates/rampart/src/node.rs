@@ -1,0 +1,120 @@
+//! Opening a node's data directory: find the root key, open the store,
+//! unlock the keyring. Shared by every command that touches the data.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rampart_config::Config;
+use rampart_core::SharedClock;
+use rampart_crypto::RootKey;
+use rampart_store::{Keyring, RootKeySource, RootMeta, SqliteStore, Store};
+use zeroize::Zeroizing;
+
+use crate::cli::DataArgs;
+use crate::errors::CliError;
+
+/// The key file's name inside the data directory.
+pub const ROOT_KEY_FILE: &str = "root.key";
+/// The environment variable holding a base64 root key.
+pub const ROOT_KEY_ENV: &str = "RAMPART_ROOT_KEY";
+/// The default data directory.
+pub const DEFAULT_DATA_DIR: &str = "rampart-data";
+
+/// An unlocked node.
+pub struct Node {
+    pub store: Arc<dyn Store>,
+    pub keyring: Arc<Keyring>,
+}
+
+/// The data directory: the flag, else the config's, else ./rampart-data.
+pub fn data_dir(args: &DataArgs, config: Option<&Config>) -> PathBuf {
+    args.data_dir
+        .clone()
+        .or_else(|| config.and_then(|c| c.data_dir().cloned()))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
+}
+
+/// Reads a passphrase from the named environment variable.
+pub fn passphrase(var: &str) -> Result<Zeroizing<String>, CliError> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Ok(Zeroizing::new(v)),
+        Ok(_) => Err(CliError::Input(format!(
+            "environment variable {var} is empty (named by --passphrase-env)"
+        ))),
+        Err(std::env::VarError::NotPresent) => Err(CliError::Input(format!(
+            "environment variable {var} is not set (named by --passphrase-env)"
+        ))),
+        Err(std::env::VarError::NotUnicode(_)) => Err(CliError::Input(format!(
+            "environment variable {var} is not valid UTF-8 (named by --passphrase-env)"
+        ))),
+    }
+}
+
+/// The root key given in `RAMPART_ROOT_KEY`, if set.
+pub fn env_root_key() -> Result<Option<RootKey>, CliError> {
+    match std::env::var(ROOT_KEY_ENV) {
+        Ok(v) => RootKey::from_base64(&Zeroizing::new(v))
+            .map(Some)
+            .map_err(|e| CliError::Input(format!("{ROOT_KEY_ENV}: {e}"))),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => Err(CliError::Input(format!(
+            "{ROOT_KEY_ENV}: invalid root key: not valid UTF-8"
+        ))),
+    }
+}
+
+/// Opens an initialised data directory and unlocks it with its root key.
+pub async fn open(dir: &Path, args: &DataArgs, clock: SharedClock) -> Result<Node, CliError> {
+    if !dir.join(rampart_store::DB_FILE).is_file() {
+        return Err(CliError::Input(format!(
+            "data directory {} is not initialised: run `rampart init --data-dir {}` first",
+            dir.display(),
+            dir.display()
+        )));
+    }
+    // Read whatever the key input is before touching the store, so a bad key
+    // input fails without opening (let alone changing) anything.
+    let pass = args.passphrase_env.as_deref().map(passphrase).transpose()?;
+    let env_key = if pass.is_none() {
+        env_root_key()?
+    } else {
+        None
+    };
+    let key_file = dir.join(ROOT_KEY_FILE);
+    let file_key = if pass.is_none() && env_key.is_none() && key_file.exists() {
+        Some(RootKey::read_file(&key_file)?)
+    } else {
+        None
+    };
+
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir, false, clock)?);
+    let meta = RootMeta::read(store.as_ref()).await?.ok_or_else(|| {
+        CliError::Input(format!(
+            "data directory {} has no root key record: it was not initialised by `rampart init`",
+            dir.display()
+        ))
+    })?;
+    let root = match (pass, env_key, file_key) {
+        (Some(p), _, _) => {
+            let kdf = meta.kdf.as_ref().ok_or_else(|| {
+                CliError::Input(
+                    "this data directory's root key is not derived from a passphrase: drop --passphrase-env".into(),
+                )
+            })?;
+            RootKey::from_passphrase(p.as_bytes(), kdf)?
+        }
+        (None, Some(k), _) | (None, None, Some(k)) => k,
+        (None, None, None) => {
+            return Err(CliError::Input(match meta.source {
+                RootKeySource::Passphrase => "this data directory's root key is derived from a passphrase: pass --passphrase-env VAR".to_string(),
+                RootKeySource::Env => format!("this data directory's root key is given in {ROOT_KEY_ENV}, which is not set"),
+                RootKeySource::File => format!("root key file {} is missing (or set {ROOT_KEY_ENV})", key_file.display()),
+            }))
+        }
+    };
+    let keyring = Keyring::unlock(store.clone(), root).await?;
+    Ok(Node {
+        store,
+        keyring: Arc::new(keyring),
+    })
+}

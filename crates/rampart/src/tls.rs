@@ -1,0 +1,140 @@
+//! The development PKI made at init: a CA and a control API server
+//! certificate signed by it. Private keys are kept sealed in the store; only
+//! the CA certificate is written out, for clients to trust.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use rampart_core::Clock;
+use rampart_store::{Expect, Keyring, SealedStore};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+use crate::errors::CliError;
+
+const TLS_NS: &str = "tls";
+const STORE_KEY_PURPOSE: &str = "store";
+
+/// The sealed view of the store that holds secrets of the node itself.
+pub async fn sealed(keyring: &Keyring) -> Result<SealedStore, CliError> {
+    let key = keyring.data_key(STORE_KEY_PURPOSE).await?;
+    Ok(SealedStore::new(
+        keyring.store().clone(),
+        key,
+        STORE_KEY_PURPOSE,
+    ))
+}
+
+fn pki_err(e: rcgen::Error) -> CliError {
+    CliError::Runtime(format!("certificate generation failed: {e}"))
+}
+
+fn validity(params: &mut CertificateParams, now: u64, days: i64) -> Result<(), CliError> {
+    let now = time::OffsetDateTime::from_unix_timestamp(now as i64)
+        .map_err(|e| CliError::Runtime(format!("clock out of range: {e}")))?;
+    params.not_before = now - time::Duration::days(1);
+    params.not_after = now + time::Duration::days(days);
+    Ok(())
+}
+
+/// Makes the development CA and server certificate, stores them, and writes
+/// `tls/ca.pem` into `dir`.
+pub async fn generate_dev_pki(
+    keyring: &Keyring,
+    dir: &Path,
+    control_ip: IpAddr,
+    clock: &dyn Clock,
+) -> Result<(), CliError> {
+    let now = clock.unix_secs();
+    let mut ca = CertificateParams::default();
+    ca.distinguished_name
+        .push(DnType::CommonName, "Rampart development CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    validity(&mut ca, now, 3650)?;
+    let ca_key = KeyPair::generate().map_err(pki_err)?;
+    let ca_cert = ca.self_signed(&ca_key).map_err(pki_err)?;
+
+    let mut names = vec!["localhost".to_string()];
+    if !control_ip.is_unspecified() && !control_ip.is_loopback() {
+        names.push(control_ip.to_string());
+    }
+    let mut srv = CertificateParams::new(names).map_err(pki_err)?;
+    srv.distinguished_name
+        .push(DnType::CommonName, "Rampart control API");
+    for ip in [
+        IpAddr::from([127, 0, 0, 1]),
+        IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+    ] {
+        srv.subject_alt_names.push(SanType::IpAddress(ip));
+    }
+    srv.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    srv.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    validity(&mut srv, now, 397)?;
+    let srv_key = KeyPair::generate().map_err(pki_err)?;
+    let issuer = Issuer::new(ca, &ca_key);
+    let srv_cert = srv.signed_by(&srv_key, &issuer).map_err(pki_err)?;
+
+    let store = keyring.store();
+    let sealed = sealed(keyring).await?;
+    sealed
+        .put(TLS_NS, "ca.key", &ca_key.serialize_der(), Expect::Absent)
+        .await?;
+    sealed
+        .put(
+            TLS_NS,
+            "server.key",
+            &srv_key.serialize_der(),
+            Expect::Absent,
+        )
+        .await?;
+    store
+        .put(TLS_NS, "ca.der", ca_cert.der(), Expect::Absent)
+        .await?;
+    store
+        .put(TLS_NS, "server.der", srv_cert.der(), Expect::Absent)
+        .await?;
+
+    let tls_dir = dir.join("tls");
+    std::fs::create_dir_all(&tls_dir)
+        .and_then(|_| std::fs::write(tls_dir.join("ca.pem"), ca_cert.pem()))
+        .map_err(|e| CliError::Input(format!("{}: {e}", tls_dir.display())))?;
+    Ok(())
+}
+
+/// The control API's TLS configuration: TLS 1.3 and 1.2 only, HTTP/2 and 1.1.
+pub async fn control_server_config(
+    keyring: &Keyring,
+) -> Result<Arc<rustls::ServerConfig>, CliError> {
+    let store = keyring.store();
+    let missing = || CliError::Input("the data directory holds no control API certificate".into());
+    let cert = store.get(TLS_NS, "server.der").await?.ok_or_else(missing)?;
+    let ca = store.get(TLS_NS, "ca.der").await?.ok_or_else(missing)?;
+    let (key, _) = sealed(keyring)
+        .await?
+        .get(TLS_NS, "server.key")
+        .await?
+        .ok_or_else(missing)?;
+    let chain = vec![
+        CertificateDer::from(cert.value),
+        CertificateDer::from(ca.value),
+    ];
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.expose().to_vec()));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| CliError::Runtime(format!("TLS configuration: {e}")))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| CliError::Runtime(format!("TLS certificate: {e}")))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}

@@ -1,0 +1,137 @@
+//! `rampart up`: start every plane the configuration names, say what listens
+//! where, and stop gracefully on SIGTERM or SIGINT.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rampart_config::Config;
+use rampart_core::SystemClock;
+
+use crate::api::{self, AppState, Metrics};
+use crate::bootstrap::Verifier;
+use crate::cli::UpArgs;
+use crate::errors::CliError;
+use crate::{init, node, tls};
+
+const DEFAULT_CONFIG: &str = "rampart.toml";
+
+fn load_config(args: &UpArgs) -> Result<(Config, Option<PathBuf>), CliError> {
+    if let Some(path) = &args.config {
+        return Ok((
+            Config::load(path).map_err(CliError::Config)?,
+            Some(path.clone()),
+        ));
+    }
+    if args.dev {
+        return Ok((Config::dev().map_err(CliError::Config)?, None));
+    }
+    let default = PathBuf::from(DEFAULT_CONFIG);
+    if default.is_file() {
+        return Ok((
+            Config::load(&default).map_err(CliError::Config)?,
+            Some(default),
+        ));
+    }
+    Err(CliError::Input(
+        "no configuration: pass --config FILE, keep a rampart.toml here, or use --dev".into(),
+    ))
+}
+
+pub async fn run(args: UpArgs) -> Result<(), CliError> {
+    let clock = SystemClock::shared();
+    let (config, config_path) = load_config(&args)?;
+    let dir = node::data_dir(&args.data, Some(&config));
+
+    if args.dev && !dir.join(rampart_store::DB_FILE).exists() {
+        let done =
+            init::initialise(&dir, &args.data, config.control.listen.ip(), clock.clone()).await?;
+        init::print_initialised(&done);
+    }
+    if config_path.is_none() {
+        // Show the operator the file they are running, to copy and edit.
+        let dev_path = dir.join(DEFAULT_CONFIG);
+        if dir.is_dir() && !dev_path.exists() {
+            std::fs::write(&dev_path, rampart_config::DEV_CONFIG)
+                .map_err(|e| CliError::Input(format!("{}: {e}", dev_path.display())))?;
+        }
+        println!("development config: {} (built in)", dev_path.display());
+    }
+
+    let node = node::open(&dir, &args.data, clock.clone()).await?;
+    let tls_config = tls::control_server_config(&node.keyring).await?;
+    let verifier = Verifier::new(&node.keyring).await?;
+    let state = Arc::new(AppState {
+        node_name: config.node.name.clone(),
+        store: node.store.clone(),
+        verifier,
+        metrics: Metrics::new(clock.unix_secs()),
+        clock: clock.clone(),
+        allow: config.control.allow.clone(),
+        environments: config.environments.iter().map(|e| e.name.clone()).collect(),
+        services: config.services.len(),
+    });
+
+    let listen = args.control_listen.unwrap_or(config.control.listen);
+    let listener = std::net::TcpListener::bind(listen)
+        .and_then(|l| l.set_nonblocking(true).map(|_| l))
+        .map_err(|e| CliError::Input(format!("cannot listen on {listen}: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| CliError::Runtime(format!("listener address: {e}")))?;
+    let handle = axum_server::Handle::new();
+    let server = axum_server::tls_rustls::from_tcp_rustls(
+        listener,
+        axum_server::tls_rustls::RustlsConfig::from_config(tls_config),
+    )
+    .map_err(|e| CliError::Runtime(format!("control API: {e}")))?
+    .handle(handle.clone())
+    .serve(api::router(state).into_make_service_with_connect_info::<SocketAddr>());
+
+    println!("data directory: {}", dir.display());
+    println!(
+        "control API: https://{addr} (trust {}/tls/ca.pem)",
+        dir.display()
+    );
+    println!("rampart is up; SIGTERM or Ctrl-C stops it");
+    tracing::info!(%addr, node = %config.node.name, "control API listening");
+
+    let drain = Duration::from_secs(args.drain_seconds);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        println!(
+            "shutting down: finishing in-flight requests (up to {}s)",
+            drain.as_secs()
+        );
+        tracing::info!("shutdown requested");
+        handle.graceful_shutdown(Some(drain));
+    });
+    server
+        .await
+        .map_err(|e| CliError::Runtime(format!("control API: {e}")))?;
+    println!("rampart stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
