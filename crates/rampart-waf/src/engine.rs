@@ -1,0 +1,629 @@
+//! Loading: directives become a [`Waf`], an immutable compiled rule set
+//! shared by every request.
+
+use crate::actions::{parse_actions, parse_id_ranges, tag_regex, Actions, Disruptive, EngineMode};
+use crate::error::{syntax, Error, Location};
+use crate::lexer::{lex, Directive};
+use crate::operators::{Op, Operator, RxEngine};
+use crate::rule::{Rule, RuleBody};
+use crate::variables::parse_targets;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// What to do with a body larger than the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyLimitAction {
+    /// Refuse the request (413).
+    Reject,
+    /// Inspect only the first `limit` bytes.
+    ProcessPartial,
+}
+
+/// Engine settings from `Sec*` directives.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `SecRuleEngine`.
+    pub engine: EngineMode,
+    /// `SecRequestBodyAccess`.
+    pub request_body_access: bool,
+    /// `SecRequestBodyLimit`, bytes.
+    pub request_body_limit: usize,
+    /// `SecRequestBodyNoFilesLimit`, bytes.
+    pub request_body_no_files_limit: usize,
+    /// `SecRequestBodyLimitAction`.
+    pub request_body_limit_action: BodyLimitAction,
+    /// `SecArgumentsLimit`: arguments beyond this are not parsed.
+    pub arguments_limit: usize,
+    /// `SecRequestBodyJsonDepthLimit`.
+    pub json_depth_limit: usize,
+    /// `SecUploadFileLimit`.
+    pub upload_file_limit: usize,
+    /// `SecArgumentSeparator`.
+    pub argument_separator: u8,
+    /// `SecComponentSignature` values.
+    pub component_signatures: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            engine: EngineMode::On,
+            request_body_access: true,
+            request_body_limit: 13_107_200,
+            request_body_no_files_limit: 131_072,
+            request_body_limit_action: BodyLimitAction::Reject,
+            arguments_limit: 1000,
+            json_depth_limit: 512,
+            upload_file_limit: 100,
+            argument_separator: b'&',
+            component_signatures: Vec::new(),
+        }
+    }
+}
+
+/// Directives accepted and ignored because they cannot change a verdict
+/// (logging, persistence, temporary files).
+const IGNORED: &[&str] = &[
+    "SecAuditEngine",
+    "SecAuditLog",
+    "SecAuditLog2",
+    "SecAuditLogParts",
+    "SecAuditLogType",
+    "SecAuditLogFormat",
+    "SecAuditLogStorageDir",
+    "SecAuditLogDirMode",
+    "SecAuditLogFileMode",
+    "SecAuditLogRelevantStatus",
+    "SecDebugLog",
+    "SecDebugLogLevel",
+    "SecTmpDir",
+    "SecDataDir",
+    "SecUploadDir",
+    "SecUploadKeepFiles",
+    "SecUploadFileMode",
+    "SecTmpSaveUploadedFiles",
+    "SecCollectionTimeout",
+    "SecStatusEngine",
+    "SecServerSignature",
+    "SecWebAppId",
+    "SecPcreMatchLimit",
+    "SecPcreMatchLimitRecursion",
+    "SecRequestBodyInMemoryLimit",
+    "SecResponseBodyAccess",
+    "SecResponseBodyMimeType",
+    "SecResponseBodyLimit",
+    "SecResponseBodyLimitAction",
+    "SecCookieFormat",
+    "SecUnicodeMapFile",
+    "SecUnicodeCodePage",
+    "SecGeoLookupDb",
+    "SecSensorId",
+];
+
+/// Builds a [`Waf`] from one or more rule files or strings, in order.
+#[derive(Debug, Default)]
+pub struct WafBuilder {
+    rules: Vec<Rule>,
+    defaults: BTreeMap<u8, Actions>,
+    config: Config,
+    open_chain: Option<Rule>,
+    ignored: BTreeMap<String, usize>,
+    warnings: Vec<String>,
+    depth: usize,
+}
+
+impl WafBuilder {
+    /// An empty builder with ModSecurity's defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Loads a rule file; `Include` paths are relative to it.
+    pub fn load_file(&mut self, path: impl AsRef<Path>) -> Result<&mut Self, Error> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        self.load_str(path, &text)?;
+        Ok(self)
+    }
+
+    /// Loads rule text as if read from `name`; relative paths (Include,
+    /// @pmFromFile) resolve against `name`'s directory.
+    pub fn load_str(&mut self, name: impl AsRef<Path>, text: &str) -> Result<&mut Self, Error> {
+        let name = name.as_ref();
+        let dir = name.parent().map(Path::to_path_buf).unwrap_or_default();
+        for d in lex(name, text)? {
+            self.directive(&d, &dir)?;
+        }
+        Ok(self)
+    }
+
+    /// Finishes loading.
+    pub fn build(&mut self) -> Result<Waf, Error> {
+        if let Some(r) = self.open_chain.take() {
+            return Err(syntax(&r.at, "rule ends with `chain` but no rule follows"));
+        }
+        let mut warnings = std::mem::take(&mut self.warnings);
+        if !self.ignored.is_empty() {
+            let list: Vec<String> = self
+                .ignored
+                .iter()
+                .map(|(k, n)| format!("{k} ({n})"))
+                .collect();
+            warnings.push(format!(
+                "ignored directives that cannot affect a verdict: {}",
+                list.join(", ")
+            ));
+        }
+        let rules = std::mem::take(&mut self.rules);
+        let fancy: Vec<u64> = rules
+            .iter()
+            .filter(|r| uses_fancy(r))
+            .map(|r| r.id)
+            .collect();
+        if !fancy.is_empty() {
+            warnings.push(format!(
+                "{} rules need the backtracking regex engine: {:?}",
+                fancy.len(),
+                fancy
+            ));
+        }
+        let mut by_phase: [Vec<usize>; 6] = Default::default();
+        for (i, r) in rules.iter().enumerate() {
+            for (p, list) in by_phase.iter_mut().enumerate() {
+                if r.marker_name().is_some() || usize::from(r.phase) == p {
+                    list.push(i);
+                }
+            }
+        }
+        Ok(Waf {
+            rules,
+            by_phase,
+            config: self.config.clone(),
+            warnings,
+        })
+    }
+
+    fn defaults_for(&self, phase: u8) -> Actions {
+        self.defaults
+            .get(&phase)
+            .cloned()
+            .unwrap_or_else(|| Actions {
+                disruptive: Some(Disruptive::Pass),
+                log: Some(true),
+                auditlog: Some(true),
+                ..Actions::default()
+            })
+    }
+
+    fn directive(&mut self, d: &Directive, dir: &Path) -> Result<(), Error> {
+        let args = &d.args;
+        let at = &d.at;
+        let arg = |n: usize| {
+            args.get(n)
+                .map(String::as_str)
+                .ok_or_else(|| syntax(at, format!("{} needs {} argument(s)", d.name, n + 1)))
+        };
+        let name = d.name.as_str();
+        if self.open_chain.is_some() && !name.eq_ignore_ascii_case("SecRule") {
+            return Err(syntax(
+                at,
+                format!("`{name}` inside a chain: expected SecRule"),
+            ));
+        }
+        match name.to_ascii_lowercase().as_str() {
+            "secrule" => {
+                if args.len() < 2 || args.len() > 3 {
+                    return Err(syntax(at, "SecRule needs VARIABLES OPERATOR [ACTIONS]"));
+                }
+                let targets = parse_targets(arg(0)?, at)?;
+                let op = Operator::parse(arg(1)?, dir, at)?;
+                let actions = match args.get(2) {
+                    Some(a) => parse_actions(a, at)?,
+                    None => Actions::default(),
+                };
+                self.add_rule(RuleBody::Match { targets, op }, actions, at)?;
+            }
+            "secaction" => {
+                let actions = parse_actions(arg(0)?, at)?;
+                self.add_rule(RuleBody::Action, actions, at)?;
+            }
+            "secmarker" => {
+                let name = arg(0)?.to_string();
+                self.rules.push(Rule {
+                    id: 0,
+                    phase: 0,
+                    at: at.clone(),
+                    body: RuleBody::Marker(name),
+                    actions: Actions::default(),
+                    block_action: Disruptive::Pass,
+                    chain: None,
+                });
+            }
+            "secdefaultaction" => {
+                let a = parse_actions(arg(0)?, at)?;
+                let phase = a
+                    .phase
+                    .ok_or_else(|| syntax(at, "SecDefaultAction needs a phase"))?;
+                if a.disruptive.is_none() {
+                    return Err(syntax(at, "SecDefaultAction needs a disruptive action"));
+                }
+                self.defaults.insert(phase, a);
+            }
+            "secruleengine" => {
+                self.config.engine = EngineMode::parse(arg(0)?).ok_or_else(|| {
+                    syntax(at, format!("bad SecRuleEngine `{}`", arg(0).unwrap_or("")))
+                })?;
+            }
+            "secrequestbodyaccess" => self.config.request_body_access = on_off(arg(0)?, at)?,
+            "secrequestbodylimit" => self.config.request_body_limit = number(arg(0)?, at)?,
+            "secrequestbodynofileslimit" => {
+                self.config.request_body_no_files_limit = number(arg(0)?, at)?
+            }
+            "secrequestbodylimitaction" => {
+                self.config.request_body_limit_action = match arg(0)?.to_ascii_lowercase().as_str()
+                {
+                    "reject" => BodyLimitAction::Reject,
+                    "processpartial" => BodyLimitAction::ProcessPartial,
+                    v => return Err(syntax(at, format!("bad SecRequestBodyLimitAction `{v}`"))),
+                }
+            }
+            "secargumentslimit" => self.config.arguments_limit = number(arg(0)?, at)?,
+            "secrequestbodyjsondepthlimit" => self.config.json_depth_limit = number(arg(0)?, at)?,
+            "secuploadfilelimit" => self.config.upload_file_limit = number(arg(0)?, at)?,
+            "secargumentseparator" => {
+                let s = arg(0)?;
+                self.config.argument_separator = match s.as_bytes() {
+                    [b] => *b,
+                    _ => return Err(syntax(at, "SecArgumentSeparator takes one character")),
+                };
+            }
+            "seccomponentsignature" => self.config.component_signatures.push(arg(0)?.to_string()),
+            "secruleremovebyid" => {
+                let mut ranges = Vec::new();
+                for a in args {
+                    ranges.extend(parse_id_ranges(a, at)?);
+                }
+                self.rules
+                    .retain(|r| r.id == 0 || !ranges.iter().any(|x| x.contains(r.id)));
+            }
+            "secruleremovebytag" => {
+                let re = tag_regex(arg(0)?, at)?;
+                self.rules.retain(|r| !r.has_tag(&re));
+            }
+            "secruleremovebymsg" => {
+                let re = tag_regex(arg(0)?, at)?;
+                self.rules.retain(|r| {
+                    !r.actions
+                        .msg
+                        .as_ref()
+                        .and_then(|m| m.as_literal())
+                        .is_some_and(|m| re.is_match(m))
+                });
+            }
+            "secruleupdatetargetbyid" | "secruleupdatetargetbytag" | "secruleupdatetargetbymsg" => {
+                let extra = parse_targets(arg(1)?, at)?;
+                let replaced = match args.get(2) {
+                    Some(r) => Some(parse_targets(r, at)?),
+                    None => None,
+                };
+                let select: Box<dyn Fn(&Rule) -> bool> = if name
+                    .eq_ignore_ascii_case("SecRuleUpdateTargetById")
+                {
+                    let ranges = parse_id_ranges(arg(0)?, at)?;
+                    Box::new(move |r: &Rule| r.id != 0 && ranges.iter().any(|x| x.contains(r.id)))
+                } else if name.eq_ignore_ascii_case("SecRuleUpdateTargetByTag") {
+                    let re = tag_regex(arg(0)?, at)?;
+                    Box::new(move |r: &Rule| r.has_tag(&re))
+                } else {
+                    let re = tag_regex(arg(0)?, at)?;
+                    Box::new(move |r: &Rule| {
+                        r.actions
+                            .msg
+                            .as_ref()
+                            .and_then(|m| m.as_literal())
+                            .is_some_and(|m| re.is_match(m))
+                    })
+                };
+                for r in self.rules.iter_mut().filter(|r| select(r)) {
+                    if let RuleBody::Match { targets, .. } = &mut r.body {
+                        if let Some(rep) = &replaced {
+                            targets.targets.retain(|t| {
+                                !rep.targets.iter().any(|x| {
+                                    x.var == t.var
+                                        && format!("{:?}", x.selector)
+                                            == format!("{:?}", t.selector)
+                                })
+                            });
+                        }
+                        targets.targets.extend(extra.targets.iter().cloned());
+                        targets.exclusions.extend(extra.exclusions.iter().cloned());
+                    }
+                }
+            }
+            "secruleupdateactionbyid" => {
+                let ranges = parse_id_ranges(arg(0)?, at)?;
+                let upd = parse_actions(arg(1)?, at)?;
+                for r in self
+                    .rules
+                    .iter_mut()
+                    .filter(|r| r.id != 0 && ranges.iter().any(|x| x.contains(r.id)))
+                {
+                    merge_actions(&mut r.actions, &upd);
+                }
+            }
+            "include" => self.include(arg(0)?, dir, at)?,
+            _ => {
+                if let Some(known) = IGNORED.iter().find(|i| i.eq_ignore_ascii_case(name)) {
+                    *self.ignored.entry((*known).to_string()).or_default() += 1;
+                } else {
+                    return Err(Error::Unsupported {
+                        at: at.clone(),
+                        kind: "directive",
+                        name: name.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn add_rule(
+        &mut self,
+        body: RuleBody,
+        mut actions: Actions,
+        at: &Location,
+    ) -> Result<(), Error> {
+        let chain = actions.chain;
+        if let Some(mut parent) = self.open_chain.take() {
+            if actions.id.is_some() || actions.phase.is_some() {
+                return Err(syntax(at, "a chained rule cannot have `id` or `phase`"));
+            }
+            let phase = parent.phase;
+            let link = Rule {
+                id: 0,
+                phase,
+                at: at.clone(),
+                body,
+                actions,
+                block_action: parent.block_action.clone(),
+                chain: None,
+            };
+            parent.last_link_mut().chain = Some(Box::new(link));
+            if chain {
+                self.open_chain = Some(parent);
+            } else {
+                self.rules.push(parent);
+            }
+            return Ok(());
+        }
+        let id = actions
+            .id
+            .ok_or_else(|| syntax(at, "rule has no `id` action"))?;
+        if self.rules.iter().any(|r| r.id == id) {
+            return Err(syntax(at, format!("duplicate rule id {id}")));
+        }
+        let phase = actions.phase.unwrap_or(2);
+        let defaults = self.defaults_for(phase);
+        if actions.disruptive.is_none() {
+            actions.disruptive = defaults.disruptive.clone();
+        }
+        if !actions.t_none {
+            let mut t = defaults.transforms.clone();
+            t.append(&mut actions.transforms);
+            actions.transforms = t;
+        }
+        actions.log = actions.log.or(defaults.log);
+        actions.auditlog = actions.auditlog.or(defaults.auditlog);
+        actions.status = actions.status.or(defaults.status);
+        let rule = Rule {
+            id,
+            phase,
+            at: at.clone(),
+            body,
+            actions,
+            block_action: defaults.disruptive.clone().unwrap_or(Disruptive::Pass),
+            chain: None,
+        };
+        if chain {
+            self.open_chain = Some(rule);
+        } else {
+            self.rules.push(rule);
+        }
+        Ok(())
+    }
+
+    fn include(&mut self, pattern: &str, dir: &Path, at: &Location) -> Result<(), Error> {
+        if self.depth > 16 {
+            return Err(syntax(at, "Include nested too deeply"));
+        }
+        let full = dir.join(pattern);
+        let files = expand_glob(&full).map_err(|source| Error::Io {
+            path: full.clone(),
+            source,
+        })?;
+        if files.is_empty() && !has_wildcard(pattern) {
+            return Err(syntax(
+                at,
+                format!("Include: no such file `{}`", full.display()),
+            ));
+        }
+        self.depth += 1;
+        for f in files {
+            let r = self.load_file(&f).map(|_| ());
+            if r.is_err() {
+                self.depth -= 1;
+                return r;
+            }
+        }
+        self.depth -= 1;
+        Ok(())
+    }
+}
+
+fn uses_fancy(r: &Rule) -> bool {
+    let mine = matches!(&r.body, RuleBody::Match { op: Operator { op: Op::Rx(rx), .. }, .. } if rx.engine() == RxEngine::Fancy);
+    mine || r.chain.as_deref().is_some_and(uses_fancy)
+}
+
+fn merge_actions(dst: &mut Actions, upd: &Actions) {
+    if upd.disruptive.is_some() {
+        dst.disruptive = upd.disruptive.clone();
+    }
+    if upd.msg.is_some() {
+        dst.msg = upd.msg.clone();
+    }
+    if upd.logdata.is_some() {
+        dst.logdata = upd.logdata.clone();
+    }
+    if upd.severity.is_some() {
+        dst.severity = upd.severity;
+    }
+    if upd.status.is_some() {
+        dst.status = upd.status;
+    }
+    if upd.t_none {
+        dst.transforms.clear();
+    }
+    dst.transforms.extend(upd.transforms.iter().copied());
+    dst.tags.extend(upd.tags.iter().cloned());
+    dst.setvars.extend(upd.setvars.iter().cloned());
+    dst.ctls.extend(upd.ctls.iter().cloned());
+    dst.log = upd.log.or(dst.log);
+    dst.auditlog = upd.auditlog.or(dst.auditlog);
+}
+
+fn has_wildcard(s: &str) -> bool {
+    s.contains(['*', '?', '['])
+}
+
+/// Expands wildcards in the last path component (sorted, as Apache does).
+fn expand_glob(path: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if !has_wildcard(&name) {
+        return Ok(if path.exists() {
+            vec![path.to_path_buf()]
+        } else {
+            vec![]
+        });
+    }
+    let parent = path.parent().unwrap_or(Path::new("."));
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(parent)? {
+        let entry = entry?;
+        let fname = entry.file_name().to_string_lossy().into_owned();
+        if wildcard_match(name.as_bytes(), fname.as_bytes()) && entry.path().is_file() {
+            out.push(entry.path());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn wildcard_match(p: &[u8], s: &[u8]) -> bool {
+    match (p.first(), s.first()) {
+        (None, None) => true,
+        (Some(b'*'), _) => {
+            wildcard_match(p.get(1..).unwrap_or(&[]), s)
+                || (!s.is_empty() && wildcard_match(p, s.get(1..).unwrap_or(&[])))
+        }
+        (Some(b'?'), Some(_)) => {
+            wildcard_match(p.get(1..).unwrap_or(&[]), s.get(1..).unwrap_or(&[]))
+        }
+        (Some(a), Some(b)) if a == b => {
+            wildcard_match(p.get(1..).unwrap_or(&[]), s.get(1..).unwrap_or(&[]))
+        }
+        _ => false,
+    }
+}
+
+fn on_off(v: &str, at: &Location) -> Result<bool, Error> {
+    match v.to_ascii_lowercase().as_str() {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(syntax(at, format!("expected On or Off, got `{v}`"))),
+    }
+}
+
+fn number(v: &str, at: &Location) -> Result<usize, Error> {
+    v.parse()
+        .map_err(|_| syntax(at, format!("expected a number, got `{v}`")))
+}
+
+/// A loaded, compiled rule set. Cheap to share (`Arc<Waf>`); every request
+/// is evaluated with [`Waf::evaluate`].
+#[derive(Debug)]
+pub struct Waf {
+    pub(crate) rules: Vec<Rule>,
+    /// Indices into `rules` per phase (markers appear in every phase).
+    pub(crate) by_phase: [Vec<usize>; 6],
+    pub(crate) config: Config,
+    warnings: Vec<String>,
+}
+
+impl Waf {
+    /// Starts loading a rule set.
+    pub fn builder() -> WafBuilder {
+        WafBuilder::new()
+    }
+
+    /// Loads one file (and its Includes).
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Waf, Error> {
+        WafBuilder::new().load_file(path)?.build()
+    }
+
+    /// Loads rule text; `name` is used in errors and to resolve relative paths.
+    pub fn from_str_named(name: impl AsRef<Path>, text: &str) -> Result<Waf, Error> {
+        WafBuilder::new().load_str(name, text)?.build()
+    }
+
+    /// Number of rules with an id (chains count once; markers not at all).
+    pub fn rule_count(&self) -> usize {
+        self.rules.iter().filter(|r| r.id != 0).count()
+    }
+
+    /// Load-time warnings: ignored directives, backtracking regexes.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// The engine settings in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// True when a rule with this id is loaded.
+    pub fn has_rule(&self, id: u64) -> bool {
+        self.rules.iter().any(|r| r.id == id)
+    }
+
+    /// The number of `@rx` operators compiled by each engine:
+    /// `(regex crate, fancy-regex)`.
+    pub fn regex_engine_counts(&self) -> (usize, usize) {
+        fn walk(r: &Rule, acc: &mut (usize, usize)) {
+            if let RuleBody::Match {
+                op: Operator { op: Op::Rx(rx), .. },
+                ..
+            } = &r.body
+            {
+                match rx.engine() {
+                    RxEngine::Fast => acc.0 += 1,
+                    RxEngine::Fancy => acc.1 += 1,
+                }
+            }
+            if let Some(c) = &r.chain {
+                walk(c, acc);
+            }
+        }
+        let mut acc = (0, 0);
+        for r in &self.rules {
+            walk(r, &mut acc);
+        }
+        acc
+    }
+}

@@ -1,0 +1,76 @@
+//! `rampart-waf`: a SecLang engine that loads the OWASP Core Rule Set
+//! unmodified and evaluates requests against it.
+//!
+//! It owns rule parsing ([`WafBuilder`], errors with `file:line`), the
+//! variables, transformations, operators and actions of SecLang, request body
+//! parsing (URL-encoded, JSON, multipart) and the verdict ([`Verdict`]). It
+//! never does I/O on the request path, never talks to the network and never
+//! decides per-route policy: the edge calls [`Waf::evaluate`] with a
+//! [`Request`] and enforces the returned [`Action`].
+//!
+//! ```
+//! use rampart_waf::{Waf, Request, Action};
+//! let waf = Waf::from_str_named("inline.conf", r#"
+//! SecRuleEngine On
+//! SecRule ARGS "@rx <script" "id:1,phase:2,deny,status:403,t:lowercase,msg:'XSS'"
+//! "#).unwrap();
+//! let v = waf.evaluate(&Request::new("GET", "/?q=%3CSCRIPT%3E"));
+//! assert_eq!(v.action, Action::Deny { status: 403 });
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
+mod actions;
+mod body;
+mod engine;
+mod error;
+mod lexer;
+mod macros;
+mod operators;
+mod request;
+mod rule;
+mod transaction;
+mod transformations;
+mod variables;
+
+pub use actions::EngineMode;
+pub use engine::{BodyLimitAction, Config, Waf, WafBuilder};
+pub use error::{Error, Location};
+pub use request::{Action, Request, RuleMatch, Verdict};
+
+/// Hooks for conformance tests (secrules-language-tests vectors); not part
+/// of the stable API.
+#[doc(hidden)]
+pub mod testing {
+    /// Applies the named transformation; `None` if unknown.
+    pub fn transform(name: &str, input: &[u8]) -> Option<Vec<u8>> {
+        crate::transformations::Transform::parse(name).map(|t| t.apply(input).into_owned())
+    }
+
+    /// Runs the named operator with `param` on `input` (files relative to
+    /// `dir`); `Err` carries the load error text.
+    pub fn operator(
+        name: &str,
+        param: &str,
+        input: &[u8],
+        dir: &std::path::Path,
+    ) -> Result<bool, String> {
+        let at = crate::error::Location {
+            file: dir.join("vector"),
+            line: 1,
+        };
+        let op = crate::operators::Operator::parse(&format!("@{name} {param}"), dir, &at)
+            .map_err(|e| e.to_string())?;
+        let m = crate::operators::eval(&op.op, input, &mut |m| m.expand(|_| None), None);
+        Ok(m != op.negated)
+    }
+}

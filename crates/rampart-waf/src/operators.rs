@@ -1,0 +1,433 @@
+//! Operators (`@rx`, `@pm`, …), compiled once when the rule is loaded.
+
+use crate::error::{syntax, Error, Location};
+use crate::macros::Macro;
+use aho_corasick::AhoCorasick;
+use std::net::IpAddr;
+use std::path::Path;
+
+/// A compiled regular expression: the linear-time `regex` engine when the
+/// pattern allows it, `fancy-regex` for lookaround and backreferences.
+#[derive(Debug)]
+pub(crate) enum Rx {
+    Fast(regex::bytes::Regex),
+    Fancy(Box<fancy_regex::Regex>),
+}
+
+/// Which engine compiled a pattern (load statistics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RxEngine {
+    Fast,
+    Fancy,
+}
+
+impl Rx {
+    /// Compiles with ModSecurity's flags (dot matches newline), bytes
+    /// semantics first, then Unicode, then the backtracking fallback.
+    pub(crate) fn compile(pattern: &str) -> Result<Rx, String> {
+        let build = |unicode: bool| {
+            regex::bytes::RegexBuilder::new(pattern)
+                .dot_matches_new_line(true)
+                .unicode(unicode)
+                .size_limit(256 << 20)
+                .dfa_size_limit(64 << 20)
+                .build()
+        };
+        match build(false).or_else(|_| build(true)) {
+            Ok(r) => Ok(Rx::Fast(r)),
+            Err(fast_err) => fancy_regex::RegexBuilder::new(&format!("(?s){pattern}"))
+                .backtrack_limit(1_000_000)
+                .build()
+                .map(|r| Rx::Fancy(Box::new(r)))
+                .map_err(|e| format!("{e} (regex crate: {fast_err})")),
+        }
+    }
+
+    pub(crate) fn engine(&self) -> RxEngine {
+        match self {
+            Rx::Fast(_) => RxEngine::Fast,
+            Rx::Fancy(_) => RxEngine::Fancy,
+        }
+    }
+
+    /// Matches; when `caps` is given, fills it with groups 0..=9.
+    pub(crate) fn is_match(&self, input: &[u8], caps: Option<&mut Vec<Vec<u8>>>) -> bool {
+        match self {
+            Rx::Fast(r) => match caps {
+                None => r.is_match(input),
+                Some(out) => match r.captures(input) {
+                    None => false,
+                    Some(c) => {
+                        out.clear();
+                        for i in 0..c.len().min(10) {
+                            out.push(c.get(i).map(|m| m.as_bytes().to_vec()).unwrap_or_default());
+                        }
+                        true
+                    }
+                },
+            },
+            Rx::Fancy(r) => {
+                let text = String::from_utf8_lossy(input);
+                match caps {
+                    None => r.is_match(&text).unwrap_or(false),
+                    Some(out) => match r.captures(&text) {
+                        Ok(Some(c)) => {
+                            out.clear();
+                            for i in 0..c.len().min(10) {
+                                out.push(
+                                    c.get(i)
+                                        .map(|m| m.as_str().as_bytes().to_vec())
+                                        .unwrap_or_default(),
+                                );
+                            }
+                            true
+                        }
+                        _ => false,
+                    },
+                }
+            }
+        }
+    }
+}
+
+/// The operator proper.
+#[derive(Debug)]
+pub(crate) enum Op {
+    Rx(Rx),
+    /// `@rx` whose pattern has macros: compiled per evaluation.
+    RxMacro(Macro),
+    Pm(AhoCorasick),
+    StrEq(Macro),
+    Eq(Macro),
+    Ge(Macro),
+    Gt(Macro),
+    Le(Macro),
+    Lt(Macro),
+    Within(Macro),
+    BeginsWith(Macro),
+    EndsWith(Macro),
+    Contains(Macro),
+    ContainsWord(Macro),
+    StrMatch(Macro),
+    IpMatch(Vec<ipnet::IpNet>),
+    ValidateByteRange(Box<[bool; 256]>),
+    ValidateUrlEncoding,
+    ValidateUtf8Encoding,
+    DetectSqli,
+    DetectXss,
+    Unconditional,
+    NoMatch,
+}
+
+/// An operator with its negation flag.
+#[derive(Debug)]
+pub(crate) struct Operator {
+    pub op: Op,
+    pub negated: bool,
+}
+
+impl Operator {
+    /// Parses `"!@rx foo"`, `"@pm a b"`, or a bare regex.
+    pub(crate) fn parse(text: &str, dir: &Path, at: &Location) -> Result<Operator, Error> {
+        let (negated, rest) = match text.trim_start().strip_prefix('!') {
+            Some(r) => (true, r.trim_start()),
+            None => (false, text.trim_start()),
+        };
+        let (name, arg) = match rest.strip_prefix('@') {
+            Some(r) => match r.split_once(|c: char| c.is_ascii_whitespace()) {
+                Some((n, a)) => (n, a.trim_start()),
+                None => (r, ""),
+            },
+            None => ("rx", rest),
+        };
+        let op = build(name, arg, dir, at)?;
+        Ok(Operator { op, negated })
+    }
+}
+
+fn rx_err(at: &Location, message: String) -> Error {
+    Error::Regex {
+        at: at.clone(),
+        message,
+    }
+}
+
+fn build(name: &str, arg: &str, dir: &Path, at: &Location) -> Result<Op, Error> {
+    let m = || Macro::parse(arg);
+    Ok(match name.to_ascii_lowercase().as_str() {
+        "rx" => {
+            if arg.contains("%{") {
+                Op::RxMacro(m())
+            } else {
+                Op::Rx(Rx::compile(arg).map_err(|e| rx_err(at, e))?)
+            }
+        }
+        "pm" => Op::Pm(pm(
+            arg.split_ascii_whitespace().map(str::to_string).collect(),
+            at,
+        )?),
+        "pmf" | "pmfromfile" => {
+            let mut phrases = Vec::new();
+            for f in arg.split_ascii_whitespace() {
+                let path = dir.join(f);
+                let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                phrases.extend(
+                    text.lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                        .map(str::to_string),
+                );
+            }
+            Op::Pm(pm(phrases, at)?)
+        }
+        "streq" => Op::StrEq(m()),
+        "eq" => Op::Eq(m()),
+        "ge" => Op::Ge(m()),
+        "gt" => Op::Gt(m()),
+        "le" => Op::Le(m()),
+        "lt" => Op::Lt(m()),
+        "within" => Op::Within(m()),
+        "beginswith" => Op::BeginsWith(m()),
+        "endswith" => Op::EndsWith(m()),
+        "contains" => Op::Contains(m()),
+        "containsword" => Op::ContainsWord(m()),
+        "strmatch" => Op::StrMatch(m()),
+        "ipmatch" => Op::IpMatch(ip_list(arg.split(','), at)?),
+        "ipmatchfromfile" | "ipmatchf" => {
+            let path = dir.join(arg.trim());
+            let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+                path: path.clone(),
+                source,
+            })?;
+            Op::IpMatch(ip_list(
+                text.lines().filter(|l| !l.trim_start().starts_with('#')),
+                at,
+            )?)
+        }
+        "validatebyterange" => Op::ValidateByteRange(byte_range(arg, at)?),
+        "validateurlencoding" => Op::ValidateUrlEncoding,
+        "validateutf8encoding" => Op::ValidateUtf8Encoding,
+        "detectsqli" => Op::DetectSqli,
+        "detectxss" => Op::DetectXss,
+        "unconditionalmatch" => Op::Unconditional,
+        "nomatch" => Op::NoMatch,
+        _ => {
+            return Err(Error::Unsupported {
+                at: at.clone(),
+                kind: "operator",
+                name: format!("@{name}"),
+            })
+        }
+    })
+}
+
+fn pm(phrases: Vec<String>, at: &Location) -> Result<AhoCorasick, Error> {
+    AhoCorasick::builder()
+        .ascii_case_insensitive(true)
+        .build(phrases)
+        .map_err(|e| syntax(at, format!("@pm: {e}")))
+}
+
+fn ip_list<'a>(
+    items: impl Iterator<Item = &'a str>,
+    at: &Location,
+) -> Result<Vec<ipnet::IpNet>, Error> {
+    let mut out = Vec::new();
+    for item in items {
+        let item = item.trim();
+        if item.is_empty() {
+            continue;
+        }
+        let net = match item.parse::<ipnet::IpNet>() {
+            Ok(n) => n,
+            Err(_) => match item.parse::<IpAddr>() {
+                Ok(ip) => ipnet::IpNet::from(ip),
+                Err(_) => return Err(syntax(at, format!("@ipMatch: bad address `{item}`"))),
+            },
+        };
+        out.push(net);
+    }
+    Ok(out)
+}
+
+fn byte_range(arg: &str, at: &Location) -> Result<Box<[bool; 256]>, Error> {
+    let mut table = Box::new([false; 256]);
+    for part in arg.split(',') {
+        let part = part.trim();
+        if part.is_empty() {
+            continue;
+        }
+        let (lo, hi) = match part.split_once('-') {
+            Some((a, b)) => (a.trim(), b.trim()),
+            None => (part, part),
+        };
+        let parse = |s: &str| {
+            s.parse::<u8>()
+                .map_err(|_| syntax(at, format!("@validateByteRange: bad range `{part}`")))
+        };
+        let (lo, hi) = (parse(lo)?, parse(hi)?);
+        if lo > hi {
+            return Err(syntax(
+                at,
+                format!("@validateByteRange: bad range `{part}`"),
+            ));
+        }
+        for b in lo..=hi {
+            if let Some(slot) = table.get_mut(usize::from(b)) {
+                *slot = true;
+            }
+        }
+    }
+    Ok(table)
+}
+
+/// Parses a number as C's `atoi` does: leading sign and digits, else 0.
+pub(crate) fn atoi(s: &[u8]) -> i64 {
+    let s = trim_ascii(s);
+    let (neg, digits) = match s.first() {
+        Some(b'-') => (true, s.get(1..).unwrap_or(&[])),
+        Some(b'+') => (false, s.get(1..).unwrap_or(&[])),
+        _ => (false, s),
+    };
+    let mut v: i64 = 0;
+    for &c in digits {
+        if !c.is_ascii_digit() {
+            break;
+        }
+        v = v.saturating_mul(10).saturating_add(i64::from(c - b'0'));
+    }
+    if neg {
+        -v
+    } else {
+        v
+    }
+}
+
+fn trim_ascii(s: &[u8]) -> &[u8] {
+    let start = s.iter().take_while(|c| c.is_ascii_whitespace()).count();
+    let s = s.get(start..).unwrap_or(&[]);
+    let end = s.len()
+        - s.iter()
+            .rev()
+            .take_while(|c| c.is_ascii_whitespace())
+            .count();
+    s.get(..end).unwrap_or(&[])
+}
+
+fn find(h: &[u8], n: &[u8]) -> Option<usize> {
+    if n.is_empty() {
+        return Some(0);
+    }
+    h.windows(n.len()).position(|w| w == n)
+}
+
+/// Runs an operator (without negation) on one value. `expand` resolves
+/// macros in the argument; `caps` receives capture groups for `capture`.
+pub(crate) fn eval(
+    op: &Op,
+    input: &[u8],
+    expand: &mut dyn FnMut(&Macro) -> Vec<u8>,
+    caps: Option<&mut Vec<Vec<u8>>>,
+) -> bool {
+    let mut arg = |m: &Macro| match m.as_literal() {
+        Some(s) => s.as_bytes().to_vec(),
+        None => expand(m),
+    };
+    match op {
+        Op::Rx(r) => r.is_match(input, caps),
+        Op::RxMacro(m) => {
+            let pat = String::from_utf8_lossy(&arg(m)).into_owned();
+            Rx::compile(&pat).is_ok_and(|r| r.is_match(input, caps))
+        }
+        Op::Pm(ac) => match ac.find(input) {
+            Some(found) => {
+                if let Some(c) = caps {
+                    c.clear();
+                    c.push(input.get(found.range()).unwrap_or(&[]).to_vec());
+                }
+                true
+            }
+            None => false,
+        },
+        Op::StrEq(m) => arg(m) == input,
+        Op::Eq(m) => atoi(input) == atoi(&arg(m)),
+        Op::Ge(m) => atoi(input) >= atoi(&arg(m)),
+        Op::Gt(m) => atoi(input) > atoi(&arg(m)),
+        Op::Le(m) => atoi(input) <= atoi(&arg(m)),
+        Op::Lt(m) => atoi(input) < atoi(&arg(m)),
+        Op::Within(m) => {
+            let a = arg(m);
+            find(&a, input).is_some()
+        }
+        Op::BeginsWith(m) => input.starts_with(&arg(m)),
+        Op::EndsWith(m) => input.ends_with(&arg(m)),
+        Op::Contains(m) => find(input, &arg(m)).is_some(),
+        Op::StrMatch(m) => find(input, &arg(m)).is_some(),
+        Op::ContainsWord(m) => contains_word(input, &arg(m)),
+        Op::IpMatch(nets) => std::str::from_utf8(input)
+            .ok()
+            .and_then(|s| s.trim().parse::<IpAddr>().ok())
+            .is_some_and(|ip| nets.iter().any(|n| n.contains(&ip))),
+        Op::ValidateByteRange(t) => input
+            .iter()
+            .any(|&b| !t.get(usize::from(b)).copied().unwrap_or(false)),
+        Op::ValidateUrlEncoding => invalid_url_encoding(input),
+        Op::ValidateUtf8Encoding => std::str::from_utf8(input).is_err(),
+        Op::DetectSqli => {
+            let r = std::panic::catch_unwind(|| libinjectionrs::detect_sqli(input));
+            match r {
+                Ok(res) if res.is_injection() => {
+                    if let Some(c) = caps {
+                        c.clear();
+                        if let Some(fp) = res.fingerprint {
+                            c.push(fp.as_str().as_bytes().to_vec());
+                        }
+                    }
+                    true
+                }
+                _ => false,
+            }
+        }
+        Op::DetectXss => {
+            std::panic::catch_unwind(|| libinjectionrs::detect_xss(input).is_injection())
+                .unwrap_or(false)
+        }
+        Op::Unconditional => true,
+        Op::NoMatch => false,
+    }
+}
+
+fn contains_word(input: &[u8], word: &[u8]) -> bool {
+    if word.is_empty() {
+        return true;
+    }
+    let is_word = |c: Option<&u8>| c.is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_');
+    let mut start = 0;
+    while let Some(p) = input.get(start..).and_then(|h| find(h, word)) {
+        let i = start + p;
+        let before = if i == 0 { None } else { input.get(i - 1) };
+        if !is_word(before) && !is_word(input.get(i + word.len())) {
+            return true;
+        }
+        start = i + 1;
+    }
+    false
+}
+
+fn invalid_url_encoding(input: &[u8]) -> bool {
+    let mut i = 0;
+    while let Some(&c) = input.get(i) {
+        if c == b'%' {
+            match (input.get(i + 1), input.get(i + 2)) {
+                (Some(a), Some(b)) if a.is_ascii_hexdigit() && b.is_ascii_hexdigit() => i += 3,
+                _ => return true,
+            }
+        } else {
+            i += 1;
+        }
+    }
+    false
+}

@@ -1,0 +1,112 @@
+//! What the edge hands the engine and what it gets back.
+
+use std::net::IpAddr;
+
+/// An HTTP request as it arrived, before any normalisation.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The method, e.g. `GET`.
+    pub method: String,
+    /// The request target exactly as sent (path and query, or absolute form).
+    pub uri: String,
+    /// The protocol, e.g. `HTTP/1.1`.
+    pub protocol: String,
+    /// The client address.
+    pub remote_addr: IpAddr,
+    /// The client port.
+    pub remote_port: u16,
+    /// Header fields in arrival order, names as sent.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The request body (empty when there is none).
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    /// A request with no headers and no body, from 127.0.0.1.
+    pub fn new(method: &str, uri: &str) -> Request {
+        Request {
+            method: method.to_string(),
+            uri: uri.to_string(),
+            protocol: "HTTP/1.1".to_string(),
+            remote_addr: IpAddr::from([127, 0, 0, 1]),
+            remote_port: 0,
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+
+    /// Adds a header (builder style).
+    pub fn header(mut self, name: &str, value: impl Into<Vec<u8>>) -> Request {
+        self.headers.push((name.to_string(), value.into()));
+        self
+    }
+
+    /// Sets the body (builder style).
+    pub fn body(mut self, body: impl Into<Vec<u8>>) -> Request {
+        self.body = body.into();
+        self
+    }
+}
+
+/// What the edge must do with the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Let it through.
+    Pass,
+    /// Answer with this status and do not forward.
+    Deny {
+        /// HTTP status to send.
+        status: u16,
+    },
+    /// Close the connection without answering.
+    Drop,
+    /// Answer with a redirect.
+    Redirect {
+        /// HTTP status (302 unless the rule set one).
+        status: u16,
+        /// Where to.
+        location: String,
+    },
+}
+
+/// One rule that matched and asked to be logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleMatch {
+    /// The rule id.
+    pub id: u64,
+    /// The phase it ran in (1 request headers, 2 request body).
+    pub phase: u8,
+    /// `msg`, macros expanded.
+    pub msg: String,
+    /// `logdata`, macros expanded.
+    pub data: String,
+    /// Severity 0 (emergency) to 7 (debug), if the rule set one.
+    pub severity: Option<u8>,
+    /// `tag` values.
+    pub tags: Vec<String>,
+    /// The variable that matched last, e.g. `ARGS:id`.
+    pub matched_var_name: String,
+}
+
+/// The outcome of evaluating one request.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    /// What to do. Always `Pass` in detection-only mode.
+    pub action: Action,
+    /// The rule whose disruptive action decided, if any (also set in
+    /// detection-only mode, where it is not enforced).
+    pub disrupted_by: Option<u64>,
+    /// Rules that matched and log (CRS's `nolog` rules are left out).
+    pub matched_rules: Vec<RuleMatch>,
+    /// Every rule id that matched, logged or not, in order.
+    pub matched_ids: Vec<u64>,
+    /// `tx.blocking_inbound_anomaly_score` (CRS), or `tx.anomaly_score`.
+    pub anomaly_score: i64,
+}
+
+impl Verdict {
+    /// True when the request may be forwarded.
+    pub fn is_pass(&self) -> bool {
+        self.action == Action::Pass
+    }
+}

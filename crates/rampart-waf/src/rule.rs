@@ -1,0 +1,52 @@
+//! A compiled rule: targets, operator and actions, with its chain links.
+
+use crate::actions::{Actions, Disruptive};
+use crate::error::Location;
+use crate::operators::Operator;
+use crate::variables::Targets;
+
+/// What a rule entry is.
+#[derive(Debug)]
+pub(crate) enum RuleBody {
+    /// `SecRule VARS OP ACTIONS`.
+    Match { targets: Targets, op: Operator },
+    /// `SecAction ACTIONS`: matches unconditionally.
+    Action,
+    /// `SecMarker NAME`: a target for `skipAfter`, in every phase.
+    Marker(String),
+}
+
+/// One rule or chain link.
+#[derive(Debug)]
+pub(crate) struct Rule {
+    /// 0 for chain links and markers.
+    pub id: u64,
+    pub phase: u8,
+    pub at: Location,
+    pub body: RuleBody,
+    pub actions: Actions,
+    /// What `block` means for this rule: the phase's default disruptive action.
+    pub block_action: Disruptive,
+    pub chain: Option<Box<Rule>>,
+}
+
+impl Rule {
+    pub(crate) fn marker_name(&self) -> Option<&str> {
+        match &self.body {
+            RuleBody::Marker(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    /// The last link of this rule's chain.
+    pub(crate) fn last_link_mut(&mut self) -> &mut Rule {
+        match self.chain {
+            Some(ref mut c) => c.last_link_mut(),
+            None => self,
+        }
+    }
+
+    pub(crate) fn has_tag(&self, re: &regex::Regex) -> bool {
+        self.actions.tags.iter().any(|t| re.is_match(t))
+    }
+}

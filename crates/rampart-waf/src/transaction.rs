@@ -1,0 +1,889 @@
+//! Evaluation of one request against a [`Waf`]: the collections, phases 1
+//! and 2, chains, actions and the verdict.
+
+use crate::actions::{AllowScope, BodyProcessor, Ctl, Disruptive, EngineMode, IdRange, SetOp};
+use crate::body;
+use crate::engine::{BodyLimitAction, Waf};
+use crate::macros::{Macro, Seg};
+use crate::operators::{atoi, eval};
+use crate::request::{Action, Request, RuleMatch, Verdict};
+use crate::rule::{Rule, RuleBody};
+use crate::transformations::Transform;
+use crate::variables::{Exclusion, Kind, Selector, Target, VarName, VAR_COUNT};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+
+/// One value offered to an operator.
+struct Val<'a> {
+    var: VarName,
+    key: Cow<'a, str>,
+    value: Cow<'a, [u8]>,
+    count: bool,
+}
+
+impl Val<'_> {
+    fn name(&self) -> String {
+        if self.count {
+            return format!("&{}", self.var.name());
+        }
+        match self.var.kind() {
+            Kind::Scalar | Kind::Matched if self.key.is_empty() => self.var.name().to_string(),
+            _ => format!("{}:{}", self.var.name(), self.key),
+        }
+    }
+}
+
+/// One matched value, kept after the borrow of the collections ends.
+struct Hit {
+    name: String,
+    value: Vec<u8>,
+    caps: Option<Vec<Vec<u8>>>,
+}
+
+/// Why evaluation of a phase stopped early.
+enum Stop {
+    Disrupt,
+    Allow(AllowScope),
+}
+
+pub(crate) struct Transaction<'w> {
+    waf: &'w Waf,
+    slots: Vec<Vec<(String, Vec<u8>)>>,
+    tx: BTreeMap<String, Vec<u8>>,
+    persist: HashMap<VarName, BTreeMap<String, Vec<u8>>>,
+    matched_vars: Vec<(String, Vec<u8>)>,
+    matched_var: Option<(String, Vec<u8>)>,
+    removed_ids: Vec<IdRange>,
+    removed_tags: Vec<regex::Regex>,
+    removed_targets_by_id: Vec<(Vec<IdRange>, Exclusion)>,
+    removed_targets_by_tag: Vec<(regex::Regex, Exclusion)>,
+    engine: EngineMode,
+    body_access: bool,
+    body_processor: Option<BodyProcessor>,
+    force_body_var: bool,
+    disruption: Option<(Action, u64)>,
+    matched_rules: Vec<RuleMatch>,
+    matched_ids: Vec<u64>,
+    phase: u8,
+}
+
+impl Waf {
+    /// Evaluates request phases 1 (headers) and 2 (body) and returns the
+    /// verdict. Never fails and never panics on any input.
+    pub fn evaluate(&self, req: &Request) -> Verdict {
+        let mut t = Transaction::new(self, req);
+        t.run(req)
+    }
+}
+
+fn path_and_query(uri: &str) -> &str {
+    // absolute-form: scheme://authority/path?query
+    if let Some(p) = uri.find("://") {
+        let after = uri.get(p + 3..).unwrap_or("");
+        return match after.find('/') {
+            Some(s) => after.get(s..).unwrap_or(""),
+            None => "/",
+        };
+    }
+    uri
+}
+
+impl<'w> Transaction<'w> {
+    fn new(waf: &'w Waf, req: &Request) -> Self {
+        let cfg = &waf.config;
+        let mut t = Transaction {
+            waf,
+            slots: vec![Vec::new(); VAR_COUNT],
+            tx: BTreeMap::new(),
+            persist: HashMap::new(),
+            matched_vars: Vec::new(),
+            matched_var: None,
+            removed_ids: Vec::new(),
+            removed_tags: Vec::new(),
+            removed_targets_by_id: Vec::new(),
+            removed_targets_by_tag: Vec::new(),
+            engine: cfg.engine,
+            body_access: cfg.request_body_access,
+            body_processor: None,
+            force_body_var: false,
+            disruption: None,
+            matched_rules: Vec::new(),
+            matched_ids: Vec::new(),
+            phase: 1,
+        };
+        let uri = path_and_query(&req.uri);
+        let (path, query) = match uri.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (uri, None),
+        };
+        t.set(VarName::RequestMethod, req.method.as_bytes());
+        t.set(VarName::RequestProtocol, req.protocol.as_bytes());
+        t.set(VarName::RequestUriRaw, req.uri.as_bytes());
+        t.set(VarName::RequestUri, uri.as_bytes());
+        t.set(VarName::RequestFilename, path.as_bytes());
+        let base = path.rsplit('/').next().unwrap_or(path);
+        t.set(VarName::RequestBasename, base.as_bytes());
+        t.set(
+            VarName::RequestLine,
+            format!("{} {} {}", req.method, req.uri, req.protocol).as_bytes(),
+        );
+        t.set(VarName::QueryString, query.unwrap_or("").as_bytes());
+        t.set(VarName::RemoteAddr, req.remote_addr.to_string().as_bytes());
+        t.set(VarName::RemotePort, req.remote_port.to_string().as_bytes());
+        t.set(VarName::UniqueId, b"rampart");
+        t.set(VarName::ReqbodyError, b"0");
+        t.set(VarName::InboundDataError, b"0");
+        t.set(
+            VarName::RequestBodyLength,
+            req.body.len().to_string().as_bytes(),
+        );
+        if let Some(q) = query {
+            for (k, v) in
+                body::parse_urlencoded(q.as_bytes(), cfg.argument_separator, cfg.arguments_limit)
+            {
+                t.add_arg(VarName::ArgsGet, k, v);
+            }
+        }
+        for (name, value) in &req.headers {
+            t.slot(VarName::RequestHeaders)
+                .push((name.clone(), value.clone()));
+            if name.eq_ignore_ascii_case("cookie") {
+                for c in value.split(|&b| b == b';') {
+                    let c = trim(c);
+                    if c.is_empty() {
+                        continue;
+                    }
+                    let (k, v) = match c.iter().position(|&b| b == b'=') {
+                        Some(p) => (c.get(..p).unwrap_or(&[]), c.get(p + 1..).unwrap_or(&[])),
+                        None => (c, &[][..]),
+                    };
+                    t.slot(VarName::RequestCookies)
+                        .push((String::from_utf8_lossy(k).into_owned(), v.to_vec()));
+                }
+            } else if name.eq_ignore_ascii_case("host") {
+                let host = String::from_utf8_lossy(value);
+                let (h, p) = match host.rsplit_once(':') {
+                    Some((h, p)) if !h.ends_with(']') || host.starts_with('[') => {
+                        (h.to_string(), p.to_string())
+                    }
+                    _ => (host.to_string(), "80".to_string()),
+                };
+                t.set(VarName::ServerName, h.as_bytes());
+                t.set(VarName::ServerPort, p.as_bytes());
+            } else if name.eq_ignore_ascii_case("content-type") && t.body_processor.is_none() {
+                let ct = String::from_utf8_lossy(value).to_ascii_lowercase();
+                if ct.starts_with("application/x-www-form-urlencoded") {
+                    t.body_processor = Some(BodyProcessor::UrlEncoded);
+                } else if ct.starts_with("multipart/form-data") {
+                    t.body_processor = Some(BodyProcessor::Multipart);
+                }
+            }
+        }
+        if let Some(p) = t.body_processor {
+            t.set(VarName::ReqbodyProcessor, p.name().as_bytes());
+        }
+        t.update_combined_size();
+        t
+    }
+
+    fn slot(&mut self, v: VarName) -> &mut Vec<(String, Vec<u8>)> {
+        let idx = v as usize;
+        // VAR_COUNT sizes the table, so every VarName has a slot.
+        if self.slots.len() <= idx {
+            self.slots.resize(idx + 1, Vec::new());
+        }
+        match self.slots.get_mut(idx) {
+            Some(s) => s,
+            None => unreachable!("slot table covers every variable"),
+        }
+    }
+
+    fn get_slot(&self, v: VarName) -> &[(String, Vec<u8>)] {
+        self.slots.get(v as usize).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    fn set(&mut self, v: VarName, value: &[u8]) {
+        let s = self.slot(v);
+        s.clear();
+        s.push((String::new(), value.to_vec()));
+    }
+
+    fn add_arg(&mut self, which: VarName, k: String, v: Vec<u8>) {
+        self.slot(VarName::Args).push((k.clone(), v.clone()));
+        self.slot(which).push((k, v));
+    }
+
+    fn update_combined_size(&mut self) {
+        let n: usize = self
+            .get_slot(VarName::Args)
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum();
+        self.set(VarName::ArgsCombinedSize, n.to_string().as_bytes());
+    }
+
+    fn run(&mut self, req: &Request) -> Verdict {
+        if self.engine != EngineMode::Off {
+            let mut stopped = self.run_phase(1);
+            if self.engine == EngineMode::Off {
+                return self.verdict();
+            }
+            let allow_all = matches!(
+                stopped,
+                Some(Stop::Allow(AllowScope::All | AllowScope::Request))
+            );
+            if !matches!(stopped, Some(Stop::Disrupt)) && !allow_all {
+                if self.body_access {
+                    if let Some(s) = self.process_body(req) {
+                        stopped = Some(s);
+                    }
+                }
+                if !matches!(stopped, Some(Stop::Disrupt)) {
+                    self.run_phase(2);
+                }
+            }
+        }
+        self.verdict()
+    }
+
+    fn verdict(&self) -> Verdict {
+        let score = self
+            .tx
+            .get("blocking_inbound_anomaly_score")
+            .or_else(|| self.tx.get("anomaly_score"))
+            .map(|v| atoi(v))
+            .unwrap_or(0);
+        let (action, disrupted_by) = match &self.disruption {
+            Some((a, id)) => {
+                let a = if self.engine == EngineMode::On {
+                    a.clone()
+                } else {
+                    Action::Pass
+                };
+                (a, Some(*id))
+            }
+            None => (Action::Pass, None),
+        };
+        Verdict {
+            action,
+            disrupted_by,
+            matched_rules: self.matched_rules.clone(),
+            matched_ids: self.matched_ids.clone(),
+            anomaly_score: score,
+        }
+    }
+
+    fn process_body(&mut self, req: &Request) -> Option<Stop> {
+        let cfg = &self.waf.config;
+        let mut body: &[u8] = &req.body;
+        if body.len() > cfg.request_body_limit {
+            self.set(VarName::InboundDataError, b"1");
+            match cfg.request_body_limit_action {
+                BodyLimitAction::Reject => {
+                    if self.disruption.is_none() {
+                        self.disruption = Some((Action::Deny { status: 413 }, 0));
+                    }
+                    if self.engine == EngineMode::On {
+                        return Some(Stop::Disrupt);
+                    }
+                }
+                BodyLimitAction::ProcessPartial => {
+                    body = body.get(..cfg.request_body_limit).unwrap_or(body);
+                }
+            }
+        }
+        if body.is_empty() {
+            return None;
+        }
+        let (sep, arg_limit) = (cfg.argument_separator, cfg.arguments_limit);
+        let depth = cfg.json_depth_limit;
+        let file_limit = cfg.upload_file_limit;
+        let processor = self.body_processor;
+        let set_body =
+            matches!(processor, None | Some(BodyProcessor::UrlEncoded)) || self.force_body_var;
+        if set_body {
+            self.set(VarName::RequestBody, body);
+        }
+        let mut error: Option<String> = None;
+        match processor {
+            Some(BodyProcessor::UrlEncoded) => {
+                for (k, v) in body::parse_urlencoded(body, sep, arg_limit) {
+                    self.add_arg(VarName::ArgsPost, k, v);
+                }
+            }
+            Some(BodyProcessor::Json) => match body::parse_json(body, depth, arg_limit) {
+                Ok(args) => {
+                    for (k, v) in args {
+                        self.add_arg(VarName::ArgsPost, k, v);
+                    }
+                }
+                Err(e) => error = Some(e),
+            },
+            Some(BodyProcessor::Multipart) => {
+                let ct = req
+                    .headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+                    .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+                    .unwrap_or_default();
+                let m = body::parse_multipart(body, &ct, arg_limit, file_limit);
+                for (k, v) in m.args {
+                    self.add_arg(VarName::ArgsPost, k, v);
+                }
+                let mut total = 0;
+                for (name, filename, size) in m.files {
+                    total += size;
+                    self.slot(VarName::Files)
+                        .push((name.clone(), filename.into_bytes()));
+                    self.slot(VarName::FilesSizes)
+                        .push((name, size.to_string().into_bytes()));
+                }
+                self.set(VarName::FilesCombinedSize, total.to_string().as_bytes());
+                *self.slot(VarName::MultipartPartHeaders) = m.part_headers;
+                self.set(VarName::MultipartName, m.last_name.as_bytes());
+                self.set(VarName::MultipartFilename, m.last_filename.as_bytes());
+                let f = m.flags;
+                let flag = |b: bool| if b { &b"1"[..] } else { &b"0"[..] };
+                self.set(
+                    VarName::MultipartStrictError,
+                    flag(f.strict_error() || m.error.is_some()),
+                );
+                self.set(VarName::MultipartBoundaryQuoted, flag(f.boundary_quoted));
+                self.set(
+                    VarName::MultipartBoundaryWhitespace,
+                    flag(f.boundary_whitespace),
+                );
+                self.set(VarName::MultipartDataBefore, flag(f.data_before));
+                self.set(VarName::MultipartDataAfter, flag(f.data_after));
+                self.set(VarName::MultipartHeaderFolding, flag(f.header_folding));
+                self.set(VarName::MultipartLfLine, flag(f.lf_line));
+                self.set(VarName::MultipartCrlfLfLines, flag(f.crlf_lf_lines));
+                self.set(
+                    VarName::MultipartMissingSemicolon,
+                    flag(f.missing_semicolon),
+                );
+                self.set(VarName::MultipartInvalidQuoting, flag(f.invalid_quoting));
+                self.set(VarName::MultipartInvalidPart, flag(f.invalid_part));
+                self.set(
+                    VarName::MultipartInvalidHeaderFolding,
+                    flag(f.invalid_header_folding),
+                );
+                self.set(
+                    VarName::MultipartUnmatchedBoundary,
+                    flag(f.unmatched_boundary),
+                );
+                self.set(
+                    VarName::MultipartFileLimitExceeded,
+                    flag(f.file_limit_exceeded),
+                );
+                error = m.error;
+            }
+            Some(BodyProcessor::Xml) => {
+                // Minimal XML support: the document's text content as `XML:/*`.
+                let mut text = Vec::new();
+                let mut in_tag = false;
+                for &c in body {
+                    match c {
+                        b'<' => in_tag = true,
+                        b'>' => in_tag = false,
+                        _ if !in_tag => text.push(c),
+                        _ => {}
+                    }
+                }
+                self.slot(VarName::Xml).push(("/*".to_string(), text));
+            }
+            None => {}
+        }
+        if let Some(e) = error {
+            self.set(VarName::ReqbodyError, b"1");
+            self.set(VarName::ReqbodyErrorMsg, e.as_bytes());
+            self.set(VarName::ReqbodyProcessorError, b"1");
+            self.set(VarName::ReqbodyProcessorErrorMsg, e.as_bytes());
+        }
+        self.update_combined_size();
+        None
+    }
+
+    fn rule_removed(&self, r: &Rule) -> bool {
+        self.removed_ids.iter().any(|x| x.contains(r.id))
+            || self.removed_tags.iter().any(|re| r.has_tag(re))
+    }
+
+    fn run_phase(&mut self, phase: u8) -> Option<Stop> {
+        self.phase = phase;
+        let waf = self.waf;
+        let list = waf
+            .by_phase
+            .get(usize::from(phase))
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        let mut i = 0;
+        while let Some(&idx) = list.get(i) {
+            i += 1;
+            let Some(rule) = waf.rules.get(idx) else {
+                continue;
+            };
+            if rule.marker_name().is_some() || self.rule_removed(rule) {
+                continue;
+            }
+            if !self.eval_rule(rule) {
+                continue;
+            }
+            if self.engine == EngineMode::Off {
+                return Some(Stop::Disrupt);
+            }
+            let disruptive = match &rule.actions.disruptive {
+                Some(Disruptive::Block) => Some(&rule.block_action),
+                d => d.as_ref(),
+            };
+            match disruptive {
+                Some(Disruptive::Deny) | Some(Disruptive::Drop) | Some(Disruptive::Redirect(_)) => {
+                    let action = match disruptive {
+                        Some(Disruptive::Drop) => Action::Drop,
+                        Some(Disruptive::Redirect(loc)) => Action::Redirect {
+                            status: rule
+                                .actions
+                                .status
+                                .filter(|s| (300..400).contains(s))
+                                .unwrap_or(302),
+                            location: String::from_utf8_lossy(
+                                &self.expand(&Macro::parse(loc), rule),
+                            )
+                            .into_owned(),
+                        },
+                        _ => Action::Deny {
+                            status: rule.actions.status.unwrap_or(403),
+                        },
+                    };
+                    if self.disruption.is_none() {
+                        self.disruption = Some((action, rule.id));
+                    }
+                    if self.engine == EngineMode::On {
+                        return Some(Stop::Disrupt);
+                    }
+                }
+                Some(Disruptive::Allow(scope)) if self.engine == EngineMode::On => {
+                    return Some(Stop::Allow(*scope));
+                }
+                _ => {}
+            }
+            if let Some(target) = &rule.actions.skip_after {
+                let id: Option<u64> = target.parse().ok();
+                let found = list.iter().enumerate().skip(i).find(|(_, &j)| {
+                    waf.rules.get(j).is_some_and(|r| {
+                        r.marker_name() == Some(target.as_str())
+                            || (id.is_some() && Some(r.id) == id)
+                    })
+                });
+                i = match found {
+                    Some((pos, _)) => pos + 1,
+                    None => list.len(),
+                };
+            } else if rule.actions.skip > 0 {
+                let mut left = rule.actions.skip;
+                while left > 0 && i < list.len() {
+                    if list
+                        .get(i)
+                        .and_then(|&j| waf.rules.get(j))
+                        .is_some_and(|r| r.marker_name().is_none())
+                    {
+                        left -= 1;
+                    }
+                    i += 1;
+                }
+            }
+        }
+        None
+    }
+
+    /// Evaluates a rule and its chain; on a full match runs its actions and
+    /// records it. Returns whether it matched.
+    fn eval_rule(&mut self, rule: &'w Rule) -> bool {
+        self.matched_vars.clear();
+        if !self.eval_link(rule, rule) {
+            return false;
+        }
+        self.matched_ids.push(rule.id);
+        if rule.actions.log != Some(false) {
+            let msg = rule
+                .actions
+                .msg
+                .as_ref()
+                .map(|m| self.expand(m, rule))
+                .unwrap_or_default();
+            let data = rule
+                .actions
+                .logdata
+                .as_ref()
+                .map(|m| self.expand(m, rule))
+                .unwrap_or_default();
+            self.matched_rules.push(RuleMatch {
+                id: rule.id,
+                phase: rule.phase,
+                msg: String::from_utf8_lossy(&msg).into_owned(),
+                data: String::from_utf8_lossy(&data).into_owned(),
+                severity: rule.actions.severity,
+                tags: rule.actions.tags.clone(),
+                matched_var_name: self
+                    .matched_var
+                    .as_ref()
+                    .map(|(n, _)| n.clone())
+                    .unwrap_or_default(),
+            });
+        }
+        true
+    }
+
+    fn eval_link(&mut self, top: &'w Rule, link: &'w Rule) -> bool {
+        let hits = match &link.body {
+            RuleBody::Match { .. } => {
+                let hits = self.match_link(top, link);
+                if hits.is_empty() {
+                    return false;
+                }
+                self.matched_vars.clear();
+                for h in &hits {
+                    self.matched_vars.push((h.name.clone(), h.value.clone()));
+                    self.matched_var = Some((h.name.clone(), h.value.clone()));
+                    if let Some(c) = &h.caps {
+                        self.set_captures(c);
+                    }
+                }
+                hits
+            }
+            RuleBody::Action => Vec::new(),
+            RuleBody::Marker(_) => return false,
+        };
+        match &link.chain {
+            Some(child) => {
+                if !self.eval_link(top, child) {
+                    return false;
+                }
+                self.run_actions(top, link);
+            }
+            None => {
+                if hits.is_empty() {
+                    self.run_actions(top, link);
+                }
+                for h in hits {
+                    self.matched_var = Some((h.name, h.value));
+                    if let Some(c) = &h.caps {
+                        self.set_captures(c);
+                    }
+                    self.run_actions(top, link);
+                }
+            }
+        }
+        true
+    }
+
+    fn set_captures(&mut self, caps: &[Vec<u8>]) {
+        for (i, c) in caps.iter().enumerate() {
+            self.tx.insert(i.to_string(), c.clone());
+        }
+    }
+
+    /// Runs the operator over every selected value of a link.
+    fn match_link(&self, top: &Rule, link: &Rule) -> Vec<Hit> {
+        let RuleBody::Match { targets, op } = &link.body else {
+            return Vec::new();
+        };
+        let mut extra: Vec<&Exclusion> = Vec::new();
+        for (ids, ex) in &self.removed_targets_by_id {
+            if ids.iter().any(|r| r.contains(top.id)) {
+                extra.push(ex);
+            }
+        }
+        for (re, ex) in &self.removed_targets_by_tag {
+            if top.has_tag(re) {
+                extra.push(ex);
+            }
+        }
+        let mut values: Vec<Val<'_>> = Vec::new();
+        for t in &targets.targets {
+            if extra.iter().any(|e| e.removes_target(t)) {
+                continue;
+            }
+            let start = values.len();
+            self.collect(t, &mut values);
+            // exclusions: the rule's own `!VAR:key` plus ctl removals
+            let mut k = start;
+            while k < values.len() {
+                let excluded = values.get(k).is_some_and(|v| {
+                    !v.count
+                        && (targets.exclusions.iter().any(|e| e.excludes(v.var, &v.key))
+                            || extra.iter().any(|e| e.excludes(v.var, &v.key)))
+                });
+                if excluded {
+                    values.remove(k);
+                } else {
+                    k += 1;
+                }
+            }
+            if t.count {
+                let n = values.len() - start;
+                values.truncate(start);
+                values.push(Val {
+                    var: t.var,
+                    key: Cow::Borrowed(""),
+                    value: Cow::Owned(n.to_string().into_bytes()),
+                    count: true,
+                });
+            }
+        }
+        let transforms: &[Transform] = if std::ptr::eq(top, link) {
+            &top.actions.transforms
+        } else {
+            &link.actions.transforms
+        };
+        let want_caps = top.actions.capture || link.actions.capture;
+        let multi = link.actions.multi_match || top.actions.multi_match;
+        let mut hits = Vec::new();
+        for v in &values {
+            let mut caps_buf = Vec::new();
+            let mut expand = |m: &Macro| self.expand(m, top);
+            let mut check = |input: &[u8], caps_buf: &mut Vec<Vec<u8>>| {
+                let caps = if want_caps {
+                    Some(&mut *caps_buf)
+                } else {
+                    None
+                };
+                eval(&op.op, input, &mut expand, caps) != op.negated
+            };
+            let mut cur: Cow<'_, [u8]> = Cow::Borrowed(&v.value);
+            let mut matched = false;
+            if multi && check(&cur, &mut caps_buf) {
+                matched = true;
+            }
+            for tf in transforms {
+                if matched {
+                    break;
+                }
+                let next = match tf.apply(&cur) {
+                    Cow::Borrowed(_) => None,
+                    Cow::Owned(o) => Some(o),
+                };
+                if let Some(o) = next {
+                    cur = Cow::Owned(o);
+                    if multi && check(&cur, &mut caps_buf) {
+                        matched = true;
+                    }
+                }
+            }
+            if !multi && check(&cur, &mut caps_buf) {
+                matched = true;
+            }
+            if matched {
+                hits.push(Hit {
+                    name: v.name(),
+                    value: v.value.to_vec(),
+                    caps: if want_caps && !op.negated {
+                        Some(caps_buf)
+                    } else {
+                        None
+                    },
+                });
+            }
+        }
+        hits
+    }
+
+    fn collect<'a>(&'a self, t: &Target, out: &mut Vec<Val<'a>>) {
+        let push_map = |out: &mut Vec<Val<'a>>, map: &'a BTreeMap<String, Vec<u8>>| {
+            for (k, v) in map {
+                if t.selector.matches(k) {
+                    out.push(Val {
+                        var: t.var,
+                        key: Cow::Borrowed(k),
+                        value: Cow::Borrowed(v),
+                        count: false,
+                    });
+                }
+            }
+        };
+        match t.var.kind() {
+            Kind::Keyed => {
+                for (k, v) in self.get_slot(t.var) {
+                    if t.var == VarName::Xml || t.selector.matches(k) {
+                        out.push(Val {
+                            var: t.var,
+                            key: Cow::Borrowed(k),
+                            value: Cow::Borrowed(v),
+                            count: false,
+                        });
+                    }
+                }
+            }
+            Kind::Names(src) => {
+                for (k, _) in self.get_slot(src) {
+                    if t.selector.matches(k) {
+                        out.push(Val {
+                            var: t.var,
+                            key: Cow::Borrowed(k),
+                            value: Cow::Borrowed(k.as_bytes()),
+                            count: false,
+                        });
+                    }
+                }
+            }
+            Kind::Scalar => {
+                for (_, v) in self.get_slot(t.var) {
+                    out.push(Val {
+                        var: t.var,
+                        key: Cow::Borrowed(""),
+                        value: Cow::Borrowed(v),
+                        count: false,
+                    });
+                }
+            }
+            Kind::Tx => push_map(out, &self.tx),
+            Kind::Persist => {
+                if let Some(m) = self.persist.get(&t.var) {
+                    push_map(out, m);
+                }
+            }
+            Kind::Matched => match t.var {
+                VarName::MatchedVar | VarName::MatchedVarName => {
+                    if let Some((n, v)) = &self.matched_var {
+                        let value: &[u8] = if t.var == VarName::MatchedVar {
+                            v
+                        } else {
+                            n.as_bytes()
+                        };
+                        out.push(Val {
+                            var: t.var,
+                            key: Cow::Borrowed(""),
+                            value: Cow::Borrowed(value),
+                            count: false,
+                        });
+                    }
+                }
+                _ => {
+                    for (n, v) in &self.matched_vars {
+                        if t.selector.matches(n) {
+                            let value: &[u8] = if t.var == VarName::MatchedVars {
+                                v
+                            } else {
+                                n.as_bytes()
+                            };
+                            out.push(Val {
+                                var: t.var,
+                                key: Cow::Borrowed(n),
+                                value: Cow::Borrowed(value),
+                                count: false,
+                            });
+                        }
+                    }
+                }
+            },
+        }
+    }
+
+    fn lookup(&self, seg: &Seg, rule: &Rule) -> Option<Vec<u8>> {
+        match seg {
+            Seg::Lit(s) => Some(s.as_bytes().to_vec()),
+            Seg::Rule(field) => match field.as_str() {
+                "id" => Some(rule.id.to_string().into_bytes()),
+                "msg" => rule
+                    .actions
+                    .msg
+                    .as_ref()
+                    .and_then(|m| m.as_literal())
+                    .map(|s| s.as_bytes().to_vec()),
+                "severity" => rule.actions.severity.map(|s| s.to_string().into_bytes()),
+                "ver" => rule.actions.ver.as_ref().map(|s| s.as_bytes().to_vec()),
+                "phase" => Some(rule.phase.to_string().into_bytes()),
+                _ => None,
+            },
+            Seg::Var(var, key) => {
+                let sel = match key {
+                    Some(k) => Selector::Key(k.clone()),
+                    None => Selector::All,
+                };
+                let t = Target {
+                    var: *var,
+                    selector: sel,
+                    count: false,
+                };
+                let mut vals = Vec::new();
+                self.collect(&t, &mut vals);
+                vals.into_iter().next().map(|v| v.value.into_owned())
+            }
+        }
+    }
+
+    fn expand(&self, m: &Macro, rule: &Rule) -> Vec<u8> {
+        m.expand(|seg| self.lookup(seg, rule))
+    }
+
+    fn run_actions(&mut self, top: &Rule, link: &Rule) {
+        for sv in &link.actions.setvars {
+            let key = String::from_utf8_lossy(&self.expand(&sv.key, top)).to_ascii_lowercase();
+            let value = match &sv.op {
+                SetOp::Delete => None,
+                SetOp::Set(m) => Some(self.expand(m, top)),
+                SetOp::Add(m) | SetOp::Sub(m) => {
+                    let delta = atoi(&self.expand(m, top));
+                    let map = self.collection(sv.coll);
+                    let cur = map.get(&key).map(|v| atoi(v)).unwrap_or(0);
+                    let n = if matches!(sv.op, SetOp::Add(_)) {
+                        cur.saturating_add(delta)
+                    } else {
+                        cur.saturating_sub(delta)
+                    };
+                    Some(n.to_string().into_bytes())
+                }
+            };
+            let map = self.collection(sv.coll);
+            match value {
+                Some(v) => {
+                    map.insert(key, v);
+                }
+                None => {
+                    map.remove(&key);
+                }
+            }
+        }
+        for ctl in &link.actions.ctls {
+            match ctl {
+                Ctl::RuleEngine(m) => self.engine = *m,
+                Ctl::RuleRemoveById(r) => self.removed_ids.extend(r.iter().copied()),
+                Ctl::RuleRemoveByTag(re) => self.removed_tags.push(re.clone()),
+                Ctl::RuleRemoveTargetById(ids, ex) => {
+                    self.removed_targets_by_id.push((ids.clone(), ex.clone()))
+                }
+                Ctl::RuleRemoveTargetByTag(re, ex) => {
+                    self.removed_targets_by_tag.push((re.clone(), ex.clone()))
+                }
+                Ctl::RequestBodyProcessor(p) => {
+                    if self.phase == 1 {
+                        self.body_processor = Some(*p);
+                        self.set(VarName::ReqbodyProcessor, p.name().as_bytes());
+                    }
+                }
+                Ctl::RequestBodyAccess(b) => self.body_access = *b,
+                Ctl::ForceRequestBodyVariable(b) => self.force_body_var = *b,
+                Ctl::Ignored => {}
+            }
+        }
+    }
+
+    fn collection(&mut self, coll: VarName) -> &mut BTreeMap<String, Vec<u8>> {
+        if coll == VarName::Tx {
+            &mut self.tx
+        } else {
+            self.persist.entry(coll).or_default()
+        }
+    }
+}
+
+fn trim(s: &[u8]) -> &[u8] {
+    let start = s.iter().take_while(|c| c.is_ascii_whitespace()).count();
+    let s = s.get(start..).unwrap_or(&[]);
+    let end = s.len()
+        - s.iter()
+            .rev()
+            .take_while(|c| c.is_ascii_whitespace())
+            .count();
+    s.get(..end).unwrap_or(&[])
+}

@@ -1,0 +1,295 @@
+//! End-to-end scenarios on the miniature rule set in `tests/fixtures/mini`.
+
+use rampart_waf::{Action, Error, Request, Verdict, Waf};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+fn fixture(p: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(p)
+}
+
+fn waf() -> &'static Waf {
+    static W: OnceLock<Waf> = OnceLock::new();
+    W.get_or_init(|| Waf::from_file(fixture("mini/main.conf")).unwrap())
+}
+
+fn get(uri: &str) -> Verdict {
+    waf().evaluate(&Request::new("GET", uri).header("Host", "example.com"))
+}
+
+fn post(uri: &str, ctype: Option<&str>, body: &str) -> Verdict {
+    let mut r = Request::new("POST", uri)
+        .header("Host", "example.com")
+        .body(body);
+    if let Some(c) = ctype {
+        r = r.header("Content-Type", c);
+    }
+    waf().evaluate(&r)
+}
+
+const DENY: Action = Action::Deny { status: 403 };
+
+#[test]
+fn loads_with_include_glob_and_warns_about_ignored_directives() {
+    let w = waf();
+    assert_eq!(w.rule_count(), 12);
+    assert!(
+        w.warnings()
+            .iter()
+            .any(|m| m.contains("SecAuditEngine (1)")),
+        "{:?}",
+        w.warnings()
+    );
+}
+
+#[test]
+fn benign_request_passes() {
+    let v = get("/search?q=union+station&page=2");
+    assert_eq!(v.action, Action::Pass);
+    assert!(v.matched_rules.is_empty(), "{:?}", v.matched_rules);
+    assert_eq!(v.anomaly_score, 0);
+}
+
+#[test]
+fn sqli_is_blocked_by_anomaly_score_with_details() {
+    let v = get("/search?q=1%27%20UNION%20SELECT%20password");
+    assert_eq!(v.action, DENY);
+    assert_eq!(v.disrupted_by, Some(949110));
+    assert_eq!(v.anomaly_score, 5);
+    let m = v.matched_rules.iter().find(|m| m.id == 942100).unwrap();
+    assert_eq!(m.msg, "SQL Injection Attack");
+    assert_eq!(
+        m.data,
+        "Matched Data: union select found within ARGS:q: 1' UNION SELECT password"
+    );
+    assert_eq!(m.severity, Some(2));
+    assert_eq!(m.tags, vec!["attack-sqli"]);
+    let last = v.matched_rules.last().unwrap();
+    assert_eq!(last.msg, "Inbound Anomaly Score Exceeded (Total Score: 5)");
+}
+
+#[test]
+fn xss_in_urlencoded_body_is_blocked() {
+    let v = post(
+        "/comment",
+        Some("application/x-www-form-urlencoded"),
+        "text=%3CScRiPt%3Ealert(1)",
+    );
+    assert_eq!(v.action, DENY);
+    assert!(v.matched_ids.contains(&941100));
+}
+
+#[test]
+fn xss_in_argument_name_and_entity_encoded() {
+    let v = get("/?%3Cscript%3E=1");
+    assert!(v.matched_ids.contains(&941100));
+    let v = get("/?a=%26lt;script%26gt;");
+    assert!(v.matched_ids.contains(&941100));
+}
+
+#[test]
+fn exclusion_in_variable_list_skips_the_cookie() {
+    let req = |cookie: &str| {
+        Request::new("GET", "/")
+            .header("Host", "example.com")
+            .header("Cookie", cookie)
+    };
+    assert!(waf().evaluate(&req("session=1' or '1'='1")).is_pass());
+    assert!(!waf().evaluate(&req("other=1' or '1'='1")).is_pass());
+}
+
+#[test]
+fn ctl_rule_remove_target_by_id() {
+    assert!(post(
+        "/login",
+        Some("application/x-www-form-urlencoded"),
+        "user=bob&password=x' or 1=1"
+    )
+    .is_pass());
+    let v = post(
+        "/login",
+        Some("application/x-www-form-urlencoded"),
+        "user=x' or 1=1&password=a",
+    );
+    assert_eq!(v.action, DENY);
+    assert!(!post(
+        "/other",
+        Some("application/x-www-form-urlencoded"),
+        "password=x' or 1=1"
+    )
+    .is_pass());
+}
+
+#[test]
+fn ctl_rule_remove_by_id() {
+    assert!(get("/health?x=%3Cscript%3E").is_pass());
+    assert!(!get("/status?x=%3Cscript%3E").is_pass());
+}
+
+#[test]
+fn skip_after_jumps_to_marker() {
+    let req = Request::new("GET", "/?q=1'+or+1=1")
+        .header("Host", "example.com")
+        .header("X-Trusted-Scanner", "yes");
+    let v = waf().evaluate(&req);
+    assert!(v.is_pass());
+    assert!(!v.matched_ids.contains(&942100));
+}
+
+#[test]
+fn counting_arguments() {
+    assert!(get("/?a=1&b=2&c=3&d=4&e=5").is_pass());
+    let v = get("/?a=1&b=2&c=3&d=4&e=5&f=6");
+    assert!(v.matched_ids.contains(&920300));
+    assert_eq!(v.action, DENY);
+}
+
+#[test]
+fn negated_within_and_macro_logdata() {
+    let v = waf().evaluate(&Request::new("PUT", "/").header("Host", "example.com"));
+    let m = v.matched_rules.iter().find(|m| m.id == 911100).unwrap();
+    assert_eq!(m.data, "PUT");
+    assert_eq!(v.action, DENY);
+}
+
+#[test]
+fn chain_requires_every_link() {
+    // JSON-looking body, no Content-Type: the whole chain matches.
+    let v = post("/api", None, "{\"a\":1}");
+    assert!(v.matched_ids.contains(&920999), "{:?}", v.matched_ids);
+    // Declared content type: last link fails.
+    let v = post("/api", Some("text/plain"), "{\"a\":1}");
+    assert!(!v.matched_ids.contains(&920999));
+    // Not a JSON body: second link fails.
+    let v = post("/api", None, "hello");
+    assert!(!v.matched_ids.contains(&920999));
+}
+
+#[test]
+fn pm_from_file_relative_to_rule_file() {
+    let v = get("/?f=%2Fetc%2Fpasswd");
+    assert!(v.matched_ids.contains(&932100));
+}
+
+#[test]
+fn detection_only_reports_but_passes() {
+    let text = std::fs::read_to_string(fixture("mini/main.conf"))
+        .unwrap()
+        .replace("SecRuleEngine On", "SecRuleEngine DetectionOnly");
+    let w = Waf::from_str_named(fixture("mini/main2.conf"), &text).unwrap();
+    let v = w.evaluate(&Request::new("GET", "/?q=1'+or+1=1"));
+    assert_eq!(v.action, Action::Pass);
+    assert_eq!(v.disrupted_by, Some(949110));
+}
+
+#[test]
+fn multipart_and_json_bodies() {
+    let body =
+        "--b\r\nContent-Disposition: form-data; name=\"c\"\r\n\r\n<script>x</script>\r\n--b--\r\n";
+    let v = post("/up", Some("multipart/form-data; boundary=b"), body);
+    assert!(v.matched_ids.contains(&941100), "{:?}", v.matched_ids);
+
+    let w = Waf::from_str_named(
+        "json.conf",
+        r#"
+SecRule REQUEST_HEADERS:Content-Type "@rx ^application/json" "id:1,phase:1,pass,nolog,ctl:requestBodyProcessor=JSON"
+SecRule ARGS:json.user.name "@contains admin" "id:2,phase:2,deny,status:401"
+SecRule REQBODY_ERROR "!@eq 0" "id:3,phase:2,deny,status:400"
+"#,
+    )
+    .unwrap();
+    let req = |b: &str| {
+        Request::new("POST", "/")
+            .header("Content-Type", "application/json")
+            .body(b)
+    };
+    assert_eq!(
+        w.evaluate(&req(r#"{"user":{"name":"the admin"}}"#)).action,
+        Action::Deny { status: 401 }
+    );
+    assert_eq!(
+        w.evaluate(&req(r#"{"user":{"name":"bob"}}"#)).action,
+        Action::Pass
+    );
+    assert_eq!(
+        w.evaluate(&req(r#"{"user":"#)).action,
+        Action::Deny { status: 400 }
+    );
+    let deep = "[".repeat(10_000);
+    assert_eq!(w.evaluate(&req(&deep)).action, Action::Deny { status: 400 });
+}
+
+#[test]
+fn parse_error_names_file_and_line() {
+    let e = Waf::from_file(fixture("mini/bad.conf")).unwrap_err();
+    let loc = e.location().unwrap();
+    assert!(loc.file.ends_with("mini/bad.conf"));
+    assert_eq!(loc.line, 8);
+    assert!(
+        matches!(e, Error::Unsupported { kind: "action", ref name, .. } if name == "frobnicate")
+    );
+    assert!(
+        e.to_string()
+            .ends_with("bad.conf:8: unsupported action `frobnicate`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn errors_in_included_files_and_bad_regex() {
+    let e = Waf::from_str_named("x.conf", "\nSecRule ARGS \"@rx (\" \"id:1\"").unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("x.conf:2: bad regular expression"),
+        "{e}"
+    );
+    let e = Waf::from_str_named("x.conf", "SecRule ARGS \"@rx a\" \"id:1,chain\"").unwrap_err();
+    assert!(e.to_string().contains("chain"), "{e}");
+    let e = Waf::from_str_named("x.conf", "SecFoo On").unwrap_err();
+    assert_eq!(e.to_string(), "x.conf:1: unsupported directive `SecFoo`");
+    let e = Waf::from_str_named("x.conf", "SecRule ARGS \"@rbl x\" \"id:1\"").unwrap_err();
+    assert!(matches!(
+        e,
+        Error::Unsupported {
+            kind: "operator",
+            ..
+        }
+    ));
+}
+
+#[test]
+fn setvar_arithmetic_and_delete() {
+    let w = Waf::from_str_named(
+        "s.conf",
+        r#"
+SecAction "id:1,phase:1,pass,setvar:tx.n=10,setvar:tx.n=+5,setvar:tx.n=-3,setvar:tx.gone=1,setvar:!tx.gone"
+SecRule TX:n "@eq 12" "id:2,phase:1,pass,setvar:tx.anomaly_score=7"
+SecRule &TX:gone "@eq 0" "id:3,phase:1,deny,status:418"
+"#,
+    )
+    .unwrap();
+    let v = w.evaluate(&Request::new("GET", "/"));
+    assert_eq!(v.matched_ids, vec![1, 2, 3]);
+    assert_eq!(v.anomaly_score, 7);
+    assert_eq!(v.action, Action::Deny { status: 418 });
+}
+
+#[test]
+fn hostile_inputs_do_not_panic() {
+    let nasty: Vec<u8> = (0..=255u8).cycle().take(4096).collect();
+    let mut r = Request::new("POST", "/%00%ff%c0%af?%=%%u12&a=%uZZZZ");
+    r.headers.push((
+        "Content-Type".into(),
+        b"multipart/form-data; boundary=\"".to_vec(),
+    ));
+    r.headers.push(("Cookie".into(), nasty.clone()));
+    r.body = nasty;
+    let _ = waf().evaluate(&r);
+    let _ = post(
+        "/",
+        Some("multipart/form-data; boundary=x"),
+        "--x\r\n\r\n--x\n--x--garbage",
+    );
+}
