@@ -46,7 +46,8 @@ impl CliError {
 
     pub fn print(&self) {
         match self {
-            CliError::Config(e @ ConfigError::Invalid(_)) => eprintln!("{e}"),
+            // Configuration problems start with the file name, like a compiler's.
+            CliError::Config(e) => eprintln!("{e}"),
             other => eprintln!("error: {other}"),
         }
     }

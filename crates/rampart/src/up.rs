@@ -49,17 +49,16 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
             init::initialise(&dir, &args.data, config.control.listen.ip(), clock.clone()).await?;
         init::print_initialised(&done);
     }
+    let node = node::open(&dir, &args.data, clock.clone()).await?;
     if config_path.is_none() {
         // Show the operator the file they are running, to copy and edit.
         let dev_path = dir.join(DEFAULT_CONFIG);
-        if dir.is_dir() && !dev_path.exists() {
+        if !dev_path.exists() {
             std::fs::write(&dev_path, rampart_config::DEV_CONFIG)
                 .map_err(|e| CliError::Input(format!("{}: {e}", dev_path.display())))?;
         }
         println!("development config: {} (built in)", dev_path.display());
     }
-
-    let node = node::open(&dir, &args.data, clock.clone()).await?;
     let tls_config = tls::control_server_config(&node.keyring).await?;
     let verifier = Verifier::new(&node.keyring).await?;
     let state = Arc::new(AppState {

@@ -1,0 +1,334 @@
+//! End-to-end tests: the real `rampart` binary in a temporary directory.
+
+mod util;
+
+use std::process::Command;
+
+use util::{stderr, stdout, tree, Rampart};
+
+const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/rampart.toml");
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../rampart-config/tests/fixtures");
+
+#[test]
+fn help_names_every_verb_and_every_verb_has_help() {
+    let r = Rampart::new();
+    let out = r.run(&["--help"]);
+    assert!(out.status.success());
+    let text = stdout(&out);
+    for verb in ["init", "up", "config"] {
+        assert!(text.contains(verb), "{text}");
+    }
+    for args in [
+        &["init", "--help"][..],
+        &["up", "--help"],
+        &["config", "--help"],
+        &["config", "check", "--help"],
+    ] {
+        let out = r.run(args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        assert!(stdout(&out).contains("Usage:"));
+    }
+}
+
+#[test]
+fn config_check_says_ok_or_names_line_field_and_exits_2() {
+    let r = Rampart::new();
+    let out = r.run(&["config", "check", EXAMPLE]);
+    assert_eq!(stdout(&out).trim(), "ok", "{}", stderr(&out));
+    assert!(out.status.success());
+
+    let bad = format!("{FIXTURES}/bad/unknown_service.toml");
+    let out = r.run(&["config", "check", &bad]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.starts_with(&format!("{bad}:14:11: routes[0].service: unknown service \"billing\"")),
+        "{err}"
+    );
+
+    // Several errors: all reported, one per line.
+    std::fs::write(
+        r.path("multi.toml"),
+        "[[environments]]\nname = \"prod\"\n\n[[services]]\nname = \"a\"\nenvironment = \"qa\"\nport = 0\n",
+    )
+    .unwrap();
+    let out = r.run(&["config", "check", "multi.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(lines[0].starts_with("multi.toml:6:15: services[0].environment: unknown environment"));
+    assert!(lines[1].starts_with("multi.toml:7:8: services[0].port: invalid port 0"));
+
+    // Malformed TOML and a missing file: one line, exit 2, no panic.
+    std::fs::write(r.path("broken.toml"), "[[routes]\nhost = ").unwrap();
+    for file in ["broken.toml", "missing.toml"] {
+        let out = r.run(&["config", "check", file]);
+        assert_eq!(out.status.code(), Some(2), "{file}");
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.starts_with(file), "{err}");
+        assert!(!err.contains("panicked"));
+    }
+}
+
+#[test]
+fn init_then_restart_with_right_and_wrong_root_key() {
+    let r = Rampart::new();
+    let cred = r.init();
+    assert!(cred.len() > 60);
+    let key = std::fs::read_to_string(r.path("data/root.key")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(r.path("data/root.key")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // The credential is not stored anywhere in the clear.
+    let secret = cred.rsplit_once('_').unwrap().1;
+    for f in tree(&r.path("data")).into_iter().filter(|p| p.is_file()) {
+        let bytes = std::fs::read(&f).unwrap();
+        assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "{f:?}");
+    }
+    // Initialising again is refused.
+    let again = r.run(&["init", "--data-dir", "data"]);
+    assert_eq!(again.status.code(), Some(2));
+
+    // The right key: the node comes up and the credential works.
+    let srv = r.up(&["--dev", "--data-dir", "data"]);
+    assert_eq!(srv.get("/v1/whoami", Some(&cred)).status, 200);
+    let (status, _) = srv.terminate();
+    assert!(status.success());
+
+    // Another key in the key file: refused with the exact message, exit 2.
+    std::fs::remove_file(r.path("data/root.key")).unwrap();
+    let other = r.run(&["init", "--data-dir", "other"]);
+    assert!(other.status.success());
+    std::fs::copy(r.path("other/root.key"), r.path("data/root.key")).unwrap();
+    let out = r.run(&["up", "--dev", "--data-dir", "data"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out).trim(),
+        "error: root key does not match this data directory"
+    );
+    // The same through RAMPART_ROOT_KEY, and the right key through it works.
+    std::fs::remove_file(r.path("data/root.key")).unwrap();
+    let wrong = std::fs::read_to_string(r.path("other/root.key")).unwrap();
+    let out = r
+        .cmd(&["up", "--dev", "--data-dir", "data"])
+        .env("RAMPART_ROOT_KEY", wrong.trim())
+        .output()
+        .unwrap();
+    assert_eq!(
+        stderr(&out).trim(),
+        "error: root key does not match this data directory"
+    );
+    let mut cmd = r.cmd(&[]);
+    cmd.env("RAMPART_ROOT_KEY", key.trim());
+    let srv = r.up_with(cmd, &["--dev", "--data-dir", "data"]);
+    assert_eq!(srv.get("/v1/whoami", Some(&cred)).status, 200);
+    drop(srv);
+}
+
+#[test]
+fn passphrase_root_key() {
+    let r = Rampart::new();
+    let out = r
+        .cmd(&["init", "--data-dir", "data", "--passphrase-env", "PASS"])
+        .env("PASS", "correct horse battery staple")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!r.path("data/root.key").exists());
+    assert!(stdout(&out).contains("derived from your passphrase"));
+
+    // Without the passphrase: told what to do.
+    let out = r.run(&["up", "--dev", "--data-dir", "data"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("pass --passphrase-env"), "{}", stderr(&out));
+    // The wrong passphrase: refused.
+    let out = r
+        .cmd(&["up", "--dev", "--data-dir", "data", "--passphrase-env", "PASS"])
+        .env("PASS", "wrong horse")
+        .output()
+        .unwrap();
+    assert_eq!(
+        stderr(&out).trim(),
+        "error: root key does not match this data directory"
+    );
+    // The right one: up.
+    let mut cmd = r.cmd(&[]);
+    cmd.env("PASS", "correct horse battery staple");
+    let srv = r.up_with(cmd, &["--dev", "--data-dir", "data", "--passphrase-env", "PASS"]);
+    assert_eq!(srv.get("/healthz", None).status, 200);
+}
+
+/// Bad input never panics: each case is one line on stderr, exit 2, nothing written.
+#[test]
+fn bad_input_is_one_line_exit_2_and_writes_nothing() {
+    let r = Rampart::new();
+    let check = |out: std::process::Output, needle: &str| {
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains(needle), "wanted {needle:?} in {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    };
+
+    // An unset passphrase variable: init writes nothing at all.
+    check(
+        r.run(&["init", "--data-dir", "data", "--passphrase-env", "NOPE_UNSET"]),
+        "environment variable NOPE_UNSET is not set",
+    );
+    assert!(tree(r.dir.path()).is_empty(), "{:?}", tree(r.dir.path()));
+
+    // A malformed RAMPART_ROOT_KEY: same.
+    let out = r
+        .cmd(&["init", "--data-dir", "data"])
+        .env("RAMPART_ROOT_KEY", "not base64!")
+        .output()
+        .unwrap();
+    check(out, "RAMPART_ROOT_KEY: invalid root key");
+    assert!(tree(r.dir.path()).is_empty());
+
+    // A data directory that cannot be created (its parent is a file).
+    std::fs::write(r.path("afile"), "x").unwrap();
+    check(r.run(&["init", "--data-dir", "afile/data"]), "cannot create data directory");
+    assert_eq!(tree(r.dir.path()), vec![r.path("afile")]);
+    std::fs::remove_file(r.path("afile")).unwrap();
+
+    // A truncated key file: up refuses before touching the store.
+    r.init();
+    let key = std::fs::read_to_string(r.path("data/root.key")).unwrap();
+    std::fs::write(r.path("data/root.key"), &key[..10]).unwrap();
+    let before = tree(&r.path("data"));
+    let db_before = std::fs::read(r.path("data/rampart.db")).unwrap();
+    check(r.run(&["up", "--dev", "--data-dir", "data"]), "invalid root key");
+    assert_eq!(tree(&r.path("data")), before);
+    assert_eq!(std::fs::read(r.path("data/rampart.db")).unwrap(), db_before);
+
+    // An uninitialised data directory without --dev.
+    check(
+        r.run(&["up", "--config", EXAMPLE, "--data-dir", "nowhere"]),
+        "is not initialised",
+    );
+    assert!(!r.path("nowhere").exists());
+
+    // Malformed configuration for up.
+    std::fs::write(r.path("bad.toml"), "[control]\nlisten = 7443\n").unwrap();
+    check(r.run(&["up", "--config", "bad.toml"]), "bad.toml:2:10: control.listen");
+}
+
+/// A data directory the user may not write: run as `nobody` where we can.
+#[test]
+fn data_directory_without_permission() {
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| stdout(&o).trim() == "0")
+        .unwrap_or(false);
+    let setpriv = std::path::Path::new("/usr/bin/setpriv");
+    if !is_root || !setpriv.exists() {
+        eprintln!("SKIP: needs root and setpriv to drop privileges");
+        return;
+    }
+    let r = Rampart::new();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(r.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let locked = r.path("locked");
+    std::fs::create_dir(&locked).unwrap();
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new(setpriv)
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", util::BIN])
+        .args(["init", "--data-dir"])
+        .arg(locked.join("data"))
+        .env_remove("RAMPART_ROOT_KEY")
+        .output()
+        .unwrap();
+    if stderr(&out).contains("Permission denied") && stderr(&out).starts_with("setpriv") {
+        eprintln!("SKIP: nobody cannot execute the test binary here");
+        return;
+    }
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("Permission denied"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(tree(&locked).is_empty());
+}
+
+#[test]
+fn control_api_answers_health_metrics_and_json_errors() {
+    let r = Rampart::new();
+    let cred = r.init();
+    let srv = r.up(&["--dev", "--data-dir", "data"]);
+
+    let h = srv.get("/healthz", None);
+    assert_eq!((h.status, h.json()["status"].as_str()), (200, Some("ok")));
+    let ready = srv.get("/readyz", None);
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.json()["store"], "sqlite");
+
+    // Every response carries a request id; a caller's plain id is kept, a hostile one replaced.
+    assert!(h.request_id.as_deref().is_some_and(|id| id.len() >= 32));
+
+    let missing = srv.get("/v1/nope", None);
+    assert_eq!(missing.status, 404);
+    assert!(missing.content_type.starts_with("application/json"));
+    let e = missing.json();
+    assert_eq!(e["error"]["code"], "not_found");
+    assert!(e["error"]["message"].as_str().unwrap().contains("/v1/nope"));
+    assert!(missing.request_id.is_some());
+
+    let unauth = srv.get("/v1/whoami", None);
+    assert_eq!(unauth.status, 401);
+    assert_eq!(unauth.json()["error"]["code"], "unauthenticated");
+    assert_eq!(unauth.json()["error"]["field"], "authorization");
+    // Malformed, unknown and tampered credentials all get the same answer.
+    let mut tampered = cred.clone();
+    let last = tampered.pop().unwrap();
+    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    for bad in ["garbage", "rk_admin_", &tampered, &"x".repeat(5000)] {
+        let resp = srv.get("/v1/whoami", Some(bad));
+        assert_eq!(resp.status, 401, "{bad}");
+        assert_eq!(resp.body, unauth.body);
+    }
+    let me = srv.get("/v1/whoami", Some(&cred));
+    assert_eq!(me.status, 200);
+    assert_eq!(me.json()["principal"], "admin");
+
+    let st = srv.get("/v1/status", Some(&cred)).json();
+    assert_eq!(st["store"]["schema_version"], 1);
+    assert_eq!(st["environments"][0], "dev");
+
+    let wrong_method = srv.request("POST", "/healthz", None);
+    assert_eq!(wrong_method.status, 405);
+    assert_eq!(wrong_method.json()["error"]["code"], "method_not_allowed");
+
+    let m = srv.get("/metrics", None);
+    assert_eq!(m.status, 200);
+    assert!(m.content_type.starts_with("text/plain"));
+    assert!(m.body.contains("rampart_http_requests_total{method=\"GET\",route=\"/healthz\",status=\"200\"} 1"), "{}", m.body);
+    assert!(m.body.contains("route=\"/v1/whoami\",status=\"401\""));
+    assert!(m.body.contains("rampart_build_info"));
+}
+
+#[test]
+fn up_dev_from_nothing_then_sigterm_stops_gracefully() {
+    let r = Rampart::new();
+    let srv = r.up(&["--dev"]);
+    // It initialised ./rampart-data, printed the credential once, and wrote the dev config.
+    let printed = srv.printed.join("\n");
+    assert!(printed.contains("initialised data directory rampart-data"), "{printed}");
+    let cred = util::credential(&printed);
+    assert!(r.path("rampart-data/rampart.toml").is_file());
+    assert_eq!(srv.get("/readyz", None).status, 200);
+    assert_eq!(srv.get("/v1/whoami", Some(&cred)).status, 200);
+    let (status, after) = srv.terminate();
+    assert!(status.success(), "{status:?}");
+    assert!(after.iter().any(|l| l == "rampart stopped"), "{after:?}");
+
+    // The generated config is valid for `config check`.
+    let out = r.run(&["config", "check", "rampart-data/rampart.toml"]);
+    assert_eq!(stdout(&out).trim(), "ok");
+    // A second start reuses the data directory and prints no new credential.
+    let srv = r.up(&["--dev"]);
+    assert!(!srv.printed.join("\n").contains("rk_admin_"));
+    assert_eq!(srv.get("/v1/whoami", Some(&cred)).status, 200);
+}

@@ -1,0 +1,261 @@
+//! The one helper every end-to-end test goes through: a temporary directory,
+//! the real `rampart` binary run in it, and a client for its control API.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_rampart");
+
+/// A scratch directory to run rampart in.
+pub struct Rampart {
+    pub dir: tempfile::TempDir,
+}
+
+impl Rampart {
+    pub fn new() -> Self {
+        Rampart {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// `rampart ARGS` in the scratch directory, with no inherited RAMPART_ settings.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args).current_dir(self.dir.path());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("RAMPART_") {
+                c.env_remove(k);
+            }
+        }
+        c.env("RAMPART_LOG", "warn");
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    /// `rampart init` into `./data`; returns the admin credential it printed.
+    pub fn init(&self) -> String {
+        let out = self.run(&["init", "--data-dir", "data"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        credential(&stdout(&out))
+    }
+
+    /// Starts `rampart up ARGS --control-listen 127.0.0.1:0` and waits until it listens.
+    pub fn up(&self, args: &[&str]) -> Server {
+        self.up_with(self.cmd(&[]), args)
+    }
+
+    pub fn up_with(&self, mut cmd: Command, args: &[&str]) -> Server {
+        cmd.arg("up")
+            .args(args)
+            .args(["--control-listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut seen = Vec::new();
+        let addr = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix("control API: https://") {
+                        break rest.split_whitespace().next().unwrap().to_string();
+                    }
+                    seen.push(line);
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let o = child.wait_with_output().unwrap();
+                    panic!(
+                        "rampart up did not start: stdout {seen:?} stderr {}",
+                        String::from_utf8_lossy(&o.stderr)
+                    );
+                }
+            }
+        };
+        let data = args
+            .windows(2)
+            .find(|w| w[0] == "--data-dir")
+            .map(|w| w[1].to_string())
+            .unwrap_or_else(|| "rampart-data".to_string());
+        let ca = std::fs::read(self.path(&data).join("tls/ca.pem")).unwrap();
+        let server = Server {
+            child,
+            addr,
+            agent: agent(&ca),
+            lines: rx,
+            printed: seen,
+        };
+        server.wait_ready();
+        server
+    }
+}
+
+fn agent(ca_pem: &[u8]) -> ureq::Agent {
+    use ureq::tls::{Certificate, RootCerts, TlsConfig};
+    let cert = Certificate::from_pem(ca_pem).unwrap();
+    let tls = TlsConfig::builder()
+        .root_certs(RootCerts::Specific(Arc::new(vec![cert])))
+        .build();
+    ureq::Agent::config_builder()
+        .tls_config(tls)
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(20)))
+        .build()
+        .new_agent()
+}
+
+/// A running `rampart up`.
+pub struct Server {
+    pub child: Child,
+    pub addr: String,
+    agent: ureq::Agent,
+    lines: mpsc::Receiver<String>,
+    /// What it printed before it listened.
+    pub printed: Vec<String>,
+}
+
+/// A response, read whole.
+pub struct Resp {
+    pub status: u16,
+    pub request_id: Option<String>,
+    pub content_type: String,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+}
+
+impl Server {
+    pub fn url(&self, path: &str) -> String {
+        format!("https://{}{path}", self.addr)
+    }
+
+    pub fn request(&self, method: &str, path: &str, token: Option<&str>) -> Resp {
+        let url = self.url(path);
+        let mut req = ureq::http::Request::builder().method(method).uri(&url);
+        if let Some(t) = token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        let mut resp = self.agent.run(req.body(()).unwrap()).unwrap();
+        Resp {
+            status: resp.status().as_u16(),
+            request_id: resp
+                .headers()
+                .get("x-request-id")
+                .map(|v| v.to_str().unwrap().to_string()),
+            content_type: resp
+                .headers()
+                .get("content-type")
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default(),
+            body: resp.body_mut().read_to_string().unwrap_or_default(),
+        }
+    }
+
+    pub fn get(&self, path: &str, token: Option<&str>) -> Resp {
+        self.request("GET", path, token)
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(mut r) = self.agent.get(self.url("/readyz")).call() {
+                if r.status() == 200 {
+                    let _ = r.body_mut().read_to_string();
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "rampart never became ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns its status and
+    /// what it printed after starting.
+    pub fn terminate(mut self) -> (ExitStatus, Vec<String>) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "rampart ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // The reader thread ends at EOF, now that the process is gone.
+        let mut lines = Vec::new();
+        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            lines.push(l);
+        }
+        (status, lines)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The credential line `rampart init` prints.
+pub fn credential(out: &str) -> String {
+    out.lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("rk_admin_"))
+        .unwrap_or_else(|| panic!("no credential in {out}"))
+        .to_string()
+}
+
+/// Every file under `dir`, for "wrote nothing" checks.
+pub fn tree(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            out.push(e.path());
+            if e.path().is_dir() {
+                out.extend(tree(&e.path()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
