@@ -95,6 +95,13 @@ impl Checker {
         parsed
     }
 
+    fn cidrs(&mut self, list: &[S<String>], path: &str) -> Vec<IpNet> {
+        list.iter()
+            .enumerate()
+            .filter_map(|(i, v)| self.cidr(v, &format!("{path}[{i}]")))
+            .collect()
+    }
+
     fn upstream(&mut self, v: &S<String>, path: &str) -> Option<Upstream> {
         let s = v.get_ref();
         if let Ok(addr) = s.parse::<SocketAddr>() {
@@ -200,13 +207,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
         }),
         None => SocketAddr::from(([127, 0, 0, 1], 7443)),
     };
-    let allow = raw
-        .control
-        .allow
-        .iter()
-        .enumerate()
-        .filter_map(|(i, v)| c.cidr(v, &format!("control.allow[{i}]")))
-        .collect();
+    let allow = c.cidrs(&raw.control.allow, "control.allow");
 
     // Environments.
     let envs = unique(
@@ -380,18 +381,8 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
                 "roles need an authenticated route: set auth",
             );
         }
-        let allow_cidrs = r
-            .allow_cidrs
-            .iter()
-            .enumerate()
-            .filter_map(|(j, v)| c.cidr(v, &format!("routes[{i}].allow_cidrs[{j}]")))
-            .collect();
-        let deny_cidrs = r
-            .deny_cidrs
-            .iter()
-            .enumerate()
-            .filter_map(|(j, v)| c.cidr(v, &format!("routes[{i}].deny_cidrs[{j}]")))
-            .collect();
+        let allow_cidrs = c.cidrs(&r.allow_cidrs, &p("allow_cidrs"));
+        let deny_cidrs = c.cidrs(&r.deny_cidrs, &p("deny_cidrs"));
         routes.push(Route {
             host,
             path_prefix: prefix,

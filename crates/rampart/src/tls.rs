@@ -14,6 +14,8 @@ use rcgen::{
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
+use zeroize::Zeroizing;
+
 use crate::errors::CliError;
 
 const TLS_NS: &str = "tls";
@@ -86,13 +88,18 @@ pub async fn generate_dev_pki(
     let store = keyring.store();
     let sealed = sealed(keyring).await?;
     sealed
-        .put(TLS_NS, "ca.key", &ca_key.serialize_der(), Expect::Absent)
+        .put(
+            TLS_NS,
+            "ca.key",
+            &Zeroizing::new(ca_key.serialize_der()),
+            Expect::Absent,
+        )
         .await?;
     sealed
         .put(
             TLS_NS,
             "server.key",
-            &srv_key.serialize_der(),
+            &Zeroizing::new(srv_key.serialize_der()),
             Expect::Absent,
         )
         .await?;

@@ -7,7 +7,10 @@ use std::process::Command;
 use util::{stderr, stdout, tree, Rampart};
 
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/rampart.toml");
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../rampart-config/tests/fixtures");
+const FIXTURES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../rampart-config/tests/fixtures"
+);
 
 #[test]
 fn help_names_every_verb_and_every_verb_has_help() {
@@ -42,7 +45,9 @@ fn config_check_says_ok_or_names_line_field_and_exits_2() {
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
     assert!(
-        err.starts_with(&format!("{bad}:14:11: routes[0].service: unknown service \"billing\"")),
+        err.starts_with(&format!(
+            "{bad}:14:11: routes[0].service: unknown service \"billing\""
+        )),
         "{err}"
     );
 
@@ -79,13 +84,19 @@ fn init_then_restart_with_right_and_wrong_root_key() {
     assert!(cred.len() > 60);
     let key = std::fs::read_to_string(r.path("data/root.key")).unwrap();
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(r.path("data/root.key")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(r.path("data/root.key"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
     // The credential is not stored anywhere in the clear.
     let secret = cred.rsplit_once('_').unwrap().1;
     for f in tree(&r.path("data")).into_iter().filter(|p| p.is_file()) {
         let bytes = std::fs::read(&f).unwrap();
-        assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "{f:?}");
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "{f:?}"
+        );
     }
     // Initialising again is refused.
     let again = r.run(&["init", "--data-dir", "data"]);
@@ -142,10 +153,21 @@ fn passphrase_root_key() {
     // Without the passphrase: told what to do.
     let out = r.run(&["up", "--dev", "--data-dir", "data"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("pass --passphrase-env"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("pass --passphrase-env"),
+        "{}",
+        stderr(&out)
+    );
     // The wrong passphrase: refused.
     let out = r
-        .cmd(&["up", "--dev", "--data-dir", "data", "--passphrase-env", "PASS"])
+        .cmd(&[
+            "up",
+            "--dev",
+            "--data-dir",
+            "data",
+            "--passphrase-env",
+            "PASS",
+        ])
         .env("PASS", "wrong horse")
         .output()
         .unwrap();
@@ -156,7 +178,10 @@ fn passphrase_root_key() {
     // The right one: up.
     let mut cmd = r.cmd(&[]);
     cmd.env("PASS", "correct horse battery staple");
-    let srv = r.up_with(cmd, &["--dev", "--data-dir", "data", "--passphrase-env", "PASS"]);
+    let srv = r.up_with(
+        cmd,
+        &["--dev", "--data-dir", "data", "--passphrase-env", "PASS"],
+    );
     assert_eq!(srv.get("/healthz", None).status, 200);
 }
 
@@ -174,7 +199,13 @@ fn bad_input_is_one_line_exit_2_and_writes_nothing() {
 
     // An unset passphrase variable: init writes nothing at all.
     check(
-        r.run(&["init", "--data-dir", "data", "--passphrase-env", "NOPE_UNSET"]),
+        r.run(&[
+            "init",
+            "--data-dir",
+            "data",
+            "--passphrase-env",
+            "NOPE_UNSET",
+        ]),
         "environment variable NOPE_UNSET is not set",
     );
     assert!(tree(r.dir.path()).is_empty(), "{:?}", tree(r.dir.path()));
@@ -190,7 +221,10 @@ fn bad_input_is_one_line_exit_2_and_writes_nothing() {
 
     // A data directory that cannot be created (its parent is a file).
     std::fs::write(r.path("afile"), "x").unwrap();
-    check(r.run(&["init", "--data-dir", "afile/data"]), "cannot create data directory");
+    check(
+        r.run(&["init", "--data-dir", "afile/data"]),
+        "cannot create data directory",
+    );
     assert_eq!(tree(r.dir.path()), vec![r.path("afile")]);
     std::fs::remove_file(r.path("afile")).unwrap();
 
@@ -200,7 +234,10 @@ fn bad_input_is_one_line_exit_2_and_writes_nothing() {
     std::fs::write(r.path("data/root.key"), &key[..10]).unwrap();
     let before = tree(&r.path("data"));
     let db_before = std::fs::read(r.path("data/rampart.db")).unwrap();
-    check(r.run(&["up", "--dev", "--data-dir", "data"]), "invalid root key");
+    check(
+        r.run(&["up", "--dev", "--data-dir", "data"]),
+        "invalid root key",
+    );
     assert_eq!(tree(&r.path("data")), before);
     assert_eq!(std::fs::read(r.path("data/rampart.db")).unwrap(), db_before);
 
@@ -213,7 +250,10 @@ fn bad_input_is_one_line_exit_2_and_writes_nothing() {
 
     // Malformed configuration for up.
     std::fs::write(r.path("bad.toml"), "[control]\nlisten = 7443\n").unwrap();
-    check(r.run(&["up", "--config", "bad.toml"]), "bad.toml:2:10: control.listen");
+    check(
+        r.run(&["up", "--config", "bad.toml"]),
+        "bad.toml:2:10: control.listen",
+    );
 }
 
 /// A data directory the user may not write: run as `nobody` where we can.
@@ -236,7 +276,12 @@ fn data_directory_without_permission() {
     std::fs::create_dir(&locked).unwrap();
     std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = Command::new(setpriv)
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", util::BIN])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            util::BIN,
+        ])
         .args(["init", "--data-dir"])
         .arg(locked.join("data"))
         .env_remove("RAMPART_ROOT_KEY")
@@ -304,7 +349,13 @@ fn control_api_answers_health_metrics_and_json_errors() {
     let m = srv.get("/metrics", None);
     assert_eq!(m.status, 200);
     assert!(m.content_type.starts_with("text/plain"));
-    assert!(m.body.contains("rampart_http_requests_total{method=\"GET\",route=\"/healthz\",status=\"200\"} 1"), "{}", m.body);
+    assert!(
+        m.body.contains(
+            "rampart_http_requests_total{method=\"GET\",route=\"/healthz\",status=\"200\"} 1"
+        ),
+        "{}",
+        m.body
+    );
     assert!(m.body.contains("route=\"/v1/whoami\",status=\"401\""));
     assert!(m.body.contains("rampart_build_info"));
 }
@@ -315,7 +366,10 @@ fn up_dev_from_nothing_then_sigterm_stops_gracefully() {
     let srv = r.up(&["--dev"]);
     // It initialised ./rampart-data, printed the credential once, and wrote the dev config.
     let printed = srv.printed.join("\n");
-    assert!(printed.contains("initialised data directory rampart-data"), "{printed}");
+    assert!(
+        printed.contains("initialised data directory rampart-data"),
+        "{printed}"
+    );
     let cred = util::credential(&printed);
     assert!(r.path("rampart-data/rampart.toml").is_file());
     assert_eq!(srv.get("/readyz", None).status, 200);
