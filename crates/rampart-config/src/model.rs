@@ -87,6 +87,8 @@ pub struct Service {
     pub port: u16,
     /// Its instances.
     pub upstreams: Vec<Upstream>,
+    /// Secrets injected by `rampart run`: environment variable → secret name.
+    pub secrets: std::collections::BTreeMap<String, String>,
     /// Free text.
     pub description: String,
 }

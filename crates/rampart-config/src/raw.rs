@@ -60,6 +60,8 @@ pub(crate) struct RawService {
     #[serde(default)]
     pub upstreams: Vec<S<String>>,
     #[serde(default)]
+    pub secrets: std::collections::BTreeMap<String, S<String>>,
+    #[serde(default)]
     pub description: String,
 }
 

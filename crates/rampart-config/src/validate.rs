@@ -262,8 +262,27 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
             .enumerate()
             .filter_map(|(j, u)| c.upstream(u, &format!("services[{i}].upstreams[{j}]")))
             .collect();
+        for (var, secret) in &s.secrets {
+            let var_ok = var.starts_with(|ch: char| ch.is_ascii_uppercase() || ch == '_')
+                && var
+                    .chars()
+                    .all(|ch| ch.is_ascii_uppercase() || ch.is_ascii_digit() || ch == '_');
+            if !var_ok {
+                c.err(
+                    secret,
+                    p(&format!("secrets.{var}")),
+                    format!("invalid environment variable name {var:?}: use A-Z, 0-9 and _"),
+                );
+            }
+            c.name(secret, &p(&format!("secrets.{var}")));
+        }
         services.push(Service {
             name: c.name(&s.name, &p("name")),
+            secrets: s
+                .secrets
+                .iter()
+                .map(|(k, v)| (k.clone(), v.get_ref().clone()))
+                .collect(),
             environment: s.environment.get_ref().clone(),
             port: c.port(&s.port, &p("port")),
             upstreams,

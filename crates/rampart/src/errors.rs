@@ -21,6 +21,17 @@ pub enum CliError {
     /// Something failed while running.
     #[error("{0}")]
     Runtime(String),
+    /// A verification found a problem (exit 1, the problem named).
+    #[error("{0}")]
+    Verify(String),
+    /// The control API answered with an error.
+    #[error("{status}: {message}")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// The JSON error, formatted.
+        message: String,
+    },
 }
 
 impl From<rampart_crypto::CryptoError> for CliError {
@@ -40,7 +51,9 @@ impl CliError {
                 | StoreError::Io { .. } => 2,
                 _ => 1,
             },
-            CliError::Runtime(_) => 1,
+            CliError::Runtime(_) | CliError::Verify(_) => 1,
+            CliError::Api { status, .. } if (400..500).contains(status) => 2,
+            CliError::Api { .. } => 1,
         }
     }
 
@@ -48,6 +61,7 @@ impl CliError {
         match self {
             // Configuration problems start with the file name, like a compiler's.
             CliError::Config(e) => eprintln!("{e}"),
+            CliError::Verify(m) => eprintln!("{m}"),
             other => eprintln!("error: {other}"),
         }
     }

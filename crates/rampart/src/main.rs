@@ -12,24 +12,27 @@
 )]
 
 mod api;
+mod audit_cmd;
 mod bootstrap;
 mod cli;
+mod client;
 mod errors;
 mod init;
 mod node;
+mod planes;
 mod tls;
 mod up;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command, ConfigCommand};
+use crate::cli::{BenchCommand, Cli, Command, ConfigCommand};
 use crate::errors::CliError;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = run(cli);
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
             e.print();
             std::process::ExitCode::from(e.exit_code())
@@ -37,7 +40,14 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<(), CliError> {
+fn run(cli: Cli) -> Result<u8, CliError> {
+    if let Command::Run(args) = cli.command {
+        return client::run(args);
+    }
+    dispatch(cli).map(|()| 0)
+}
+
+fn dispatch(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Config {
             command: ConfigCommand::Check { file },
@@ -50,6 +60,19 @@ fn run(cli: Cli) -> Result<(), CliError> {
             init_logging(&cli.log_level);
             runtime()?.block_on(up::run(args))
         }
+        Command::Audit { command } => {
+            init_logging(&cli.log_level);
+            runtime()?.block_on(audit_cmd::run(command))
+        }
+        Command::Keys { client, command } => client::keys(&client, command),
+        Command::Secrets { client, command } => client::secrets(&client, command),
+        Command::Tokens { client, command } => client::tokens(&client, command),
+        Command::Bench {
+            command: BenchCommand::Audit { dir },
+        } => audit_cmd::bench(dir.as_deref()),
+        Command::Run(_) => Err(CliError::Runtime(
+            "unreachable: run is handled first".into(),
+        )),
     }
 }
 

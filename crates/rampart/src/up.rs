@@ -13,7 +13,7 @@ use crate::api::{self, AppState, Metrics};
 use crate::bootstrap::Verifier;
 use crate::cli::UpArgs;
 use crate::errors::CliError;
-use crate::{init, node, tls};
+use crate::{init, node, planes, tls};
 
 const DEFAULT_CONFIG: &str = "rampart.toml";
 
@@ -61,8 +61,13 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
     }
     let tls_config = tls::control_server_config(&node.keyring).await?;
     let verifier = Verifier::new(&node.keyring).await?;
+    let audit = planes::open_audit(&node.keyring, &dir, &config, clock.clone()).await?;
+    let running =
+        planes::start(node.keyring.clone(), audit.clone(), &config, clock.clone()).await?;
     let state = Arc::new(AppState {
         node_name: config.node.name.clone(),
+        planes: Some(running),
+        audit: Some(audit.clone()),
         store: node.store.clone(),
         verifier,
         metrics: Metrics::new(clock.unix_secs()),
@@ -86,9 +91,11 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
     )
     .map_err(|e| CliError::Runtime(format!("control API: {e}")))?
     .handle(handle.clone())
-    .serve(api::router(state).into_make_service_with_connect_info::<SocketAddr>());
+    .serve(api::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>());
+    let state_for_jobs = state;
 
     println!("data directory: {}", dir.display());
+    println!("audit log: {}", dir.join(planes::AUDIT_DIR).display());
     println!(
         "control API: https://{addr} (trust {}/tls/ca.pem)",
         dir.display()
@@ -96,6 +103,7 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
     println!("rampart is up; SIGTERM or Ctrl-C stops it");
     tracing::info!(%addr, node = %config.node.name, "control API listening");
 
+    planes::spawn_scheduler(state_for_jobs, audit.clone(), Duration::from_secs(60));
     let drain = Duration::from_secs(args.drain_seconds);
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -109,6 +117,12 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
     server
         .await
         .map_err(|e| CliError::Runtime(format!("control API: {e}")))?;
+    let a = audit.clone();
+    match tokio::task::spawn_blocking(move || a.close()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "closing the audit log"),
+        Err(e) => tracing::error!(error = %e, "closing the audit log"),
+    }
     println!("rampart stopped");
     Ok(())
 }

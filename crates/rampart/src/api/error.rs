@@ -90,6 +90,63 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<rampart_keys::KeysError> for ApiError {
+    fn from(e: rampart_keys::KeysError) -> Self {
+        use rampart_keys::KeysError as K;
+        let (status, code) = match &e {
+            K::Denied { .. } => (StatusCode::FORBIDDEN, "forbidden"),
+            K::UnknownKey { .. } | K::UnknownVersion { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            K::KeyExists { .. } => (StatusCode::CONFLICT, "already_exists"),
+            K::InvalidName(_) | K::InvalidRequest(_) => {
+                (StatusCode::BAD_REQUEST, "invalid_request")
+            }
+            K::Malformed(_) => (StatusCode::BAD_REQUEST, "malformed_ciphertext"),
+            K::Decrypt => (StatusCode::BAD_REQUEST, "decryption_failed"),
+            K::RetiredVersion { .. } => (StatusCode::BAD_REQUEST, "retired_version"),
+            K::PendingDeletion { .. } => (StatusCode::CONFLICT, "pending_deletion"),
+            K::Destroyed(_) => (StatusCode::GONE, "destroyed"),
+            K::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            K::InvalidToken => return ApiError::unauthenticated(),
+            K::Audit(_) => {
+                tracing::error!(error = %e, "audit log refused a record: failing closed");
+                return ApiError::unavailable("the audit log cannot record this call; refused");
+            }
+            K::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            _ => {
+                tracing::error!(error = %e, "keys plane failure");
+                return ApiError::internal();
+            }
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+impl From<rampart_secrets::SecretsError> for ApiError {
+    fn from(e: rampart_secrets::SecretsError) -> Self {
+        use rampart_secrets::SecretsError as S;
+        match e {
+            S::Keys(k) => k.into(),
+            S::Denied { .. } => ApiError::new(StatusCode::FORBIDDEN, "forbidden", e.to_string()),
+            S::NotFound(_) | S::UnknownVersion { .. } => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+            }
+            S::Deleted { .. } => ApiError::new(StatusCode::GONE, "deleted", e.to_string()),
+            S::InvalidRequest(_) | S::NotRotatable(_) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", e.to_string())
+            }
+            S::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            S::Rotation { .. } => {
+                tracing::error!(error = %e, "secret rotation failed");
+                ApiError::new(StatusCode::BAD_GATEWAY, "rotation_failed", e.to_string())
+            }
+            other => {
+                tracing::error!(error = %other, "secrets plane failure");
+                ApiError::internal()
+            }
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({

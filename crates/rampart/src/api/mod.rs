@@ -6,7 +6,9 @@
 //! ([`ApiError`]) turns every failure into a JSON error.
 
 mod error;
+mod json;
 mod metrics;
+mod planes;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -36,6 +38,10 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// What handlers share.
 pub struct AppState {
     pub node_name: String,
+    /// The keys and secrets planes; `None` until they are started.
+    pub planes: Option<Planes>,
+    /// The audit log every `/v1` call is recorded in.
+    pub audit: Option<Arc<rampart_audit::Audit>>,
     pub store: Arc<dyn Store>,
     pub verifier: Verifier,
     pub metrics: Metrics,
@@ -47,6 +53,21 @@ pub struct AppState {
 
 pub type SharedState = Arc<AppState>;
 
+/// The planes behind `/v1/keys`, `/v1/secrets` and `/v1/tokens`.
+pub struct Planes {
+    pub keys: rampart_keys::KeyService,
+    pub secrets: rampart_secrets::SecretService,
+    pub tokens: rampart_keys::ServiceTokens,
+}
+
+impl AppState {
+    fn planes(&self) -> Result<&Planes, ApiError> {
+        self.planes
+            .as_ref()
+            .ok_or_else(|| ApiError::unavailable("the keys and secrets planes are not running"))
+    }
+}
+
 /// The whole control API.
 pub fn router(state: SharedState) -> Router {
     Router::new()
@@ -55,6 +76,8 @@ pub fn router(state: SharedState) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/v1/whoami", get(whoami))
         .route("/v1/status", get(status))
+        .merge(planes::routes())
+        .route("/v1/audit/events", get(audit_events))
         .fallback(not_found)
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -87,8 +110,17 @@ async fn metrics_text(State(st): State<SharedState>) -> Response {
         .into_response()
 }
 
-async fn whoami(Authenticated(p): Authenticated) -> Json<Principal> {
-    Json(p)
+async fn whoami(who: Authenticated) -> Json<serde_json::Value> {
+    Json(match &who.0 {
+        Credential::Admin(p) => json!(p),
+        Credential::Service(p) => json!({
+            "principal": p.id,
+            "environment": p.environment,
+            "service": p.service,
+            "roles": p.roles,
+            "authenticated_by": "service_token",
+        }),
+    })
 }
 
 async fn status(
@@ -108,13 +140,104 @@ async fn status(
     })))
 }
 
+/// `GET /v1/audit/events`: admins search the audit log.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    tier: Option<String>,
+    actor: Option<String>,
+    action: Option<String>,
+    outcome: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    limit: Option<usize>,
+}
+
+fn bad_param(field: &str, e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::BAD_REQUEST,
+        "invalid_query",
+        format!("{field}: {e}"),
+    )
+    .with_field(field)
+}
+
+async fn audit_events(
+    State(st): State<SharedState>,
+    who: Authenticated,
+    axum::extract::Query(q): axum::extract::Query<AuditQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if !matches!(who.0, Credential::Admin(_)) {
+        return Err(ApiError::forbidden(
+            "searching the audit log needs an admin credential",
+        ));
+    }
+    let audit = st
+        .audit
+        .clone()
+        .ok_or_else(|| ApiError::unavailable("the audit log is not running"))?;
+    let time = |field: &str, v: &Option<String>| {
+        v.as_deref()
+            .map(rampart_audit::parse_rfc3339)
+            .transpose()
+            .map_err(|e| bad_param(field, e))
+    };
+    let query = rampart_audit::Query {
+        tier: q
+            .tier
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|e| bad_param("tier", e))?,
+        actor: q.actor,
+        action: q.action,
+        outcome: q
+            .outcome
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|e| bad_param("outcome", e))?,
+        from: time("from", &q.from)?,
+        to: time("to", &q.to)?,
+        limit: Some(q.limit.unwrap_or(100).min(10_000)),
+        newest_first: true,
+    };
+    query.validate().map_err(|e| bad_param("from", e))?;
+    let records = tokio::task::spawn_blocking(move || audit.search(&query))
+        .await
+        .map_err(|_| ApiError::internal())?
+        .map_err(|e| {
+            tracing::error!(error = %e, "audit search failed");
+            ApiError::internal()
+        })?;
+    Ok(Json(json!({ "events": records })))
+}
+
 async fn not_found(req: Request) -> ApiError {
     let path: String = req.uri().path().chars().take(200).collect();
     ApiError::not_found(&path)
 }
 
+/// What a valid credential proves.
+pub enum Credential {
+    /// The bootstrap admin credential.
+    Admin(Principal),
+    /// A per-service token (until the identity plane replaces it).
+    Service(rampart_keys::Principal),
+}
+
 /// A caller that presented a valid credential.
-pub struct Authenticated(pub Principal);
+pub struct Authenticated(pub Credential);
+
+impl Authenticated {
+    /// How the caller authenticated, for audit records.
+    pub fn auth_method(&self) -> &'static str {
+        match self.0 {
+            Credential::Admin(_) => "api_key",
+            Credential::Service(_) => "service_token",
+        }
+    }
+}
 
 impl FromRequestParts<SharedState> for Authenticated {
     type Rejection = ApiError;
@@ -125,11 +248,42 @@ impl FromRequestParts<SharedState> for Authenticated {
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
             .ok_or_else(ApiError::unauthenticated)?;
-        match st.verifier.verify(token.trim()).await? {
-            Some(p) => Ok(Authenticated(p)),
-            None => Err(ApiError::unauthenticated()),
+        if let Some(p) = st.verifier.verify(token).await? {
+            return Ok(Authenticated(Credential::Admin(p)));
         }
+        if let Some(planes) = &st.planes {
+            if let Ok(p) = planes.tokens.authenticate(token).await {
+                return Ok(Authenticated(Credential::Service(p)));
+            }
+        }
+        Err(ApiError::unauthenticated())
+    }
+}
+
+/// The request id and source address, for audit records.
+pub struct RequestMeta {
+    pub request_id: String,
+    pub peer: SocketAddr,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestMeta {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let request_id = parts
+            .headers
+            .get(REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0)
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        Ok(RequestMeta { request_id, peer })
     }
 }
 
@@ -146,6 +300,24 @@ fn request_id(req: &Request) -> String {
         })
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+/// Who a bearer token claims to be, for the access record, without its secret:
+/// the token's public prefix and id (`rk_admin_<id>`, `rst_<id>`).
+fn actor_hint(header: &str) -> String {
+    let token = header.strip_prefix("Bearer ").unwrap_or(header).trim();
+    let public: String = match token.rsplit_once('_') {
+        Some((head, _secret)) => head.chars().take(64).collect(),
+        None => "malformed".to_string(),
+    };
+    if public
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        public
+    } else {
+        "malformed".to_string()
+    }
 }
 
 fn allowed(allow: &[IpNet], ip: IpAddr) -> bool {
@@ -180,11 +352,45 @@ async fn observe(
         .unwrap_or_else(|| "unmatched".to_string());
     let path: String = req.uri().path().chars().take(200).collect();
 
+    let actor = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(actor_hint)
+        .unwrap_or_else(|| "anonymous".to_string());
     let mut resp = if allowed(&st.allow, peer.ip()) {
         next.run(req).await
     } else {
         ApiError::forbidden("source address not allowed").into_response()
     };
+    // Every /v1 call is recorded before its answer leaves; if the audit log
+    // cannot take the record, the caller gets 503 instead (fail closed).
+    if path.starts_with("/v1/") {
+        if let Some(audit) = &st.audit {
+            let status = resp.status();
+            let outcome = match status.as_u16() {
+                401 | 403 => rampart_audit::Outcome::Denied,
+                s if s >= 400 => rampart_audit::Outcome::Error,
+                _ => rampart_audit::Outcome::Allowed,
+            };
+            let mut ev = rampart_audit::Event::new(
+                rampart_audit::Tier::ApiAccess,
+                rampart_audit::Actor::new(actor, "bearer"),
+                format!("control.{}", method.to_ascii_lowercase()),
+                route.clone(),
+                outcome,
+            );
+            ev.node = st.node_name.clone();
+            ev.reason = Some(format!("status {}", status.as_u16()));
+            ev.request_id = Some(rid.clone());
+            ev.source = Some(peer.to_string());
+            if let Err(e) = audit.record_async(ev).await {
+                tracing::error!(error = %e, "audit log refused a record: failing closed");
+                resp = ApiError::unavailable("the audit log cannot record this call; refused")
+                    .into_response();
+            }
+        }
+    }
     resp.headers_mut().insert(REQUEST_ID, rid_header);
     let status = resp.status().as_u16();
     let elapsed = started.elapsed().as_secs_f64();

@@ -177,6 +177,41 @@ impl Server {
         }
     }
 
+    /// A request with a raw body (JSON content type).
+    pub fn send(&self, method: &str, path: &str, token: Option<&str>, body: &str) -> Resp {
+        let url = self.url(path);
+        let mut req = ureq::http::Request::builder()
+            .method(method)
+            .uri(&url)
+            .header("Content-Type", "application/json");
+        if let Some(t) = token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        let mut resp = self.agent.run(req.body(body.to_string()).unwrap()).unwrap();
+        Resp {
+            status: resp.status().as_u16(),
+            request_id: resp
+                .headers()
+                .get("x-request-id")
+                .map(|v| v.to_str().unwrap().to_string()),
+            content_type: resp
+                .headers()
+                .get("content-type")
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default(),
+            body: resp.body_mut().read_to_string().unwrap_or_default(),
+        }
+    }
+
+    pub fn post(&self, path: &str, token: Option<&str>, body: serde_json::Value) -> Resp {
+        self.send("POST", path, token, &body.to_string())
+    }
+
+    /// `https://127.0.0.1:PORT`, for client commands.
+    pub fn base(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
     pub fn get(&self, path: &str, token: Option<&str>) -> Resp {
         self.request("GET", path, token)
     }

@@ -1,0 +1,20 @@
+//! Runs the audit benchmark:
+//! `cargo run --release --example bench_audit [DIR [SYNC_THREADS]]`.
+use rampart_audit::bench::{run_bench, BenchOptions};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = match std::env::args().nth(1) {
+        Some(d) => std::path::PathBuf::from(d),
+        None => std::env::temp_dir().join("rampart-audit-bench"),
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let mut options = BenchOptions::default();
+    if let Some(n) = std::env::args().nth(2) {
+        options.sync_threads = n.parse()?;
+    }
+    let report = run_bench(&dir, options)?;
+    println!("{report}");
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}

@@ -1,0 +1,69 @@
+//! Test support for the crash test: appends from many threads and prints
+//! `<seq>` for every receipt as soon as it is acknowledged, until killed.
+//!
+//! Usage: `rampart-audit-loadgen DIR CHECKPOINT_DIR THREADS`. Keys are fixed
+//! test keys (see `test_keys`), so the test can reopen the log.
+#![forbid(unsafe_code)]
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use rampart_audit::{Actor, Audit, AuditKeys, AuditOptions, Event, Outcome, Tier};
+use rampart_core::SystemClock;
+
+/// The fixed keys the crash test uses.
+fn test_keys() -> AuditKeys {
+    AuditKeys {
+        encryption_key: zeroize::Zeroizing::new([7u8; 32]),
+        signing_key: ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]),
+    }
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let (Some(dir), Some(copy), Some(threads)) = (args.get(1), args.get(2), args.get(3)) else {
+        return Err("usage: rampart-audit-loadgen DIR CHECKPOINT_DIR THREADS".into());
+    };
+    let threads: usize = threads.parse()?;
+    let mut options = AuditOptions::new(dir);
+    options.checkpoint_dir = Some(copy.into());
+    options.checkpoint_every_records = 500;
+    options.segment_max_bytes = 256 * 1024;
+    options.preallocate_bytes = 64 * 1024;
+    let (audit, _) = Audit::open(options, test_keys(), SystemClock::shared())?;
+    let audit = Arc::new(audit);
+    let out = Arc::new(Mutex::new(std::io::stdout()));
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let audit = Arc::clone(&audit);
+            let out = Arc::clone(&out);
+            std::thread::spawn(move || {
+                for i in 0u64.. {
+                    let mut e = Event::new(
+                        Tier::Security,
+                        Actor::new(format!("loadgen-{t}"), "test"),
+                        "load.append",
+                        format!("item/{i}"),
+                        Outcome::Allowed,
+                    );
+                    e.request_id = Some(format!("{t}-{i}"));
+                    match audit.record(e) {
+                        Ok(r) => {
+                            let mut o = out.lock().unwrap_or_else(|e| e.into_inner());
+                            let _ = writeln!(o, "{}", r.seq);
+                            let _ = o.flush();
+                        }
+                        Err(e) => {
+                            eprintln!("record failed: {e}");
+                            return;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        let _ = h.join();
+    }
+    Ok(())
+}

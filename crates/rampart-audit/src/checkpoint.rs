@@ -1,0 +1,337 @@
+//! Signed checkpoints: a tier's record count, chain head and Merkle root,
+//! signed with the audit signing key and appended as JSON lines to
+//! `<tier>/checkpoints.jsonl` (and to the same path under the optional copy
+//! directory).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+use crate::error::AuditError;
+use crate::event::Tier;
+use crate::merkle::{hash_from_hex, to_hex, Frontier, Hash};
+
+/// File name of a tier's checkpoint log.
+pub const CHECKPOINT_FILE: &str = "checkpoints.jsonl";
+
+/// Why a checkpoint was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckpointKind {
+    /// Every N records or T seconds.
+    Periodic,
+    /// On clean close.
+    Close,
+    /// On request (`Audit::checkpoint_now`, or before a proof).
+    Manual,
+    /// Retention removed segments; the state at the cut.
+    Disposal,
+}
+
+impl CheckpointKind {
+    fn code(self) -> u8 {
+        match self {
+            CheckpointKind::Periodic => 1,
+            CheckpointKind::Close => 2,
+            CheckpointKind::Manual => 3,
+            CheckpointKind::Disposal => 4,
+        }
+    }
+}
+
+/// What retention removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Disposal {
+    /// File names of the removed segments.
+    pub segments: Vec<String>,
+    /// First removed sequence number.
+    pub first_seq: u64,
+    /// One past the last removed sequence number (the checkpoint's count).
+    pub end_seq: u64,
+    /// The Merkle frontier at the cut (hex, largest subtree first), so the
+    /// tree over the remaining records can still be checked.
+    pub frontier: Vec<String>,
+}
+
+/// A signed statement of a tier's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Checkpoint {
+    /// The tier.
+    pub tier: Tier,
+    /// Why it was written.
+    pub kind: CheckpointKind,
+    /// Number of records in the tier so far (the Merkle tree size).
+    pub count: u64,
+    /// Leaf hash of record `count - 1` (zeros when empty), hex.
+    pub chain_head: String,
+    /// RFC 6962 root over records `0..count`, hex.
+    pub merkle_root: String,
+    /// When it was written.
+    pub time_unix_nanos: u64,
+    /// Present on disposal checkpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disposal: Option<Disposal>,
+    /// Ed25519 signature over the fields above, base64.
+    pub signature: String,
+}
+
+/// Why a checkpoint is not acceptable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointError {
+    /// A hash field is not 64 hex digits.
+    BadHash,
+    /// The signature is not valid base64 of 64 bytes.
+    MalformedSignature,
+    /// The signature does not verify under the key.
+    BadSignature,
+    /// The disposal frontier does not fit the count.
+    BadFrontier,
+}
+
+impl std::fmt::Display for CheckpointError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CheckpointError::BadHash => "checkpoint hash field is malformed",
+            CheckpointError::MalformedSignature => "checkpoint signature is malformed",
+            CheckpointError::BadSignature => "checkpoint signature does not verify",
+            CheckpointError::BadFrontier => "disposal frontier does not match the checkpoint",
+        })
+    }
+}
+
+/// A checkpoint whose signature has been checked, with its hashes decoded.
+#[derive(Debug, Clone)]
+pub(crate) struct Verified {
+    pub(crate) cp: Checkpoint,
+    pub(crate) chain_head: Hash,
+    pub(crate) root: Hash,
+    /// For disposals: the frontier at the cut, checked against the root.
+    pub(crate) frontier: Option<Frontier>,
+}
+
+impl Checkpoint {
+    fn signed_bytes(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(256);
+        v.extend_from_slice(b"rampart-audit checkpoint v1\0");
+        v.push(self.tier.code());
+        v.push(self.kind.code());
+        v.extend_from_slice(&self.count.to_le_bytes());
+        v.extend_from_slice(self.chain_head.as_bytes());
+        v.extend_from_slice(self.merkle_root.as_bytes());
+        v.extend_from_slice(&self.time_unix_nanos.to_le_bytes());
+        match &self.disposal {
+            None => v.push(0),
+            Some(d) => {
+                v.push(1);
+                v.extend_from_slice(&d.first_seq.to_le_bytes());
+                v.extend_from_slice(&d.end_seq.to_le_bytes());
+                for list in [&d.segments, &d.frontier] {
+                    v.extend_from_slice(&(list.len() as u64).to_le_bytes());
+                    for s in list {
+                        v.extend_from_slice(&(s.len() as u64).to_le_bytes());
+                        v.extend_from_slice(s.as_bytes());
+                    }
+                }
+            }
+        }
+        v
+    }
+
+    /// Builds and signs a checkpoint.
+    pub(crate) fn sign(
+        key: &SigningKey,
+        tier: Tier,
+        kind: CheckpointKind,
+        frontier: &Frontier,
+        chain_head: &Hash,
+        time_unix_nanos: u64,
+        disposal: Option<Disposal>,
+    ) -> Checkpoint {
+        let mut cp = Checkpoint {
+            tier,
+            kind,
+            count: frontier.size(),
+            chain_head: to_hex(chain_head),
+            merkle_root: to_hex(&frontier.root()),
+            time_unix_nanos,
+            disposal,
+            signature: String::new(),
+        };
+        let sig = key.sign(&cp.signed_bytes());
+        cp.signature = base64::engine::general_purpose::STANDARD.encode(sig.to_bytes());
+        cp
+    }
+
+    /// Checks the signature and decodes the hashes.
+    pub(crate) fn verified(&self, key: &VerifyingKey) -> Result<Verified, CheckpointError> {
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(&self.signature)
+            .map_err(|_| CheckpointError::MalformedSignature)?;
+        let bytes: [u8; 64] = raw
+            .try_into()
+            .map_err(|_| CheckpointError::MalformedSignature)?;
+        key.verify(&self.signed_bytes(), &Signature::from_bytes(&bytes))
+            .map_err(|_| CheckpointError::BadSignature)?;
+        let chain_head = hash_from_hex(&self.chain_head).ok_or(CheckpointError::BadHash)?;
+        let root = hash_from_hex(&self.merkle_root).ok_or(CheckpointError::BadHash)?;
+        let frontier = match &self.disposal {
+            None => None,
+            Some(d) => {
+                let nodes = d
+                    .frontier
+                    .iter()
+                    .map(|h| hash_from_hex(h))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or(CheckpointError::BadHash)?;
+                let f =
+                    Frontier::from_parts(self.count, nodes).ok_or(CheckpointError::BadFrontier)?;
+                if f.root() != root || d.end_seq != self.count || d.first_seq > d.end_seq {
+                    return Err(CheckpointError::BadFrontier);
+                }
+                Some(f)
+            }
+        };
+        Ok(Verified {
+            cp: self.clone(),
+            chain_head,
+            root,
+            frontier,
+        })
+    }
+
+    /// Checks the signature against `key`.
+    pub fn verify_signature(&self, key: &VerifyingKey) -> Result<(), CheckpointError> {
+        self.verified(key).map(|_| ())
+    }
+}
+
+/// One line of a checkpoint file.
+#[derive(Debug)]
+pub(crate) struct Line {
+    pub(crate) number: usize,
+    pub(crate) parsed: Result<Checkpoint, String>,
+}
+
+/// Reads a checkpoint file. A last line without its newline is a torn write
+/// and is skipped; returns the lines and the length of the whole lines.
+pub(crate) fn read_file(path: &Path) -> Result<(Vec<Line>, u64), AuditError> {
+    let mut text = String::new();
+    match File::open(path) {
+        Ok(mut f) => {
+            f.read_to_string(&mut text)
+                .map_err(|e| AuditError::io(path, e))?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+        Err(e) => return Err(AuditError::io(path, e)),
+    }
+    let whole = text.rfind('\n').map_or(0, |i| i + 1);
+    let lines = text
+        .get(..whole)
+        .unwrap_or_default()
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| Line {
+            number: i + 1,
+            parsed: serde_json::from_str(l).map_err(|e| e.to_string()),
+        })
+        .collect();
+    Ok((lines, whole as u64))
+}
+
+/// Appends a checkpoint line and syncs it.
+pub(crate) fn append(path: &Path, cp: &Checkpoint) -> Result<(), AuditError> {
+    let mut line = serde_json::to_vec(cp).map_err(AuditError::Encode)?;
+    line.push(b'\n');
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let fresh = !path.exists();
+    if fresh {
+        fs::create_dir_all(&dir).map_err(|e| AuditError::io(&dir, e))?;
+    }
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| AuditError::io(path, e))?;
+    f.write_all(&line).map_err(|e| AuditError::io(path, e))?;
+    f.sync_data().map_err(|e| AuditError::io(path, e))?;
+    if fresh {
+        sync_dir(&dir)?;
+    }
+    Ok(())
+}
+
+/// Cuts a torn last line off a checkpoint file.
+pub(crate) fn repair(path: &Path) -> Result<(), AuditError> {
+    let (_, whole) = read_file(path)?;
+    if let Ok(meta) = fs::metadata(path) {
+        if meta.len() > whole {
+            tracing::warn!(path = %path.display(), "cutting a torn checkpoint line");
+            let f = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(|e| AuditError::io(path, e))?;
+            f.set_len(whole).map_err(|e| AuditError::io(path, e))?;
+            f.sync_all().map_err(|e| AuditError::io(path, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Path of `tier`'s checkpoint file under `root`.
+pub(crate) fn path_for(root: &Path, tier: Tier) -> PathBuf {
+    root.join(tier.as_str()).join(CHECKPOINT_FILE)
+}
+
+/// Makes a directory entry change durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), AuditError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| AuditError::io(dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::merkle::leaf_hash;
+
+    #[test]
+    fn signature_covers_every_field() {
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let mut f = Frontier::new();
+        f.push(leaf_hash(b"a"));
+        let cp = Checkpoint::sign(
+            &key,
+            Tier::Security,
+            CheckpointKind::Periodic,
+            &f,
+            &[1; 32],
+            9,
+            None,
+        );
+        assert!(cp.verify_signature(&key.verifying_key()).is_ok());
+        let mut bad = cp.clone();
+        bad.count = 2;
+        assert_eq!(
+            bad.verify_signature(&key.verifying_key()),
+            Err(CheckpointError::BadSignature)
+        );
+        let other = SigningKey::from_bytes(&[8; 32]).verifying_key();
+        assert_eq!(
+            cp.verify_signature(&other),
+            Err(CheckpointError::BadSignature)
+        );
+        let mut bad = cp;
+        bad.signature = "!!".into();
+        assert_eq!(
+            bad.verify_signature(&key.verifying_key()),
+            Err(CheckpointError::MalformedSignature)
+        );
+    }
+}

@@ -1,0 +1,432 @@
+//! What an audit record says: the event a plane reports, its tier, and the
+//! retention each tier gets.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::AuditError;
+
+/// A retention tier. Each tier is its own series of segments, its own hash
+/// chain and its own Merkle tree, so that retention can drop whole segments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Tier {
+    /// Security decisions: authentication, authorisation, key use. Kept ten years.
+    Security,
+    /// Data processing records. Kept a year.
+    Processing,
+    /// Application events. Kept 180 days.
+    Application,
+    /// Network events (edge, firewall). Kept 90 days.
+    Network,
+    /// API access log. Kept 90 days.
+    ApiAccess,
+}
+
+impl Tier {
+    /// Every tier, in on-disk code order.
+    pub const ALL: [Tier; 5] = [
+        Tier::Security,
+        Tier::Processing,
+        Tier::Application,
+        Tier::Network,
+        Tier::ApiAccess,
+    ];
+
+    /// The kebab-case name, also the tier's directory name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Security => "security",
+            Tier::Processing => "processing",
+            Tier::Application => "application",
+            Tier::Network => "network",
+            Tier::ApiAccess => "api-access",
+        }
+    }
+
+    /// Retention in days when the configuration says nothing.
+    pub fn default_retention_days(self) -> u32 {
+        match self {
+            Tier::Security => 3653,
+            Tier::Processing => 365,
+            Tier::Application => 180,
+            Tier::Network | Tier::ApiAccess => 90,
+        }
+    }
+
+    /// The byte that names this tier in segment headers and signed checkpoints.
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            Tier::Security => 1,
+            Tier::Processing => 2,
+            Tier::Application => 3,
+            Tier::Network => 4,
+            Tier::ApiAccess => 5,
+        }
+    }
+
+    pub(crate) fn from_code(code: u8) -> Option<Tier> {
+        Tier::ALL.into_iter().find(|t| t.code() == code)
+    }
+
+    pub(crate) fn index(self) -> usize {
+        usize::from(self.code() - 1)
+    }
+}
+
+impl fmt::Display for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Tier {
+    type Err = AuditError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Tier::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| AuditError::UnknownTier(s.to_owned()))
+    }
+}
+
+/// Retention in days for each tier; the config file supplies it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct RetentionPolicy {
+    /// Days to keep the security tier.
+    pub security: u32,
+    /// Days to keep the processing tier.
+    pub processing: u32,
+    /// Days to keep the application tier.
+    pub application: u32,
+    /// Days to keep the network tier.
+    pub network: u32,
+    /// Days to keep the api-access tier.
+    pub api_access: u32,
+}
+
+impl Default for RetentionPolicy {
+    fn default() -> Self {
+        RetentionPolicy {
+            security: Tier::Security.default_retention_days(),
+            processing: Tier::Processing.default_retention_days(),
+            application: Tier::Application.default_retention_days(),
+            network: Tier::Network.default_retention_days(),
+            api_access: Tier::ApiAccess.default_retention_days(),
+        }
+    }
+}
+
+impl RetentionPolicy {
+    /// Days to keep `tier`.
+    pub fn days(&self, tier: Tier) -> u32 {
+        match tier {
+            Tier::Security => self.security,
+            Tier::Processing => self.processing,
+            Tier::Application => self.application,
+            Tier::Network => self.network,
+            Tier::ApiAccess => self.api_access,
+        }
+    }
+
+    /// Returns the policy with `tier` kept for `days`.
+    pub fn with(mut self, tier: Tier, days: u32) -> Self {
+        match tier {
+            Tier::Security => self.security = days,
+            Tier::Processing => self.processing = days,
+            Tier::Application => self.application = days,
+            Tier::Network => self.network = days,
+            Tier::ApiAccess => self.api_access = days,
+        }
+        self
+    }
+}
+
+/// Who acted, and how they proved it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Actor {
+    /// The principal: a user, service or key id.
+    pub principal: String,
+    /// How the principal authenticated (`mtls`, `password+totp`, `api-key`, `anonymous`…).
+    pub auth: String,
+}
+
+impl Actor {
+    /// An actor named `principal` that authenticated by `auth`.
+    pub fn new(principal: impl Into<String>, auth: impl Into<String>) -> Self {
+        Actor {
+            principal: principal.into(),
+            auth: auth.into(),
+        }
+    }
+}
+
+/// What became of the action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// The action was allowed.
+    Allowed,
+    /// The action was refused.
+    Denied,
+    /// The action failed.
+    Error,
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Outcome::Allowed => "allowed",
+            Outcome::Denied => "denied",
+            Outcome::Error => "error",
+        })
+    }
+}
+
+impl FromStr for Outcome {
+    type Err = AuditError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "allowed" => Ok(Outcome::Allowed),
+            "denied" => Ok(Outcome::Denied),
+            "error" => Ok(Outcome::Error),
+            other => Err(AuditError::UnknownOutcome(other.to_owned())),
+        }
+    }
+}
+
+/// An event as a plane reports it. The log adds the time and the sequence
+/// number when it takes the event. Stored records are read leniently
+/// (unknown fields are ignored) so that later versions may add fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// The tier (and so the retention) the record goes to.
+    pub tier: Tier,
+    /// The node that saw the event.
+    pub node: String,
+    /// The environment (`prod`, `staging`…).
+    pub environment: String,
+    /// Who acted.
+    pub actor: Actor,
+    /// What was attempted (`secrets.read`, `edge.request`…).
+    pub action: String,
+    /// What it was attempted on.
+    pub resource: String,
+    /// What came of it.
+    pub outcome: Outcome,
+    /// Why, when the outcome needs a reason (the rule that denied, the error).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The request id that ties this record to others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// The source address of the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+impl Event {
+    /// An event with the required fields; node, environment and the optional
+    /// fields are empty.
+    pub fn new(
+        tier: Tier,
+        actor: Actor,
+        action: impl Into<String>,
+        resource: impl Into<String>,
+        outcome: Outcome,
+    ) -> Self {
+        Event {
+            tier,
+            node: String::new(),
+            environment: String::new(),
+            actor,
+            action: action.into(),
+            resource: resource.into(),
+            outcome,
+            reason: None,
+            request_id: None,
+            source: None,
+        }
+    }
+}
+
+/// A stored record, decrypted: the event with the time and sequence number
+/// the log gave it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Sequence number within the tier, from 0.
+    pub seq: u64,
+    /// When the log took the event, RFC 3339 in UTC.
+    pub time: String,
+    /// The same instant as nanoseconds since the Unix epoch.
+    pub time_unix_nanos: u64,
+    /// Hash of the record (hex), the Merkle leaf hash.
+    pub hash: String,
+    /// The event.
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+/// Proof that a record is on disk: returned only once it is fsynced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Receipt {
+    /// The tier the record went to.
+    pub tier: Tier,
+    /// Its sequence number within the tier.
+    pub seq: u64,
+    /// Its hash (the RFC 6962 leaf hash of the encrypted record).
+    pub hash: [u8; 32],
+}
+
+/// `t` as nanoseconds since the Unix epoch (0 before it, saturating after 2554).
+pub fn unix_nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Formats nanoseconds since the epoch as RFC 3339 UTC with nanoseconds.
+pub fn format_rfc3339(nanos: u64) -> String {
+    let secs = nanos / 1_000_000_000;
+    let frac = nanos % 1_000_000_000;
+    let days = i64::try_from(secs / 86_400).unwrap_or(i64::MAX);
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:09}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    )
+}
+
+/// Parses `YYYY-MM-DDTHH:MM:SS[.fraction]Z` (UTC only), for query bounds.
+pub fn parse_rfc3339(s: &str) -> Result<SystemTime, AuditError> {
+    let bad = || AuditError::InvalidTime(s.to_owned());
+    let b = s.as_bytes();
+    if b.len() < 20 || b.last() != Some(&b'Z') {
+        return Err(bad());
+    }
+    let num = |r: std::ops::Range<usize>| -> Result<u64, AuditError> {
+        let part = s.get(r).ok_or_else(bad)?;
+        if !part.bytes().all(|c| c.is_ascii_digit()) {
+            return Err(bad());
+        }
+        part.parse::<u64>().map_err(|_| bad())
+    };
+    let sep = |i: usize, c: u8| b.get(i) == Some(&c);
+    if !(sep(4, b'-')
+        && sep(7, b'-')
+        && (sep(10, b'T') || sep(10, b't'))
+        && sep(13, b':')
+        && sep(16, b':'))
+    {
+        return Err(bad());
+    }
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
+        return Err(bad());
+    }
+    let mut nanos = 0u64;
+    let tail = s.get(19..s.len() - 1).ok_or_else(bad)?;
+    if let Some(frac) = tail.strip_prefix('.') {
+        if frac.is_empty() || frac.len() > 9 || !frac.bytes().all(|c| c.is_ascii_digit()) {
+            return Err(bad());
+        }
+        let mut v: u64 = frac.parse().map_err(|_| bad())?;
+        for _ in frac.len()..9 {
+            v *= 10;
+        }
+        nanos = v;
+    } else if !tail.is_empty() {
+        return Err(bad());
+    }
+    let days = days_from_civil(i64::try_from(y).map_err(|_| bad())?, mo, d);
+    let days = u64::try_from(days).map_err(|_| bad())?;
+    let secs = days * 86_400 + h * 3600 + mi * 60 + se;
+    Ok(UNIX_EPOCH + Duration::new(secs, u32::try_from(nanos).map_err(|_| bad())?))
+}
+
+// Howard Hinnant's civil-date algorithms.
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+fn days_from_civil(y: i64, m: u64, d: u64) -> i64 {
+    let (m, d) = (m as i64, d as i64);
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tier_names_are_kebab_case() {
+        assert_eq!(
+            serde_json::to_string(&Tier::ApiAccess).unwrap(),
+            "\"api-access\""
+        );
+        assert_eq!("api-access".parse::<Tier>().unwrap(), Tier::ApiAccess);
+        assert!("bogus".parse::<Tier>().is_err());
+        let days: Vec<u32> = Tier::ALL
+            .iter()
+            .map(|t| t.default_retention_days())
+            .collect();
+        assert_eq!(days, vec![3653, 365, 180, 90, 90]);
+        for t in Tier::ALL {
+            assert_eq!(Tier::from_code(t.code()), Some(t));
+        }
+    }
+
+    #[test]
+    fn retention_policy_overrides_one_tier() {
+        let p: RetentionPolicy = serde_json::from_str(r#"{"network": 30}"#).unwrap();
+        assert_eq!(p.days(Tier::Network), 30);
+        assert_eq!(p.days(Tier::Security), 3653);
+        assert!(serde_json::from_str::<RetentionPolicy>(r#"{"nope": 1}"#).is_err());
+    }
+
+    #[test]
+    fn rfc3339_round_trips() {
+        let t = parse_rfc3339("2026-11-25T13:45:07.123456789Z").unwrap();
+        assert_eq!(
+            format_rfc3339(unix_nanos(t)),
+            "2026-11-25T13:45:07.123456789Z"
+        );
+        assert_eq!(format_rfc3339(0), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(
+            unix_nanos(parse_rfc3339("2000-03-01T00:00:00Z").unwrap()),
+            951_868_800 * 1_000_000_000
+        );
+        for bad in [
+            "",
+            "2026-13-01T00:00:00Z",
+            "2026-11-25 13:45:07Z",
+            "2026-11-25T13:45:07+01:00",
+            "2026-11-25T13:45:07.Z",
+        ] {
+            assert!(parse_rfc3339(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,1364 @@
+//! The writer: group commit, segment rolling, checkpoints, crash recovery
+//! and retention.
+//!
+//! Each tier has a queue, a writer thread and syncer threads. A caller
+//! encrypts its event on its own thread and queues it. The writer takes
+//! everything queued, chains and frames it, and writes it with one `pwrite`.
+//! A syncer runs `fdatasync` for everything written so far and only then
+//! hands out the receipts; with two syncers a new batch can start syncing
+//! while the previous sync is in flight. So concurrent callers share writes
+//! and syncs, and nobody gets a receipt before their record is on disk.
+//! Before a checkpoint or a segment roll the writer syncs itself, so a
+//! checkpoint never counts a record that is not durable.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use rampart_core::SharedClock;
+
+use crate::checkpoint::{self, Checkpoint, CheckpointKind, Disposal};
+use crate::error::AuditError;
+use crate::event::{Event, Receipt, RetentionPolicy, Tier};
+use crate::format::{SegmentHeader, BODY_FIXED, FRAME_PREFIX, MAX_BODY, TAG_LEN};
+use crate::keys::{AuditKeys, RecordCipher};
+use crate::merkle::{leaf_hash, to_hex, Frontier, Hash};
+use crate::proof::InclusionProof;
+use crate::search::{AuditReader, Query};
+use crate::verify::{
+    list_segments, load_checkpoints, scan_tier, segment_name, Finding, SegmentRange,
+};
+
+const NANOS_PER_DAY: u64 = 86_400 * 1_000_000_000;
+
+/// How the log is laid out and when it rolls and checkpoints.
+#[derive(Debug, Clone)]
+pub struct AuditOptions {
+    /// The log directory (`<data>/audit`); each tier gets a subdirectory.
+    pub dir: PathBuf,
+    /// A second directory that receives a copy of every checkpoint, so that
+    /// cutting the log's tail (with its checkpoints) is detectable.
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Retention per tier.
+    pub retention: RetentionPolicy,
+    /// Roll to a new segment once a segment reaches this size.
+    pub segment_max_bytes: u64,
+    /// Roll when the time bucket of this length changes (a day by default,
+    /// so retention drops whole days). `None` rolls by size only.
+    pub segment_roll_interval: Option<Duration>,
+    /// Checkpoint after this many new records.
+    pub checkpoint_every_records: u64,
+    /// Checkpoint when this much time has passed and there are new records.
+    pub checkpoint_every: Duration,
+    /// Extend segments with zeros this many bytes at a time, so that most
+    /// syncs need not commit a new file size. 0 disables.
+    pub preallocate_bytes: u64,
+    /// Most records one group commit takes; 1 gives one fsync per record
+    /// (the benchmark baseline).
+    pub max_batch_records: usize,
+    /// Threads per tier that run fdatasync; more than one lets a new batch
+    /// start syncing while an earlier sync is still in flight. 0 makes the
+    /// writer sync each batch itself before taking the next.
+    pub sync_threads: usize,
+    /// Test support: makes writes and syncs fail on demand.
+    pub fault: Option<Arc<FaultInjector>>,
+}
+
+impl AuditOptions {
+    /// Defaults: 64 MiB or one day per segment, a checkpoint every 10,000
+    /// records or 60 s, 4 MiB preallocation.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        AuditOptions {
+            dir: dir.into(),
+            checkpoint_dir: None,
+            retention: RetentionPolicy::default(),
+            segment_max_bytes: 64 << 20,
+            segment_roll_interval: Some(Duration::from_secs(86_400)),
+            checkpoint_every_records: 10_000,
+            checkpoint_every: Duration::from_secs(60),
+            preallocate_bytes: 4 << 20,
+            max_batch_records: 4096,
+            sync_threads: 2,
+            fault: None,
+        }
+    }
+}
+
+/// Injects storage failures, for tests (running as root, `chmod` cannot
+/// make a directory unwritable): a write budget after which writes fail with
+/// "no space left" part-way through, and failing syncs.
+#[derive(Debug)]
+pub struct FaultInjector {
+    write_budget: AtomicU64,
+    fail_sync: AtomicBool,
+}
+
+impl Default for FaultInjector {
+    fn default() -> Self {
+        FaultInjector {
+            write_budget: AtomicU64::new(u64::MAX),
+            fail_sync: AtomicBool::new(false),
+        }
+    }
+}
+
+impl FaultInjector {
+    /// A new injector that injects nothing yet.
+    pub fn new() -> Arc<Self> {
+        Arc::new(FaultInjector::default())
+    }
+
+    /// Lets `bytes` more bytes be written, then fails (after a partial write).
+    pub fn fail_writes_after(&self, bytes: u64) {
+        self.write_budget.store(bytes, Ordering::SeqCst);
+    }
+
+    /// Makes every sync fail (or succeed again).
+    pub fn fail_syncs(&self, fail: bool) {
+        self.fail_sync.store(fail, Ordering::SeqCst);
+    }
+
+    /// Stops injecting.
+    pub fn heal(&self) {
+        self.write_budget.store(u64::MAX, Ordering::SeqCst);
+        self.fail_sync.store(false, Ordering::SeqCst);
+    }
+}
+
+fn no_space() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::StorageFull,
+        "no space left on device (injected)",
+    )
+}
+
+/// Storage calls that go through the fault injector.
+struct Disk<'a>(Option<&'a FaultInjector>);
+
+impl Disk<'_> {
+    fn write_at(&self, file: &File, buf: &[u8], off: u64) -> io::Result<()> {
+        if let Some(f) = self.0 {
+            let budget = f.write_budget.load(Ordering::SeqCst);
+            if budget != u64::MAX {
+                let allowed = usize::try_from(budget).unwrap_or(usize::MAX).min(buf.len());
+                f.write_budget
+                    .store(budget - allowed as u64, Ordering::SeqCst);
+                if allowed < buf.len() {
+                    file.write_all_at(buf.get(..allowed).unwrap_or_default(), off)?;
+                    return Err(no_space());
+                }
+            }
+        }
+        file.write_all_at(buf, off)
+    }
+
+    fn sync(&self, file: &File) -> io::Result<()> {
+        if self.0.is_some_and(|f| f.fail_sync.load(Ordering::SeqCst)) {
+            return Err(io::Error::other("fsync failed (injected)"));
+        }
+        file.sync_data()
+    }
+
+    fn zero_fill(&self, file: &File, from: u64, to: u64) -> io::Result<()> {
+        static ZEROS: [u8; 64 * 1024] = [0u8; 64 * 1024];
+        let mut at = from;
+        while at < to {
+            let n = usize::try_from(to - at)
+                .unwrap_or(usize::MAX)
+                .min(ZEROS.len());
+            self.write_at(file, ZEROS.get(..n).unwrap_or_default(), at)?;
+            at += n as u64;
+        }
+        Ok(())
+    }
+}
+
+/// A torn write found and cut on open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TornTail {
+    /// The segment.
+    pub segment: PathBuf,
+    /// Where the whole records end; the file was cut here.
+    pub offset: u64,
+    /// Bytes cut.
+    pub bytes_cut: u64,
+    /// Where the cut bytes were kept for inspection.
+    pub quarantined: Option<PathBuf>,
+    /// What was wrong there.
+    pub finding: Finding,
+}
+
+/// What opening found, per tier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TierOpenReport {
+    /// The tier.
+    pub tier: Tier,
+    /// The seq the next record gets.
+    pub next_seq: u64,
+    /// Segments on disk.
+    pub segments: usize,
+    /// A torn write that was cut, if any.
+    pub torn_tail: Option<TornTail>,
+}
+
+/// What [`Audit::open`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenReport {
+    /// One entry per tier.
+    pub tiers: Vec<TierOpenReport>,
+    /// Damaged checkpoint lines (skipped; `verify` reports them too).
+    pub checkpoint_problems: Vec<Finding>,
+}
+
+impl OpenReport {
+    /// The torn tails that were cut.
+    pub fn torn_tails(&self) -> impl Iterator<Item = &TornTail> {
+        self.tiers.iter().filter_map(|t| t.torn_tail.as_ref())
+    }
+}
+
+/// What [`Audit::apply_retention`] removed from one tier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disposed {
+    /// The tier.
+    pub tier: Tier,
+    /// Segment files removed.
+    pub segments: Vec<PathBuf>,
+    /// First removed seq.
+    pub first_seq: u64,
+    /// One past the last removed seq.
+    pub end_seq: u64,
+}
+
+/// What [`Audit::apply_retention`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    /// One entry per tier that lost segments.
+    pub disposed: Vec<Disposed>,
+}
+
+/// Where the writer thread leaves one caller's result: a blocked thread
+/// waits on the condvar, a future leaves its waker.
+#[derive(Default)]
+struct Slot {
+    inner: Mutex<SlotInner>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct SlotInner {
+    result: Option<Result<Receipt, AuditError>>,
+    waker: Option<std::task::Waker>,
+}
+
+impl Slot {
+    fn fill(&self, r: Result<Receipt, AuditError>) {
+        let waker = {
+            let mut g = lock(&self.inner);
+            g.result = Some(r);
+            g.waker.take()
+        };
+        match waker {
+            Some(w) => w.wake(),
+            None => self.ready.notify_one(),
+        }
+    }
+
+    fn wait(&self) -> Result<Receipt, AuditError> {
+        let mut g = lock(&self.inner);
+        loop {
+            if let Some(r) = g.result.take() {
+                return r;
+            }
+            g = self.ready.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// The future of [`Audit::record_async`]: resolves once the record is
+/// fsynced. Dropping it does not withdraw the record.
+#[must_use = "the receipt says whether the record was taken"]
+pub struct RecordFuture {
+    state: Result<Arc<Slot>, Option<AuditError>>,
+}
+
+impl std::fmt::Debug for RecordFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RecordFuture")
+    }
+}
+
+impl std::future::Future for RecordFuture {
+    type Output = Result<Receipt, AuditError>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        use std::task::Poll;
+        match &mut self.get_mut().state {
+            Err(early) => Poll::Ready(Err(early.take().unwrap_or(AuditError::Closed))),
+            Ok(slot) => {
+                let mut g = lock(&slot.inner);
+                match g.result.take() {
+                    Some(r) => Poll::Ready(r),
+                    None => {
+                        g.waker = Some(cx.waker().clone());
+                        Poll::Pending
+                    }
+                }
+            }
+        }
+    }
+}
+
+struct Pending {
+    time: u64,
+    nonce: [u8; 12],
+    sealed: Vec<u8>,
+    slot: Arc<Slot>,
+}
+
+#[derive(Default)]
+struct Queue {
+    items: Vec<Pending>,
+    shutdown: bool,
+}
+
+struct ActiveSegment {
+    file: Arc<File>,
+    number: u64,
+    /// Where the records start (after the header).
+    start: u64,
+    len: u64,
+    allocated: u64,
+    bucket: u64,
+}
+
+struct WriterState {
+    tier_dir: PathBuf,
+    seg: Option<ActiveSegment>,
+    next_segment: u64,
+    frontier: Frontier,
+    chain_head: Hash,
+    last_cp_count: u64,
+    last_cp_time: u64,
+    buf: Vec<u8>,
+}
+
+struct TierLog {
+    tier: Tier,
+    queue: Mutex<Queue>,
+    cond: Condvar,
+    state: Mutex<WriterState>,
+    sync: Mutex<SyncState>,
+    sync_cond: Condvar,
+    poisoned: AtomicBool,
+    closed: AtomicBool,
+}
+
+/// Batches written but not yet known durable, and the syncs in flight.
+/// Several syncer threads may each have an fdatasync in flight: one that
+/// started after batch N was written makes batches up to N durable.
+#[derive(Default)]
+struct SyncState {
+    pending: std::collections::VecDeque<WrittenBatch>,
+    written_id: u64,
+    durable_id: u64,
+    syncing_upto: u64,
+    file: Option<Arc<File>>,
+    shutdown: bool,
+}
+
+struct WrittenBatch {
+    id: u64,
+    done: Vec<(Arc<Slot>, Receipt)>,
+}
+
+impl TierLog {
+    /// Batches up to `id` are on disk: hand out their receipts.
+    fn mark_durable(&self, id: u64) {
+        let mut done = Vec::new();
+        {
+            let mut sy = lock(&self.sync);
+            sy.durable_id = sy.durable_id.max(id);
+            let durable = sy.durable_id;
+            while sy.pending.front().is_some_and(|b| b.id <= durable) {
+                done.extend(sy.pending.pop_front());
+            }
+        }
+        // Wake the callers outside the lock, so the writer can go on.
+        for b in done {
+            for (slot, r) in b.done {
+                slot.fill(Ok(r));
+            }
+        }
+    }
+
+    /// A sync failed: nothing written since the last good sync can be
+    /// trusted. Refuse it all and everything after.
+    fn poison(&self, e: &io::Error) {
+        self.poisoned.store(true, Ordering::SeqCst);
+        tracing::error!(tier = %self.tier, error = %e, "audit log sync failed; refusing further records until reopened");
+        let (kind, msg) = (e.kind(), e.to_string());
+        self.fail_pending(&|| AuditError::WriteFailed {
+            tier: self.tier,
+            source: io::Error::new(kind, msg.clone()),
+        });
+    }
+
+    /// Refuses every batch not yet known durable.
+    fn fail_pending(&self, make: &dyn Fn() -> AuditError) {
+        let mut sy = lock(&self.sync);
+        let durable = sy.durable_id;
+        let failed: Vec<WrittenBatch> = sy.pending.drain(..).filter(|b| b.id > durable).collect();
+        drop(sy);
+        for b in failed {
+            for (slot, _) in b.done {
+                slot.fill(Err(make()));
+            }
+        }
+    }
+
+    /// Syncs the open segment from the writer's side (before a checkpoint
+    /// or a roll), so everything written so far is durable.
+    fn sync_now(&self, st: &WriterState, disk: &Disk<'_>) -> Result<(), AuditError> {
+        let upto = lock(&self.sync).written_id;
+        if let Some(seg) = &st.seg {
+            if let Err(e) = disk.sync(&seg.file) {
+                self.poison(&e);
+                return Err(AuditError::WriteFailed {
+                    tier: self.tier,
+                    source: e,
+                });
+            }
+        }
+        self.mark_durable(upto);
+        Ok(())
+    }
+}
+
+thread_local! {
+    /// Random bytes for nonces, refilled 341 nonces at a time so that a
+    /// record costs no system call for randomness.
+    static NONCE_POOL: std::cell::RefCell<([u8; 4092], usize)> = const { std::cell::RefCell::new(([0; 4092], 4092)) };
+}
+
+/// A fresh random 96-bit AES-GCM nonce.
+fn fresh_nonce() -> Result<[u8; 12], AuditError> {
+    NONCE_POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        let (bytes, used) = &mut *pool;
+        if *used + 12 > bytes.len() {
+            getrandom::getrandom(bytes).map_err(AuditError::Random)?;
+            *used = 0;
+        }
+        let mut nonce = [0u8; 12];
+        nonce.copy_from_slice(bytes.get(*used..*used + 12).ok_or(AuditError::Encrypt)?);
+        *used += 12;
+        Ok(nonce)
+    })
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A tamper-evident, encrypted, durable audit log. `Send + Sync`; share it
+/// with `Arc`. [`Audit::record`] blocks the calling thread until the record
+/// is durable; [`Audit::record_async`] is the same without blocking.
+///
+/// Each tier has a writer thread (takes everything queued, one `pwrite`)
+/// and `sync_threads` syncer threads (`fdatasync`, then receipts), so
+/// concurrent callers share writes and syncs.
+pub struct Audit {
+    core: Arc<Core>,
+    cipher: RecordCipher,
+    encryption_key: zeroize::Zeroizing<[u8; 32]>,
+    workers: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    _lock: File,
+}
+
+/// What the writer threads share with the callers.
+struct Core {
+    options: AuditOptions,
+    clock: SharedClock,
+    signing_key: SigningKey,
+    tiers: Vec<TierLog>,
+}
+
+impl std::fmt::Debug for Audit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Audit")
+            .field("dir", &self.core.options.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Audit {
+    /// Opens (or creates) the log, recovering each tier: a torn write at the
+    /// end of the newest segment is cut (and kept beside it as
+    /// `*.torn-<offset>`) and reported; any other damage refuses the open.
+    pub fn open(
+        options: AuditOptions,
+        keys: AuditKeys,
+        clock: SharedClock,
+    ) -> Result<(Audit, OpenReport), AuditError> {
+        fs::create_dir_all(&options.dir).map_err(|e| AuditError::io(&options.dir, e))?;
+        let lock_path = options.dir.join("audit.lock");
+        let lock_file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| AuditError::io(&lock_path, e))?;
+        match lock_file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(AuditError::Locked(options.dir.clone()))
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(AuditError::io(&lock_path, e)),
+        }
+        if let Some(copy) = &options.checkpoint_dir {
+            fs::create_dir_all(copy).map_err(|e| AuditError::io(copy, e))?;
+        }
+        let now = clock.unix_nanos();
+        let core_dir = options.dir.clone();
+        let vk = keys.verifying_key();
+        let mut report = OpenReport {
+            tiers: Vec::new(),
+            checkpoint_problems: Vec::new(),
+        };
+        let mut tiers = Vec::new();
+        for tier in Tier::ALL {
+            let (state, tier_report) =
+                recover_tier(&options, tier, &vk, now, &mut report.checkpoint_problems)?;
+            report.tiers.push(tier_report);
+            tiers.push(TierLog {
+                tier,
+                queue: Mutex::new(Queue::default()),
+                cond: Condvar::new(),
+                state: Mutex::new(state),
+                sync: Mutex::new(SyncState::default()),
+                sync_cond: Condvar::new(),
+                poisoned: AtomicBool::new(false),
+                closed: AtomicBool::new(false),
+            });
+        }
+        for t in report.torn_tails() {
+            tracing::warn!(segment = %t.segment.display(), offset = t.offset, bytes = t.bytes_cut, "audit log: cut a torn write left by a crash");
+        }
+        let core = Arc::new(Core {
+            options,
+            clock,
+            signing_key: keys.signing_key.clone(),
+            tiers,
+        });
+        let mut workers = Vec::new();
+        for i in 0..core.tiers.len() {
+            let writer_core = Arc::clone(&core);
+            let name = format!(
+                "audit-writer-{}",
+                Tier::ALL.get(i).map_or("?", |t| t.as_str())
+            );
+            let handle = std::thread::Builder::new()
+                .name(name)
+                .spawn(move || writer_core.writer_loop(i))
+                .map_err(|e| AuditError::io(&core_dir, e))?;
+            workers.push(handle);
+            for k in 0..core.options.sync_threads {
+                let core = Arc::clone(&core);
+                let name = format!(
+                    "audit-sync-{}-{k}",
+                    Tier::ALL.get(i).map_or("?", |t| t.as_str())
+                );
+                let handle = std::thread::Builder::new()
+                    .name(name)
+                    .spawn(move || core.syncer_loop(i))
+                    .map_err(|e| AuditError::io(&core_dir, e))?;
+                workers.push(handle);
+            }
+        }
+        let audit = Audit {
+            cipher: RecordCipher::new(&keys.encryption_key),
+            encryption_key: keys.encryption_key.clone(),
+            core,
+            workers: Mutex::new(workers),
+            _lock: lock_file,
+        };
+        Ok((audit, report))
+    }
+
+    /// The public key that checks this log's checkpoints.
+    pub fn verifying_key(&self) -> VerifyingKey {
+        self.core.signing_key.verifying_key()
+    }
+
+    /// The options the log was opened with.
+    pub fn options(&self) -> &AuditOptions {
+        &self.core.options
+    }
+
+    fn tier_log(&self, tier: Tier) -> Result<&TierLog, AuditError> {
+        self.core.tiers.get(tier.index()).ok_or(AuditError::Closed)
+    }
+
+    /// Records an event. Returns once the record is fsynced; on any error
+    /// the record was not taken and the caller must refuse its action.
+    /// Blocks the thread; from async code use [`Audit::record_async`].
+    pub fn record(&self, event: Event) -> Result<Receipt, AuditError> {
+        self.enqueue(event)?.wait()
+    }
+
+    /// Records an event without blocking a thread: encrypts it now and
+    /// resolves once the record is fsynced (same guarantees as
+    /// [`Audit::record`]). Works on any executor; the future is `'static`.
+    pub fn record_async(&self, event: Event) -> RecordFuture {
+        RecordFuture {
+            state: self.enqueue(event).map_err(Some),
+        }
+    }
+
+    /// Encrypts an event and queues it for its tier's writer.
+    fn enqueue(&self, event: Event) -> Result<Arc<Slot>, AuditError> {
+        let tier = event.tier;
+        let log = self.tier_log(tier)?;
+        if log.closed.load(Ordering::SeqCst) {
+            return Err(AuditError::Closed);
+        }
+        if log.poisoned.load(Ordering::SeqCst) {
+            return Err(AuditError::Poisoned { tier });
+        }
+        let time = self.core.clock.unix_nanos();
+        let plain = serde_json::to_vec(&event).map_err(AuditError::Encode)?;
+        if plain.len() + BODY_FIXED + TAG_LEN > MAX_BODY {
+            return Err(AuditError::TooLarge(plain.len()));
+        }
+        let nonce = fresh_nonce()?;
+        let sealed = self.cipher.seal(tier.code(), time, &nonce, &plain)?;
+        let slot = Arc::new(Slot::default());
+        {
+            let mut q = lock(&log.queue);
+            if q.shutdown {
+                return Err(AuditError::Closed);
+            }
+            q.items.push(Pending {
+                time,
+                nonce,
+                sealed,
+                slot: Arc::clone(&slot),
+            });
+            if q.items.len() == 1 {
+                log.cond.notify_one();
+            }
+        }
+        Ok(slot)
+    }
+
+    /// Writes a checkpoint for every tier that has records since the last
+    /// one. Returns the checkpoints written.
+    pub fn checkpoint_now(&self) -> Result<Vec<Checkpoint>, AuditError> {
+        let now = self.core.clock.unix_nanos();
+        let mut out = Vec::new();
+        for log in &self.core.tiers {
+            let mut st = lock(&log.state);
+            if st.frontier.size() > st.last_cp_count
+                || (st.frontier.size() > 0 && st.last_cp_count == 0)
+            {
+                out.push(st.checkpoint(&self.core, log, CheckpointKind::Manual, now)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of records ever written to `tier` (the next seq).
+    pub fn next_seq(&self, tier: Tier) -> u64 {
+        self.tier_log(tier)
+            .map_or(0, |l| lock(&l.state).frontier.size())
+    }
+
+    /// A reader over this log (search, export, proofs).
+    pub fn reader(&self) -> AuditReader {
+        AuditReader::new(&self.core.options.dir, self.encryption_key.clone())
+    }
+
+    /// Finds records; see [`Query`].
+    pub fn search(&self, query: &Query) -> Result<Vec<crate::event::Record>, AuditError> {
+        self.reader().search(query)
+    }
+
+    /// Writes matching records as JSON lines; returns how many.
+    pub fn export_jsonl(&self, out: &mut dyn io::Write, query: &Query) -> Result<u64, AuditError> {
+        self.reader().export_jsonl(out, query)
+    }
+
+    /// An inclusion proof for record `seq` of `tier`, checkpointing first if
+    /// the record is newer than the latest checkpoint.
+    pub fn prove(&self, tier: Tier, seq: u64) -> Result<InclusionProof, AuditError> {
+        let log = self.tier_log(tier)?;
+        {
+            let mut st = lock(&log.state);
+            if seq >= st.frontier.size() {
+                return Err(AuditError::NoSuchRecord { tier, seq });
+            }
+            if seq >= st.last_cp_count {
+                let now = self.core.clock.unix_nanos();
+                st.checkpoint(&self.core, log, CheckpointKind::Manual, now)?;
+            }
+        }
+        self.reader().prove(tier, seq, &self.verifying_key())
+    }
+
+    /// Removes, per tier, the oldest whole segments whose newest record is
+    /// older than the tier's retention (never the segment being written),
+    /// after writing a signed disposal checkpoint that names them and keeps
+    /// the chain head and Merkle frontier at the cut. Run it from the
+    /// caller's scheduler.
+    pub fn apply_retention(&self) -> Result<RetentionReport, AuditError> {
+        let now = self.core.clock.unix_nanos();
+        let vk = self.verifying_key();
+        let mut report = RetentionReport::default();
+        for log in &self.core.tiers {
+            let tier = log.tier;
+            let days = u64::from(self.core.options.retention.days(tier));
+            let horizon = now.saturating_sub(days.saturating_mul(NANOS_PER_DAY));
+            let (active, tier_dir) = {
+                let st = lock(&log.state);
+                (st.seg.as_ref().map(|s| s.number), st.tier_dir.clone())
+            };
+            let Some(active) = active else { continue };
+            let mut problems = Vec::new();
+            let cps = load_checkpoints(
+                tier,
+                &[checkpoint::path_for(&self.core.options.dir, tier)],
+                &vk,
+                &mut problems,
+            )?;
+            let range = SegmentRange {
+                resume_from: None,
+                stop_before: Some(active),
+            };
+            let scan = scan_tier(tier, &tier_dir, &cps, range, &mut |_, _| {})?;
+            if let Some(f) = scan.findings.into_iter().next().or(scan.torn) {
+                return Err(AuditError::Corrupt(Box::new(f)));
+            }
+            let expired: Vec<_> = scan
+                .segments
+                .iter()
+                .take_while(|s| s.max_time < horizon)
+                .collect();
+            let (Some(first), Some(last)) = (expired.first(), expired.last()) else {
+                continue;
+            };
+            let disposal = Disposal {
+                segments: expired.iter().map(|s| segment_name(s.number)).collect(),
+                first_seq: first.first_seq,
+                end_seq: last.end_seq,
+                frontier: last
+                    .frontier_end
+                    .nodes()
+                    .iter()
+                    .map(|h| to_hex(h))
+                    .collect(),
+            };
+            {
+                let st = lock(&log.state);
+                let cp = Checkpoint::sign(
+                    &self.core.signing_key,
+                    tier,
+                    CheckpointKind::Disposal,
+                    &last.frontier_end,
+                    &last.chain_end,
+                    now,
+                    Some(disposal),
+                );
+                st.append_checkpoint(&self.core.options, tier, &cp)?;
+                for s in &expired {
+                    fs::remove_file(&s.path).map_err(|e| AuditError::io(&s.path, e))?;
+                }
+                checkpoint::sync_dir(&st.tier_dir)?;
+            }
+            tracing::info!(%tier, segments = expired.len(), first_seq = first.first_seq, end_seq = last.end_seq, "audit retention disposed of segments");
+            report.disposed.push(Disposed {
+                tier,
+                segments: expired.iter().map(|s| s.path.clone()).collect(),
+                first_seq: first.first_seq,
+                end_seq: last.end_seq,
+            });
+        }
+        Ok(report)
+    }
+
+    /// Refuses further records, writes a closing checkpoint for every tier
+    /// with records since the last one, and trims the open segments.
+    pub fn close(&self) -> Result<(), AuditError> {
+        for log in &self.core.tiers {
+            lock(&log.queue).shutdown = true;
+            log.cond.notify_all();
+        }
+        for handle in lock(&self.workers).drain(..) {
+            let _ = handle.join();
+        }
+        let now = self.core.clock.unix_nanos();
+        let mut first_err = None;
+        for log in &self.core.tiers {
+            if log.closed.swap(true, Ordering::SeqCst) {
+                continue;
+            }
+            let mut st = lock(&log.state);
+            if log.poisoned.load(Ordering::SeqCst) {
+                continue;
+            }
+            if st.frontier.size() > st.last_cp_count {
+                if let Err(e) = st.checkpoint(&self.core, log, CheckpointKind::Close, now) {
+                    first_err.get_or_insert(e);
+                }
+            }
+            if let Some(seg) = &st.seg {
+                let r = seg.file.set_len(seg.len).and_then(|()| seg.file.sync_all());
+                if let Err(e) = r {
+                    first_err.get_or_insert(AuditError::io(st.tier_dir.clone(), e));
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Audit {
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            tracing::warn!(error = %e, "audit log close failed");
+        }
+    }
+}
+
+impl Core {
+    /// The tier's writer thread: takes everything queued, commits it with
+    /// one write and one sync, wakes each caller, repeats.
+    fn writer_loop(&self, index: usize) {
+        let Some(log) = self.tiers.get(index) else {
+            return;
+        };
+        let _guard = PanicGuard(log);
+        let max = self.options.max_batch_records.max(1);
+        loop {
+            let batch: Vec<Pending> = {
+                let mut q = lock(&log.queue);
+                while q.items.is_empty() && !q.shutdown {
+                    let (guard, waited) = log
+                        .cond
+                        .wait_timeout(q, self.options.checkpoint_every)
+                        .unwrap_or_else(|e| e.into_inner());
+                    q = guard;
+                    if waited.timed_out() && q.items.is_empty() && !q.shutdown {
+                        // Idle: still checkpoint every T when records came in.
+                        drop(q);
+                        self.idle_checkpoint(log);
+                        q = lock(&log.queue);
+                    }
+                }
+                if q.items.is_empty() {
+                    drop(q);
+                    let st = lock(&log.state);
+                    let _ = log.sync_now(&st, &Disk(self.options.fault.as_deref()));
+                    drop(st);
+                    lock(&log.sync).shutdown = true;
+                    log.sync_cond.notify_all();
+                    return;
+                }
+                let n = q.items.len().min(max);
+                q.items.drain(..n).collect()
+            };
+            self.commit(log, batch);
+        }
+    }
+
+    fn idle_checkpoint(&self, log: &TierLog) {
+        if log.poisoned.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut st = lock(&log.state);
+        let now = self.clock.unix_nanos();
+        if st.checkpoint_due(&self.options, now) {
+            if let Err(e) = st.checkpoint(self, log, CheckpointKind::Periodic, now) {
+                tracing::warn!(tier = %log.tier, error = %e, "audit checkpoint failed; will retry");
+            }
+        }
+    }
+
+    /// A tier's syncer thread: whenever batches have been written that no
+    /// sync in flight covers, fdatasync and hand out their receipts.
+    fn syncer_loop(&self, index: usize) {
+        let Some(log) = self.tiers.get(index) else {
+            return;
+        };
+        let _guard = PanicGuard(log);
+        let disk = Disk(self.options.fault.as_deref());
+        let mut sy = lock(&log.sync);
+        loop {
+            if sy.written_id > sy.syncing_upto && !log.poisoned.load(Ordering::SeqCst) {
+                let target = sy.written_id;
+                sy.syncing_upto = target;
+                let file = sy.file.clone();
+                drop(sy);
+                let r = file.as_deref().map_or(Ok(()), |f| disk.sync(f));
+                match r {
+                    Ok(()) => log.mark_durable(target),
+                    Err(e) => log.poison(&e),
+                }
+                sy = lock(&log.sync);
+                continue;
+            }
+            if sy.shutdown {
+                return;
+            }
+            sy = log.sync_cond.wait(sy).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Writes one batch and hands every caller its result.
+    fn commit(&self, log: &TierLog, batch: Vec<Pending>) {
+        let tier = log.tier;
+        if log.poisoned.load(Ordering::SeqCst) {
+            for p in batch {
+                p.slot.fill(Err(AuditError::Poisoned { tier }));
+            }
+            return;
+        }
+        let mut st = lock(&log.state);
+        let now = self.clock.unix_nanos();
+        let before = lock(&log.sync).written_id;
+        match st.write_batch(&self.options, tier, &batch, now) {
+            Ok((receipts, rolled)) => {
+                if rolled {
+                    // The roll synced the old segment: all earlier batches are durable.
+                    log.mark_durable(before);
+                }
+                let done = batch.into_iter().map(|p| p.slot).zip(receipts).collect();
+                // Nobody else queued and no sync in flight: sync here and
+                // save the hand-off to a syncer (what a lone writer wants).
+                // Otherwise hand it off, so the next batch can be written
+                // while this one syncs.
+                let queue_empty = lock(&log.queue).items.is_empty();
+                let inline = {
+                    let mut sy = lock(&log.sync);
+                    sy.written_id += 1;
+                    let id = sy.written_id;
+                    sy.pending.push_back(WrittenBatch { id, done });
+                    sy.file = st.seg.as_ref().map(|s| Arc::clone(&s.file));
+                    let idle = sy.syncing_upto <= sy.durable_id;
+                    let inline = self.options.sync_threads == 0 || (idle && queue_empty);
+                    if inline {
+                        sy.syncing_upto = id;
+                    }
+                    inline
+                };
+                if inline {
+                    let _ = log.sync_now(&st, &Disk(self.options.fault.as_deref()));
+                } else {
+                    log.sync_cond.notify_one();
+                }
+                if log.poisoned.load(Ordering::SeqCst) {
+                    // A sync failed while this batch was being written.
+                    log.fail_pending(&|| AuditError::Poisoned { tier });
+                    return;
+                }
+                if st.checkpoint_due(&self.options, now) {
+                    if let Err(e) = st.checkpoint(self, log, CheckpointKind::Periodic, now) {
+                        tracing::warn!(%tier, error = %e, "audit checkpoint failed; will retry");
+                    }
+                }
+            }
+            Err(failure) => {
+                if failure.poison {
+                    log.poison(&failure.source);
+                } else {
+                    tracing::error!(%tier, error = %failure.source, "audit log write failed; records refused");
+                }
+                let (kind, msg) = (failure.source.kind(), failure.source.to_string());
+                for p in batch {
+                    p.slot.fill(Err(AuditError::WriteFailed {
+                        tier,
+                        source: io::Error::new(kind, msg.clone()),
+                    }));
+                }
+            }
+        }
+    }
+}
+
+/// Should a writer or syncer thread ever panic, nobody may wait forever:
+/// refuse everything queued or in flight and take no more records.
+struct PanicGuard<'a>(&'a TierLog);
+
+impl Drop for PanicGuard<'_> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let log = self.0;
+        log.poisoned.store(true, Ordering::SeqCst);
+        let queued: Vec<Pending> = {
+            let mut q = lock(&log.queue);
+            q.shutdown = true;
+            q.items.drain(..).collect()
+        };
+        for p in queued {
+            p.slot.fill(Err(AuditError::Poisoned { tier: log.tier }));
+        }
+        log.fail_pending(&|| AuditError::Poisoned { tier: log.tier });
+    }
+}
+
+struct BatchFailure {
+    poison: bool,
+    source: io::Error,
+}
+
+impl BatchFailure {
+    fn soft(source: io::Error) -> Self {
+        BatchFailure {
+            poison: false,
+            source,
+        }
+    }
+}
+
+impl WriterState {
+    fn bucket(options: &AuditOptions, now: u64) -> u64 {
+        match options.segment_roll_interval {
+            Some(d) => now / u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1),
+            None => 0,
+        }
+    }
+
+    fn checkpoint_due(&self, options: &AuditOptions, now: u64) -> bool {
+        let size = self.frontier.size();
+        let every = u64::try_from(options.checkpoint_every.as_nanos()).unwrap_or(u64::MAX);
+        size > self.last_cp_count
+            && (size - self.last_cp_count >= options.checkpoint_every_records.max(1)
+                || now.saturating_sub(self.last_cp_time) >= every)
+    }
+
+    fn append_checkpoint(
+        &self,
+        options: &AuditOptions,
+        tier: Tier,
+        cp: &Checkpoint,
+    ) -> Result<(), AuditError> {
+        checkpoint::append(&checkpoint::path_for(&options.dir, tier), cp)?;
+        if let Some(copy) = &options.checkpoint_dir {
+            checkpoint::append(&checkpoint::path_for(copy, tier), cp)?;
+        }
+        Ok(())
+    }
+
+    fn checkpoint(
+        &mut self,
+        core: &Core,
+        log: &TierLog,
+        kind: CheckpointKind,
+        now: u64,
+    ) -> Result<Checkpoint, AuditError> {
+        // A checkpoint may only count records that are on disk.
+        log.sync_now(self, &Disk(core.options.fault.as_deref()))?;
+        let tier = log.tier;
+        let cp = Checkpoint::sign(
+            &core.signing_key,
+            tier,
+            kind,
+            &self.frontier,
+            &self.chain_head,
+            now,
+            None,
+        );
+        self.append_checkpoint(&core.options, tier, &cp)?;
+        self.last_cp_count = self.frontier.size();
+        self.last_cp_time = now;
+        Ok(cp)
+    }
+
+    /// Starts a new segment (written under a temporary name, synced, then
+    /// renamed, so a segment file always has a whole header) and trims the
+    /// old one.
+    fn roll(
+        &mut self,
+        options: &AuditOptions,
+        tier: Tier,
+        now: u64,
+        bucket: u64,
+    ) -> Result<(), BatchFailure> {
+        let disk = Disk(options.fault.as_deref());
+        let number = self.next_segment;
+        let path = self.tier_dir.join(segment_name(number));
+        let tmp = path.with_extension("seg.tmp");
+        let header = SegmentHeader {
+            tier,
+            segment: number,
+            first_seq: self.frontier.size(),
+            created_unix_nanos: now,
+            prev_hash: self.chain_head,
+            frontier: self.frontier.nodes().to_vec(),
+        };
+        let start = header.encoded_len() as u64;
+        let make = || -> io::Result<File> {
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .read(true)
+                .write(true)
+                .open(&tmp)?;
+            disk.write_at(&file, &header.encode(), 0)?;
+            disk.zero_fill(&file, start, start + options.preallocate_bytes)?;
+            file.sync_all()?;
+            fs::rename(&tmp, &path)?;
+            File::open(&self.tier_dir)?.sync_all()?;
+            Ok(file)
+        };
+        let file = match make() {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(BatchFailure::soft(e));
+            }
+        };
+        if let Some(old) = &self.seg {
+            // Everything written to the old segment must be durable before
+            // the writer moves on (its syncers follow the new file).
+            if let Err(e) = disk.sync(&old.file) {
+                let _ = fs::remove_file(&path);
+                return Err(BatchFailure {
+                    poison: true,
+                    source: e,
+                });
+            }
+            if let Err(e) = old.file.set_len(old.len).and_then(|()| old.file.sync_all()) {
+                tracing::warn!(%tier, error = %e, "could not trim the finished segment; its zero fill stays");
+            }
+        }
+        self.seg = Some(ActiveSegment {
+            file: Arc::new(file),
+            number,
+            start,
+            len: start,
+            allocated: start + options.preallocate_bytes,
+            bucket,
+        });
+        self.next_segment += 1;
+        Ok(())
+    }
+
+    fn write_batch(
+        &mut self,
+        options: &AuditOptions,
+        tier: Tier,
+        batch: &[Pending],
+        now: u64,
+    ) -> Result<(Vec<Receipt>, bool), BatchFailure> {
+        let bytes: u64 = batch
+            .iter()
+            .map(|p| (FRAME_PREFIX + BODY_FIXED + p.sealed.len()) as u64)
+            .sum();
+        let bucket = Self::bucket(options, now);
+        let roll = match &self.seg {
+            None => true,
+            Some(s) => {
+                s.bucket != bucket || (s.len > s.start && s.len + bytes > options.segment_max_bytes)
+            }
+        };
+        if roll {
+            self.roll(options, tier, now, bucket)?;
+        }
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        let mut frontier = self.frontier.clone();
+        let mut prev = self.chain_head;
+        let mut receipts = Vec::with_capacity(batch.len());
+        for p in batch {
+            let seq = frontier.size();
+            let start = buf.len();
+            let body_len = u32::try_from(BODY_FIXED + p.sealed.len()).unwrap_or(u32::MAX);
+            buf.extend_from_slice(&body_len.to_le_bytes());
+            buf.extend_from_slice(&[0u8; 4]);
+            buf.extend_from_slice(&seq.to_le_bytes());
+            buf.extend_from_slice(&p.time.to_le_bytes());
+            buf.extend_from_slice(&prev);
+            buf.extend_from_slice(&p.nonce);
+            buf.extend_from_slice(&p.sealed);
+            let body = buf.get(start + FRAME_PREFIX..).unwrap_or_default();
+            let leaf = leaf_hash(body);
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(&body_len.to_le_bytes());
+            crc.update(body);
+            let crc = crc.finalize().to_le_bytes();
+            if let Some(slot) = buf.get_mut(start + 4..start + 8) {
+                slot.copy_from_slice(&crc);
+            }
+            frontier.push(leaf);
+            receipts.push(Receipt {
+                tier,
+                seq,
+                hash: leaf,
+            });
+            prev = leaf;
+        }
+        let result = self.write_out(options, &buf);
+        self.buf = buf;
+        result?;
+        self.frontier = frontier;
+        self.chain_head = prev;
+        Ok((receipts, roll))
+    }
+
+    fn write_out(&mut self, options: &AuditOptions, buf: &[u8]) -> Result<(), BatchFailure> {
+        let disk = Disk(options.fault.as_deref());
+        let Some(seg) = self.seg.as_mut() else {
+            return Err(BatchFailure::soft(io::Error::other("no open segment")));
+        };
+        let off = seg.len;
+        let end = off + buf.len() as u64;
+        if options.preallocate_bytes > 0 && end > seg.allocated {
+            let new_alloc = end.max(seg.allocated + options.preallocate_bytes);
+            if let Err(e) = disk.zero_fill(&seg.file, seg.allocated, new_alloc) {
+                // Nothing past `allocated` is ours yet; give the space back.
+                let _ = seg.file.set_len(seg.allocated);
+                return Err(BatchFailure::soft(e));
+            }
+            seg.allocated = new_alloc;
+        }
+        if let Err(e) = disk.write_at(&seg.file, buf, off) {
+            // Undo the partial write so no part of this batch can ever be
+            // read back as a record; if that fails too, stop taking records.
+            let undo = if end <= seg.allocated {
+                Disk(None).zero_fill(&seg.file, off, end)
+            } else {
+                seg.file.set_len(off)
+            };
+            let undone = undo.and_then(|()| seg.file.sync_data());
+            return Err(BatchFailure {
+                poison: undone.is_err(),
+                source: e,
+            });
+        }
+        // The syncer threads make it durable; receipts wait for them.
+        seg.len = end;
+        Ok(())
+    }
+}
+
+fn recover_tier(
+    options: &AuditOptions,
+    tier: Tier,
+    vk: &VerifyingKey,
+    now: u64,
+    problems: &mut Vec<Finding>,
+) -> Result<(WriterState, TierOpenReport), AuditError> {
+    let tier_dir = options.dir.join(tier.as_str());
+    fs::create_dir_all(&tier_dir).map_err(|e| AuditError::io(&tier_dir, e))?;
+    for entry in fs::read_dir(&tier_dir).map_err(|e| AuditError::io(&tier_dir, e))? {
+        let entry = entry.map_err(|e| AuditError::io(&tier_dir, e))?;
+        if entry.file_name().to_string_lossy().ends_with(".seg.tmp") {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+    let cp_path = checkpoint::path_for(&options.dir, tier);
+    checkpoint::repair(&cp_path)?;
+    if let Some(copy) = &options.checkpoint_dir {
+        checkpoint::repair(&checkpoint::path_for(copy, tier))?;
+    }
+    // The copy too: a copy that counts more records than the log means the
+    // tail was cut, and the log must not go on writing over that gap.
+    let mut cp_files = vec![cp_path];
+    if let Some(copy) = &options.checkpoint_dir {
+        cp_files.push(checkpoint::path_for(copy, tier));
+    }
+    let cps = load_checkpoints(tier, &cp_files, vk, problems)?;
+    // Resume from the newest segment's header instead of reading the whole
+    // tier; `verify` is what reads and checks everything.
+    let on_disk = list_segments(&tier_dir)?;
+    let range = SegmentRange {
+        resume_from: on_disk.last().map(|(n, _)| *n),
+        stop_before: None,
+    };
+    let scan = scan_tier(tier, &tier_dir, &cps, range, &mut |_, _| {})?;
+    if let Some(f) = scan.findings.into_iter().next() {
+        return Err(AuditError::Corrupt(Box::new(f)));
+    }
+    let mut torn_tail = None;
+    let mut seg = None;
+    if let Some(last) = scan.segments.last() {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&last.path)
+            .map_err(|e| AuditError::io(&last.path, e))?;
+        let file_len = file
+            .metadata()
+            .map_err(|e| AuditError::io(&last.path, e))?
+            .len();
+        if let Some(finding) = scan.torn {
+            let quarantined = quarantine(&file, &last.path, last.data_end, file_len);
+            file.set_len(last.data_end)
+                .and_then(|()| file.sync_all())
+                .map_err(|e| AuditError::io(&last.path, e))?;
+            torn_tail = Some(TornTail {
+                segment: last.path.clone(),
+                offset: last.data_end,
+                bytes_cut: file_len - last.data_end,
+                quarantined,
+                finding,
+            });
+        }
+        let allocated = if torn_tail.is_some() {
+            last.data_end
+        } else {
+            file_len
+        };
+        seg = Some(ActiveSegment {
+            file: Arc::new(file),
+            number: last.number,
+            start: last.data_start,
+            len: last.data_end,
+            allocated,
+            bucket: WriterState::bucket(options, last.created),
+        });
+    }
+    let next_segment = list_segments(&tier_dir)?.last().map_or(0, |(n, _)| n + 1);
+    let report = TierOpenReport {
+        tier,
+        next_seq: scan.frontier.size(),
+        segments: on_disk.len(),
+        torn_tail,
+    };
+    let state = WriterState {
+        tier_dir,
+        seg,
+        next_segment,
+        last_cp_count: cps.last().map_or(0, |c| c.v.cp.count),
+        last_cp_time: now,
+        frontier: scan.frontier,
+        chain_head: scan.chain_head,
+        buf: Vec::new(),
+    };
+    Ok((state, report))
+}
+
+/// Keeps the non-zero part of a torn tail beside the segment, for forensics.
+fn quarantine(file: &File, path: &Path, from: u64, to: u64) -> Option<PathBuf> {
+    let len = usize::try_from(to.saturating_sub(from)).ok()?;
+    let mut bytes = vec![0u8; len];
+    file.read_exact_at(&mut bytes, from).ok()?;
+    let keep = bytes.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
+    if keep == 0 {
+        return None;
+    }
+    let q = PathBuf::from(format!("{}.torn-{from}", path.display()));
+    fs::write(&q, bytes.get(..keep)?).ok()?;
+    Some(q)
+}

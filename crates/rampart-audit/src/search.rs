@@ -1,0 +1,333 @@
+//! Reading the log back: search with filters, JSON-lines export, and
+//! inclusion proofs. Needs the encryption key for events; proofs need only
+//! the public key.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use base64::Engine as _;
+use ed25519_dalek::VerifyingKey;
+use zeroize::Zeroizing;
+
+use crate::checkpoint;
+use crate::error::AuditError;
+use crate::event::{format_rfc3339, unix_nanos, Event, Outcome, Record, Tier};
+use crate::format::SegmentReader;
+use crate::keys::RecordCipher;
+use crate::merkle::{to_hex, PrunedTree};
+use crate::proof::InclusionProof;
+use crate::verify::{
+    list_segments, load_checkpoints, read_header, scan_tier, Finding, Problem, SegmentRange,
+};
+
+/// Which records to return. Every filter that is set must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Query {
+    /// Only this tier.
+    pub tier: Option<Tier>,
+    /// Only this principal (exact match).
+    pub actor: Option<String>,
+    /// Only this action (exact match).
+    pub action: Option<String>,
+    /// Only this outcome.
+    pub outcome: Option<Outcome>,
+    /// Records taken at or after this time.
+    pub from: Option<SystemTime>,
+    /// Records taken before this time.
+    pub to: Option<SystemTime>,
+    /// At most this many records.
+    pub limit: Option<usize>,
+    /// Newest first (with `limit`: the latest records). Search only;
+    /// export always streams oldest first, tier by tier.
+    pub newest_first: bool,
+}
+
+impl Query {
+    /// Checks the query: `from` must not be after `to`.
+    pub fn validate(&self) -> Result<(), AuditError> {
+        if let (Some(from), Some(to)) = (self.from, self.to) {
+            if from > to {
+                return Err(AuditError::InvalidTimeRange {
+                    from: format_rfc3339(unix_nanos(from)),
+                    to: format_rfc3339(unix_nanos(to)),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn matches(&self, e: &Event) -> bool {
+        self.actor.as_deref().is_none_or(|a| a == e.actor.principal)
+            && self.action.as_deref().is_none_or(|a| a == e.action)
+            && self.outcome.is_none_or(|o| o == e.outcome)
+    }
+}
+
+/// Reads a log directory with the encryption key. Safe to use while a
+/// writer appends: a half-written batch at the end is simply not seen yet.
+pub struct AuditReader {
+    dir: PathBuf,
+    cipher: RecordCipher,
+}
+
+impl std::fmt::Debug for AuditReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditReader")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuditReader {
+    /// A reader over `dir` with the record encryption key.
+    pub fn new(dir: impl AsRef<Path>, encryption_key: Zeroizing<[u8; 32]>) -> Self {
+        AuditReader {
+            dir: dir.as_ref().to_path_buf(),
+            cipher: RecordCipher::new(&encryption_key),
+        }
+    }
+
+    /// Records matching `query`, across tiers in time order (oldest first,
+    /// or newest first with [`Query::newest_first`]), at most `limit`.
+    pub fn search(&self, query: &Query) -> Result<Vec<Record>, AuditError> {
+        query.validate()?;
+        let limit = query.limit.unwrap_or(usize::MAX);
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        for tier in query.tier.map_or(Tier::ALL.to_vec(), |t| vec![t]) {
+            out.extend(self.tier_records(tier, query, limit)?);
+        }
+        out.sort_by_key(|r| (r.time_unix_nanos, r.event.tier, r.seq));
+        if query.newest_first {
+            out.reverse();
+        }
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    /// Writes records matching `query` as JSON lines, streaming, oldest
+    /// first tier by tier; returns how many.
+    pub fn export_jsonl(&self, out: &mut dyn Write, query: &Query) -> Result<u64, AuditError> {
+        let mut n = 0u64;
+        let mut w = io::BufWriter::new(out);
+        self.for_each(query, &mut |r| {
+            serde_json::to_writer(&mut w, &r).map_err(|e| AuditError::Export(e.into()))?;
+            w.write_all(b"\n").map_err(AuditError::Export)?;
+            n += 1;
+            Ok(())
+        })?;
+        w.flush().map_err(AuditError::Export)?;
+        Ok(n)
+    }
+
+    /// Oldest first within each tier, tier by tier; for export, which
+    /// streams and so does not sort.
+    fn for_each(
+        &self,
+        query: &Query,
+        f: &mut dyn FnMut(Record) -> Result<(), AuditError>,
+    ) -> Result<(), AuditError> {
+        query.validate()?;
+        let limit = query.limit.unwrap_or(usize::MAX);
+        let mut seen = 0usize;
+        let mut buf = Vec::new();
+        for tier in query.tier.map_or(Tier::ALL.to_vec(), |t| vec![t]) {
+            let segments = list_segments(&self.dir.join(tier.as_str()))?;
+            let n = segments.len();
+            for (i, (_, path)) in segments.iter().enumerate() {
+                if seen >= limit {
+                    return Ok(());
+                }
+                self.segment_records(tier, path, i + 1 == n, query, &mut buf, &mut |r| {
+                    f(r)?;
+                    seen += 1;
+                    Ok(seen < limit)
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Up to `limit` matching records of one tier, newest first if asked.
+    fn tier_records(
+        &self,
+        tier: Tier,
+        query: &Query,
+        limit: usize,
+    ) -> Result<Vec<Record>, AuditError> {
+        let mut out = Vec::new();
+        let mut buf = Vec::new();
+        let segments = list_segments(&self.dir.join(tier.as_str()))?;
+        let n = segments.len();
+        let order: Vec<usize> = if query.newest_first {
+            (0..n).rev().collect()
+        } else {
+            (0..n).collect()
+        };
+        for i in order {
+            let Some((_, path)) = segments.get(i) else {
+                continue;
+            };
+            let mut found = Vec::new();
+            let room = limit - out.len();
+            self.segment_records(tier, path, i + 1 == n, query, &mut buf, &mut |r| {
+                found.push(r);
+                // Newest first needs the whole segment to know its newest.
+                Ok(query.newest_first || found.len() < room)
+            })?;
+            if query.newest_first {
+                found.reverse();
+            }
+            found.truncate(room);
+            out.append(&mut found);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Decrypts the records of one segment that match, in order, until
+    /// `f` says stop. `last`: the newest segment, which may end in a batch
+    /// still being written.
+    fn segment_records(
+        &self,
+        tier: Tier,
+        path: &Path,
+        last: bool,
+        query: &Query,
+        buf: &mut Vec<u8>,
+        f: &mut dyn FnMut(Record) -> Result<bool, AuditError>,
+    ) -> Result<(), AuditError> {
+        let from = query.from.map(unix_nanos);
+        let to = query.to.map(unix_nanos);
+        buf.clear();
+        File::open(path)
+            .and_then(|mut file| file.read_to_end(buf))
+            .map_err(|e| AuditError::io(path, e))?;
+        let corrupt = |problem| {
+            AuditError::Corrupt(Box::new(Finding {
+                tier,
+                file: Some(path.to_path_buf()),
+                seq: None,
+                offset: None,
+                problem,
+            }))
+        };
+        let (_, mut reader) = SegmentReader::new(buf).map_err(|e| corrupt(Problem::Header(e)))?;
+        while let Some(frame) = reader.next_frame() {
+            let frame = match frame {
+                Ok(frame) => frame,
+                Err(_) if last => break,
+                Err(e) => return Err(corrupt(Problem::Frame(e))),
+            };
+            let t = frame.time_unix_nanos();
+            if from.is_some_and(|from| t < from) || to.is_some_and(|to| t >= to) {
+                continue;
+            }
+            let seq = frame.seq();
+            let plain = self
+                .cipher
+                .open(tier.code(), t, frame.nonce(), frame.ciphertext())
+                .ok_or(AuditError::Decrypt { tier, seq })?;
+            let event: Event = serde_json::from_slice(&plain)
+                .map_err(|source| AuditError::BadEvent { tier, seq, source })?;
+            if event.tier != tier || !query.matches(&event) {
+                continue;
+            }
+            let more = f(Record {
+                seq,
+                time: format_rfc3339(t),
+                time_unix_nanos: t,
+                hash: to_hex(&crate::merkle::leaf_hash(frame.body)),
+                event,
+            })?;
+            if !more {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// An RFC 6962 inclusion proof for record `seq` of `tier` against the
+    /// tier's latest valid checkpoint that covers it.
+    pub fn prove(
+        &self,
+        tier: Tier,
+        seq: u64,
+        key: &VerifyingKey,
+    ) -> Result<InclusionProof, AuditError> {
+        let mut problems = Vec::new();
+        let cps = load_checkpoints(
+            tier,
+            &[checkpoint::path_for(&self.dir, tier)],
+            key,
+            &mut problems,
+        )?;
+        let Some(latest) = cps.last() else {
+            return Err(AuditError::NotCheckpointed { tier, seq });
+        };
+        let size = latest.v.cp.count;
+        if seq >= size {
+            return Err(AuditError::NotCheckpointed { tier, seq });
+        }
+        // Start at the segment that holds the record: its header has the
+        // frontier over everything before it, which is all the proof needs.
+        let tier_dir = self.dir.join(tier.as_str());
+        let mut resume_from = None;
+        for (n, path) in list_segments(&tier_dir)? {
+            if read_header(tier, &path)?.first_seq > seq {
+                break;
+            }
+            resume_from = Some(n);
+        }
+        if resume_from.is_none() {
+            return Err(AuditError::NoSuchRecord { tier, seq });
+        }
+        let range = SegmentRange {
+            resume_from,
+            stop_before: None,
+        };
+        let mut leaves = Vec::new();
+        let mut record = None;
+        let scan = scan_tier(tier, &tier_dir, &cps, range, &mut |frame, leaf| {
+            if frame.seq() < size {
+                leaves.push(*leaf);
+            }
+            if frame.seq() == seq {
+                record = Some(frame.body.to_vec());
+            }
+        })?;
+        if let Some(f) = scan.findings.into_iter().next() {
+            return Err(AuditError::Corrupt(Box::new(f)));
+        }
+        let Some(record) = record else {
+            return Err(AuditError::NoSuchRecord { tier, seq });
+        };
+        let tree = PrunedTree {
+            base: &scan.base,
+            leaves: &leaves,
+        };
+        let path = tree
+            .audit_path(seq)
+            .ok_or(AuditError::InvalidProof("cannot build the audit path"))?;
+        if tree.root() != Some(latest.v.root) {
+            return Err(AuditError::InvalidProof(
+                "records do not match the checkpoint root",
+            ));
+        }
+        Ok(InclusionProof {
+            tier,
+            seq,
+            tree_size: size,
+            record: base64::engine::general_purpose::STANDARD.encode(&record),
+            leaf_hash: to_hex(&crate::merkle::leaf_hash(&record)),
+            audit_path: path.iter().map(|h| to_hex(h)).collect(),
+            checkpoint: latest.v.cp.clone(),
+        })
+    }
+}

@@ -1,0 +1,952 @@
+//! End-to-end scenarios for the audit log: each test opens a real log in a
+//! temporary directory through `TestLog`, does something to it, and checks
+//! what `verify`, `search` and `prove` say.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use rampart_audit::format::SegmentReader;
+use rampart_audit::{
+    verify, verify_proof, Actor, Audit, AuditError, AuditKeys, AuditOptions, CheckpointError,
+    CheckpointKind, Event, FaultInjector, Outcome, Problem, Query, Tier,
+};
+use rampart_core::ManualClock;
+
+const START: u64 = 1_795_000_000; // 2026-11-18T11:06:40Z
+
+fn keys() -> AuditKeys {
+    AuditKeys {
+        encryption_key: zeroize::Zeroizing::new([7u8; 32]),
+        signing_key: ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]),
+    }
+}
+
+fn vk() -> ed25519_dalek::VerifyingKey {
+    keys().verifying_key()
+}
+
+struct TestLog {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    copy: PathBuf,
+    clock: Arc<ManualClock>,
+}
+
+impl TestLog {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let copy = tmp.path().join("audit-checkpoints");
+        TestLog {
+            _tmp: tmp,
+            dir,
+            copy,
+            clock: Arc::new(ManualClock::at_unix_secs(START)),
+        }
+    }
+
+    fn options(&self) -> AuditOptions {
+        let mut o = AuditOptions::new(&self.dir);
+        o.checkpoint_dir = Some(self.copy.clone());
+        o.checkpoint_every_records = 10;
+        o.preallocate_bytes = 16 * 1024;
+        o
+    }
+
+    fn open_with(&self, o: AuditOptions) -> Audit {
+        Audit::open(o, keys(), self.clock.clone()).unwrap().0
+    }
+
+    fn open(&self) -> Audit {
+        self.open_with(self.options())
+    }
+
+    fn segments(&self, tier: Tier) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = fs::read_dir(self.dir.join(tier.as_str()))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn verify(&self) -> Result<rampart_audit::VerifyReport, AuditError> {
+        verify(&self.dir, &vk(), Some(&self.copy))
+    }
+}
+
+fn event(tier: Tier, who: &str, action: &str, outcome: Outcome) -> Event {
+    let mut e = Event::new(tier, Actor::new(who, "mtls"), action, "secret/db", outcome);
+    e.node = "node-1".into();
+    e.environment = "test".into();
+    e.request_id = Some("req-1".into());
+    e.source = Some("192.0.2.7".into());
+    if outcome != Outcome::Allowed {
+        e.reason = Some("policy says no".into());
+    }
+    e
+}
+
+fn fill(audit: &Audit, tier: Tier, n: u64) {
+    for i in 0..n {
+        let r = audit
+            .record(event(
+                tier,
+                &format!("user-{}", i % 3),
+                "secrets.read",
+                Outcome::Allowed,
+            ))
+            .unwrap();
+        assert_eq!(r.tier, tier);
+    }
+}
+
+/// Byte ranges of each frame in a segment file.
+fn frames(path: &Path) -> Vec<(u64, std::ops::Range<usize>)> {
+    let bytes = fs::read(path).unwrap();
+    let (_, mut r) = SegmentReader::new(&bytes).unwrap();
+    let mut out = Vec::new();
+    while let Some(f) = r.next_frame() {
+        let f = f.unwrap();
+        let start = f.offset as usize;
+        out.push((f.seq(), start..start + f.len_on_disk() as usize));
+    }
+    out
+}
+
+/// The findings of a verify that must fail.
+fn findings(r: Result<rampart_audit::VerifyReport, AuditError>) -> Vec<rampart_audit::Finding> {
+    match r {
+        Err(AuditError::VerifyFailed(f)) => {
+            assert!(!f.report.findings.is_empty());
+            // The CLI prints these; they must read well.
+            for finding in &f.report.findings {
+                let text = finding.to_string();
+                assert!(text.starts_with("tier "), "{text}");
+            }
+            f.report.findings
+        }
+        other => panic!("expected a verify failure, got {other:?}"),
+    }
+}
+
+/// A log of 50 security records in one segment, closed cleanly.
+fn closed_log() -> (TestLog, PathBuf) {
+    let t = TestLog::new();
+    let audit = t.open();
+    fill(&audit, Tier::Security, 50);
+    audit.close().unwrap();
+    drop(audit);
+    let seg = t.segments(Tier::Security).remove(0);
+    (t, seg)
+}
+
+#[test]
+fn audit_is_send_sync_and_shareable() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Audit>();
+    assert_send_sync::<Arc<Audit>>();
+}
+
+#[test]
+fn records_come_back_through_search_and_export() {
+    let t = TestLog::new();
+    let audit = t.open();
+    let a = audit
+        .record(event(
+            Tier::Security,
+            "alice",
+            "secrets.read",
+            Outcome::Allowed,
+        ))
+        .unwrap();
+    t.clock.advance(Duration::from_secs(10));
+    let b = audit
+        .record(event(
+            Tier::Security,
+            "bob",
+            "secrets.write",
+            Outcome::Denied,
+        ))
+        .unwrap();
+    t.clock.advance(Duration::from_secs(10));
+    let c = audit
+        .record(event(Tier::ApiAccess, "alice", "api.get", Outcome::Error))
+        .unwrap();
+    assert_eq!((a.seq, b.seq, c.seq), (0, 1, 0));
+    assert_ne!(a.hash, b.hash);
+
+    let all = audit.search(&Query::default()).unwrap();
+    assert_eq!(all.len(), 3);
+    assert_eq!(all[1].event.actor.principal, "bob");
+    assert_eq!(all[1].event.reason.as_deref(), Some("policy says no"));
+
+    let q = |f: &dyn Fn(&mut Query)| {
+        let mut q = Query::default();
+        f(&mut q);
+        audit.search(&q).unwrap()
+    };
+    assert_eq!(q(&|q| q.actor = Some("alice".into())).len(), 2);
+    assert_eq!(q(&|q| q.action = Some("secrets.write".into())).len(), 1);
+    assert_eq!(
+        q(&|q| q.outcome = Some(Outcome::Error))[0].event.tier,
+        Tier::ApiAccess
+    );
+    assert_eq!(q(&|q| q.tier = Some(Tier::ApiAccess)).len(), 1);
+    assert_eq!(q(&|q| q.limit = Some(2)).len(), 2);
+    let from = UNIX_EPOCH + Duration::from_secs(START + 5);
+    let to = UNIX_EPOCH + Duration::from_secs(START + 15);
+    let mid = q(&|q| {
+        q.from = Some(from);
+        q.to = Some(to);
+    });
+    assert_eq!(mid.len(), 1);
+    assert_eq!(mid[0].event.actor.principal, "bob");
+    assert_eq!(mid[0].time, "2026-11-18T11:06:50.000000000Z");
+
+    let latest = q(&|q| {
+        q.newest_first = true;
+        q.limit = Some(2);
+    });
+    let who: Vec<(&str, Tier)> = latest
+        .iter()
+        .map(|r| (r.event.actor.principal.as_str(), r.event.tier))
+        .collect();
+    assert_eq!(
+        who,
+        vec![("alice", Tier::ApiAccess), ("bob", Tier::Security)]
+    );
+
+    let mut out = Vec::new();
+    assert_eq!(audit.export_jsonl(&mut out, &Query::default()).unwrap(), 3);
+    let lines: Vec<serde_json::Value> = out
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[2]["tier"], "api-access");
+    assert_eq!(lines[2]["outcome"], "error");
+    assert_eq!(lines[0]["actor"]["principal"], "alice");
+}
+
+#[test]
+fn a_query_with_from_after_to_is_a_clear_error() {
+    let t = TestLog::new();
+    let audit = t.open();
+    let q = Query {
+        from: Some(UNIX_EPOCH + Duration::from_secs(200)),
+        to: Some(UNIX_EPOCH + Duration::from_secs(100)),
+        ..Query::default()
+    };
+    let err = audit.search(&q).unwrap_err();
+    assert!(
+        matches!(err, AuditError::InvalidTimeRange { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("is after"), "{err}");
+}
+
+#[test]
+fn a_clean_log_verifies_with_and_without_the_copy() {
+    let (t, _) = closed_log();
+    let report = t.verify().unwrap();
+    let sec = report
+        .tiers
+        .iter()
+        .find(|r| r.tier == Tier::Security)
+        .unwrap();
+    assert_eq!(sec.records, 50);
+    assert!(sec.checkpoints_matched >= 10, "{sec:?}");
+    verify(&t.dir, &vk(), None).unwrap();
+    // The wrong public key finds every checkpoint bad.
+    let other = ed25519_dalek::SigningKey::from_bytes(&[1; 32]).verifying_key();
+    assert!(verify(&t.dir, &other, None).is_err());
+}
+
+#[test]
+fn a_flipped_byte_is_found_and_named() {
+    let (t, seg) = closed_log();
+    let (seq, range) = frames(&seg)[20].clone();
+    let mut bytes = fs::read(&seg).unwrap();
+    bytes[range.start + 40] ^= 0x01;
+    fs::write(&seg, &bytes).unwrap();
+    let f = findings(t.verify());
+    assert_eq!(f[0].tier, Tier::Security);
+    assert_eq!(f[0].file.as_deref(), Some(seg.as_path()));
+    assert_eq!(f[0].seq, Some(seq));
+    assert_eq!(
+        f[0].problem,
+        Problem::Frame(rampart_audit::format::FrameError::BadChecksum)
+    );
+    assert!(f[0].to_string().contains("seq 20"), "{}", f[0]);
+}
+
+#[test]
+fn a_deleted_record_is_found_and_named() {
+    let (t, seg) = closed_log();
+    let (_, range) = frames(&seg)[20].clone();
+    let mut bytes = fs::read(&seg).unwrap();
+    bytes.drain(range);
+    fs::write(&seg, &bytes).unwrap();
+    let f = findings(t.verify());
+    assert_eq!(f[0].seq, Some(20));
+    assert_eq!(f[0].file.as_deref(), Some(seg.as_path()));
+    assert_eq!(
+        f[0].problem,
+        Problem::Sequence {
+            found: 21,
+            expected: 20
+        }
+    );
+}
+
+#[test]
+fn swapped_records_are_found_and_named() {
+    let (t, seg) = closed_log();
+    let fr = frames(&seg);
+    let (a, b) = (fr[20].1.clone(), fr[21].1.clone());
+    let bytes = fs::read(&seg).unwrap();
+    let mut out = bytes[..a.start].to_vec();
+    out.extend_from_slice(&bytes[b.clone()]);
+    out.extend_from_slice(&bytes[a.clone()]);
+    out.extend_from_slice(&bytes[b.end..]);
+    fs::write(&seg, &out).unwrap();
+    let f = findings(t.verify());
+    assert_eq!(f[0].seq, Some(20));
+    assert_eq!(
+        f[0].problem,
+        Problem::Sequence {
+            found: 21,
+            expected: 20
+        }
+    );
+}
+
+#[test]
+fn a_rewritten_record_with_fixed_checksum_breaks_the_chain() {
+    let (t, seg) = closed_log();
+    let (_, range) = frames(&seg)[30].clone();
+    let mut bytes = fs::read(&seg).unwrap();
+    // Change the ciphertext and recompute the frame checksum, as a careful
+    // attacker would: the chain (next record's predecessor hash) catches it.
+    bytes[range.end - 1] ^= 0xff;
+    let len = &bytes[range.start..range.start + 4];
+    let mut h = crc32fast::Hasher::new();
+    h.update(len);
+    h.update(&bytes[range.start + 8..range.end]);
+    let crc = h.finalize().to_le_bytes();
+    bytes[range.start + 4..range.start + 8].copy_from_slice(&crc);
+    fs::write(&seg, &bytes).unwrap();
+    let f = findings(t.verify());
+    assert_eq!(f[0].seq, Some(31));
+    assert_eq!(f[0].problem, Problem::ChainBroken);
+}
+
+#[test]
+fn a_cut_tail_is_found_against_the_checkpoint_copy() {
+    let (t, seg) = closed_log();
+    // The attacker cuts the log after record 30 and the primary checkpoints
+    // with it, so the log alone is consistent again.
+    let (_, range) = frames(&seg)[30].clone();
+    let bytes = fs::read(&seg).unwrap();
+    fs::write(&seg, &bytes[..range.start]).unwrap();
+    let cp_file = t.dir.join("security/checkpoints.jsonl");
+    let kept: Vec<String> = fs::read_to_string(&cp_file)
+        .unwrap()
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["count"]
+                .as_u64()
+                .unwrap()
+                <= 30
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    fs::write(&cp_file, kept.concat()).unwrap();
+    verify(&t.dir, &vk(), None).expect("the cut is invisible without the copy");
+    let f = findings(t.verify());
+    assert_eq!(f[0].tier, Tier::Security);
+    assert_eq!(f[0].seq, Some(30));
+    assert_eq!(
+        f[0].file.as_deref(),
+        Some(t.copy.join("security/checkpoints.jsonl").as_path())
+    );
+    assert_eq!(
+        f[0].problem,
+        Problem::TailMissing {
+            checkpoint_count: 50,
+            log_count: 30
+        }
+    );
+    // The writer will not reopen over the gap either.
+    match Audit::open(t.options(), keys(), t.clock.clone()) {
+        Err(AuditError::Corrupt(f)) => assert!(matches!(f.problem, Problem::TailMissing { .. })),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_checkpoint_with_a_bad_signature_is_reported() {
+    let (t, _) = closed_log();
+    let cp_file = t.dir.join("security/checkpoints.jsonl");
+    let text = fs::read_to_string(&cp_file).unwrap();
+    let mut lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    lines[1]["count"] = serde_json::json!(21);
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    fs::write(&cp_file, text + "{not json\n").unwrap();
+    let f = findings(verify(&t.dir, &vk(), None));
+    assert!(f.iter().any(|f| f.problem
+        == Problem::Checkpoint {
+            line: 2,
+            error: CheckpointError::BadSignature
+        }));
+    assert!(
+        f.iter()
+            .any(|f| matches!(f.problem, Problem::CheckpointUnreadable { line: 6, .. })),
+        "{f:?}"
+    );
+}
+
+#[test]
+fn truncated_or_corrupt_segment_headers_are_clear_errors() {
+    for (cut, expected) in [
+        (Some(20usize), rampart_audit::format::HeaderError::Truncated),
+        (None, rampart_audit::format::HeaderError::BadMagic),
+    ] {
+        let (t, seg) = closed_log();
+        let mut bytes = fs::read(&seg).unwrap();
+        match cut {
+            Some(n) => bytes.truncate(n),
+            None => bytes[0] = b'X',
+        }
+        fs::write(&seg, &bytes).unwrap();
+        let f = findings(t.verify());
+        assert_eq!(f[0].problem, Problem::Header(expected));
+        assert_eq!(f[0].file.as_deref(), Some(seg.as_path()));
+        match Audit::open(t.options(), keys(), t.clock.clone()) {
+            Err(AuditError::Corrupt(f)) => assert_eq!(f.problem, Problem::Header(expected)),
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn the_log_takes_one_writer_at_a_time() {
+    let t = TestLog::new();
+    let _a = t.open();
+    assert!(matches!(
+        Audit::open(t.options(), keys(), t.clock.clone()),
+        Err(AuditError::Locked(_))
+    ));
+}
+
+#[test]
+fn concurrent_writers_get_distinct_durable_receipts() {
+    let t = TestLog::new();
+    let audit = Arc::new(t.open());
+    let handles: Vec<_> = (0..8)
+        .map(|w| {
+            let audit = Arc::clone(&audit);
+            std::thread::spawn(move || {
+                (0..100)
+                    .map(|_| {
+                        audit
+                            .record(event(
+                                Tier::Application,
+                                &format!("w{w}"),
+                                "x",
+                                Outcome::Allowed,
+                            ))
+                            .unwrap()
+                            .seq
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let seqs: BTreeSet<u64> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    assert_eq!(seqs, (0..800).collect());
+    audit.close().unwrap();
+    t.verify().unwrap();
+}
+
+#[test]
+fn segments_roll_by_size_and_by_day_and_verify_across_them() {
+    let t = TestLog::new();
+    let mut o = t.options();
+    o.segment_max_bytes = 4096;
+    let audit = t.open_with(o.clone());
+    fill(&audit, Tier::Network, 40);
+    t.clock.advance(Duration::from_secs(86_400));
+    fill(&audit, Tier::Network, 3);
+    let n = t.segments(Tier::Network).len();
+    assert!(n >= 4, "{n} segments");
+    drop(audit);
+    t.verify().unwrap();
+    let audit = t.open_with(o);
+    assert_eq!(audit.next_seq(Tier::Network), 43);
+    fill(&audit, Tier::Network, 2);
+    let latest: Vec<u64> = audit
+        .search(&Query {
+            newest_first: true,
+            limit: Some(3),
+            ..Query::default()
+        })
+        .unwrap()
+        .iter()
+        .map(|r| r.seq)
+        .collect();
+    assert_eq!(latest, vec![44, 43, 42]);
+    let oldest: Vec<u64> = audit
+        .search(&Query {
+            limit: Some(2),
+            ..Query::default()
+        })
+        .unwrap()
+        .iter()
+        .map(|r| r.seq)
+        .collect();
+    assert_eq!(oldest, vec![0, 1]);
+    drop(audit);
+    t.verify().unwrap();
+}
+
+#[test]
+fn disk_full_refuses_the_record_and_leaves_no_partial_record() {
+    for prealloc in [0u64, 16 * 1024] {
+        let t = TestLog::new();
+        let fault = FaultInjector::new();
+        let mut o = t.options();
+        o.preallocate_bytes = prealloc;
+        o.fault = Some(fault.clone());
+        let audit = t.open_with(o.clone());
+        fill(&audit, Tier::Security, 5);
+        fault.fail_writes_after(100);
+        let err = audit
+            .record(event(Tier::Security, "mallory", "x", Outcome::Allowed))
+            .unwrap_err();
+        match &err {
+            AuditError::WriteFailed { tier, source } => {
+                assert_eq!(*tier, Tier::Security);
+                assert_eq!(source.kind(), std::io::ErrorKind::StorageFull);
+            }
+            other => panic!("expected WriteFailed, got {other:?}"),
+        }
+        // Still full: still refused.
+        assert!(audit
+            .record(event(Tier::Security, "mallory", "x", Outcome::Allowed))
+            .is_err());
+        fault.heal();
+        let r = audit
+            .record(event(Tier::Security, "carol", "x", Outcome::Allowed))
+            .unwrap();
+        assert_eq!(r.seq, 5, "a refused record takes no sequence number");
+        drop(audit);
+        t.verify().unwrap();
+        let audit = t.open_with(o);
+        assert_eq!(audit.next_seq(Tier::Security), 6);
+        let found = audit.search(&Query::default()).unwrap();
+        assert_eq!(found.len(), 6);
+        assert!(found.iter().all(|r| r.event.actor.principal != "mallory"));
+    }
+}
+
+#[test]
+fn disk_full_when_rolling_a_segment_refuses_the_record() {
+    let t = TestLog::new();
+    let fault = FaultInjector::new();
+    let mut o = t.options();
+    o.segment_max_bytes = 2048;
+    o.fault = Some(fault.clone());
+    let audit = t.open_with(o);
+    fill(&audit, Tier::Security, 3);
+    fault.fail_writes_after(0);
+    let mut refused = 0;
+    for _ in 0..20 {
+        if audit
+            .record(event(Tier::Security, "x", "x", Outcome::Allowed))
+            .is_err()
+        {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 20);
+    fault.heal();
+    fill(&audit, Tier::Security, 20);
+    drop(audit);
+    t.verify().unwrap();
+}
+
+#[test]
+fn a_failed_sync_stops_the_log_until_reopened() {
+    let t = TestLog::new();
+    let fault = FaultInjector::new();
+    let mut o = t.options();
+    o.fault = Some(fault.clone());
+    let audit = t.open_with(o.clone());
+    fill(&audit, Tier::Security, 3);
+    fault.fail_syncs(true);
+    assert!(matches!(
+        audit.record(event(Tier::Security, "x", "x", Outcome::Allowed)),
+        Err(AuditError::WriteFailed { .. })
+    ));
+    fault.heal();
+    assert!(matches!(
+        audit.record(event(Tier::Security, "x", "x", Outcome::Allowed)),
+        Err(AuditError::Poisoned {
+            tier: Tier::Security
+        })
+    ));
+    drop(audit);
+    let audit = t.open_with(o);
+    // The unacknowledged record may or may not have reached the disk whole;
+    // either way the log is consistent and takes records again.
+    let n = audit.next_seq(Tier::Security);
+    assert!(n == 3 || n == 4, "{n}");
+    fill(&audit, Tier::Security, 1);
+    drop(audit);
+    t.verify().unwrap();
+}
+
+#[test]
+fn a_torn_tail_is_cut_on_open_and_reported() {
+    let (t, seg) = closed_log();
+    let fr = frames(&seg);
+    let (_, last) = fr[49].clone();
+    let bytes = fs::read(&seg).unwrap();
+    // Half of the last record made it to disk. (Checkpoints said 50; drop
+    // them, as a crash before the close checkpoint would have.)
+    fs::write(&seg, &bytes[..last.start + (last.len() / 2)]).unwrap();
+    for dir in [&t.dir, &t.copy] {
+        let f = dir.join("security/checkpoints.jsonl");
+        let kept: String = fs::read_to_string(&f)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.contains("\"count\":50"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        fs::write(&f, kept).unwrap();
+    }
+    let before = t.verify().expect("a torn tail alone is a warning");
+    assert!(matches!(before.warnings[0].problem, Problem::TornTail(_)));
+    assert_eq!(before.warnings[0].seq, Some(49));
+    let (audit, report) = Audit::open(t.options(), keys(), t.clock.clone()).unwrap();
+    let torn: Vec<_> = report.torn_tails().collect();
+    assert_eq!(torn.len(), 1);
+    assert_eq!(torn[0].segment, seg);
+    assert_eq!(torn[0].offset, last.start as u64);
+    assert!(torn[0].quarantined.as_ref().unwrap().exists());
+    assert_eq!(audit.next_seq(Tier::Security), 49);
+    fill(&audit, Tier::Security, 2);
+    drop(audit);
+    t.verify().unwrap();
+}
+
+#[test]
+fn a_cut_covered_by_a_checkpoint_refuses_to_open() {
+    let (t, seg) = closed_log();
+    let fr = frames(&seg);
+    let bytes = fs::read(&seg).unwrap();
+    fs::write(&seg, &bytes[..fr[45].1.start + 3]).unwrap();
+    assert!(matches!(
+        Audit::open(t.options(), keys(), t.clock.clone()),
+        Err(AuditError::Corrupt(_))
+    ));
+}
+
+#[test]
+fn proofs_verify_and_tampered_proofs_do_not() {
+    let t = TestLog::new();
+    let audit = t.open();
+    fill(&audit, Tier::Processing, 37);
+    for seq in [0u64, 1, 17, 35, 36] {
+        let proof = audit.prove(Tier::Processing, seq).unwrap();
+        assert_eq!(proof.seq, seq);
+        let json = serde_json::to_string(&proof).unwrap();
+        let back: rampart_audit::InclusionProof = serde_json::from_str(&json).unwrap();
+        verify_proof(&back, &vk()).unwrap();
+    }
+    let proof = audit.prove(Tier::Processing, 17).unwrap();
+    let other = ed25519_dalek::SigningKey::from_bytes(&[1; 32]).verifying_key();
+    assert!(verify_proof(&proof, &other).is_err());
+    let mut bad = proof.clone();
+    bad.audit_path[0] = "00".repeat(32);
+    assert!(verify_proof(&bad, &vk()).is_err());
+    let mut bad = proof.clone();
+    bad.seq = 18;
+    assert!(verify_proof(&bad, &vk()).is_err());
+    let mut bad = proof;
+    bad.checkpoint.count += 1;
+    bad.tree_size += 1;
+    assert!(matches!(
+        verify_proof(&bad, &vk()),
+        Err(AuditError::InvalidProof(_))
+    ));
+    assert!(matches!(
+        audit.prove(Tier::Processing, 99),
+        Err(AuditError::NoSuchRecord { .. })
+    ));
+}
+
+#[test]
+fn retention_drops_whole_old_segments_and_signs_the_disposal() {
+    let t = TestLog::new();
+    let mut o = t.options();
+    o.retention = o.retention.with(Tier::Network, 30);
+    let audit = t.open_with(o.clone());
+    for _day in 0..3 {
+        fill(&audit, Tier::Network, 7);
+        fill(&audit, Tier::Security, 1);
+        t.clock.advance(Duration::from_secs(86_400));
+    }
+    t.clock.advance(Duration::from_secs(86_400 * 29)); // day 32: days 0 and 1 are out
+    fill(&audit, Tier::Network, 2);
+    assert_eq!(t.segments(Tier::Network).len(), 4);
+    let report = audit.apply_retention().unwrap();
+    assert_eq!(report.disposed.len(), 1);
+    let d = &report.disposed[0];
+    assert_eq!(
+        (d.tier, d.first_seq, d.end_seq, d.segments.len()),
+        (Tier::Network, 0, 14, 2)
+    );
+    assert_eq!(t.segments(Tier::Network).len(), 2);
+    assert_eq!(
+        t.segments(Tier::Security).len(),
+        3,
+        "security keeps ten years"
+    );
+    // Nothing more to do a second time.
+    assert!(audit.apply_retention().unwrap().disposed.is_empty());
+    t.verify().unwrap();
+    let left = audit
+        .search(&Query {
+            tier: Some(Tier::Network),
+            ..Query::default()
+        })
+        .unwrap();
+    assert_eq!(left.first().map(|r| r.seq), Some(14));
+    assert_eq!(left.len(), 9);
+    verify_proof(&audit.prove(Tier::Network, 15).unwrap(), &vk()).unwrap();
+    assert!(audit.prove(Tier::Network, 3).is_err());
+    drop(audit);
+    let cps = fs::read_to_string(t.copy.join("network/checkpoints.jsonl")).unwrap();
+    let disposal: rampart_audit::Checkpoint =
+        serde_json::from_str(cps.lines().find(|l| l.contains("\"disposal\"")).unwrap()).unwrap();
+    assert_eq!(disposal.kind, CheckpointKind::Disposal);
+    assert_eq!(disposal.disposal.as_ref().unwrap().segments.len(), 2);
+    // The log reopens and goes on from the cut.
+    let audit = t.open_with(o);
+    assert_eq!(audit.next_seq(Tier::Network), 23);
+    fill(&audit, Tier::Network, 1);
+    drop(audit);
+    t.verify().unwrap();
+    // Deleting a further segment without a disposal checkpoint is found.
+    fs::remove_file(&t.segments(Tier::Network)[0]).unwrap();
+    let f = findings(t.verify());
+    assert_eq!(f[0].problem, Problem::MissingDisposal { first_seq: 21 });
+}
+
+#[test]
+fn every_acknowledged_record_survives_sigkill() {
+    let t = TestLog::new();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rampart-audit-loadgen"))
+        .arg(&t.dir)
+        .arg(&t.copy)
+        .arg("16")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let mut acked = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acked.len() < 3000 && Instant::now() < deadline {
+        match lines.next() {
+            Some(Ok(l)) => {
+                acked.insert(l.trim().parse::<u64>().unwrap());
+            }
+            _ => break,
+        }
+    }
+    child.kill().unwrap(); // SIGKILL
+                           // Receipts printed after we stopped counting but before the kill count too.
+    for l in lines.map_while(Result::ok) {
+        acked.insert(l.trim().parse::<u64>().unwrap());
+    }
+    child.wait().unwrap();
+    assert!(
+        acked.len() >= 3000,
+        "loadgen acknowledged only {}",
+        acked.len()
+    );
+
+    let (audit, report) = Audit::open(t.options(), keys(), t.clock.clone()).unwrap();
+    let _ = report.torn_tails().count();
+    let found: BTreeSet<u64> = audit
+        .search(&Query {
+            tier: Some(Tier::Security),
+            ..Query::default()
+        })
+        .unwrap()
+        .into_iter()
+        .map(|r| r.seq)
+        .collect();
+    let missing: Vec<_> = acked.difference(&found).take(5).collect();
+    assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
+    drop(audit);
+    t.verify().unwrap();
+}
+
+/// A minimal `block_on`: polls, parks until woken.
+fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        if let std::task::Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}
+
+#[test]
+fn record_async_resolves_once_durable() {
+    let t = TestLog::new();
+    let audit = t.open();
+    let futures: Vec<_> = (0..20)
+        .map(|i| {
+            audit.record_async(event(
+                Tier::Security,
+                &format!("task-{i}"),
+                "x",
+                Outcome::Allowed,
+            ))
+        })
+        .collect();
+    let seqs: BTreeSet<u64> = futures
+        .into_iter()
+        .map(|f| block_on(f).unwrap().seq)
+        .collect();
+    assert_eq!(seqs, (0..20).collect());
+    audit.close().unwrap();
+    assert!(matches!(
+        block_on(audit.record_async(event(Tier::Security, "late", "x", Outcome::Allowed))),
+        Err(AuditError::Closed)
+    ));
+    drop(audit);
+    t.verify().unwrap();
+}
+
+#[test]
+fn an_idle_log_still_checkpoints_every_t() {
+    let t = TestLog::new();
+    let mut o = t.options();
+    o.checkpoint_every_records = 1000;
+    o.checkpoint_every = Duration::from_millis(50);
+    let audit = t.open_with(o);
+    fill(&audit, Tier::Application, 3);
+    let cp_file = t.dir.join("application/checkpoints.jsonl");
+    assert!(!fs::read_to_string(&cp_file)
+        .unwrap_or_default()
+        .contains("\"count\":3"));
+    t.clock.advance(Duration::from_secs(1));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !fs::read_to_string(&cp_file)
+        .unwrap_or_default()
+        .contains("\"count\":3")
+    {
+        assert!(Instant::now() < deadline, "no checkpoint while idle");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn open_resumes_from_the_newest_header_and_verify_checks_every_header() {
+    let t = TestLog::new();
+    let mut o = t.options();
+    o.segment_max_bytes = 4096;
+    let audit = t.open_with(o.clone());
+    fill(&audit, Tier::Network, 30);
+    drop(audit);
+    let segs = t.segments(Tier::Network);
+    assert!(segs.len() >= 3);
+    // A forged chain head in a middle segment's header, checksum fixed.
+    let mut bytes = fs::read(&segs[1]).unwrap();
+    bytes[40] ^= 0xff; // inside prev_hash (bytes 36..68)
+    let k = bytes[11] as usize;
+    let end = 68 + 32 * k;
+    let crc = crc32fast::hash(&bytes[..end]).to_le_bytes();
+    bytes[end..end + 4].copy_from_slice(&crc);
+    fs::write(&segs[1], &bytes).unwrap();
+    let f = findings(t.verify());
+    assert_eq!(f[0].problem, Problem::HeaderState);
+    assert_eq!(f[0].file.as_deref(), Some(segs[1].as_path()));
+    // The writer reads only the newest segment on open, so it still opens
+    // (verify is what reads everything) and carries on from the right seq.
+    let audit = t.open_with(o);
+    assert_eq!(audit.next_seq(Tier::Network), 30);
+    let proof = audit.prove(Tier::Network, 29).unwrap();
+    verify_proof(&proof, &vk()).unwrap();
+}
+
+#[test]
+fn a_failed_sync_under_concurrency_refuses_everyone_and_hangs_nobody() {
+    let t = TestLog::new();
+    let fault = FaultInjector::new();
+    let mut o = t.options();
+    o.fault = Some(fault.clone());
+    let audit = Arc::new(t.open_with(o.clone()));
+    fill(&audit, Tier::Security, 3);
+    fault.fail_syncs(true);
+    let handles: Vec<_> = (0..16)
+        .map(|w| {
+            let audit = Arc::clone(&audit);
+            std::thread::spawn(move || {
+                (0..20)
+                    .filter(|_| {
+                        audit
+                            .record(event(
+                                Tier::Security,
+                                &format!("w{w}"),
+                                "x",
+                                Outcome::Allowed,
+                            ))
+                            .is_ok()
+                    })
+                    .count()
+            })
+        })
+        .collect();
+    let acked: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    assert_eq!(
+        acked, 0,
+        "no record may be acknowledged after a failed sync"
+    );
+    fault.heal();
+    drop(audit);
+    let audit = t.open_with(o);
+    fill(&audit, Tier::Security, 1);
+    drop(audit);
+    t.verify().unwrap();
+}

@@ -1,0 +1,70 @@
+//! Rampart's identity and access plane.
+//!
+//! It owns who a principal is and what it may do: users, service principals
+//! and teams; the four roles and the one authorisation check every plane and
+//! the edge call ([`Authorizer::authorize`]); API keys stored as peppered
+//! HMACs; password (Argon2id) and API-key logins that yield Ed25519-signed
+//! JWT access tokens with rotating keys published as a JWKS, opaque refresh
+//! tokens rotated on every use with reuse detection, and a revocation list
+//! that makes logout immediate; TOTP with recovery codes; time-bound
+//! elevation with approval; and brute-force throttling.
+//!
+//! It never speaks HTTP or parses command lines (the `rampart` binary wires
+//! [`Identity`]'s methods to routes and subcommands and maps
+//! [`IdentityError::status`] to responses), never reads the system clock
+//! (time comes from a [`rampart_core::Clock`]), and never stores a secret in
+//! the clear: passwords as Argon2id, keys and refresh tokens as HMAC-SHA-256
+//! under a pepper from the keyring, TOTP secrets sealed with a keyring data
+//! key. Every decision and identity step is recorded in the audit log; if
+//! the log refuses, the step is refused.
+//!
+//! # Permissions identity itself asks for
+//!
+//! Identity management lives in the [`PLATFORM_ENV`] environment; keys are
+//! checked against the key's own environment.
+//!
+//! | operation | permission |
+//! | --- | --- |
+//! | create user / service | `identity:users.create` |
+//! | list / show users, teams | `identity:users.read` |
+//! | set roles, disable, reset another's password or TOTP | `identity:users.update` |
+//! | own password, own TOTP | `identity:password.own`, `identity:mfa.own` |
+//! | create team | `identity:teams.create` |
+//! | create / list / revoke own API keys | `identity:apikeys.own` |
+//! | the same for other principals' keys | `identity:apikeys.manage` |
+//! | revoke another principal's sessions | `identity:sessions.revoke` |
+//! | rotate the token signing key | `identity:signing.rotate` |
+//! | ask for elevation | `identity:elevations.request` |
+//! | approve / deny elevation (also: unelevated `admin`, not the requester) | `identity:elevations.approve` |
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
+pub mod apikey;
+mod elevation;
+mod error;
+pub mod password;
+pub mod policy;
+mod service;
+mod sessions;
+pub mod throttle;
+pub mod token;
+pub mod totp;
+
+pub use elevation::{Elevation, ElevationStatus};
+pub use error::IdentityError;
+pub use password::PasswordParams;
+pub use policy::{
+    Authorizer, Decision, PermissionPattern, Policy, Principal, PrincipalKind, Role, PLATFORM_ENV,
+};
+pub use service::{Identity, IdentityConfig, NewUser, Team, User};
+pub use sessions::{ApiKeyInfo, LoginRequest, NewApiKey, Tokens, TotpEnrolment};
+pub use throttle::ThrottleConfig;

@@ -1,0 +1,841 @@
+//! End-to-end scenarios against a real store, keyring and audit log, with a
+//! manual clock.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use base64::Engine;
+use rampart_audit::{Audit, AuditKeys, AuditOptions, Outcome, Query};
+use rampart_core::{Clock, ManualClock, SharedClock};
+use rampart_crypto::RootKey;
+use rampart_identity::totp::Totp;
+use rampart_identity::*;
+use rampart_store::{Keyring, RootKeySource, SqliteStore, Store};
+
+const T0: u64 = 1_800_000_000;
+const PASSWORD: &str = "correct horse battery staple";
+
+struct H {
+    id: Arc<Identity>,
+    clock: Arc<ManualClock>,
+    audit: Arc<Audit>,
+    store: Arc<dyn Store>,
+    keyring: Arc<Keyring>,
+    sys: Principal,
+    _dir: tempfile::TempDir,
+}
+
+fn cfg() -> IdentityConfig {
+    IdentityConfig {
+        passwords: PasswordParams::insecure_for_tests(),
+        totp_required_roles: vec![],
+        node: "test-node".into(),
+        ..IdentityConfig::default()
+    }
+}
+
+async fn harness_with(cfg: IdentityConfig) -> H {
+    let clock = Arc::new(ManualClock::at_unix_secs(T0));
+    let shared: SharedClock = clock.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let (audit, _) = Audit::open(
+        AuditOptions::new(dir.path().join("audit")),
+        AuditKeys::generate().unwrap(),
+        shared.clone(),
+    )
+    .unwrap();
+    let audit = Arc::new(audit);
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory(shared.clone()).unwrap());
+    let keyring = Arc::new(
+        Keyring::initialise(
+            store.clone(),
+            RootKey::generate().unwrap(),
+            RootKeySource::Env,
+            None,
+            T0,
+        )
+        .await
+        .unwrap(),
+    );
+    let id = Identity::open(store.clone(), keyring.clone(), audit.clone(), shared, cfg)
+        .await
+        .unwrap();
+    H {
+        id: Arc::new(id),
+        clock,
+        audit,
+        store,
+        keyring,
+        sys: Principal::system(&["platform", "live", "test"]),
+        _dir: dir,
+    }
+}
+
+async fn harness() -> H {
+    harness_with(cfg()).await
+}
+
+impl H {
+    async fn user(&self, name: &str, roles: &[Role], envs: &[&str]) -> User {
+        self.id
+            .create_user(
+                &self.sys,
+                NewUser {
+                    name: name.into(),
+                    kind: PrincipalKind::User,
+                    roles: roles.iter().copied().collect(),
+                    teams: vec![],
+                    environments: envs.iter().map(|s| s.to_string()).collect(),
+                    password: Some(PASSWORD.into()),
+                },
+            )
+            .await
+            .unwrap()
+    }
+
+    async fn login(&self, name: &str) -> Result<Tokens, IdentityError> {
+        self.id
+            .login(
+                &LoginRequest {
+                    username: name.into(),
+                    password: PASSWORD.into(),
+                    totp: None,
+                },
+                Some("192.0.2.1"),
+            )
+            .await
+    }
+
+    async fn login_as(&self, name: &str) -> Principal {
+        let t = self.login(name).await.unwrap();
+        self.id.verify_access(&t.access_token).unwrap()
+    }
+
+    fn advance(&self, secs: u64) {
+        self.clock.advance(Duration::from_secs(secs));
+    }
+
+    fn audited(&self, action: &str, outcome: Outcome) -> Vec<String> {
+        self.audit
+            .search(&Query {
+                action: Some(action.into()),
+                outcome: Some(outcome),
+                ..Query::default()
+            })
+            .unwrap()
+            .into_iter()
+            .map(|r| r.event.reason.unwrap_or_default())
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn each_role_allowed_and_denied_on_a_sample_of_operations() {
+    let h = harness().await;
+    let envs = ["platform", "live"];
+    let admin = h.user("ada", &[Role::Admin], &envs).await;
+    let _ = admin;
+    h.user("tina", &[Role::TeamAdmin], &envs).await;
+    h.user("max", &[Role::TeamMember], &envs).await;
+    h.user("ivy", &[Role::Individual], &envs).await;
+    let az = h.id.authorizer();
+    let table: &[(&str, &str, &str, bool)] = &[
+        ("ada", "keys:rotate", "live", true),
+        ("ada", "identity:users.create", "platform", true),
+        ("ada", "keys:rotate", "test", false), // environments are walls, even for admin
+        ("tina", "keys:rotate", "live", true),
+        ("tina", "secrets:write", "live", true),
+        ("tina", "identity:users.create", "platform", false),
+        ("tina", "identity:elevations.approve", "platform", false),
+        ("max", "keys:read", "live", true),
+        ("max", "keys:rotate", "live", false),
+        ("max", "secrets:write", "live", false),
+        ("max", "identity:apikeys.manage", "platform", false),
+        ("ivy", "secrets:read", "live", true),
+        ("ivy", "keys:read", "live", false),
+        ("ivy", "identity:elevations.request", "platform", false),
+        ("ivy", "nonsense", "live", false),
+    ];
+    for (who, perm, env, want) in table {
+        let p = h.login_as(who).await;
+        let d = az.authorize(&p, perm, env);
+        assert_eq!(d.allowed, *want, "{who} {perm} in {env}: {}", d.reason);
+        assert!(!d.reason.is_empty());
+    }
+    // Every decision is in the audit log with its reason.
+    let allowed = h.audited("authz.decide", Outcome::Allowed);
+    let denied = h.audited("authz.decide", Outcome::Denied);
+    assert!(allowed
+        .iter()
+        .any(|r| r.contains("role admin grants \"*\"")));
+    assert!(denied
+        .iter()
+        .any(|r| r.contains("outside the principal's environments")));
+    assert!(denied
+        .iter()
+        .any(|r| r.contains("grants keys:rotate") && r.contains("team_member")));
+}
+
+#[tokio::test]
+async fn api_key_verified_then_revoked_and_refused() {
+    let h = harness().await;
+    let svc =
+        h.id.create_user(
+            &h.sys,
+            NewUser {
+                name: "billing-svc".into(),
+                kind: PrincipalKind::Service,
+                roles: [Role::TeamMember].into(),
+                teams: vec![],
+                environments: ["live".to_string()].into(),
+                password: None,
+            },
+        )
+        .await
+        .unwrap();
+    let k =
+        h.id.create_api_key(&h.sys, &svc.id, "ci", "live")
+            .await
+            .unwrap();
+    assert!(k.key.starts_with(&format!("rk_live_{}_", k.info.id)));
+    assert_eq!(k.info.prefix, format!("rk_live_{}", k.info.id));
+    // Service principals cannot log in with passwords, and a key for an
+    // environment the owner lacks is refused.
+    assert!(h
+        .id
+        .create_api_key(&h.sys, &svc.id, "x", "test")
+        .await
+        .is_err());
+
+    let p = h.id.verify_api_key(&k.key, None).await.unwrap();
+    assert_eq!(p.id, svc.id);
+    assert_eq!(p.auth_method, "api-key");
+    assert_eq!(p.environments, BTreeSet::from(["live".to_string()]));
+    assert!(h.id.authorizer().authorize(&p, "keys:read", "live").allowed);
+
+    let listed = h.id.list_api_keys(&h.sys, None).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].owner, svc.id);
+    assert_eq!(listed[0].last_used, Some(T0));
+    assert!(!serde_json::to_string(&listed).unwrap().contains(&k.key));
+
+    // Wrong secret, swapped environment: refused.
+    let mut wrong = k.key.clone();
+    let last = wrong.pop().unwrap();
+    wrong.push(if last == 'a' { 'b' } else { 'a' });
+    assert!(matches!(
+        h.id.verify_api_key(&wrong, None).await,
+        Err(IdentityError::InvalidApiKey)
+    ));
+    let swapped = k.key.replacen("rk_live_", "rk_test_", 1);
+    assert!(matches!(
+        h.id.verify_api_key(&swapped, None).await,
+        Err(IdentityError::InvalidApiKey)
+    ));
+
+    // Exchange for a session limited to the key's environment.
+    let t = h.id.exchange_api_key(&k.key, None).await.unwrap();
+    let sp = h.id.verify_access(&t.access_token).unwrap();
+    assert_eq!(sp.environments, BTreeSet::from(["live".to_string()]));
+
+    h.id.revoke_api_key(&h.sys, &k.info.id).await.unwrap();
+    assert!(matches!(
+        h.id.verify_api_key(&k.key, None).await,
+        Err(IdentityError::InvalidApiKey)
+    ));
+    assert!(h.id.exchange_api_key(&k.key, None).await.is_err());
+    assert!(h
+        .audited("identity.apikey.verify", Outcome::Denied)
+        .iter()
+        .any(|r| r == "revoked"));
+
+    // The store holds no key text, only its HMAC.
+    for (_, e) in h.store.list("identity/apikeys", "", 100).await.unwrap() {
+        assert!(!String::from_utf8_lossy(&e.value).contains(&k.key));
+    }
+}
+
+#[tokio::test]
+async fn users_own_keys_need_their_environment() {
+    let h = harness().await;
+    h.user("max", &[Role::TeamMember], &["platform", "live"])
+        .await;
+    let max = h.login_as("max").await;
+    let k =
+        h.id.create_api_key(&max, "max", "laptop", "live")
+            .await
+            .unwrap();
+    assert_eq!(h.id.list_api_keys(&max, Some(&max.id)).unwrap().len(), 1);
+    // Someone else's keys, or all keys: not for a team member.
+    assert!(h.id.list_api_keys(&max, None).is_err());
+    h.user("ivy", &[Role::Individual], &["platform", "live"])
+        .await;
+    assert!(matches!(
+        h.id.create_api_key(&max, "ivy", "x", "live").await,
+        Err(IdentityError::Forbidden(_))
+    ));
+    h.id.revoke_api_key(&max, &k.info.id).await.unwrap();
+}
+
+fn tamper_payload(token: &str, f: impl Fn(&mut serde_json::Value)) -> String {
+    let parts: Vec<&str> = token.split('.').collect();
+    let mut claims: serde_json::Value =
+        serde_json::from_slice(&B64URL.decode(parts[1]).unwrap()).unwrap();
+    f(&mut claims);
+    let p = B64URL.encode(serde_json::to_vec(&claims).unwrap());
+    format!("{}.{}.{}", parts[0], p, parts[2])
+}
+
+#[tokio::test]
+async fn expired_wrong_audience_tampered_and_alg_none_tokens_are_refused() {
+    let h = harness().await;
+    h.user("max", &[Role::TeamMember], &["platform", "live"])
+        .await;
+    let t = h.login("max").await.unwrap();
+    assert_eq!(t.expires_in, 3600);
+    let p = h.id.verify_access(&t.access_token).unwrap();
+    assert!(p.roles.contains(&Role::TeamMember));
+
+    // Tampered: more roles, same signature.
+    let evil = tamper_payload(&t.access_token, |c| {
+        c["roles"] = serde_json::json!(["admin"])
+    });
+    assert!(matches!(
+        h.id.verify_access(&evil),
+        Err(IdentityError::InvalidToken)
+    ));
+    // alg: none.
+    let parts: Vec<&str> = t.access_token.split('.').collect();
+    let none = B64URL.encode(br#"{"alg":"none","typ":"JWT","kid":"x"}"#);
+    for forged in [
+        format!("{none}.{}.", parts[1]),
+        format!("{none}.{}.{}", parts[1], parts[2]),
+        format!("{none}.{}", parts[1]),
+    ] {
+        assert!(matches!(
+            h.id.verify_access(&forged),
+            Err(IdentityError::InvalidToken)
+        ));
+    }
+    // Wrong audience: another deployment over the same keys.
+    let other_cfg = IdentityConfig {
+        audience: "someone-else".into(),
+        ..cfg()
+    };
+    let other = Identity::open(
+        h.store.clone(),
+        h.keyring.clone(),
+        h.audit.clone(),
+        h.clock.clone(),
+        other_cfg,
+    )
+    .await
+    .unwrap();
+    assert!(other.verify_access(&t.access_token).is_err());
+    let t_other = other
+        .login(
+            &LoginRequest {
+                username: "max".into(),
+                password: PASSWORD.into(),
+                totp: None,
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        h.id.verify_access(&t_other.access_token),
+        Err(IdentityError::InvalidToken)
+    ));
+
+    // Expired: one hour later, cached or not.
+    h.advance(3599);
+    assert!(h.id.verify_access(&t.access_token).is_ok());
+    h.advance(1);
+    assert!(matches!(
+        h.id.verify_access(&t.access_token),
+        Err(IdentityError::InvalidToken)
+    ));
+    let reasons = h.audited("identity.token.verify", Outcome::Denied);
+    for want in [
+        "bad signature",
+        "algorithm not EdDSA",
+        "wrong audience",
+        "expired",
+    ] {
+        assert!(
+            reasons.iter().any(|r| r == want),
+            "{want} not in {reasons:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn refresh_rotates_and_reuse_revokes_the_family() {
+    let h = harness().await;
+    h.user("max", &[Role::TeamMember], &["platform", "live"])
+        .await;
+    let t1 = h.login("max").await.unwrap();
+    h.advance(10);
+    let t2 = h.id.refresh(&t1.refresh_token, None).await.unwrap();
+    assert_ne!(t2.refresh_token, t1.refresh_token);
+    assert_eq!(t2.session_id, t1.session_id);
+    h.advance(10);
+    let t3 = h.id.refresh(&t2.refresh_token, None).await.unwrap();
+    assert!(h.id.verify_access(&t3.access_token).is_ok());
+    // An attacker replays the first refresh token.
+    assert!(matches!(
+        h.id.refresh(&t1.refresh_token, None).await,
+        Err(IdentityError::RefreshReuse)
+    ));
+    // The whole family is gone: the latest refresh token and every access token.
+    assert!(matches!(
+        h.id.refresh(&t3.refresh_token, None).await,
+        Err(IdentityError::InvalidRefreshToken)
+    ));
+    for t in [&t1, &t2, &t3] {
+        assert!(h.id.verify_access(&t.access_token).is_err());
+    }
+    // Other sessions stand.
+    let t4 = h.login("max").await.unwrap();
+    assert!(h.id.verify_access(&t4.access_token).is_ok());
+    // Garbage refresh tokens are plain errors.
+    for bad in ["", "rr_", "nope", &"rr_x".repeat(100)] {
+        assert!(h.id.refresh(bad, None).await.is_err());
+    }
+}
+
+#[tokio::test]
+async fn refresh_tokens_expire() {
+    let h = harness().await;
+    h.user("max", &[Role::TeamMember], &["platform", "live"])
+        .await;
+    let t = h.login("max").await.unwrap();
+    h.advance(14 * 86_400);
+    assert!(matches!(
+        h.id.refresh(&t.refresh_token, None).await,
+        Err(IdentityError::InvalidRefreshToken)
+    ));
+}
+
+#[tokio::test]
+async fn logout_refuses_the_old_access_token_at_once() {
+    let h = harness().await;
+    h.user("max", &[Role::TeamMember], &["platform", "live"])
+        .await;
+    let a = h.login("max").await.unwrap();
+    let b = h.login("max").await.unwrap();
+    let p = h.id.verify_access(&a.access_token).unwrap(); // now cached
+    h.id.logout(&p).await.unwrap();
+    assert!(matches!(
+        h.id.verify_access(&a.access_token),
+        Err(IdentityError::InvalidToken)
+    ));
+    assert!(h.id.refresh(&a.refresh_token, None).await.is_err());
+    assert!(h.id.verify_access(&b.access_token).is_ok());
+    assert_eq!(h.id.revocation_list_len(), 1);
+
+    // Admin revocation: every session of the user, at once.
+    let n = h.id.revoke_sessions(&h.sys, &p.id).await.unwrap();
+    assert_eq!(n, 1);
+    assert!(h.id.verify_access(&b.access_token).is_err());
+
+    // The list survives a restart, and is pruned once the tokens it guards
+    // have expired.
+    let reopened = Identity::open(
+        h.store.clone(),
+        h.keyring.clone(),
+        h.audit.clone(),
+        h.clock.clone(),
+        cfg(),
+    )
+    .await
+    .unwrap();
+    assert!(reopened.verify_access(&a.access_token).is_err());
+    assert_eq!(reopened.revocation_list_len(), 2);
+    h.advance(3600 + 61);
+    reopened.maintain().await.unwrap();
+    assert_eq!(reopened.revocation_list_len(), 0);
+}
+
+#[tokio::test]
+async fn disabling_a_user_ends_their_sessions_and_logins() {
+    let h = harness().await;
+    h.user("max", &[Role::TeamMember], &["platform", "live"])
+        .await;
+    let t = h.login("max").await.unwrap();
+    h.id.set_disabled(&h.sys, "max", true).await.unwrap();
+    assert!(h.id.verify_access(&t.access_token).is_err());
+    assert!(matches!(
+        h.login("max").await,
+        Err(IdentityError::InvalidCredentials)
+    ));
+}
+
+#[tokio::test]
+async fn removing_a_role_revokes_sessions_adding_one_does_not() {
+    let h = harness().await;
+    h.user("tina", &[Role::TeamAdmin], &["platform", "live"])
+        .await;
+    let t = h.login("tina").await.unwrap();
+    h.id.set_roles(&h.sys, "tina", [Role::TeamAdmin, Role::Individual].into())
+        .await
+        .unwrap();
+    assert!(h.id.verify_access(&t.access_token).is_ok());
+    h.id.set_roles(&h.sys, "tina", [Role::Individual].into())
+        .await
+        .unwrap();
+    assert!(h.id.verify_access(&t.access_token).is_err());
+    let p = h.login_as("tina").await;
+    assert!(
+        !h.id
+            .authorizer()
+            .authorize(&p, "keys:rotate", "live")
+            .allowed
+    );
+}
+
+#[tokio::test]
+async fn totp_code_refused_on_second_use_and_recovery_codes_work_once() {
+    let h = harness_with(IdentityConfig {
+        totp_required_roles: vec![Role::Admin],
+        ..cfg()
+    })
+    .await;
+    h.user("ada", &[Role::Admin], &["platform", "live"]).await;
+    // Admins must have TOTP.
+    assert!(matches!(
+        h.login("ada").await,
+        Err(IdentityError::SecondFactorEnrolmentRequired)
+    ));
+    let e = h.id.enrol_totp(&h.sys, "ada").await.unwrap();
+    assert!(e
+        .otpauth_uri
+        .starts_with("otpauth://totp/rampart:ada?secret="));
+    assert!(e.qr_svg.contains("<svg"));
+    assert_eq!(e.recovery_codes.len(), 10);
+    let totp = Totp::new(decode_b32(&e.secret_base32));
+    h.id.confirm_totp(&h.sys, "ada", &totp.code_at(h.clock.unix_secs()))
+        .await
+        .unwrap();
+
+    let login = |code: Option<String>| {
+        let id = h.id.clone();
+        async move {
+            id.login(
+                &LoginRequest {
+                    username: "ada".into(),
+                    password: PASSWORD.into(),
+                    totp: code,
+                },
+                None,
+            )
+            .await
+        }
+    };
+    assert!(matches!(
+        login(None).await,
+        Err(IdentityError::SecondFactorRequired)
+    ));
+    // The confirmation code is spent.
+    let spent = totp.code_at(h.clock.unix_secs());
+    assert!(matches!(
+        login(Some(spent)).await,
+        Err(IdentityError::InvalidCredentials)
+    ));
+    h.advance(30);
+    let code = totp.code_at(h.clock.unix_secs());
+    let t = login(Some(code.clone())).await.unwrap();
+    let p = h.id.verify_access(&t.access_token).unwrap();
+    assert_eq!(p.auth_method, "password+totp");
+    // Second use of the same code, same step: refused.
+    assert!(matches!(
+        login(Some(code)).await,
+        Err(IdentityError::InvalidCredentials)
+    ));
+    // One step of drift is allowed (the next step's code), but not two.
+    let next = totp.code_for_step(totp.step_at(h.clock.unix_secs()) + 1);
+    assert!(login(Some(next)).await.is_ok());
+    h.advance(120);
+    let stale = totp.code_for_step(totp.step_at(h.clock.unix_secs()) - 2);
+    assert!(login(Some(stale)).await.is_err());
+    // Recovery codes: once each.
+    let rc = e.recovery_codes[3].clone();
+    let t = login(Some(rc.clone())).await.unwrap();
+    assert_eq!(
+        h.id.verify_access(&t.access_token).unwrap().auth_method,
+        "password+recovery"
+    );
+    assert!(login(Some(rc)).await.is_err());
+    // Nothing secret is stored in the clear.
+    for (_, e2) in h.store.list("identity/users", "", 100).await.unwrap() {
+        let s = String::from_utf8_lossy(&e2.value).to_string();
+        assert!(!s.contains(&e.secret_base32) && !s.contains(&e.recovery_codes[0]));
+    }
+}
+
+fn decode_b32(s: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let (mut buf, mut bits) = (0u64, 0u32);
+    for c in s.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'2'..=b'7' => c - b'2' + 26,
+            _ => panic!("bad base32"),
+        };
+        buf = (buf << 5) | u64::from(v);
+        bits += 5;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buf >> bits) as u8);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn elevation_cannot_be_self_approved_and_expires_on_time() {
+    let h = harness().await;
+    let envs = ["platform", "live"];
+    h.user("max", &[Role::TeamMember], &envs).await;
+    h.user("ada", &[Role::Admin], &envs).await;
+    h.user("tina", &[Role::TeamAdmin], &envs).await;
+    let max = h.login_as("max").await;
+    let ada = h.login_as("ada").await;
+    let tina = h.login_as("tina").await;
+
+    assert!(h
+        .id
+        .request_elevation(&max, Role::Admin, 3600, "  ")
+        .await
+        .is_err());
+    assert!(h
+        .id
+        .request_elevation(&max, Role::Admin, 9 * 3600, "incident")
+        .await
+        .is_err());
+    let e =
+        h.id.request_elevation(
+            &max,
+            Role::TeamAdmin,
+            1800,
+            "INC-42: rotate the payment key",
+        )
+        .await
+        .unwrap();
+    assert_eq!(e.status, ElevationStatus::Pending);
+    // Nobody approves their own request; non-admins approve nothing.
+    assert!(matches!(
+        h.id.decide_elevation(&max, &e.id, true).await,
+        Err(IdentityError::Forbidden(_))
+    ));
+    assert!(matches!(
+        h.id.decide_elevation(&tina, &e.id, true).await,
+        Err(IdentityError::Forbidden(_))
+    ));
+    // An admin asking for more cannot approve themself either.
+    let e_ada =
+        h.id.request_elevation(&ada, Role::TeamAdmin, 60, "x")
+            .await
+            .unwrap();
+    assert!(h.id.decide_elevation(&ada, &e_ada.id, true).await.is_err());
+    assert!(!h
+        .id
+        .effective_roles(&max.id)
+        .unwrap()
+        .contains(&Role::TeamAdmin));
+
+    h.advance(60);
+    let approved = h.id.decide_elevation(&ada, &e.id, true).await.unwrap();
+    assert_eq!(approved.expires_at, Some(T0 + 60 + 1800));
+    assert!(h
+        .id
+        .effective_roles(&max.id)
+        .unwrap()
+        .contains(&Role::TeamAdmin));
+    // A token issued now carries the role and ends with the elevation.
+    let t = h.login("max").await.unwrap();
+    assert_eq!(t.expires_in, 1800);
+    let p = h.id.verify_access(&t.access_token).unwrap();
+    assert!(
+        h.id.authorizer()
+            .authorize(&p, "keys:rotate", "live")
+            .allowed
+    );
+    assert!(!p.base_roles.contains(&Role::TeamAdmin));
+
+    h.advance(1799);
+    assert!(h
+        .id
+        .effective_roles(&max.id)
+        .unwrap()
+        .contains(&Role::TeamAdmin));
+    h.advance(1);
+    assert!(!h
+        .id
+        .effective_roles(&max.id)
+        .unwrap()
+        .contains(&Role::TeamAdmin));
+    assert!(h.id.verify_access(&t.access_token).is_err());
+    let t2 = h.login("max").await.unwrap();
+    let p2 = h.id.verify_access(&t2.access_token).unwrap();
+    assert!(
+        !h.id
+            .authorizer()
+            .authorize(&p2, "keys:rotate", "live")
+            .allowed
+    );
+    h.id.maintain().await.unwrap();
+    let listed = h.id.list_elevations(&max).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].status, ElevationStatus::Expired);
+    // Every step is on the record.
+    for action in [
+        "identity.elevation.request",
+        "identity.elevation.approve",
+        "identity.elevation.expire",
+    ] {
+        assert!(!h.audited(action, Outcome::Allowed).is_empty(), "{action}");
+    }
+    assert!(h
+        .audited("identity.elevation.approve", Outcome::Denied)
+        .iter()
+        .any(|r| r.contains("own elevation")));
+}
+
+#[tokio::test]
+async fn tenth_failed_login_is_slowed_down_and_unknown_accounts_look_the_same() {
+    let h = harness().await;
+    h.user("max", &[Role::TeamMember], &["platform", "live"])
+        .await;
+    let bad = |name: &str| LoginRequest {
+        username: name.into(),
+        password: "wrong password!".into(),
+        totp: None,
+    };
+    let mut waits = Vec::new();
+    for attempt in 1..=10 {
+        let r = match h.id.login(&bad("max"), Some("198.51.100.7")).await {
+            Err(IdentityError::Throttled { retry_after }) => {
+                waits.push((attempt, retry_after.as_secs()));
+                h.advance(retry_after.as_secs());
+                h.id.login(&bad("max"), Some("198.51.100.7")).await
+            }
+            other => other,
+        };
+        assert!(
+            matches!(r, Err(IdentityError::InvalidCredentials)),
+            "attempt {attempt}: {r:?}"
+        );
+    }
+    // Five free failures, then each one doubles the wait before the next.
+    assert_eq!(waits, vec![(7, 1), (8, 2), (9, 4), (10, 8)]);
+    // After the tenth failure even the right password waits 16 s.
+    match h.login("max").await {
+        Err(IdentityError::Throttled { retry_after }) => assert_eq!(retry_after.as_secs(), 16),
+        other => panic!("{other:?}"),
+    }
+    h.advance(16);
+    assert!(h.login("max").await.is_ok());
+
+    // An unknown account fails exactly as a known one does.
+    for _ in 0..5 {
+        assert!(matches!(
+            h.id.login(&bad("nobody"), None).await,
+            Err(IdentityError::InvalidCredentials)
+        ));
+    }
+    assert!(matches!(
+        h.id.login(&bad("nobody"), None).await,
+        Err(IdentityError::InvalidCredentials)
+    ));
+    assert!(matches!(
+        h.id.login(&bad("nobody"), None).await,
+        Err(IdentityError::Throttled { .. })
+    ));
+    let reasons = h.audited("identity.login", Outcome::Denied);
+    assert!(reasons.iter().any(|r| r.starts_with("unknown account")));
+}
+
+#[tokio::test]
+async fn malformed_tokens_and_keys_are_errors_never_panics() {
+    let h = harness().await;
+    let mut inputs: Vec<String> = vec![
+        "".into(),
+        ".".into(),
+        "..".into(),
+        "....".into(),
+        "a.b.c".into(),
+        "Bearer x".into(),
+        "\u{0}\u{ffff}".into(),
+        "rk_live__".into(),
+        "rk_live_0123456789abcdef_".into(),
+        "x".repeat(100_000),
+    ];
+    let mut seed = 0x1234_5678_9abc_def0u64;
+    for _ in 0..2000 {
+        let len = (seed % 300) as usize;
+        let mut s = String::new();
+        for _ in 0..len {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            s.push(char::from(
+                b"ab.rk_-eyJ0123456789{}\"=+/"[(seed % 26) as usize],
+            ));
+        }
+        inputs.push(s);
+    }
+    for s in &inputs {
+        assert!(h.id.verify_access(s).is_err());
+        assert!(h.id.check_api_key(s, None).is_err());
+    }
+}
+
+#[tokio::test]
+async fn audit_failure_fails_closed() {
+    let h = harness().await;
+    h.user("max", &[Role::TeamMember], &["platform", "live"])
+        .await;
+    let p = h.login_as("max").await;
+    h.audit.close().unwrap();
+    let d = h.id.authorizer().authorize(&p, "keys:read", "live");
+    assert!(!d.allowed, "{}", d.reason);
+    assert!(matches!(h.login("max").await, Err(IdentityError::Audit(_))));
+    assert!(h
+        .id
+        .create_api_key(&h.sys, "max", "k", "live")
+        .await
+        .is_err());
+}
+
+#[tokio::test]
+async fn signing_keys_rotate_and_are_published() {
+    let h = harness().await;
+    h.user("max", &[Role::TeamMember], &["platform", "live"])
+        .await;
+    let jwks = h.id.jwks();
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 1);
+    assert_eq!(jwks["keys"][0]["kty"], "OKP");
+    assert_eq!(jwks["keys"][0]["crv"], "Ed25519");
+    let old = h.login("max").await.unwrap();
+    let kid1 = h.id.current_kid();
+    let kid2 = h.id.rotate_signing_key(&h.sys).await.unwrap();
+    assert_ne!(kid1, kid2);
+    assert_eq!(h.id.jwks()["keys"].as_array().unwrap().len(), 2);
+    let new = h.login("max").await.unwrap();
+    let header: serde_json::Value = serde_json::from_slice(
+        &B64URL
+            .decode(new.access_token.split('.').next().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(header["kid"], kid2.as_str());
+    assert!(h.id.verify_access(&old.access_token).is_ok());
+    assert!(h.id.verify_access(&new.access_token).is_ok());
+    // Only admins rotate.
+    let max = h.id.verify_access(&new.access_token).unwrap();
+    assert!(h.id.rotate_signing_key(&max).await.is_err());
+}

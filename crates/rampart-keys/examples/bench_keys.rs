@@ -1,0 +1,155 @@
+//! In-process benchmark: encrypt + decrypt of 1 KiB through the keys plane
+//! (policy decision, audit record, AES-256-GCM) against raw AES-256-GCM from
+//! the same `aes-gcm` crate in the same run.
+//!
+//! `cargo run --release --example bench_keys [ops] [concurrency]`
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use rampart_audit::{Audit, AuditKeys, AuditOptions};
+use rampart_core::SystemClock;
+use rampart_crypto::RootKey;
+use rampart_keys::policy::{Conditions, Effect, Statement};
+use rampart_keys::{Auditor, Caller, Context, KeyService, KeySpec, Policies, Principal};
+use rampart_store::{Keyring, RootKeySource, SqliteStore, Store};
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let ops: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(2000);
+    let conc: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(64);
+    let plaintext = vec![0x5au8; 1024];
+    let aad = b"context";
+
+    // Baseline: raw AES-256-GCM, encrypt then decrypt, fresh random nonce each.
+    let raw = Aes256Gcm::new(&[7u8; 32].into());
+    let n = 200_000;
+    let t = Instant::now();
+    for _ in 0..n {
+        let nonce = rampart_crypto::random_array::<12>().unwrap();
+        let ct = raw
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: &plaintext,
+                    aad,
+                },
+            )
+            .unwrap();
+        let pt = raw
+            .decrypt(Nonce::from_slice(&nonce), Payload { msg: &ct, aad })
+            .unwrap();
+        std::hint::black_box(pt);
+    }
+    let raw_rate = n as f64 / t.elapsed().as_secs_f64();
+    println!("raw AES-256-GCM encrypt+decrypt 1 KiB: {raw_rate:.0} pairs/s");
+
+    let dir =
+        tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| "/tmp".into())).unwrap();
+    let clock = SystemClock::shared();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory(clock.clone()).unwrap());
+    let keyring = Arc::new(
+        Keyring::initialise(
+            store.clone(),
+            RootKey::generate().unwrap(),
+            RootKeySource::Env,
+            None,
+            clock.unix_secs(),
+        )
+        .await
+        .unwrap(),
+    );
+    let (audit, _) = Audit::open(
+        AuditOptions::new(dir.path()),
+        AuditKeys::generate().unwrap(),
+        clock.clone(),
+    )
+    .unwrap();
+    let keys = KeyService::new(
+        keyring,
+        Policies::new(store.clone()),
+        Auditor::new(Arc::new(audit), "bench"),
+        clock,
+    );
+    keys.policies()
+        .set(
+            "prod",
+            vec![Statement {
+                id: "bench".into(),
+                effect: Effect::Allow,
+                principals: vec!["service:bench".into()],
+                actions: vec!["keys:encrypt".into(), "keys:decrypt".into()],
+                resources: vec!["key:bench".into()],
+                conditions: Conditions::default(),
+            }],
+        )
+        .await
+        .unwrap();
+    keys.ensure_key("prod", "bench", KeySpec::default())
+        .await
+        .unwrap();
+    let caller = Caller::direct(Principal::service("prod", "bench"));
+    let ctx: Context = [("purpose".to_string(), "bench".to_string())].into();
+
+    // Sequential: every call waits for its own audit record to be fsynced.
+    let seq_ops = ops.min(500);
+    let t = Instant::now();
+    for _ in 0..seq_ops {
+        let ct = keys
+            .encrypt(&caller, "bench", &plaintext, &ctx)
+            .await
+            .unwrap();
+        std::hint::black_box(keys.decrypt(&caller, &ct, &ctx).await.unwrap());
+    }
+    let seq_rate = seq_ops as f64 / t.elapsed().as_secs_f64();
+    println!(
+        "keys plane, 1 caller:  {seq_rate:.0} pairs/s (ratio to raw {:.5})",
+        seq_rate / raw_rate
+    );
+
+    // Concurrent callers share audit group commits.
+    let t = Instant::now();
+    let per = ops / conc;
+    let mut lat = Vec::with_capacity(ops);
+    let mut tasks = Vec::new();
+    for _ in 0..conc {
+        let keys = keys.clone();
+        let caller = caller.clone();
+        let ctx = ctx.clone();
+        let plaintext = plaintext.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut l = Vec::with_capacity(per);
+            for _ in 0..per {
+                let s = Instant::now();
+                let ct = keys
+                    .encrypt(&caller, "bench", &plaintext, &ctx)
+                    .await
+                    .unwrap();
+                std::hint::black_box(keys.decrypt(&caller, &ct, &ctx).await.unwrap());
+                l.push(s.elapsed());
+            }
+            l
+        }));
+    }
+    for t in tasks {
+        lat.extend(t.await.unwrap());
+    }
+    let elapsed = t.elapsed().as_secs_f64();
+    lat.sort();
+    let rate = lat.len() as f64 / elapsed;
+    let p = |q: f64| {
+        lat.get(((lat.len() as f64 - 1.0) * q) as usize)
+            .map(|d| d.as_micros())
+            .unwrap_or(0)
+    };
+    println!(
+        "keys plane, {conc} callers: {rate:.0} pairs/s ({:.0} ops/s), ratio to raw {:.4}, pair latency p50 {} us p99 {} us",
+        rate * 2.0,
+        rate / raw_rate,
+        p(0.5),
+        p(0.99)
+    );
+}

@@ -1,0 +1,57 @@
+//! Recording decisions in the audit log, fail closed.
+
+use std::sync::Arc;
+
+use rampart_audit::{Actor, Audit, Event, Outcome, Tier};
+
+use crate::{Caller, KeysError};
+
+/// Writes the keys and secrets planes' records to the audit log. Cloning is cheap.
+#[derive(Debug, Clone)]
+pub struct Auditor {
+    audit: Arc<Audit>,
+    node: Arc<str>,
+}
+
+impl Auditor {
+    /// Records to `audit`, naming this node `node`.
+    pub fn new(audit: Arc<Audit>, node: &str) -> Self {
+        Auditor {
+            audit,
+            node: Arc::from(node),
+        }
+    }
+
+    /// Records one decision or outcome; an error means the record was not
+    /// taken and the caller must refuse the operation.
+    pub async fn record(
+        &self,
+        caller: &Caller,
+        environment: &str,
+        action: &str,
+        resource: &str,
+        outcome: Outcome,
+        reason: String,
+    ) -> Result<(), KeysError> {
+        let mut event = Event::new(
+            Tier::Security,
+            Actor::new(caller.principal.id.clone(), caller.auth.clone()),
+            action,
+            resource,
+            outcome,
+        );
+        event.environment = environment.to_owned();
+        event.node = self.node.to_string();
+        event.reason = Some(match &caller.via_service {
+            Some(via) => format!("{reason} (via {via})"),
+            None => reason,
+        });
+        event.request_id = caller.request_id.clone();
+        event.source = caller.source.clone();
+        let audit = self.audit.clone();
+        tokio::task::spawn_blocking(move || audit.record(event))
+            .await
+            .map_err(|e| KeysError::Internal(format!("audit task: {e}")))??;
+        Ok(())
+    }
+}

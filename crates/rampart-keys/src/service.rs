@@ -1,0 +1,977 @@
+//! The key service: key records, their wrapped material, and every operation
+//! on them, each decided by policy and recorded in the audit log.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use rampart_audit::Outcome;
+use rampart_core::SharedClock;
+use rampart_crypto::{random_array, DataKey, SecretBytes};
+use rampart_store::{Expect, Keyring, Store, StoreError};
+use serde::{Deserialize, Serialize};
+
+use crate::ciphertext::{self, NONCE_LEN};
+use crate::policy::{Policies, Request};
+use crate::{valid_name, Auditor, Caller, KeysError};
+
+const KEYS_NS: &str = "keys";
+/// The largest plaintext `encrypt` accepts (64 KiB); bigger data is
+/// encrypted locally under a data key.
+pub const MAX_PLAINTEXT: usize = 64 * 1024;
+/// The rotation period of a key unless it says otherwise.
+pub const DEFAULT_ROTATION_DAYS: u32 = 365;
+/// The deletion window unless the request says otherwise.
+pub const DEFAULT_DELETION_DAYS: u32 = 7;
+const DAY: u64 = 86_400;
+
+/// An encryption context: key/value pairs bound to a ciphertext.
+pub type Context = BTreeMap<String, String>;
+
+/// Where a key stands in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case", deny_unknown_fields)]
+pub enum KeyState {
+    /// Usable.
+    Enabled,
+    /// Unusable; its material is destroyed at `delete_at` unless cancelled.
+    PendingDeletion {
+        /// When the deletion was scheduled.
+        scheduled_at: u64,
+        /// When the material will be destroyed.
+        delete_at: u64,
+    },
+    /// The material is gone.
+    Destroyed {
+        /// When it was destroyed.
+        destroyed_at: u64,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VersionRecord {
+    version: u32,
+    created_at: u64,
+    /// The key material wrapped by the root key; `None` once destroyed.
+    wrapped: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyRecord {
+    environment: String,
+    name: String,
+    description: String,
+    created_at: u64,
+    rotation_period_days: u32,
+    last_rotated_at: u64,
+    min_decryption_version: u32,
+    state: KeyState,
+    versions: Vec<VersionRecord>,
+}
+
+impl KeyRecord {
+    fn current(&self) -> u32 {
+        self.versions.last().map_or(0, |v| v.version)
+    }
+
+    fn next_rotation_at(&self) -> u64 {
+        self.last_rotated_at
+            .saturating_add(u64::from(self.rotation_period_days).saturating_mul(DAY))
+    }
+}
+
+/// What a caller may set when creating a key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySpec {
+    /// Free text.
+    #[serde(default)]
+    pub description: String,
+    /// Days between automatic rotations (1 to 3650; default 365).
+    #[serde(default)]
+    pub rotation_period_days: Option<u32>,
+}
+
+/// One version of a key, as described to callers (never its material).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionInfo {
+    /// The version number, from 1.
+    pub version: u32,
+    /// When it was made.
+    pub created_at: u64,
+    /// Whether its material still exists.
+    pub available: bool,
+}
+
+/// A key as described to callers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyInfo {
+    /// Environment.
+    pub environment: String,
+    /// Name.
+    pub name: String,
+    /// Free text.
+    pub description: String,
+    /// When it was created.
+    pub created_at: u64,
+    /// Days between automatic rotations.
+    pub rotation_period_days: u32,
+    /// When it was last rotated (or created).
+    pub last_rotated_at: u64,
+    /// When the scheduler will next rotate it.
+    pub next_rotation_at: u64,
+    /// The version new ciphertexts use.
+    pub current_version: u32,
+    /// Ciphertexts of older versions are refused.
+    pub min_decryption_version: u32,
+    /// Life-cycle state.
+    pub state: KeyState,
+    /// Versions, oldest first.
+    pub versions: Vec<VersionInfo>,
+}
+
+impl From<&KeyRecord> for KeyInfo {
+    fn from(r: &KeyRecord) -> Self {
+        KeyInfo {
+            environment: r.environment.clone(),
+            name: r.name.clone(),
+            description: r.description.clone(),
+            created_at: r.created_at,
+            rotation_period_days: r.rotation_period_days,
+            last_rotated_at: r.last_rotated_at,
+            next_rotation_at: r.next_rotation_at(),
+            current_version: r.current(),
+            min_decryption_version: r.min_decryption_version,
+            state: r.state,
+            versions: r
+                .versions
+                .iter()
+                .map(|v| VersionInfo {
+                    version: v.version,
+                    created_at: v.created_at,
+                    available: v.wrapped.is_some(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A data key: the plaintext, for the caller to encrypt with locally and then
+/// forget, and the same key encrypted under the named key, to store.
+#[derive(Debug)]
+pub struct GeneratedDataKey {
+    /// The plaintext key (zeroized on drop).
+    pub plaintext: DataKey,
+    /// The key as a ciphertext of the named key.
+    pub wrapped: Vec<u8>,
+}
+
+/// A key record with its unwrapped ciphers, cached in memory.
+struct Loaded {
+    record: KeyRecord,
+    loaded_at: u64,
+    ciphers: HashMap<u32, Arc<Aes256Gcm>>,
+}
+
+/// How long a cached key record is trusted before it is read again, so a
+/// change made by another node (rotation, destruction) is seen within it.
+pub const CACHE_TTL_SECS: u64 = 5;
+
+/// The keys plane. Cheap to clone; share one per process.
+#[derive(Clone)]
+pub struct KeyService {
+    store: Arc<dyn Store>,
+    keyring: Arc<Keyring>,
+    policies: Policies,
+    auditor: Auditor,
+    clock: SharedClock,
+    cache: Arc<RwLock<HashMap<String, Arc<Loaded>>>>,
+}
+
+impl std::fmt::Debug for KeyService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyService").finish_non_exhaustive()
+    }
+}
+
+fn purpose(env: &str, name: &str, version: u32) -> String {
+    format!("keys/{env}/{name}/v{version}")
+}
+
+fn record_id(env: &str, name: &str) -> String {
+    format!("{env}/{name}")
+}
+
+/// Splits `env/name` or `name` (the caller's environment).
+fn key_ref<'a>(caller: &'a Caller, key: &'a str) -> Result<(&'a str, &'a str), KeysError> {
+    let (env, name) = match key.split_once('/') {
+        Some((env, name)) => (env, name),
+        None => (caller.principal.environment.as_str(), key),
+    };
+    valid_name(env)?;
+    valid_name(name)?;
+    Ok((env, name))
+}
+
+fn resource(name: &str) -> String {
+    format!("key:{name}")
+}
+
+impl KeyService {
+    /// The keys plane over `keyring`'s store, deciding with `policies` and
+    /// recording to `auditor`.
+    pub fn new(
+        keyring: Arc<Keyring>,
+        policies: Policies,
+        auditor: Auditor,
+        clock: SharedClock,
+    ) -> Self {
+        KeyService {
+            store: keyring.store().clone(),
+            keyring,
+            policies,
+            auditor,
+            clock,
+            cache: Arc::default(),
+        }
+    }
+
+    /// The policies this service decides with.
+    pub fn policies(&self) -> &Policies {
+        &self.policies
+    }
+
+    /// The audit recorder this service writes to.
+    pub fn auditor(&self) -> &Auditor {
+        &self.auditor
+    }
+
+    /// Decides and records; returns `Err(Denied)` for a deny, and refuses
+    /// when the audit log does.
+    async fn authorise(
+        &self,
+        caller: &Caller,
+        action: &str,
+        env: &str,
+        res: &str,
+        context: Option<&Context>,
+    ) -> Result<(), KeysError> {
+        let decision = self
+            .policies
+            .decide(
+                caller,
+                &Request {
+                    action,
+                    resource: res,
+                    environment: env,
+                    context,
+                },
+            )
+            .await?;
+        let outcome = if decision.allowed {
+            Outcome::Allowed
+        } else {
+            Outcome::Denied
+        };
+        self.auditor
+            .record(
+                caller,
+                env,
+                action,
+                &format!("{env}/{res}"),
+                outcome,
+                decision.reason.clone(),
+            )
+            .await?;
+        if decision.allowed {
+            Ok(())
+        } else {
+            Err(KeysError::Denied {
+                reason: decision.reason,
+            })
+        }
+    }
+
+    /// Records a failure after an allowed decision (best effort: the
+    /// decision itself is already on record).
+    async fn record_error(
+        &self,
+        caller: &Caller,
+        action: &str,
+        env: &str,
+        res: &str,
+        err: &KeysError,
+    ) {
+        let _ = self
+            .auditor
+            .record(
+                caller,
+                env,
+                action,
+                &format!("{env}/{res}"),
+                Outcome::Error,
+                err.to_string(),
+            )
+            .await;
+    }
+
+    fn build(&self, record: KeyRecord) -> Result<Loaded, KeysError> {
+        let root = self.keyring.root();
+        let mut ciphers = HashMap::new();
+        if !matches!(record.state, KeyState::Destroyed { .. }) {
+            for v in &record.versions {
+                if v.version < record.min_decryption_version {
+                    continue;
+                }
+                let Some(w) = &v.wrapped else { continue };
+                let blob = B64.decode(w.as_bytes()).map_err(|_| {
+                    KeysError::Corrupt(format!("{KEYS_NS}/{}/{}", record.environment, record.name))
+                })?;
+                let key = root.unwrap_key(
+                    &blob,
+                    &purpose(&record.environment, &record.name, v.version),
+                )?;
+                ciphers.insert(v.version, Arc::new(Aes256Gcm::new(key.expose().into())));
+            }
+        }
+        Ok(Loaded {
+            record,
+            loaded_at: self.clock.unix_secs(),
+            ciphers,
+        })
+    }
+
+    async fn load(&self, env: &str, name: &str) -> Result<Arc<Loaded>, KeysError> {
+        let id = record_id(env, name);
+        let now = self.clock.unix_secs();
+        if let Some(l) = self
+            .cache
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+        {
+            if now.saturating_sub(l.loaded_at) < CACHE_TTL_SECS {
+                return Ok(l.clone());
+            }
+        }
+        let entry = self
+            .store
+            .get(KEYS_NS, &id)
+            .await?
+            .ok_or_else(|| KeysError::UnknownKey {
+                env: env.to_owned(),
+                name: name.to_owned(),
+            })?;
+        let record: KeyRecord = serde_json::from_slice(&entry.value)
+            .map_err(|e| KeysError::Corrupt(format!("{KEYS_NS}/{id}: {e}")))?;
+        let loaded = Arc::new(self.build(record)?);
+        self.cache
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, loaded.clone());
+        Ok(loaded)
+    }
+
+    fn forget(&self, env: &str, name: &str) {
+        self.cache
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&record_id(env, name));
+    }
+
+    /// Reads, changes and writes a key record under compare-and-set.
+    async fn update<T>(
+        &self,
+        env: &str,
+        name: &str,
+        mut change: impl FnMut(&mut KeyRecord) -> Result<T, KeysError>,
+    ) -> Result<(T, KeyRecord), KeysError> {
+        let id = record_id(env, name);
+        for _ in 0..5 {
+            self.forget(env, name);
+            let entry =
+                self.store
+                    .get(KEYS_NS, &id)
+                    .await?
+                    .ok_or_else(|| KeysError::UnknownKey {
+                        env: env.to_owned(),
+                        name: name.to_owned(),
+                    })?;
+            let mut record: KeyRecord = serde_json::from_slice(&entry.value)
+                .map_err(|e| KeysError::Corrupt(format!("{KEYS_NS}/{id}: {e}")))?;
+            let out = change(&mut record)?;
+            let json =
+                serde_json::to_vec(&record).map_err(|e| KeysError::Corrupt(e.to_string()))?;
+            match self
+                .store
+                .put(KEYS_NS, &id, &json, Expect::Version(entry.version))
+                .await
+            {
+                Ok(_) => {
+                    self.forget(env, name);
+                    return Ok((out, record));
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(KeysError::Conflict(id))
+    }
+
+    fn new_version(
+        &self,
+        env: &str,
+        name: &str,
+        version: u32,
+        now: u64,
+    ) -> Result<VersionRecord, KeysError> {
+        let key = DataKey::generate()?;
+        let wrapped = self
+            .keyring
+            .root()
+            .wrap_key(&key, &purpose(env, name, version))?;
+        Ok(VersionRecord {
+            version,
+            created_at: now,
+            wrapped: Some(B64.encode(wrapped)),
+        })
+    }
+
+    fn usable(loaded: &Loaded) -> Result<(), KeysError> {
+        let r = &loaded.record;
+        match r.state {
+            KeyState::Enabled => Ok(()),
+            KeyState::PendingDeletion { delete_at, .. } => Err(KeysError::PendingDeletion {
+                key: record_id(&r.environment, &r.name),
+                delete_at,
+            }),
+            KeyState::Destroyed { .. } => {
+                Err(KeysError::Destroyed(record_id(&r.environment, &r.name)))
+            }
+        }
+    }
+
+    // ----- management -----
+
+    /// Creates a key named `name` (or `env/name`) with its first version.
+    pub async fn create_key(
+        &self,
+        caller: &Caller,
+        name: &str,
+        spec: KeySpec,
+    ) -> Result<KeyInfo, KeysError> {
+        let (env, name) = key_ref(caller, name)?;
+        self.authorise(caller, "keys:create", env, &resource(name), None)
+            .await?;
+        let period = spec.rotation_period_days.unwrap_or(DEFAULT_ROTATION_DAYS);
+        if !(1..=3650).contains(&period) {
+            return Err(KeysError::InvalidRequest(format!(
+                "rotation period {period} days is outside 1..=3650"
+            )));
+        }
+        let now = self.clock.unix_secs();
+        let record = KeyRecord {
+            environment: env.to_owned(),
+            name: name.to_owned(),
+            description: spec.description,
+            created_at: now,
+            rotation_period_days: period,
+            last_rotated_at: now,
+            min_decryption_version: 1,
+            state: KeyState::Enabled,
+            versions: vec![self.new_version(env, name, 1, now)?],
+        };
+        let json = serde_json::to_vec(&record).map_err(|e| KeysError::Corrupt(e.to_string()))?;
+        match self
+            .store
+            .put(KEYS_NS, &record_id(env, name), &json, Expect::Absent)
+            .await
+        {
+            Ok(_) => Ok(KeyInfo::from(&record)),
+            Err(StoreError::Conflict { .. }) => Err(KeysError::KeyExists {
+                env: env.to_owned(),
+                name: name.to_owned(),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Creates the key unless it exists (for keys declared in configuration,
+    /// and the secrets plane's per-service keys). Runs as Rampart itself.
+    pub async fn ensure_key(
+        &self,
+        environment: &str,
+        name: &str,
+        spec: KeySpec,
+    ) -> Result<KeyInfo, KeysError> {
+        let sys = Caller::system(environment, "config");
+        match self.create_key(&sys, name, spec).await {
+            Err(KeysError::KeyExists { .. }) => self.describe(&sys, name).await,
+            other => other,
+        }
+    }
+
+    /// Describes a key (never its material).
+    pub async fn describe(&self, caller: &Caller, key: &str) -> Result<KeyInfo, KeysError> {
+        let (env, name) = key_ref(caller, key)?;
+        self.authorise(caller, "keys:describe", env, &resource(name), None)
+            .await?;
+        self.forget(env, name);
+        Ok(KeyInfo::from(&self.load(env, name).await?.record))
+    }
+
+    /// Lists the keys of the caller's environment.
+    pub async fn list_keys(&self, caller: &Caller) -> Result<Vec<KeyInfo>, KeysError> {
+        let env = caller.principal.environment.clone();
+        self.authorise(caller, "keys:list", &env, "key:*", None)
+            .await?;
+        self.all_records(Some(&env))
+            .await
+            .map(|v| v.iter().map(KeyInfo::from).collect())
+    }
+
+    async fn all_records(&self, env: Option<&str>) -> Result<Vec<KeyRecord>, KeysError> {
+        let prefix = env.map(|e| format!("{e}/")).unwrap_or_default();
+        let rows = self.store.list(KEYS_NS, &prefix, usize::MAX >> 1).await?;
+        rows.into_iter()
+            .map(|(id, e)| {
+                serde_json::from_slice(&e.value)
+                    .map_err(|err| KeysError::Corrupt(format!("{KEYS_NS}/{id}: {err}")))
+            })
+            .collect()
+    }
+
+    /// Adds a new version; new ciphertexts use it, old ones still decrypt.
+    pub async fn rotate(&self, caller: &Caller, key: &str) -> Result<u32, KeysError> {
+        let (env, name) = key_ref(caller, key)?;
+        self.authorise(caller, "keys:rotate", env, &resource(name), None)
+            .await?;
+        let now = self.clock.unix_secs();
+        let res = self
+            .update(env, name, |r| {
+                if r.state != KeyState::Enabled {
+                    return Err(KeysError::InvalidRequest(format!(
+                        "key {env}/{name} is not enabled; it cannot be rotated"
+                    )));
+                }
+                let v = r.current().saturating_add(1);
+                r.versions.push(self.new_version(env, name, v, now)?);
+                r.last_rotated_at = now;
+                Ok(v)
+            })
+            .await;
+        match res {
+            Ok((v, _)) => Ok(v),
+            Err(e) => {
+                self.record_error(caller, "keys:rotate", env, &resource(name), &e)
+                    .await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Rotates every enabled key whose period has run out by `now`; for the
+    /// scheduler. Returns the keys rotated (`env/name`, new version).
+    pub async fn rotate_due(&self, now: u64) -> Result<Vec<(String, u32)>, KeysError> {
+        let mut out = Vec::new();
+        for r in self.all_records(None).await? {
+            if r.state == KeyState::Enabled && r.next_rotation_at() <= now {
+                let sys = Caller::system(&r.environment, "scheduler");
+                let v = self.rotate(&sys, &r.name).await?;
+                out.push((record_id(&r.environment, &r.name), v));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sets the rotation period and/or the minimum decryption version (which
+    /// retires every older version: its ciphertexts are refused).
+    pub async fn configure(
+        &self,
+        caller: &Caller,
+        key: &str,
+        rotation_period_days: Option<u32>,
+        min_decryption_version: Option<u32>,
+    ) -> Result<KeyInfo, KeysError> {
+        let (env, name) = key_ref(caller, key)?;
+        self.authorise(caller, "keys:configure", env, &resource(name), None)
+            .await?;
+        let (_, r) = self
+            .update(env, name, |r| {
+                if let Some(p) = rotation_period_days {
+                    if !(1..=3650).contains(&p) {
+                        return Err(KeysError::InvalidRequest(format!(
+                            "rotation period {p} days is outside 1..=3650"
+                        )));
+                    }
+                    r.rotation_period_days = p;
+                }
+                if let Some(m) = min_decryption_version {
+                    if m == 0 || m > r.current() {
+                        return Err(KeysError::InvalidRequest(format!(
+                            "minimum decryption version {m} must be between 1 and the current version {}",
+                            r.current()
+                        )));
+                    }
+                    r.min_decryption_version = m;
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(KeyInfo::from(&r))
+    }
+
+    /// Schedules the destruction of a key's material in `days` (7 to 30,
+    /// default 7); the key is unusable from now on. Returns the deletion time.
+    pub async fn schedule_deletion(
+        &self,
+        caller: &Caller,
+        key: &str,
+        days: Option<u32>,
+    ) -> Result<u64, KeysError> {
+        let (env, name) = key_ref(caller, key)?;
+        let days = days.unwrap_or(DEFAULT_DELETION_DAYS);
+        if !(7..=30).contains(&days) {
+            return Err(KeysError::InvalidRequest(format!(
+                "deletion window {days} days is outside 7..=30"
+            )));
+        }
+        self.authorise(caller, "keys:schedule-deletion", env, &resource(name), None)
+            .await?;
+        let now = self.clock.unix_secs();
+        let delete_at = now.saturating_add(u64::from(days) * DAY);
+        self.update(env, name, |r| match r.state {
+            KeyState::Enabled => {
+                r.state = KeyState::PendingDeletion {
+                    scheduled_at: now,
+                    delete_at,
+                };
+                Ok(())
+            }
+            _ => Err(KeysError::InvalidRequest(format!(
+                "key {env}/{name} is already pending deletion or destroyed"
+            ))),
+        })
+        .await?;
+        Ok(delete_at)
+    }
+
+    /// Cancels a scheduled deletion; the key is usable again.
+    pub async fn cancel_deletion(&self, caller: &Caller, key: &str) -> Result<(), KeysError> {
+        let (env, name) = key_ref(caller, key)?;
+        self.authorise(caller, "keys:cancel-deletion", env, &resource(name), None)
+            .await?;
+        self.update(env, name, |r| match r.state {
+            KeyState::PendingDeletion { .. } => {
+                r.state = KeyState::Enabled;
+                Ok(())
+            }
+            _ => Err(KeysError::InvalidRequest(format!(
+                "key {env}/{name} is not pending deletion"
+            ))),
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Destroys the material of every key whose deletion window has passed
+    /// by `now`; for the scheduler. Returns the keys destroyed.
+    pub async fn purge_due(&self, now: u64) -> Result<Vec<String>, KeysError> {
+        let mut out = Vec::new();
+        for r in self.all_records(None).await? {
+            let KeyState::PendingDeletion { delete_at, .. } = r.state else {
+                continue;
+            };
+            if delete_at > now {
+                continue;
+            }
+            let sys = Caller::system(&r.environment, "scheduler");
+            let res = resource(&r.name);
+            // Record first: a destruction nobody can account for must not happen.
+            self.auditor
+                .record(
+                    &sys,
+                    &r.environment,
+                    "keys:destroy",
+                    &format!("{}/{res}", r.environment),
+                    Outcome::Allowed,
+                    format!("deletion window ended at {delete_at}"),
+                )
+                .await?;
+            self.update(&r.environment, &r.name, |rec| {
+                if !matches!(rec.state, KeyState::PendingDeletion { .. }) {
+                    return Ok(false);
+                }
+                for v in &mut rec.versions {
+                    v.wrapped = None;
+                }
+                rec.state = KeyState::Destroyed { destroyed_at: now };
+                Ok(true)
+            })
+            .await?;
+            out.push(record_id(&r.environment, &r.name));
+        }
+        Ok(out)
+    }
+
+    // ----- cryptography -----
+
+    fn seal_with(
+        loaded: &Loaded,
+        plaintext: &[u8],
+        context: &Context,
+    ) -> Result<Vec<u8>, KeysError> {
+        Self::usable(loaded)?;
+        let r = &loaded.record;
+        let version = r.current();
+        let cipher = loaded
+            .ciphers
+            .get(&version)
+            .ok_or_else(|| KeysError::Destroyed(record_id(&r.environment, &r.name)))?;
+        let mut out = ciphertext::header(&r.environment, &r.name, version)?;
+        let aad = ciphertext::aad(&out, context);
+        let nonce = random_array::<NONCE_LEN>()?;
+        let ct = cipher
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| KeysError::Internal("encryption failed".into()))?;
+        out.reserve(NONCE_LEN + ct.len());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&ct);
+        Ok(out)
+    }
+
+    fn open_with(
+        loaded: &Loaded,
+        parsed: &ciphertext::Parsed<'_>,
+        context: &Context,
+    ) -> Result<SecretBytes, KeysError> {
+        Self::usable(loaded)?;
+        let r = &loaded.record;
+        let id = record_id(&r.environment, &r.name);
+        if parsed.version < r.min_decryption_version {
+            return Err(KeysError::RetiredVersion {
+                key: id,
+                version: parsed.version,
+                min: r.min_decryption_version,
+            });
+        }
+        if parsed.version > r.current() {
+            return Err(KeysError::UnknownVersion {
+                key: id,
+                version: parsed.version,
+            });
+        }
+        let cipher = loaded
+            .ciphers
+            .get(&parsed.version)
+            .ok_or(KeysError::Destroyed(id))?;
+        let aad = ciphertext::aad(parsed.header, context);
+        cipher
+            .decrypt(
+                Nonce::from_slice(parsed.nonce),
+                Payload {
+                    msg: parsed.body,
+                    aad: &aad,
+                },
+            )
+            .map(SecretBytes::new)
+            .map_err(|_| KeysError::Decrypt)
+    }
+
+    fn check_input(plaintext: &[u8], context: &Context) -> Result<(), KeysError> {
+        if plaintext.len() > MAX_PLAINTEXT {
+            return Err(KeysError::TooLarge {
+                len: plaintext.len(),
+                max: MAX_PLAINTEXT,
+            });
+        }
+        ciphertext::check_context(context)
+    }
+
+    async fn with_error_record<T>(
+        &self,
+        caller: &Caller,
+        action: &str,
+        env: &str,
+        name: &str,
+        res: Result<T, KeysError>,
+    ) -> Result<T, KeysError> {
+        if let Err(e) = &res {
+            self.record_error(caller, action, env, &resource(name), e)
+                .await;
+        }
+        res
+    }
+
+    /// Encrypts `plaintext` under the newest version of `key` (`name` or
+    /// `env/name`), binding `context`.
+    pub async fn encrypt(
+        &self,
+        caller: &Caller,
+        key: &str,
+        plaintext: &[u8],
+        context: &Context,
+    ) -> Result<Vec<u8>, KeysError> {
+        let (env, name) = key_ref(caller, key)?;
+        Self::check_input(plaintext, context)?;
+        self.authorise(caller, "keys:encrypt", env, &resource(name), Some(context))
+            .await?;
+        let res = match self.load(env, name).await {
+            Ok(l) => Self::seal_with(&l, plaintext, context),
+            Err(e) => Err(e),
+        };
+        self.with_error_record(caller, "keys:encrypt", env, name, res)
+            .await
+    }
+
+    /// Decrypts a ciphertext made by [`KeyService::encrypt`] with the same context.
+    pub async fn decrypt(
+        &self,
+        caller: &Caller,
+        blob: &[u8],
+        context: &Context,
+    ) -> Result<SecretBytes, KeysError> {
+        ciphertext::check_context(context)?;
+        let parsed = ciphertext::parse(blob)?;
+        let (env, name) = (parsed.environment, parsed.key);
+        valid_name(env)?;
+        valid_name(name)?;
+        self.authorise(caller, "keys:decrypt", env, &resource(name), Some(context))
+            .await?;
+        let res = match self.load(env, name).await {
+            Ok(l) => Self::open_with(&l, &parsed, context),
+            Err(e) => Err(e),
+        };
+        self.with_error_record(caller, "keys:decrypt", env, name, res)
+            .await
+    }
+
+    /// A fresh 256-bit data key, in plaintext and encrypted under `key` with `context`.
+    pub async fn generate_data_key(
+        &self,
+        caller: &Caller,
+        key: &str,
+        context: &Context,
+    ) -> Result<GeneratedDataKey, KeysError> {
+        let (env, name) = key_ref(caller, key)?;
+        ciphertext::check_context(context)?;
+        self.authorise(
+            caller,
+            "keys:generate-data-key",
+            env,
+            &resource(name),
+            Some(context),
+        )
+        .await?;
+        let res = async {
+            let loaded = self.load(env, name).await?;
+            let plaintext = DataKey::generate()?;
+            let wrapped = Self::seal_with(&loaded, plaintext.expose(), context)?;
+            Ok(GeneratedDataKey { plaintext, wrapped })
+        }
+        .await;
+        self.with_error_record(caller, "keys:generate-data-key", env, name, res)
+            .await
+    }
+
+    /// Decrypts a wrapped data key made by [`KeyService::generate_data_key`].
+    pub async fn decrypt_data_key(
+        &self,
+        caller: &Caller,
+        wrapped: &[u8],
+        context: &Context,
+    ) -> Result<DataKey, KeysError> {
+        let plain = self.decrypt(caller, wrapped, context).await?;
+        Ok(DataKey::from_slice(plain.expose())?)
+    }
+
+    /// Re-encrypts a ciphertext under the newest version of its key, with
+    /// the same context, without the plaintext leaving the service.
+    pub async fn rewrap(
+        &self,
+        caller: &Caller,
+        blob: &[u8],
+        context: &Context,
+    ) -> Result<Vec<u8>, KeysError> {
+        ciphertext::check_context(context)?;
+        let parsed = ciphertext::parse(blob)?;
+        let (env, name) = (parsed.environment, parsed.key);
+        valid_name(env)?;
+        valid_name(name)?;
+        self.authorise(caller, "keys:rewrap", env, &resource(name), Some(context))
+            .await?;
+        let res = async {
+            let loaded = self.load(env, name).await?;
+            let plain = Self::open_with(&loaded, &parsed, context)?;
+            Self::seal_with(&loaded, plain.expose(), context)
+        }
+        .await;
+        self.with_error_record(caller, "keys:rewrap", env, name, res)
+            .await
+    }
+
+    /// Encrypts many plaintexts under one key; one result per item, in order.
+    pub async fn encrypt_batch(
+        &self,
+        caller: &Caller,
+        key: &str,
+        items: &[(Vec<u8>, Context)],
+    ) -> Vec<Result<Vec<u8>, KeysError>> {
+        let mut out = Vec::with_capacity(items.len());
+        for (plaintext, context) in items {
+            out.push(self.encrypt(caller, key, plaintext, context).await);
+        }
+        out
+    }
+
+    /// Decrypts many ciphertexts; one result per item, in order.
+    pub async fn decrypt_batch(
+        &self,
+        caller: &Caller,
+        items: &[(Vec<u8>, Context)],
+    ) -> Vec<Result<SecretBytes, KeysError>> {
+        let mut out = Vec::with_capacity(items.len());
+        for (blob, context) in items {
+            out.push(self.decrypt(caller, blob, context).await);
+        }
+        out
+    }
+
+    /// Generates many data keys under one key; one result per context, in order.
+    pub async fn generate_data_key_batch(
+        &self,
+        caller: &Caller,
+        key: &str,
+        contexts: &[Context],
+    ) -> Vec<Result<GeneratedDataKey, KeysError>> {
+        let mut out = Vec::with_capacity(contexts.len());
+        for context in contexts {
+            out.push(self.generate_data_key(caller, key, context).await);
+        }
+        out
+    }
+
+    /// Rewraps many ciphertexts; one result per item, in order.
+    pub async fn rewrap_batch(
+        &self,
+        caller: &Caller,
+        items: &[(Vec<u8>, Context)],
+    ) -> Vec<Result<Vec<u8>, KeysError>> {
+        let mut out = Vec::with_capacity(items.len());
+        for (blob, context) in items {
+            out.push(self.rewrap(caller, blob, context).await);
+        }
+        out
+    }
+}

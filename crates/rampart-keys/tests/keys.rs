@@ -1,0 +1,670 @@
+//! The keys plane end to end: a real SQLite store, a real root key and a
+//! real audit log in a temporary directory, time from a manual clock.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rampart_audit::{Audit, AuditKeys, AuditOptions, FaultInjector, Outcome, Query};
+use rampart_core::{Clock, ManualClock};
+use rampart_crypto::RootKey;
+use rampart_keys::policy::{Conditions, Effect, Statement};
+use rampart_keys::{
+    ciphertext, Auditor, Caller, Context, KeyService, KeySpec, KeyState, KeysError, Policies,
+    Principal, ServiceTokens,
+};
+use rampart_store::{Keyring, RootKeySource, SqliteStore, Store};
+
+const T0: u64 = 1_795_600_000; // late November 2026
+const DAY: u64 = 86_400;
+
+struct Kit {
+    keys: KeyService,
+    audit: Arc<Audit>,
+    fault: Arc<FaultInjector>,
+    clock: Arc<ManualClock>,
+    keyring: Arc<Keyring>,
+    store: Arc<dyn Store>,
+    _dir: tempfile::TempDir,
+}
+
+fn stmt(id: &str, principals: &[&str], actions: &[&str], resources: &[&str]) -> Statement {
+    Statement {
+        id: id.into(),
+        effect: Effect::Allow,
+        principals: principals.iter().map(|s| s.to_string()).collect(),
+        actions: actions.iter().map(|s| s.to_string()).collect(),
+        resources: resources.iter().map(|s| s.to_string()).collect(),
+        conditions: Conditions::default(),
+    }
+}
+
+async fn kit() -> Kit {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::at_unix_secs(T0));
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory(clock.clone()).unwrap());
+    let keyring = Arc::new(
+        Keyring::initialise(
+            store.clone(),
+            RootKey::generate().unwrap(),
+            RootKeySource::Env,
+            None,
+            T0,
+        )
+        .await
+        .unwrap(),
+    );
+    let fault = FaultInjector::new();
+    let mut opts = AuditOptions::new(dir.path().join("audit"));
+    opts.fault = Some(fault.clone());
+    let (audit, _) = Audit::open(opts, AuditKeys::generate().unwrap(), clock.clone()).unwrap();
+    let audit = Arc::new(audit);
+    let keys = KeyService::new(
+        keyring.clone(),
+        Policies::new(store.clone()),
+        Auditor::new(audit.clone(), "node-1"),
+        clock.clone(),
+    );
+    // prod: payments may use its own key; ops may manage every key.
+    keys.policies()
+        .set(
+            "prod",
+            vec![
+                stmt(
+                    "payments-use",
+                    &["service:payments"],
+                    &[
+                        "keys:encrypt",
+                        "keys:decrypt",
+                        "keys:generate-data-key",
+                        "keys:rewrap",
+                    ],
+                    &["key:payments"],
+                ),
+                stmt("ops-admin", &["role:ops"], &["keys:*"], &["key:*"]),
+            ],
+        )
+        .await
+        .unwrap();
+    // staging: everyone may do everything, to show the wall holds anyway.
+    keys.policies()
+        .set("staging", vec![stmt("open", &["*"], &["*"], &["*"])])
+        .await
+        .unwrap();
+    for (env, name) in [
+        ("prod", "payments"),
+        ("prod", "orders"),
+        ("staging", "payments"),
+    ] {
+        keys.ensure_key(env, name, KeySpec::default())
+            .await
+            .unwrap();
+    }
+    Kit {
+        keys,
+        audit,
+        fault,
+        clock,
+        keyring,
+        store,
+        _dir: dir,
+    }
+}
+
+fn ctx(pairs: &[(&str, &str)]) -> Context {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn payments() -> Caller {
+    Caller::direct(Principal::service("prod", "payments"))
+}
+
+fn ops() -> Caller {
+    Caller::direct(Principal::user("prod", "alice", &["ops"]))
+}
+
+fn records(audit: &Audit, outcome: Outcome) -> Vec<rampart_audit::Record> {
+    audit
+        .search(&Query {
+            outcome: Some(outcome),
+            ..Query::default()
+        })
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_wrong_context_tamper_and_truncation() {
+    let k = kit().await;
+    let c = ctx(&[("order", "42"), ("tenant", "acme")]);
+    let ct = k
+        .keys
+        .encrypt(&payments(), "payments", b"card 4111", &c)
+        .await
+        .unwrap();
+    let p = ciphertext::parse(&ct).unwrap();
+    assert_eq!((p.environment, p.key, p.version), ("prod", "payments", 1));
+    assert!(!ct.windows(4).any(|w| w == b"4111"));
+    let pt = k.keys.decrypt(&payments(), &ct, &c).await.unwrap();
+    assert_eq!(pt.expose(), b"card 4111");
+
+    let wrong = ctx(&[("order", "43"), ("tenant", "acme")]);
+    assert!(matches!(
+        k.keys.decrypt(&payments(), &ct, &wrong).await,
+        Err(KeysError::Decrypt)
+    ));
+    assert!(matches!(
+        k.keys.decrypt(&payments(), &ct, &Context::new()).await,
+        Err(KeysError::Decrypt)
+    ));
+
+    let header_len = p.header.len();
+    for i in header_len..ct.len() {
+        let mut t = ct.clone();
+        t[i] ^= 0x80;
+        assert!(
+            matches!(
+                k.keys.decrypt(&payments(), &t, &c).await,
+                Err(KeysError::Decrypt)
+            ),
+            "flip at {i}"
+        );
+    }
+    // A flipped version byte names another version: refused before any decryption.
+    let mut t = ct.clone();
+    t[header_len - 1] = 9;
+    assert!(matches!(
+        k.keys.decrypt(&payments(), &t, &c).await,
+        Err(KeysError::UnknownVersion { version: 9, .. })
+    ));
+    for len in [0, 1, 5, header_len, header_len + 12, ct.len() - 17] {
+        let r = k.keys.decrypt(&payments(), &ct[..len], &c).await;
+        assert!(
+            matches!(r, Err(KeysError::Malformed(_))),
+            "len {len}: {r:?}"
+        );
+    }
+    // The failed attempts after an allowed decision are on record as errors.
+    assert!(!records(&k.audit, Outcome::Error).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_service_is_denied_and_audited_with_reason() {
+    let k = kit().await;
+    let orders = Caller::direct(Principal::service("prod", "orders"));
+    let err = k
+        .keys
+        .encrypt(&orders, "payments", b"x", &Context::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, KeysError::Denied { .. }), "{err}");
+    let ct = k
+        .keys
+        .encrypt(&payments(), "payments", b"x", &Context::new())
+        .await
+        .unwrap();
+    let err = k
+        .keys
+        .decrypt(&orders, &ct, &Context::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, KeysError::Denied { .. }));
+    // payments cannot use orders' key either.
+    assert!(matches!(
+        k.keys
+            .encrypt(&payments(), "orders", b"x", &Context::new())
+            .await,
+        Err(KeysError::Denied { .. })
+    ));
+    let denied = records(&k.audit, Outcome::Denied);
+    assert_eq!(denied.len(), 3, "{denied:?}");
+    assert!(denied.iter().all(|r| r
+        .event
+        .reason
+        .as_deref()
+        .unwrap_or("")
+        .starts_with("default deny")));
+    assert_eq!(denied[0].event.actor.principal, "svc:orders");
+    assert_eq!(denied[0].event.resource, "prod/key:payments");
+    let allowed = records(&k.audit, Outcome::Allowed);
+    assert!(allowed
+        .iter()
+        .any(|r| r.event.reason.as_deref() == Some("allowed by statement \"payments-use\"")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn environments_are_hard_walls_whatever_the_policy() {
+    let k = kit().await;
+    // Even an allow-everything policy in prod does not admit staging.
+    k.keys
+        .policies()
+        .set("prod", vec![stmt("all", &["*"], &["*"], &["*"])])
+        .await
+        .unwrap();
+    let staging = Caller::direct(Principal::service("staging", "payments"));
+    let err = k
+        .keys
+        .encrypt(&staging, "prod/payments", b"x", &Context::new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, KeysError::Denied { reason } if reason.contains("environment wall")),
+        "{err}"
+    );
+    let prod_ct = k
+        .keys
+        .encrypt(&payments(), "payments", b"x", &Context::new())
+        .await
+        .unwrap();
+    let err = k
+        .keys
+        .decrypt(&staging, &prod_ct, &Context::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(&err, KeysError::Denied { reason } if reason.contains("environment wall")));
+    // Nor does being Rampart itself.
+    let sys = Caller::system("staging", "scheduler");
+    assert!(matches!(
+        k.keys.rotate(&sys, "prod/payments").await,
+        Err(KeysError::Denied { .. })
+    ));
+    // A ciphertext of staging's same-named key does not open with prod's.
+    let st_ct = k
+        .keys
+        .encrypt(&staging, "payments", b"x", &Context::new())
+        .await
+        .unwrap();
+    assert!(matches!(
+        k.keys.decrypt(&payments(), &st_ct, &Context::new()).await,
+        Err(KeysError::Denied { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn via_service_and_required_context() {
+    let k = kit().await;
+    let mut s = stmt(
+        "orders-via-secrets",
+        &["service:orders"],
+        &["keys:decrypt", "keys:encrypt"],
+        &["key:orders"],
+    );
+    s.conditions = Conditions {
+        via_services: vec!["secrets".into()],
+        context_keys: vec!["secret".into()],
+        ..Conditions::default()
+    };
+    k.keys.policies().set("prod", vec![s]).await.unwrap();
+    let orders = Caller::direct(Principal::service("prod", "orders"));
+    let c = ctx(&[("secret", "db")]);
+    assert!(matches!(
+        k.keys.encrypt(&orders, "orders", b"x", &c).await,
+        Err(KeysError::Denied { .. })
+    ));
+    let via = orders.through("secrets");
+    let ct = k.keys.encrypt(&via, "orders", b"x", &c).await.unwrap();
+    assert_eq!(k.keys.decrypt(&via, &ct, &c).await.unwrap().expose(), b"x");
+    assert!(matches!(
+        k.keys.encrypt(&via, "orders", b"x", &Context::new()).await,
+        Err(KeysError::Denied { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_rewrap_and_retired_versions() {
+    let k = kit().await;
+    let c = ctx(&[("a", "b")]);
+    let v1 = k
+        .keys
+        .encrypt(&payments(), "payments", b"old", &c)
+        .await
+        .unwrap();
+    // The payments service may not rotate; ops may.
+    assert!(matches!(
+        k.keys.rotate(&payments(), "payments").await,
+        Err(KeysError::Denied { .. })
+    ));
+    assert_eq!(k.keys.rotate(&ops(), "payments").await.unwrap(), 2);
+    let v2 = k
+        .keys
+        .encrypt(&payments(), "payments", b"new", &c)
+        .await
+        .unwrap();
+    assert_eq!(ciphertext::parse(&v2).unwrap().version, 2);
+    assert_eq!(
+        k.keys.decrypt(&payments(), &v1, &c).await.unwrap().expose(),
+        b"old"
+    );
+    let re = k.keys.rewrap(&payments(), &v1, &c).await.unwrap();
+    assert_eq!(ciphertext::parse(&re).unwrap().version, 2);
+    assert!(matches!(
+        k.keys.rewrap(&payments(), &v1, &ctx(&[("a", "c")])).await,
+        Err(KeysError::Decrypt)
+    ));
+
+    let info = k
+        .keys
+        .configure(&ops(), "payments", None, Some(2))
+        .await
+        .unwrap();
+    assert_eq!(info.min_decryption_version, 2);
+    let err = k.keys.decrypt(&payments(), &v1, &c).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            KeysError::RetiredVersion {
+                version: 1,
+                min: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        k.keys.decrypt(&payments(), &re, &c).await.unwrap().expose(),
+        b"old"
+    );
+    assert!(k
+        .keys
+        .configure(&ops(), "payments", None, Some(3))
+        .await
+        .is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_rotation_follows_each_keys_period() {
+    let k = kit().await;
+    k.keys
+        .configure(&ops(), "orders", Some(30), None)
+        .await
+        .unwrap();
+    assert!(k
+        .keys
+        .rotate_due(k.clock.unix_secs())
+        .await
+        .unwrap()
+        .is_empty());
+    k.clock.advance(Duration::from_secs(31 * DAY));
+    let rotated = k.keys.rotate_due(k.clock.unix_secs()).await.unwrap();
+    assert_eq!(rotated, vec![("prod/orders".to_string(), 2)]);
+    k.clock.advance(Duration::from_secs(335 * DAY));
+    let mut rotated = k.keys.rotate_due(k.clock.unix_secs()).await.unwrap();
+    rotated.sort();
+    assert_eq!(
+        rotated,
+        vec![
+            ("prod/orders".to_string(), 3),
+            ("prod/payments".to_string(), 2),
+            ("staging/payments".to_string(), 2)
+        ]
+    );
+    let info = k.keys.describe(&ops(), "payments").await.unwrap();
+    assert_eq!(info.current_version, 2);
+    assert_eq!(info.next_rotation_at, k.clock.unix_secs() + 365 * DAY);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletion_window_cancel_and_destruction() {
+    let k = kit().await;
+    let c = Context::new();
+    let ct = k
+        .keys
+        .encrypt(&payments(), "payments", b"gone soon", &c)
+        .await
+        .unwrap();
+    assert!(matches!(
+        k.keys.schedule_deletion(&ops(), "payments", Some(6)).await,
+        Err(KeysError::InvalidRequest(_))
+    ));
+    assert!(matches!(
+        k.keys.schedule_deletion(&ops(), "payments", Some(31)).await,
+        Err(KeysError::InvalidRequest(_))
+    ));
+    assert!(matches!(
+        k.keys
+            .schedule_deletion(&payments(), "payments", None)
+            .await,
+        Err(KeysError::Denied { .. })
+    ));
+    let at = k
+        .keys
+        .schedule_deletion(&ops(), "payments", None)
+        .await
+        .unwrap();
+    assert_eq!(at, T0 + 7 * DAY);
+    assert!(matches!(
+        k.keys.decrypt(&payments(), &ct, &c).await,
+        Err(KeysError::PendingDeletion { .. })
+    ));
+    k.keys.cancel_deletion(&ops(), "payments").await.unwrap();
+    assert_eq!(
+        k.keys.decrypt(&payments(), &ct, &c).await.unwrap().expose(),
+        b"gone soon"
+    );
+
+    k.keys
+        .schedule_deletion(&ops(), "payments", Some(10))
+        .await
+        .unwrap();
+    k.clock.advance(Duration::from_secs(9 * DAY));
+    assert!(k
+        .keys
+        .purge_due(k.clock.unix_secs())
+        .await
+        .unwrap()
+        .is_empty());
+    k.clock.advance(Duration::from_secs(DAY));
+    assert_eq!(
+        k.keys.purge_due(k.clock.unix_secs()).await.unwrap(),
+        vec!["prod/payments".to_string()]
+    );
+    assert!(matches!(
+        k.keys.cancel_deletion(&ops(), "payments").await,
+        Err(KeysError::InvalidRequest(_))
+    ));
+    let info = k.keys.describe(&ops(), "payments").await.unwrap();
+    assert!(matches!(info.state, KeyState::Destroyed { .. }));
+    assert!(info.versions.iter().all(|v| !v.available));
+
+    // Nobody can decrypt: not the owner, not ops, not Rampart itself, not a
+    // fresh process over the same store.
+    for who in [payments(), ops(), Caller::system("prod", "scheduler")] {
+        assert!(matches!(
+            k.keys.decrypt(&who, &ct, &c).await,
+            Err(KeysError::Destroyed(_))
+        ));
+    }
+    let fresh = KeyService::new(
+        k.keyring.clone(),
+        Policies::new(k.store.clone()),
+        k.keys.auditor().clone(),
+        k.clock.clone(),
+    );
+    assert!(matches!(
+        fresh.decrypt(&Caller::system("prod", "x"), &ct, &c).await,
+        Err(KeysError::Destroyed(_))
+    ));
+    // The stored record holds no wrapped material any more.
+    let raw = k.store.get("keys", "prod/payments").await.unwrap().unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&raw.value).unwrap();
+    assert!(
+        json["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["wrapped"].is_null()),
+        "{json}"
+    );
+    let destroyed = k
+        .audit
+        .search(&Query {
+            action: Some("keys:destroy".into()),
+            ..Query::default()
+        })
+        .unwrap();
+    assert_eq!(destroyed.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_refusal_refuses_the_operation() {
+    let k = kit().await;
+    k.keys
+        .encrypt(&payments(), "payments", b"x", &Context::new())
+        .await
+        .unwrap();
+    k.fault.fail_syncs(true);
+    let err = k
+        .keys
+        .encrypt(&payments(), "payments", b"x", &Context::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, KeysError::Audit(_)), "{err}");
+    assert!(!err.is_client_error());
+    let err = k.keys.rotate(&ops(), "payments").await.unwrap_err();
+    assert!(matches!(err, KeysError::Audit(_)), "{err}");
+    // The rotation did not happen.
+    let raw = k.store.get("keys", "prod/payments").await.unwrap().unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&raw.value).unwrap();
+    assert_eq!(json["versions"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_keys_batches_and_bad_input() {
+    let k = kit().await;
+    let c = ctx(&[("file", "a.bin")]);
+    let dk = k
+        .keys
+        .generate_data_key(&payments(), "payments", &c)
+        .await
+        .unwrap();
+    assert!(format!("{dk:?}").contains("redacted"));
+    let back = k
+        .keys
+        .decrypt_data_key(&payments(), &dk.wrapped, &c)
+        .await
+        .unwrap();
+    assert_eq!(back.expose(), dk.plaintext.expose());
+
+    let items: Vec<(Vec<u8>, Context)> = (0..5)
+        .map(|i| (vec![i; 10], ctx(&[("i", &i.to_string())])))
+        .collect();
+    let cts: Vec<Vec<u8>> = k
+        .keys
+        .encrypt_batch(&payments(), "payments", &items)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let mut to_open: Vec<(Vec<u8>, Context)> = cts
+        .into_iter()
+        .zip(items.iter().map(|i| i.1.clone()))
+        .collect();
+    to_open[2].1 = ctx(&[("i", "wrong")]);
+    let out = k.keys.decrypt_batch(&payments(), &to_open).await;
+    assert_eq!(out[0].as_ref().unwrap().expose(), &[0u8; 10]);
+    assert!(matches!(out[2], Err(KeysError::Decrypt)));
+    assert_eq!(
+        k.keys.rewrap_batch(&payments(), &to_open[..2]).await.len(),
+        2
+    );
+    assert_eq!(
+        k.keys
+            .generate_data_key_batch(&payments(), "payments", &[c.clone(), c])
+            .await
+            .len(),
+        2
+    );
+
+    let big = vec![0u8; rampart_keys::MAX_PLAINTEXT + 1];
+    assert!(matches!(
+        k.keys
+            .encrypt(&payments(), "payments", &big, &Context::new())
+            .await,
+        Err(KeysError::TooLarge { .. })
+    ));
+    assert!(matches!(
+        k.keys.encrypt(&ops(), "nope", b"x", &Context::new()).await,
+        Err(KeysError::UnknownKey { .. })
+    ));
+    assert!(matches!(
+        k.keys
+            .encrypt(&ops(), "Bad Name", b"x", &Context::new())
+            .await,
+        Err(KeysError::InvalidName(_))
+    ));
+    let huge_ctx: Context = (0..100).map(|i| (i.to_string(), String::new())).collect();
+    assert!(matches!(
+        k.keys
+            .encrypt(&payments(), "payments", b"x", &huge_ctx)
+            .await,
+        Err(KeysError::InvalidRequest(_))
+    ));
+    assert!(matches!(
+        k.keys
+            .create_key(&ops(), "payments", KeySpec::default())
+            .await,
+        Err(KeysError::KeyExists { .. })
+    ));
+    let spec = KeySpec {
+        rotation_period_days: Some(0),
+        ..KeySpec::default()
+    };
+    assert!(matches!(
+        k.keys.create_key(&ops(), "zero", spec).await,
+        Err(KeysError::InvalidRequest(_))
+    ));
+    let listed = k.keys.list_keys(&ops()).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(),
+        ["orders", "payments"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_tokens_are_stored_hashed_and_checked() {
+    let k = kit().await;
+    let tokens = ServiceTokens::open(&k.keyring).await.unwrap();
+    let issued = tokens.issue("prod", "payments", &[], T0).await.unwrap();
+    assert!(!format!("{issued:?}").contains("rst_"));
+    let token = std::str::from_utf8(issued.token.expose())
+        .unwrap()
+        .to_owned();
+    let p = tokens.authenticate(&token).await.unwrap();
+    assert_eq!(p, Principal::service("prod", "payments"));
+    // Only a MAC is stored.
+    let secret = token.rsplit('_').next().unwrap();
+    let rows = k.store.list("keys.service-tokens", "", 10).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert!(!String::from_utf8_lossy(&rows[0].1.value).contains(secret));
+    let mut wrong = token.clone();
+    wrong.pop();
+    wrong.push(if token.ends_with('A') { 'B' } else { 'A' });
+    for bad in [wrong.as_str(), "", "rst_", "rst_zz_zz", "bearer xyz"] {
+        assert!(
+            matches!(tokens.authenticate(bad).await, Err(KeysError::InvalidToken)),
+            "{bad}"
+        );
+    }
+    assert!(tokens.revoke(&issued.id).await.unwrap());
+    assert!(matches!(
+        tokens.authenticate(&token).await,
+        Err(KeysError::InvalidToken)
+    ));
+}
+
+#[test]
+fn ciphertext_parser_never_panics_on_random_input() {
+    let mut seed = [0u8; 32];
+    for round in 0..20_000u32 {
+        let len = (round % 97) as usize;
+        seed = rampart_crypto::hmac_sha256(&seed, &round.to_be_bytes());
+        let mut buf: Vec<u8> = seed.iter().cycle().take(len).copied().collect();
+        if round % 3 == 0 && !buf.is_empty() {
+            buf[0] = ciphertext::FORMAT_V1;
+        }
+        let _ = ciphertext::parse(&buf);
+    }
+    let _ = BTreeMap::<String, String>::new();
+}

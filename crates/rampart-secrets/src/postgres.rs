@@ -1,0 +1,230 @@
+//! PostgreSQL password rotation, in the four steps Secrets Manager's
+//! rotation functions use: stage the new password as a pending version,
+//! set it on the server, test a login with it, and only then make it
+//! current. A failure before the last step puts the old password back.
+
+use std::time::Duration;
+
+use rampart_crypto::random_array;
+use serde::{Deserialize, Serialize};
+use tokio_postgres::{Config, NoTls};
+use zeroize::Zeroize;
+
+/// The value of a secret of kind `postgres` (JSON).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSecret {
+    /// Server host (loopback needs no TLS; TLS is not supported yet).
+    pub host: String,
+    /// Server port.
+    pub port: u16,
+    /// Database to log in to.
+    pub dbname: String,
+    /// The role whose password this secret holds.
+    pub user: String,
+    /// Its password.
+    pub password: String,
+    /// How to reach the server as a role allowed to `ALTER ROLE` it.
+    pub admin: PostgresAdmin,
+}
+
+/// The admin credentials rotation uses.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum PostgresAdmin {
+    /// Given inline.
+    Inline {
+        /// Admin role.
+        user: String,
+        /// Its password.
+        password: String,
+    },
+    /// Another `postgres` secret of the same service, whose `user` and
+    /// `password` are the admin's.
+    Secret {
+        /// That secret's name.
+        name: String,
+    },
+}
+
+impl Drop for PostgresSecret {
+    fn drop(&mut self) {
+        self.password.zeroize();
+        if let PostgresAdmin::Inline { password, .. } = &mut self.admin {
+            password.zeroize();
+        }
+    }
+}
+
+impl std::fmt::Debug for PostgresSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresSecret")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("dbname", &self.dbname)
+            .field("user", &self.user)
+            .field("password", &"[redacted]")
+            .finish_non_exhaustive()
+    }
+}
+
+/// The steps of a rotation, named in errors and audit records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RotationStep {
+    /// Reading the secret and its admin credentials.
+    Prepare,
+    /// Storing the new password as the pending version.
+    Stage,
+    /// `ALTER ROLE … PASSWORD` through the admin connection.
+    SetPassword,
+    /// Logging in with the new password.
+    Verify,
+    /// Making the pending version current.
+    Promote,
+}
+
+impl std::fmt::Display for RotationStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RotationStep::Prepare => "prepare",
+            RotationStep::Stage => "stage",
+            RotationStep::SetPassword => "set-password",
+            RotationStep::Verify => "verify",
+            RotationStep::Promote => "promote",
+        })
+    }
+}
+
+/// A failure to inject into rotation, for tests of the failure paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RotationFault {
+    /// The login check with the new password fails.
+    FailVerify,
+    /// Making the pending version current fails.
+    FailPromote,
+}
+
+/// A strong password: 40 characters from `[A-Za-z0-9]` (about 238 bits),
+/// so it never needs quoting in SQL, URLs or shells.
+pub fn generate_password() -> Result<String, rampart_crypto::CryptoError> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut out = String::with_capacity(40);
+    while out.len() < 40 {
+        for b in random_array::<64>()? {
+            // 62 * 4 = 248: rejecting bytes above it keeps the choice uniform.
+            if usize::from(b) < ALPHABET.len() * 4 && out.len() < 40 {
+                if let Some(&c) = ALPHABET.get(usize::from(b) % ALPHABET.len()) {
+                    out.push(char::from(c));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+async fn connect(
+    host: &str,
+    port: u16,
+    dbname: &str,
+    user: &str,
+    password: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let mut cfg = Config::new();
+    cfg.host(host)
+        .port(port)
+        .dbname(dbname)
+        .user(user)
+        .password(password)
+        .connect_timeout(Duration::from_secs(10));
+    let (client, connection) = cfg.connect(NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// Sets `target.user`'s password to `password` through the admin role.
+pub(crate) async fn set_password(
+    target: &PostgresSecret,
+    admin_user: &str,
+    admin_password: &str,
+    password: &str,
+) -> Result<(), String> {
+    let client = connect(
+        &target.host,
+        target.port,
+        &target.dbname,
+        admin_user,
+        admin_password,
+    )
+    .await
+    .map_err(|e| format!("admin login as {admin_user}: {e}"))?;
+    // ALTER ROLE takes no bind parameters; the password is quoted as a
+    // literal (and generated passwords are alphanumeric anyway).
+    let mut sql = format!(
+        "ALTER ROLE {} WITH PASSWORD {}",
+        quote_ident(&target.user),
+        quote_literal(password)
+    );
+    let res = client.batch_execute(&sql).await;
+    sql.zeroize();
+    res.map_err(|e| format!("ALTER ROLE {}: {}", target.user, e))
+}
+
+/// Logs in as `target.user` with `password` and runs `SELECT 1`.
+pub(crate) async fn check_login(target: &PostgresSecret, password: &str) -> Result<(), String> {
+    let client = connect(
+        &target.host,
+        target.port,
+        &target.dbname,
+        &target.user,
+        password,
+    )
+    .await
+    .map_err(|e| format!("login as {}: {e}", target.user))?;
+    client
+        .simple_query("SELECT 1")
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("SELECT 1 as {}: {e}", target.user))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_long_alphanumeric_and_differ() {
+        let a = generate_password().unwrap();
+        let b = generate_password().unwrap();
+        assert_eq!(a.len(), 40);
+        assert!(a.bytes().all(|c| c.is_ascii_alphanumeric()));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+    }
+
+    #[test]
+    fn debug_hides_passwords_and_json_is_strict() {
+        let s: PostgresSecret = serde_json::from_str(
+            r#"{"host":"127.0.0.1","port":5432,"dbname":"app","user":"app","password":"hunter2",
+                "admin":{"type":"inline","user":"postgres","password":"root-pw"}}"#,
+        )
+        .unwrap();
+        let d = format!("{s:?}");
+        assert!(!d.contains("hunter2") && !d.contains("root-pw"), "{d}");
+        assert!(serde_json::from_str::<PostgresSecret>(r#"{"host":"h","port":1,"dbname":"d","user":"u","password":"p","admin":{"type":"secret","name":"x"},"extra":1}"#).is_err());
+    }
+}

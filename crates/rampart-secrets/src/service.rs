@@ -1,0 +1,828 @@
+//! The secret store: records, envelope encryption under the service's key,
+//! and every operation decided by policy and audited.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use rampart_audit::Outcome;
+use rampart_core::SharedClock;
+use rampart_crypto::SecretBytes;
+use rampart_keys::policy::Request;
+use rampart_keys::{valid_name, Caller, Context, KeyService, KeySpec};
+use rampart_store::{Expect, Store, StoreError};
+use serde::{Deserialize, Serialize};
+
+use crate::postgres::{self, PostgresAdmin, PostgresSecret, RotationFault, RotationStep};
+use crate::SecretsError;
+
+const SECRETS_NS: &str = "secrets";
+const DAY: u64 = 86_400;
+/// The largest secret value accepted.
+pub const MAX_SECRET_BYTES: usize = 64 * 1024;
+/// Versions kept per secret; older ones are pruned.
+pub const MAX_VERSIONS: usize = 100;
+/// The recovery window of a deleted secret unless the request says otherwise.
+pub const DEFAULT_RECOVERY_DAYS: u32 = 7;
+
+/// What a secret holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecretKind {
+    /// Opaque bytes.
+    Generic,
+    /// A [`PostgresSecret`] as JSON; rotatable.
+    Postgres,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredVersion {
+    version: u32,
+    created_at: u64,
+    /// The data key, as a ciphertext of the service's key.
+    wrapped_key: String,
+    /// The value sealed under the data key.
+    sealed: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Deletion {
+    deleted_at: u64,
+    recover_until: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SecretRecord {
+    environment: String,
+    service: String,
+    name: String,
+    kind: SecretKind,
+    created_at: u64,
+    updated_at: u64,
+    deleted: Option<Deletion>,
+    rotation_period_days: Option<u32>,
+    last_rotated_at: Option<u64>,
+    versions: Vec<StoredVersion>,
+    /// A rotation's staged version, not yet current.
+    pending: Option<StoredVersion>,
+}
+
+impl SecretRecord {
+    fn current(&self) -> u32 {
+        self.versions.last().map_or(0, |v| v.version)
+    }
+}
+
+/// A secret's value at one version. `Debug` is redacted.
+#[derive(Debug)]
+pub struct SecretValue {
+    /// The version.
+    pub version: u32,
+    /// The kind.
+    pub kind: SecretKind,
+    /// When this version was written.
+    pub created_at: u64,
+    /// The value (zeroized on drop).
+    pub value: SecretBytes,
+}
+
+/// What a listing shows of a secret: never its value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretMeta {
+    /// Name.
+    pub name: String,
+    /// Kind.
+    pub kind: SecretKind,
+    /// The current version.
+    pub current_version: u32,
+    /// Versions kept.
+    pub versions: Vec<u32>,
+    /// When created.
+    pub created_at: u64,
+    /// When last written.
+    pub updated_at: u64,
+    /// Set while deleted: the end of the recovery window.
+    pub recover_until: Option<u64>,
+    /// Days between automatic rotations, if scheduled.
+    pub rotation_period_days: Option<u32>,
+}
+
+impl From<&SecretRecord> for SecretMeta {
+    fn from(r: &SecretRecord) -> Self {
+        SecretMeta {
+            name: r.name.clone(),
+            kind: r.kind,
+            current_version: r.current(),
+            versions: r.versions.iter().map(|v| v.version).collect(),
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            recover_until: r.deleted.map(|d| d.recover_until),
+            rotation_period_days: r.rotation_period_days,
+        }
+    }
+}
+
+/// The key a service's secrets are encrypted under.
+pub fn service_key_name(service: &str) -> String {
+    format!("svc.{service}")
+}
+
+/// The secrets plane. Cheap to clone.
+#[derive(Clone)]
+pub struct SecretService {
+    keys: KeyService,
+    store: Arc<dyn Store>,
+    clock: SharedClock,
+    fault: Arc<Mutex<Option<RotationFault>>>,
+}
+
+impl std::fmt::Debug for SecretService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretService").finish_non_exhaustive()
+    }
+}
+
+fn record_id(env: &str, service: &str, name: &str) -> String {
+    format!("{env}/{service}/{name}")
+}
+
+fn seal_context(env: &str, service: &str, name: &str, version: u32) -> Context {
+    [
+        ("environment", env.to_owned()),
+        ("service", service.to_owned()),
+        ("secret", name.to_owned()),
+        ("version", version.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+impl SecretService {
+    /// The secrets plane, keeping records in `store` and encrypting through `keys`.
+    pub fn new(keys: KeyService, store: Arc<dyn Store>, clock: SharedClock) -> Self {
+        SecretService {
+            keys,
+            store,
+            clock,
+            fault: Arc::default(),
+        }
+    }
+
+    /// Test support: makes the next rotations fail at a chosen step.
+    pub fn inject_rotation_fault(&self, fault: Option<RotationFault>) {
+        *self.fault.lock().unwrap_or_else(|e| e.into_inner()) = fault;
+    }
+
+    fn fault(&self) -> Option<RotationFault> {
+        *self.fault.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn authorise(
+        &self,
+        caller: &Caller,
+        action: &str,
+        service: &str,
+        name: &str,
+    ) -> Result<(), SecretsError> {
+        let env = caller.principal.environment.clone();
+        let resource = format!("secret:{service}/{name}");
+        let decision = self
+            .keys
+            .policies()
+            .decide(
+                caller,
+                &Request {
+                    action,
+                    resource: &resource,
+                    environment: &env,
+                    context: None,
+                },
+            )
+            .await?;
+        let outcome = if decision.allowed {
+            Outcome::Allowed
+        } else {
+            Outcome::Denied
+        };
+        self.keys
+            .auditor()
+            .record(
+                caller,
+                &env,
+                action,
+                &format!("{env}/{resource}"),
+                outcome,
+                decision.reason.clone(),
+            )
+            .await?;
+        if decision.allowed {
+            Ok(())
+        } else {
+            Err(SecretsError::Denied {
+                reason: decision.reason,
+            })
+        }
+    }
+
+    async fn record_outcome(
+        &self,
+        caller: &Caller,
+        action: &str,
+        service: &str,
+        name: &str,
+        outcome: Outcome,
+        reason: String,
+    ) -> Result<(), SecretsError> {
+        let env = caller.principal.environment.clone();
+        self.keys
+            .auditor()
+            .record(
+                caller,
+                &env,
+                action,
+                &format!("{env}/secret:{service}/{name}"),
+                outcome,
+                reason,
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn read(
+        &self,
+        env: &str,
+        service: &str,
+        name: &str,
+    ) -> Result<(SecretRecord, u64), SecretsError> {
+        let id = record_id(env, service, name);
+        let e = self
+            .store
+            .get(SECRETS_NS, &id)
+            .await?
+            .ok_or_else(|| SecretsError::NotFound(id.clone()))?;
+        let r = serde_json::from_slice(&e.value)
+            .map_err(|err| SecretsError::Corrupt(format!("{SECRETS_NS}/{id}: {err}")))?;
+        Ok((r, e.version))
+    }
+
+    async fn write(&self, r: &SecretRecord, expect: Expect) -> Result<(), SecretsError> {
+        let id = record_id(&r.environment, &r.service, &r.name);
+        let json = serde_json::to_vec(r).map_err(|e| SecretsError::Corrupt(e.to_string()))?;
+        match self.store.put(SECRETS_NS, &id, &json, expect).await {
+            Ok(_) => Ok(()),
+            Err(StoreError::Conflict { .. }) => Err(SecretsError::Conflict(id)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn seal(
+        &self,
+        caller: &Caller,
+        r: &SecretRecord,
+        version: u32,
+        value: &[u8],
+    ) -> Result<StoredVersion, SecretsError> {
+        let ctx = seal_context(&r.environment, &r.service, &r.name, version);
+        let key = format!("{}/{}", r.environment, service_key_name(&r.service));
+        let dk = self
+            .keys
+            .generate_data_key(&caller.through("secrets"), &key, &ctx)
+            .await?;
+        let aad = record_id(&r.environment, &r.service, &r.name) + &format!("/v{version}");
+        let sealed = rampart_crypto::seal(&dk.plaintext, "secret", value, aad.as_bytes())?;
+        Ok(StoredVersion {
+            version,
+            created_at: self.clock.unix_secs(),
+            wrapped_key: B64.encode(&dk.wrapped),
+            sealed: B64.encode(sealed),
+        })
+    }
+
+    async fn open(
+        &self,
+        caller: &Caller,
+        r: &SecretRecord,
+        v: &StoredVersion,
+    ) -> Result<SecretBytes, SecretsError> {
+        let ctx = seal_context(&r.environment, &r.service, &r.name, v.version);
+        let corrupt = || SecretsError::Corrupt(record_id(&r.environment, &r.service, &r.name));
+        let wrapped = B64
+            .decode(v.wrapped_key.as_bytes())
+            .map_err(|_| corrupt())?;
+        let sealed = B64.decode(v.sealed.as_bytes()).map_err(|_| corrupt())?;
+        let dk = self
+            .keys
+            .decrypt_data_key(&caller.through("secrets"), &wrapped, &ctx)
+            .await?;
+        let aad = record_id(&r.environment, &r.service, &r.name) + &format!("/v{}", v.version);
+        Ok(SecretBytes::from(rampart_crypto::open(
+            &dk,
+            &sealed,
+            aad.as_bytes(),
+        )?))
+    }
+
+    fn check_names(service: &str, name: &str) -> Result<(), SecretsError> {
+        valid_name(service)?;
+        valid_name(name)?;
+        Ok(())
+    }
+
+    /// Writes a new version of `service`'s secret `name`; returns its number.
+    /// Creates the secret (and the service's key) on first write.
+    pub async fn put(
+        &self,
+        caller: &Caller,
+        service: &str,
+        name: &str,
+        value: &[u8],
+        kind: SecretKind,
+    ) -> Result<u32, SecretsError> {
+        Self::check_names(service, name)?;
+        if value.len() > MAX_SECRET_BYTES {
+            return Err(SecretsError::InvalidRequest(format!(
+                "secret of {} bytes exceeds the limit of {MAX_SECRET_BYTES}",
+                value.len()
+            )));
+        }
+        if kind == SecretKind::Postgres {
+            serde_json::from_slice::<PostgresSecret>(value)
+                .map_err(|e| SecretsError::InvalidRequest(format!("postgres secret: {e}")))?;
+        }
+        self.authorise(caller, "secrets:put", service, name).await?;
+        let env = caller.principal.environment.clone();
+        self.keys
+            .ensure_key(&env, &service_key_name(service), KeySpec::default())
+            .await?;
+        let now = self.clock.unix_secs();
+        let (mut r, expect) = match self.read(&env, service, name).await {
+            Ok((r, v)) => (r, Expect::Version(v)),
+            Err(SecretsError::NotFound(_)) => (
+                SecretRecord {
+                    environment: env.clone(),
+                    service: service.to_owned(),
+                    name: name.to_owned(),
+                    kind,
+                    created_at: now,
+                    updated_at: now,
+                    deleted: None,
+                    rotation_period_days: None,
+                    last_rotated_at: None,
+                    versions: Vec::new(),
+                    pending: None,
+                },
+                Expect::Absent,
+            ),
+            Err(e) => return Err(e),
+        };
+        if let Some(d) = r.deleted {
+            return Err(SecretsError::Deleted {
+                name: name.to_owned(),
+                recover_until: d.recover_until,
+            });
+        }
+        if r.kind != kind {
+            return Err(SecretsError::InvalidRequest(format!(
+                "secret {name} is of another kind"
+            )));
+        }
+        let version = r.current().max(r.pending.as_ref().map_or(0, |p| p.version)) + 1;
+        let v = self.seal(caller, &r, version, value).await?;
+        r.versions.push(v);
+        if r.versions.len() > MAX_VERSIONS {
+            r.versions.remove(0);
+        }
+        r.updated_at = now;
+        self.write(&r, expect).await?;
+        Ok(version)
+    }
+
+    /// Reads the latest version, or `version`.
+    pub async fn get(
+        &self,
+        caller: &Caller,
+        service: &str,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<SecretValue, SecretsError> {
+        Self::check_names(service, name)?;
+        self.authorise(caller, "secrets:get", service, name).await?;
+        let (r, _) = self
+            .read(&caller.principal.environment, service, name)
+            .await?;
+        if let Some(d) = r.deleted {
+            return Err(SecretsError::Deleted {
+                name: name.to_owned(),
+                recover_until: d.recover_until,
+            });
+        }
+        let want = version.unwrap_or_else(|| r.current());
+        let v = r
+            .versions
+            .iter()
+            .find(|v| v.version == want)
+            .ok_or_else(|| SecretsError::UnknownVersion {
+                name: name.to_owned(),
+                version: want,
+            })?;
+        let value = self.open(caller, &r, v).await?;
+        Ok(SecretValue {
+            version: v.version,
+            kind: r.kind,
+            created_at: v.created_at,
+            value,
+        })
+    }
+
+    /// Lists `service`'s secrets (names and versions, never values),
+    /// including deleted ones still within their recovery window.
+    pub async fn list(
+        &self,
+        caller: &Caller,
+        service: &str,
+    ) -> Result<Vec<SecretMeta>, SecretsError> {
+        valid_name(service)?;
+        self.authorise(caller, "secrets:list", service, "*").await?;
+        let prefix = format!("{}/{service}/", caller.principal.environment);
+        let rows = self
+            .store
+            .list(SECRETS_NS, &prefix, usize::MAX >> 1)
+            .await?;
+        rows.iter()
+            .map(|(id, e)| {
+                serde_json::from_slice::<SecretRecord>(&e.value)
+                    .map(|r| SecretMeta::from(&r))
+                    .map_err(|err| SecretsError::Corrupt(format!("{SECRETS_NS}/{id}: {err}")))
+            })
+            .collect()
+    }
+
+    async fn modify<T>(
+        &self,
+        env: &str,
+        service: &str,
+        name: &str,
+        mut change: impl FnMut(&mut SecretRecord) -> Result<T, SecretsError>,
+    ) -> Result<T, SecretsError> {
+        for _ in 0..5 {
+            let (mut r, v) = self.read(env, service, name).await?;
+            let out = change(&mut r)?;
+            match self.write(&r, Expect::Version(v)).await {
+                Ok(()) => return Ok(out),
+                Err(SecretsError::Conflict(_)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(SecretsError::Conflict(record_id(env, service, name)))
+    }
+
+    /// Deletes a secret, recoverable for `recovery_days` (7 to 30, default 7).
+    /// Returns the end of the recovery window.
+    pub async fn delete(
+        &self,
+        caller: &Caller,
+        service: &str,
+        name: &str,
+        recovery_days: Option<u32>,
+    ) -> Result<u64, SecretsError> {
+        Self::check_names(service, name)?;
+        let days = recovery_days.unwrap_or(DEFAULT_RECOVERY_DAYS);
+        if !(7..=30).contains(&days) {
+            return Err(SecretsError::InvalidRequest(format!(
+                "recovery window {days} days is outside 7..=30"
+            )));
+        }
+        self.authorise(caller, "secrets:delete", service, name)
+            .await?;
+        let now = self.clock.unix_secs();
+        let until = now + u64::from(days) * DAY;
+        self.modify(&caller.principal.environment, service, name, |r| {
+            if r.deleted.is_some() {
+                return Err(SecretsError::InvalidRequest(format!(
+                    "secret {name} is already deleted"
+                )));
+            }
+            r.deleted = Some(Deletion {
+                deleted_at: now,
+                recover_until: until,
+            });
+            Ok(())
+        })
+        .await?;
+        Ok(until)
+    }
+
+    /// Restores a deleted secret within its recovery window.
+    pub async fn restore(
+        &self,
+        caller: &Caller,
+        service: &str,
+        name: &str,
+    ) -> Result<(), SecretsError> {
+        Self::check_names(service, name)?;
+        self.authorise(caller, "secrets:restore", service, name)
+            .await?;
+        self.modify(&caller.principal.environment, service, name, |r| {
+            if r.deleted.take().is_none() {
+                return Err(SecretsError::InvalidRequest(format!(
+                    "secret {name} is not deleted"
+                )));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Removes for good every deleted secret whose recovery window ended by
+    /// `now`; for the scheduler. Returns the secrets removed.
+    pub async fn purge_due(&self, now: u64) -> Result<Vec<String>, SecretsError> {
+        let mut out = Vec::new();
+        for (id, e) in self.store.list(SECRETS_NS, "", usize::MAX >> 1).await? {
+            let Ok(r) = serde_json::from_slice::<SecretRecord>(&e.value) else {
+                continue;
+            };
+            if r.deleted.is_some_and(|d| d.recover_until <= now) {
+                let sys = Caller::system(&r.environment, "scheduler");
+                self.record_outcome(
+                    &sys,
+                    "secrets:purge",
+                    &r.service,
+                    &r.name,
+                    Outcome::Allowed,
+                    "recovery window ended".into(),
+                )
+                .await?;
+                self.store
+                    .delete(SECRETS_NS, &id, Expect::Version(e.version))
+                    .await?;
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Schedules (or with `None` stops) automatic rotation of a `postgres` secret.
+    pub async fn set_rotation(
+        &self,
+        caller: &Caller,
+        service: &str,
+        name: &str,
+        period_days: Option<u32>,
+    ) -> Result<(), SecretsError> {
+        Self::check_names(service, name)?;
+        if period_days.is_some_and(|d| !(1..=3650).contains(&d)) {
+            return Err(SecretsError::InvalidRequest(
+                "rotation period must be 1..=3650 days".into(),
+            ));
+        }
+        self.authorise(caller, "secrets:rotate", service, name)
+            .await?;
+        let now = self.clock.unix_secs();
+        self.modify(&caller.principal.environment, service, name, |r| {
+            if r.kind != SecretKind::Postgres {
+                return Err(SecretsError::NotRotatable(name.to_owned()));
+            }
+            r.rotation_period_days = period_days;
+            r.last_rotated_at.get_or_insert(now);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Rotates every scheduled secret whose period has run out by `now`; for
+    /// the scheduler. Returns `(secret, result)` for each one tried.
+    pub async fn rotate_due(
+        &self,
+        now: u64,
+    ) -> Result<Vec<(String, Result<u32, SecretsError>)>, SecretsError> {
+        let mut out = Vec::new();
+        for (id, e) in self.store.list(SECRETS_NS, "", usize::MAX >> 1).await? {
+            let Ok(r) = serde_json::from_slice::<SecretRecord>(&e.value) else {
+                continue;
+            };
+            let (Some(days), Some(last)) = (r.rotation_period_days, r.last_rotated_at) else {
+                continue;
+            };
+            if r.deleted.is_none() && last + u64::from(days) * DAY <= now {
+                let sys = Caller::system(&r.environment, "scheduler");
+                out.push((id, self.rotate(&sys, &r.service, &r.name).await));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Rotates a `postgres` secret's password now; returns the new version.
+    /// On any failure the previous version stays current and, if the server
+    /// was changed, the old password is put back.
+    pub async fn rotate(
+        &self,
+        caller: &Caller,
+        service: &str,
+        name: &str,
+    ) -> Result<u32, SecretsError> {
+        Self::check_names(service, name)?;
+        self.authorise(caller, "secrets:rotate", service, name)
+            .await?;
+        let res = self.rotate_inner(caller, service, name).await;
+        let (outcome, reason) = match &res {
+            Ok(v) => (Outcome::Allowed, format!("rotated to version {v}")),
+            Err(e) => (Outcome::Error, e.to_string()),
+        };
+        self.record_outcome(caller, "secrets:rotated", service, name, outcome, reason)
+            .await?;
+        res
+    }
+
+    async fn rotate_inner(
+        &self,
+        caller: &Caller,
+        service: &str,
+        name: &str,
+    ) -> Result<u32, SecretsError> {
+        let env = caller.principal.environment.clone();
+        let fail = |step, message: String, reverted| SecretsError::Rotation {
+            step,
+            message,
+            reverted,
+        };
+        // Prepare.
+        let (r, _) = self.read(&env, service, name).await?;
+        if r.kind != SecretKind::Postgres {
+            return Err(SecretsError::NotRotatable(name.to_owned()));
+        }
+        if let Some(d) = r.deleted {
+            return Err(SecretsError::Deleted {
+                name: name.to_owned(),
+                recover_until: d.recover_until,
+            });
+        }
+        let cur = r
+            .versions
+            .last()
+            .ok_or_else(|| SecretsError::NotFound(name.to_owned()))?;
+        let old: PostgresSecret =
+            serde_json::from_slice(self.open(caller, &r, cur).await?.expose())
+                .map_err(|e| fail(RotationStep::Prepare, format!("stored value: {e}"), true))?;
+        let (admin_user, admin_password) = match &old.admin {
+            PostgresAdmin::Inline { user, password } => {
+                (user.clone(), zeroize::Zeroizing::new(password.clone()))
+            }
+            PostgresAdmin::Secret { name: admin } => {
+                let (ar, _) = self.read(&env, service, admin).await?;
+                let av = ar
+                    .versions
+                    .last()
+                    .ok_or_else(|| SecretsError::NotFound(admin.clone()))?;
+                let a: PostgresSecret = serde_json::from_slice(
+                    self.open(caller, &ar, av).await?.expose(),
+                )
+                .map_err(|e| {
+                    fail(
+                        RotationStep::Prepare,
+                        format!("admin secret {admin}: {e}"),
+                        true,
+                    )
+                })?;
+                (a.user.clone(), zeroize::Zeroizing::new(a.password.clone()))
+            }
+        };
+        let mut new = old.clone();
+        new.password = postgres::generate_password()?;
+        let new_json = zeroize::Zeroizing::new(
+            serde_json::to_vec(&new).map_err(|e| SecretsError::Corrupt(e.to_string()))?,
+        );
+
+        // Stage: the new password is stored before the server knows it, so a
+        // crash after the next step never loses it.
+        let version = r.current().max(r.pending.as_ref().map_or(0, |p| p.version)) + 1;
+        let staged = self.seal(caller, &r, version, &new_json).await?;
+        self.modify(&env, service, name, |rec| {
+            rec.pending = Some(staged.clone());
+            Ok(())
+        })
+        .await
+        .map_err(|e| fail(RotationStep::Stage, e.to_string(), true))?;
+        let unstage = || async {
+            let _ = self
+                .modify(&env, service, name, |rec| {
+                    rec.pending = None;
+                    Ok(())
+                })
+                .await;
+        };
+
+        // Set.
+        if let Err(m) =
+            postgres::set_password(&old, &admin_user, &admin_password, &new.password).await
+        {
+            unstage().await;
+            return Err(fail(RotationStep::SetPassword, m, true));
+        }
+        let revert = || async {
+            postgres::set_password(&old, &admin_user, &admin_password, &old.password)
+                .await
+                .is_ok()
+        };
+
+        // Verify.
+        let verified = match self.fault() {
+            Some(RotationFault::FailVerify) => Err("injected verification failure".to_owned()),
+            _ => postgres::check_login(&new, &new.password).await,
+        };
+        if let Err(m) = verified {
+            let reverted = revert().await;
+            unstage().await;
+            return Err(fail(RotationStep::Verify, m, reverted));
+        }
+
+        // Promote.
+        let now = self.clock.unix_secs();
+        let promoted = match self.fault() {
+            Some(RotationFault::FailPromote) => Err(SecretsError::InvalidRequest(
+                "injected promotion failure".into(),
+            )),
+            _ => {
+                self.modify(&env, service, name, |rec| {
+                    let Some(p) = rec.pending.take() else {
+                        return Err(SecretsError::Conflict(name.to_owned()));
+                    };
+                    rec.versions.push(p);
+                    if rec.versions.len() > MAX_VERSIONS {
+                        rec.versions.remove(0);
+                    }
+                    rec.updated_at = now;
+                    rec.last_rotated_at = Some(now);
+                    Ok(())
+                })
+                .await
+            }
+        };
+        if let Err(e) = promoted {
+            let reverted = revert().await;
+            unstage().await;
+            return Err(fail(RotationStep::Promote, e.to_string(), reverted));
+        }
+        Ok(version)
+    }
+
+    /// The current version of each named secret of `service` (for `--watch`).
+    pub async fn current_versions(
+        &self,
+        caller: &Caller,
+        service: &str,
+        names: &[String],
+    ) -> Result<BTreeMap<String, u32>, SecretsError> {
+        let mut out = BTreeMap::new();
+        for name in names {
+            Self::check_names(service, name)?;
+            self.authorise(caller, "secrets:get", service, name).await?;
+            let (r, _) = self
+                .read(&caller.principal.environment, service, name)
+                .await?;
+            out.insert(name.clone(), r.current());
+        }
+        Ok(out)
+    }
+
+    /// Resolves `service`'s secrets into environment variables: `mapping`
+    /// maps a secret name to a variable name. Each read is authorised and
+    /// audited; values must be UTF-8.
+    pub async fn resolve_env(
+        &self,
+        caller: &Caller,
+        service: &str,
+        mapping: &BTreeMap<String, String>,
+    ) -> Result<crate::EnvMap, SecretsError> {
+        let mut env = crate::EnvMap::default();
+        for (secret, var) in mapping {
+            let ok_var = !var.is_empty()
+                && var
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+                && !var.as_bytes().first().is_some_and(u8::is_ascii_digit);
+            if !ok_var {
+                return Err(SecretsError::InvalidRequest(format!(
+                    "{var:?} is not a valid environment variable name (A-Z, 0-9, _)"
+                )));
+            }
+            let v = self.get(caller, service, secret, None).await?;
+            let text = std::str::from_utf8(v.value.expose()).map_err(|_| {
+                SecretsError::InvalidRequest(format!(
+                    "secret {secret} is not UTF-8; it cannot be an environment variable"
+                ))
+            })?;
+            env.insert(var.clone(), text.to_owned(), v.version, secret.clone());
+        }
+        Ok(env)
+    }
+
+    /// The keys plane this service encrypts through.
+    pub fn keys(&self) -> &KeyService {
+        &self.keys
+    }
+}

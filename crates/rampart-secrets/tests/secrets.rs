@@ -1,0 +1,674 @@
+//! The secrets plane end to end: real store, root key, keys plane and audit
+//! log; PostgreSQL rotation against a real server when RAMPART_TEST_PG_URL
+//! is set (see scripts/with-postgres).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rampart_audit::{Audit, AuditKeys, AuditOptions, FaultInjector, Outcome, Query};
+use rampart_core::{Clock, ManualClock};
+use rampart_crypto::RootKey;
+use rampart_keys::policy::{Conditions, Effect, Statement};
+use rampart_keys::{Auditor, Caller, KeyService, KeysError, Policies, Principal};
+use rampart_secrets::{
+    run_watching, run_with_secrets, PostgresAdmin, PostgresSecret, RotationFault, RotationStep,
+    SecretKind, SecretService, SecretsError,
+};
+use rampart_store::{Keyring, RootKeySource, SqliteStore, Store};
+
+const T0: u64 = 1_795_600_000;
+const DAY: u64 = 86_400;
+
+struct Kit {
+    secrets: SecretService,
+    audit: Arc<Audit>,
+    fault: Arc<FaultInjector>,
+    clock: Arc<ManualClock>,
+    store: Arc<dyn Store>,
+    dir: tempfile::TempDir,
+}
+
+fn stmt(id: &str, principals: &[&str], actions: &[&str], resources: &[&str]) -> Statement {
+    Statement {
+        id: id.into(),
+        effect: Effect::Allow,
+        principals: principals.iter().map(|s| s.to_string()).collect(),
+        actions: actions.iter().map(|s| s.to_string()).collect(),
+        resources: resources.iter().map(|s| s.to_string()).collect(),
+        conditions: Conditions::default(),
+    }
+}
+
+fn via_secrets(mut s: Statement) -> Statement {
+    s.conditions.via_services = vec!["secrets".into()];
+    s
+}
+
+async fn kit() -> Kit {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::at_unix_secs(T0));
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory(clock.clone()).unwrap());
+    let keyring = Arc::new(
+        Keyring::initialise(
+            store.clone(),
+            RootKey::generate().unwrap(),
+            RootKeySource::Env,
+            None,
+            T0,
+        )
+        .await
+        .unwrap(),
+    );
+    let fault = FaultInjector::new();
+    let mut opts = AuditOptions::new(dir.path().join("audit"));
+    opts.fault = Some(fault.clone());
+    let (audit, _) = Audit::open(opts, AuditKeys::generate().unwrap(), clock.clone()).unwrap();
+    let audit = Arc::new(audit);
+    let keys = KeyService::new(
+        keyring,
+        Policies::new(store.clone()),
+        Auditor::new(audit.clone(), "n1"),
+        clock.clone(),
+    );
+    keys.policies()
+        .set(
+            "prod",
+            vec![
+                stmt(
+                    "payments-secrets",
+                    &["service:payments"],
+                    &["secrets:*"],
+                    &["secret:payments/*"],
+                ),
+                via_secrets(stmt(
+                    "payments-key",
+                    &["service:payments"],
+                    &["keys:generate-data-key", "keys:decrypt"],
+                    &["key:svc.payments"],
+                )),
+                // A mistake: orders may read payments' secrets at the secrets
+                // layer, but not use payments' key. The keys plane still says no.
+                stmt(
+                    "orders-oops",
+                    &["service:orders"],
+                    &["secrets:get"],
+                    &["secret:payments/oops"],
+                ),
+                stmt("ops", &["role:ops"], &["secrets:*"], &["secret:*"]),
+                via_secrets(stmt("ops-keys", &["role:ops"], &["keys:*"], &["key:*"])),
+            ],
+        )
+        .await
+        .unwrap();
+    keys.policies()
+        .set("staging", vec![stmt("open", &["*"], &["*"], &["*"])])
+        .await
+        .unwrap();
+    let secrets = SecretService::new(keys, store.clone(), clock.clone());
+    Kit {
+        secrets,
+        audit,
+        fault,
+        clock,
+        store,
+        dir,
+    }
+}
+
+fn payments() -> Caller {
+    Caller::direct(Principal::service("prod", "payments"))
+}
+
+fn ops() -> Caller {
+    Caller::direct(Principal::user("prod", "alice", &["ops"]))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_put_get_list_and_nothing_in_clear() {
+    let k = kit().await;
+    let s = &k.secrets;
+    assert_eq!(
+        s.put(
+            &payments(),
+            "payments",
+            "api-key",
+            b"first-value",
+            SecretKind::Generic
+        )
+        .await
+        .unwrap(),
+        1
+    );
+    assert_eq!(
+        s.put(
+            &payments(),
+            "payments",
+            "api-key",
+            b"second-value",
+            SecretKind::Generic
+        )
+        .await
+        .unwrap(),
+        2
+    );
+    s.put(
+        &payments(),
+        "payments",
+        "db-url",
+        b"postgres://x",
+        SecretKind::Generic,
+    )
+    .await
+    .unwrap();
+    let latest = s
+        .get(&payments(), "payments", "api-key", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (latest.version, latest.value.expose()),
+        (2, &b"second-value"[..])
+    );
+    assert!(!format!("{latest:?}").contains("second"));
+    let v1 = s
+        .get(&payments(), "payments", "api-key", Some(1))
+        .await
+        .unwrap();
+    assert_eq!(v1.value.expose(), b"first-value");
+    assert!(matches!(
+        s.get(&payments(), "payments", "api-key", Some(9)).await,
+        Err(SecretsError::UnknownVersion { .. })
+    ));
+    assert!(matches!(
+        s.get(&payments(), "payments", "nope", None).await,
+        Err(SecretsError::NotFound(_))
+    ));
+    let list = s.list(&payments(), "payments").await.unwrap();
+    assert_eq!(
+        list.iter()
+            .map(|m| (m.name.as_str(), m.current_version))
+            .collect::<Vec<_>>(),
+        [("api-key", 2), ("db-url", 1)]
+    );
+    // No value is stored in the clear anywhere in the store.
+    for ns in ["secrets", "keys"] {
+        for (_, e) in k.store.list(ns, "", 1000).await.unwrap() {
+            let text = String::from_utf8_lossy(&e.value);
+            assert!(
+                !text.contains("value") && !text.contains("postgres://"),
+                "{ns}: {text}"
+            );
+        }
+    }
+    // The service's own key was made for it.
+    let key = k
+        .secrets
+        .keys()
+        .describe(&Caller::system("prod", "t"), "svc.payments")
+        .await
+        .unwrap();
+    assert_eq!(key.current_version, 1);
+    let too_big = vec![b'x'; rampart_secrets::MAX_SECRET_BYTES + 1];
+    assert!(matches!(
+        s.put(
+            &payments(),
+            "payments",
+            "big",
+            &too_big,
+            SecretKind::Generic
+        )
+        .await,
+        Err(SecretsError::InvalidRequest(_))
+    ));
+    assert!(matches!(
+        s.put(
+            &payments(),
+            "payments",
+            "pg",
+            b"{\"host\":1}",
+            SecretKind::Postgres
+        )
+        .await,
+        Err(SecretsError::InvalidRequest(_))
+    ));
+    assert!(matches!(
+        s.put(
+            &payments(),
+            "payments",
+            "Bad/Name",
+            b"x",
+            SecretKind::Generic
+        )
+        .await,
+        Err(SecretsError::Keys(KeysError::InvalidName(_)))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_service_and_cross_environment_are_denied() {
+    let k = kit().await;
+    let s = &k.secrets;
+    s.put(&payments(), "payments", "db", b"pw", SecretKind::Generic)
+        .await
+        .unwrap();
+    s.put(&payments(), "payments", "oops", b"pw", SecretKind::Generic)
+        .await
+        .unwrap();
+    let orders = Caller::direct(Principal::service("prod", "orders"));
+    let err = s.get(&orders, "payments", "db", None).await.unwrap_err();
+    assert!(
+        matches!(&err, SecretsError::Denied { reason } if reason.starts_with("default deny")),
+        "{err}"
+    );
+    assert!(matches!(
+        s.list(&orders, "payments").await,
+        Err(SecretsError::Denied { .. })
+    ));
+    // The secrets-layer mistake is caught by the key policy.
+    let err = s.get(&orders, "payments", "oops", None).await.unwrap_err();
+    assert!(
+        matches!(err, SecretsError::Keys(KeysError::Denied { .. })),
+        "{err}"
+    );
+    // A staging principal under an allow-everything staging policy sees
+    // nothing of prod: its names resolve in staging only.
+    let staging = Caller::direct(Principal::service("staging", "payments"));
+    assert!(matches!(
+        s.get(&staging, "payments", "db", None).await,
+        Err(SecretsError::NotFound(_))
+    ));
+    let denied = k
+        .audit
+        .search(&Query {
+            outcome: Some(Outcome::Denied),
+            ..Query::default()
+        })
+        .unwrap();
+    assert!(denied.len() >= 3);
+    assert!(denied
+        .iter()
+        .any(|r| r.event.resource == "prod/secret:payments/db"
+            && r.event.actor.principal == "svc:orders"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_restore_and_purge_after_the_window() {
+    let k = kit().await;
+    let s = &k.secrets;
+    s.put(&payments(), "payments", "db", b"pw", SecretKind::Generic)
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.delete(&payments(), "payments", "db", Some(3)).await,
+        Err(SecretsError::InvalidRequest(_))
+    ));
+    let until = s.delete(&payments(), "payments", "db", None).await.unwrap();
+    assert_eq!(until, T0 + 7 * DAY);
+    assert!(matches!(
+        s.get(&payments(), "payments", "db", None).await,
+        Err(SecretsError::Deleted { .. })
+    ));
+    assert_eq!(
+        s.list(&payments(), "payments").await.unwrap()[0].recover_until,
+        Some(until)
+    );
+    s.restore(&payments(), "payments", "db").await.unwrap();
+    assert_eq!(
+        s.get(&payments(), "payments", "db", None)
+            .await
+            .unwrap()
+            .value
+            .expose(),
+        b"pw"
+    );
+    s.delete(&payments(), "payments", "db", Some(8))
+        .await
+        .unwrap();
+    k.clock.advance(Duration::from_secs(7 * DAY));
+    assert!(s.purge_due(k.clock.unix_secs()).await.unwrap().is_empty());
+    k.clock.advance(Duration::from_secs(DAY));
+    assert_eq!(
+        s.purge_due(k.clock.unix_secs()).await.unwrap(),
+        vec!["prod/payments/db".to_string()]
+    );
+    assert!(matches!(
+        s.get(&payments(), "payments", "db", None).await,
+        Err(SecretsError::NotFound(_))
+    ));
+    assert!(matches!(
+        s.restore(&payments(), "payments", "db").await,
+        Err(SecretsError::NotFound(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_refusal_refuses_access() {
+    let k = kit().await;
+    k.secrets
+        .put(&payments(), "payments", "db", b"pw", SecretKind::Generic)
+        .await
+        .unwrap();
+    k.fault.fail_syncs(true);
+    let err = k
+        .secrets
+        .get(&payments(), "payments", "db", None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, SecretsError::Keys(KeysError::Audit(_))),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_injects_secrets_and_watch_restarts_on_change() {
+    let k = kit().await;
+    let s = &k.secrets;
+    s.put(
+        &payments(),
+        "payments",
+        "db-password",
+        b"s3cret one",
+        SecretKind::Generic,
+    )
+    .await
+    .unwrap();
+    let mapping: BTreeMap<String, String> =
+        [("db-password".to_string(), "DB_PASSWORD".to_string())].into();
+    let env = s
+        .resolve_env(&payments(), "payments", &mapping)
+        .await
+        .unwrap();
+    assert!(!format!("{env:?}").contains("s3cret"));
+    let args = vec![
+        "-c".to_string(),
+        "test \"$DB_PASSWORD\" = 's3cret one'".to_string(),
+    ];
+    assert!(run_with_secrets("sh", &args, &env).await.unwrap().success());
+    let args = vec![
+        "-c".to_string(),
+        "test \"$DB_PASSWORD\" = 'other'".to_string(),
+    ];
+    assert!(!run_with_secrets("sh", &args, &env).await.unwrap().success());
+    let bad: BTreeMap<String, String> = [("db-password".to_string(), "lower".to_string())].into();
+    assert!(s.resolve_env(&payments(), "payments", &bad).await.is_err());
+
+    // --watch: the child writes what it saw, then waits; a new version restarts it.
+    let out = k.dir.path().join("seen");
+    let script = format!("echo \"$DB_PASSWORD\" >> {}; sleep 1", out.display());
+    let args = vec!["-c".to_string(), script];
+    let watcher = {
+        let s = s.clone();
+        let mapping = mapping.clone();
+        tokio::spawn(async move {
+            run_watching(
+                &s,
+                &payments(),
+                "payments",
+                &mapping,
+                "sh",
+                &args,
+                Duration::from_millis(100),
+                1,
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    s.put(
+        &payments(),
+        "payments",
+        "db-password",
+        b"s3cret two",
+        SecretKind::Generic,
+    )
+    .await
+    .unwrap();
+    let report = watcher.await.unwrap().unwrap();
+    assert_eq!(report.restarts, 1);
+    assert!(report.status.success());
+    let seen = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(seen, "s3cret one\ns3cret two\n");
+}
+
+// ----- PostgreSQL -----
+
+struct PgUrl {
+    user: String,
+    password: String,
+    host: String,
+    port: u16,
+}
+
+fn pg_url() -> Option<PgUrl> {
+    let Ok(url) = std::env::var("RAMPART_TEST_PG_URL") else {
+        println!("SKIP: RAMPART_TEST_PG_URL is not set; run under scripts/with-postgres for the PostgreSQL rotation tests");
+        return None;
+    };
+    let rest = url.strip_prefix("postgres://").expect("postgres:// URL");
+    let (creds, hostpart) = rest.rsplit_once('@').unwrap();
+    let (user, password) = creds.split_once(':').unwrap();
+    let hostport = hostpart.split('/').next().unwrap();
+    let (host, port) = hostport.rsplit_once(':').unwrap();
+    Some(PgUrl {
+        user: user.into(),
+        password: password.into(),
+        host: host.into(),
+        port: port.parse().unwrap(),
+    })
+}
+
+async fn login(pg: &PgUrl, user: &str, password: &str) -> bool {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host(&pg.host)
+        .port(pg.port)
+        .dbname("postgres")
+        .user(user)
+        .password(password);
+    match cfg.connect(tokio_postgres::NoTls).await {
+        Ok((client, conn)) => {
+            tokio::spawn(conn);
+            client.simple_query("SELECT 1").await.is_ok()
+        }
+        Err(_) => false,
+    }
+}
+
+async fn admin_exec(pg: &PgUrl, sql: &str) {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host(&pg.host)
+        .port(pg.port)
+        .dbname("postgres")
+        .user(&pg.user)
+        .password(&pg.password);
+    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    client.batch_execute(sql).await.unwrap();
+}
+
+fn app_secret(pg: &PgUrl, role: &str, password: &str, admin: PostgresAdmin) -> Vec<u8> {
+    let s = PostgresSecret {
+        host: pg.host.clone(),
+        port: pg.port,
+        dbname: "postgres".into(),
+        user: role.into(),
+        password: password.into(),
+        admin,
+    };
+    serde_json::to_vec(&s).unwrap()
+}
+
+fn password_of(v: &rampart_secrets::SecretValue) -> String {
+    serde_json::from_slice::<PostgresSecret>(v.value.expose())
+        .unwrap()
+        .password
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_rotation_on_demand_and_scheduled() {
+    let Some(pg) = pg_url() else { return };
+    let k = kit().await;
+    let s = &k.secrets;
+    let role = format!("app_{}", T0 % 100_000 + u64::from(std::process::id()));
+    admin_exec(
+        &pg,
+        &format!("DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN PASSWORD 'initial-pw'"),
+    )
+    .await;
+    assert!(login(&pg, &role, "initial-pw").await);
+    // The admin credentials live in their own secret, referenced by name.
+    let admin = app_secret(
+        &pg,
+        &pg.user,
+        &pg.password,
+        PostgresAdmin::Inline {
+            user: "unused".into(),
+            password: "unused".into(),
+        },
+    );
+    s.put(&ops(), "payments", "pg-admin", &admin, SecretKind::Postgres)
+        .await
+        .unwrap();
+    let value = app_secret(
+        &pg,
+        &role,
+        "initial-pw",
+        PostgresAdmin::Secret {
+            name: "pg-admin".into(),
+        },
+    );
+    s.put(&payments(), "payments", "db", &value, SecretKind::Postgres)
+        .await
+        .unwrap();
+
+    assert_eq!(s.rotate(&payments(), "payments", "db").await.unwrap(), 2);
+    let v2 = s.get(&payments(), "payments", "db", None).await.unwrap();
+    let pw2 = password_of(&v2);
+    assert_eq!(pw2.len(), 40);
+    assert!(login(&pg, &role, &pw2).await, "new password works");
+    assert!(
+        !login(&pg, &role, "initial-pw").await,
+        "old password no longer works"
+    );
+    assert_eq!(
+        password_of(&s.get(&payments(), "payments", "db", Some(1)).await.unwrap()),
+        "initial-pw"
+    );
+
+    // Scheduled: every 30 days.
+    s.set_rotation(&payments(), "payments", "db", Some(30))
+        .await
+        .unwrap();
+    assert!(s.rotate_due(k.clock.unix_secs()).await.unwrap().is_empty());
+    k.clock.advance(Duration::from_secs(30 * DAY));
+    let done = s.rotate_due(k.clock.unix_secs()).await.unwrap();
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].0, "prod/payments/db");
+    assert_eq!(*done[0].1.as_ref().unwrap(), 3);
+    let pw3 = password_of(&s.get(&payments(), "payments", "db", None).await.unwrap());
+    assert!(login(&pg, &role, &pw3).await);
+    assert!(!login(&pg, &role, &pw2).await);
+    admin_exec(&pg, &format!("DROP ROLE {role}")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_rotation_failing_midway_leaves_the_old_password_working() {
+    let Some(pg) = pg_url() else { return };
+    let k = kit().await;
+    let s = &k.secrets;
+    let role = format!("app_fail_{}", std::process::id());
+    admin_exec(
+        &pg,
+        &format!("DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN PASSWORD 'keep-me'"),
+    )
+    .await;
+    let admin = PostgresAdmin::Inline {
+        user: pg.user.clone(),
+        password: pg.password.clone(),
+    };
+    s.put(
+        &payments(),
+        "payments",
+        "db",
+        &app_secret(&pg, &role, "keep-me", admin),
+        SecretKind::Postgres,
+    )
+    .await
+    .unwrap();
+
+    for (fault, step) in [
+        (RotationFault::FailVerify, RotationStep::Verify),
+        (RotationFault::FailPromote, RotationStep::Promote),
+    ] {
+        s.inject_rotation_fault(Some(fault));
+        let err = s.rotate(&payments(), "payments", "db").await.unwrap_err();
+        assert!(
+            matches!(&err, SecretsError::Rotation { step: st, reverted: true, .. } if *st == step),
+            "{err}"
+        );
+        assert!(
+            login(&pg, &role, "keep-me").await,
+            "old password still works after {step}"
+        );
+        let cur = s.get(&payments(), "payments", "db", None).await.unwrap();
+        assert_eq!((cur.version, password_of(&cur)), (1, "keep-me".to_string()));
+    }
+    // A bad admin password fails before anything changes.
+    s.inject_rotation_fault(None);
+    let bad_admin = PostgresAdmin::Inline {
+        user: pg.user.clone(),
+        password: "wrong".into(),
+    };
+    s.put(
+        &payments(),
+        "payments",
+        "db",
+        &app_secret(&pg, &role, "keep-me", bad_admin),
+        SecretKind::Postgres,
+    )
+    .await
+    .unwrap();
+    let err = s.rotate(&payments(), "payments", "db").await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SecretsError::Rotation {
+                step: RotationStep::SetPassword,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(login(&pg, &role, "keep-me").await);
+    // Rotation outcomes are on record.
+    let rec = k
+        .audit
+        .search(&Query {
+            action: Some("secrets:rotated".into()),
+            ..Query::default()
+        })
+        .unwrap();
+    assert_eq!(rec.len(), 3);
+    assert!(rec.iter().all(|r| r.event.outcome == Outcome::Error));
+    admin_exec(&pg, &format!("DROP ROLE {role}")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_a_generic_secret_is_refused() {
+    let k = kit().await;
+    k.secrets
+        .put(&payments(), "payments", "x", b"y", SecretKind::Generic)
+        .await
+        .unwrap();
+    assert!(matches!(
+        k.secrets.rotate(&payments(), "payments", "x").await,
+        Err(SecretsError::NotRotatable(_))
+    ));
+    assert!(matches!(
+        k.secrets
+            .set_rotation(&payments(), "payments", "x", Some(30))
+            .await,
+        Err(SecretsError::NotRotatable(_))
+    ));
+}

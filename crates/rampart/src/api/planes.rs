@@ -1,0 +1,495 @@
+//! `/v1/keys`, `/v1/secrets`, `/v1/tokens` and `/v1/policies`: HTTP in front
+//! of the keys and secrets planes. Handlers only translate: JSON and base64
+//! in, a [`Caller`] built from the credential, plane call, JSON out.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use rampart_keys::policy::Statement;
+use rampart_keys::{Caller, KeySpec, Principal};
+use rampart_secrets::SecretKind;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::json::ApiJson;
+use super::{ApiError, Authenticated, Credential, RequestMeta, SharedState};
+
+/// The routes of the keys and secrets planes.
+pub fn routes() -> Router<SharedState> {
+    Router::new()
+        .route("/v1/keys/{env}", get(list_keys).post(create_key))
+        .route("/v1/keys/{env}/decrypt", post(decrypt))
+        .route("/v1/keys/{env}/rewrap", post(rewrap))
+        .route("/v1/keys/{env}/{name}", get(describe_key))
+        .route("/v1/keys/{env}/{name}/encrypt", post(encrypt))
+        .route("/v1/keys/{env}/{name}/data-key", post(data_key))
+        .route("/v1/keys/{env}/{name}/rotate", post(rotate_key))
+        .route(
+            "/v1/keys/{env}/{name}/schedule-deletion",
+            post(schedule_deletion),
+        )
+        .route(
+            "/v1/keys/{env}/{name}/cancel-deletion",
+            post(cancel_deletion),
+        )
+        .route("/v1/secrets/{env}/{service}", get(list_secrets))
+        .route(
+            "/v1/secrets/{env}/{service}/{name}",
+            put(put_secret).get(get_secret).delete(delete_secret),
+        )
+        .route(
+            "/v1/secrets/{env}/{service}/{name}/restore",
+            post(restore_secret),
+        )
+        .route(
+            "/v1/secrets/{env}/{service}/{name}/rotate",
+            post(rotate_secret),
+        )
+        .route("/v1/tokens", post(issue_token))
+        .route("/v1/tokens/{id}", axum::routing::delete(revoke_token))
+        .route("/v1/policies/{env}", get(get_policy).put(put_policy))
+}
+
+/// The caller a credential stands for, acting in environment `env`.
+/// An admin acts in the environment named by the path, through the baseline
+/// policy that allows `role:admin`; a service token acts only in its own
+/// environment (the planes enforce the wall as well).
+fn caller(who: &Authenticated, meta: &RequestMeta, env: &str) -> Result<Caller, ApiError> {
+    let principal = match &who.0 {
+        Credential::Admin(p) => {
+            let roles: Vec<&str> = p.roles.iter().map(String::as_str).collect();
+            Principal::user(env, &p.principal, &roles)
+        }
+        Credential::Service(p) => {
+            if p.environment != env {
+                return Err(ApiError::forbidden(format!(
+                    "a credential of environment {:?} cannot act in {env:?}",
+                    p.environment
+                )));
+            }
+            p.clone()
+        }
+    };
+    let mut c = Caller::direct(principal);
+    c.request_id = Some(meta.request_id.clone());
+    c.source = Some(meta.peer.to_string());
+    c.auth = who.auth_method().to_string();
+    Ok(c)
+}
+
+fn require_admin(who: &Authenticated) -> Result<(), ApiError> {
+    match who.0 {
+        Credential::Admin(_) => Ok(()),
+        Credential::Service(_) => Err(ApiError::forbidden(
+            "this endpoint needs an admin credential",
+        )),
+    }
+}
+
+fn b64(field: &'static str, text: &str) -> Result<Vec<u8>, ApiError> {
+    B64.decode(text.as_bytes()).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_base64",
+            format!("{field} is not valid base64"),
+        )
+        .with_field(field)
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateKey {
+    name: String,
+    #[serde(default)]
+    description: String,
+    rotation_period_days: Option<u32>,
+}
+
+async fn create_key(
+    State(st): State<SharedState>,
+    who: Authenticated,
+    meta: RequestMeta,
+    Path(env): Path<String>,
+    ApiJson(body): ApiJson<CreateKey>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let c = caller(&who, &meta, &env)?;
+    let spec = KeySpec {
+        description: body.description,
+        rotation_period_days: body.rotation_period_days,
+    };
+    let info = st.planes()?.keys.create_key(&c, &body.name, spec).await?;
+    Ok((StatusCode::CREATED, Json(json!(info))))
+}
+
+async fn list_keys(
+    State(st): State<SharedState>,
+    who: Authenticated,
+    meta: RequestMeta,
+    Path(env): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let c = caller(&who, &meta, &env)?;
+    let keys = st.planes()?.keys.list_keys(&c).await?;
+    Ok(Json(json!({ "keys": keys })))
+}
+
+async fn describe_key(
+    State(st): State<SharedState>,
+    who: Authenticated,
+    meta: RequestMeta,
+    Path((env, name)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let c = caller(&who, &meta, &env)?;
+    Ok(Json(json!(st.planes()?.keys.describe(&c, &name).await?)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EncryptBody {
+    plaintext: String,
+    #[serde(default)]
+    context: BTreeMap<String, String>,
+}
+
+async fn encrypt(
+    State(st): State<SharedState>,
+    who: Authenticated,
+    meta: RequestMeta,
+    Path((env, name)): Path<(String, String)>,
+    ApiJson(body): ApiJson<EncryptBody>,
+) -> Result<Json<Value>, ApiError> {
+    let c = caller(&who, &meta, &env)?;
+    let plain = zeroize::Zeroizing::new(b64("plaintext", &body.plaintext)?);
+    let ct = st
+        .planes()?
+        .keys
+        .encrypt(&c, &name, &plain, &body.context)
+        .await?;
+    Ok(Json(json!({ "ciphertext": B64.encode(ct) })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CiphertextBody {
+    ciphertext: String,
+    #[serde(default)]
+    context: BTreeMap<String, String>,
+}
+
+async fn decrypt(
+    State(st): State<SharedState>,
+    who: Authenticated,
+    meta: RequestMeta,
+    Path(env): Path<String>,
+    ApiJson(body): ApiJson<CiphertextBody>,
+) -> Result<Json<Value>, ApiError> {
+    let c = caller(&who, &meta, &env)?;
+    let ct = b64("ciphertext", &body.ciphertext)?;
+    let plain = st.planes()?.keys.decrypt(&c, &ct, &body.context).await?;
+    Ok(Json(json!({ "plaintext": B64.encode(plain.expose()) })))
+}
+
+async fn rewrap(
+    State(st): State<SharedState>,
+    who: Authenticated,
+    meta: RequestMeta,
+    Path(env): Path<String>,
+    ApiJson(body): ApiJson<CiphertextBody>,
+) -> Result<Json<Value>, ApiError> {
+    let c = caller(&who, &meta, &env)?;
+    let ct = b64("ciphertext", &body.ciphertext)?;
+    let out = st.planes()?.keys.rewrap(&c, &ct, &body.context).await?;
+    Ok(Json(json!({ "ciphertext": B64.encode(out) })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContextBody {
+    #[serde(default)]
+    context: BTreeMap<String, String>,
+}
+
+async fn data_key(
+    State(st): State<SharedState>,
+    who: Authenticated,
+    meta: RequestMeta,
+    Path((env, name)): Path<(String, String)>,
+    ApiJson(body): ApiJson<ContextBody>,
+) -> Result<Json<Value>, ApiError> {
+    let c = caller(&who, &meta, &env)?;
+    let dk = st
+        .planes()?
+        .keys
+        .generate_data_key(&c, &name, &body.context)
+        .await?;
+    Ok(Json(json!({
+        "plaintext": B64.encode(dk.plaintext.expose()),
+        "ciphertext": B64.encode(&dk.wrapped),
+    })))
+}
+
+async fn rotate_key(
+    State(st): State<SharedState>,
+    who: Authenticated,
+    meta: RequestMeta,
+    Path((env, name)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let c = caller(&who, &meta, &env)?;
+    let v = st.planes()?.keys.rotate(&c, &name).await?;
+    Ok(Json(json!({ "version": v })))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DeletionBody {
+    days: Option<u32>,
+}
+
+async fn schedule_deletion(
+    State(st): State<SharedState>,
+    who: Authenticated,
+    meta: RequestMeta,
+    Path((env, name)): Path<(String, String)>,
+    ApiJson(body): ApiJson<DeletionBody>,
+) -> Result<Json<Value>, ApiError> {
+    let c = caller(&who, &meta, &env)?;
+    let at = st
+        .planes()?
+        .keys
+        .schedule_deletion(&c, &name, body.days)
+        .await?;
+    Ok(Json(json!({ "delete_at": at })))
+}
+
+async fn cancel_deletion(
+    State(st): State<SharedState>,
+    who: Authenticated,
+    meta: RequestMeta,
+    Path((env, name)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let c = caller(&who, &meta, &env)?;
+    st.planes()?.keys.cancel_deletion(&c, &name).await?;
+    Ok(Json(json!({ "cancelled": true })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutSecret {
+    /// The value as text, or
+    value: Option<String>,
+    /// the value as base64 for binary data.
+    value_base64: Option<String>,
+    #[serde(default = "generic")]
+    kind: SecretKind,
+}
+
+fn generic() -> SecretKind {
+    SecretKind::Generic
+}
+
+async fn put_secret(
+    State(st): State<SharedState>,
+    who: Authenticated,
+    meta: RequestMeta,
+    Path((env, service, name)): Path<(String, String, String)>,
+    ApiJson(body): ApiJson<PutSecret>,
+) -> Result<Json<Value>, ApiError> {
+    let c = caller(&who, &meta, &env)?;
+    let value = zeroize::Zeroizing::new(match (body.value, body.value_base64) {
+        (Some(v), None) => v.into_bytes(),
+        (None, Some(b)) => b64("value_base64", &b)?,
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                "give exactly one of value and value_base64",
+            )
+            .with_field("value"))
+        }
+    });
+    let v = st
+        .planes()?
+        .secrets
+        .put(&c, &service, &name, &value, body.kind)
+        .await?;
+    Ok(Json(json!({ "version": v })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VersionQuery {
+    version: Option<u32>,
+}
+
+async fn get_secret(
+    State(st): State<SharedState>,
+    who: Authenticated,
+    meta: RequestMeta,
+    Path((env, service, name)): Path<(String, String, String)>,
+    Query(q): Query<VersionQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let c = caller(&who, &meta, &env)?;
+    let s = st
+        .planes()?
+        .secrets
+        .get(&c, &service, &name, q.version)
+        .await?;
+    let bytes = s.value.expose();
+    Ok(Json(json!({
+        "version": s.version,
+        "kind": s.kind,
+        "created_at": s.created_at,
+        "value": std::str::from_utf8(bytes).ok(),
+        "value_base64": B64.encode(bytes),
+    })))
+}
+
+async fn list_secrets(
+    State(st): State<SharedState>,
+    who: Authenticated,
+    meta: RequestMeta,
+    Path((env, service)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let c = caller(&who, &meta, &env)?;
+    let list = st.planes()?.secrets.list(&c, &service).await?;
+    Ok(Json(json!({ "secrets": list })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecoveryQuery {
+    recovery_days: Option<u32>,
+}
+
+async fn delete_secret(
+    State(st): State<SharedState>,
+    who: Authenticated,
+    meta: RequestMeta,
+    Path((env, service, name)): Path<(String, String, String)>,
+    Query(q): Query<RecoveryQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let c = caller(&who, &meta, &env)?;
+    let until = st
+        .planes()?
+        .secrets
+        .delete(&c, &service, &name, q.recovery_days)
+        .await?;
+    Ok(Json(json!({ "recover_until": until })))
+}
+
+async fn restore_secret(
+    State(st): State<SharedState>,
+    who: Authenticated,
+    meta: RequestMeta,
+    Path((env, service, name)): Path<(String, String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let c = caller(&who, &meta, &env)?;
+    st.planes()?.secrets.restore(&c, &service, &name).await?;
+    Ok(Json(json!({ "restored": true })))
+}
+
+async fn rotate_secret(
+    State(st): State<SharedState>,
+    who: Authenticated,
+    meta: RequestMeta,
+    Path((env, service, name)): Path<(String, String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let c = caller(&who, &meta, &env)?;
+    let v = st.planes()?.secrets.rotate(&c, &service, &name).await?;
+    Ok(Json(json!({ "version": v })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IssueToken {
+    environment: String,
+    service: String,
+    #[serde(default)]
+    roles: Vec<String>,
+}
+
+async fn issue_token(
+    State(st): State<SharedState>,
+    who: Authenticated,
+    ApiJson(body): ApiJson<IssueToken>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    require_admin(&who)?;
+    if !st.environments.contains(&body.environment) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            format!("unknown environment {:?}", body.environment),
+        )
+        .with_field("environment"));
+    }
+    let issued = st
+        .planes()?
+        .tokens
+        .issue(
+            &body.environment,
+            &body.service,
+            &body.roles,
+            st.clock.unix_secs(),
+        )
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "id": issued.id,
+            "token": String::from_utf8_lossy(issued.token.expose()),
+        })),
+    ))
+}
+
+async fn revoke_token(
+    State(st): State<SharedState>,
+    who: Authenticated,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&who)?;
+    let revoked = st.planes()?.tokens.revoke(&id).await?;
+    if !revoked {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such token",
+        ));
+    }
+    Ok(Json(json!({ "revoked": true })))
+}
+
+async fn get_policy(
+    State(st): State<SharedState>,
+    who: Authenticated,
+    Path(env): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&who)?;
+    let statements = st.planes()?.keys.policies().get(&env).await?;
+    Ok(Json(json!({ "statements": *statements })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyBody {
+    statements: Vec<Statement>,
+}
+
+async fn put_policy(
+    State(st): State<SharedState>,
+    who: Authenticated,
+    Path(env): Path<String>,
+    ApiJson(body): ApiJson<PolicyBody>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&who)?;
+    st.planes()?
+        .keys
+        .policies()
+        .set(&env, body.statements)
+        .await?;
+    Ok(Json(json!({ "updated": true })))
+}

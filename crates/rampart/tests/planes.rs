@@ -1,0 +1,319 @@
+//! End-to-end: the keys, secrets and audit planes through the real binary,
+//! its control API and its client commands.
+
+mod util;
+
+use serde_json::json;
+use util::{stderr, stdout, Rampart};
+
+const CONFIG: &str = r#"
+[node]
+name = "e2e-1"
+
+[[environments]]
+name = "prod"
+
+[[environments]]
+name = "dev"
+
+[[services]]
+name = "api"
+environment = "prod"
+port = 8080
+secrets = { DB_PASSWORD = "db-password" }
+
+[[services]]
+name = "billing"
+environment = "prod"
+port = 8081
+
+[[keys]]
+name = "api-data"
+environment = "prod"
+service = "api"
+"#;
+
+fn b64(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// A node with the config above, its admin credential, and a running server.
+fn node() -> (Rampart, String, util::Server) {
+    let r = Rampart::new();
+    std::fs::write(r.path("rampart.toml"), CONFIG).unwrap();
+    let cred = r.init();
+    let srv = r.up(&["--config", "rampart.toml", "--data-dir", "data"]);
+    (r, cred, srv)
+}
+
+#[test]
+fn keys_through_the_api_allow_deny_and_refuse_bad_input() {
+    let (_r, admin, srv) = node();
+    let t = Some(admin.as_str());
+
+    // The declared key exists; encrypt and decrypt round-trip with the context bound.
+    let ct = srv.post(
+        "/v1/keys/prod/api-data/encrypt",
+        t,
+        json!({"plaintext": b64("card 4111"), "context": {"tenant": "acme"}}),
+    );
+    assert_eq!(ct.status, 200, "{}", ct.body);
+    let ciphertext = ct.json()["ciphertext"].as_str().unwrap().to_string();
+    let pt = srv.post(
+        "/v1/keys/prod/decrypt",
+        t,
+        json!({"ciphertext": ciphertext, "context": {"tenant": "acme"}}),
+    );
+    assert_eq!(pt.json()["plaintext"], b64("card 4111"));
+
+    // Wrong context, tampered ciphertext, bad base64, unknown field, unknown key: 4xx JSON naming it.
+    let wrong = srv.post(
+        "/v1/keys/prod/decrypt",
+        t,
+        json!({"ciphertext": ciphertext, "context": {"tenant": "evil"}}),
+    );
+    assert_eq!(
+        (wrong.status, wrong.json()["error"]["code"].as_str()),
+        (400, Some("decryption_failed"))
+    );
+    let mut raw =
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &ciphertext).unwrap();
+    let last = raw.len() - 1;
+    raw[last] ^= 1;
+    let tampered = srv.post(
+        "/v1/keys/prod/decrypt",
+        t,
+        json!({"ciphertext": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &raw), "context": {"tenant": "acme"}}),
+    );
+    assert_eq!(tampered.status, 400);
+    let bad = srv.post("/v1/keys/prod/decrypt", t, json!({"ciphertext": "%%%"}));
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.json()["error"]["field"], "ciphertext");
+    let truncated = srv.post("/v1/keys/prod/decrypt", t, json!({"ciphertext": b64("x")}));
+    assert_eq!(truncated.json()["error"]["code"], "malformed_ciphertext");
+    let unknown_field = srv.post(
+        "/v1/keys/prod/api-data/encrypt",
+        t,
+        json!({"plaintext": b64("x"), "contxt": {}}),
+    );
+    assert_eq!(unknown_field.status, 400);
+    assert_eq!(unknown_field.json()["error"]["field"], "contxt");
+    let malformed = srv.send("POST", "/v1/keys/prod/decrypt", t, "{\"ciphertext\": ");
+    assert_eq!(malformed.status, 400);
+    assert_eq!(malformed.json()["error"]["code"], "invalid_body");
+    let nokey = srv.post(
+        "/v1/keys/prod/nope/encrypt",
+        t,
+        json!({"plaintext": b64("x")}),
+    );
+    assert_eq!(nokey.status, 404);
+    let huge = srv.post(
+        "/v1/keys/prod/api-data/encrypt",
+        t,
+        json!({"plaintext": b64(&"x".repeat(100_000))}),
+    );
+    assert_eq!(huge.status, 413, "{}", huge.body);
+
+    // A service token: billing may not use api's key (default deny), and a
+    // prod token can never act in dev.
+    let issued = srv.post(
+        "/v1/tokens",
+        t,
+        json!({"environment": "prod", "service": "billing"}),
+    );
+    assert_eq!(issued.status, 201, "{}", issued.body);
+    let billing = issued.json()["token"].as_str().unwrap().to_string();
+    let denied = srv.post(
+        "/v1/keys/prod/api-data/encrypt",
+        Some(&billing),
+        json!({"plaintext": b64("x")}),
+    );
+    assert_eq!(denied.status, 403, "{}", denied.body);
+    let cross_env = srv.post(
+        "/v1/keys/dev/anything/encrypt",
+        Some(&billing),
+        json!({"plaintext": b64("x")}),
+    );
+    assert_eq!(cross_env.status, 403);
+    // Service tokens cannot issue tokens.
+    let escalate = srv.post(
+        "/v1/tokens",
+        Some(&billing),
+        json!({"environment": "prod", "service": "api"}),
+    );
+    assert_eq!(escalate.status, 403);
+
+    // Every decision is in the audit log, denials with their reason.
+    let events = srv
+        .get("/v1/audit/events?tier=security&outcome=denied", t)
+        .json();
+    let list = events["events"].as_array().unwrap();
+    assert!(
+        list.iter().any(|e| e["actor"]["principal"] == "svc:billing"
+            && e["action"] == "keys:encrypt"
+            && e["reason"].as_str().unwrap_or("").contains("default deny")),
+        "{events}"
+    );
+    let bad_range = srv.get(
+        "/v1/audit/events?from=2026-02-01T00:00:00Z&to=2026-01-01T00:00:00Z",
+        t,
+    );
+    assert_eq!(bad_range.status, 400);
+}
+
+#[test]
+fn secrets_cli_and_run_inject_without_writing_to_disk() {
+    let (r, admin, srv) = node();
+    let client = |args: &[&str]| {
+        let mut c = r.cmd(args);
+        c.env("RAMPART_TOKEN", &admin)
+            .env("RAMPART_ADDR", srv.base())
+            .env("RAMPART_DATA_DIR", r.path("data"))
+            .env("THE_PASSWORD", "hunter2-very-secret");
+        c.output().unwrap()
+    };
+    let put = client(&[
+        "secrets",
+        "put",
+        "--env",
+        "prod",
+        "--service",
+        "api",
+        "db-password",
+        "--value-env",
+        "THE_PASSWORD",
+    ]);
+    assert!(put.status.success(), "{}", stderr(&put));
+    let get = client(&[
+        "secrets",
+        "get",
+        "--env",
+        "prod",
+        "--service",
+        "api",
+        "db-password",
+    ]);
+    assert_eq!(stdout(&get).trim(), "hunter2-very-secret");
+
+    let run = client(&[
+        "run",
+        "--env",
+        "prod",
+        "--service",
+        "api",
+        "--config",
+        "rampart.toml",
+        "--",
+        "sh",
+        "-c",
+        "echo \"got=$DB_PASSWORD\"; exit 7",
+    ]);
+    assert_eq!(stdout(&run).trim(), "got=hunter2-very-secret");
+    assert_eq!(
+        run.status.code(),
+        Some(7),
+        "the child's exit code is passed on"
+    );
+
+    // The value is nowhere on disk in the clear.
+    for f in util::tree(&r.path("data"))
+        .into_iter()
+        .filter(|p| p.is_file())
+    {
+        let bytes = std::fs::read(&f).unwrap();
+        assert!(!bytes.windows(7).any(|w| w == b"hunter2"), "{f:?}");
+    }
+
+    // Bad input: one line, a 4xx exit code, the field named.
+    let nokey = client(&["keys", "decrypt", "--env", "prod", "--ciphertext", "***"]);
+    assert_eq!(nokey.status.code(), Some(2));
+    assert!(
+        stderr(&nokey).contains("field ciphertext"),
+        "{}",
+        stderr(&nokey)
+    );
+    let missing = client(&[
+        "secrets",
+        "get",
+        "--env",
+        "prod",
+        "--service",
+        "api",
+        "nope",
+    ]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(stderr(&missing).contains("404"), "{}", stderr(&missing));
+}
+
+#[test]
+fn audit_log_verifies_and_names_tampering() {
+    let (r, admin, srv) = node();
+    for i in 0..5 {
+        let resp = srv.post(
+            "/v1/keys/prod/api-data/encrypt",
+            Some(&admin),
+            json!({"plaintext": b64(&format!("record {i}"))}),
+        );
+        assert_eq!(resp.status, 200);
+    }
+    let (status, _) = srv.terminate();
+    assert!(status.success());
+
+    let ok = r.run(&["audit", "verify", "--data-dir", "data"]);
+    assert!(ok.status.success(), "{}{}", stdout(&ok), stderr(&ok));
+    assert!(stdout(&ok).trim_end().ends_with("ok"));
+
+    let search = r.run(&[
+        "audit",
+        "search",
+        "--data-dir",
+        "data",
+        "--action",
+        "keys:encrypt",
+    ]);
+    assert_eq!(stdout(&search).lines().count(), 5, "{}", stdout(&search));
+    let bad_range = r.run(&[
+        "audit",
+        "search",
+        "--data-dir",
+        "data",
+        "--from",
+        "2027-01-01T00:00:00Z",
+        "--to",
+        "2026-01-01T00:00:00Z",
+    ]);
+    assert_eq!(bad_range.status.code(), Some(2));
+
+    let proof = r.run(&[
+        "audit",
+        "prove",
+        "--data-dir",
+        "data",
+        "--tier",
+        "security",
+        "--seq",
+        "2",
+    ]);
+    assert!(proof.status.success(), "{}", stderr(&proof));
+    std::fs::write(r.path("proof.json"), stdout(&proof)).unwrap();
+    let checked = r.run(&["audit", "verify-proof", "--data-dir", "data", "proof.json"]);
+    assert!(checked.status.success(), "{}", stderr(&checked));
+
+    // Flip one byte in the security tier's segment: verify names the place and exits 1.
+    let seg = util::tree(&r.path("data/audit/security"))
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "seg"))
+        .unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    std::fs::write(&seg, bytes).unwrap();
+    let bad = r.run(&["audit", "verify", "--data-dir", "data"]);
+    assert_eq!(bad.status.code(), Some(1), "{}", stdout(&bad));
+    let err = stderr(&bad);
+    assert!(
+        err.contains("tier security") && err.contains(".seg") && err.contains("seq"),
+        "{err}"
+    );
+}
