@@ -251,9 +251,10 @@ impl KeyService {
         &self.auditor
     }
 
-    /// Decides and records; returns `Err(Denied)` for a deny, and refuses
-    /// when the audit log does.
-    async fn authorise(
+    /// The policy decision point for keys and for the planes built on them
+    /// (secrets): decides, records the decision with its reason, returns
+    /// `Err(Denied)` for a deny, and refuses when the audit log does.
+    pub async fn authorise(
         &self,
         caller: &Caller,
         action: &str,

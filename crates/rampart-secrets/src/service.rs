@@ -9,7 +9,6 @@ use base64::Engine;
 use rampart_audit::Outcome;
 use rampart_core::SharedClock;
 use rampart_crypto::SecretBytes;
-use rampart_keys::policy::Request;
 use rampart_keys::{valid_name, Caller, Context, KeyService, KeySpec};
 use rampart_store::{Expect, Store, StoreError};
 use serde::{Deserialize, Serialize};
@@ -191,42 +190,13 @@ impl SecretService {
     ) -> Result<(), SecretsError> {
         let env = caller.principal.environment.clone();
         let resource = format!("secret:{service}/{name}");
-        let decision = self
-            .keys
-            .policies()
-            .decide(
-                caller,
-                &Request {
-                    action,
-                    resource: &resource,
-                    environment: &env,
-                    context: None,
-                },
-            )
-            .await?;
-        let outcome = if decision.allowed {
-            Outcome::Allowed
-        } else {
-            Outcome::Denied
-        };
         self.keys
-            .auditor()
-            .record(
-                caller,
-                &env,
-                action,
-                &format!("{env}/{resource}"),
-                outcome,
-                decision.reason.clone(),
-            )
-            .await?;
-        if decision.allowed {
-            Ok(())
-        } else {
-            Err(SecretsError::Denied {
-                reason: decision.reason,
+            .authorise(caller, action, &env, &resource, None)
+            .await
+            .map_err(|e| match e {
+                rampart_keys::KeysError::Denied { reason } => SecretsError::Denied { reason },
+                other => other.into(),
             })
-        }
     }
 
     async fn record_outcome(

@@ -4,7 +4,9 @@
 //! 16-hex-digit id to look it up by, and 256 bits of CSPRNG secret in
 //! base64url. The store keeps only HMAC-SHA-256(pepper, secret), the pepper
 //! itself wrapped by the root key; verification compares in constant time.
-//! The identity plane will take this over with full API-key management.
+//! In the identity plane it acts as the local operator, an unelevated
+//! platform admin (see the `api` module's doc); identity API keys and user
+//! logins are managed there.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;

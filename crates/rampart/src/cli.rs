@@ -55,6 +55,29 @@ pub enum Command {
         #[command(subcommand)]
         command: TokensCommand,
     },
+    /// Manage users and service principals (through the control API).
+    Users {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
+    /// Create, list and revoke identity API keys (through the control API).
+    Apikeys {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: ApikeysCommand,
+    },
+    /// Ask for, approve, deny and list time-bound role elevations.
+    Elevate {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: ElevateCommand,
+    },
+    /// Log in with a password; prints the access and refresh tokens.
+    Login(LoginArgs),
     /// Start a command with a service's secrets as environment variables; nothing is written to disk.
     Run(RunArgs),
     /// Measure Rampart against named baselines.
@@ -86,7 +109,8 @@ pub struct ClientArgs {
         global = true
     )]
     pub data_dir: PathBuf,
-    /// Credential: the admin credential or a service token (read from RAMPART_TOKEN).
+    /// Credential: the admin credential, a service token, an identity API key
+    /// or access token (read from RAMPART_TOKEN).
     #[arg(
         long = "token-env",
         default_value = "RAMPART_TOKEN",
@@ -310,6 +334,130 @@ pub enum TokensCommand {
     },
     /// Revoke a token by id.
     Revoke { id: String },
+}
+
+/// `rampart users …`
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Create a user (or, with --service, a service principal).
+    Create {
+        name: String,
+        /// A role: admin, team_admin, team_member, individual (repeat).
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+        /// An environment it may act in (repeat); `platform` for identity management.
+        #[arg(long = "env", required = true)]
+        environments: Vec<String>,
+        /// A team it belongs to (repeat; the team must exist).
+        #[arg(long = "team")]
+        teams: Vec<String>,
+        /// Read the initial password from this environment variable.
+        #[arg(long, value_name = "VAR")]
+        password_env: Option<String>,
+        /// A service principal: no password, API keys only.
+        #[arg(long, conflicts_with = "password_env")]
+        service: bool,
+    },
+    /// List users and service principals.
+    List,
+    /// Show one by id or name.
+    Show { user: String },
+    /// Replace a user's roles (removing one revokes its sessions at once).
+    SetRoles {
+        user: String,
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+    },
+    /// Set a user's password, read from an environment variable.
+    SetPassword {
+        user: String,
+        #[arg(long, value_name = "VAR")]
+        password_env: String,
+    },
+    /// Disable a principal and revoke its sessions.
+    Disable { user: String },
+    /// Re-enable a principal.
+    Enable { user: String },
+    /// Revoke every session of a principal.
+    RevokeSessions { user: String },
+    /// Start TOTP enrolment: prints the secret, otpauth URI and recovery codes once.
+    TotpEnrol {
+        user: String,
+        /// Also write the QR code (SVG) here.
+        #[arg(long)]
+        qr_out: Option<PathBuf>,
+    },
+    /// Confirm TOTP enrolment with a first code.
+    TotpConfirm {
+        user: String,
+        #[arg(long)]
+        code: String,
+    },
+}
+
+/// `rampart apikeys …`
+#[derive(Debug, Subcommand)]
+pub enum ApikeysCommand {
+    /// Create a key; it is printed once and never again.
+    Create {
+        /// The environment the key acts in.
+        #[arg(long)]
+        env: String,
+        /// A label for listings.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// The owner (id or name) [default: the caller].
+        #[arg(long)]
+        owner: Option<String>,
+    },
+    /// List keys (prefix, owner, created, last used; never the key).
+    List {
+        /// One owner's keys (id or name).
+        #[arg(long)]
+        owner: Option<String>,
+        /// Everyone's keys.
+        #[arg(long, conflicts_with = "owner")]
+        all: bool,
+    },
+    /// Revoke a key by id; it is refused from that moment.
+    Revoke { id: String },
+}
+
+/// `rampart elevate …`
+#[derive(Debug, Subcommand)]
+pub enum ElevateCommand {
+    /// Ask for a role for a while, with a reason.
+    Request {
+        #[arg(long)]
+        role: String,
+        /// How long, in minutes.
+        #[arg(long)]
+        minutes: u64,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Approve a pending request (an unelevated admin other than the requester).
+    Approve { id: String },
+    /// Deny a pending request.
+    Deny { id: String },
+    /// List requests: all for approvers, else your own.
+    List,
+}
+
+/// `rampart login`
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The account name.
+    #[arg(long)]
+    pub username: String,
+    /// Read the password from this environment variable.
+    #[arg(long, value_name = "VAR", default_value = "RAMPART_PASSWORD")]
+    pub password_env: String,
+    /// A TOTP or recovery code.
+    #[arg(long)]
+    pub totp: Option<String>,
 }
 
 /// `rampart run`

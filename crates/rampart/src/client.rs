@@ -1,5 +1,6 @@
-//! The CLI side of the control API: `rampart keys|secrets|tokens|run` are
-//! clients of a running node, so one process alone writes the audit log.
+//! The CLI side of the control API: `rampart keys|secrets|tokens|users|
+//! apikeys|elevate|login|run` are clients of a running node, so one process
+//! alone writes the audit log.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,24 +11,37 @@ use base64::Engine;
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
-use crate::cli::{ClientArgs, KeysCommand, RunArgs, SecretsCommand, TokensCommand};
+use crate::cli::{
+    ApikeysCommand, ClientArgs, ElevateCommand, KeysCommand, LoginArgs, RunArgs, SecretsCommand,
+    TokensCommand, UsersCommand,
+};
 use crate::errors::CliError;
 
 /// A client of one control API, holding one credential.
 pub struct Client {
     agent: ureq::Agent,
     addr: String,
-    token: Zeroizing<String>,
+    /// None only for `rampart login`, which has no credential yet.
+    token: Option<Zeroizing<String>>,
 }
 
 impl Client {
     pub fn new(args: &ClientArgs) -> Result<Self, CliError> {
         let token = Zeroizing::new(std::env::var(&args.token_env).map_err(|_| {
             CliError::Input(format!(
-                "set {} to the admin credential or a service token",
+                "set {} to the admin credential, a service token or an identity API key or access token",
                 args.token_env
             ))
         })?);
+        Self::connect(args, Some(token))
+    }
+
+    /// A client that sends no credential.
+    pub fn anonymous(args: &ClientArgs) -> Result<Self, CliError> {
+        Self::connect(args, None)
+    }
+
+    fn connect(args: &ClientArgs, token: Option<Zeroizing<String>>) -> Result<Self, CliError> {
         let ca_path = args
             .ca
             .clone()
@@ -55,10 +69,10 @@ impl Client {
     /// Sends a request; a JSON error answer becomes [`CliError::Api`].
     pub fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, CliError> {
         let url = format!("{}{path}", self.addr);
-        let req = ureq::http::Request::builder()
-            .method(method)
-            .uri(&url)
-            .header("Authorization", format!("Bearer {}", self.token.as_str()));
+        let mut req = ureq::http::Request::builder().method(method).uri(&url);
+        if let Some(t) = &self.token {
+            req = req.header("Authorization", format!("Bearer {}", t.as_str()));
+        }
         let result = match body {
             Some(b) => self.agent.run(
                 req.header("Content-Type", "application/json")
@@ -313,6 +327,162 @@ pub fn tokens(client: &ClientArgs, cmd: TokensCommand) -> Result<(), CliError> {
             None,
         )?,
     };
+    print(&v)
+}
+
+fn read_env_secret(var: &str) -> Result<Zeroizing<String>, CliError> {
+    std::env::var(var)
+        .map(Zeroizing::new)
+        .map_err(|_| CliError::Input(format!("environment variable {var} is not set")))
+}
+
+pub fn users(client: &ClientArgs, cmd: UsersCommand) -> Result<(), CliError> {
+    let c = Client::new(client)?;
+    // User names may hold `@`, which a path segment carries as it is.
+    let user_path = |u: &str, rest: &str| -> Result<String, CliError> {
+        if u.is_empty()
+            || !u
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@'))
+        {
+            return Err(CliError::Input(format!("invalid user {u:?}")));
+        }
+        Ok(format!("/v1/users/{u}{rest}"))
+    };
+    let v = match cmd {
+        UsersCommand::Create {
+            name,
+            roles,
+            environments,
+            teams,
+            password_env,
+            service,
+        } => {
+            let password = password_env.as_deref().map(read_env_secret).transpose()?;
+            let mut body = json!({
+                "name": name,
+                "kind": if service { "service" } else { "user" },
+                "roles": roles,
+                "environments": environments,
+                "teams": teams,
+            });
+            if let (Some(p), Some(obj)) = (&password, body.as_object_mut()) {
+                obj.insert("password".into(), Value::String(p.to_string()));
+            }
+            c.call("POST", "/v1/users", Some(body))?
+        }
+        UsersCommand::List => c.call("GET", "/v1/users", None)?,
+        UsersCommand::Show { user } => c.call("GET", &user_path(&user, "")?, None)?,
+        UsersCommand::SetRoles { user, roles } => c.call(
+            "PUT",
+            &user_path(&user, "/roles")?,
+            Some(json!({"roles": roles})),
+        )?,
+        UsersCommand::SetPassword { user, password_env } => {
+            let p = read_env_secret(&password_env)?;
+            c.call(
+                "POST",
+                &user_path(&user, "/password")?,
+                Some(json!({"password": p.as_str()})),
+            )?
+        }
+        UsersCommand::Disable { user } => c.call("POST", &user_path(&user, "/disable")?, None)?,
+        UsersCommand::Enable { user } => c.call("POST", &user_path(&user, "/enable")?, None)?,
+        UsersCommand::RevokeSessions { user } => {
+            c.call("POST", &user_path(&user, "/sessions/revoke")?, None)?
+        }
+        UsersCommand::TotpEnrol { user, qr_out } => {
+            let mut v = c.call("POST", &user_path(&user, "/totp")?, None)?;
+            if let Some(path) = qr_out {
+                let svg = jf(&v, "qr_svg").as_str().unwrap_or_default();
+                std::fs::write(&path, svg)
+                    .map_err(|e| CliError::Runtime(format!("{}: {e}", path.display())))?;
+            }
+            // The SVG is long and useless in a terminal.
+            if let Some(obj) = v.as_object_mut() {
+                obj.remove("qr_svg");
+            }
+            v
+        }
+        UsersCommand::TotpConfirm { user, code } => c.call(
+            "POST",
+            &user_path(&user, "/totp/confirm")?,
+            Some(json!({"code": code})),
+        )?,
+    };
+    print(&v)
+}
+
+pub fn apikeys(client: &ClientArgs, cmd: ApikeysCommand) -> Result<(), CliError> {
+    let c = Client::new(client)?;
+    let v = match cmd {
+        ApikeysCommand::Create { env, name, owner } => c.call(
+            "POST",
+            "/v1/apikeys",
+            Some(json!({"environment": env, "name": name, "owner": owner})),
+        )?,
+        ApikeysCommand::List { owner, all } => {
+            let path = match (owner, all) {
+                (Some(o), _) => format!("/v1/apikeys?owner={}", seg("owner", &o)?),
+                (None, true) => "/v1/apikeys?all=true".to_string(),
+                (None, false) => "/v1/apikeys".to_string(),
+            };
+            c.call("GET", &path, None)?
+        }
+        ApikeysCommand::Revoke { id } => c.call(
+            "DELETE",
+            &format!("/v1/apikeys/{}", seg("key id", &id)?),
+            None,
+        )?,
+    };
+    print(&v)
+}
+
+pub fn elevate(client: &ClientArgs, cmd: ElevateCommand) -> Result<(), CliError> {
+    let c = Client::new(client)?;
+    let v = match cmd {
+        ElevateCommand::Request {
+            role,
+            minutes,
+            reason,
+        } => c.call(
+            "POST",
+            "/v1/elevations",
+            Some(json!({
+                "role": role,
+                "duration_secs": minutes.saturating_mul(60),
+                "reason": reason,
+            })),
+        )?,
+        ElevateCommand::Approve { id } => c.call(
+            "POST",
+            &format!("/v1/elevations/{}/approve", seg("elevation id", &id)?),
+            None,
+        )?,
+        ElevateCommand::Deny { id } => c.call(
+            "POST",
+            &format!("/v1/elevations/{}/deny", seg("elevation id", &id)?),
+            None,
+        )?,
+        ElevateCommand::List => c.call("GET", "/v1/elevations", None)?,
+    };
+    print(&v)
+}
+
+/// `rampart login`: the tokens go to standard output, for a script to keep
+/// (for instance as RAMPART_TOKEN); nothing is written to disk.
+pub fn login(args: &LoginArgs) -> Result<(), CliError> {
+    let c = Client::anonymous(&args.client)?;
+    let password = read_env_secret(&args.password_env)?;
+    let v = c.call(
+        "POST",
+        "/v1/auth/login",
+        Some(json!({
+            "username": args.username,
+            "password": password.as_str(),
+            "totp": args.totp,
+        })),
+    )?;
     print(&v)
 }
 

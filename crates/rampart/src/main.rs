@@ -67,6 +67,10 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Keys { client, command } => client::keys(&client, command),
         Command::Secrets { client, command } => client::secrets(&client, command),
         Command::Tokens { client, command } => client::tokens(&client, command),
+        Command::Users { client, command } => client::users(&client, command),
+        Command::Apikeys { client, command } => client::apikeys(&client, command),
+        Command::Elevate { client, command } => client::elevate(&client, command),
+        Command::Login(args) => client::login(&args),
         Command::Bench {
             command: BenchCommand::Audit { dir },
         } => audit_cmd::bench(dir.as_deref()),

@@ -1,6 +1,7 @@
 //! Starting the planes inside `rampart up`: the audit log first (everything
-//! else writes to it), then keys, secrets and service tokens, then the
-//! scheduler that rotates, purges and applies retention.
+//! else writes to it), then identity, keys, secrets and service tokens, then
+//! the scheduler that rotates, purges, expires elevations and applies
+//! retention.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use rampart_audit::{Audit, AuditKeys, AuditOptions, RetentionPolicy, Tier};
 use rampart_config::Config;
 use rampart_core::SharedClock;
 use rampart_crypto::{random_array, SecretBytes};
+use rampart_identity::{Identity, IdentityConfig, PasswordParams};
 use rampart_keys::policy::{Effect, Statement};
 use rampart_keys::{Auditor, KeyService, KeySpec, Policies, ServiceTokens};
 use rampart_secrets::SecretService;
@@ -74,6 +76,69 @@ pub async fn open_audit(
     Ok(Arc::new(audit))
 }
 
+/// Set (to anything) only by the end-to-end tests: hash new passwords with
+/// the cheapest Argon2 parameters. Deliberately undocumented for users.
+const INSECURE_HASHING_ENV: &str = "RAMPART_INSECURE_TEST_PASSWORD_HASHING";
+
+/// The identity configuration `rampart.toml` implies. The built-in role
+/// table ([`rampart_identity::Policy::default_table`]) is the start; a
+/// declared `[[roles]]` entry replaces that role's permissions, except that
+/// the built-in `identity:…` self-service grants (own password, own TOTP,
+/// own API keys, asking for elevation) are kept unless the entry names an
+/// `identity:` permission or `*` itself, since `rampart.toml`'s permission
+/// syntax cannot spell their dotted actions. Its `require_mfa` adds or
+/// removes the role from the TOTP-required set (`admin` requires TOTP
+/// unless declared otherwise).
+pub fn identity_config(config: &Config) -> IdentityConfig {
+    let mut cfg = IdentityConfig {
+        node: config.node.name.clone(),
+        ..IdentityConfig::default()
+    };
+    for r in &config.roles {
+        let declares_identity = r
+            .permissions
+            .iter()
+            .any(|p| p == "*" || p.starts_with("identity:"));
+        let mut perms = r.permissions.clone();
+        if !declares_identity {
+            let builtin = cfg.roles.get(&r.name).cloned().unwrap_or_default();
+            perms.extend(builtin.into_iter().filter(|p| p.starts_with("identity:")));
+        }
+        cfg.roles.insert(r.name.clone(), perms);
+        if let Ok(role) = r.name.parse::<rampart_identity::Role>() {
+            cfg.totp_required_roles.retain(|x| *x != role);
+            if r.require_mfa {
+                cfg.totp_required_roles.push(role);
+            }
+        }
+    }
+    if std::env::var_os(INSECURE_HASHING_ENV).is_some() {
+        tracing::warn!("{INSECURE_HASHING_ENV} is set: new password hashes are weak (tests only)");
+        cfg.passwords = PasswordParams::insecure_for_tests();
+    }
+    cfg
+}
+
+/// Opens the identity plane (after the audit log, which it writes to).
+/// A role name other than the four identity knows is fatal here.
+pub async fn open_identity(
+    keyring: Arc<Keyring>,
+    audit: Arc<Audit>,
+    config: &Config,
+    clock: SharedClock,
+) -> Result<Arc<Identity>, CliError> {
+    let store = keyring.store().clone();
+    Identity::open(store, keyring, audit, clock, identity_config(config))
+        .await
+        .map(Arc::new)
+        .map_err(|e| match e {
+            rampart_identity::IdentityError::Config(m) => CliError::Input(format!(
+                "identity plane: {m} (roles are admin, team_admin, team_member, individual)"
+            )),
+            other => CliError::Runtime(format!("identity plane: {other}")),
+        })
+}
+
 /// The statement every environment starts with: the platform admin may do
 /// everything. Anything else is denied until a policy allows it.
 fn admin_baseline() -> Statement {
@@ -135,7 +200,8 @@ pub async fn start(
 }
 
 /// Runs the periodic jobs until the process ends: key rotation and
-/// destruction, secret rotation and purge, audit retention.
+/// destruction, secret rotation and purge, identity housekeeping (expired
+/// revocations and elevations), audit retention.
 pub fn spawn_scheduler(planes: Arc<crate::api::AppState>, audit: Arc<Audit>, every: Duration) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
@@ -174,6 +240,11 @@ pub fn spawn_scheduler(planes: Arc<crate::api::AppState>, audit: Arc<Audit>, eve
                     Err(e) => tracing::error!(error = %e, "secret rotation failed"),
                 }
             }
+            if let Some(id) = &planes.identity {
+                if let Err(e) = id.maintain().await {
+                    tracing::error!(error = %e, "identity housekeeping failed");
+                }
+            }
             let a = audit.clone();
             match tokio::task::spawn_blocking(move || a.apply_retention()).await {
                 Ok(Ok(r)) => tracing::debug!(report = ?r, "audit retention"),
@@ -182,4 +253,40 @@ pub fn spawn_scheduler(planes: Arc<crate::api::AppState>, audit: Arc<Audit>, eve
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rampart_identity::Role;
+
+    fn config(roles: &str) -> Config {
+        let text = format!("[node]\nname = \"n1\"\n\n[[environments]]\nname = \"prod\"\n{roles}");
+        Config::parse(&text, "test.toml").unwrap()
+    }
+
+    #[test]
+    fn no_roles_keeps_the_built_in_table_and_admin_totp() {
+        let c = identity_config(&config(""));
+        assert_eq!(c.node, "n1");
+        assert_eq!(c.roles, rampart_identity::Policy::default_table());
+        assert_eq!(c.totp_required_roles, vec![Role::Admin]);
+    }
+
+    #[test]
+    fn declared_roles_replace_permissions_but_keep_identity_self_service() {
+        let c = identity_config(&config(
+            "[[roles]]\nname = \"admin\"\npermissions = [\"*\"]\n\n\
+             [[roles]]\nname = \"team_member\"\npermissions = [\"keys:encrypt\"]\nrequire_mfa = true\n\n\
+             [[roles]]\nname = \"individual\"\npermissions = [\"identity:*\"]\n",
+        ));
+        assert_eq!(c.roles["admin"], vec!["*".to_string()]);
+        let tm = &c.roles["team_member"];
+        assert_eq!(tm[0], "keys:encrypt");
+        assert!(tm.contains(&"identity:apikeys.own".to_string()));
+        assert!(!tm.contains(&"keys:decrypt".to_string()));
+        // Naming an identity permission takes the whole identity part over.
+        assert_eq!(c.roles["individual"], vec!["identity:*".to_string()]);
+        assert_eq!(c.totp_required_roles, vec![Role::TeamMember]);
+    }
 }

@@ -62,11 +62,14 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
     let tls_config = tls::control_server_config(&node.keyring).await?;
     let verifier = Verifier::new(&node.keyring).await?;
     let audit = planes::open_audit(&node.keyring, &dir, &config, clock.clone()).await?;
+    let identity =
+        planes::open_identity(node.keyring.clone(), audit.clone(), &config, clock.clone()).await?;
     let running =
         planes::start(node.keyring.clone(), audit.clone(), &config, clock.clone()).await?;
     let state = Arc::new(AppState {
         node_name: config.node.name.clone(),
         planes: Some(running),
+        identity: Some(identity),
         audit: Some(audit.clone()),
         store: node.store.clone(),
         verifier,

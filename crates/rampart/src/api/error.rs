@@ -15,6 +15,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub field: Option<String>,
+    /// Seconds for a `Retry-After` header (throttled logins).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -24,6 +26,7 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            retry_after: None,
         }
     }
 
@@ -147,6 +150,42 @@ impl From<rampart_secrets::SecretsError> for ApiError {
     }
 }
 
+impl From<rampart_identity::IdentityError> for ApiError {
+    /// Status and code come from the identity crate; the message is fixed per
+    /// kind for every refusal of a credential, so that nothing in a 401 tells
+    /// an attacker which part was wrong.
+    fn from(e: rampart_identity::IdentityError) -> Self {
+        use rampart_identity::IdentityError as I;
+        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let message = match &e {
+            I::InvalidCredentials => "invalid credentials".to_string(),
+            I::SecondFactorRequired => "a second factor is required".to_string(),
+            I::SecondFactorEnrolmentRequired => {
+                "this account must enrol a second factor first; ask an admin".to_string()
+            }
+            I::InvalidToken | I::InvalidApiKey => "missing or invalid credential".to_string(),
+            I::InvalidRefreshToken | I::RefreshReuse => "invalid refresh token".to_string(),
+            I::Throttled { .. } => "too many attempts; retry later".to_string(),
+            I::Audit(_) => {
+                tracing::error!(error = %e, "audit log refused a record: failing closed");
+                return ApiError::unavailable("the audit log cannot record this call; refused");
+            }
+            I::Store(_) | I::Crypto(_) | I::Corrupt(_) | I::PasswordHash(_) | I::Config(_) => {
+                tracing::error!(error = %e, "identity plane failure");
+                return ApiError::unavailable("the identity plane cannot serve this request");
+            }
+            I::Forbidden(_) | I::NotFound(_) | I::AlreadyExists(_) | I::InvalidRequest(_) => {
+                e.to_string()
+            }
+        };
+        let mut err = ApiError::new(status, e.code(), message);
+        if let I::Throttled { retry_after } = &e {
+            err.retry_after = Some(retry_after.as_secs().max(1));
+        }
+        err
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({
@@ -157,6 +196,12 @@ impl IntoResponse for ApiError {
             }
         });
         let mut resp = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(secs),
+            );
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,

@@ -4,8 +4,25 @@
 //! One middleware ([`observe`]) gives every response a request id, enforces
 //! the source allow-list, logs the request as JSON and counts it; one type
 //! ([`ApiError`]) turns every failure into a JSON error.
+//!
+//! # Credentials
+//!
+//! [`Authenticated`] accepts, in this order: the bootstrap admin credential
+//! (`rk_admin_…`, printed once by `rampart init`), an interim per-service
+//! token (`rst_…`), an identity access token (a JWT, `Bearer <jwt>`) and an
+//! identity API key (`rk_<env>_…`). The bootstrap admin credential is not a
+//! stored identity user: it acts as the identity plane's local operator,
+//! [`rampart_identity::Principal::system`], an unelevated platform `admin` in
+//! `platform` and every configured environment. That is how the first users
+//! are created and how elevations get their first approver; it holds no
+//! session, so it cannot log out or own API keys. Identity principals reach
+//! the keys and secrets planes as a [`rampart_keys::Principal`] with their
+//! id, the environment of the path (only one they may act in) and their
+//! effective roles, so keys policies (`role:admin`, …) apply to them as to
+//! anyone else.
 
 mod error;
+mod identity;
 mod json;
 mod metrics;
 mod planes;
@@ -40,6 +57,8 @@ pub struct AppState {
     pub node_name: String,
     /// The keys and secrets planes; `None` until they are started.
     pub planes: Option<Planes>,
+    /// The identity plane; `None` until it is started.
+    pub identity: Option<Arc<rampart_identity::Identity>>,
     /// The audit log every `/v1` call is recorded in.
     pub audit: Option<Arc<rampart_audit::Audit>>,
     pub store: Arc<dyn Store>,
@@ -66,6 +85,12 @@ impl AppState {
             .as_ref()
             .ok_or_else(|| ApiError::unavailable("the keys and secrets planes are not running"))
     }
+
+    fn identity(&self) -> Result<&rampart_identity::Identity, ApiError> {
+        self.identity
+            .as_deref()
+            .ok_or_else(|| ApiError::unavailable("the identity plane is not running"))
+    }
 }
 
 /// The whole control API.
@@ -77,6 +102,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/v1/whoami", get(whoami))
         .route("/v1/status", get(status))
         .merge(planes::routes())
+        .merge(identity::routes())
         .route("/v1/audit/events", get(audit_events))
         .fallback(not_found)
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
@@ -119,6 +145,16 @@ async fn whoami(who: Authenticated) -> Json<serde_json::Value> {
             "service": p.service,
             "roles": p.roles,
             "authenticated_by": "service_token",
+        }),
+        Credential::Identity(p) => json!({
+            "principal": p.id,
+            "name": p.name,
+            "kind": p.kind,
+            "roles": p.roles,
+            "environments": p.environments,
+            "teams": p.teams,
+            "authenticated_by": p.auth_method,
+            "session": p.session,
         }),
     })
 }
@@ -167,7 +203,7 @@ async fn audit_events(
     who: Authenticated,
     axum::extract::Query(q): axum::extract::Query<AuditQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    if !matches!(who.0, Credential::Admin(_)) {
+    if !who.is_admin() {
         return Err(ApiError::forbidden(
             "searching the audit log needs an admin credential",
         ));
@@ -224,6 +260,8 @@ pub enum Credential {
     Admin(Principal),
     /// A per-service token (until the identity plane replaces it).
     Service(rampart_keys::Principal),
+    /// An identity access token or API key.
+    Identity(rampart_identity::Principal),
 }
 
 /// A caller that presented a valid credential.
@@ -232,9 +270,21 @@ pub struct Authenticated(pub Credential);
 impl Authenticated {
     /// How the caller authenticated, for audit records.
     pub fn auth_method(&self) -> &'static str {
-        match self.0 {
+        match &self.0 {
             Credential::Admin(_) => "api_key",
             Credential::Service(_) => "service_token",
+            Credential::Identity(p) if p.auth_method == "api-key" => "identity_api_key",
+            Credential::Identity(_) => "identity_token",
+        }
+    }
+
+    /// Whether the caller is a platform admin: the bootstrap credential, or
+    /// an identity principal holding `admin` (elevations included).
+    pub fn is_admin(&self) -> bool {
+        match &self.0 {
+            Credential::Admin(_) => true,
+            Credential::Service(_) => false,
+            Credential::Identity(p) => p.roles.contains(&rampart_identity::Role::Admin),
         }
     }
 }
@@ -257,6 +307,24 @@ impl FromRequestParts<SharedState> for Authenticated {
             if let Ok(p) = planes.tokens.authenticate(token).await {
                 return Ok(Authenticated(Credential::Service(p)));
             }
+        }
+        if let Some(id) = &st.identity {
+            let source = parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip().to_string());
+            // A JWT has exactly two dots; API keys have none.
+            let verified = if token.bytes().filter(|b| *b == b'.').count() == 2 {
+                id.verify_access(token)
+            } else {
+                id.verify_api_key(token, source.as_deref()).await
+            };
+            return match verified {
+                Ok(p) => Ok(Authenticated(Credential::Identity(p))),
+                // Refusals are one generic 401; an audit failure stays a 503.
+                Err(e) if e.status() == 401 => Err(ApiError::unauthenticated()),
+                Err(e) => Err(e.into()),
+            };
         }
         Err(ApiError::unauthenticated())
     }
@@ -306,6 +374,10 @@ fn request_id(req: &Request) -> String {
 /// the token's public prefix and id (`rk_admin_<id>`, `rst_<id>`).
 fn actor_hint(header: &str) -> String {
     let token = header.strip_prefix("Bearer ").unwrap_or(header).trim();
+    if token.contains('.') {
+        // An access token's subject is only known once it is verified.
+        return "jwt".to_string();
+    }
     let public: String = match token.rsplit_once('_') {
         Some((head, _secret)) => head.chars().take(64).collect(),
         None => "malformed".to_string(),

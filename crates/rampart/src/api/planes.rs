@@ -74,6 +74,15 @@ fn caller(who: &Authenticated, meta: &RequestMeta, env: &str) -> Result<Caller, 
             }
             p.clone()
         }
+        Credential::Identity(p) => {
+            if !p.environments.contains(env) {
+                return Err(ApiError::forbidden(format!(
+                    "this principal cannot act in {env:?}"
+                )));
+            }
+            let roles: Vec<&str> = p.roles.iter().map(|r| r.as_str()).collect();
+            Principal::user(env, &p.id, &roles)
+        }
     };
     let mut c = Caller::direct(principal);
     c.request_id = Some(meta.request_id.clone());
@@ -83,11 +92,12 @@ fn caller(who: &Authenticated, meta: &RequestMeta, env: &str) -> Result<Caller, 
 }
 
 fn require_admin(who: &Authenticated) -> Result<(), ApiError> {
-    match who.0 {
-        Credential::Admin(_) => Ok(()),
-        Credential::Service(_) => Err(ApiError::forbidden(
+    if who.is_admin() {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(
             "this endpoint needs an admin credential",
-        )),
+        ))
     }
 }
 

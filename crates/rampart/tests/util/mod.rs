@@ -141,6 +141,8 @@ pub struct Resp {
     pub status: u16,
     pub request_id: Option<String>,
     pub content_type: String,
+    /// The `Retry-After` header, if any.
+    pub retry_after: Option<String>,
     pub body: String,
 }
 
@@ -173,6 +175,10 @@ impl Server {
                 .get("content-type")
                 .map(|v| v.to_str().unwrap().to_string())
                 .unwrap_or_default(),
+            retry_after: resp
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_string()),
             body: resp.body_mut().read_to_string().unwrap_or_default(),
         }
     }
@@ -199,6 +205,10 @@ impl Server {
                 .get("content-type")
                 .map(|v| v.to_str().unwrap().to_string())
                 .unwrap_or_default(),
+            retry_after: resp
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_string()),
             body: resp.body_mut().read_to_string().unwrap_or_default(),
         }
     }
