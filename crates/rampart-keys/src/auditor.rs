@@ -48,10 +48,8 @@ impl Auditor {
         });
         event.request_id = caller.request_id.clone();
         event.source = caller.source.clone();
-        let audit = self.audit.clone();
-        tokio::task::spawn_blocking(move || audit.record(event))
-            .await
-            .map_err(|e| KeysError::Internal(format!("audit task: {e}")))??;
+        // The async path waits for the group commit without holding a thread.
+        self.audit.record_async(event).await?;
         Ok(())
     }
 }
