@@ -68,3 +68,21 @@ pub use policy::{
 pub use service::{Identity, IdentityConfig, NewUser, Team, User};
 pub use sessions::{ApiKeyInfo, LoginRequest, NewApiKey, Tokens, TotpEnrolment};
 pub use throttle::ThrottleConfig;
+
+/// Records an event and waits until it is durable. Identity's checks are
+/// synchronous, but they run inside the async server: on a multi-threaded
+/// runtime the wait is announced with `block_in_place`, so the worker's other
+/// tasks move elsewhere instead of stalling behind an fsync.
+pub(crate) fn record_durably(
+    audit: &rampart_audit::Audit,
+    ev: rampart_audit::Event,
+) -> Result<rampart_audit::Receipt, rampart_audit::AuditError> {
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .map(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+        .unwrap_or(false);
+    if multi_thread {
+        tokio::task::block_in_place(|| audit.record(ev))
+    } else {
+        audit.record(ev)
+    }
+}

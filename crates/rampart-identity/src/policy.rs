@@ -360,7 +360,7 @@ impl Authorizer {
         ev.environment = resource_env.to_owned();
         ev.node = self.node.clone();
         ev.reason = Some(d.reason.clone());
-        match self.audit.record(ev) {
+        match crate::record_durably(&self.audit, ev) {
             Ok(_) => d,
             Err(e) => Decision {
                 allowed: false,

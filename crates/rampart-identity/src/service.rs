@@ -400,7 +400,7 @@ impl Identity {
         ev.environment = PLATFORM_ENV.into();
         ev.reason = Some(reason.into());
         ev.source = source.map(str::to_owned);
-        self.audit.record(ev)?;
+        crate::record_durably(&self.audit, ev)?;
         Ok(())
     }
 
