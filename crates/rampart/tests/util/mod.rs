@@ -158,57 +158,44 @@ impl Server {
     }
 
     pub fn request(&self, method: &str, path: &str, token: Option<&str>) -> Resp {
+        self.exchange(method, path, token, None)
+    }
+
+    /// A request with a raw body (JSON content type).
+    pub fn send(&self, method: &str, path: &str, token: Option<&str>, body: &str) -> Resp {
+        self.exchange(method, path, token, Some(body))
+    }
+
+    fn exchange(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Resp {
         let url = self.url(path);
         let mut req = ureq::http::Request::builder().method(method).uri(&url);
         if let Some(t) = token {
             req = req.header("Authorization", format!("Bearer {t}"));
         }
-        let mut resp = self.agent.run(req.body(()).unwrap()).unwrap();
+        let result = match body {
+            Some(b) => self.agent.run(
+                req.header("Content-Type", "application/json")
+                    .body(b.to_string())
+                    .unwrap(),
+            ),
+            None => self.agent.run(req.body(()).unwrap()),
+        };
+        let mut resp = result.unwrap();
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_string())
+        };
+        let (request_id, content_type, retry_after) = (
+            header("x-request-id"),
+            header("content-type").unwrap_or_default(),
+            header("retry-after"),
+        );
         Resp {
             status: resp.status().as_u16(),
-            request_id: resp
-                .headers()
-                .get("x-request-id")
-                .map(|v| v.to_str().unwrap().to_string()),
-            content_type: resp
-                .headers()
-                .get("content-type")
-                .map(|v| v.to_str().unwrap().to_string())
-                .unwrap_or_default(),
-            retry_after: resp
-                .headers()
-                .get("retry-after")
-                .map(|v| v.to_str().unwrap().to_string()),
-            body: resp.body_mut().read_to_string().unwrap_or_default(),
-        }
-    }
-
-    /// A request with a raw body (JSON content type).
-    pub fn send(&self, method: &str, path: &str, token: Option<&str>, body: &str) -> Resp {
-        let url = self.url(path);
-        let mut req = ureq::http::Request::builder()
-            .method(method)
-            .uri(&url)
-            .header("Content-Type", "application/json");
-        if let Some(t) = token {
-            req = req.header("Authorization", format!("Bearer {t}"));
-        }
-        let mut resp = self.agent.run(req.body(body.to_string()).unwrap()).unwrap();
-        Resp {
-            status: resp.status().as_u16(),
-            request_id: resp
-                .headers()
-                .get("x-request-id")
-                .map(|v| v.to_str().unwrap().to_string()),
-            content_type: resp
-                .headers()
-                .get("content-type")
-                .map(|v| v.to_str().unwrap().to_string())
-                .unwrap_or_default(),
-            retry_after: resp
-                .headers()
-                .get("retry-after")
-                .map(|v| v.to_str().unwrap().to_string()),
+            request_id,
+            content_type,
+            retry_after,
             body: resp.body_mut().read_to_string().unwrap_or_default(),
         }
     }
