@@ -110,3 +110,34 @@ fn hostile_inputs_do_not_panic() {
     let big = "x".repeat(1 << 16);
     let _ = Config::parse(&big, "big.toml");
 }
+
+#[test]
+fn permissions_allow_dotted_actions_and_wildcards_only() {
+    let role = |perm: &str| format!("[[roles]]\nname = \"r\"\npermissions = [\"{perm}\"]\n");
+    for ok in [
+        "*",
+        "keys:*",
+        "keys:encrypt",
+        "identity:apikeys.own",
+        "identity:users.*",
+    ] {
+        Config::parse(&role(ok), "p.toml").unwrap_or_else(|e| panic!("{ok}: {e}"));
+    }
+    for bad in [
+        "keys",
+        "Keys:encrypt",
+        "keys:",
+        ":x",
+        "keys:.own",
+        "keys:a..b",
+        "id:a b",
+        "x.y:z",
+    ] {
+        let err = Config::parse(&role(bad), "p.toml").unwrap_err();
+        assert_eq!(
+            err.diagnostics()[0].path,
+            "roles[0].permissions[0]",
+            "{bad}"
+        );
+    }
+}

@@ -144,14 +144,24 @@ fn valid_hostname(h: &str) -> bool {
         })
 }
 
+/// `plane:action`, where the action may name a sub-resource with dots
+/// (`identity:apikeys.own`) and either part may be or end in `*`.
 fn valid_permission(p: &str) -> bool {
-    let part = |s: &str| {
-        s == "*"
-            || (!s.is_empty()
-                && s.chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_'))
+    let part = |s: &str, dots: bool| {
+        let body = s.strip_suffix('*').unwrap_or(s);
+        (s == "*" || !body.is_empty())
+            && !body.starts_with('.')
+            && !body.contains("..")
+            && body.chars().all(|c| {
+                c.is_ascii_lowercase()
+                    || c.is_ascii_digit()
+                    || c == '-'
+                    || c == '_'
+                    || (dots && c == '.')
+            })
     };
-    p == "*" || matches!(p.split_once(':'), Some((plane, action)) if part(plane) && part(action))
+    p == "*"
+        || matches!(p.split_once(':'), Some((plane, action)) if part(plane, false) && part(action, true))
 }
 
 /// Checks that names in one list are unique; returns name → index.
@@ -308,7 +318,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
                     perm,
                     format!("roles[{i}].permissions[{j}]"),
                     format!(
-                        "invalid permission {:?}: expected plane:action such as keys:encrypt, secrets:*, or *",
+                        "invalid permission {:?}: expected plane:action such as keys:encrypt, identity:apikeys.own, secrets:*, or *",
                         perm.get_ref()
                     ),
                 );
