@@ -134,6 +134,7 @@ pub(crate) enum Ctl {
     RequestBodyProcessor(BodyProcessor),
     RequestBodyAccess(bool),
     ForceRequestBodyVariable(bool),
+    ResponseBodyAccess(bool),
     /// Audit-log settings: no effect on the verdict.
     Ignored,
 }
@@ -426,6 +427,7 @@ fn parse_ctl(v: &str, at: &Location) -> Result<Ctl, Error> {
         ),
         "requestbodyaccess" => Ctl::RequestBodyAccess(on_off(value, at)?),
         "forcerequestbodyvariable" => Ctl::ForceRequestBodyVariable(on_off(value, at)?),
+        "responsebodyaccess" => Ctl::ResponseBodyAccess(on_off(value, at)?),
         "auditengine" | "auditlogparts" | "debugloglevel" | "hashengine" | "hashenforcement" => {
             Ctl::Ignored
         }

@@ -36,8 +36,19 @@ pub struct Config {
     pub arguments_limit: usize,
     /// `SecRequestBodyJsonDepthLimit`.
     pub json_depth_limit: usize,
+    /// Deepest element nesting the XML body processor accepts (libxml2's
+    /// default limit, 256).
+    pub xml_depth_limit: usize,
     /// `SecUploadFileLimit`.
     pub upload_file_limit: usize,
+    /// `SecResponseBodyAccess`.
+    pub response_body_access: bool,
+    /// `SecResponseBodyMimeType`: media types whose bodies are inspected.
+    pub response_body_mime_types: Vec<String>,
+    /// `SecResponseBodyLimit`, bytes.
+    pub response_body_limit: usize,
+    /// `SecResponseBodyLimitAction`.
+    pub response_body_limit_action: BodyLimitAction,
     /// `SecArgumentSeparator`.
     pub argument_separator: u8,
     /// `SecComponentSignature` values.
@@ -54,7 +65,12 @@ impl Default for Config {
             request_body_limit_action: BodyLimitAction::Reject,
             arguments_limit: 1000,
             json_depth_limit: 512,
+            xml_depth_limit: 256,
             upload_file_limit: 100,
+            response_body_access: false,
+            response_body_mime_types: vec!["text/plain".into(), "text/html".into()],
+            response_body_limit: 524_288,
+            response_body_limit_action: BodyLimitAction::Reject,
             argument_separator: b'&',
             component_signatures: Vec::new(),
         }
@@ -89,10 +105,6 @@ const IGNORED: &[&str] = &[
     "SecPcreMatchLimit",
     "SecPcreMatchLimitRecursion",
     "SecRequestBodyInMemoryLimit",
-    "SecResponseBodyAccess",
-    "SecResponseBodyMimeType",
-    "SecResponseBodyLimit",
-    "SecResponseBodyLimitAction",
     "SecCookieFormat",
     "SecUnicodeMapFile",
     "SecUnicodeCodePage",
@@ -268,6 +280,24 @@ impl WafBuilder {
                     "reject" => BodyLimitAction::Reject,
                     "processpartial" => BodyLimitAction::ProcessPartial,
                     v => return Err(syntax(at, format!("bad SecRequestBodyLimitAction `{v}`"))),
+                }
+            }
+            "secresponsebodyaccess" => self.config.response_body_access = on_off(arg(0)?, at)?,
+            "secresponsebodylimit" => self.config.response_body_limit = number(arg(0)?, at)?,
+            "secresponsebodymimetype" => {
+                self.config.response_body_mime_types.extend(
+                    args.iter()
+                        .flat_map(|a| a.split_whitespace())
+                        .map(str::to_ascii_lowercase),
+                );
+            }
+            "secresponsebodymimetypesclear" => self.config.response_body_mime_types.clear(),
+            "secresponsebodylimitaction" => {
+                self.config.response_body_limit_action = match arg(0)?.to_ascii_lowercase().as_str()
+                {
+                    "reject" => BodyLimitAction::Reject,
+                    "processpartial" => BodyLimitAction::ProcessPartial,
+                    v => return Err(syntax(at, format!("bad SecResponseBodyLimitAction `{v}`"))),
                 }
             }
             "secargumentslimit" => self.config.arguments_limit = number(arg(0)?, at)?,

@@ -3,10 +3,13 @@
 //!
 //! It owns rule parsing ([`WafBuilder`], errors with `file:line`), the
 //! variables, transformations, operators and actions of SecLang, request body
-//! parsing (URL-encoded, JSON, multipart) and the verdict ([`Verdict`]). It
+//! parsing (URL-encoded, JSON, multipart, XML) and the verdict ([`Verdict`]). It
 //! never does I/O on the request path, never talks to the network and never
 //! decides per-route policy: the edge calls [`Waf::evaluate`] with a
-//! [`Request`] and enforces the returned [`Action`].
+//! [`Request`] (phases 1 and 2) and enforces the returned [`Action`]; to
+//! inspect what the upstream answered it calls [`Waf::evaluate_response`]
+//! with the [`Request`] and the [`Response`] (phases 1 to 5, CRS's
+//! 95x data-leakage rules and 980 reporting).
 //!
 //! ```
 //! use rampart_waf::{Waf, Request, Action};
@@ -41,11 +44,12 @@ mod rule;
 mod transaction;
 mod transformations;
 mod variables;
+mod xml;
 
 pub use actions::EngineMode;
 pub use engine::{BodyLimitAction, Config, Waf, WafBuilder};
 pub use error::{Error, Location};
-pub use request::{Action, Request, RuleMatch, Verdict};
+pub use request::{Action, Request, Response, RuleMatch, Verdict};
 
 /// Hooks for conformance tests (secrules-language-tests vectors); not part
 /// of the stable API.

@@ -21,12 +21,49 @@ pub(crate) enum RxEngine {
     Fancy,
 }
 
+/// Rewrites `\x{HH}` (one or two hex digits) as `\xHH`. CRS writes bytes
+/// that way (`\x{c2}\x{b4}`, `[^>\x{be}]`), meaning raw bytes as PCRE does
+/// without UTF mode; the `regex` crate reads the braced form inside a class
+/// as a code point and refuses it in bytes mode.
+fn byte_escapes(pattern: &str) -> String {
+    let mut out = String::with_capacity(pattern.len());
+    let mut rest = pattern;
+    while let Some(pos) = rest.find('\\') {
+        out.push_str(rest.get(..pos).unwrap_or(""));
+        let esc = rest.get(pos..).unwrap_or("");
+        let hex = esc
+            .strip_prefix("\\x{")
+            .and_then(|h| h.split_once('}'))
+            .map(|(h, _)| h)
+            .filter(|h| (1..=2).contains(&h.len()) && h.bytes().all(|b| b.is_ascii_hexdigit()));
+        match hex {
+            Some(h) => {
+                out.push_str("\\x");
+                if h.len() == 1 {
+                    out.push('0');
+                }
+                out.push_str(h);
+                rest = esc.get(4 + h.len()..).unwrap_or("");
+            }
+            None => {
+                // keep the escape and the character it escapes together
+                let n = esc.chars().nth(1).map_or(1, |c| 1 + c.len_utf8());
+                out.push_str(esc.get(..n).unwrap_or(esc));
+                rest = esc.get(n..).unwrap_or("");
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 impl Rx {
     /// Compiles with ModSecurity's flags (dot matches newline), bytes
     /// semantics first, then Unicode, then the backtracking fallback.
     pub(crate) fn compile(pattern: &str) -> Result<Rx, String> {
+        let bytes_pattern = byte_escapes(pattern);
         let build = |unicode: bool| {
-            regex::bytes::RegexBuilder::new(pattern)
+            regex::bytes::RegexBuilder::new(if unicode { pattern } else { &bytes_pattern })
                 .dot_matches_new_line(true)
                 .unicode(unicode)
                 .size_limit(256 << 20)
@@ -55,6 +92,9 @@ impl Rx {
         match self {
             Rx::Fast(r) => match caps {
                 None => r.is_match(input),
+                // Most values do not match: the DFA answers that without the
+                // cost of setting up capture slots.
+                Some(_) if !r.is_match(input) => false,
                 Some(out) => match r.captures(input) {
                     None => false,
                     Some(c) => {
@@ -430,4 +470,25 @@ fn invalid_url_encoding(input: &[u8]) -> bool {
         }
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn braced_hex_escapes_are_bytes() {
+        assert_eq!(byte_escapes(r"[^>\x{be}]\x{c2}\x{b4}"), r"[^>\xbe]\xc2\xb4");
+        assert_eq!(
+            byte_escapes(r"\\x{41}\x{7}\x{1F600}\."),
+            r"\\x{41}\x07\x{1F600}\."
+        );
+        // CRS 941310: US-ASCII-encoded XSS, matched on raw bytes.
+        let rx = Rx::compile(r"\x{bc}[^>\x{be}]*[>\x{be}]|<[^\x{be}]*\x{be}").unwrap();
+        assert_eq!(rx.engine(), RxEngine::Fast);
+        assert!(rx.is_match(b"\xbcscript\xbealert", None));
+        // CRS 942420: a right single quotation mark is the bytes e2 80 99.
+        let rx = Rx::compile(r"\x{e2}\x80[\x98\x99]").unwrap();
+        assert!(rx.is_match("\u{2019}".as_bytes(), None));
+    }
 }

@@ -48,6 +48,44 @@ impl Request {
     }
 }
 
+/// An upstream response as the edge received it, for phases 3 and 4.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// The status code, e.g. 200.
+    pub status: u16,
+    /// The protocol, e.g. `HTTP/1.1`.
+    pub protocol: String,
+    /// Header fields in arrival order, names as sent.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The response body, or as much of it as the edge buffered (inspected
+    /// only with `SecResponseBodyAccess On` and a listed media type).
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// A response with this status, no headers and no body.
+    pub fn new(status: u16) -> Response {
+        Response {
+            status,
+            protocol: "HTTP/1.1".to_string(),
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+
+    /// Adds a header (builder style).
+    pub fn header(mut self, name: &str, value: impl Into<Vec<u8>>) -> Response {
+        self.headers.push((name.to_string(), value.into()));
+        self
+    }
+
+    /// Sets the body (builder style).
+    pub fn body(mut self, body: impl Into<Vec<u8>>) -> Response {
+        self.body = body.into();
+        self
+    }
+}
+
 /// What the edge must do with the request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -74,7 +112,8 @@ pub enum Action {
 pub struct RuleMatch {
     /// The rule id.
     pub id: u64,
-    /// The phase it ran in (1 request headers, 2 request body).
+    /// The phase it ran in (1 request headers, 2 request body, 3 response
+    /// headers, 4 response body).
     pub phase: u8,
     /// `msg`, macros expanded.
     pub msg: String,
@@ -102,6 +141,9 @@ pub struct Verdict {
     pub matched_ids: Vec<u64>,
     /// `tx.blocking_inbound_anomaly_score` (CRS), or `tx.anomaly_score`.
     pub anomaly_score: i64,
+    /// `tx.blocking_outbound_anomaly_score` (CRS); 0 until the response
+    /// phases have run.
+    pub outbound_anomaly_score: i64,
 }
 
 impl Verdict {

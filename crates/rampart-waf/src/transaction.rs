@@ -6,7 +6,7 @@ use crate::body;
 use crate::engine::{BodyLimitAction, Waf};
 use crate::macros::{Macro, Seg};
 use crate::operators::{atoi, eval};
-use crate::request::{Action, Request, RuleMatch, Verdict};
+use crate::request::{Action, Request, Response, RuleMatch, Verdict};
 use crate::rule::{Rule, RuleBody};
 use crate::transformations::Transform;
 use crate::variables::{Exclusion, Kind, Selector, Target, VarName, VAR_COUNT};
@@ -59,6 +59,7 @@ pub(crate) struct Transaction<'w> {
     removed_targets_by_tag: Vec<(regex::Regex, Exclusion)>,
     engine: EngineMode,
     body_access: bool,
+    response_body_access: bool,
     body_processor: Option<BodyProcessor>,
     force_body_var: bool,
     disruption: Option<(Action, u64)>,
@@ -72,12 +73,34 @@ impl Waf {
     /// verdict. Never fails and never panics on any input.
     pub fn evaluate(&self, req: &Request) -> Verdict {
         let mut t = Transaction::new(self, req);
-        t.run(req)
+        t.run_request(req);
+        t.verdict()
+    }
+
+    /// Evaluates the whole transaction: the request (phases 1, 2), the
+    /// upstream's response headers (3) and body (4), then logging (5). The
+    /// request phases run again, so that the response rules see the TX state
+    /// they set (CRS's paranoia level, scores); when the request was already
+    /// disrupted or allowed outright the response phases are skipped, but
+    /// logging (CRS's 980 reporting rules) still runs, as in ModSecurity.
+    pub fn evaluate_response(&self, req: &Request, resp: &Response) -> Verdict {
+        let mut t = Transaction::new(self, req);
+        if t.run_request(req) {
+            t.run_response(resp);
+        }
+        if t.engine != EngineMode::Off {
+            t.run_phase(5);
+        }
+        t.verdict()
     }
 }
 
 fn path_and_query(uri: &str) -> &str {
-    // absolute-form: scheme://authority/path?query
+    // absolute-form: scheme://authority/path?query. Origin-form targets
+    // start with `/` and may carry `://` in their query (`?u=http://x/`).
+    if uri.starts_with('/') {
+        return uri;
+    }
     if let Some(p) = uri.find("://") {
         let after = uri.get(p + 3..).unwrap_or("");
         return match after.find('/') {
@@ -104,6 +127,7 @@ impl<'w> Transaction<'w> {
             removed_targets_by_tag: Vec::new(),
             engine: cfg.engine,
             body_access: cfg.request_body_access,
+            response_body_access: cfg.response_body_access,
             body_processor: None,
             force_body_var: false,
             disruption: None,
@@ -120,9 +144,12 @@ impl<'w> Transaction<'w> {
         t.set(VarName::RequestProtocol, req.protocol.as_bytes());
         t.set(VarName::RequestUriRaw, req.uri.as_bytes());
         t.set(VarName::RequestUri, uri.as_bytes());
-        t.set(VarName::RequestFilename, path.as_bytes());
-        let base = path.rsplit('/').next().unwrap_or(path);
-        t.set(VarName::RequestBasename, base.as_bytes());
+        // Like ModSecurity v3 and Coraza, the path variables are
+        // percent-decoded (`/x/substr%28` is `/x/substr(`); REQUEST_URI is not.
+        let path = percent_decode(path.as_bytes());
+        t.set(VarName::RequestFilename, &path);
+        let base = path.rsplit(|&b| b == b'/').next().unwrap_or(&path);
+        t.set(VarName::RequestBasename, base);
         t.set(
             VarName::RequestLine,
             format!("{} {} {}", req.method, req.uri, req.protocol).as_bytes(),
@@ -222,28 +249,107 @@ impl<'w> Transaction<'w> {
         self.set(VarName::ArgsCombinedSize, n.to_string().as_bytes());
     }
 
-    fn run(&mut self, req: &Request) -> Verdict {
-        if self.engine != EngineMode::Off {
-            let mut stopped = self.run_phase(1);
-            if self.engine == EngineMode::Off {
-                return self.verdict();
-            }
-            let allow_all = matches!(
-                stopped,
-                Some(Stop::Allow(AllowScope::All | AllowScope::Request))
-            );
-            if !matches!(stopped, Some(Stop::Disrupt)) && !allow_all {
-                if self.body_access {
-                    if let Some(s) = self.process_body(req) {
-                        stopped = Some(s);
-                    }
-                }
-                if !matches!(stopped, Some(Stop::Disrupt)) {
-                    self.run_phase(2);
-                }
+    /// Runs phases 1 and 2; returns whether the response phases may run.
+    fn run_request(&mut self, req: &Request) -> bool {
+        if self.engine == EngineMode::Off {
+            return false;
+        }
+        let mut stopped = self.run_phase(1);
+        if self.engine == EngineMode::Off {
+            return false;
+        }
+        match stopped {
+            Some(Stop::Disrupt | Stop::Allow(AllowScope::All)) => return false,
+            Some(Stop::Allow(AllowScope::Request)) => return true,
+            _ => {}
+        }
+        if self.body_access {
+            if let Some(s) = self.process_body(req) {
+                stopped = Some(s);
             }
         }
-        self.verdict()
+        if matches!(stopped, Some(Stop::Disrupt)) {
+            return false;
+        }
+        let stopped = self.run_phase(2);
+        self.engine != EngineMode::Off
+            && !matches!(stopped, Some(Stop::Disrupt | Stop::Allow(AllowScope::All)))
+    }
+
+    /// Sets the response variables and runs phases 3 and 4.
+    fn run_response(&mut self, resp: &Response) {
+        let status = resp.status.to_string();
+        self.set(VarName::ResponseStatus, status.as_bytes());
+        self.set(VarName::ResponseProtocol, resp.protocol.as_bytes());
+        self.set(
+            VarName::StatusLine,
+            format!("{} {}", resp.protocol, resp.status).as_bytes(),
+        );
+        for (name, value) in &resp.headers {
+            self.slot(VarName::ResponseHeaders)
+                .push((name.clone(), value.clone()));
+            if name.eq_ignore_ascii_case("content-type") {
+                self.set(VarName::ResponseContentType, value);
+            } else if name.eq_ignore_ascii_case("content-length") {
+                self.set(VarName::ResponseContentLength, value);
+            }
+        }
+        if self.get_slot(VarName::ResponseContentLength).is_empty() {
+            self.set(
+                VarName::ResponseContentLength,
+                resp.body.len().to_string().as_bytes(),
+            );
+        }
+        self.set(VarName::OutboundDataError, b"0");
+        if matches!(
+            self.run_phase(3),
+            Some(Stop::Disrupt | Stop::Allow(AllowScope::All))
+        ) || self.engine == EngineMode::Off
+        {
+            return;
+        }
+        if self.response_body_access && self.response_body_inspected(resp) {
+            let cfg = &self.waf.config;
+            let mut body: &[u8] = &resp.body;
+            if body.len() > cfg.response_body_limit {
+                self.set(VarName::OutboundDataError, b"1");
+                match cfg.response_body_limit_action {
+                    BodyLimitAction::Reject => {
+                        if self.disruption.is_none() {
+                            self.disruption = Some((Action::Deny { status: 500 }, 0));
+                        }
+                        if self.engine == EngineMode::On {
+                            return;
+                        }
+                    }
+                    BodyLimitAction::ProcessPartial => {
+                        body = body.get(..cfg.response_body_limit).unwrap_or(body);
+                    }
+                }
+            }
+            self.set(VarName::ResponseBody, body);
+        }
+        self.run_phase(4);
+    }
+
+    /// True when the response's media type is one `SecResponseBodyMimeType`
+    /// lists (a response without Content-Type is not inspected).
+    fn response_body_inspected(&self, resp: &Response) -> bool {
+        let Some((_, ct)) = resp
+            .headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        else {
+            return false;
+        };
+        let ct = String::from_utf8_lossy(ct);
+        let media = ct
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        self.waf.config.response_body_mime_types.contains(&media)
     }
 
     fn verdict(&self) -> Verdict {
@@ -270,6 +376,11 @@ impl<'w> Transaction<'w> {
             matched_rules: self.matched_rules.clone(),
             matched_ids: self.matched_ids.clone(),
             anomaly_score: score,
+            outbound_anomaly_score: self
+                .tx
+                .get("blocking_outbound_anomaly_score")
+                .map(|v| atoi(v))
+                .unwrap_or(0),
         }
     }
 
@@ -299,8 +410,13 @@ impl<'w> Transaction<'w> {
         let depth = cfg.json_depth_limit;
         let file_limit = cfg.upload_file_limit;
         let processor = self.body_processor;
-        let set_body =
-            matches!(processor, None | Some(BodyProcessor::UrlEncoded)) || self.force_body_var;
+        // REQUEST_BODY holds the raw body for URL-encoded and JSON bodies (as
+        // in Coraza; CRS 934210 reads JSON keys there), not for multipart or
+        // XML, whose element names would otherwise be matched as values.
+        let set_body = matches!(
+            processor,
+            None | Some(BodyProcessor::UrlEncoded | BodyProcessor::Json)
+        ) || self.force_body_var;
         if set_body {
             self.set(VarName::RequestBody, body);
         }
@@ -379,18 +495,14 @@ impl<'w> Transaction<'w> {
                 error = m.error;
             }
             Some(BodyProcessor::Xml) => {
-                // Minimal XML support: the document's text content as `XML:/*`.
-                let mut text = Vec::new();
-                let mut in_tag = false;
-                for &c in body {
-                    match c {
-                        b'<' => in_tag = true,
-                        b'>' => in_tag = false,
-                        _ if !in_tag => text.push(c),
-                        _ => {}
+                match crate::xml::parse_xml(body, self.waf.config.xml_depth_limit, arg_limit) {
+                    Ok(x) => {
+                        let slot = self.slot(VarName::Xml);
+                        slot.extend(x.text.into_iter().map(|v| ("/*".to_string(), v)));
+                        slot.extend(x.attrs.into_iter().map(|v| ("//@*".to_string(), v)));
                     }
+                    Err(e) => error = Some(e),
                 }
-                self.slot(VarName::Xml).push(("/*".to_string(), text));
             }
             None => {}
         }
@@ -554,27 +666,24 @@ impl<'w> Transaction<'w> {
             RuleBody::Action => Vec::new(),
             RuleBody::Marker(_) => return false,
         };
-        match &link.chain {
-            Some(child) => {
-                if !self.eval_link(top, child) {
-                    return false;
-                }
-                self.run_actions(top, link);
-            }
-            None => {
-                if hits.is_empty() {
-                    self.run_actions(top, link);
-                }
-                for h in hits {
-                    self.matched_var = Some((h.name, h.value));
-                    if let Some(c) = &h.caps {
-                        self.set_captures(c);
-                    }
-                    self.run_actions(top, link);
-                }
-            }
+        // Each link's non-disruptive actions (setvar, ctl) run once per
+        // matched value as soon as the link matches, before the next link is
+        // evaluated, whether or not the rest of the chain matches: CRS chains
+        // such as 920420 and 931130 read in link 2 what link 1 set.
+        if hits.is_empty() {
+            self.run_actions(top, link);
         }
-        true
+        for h in hits {
+            if let Some(c) = &h.caps {
+                self.set_captures(c);
+            }
+            self.matched_var = Some((h.name, h.value));
+            self.run_actions(top, link);
+        }
+        match &link.chain {
+            Some(child) => self.eval_link(top, child),
+            None => true,
+        }
     }
 
     fn set_captures(&mut self, caps: &[Vec<u8>]) {
@@ -650,6 +759,9 @@ impl<'w> Transaction<'w> {
                 };
                 eval(&op.op, input, &mut expand, caps) != op.negated
             };
+            // MATCHED_VAR(S) and %{MATCHED_VAR} carry the value as the
+            // operator saw it, after transformations (ModSecurity, Coraza):
+            // CRS chains like 944120 test it again without `t:lowercase`.
             let mut cur: Cow<'_, [u8]> = Cow::Borrowed(&v.value);
             let mut matched = false;
             if multi && check(&cur, &mut caps_buf) {
@@ -676,7 +788,7 @@ impl<'w> Transaction<'w> {
             if matched {
                 hits.push(Hit {
                     name: v.name(),
-                    value: v.value.to_vec(),
+                    value: cur.into_owned(),
                     caps: if want_caps && !op.negated {
                         Some(caps_buf)
                     } else {
@@ -704,7 +816,7 @@ impl<'w> Transaction<'w> {
         match t.var.kind() {
             Kind::Keyed => {
                 for (k, v) in self.get_slot(t.var) {
-                    if t.var == VarName::Xml || t.selector.matches(k) {
+                    if t.selector.matches(k) {
                         out.push(Val {
                             var: t.var,
                             key: Cow::Borrowed(k),
@@ -863,6 +975,7 @@ impl<'w> Transaction<'w> {
                 }
                 Ctl::RequestBodyAccess(b) => self.body_access = *b,
                 Ctl::ForceRequestBodyVariable(b) => self.force_body_var = *b,
+                Ctl::ResponseBodyAccess(b) => self.response_body_access = *b,
                 Ctl::Ignored => {}
             }
         }
@@ -877,6 +990,23 @@ impl<'w> Transaction<'w> {
     }
 }
 
+/// Decodes `%HH` only (no `+`, no `%uHHHH`), leaving bad escapes as sent.
+fn percent_decode(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while let Some(&c) = s.get(i) {
+        let hex = |j: usize| s.get(j).and_then(|&b| (b as char).to_digit(16));
+        if let (b'%', Some(h), Some(l)) = (c, hex(i + 1), hex(i + 2)) {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(c);
+            i += 1;
+        }
+    }
+    out
+}
+
 fn trim(s: &[u8]) -> &[u8] {
     let start = s.iter().take_while(|c| c.is_ascii_whitespace()).count();
     let s = s.get(start..).unwrap_or(&[]);
@@ -886,4 +1016,25 @@ fn trim(s: &[u8]) -> &[u8] {
             .take_while(|c| c.is_ascii_whitespace())
             .count();
     s.get(..end).unwrap_or(&[])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::path_and_query;
+
+    #[test]
+    fn origin_and_absolute_form() {
+        assert_eq!(path_and_query("/a?u=http://x/y"), "/a?u=http://x/y");
+        assert_eq!(path_and_query("http://h:8/p?q=1"), "/p?q=1");
+        assert_eq!(path_and_query("https://h"), "/");
+        assert_eq!(path_and_query("*"), "*");
+    }
+
+    #[test]
+    fn path_is_percent_decoded_only() {
+        assert_eq!(
+            super::percent_decode(b"/a%28b+%u0041%zz%4"),
+            b"/a(b+%u0041%zz%4"
+        );
+    }
 }

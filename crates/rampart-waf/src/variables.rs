@@ -231,6 +231,20 @@ pub(crate) fn parse_targets(s: &str, at: &Location) -> Result<Targets, Error> {
             None => Selector::All,
             Some(k) => parse_selector(k, at)?,
         };
+        // The XML body processor answers the two XPath expressions CRS uses;
+        // any other would silently select nothing.
+        let xpath_ok = match &selector {
+            Selector::All => true,
+            Selector::Key(k) => k == "/*" || k == "//@*",
+            Selector::Regex(_) => false,
+        };
+        if var == VarName::Xml && !xpath_ok {
+            return Err(Error::Unsupported {
+                at: at.clone(),
+                kind: "XPath expression",
+                name: key.unwrap_or("").to_string(),
+            });
+        }
         if negated {
             out.exclusions.push(Exclusion { var, selector });
         } else {
@@ -331,6 +345,19 @@ mod tests {
         assert!(t.exclusions[0].excludes(VarName::RequestCookies, "_ga"));
         assert!(t.targets[1].count);
         assert!(matches!(&t.targets[3].selector, Selector::Key(k) if k == "a b"));
+    }
+
+    #[test]
+    fn only_crs_xpath_is_supported() {
+        assert!(parse_targets("XML:/*|XML://@*|!XML:/*|XML", &at()).is_ok());
+        let e = parse_targets("XML:/soap:Envelope/*", &at()).unwrap_err();
+        assert!(matches!(
+            e,
+            Error::Unsupported {
+                kind: "XPath expression",
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -1,0 +1,36 @@
+//! Feeds arbitrary bytes to the route matcher, host validation and
+//! X-Forwarded-For handling: none may panic.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use rampart_config::{Route, RouteAuth};
+use rampart_edge::router::Router;
+
+fuzz_target!(|data: &[u8]| {
+    let text = String::from_utf8_lossy(data);
+    let mut parts = text.splitn(4, '\n');
+    let (pat, prefix, host, rest) = (
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or("/"),
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+    );
+    let router = Router::new(vec![Route {
+        host: pat.to_string(),
+        path_prefix: prefix.to_string(),
+        service: "s".into(),
+        auth: RouteAuth::None,
+        roles: vec![],
+        allow_cidrs: vec![],
+        deny_cidrs: vec![],
+    }]);
+    if let Some(h) = rampart_edge::parse_host(host) {
+        let _ = router.find(&h, rest);
+    }
+    let mut headers = http::HeaderMap::new();
+    if let Ok(v) = http::HeaderValue::from_bytes(rest.as_bytes()) {
+        headers.insert("x-forwarded-for", v);
+    }
+    let trusted: Vec<ipnet::IpNet> = vec!["127.0.0.0/8".parse().unwrap_or_else(|_| unreachable!())];
+    let _ = rampart_edge::client_addr([127, 0, 0, 1].into(), &headers, &trusted);
+});

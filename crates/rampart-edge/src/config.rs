@@ -1,0 +1,172 @@
+//! [`EdgeConfig`]: rampart-config's validated [`Config`] plus what only the
+//! process that starts the edge knows (listener addresses, certificates,
+//! hooks).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use rampart_config::Config;
+use rampart_core::{SharedClock, SystemClock};
+
+use crate::balance::{Balance, BreakerSettings};
+use crate::hooks::{AuditSink, Authenticator, NoAudit, NoAuthenticator};
+use crate::ratelimit::{CounterStore, MemoryStore, RateLimits};
+
+/// Where a certificate chain and its key come from.
+#[derive(Debug, Clone)]
+pub enum CertSource {
+    /// PEM files on disk.
+    Files {
+        /// The certificate chain, leaf first.
+        cert: PathBuf,
+        /// The private key (PKCS#8, PKCS#1 or SEC1).
+        key: PathBuf,
+    },
+    /// PEM text in memory.
+    Pem {
+        /// The certificate chain, leaf first.
+        cert: String,
+        /// The private key.
+        key: String,
+    },
+}
+
+/// One certificate and the server names (SNI) it answers for.
+#[derive(Debug, Clone)]
+pub struct CertConfig {
+    /// Names such as `api.example.com` or `*.example.com`. The first
+    /// certificate also answers clients that send no or an unknown name.
+    pub names: Vec<String>,
+    /// The chain and key.
+    pub source: CertSource,
+}
+
+/// Active health checks: `GET path` on every upstream each `interval`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// The path to request, e.g. `/healthz`.
+    pub path: String,
+    /// Time between checks.
+    pub interval: Duration,
+    /// Time allowed for an answer.
+    pub timeout: Duration,
+    /// Consecutive successes (2xx or 3xx) that bring an instance back.
+    pub rise: u32,
+    /// Consecutive failures that take it out.
+    pub fall: u32,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        HealthCheck {
+            path: "/healthz".into(),
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
+            rise: 2,
+            fall: 3,
+        }
+    }
+}
+
+/// Everything the edge needs to start.
+#[derive(Clone)]
+pub struct EdgeConfig {
+    /// Services and routes.
+    pub config: Config,
+    /// Plain HTTP listener (redirects only); `None` for none.
+    pub http_listen: Option<SocketAddr>,
+    /// HTTPS listener; `None` for none.
+    pub https_listen: Option<SocketAddr>,
+    /// The HTTPS port named in redirects; defaults to the bound HTTPS port.
+    pub redirect_https_port: Option<u16>,
+    /// Certificates for the HTTPS listener.
+    pub certificates: Vec<CertConfig>,
+    /// How often file-backed certificates are checked for changes and
+    /// reloaded (`None`: only through [`crate::EdgeHandle::reload_certificates`]).
+    pub cert_poll_interval: Option<Duration>,
+    /// Source networks allowed on every route (empty: all).
+    pub allow_cidrs: Vec<IpNet>,
+    /// Source networks denied on every route.
+    pub deny_cidrs: Vec<IpNet>,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Token-bucket limits.
+    pub rate_limits: RateLimits,
+    /// Where counters live.
+    pub counter_store: Arc<dyn CounterStore>,
+    /// The WAF, if any.
+    pub waf: Option<Arc<rampart_waf::Waf>>,
+    /// Authenticates routes whose `auth` is not `none`.
+    pub authenticator: Arc<dyn Authenticator>,
+    /// Receives one record per request.
+    pub audit: Arc<dyn AuditSink>,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// How pools choose.
+    pub balance: Balance,
+    /// Breaker settings for every upstream.
+    pub breaker: BreakerSettings,
+    /// Active health checks; `None` for passive ejection only.
+    pub health_check: Option<HealthCheck>,
+    /// Time to connect to an upstream.
+    pub connect_timeout: Duration,
+    /// Time for an upstream to send response headers.
+    pub upstream_timeout: Duration,
+    /// Time for a client to send request headers (HTTP/1).
+    pub header_read_timeout: Duration,
+    /// Time for a client to send the request body.
+    pub body_read_timeout: Duration,
+    /// How long in-flight requests may run after shutdown begins.
+    pub drain_deadline: Duration,
+    /// The clock.
+    pub clock: SharedClock,
+}
+
+impl std::fmt::Debug for EdgeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EdgeConfig")
+            .field("http_listen", &self.http_listen)
+            .field("https_listen", &self.https_listen)
+            .field("routes", &self.config.routes.len())
+            .field("certificates", &self.certificates.len())
+            .field("waf", &self.waf.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl EdgeConfig {
+    /// Defaults around `config`: HTTP on `0.0.0.0:80`, HTTPS on
+    /// `0.0.0.0:443`, no certificates yet (add them), no WAF, a
+    /// deny-everything authenticator for protected routes, no audit sink.
+    pub fn new(config: Config) -> EdgeConfig {
+        EdgeConfig {
+            config,
+            http_listen: Some(SocketAddr::from(([0, 0, 0, 0], 80))),
+            https_listen: Some(SocketAddr::from(([0, 0, 0, 0], 443))),
+            redirect_https_port: None,
+            certificates: Vec::new(),
+            cert_poll_interval: Some(Duration::from_secs(30)),
+            allow_cidrs: Vec::new(),
+            deny_cidrs: Vec::new(),
+            trusted_proxies: Vec::new(),
+            rate_limits: RateLimits::default(),
+            counter_store: Arc::new(MemoryStore::default()),
+            waf: None,
+            authenticator: Arc::new(NoAuthenticator),
+            audit: Arc::new(NoAudit),
+            max_body_bytes: 10 * 1024 * 1024,
+            balance: Balance::RoundRobin,
+            breaker: BreakerSettings::default(),
+            health_check: None,
+            connect_timeout: Duration::from_secs(3),
+            upstream_timeout: Duration::from_secs(60),
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            drain_deadline: Duration::from_secs(30),
+            clock: SystemClock::shared(),
+        }
+    }
+}

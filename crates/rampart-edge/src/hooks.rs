@@ -1,0 +1,117 @@
+//! The two seams the `rampart` binary wires to other planes: an
+//! [`Authenticator`] (identity plane) and an [`AuditSink`] (audit log).
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use rampart_config::{Route, RouteAuth};
+
+/// Who made a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// Stable identifier (`anonymous` on `auth = "none"` routes).
+    pub id: String,
+    /// Roles held.
+    pub roles: Vec<String>,
+}
+
+impl Principal {
+    /// The caller on a route that does not authenticate.
+    pub fn anonymous() -> Principal {
+        Principal {
+            id: "anonymous".into(),
+            roles: Vec::new(),
+        }
+    }
+}
+
+/// What an authenticator sees.
+#[derive(Debug)]
+pub struct AuthRequest<'a> {
+    /// The matched route.
+    pub route: &'a Route,
+    /// The request head.
+    pub head: &'a http::request::Parts,
+    /// The client address (after trusted `X-Forwarded-For`).
+    pub client: IpAddr,
+}
+
+/// Outcome of authentication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthOutcome {
+    /// Credentials accepted.
+    Authenticated(Principal),
+    /// Missing or invalid credentials (401).
+    Unauthenticated,
+}
+
+/// Authenticates routes whose `auth` is `api_key`, `session` or
+/// `client_cert`. Routes with `auth = "none"` never reach it.
+pub trait Authenticator: Send + Sync {
+    /// Checks the request's credentials for `req.route.auth`.
+    fn authenticate(&self, req: &AuthRequest<'_>) -> AuthOutcome;
+}
+
+/// Refuses every credential: the safe default until the identity plane is
+/// wired in.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoAuthenticator;
+
+impl Authenticator for NoAuthenticator {
+    fn authenticate(&self, _req: &AuthRequest<'_>) -> AuthOutcome {
+        AuthOutcome::Unauthenticated
+    }
+}
+
+/// Whether `p` may use `route`: any principal when the route names no
+/// roles, else one role in common.
+pub fn authorised(route: &Route, p: &Principal) -> bool {
+    route.auth == RouteAuth::None
+        || route.roles.is_empty()
+        || route.roles.iter().any(|r| p.roles.contains(r))
+}
+
+/// One request as the audit log sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessRecord {
+    /// The request id sent upstream as `X-Request-Id`.
+    pub request_id: String,
+    /// Client address.
+    pub client: IpAddr,
+    /// Method.
+    pub method: String,
+    /// Host (no port).
+    pub host: String,
+    /// Path (no query).
+    pub path: String,
+    /// The matched route's `host` + `path_prefix`, if any.
+    pub route: Option<String>,
+    /// The principal, once authenticated.
+    pub principal: Option<String>,
+    /// Status sent to the client.
+    pub status: u16,
+    /// The refusal reason (see [`crate::Reject::reason`]), if refused.
+    pub reason: Option<&'static str>,
+    /// The upstream that answered, if any.
+    pub upstream: Option<String>,
+    /// Request body bytes read.
+    pub bytes_in: u64,
+    /// Response `Content-Length`, when known.
+    pub bytes_out: Option<u64>,
+    /// Time until response headers.
+    pub latency: Duration,
+}
+
+/// Receives one [`AccessRecord`] per request, refused or not.
+pub trait AuditSink: Send + Sync {
+    /// Records `rec`. Must not block for long: it runs on the request path.
+    fn record(&self, rec: &AccessRecord);
+}
+
+/// Discards records.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoAudit;
+
+impl AuditSink for NoAudit {
+    fn record(&self, _rec: &AccessRecord) {}
+}

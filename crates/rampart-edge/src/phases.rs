@@ -1,0 +1,361 @@
+//! The request path as an ordered list of [`Phase`]s. Each phase may refuse
+//! the request with a [`Reject`]; the first refusal ends the list and
+//! becomes the response (status mapped in [`Reject::status`]). Balancing,
+//! proxying, response headers and audit follow in [`crate::Edge`]'s handler.
+//!
+//! ```text
+//! ip rules → rate limit → waf → authn → principal rate limit → authz → body limit
+//!   → (balance → proxy [retry on another upstream] → response headers → audit)
+//! ```
+//! A phase that needs the request body says so ([`Phase::needs_body`]);
+//! the runner then reads it once, bounded by the body limit, and keeps it
+//! for later phases and for retries.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use ipnet::IpNet;
+use rampart_config::{Route, RouteAuth};
+use rampart_core::SharedClock;
+
+use crate::error::Reject;
+use crate::hooks::{authorised, AuthOutcome, AuthRequest, Authenticator, Principal};
+use crate::ratelimit::{looks_like_auth, CounterStore, RateLimits};
+
+/// What the phases see and fill in.
+#[derive(Debug)]
+pub struct RequestCtx {
+    /// The request head as received.
+    pub head: http::request::Parts,
+    /// The client address (after trusted `X-Forwarded-For`).
+    pub client: IpAddr,
+    /// The validated host, lowercase, without port.
+    pub host: String,
+    /// The matched route.
+    pub route: Route,
+    /// Set by authentication.
+    pub principal: Option<Principal>,
+    /// Sent upstream as `X-Request-Id`.
+    pub request_id: String,
+    /// Sent upstream as `X-Forwarded-For`.
+    pub forwarded_for: String,
+    pending: Option<Incoming>,
+    body: Option<Bytes>,
+}
+
+impl RequestCtx {
+    /// A context for a request whose body has not been read.
+    pub fn new(
+        head: http::request::Parts,
+        body: Incoming,
+        client: IpAddr,
+        host: String,
+        route: Route,
+        request_id: String,
+    ) -> RequestCtx {
+        RequestCtx {
+            head,
+            client,
+            host,
+            route,
+            principal: None,
+            request_id,
+            forwarded_for: client.to_string(),
+            pending: Some(body),
+            body: None,
+        }
+    }
+
+    /// The body, once a phase that needs it has run.
+    pub fn body(&self) -> Option<&Bytes> {
+        self.body.as_ref()
+    }
+
+    /// Reads the body (at most `limit` bytes) unless already read.
+    pub async fn buffer_body(&mut self, limit: usize) -> Result<&Bytes, Reject> {
+        if self.body.is_none() {
+            let bytes = match self.pending.take() {
+                Some(incoming) => match Limited::new(incoming, limit).collect().await {
+                    Ok(c) => c.to_bytes(),
+                    Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                        return Err(Reject::BodyTooLarge)
+                    }
+                    Err(_) => return Err(Reject::BadBody),
+                },
+                None => Bytes::new(),
+            };
+            self.body = Some(bytes);
+        }
+        Ok(self.body.get_or_insert_with(Bytes::new))
+    }
+}
+
+/// One step of the request path.
+pub trait Phase: Send + Sync {
+    /// A short name for logs.
+    fn name(&self) -> &'static str;
+    /// Whether the body must be read before [`Phase::check`].
+    fn needs_body(&self) -> bool {
+        false
+    }
+    /// Passes the request on, or refuses it.
+    fn check(&self, ctx: &mut RequestCtx) -> Result<(), Reject>;
+}
+
+/// Runs `phases` in order; stops at the first refusal. The body, when a
+/// phase needs it, must arrive within `body_timeout`.
+pub async fn run(
+    phases: &[Box<dyn Phase>],
+    ctx: &mut RequestCtx,
+    max_body: usize,
+    body_timeout: std::time::Duration,
+) -> Result<(), Reject> {
+    for p in phases {
+        if p.needs_body() {
+            tokio::time::timeout(body_timeout, ctx.buffer_body(max_body))
+                .await
+                .map_err(|_| Reject::BodyTimeout)??;
+        }
+        if let Err(r) = p.check(ctx) {
+            tracing::debug!(phase = p.name(), reason = r.reason(), "request refused");
+            return Err(r);
+        }
+    }
+    Ok(())
+}
+
+/// Global and per-route allow/deny lists. Deny wins; a non-empty allow
+/// list admits only its networks.
+#[derive(Debug)]
+pub struct IpRules {
+    /// Allowed everywhere (empty: all).
+    pub allow: Vec<IpNet>,
+    /// Denied everywhere.
+    pub deny: Vec<IpNet>,
+}
+
+fn contains(nets: &[IpNet], ip: IpAddr) -> bool {
+    nets.iter().any(|n| n.contains(&ip))
+}
+
+impl Phase for IpRules {
+    fn name(&self) -> &'static str {
+        "ip_rules"
+    }
+    fn check(&self, ctx: &mut RequestCtx) -> Result<(), Reject> {
+        let ip = ctx.client;
+        let r = &ctx.route;
+        if contains(&self.deny, ip) || contains(&r.deny_cidrs, ip) {
+            return Err(Reject::IpDenied);
+        }
+        if (!self.allow.is_empty() && !contains(&self.allow, ip))
+            || (!r.allow_cidrs.is_empty() && !contains(&r.allow_cidrs, ip))
+        {
+            return Err(Reject::IpDenied);
+        }
+        Ok(())
+    }
+}
+
+/// Token buckets per client address (stricter on auth-like routes) and
+/// per route.
+#[derive(Debug)]
+pub struct RateLimit {
+    /// The limits.
+    pub limits: RateLimits,
+    /// The counters.
+    pub store: Arc<dyn CounterStore>,
+    /// The clock.
+    pub clock: SharedClock,
+}
+
+impl Phase for RateLimit {
+    fn name(&self) -> &'static str {
+        "rate_limit"
+    }
+    fn check(&self, ctx: &mut RequestCtx) -> Result<(), Reject> {
+        let now = self.clock.unix_nanos();
+        let route = format!("{}{}", ctx.route.host, ctx.route.path_prefix);
+        let (key, rate) = if looks_like_auth(&ctx.route.path_prefix) {
+            (
+                format!("ca|{}|{route}", ctx.client),
+                self.limits.per_client_auth,
+            )
+        } else {
+            (format!("c|{}", ctx.client), self.limits.per_client)
+        };
+        self.store
+            .take(&key, rate, now)
+            .and_then(|()| {
+                self.store
+                    .take(&format!("r|{route}"), self.limits.per_route, now)
+            })
+            .map_err(|retry_after| Reject::RateLimited { retry_after })
+    }
+}
+
+/// The firewall: hands the request (head and body) to the WAF.
+pub struct Firewall {
+    /// The engine.
+    pub waf: Arc<rampart_waf::Waf>,
+}
+
+impl Phase for Firewall {
+    fn name(&self) -> &'static str {
+        "waf"
+    }
+    fn needs_body(&self) -> bool {
+        true
+    }
+    fn check(&self, ctx: &mut RequestCtx) -> Result<(), Reject> {
+        let h = &ctx.head;
+        let mut headers: Vec<(String, Vec<u8>)> = Vec::with_capacity(h.headers.len() + 1);
+        // HTTP/2 carries the host in :authority; CRS rules read Host.
+        if !h.headers.contains_key(http::header::HOST) {
+            headers.push(("Host".into(), ctx.host.clone().into_bytes()));
+        }
+        headers.extend(
+            h.headers
+                .iter()
+                .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec())),
+        );
+        let req = rampart_waf::Request {
+            method: h.method.as_str().to_string(),
+            uri: h
+                .uri
+                .path_and_query()
+                .map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
+            protocol: format!("{:?}", h.version),
+            remote_addr: ctx.client,
+            remote_port: 0,
+            headers,
+            body: ctx.body().map(|b| b.to_vec()).unwrap_or_default(),
+        };
+        let v = self.waf.evaluate(&req);
+        match v.action {
+            rampart_waf::Action::Pass => Ok(()),
+            rampart_waf::Action::Deny { status } => Err(Reject::Waf {
+                status,
+                rule: v.disrupted_by,
+            }),
+            // Dropping needs the connection; answer 403 instead.
+            rampart_waf::Action::Drop => Err(Reject::Waf {
+                status: 403,
+                rule: v.disrupted_by,
+            }),
+            rampart_waf::Action::Redirect { status, location } => {
+                Err(Reject::WafRedirect { status, location })
+            }
+        }
+    }
+}
+
+/// Authentication: `auth = "none"` gives the anonymous principal; other
+/// modes ask the [`Authenticator`].
+pub struct Authn {
+    /// The identity plane's hook.
+    pub authenticator: Arc<dyn Authenticator>,
+}
+
+impl Phase for Authn {
+    fn name(&self) -> &'static str {
+        "authn"
+    }
+    fn check(&self, ctx: &mut RequestCtx) -> Result<(), Reject> {
+        if ctx.route.auth == RouteAuth::None {
+            ctx.principal = Some(Principal::anonymous());
+            return Ok(());
+        }
+        let out = self.authenticator.authenticate(&AuthRequest {
+            route: &ctx.route,
+            head: &ctx.head,
+            client: ctx.client,
+        });
+        match out {
+            AuthOutcome::Authenticated(p) => {
+                ctx.principal = Some(p);
+                Ok(())
+            }
+            AuthOutcome::Unauthenticated => Err(Reject::Unauthenticated),
+        }
+    }
+}
+
+/// Token bucket per authenticated principal (anonymous callers are
+/// already limited per address).
+#[derive(Debug)]
+pub struct PrincipalRateLimit {
+    /// The bucket shape.
+    pub rate: crate::ratelimit::Rate,
+    /// The counters.
+    pub store: Arc<dyn CounterStore>,
+    /// The clock.
+    pub clock: SharedClock,
+}
+
+impl Phase for PrincipalRateLimit {
+    fn name(&self) -> &'static str {
+        "principal_rate_limit"
+    }
+    fn check(&self, ctx: &mut RequestCtx) -> Result<(), Reject> {
+        match &ctx.principal {
+            Some(p) if ctx.route.auth != RouteAuth::None => self
+                .store
+                .take(&format!("p|{}", p.id), self.rate, self.clock.unix_nanos())
+                .map_err(|retry_after| Reject::RateLimited { retry_after }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Authorisation: the route's roles.
+#[derive(Debug)]
+pub struct Authz;
+
+impl Phase for Authz {
+    fn name(&self) -> &'static str {
+        "authz"
+    }
+    fn check(&self, ctx: &mut RequestCtx) -> Result<(), Reject> {
+        match &ctx.principal {
+            Some(p) if authorised(&ctx.route, p) => Ok(()),
+            Some(_) => Err(Reject::Forbidden),
+            None => Err(Reject::Unauthenticated),
+        }
+    }
+}
+
+/// Body size: refuses a declared `Content-Length` over the limit before
+/// reading, and reads the body (bounded) so that it can be retried.
+#[derive(Debug)]
+pub struct BodyLimit {
+    /// Largest body, in bytes.
+    pub max: usize,
+}
+
+impl Phase for BodyLimit {
+    fn name(&self) -> &'static str {
+        "body_limit"
+    }
+    fn needs_body(&self) -> bool {
+        true
+    }
+    fn check(&self, ctx: &mut RequestCtx) -> Result<(), Reject> {
+        match ctx.body() {
+            Some(b) if b.len() > self.max => Err(Reject::BodyTooLarge),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Refuses a declared `Content-Length` over `max` before any body is read.
+pub fn declared_too_large(head: &http::request::Parts, max: usize) -> bool {
+    head.headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > max as u64)
+}

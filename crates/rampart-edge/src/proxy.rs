@@ -1,0 +1,187 @@
+//! Forwarding to an upstream: balance, build the upstream request (hop-by-hop
+//! headers stripped, `X-Forwarded-*` and `X-Request-Id` set), send, and on
+//! failure retry on another instance when that is safe.
+//!
+//! Retry rules: a connect error is retried for any method (nothing was
+//! sent); other errors, timeouts and 502/503/504 only for idempotent
+//! methods. At most three attempts, each on a different instance.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, Version};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+
+use crate::balance::Pool;
+use crate::error::Reject;
+use crate::phases::RequestCtx;
+
+/// The HTTP client used towards upstreams.
+pub type UpstreamClient = Client<HttpConnector, Full<Bytes>>;
+
+const MAX_ATTEMPTS: usize = 3;
+
+/// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Removes hop-by-hop headers, including those named in `Connection`.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = h
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in listed {
+        h.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        h.remove(n);
+    }
+}
+
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// What came back from the upstream.
+#[derive(Debug)]
+pub struct Forwarded {
+    /// The response.
+    pub response: Response<Incoming>,
+    /// The instance that answered.
+    pub upstream: String,
+}
+
+/// Sends the request to an instance of `pool`, retrying as described above.
+pub async fn forward(
+    client: &UpstreamClient,
+    pool: &Pool,
+    ctx: &RequestCtx,
+    https: bool,
+    timeout: Duration,
+) -> Result<Forwarded, Reject> {
+    let body = ctx.body().cloned().unwrap_or_default();
+    let retry_ok = idempotent(&ctx.head.method);
+    let attempts = pool.len().min(MAX_ATTEMPTS);
+    let mut tried = Vec::new();
+    let mut last: Result<Forwarded, Reject> = Err(Reject::UpstreamFailed);
+    loop {
+        if tried.len() >= attempts {
+            return last;
+        }
+        let Some(lease) = pool.pick(&tried) else {
+            if tried.is_empty() {
+                return Err(Reject::NoHealthyUpstream {
+                    retry_after: pool.retry_after(),
+                });
+            }
+            return last;
+        };
+        tried.push(lease.index());
+        let upstream = lease.addr().to_string();
+        let req = upstream_request(ctx, &upstream, body.clone(), https)?;
+        match tokio::time::timeout(timeout, client.request(req)).await {
+            Ok(Ok(response)) => {
+                let status = response.status().as_u16();
+                lease.finish(status < 500);
+                let gateway = matches!(status, 502..=504);
+                let out = Forwarded { response, upstream };
+                if gateway && retry_ok {
+                    last = Ok(out);
+                    continue;
+                }
+                return Ok(out);
+            }
+            Ok(Err(e)) => {
+                lease.finish(false);
+                tracing::debug!(%upstream, error = %e, "upstream request failed");
+                last = Err(Reject::UpstreamFailed);
+                if !(e.is_connect() || retry_ok) {
+                    return last;
+                }
+            }
+            Err(_) => {
+                lease.finish(false);
+                last = Err(Reject::UpstreamTimeout);
+                if !retry_ok {
+                    return last;
+                }
+            }
+        }
+    }
+}
+
+fn upstream_request(
+    ctx: &RequestCtx,
+    upstream: &str,
+    body: Bytes,
+    https: bool,
+) -> Result<Request<Full<Bytes>>, Reject> {
+    let pq = ctx.head.uri.path_and_query().map_or("/", |p| p.as_str());
+    let uri: http::Uri = format!("http://{upstream}{pq}")
+        .parse()
+        .map_err(|_| Reject::BadHost)?;
+    let mut headers = ctx.head.headers.clone();
+    strip_hop_by_hop(&mut headers);
+    headers.remove(http::header::CONTENT_LENGTH);
+    if !headers.contains_key(http::header::HOST) {
+        if let Ok(v) = HeaderValue::from_str(&ctx.host) {
+            headers.insert(http::header::HOST, v);
+        }
+    }
+    let set = |h: &mut HeaderMap, name: &'static str, v: &str| {
+        if let Ok(v) = HeaderValue::from_str(v) {
+            h.insert(HeaderName::from_static(name), v);
+        }
+    };
+    set(&mut headers, "x-forwarded-for", &ctx.forwarded_for);
+    set(
+        &mut headers,
+        "x-forwarded-proto",
+        if https { "https" } else { "http" },
+    );
+    set(&mut headers, "x-request-id", &ctx.request_id);
+    let mut req = Request::new(Full::new(body));
+    *req.method_mut() = ctx.head.method.clone();
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = headers;
+    Ok(req)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_listed_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("close, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("5"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.insert("accept", HeaderValue::from_static("*/*"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("accept"));
+    }
+}

@@ -1,0 +1,134 @@
+//! Token buckets keyed by client address and by route. The counters live
+//! behind [`CounterStore`] so that a shared (Redis) store can replace the
+//! in-memory one; time comes from a [`Clock`](rampart_core::Clock).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// A bucket's shape: `burst` tokens, refilled at `per_second`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    /// Bucket capacity.
+    pub burst: u32,
+    /// Tokens added per second.
+    pub per_second: f64,
+}
+
+impl Rate {
+    /// A rate of `per_second` with a burst of `burst`.
+    pub const fn new(burst: u32, per_second: f64) -> Rate {
+        Rate { burst, per_second }
+    }
+}
+
+/// The limits the edge applies.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimits {
+    /// Per client address on ordinary routes.
+    pub per_client: Rate,
+    /// Per client address on routes that look like authentication.
+    pub per_client_auth: Rate,
+    /// Per route, all clients together.
+    pub per_route: Rate,
+    /// Per authenticated principal.
+    pub per_principal: Rate,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits {
+            per_client: Rate::new(200, 100.0),
+            per_client_auth: Rate::new(10, 0.2),
+            per_route: Rate::new(10_000, 5_000.0),
+            per_principal: Rate::new(100, 50.0),
+        }
+    }
+}
+
+/// Where token counts are kept.
+pub trait CounterStore: Send + Sync + std::fmt::Debug {
+    /// Takes one token from `key`'s bucket at time `now_nanos` (Unix
+    /// nanoseconds). `Err` carries how long until a token is available.
+    fn take(&self, key: &str, rate: Rate, now_nanos: u64) -> Result<(), Duration>;
+}
+
+/// A process-local [`CounterStore`].
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at_nanos: u64,
+}
+
+/// Above this many buckets, full ones are forgotten (they carry no state).
+const PRUNE_ABOVE: usize = 100_000;
+
+impl CounterStore for MemoryStore {
+    fn take(&self, key: &str, rate: Rate, now_nanos: u64) -> Result<(), Duration> {
+        let burst = f64::from(rate.burst);
+        let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() > PRUNE_ABOVE {
+            map.retain(|_, b| {
+                let elapsed = now_nanos.saturating_sub(b.at_nanos) as f64 / 1e9;
+                b.tokens + elapsed * rate.per_second < burst
+            });
+        }
+        let b = map.entry(key.to_string()).or_insert(Bucket {
+            tokens: burst,
+            at_nanos: now_nanos,
+        });
+        let elapsed = now_nanos.saturating_sub(b.at_nanos) as f64 / 1e9;
+        b.tokens = (b.tokens + elapsed * rate.per_second).min(burst);
+        b.at_nanos = now_nanos.max(b.at_nanos);
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            Ok(())
+        } else if rate.per_second > 0.0 {
+            Err(Duration::from_secs_f64((1.0 - b.tokens) / rate.per_second))
+        } else {
+            Err(Duration::from_secs(3600))
+        }
+    }
+}
+
+/// Whether a route prefix looks like an authentication endpoint, which
+/// gets the stricter per-client bucket.
+pub fn looks_like_auth(path_prefix: &str) -> bool {
+    let p = path_prefix.to_ascii_lowercase();
+    [
+        "login", "logon", "signin", "sign-in", "auth", "token", "session", "password", "mfa", "otp",
+    ]
+    .iter()
+    .any(|w| p.contains(w))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_empties_and_refills_with_time() {
+        let s = MemoryStore::default();
+        let r = Rate::new(2, 1.0);
+        let t0 = 1_000_000_000_000;
+        assert!(s.take("k", r, t0).is_ok());
+        assert!(s.take("k", r, t0).is_ok());
+        let wait = s.take("k", r, t0).unwrap_err();
+        assert!(wait > Duration::from_millis(900) && wait <= Duration::from_secs(1));
+        assert!(s.take("other", r, t0).is_ok());
+        assert!(s.take("k", r, t0 + 1_000_000_000).is_ok());
+        assert!(s.take("k", r, t0 + 1_000_000_000).is_err());
+    }
+
+    #[test]
+    fn auth_like_paths() {
+        assert!(looks_like_auth("/login"));
+        assert!(looks_like_auth("/api/oauth/token"));
+        assert!(!looks_like_auth("/api/orders"));
+    }
+}

@@ -1,0 +1,99 @@
+//! Route matching: exact host beats `*.suffix` wildcard; within a host the
+//! longest path prefix wins. Prefixes match on segment boundaries, so
+//! `/api` matches `/api` and `/api/x` but not `/apix`.
+
+use rampart_config::Route;
+
+/// The routes, ready for matching.
+#[derive(Debug, Clone)]
+pub struct Router {
+    routes: Vec<Route>,
+}
+
+impl Router {
+    /// Builds a router over `routes`.
+    pub fn new(routes: Vec<Route>) -> Router {
+        Router { routes }
+    }
+
+    /// The best route for `host` (no port, any case) and `path`.
+    pub fn find(&self, host: &str, path: &str) -> Option<&Route> {
+        let host = host.to_ascii_lowercase();
+        let mut best: Option<(u8, usize, &Route)> = None;
+        for r in &self.routes {
+            let Some(host_rank) = host_rank(&r.host, &host) else {
+                continue;
+            };
+            if !prefix_matches(&r.path_prefix, path) {
+                continue;
+            }
+            let key = (host_rank, r.path_prefix.len());
+            if best.is_none_or(|(h, l, _)| key > (h, l)) {
+                best = Some((host_rank, r.path_prefix.len(), r));
+            }
+        }
+        best.map(|(_, _, r)| r)
+    }
+}
+
+/// 2 for an exact host, 1 for a wildcard match, `None` for no match.
+fn host_rank(pattern: &str, host: &str) -> Option<u8> {
+    let pattern = pattern.to_ascii_lowercase();
+    if pattern == host {
+        return Some(2);
+    }
+    if let Some(suffix) = pattern.strip_prefix("*.") {
+        // One or more labels before the suffix.
+        if let Some(head) = host.strip_suffix(suffix) {
+            if head.len() > 1 && head.ends_with('.') {
+                return Some(1);
+            }
+        }
+    }
+    None
+}
+
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    if prefix == "/" {
+        return true;
+    }
+    match path.strip_prefix(prefix) {
+        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rampart_config::RouteAuth;
+
+    fn route(host: &str, prefix: &str, service: &str) -> Route {
+        Route {
+            host: host.into(),
+            path_prefix: prefix.into(),
+            service: service.into(),
+            auth: RouteAuth::None,
+            roles: vec![],
+            allow_cidrs: vec![],
+            deny_cidrs: vec![],
+        }
+    }
+
+    #[test]
+    fn exact_host_and_longest_prefix_win() {
+        let r = Router::new(vec![
+            route("*.example.com", "/", "wild"),
+            route("api.example.com", "/", "root"),
+            route("api.example.com", "/v1", "v1"),
+            route("api.example.com", "/v1/admin", "admin"),
+        ]);
+        let svc = |h, p| r.find(h, p).map(|r| r.service.as_str());
+        assert_eq!(svc("api.example.com", "/v1/admin/x"), Some("admin"));
+        assert_eq!(svc("API.example.com", "/v1/x"), Some("v1"));
+        assert_eq!(svc("api.example.com", "/v1x"), Some("root"));
+        assert_eq!(svc("www.example.com", "/v1"), Some("wild"));
+        assert_eq!(svc("example.com", "/"), None);
+        assert_eq!(svc("other.org", "/"), None);
+    }
+}

@@ -1,0 +1,694 @@
+//! The [`Edge`]: listeners, connection handling, the request path wired end
+//! to end, and graceful drain.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{HeaderValue, HOST, LOCATION, RETRY_AFTER};
+use http::{Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use ipnet::IpNet;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+use crate::balance::{Balance, BreakerSettings, Pool, UpstreamStatus};
+use crate::config::EdgeConfig;
+use crate::error::{Error, Reject, Result};
+use crate::hooks::{AccessRecord, AuditSink};
+use crate::phases::{self, Phase, RequestCtx};
+use crate::proxy::{self, UpstreamClient};
+use crate::router::Router;
+
+/// The body of every response the edge sends.
+pub type EdgeBody = BoxBody<Bytes, hyper::Error>;
+
+/// `Strict-Transport-Security` sent on every HTTPS response.
+pub const HSTS: &str = "max-age=31536000; includeSubDomains";
+
+/// Where the edge listens, once bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EdgeAddrs {
+    /// The plain HTTP (redirect) listener.
+    pub http: Option<SocketAddr>,
+    /// The HTTPS listener.
+    pub https: Option<SocketAddr>,
+}
+
+/// The gateway, bound and ready to serve.
+pub struct Edge {
+    http: Option<TcpListener>,
+    https: Option<(TcpListener, TlsAcceptor)>,
+    addrs: EdgeAddrs,
+    state: Arc<State>,
+}
+
+impl std::fmt::Debug for Edge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Edge").field("addrs", &self.addrs).finish()
+    }
+}
+
+/// A handle that outlives [`Edge::serve`]'s move, for status queries.
+#[derive(Clone)]
+pub struct EdgeHandle {
+    state: Arc<State>,
+}
+
+impl std::fmt::Debug for EdgeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EdgeHandle").finish_non_exhaustive()
+    }
+}
+
+impl EdgeHandle {
+    /// Swaps in the routes and services of `config`. Pools whose upstream
+    /// list is unchanged keep their health state; requests already in
+    /// flight finish on the pools they started with. On error nothing
+    /// changes and the old routing keeps serving.
+    pub fn reload(&self, config: &rampart_config::Config) -> Result<()> {
+        let st = &self.state;
+        let old = st.routing();
+        let new = Routing::build(config, Some(&old), st.balance, st.breaker, &st.clock)?;
+        *st.routing.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
+        tracing::info!(routes = config.routes.len(), "edge routing reloaded");
+        Ok(())
+    }
+
+    /// Loads `certs` and swaps them in for new handshakes; on error the old
+    /// certificates keep serving. Without an HTTPS listener it does nothing.
+    pub fn reload_certificates(&self, certs: &[crate::config::CertConfig]) -> Result<()> {
+        match &self.state.resolver {
+            Some(r) => r.reload(certs),
+            None => Ok(()),
+        }
+    }
+
+    /// Every upstream's breaker state and in-flight count.
+    pub fn upstreams(&self) -> Vec<UpstreamStatus> {
+        let routing = self.state.routing();
+        let mut v: Vec<_> = routing.pools.values().flat_map(|p| p.status()).collect();
+        v.sort_by(|a, b| (&a.service, &a.addr).cmp(&(&b.service, &b.addr)));
+        v
+    }
+}
+
+/// Routes and pools: swapped whole on reload.
+struct Routing {
+    router: Router,
+    pools: HashMap<String, Arc<Pool>>,
+}
+
+impl Routing {
+    /// Builds routing for `config`, keeping the pools (and so the breaker
+    /// state) of services whose upstreams did not change.
+    fn build(
+        config: &rampart_config::Config,
+        old: Option<&Routing>,
+        balance: Balance,
+        breaker: BreakerSettings,
+        clock: &rampart_core::SharedClock,
+    ) -> Result<Routing> {
+        let mut pools = HashMap::new();
+        for s in &config.services {
+            let addrs: Vec<String> = s.upstreams.iter().map(|u| u.to_string()).collect();
+            let kept = old
+                .and_then(|o| o.pools.get(&s.name))
+                .filter(|p| p.addrs() == addrs)
+                .cloned();
+            let pool = kept.unwrap_or_else(|| {
+                Arc::new(Pool::new(&s.name, addrs, balance, breaker, clock.clone()))
+            });
+            pools.insert(s.name.clone(), pool);
+        }
+        for r in &config.routes {
+            if pools.get(&r.service).is_none_or(|p| p.is_empty()) {
+                return Err(Error::NoUpstreams(r.service.clone()));
+            }
+        }
+        Ok(Routing {
+            router: Router::new(config.routes.clone()),
+            pools,
+        })
+    }
+}
+
+struct State {
+    routing: RwLock<Arc<Routing>>,
+    balance: Balance,
+    breaker: BreakerSettings,
+    phases: Vec<Box<dyn Phase>>,
+    client: UpstreamClient,
+    trusted_proxies: Vec<IpNet>,
+    audit: Arc<dyn AuditSink>,
+    max_body: usize,
+    upstream_timeout: Duration,
+    header_read_timeout: Duration,
+    body_read_timeout: Duration,
+    drain_deadline: Duration,
+    health_check: Option<crate::config::HealthCheck>,
+    resolver: Option<Arc<crate::tls::SniResolver>>,
+    certificates: Vec<crate::config::CertConfig>,
+    cert_poll_interval: Option<Duration>,
+    https_port: u16,
+    clock: rampart_core::SharedClock,
+    ids: AtomicU64,
+}
+
+impl Edge {
+    /// Loads certificates, builds pools and phases, and binds the listeners.
+    pub async fn bind(cfg: EdgeConfig) -> Result<Edge> {
+        let mut resolver = None;
+        let https = match cfg.https_listen {
+            Some(addr) => {
+                let (tls, r) = crate::tls::server_config(&cfg.certificates)?;
+                resolver = Some(r);
+                Some((bind(addr).await?, TlsAcceptor::from(tls)))
+            }
+            None => None,
+        };
+        let http = match cfg.http_listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        let addrs = EdgeAddrs {
+            http: http.as_ref().and_then(|l| l.local_addr().ok()),
+            https: https.as_ref().and_then(|(l, _)| l.local_addr().ok()),
+        };
+        let https_port = cfg
+            .redirect_https_port
+            .or(addrs.https.map(|a| a.port()))
+            .unwrap_or(443);
+
+        let routing = Routing::build(&cfg.config, None, cfg.balance, cfg.breaker, &cfg.clock)?;
+
+        let mut phases: Vec<Box<dyn Phase>> = vec![
+            Box::new(phases::IpRules {
+                allow: cfg.allow_cidrs.clone(),
+                deny: cfg.deny_cidrs.clone(),
+            }),
+            Box::new(phases::RateLimit {
+                limits: cfg.rate_limits,
+                store: cfg.counter_store.clone(),
+                clock: cfg.clock.clone(),
+            }),
+        ];
+        if let Some(waf) = &cfg.waf {
+            phases.push(Box::new(phases::Firewall { waf: waf.clone() }));
+        }
+        phases.push(Box::new(phases::Authn {
+            authenticator: cfg.authenticator.clone(),
+        }));
+        phases.push(Box::new(phases::PrincipalRateLimit {
+            rate: cfg.rate_limits.per_principal,
+            store: cfg.counter_store.clone(),
+            clock: cfg.clock.clone(),
+        }));
+        phases.push(Box::new(phases::Authz));
+        phases.push(Box::new(phases::BodyLimit {
+            max: cfg.max_body_bytes,
+        }));
+
+        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        connector.set_connect_timeout(Some(cfg.connect_timeout));
+        connector.set_nodelay(true);
+        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+
+        let state = Arc::new(State {
+            routing: RwLock::new(Arc::new(routing)),
+            balance: cfg.balance,
+            breaker: cfg.breaker,
+            phases,
+            client,
+            trusted_proxies: cfg.trusted_proxies.clone(),
+            audit: cfg.audit.clone(),
+            max_body: cfg.max_body_bytes,
+            upstream_timeout: cfg.upstream_timeout,
+            header_read_timeout: cfg.header_read_timeout,
+            body_read_timeout: cfg.body_read_timeout,
+            drain_deadline: cfg.drain_deadline,
+            health_check: cfg.health_check.clone(),
+            resolver,
+            certificates: cfg.certificates.clone(),
+            cert_poll_interval: cfg.cert_poll_interval,
+            https_port,
+            clock: cfg.clock.clone(),
+            ids: AtomicU64::new(0),
+        });
+        Ok(Edge {
+            http,
+            https,
+            addrs,
+            state,
+        })
+    }
+
+    /// The bound addresses (useful with port 0).
+    pub fn local_addrs(&self) -> EdgeAddrs {
+        self.addrs
+    }
+
+    /// A handle for status queries while serving.
+    pub fn handle(&self) -> EdgeHandle {
+        EdgeHandle {
+            state: self.state.clone(),
+        }
+    }
+
+    /// Serves until `shutdown` completes, then drains: the listeners close
+    /// at once, idle connections are closed, in-flight requests get up to
+    /// the drain deadline, and whatever remains is aborted.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+        let Edge {
+            http, https, state, ..
+        } = self;
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(state.header_read_timeout);
+        let graceful = GracefulShutdown::new();
+        let mut conns = JoinSet::new();
+        let mut checks = JoinSet::new();
+        if let Some(hc) = state.health_check.clone() {
+            let st = state.clone();
+            checks.spawn(async move {
+                let mut tick = tokio::time::interval(hc.interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let pools = st.routing().pools.values().cloned().collect();
+                    crate::health::check_all(pools, &st.client, &hc).await;
+                }
+            });
+        }
+        if let (Some(every), Some(resolver)) = (state.cert_poll_interval, state.resolver.clone()) {
+            let certs = state.certificates.clone();
+            checks.spawn(watch_certificates(resolver, certs, every));
+        }
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                r = accept(http.as_ref()) => {
+                    let Some((stream, peer)) = r else { continue };
+                    let st = state.clone();
+                    let svc = service_fn(move |req| {
+                        let st = st.clone();
+                        async move { Ok::<_, Infallible>(st.redirect(&req)) }
+                    });
+                    let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+                    let conn = graceful.watch(conn);
+                    conns.spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(%peer, error = %e, "http connection ended");
+                        }
+                    });
+                }
+                r = accept(https.as_ref().map(|(l, _)| l)) => {
+                    let Some((stream, peer)) = r else { continue };
+                    let Some((_, acceptor)) = https.as_ref() else { continue };
+                    let acceptor = acceptor.clone();
+                    let st = state.clone();
+                    let builder = builder.clone();
+                    let watcher = graceful.watcher();
+                    conns.spawn(async move {
+                        let hs = tokio::time::timeout(st.header_read_timeout, acceptor.accept(stream)).await;
+                        let tls = match hs {
+                            Ok(Ok(tls)) => tls,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => return,
+                        };
+                        let svc = service_fn(move |req| {
+                            let st = st.clone();
+                            async move { Ok::<_, Infallible>(st.handle(req, peer).await) }
+                        });
+                        let conn = builder.serve_connection(TokioIo::new(tls), svc).into_owned();
+                        if let Err(e) = watcher.watch(conn).await {
+                            tracing::debug!(%peer, error = %e, "https connection ended");
+                        }
+                    });
+                }
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            }
+        }
+        drop(http);
+        drop(https);
+        checks.abort_all();
+        tracing::info!(connections = conns.len(), "edge draining");
+        tokio::select! {
+            () = graceful.shutdown() => {}
+            () = tokio::time::sleep(state.drain_deadline) => {
+                tracing::warn!(left = conns.len(), "drain deadline passed; aborting connections");
+            }
+        }
+        conns.shutdown().await;
+        Ok(())
+    }
+}
+
+/// Reloads file-backed certificates when a file's modification time moves.
+/// A failed load (say, a half-written file) is logged and retried on the
+/// next change; the old certificates keep serving.
+async fn watch_certificates(
+    resolver: Arc<crate::tls::SniResolver>,
+    certs: Vec<crate::config::CertConfig>,
+    every: Duration,
+) {
+    let mut seen = crate::tls::newest_mtime(&certs);
+    if seen.is_none() {
+        return;
+    }
+    loop {
+        tokio::time::sleep(every).await;
+        let now = crate::tls::newest_mtime(&certs);
+        if now != seen {
+            seen = now;
+            match resolver.reload(&certs) {
+                Ok(()) => tracing::info!("certificates reloaded"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "certificate reload failed; keeping the old ones")
+                }
+            }
+        }
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { addr, source })
+}
+
+/// Accepts from `l`, or waits forever when there is no listener. Accept
+/// errors (such as running out of descriptors) are logged and back off.
+async fn accept(l: Option<&TcpListener>) -> Option<(TcpStream, SocketAddr)> {
+    let Some(l) = l else {
+        return std::future::pending().await;
+    };
+    match l.accept().await {
+        Ok((s, peer)) => {
+            let _ = s.set_nodelay(true);
+            Some((s, peer))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "accept failed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            None
+        }
+    }
+}
+
+fn full(b: impl Into<Bytes>) -> EdgeBody {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+/// The host a request names (URI authority, else `Host`), validated,
+/// lowercase, without port.
+pub fn request_host(uri: &http::Uri, headers: &http::HeaderMap) -> Option<String> {
+    match uri.authority() {
+        Some(a) => parse_host(a.as_str()),
+        None => parse_host(headers.get(HOST)?.to_str().ok()?),
+    }
+}
+
+/// Validates `host[:port]`; returns the host, lowercase.
+pub fn parse_host(raw: &str) -> Option<String> {
+    let (host, port) = if let Some(rest) = raw.strip_prefix('[') {
+        let (v6, after) = rest.split_once(']')?;
+        v6.parse::<std::net::Ipv6Addr>().ok()?;
+        (format!("[{v6}]"), after.strip_prefix(':'))
+    } else {
+        match raw.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), Some(p)),
+            None => (raw.to_string(), None),
+        }
+    };
+    if let Some(p) = port {
+        p.parse::<u16>().ok()?;
+    }
+    let ok = !host.is_empty()
+        && host.len() <= 253
+        && (host.starts_with('[')
+            || host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'));
+    ok.then(|| host.to_ascii_lowercase())
+}
+
+/// The client address: the peer, or, when the peer is a trusted proxy, the
+/// right-most untrusted address in `X-Forwarded-For`. Also returns the
+/// `X-Forwarded-For` value to send upstream.
+pub fn client_addr(peer: IpAddr, headers: &http::HeaderMap, trusted: &[IpNet]) -> (IpAddr, String) {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return (peer, peer.to_string());
+    }
+    let chain: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    let mut client = peer;
+    for hop in chain.iter().rev() {
+        match hop.parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip;
+                if !is_trusted(&ip) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    let mut xff = chain.join(", ");
+    if !xff.is_empty() {
+        xff.push_str(", ");
+    }
+    xff.push_str(&peer.to_string());
+    (client, xff)
+}
+
+fn add_security_headers(h: &mut http::HeaderMap) {
+    h.insert(
+        http::header::STRICT_TRANSPORT_SECURITY,
+        HeaderValue::from_static(HSTS),
+    );
+    for (name, value) in [
+        (http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (http::header::X_FRAME_OPTIONS, "DENY"),
+        (
+            http::header::REFERRER_POLICY,
+            "strict-origin-when-cross-origin",
+        ),
+    ] {
+        h.entry(name).or_insert(HeaderValue::from_static(value));
+    }
+}
+
+impl State {
+    fn routing(&self) -> Arc<Routing> {
+        self.routing
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn redirect<B>(&self, req: &Request<B>) -> Response<EdgeBody> {
+        let Some(host) = request_host(req.uri(), req.headers()) else {
+            return status_response(StatusCode::BAD_REQUEST);
+        };
+        let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let location = if self.https_port == 443 {
+            format!("https://{host}{pq}")
+        } else {
+            format!("https://{host}:{}{pq}", self.https_port)
+        };
+        let mut resp = status_response(StatusCode::MOVED_PERMANENTLY);
+        if let Ok(v) = HeaderValue::from_str(&location) {
+            resp.headers_mut().insert(LOCATION, v);
+        }
+        resp
+    }
+
+    fn request_id(&self) -> String {
+        let n = self.ids.fetch_add(1, Ordering::Relaxed);
+        format!("{:016x}{:08x}", self.clock.unix_nanos(), n as u32)
+    }
+
+    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<EdgeBody> {
+        let started = Instant::now();
+        let (head, body) = req.into_parts();
+        let (client, forwarded_for) = client_addr(peer.ip(), &head.headers, &self.trusted_proxies);
+        let host = request_host(&head.uri, &head.headers);
+        let mut rec = AccessRecord {
+            request_id: self.request_id(),
+            client,
+            method: head.method.to_string(),
+            host: host.clone().unwrap_or_default(),
+            path: head.uri.path().to_string(),
+            route: None,
+            principal: None,
+            status: 0,
+            reason: None,
+            upstream: None,
+            bytes_in: 0,
+            bytes_out: None,
+            latency: Duration::ZERO,
+        };
+        let result = self
+            .pass(head, body, host, client, forwarded_for, &mut rec)
+            .await;
+        let mut resp = match result {
+            Ok(r) => r,
+            Err(reject) => {
+                rec.reason = Some(reject.reason());
+                reject_response(&reject)
+            }
+        };
+        add_security_headers(resp.headers_mut());
+        rec.status = resp.status().as_u16();
+        rec.bytes_out = resp
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        rec.latency = started.elapsed();
+        self.audit.record(&rec);
+        resp
+    }
+
+    /// Route → phases → balance and proxy.
+    async fn pass(
+        &self,
+        head: http::request::Parts,
+        body: Incoming,
+        host: Option<String>,
+        client: IpAddr,
+        forwarded_for: String,
+        rec: &mut AccessRecord,
+    ) -> Result<Response<EdgeBody>, Reject> {
+        let host = host.ok_or(Reject::BadHost)?;
+        let routing = self.routing();
+        let route = routing
+            .router
+            .find(&host, head.uri.path())
+            .ok_or(Reject::NoRoute)?
+            .clone();
+        rec.route = Some(format!("{}{}", route.host, route.path_prefix));
+        if phases::declared_too_large(&head, self.max_body) {
+            return Err(Reject::BodyTooLarge);
+        }
+        let pool = routing
+            .pools
+            .get(&route.service)
+            .ok_or(Reject::NoHealthyUpstream {
+                retry_after: Duration::from_secs(1),
+            })?
+            .clone();
+        let mut ctx = RequestCtx::new(head, body, client, host, route, rec.request_id.clone());
+        ctx.forwarded_for = forwarded_for;
+        let outcome = phases::run(
+            &self.phases,
+            &mut ctx,
+            self.max_body,
+            self.body_read_timeout,
+        )
+        .await;
+        rec.principal = ctx.principal.as_ref().map(|p| p.id.clone());
+        rec.bytes_in = ctx.body().map_or(0, |b| b.len() as u64);
+        outcome?;
+        let fwd = proxy::forward(&self.client, &pool, &ctx, true, self.upstream_timeout).await?;
+        rec.upstream = Some(fwd.upstream);
+        let (mut parts, body) = fwd.response.into_parts();
+        proxy::strip_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(parts, body.boxed()))
+    }
+}
+
+fn status_response(status: StatusCode) -> Response<EdgeBody> {
+    let mut r = Response::new(full(Bytes::new()));
+    *r.status_mut() = status;
+    r
+}
+
+/// The one place a [`Reject`] becomes a response.
+fn reject_response(reject: &Reject) -> Response<EdgeBody> {
+    let status = reject.status();
+    let text = format!(
+        "{} {}\n",
+        status.as_str(),
+        status.canonical_reason().unwrap_or("")
+    );
+    let mut r = Response::new(full(text));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if let Some(s) = reject.retry_after_secs() {
+        r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(s));
+    }
+    if let Reject::WafRedirect { location, .. } = reject {
+        if let Ok(v) = HeaderValue::from_str(location) {
+            r.headers_mut().insert(LOCATION, v);
+        }
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_validation() {
+        assert_eq!(
+            parse_host("Example.COM:8443").as_deref(),
+            Some("example.com")
+        );
+        assert_eq!(parse_host("[::1]:80").as_deref(), Some("[::1]"));
+        assert_eq!(parse_host("a b"), None);
+        assert_eq!(parse_host("evil.com/x"), None);
+        assert_eq!(parse_host("x:99999"), None);
+        assert_eq!(parse_host(""), None);
+    }
+
+    #[test]
+    fn xff_trusted_only_from_proxies() {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("1.2.3.4, 10.0.0.9"),
+        );
+        let proxies: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        let (c, xff) = client_addr(peer, &h, &proxies);
+        assert_eq!(c, "1.2.3.4".parse::<IpAddr>().unwrap());
+        assert_eq!(xff, "1.2.3.4, 10.0.0.9, 10.0.0.1");
+        let stranger: IpAddr = "8.8.8.8".parse().unwrap();
+        let (c, xff) = client_addr(stranger, &h, &proxies);
+        assert_eq!(c, stranger);
+        assert_eq!(xff, "8.8.8.8");
+    }
+}

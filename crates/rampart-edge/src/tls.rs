@@ -1,0 +1,144 @@
+//! The HTTPS listener's rustls configuration: TLS 1.2 and 1.3 only (ring
+//! provider), ALPN `h2` and `http/1.1`, a certificate chosen by SNI.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+
+use crate::config::{CertConfig, CertSource};
+use crate::error::{Error, Result};
+
+/// The certificates by name.
+#[derive(Debug)]
+struct CertSet {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    default: Arc<CertifiedKey>,
+}
+
+/// Chooses a certificate by server name: exact, then `*.` wildcard one
+/// label deep, then the default (the first configured). The set can be
+/// swapped while serving; handshakes already under way keep the old one.
+#[derive(Debug)]
+pub struct SniResolver {
+    set: RwLock<Arc<CertSet>>,
+}
+
+impl SniResolver {
+    /// Loads `certs` and replaces the current set; on error nothing changes.
+    pub fn reload(&self, certs: &[CertConfig]) -> Result<()> {
+        let new = Arc::new(load_set(certs)?);
+        *self.set.write().unwrap_or_else(|p| p.into_inner()) = new;
+        Ok(())
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let set = self.set.read().unwrap_or_else(|p| p.into_inner()).clone();
+        set.pick(hello.server_name())
+    }
+}
+
+impl CertSet {
+    fn pick(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let Some(name) = server_name else {
+            return Some(self.default.clone());
+        };
+        let name = name.to_ascii_lowercase();
+        if let Some(k) = self.exact.get(&name) {
+            return Some(k.clone());
+        }
+        if let Some((_, parent)) = name.split_once('.') {
+            if let Some(k) = self.wildcard.get(parent) {
+                return Some(k.clone());
+            }
+        }
+        Some(self.default.clone())
+    }
+}
+
+/// Builds the server configuration; the resolver allows certificate reload.
+pub fn server_config(certs: &[CertConfig]) -> Result<(Arc<ServerConfig>, Arc<SniResolver>)> {
+    let resolver = Arc::new(SniResolver {
+        set: RwLock::new(Arc::new(load_set(certs)?)),
+    });
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver.clone());
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok((Arc::new(cfg), resolver))
+}
+
+/// The newest modification time among file-backed certificates and keys.
+pub fn newest_mtime(certs: &[CertConfig]) -> Option<SystemTime> {
+    certs
+        .iter()
+        .filter_map(|c| match &c.source {
+            CertSource::Files { cert, key } => Some([cert, key]),
+            CertSource::Pem { .. } => None,
+        })
+        .flatten()
+        .filter_map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .max()
+}
+
+fn load_set(certs: &[CertConfig]) -> Result<CertSet> {
+    let provider = rustls::crypto::ring::default_provider();
+    let mut exact = HashMap::new();
+    let mut wildcard = HashMap::new();
+    let mut default = None;
+    for c in certs {
+        let key = Arc::new(load(c, &provider)?);
+        default.get_or_insert_with(|| key.clone());
+        for n in &c.names {
+            let n = n.to_ascii_lowercase();
+            match n.strip_prefix("*.") {
+                Some(parent) => wildcard.insert(parent.to_string(), key.clone()),
+                None => exact.insert(n, key.clone()),
+            };
+        }
+    }
+    let default = default.ok_or(Error::NoCertificates)?;
+    Ok(CertSet {
+        exact,
+        wildcard,
+        default,
+    })
+}
+
+fn load(c: &CertConfig, provider: &rustls::crypto::CryptoProvider) -> Result<CertifiedKey> {
+    let name = c.names.first().cloned().unwrap_or_default();
+    let bad = |reason: String| Error::BadCert {
+        name: name.clone(),
+        reason,
+    };
+    let (cert_pem, key_pem) = match &c.source {
+        CertSource::Pem { cert, key } => (cert.as_bytes().to_vec(), key.as_bytes().to_vec()),
+        CertSource::Files { cert, key } => (read(cert)?, read(key)?),
+    };
+    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| bad(format!("certificate PEM: {e}")))?;
+    if chain.is_empty() {
+        return Err(bad("no certificate in PEM".into()));
+    }
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| bad(format!("key PEM: {e}")))?;
+    let ck = CertifiedKey::from_der(chain, key, provider).map_err(|e| bad(e.to_string()))?;
+    Ok(ck)
+}
+
+fn read(p: &std::path::Path) -> Result<Vec<u8>> {
+    std::fs::read(p).map_err(|source| Error::ReadCert {
+        path: p.display().to_string(),
+        source,
+    })
+}

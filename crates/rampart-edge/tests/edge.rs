@@ -1,0 +1,716 @@
+//! End-to-end: the real edge on 127.0.0.1:0 against small upstreams.
+
+mod util;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use rampart_core::ManualClock;
+use rampart_edge::{AuthOutcome, AuthRequest, Authenticator, BreakerState, Principal, Rate, HSTS};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use util::*;
+
+const ROOT: &str = "[[routes]]\nhost = \"api.test\"\npath_prefix = \"/\"\nservice = \"a\"\n";
+
+#[tokio::test]
+async fn plain_http_redirects_to_https_keeping_path_and_query() {
+    let a = upstream("a").await;
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], ROOT), |_| {}).await;
+    let r = edge.http("API.test:80", "/a/b?x=1&y=%20z").await;
+    assert_eq!(r.status, StatusCode::MOVED_PERMANENTLY);
+    let port = edge.addrs.https.unwrap().port();
+    assert_eq!(
+        r.header("location"),
+        Some(format!("https://api.test:{port}/a/b?x=1&y=%20z").as_str())
+    );
+    let r = edge.http("evil.test/x", "/").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(a.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn redirect_omits_port_443() {
+    let a = upstream("a").await;
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], ROOT), |ec| {
+        ec.redirect_https_port = Some(443)
+    })
+    .await;
+    let r = edge.http("api.test", "/login?next=/").await;
+    assert_eq!(r.header("location"), Some("https://api.test/login?next=/"));
+}
+
+#[tokio::test]
+async fn hsts_and_security_headers_on_every_https_response() {
+    let a = upstream("a").await;
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], ROOT), |_| {}).await;
+    let ok = edge.https("GET", "api.test", "/").await;
+    assert_eq!(ok.status, StatusCode::OK);
+    assert_eq!(ok.body, "a");
+    // A response the edge makes itself (no route) carries them too.
+    let none = edge.https("GET", "nothing.example.test", "/").await;
+    assert_eq!(none.status, StatusCode::NOT_FOUND);
+    for r in [&ok, &none] {
+        assert_eq!(r.header("strict-transport-security"), Some(HSTS));
+        assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+        assert_eq!(r.header("x-frame-options"), Some("DENY"));
+        assert!(r.header("referrer-policy").is_some());
+    }
+}
+
+#[tokio::test]
+async fn only_tls_1_2_and_1_3_are_negotiated_with_alpn() {
+    let a = upstream("a").await;
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], ROOT), |_| {}).await;
+    let c12 = edge.client_config(&[&rustls::version::TLS12], &[b"http/1.1"]);
+    let s = edge.tls("api.test", c12).await.unwrap();
+    assert_eq!(
+        s.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    let c13 = edge.client_config(&[&rustls::version::TLS13], &[b"h2", b"http/1.1"]);
+    let s = edge.tls("api.test", c13).await.unwrap();
+    assert_eq!(
+        s.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+    assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+}
+
+/// A hand-made TLS 1.1 ClientHello (rustls cannot speak 1.1) is answered
+/// with an alert, never a ServerHello.
+#[tokio::test]
+async fn tls_1_1_client_is_refused() {
+    let a = upstream("a").await;
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], ROOT), |_| {}).await;
+    let mut body = vec![0x03, 0x02]; // client_version TLS 1.1
+    body.extend_from_slice(&[0x42; 32]); // random
+    body.push(0); // session id
+    body.extend_from_slice(&[0x00, 0x04, 0x00, 0x2f, 0x00, 0x35]); // AES128/256-CBC-SHA
+    body.extend_from_slice(&[0x01, 0x00]); // null compression
+    let mut hs = vec![0x01, 0x00];
+    hs.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    hs.extend_from_slice(&body);
+    let mut rec = vec![0x16, 0x03, 0x02];
+    rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+    rec.extend_from_slice(&hs);
+    let mut s = TcpStream::connect(edge.addrs.https.unwrap()).await.unwrap();
+    s.write_all(&rec).await.unwrap();
+    let mut buf = [0u8; 7];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(n >= 1, "connection closed without an alert");
+    assert_eq!(
+        buf[0],
+        0x15,
+        "expected an alert record, got {:?}",
+        &buf[..n]
+    );
+}
+
+#[tokio::test]
+async fn sni_chooses_the_certificate() {
+    let a = upstream("a").await;
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], ROOT), |_| {}).await;
+    // The client verifies the chain against the name it asked for, so a
+    // wrong choice fails the handshake.
+    for sni in ["api.test", "other.test", "x.example.test"] {
+        let c = edge.client_config(rustls::DEFAULT_VERSIONS, &[]);
+        edge.tls(sni, c)
+            .await
+            .unwrap_or_else(|e| panic!("{sni}: {e}"));
+    }
+}
+
+#[tokio::test]
+async fn routes_by_host_and_longest_path_prefix() {
+    let (a, b, c) = (
+        upstream("a").await,
+        upstream("b").await,
+        upstream("c").await,
+    );
+    let routes = r#"
+[[routes]]
+host = "api.test"
+path_prefix = "/"
+service = "a"
+[[routes]]
+host = "api.test"
+path_prefix = "/v1"
+service = "b"
+[[routes]]
+host = "*.example.test"
+path_prefix = "/"
+service = "c"
+"#;
+    let cfg = config(
+        &[
+            ("a", vec![a.addr]),
+            ("b", vec![b.addr]),
+            ("c", vec![c.addr]),
+        ],
+        routes,
+    );
+    let edge = TestEdge::start(cfg, |_| {}).await;
+    assert_eq!(edge.https("GET", "api.test", "/v1/users").await.body, "b");
+    assert_eq!(edge.https("GET", "api.test", "/v10").await.body, "a");
+    assert_eq!(edge.https("GET", "api.test", "/").await.body, "a");
+    assert_eq!(edge.https("GET", "w.example.test", "/v1").await.body, "c");
+}
+
+#[tokio::test]
+async fn forwarded_headers_request_id_and_hop_by_hop() {
+    let a = upstream("a").await;
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], ROOT), |_| {}).await;
+    let r = edge
+        .https_with(
+            "GET",
+            "api.test",
+            "/",
+            &[
+                ("x-forwarded-for", "6.6.6.6"),
+                ("connection", "x-private"),
+                ("x-private", "1"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    // The client is not a trusted proxy: its X-Forwarded-For is replaced.
+    assert_eq!(r.header("echo-x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(r.header("echo-x-forwarded-proto"), Some("https"));
+    assert_eq!(r.header("echo-x-request-id").map(str::len), Some(24));
+    assert_eq!(r.header("echo-x-private"), None);
+    assert_eq!(r.header("echo-connection"), None);
+}
+
+#[tokio::test]
+async fn denied_cidr_gets_403_and_never_reaches_upstream() {
+    let a = upstream("a").await;
+    let routes = format!("{ROOT}deny_cidrs = [\"127.0.0.0/8\"]\n");
+    let records = Arc::new(Records::default());
+    let rec = records.clone();
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], &routes), |ec| ec.audit = rec).await;
+    let r = edge.https("GET", "api.test", "/").await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(a.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let recs = records.0.lock().unwrap();
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0].reason, Some("ip_denied"));
+    assert_eq!(recs[0].status, 403);
+}
+
+#[tokio::test]
+async fn global_allow_list_refuses_others() {
+    let a = upstream("a").await;
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], ROOT), |ec| {
+        ec.allow_cidrs = vec!["10.0.0.0/8".parse().unwrap()]
+    })
+    .await;
+    assert_eq!(
+        edge.https("GET", "api.test", "/").await.status,
+        StatusCode::FORBIDDEN
+    );
+}
+
+#[tokio::test]
+async fn rate_limit_gives_429_with_retry_after() {
+    let a = upstream("a").await;
+    let clock = Arc::new(ManualClock::at_unix_secs(1_000_000));
+    let c = clock.clone();
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], ROOT), |ec| {
+        ec.rate_limits.per_client = Rate::new(2, 0.5);
+        ec.clock = c;
+    })
+    .await;
+    assert_eq!(
+        edge.https("GET", "api.test", "/").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        edge.https("GET", "api.test", "/").await.status,
+        StatusCode::OK
+    );
+    let r = edge.https("GET", "api.test", "/").await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.header("retry-after"), Some("2"));
+    assert_eq!(r.header("strict-transport-security"), Some(HSTS));
+    clock.advance(Duration::from_secs(2));
+    assert_eq!(
+        edge.https("GET", "api.test", "/").await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn auth_routes_get_the_stricter_bucket() {
+    let a = upstream("a").await;
+    let routes = format!(
+        "{ROOT}[[routes]]\nhost = \"api.test\"\npath_prefix = \"/login\"\nservice = \"a\"\n"
+    );
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], &routes), |ec| {
+        ec.rate_limits.per_client_auth = Rate::new(1, 0.01);
+    })
+    .await;
+    assert_eq!(
+        edge.https("POST", "api.test", "/login").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        edge.https("POST", "api.test", "/login").await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        edge.https("GET", "api.test", "/other").await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn waf_deny_gives_403_and_never_reaches_upstream() {
+    let a = upstream("a").await;
+    let waf = rampart_waf::Waf::from_str_named(
+        "test.conf",
+        "SecRuleEngine On\nSecRule ARGS \"@contains attack\" \"id:10,phase:1,deny,status:403\"\n",
+    )
+    .unwrap();
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], ROOT), |ec| {
+        ec.waf = Some(Arc::new(waf))
+    })
+    .await;
+    let r = edge.https("GET", "api.test", "/?q=attack").await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(a.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(
+        edge.https("GET", "api.test", "/?q=fine").await.status,
+        StatusCode::OK
+    );
+}
+
+struct RoleAuth;
+
+impl Authenticator for RoleAuth {
+    fn authenticate(&self, req: &AuthRequest<'_>) -> AuthOutcome {
+        match req
+            .head
+            .headers
+            .get("x-test-role")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(role) => AuthOutcome::Authenticated(Principal {
+                id: "tester".into(),
+                roles: vec![role.to_string()],
+            }),
+            None => AuthOutcome::Unauthenticated,
+        }
+    }
+}
+
+#[tokio::test]
+async fn protected_route_needs_credentials_and_role() {
+    let a = upstream("a").await;
+    let routes = format!(
+        "{ROOT}[[roles]]\nname = \"admin\"\npermissions = [\"*\"]\n[[routes]]\nhost = \"api.test\"\npath_prefix = \"/admin\"\nservice = \"a\"\nauth = \"api_key\"\nroles = [\"admin\"]\n"
+    );
+    let records = Arc::new(Records::default());
+    let rec = records.clone();
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], &routes), |ec| {
+        ec.authenticator = Arc::new(RoleAuth);
+        ec.audit = rec;
+    })
+    .await;
+    assert_eq!(
+        edge.https("GET", "api.test", "/admin").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let r = edge
+        .https_with("GET", "api.test", "/admin", &[("x-test-role", "viewer")])
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = edge
+        .https_with("GET", "api.test", "/admin", &[("x-test-role", "admin")])
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let recs = records.0.lock().unwrap();
+    let got: Vec<_> = recs
+        .iter()
+        .map(|r| (r.status, r.reason, r.principal.clone()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (401, Some("unauthenticated"), None),
+            (403, Some("forbidden"), Some("tester".into())),
+            (200, None, Some("tester".into())),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn round_robin_spreads_across_two_upstreams() {
+    let (a, b) = (upstream("a").await, upstream("b").await);
+    let edge = TestEdge::start(config(&[("a", vec![a.addr, b.addr])], ROOT), |_| {}).await;
+    for _ in 0..10 {
+        assert_eq!(
+            edge.https("GET", "api.test", "/").await.status,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(a.hits.load(std::sync::atomic::Ordering::SeqCst), 5);
+    assert_eq!(b.hits.load(std::sync::atomic::Ordering::SeqCst), 5);
+}
+
+#[tokio::test]
+async fn dead_upstream_is_ejected_and_traffic_goes_to_the_live_one() {
+    let live = upstream("live").await;
+    let dead = dead_addr().await;
+    let edge = TestEdge::start(config(&[("a", vec![dead, live.addr])], ROOT), |_| {}).await;
+    for _ in 0..10 {
+        let r = edge.https("GET", "api.test", "/").await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.body, "live");
+    }
+    let st = edge.handle.upstreams();
+    let dead_state = st.iter().find(|u| u.addr == dead.to_string()).unwrap();
+    assert_eq!(dead_state.state, BreakerState::Open);
+    assert_eq!(live.hits.load(std::sync::atomic::Ordering::SeqCst), 10);
+}
+
+#[tokio::test]
+async fn all_upstreams_down_gives_503_with_retry_after() {
+    let (d1, d2) = (dead_addr().await, dead_addr().await);
+    let edge = TestEdge::start(config(&[("a", vec![d1, d2])], ROOT), |_| {}).await;
+    let mut last = None;
+    for _ in 0..5 {
+        let r = edge.https("GET", "api.test", "/").await;
+        assert!(r.status == StatusCode::BAD_GATEWAY || r.status == StatusCode::SERVICE_UNAVAILABLE);
+        last = Some(r);
+    }
+    let r = last.unwrap();
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.header("retry-after").is_some());
+}
+
+#[tokio::test]
+async fn drain_finishes_in_flight_and_refuses_new_connections() {
+    let a = upstream("a").await;
+    let mut edge = TestEdge::start(config(&[("a", vec![a.addr])], ROOT), |_| {}).await;
+    let cfg = edge.client_config(rustls::DEFAULT_VERSIONS, &[b"http/1.1"]);
+    let tls = edge.tls("api.test", cfg).await.unwrap();
+    let slow = tokio::spawn(async move { send(tls, "GET", "api.test", "/slow", &[]).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let served = edge.shutdown();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        TcpStream::connect(edge.addrs.https.unwrap()).await.is_err(),
+        "new connections must be refused while draining"
+    );
+    let r = slow.await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body, "a");
+    tokio::time::timeout(Duration::from_secs(5), served)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn http2_requests_are_proxied() {
+    let a = upstream("a").await;
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], ROOT), |_| {}).await;
+    let cfg = edge.client_config(rustls::DEFAULT_VERSIONS, &[b"h2"]);
+    let tls = edge.tls("api.test", cfg).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("https://api.test/x?y=1")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        resp.headers().get("strict-transport-security").unwrap(),
+        HSTS
+    );
+    assert_eq!(resp.headers().get("echo-host").unwrap(), "api.test");
+}
+
+#[tokio::test]
+async fn body_over_the_limit_gets_413() {
+    let a = upstream("a").await;
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], ROOT), |ec| {
+        ec.max_body_bytes = 16
+    })
+    .await;
+    let cfg = edge.client_config(rustls::DEFAULT_VERSIONS, &[b"http/1.1"]);
+    let tls = edge.tls("api.test", cfg).await.unwrap();
+    let r = send_body(tls, "POST", "api.test", "/", &[], vec![b'x'; 17]).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    let cfg = edge.client_config(rustls::DEFAULT_VERSIONS, &[b"http/1.1"]);
+    let tls = edge.tls("api.test", cfg).await.unwrap();
+    let r = send_body(tls, "POST", "api.test", "/", &[], vec![b'x'; 16]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("echo-content-length"), Some("16"));
+}
+
+#[tokio::test]
+async fn forwarded_for_is_believed_only_from_trusted_proxies() {
+    let a = upstream("a").await;
+    let routes = format!("{ROOT}deny_cidrs = [\"203.0.113.0/24\"]\n");
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], &routes), |ec| {
+        ec.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()]
+    })
+    .await;
+    let r = edge
+        .https_with(
+            "GET",
+            "api.test",
+            "/",
+            &[("x-forwarded-for", "198.51.100.4")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.header("echo-x-forwarded-for"),
+        Some("198.51.100.4, 127.0.0.1")
+    );
+    let r = edge
+        .https_with(
+            "GET",
+            "api.test",
+            "/",
+            &[("x-forwarded-for", "203.0.113.9")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn bad_host_over_https_is_400() {
+    let a = upstream("a").await;
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], ROOT), |_| {}).await;
+    let r = edge.https("GET", "api.test", "/").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let cfg = edge.client_config(rustls::DEFAULT_VERSIONS, &[b"http/1.1"]);
+    let tls = edge.tls("api.test", cfg).await.unwrap();
+    let r = send(tls, "GET", "api.test:notaport", "/", &[]).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(a.hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn slow_headers_are_cut_off() {
+    let a = upstream("a").await;
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], ROOT), |ec| {
+        ec.header_read_timeout = Duration::from_millis(300)
+    })
+    .await;
+    let cfg = edge.client_config(rustls::DEFAULT_VERSIONS, &[b"http/1.1"]);
+    let mut tls = edge.tls("api.test", cfg).await.unwrap();
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: api.test\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(3), tls.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the edge kept a slow-header connection open");
+    let text = String::from_utf8_lossy(&buf);
+    assert!(buf.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+    assert_eq!(a.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn active_health_checks_take_out_a_dead_upstream_without_traffic() {
+    let live = upstream("live").await;
+    let dead = dead_addr().await;
+    let edge = TestEdge::start(config(&[("a", vec![dead, live.addr])], ROOT), |ec| {
+        ec.health_check = Some(rampart_edge::HealthCheck {
+            path: "/healthz".into(),
+            interval: Duration::from_millis(50),
+            timeout: Duration::from_millis(200),
+            rise: 1,
+            fall: 2,
+        })
+    })
+    .await;
+    let mut healthy = vec![];
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        healthy = edge
+            .handle
+            .upstreams()
+            .iter()
+            .map(|u| (u.addr.clone(), u.healthy))
+            .collect();
+        if healthy.iter().any(|(_, h)| !h) {
+            break;
+        }
+    }
+    assert!(healthy.contains(&(dead.to_string(), false)), "{healthy:?}");
+    assert!(
+        healthy.contains(&(live.addr.to_string(), true)),
+        "{healthy:?}"
+    );
+    for _ in 0..4 {
+        assert_eq!(edge.https("GET", "api.test", "/").await.body, "live");
+    }
+}
+
+#[tokio::test]
+async fn reload_swaps_routing_and_a_bad_reload_keeps_the_old_one() {
+    let (a, b) = (upstream("a").await, upstream("b").await);
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], ROOT), |_| {}).await;
+    assert_eq!(edge.https("GET", "api.test", "/").await.body, "a");
+    edge.handle
+        .reload(&config(&[("a", vec![b.addr])], ROOT))
+        .unwrap();
+    assert_eq!(edge.https("GET", "api.test", "/").await.body, "b");
+    let mut bad = config(&[("a", vec![a.addr])], ROOT);
+    bad.services[0].upstreams.clear();
+    assert!(matches!(
+        edge.handle.reload(&bad),
+        Err(rampart_edge::Error::NoUpstreams(_))
+    ));
+    assert_eq!(edge.https("GET", "api.test", "/").await.body, "b");
+}
+
+fn pem_of(c: &rampart_edge::CertConfig) -> (String, String) {
+    match &c.source {
+        rampart_edge::CertSource::Pem { cert, key } => (cert.clone(), key.clone()),
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn peer_cert(edge: &TestEdge, sni: &str) -> Vec<u8> {
+    let c = edge.client_config(rustls::DEFAULT_VERSIONS, &[]);
+    let s = edge.tls(sni, c).await.unwrap();
+    s.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+#[tokio::test]
+async fn certificate_files_are_reloaded_when_they_change() {
+    let a = upstream("a").await;
+    let dir = std::env::temp_dir().join(format!("rampart-edge-cert-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let ca = TestCa::new();
+    let write = |c: &rampart_edge::CertConfig| {
+        let (c, k) = pem_of(c);
+        std::fs::write(&cert, c).unwrap();
+        std::fs::write(&key, k).unwrap();
+    };
+    write(&ca.cert(&["api.test"]));
+    let (cert2, key2) = (cert.clone(), key.clone());
+    let mut edge = TestEdge::start(config(&[("a", vec![a.addr])], ROOT), move |ec| {
+        ec.certificates = vec![rampart_edge::CertConfig {
+            names: vec!["api.test".into()],
+            source: rampart_edge::CertSource::Files {
+                cert: cert2,
+                key: key2,
+            },
+        }];
+        ec.cert_poll_interval = Some(Duration::from_millis(50));
+    })
+    .await;
+    edge.ca = ca;
+    let before = peer_cert(&edge, "api.test").await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    write(&edge.ca.cert(&["api.test"]));
+    let mut after = before.clone();
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        after = peer_cert(&edge, "api.test").await;
+        if after != before {
+            break;
+        }
+    }
+    assert_ne!(after, before, "the rotated certificate was not picked up");
+    // A broken file keeps the current certificate serving.
+    std::fs::write(&key, "not a key").unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(peer_cert(&edge, "api.test").await, after);
+    edge.shutdown().await.unwrap().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn certificates_can_be_swapped_in_memory() {
+    let a = upstream("a").await;
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], ROOT), |_| {}).await;
+    let new = edge.ca.cert(&["new.test"]);
+    edge.handle.reload_certificates(&[new]).unwrap();
+    let c = edge.client_config(rustls::DEFAULT_VERSIONS, &[]);
+    edge.tls("new.test", c).await.unwrap();
+    let broken = rampart_edge::CertConfig {
+        names: vec!["x.test".into()],
+        source: rampart_edge::CertSource::Pem {
+            cert: "junk".into(),
+            key: "junk".into(),
+        },
+    };
+    assert!(edge.handle.reload_certificates(&[broken]).is_err());
+    let c = edge.client_config(rustls::DEFAULT_VERSIONS, &[]);
+    edge.tls("new.test", c).await.unwrap();
+}
+
+/// Sends raw bytes over TLS and returns what comes back before close.
+async fn raw_https(edge: &TestEdge, bytes: &[u8]) -> String {
+    let cfg = edge.client_config(rustls::DEFAULT_VERSIONS, &[b"http/1.1"]);
+    let mut tls = edge.tls("api.test", cfg).await.unwrap();
+    tls.write_all(bytes).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), tls.read_to_end(&mut buf))
+        .await
+        .expect("connection left open");
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[tokio::test]
+async fn hostile_requests_are_refused_or_made_safe() {
+    let a = upstream("a").await;
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], ROOT), |_| {}).await;
+    let malformed = raw_https(&edge, b"GET /\x00 HTTP/1.1 extra\r\n\r\n").await;
+    assert!(malformed.starts_with("HTTP/1.1 400"), "{malformed}");
+    let smuggle = raw_https(
+        &edge,
+        b"POST / HTTP/1.1\r\nHost: api.test\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: api.test\r\n\r\n",
+    )
+    .await;
+    // hyper applies RFC 9112 §6.3 (Transfer-Encoding wins, Content-Length
+    // is dropped) and the edge re-frames the buffered body, so the upstream
+    // sees one request with an exact length and nothing smuggled.
+    assert!(smuggle.starts_with("HTTP/1.1 200"), "{smuggle}");
+    assert!(!smuggle.contains("echo-content-length: 4"), "{smuggle}");
+    assert!(!smuggle.contains("echo-transfer-encoding"), "{smuggle}");
+    let huge = format!(
+        "GET / HTTP/1.1\r\nHost: api.test\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(1 << 20)
+    );
+    let r = raw_https(&edge, huge.as_bytes()).await;
+    assert!(r.is_empty() || r.starts_with("HTTP/1.1 431"), "{r}");
+    // Only the de-smuggled POST arrived.
+    assert_eq!(a.hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn slow_body_gets_408() {
+    let a = upstream("a").await;
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], ROOT), |ec| {
+        ec.body_read_timeout = Duration::from_millis(300)
+    })
+    .await;
+    let r = raw_https(
+        &edge,
+        b"POST / HTTP/1.1\r\nHost: api.test\r\nContent-Length: 100\r\n\r\nonly ten b",
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 408"), "{r}");
+    assert_eq!(a.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+}

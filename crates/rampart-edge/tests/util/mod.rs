@@ -1,0 +1,304 @@
+//! Test kit: a test CA, small upstream servers, and a running edge with
+//! clients for it, so each test reads as a scenario.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use rampart_edge::{
+    AccessRecord, AuditSink, CertConfig, CertSource, Edge, EdgeAddrs, EdgeConfig, EdgeHandle,
+};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+/// A CA that issues server certificates.
+pub struct TestCa {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl TestCa {
+    pub fn new() -> TestCa {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        TestCa {
+            issuer: CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap(),
+        }
+    }
+
+    pub fn der(&self) -> CertificateDer<'static> {
+        self.issuer.der().clone()
+    }
+
+    /// A certificate for `names`, as edge configuration.
+    pub fn cert(&self, names: &[&str]) -> CertConfig {
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(names.clone())
+            .unwrap()
+            .signed_by(&key, &self.issuer)
+            .unwrap();
+        CertConfig {
+            names,
+            source: CertSource::Pem {
+                cert: cert.pem(),
+                key: key.serialize_pem(),
+            },
+        }
+    }
+}
+
+/// A small upstream: answers 200 with its name (header `x-upstream` and
+/// body), echoes request headers as `echo-<name>`, sleeps on `/slow`.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+}
+
+pub async fn upstream(name: &'static str) -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                return;
+            };
+            let h = h.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let h = h.clone();
+                    async move {
+                        h.fetch_add(1, Ordering::SeqCst);
+                        if req.uri().path().starts_with("/slow") {
+                            tokio::time::sleep(Duration::from_millis(1000)).await;
+                        }
+                        let mut resp = Response::new(Full::new(Bytes::from(name)));
+                        for (k, v) in req.headers() {
+                            let n = http::HeaderName::from_bytes(format!("echo-{k}").as_bytes())
+                                .unwrap();
+                            resp.headers_mut().append(n, v.clone());
+                        }
+                        resp.headers_mut()
+                            .insert("x-upstream", name.parse().unwrap());
+                        Ok::<_, Infallible>(resp)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    Upstream { addr, hits }
+}
+
+/// An address where nothing listens.
+pub async fn dead_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Config text with one environment, the services and the routes given.
+/// `services`: (name, upstream addresses). `routes`: extra TOML per route.
+pub fn config(services: &[(&str, Vec<SocketAddr>)], routes: &str) -> rampart_config::Config {
+    let mut t = String::from("[[environments]]\nname = \"test\"\n");
+    for (name, ups) in services {
+        let ups: Vec<String> = ups.iter().map(|a| format!("\"{a}\"")).collect();
+        t.push_str(&format!(
+            "[[services]]\nname = \"{name}\"\nenvironment = \"test\"\nport = 8080\nupstreams = [{}]\n",
+            ups.join(", ")
+        ));
+    }
+    t.push_str(routes);
+    rampart_config::Config::parse(&t, "test.toml").unwrap_or_else(|e| panic!("{e}\n{t}"))
+}
+
+/// Collects audit records.
+#[derive(Default)]
+pub struct Records(pub Mutex<Vec<AccessRecord>>);
+
+impl AuditSink for Records {
+    fn record(&self, rec: &AccessRecord) {
+        self.0.lock().unwrap().push(rec.clone());
+    }
+}
+
+pub struct TestEdge {
+    pub addrs: EdgeAddrs,
+    pub handle: EdgeHandle,
+    pub ca: TestCa,
+    stop: Option<oneshot::Sender<()>>,
+    served: Option<tokio::task::JoinHandle<rampart_edge::Result<()>>>,
+}
+
+/// An edge config on 127.0.0.1:0 with certificates for `api.test`,
+/// `other.test` and `*.example.test`.
+pub fn edge_config(cfg: rampart_config::Config, ca: &TestCa) -> EdgeConfig {
+    let mut ec = EdgeConfig::new(cfg);
+    ec.http_listen = Some("127.0.0.1:0".parse().unwrap());
+    ec.https_listen = Some("127.0.0.1:0".parse().unwrap());
+    ec.certificates = vec![
+        ca.cert(&["api.test", "*.example.test"]),
+        ca.cert(&["other.test"]),
+    ];
+    ec.connect_timeout = Duration::from_millis(500);
+    ec.drain_deadline = Duration::from_secs(5);
+    ec
+}
+
+impl TestEdge {
+    /// Starts the edge; `tweak` adjusts the config first.
+    pub async fn start(
+        cfg: rampart_config::Config,
+        tweak: impl FnOnce(&mut EdgeConfig),
+    ) -> TestEdge {
+        let ca = TestCa::new();
+        let mut ec = edge_config(cfg, &ca);
+        tweak(&mut ec);
+        let edge = Edge::bind(ec).await.unwrap();
+        let addrs = edge.local_addrs();
+        let handle = edge.handle();
+        let (tx, rx) = oneshot::channel();
+        let served = tokio::spawn(edge.serve(async move {
+            let _ = rx.await;
+        }));
+        TestEdge {
+            addrs,
+            handle,
+            ca,
+            stop: Some(tx),
+            served: Some(served),
+        }
+    }
+
+    /// Begins shutdown; returns the serve task to await.
+    pub fn shutdown(&mut self) -> tokio::task::JoinHandle<rampart_edge::Result<()>> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        self.served.take().unwrap()
+    }
+
+    pub fn client_config(
+        &self,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+        alpn: &[&[u8]],
+    ) -> rustls::ClientConfig {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.der()).unwrap();
+        let mut c = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        c.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+        c
+    }
+
+    /// Opens a TLS connection with SNI `sni`.
+    pub async fn tls(
+        &self,
+        sni: &str,
+        cfg: rustls::ClientConfig,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let tcp = TcpStream::connect(self.addrs.https.unwrap()).await?;
+        tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(ServerName::try_from(sni.to_string()).unwrap(), tcp)
+            .await
+    }
+
+    /// An HTTPS request over a fresh HTTP/1.1 connection; SNI is `host`.
+    pub async fn https(&self, method: &str, host: &str, path: &str) -> Resp {
+        let cfg = self.client_config(rustls::DEFAULT_VERSIONS, &[b"http/1.1"]);
+        let tls = self.tls(host, cfg).await.unwrap();
+        send(tls, method, host, path, &[]).await
+    }
+
+    /// Same with extra request headers.
+    pub async fn https_with(
+        &self,
+        method: &str,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Resp {
+        let cfg = self.client_config(rustls::DEFAULT_VERSIONS, &[b"http/1.1"]);
+        let tls = self.tls(host, cfg).await.unwrap();
+        send(tls, method, host, path, headers).await
+    }
+
+    /// A plain HTTP request to the redirect listener.
+    pub async fn http(&self, host: &str, path: &str) -> Resp {
+        let tcp = TcpStream::connect(self.addrs.http.unwrap()).await.unwrap();
+        send(tcp, "GET", host, path, &[]).await
+    }
+}
+
+#[derive(Debug)]
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+pub async fn send<S>(io: S, method: &str, host: &str, path: &str, headers: &[(&str, &str)]) -> Resp
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    send_body(io, method, host, path, headers, Vec::new()).await
+}
+
+/// Same with a request body (sent with `Content-Length`).
+pub async fn send_body<S>(
+    io: S,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Resp
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", host);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = sender
+        .send_request(req.body(Full::new(Bytes::from(body))).unwrap())
+        .await
+        .unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    Resp {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
