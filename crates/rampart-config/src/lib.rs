@@ -124,6 +124,16 @@ impl Config {
         })?;
         let mut cfg = Config::parse(&text, &path.display().to_string())?;
         cfg.source = Some(path.to_path_buf());
+        // Files the config names are relative to the config file.
+        if let (Some(edge), Some(base)) = (cfg.edge.as_mut(), path.parent()) {
+            for c in &mut edge.certificates {
+                c.cert = base.join(&c.cert);
+                c.key = base.join(&c.key);
+            }
+            for r in &mut edge.waf_rules {
+                *r = base.join(&*r).display().to_string();
+            }
+        }
         Ok(cfg)
     }
 

@@ -24,6 +24,8 @@ pub struct Config {
     pub keys: Vec<KeyDecl>,
     /// The audit log.
     pub audit: Audit,
+    /// The public edge, if this node runs one.
+    pub edge: Option<Edge>,
     /// The file this came from, if any.
     pub source: Option<PathBuf>,
 }
@@ -164,6 +166,38 @@ pub struct Audit {
     pub checkpoint_every_seconds: u32,
     /// A second directory to copy checkpoints to.
     pub checkpoint_dir: Option<PathBuf>,
+}
+
+/// The public edge: listeners, certificates, network rules, the WAF.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Edge {
+    /// Plain HTTP (answered with 301 to HTTPS); `None` turns it off.
+    pub http_listen: Option<SocketAddr>,
+    /// HTTPS.
+    pub https_listen: SocketAddr,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Source networks allowed on every route (empty: all).
+    pub allow_cidrs: Vec<IpNet>,
+    /// Source networks refused on every route.
+    pub deny_cidrs: Vec<IpNet>,
+    /// SecLang rule files (for example OWASP CRS), loaded in order; globs allowed.
+    pub waf_rules: Vec<String>,
+    /// Largest request body read.
+    pub max_body_bytes: usize,
+    /// Certificates chosen by SNI; empty means one from the development CA.
+    pub certificates: Vec<Certificate>,
+}
+
+/// A certificate and its key, as PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Certificate {
+    /// Names it serves (`*.example.com` allowed).
+    pub names: Vec<String>,
+    /// Certificate chain file, leaf first.
+    pub cert: PathBuf,
+    /// Private key file.
+    pub key: PathBuf,
 }
 
 /// Retention per audit tier, in days.

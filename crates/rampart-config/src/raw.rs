@@ -24,6 +24,33 @@ pub(crate) struct RawConfig {
     pub keys: Vec<RawKey>,
     #[serde(default)]
     pub audit: RawAudit,
+    pub edge: Option<RawEdge>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawEdge {
+    pub http_listen: Option<S<String>>,
+    pub https_listen: Option<S<String>>,
+    #[serde(default)]
+    pub trusted_proxies: Vec<S<String>>,
+    #[serde(default)]
+    pub allow_cidrs: Vec<S<String>>,
+    #[serde(default)]
+    pub deny_cidrs: Vec<S<String>>,
+    #[serde(default)]
+    pub waf_rules: Vec<S<String>>,
+    pub max_body_bytes: Option<S<i64>>,
+    #[serde(default)]
+    pub certificates: Vec<RawCertificate>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCertificate {
+    pub names: Vec<S<String>>,
+    pub cert: S<String>,
+    pub key: S<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -530,8 +530,81 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
             .map(|d| PathBuf::from(d.get_ref())),
     };
 
+    // Edge.
+    let edge = raw.edge.as_ref().map(|e| {
+        let addr = |c: &mut Checker, v: &S<String>, path: &str| {
+            v.get_ref().parse::<SocketAddr>().map_err(|_| {
+                c.err(
+                    v,
+                    path,
+                    format!("invalid address {:?}: expected ip:port", v.get_ref()),
+                )
+            })
+        };
+        let http_listen = match &e.http_listen {
+            Some(v) if v.get_ref() == "off" => None,
+            Some(v) => addr(&mut c, v, "edge.http_listen").ok(),
+            None => Some(SocketAddr::from(([0, 0, 0, 0], 80))),
+        };
+        let https_listen = match &e.https_listen {
+            Some(v) => addr(&mut c, v, "edge.https_listen")
+                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 443))),
+            None => SocketAddr::from(([0, 0, 0, 0], 443)),
+        };
+        let max_body_bytes = match &e.max_body_bytes {
+            Some(v) => match usize::try_from(*v.get_ref()) {
+                Ok(n) if (1..=1 << 30).contains(&n) => n,
+                _ => {
+                    c.err(v, "edge.max_body_bytes", "must be 1 to 1073741824");
+                    10 << 20
+                }
+            },
+            None => 10 << 20,
+        };
+        let mut certificates = Vec::new();
+        for (i, cert) in e.certificates.iter().enumerate() {
+            if cert.names.is_empty() {
+                c.err(
+                    &cert.cert,
+                    format!("edge.certificates[{i}].names"),
+                    "name at least one host",
+                );
+            }
+            for (j, n) in cert.names.iter().enumerate() {
+                let bare = n.get_ref().strip_prefix("*.").unwrap_or(n.get_ref());
+                if !valid_hostname(bare) {
+                    c.err(
+                        n,
+                        format!("edge.certificates[{i}].names[{j}]"),
+                        format!("invalid host {:?}", n.get_ref()),
+                    );
+                }
+            }
+            certificates.push(Certificate {
+                names: cert
+                    .names
+                    .iter()
+                    .map(|n| n.get_ref().to_ascii_lowercase())
+                    .collect(),
+                cert: PathBuf::from(cert.cert.get_ref()),
+                key: PathBuf::from(cert.key.get_ref()),
+            });
+        }
+        Edge {
+            http_listen,
+            https_listen,
+            trusted_proxies: c.cidrs(&e.trusted_proxies, "edge.trusted_proxies"),
+            allow_cidrs: c.cidrs(&e.allow_cidrs, "edge.allow_cidrs"),
+            deny_cidrs: c.cidrs(&e.deny_cidrs, "edge.deny_cidrs"),
+            waf_rules: e.waf_rules.iter().map(|r| r.get_ref().clone()).collect(),
+            max_body_bytes,
+            certificates,
+        }
+    });
+
     if c.errors.is_empty() {
         Ok(Config {
+            edge,
             node,
             control: Control { listen, allow },
             environments,

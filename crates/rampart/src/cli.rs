@@ -560,6 +560,14 @@ pub struct UpArgs {
     /// Seconds to let in-flight requests finish on shutdown.
     #[arg(long, default_value_t = 10)]
     pub drain_seconds: u64,
+
+    /// Override the edge's plain HTTP address (port 0 picks a free port).
+    #[arg(long, value_name = "ADDR")]
+    pub edge_http_listen: Option<SocketAddr>,
+
+    /// Override the edge's HTTPS address (port 0 picks a free port).
+    #[arg(long, value_name = "ADDR")]
+    pub edge_https_listen: Option<SocketAddr>,
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ mod audit_cmd;
 mod bootstrap;
 mod cli;
 mod client;
+mod edge;
 mod errors;
 mod init;
 mod node;

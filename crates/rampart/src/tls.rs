@@ -145,3 +145,48 @@ pub async fn control_server_config(
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
+
+/// A certificate for the edge signed by the development CA, for `names`
+/// (plus localhost and the loopback addresses): (chain PEM, key PEM). Used
+/// when the configuration gives the edge no certificates of its own.
+pub async fn edge_dev_certificate(
+    keyring: &Keyring,
+    names: &[String],
+    clock: &dyn Clock,
+) -> Result<(String, Zeroizing<String>), CliError> {
+    let store = keyring.store();
+    let missing = || CliError::Input("the data directory holds no development CA".into());
+    let ca_der = store.get(TLS_NS, "ca.der").await?.ok_or_else(missing)?;
+    let (ca_key, _) = sealed(keyring)
+        .await?
+        .get(TLS_NS, "ca.key")
+        .await?
+        .ok_or_else(missing)?;
+    let ca_key = KeyPair::try_from(ca_key.expose()).map_err(pki_err)?;
+    let ca_cert = CertificateDer::from(ca_der.value);
+    let issuer = Issuer::from_ca_cert_der(&ca_cert, ca_key).map_err(pki_err)?;
+
+    let mut all: Vec<String> = vec!["localhost".into()];
+    for n in names {
+        if !all.contains(n) && n.parse::<IpAddr>().is_err() {
+            all.push(n.clone());
+        }
+    }
+    let mut params = CertificateParams::new(all).map_err(pki_err)?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "Rampart edge (development)");
+    for ip in [
+        IpAddr::from([127, 0, 0, 1]),
+        IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+    ] {
+        params.subject_alt_names.push(SanType::IpAddress(ip));
+    }
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    validity(&mut params, clock.unix_secs(), 90)?;
+    let key = KeyPair::generate().map_err(pki_err)?;
+    let cert = params.signed_by(&key, &issuer).map_err(pki_err)?;
+    // The leaf alone: clients trust the development CA itself.
+    Ok((cert.pem(), Zeroizing::new(key.serialize_pem())))
+}

@@ -13,7 +13,7 @@ use crate::api::{self, AppState, Metrics};
 use crate::bootstrap::Verifier;
 use crate::cli::UpArgs;
 use crate::errors::CliError;
-use crate::{init, node, planes, tls};
+use crate::{edge, init, node, planes, tls};
 
 const DEFAULT_CONFIG: &str = "rampart.toml";
 
@@ -66,6 +66,16 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
         planes::open_identity(node.keyring.clone(), audit.clone(), &config, clock.clone()).await?;
     let running =
         planes::start(node.keyring.clone(), audit.clone(), &config, clock.clone()).await?;
+    let edge = edge::start(
+        &config,
+        &node.keyring,
+        identity.clone(),
+        audit.clone(),
+        clock.clone(),
+        args.edge_http_listen,
+        args.edge_https_listen,
+    )
+    .await?;
     let state = Arc::new(AppState {
         node_name: config.node.name.clone(),
         planes: Some(running),
@@ -97,6 +107,20 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
     .serve(api::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>());
     let state_for_jobs = state;
 
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let edge_task = edge.map(|e| {
+        let addrs = e.local_addrs();
+        if let Some(a) = addrs.http {
+            println!("edge http: http://{a} (301 to https)");
+        }
+        if let Some(a) = addrs.https {
+            println!("edge https: https://{a}");
+        }
+        let mut rx = stop_rx.clone();
+        tokio::spawn(e.serve(async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }))
+    });
     println!("data directory: {}", dir.display());
     println!("audit log: {}", dir.join(planes::AUDIT_DIR).display());
     println!(
@@ -115,11 +139,19 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
             drain.as_secs()
         );
         tracing::info!("shutdown requested");
+        let _ = stop_tx.send(true);
         handle.graceful_shutdown(Some(drain));
     });
     server
         .await
         .map_err(|e| CliError::Runtime(format!("control API: {e}")))?;
+    if let Some(task) = edge_task {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "edge"),
+            Err(e) => tracing::error!(error = %e, "edge task"),
+        }
+    }
     let a = audit.clone();
     match tokio::task::spawn_blocking(move || a.close()).await {
         Ok(Ok(())) => {}

@@ -60,6 +60,8 @@ impl Rampart {
         cmd.arg("up")
             .args(args)
             .args(["--control-listen", "127.0.0.1:0"])
+            .args(["--edge-http-listen", "127.0.0.1:0"])
+            .args(["--edge-https-listen", "127.0.0.1:0"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap();

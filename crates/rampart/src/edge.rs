@@ -1,0 +1,163 @@
+//! Starting the public edge inside `rampart up`: its listeners and
+//! certificates from `[edge]`, the WAF from the rule files it names, the
+//! identity plane as its authenticator and the audit log as its access log.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use rampart_audit::{Actor, Audit, Event, Outcome, Tier};
+use rampart_config::{Config, RouteAuth};
+use rampart_core::SharedClock;
+use rampart_edge::{
+    AccessRecord, AuditSink, AuthOutcome, AuthRequest, Authenticator, CertConfig, CertSource, Edge,
+    EdgeConfig, Principal,
+};
+use rampart_identity::Identity;
+use rampart_store::Keyring;
+
+use crate::errors::CliError;
+use crate::tls;
+
+/// Routes with `auth = "api_key"` or `"session"` are checked by the identity
+/// plane: `Authorization: Bearer <access token or API key>` (or `X-Api-Key`).
+/// Client certificates are not supported yet and are refused.
+struct IdentityAuth(Arc<Identity>);
+
+impl Authenticator for IdentityAuth {
+    fn authenticate(&self, req: &AuthRequest<'_>) -> AuthOutcome {
+        let headers = &req.head.headers;
+        let bearer = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let api_key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
+        let source = req.client.to_string();
+        let principal = match req.route.auth {
+            RouteAuth::Session => bearer.and_then(|t| self.0.verify_access(t).ok()),
+            RouteAuth::ApiKey => bearer
+                .or(api_key)
+                .and_then(|k| self.0.check_api_key(k, Some(&source)).ok())
+                .map(|(p, _)| p),
+            RouteAuth::ClientCert | RouteAuth::None => None,
+        };
+        match principal {
+            Some(p) => AuthOutcome::Authenticated(Principal {
+                id: p.id,
+                roles: p.roles.iter().map(|r| r.to_string()).collect(),
+            }),
+            None => AuthOutcome::Unauthenticated,
+        }
+    }
+}
+
+/// Every edge request goes to the audit log's network tier. The edge's hook
+/// cannot wait, so the record is written by a task of its own: a refused
+/// record is logged, but the request has already been answered.
+struct EdgeAudit {
+    audit: Arc<Audit>,
+    node: String,
+}
+
+impl AuditSink for EdgeAudit {
+    fn record(&self, rec: &AccessRecord) {
+        let outcome = match rec.status {
+            401 | 403 | 429 => Outcome::Denied,
+            s if s >= 500 => Outcome::Error,
+            _ => Outcome::Allowed,
+        };
+        let principal = rec.principal.clone().unwrap_or_else(|| "anonymous".into());
+        let mut ev = Event::new(
+            Tier::Network,
+            Actor::new(principal, "edge"),
+            format!("edge.{}", rec.method.to_ascii_lowercase()),
+            format!("{}{}", rec.host, rec.path),
+            outcome,
+        );
+        ev.node = self.node.clone();
+        ev.reason = Some(match rec.reason {
+            Some(r) => format!("status {}: {r}", rec.status),
+            None => format!("status {}", rec.status),
+        });
+        ev.request_id = Some(rec.request_id.clone());
+        ev.source = Some(rec.client.to_string());
+        let fut = self.audit.record_async(ev);
+        tokio::spawn(async move {
+            if let Err(e) = fut.await {
+                tracing::error!(error = %e, "audit log refused an edge access record");
+            }
+        });
+    }
+}
+
+/// Binds the edge if the configuration has an `[edge]` section.
+pub async fn start(
+    config: &Config,
+    keyring: &Keyring,
+    identity: Arc<Identity>,
+    audit: Arc<Audit>,
+    clock: SharedClock,
+    http_override: Option<SocketAddr>,
+    https_override: Option<SocketAddr>,
+) -> Result<Option<Edge>, CliError> {
+    let Some(e) = &config.edge else {
+        return Ok(None);
+    };
+    let mut ec = EdgeConfig::new(config.clone());
+    ec.http_listen = http_override.or(e.http_listen);
+    ec.https_listen = Some(https_override.unwrap_or(e.https_listen));
+    ec.trusted_proxies = e.trusted_proxies.clone();
+    ec.allow_cidrs = e.allow_cidrs.clone();
+    ec.deny_cidrs = e.deny_cidrs.clone();
+    ec.max_body_bytes = e.max_body_bytes;
+    ec.clock = clock.clone();
+    if e.certificates.is_empty() {
+        let mut hosts: Vec<String> = config
+            .routes
+            .iter()
+            .map(|r| r.host.clone())
+            .filter(|h| h.parse::<IpAddr>().is_err())
+            .collect();
+        hosts.dedup();
+        let (cert, key) = tls::edge_dev_certificate(keyring, &hosts, clock.as_ref()).await?;
+        println!("edge: no [[edge.certificates]]: using a development certificate for {hosts:?}");
+        ec.certificates.push(CertConfig {
+            names: hosts,
+            source: CertSource::Pem {
+                cert,
+                key: key.to_string(),
+            },
+        });
+    } else {
+        for c in &e.certificates {
+            ec.certificates.push(CertConfig {
+                names: c.names.clone(),
+                source: CertSource::Files {
+                    cert: c.cert.clone(),
+                    key: c.key.clone(),
+                },
+            });
+        }
+    }
+    if !e.waf_rules.is_empty() {
+        let mut b = rampart_waf::WafBuilder::new();
+        for f in &e.waf_rules {
+            b.load_file(f)
+                .map_err(|err| CliError::Input(format!("WAF rules: {err}")))?;
+        }
+        let waf = b
+            .build()
+            .map_err(|err| CliError::Input(format!("WAF rules: {err}")))?;
+        println!("edge: WAF loaded {} rules", waf.rule_count());
+        ec.waf = Some(Arc::new(waf));
+    }
+    ec.authenticator = Arc::new(IdentityAuth(identity));
+    ec.audit = Arc::new(EdgeAudit {
+        audit,
+        node: config.node.name.clone(),
+    });
+    let edge = Edge::bind(ec)
+        .await
+        .map_err(|err| CliError::Input(format!("edge: {err}")))?;
+    Ok(Some(edge))
+}

@@ -1,0 +1,188 @@
+//! End-to-end: the public edge started by `rampart up` in front of a real
+//! upstream: redirect, HSTS, proxying, the WAF, and the access record.
+
+mod util;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use util::Rampart;
+
+/// A tiny HTTP/1.1 upstream that answers every request with its path and
+/// counts what reached it.
+fn upstream() -> (u16, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut s) = conn else { continue };
+            let h = h.clone();
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+                    // Skip headers (no bodies in these tests).
+                    loop {
+                        let mut hdr = String::new();
+                        if r.read_line(&mut hdr).unwrap_or(0) == 0 || hdr == "\r\n" {
+                            break;
+                        }
+                    }
+                    h.fetch_add(1, Ordering::SeqCst);
+                    let body = format!("upstream saw {path}");
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if s.write_all(resp.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, hits)
+}
+
+fn agent(ca: &[u8]) -> ureq::Agent {
+    use ureq::tls::{Certificate, RootCerts, TlsConfig};
+    let tls = TlsConfig::builder()
+        .root_certs(RootCerts::Specific(Arc::new(vec![Certificate::from_pem(
+            ca,
+        )
+        .unwrap()])))
+        .build();
+    ureq::Agent::config_builder()
+        .tls_config(tls)
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .build()
+        .new_agent()
+}
+
+#[test]
+fn edge_redirects_proxies_with_hsts_and_blocks_attacks_before_the_upstream() {
+    let (port, hits) = upstream();
+    let r = Rampart::new();
+    std::fs::write(
+        r.path("waf.conf"),
+        "SecRuleEngine On\n\
+         SecRule ARGS \"@rx (?i)union\\s+select\" \"id:1001,phase:2,deny,status:403,t:urlDecodeUni,msg:'SQL injection'\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        r.path("rampart.toml"),
+        format!(
+            r#"
+[edge]
+waf_rules = ["waf.conf"]
+
+[[environments]]
+name = "prod"
+
+[[services]]
+name = "app"
+environment = "prod"
+port = {port}
+upstreams = ["127.0.0.1:{port}"]
+
+[[routes]]
+host = "127.0.0.1"
+service = "app"
+"#
+        ),
+    )
+    .unwrap();
+    let admin = r.init();
+    let srv = r.up(&["--config", "rampart.toml", "--data-dir", "data"]);
+    let line = |prefix: &str| {
+        srv.printed
+            .iter()
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(|rest| rest.split_whitespace().next().unwrap().to_string())
+            .unwrap_or_else(|| panic!("no {prefix:?} in {:?}", srv.printed))
+    };
+    let http = line("edge http: ");
+    let https = line("edge https: ");
+    assert!(
+        srv.printed.iter().any(|l| l.contains("WAF loaded 1 rules")),
+        "{:?}",
+        srv.printed
+    );
+    let ca = std::fs::read(r.path("data/tls/ca.pem")).unwrap();
+    let a = agent(&ca);
+
+    // Port 80's job: a permanent redirect to the same path and query on HTTPS.
+    let resp = a.get(format!("{http}/a/b?c=d")).call().unwrap();
+    assert_eq!(resp.status(), 301);
+    let https_port = https.rsplit(':').next().unwrap();
+    assert_eq!(
+        resp.headers()["location"],
+        format!("https://127.0.0.1:{https_port}/a/b?c=d").as_str()
+    );
+
+    // HTTPS: proxied, with HSTS and the security headers.
+    let mut resp = a.get(format!("{https}/hello?x=1")).call().unwrap();
+    assert_eq!(resp.status(), 200);
+    let hsts = resp.headers()["strict-transport-security"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        hsts.contains("max-age=31536000") && hsts.contains("includeSubDomains"),
+        "{hsts}"
+    );
+    assert_eq!(resp.headers()["x-content-type-options"], "nosniff");
+    assert_eq!(
+        resp.body_mut().read_to_string().unwrap(),
+        "upstream saw /hello?x=1"
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+
+    // An attack is refused by the WAF and never reaches the upstream.
+    let resp = a
+        .get(format!(
+            "{https}/search?q=1%20UNION%20SELECT%20password%20FROM%20users"
+        ))
+        .call()
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    assert!(resp.headers().contains_key("strict-transport-security"));
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "the attack reached the upstream"
+    );
+
+    // Both requests are in the audit log's network tier.
+    let mut found = serde_json::Value::Null;
+    for _ in 0..50 {
+        found = srv
+            .get("/v1/audit/events?tier=network", Some(&admin))
+            .json();
+        if found["events"].as_array().is_some_and(|e| e.len() >= 2) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let events = found["events"].as_array().unwrap();
+    assert!(
+        events.iter().any(|e| e["outcome"] == "denied"
+            && e["reason"].as_str().unwrap_or("").starts_with("status 403")),
+        "{found}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["outcome"] == "allowed" && e["resource"] == "127.0.0.1/hello"),
+        "{found}"
+    );
+}
