@@ -43,6 +43,28 @@ fn validity(params: &mut CertificateParams, now: u64, days: i64) -> Result<(), C
     Ok(())
 }
 
+/// A TLS server certificate's parameters: `names` plus the loopback
+/// addresses, server authentication only, valid for `days` from `now`.
+fn server_params(
+    names: Vec<String>,
+    common_name: &str,
+    now: u64,
+    days: i64,
+) -> Result<CertificateParams, CliError> {
+    let mut p = CertificateParams::new(names).map_err(pki_err)?;
+    p.distinguished_name.push(DnType::CommonName, common_name);
+    for ip in [
+        IpAddr::from([127, 0, 0, 1]),
+        IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+    ] {
+        p.subject_alt_names.push(SanType::IpAddress(ip));
+    }
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    validity(&mut p, now, days)?;
+    Ok(p)
+}
+
 /// Makes the development CA and server certificate, stores them, and writes
 /// `tls/ca.pem` into `dir`.
 pub async fn generate_dev_pki(
@@ -69,18 +91,7 @@ pub async fn generate_dev_pki(
     if !control_ip.is_unspecified() && !control_ip.is_loopback() {
         names.push(control_ip.to_string());
     }
-    let mut srv = CertificateParams::new(names).map_err(pki_err)?;
-    srv.distinguished_name
-        .push(DnType::CommonName, "Rampart control API");
-    for ip in [
-        IpAddr::from([127, 0, 0, 1]),
-        IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
-    ] {
-        srv.subject_alt_names.push(SanType::IpAddress(ip));
-    }
-    srv.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    srv.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    validity(&mut srv, now, 397)?;
+    let srv = server_params(names, "Rampart control API", now, 397)?;
     let srv_key = KeyPair::generate().map_err(pki_err)?;
     let issuer = Issuer::new(ca, &ca_key);
     let srv_cert = srv.signed_by(&srv_key, &issuer).map_err(pki_err)?;
@@ -172,19 +183,7 @@ pub async fn edge_dev_certificate(
             all.push(n.clone());
         }
     }
-    let mut params = CertificateParams::new(all).map_err(pki_err)?;
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "Rampart edge (development)");
-    for ip in [
-        IpAddr::from([127, 0, 0, 1]),
-        IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
-    ] {
-        params.subject_alt_names.push(SanType::IpAddress(ip));
-    }
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    validity(&mut params, clock.unix_secs(), 90)?;
+    let params = server_params(all, "Rampart edge (development)", clock.unix_secs(), 90)?;
     let key = KeyPair::generate().map_err(pki_err)?;
     let cert = params.signed_by(&key, &issuer).map_err(pki_err)?;
     // The leaf alone: clients trust the development CA itself.
