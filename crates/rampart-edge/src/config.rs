@@ -111,6 +111,9 @@ pub struct EdgeConfig {
     pub breaker: BreakerSettings,
     /// Active health checks; `None` for passive ejection only.
     pub health_check: Option<HealthCheck>,
+    /// Signs the assertion sent to upstreams (see [`crate::assertion`]);
+    /// `None` sends none.
+    pub assertion: Option<std::sync::Arc<crate::assertion::AssertionSigner>>,
     /// Time to connect to an upstream.
     pub connect_timeout: Duration,
     /// Time for an upstream to send response headers.
@@ -161,6 +164,7 @@ impl EdgeConfig {
             balance: Balance::RoundRobin,
             breaker: BreakerSettings::default(),
             health_check: None,
+            assertion: None,
             connect_timeout: Duration::from_secs(3),
             upstream_timeout: Duration::from_secs(60),
             header_read_timeout: Duration::from_secs(10),

@@ -44,6 +44,7 @@
     )
 )]
 
+pub mod assertion;
 pub mod balance;
 mod config;
 mod error;

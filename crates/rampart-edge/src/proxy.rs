@@ -78,6 +78,7 @@ pub async fn forward(
     ctx: &RequestCtx,
     https: bool,
     timeout: Duration,
+    assertion: Option<&str>,
 ) -> Result<Forwarded, Reject> {
     let body = ctx.body().cloned().unwrap_or_default();
     let retry_ok = idempotent(&ctx.head.method);
@@ -98,7 +99,7 @@ pub async fn forward(
         };
         tried.push(lease.index());
         let upstream = lease.addr().to_string();
-        let req = upstream_request(ctx, &upstream, body.clone(), https)?;
+        let req = upstream_request(ctx, &upstream, body.clone(), https, assertion)?;
         match tokio::time::timeout(timeout, client.request(req)).await {
             Ok(Ok(response)) => {
                 let status = response.status().as_u16();
@@ -135,6 +136,7 @@ fn upstream_request(
     upstream: &str,
     body: Bytes,
     https: bool,
+    assertion: Option<&str>,
 ) -> Result<Request<Full<Bytes>>, Reject> {
     let pq = ctx.head.uri.path_and_query().map_or("/", |p| p.as_str());
     let uri: http::Uri = format!("http://{upstream}{pq}")
@@ -160,6 +162,11 @@ fn upstream_request(
         if https { "https" } else { "http" },
     );
     set(&mut headers, "x-request-id", &ctx.request_id);
+    // Only the edge speaks for the edge: a client's assertion never passes.
+    headers.remove(crate::assertion::HEADER);
+    if let Some(a) = assertion {
+        set(&mut headers, crate::assertion::HEADER, a);
+    }
     let mut req = Request::new(Full::new(body));
     *req.method_mut() = ctx.head.method.clone();
     *req.uri_mut() = uri;

@@ -159,6 +159,7 @@ struct State {
     body_read_timeout: Duration,
     drain_deadline: Duration,
     health_check: Option<crate::config::HealthCheck>,
+    assertion: Option<Arc<crate::assertion::AssertionSigner>>,
     resolver: Option<Arc<crate::tls::SniResolver>>,
     certificates: Vec<crate::config::CertConfig>,
     cert_poll_interval: Option<Duration>,
@@ -242,6 +243,7 @@ impl Edge {
             body_read_timeout: cfg.body_read_timeout,
             drain_deadline: cfg.drain_deadline,
             health_check: cfg.health_check.clone(),
+            assertion: cfg.assertion.clone(),
             resolver,
             certificates: cfg.certificates.clone(),
             cert_poll_interval: cfg.cert_poll_interval,
@@ -618,7 +620,35 @@ impl State {
         rec.principal = ctx.principal.as_ref().map(|p| p.id.clone());
         rec.bytes_in = ctx.body().map_or(0, |b| b.len() as u64);
         outcome?;
-        let fwd = proxy::forward(&self.client, &pool, &ctx, true, self.upstream_timeout).await?;
+        let assertion = self.assertion.as_ref().map(|signer| {
+            let now = self.clock.unix_secs();
+            signer.sign(&crate::assertion::Claims {
+                sub: ctx
+                    .principal
+                    .as_ref()
+                    .map_or_else(|| "anonymous".into(), |p| p.id.clone()),
+                roles: ctx
+                    .principal
+                    .as_ref()
+                    .map_or_else(Vec::new, |p| p.roles.clone()),
+                svc: ctx.route.service.clone(),
+                route: format!("{}{}", ctx.route.host, ctx.route.path_prefix),
+                method: ctx.head.method.as_str().to_string(),
+                path: ctx.head.uri.path().to_string(),
+                rid: ctx.request_id.clone(),
+                iat: now,
+                exp: now + signer.ttl_secs(),
+            })
+        });
+        let fwd = proxy::forward(
+            &self.client,
+            &pool,
+            &ctx,
+            true,
+            self.upstream_timeout,
+            assertion.as_deref(),
+        )
+        .await?;
         rec.upstream = Some(fwd.upstream);
         let (mut parts, body) = fwd.response.into_parts();
         proxy::strip_hop_by_hop(&mut parts.headers);

@@ -90,6 +90,39 @@ impl AuditSink for EdgeAudit {
     }
 }
 
+/// How long an upstream assertion is valid.
+const ASSERTION_TTL_SECS: u64 = 60;
+
+/// The key the edge signs upstream assertions with, kept in the keyring
+/// (wrapped by the root key) so every node of a deployment shares it.
+pub async fn assertion_signer(
+    keyring: &Keyring,
+) -> Result<rampart_edge::assertion::AssertionSigner, CliError> {
+    let seed = keyring
+        .secret("edge/assertion", || {
+            Ok(rampart_crypto::SecretBytes::new(
+                rampart_crypto::random_array::<32>()?.to_vec(),
+            ))
+        })
+        .await?;
+    let seed: zeroize::Zeroizing<[u8; 32]> = zeroize::Zeroizing::new(
+        seed.expose()
+            .try_into()
+            .map_err(|_| CliError::Runtime("stored assertion key has the wrong length".into()))?,
+    );
+    Ok(rampart_edge::assertion::AssertionSigner::new(
+        &seed,
+        ASSERTION_TTL_SECS,
+    ))
+}
+
+/// The public key services verify upstream assertions with, base64.
+pub async fn assertion_public_key(keyring: &Keyring) -> Result<String, CliError> {
+    use base64::Engine;
+    let signer = assertion_signer(keyring).await?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(signer.verifying_key().as_bytes()))
+}
+
 /// Binds the edge if the configuration has an `[edge]` section.
 pub async fn start(
     config: &Config,
@@ -151,6 +184,7 @@ pub async fn start(
         println!("edge: WAF loaded {} rules", waf.rule_count());
         ec.waf = Some(Arc::new(waf));
     }
+    ec.assertion = Some(Arc::new(assertion_signer(keyring).await?));
     ec.authenticator = Arc::new(IdentityAuth(identity));
     ec.audit = Arc::new(EdgeAudit {
         audit,

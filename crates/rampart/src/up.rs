@@ -76,7 +76,12 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
         args.edge_https_listen,
     )
     .await?;
+    let edge_assertion_key = match &edge {
+        Some(_) => Some(edge::assertion_public_key(&node.keyring).await?),
+        None => None,
+    };
     let state = Arc::new(AppState {
+        edge_assertion_key,
         node_name: config.node.name.clone(),
         planes: Some(running),
         identity: Some(identity),

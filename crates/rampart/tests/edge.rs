@@ -10,17 +10,21 @@ use std::sync::Arc;
 
 use util::Rampart;
 
-/// A tiny HTTP/1.1 upstream that answers every request with its path and
-/// counts what reached it.
-fn upstream() -> (u16, Arc<AtomicUsize>) {
+/// The assertion header the upstream saw last.
+type Seen = Arc<std::sync::Mutex<Option<String>>>;
+
+/// A tiny HTTP/1.1 upstream that answers every request with its path,
+/// counts what reached it and keeps the edge's assertion header.
+fn upstream() -> (u16, Arc<AtomicUsize>, Seen) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     let hits = Arc::new(AtomicUsize::new(0));
-    let h = hits.clone();
+    let seen: Seen = Arc::default();
+    let (h, seen2) = (hits.clone(), seen.clone());
     std::thread::spawn(move || {
         for conn in l.incoming() {
             let Ok(mut s) = conn else { continue };
-            let h = h.clone();
+            let (h, seen) = (h.clone(), seen2.clone());
             std::thread::spawn(move || {
                 let mut r = BufReader::new(s.try_clone().unwrap());
                 loop {
@@ -29,13 +33,20 @@ fn upstream() -> (u16, Arc<AtomicUsize>) {
                         return;
                     }
                     let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
-                    // Skip headers (no bodies in these tests).
+                    // Read headers (no bodies in these tests).
+                    let mut assertion = None;
                     loop {
                         let mut hdr = String::new();
                         if r.read_line(&mut hdr).unwrap_or(0) == 0 || hdr == "\r\n" {
                             break;
                         }
+                        if let Some((k, v)) = hdr.split_once(':') {
+                            if k.eq_ignore_ascii_case("x-rampart-assertion") {
+                                assertion = Some(v.trim().to_string());
+                            }
+                        }
                     }
+                    *seen.lock().unwrap() = assertion;
                     h.fetch_add(1, Ordering::SeqCst);
                     let body = format!("upstream saw {path}");
                     let resp = format!(
@@ -49,7 +60,7 @@ fn upstream() -> (u16, Arc<AtomicUsize>) {
             });
         }
     });
-    (port, hits)
+    (port, hits, seen)
 }
 
 fn agent(ca: &[u8]) -> ureq::Agent {
@@ -70,7 +81,7 @@ fn agent(ca: &[u8]) -> ureq::Agent {
 
 #[test]
 fn edge_redirects_proxies_with_hsts_and_blocks_attacks_before_the_upstream() {
-    let (port, hits) = upstream();
+    let (port, hits, seen) = upstream();
     let r = Rampart::new();
     std::fs::write(
         r.path("waf.conf"),
@@ -147,6 +158,44 @@ service = "app"
     );
     assert_eq!(hits.load(Ordering::SeqCst), 1);
 
+    // The upstream got a signed assertion it can verify with the edge's public
+    // key; a client's forged one is replaced, and no header means "refuse".
+    let key = srv.get("/v1/edge/assertion-key", Some(&admin)).json();
+    let key_bytes: [u8; 32] = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        key["public_key"].as_str().unwrap(),
+    )
+    .unwrap()
+    .try_into()
+    .unwrap();
+    let vk = ed25519_dalek::VerifyingKey::from_bytes(&key_bytes).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let header = seen
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("no assertion reached the upstream");
+    let claims =
+        rampart_edge::assertion::verify(&header, &vk, now, "app", "GET", "/hello").unwrap();
+    assert_eq!(
+        (claims.sub.as_str(), claims.svc.as_str()),
+        ("anonymous", "app")
+    );
+    assert!(rampart_edge::assertion::verify(&header, &vk, now, "app", "GET", "/other").is_err());
+    let resp = a
+        .get(format!("{https}/hello"))
+        .header("X-Rampart-Assertion", "v1.forged.forged")
+        .call()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let header = seen.lock().unwrap().clone().unwrap();
+    assert_ne!(header, "v1.forged.forged");
+    rampart_edge::assertion::verify(&header, &vk, now, "app", "GET", "/hello").unwrap();
+    assert!(rampart_edge::assertion::verify("", &vk, now, "app", "GET", "/hello").is_err());
+
     // An attack is refused by the WAF and never reaches the upstream.
     let resp = a
         .get(format!(
@@ -158,7 +207,7 @@ service = "app"
     assert!(resp.headers().contains_key("strict-transport-security"));
     assert_eq!(
         hits.load(Ordering::SeqCst),
-        1,
+        2,
         "the attack reached the upstream"
     );
 

@@ -59,6 +59,8 @@ pub struct AppState {
     pub planes: Option<Planes>,
     /// The identity plane; `None` until it is started.
     pub identity: Option<Arc<rampart_identity::Identity>>,
+    /// The edge's assertion public key (base64), when this node runs an edge.
+    pub edge_assertion_key: Option<String>,
     /// The audit log every `/v1` call is recorded in.
     pub audit: Option<Arc<rampart_audit::Audit>>,
     pub store: Arc<dyn Store>,
@@ -104,6 +106,7 @@ pub fn router(state: SharedState) -> Router {
         .merge(planes::routes())
         .merge(identity::routes())
         .route("/v1/audit/events", get(audit_events))
+        .route("/v1/edge/assertion-key", get(assertion_key))
         .fallback(not_found)
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -173,6 +176,20 @@ async fn status(
         "environments": st.environments,
         "services": st.services,
         "time": st.clock.unix_secs(),
+    })))
+}
+
+/// `GET /v1/edge/assertion-key`: the public key services verify the edge's
+/// upstream assertions with (see `rampart_edge::assertion`).
+async fn assertion_key(State(st): State<SharedState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let key = st
+        .edge_assertion_key
+        .clone()
+        .ok_or_else(|| ApiError::unavailable("this node runs no edge"))?;
+    Ok(Json(json!({
+        "algorithm": "Ed25519",
+        "public_key": key,
+        "header": rampart_edge::assertion::HEADER,
     })))
 }
 
