@@ -106,7 +106,21 @@ pub struct AccessRecord {
 pub trait AuditSink: Send + Sync {
     /// Records `rec`. Must not block for long: it runs on the request path.
     fn record(&self, rec: &AccessRecord);
+
+    /// Records `rec` and resolves once it is durable. The edge awaits this
+    /// before it answers; an error turns the answer into a 503 (the edge
+    /// fails closed when its access record cannot be kept). The default
+    /// calls [`AuditSink::record`] and succeeds at once.
+    fn record_durable(&self, rec: &AccessRecord) -> DurableRecord {
+        self.record(rec);
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
+
+/// What [`AuditSink::record_durable`] returns: `Err` with a reason (never
+/// shown to the client) when the record could not be kept.
+pub type DurableRecord =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'static>>;
 
 /// Discards records.
 #[derive(Debug, Clone, Copy, Default)]

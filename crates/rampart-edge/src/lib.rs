@@ -60,7 +60,9 @@ mod tls;
 pub use balance::{Balance, BreakerSettings, BreakerState, UpstreamStatus};
 pub use config::{CertConfig, CertSource, EdgeConfig, HealthCheck};
 pub use error::{Error, Reject, Result};
-pub use hooks::{AccessRecord, AuditSink, AuthOutcome, AuthRequest, Authenticator, Principal};
+pub use hooks::{
+    AccessRecord, AuditSink, AuthOutcome, AuthRequest, Authenticator, DurableRecord, Principal,
+};
 pub use ratelimit::{CounterStore, MemoryStore, Rate, RateLimits};
 pub use server::{
     client_addr, parse_host, request_host, Edge, EdgeAddrs, EdgeBody, EdgeHandle, HSTS,

@@ -576,7 +576,13 @@ impl State {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
         rec.latency = started.elapsed();
-        self.audit.record(&rec);
+        if let Err(why) = self.audit.record_durable(&rec).await {
+            // No record, no answer: the client gets a 503 instead.
+            tracing::error!(request_id = %rec.request_id, reason = %why, "access record refused; failing closed");
+            let mut refused = status_response(StatusCode::SERVICE_UNAVAILABLE);
+            add_security_headers(refused.headers_mut());
+            return refused;
+        }
         resp
     }
 

@@ -714,3 +714,26 @@ async fn slow_body_gets_408() {
     assert!(r.starts_with("HTTP/1.1 408"), "{r}");
     assert_eq!(a.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
+
+/// An audit log that refuses every record.
+struct RefusingAudit;
+
+impl rampart_edge::AuditSink for RefusingAudit {
+    fn record(&self, _rec: &rampart_edge::AccessRecord) {}
+
+    fn record_durable(&self, _rec: &rampart_edge::AccessRecord) -> rampart_edge::DurableRecord {
+        Box::pin(std::future::ready(Err("disk full".to_string())))
+    }
+}
+
+#[tokio::test]
+async fn a_refused_access_record_fails_closed_with_503() {
+    let a = upstream("a").await;
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], ROOT), |ec| {
+        ec.audit = Arc::new(RefusingAudit)
+    })
+    .await;
+    let r = edge.https("GET", "api.test", "/").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.header("strict-transport-security").is_some());
+}

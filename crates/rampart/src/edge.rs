@@ -9,8 +9,8 @@ use rampart_audit::{Actor, Audit, Event, Outcome, Tier};
 use rampart_config::{Config, RouteAuth};
 use rampart_core::SharedClock;
 use rampart_edge::{
-    AccessRecord, AuditSink, AuthOutcome, AuthRequest, Authenticator, CertConfig, CertSource, Edge,
-    EdgeConfig, Principal,
+    AccessRecord, AuditSink, AuthOutcome, AuthRequest, Authenticator, CertConfig, CertSource,
+    DurableRecord, Edge, EdgeConfig, Principal,
 };
 use rampart_identity::Identity;
 use rampart_store::Keyring;
@@ -51,16 +51,16 @@ impl Authenticator for IdentityAuth {
     }
 }
 
-/// Every edge request goes to the audit log's network tier. The edge's hook
-/// cannot wait, so the record is written by a task of its own: a refused
-/// record is logged, but the request has already been answered.
+/// Every edge request goes to the audit log's network tier, and the edge
+/// answers only once the record is durable: if the log refuses it, the client
+/// gets a 503 instead (fail closed).
 struct EdgeAudit {
     audit: Arc<Audit>,
     node: String,
 }
 
-impl AuditSink for EdgeAudit {
-    fn record(&self, rec: &AccessRecord) {
+impl EdgeAudit {
+    fn event(&self, rec: &AccessRecord) -> Event {
         let outcome = match rec.status {
             401 | 403 | 429 => Outcome::Denied,
             s if s >= 500 => Outcome::Error,
@@ -81,12 +81,23 @@ impl AuditSink for EdgeAudit {
         });
         ev.request_id = Some(rec.request_id.clone());
         ev.source = Some(rec.client.to_string());
-        let fut = self.audit.record_async(ev);
+        ev
+    }
+}
+
+impl AuditSink for EdgeAudit {
+    fn record(&self, rec: &AccessRecord) {
+        let fut = self.audit.record_async(self.event(rec));
         tokio::spawn(async move {
             if let Err(e) = fut.await {
                 tracing::error!(error = %e, "audit log refused an edge access record");
             }
         });
+    }
+
+    fn record_durable(&self, rec: &AccessRecord) -> DurableRecord {
+        let fut = self.audit.record_async(self.event(rec));
+        Box::pin(async move { fut.await.map(|_| ()).map_err(|e| e.to_string()) })
     }
 }
 
