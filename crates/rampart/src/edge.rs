@@ -51,9 +51,10 @@ impl Authenticator for IdentityAuth {
     }
 }
 
-/// Every edge request goes to the audit log's network tier, and the edge
-/// answers only once the record is durable: if the log refuses it, the client
-/// gets a 503 instead (fail closed).
+/// Every edge request goes to the audit log's api-access tier, and denials
+/// also to the security tier; the edge answers only once the records are
+/// durable: if the log refuses one, the client gets a 503 instead (fail
+/// closed).
 struct EdgeAudit {
     audit: Arc<Audit>,
     node: String,
@@ -68,7 +69,7 @@ impl EdgeAudit {
         };
         let principal = rec.principal.clone().unwrap_or_else(|| "anonymous".into());
         let mut ev = Event::new(
-            Tier::Network,
+            Tier::ApiAccess,
             Actor::new(principal, "edge"),
             format!("edge.{}", rec.method.to_ascii_lowercase()),
             format!("{}{}", rec.host, rec.path),
@@ -87,7 +88,7 @@ impl EdgeAudit {
 
 impl AuditSink for EdgeAudit {
     fn record(&self, rec: &AccessRecord) {
-        let fut = self.audit.record_async(self.event(rec));
+        let fut = self.record_durable(rec);
         tokio::spawn(async move {
             if let Err(e) = fut.await {
                 tracing::error!(error = %e, "audit log refused an edge access record");
@@ -96,8 +97,21 @@ impl AuditSink for EdgeAudit {
     }
 
     fn record_durable(&self, rec: &AccessRecord) -> DurableRecord {
-        let fut = self.audit.record_async(self.event(rec));
-        Box::pin(async move { fut.await.map(|_| ()).map_err(|e| e.to_string()) })
+        let access = self.event(rec);
+        let security = (access.outcome == Outcome::Denied).then(|| {
+            let mut ev = access.clone();
+            ev.tier = Tier::Security;
+            ev
+        });
+        let first = self.audit.record_async(access);
+        let second = security.map(|ev| self.audit.record_async(ev));
+        Box::pin(async move {
+            first.await.map_err(|e| e.to_string())?;
+            if let Some(f) = second {
+                f.await.map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })
     }
 }
 

@@ -211,11 +211,14 @@ service = "app"
         "the attack reached the upstream"
     );
 
-    // Both requests are in the audit log's network tier.
+    // Every request is in the api-access tier; the denial also in the security tier.
     let mut found = serde_json::Value::Null;
     for _ in 0..50 {
         found = srv
-            .get("/v1/audit/events?tier=network", Some(&admin))
+            .get(
+                "/v1/audit/events?tier=api-access&action=edge.get",
+                Some(&admin),
+            )
             .json();
         if found["events"].as_array().is_some_and(|e| e.len() >= 2) {
             break;
