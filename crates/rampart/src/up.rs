@@ -121,6 +121,9 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
         if let Some(a) = addrs.https {
             println!("edge https: https://{a}");
         }
+        if let Some(path) = config_path.clone() {
+            spawn_reloader(path, e.handle());
+        }
         let mut rx = stop_rx.clone();
         tokio::spawn(e.serve(async move {
             let _ = rx.wait_for(|stop| *stop).await;
@@ -165,6 +168,38 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
     }
     println!("rampart stopped");
     Ok(())
+}
+
+/// On SIGHUP, re-reads the configuration and swaps the edge's routing to it
+/// atomically; an invalid file is refused and the running one keeps serving.
+fn spawn_reloader(path: PathBuf, edge: rampart_edge::EdgeHandle) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let result = Config::load(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|cfg| edge.reload(&cfg).map_err(|e| e.to_string()));
+            match result {
+                Ok(()) => {
+                    println!("reloaded {}", path.display());
+                    tracing::info!(config = %path.display(), "configuration reloaded");
+                }
+                Err(e) => {
+                    println!(
+                        "reload refused, still serving the previous configuration: {}",
+                        e.replace('\n', "; ")
+                    );
+                    tracing::error!(config = %path.display(), error = %e, "reload refused");
+                }
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = (path, edge);
 }
 
 async fn wait_for_signal() {

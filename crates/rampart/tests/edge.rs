@@ -238,3 +238,71 @@ service = "app"
         "{found}"
     );
 }
+
+#[test]
+fn sighup_reloads_routes_and_refuses_a_bad_config_while_serving() {
+    let (port, _hits, _seen) = upstream();
+    let r = Rampart::new();
+    let config = |prefix: &str| {
+        format!(
+            "[edge]\n\n[[environments]]\nname = \"prod\"\n\n[[services]]\nname = \"app\"\nenvironment = \"prod\"\nport = {port}\nupstreams = [\"127.0.0.1:{port}\"]\n\n[[routes]]\nhost = \"127.0.0.1\"\npath_prefix = \"{prefix}\"\nservice = \"app\"\n"
+        )
+    };
+    std::fs::write(r.path("rampart.toml"), config("/a")).unwrap();
+    r.init();
+    let srv = r.up(&["--config", "rampart.toml", "--data-dir", "data"]);
+    let https = srv
+        .printed
+        .iter()
+        .find_map(|l| l.strip_prefix("edge https: "))
+        .unwrap()
+        .to_string();
+    let a = agent(&std::fs::read(r.path("data/tls/ca.pem")).unwrap());
+    let status = |path: &str| {
+        a.get(format!("{https}{path}"))
+            .call()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(status("/a/x"), 200);
+    assert_eq!(status("/b"), 404);
+    let hup = || {
+        assert!(std::process::Command::new("kill")
+            .args(["-HUP", &srv.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success());
+    };
+
+    std::fs::write(r.path("rampart.toml"), config("/")).unwrap();
+    hup();
+    let mut ok = false;
+    for _ in 0..100 {
+        if status("/b") == 200 {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(ok, "the new route never took effect");
+
+    std::fs::write(r.path("rampart.toml"), "[edge]\nnot valid = = toml\n").unwrap();
+    hup();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(
+        status("/b"),
+        200,
+        "a bad reload must leave the old config serving"
+    );
+    let (exit, lines) = srv.terminate();
+    assert!(exit.success());
+    assert!(
+        lines.iter().any(|l| l.starts_with("reloaded ")),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("reload refused")),
+        "{lines:?}"
+    );
+}
