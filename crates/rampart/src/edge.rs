@@ -15,6 +15,7 @@ use rampart_edge::{
 use rampart_identity::Identity;
 use rampart_store::Keyring;
 
+use crate::api::Metrics;
 use crate::errors::CliError;
 use crate::tls;
 
@@ -58,6 +59,7 @@ impl Authenticator for IdentityAuth {
 struct EdgeAudit {
     audit: Arc<Audit>,
     node: String,
+    metrics: Arc<Metrics>,
 }
 
 impl EdgeAudit {
@@ -97,6 +99,11 @@ impl AuditSink for EdgeAudit {
     }
 
     fn record_durable(&self, rec: &AccessRecord) -> DurableRecord {
+        self.metrics.observe_edge(
+            rec.route.as_deref().unwrap_or("unmatched"),
+            rec.status,
+            rec.latency.as_secs_f64(),
+        );
         let access = self.event(rec);
         let security = (access.outcome == Outcome::Denied).then(|| {
             let mut ev = access.clone();
@@ -149,8 +156,10 @@ pub async fn assertion_public_key(keyring: &Keyring) -> Result<String, CliError>
 }
 
 /// Binds the edge if the configuration has an `[edge]` section.
+#[allow(clippy::too_many_arguments)]
 pub async fn start(
     config: &Config,
+    metrics: Arc<Metrics>,
     keyring: &Keyring,
     identity: Arc<Identity>,
     audit: Arc<Audit>,
@@ -214,6 +223,7 @@ pub async fn start(
     ec.audit = Arc::new(EdgeAudit {
         audit,
         node: config.node.name.clone(),
+        metrics,
     });
     let edge = Edge::bind(ec)
         .await

@@ -66,8 +66,10 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
         planes::open_identity(node.keyring.clone(), audit.clone(), &config, clock.clone()).await?;
     let running =
         planes::start(node.keyring.clone(), audit.clone(), &config, clock.clone()).await?;
+    let metrics = Arc::new(Metrics::new(clock.unix_secs()));
     let edge = edge::start(
         &config,
+        metrics.clone(),
         &node.keyring,
         identity.clone(),
         audit.clone(),
@@ -88,7 +90,7 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
         audit: Some(audit.clone()),
         store: node.store.clone(),
         verifier,
-        metrics: Metrics::new(clock.unix_secs()),
+        metrics: metrics.clone(),
         clock: clock.clone(),
         allow: config.control.allow.clone(),
         environments: config.environments.iter().map(|e| e.name.clone()).collect(),
@@ -124,6 +126,7 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
         if let Some(path) = config_path.clone() {
             spawn_reloader(path, e.handle());
         }
+        metrics.set_edge(e.handle());
         let mut rx = stop_rx.clone();
         tokio::spawn(e.serve(async move {
             let _ = rx.wait_for(|stop| *stop).await;

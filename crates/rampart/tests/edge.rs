@@ -237,6 +237,32 @@ service = "app"
             .any(|e| e["outcome"] == "allowed" && e["resource"] == "127.0.0.1/hello"),
         "{found}"
     );
+    let security = srv
+        .get(
+            "/v1/audit/events?tier=security&action=edge.get",
+            Some(&admin),
+        )
+        .json();
+    assert!(
+        security["events"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["outcome"] == "denied")),
+        "{security}"
+    );
+
+    // Prometheus: edge requests by route and status, upstream health.
+    let metrics = srv.get("/metrics", None).body;
+    assert!(
+        metrics.contains("rampart_edge_requests_total{route=\"127.0.0.1/\",status=\"200\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("status=\"403\""), "{metrics}");
+    assert!(
+        metrics.contains(&format!(
+            "rampart_edge_upstream_up{{service=\"app\",upstream=\"127.0.0.1:{port}\"}} 1"
+        )),
+        "{metrics}"
+    );
 }
 
 #[test]

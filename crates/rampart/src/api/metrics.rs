@@ -27,10 +27,28 @@ struct BuildLabels {
     version: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EdgeLabels {
+    route: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    service: String,
+    upstream: String,
+}
+
 pub struct Metrics {
     registry: Mutex<Registry>,
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram>,
+    edge_requests: Family<EdgeLabels, Counter>,
+    edge_latency: Family<RouteLabels, Histogram>,
+    upstream_up: Family<UpstreamLabels, Gauge>,
+    upstream_breaker_open: Family<UpstreamLabels, Gauge>,
+    upstream_in_flight: Family<UpstreamLabels, Gauge>,
+    edge: Mutex<Option<rampart_edge::EdgeHandle>>,
 }
 
 impl Metrics {
@@ -64,10 +82,91 @@ impl Metrics {
             "When this process started, seconds since the Unix epoch",
             start,
         );
+        let edge_requests = Family::<EdgeLabels, Counter>::default();
+        registry.register(
+            "edge_requests",
+            "Edge requests by route and status",
+            edge_requests.clone(),
+        );
+        let edge_latency = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        });
+        registry.register(
+            "edge_request_duration_seconds",
+            "Edge latency until response headers",
+            edge_latency.clone(),
+        );
+        let upstream_up = Family::<UpstreamLabels, Gauge>::default();
+        registry.register(
+            "edge_upstream_up",
+            "1 when the upstream takes traffic (breaker not open, health checks passing)",
+            upstream_up.clone(),
+        );
+        let upstream_breaker_open = Family::<UpstreamLabels, Gauge>::default();
+        registry.register(
+            "edge_upstream_breaker_open",
+            "1 when the upstream's circuit breaker is open",
+            upstream_breaker_open.clone(),
+        );
+        let upstream_in_flight = Family::<UpstreamLabels, Gauge>::default();
+        registry.register(
+            "edge_upstream_in_flight",
+            "Requests in flight to the upstream",
+            upstream_in_flight.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             requests,
             latency,
+            edge_requests,
+            edge_latency,
+            upstream_up,
+            upstream_breaker_open,
+            upstream_in_flight,
+            edge: Mutex::new(None),
+        }
+    }
+
+    /// Lets `/metrics` report the edge's upstreams.
+    pub fn set_edge(&self, handle: rampart_edge::EdgeHandle) {
+        if let Ok(mut e) = self.edge.lock() {
+            *e = Some(handle);
+        }
+    }
+
+    /// Counts one edge request (`route` is "unmatched" when none matched).
+    pub fn observe_edge(&self, route: &str, status: u16, seconds: f64) {
+        self.edge_requests
+            .get_or_create(&EdgeLabels {
+                route: route.to_string(),
+                status,
+            })
+            .inc();
+        self.edge_latency
+            .get_or_create(&RouteLabels {
+                route: route.to_string(),
+            })
+            .observe(seconds);
+    }
+
+    fn refresh_upstreams(&self) {
+        let Ok(edge) = self.edge.lock() else { return };
+        let Some(edge) = edge.as_ref() else { return };
+        for u in edge.upstreams() {
+            let l = UpstreamLabels {
+                service: u.service.clone(),
+                upstream: u.addr.clone(),
+            };
+            let open = u.state == rampart_edge::BreakerState::Open;
+            self.upstream_up
+                .get_or_create(&l)
+                .set(i64::from(u.healthy && !open));
+            self.upstream_breaker_open
+                .get_or_create(&l)
+                .set(i64::from(open));
+            self.upstream_in_flight
+                .get_or_create(&l)
+                .set(i64::try_from(u.in_flight).unwrap_or(i64::MAX));
         }
     }
 
@@ -87,6 +186,7 @@ impl Metrics {
     }
 
     pub fn render(&self) -> String {
+        self.refresh_upstreams();
         let mut out = String::new();
         if let Ok(reg) = self.registry.lock() {
             let _ = encode(&mut out, &reg);

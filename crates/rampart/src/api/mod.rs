@@ -65,7 +65,7 @@ pub struct AppState {
     pub audit: Option<Arc<rampart_audit::Audit>>,
     pub store: Arc<dyn Store>,
     pub verifier: Verifier,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     pub clock: SharedClock,
     pub allow: Vec<IpNet>,
     pub environments: Vec<String>,
