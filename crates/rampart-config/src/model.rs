@@ -125,7 +125,22 @@ pub struct Route {
     pub allow_cidrs: Vec<IpNet>,
     /// Source networks denied.
     pub deny_cidrs: Vec<IpNet>,
+    /// Requests per client on this route, instead of the edge's default.
+    pub rate_limit: Option<RouteRate>,
+    /// Largest request body on this route (the edge's limit still caps it).
+    pub max_body_bytes: Option<usize>,
 }
+
+/// A token bucket: `burst` requests at once, refilled at `per_second`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RouteRate {
+    /// Bucket size.
+    pub burst: u32,
+    /// Refill rate.
+    pub per_second: f64,
+}
+
+impl Eq for RouteRate {}
 
 /// A role and what it may do.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -105,6 +105,15 @@ pub(crate) struct RawRoute {
     pub allow_cidrs: Vec<S<String>>,
     #[serde(default)]
     pub deny_cidrs: Vec<S<String>>,
+    pub rate_limit: Option<RawRate>,
+    pub max_body_bytes: Option<S<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRate {
+    pub burst: S<i64>,
+    pub per_second: S<f64>,
 }
 
 #[derive(Debug, Deserialize)]

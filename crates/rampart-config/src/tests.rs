@@ -141,3 +141,29 @@ fn permissions_allow_dotted_actions_and_wildcards_only() {
         );
     }
 }
+
+#[test]
+fn route_rate_and_body_limits_are_checked() {
+    let base = "[[environments]]\nname = \"p\"\n[[services]]\nname = \"a\"\nenvironment = \"p\"\nport = 1\n[[routes]]\nhost = \"x.test\"\nservice = \"a\"\n";
+    let ok = Config::parse(
+        &format!("{base}max_body_bytes = 1024\nrate_limit = {{ burst = 5, per_second = 0.5 }}\n"),
+        "r.toml",
+    )
+    .unwrap();
+    assert_eq!(ok.routes[0].max_body_bytes, Some(1024));
+    assert_eq!(ok.routes[0].rate_limit.map(|r| r.burst), Some(5));
+    let err = Config::parse(
+        &format!("{base}max_body_bytes = 0\nrate_limit = {{ burst = 0, per_second = -1.0 }}\n"),
+        "r.toml",
+    )
+    .unwrap_err();
+    let paths: Vec<_> = err.diagnostics().iter().map(|d| d.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "routes[0].max_body_bytes",
+            "routes[0].rate_limit.burst",
+            "routes[0].rate_limit.per_second"
+        ]
+    );
+}

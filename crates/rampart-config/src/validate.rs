@@ -412,7 +412,38 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
         }
         let allow_cidrs = c.cidrs(&r.allow_cidrs, &p("allow_cidrs"));
         let deny_cidrs = c.cidrs(&r.deny_cidrs, &p("deny_cidrs"));
+        let rate_limit = r.rate_limit.as_ref().and_then(|rl| {
+            let burst = u32::try_from(*rl.burst.get_ref()).ok().filter(|b| *b >= 1);
+            let per_second =
+                Some(*rl.per_second.get_ref()).filter(|v| v.is_finite() && *v > 0.0 && *v <= 1e6);
+            if burst.is_none() {
+                c.err(&rl.burst, p("rate_limit.burst"), "must be 1 to 4294967295");
+            }
+            if per_second.is_none() {
+                c.err(
+                    &rl.per_second,
+                    p("rate_limit.per_second"),
+                    "must be a number above 0 and at most 1000000",
+                );
+            }
+            Some(RouteRate {
+                burst: burst?,
+                per_second: per_second?,
+            })
+        });
+        let max_body_bytes =
+            r.max_body_bytes
+                .as_ref()
+                .and_then(|v| match usize::try_from(*v.get_ref()) {
+                    Ok(n) if (1..=1 << 30).contains(&n) => Some(n),
+                    _ => {
+                        c.err(v, p("max_body_bytes"), "must be 1 to 1073741824");
+                        None
+                    }
+                });
         routes.push(Route {
+            rate_limit,
+            max_body_bytes,
             host,
             path_prefix: prefix,
             service: r.service.get_ref().clone(),

@@ -23,7 +23,7 @@ use rampart_core::SharedClock;
 
 use crate::error::Reject;
 use crate::hooks::{authorised, AuthOutcome, AuthRequest, Authenticator, Principal};
-use crate::ratelimit::{looks_like_auth, CounterStore, RateLimits};
+use crate::ratelimit::{looks_like_auth, CounterStore, Rate, RateLimits};
 
 /// What the phases see and fill in.
 #[derive(Debug)]
@@ -179,7 +179,13 @@ impl Phase for RateLimit {
     fn check(&self, ctx: &mut RequestCtx) -> Result<(), Reject> {
         let now = self.clock.unix_nanos();
         let route = format!("{}{}", ctx.route.host, ctx.route.path_prefix);
-        let (key, rate) = if looks_like_auth(&ctx.route.path_prefix) {
+        let (key, rate) = if let Some(r) = ctx.route.rate_limit {
+            // The route's own per-client bucket replaces the defaults.
+            (
+                format!("cr|{}|{route}", ctx.client),
+                Rate::new(r.burst, r.per_second),
+            )
+        } else if looks_like_auth(&ctx.route.path_prefix) {
             (
                 format!("ca|{}|{route}", ctx.client),
                 self.limits.per_client_auth,
@@ -344,8 +350,12 @@ impl Phase for BodyLimit {
         true
     }
     fn check(&self, ctx: &mut RequestCtx) -> Result<(), Reject> {
+        let max = ctx
+            .route
+            .max_body_bytes
+            .map_or(self.max, |m| m.min(self.max));
         match ctx.body() {
-            Some(b) if b.len() > self.max => Err(Reject::BodyTooLarge),
+            Some(b) if b.len() > max => Err(Reject::BodyTooLarge),
             _ => Ok(()),
         }
     }

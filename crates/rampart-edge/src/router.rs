@@ -77,6 +77,8 @@ mod tests {
             roles: vec![],
             allow_cidrs: vec![],
             deny_cidrs: vec![],
+            rate_limit: None,
+            max_body_bytes: None,
         }
     }
 

@@ -737,3 +737,28 @@ async fn a_refused_access_record_fails_closed_with_503() {
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(r.header("strict-transport-security").is_some());
 }
+
+#[tokio::test]
+async fn per_route_rate_limit_and_body_limit_override_the_defaults() {
+    let a = upstream("a").await;
+    let routes = "[[routes]]\nhost = \"api.test\"\npath_prefix = \"/strict\"\nservice = \"a\"\nmax_body_bytes = 8\nrate_limit = { burst = 1, per_second = 0.1 }\n[[routes]]\nhost = \"api.test\"\npath_prefix = \"/\"\nservice = \"a\"\n";
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], routes), |_| {}).await;
+    // The strict route's body limit is 8 bytes (the default route takes more)…
+    for (path, want) in [
+        ("/strict", StatusCode::PAYLOAD_TOO_LARGE),
+        ("/other", StatusCode::OK),
+    ] {
+        let cfg = edge.client_config(rustls::DEFAULT_VERSIONS, &[b"http/1.1"]);
+        let tls = edge.tls("api.test", cfg).await.unwrap();
+        let r = send_body(tls, "POST", "api.test", path, &[], vec![b'x'; 9]).await;
+        assert_eq!(r.status, want, "{path}");
+    }
+    // …and its bucket held one request: the next is 429, the other route is unaffected.
+    let r = edge.https("GET", "api.test", "/strict").await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(
+        edge.https("GET", "api.test", "/other").await.status,
+        StatusCode::OK
+    );
+}

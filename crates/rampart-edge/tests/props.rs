@@ -16,6 +16,8 @@ fn route(host: String, prefix: String) -> Route {
         roles: vec![],
         allow_cidrs: vec![],
         deny_cidrs: vec![],
+        rate_limit: None,
+        max_body_bytes: None,
     }
 }
 

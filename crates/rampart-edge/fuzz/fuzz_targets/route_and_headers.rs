@@ -23,6 +23,8 @@ fuzz_target!(|data: &[u8]| {
         roles: vec![],
         allow_cidrs: vec![],
         deny_cidrs: vec![],
+            rate_limit: None,
+            max_body_bytes: None,
     }]);
     if let Some(h) = rampart_edge::parse_host(host) {
         let _ = router.find(&h, rest);
