@@ -442,6 +442,12 @@ impl Identity {
         c.names.get(name).and_then(|id| c.users.get(id)).cloned()
     }
 
+    /// A user named by id, or else by name, as the API and CLI accept both.
+    pub(crate) fn user_by_id_or_name(&self, id_or_name: &str) -> Option<UserRecord> {
+        self.user(id_or_name)
+            .or_else(|| self.user_by_name(id_or_name))
+    }
+
     /// Reads, changes and writes a user record with compare-and-set,
     /// retrying if another writer got there first; updates the cache.
     pub(crate) async fn update_user(
@@ -597,15 +603,13 @@ impl Identity {
     pub fn get_user(&self, actor: &Principal, id_or_name: &str) -> Result<User, IdentityError> {
         self.authz
             .require(actor, "identity:users.read", PLATFORM_ENV)?;
-        self.user(id_or_name)
-            .or_else(|| self.user_by_name(id_or_name))
+        self.user_by_id_or_name(id_or_name)
             .map(|u| User::from(&u))
             .ok_or_else(|| IdentityError::NotFound("user".into()))
     }
 
     fn resolve(&self, id_or_name: &str) -> Result<String, IdentityError> {
-        self.user(id_or_name)
-            .or_else(|| self.user_by_name(id_or_name))
+        self.user_by_id_or_name(id_or_name)
             .map(|u| u.id)
             .ok_or_else(|| IdentityError::NotFound("user".into()))
     }

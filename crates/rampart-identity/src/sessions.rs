@@ -811,8 +811,7 @@ impl Identity {
         env: &str,
     ) -> Result<NewApiKey, IdentityError> {
         let owner = self
-            .user(owner)
-            .or_else(|| self.user_by_name(owner))
+            .user_by_id_or_name(owner)
             .ok_or_else(|| IdentityError::NotFound("principal".into()))?;
         let perm = if owner.id == actor.id {
             "identity:apikeys.own"
@@ -1026,8 +1025,7 @@ impl Identity {
         user: &str,
     ) -> Result<TotpEnrolment, IdentityError> {
         let u = self
-            .user(user)
-            .or_else(|| self.user_by_name(user))
+            .user_by_id_or_name(user)
             .ok_or_else(|| IdentityError::NotFound("user".into()))?;
         let perm = if u.id == actor.id {
             "identity:mfa.own"
@@ -1096,8 +1094,7 @@ impl Identity {
         code: &str,
     ) -> Result<(), IdentityError> {
         let u = self
-            .user(user)
-            .or_else(|| self.user_by_name(user))
+            .user_by_id_or_name(user)
             .ok_or_else(|| IdentityError::NotFound("user".into()))?;
         let perm = if u.id == actor.id {
             "identity:mfa.own"
