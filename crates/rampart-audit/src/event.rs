@@ -227,6 +227,11 @@ pub struct Event {
     /// The source address of the request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// What else the plane knows of the event, by name (for the edge:
+    /// status, latency, bytes, upstream, matched WAF rules…). Values are
+    /// never secrets.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub details: std::collections::BTreeMap<String, String>,
 }
 
 impl Event {
@@ -250,6 +255,7 @@ impl Event {
             reason: None,
             request_id: None,
             source: None,
+            details: std::collections::BTreeMap::new(),
         }
     }
 }

@@ -133,6 +133,16 @@ impl Config {
             for r in &mut edge.waf_rules {
                 *r = base.join(&*r).display().to_string();
             }
+            for ca in &mut edge.client_ca {
+                *ca = base.join(&*ca);
+            }
+        }
+        if let Some(base) = path.parent() {
+            for r in &mut cfg.routes {
+                if let Some(s) = r.json_schema.as_mut() {
+                    *s = base.join(&*s);
+                }
+            }
         }
         Ok(cfg)
     }

@@ -129,6 +129,36 @@ pub struct Route {
     pub rate_limit: Option<RouteRate>,
     /// Largest request body on this route (the edge's limit still caps it).
     pub max_body_bytes: Option<usize>,
+    /// A JSON Schema file that request bodies must satisfy (relative paths
+    /// are resolved against the config file by [`crate::Config::load`]).
+    pub json_schema: Option<PathBuf>,
+    /// What the web application firewall does on this route.
+    pub waf: WafMode,
+}
+
+/// What the web application firewall does on a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WafMode {
+    /// Rules run and a disruptive match refuses the request (the default).
+    #[default]
+    Block,
+    /// Rules run and matches are recorded, but nothing is refused.
+    Detect,
+    /// Rules do not run.
+    Off,
+}
+
+/// Whether the HTTPS listener asks clients for a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientAuthMode {
+    /// No certificate is requested (no `client_ca`).
+    #[default]
+    Off,
+    /// A certificate is requested and verified when sent; routes with
+    /// `auth = "client_cert"` refuse requests without one.
+    Optional,
+    /// The handshake fails without a certificate that chains to `client_ca`.
+    Required,
 }
 
 /// A token bucket: `burst` requests at once, refilled at `per_second`.
@@ -202,6 +232,13 @@ pub struct Edge {
     pub max_body_bytes: usize,
     /// Certificates chosen by SNI; empty means one from the development CA.
     pub certificates: Vec<Certificate>,
+    /// PEM files of the CAs client certificates must chain to.
+    pub client_ca: Vec<PathBuf>,
+    /// Whether a client certificate is requested or required.
+    pub client_auth: ClientAuthMode,
+    /// Serial numbers of client certificates refused although they chain
+    /// to `client_ca`: lowercase hex, no separators, no leading zeros.
+    pub revoked_client_serials: Vec<String>,
 }
 
 /// A certificate and its key, as PEM files.
@@ -246,3 +283,14 @@ impl Default for Retention {
 pub const DEFAULT_CONTROL_LISTEN: &str = "127.0.0.1:7443";
 /// Default days between key rotations.
 pub const DEFAULT_ROTATION_DAYS: u32 = 365;
+
+/// A certificate serial as lowercase hex without separators or leading
+/// zeros (`0A:1b` → `a1b`), or `None` if it is not hex.
+pub fn normalise_serial(s: &str) -> Option<String> {
+    let hex: String = s.trim().chars().filter(|c| *c != ':').collect();
+    if hex.is_empty() || hex.len() > 80 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let t = hex.trim_start_matches('0').to_ascii_lowercase();
+    Some(if t.is_empty() { "0".into() } else { t })
+}

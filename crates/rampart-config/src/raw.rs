@@ -43,6 +43,11 @@ pub(crate) struct RawEdge {
     pub max_body_bytes: Option<S<i64>>,
     #[serde(default)]
     pub certificates: Vec<RawCertificate>,
+    #[serde(default)]
+    pub client_ca: Vec<S<String>>,
+    pub client_auth: Option<S<String>>,
+    #[serde(default)]
+    pub revoked_client_serials: Vec<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -107,6 +112,8 @@ pub(crate) struct RawRoute {
     pub deny_cidrs: Vec<S<String>>,
     pub rate_limit: Option<RawRate>,
     pub max_body_bytes: Option<S<i64>>,
+    pub json_schema: Option<S<String>>,
+    pub waf: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -167,3 +167,41 @@ fn route_rate_and_body_limits_are_checked() {
         ]
     );
 }
+
+#[test]
+fn serials_are_normalised() {
+    assert_eq!(normalise_serial("0A:1b:FF").as_deref(), Some("a1bff"));
+    assert_eq!(normalise_serial("00").as_deref(), Some("0"));
+    assert_eq!(normalise_serial(""), None);
+    assert_eq!(normalise_serial("12:zz"), None);
+}
+
+#[test]
+fn mutual_tls_schema_and_waf_mode_load() {
+    let text = r#"
+[[environments]]
+name = "prod"
+[[services]]
+name = "api"
+environment = "prod"
+port = 8080
+[[routes]]
+host = "api.example.com"
+service = "api"
+auth = "client_cert"
+json_schema = "schemas/order.json"
+waf = "detect"
+[edge]
+client_ca = ["clients.pem"]
+revoked_client_serials = ["01:02"]
+"#;
+    let c = Config::parse(text, "t.toml").unwrap();
+    let e = c.edge.as_ref().unwrap();
+    assert_eq!(e.client_auth, ClientAuthMode::Optional);
+    assert_eq!(e.revoked_client_serials, vec!["102".to_string()]);
+    assert_eq!(c.routes[0].waf, WafMode::Detect);
+    assert_eq!(
+        c.routes[0].json_schema.as_deref(),
+        Some(std::path::Path::new("schemas/order.json"))
+    );
+}

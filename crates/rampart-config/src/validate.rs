@@ -334,6 +334,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
 
     // Routes.
     let mut routes = Vec::new();
+    let mut cert_routes: Vec<(usize, &S<String>)> = Vec::new();
     let mut seen_routes: HashMap<(String, String), usize> = HashMap::new();
     for (i, r) in raw.routes.iter().enumerate() {
         let p = |f: &str| format!("routes[{i}].{f}");
@@ -441,7 +442,35 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
                         None
                     }
                 });
+        if auth == RouteAuth::ClientCert {
+            if let Some(a) = &r.auth {
+                cert_routes.push((i, a));
+            }
+        }
+        let json_schema = r.json_schema.as_ref().and_then(|v| {
+            if v.get_ref().trim().is_empty() {
+                c.err(v, p("json_schema"), "name a JSON Schema file");
+                None
+            } else {
+                Some(PathBuf::from(v.get_ref()))
+            }
+        });
+        let waf = match r.waf.as_ref().map(|w| (w, w.get_ref().as_str())) {
+            None | Some((_, "block")) => WafMode::Block,
+            Some((_, "detect")) => WafMode::Detect,
+            Some((_, "off")) => WafMode::Off,
+            Some((w, other)) => {
+                c.err(
+                    w,
+                    p("waf"),
+                    format!("unknown waf mode {other:?}: expected block, detect or off"),
+                );
+                WafMode::Block
+            }
+        };
         routes.push(Route {
+            json_schema,
+            waf,
             rate_limit,
             max_body_bytes,
             host,
@@ -621,7 +650,60 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
                 key: PathBuf::from(cert.key.get_ref()),
             });
         }
+        let client_ca: Vec<PathBuf> = e
+            .client_ca
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| {
+                if v.get_ref().trim().is_empty() {
+                    c.err(v, format!("edge.client_ca[{i}]"), "name a PEM file");
+                    None
+                } else {
+                    Some(PathBuf::from(v.get_ref()))
+                }
+            })
+            .collect();
+        let client_auth = match e.client_auth.as_ref().map(|v| (v, v.get_ref().as_str())) {
+            None if client_ca.is_empty() => ClientAuthMode::Off,
+            None | Some((_, "optional")) => ClientAuthMode::Optional,
+            Some((_, "required")) => ClientAuthMode::Required,
+            Some((_, "off")) => ClientAuthMode::Off,
+            Some((v, other)) => {
+                c.err(
+                    v,
+                    "edge.client_auth",
+                    format!("unknown client_auth {other:?}: expected off, optional or required"),
+                );
+                ClientAuthMode::Off
+            }
+        };
+        if let Some(v) = &e.client_auth {
+            if client_auth != ClientAuthMode::Off && client_ca.is_empty() {
+                c.err(
+                    v,
+                    "edge.client_auth",
+                    "needs edge.client_ca: the CAs client certificates must chain to",
+                );
+            }
+        }
+        let mut revoked_client_serials = Vec::new();
+        for (i, v) in e.revoked_client_serials.iter().enumerate() {
+            match normalise_serial(v.get_ref()) {
+                Some(s) => revoked_client_serials.push(s),
+                None => c.err(
+                    v,
+                    format!("edge.revoked_client_serials[{i}]"),
+                    format!(
+                        "invalid serial {:?}: expected hex digits, optionally separated by ':'",
+                        v.get_ref()
+                    ),
+                ),
+            }
+        }
         Edge {
+            client_ca,
+            client_auth,
+            revoked_client_serials,
             http_listen,
             https_listen,
             trusted_proxies: c.cidrs(&e.trusted_proxies, "edge.trusted_proxies"),
@@ -632,6 +714,19 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
             certificates,
         }
     });
+
+    let cert_auth_on = edge
+        .as_ref()
+        .is_some_and(|e| e.client_auth != ClientAuthMode::Off);
+    if !cert_auth_on {
+        for (i, a) in cert_routes {
+            c.err(
+                a,
+                format!("routes[{i}].auth"),
+                "client_cert needs edge.client_ca: the CAs client certificates must chain to",
+            );
+        }
+    }
 
     if c.errors.is_empty() {
         Ok(Config {

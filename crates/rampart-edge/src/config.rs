@@ -44,6 +44,19 @@ pub struct CertConfig {
     pub source: CertSource,
 }
 
+/// Mutual TLS on the HTTPS listener: the CAs client certificates must
+/// chain to. Which serials are revoked comes with the routing
+/// (`[edge] revoked_client_serials` in [`Config`]) so that it reloads.
+#[derive(Debug, Clone)]
+pub struct ClientAuth {
+    /// PEM text of the CA certificates.
+    pub ca_pem: Vec<String>,
+    /// Whether the handshake fails without a client certificate (else a
+    /// certificate is only asked for, and `auth = "client_cert"` routes
+    /// refuse requests without one).
+    pub required: bool,
+}
+
 /// Active health checks: `GET path` on every upstream each `interval`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthCheck {
@@ -84,6 +97,8 @@ pub struct EdgeConfig {
     pub redirect_https_port: Option<u16>,
     /// Certificates for the HTTPS listener.
     pub certificates: Vec<CertConfig>,
+    /// Mutual TLS; `None` asks clients for no certificate.
+    pub client_auth: Option<ClientAuth>,
     /// How often file-backed certificates are checked for changes and
     /// reloaded (`None`: only through [`crate::EdgeHandle::reload_certificates`]).
     pub cert_poll_interval: Option<Duration>,
@@ -151,6 +166,7 @@ impl EdgeConfig {
             https_listen: Some(SocketAddr::from(([0, 0, 0, 0], 443))),
             redirect_https_port: None,
             certificates: Vec::new(),
+            client_auth: None,
             cert_poll_interval: Some(Duration::from_secs(30)),
             allow_cidrs: Vec::new(),
             deny_cidrs: Vec::new(),

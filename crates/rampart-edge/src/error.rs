@@ -42,6 +42,14 @@ pub enum Error {
     /// A route names a service that has no upstreams.
     #[error("service {0:?} has no upstreams")]
     NoUpstreams(String),
+    /// A route's JSON Schema could not be read or compiled.
+    #[error("JSON Schema {path}: {reason}")]
+    BadSchema {
+        /// The schema file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// Accepting connections failed.
     #[error("accept: {0}")]
     Accept(std::io::Error),
@@ -77,6 +85,22 @@ pub enum Reject {
     },
     /// No or bad credentials.
     Unauthenticated,
+    /// The client certificate's serial is on the revoked list.
+    CertRevoked,
+    /// The route validates JSON bodies and this one is not declared JSON.
+    UnsupportedMediaType,
+    /// The body is not valid JSON.
+    BadJson {
+        /// The parser's complaint (line and column), never the body.
+        message: String,
+    },
+    /// The body does not satisfy the route's JSON Schema.
+    SchemaViolation {
+        /// JSON Pointer to the offending value (`""` for the whole body).
+        field: String,
+        /// What is wrong, without the value itself.
+        message: String,
+    },
     /// Authenticated but not allowed (roles).
     Forbidden,
     /// The body is larger than the route allows.
@@ -100,7 +124,12 @@ impl Reject {
     /// The HTTP status sent for this refusal.
     pub fn status(&self) -> StatusCode {
         match self {
-            Reject::BadHost | Reject::BadBody => StatusCode::BAD_REQUEST,
+            Reject::BadHost
+            | Reject::BadBody
+            | Reject::BadJson { .. }
+            | Reject::SchemaViolation { .. } => StatusCode::BAD_REQUEST,
+            Reject::CertRevoked => StatusCode::FORBIDDEN,
+            Reject::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Reject::NoRoute => StatusCode::NOT_FOUND,
             Reject::IpDenied | Reject::Forbidden => StatusCode::FORBIDDEN,
             Reject::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -140,6 +169,10 @@ impl Reject {
             Reject::RateLimited { .. } => "rate_limited",
             Reject::Waf { .. } | Reject::WafRedirect { .. } => "waf",
             Reject::Unauthenticated => "unauthenticated",
+            Reject::CertRevoked => "client_cert_revoked",
+            Reject::UnsupportedMediaType => "unsupported_media_type",
+            Reject::BadJson { .. } => "bad_json",
+            Reject::SchemaViolation { .. } => "schema_violation",
             Reject::Forbidden => "forbidden",
             Reject::BodyTooLarge => "body_too_large",
             Reject::BadBody => "bad_body",

@@ -4,7 +4,9 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use rampart_config::{Route, RouteAuth};
+use rampart_config::{Route, RouteAuth, WafMode};
+
+use crate::mtls::ClientCert;
 
 /// Who made a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,11 +47,25 @@ pub enum AuthOutcome {
     Unauthenticated,
 }
 
-/// Authenticates routes whose `auth` is `api_key`, `session` or
-/// `client_cert`. Routes with `auth = "none"` never reach it.
+/// Authenticates routes whose `auth` is `api_key` or `session`, and names
+/// the principal of a verified client certificate on `client_cert` routes.
+/// Routes with `auth = "none"` never reach it.
 pub trait Authenticator: Send + Sync {
-    /// Checks the request's credentials for `req.route.auth`.
+    /// Checks the request's credentials for `req.route.auth` (`api_key` or
+    /// `session`).
     fn authenticate(&self, req: &AuthRequest<'_>) -> AuthOutcome;
+
+    /// The principal of `cert`, which the handshake verified against the
+    /// client CAs and which is not revoked. The default takes the name
+    /// the certificate gives ([`ClientCert::principal`]) with no roles;
+    /// the identity plane adds the roles of the principal of that name,
+    /// or refuses a disabled one.
+    fn authenticate_certificate(&self, cert: &ClientCert, _req: &AuthRequest<'_>) -> AuthOutcome {
+        AuthOutcome::Authenticated(Principal {
+            id: cert.principal.clone(),
+            roles: Vec::new(),
+        })
+    }
 }
 
 /// Refuses every credential: the safe default until the identity plane is
@@ -100,6 +116,29 @@ pub struct AccessRecord {
     pub bytes_out: Option<u64>,
     /// Time until response headers.
     pub latency: Duration,
+    /// What the WAF found, when it ran and a rule matched.
+    pub waf: Option<WafFindings>,
+    /// The client certificate's serial (hex), on mutual TLS connections.
+    pub client_cert_serial: Option<String>,
+    /// More about a refusal: for a schema violation, the JSON Pointer of
+    /// the offending field.
+    pub detail: Option<String>,
+}
+
+/// The WAF's findings on one request, for the audit record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WafFindings {
+    /// The route's mode when the rules ran.
+    pub mode: WafMode,
+    /// Ids of the rules that matched and log, in order.
+    pub rule_ids: Vec<u64>,
+    /// Their messages (at most 8, each at most 200 characters).
+    pub messages: Vec<String>,
+    /// The inbound anomaly score (CRS).
+    pub anomaly_score: i64,
+    /// The rule whose disruptive action decided, if any (in detect mode it
+    /// was not enforced).
+    pub disrupted_by: Option<u64>,
 }
 
 /// Receives one [`AccessRecord`] per request, refused or not.

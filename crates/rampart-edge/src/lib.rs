@@ -3,7 +3,7 @@
 //! It owns the listeners (plain HTTP that only redirects to HTTPS; HTTPS
 //! with rustls, TLS 1.2+ and SNI), the request path as an ordered list of
 //! [phases] (ip rules → rate limit → waf → authn → authz → body
-//! limit), balancing with passive ejection and a circuit breaker per
+//! limit → JSON Schema), mutual TLS with revoked serials, balancing with passive ejection and a circuit breaker per
 //! upstream, proxying with retries, security response headers, an audit
 //! record per request, and graceful drain.
 //!
@@ -50,6 +50,7 @@ mod config;
 mod error;
 mod health;
 pub mod hooks;
+pub mod mtls;
 pub mod phases;
 pub mod proxy;
 pub mod ratelimit;
@@ -58,11 +59,13 @@ mod server;
 mod tls;
 
 pub use balance::{Balance, BreakerSettings, BreakerState, UpstreamStatus};
-pub use config::{CertConfig, CertSource, EdgeConfig, HealthCheck};
+pub use config::{CertConfig, CertSource, ClientAuth, EdgeConfig, HealthCheck};
 pub use error::{Error, Reject, Result};
 pub use hooks::{
     AccessRecord, AuditSink, AuthOutcome, AuthRequest, Authenticator, DurableRecord, Principal,
+    WafFindings,
 };
+pub use mtls::{ClientCert, RevokedSerials};
 pub use ratelimit::{CounterStore, MemoryStore, Rate, RateLimits};
 pub use server::{
     client_addr, parse_host, request_host, Edge, EdgeAddrs, EdgeBody, EdgeHandle, HSTS,

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! ip rules → rate limit → waf → authn → principal rate limit → authz → body limit
-//!   → (balance → proxy [retry on another upstream] → response headers → audit)
+//!   → json schema → (balance → proxy [retry on another upstream] → response headers → audit)
 //! ```
 //! A phase that needs the request body says so ([`Phase::needs_body`]);
 //! the runner then reads it once, bounded by the body limit, and keeps it
@@ -18,11 +18,12 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use ipnet::IpNet;
-use rampart_config::{Route, RouteAuth};
+use rampart_config::{Route, RouteAuth, WafMode};
 use rampart_core::SharedClock;
 
 use crate::error::Reject;
-use crate::hooks::{authorised, AuthOutcome, AuthRequest, Authenticator, Principal};
+use crate::hooks::{authorised, AuthOutcome, AuthRequest, Authenticator, Principal, WafFindings};
+use crate::mtls::ClientCert;
 use crate::ratelimit::{looks_like_auth, CounterStore, Rate, RateLimits};
 
 /// What the phases see and fill in.
@@ -42,6 +43,12 @@ pub struct RequestCtx {
     pub request_id: String,
     /// Sent upstream as `X-Forwarded-For`.
     pub forwarded_for: String,
+    /// The verified client certificate, on mutual TLS connections.
+    pub client_cert: Option<Arc<ClientCert>>,
+    /// The route's JSON Schema for request bodies, if it has one.
+    pub schema: Option<Arc<jsonschema::Validator>>,
+    /// What the WAF found (set by the firewall phase when a rule matched).
+    pub waf: Option<WafFindings>,
     pending: Option<Incoming>,
     body: Option<Bytes>,
 }
@@ -64,6 +71,9 @@ impl RequestCtx {
             principal: None,
             request_id,
             forwarded_for: client.to_string(),
+            client_cert: None,
+            schema: None,
+            waf: None,
             pending: Some(body),
             body: None,
         }
@@ -217,6 +227,10 @@ impl Phase for Firewall {
         true
     }
     fn check(&self, ctx: &mut RequestCtx) -> Result<(), Reject> {
+        let mode = ctx.route.waf;
+        if mode == WafMode::Off {
+            return Ok(());
+        }
         let h = &ctx.head;
         let mut headers: Vec<(String, Vec<u8>)> = Vec::with_capacity(h.headers.len() + 1);
         // HTTP/2 carries the host in :authority; CRS rules read Host.
@@ -241,6 +255,24 @@ impl Phase for Firewall {
             body: ctx.body().map(|b| b.to_vec()).unwrap_or_default(),
         };
         let v = self.waf.evaluate(&req);
+        if !v.matched_rules.is_empty() || v.disrupted_by.is_some() {
+            ctx.waf = Some(WafFindings {
+                mode,
+                rule_ids: v.matched_rules.iter().map(|m| m.id).collect(),
+                messages: v
+                    .matched_rules
+                    .iter()
+                    .filter(|m| !m.msg.is_empty())
+                    .take(8)
+                    .map(|m| m.msg.chars().take(200).collect())
+                    .collect(),
+                anomaly_score: v.anomaly_score,
+                disrupted_by: v.disrupted_by,
+            });
+        }
+        if mode == WafMode::Detect {
+            return Ok(());
+        }
         match v.action {
             rampart_waf::Action::Pass => Ok(()),
             rampart_waf::Action::Deny { status } => Err(Reject::Waf {
@@ -275,11 +307,18 @@ impl Phase for Authn {
             ctx.principal = Some(Principal::anonymous());
             return Ok(());
         }
-        let out = self.authenticator.authenticate(&AuthRequest {
+        let req = AuthRequest {
             route: &ctx.route,
             head: &ctx.head,
             client: ctx.client,
-        });
+        };
+        let out = match (ctx.route.auth, &ctx.client_cert) {
+            (RouteAuth::ClientCert, Some(cert)) => {
+                self.authenticator.authenticate_certificate(cert, &req)
+            }
+            (RouteAuth::ClientCert, None) => AuthOutcome::Unauthenticated,
+            _ => self.authenticator.authenticate(&req),
+        };
         match out {
             AuthOutcome::Authenticated(p) => {
                 ctx.principal = Some(p);
@@ -359,6 +398,59 @@ impl Phase for BodyLimit {
             _ => Ok(()),
         }
     }
+}
+
+/// JSON Schema validation of request bodies on routes that name a schema:
+/// the body must be declared JSON (`application/json` or `+json`, else
+/// 415), parse (else 400 `bad_json`) and satisfy the schema (else 400
+/// `schema_violation` naming the field by JSON Pointer).
+#[derive(Debug)]
+pub struct JsonSchema;
+
+impl Phase for JsonSchema {
+    fn name(&self) -> &'static str {
+        "json_schema"
+    }
+    fn needs_body(&self) -> bool {
+        true
+    }
+    fn check(&self, ctx: &mut RequestCtx) -> Result<(), Reject> {
+        let Some(schema) = ctx.schema.clone() else {
+            return Ok(());
+        };
+        let body = ctx.body().cloned().unwrap_or_default();
+        // Methods without a body (GET, DELETE…) pass when they send none.
+        if body.is_empty() && !ctx.head.headers.contains_key(http::header::CONTENT_TYPE) {
+            return Ok(());
+        }
+        if !is_json(&ctx.head.headers) {
+            return Err(Reject::UnsupportedMediaType);
+        }
+        let value: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| Reject::BadJson {
+                message: format!("invalid JSON at line {} column {}", e.line(), e.column()),
+            })?;
+        let first = schema
+            .iter_errors(&value)
+            .next()
+            .map(|e| Reject::SchemaViolation {
+                field: e.instance_path().to_string(),
+                message: e.masked().to_string(),
+            });
+        first.map_or(Ok(()), Err)
+    }
+}
+
+/// Whether `Content-Type` declares JSON.
+fn is_json(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|m| m.trim().to_ascii_lowercase())
+        .is_some_and(|m| {
+            m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+        })
 }
 
 /// Refuses a declared `Content-Length` over `max` before any body is read.

@@ -79,6 +79,8 @@ mod tests {
             deny_cidrs: vec![],
             rate_limit: None,
             max_body_bytes: None,
+            json_schema: None,
+            waf: Default::default(),
         }
     }
 

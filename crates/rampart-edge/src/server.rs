@@ -28,6 +28,7 @@ use crate::balance::{Balance, BreakerSettings, Pool, UpstreamStatus};
 use crate::config::EdgeConfig;
 use crate::error::{Error, Reject, Result};
 use crate::hooks::{AccessRecord, AuditSink};
+use crate::mtls::{ClientCert, RevokedSerials};
 use crate::phases::{self, Phase, RequestCtx};
 use crate::proxy::{self, UpstreamClient};
 use crate::router::Router;
@@ -105,10 +106,25 @@ impl EdgeHandle {
     }
 }
 
-/// Routes and pools: swapped whole on reload.
+/// Routes, pools, JSON Schemas and revoked client serials: swapped whole
+/// on reload.
 struct Routing {
     router: Router,
     pools: HashMap<String, Arc<Pool>>,
+    schemas: HashMap<std::path::PathBuf, Arc<jsonschema::Validator>>,
+    revoked: RevokedSerials,
+}
+
+/// Reads and compiles a route's JSON Schema.
+fn load_schema(path: &std::path::Path) -> Result<jsonschema::Validator> {
+    let bad = |reason: String| Error::BadSchema {
+        path: path.display().to_string(),
+        reason,
+    };
+    let text = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+    jsonschema::validator_for(&value).map_err(|e| bad(e.to_string()))
 }
 
 impl Routing {
@@ -138,9 +154,25 @@ impl Routing {
                 return Err(Error::NoUpstreams(r.service.clone()));
             }
         }
+        let mut schemas = HashMap::new();
+        for r in &config.routes {
+            if let Some(path) = &r.json_schema {
+                if !schemas.contains_key(path) {
+                    schemas.insert(path.clone(), Arc::new(load_schema(path)?));
+                }
+            }
+        }
+        let revoked = RevokedSerials::new(
+            config
+                .edge
+                .iter()
+                .flat_map(|e| e.revoked_client_serials.iter()),
+        );
         Ok(Routing {
             router: Router::new(config.routes.clone()),
             pools,
+            schemas,
+            revoked,
         })
     }
 }
@@ -174,7 +206,8 @@ impl Edge {
         let mut resolver = None;
         let https = match cfg.https_listen {
             Some(addr) => {
-                let (tls, r) = crate::tls::server_config(&cfg.certificates)?;
+                let (tls, r) =
+                    crate::tls::server_config(&cfg.certificates, cfg.client_auth.as_ref())?;
                 resolver = Some(r);
                 Some((bind(addr).await?, TlsAcceptor::from(tls)))
             }
@@ -221,6 +254,7 @@ impl Edge {
         phases.push(Box::new(phases::BodyLimit {
             max: cfg.max_body_bytes,
         }));
+        phases.push(Box::new(phases::JsonSchema));
 
         let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
         connector.set_connect_timeout(Some(cfg.connect_timeout));
@@ -338,9 +372,18 @@ impl Edge {
                             }
                             Err(_) => return,
                         };
+                        // The handshake verified the chain; keep what names the principal.
+                        let cert = tls
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .and_then(|der| ClientCert::from_der(der))
+                            .map(Arc::new);
                         let svc = service_fn(move |req| {
                             let st = st.clone();
-                            async move { Ok::<_, Infallible>(st.handle(req, peer).await) }
+                            let cert = cert.clone();
+                            async move { Ok::<_, Infallible>(st.handle(req, peer, cert).await) }
                         });
                         let conn = builder.serve_connection(TokioIo::new(tls), svc).into_owned();
                         if let Err(e) = watcher.watch(conn).await {
@@ -538,7 +581,12 @@ impl State {
         format!("{:016x}{:08x}", self.clock.unix_nanos(), n as u32)
     }
 
-    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<EdgeBody> {
+    async fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        cert: Option<Arc<ClientCert>>,
+    ) -> Response<EdgeBody> {
         let started = Instant::now();
         let (head, body) = req.into_parts();
         let (client, forwarded_for) = client_addr(peer.ip(), &head.headers, &self.trusted_proxies);
@@ -557,15 +605,21 @@ impl State {
             bytes_in: 0,
             bytes_out: None,
             latency: Duration::ZERO,
+            waf: None,
+            client_cert_serial: cert.as_ref().map(|c| c.serial.clone()),
+            detail: None,
         };
         let result = self
-            .pass(head, body, host, client, forwarded_for, &mut rec)
+            .pass(head, body, host, forwarded_for, cert, &mut rec)
             .await;
         let mut resp = match result {
             Ok(r) => r,
             Err(reject) => {
                 rec.reason = Some(reject.reason());
-                reject_response(&reject)
+                if let Reject::SchemaViolation { field, .. } = &reject {
+                    rec.detail = Some(field.clone());
+                }
+                reject_response(&reject, &rec.request_id)
             }
         };
         add_security_headers(resp.headers_mut());
@@ -592,12 +646,21 @@ impl State {
         head: http::request::Parts,
         body: Incoming,
         host: Option<String>,
-        client: IpAddr,
         forwarded_for: String,
+        cert: Option<Arc<ClientCert>>,
         rec: &mut AccessRecord,
     ) -> Result<Response<EdgeBody>, Reject> {
+        let client = rec.client;
         let host = host.ok_or(Reject::BadHost)?;
         let routing = self.routing();
+        if let Some(c) = &cert {
+            if routing.revoked.contains(c) {
+                // A revoked certificate is refused on every route, named
+                // in the record so that the security tier shows who.
+                rec.principal = Some(c.principal.clone());
+                return Err(Reject::CertRevoked);
+            }
+        }
         let route = routing
             .router
             .find(&host, head.uri.path())
@@ -616,6 +679,13 @@ impl State {
             .clone();
         let mut ctx = RequestCtx::new(head, body, client, host, route, rec.request_id.clone());
         ctx.forwarded_for = forwarded_for;
+        ctx.client_cert = cert;
+        ctx.schema = ctx
+            .route
+            .json_schema
+            .as_ref()
+            .and_then(|p| routing.schemas.get(p))
+            .cloned();
         let outcome = phases::run(
             &self.phases,
             &mut ctx,
@@ -624,6 +694,7 @@ impl State {
         )
         .await;
         rec.principal = ctx.principal.as_ref().map(|p| p.id.clone());
+        rec.waf = ctx.waf.take();
         rec.bytes_in = ctx.body().map_or(0, |b| b.len() as u64);
         outcome?;
         let assertion = self.assertion.as_ref().map(|signer| {
@@ -668,19 +739,34 @@ fn status_response(status: StatusCode) -> Response<EdgeBody> {
     r
 }
 
-/// The one place a [`Reject`] becomes a response.
-fn reject_response(reject: &Reject) -> Response<EdgeBody> {
+/// The one place a [`Reject`] becomes a response: the status from
+/// [`Reject::status`] and a JSON body
+/// `{"error":{"code","message","field"?,"request_id"}}`.
+fn reject_response(reject: &Reject, request_id: &str) -> Response<EdgeBody> {
     let status = reject.status();
-    let text = format!(
-        "{} {}\n",
-        status.as_str(),
-        status.canonical_reason().unwrap_or("")
-    );
+    let mut error = serde_json::Map::new();
+    let mut put = |k: &str, v: serde_json::Value| {
+        error.insert(k.to_string(), v);
+    };
+    put("code", reject.reason().into());
+    let message = match reject {
+        Reject::SchemaViolation { message, .. } | Reject::BadJson { message } => message.as_str(),
+        _ => status.canonical_reason().unwrap_or(""),
+    };
+    put("message", message.into());
+    match reject {
+        Reject::SchemaViolation { field, .. } => put("field", field.as_str().into()),
+        Reject::Waf { rule: Some(id), .. } => put("rule", (*id).into()),
+        _ => {}
+    }
+    put("request_id", request_id.into());
+    let mut text = serde_json::json!({ "error": error }).to_string();
+    text.push('\n');
     let mut r = Response::new(full(text));
     *r.status_mut() = status;
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
+        HeaderValue::from_static("application/json"),
     );
     if let Some(s) = reject.retry_after_secs() {
         r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(s));

@@ -1,5 +1,6 @@
 //! The HTTPS listener's rustls configuration: TLS 1.2 and 1.3 only (ring
-//! provider), ALPN `h2` and `http/1.1`, a certificate chosen by SNI.
+//! provider), ALPN `h2` and `http/1.1`, a certificate chosen by SNI, and,
+//! for mutual TLS, a WebPKI verifier of client certificates.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -7,11 +8,11 @@ use std::time::SystemTime;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 
-use crate::config::{CertConfig, CertSource};
+use crate::config::{CertConfig, CertSource, ClientAuth};
 use crate::error::{Error, Result};
 
 /// The certificates by name.
@@ -65,17 +66,52 @@ impl CertSet {
 }
 
 /// Builds the server configuration; the resolver allows certificate reload.
-pub fn server_config(certs: &[CertConfig]) -> Result<(Arc<ServerConfig>, Arc<SniResolver>)> {
+/// With `client_auth`, clients are asked for a certificate that chains to
+/// its CAs (and must send one when it is `required`).
+pub fn server_config(
+    certs: &[CertConfig],
+    client_auth: Option<&ClientAuth>,
+) -> Result<(Arc<ServerConfig>, Arc<SniResolver>)> {
     let resolver = Arc::new(SniResolver {
         set: RwLock::new(Arc::new(load_set(certs)?)),
     });
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
-        .with_cert_resolver(resolver.clone());
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let builder = match client_auth {
+        None => builder.with_no_client_auth(),
+        Some(ca) => builder.with_client_cert_verifier(client_verifier(ca, provider)?),
+    };
+    let mut cfg = builder.with_cert_resolver(resolver.clone());
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok((Arc::new(cfg), resolver))
+}
+
+fn client_verifier(
+    ca: &ClientAuth,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>> {
+    let bad = |reason: String| Error::BadCert {
+        name: "client CA".into(),
+        reason,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for pem in &ca.ca_pem {
+        for der in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            let der = der.map_err(|e| bad(format!("PEM: {e}")))?;
+            roots.add(der).map_err(|e| bad(e.to_string()))?;
+        }
+    }
+    if roots.is_empty() {
+        return Err(bad("no CA certificate in PEM".into()));
+    }
+    let b = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+    let b = if ca.required {
+        b
+    } else {
+        b.allow_unauthenticated()
+    };
+    b.build().map_err(|e| bad(e.to_string()))
 }
 
 /// The newest modification time among file-backed certificates and keys.

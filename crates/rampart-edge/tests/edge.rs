@@ -289,6 +289,55 @@ async fn waf_deny_gives_403_and_never_reaches_upstream() {
     );
 }
 
+#[tokio::test]
+async fn waf_modes_per_route_block_detect_and_off() {
+    let a = upstream("a").await;
+    let waf = rampart_waf::Waf::from_str_named(
+        "test.conf",
+        "SecRuleEngine On\nSecRule ARGS \"@contains attack\" \"id:10,phase:1,deny,status:403,msg:'test attack'\"\n",
+    )
+    .unwrap();
+    let routes = format!(
+        "[[routes]]\nhost = \"api.test\"\npath_prefix = \"/watch\"\nservice = \"a\"\nwaf = \"detect\"\n\
+         [[routes]]\nhost = \"api.test\"\npath_prefix = \"/raw\"\nservice = \"a\"\nwaf = \"off\"\n{ROOT}"
+    );
+    let records = Arc::new(Records::default());
+    let rec = records.clone();
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], &routes), |ec| {
+        ec.waf = Some(Arc::new(waf));
+        ec.audit = rec;
+    })
+    .await;
+    let last = || records.0.lock().unwrap().last().cloned().unwrap();
+
+    // Block (the default): refused with the rule and request id in the body.
+    let r = edge.https("GET", "api.test", "/?q=attack").await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(body["error"]["code"], "waf");
+    assert_eq!(body["error"]["rule"], 10);
+    let rec = last();
+    assert_eq!(body["error"]["request_id"], rec.request_id.as_str());
+    let w = rec.waf.unwrap();
+    assert_eq!(
+        (w.rule_ids, w.messages),
+        (vec![10], vec!["test attack".to_string()])
+    );
+
+    // Detect: passed, but the match is recorded.
+    let r = edge.https("GET", "api.test", "/watch?q=attack").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let w = last().waf.expect("detect mode recorded nothing");
+    assert_eq!(w.mode, rampart_config::WafMode::Detect);
+    assert_eq!(w.disrupted_by, Some(10));
+
+    // Off: the rules do not run.
+    let r = edge.https("GET", "api.test", "/raw?q=attack").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(last().waf, None);
+    assert_eq!(a.hits.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
 struct RoleAuth;
 
 impl Authenticator for RoleAuth {

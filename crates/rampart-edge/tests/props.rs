@@ -18,6 +18,8 @@ fn route(host: String, prefix: String) -> Route {
         deny_cidrs: vec![],
         rate_limit: None,
         max_body_bytes: None,
+        json_schema: None,
+        waf: Default::default(),
     }
 }
 

@@ -784,7 +784,7 @@ impl Identity {
         let mut until: Option<u64> = None;
         // Elevations are granted to a person in a login session, not to
         // the API keys they own.
-        let elevations_apply = auth_method != "api-key";
+        let elevations_apply = auth_method != "api-key" && auth_method != "client-cert";
         let elevations = if elevations_apply {
             Some(cache.elevations.values())
         } else {
@@ -821,6 +821,19 @@ impl Identity {
             },
             until,
         )
+    }
+
+    /// The principal a verified client certificate names: the user or
+    /// service called `name`, with its standing roles (no elevations: a
+    /// certificate is a standing credential, like an API key).
+    /// `Ok(None)` when no principal has that name; an error when it is
+    /// disabled.
+    pub fn certificate_principal(&self, name: &str) -> Result<Option<Principal>, IdentityError> {
+        match self.user_by_name(name) {
+            None => Ok(None),
+            Some(u) if u.disabled => Err(IdentityError::InvalidCredentials),
+            Some(u) => Ok(Some(self.principal_of(&u, "client-cert", None, None).0)),
+        }
     }
 
     /// The published verification keys: `/.well-known/jwks.json`.

@@ -6,11 +6,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use rampart_audit::{Actor, Audit, Event, Outcome, Tier};
-use rampart_config::{Config, RouteAuth};
+use rampart_config::{ClientAuthMode, Config, RouteAuth};
 use rampart_core::SharedClock;
 use rampart_edge::{
     AccessRecord, AuditSink, AuthOutcome, AuthRequest, Authenticator, CertConfig, CertSource,
-    DurableRecord, Edge, EdgeConfig, Principal,
+    ClientAuth, ClientCert, DurableRecord, Edge, EdgeConfig, Principal,
 };
 use rampart_identity::Identity;
 use rampart_store::Keyring;
@@ -21,7 +21,10 @@ use crate::tls;
 
 /// Routes with `auth = "api_key"` or `"session"` are checked by the identity
 /// plane: `Authorization: Bearer <access token or API key>` (or `X-Api-Key`).
-/// Client certificates are not supported yet and are refused.
+/// On `client_cert` routes the certificate (verified by the handshake) names
+/// the principal; the identity plane gives it the roles of the user or
+/// service of that name, refuses it if that principal is disabled, and
+/// leaves it without roles if no principal has that name.
 struct IdentityAuth(Arc<Identity>);
 
 impl Authenticator for IdentityAuth {
@@ -48,6 +51,20 @@ impl Authenticator for IdentityAuth {
                 roles: p.roles.iter().map(|r| r.to_string()).collect(),
             }),
             None => AuthOutcome::Unauthenticated,
+        }
+    }
+
+    fn authenticate_certificate(&self, cert: &ClientCert, _req: &AuthRequest<'_>) -> AuthOutcome {
+        match self.0.certificate_principal(&cert.principal) {
+            Ok(Some(p)) => AuthOutcome::Authenticated(Principal {
+                id: p.id,
+                roles: p.roles.iter().map(|r| r.to_string()).collect(),
+            }),
+            Ok(None) => AuthOutcome::Authenticated(Principal {
+                id: cert.principal.clone(),
+                roles: Vec::new(),
+            }),
+            Err(_) => AuthOutcome::Unauthenticated,
         }
     }
 }
@@ -84,6 +101,43 @@ impl EdgeAudit {
         });
         ev.request_id = Some(rec.request_id.clone());
         ev.source = Some(rec.client.to_string());
+        let d = &mut ev.details;
+        d.insert("status".into(), rec.status.to_string());
+        d.insert(
+            "latency_ms".into(),
+            format!("{:.3}", rec.latency.as_secs_f64() * 1e3),
+        );
+        d.insert("bytes_in".into(), rec.bytes_in.to_string());
+        if let Some(n) = rec.bytes_out {
+            d.insert("bytes_out".into(), n.to_string());
+        }
+        if let Some(r) = &rec.route {
+            d.insert("route".into(), r.clone());
+        }
+        if let Some(u) = &rec.upstream {
+            d.insert("upstream".into(), u.clone());
+        }
+        if let Some(s) = &rec.client_cert_serial {
+            d.insert("client_cert_serial".into(), s.clone());
+        }
+        if let Some(f) = &rec.detail {
+            d.insert("field".into(), f.clone());
+        }
+        if let Some(w) = &rec.waf {
+            let mode = match w.mode {
+                rampart_config::WafMode::Block => "block",
+                rampart_config::WafMode::Detect => "detect",
+                rampart_config::WafMode::Off => "off",
+            };
+            d.insert("waf_mode".into(), mode.into());
+            let ids: Vec<String> = w.rule_ids.iter().map(u64::to_string).collect();
+            d.insert("waf_rules".into(), ids.join(","));
+            d.insert("waf_messages".into(), w.messages.join(" | "));
+            d.insert("waf_anomaly_score".into(), w.anomaly_score.to_string());
+            if let Some(id) = w.disrupted_by {
+                d.insert("waf_disrupted_by".into(), id.to_string());
+            }
+        }
         ev
     }
 }
@@ -205,6 +259,22 @@ pub async fn start(
                 },
             });
         }
+    }
+    if e.client_auth != ClientAuthMode::Off {
+        let mut ca_pem = Vec::new();
+        for path in &e.client_ca {
+            let text = std::fs::read_to_string(path).map_err(|err| {
+                CliError::Input(format!(
+                    "edge.client_ca: cannot read {}: {err}",
+                    path.display()
+                ))
+            })?;
+            ca_pem.push(text);
+        }
+        ec.client_auth = Some(ClientAuth {
+            ca_pem,
+            required: e.client_auth == ClientAuthMode::Required,
+        });
     }
     if !e.waf_rules.is_empty() {
         let mut b = rampart_waf::WafBuilder::new();

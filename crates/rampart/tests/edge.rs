@@ -249,6 +249,15 @@ service = "app"
             .is_some_and(|e| e.iter().any(|e| e["outcome"] == "denied")),
         "{security}"
     );
+    // The record names the matched rule, its message and the route.
+    let waf = security["events"]
+        .as_array()
+        .and_then(|e| e.iter().find(|e| e["details"]["waf_rules"] == "1001"))
+        .unwrap_or_else(|| panic!("no WAF details: {security}"));
+    assert_eq!(waf["details"]["waf_messages"], "SQL injection", "{waf}");
+    assert_eq!(waf["details"]["waf_mode"], "block", "{waf}");
+    assert_eq!(waf["details"]["status"], "403", "{waf}");
+    assert_eq!(waf["details"]["route"], "127.0.0.1/", "{waf}");
 
     // Prometheus: edge requests by route and status, upstream health.
     let metrics = srv.get("/metrics", None).body;
@@ -331,4 +340,164 @@ fn sighup_reloads_routes_and_refuses_a_bad_config_while_serving() {
         lines.iter().any(|l| l.starts_with("reload refused")),
         "{lines:?}"
     );
+}
+
+/// A client CA as an operator would make one: (issuer, its PEM).
+fn client_ca() -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    rcgen::CertifiedIssuer::self_signed(p, rcgen::KeyPair::generate().unwrap()).unwrap()
+}
+
+/// A client certificate: (certificate PEM, key PEM).
+fn client_cert(
+    ca: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    cn: &str,
+    serial: &[u8],
+) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, cn.to_string());
+    p.serial_number = Some(rcgen::SerialNumber::from_slice(serial));
+    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = p.signed_by(&key, ca).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+fn agent_with_cert(ca: &[u8], cert: &str, key: &str) -> ureq::Agent {
+    use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig};
+    let tls = TlsConfig::builder()
+        .root_certs(RootCerts::Specific(Arc::new(vec![Certificate::from_pem(
+            ca,
+        )
+        .unwrap()])))
+        .client_cert(Some(ClientCert::new_with_certs(
+            &[Certificate::from_pem(cert.as_bytes()).unwrap()],
+            PrivateKey::from_pem(key.as_bytes()).unwrap(),
+        )))
+        .build();
+    ureq::Agent::config_builder()
+        .tls_config(tls)
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .build()
+        .new_agent()
+}
+
+#[test]
+fn client_certificate_routes_name_the_principal_and_refuse_revoked_serials() {
+    let (port, hits, seen) = upstream();
+    let r = Rampart::new();
+    let ca = client_ca();
+    std::fs::write(r.path("clients.pem"), ca.pem()).unwrap();
+    std::fs::write(
+        r.path("rampart.toml"),
+        format!(
+            r#"
+[edge]
+client_ca = ["clients.pem"]
+revoked_client_serials = ["0b"]
+
+[[environments]]
+name = "prod"
+
+[[services]]
+name = "app"
+environment = "prod"
+port = {port}
+upstreams = ["127.0.0.1:{port}"]
+
+[[routes]]
+host = "127.0.0.1"
+path_prefix = "/internal"
+service = "app"
+auth = "client_cert"
+
+[[routes]]
+host = "127.0.0.1"
+service = "app"
+"#
+        ),
+    )
+    .unwrap();
+    let admin = r.init();
+    let srv = r.up(&["--config", "rampart.toml", "--data-dir", "data"]);
+    let https = srv
+        .printed
+        .iter()
+        .find_map(|l| l.strip_prefix("edge https: "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let server_ca = std::fs::read(r.path("data/tls/ca.pem")).unwrap();
+
+    // Without a certificate: the public route answers, the internal one refuses.
+    let plain = agent(&server_ca);
+    assert_eq!(plain.get(format!("{https}/")).call().unwrap().status(), 200);
+    let mut resp = plain.get(format!("{https}/internal/jobs")).call().unwrap();
+    assert_eq!(resp.status(), 401);
+    let body: serde_json::Value =
+        serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "unauthenticated");
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+
+    // A certificate from the client CA: passed, and the upstream's assertion
+    // names the certificate's principal.
+    let (cert, key) = client_cert(&ca, "billing-worker", &[0x0a]);
+    let good = agent_with_cert(&server_ca, &cert, &key);
+    let resp = good.get(format!("{https}/internal/jobs")).call().unwrap();
+    assert_eq!(resp.status(), 200);
+    let header = seen.lock().unwrap().clone().unwrap();
+    let claims_b64 = header.split('.').nth(1).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::Engine::decode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            claims_b64,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["sub"], "billing-worker");
+
+    // A revoked serial is refused everywhere and lands in the security tier.
+    let (cert, key) = client_cert(&ca, "lost-laptop", &[0x0b]);
+    let revoked = agent_with_cert(&server_ca, &cert, &key);
+    assert_eq!(
+        revoked.get(format!("{https}/")).call().unwrap().status(),
+        403
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+    let mut found = serde_json::Value::Null;
+    for _ in 0..50 {
+        found = srv
+            .get(
+                "/v1/audit/events?tier=security&action=edge.get",
+                Some(&admin),
+            )
+            .json();
+        if found["events"].as_array().is_some_and(|e| {
+            e.iter().any(|e| {
+                e["reason"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("client_cert_revoked")
+            })
+        }) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let events = found["events"].as_array().unwrap();
+    let ev = events
+        .iter()
+        .find(|e| {
+            e["reason"]
+                .as_str()
+                .unwrap_or("")
+                .contains("client_cert_revoked")
+        })
+        .unwrap_or_else(|| panic!("{found}"));
+    assert_eq!(ev["actor"]["principal"], "lost-laptop", "{ev}");
+    assert_eq!(ev["details"]["client_cert_serial"], "b", "{ev}");
 }

@@ -23,8 +23,10 @@ fuzz_target!(|data: &[u8]| {
         roles: vec![],
         allow_cidrs: vec![],
         deny_cidrs: vec![],
-            rate_limit: None,
-            max_body_bytes: None,
+        rate_limit: None,
+        max_body_bytes: None,
+        json_schema: None,
+        waf: Default::default(),
     }]);
     if let Some(h) = rampart_edge::parse_host(host) {
         let _ = router.find(&h, rest);

@@ -57,6 +57,26 @@ impl TestCa {
     }
 }
 
+impl TestCa {
+    /// PEM of the CA certificate itself (to configure as a client CA).
+    pub fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// A client certificate with common name `cn` and serial `serial`
+    /// (big-endian bytes): (certificate PEM, key PEM).
+    pub fn client(&self, cn: &str, serial: &[u8]) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, cn.to_string());
+        p.serial_number = Some(rcgen::SerialNumber::from_slice(serial));
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = p.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
 /// A small upstream: answers 200 with its name (header `x-upstream` and
 /// body), echoes request headers as `echo-<name>`, sleeps on `/slow`.
 pub struct Upstream {
@@ -205,6 +225,27 @@ impl TestEdge {
         .with_root_certificates(roots)
         .with_no_client_auth();
         c.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+        c
+    }
+
+    /// A client config that presents `cert`/`key` (PEM) as its certificate.
+    pub fn client_config_with_cert(&self, cert: &str, key: &str) -> rustls::ClientConfig {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.der()).unwrap();
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+        let mut c = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(rustls::DEFAULT_VERSIONS)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+        c.alpn_protocols = vec![b"http/1.1".to_vec()];
         c
     }
 

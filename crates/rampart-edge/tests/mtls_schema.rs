@@ -1,0 +1,349 @@
+//! Mutual TLS (client certificates, revoked serials, listener-wide
+//! requirement) and JSON Schema validation of request bodies, end to end
+//! through a real edge and a real upstream on loopback.
+
+mod util;
+
+use std::sync::Arc;
+
+use http::StatusCode;
+use rampart_edge::{AuthOutcome, AuthRequest, Authenticator, ClientAuth, ClientCert, Principal};
+use util::*;
+
+const EDGE_MTLS: &str = "[edge]\nclient_ca = [\"clients.pem\"]\n";
+
+fn cert_route(extra: &str, edge_extra: &str) -> String {
+    format!(
+        "[[routes]]\nhost = \"api.test\"\npath_prefix = \"/internal\"\nservice = \"a\"\nauth = \"client_cert\"\n{extra}\n\
+         [[routes]]\nhost = \"api.test\"\npath_prefix = \"/\"\nservice = \"a\"\n\
+         {EDGE_MTLS}{edge_extra}"
+    )
+}
+
+fn mtls(ca: &TestCa, required: bool) -> impl FnOnce(&mut rampart_edge::EdgeConfig) {
+    let pem = ca.pem();
+    move |ec| {
+        ec.client_auth = Some(ClientAuth {
+            ca_pem: vec![pem],
+            required,
+        })
+    }
+}
+
+#[tokio::test]
+async fn client_cert_route_refuses_without_a_certificate_and_accepts_a_valid_one() {
+    let a = upstream("a").await;
+    let clients = TestCa::new();
+    let records = Arc::new(Records::default());
+    let rec = records.clone();
+    let tweak = mtls(&clients, false);
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], &cert_route("", "")), |ec| {
+        tweak(ec);
+        ec.audit = rec;
+    })
+    .await;
+
+    // No certificate: the optional listener lets the handshake through,
+    // the route refuses.
+    let r = edge.https("GET", "api.test", "/internal/x").await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(a.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    // Other routes still work without one.
+    assert_eq!(
+        edge.https("GET", "api.test", "/").await.status,
+        StatusCode::OK
+    );
+
+    // A certificate from the client CA: passed, the principal is its CN.
+    let (cert, key) = clients.client("billing-worker", &[0x0a, 0x01]);
+    let tls = edge
+        .tls("api.test", edge.client_config_with_cert(&cert, &key))
+        .await
+        .unwrap();
+    let r = send(tls, "GET", "api.test", "/internal/x", &[]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let recs = records.0.lock().unwrap().clone();
+    let last = recs.last().unwrap();
+    assert_eq!(last.principal.as_deref(), Some("billing-worker"));
+    assert_eq!(last.client_cert_serial.as_deref(), Some("a01"));
+
+    // A certificate from another CA fails the handshake.
+    let stranger = TestCa::new();
+    let (cert, key) = stranger.client("mallory", &[0x01]);
+    let hs = edge
+        .tls("api.test", edge.client_config_with_cert(&cert, &key))
+        .await;
+    let refused = match hs {
+        Err(_) => true,
+        // TLS 1.3: the client learns of the refusal on first read.
+        Ok(tls) => {
+            let r = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                try_send(tls, "GET", "api.test", "/internal/x"),
+            )
+            .await
+            .unwrap();
+            r.is_none()
+        }
+    };
+    assert!(refused, "a certificate from an unknown CA was accepted");
+}
+
+/// Sends one request; `None` if the connection fails.
+async fn try_send<S>(io: S, method: &str, host: &str, path: &str) -> Option<StatusCode>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+            .await
+            .ok()?;
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", host)
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .ok()?;
+    sender.send_request(req).await.ok().map(|r| r.status())
+}
+
+#[tokio::test]
+async fn a_revoked_serial_is_refused_and_a_reload_revokes_without_restart() {
+    let a = upstream("a").await;
+    let clients = TestCa::new();
+    let tweak = mtls(&clients, false);
+    let cfg_text = cert_route("", "revoked_client_serials = [\"00:0b\"]\n");
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], &cfg_text), tweak).await;
+
+    let (revoked_cert, revoked_key) = clients.client("old-laptop", &[0x0b]);
+    let tls = edge
+        .tls(
+            "api.test",
+            edge.client_config_with_cert(&revoked_cert, &revoked_key),
+        )
+        .await
+        .unwrap();
+    let r = send(tls, "GET", "api.test", "/internal/x", &[]).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(r.body.contains("client_cert_revoked"), "{}", r.body);
+
+    // A good certificate passes until its serial is revoked by a reload.
+    let (cert, key) = clients.client("new-laptop", &[0x0c]);
+    let get = || async {
+        let tls = edge
+            .tls("api.test", edge.client_config_with_cert(&cert, &key))
+            .await
+            .unwrap();
+        send(tls, "GET", "api.test", "/internal/x", &[])
+            .await
+            .status
+    };
+    assert_eq!(get().await, StatusCode::OK);
+    let revoked_both = cert_route("", "revoked_client_serials = [\"0b\", \"0C\"]\n");
+    edge.handle
+        .reload(&config(&[("a", vec![a.addr])], &revoked_both))
+        .unwrap();
+    assert_eq!(get().await, StatusCode::FORBIDDEN);
+}
+
+/// Gives certificate principals the role named after their CN's prefix,
+/// and refuses one it knows to be disabled: how the identity plane plugs in.
+struct CertRoles;
+
+impl Authenticator for CertRoles {
+    fn authenticate(&self, _req: &AuthRequest<'_>) -> AuthOutcome {
+        AuthOutcome::Unauthenticated
+    }
+    fn authenticate_certificate(&self, cert: &ClientCert, _req: &AuthRequest<'_>) -> AuthOutcome {
+        if cert.principal == "disabled-bot" {
+            return AuthOutcome::Unauthenticated;
+        }
+        let role = cert.principal.split('-').next().unwrap_or("").to_string();
+        AuthOutcome::Authenticated(Principal {
+            id: cert.principal.clone(),
+            roles: vec![role],
+        })
+    }
+}
+
+#[tokio::test]
+async fn certificate_principals_get_roles_through_the_authenticator() {
+    let a = upstream("a").await;
+    let clients = TestCa::new();
+    let tweak = mtls(&clients, false);
+    let text = format!(
+        "[[roles]]\nname = \"ops\"\npermissions = []\n{}",
+        cert_route("roles = [\"ops\"]", "")
+    );
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], &text), |ec| {
+        tweak(ec);
+        ec.authenticator = Arc::new(CertRoles);
+    })
+    .await;
+    for (cn, want) in [
+        ("ops-runner", StatusCode::OK),
+        ("dev-laptop", StatusCode::FORBIDDEN),
+        ("disabled-bot", StatusCode::UNAUTHORIZED),
+    ] {
+        let (cert, key) = clients.client(cn, &[0x42]);
+        let tls = edge
+            .tls("api.test", edge.client_config_with_cert(&cert, &key))
+            .await
+            .unwrap();
+        let r = send(tls, "GET", "api.test", "/internal/x", &[]).await;
+        assert_eq!(r.status, want, "{cn}: {}", r.body);
+    }
+}
+
+#[tokio::test]
+async fn a_listener_that_requires_certificates_refuses_the_handshake_without_one() {
+    let a = upstream("a").await;
+    let clients = TestCa::new();
+    let tweak = mtls(&clients, true);
+    let text = format!("{ROUTE_ROOT}{EDGE_MTLS}client_auth = \"required\"\n");
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], &text), tweak).await;
+    let cfg = edge.client_config(rustls::DEFAULT_VERSIONS, &[b"http/1.1"]);
+    let refused = match edge.tls("api.test", cfg).await {
+        Err(_) => true,
+        Ok(tls) => try_send(tls, "GET", "api.test", "/").await.is_none(),
+    };
+    assert!(refused, "a client without a certificate got through");
+    assert_eq!(a.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let (cert, key) = clients.client("anyone", &[0x01]);
+    let tls = edge
+        .tls("api.test", edge.client_config_with_cert(&cert, &key))
+        .await
+        .unwrap();
+    assert_eq!(
+        send(tls, "GET", "api.test", "/", &[]).await.status,
+        StatusCode::OK
+    );
+}
+
+const ROUTE_ROOT: &str = "[[routes]]\nhost = \"api.test\"\npath_prefix = \"/\"\nservice = \"a\"\n";
+
+const ORDER_SCHEMA: &str = r#"{
+  "type": "object",
+  "required": ["sku", "qty"],
+  "additionalProperties": false,
+  "properties": {
+    "sku": { "type": "string", "pattern": "^[A-Z]{3}-[0-9]{4}$" },
+    "qty": { "type": "integer", "minimum": 1, "maximum": 100 },
+    "note": { "type": "string", "maxLength": 200 }
+  }
+}"#;
+
+async fn post(edge: &TestEdge, ctype: &str, body: &str) -> Resp {
+    let cfg = edge.client_config(rustls::DEFAULT_VERSIONS, &[b"http/1.1"]);
+    let tls = edge.tls("api.test", cfg).await.unwrap();
+    send_body(
+        tls,
+        "POST",
+        "api.test",
+        "/orders",
+        &[("content-type", ctype)],
+        body.as_bytes().to_vec(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn json_schema_refuses_bad_bodies_naming_the_field() {
+    let a = upstream("a").await;
+    let dir = std::env::temp_dir().join(format!("rampart-edge-schema-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let schema = dir.join("order.json");
+    std::fs::write(&schema, ORDER_SCHEMA).unwrap();
+    let text = format!(
+        "[[routes]]\nhost = \"api.test\"\npath_prefix = \"/orders\"\nservice = \"a\"\njson_schema = {:?}\n{ROUTE_ROOT}",
+        schema.display().to_string()
+    );
+    let records = Arc::new(Records::default());
+    let rec = records.clone();
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], &text), |ec| ec.audit = rec).await;
+
+    let ok = post(&edge, "application/json", r#"{"sku":"ABC-1234","qty":2}"#).await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+    let hits = a.hits.load(std::sync::atomic::Ordering::SeqCst);
+
+    let r = post(
+        &edge,
+        "application/json",
+        r#"{"sku":"ABC-1234","qty":1000}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["error"]["code"], "schema_violation");
+    assert_eq!(v["error"]["field"], "/qty");
+    assert!(!r.body.contains("1000"), "the value is echoed: {}", r.body);
+    assert_eq!(
+        v["error"]["request_id"].as_str().map(str::len),
+        Some(24),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        records.0.lock().unwrap().last().unwrap().detail.as_deref(),
+        Some("/qty")
+    );
+
+    let r = post(&edge, "application/json", r#"{"sku":"x","qty":1}"#).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.body.contains("\"/sku\""), "{}", r.body);
+
+    let r = post(
+        &edge,
+        "application/json",
+        r#"{"sku":"ABC-1234","qty":1,"admin":true}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+
+    let r = post(&edge, "application/json", r#"{"sku": "ABC-1234", "qty": "#).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.body.contains("bad_json"), "{}", r.body);
+
+    let r = post(&edge, "text/plain", r#"{"sku":"ABC-1234","qty":2}"#).await;
+    assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+
+    // Deeply nested hostile JSON is refused without harm.
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let r = post(&edge, "application/json", &deep).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+
+    assert_eq!(
+        a.hits.load(std::sync::atomic::Ordering::SeqCst),
+        hits,
+        "a refused body reached the upstream"
+    );
+    // Routes without a schema are not checked.
+    let r = edge.https("GET", "api.test", "/").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_reload_with_a_broken_schema_is_refused() {
+    let a = upstream("a").await;
+    let dir = std::env::temp_dir().join(format!("rampart-edge-schema-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.json");
+    std::fs::write(&bad, r#"{"type": "no-such-type"}"#).unwrap();
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], ROUTE_ROOT), |_| {}).await;
+    let text = format!(
+        "[[routes]]\nhost = \"api.test\"\npath_prefix = \"/orders\"\nservice = \"a\"\njson_schema = {:?}\n{ROUTE_ROOT}",
+        bad.display().to_string()
+    );
+    let err = edge
+        .handle
+        .reload(&config(&[("a", vec![a.addr])], &text))
+        .unwrap_err();
+    assert!(err.to_string().contains("bad.json"), "{err}");
+    assert_eq!(
+        edge.https("GET", "api.test", "/").await.status,
+        StatusCode::OK
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
