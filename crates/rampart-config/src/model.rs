@@ -239,6 +239,35 @@ pub struct Edge {
     /// Serial numbers of client certificates refused although they chain
     /// to `client_ca`: lowercase hex, no separators, no leading zeros.
     pub revoked_client_serials: Vec<String>,
+    /// The edge's default token buckets.
+    pub rate_limits: EdgeRateLimits,
+}
+
+/// The edge's default token buckets (a route's own `rate_limit` replaces
+/// the per-client one on that route).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EdgeRateLimits {
+    /// Per client address on ordinary routes.
+    pub per_client: RouteRate,
+    /// Per client address on routes that look like authentication
+    /// (`/login`, `/auth`, `/token`…).
+    pub per_client_auth: RouteRate,
+    /// Per route, all clients together.
+    pub per_route: RouteRate,
+    /// Per authenticated principal.
+    pub per_principal: RouteRate,
+}
+
+impl Default for EdgeRateLimits {
+    fn default() -> Self {
+        let r = |burst, per_second| RouteRate { burst, per_second };
+        EdgeRateLimits {
+            per_client: r(200, 100.0),
+            per_client_auth: r(10, 0.2),
+            per_route: r(10_000, 5_000.0),
+            per_principal: r(100, 50.0),
+        }
+    }
 }
 
 /// A certificate and its key, as PEM files.

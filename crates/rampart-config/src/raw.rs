@@ -48,6 +48,16 @@ pub(crate) struct RawEdge {
     pub client_auth: Option<S<String>>,
     #[serde(default)]
     pub revoked_client_serials: Vec<S<String>>,
+    pub rate_limits: Option<RawRateLimits>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRateLimits {
+    pub per_client: Option<RawRate>,
+    pub per_client_auth: Option<RawRate>,
+    pub per_route: Option<RawRate>,
+    pub per_principal: Option<RawRate>,
 }
 
 #[derive(Debug, Deserialize)]

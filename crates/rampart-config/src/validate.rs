@@ -15,6 +15,31 @@ struct Checker {
 }
 
 impl Checker {
+    /// A token bucket `{ burst, per_second }` at `path`.
+    fn rate(&mut self, rl: &crate::raw::RawRate, path: &str) -> Option<RouteRate> {
+        let burst = u32::try_from(*rl.burst.get_ref()).ok().filter(|b| *b >= 1);
+        let per_second =
+            Some(*rl.per_second.get_ref()).filter(|v| v.is_finite() && *v > 0.0 && *v <= 1e6);
+        if burst.is_none() {
+            self.err(
+                &rl.burst,
+                format!("{path}.burst"),
+                "must be 1 to 4294967295",
+            );
+        }
+        if per_second.is_none() {
+            self.err(
+                &rl.per_second,
+                format!("{path}.per_second"),
+                "must be a number above 0 and at most 1000000",
+            );
+        }
+        Some(RouteRate {
+            burst: burst?,
+            per_second: per_second?,
+        })
+    }
+
     fn err<T>(&mut self, at: &S<T>, path: impl Into<String>, message: impl Into<String>) {
         self.err_span(Some(at.span()), path, message);
     }
@@ -413,25 +438,10 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
         }
         let allow_cidrs = c.cidrs(&r.allow_cidrs, &p("allow_cidrs"));
         let deny_cidrs = c.cidrs(&r.deny_cidrs, &p("deny_cidrs"));
-        let rate_limit = r.rate_limit.as_ref().and_then(|rl| {
-            let burst = u32::try_from(*rl.burst.get_ref()).ok().filter(|b| *b >= 1);
-            let per_second =
-                Some(*rl.per_second.get_ref()).filter(|v| v.is_finite() && *v > 0.0 && *v <= 1e6);
-            if burst.is_none() {
-                c.err(&rl.burst, p("rate_limit.burst"), "must be 1 to 4294967295");
-            }
-            if per_second.is_none() {
-                c.err(
-                    &rl.per_second,
-                    p("rate_limit.per_second"),
-                    "must be a number above 0 and at most 1000000",
-                );
-            }
-            Some(RouteRate {
-                burst: burst?,
-                per_second: per_second?,
-            })
-        });
+        let rate_limit = r
+            .rate_limit
+            .as_ref()
+            .and_then(|rl| c.rate(rl, &p("rate_limit")));
         let max_body_bytes =
             r.max_body_bytes
                 .as_ref()
@@ -700,7 +710,32 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
                 ),
             }
         }
+        let mut rate_limits = EdgeRateLimits::default();
+        if let Some(rl) = &e.rate_limits {
+            for (raw, slot, name) in [
+                (&rl.per_client, &mut rate_limits.per_client, "per_client"),
+                (
+                    &rl.per_client_auth,
+                    &mut rate_limits.per_client_auth,
+                    "per_client_auth",
+                ),
+                (&rl.per_route, &mut rate_limits.per_route, "per_route"),
+                (
+                    &rl.per_principal,
+                    &mut rate_limits.per_principal,
+                    "per_principal",
+                ),
+            ] {
+                if let Some(r) = raw
+                    .as_ref()
+                    .and_then(|r| c.rate(r, &format!("edge.rate_limits.{name}")))
+                {
+                    *slot = r;
+                }
+            }
+        }
         Edge {
+            rate_limits,
             client_ca,
             client_auth,
             revoked_client_serials,

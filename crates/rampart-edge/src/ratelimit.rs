@@ -36,12 +36,20 @@ pub struct RateLimits {
 }
 
 impl Default for RateLimits {
+    /// The defaults `rampart.toml` documents for `[edge.rate_limits]`.
     fn default() -> Self {
+        rampart_config::EdgeRateLimits::default().into()
+    }
+}
+
+impl From<rampart_config::EdgeRateLimits> for RateLimits {
+    fn from(c: rampart_config::EdgeRateLimits) -> Self {
+        let rate = |r: rampart_config::RouteRate| Rate::new(r.burst, r.per_second);
         RateLimits {
-            per_client: Rate::new(200, 100.0),
-            per_client_auth: Rate::new(10, 0.2),
-            per_route: Rate::new(10_000, 5_000.0),
-            per_principal: Rate::new(100, 50.0),
+            per_client: rate(c.per_client),
+            per_client_auth: rate(c.per_client_auth),
+            per_route: rate(c.per_route),
+            per_principal: rate(c.per_principal),
         }
     }
 }

@@ -231,6 +231,7 @@ pub async fn start(
     ec.allow_cidrs = e.allow_cidrs.clone();
     ec.deny_cidrs = e.deny_cidrs.clone();
     ec.max_body_bytes = e.max_body_bytes;
+    ec.rate_limits = e.rate_limits.into();
     ec.clock = clock.clone();
     if e.certificates.is_empty() {
         let mut hosts: Vec<String> = config
