@@ -8,7 +8,9 @@
 //! ```
 //!
 //! Without `PL` it runs paranoia levels 1 and 2. `RAMPART_BENCH_SECS` sets
-//! the time per measurement (default 3). Rates are per CPU second of the
+//! the time per measurement (default 3); `RAMPART_BENCH_ROUNDS=N` runs each
+//! set exactly N times instead, without warm-up, for instruction counts
+//! (`valgrind --tool=callgrind --toggle-collect='*Waf*evaluate*'`). Rates are per CPU second of the
 //! benchmark thread (wall-clock rates, which other load on the machine
 //! lowers, are printed beside them). Each level also prints a digest of
 //! every request's matched rule ids, so that two builds can be checked to
@@ -144,16 +146,31 @@ fn cpu_ns() -> Option<u64> {
     s.split_whitespace().next()?.parse().ok()
 }
 
+/// How long to measure: a minimum wall time, or a fixed number of rounds
+/// (for instruction counts under callgrind).
+#[derive(Clone, Copy)]
+enum Budget {
+    Time(Duration),
+    Rounds(u64),
+}
+
 /// Requests per second, per wall second and per CPU second of this thread
-/// (when the OS tells), over at least `min` of wall time, cycling `reqs`.
-fn rate(waf: &Waf, reqs: &[&Request], min: Duration) -> (f64, Option<f64>) {
-    for r in reqs.iter().cycle().take(reqs.len() * 5) {
-        black_box(waf.evaluate(black_box(r)));
+/// (when the OS tells), cycling `reqs`.
+fn rate(waf: &Waf, reqs: &[&Request], budget: Budget) -> (f64, Option<f64>) {
+    if let Budget::Time(_) = budget {
+        for r in reqs.iter().cycle().take(reqs.len() * 5) {
+            black_box(waf.evaluate(black_box(r)));
+        }
     }
     let start = Instant::now();
     let cpu0 = cpu_ns();
     let mut n = 0u64;
-    while start.elapsed() < min {
+    let mut rounds = 0u64;
+    while match budget {
+        Budget::Time(min) => start.elapsed() < min,
+        Budget::Rounds(max) => rounds < max,
+    } {
+        rounds += 1;
         for r in reqs {
             black_box(waf.evaluate(black_box(r)));
         }
@@ -167,7 +184,7 @@ fn rate(waf: &Waf, reqs: &[&Request], min: Duration) -> (f64, Option<f64>) {
     (wall, cpu)
 }
 
-fn run(dir: &Path, paranoia: u8, min: Duration) -> Result<(), rampart_waf::Error> {
+fn run(dir: &Path, paranoia: u8, budget: Budget) -> Result<(), rampart_waf::Error> {
     let t = Instant::now();
     let waf = load_crs(dir, paranoia)?;
     let load = t.elapsed();
@@ -220,7 +237,7 @@ fn run(dir: &Path, paranoia: u8, min: Duration) -> Result<(), rampart_waf::Error
         }
     }
     for (name, set) in [("benign", &b), ("attack", &a), ("mixed", &m)] {
-        let (wall, cpu) = rate(&waf, set, min);
+        let (wall, cpu) = rate(&waf, set, budget);
         let cpu = cpu.unwrap_or(wall);
         println!(
             "  PL{paranoia} {name:>6}: {cpu:>9.0} req/s per CPU second ({:.1} µs/request); \
@@ -250,9 +267,21 @@ fn main() -> ExitCode {
         .and_then(|s| s.parse::<f64>().ok())
         .filter(|s| *s > 0.0)
         .unwrap_or(3.0);
-    println!("one thread, {secs}s per measurement");
+    let budget = match std::env::var("RAMPART_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        Some(n) => {
+            println!("one thread, {n} rounds per measurement");
+            Budget::Rounds(n)
+        }
+        None => {
+            println!("one thread, {secs}s per measurement");
+            Budget::Time(Duration::from_secs_f64(secs))
+        }
+    };
     for pl in levels {
-        if let Err(e) = run(Path::new(&dir), pl, Duration::from_secs_f64(secs)) {
+        if let Err(e) = run(Path::new(&dir), pl, budget) {
             eprintln!("{e}");
             return ExitCode::FAILURE;
         }

@@ -190,9 +190,11 @@ impl WafBuilder {
                 }
             }
         }
+        let skip_after = by_phase.each_ref().map(|list| skip_after_targets(&rules, list));
         Ok(Waf {
             rules,
             by_phase,
+            skip_after,
             config: self.config.clone(),
             warnings,
         })
@@ -493,6 +495,29 @@ impl WafBuilder {
     }
 }
 
+/// For each position of a phase's rule list, where evaluation resumes after
+/// that rule's `skipAfter` fires: just past the first later marker of that
+/// name (or rule with that id), else the end of the list. Positions whose
+/// rule has no `skipAfter` get the end too; they are never read.
+fn skip_after_targets(rules: &[Rule], list: &[usize]) -> Vec<usize> {
+    let mut out = Vec::with_capacity(list.len());
+    for (pos, &idx) in list.iter().enumerate() {
+        let target = rules.get(idx).and_then(|r| r.actions.skip_after.as_deref());
+        let Some(target) = target else {
+            out.push(list.len());
+            continue;
+        };
+        let id: Option<u64> = target.parse().ok();
+        let found = list.iter().enumerate().skip(pos + 1).find(|(_, &j)| {
+            rules.get(j).is_some_and(|r| {
+                r.marker_name() == Some(target) || (id.is_some() && Some(r.id) == id)
+            })
+        });
+        out.push(found.map_or(list.len(), |(p, _)| p + 1));
+    }
+    out
+}
+
 fn uses_fancy(r: &Rule) -> bool {
     let mine = matches!(&r.body, RuleBody::Match { op: Operator { op: Op::Rx(rx), .. }, .. } if rx.engine() == RxEngine::Fancy);
     mine || r.chain.as_deref().is_some_and(uses_fancy)
@@ -592,6 +617,9 @@ pub struct Waf {
     pub(crate) rules: Vec<Rule>,
     /// Indices into `rules` per phase (markers appear in every phase).
     pub(crate) by_phase: [Vec<usize>; 6],
+    /// Per phase, aligned with `by_phase`: the list position to resume at
+    /// when the rule there matches and has `skipAfter`.
+    pub(crate) skip_after: [Vec<usize>; 6],
     pub(crate) config: Config,
     warnings: Vec<String>,
 }

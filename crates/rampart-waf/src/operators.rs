@@ -2,14 +2,22 @@
 
 use crate::error::{syntax, Error, Location};
 use crate::macros::Macro;
+use crate::prefilter::Prefilter;
 use aho_corasick::AhoCorasick;
 use std::net::IpAddr;
 use std::path::Path;
 
 /// A compiled regular expression: the linear-time `regex` engine when the
-/// pattern allows it, `fancy-regex` for lookaround and backreferences.
+/// pattern allows it, `fancy-regex` for lookaround and backreferences; with
+/// a literal prefilter when the pattern requires one of a few words.
 #[derive(Debug)]
-pub(crate) enum Rx {
+pub(crate) struct Rx {
+    re: RxImpl,
+    prefilter: Option<Prefilter>,
+}
+
+#[derive(Debug)]
+enum RxImpl {
     Fast(regex::bytes::Regex),
     Fancy(Box<fancy_regex::Regex>),
 }
@@ -70,27 +78,46 @@ impl Rx {
                 .dfa_size_limit(64 << 20)
                 .build()
         };
-        match build(false).or_else(|_| build(true)) {
-            Ok(r) => Ok(Rx::Fast(r)),
+        let fast = match build(false) {
+            Ok(r) => Ok((r, Prefilter::new(&bytes_pattern, false))),
+            Err(_) => build(true).map(|r| (r, Prefilter::new(pattern, true))),
+        };
+        match fast {
+            Ok((r, prefilter)) => Ok(Rx {
+                re: RxImpl::Fast(r),
+                prefilter,
+            }),
             Err(fast_err) => fancy_regex::RegexBuilder::new(&format!("(?s){pattern}"))
                 .backtrack_limit(1_000_000)
                 .build()
-                .map(|r| Rx::Fancy(Box::new(r)))
+                .map(|r| Rx {
+                    re: RxImpl::Fancy(Box::new(r)),
+                    prefilter: None,
+                })
                 .map_err(|e| format!("{e} (regex crate: {fast_err})")),
         }
     }
 
     pub(crate) fn engine(&self) -> RxEngine {
-        match self {
-            Rx::Fast(_) => RxEngine::Fast,
-            Rx::Fancy(_) => RxEngine::Fancy,
+        match self.re {
+            RxImpl::Fast(_) => RxEngine::Fast,
+            RxImpl::Fancy(_) => RxEngine::Fancy,
         }
+    }
+
+    /// True when a literal prefilter guards this regex.
+    #[cfg(test)]
+    pub(crate) fn has_prefilter(&self) -> bool {
+        self.prefilter.is_some()
     }
 
     /// Matches; when `caps` is given, fills it with groups 0..=9.
     pub(crate) fn is_match(&self, input: &[u8], caps: Option<&mut Vec<Vec<u8>>>) -> bool {
-        match self {
-            Rx::Fast(r) => match caps {
+        if self.prefilter.as_ref().is_some_and(|p| !p.may_match(input)) {
+            return false;
+        }
+        match &self.re {
+            RxImpl::Fast(r) => match caps {
                 None => r.is_match(input),
                 // Most values do not match: the DFA answers that without the
                 // cost of setting up capture slots.
@@ -106,7 +133,7 @@ impl Rx {
                     }
                 },
             },
-            Rx::Fancy(r) => {
+            RxImpl::Fancy(r) => {
                 let text = String::from_utf8_lossy(input);
                 match caps {
                     None => r.is_match(&text).unwrap_or(false),
@@ -490,5 +517,7 @@ mod tests {
         // CRS 942420: a right single quotation mark is the bytes e2 80 99.
         let rx = Rx::compile(r"\x{e2}\x80[\x98\x99]").unwrap();
         assert!(rx.is_match("\u{2019}".as_bytes(), None));
+        assert!(rx.has_prefilter());
+        assert!(!rx.is_match(b"plain text", None));
     }
 }

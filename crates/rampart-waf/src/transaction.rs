@@ -579,18 +579,13 @@ impl<'w> Transaction<'w> {
                 }
                 _ => {}
             }
-            if let Some(target) = &rule.actions.skip_after {
-                let id: Option<u64> = target.parse().ok();
-                let found = list.iter().enumerate().skip(i).find(|(_, &j)| {
-                    waf.rules.get(j).is_some_and(|r| {
-                        r.marker_name() == Some(target.as_str())
-                            || (id.is_some() && Some(r.id) == id)
-                    })
-                });
-                i = match found {
-                    Some((pos, _)) => pos + 1,
-                    None => list.len(),
-                };
+            if rule.actions.skip_after.is_some() {
+                i = waf
+                    .skip_after
+                    .get(usize::from(phase))
+                    .and_then(|s| s.get(i - 1))
+                    .copied()
+                    .unwrap_or(list.len());
             } else if rule.actions.skip > 0 {
                 let mut left = rule.actions.skip;
                 while left > 0 && i < list.len() {
@@ -814,6 +809,27 @@ impl<'w> Transaction<'w> {
             }
         };
         match t.var.kind() {
+            // setvar stores TX keys lowercased, as key selectors are.
+            Kind::Tx | Kind::Persist => {
+                let map = match t.var {
+                    VarName::Tx => Some(&self.tx),
+                    v => self.persist.get(&v),
+                };
+                match (&t.selector, map) {
+                    (_, None) => {}
+                    (Selector::Key(k), Some(m)) => {
+                        if let Some((k, v)) = m.get_key_value(k.as_str()) {
+                            out.push(Val {
+                                var: t.var,
+                                key: Cow::Borrowed(k),
+                                value: Cow::Borrowed(v),
+                                count: false,
+                            });
+                        }
+                    }
+                    (_, Some(m)) => push_map(out, m),
+                }
+            }
             Kind::Keyed => {
                 for (k, v) in self.get_slot(t.var) {
                     if t.selector.matches(k) {
@@ -846,12 +862,6 @@ impl<'w> Transaction<'w> {
                         value: Cow::Borrowed(v),
                         count: false,
                     });
-                }
-            }
-            Kind::Tx => push_map(out, &self.tx),
-            Kind::Persist => {
-                if let Some(m) = self.persist.get(&t.var) {
-                    push_map(out, m);
                 }
             }
             Kind::Matched => match t.var {
