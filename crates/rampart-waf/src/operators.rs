@@ -2,8 +2,9 @@
 
 use crate::error::{syntax, Error, Location};
 use crate::macros::Macro;
-use crate::prefilter::Prefilter;
+use crate::prefilter::{ByteSet, Prefilter};
 use aho_corasick::AhoCorasick;
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::path::Path;
 
@@ -106,14 +107,27 @@ impl Rx {
     }
 
     /// True when a literal prefilter guards this regex.
-    #[cfg(test)]
     pub(crate) fn has_prefilter(&self) -> bool {
         self.prefilter.is_some()
     }
 
     /// Matches; when `caps` is given, fills it with groups 0..=9.
     pub(crate) fn is_match(&self, input: &[u8], caps: Option<&mut Vec<Vec<u8>>>) -> bool {
-        if self.prefilter.as_ref().is_some_and(|p| !p.may_match(input)) {
+        self.is_match_with(input, None, caps)
+    }
+
+    /// [`Rx::is_match`], with the input's byte set when the caller has it.
+    fn is_match_with(
+        &self,
+        input: &[u8],
+        bytes: Option<&ByteSet>,
+        caps: Option<&mut Vec<Vec<u8>>>,
+    ) -> bool {
+        if self
+            .prefilter
+            .as_ref()
+            .is_some_and(|p| !p.may_match(input, bytes))
+        {
             return false;
         }
         match &self.re {
@@ -399,12 +413,26 @@ pub(crate) fn eval(
     expand: &mut dyn FnMut(&Macro) -> Vec<u8>,
     caps: Option<&mut Vec<Vec<u8>>>,
 ) -> bool {
-    let mut arg = |m: &Macro| match m.as_literal() {
-        Some(s) => s.as_bytes().to_vec(),
-        None => expand(m),
+    eval_with(op, input, None, expand, caps)
+}
+
+/// [`eval`], with the input's byte set when the caller has it (it lets
+/// `@rx` prefilters reject most values without a scan).
+pub(crate) fn eval_with<'o>(
+    op: &'o Op,
+    input: &[u8],
+    bytes: Option<&ByteSet>,
+    expand: &mut dyn FnMut(&Macro) -> Vec<u8>,
+    caps: Option<&mut Vec<Vec<u8>>>,
+) -> bool {
+    let mut arg = |m: &'o Macro| -> Cow<'o, [u8]> {
+        match m.as_literal() {
+            Some(s) => Cow::Borrowed(s.as_bytes()),
+            None => Cow::Owned(expand(m)),
+        }
     };
     match op {
-        Op::Rx(r) => r.is_match(input, caps),
+        Op::Rx(r) => r.is_match_with(input, bytes, caps),
         Op::RxMacro(m) => {
             let pat = String::from_utf8_lossy(&arg(m)).into_owned();
             Rx::compile(&pat).is_ok_and(|r| r.is_match(input, caps))
@@ -419,7 +447,7 @@ pub(crate) fn eval(
             }
             None => false,
         },
-        Op::StrEq(m) => arg(m) == input,
+        Op::StrEq(m) => *arg(m) == *input,
         Op::Eq(m) => atoi(input) == atoi(&arg(m)),
         Op::Ge(m) => atoi(input) >= atoi(&arg(m)),
         Op::Gt(m) => atoi(input) > atoi(&arg(m)),

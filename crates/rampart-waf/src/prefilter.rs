@@ -12,6 +12,11 @@
 //! whose whole requirement is "nothing" (or could be the empty string) gets
 //! no prefilter at all. Literals are ASCII-lowercased and searched
 //! case-insensitively: that loses precision, never a match.
+//!
+//! Before the scan comes a cheaper test: each literal's rarest byte (both
+//! ASCII cases) goes into a 256-bit set, and a value whose [`ByteSet`] holds
+//! none of them cannot contain any literal. The engine computes a value's
+//! byte set once and tests it against every rule's prefilter.
 
 use aho_corasick::AhoCorasick;
 use regex_syntax::hir::{Class, Hir, HirKind};
@@ -27,6 +32,58 @@ const MAX_LEN: usize = 32;
 const MAX_CLASS: usize = 16;
 
 type Set = BTreeSet<Vec<u8>>;
+
+/// A set of byte values, 256 bits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct ByteSet([u64; 4]);
+
+impl ByteSet {
+    /// The bytes present in `input`.
+    pub(crate) fn of(input: &[u8]) -> ByteSet {
+        let mut w = [0u64; 4];
+        for &b in input {
+            let bit = 1u64 << (b & 63);
+            match b >> 6 {
+                0 => w[0] |= bit,
+                1 => w[1] |= bit,
+                2 => w[2] |= bit,
+                _ => w[3] |= bit,
+            }
+        }
+        ByteSet(w)
+    }
+
+    fn insert(&mut self, b: u8) {
+        if let Some(w) = self.0.get_mut(usize::from(b >> 6)) {
+            *w |= 1 << (b & 63);
+        }
+    }
+
+    fn intersects(&self, other: &ByteSet) -> bool {
+        self.0.iter().zip(&other.0).any(|(a, b)| a & b != 0)
+    }
+}
+
+/// How rare a byte is in ordinary request data (higher is rarer): letters
+/// by English frequency, then digits, then common URL and header
+/// punctuation, then the characters attacks need, then control and
+/// non-ASCII bytes. Only a heuristic for choosing which byte to test: any
+/// choice is correct.
+fn rarity(b: u8) -> u8 {
+    const LETTERS: &[u8] = b"etaoinshrdlcumwfgypbvkjxqz";
+    let b = b.to_ascii_lowercase();
+    if let Some(p) = LETTERS.iter().position(|&c| c == b) {
+        return 10 + p as u8;
+    }
+    match b {
+        b'0'..=b'9' => 40,
+        b' ' | b'/' | b'.' | b'-' | b'=' | b'&' | b',' | b';' | b':' | b'_' => 50,
+        b'(' | b')' | b'+' | b'*' | b'%' | b'?' => 60,
+        b'<' | b'>' | b'\'' | b'"' | b'`' | b'$' | b'|' | b'{' | b'}' | b'[' | b']' => 70,
+        b'\\' | b'^' | b'~' | b'!' | b'#' | b'@' => 75,
+        _ => 90,
+    }
+}
 
 /// What every match of a syntax-tree node is known to satisfy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +101,8 @@ enum Req {
 #[derive(Debug)]
 pub(crate) struct Prefilter {
     ac: AhoCorasick,
+    /// The rarest byte of each literal, in both ASCII cases.
+    rare: ByteSet,
 }
 
 impl Prefilter {
@@ -62,15 +121,25 @@ impl Prefilter {
     }
 
     fn from_literals(lits: Set) -> Option<Prefilter> {
+        let mut rare = ByteSet::default();
+        for l in &lits {
+            let b = l.iter().copied().max_by_key(|&b| rarity(b))?;
+            rare.insert(b.to_ascii_lowercase());
+            rare.insert(b.to_ascii_uppercase());
+        }
         let ac = AhoCorasick::builder()
             .ascii_case_insensitive(true)
             .build(&lits)
             .ok()?;
-        Some(Prefilter { ac })
+        Some(Prefilter { ac, rare })
     }
 
-    /// False only when the regex cannot match `input`.
-    pub(crate) fn may_match(&self, input: &[u8]) -> bool {
+    /// False only when the regex cannot match `input`; `bytes`, when given,
+    /// must be `ByteSet::of(input)`.
+    pub(crate) fn may_match(&self, input: &[u8], bytes: Option<&ByteSet>) -> bool {
+        if bytes.is_some_and(|b| !b.intersects(&self.rare)) {
+            return false;
+        }
         self.ac.is_match(input)
     }
 }
@@ -301,7 +370,14 @@ mod tests {
         let Some(pf) = Prefilter::new(pattern, false) else {
             return false;
         };
-        let skip = !pf.may_match(input.as_bytes());
+        let skip = !pf.may_match(input.as_bytes(), None);
+        let bytes = ByteSet::of(input.as_bytes());
+        let skip_by_bytes = !pf.may_match(input.as_bytes(), Some(&bytes));
+        assert!(
+            !(skip_by_bytes && re.is_match(input.as_bytes())),
+            "byte test of {pattern:?} skipped matching input {input:?}"
+        );
+        assert!(skip_by_bytes || !skip, "the byte test never adds a match");
         assert!(
             !(skip && re.is_match(input.as_bytes())),
             "prefilter of {pattern:?} skipped matching input {input:?}"
@@ -318,10 +394,7 @@ mod tests {
         assert_eq!(lits(r"<\s*script\b"), Some(vec!["script".into()]));
         assert_eq!(lits(r"\d+union"), Some(vec!["union".into()]));
         // a class of a few bytes multiplies out
-        assert_eq!(
-            lits("ab[cd]"),
-            Some(vec!["abc".into(), "abd".into()])
-        );
+        assert_eq!(lits("ab[cd]"), Some(vec!["abc".into(), "abd".into()]));
     }
 
     #[test]
@@ -379,8 +452,21 @@ mod tests {
     fn unicode_case_folding_is_kept() {
         // (?i)k also matches U+212A KELVIN SIGN in Unicode mode.
         let pf = Prefilter::new("(?i)kelvin", true).unwrap();
-        assert!(pf.may_match("\u{212a}ELVIN".as_bytes()));
-        assert!(!pf.may_match(b"celsius"));
+        let kelvin = "\u{212a}ELVIN".as_bytes();
+        assert!(pf.may_match(kelvin, None));
+        assert!(pf.may_match(kelvin, Some(&ByteSet::of(kelvin))));
+        assert!(!pf.may_match(b"celsius", None));
+    }
+
+    #[test]
+    fn byte_test_uses_rare_bytes_in_both_cases() {
+        let pf = Prefilter::new("(?i)<script", false).unwrap();
+        // `<` is the rarest byte of `<script`
+        assert!(!pf.may_match(b"description", Some(&ByteSet::of(b"description"))));
+        assert!(pf.may_match(b"<SCRIPT", Some(&ByteSet::of(b"<SCRIPT"))));
+        let pf = Prefilter::new("(?i)zip", false).unwrap();
+        assert!(pf.may_match(b"ZIP", Some(&ByteSet::of(b"ZIP"))));
+        assert!(!pf.may_match(b"pi", Some(&ByteSet::of(b"pi"))));
     }
 
     /// Random inputs over each pattern's alphabet: whenever the regex
@@ -396,8 +482,8 @@ mod tests {
             "(?:^|;)\\s*(?:ls|id)\\b",
         ];
         let tokens = [
-            "union", "UNION", "sel", "ect", "sel3ct", " ", "\t", "x", "ab", "cd", "c", "d",
-            "e", "on", "ON", "load", "=", "0", "5", "y", "zz", ";", "ls", "id", "ion", "ID",
+            "union", "UNION", "sel", "ect", "sel3ct", " ", "\t", "x", "ab", "cd", "c", "d", "e",
+            "on", "ON", "load", "=", "0", "5", "y", "zz", ";", "ls", "id", "ion", "ID",
         ];
         let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
         let mut next = |n: usize| {
@@ -415,7 +501,9 @@ mod tests {
                 skips(p, &s);
             }
         }
-        assert!(matched > 100, "too few matching inputs to mean much: {matched}");
+        assert!(
+            matched > 100,
+            "too few matching inputs to mean much: {matched}"
+        );
     }
 }
-

@@ -3,15 +3,20 @@
 
 use crate::actions::{AllowScope, BodyProcessor, Ctl, Disruptive, EngineMode, IdRange, SetOp};
 use crate::body;
+use crate::engine::ROOT_NODE;
 use crate::engine::{BodyLimitAction, Waf};
 use crate::macros::{Macro, Seg};
-use crate::operators::{atoi, eval};
+use crate::operators::{atoi, eval_with, Op, Operator};
+use crate::prefilter::ByteSet;
 use crate::request::{Action, Request, Response, RuleMatch, Verdict};
 use crate::rule::{Rule, RuleBody};
 use crate::transformations::Transform;
 use crate::variables::{Exclusion, Kind, Selector, Target, VarName, VAR_COUNT};
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::rc::Rc;
 
 /// One value offered to an operator.
 struct Val<'a> {
@@ -19,17 +24,85 @@ struct Val<'a> {
     key: Cow<'a, str>,
     value: Cow<'a, [u8]>,
     count: bool,
+    /// Identity of a stored value for the transformation cache; `None` for
+    /// values that are not stored in a slot (TX, counts, MATCHED_*).
+    id: Option<u64>,
+}
+
+/// Names a slot value: the variable it is read as, the slot's generation
+/// and its position, so that a changed slot never hits stale entries.
+fn value_id(var: VarName, generation: u32, pos: usize) -> u64 {
+    ((var as u64) << 56) | (u64::from(generation & 0xff_ffff) << 32) | (pos as u64 & 0xffff_ffff)
+}
+
+/// One cached transformation result.
+#[derive(Default)]
+struct Cached {
+    /// The value after the chain up to this node; `None` when the chain left
+    /// it unchanged.
+    value: Option<Rc<Vec<u8>>>,
+    /// The bytes it holds, for `@rx` prefilters (computed on first use).
+    bytes: Option<ByteSet>,
+}
+
+/// Per-transaction cache of transformed values, keyed by (value id,
+/// chain-trie node): rules asking for the same chain on the same value
+/// share one result.
+type TfCache = HashMap<(u64, u32), Cached, BuildHasherDefault<IdHasher>>;
+
+/// What checking one value against a link needs.
+struct LinkCheck<'r> {
+    top: &'r Rule,
+    op: &'r Operator,
+    transforms: &'r [Transform],
+    tf_path: &'r [u32],
+    want_caps: bool,
+    multi: bool,
+    /// The operator is an `@rx` with a prefilter, which a value's byte set
+    /// speeds up.
+    wants_bytes: bool,
+}
+
+/// A fast hasher for the small integer keys of [`TfCache`] (not exposed to
+/// attacker-chosen keys: value ids are positions, not contents).
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
 }
 
 impl Val<'_> {
     fn name(&self) -> String {
+        let var = self.var.name();
+        let mut out = String::with_capacity(var.len() + self.key.len() + 1);
         if self.count {
-            return format!("&{}", self.var.name());
+            out.push('&');
+            out.push_str(var);
+            return out;
         }
-        match self.var.kind() {
-            Kind::Scalar | Kind::Matched if self.key.is_empty() => self.var.name().to_string(),
-            _ => format!("{}:{}", self.var.name(), self.key),
+        out.push_str(var);
+        if !(matches!(self.var.kind(), Kind::Scalar | Kind::Matched) && self.key.is_empty()) {
+            out.push(':');
+            out.push_str(&self.key);
         }
+        out
     }
 }
 
@@ -38,6 +111,22 @@ struct Hit {
     name: String,
     value: Vec<u8>,
     caps: Option<Vec<Vec<u8>>>,
+}
+
+/// The rules a `ctl` names by tag: the table worked out at load, or the
+/// regex itself for a tag the load did not see.
+enum TagSelect<'w> {
+    Table(&'w [bool]),
+    Regex(regex::Regex),
+}
+
+impl TagSelect<'_> {
+    fn selects(&self, idx: usize, rule: &Rule) -> bool {
+        match self {
+            TagSelect::Table(t) => t.get(idx).copied().unwrap_or(false),
+            TagSelect::Regex(re) => rule.has_tag(re),
+        }
+    }
 }
 
 /// Why evaluation of a phase stopped early.
@@ -54,9 +143,12 @@ pub(crate) struct Transaction<'w> {
     matched_vars: Vec<(String, Vec<u8>)>,
     matched_var: Option<(String, Vec<u8>)>,
     removed_ids: Vec<IdRange>,
-    removed_tags: Vec<regex::Regex>,
+    removed_tags: Vec<TagSelect<'w>>,
     removed_targets_by_id: Vec<(Vec<IdRange>, Exclusion)>,
-    removed_targets_by_tag: Vec<(regex::Regex, Exclusion)>,
+    removed_targets_by_tag: Vec<(TagSelect<'w>, Exclusion)>,
+    /// Per slot, bumped on every change (part of each value's cache id).
+    generations: Vec<u32>,
+    tf_cache: RefCell<TfCache>,
     engine: EngineMode,
     body_access: bool,
     response_body_access: bool,
@@ -74,7 +166,7 @@ impl Waf {
     pub fn evaluate(&self, req: &Request) -> Verdict {
         let mut t = Transaction::new(self, req);
         t.run_request(req);
-        t.verdict()
+        t.into_verdict()
     }
 
     /// Evaluates the whole transaction: the request (phases 1, 2), the
@@ -91,7 +183,7 @@ impl Waf {
         if t.engine != EngineMode::Off {
             t.run_phase(5);
         }
-        t.verdict()
+        t.into_verdict()
     }
 }
 
@@ -125,6 +217,11 @@ impl<'w> Transaction<'w> {
             removed_tags: Vec::new(),
             removed_targets_by_id: Vec::new(),
             removed_targets_by_tag: Vec::new(),
+            generations: vec![0; VAR_COUNT],
+            tf_cache: RefCell::new(TfCache::with_capacity_and_hasher(
+                256,
+                BuildHasherDefault::default(),
+            )),
             engine: cfg.engine,
             body_access: cfg.request_body_access,
             response_body_access: cfg.response_body_access,
@@ -215,6 +312,9 @@ impl<'w> Transaction<'w> {
 
     fn slot(&mut self, v: VarName) -> &mut Vec<(String, Vec<u8>)> {
         let idx = v as usize;
+        if let Some(g) = self.generations.get_mut(idx) {
+            *g = g.wrapping_add(1);
+        }
         // VAR_COUNT sizes the table, so every VarName has a slot.
         if self.slots.len() <= idx {
             self.slots.resize(idx + 1, Vec::new());
@@ -227,6 +327,17 @@ impl<'w> Transaction<'w> {
 
     fn get_slot(&self, v: VarName) -> &[(String, Vec<u8>)] {
         self.slots.get(v as usize).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    fn generation(&self, v: VarName) -> u32 {
+        self.generations.get(v as usize).copied().unwrap_or(0)
+    }
+
+    fn tag_select(&self, re: &regex::Regex) -> TagSelect<'w> {
+        match self.waf.tag_sets.get(re.as_str()) {
+            Some(t) => TagSelect::Table(t),
+            None => TagSelect::Regex(re.clone()),
+        }
     }
 
     fn set(&mut self, v: VarName, value: &[u8]) {
@@ -352,7 +463,7 @@ impl<'w> Transaction<'w> {
         self.waf.config.response_body_mime_types.contains(&media)
     }
 
-    fn verdict(&self) -> Verdict {
+    fn into_verdict(self) -> Verdict {
         let score = self
             .tx
             .get("blocking_inbound_anomaly_score")
@@ -373,8 +484,8 @@ impl<'w> Transaction<'w> {
         Verdict {
             action,
             disrupted_by,
-            matched_rules: self.matched_rules.clone(),
-            matched_ids: self.matched_ids.clone(),
+            matched_rules: self.matched_rules,
+            matched_ids: self.matched_ids,
             anomaly_score: score,
             outbound_anomaly_score: self
                 .tx
@@ -516,9 +627,9 @@ impl<'w> Transaction<'w> {
         None
     }
 
-    fn rule_removed(&self, r: &Rule) -> bool {
+    fn rule_removed(&self, idx: usize, r: &Rule) -> bool {
         self.removed_ids.iter().any(|x| x.contains(r.id))
-            || self.removed_tags.iter().any(|re| r.has_tag(re))
+            || self.removed_tags.iter().any(|t| t.selects(idx, r))
     }
 
     fn run_phase(&mut self, phase: u8) -> Option<Stop> {
@@ -535,10 +646,10 @@ impl<'w> Transaction<'w> {
             let Some(rule) = waf.rules.get(idx) else {
                 continue;
             };
-            if rule.marker_name().is_some() || self.rule_removed(rule) {
+            if rule.marker_name().is_some() || self.rule_removed(idx, rule) {
                 continue;
             }
-            if !self.eval_rule(rule) {
+            if !self.eval_rule(idx, rule) {
                 continue;
             }
             if self.engine == EngineMode::Off {
@@ -605,9 +716,9 @@ impl<'w> Transaction<'w> {
 
     /// Evaluates a rule and its chain; on a full match runs its actions and
     /// records it. Returns whether it matched.
-    fn eval_rule(&mut self, rule: &'w Rule) -> bool {
+    fn eval_rule(&mut self, idx: usize, rule: &'w Rule) -> bool {
         self.matched_vars.clear();
-        if !self.eval_link(rule, rule) {
+        if !self.eval_link(idx, rule, rule) {
             return false;
         }
         self.matched_ids.push(rule.id);
@@ -641,17 +752,16 @@ impl<'w> Transaction<'w> {
         true
     }
 
-    fn eval_link(&mut self, top: &'w Rule, link: &'w Rule) -> bool {
+    fn eval_link(&mut self, idx: usize, top: &'w Rule, link: &'w Rule) -> bool {
         let hits = match &link.body {
             RuleBody::Match { .. } => {
-                let hits = self.match_link(top, link);
+                let hits = self.match_link(idx, top, link);
                 if hits.is_empty() {
                     return false;
                 }
                 self.matched_vars.clear();
                 for h in &hits {
                     self.matched_vars.push((h.name.clone(), h.value.clone()));
-                    self.matched_var = Some((h.name.clone(), h.value.clone()));
                     if let Some(c) = &h.caps {
                         self.set_captures(c);
                     }
@@ -676,7 +786,7 @@ impl<'w> Transaction<'w> {
             self.run_actions(top, link);
         }
         match &link.chain {
-            Some(child) => self.eval_link(top, child),
+            Some(child) => self.eval_link(idx, top, child),
             None => true,
         }
     }
@@ -688,7 +798,7 @@ impl<'w> Transaction<'w> {
     }
 
     /// Runs the operator over every selected value of a link.
-    fn match_link(&self, top: &Rule, link: &Rule) -> Vec<Hit> {
+    fn match_link(&self, idx: usize, top: &Rule, link: &Rule) -> Vec<Hit> {
         let RuleBody::Match { targets, op } = &link.body else {
             return Vec::new();
         };
@@ -698,112 +808,176 @@ impl<'w> Transaction<'w> {
                 extra.push(ex);
             }
         }
-        for (re, ex) in &self.removed_targets_by_tag {
-            if top.has_tag(re) {
+        for (sel, ex) in &self.removed_targets_by_tag {
+            if sel.selects(idx, top) {
                 extra.push(ex);
             }
         }
-        let mut values: Vec<Val<'_>> = Vec::new();
+        let ctx = LinkCheck {
+            top,
+            op,
+            transforms: &link.actions.transforms,
+            tf_path: &link.tf_path,
+            want_caps: top.actions.capture || link.actions.capture,
+            multi: link.actions.multi_match || top.actions.multi_match,
+            wants_bytes: matches!(&op.op, Op::Rx(rx) if rx.has_prefilter()),
+        };
+        // exclusions: the rule's own `!VAR:key` plus ctl removals
+        let excluded = |v: &Val<'_>| {
+            targets.exclusions.iter().any(|e| e.excludes(v.var, &v.key))
+                || extra.iter().any(|e| e.excludes(v.var, &v.key))
+        };
+        let mut hits = Vec::new();
         for t in &targets.targets {
             if extra.iter().any(|e| e.removes_target(t)) {
                 continue;
             }
-            let start = values.len();
-            self.collect(t, &mut values);
-            // exclusions: the rule's own `!VAR:key` plus ctl removals
-            let mut k = start;
-            while k < values.len() {
-                let excluded = values.get(k).is_some_and(|v| {
-                    !v.count
-                        && (targets.exclusions.iter().any(|e| e.excludes(v.var, &v.key))
-                            || extra.iter().any(|e| e.excludes(v.var, &v.key)))
-                });
-                if excluded {
-                    values.remove(k);
-                } else {
-                    k += 1;
-                }
-            }
             if t.count {
-                let n = values.len() - start;
-                values.truncate(start);
-                values.push(Val {
+                let mut n = 0usize;
+                self.collect(t, &mut |v| n += usize::from(!excluded(&v)));
+                let v = Val {
                     var: t.var,
                     key: Cow::Borrowed(""),
                     value: Cow::Owned(n.to_string().into_bytes()),
                     count: true,
-                });
-            }
-        }
-        let transforms: &[Transform] = if std::ptr::eq(top, link) {
-            &top.actions.transforms
-        } else {
-            &link.actions.transforms
-        };
-        let want_caps = top.actions.capture || link.actions.capture;
-        let multi = link.actions.multi_match || top.actions.multi_match;
-        let mut hits = Vec::new();
-        for v in &values {
-            let mut caps_buf = Vec::new();
-            let mut expand = |m: &Macro| self.expand(m, top);
-            let mut check = |input: &[u8], caps_buf: &mut Vec<Vec<u8>>| {
-                let caps = if want_caps {
-                    Some(&mut *caps_buf)
-                } else {
-                    None
+                    id: None,
                 };
-                eval(&op.op, input, &mut expand, caps) != op.negated
-            };
-            // MATCHED_VAR(S) and %{MATCHED_VAR} carry the value as the
-            // operator saw it, after transformations (ModSecurity, Coraza):
-            // CRS chains like 944120 test it again without `t:lowercase`.
-            let mut cur: Cow<'_, [u8]> = Cow::Borrowed(&v.value);
-            let mut matched = false;
-            if multi && check(&cur, &mut caps_buf) {
-                matched = true;
-            }
-            for tf in transforms {
-                if matched {
-                    break;
-                }
-                let next = match tf.apply(&cur) {
-                    Cow::Borrowed(_) => None,
-                    Cow::Owned(o) => Some(o),
-                };
-                if let Some(o) = next {
-                    cur = Cow::Owned(o);
-                    if multi && check(&cur, &mut caps_buf) {
-                        matched = true;
+                self.check_value(&ctx, &v, &mut hits);
+            } else {
+                self.collect(t, &mut |v| {
+                    if !excluded(&v) {
+                        self.check_value(&ctx, &v, &mut hits);
                     }
-                }
-            }
-            if !multi && check(&cur, &mut caps_buf) {
-                matched = true;
-            }
-            if matched {
-                hits.push(Hit {
-                    name: v.name(),
-                    value: cur.into_owned(),
-                    caps: if want_caps && !op.negated {
-                        Some(caps_buf)
-                    } else {
-                        None
-                    },
                 });
             }
         }
         hits
     }
 
-    fn collect<'a>(&'a self, t: &Target, out: &mut Vec<Val<'a>>) {
-        let push_map = |out: &mut Vec<Val<'a>>, map: &'a BTreeMap<String, Vec<u8>>| {
+    /// Transforms one value as the link asks and runs its operator; records
+    /// a hit when the (possibly negated) operator matches.
+    fn check_value(&self, ctx: &LinkCheck<'_>, v: &Val<'_>, hits: &mut Vec<Hit>) {
+        let op = ctx.op;
+        let mut caps_buf = Vec::new();
+        let mut expand = |m: &Macro| self.expand(m, ctx.top);
+        let mut check = |input: &[u8], bytes: Option<&ByteSet>, caps_buf: &mut Vec<Vec<u8>>| {
+            let caps = if ctx.want_caps {
+                Some(&mut *caps_buf)
+            } else {
+                None
+            };
+            eval_with(&op.op, input, bytes, &mut expand, caps) != op.negated
+        };
+        let mut hit = |cur: Vec<u8>, caps_buf: Vec<Vec<u8>>| {
+            hits.push(Hit {
+                name: v.name(),
+                value: cur,
+                caps: if ctx.want_caps && !op.negated {
+                    Some(caps_buf)
+                } else {
+                    None
+                },
+            })
+        };
+        // A stored value with a single check: its transformed form (and its
+        // byte set for the prefilter) come from the cache.
+        if let (Some(id), false) = (v.id, ctx.multi) {
+            let (cur, bytes) =
+                self.transformed(id, &v.value, ctx.tf_path, ctx.transforms, ctx.wants_bytes);
+            let input: &[u8] = cur.as_deref().map_or(&v.value, Vec::as_slice);
+            if check(input, bytes.as_ref(), &mut caps_buf) {
+                hit(input.to_vec(), caps_buf);
+            }
+            return;
+        }
+        // MATCHED_VAR(S) and %{MATCHED_VAR} carry the value as the
+        // operator saw it, after transformations (ModSecurity, Coraza):
+        // CRS chains like 944120 test it again without `t:lowercase`.
+        let mut cur: Cow<'_, [u8]> = Cow::Borrowed(&v.value);
+        let mut matched = false;
+        if ctx.multi && check(&cur, None, &mut caps_buf) {
+            matched = true;
+        }
+        for tf in ctx.transforms {
+            if matched {
+                break;
+            }
+            if let Some(o) = changed(tf.apply(&cur), cur.len()) {
+                cur = Cow::Owned(o);
+                if ctx.multi && check(&cur, None, &mut caps_buf) {
+                    matched = true;
+                }
+            }
+        }
+        if !ctx.multi && check(&cur, None, &mut caps_buf) {
+            matched = true;
+        }
+        if matched {
+            hit(cur.into_owned(), caps_buf);
+        }
+    }
+
+    /// `value` (stored, with cache id `id`) after `transforms`, whose
+    /// chain-trie nodes are `path` (`None` when they leave it unchanged),
+    /// and, when `want_bytes`, the result's byte set. Every prefix of the
+    /// chain is cached on the way.
+    fn transformed(
+        &self,
+        id: u64,
+        value: &[u8],
+        path: &[u32],
+        transforms: &[Transform],
+        want_bytes: bool,
+    ) -> (Option<Rc<Vec<u8>>>, Option<ByteSet>) {
+        let mut cache = self.tf_cache.borrow_mut();
+        let last = path.last().copied().unwrap_or(ROOT_NODE);
+        if let Some(e) = cache.get_mut(&(id, last)) {
+            if want_bytes && e.bytes.is_none() {
+                let input: &[u8] = e.value.as_deref().map_or(value, Vec::as_slice);
+                e.bytes = Some(ByteSet::of(input));
+            }
+            return (e.value.clone(), e.bytes);
+        }
+        // the longest prefix of the chain already computed
+        let mut from = 0;
+        let mut cur: Option<Rc<Vec<u8>>> = None;
+        for (k, node) in path.iter().enumerate().rev() {
+            if let Some(e) = cache.get(&(id, *node)) {
+                cur = e.value.clone();
+                from = k + 1;
+                break;
+            }
+        }
+        for (tf, node) in transforms.iter().zip(path).skip(from) {
+            let input: &[u8] = cur.as_deref().map_or(value, Vec::as_slice);
+            if let Some(o) = changed(tf.apply(input), input.len()) {
+                cur = Some(Rc::new(o));
+            }
+            cache.insert(
+                (id, *node),
+                Cached {
+                    value: cur.clone(),
+                    bytes: None,
+                },
+            );
+        }
+        let bytes = want_bytes.then(|| ByteSet::of(cur.as_deref().map_or(value, Vec::as_slice)));
+        let e = cache.entry((id, last)).or_default();
+        e.bytes = bytes;
+        (cur, bytes)
+    }
+
+    /// Hands every value `t` selects to `out`, in collection order.
+    fn collect<'a>(&'a self, t: &Target, out: &mut dyn FnMut(Val<'a>)) {
+        let push_map = |out: &mut dyn FnMut(Val<'a>), map: &'a BTreeMap<String, Vec<u8>>| {
             for (k, v) in map {
                 if t.selector.matches(k) {
-                    out.push(Val {
+                    out(Val {
                         var: t.var,
                         key: Cow::Borrowed(k),
                         value: Cow::Borrowed(v),
                         count: false,
+                        id: None,
                     });
                 }
             }
@@ -819,11 +993,12 @@ impl<'w> Transaction<'w> {
                     (_, None) => {}
                     (Selector::Key(k), Some(m)) => {
                         if let Some((k, v)) = m.get_key_value(k.as_str()) {
-                            out.push(Val {
+                            out(Val {
                                 var: t.var,
                                 key: Cow::Borrowed(k),
                                 value: Cow::Borrowed(v),
                                 count: false,
+                                id: None,
                             });
                         }
                     }
@@ -831,36 +1006,42 @@ impl<'w> Transaction<'w> {
                 }
             }
             Kind::Keyed => {
-                for (k, v) in self.get_slot(t.var) {
+                let g = self.generation(t.var);
+                for (pos, (k, v)) in self.get_slot(t.var).iter().enumerate() {
                     if t.selector.matches(k) {
-                        out.push(Val {
+                        out(Val {
                             var: t.var,
                             key: Cow::Borrowed(k),
                             value: Cow::Borrowed(v),
                             count: false,
+                            id: Some(value_id(t.var, g, pos)),
                         });
                     }
                 }
             }
             Kind::Names(src) => {
-                for (k, _) in self.get_slot(src) {
+                let g = self.generation(src);
+                for (pos, (k, _)) in self.get_slot(src).iter().enumerate() {
                     if t.selector.matches(k) {
-                        out.push(Val {
+                        out(Val {
                             var: t.var,
                             key: Cow::Borrowed(k),
                             value: Cow::Borrowed(k.as_bytes()),
                             count: false,
+                            id: Some(value_id(t.var, g, pos)),
                         });
                     }
                 }
             }
             Kind::Scalar => {
-                for (_, v) in self.get_slot(t.var) {
-                    out.push(Val {
+                let g = self.generation(t.var);
+                for (pos, (_, v)) in self.get_slot(t.var).iter().enumerate() {
+                    out(Val {
                         var: t.var,
                         key: Cow::Borrowed(""),
                         value: Cow::Borrowed(v),
                         count: false,
+                        id: Some(value_id(t.var, g, pos)),
                     });
                 }
             }
@@ -872,11 +1053,12 @@ impl<'w> Transaction<'w> {
                         } else {
                             n.as_bytes()
                         };
-                        out.push(Val {
+                        out(Val {
                             var: t.var,
                             key: Cow::Borrowed(""),
                             value: Cow::Borrowed(value),
                             count: false,
+                            id: None,
                         });
                     }
                 }
@@ -888,11 +1070,12 @@ impl<'w> Transaction<'w> {
                             } else {
                                 n.as_bytes()
                             };
-                            out.push(Val {
+                            out(Val {
                                 var: t.var,
                                 key: Cow::Borrowed(n),
                                 value: Cow::Borrowed(value),
                                 count: false,
+                                id: None,
                             });
                         }
                     }
@@ -927,27 +1110,64 @@ impl<'w> Transaction<'w> {
                     selector: sel,
                     count: false,
                 };
-                let mut vals = Vec::new();
-                self.collect(&t, &mut vals);
-                vals.into_iter().next().map(|v| v.value.into_owned())
+                let mut first = None;
+                self.collect(&t, &mut |v| {
+                    if first.is_none() {
+                        first = Some(v.value.into_owned());
+                    }
+                });
+                first
             }
         }
     }
 
     fn expand(&self, m: &Macro, rule: &Rule) -> Vec<u8> {
-        m.expand(|seg| self.lookup(seg, rule))
+        let mut out = Vec::new();
+        for seg in &m.segs {
+            match seg {
+                Seg::Lit(s) => out.extend_from_slice(s.as_bytes()),
+                // TX (most macros) straight from the map, without a copy
+                Seg::Var(var, key) if matches!(var.kind(), Kind::Tx | Kind::Persist) => {
+                    let map = match var {
+                        VarName::Tx => Some(&self.tx),
+                        v => self.persist.get(v),
+                    };
+                    let value = match key {
+                        Some(k) => map.and_then(|m| m.get(k.as_str())),
+                        None => map.and_then(|m| m.values().next()),
+                    };
+                    if let Some(v) = value {
+                        out.extend_from_slice(v);
+                    }
+                }
+                other => {
+                    if let Some(v) = self.lookup(other, rule) {
+                        out.extend_from_slice(&v);
+                    }
+                }
+            }
+        }
+        out
     }
 
     fn run_actions(&mut self, top: &Rule, link: &Rule) {
         for sv in &link.actions.setvars {
-            let key = String::from_utf8_lossy(&self.expand(&sv.key, top)).to_ascii_lowercase();
+            let expanded;
+            let key: &str = match sv.key.as_literal() {
+                Some(k) if !k.bytes().any(|b| b.is_ascii_uppercase()) => k,
+                _ => {
+                    expanded =
+                        String::from_utf8_lossy(&self.expand(&sv.key, top)).to_ascii_lowercase();
+                    &expanded
+                }
+            };
             let value = match &sv.op {
                 SetOp::Delete => None,
                 SetOp::Set(m) => Some(self.expand(m, top)),
                 SetOp::Add(m) | SetOp::Sub(m) => {
                     let delta = atoi(&self.expand(m, top));
                     let map = self.collection(sv.coll);
-                    let cur = map.get(&key).map(|v| atoi(v)).unwrap_or(0);
+                    let cur = map.get(key).map(|v| atoi(v)).unwrap_or(0);
                     let n = if matches!(sv.op, SetOp::Add(_)) {
                         cur.saturating_add(delta)
                     } else {
@@ -957,12 +1177,13 @@ impl<'w> Transaction<'w> {
                 }
             };
             let map = self.collection(sv.coll);
-            match value {
-                Some(v) => {
-                    map.insert(key, v);
+            match (value, map.get_mut(key)) {
+                (Some(v), Some(slot)) => *slot = v,
+                (Some(v), None) => {
+                    map.insert(key.to_string(), v);
                 }
-                None => {
-                    map.remove(&key);
+                (None, _) => {
+                    map.remove(key);
                 }
             }
         }
@@ -970,12 +1191,16 @@ impl<'w> Transaction<'w> {
             match ctl {
                 Ctl::RuleEngine(m) => self.engine = *m,
                 Ctl::RuleRemoveById(r) => self.removed_ids.extend(r.iter().copied()),
-                Ctl::RuleRemoveByTag(re) => self.removed_tags.push(re.clone()),
+                Ctl::RuleRemoveByTag(re) => {
+                    let t = self.tag_select(re);
+                    self.removed_tags.push(t);
+                }
                 Ctl::RuleRemoveTargetById(ids, ex) => {
                     self.removed_targets_by_id.push((ids.clone(), ex.clone()))
                 }
                 Ctl::RuleRemoveTargetByTag(re, ex) => {
-                    self.removed_targets_by_tag.push((re.clone(), ex.clone()))
+                    let t = self.tag_select(re);
+                    self.removed_targets_by_tag.push((t, ex.clone()))
                 }
                 Ctl::RequestBodyProcessor(p) => {
                     if self.phase == 1 {
@@ -997,6 +1222,16 @@ impl<'w> Transaction<'w> {
         } else {
             self.persist.entry(coll).or_default()
         }
+    }
+}
+
+/// The result of a transformation if it changed the value (of length
+/// `len`): an owned result, or a shorter slice (`trim`).
+fn changed(out: Cow<'_, [u8]>, len: usize) -> Option<Vec<u8>> {
+    match out {
+        Cow::Owned(o) => Some(o),
+        Cow::Borrowed(b) if b.len() != len => Some(b.to_vec()),
+        Cow::Borrowed(_) => None,
     }
 }
 
