@@ -177,7 +177,7 @@ pub(crate) enum Op {
     Rx(Rx),
     /// `@rx` whose pattern has macros: compiled per evaluation.
     RxMacro(Macro),
-    Pm(AhoCorasick),
+    Pm(Phrases),
     StrEq(Macro),
     Eq(Macro),
     Ge(Macro),
@@ -198,6 +198,15 @@ pub(crate) enum Op {
     DetectXss,
     Unconditional,
     NoMatch,
+}
+
+/// The phrases of `@pm` / `@pmFromFile`, matched ASCII-case-insensitively.
+#[derive(Debug)]
+pub(crate) struct Phrases {
+    ac: AhoCorasick,
+    /// The rarest byte of each phrase (both cases), for a quick rejection
+    /// of values that hold none of them; `None` with an empty phrase.
+    rare: Option<ByteSet>,
 }
 
 /// An operator with its negation flag.
@@ -305,11 +314,13 @@ fn build(name: &str, arg: &str, dir: &Path, at: &Location) -> Result<Op, Error> 
     })
 }
 
-fn pm(phrases: Vec<String>, at: &Location) -> Result<AhoCorasick, Error> {
-    AhoCorasick::builder()
+fn pm(phrases: Vec<String>, at: &Location) -> Result<Phrases, Error> {
+    let rare = crate::prefilter::rare_bytes(phrases.iter().map(String::as_bytes));
+    let ac = AhoCorasick::builder()
         .ascii_case_insensitive(true)
         .build(phrases)
-        .map_err(|e| syntax(at, format!("@pm: {e}")))
+        .map_err(|e| syntax(at, format!("@pm: {e}")))?;
+    Ok(Phrases { ac, rare })
 }
 
 fn ip_list<'a>(
@@ -402,7 +413,7 @@ fn find(h: &[u8], n: &[u8]) -> Option<usize> {
     if n.is_empty() {
         return Some(0);
     }
-    h.windows(n.len()).position(|w| w == n)
+    memchr::memmem::find(h, n)
 }
 
 /// Runs an operator (without negation) on one value. `expand` resolves
@@ -437,7 +448,14 @@ pub(crate) fn eval_with<'o>(
             let pat = String::from_utf8_lossy(&arg(m)).into_owned();
             Rx::compile(&pat).is_ok_and(|r| r.is_match(input, caps))
         }
-        Op::Pm(ac) => match ac.find(input) {
+        Op::Pm(p)
+            if bytes
+                .zip(p.rare.as_ref())
+                .is_some_and(|(b, r)| !b.intersects(r)) =>
+        {
+            false
+        }
+        Op::Pm(Phrases { ac, .. }) => match ac.find(input) {
             Some(found) => {
                 if let Some(c) = caps {
                     c.clear();
@@ -530,6 +548,33 @@ fn invalid_url_encoding(input: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pm_byte_test_agrees_with_the_scan() {
+        let at = Location {
+            file: "t".into(),
+            line: 1,
+        };
+        let op = build("pm", "<script> Ünïcode zz", Path::new("."), &at).unwrap();
+        let mut none = |_: &Macro| Vec::new();
+        for input in [
+            &b"a <SCRIPT> tag"[..],
+            "ÜNÏCODE".as_bytes(),
+            "Ünïcode".as_bytes(),
+            b"ZZ",
+            b"z z",
+            b"plain",
+            b"",
+        ] {
+            let bytes = ByteSet::of(input);
+            assert_eq!(
+                eval_with(&op, input, Some(&bytes), &mut none, None),
+                eval_with(&op, input, None, &mut none, None),
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
 
     #[test]
     fn braced_hex_escapes_are_bytes() {

@@ -59,7 +59,8 @@ impl ByteSet {
         }
     }
 
-    fn intersects(&self, other: &ByteSet) -> bool {
+    /// True when the two sets share a byte.
+    pub(crate) fn intersects(&self, other: &ByteSet) -> bool {
         self.0.iter().zip(&other.0).any(|(a, b)| a & b != 0)
     }
 }
@@ -121,12 +122,7 @@ impl Prefilter {
     }
 
     fn from_literals(lits: Set) -> Option<Prefilter> {
-        let mut rare = ByteSet::default();
-        for l in &lits {
-            let b = l.iter().copied().max_by_key(|&b| rarity(b))?;
-            rare.insert(b.to_ascii_lowercase());
-            rare.insert(b.to_ascii_uppercase());
-        }
+        let rare = rare_bytes(lits.iter().map(Vec::as_slice))?;
         let ac = AhoCorasick::builder()
             .ascii_case_insensitive(true)
             .build(&lits)
@@ -142,6 +138,19 @@ impl Prefilter {
         }
         self.ac.is_match(input)
     }
+}
+
+/// The rarest byte of each literal, in both ASCII cases: a value that
+/// contains one of the literals (ASCII case ignored) holds one of these
+/// bytes. `None` when a literal is empty (it occurs everywhere).
+pub(crate) fn rare_bytes<'a>(lits: impl IntoIterator<Item = &'a [u8]>) -> Option<ByteSet> {
+    let mut rare = ByteSet::default();
+    for l in lits {
+        let b = l.iter().copied().max_by_key(|&b| rarity(b))?;
+        rare.insert(b.to_ascii_lowercase());
+        rare.insert(b.to_ascii_uppercase());
+    }
+    Some(rare)
 }
 
 /// The literals one of which every match contains, if there is a usable set.

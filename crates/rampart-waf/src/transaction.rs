@@ -58,8 +58,8 @@ struct LinkCheck<'r> {
     tf_path: &'r [u32],
     want_caps: bool,
     multi: bool,
-    /// The operator is an `@rx` with a prefilter, which a value's byte set
-    /// speeds up.
+    /// The operator (`@rx` with a prefilter, `@pm`) can reject a value by
+    /// its byte set alone.
     wants_bytes: bool,
 }
 
@@ -820,7 +820,11 @@ impl<'w> Transaction<'w> {
             tf_path: &link.tf_path,
             want_caps: top.actions.capture || link.actions.capture,
             multi: link.actions.multi_match || top.actions.multi_match,
-            wants_bytes: matches!(&op.op, Op::Rx(rx) if rx.has_prefilter()),
+            wants_bytes: match &op.op {
+                Op::Rx(rx) => rx.has_prefilter(),
+                Op::Pm(_) => true,
+                _ => false,
+            },
         };
         // exclusions: the rule's own `!VAR:key` plus ctl removals
         let excluded = |v: &Val<'_>| {
@@ -1266,6 +1270,64 @@ fn trim(s: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::path_and_query;
+    use crate::{Request, Waf};
+
+    fn ids(rules: &str, req: &Request) -> Vec<u64> {
+        let waf = Waf::from_str_named("t.conf", rules).unwrap();
+        waf.evaluate(req).matched_ids
+    }
+
+    #[test]
+    fn rules_sharing_a_chain_prefix_see_their_own_chain() {
+        let rules = r#"
+SecRule ARGS "@rx ^abc$" "id:1,phase:1,pass,t:none,t:lowercase"
+SecRule ARGS "@rx ^ABC$" "id:2,phase:1,pass,t:none"
+SecRule ARGS "@rx ^abc$" "id:3,phase:1,pass,t:none,t:lowercase,t:trim"
+SecRule ARGS "@rx ^ abc $" "id:4,phase:1,pass,t:none,t:lowercase"
+SecRule ARGS "@rx ^abc$" "id:5,phase:1,pass,t:none,t:lowercase"
+"#;
+        assert_eq!(ids(rules, &Request::new("GET", "/?a=ABC")), [1, 2, 3, 5]);
+        assert_eq!(ids(rules, &Request::new("GET", "/?a=+ABC+")), [3, 4]);
+    }
+
+    #[test]
+    fn a_changed_value_is_transformed_again() {
+        // REQBODY_PROCESSOR is replaced by the ctl between two rules that
+        // ask for the same chain on it.
+        let rules = r#"
+SecRule REQBODY_PROCESSOR "@streq urlencoded" "id:1,phase:1,pass,t:none,t:lowercase"
+SecAction "id:2,phase:1,pass,ctl:requestBodyProcessor=JSON"
+SecRule REQBODY_PROCESSOR "@streq json" "id:3,phase:1,pass,t:none,t:lowercase"
+SecRule ARGS "@rx ^x$" "id:4,phase:1,pass,t:none,t:lowercase"
+SecRule ARGS "@rx ^y$" "id:5,phase:2,pass,t:none,t:lowercase"
+"#;
+        let req = Request::new("POST", "/?q=X")
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body("b=Y");
+        assert_eq!(ids(rules, &req), [1, 2, 3, 4]);
+        // the body arguments arrive in phase 2, after ARGS was cached
+        let rules = rules.replace("ctl:requestBodyProcessor=JSON", "nolog");
+        assert_eq!(ids(&rules, &req), [1, 2, 4, 5]);
+    }
+
+    #[test]
+    fn prefiltered_operators_still_match_through_transformations() {
+        let rules = r#"
+SecRule ARGS "@rx (?i)<script" "id:1,phase:1,pass,t:none,t:urlDecodeUni,t:htmlEntityDecode"
+SecRule ARGS "@pm evil.example" "id:2,phase:1,pass,t:none,t:urlDecodeUni,t:lowercase"
+SecRule ARGS "!@rx union" "id:3,phase:1,pass,t:none"
+"#;
+        // `&lt;` becomes `<` only after the transformations
+        assert_eq!(
+            ids(rules, &Request::new("GET", "/?q=%26lt;SCRIPT%26gt;")),
+            [1, 3]
+        );
+        assert_eq!(
+            ids(rules, &Request::new("GET", "/?q=EVIL%252Eexample")),
+            [2, 3]
+        );
+        assert!(ids(rules, &Request::new("GET", "/?q=union")).is_empty());
+    }
 
     #[test]
     fn origin_and_absolute_form() {
