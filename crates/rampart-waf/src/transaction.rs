@@ -219,7 +219,7 @@ impl<'w> Transaction<'w> {
             removed_targets_by_tag: Vec::new(),
             generations: vec![0; VAR_COUNT],
             tf_cache: RefCell::new(TfCache::with_capacity_and_hasher(
-                256,
+                1024,
                 BuildHasherDefault::default(),
             )),
             engine: cfg.engine,
