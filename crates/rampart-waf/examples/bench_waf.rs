@@ -155,7 +155,9 @@ enum Budget {
 }
 
 /// Requests per second, per wall second and per CPU second of this thread
-/// (when the OS tells), cycling `reqs`.
+/// (when the OS tells), cycling `reqs`. Never inlined, so that callgrind can
+/// split a run per set (`--dump-after=bench_waf::rate`).
+#[inline(never)]
 fn rate(waf: &Waf, reqs: &[&Request], budget: Budget) -> (f64, Option<f64>) {
     if let Budget::Time(_) = budget {
         for r in reqs.iter().cycle().take(reqs.len() * 5) {

@@ -111,6 +111,12 @@ impl Rx {
         self.prefilter.is_some()
     }
 
+    /// A value holding none of these bytes cannot match (see
+    /// [`Op::required_bytes`]).
+    fn required_bytes(&self) -> Option<&ByteSet> {
+        self.prefilter.as_ref().map(Prefilter::rare)
+    }
+
     /// Matches; when `caps` is given, fills it with groups 0..=9.
     pub(crate) fn is_match(&self, input: &[u8], caps: Option<&mut Vec<Vec<u8>>>) -> bool {
         self.is_match_with(input, None, caps)
@@ -198,6 +204,19 @@ pub(crate) enum Op {
     DetectXss,
     Unconditional,
     NoMatch,
+}
+
+impl Op {
+    /// When the (non-negated) operator can only match a value that holds
+    /// one of these bytes: the rarest byte of each prefilter literal or
+    /// phrase, in both ASCII cases.
+    pub(crate) fn required_bytes(&self) -> Option<&ByteSet> {
+        match self {
+            Op::Rx(rx) => rx.required_bytes(),
+            Op::Pm(p) => p.rare.as_ref(),
+            _ => None,
+        }
+    }
 }
 
 /// The phrases of `@pm` / `@pmFromFile`, matched ASCII-case-insensitively.

@@ -38,6 +38,9 @@ type Set = BTreeSet<Vec<u8>>;
 pub(crate) struct ByteSet([u64; 4]);
 
 impl ByteSet {
+    /// Every byte.
+    pub(crate) const ALL: ByteSet = ByteSet([u64::MAX; 4]);
+
     /// The bytes present in `input`.
     pub(crate) fn of(input: &[u8]) -> ByteSet {
         let mut w = [0u64; 4];
@@ -56,6 +59,13 @@ impl ByteSet {
     fn insert(&mut self, b: u8) {
         if let Some(w) = self.0.get_mut(usize::from(b >> 6)) {
             *w |= 1 << (b & 63);
+        }
+    }
+
+    /// Adds the bytes of `other`.
+    pub(crate) fn union_with(&mut self, other: &ByteSet) {
+        for (a, b) in self.0.iter_mut().zip(&other.0) {
+            *a |= b;
         }
     }
 
@@ -128,6 +138,12 @@ impl Prefilter {
             .build(&lits)
             .ok()?;
         Some(Prefilter { ac, rare })
+    }
+
+    /// The rarest byte of each literal (both cases): a value holding none of
+    /// them cannot match.
+    pub(crate) fn rare(&self) -> &ByteSet {
+        &self.rare
     }
 
     /// False only when the regex cannot match `input`; `bytes`, when given,

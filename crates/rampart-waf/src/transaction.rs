@@ -149,6 +149,9 @@ pub(crate) struct Transaction<'w> {
     /// Per slot, bumped on every change (part of each value's cache id).
     generations: Vec<u32>,
     tf_cache: RefCell<TfCache>,
+    /// Per (collection, generation, chain node): the bytes of all its
+    /// transformed values.
+    collection_bytes: RefCell<HashMap<(u64, u32), ByteSet, BuildHasherDefault<IdHasher>>>,
     engine: EngineMode,
     body_access: bool,
     response_body_access: bool,
@@ -222,6 +225,7 @@ impl<'w> Transaction<'w> {
                 1024,
                 BuildHasherDefault::default(),
             )),
+            collection_bytes: RefCell::default(),
             engine: cfg.engine,
             body_access: cfg.request_body_access,
             response_body_access: cfg.response_body_access,
@@ -831,6 +835,11 @@ impl<'w> Transaction<'w> {
             targets.exclusions.iter().any(|e| e.excludes(v.var, &v.key))
                 || extra.iter().any(|e| e.excludes(v.var, &v.key))
         };
+        let required = if op.negated {
+            None
+        } else {
+            op.op.required_bytes()
+        };
         let mut hits = Vec::new();
         for t in &targets.targets {
             if extra.iter().any(|e| e.removes_target(t)) {
@@ -848,6 +857,17 @@ impl<'w> Transaction<'w> {
                 };
                 self.check_value(&ctx, &v, &mut hits);
             } else {
+                // A whole collection whose (transformed) values together
+                // lack every byte the operator needs cannot match: skip it
+                // without looking at each value.
+                if let Some(need) = required.filter(|_| !ctx.multi) {
+                    if self
+                        .collection_bytes(t, &ctx)
+                        .is_some_and(|have| !have.intersects(need))
+                    {
+                        continue;
+                    }
+                }
                 self.collect(t, &mut |v| {
                     if !excluded(&v) {
                         self.check_value(&ctx, &v, &mut hits);
@@ -856,6 +876,37 @@ impl<'w> Transaction<'w> {
             }
         }
         hits
+    }
+
+    /// The bytes of every value of `t` after the link's transformations,
+    /// for a target that selects a whole stored collection; cached per
+    /// (collection, generation, chain node).
+    fn collection_bytes(&self, t: &Target, ctx: &LinkCheck<'_>) -> Option<ByteSet> {
+        let src = match (t.var.kind(), &t.selector) {
+            (Kind::Keyed | Kind::Scalar, Selector::All) => t.var,
+            (Kind::Names(src), Selector::All) => src,
+            _ => return None,
+        };
+        let node = ctx.tf_path.last().copied().unwrap_or(ROOT_NODE);
+        let key = (value_id(t.var, self.generation(src), 0), node);
+        if let Some(b) = self.collection_bytes.borrow().get(&key) {
+            return Some(*b);
+        }
+        let mut all = ByteSet::default();
+        self.collect(t, &mut |v| {
+            let b = match v.id {
+                Some(id) => {
+                    self.transformed(id, &v.value, ctx.tf_path, ctx.transforms, true)
+                        .1
+                }
+                None => None,
+            };
+            // a value without a cache id is never expected here; make the
+            // set match anything rather than guess
+            all.union_with(&b.unwrap_or(ByteSet::ALL));
+        });
+        self.collection_bytes.borrow_mut().insert(key, all);
+        Some(all)
     }
 
     /// Transforms one value as the link asks and runs its operator; records
@@ -1308,6 +1359,24 @@ SecRule ARGS "@rx ^y$" "id:5,phase:2,pass,t:none,t:lowercase"
         // the body arguments arrive in phase 2, after ARGS was cached
         let rules = rules.replace("ctl:requestBodyProcessor=JSON", "nolog");
         assert_eq!(ids(&rules, &req), [1, 2, 4, 5]);
+    }
+
+    #[test]
+    fn collections_skipped_by_their_bytes_still_match_when_they_should() {
+        let rules = r#"
+SecRule ARGS "@rx <x" "id:1,phase:1,pass,t:none,t:urlDecodeUni"
+SecRule ARGS|!ARGS:b "@rx <x" "id:2,phase:1,pass,t:none,t:urlDecodeUni"
+SecRule ARGS "!@rx <x" "id:3,phase:1,pass,t:none,t:urlDecodeUni"
+SecRule ARGS_NAMES "@rx <x" "id:4,phase:1,pass,t:none,t:urlDecodeUni"
+SecRule ARGS "@rx <x" "id:5,phase:1,pass,t:none,multiMatch"
+"#;
+        // `<` appears only after decoding, in the value of `b`
+        let req = Request::new("GET", "/?a=1&b=%253cx");
+        assert_eq!(ids(rules, &req), [1, 3]);
+        let req = Request::new("GET", "/?a=1&%253cx=2");
+        assert_eq!(ids(rules, &req), [3, 4]);
+        let req = Request::new("GET", "/?a=%3Cx");
+        assert_eq!(ids(rules, &req), [1, 2, 5]);
     }
 
     #[test]
