@@ -31,8 +31,12 @@ struct Val<'a> {
 
 /// Names a slot value: the variable it is read as, the slot's generation
 /// and its position, so that a changed slot never hits stale entries.
-fn value_id(var: VarName, generation: u32, pos: usize) -> u64 {
-    ((var as u64) << 56) | (u64::from(generation & 0xff_ffff) << 32) | (pos as u64 & 0xffff_ffff)
+/// `None` (the value is then not cached) past what the id can hold, which
+/// no request within the engine's limits reaches.
+fn value_id(var: VarName, generation: u32, pos: usize) -> Option<u64> {
+    let pos = u32::try_from(pos).ok()?;
+    (generation <= 0xff_ffff)
+        .then(|| ((var as u64) << 56) | (u64::from(generation) << 32) | u64::from(pos))
 }
 
 /// One cached transformation result.
@@ -888,7 +892,7 @@ impl<'w> Transaction<'w> {
             _ => return None,
         };
         let node = ctx.tf_path.last().copied().unwrap_or(ROOT_NODE);
-        let key = (value_id(t.var, self.generation(src), 0), node);
+        let key = (value_id(t.var, self.generation(src), 0)?, node);
         if let Some(b) = self.collection_bytes.borrow().get(&key) {
             return Some(*b);
         }
@@ -1069,7 +1073,7 @@ impl<'w> Transaction<'w> {
                             key: Cow::Borrowed(k),
                             value: Cow::Borrowed(v),
                             count: false,
-                            id: Some(value_id(t.var, g, pos)),
+                            id: value_id(t.var, g, pos),
                         });
                     }
                 }
@@ -1083,7 +1087,7 @@ impl<'w> Transaction<'w> {
                             key: Cow::Borrowed(k),
                             value: Cow::Borrowed(k.as_bytes()),
                             count: false,
-                            id: Some(value_id(t.var, g, pos)),
+                            id: value_id(t.var, g, pos),
                         });
                     }
                 }
@@ -1096,7 +1100,7 @@ impl<'w> Transaction<'w> {
                         key: Cow::Borrowed(""),
                         value: Cow::Borrowed(v),
                         count: false,
-                        id: Some(value_id(t.var, g, pos)),
+                        id: value_id(t.var, g, pos),
                     });
                 }
             }
