@@ -7,7 +7,9 @@
 //! cargo run --release -p rampart-waf --example bench_waf -- CRS_DIR [PL]
 //! ```
 //!
-//! Without `PL` it runs paranoia levels 1 and 2. `RAMPART_BENCH_SECS` sets
+//! Without `PL` it runs paranoia levels 1 and 2. Last comes the named
+//! baseline, measured in the same run: the same requests through an engine
+//! with no rules, with the ratio of each CRS rate to it. `RAMPART_BENCH_SECS` sets
 //! the time per measurement (default 3); `RAMPART_BENCH_ROUNDS=N` runs each
 //! set exactly N times instead, without warm-up, for instruction counts
 //! (`valgrind --tool=callgrind --toggle-collect='*Waf*evaluate*'`). Rates are per CPU second of the
@@ -186,7 +188,27 @@ fn rate(waf: &Waf, reqs: &[&Request], budget: Budget) -> (f64, Option<f64>) {
     (wall, cpu)
 }
 
-fn run(dir: &Path, paranoia: u8, budget: Budget) -> Result<(), rampart_waf::Error> {
+/// The three request sets: benign, attacks, and four benign to one attack.
+fn sets() -> [(&'static str, Vec<Request>); 3] {
+    let (b, a) = (benign(), attacks());
+    let mut m = Vec::new();
+    for (i, r) in b.iter().cycle().take(4 * a.len()).enumerate() {
+        m.push(r.clone());
+        if i % 4 == 3 {
+            if let Some(x) = a.get(i / 4) {
+                m.push(x.clone());
+            }
+        }
+    }
+    [("benign", b), ("attack", a), ("mixed", m)]
+}
+
+/// Measures CRS at one paranoia level; returns (set, req/s per CPU second).
+fn run(
+    dir: &Path,
+    paranoia: u8,
+    budget: Budget,
+) -> Result<Vec<(&'static str, f64)>, rampart_waf::Error> {
     let t = Instant::now();
     let waf = load_crs(dir, paranoia)?;
     let load = t.elapsed();
@@ -226,28 +248,19 @@ fn run(dir: &Path, paranoia: u8, budget: Budget) -> Result<(), rampart_waf::Erro
         attacks.len(),
         digest.finish()
     );
-    let b: Vec<&Request> = benign.iter().collect();
-    let a: Vec<&Request> = attacks.iter().collect();
-    // Four benign requests to one attack.
-    let mut m: Vec<&Request> = Vec::new();
-    for (i, r) in b.iter().cycle().take(4 * a.len()).enumerate() {
-        m.push(r);
-        if i % 4 == 3 {
-            if let Some(x) = a.get(i / 4) {
-                m.push(x);
-            }
-        }
-    }
-    for (name, set) in [("benign", &b), ("attack", &a), ("mixed", &m)] {
-        let (wall, cpu) = rate(&waf, set, budget);
+    let mut out = Vec::new();
+    for (name, set) in sets() {
+        let set: Vec<&Request> = set.iter().collect();
+        let (wall, cpu) = rate(&waf, &set, budget);
         let cpu = cpu.unwrap_or(wall);
         println!(
             "  PL{paranoia} {name:>6}: {cpu:>9.0} req/s per CPU second ({:.1} µs/request); \
              {wall:>9.0} req/s wall clock",
             1e6 / cpu
         );
+        out.push((name, cpu));
     }
-    Ok(())
+    Ok(out)
 }
 
 fn main() -> ExitCode {
@@ -282,11 +295,42 @@ fn main() -> ExitCode {
             Budget::Time(Duration::from_secs_f64(secs))
         }
     };
+    let mut results = Vec::new();
     for pl in levels {
-        if let Err(e) = run(Path::new(&dir), pl, budget) {
-            eprintln!("{e}");
-            return ExitCode::FAILURE;
+        match run(Path::new(&dir), pl, budget) {
+            Ok(r) => results.push((pl, r)),
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
         }
+    }
+    // The named baseline, measured in the same run: an engine with no
+    // rules, so only request parsing and variable set-up.
+    let empty =
+        match Waf::from_str_named("empty.conf", "SecRuleEngine On\nSecRequestBodyAccess On\n") {
+            Ok(w) => w,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
+    println!("baseline, no rules (request parsing and variable set-up only):");
+    for (name, set) in sets() {
+        let set: Vec<&Request> = set.iter().collect();
+        let (wall, cpu) = rate(&empty, &set, budget);
+        let base = cpu.unwrap_or(wall);
+        let ratios: Vec<String> = results
+            .iter()
+            .filter_map(|(pl, r)| {
+                let (_, crs) = r.iter().find(|(n, _)| *n == name)?;
+                Some(format!("PL{pl} {:.3}", crs / base))
+            })
+            .collect();
+        println!(
+            "  {name:>6}: {base:>9.0} req/s per CPU second; CRS/baseline: {}",
+            ratios.join(", ")
+        );
     }
     ExitCode::SUCCESS
 }

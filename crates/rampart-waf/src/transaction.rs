@@ -1,5 +1,11 @@
 //! Evaluation of one request against a [`Waf`]: the collections, phases 1
 //! and 2, chains, actions and the verdict.
+//!
+//! Most of the work is running rules over stored values, so the transaction
+//! keeps each value's transformation results per chain-trie node (rules
+//! asking for the same chain share them) with the set of bytes they hold,
+//! which lets `@rx` prefilters and `@pm` reject a value, or a whole
+//! collection, without scanning it.
 
 use crate::actions::{AllowScope, BodyProcessor, Ctl, Disruptive, EngineMode, IdRange, SetOp};
 use crate::body;
