@@ -19,7 +19,7 @@ use crate::rule::{Rule, RuleBody};
 use crate::transformations::Transform;
 use crate::variables::{Exclusion, Kind, Selector, Target, VarName, VAR_COUNT};
 use std::borrow::Cow;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
@@ -44,6 +44,13 @@ fn value_id(var: VarName, generation: u32, pos: usize) -> Option<u64> {
     (generation <= 0xff_ffff)
         .then(|| ((var as u64) << 56) | (u64::from(generation) << 32) | u64::from(pos))
 }
+
+/// Most bytes of transformed values (plus [`CACHE_ENTRY_COST`] per entry) a
+/// transaction keeps in its transformation cache.
+const CACHE_BUDGET: usize = 4 << 20;
+
+/// What one cache entry costs the budget besides its value.
+const CACHE_ENTRY_COST: usize = 64;
 
 /// One cached transformation result.
 #[derive(Default)]
@@ -159,6 +166,8 @@ pub(crate) struct Transaction<'w> {
     /// Per slot, bumped on every change (part of each value's cache id).
     generations: Vec<u32>,
     tf_cache: RefCell<TfCache>,
+    /// Bytes of the cache's budget spent ([`CACHE_BUDGET`]).
+    tf_cache_bytes: Cell<usize>,
     /// Per (collection, generation, chain node): the bytes of all its
     /// transformed values.
     collection_bytes: RefCell<HashMap<(u64, u32), ByteSet, BuildHasherDefault<IdHasher>>>,
@@ -235,6 +244,7 @@ impl<'w> Transaction<'w> {
                 1024,
                 BuildHasherDefault::default(),
             )),
+            tf_cache_bytes: Cell::new(0),
             collection_bytes: RefCell::default(),
             engine: cfg.engine,
             body_access: cfg.request_body_access,
@@ -1015,21 +1025,41 @@ impl<'w> Transaction<'w> {
         }
         for (tf, node) in transforms.iter().zip(path).skip(from) {
             let input: &[u8] = cur.as_deref().map_or(value, Vec::as_slice);
+            let mut cost = CACHE_ENTRY_COST;
             if let Some(o) = changed(tf.apply(input), input.len()) {
+                cost += o.len();
                 cur = Some(Rc::new(o));
             }
-            cache.insert(
-                (id, *node),
-                Cached {
-                    value: cur.clone(),
-                    bytes: None,
-                },
-            );
+            if self.charge_cache(cost) {
+                cache.insert(
+                    (id, *node),
+                    Cached {
+                        value: cur.clone(),
+                        bytes: None,
+                    },
+                );
+            }
         }
         let bytes = want_bytes.then(|| ByteSet::of(cur.as_deref().map_or(value, Vec::as_slice)));
-        let e = cache.entry((id, last)).or_default();
-        e.bytes = bytes;
+        if let Some(e) = cache.get_mut(&(id, last)) {
+            e.bytes = bytes;
+        } else if path.is_empty() && self.charge_cache(CACHE_ENTRY_COST) {
+            cache.insert((id, last), Cached { value: None, bytes });
+        }
         (cur, bytes)
+    }
+
+    /// Takes `cost` bytes from the cache's budget; false (do not cache)
+    /// when the budget is spent. Hostile requests (many large values that
+    /// every transformation changes) then cost time, not memory: what is
+    /// not cached is computed again, as without a cache.
+    fn charge_cache(&self, cost: usize) -> bool {
+        let used = self.tf_cache_bytes.get().saturating_add(cost);
+        if used > CACHE_BUDGET {
+            return false;
+        }
+        self.tf_cache_bytes.set(used);
+        true
     }
 
     /// Hands every value `t` selects to `out`, in collection order.
@@ -1336,6 +1366,28 @@ mod tests {
     fn ids(rules: &str, req: &Request) -> Vec<u64> {
         let waf = Waf::from_str_named("t.conf", rules).unwrap();
         waf.evaluate(req).matched_ids
+    }
+
+    #[test]
+    fn results_stay_right_when_the_cache_budget_is_spent() {
+        // ~5 MiB of arguments that lowercase changes: past the budget,
+        // values are transformed without being cached
+        let rules = r#"
+SecRule ARGS "@rx ^a+$" "id:1,phase:2,pass,t:none,t:lowercase"
+SecRule ARGS "@rx ^A+$" "id:2,phase:2,pass,t:none"
+SecRule ARGS:last "@rx ^zz$" "id:3,phase:2,pass,t:none,t:lowercase"
+SecRule ARGS:last "@rx ^zz$" "id:4,phase:2,pass,t:none,t:lowercase"
+"#;
+        let waf = Waf::from_str_named("t.conf", rules).unwrap();
+        let mut body = String::new();
+        for i in 0..40 {
+            body.push_str(&format!("a{i}={}&", "A".repeat(128 * 1024)));
+        }
+        body.push_str("last=ZZ");
+        let req = Request::new("POST", "/")
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(body);
+        assert_eq!(waf.evaluate(&req).matched_ids, [1, 2, 3, 4]);
     }
 
     #[test]
