@@ -816,8 +816,20 @@ impl<'w> Transaction<'w> {
     }
 
     fn set_captures(&mut self, caps: &[Vec<u8>]) {
+        const KEYS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
         for (i, c) in caps.iter().enumerate() {
-            self.tx.insert(i.to_string(), c.clone());
+            let key = KEYS
+                .get(i)
+                .map_or_else(|| i.to_string().into(), |k| Cow::Borrowed(*k));
+            match self.tx.get_mut(key.as_ref()) {
+                Some(v) => {
+                    v.clear();
+                    v.extend_from_slice(c);
+                }
+                None => {
+                    self.tx.insert(key.into_owned(), c.clone());
+                }
+            }
         }
     }
 
@@ -1217,7 +1229,7 @@ impl<'w> Transaction<'w> {
     }
 
     fn expand(&self, m: &Macro, rule: &Rule) -> Vec<u8> {
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(32);
         for seg in &m.segs {
             match seg {
                 Seg::Lit(s) => out.extend_from_slice(s.as_bytes()),
