@@ -1,13 +1,16 @@
 //! Loading: directives become a [`Waf`], an immutable compiled rule set
 //! shared by every request.
 
-use crate::actions::{parse_actions, parse_id_ranges, tag_regex, Actions, Disruptive, EngineMode};
+use crate::actions::{
+    parse_actions, parse_id_ranges, tag_regex, Actions, Ctl, Disruptive, EngineMode,
+};
 use crate::error::{syntax, Error, Location};
 use crate::lexer::{lex, Directive};
 use crate::operators::{Op, Operator, RxEngine};
 use crate::rule::{Rule, RuleBody};
+use crate::transformations::Transform;
 use crate::variables::parse_targets;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 /// What to do with a body larger than the limit.
@@ -169,7 +172,12 @@ impl WafBuilder {
                 list.join(", ")
             ));
         }
-        let rules = std::mem::take(&mut self.rules);
+        let mut rules = std::mem::take(&mut self.rules);
+        let mut chains = ChainTrie::default();
+        for r in &mut rules {
+            prepare(r, &mut chains);
+        }
+        let tag_sets = tag_sets(&rules);
         let fancy: Vec<u64> = rules
             .iter()
             .filter(|r| uses_fancy(r))
@@ -190,9 +198,14 @@ impl WafBuilder {
                 }
             }
         }
+        let skip_after = by_phase
+            .each_ref()
+            .map(|list| skip_after_targets(&rules, list));
         Ok(Waf {
             rules,
             by_phase,
+            skip_after,
+            tag_sets,
             config: self.config.clone(),
             warnings,
         })
@@ -252,6 +265,7 @@ impl WafBuilder {
                     actions: Actions::default(),
                     block_action: Disruptive::Pass,
                     chain: None,
+                    tf_path: Vec::new(),
                 });
             }
             "secdefaultaction" => {
@@ -420,6 +434,7 @@ impl WafBuilder {
                 actions,
                 block_action: parent.block_action.clone(),
                 chain: None,
+                tf_path: Vec::new(),
             };
             parent.last_link_mut().chain = Some(Box::new(link));
             if chain {
@@ -456,6 +471,7 @@ impl WafBuilder {
             actions,
             block_action: defaults.disruptive.clone().unwrap_or(Disruptive::Pass),
             chain: None,
+            tf_path: Vec::new(),
         };
         if chain {
             self.open_chain = Some(rule);
@@ -491,6 +507,87 @@ impl WafBuilder {
         self.depth -= 1;
         Ok(())
     }
+}
+
+/// Every transformation chain in the rule set, as a trie: chains that
+/// share a prefix (`urlDecodeUni,lowercase` and `urlDecodeUni,jsDecode`)
+/// share its node, so a transaction transforms a value once per prefix.
+#[derive(Default)]
+struct ChainTrie {
+    nodes: HashMap<(u32, Transform), u32>,
+}
+
+impl ChainTrie {
+    fn path(&mut self, transforms: &[Transform]) -> Vec<u32> {
+        let mut node = ROOT_NODE;
+        let mut path = Vec::with_capacity(transforms.len());
+        for &t in transforms {
+            let next = u32::try_from(self.nodes.len() + 1).unwrap_or(u32::MAX);
+            node = *self.nodes.entry((node, t)).or_insert(next);
+            path.push(node);
+        }
+        path
+    }
+}
+
+/// The chain-trie node of an untransformed value.
+pub(crate) const ROOT_NODE: u32 = 0;
+
+/// Resolves the transformation chains of a rule and its chain links.
+fn prepare(r: &mut Rule, chains: &mut ChainTrie) {
+    r.tf_path = chains.path(&r.actions.transforms);
+    if let Some(c) = r.chain.as_deref_mut() {
+        prepare(c, chains);
+    }
+}
+
+/// For every tag regex a `ctl` can name at run time, which rules (by index)
+/// carry a matching tag, so that a transaction never runs it per rule.
+fn tag_sets(rules: &[Rule]) -> HashMap<String, Vec<bool>> {
+    fn ctl_regexes<'a>(r: &'a Rule, out: &mut Vec<&'a regex::Regex>) {
+        for c in &r.actions.ctls {
+            match c {
+                Ctl::RuleRemoveByTag(re) | Ctl::RuleRemoveTargetByTag(re, _) => out.push(re),
+                _ => {}
+            }
+        }
+        if let Some(c) = &r.chain {
+            ctl_regexes(c, out);
+        }
+    }
+    let mut res = Vec::new();
+    for r in rules {
+        ctl_regexes(r, &mut res);
+    }
+    let mut out = HashMap::new();
+    for re in res {
+        out.entry(re.as_str().to_string())
+            .or_insert_with(|| rules.iter().map(|r| r.has_tag(re)).collect());
+    }
+    out
+}
+
+/// For each position of a phase's rule list, where evaluation resumes after
+/// that rule's `skipAfter` fires: just past the first later marker of that
+/// name (or rule with that id), else the end of the list. Positions whose
+/// rule has no `skipAfter` get the end too; they are never read.
+fn skip_after_targets(rules: &[Rule], list: &[usize]) -> Vec<usize> {
+    let mut out = Vec::with_capacity(list.len());
+    for (pos, &idx) in list.iter().enumerate() {
+        let target = rules.get(idx).and_then(|r| r.actions.skip_after.as_deref());
+        let Some(target) = target else {
+            out.push(list.len());
+            continue;
+        };
+        let id: Option<u64> = target.parse().ok();
+        let found = list.iter().enumerate().skip(pos + 1).find(|(_, &j)| {
+            rules.get(j).is_some_and(|r| {
+                r.marker_name() == Some(target) || (id.is_some() && Some(r.id) == id)
+            })
+        });
+        out.push(found.map_or(list.len(), |(p, _)| p + 1));
+    }
+    out
 }
 
 fn uses_fancy(r: &Rule) -> bool {
@@ -592,6 +689,12 @@ pub struct Waf {
     pub(crate) rules: Vec<Rule>,
     /// Indices into `rules` per phase (markers appear in every phase).
     pub(crate) by_phase: [Vec<usize>; 6],
+    /// Per phase, aligned with `by_phase`: the list position to resume at
+    /// when the rule there matches and has `skipAfter`.
+    pub(crate) skip_after: [Vec<usize>; 6],
+    /// Per tag regex named by a `ctl` (by source): which rules, by index in
+    /// `rules`, it selects.
+    pub(crate) tag_sets: HashMap<String, Vec<bool>>,
     pub(crate) config: Config,
     warnings: Vec<String>,
 }

@@ -39,6 +39,7 @@ mod error;
 mod lexer;
 mod macros;
 mod operators;
+mod prefilter;
 mod request;
 mod rule;
 mod transaction;

@@ -2,14 +2,23 @@
 
 use crate::error::{syntax, Error, Location};
 use crate::macros::Macro;
+use crate::prefilter::{ByteSet, Prefilter};
 use aho_corasick::AhoCorasick;
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::path::Path;
 
 /// A compiled regular expression: the linear-time `regex` engine when the
-/// pattern allows it, `fancy-regex` for lookaround and backreferences.
+/// pattern allows it, `fancy-regex` for lookaround and backreferences; with
+/// a literal prefilter when the pattern requires one of a few words.
 #[derive(Debug)]
-pub(crate) enum Rx {
+pub(crate) struct Rx {
+    re: RxImpl,
+    prefilter: Option<Prefilter>,
+}
+
+#[derive(Debug)]
+enum RxImpl {
     Fast(regex::bytes::Regex),
     Fancy(Box<fancy_regex::Regex>),
 }
@@ -70,27 +79,65 @@ impl Rx {
                 .dfa_size_limit(64 << 20)
                 .build()
         };
-        match build(false).or_else(|_| build(true)) {
-            Ok(r) => Ok(Rx::Fast(r)),
+        let fast = match build(false) {
+            Ok(r) => Ok((r, Prefilter::new(&bytes_pattern, false))),
+            Err(_) => build(true).map(|r| (r, Prefilter::new(pattern, true))),
+        };
+        match fast {
+            Ok((r, prefilter)) => Ok(Rx {
+                re: RxImpl::Fast(r),
+                prefilter,
+            }),
             Err(fast_err) => fancy_regex::RegexBuilder::new(&format!("(?s){pattern}"))
                 .backtrack_limit(1_000_000)
                 .build()
-                .map(|r| Rx::Fancy(Box::new(r)))
+                .map(|r| Rx {
+                    re: RxImpl::Fancy(Box::new(r)),
+                    prefilter: None,
+                })
                 .map_err(|e| format!("{e} (regex crate: {fast_err})")),
         }
     }
 
     pub(crate) fn engine(&self) -> RxEngine {
-        match self {
-            Rx::Fast(_) => RxEngine::Fast,
-            Rx::Fancy(_) => RxEngine::Fancy,
+        match self.re {
+            RxImpl::Fast(_) => RxEngine::Fast,
+            RxImpl::Fancy(_) => RxEngine::Fancy,
         }
+    }
+
+    /// True when a literal prefilter guards this regex.
+    pub(crate) fn has_prefilter(&self) -> bool {
+        self.prefilter.is_some()
+    }
+
+    /// A value holding none of these bytes cannot match (see
+    /// [`Op::required_bytes`]).
+    fn required_bytes(&self) -> Option<&ByteSet> {
+        self.prefilter.as_ref().map(Prefilter::rare)
     }
 
     /// Matches; when `caps` is given, fills it with groups 0..=9.
     pub(crate) fn is_match(&self, input: &[u8], caps: Option<&mut Vec<Vec<u8>>>) -> bool {
-        match self {
-            Rx::Fast(r) => match caps {
+        self.is_match_with(input, None, caps)
+    }
+
+    /// [`Rx::is_match`], with the input's byte set when the caller has it.
+    fn is_match_with(
+        &self,
+        input: &[u8],
+        bytes: Option<&ByteSet>,
+        caps: Option<&mut Vec<Vec<u8>>>,
+    ) -> bool {
+        if self
+            .prefilter
+            .as_ref()
+            .is_some_and(|p| !p.may_match(input, bytes))
+        {
+            return false;
+        }
+        match &self.re {
+            RxImpl::Fast(r) => match caps {
                 None => r.is_match(input),
                 // Most values do not match: the DFA answers that without the
                 // cost of setting up capture slots.
@@ -106,7 +153,7 @@ impl Rx {
                     }
                 },
             },
-            Rx::Fancy(r) => {
+            RxImpl::Fancy(r) => {
                 let text = String::from_utf8_lossy(input);
                 match caps {
                     None => r.is_match(&text).unwrap_or(false),
@@ -136,7 +183,7 @@ pub(crate) enum Op {
     Rx(Rx),
     /// `@rx` whose pattern has macros: compiled per evaluation.
     RxMacro(Macro),
-    Pm(AhoCorasick),
+    Pm(Phrases),
     StrEq(Macro),
     Eq(Macro),
     Ge(Macro),
@@ -157,6 +204,28 @@ pub(crate) enum Op {
     DetectXss,
     Unconditional,
     NoMatch,
+}
+
+impl Op {
+    /// When the (non-negated) operator can only match a value that holds
+    /// one of these bytes: the rarest byte of each prefilter literal or
+    /// phrase, in both ASCII cases.
+    pub(crate) fn required_bytes(&self) -> Option<&ByteSet> {
+        match self {
+            Op::Rx(rx) => rx.required_bytes(),
+            Op::Pm(p) => p.rare.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+/// The phrases of `@pm` / `@pmFromFile`, matched ASCII-case-insensitively.
+#[derive(Debug)]
+pub(crate) struct Phrases {
+    ac: AhoCorasick,
+    /// The rarest byte of each phrase (both cases), for a quick rejection
+    /// of values that hold none of them; `None` with an empty phrase.
+    rare: Option<ByteSet>,
 }
 
 /// An operator with its negation flag.
@@ -264,11 +333,13 @@ fn build(name: &str, arg: &str, dir: &Path, at: &Location) -> Result<Op, Error> 
     })
 }
 
-fn pm(phrases: Vec<String>, at: &Location) -> Result<AhoCorasick, Error> {
-    AhoCorasick::builder()
+fn pm(phrases: Vec<String>, at: &Location) -> Result<Phrases, Error> {
+    let rare = crate::prefilter::rare_bytes(phrases.iter().map(String::as_bytes));
+    let ac = AhoCorasick::builder()
         .ascii_case_insensitive(true)
         .build(phrases)
-        .map_err(|e| syntax(at, format!("@pm: {e}")))
+        .map_err(|e| syntax(at, format!("@pm: {e}")))?;
+    Ok(Phrases { ac, rare })
 }
 
 fn ip_list<'a>(
@@ -361,7 +432,7 @@ fn find(h: &[u8], n: &[u8]) -> Option<usize> {
     if n.is_empty() {
         return Some(0);
     }
-    h.windows(n.len()).position(|w| w == n)
+    memchr::memmem::find(h, n)
 }
 
 /// Runs an operator (without negation) on one value. `expand` resolves
@@ -372,17 +443,38 @@ pub(crate) fn eval(
     expand: &mut dyn FnMut(&Macro) -> Vec<u8>,
     caps: Option<&mut Vec<Vec<u8>>>,
 ) -> bool {
-    let mut arg = |m: &Macro| match m.as_literal() {
-        Some(s) => s.as_bytes().to_vec(),
-        None => expand(m),
+    eval_with(op, input, None, expand, caps)
+}
+
+/// [`eval`], with the input's byte set when the caller has it (it lets
+/// `@rx` prefilters reject most values without a scan).
+pub(crate) fn eval_with<'o>(
+    op: &'o Op,
+    input: &[u8],
+    bytes: Option<&ByteSet>,
+    expand: &mut dyn FnMut(&Macro) -> Vec<u8>,
+    caps: Option<&mut Vec<Vec<u8>>>,
+) -> bool {
+    let mut arg = |m: &'o Macro| -> Cow<'o, [u8]> {
+        match m.as_literal() {
+            Some(s) => Cow::Borrowed(s.as_bytes()),
+            None => Cow::Owned(expand(m)),
+        }
     };
     match op {
-        Op::Rx(r) => r.is_match(input, caps),
+        Op::Rx(r) => r.is_match_with(input, bytes, caps),
         Op::RxMacro(m) => {
             let pat = String::from_utf8_lossy(&arg(m)).into_owned();
             Rx::compile(&pat).is_ok_and(|r| r.is_match(input, caps))
         }
-        Op::Pm(ac) => match ac.find(input) {
+        Op::Pm(p)
+            if bytes
+                .zip(p.rare.as_ref())
+                .is_some_and(|(b, r)| !b.intersects(r)) =>
+        {
+            false
+        }
+        Op::Pm(Phrases { ac, .. }) => match ac.find(input) {
             Some(found) => {
                 if let Some(c) = caps {
                     c.clear();
@@ -392,7 +484,7 @@ pub(crate) fn eval(
             }
             None => false,
         },
-        Op::StrEq(m) => arg(m) == input,
+        Op::StrEq(m) => *arg(m) == *input,
         Op::Eq(m) => atoi(input) == atoi(&arg(m)),
         Op::Ge(m) => atoi(input) >= atoi(&arg(m)),
         Op::Gt(m) => atoi(input) > atoi(&arg(m)),
@@ -477,6 +569,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn pm_byte_test_agrees_with_the_scan() {
+        let at = Location {
+            file: "t".into(),
+            line: 1,
+        };
+        let op = build("pm", "<script> Ünïcode zz", Path::new("."), &at).unwrap();
+        let mut none = |_: &Macro| Vec::new();
+        for input in [
+            &b"a <SCRIPT> tag"[..],
+            "ÜNÏCODE".as_bytes(),
+            "Ünïcode".as_bytes(),
+            b"ZZ",
+            b"z z",
+            b"plain",
+            b"",
+        ] {
+            let bytes = ByteSet::of(input);
+            assert_eq!(
+                eval_with(&op, input, Some(&bytes), &mut none, None),
+                eval_with(&op, input, None, &mut none, None),
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+
+    #[test]
     fn braced_hex_escapes_are_bytes() {
         assert_eq!(byte_escapes(r"[^>\x{be}]\x{c2}\x{b4}"), r"[^>\xbe]\xc2\xb4");
         assert_eq!(
@@ -490,5 +609,7 @@ mod tests {
         // CRS 942420: a right single quotation mark is the bytes e2 80 99.
         let rx = Rx::compile(r"\x{e2}\x80[\x98\x99]").unwrap();
         assert!(rx.is_match("\u{2019}".as_bytes(), None));
+        assert!(rx.has_prefilter());
+        assert!(!rx.is_match(b"plain text", None));
     }
 }

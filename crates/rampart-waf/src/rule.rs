@@ -28,6 +28,10 @@ pub(crate) struct Rule {
     /// What `block` means for this rule: the phase's default disruptive action.
     pub block_action: Disruptive,
     pub chain: Option<Box<Rule>>,
+    /// Filled by [`crate::engine::WafBuilder::build`]: for each of this
+    /// link's transformations, the node of the shared chain trie reached
+    /// after it (the key of the per-transaction transformation cache).
+    pub tf_path: Vec<u32>,
 }
 
 impl Rule {

@@ -1,17 +1,28 @@
 //! Evaluation of one request against a [`Waf`]: the collections, phases 1
 //! and 2, chains, actions and the verdict.
+//!
+//! Most of the work is running rules over stored values, so the transaction
+//! keeps each value's transformation results per chain-trie node (rules
+//! asking for the same chain share them) with the set of bytes they hold,
+//! which lets `@rx` prefilters and `@pm` reject a value, or a whole
+//! collection, without scanning it.
 
 use crate::actions::{AllowScope, BodyProcessor, Ctl, Disruptive, EngineMode, IdRange, SetOp};
 use crate::body;
+use crate::engine::ROOT_NODE;
 use crate::engine::{BodyLimitAction, Waf};
 use crate::macros::{Macro, Seg};
-use crate::operators::{atoi, eval};
+use crate::operators::{atoi, eval_with, Op, Operator};
+use crate::prefilter::ByteSet;
 use crate::request::{Action, Request, Response, RuleMatch, Verdict};
 use crate::rule::{Rule, RuleBody};
 use crate::transformations::Transform;
 use crate::variables::{Exclusion, Kind, Selector, Target, VarName, VAR_COUNT};
 use std::borrow::Cow;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::rc::Rc;
 
 /// One value offered to an operator.
 struct Val<'a> {
@@ -19,17 +30,96 @@ struct Val<'a> {
     key: Cow<'a, str>,
     value: Cow<'a, [u8]>,
     count: bool,
+    /// Identity of a stored value for the transformation cache; `None` for
+    /// values that are not stored in a slot (TX, counts, MATCHED_*).
+    id: Option<u64>,
+}
+
+/// Names a slot value: the variable it is read as, the slot's generation
+/// and its position, so that a changed slot never hits stale entries.
+/// `None` (the value is then not cached) past what the id can hold, which
+/// no request within the engine's limits reaches.
+fn value_id(var: VarName, generation: u32, pos: usize) -> Option<u64> {
+    let pos = u32::try_from(pos).ok()?;
+    (generation <= 0xff_ffff)
+        .then(|| ((var as u64) << 56) | (u64::from(generation) << 32) | u64::from(pos))
+}
+
+/// Most bytes of transformed values (plus [`CACHE_ENTRY_COST`] per entry) a
+/// transaction keeps in its transformation cache.
+const CACHE_BUDGET: usize = 4 << 20;
+
+/// What one cache entry costs the budget besides its value.
+const CACHE_ENTRY_COST: usize = 64;
+
+/// One cached transformation result.
+#[derive(Default)]
+struct Cached {
+    /// The value after the chain up to this node; `None` when the chain left
+    /// it unchanged.
+    value: Option<Rc<Vec<u8>>>,
+    /// The bytes it holds, for `@rx` prefilters (computed on first use).
+    bytes: Option<ByteSet>,
+}
+
+/// Per-transaction cache of transformed values, keyed by (value id,
+/// chain-trie node): rules asking for the same chain on the same value
+/// share one result.
+type TfCache = HashMap<(u64, u32), Cached, BuildHasherDefault<IdHasher>>;
+
+/// What checking one value against a link needs.
+struct LinkCheck<'r> {
+    top: &'r Rule,
+    op: &'r Operator,
+    transforms: &'r [Transform],
+    tf_path: &'r [u32],
+    want_caps: bool,
+    multi: bool,
+    /// The operator (`@rx` with a prefilter, `@pm`) can reject a value by
+    /// its byte set alone.
+    wants_bytes: bool,
+}
+
+/// A fast hasher for the small integer keys of [`TfCache`] (not exposed to
+/// attacker-chosen keys: value ids are positions, not contents).
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
 }
 
 impl Val<'_> {
     fn name(&self) -> String {
+        let var = self.var.name();
+        let mut out = String::with_capacity(var.len() + self.key.len() + 1);
         if self.count {
-            return format!("&{}", self.var.name());
+            out.push('&');
+            out.push_str(var);
+            return out;
         }
-        match self.var.kind() {
-            Kind::Scalar | Kind::Matched if self.key.is_empty() => self.var.name().to_string(),
-            _ => format!("{}:{}", self.var.name(), self.key),
+        out.push_str(var);
+        if !(matches!(self.var.kind(), Kind::Scalar | Kind::Matched) && self.key.is_empty()) {
+            out.push(':');
+            out.push_str(&self.key);
         }
+        out
     }
 }
 
@@ -38,6 +128,22 @@ struct Hit {
     name: String,
     value: Vec<u8>,
     caps: Option<Vec<Vec<u8>>>,
+}
+
+/// The rules a `ctl` names by tag: the table worked out at load, or the
+/// regex itself for a tag the load did not see.
+enum TagSelect<'w> {
+    Table(&'w [bool]),
+    Regex(regex::Regex),
+}
+
+impl TagSelect<'_> {
+    fn selects(&self, idx: usize, rule: &Rule) -> bool {
+        match self {
+            TagSelect::Table(t) => t.get(idx).copied().unwrap_or(false),
+            TagSelect::Regex(re) => rule.has_tag(re),
+        }
+    }
 }
 
 /// Why evaluation of a phase stopped early.
@@ -54,9 +160,17 @@ pub(crate) struct Transaction<'w> {
     matched_vars: Vec<(String, Vec<u8>)>,
     matched_var: Option<(String, Vec<u8>)>,
     removed_ids: Vec<IdRange>,
-    removed_tags: Vec<regex::Regex>,
+    removed_tags: Vec<TagSelect<'w>>,
     removed_targets_by_id: Vec<(Vec<IdRange>, Exclusion)>,
-    removed_targets_by_tag: Vec<(regex::Regex, Exclusion)>,
+    removed_targets_by_tag: Vec<(TagSelect<'w>, Exclusion)>,
+    /// Per slot, bumped on every change (part of each value's cache id).
+    generations: Vec<u32>,
+    tf_cache: RefCell<TfCache>,
+    /// Bytes of the cache's budget spent ([`CACHE_BUDGET`]).
+    tf_cache_bytes: Cell<usize>,
+    /// Per (collection, generation, chain node): the bytes of all its
+    /// transformed values.
+    collection_bytes: RefCell<HashMap<(u64, u32), ByteSet, BuildHasherDefault<IdHasher>>>,
     engine: EngineMode,
     body_access: bool,
     response_body_access: bool,
@@ -74,7 +188,7 @@ impl Waf {
     pub fn evaluate(&self, req: &Request) -> Verdict {
         let mut t = Transaction::new(self, req);
         t.run_request(req);
-        t.verdict()
+        t.into_verdict()
     }
 
     /// Evaluates the whole transaction: the request (phases 1, 2), the
@@ -91,7 +205,7 @@ impl Waf {
         if t.engine != EngineMode::Off {
             t.run_phase(5);
         }
-        t.verdict()
+        t.into_verdict()
     }
 }
 
@@ -125,6 +239,13 @@ impl<'w> Transaction<'w> {
             removed_tags: Vec::new(),
             removed_targets_by_id: Vec::new(),
             removed_targets_by_tag: Vec::new(),
+            generations: vec![0; VAR_COUNT],
+            tf_cache: RefCell::new(TfCache::with_capacity_and_hasher(
+                1024,
+                BuildHasherDefault::default(),
+            )),
+            tf_cache_bytes: Cell::new(0),
+            collection_bytes: RefCell::default(),
             engine: cfg.engine,
             body_access: cfg.request_body_access,
             response_body_access: cfg.response_body_access,
@@ -215,6 +336,9 @@ impl<'w> Transaction<'w> {
 
     fn slot(&mut self, v: VarName) -> &mut Vec<(String, Vec<u8>)> {
         let idx = v as usize;
+        if let Some(g) = self.generations.get_mut(idx) {
+            *g = g.wrapping_add(1);
+        }
         // VAR_COUNT sizes the table, so every VarName has a slot.
         if self.slots.len() <= idx {
             self.slots.resize(idx + 1, Vec::new());
@@ -227,6 +351,17 @@ impl<'w> Transaction<'w> {
 
     fn get_slot(&self, v: VarName) -> &[(String, Vec<u8>)] {
         self.slots.get(v as usize).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    fn generation(&self, v: VarName) -> u32 {
+        self.generations.get(v as usize).copied().unwrap_or(0)
+    }
+
+    fn tag_select(&self, re: &regex::Regex) -> TagSelect<'w> {
+        match self.waf.tag_sets.get(re.as_str()) {
+            Some(t) => TagSelect::Table(t),
+            None => TagSelect::Regex(re.clone()),
+        }
     }
 
     fn set(&mut self, v: VarName, value: &[u8]) {
@@ -352,7 +487,7 @@ impl<'w> Transaction<'w> {
         self.waf.config.response_body_mime_types.contains(&media)
     }
 
-    fn verdict(&self) -> Verdict {
+    fn into_verdict(self) -> Verdict {
         let score = self
             .tx
             .get("blocking_inbound_anomaly_score")
@@ -373,8 +508,8 @@ impl<'w> Transaction<'w> {
         Verdict {
             action,
             disrupted_by,
-            matched_rules: self.matched_rules.clone(),
-            matched_ids: self.matched_ids.clone(),
+            matched_rules: self.matched_rules,
+            matched_ids: self.matched_ids,
             anomaly_score: score,
             outbound_anomaly_score: self
                 .tx
@@ -516,9 +651,9 @@ impl<'w> Transaction<'w> {
         None
     }
 
-    fn rule_removed(&self, r: &Rule) -> bool {
+    fn rule_removed(&self, idx: usize, r: &Rule) -> bool {
         self.removed_ids.iter().any(|x| x.contains(r.id))
-            || self.removed_tags.iter().any(|re| r.has_tag(re))
+            || self.removed_tags.iter().any(|t| t.selects(idx, r))
     }
 
     fn run_phase(&mut self, phase: u8) -> Option<Stop> {
@@ -535,10 +670,10 @@ impl<'w> Transaction<'w> {
             let Some(rule) = waf.rules.get(idx) else {
                 continue;
             };
-            if rule.marker_name().is_some() || self.rule_removed(rule) {
+            if rule.marker_name().is_some() || self.rule_removed(idx, rule) {
                 continue;
             }
-            if !self.eval_rule(rule) {
+            if !self.eval_rule(idx, rule) {
                 continue;
             }
             if self.engine == EngineMode::Off {
@@ -579,18 +714,13 @@ impl<'w> Transaction<'w> {
                 }
                 _ => {}
             }
-            if let Some(target) = &rule.actions.skip_after {
-                let id: Option<u64> = target.parse().ok();
-                let found = list.iter().enumerate().skip(i).find(|(_, &j)| {
-                    waf.rules.get(j).is_some_and(|r| {
-                        r.marker_name() == Some(target.as_str())
-                            || (id.is_some() && Some(r.id) == id)
-                    })
-                });
-                i = match found {
-                    Some((pos, _)) => pos + 1,
-                    None => list.len(),
-                };
+            if rule.actions.skip_after.is_some() {
+                i = waf
+                    .skip_after
+                    .get(usize::from(phase))
+                    .and_then(|s| s.get(i - 1))
+                    .copied()
+                    .unwrap_or(list.len());
             } else if rule.actions.skip > 0 {
                 let mut left = rule.actions.skip;
                 while left > 0 && i < list.len() {
@@ -610,9 +740,9 @@ impl<'w> Transaction<'w> {
 
     /// Evaluates a rule and its chain; on a full match runs its actions and
     /// records it. Returns whether it matched.
-    fn eval_rule(&mut self, rule: &'w Rule) -> bool {
+    fn eval_rule(&mut self, idx: usize, rule: &'w Rule) -> bool {
         self.matched_vars.clear();
-        if !self.eval_link(rule, rule) {
+        if !self.eval_link(idx, rule, rule) {
             return false;
         }
         self.matched_ids.push(rule.id);
@@ -646,17 +776,16 @@ impl<'w> Transaction<'w> {
         true
     }
 
-    fn eval_link(&mut self, top: &'w Rule, link: &'w Rule) -> bool {
+    fn eval_link(&mut self, idx: usize, top: &'w Rule, link: &'w Rule) -> bool {
         let hits = match &link.body {
             RuleBody::Match { .. } => {
-                let hits = self.match_link(top, link);
+                let hits = self.match_link(idx, top, link);
                 if hits.is_empty() {
                     return false;
                 }
                 self.matched_vars.clear();
                 for h in &hits {
                     self.matched_vars.push((h.name.clone(), h.value.clone()));
-                    self.matched_var = Some((h.name.clone(), h.value.clone()));
                     if let Some(c) = &h.caps {
                         self.set_captures(c);
                     }
@@ -681,19 +810,31 @@ impl<'w> Transaction<'w> {
             self.run_actions(top, link);
         }
         match &link.chain {
-            Some(child) => self.eval_link(top, child),
+            Some(child) => self.eval_link(idx, top, child),
             None => true,
         }
     }
 
     fn set_captures(&mut self, caps: &[Vec<u8>]) {
+        const KEYS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
         for (i, c) in caps.iter().enumerate() {
-            self.tx.insert(i.to_string(), c.clone());
+            let key = KEYS
+                .get(i)
+                .map_or_else(|| i.to_string().into(), |k| Cow::Borrowed(*k));
+            match self.tx.get_mut(key.as_ref()) {
+                Some(v) => {
+                    v.clear();
+                    v.extend_from_slice(c);
+                }
+                None => {
+                    self.tx.insert(key.into_owned(), c.clone());
+                }
+            }
         }
     }
 
     /// Runs the operator over every selected value of a link.
-    fn match_link(&self, top: &Rule, link: &Rule) -> Vec<Hit> {
+    fn match_link(&self, idx: usize, top: &Rule, link: &Rule) -> Vec<Hit> {
         let RuleBody::Match { targets, op } = &link.body else {
             return Vec::new();
         };
@@ -703,155 +844,312 @@ impl<'w> Transaction<'w> {
                 extra.push(ex);
             }
         }
-        for (re, ex) in &self.removed_targets_by_tag {
-            if top.has_tag(re) {
+        for (sel, ex) in &self.removed_targets_by_tag {
+            if sel.selects(idx, top) {
                 extra.push(ex);
             }
         }
-        let mut values: Vec<Val<'_>> = Vec::new();
+        let ctx = LinkCheck {
+            top,
+            op,
+            transforms: &link.actions.transforms,
+            tf_path: &link.tf_path,
+            want_caps: top.actions.capture || link.actions.capture,
+            multi: link.actions.multi_match || top.actions.multi_match,
+            wants_bytes: match &op.op {
+                Op::Rx(rx) => rx.has_prefilter(),
+                Op::Pm(_) => true,
+                _ => false,
+            },
+        };
+        // exclusions: the rule's own `!VAR:key` plus ctl removals
+        let excluded = |v: &Val<'_>| {
+            targets.exclusions.iter().any(|e| e.excludes(v.var, &v.key))
+                || extra.iter().any(|e| e.excludes(v.var, &v.key))
+        };
+        let required = if op.negated {
+            None
+        } else {
+            op.op.required_bytes()
+        };
+        let mut hits = Vec::new();
         for t in &targets.targets {
             if extra.iter().any(|e| e.removes_target(t)) {
                 continue;
             }
-            let start = values.len();
-            self.collect(t, &mut values);
-            // exclusions: the rule's own `!VAR:key` plus ctl removals
-            let mut k = start;
-            while k < values.len() {
-                let excluded = values.get(k).is_some_and(|v| {
-                    !v.count
-                        && (targets.exclusions.iter().any(|e| e.excludes(v.var, &v.key))
-                            || extra.iter().any(|e| e.excludes(v.var, &v.key)))
-                });
-                if excluded {
-                    values.remove(k);
-                } else {
-                    k += 1;
-                }
-            }
             if t.count {
-                let n = values.len() - start;
-                values.truncate(start);
-                values.push(Val {
+                let mut n = 0usize;
+                self.collect(t, &mut |v| n += usize::from(!excluded(&v)));
+                let v = Val {
                     var: t.var,
                     key: Cow::Borrowed(""),
                     value: Cow::Owned(n.to_string().into_bytes()),
                     count: true,
-                });
-            }
-        }
-        let transforms: &[Transform] = if std::ptr::eq(top, link) {
-            &top.actions.transforms
-        } else {
-            &link.actions.transforms
-        };
-        let want_caps = top.actions.capture || link.actions.capture;
-        let multi = link.actions.multi_match || top.actions.multi_match;
-        let mut hits = Vec::new();
-        for v in &values {
-            let mut caps_buf = Vec::new();
-            let mut expand = |m: &Macro| self.expand(m, top);
-            let mut check = |input: &[u8], caps_buf: &mut Vec<Vec<u8>>| {
-                let caps = if want_caps {
-                    Some(&mut *caps_buf)
-                } else {
-                    None
+                    id: None,
                 };
-                eval(&op.op, input, &mut expand, caps) != op.negated
-            };
-            // MATCHED_VAR(S) and %{MATCHED_VAR} carry the value as the
-            // operator saw it, after transformations (ModSecurity, Coraza):
-            // CRS chains like 944120 test it again without `t:lowercase`.
-            let mut cur: Cow<'_, [u8]> = Cow::Borrowed(&v.value);
-            let mut matched = false;
-            if multi && check(&cur, &mut caps_buf) {
-                matched = true;
-            }
-            for tf in transforms {
-                if matched {
-                    break;
-                }
-                let next = match tf.apply(&cur) {
-                    Cow::Borrowed(_) => None,
-                    Cow::Owned(o) => Some(o),
-                };
-                if let Some(o) = next {
-                    cur = Cow::Owned(o);
-                    if multi && check(&cur, &mut caps_buf) {
-                        matched = true;
+                self.check_value(&ctx, &v, &mut hits);
+            } else {
+                // A whole collection whose (transformed) values together
+                // lack every byte the operator needs cannot match: skip it
+                // without looking at each value.
+                if let Some(need) = required.filter(|_| !ctx.multi) {
+                    if self
+                        .collection_bytes(t, &ctx)
+                        .is_some_and(|have| !have.intersects(need))
+                    {
+                        continue;
                     }
                 }
-            }
-            if !multi && check(&cur, &mut caps_buf) {
-                matched = true;
-            }
-            if matched {
-                hits.push(Hit {
-                    name: v.name(),
-                    value: cur.into_owned(),
-                    caps: if want_caps && !op.negated {
-                        Some(caps_buf)
-                    } else {
-                        None
-                    },
+                self.collect(t, &mut |v| {
+                    if !excluded(&v) {
+                        self.check_value(&ctx, &v, &mut hits);
+                    }
                 });
             }
         }
         hits
     }
 
-    fn collect<'a>(&'a self, t: &Target, out: &mut Vec<Val<'a>>) {
-        let push_map = |out: &mut Vec<Val<'a>>, map: &'a BTreeMap<String, Vec<u8>>| {
+    /// The bytes of every value of `t` after the link's transformations,
+    /// for a target that selects a whole stored collection; cached per
+    /// (collection, generation, chain node).
+    fn collection_bytes(&self, t: &Target, ctx: &LinkCheck<'_>) -> Option<ByteSet> {
+        let src = match (t.var.kind(), &t.selector) {
+            (Kind::Keyed | Kind::Scalar, Selector::All) => t.var,
+            (Kind::Names(src), Selector::All) => src,
+            _ => return None,
+        };
+        let node = ctx.tf_path.last().copied().unwrap_or(ROOT_NODE);
+        let key = (value_id(t.var, self.generation(src), 0)?, node);
+        if let Some(b) = self.collection_bytes.borrow().get(&key) {
+            return Some(*b);
+        }
+        let mut all = ByteSet::default();
+        self.collect(t, &mut |v| {
+            let b = match v.id {
+                Some(id) => {
+                    self.transformed(id, &v.value, ctx.tf_path, ctx.transforms, true)
+                        .1
+                }
+                None => None,
+            };
+            // a value without a cache id is never expected here; make the
+            // set match anything rather than guess
+            all.union_with(&b.unwrap_or(ByteSet::ALL));
+        });
+        self.collection_bytes.borrow_mut().insert(key, all);
+        Some(all)
+    }
+
+    /// Transforms one value as the link asks and runs its operator; records
+    /// a hit when the (possibly negated) operator matches.
+    fn check_value(&self, ctx: &LinkCheck<'_>, v: &Val<'_>, hits: &mut Vec<Hit>) {
+        let op = ctx.op;
+        let mut caps_buf = Vec::new();
+        let mut expand = |m: &Macro| self.expand(m, ctx.top);
+        let mut check = |input: &[u8], bytes: Option<&ByteSet>, caps_buf: &mut Vec<Vec<u8>>| {
+            let caps = if ctx.want_caps {
+                Some(&mut *caps_buf)
+            } else {
+                None
+            };
+            eval_with(&op.op, input, bytes, &mut expand, caps) != op.negated
+        };
+        let mut hit = |cur: Vec<u8>, caps_buf: Vec<Vec<u8>>| {
+            hits.push(Hit {
+                name: v.name(),
+                value: cur,
+                caps: if ctx.want_caps && !op.negated {
+                    Some(caps_buf)
+                } else {
+                    None
+                },
+            })
+        };
+        // A stored value with a single check: its transformed form (and its
+        // byte set for the prefilter) come from the cache.
+        if let (Some(id), false) = (v.id, ctx.multi) {
+            let (cur, bytes) =
+                self.transformed(id, &v.value, ctx.tf_path, ctx.transforms, ctx.wants_bytes);
+            let input: &[u8] = cur.as_deref().map_or(&v.value, Vec::as_slice);
+            if check(input, bytes.as_ref(), &mut caps_buf) {
+                hit(input.to_vec(), caps_buf);
+            }
+            return;
+        }
+        // MATCHED_VAR(S) and %{MATCHED_VAR} carry the value as the
+        // operator saw it, after transformations (ModSecurity, Coraza):
+        // CRS chains like 944120 test it again without `t:lowercase`.
+        let mut cur: Cow<'_, [u8]> = Cow::Borrowed(&v.value);
+        let mut matched = false;
+        if ctx.multi && check(&cur, None, &mut caps_buf) {
+            matched = true;
+        }
+        for tf in ctx.transforms {
+            if matched {
+                break;
+            }
+            if let Some(o) = changed(tf.apply(&cur), cur.len()) {
+                cur = Cow::Owned(o);
+                if ctx.multi && check(&cur, None, &mut caps_buf) {
+                    matched = true;
+                }
+            }
+        }
+        if !ctx.multi && check(&cur, None, &mut caps_buf) {
+            matched = true;
+        }
+        if matched {
+            hit(cur.into_owned(), caps_buf);
+        }
+    }
+
+    /// `value` (stored, with cache id `id`) after `transforms`, whose
+    /// chain-trie nodes are `path` (`None` when they leave it unchanged),
+    /// and, when `want_bytes`, the result's byte set. Every prefix of the
+    /// chain is cached on the way.
+    fn transformed(
+        &self,
+        id: u64,
+        value: &[u8],
+        path: &[u32],
+        transforms: &[Transform],
+        want_bytes: bool,
+    ) -> (Option<Rc<Vec<u8>>>, Option<ByteSet>) {
+        let mut cache = self.tf_cache.borrow_mut();
+        let last = path.last().copied().unwrap_or(ROOT_NODE);
+        if let Some(e) = cache.get_mut(&(id, last)) {
+            if want_bytes && e.bytes.is_none() {
+                let input: &[u8] = e.value.as_deref().map_or(value, Vec::as_slice);
+                e.bytes = Some(ByteSet::of(input));
+            }
+            return (e.value.clone(), e.bytes);
+        }
+        // the longest prefix of the chain already computed
+        let mut from = 0;
+        let mut cur: Option<Rc<Vec<u8>>> = None;
+        for (k, node) in path.iter().enumerate().rev() {
+            if let Some(e) = cache.get(&(id, *node)) {
+                cur = e.value.clone();
+                from = k + 1;
+                break;
+            }
+        }
+        for (tf, node) in transforms.iter().zip(path).skip(from) {
+            let input: &[u8] = cur.as_deref().map_or(value, Vec::as_slice);
+            let mut cost = CACHE_ENTRY_COST;
+            if let Some(o) = changed(tf.apply(input), input.len()) {
+                cost += o.len();
+                cur = Some(Rc::new(o));
+            }
+            if self.charge_cache(cost) {
+                cache.insert(
+                    (id, *node),
+                    Cached {
+                        value: cur.clone(),
+                        bytes: None,
+                    },
+                );
+            }
+        }
+        let bytes = want_bytes.then(|| ByteSet::of(cur.as_deref().map_or(value, Vec::as_slice)));
+        if let Some(e) = cache.get_mut(&(id, last)) {
+            e.bytes = bytes;
+        } else if path.is_empty() && self.charge_cache(CACHE_ENTRY_COST) {
+            cache.insert((id, last), Cached { value: None, bytes });
+        }
+        (cur, bytes)
+    }
+
+    /// Takes `cost` bytes from the cache's budget; false (do not cache)
+    /// when the budget is spent. Hostile requests (many large values that
+    /// every transformation changes) then cost time, not memory: what is
+    /// not cached is computed again, as without a cache.
+    fn charge_cache(&self, cost: usize) -> bool {
+        let used = self.tf_cache_bytes.get().saturating_add(cost);
+        if used > CACHE_BUDGET {
+            return false;
+        }
+        self.tf_cache_bytes.set(used);
+        true
+    }
+
+    /// Hands every value `t` selects to `out`, in collection order.
+    fn collect<'a>(&'a self, t: &Target, out: &mut dyn FnMut(Val<'a>)) {
+        let push_map = |out: &mut dyn FnMut(Val<'a>), map: &'a BTreeMap<String, Vec<u8>>| {
             for (k, v) in map {
                 if t.selector.matches(k) {
-                    out.push(Val {
+                    out(Val {
                         var: t.var,
                         key: Cow::Borrowed(k),
                         value: Cow::Borrowed(v),
                         count: false,
+                        id: None,
                     });
                 }
             }
         };
         match t.var.kind() {
+            // setvar stores TX keys lowercased, as key selectors are.
+            Kind::Tx | Kind::Persist => {
+                let map = match t.var {
+                    VarName::Tx => Some(&self.tx),
+                    v => self.persist.get(&v),
+                };
+                match (&t.selector, map) {
+                    (_, None) => {}
+                    (Selector::Key(k), Some(m)) => {
+                        if let Some((k, v)) = m.get_key_value(k.as_str()) {
+                            out(Val {
+                                var: t.var,
+                                key: Cow::Borrowed(k),
+                                value: Cow::Borrowed(v),
+                                count: false,
+                                id: None,
+                            });
+                        }
+                    }
+                    (_, Some(m)) => push_map(out, m),
+                }
+            }
             Kind::Keyed => {
-                for (k, v) in self.get_slot(t.var) {
+                let g = self.generation(t.var);
+                for (pos, (k, v)) in self.get_slot(t.var).iter().enumerate() {
                     if t.selector.matches(k) {
-                        out.push(Val {
+                        out(Val {
                             var: t.var,
                             key: Cow::Borrowed(k),
                             value: Cow::Borrowed(v),
                             count: false,
+                            id: value_id(t.var, g, pos),
                         });
                     }
                 }
             }
             Kind::Names(src) => {
-                for (k, _) in self.get_slot(src) {
+                let g = self.generation(src);
+                for (pos, (k, _)) in self.get_slot(src).iter().enumerate() {
                     if t.selector.matches(k) {
-                        out.push(Val {
+                        out(Val {
                             var: t.var,
                             key: Cow::Borrowed(k),
                             value: Cow::Borrowed(k.as_bytes()),
                             count: false,
+                            id: value_id(t.var, g, pos),
                         });
                     }
                 }
             }
             Kind::Scalar => {
-                for (_, v) in self.get_slot(t.var) {
-                    out.push(Val {
+                let g = self.generation(t.var);
+                for (pos, (_, v)) in self.get_slot(t.var).iter().enumerate() {
+                    out(Val {
                         var: t.var,
                         key: Cow::Borrowed(""),
                         value: Cow::Borrowed(v),
                         count: false,
+                        id: value_id(t.var, g, pos),
                     });
-                }
-            }
-            Kind::Tx => push_map(out, &self.tx),
-            Kind::Persist => {
-                if let Some(m) = self.persist.get(&t.var) {
-                    push_map(out, m);
                 }
             }
             Kind::Matched => match t.var {
@@ -862,11 +1160,12 @@ impl<'w> Transaction<'w> {
                         } else {
                             n.as_bytes()
                         };
-                        out.push(Val {
+                        out(Val {
                             var: t.var,
                             key: Cow::Borrowed(""),
                             value: Cow::Borrowed(value),
                             count: false,
+                            id: None,
                         });
                     }
                 }
@@ -878,11 +1177,12 @@ impl<'w> Transaction<'w> {
                             } else {
                                 n.as_bytes()
                             };
-                            out.push(Val {
+                            out(Val {
                                 var: t.var,
                                 key: Cow::Borrowed(n),
                                 value: Cow::Borrowed(value),
                                 count: false,
+                                id: None,
                             });
                         }
                     }
@@ -917,27 +1217,64 @@ impl<'w> Transaction<'w> {
                     selector: sel,
                     count: false,
                 };
-                let mut vals = Vec::new();
-                self.collect(&t, &mut vals);
-                vals.into_iter().next().map(|v| v.value.into_owned())
+                let mut first = None;
+                self.collect(&t, &mut |v| {
+                    if first.is_none() {
+                        first = Some(v.value.into_owned());
+                    }
+                });
+                first
             }
         }
     }
 
     fn expand(&self, m: &Macro, rule: &Rule) -> Vec<u8> {
-        m.expand(|seg| self.lookup(seg, rule))
+        let mut out = Vec::with_capacity(32);
+        for seg in &m.segs {
+            match seg {
+                Seg::Lit(s) => out.extend_from_slice(s.as_bytes()),
+                // TX (most macros) straight from the map, without a copy
+                Seg::Var(var, key) if matches!(var.kind(), Kind::Tx | Kind::Persist) => {
+                    let map = match var {
+                        VarName::Tx => Some(&self.tx),
+                        v => self.persist.get(v),
+                    };
+                    let value = match key {
+                        Some(k) => map.and_then(|m| m.get(k.as_str())),
+                        None => map.and_then(|m| m.values().next()),
+                    };
+                    if let Some(v) = value {
+                        out.extend_from_slice(v);
+                    }
+                }
+                other => {
+                    if let Some(v) = self.lookup(other, rule) {
+                        out.extend_from_slice(&v);
+                    }
+                }
+            }
+        }
+        out
     }
 
     fn run_actions(&mut self, top: &Rule, link: &Rule) {
         for sv in &link.actions.setvars {
-            let key = String::from_utf8_lossy(&self.expand(&sv.key, top)).to_ascii_lowercase();
+            let expanded;
+            let key: &str = match sv.key.as_literal() {
+                Some(k) if !k.bytes().any(|b| b.is_ascii_uppercase()) => k,
+                _ => {
+                    expanded =
+                        String::from_utf8_lossy(&self.expand(&sv.key, top)).to_ascii_lowercase();
+                    &expanded
+                }
+            };
             let value = match &sv.op {
                 SetOp::Delete => None,
                 SetOp::Set(m) => Some(self.expand(m, top)),
                 SetOp::Add(m) | SetOp::Sub(m) => {
                     let delta = atoi(&self.expand(m, top));
                     let map = self.collection(sv.coll);
-                    let cur = map.get(&key).map(|v| atoi(v)).unwrap_or(0);
+                    let cur = map.get(key).map(|v| atoi(v)).unwrap_or(0);
                     let n = if matches!(sv.op, SetOp::Add(_)) {
                         cur.saturating_add(delta)
                     } else {
@@ -947,12 +1284,13 @@ impl<'w> Transaction<'w> {
                 }
             };
             let map = self.collection(sv.coll);
-            match value {
-                Some(v) => {
-                    map.insert(key, v);
+            match (value, map.get_mut(key)) {
+                (Some(v), Some(slot)) => *slot = v,
+                (Some(v), None) => {
+                    map.insert(key.to_string(), v);
                 }
-                None => {
-                    map.remove(&key);
+                (None, _) => {
+                    map.remove(key);
                 }
             }
         }
@@ -960,12 +1298,16 @@ impl<'w> Transaction<'w> {
             match ctl {
                 Ctl::RuleEngine(m) => self.engine = *m,
                 Ctl::RuleRemoveById(r) => self.removed_ids.extend(r.iter().copied()),
-                Ctl::RuleRemoveByTag(re) => self.removed_tags.push(re.clone()),
+                Ctl::RuleRemoveByTag(re) => {
+                    let t = self.tag_select(re);
+                    self.removed_tags.push(t);
+                }
                 Ctl::RuleRemoveTargetById(ids, ex) => {
                     self.removed_targets_by_id.push((ids.clone(), ex.clone()))
                 }
                 Ctl::RuleRemoveTargetByTag(re, ex) => {
-                    self.removed_targets_by_tag.push((re.clone(), ex.clone()))
+                    let t = self.tag_select(re);
+                    self.removed_targets_by_tag.push((t, ex.clone()))
                 }
                 Ctl::RequestBodyProcessor(p) => {
                     if self.phase == 1 {
@@ -987,6 +1329,16 @@ impl<'w> Transaction<'w> {
         } else {
             self.persist.entry(coll).or_default()
         }
+    }
+}
+
+/// The result of a transformation if it changed the value (of length
+/// `len`): an owned result, or a shorter slice (`trim`).
+fn changed(out: Cow<'_, [u8]>, len: usize) -> Option<Vec<u8>> {
+    match out {
+        Cow::Owned(o) => Some(o),
+        Cow::Borrowed(b) if b.len() != len => Some(b.to_vec()),
+        Cow::Borrowed(_) => None,
     }
 }
 
@@ -1021,6 +1373,104 @@ fn trim(s: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::path_and_query;
+    use crate::{Request, Waf};
+
+    fn ids(rules: &str, req: &Request) -> Vec<u64> {
+        let waf = Waf::from_str_named("t.conf", rules).unwrap();
+        waf.evaluate(req).matched_ids
+    }
+
+    #[test]
+    fn results_stay_right_when_the_cache_budget_is_spent() {
+        // ~5 MiB of arguments that lowercase changes: past the budget,
+        // values are transformed without being cached
+        let rules = r#"
+SecRule ARGS "@rx ^a+$" "id:1,phase:2,pass,t:none,t:lowercase"
+SecRule ARGS "@rx ^A+$" "id:2,phase:2,pass,t:none"
+SecRule ARGS:last "@rx ^zz$" "id:3,phase:2,pass,t:none,t:lowercase"
+SecRule ARGS:last "@rx ^zz$" "id:4,phase:2,pass,t:none,t:lowercase"
+"#;
+        let waf = Waf::from_str_named("t.conf", rules).unwrap();
+        let mut body = String::new();
+        for i in 0..40 {
+            body.push_str(&format!("a{i}={}&", "A".repeat(128 * 1024)));
+        }
+        body.push_str("last=ZZ");
+        let req = Request::new("POST", "/")
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(body);
+        assert_eq!(waf.evaluate(&req).matched_ids, [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn rules_sharing_a_chain_prefix_see_their_own_chain() {
+        let rules = r#"
+SecRule ARGS "@rx ^abc$" "id:1,phase:1,pass,t:none,t:lowercase"
+SecRule ARGS "@rx ^ABC$" "id:2,phase:1,pass,t:none"
+SecRule ARGS "@rx ^abc$" "id:3,phase:1,pass,t:none,t:lowercase,t:trim"
+SecRule ARGS "@rx ^ abc $" "id:4,phase:1,pass,t:none,t:lowercase"
+SecRule ARGS "@rx ^abc$" "id:5,phase:1,pass,t:none,t:lowercase"
+"#;
+        assert_eq!(ids(rules, &Request::new("GET", "/?a=ABC")), [1, 2, 3, 5]);
+        assert_eq!(ids(rules, &Request::new("GET", "/?a=+ABC+")), [3, 4]);
+    }
+
+    #[test]
+    fn a_changed_value_is_transformed_again() {
+        // REQBODY_PROCESSOR is replaced by the ctl between two rules that
+        // ask for the same chain on it.
+        let rules = r#"
+SecRule REQBODY_PROCESSOR "@streq urlencoded" "id:1,phase:1,pass,t:none,t:lowercase"
+SecAction "id:2,phase:1,pass,ctl:requestBodyProcessor=JSON"
+SecRule REQBODY_PROCESSOR "@streq json" "id:3,phase:1,pass,t:none,t:lowercase"
+SecRule ARGS "@rx ^x$" "id:4,phase:1,pass,t:none,t:lowercase"
+SecRule ARGS "@rx ^y$" "id:5,phase:2,pass,t:none,t:lowercase"
+"#;
+        let req = Request::new("POST", "/?q=X")
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body("b=Y");
+        assert_eq!(ids(rules, &req), [1, 2, 3, 4]);
+        // the body arguments arrive in phase 2, after ARGS was cached
+        let rules = rules.replace("ctl:requestBodyProcessor=JSON", "nolog");
+        assert_eq!(ids(&rules, &req), [1, 2, 4, 5]);
+    }
+
+    #[test]
+    fn collections_skipped_by_their_bytes_still_match_when_they_should() {
+        let rules = r#"
+SecRule ARGS "@rx <x" "id:1,phase:1,pass,t:none,t:urlDecodeUni"
+SecRule ARGS|!ARGS:b "@rx <x" "id:2,phase:1,pass,t:none,t:urlDecodeUni"
+SecRule ARGS "!@rx <x" "id:3,phase:1,pass,t:none,t:urlDecodeUni"
+SecRule ARGS_NAMES "@rx <x" "id:4,phase:1,pass,t:none,t:urlDecodeUni"
+SecRule ARGS "@rx <x" "id:5,phase:1,pass,t:none,multiMatch"
+"#;
+        // `<` appears only after decoding, in the value of `b`
+        let req = Request::new("GET", "/?a=1&b=%253cx");
+        assert_eq!(ids(rules, &req), [1, 3]);
+        let req = Request::new("GET", "/?a=1&%253cx=2");
+        assert_eq!(ids(rules, &req), [3, 4]);
+        let req = Request::new("GET", "/?a=%3Cx");
+        assert_eq!(ids(rules, &req), [1, 2, 5]);
+    }
+
+    #[test]
+    fn prefiltered_operators_still_match_through_transformations() {
+        let rules = r#"
+SecRule ARGS "@rx (?i)<script" "id:1,phase:1,pass,t:none,t:urlDecodeUni,t:htmlEntityDecode"
+SecRule ARGS "@pm evil.example" "id:2,phase:1,pass,t:none,t:urlDecodeUni,t:lowercase"
+SecRule ARGS "!@rx union" "id:3,phase:1,pass,t:none"
+"#;
+        // `&lt;` becomes `<` only after the transformations
+        assert_eq!(
+            ids(rules, &Request::new("GET", "/?q=%26lt;SCRIPT%26gt;")),
+            [1, 3]
+        );
+        assert_eq!(
+            ids(rules, &Request::new("GET", "/?q=EVIL%252Eexample")),
+            [2, 3]
+        );
+        assert!(ids(rules, &Request::new("GET", "/?q=union")).is_empty());
+    }
 
     #[test]
     fn origin_and_absolute_form() {

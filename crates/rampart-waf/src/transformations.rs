@@ -159,10 +159,21 @@ impl Transform {
 /// Runs `f` only when `input` holds one of the trigger bytes; most values
 /// have nothing to decode, so this saves an allocation per rule.
 fn maybe<'a>(input: &'a [u8], triggers: &[u8], f: impl FnOnce(&[u8]) -> Vec<u8>) -> Cow<'a, [u8]> {
-    if input.iter().any(|c| triggers.contains(c)) {
+    if has_any(input, triggers) {
         Cow::Owned(f(input))
     } else {
         Cow::Borrowed(input)
+    }
+}
+
+/// True when `input` holds any of `bytes` (vectorised with `memchr`).
+fn has_any(input: &[u8], bytes: &[u8]) -> bool {
+    match bytes {
+        [] => false,
+        [a] => memchr::memchr(*a, input).is_some(),
+        [a, b] => memchr::memchr2(*a, *b, input).is_some(),
+        [a, b, c] => memchr::memchr3(*a, *b, *c, input).is_some(),
+        _ => bytes.chunks(3).any(|c| has_any(input, c)),
     }
 }
 
