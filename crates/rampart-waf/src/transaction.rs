@@ -745,7 +745,7 @@ impl<'w> Transaction<'w> {
         } else {
             &link.actions.transforms
         };
-        let want_caps = top.actions.capture || link.actions.capture;
+        let want_caps = link.actions.capture;
         let multi = link.actions.multi_match || top.actions.multi_match;
         let mut hits = Vec::new();
         for v in &values {
