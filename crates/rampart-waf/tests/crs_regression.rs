@@ -1,6 +1,9 @@
 //! Runs the CRS regression suite (go-ftw YAML) directly against the engine,
-//! through `rampart_waf::ftw`, the module behind `rampart waf test`.
-//! Ignored by default: `scripts/crs-regression PATH_TO_CRS` runs it.
+//! through `rampart_waf::ftw`, the module behind `rampart waf test` (which
+//! `scripts/crs-regression PATH_TO_CRS` runs). Ignored by default:
+//! `RAMPART_CRS_DIR=PATH cargo test --release -p rampart-waf --test
+//! crs_regression -- --ignored --nocapture` (`RAMPART_CRS_ONLY=9341` narrows
+//! it and prints each failure's log lines).
 
 use rampart_waf::ftw::{self, Outcome, Summary, CRS_ENGINE_SKIPS};
 use rampart_waf::WafBuilder;
@@ -8,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 #[test]
-#[ignore = "needs the CRS: scripts/crs-regression PATH_TO_CRS"]
+#[ignore = "needs the CRS: set RAMPART_CRS_DIR"]
 fn crs_regression_suite() {
     let dir = PathBuf::from(std::env::var("RAMPART_CRS_DIR").expect("set RAMPART_CRS_DIR"));
     let mut b = WafBuilder::new();
