@@ -190,6 +190,9 @@ impl WafBuilder {
                 fancy
             ));
         }
+        for r in &rules {
+            unavailable(r, &mut warnings);
+        }
         let mut by_phase: [Vec<usize>; 6] = Default::default();
         for (i, r) in rules.iter().enumerate() {
             for (p, list) in by_phase.iter_mut().enumerate() {
@@ -593,6 +596,23 @@ fn skip_after_targets(rules: &[Rule], list: &[usize]) -> Vec<usize> {
 fn uses_fancy(r: &Rule) -> bool {
     let mine = matches!(&r.body, RuleBody::Match { op: Operator { op: Op::Rx(rx), .. }, .. } if rx.engine() == RxEngine::Fancy);
     mine || r.chain.as_deref().is_some_and(uses_fancy)
+}
+
+/// Warns about each link of `r` whose operator can never match here.
+fn unavailable(r: &Rule, warnings: &mut Vec<String>) {
+    if let RuleBody::Match {
+        op: Operator {
+            op: Op::Unavailable(why),
+            ..
+        },
+        ..
+    } = &r.body
+    {
+        warnings.push(format!("{}: {why}", r.at));
+    }
+    if let Some(c) = r.chain.as_deref() {
+        unavailable(c, warnings);
+    }
 }
 
 fn merge_actions(dst: &mut Actions, upd: &Actions) {

@@ -49,6 +49,14 @@ pub enum Error {
         /// Its name as written.
         name: String,
     },
+    /// A regression test file (go-ftw YAML) is malformed.
+    #[error("{path}: {message}")]
+    Test {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the test and stage where known.
+        message: String,
+    },
     /// A regular expression does not compile with either regex engine.
     #[error("{at}: bad regular expression: {message}")]
     Regex {
@@ -63,7 +71,7 @@ impl Error {
     /// The location of the offending directive, if the error has one.
     pub fn location(&self) -> Option<&Location> {
         match self {
-            Error::Io { .. } => None,
+            Error::Io { .. } | Error::Test { .. } => None,
             Error::Syntax { at, .. } | Error::Unsupported { at, .. } | Error::Regex { at, .. } => {
                 Some(at)
             }

@@ -36,6 +36,7 @@ mod actions;
 mod body;
 mod engine;
 mod error;
+pub mod ftw;
 mod lexer;
 mod macros;
 mod operators;
@@ -77,5 +78,38 @@ pub mod testing {
             .map_err(|e| e.to_string())?;
         let m = crate::operators::eval(&op.op, input, &mut |m| m.expand(|_| None), None);
         Ok(m != op.negated)
+    }
+
+    /// Runs one request body processor (`urlencoded`, `multipart`, `json` or
+    /// `xml`) with the engine's default limits and returns how many values
+    /// it produced, or its error (for fuzz targets). `content_type` matters
+    /// only to multipart (the boundary).
+    pub fn body_processor(kind: &str, content_type: &str, body: &[u8]) -> Result<usize, String> {
+        let cfg = crate::Config::default();
+        match kind {
+            "urlencoded" => Ok(crate::body::parse_urlencoded(
+                body,
+                cfg.argument_separator,
+                cfg.arguments_limit,
+            )
+            .len()),
+            "json" => crate::body::parse_json(body, cfg.json_depth_limit, cfg.arguments_limit)
+                .map(|p| p.len()),
+            "multipart" => {
+                let m = crate::body::parse_multipart(
+                    body,
+                    content_type,
+                    cfg.arguments_limit,
+                    cfg.upload_file_limit,
+                );
+                match m.error {
+                    Some(e) => Err(e),
+                    None => Ok(m.args.len() + m.files.len() + m.part_headers.len()),
+                }
+            }
+            "xml" => crate::xml::parse_xml(body, cfg.xml_depth_limit, cfg.arguments_limit)
+                .map(|x| x.text.len() + x.attrs.len()),
+            other => Err(format!("no body processor `{other}`")),
+        }
     }
 }

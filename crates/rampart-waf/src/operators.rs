@@ -66,10 +66,70 @@ fn byte_escapes(pattern: &str) -> String {
     out
 }
 
+/// Escapes what PCRE reads literally inside a character class but the
+/// `regex` crate does not: `[` (a nested class there, unless it opens a POSIX
+/// class like `[:alpha:]`) and `&&`/`~~` (set operations there). CRS 3.3
+/// writes classes such as `[^"(),\/:;<=>?![\x5c\]{}]` (920470).
+fn pcre_classes(pattern: &str) -> String {
+    let mut out = String::with_capacity(pattern.len() + 8);
+    let mut in_class = false;
+    let mut class_start = false;
+    let mut chars = pattern.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            out.push(c);
+            if let Some(n) = chars.next() {
+                out.push(n);
+            }
+            class_start = false;
+            continue;
+        }
+        if !in_class {
+            out.push(c);
+            if c == '[' {
+                in_class = true;
+                class_start = true;
+                if chars.peek() == Some(&'^') {
+                    out.push('^');
+                    chars.next();
+                }
+            }
+            continue;
+        }
+        match c {
+            ']' if !class_start => {
+                out.push(c);
+                in_class = false;
+            }
+            '[' if chars.peek() == Some(&':') => {
+                // A POSIX class: copy through its closing `:]`.
+                out.push(c);
+                let mut prev = ' ';
+                for n in chars.by_ref() {
+                    out.push(n);
+                    if prev == ':' && n == ']' {
+                        break;
+                    }
+                    prev = n;
+                }
+            }
+            '[' | '&' | '~' => {
+                out.push('\\');
+                out.push(c);
+            }
+            // Including `]` first in a class, a literal in both dialects.
+            _ => out.push(c),
+        }
+        class_start = false;
+    }
+    out
+}
+
 impl Rx {
     /// Compiles with ModSecurity's flags (dot matches newline), bytes
     /// semantics first, then Unicode, then the backtracking fallback.
     pub(crate) fn compile(pattern: &str) -> Result<Rx, String> {
+        let pattern = &pcre_classes(pattern);
         let bytes_pattern = byte_escapes(pattern);
         let build = |unicode: bool| {
             regex::bytes::RegexBuilder::new(if unicode { pattern } else { &bytes_pattern })
@@ -204,6 +264,10 @@ pub(crate) enum Op {
     DetectXss,
     Unconditional,
     NoMatch,
+    /// An operator that needs what Rampart does not have on the request path
+    /// (a GeoIP database, DNS): it never matches, and the rule set's load
+    /// warnings say so with the rule's location.
+    Unavailable(&'static str),
 }
 
 impl Op {
@@ -323,6 +387,14 @@ fn build(name: &str, arg: &str, dir: &Path, at: &Location) -> Result<Op, Error> 
         "detectxss" => Op::DetectXss,
         "unconditionalmatch" => Op::Unconditional,
         "nomatch" => Op::NoMatch,
+        // CRS 3.3 (910100, 910140) reaches these only when configured to
+        // (high-risk country codes, block_*_ip).
+        "geolookup" => Op::Unavailable(
+            "@geoLookup never matches: there is no GeoIP database (as ModSecurity without SecGeoLookupDb)",
+        ),
+        "rbl" => Op::Unavailable(
+            "@rbl never matches: Rampart makes no DNS lookups on the request path",
+        ),
         _ => {
             return Err(Error::Unsupported {
                 at: at.clone(),
@@ -528,7 +600,7 @@ pub(crate) fn eval_with<'o>(
                 .unwrap_or(false)
         }
         Op::Unconditional => true,
-        Op::NoMatch => false,
+        Op::NoMatch | Op::Unavailable(_) => false,
     }
 }
 

@@ -854,7 +854,7 @@ impl<'w> Transaction<'w> {
             op,
             transforms: &link.actions.transforms,
             tf_path: &link.tf_path,
-            want_caps: top.actions.capture || link.actions.capture,
+            want_caps: link.actions.capture,
             multi: link.actions.multi_match || top.actions.multi_match,
             wants_bytes: match &op.op {
                 Op::Rx(rx) => rx.has_prefilter(),

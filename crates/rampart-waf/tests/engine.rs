@@ -249,7 +249,7 @@ fn errors_in_included_files_and_bad_regex() {
     assert!(e.to_string().contains("chain"), "{e}");
     let e = Waf::from_str_named("x.conf", "SecFoo On").unwrap_err();
     assert_eq!(e.to_string(), "x.conf:1: unsupported directive `SecFoo`");
-    let e = Waf::from_str_named("x.conf", "SecRule ARGS \"@rbl x\" \"id:1\"").unwrap_err();
+    let e = Waf::from_str_named("x.conf", "SecRule ARGS \"@frobnicate x\" \"id:1\"").unwrap_err();
     assert!(matches!(
         e,
         Error::Unsupported {
@@ -427,4 +427,64 @@ fn response_phases_see_status_headers_and_body() {
     let v = w.evaluate_response(&Request::new("GET", "/?block=yes"), &leak);
     assert_eq!(v.action, Action::Deny { status: 403 });
     assert_eq!(v.disrupted_by, Some(2));
+}
+
+#[test]
+fn capture_is_per_link_of_a_chain() {
+    // Like CRS 932207: the top rule and link 2 capture, link 3 does not, so
+    // TX.0 in logdata is still what link 2 captured (ModSecurity's reading,
+    // which the CRS test 932207-7 checks).
+    let w = Waf::from_str_named(
+        "chain.conf",
+        r#"
+SecRule ARGS:a "@rx #.*" "id:1,phase:1,pass,capture,log,logdata:'%{TX.0}',chain"
+    SecRule TX:0 "@rx \$[a-z]" "capture,chain"
+        SecRule MATCHED_VAR "@rx \s" "t:none"
+"#,
+    )
+    .unwrap();
+    let v = w.evaluate(&Request::new("GET", "/?a=%23cat%24u%20/etc"));
+    let m = v.matched_rules.iter().find(|m| m.id == 1).unwrap();
+    assert_eq!(m.data, "$u");
+}
+
+#[test]
+fn pcre_brackets_inside_a_class_are_literal() {
+    // CRS 3.3's 920470 writes `[^"(),\/:;<=>?![\x5c\]{}]`: in PCRE the inner
+    // `[` is a literal, in the regex crate it would open a nested class.
+    let w = Waf::from_str_named(
+        "class.conf",
+        r#"SecRule ARGS:a "@rx ^[^![\x5c\]{}&&~]+$" "id:1,phase:1,deny,status:403"
+SecRule ARGS:b "@rx ^[[:digit:]]+$" "id:2,phase:1,deny,status:403""#,
+    )
+    .unwrap();
+    assert!(!w.evaluate(&Request::new("GET", "/?a=abc")).is_pass());
+    for bad in ["a[b", "a%5Db", "a%26b", "a%7Eb", "a!b"] {
+        let v = w.evaluate(&Request::new("GET", &format!("/?a={bad}")));
+        assert!(v.is_pass(), "{bad}: {:?}", v.matched_ids);
+    }
+    assert!(!w.evaluate(&Request::new("GET", "/?b=123")).is_pass());
+    assert!(w.evaluate(&Request::new("GET", "/?b=12x")).is_pass());
+}
+
+#[test]
+fn operators_needing_geoip_or_dns_never_match_and_are_named_at_load() {
+    let w = Waf::from_str_named(
+        "reput.conf",
+        r#"SecRule REMOTE_ADDR "@geoLookup" "id:1,phase:1,deny,status:403"
+SecRule REMOTE_ADDR "@rbl dnsbl.example" "id:2,phase:1,deny,status:403""#,
+    )
+    .unwrap();
+    assert!(w.evaluate(&Request::new("GET", "/")).is_pass());
+    let warned = |line: &str, what: &str| {
+        w.warnings()
+            .iter()
+            .any(|m| m.starts_with(&format!("reput.conf:{line}: {what}")))
+    };
+    assert!(
+        warned("1", "@geoLookup never matches"),
+        "{:?}",
+        w.warnings()
+    );
+    assert!(warned("2", "@rbl never matches"), "{:?}", w.warnings());
 }

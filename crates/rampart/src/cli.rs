@@ -80,6 +80,11 @@ pub enum Command {
     Login(LoginArgs),
     /// Start a command with a service's secrets as environment variables; nothing is written to disk.
     Run(RunArgs),
+    /// Work with the web application firewall's rule sets.
+    Waf {
+        #[command(subcommand)]
+        command: WafCommand,
+    },
     /// Measure Rampart against named baselines.
     Bench {
         #[command(subcommand)]
@@ -495,6 +500,43 @@ pub enum BenchCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+}
+
+/// `rampart waf …`
+#[derive(Debug, Subcommand)]
+pub enum WafCommand {
+    /// Run go-ftw regression tests (the OWASP CRS suite's format) through the engine, or
+    /// through a running edge with --via; prints each failure and `N passed, N failed, N skipped`.
+    Test(WafTestArgs),
+}
+
+/// `rampart waf test`
+#[derive(Debug, Args)]
+pub struct WafTestArgs {
+    /// A rule file or directory, loaded in order (repeat). A CRS directory loads
+    /// crs-setup.conf (or .example) then rules/*.conf; another directory its *.conf.
+    /// CRS's test setup (detection only, --paranoia) goes after crs-setup.conf.
+    #[arg(long = "rules", value_name = "PATH", required_unless_present = "via")]
+    pub rules: Vec<PathBuf>,
+    /// A directory of go-ftw YAML tests (searched for *.yaml) or one file.
+    #[arg(long, value_name = "DIR")]
+    pub tests: PathBuf,
+    /// Send each request to a running edge (http:// or https://HOST:PORT) instead; judged by
+    /// status only, since rule ids are not visible from outside: 403 is blocked.
+    #[arg(long, value_name = "URL", conflicts_with = "rules")]
+    pub via: Option<String>,
+    /// Paranoia level for the engine, 1 to 4 (CRS's suite expects 4).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..=4))]
+    pub paranoia: u8,
+    /// Only test files whose name starts with this (e.g. 942 or 942100).
+    #[arg(long, value_name = "PREFIX")]
+    pub only: Option<String>,
+    /// CA certificate (PEM) to trust for an https --via URL.
+    #[arg(long, requires = "via")]
+    pub ca: Option<PathBuf>,
+    /// Accept any certificate from an https --via URL (a local edge).
+    #[arg(long, requires = "via", conflicts_with = "ca")]
+    pub insecure: bool,
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {

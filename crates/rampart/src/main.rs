@@ -23,6 +23,7 @@ mod node;
 mod planes;
 mod tls;
 mod up;
+mod waf_cmd;
 
 use clap::Parser;
 
@@ -42,9 +43,11 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> Result<u8, CliError> {
-    if let Command::Run(args) = cli.command {
-        return client::run(args);
-    }
+    let cli = match cli.command {
+        Command::Run(args) => return client::run(args),
+        Command::Waf { command } => return waf_cmd::run(command),
+        _ => cli,
+    };
     dispatch(cli).map(|()| 0)
 }
 
@@ -75,8 +78,8 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Bench {
             command: BenchCommand::Audit { dir },
         } => audit_cmd::bench(dir.as_deref()),
-        Command::Run(_) => Err(CliError::Runtime(
-            "unreachable: run is handled first".into(),
+        Command::Run(_) | Command::Waf { .. } => Err(CliError::Runtime(
+            "unreachable: run and waf are handled first".into(),
         )),
     }
 }
