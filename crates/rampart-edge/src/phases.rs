@@ -36,7 +36,7 @@ pub struct RequestCtx {
     /// The validated host, lowercase, without port.
     pub host: String,
     /// The matched route.
-    pub route: Route,
+    pub route: Arc<Route>,
     /// Set by authentication.
     pub principal: Option<Principal>,
     /// Sent upstream as `X-Request-Id`.
@@ -60,7 +60,7 @@ impl RequestCtx {
         body: Incoming,
         client: IpAddr,
         host: String,
-        route: Route,
+        route: Arc<Route>,
         request_id: String,
     ) -> RequestCtx {
         RequestCtx {

@@ -78,7 +78,7 @@ pub async fn forward(
     ctx: &RequestCtx,
     https: bool,
     timeout: Duration,
-    assertion: Option<&str>,
+    assertion: Option<HeaderValue>,
 ) -> Result<Forwarded, Reject> {
     let body = ctx.body().cloned().unwrap_or_default();
     let retry_ok = idempotent(&ctx.head.method);
@@ -99,7 +99,7 @@ pub async fn forward(
         };
         tried.push(lease.index());
         let upstream = lease.addr().to_string();
-        let req = upstream_request(ctx, &upstream, body.clone(), https, assertion)?;
+        let req = upstream_request(ctx, &upstream, body.clone(), https, assertion.clone())?;
         match tokio::time::timeout(timeout, client.request(req)).await {
             Ok(Ok(response)) => {
                 let status = response.status().as_u16();
@@ -136,7 +136,7 @@ fn upstream_request(
     upstream: &str,
     body: Bytes,
     https: bool,
-    assertion: Option<&str>,
+    assertion: Option<HeaderValue>,
 ) -> Result<Request<Full<Bytes>>, Reject> {
     let pq = ctx.head.uri.path_and_query().map_or("/", |p| p.as_str());
     let uri: http::Uri = format!("http://{upstream}{pq}")
@@ -165,7 +165,7 @@ fn upstream_request(
     // Only the edge speaks for the edge: a client's assertion never passes.
     headers.remove(crate::assertion::HEADER);
     if let Some(a) = assertion {
-        set(&mut headers, crate::assertion::HEADER, a);
+        headers.insert(HeaderName::from_static(crate::assertion::HEADER), a);
     }
     let mut req = Request::new(Full::new(body));
     *req.method_mut() = ctx.head.method.clone();

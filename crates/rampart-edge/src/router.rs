@@ -2,26 +2,29 @@
 //! longest path prefix wins. Prefixes match on segment boundaries, so
 //! `/api` matches `/api` and `/api/x` but not `/apix`.
 
+use std::sync::Arc;
+
 use rampart_config::Route;
 
 /// The routes, ready for matching.
 #[derive(Debug, Clone)]
 pub struct Router {
-    routes: Vec<Route>,
+    routes: Vec<Arc<Route>>,
 }
 
 impl Router {
     /// Builds a router over `routes`.
     pub fn new(routes: Vec<Route>) -> Router {
-        Router { routes }
+        Router {
+            routes: routes.into_iter().map(Arc::new).collect(),
+        }
     }
 
     /// The best route for `host` (no port, any case) and `path`.
-    pub fn find(&self, host: &str, path: &str) -> Option<&Route> {
-        let host = host.to_ascii_lowercase();
-        let mut best: Option<(u8, usize, &Route)> = None;
+    pub fn find(&self, host: &str, path: &str) -> Option<&Arc<Route>> {
+        let mut best: Option<(u8, usize, &Arc<Route>)> = None;
         for r in &self.routes {
-            let Some(host_rank) = host_rank(&r.host, &host) else {
+            let Some(host_rank) = host_rank(&r.host, host) else {
                 continue;
             };
             if !prefix_matches(&r.path_prefix, path) {
@@ -36,21 +39,22 @@ impl Router {
     }
 }
 
-/// 2 for an exact host, 1 for a wildcard match, `None` for no match.
+/// 2 for an exact host, 1 for a wildcard match, `None` for no match. Both
+/// compare without regard to ASCII case.
 fn host_rank(pattern: &str, host: &str) -> Option<u8> {
-    let pattern = pattern.to_ascii_lowercase();
-    if pattern == host {
+    if pattern.eq_ignore_ascii_case(host) {
         return Some(2);
     }
-    if let Some(suffix) = pattern.strip_prefix("*.") {
-        // One or more labels before the suffix.
-        if let Some(head) = host.strip_suffix(suffix) {
-            if head.len() > 1 && head.ends_with('.') {
-                return Some(1);
-            }
-        }
-    }
-    None
+    let suffix = pattern.strip_prefix("*.")?;
+    // One or more labels, then a dot, then the suffix.
+    let cut = host.len().checked_sub(suffix.len() + 1)?;
+    let (head, tail) = (host.get(..cut)?, host.get(cut..)?);
+    let matches = !head.is_empty()
+        && tail.starts_with('.')
+        && tail
+            .get(1..)
+            .is_some_and(|t| t.eq_ignore_ascii_case(suffix));
+    matches.then_some(1)
 }
 
 fn prefix_matches(prefix: &str, path: &str) -> bool {

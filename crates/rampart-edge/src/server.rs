@@ -697,25 +697,18 @@ impl State {
         rec.waf = ctx.waf.take();
         rec.bytes_in = ctx.body().map_or(0, |b| b.len() as u64);
         outcome?;
-        let assertion = self.assertion.as_ref().map(|signer| {
-            let now = self.clock.unix_secs();
-            signer.sign(&crate::assertion::Claims {
-                sub: ctx
-                    .principal
-                    .as_ref()
-                    .map_or_else(|| "anonymous".into(), |p| p.id.clone()),
-                roles: ctx
-                    .principal
-                    .as_ref()
-                    .map_or_else(Vec::new, |p| p.roles.clone()),
-                svc: ctx.route.service.clone(),
-                route: format!("{}{}", ctx.route.host, ctx.route.path_prefix),
-                method: ctx.head.method.as_str().to_string(),
-                path: ctx.head.uri.path().to_string(),
-                rid: ctx.request_id.clone(),
-                iat: now,
-                exp: now + signer.ttl_secs(),
-            })
+        let assertion = self.assertion.as_ref().and_then(|signer| {
+            let (sub, roles) = match &ctx.principal {
+                Some(p) => (p.id.as_str(), p.roles.as_slice()),
+                None => ("anonymous", &[][..]),
+            };
+            signer.header(
+                sub,
+                roles,
+                &ctx.route.service,
+                &format!("{}{}", ctx.route.host, ctx.route.path_prefix),
+                self.clock.unix_secs(),
+            )
         });
         let fwd = proxy::forward(
             &self.client,
@@ -723,7 +716,7 @@ impl State {
             &ctx,
             true,
             self.upstream_timeout,
-            assertion.as_deref(),
+            assertion,
         )
         .await?;
         rec.upstream = Some(fwd.upstream);
