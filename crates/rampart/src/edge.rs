@@ -176,6 +176,35 @@ impl AuditSink for EdgeAudit {
     }
 }
 
+/// Reloads the edge from the file it was started with: what SIGHUP and
+/// `POST /v1/edge/reload` do.
+#[derive(Clone)]
+pub struct EdgeReload {
+    path: std::path::PathBuf,
+    handle: rampart_edge::EdgeHandle,
+}
+
+impl EdgeReload {
+    /// A reloader of `handle` from `path`.
+    pub fn new(path: std::path::PathBuf, handle: rampart_edge::EdgeHandle) -> Self {
+        EdgeReload { path, handle }
+    }
+
+    /// The file it reloads.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Loads and validates the file and swaps the edge's routing to it
+    /// atomically; returns the number of routes. On error nothing changes
+    /// and the message says why (every config error with file:line:column).
+    pub fn reload(&self) -> Result<usize, String> {
+        let cfg = Config::load(&self.path).map_err(|e| e.to_string())?;
+        self.handle.reload(&cfg).map_err(|e| e.to_string())?;
+        Ok(cfg.routes.len())
+    }
+}
+
 /// How long an upstream assertion is valid.
 const ASSERTION_TTL_SECS: u64 = 60;
 

@@ -82,7 +82,12 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
         Some(_) => Some(edge::assertion_public_key(&node.keyring).await?),
         None => None,
     };
+    let edge_reload = match (&edge, &config_path) {
+        (Some(e), Some(path)) => Some(edge::EdgeReload::new(path.clone(), e.handle())),
+        _ => None,
+    };
     let state = Arc::new(AppState {
+        edge_reload: edge_reload.clone(),
         edge_assertion_key,
         node_name: config.node.name.clone(),
         planes: Some(running),
@@ -123,8 +128,8 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
         if let Some(a) = addrs.https {
             println!("edge https: https://{a}");
         }
-        if let Some(path) = config_path.clone() {
-            spawn_reloader(path, e.handle());
+        if let Some(r) = edge_reload.clone() {
+            spawn_reloader(r);
         }
         metrics.set_edge(e.handle());
         let mut rx = stop_rx.clone();
@@ -175,7 +180,7 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
 
 /// On SIGHUP, re-reads the configuration and swaps the edge's routing to it
 /// atomically; an invalid file is refused and the running one keeps serving.
-fn spawn_reloader(path: PathBuf, edge: rampart_edge::EdgeHandle) {
+fn spawn_reloader(reload: edge::EdgeReload) {
     #[cfg(unix)]
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
@@ -183,26 +188,24 @@ fn spawn_reloader(path: PathBuf, edge: rampart_edge::EdgeHandle) {
             return;
         };
         while hup.recv().await.is_some() {
-            let result = Config::load(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|cfg| edge.reload(&cfg).map_err(|e| e.to_string()));
-            match result {
-                Ok(()) => {
-                    println!("reloaded {}", path.display());
-                    tracing::info!(config = %path.display(), "configuration reloaded");
+            let path = reload.path().display().to_string();
+            match reload.reload() {
+                Ok(_) => {
+                    println!("reloaded {path}");
+                    tracing::info!(config = %path, "configuration reloaded");
                 }
                 Err(e) => {
                     println!(
                         "reload refused, still serving the previous configuration: {}",
                         e.replace('\n', "; ")
                     );
-                    tracing::error!(config = %path.display(), error = %e, "reload refused");
+                    tracing::error!(config = %path, error = %e, "reload refused");
                 }
             }
         }
     });
     #[cfg(not(unix))]
-    let _ = (path, edge);
+    let _ = reload;
 }
 
 async fn wait_for_signal() {

@@ -283,7 +283,7 @@ fn sighup_reloads_routes_and_refuses_a_bad_config_while_serving() {
         )
     };
     std::fs::write(r.path("rampart.toml"), config("/a")).unwrap();
-    r.init();
+    let admin = r.init();
     let srv = r.up(&["--config", "rampart.toml", "--data-dir", "data"]);
     let https = srv
         .printed
@@ -329,6 +329,21 @@ fn sighup_reloads_routes_and_refuses_a_bad_config_while_serving() {
         200,
         "a bad reload must leave the old config serving"
     );
+
+    // The control API reloads the same way: a bad file is refused with the
+    // line it is wrong on, a good one takes effect; only admins may ask.
+    let refused = srv.send("POST", "/v1/edge/reload", Some(&admin), "");
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    assert!(refused.body.contains("rampart.toml:2"), "{}", refused.body);
+    assert_eq!(status("/b"), 200);
+    std::fs::write(r.path("rampart.toml"), config("/a")).unwrap();
+    let ok = srv.send("POST", "/v1/edge/reload", Some(&admin), "");
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    assert_eq!(ok.json()["routes"], 1);
+    assert_eq!(status("/b"), 404);
+    assert_eq!(status("/a/x"), 200);
+    assert_eq!(srv.send("POST", "/v1/edge/reload", None, "").status, 401);
+
     let (exit, lines) = srv.terminate();
     assert!(exit.success());
     assert!(

@@ -61,6 +61,9 @@ pub struct AppState {
     pub identity: Option<Arc<rampart_identity::Identity>>,
     /// The edge's assertion public key (base64), when this node runs an edge.
     pub edge_assertion_key: Option<String>,
+    /// Reloads the edge from its config file (`POST /v1/edge/reload`), when
+    /// this node runs an edge started from a file.
+    pub edge_reload: Option<crate::edge::EdgeReload>,
     /// The audit log every `/v1` call is recorded in.
     pub audit: Option<Arc<rampart_audit::Audit>>,
     pub store: Arc<dyn Store>,
@@ -107,6 +110,7 @@ pub fn router(state: SharedState) -> Router {
         .merge(identity::routes())
         .route("/v1/audit/events", get(audit_events))
         .route("/v1/edge/assertion-key", get(assertion_key))
+        .route("/v1/edge/reload", axum::routing::post(edge_reload))
         .fallback(not_found)
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -191,6 +195,37 @@ async fn assertion_key(State(st): State<SharedState>) -> Result<Json<serde_json:
         "public_key": key,
         "header": rampart_edge::assertion::HEADER,
     })))
+}
+
+/// `POST /v1/edge/reload`: admins reload the edge from its config file, as
+/// SIGHUP does. An invalid file is refused with 422 and the errors (file,
+/// line, column, field); the running configuration keeps serving.
+async fn edge_reload(
+    State(st): State<SharedState>,
+    who: Authenticated,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if !who.is_admin() {
+        return Err(ApiError::forbidden(
+            "reloading the edge needs an admin credential",
+        ));
+    }
+    let reload = st.edge_reload.clone().ok_or_else(|| {
+        ApiError::unavailable("this node runs no edge started from a config file")
+    })?;
+    let outcome = tokio::task::spawn_blocking(move || reload.reload())
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "edge reload task");
+            ApiError::internal()
+        })?;
+    match outcome {
+        Ok(routes) => Ok(Json(json!({"reloaded": true, "routes": routes}))),
+        Err(e) => Err(ApiError::new(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_config",
+            e,
+        )),
+    }
 }
 
 /// `GET /v1/audit/events`: admins search the audit log.
