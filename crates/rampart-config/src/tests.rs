@@ -230,7 +230,10 @@ fn waf_exclusions_load_in_order_with_canonical_collections() {
             },
             WafExclusion {
                 rules: WafRuleSelector::Tag("attack-sqli".into()),
-                target: target("REQUEST_COOKIES", Some(WafTargetKey::Name("session".into())))
+                target: target(
+                    "REQUEST_COOKIES",
+                    Some(WafTargetKey::Name("session".into()))
+                )
             },
             WafExclusion {
                 rules: WafRuleSelector::Tag("attack-xss".into()),
@@ -242,6 +245,9 @@ fn waf_exclusions_load_in_order_with_canonical_collections() {
             },
         ]
     );
-    assert_eq!(ex[3].target.as_ref().unwrap().to_string(), "ARGS_POST:/^content_/");
+    assert_eq!(
+        ex[3].target.as_ref().unwrap().to_string(),
+        "ARGS_POST:/^content_/"
+    );
     assert_eq!(c.routes[0].waf.mode, WafMode::Block);
 }

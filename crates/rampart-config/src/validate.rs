@@ -49,11 +49,19 @@ impl Checker {
         let raw = x.get_ref();
         let rules = match (&raw.rule, &raw.tag) {
             (Some(_), Some(tag)) => {
-                self.err(tag, format!("{path}.tag"), "give either rule or tag, not both");
+                self.err(
+                    tag,
+                    format!("{path}.tag"),
+                    "give either rule or tag, not both",
+                );
                 None
             }
             (None, None) => {
-                self.err(x, path, "name a rule (rule = 942100) or a tag (tag = \"attack-sqli\")");
+                self.err(
+                    x,
+                    path,
+                    "name a rule (rule = 942100) or a tag (tag = \"attack-sqli\")",
+                );
                 None
             }
             (Some(rule), None) => match u64::try_from(*rule.get_ref()) {
@@ -62,7 +70,10 @@ impl Checker {
                     self.err(
                         rule,
                         format!("{path}.rule"),
-                        format!("invalid rule id {}: must be a positive integer", rule.get_ref()),
+                        format!(
+                            "invalid rule id {}: must be a positive integer",
+                            rule.get_ref()
+                        ),
                     );
                     None
                 }
@@ -70,7 +81,11 @@ impl Checker {
             (None, Some(tag)) => {
                 let t = tag.get_ref();
                 if t.trim().is_empty() {
-                    self.err(tag, format!("{path}.tag"), "name a tag such as \"attack-sqli\"");
+                    self.err(
+                        tag,
+                        format!("{path}.tag"),
+                        "name a tag such as \"attack-sqli\"",
+                    );
                     None
                 } else if let Err(e) = regex::Regex::new(t) {
                     self.err(
@@ -249,8 +264,8 @@ fn waf_target(s: &str) -> Result<WafTarget, String> {
         }
         Some("") => {
             return Err(format!(
-                "invalid target {s:?}: name a key after ':', or leave out ':' for the whole collection"
-            ))
+            "invalid target {s:?}: name a key after ':', or leave out ':' for the whole collection"
+        ))
         }
         Some(k) if k.len() >= 2 && k.starts_with('/') && k.ends_with('/') => {
             let pat = k.get(1..k.len() - 1).unwrap_or("");
@@ -261,12 +276,7 @@ fn waf_target(s: &str) -> Result<WafTarget, String> {
             regex::RegexBuilder::new(pat)
                 .case_insensitive(true)
                 .build()
-                .map_err(|e| {
-                    format!(
-                        "invalid target {s:?}: bad key regex: {}",
-                        regex_error(&e)
-                    )
-                })?;
+                .map_err(|e| format!("invalid target {s:?}: bad key regex: {}", regex_error(&e)))?;
             Some(WafTargetKey::Regex(pat.to_string()))
         }
         Some(k) if k.contains(['|', '!', '&', '\'']) || k.starts_with('/') => {
@@ -286,7 +296,11 @@ fn waf_target(s: &str) -> Result<WafTarget, String> {
 /// lines before it draw the pattern.
 fn regex_error(e: &regex::Error) -> String {
     let text = e.to_string();
-    let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let last = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
     last.trim().trim_start_matches("error: ").to_string()
 }
 
