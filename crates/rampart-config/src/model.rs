@@ -133,8 +133,96 @@ pub struct Route {
     /// are resolved against the config file by [`crate::Config::load`]).
     pub json_schema: Option<PathBuf>,
     /// What the web application firewall does on this route.
-    pub waf: WafMode,
+    pub waf: RouteWaf,
 }
+
+/// The web application firewall's policy on one route.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RouteWaf {
+    /// Block, detect only, or off.
+    pub mode: WafMode,
+    /// Rules and targets removed on this route, applied at the start of
+    /// each request like CRS exclusion rules (`ctl:ruleRemoveById` and
+    /// friends).
+    pub exclusions: Vec<WafExclusion>,
+}
+
+/// One per-route WAF exclusion.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct WafExclusion {
+    /// The rules it applies to.
+    pub rules: WafRuleSelector,
+    /// `None` removes the rules; `Some` removes only this target from them.
+    pub target: Option<WafTarget>,
+}
+
+/// Which rules an exclusion names.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum WafRuleSelector {
+    /// One rule id (`ctl:ruleRemoveById`, `ctl:ruleRemoveTargetById`).
+    Id(u64),
+    /// Rules with a tag matching this regex, as in SecLang
+    /// (`ctl:ruleRemoveByTag`, `ctl:ruleRemoveTargetByTag`).
+    Tag(String),
+}
+
+/// A target to remove: a collection, optionally one key or keys matching a
+/// regex (case-insensitive), such as `ARGS:body` or `REQUEST_COOKIES:/^sess/`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct WafTarget {
+    /// The collection name, uppercase (one of [`WAF_TARGET_COLLECTIONS`]).
+    pub collection: String,
+    /// The key, if any.
+    pub key: Option<WafTargetKey>,
+}
+
+/// The key part of a [`WafTarget`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum WafTargetKey {
+    /// One key, compared case-insensitively.
+    Name(String),
+    /// Keys matching this regex (without the slashes).
+    Regex(String),
+}
+
+impl std::fmt::Display for WafTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.key {
+            None => f.write_str(&self.collection),
+            Some(WafTargetKey::Name(k)) => write!(f, "{}:{k}", self.collection),
+            Some(WafTargetKey::Regex(r)) => write!(f, "{}:/{r}/", self.collection),
+        }
+    }
+}
+
+/// Collections a WAF exclusion may name as its target, and whether they
+/// have keys (`ARGS:name`) or are single values (`REQUEST_URI`). These are
+/// the request-side variables rules inspect; the engine accepts every one.
+pub const WAF_TARGET_COLLECTIONS: &[(&str, bool)] = &[
+    ("ARGS", true),
+    ("ARGS_GET", true),
+    ("ARGS_POST", true),
+    ("ARGS_NAMES", true),
+    ("ARGS_GET_NAMES", true),
+    ("ARGS_POST_NAMES", true),
+    ("REQUEST_HEADERS", true),
+    ("REQUEST_HEADERS_NAMES", true),
+    ("REQUEST_COOKIES", true),
+    ("REQUEST_COOKIES_NAMES", true),
+    ("FILES", true),
+    ("FILES_NAMES", true),
+    ("MULTIPART_PART_HEADERS", true),
+    ("XML", true),
+    ("REQUEST_URI", false),
+    ("REQUEST_URI_RAW", false),
+    ("REQUEST_FILENAME", false),
+    ("REQUEST_BASENAME", false),
+    ("REQUEST_LINE", false),
+    ("REQUEST_METHOD", false),
+    ("REQUEST_PROTOCOL", false),
+    ("QUERY_STRING", false),
+    ("REQUEST_BODY", false),
+];
 
 /// What the web application firewall does on a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -124,6 +124,17 @@ pub(crate) struct RawRoute {
     pub max_body_bytes: Option<S<i64>>,
     pub json_schema: Option<S<String>>,
     pub waf: Option<S<String>>,
+    #[serde(default)]
+    pub waf_exclusions: Vec<S<RawWafExclusion>>,
+}
+
+/// `{ rule = N }`, `{ tag = "…" }`, either with `target = "COLLECTION[:key]"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawWafExclusion {
+    pub rule: Option<S<i64>>,
+    pub tag: Option<S<String>>,
+    pub target: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

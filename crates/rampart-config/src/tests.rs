@@ -199,9 +199,55 @@ revoked_client_serials = ["01:02"]
     let e = c.edge.as_ref().unwrap();
     assert_eq!(e.client_auth, ClientAuthMode::Optional);
     assert_eq!(e.revoked_client_serials, vec!["102".to_string()]);
-    assert_eq!(c.routes[0].waf, WafMode::Detect);
+    assert_eq!(c.routes[0].waf.mode, WafMode::Detect);
     assert_eq!(
         c.routes[0].json_schema.as_deref(),
         Some(std::path::Path::new("schemas/order.json"))
     );
+}
+
+#[test]
+fn waf_exclusions_load_in_order_with_canonical_collections() {
+    let f = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/good/waf_exclusions.toml");
+    let c = Config::load(&f).unwrap();
+    let ex = &c.routes[0].waf.exclusions;
+    let target = |collection: &str, key: Option<WafTargetKey>| {
+        Some(WafTarget {
+            collection: collection.into(),
+            key,
+        })
+    };
+    assert_eq!(
+        ex,
+        &vec![
+            WafExclusion {
+                rules: WafRuleSelector::Id(942100),
+                target: None
+            },
+            WafExclusion {
+                rules: WafRuleSelector::Id(941100),
+                target: target("ARGS", Some(WafTargetKey::Name("body".into())))
+            },
+            WafExclusion {
+                rules: WafRuleSelector::Tag("attack-sqli".into()),
+                target: target(
+                    "REQUEST_COOKIES",
+                    Some(WafTargetKey::Name("session".into()))
+                )
+            },
+            WafExclusion {
+                rules: WafRuleSelector::Tag("attack-xss".into()),
+                target: target("ARGS_POST", Some(WafTargetKey::Regex("^content_".into())))
+            },
+            WafExclusion {
+                rules: WafRuleSelector::Id(920350),
+                target: target("REQUEST_HEADERS", None)
+            },
+        ]
+    );
+    assert_eq!(
+        ex[3].target.as_ref().unwrap().to_string(),
+        "ARGS_POST:/^content_/"
+    );
+    assert_eq!(c.routes[0].waf.mode, WafMode::Block);
 }

@@ -40,6 +40,81 @@ impl Checker {
         })
     }
 
+    /// `{ rule = N }` or `{ tag = "re" }`, optionally with `target`.
+    fn waf_exclusion(
+        &mut self,
+        x: &S<crate::raw::RawWafExclusion>,
+        path: &str,
+    ) -> Option<WafExclusion> {
+        let raw = x.get_ref();
+        let rules = match (&raw.rule, &raw.tag) {
+            (Some(_), Some(tag)) => {
+                self.err(
+                    tag,
+                    format!("{path}.tag"),
+                    "give either rule or tag, not both",
+                );
+                None
+            }
+            (None, None) => {
+                self.err(
+                    x,
+                    path,
+                    "name a rule (rule = 942100) or a tag (tag = \"attack-sqli\")",
+                );
+                None
+            }
+            (Some(rule), None) => match u64::try_from(*rule.get_ref()) {
+                Ok(id) if id > 0 => Some(WafRuleSelector::Id(id)),
+                _ => {
+                    self.err(
+                        rule,
+                        format!("{path}.rule"),
+                        format!(
+                            "invalid rule id {}: must be a positive integer",
+                            rule.get_ref()
+                        ),
+                    );
+                    None
+                }
+            },
+            (None, Some(tag)) => {
+                let t = tag.get_ref();
+                if t.trim().is_empty() {
+                    self.err(
+                        tag,
+                        format!("{path}.tag"),
+                        "name a tag such as \"attack-sqli\"",
+                    );
+                    None
+                } else if let Err(e) = regex::Regex::new(t) {
+                    self.err(
+                        tag,
+                        format!("{path}.tag"),
+                        format!("invalid tag regex {t:?}: {}", regex_error(&e)),
+                    );
+                    None
+                } else {
+                    Some(WafRuleSelector::Tag(t.clone()))
+                }
+            }
+        };
+        let target = match &raw.target {
+            None => None,
+            Some(t) => match waf_target(t.get_ref()) {
+                Ok(target) => Some(target),
+                Err(message) => {
+                    self.err(t, format!("{path}.target"), message);
+                    return None;
+                }
+            },
+        };
+        Some(WafExclusion {
+            rules: rules?,
+            target,
+        })
+    }
+
     fn err<T>(&mut self, at: &S<T>, path: impl Into<String>, message: impl Into<String>) {
         self.err_span(Some(at.span()), path, message);
     }
@@ -155,6 +230,78 @@ impl Checker {
         }
         parsed
     }
+}
+
+/// `COLLECTION`, `COLLECTION:key` or `COLLECTION:/regex/`, with a collection
+/// from [`WAF_TARGET_COLLECTIONS`] (keys only on collections that have them).
+fn waf_target(s: &str) -> Result<WafTarget, String> {
+    let (name, key) = match s.split_once(':') {
+        Some((n, k)) => (n.trim(), Some(k.trim())),
+        None => (s.trim(), None),
+    };
+    let known = || {
+        WAF_TARGET_COLLECTIONS
+            .iter()
+            .map(|(n, _)| *n)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let Some(&(collection, keyed)) = WAF_TARGET_COLLECTIONS
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+    else {
+        return Err(format!(
+            "invalid target {s:?}: unknown collection {name:?} (known: {})",
+            known()
+        ));
+    };
+    let key = match key {
+        None => None,
+        Some(_) if !keyed => {
+            return Err(format!(
+                "invalid target {s:?}: {collection} is a single value and takes no key"
+            ))
+        }
+        Some("") => {
+            return Err(format!(
+            "invalid target {s:?}: name a key after ':', or leave out ':' for the whole collection"
+        ))
+        }
+        Some(k) if k.len() >= 2 && k.starts_with('/') && k.ends_with('/') => {
+            let pat = k.get(1..k.len() - 1).unwrap_or("");
+            if pat.is_empty() {
+                return Err(format!("invalid target {s:?}: empty regex"));
+            }
+            // The engine matches keys case-insensitively.
+            regex::RegexBuilder::new(pat)
+                .case_insensitive(true)
+                .build()
+                .map_err(|e| format!("invalid target {s:?}: bad key regex: {}", regex_error(&e)))?;
+            Some(WafTargetKey::Regex(pat.to_string()))
+        }
+        Some(k) if k.contains(['|', '!', '&', '\'']) || k.starts_with('/') => {
+            return Err(format!(
+                "invalid target {s:?}: a key is a plain name or a /regex/"
+            ))
+        }
+        Some(k) => Some(WafTargetKey::Name(k.to_string())),
+    };
+    Ok(WafTarget {
+        collection: collection.to_string(),
+        key,
+    })
+}
+
+/// The gist of a regex error: its last line (`error: unclosed group`); the
+/// lines before it draw the pattern.
+fn regex_error(e: &regex::Error) -> String {
+    let text = e.to_string();
+    let last = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    last.trim().trim_start_matches("error: ").to_string()
 }
 
 fn valid_hostname(h: &str) -> bool {
@@ -478,9 +625,18 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
                 WafMode::Block
             }
         };
+        let exclusions = r
+            .waf_exclusions
+            .iter()
+            .enumerate()
+            .filter_map(|(j, x)| c.waf_exclusion(x, &format!("routes[{i}].waf_exclusions[{j}]")))
+            .collect();
         routes.push(Route {
             json_schema,
-            waf,
+            waf: RouteWaf {
+                mode: waf,
+                exclusions,
+            },
             rate_limit,
             max_body_bytes,
             host,

@@ -11,14 +11,15 @@
 //! the runner then reads it once, bounded by the body limit, and keeps it
 //! for later phases and for retries.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, RwLock};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use ipnet::IpNet;
-use rampart_config::{Route, RouteAuth, WafMode};
+use rampart_config::{Route, RouteAuth, WafExclusion, WafMode, WafRuleSelector};
 use rampart_core::SharedClock;
 
 use crate::error::Reject;
@@ -213,10 +214,126 @@ impl Phase for RateLimit {
     }
 }
 
-/// The firewall: hands the request (head and body) to the WAF.
+/// The firewall: hands the request (head and body) to the WAF, with the
+/// route's exclusions (`waf_exclusions` in `rampart.toml`).
 pub struct Firewall {
     /// The engine.
     pub waf: Arc<rampart_waf::Waf>,
+}
+
+/// Compiled exclusions, per engine (by address) and per distinct exclusion
+/// list.
+///
+/// Why a memo here rather than compiling per request or at load: compiling
+/// a list parses its targets, compiles its tag and key regexes and resolves
+/// each tag over every rule (for CRS, hundreds of rules), far more than a
+/// request should pay; but the phase list is built once at bind while
+/// routes (and so exclusions) change on reload, and a route carries only
+/// the validated config form, since `rampart-config` does not know the
+/// engine. So the first request on a route compiles its list once and later
+/// ones share it after one uncontended read lock; routes without
+/// exclusions never look. A reload with new lists adds entries; the memo is
+/// emptied when it grows past [`EXCLUSION_MEMO_MAX`] lists. An engine
+/// dropped and another built at the same address cannot be misled: the
+/// tag tables are stamped with the engine they were resolved for and are
+/// ignored by any other (tags are then matched rule by rule).
+type ExclusionMemo = HashMap<usize, HashMap<Vec<WafExclusion>, Arc<rampart_waf::Exclusions>>>;
+
+static EXCLUSION_MEMO: OnceLock<RwLock<ExclusionMemo>> = OnceLock::new();
+
+/// Most exclusion lists kept in [`EXCLUSION_MEMO`].
+const EXCLUSION_MEMO_MAX: usize = 1024;
+
+impl Firewall {
+    /// The engine's form of a route's exclusions, tag tables resolved
+    /// against `waf`. Fails only on what configuration validation already
+    /// refuses (an unknown collection, a bad regex).
+    pub fn compile_exclusions(
+        waf: &rampart_waf::Waf,
+        list: &[WafExclusion],
+    ) -> Result<rampart_waf::Exclusions, rampart_waf::Error> {
+        let mut ex = rampart_waf::Exclusions::new();
+        for x in list {
+            let target = x.target.as_ref().map(ToString::to_string);
+            match (&x.rules, target) {
+                (WafRuleSelector::Id(id), None) => {
+                    ex.remove_rule(*id);
+                }
+                (WafRuleSelector::Id(id), Some(t)) => {
+                    ex.remove_target_by_id(id, &t)?;
+                }
+                (WafRuleSelector::Tag(tag), None) => {
+                    ex.remove_tag(tag)?;
+                }
+                (WafRuleSelector::Tag(tag), Some(t)) => {
+                    ex.remove_target_by_tag(tag, &t)?;
+                }
+            }
+        }
+        ex.resolve(waf);
+        Ok(ex)
+    }
+
+    /// What is worth a warning at start (or reload) about the routes'
+    /// exclusions against the loaded rules: rule ids the rules do not hold
+    /// (not an error, since rule sets differ) and lists the engine refuses.
+    /// Each message names the route.
+    pub fn check_exclusions(waf: &rampart_waf::Waf, routes: &[Route]) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, r) in routes.iter().enumerate() {
+            if r.waf.exclusions.is_empty() {
+                continue;
+            }
+            let name = format!("routes[{i}] ({}{})", r.host, r.path_prefix);
+            for x in &r.waf.exclusions {
+                if let WafRuleSelector::Id(id) = x.rules {
+                    if !waf.has_rule(id) {
+                        out.push(format!(
+                            "{name}: waf_exclusions names rule {id}, which the loaded rules do not hold"
+                        ));
+                    }
+                }
+            }
+            if let Err(e) = Firewall::compile_exclusions(waf, &r.waf.exclusions) {
+                out.push(format!(
+                    "{name}: waf_exclusions refused by the engine ({e}); the route runs without them"
+                ));
+            }
+        }
+        out
+    }
+
+    /// The route's compiled exclusions from [`EXCLUSION_MEMO`]; `None` when
+    /// the route has none or the engine refuses them (then the route runs
+    /// every rule: failing towards blocking).
+    fn exclusions(&self, list: &[WafExclusion]) -> Option<Arc<rampart_waf::Exclusions>> {
+        if list.is_empty() {
+            return None;
+        }
+        let memo = EXCLUSION_MEMO.get_or_init(RwLock::default);
+        let engine = Arc::as_ptr(&self.waf) as usize;
+        if let Ok(m) = memo.read() {
+            if let Some(ex) = m.get(&engine).and_then(|by_list| by_list.get(list)) {
+                return Some(ex.clone());
+            }
+        }
+        let ex = match Firewall::compile_exclusions(&self.waf, list) {
+            Ok(ex) => Arc::new(ex),
+            Err(e) => {
+                tracing::error!(error = %e, "waf_exclusions refused by the engine; running every rule");
+                Arc::new(rampart_waf::Exclusions::new())
+            }
+        };
+        if let Ok(mut m) = memo.write() {
+            if m.values().map(HashMap::len).sum::<usize>() >= EXCLUSION_MEMO_MAX {
+                m.clear();
+            }
+            m.entry(engine)
+                .or_default()
+                .insert(list.to_vec(), ex.clone());
+        }
+        (!ex.is_empty()).then_some(ex)
+    }
 }
 
 impl Phase for Firewall {
@@ -227,7 +344,7 @@ impl Phase for Firewall {
         true
     }
     fn check(&self, ctx: &mut RequestCtx) -> Result<(), Reject> {
-        let mode = ctx.route.waf;
+        let mode = ctx.route.waf.mode;
         if mode == WafMode::Off {
             return Ok(());
         }
@@ -254,7 +371,10 @@ impl Phase for Firewall {
             headers,
             body: ctx.body().map(|b| b.to_vec()).unwrap_or_default(),
         };
-        let v = self.waf.evaluate(&req);
+        let v = match self.exclusions(&ctx.route.waf.exclusions) {
+            Some(ex) => self.waf.evaluate_with(&req, &ex),
+            None => self.waf.evaluate(&req),
+        };
         if !v.matched_rules.is_empty() || v.disrupted_by.is_some() {
             ctx.waf = Some(WafFindings {
                 mode,

@@ -373,7 +373,7 @@ fn on_off(v: &str, at: &Location) -> Result<bool, Error> {
     }
 }
 
-fn target_exclusion(t: &str, at: &Location) -> Result<Exclusion, Error> {
+pub(crate) fn target_exclusion(t: &str, at: &Location) -> Result<Exclusion, Error> {
     let (name, key) = match t.split_once(':') {
         Some((n, k)) => (n, Some(k)),
         None => (t, None),

@@ -211,6 +211,7 @@ impl WafBuilder {
             tag_sets,
             config: self.config.clone(),
             warnings,
+            id: NEXT_WAF_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
     }
 
@@ -717,7 +718,13 @@ pub struct Waf {
     pub(crate) tag_sets: HashMap<String, Vec<bool>>,
     pub(crate) config: Config,
     warnings: Vec<String>,
+    /// Unique per built engine, so that [`crate::Exclusions`] resolved
+    /// against one engine are never read as tables of another.
+    pub(crate) id: u64,
 }
+
+/// Source of [`Waf::id`].
+static NEXT_WAF_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl Waf {
     /// Starts loading a rule set.

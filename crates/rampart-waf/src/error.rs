@@ -57,6 +57,14 @@ pub enum Error {
         /// What is wrong, naming the test and stage where known.
         message: String,
     },
+    /// A per-request exclusion ([`crate::Exclusions`]) is malformed.
+    #[error("exclusion `{exclusion}`: {message}")]
+    Exclusion {
+        /// The exclusion as given.
+        exclusion: String,
+        /// What is wrong.
+        message: String,
+    },
     /// A regular expression does not compile with either regex engine.
     #[error("{at}: bad regular expression: {message}")]
     Regex {
@@ -71,7 +79,7 @@ impl Error {
     /// The location of the offending directive, if the error has one.
     pub fn location(&self) -> Option<&Location> {
         match self {
-            Error::Io { .. } | Error::Test { .. } => None,
+            Error::Io { .. } | Error::Test { .. } | Error::Exclusion { .. } => None,
             Error::Syntax { at, .. } | Error::Unsupported { at, .. } | Error::Regex { at, .. } => {
                 Some(at)
             }

@@ -9,7 +9,9 @@
 //! [`Request`] (phases 1 and 2) and enforces the returned [`Action`]; to
 //! inspect what the upstream answered it calls [`Waf::evaluate_response`]
 //! with the [`Request`] and the [`Response`] (phases 1 to 5, CRS's
-//! 95x data-leakage rules and 980 reporting).
+//! 95x data-leakage rules and 980 reporting). A route's exclusions (CRS
+//! exclusion rules without writing SecLang) go in [`Exclusions`], passed to
+//! [`Waf::evaluate_with`].
 //!
 //! ```
 //! use rampart_waf::{Waf, Request, Action};
@@ -36,6 +38,7 @@ mod actions;
 mod body;
 mod engine;
 mod error;
+mod exclusions;
 pub mod ftw;
 mod lexer;
 mod macros;
@@ -51,6 +54,7 @@ mod xml;
 pub use actions::EngineMode;
 pub use engine::{BodyLimitAction, Config, Waf, WafBuilder};
 pub use error::{Error, Location};
+pub use exclusions::Exclusions;
 pub use request::{Action, Request, Response, RuleMatch, Verdict};
 
 /// Hooks for conformance tests (secrules-language-tests vectors); not part

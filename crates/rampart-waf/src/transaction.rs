@@ -11,6 +11,7 @@ use crate::actions::{AllowScope, BodyProcessor, Ctl, Disruptive, EngineMode, IdR
 use crate::body;
 use crate::engine::ROOT_NODE;
 use crate::engine::{BodyLimitAction, Waf};
+use crate::exclusions::Exclusions;
 use crate::macros::{Macro, Seg};
 use crate::operators::{atoi, eval_with, Op, Operator};
 use crate::prefilter::ByteSet;
@@ -226,7 +227,7 @@ fn path_and_query(uri: &str) -> &str {
 }
 
 impl<'w> Transaction<'w> {
-    fn new(waf: &'w Waf, req: &Request) -> Self {
+    pub(crate) fn new(waf: &'w Waf, req: &Request) -> Self {
         let cfg = &waf.config;
         let mut t = Transaction {
             waf,
@@ -385,7 +386,7 @@ impl<'w> Transaction<'w> {
     }
 
     /// Runs phases 1 and 2; returns whether the response phases may run.
-    fn run_request(&mut self, req: &Request) -> bool {
+    pub(crate) fn run_request(&mut self, req: &Request) -> bool {
         if self.engine == EngineMode::Off {
             return false;
         }
@@ -487,7 +488,7 @@ impl<'w> Transaction<'w> {
         self.waf.config.response_body_mime_types.contains(&media)
     }
 
-    fn into_verdict(self) -> Verdict {
+    pub(crate) fn into_verdict(self) -> Verdict {
         let score = self
             .tx
             .get("blocking_inbound_anomaly_score")
@@ -1295,31 +1296,52 @@ impl<'w> Transaction<'w> {
             }
         }
         for ctl in &link.actions.ctls {
-            match ctl {
-                Ctl::RuleEngine(m) => self.engine = *m,
-                Ctl::RuleRemoveById(r) => self.removed_ids.extend(r.iter().copied()),
-                Ctl::RuleRemoveByTag(re) => {
-                    let t = self.tag_select(re);
-                    self.removed_tags.push(t);
-                }
-                Ctl::RuleRemoveTargetById(ids, ex) => {
-                    self.removed_targets_by_id.push((ids.clone(), ex.clone()))
-                }
-                Ctl::RuleRemoveTargetByTag(re, ex) => {
-                    let t = self.tag_select(re);
-                    self.removed_targets_by_tag.push((t, ex.clone()))
-                }
-                Ctl::RequestBodyProcessor(p) => {
-                    if self.phase == 1 {
-                        self.body_processor = Some(*p);
-                        self.set(VarName::ReqbodyProcessor, p.name().as_bytes());
-                    }
-                }
-                Ctl::RequestBodyAccess(b) => self.body_access = *b,
-                Ctl::ForceRequestBodyVariable(b) => self.force_body_var = *b,
-                Ctl::ResponseBodyAccess(b) => self.response_body_access = *b,
-                Ctl::Ignored => {}
+            self.apply_ctl(ctl);
+        }
+    }
+
+    /// Applies the caller's exclusions before any rule runs: the same
+    /// `ctl` actions a rule would apply, with tags looked up in the tables
+    /// [`Exclusions::resolve`] worked out for this engine, if it did.
+    pub(crate) fn exclude(&mut self, ex: &'w Exclusions) {
+        let tables = ex.tables_for(self.waf).unwrap_or(&[]);
+        for (i, ctl) in ex.ctls.iter().enumerate() {
+            let table = tables.get(i).and_then(Option::as_deref);
+            match (ctl, table) {
+                (Ctl::RuleRemoveByTag(_), Some(t)) => self.removed_tags.push(TagSelect::Table(t)),
+                (Ctl::RuleRemoveTargetByTag(_, e), Some(t)) => self
+                    .removed_targets_by_tag
+                    .push((TagSelect::Table(t), e.clone())),
+                _ => self.apply_ctl(ctl),
             }
+        }
+    }
+
+    fn apply_ctl(&mut self, ctl: &Ctl) {
+        match ctl {
+            Ctl::RuleEngine(m) => self.engine = *m,
+            Ctl::RuleRemoveById(r) => self.removed_ids.extend(r.iter().copied()),
+            Ctl::RuleRemoveByTag(re) => {
+                let t = self.tag_select(re);
+                self.removed_tags.push(t);
+            }
+            Ctl::RuleRemoveTargetById(ids, ex) => {
+                self.removed_targets_by_id.push((ids.clone(), ex.clone()))
+            }
+            Ctl::RuleRemoveTargetByTag(re, ex) => {
+                let t = self.tag_select(re);
+                self.removed_targets_by_tag.push((t, ex.clone()))
+            }
+            Ctl::RequestBodyProcessor(p) => {
+                if self.phase == 1 {
+                    self.body_processor = Some(*p);
+                    self.set(VarName::ReqbodyProcessor, p.name().as_bytes());
+                }
+            }
+            Ctl::RequestBodyAccess(b) => self.body_access = *b,
+            Ctl::ForceRequestBodyVariable(b) => self.force_body_var = *b,
+            Ctl::ResponseBodyAccess(b) => self.response_body_access = *b,
+            Ctl::Ignored => {}
         }
     }
 

@@ -3,6 +3,7 @@
 //! identity plane as its authenticator and the audit log as its access log.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rampart_audit::{Actor, Audit, Event, Outcome, Tier};
@@ -238,6 +239,83 @@ pub async fn assertion_public_key(keyring: &Keyring) -> Result<String, CliError>
     Ok(base64::engine::general_purpose::STANDARD.encode(signer.verifying_key().as_bytes()))
 }
 
+/// `edge.waf_rules` in order, each `*` in a file name (`rules/*.conf`)
+/// replaced by the files it matches, in name order. A pattern that matches
+/// nothing is an error, as is a `*` in a directory part: a typo must not
+/// leave the edge without its rules.
+fn expand_rule_files(entries: &[String]) -> Result<Vec<PathBuf>, CliError> {
+    let mut out = Vec::new();
+    for entry in entries {
+        let path = Path::new(entry);
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let dir = path.parent().unwrap_or(Path::new(""));
+        if dir.to_string_lossy().contains('*') {
+            return Err(CliError::Input(format!(
+                "edge.waf_rules: {entry}: '*' is allowed in the file name only"
+            )));
+        }
+        if !name.contains('*') {
+            out.push(path.to_path_buf());
+            continue;
+        }
+        let listing = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        let read = std::fs::read_dir(listing).map_err(|err| {
+            CliError::Input(format!(
+                "edge.waf_rules: {entry}: cannot read {}: {err}",
+                listing.display()
+            ))
+        })?;
+        let mut found: Vec<PathBuf> = read
+            .filter_map(|d| d.ok())
+            .filter(|d| {
+                d.file_name()
+                    .to_str()
+                    .is_some_and(|n| wildcard_match(name, n))
+            })
+            .map(|d| dir.join(d.file_name()))
+            .filter(|p| p.is_file())
+            .collect();
+        if found.is_empty() {
+            return Err(CliError::Input(format!(
+                "edge.waf_rules: {entry}: matches no file"
+            )));
+        }
+        found.sort();
+        out.extend(found);
+    }
+    Ok(out)
+}
+
+/// Whether `name` matches `pattern`, where `*` stands for any run of
+/// characters; as in shell globs, a leading `*` does not match a leading dot.
+fn wildcard_match(pattern: &str, name: &str) -> bool {
+    if name.starts_with('.') && !pattern.starts_with('.') {
+        return false;
+    }
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = name.strip_prefix(first) else {
+        return false;
+    };
+    let mut parts: Vec<&str> = parts.collect();
+    let last = parts.pop();
+    for p in parts {
+        match rest.find(p) {
+            Some(i) => rest = rest.get(i + p.len()..).unwrap_or(""),
+            None => return false,
+        }
+    }
+    match last {
+        Some(l) => rest.ends_with(l),
+        // No `*` at all: the whole name must match.
+        None => rest.is_empty(),
+    }
+}
+
 /// Binds the edge if the configuration has an `[edge]` section.
 #[allow(clippy::too_many_arguments)]
 pub async fn start(
@@ -308,14 +386,20 @@ pub async fn start(
     }
     if !e.waf_rules.is_empty() {
         let mut b = rampart_waf::WafBuilder::new();
-        for f in &e.waf_rules {
-            b.load_file(f)
+        for f in expand_rule_files(&e.waf_rules)? {
+            b.load_file(&f)
                 .map_err(|err| CliError::Input(format!("WAF rules: {err}")))?;
         }
         let waf = b
             .build()
             .map_err(|err| CliError::Input(format!("WAF rules: {err}")))?;
         println!("edge: WAF loaded {} rules", waf.rule_count());
+        for w in waf.warnings() {
+            println!("edge: WAF warning: {w}");
+        }
+        for w in rampart_edge::phases::Firewall::check_exclusions(&waf, &config.routes) {
+            println!("edge: WAF warning: {w}");
+        }
         ec.waf = Some(Arc::new(waf));
     }
     ec.assertion = Some(Arc::new(assertion_signer(keyring).await?));
@@ -329,4 +413,52 @@ pub async fn start(
         .await
         .map_err(|err| CliError::Input(format!("edge: {err}")))?;
     Ok(Some(edge))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards_match_like_shell_globs_in_one_name() {
+        for (p, n, ok) in [
+            ("*.conf", "REQUEST-901.conf", true),
+            ("*.conf", "a.conf.bak", false),
+            ("*.conf", ".hidden.conf", false),
+            ("REQUEST-9*-*.conf", "REQUEST-942-SQLI.conf", true),
+            ("REQUEST-9*-*.conf", "RESPONSE-950.conf", false),
+            ("a*a", "a", false),
+            ("a*a", "aa", true),
+            ("*", "x", true),
+            ("crs-setup.conf", "crs-setup.conf", true),
+        ] {
+            assert_eq!(wildcard_match(p, n), ok, "{p} {n}");
+        }
+    }
+
+    #[test]
+    fn rule_files_expand_in_name_order_and_empty_patterns_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let rules = dir.path().join("rules");
+        std::fs::create_dir(&rules).unwrap();
+        for f in ["b.conf", "a.conf", "c.data", "10.conf"] {
+            std::fs::write(rules.join(f), "").unwrap();
+        }
+        std::fs::create_dir(rules.join("d.conf")).unwrap();
+        let setup = dir.path().join("setup.conf").display().to_string();
+        let glob = rules.join("*.conf").display().to_string();
+        let got = expand_rule_files(&[setup.clone(), glob]).unwrap();
+        let want: Vec<PathBuf> = [dir.path().join("setup.conf")]
+            .into_iter()
+            .chain(["10.conf", "a.conf", "b.conf"].map(|f| rules.join(f)))
+            .collect();
+        assert_eq!(got, want);
+
+        let none = rules.join("*.rules").display().to_string();
+        let e = expand_rule_files(&[none]).unwrap_err().to_string();
+        assert!(e.contains("matches no file"), "{e}");
+        let in_dir = dir.path().join("*/x.conf").display().to_string();
+        let e = expand_rule_files(&[in_dir]).unwrap_err().to_string();
+        assert!(e.contains("file name only"), "{e}");
+    }
 }

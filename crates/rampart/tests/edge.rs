@@ -83,9 +83,11 @@ fn agent(ca: &[u8]) -> ureq::Agent {
 fn edge_redirects_proxies_with_hsts_and_blocks_attacks_before_the_upstream() {
     let (port, hits, seen) = upstream();
     let r = Rampart::new();
+    // Rule files by glob; the ignored directive is a load warning.
+    std::fs::create_dir(r.path("rules")).unwrap();
     std::fs::write(
-        r.path("waf.conf"),
-        "SecRuleEngine On\n\
+        r.path("rules/waf.conf"),
+        "SecRuleEngine On\nSecAuditEngine Off\n\
          SecRule ARGS \"@rx (?i)union\\s+select\" \"id:1001,phase:2,deny,status:403,t:urlDecodeUni,msg:'SQL injection'\"\n",
     )
     .unwrap();
@@ -94,7 +96,7 @@ fn edge_redirects_proxies_with_hsts_and_blocks_attacks_before_the_upstream() {
         format!(
             r#"
 [edge]
-waf_rules = ["waf.conf"]
+waf_rules = ["rules/*.conf"]
 
 [[environments]]
 name = "prod"
@@ -108,6 +110,12 @@ upstreams = ["127.0.0.1:{port}"]
 [[routes]]
 host = "127.0.0.1"
 service = "app"
+
+[[routes]]
+host = "127.0.0.1"
+path_prefix = "/cms"
+service = "app"
+waf_exclusions = [{{ rule = 1001 }}, {{ rule = 942100 }}]
 "#
         ),
     )
@@ -128,6 +136,16 @@ service = "app"
         "{:?}",
         srv.printed
     );
+    for want in [
+        "edge: WAF warning: ignored directives that cannot affect a verdict: SecAuditEngine",
+        "edge: WAF warning: routes[1] (127.0.0.1/cms): waf_exclusions names rule 942100, which the loaded rules do not hold",
+    ] {
+        assert!(
+            srv.printed.iter().any(|l| l.starts_with(want)),
+            "no {want:?} in {:?}",
+            srv.printed
+        );
+    }
     let ca = std::fs::read(r.path("data/tls/ca.pem")).unwrap();
     let a = agent(&ca);
 
@@ -209,6 +227,15 @@ service = "app"
         2,
         "the attack reached the upstream"
     );
+    // The same attack on the route that excludes rule 1001 goes through.
+    let resp = a
+        .get(format!(
+            "{https}/cms/search?q=1%20UNION%20SELECT%20password%20FROM%20users"
+        ))
+        .call()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(hits.load(Ordering::SeqCst), 3);
 
     // Every request is in the api-access tier; the denial also in the security tier.
     let mut found = serde_json::Value::Null;
