@@ -479,7 +479,13 @@ pub fn parse_host(raw: &str) -> Option<String> {
     let (host, port) = if let Some(rest) = raw.strip_prefix('[') {
         let (v6, after) = rest.split_once(']')?;
         v6.parse::<std::net::Ipv6Addr>().ok()?;
-        (format!("[{v6}]"), after.strip_prefix(':'))
+        // Only a port may follow the bracket: `[::1]evil.com` is refused,
+        // not read as `[::1]`.
+        let port = match after {
+            "" => None,
+            _ => Some(after.strip_prefix(':')?),
+        };
+        (format!("[{v6}]"), port)
     } else {
         match raw.rsplit_once(':') {
             Some((h, p)) => (h.to_string(), Some(p)),
@@ -787,6 +793,17 @@ mod tests {
         assert_eq!(parse_host("evil.com/x"), None);
         assert_eq!(parse_host("x:99999"), None);
         assert_eq!(parse_host(""), None);
+    }
+
+    #[test]
+    fn parse_host_refuses_text_after_an_ipv6_literal() {
+        // Found by the proxy_headers fuzz target: the text after `]` was
+        // dropped when it did not start with `:`.
+        assert_eq!(parse_host("[::1]kpxle.com"), None);
+        assert_eq!(parse_host("[::1]x"), None);
+        assert_eq!(parse_host("[::1]:"), None);
+        assert_eq!(parse_host("[::1]"), Some("[::1]".into()));
+        assert_eq!(parse_host("[::1]:8443"), Some("[::1]".into()));
     }
 
     #[test]
