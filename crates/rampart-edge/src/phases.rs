@@ -38,6 +38,9 @@ pub struct RequestCtx {
     pub host: String,
     /// The matched route.
     pub route: Arc<Route>,
+    /// The route as records, rate-limit keys and assertions name it: host
+    /// and path prefix.
+    pub route_label: String,
     /// Set by authentication.
     pub principal: Option<Principal>,
     /// Sent upstream as `X-Request-Id`.
@@ -65,6 +68,7 @@ impl RequestCtx {
         request_id: String,
     ) -> RequestCtx {
         RequestCtx {
+            route_label: format!("{}{}", route.host, route.path_prefix),
             head,
             client,
             host,
@@ -189,7 +193,7 @@ impl Phase for RateLimit {
     }
     fn check(&self, ctx: &mut RequestCtx) -> Result<(), Reject> {
         let now = self.clock.unix_nanos();
-        let route = format!("{}{}", ctx.route.host, ctx.route.path_prefix);
+        let route = &ctx.route_label;
         let (key, rate) = if let Some(r) = ctx.route.rate_limit {
             // The route's own per-client bucket replaces the defaults.
             (

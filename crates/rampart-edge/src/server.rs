@@ -672,18 +672,18 @@ impl State {
             .find(&host, head.uri.path())
             .ok_or(Reject::NoRoute)?
             .clone();
-        rec.route = Some(format!("{}{}", route.host, route.path_prefix));
-        if phases::declared_too_large(&head, self.max_body) {
+        let mut ctx = RequestCtx::new(head, body, client, host, route, rec.request_id.clone());
+        rec.route = Some(ctx.route_label.clone());
+        if phases::declared_too_large(&ctx.head, self.max_body) {
             return Err(Reject::BodyTooLarge);
         }
         let pool = routing
             .pools
-            .get(&route.service)
+            .get(&ctx.route.service)
             .ok_or(Reject::NoHealthyUpstream {
                 retry_after: Duration::from_secs(1),
             })?
             .clone();
-        let mut ctx = RequestCtx::new(head, body, client, host, route, rec.request_id.clone());
         ctx.forwarded_for = forwarded_for;
         ctx.client_cert = cert;
         ctx.schema = ctx
@@ -712,7 +712,7 @@ impl State {
                 sub,
                 roles,
                 &ctx.route.service,
-                &format!("{}{}", ctx.route.host, ctx.route.path_prefix),
+                &ctx.route_label,
                 self.clock.unix_secs(),
             )
         });
