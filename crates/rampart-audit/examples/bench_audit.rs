@@ -1,5 +1,7 @@
 //! Runs the audit benchmark:
-//! `cargo run --release --example bench_audit [DIR [SYNC_THREADS]]`.
+//! `cargo run --release --example bench_audit [DIR [SYNC_THREADS [WRITERS]]]`,
+//! where WRITERS is a comma-separated list of writer counts (default
+//! `1,8,64`).
 use rampart_audit::bench::{run_bench, BenchOptions};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -12,6 +14,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut options = BenchOptions::default();
     if let Some(n) = std::env::args().nth(2) {
         options.sync_threads = n.parse()?;
+    }
+    if let Some(list) = std::env::args().nth(3) {
+        options.writers = list
+            .split(',')
+            .map(|w| w.trim().parse())
+            .collect::<Result<_, _>>()?;
     }
     let report = run_bench(&dir, options)?;
     println!("{report}");

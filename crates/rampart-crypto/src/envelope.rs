@@ -16,7 +16,7 @@ use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use zeroize::Zeroizing;
 
-use crate::{random_array, CryptoError, DataKey};
+use crate::{random_nonce, CryptoError, DataKey};
 
 /// The format byte of version 1 envelopes.
 pub const FORMAT_V1: u8 = 1;
@@ -46,7 +46,7 @@ pub fn seal(
     out.push(id_len);
     out.extend_from_slice(id);
     let header_len = out.len();
-    let nonce = random_array::<NONCE_LEN>()?;
+    let nonce: [u8; NONCE_LEN] = random_nonce()?;
     let cipher = Aes256Gcm::new(key.expose().into());
     let ct = cipher
         .encrypt(

@@ -1,8 +1,9 @@
 //! Recording decisions in the audit log, fail closed.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use rampart_audit::{Actor, Audit, Event, Outcome, Tier};
+use rampart_audit::{Actor, Audit, Event, Outcome, RecordFuture, Tier};
 
 use crate::{Caller, KeysError};
 
@@ -33,6 +34,34 @@ impl Auditor {
         outcome: Outcome,
         reason: String,
     ) -> Result<(), KeysError> {
+        // The async path waits for the group commit without holding a thread.
+        self.submit(
+            caller,
+            environment,
+            action,
+            resource,
+            outcome,
+            reason,
+            BTreeMap::new(),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Queues one record now and returns the future of its durability, so
+    /// that a caller with several records (a batch) queues them all before
+    /// waiting and they share one group commit.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn submit(
+        &self,
+        caller: &Caller,
+        environment: &str,
+        action: &str,
+        resource: &str,
+        outcome: Outcome,
+        reason: String,
+        details: BTreeMap<String, String>,
+    ) -> RecordFuture {
         let mut event = Event::new(
             Tier::Security,
             Actor::new(caller.principal.id.clone(), caller.auth.clone()),
@@ -48,8 +77,7 @@ impl Auditor {
         });
         event.request_id = caller.request_id.clone();
         event.source = caller.source.clone();
-        // The async path waits for the group commit without holding a thread.
-        self.audit.record_async(event).await?;
-        Ok(())
+        event.details = details;
+        self.audit.record_async(event)
     }
 }

@@ -81,6 +81,11 @@ pub enum KeysError {
     /// The audit log refused the record, so the operation was refused.
     #[error("audit log refused the record; operation refused: {0}")]
     Audit(#[from] rampart_audit::AuditError),
+    /// The audit log refused the record of a batch decision, so those
+    /// items were refused (the batch's shared record; the message is the
+    /// log's error).
+    #[error("audit log refused the record; operation refused: {0}")]
+    AuditRefused(String),
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] rampart_store::StoreError),
@@ -104,6 +109,7 @@ impl KeysError {
         !matches!(
             self,
             KeysError::Audit(_)
+                | KeysError::AuditRefused(_)
                 | KeysError::Store(_)
                 | KeysError::Crypto(_)
                 | KeysError::Corrupt(_)

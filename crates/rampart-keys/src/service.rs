@@ -10,7 +10,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use rampart_audit::Outcome;
 use rampart_core::SharedClock;
-use rampart_crypto::{random_array, DataKey, SecretBytes};
+use rampart_crypto::{random_nonce, DataKey, SecretBytes};
 use rampart_store::{Expect, Keyring, Store, StoreError};
 use serde::{Deserialize, Serialize};
 
@@ -736,7 +736,7 @@ impl KeyService {
             .ok_or_else(|| KeysError::Destroyed(record_id(&r.environment, &r.name)))?;
         let mut out = ciphertext::header(&r.environment, &r.name, version)?;
         let aad = ciphertext::aad(&out, context);
-        let nonce = random_array::<NONCE_LEN>()?;
+        let nonce: [u8; NONCE_LEN] = random_nonce()?;
         let ct = cipher
             .encrypt(
                 Nonce::from_slice(&nonce),
@@ -923,29 +923,107 @@ impl KeyService {
     }
 
     /// Encrypts many plaintexts under one key; one result per item, in order.
+    /// Every item is decided by policy as a single call would be; the
+    /// decisions are recorded as in [`KeyService::authorise_batch`].
     pub async fn encrypt_batch(
         &self,
         caller: &Caller,
         key: &str,
         items: &[(Vec<u8>, Context)],
     ) -> Vec<Result<Vec<u8>, KeysError>> {
-        let mut out = Vec::with_capacity(items.len());
+        let action = "keys:encrypt";
+        let mut out: Vec<Result<Vec<u8>, KeysError>> = Vec::with_capacity(items.len());
+        let mut targets = Vec::with_capacity(items.len());
         for (plaintext, context) in items {
-            out.push(self.encrypt(caller, key, plaintext, context).await);
+            match key_ref(caller, key)
+                .and_then(|k| Self::check_input(plaintext, context).map(|()| k))
+            {
+                Ok((env, name)) => {
+                    targets.push(Some(BatchTarget { env, name, context }));
+                    out.push(Ok(Vec::new()));
+                }
+                Err(e) => {
+                    targets.push(None);
+                    out.push(Err(e));
+                }
+            }
         }
+        let decided = self.authorise_batch(caller, action, &targets).await;
+        let mut failures = Vec::new();
+        for (i, ((slot, target), decision)) in out.iter_mut().zip(&targets).zip(decided).enumerate()
+        {
+            let Some(t) = target else { continue };
+            if let Err(e) = decision {
+                *slot = Err(e);
+                continue;
+            }
+            let res = match self.load(t.env, t.name).await {
+                Ok(l) => items
+                    .get(i)
+                    .map_or(Err(KeysError::Decrypt), |(p, c)| Self::seal_with(&l, p, c)),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = &res {
+                failures.push((i, t.env, t.name, e.to_string()));
+            }
+            *slot = res;
+        }
+        self.record_batch_errors(caller, action, failures).await;
         out
     }
 
-    /// Decrypts many ciphertexts; one result per item, in order.
+    /// Decrypts many ciphertexts (of any keys of the caller's reach); one
+    /// result per item, in order.
     pub async fn decrypt_batch(
         &self,
         caller: &Caller,
         items: &[(Vec<u8>, Context)],
     ) -> Vec<Result<SecretBytes, KeysError>> {
+        let action = "keys:decrypt";
+        let parsed: Vec<Result<ciphertext::Parsed<'_>, KeysError>> = items
+            .iter()
+            .map(|(blob, context)| {
+                ciphertext::check_context(context)?;
+                let p = ciphertext::parse(blob)?;
+                valid_name(p.environment)?;
+                valid_name(p.key)?;
+                Ok(p)
+            })
+            .collect();
+        let targets: Vec<Option<BatchTarget<'_>>> = parsed
+            .iter()
+            .zip(items)
+            .map(|(p, (_, context))| {
+                p.as_ref().ok().map(|p| BatchTarget {
+                    env: p.environment,
+                    name: p.key,
+                    context,
+                })
+            })
+            .collect();
+        let decided = self.authorise_batch(caller, action, &targets).await;
         let mut out = Vec::with_capacity(items.len());
-        for (blob, context) in items {
-            out.push(self.decrypt(caller, blob, context).await);
+        let mut failures = Vec::new();
+        for (i, ((p, (_, context)), decision)) in
+            parsed.into_iter().zip(items).zip(decided).enumerate()
+        {
+            let p = match (p, decision) {
+                (Err(e), _) | (Ok(_), Err(e)) => {
+                    out.push(Err(e));
+                    continue;
+                }
+                (Ok(p), Ok(())) => p,
+            };
+            let res = match self.load(p.environment, p.key).await {
+                Ok(l) => Self::open_with(&l, &p, context),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = &res {
+                failures.push((i, p.environment, p.key, e.to_string()));
+            }
+            out.push(res);
         }
+        self.record_batch_errors(caller, action, failures).await;
         out
     }
 
@@ -956,10 +1034,50 @@ impl KeyService {
         key: &str,
         contexts: &[Context],
     ) -> Vec<Result<GeneratedDataKey, KeysError>> {
+        let action = "keys:generate-data-key";
         let mut out = Vec::with_capacity(contexts.len());
+        let mut targets = Vec::with_capacity(contexts.len());
+        let mut early = Vec::with_capacity(contexts.len());
         for context in contexts {
-            out.push(self.generate_data_key(caller, key, context).await);
+            match key_ref(caller, key).and_then(|k| ciphertext::check_context(context).map(|()| k))
+            {
+                Ok((env, name)) => {
+                    targets.push(Some(BatchTarget { env, name, context }));
+                    early.push(None);
+                }
+                Err(e) => {
+                    targets.push(None);
+                    early.push(Some(e));
+                }
+            }
         }
+        let decided = self.authorise_batch(caller, action, &targets).await;
+        let mut failures = Vec::new();
+        for (i, ((target, early), decision)) in targets.iter().zip(early).zip(decided).enumerate() {
+            let t = match (target, early, decision) {
+                (_, Some(e), _) | (_, None, Err(e)) => {
+                    out.push(Err(e));
+                    continue;
+                }
+                (Some(t), None, Ok(())) => t,
+                (None, None, Ok(())) => {
+                    out.push(Err(KeysError::Decrypt));
+                    continue;
+                }
+            };
+            let res = async {
+                let loaded = self.load(t.env, t.name).await?;
+                let plaintext = DataKey::generate()?;
+                let wrapped = Self::seal_with(&loaded, plaintext.expose(), t.context)?;
+                Ok::<_, KeysError>(GeneratedDataKey { plaintext, wrapped })
+            }
+            .await;
+            if let Err(e) = &res {
+                failures.push((i, t.env, t.name, e.to_string()));
+            }
+            out.push(res);
+        }
+        self.record_batch_errors(caller, action, failures).await;
         out
     }
 
@@ -969,10 +1087,206 @@ impl KeyService {
         caller: &Caller,
         items: &[(Vec<u8>, Context)],
     ) -> Vec<Result<Vec<u8>, KeysError>> {
+        let action = "keys:rewrap";
+        let parsed: Vec<Result<ciphertext::Parsed<'_>, KeysError>> = items
+            .iter()
+            .map(|(blob, context)| {
+                ciphertext::check_context(context)?;
+                let p = ciphertext::parse(blob)?;
+                valid_name(p.environment)?;
+                valid_name(p.key)?;
+                Ok(p)
+            })
+            .collect();
+        let targets: Vec<Option<BatchTarget<'_>>> = parsed
+            .iter()
+            .zip(items)
+            .map(|(p, (_, context))| {
+                p.as_ref().ok().map(|p| BatchTarget {
+                    env: p.environment,
+                    name: p.key,
+                    context,
+                })
+            })
+            .collect();
+        let decided = self.authorise_batch(caller, action, &targets).await;
         let mut out = Vec::with_capacity(items.len());
-        for (blob, context) in items {
-            out.push(self.rewrap(caller, blob, context).await);
+        let mut failures = Vec::new();
+        for (i, ((p, (_, context)), decision)) in
+            parsed.into_iter().zip(items).zip(decided).enumerate()
+        {
+            let p = match (p, decision) {
+                (Err(e), _) | (Ok(_), Err(e)) => {
+                    out.push(Err(e));
+                    continue;
+                }
+                (Ok(p), Ok(())) => p,
+            };
+            let res = async {
+                let loaded = self.load(p.environment, p.key).await?;
+                let plain = Self::open_with(&loaded, &p, context)?;
+                Self::seal_with(&loaded, plain.expose(), context)
+            }
+            .await;
+            if let Err(e) = &res {
+                failures.push((i, p.environment, p.key, e.to_string()));
+            }
+            out.push(res);
+        }
+        self.record_batch_errors(caller, action, failures).await;
+        out
+    }
+
+    /// Decides every item of one batch call by policy, exactly as single
+    /// calls would be decided, and records the decisions: one audit record
+    /// per distinct (key, outcome, reason), whose details give the batch
+    /// size, how many items it covers and their indices. The records are
+    /// queued together and share a group commit. An item proceeds only if
+    /// it was allowed and its record was taken (fail closed). Items given
+    /// as `None` failed before the decision and get `Ok` here, unrecorded,
+    /// as a single call that fails its input checks.
+    async fn authorise_batch(
+        &self,
+        caller: &Caller,
+        action: &str,
+        targets: &[Option<BatchTarget<'_>>],
+    ) -> Vec<Result<(), KeysError>> {
+        let mut out: Vec<Result<(), KeysError>> = Vec::with_capacity(targets.len());
+        // (env, name, allowed, reason) -> item indices.
+        let mut groups: BTreeMap<(&str, &str, bool, String), Vec<usize>> = BTreeMap::new();
+        for (i, t) in targets.iter().enumerate() {
+            let Some(t) = t else {
+                out.push(Ok(()));
+                continue;
+            };
+            let res = resource(t.name);
+            let decision = self
+                .policies
+                .decide(
+                    caller,
+                    &Request {
+                        action,
+                        resource: &res,
+                        environment: t.env,
+                        context: Some(t.context),
+                    },
+                )
+                .await;
+            match decision {
+                Ok(d) => {
+                    groups
+                        .entry((t.env, t.name, d.allowed, d.reason))
+                        .or_default()
+                        .push(i);
+                    out.push(Ok(()));
+                }
+                Err(e) => out.push(Err(e)),
+            }
+        }
+        let total = targets.len().to_string();
+        let mut pending = Vec::new();
+        for ((env, name, allowed, reason), indices) in groups {
+            for chunk in indices.chunks(BATCH_RECORD_ITEMS) {
+                let mut details = BTreeMap::new();
+                details.insert("batch_size".to_owned(), total.clone());
+                details.insert("batch_items".to_owned(), chunk.len().to_string());
+                details.insert("batch_indices".to_owned(), index_ranges(chunk));
+                let outcome = if allowed {
+                    Outcome::Allowed
+                } else {
+                    Outcome::Denied
+                };
+                let record = self.auditor.submit(
+                    caller,
+                    env,
+                    action,
+                    &format!("{env}/{}", resource(name)),
+                    outcome,
+                    reason.clone(),
+                    details,
+                );
+                pending.push((record, allowed, reason.clone(), chunk.to_vec()));
+            }
+        }
+        for (record, allowed, reason, indices) in pending {
+            let taken = record.await.map_err(|e| e.to_string());
+            for i in indices {
+                let Some(slot) = out.get_mut(i) else { continue };
+                *slot = match &taken {
+                    Err(e) => Err(KeysError::AuditRefused(e.clone())),
+                    Ok(_) if !allowed => Err(KeysError::Denied {
+                        reason: reason.clone(),
+                    }),
+                    Ok(_) => Ok(()),
+                };
+            }
         }
         out
     }
+
+    /// Records the failures of allowed batch items (best effort, as for
+    /// single calls): one record per distinct (key, error).
+    async fn record_batch_errors(
+        &self,
+        caller: &Caller,
+        action: &str,
+        failures: Vec<(usize, &str, &str, String)>,
+    ) {
+        let mut groups: BTreeMap<(&str, &str, String), Vec<usize>> = BTreeMap::new();
+        for (i, env, name, err) in failures {
+            groups.entry((env, name, err)).or_default().push(i);
+        }
+        let mut pending = Vec::new();
+        for ((env, name, err), indices) in groups {
+            for chunk in indices.chunks(BATCH_RECORD_ITEMS) {
+                let mut details = BTreeMap::new();
+                details.insert("batch_items".to_owned(), chunk.len().to_string());
+                details.insert("batch_indices".to_owned(), index_ranges(chunk));
+                pending.push(self.auditor.submit(
+                    caller,
+                    env,
+                    action,
+                    &format!("{env}/{}", resource(name)),
+                    Outcome::Error,
+                    err.clone(),
+                    details,
+                ));
+            }
+        }
+        for p in pending {
+            let _ = p.await;
+        }
+    }
+}
+
+/// One item of a batch call, as its policy decision sees it.
+struct BatchTarget<'a> {
+    env: &'a str,
+    name: &'a str,
+    context: &'a Context,
+}
+
+/// Most item indices one batch audit record names.
+const BATCH_RECORD_ITEMS: usize = 512;
+
+/// Sorted indices as ranges: `0-3,5,7-9`.
+fn index_ranges(indices: &[usize]) -> String {
+    let mut out = String::new();
+    let mut iter = indices.iter().copied().peekable();
+    while let Some(start) = iter.next() {
+        let mut end = start;
+        while iter.peek() == Some(&(end + 1)) {
+            end += 1;
+            iter.next();
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        if start == end {
+            out.push_str(&start.to_string());
+        } else {
+            out.push_str(&format!("{start}-{end}"));
+        }
+    }
+    out
 }

@@ -531,6 +531,109 @@ async fn audit_refusal_refuses_the_operation() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_decide_every_item_and_record_decisions_grouped() {
+    let k = kit().await;
+    // orders may encrypt under its key only with a `tenant` context.
+    let mut s = stmt(
+        "orders-tenant",
+        &["service:orders"],
+        &["keys:*"],
+        &["key:orders"],
+    );
+    s.conditions = Conditions {
+        context_keys: vec!["tenant".into()],
+        ..Conditions::default()
+    };
+    k.keys.policies().set("prod", vec![s]).await.unwrap();
+    let orders = Caller::direct(Principal::service("prod", "orders"));
+    let items: Vec<(Vec<u8>, Context)> = (0..10u8)
+        .map(|i| {
+            let c = if i % 3 == 0 {
+                Context::new()
+            } else {
+                ctx(&[("tenant", "t1")])
+            };
+            (vec![i; 8], c)
+        })
+        .collect();
+    let before = records(&k.audit, Outcome::Allowed).len();
+    let out = k.keys.encrypt_batch(&orders, "orders", &items).await;
+    assert_eq!(out.len(), 10);
+    for (i, r) in out.iter().enumerate() {
+        if i % 3 == 0 {
+            assert!(matches!(r, Err(KeysError::Denied { .. })), "{i}: {r:?}");
+        } else {
+            assert!(r.is_ok(), "{i}: {r:?}");
+        }
+    }
+    // One allowed record for the six allowed items, one denied record for
+    // the four denied ones, each naming its items.
+    let allowed = records(&k.audit, Outcome::Allowed);
+    assert_eq!(allowed.len(), before + 1);
+    let a = &allowed.last().unwrap().event;
+    assert_eq!(a.action, "keys:encrypt");
+    assert_eq!(a.details.get("batch_size").map(String::as_str), Some("10"));
+    assert_eq!(a.details.get("batch_items").map(String::as_str), Some("6"));
+    assert_eq!(
+        a.details.get("batch_indices").map(String::as_str),
+        Some("1-2,4-5,7-8")
+    );
+    let denied = records(&k.audit, Outcome::Denied);
+    let d = &denied.last().unwrap().event;
+    assert_eq!(
+        d.details.get("batch_indices").map(String::as_str),
+        Some("0,3,6,9")
+    );
+    assert!(
+        d.reason
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("default deny"),
+        "{d:?}"
+    );
+
+    // Decrypt a mix: good items, a tampered one, garbage, and one of a key
+    // in another environment (the wall holds per item).
+    let mut to_open: Vec<(Vec<u8>, Context)> = out
+        .into_iter()
+        .zip(&items)
+        .filter_map(|(r, (_, c))| r.ok().map(|ct| (ct, c.clone())))
+        .collect();
+    if let Some(b) = to_open[1].0.last_mut() {
+        *b ^= 1;
+    }
+    to_open.push((b"not a ciphertext".to_vec(), Context::new()));
+    let staging = k
+        .keys
+        .encrypt(
+            &Caller::direct(Principal::service("staging", "payments")),
+            "payments",
+            b"x",
+            &Context::new(),
+        )
+        .await
+        .unwrap();
+    to_open.push((staging, Context::new()));
+    let opened = k.keys.decrypt_batch(&orders, &to_open).await;
+    assert_eq!(opened.len(), 8);
+    assert_eq!(opened[0].as_ref().unwrap().expose(), &[1u8; 8]);
+    assert!(matches!(opened[1], Err(KeysError::Decrypt)));
+    assert!(opened[2..6].iter().all(Result::is_ok));
+    assert!(matches!(opened[6], Err(KeysError::Malformed(_))));
+    assert!(matches!(opened[7], Err(KeysError::Denied { .. })));
+
+    // Fail closed: when the log refuses, every item is refused.
+    k.fault.fail_syncs(true);
+    let refused = k.keys.encrypt_batch(&orders, "orders", &items[1..3]).await;
+    assert!(
+        refused
+            .iter()
+            .all(|r| matches!(r, Err(KeysError::Audit(_) | KeysError::AuditRefused(_)))),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_keys_batches_and_bad_input() {
     let k = kit().await;
     let c = ctx(&[("file", "a.bin")]);

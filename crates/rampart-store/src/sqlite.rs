@@ -164,18 +164,18 @@ impl Store for SqliteStore {
     async fn get(&self, ns: &str, key: &str) -> Result<Option<Entry>, StoreError> {
         let (ns, key) = (ns.to_string(), key.to_string());
         self.with(move |c, _| {
-            Ok(c.query_row(
+            let mut stmt = c.prepare_cached(
                 "SELECT value, version, updated_at FROM records WHERE ns = ?1 AND key = ?2",
-                params![ns, key],
-                |r| {
+            )?;
+            Ok(stmt
+                .query_row(params![ns, key], |r| {
                     Ok(Entry {
                         value: r.get(0)?,
                         version: r.get::<_, i64>(1)? as u64,
                         updated_at: r.get::<_, i64>(2)? as u64,
                     })
-                },
-            )
-            .optional()?)
+                })
+                .optional()?)
         })
         .await
     }

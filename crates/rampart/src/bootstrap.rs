@@ -9,7 +9,11 @@
 //! logins are managed there.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use std::collections::HashMap;
+use std::sync::RwLock;
+
 use base64::Engine;
+use rampart_core::SharedClock;
 use rampart_crypto::{ct_eq, hmac_sha256, random_array, SecretBytes};
 use rampart_store::{Expect, Keyring, Store, StoreError};
 use serde::{Deserialize, Serialize};
@@ -71,26 +75,42 @@ pub async fn create_admin(keyring: &Keyring, now: u64) -> Result<Zeroizing<Strin
     Ok(Zeroizing::new(format!("{PREFIX}{id}_{}", secret.as_str())))
 }
 
+/// How long a looked-up credential record is reused before it is read from
+/// the store again. Bootstrap credentials are never revoked through the API
+/// (there is no endpoint for it); this bounds how long one removed from the
+/// store by hand keeps working on a running node.
+const CACHE_SECS: u64 = 30;
+/// Most credential records kept; past that the cache starts over.
+const CACHE_ENTRIES: usize = 64;
+
 /// Checks bearer tokens against the stored hashes.
 pub struct Verifier {
     pepper: SecretBytes,
     store: std::sync::Arc<dyn Store>,
+    clock: SharedClock,
+    /// Stored records by id with when they were read: the hash is checked
+    /// against the presented secret on every call, so only the lookup is
+    /// saved (a storage round trip per control API call otherwise).
+    cache: RwLock<HashMap<String, (u64, Stored)>>,
 }
 
 impl Verifier {
-    pub async fn new(keyring: &Keyring) -> Result<Self, StoreError> {
+    pub async fn new(keyring: &Keyring, clock: SharedClock) -> Result<Self, StoreError> {
         Ok(Verifier {
             pepper: pepper(keyring).await?,
             store: keyring.store().clone(),
+            clock,
+            cache: RwLock::default(),
         })
     }
 
-    /// The principal a token proves, or `None` for anything else: malformed,
-    /// unknown or wrong tokens are indistinguishable to the caller.
-    pub async fn verify(&self, token: &str) -> Result<Option<Principal>, StoreError> {
-        let Some((id, secret)) = parse(token) else {
-            return Ok(None);
-        };
+    async fn stored(&self, id: &str) -> Result<Option<Stored>, StoreError> {
+        let now = self.clock.unix_secs();
+        if let Some((at, rec)) = self.cache.read().unwrap_or_else(|e| e.into_inner()).get(id) {
+            if now.saturating_sub(*at) < CACHE_SECS {
+                return Ok(Some(rec.clone()));
+            }
+        }
         let Some(entry) = self.store.get(NS, id).await? else {
             return Ok(None);
         };
@@ -100,6 +120,23 @@ impl Verifier {
                 key: id.into(),
                 why: e.to_string(),
             })?;
+        let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(id.to_owned(), (now, stored.clone()));
+        Ok(Some(stored))
+    }
+
+    /// The principal a token proves, or `None` for anything else: malformed,
+    /// unknown or wrong tokens are indistinguishable to the caller.
+    pub async fn verify(&self, token: &str) -> Result<Option<Principal>, StoreError> {
+        let Some((id, secret)) = parse(token) else {
+            return Ok(None);
+        };
+        let Some(stored) = self.stored(id).await? else {
+            return Ok(None);
+        };
         let presented = hex(&hmac_sha256(self.pepper.expose(), secret.as_bytes()));
         if !ct_eq(presented.as_bytes(), stored.hash.as_bytes()) {
             return Ok(None);

@@ -60,7 +60,7 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
         println!("development config: {} (built in)", dev_path.display());
     }
     let tls_config = tls::control_server_config(&node.keyring).await?;
-    let verifier = Verifier::new(&node.keyring).await?;
+    let verifier = Verifier::new(&node.keyring, clock.clone()).await?;
     let audit = planes::open_audit(&node.keyring, &dir, &config, clock.clone()).await?;
     let identity =
         planes::open_identity(node.keyring.clone(), audit.clone(), &config, clock.clone()).await?;

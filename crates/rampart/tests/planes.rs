@@ -317,3 +317,95 @@ fn audit_log_verifies_and_names_tampering() {
         "{err}"
     );
 }
+
+#[test]
+fn key_batches_through_the_api_answer_per_item_and_refuse_bad_input() {
+    let (_r, admin, srv) = node();
+    let t = Some(admin.as_str());
+
+    let enc = srv.post(
+        "/v1/keys/prod/api-data/encrypt-batch",
+        t,
+        json!({"items": [
+            {"plaintext": b64("one"), "context": {"i": "1"}},
+            {"plaintext": b64("two"), "context": {"i": "2"}},
+        ]}),
+    );
+    assert_eq!(enc.status, 200, "{}", enc.body);
+    let results = enc.json()["results"].as_array().unwrap().clone();
+    assert_eq!(results.len(), 2);
+    let ct: Vec<String> = results
+        .iter()
+        .map(|r| r["ciphertext"].as_str().unwrap().to_string())
+        .collect();
+
+    // Per item: a good one, one under the wrong context, a malformed one.
+    let dec = srv.post(
+        "/v1/keys/prod/decrypt-batch",
+        t,
+        json!({"items": [
+            {"ciphertext": ct[0], "context": {"i": "1"}},
+            {"ciphertext": ct[1], "context": {"i": "9"}},
+            {"ciphertext": b64("x")},
+        ]}),
+    );
+    assert_eq!(dec.status, 200, "{}", dec.body);
+    let r = dec.json()["results"].clone();
+    assert_eq!(r[0]["plaintext"], b64("one"));
+    assert_eq!(r[1]["error"]["code"], "decryption_failed");
+    assert_eq!(r[2]["error"]["code"], "malformed_ciphertext");
+
+    let rewrap = srv.post(
+        "/v1/keys/prod/rewrap-batch",
+        t,
+        json!({"items": [{"ciphertext": ct[0], "context": {"i": "1"}}]}),
+    );
+    assert_eq!(rewrap.status, 200, "{}", rewrap.body);
+    assert!(rewrap.json()["results"][0]["ciphertext"].is_string());
+    let dks = srv.post(
+        "/v1/keys/prod/api-data/data-key-batch",
+        t,
+        json!({"contexts": [{"f": "a"}, {"f": "b"}]}),
+    );
+    assert_eq!(dks.status, 200, "{}", dks.body);
+    assert_eq!(dks.json()["results"].as_array().unwrap().len(), 2);
+
+    // Bad base64 in one item refuses the batch, naming the item.
+    let bad = srv.post(
+        "/v1/keys/prod/api-data/encrypt-batch",
+        t,
+        json!({"items": [{"plaintext": b64("ok")}, {"plaintext": "%%%"}]}),
+    );
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.json()["error"]["field"], "items[1].plaintext");
+    // Empty and oversized batches, unknown fields.
+    let empty = srv.post("/v1/keys/prod/decrypt-batch", t, json!({"items": []}));
+    assert_eq!(empty.status, 400);
+    assert_eq!(empty.json()["error"]["field"], "items");
+    let many: Vec<_> = (0..1001).map(|_| json!({"plaintext": b64("x")})).collect();
+    let too_many = srv.post(
+        "/v1/keys/prod/api-data/encrypt-batch",
+        t,
+        json!({ "items": many }),
+    );
+    assert_eq!(too_many.status, 400, "{}", too_many.body);
+    let unknown = srv.post(
+        "/v1/keys/prod/api-data/encrypt-batch",
+        t,
+        json!({"items": [{"plaintext": b64("x"), "ctx": {}}]}),
+    );
+    assert_eq!(unknown.status, 400);
+
+    // The decisions are on record, grouped per batch.
+    let events = srv
+        .get("/v1/audit/events?tier=security&action=keys:encrypt", t)
+        .json();
+    assert!(
+        events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["details"]["batch_items"] == "2" && e["outcome"] == "allowed"),
+        "{events}"
+    );
+}

@@ -28,6 +28,10 @@ pub fn routes() -> Router<SharedState> {
         .route("/v1/keys/{env}/{name}", get(describe_key))
         .route("/v1/keys/{env}/{name}/encrypt", post(encrypt))
         .route("/v1/keys/{env}/{name}/data-key", post(data_key))
+        .route("/v1/keys/{env}/{name}/encrypt-batch", post(encrypt_batch))
+        .route("/v1/keys/{env}/decrypt-batch", post(decrypt_batch))
+        .route("/v1/keys/{env}/rewrap-batch", post(rewrap_batch))
+        .route("/v1/keys/{env}/{name}/data-key-batch", post(data_key_batch))
         .route("/v1/keys/{env}/{name}/rotate", post(rotate_key))
         .route(
             "/v1/keys/{env}/{name}/schedule-deletion",
@@ -241,6 +245,179 @@ async fn data_key(
         "plaintext": B64.encode(dk.plaintext.expose()),
         "ciphertext": B64.encode(&dk.wrapped),
     })))
+}
+
+/// Most items one batch call takes.
+const MAX_BATCH_ITEMS: usize = 1000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EncryptBatchBody {
+    items: Vec<EncryptBody>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CiphertextBatchBody {
+    items: Vec<CiphertextBody>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContextBatchBody {
+    contexts: Vec<BTreeMap<String, String>>,
+}
+
+/// A batch must have 1 to [`MAX_BATCH_ITEMS`] items.
+fn batch_size(field: &'static str, n: usize) -> Result<(), ApiError> {
+    if n == 0 || n > MAX_BATCH_ITEMS {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("{field} must hold 1 to {MAX_BATCH_ITEMS} items, not {n}"),
+        )
+        .with_field(field));
+    }
+    Ok(())
+}
+
+/// One item's answer in a batch: its value, or the error a single call
+/// would have answered (code and message, no status: the batch is a 200).
+fn batch_item<T>(res: Result<T, rampart_keys::KeysError>, ok: impl FnOnce(T) -> Value) -> Value {
+    match res {
+        Ok(v) => ok(v),
+        Err(e) => {
+            let e = ApiError::from(e);
+            json!({ "error": { "code": e.code, "message": e.message } })
+        }
+    }
+}
+
+/// Decodes every item's base64 first: one bad item refuses the whole batch
+/// with 400, naming it (`items[3].plaintext`).
+fn b64_items<'a>(
+    what: &'static str,
+    texts: impl Iterator<Item = &'a str>,
+) -> Result<Vec<Vec<u8>>, ApiError> {
+    texts
+        .enumerate()
+        .map(|(i, t)| {
+            B64.decode(t.as_bytes()).map_err(|_| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_base64",
+                    format!("items[{i}].{what} is not valid base64"),
+                )
+                .with_field(format!("items[{i}].{what}"))
+            })
+        })
+        .collect()
+}
+
+async fn encrypt_batch(
+    State(st): State<SharedState>,
+    who: Authenticated,
+    meta: RequestMeta,
+    Path((env, name)): Path<(String, String)>,
+    ApiJson(body): ApiJson<EncryptBatchBody>,
+) -> Result<Json<Value>, ApiError> {
+    let c = caller(&who, &meta, &env)?;
+    batch_size("items", body.items.len())?;
+    let plains = b64_items("plaintext", body.items.iter().map(|i| i.plaintext.as_str()))?;
+    let items: Vec<(Vec<u8>, BTreeMap<String, String>)> = plains
+        .into_iter()
+        .zip(body.items)
+        .map(|(p, i)| (p, i.context))
+        .collect();
+    let out = st.planes()?.keys.encrypt_batch(&c, &name, &items).await;
+    for (p, _) in items {
+        drop(zeroize::Zeroizing::new(p));
+    }
+    let results: Vec<Value> = out
+        .into_iter()
+        .map(|r| batch_item(r, |ct| json!({ "ciphertext": B64.encode(ct) })))
+        .collect();
+    Ok(Json(json!({ "results": results })))
+}
+
+async fn decrypt_batch(
+    State(st): State<SharedState>,
+    who: Authenticated,
+    meta: RequestMeta,
+    Path(env): Path<String>,
+    ApiJson(body): ApiJson<CiphertextBatchBody>,
+) -> Result<Json<Value>, ApiError> {
+    let c = caller(&who, &meta, &env)?;
+    batch_size("items", body.items.len())?;
+    let cts = b64_items(
+        "ciphertext",
+        body.items.iter().map(|i| i.ciphertext.as_str()),
+    )?;
+    let items: Vec<(Vec<u8>, BTreeMap<String, String>)> = cts
+        .into_iter()
+        .zip(body.items)
+        .map(|(ct, i)| (ct, i.context))
+        .collect();
+    let out = st.planes()?.keys.decrypt_batch(&c, &items).await;
+    let results: Vec<Value> = out
+        .into_iter()
+        .map(|r| batch_item(r, |pt| json!({ "plaintext": B64.encode(pt.expose()) })))
+        .collect();
+    Ok(Json(json!({ "results": results })))
+}
+
+async fn rewrap_batch(
+    State(st): State<SharedState>,
+    who: Authenticated,
+    meta: RequestMeta,
+    Path(env): Path<String>,
+    ApiJson(body): ApiJson<CiphertextBatchBody>,
+) -> Result<Json<Value>, ApiError> {
+    let c = caller(&who, &meta, &env)?;
+    batch_size("items", body.items.len())?;
+    let cts = b64_items(
+        "ciphertext",
+        body.items.iter().map(|i| i.ciphertext.as_str()),
+    )?;
+    let items: Vec<(Vec<u8>, BTreeMap<String, String>)> = cts
+        .into_iter()
+        .zip(body.items)
+        .map(|(ct, i)| (ct, i.context))
+        .collect();
+    let out = st.planes()?.keys.rewrap_batch(&c, &items).await;
+    let results: Vec<Value> = out
+        .into_iter()
+        .map(|r| batch_item(r, |ct| json!({ "ciphertext": B64.encode(ct) })))
+        .collect();
+    Ok(Json(json!({ "results": results })))
+}
+
+async fn data_key_batch(
+    State(st): State<SharedState>,
+    who: Authenticated,
+    meta: RequestMeta,
+    Path((env, name)): Path<(String, String)>,
+    ApiJson(body): ApiJson<ContextBatchBody>,
+) -> Result<Json<Value>, ApiError> {
+    let c = caller(&who, &meta, &env)?;
+    batch_size("contexts", body.contexts.len())?;
+    let out = st
+        .planes()?
+        .keys
+        .generate_data_key_batch(&c, &name, &body.contexts)
+        .await;
+    let results: Vec<Value> = out
+        .into_iter()
+        .map(|r| {
+            batch_item(r, |dk| {
+                json!({
+                    "plaintext": B64.encode(dk.plaintext.expose()),
+                    "ciphertext": B64.encode(&dk.wrapped),
+                })
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "results": results })))
 }
 
 async fn rotate_key(
