@@ -48,13 +48,6 @@ pub enum Command {
         #[command(subcommand)]
         command: SecretsCommand,
     },
-    /// Issue and revoke per-service tokens (through the control API).
-    Tokens {
-        #[command(flatten)]
-        client: ClientArgs,
-        #[command(subcommand)]
-        command: TokensCommand,
-    },
     /// Manage users and service principals (through the control API).
     Users {
         #[command(flatten)]
@@ -114,8 +107,8 @@ pub struct ClientArgs {
         global = true
     )]
     pub data_dir: PathBuf,
-    /// Credential: the admin credential, a service token, an identity API key
-    /// or access token (read from RAMPART_TOKEN).
+    /// Credential: the admin credential, an identity API key (a service
+    /// principal's, for services) or an access token (read from RAMPART_TOKEN).
     #[arg(
         long = "token-env",
         default_value = "RAMPART_TOKEN",
@@ -325,20 +318,6 @@ pub enum SecretsCommand {
         service: String,
         name: String,
     },
-}
-
-/// `rampart tokens …`
-#[derive(Debug, Subcommand)]
-pub enum TokensCommand {
-    /// Issue a token for a service; printed once.
-    Issue {
-        #[arg(long)]
-        env: String,
-        #[arg(long)]
-        service: String,
-    },
-    /// Revoke a token by id.
-    Revoke { id: String },
 }
 
 /// `rampart users …`

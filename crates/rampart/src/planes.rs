@@ -1,5 +1,5 @@
 //! Starting the planes inside `rampart up`: the audit log first (everything
-//! else writes to it), then identity, keys, secrets and service tokens, then
+//! else writes to it), then identity, keys and secrets, then
 //! the scheduler that rotates, purges, expires elevations and applies
 //! retention.
 
@@ -13,7 +13,7 @@ use rampart_core::SharedClock;
 use rampart_crypto::{random_array, SecretBytes};
 use rampart_identity::{Identity, IdentityConfig, PasswordParams};
 use rampart_keys::policy::{Effect, Statement};
-use rampart_keys::{Auditor, KeyService, KeySpec, Policies, ServiceTokens};
+use rampart_keys::{Auditor, KeyService, KeySpec, Policies};
 use rampart_secrets::SecretService;
 use rampart_store::Keyring;
 use zeroize::Zeroizing;
@@ -152,7 +152,7 @@ fn admin_baseline() -> Statement {
     }
 }
 
-/// Starts keys, secrets and service tokens; ensures the keys `rampart.toml` declares.
+/// Starts keys and secrets; ensures the keys `rampart.toml` declares.
 pub async fn start(
     keyring: Arc<Keyring>,
     audit: Arc<Audit>,
@@ -161,7 +161,6 @@ pub async fn start(
 ) -> Result<Planes, CliError> {
     let store = keyring.store().clone();
     let plane_err = |e: rampart_keys::KeysError| CliError::Runtime(format!("keys plane: {e}"));
-    let tokens = ServiceTokens::open(&keyring).await.map_err(plane_err)?;
     let keys = KeyService::new(
         keyring,
         Policies::new(store.clone()),
@@ -192,19 +191,22 @@ pub async fn start(
             .map_err(plane_err)?;
     }
     let secrets = SecretService::new(keys.clone(), store, clock);
-    Ok(Planes {
-        keys,
-        secrets,
-        tokens,
-    })
+    Ok(Planes { keys, secrets })
 }
+
+/// How often the scheduler prunes spent sessions, refresh tokens and
+/// revocations from the store, seconds of the node's clock.
+pub const PRUNE_EVERY_SECS: u64 = 600;
 
 /// Runs the periodic jobs until the process ends: key rotation and
 /// destruction, secret rotation and purge, identity housekeeping (expired
-/// revocations and elevations), audit retention.
+/// revocations and elevations; every [`PRUNE_EVERY_SECS`], pruning of
+/// sessions, refresh tokens and revocations past their expiry), audit
+/// retention.
 pub fn spawn_scheduler(planes: Arc<crate::api::AppState>, audit: Arc<Audit>, every: Duration) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
+        let mut pruned_at: Option<u64> = None;
         loop {
             tick.tick().await;
             let now = planes.clock.unix_secs();
@@ -243,6 +245,16 @@ pub fn spawn_scheduler(planes: Arc<crate::api::AppState>, audit: Arc<Audit>, eve
             if let Some(id) = &planes.identity {
                 if let Err(e) = id.maintain().await {
                     tracing::error!(error = %e, "identity housekeeping failed");
+                }
+                if pruned_at.is_none_or(|at| now >= at.saturating_add(PRUNE_EVERY_SECS)) {
+                    pruned_at = Some(now);
+                    match id.prune().await {
+                        Ok(r) if r.deleted_any() => {
+                            tracing::info!(report = ?r, "pruned identity records")
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::error!(error = %e, "identity pruning failed"),
+                    }
                 }
             }
             let a = audit.clone();

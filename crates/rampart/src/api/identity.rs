@@ -51,7 +51,7 @@ pub fn routes() -> Router<SharedState> {
 
 /// The caller as the identity plane sees it. The bootstrap admin credential
 /// is the local operator ([`Principal::system`]) in `platform` and every
-/// configured environment; service tokens have no identity.
+/// configured environment.
 fn actor(st: &AppState, who: &Authenticated) -> Result<Principal, ApiError> {
     match &who.0 {
         Credential::Admin(p) => {
@@ -63,9 +63,6 @@ fn actor(st: &AppState, who: &Authenticated) -> Result<Principal, ApiError> {
             Ok(sys)
         }
         Credential::Identity(p) => Ok(p.clone()),
-        Credential::Service(_) => Err(ApiError::forbidden(
-            "service tokens cannot act on identities; use an identity API key",
-        )),
     }
 }
 
