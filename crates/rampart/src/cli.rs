@@ -326,8 +326,9 @@ pub enum UsersCommand {
     /// Create a user (or, with --service, a service principal).
     Create {
         name: String,
-        /// A role: admin, team_admin, team_member, individual (repeat).
-        #[arg(long = "role", required = true)]
+        /// A role: admin, team_admin, team_member, individual (repeat; a
+        /// service may have none: keys policies name it as service:NAME).
+        #[arg(long = "role", required_unless_present = "service")]
         roles: Vec<String>,
         /// An environment it may act in (repeat); `platform` for identity management.
         #[arg(long = "env", required = true)]
@@ -338,7 +339,9 @@ pub enum UsersCommand {
         /// Read the initial password from this environment variable.
         #[arg(long, value_name = "VAR")]
         password_env: Option<String>,
-        /// A service principal: no password, API keys only.
+        /// A service principal: no password; it authenticates with API keys
+        /// (`rampart apikeys create --owner NAME --env E`) and reaches keys
+        /// and secrets as service:NAME.
         #[arg(long, conflicts_with = "password_env")]
         service: bool,
     },

@@ -260,7 +260,13 @@ fn secrets_cli_and_run_inject_without_writing_to_disk() {
         .to_string(),
     );
     assert_eq!(policy.status, 200, "{}", policy.body);
-    let api = service_key(&srv, &admin, "api", &["prod"], "prod");
+    // The service principal and its key, made with the CLI.
+    let made = client(&["users", "create", "api", "--service", "--env", "prod"]);
+    assert!(made.status.success(), "{}", stderr(&made));
+    let made = client(&["apikeys", "create", "--env", "prod", "--owner", "api"]);
+    assert!(made.status.success(), "{}", stderr(&made));
+    let made: serde_json::Value = serde_json::from_str(&stdout(&made)).unwrap();
+    let api = made["key"].as_str().unwrap().to_string();
     let billing = service_key(&srv, &admin, "billing", &["prod"], "prod");
     let run_as = |token: &str| {
         as_(
