@@ -1001,11 +1001,17 @@ impl Identity {
             .filter(|k| match owner {
                 Some(o) => k.owner == o,
                 None => {
-                    all || c.users.get(&k.owner).is_some_and(|u| {
-                        self.authz
-                            .decide_in(actor, MANAGE, PLATFORM_ENV, Scope::Principal(u.target()))
-                            .allowed
-                    })
+                    all || k.owner == actor.id
+                        || c.users.get(&k.owner).is_some_and(|u| {
+                            self.authz
+                                .decide_in(
+                                    actor,
+                                    MANAGE,
+                                    PLATFORM_ENV,
+                                    Scope::Principal(u.target()),
+                                )
+                                .allowed
+                        })
                 }
             })
             .map(ApiKeyInfo::from)

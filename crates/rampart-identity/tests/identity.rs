@@ -924,6 +924,10 @@ async fn team_scoping_each_role_allowed_and_denied_on_team_operations() {
 
     // team_admin of alpha: manages alpha's members and their keys.
     let tina = h.login_as("tina").await;
+    let own_key =
+        h.id.create_api_key(&tina, "tina", "t", "live")
+            .await
+            .unwrap();
     let max_key =
         h.id.create_api_key(&tina, "max", "m", "live")
             .await
@@ -940,7 +944,11 @@ async fn team_scoping_each_role_allowed_and_denied_on_team_operations() {
             .collect();
     assert_eq!(
         seen,
-        BTreeSet::from([max_key.info.id.clone(), worker_key.info.id.clone()])
+        BTreeSet::from([
+            own_key.info.id.clone(),
+            max_key.info.id.clone(),
+            worker_key.info.id.clone()
+        ])
     );
     assert_eq!(h.id.list_api_keys(&tina, Some(&max.id)).unwrap().len(), 1);
     h.id.set_disabled(&tina, "max", true).await.unwrap();
