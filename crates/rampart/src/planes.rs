@@ -190,8 +190,33 @@ pub async fn start(
             .await
             .map_err(plane_err)?;
     }
+    drop_interim_service_tokens(store.as_ref()).await?;
     let secrets = SecretService::new(keys.clone(), store, clock);
     Ok(Planes { keys, secrets })
+}
+
+/// Where the interim per-service tokens (`rst_…`, replaced by service
+/// principals' identity API keys) kept their HMACs.
+const INTERIM_TOKENS_NS: &str = "keys.service-tokens";
+
+/// Deletes what is left of the interim service tokens in a data directory
+/// made before identity API keys replaced them: nothing accepts them any
+/// more, so their records only linger.
+async fn drop_interim_service_tokens(store: &dyn rampart_store::Store) -> Result<(), CliError> {
+    let left = store.list(INTERIM_TOKENS_NS, "", 100_000).await?;
+    for (id, _) in &left {
+        store
+            .delete(INTERIM_TOKENS_NS, id, rampart_store::Expect::Any)
+            .await?;
+    }
+    if !left.is_empty() {
+        tracing::warn!(
+            removed = left.len(),
+            "interim service tokens (rst_…) are no longer accepted and were deleted; \
+             give each service an API key of its service principal"
+        );
+    }
+    Ok(())
 }
 
 /// How often the scheduler prunes spent sessions, refresh tokens and
@@ -275,6 +300,28 @@ mod tests {
     fn config(roles: &str) -> Config {
         let text = format!("[node]\nname = \"n1\"\n\n[[environments]]\nname = \"prod\"\n{roles}");
         Config::parse(&text, "test.toml").unwrap()
+    }
+
+    #[tokio::test]
+    async fn leftover_interim_service_tokens_are_deleted() {
+        use rampart_store::{Expect, SqliteStore, Store};
+        let clock: SharedClock = Arc::new(rampart_core::ManualClock::at_unix_secs(100));
+        let store = SqliteStore::in_memory(clock).unwrap();
+        for id in ["0123456789abcdef", "fedcba9876543210"] {
+            store
+                .put(INTERIM_TOKENS_NS, id, b"{}", Expect::Absent)
+                .await
+                .unwrap();
+        }
+        store.put("other", "k", b"v", Expect::Absent).await.unwrap();
+        drop_interim_service_tokens(&store).await.unwrap();
+        assert!(store
+            .list(INTERIM_TOKENS_NS, "", 10)
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(store.get("other", "k").await.unwrap().is_some());
+        drop_interim_service_tokens(&store).await.unwrap();
     }
 
     #[test]

@@ -385,13 +385,14 @@ async fn create_api_key(
 struct ListKeys {
     /// Id or name of the owner.
     owner: Option<String>,
-    /// Everyone's keys (needs `identity:apikeys.manage`).
+    /// Everyone's keys the caller reaches (needs `identity:apikeys.manage`).
     #[serde(default)]
     all: bool,
 }
 
 /// Lists keys: the caller's own by default (everyone's for the bootstrap
-/// credential), one owner's with `?owner=`, everyone's with `?all=true`.
+/// credential), one owner's with `?owner=`, everyone's with `?all=true`
+/// (for a team admin: those of its teams' members).
 async fn list_api_keys(
     State(st): State<SharedState>,
     who: Authenticated,
