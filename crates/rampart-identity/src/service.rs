@@ -6,7 +6,8 @@
 //! namespace. What verification reads on every request (users, API keys,
 //! elevations, the revocation list, the published keys) is held in memory,
 //! loaded at [`Identity::open`], written through on every change and pruned
-//! by [`Identity::maintain`].
+//! by [`Identity::maintain`]; [`Identity::prune`] deletes the sessions,
+//! refresh tokens and revocations the store no longer needs.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
