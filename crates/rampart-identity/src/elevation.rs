@@ -7,7 +7,7 @@ use rampart_audit::Outcome;
 use rampart_store::Expect;
 use serde::{Deserialize, Serialize};
 
-use crate::policy::{Principal, PrincipalKind, Role, PLATFORM_ENV};
+use crate::policy::{Principal, PrincipalKind, Role, Scope, PLATFORM_ENV};
 use crate::service::{new_id, read_lock, write_lock, Identity, NS_ELEVATIONS};
 use crate::IdentityError;
 
@@ -67,8 +67,12 @@ impl Identity {
         duration_secs: u64,
         reason: &str,
     ) -> Result<Elevation, IdentityError> {
-        self.authz
-            .require(actor, "identity:elevations.request", PLATFORM_ENV)?;
+        self.authz.require_in(
+            actor,
+            "identity:elevations.request",
+            PLATFORM_ENV,
+            Scope::Own,
+        )?;
         if actor.kind != PrincipalKind::User || actor.auth_method == "api-key" {
             return Err(IdentityError::InvalidRequest(
                 "only users in a login session may ask for elevation".into(),
@@ -200,8 +204,12 @@ impl Identity {
             .decide(actor, "identity:elevations.approve", PLATFORM_ENV)
             .allowed;
         if !all {
-            self.authz
-                .require(actor, "identity:elevations.request", PLATFORM_ENV)?;
+            self.authz.require_in(
+                actor,
+                "identity:elevations.request",
+                PLATFORM_ENV,
+                Scope::Own,
+            )?;
         }
         let mut v: Vec<Elevation> = read_lock(&self.cache)
             .elevations

@@ -21,21 +21,26 @@
 //! # Permissions identity itself asks for
 //!
 //! Identity management lives in the [`PLATFORM_ENV`] environment; keys are
-//! checked against the key's own environment.
+//! checked against the key's own environment. Operations on a principal or a
+//! team are team-scoped ([`Scope`]; the table of what each role reaches is in
+//! [`policy`]): a team admin manages the members of its teams and their API
+//! keys, a team member sees its teams, an individual only itself, an admin
+//! everything. Service principals never hold an `identity:` permission other
+//! than a read: they cannot mint credentials.
 //!
-//! | operation | permission |
-//! | --- | --- |
-//! | create user / service | `identity:users.create` |
-//! | list / show users, teams | `identity:users.read` |
-//! | set roles, disable, reset another's password or TOTP | `identity:users.update` |
-//! | own password, own TOTP | `identity:password.own`, `identity:mfa.own` |
-//! | create team | `identity:teams.create` |
-//! | create / list / revoke own API keys | `identity:apikeys.own` |
-//! | the same for other principals' keys | `identity:apikeys.manage` |
-//! | revoke another principal's sessions | `identity:sessions.revoke` |
-//! | rotate the token signing key | `identity:signing.rotate` |
-//! | ask for elevation | `identity:elevations.request` |
-//! | approve / deny elevation (also: unelevated `admin`, not the requester) | `identity:elevations.approve` |
+//! | operation | permission | scope |
+//! | --- | --- | --- |
+//! | create user / service | `identity:users.create` | its teams (none: admins only; team admins create users with `team_member` only) |
+//! | list / show users, teams | `identity:users.read` | each principal / the actor's teams |
+//! | set roles, disable, reset another's password or TOTP | `identity:users.update` | the principal (team admins grant `team_member` only) |
+//! | own password, own TOTP | `identity:password.own`, `identity:mfa.own` | own |
+//! | create team | `identity:teams.create` | platform (admins) |
+//! | create / list / revoke own API keys | `identity:apikeys.own` | own |
+//! | the same for other principals' keys | `identity:apikeys.manage` | the key's owner |
+//! | revoke another principal's sessions | `identity:sessions.revoke` | the principal |
+//! | rotate the token signing key | `identity:signing.rotate` | platform (admins) |
+//! | ask for elevation | `identity:elevations.request` | own |
+//! | approve / deny elevation (also: unelevated `admin`, not the requester) | `identity:elevations.approve` | platform (admins) |
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![cfg_attr(
@@ -63,10 +68,11 @@ pub use elevation::{Elevation, ElevationStatus};
 pub use error::IdentityError;
 pub use password::PasswordParams;
 pub use policy::{
-    Authorizer, Decision, PermissionPattern, Policy, Principal, PrincipalKind, Role, PLATFORM_ENV,
+    Authorizer, Decision, PermissionPattern, Policy, Principal, PrincipalKind, Role, Scope, Target,
+    PLATFORM_ENV,
 };
 pub use service::{Identity, IdentityConfig, NewUser, Team, User};
-pub use sessions::{ApiKeyInfo, LoginRequest, NewApiKey, Tokens, TotpEnrolment};
+pub use sessions::{ApiKeyInfo, LoginRequest, NewApiKey, PruneReport, Tokens, TotpEnrolment};
 pub use throttle::ThrottleConfig;
 
 /// Records an event and waits until it is durable. Identity's checks are

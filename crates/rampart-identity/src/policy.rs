@@ -1,12 +1,26 @@
 //! Roles, permissions and the one authorisation check.
 //!
-//! Every plane and the edge ask [`Authorizer::authorize`] and nothing else.
-//! A decision takes three steps, in this order, and the first that fails
-//! names the reason: the principal must be active, the resource's
-//! environment must be one of the principal's (environments are hard walls:
-//! no role or wildcard crosses them), and one of the principal's roles must
-//! grant the permission. Every decision is audited with its reason; if the
-//! audit log refuses the record, the decision is a denial (fail closed).
+//! Every plane and the edge ask [`Authorizer::authorize`] (or, for an
+//! operation on a principal or a team, [`Authorizer::authorize_in`]) and
+//! nothing else. A decision takes these steps, in this order, and the first
+//! that fails names the reason: the resource's environment must be one of
+//! the principal's (environments are hard walls: no role or wildcard crosses
+//! them); a service principal never manages identities (no `identity:`
+//! permission but reads: it cannot mint credentials); and one of the
+//! principal's roles must grant the permission *within the [`Scope`]*:
+//!
+//! | role | reaches |
+//! | --- | --- |
+//! | `admin` | everything |
+//! | `team_admin` | its own account; principals and teams it shares a team with: reads, and changes to members that hold neither `admin` nor `team_admin` and act in no environment the team admin lacks |
+//! | `team_member` | its own account; reads of principals and teams it shares a team with |
+//! | `individual` | its own account |
+//!
+//! A team admin administers the teams it belongs to (roles are global, team
+//! membership says where a team role applies). `identity:` permissions asked
+//! without a principal or team ([`Scope::Environment`]) are platform-wide:
+//! only `admin` reaches them. Every decision is audited with its reason; if
+//! the audit log refuses the record, the decision is a denial (fail closed).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -199,6 +213,113 @@ impl PermissionPattern {
     }
 }
 
+/// The principal an identity operation acts on, as team scoping sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// Its id.
+    pub id: &'a str,
+    /// The teams it belongs to.
+    pub teams: &'a [String],
+    /// The roles it holds without elevation.
+    pub roles: &'a BTreeSet<Role>,
+    /// The environments it may act in.
+    pub environments: &'a BTreeSet<String>,
+}
+
+/// What an operation acts on, for team scoping (see the module docs).
+#[derive(Debug, Clone, Copy)]
+pub enum Scope<'a> {
+    /// Resources of the environment as a whole: keys, secrets, routes; for
+    /// an `identity:` permission, the whole platform (only `admin`).
+    Environment,
+    /// The actor's own account, API keys, password, TOTP and elevations.
+    Own,
+    /// Another principal (or the actor, for reads).
+    Principal(Target<'a>),
+    /// Every one of these teams (none: nothing a team role reaches).
+    Teams(&'a [String]),
+}
+
+impl Scope<'_> {
+    fn describe(&self) -> String {
+        match self {
+            Scope::Environment => String::new(),
+            Scope::Own => " on its own account".into(),
+            Scope::Principal(t) => format!(" on {}", t.id),
+            Scope::Teams(ts) => format!(" on team(s) [{}]", ts.join(", ")),
+        }
+    }
+}
+
+/// Whether `permission` only reads (`identity:users.read`).
+fn is_read(permission: &str) -> bool {
+    permission.ends_with(".read") || permission.ends_with(":read")
+}
+
+fn shares_team(actor: &Principal, teams: &[String]) -> bool {
+    teams.iter().any(|t| actor.teams.contains(t))
+}
+
+/// Whether a grant through `role` reaches `scope`; `Err` says why not.
+fn reaches(
+    role: Role,
+    actor: &Principal,
+    permission: &str,
+    scope: &Scope<'_>,
+) -> Result<(), String> {
+    let identity = permission.starts_with("identity:");
+    let read = is_read(permission);
+    match (role, scope) {
+        (Role::Admin, _) => Ok(()),
+        (_, Scope::Environment) if identity => {
+            Err(format!("{permission} across the platform needs admin"))
+        }
+        (_, Scope::Environment | Scope::Own) => Ok(()),
+        (_, Scope::Principal(t)) if read && t.id == actor.id => Ok(()),
+        (Role::TeamAdmin, Scope::Principal(t)) => {
+            if !shares_team(actor, t.teams) {
+                Err(format!("{} is in none of the principal's teams", t.id))
+            } else if !read
+                && (t.roles.contains(&Role::Admin) || t.roles.contains(&Role::TeamAdmin))
+            {
+                Err(format!("{} holds admin or team_admin", t.id))
+            } else if !read && !t.environments.is_subset(&actor.environments) {
+                Err(format!(
+                    "{} acts in environments the principal does not",
+                    t.id
+                ))
+            } else {
+                Ok(())
+            }
+        }
+        (Role::TeamMember, Scope::Principal(t)) => {
+            if !read {
+                Err("team members administer no one".into())
+            } else if !shares_team(actor, t.teams) {
+                Err(format!("{} is in none of the principal's teams", t.id))
+            } else {
+                Ok(())
+            }
+        }
+        (Role::Individual, Scope::Principal(t)) => {
+            Err(format!("{} is not the principal itself", t.id))
+        }
+        (Role::TeamAdmin | Role::TeamMember, Scope::Teams(ts)) => {
+            if ts.is_empty() || !ts.iter().all(|t| actor.teams.contains(t)) {
+                Err(format!(
+                    "team(s) [{}] are not all the principal's",
+                    ts.join(", ")
+                ))
+            } else if role == Role::TeamMember && !read {
+                Err("team members administer no team".into())
+            } else {
+                Ok(())
+            }
+        }
+        (Role::Individual, Scope::Teams(_)) => Err("individuals belong to no team".into()),
+    }
+}
+
 /// The permissions each role grants, validated once from configuration.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
@@ -234,6 +355,10 @@ impl Policy {
                     "keys:*",
                     "secrets:*",
                     "identity:users.read",
+                    "identity:users.create",
+                    "identity:users.update",
+                    "identity:sessions.revoke",
+                    "identity:apikeys.manage",
                     "identity:apikeys.own",
                     "identity:mfa.own",
                     "identity:password.own",
@@ -247,6 +372,7 @@ impl Policy {
                     "keys:encrypt",
                     "keys:decrypt",
                     "secrets:read",
+                    "identity:users.read",
                     "identity:apikeys.own",
                     "identity:mfa.own",
                     "identity:password.own",
@@ -265,9 +391,14 @@ impl Policy {
         ])
     }
 
-    /// The first pattern of one of `roles` that grants `permission`.
-    fn grant(&self, roles: &BTreeSet<Role>, permission: &str) -> Option<(Role, &str)> {
-        roles.iter().find_map(|r| {
+    /// Each of `roles` that grants `permission`, with the first pattern
+    /// that does.
+    fn grants<'a>(
+        &'a self,
+        roles: &'a BTreeSet<Role>,
+        permission: &'a str,
+    ) -> impl Iterator<Item = (Role, &'a str)> + 'a {
+        roles.iter().filter_map(move |r| {
             self.grants
                 .get(r)
                 .and_then(|ps| ps.iter().find(|p| p.grants(permission)))
@@ -306,6 +437,17 @@ impl Authorizer {
     /// The decision alone, unaudited: for tests and for listing what a
     /// principal could do. Enforcement always goes through [`Self::authorize`].
     pub fn decide(&self, principal: &Principal, permission: &str, resource_env: &str) -> Decision {
+        self.decide_in(principal, permission, resource_env, Scope::Environment)
+    }
+
+    /// [`Self::decide`] for an operation on `scope`.
+    pub fn decide_in(
+        &self,
+        principal: &Principal,
+        permission: &str,
+        resource_env: &str,
+        scope: Scope<'_>,
+    ) -> Decision {
         let deny = |reason: String| Decision {
             allowed: false,
             reason,
@@ -318,21 +460,42 @@ impl Authorizer {
                 "environment {resource_env:?} is outside the principal's environments"
             ));
         }
-        match self.policy.grant(&principal.roles, permission) {
-            Some((role, pattern)) => Decision {
-                allowed: true,
-                reason: format!("role {role} grants {pattern:?}"),
-            },
-            None => deny(format!(
-                "no role of [{}] grants {permission}",
-                principal
-                    .roles
-                    .iter()
-                    .map(|r| r.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )),
+        if principal.kind == PrincipalKind::Service
+            && permission.starts_with("identity:")
+            && !is_read(permission)
+        {
+            return deny(format!(
+                "service principals manage no identities and mint no credentials ({permission})"
+            ));
         }
+        let on = scope.describe();
+        let mut out_of_reach = Vec::new();
+        for (role, pattern) in self.policy.grants(&principal.roles, permission) {
+            match reaches(role, principal, permission, &scope) {
+                Ok(()) => {
+                    return Decision {
+                        allowed: true,
+                        reason: format!("role {role} grants {pattern:?}{on}"),
+                    }
+                }
+                Err(why) => out_of_reach.push(format!("role {role}: {why}")),
+            }
+        }
+        if !out_of_reach.is_empty() {
+            return deny(format!(
+                "{permission}{on} is out of reach: {}",
+                out_of_reach.join("; ")
+            ));
+        }
+        deny(format!(
+            "no role of [{}] grants {permission}",
+            principal
+                .roles
+                .iter()
+                .map(|r| r.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
     }
 
     /// Decides whether `principal` may do `permission` (`plane:action`) on a
@@ -344,7 +507,19 @@ impl Authorizer {
         permission: &str,
         resource_env: &str,
     ) -> Decision {
-        let d = self.decide(principal, permission, resource_env);
+        self.authorize_in(principal, permission, resource_env, Scope::Environment)
+    }
+
+    /// [`Self::authorize`] for an operation on `scope`: a principal, a team,
+    /// the actor's own account.
+    pub fn authorize_in(
+        &self,
+        principal: &Principal,
+        permission: &str,
+        resource_env: &str,
+        scope: Scope<'_>,
+    ) -> Decision {
+        let d = self.decide_in(principal, permission, resource_env, scope);
         let outcome = if d.allowed {
             Outcome::Allowed
         } else {
@@ -376,7 +551,18 @@ impl Authorizer {
         permission: &str,
         resource_env: &str,
     ) -> Result<(), IdentityError> {
-        let d = self.authorize(principal, permission, resource_env);
+        self.require_in(principal, permission, resource_env, Scope::Environment)
+    }
+
+    /// [`Self::authorize_in`] as a `Result`.
+    pub fn require_in(
+        &self,
+        principal: &Principal,
+        permission: &str,
+        resource_env: &str,
+        scope: Scope<'_>,
+    ) -> Result<(), IdentityError> {
+        let d = self.authorize_in(principal, permission, resource_env, scope);
         if d.allowed {
             Ok(())
         } else {

@@ -6,7 +6,8 @@
 //! namespace. What verification reads on every request (users, API keys,
 //! elevations, the revocation list, the published keys) is held in memory,
 //! loaded at [`Identity::open`], written through on every change and pruned
-//! by [`Identity::maintain`].
+//! by [`Identity::maintain`]; [`Identity::prune`] deletes the sessions,
+//! refresh tokens and revocations the store no longer needs.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -22,7 +23,9 @@ use serde::{Deserialize, Serialize};
 use crate::apikey::hex;
 use crate::elevation::Elevation;
 use crate::password::{check_new_password, PasswordParams, Passwords};
-use crate::policy::{Authorizer, Policy, Principal, PrincipalKind, Role, PLATFORM_ENV};
+use crate::policy::{
+    Authorizer, Policy, Principal, PrincipalKind, Role, Scope, Target, PLATFORM_ENV,
+};
 use crate::sessions::ApiKeyRecord;
 use crate::throttle::{Throttle, ThrottleConfig};
 use crate::IdentityError;
@@ -36,7 +39,7 @@ pub(crate) const NS_REFRESH: &str = "identity/refresh";
 pub(crate) const NS_REVOKED: &str = "identity/revoked";
 pub(crate) const NS_SIGNING: &str = "identity/signing";
 pub(crate) const NS_ELEVATIONS: &str = "identity/elevations";
-const LIST_LIMIT: usize = 1_000_000;
+pub(crate) const LIST_LIMIT: usize = 1_000_000;
 
 /// Identity configuration, as `rampart.toml` gives it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -142,6 +145,18 @@ pub struct User {
     pub created_at: u64,
     /// Whether TOTP is enrolled and confirmed.
     pub totp_enabled: bool,
+}
+
+impl UserRecord {
+    /// The principal as team scoping sees it.
+    pub(crate) fn target(&self) -> Target<'_> {
+        Target {
+            id: &self.id,
+            teams: &self.teams,
+            roles: &self.roles,
+            environments: &self.environments,
+        }
+    }
 }
 
 impl From<&UserRecord> for User {
@@ -273,6 +288,12 @@ pub(crate) fn new_id(prefix: &str) -> Result<String, IdentityError> {
         "{prefix}{}",
         hex(&rampart_crypto::random_array::<8>()?)
     ))
+}
+
+/// A service principal's name is the service name keys policies match
+/// (`service:NAME`), so it keeps to the keys plane's name rules.
+fn valid_service_name(s: &str) -> bool {
+    valid_name(s) && !s.contains('@') && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
 }
 
 fn valid_name(s: &str) -> bool {
@@ -448,6 +469,66 @@ impl Identity {
             .or_else(|| self.user_by_name(id_or_name))
     }
 
+    /// The stored principal `id_or_name` names, once `actor` may act on it:
+    /// with `own` (if given) when it is the actor itself, otherwise with
+    /// `other` scoped to that principal (team scoping). An unknown name is
+    /// refused like one out of reach unless the actor reaches the whole
+    /// platform, so that names cannot be probed.
+    pub(crate) fn require_on(
+        &self,
+        actor: &Principal,
+        id_or_name: &str,
+        own: Option<&str>,
+        other: &str,
+        env: &str,
+    ) -> Result<UserRecord, IdentityError> {
+        let Some(u) = self.user_by_id_or_name(id_or_name) else {
+            self.authz.require(actor, other, env)?;
+            return Err(IdentityError::NotFound("user".into()));
+        };
+        match own {
+            Some(perm) if u.id == actor.id => {
+                self.authz.require_in(actor, perm, env, Scope::Own)?
+            }
+            _ => self
+                .authz
+                .require_in(actor, other, env, Scope::Principal(u.target()))?,
+        }
+        Ok(u)
+    }
+
+    /// Whether `actor` reaches every principal (and team) with `permission`:
+    /// listings show everything then, else only what team scoping reaches.
+    /// The listing itself is authorised (and audited) either way.
+    pub(crate) fn require_listing(
+        &self,
+        actor: &Principal,
+        permission: &str,
+    ) -> Result<bool, IdentityError> {
+        if self.authz.decide(actor, permission, PLATFORM_ENV).allowed {
+            self.authz.require(actor, permission, PLATFORM_ENV)?;
+            Ok(true)
+        } else {
+            self.authz
+                .require_in(actor, permission, PLATFORM_ENV, Scope::Teams(&actor.teams))?;
+            Ok(false)
+        }
+    }
+
+    /// Refuses `action` on `resource` for `why`, audited.
+    pub(crate) fn refuse(
+        &self,
+        actor: &Principal,
+        action: &str,
+        resource: &str,
+        why: &str,
+    ) -> IdentityError {
+        match self.record_by(actor, action, resource, Outcome::Denied, why) {
+            Ok(()) => IdentityError::Forbidden(why.to_owned()),
+            Err(e) => e,
+        }
+    }
+
     /// Reads, changes and writes a user record with compare-and-set,
     /// retrying if another writer got there first; updates the cache.
     pub(crate) async fn update_user(
@@ -489,11 +570,42 @@ impl Identity {
         actor: &Principal,
         new: NewUser,
     ) -> Result<User, IdentityError> {
+        // A principal in teams is created within those teams (a team admin
+        // may); one in none is a platform matter (admins only).
+        let scope = if new.teams.is_empty() {
+            Scope::Environment
+        } else {
+            Scope::Teams(&new.teams)
+        };
         self.authz
-            .require(actor, "identity:users.create", PLATFORM_ENV)?;
+            .require_in(actor, "identity:users.create", PLATFORM_ENV, scope)?;
+        if !actor.roles.contains(&Role::Admin) {
+            // Team admins add people to their teams, nothing more: no
+            // service principals (a service's name is its identity in keys
+            // policies), no role above team_member, no environment they lack.
+            let why = if new.kind != PrincipalKind::User {
+                Some("only admins create service principals")
+            } else if !new.roles.iter().all(|r| *r == Role::TeamMember) {
+                Some("team admins grant no role but team_member")
+            } else if !new.environments.is_subset(&actor.environments) {
+                Some("team admins grant no environment they lack")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(self.refuse(actor, "identity.user.create", &new.name, why));
+            }
+        }
         if !valid_name(&new.name) {
             return Err(IdentityError::InvalidRequest(
                 "name must be 1-64 of a-z 0-9 . _ @ -".into(),
+            ));
+        }
+        if new.kind == PrincipalKind::Service && !valid_service_name(&new.name) {
+            return Err(IdentityError::InvalidRequest(
+                "a service principal's name is its service name: 1-64 of a-z 0-9 . _ -, \
+                 starting with a letter or digit"
+                    .into(),
             ));
         }
         if new.environments.is_empty()
@@ -586,13 +698,20 @@ impl Identity {
         Ok(User::from(&rec))
     }
 
-    /// Lists users and service principals.
+    /// Lists users and service principals: all of them for admins, the
+    /// members of the actor's teams for team roles.
     pub fn list_users(&self, actor: &Principal) -> Result<Vec<User>, IdentityError> {
-        self.authz
-            .require(actor, "identity:users.read", PLATFORM_ENV)?;
+        const PERM: &str = "identity:users.read";
+        let all = self.require_listing(actor, PERM)?;
         let mut v: Vec<User> = read_lock(&self.cache)
             .users
             .values()
+            .filter(|u| {
+                all || self
+                    .authz
+                    .decide_in(actor, PERM, PLATFORM_ENV, Scope::Principal(u.target()))
+                    .allowed
+            })
             .map(User::from)
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
@@ -601,17 +720,8 @@ impl Identity {
 
     /// One user by id or name.
     pub fn get_user(&self, actor: &Principal, id_or_name: &str) -> Result<User, IdentityError> {
-        self.authz
-            .require(actor, "identity:users.read", PLATFORM_ENV)?;
-        self.user_by_id_or_name(id_or_name)
+        self.require_on(actor, id_or_name, None, "identity:users.read", PLATFORM_ENV)
             .map(|u| User::from(&u))
-            .ok_or_else(|| IdentityError::NotFound("user".into()))
-    }
-
-    fn resolve(&self, id_or_name: &str) -> Result<String, IdentityError> {
-        self.user_by_id_or_name(id_or_name)
-            .map(|u| u.id)
-            .ok_or_else(|| IdentityError::NotFound("user".into()))
     }
 
     /// Replaces a principal's roles. Added roles count from its next token;
@@ -622,10 +732,17 @@ impl Identity {
         user: &str,
         roles: BTreeSet<Role>,
     ) -> Result<User, IdentityError> {
-        self.authz
-            .require(actor, "identity:users.update", PLATFORM_ENV)?;
-        let id = self.resolve(user)?;
-        let before = self.user(&id).map(|u| u.roles).unwrap_or_default();
+        let target = self.require_on(actor, user, None, "identity:users.update", PLATFORM_ENV)?;
+        let id = target.id;
+        if !actor.roles.contains(&Role::Admin) && !roles.iter().all(|r| *r == Role::TeamMember) {
+            return Err(self.refuse(
+                actor,
+                "identity.user.roles",
+                &id,
+                "team admins grant no role but team_member",
+            ));
+        }
+        let before = target.roles;
         let u = self
             .update_user(&id, |u| {
                 u.roles = roles.clone();
@@ -660,13 +777,15 @@ impl Identity {
         user: &str,
         password: &str,
     ) -> Result<(), IdentityError> {
-        let id = self.resolve(user)?;
-        let perm = if id == actor.id {
-            "identity:password.own"
-        } else {
-            "identity:users.update"
-        };
-        self.authz.require(actor, perm, PLATFORM_ENV)?;
+        let id = self
+            .require_on(
+                actor,
+                user,
+                Some("identity:password.own"),
+                "identity:users.update",
+                PLATFORM_ENV,
+            )?
+            .id;
         check_new_password(password.as_bytes())?;
         let hash = self.passwords.hash(password.as_bytes())?;
         self.update_user(&id, |u| {
@@ -696,9 +815,9 @@ impl Identity {
         user: &str,
         disabled: bool,
     ) -> Result<(), IdentityError> {
-        self.authz
-            .require(actor, "identity:users.update", PLATFORM_ENV)?;
-        let id = self.resolve(user)?;
+        let id = self
+            .require_on(actor, user, None, "identity:users.update", PLATFORM_ENV)?
+            .id;
         self.update_user(&id, |u| {
             u.disabled = disabled;
             Ok(())
@@ -745,13 +864,14 @@ impl Identity {
         Ok(t)
     }
 
-    /// Lists teams.
+    /// Lists teams: all of them for admins, the actor's own for team roles.
     pub async fn list_teams(&self, actor: &Principal) -> Result<Vec<Team>, IdentityError> {
-        self.authz
-            .require(actor, "identity:users.read", PLATFORM_ENV)?;
+        let all = self.require_listing(actor, "identity:users.read")?;
         let mut out = Vec::new();
         for (k, e) in self.store.list(NS_TEAMS, "", LIST_LIMIT).await? {
-            out.push(from_json(NS_TEAMS, &k, &e.value)?);
+            if all || actor.teams.contains(&k) {
+                out.push(from_json(NS_TEAMS, &k, &e.value)?);
+            }
         }
         Ok(out)
     }

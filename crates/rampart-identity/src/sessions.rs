@@ -10,10 +10,10 @@ use rampart_store::{Expect, Op, StoreError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::policy::{Principal, PrincipalKind, Role, PLATFORM_ENV};
+use crate::policy::{Principal, PrincipalKind, Role, Scope, PLATFORM_ENV};
 use crate::service::{
-    from_json, new_id, read_lock, to_json, write_lock, Identity, TotpState, UserRecord, NS_APIKEYS,
-    NS_REFRESH, NS_REVOKED, NS_SESSIONS,
+    from_json, new_id, read_lock, to_json, write_lock, Identity, TotpState, UserRecord, LIST_LIMIT,
+    NS_APIKEYS, NS_REFRESH, NS_REVOKED, NS_SESSIONS,
 };
 use crate::token::{self, Claims, Expectations, Reject};
 use crate::totp::{qr_svg, Totp};
@@ -177,6 +177,28 @@ pub struct TotpEnrolment {
 impl std::fmt::Debug for TotpEnrolment {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("TotpEnrolment([redacted])")
+    }
+}
+
+/// What one [`Identity::prune`] pass deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PruneReport {
+    /// Refresh tokens past their expiry, spent or not.
+    pub refresh_tokens: usize,
+    /// Sessions past their absolute end, or revoked long enough ago that
+    /// none of their tokens could be accepted anyway.
+    pub sessions: usize,
+    /// Revocation-list entries past the last moment an access token of the
+    /// revoked session could be valid.
+    pub revocations: usize,
+    /// Records that could not be read and were left alone.
+    pub unreadable: usize,
+}
+
+impl PruneReport {
+    /// Whether anything was deleted.
+    pub fn deleted_any(&self) -> bool {
+        self.refresh_tokens + self.sessions + self.revocations > 0
     }
 }
 
@@ -639,7 +661,7 @@ impl Identity {
     ) -> Result<usize, IdentityError> {
         let sessions = self
             .store
-            .list(NS_SESSIONS, &format!("{user}/"), 1_000_000)
+            .list(NS_SESSIONS, &format!("{user}/"), LIST_LIMIT)
             .await?;
         let mut n = 0;
         for (k, e) in sessions {
@@ -659,6 +681,93 @@ impl Identity {
             None,
         )?;
         Ok(n)
+    }
+
+    /// Deletes session state that can never be accepted again, judged by
+    /// the plane's clock:
+    ///
+    /// - a refresh token once `now` reaches its expiry (a spent one included:
+    ///   presenting it after that is refused as unknown rather than revoking
+    ///   its family, and it could not have been exchanged anyway);
+    /// - a session once `now` reaches its absolute end, or, if revoked, once
+    ///   every refresh token issued before the revocation has expired (its
+    ///   refresh tokens are refused either way: "session gone");
+    /// - a revocation entry once no access token of the revoked session can
+    ///   still be valid (it was written to last an access-token lifetime
+    ///   plus the clock skew past the revocation).
+    ///
+    /// Each deletion is a compare-and-set on the version read, so a record
+    /// changed meanwhile is left for the next pass. What was deleted is
+    /// audited.
+    pub async fn prune(&self) -> Result<PruneReport, IdentityError> {
+        let now = self.now();
+        let mut report = PruneReport::default();
+        for (k, e) in self.store.list(NS_REFRESH, "", LIST_LIMIT).await? {
+            match from_json::<RefreshRecord>(NS_REFRESH, &k, &e.value) {
+                Ok(r) if now >= r.expires_at => {
+                    if self.delete_unchanged(NS_REFRESH, &k, e.version).await? {
+                        report.refresh_tokens += 1;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => report.unreadable += 1,
+            }
+        }
+        for (k, e) in self.store.list(NS_SESSIONS, "", LIST_LIMIT).await? {
+            match from_json::<SessionRecord>(NS_SESSIONS, &k, &e.value) {
+                Ok(s) => {
+                    let ended = now >= s.expires_at
+                        || s.revoked_at
+                            .is_some_and(|at| now >= at.saturating_add(self.cfg.refresh_ttl_secs));
+                    if ended && self.delete_unchanged(NS_SESSIONS, &k, e.version).await? {
+                        report.sessions += 1;
+                    }
+                }
+                Err(_) => report.unreadable += 1,
+            }
+        }
+        for (k, e) in self.store.list(NS_REVOKED, "", LIST_LIMIT).await? {
+            match from_json::<u64>(NS_REVOKED, &k, &e.value) {
+                Ok(until) if now >= until => {
+                    if self.delete_unchanged(NS_REVOKED, &k, e.version).await? {
+                        report.revocations += 1;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => report.unreadable += 1,
+            }
+        }
+        write_lock(&self.revoked).retain(|_, until| *until > now);
+        if report.deleted_any() || report.unreadable > 0 {
+            self.record(
+                "system",
+                "local",
+                "identity.prune",
+                "-",
+                Outcome::Allowed,
+                format!(
+                    "deleted {} refresh tokens, {} sessions, {} revocations; {} unreadable left",
+                    report.refresh_tokens, report.sessions, report.revocations, report.unreadable
+                ),
+                None,
+            )?;
+        }
+        Ok(report)
+    }
+
+    /// Deletes a record if it is still at `version`; a record changed
+    /// meanwhile (or already gone) is left alone.
+    async fn delete_unchanged(
+        &self,
+        ns: &str,
+        key: &str,
+        version: u64,
+    ) -> Result<bool, IdentityError> {
+        match self.store.delete(ns, key, Expect::Version(version)).await {
+            Ok(gone) => Ok(gone),
+            Err(StoreError::Conflict { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Logs out: revokes the session the principal's token belongs to.
@@ -687,15 +796,15 @@ impl Identity {
         actor: &Principal,
         user: &str,
     ) -> Result<usize, IdentityError> {
-        self.authz
-            .require(actor, "identity:sessions.revoke", PLATFORM_ENV)?;
+        let target =
+            self.require_on(actor, user, None, "identity:sessions.revoke", PLATFORM_ENV)?;
         let n = self
-            .revoke_user_sessions_inner(user, "admin revocation")
+            .revoke_user_sessions_inner(&target.id, "admin revocation")
             .await?;
         self.record_by(
             actor,
             "identity.session.revoke",
-            user,
+            &target.id,
             Outcome::Allowed,
             format!("{n} sessions"),
         )?;
@@ -810,15 +919,13 @@ impl Identity {
         name: &str,
         env: &str,
     ) -> Result<NewApiKey, IdentityError> {
-        let owner = self
-            .user_by_id_or_name(owner)
-            .ok_or_else(|| IdentityError::NotFound("principal".into()))?;
-        let perm = if owner.id == actor.id {
-            "identity:apikeys.own"
-        } else {
-            "identity:apikeys.manage"
-        };
-        self.authz.require(actor, perm, env)?;
+        let owner = self.require_on(
+            actor,
+            owner,
+            Some("identity:apikeys.own"),
+            "identity:apikeys.manage",
+            env,
+        )?;
         if !owner.environments.contains(env) {
             return Err(IdentityError::InvalidRequest(format!(
                 "the owner may not act in {env:?}"
@@ -853,38 +960,60 @@ impl Identity {
         })
     }
 
-    /// Lists API keys: the actor's own, or everyone's (`owner = None`) for
-    /// those allowed `identity:apikeys.manage`.
+    /// Lists API keys: the actor's own, one owner's, or everyone's (`owner =
+    /// None`) for those allowed `identity:apikeys.manage` (a team admin sees
+    /// the keys of its teams' members).
     pub fn list_api_keys(
         &self,
         actor: &Principal,
         owner: Option<&str>,
     ) -> Result<Vec<ApiKeyInfo>, IdentityError> {
-        let own = owner == Some(actor.id.as_str());
-        let perm = if own {
-            "identity:apikeys.own"
-        } else {
-            "identity:apikeys.manage"
-        };
-        // Keys span environments; listing is a platform-level read.
-        self.authz.require(actor, perm, PLATFORM_ENV).or_else(|e| {
-            // A principal that may only act in its own environments can
-            // still list its own keys.
-            if own
-                && actor
-                    .environments
-                    .iter()
-                    .any(|env| self.authz.decide(actor, perm, env).allowed)
-            {
-                Ok(())
-            } else {
-                Err(e)
+        const OWN: &str = "identity:apikeys.own";
+        const MANAGE: &str = "identity:apikeys.manage";
+        let all = match owner {
+            Some(o) if o == actor.id => {
+                // Keys span environments; listing is a platform-level read,
+                // but a principal that may only act in its own environments
+                // can still list its own keys.
+                let env = if actor.environments.contains(PLATFORM_ENV) {
+                    Some(PLATFORM_ENV)
+                } else {
+                    actor
+                        .environments
+                        .iter()
+                        .map(String::as_str)
+                        .find(|env| self.authz.decide_in(actor, OWN, env, Scope::Own).allowed)
+                };
+                self.authz
+                    .require_in(actor, OWN, env.unwrap_or(PLATFORM_ENV), Scope::Own)?;
+                false
             }
-        })?;
-        let mut v: Vec<ApiKeyInfo> = read_lock(&self.cache)
+            Some(o) => {
+                self.require_on(actor, o, None, MANAGE, PLATFORM_ENV)?;
+                false
+            }
+            None => self.require_listing(actor, MANAGE)?,
+        };
+        let c = read_lock(&self.cache);
+        let mut v: Vec<ApiKeyInfo> = c
             .keys
             .values()
-            .filter(|k| owner.is_none_or(|o| k.owner == o))
+            .filter(|k| match owner {
+                Some(o) => k.owner == o,
+                None => {
+                    all || k.owner == actor.id
+                        || c.users.get(&k.owner).is_some_and(|u| {
+                            self.authz
+                                .decide_in(
+                                    actor,
+                                    MANAGE,
+                                    PLATFORM_ENV,
+                                    Scope::Principal(u.target()),
+                                )
+                                .allowed
+                        })
+                }
+            })
             .map(ApiKeyInfo::from)
             .collect();
         v.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
@@ -893,17 +1022,19 @@ impl Identity {
 
     /// Revokes an API key; it is refused from this moment.
     pub async fn revoke_api_key(&self, actor: &Principal, id: &str) -> Result<(), IdentityError> {
-        let rec = read_lock(&self.cache)
-            .keys
-            .get(id)
-            .cloned()
-            .ok_or_else(|| IdentityError::NotFound("API key".into()))?;
-        let perm = if rec.owner == actor.id {
-            "identity:apikeys.own"
-        } else {
-            "identity:apikeys.manage"
+        let Some(rec) = read_lock(&self.cache).keys.get(id).cloned() else {
+            // Only those who reach every key learn that one does not exist.
+            self.authz
+                .require(actor, "identity:apikeys.manage", PLATFORM_ENV)?;
+            return Err(IdentityError::NotFound("API key".into()));
         };
-        self.authz.require(actor, perm, &rec.env)?;
+        self.require_on(
+            actor,
+            &rec.owner,
+            Some("identity:apikeys.own"),
+            "identity:apikeys.manage",
+            &rec.env,
+        )?;
         let mut r = rec;
         r.revoked_at = Some(self.now());
         self.put_json(NS_APIKEYS, id, &r, Expect::Any).await?;
@@ -1024,15 +1155,13 @@ impl Identity {
         actor: &Principal,
         user: &str,
     ) -> Result<TotpEnrolment, IdentityError> {
-        let u = self
-            .user_by_id_or_name(user)
-            .ok_or_else(|| IdentityError::NotFound("user".into()))?;
-        let perm = if u.id == actor.id {
-            "identity:mfa.own"
-        } else {
-            "identity:users.update"
-        };
-        self.authz.require(actor, perm, PLATFORM_ENV)?;
+        let u = self.require_on(
+            actor,
+            user,
+            Some("identity:mfa.own"),
+            "identity:users.update",
+            PLATFORM_ENV,
+        )?;
         if u.kind != PrincipalKind::User {
             return Err(IdentityError::InvalidRequest("only users have TOTP".into()));
         }
@@ -1093,15 +1222,13 @@ impl Identity {
         user: &str,
         code: &str,
     ) -> Result<(), IdentityError> {
-        let u = self
-            .user_by_id_or_name(user)
-            .ok_or_else(|| IdentityError::NotFound("user".into()))?;
-        let perm = if u.id == actor.id {
-            "identity:mfa.own"
-        } else {
-            "identity:users.update"
-        };
-        self.authz.require(actor, perm, PLATFORM_ENV)?;
+        let u = self.require_on(
+            actor,
+            user,
+            Some("identity:mfa.own"),
+            "identity:users.update",
+            PLATFORM_ENV,
+        )?;
         let totp = Totp::new(self.totp_secret(&u)?);
         let now = self.now();
         let step = totp.verify(code, now);

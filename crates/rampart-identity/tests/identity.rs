@@ -251,10 +251,12 @@ async fn api_key_verified_then_revoked_and_refused() {
         .iter()
         .any(|r| r == "revoked"));
 
-    // The store holds no key text, only its HMAC.
+    // The store holds no key text, only its HMAC, and Debug never shows it.
+    let secret = k.key.rsplit('_').next().unwrap();
     for (_, e) in h.store.list("identity/apikeys", "", 100).await.unwrap() {
-        assert!(!String::from_utf8_lossy(&e.value).contains(&k.key));
+        assert!(!String::from_utf8_lossy(&e.value).contains(secret));
     }
+    assert!(!format!("{k:?}").contains(secret));
 }
 
 #[tokio::test]
@@ -838,4 +840,452 @@ async fn signing_keys_rotate_and_are_published() {
     // Only admins rotate.
     let max = h.id.verify_access(&new.access_token).unwrap();
     assert!(h.id.rotate_signing_key(&max).await.is_err());
+}
+
+impl H {
+    /// A principal in `teams`, created by the local operator.
+    async fn member(
+        &self,
+        name: &str,
+        kind: PrincipalKind,
+        roles: &[Role],
+        teams: &[&str],
+        envs: &[&str],
+    ) -> User {
+        self.id
+            .create_user(
+                &self.sys,
+                NewUser {
+                    name: name.into(),
+                    kind,
+                    roles: roles.iter().copied().collect(),
+                    teams: teams.iter().map(|s| s.to_string()).collect(),
+                    environments: envs.iter().map(|s| s.to_string()).collect(),
+                    password: (kind == PrincipalKind::User).then(|| PASSWORD.into()),
+                },
+            )
+            .await
+            .unwrap()
+    }
+}
+
+fn forbidden<T: std::fmt::Debug>(r: Result<T, IdentityError>, what: &str) {
+    assert!(
+        matches!(r, Err(IdentityError::Forbidden(_))),
+        "{what}: expected Forbidden, got {r:?}"
+    );
+}
+
+fn names(users: &[User]) -> BTreeSet<String> {
+    users.iter().map(|u| u.name.clone()).collect()
+}
+
+#[tokio::test]
+async fn team_scoping_each_role_allowed_and_denied_on_team_operations() {
+    let h = harness().await;
+    let envs = ["platform", "live"];
+    for t in ["alpha", "beta"] {
+        h.id.create_team(&h.sys, t).await.unwrap();
+    }
+    h.user("ada", &[Role::Admin], &envs).await;
+    let u = PrincipalKind::User;
+    h.member("tina", u, &[Role::TeamAdmin], &["alpha"], &envs)
+        .await;
+    h.member("tara", u, &[Role::TeamAdmin], &["alpha"], &envs)
+        .await;
+    h.member("tom", u, &[Role::TeamAdmin], &["beta"], &envs)
+        .await;
+    let max = h
+        .member("max", u, &[Role::TeamMember], &["alpha"], &envs)
+        .await;
+    let bob = h
+        .member("bob", u, &[Role::TeamMember], &["beta"], &envs)
+        .await;
+    h.member(
+        "pat",
+        u,
+        &[Role::TeamMember],
+        &["alpha"],
+        &["platform", "live", "test"],
+    )
+    .await;
+    h.user("ivy", &[Role::Individual], &envs).await;
+    let worker = h
+        .member(
+            "worker-a",
+            PrincipalKind::Service,
+            &[Role::TeamMember],
+            &["alpha"],
+            &["live"],
+        )
+        .await;
+    let bob_key =
+        h.id.create_api_key(&h.sys, "bob", "b", "live")
+            .await
+            .unwrap();
+
+    // team_admin of alpha: manages alpha's members and their keys.
+    let tina = h.login_as("tina").await;
+    let own_key =
+        h.id.create_api_key(&tina, "tina", "t", "live")
+            .await
+            .unwrap();
+    let max_key =
+        h.id.create_api_key(&tina, "max", "m", "live")
+            .await
+            .unwrap();
+    let worker_key =
+        h.id.create_api_key(&tina, &worker.id, "w", "live")
+            .await
+            .unwrap();
+    let seen: BTreeSet<String> =
+        h.id.list_api_keys(&tina, None)
+            .unwrap()
+            .into_iter()
+            .map(|k| k.id)
+            .collect();
+    assert_eq!(
+        seen,
+        BTreeSet::from([
+            own_key.info.id.clone(),
+            max_key.info.id.clone(),
+            worker_key.info.id.clone()
+        ])
+    );
+    assert_eq!(h.id.list_api_keys(&tina, Some(&max.id)).unwrap().len(), 1);
+    h.id.set_disabled(&tina, "max", true).await.unwrap();
+    h.id.set_disabled(&tina, "max", false).await.unwrap();
+    h.id.set_roles(&tina, "max", [Role::TeamMember].into())
+        .await
+        .unwrap();
+    assert_eq!(h.id.revoke_sessions(&tina, "max").await.unwrap(), 0);
+    let added =
+        h.id.create_user(
+            &tina,
+            NewUser {
+                name: "newbie".into(),
+                kind: u,
+                roles: [Role::TeamMember].into(),
+                teams: vec!["alpha".into()],
+                environments: ["live".to_string()].into(),
+                password: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(added.teams, ["alpha"]);
+    h.id.set_password(&tina, "newbie", "another long password here")
+        .await
+        .unwrap();
+    assert_eq!(
+        names(&h.id.list_users(&tina).unwrap()),
+        ["max", "newbie", "pat", "tara", "tina", "worker-a"]
+            .map(String::from)
+            .into()
+    );
+    assert_eq!(h.id.get_user(&tina, "max").unwrap().id, max.id);
+    let teams = h.id.list_teams(&tina).await.unwrap();
+    assert_eq!(
+        teams.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+        ["alpha"]
+    );
+    h.id.revoke_api_key(&tina, &max_key.info.id).await.unwrap();
+
+    // ... and nothing of beta's, nothing above itself, nothing beyond its walls.
+    forbidden(
+        h.id.create_api_key(&tina, "bob", "x", "live").await,
+        "tina: key for bob",
+    );
+    forbidden(h.id.list_api_keys(&tina, Some(&bob.id)), "tina: bob's keys");
+    forbidden(
+        h.id.revoke_api_key(&tina, &bob_key.info.id).await,
+        "tina: revoke bob's key",
+    );
+    forbidden(
+        h.id.set_disabled(&tina, "bob", true).await,
+        "tina: disable bob",
+    );
+    forbidden(
+        h.id.revoke_sessions(&tina, "bob").await,
+        "tina: bob's sessions",
+    );
+    forbidden(
+        h.id.set_password(&tina, "bob", "another long password here")
+            .await,
+        "tina: bob's password",
+    );
+    forbidden(h.id.get_user(&tina, "bob"), "tina: read bob");
+    forbidden(h.id.get_user(&tina, "nobody"), "tina: probe a name");
+    forbidden(
+        h.id.set_disabled(&tina, "tara", true).await,
+        "tina: disable a fellow team admin",
+    );
+    forbidden(
+        h.id.set_disabled(&tina, "pat", true).await,
+        "tina: pat acts in test, tina does not",
+    );
+    forbidden(
+        h.id.set_roles(&tina, "max", [Role::Admin].into()).await,
+        "tina: grant admin",
+    );
+    forbidden(
+        h.id.set_roles(&tina, "tina", [Role::Admin].into()).await,
+        "tina: promote herself",
+    );
+    forbidden(
+        h.id.create_team(&tina, "gamma").await,
+        "tina: create a team",
+    );
+    let new = |name: &str, kind, roles: &[Role], teams: &[&str]| NewUser {
+        name: name.into(),
+        kind,
+        roles: roles.iter().copied().collect(),
+        teams: teams.iter().map(|s| s.to_string()).collect(),
+        environments: ["live".to_string()].into(),
+        password: None,
+    };
+    forbidden(
+        h.id.create_user(&tina, new("x1", u, &[Role::TeamMember], &["beta"]))
+            .await,
+        "tina: user in beta",
+    );
+    forbidden(
+        h.id.create_user(&tina, new("x2", u, &[Role::TeamMember], &[]))
+            .await,
+        "tina: teamless user",
+    );
+    forbidden(
+        h.id.create_user(&tina, new("x3", u, &[Role::Admin], &["alpha"]))
+            .await,
+        "tina: admin user",
+    );
+    forbidden(
+        h.id.create_user(&tina, new("x4", PrincipalKind::Service, &[], &["alpha"]))
+            .await,
+        "tina: service principal",
+    );
+
+    // team_admin of beta: the mirror image.
+    let tom = h.login_as("tom").await;
+    h.id.create_api_key(&tom, "bob", "b2", "live")
+        .await
+        .unwrap();
+    forbidden(
+        h.id.create_api_key(&tom, "max", "x", "live").await,
+        "tom: key for max",
+    );
+    forbidden(h.id.list_api_keys(&tom, Some(&max.id)), "tom: max's keys");
+    assert_eq!(
+        names(&h.id.list_users(&tom).unwrap()),
+        ["bob", "tom"].map(String::from).into()
+    );
+
+    // team_member: sees its team, administers nothing.
+    let maxp = h.login_as("max").await;
+    assert_eq!(h.id.get_user(&maxp, "tina").unwrap().name, "tina");
+    assert!(names(&h.id.list_users(&maxp).unwrap()).contains("tina"));
+    assert!(!names(&h.id.list_users(&maxp).unwrap()).contains("bob"));
+    assert_eq!(h.id.list_teams(&maxp).await.unwrap().len(), 1);
+    h.id.create_api_key(&maxp, "max", "own", "live")
+        .await
+        .unwrap();
+    forbidden(h.id.get_user(&maxp, "bob"), "max: read bob");
+    forbidden(
+        h.id.create_api_key(&maxp, "pat", "x", "live").await,
+        "max: key for pat",
+    );
+    forbidden(
+        h.id.set_disabled(&maxp, "pat", true).await,
+        "max: disable pat",
+    );
+    forbidden(
+        h.id.revoke_sessions(&maxp, "pat").await,
+        "max: pat's sessions",
+    );
+    forbidden(h.id.list_api_keys(&maxp, None), "max: everyone's keys");
+
+    // individual: only itself.
+    let ivy = h.login_as("ivy").await;
+    h.id.create_api_key(&ivy, "ivy", "own", "live")
+        .await
+        .unwrap();
+    assert_eq!(h.id.list_api_keys(&ivy, Some(&ivy.id)).unwrap().len(), 1);
+    forbidden(h.id.list_users(&ivy), "ivy: list users");
+    forbidden(h.id.list_teams(&ivy).await, "ivy: list teams");
+    forbidden(h.id.get_user(&ivy, "max"), "ivy: read max");
+    forbidden(
+        h.id.create_api_key(&ivy, "max", "x", "live").await,
+        "ivy: key for max",
+    );
+
+    // admin: everything.
+    let ada = h.login_as("ada").await;
+    h.id.create_api_key(&ada, "bob", "b3", "live")
+        .await
+        .unwrap();
+    h.id.set_roles(&ada, "max", [Role::TeamAdmin].into())
+        .await
+        .unwrap();
+    h.id.set_disabled(&ada, "tara", true).await.unwrap();
+    assert_eq!(h.id.list_users(&ada).unwrap().len(), 10);
+    assert_eq!(h.id.list_teams(&ada).await.unwrap().len(), 2);
+    assert!(matches!(
+        h.id.get_user(&ada, "nobody"),
+        Err(IdentityError::NotFound(_))
+    ));
+
+    // Every scoped denial is audited with its reason.
+    let denied = h.audited("authz.decide", Outcome::Denied);
+    assert!(
+        denied
+            .iter()
+            .any(|r| r.contains(&bob.id) && r.contains("none of the principal's teams")),
+        "{denied:?}"
+    );
+    assert!(
+        denied
+            .iter()
+            .any(|r| r.contains("holds admin or team_admin")),
+        "{denied:?}"
+    );
+    assert!(
+        denied
+            .iter()
+            .any(|r| r.contains("no role of [team_member] grants identity:users.update")),
+        "{denied:?}"
+    );
+}
+
+#[tokio::test]
+async fn service_principals_mint_no_credentials_whatever_their_roles() {
+    let h = harness().await;
+    h.member(
+        "ops-bot",
+        PrincipalKind::Service,
+        &[Role::Admin],
+        &[],
+        &["platform", "live"],
+    )
+    .await;
+    h.user("max", &[Role::TeamMember], &["platform", "live"])
+        .await;
+    let k =
+        h.id.create_api_key(&h.sys, "ops-bot", "ci", "platform")
+            .await
+            .unwrap();
+    let bot = h.id.verify_api_key(&k.key, None).await.unwrap();
+    assert_eq!(bot.kind, PrincipalKind::Service);
+    forbidden(
+        h.id.create_api_key(&bot, "ops-bot", "more", "platform")
+            .await,
+        "own key",
+    );
+    forbidden(
+        h.id.create_api_key(&bot, "max", "x", "platform").await,
+        "key for max",
+    );
+    forbidden(
+        h.id.set_password(&bot, "max", "another long password here")
+            .await,
+        "password",
+    );
+    forbidden(h.id.revoke_sessions(&bot, "max").await, "sessions");
+    let new = NewUser {
+        name: "bot2".into(),
+        kind: PrincipalKind::Service,
+        roles: BTreeSet::new(),
+        teams: vec![],
+        environments: ["live".to_string()].into(),
+        password: None,
+    };
+    forbidden(h.id.create_user(&bot, new).await, "create a principal");
+    // Reads are fine: an admin service may look principals up.
+    assert!(h.id.get_user(&bot, "max").is_ok());
+    let denied = h.audited("authz.decide", Outcome::Denied);
+    assert!(
+        denied.iter().any(|r| r.contains("mint no credentials")),
+        "{denied:?}"
+    );
+    // A service principal's name is the service name keys policies match.
+    let bad = NewUser {
+        name: "billing@corp".into(),
+        kind: PrincipalKind::Service,
+        roles: BTreeSet::new(),
+        teams: vec![],
+        environments: ["live".to_string()].into(),
+        password: None,
+    };
+    assert!(matches!(
+        h.id.create_user(&h.sys, bad).await,
+        Err(IdentityError::InvalidRequest(_))
+    ));
+}
+
+/// Stored refresh tokens, sessions and revocations.
+async fn counts(h: &H) -> (usize, usize, usize) {
+    let n = |ns: &'static str| async move { h.store.list(ns, "", 1000).await.unwrap().len() };
+    (
+        n("identity/refresh").await,
+        n("identity/sessions").await,
+        n("identity/revoked").await,
+    )
+}
+
+#[tokio::test]
+async fn pruning_deletes_only_what_can_never_be_accepted_again() {
+    const DAY: u64 = 86_400;
+    let h = harness().await;
+    h.user("max", &[Role::TeamMember], &["platform", "live"])
+        .await;
+    // Session 1: refreshed once (a spent and a live refresh token), then logged out.
+    let t1 = h.login("max").await.unwrap();
+    let t2 = h.id.refresh(&t1.refresh_token, None).await.unwrap();
+    let p2 = h.id.verify_access(&t2.access_token).unwrap();
+    h.id.logout(&p2).await.unwrap();
+    // Session 2: stays in use.
+    let t3 = h.login("max").await.unwrap();
+    assert_eq!(counts(&h).await, (3, 2, 1));
+    assert_eq!(h.id.prune().await.unwrap(), PruneReport::default());
+
+    // The revocation stays while session 1's access token could be valid...
+    h.advance(3599);
+    assert_eq!(h.id.prune().await.unwrap().revocations, 0);
+    assert!(h.id.verify_access(&t2.access_token).is_err());
+    // ... and goes once it cannot: by then the token has expired anyway.
+    h.advance(61 + 1);
+    let r = h.id.prune().await.unwrap();
+    assert_eq!((r.revocations, r.refresh_tokens, r.sessions), (1, 0, 0));
+    assert_eq!(counts(&h).await, (3, 2, 0));
+    assert!(h.id.verify_access(&t2.access_token).is_err());
+
+    // Day 13: session 2 refreshes; its new refresh token outlives the others.
+    h.clock.set_unix_secs(T0 + 13 * DAY);
+    let t4 = h.id.refresh(&t3.refresh_token, None).await.unwrap();
+    // Day 14: every refresh token issued on day 0 has expired, and so has
+    // everything session 1 could still have been refreshed with.
+    h.clock.set_unix_secs(T0 + 14 * DAY);
+    let r = h.id.prune().await.unwrap();
+    assert_eq!(
+        (r.refresh_tokens, r.sessions, r.revocations),
+        (3, 1, 0),
+        "{r:?}"
+    );
+    assert_eq!(counts(&h).await, (1, 1, 0));
+    // A pruned spent token is simply unknown; the live one still works.
+    assert!(matches!(
+        h.id.refresh(&t1.refresh_token, None).await,
+        Err(IdentityError::InvalidRefreshToken)
+    ));
+    let t5 = h.id.refresh(&t4.refresh_token, None).await.unwrap();
+    assert!(h.id.verify_access(&t5.access_token).is_ok());
+
+    // Day 30: session 2 reaches its absolute end; all of it goes.
+    h.clock.set_unix_secs(T0 + 30 * DAY);
+    let r = h.id.prune().await.unwrap();
+    assert_eq!((r.refresh_tokens, r.sessions), (2, 1), "{r:?}");
+    assert_eq!(counts(&h).await, (0, 0, 0));
+    assert!(h
+        .audited("identity.prune", Outcome::Allowed)
+        .iter()
+        .any(|r| r.contains("2 refresh tokens, 1 sessions")));
 }

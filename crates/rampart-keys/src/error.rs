@@ -75,9 +75,6 @@ pub enum KeysError {
         /// The limit.
         max: usize,
     },
-    /// A service token is unknown, revoked or wrong.
-    #[error("invalid service token")]
-    InvalidToken,
     /// The audit log refused the record, so the operation was refused.
     #[error("audit log refused the record; operation refused: {0}")]
     Audit(#[from] rampart_audit::AuditError),

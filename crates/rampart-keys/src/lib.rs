@@ -4,8 +4,8 @@
 //! generated here, kept wrapped by the root key and unwrapped only in memory
 //! (zeroized on drop); the [`ciphertext`] format; [`policy`] decisions,
 //! default deny, shared with the secrets plane; rotation and deletion
-//! schedules; per-service API tokens ([`ServiceTokens`]) until the identity
-//! plane lands.
+//! schedules. Who a caller is comes from the identity plane, as a
+//! [`Principal`] inside a [`Caller`].
 //!
 //! Never: logs or returns key material (only data keys the caller asked
 //! for), lets a principal cross an environment, or performs an operation
@@ -34,7 +34,7 @@ mod service;
 pub use auditor::Auditor;
 pub use error::KeysError;
 pub use policy::{Conditions, Decision, Effect, Policies, Statement};
-pub use principal::{Caller, IssuedToken, Principal, ServiceTokens};
+pub use principal::{Caller, Principal};
 pub use service::{
     Context, GeneratedDataKey, KeyInfo, KeyService, KeySpec, KeyState, VersionInfo, CACHE_TTL_SECS,
     DEFAULT_DELETION_DAYS, DEFAULT_ROTATION_DAYS, MAX_PLAINTEXT,

@@ -48,13 +48,6 @@ pub enum Command {
         #[command(subcommand)]
         command: SecretsCommand,
     },
-    /// Issue and revoke per-service tokens (through the control API).
-    Tokens {
-        #[command(flatten)]
-        client: ClientArgs,
-        #[command(subcommand)]
-        command: TokensCommand,
-    },
     /// Manage users and service principals (through the control API).
     Users {
         #[command(flatten)]
@@ -114,8 +107,8 @@ pub struct ClientArgs {
         global = true
     )]
     pub data_dir: PathBuf,
-    /// Credential: the admin credential, a service token, an identity API key
-    /// or access token (read from RAMPART_TOKEN).
+    /// Credential: the admin credential, an identity API key (a service
+    /// principal's, for services) or an access token (read from RAMPART_TOKEN).
     #[arg(
         long = "token-env",
         default_value = "RAMPART_TOKEN",
@@ -327,28 +320,15 @@ pub enum SecretsCommand {
     },
 }
 
-/// `rampart tokens …`
-#[derive(Debug, Subcommand)]
-pub enum TokensCommand {
-    /// Issue a token for a service; printed once.
-    Issue {
-        #[arg(long)]
-        env: String,
-        #[arg(long)]
-        service: String,
-    },
-    /// Revoke a token by id.
-    Revoke { id: String },
-}
-
 /// `rampart users …`
 #[derive(Debug, Subcommand)]
 pub enum UsersCommand {
     /// Create a user (or, with --service, a service principal).
     Create {
         name: String,
-        /// A role: admin, team_admin, team_member, individual (repeat).
-        #[arg(long = "role", required = true)]
+        /// A role: admin, team_admin, team_member, individual (repeat; a
+        /// service may have none: keys policies name it as service:NAME).
+        #[arg(long = "role", required_unless_present = "service")]
         roles: Vec<String>,
         /// An environment it may act in (repeat); `platform` for identity management.
         #[arg(long = "env", required = true)]
@@ -359,7 +339,9 @@ pub enum UsersCommand {
         /// Read the initial password from this environment variable.
         #[arg(long, value_name = "VAR")]
         password_env: Option<String>,
-        /// A service principal: no password, API keys only.
+        /// A service principal: no password; it authenticates with API keys
+        /// (`rampart apikeys create --owner NAME --env E`) and reaches keys
+        /// and secrets as service:NAME.
         #[arg(long, conflicts_with = "password_env")]
         service: bool,
     },

@@ -1,6 +1,6 @@
-//! The CLI side of the control API: `rampart keys|secrets|tokens|users|
-//! apikeys|elevate|login|run` are clients of a running node, so one process
-//! alone writes the audit log.
+//! The CLI side of the control API: `rampart keys|secrets|users|apikeys|
+//! elevate|login|run` are clients of a running node, so one process alone
+//! writes the audit log.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use zeroize::Zeroizing;
 
 use crate::cli::{
     ApikeysCommand, ClientArgs, ElevateCommand, KeysCommand, LoginArgs, RunArgs, SecretsCommand,
-    TokensCommand, UsersCommand,
+    UsersCommand,
 };
 use crate::errors::CliError;
 
@@ -29,7 +29,7 @@ impl Client {
     pub fn new(args: &ClientArgs) -> Result<Self, CliError> {
         let token = Zeroizing::new(std::env::var(&args.token_env).map_err(|_| {
             CliError::Input(format!(
-                "set {} to the admin credential, a service token or an identity API key or access token",
+                "set {} to the admin credential, an identity API key or an access token",
                 args.token_env
             ))
         })?);
@@ -307,23 +307,6 @@ pub fn secrets(client: &ClientArgs, cmd: SecretsCommand) -> Result<(), CliError>
         SecretsCommand::Rotate { env, service, name } => c.call(
             "POST",
             &format!("{}/rotate", secret_path(&env, &service, Some(&name))?),
-            None,
-        )?,
-    };
-    print(&v)
-}
-
-pub fn tokens(client: &ClientArgs, cmd: TokensCommand) -> Result<(), CliError> {
-    let c = Client::new(client)?;
-    let v = match cmd {
-        TokensCommand::Issue { env, service } => c.call(
-            "POST",
-            "/v1/tokens",
-            Some(json!({"environment": env, "service": service})),
-        )?,
-        TokensCommand::Revoke { id } => c.call(
-            "DELETE",
-            &format!("/v1/tokens/{}", seg("token id", &id)?),
             None,
         )?,
     };

@@ -75,7 +75,6 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
         }
         Command::Keys { client, command } => client::keys(&client, command),
         Command::Secrets { client, command } => client::secrets(&client, command),
-        Command::Tokens { client, command } => client::tokens(&client, command),
         Command::Users { client, command } => client::users(&client, command),
         Command::Apikeys { client, command } => client::apikeys(&client, command),
         Command::Elevate { client, command } => client::elevate(&client, command),

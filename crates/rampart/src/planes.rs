@@ -1,5 +1,5 @@
 //! Starting the planes inside `rampart up`: the audit log first (everything
-//! else writes to it), then identity, keys, secrets and service tokens, then
+//! else writes to it), then identity, keys and secrets, then
 //! the scheduler that rotates, purges, expires elevations and applies
 //! retention.
 
@@ -13,7 +13,7 @@ use rampart_core::SharedClock;
 use rampart_crypto::{random_array, SecretBytes};
 use rampart_identity::{Identity, IdentityConfig, PasswordParams};
 use rampart_keys::policy::{Effect, Statement};
-use rampart_keys::{Auditor, KeyService, KeySpec, Policies, ServiceTokens};
+use rampart_keys::{Auditor, KeyService, KeySpec, Policies};
 use rampart_secrets::SecretService;
 use rampart_store::Keyring;
 use zeroize::Zeroizing;
@@ -152,7 +152,7 @@ fn admin_baseline() -> Statement {
     }
 }
 
-/// Starts keys, secrets and service tokens; ensures the keys `rampart.toml` declares.
+/// Starts keys and secrets; ensures the keys `rampart.toml` declares.
 pub async fn start(
     keyring: Arc<Keyring>,
     audit: Arc<Audit>,
@@ -161,7 +161,6 @@ pub async fn start(
 ) -> Result<Planes, CliError> {
     let store = keyring.store().clone();
     let plane_err = |e: rampart_keys::KeysError| CliError::Runtime(format!("keys plane: {e}"));
-    let tokens = ServiceTokens::open(&keyring).await.map_err(plane_err)?;
     let keys = KeyService::new(
         keyring,
         Policies::new(store.clone()),
@@ -191,20 +190,48 @@ pub async fn start(
             .await
             .map_err(plane_err)?;
     }
+    drop_interim_service_tokens(store.as_ref()).await?;
     let secrets = SecretService::new(keys.clone(), store, clock);
-    Ok(Planes {
-        keys,
-        secrets,
-        tokens,
-    })
+    Ok(Planes { keys, secrets })
 }
+
+/// Where the interim per-service tokens (`rst_…`, replaced by service
+/// principals' identity API keys) kept their HMACs.
+const INTERIM_TOKENS_NS: &str = "keys.service-tokens";
+
+/// Deletes what is left of the interim service tokens in a data directory
+/// made before identity API keys replaced them: nothing accepts them any
+/// more, so their records only linger.
+async fn drop_interim_service_tokens(store: &dyn rampart_store::Store) -> Result<(), CliError> {
+    let left = store.list(INTERIM_TOKENS_NS, "", 100_000).await?;
+    for (id, _) in &left {
+        store
+            .delete(INTERIM_TOKENS_NS, id, rampart_store::Expect::Any)
+            .await?;
+    }
+    if !left.is_empty() {
+        tracing::warn!(
+            removed = left.len(),
+            "interim service tokens (rst_…) are no longer accepted and were deleted; \
+             give each service an API key of its service principal"
+        );
+    }
+    Ok(())
+}
+
+/// How often the scheduler prunes spent sessions, refresh tokens and
+/// revocations from the store, seconds of the node's clock.
+pub const PRUNE_EVERY_SECS: u64 = 600;
 
 /// Runs the periodic jobs until the process ends: key rotation and
 /// destruction, secret rotation and purge, identity housekeeping (expired
-/// revocations and elevations), audit retention.
+/// revocations and elevations; every [`PRUNE_EVERY_SECS`], pruning of
+/// sessions, refresh tokens and revocations past their expiry), audit
+/// retention.
 pub fn spawn_scheduler(planes: Arc<crate::api::AppState>, audit: Arc<Audit>, every: Duration) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
+        let mut pruned_at: Option<u64> = None;
         loop {
             tick.tick().await;
             let now = planes.clock.unix_secs();
@@ -244,6 +271,16 @@ pub fn spawn_scheduler(planes: Arc<crate::api::AppState>, audit: Arc<Audit>, eve
                 if let Err(e) = id.maintain().await {
                     tracing::error!(error = %e, "identity housekeeping failed");
                 }
+                if pruned_at.is_none_or(|at| now >= at.saturating_add(PRUNE_EVERY_SECS)) {
+                    pruned_at = Some(now);
+                    match id.prune().await {
+                        Ok(r) if r.deleted_any() => {
+                            tracing::info!(report = ?r, "pruned identity records")
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::error!(error = %e, "identity pruning failed"),
+                    }
+                }
             }
             let a = audit.clone();
             match tokio::task::spawn_blocking(move || a.apply_retention()).await {
@@ -263,6 +300,28 @@ mod tests {
     fn config(roles: &str) -> Config {
         let text = format!("[node]\nname = \"n1\"\n\n[[environments]]\nname = \"prod\"\n{roles}");
         Config::parse(&text, "test.toml").unwrap()
+    }
+
+    #[tokio::test]
+    async fn leftover_interim_service_tokens_are_deleted() {
+        use rampart_store::{Expect, SqliteStore, Store};
+        let clock: SharedClock = Arc::new(rampart_core::ManualClock::at_unix_secs(100));
+        let store = SqliteStore::in_memory(clock).unwrap();
+        for id in ["0123456789abcdef", "fedcba9876543210"] {
+            store
+                .put(INTERIM_TOKENS_NS, id, b"{}", Expect::Absent)
+                .await
+                .unwrap();
+        }
+        store.put("other", "k", b"v", Expect::Absent).await.unwrap();
+        drop_interim_service_tokens(&store).await.unwrap();
+        assert!(store
+            .list(INTERIM_TOKENS_NS, "", 10)
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(store.get("other", "k").await.unwrap().is_some());
+        drop_interim_service_tokens(&store).await.unwrap();
     }
 
     #[test]

@@ -200,16 +200,35 @@ fn bad_input_is_a_json_400_or_401_naming_the_field() {
     assert_refused(&garbage_refresh, "invalid_grant");
     let garbage_key = srv.post("/v1/auth/token", None, json!({"api_key": "rk_prod_zz"}));
     assert_refused(&garbage_key, "invalid_api_key");
-    // Identity endpoints need a credential, and a service token is not one.
+    // Identity endpoints need a credential; a service's API key reaches
+    // only what its roles grant (here nothing), and the interim service
+    // tokens are gone.
     assert_refused(&srv.get("/v1/users", None), "unauthenticated");
     let svc = srv.post(
-        "/v1/tokens",
+        "/v1/users",
         Some(&admin),
-        json!({"environment": "prod", "service": "api"}),
+        json!({"name": "api", "kind": "service", "roles": [], "environments": ["prod", "platform"]}),
     );
     assert_eq!(svc.status, 201, "{}", svc.body);
-    let t = s(&svc.json(), "token");
+    let key = srv.post(
+        "/v1/apikeys",
+        Some(&admin),
+        json!({"environment": "platform", "owner": "api"}),
+    );
+    assert_eq!(key.status, 201, "{}", key.body);
+    let t = s(&key.json(), "key");
     assert_eq!(srv.get("/v1/users", Some(&t)).status, 403);
+    let rst = "rst_0123456789abcdef_c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0YWJj";
+    assert_refused(&srv.get("/v1/whoami", Some(rst)), "unauthenticated");
+    assert_eq!(
+        srv.post(
+            "/v1/tokens",
+            Some(&admin),
+            json!({"environment": "prod", "service": "api"})
+        )
+        .status,
+        404
+    );
     // Repeated failures are throttled with a Retry-After.
     let mut throttled = None;
     for _ in 0..12 {
@@ -432,4 +451,71 @@ fn totp_enrolled_by_an_admin_is_required_and_single_use() {
         json!({"username": "carol", "password": PASSWORD, "totp": code}),
     );
     assert_eq!(rec.status, 200, "{}", rec.body);
+}
+
+#[test]
+fn a_team_admin_manages_its_own_team_only() {
+    let (_r, admin, srv) = node();
+    for team in ["alpha", "beta"] {
+        let t = srv.post("/v1/teams", Some(&admin), json!({"name": team}));
+        assert_eq!(t.status, 201, "{}", t.body);
+    }
+    let member = |name: &str, role: &str, team: &str| {
+        let created = srv.post(
+            "/v1/users",
+            Some(&admin),
+            json!({"name": name, "roles": [role], "teams": [team],
+                   "environments": ["prod", "platform"], "password": PASSWORD}),
+        );
+        assert_eq!(created.status, 201, "{}", created.body);
+    };
+    member("tina", "team_admin", "alpha");
+    member("max", "team_member", "alpha");
+    member("bob", "team_member", "beta");
+    let tina = s(&login(&srv, "tina"), "access_token");
+    let max = s(&login(&srv, "max"), "access_token");
+
+    // tina gives max, of her team, an API key; bob, of beta, she cannot.
+    let key = srv.post(
+        "/v1/apikeys",
+        Some(&tina),
+        json!({"environment": "prod", "owner": "max"}),
+    );
+    assert_eq!(key.status, 201, "{}", key.body);
+    for (method, path, body) in [
+        (
+            "POST",
+            "/v1/apikeys",
+            json!({"environment": "prod", "owner": "bob"}).to_string(),
+        ),
+        ("POST", "/v1/users/bob/disable", "{}".to_string()),
+        ("GET", "/v1/users/bob", String::new()),
+        ("GET", "/v1/apikeys?owner=bob", String::new()),
+    ] {
+        let r = if method == "GET" {
+            srv.get(path, Some(&tina))
+        } else {
+            srv.send(method, path, Some(&tina), &body)
+        };
+        assert_eq!(r.status, 403, "{method} {path}: {}", r.body);
+        assert_eq!(r.json()["error"]["code"], "forbidden");
+    }
+    let users = srv.get("/v1/users", Some(&tina)).json();
+    let names: Vec<&str> = users["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["max", "tina"]);
+
+    // max sees his team but cannot administer it.
+    assert_eq!(srv.get("/v1/users/tina", Some(&max)).status, 200);
+    assert_eq!(
+        srv.post("/v1/users/tina/disable", Some(&max), json!({}))
+            .status,
+        403
+    );
+    let teams = srv.get("/v1/teams", Some(&max)).json();
+    assert_eq!(teams["teams"].as_array().unwrap().len(), 1, "{teams}");
 }

@@ -38,6 +38,24 @@ fn b64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
 }
 
+/// Creates the service principal `name` acting in `envs` and returns a new
+/// identity API key of it for `env`: the credential a service uses.
+fn service_key(srv: &util::Server, admin: &str, name: &str, envs: &[&str], env: &str) -> String {
+    let created = srv.post(
+        "/v1/users",
+        Some(admin),
+        json!({"name": name, "kind": "service", "roles": [], "environments": envs}),
+    );
+    assert_eq!(created.status, 201, "{}", created.body);
+    let key = srv.post(
+        "/v1/apikeys",
+        Some(admin),
+        json!({"environment": env, "owner": name, "name": "deploy"}),
+    );
+    assert_eq!(key.status, 201, "{}", key.body);
+    key.json()["key"].as_str().unwrap().to_string()
+}
+
 /// A node with the config above, its admin credential, and a running server.
 fn node() -> (Rampart, String, util::Server) {
     let r = Rampart::new();
@@ -115,34 +133,59 @@ fn keys_through_the_api_allow_deny_and_refuse_bad_input() {
     );
     assert_eq!(huge.status, 413, "{}", huge.body);
 
-    // A service token: billing may not use api's key (default deny), and a
-    // prod token can never act in dev.
-    let issued = srv.post(
-        "/v1/tokens",
-        t,
-        json!({"environment": "prod", "service": "billing"}),
+    // A service authenticates with its service principal's identity API key:
+    // billing may not use api's key (default deny), and a prod key can never
+    // act in dev.
+    let billing = service_key(&srv, &admin, "billing", &["prod"], "prod");
+    assert!(billing.starts_with("rk_prod_"), "{billing}");
+    let me = srv.get("/v1/whoami", Some(&billing)).json();
+    assert_eq!(
+        (me["kind"].as_str(), me["name"].as_str()),
+        (Some("service"), Some("billing"))
     );
-    assert_eq!(issued.status, 201, "{}", issued.body);
-    let billing = issued.json()["token"].as_str().unwrap().to_string();
     let denied = srv.post(
         "/v1/keys/prod/api-data/encrypt",
         Some(&billing),
         json!({"plaintext": b64("x")}),
     );
     assert_eq!(denied.status, 403, "{}", denied.body);
+    assert_eq!(denied.json()["error"]["code"], "forbidden");
     let cross_env = srv.post(
         "/v1/keys/dev/anything/encrypt",
         Some(&billing),
         json!({"plaintext": b64("x")}),
     );
     assert_eq!(cross_env.status, 403);
-    // Service tokens cannot issue tokens.
-    let escalate = srv.post(
+    // A service principal in two environments still gets one per key.
+    let both = service_key(&srv, &admin, "reports", &["prod", "dev"], "dev");
+    let walled = srv.post(
+        "/v1/keys/prod/api-data/encrypt",
+        Some(&both),
+        json!({"plaintext": b64("x")}),
+    );
+    assert_eq!(walled.status, 403, "{}", walled.body);
+    // Services cannot mint credentials: no API key for another service or
+    // for themselves, no new principal; and the interim tokens are gone.
+    for (path, body) in [
+        (
+            "/v1/apikeys",
+            json!({"environment": "prod", "owner": "api"}),
+        ),
+        ("/v1/apikeys", json!({"environment": "prod"})),
+        (
+            "/v1/users",
+            json!({"name": "evil", "kind": "service", "roles": ["admin"], "environments": ["prod"]}),
+        ),
+    ] {
+        let escalate = srv.post(path, Some(&billing), body);
+        assert_eq!(escalate.status, 403, "{path}: {}", escalate.body);
+    }
+    let gone = srv.post(
         "/v1/tokens",
-        Some(&billing),
+        t,
         json!({"environment": "prod", "service": "api"}),
     );
-    assert_eq!(escalate.status, 403);
+    assert_eq!(gone.status, 404, "{}", gone.body);
 
     // Every decision is in the audit log, denials with their reason.
     let events = srv
@@ -165,14 +208,15 @@ fn keys_through_the_api_allow_deny_and_refuse_bad_input() {
 #[test]
 fn secrets_cli_and_run_inject_without_writing_to_disk() {
     let (r, admin, srv) = node();
-    let client = |args: &[&str]| {
+    let as_ = |token: &str, args: &[&str]| {
         let mut c = r.cmd(args);
-        c.env("RAMPART_TOKEN", &admin)
+        c.env("RAMPART_TOKEN", token)
             .env("RAMPART_ADDR", srv.base())
             .env("RAMPART_DATA_DIR", r.path("data"))
             .env("THE_PASSWORD", "hunter2-very-secret");
         c.output().unwrap()
     };
+    let client = |args: &[&str]| as_(&admin, args);
     let put = client(&[
         "secrets",
         "put",
@@ -196,24 +240,105 @@ fn secrets_cli_and_run_inject_without_writing_to_disk() {
     ]);
     assert_eq!(stdout(&get).trim(), "hunter2-very-secret");
 
-    let run = client(&[
-        "run",
-        "--env",
-        "prod",
-        "--service",
-        "api",
-        "--config",
-        "rampart.toml",
-        "--",
-        "sh",
-        "-c",
-        "echo \"got=$DB_PASSWORD\"; exit 7",
-    ]);
-    assert_eq!(stdout(&run).trim(), "got=hunter2-very-secret");
+    // `rampart run` authenticates as the service, with its service
+    // principal's API key. The policy lets service api read its own secrets,
+    // and use its secrets key only through the secrets plane (via-service).
+    let policy = srv.send(
+        "PUT",
+        "/v1/policies/prod",
+        Some(&admin),
+        &json!({"statements": [
+            {"id": "platform-admin", "effect": "allow", "principals": ["role:admin"],
+             "actions": ["*"], "resources": ["*"]},
+            {"id": "api-reads-its-secrets", "effect": "allow", "principals": ["service:api"],
+             "actions": ["secrets:get", "secrets:list"], "resources": ["secret:api/*"],
+             "conditions": {"caller_services": ["api"]}},
+            {"id": "api-key-through-secrets", "effect": "allow", "principals": ["service:api"],
+             "actions": ["keys:decrypt"], "resources": ["key:svc.api"],
+             "conditions": {"via_services": ["secrets"], "caller_services": ["api"]}},
+        ]})
+        .to_string(),
+    );
+    assert_eq!(policy.status, 200, "{}", policy.body);
+    // The service principal and its key, made with the CLI.
+    let made = client(&["users", "create", "api", "--service", "--env", "prod"]);
+    assert!(made.status.success(), "{}", stderr(&made));
+    let made = client(&["apikeys", "create", "--env", "prod", "--owner", "api"]);
+    assert!(made.status.success(), "{}", stderr(&made));
+    let made: serde_json::Value = serde_json::from_str(&stdout(&made)).unwrap();
+    let api = made["key"].as_str().unwrap().to_string();
+    let billing = service_key(&srv, &admin, "billing", &["prod"], "prod");
+    let run_as = |token: &str| {
+        as_(
+            token,
+            &[
+                "run",
+                "--env",
+                "prod",
+                "--service",
+                "api",
+                "--config",
+                "rampart.toml",
+                "--",
+                "sh",
+                "-c",
+                "echo \"got=$DB_PASSWORD\"; exit 7",
+            ],
+        )
+    };
+    let run = run_as(&api);
+    assert_eq!(
+        stdout(&run).trim(),
+        "got=hunter2-very-secret",
+        "{}",
+        stderr(&run)
+    );
     assert_eq!(
         run.status.code(),
         Some(7),
         "the child's exit code is passed on"
+    );
+    // Another service's key gets nothing, and starts nothing.
+    let stolen = run_as(&billing);
+    assert_eq!(stolen.status.code(), Some(2), "{}", stderr(&stolen));
+    assert!(stderr(&stolen).contains("403"), "{}", stderr(&stolen));
+    assert!(!stdout(&stolen).contains("got="));
+    // api may not use its secrets key directly: only through the secrets plane.
+    let direct = srv.post(
+        "/v1/keys/prod/svc.api/encrypt",
+        Some(&api),
+        json!({"plaintext": b64("x")}),
+    );
+    assert_eq!(direct.status, 403, "{}", direct.body);
+    // Nor write its secrets: the policy grants reads only.
+    let write = as_(
+        &api,
+        &[
+            "secrets",
+            "put",
+            "--env",
+            "prod",
+            "--service",
+            "api",
+            "db-password",
+            "--value-env",
+            "THE_PASSWORD",
+        ],
+    );
+    assert_eq!(write.status.code(), Some(2), "{}", stderr(&write));
+    let events = srv
+        .get(
+            "/v1/audit/events?tier=security&outcome=denied",
+            Some(&admin),
+        )
+        .json();
+    assert!(
+        events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["actor"]["principal"] == "svc:billing" && e["action"] == "secrets:get"),
+        "{events}"
     );
 
     // The value is nowhere on disk in the clear.

@@ -109,7 +109,6 @@ impl From<rampart_keys::KeysError> for ApiError {
             K::PendingDeletion { .. } => (StatusCode::CONFLICT, "pending_deletion"),
             K::Destroyed(_) => (StatusCode::GONE, "destroyed"),
             K::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
-            K::InvalidToken => return ApiError::unauthenticated(),
             K::Audit(_) | K::AuditRefused(_) => {
                 tracing::error!(error = %e, "audit log refused a record: failing closed");
                 return ApiError::unavailable("the audit log cannot record this call; refused");

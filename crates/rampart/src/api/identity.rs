@@ -51,7 +51,7 @@ pub fn routes() -> Router<SharedState> {
 
 /// The caller as the identity plane sees it. The bootstrap admin credential
 /// is the local operator ([`Principal::system`]) in `platform` and every
-/// configured environment; service tokens have no identity.
+/// configured environment.
 fn actor(st: &AppState, who: &Authenticated) -> Result<Principal, ApiError> {
     match &who.0 {
         Credential::Admin(p) => {
@@ -63,9 +63,6 @@ fn actor(st: &AppState, who: &Authenticated) -> Result<Principal, ApiError> {
             Ok(sys)
         }
         Credential::Identity(p) => Ok(p.clone()),
-        Credential::Service(_) => Err(ApiError::forbidden(
-            "service tokens cannot act on identities; use an identity API key",
-        )),
     }
 }
 
@@ -388,13 +385,14 @@ async fn create_api_key(
 struct ListKeys {
     /// Id or name of the owner.
     owner: Option<String>,
-    /// Everyone's keys (needs `identity:apikeys.manage`).
+    /// Everyone's keys the caller reaches (needs `identity:apikeys.manage`).
     #[serde(default)]
     all: bool,
 }
 
 /// Lists keys: the caller's own by default (everyone's for the bootstrap
-/// credential), one owner's with `?owner=`, everyone's with `?all=true`.
+/// credential), one owner's with `?owner=`, everyone's with `?all=true`
+/// (for a team admin: those of its teams' members).
 async fn list_api_keys(
     State(st): State<SharedState>,
     who: Authenticated,

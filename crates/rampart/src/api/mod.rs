@@ -8,9 +8,10 @@
 //! # Credentials
 //!
 //! [`Authenticated`] accepts, in this order: the bootstrap admin credential
-//! (`rk_admin_…`, printed once by `rampart init`), an interim per-service
-//! token (`rst_…`), an identity access token (a JWT, `Bearer <jwt>`) and an
-//! identity API key (`rk_<env>_…`). The bootstrap admin credential is not a
+//! (`rk_admin_…`, printed once by `rampart init`), an identity access token
+//! (a JWT, `Bearer <jwt>`) and an identity API key (`rk_<env>_…`). Services
+//! authenticate with the API keys of their service principals (created with
+//! `kind = "service"`). The bootstrap admin credential is not a
 //! stored identity user: it acts as the identity plane's local operator,
 //! [`rampart_identity::Principal::system`], an unelevated platform `admin` in
 //! `platform` and every configured environment. That is how the first users
@@ -19,7 +20,9 @@
 //! the keys and secrets planes as a [`rampart_keys::Principal`] with their
 //! id, the environment of the path (only one they may act in) and their
 //! effective roles, so keys policies (`role:admin`, …) apply to them as to
-//! anyone else.
+//! anyone else; a service principal arrives as the service of its name
+//! (`svc:<name>`), so `service:` principals and the caller-service
+//! condition match it.
 
 mod error;
 mod identity;
@@ -77,11 +80,10 @@ pub struct AppState {
 
 pub type SharedState = Arc<AppState>;
 
-/// The planes behind `/v1/keys`, `/v1/secrets` and `/v1/tokens`.
+/// The planes behind `/v1/keys`, `/v1/secrets` and `/v1/policies`.
 pub struct Planes {
     pub keys: rampart_keys::KeyService,
     pub secrets: rampart_secrets::SecretService,
-    pub tokens: rampart_keys::ServiceTokens,
 }
 
 impl AppState {
@@ -146,13 +148,6 @@ async fn metrics_text(State(st): State<SharedState>) -> Response {
 async fn whoami(who: Authenticated) -> Json<serde_json::Value> {
     Json(match &who.0 {
         Credential::Admin(p) => json!(p),
-        Credential::Service(p) => json!({
-            "principal": p.id,
-            "environment": p.environment,
-            "service": p.service,
-            "roles": p.roles,
-            "authenticated_by": "service_token",
-        }),
         Credential::Identity(p) => json!({
             "principal": p.id,
             "name": p.name,
@@ -310,8 +305,6 @@ async fn not_found(req: Request) -> ApiError {
 pub enum Credential {
     /// The bootstrap admin credential.
     Admin(Principal),
-    /// A per-service token (until the identity plane replaces it).
-    Service(rampart_keys::Principal),
     /// An identity access token or API key.
     Identity(rampart_identity::Principal),
 }
@@ -324,7 +317,6 @@ impl Authenticated {
     pub fn auth_method(&self) -> &'static str {
         match &self.0 {
             Credential::Admin(_) => "api_key",
-            Credential::Service(_) => "service_token",
             Credential::Identity(p) if p.auth_method == "api-key" => "identity_api_key",
             Credential::Identity(_) => "identity_token",
         }
@@ -335,7 +327,6 @@ impl Authenticated {
     pub fn is_admin(&self) -> bool {
         match &self.0 {
             Credential::Admin(_) => true,
-            Credential::Service(_) => false,
             Credential::Identity(p) => p.roles.contains(&rampart_identity::Role::Admin),
         }
     }
@@ -354,11 +345,6 @@ impl FromRequestParts<SharedState> for Authenticated {
             .ok_or_else(ApiError::unauthenticated)?;
         if let Some(p) = st.verifier.verify(token).await? {
             return Ok(Authenticated(Credential::Admin(p)));
-        }
-        if let Some(planes) = &st.planes {
-            if let Ok(p) = planes.tokens.authenticate(token).await {
-                return Ok(Authenticated(Credential::Service(p)));
-            }
         }
         if let Some(id) = &st.identity {
             let source = parts
@@ -423,7 +409,7 @@ fn request_id(req: &Request) -> String {
 }
 
 /// Who a bearer token claims to be, for the access record, without its secret:
-/// the token's public prefix and id (`rk_admin_<id>`, `rst_<id>`).
+/// the token's public prefix and id (`rk_admin_<id>`, `rk_<env>_<id>`).
 fn actor_hint(header: &str) -> String {
     let token = header.strip_prefix("Bearer ").unwrap_or(header).trim();
     if token.contains('.') {

@@ -1,6 +1,6 @@
-//! `/v1/keys`, `/v1/secrets`, `/v1/tokens` and `/v1/policies`: HTTP in front
-//! of the keys and secrets planes. Handlers only translate: JSON and base64
-//! in, a [`Caller`] built from the credential, plane call, JSON out.
+//! `/v1/keys`, `/v1/secrets` and `/v1/policies`: HTTP in front of the keys
+//! and secrets planes. Handlers only translate: JSON and base64 in, a
+//! [`Caller`] built from the credential, plane call, JSON out.
 
 use std::collections::BTreeMap;
 
@@ -10,6 +10,7 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
+use rampart_identity::PrincipalKind;
 use rampart_keys::policy::Statement;
 use rampart_keys::{Caller, KeySpec, Principal};
 use rampart_secrets::SecretKind;
@@ -54,29 +55,21 @@ pub fn routes() -> Router<SharedState> {
             "/v1/secrets/{env}/{service}/{name}/rotate",
             post(rotate_secret),
         )
-        .route("/v1/tokens", post(issue_token))
-        .route("/v1/tokens/{id}", axum::routing::delete(revoke_token))
         .route("/v1/policies/{env}", get(get_policy).put(put_policy))
 }
 
 /// The caller a credential stands for, acting in environment `env`.
 /// An admin acts in the environment named by the path, through the baseline
-/// policy that allows `role:admin`; a service token acts only in its own
-/// environment (the planes enforce the wall as well).
+/// policy that allows `role:admin`. An identity principal acts only in its
+/// own environments (an API key in its one environment; the planes enforce
+/// the wall as well). A service principal is the service of its name
+/// (`svc:<name>`), so `service:` principals and the caller-service condition
+/// of keys policies match it; a user is its id with its roles.
 fn caller(who: &Authenticated, meta: &RequestMeta, env: &str) -> Result<Caller, ApiError> {
     let principal = match &who.0 {
         Credential::Admin(p) => {
             let roles: Vec<&str> = p.roles.iter().map(String::as_str).collect();
             Principal::user(env, &p.principal, &roles)
-        }
-        Credential::Service(p) => {
-            if p.environment != env {
-                return Err(ApiError::forbidden(format!(
-                    "a credential of environment {:?} cannot act in {env:?}",
-                    p.environment
-                )));
-            }
-            p.clone()
         }
         Credential::Identity(p) => {
             if !p.environments.contains(env) {
@@ -85,7 +78,14 @@ fn caller(who: &Authenticated, meta: &RequestMeta, env: &str) -> Result<Caller, 
                 )));
             }
             let roles: Vec<&str> = p.roles.iter().map(|r| r.as_str()).collect();
-            Principal::user(env, &p.id, &roles)
+            match p.kind {
+                PrincipalKind::Service => {
+                    let mut svc = Principal::service(env, &p.name);
+                    svc.roles = roles.iter().map(|r| (*r).to_owned()).collect();
+                    svc
+                }
+                PrincipalKind::User | PrincipalKind::System => Principal::user(env, &p.id, &roles),
+            }
         }
     };
     let mut c = Caller::direct(principal);
@@ -589,65 +589,6 @@ async fn rotate_secret(
     let c = caller(&who, &meta, &env)?;
     let v = st.planes()?.secrets.rotate(&c, &service, &name).await?;
     Ok(Json(json!({ "version": v })))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct IssueToken {
-    environment: String,
-    service: String,
-    #[serde(default)]
-    roles: Vec<String>,
-}
-
-async fn issue_token(
-    State(st): State<SharedState>,
-    who: Authenticated,
-    ApiJson(body): ApiJson<IssueToken>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    require_admin(&who)?;
-    if !st.environments.contains(&body.environment) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_body",
-            format!("unknown environment {:?}", body.environment),
-        )
-        .with_field("environment"));
-    }
-    let issued = st
-        .planes()?
-        .tokens
-        .issue(
-            &body.environment,
-            &body.service,
-            &body.roles,
-            st.clock.unix_secs(),
-        )
-        .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({
-            "id": issued.id,
-            "token": String::from_utf8_lossy(issued.token.expose()),
-        })),
-    ))
-}
-
-async fn revoke_token(
-    State(st): State<SharedState>,
-    who: Authenticated,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    require_admin(&who)?;
-    let revoked = st.planes()?.tokens.revoke(&id).await?;
-    if !revoked {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no such token",
-        ));
-    }
-    Ok(Json(json!({ "revoked": true })))
 }
 
 async fn get_policy(
