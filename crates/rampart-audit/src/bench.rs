@@ -146,7 +146,8 @@ mod exec {
     }
 }
 
-/// Like [`run_writers`] with `writers` async tasks on this thread.
+/// Like [`run_writers`] with `writers` async tasks on one executor thread
+/// per core.
 fn run_tasks(
     dir: &Path,
     writers: usize,
@@ -163,23 +164,40 @@ fn run_tasks(
     let per_writer = records.div_ceil(writers.max(1) as u64);
     let started = Instant::now();
     let deadline = started + max_run;
-    let tasks: Vec<exec::Task<Result<u64, AuditError>>> = (0..writers.max(1))
-        .map(|w| {
-            let audit = Arc::clone(&audit);
-            let task: exec::Task<Result<u64, AuditError>> = Box::pin(async move {
-                let mut n = 0;
-                while n < per_writer && Instant::now() < deadline {
-                    audit.record_async(sample_event(w, n)).await?;
-                    n += 1;
-                }
-                Ok(n)
-            });
-            task
-        })
-        .collect();
+    // The tasks are spread over one executor thread per core, as a
+    // multi-threaded async server spreads its connections.
+    let executors = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(writers.max(1));
+    let mut shares: Vec<Vec<exec::Task<Result<u64, AuditError>>>> =
+        (0..executors).map(|_| Vec::new()).collect();
+    for w in 0..writers.max(1) {
+        let audit = Arc::clone(&audit);
+        let task: exec::Task<Result<u64, AuditError>> = Box::pin(async move {
+            let mut n = 0;
+            while n < per_writer && Instant::now() < deadline {
+                audit.record_async(sample_event(w, n)).await?;
+                n += 1;
+            }
+            Ok(n)
+        });
+        if let Some(share) = shares.get_mut(w % executors) {
+            share.push(task);
+        }
+    }
+    let mut handles = Vec::new();
+    for share in shares {
+        let h = std::thread::Builder::new()
+            .name("bench-executor".into())
+            .spawn(move || exec::block_on_all(share))
+            .map_err(|_| AuditError::Closed)?;
+        handles.push(h);
+    }
     let mut total = 0;
-    for r in exec::block_on_all(tasks) {
-        total += r?;
+    for h in handles {
+        for r in h.join().map_err(|_| AuditError::Closed)? {
+            total += r?;
+        }
     }
     let secs = started.elapsed().as_secs_f64();
     audit.close()?;
