@@ -60,6 +60,9 @@ pub enum Error {
 pub enum Reject {
     /// The Host header is missing or malformed.
     BadHost,
+    /// The request carried both Content-Length and Transfer-Encoding
+    /// (a request-smuggling attempt; see [`crate::framing`]).
+    ConflictingFraming,
     /// No route matches host and path.
     NoRoute,
     /// The client address is denied by an IP rule.
@@ -125,6 +128,7 @@ impl Reject {
     pub fn status(&self) -> StatusCode {
         match self {
             Reject::BadHost
+            | Reject::ConflictingFraming
             | Reject::BadBody
             | Reject::BadJson { .. }
             | Reject::SchemaViolation { .. } => StatusCode::BAD_REQUEST,
@@ -164,6 +168,7 @@ impl Reject {
     pub fn reason(&self) -> &'static str {
         match self {
             Reject::BadHost => "bad_host",
+            Reject::ConflictingFraming => "conflicting_framing",
             Reject::NoRoute => "no_route",
             Reject::IpDenied => "ip_denied",
             Reject::RateLimited { .. } => "rate_limited",

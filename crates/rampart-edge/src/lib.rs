@@ -48,6 +48,7 @@ pub mod assertion;
 pub mod balance;
 mod config;
 mod error;
+pub mod framing;
 mod health;
 pub mod hooks;
 pub mod mtls;

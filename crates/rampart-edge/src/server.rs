@@ -27,6 +27,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::balance::{Balance, BreakerSettings, Pool, UpstreamStatus};
 use crate::config::EdgeConfig;
 use crate::error::{Error, Reject, Result};
+use crate::framing::{FramingFlag, FramingGuard};
 use crate::hooks::{AccessRecord, AuditSink};
 use crate::mtls::{ClientCert, RevokedSerials};
 use crate::phases::{self, Phase, RequestCtx};
@@ -380,12 +381,20 @@ impl Edge {
                             .and_then(|c| c.first())
                             .and_then(|der| ClientCert::from_der(der))
                             .map(Arc::new);
+                        // Requests are numbered as hyper hands them over, in
+                        // the order the guard saw their heads.
+                        let flag = FramingFlag::default();
+                        let seen = Arc::new(AtomicU64::new(0));
+                        let guard_flag = flag.clone();
                         let svc = service_fn(move |req| {
                             let st = st.clone();
                             let cert = cert.clone();
-                            async move { Ok::<_, Infallible>(st.handle(req, peer, cert).await) }
+                            let index = seen.fetch_add(1, Ordering::Relaxed);
+                            let smuggling = flag.is_conflicting(index);
+                            async move { Ok::<_, Infallible>(st.handle(req, peer, cert, smuggling).await) }
                         });
-                        let conn = builder.serve_connection(TokioIo::new(tls), svc).into_owned();
+                        let io = TokioIo::new(FramingGuard::new(tls, guard_flag));
+                        let conn = builder.serve_connection(io, svc).into_owned();
                         if let Err(e) = watcher.watch(conn).await {
                             tracing::debug!(%peer, error = %e, "https connection ended");
                         }
@@ -592,6 +601,7 @@ impl State {
         req: Request<Incoming>,
         peer: SocketAddr,
         cert: Option<Arc<ClientCert>>,
+        smuggling: bool,
     ) -> Response<EdgeBody> {
         let started = Instant::now();
         let (head, body) = req.into_parts();
@@ -615,9 +625,13 @@ impl State {
             client_cert_serial: cert.as_ref().map(|c| c.serial.clone()),
             detail: None,
         };
-        let result = self
-            .pass(head, body, host, forwarded_for, cert, &mut rec)
-            .await;
+        let result = if smuggling {
+            // Refused before routing; hyper closes the connection after it.
+            Err(Reject::ConflictingFraming)
+        } else {
+            self.pass(head, body, host, forwarded_for, cert, &mut rec)
+                .await
+        };
         let mut resp = match result {
             Ok(r) => r,
             Err(reject) => {
@@ -769,6 +783,10 @@ fn reject_response(reject: &Reject, request_id: &str) -> Response<EdgeBody> {
     );
     if let Some(s) = reject.retry_after_secs() {
         r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(s));
+    }
+    if let Reject::ConflictingFraming = reject {
+        r.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     }
     if let Reject::WafRedirect { location, .. } = reject {
         if let Ok(v) = HeaderValue::from_str(location) {
