@@ -33,6 +33,6 @@ pub use error::SecretsError;
 pub use postgres::{PostgresAdmin, PostgresSecret, RotationFault, RotationStep};
 pub use run::{run_watching, run_with_secrets, EnvMap, WatchReport};
 pub use service::{
-    service_key_name, SecretKind, SecretMeta, SecretService, SecretValue, DEFAULT_RECOVERY_DAYS,
-    MAX_SECRET_BYTES, MAX_VERSIONS,
+    service_key_name, Reconciled, SecretKind, SecretMeta, SecretService, SecretValue,
+    DEFAULT_RECOVERY_DAYS, MAX_SECRET_BYTES, MAX_VERSIONS, STALE_PENDING_SECS,
 };

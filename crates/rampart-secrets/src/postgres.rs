@@ -102,6 +102,12 @@ pub enum RotationFault {
     FailVerify,
     /// Making the pending version current fails.
     FailPromote,
+    /// The process dies right after the new password reached the server:
+    /// rotation stops there, leaving the staged version pending and
+    /// nothing put back (what a crash or kill would leave).
+    CrashAfterSet,
+    /// The process dies right after staging, before the server was asked.
+    CrashAfterStage,
 }
 
 /// A strong password: 40 characters from `[A-Za-z0-9]` (about 238 bits),

@@ -17,6 +17,22 @@ use crate::postgres::{self, PostgresAdmin, PostgresSecret, RotationFault, Rotati
 use crate::SecretsError;
 
 const SECRETS_NS: &str = "secrets";
+/// A staged rotation version older than this was left by an interrupted
+/// rotation (a rotation takes seconds; its connections time out at 10 s).
+pub const STALE_PENDING_SECS: u64 = 300;
+
+/// What [`SecretService::reconcile_pending`] did with a staged version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reconciled {
+    /// The server had the staged password; that version is now current.
+    Promoted(u32),
+    /// The server kept the current password; the staged version is gone.
+    Dropped,
+    /// Neither password logs in; both are kept for an operator.
+    Unresolved,
+    /// Nothing was staged.
+    NothingPending,
+}
 const DAY: u64 = 86_400;
 /// The largest secret value accepted.
 pub const MAX_SECRET_BYTES: usize = 64 * 1024;
@@ -620,11 +636,18 @@ impl SecretService {
             message,
             reverted,
         };
-        // Prepare.
+        // Prepare: settle what an interrupted rotation left first, so the
+        // password rotated from is the one the server has.
         let (r, _) = self.read(&env, service, name).await?;
         if r.kind != SecretKind::Postgres {
             return Err(SecretsError::NotRotatable(name.to_owned()));
         }
+        let r = if r.pending.is_some() {
+            self.reconcile_one(caller, &r).await?;
+            self.read(&env, service, name).await?.0
+        } else {
+            r
+        };
         if let Some(d) = r.deleted {
             return Err(SecretsError::Deleted {
                 name: name.to_owned(),
@@ -686,12 +709,23 @@ impl SecretService {
                 .await;
         };
 
+        if self.fault() == Some(RotationFault::CrashAfterStage) {
+            return Err(fail(RotationStep::Stage, "injected crash".into(), false));
+        }
+
         // Set.
         if let Err(m) =
             postgres::set_password(&old, &admin_user, &admin_password, &new.password).await
         {
             unstage().await;
             return Err(fail(RotationStep::SetPassword, m, true));
+        }
+        if self.fault() == Some(RotationFault::CrashAfterSet) {
+            return Err(fail(
+                RotationStep::SetPassword,
+                "injected crash".into(),
+                false,
+            ));
         }
         let revert = || async {
             postgres::set_password(&old, &admin_user, &admin_password, &old.password)
@@ -738,6 +772,123 @@ impl SecretService {
             return Err(fail(RotationStep::Promote, e.to_string(), reverted));
         }
         Ok(version)
+    }
+
+    /// Settles rotations a crash interrupted (for the scheduler): a secret
+    /// whose staged version is older than [`STALE_PENDING_SECS`] is checked
+    /// against the server. If the staged password logs in, the server has
+    /// it and it becomes current; if the current one logs in, the server
+    /// never changed and the staged one is dropped; if neither does, both
+    /// stay and the result says so. Each outcome is audited.
+    pub async fn reconcile_pending(
+        &self,
+        now: u64,
+    ) -> Result<Vec<(String, Result<Reconciled, SecretsError>)>, SecretsError> {
+        let mut out = Vec::new();
+        for (id, e) in self.store.list(SECRETS_NS, "", usize::MAX >> 1).await? {
+            let Ok(r) = serde_json::from_slice::<SecretRecord>(&e.value) else {
+                continue;
+            };
+            let stale = r
+                .pending
+                .as_ref()
+                .is_some_and(|p| now >= p.created_at.saturating_add(STALE_PENDING_SECS));
+            if stale && r.kind == SecretKind::Postgres && r.deleted.is_none() {
+                let sys = Caller::system(&r.environment, "scheduler");
+                out.push((id, self.reconcile_one(&sys, &r).await));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn reconcile_one(
+        &self,
+        caller: &Caller,
+        r: &SecretRecord,
+    ) -> Result<Reconciled, SecretsError> {
+        let Some(p) = &r.pending else {
+            return Ok(Reconciled::NothingPending);
+        };
+        let (env, service, name) = (&r.environment, &r.service, &r.name);
+        let staged: PostgresSecret =
+            serde_json::from_slice(self.open(caller, r, p).await?.expose())
+                .map_err(|e| SecretsError::Corrupt(format!("{name}: staged value: {e}")))?;
+        let settled = if postgres::check_login(&staged, &staged.password)
+            .await
+            .is_ok()
+        {
+            let now = self.clock.unix_secs();
+            let staged_version = p.version;
+            self.modify(env, service, name, |rec| match rec.pending.take() {
+                Some(p) if p.version == staged_version => {
+                    rec.versions.push(p);
+                    if rec.versions.len() > MAX_VERSIONS {
+                        rec.versions.remove(0);
+                    }
+                    rec.updated_at = now;
+                    rec.last_rotated_at = Some(now);
+                    Ok(())
+                }
+                other => {
+                    rec.pending = other;
+                    Err(SecretsError::Conflict(name.to_owned()))
+                }
+            })
+            .await?;
+            Reconciled::Promoted(staged_version)
+        } else {
+            let current = match r.versions.last() {
+                Some(v) => {
+                    let c: PostgresSecret = serde_json::from_slice(
+                        self.open(caller, r, v).await?.expose(),
+                    )
+                    .map_err(|e| SecretsError::Corrupt(format!("{name}: current value: {e}")))?;
+                    postgres::check_login(&c, &c.password).await.is_ok()
+                }
+                None => false,
+            };
+            if current {
+                let staged_version = p.version;
+                self.modify(env, service, name, |rec| {
+                    if rec
+                        .pending
+                        .as_ref()
+                        .is_some_and(|p| p.version == staged_version)
+                    {
+                        rec.pending = None;
+                    }
+                    Ok(())
+                })
+                .await?;
+                Reconciled::Dropped
+            } else {
+                Reconciled::Unresolved
+            }
+        };
+        let (outcome, reason) = match settled {
+            Reconciled::Promoted(v) => (
+                Outcome::Allowed,
+                format!("interrupted rotation: the server has staged version {v}; made it current"),
+            ),
+            Reconciled::Dropped => (
+                Outcome::Allowed,
+                "interrupted rotation: the server kept the current password; staged version dropped".to_owned(),
+            ),
+            Reconciled::Unresolved | Reconciled::NothingPending => (
+                Outcome::Error,
+                "interrupted rotation: neither the staged nor the current password logs in".to_owned(),
+            ),
+        };
+        self.record_outcome(
+            caller,
+            "secrets:rotation-reconciled",
+            service,
+            name,
+            outcome,
+            reason,
+        )
+        .await?;
+        Ok(settled)
     }
 
     /// The current version of each named secret of `service` (for `--watch`).

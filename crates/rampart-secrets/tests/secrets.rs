@@ -12,8 +12,8 @@ use rampart_crypto::RootKey;
 use rampart_keys::policy::{Conditions, Effect, Statement};
 use rampart_keys::{Auditor, Caller, KeyService, KeysError, Policies, Principal};
 use rampart_secrets::{
-    run_watching, run_with_secrets, PostgresAdmin, PostgresSecret, RotationFault, RotationStep,
-    SecretKind, SecretService, SecretsError,
+    run_watching, run_with_secrets, PostgresAdmin, PostgresSecret, Reconciled, RotationFault,
+    RotationStep, SecretKind, SecretService, SecretsError,
 };
 use rampart_store::{Keyring, RootKeySource, SqliteStore, Store};
 
@@ -651,6 +651,89 @@ async fn postgres_rotation_failing_midway_leaves_the_old_password_working() {
         .unwrap();
     assert_eq!(rec.len(), 3);
     assert!(rec.iter().all(|r| r.event.outcome == Outcome::Error));
+    admin_exec(&pg, &format!("DROP ROLE {role}")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_rotation_interrupted_by_a_crash_is_settled() {
+    let Some(pg) = pg_url() else { return };
+    let k = kit().await;
+    let s = &k.secrets;
+    let role = format!("app_crash_{}", std::process::id());
+    admin_exec(
+        &pg,
+        &format!("DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN PASSWORD 'before-crash'"),
+    )
+    .await;
+    let admin = PostgresAdmin::Inline {
+        user: pg.user.clone(),
+        password: pg.password.clone(),
+    };
+    s.put(
+        &payments(),
+        "payments",
+        "db",
+        &app_secret(&pg, &role, "before-crash", admin),
+        SecretKind::Postgres,
+    )
+    .await
+    .unwrap();
+
+    // Killed after the server took the new password: the stored current
+    // version no longer logs in until the staged one is settled.
+    s.inject_rotation_fault(Some(RotationFault::CrashAfterSet));
+    s.rotate(&payments(), "payments", "db").await.unwrap_err();
+    s.inject_rotation_fault(None);
+    assert!(!login(&pg, &role, "before-crash").await);
+    let cur = s.get(&payments(), "payments", "db", None).await.unwrap();
+    assert_eq!(cur.version, 1);
+    // Too fresh to be left over: a rotation may still be running.
+    assert!(s
+        .reconcile_pending(k.clock.unix_secs())
+        .await
+        .unwrap()
+        .is_empty());
+    k.clock
+        .advance(Duration::from_secs(rampart_secrets::STALE_PENDING_SECS));
+    let done = s.reconcile_pending(k.clock.unix_secs()).await.unwrap();
+    assert_eq!(done.len(), 1);
+    assert_eq!(*done[0].1.as_ref().unwrap(), Reconciled::Promoted(2));
+    let cur = s.get(&payments(), "payments", "db", None).await.unwrap();
+    assert_eq!(cur.version, 2);
+    assert!(
+        login(&pg, &role, &password_of(&cur)).await,
+        "the settled version logs in"
+    );
+
+    // Killed after staging, before the server was asked: the staged
+    // version is dropped and the current one still works.
+    s.inject_rotation_fault(Some(RotationFault::CrashAfterStage));
+    s.rotate(&payments(), "payments", "db").await.unwrap_err();
+    s.inject_rotation_fault(None);
+    k.clock
+        .advance(Duration::from_secs(rampart_secrets::STALE_PENDING_SECS));
+    let done = s.reconcile_pending(k.clock.unix_secs()).await.unwrap();
+    assert_eq!(*done[0].1.as_ref().unwrap(), Reconciled::Dropped);
+    let cur2 = s.get(&payments(), "payments", "db", None).await.unwrap();
+    assert_eq!(cur2.version, 2);
+    assert!(login(&pg, &role, &password_of(&cur2)).await);
+
+    // An on-demand rotation settles a left-over staged version first.
+    s.inject_rotation_fault(Some(RotationFault::CrashAfterSet));
+    s.rotate(&payments(), "payments", "db").await.unwrap_err();
+    s.inject_rotation_fault(None);
+    let v = s.rotate(&payments(), "payments", "db").await.unwrap();
+    let cur3 = s.get(&payments(), "payments", "db", None).await.unwrap();
+    assert_eq!(cur3.version, v);
+    assert!(login(&pg, &role, &password_of(&cur3)).await);
+    let settled = k
+        .audit
+        .search(&Query {
+            action: Some("secrets:rotation-reconciled".into()),
+            ..Query::default()
+        })
+        .unwrap();
+    assert_eq!(settled.len(), 3, "each settlement is on record");
     admin_exec(&pg, &format!("DROP ROLE {role}")).await;
 }
 

@@ -251,6 +251,21 @@ pub fn spawn_scheduler(planes: Arc<crate::api::AppState>, audit: Arc<Audit>, eve
                     Err(e) => tracing::error!(error = %e, "secret purge failed"),
                     _ => {}
                 }
+                match p.secrets.reconcile_pending(now).await {
+                    Ok(done) => {
+                        for (name, r) in done {
+                            match r {
+                                Ok(outcome) => {
+                                    tracing::warn!(secret = %name, ?outcome, "settled an interrupted rotation")
+                                }
+                                Err(e) => {
+                                    tracing::error!(secret = %name, error = %e, "could not settle an interrupted rotation")
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "rotation reconciliation failed"),
+                }
                 match p.secrets.rotate_due(now).await {
                     Ok(done) => {
                         for (name, r) in done {
