@@ -2,7 +2,7 @@
 //! `X-Rampart-Assertion`, which anyone who reaches the service directly can
 //! set: it must never panic and nothing unsigned may verify. The same bytes
 //! are then signed as the claims part with the edge's key, so the claims
-//! decoding and the time and request checks behind the signature are
+//! decoding and the time and service checks behind the signature are
 //! driven too.
 #![no_main]
 
@@ -18,16 +18,16 @@ fuzz_target!(|data: &[u8]| {
     let key = SigningKey::from_bytes(&[7u8; 32]);
     let vk = key.verifying_key();
     if let Ok(text) = std::str::from_utf8(data) {
-        assert!(verify(text, &vk, NOW, "billing", "GET", "/").is_err());
+        assert!(verify(text, &vk, NOW, "billing").is_err());
     }
-    let signed = format!("v1.{}", B64.encode(data));
+    let signed = format!("v2.{}", B64.encode(data));
     let header = format!(
         "{signed}.{}",
         B64.encode(key.sign(signed.as_bytes()).to_bytes())
     );
     for now in [0, NOW, u64::MAX] {
-        if let Ok(c) = verify(&header, &vk, now, "billing", "GET", "/") {
-            assert!(c.svc == "billing" && c.method == "GET" && c.path == "/");
+        if let Ok(c) = verify(&header, &vk, now, "billing") {
+            assert!(c.svc == "billing");
             assert!(now < c.exp);
         }
     }
