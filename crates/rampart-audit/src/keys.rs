@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use aes_gcm::aead::{Aead, Payload};
+use aes_gcm::aead::{Aead, AeadInPlace, Payload};
 use aes_gcm::{Aes256Gcm, KeyInit, Nonce};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use zeroize::Zeroizing;
@@ -65,22 +65,19 @@ impl RecordCipher {
         }
     }
 
+    /// Encrypts `plain` in place (the tag is appended), so a record costs
+    /// no second buffer.
     pub(crate) fn seal(
         &self,
         tier_code: u8,
         time: u64,
         nonce: &[u8; 12],
-        plain: &[u8],
+        mut plain: Vec<u8>,
     ) -> Result<Vec<u8>, AuditError> {
         self.aead
-            .encrypt(
-                Nonce::from_slice(nonce),
-                Payload {
-                    msg: plain,
-                    aad: &aad(tier_code, time),
-                },
-            )
-            .map_err(|_| AuditError::Encrypt)
+            .encrypt_in_place(Nonce::from_slice(nonce), &aad(tier_code, time), &mut plain)
+            .map_err(|_| AuditError::Encrypt)?;
+        Ok(plain)
     }
 
     pub(crate) fn open(
@@ -114,7 +111,7 @@ mod tests {
         let k = AuditKeys::generate().unwrap();
         assert_eq!(format!("{k:?}"), "AuditKeys([redacted])");
         let c = RecordCipher::new(&k.encryption_key);
-        let sealed = c.seal(1, 7, &[3; 12], b"hello").unwrap();
+        let sealed = c.seal(1, 7, &[3; 12], b"hello".to_vec()).unwrap();
         assert_eq!(c.open(1, 7, &[3; 12], &sealed).unwrap(), b"hello");
         assert!(c.open(2, 7, &[3; 12], &sealed).is_none());
         assert!(c.open(1, 8, &[3; 12], &sealed).is_none());

@@ -635,12 +635,14 @@ impl Audit {
             return Err(AuditError::Poisoned { tier });
         }
         let time = self.core.clock.unix_nanos();
-        let plain = serde_json::to_vec(&event).map_err(AuditError::Encode)?;
+        // Room for a typical record and the tag, so neither grows the buffer.
+        let mut plain = Vec::with_capacity(512);
+        serde_json::to_writer(&mut plain, &event).map_err(AuditError::Encode)?;
         if plain.len() + BODY_FIXED + TAG_LEN > MAX_BODY {
             return Err(AuditError::TooLarge(plain.len()));
         }
         let nonce = fresh_nonce()?;
-        let sealed = self.cipher.seal(tier.code(), time, &nonce, &plain)?;
+        let sealed = self.cipher.seal(tier.code(), time, &nonce, plain)?;
         let slot = Arc::new(Slot::default());
         {
             let mut q = lock(&log.queue);
