@@ -56,6 +56,25 @@ impl ByteSet {
         ByteSet(w)
     }
 
+    /// The bytes in `bytes`.
+    pub(crate) fn from_bytes(bytes: &[u8]) -> ByteSet {
+        Self::of(bytes)
+    }
+
+    /// The bytes `lo..=hi`.
+    pub(crate) fn range(lo: u8, hi: u8) -> ByteSet {
+        let mut s = ByteSet::default();
+        for b in lo..=hi {
+            s.insert(b);
+        }
+        s
+    }
+
+    /// Every byte not in this set.
+    pub(crate) fn complement(&self) -> ByteSet {
+        ByteSet(self.0.map(|w| !w))
+    }
+
     fn insert(&mut self, b: u8) {
         if let Some(w) = self.0.get_mut(usize::from(b >> 6)) {
             *w |= 1 << (b & 63);

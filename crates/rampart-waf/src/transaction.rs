@@ -978,6 +978,18 @@ impl<'w> Transaction<'w> {
             }
             return;
         }
+        // multiMatch on a stored value that the whole chain leaves as it
+        // is: every stage is the value itself, checked once.
+        if let Some(id) = v.id {
+            let last = ctx.tf_path.last().copied().unwrap_or(ROOT_NODE);
+            let root = self.root_bytes(&mut self.tf_cache.borrow_mut(), id, &v.value);
+            if self.leaves_unchanged(last, &root) {
+                if check(&v.value, Some(&root), &mut caps_buf) {
+                    hit(v.value.to_vec(), caps_buf);
+                }
+                return;
+            }
+        }
         // MATCHED_VAR(S) and %{MATCHED_VAR} carry the value as the
         // operator saw it, after transformations (ModSecurity, Coraza):
         // CRS chains like 944120 test it again without `t:lowercase`.
@@ -1019,6 +1031,19 @@ impl<'w> Transaction<'w> {
     ) -> (Option<Rc<Vec<u8>>>, Option<ByteSet>) {
         let mut cache = self.tf_cache.borrow_mut();
         let last = path.last().copied().unwrap_or(ROOT_NODE);
+        // Most values hold none of the bytes that would make the chain
+        // change them: they pass through it as they are, with the byte set
+        // of the stored value, without applying or caching anything.
+        let mut skip = 0;
+        if !path.is_empty() {
+            let root = self.root_bytes(&mut cache, id, value);
+            let unchanged = |node: &u32| self.leaves_unchanged(*node, &root);
+            if unchanged(&last) {
+                return (None, want_bytes.then_some(root));
+            }
+            // the leading transformations that leave it unchanged
+            skip = path.iter().take_while(|n| unchanged(n)).count();
+        }
         if let Some(e) = cache.get_mut(&(id, last)) {
             if want_bytes && e.bytes.is_none() {
                 let input: &[u8] = e.value.as_deref().map_or(value, Vec::as_slice);
@@ -1027,9 +1052,9 @@ impl<'w> Transaction<'w> {
             return (e.value.clone(), e.bytes);
         }
         // the longest prefix of the chain already computed
-        let mut from = 0;
+        let mut from = skip;
         let mut cur: Option<Rc<Vec<u8>>> = None;
-        for (k, node) in path.iter().enumerate().rev() {
+        for (k, node) in path.iter().enumerate().skip(skip).rev() {
             if let Some(e) = cache.get(&(id, *node)) {
                 cur = e.value.clone();
                 from = k + 1;
@@ -1060,6 +1085,39 @@ impl<'w> Transaction<'w> {
             cache.insert((id, last), Cached { value: None, bytes });
         }
         (cur, bytes)
+    }
+
+    /// The byte set of stored value `id` (cached at the chain's root).
+    fn root_bytes(&self, cache: &mut TfCache, id: u64, value: &[u8]) -> ByteSet {
+        if let Some(b) = cache.get(&(id, ROOT_NODE)).and_then(|e| e.bytes) {
+            return b;
+        }
+        let b = ByteSet::of(value);
+        match cache.get_mut(&(id, ROOT_NODE)) {
+            Some(e) => e.bytes = Some(b),
+            None if self.charge_cache(CACHE_ENTRY_COST) => {
+                cache.insert(
+                    (id, ROOT_NODE),
+                    Cached {
+                        value: None,
+                        bytes: Some(b),
+                    },
+                );
+            }
+            None => {}
+        }
+        b
+    }
+
+    /// True when the chain up to `node` leaves a value holding `bytes` as
+    /// it is (it lacks every trigger byte of the chain's transformations).
+    fn leaves_unchanged(&self, node: u32, bytes: &ByteSet) -> bool {
+        self.waf
+            .tf_triggers
+            .get(node as usize)
+            .copied()
+            .flatten()
+            .is_some_and(|t| !t.intersects(bytes))
     }
 
     /// Takes `cost` bytes from the cache's budget; false (do not cache)
