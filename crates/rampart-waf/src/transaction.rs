@@ -159,7 +159,10 @@ pub(crate) struct Transaction<'w> {
     tx: BTreeMap<String, Vec<u8>>,
     persist: HashMap<VarName, BTreeMap<String, Vec<u8>>>,
     matched_vars: Vec<(String, Vec<u8>)>,
+    /// MATCHED_VAR when it is no longer in `matched_vars`.
     matched_var: Option<(String, Vec<u8>)>,
+    /// MATCHED_VAR's position in `matched_vars`, when it is there.
+    matched_at: Option<usize>,
     removed_ids: Vec<IdRange>,
     removed_tags: Vec<TagSelect<'w>>,
     removed_targets_by_id: Vec<(Vec<IdRange>, Exclusion)>,
@@ -236,6 +239,7 @@ impl<'w> Transaction<'w> {
             persist: HashMap::new(),
             matched_vars: Vec::new(),
             matched_var: None,
+            matched_at: None,
             removed_ids: Vec::new(),
             removed_tags: Vec::new(),
             removed_targets_by_id: Vec::new(),
@@ -741,8 +745,33 @@ impl<'w> Transaction<'w> {
 
     /// Evaluates a rule and its chain; on a full match runs its actions and
     /// records it. Returns whether it matched.
-    fn eval_rule(&mut self, idx: usize, rule: &'w Rule) -> bool {
+    /// MATCHED_VAR's name and value: the last value a rule matched.
+    fn matched_var(&self) -> Option<(&str, &[u8])> {
+        match self.matched_at {
+            Some(i) => self
+                .matched_vars
+                .get(i)
+                .map(|(n, v)| (n.as_str(), v.as_slice())),
+            None => self
+                .matched_var
+                .as_ref()
+                .map(|(n, v)| (n.as_str(), v.as_slice())),
+        }
+    }
+
+    /// Empties MATCHED_VARS, first moving MATCHED_VAR out of it if it
+    /// points there (it outlives the rule that set it).
+    fn clear_matched_vars(&mut self) {
+        if let Some(i) = self.matched_at.take() {
+            if let Some(e) = self.matched_vars.get_mut(i) {
+                self.matched_var = Some(std::mem::take(e));
+            }
+        }
         self.matched_vars.clear();
+    }
+
+    fn eval_rule(&mut self, idx: usize, rule: &'w Rule) -> bool {
+        self.clear_matched_vars();
         if !self.eval_link(idx, rule, rule) {
             return false;
         }
@@ -768,9 +797,8 @@ impl<'w> Transaction<'w> {
                 severity: rule.actions.severity,
                 tags: rule.actions.tags.clone(),
                 matched_var_name: self
-                    .matched_var
-                    .as_ref()
-                    .map(|(n, _)| n.clone())
+                    .matched_var()
+                    .map(|(n, _)| n.to_string())
                     .unwrap_or_default(),
             });
         }
@@ -778,20 +806,22 @@ impl<'w> Transaction<'w> {
     }
 
     fn eval_link(&mut self, idx: usize, top: &'w Rule, link: &'w Rule) -> bool {
-        let hits = match &link.body {
+        let caps = match &link.body {
             RuleBody::Match { .. } => {
                 let hits = self.match_link(idx, top, link);
                 if hits.is_empty() {
                     return false;
                 }
-                self.matched_vars.clear();
-                for h in &hits {
-                    self.matched_vars.push((h.name.clone(), h.value.clone()));
+                self.clear_matched_vars();
+                let mut caps = Vec::with_capacity(hits.len());
+                for h in hits {
                     if let Some(c) = &h.caps {
                         self.set_captures(c);
                     }
+                    self.matched_vars.push((h.name, h.value));
+                    caps.push(h.caps);
                 }
-                hits
+                caps
             }
             RuleBody::Action => Vec::new(),
             RuleBody::Marker(_) => return false,
@@ -800,14 +830,15 @@ impl<'w> Transaction<'w> {
         // matched value as soon as the link matches, before the next link is
         // evaluated, whether or not the rest of the chain matches: CRS chains
         // such as 920420 and 931130 read in link 2 what link 1 set.
-        if hits.is_empty() {
+        if caps.is_empty() {
             self.run_actions(top, link);
         }
-        for h in hits {
-            if let Some(c) = &h.caps {
+        for (i, c) in caps.iter().enumerate() {
+            if let Some(c) = c {
                 self.set_captures(c);
             }
-            self.matched_var = Some((h.name, h.value));
+            // MATCHED_VAR is this hit, read in place from MATCHED_VARS
+            self.matched_at = Some(i);
             self.run_actions(top, link);
         }
         match &link.chain {
@@ -1213,7 +1244,7 @@ impl<'w> Transaction<'w> {
             }
             Kind::Matched => match t.var {
                 VarName::MatchedVar | VarName::MatchedVarName => {
-                    if let Some((n, v)) = &self.matched_var {
+                    if let Some((n, v)) = self.matched_var() {
                         let value: &[u8] = if t.var == VarName::MatchedVar {
                             v
                         } else {
@@ -1316,6 +1347,18 @@ impl<'w> Transaction<'w> {
         out
     }
 
+    /// A macro's value as a number (`atoi`), reading a lone `%{TX.key}`
+    /// in place.
+    fn macro_int(&self, m: &Macro, rule: &Rule) -> i64 {
+        if let Some(lit) = m.as_literal() {
+            return atoi(lit.as_bytes());
+        }
+        if let [Seg::Var(VarName::Tx, Some(k))] = m.segs.as_slice() {
+            return self.tx.get(k.as_str()).map_or(0, |v| atoi(v));
+        }
+        atoi(&self.expand(m, rule))
+    }
+
     fn run_actions(&mut self, top: &Rule, link: &Rule) {
         for sv in &link.actions.setvars {
             let expanded;
@@ -1327,29 +1370,43 @@ impl<'w> Transaction<'w> {
                     &expanded
                 }
             };
-            let value = match &sv.op {
-                SetOp::Delete => None,
-                SetOp::Set(m) => Some(self.expand(m, top)),
+            // Values are written into the variable's existing buffer: CRS
+            // sets and adds to the same hundred or so TX variables on every
+            // request.
+            match &sv.op {
+                SetOp::Delete => {
+                    self.collection(sv.coll).remove(key);
+                }
+                SetOp::Set(m) => match m.as_literal() {
+                    Some(lit) => store(self.collection(sv.coll), key, lit.as_bytes()),
+                    None => {
+                        let v = self.expand(m, top);
+                        store(self.collection(sv.coll), key, &v);
+                    }
+                },
                 SetOp::Add(m) | SetOp::Sub(m) => {
-                    let delta = atoi(&self.expand(m, top));
-                    let map = self.collection(sv.coll);
-                    let cur = map.get(key).map(|v| atoi(v)).unwrap_or(0);
-                    let n = if matches!(sv.op, SetOp::Add(_)) {
-                        cur.saturating_add(delta)
-                    } else {
-                        cur.saturating_sub(delta)
+                    let delta = self.macro_int(m, top);
+                    let add = matches!(sv.op, SetOp::Add(_));
+                    let apply = |cur: i64| {
+                        if add {
+                            cur.saturating_add(delta)
+                        } else {
+                            cur.saturating_sub(delta)
+                        }
                     };
-                    Some(n.to_string().into_bytes())
-                }
-            };
-            let map = self.collection(sv.coll);
-            match (value, map.get_mut(key)) {
-                (Some(v), Some(slot)) => *slot = v,
-                (Some(v), None) => {
-                    map.insert(key.to_string(), v);
-                }
-                (None, _) => {
-                    map.remove(key);
+                    let map = self.collection(sv.coll);
+                    match map.get_mut(key) {
+                        Some(slot) => {
+                            let n = apply(atoi(slot));
+                            slot.clear();
+                            push_int(slot, n);
+                        }
+                        None => {
+                            let mut v = Vec::new();
+                            push_int(&mut v, apply(0));
+                            map.insert(key.to_string(), v);
+                        }
+                    }
                 }
             }
         }
@@ -1410,6 +1467,40 @@ impl<'w> Transaction<'w> {
             self.persist.entry(coll).or_default()
         }
     }
+}
+
+/// Sets `key` in `map` to `value`, reusing the buffer of an existing value.
+fn store(map: &mut BTreeMap<String, Vec<u8>>, key: &str, value: &[u8]) {
+    match map.get_mut(key) {
+        Some(slot) => {
+            slot.clear();
+            slot.extend_from_slice(value);
+        }
+        None => {
+            map.insert(key.to_string(), value.to_vec());
+        }
+    }
+}
+
+/// Appends `n` in decimal.
+fn push_int(out: &mut Vec<u8>, n: i64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut m = n.unsigned_abs();
+    loop {
+        i -= 1;
+        if let Some(d) = digits.get_mut(i) {
+            *d = b'0' + (m % 10) as u8;
+        }
+        m /= 10;
+        if m == 0 || i == 0 {
+            break;
+        }
+    }
+    if n < 0 {
+        out.push(b'-');
+    }
+    out.extend_from_slice(digits.get(i..).unwrap_or(&[]));
 }
 
 /// The result of a transformation if it changed the value (of length
@@ -1550,6 +1641,29 @@ SecRule ARGS "!@rx union" "id:3,phase:1,pass,t:none"
             [2, 3]
         );
         assert!(ids(rules, &Request::new("GET", "/?q=union")).is_empty());
+    }
+
+    #[test]
+    fn integers_are_written_as_to_string_does() {
+        for n in [0, 7, -7, 10, 99, -100, 123_456_789, i64::MAX, i64::MIN] {
+            let mut out = b"x".to_vec();
+            super::push_int(&mut out, n);
+            assert_eq!(out, format!("x{n}").into_bytes());
+        }
+    }
+
+    #[test]
+    fn setvar_arithmetic_and_reuse() {
+        let rules = r#"
+SecAction "id:1,phase:1,pass,nolog,setvar:tx.a=5,setvar:tx.b=%{tx.a},setvar:tx.s=+3,setvar:tx.d=-2"
+SecAction "id:2,phase:1,pass,nolog,setvar:tx.a=+%{tx.b},setvar:tx.s=-%{tx.a},setvar:tx.b=x%{tx.a}"
+SecRule TX:a "@eq 10" "id:3,phase:1,pass,nolog"
+SecRule TX:s "@eq -7" "id:4,phase:1,pass,nolog"
+SecRule TX:d "@eq -2" "id:5,phase:1,pass,nolog"
+SecRule TX:b "@streq x10" "id:6,phase:1,pass,nolog,setvar:!tx.b"
+SecRule &TX:b "@eq 0" "id:7,phase:1,pass,nolog"
+"#;
+        assert_eq!(ids(rules, &Request::new("GET", "/")), [1, 2, 3, 4, 5, 6, 7]);
     }
 
     #[test]
