@@ -156,8 +156,10 @@ enum Stop {
 pub(crate) struct Transaction<'w> {
     waf: &'w Waf,
     slots: Vec<Vec<(String, Vec<u8>)>>,
-    tx: BTreeMap<String, Vec<u8>>,
-    persist: HashMap<VarName, BTreeMap<String, Vec<u8>>>,
+    /// TX, by lowercased key; keys written literally in the rules are
+    /// borrowed from them rather than copied on every request.
+    tx: BTreeMap<Cow<'w, str>, Vec<u8>>,
+    persist: HashMap<VarName, BTreeMap<Cow<'w, str>, Vec<u8>>>,
     matched_vars: Vec<(String, Vec<u8>)>,
     /// MATCHED_VAR when it is no longer in `matched_vars`.
     matched_var: Option<(String, Vec<u8>)>,
@@ -170,6 +172,9 @@ pub(crate) struct Transaction<'w> {
     /// Per slot, bumped on every change (part of each value's cache id).
     generations: Vec<u32>,
     tf_cache: RefCell<TfCache>,
+    /// Per variable, per value position: the stored value's byte set and
+    /// its generation plus one ([`Transaction::root_bytes`]).
+    root_sets: RefCell<Vec<Vec<(u32, ByteSet)>>>,
     /// Bytes of the cache's budget spent ([`CACHE_BUDGET`]).
     tf_cache_bytes: Cell<usize>,
     /// Per (collection, generation, chain node): the bytes of all its
@@ -250,7 +255,11 @@ impl<'w> Transaction<'w> {
                 BuildHasherDefault::default(),
             )),
             tf_cache_bytes: Cell::new(0),
-            collection_bytes: RefCell::default(),
+            root_sets: RefCell::new(vec![Vec::new(); VAR_COUNT]),
+            collection_bytes: RefCell::new(HashMap::with_capacity_and_hasher(
+                64,
+                BuildHasherDefault::default(),
+            )),
             engine: cfg.engine,
             body_access: cfg.request_body_access,
             response_body_access: cfg.response_body_access,
@@ -850,18 +859,10 @@ impl<'w> Transaction<'w> {
     fn set_captures(&mut self, caps: &[Vec<u8>]) {
         const KEYS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
         for (i, c) in caps.iter().enumerate() {
-            let key = KEYS
+            let key: Cow<'w, str> = KEYS
                 .get(i)
                 .map_or_else(|| i.to_string().into(), |k| Cow::Borrowed(*k));
-            match self.tx.get_mut(key.as_ref()) {
-                Some(v) => {
-                    v.clear();
-                    v.extend_from_slice(c);
-                }
-                None => {
-                    self.tx.insert(key.into_owned(), c.clone());
-                }
-            }
+            store(&mut self.tx, key, c);
         }
     }
 
@@ -1013,7 +1014,7 @@ impl<'w> Transaction<'w> {
         // is: every stage is the value itself, checked once.
         if let Some(id) = v.id {
             let last = ctx.tf_path.last().copied().unwrap_or(ROOT_NODE);
-            let root = self.root_bytes(&mut self.tf_cache.borrow_mut(), id, &v.value);
+            let root = self.root_bytes(id, &v.value);
             if self.leaves_unchanged(last, &root) {
                 if check(&v.value, Some(&root), &mut caps_buf) {
                     hit(v.value.to_vec(), caps_buf);
@@ -1060,25 +1061,21 @@ impl<'w> Transaction<'w> {
         transforms: &[Transform],
         want_bytes: bool,
     ) -> (Option<Rc<Vec<u8>>>, Option<ByteSet>) {
-        let mut cache = self.tf_cache.borrow_mut();
-        let last = path.last().copied().unwrap_or(ROOT_NODE);
         // Most values hold none of the bytes that would make the chain
         // change them: they pass through it as they are, with the byte set
         // of the stored value, without applying or caching anything.
-        let mut skip = 0;
-        if !path.is_empty() {
-            let root = self.root_bytes(&mut cache, id, value);
-            let unchanged = |node: &u32| self.leaves_unchanged(*node, &root);
-            if unchanged(&last) {
-                return (None, want_bytes.then_some(root));
-            }
-            // the leading transformations that leave it unchanged
-            skip = path.iter().take_while(|n| unchanged(n)).count();
+        let last = path.last().copied().unwrap_or(ROOT_NODE);
+        let root = self.root_bytes(id, value);
+        let unchanged = |node: &u32| self.leaves_unchanged(*node, &root);
+        if unchanged(&last) {
+            return (None, want_bytes.then_some(root));
         }
+        // the leading transformations that leave it unchanged
+        let skip = path.iter().take_while(|n| unchanged(n)).count();
+        let mut cache = self.tf_cache.borrow_mut();
         if let Some(e) = cache.get_mut(&(id, last)) {
             if want_bytes && e.bytes.is_none() {
-                let input: &[u8] = e.value.as_deref().map_or(value, Vec::as_slice);
-                e.bytes = Some(ByteSet::of(input));
+                e.bytes = Some(e.value.as_deref().map_or(root, |v| ByteSet::of(v)));
             }
             return (e.value.clone(), e.bytes);
         }
@@ -1109,33 +1106,38 @@ impl<'w> Transaction<'w> {
                 );
             }
         }
-        let bytes = want_bytes.then(|| ByteSet::of(cur.as_deref().map_or(value, Vec::as_slice)));
+        let bytes = want_bytes.then(|| cur.as_deref().map_or(root, |v| ByteSet::of(v)));
         if let Some(e) = cache.get_mut(&(id, last)) {
             e.bytes = bytes;
-        } else if path.is_empty() && self.charge_cache(CACHE_ENTRY_COST) {
-            cache.insert((id, last), Cached { value: None, bytes });
         }
         (cur, bytes)
     }
 
-    /// The byte set of stored value `id` (cached at the chain's root).
-    fn root_bytes(&self, cache: &mut TfCache, id: u64, value: &[u8]) -> ByteSet {
-        if let Some(b) = cache.get(&(id, ROOT_NODE)).and_then(|e| e.bytes) {
-            return b;
+    /// The byte set of stored value `id`, computed once per value and kept
+    /// in a table indexed by variable and position (the value's
+    /// generation tells a changed slot's values apart).
+    fn root_bytes(&self, id: u64, value: &[u8]) -> ByteSet {
+        let var = (id >> 56) as usize;
+        // 0 marks an empty entry
+        let generation = ((id >> 32) & 0xff_ffff) as u32 + 1;
+        let pos = (id & 0xffff_ffff) as usize;
+        let mut sets = self.root_sets.borrow_mut();
+        let Some(row) = sets.get_mut(var) else {
+            return ByteSet::of(value);
+        };
+        if let Some(&(g, b)) = row.get(pos) {
+            if g == generation {
+                return b;
+            }
         }
         let b = ByteSet::of(value);
-        match cache.get_mut(&(id, ROOT_NODE)) {
-            Some(e) => e.bytes = Some(b),
-            None if self.charge_cache(CACHE_ENTRY_COST) => {
-                cache.insert(
-                    (id, ROOT_NODE),
-                    Cached {
-                        value: None,
-                        bytes: Some(b),
-                    },
-                );
-            }
-            None => {}
+        if row.len() <= pos {
+            // positions index the slot's values, so the row grows no
+            // larger than the collection it describes
+            row.resize(pos + 1, (0, ByteSet::default()));
+        }
+        if let Some(e) = row.get_mut(pos) {
+            *e = (generation, b);
         }
         b
     }
@@ -1166,12 +1168,12 @@ impl<'w> Transaction<'w> {
 
     /// Hands every value `t` selects to `out`, in collection order.
     fn collect<'a>(&'a self, t: &Target, out: &mut dyn FnMut(Val<'a>)) {
-        let push_map = |out: &mut dyn FnMut(Val<'a>), map: &'a BTreeMap<String, Vec<u8>>| {
+        let push_map = |out: &mut dyn FnMut(Val<'a>), map: &'a BTreeMap<Cow<'w, str>, Vec<u8>>| {
             for (k, v) in map {
                 if t.selector.matches(k) {
                     out(Val {
                         var: t.var,
-                        key: Cow::Borrowed(k),
+                        key: Cow::Borrowed(k.as_ref()),
                         value: Cow::Borrowed(v),
                         count: false,
                         id: None,
@@ -1192,7 +1194,7 @@ impl<'w> Transaction<'w> {
                         if let Some((k, v)) = m.get_key_value(k.as_str()) {
                             out(Val {
                                 var: t.var,
-                                key: Cow::Borrowed(k),
+                                key: Cow::Borrowed(k.as_ref()),
                                 value: Cow::Borrowed(v),
                                 count: false,
                                 id: None,
@@ -1359,23 +1361,20 @@ impl<'w> Transaction<'w> {
         atoi(&self.expand(m, rule))
     }
 
-    fn run_actions(&mut self, top: &Rule, link: &Rule) {
+    fn run_actions(&mut self, top: &Rule, link: &'w Rule) {
         for sv in &link.actions.setvars {
-            let expanded;
-            let key: &str = match sv.key.as_literal() {
-                Some(k) if !k.bytes().any(|b| b.is_ascii_uppercase()) => k,
-                _ => {
-                    expanded =
-                        String::from_utf8_lossy(&self.expand(&sv.key, top)).to_ascii_lowercase();
-                    &expanded
-                }
+            let key: Cow<'w, str> = match sv.key.as_literal() {
+                Some(k) if !k.bytes().any(|b| b.is_ascii_uppercase()) => Cow::Borrowed(k),
+                _ => Cow::Owned(
+                    String::from_utf8_lossy(&self.expand(&sv.key, top)).to_ascii_lowercase(),
+                ),
             };
             // Values are written into the variable's existing buffer: CRS
             // sets and adds to the same hundred or so TX variables on every
             // request.
             match &sv.op {
                 SetOp::Delete => {
-                    self.collection(sv.coll).remove(key);
+                    self.collection(sv.coll).remove(key.as_ref());
                 }
                 SetOp::Set(m) => match m.as_literal() {
                     Some(lit) => store(self.collection(sv.coll), key, lit.as_bytes()),
@@ -1395,7 +1394,7 @@ impl<'w> Transaction<'w> {
                         }
                     };
                     let map = self.collection(sv.coll);
-                    match map.get_mut(key) {
+                    match map.get_mut(key.as_ref()) {
                         Some(slot) => {
                             let n = apply(atoi(slot));
                             slot.clear();
@@ -1404,7 +1403,7 @@ impl<'w> Transaction<'w> {
                         None => {
                             let mut v = Vec::new();
                             push_int(&mut v, apply(0));
-                            map.insert(key.to_string(), v);
+                            map.insert(key, v);
                         }
                     }
                 }
@@ -1460,7 +1459,7 @@ impl<'w> Transaction<'w> {
         }
     }
 
-    fn collection(&mut self, coll: VarName) -> &mut BTreeMap<String, Vec<u8>> {
+    fn collection(&mut self, coll: VarName) -> &mut BTreeMap<Cow<'w, str>, Vec<u8>> {
         if coll == VarName::Tx {
             &mut self.tx
         } else {
@@ -1470,14 +1469,14 @@ impl<'w> Transaction<'w> {
 }
 
 /// Sets `key` in `map` to `value`, reusing the buffer of an existing value.
-fn store(map: &mut BTreeMap<String, Vec<u8>>, key: &str, value: &[u8]) {
-    match map.get_mut(key) {
+fn store<'w>(map: &mut BTreeMap<Cow<'w, str>, Vec<u8>>, key: Cow<'w, str>, value: &[u8]) {
+    match map.get_mut(key.as_ref()) {
         Some(slot) => {
             slot.clear();
             slot.extend_from_slice(value);
         }
         None => {
-            map.insert(key.to_string(), value.to_vec());
+            map.insert(key, value.to_vec());
         }
     }
 }
