@@ -21,9 +21,16 @@ use crate::transformations::Transform;
 use crate::variables::{Exclusion, Kind, Selector, Target, VarName, VAR_COUNT};
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
+
+/// TX and the persistent collections, by lowercased key; keys written
+/// literally in the rules are borrowed from them rather than copied on
+/// every request. Hashed with std's randomly keyed hasher, as keys can come
+/// from the request (`setvar:tx.%{MATCHED_VAR_NAME}=…`); listed in key
+/// order where a rule reads a whole collection.
+type VarMap<'w> = HashMap<Cow<'w, str>, Vec<u8>>;
 
 /// One value offered to an operator.
 struct Val<'a> {
@@ -79,6 +86,8 @@ struct LinkCheck<'r> {
     /// The operator (`@rx` with a prefilter, `@pm`) can reject a value by
     /// its byte set alone.
     wants_bytes: bool,
+    /// Bytes a value must hold for the (non-negated) operator to match.
+    required: Option<&'r ByteSet>,
 }
 
 /// A fast hasher for the small integer keys of [`TfCache`] (not exposed to
@@ -156,10 +165,8 @@ enum Stop {
 pub(crate) struct Transaction<'w> {
     waf: &'w Waf,
     slots: Vec<Vec<(String, Vec<u8>)>>,
-    /// TX, by lowercased key; keys written literally in the rules are
-    /// borrowed from them rather than copied on every request.
-    tx: BTreeMap<Cow<'w, str>, Vec<u8>>,
-    persist: HashMap<VarName, BTreeMap<Cow<'w, str>, Vec<u8>>>,
+    tx: VarMap<'w>,
+    persist: HashMap<VarName, VarMap<'w>>,
     matched_vars: Vec<(String, Vec<u8>)>,
     /// MATCHED_VAR when it is no longer in `matched_vars`.
     matched_var: Option<(String, Vec<u8>)>,
@@ -240,7 +247,7 @@ impl<'w> Transaction<'w> {
         let mut t = Transaction {
             waf,
             slots: vec![Vec::new(); VAR_COUNT],
-            tx: BTreeMap::new(),
+            tx: VarMap::with_capacity(128),
             persist: HashMap::new(),
             matched_vars: Vec::new(),
             matched_var: None,
@@ -894,17 +901,18 @@ impl<'w> Transaction<'w> {
                 Op::Pm(_) => true,
                 _ => false,
             },
+            required: if op.negated {
+                None
+            } else {
+                op.op.required_bytes()
+            },
         };
         // exclusions: the rule's own `!VAR:key` plus ctl removals
         let excluded = |v: &Val<'_>| {
             targets.exclusions.iter().any(|e| e.excludes(v.var, &v.key))
                 || extra.iter().any(|e| e.excludes(v.var, &v.key))
         };
-        let required = if op.negated {
-            None
-        } else {
-            op.op.required_bytes()
-        };
+        let required = ctx.required;
         let mut hits = Vec::new();
         for t in &targets.targets {
             if extra.iter().any(|e| e.removes_target(t)) {
@@ -977,6 +985,15 @@ impl<'w> Transaction<'w> {
     /// Transforms one value as the link asks and runs its operator; records
     /// a hit when the (possibly negated) operator matches.
     fn check_value(&self, ctx: &LinkCheck<'_>, v: &Val<'_>, hits: &mut Vec<Hit>) {
+        // The common case first: a stored value that the chain leaves as
+        // it is and that lacks every byte the operator needs.
+        if let (Some(need), Some(id)) = (ctx.required, v.id) {
+            let root = self.root_bytes(id, &v.value);
+            let last = ctx.tf_path.last().copied().unwrap_or(ROOT_NODE);
+            if !root.intersects(need) && self.leaves_unchanged(last, &root) {
+                return;
+            }
+        }
         let op = ctx.op;
         let mut caps_buf = Vec::new();
         let mut expand = |m: &Macro| self.expand(m, ctx.top);
@@ -1168,17 +1185,22 @@ impl<'w> Transaction<'w> {
 
     /// Hands every value `t` selects to `out`, in collection order.
     fn collect<'a>(&'a self, t: &Target, out: &mut dyn FnMut(Val<'a>)) {
-        let push_map = |out: &mut dyn FnMut(Val<'a>), map: &'a BTreeMap<Cow<'w, str>, Vec<u8>>| {
-            for (k, v) in map {
-                if t.selector.matches(k) {
-                    out(Val {
-                        var: t.var,
-                        key: Cow::Borrowed(k.as_ref()),
-                        value: Cow::Borrowed(v),
-                        count: false,
-                        id: None,
-                    });
-                }
+        let push_map = |out: &mut dyn FnMut(Val<'a>), map: &'a VarMap<'w>| {
+            // in key order, as ModSecurity lists a collection
+            let mut selected: Vec<(&'a str, &'a [u8])> = map
+                .iter()
+                .filter(|(k, _)| t.selector.matches(k))
+                .map(|(k, v)| (k.as_ref(), v.as_slice()))
+                .collect();
+            selected.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            for (k, v) in selected {
+                out(Val {
+                    var: t.var,
+                    key: Cow::Borrowed(k),
+                    value: Cow::Borrowed(v),
+                    count: false,
+                    id: None,
+                });
             }
         };
         match t.var.kind() {
@@ -1333,7 +1355,8 @@ impl<'w> Transaction<'w> {
                     };
                     let value = match key {
                         Some(k) => map.and_then(|m| m.get(k.as_str())),
-                        None => map.and_then(|m| m.values().next()),
+                        // the first in key order
+                        None => map.and_then(|m| m.iter().min_by(|a, b| a.0.cmp(b.0)).map(|e| e.1)),
                     };
                     if let Some(v) = value {
                         out.extend_from_slice(v);
@@ -1459,7 +1482,7 @@ impl<'w> Transaction<'w> {
         }
     }
 
-    fn collection(&mut self, coll: VarName) -> &mut BTreeMap<Cow<'w, str>, Vec<u8>> {
+    fn collection(&mut self, coll: VarName) -> &mut VarMap<'w> {
         if coll == VarName::Tx {
             &mut self.tx
         } else {
@@ -1469,7 +1492,7 @@ impl<'w> Transaction<'w> {
 }
 
 /// Sets `key` in `map` to `value`, reusing the buffer of an existing value.
-fn store<'w>(map: &mut BTreeMap<Cow<'w, str>, Vec<u8>>, key: Cow<'w, str>, value: &[u8]) {
+fn store<'w>(map: &mut VarMap<'w>, key: Cow<'w, str>, value: &[u8]) {
     match map.get_mut(key.as_ref()) {
         Some(slot) => {
             slot.clear();
@@ -1663,6 +1686,25 @@ SecRule TX:b "@streq x10" "id:6,phase:1,pass,nolog,setvar:!tx.b"
 SecRule &TX:b "@eq 0" "id:7,phase:1,pass,nolog"
 "#;
         assert_eq!(ids(rules, &Request::new("GET", "/")), [1, 2, 3, 4, 5, 6, 7]);
+    }
+
+    #[test]
+    fn tx_is_listed_in_key_order() {
+        let rules = r#"
+SecAction "id:1,phase:1,pass,nolog,setvar:tx.b=1,setvar:tx.a=2,setvar:tx.d=3,setvar:tx.c=4"
+SecRule TX:/^[a-d]$/ "@rx ." "id:2,phase:1,pass,log"
+SecRule TX "@rx ^2$" "id:3,phase:1,pass,log"
+"#;
+        let waf = Waf::from_str_named("t.conf", rules).unwrap();
+        for _ in 0..8 {
+            let v = waf.evaluate(&Request::new("GET", "/"));
+            let names: Vec<&str> = v
+                .matched_rules
+                .iter()
+                .map(|m| m.matched_var_name.as_str())
+                .collect();
+            assert_eq!(names, ["TX:d", "TX:a"]);
+        }
     }
 
     #[test]
