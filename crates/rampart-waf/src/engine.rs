@@ -212,6 +212,10 @@ impl WafBuilder {
             skip_after,
             tag_sets,
             tf_triggers,
+            hash_seed: {
+                use std::hash::BuildHasher;
+                std::collections::hash_map::RandomState::new().hash_one(0x7261_6d70_u64)
+            },
             config: self.config.clone(),
             warnings,
             id: NEXT_WAF_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
@@ -744,6 +748,8 @@ pub struct Waf {
     /// chain up to that node to change it (`None`: it may change any
     /// value). A value lacking them all skips the chain and its cache.
     pub(crate) tf_triggers: Vec<Option<ByteSet>>,
+    /// Random seed of the transaction's TX hash maps.
+    pub(crate) hash_seed: u64,
     pub(crate) config: Config,
     warnings: Vec<String>,
     /// Unique per built engine, so that [`crate::Exclusions`] resolved

@@ -27,10 +27,62 @@ use std::rc::Rc;
 
 /// TX and the persistent collections, by lowercased key; keys written
 /// literally in the rules are borrowed from them rather than copied on
-/// every request. Hashed with std's randomly keyed hasher, as keys can come
-/// from the request (`setvar:tx.%{MATCHED_VAR_NAME}=…`); listed in key
-/// order where a rule reads a whole collection.
-type VarMap<'w> = HashMap<Cow<'w, str>, Vec<u8>>;
+/// every request. Listed in key order where a rule reads a whole
+/// collection.
+type VarMap<'w> = HashMap<Cow<'w, str>, Vec<u8>, SeededState>;
+
+/// Builds [`KeyHasher`]s with the engine's random seed.
+#[derive(Clone, Copy)]
+struct SeededState(u64);
+
+impl std::hash::BuildHasher for SeededState {
+    type Hasher = KeyHasher;
+
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher(self.0)
+    }
+}
+
+/// A fast hasher for the short keys of TX, eight bytes per step, started
+/// from a seed drawn at random per engine. Keys can come from the request
+/// (`setvar:tx.%{MATCHED_VAR_NAME}=…`), but only as many as the request
+/// has values, which the engine's limits bound, so even keys made to
+/// collide cost no more than a linear search.
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        // fold the high bits, which the multiplications mix best, down
+        self.0 ^ (self.0 >> 29)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.mix(u64::from_le_bytes(w));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            if let Some(dst) = w.get_mut(..rest.len()) {
+                dst.copy_from_slice(rest);
+            }
+            self.mix(u64::from_le_bytes(w) ^ ((rest.len() as u64) << 59));
+        }
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.mix(u64::from(n));
+    }
+}
+
+impl KeyHasher {
+    fn mix(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(26) ^ w).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
 
 /// One value offered to an operator.
 struct Val<'a> {
@@ -247,7 +299,7 @@ impl<'w> Transaction<'w> {
         let mut t = Transaction {
             waf,
             slots: vec![Vec::new(); VAR_COUNT],
-            tx: VarMap::with_capacity(128),
+            tx: VarMap::with_capacity_and_hasher(128, SeededState(waf.hash_seed)),
             persist: HashMap::new(),
             matched_vars: Vec::new(),
             matched_var: None,
@@ -987,10 +1039,10 @@ impl<'w> Transaction<'w> {
     fn check_value(&self, ctx: &LinkCheck<'_>, v: &Val<'_>, hits: &mut Vec<Hit>) {
         // The common case first: a stored value that the chain leaves as
         // it is and that lacks every byte the operator needs.
-        if let (Some(need), Some(id)) = (ctx.required, v.id) {
-            let root = self.root_bytes(id, &v.value);
+        let root = v.id.map(|id| self.root_bytes(id, &v.value));
+        if let (Some(need), Some(root)) = (ctx.required, &root) {
             let last = ctx.tf_path.last().copied().unwrap_or(ROOT_NODE);
-            if !root.intersects(need) && self.leaves_unchanged(last, &root) {
+            if !root.intersects(need) && self.leaves_unchanged(last, root) {
                 return;
             }
         }
@@ -1018,9 +1070,15 @@ impl<'w> Transaction<'w> {
         };
         // A stored value with a single check: its transformed form (and its
         // byte set for the prefilter) come from the cache.
-        if let (Some(id), false) = (v.id, ctx.multi) {
-            let (cur, bytes) =
-                self.transformed(id, &v.value, ctx.tf_path, ctx.transforms, ctx.wants_bytes);
+        if let (Some(id), Some(root), false) = (v.id, root, ctx.multi) {
+            let (cur, bytes) = self.transformed_from(
+                id,
+                &v.value,
+                root,
+                ctx.tf_path,
+                ctx.transforms,
+                ctx.wants_bytes,
+            );
             let input: &[u8] = cur.as_deref().map_or(&v.value, Vec::as_slice);
             if check(input, bytes.as_ref(), &mut caps_buf) {
                 hit(input.to_vec(), caps_buf);
@@ -1029,9 +1087,8 @@ impl<'w> Transaction<'w> {
         }
         // multiMatch on a stored value that the whole chain leaves as it
         // is: every stage is the value itself, checked once.
-        if let Some(id) = v.id {
+        if let Some(root) = root {
             let last = ctx.tf_path.last().copied().unwrap_or(ROOT_NODE);
-            let root = self.root_bytes(id, &v.value);
             if self.leaves_unchanged(last, &root) {
                 if check(&v.value, Some(&root), &mut caps_buf) {
                     hit(v.value.to_vec(), caps_buf);
@@ -1081,8 +1138,21 @@ impl<'w> Transaction<'w> {
         // Most values hold none of the bytes that would make the chain
         // change them: they pass through it as they are, with the byte set
         // of the stored value, without applying or caching anything.
-        let last = path.last().copied().unwrap_or(ROOT_NODE);
         let root = self.root_bytes(id, value);
+        self.transformed_from(id, value, root, path, transforms, want_bytes)
+    }
+
+    /// [`Transaction::transformed`], given the value's byte set `root`.
+    fn transformed_from(
+        &self,
+        id: u64,
+        value: &[u8],
+        root: ByteSet,
+        path: &[u32],
+        transforms: &[Transform],
+        want_bytes: bool,
+    ) -> (Option<Rc<Vec<u8>>>, Option<ByteSet>) {
+        let last = path.last().copied().unwrap_or(ROOT_NODE);
         let unchanged = |node: &u32| self.leaves_unchanged(*node, &root);
         if unchanged(&last) {
             return (None, want_bytes.then_some(root));
@@ -1486,7 +1556,10 @@ impl<'w> Transaction<'w> {
         if coll == VarName::Tx {
             &mut self.tx
         } else {
-            self.persist.entry(coll).or_default()
+            let seed = self.waf.hash_seed;
+            self.persist
+                .entry(coll)
+                .or_insert_with(|| VarMap::with_hasher(SeededState(seed)))
         }
     }
 }
