@@ -874,35 +874,40 @@ impl<'w> Transaction<'w> {
     }
 
     fn eval_link(&mut self, idx: usize, top: &'w Rule, link: &'w Rule) -> bool {
-        let caps = match &link.body {
+        // the number of hits, and their captures when the link captures
+        let (n, caps) = match &link.body {
             RuleBody::Match { .. } => {
                 let hits = self.match_link(idx, top, link);
                 if hits.is_empty() {
                     return false;
                 }
                 self.clear_matched_vars();
-                let mut caps = Vec::with_capacity(hits.len());
+                let n = hits.len();
+                let mut caps = Vec::new();
                 for h in hits {
                     if let Some(c) = &h.caps {
                         self.set_captures(c);
                     }
                     self.matched_vars.push((h.name, h.value));
-                    caps.push(h.caps);
+                    if h.caps.is_some() || !caps.is_empty() {
+                        caps.resize_with(self.matched_vars.len() - 1, || None);
+                        caps.push(h.caps);
+                    }
                 }
-                caps
+                (n, caps)
             }
-            RuleBody::Action => Vec::new(),
+            RuleBody::Action => (0, Vec::new()),
             RuleBody::Marker(_) => return false,
         };
         // Each link's non-disruptive actions (setvar, ctl) run once per
         // matched value as soon as the link matches, before the next link is
         // evaluated, whether or not the rest of the chain matches: CRS chains
         // such as 920420 and 931130 read in link 2 what link 1 set.
-        if caps.is_empty() {
+        if n == 0 {
             self.run_actions(top, link);
         }
-        for (i, c) in caps.iter().enumerate() {
-            if let Some(c) = c {
+        for i in 0..n {
+            if let Some(Some(c)) = caps.get(i) {
                 self.set_captures(c);
             }
             // MATCHED_VAR is this hit, read in place from MATCHED_VARS
@@ -1007,11 +1012,15 @@ impl<'w> Transaction<'w> {
     /// for a target that selects a whole stored collection; cached per
     /// (collection, generation, chain node).
     fn collection_bytes(&self, t: &Target, ctx: &LinkCheck<'_>) -> Option<ByteSet> {
+        // (a single value is checked as cheaply one by one)
         let src = match (t.var.kind(), &t.selector) {
-            (Kind::Keyed | Kind::Scalar, Selector::All) => t.var,
+            (Kind::Keyed, Selector::All) => t.var,
             (Kind::Names(src), Selector::All) => src,
             _ => return None,
         };
+        if self.get_slot(src).len() < 2 {
+            return None;
+        }
         let node = ctx.tf_path.last().copied().unwrap_or(ROOT_NODE);
         let key = (value_id(t.var, self.generation(src), 0)?, node);
         if let Some(b) = self.collection_bytes.borrow().get(&key) {
