@@ -310,7 +310,7 @@ impl<'w> Transaction<'w> {
             removed_targets_by_tag: Vec::new(),
             generations: vec![0; VAR_COUNT],
             tf_cache: RefCell::new(TfCache::with_capacity_and_hasher(
-                1024,
+                256,
                 BuildHasherDefault::default(),
             )),
             tf_cache_bytes: Cell::new(0),
