@@ -7,6 +7,7 @@ use crate::actions::{
 use crate::error::{syntax, Error, Location};
 use crate::lexer::{lex, Directive};
 use crate::operators::{Op, Operator, RxEngine};
+use crate::prefilter::ByteSet;
 use crate::rule::{Rule, RuleBody};
 use crate::transformations::Transform;
 use crate::variables::parse_targets;
@@ -178,6 +179,7 @@ impl WafBuilder {
             prepare(r, &mut chains);
         }
         let tag_sets = tag_sets(&rules);
+        let tf_triggers = chains.triggers;
         let fancy: Vec<u64> = rules
             .iter()
             .filter(|r| uses_fancy(r))
@@ -209,6 +211,11 @@ impl WafBuilder {
             by_phase,
             skip_after,
             tag_sets,
+            tf_triggers,
+            hash_seed: {
+                use std::hash::BuildHasher;
+                std::collections::hash_map::RandomState::new().hash_one(0x7261_6d70_u64)
+            },
             config: self.config.clone(),
             warnings,
             id: NEXT_WAF_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
@@ -516,9 +523,22 @@ impl WafBuilder {
 /// Every transformation chain in the rule set, as a trie: chains that
 /// share a prefix (`urlDecodeUni,lowercase` and `urlDecodeUni,jsDecode`)
 /// share its node, so a transaction transforms a value once per prefix.
-#[derive(Default)]
 struct ChainTrie {
     nodes: HashMap<(u32, Transform), u32>,
+    /// Per node (by number): the trigger bytes of every transformation on
+    /// its path ([`Transform::triggers`]); `None` when one of them may
+    /// change any value.
+    triggers: Vec<Option<ByteSet>>,
+}
+
+impl Default for ChainTrie {
+    fn default() -> Self {
+        ChainTrie {
+            nodes: HashMap::new(),
+            // the root: no transformation, nothing changes
+            triggers: vec![Some(ByteSet::default())],
+        }
+    }
 }
 
 impl ChainTrie {
@@ -527,7 +547,15 @@ impl ChainTrie {
         let mut path = Vec::with_capacity(transforms.len());
         for &t in transforms {
             let next = u32::try_from(self.nodes.len() + 1).unwrap_or(u32::MAX);
-            node = *self.nodes.entry((node, t)).or_insert(next);
+            let parent = node;
+            node = *self.nodes.entry((parent, t)).or_insert(next);
+            if node == next && self.triggers.len() == next as usize {
+                let up = self.triggers.get(parent as usize).copied().flatten();
+                self.triggers.push(up.zip(t.triggers()).map(|(mut a, b)| {
+                    a.union_with(&b);
+                    a
+                }));
+            }
             path.push(node);
         }
         path
@@ -716,6 +744,12 @@ pub struct Waf {
     /// Per tag regex named by a `ctl` (by source): which rules, by index in
     /// `rules`, it selects.
     pub(crate) tag_sets: HashMap<String, Vec<bool>>,
+    /// Per transformation-chain node: the bytes a value must hold for the
+    /// chain up to that node to change it (`None`: it may change any
+    /// value). A value lacking them all skips the chain and its cache.
+    pub(crate) tf_triggers: Vec<Option<ByteSet>>,
+    /// Random seed of the transaction's TX hash maps.
+    pub(crate) hash_seed: u64,
     pub(crate) config: Config,
     warnings: Vec<String>,
     /// Unique per built engine, so that [`crate::Exclusions`] resolved

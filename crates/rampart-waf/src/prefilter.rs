@@ -45,15 +45,31 @@ impl ByteSet {
     pub(crate) fn of(input: &[u8]) -> ByteSet {
         let mut w = [0u64; 4];
         for &b in input {
-            let bit = 1u64 << (b & 63);
-            match b >> 6 {
-                0 => w[0] |= bit,
-                1 => w[1] |= bit,
-                2 => w[2] |= bit,
-                _ => w[3] |= bit,
+            // `b >> 6` is below 4: the check compiles away
+            if let Some(x) = w.get_mut(usize::from(b >> 6)) {
+                *x |= 1u64 << (b & 63);
             }
         }
         ByteSet(w)
+    }
+
+    /// The bytes in `bytes`.
+    pub(crate) fn from_bytes(bytes: &[u8]) -> ByteSet {
+        Self::of(bytes)
+    }
+
+    /// The bytes `lo..=hi`.
+    pub(crate) fn range(lo: u8, hi: u8) -> ByteSet {
+        let mut s = ByteSet::default();
+        for b in lo..=hi {
+            s.insert(b);
+        }
+        s
+    }
+
+    /// Every byte not in this set.
+    pub(crate) fn complement(&self) -> ByteSet {
+        ByteSet(self.0.map(|w| !w))
     }
 
     fn insert(&mut self, b: u8) {

@@ -21,9 +21,68 @@ use crate::transformations::Transform;
 use crate::variables::{Exclusion, Kind, Selector, Target, VarName, VAR_COUNT};
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
+
+/// TX and the persistent collections, by lowercased key; keys written
+/// literally in the rules are borrowed from them rather than copied on
+/// every request. Listed in key order where a rule reads a whole
+/// collection.
+type VarMap<'w> = HashMap<Cow<'w, str>, Vec<u8>, SeededState>;
+
+/// Builds [`KeyHasher`]s with the engine's random seed.
+#[derive(Clone, Copy)]
+struct SeededState(u64);
+
+impl std::hash::BuildHasher for SeededState {
+    type Hasher = KeyHasher;
+
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher(self.0)
+    }
+}
+
+/// A fast hasher for the short keys of TX, eight bytes per step, started
+/// from a seed drawn at random per engine. Keys can come from the request
+/// (`setvar:tx.%{MATCHED_VAR_NAME}=…`), but only as many as the request
+/// has values, which the engine's limits bound, so even keys made to
+/// collide cost no more than a linear search.
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        // fold the high bits, which the multiplications mix best, down
+        self.0 ^ (self.0 >> 29)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.mix(u64::from_le_bytes(w));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            if let Some(dst) = w.get_mut(..rest.len()) {
+                dst.copy_from_slice(rest);
+            }
+            self.mix(u64::from_le_bytes(w) ^ ((rest.len() as u64) << 59));
+        }
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.mix(u64::from(n));
+    }
+}
+
+impl KeyHasher {
+    fn mix(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(26) ^ w).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
 
 /// One value offered to an operator.
 struct Val<'a> {
@@ -79,6 +138,8 @@ struct LinkCheck<'r> {
     /// The operator (`@rx` with a prefilter, `@pm`) can reject a value by
     /// its byte set alone.
     wants_bytes: bool,
+    /// Bytes a value must hold for the (non-negated) operator to match.
+    required: Option<&'r ByteSet>,
 }
 
 /// A fast hasher for the small integer keys of [`TfCache`] (not exposed to
@@ -156,10 +217,13 @@ enum Stop {
 pub(crate) struct Transaction<'w> {
     waf: &'w Waf,
     slots: Vec<Vec<(String, Vec<u8>)>>,
-    tx: BTreeMap<String, Vec<u8>>,
-    persist: HashMap<VarName, BTreeMap<String, Vec<u8>>>,
+    tx: VarMap<'w>,
+    persist: HashMap<VarName, VarMap<'w>>,
     matched_vars: Vec<(String, Vec<u8>)>,
+    /// MATCHED_VAR when it is no longer in `matched_vars`.
     matched_var: Option<(String, Vec<u8>)>,
+    /// MATCHED_VAR's position in `matched_vars`, when it is there.
+    matched_at: Option<usize>,
     removed_ids: Vec<IdRange>,
     removed_tags: Vec<TagSelect<'w>>,
     removed_targets_by_id: Vec<(Vec<IdRange>, Exclusion)>,
@@ -167,6 +231,9 @@ pub(crate) struct Transaction<'w> {
     /// Per slot, bumped on every change (part of each value's cache id).
     generations: Vec<u32>,
     tf_cache: RefCell<TfCache>,
+    /// Per variable, per value position: the stored value's byte set and
+    /// its generation plus one ([`Transaction::root_bytes`]).
+    root_sets: RefCell<Vec<Vec<(u32, ByteSet)>>>,
     /// Bytes of the cache's budget spent ([`CACHE_BUDGET`]).
     tf_cache_bytes: Cell<usize>,
     /// Per (collection, generation, chain node): the bytes of all its
@@ -232,21 +299,26 @@ impl<'w> Transaction<'w> {
         let mut t = Transaction {
             waf,
             slots: vec![Vec::new(); VAR_COUNT],
-            tx: BTreeMap::new(),
+            tx: VarMap::with_capacity_and_hasher(128, SeededState(waf.hash_seed)),
             persist: HashMap::new(),
             matched_vars: Vec::new(),
             matched_var: None,
+            matched_at: None,
             removed_ids: Vec::new(),
             removed_tags: Vec::new(),
             removed_targets_by_id: Vec::new(),
             removed_targets_by_tag: Vec::new(),
             generations: vec![0; VAR_COUNT],
             tf_cache: RefCell::new(TfCache::with_capacity_and_hasher(
-                1024,
+                256,
                 BuildHasherDefault::default(),
             )),
             tf_cache_bytes: Cell::new(0),
-            collection_bytes: RefCell::default(),
+            root_sets: RefCell::new(vec![Vec::new(); VAR_COUNT]),
+            collection_bytes: RefCell::new(HashMap::with_capacity_and_hasher(
+                64,
+                BuildHasherDefault::default(),
+            )),
             engine: cfg.engine,
             body_access: cfg.request_body_access,
             response_body_access: cfg.response_body_access,
@@ -741,8 +813,33 @@ impl<'w> Transaction<'w> {
 
     /// Evaluates a rule and its chain; on a full match runs its actions and
     /// records it. Returns whether it matched.
-    fn eval_rule(&mut self, idx: usize, rule: &'w Rule) -> bool {
+    /// MATCHED_VAR's name and value: the last value a rule matched.
+    fn matched_var(&self) -> Option<(&str, &[u8])> {
+        match self.matched_at {
+            Some(i) => self
+                .matched_vars
+                .get(i)
+                .map(|(n, v)| (n.as_str(), v.as_slice())),
+            None => self
+                .matched_var
+                .as_ref()
+                .map(|(n, v)| (n.as_str(), v.as_slice())),
+        }
+    }
+
+    /// Empties MATCHED_VARS, first moving MATCHED_VAR out of it if it
+    /// points there (it outlives the rule that set it).
+    fn clear_matched_vars(&mut self) {
+        if let Some(i) = self.matched_at.take() {
+            if let Some(e) = self.matched_vars.get_mut(i) {
+                self.matched_var = Some(std::mem::take(e));
+            }
+        }
         self.matched_vars.clear();
+    }
+
+    fn eval_rule(&mut self, idx: usize, rule: &'w Rule) -> bool {
+        self.clear_matched_vars();
         if !self.eval_link(idx, rule, rule) {
             return false;
         }
@@ -768,9 +865,8 @@ impl<'w> Transaction<'w> {
                 severity: rule.actions.severity,
                 tags: rule.actions.tags.clone(),
                 matched_var_name: self
-                    .matched_var
-                    .as_ref()
-                    .map(|(n, _)| n.clone())
+                    .matched_var()
+                    .map(|(n, _)| n.to_string())
                     .unwrap_or_default(),
             });
         }
@@ -778,36 +874,44 @@ impl<'w> Transaction<'w> {
     }
 
     fn eval_link(&mut self, idx: usize, top: &'w Rule, link: &'w Rule) -> bool {
-        let hits = match &link.body {
+        // the number of hits, and their captures when the link captures
+        let (n, caps) = match &link.body {
             RuleBody::Match { .. } => {
                 let hits = self.match_link(idx, top, link);
                 if hits.is_empty() {
                     return false;
                 }
-                self.matched_vars.clear();
-                for h in &hits {
-                    self.matched_vars.push((h.name.clone(), h.value.clone()));
+                self.clear_matched_vars();
+                let n = hits.len();
+                let mut caps = Vec::new();
+                for h in hits {
                     if let Some(c) = &h.caps {
                         self.set_captures(c);
                     }
+                    self.matched_vars.push((h.name, h.value));
+                    if h.caps.is_some() || !caps.is_empty() {
+                        caps.resize_with(self.matched_vars.len() - 1, || None);
+                        caps.push(h.caps);
+                    }
                 }
-                hits
+                (n, caps)
             }
-            RuleBody::Action => Vec::new(),
+            RuleBody::Action => (0, Vec::new()),
             RuleBody::Marker(_) => return false,
         };
         // Each link's non-disruptive actions (setvar, ctl) run once per
         // matched value as soon as the link matches, before the next link is
         // evaluated, whether or not the rest of the chain matches: CRS chains
         // such as 920420 and 931130 read in link 2 what link 1 set.
-        if hits.is_empty() {
+        if n == 0 {
             self.run_actions(top, link);
         }
-        for h in hits {
-            if let Some(c) = &h.caps {
+        for i in 0..n {
+            if let Some(Some(c)) = caps.get(i) {
                 self.set_captures(c);
             }
-            self.matched_var = Some((h.name, h.value));
+            // MATCHED_VAR is this hit, read in place from MATCHED_VARS
+            self.matched_at = Some(i);
             self.run_actions(top, link);
         }
         match &link.chain {
@@ -819,18 +923,10 @@ impl<'w> Transaction<'w> {
     fn set_captures(&mut self, caps: &[Vec<u8>]) {
         const KEYS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
         for (i, c) in caps.iter().enumerate() {
-            let key = KEYS
+            let key: Cow<'w, str> = KEYS
                 .get(i)
                 .map_or_else(|| i.to_string().into(), |k| Cow::Borrowed(*k));
-            match self.tx.get_mut(key.as_ref()) {
-                Some(v) => {
-                    v.clear();
-                    v.extend_from_slice(c);
-                }
-                None => {
-                    self.tx.insert(key.into_owned(), c.clone());
-                }
-            }
+            store(&mut self.tx, key, c);
         }
     }
 
@@ -862,17 +958,18 @@ impl<'w> Transaction<'w> {
                 Op::Pm(_) => true,
                 _ => false,
             },
+            required: if op.negated {
+                None
+            } else {
+                op.op.required_bytes()
+            },
         };
         // exclusions: the rule's own `!VAR:key` plus ctl removals
         let excluded = |v: &Val<'_>| {
             targets.exclusions.iter().any(|e| e.excludes(v.var, &v.key))
                 || extra.iter().any(|e| e.excludes(v.var, &v.key))
         };
-        let required = if op.negated {
-            None
-        } else {
-            op.op.required_bytes()
-        };
+        let required = ctx.required;
         let mut hits = Vec::new();
         for t in &targets.targets {
             if extra.iter().any(|e| e.removes_target(t)) {
@@ -915,11 +1012,15 @@ impl<'w> Transaction<'w> {
     /// for a target that selects a whole stored collection; cached per
     /// (collection, generation, chain node).
     fn collection_bytes(&self, t: &Target, ctx: &LinkCheck<'_>) -> Option<ByteSet> {
+        // (a single value is checked as cheaply one by one)
         let src = match (t.var.kind(), &t.selector) {
-            (Kind::Keyed | Kind::Scalar, Selector::All) => t.var,
+            (Kind::Keyed, Selector::All) => t.var,
             (Kind::Names(src), Selector::All) => src,
             _ => return None,
         };
+        if self.get_slot(src).len() < 2 {
+            return None;
+        }
         let node = ctx.tf_path.last().copied().unwrap_or(ROOT_NODE);
         let key = (value_id(t.var, self.generation(src), 0)?, node);
         if let Some(b) = self.collection_bytes.borrow().get(&key) {
@@ -945,6 +1046,15 @@ impl<'w> Transaction<'w> {
     /// Transforms one value as the link asks and runs its operator; records
     /// a hit when the (possibly negated) operator matches.
     fn check_value(&self, ctx: &LinkCheck<'_>, v: &Val<'_>, hits: &mut Vec<Hit>) {
+        // The common case first: a stored value that the chain leaves as
+        // it is and that lacks every byte the operator needs.
+        let root = v.id.map(|id| self.root_bytes(id, &v.value));
+        if let (Some(need), Some(root)) = (ctx.required, &root) {
+            let last = ctx.tf_path.last().copied().unwrap_or(ROOT_NODE);
+            if !root.intersects(need) && self.leaves_unchanged(last, root) {
+                return;
+            }
+        }
         let op = ctx.op;
         let mut caps_buf = Vec::new();
         let mut expand = |m: &Macro| self.expand(m, ctx.top);
@@ -969,14 +1079,31 @@ impl<'w> Transaction<'w> {
         };
         // A stored value with a single check: its transformed form (and its
         // byte set for the prefilter) come from the cache.
-        if let (Some(id), false) = (v.id, ctx.multi) {
-            let (cur, bytes) =
-                self.transformed(id, &v.value, ctx.tf_path, ctx.transforms, ctx.wants_bytes);
+        if let (Some(id), Some(root), false) = (v.id, root, ctx.multi) {
+            let (cur, bytes) = self.transformed_from(
+                id,
+                &v.value,
+                root,
+                ctx.tf_path,
+                ctx.transforms,
+                ctx.wants_bytes,
+            );
             let input: &[u8] = cur.as_deref().map_or(&v.value, Vec::as_slice);
             if check(input, bytes.as_ref(), &mut caps_buf) {
                 hit(input.to_vec(), caps_buf);
             }
             return;
+        }
+        // multiMatch on a stored value that the whole chain leaves as it
+        // is: every stage is the value itself, checked once.
+        if let Some(root) = root {
+            let last = ctx.tf_path.last().copied().unwrap_or(ROOT_NODE);
+            if self.leaves_unchanged(last, &root) {
+                if check(&v.value, Some(&root), &mut caps_buf) {
+                    hit(v.value.to_vec(), caps_buf);
+                }
+                return;
+            }
         }
         // MATCHED_VAR(S) and %{MATCHED_VAR} carry the value as the
         // operator saw it, after transformations (ModSecurity, Coraza):
@@ -1017,19 +1144,41 @@ impl<'w> Transaction<'w> {
         transforms: &[Transform],
         want_bytes: bool,
     ) -> (Option<Rc<Vec<u8>>>, Option<ByteSet>) {
-        let mut cache = self.tf_cache.borrow_mut();
+        // Most values hold none of the bytes that would make the chain
+        // change them: they pass through it as they are, with the byte set
+        // of the stored value, without applying or caching anything.
+        let root = self.root_bytes(id, value);
+        self.transformed_from(id, value, root, path, transforms, want_bytes)
+    }
+
+    /// [`Transaction::transformed`], given the value's byte set `root`.
+    fn transformed_from(
+        &self,
+        id: u64,
+        value: &[u8],
+        root: ByteSet,
+        path: &[u32],
+        transforms: &[Transform],
+        want_bytes: bool,
+    ) -> (Option<Rc<Vec<u8>>>, Option<ByteSet>) {
         let last = path.last().copied().unwrap_or(ROOT_NODE);
+        let unchanged = |node: &u32| self.leaves_unchanged(*node, &root);
+        if unchanged(&last) {
+            return (None, want_bytes.then_some(root));
+        }
+        // the leading transformations that leave it unchanged
+        let skip = path.iter().take_while(|n| unchanged(n)).count();
+        let mut cache = self.tf_cache.borrow_mut();
         if let Some(e) = cache.get_mut(&(id, last)) {
             if want_bytes && e.bytes.is_none() {
-                let input: &[u8] = e.value.as_deref().map_or(value, Vec::as_slice);
-                e.bytes = Some(ByteSet::of(input));
+                e.bytes = Some(e.value.as_deref().map_or(root, |v| ByteSet::of(v)));
             }
             return (e.value.clone(), e.bytes);
         }
         // the longest prefix of the chain already computed
-        let mut from = 0;
+        let mut from = skip;
         let mut cur: Option<Rc<Vec<u8>>> = None;
-        for (k, node) in path.iter().enumerate().rev() {
+        for (k, node) in path.iter().enumerate().skip(skip).rev() {
             if let Some(e) = cache.get(&(id, *node)) {
                 cur = e.value.clone();
                 from = k + 1;
@@ -1053,13 +1202,51 @@ impl<'w> Transaction<'w> {
                 );
             }
         }
-        let bytes = want_bytes.then(|| ByteSet::of(cur.as_deref().map_or(value, Vec::as_slice)));
+        let bytes = want_bytes.then(|| cur.as_deref().map_or(root, |v| ByteSet::of(v)));
         if let Some(e) = cache.get_mut(&(id, last)) {
             e.bytes = bytes;
-        } else if path.is_empty() && self.charge_cache(CACHE_ENTRY_COST) {
-            cache.insert((id, last), Cached { value: None, bytes });
         }
         (cur, bytes)
+    }
+
+    /// The byte set of stored value `id`, computed once per value and kept
+    /// in a table indexed by variable and position (the value's
+    /// generation tells a changed slot's values apart).
+    fn root_bytes(&self, id: u64, value: &[u8]) -> ByteSet {
+        let var = (id >> 56) as usize;
+        // 0 marks an empty entry
+        let generation = ((id >> 32) & 0xff_ffff) as u32 + 1;
+        let pos = (id & 0xffff_ffff) as usize;
+        let mut sets = self.root_sets.borrow_mut();
+        let Some(row) = sets.get_mut(var) else {
+            return ByteSet::of(value);
+        };
+        if let Some(&(g, b)) = row.get(pos) {
+            if g == generation {
+                return b;
+            }
+        }
+        let b = ByteSet::of(value);
+        if row.len() <= pos {
+            // positions index the slot's values, so the row grows no
+            // larger than the collection it describes
+            row.resize(pos + 1, (0, ByteSet::default()));
+        }
+        if let Some(e) = row.get_mut(pos) {
+            *e = (generation, b);
+        }
+        b
+    }
+
+    /// True when the chain up to `node` leaves a value holding `bytes` as
+    /// it is (it lacks every trigger byte of the chain's transformations).
+    fn leaves_unchanged(&self, node: u32, bytes: &ByteSet) -> bool {
+        self.waf
+            .tf_triggers
+            .get(node as usize)
+            .copied()
+            .flatten()
+            .is_some_and(|t| !t.intersects(bytes))
     }
 
     /// Takes `cost` bytes from the cache's budget; false (do not cache)
@@ -1077,17 +1264,22 @@ impl<'w> Transaction<'w> {
 
     /// Hands every value `t` selects to `out`, in collection order.
     fn collect<'a>(&'a self, t: &Target, out: &mut dyn FnMut(Val<'a>)) {
-        let push_map = |out: &mut dyn FnMut(Val<'a>), map: &'a BTreeMap<String, Vec<u8>>| {
-            for (k, v) in map {
-                if t.selector.matches(k) {
-                    out(Val {
-                        var: t.var,
-                        key: Cow::Borrowed(k),
-                        value: Cow::Borrowed(v),
-                        count: false,
-                        id: None,
-                    });
-                }
+        let push_map = |out: &mut dyn FnMut(Val<'a>), map: &'a VarMap<'w>| {
+            // in key order, as ModSecurity lists a collection
+            let mut selected: Vec<(&'a str, &'a [u8])> = map
+                .iter()
+                .filter(|(k, _)| t.selector.matches(k))
+                .map(|(k, v)| (k.as_ref(), v.as_slice()))
+                .collect();
+            selected.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            for (k, v) in selected {
+                out(Val {
+                    var: t.var,
+                    key: Cow::Borrowed(k),
+                    value: Cow::Borrowed(v),
+                    count: false,
+                    id: None,
+                });
             }
         };
         match t.var.kind() {
@@ -1103,7 +1295,7 @@ impl<'w> Transaction<'w> {
                         if let Some((k, v)) = m.get_key_value(k.as_str()) {
                             out(Val {
                                 var: t.var,
-                                key: Cow::Borrowed(k),
+                                key: Cow::Borrowed(k.as_ref()),
                                 value: Cow::Borrowed(v),
                                 count: false,
                                 id: None,
@@ -1155,7 +1347,7 @@ impl<'w> Transaction<'w> {
             }
             Kind::Matched => match t.var {
                 VarName::MatchedVar | VarName::MatchedVarName => {
-                    if let Some((n, v)) = &self.matched_var {
+                    if let Some((n, v)) = self.matched_var() {
                         let value: &[u8] = if t.var == VarName::MatchedVar {
                             v
                         } else {
@@ -1242,7 +1434,8 @@ impl<'w> Transaction<'w> {
                     };
                     let value = match key {
                         Some(k) => map.and_then(|m| m.get(k.as_str())),
-                        None => map.and_then(|m| m.values().next()),
+                        // the first in key order
+                        None => map.and_then(|m| m.iter().min_by(|a, b| a.0.cmp(b.0)).map(|e| e.1)),
                     };
                     if let Some(v) = value {
                         out.extend_from_slice(v);
@@ -1258,40 +1451,63 @@ impl<'w> Transaction<'w> {
         out
     }
 
-    fn run_actions(&mut self, top: &Rule, link: &Rule) {
+    /// A macro's value as a number (`atoi`), reading a lone `%{TX.key}`
+    /// in place.
+    fn macro_int(&self, m: &Macro, rule: &Rule) -> i64 {
+        if let Some(lit) = m.as_literal() {
+            return atoi(lit.as_bytes());
+        }
+        if let [Seg::Var(VarName::Tx, Some(k))] = m.segs.as_slice() {
+            return self.tx.get(k.as_str()).map_or(0, |v| atoi(v));
+        }
+        atoi(&self.expand(m, rule))
+    }
+
+    fn run_actions(&mut self, top: &Rule, link: &'w Rule) {
         for sv in &link.actions.setvars {
-            let expanded;
-            let key: &str = match sv.key.as_literal() {
-                Some(k) if !k.bytes().any(|b| b.is_ascii_uppercase()) => k,
-                _ => {
-                    expanded =
-                        String::from_utf8_lossy(&self.expand(&sv.key, top)).to_ascii_lowercase();
-                    &expanded
-                }
+            let key: Cow<'w, str> = match sv.key.as_literal() {
+                Some(k) if !k.bytes().any(|b| b.is_ascii_uppercase()) => Cow::Borrowed(k),
+                _ => Cow::Owned(
+                    String::from_utf8_lossy(&self.expand(&sv.key, top)).to_ascii_lowercase(),
+                ),
             };
-            let value = match &sv.op {
-                SetOp::Delete => None,
-                SetOp::Set(m) => Some(self.expand(m, top)),
+            // Values are written into the variable's existing buffer: CRS
+            // sets and adds to the same hundred or so TX variables on every
+            // request.
+            match &sv.op {
+                SetOp::Delete => {
+                    self.collection(sv.coll).remove(key.as_ref());
+                }
+                SetOp::Set(m) => match m.as_literal() {
+                    Some(lit) => store(self.collection(sv.coll), key, lit.as_bytes()),
+                    None => {
+                        let v = self.expand(m, top);
+                        store(self.collection(sv.coll), key, &v);
+                    }
+                },
                 SetOp::Add(m) | SetOp::Sub(m) => {
-                    let delta = atoi(&self.expand(m, top));
-                    let map = self.collection(sv.coll);
-                    let cur = map.get(key).map(|v| atoi(v)).unwrap_or(0);
-                    let n = if matches!(sv.op, SetOp::Add(_)) {
-                        cur.saturating_add(delta)
-                    } else {
-                        cur.saturating_sub(delta)
+                    let delta = self.macro_int(m, top);
+                    let add = matches!(sv.op, SetOp::Add(_));
+                    let apply = |cur: i64| {
+                        if add {
+                            cur.saturating_add(delta)
+                        } else {
+                            cur.saturating_sub(delta)
+                        }
                     };
-                    Some(n.to_string().into_bytes())
-                }
-            };
-            let map = self.collection(sv.coll);
-            match (value, map.get_mut(key)) {
-                (Some(v), Some(slot)) => *slot = v,
-                (Some(v), None) => {
-                    map.insert(key.to_string(), v);
-                }
-                (None, _) => {
-                    map.remove(key);
+                    let map = self.collection(sv.coll);
+                    match map.get_mut(key.as_ref()) {
+                        Some(slot) => {
+                            let n = apply(atoi(slot));
+                            slot.clear();
+                            push_int(slot, n);
+                        }
+                        None => {
+                            let mut v = Vec::new();
+                            push_int(&mut v, apply(0));
+                            map.insert(key, v);
+                        }
+                    }
                 }
             }
         }
@@ -1345,13 +1561,50 @@ impl<'w> Transaction<'w> {
         }
     }
 
-    fn collection(&mut self, coll: VarName) -> &mut BTreeMap<String, Vec<u8>> {
+    fn collection(&mut self, coll: VarName) -> &mut VarMap<'w> {
         if coll == VarName::Tx {
             &mut self.tx
         } else {
-            self.persist.entry(coll).or_default()
+            let seed = self.waf.hash_seed;
+            self.persist
+                .entry(coll)
+                .or_insert_with(|| VarMap::with_hasher(SeededState(seed)))
         }
     }
+}
+
+/// Sets `key` in `map` to `value`, reusing the buffer of an existing value.
+fn store<'w>(map: &mut VarMap<'w>, key: Cow<'w, str>, value: &[u8]) {
+    match map.get_mut(key.as_ref()) {
+        Some(slot) => {
+            slot.clear();
+            slot.extend_from_slice(value);
+        }
+        None => {
+            map.insert(key, value.to_vec());
+        }
+    }
+}
+
+/// Appends `n` in decimal.
+fn push_int(out: &mut Vec<u8>, n: i64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut m = n.unsigned_abs();
+    loop {
+        i -= 1;
+        if let Some(d) = digits.get_mut(i) {
+            *d = b'0' + (m % 10) as u8;
+        }
+        m /= 10;
+        if m == 0 || i == 0 {
+            break;
+        }
+    }
+    if n < 0 {
+        out.push(b'-');
+    }
+    out.extend_from_slice(digits.get(i..).unwrap_or(&[]));
 }
 
 /// The result of a transformation if it changed the value (of length
@@ -1492,6 +1745,48 @@ SecRule ARGS "!@rx union" "id:3,phase:1,pass,t:none"
             [2, 3]
         );
         assert!(ids(rules, &Request::new("GET", "/?q=union")).is_empty());
+    }
+
+    #[test]
+    fn integers_are_written_as_to_string_does() {
+        for n in [0, 7, -7, 10, 99, -100, 123_456_789, i64::MAX, i64::MIN] {
+            let mut out = b"x".to_vec();
+            super::push_int(&mut out, n);
+            assert_eq!(out, format!("x{n}").into_bytes());
+        }
+    }
+
+    #[test]
+    fn setvar_arithmetic_and_reuse() {
+        let rules = r#"
+SecAction "id:1,phase:1,pass,nolog,setvar:tx.a=5,setvar:tx.b=%{tx.a},setvar:tx.s=+3,setvar:tx.d=-2"
+SecAction "id:2,phase:1,pass,nolog,setvar:tx.a=+%{tx.b},setvar:tx.s=-%{tx.a},setvar:tx.b=x%{tx.a}"
+SecRule TX:a "@eq 10" "id:3,phase:1,pass,nolog"
+SecRule TX:s "@eq -7" "id:4,phase:1,pass,nolog"
+SecRule TX:d "@eq -2" "id:5,phase:1,pass,nolog"
+SecRule TX:b "@streq x10" "id:6,phase:1,pass,nolog,setvar:!tx.b"
+SecRule &TX:b "@eq 0" "id:7,phase:1,pass,nolog"
+"#;
+        assert_eq!(ids(rules, &Request::new("GET", "/")), [1, 2, 3, 4, 5, 6, 7]);
+    }
+
+    #[test]
+    fn tx_is_listed_in_key_order() {
+        let rules = r#"
+SecAction "id:1,phase:1,pass,nolog,setvar:tx.b=1,setvar:tx.a=2,setvar:tx.d=3,setvar:tx.c=4"
+SecRule TX:/^[a-d]$/ "@rx ." "id:2,phase:1,pass,log"
+SecRule TX "@rx ^2$" "id:3,phase:1,pass,log"
+"#;
+        let waf = Waf::from_str_named("t.conf", rules).unwrap();
+        for _ in 0..8 {
+            let v = waf.evaluate(&Request::new("GET", "/"));
+            let names: Vec<&str> = v
+                .matched_rules
+                .iter()
+                .map(|m| m.matched_var_name.as_str())
+                .collect();
+            assert_eq!(names, ["TX:d", "TX:a"]);
+        }
     }
 
     #[test]

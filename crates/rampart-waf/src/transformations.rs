@@ -1,6 +1,7 @@
 //! Transformation functions (`t:`), byte in, bytes out. Each follows
 //! ModSecurity's behaviour as pinned by the secrules-language-tests vectors.
 
+use crate::prefilter::ByteSet;
 use std::borrow::Cow;
 
 /// One transformation.
@@ -78,6 +79,48 @@ impl Transform {
             "trimleft" => TrimLeft,
             "trimright" => TrimRight,
             _ => return None,
+        })
+    }
+
+    /// Bytes without which the transformation leaves a value as it is: a
+    /// value holding none of them comes out of [`Transform::apply`]
+    /// unchanged, so a chain whose transformations' triggers a value lacks
+    /// need not run. `None` for transformations that may change any value,
+    /// even an empty one (hashes, encodings, `length`, base64 decoding).
+    pub(crate) fn triggers(self) -> Option<ByteSet> {
+        use Transform::*;
+        const SPACE: &[u8] = b" \t\n\x0b\x0c\r\xa0";
+        Some(match self {
+            Lowercase => ByteSet::range(b'A', b'Z'),
+            Uppercase => ByteSet::range(b'a', b'z'),
+            UrlDecode | UrlDecodeUni => ByteSet::from_bytes(b"%+"),
+            UrlEncode => {
+                let mut keep = ByteSet::range(b'a', b'z');
+                keep.union_with(&ByteSet::range(b'A', b'Z'));
+                keep.union_with(&ByteSet::range(b'0', b'9'));
+                keep.union_with(&ByteSet::from_bytes(b"*"));
+                keep.complement()
+            }
+            HtmlEntityDecode => ByteSet::from_bytes(b"&"),
+            JsDecode | CssDecode | EscapeSeqDecode => ByteSet::from_bytes(b"\\"),
+            CmdLine => {
+                let mut t = ByteSet::range(b'A', b'Z');
+                t.union_with(&ByteSet::from_bytes(b"\"'\\^ ,;\t\r\n"));
+                t
+            }
+            CompressWhitespace | RemoveWhitespace | Trim | TrimLeft | TrimRight => {
+                ByteSet::from_bytes(SPACE)
+            }
+            RemoveNulls | ReplaceNulls => ByteSet::from_bytes(b"\0"),
+            ReplaceComments => ByteSet::from_bytes(b"/"),
+            RemoveComments => ByteSet::from_bytes(b"/-#<"),
+            RemoveCommentsChar => ByteSet::from_bytes(b"/*-#<"),
+            NormalizePath => ByteSet::from_bytes(b"/."),
+            NormalizePathWin => ByteSet::from_bytes(b"/.\\"),
+            SqlHexDecode => ByteSet::from_bytes(b"xX"),
+            Utf8ToUnicode => ByteSet::range(0x80, 0xff),
+            Base64Decode | Base64DecodeExt | Base64Encode | HexDecode | HexEncode | Length
+            | Sha1 | Md5 => return None,
         })
     }
 
@@ -771,5 +814,85 @@ mod tests {
         assert_eq!(t("normalizePathWin", b"\\a\\..\\b"), b"/b");
         assert_eq!(t("compressWhitespace", b"a \t\n b"), b"a b");
         assert_eq!(t("length", b"abcd"), b"4");
+    }
+
+    const ALL_NAMES: &[&str] = &[
+        "lowercase",
+        "uppercase",
+        "urlDecode",
+        "urlDecodeUni",
+        "urlEncode",
+        "htmlEntityDecode",
+        "jsDecode",
+        "cssDecode",
+        "cmdLine",
+        "compressWhitespace",
+        "removeWhitespace",
+        "removeNulls",
+        "replaceNulls",
+        "replaceComments",
+        "removeComments",
+        "removeCommentsChar",
+        "normalizePath",
+        "normalizePathWin",
+        "base64Decode",
+        "base64DecodeExt",
+        "base64Encode",
+        "hexDecode",
+        "hexEncode",
+        "sqlHexDecode",
+        "utf8toUnicode",
+        "escapeSeqDecode",
+        "length",
+        "sha1",
+        "md5",
+        "trim",
+        "trimLeft",
+        "trimRight",
+    ];
+
+    #[test]
+    fn values_without_trigger_bytes_are_left_unchanged() {
+        // xorshift: deterministic inputs over every byte, and over the
+        // bytes each transformation does not list as triggers
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let interesting = b"aZ09 %+&\\/.*-#<>!;'\"^,\t\r\n\0\x0b\xa0\xc3\xa9xX()u";
+        for name in ALL_NAMES {
+            let tf = Transform::parse(name).unwrap();
+            let Some(trig) = tf.triggers() else {
+                continue;
+            };
+            let allowed: Vec<u8> = (0..=255u8)
+                .filter(|b| !trig.intersects(&ByteSet::of(&[*b])))
+                .collect();
+            let quiet: Vec<u8> = interesting
+                .iter()
+                .copied()
+                .filter(|b| allowed.contains(b))
+                .collect();
+            assert_eq!(&*tf.apply(b""), b"", "{name} on an empty value");
+            for round in 0..4000 {
+                let len = (next() % 24) as usize;
+                let pool: &[u8] = if round % 2 == 0 { &allowed } else { &quiet };
+                let input: Vec<u8> = (0..len)
+                    .map(|_| pool[(next() % pool.len() as u64) as usize])
+                    .collect();
+                assert_eq!(&*tf.apply(&input), &input[..], "{name} changed {input:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_transformation_is_listed_in_the_trigger_test() {
+        for name in ALL_NAMES {
+            assert!(Transform::parse(name).is_some(), "{name}");
+        }
+        assert_eq!(ALL_NAMES.len(), 32);
     }
 }

@@ -37,6 +37,7 @@ macro_rules! var_names {
                 match self { $(VarName::$v => $s),* }
             }
             /// How values are found.
+            #[inline]
             pub(crate) fn kind(self) -> Kind {
                 match self { $(VarName::$v => $k),* }
             }
