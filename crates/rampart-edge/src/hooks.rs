@@ -136,6 +136,9 @@ pub struct WafFindings {
     pub messages: Vec<String>,
     /// The inbound anomaly score (CRS).
     pub anomaly_score: i64,
+    /// The outbound anomaly score (CRS's response rules; 0 when the
+    /// response phases did not run).
+    pub outbound_anomaly_score: i64,
     /// The rule whose disruptive action decided, if any (in detect mode it
     /// was not enforced).
     pub disrupted_by: Option<u64>,

@@ -5,8 +5,12 @@
 //!
 //! ```text
 //! ip rules → rate limit → waf → authn → principal rate limit → authz → body limit
-//!   → json schema → (balance → proxy [retry on another upstream] → response headers → audit)
+//!   → json schema → (balance → proxy [retry on another upstream] → response checks
+//!   → response headers → audit)
 //! ```
+//! A phase that also judges the response (the WAF's phases 3 to 5) keeps a
+//! [`ResponseCheck`] from its request half ([`Phase::check_keeping`]); the
+//! handler runs it on the upstream's answer before any of it is sent.
 //! A phase that needs the request body says so ([`Phase::needs_body`]);
 //! the runner then reads it once, bounded by the body limit, and keeps it
 //! for later phases and for retries.
@@ -118,28 +122,66 @@ pub trait Phase: Send + Sync {
     }
     /// Passes the request on, or refuses it.
     fn check(&self, ctx: &mut RequestCtx) -> Result<(), Reject>;
+    /// Like [`Phase::check`], for a phase that also wants to see what the
+    /// upstream answers: it may hand back a [`ResponseCheck`], which the
+    /// handler runs on the response before it is sent. The default keeps
+    /// nothing.
+    fn check_keeping<'a>(
+        &'a self,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Box<dyn ResponseCheck + 'a>>, Reject> {
+        self.check(ctx).map(|()| None)
+    }
 }
+
+/// The response half of a phase (the WAF's phases 3 to 5), kept from the
+/// request phase that made it and run once the upstream's response head
+/// has arrived.
+pub trait ResponseCheck: Send {
+    /// How many bytes of this response's body must be read before
+    /// [`ResponseCheck::check_response`]; `None` streams the body unread.
+    fn body_limit(&self, head: &http::response::Parts) -> Option<usize>;
+    /// Passes the response on, or refuses it (the client then gets the
+    /// refusal instead). `body` holds what was read: empty when no check
+    /// asked for it, at most the largest limit plus one byte otherwise.
+    fn check_response(
+        self: Box<Self>,
+        ctx: &mut RequestCtx,
+        head: &http::response::Parts,
+        body: &[u8],
+    ) -> Result<(), Reject>;
+}
+
+/// The response checks the request phases kept, in phase order.
+pub type ResponseChecks<'a> = Vec<Box<dyn ResponseCheck + 'a>>;
 
 /// Runs `phases` in order; stops at the first refusal. The body, when a
 /// phase needs it, must arrive within `body_timeout`.
-pub async fn run(
-    phases: &[Box<dyn Phase>],
+///
+/// Returns the response checks the phases kept ([`Phase::check_keeping`]).
+pub async fn run<'a>(
+    phases: &'a [Box<dyn Phase>],
     ctx: &mut RequestCtx,
     max_body: usize,
     body_timeout: std::time::Duration,
-) -> Result<(), Reject> {
+) -> Result<ResponseChecks<'a>, Reject> {
+    let mut kept = Vec::new();
     for p in phases {
         if p.needs_body() {
             tokio::time::timeout(body_timeout, ctx.buffer_body(max_body))
                 .await
                 .map_err(|_| Reject::BodyTimeout)??;
         }
-        if let Err(r) = p.check(ctx) {
-            tracing::debug!(phase = p.name(), reason = r.reason(), "request refused");
-            return Err(r);
+        match p.check_keeping(ctx) {
+            Ok(Some(check)) => kept.push(check),
+            Ok(None) => {}
+            Err(r) => {
+                tracing::debug!(phase = p.name(), reason = r.reason(), "request refused");
+                return Err(r);
+            }
         }
     }
-    Ok(())
+    Ok(kept)
 }
 
 /// Global and per-route allow/deny lists. Deny wins; a non-empty allow
@@ -340,6 +382,41 @@ impl Firewall {
     }
 }
 
+/// The WAF's findings for the access record, when any rule matched.
+fn findings(mode: WafMode, v: &rampart_waf::Verdict) -> Option<WafFindings> {
+    (!v.matched_rules.is_empty() || v.disrupted_by.is_some()).then(|| WafFindings {
+        mode,
+        rule_ids: v.matched_rules.iter().map(|m| m.id).collect(),
+        messages: v
+            .matched_rules
+            .iter()
+            .filter(|m| !m.msg.is_empty())
+            .take(8)
+            .map(|m| m.msg.chars().take(200).collect())
+            .collect(),
+        anomaly_score: v.anomaly_score,
+        outbound_anomaly_score: v.outbound_anomaly_score,
+        disrupted_by: v.disrupted_by,
+    })
+}
+
+/// The refusal a disruptive WAF action stands for.
+fn enforce(action: &rampart_waf::Action, rule: Option<u64>) -> Result<(), Reject> {
+    match action {
+        rampart_waf::Action::Pass => Ok(()),
+        rampart_waf::Action::Deny { status } => Err(Reject::Waf {
+            status: *status,
+            rule,
+        }),
+        // Dropping needs the connection; answer 403 instead.
+        rampart_waf::Action::Drop => Err(Reject::Waf { status: 403, rule }),
+        rampart_waf::Action::Redirect { status, location } => Err(Reject::WafRedirect {
+            status: *status,
+            location: location.clone(),
+        }),
+    }
+}
+
 impl Phase for Firewall {
     fn name(&self) -> &'static str {
         "waf"
@@ -348,9 +425,15 @@ impl Phase for Firewall {
         true
     }
     fn check(&self, ctx: &mut RequestCtx) -> Result<(), Reject> {
+        self.check_keeping(ctx).map(|_| ())
+    }
+    fn check_keeping<'a>(
+        &'a self,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Box<dyn ResponseCheck + 'a>>, Reject> {
         let mode = ctx.route.waf.mode;
         if mode == WafMode::Off {
-            return Ok(());
+            return Ok(None);
         }
         let h = &ctx.head;
         let mut headers: Vec<(String, Vec<u8>)> = Vec::with_capacity(h.headers.len() + 1);
@@ -375,43 +458,64 @@ impl Phase for Firewall {
             headers,
             body: ctx.body().map(|b| b.to_vec()).unwrap_or_default(),
         };
-        let v = match self.exclusions(&ctx.route.waf.exclusions) {
-            Some(ex) => self.waf.evaluate_with(&req, &ex),
-            None => self.waf.evaluate(&req),
+        let ex = self.exclusions(&ctx.route.waf.exclusions);
+        let inspection = self.waf.inspect(&req, ex.as_deref());
+        let v = inspection.request_verdict();
+        ctx.waf = findings(mode, v);
+        if mode == WafMode::Block {
+            enforce(&v.action, v.disrupted_by)?;
+        }
+        // Phases 3 to 5 run on the response only when the request went on
+        // and the rules have anything to say about responses.
+        Ok(inspection
+            .wants_response()
+            .then(|| Box::new(WafResponse { inspection, mode }) as Box<dyn ResponseCheck + 'a>))
+    }
+}
+
+/// The WAF transaction of a request that went upstream, kept for the
+/// response phases.
+struct WafResponse<'a> {
+    inspection: rampart_waf::Inspection<'a>,
+    mode: WafMode,
+}
+
+fn header_list(headers: &http::HeaderMap) -> Vec<(String, Vec<u8>)> {
+    headers
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+        .collect()
+}
+
+impl ResponseCheck for WafResponse<'_> {
+    fn body_limit(&self, head: &http::response::Parts) -> Option<usize> {
+        let ct: Vec<(String, Vec<u8>)> = head
+            .headers
+            .get_all(http::header::CONTENT_TYPE)
+            .iter()
+            .map(|v| ("content-type".to_string(), v.as_bytes().to_vec()))
+            .collect();
+        self.inspection.response_body_limit(&ct)
+    }
+
+    fn check_response(
+        self: Box<Self>,
+        ctx: &mut RequestCtx,
+        head: &http::response::Parts,
+        body: &[u8],
+    ) -> Result<(), Reject> {
+        let resp = rampart_waf::Response {
+            status: head.status.as_u16(),
+            protocol: format!("{:?}", head.version),
+            headers: header_list(&head.headers),
+            body: body.to_vec(),
         };
-        if !v.matched_rules.is_empty() || v.disrupted_by.is_some() {
-            ctx.waf = Some(WafFindings {
-                mode,
-                rule_ids: v.matched_rules.iter().map(|m| m.id).collect(),
-                messages: v
-                    .matched_rules
-                    .iter()
-                    .filter(|m| !m.msg.is_empty())
-                    .take(8)
-                    .map(|m| m.msg.chars().take(200).collect())
-                    .collect(),
-                anomaly_score: v.anomaly_score,
-                disrupted_by: v.disrupted_by,
-            });
+        let v = self.inspection.finish(&resp);
+        ctx.waf = findings(self.mode, &v);
+        if self.mode == WafMode::Block {
+            enforce(&v.action, v.disrupted_by)?;
         }
-        if mode == WafMode::Detect {
-            return Ok(());
-        }
-        match v.action {
-            rampart_waf::Action::Pass => Ok(()),
-            rampart_waf::Action::Deny { status } => Err(Reject::Waf {
-                status,
-                rule: v.disrupted_by,
-            }),
-            // Dropping needs the connection; answer 403 instead.
-            rampart_waf::Action::Drop => Err(Reject::Waf {
-                status: 403,
-                rule: v.disrupted_by,
-            }),
-            rampart_waf::Action::Redirect { status, location } => {
-                Err(Reject::WafRedirect { status, location })
-            }
-        }
+        Ok(())
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, Version};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -173,6 +173,103 @@ fn upstream_request(
     *req.version_mut() = Version::HTTP_11;
     *req.headers_mut() = headers;
     Ok(req)
+}
+
+/// Reads `body` until `max` bytes or its end, whichever comes first, and
+/// returns what was read and what follows: the rest of the body, or the
+/// trailers it ended with. [`Replayed`] sends both on.
+pub async fn read_prefix(mut body: Incoming, max: usize) -> Result<(Bytes, Rest), Reject> {
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        match body.frame().await {
+            None => return Ok((buf.freeze(), Rest::Done(None))),
+            Some(Err(_)) => return Err(Reject::UpstreamFailed),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    buf.extend_from_slice(&data);
+                    if buf.len() >= max {
+                        return Ok((buf.freeze(), Rest::Body(body)));
+                    }
+                }
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        return Ok((buf.freeze(), Rest::Done(Some(trailers))));
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// What follows the part of a response body that [`read_prefix`] read.
+#[derive(Debug)]
+pub enum Rest {
+    /// The body ended, with these trailers if it had any.
+    Done(Option<HeaderMap>),
+    /// The body goes on.
+    Body(Incoming),
+}
+
+/// A response body whose first part was read already: that part, then the
+/// rest as it arrives.
+#[derive(Debug)]
+pub struct Replayed {
+    read: Option<Bytes>,
+    rest: Rest,
+}
+
+impl Replayed {
+    /// `read` first, then `rest`.
+    pub fn new(read: Bytes, rest: Rest) -> Replayed {
+        Replayed {
+            read: (!read.is_empty()).then_some(read),
+            rest,
+        }
+    }
+}
+
+impl hyper::body::Body for Replayed {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        use std::task::Poll;
+        if let Some(read) = self.read.take() {
+            return Poll::Ready(Some(Ok(hyper::body::Frame::data(read))));
+        }
+        match &mut self.rest {
+            Rest::Body(b) => std::pin::Pin::new(b).poll_frame(cx),
+            Rest::Done(trailers) => {
+                Poll::Ready(trailers.take().map(|t| Ok(hyper::body::Frame::trailers(t))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.rest {
+            Rest::Body(b) => self.read.is_none() && b.is_end_stream(),
+            Rest::Done(t) => self.read.is_none() && t.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        let read = self.read.as_ref().map_or(0, |r| r.len() as u64);
+        match &self.rest {
+            Rest::Body(b) => {
+                let h = b.size_hint();
+                let mut out = hyper::body::SizeHint::new();
+                out.set_lower(h.lower().saturating_add(read));
+                if let Some(u) = h.upper() {
+                    out.set_upper(u.saturating_add(read));
+                }
+                out
+            }
+            Rest::Done(_) => hyper::body::SizeHint::with_exact(read),
+        }
+    }
 }
 
 #[cfg(test)]

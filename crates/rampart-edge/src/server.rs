@@ -716,7 +716,7 @@ impl State {
         rec.principal = ctx.principal.as_ref().map(|p| p.id.clone());
         rec.waf = ctx.waf.take();
         rec.bytes_in = ctx.body().map_or(0, |b| b.len() as u64);
-        outcome?;
+        let checks = outcome?;
         let assertion = self.assertion.as_ref().and_then(|signer| {
             let (sub, roles) = match &ctx.principal {
                 Some(p) => (p.id.as_str(), p.roles.as_slice()),
@@ -742,7 +742,37 @@ impl State {
         rec.upstream = Some(fwd.upstream);
         let (mut parts, body) = fwd.response.into_parts();
         proxy::strip_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(parts, body.boxed()))
+        if checks.is_empty() {
+            return Ok(Response::from_parts(parts, body.boxed()));
+        }
+        // The response phases: read as much of the body as a check asks
+        // for (within the upstream timeout), run the checks, then send the
+        // body on, read part first.
+        let limit = checks.iter().filter_map(|c| c.body_limit(&parts)).max();
+        let (body, read) = match limit {
+            Some(limit) => {
+                let (read, rest) = tokio::time::timeout(
+                    self.upstream_timeout,
+                    proxy::read_prefix(body, limit.saturating_add(1)),
+                )
+                .await
+                .map_err(|_| Reject::UpstreamTimeout)??;
+                (proxy::Replayed::new(read.clone(), rest).boxed(), read)
+            }
+            None => (body.boxed(), Bytes::new()),
+        };
+        let mut refused = Ok(());
+        for check in checks {
+            if let Err(r) = check.check_response(&mut ctx, &parts, &read) {
+                refused = Err(r);
+                break;
+            }
+        }
+        if let Some(w) = ctx.waf.take() {
+            rec.waf = Some(w);
+        }
+        refused?;
+        Ok(Response::from_parts(parts, body))
     }
 }
 

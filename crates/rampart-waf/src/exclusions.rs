@@ -10,11 +10,16 @@
 //! also works out once which rules each tag selects, so that evaluation
 //! looks tags up in a table instead of matching regexes rule by rule.
 
+use std::sync::Arc;
+
 use crate::actions::{parse_id_ranges, tag_regex, target_exclusion, Ctl, IdRange};
 use crate::engine::Waf;
 use crate::error::{Error, Location};
 use crate::request::{Request, Verdict};
 use crate::transaction::Transaction;
+
+/// Per rule, whether a tag selects it; `None` for entries naming no tag.
+pub(crate) type TagTable = Option<Arc<[bool]>>;
 
 /// Rules and targets removed for one request (see the module docs).
 ///
@@ -38,7 +43,7 @@ pub struct Exclusions {
     /// Per entry of `ctls`, for those naming a tag: the rules it selects,
     /// by index in the engine's rules, worked out for the engine with this
     /// id ([`Exclusions::resolve`]).
-    tables: Option<(u64, Vec<Option<Vec<bool>>>)>,
+    tables: Option<(u64, Vec<TagTable>)>,
 }
 
 /// Errors from the parsers point at a `Location`; an exclusion has none.
@@ -137,9 +142,12 @@ impl Exclusions {
             .ctls
             .iter()
             .map(|c| match c {
-                Ctl::RuleRemoveByTag(re) | Ctl::RuleRemoveTargetByTag(re, _) => {
-                    Some(waf.rules.iter().map(|r| r.has_tag(re)).collect())
-                }
+                Ctl::RuleRemoveByTag(re) | Ctl::RuleRemoveTargetByTag(re, _) => Some(
+                    waf.rules
+                        .iter()
+                        .map(|r| r.has_tag(re))
+                        .collect::<Arc<[bool]>>(),
+                ),
                 _ => None,
             })
             .collect();
@@ -147,7 +155,7 @@ impl Exclusions {
     }
 
     /// The tag tables, if resolved against `waf`.
-    pub(crate) fn tables_for(&self, waf: &Waf) -> Option<&[Option<Vec<bool>>]> {
+    pub(crate) fn tables_for(&self, waf: &Waf) -> Option<&[TagTable]> {
         match &self.tables {
             Some((id, t)) if *id == waf.id => Some(t),
             _ => None,

@@ -5,13 +5,14 @@
 //! variables, transformations, operators and actions of SecLang, request body
 //! parsing (URL-encoded, JSON, multipart, XML) and the verdict ([`Verdict`]). It
 //! never does I/O on the request path, never talks to the network and never
-//! decides per-route policy: the edge calls [`Waf::evaluate`] with a
-//! [`Request`] (phases 1 and 2) and enforces the returned [`Action`]; to
-//! inspect what the upstream answered it calls [`Waf::evaluate_response`]
-//! with the [`Request`] and the [`Response`] (phases 1 to 5, CRS's
-//! 95x data-leakage rules and 980 reporting). A route's exclusions (CRS
-//! exclusion rules without writing SecLang) go in [`Exclusions`], passed to
-//! [`Waf::evaluate_with`].
+//! decides per-route policy: the edge calls [`Waf::inspect`] with a
+//! [`Request`] (phases 1 and 2), enforces the returned [`Action`], keeps the
+//! [`Inspection`] across the upstream call and finishes it with the
+//! [`Response`] (phases 3 to 5: CRS's 95x data-leakage rules and 980
+//! reporting), so nothing is evaluated twice. [`Waf::evaluate`] and
+//! [`Waf::evaluate_response`] do the same in one call each, for tests and
+//! tools. A route's exclusions (CRS exclusion rules without writing
+//! SecLang) go in [`Exclusions`].
 //!
 //! ```
 //! use rampart_waf::{Waf, Request, Action};
@@ -40,6 +41,7 @@ mod engine;
 mod error;
 mod exclusions;
 pub mod ftw;
+mod inspection;
 mod lexer;
 mod macros;
 mod operators;
@@ -55,6 +57,7 @@ pub use actions::EngineMode;
 pub use engine::{BodyLimitAction, Config, Waf, WafBuilder};
 pub use error::{Error, Location};
 pub use exclusions::Exclusions;
+pub use inspection::Inspection;
 pub use request::{Action, Request, Response, RuleMatch, Verdict};
 
 /// Hooks for conformance tests (secrules-language-tests vectors); not part

@@ -23,7 +23,7 @@ use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::rc::Rc;
+use std::sync::Arc;
 
 /// TX and the persistent collections, by lowercased key; keys written
 /// literally in the rules are borrowed from them rather than copied on
@@ -117,7 +117,7 @@ const CACHE_ENTRY_COST: usize = 64;
 struct Cached {
     /// The value after the chain up to this node; `None` when the chain left
     /// it unchanged.
-    value: Option<Rc<Vec<u8>>>,
+    value: Option<Arc<Vec<u8>>>,
     /// The bytes it holds, for `@rx` prefilters (computed on first use).
     bytes: Option<ByteSet>,
 }
@@ -196,6 +196,9 @@ struct Hit {
 /// regex itself for a tag the load did not see.
 enum TagSelect<'w> {
     Table(&'w [bool]),
+    /// A table of the caller's [`Exclusions`], shared rather than borrowed
+    /// so that a transaction can outlive them (see [`crate::Inspection`]).
+    Shared(Arc<[bool]>),
     Regex(regex::Regex),
 }
 
@@ -203,13 +206,14 @@ impl TagSelect<'_> {
     fn selects(&self, idx: usize, rule: &Rule) -> bool {
         match self {
             TagSelect::Table(t) => t.get(idx).copied().unwrap_or(false),
+            TagSelect::Shared(t) => t.get(idx).copied().unwrap_or(false),
             TagSelect::Regex(re) => rule.has_tag(re),
         }
     }
 }
 
 /// Why evaluation of a phase stopped early.
-enum Stop {
+pub(crate) enum Stop {
     Disrupt,
     Allow(AllowScope),
 }
@@ -485,7 +489,7 @@ impl<'w> Transaction<'w> {
     }
 
     /// Sets the response variables and runs phases 3 and 4.
-    fn run_response(&mut self, resp: &Response) {
+    pub(crate) fn run_response(&mut self, resp: &Response) {
         let status = resp.status.to_string();
         self.set(VarName::ResponseStatus, status.as_bytes());
         self.set(VarName::ResponseProtocol, resp.protocol.as_bytes());
@@ -542,7 +546,7 @@ impl<'w> Transaction<'w> {
 
     /// True when the response's media type is one `SecResponseBodyMimeType`
     /// lists (a response without Content-Type is not inspected).
-    fn response_body_inspected(&self, resp: &Response) -> bool {
+    pub(crate) fn response_body_inspected(&self, resp: &Response) -> bool {
         let Some((_, ct)) = resp
             .headers
             .iter()
@@ -560,7 +564,8 @@ impl<'w> Transaction<'w> {
         self.waf.config.response_body_mime_types.contains(&media)
     }
 
-    pub(crate) fn into_verdict(self) -> Verdict {
+    /// The action, the deciding rule and the inbound and outbound scores.
+    fn outcome(&self) -> (Action, Option<u64>, i64, i64) {
         let score = self
             .tx
             .get("blocking_inbound_anomaly_score")
@@ -578,18 +583,62 @@ impl<'w> Transaction<'w> {
             }
             None => (Action::Pass, None),
         };
+        let outbound = self
+            .tx
+            .get("blocking_outbound_anomaly_score")
+            .map(|v| atoi(v))
+            .unwrap_or(0);
+        (action, disrupted_by, score, outbound)
+    }
+
+    /// The verdict so far, leaving the transaction open.
+    pub(crate) fn verdict_now(&self) -> Verdict {
+        let (action, disrupted_by, anomaly_score, outbound_anomaly_score) = self.outcome();
+        Verdict {
+            action,
+            disrupted_by,
+            matched_rules: self.matched_rules.clone(),
+            matched_ids: self.matched_ids.clone(),
+            anomaly_score,
+            outbound_anomaly_score,
+        }
+    }
+
+    pub(crate) fn into_verdict(self) -> Verdict {
+        let (action, disrupted_by, anomaly_score, outbound_anomaly_score) = self.outcome();
         Verdict {
             action,
             disrupted_by,
             matched_rules: self.matched_rules,
             matched_ids: self.matched_ids,
-            anomaly_score: score,
-            outbound_anomaly_score: self
-                .tx
-                .get("blocking_outbound_anomaly_score")
-                .map(|v| atoi(v))
-                .unwrap_or(0),
+            anomaly_score,
+            outbound_anomaly_score,
         }
+    }
+
+    /// Drops the transformation caches (kept values of the request phases)
+    /// while the transaction waits for the response, so that an open
+    /// transaction holds little more than its variables.
+    pub(crate) fn release_caches(&mut self) {
+        self.tf_cache.get_mut().clear();
+        self.tf_cache.get_mut().shrink_to_fit();
+        self.tf_cache_bytes.set(0);
+        self.collection_bytes.get_mut().clear();
+    }
+
+    /// Whether the engine is on (or detecting) after the request phases.
+    pub(crate) fn engine_mode(&self) -> EngineMode {
+        self.engine
+    }
+
+    /// `SecResponseBodyAccess`, as a `ctl` may have switched it.
+    pub(crate) fn response_body_access(&self) -> bool {
+        self.response_body_access
+    }
+
+    /// The engine's configuration.
+    pub(crate) fn config(&self) -> &crate::engine::Config {
+        &self.waf.config
     }
 
     fn process_body(&mut self, req: &Request) -> Option<Stop> {
@@ -729,7 +778,7 @@ impl<'w> Transaction<'w> {
             || self.removed_tags.iter().any(|t| t.selects(idx, r))
     }
 
-    fn run_phase(&mut self, phase: u8) -> Option<Stop> {
+    pub(crate) fn run_phase(&mut self, phase: u8) -> Option<Stop> {
         self.phase = phase;
         let waf = self.waf;
         let list = waf
@@ -1143,7 +1192,7 @@ impl<'w> Transaction<'w> {
         path: &[u32],
         transforms: &[Transform],
         want_bytes: bool,
-    ) -> (Option<Rc<Vec<u8>>>, Option<ByteSet>) {
+    ) -> (Option<Arc<Vec<u8>>>, Option<ByteSet>) {
         // Most values hold none of the bytes that would make the chain
         // change them: they pass through it as they are, with the byte set
         // of the stored value, without applying or caching anything.
@@ -1160,7 +1209,7 @@ impl<'w> Transaction<'w> {
         path: &[u32],
         transforms: &[Transform],
         want_bytes: bool,
-    ) -> (Option<Rc<Vec<u8>>>, Option<ByteSet>) {
+    ) -> (Option<Arc<Vec<u8>>>, Option<ByteSet>) {
         let last = path.last().copied().unwrap_or(ROOT_NODE);
         let unchanged = |node: &u32| self.leaves_unchanged(*node, &root);
         if unchanged(&last) {
@@ -1177,7 +1226,7 @@ impl<'w> Transaction<'w> {
         }
         // the longest prefix of the chain already computed
         let mut from = skip;
-        let mut cur: Option<Rc<Vec<u8>>> = None;
+        let mut cur: Option<Arc<Vec<u8>>> = None;
         for (k, node) in path.iter().enumerate().skip(skip).rev() {
             if let Some(e) = cache.get(&(id, *node)) {
                 cur = e.value.clone();
@@ -1190,7 +1239,7 @@ impl<'w> Transaction<'w> {
             let mut cost = CACHE_ENTRY_COST;
             if let Some(o) = changed(tf.apply(input), input.len()) {
                 cost += o.len();
-                cur = Some(Rc::new(o));
+                cur = Some(Arc::new(o));
             }
             if self.charge_cache(cost) {
                 cache.insert(
@@ -1519,15 +1568,17 @@ impl<'w> Transaction<'w> {
     /// Applies the caller's exclusions before any rule runs: the same
     /// `ctl` actions a rule would apply, with tags looked up in the tables
     /// [`Exclusions::resolve`] worked out for this engine, if it did.
-    pub(crate) fn exclude(&mut self, ex: &'w Exclusions) {
+    pub(crate) fn exclude(&mut self, ex: &Exclusions) {
         let tables = ex.tables_for(self.waf).unwrap_or(&[]);
         for (i, ctl) in ex.ctls.iter().enumerate() {
-            let table = tables.get(i).and_then(Option::as_deref);
+            let table = tables.get(i).and_then(Option::as_ref);
             match (ctl, table) {
-                (Ctl::RuleRemoveByTag(_), Some(t)) => self.removed_tags.push(TagSelect::Table(t)),
+                (Ctl::RuleRemoveByTag(_), Some(t)) => {
+                    self.removed_tags.push(TagSelect::Shared(Arc::clone(t)))
+                }
                 (Ctl::RuleRemoveTargetByTag(_, e), Some(t)) => self
                     .removed_targets_by_tag
-                    .push((TagSelect::Table(t), e.clone())),
+                    .push((TagSelect::Shared(Arc::clone(t)), e.clone())),
                 _ => self.apply_ctl(ctl),
             }
         }

@@ -135,6 +135,12 @@ impl EdgeAudit {
             d.insert("waf_rules".into(), ids.join(","));
             d.insert("waf_messages".into(), w.messages.join(" | "));
             d.insert("waf_anomaly_score".into(), w.anomaly_score.to_string());
+            if w.outbound_anomaly_score != 0 {
+                d.insert(
+                    "waf_outbound_anomaly_score".into(),
+                    w.outbound_anomaly_score.to_string(),
+                );
+            }
             if let Some(id) = w.disrupted_by {
                 d.insert("waf_disrupted_by".into(), id.to_string());
             }
