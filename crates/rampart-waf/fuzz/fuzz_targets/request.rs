@@ -1,10 +1,13 @@
 //! A whole request through the engine with rules that read every body
 //! processor's variables: the first byte picks the Content-Type, the second
-//! line onward is the body, the first line the request target.
+//! line onward is the body, the first line the request target. The same
+//! transaction is then kept open ([`Waf::inspect`]) and finished with a
+//! response carrying the same bytes as its body, so the response phases
+//! (body limit, partial processing) see hostile input too.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rampart_waf::{Request, Waf};
+use rampart_waf::{Request, Response, Waf};
 use std::sync::OnceLock;
 
 const RULES: &str = r#"
@@ -17,6 +20,14 @@ SecRule MULTIPART_STRICT_ERROR "!@eq 0" "id:4,phase:2,pass,log"
 SecRule ARGS|ARGS_NAMES|FILES|FILES_NAMES|XML:/*|XML://@*|REQUEST_COOKIES "@rx (?i)<script" "id:5,phase:2,deny,status:403,t:none,t:urlDecodeUni,t:htmlEntityDecode,t:lowercase"
 SecRule ARGS "@detectSQLi" "id:6,phase:2,deny,status:403"
 SecRule &ARGS "@gt 100" "id:7,phase:2,deny,status:403"
+SecResponseBodyAccess On
+SecResponseBodyMimeType text/html application/json
+SecResponseBodyLimit 256
+SecResponseBodyLimitAction ProcessPartial
+SecRule RESPONSE_HEADERS:X-Powered-By "@rx ^PHP" "id:8,phase:3,deny,status:403"
+SecRule RESPONSE_BODY "@rx (?i)error in your sql syntax" "id:9,phase:4,deny,status:403,t:none,t:htmlEntityDecode"
+SecRule RESPONSE_BODY "@pm stack trace exception" "id:10,phase:4,pass,log,setvar:tx.outbound_anomaly_score=+5"
+SecRule TX:OUTBOUND_ANOMALY_SCORE "@ge 5" "id:11,phase:4,deny,status:403"
 "#;
 
 const TYPES: &[&str] = &[
@@ -49,5 +60,13 @@ fuzz_target!(|data: &[u8]| {
         .header("Content-Type", ct)
         .header("Content-Length", body.len().to_string())
         .body(body);
-    let _ = waf().evaluate(&req);
+    let whole = waf().evaluate(&req);
+    let open = waf().inspect(&req, None);
+    assert_eq!(open.request_verdict().matched_ids, whole.matched_ids);
+    let resp_ct = if pick & 0x80 == 0 { "text/html" } else { "application/json" };
+    let resp = Response::new(200)
+        .header("Content-Type", resp_ct)
+        .header("X-Powered-By", String::from_utf8_lossy(target).into_owned())
+        .body(body);
+    let _ = open.finish(&resp);
 });
