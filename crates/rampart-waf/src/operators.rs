@@ -66,6 +66,143 @@ fn byte_escapes(pattern: &str) -> String {
     out
 }
 
+/// Escapes each `{` that PCRE reads as a literal and the `regex` crate
+/// refuses: one that does not start a valid quantifier (`{n}`, `{n,}`,
+/// `{n,m}`) or that follows nothing it could repeat (the start, `(`, `|`,
+/// a group's flags). CRS writes shell and template syntax that way
+/// (`\s*{`, `\${`, `{{.*?}}`); without this such patterns fell to the
+/// backtracking engine and lost their literal prefilters.
+fn pcre_braces(pattern: &str) -> String {
+    let b = pattern.as_bytes();
+    let mut out: Vec<u8> = Vec::with_capacity(b.len() + 8);
+    let mut i = 0;
+    let mut in_class = false;
+    // Whether the last token can take a quantifier.
+    let mut repeatable = false;
+    while let Some(&c) = b.get(i) {
+        if c == b'\\' {
+            // An escape, with its braced argument if it has one (`\x{be}`,
+            // `\p{L}`).
+            let mut end = (i + 2).min(b.len());
+            if b.get(i + 1).is_some_and(u8::is_ascii_alphabetic) && b.get(i + 2) == Some(&b'{') {
+                if let Some(p) = b
+                    .get(i + 2..)
+                    .and_then(|r| r.iter().position(|&x| x == b'}'))
+                {
+                    end = i + 2 + p + 1;
+                }
+            }
+            out.extend_from_slice(b.get(i..end).unwrap_or_default());
+            i = end;
+            repeatable = true;
+            continue;
+        }
+        if in_class {
+            out.push(c);
+            if c == b'[' && b.get(i + 1) == Some(&b':') {
+                // A POSIX class inside the class: copy through `:]`.
+                let close = b
+                    .get(i..)
+                    .and_then(|r| r.windows(2).position(|w| w == b":]"))
+                    .map_or(b.len(), |p| i + p + 2);
+                out.extend_from_slice(b.get(i + 1..close).unwrap_or_default());
+                i = close;
+                continue;
+            }
+            if c == b']' {
+                in_class = false;
+                repeatable = true;
+            }
+            i += 1;
+            continue;
+        }
+        match c {
+            b'[' => {
+                out.push(c);
+                in_class = true;
+                i += 1;
+                // `^` and a leading `]` belong to the class.
+                if b.get(i) == Some(&b'^') {
+                    out.push(b'^');
+                    i += 1;
+                }
+                if b.get(i) == Some(&b']') {
+                    out.push(b']');
+                    i += 1;
+                }
+                continue;
+            }
+            b'{' => {
+                let quantifier =
+                    repeatable && quantifier_len(b.get(i..).unwrap_or_default()).is_some();
+                if quantifier {
+                    let n = quantifier_len(b.get(i..).unwrap_or_default()).unwrap_or(1);
+                    out.extend_from_slice(b.get(i..i + n).unwrap_or_default());
+                    i += n;
+                    // A lazy `?` may follow; a second quantifier may not.
+                    repeatable = false;
+                    continue;
+                }
+                out.extend_from_slice(b"\\{");
+                repeatable = true;
+            }
+            b'(' => {
+                out.push(c);
+                // Copy a group's `?flags:` or `?:` opener whole.
+                if b.get(i + 1) == Some(&b'?') {
+                    let mut j = i + 2;
+                    while b
+                        .get(j)
+                        .is_some_and(|x| x.is_ascii_alphabetic() || *x == b'-')
+                    {
+                        j += 1;
+                    }
+                    if matches!(b.get(j), Some(b':' | b')')) {
+                        out.extend_from_slice(b.get(i + 1..=j).unwrap_or_default());
+                        i = j + 1;
+                        repeatable = false;
+                        continue;
+                    }
+                }
+                repeatable = false;
+            }
+            b'|' => {
+                out.push(c);
+                repeatable = false;
+            }
+            b'*' | b'+' | b'?' => {
+                out.push(c);
+                repeatable = false;
+            }
+            _ => {
+                out.push(c);
+                repeatable = true;
+            }
+        }
+        i += 1;
+    }
+    String::from_utf8(out).unwrap_or_else(|_| pattern.to_string())
+}
+
+/// Length of the quantifier `{n}`, `{n,}` or `{n,m}` at the start of `b`.
+fn quantifier_len(b: &[u8]) -> Option<usize> {
+    let mut i = 1;
+    let digits = |from: usize| {
+        b.get(from..)
+            .map_or(0, |r| r.iter().take_while(|x| x.is_ascii_digit()).count())
+    };
+    let n = digits(i);
+    if b.first() != Some(&b'{') || n == 0 {
+        return None;
+    }
+    i += n;
+    if b.get(i) == Some(&b',') {
+        i += 1;
+        i += digits(i);
+    }
+    (b.get(i) == Some(&b'}')).then_some(i + 1)
+}
+
 /// Escapes what PCRE reads literally inside a character class but the
 /// `regex` crate does not: `[` (a nested class there, unless it opens a POSIX
 /// class like `[:alpha:]`) and `&&`/`~~` (set operations there). CRS 3.3
@@ -129,7 +266,7 @@ impl Rx {
     /// Compiles with ModSecurity's flags (dot matches newline), bytes
     /// semantics first, then Unicode, then the backtracking fallback.
     pub(crate) fn compile(pattern: &str) -> Result<Rx, String> {
-        let pattern = &pcre_classes(pattern);
+        let pattern = &pcre_braces(&pcre_classes(pattern));
         let bytes_pattern = byte_escapes(pattern);
         let build = |unicode: bool| {
             regex::bytes::RegexBuilder::new(if unicode { pattern } else { &bytes_pattern })
@@ -153,7 +290,7 @@ impl Rx {
                 .build()
                 .map(|r| Rx {
                     re: RxImpl::Fancy(Box::new(r)),
-                    prefilter: None,
+                    prefilter: Prefilter::for_backtracking(pattern),
                 })
                 .map_err(|e| format!("{e} (regex crate: {fast_err})")),
         }
@@ -665,6 +802,44 @@ mod tests {
                 String::from_utf8_lossy(input)
             );
         }
+    }
+
+    #[test]
+    fn literal_braces_are_escaped_and_quantifiers_kept() {
+        let cases = [
+            (r"a{2}b{1,}c{3,4}", r"a{2}b{1,}c{3,4}"),
+            (r"\s*{", r"\s*\{"),
+            (r"\${HOME}", r"\$\{HOME}"),
+            (r"{{.*?}}", r"\{\{.*?}}"),
+            (r"(?:{|\()", r"(?:\{|\()"),
+            (r"x|{2}", r"x|\{2}"),
+            (r"(?i){2}", r"(?i)\{2}"),
+            (r"a{,3}", r"a\{,3}"),
+            (r"a{2}{3}", r"a{2}\{3}"),
+            (r"[{]{2}", r"[{]{2}"),
+            (r"[^]{]x", r"[^]{]x"),
+            (r"\{a", r"\{a"),
+        ];
+        for (pattern, want) in cases {
+            assert_eq!(pcre_braces(pattern), want, "{pattern}");
+        }
+        // CRS shapes that needed the backtracking engine only for a
+        // literal brace now compile with the regex crate, prefilter and all.
+        for p in [
+            r"^\(\s*\)\s+{",
+            r"{{.*?}}",
+            r"[oOcC]:\d+:\x22.+?\x22:\d+:{.*}",
+            r"(?:;|\{|\||\$\(|\${|<\()\s*(?:{|\s*\(\s*)*cat\b",
+        ] {
+            let rx = Rx::compile(p).unwrap();
+            assert_eq!(rx.engine(), RxEngine::Fast, "{p}");
+        }
+        let rx = Rx::compile(r"^\(\s*\)\s+{").unwrap();
+        assert!(rx.is_match(b"() {", None));
+        assert!(!rx.is_match(b"() x", None));
+        let rx = Rx::compile(r"{{.*?}}").unwrap();
+        assert!(rx.is_match(b"x {{7*7}} y", None));
+        assert!(!rx.is_match(b"{7*7}", None));
     }
 
     #[test]

@@ -147,6 +147,14 @@ impl Prefilter {
         Self::from_literals(required(&hir)?)
     }
 
+    /// A prefilter for a pattern only the backtracking engine runs: the
+    /// literals are worked out from [`relax`]ed pattern, which matches
+    /// every span the original matches, so whatever every match of the
+    /// relaxed pattern contains, every match of the original contains too.
+    pub(crate) fn for_backtracking(pattern: &str) -> Option<Prefilter> {
+        Self::new(&relax(pattern)?, true)
+    }
+
     fn from_literals(lits: Set) -> Option<Prefilter> {
         let rare = rare_bytes(lits.iter().map(Vec::as_slice))?;
         let ac = AhoCorasick::builder()
@@ -381,9 +389,267 @@ fn shrink(mut set: Set, max: usize) -> Option<Set> {
     Some(set)
 }
 
+/// Rewrites a pattern that needs a backtracking engine into one
+/// `regex-syntax` parses and that matches at least the same spans:
+/// lookarounds (which consume nothing) are dropped, backreferences become
+/// `(?s:.*)`, atomic groups plain groups and possessive quantifiers greedy
+/// ones. Every change only removes a constraint. `None` for anything else it
+/// does not know (conditionals, `\K`, …): no prefilter then.
+pub(crate) fn relax(pattern: &str) -> Option<String> {
+    let b = pattern.as_bytes();
+    let mut out = String::with_capacity(pattern.len());
+    let mut i = 0;
+    // Whether the last thing copied was a quantifier (which a `+` then
+    // makes possessive and a `?` lazy).
+    let mut last_was_quantifier = false;
+    while let Some(&c) = b.get(i) {
+        match c {
+            b'\\' => {
+                let next = *b.get(i + 1)?;
+                match next {
+                    b'1'..=b'9' => {
+                        i += 2;
+                        while b.get(i).is_some_and(u8::is_ascii_digit) {
+                            i += 1;
+                        }
+                        out.push_str("(?s:.*)");
+                    }
+                    b'k' | b'g' => {
+                        // \k<name>, \k{name}, \g{n}, \gN: a backreference.
+                        let close = match b.get(i + 2) {
+                            Some(b'<') => b'>',
+                            Some(b'{') => b'}',
+                            Some(d) if d.is_ascii_digit() => {
+                                i += 2;
+                                while b.get(i).is_some_and(u8::is_ascii_digit) {
+                                    i += 1;
+                                }
+                                out.push_str("(?s:.*)");
+                                last_was_quantifier = false;
+                                continue;
+                            }
+                            _ => return None,
+                        };
+                        let end = i + 3 + b.get(i + 3..)?.iter().position(|&x| x == close)?;
+                        i = end + 1;
+                        out.push_str("(?s:.*)");
+                    }
+                    b'K' | b'G' | b'X' | b'R' => return None,
+                    _ => {
+                        let n = utf8_len(next);
+                        out.push_str(pattern.get(i..i + 1 + n)?);
+                        i += 1 + n;
+                    }
+                }
+                last_was_quantifier = false;
+            }
+            b'[' => {
+                let end = class_end(b, i)?;
+                out.push_str(pattern.get(i..end)?);
+                i = end;
+                last_was_quantifier = false;
+            }
+            b'(' => {
+                let rest = b.get(i + 1..)?;
+                if rest.starts_with(b"?=")
+                    || rest.starts_with(b"?!")
+                    || rest.starts_with(b"?<=")
+                    || rest.starts_with(b"?<!")
+                {
+                    i = group_end(b, i)?;
+                    // A quantifier on a lookaround quantifies nothing now.
+                    if matches!(b.get(i), Some(b'*' | b'+' | b'?' | b'{')) {
+                        return None;
+                    }
+                    continue;
+                }
+                if rest.starts_with(b"?>") {
+                    out.push_str("(?:");
+                    i += 3;
+                } else if rest.starts_with(b"?(") || rest.starts_with(b"?|") {
+                    return None;
+                } else {
+                    out.push('(');
+                    i += 1;
+                }
+                last_was_quantifier = false;
+            }
+            b'*' | b'+' | b'?' => {
+                if last_was_quantifier && c == b'+' {
+                    // Possessive: the greedy form matches at least as much.
+                    i += 1;
+                    last_was_quantifier = false;
+                    continue;
+                }
+                out.push(char::from(c));
+                i += 1;
+                // After a quantifier, `?` makes it lazy; anything else
+                // quantifies the atom before.
+                last_was_quantifier = !last_was_quantifier;
+            }
+            b'{' => {
+                let end = i + b.get(i..)?.iter().position(|&x| x == b'}')? + 1;
+                out.push_str(pattern.get(i..end)?);
+                i = end;
+                last_was_quantifier = true;
+            }
+            _ => {
+                let n = utf8_len(c);
+                out.push_str(pattern.get(i..i + n)?);
+                i += n;
+                last_was_quantifier = false;
+            }
+        }
+    }
+    Some(out)
+}
+
+/// Length of the UTF-8 sequence a lead byte starts (1 for anything else).
+fn utf8_len(lead: u8) -> usize {
+    match lead {
+        0xf0..=0xf7 => 4,
+        0xe0..=0xef => 3,
+        0xc0..=0xdf => 2,
+        _ => 1,
+    }
+}
+
+/// Index just past the character class starting at `start` (a `[`).
+fn class_end(b: &[u8], start: usize) -> Option<usize> {
+    let mut i = start + 1;
+    if b.get(i) == Some(&b'^') {
+        i += 1;
+    }
+    // A `]` first in the class is a literal.
+    if b.get(i) == Some(&b']') {
+        i += 1;
+    }
+    while let Some(&c) = b.get(i) {
+        match c {
+            b'\\' => i += 2,
+            b'[' if b.get(i + 1) == Some(&b':') => {
+                // A POSIX class such as [:alpha:] inside the class.
+                let close = b.get(i + 2..)?.windows(2).position(|w| w == b":]")?;
+                i += 2 + close + 2;
+            }
+            b'[' => i = class_end(b, i)?,
+            b']' => return Some(i + 1),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// Index just past the group starting at `start` (a `(`).
+fn group_end(b: &[u8], start: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut i = start;
+    while let Some(&c) = b.get(i) {
+        match c {
+            b'\\' => i += 2,
+            b'[' => i = class_end(b, i)?,
+            b'(' => {
+                depth += 1;
+                i += 1;
+            }
+            b')' => {
+                depth = depth.checked_sub(1)?;
+                i += 1;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relax_drops_what_only_backtracking_engines_can_do() {
+        let r = |p: &str| relax(p);
+        assert_eq!(r(r"cmd(?=\.exe)x").as_deref(), Some("cmdx"));
+        assert_eq!(r(r"(?<!\w)on(?!load)").as_deref(), Some("on"));
+        assert_eq!(r(r"(['\x22])or\1").as_deref(), Some(r"(['\x22])or(?s:.*)"));
+        assert_eq!(r(r"(?<q>a)\k<q>").as_deref(), Some("(?<q>a)(?s:.*)"));
+        assert_eq!(r(r"(?>ab+)c").as_deref(), Some("(?:ab+)c"));
+        assert_eq!(r(r"a++b*+c?+d{2}+").as_deref(), Some("a+b*c?d{2}"));
+        assert_eq!(r(r"a+?b??").as_deref(), Some("a+?b??"));
+        // Inside a class nothing is a group, a lookaround or a reference.
+        assert_eq!(r(r"[(?=\1]x").as_deref(), Some(r"[(?=\1]x"));
+        assert_eq!(r(r"[]a(]b").as_deref(), Some(r"[]a(]b"));
+        assert_eq!(r(r"(?(1)a|b)"), None);
+        assert_eq!(r(r"a\Kb"), None);
+        assert_eq!(r(r"(?=a)*b"), None);
+        assert_eq!(r(r"(unclosed"), Some("(unclosed".into()));
+        assert_eq!(r(r"(?=unclosed"), None);
+    }
+
+    /// Soundness on patterns in the shapes CRS gives the backtracking engine:
+    /// whenever the prefilter says a value cannot match, the real regex does
+    /// not match it.
+    #[test]
+    fn backtracking_prefilters_never_hide_a_match() {
+        let patterns = [
+            r"(?i)\b(?:select|union)\b(?!\s*=)",
+            r#"(?i)(['"])\s*or\s*\1\s*="#,
+            r"(?i)(?<![a-z])cmd(?:\.exe)?(?=\s|;)",
+            r"(?>a+)b",
+            r"(?i)<script[^>]*>(?!\s*</script)",
+            r"(?i)(?:on(?:load|error))\s*=(?=.{0,20}alert)",
+        ];
+        let pieces: [&[u8]; 18] = [
+            b"select",
+            b"UNION",
+            b" ",
+            b"=",
+            b"'",
+            b"\"",
+            b"or",
+            b"cmd",
+            b".exe",
+            b";",
+            b"a",
+            b"b",
+            b"<script>",
+            b"</script",
+            b"onload",
+            b"OnError",
+            b"alert",
+            b"\xff",
+        ];
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut with_prefilter = 0;
+        for p in patterns {
+            let re = fancy_regex::Regex::new(&format!("(?s){p}")).unwrap();
+            let Some(pf) = Prefilter::for_backtracking(p) else {
+                continue;
+            };
+            with_prefilter += 1;
+            for _ in 0..1500 {
+                let mut input = Vec::new();
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                for k in 0..(x % 7) {
+                    let piece = pieces[((x >> (8 * k)) % pieces.len() as u64) as usize];
+                    input.extend_from_slice(piece);
+                }
+                let text = String::from_utf8_lossy(&input);
+                if !pf.may_match(&input, None) {
+                    assert!(
+                        !re.is_match(&text).unwrap(),
+                        "prefilter of {p} hid a match in {text:?}"
+                    );
+                }
+            }
+        }
+        assert_eq!(with_prefilter, patterns.len());
+    }
 
     fn lits(pattern: &str) -> Option<Vec<String>> {
         let hir = regex_syntax::ParserBuilder::new()
@@ -536,7 +802,7 @@ mod tests {
         let mut matched = 0;
         for p in patterns {
             let re = regex::bytes::Regex::new(p).unwrap();
-            for _ in 0..4000 {
+            for _ in 0..1500 {
                 let s: String = (0..next(7)).map(|_| tokens[next(tokens.len())]).collect();
                 matched += usize::from(re.is_match(s.as_bytes()));
                 skips(p, &s);
