@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -14,7 +14,7 @@ use rampart_crypto::{random_nonce, DataKey, SecretBytes};
 use rampart_store::{Expect, Keyring, Store, StoreError};
 use serde::{Deserialize, Serialize};
 
-use crate::ciphertext::{self, NONCE_LEN};
+use crate::ciphertext::{self, NONCE_LEN, TAG_LEN};
 use crate::policy::{Policies, Request};
 use crate::{valid_name, Auditor, Caller, KeysError};
 
@@ -737,18 +737,19 @@ impl KeyService {
         let mut out = ciphertext::header(&r.environment, &r.name, version)?;
         let aad = ciphertext::aad(&out, context);
         let nonce: [u8; NONCE_LEN] = random_nonce()?;
-        let ct = cipher
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: plaintext,
-                    aad: &aad,
-                },
-            )
-            .map_err(|_| KeysError::Internal("encryption failed".into()))?;
-        out.reserve(NONCE_LEN + ct.len());
+        // Sealed in place in the output: header, nonce, then the
+        // plaintext's bytes encrypted where they lie, then the tag.
+        out.reserve(NONCE_LEN + plaintext.len() + TAG_LEN);
         out.extend_from_slice(&nonce);
-        out.extend_from_slice(&ct);
+        let body = out.len();
+        out.extend_from_slice(plaintext);
+        let sealed = out
+            .get_mut(body..)
+            .ok_or_else(|| KeysError::Internal("encryption failed".into()))?;
+        let tag = cipher
+            .encrypt_in_place_detached(Nonce::from_slice(&nonce), &aad, sealed)
+            .map_err(|_| KeysError::Internal("encryption failed".into()))?;
+        out.extend_from_slice(&tag);
         Ok(out)
     }
 
