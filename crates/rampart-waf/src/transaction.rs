@@ -93,6 +93,48 @@ struct Val<'a> {
     /// Identity of a stored value for the transformation cache; `None` for
     /// values that are not stored in a slot (TX, counts, MATCHED_*).
     id: Option<u64>,
+    /// The bytes of `value`, for a stored value (with an `id`).
+    bytes: ByteSet,
+}
+
+/// One stored value of a collection, with the bytes its key and its value
+/// hold (worked out once, when stored, for the byte tests of every rule).
+#[derive(Clone)]
+struct Entry {
+    key: String,
+    value: Vec<u8>,
+    key_bytes: ByteSet,
+    value_bytes: ByteSet,
+}
+
+/// A stored collection (or scalar): its values in order and the union of
+/// their key and value bytes, which lets a rule skip the whole collection.
+#[derive(Clone, Default)]
+struct Slot {
+    entries: Vec<Entry>,
+    keys: ByteSet,
+    values: ByteSet,
+}
+
+impl Slot {
+    fn push(&mut self, key: String, value: Vec<u8>) {
+        let key_bytes = ByteSet::of(key.as_bytes());
+        let value_bytes = ByteSet::of(&value);
+        self.keys.union_with(&key_bytes);
+        self.values.union_with(&value_bytes);
+        self.entries.push(Entry {
+            key,
+            value,
+            key_bytes,
+            value_bytes,
+        });
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.keys = ByteSet::default();
+        self.values = ByteSet::default();
+    }
 }
 
 /// Names a slot value: the variable it is read as, the slot's generation
@@ -216,7 +258,7 @@ enum Stop {
 
 pub(crate) struct Transaction<'w> {
     waf: &'w Waf,
-    slots: Vec<Vec<(String, Vec<u8>)>>,
+    slots: Vec<Slot>,
     tx: VarMap<'w>,
     persist: HashMap<VarName, VarMap<'w>>,
     matched_vars: Vec<(String, Vec<u8>)>,
@@ -231,9 +273,6 @@ pub(crate) struct Transaction<'w> {
     /// Per slot, bumped on every change (part of each value's cache id).
     generations: Vec<u32>,
     tf_cache: RefCell<TfCache>,
-    /// Per variable, per value position: the stored value's byte set and
-    /// its generation plus one ([`Transaction::root_bytes`]).
-    root_sets: RefCell<Vec<Vec<(u32, ByteSet)>>>,
     /// Bytes of the cache's budget spent ([`CACHE_BUDGET`]).
     tf_cache_bytes: Cell<usize>,
     /// Per (collection, generation, chain node): the bytes of all its
@@ -298,7 +337,7 @@ impl<'w> Transaction<'w> {
         let cfg = &waf.config;
         let mut t = Transaction {
             waf,
-            slots: vec![Vec::new(); VAR_COUNT],
+            slots: vec![Slot::default(); VAR_COUNT],
             tx: VarMap::with_capacity_and_hasher(128, SeededState(waf.hash_seed)),
             persist: HashMap::new(),
             matched_vars: Vec::new(),
@@ -314,7 +353,6 @@ impl<'w> Transaction<'w> {
                 BuildHasherDefault::default(),
             )),
             tf_cache_bytes: Cell::new(0),
-            root_sets: RefCell::new(vec![Vec::new(); VAR_COUNT]),
             collection_bytes: RefCell::new(HashMap::with_capacity_and_hasher(
                 64,
                 BuildHasherDefault::default(),
@@ -367,7 +405,7 @@ impl<'w> Transaction<'w> {
         }
         for (name, value) in &req.headers {
             t.slot(VarName::RequestHeaders)
-                .push((name.clone(), value.clone()));
+                .push(name.clone(), value.clone());
             if name.eq_ignore_ascii_case("cookie") {
                 for c in value.split(|&b| b == b';') {
                     let c = trim(c);
@@ -379,7 +417,7 @@ impl<'w> Transaction<'w> {
                         None => (c, &[][..]),
                     };
                     t.slot(VarName::RequestCookies)
-                        .push((String::from_utf8_lossy(k).into_owned(), v.to_vec()));
+                        .push(String::from_utf8_lossy(k).into_owned(), v.to_vec());
                 }
             } else if name.eq_ignore_ascii_case("host") {
                 let host = String::from_utf8_lossy(value);
@@ -407,14 +445,14 @@ impl<'w> Transaction<'w> {
         t
     }
 
-    fn slot(&mut self, v: VarName) -> &mut Vec<(String, Vec<u8>)> {
+    fn slot(&mut self, v: VarName) -> &mut Slot {
         let idx = v as usize;
         if let Some(g) = self.generations.get_mut(idx) {
             *g = g.wrapping_add(1);
         }
         // VAR_COUNT sizes the table, so every VarName has a slot.
         if self.slots.len() <= idx {
-            self.slots.resize(idx + 1, Vec::new());
+            self.slots.resize(idx + 1, Slot::default());
         }
         match self.slots.get_mut(idx) {
             Some(s) => s,
@@ -422,8 +460,27 @@ impl<'w> Transaction<'w> {
         }
     }
 
-    fn get_slot(&self, v: VarName) -> &[(String, Vec<u8>)] {
-        self.slots.get(v as usize).map(Vec::as_slice).unwrap_or(&[])
+    fn get_slot(&self, v: VarName) -> &[Entry] {
+        self.slots
+            .get(v as usize)
+            .map(|s| s.entries.as_slice())
+            .unwrap_or(&[])
+    }
+
+    /// The union of the bytes of every value a target may select, for a
+    /// target read from a stored slot; `None` for TX, MATCHED_* and the
+    /// like.
+    fn stored_bytes(&self, t: &Target) -> Option<ByteSet> {
+        let (var, keys) = match t.var.kind() {
+            Kind::Keyed | Kind::Scalar => (t.var, false),
+            Kind::Names(src) => (src, true),
+            _ => return None,
+        };
+        Some(match self.slots.get(var as usize) {
+            Some(s) if keys => s.keys,
+            Some(s) => s.values,
+            None => ByteSet::default(),
+        })
     }
 
     fn generation(&self, v: VarName) -> u32 {
@@ -440,19 +497,19 @@ impl<'w> Transaction<'w> {
     fn set(&mut self, v: VarName, value: &[u8]) {
         let s = self.slot(v);
         s.clear();
-        s.push((String::new(), value.to_vec()));
+        s.push(String::new(), value.to_vec());
     }
 
     fn add_arg(&mut self, which: VarName, k: String, v: Vec<u8>) {
-        self.slot(VarName::Args).push((k.clone(), v.clone()));
-        self.slot(which).push((k, v));
+        self.slot(VarName::Args).push(k.clone(), v.clone());
+        self.slot(which).push(k, v);
     }
 
     fn update_combined_size(&mut self) {
         let n: usize = self
             .get_slot(VarName::Args)
             .iter()
-            .map(|(k, v)| k.len() + v.len())
+            .map(|e| e.key.len() + e.value.len())
             .sum();
         self.set(VarName::ArgsCombinedSize, n.to_string().as_bytes());
     }
@@ -495,7 +552,7 @@ impl<'w> Transaction<'w> {
         );
         for (name, value) in &resp.headers {
             self.slot(VarName::ResponseHeaders)
-                .push((name.clone(), value.clone()));
+                .push(name.clone(), value.clone());
             if name.eq_ignore_ascii_case("content-type") {
                 self.set(VarName::ResponseContentType, value);
             } else if name.eq_ignore_ascii_case("content-length") {
@@ -658,12 +715,16 @@ impl<'w> Transaction<'w> {
                 for (name, filename, size) in m.files {
                     total += size;
                     self.slot(VarName::Files)
-                        .push((name.clone(), filename.into_bytes()));
+                        .push(name.clone(), filename.into_bytes());
                     self.slot(VarName::FilesSizes)
-                        .push((name, size.to_string().into_bytes()));
+                        .push(name, size.to_string().into_bytes());
                 }
                 self.set(VarName::FilesCombinedSize, total.to_string().as_bytes());
-                *self.slot(VarName::MultipartPartHeaders) = m.part_headers;
+                let headers = self.slot(VarName::MultipartPartHeaders);
+                headers.clear();
+                for (k, v) in m.part_headers {
+                    headers.push(k, v);
+                }
                 self.set(VarName::MultipartName, m.last_name.as_bytes());
                 self.set(VarName::MultipartFilename, m.last_filename.as_bytes());
                 let f = m.flags;
@@ -706,8 +767,12 @@ impl<'w> Transaction<'w> {
                 match crate::xml::parse_xml(body, self.waf.config.xml_depth_limit, arg_limit) {
                     Ok(x) => {
                         let slot = self.slot(VarName::Xml);
-                        slot.extend(x.text.into_iter().map(|v| ("/*".to_string(), v)));
-                        slot.extend(x.attrs.into_iter().map(|v| ("//@*".to_string(), v)));
+                        for v in x.text {
+                            slot.push("/*".to_string(), v);
+                        }
+                        for v in x.attrs {
+                            slot.push("//@*".to_string(), v);
+                        }
                     }
                     Err(e) => error = Some(e),
                 }
@@ -964,16 +1029,29 @@ impl<'w> Transaction<'w> {
                 op.op.required_bytes()
             },
         };
+        let skip = link.skip_bytes;
         // exclusions: the rule's own `!VAR:key` plus ctl removals
         let excluded = |v: &Val<'_>| {
             targets.exclusions.iter().any(|e| e.excludes(v.var, &v.key))
                 || extra.iter().any(|e| e.excludes(v.var, &v.key))
         };
+        // A stored value lacking every byte of `skip` cannot match: it is
+        // passed over before its exclusions are looked at.
+        let skipped = |v: &Val<'_>| v.id.is_some() && skip.is_some_and(|s| !v.bytes.intersects(&s));
         let required = ctx.required;
         let mut hits = Vec::new();
         for t in &targets.targets {
             if extra.iter().any(|e| e.removes_target(t)) {
                 continue;
+            }
+            // the same for all of a stored collection at once
+            if let Some(s) = skip.filter(|_| !t.count) {
+                if self
+                    .stored_bytes(t)
+                    .is_some_and(|have| !have.intersects(&s))
+                {
+                    continue;
+                }
             }
             if t.count {
                 let mut n = 0usize;
@@ -984,6 +1062,7 @@ impl<'w> Transaction<'w> {
                     value: Cow::Owned(n.to_string().into_bytes()),
                     count: true,
                     id: None,
+                    bytes: ByteSet::ALL,
                 };
                 self.check_value(&ctx, &v, &mut hits);
             } else {
@@ -999,7 +1078,7 @@ impl<'w> Transaction<'w> {
                     }
                 }
                 self.collect(t, &mut |v| {
-                    if !excluded(&v) {
+                    if !skipped(&v) && !excluded(&v) {
                         self.check_value(&ctx, &v, &mut hits);
                     }
                 });
@@ -1030,7 +1109,7 @@ impl<'w> Transaction<'w> {
         self.collect(t, &mut |v| {
             let b = match v.id {
                 Some(id) => {
-                    self.transformed(id, &v.value, ctx.tf_path, ctx.transforms, true)
+                    self.transformed_from(id, &v.value, v.bytes, ctx.tf_path, ctx.transforms, true)
                         .1
                 }
                 None => None,
@@ -1048,7 +1127,7 @@ impl<'w> Transaction<'w> {
     fn check_value(&self, ctx: &LinkCheck<'_>, v: &Val<'_>, hits: &mut Vec<Hit>) {
         // The common case first: a stored value that the chain leaves as
         // it is and that lacks every byte the operator needs.
-        let root = v.id.map(|id| self.root_bytes(id, &v.value));
+        let root = v.id.map(|_| v.bytes);
         if let (Some(need), Some(root)) = (ctx.required, &root) {
             let last = ctx.tf_path.last().copied().unwrap_or(ROOT_NODE);
             if !root.intersects(need) && self.leaves_unchanged(last, root) {
@@ -1136,22 +1215,11 @@ impl<'w> Transaction<'w> {
     /// chain-trie nodes are `path` (`None` when they leave it unchanged),
     /// and, when `want_bytes`, the result's byte set. Every prefix of the
     /// chain is cached on the way.
-    fn transformed(
-        &self,
-        id: u64,
-        value: &[u8],
-        path: &[u32],
-        transforms: &[Transform],
-        want_bytes: bool,
-    ) -> (Option<Rc<Vec<u8>>>, Option<ByteSet>) {
-        // Most values hold none of the bytes that would make the chain
-        // change them: they pass through it as they are, with the byte set
-        // of the stored value, without applying or caching anything.
-        let root = self.root_bytes(id, value);
-        self.transformed_from(id, value, root, path, transforms, want_bytes)
-    }
-
-    /// [`Transaction::transformed`], given the value's byte set `root`.
+    ///
+    /// `root` is the byte set of `value`. Most values hold none of the
+    /// bytes that would make the chain change them: they pass through it as
+    /// they are, with the byte set of the stored value, without applying or
+    /// caching anything.
     fn transformed_from(
         &self,
         id: u64,
@@ -1209,35 +1277,6 @@ impl<'w> Transaction<'w> {
         (cur, bytes)
     }
 
-    /// The byte set of stored value `id`, computed once per value and kept
-    /// in a table indexed by variable and position (the value's
-    /// generation tells a changed slot's values apart).
-    fn root_bytes(&self, id: u64, value: &[u8]) -> ByteSet {
-        let var = (id >> 56) as usize;
-        // 0 marks an empty entry
-        let generation = ((id >> 32) & 0xff_ffff) as u32 + 1;
-        let pos = (id & 0xffff_ffff) as usize;
-        let mut sets = self.root_sets.borrow_mut();
-        let Some(row) = sets.get_mut(var) else {
-            return ByteSet::of(value);
-        };
-        if let Some(&(g, b)) = row.get(pos) {
-            if g == generation {
-                return b;
-            }
-        }
-        let b = ByteSet::of(value);
-        if row.len() <= pos {
-            // positions index the slot's values, so the row grows no
-            // larger than the collection it describes
-            row.resize(pos + 1, (0, ByteSet::default()));
-        }
-        if let Some(e) = row.get_mut(pos) {
-            *e = (generation, b);
-        }
-        b
-    }
-
     /// True when the chain up to `node` leaves a value holding `bytes` as
     /// it is (it lacks every trigger byte of the chain's transformations).
     fn leaves_unchanged(&self, node: u32, bytes: &ByteSet) -> bool {
@@ -1279,6 +1318,7 @@ impl<'w> Transaction<'w> {
                     value: Cow::Borrowed(v),
                     count: false,
                     id: None,
+                    bytes: ByteSet::ALL,
                 });
             }
         };
@@ -1299,6 +1339,7 @@ impl<'w> Transaction<'w> {
                                 value: Cow::Borrowed(v),
                                 count: false,
                                 id: None,
+                                bytes: ByteSet::ALL,
                             });
                         }
                     }
@@ -1307,41 +1348,44 @@ impl<'w> Transaction<'w> {
             }
             Kind::Keyed => {
                 let g = self.generation(t.var);
-                for (pos, (k, v)) in self.get_slot(t.var).iter().enumerate() {
-                    if t.selector.matches(k) {
+                for (pos, e) in self.get_slot(t.var).iter().enumerate() {
+                    if t.selector.matches(&e.key) {
                         out(Val {
                             var: t.var,
-                            key: Cow::Borrowed(k),
-                            value: Cow::Borrowed(v),
+                            key: Cow::Borrowed(&e.key),
+                            value: Cow::Borrowed(&e.value),
                             count: false,
                             id: value_id(t.var, g, pos),
+                            bytes: e.value_bytes,
                         });
                     }
                 }
             }
             Kind::Names(src) => {
                 let g = self.generation(src);
-                for (pos, (k, _)) in self.get_slot(src).iter().enumerate() {
-                    if t.selector.matches(k) {
+                for (pos, e) in self.get_slot(src).iter().enumerate() {
+                    if t.selector.matches(&e.key) {
                         out(Val {
                             var: t.var,
-                            key: Cow::Borrowed(k),
-                            value: Cow::Borrowed(k.as_bytes()),
+                            key: Cow::Borrowed(&e.key),
+                            value: Cow::Borrowed(e.key.as_bytes()),
                             count: false,
                             id: value_id(t.var, g, pos),
+                            bytes: e.key_bytes,
                         });
                     }
                 }
             }
             Kind::Scalar => {
                 let g = self.generation(t.var);
-                for (pos, (_, v)) in self.get_slot(t.var).iter().enumerate() {
+                for (pos, e) in self.get_slot(t.var).iter().enumerate() {
                     out(Val {
                         var: t.var,
                         key: Cow::Borrowed(""),
-                        value: Cow::Borrowed(v),
+                        value: Cow::Borrowed(&e.value),
                         count: false,
                         id: value_id(t.var, g, pos),
+                        bytes: e.value_bytes,
                     });
                 }
             }
@@ -1359,6 +1403,7 @@ impl<'w> Transaction<'w> {
                             value: Cow::Borrowed(value),
                             count: false,
                             id: None,
+                            bytes: ByteSet::ALL,
                         });
                     }
                 }
@@ -1376,6 +1421,7 @@ impl<'w> Transaction<'w> {
                                 value: Cow::Borrowed(value),
                                 count: false,
                                 id: None,
+                                bytes: ByteSet::ALL,
                             });
                         }
                     }
