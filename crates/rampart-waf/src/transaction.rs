@@ -1035,9 +1035,6 @@ impl<'w> Transaction<'w> {
             targets.exclusions.iter().any(|e| e.excludes(v.var, &v.key))
                 || extra.iter().any(|e| e.excludes(v.var, &v.key))
         };
-        // A stored value lacking every byte of `skip` cannot match: it is
-        // passed over before its exclusions are looked at.
-        let skipped = |v: &Val<'_>| v.id.is_some() && skip.is_some_and(|s| !v.bytes.intersects(&s));
         let required = ctx.required;
         let mut hits = Vec::new();
         for t in &targets.targets {
@@ -1077,8 +1074,10 @@ impl<'w> Transaction<'w> {
                         continue;
                     }
                 }
-                self.collect(t, &mut |v| {
-                    if !skipped(&v) && !excluded(&v) {
+                // A stored value lacking every byte of `skip` cannot match:
+                // it is passed over before its key and exclusions are read.
+                self.collect_unless(t, skip, &mut |v| {
+                    if !excluded(&v) {
                         self.check_value(&ctx, &v, &mut hits);
                     }
                 });
@@ -1302,7 +1301,19 @@ impl<'w> Transaction<'w> {
     }
 
     /// Hands every value `t` selects to `out`, in collection order.
-    fn collect<'a>(&'a self, t: &Target, out: &mut dyn FnMut(Val<'a>)) {
+    fn collect<'a>(&'a self, t: &Target, out: &mut impl FnMut(Val<'a>)) {
+        self.collect_unless(t, None, out)
+    }
+
+    /// [`Transaction::collect`], passing over the stored values that hold
+    /// none of the bytes of `skip` (before their keys are compared).
+    fn collect_unless<'a>(
+        &'a self,
+        t: &Target,
+        skip: Option<ByteSet>,
+        out: &mut impl FnMut(Val<'a>),
+    ) {
+        let lacks = |b: &ByteSet| skip.is_some_and(|s| !b.intersects(&s));
         let push_map = |out: &mut dyn FnMut(Val<'a>), map: &'a VarMap<'w>| {
             // in key order, as ModSecurity lists a collection
             let mut selected: Vec<(&'a str, &'a [u8])> = map
@@ -1349,7 +1360,7 @@ impl<'w> Transaction<'w> {
             Kind::Keyed => {
                 let g = self.generation(t.var);
                 for (pos, e) in self.get_slot(t.var).iter().enumerate() {
-                    if t.selector.matches(&e.key) {
+                    if !lacks(&e.value_bytes) && t.selector.matches(&e.key) {
                         out(Val {
                             var: t.var,
                             key: Cow::Borrowed(&e.key),
@@ -1364,7 +1375,7 @@ impl<'w> Transaction<'w> {
             Kind::Names(src) => {
                 let g = self.generation(src);
                 for (pos, e) in self.get_slot(src).iter().enumerate() {
-                    if t.selector.matches(&e.key) {
+                    if !lacks(&e.key_bytes) && t.selector.matches(&e.key) {
                         out(Val {
                             var: t.var,
                             key: Cow::Borrowed(&e.key),
@@ -1379,6 +1390,9 @@ impl<'w> Transaction<'w> {
             Kind::Scalar => {
                 let g = self.generation(t.var);
                 for (pos, e) in self.get_slot(t.var).iter().enumerate() {
+                    if lacks(&e.value_bytes) {
+                        continue;
+                    }
                     out(Val {
                         var: t.var,
                         key: Cow::Borrowed(""),

@@ -150,6 +150,7 @@ pub(crate) enum Selector {
 }
 
 impl Selector {
+    #[inline]
     pub(crate) fn matches(&self, key: &str) -> bool {
         match self {
             Selector::All => true,
