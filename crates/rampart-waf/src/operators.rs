@@ -515,7 +515,7 @@ pub(crate) fn eval(
     expand: &mut dyn FnMut(&Macro) -> Vec<u8>,
     caps: Option<&mut Vec<Vec<u8>>>,
 ) -> bool {
-    eval_with(op, input, None, expand, caps)
+    eval_with(op, input, None, &mut |m| Cow::Owned(expand(m)), caps)
 }
 
 /// [`eval`], with the input's byte set when the caller has it (it lets
@@ -524,13 +524,13 @@ pub(crate) fn eval_with<'o>(
     op: &'o Op,
     input: &[u8],
     bytes: Option<&ByteSet>,
-    expand: &mut dyn FnMut(&Macro) -> Vec<u8>,
+    expand: &mut dyn FnMut(&Macro) -> Cow<'o, [u8]>,
     caps: Option<&mut Vec<Vec<u8>>>,
 ) -> bool {
     let mut arg = |m: &'o Macro| -> Cow<'o, [u8]> {
         match m.as_literal() {
             Some(s) => Cow::Borrowed(s.as_bytes()),
-            None => Cow::Owned(expand(m)),
+            None => expand(m),
         }
     };
     match op {
@@ -647,7 +647,7 @@ mod tests {
             line: 1,
         };
         let op = build("pm", "<script> Ünïcode zz", Path::new("."), &at).unwrap();
-        let mut none = |_: &Macro| Vec::new();
+        let mut none = |_: &Macro| Cow::Owned(Vec::new());
         for input in [
             &b"a <SCRIPT> tag"[..],
             "ÜNÏCODE".as_bytes(),

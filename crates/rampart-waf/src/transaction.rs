@@ -210,20 +210,19 @@ impl Hasher for IdHasher {
 }
 
 impl Val<'_> {
-    fn name(&self) -> String {
+    /// Writes the value's name (`ARGS:q`, `&TX:x`, `REQUEST_URI`) to `out`.
+    fn write_name(&self, out: &mut String) {
         let var = self.var.name();
-        let mut out = String::with_capacity(var.len() + self.key.len() + 1);
         if self.count {
             out.push('&');
             out.push_str(var);
-            return out;
+            return;
         }
         out.push_str(var);
         if !(matches!(self.var.kind(), Kind::Scalar | Kind::Matched) && self.key.is_empty()) {
             out.push(':');
             out.push_str(&self.key);
         }
-        out
     }
 }
 
@@ -1135,7 +1134,7 @@ impl<'w> Transaction<'w> {
         }
         let op = ctx.op;
         let mut caps_buf = Vec::new();
-        let mut expand = |m: &Macro| self.expand(m, ctx.top);
+        let mut expand = |m: &Macro| self.expand_borrowed(m, ctx.top);
         let mut check = |input: &[u8], bytes: Option<&ByteSet>, caps_buf: &mut Vec<Vec<u8>>| {
             let caps = if ctx.want_caps {
                 Some(&mut *caps_buf)
@@ -1144,10 +1143,12 @@ impl<'w> Transaction<'w> {
             };
             eval_with(&op.op, input, bytes, &mut expand, caps) != op.negated
         };
-        let mut hit = |cur: Vec<u8>, caps_buf: Vec<Vec<u8>>| {
+        let mut hit = |cur: &[u8], caps_buf: Vec<Vec<u8>>| {
+            let mut name = String::with_capacity(v.var.name().len() + v.key.len() + 1);
+            v.write_name(&mut name);
             hits.push(Hit {
-                name: v.name(),
-                value: cur,
+                name,
+                value: cur.to_vec(),
                 caps: if ctx.want_caps && !op.negated {
                     Some(caps_buf)
                 } else {
@@ -1168,7 +1169,7 @@ impl<'w> Transaction<'w> {
             );
             let input: &[u8] = cur.as_deref().map_or(&v.value, Vec::as_slice);
             if check(input, bytes.as_ref(), &mut caps_buf) {
-                hit(input.to_vec(), caps_buf);
+                hit(input, caps_buf);
             }
             return;
         }
@@ -1178,7 +1179,7 @@ impl<'w> Transaction<'w> {
             let last = ctx.tf_path.last().copied().unwrap_or(ROOT_NODE);
             if self.leaves_unchanged(last, &root) {
                 if check(&v.value, Some(&root), &mut caps_buf) {
-                    hit(v.value.to_vec(), caps_buf);
+                    hit(&v.value, caps_buf);
                 }
                 return;
             }
@@ -1206,7 +1207,7 @@ impl<'w> Transaction<'w> {
             matched = true;
         }
         if matched {
-            hit(cur.into_owned(), caps_buf);
+            hit(&cur, caps_buf);
         }
     }
 
@@ -1509,6 +1510,15 @@ impl<'w> Transaction<'w> {
             }
         }
         out
+    }
+
+    /// [`Transaction::expand`], borrowing the value of a lone `%{TX.key}`
+    /// (operator arguments such as `%{tx.restricted_headers_basic}`).
+    fn expand_borrowed<'s>(&'s self, m: &Macro, rule: &Rule) -> Cow<'s, [u8]> {
+        if let [Seg::Var(VarName::Tx, Some(k))] = m.segs.as_slice() {
+            return Cow::Borrowed(self.tx.get(k.as_str()).map_or(&[][..], Vec::as_slice));
+        }
+        Cow::Owned(self.expand(m, rule))
     }
 
     /// A macro's value as a number (`atoi`), reading a lone `%{TX.key}`

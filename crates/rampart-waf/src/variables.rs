@@ -146,7 +146,50 @@ pub(crate) enum Selector {
     /// One key, compared case-insensitively (stored lowercase).
     Key(String),
     /// Keys matching a regex (case-insensitive).
-    Regex(regex::Regex),
+    Regex(KeyRegex),
+}
+
+/// A key selector's regex, with the literal prefix it stands for when it
+/// is one (`/^header_name_920450_/`): ASCII keys are then compared
+/// without running the regex.
+#[derive(Debug, Clone)]
+pub(crate) struct KeyRegex {
+    re: regex::Regex,
+    /// The lowercased literal of a pattern `^literal` (letters, digits, `_`
+    /// and `-` only).
+    prefix: Option<String>,
+}
+
+impl KeyRegex {
+    fn new(re: regex::Regex) -> KeyRegex {
+        let prefix = re
+            .as_str()
+            .strip_prefix('^')
+            .filter(|p| {
+                !p.is_empty()
+                    && p.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            })
+            .map(str::to_ascii_lowercase);
+        KeyRegex { re, prefix }
+    }
+
+    fn is_match(&self, key: &str) -> bool {
+        match &self.prefix {
+            // For ASCII text, the case-insensitive regex `^literal` is an
+            // ASCII-case-insensitive prefix test (Unicode's extra case
+            // pairs of `k` and `s` are not ASCII).
+            Some(p) if key.is_ascii() => key
+                .as_bytes()
+                .get(..p.len())
+                .is_some_and(|k| k.eq_ignore_ascii_case(p.as_bytes())),
+            _ => self.re.is_match(key),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        self.re.as_str()
+    }
 }
 
 impl Selector {
@@ -272,7 +315,7 @@ pub(crate) fn parse_selector(k: &str, at: &Location) -> Result<Selector, Error> 
                 at: at.clone(),
                 message: e.to_string(),
             })?;
-        return Ok(Selector::Regex(re));
+        return Ok(Selector::Regex(KeyRegex::new(re)));
     }
     let k = k
         .strip_prefix('\'')
@@ -333,6 +376,35 @@ mod tests {
             file: PathBuf::from("t"),
             line: 1,
         }
+    }
+
+    #[test]
+    fn prefix_regexes_match_as_the_regex_does() {
+        let sel = |p: &str| parse_selector(p, &at()).unwrap();
+        let prefix = sel("/^header_name_920450_/");
+        assert!(matches!(&prefix, Selector::Regex(r) if r.prefix.is_some()));
+        let plain = Selector::Regex(KeyRegex {
+            re: regex::RegexBuilder::new("^header_name_920450_")
+                .case_insensitive(true)
+                .build()
+                .unwrap(),
+            prefix: None,
+        });
+        for key in [
+            "header_name_920450_x",
+            "HEADER_NAME_920450_",
+            "header_name_920450",
+            "xheader_name_920450_",
+            "",
+            "header_name_920450_\u{212a}",
+            "header_name_92045\u{212a}_",
+        ] {
+            assert_eq!(prefix.matches(key), plain.matches(key), "{key}");
+        }
+        let ks = sel("/^ks-/");
+        assert!(ks.matches("KS-a") && ks.matches("\u{212a}\u{17f}-a") && !ks.matches("k-"));
+        assert!(matches!(sel("/^a|b/"), Selector::Regex(r) if r.prefix.is_none()));
+        assert!(matches!(sel("/^a.b/"), Selector::Regex(r) if r.prefix.is_none()));
     }
 
     #[test]
