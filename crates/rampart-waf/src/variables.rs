@@ -36,10 +36,13 @@ macro_rules! var_names {
             pub(crate) fn name(self) -> &'static str {
                 match self { $(VarName::$v => $s),* }
             }
-            /// How values are found.
+            /// How values are found (a table look-up: the rules ask on
+            /// every value they read).
             #[inline]
             pub(crate) fn kind(self) -> Kind {
-                match self { $(VarName::$v => $k),* }
+                const KINDS: [Kind; VAR_COUNT] = [$($k),*];
+                // the discriminants number the variables from 0
+                KINDS.get(self as usize).copied().unwrap_or(Kind::Scalar)
             }
         }
 
@@ -432,6 +435,16 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn kinds_are_listed_in_order() {
+        assert_eq!(VarName::Args.kind(), Kind::Keyed);
+        assert_eq!(VarName::ArgsNames.kind(), Kind::Names(VarName::Args));
+        assert_eq!(VarName::RequestUri.kind(), Kind::Scalar);
+        assert_eq!(VarName::Tx.kind(), Kind::Tx);
+        assert_eq!(VarName::Ip.kind(), Kind::Persist);
+        assert_eq!(VarName::MatchedVarsNames.kind(), Kind::Matched);
     }
 
     #[test]
