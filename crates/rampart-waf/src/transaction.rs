@@ -265,6 +265,8 @@ pub(crate) struct Transaction<'w> {
     matched_var: Option<(String, Vec<u8>)>,
     /// MATCHED_VAR's position in `matched_vars`, when it is there.
     matched_at: Option<usize>,
+    /// The current link's hits (a buffer kept from link to link).
+    hit_buf: Vec<Hit>,
     removed_ids: Vec<IdRange>,
     removed_tags: Vec<TagSelect<'w>>,
     removed_targets_by_id: Vec<(Vec<IdRange>, Exclusion)>,
@@ -342,6 +344,7 @@ impl<'w> Transaction<'w> {
             matched_vars: Vec::new(),
             matched_var: None,
             matched_at: None,
+            hit_buf: Vec::new(),
             removed_ids: Vec::new(),
             removed_tags: Vec::new(),
             removed_targets_by_id: Vec::new(),
@@ -941,14 +944,17 @@ impl<'w> Transaction<'w> {
         // the number of hits, and their captures when the link captures
         let (n, caps) = match &link.body {
             RuleBody::Match { .. } => {
-                let hits = self.match_link(idx, top, link);
+                // one buffer for every link's hits, kept between links
+                let mut hits = std::mem::take(&mut self.hit_buf);
+                self.match_link(idx, top, link, &mut hits);
                 if hits.is_empty() {
+                    self.hit_buf = hits;
                     return false;
                 }
                 self.clear_matched_vars();
                 let n = hits.len();
                 let mut caps = Vec::new();
-                for h in hits {
+                for h in hits.drain(..) {
                     if let Some(c) = &h.caps {
                         self.set_captures(c);
                     }
@@ -958,6 +964,7 @@ impl<'w> Transaction<'w> {
                         caps.push(h.caps);
                     }
                 }
+                self.hit_buf = hits;
                 (n, caps)
             }
             RuleBody::Action => (0, Vec::new()),
@@ -995,9 +1002,9 @@ impl<'w> Transaction<'w> {
     }
 
     /// Runs the operator over every selected value of a link.
-    fn match_link(&self, idx: usize, top: &Rule, link: &Rule) -> Vec<Hit> {
+    fn match_link(&self, idx: usize, top: &Rule, link: &Rule, hits: &mut Vec<Hit>) {
         let RuleBody::Match { targets, op } = &link.body else {
-            return Vec::new();
+            return;
         };
         let mut extra: Vec<&Exclusion> = Vec::new();
         for (ids, ex) in &self.removed_targets_by_id {
@@ -1035,7 +1042,6 @@ impl<'w> Transaction<'w> {
                 || extra.iter().any(|e| e.excludes(v.var, &v.key))
         };
         let required = ctx.required;
-        let mut hits = Vec::new();
         for t in &targets.targets {
             if extra.iter().any(|e| e.removes_target(t)) {
                 continue;
@@ -1060,7 +1066,7 @@ impl<'w> Transaction<'w> {
                     id: None,
                     bytes: ByteSet::ALL,
                 };
-                self.check_value(&ctx, &v, &mut hits);
+                self.check_value(&ctx, &v, hits);
             } else {
                 // A whole collection whose (transformed) values together
                 // lack every byte the operator needs cannot match: skip it
@@ -1077,12 +1083,11 @@ impl<'w> Transaction<'w> {
                 // it is passed over before its key and exclusions are read.
                 self.collect_unless(t, skip, &mut |v| {
                     if !excluded(&v) {
-                        self.check_value(&ctx, &v, &mut hits);
+                        self.check_value(&ctx, &v, hits);
                     }
                 });
             }
         }
-        hits
     }
 
     /// The bytes of every value of `t` after the link's transformations,
