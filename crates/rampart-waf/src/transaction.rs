@@ -1129,11 +1129,13 @@ impl<'w> Transaction<'w> {
     /// a hit when the (possibly negated) operator matches.
     fn check_value(&self, ctx: &LinkCheck<'_>, v: &Val<'_>, hits: &mut Vec<Hit>) {
         // The common case first: a stored value that the chain leaves as
-        // it is and that lacks every byte the operator needs.
+        // it is (its bytes are then the operator's input's) and that lacks
+        // every byte the operator needs.
         let root = v.id.map(|_| v.bytes);
-        if let (Some(need), Some(root)) = (ctx.required, &root) {
-            let last = ctx.tf_path.last().copied().unwrap_or(ROOT_NODE);
-            if !root.intersects(need) && self.leaves_unchanged(last, root) {
+        let last = ctx.tf_path.last().copied().unwrap_or(ROOT_NODE);
+        let unchanged = root.filter(|r| self.leaves_unchanged(last, r));
+        if let (Some(need), Some(root)) = (ctx.required, &unchanged) {
+            if !root.intersects(need) {
                 return;
             }
         }
@@ -1161,6 +1163,14 @@ impl<'w> Transaction<'w> {
                 },
             })
         };
+        // A stored value that the whole chain leaves as it is: every stage
+        // (of a multiMatch too) is the value itself, checked once.
+        if let Some(root) = unchanged {
+            if check(&v.value, Some(&root), &mut caps_buf) {
+                hit(&v.value, caps_buf);
+            }
+            return;
+        }
         // A stored value with a single check: its transformed form (and its
         // byte set for the prefilter) come from the cache.
         if let (Some(id), Some(root), false) = (v.id, root, ctx.multi) {
@@ -1177,17 +1187,6 @@ impl<'w> Transaction<'w> {
                 hit(input, caps_buf);
             }
             return;
-        }
-        // multiMatch on a stored value that the whole chain leaves as it
-        // is: every stage is the value itself, checked once.
-        if let Some(root) = root {
-            let last = ctx.tf_path.last().copied().unwrap_or(ROOT_NODE);
-            if self.leaves_unchanged(last, &root) {
-                if check(&v.value, Some(&root), &mut caps_buf) {
-                    hit(&v.value, caps_buf);
-                }
-                return;
-            }
         }
         // MATCHED_VAR(S) and %{MATCHED_VAR} carry the value as the
         // operator saw it, after transformations (ModSecurity, Coraza):
