@@ -1,11 +1,14 @@
 //! Evaluation of one request against a [`Waf`]: the collections, phases 1
 //! and 2, chains, actions and the verdict.
 //!
-//! Most of the work is running rules over stored values, so the transaction
-//! keeps each value's transformation results per chain-trie node (rules
-//! asking for the same chain share them) with the set of bytes they hold,
-//! which lets `@rx` prefilters and `@pm` reject a value, or a whole
-//! collection, without scanning it.
+//! Most of the work is running rules over stored values. Each stored value
+//! carries the set of bytes it holds, and each rule link knows from load
+//! the bytes a value needs for its transformations to change it or its
+//! operator to match (`Rule::skip_bytes`): a value, or a whole collection,
+//! lacking them all is passed over unread. The values that remain are
+//! transformed once per chain-trie node (rules asking for the same chain
+//! share the result), and the transformed values' byte sets let `@rx`
+//! prefilters and `@pm` reject them without scanning.
 
 use crate::actions::{AllowScope, BodyProcessor, Ctl, Disruptive, EngineMode, IdRange, SetOp};
 use crate::body;
@@ -276,9 +279,6 @@ pub(crate) struct Transaction<'w> {
     tf_cache: RefCell<TfCache>,
     /// Bytes of the cache's budget spent ([`CACHE_BUDGET`]).
     tf_cache_bytes: Cell<usize>,
-    /// Per (collection, generation, chain node): the bytes of all its
-    /// transformed values.
-    collection_bytes: RefCell<HashMap<(u64, u32), ByteSet, BuildHasherDefault<IdHasher>>>,
     engine: EngineMode,
     body_access: bool,
     response_body_access: bool,
@@ -355,10 +355,6 @@ impl<'w> Transaction<'w> {
                 BuildHasherDefault::default(),
             )),
             tf_cache_bytes: Cell::new(0),
-            collection_bytes: RefCell::new(HashMap::with_capacity_and_hasher(
-                64,
-                BuildHasherDefault::default(),
-            )),
             engine: cfg.engine,
             body_access: cfg.request_body_access,
             response_body_access: cfg.response_body_access,
@@ -1041,7 +1037,6 @@ impl<'w> Transaction<'w> {
             targets.exclusions.iter().any(|e| e.excludes(v.var, &v.key))
                 || extra.iter().any(|e| e.excludes(v.var, &v.key))
         };
-        let required = ctx.required;
         for t in &targets.targets {
             if extra.iter().any(|e| e.removes_target(t)) {
                 continue;
@@ -1068,17 +1063,6 @@ impl<'w> Transaction<'w> {
                 };
                 self.check_value(&ctx, &v, hits);
             } else {
-                // A whole collection whose (transformed) values together
-                // lack every byte the operator needs cannot match: skip it
-                // without looking at each value.
-                if let Some(need) = required.filter(|_| !ctx.multi) {
-                    if self
-                        .collection_bytes(t, &ctx)
-                        .is_some_and(|have| !have.intersects(need))
-                    {
-                        continue;
-                    }
-                }
                 // A stored value lacking every byte of `skip` cannot match:
                 // it is passed over before its key and exclusions are read.
                 self.collect_unless(t, skip, &mut |v| {
@@ -1088,41 +1072,6 @@ impl<'w> Transaction<'w> {
                 });
             }
         }
-    }
-
-    /// The bytes of every value of `t` after the link's transformations,
-    /// for a target that selects a whole stored collection; cached per
-    /// (collection, generation, chain node).
-    fn collection_bytes(&self, t: &Target, ctx: &LinkCheck<'_>) -> Option<ByteSet> {
-        // (a single value is checked as cheaply one by one)
-        let src = match (t.var.kind(), &t.selector) {
-            (Kind::Keyed, Selector::All) => t.var,
-            (Kind::Names(src), Selector::All) => src,
-            _ => return None,
-        };
-        if self.get_slot(src).len() < 2 {
-            return None;
-        }
-        let node = ctx.tf_path.last().copied().unwrap_or(ROOT_NODE);
-        let key = (value_id(t.var, self.generation(src), 0)?, node);
-        if let Some(b) = self.collection_bytes.borrow().get(&key) {
-            return Some(*b);
-        }
-        let mut all = ByteSet::default();
-        self.collect(t, &mut |v| {
-            let b = match v.id {
-                Some(id) => {
-                    self.transformed_from(id, &v.value, v.bytes, ctx.tf_path, ctx.transforms, true)
-                        .1
-                }
-                None => None,
-            };
-            // a value without a cache id is never expected here; make the
-            // set match anything rather than guess
-            all.union_with(&b.unwrap_or(ByteSet::ALL));
-        });
-        self.collection_bytes.borrow_mut().insert(key, all);
-        Some(all)
     }
 
     /// Transforms one value as the link asks and runs its operator; records
