@@ -2,7 +2,7 @@
 
 use crate::error::{syntax, Error, Location};
 use crate::macros::Macro;
-use crate::prefilter::{ByteSet, Prefilter};
+use crate::prefilter::{BytePairs, ByteSet, Prefilter};
 use aho_corasick::AhoCorasick;
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -290,6 +290,8 @@ pub(crate) struct Phrases {
     /// The rarest byte of each phrase (both cases), for a quick rejection
     /// of values that hold none of them; `None` with an empty phrase.
     rare: Option<ByteSet>,
+    /// The second byte test ([`BytePairs`]).
+    pairs: BytePairs,
 }
 
 /// An operator with its negation flag.
@@ -407,11 +409,12 @@ fn build(name: &str, arg: &str, dir: &Path, at: &Location) -> Result<Op, Error> 
 
 fn pm(phrases: Vec<String>, at: &Location) -> Result<Phrases, Error> {
     let rare = crate::prefilter::rare_bytes(phrases.iter().map(String::as_bytes));
+    let pairs = BytePairs::new(phrases.iter().map(String::as_bytes));
     let ac = AhoCorasick::builder()
         .ascii_case_insensitive(true)
         .build(phrases)
         .map_err(|e| syntax(at, format!("@pm: {e}")))?;
-    Ok(Phrases { ac, rare })
+    Ok(Phrases { ac, rare, pairs })
 }
 
 fn ip_list<'a>(
@@ -542,7 +545,7 @@ pub(crate) fn eval_with<'o>(
         Op::Pm(p)
             if bytes
                 .zip(p.rare.as_ref())
-                .is_some_and(|(b, r)| !b.intersects(r)) =>
+                .is_some_and(|(b, r)| !b.intersects(r) || !p.pairs.may_match(b)) =>
         {
             false
         }
