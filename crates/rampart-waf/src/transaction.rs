@@ -1490,9 +1490,14 @@ impl<'w> Transaction<'w> {
         for sv in &link.actions.setvars {
             let key: Cow<'w, str> = match sv.key.as_literal() {
                 Some(k) if !k.bytes().any(|b| b.is_ascii_uppercase()) => Cow::Borrowed(k),
-                _ => Cow::Owned(
-                    String::from_utf8_lossy(&self.expand(&sv.key, top)).to_ascii_lowercase(),
-                ),
+                _ => {
+                    let mut k = self.expand(&sv.key, top);
+                    k.make_ascii_lowercase();
+                    Cow::Owned(match String::from_utf8(k) {
+                        Ok(k) => k,
+                        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+                    })
+                }
             };
             // Values are written into the variable's existing buffer: CRS
             // sets and adds to the same hundred or so TX variables on every
@@ -1505,7 +1510,17 @@ impl<'w> Transaction<'w> {
                     Some(lit) => store(self.collection(sv.coll), key, lit.as_bytes()),
                     None => {
                         let v = self.expand(m, top);
-                        store(self.collection(sv.coll), key, &v);
+                        let map = self.collection(sv.coll);
+                        match map.get_mut(key.as_ref()) {
+                            Some(slot) => {
+                                slot.clear();
+                                slot.extend_from_slice(&v);
+                            }
+                            // a new variable takes the expansion's buffer
+                            None => {
+                                map.insert(key, v);
+                            }
+                        }
                     }
                 },
                 SetOp::Add(m) | SetOp::Sub(m) => {
