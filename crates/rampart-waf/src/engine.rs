@@ -277,6 +277,7 @@ impl WafBuilder {
                     block_action: Disruptive::Pass,
                     chain: None,
                     tf_path: Vec::new(),
+                    skip_bytes: None,
                 });
             }
             "secdefaultaction" => {
@@ -446,6 +447,7 @@ impl WafBuilder {
                 block_action: parent.block_action.clone(),
                 chain: None,
                 tf_path: Vec::new(),
+                skip_bytes: None,
             };
             parent.last_link_mut().chain = Some(Box::new(link));
             if chain {
@@ -483,6 +485,7 @@ impl WafBuilder {
             block_action: defaults.disruptive.clone().unwrap_or(Disruptive::Pass),
             chain: None,
             tf_path: Vec::new(),
+            skip_bytes: None,
         };
         if chain {
             self.open_chain = Some(rule);
@@ -568,6 +571,17 @@ pub(crate) const ROOT_NODE: u32 = 0;
 /// Resolves the transformation chains of a rule and its chain links.
 fn prepare(r: &mut Rule, chains: &mut ChainTrie) {
     r.tf_path = chains.path(&r.actions.transforms);
+    let last = r.tf_path.last().copied().unwrap_or(ROOT_NODE);
+    let triggers = chains.triggers.get(last as usize).copied().flatten();
+    r.skip_bytes = match &r.body {
+        RuleBody::Match { op, .. } if !op.negated => {
+            triggers.zip(op.op.required_bytes()).map(|(mut t, need)| {
+                t.union_with(need);
+                t
+            })
+        }
+        _ => None,
+    };
     if let Some(c) = r.chain.as_deref_mut() {
         prepare(c, chains);
     }

@@ -2,7 +2,7 @@
 
 use crate::error::{syntax, Error, Location};
 use crate::macros::Macro;
-use crate::prefilter::{ByteSet, Prefilter};
+use crate::prefilter::{BytePairs, ByteSet, Prefilter};
 use aho_corasick::AhoCorasick;
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -427,6 +427,8 @@ pub(crate) struct Phrases {
     /// The rarest byte of each phrase (both cases), for a quick rejection
     /// of values that hold none of them; `None` with an empty phrase.
     rare: Option<ByteSet>,
+    /// The second byte test ([`BytePairs`]).
+    pairs: BytePairs,
 }
 
 /// An operator with its negation flag.
@@ -544,11 +546,12 @@ fn build(name: &str, arg: &str, dir: &Path, at: &Location) -> Result<Op, Error> 
 
 fn pm(phrases: Vec<String>, at: &Location) -> Result<Phrases, Error> {
     let rare = crate::prefilter::rare_bytes(phrases.iter().map(String::as_bytes));
+    let pairs = BytePairs::new(phrases.iter().map(String::as_bytes));
     let ac = AhoCorasick::builder()
         .ascii_case_insensitive(true)
         .build(phrases)
         .map_err(|e| syntax(at, format!("@pm: {e}")))?;
-    Ok(Phrases { ac, rare })
+    Ok(Phrases { ac, rare, pairs })
 }
 
 fn ip_list<'a>(
@@ -652,7 +655,7 @@ pub(crate) fn eval(
     expand: &mut dyn FnMut(&Macro) -> Vec<u8>,
     caps: Option<&mut Vec<Vec<u8>>>,
 ) -> bool {
-    eval_with(op, input, None, expand, caps)
+    eval_with(op, input, None, &mut |m| Cow::Owned(expand(m)), caps)
 }
 
 /// [`eval`], with the input's byte set when the caller has it (it lets
@@ -661,13 +664,13 @@ pub(crate) fn eval_with<'o>(
     op: &'o Op,
     input: &[u8],
     bytes: Option<&ByteSet>,
-    expand: &mut dyn FnMut(&Macro) -> Vec<u8>,
+    expand: &mut dyn FnMut(&Macro) -> Cow<'o, [u8]>,
     caps: Option<&mut Vec<Vec<u8>>>,
 ) -> bool {
     let mut arg = |m: &'o Macro| -> Cow<'o, [u8]> {
         match m.as_literal() {
             Some(s) => Cow::Borrowed(s.as_bytes()),
-            None => Cow::Owned(expand(m)),
+            None => expand(m),
         }
     };
     match op {
@@ -679,7 +682,7 @@ pub(crate) fn eval_with<'o>(
         Op::Pm(p)
             if bytes
                 .zip(p.rare.as_ref())
-                .is_some_and(|(b, r)| !b.intersects(r)) =>
+                .is_some_and(|(b, r)| !b.intersects(r) || !p.pairs.may_match(b)) =>
         {
             false
         }
@@ -784,7 +787,7 @@ mod tests {
             line: 1,
         };
         let op = build("pm", "<script> Ünïcode zz", Path::new("."), &at).unwrap();
-        let mut none = |_: &Macro| Vec::new();
+        let mut none = |_: &Macro| Cow::Owned(Vec::new());
         for input in [
             &b"a <SCRIPT> tag"[..],
             "ÜNÏCODE".as_bytes(),

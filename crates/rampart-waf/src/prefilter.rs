@@ -78,6 +78,39 @@ impl ByteSet {
         }
     }
 
+    /// The set with `A`–`Z` replaced by `a`–`z`.
+    pub(crate) fn ascii_lowercase(&self) -> ByteSet {
+        // 'A'..='Z' are bits 1..=26 of the second word, 'a'..='z' 33..=58
+        const UPPER: u64 = 0x07ff_fffe;
+        let mut w = self.0;
+        if let Some(x) = w.get_mut(1) {
+            *x = (*x & !UPPER) | ((*x & UPPER) << 32);
+        }
+        ByteSet(w)
+    }
+
+    /// Keeps only the bytes also in `other`.
+    pub(crate) fn intersect_with(&mut self, other: &ByteSet) {
+        for (a, b) in self.0.iter_mut().zip(&other.0) {
+            *a &= b;
+        }
+    }
+
+    /// The bytes of the set, in increasing order.
+    pub(crate) fn bytes(&self) -> impl Iterator<Item = u8> + '_ {
+        self.0.iter().enumerate().flat_map(|(i, &w)| {
+            let mut w = w;
+            std::iter::from_fn(move || {
+                if w == 0 {
+                    return None;
+                }
+                let bit = w.trailing_zeros();
+                w &= w - 1;
+                Some((i as u32 * 64 + bit) as u8)
+            })
+        })
+    }
+
     /// Adds the bytes of `other`.
     pub(crate) fn union_with(&mut self, other: &ByteSet) {
         for (a, b) in self.0.iter_mut().zip(&other.0) {
@@ -130,6 +163,89 @@ pub(crate) struct Prefilter {
     ac: AhoCorasick,
     /// The rarest byte of each literal, in both ASCII cases.
     rare: ByteSet,
+    pairs: BytePairs,
+}
+
+/// A second byte test after the rarest byte's: a value holding a literal
+/// (ASCII case ignored) holds both its rarest and its second rarest byte,
+/// in some case.
+#[derive(Debug)]
+pub(crate) struct BytePairs {
+    /// Per rarest byte (lowercase): the second rarest byte of each literal
+    /// whose rarest byte it is, in both ASCII cases (every byte for a
+    /// literal of one distinct byte). Empty: the test is off.
+    second: Vec<(u8, ByteSet)>,
+    /// The rarest bytes, lowercase.
+    rare_lower: ByteSet,
+    /// Per byte: its position in `second` plus one (0: none).
+    second_at: Box<[u8; 256]>,
+}
+
+impl BytePairs {
+    /// The pairs of `lits`; the test is off when a literal is empty or
+    /// there are more rarest bytes than the index can hold.
+    pub(crate) fn new<'a>(lits: impl IntoIterator<Item = &'a [u8]>) -> BytePairs {
+        let off = BytePairs {
+            second: Vec::new(),
+            rare_lower: ByteSet::default(),
+            second_at: Box::new([0; 256]),
+        };
+        let mut second: Vec<(u8, ByteSet)> = Vec::new();
+        for l in lits {
+            let Some(b1) = l.iter().copied().max_by_key(|&b| rarity(b)) else {
+                return off;
+            };
+            let b1 = b1.to_ascii_lowercase();
+            let b2 = l
+                .iter()
+                .map(u8::to_ascii_lowercase)
+                .filter(|&b| b != b1)
+                .max_by_key(|&b| rarity(b));
+            let set = match b2 {
+                Some(b) => {
+                    let mut s = ByteSet::default();
+                    s.insert(b);
+                    s.insert(b.to_ascii_uppercase());
+                    s
+                }
+                None => ByteSet::ALL,
+            };
+            match second.iter_mut().find(|(b, _)| *b == b1) {
+                Some((_, s)) => s.union_with(&set),
+                None => second.push((b1, set)),
+            }
+        }
+        let mut pairs = BytePairs { second, ..off };
+        for (i, (b1, _)) in pairs.second.iter().enumerate() {
+            let (Ok(at), Some(slot)) = (
+                u8::try_from(i + 1),
+                pairs.second_at.get_mut(usize::from(*b1)),
+            ) else {
+                pairs.second.clear();
+                return pairs;
+            };
+            *slot = at;
+            pairs.rare_lower.insert(*b1);
+        }
+        pairs
+    }
+
+    /// False only when `bytes` (a value's) lacks one byte of each pair.
+    pub(crate) fn may_match(&self, bytes: &ByteSet) -> bool {
+        if self.second.is_empty() {
+            return true;
+        }
+        let mut present = bytes.ascii_lowercase();
+        present.intersect_with(&self.rare_lower);
+        let found = present.bytes().any(|b1| {
+            let at = self.second_at.get(usize::from(b1)).copied().unwrap_or(0);
+            match self.second.get(usize::from(at).wrapping_sub(1)) {
+                Some((_, s)) => bytes.intersects(s),
+                None => true,
+            }
+        });
+        found
+    }
 }
 
 impl Prefilter {
@@ -157,11 +273,12 @@ impl Prefilter {
 
     fn from_literals(lits: Set) -> Option<Prefilter> {
         let rare = rare_bytes(lits.iter().map(Vec::as_slice))?;
+        let pairs = BytePairs::new(lits.iter().map(Vec::as_slice));
         let ac = AhoCorasick::builder()
             .ascii_case_insensitive(true)
             .build(&lits)
             .ok()?;
-        Some(Prefilter { ac, rare })
+        Some(Prefilter { ac, rare, pairs })
     }
 
     /// The rarest byte of each literal (both cases): a value holding none of
@@ -173,7 +290,7 @@ impl Prefilter {
     /// False only when the regex cannot match `input`; `bytes`, when given,
     /// must be `ByteSet::of(input)`.
     pub(crate) fn may_match(&self, input: &[u8], bytes: Option<&ByteSet>) -> bool {
-        if bytes.is_some_and(|b| !b.intersects(&self.rare)) {
+        if bytes.is_some_and(|b| !b.intersects(&self.rare) || !self.pairs.may_match(b)) {
             return false;
         }
         self.ac.is_match(input)
@@ -753,6 +870,24 @@ mod tests {
         for (p, input) in cases {
             assert!(skips(p, input), "{p:?} on {input:?}");
         }
+    }
+
+    #[test]
+    fn byte_pairs_need_both_bytes_of_a_literal() {
+        let lits: [&[u8]; 3] = [b"<script", b"javascript:", b"zz"];
+        let pairs = BytePairs::new(lits);
+        let has = |s: &[u8]| pairs.may_match(&ByteSet::of(s));
+        assert!(has(b"<SCRIPT"));
+        assert!(has(b"JavaScript:"));
+        assert!(has(b"ZZ"));
+        // `<` without the second byte of `<script`, `:` without `javascript:`'s
+        assert!(!has(b"<a href"));
+        assert!(!has(b"a:b"));
+        // a literal of one distinct byte needs only that byte
+        assert!(has(b"a:b z"));
+        // an empty literal is everywhere: the test is off
+        let off = BytePairs::new([&b""[..], b"x"]);
+        assert!(off.may_match(&ByteSet::default()));
     }
 
     #[test]

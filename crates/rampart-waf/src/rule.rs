@@ -3,6 +3,7 @@
 use crate::actions::{Actions, Disruptive};
 use crate::error::Location;
 use crate::operators::Operator;
+use crate::prefilter::ByteSet;
 use crate::variables::Targets;
 
 /// What a rule entry is.
@@ -32,6 +33,11 @@ pub(crate) struct Rule {
     /// link's transformations, the node of the shared chain trie reached
     /// after it (the key of the per-transaction transformation cache).
     pub tf_path: Vec<u32>,
+    /// Filled by [`crate::engine::WafBuilder::build`]: when a stored value
+    /// holding none of these bytes cannot match this link (it lacks every
+    /// byte that would make the transformations change it and every byte
+    /// the non-negated operator needs), so it is skipped unread.
+    pub skip_bytes: Option<ByteSet>,
 }
 
 impl Rule {

@@ -1,11 +1,14 @@
 //! Evaluation of one request against a [`Waf`]: the collections, phases 1
 //! and 2, chains, actions and the verdict.
 //!
-//! Most of the work is running rules over stored values, so the transaction
-//! keeps each value's transformation results per chain-trie node (rules
-//! asking for the same chain share them) with the set of bytes they hold,
-//! which lets `@rx` prefilters and `@pm` reject a value, or a whole
-//! collection, without scanning it.
+//! Most of the work is running rules over stored values. Each stored value
+//! carries the set of bytes it holds, and each rule link knows from load
+//! the bytes a value needs for its transformations to change it or its
+//! operator to match (`Rule::skip_bytes`): a value, or a whole collection,
+//! lacking them all is passed over unread. The values that remain are
+//! transformed once per chain-trie node (rules asking for the same chain
+//! share the result), and the transformed values' byte sets let `@rx`
+//! prefilters and `@pm` reject them without scanning.
 
 use crate::actions::{AllowScope, BodyProcessor, Ctl, Disruptive, EngineMode, IdRange, SetOp};
 use crate::body;
@@ -93,6 +96,48 @@ struct Val<'a> {
     /// Identity of a stored value for the transformation cache; `None` for
     /// values that are not stored in a slot (TX, counts, MATCHED_*).
     id: Option<u64>,
+    /// The bytes of `value`, for a stored value (with an `id`).
+    bytes: ByteSet,
+}
+
+/// One stored value of a collection, with the bytes its key and its value
+/// hold (worked out once, when stored, for the byte tests of every rule).
+#[derive(Clone)]
+struct Entry {
+    key: String,
+    value: Vec<u8>,
+    key_bytes: ByteSet,
+    value_bytes: ByteSet,
+}
+
+/// A stored collection (or scalar): its values in order and the union of
+/// their key and value bytes, which lets a rule skip the whole collection.
+#[derive(Clone, Default)]
+struct Slot {
+    entries: Vec<Entry>,
+    keys: ByteSet,
+    values: ByteSet,
+}
+
+impl Slot {
+    fn push(&mut self, key: String, value: Vec<u8>) {
+        let key_bytes = ByteSet::of(key.as_bytes());
+        let value_bytes = ByteSet::of(&value);
+        self.keys.union_with(&key_bytes);
+        self.values.union_with(&value_bytes);
+        self.entries.push(Entry {
+            key,
+            value,
+            key_bytes,
+            value_bytes,
+        });
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.keys = ByteSet::default();
+        self.values = ByteSet::default();
+    }
 }
 
 /// Names a slot value: the variable it is read as, the slot's generation
@@ -168,20 +213,19 @@ impl Hasher for IdHasher {
 }
 
 impl Val<'_> {
-    fn name(&self) -> String {
+    /// Writes the value's name (`ARGS:q`, `&TX:x`, `REQUEST_URI`) to `out`.
+    fn write_name(&self, out: &mut String) {
         let var = self.var.name();
-        let mut out = String::with_capacity(var.len() + self.key.len() + 1);
         if self.count {
             out.push('&');
             out.push_str(var);
-            return out;
+            return;
         }
         out.push_str(var);
         if !(matches!(self.var.kind(), Kind::Scalar | Kind::Matched) && self.key.is_empty()) {
             out.push(':');
             out.push_str(&self.key);
         }
-        out
     }
 }
 
@@ -220,7 +264,7 @@ pub(crate) enum Stop {
 
 pub(crate) struct Transaction<'w> {
     waf: &'w Waf,
-    slots: Vec<Vec<(String, Vec<u8>)>>,
+    slots: Vec<Slot>,
     tx: VarMap<'w>,
     persist: HashMap<VarName, VarMap<'w>>,
     matched_vars: Vec<(String, Vec<u8>)>,
@@ -228,6 +272,8 @@ pub(crate) struct Transaction<'w> {
     matched_var: Option<(String, Vec<u8>)>,
     /// MATCHED_VAR's position in `matched_vars`, when it is there.
     matched_at: Option<usize>,
+    /// The current link's hits (a buffer kept from link to link).
+    hit_buf: Vec<Hit>,
     removed_ids: Vec<IdRange>,
     removed_tags: Vec<TagSelect<'w>>,
     removed_targets_by_id: Vec<(Vec<IdRange>, Exclusion)>,
@@ -235,14 +281,8 @@ pub(crate) struct Transaction<'w> {
     /// Per slot, bumped on every change (part of each value's cache id).
     generations: Vec<u32>,
     tf_cache: RefCell<TfCache>,
-    /// Per variable, per value position: the stored value's byte set and
-    /// its generation plus one ([`Transaction::root_bytes`]).
-    root_sets: RefCell<Vec<Vec<(u32, ByteSet)>>>,
     /// Bytes of the cache's budget spent ([`CACHE_BUDGET`]).
     tf_cache_bytes: Cell<usize>,
-    /// Per (collection, generation, chain node): the bytes of all its
-    /// transformed values.
-    collection_bytes: RefCell<HashMap<(u64, u32), ByteSet, BuildHasherDefault<IdHasher>>>,
     engine: EngineMode,
     body_access: bool,
     response_body_access: bool,
@@ -302,12 +342,13 @@ impl<'w> Transaction<'w> {
         let cfg = &waf.config;
         let mut t = Transaction {
             waf,
-            slots: vec![Vec::new(); VAR_COUNT],
+            slots: vec![Slot::default(); VAR_COUNT],
             tx: VarMap::with_capacity_and_hasher(128, SeededState(waf.hash_seed)),
             persist: HashMap::new(),
             matched_vars: Vec::new(),
             matched_var: None,
             matched_at: None,
+            hit_buf: Vec::new(),
             removed_ids: Vec::new(),
             removed_tags: Vec::new(),
             removed_targets_by_id: Vec::new(),
@@ -318,11 +359,6 @@ impl<'w> Transaction<'w> {
                 BuildHasherDefault::default(),
             )),
             tf_cache_bytes: Cell::new(0),
-            root_sets: RefCell::new(vec![Vec::new(); VAR_COUNT]),
-            collection_bytes: RefCell::new(HashMap::with_capacity_and_hasher(
-                64,
-                BuildHasherDefault::default(),
-            )),
             engine: cfg.engine,
             body_access: cfg.request_body_access,
             response_body_access: cfg.response_body_access,
@@ -371,7 +407,7 @@ impl<'w> Transaction<'w> {
         }
         for (name, value) in &req.headers {
             t.slot(VarName::RequestHeaders)
-                .push((name.clone(), value.clone()));
+                .push(name.clone(), value.clone());
             if name.eq_ignore_ascii_case("cookie") {
                 for c in value.split(|&b| b == b';') {
                     let c = trim(c);
@@ -383,7 +419,7 @@ impl<'w> Transaction<'w> {
                         None => (c, &[][..]),
                     };
                     t.slot(VarName::RequestCookies)
-                        .push((String::from_utf8_lossy(k).into_owned(), v.to_vec()));
+                        .push(String::from_utf8_lossy(k).into_owned(), v.to_vec());
                 }
             } else if name.eq_ignore_ascii_case("host") {
                 let host = String::from_utf8_lossy(value);
@@ -411,14 +447,14 @@ impl<'w> Transaction<'w> {
         t
     }
 
-    fn slot(&mut self, v: VarName) -> &mut Vec<(String, Vec<u8>)> {
+    fn slot(&mut self, v: VarName) -> &mut Slot {
         let idx = v as usize;
         if let Some(g) = self.generations.get_mut(idx) {
             *g = g.wrapping_add(1);
         }
         // VAR_COUNT sizes the table, so every VarName has a slot.
         if self.slots.len() <= idx {
-            self.slots.resize(idx + 1, Vec::new());
+            self.slots.resize(idx + 1, Slot::default());
         }
         match self.slots.get_mut(idx) {
             Some(s) => s,
@@ -426,8 +462,27 @@ impl<'w> Transaction<'w> {
         }
     }
 
-    fn get_slot(&self, v: VarName) -> &[(String, Vec<u8>)] {
-        self.slots.get(v as usize).map(Vec::as_slice).unwrap_or(&[])
+    fn get_slot(&self, v: VarName) -> &[Entry] {
+        self.slots
+            .get(v as usize)
+            .map(|s| s.entries.as_slice())
+            .unwrap_or(&[])
+    }
+
+    /// The union of the bytes of every value a target may select, for a
+    /// target read from a stored slot; `None` for TX, MATCHED_* and the
+    /// like.
+    fn stored_bytes(&self, t: &Target) -> Option<ByteSet> {
+        let (var, keys) = match t.var.kind() {
+            Kind::Keyed | Kind::Scalar => (t.var, false),
+            Kind::Names(src) => (src, true),
+            _ => return None,
+        };
+        Some(match self.slots.get(var as usize) {
+            Some(s) if keys => s.keys,
+            Some(s) => s.values,
+            None => ByteSet::default(),
+        })
     }
 
     fn generation(&self, v: VarName) -> u32 {
@@ -444,19 +499,19 @@ impl<'w> Transaction<'w> {
     fn set(&mut self, v: VarName, value: &[u8]) {
         let s = self.slot(v);
         s.clear();
-        s.push((String::new(), value.to_vec()));
+        s.push(String::new(), value.to_vec());
     }
 
     fn add_arg(&mut self, which: VarName, k: String, v: Vec<u8>) {
-        self.slot(VarName::Args).push((k.clone(), v.clone()));
-        self.slot(which).push((k, v));
+        self.slot(VarName::Args).push(k.clone(), v.clone());
+        self.slot(which).push(k, v);
     }
 
     fn update_combined_size(&mut self) {
         let n: usize = self
             .get_slot(VarName::Args)
             .iter()
-            .map(|(k, v)| k.len() + v.len())
+            .map(|e| e.key.len() + e.value.len())
             .sum();
         self.set(VarName::ArgsCombinedSize, n.to_string().as_bytes());
     }
@@ -499,7 +554,7 @@ impl<'w> Transaction<'w> {
         );
         for (name, value) in &resp.headers {
             self.slot(VarName::ResponseHeaders)
-                .push((name.clone(), value.clone()));
+                .push(name.clone(), value.clone());
             if name.eq_ignore_ascii_case("content-type") {
                 self.set(VarName::ResponseContentType, value);
             } else if name.eq_ignore_ascii_case("content-length") {
@@ -623,7 +678,6 @@ impl<'w> Transaction<'w> {
         self.tf_cache.get_mut().clear();
         self.tf_cache.get_mut().shrink_to_fit();
         self.tf_cache_bytes.set(0);
-        self.collection_bytes.get_mut().clear();
     }
 
     /// Whether the engine is on (or detecting) after the request phases.
@@ -707,12 +761,16 @@ impl<'w> Transaction<'w> {
                 for (name, filename, size) in m.files {
                     total += size;
                     self.slot(VarName::Files)
-                        .push((name.clone(), filename.into_bytes()));
+                        .push(name.clone(), filename.into_bytes());
                     self.slot(VarName::FilesSizes)
-                        .push((name, size.to_string().into_bytes()));
+                        .push(name, size.to_string().into_bytes());
                 }
                 self.set(VarName::FilesCombinedSize, total.to_string().as_bytes());
-                *self.slot(VarName::MultipartPartHeaders) = m.part_headers;
+                let headers = self.slot(VarName::MultipartPartHeaders);
+                headers.clear();
+                for (k, v) in m.part_headers {
+                    headers.push(k, v);
+                }
                 self.set(VarName::MultipartName, m.last_name.as_bytes());
                 self.set(VarName::MultipartFilename, m.last_filename.as_bytes());
                 let f = m.flags;
@@ -755,8 +813,12 @@ impl<'w> Transaction<'w> {
                 match crate::xml::parse_xml(body, self.waf.config.xml_depth_limit, arg_limit) {
                     Ok(x) => {
                         let slot = self.slot(VarName::Xml);
-                        slot.extend(x.text.into_iter().map(|v| ("/*".to_string(), v)));
-                        slot.extend(x.attrs.into_iter().map(|v| ("//@*".to_string(), v)));
+                        for v in x.text {
+                            slot.push("/*".to_string(), v);
+                        }
+                        for v in x.attrs {
+                            slot.push("//@*".to_string(), v);
+                        }
                     }
                     Err(e) => error = Some(e),
                 }
@@ -926,14 +988,17 @@ impl<'w> Transaction<'w> {
         // the number of hits, and their captures when the link captures
         let (n, caps) = match &link.body {
             RuleBody::Match { .. } => {
-                let hits = self.match_link(idx, top, link);
+                // one buffer for every link's hits, kept between links
+                let mut hits = std::mem::take(&mut self.hit_buf);
+                self.match_link(idx, top, link, &mut hits);
                 if hits.is_empty() {
+                    self.hit_buf = hits;
                     return false;
                 }
                 self.clear_matched_vars();
                 let n = hits.len();
                 let mut caps = Vec::new();
-                for h in hits {
+                for h in hits.drain(..) {
                     if let Some(c) = &h.caps {
                         self.set_captures(c);
                     }
@@ -943,6 +1008,7 @@ impl<'w> Transaction<'w> {
                         caps.push(h.caps);
                     }
                 }
+                self.hit_buf = hits;
                 (n, caps)
             }
             RuleBody::Action => (0, Vec::new()),
@@ -980,9 +1046,9 @@ impl<'w> Transaction<'w> {
     }
 
     /// Runs the operator over every selected value of a link.
-    fn match_link(&self, idx: usize, top: &Rule, link: &Rule) -> Vec<Hit> {
+    fn match_link(&self, idx: usize, top: &Rule, link: &Rule, hits: &mut Vec<Hit>) {
         let RuleBody::Match { targets, op } = &link.body else {
-            return Vec::new();
+            return;
         };
         let mut extra: Vec<&Exclusion> = Vec::new();
         for (ids, ex) in &self.removed_targets_by_id {
@@ -1013,16 +1079,24 @@ impl<'w> Transaction<'w> {
                 op.op.required_bytes()
             },
         };
+        let skip = link.skip_bytes;
         // exclusions: the rule's own `!VAR:key` plus ctl removals
         let excluded = |v: &Val<'_>| {
             targets.exclusions.iter().any(|e| e.excludes(v.var, &v.key))
                 || extra.iter().any(|e| e.excludes(v.var, &v.key))
         };
-        let required = ctx.required;
-        let mut hits = Vec::new();
         for t in &targets.targets {
             if extra.iter().any(|e| e.removes_target(t)) {
                 continue;
+            }
+            // the same for all of a stored collection at once
+            if let Some(s) = skip.filter(|_| !t.count) {
+                if self
+                    .stored_bytes(t)
+                    .is_some_and(|have| !have.intersects(&s))
+                {
+                    continue;
+                }
             }
             if t.count {
                 let mut n = 0usize;
@@ -1033,80 +1107,38 @@ impl<'w> Transaction<'w> {
                     value: Cow::Owned(n.to_string().into_bytes()),
                     count: true,
                     id: None,
+                    bytes: ByteSet::ALL,
                 };
-                self.check_value(&ctx, &v, &mut hits);
+                self.check_value(&ctx, &v, hits);
             } else {
-                // A whole collection whose (transformed) values together
-                // lack every byte the operator needs cannot match: skip it
-                // without looking at each value.
-                if let Some(need) = required.filter(|_| !ctx.multi) {
-                    if self
-                        .collection_bytes(t, &ctx)
-                        .is_some_and(|have| !have.intersects(need))
-                    {
-                        continue;
-                    }
-                }
-                self.collect(t, &mut |v| {
+                // A stored value lacking every byte of `skip` cannot match:
+                // it is passed over before its key and exclusions are read.
+                self.collect_unless(t, skip, &mut |v| {
                     if !excluded(&v) {
-                        self.check_value(&ctx, &v, &mut hits);
+                        self.check_value(&ctx, &v, hits);
                     }
                 });
             }
         }
-        hits
-    }
-
-    /// The bytes of every value of `t` after the link's transformations,
-    /// for a target that selects a whole stored collection; cached per
-    /// (collection, generation, chain node).
-    fn collection_bytes(&self, t: &Target, ctx: &LinkCheck<'_>) -> Option<ByteSet> {
-        // (a single value is checked as cheaply one by one)
-        let src = match (t.var.kind(), &t.selector) {
-            (Kind::Keyed, Selector::All) => t.var,
-            (Kind::Names(src), Selector::All) => src,
-            _ => return None,
-        };
-        if self.get_slot(src).len() < 2 {
-            return None;
-        }
-        let node = ctx.tf_path.last().copied().unwrap_or(ROOT_NODE);
-        let key = (value_id(t.var, self.generation(src), 0)?, node);
-        if let Some(b) = self.collection_bytes.borrow().get(&key) {
-            return Some(*b);
-        }
-        let mut all = ByteSet::default();
-        self.collect(t, &mut |v| {
-            let b = match v.id {
-                Some(id) => {
-                    self.transformed(id, &v.value, ctx.tf_path, ctx.transforms, true)
-                        .1
-                }
-                None => None,
-            };
-            // a value without a cache id is never expected here; make the
-            // set match anything rather than guess
-            all.union_with(&b.unwrap_or(ByteSet::ALL));
-        });
-        self.collection_bytes.borrow_mut().insert(key, all);
-        Some(all)
     }
 
     /// Transforms one value as the link asks and runs its operator; records
     /// a hit when the (possibly negated) operator matches.
     fn check_value(&self, ctx: &LinkCheck<'_>, v: &Val<'_>, hits: &mut Vec<Hit>) {
         // The common case first: a stored value that the chain leaves as
-        // it is and that lacks every byte the operator needs.
-        let root = v.id.map(|id| self.root_bytes(id, &v.value));
-        if let (Some(need), Some(root)) = (ctx.required, &root) {
-            let last = ctx.tf_path.last().copied().unwrap_or(ROOT_NODE);
-            if !root.intersects(need) && self.leaves_unchanged(last, root) {
+        // it is (its bytes are then the operator's input's) and that lacks
+        // every byte the operator needs.
+        let root = v.id.map(|_| v.bytes);
+        let last = ctx.tf_path.last().copied().unwrap_or(ROOT_NODE);
+        let unchanged = root.filter(|r| self.leaves_unchanged(last, r));
+        if let (Some(need), Some(root)) = (ctx.required, &unchanged) {
+            if !root.intersects(need) {
                 return;
             }
         }
         let op = ctx.op;
         let mut caps_buf = Vec::new();
-        let mut expand = |m: &Macro| self.expand(m, ctx.top);
+        let mut expand = |m: &Macro| self.expand_borrowed(m, ctx.top);
         let mut check = |input: &[u8], bytes: Option<&ByteSet>, caps_buf: &mut Vec<Vec<u8>>| {
             let caps = if ctx.want_caps {
                 Some(&mut *caps_buf)
@@ -1115,10 +1147,12 @@ impl<'w> Transaction<'w> {
             };
             eval_with(&op.op, input, bytes, &mut expand, caps) != op.negated
         };
-        let mut hit = |cur: Vec<u8>, caps_buf: Vec<Vec<u8>>| {
+        let mut hit = |cur: &[u8], caps_buf: Vec<Vec<u8>>| {
+            let mut name = String::with_capacity(v.var.name().len() + v.key.len() + 1);
+            v.write_name(&mut name);
             hits.push(Hit {
-                name: v.name(),
-                value: cur,
+                name,
+                value: cur.to_vec(),
                 caps: if ctx.want_caps && !op.negated {
                     Some(caps_buf)
                 } else {
@@ -1126,6 +1160,14 @@ impl<'w> Transaction<'w> {
                 },
             })
         };
+        // A stored value that the whole chain leaves as it is: every stage
+        // (of a multiMatch too) is the value itself, checked once.
+        if let Some(root) = unchanged {
+            if check(&v.value, Some(&root), &mut caps_buf) {
+                hit(&v.value, caps_buf);
+            }
+            return;
+        }
         // A stored value with a single check: its transformed form (and its
         // byte set for the prefilter) come from the cache.
         if let (Some(id), Some(root), false) = (v.id, root, ctx.multi) {
@@ -1139,20 +1181,9 @@ impl<'w> Transaction<'w> {
             );
             let input: &[u8] = cur.as_deref().map_or(&v.value, Vec::as_slice);
             if check(input, bytes.as_ref(), &mut caps_buf) {
-                hit(input.to_vec(), caps_buf);
+                hit(input, caps_buf);
             }
             return;
-        }
-        // multiMatch on a stored value that the whole chain leaves as it
-        // is: every stage is the value itself, checked once.
-        if let Some(root) = root {
-            let last = ctx.tf_path.last().copied().unwrap_or(ROOT_NODE);
-            if self.leaves_unchanged(last, &root) {
-                if check(&v.value, Some(&root), &mut caps_buf) {
-                    hit(v.value.to_vec(), caps_buf);
-                }
-                return;
-            }
         }
         // MATCHED_VAR(S) and %{MATCHED_VAR} carry the value as the
         // operator saw it, after transformations (ModSecurity, Coraza):
@@ -1177,7 +1208,7 @@ impl<'w> Transaction<'w> {
             matched = true;
         }
         if matched {
-            hit(cur.into_owned(), caps_buf);
+            hit(&cur, caps_buf);
         }
     }
 
@@ -1185,22 +1216,11 @@ impl<'w> Transaction<'w> {
     /// chain-trie nodes are `path` (`None` when they leave it unchanged),
     /// and, when `want_bytes`, the result's byte set. Every prefix of the
     /// chain is cached on the way.
-    fn transformed(
-        &self,
-        id: u64,
-        value: &[u8],
-        path: &[u32],
-        transforms: &[Transform],
-        want_bytes: bool,
-    ) -> (Option<Arc<Vec<u8>>>, Option<ByteSet>) {
-        // Most values hold none of the bytes that would make the chain
-        // change them: they pass through it as they are, with the byte set
-        // of the stored value, without applying or caching anything.
-        let root = self.root_bytes(id, value);
-        self.transformed_from(id, value, root, path, transforms, want_bytes)
-    }
-
-    /// [`Transaction::transformed`], given the value's byte set `root`.
+    ///
+    /// `root` is the byte set of `value`. Most values hold none of the
+    /// bytes that would make the chain change them: they pass through it as
+    /// they are, with the byte set of the stored value, without applying or
+    /// caching anything.
     fn transformed_from(
         &self,
         id: u64,
@@ -1258,35 +1278,6 @@ impl<'w> Transaction<'w> {
         (cur, bytes)
     }
 
-    /// The byte set of stored value `id`, computed once per value and kept
-    /// in a table indexed by variable and position (the value's
-    /// generation tells a changed slot's values apart).
-    fn root_bytes(&self, id: u64, value: &[u8]) -> ByteSet {
-        let var = (id >> 56) as usize;
-        // 0 marks an empty entry
-        let generation = ((id >> 32) & 0xff_ffff) as u32 + 1;
-        let pos = (id & 0xffff_ffff) as usize;
-        let mut sets = self.root_sets.borrow_mut();
-        let Some(row) = sets.get_mut(var) else {
-            return ByteSet::of(value);
-        };
-        if let Some(&(g, b)) = row.get(pos) {
-            if g == generation {
-                return b;
-            }
-        }
-        let b = ByteSet::of(value);
-        if row.len() <= pos {
-            // positions index the slot's values, so the row grows no
-            // larger than the collection it describes
-            row.resize(pos + 1, (0, ByteSet::default()));
-        }
-        if let Some(e) = row.get_mut(pos) {
-            *e = (generation, b);
-        }
-        b
-    }
-
     /// True when the chain up to `node` leaves a value holding `bytes` as
     /// it is (it lacks every trigger byte of the chain's transformations).
     fn leaves_unchanged(&self, node: u32, bytes: &ByteSet) -> bool {
@@ -1312,7 +1303,19 @@ impl<'w> Transaction<'w> {
     }
 
     /// Hands every value `t` selects to `out`, in collection order.
-    fn collect<'a>(&'a self, t: &Target, out: &mut dyn FnMut(Val<'a>)) {
+    fn collect<'a>(&'a self, t: &Target, out: &mut impl FnMut(Val<'a>)) {
+        self.collect_unless(t, None, out)
+    }
+
+    /// [`Transaction::collect`], passing over the stored values that hold
+    /// none of the bytes of `skip` (before their keys are compared).
+    fn collect_unless<'a>(
+        &'a self,
+        t: &Target,
+        skip: Option<ByteSet>,
+        out: &mut impl FnMut(Val<'a>),
+    ) {
+        let lacks = |b: &ByteSet| skip.is_some_and(|s| !b.intersects(&s));
         let push_map = |out: &mut dyn FnMut(Val<'a>), map: &'a VarMap<'w>| {
             // in key order, as ModSecurity lists a collection
             let mut selected: Vec<(&'a str, &'a [u8])> = map
@@ -1328,6 +1331,7 @@ impl<'w> Transaction<'w> {
                     value: Cow::Borrowed(v),
                     count: false,
                     id: None,
+                    bytes: ByteSet::ALL,
                 });
             }
         };
@@ -1348,6 +1352,7 @@ impl<'w> Transaction<'w> {
                                 value: Cow::Borrowed(v),
                                 count: false,
                                 id: None,
+                                bytes: ByteSet::ALL,
                             });
                         }
                     }
@@ -1356,41 +1361,47 @@ impl<'w> Transaction<'w> {
             }
             Kind::Keyed => {
                 let g = self.generation(t.var);
-                for (pos, (k, v)) in self.get_slot(t.var).iter().enumerate() {
-                    if t.selector.matches(k) {
+                for (pos, e) in self.get_slot(t.var).iter().enumerate() {
+                    if !lacks(&e.value_bytes) && t.selector.matches(&e.key) {
                         out(Val {
                             var: t.var,
-                            key: Cow::Borrowed(k),
-                            value: Cow::Borrowed(v),
+                            key: Cow::Borrowed(&e.key),
+                            value: Cow::Borrowed(&e.value),
                             count: false,
                             id: value_id(t.var, g, pos),
+                            bytes: e.value_bytes,
                         });
                     }
                 }
             }
             Kind::Names(src) => {
                 let g = self.generation(src);
-                for (pos, (k, _)) in self.get_slot(src).iter().enumerate() {
-                    if t.selector.matches(k) {
+                for (pos, e) in self.get_slot(src).iter().enumerate() {
+                    if !lacks(&e.key_bytes) && t.selector.matches(&e.key) {
                         out(Val {
                             var: t.var,
-                            key: Cow::Borrowed(k),
-                            value: Cow::Borrowed(k.as_bytes()),
+                            key: Cow::Borrowed(&e.key),
+                            value: Cow::Borrowed(e.key.as_bytes()),
                             count: false,
                             id: value_id(t.var, g, pos),
+                            bytes: e.key_bytes,
                         });
                     }
                 }
             }
             Kind::Scalar => {
                 let g = self.generation(t.var);
-                for (pos, (_, v)) in self.get_slot(t.var).iter().enumerate() {
+                for (pos, e) in self.get_slot(t.var).iter().enumerate() {
+                    if lacks(&e.value_bytes) {
+                        continue;
+                    }
                     out(Val {
                         var: t.var,
                         key: Cow::Borrowed(""),
-                        value: Cow::Borrowed(v),
+                        value: Cow::Borrowed(&e.value),
                         count: false,
                         id: value_id(t.var, g, pos),
+                        bytes: e.value_bytes,
                     });
                 }
             }
@@ -1408,6 +1419,7 @@ impl<'w> Transaction<'w> {
                             value: Cow::Borrowed(value),
                             count: false,
                             id: None,
+                            bytes: ByteSet::ALL,
                         });
                     }
                 }
@@ -1425,6 +1437,7 @@ impl<'w> Transaction<'w> {
                                 value: Cow::Borrowed(value),
                                 count: false,
                                 id: None,
+                                bytes: ByteSet::ALL,
                             });
                         }
                     }
@@ -1500,6 +1513,15 @@ impl<'w> Transaction<'w> {
         out
     }
 
+    /// [`Transaction::expand`], borrowing the value of a lone `%{TX.key}`
+    /// (operator arguments such as `%{tx.restricted_headers_basic}`).
+    fn expand_borrowed<'s>(&'s self, m: &Macro, rule: &Rule) -> Cow<'s, [u8]> {
+        if let [Seg::Var(VarName::Tx, Some(k))] = m.segs.as_slice() {
+            return Cow::Borrowed(self.tx.get(k.as_str()).map_or(&[][..], Vec::as_slice));
+        }
+        Cow::Owned(self.expand(m, rule))
+    }
+
     /// A macro's value as a number (`atoi`), reading a lone `%{TX.key}`
     /// in place.
     fn macro_int(&self, m: &Macro, rule: &Rule) -> i64 {
@@ -1516,9 +1538,14 @@ impl<'w> Transaction<'w> {
         for sv in &link.actions.setvars {
             let key: Cow<'w, str> = match sv.key.as_literal() {
                 Some(k) if !k.bytes().any(|b| b.is_ascii_uppercase()) => Cow::Borrowed(k),
-                _ => Cow::Owned(
-                    String::from_utf8_lossy(&self.expand(&sv.key, top)).to_ascii_lowercase(),
-                ),
+                _ => {
+                    let mut k = self.expand(&sv.key, top);
+                    k.make_ascii_lowercase();
+                    Cow::Owned(match String::from_utf8(k) {
+                        Ok(k) => k,
+                        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+                    })
+                }
             };
             // Values are written into the variable's existing buffer: CRS
             // sets and adds to the same hundred or so TX variables on every
@@ -1531,7 +1558,17 @@ impl<'w> Transaction<'w> {
                     Some(lit) => store(self.collection(sv.coll), key, lit.as_bytes()),
                     None => {
                         let v = self.expand(m, top);
-                        store(self.collection(sv.coll), key, &v);
+                        let map = self.collection(sv.coll);
+                        match map.get_mut(key.as_ref()) {
+                            Some(slot) => {
+                                slot.clear();
+                                slot.extend_from_slice(&v);
+                            }
+                            // a new variable takes the expansion's buffer
+                            None => {
+                                map.insert(key, v);
+                            }
+                        }
                     }
                 },
                 SetOp::Add(m) | SetOp::Sub(m) => {

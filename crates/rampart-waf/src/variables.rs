@@ -36,10 +36,13 @@ macro_rules! var_names {
             pub(crate) fn name(self) -> &'static str {
                 match self { $(VarName::$v => $s),* }
             }
-            /// How values are found.
+            /// How values are found (a table look-up: the rules ask on
+            /// every value they read).
             #[inline]
             pub(crate) fn kind(self) -> Kind {
-                match self { $(VarName::$v => $k),* }
+                const KINDS: [Kind; VAR_COUNT] = [$($k),*];
+                // the discriminants number the variables from 0
+                KINDS.get(self as usize).copied().unwrap_or(Kind::Scalar)
             }
         }
 
@@ -146,10 +149,54 @@ pub(crate) enum Selector {
     /// One key, compared case-insensitively (stored lowercase).
     Key(String),
     /// Keys matching a regex (case-insensitive).
-    Regex(regex::Regex),
+    Regex(KeyRegex),
+}
+
+/// A key selector's regex, with the literal prefix it stands for when it
+/// is one (`/^header_name_920450_/`): ASCII keys are then compared
+/// without running the regex.
+#[derive(Debug, Clone)]
+pub(crate) struct KeyRegex {
+    re: regex::Regex,
+    /// The lowercased literal of a pattern `^literal` (letters, digits, `_`
+    /// and `-` only).
+    prefix: Option<String>,
+}
+
+impl KeyRegex {
+    fn new(re: regex::Regex) -> KeyRegex {
+        let prefix = re
+            .as_str()
+            .strip_prefix('^')
+            .filter(|p| {
+                !p.is_empty()
+                    && p.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            })
+            .map(str::to_ascii_lowercase);
+        KeyRegex { re, prefix }
+    }
+
+    fn is_match(&self, key: &str) -> bool {
+        match &self.prefix {
+            // For ASCII text, the case-insensitive regex `^literal` is an
+            // ASCII-case-insensitive prefix test (Unicode's extra case
+            // pairs of `k` and `s` are not ASCII).
+            Some(p) if key.is_ascii() => key
+                .as_bytes()
+                .get(..p.len())
+                .is_some_and(|k| k.eq_ignore_ascii_case(p.as_bytes())),
+            _ => self.re.is_match(key),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        self.re.as_str()
+    }
 }
 
 impl Selector {
+    #[inline]
     pub(crate) fn matches(&self, key: &str) -> bool {
         match self {
             Selector::All => true,
@@ -271,7 +318,7 @@ pub(crate) fn parse_selector(k: &str, at: &Location) -> Result<Selector, Error> 
                 at: at.clone(),
                 message: e.to_string(),
             })?;
-        return Ok(Selector::Regex(re));
+        return Ok(Selector::Regex(KeyRegex::new(re)));
     }
     let k = k
         .strip_prefix('\'')
@@ -335,6 +382,35 @@ mod tests {
     }
 
     #[test]
+    fn prefix_regexes_match_as_the_regex_does() {
+        let sel = |p: &str| parse_selector(p, &at()).unwrap();
+        let prefix = sel("/^header_name_920450_/");
+        assert!(matches!(&prefix, Selector::Regex(r) if r.prefix.is_some()));
+        let plain = Selector::Regex(KeyRegex {
+            re: regex::RegexBuilder::new("^header_name_920450_")
+                .case_insensitive(true)
+                .build()
+                .unwrap(),
+            prefix: None,
+        });
+        for key in [
+            "header_name_920450_x",
+            "HEADER_NAME_920450_",
+            "header_name_920450",
+            "xheader_name_920450_",
+            "",
+            "header_name_920450_\u{212a}",
+            "header_name_92045\u{212a}_",
+        ] {
+            assert_eq!(prefix.matches(key), plain.matches(key), "{key}");
+        }
+        let ks = sel("/^ks-/");
+        assert!(ks.matches("KS-a") && ks.matches("\u{212a}\u{17f}-a") && !ks.matches("k-"));
+        assert!(matches!(sel("/^a|b/"), Selector::Regex(r) if r.prefix.is_none()));
+        assert!(matches!(sel("/^a.b/"), Selector::Regex(r) if r.prefix.is_none()));
+    }
+
+    #[test]
     fn parses_lists() {
         let t = parse_targets(
             "REQUEST_COOKIES|!REQUEST_COOKIES:/__utm|_ga/|&ARGS:x|XML:/*|ARGS:'a b'",
@@ -359,6 +435,16 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn kinds_are_listed_in_order() {
+        assert_eq!(VarName::Args.kind(), Kind::Keyed);
+        assert_eq!(VarName::ArgsNames.kind(), Kind::Names(VarName::Args));
+        assert_eq!(VarName::RequestUri.kind(), Kind::Scalar);
+        assert_eq!(VarName::Tx.kind(), Kind::Tx);
+        assert_eq!(VarName::Ip.kind(), Kind::Persist);
+        assert_eq!(VarName::MatchedVarsNames.kind(), Kind::Matched);
     }
 
     #[test]
