@@ -949,6 +949,9 @@ impl<'w> Transaction<'w> {
     /// Empties MATCHED_VARS, first moving MATCHED_VAR out of it if it
     /// points there (it outlives the rule that set it).
     fn clear_matched_vars(&mut self) {
+        if self.matched_vars.is_empty() && self.matched_at.is_none() {
+            return;
+        }
         if let Some(i) = self.matched_at.take() {
             if let Some(e) = self.matched_vars.get_mut(i) {
                 self.matched_var = Some(std::mem::take(e));
