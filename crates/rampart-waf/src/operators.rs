@@ -660,7 +660,23 @@ pub(crate) fn eval(
 
 /// [`eval`], with the input's byte set when the caller has it (it lets
 /// `@rx` prefilters reject most values without a scan).
+#[inline]
 pub(crate) fn eval_with<'o>(
+    op: &'o Op,
+    input: &[u8],
+    bytes: Option<&ByteSet>,
+    expand: &mut dyn FnMut(&Macro) -> Cow<'o, [u8]>,
+    caps: Option<&mut Vec<Vec<u8>>>,
+) -> bool {
+    // `@rx`, most checks, without the set-up of the other operators
+    match op {
+        Op::Rx(r) => r.is_match_with(input, bytes, caps),
+        _ => eval_other(op, input, bytes, expand, caps),
+    }
+}
+
+/// [`eval_with`] for every operator but `@rx`.
+fn eval_other<'o>(
     op: &'o Op,
     input: &[u8],
     bytes: Option<&ByteSet>,

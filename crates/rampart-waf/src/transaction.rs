@@ -262,6 +262,62 @@ pub(crate) enum Stop {
     Allow(AllowScope),
 }
 
+/// The largest allocations of a transaction, the slot table and the
+/// transformation cache, emptied and left for the next transaction on the
+/// same thread (allocating and freeing them cost a large share of a small
+/// request).
+struct Spare {
+    slots: Vec<Slot>,
+    tf_cache: TfCache,
+}
+
+thread_local! {
+    static SPARE: RefCell<Option<Spare>> = const { RefCell::new(None) };
+}
+
+/// Most values a kept slot may have room for, and most entries the kept
+/// cache may have room for: a large request's buffers are freed, not kept.
+const SPARE_SLOT_VALUES: usize = 64;
+const SPARE_CACHE_ENTRIES: usize = 1024;
+
+impl Spare {
+    /// This thread's spare buffers, or new ones.
+    fn take() -> (Vec<Slot>, TfCache) {
+        let spare = SPARE
+            .try_with(|s| s.try_borrow_mut().ok().and_then(|mut s| s.take()))
+            .ok()
+            .flatten();
+        match spare {
+            Some(s) => (s.slots, s.tf_cache),
+            None => (
+                vec![Slot::default(); VAR_COUNT],
+                TfCache::with_capacity_and_hasher(256, BuildHasherDefault::default()),
+            ),
+        }
+    }
+
+    /// Empties a finished transaction's buffers and keeps them for the
+    /// next (unless they grew past the limits).
+    fn keep(mut slots: Vec<Slot>, mut tf_cache: TfCache) {
+        if slots.len() != VAR_COUNT || tf_cache.capacity() > SPARE_CACHE_ENTRIES {
+            return;
+        }
+        for s in &mut slots {
+            if s.entries.capacity() > SPARE_SLOT_VALUES {
+                *s = Slot::default();
+            } else {
+                s.clear();
+            }
+        }
+        tf_cache.clear();
+        let _ = SPARE.try_with(|s| {
+            if let Ok(mut s) = s.try_borrow_mut() {
+                *s = Some(Spare { slots, tf_cache });
+            }
+        });
+    }
+}
+
 pub(crate) struct Transaction<'w> {
     waf: &'w Waf,
     slots: Vec<Slot>,
@@ -340,9 +396,10 @@ fn path_and_query(uri: &str) -> &str {
 impl<'w> Transaction<'w> {
     pub(crate) fn new(waf: &'w Waf, req: &Request) -> Self {
         let cfg = &waf.config;
+        let (slots, tf_cache) = Spare::take();
         let mut t = Transaction {
             waf,
-            slots: vec![Slot::default(); VAR_COUNT],
+            slots,
             tx: VarMap::with_capacity_and_hasher(128, SeededState(waf.hash_seed)),
             persist: HashMap::new(),
             matched_vars: Vec::new(),
@@ -354,10 +411,7 @@ impl<'w> Transaction<'w> {
             removed_targets_by_id: Vec::new(),
             removed_targets_by_tag: Vec::new(),
             generations: vec![0; VAR_COUNT],
-            tf_cache: RefCell::new(TfCache::with_capacity_and_hasher(
-                256,
-                BuildHasherDefault::default(),
-            )),
+            tf_cache: RefCell::new(tf_cache),
             tf_cache_bytes: Cell::new(0),
             engine: cfg.engine,
             body_access: cfg.request_body_access,
@@ -661,14 +715,16 @@ impl<'w> Transaction<'w> {
 
     pub(crate) fn into_verdict(self) -> Verdict {
         let (action, disrupted_by, anomaly_score, outbound_anomaly_score) = self.outcome();
-        Verdict {
+        let verdict = Verdict {
             action,
             disrupted_by,
             matched_rules: self.matched_rules,
             matched_ids: self.matched_ids,
             anomaly_score,
             outbound_anomaly_score,
-        }
+        };
+        Spare::keep(self.slots, self.tf_cache.into_inner());
+        verdict
     }
 
     /// Drops the transformation caches (kept values of the request phases)
@@ -941,6 +997,9 @@ impl<'w> Transaction<'w> {
     /// Empties MATCHED_VARS, first moving MATCHED_VAR out of it if it
     /// points there (it outlives the rule that set it).
     fn clear_matched_vars(&mut self) {
+        if self.matched_vars.is_empty() && self.matched_at.is_none() {
+            return;
+        }
         if let Some(i) = self.matched_at.take() {
             if let Some(e) = self.matched_vars.get_mut(i) {
                 self.matched_var = Some(std::mem::take(e));
@@ -1763,6 +1822,37 @@ SecRule ARGS:last "@rx ^zz$" "id:4,phase:2,pass,t:none,t:lowercase"
             .header("Content-Type", "application/x-www-form-urlencoded")
             .body(body);
         assert_eq!(waf.evaluate(&req).matched_ids, [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn kept_buffers_carry_nothing_into_the_next_transaction() {
+        let rules = r#"
+SecRule ARGS "@rx ^abc$" "id:1,phase:1,pass,t:none,t:lowercase"
+SecRule ARGS_NAMES "@rx ^n$" "id:2,phase:1,pass,t:none,t:lowercase"
+"#;
+        let waf = Waf::from_str_named("t.conf", rules).unwrap();
+        let many: String = (0..400).map(|i| format!("k{i}=ABC&")).collect();
+        for _ in 0..3 {
+            // the same value ids (variable, generation, position) each time
+            assert_eq!(
+                waf.evaluate(&Request::new("GET", "/?N=ABC")).matched_ids,
+                [1, 2]
+            );
+            assert!(waf
+                .evaluate(&Request::new("GET", "/?x=XYZ"))
+                .matched_ids
+                .is_empty());
+            assert_eq!(
+                waf.evaluate(&Request::new("GET", "/?x=aBc")).matched_ids,
+                [1]
+            );
+            let big = waf.evaluate(&Request::new("GET", &format!("/?{many}")));
+            assert_eq!(big.matched_ids, [1]);
+            assert!(waf
+                .evaluate(&Request::new("GET", "/"))
+                .matched_ids
+                .is_empty());
+        }
     }
 
     #[test]

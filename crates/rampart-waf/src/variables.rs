@@ -177,6 +177,7 @@ impl KeyRegex {
         KeyRegex { re, prefix }
     }
 
+    #[inline(never)]
     fn is_match(&self, key: &str) -> bool {
         match &self.prefix {
             // For ASCII text, the case-insensitive regex `^literal` is an
@@ -196,7 +197,8 @@ impl KeyRegex {
 }
 
 impl Selector {
-    #[inline]
+    // inlined into the loops over a collection's keys (the regex apart)
+    #[inline(always)]
     pub(crate) fn matches(&self, key: &str) -> bool {
         match self {
             Selector::All => true,
