@@ -438,13 +438,23 @@ impl<'w> Transaction<'w> {
         t.set(VarName::RequestFilename, &path);
         let base = path.rsplit(|&b| b == b'/').next().unwrap_or(&path);
         t.set(VarName::RequestBasename, base);
-        t.set(
-            VarName::RequestLine,
-            format!("{} {} {}", req.method, req.uri, req.protocol).as_bytes(),
-        );
+        let mut line =
+            Vec::with_capacity(req.method.len() + req.uri.len() + req.protocol.len() + 2);
+        for (i, part) in [&req.method, &req.uri, &req.protocol].iter().enumerate() {
+            if i > 0 {
+                line.push(b' ');
+            }
+            line.extend_from_slice(part.as_bytes());
+        }
+        t.set_owned(VarName::RequestLine, line);
         t.set(VarName::QueryString, query.unwrap_or("").as_bytes());
-        t.set(VarName::RemoteAddr, req.remote_addr.to_string().as_bytes());
-        t.set(VarName::RemotePort, req.remote_port.to_string().as_bytes());
+        t.set_owned(
+            VarName::RemoteAddr,
+            req.remote_addr.to_string().into_bytes(),
+        );
+        let mut port = Vec::with_capacity(5);
+        push_int(&mut port, i64::from(req.remote_port));
+        t.set_owned(VarName::RemotePort, port);
         t.set(VarName::UniqueId, b"rampart");
         t.set(VarName::ReqbodyError, b"0");
         t.set(VarName::InboundDataError, b"0");
@@ -551,9 +561,14 @@ impl<'w> Transaction<'w> {
     }
 
     fn set(&mut self, v: VarName, value: &[u8]) {
+        self.set_owned(v, value.to_vec());
+    }
+
+    /// [`Transaction::set`], taking the value's buffer.
+    fn set_owned(&mut self, v: VarName, value: Vec<u8>) {
         let s = self.slot(v);
         s.clear();
-        s.push(String::new(), value.to_vec());
+        s.push(String::new(), value);
     }
 
     fn add_arg(&mut self, which: VarName, k: String, v: Vec<u8>) {
