@@ -57,6 +57,7 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod router;
 mod server;
+pub mod text;
 mod tls;
 
 pub use balance::{Balance, BreakerSettings, BreakerState, UpstreamStatus};

@@ -71,15 +71,18 @@ impl RequestCtx {
         route: Arc<Route>,
         request_id: String,
     ) -> RequestCtx {
+        let mut route_label = String::with_capacity(route.host.len() + route.path_prefix.len());
+        route_label.push_str(&route.host);
+        route_label.push_str(&route.path_prefix);
         RequestCtx {
-            route_label: format!("{}{}", route.host, route.path_prefix),
+            route_label,
             head,
             client,
             host,
             route,
             principal: None,
             request_id,
-            forwarded_for: client.to_string(),
+            forwarded_for: String::new(),
             client_cert: None,
             schema: None,
             waf: None,
@@ -236,25 +239,32 @@ impl Phase for RateLimit {
     fn check(&self, ctx: &mut RequestCtx) -> Result<(), Reject> {
         let now = self.clock.unix_nanos();
         let route = &ctx.route_label;
-        let (key, rate) = if let Some(r) = ctx.route.rate_limit {
-            // The route's own per-client bucket replaces the defaults.
-            (
-                format!("cr|{}|{route}", ctx.client),
-                Rate::new(r.burst, r.per_second),
-            )
+        // Keys: `c|IP` (default per-client bucket), `ca|IP|ROUTE` (stricter
+        // on authentication routes), `cr|IP|ROUTE` (a route's own per-client
+        // bucket, which replaces the defaults), and `r|ROUTE` per route.
+        let mut key = String::with_capacity(48 + route.len());
+        let rate = if let Some(r) = ctx.route.rate_limit {
+            key.push_str("cr|");
+            Rate::new(r.burst, r.per_second)
         } else if looks_like_auth(&ctx.route.path_prefix) {
-            (
-                format!("ca|{}|{route}", ctx.client),
-                self.limits.per_client_auth,
-            )
+            key.push_str("ca|");
+            self.limits.per_client_auth
         } else {
-            (format!("c|{}", ctx.client), self.limits.per_client)
+            key.push_str("c|");
+            self.limits.per_client
         };
+        crate::text::push_ip(&mut key, ctx.client);
+        if !key.starts_with("c|") {
+            key.push('|');
+            key.push_str(route);
+        }
         self.store
             .take(&key, rate, now)
             .and_then(|()| {
-                self.store
-                    .take(&format!("r|{route}"), self.limits.per_route, now)
+                key.clear();
+                key.push_str("r|");
+                key.push_str(route);
+                self.store.take(&key, self.limits.per_route, now)
             })
             .map_err(|retry_after| Reject::RateLimited { retry_after })
     }

@@ -39,18 +39,27 @@ const HOP_BY_HOP: [&str; 9] = [
 ];
 
 /// Removes hop-by-hop headers, including those named in `Connection`.
+///
+/// Most messages carry none, or only `Connection`: one pass over the names
+/// finds those present, and only they (and what `Connection` lists) are
+/// removed.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = h
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+    let mut gone: Vec<HeaderName> = h
+        .keys()
+        .filter(|n| HOP_BY_HOP.contains(&n.as_str()))
+        .cloned()
         .collect();
-    for n in listed {
-        h.remove(n);
+    if gone.is_empty() {
+        return;
     }
-    for n in HOP_BY_HOP {
+    gone.extend(
+        h.get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok()),
+    );
+    for n in gone {
         h.remove(n);
     }
 }
@@ -138,9 +147,17 @@ fn upstream_request(
     https: bool,
     assertion: Option<HeaderValue>,
 ) -> Result<Request<Full<Bytes>>, Reject> {
-    let pq = ctx.head.uri.path_and_query().map_or("/", |p| p.as_str());
-    let uri: http::Uri = format!("http://{upstream}{pq}")
-        .parse()
+    let pq = ctx
+        .head
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    let uri = http::Uri::builder()
+        .scheme(http::uri::Scheme::HTTP)
+        .authority(upstream)
+        .path_and_query(pq)
+        .build()
         .map_err(|_| Reject::BadHost)?;
     let mut headers = ctx.head.headers.clone();
     strip_hop_by_hop(&mut headers);

@@ -86,10 +86,20 @@ impl CounterStore for MemoryStore {
                 b.tokens + elapsed * rate.per_second < burst
             });
         }
-        let b = map.entry(key.to_string()).or_insert(Bucket {
-            tokens: burst,
-            at_nanos: now_nanos,
-        });
+        // Look up before inserting, so the common case allocates no key.
+        if !map.contains_key(key) {
+            map.insert(
+                key.to_string(),
+                Bucket {
+                    tokens: burst,
+                    at_nanos: now_nanos,
+                },
+            );
+        }
+        let Some(b) = map.get_mut(key) else {
+            // Inserted just above, under the same lock; refuse if not.
+            return Err(Duration::from_secs(1));
+        };
         let elapsed = now_nanos.saturating_sub(b.at_nanos) as f64 / 1e9;
         b.tokens = (b.tokens + elapsed * rate.per_second).min(burst);
         b.at_nanos = now_nanos.max(b.at_nanos);

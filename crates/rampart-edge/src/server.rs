@@ -519,7 +519,7 @@ pub fn parse_host(raw: &str) -> Option<String> {
 pub fn client_addr(peer: IpAddr, headers: &http::HeaderMap, trusted: &[IpNet]) -> (IpAddr, String) {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
     if !is_trusted(&peer) {
-        return (peer, peer.to_string());
+        return (peer, crate::text::ip_text(peer));
     }
     let chain: Vec<&str> = headers
         .get_all("x-forwarded-for")
@@ -545,7 +545,7 @@ pub fn client_addr(peer: IpAddr, headers: &http::HeaderMap, trusted: &[IpNet]) -
     if !xff.is_empty() {
         xff.push_str(", ");
     }
-    xff.push_str(&peer.to_string());
+    crate::text::push_ip(&mut xff, peer);
     (client, xff)
 }
 
@@ -593,7 +593,10 @@ impl State {
 
     fn request_id(&self) -> String {
         let n = self.ids.fetch_add(1, Ordering::Relaxed);
-        format!("{:016x}{:08x}", self.clock.unix_nanos(), n as u32)
+        let mut id = String::with_capacity(24);
+        crate::text::push_hex(&mut id, self.clock.unix_nanos(), 16);
+        crate::text::push_hex(&mut id, n, 8);
+        id
     }
 
     async fn handle(
@@ -687,6 +690,7 @@ impl State {
             .ok_or(Reject::NoRoute)?
             .clone();
         let mut ctx = RequestCtx::new(head, body, client, host, route, rec.request_id.clone());
+        ctx.forwarded_for = forwarded_for;
         rec.route = Some(ctx.route_label.clone());
         if phases::declared_too_large(&ctx.head, self.max_body) {
             return Err(Reject::BodyTooLarge);
@@ -698,7 +702,6 @@ impl State {
                 retry_after: Duration::from_secs(1),
             })?
             .clone();
-        ctx.forwarded_for = forwarded_for;
         ctx.client_cert = cert;
         ctx.schema = ctx
             .route

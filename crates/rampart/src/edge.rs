@@ -37,7 +37,7 @@ impl Authenticator for IdentityAuth {
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
         let api_key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
-        let source = req.client.to_string();
+        let source = rampart_edge::text::ip_text(req.client);
         let principal = match req.route.auth {
             RouteAuth::Session => bearer.and_then(|t| self.0.verify_access(t).ok()),
             RouteAuth::ApiKey => bearer
@@ -88,11 +88,17 @@ impl EdgeAudit {
             _ => Outcome::Allowed,
         };
         let principal = rec.principal.clone().unwrap_or_else(|| "anonymous".into());
+        let mut action = String::with_capacity(5 + rec.method.len());
+        action.push_str("edge.");
+        action.extend(rec.method.chars().map(|c| c.to_ascii_lowercase()));
+        let mut resource = String::with_capacity(rec.host.len() + rec.path.len());
+        resource.push_str(&rec.host);
+        resource.push_str(&rec.path);
         let mut ev = Event::new(
             Tier::ApiAccess,
             Actor::new(principal, "edge"),
-            format!("edge.{}", rec.method.to_ascii_lowercase()),
-            format!("{}{}", rec.host, rec.path),
+            action,
+            resource,
             outcome,
         );
         ev.node = self.node.clone();
@@ -101,13 +107,18 @@ impl EdgeAudit {
             None => format!("status {}", rec.status),
         });
         ev.request_id = Some(rec.request_id.clone());
-        ev.source = Some(rec.client.to_string());
+        ev.source = Some(rampart_edge::text::ip_text(rec.client));
         let d = &mut ev.details;
         d.insert("status".into(), rec.status.to_string());
-        d.insert(
-            "latency_ms".into(),
-            format!("{:.3}", rec.latency.as_secs_f64() * 1e3),
-        );
+        // Milliseconds with three decimals, without float formatting.
+        let micros = (rec.latency.as_nanos() + 500) / 1000;
+        let mut ms = (micros / 1000).to_string();
+        ms.push('.');
+        let frac = (micros % 1000) as u16;
+        for digit in [frac / 100, (frac / 10) % 10, frac % 10] {
+            ms.push(char::from(b'0' + digit as u8));
+        }
+        d.insert("latency_ms".into(), ms);
         d.insert("bytes_in".into(), rec.bytes_in.to_string());
         if let Some(n) = rec.bytes_out {
             d.insert("bytes_out".into(), n.to_string());
