@@ -28,14 +28,22 @@ pub async fn check_all(pools: Vec<Arc<Pool>>, client: &UpstreamClient, hc: &Heal
 }
 
 async fn probe(client: &UpstreamClient, addr: &str, hc: &HealthCheck) -> bool {
-    let Ok(req) = Request::get(format!("http://{addr}{}", hc.path))
+    let Ok(req) = Request::get(hc.path.as_str())
+        .header(http::header::HOST, addr)
         .header(http::header::USER_AGENT, "rampart-edge-health")
         .body(Full::new(Bytes::new()))
     else {
         return false;
     };
-    match tokio::time::timeout(hc.timeout, client.request(req)).await {
-        Ok(Ok(resp)) => resp.status().is_success() || resp.status().is_redirection(),
-        _ => false,
-    }
+    let answer = async {
+        let resp = client.request(addr, req).await.ok()?;
+        let ok = resp.status().is_success() || resp.status().is_redirection();
+        // Read the (small) body so the connection can serve traffic next.
+        let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+        Some(ok)
+    };
+    matches!(
+        tokio::time::timeout(hc.timeout, answer).await,
+        Ok(Some(true))
+    )
 }

@@ -59,6 +59,7 @@ pub mod router;
 mod server;
 pub mod text;
 mod tls;
+pub mod upstream;
 
 pub use balance::{Balance, BreakerSettings, BreakerState, UpstreamStatus};
 pub use config::{CertConfig, CertSource, ClientAuth, EdgeConfig, HealthCheck};

@@ -12,16 +12,14 @@ use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, Version};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 
 use crate::balance::Pool;
 use crate::error::Reject;
 use crate::phases::RequestCtx;
+use crate::upstream::{UpstreamBody, Upstreams};
 
 /// The HTTP client used towards upstreams.
-pub type UpstreamClient = Client<HttpConnector, Full<Bytes>>;
+pub type UpstreamClient = std::sync::Arc<Upstreams>;
 
 const MAX_ATTEMPTS: usize = 3;
 
@@ -75,7 +73,7 @@ fn idempotent(m: &Method) -> bool {
 #[derive(Debug)]
 pub struct Forwarded {
     /// The response.
-    pub response: Response<Incoming>,
+    pub response: Response<UpstreamBody>,
     /// The instance that answered.
     pub upstream: String,
 }
@@ -108,8 +106,8 @@ pub async fn forward(
         };
         tried.push(lease.index());
         let upstream = lease.addr().to_string();
-        let req = upstream_request(ctx, &upstream, body.clone(), https, assertion.clone())?;
-        match tokio::time::timeout(timeout, client.request(req)).await {
+        let req = upstream_request(ctx, body.clone(), https, assertion.clone())?;
+        match tokio::time::timeout(timeout, client.request(&upstream, req)).await {
             Ok(Ok(response)) => {
                 let status = response.status().as_u16();
                 lease.finish(status < 500);
@@ -142,23 +140,19 @@ pub async fn forward(
 
 fn upstream_request(
     ctx: &RequestCtx,
-    upstream: &str,
     body: Bytes,
     https: bool,
     assertion: Option<HeaderValue>,
 ) -> Result<Request<Full<Bytes>>, Reject> {
+    // Origin form (`/path?query`): the connection is to the upstream
+    // already, and `Host` says which site.
     let pq = ctx
         .head
         .uri
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-    let uri = http::Uri::builder()
-        .scheme(http::uri::Scheme::HTTP)
-        .authority(upstream)
-        .path_and_query(pq)
-        .build()
-        .map_err(|_| Reject::BadHost)?;
+    let uri = http::Uri::from(pq);
     let mut headers = ctx.head.headers.clone();
     strip_hop_by_hop(&mut headers);
     headers.remove(http::header::CONTENT_LENGTH);
@@ -195,7 +189,7 @@ fn upstream_request(
 /// Reads `body` until `max` bytes or its end, whichever comes first, and
 /// returns what was read and what follows: the rest of the body, or the
 /// trailers it ended with. [`Replayed`] sends both on.
-pub async fn read_prefix(mut body: Incoming, max: usize) -> Result<(Bytes, Rest), Reject> {
+pub async fn read_prefix(mut body: UpstreamBody, max: usize) -> Result<(Bytes, Rest), Reject> {
     let mut buf = bytes::BytesMut::new();
     loop {
         match body.frame().await {
@@ -224,7 +218,7 @@ pub enum Rest {
     /// The body ended, with these trailers if it had any.
     Done(Option<HeaderMap>),
     /// The body goes on.
-    Body(Incoming),
+    Body(UpstreamBody),
 }
 
 /// A response body whose first part was read already: that part, then the

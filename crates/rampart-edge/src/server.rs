@@ -257,12 +257,7 @@ impl Edge {
         }));
         phases.push(Box::new(phases::JsonSchema));
 
-        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
-        connector.set_connect_timeout(Some(cfg.connect_timeout));
-        connector.set_nodelay(true);
-        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
+        let client = crate::upstream::Upstreams::new(cfg.connect_timeout, Duration::from_secs(30));
 
         let state = Arc::new(State {
             routing: RwLock::new(Arc::new(routing)),

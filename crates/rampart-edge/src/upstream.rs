@@ -1,0 +1,301 @@
+//! HTTP/1.1 connections to upstream instances, kept alive between requests
+//! and driven by the request that uses them.
+//!
+//! A pooling client that runs each connection as a task of its own (as
+//! `hyper_util`'s legacy client does) costs every proxied request two
+//! hand-offs between tasks: the request travels over a channel to the
+//! connection's task, and the response comes back over another. Here a
+//! request takes an idle connection (hyper's `SendRequest` and its
+//! `Connection`) out of the pool and polls the connection itself while it
+//! waits for the response head; the response body it hands on keeps
+//! polling the connection as the edge's server side reads it, and puts the
+//! connection back in the pool once the body has ended. A body dropped
+//! before its end takes its connection with it (it is closed), so a
+//! connection is only ever reused at a message boundary.
+//!
+//! A pooled connection the upstream closed while it sat idle is noticed
+//! when it is taken (polling it finds the end of the stream) and replaced
+//! by a fresh one; a request hyper reports as never sent ("canceled") is
+//! retried once on a fresh connection, whatever its method.
+
+use std::collections::HashMap;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+type Conn = http1::Connection<TokioIo<TcpStream>, Full<Bytes>>;
+type Sender = http1::SendRequest<Full<Bytes>>;
+/// One connection: its sender and the connection itself, boxed once when
+/// made so that moving it in and out of the pool moves a pointer.
+type Link = Box<(Sender, Conn)>;
+
+/// Why a request to an upstream failed.
+#[derive(Debug)]
+pub enum UpstreamError {
+    /// No connection could be made (nothing was sent).
+    Connect(std::io::Error),
+    /// The connection failed after the request may have been sent.
+    Http(hyper::Error),
+}
+
+impl UpstreamError {
+    /// Whether nothing reached the upstream, so any request may be retried.
+    pub fn is_connect(&self) -> bool {
+        matches!(self, UpstreamError::Connect(_))
+    }
+}
+
+impl std::fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamError::Connect(e) => write!(f, "connect: {e}"),
+            UpstreamError::Http(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+struct Idle {
+    link: Link,
+    since: Instant,
+}
+
+/// The pool of kept-alive upstream connections, by `host:port`.
+pub struct Upstreams {
+    idle: Mutex<HashMap<String, Vec<Idle>>>,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    max_idle_per_addr: usize,
+}
+
+impl std::fmt::Debug for Upstreams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstreams")
+            .field("connect_timeout", &self.connect_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Upstreams {
+    /// A pool whose connects give up after `connect_timeout` and whose idle
+    /// connections are closed after `idle_timeout`.
+    pub fn new(connect_timeout: Duration, idle_timeout: Duration) -> Arc<Upstreams> {
+        Arc::new(Upstreams {
+            idle: Mutex::new(HashMap::new()),
+            connect_timeout,
+            idle_timeout,
+            max_idle_per_addr: 256,
+        })
+    }
+
+    /// Sends `req` to `addr` (`host:port`) and returns the response head;
+    /// its body streams from the connection, which returns to the pool when
+    /// the body ends.
+    pub async fn request(
+        self: &Arc<Self>,
+        addr: &str,
+        req: Request<Full<Bytes>>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let mut req = Some(req);
+        // A pooled connection may turn out to be closed only once used: one
+        // more go on a fresh connection, for a request that was not sent.
+        for fresh in [false, true] {
+            let (mut link, reused) = match self.take_ready(addr, fresh).await {
+                Some(link) => (link, true),
+                None => (self.connect(addr).await?, false),
+            };
+            let Some(r) = req.take() else { break };
+            let (sender, conn) = &mut *link;
+            let mut sent = std::pin::pin!(sender.try_send_request(r));
+            let mut conn_done = false;
+            let result = poll_fn(|cx| {
+                if !conn_done && Pin::new(&mut *conn).poll(cx).is_ready() {
+                    // The connection ended; the response future says how.
+                    conn_done = true;
+                }
+                sent.as_mut().poll(cx)
+            })
+            .await;
+            match result {
+                Ok(resp) => {
+                    let (parts, body) = resp.into_parts();
+                    let keep = (!conn_done).then_some(link);
+                    let body = UpstreamBody {
+                        body,
+                        conn: keep,
+                        pool: Arc::clone(self),
+                        addr: addr.to_string(),
+                    };
+                    return Ok(Response::from_parts(parts, body));
+                }
+                Err(mut e) => match e.take_message() {
+                    // Not sent: hyper hands the request back, and it may
+                    // go again on a fresh connection whatever its method.
+                    Some(back) if reused => {
+                        tracing::debug!(%addr, "pooled upstream connection was closed; reconnecting");
+                        req = Some(back);
+                    }
+                    Some(_) => {
+                        return Err(UpstreamError::Connect(std::io::Error::other(
+                            e.into_error(),
+                        )))
+                    }
+                    None => return Err(UpstreamError::Http(e.into_error())),
+                },
+            }
+        }
+        Err(UpstreamError::Connect(std::io::Error::other(
+            "pooled upstream connection closed",
+        )))
+    }
+
+    /// An idle connection to `addr` that is ready for a request, if any
+    /// (`skip` takes none, to force a fresh connection).
+    async fn take_ready(&self, addr: &str, skip: bool) -> Option<Link> {
+        if skip {
+            return None;
+        }
+        loop {
+            let Idle { mut link, since } = self.pop(addr)?;
+            if since.elapsed() > self.idle_timeout {
+                continue;
+            }
+            let (sender, conn) = &mut *link;
+            // Drive the connection until the sender is ready; if the
+            // connection ends first (the upstream closed it), try the next.
+            let ready = poll_fn(|cx| {
+                if Pin::new(&mut *conn).poll(cx).is_ready() {
+                    return Poll::Ready(false);
+                }
+                match sender.poll_ready(cx) {
+                    Poll::Ready(r) => Poll::Ready(r.is_ok()),
+                    Poll::Pending => Poll::Pending,
+                }
+            })
+            .await;
+            if ready {
+                return Some(link);
+            }
+        }
+    }
+
+    fn pop(&self, addr: &str) -> Option<Idle> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.get_mut(addr)?.pop()
+    }
+
+    fn put(&self, addr: &str, link: Link) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let list = match idle.get_mut(addr) {
+            Some(list) => list,
+            None => idle.entry(addr.to_string()).or_default(),
+        };
+        // The oldest sit at the front: forget those past their time.
+        let stale = list
+            .iter()
+            .take_while(|i| now.duration_since(i.since) > self.idle_timeout)
+            .count();
+        list.drain(..stale);
+        if list.len() < self.max_idle_per_addr {
+            list.push(Idle { link, since: now });
+        }
+    }
+
+    async fn connect(&self, addr: &str) -> Result<Link, UpstreamError> {
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| {
+                UpstreamError::Connect(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connect timed out",
+                ))
+            })?
+            .map_err(UpstreamError::Connect)?;
+        let _ = stream.set_nodelay(true);
+        let link = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| UpstreamError::Connect(std::io::Error::other(e)))?;
+        Ok(Box::new(link))
+    }
+}
+
+/// An upstream response body. It polls its connection as it is read and
+/// returns the connection to the pool at its end.
+pub struct UpstreamBody {
+    body: Incoming,
+    conn: Option<Link>,
+    pool: Arc<Upstreams>,
+    addr: String,
+}
+
+impl std::fmt::Debug for UpstreamBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamBody")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UpstreamBody {
+    /// Hands the connection back once the message is over and the
+    /// connection still open.
+    fn release(&mut self) {
+        if let Some(link) = self.conn.take() {
+            if !link.0.is_closed() {
+                self.pool.put(&self.addr, link);
+            }
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        if let Some(link) = this.conn.as_mut() {
+            if Pin::new(&mut link.1).poll(cx).is_ready() {
+                // Closed (or failed): the body reports what it got.
+                this.conn = None;
+            }
+        }
+        let frame = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(None) = frame {
+            this.release();
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // A body that was complete without being read (an empty one) leaves
+        // its connection at a message boundary; any other is cut short.
+        if self.conn.is_some() && self.body.is_end_stream() {
+            self.release();
+        }
+    }
+}
