@@ -110,6 +110,20 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
+/// Lower-case hex of `bytes` (token hashes, ids).
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        for nibble in [b >> 4, b & 0xf] {
+            s.push(char::from(
+                DIGITS.get(usize::from(nibble)).copied().unwrap_or(b'0'),
+            ));
+        }
+    }
+    s
+}
+
 /// HMAC-SHA-256 of `msg` under `key`.
 pub fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
     // HMAC accepts keys of any length, so `new_from_slice` cannot fail.
@@ -156,9 +170,8 @@ mod tests {
     #[test]
     fn hmac_rfc4231_case_2() {
         let out = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
-        let hex: String = out.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(
-            hex,
+            hex(&out),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
     }

@@ -30,5 +30,5 @@ pub mod root;
 
 pub use envelope::{open, seal};
 pub use error::CryptoError;
-pub use keys::{ct_eq, hmac_sha256, random_array, random_nonce, DataKey, SecretBytes};
+pub use keys::{ct_eq, hex, hmac_sha256, random_array, random_nonce, DataKey, SecretBytes};
 pub use root::{KdfParams, RootKey, RootKeyCheck};

@@ -287,7 +287,8 @@ fn url_encode(input: &[u8]) -> Vec<u8> {
         } else if c.is_ascii_alphanumeric() || c == b'*' {
             out.push(c);
         } else {
-            out.extend_from_slice(format!("%{c:02x}").as_bytes());
+            out.push(b'%');
+            push_hex_byte(&mut out, c);
         }
     }
     out
@@ -683,9 +684,17 @@ fn hex_decode(input: &[u8]) -> Vec<u8> {
 fn hex_encode(input: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(input.len() * 2);
     for &c in input {
-        out.extend_from_slice(format!("{c:02x}").as_bytes());
+        push_hex_byte(&mut out, c);
     }
     out
+}
+
+/// Appends `c` as two lower-case hex digits.
+fn push_hex_byte(out: &mut Vec<u8>, c: u8) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for nibble in [c >> 4, c & 0xf] {
+        out.push(DIGITS.get(usize::from(nibble)).copied().unwrap_or(b'0'));
+    }
 }
 
 fn sql_hex_decode(input: &[u8]) -> Vec<u8> {

@@ -14,7 +14,7 @@ use std::sync::RwLock;
 
 use base64::Engine;
 use rampart_core::SharedClock;
-use rampart_crypto::{ct_eq, hmac_sha256, random_array, SecretBytes};
+use rampart_crypto::{ct_eq, hex, hmac_sha256, random_array, SecretBytes};
 use rampart_store::{Expect, Keyring, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
@@ -44,10 +44,6 @@ pub struct Principal {
     pub roles: Vec<String>,
     pub credential_id: String,
     pub authenticated_by: &'static str,
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 async fn pepper(keyring: &Keyring) -> Result<SecretBytes, StoreError> {

@@ -94,10 +94,7 @@ pub async fn initialise(
     let name = dir
         .file_name()
         .ok_or_else(|| CliError::Input(format!("{} is not a directory name", dir.display())))?;
-    let suffix: String = rampart_crypto::random_array::<6>()?
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let suffix = rampart_crypto::hex(&rampart_crypto::random_array::<6>()?);
     let staging = parent.join(format!(".{}.init-{suffix}", name.to_string_lossy()));
     std::fs::create_dir(&staging).map_err(|e| {
         CliError::Input(format!(
