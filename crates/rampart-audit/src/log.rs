@@ -12,10 +12,13 @@
 //! When a sync returns, its callers usually come straight back with their
 //! next record. Rather than sync at once the few records written meanwhile
 //! (which splits the callers into two groups that take turns, each record
-//! waiting about two syncs), an idle syncer gathers: it starts the sync once
-//! as many records are written as callers usually wait at once, or when no
-//! record has come for 50 µs, or after about one sync time. A lone caller
-//! is synced at once, as before.
+//! waiting about two syncs), the log gathers them: with no sync in flight,
+//! the writer waits (asleep, so the callers have the CPU) until as many
+//! records are queued as callers usually wait at once, or no record has
+//! come for 50 µs, or about one sync time has passed; then it writes them
+//! with one `pwrite` and syncs. Records written while a sync is in flight
+//! are gathered the same way by the syncer. A lone caller is synced at
+//! once, as before.
 //! Before a checkpoint or a segment roll the writer syncs itself, so a
 //! checkpoint never counts a record that is not durable.
 
@@ -335,10 +338,22 @@ struct Pending {
     slot: Arc<Slot>,
 }
 
-#[derive(Default)]
 struct Queue {
     items: Vec<Pending>,
+    /// The writer wants waking when this many records are queued (1, or
+    /// more while it gathers a group).
+    wake_at: usize,
     shutdown: bool,
+}
+
+impl Default for Queue {
+    fn default() -> Self {
+        Queue {
+            items: Vec::new(),
+            wake_at: 1,
+            shutdown: false,
+        }
+    }
 }
 
 struct ActiveSegment {
@@ -467,27 +482,10 @@ impl TierLog {
     /// else is coming), or the records written so far have waited long
     /// enough for company, or no record has come in for a while.
     fn sync_due(&self, sy: &SyncState, now: Instant) -> Option<Duration> {
-        if sy.unsynced_records >= sy.peak_waiting {
-            return None;
-        }
         let (Some(first), Some(last)) = (sy.first_unsynced_at, sy.last_written_at) else {
             return None;
         };
-        // Gathering starts when the last sync ended: records written while
-        // it was in flight wait a little more so that the callers it just
-        // answered can join them (else the callers split into two groups
-        // that take turns, each waiting two syncs).
-        let (first, last) = match sy.last_sync_end {
-            Some(end) => (first.max(end), last.max(end)),
-            None => (first, last),
-        };
-        // Gather for at most about one sync time, and only while records
-        // keep coming.
-        let cap = Duration::from_nanos(sy.sync_nanos.clamp(50_000, 2_000_000));
-        let quiet = Duration::from_micros(50);
-        let cap_left = cap.checked_sub(now.saturating_duration_since(first))?;
-        let quiet_left = quiet.checked_sub(now.saturating_duration_since(last))?;
-        Some(cap_left.min(quiet_left))
+        gather_wait(sy, sy.unsynced_records, first, last, now)
     }
 
     /// A sync failed: nothing written since the last good sync can be
@@ -569,6 +567,35 @@ fn fresh_nonce() -> Result<[u8; 12], AuditError> {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// How much longer to gather `count` records, the first of which came at
+/// `first` and the last at `last`; `None` once the sync should start:
+/// when as many records are in as callers usually wait at once (nobody else
+/// is coming), after about one sync time, or after 50 µs with no record.
+fn gather_wait(
+    sy: &SyncState,
+    count: usize,
+    first: Instant,
+    last: Instant,
+    now: Instant,
+) -> Option<Duration> {
+    if count >= sy.peak_waiting {
+        return None;
+    }
+    // Gathering starts when the last sync ended: records written while it
+    // was in flight wait a little more so that the callers it just answered
+    // can join them (else the callers split into two groups that take
+    // turns, each record waiting about two syncs).
+    let (first, last) = match sy.last_sync_end {
+        Some(end) => (first.max(end), last.max(end)),
+        None => (first, last),
+    };
+    let cap = Duration::from_nanos(sy.sync_nanos.clamp(50_000, 2_000_000));
+    let quiet = Duration::from_micros(50);
+    let cap_left = cap.checked_sub(now.saturating_duration_since(first))?;
+    let quiet_left = quiet.checked_sub(now.saturating_duration_since(last))?;
+    Some(cap_left.min(quiet_left))
 }
 
 /// A tamper-evident, encrypted, durable audit log. `Send + Sync`; share it
@@ -762,7 +789,7 @@ impl Audit {
                 slot: Arc::clone(&slot),
             });
             log.waiting.fetch_add(1, Ordering::SeqCst);
-            if q.items.len() == 1 {
+            if q.items.len() == q.wake_at {
                 log.cond.notify_one();
             }
         }
@@ -969,7 +996,7 @@ impl Core {
         let _guard = PanicGuard(log);
         let max = self.options.max_batch_records.max(1);
         loop {
-            let batch: Vec<Pending> = {
+            let (batch, gathered) = {
                 let mut q = lock(&log.queue);
                 while q.items.is_empty() && !q.shutdown {
                     let (guard, waited) = log
@@ -993,11 +1020,56 @@ impl Core {
                     log.sync_cond.notify_all();
                     return;
                 }
+                let gathered = max > 1 && {
+                    q = self.gather(log, q);
+                    true
+                };
                 let n = q.items.len().min(max);
-                q.items.drain(..n).collect()
+                let batch = if n == q.items.len() {
+                    std::mem::take(&mut q.items)
+                } else {
+                    q.items.drain(..n).collect()
+                };
+                (batch, gathered)
             };
-            self.commit(log, batch);
+            self.commit(log, batch, gathered);
         }
+    }
+
+    /// With records queued and no sync in flight, waits (without writing)
+    /// for the rest of the group to come in, so that it is written with one
+    /// `pwrite` and synced at once, and the writer does not compete for the
+    /// CPU with the callers on their way back.
+    fn gather<'a>(&self, log: &'a TierLog, mut q: MutexGuard<'a, Queue>) -> MutexGuard<'a, Queue> {
+        let started = Instant::now();
+        let mut seen = q.items.len();
+        let mut seen_at = started;
+        while !q.shutdown {
+            let now = Instant::now();
+            let wait = {
+                let sy = lock(&log.sync);
+                if sy.syncing_upto > sy.durable_id {
+                    // A sync is in flight: write now, sync next.
+                    None
+                } else {
+                    let count = sy.unsynced_records + q.items.len();
+                    gather_wait(&sy, count, started, seen_at, now)
+                        .map(|w| (w, sy.peak_waiting.saturating_sub(sy.unsynced_records)))
+                }
+            };
+            let Some((wait, wake_at)) = wait else { break };
+            q.wake_at = wake_at.max(q.items.len() + 1);
+            q = log
+                .cond
+                .wait_timeout(q, wait)
+                .map_or_else(|e| e.into_inner().0, |(g, _)| g);
+            if q.items.len() > seen {
+                seen = q.items.len();
+                seen_at = Instant::now();
+            }
+        }
+        q.wake_at = 1;
+        q
     }
 
     fn idle_checkpoint(&self, log: &TierLog) {
@@ -1062,7 +1134,7 @@ impl Core {
     }
 
     /// Writes one batch and hands every caller its result.
-    fn commit(&self, log: &TierLog, batch: Vec<Pending>) {
+    fn commit(&self, log: &TierLog, batch: Vec<Pending>, gathered: bool) {
         let tier = log.tier;
         if log.poisoned.load(Ordering::SeqCst) {
             log.answered(batch.len());
@@ -1099,7 +1171,7 @@ impl Core {
                     sy.pending.push_back(WrittenBatch { id, done });
                     sy.file = st.seg.as_ref().map(|s| Arc::clone(&s.file));
                     let idle = sy.syncing_upto <= sy.durable_id;
-                    let due = log.sync_due(&sy, now).is_none();
+                    let due = gathered || log.sync_due(&sy, now).is_none();
                     // Inline only when nobody else is coming either (a lone
                     // writer, or the last of a group); otherwise a syncer
                     // gathers them. A gathering syncer times its own wait,
