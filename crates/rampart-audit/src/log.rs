@@ -78,6 +78,9 @@ pub struct AuditOptions {
     /// is 1: on this project's 2-core VM, back-to-back runs of the
     /// benchmark gave 198–224k records/s with 1 and 146–212k with 2 or 3
     /// (more syncs in flight mean smaller batches and more CPU per record).
+    /// Since the writer gathers a whole group of callers and syncs it
+    /// itself, the syncers mostly take batches written while a sync is in
+    /// flight (callers that do not come back together).
     pub sync_threads: usize,
     /// Test support: makes writes and syncs fail on demand.
     pub fault: Option<Arc<FaultInjector>>,
