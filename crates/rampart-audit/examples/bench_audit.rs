@@ -1,7 +1,8 @@
 //! Runs the audit benchmark:
-//! `cargo run --release --example bench_audit [DIR [SYNC_THREADS [WRITERS]]]`,
+//! `cargo run --release --example bench_audit [DIR [SYNC_THREADS [WRITERS [tasks]]]]`,
 //! where WRITERS is a comma-separated list of writer counts (default
-//! `1,8,64`).
+//! `1,8,64`) and `tasks` runs the writer tasks only (no baseline, writer
+//! threads or verify), for quick A/B runs.
 use rampart_audit::bench::{run_bench, BenchOptions};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -20,6 +21,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .split(',')
             .map(|w| w.trim().parse())
             .collect::<Result<_, _>>()?;
+    }
+    if std::env::args().nth(4).as_deref() == Some("tasks") {
+        options.tasks_only = true;
     }
     let report = run_bench(&dir, options)?;
     println!("{report}");

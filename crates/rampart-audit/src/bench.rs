@@ -34,6 +34,9 @@ pub struct BenchOptions {
     /// Syncer threads per tier for the group-commit runs (see
     /// [`AuditOptions::sync_threads`]).
     pub sync_threads: usize,
+    /// Only the writer tasks: no baseline, no writer threads, no verify
+    /// (quick A/B runs).
+    pub tasks_only: bool,
 }
 
 impl Default for BenchOptions {
@@ -44,6 +47,7 @@ impl Default for BenchOptions {
             baseline_records: 20_000,
             max_run: Duration::from_secs(3),
             sync_threads: AuditOptions::new("").sync_threads,
+            tasks_only: false,
         }
     }
 }
@@ -63,6 +67,8 @@ pub struct BenchRun {
     pub async_per_sec: f64,
     /// Process CPU time per record for the tasks, in microseconds.
     pub async_cpu_us_per_record: Option<f64>,
+    /// How the tasks' records were synced.
+    pub async_syncs: SyncFigures,
     /// Process CPU time (user + system) per group-commit record, in
     /// microseconds, where `/proc/self/stat` can tell: unlike the rate, it
     /// does not depend on what else the machine is running.
@@ -154,7 +160,7 @@ fn run_tasks(
     records: u64,
     max_run: Duration,
     sync_threads: usize,
-) -> Result<(u64, f64), AuditError> {
+) -> Result<(u64, f64, SyncFigures), AuditError> {
     let mut options = AuditOptions::new(dir);
     options.segment_roll_interval = None;
     options.checkpoint_every_records = 100_000;
@@ -200,8 +206,23 @@ fn run_tasks(
         }
     }
     let secs = started.elapsed().as_secs_f64();
+    let (syncs, synced, sync_nanos) = audit.sync_stats();
     audit.close()?;
-    Ok((total, secs))
+    let stats = SyncFigures {
+        records_per_sync: synced as f64 / syncs.max(1) as f64,
+        sync_us: sync_nanos as f64 / 1e3 / syncs.max(1) as f64,
+    };
+    Ok((total, secs, stats))
+}
+
+/// How the tasks' records were synced.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct SyncFigures {
+    /// Records made durable per fdatasync.
+    pub records_per_sync: f64,
+    /// Mean fdatasync time in microseconds: how fast the disk was during
+    /// the run (it varies far more than anything the log does).
+    pub sync_us: f64,
 }
 
 /// What [`run_bench`] measured.
@@ -221,27 +242,35 @@ impl fmt::Display for BenchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{:>7} {:>14} {:>10} {:>14} {:>10} {:>20} {:>7}",
+            "{:>7} {:>14} {:>10} {:>14} {:>10} {:>20} {:>7} {:>9} {:>8}",
             "writers",
             "threads rec/s",
             "CPU us/rec",
             "tasks rec/s",
             "CPU us/rec",
             "baseline fsync/rec/s",
-            "ratio"
+            "ratio",
+            "rec/sync",
+            "sync us"
         )?;
         let us = |c: Option<f64>| c.map_or_else(|| "-".to_owned(), |c| format!("{c:.1}"));
         for r in &self.runs {
             writeln!(
                 f,
-                "{:>7} {:>14.0} {:>10} {:>14.0} {:>10} {:>20.0} {:>6.1}x",
+                "{:>7} {:>14.0} {:>10} {:>14.0} {:>10} {:>20.0} {:>7} {:>9.1} {:>8.0}",
                 r.writers,
                 r.per_sec,
                 us(r.cpu_us_per_record),
                 r.async_per_sec,
                 us(r.async_cpu_us_per_record),
                 r.baseline_per_sec,
-                r.ratio()
+                if r.baseline_records > 0 {
+                    format!("{:.1}x", r.ratio())
+                } else {
+                    "-".to_owned()
+                },
+                r.async_syncs.records_per_sync,
+                r.async_syncs.sync_us
             )?;
         }
         write!(
@@ -360,26 +389,34 @@ pub fn run_bench(dir: &Path, options: BenchOptions) -> Result<BenchReport, Audit
         // The baseline first, on a quiet disk, so it is not slowed by the
         // group-commit runs' writeback.
         let base_dir = dir.join(format!("baseline-{w}"));
-        let (baseline_records, base_secs) = run_writers(
-            &base_dir,
-            w,
-            options.baseline_records,
-            options.max_run,
-            true,
-            0,
-        )?;
+        let (baseline_records, base_secs) = if options.tasks_only {
+            (0, 1.0)
+        } else {
+            run_writers(
+                &base_dir,
+                w,
+                options.baseline_records,
+                options.max_run,
+                true,
+                0,
+            )?
+        };
         let gc_dir = dir.join(format!("group-commit-{w}"));
         let cpu_before = cpu_secs();
-        let (records, secs) = run_writers(
-            &gc_dir,
-            w,
-            options.records,
-            options.max_run,
-            false,
-            options.sync_threads,
-        )?;
+        let (records, secs) = if options.tasks_only {
+            (0, 1.0)
+        } else {
+            run_writers(
+                &gc_dir,
+                w,
+                options.records,
+                options.max_run,
+                false,
+                options.sync_threads,
+            )?
+        };
         let cpu_after = cpu_secs();
-        let (async_records, async_secs) = run_tasks(
+        let (async_records, async_secs, async_syncs) = run_tasks(
             &dir.join(format!("group-commit-async-{w}")),
             w,
             options.records,
@@ -402,9 +439,18 @@ pub fn run_bench(dir: &Path, options: BenchOptions) -> Result<BenchReport, Audit
             async_records,
             async_per_sec: async_records as f64 / async_secs.max(1e-9),
             async_cpu_us_per_record,
+            async_syncs,
             per_sec: records as f64 / secs.max(1e-9),
             baseline_records,
             baseline_per_sec: baseline_records as f64 / base_secs.max(1e-9),
+        });
+    }
+    if options.tasks_only {
+        return Ok(BenchReport {
+            runs,
+            verify_bytes: 0,
+            verify_mb_per_sec: 0.0,
+            verify_cpu_secs: None,
         });
     }
     // A dedicated log for verify: the runs above threw their keys away.

@@ -8,6 +8,17 @@
 //! hands out the receipts; with two syncers a new batch can start syncing
 //! while the previous sync is in flight. So concurrent callers share writes
 //! and syncs, and nobody gets a receipt before their record is on disk.
+//!
+//! When a sync returns, its callers usually come straight back with their
+//! next record. Rather than sync at once the few records written meanwhile
+//! (which splits the callers into two groups that take turns, each record
+//! waiting about two syncs), the log gathers them: with no sync in flight,
+//! the writer waits (asleep, so the callers have the CPU) until as many
+//! records are queued as callers usually wait at once, or no record has
+//! come for 50 µs, or about one sync time has passed; then it writes them
+//! with one `pwrite` and syncs. Records written while a sync is in flight
+//! are gathered the same way by the syncer. A lone caller is synced at
+//! once, as before.
 //! Before a checkpoint or a segment roll the writer syncs itself, so a
 //! checkpoint never counts a record that is not durable.
 
@@ -15,9 +26,9 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use rampart_core::SharedClock;
@@ -67,6 +78,9 @@ pub struct AuditOptions {
     /// is 1: on this project's 2-core VM, back-to-back runs of the
     /// benchmark gave 198–224k records/s with 1 and 146–212k with 2 or 3
     /// (more syncs in flight mean smaller batches and more CPU per record).
+    /// Since the writer gathers a whole group of callers and syncs it
+    /// itself, the syncers mostly take batches written while a sync is in
+    /// flight (callers that do not come back together).
     pub sync_threads: usize,
     /// Test support: makes writes and syncs fail on demand.
     pub fault: Option<Arc<FaultInjector>>,
@@ -327,10 +341,22 @@ struct Pending {
     slot: Arc<Slot>,
 }
 
-#[derive(Default)]
 struct Queue {
     items: Vec<Pending>,
+    /// The writer wants waking when this many records are queued (1, or
+    /// more while it gathers a group).
+    wake_at: usize,
     shutdown: bool,
+}
+
+impl Default for Queue {
+    fn default() -> Self {
+        Queue {
+            items: Vec::new(),
+            wake_at: 1,
+            shutdown: false,
+        }
+    }
 }
 
 struct ActiveSegment {
@@ -363,6 +389,12 @@ struct TierLog {
     sync_cond: Condvar,
     poisoned: AtomicBool,
     closed: AtomicBool,
+    /// Records queued and not yet answered (callers waiting).
+    waiting: AtomicUsize,
+    /// Syncs run and records they made durable, for the benchmark.
+    syncs: AtomicU64,
+    synced_records: AtomicU64,
+    sync_time_nanos: AtomicU64,
 }
 
 /// Batches written but not yet known durable, and the syncs in flight.
@@ -374,6 +406,19 @@ struct SyncState {
     written_id: u64,
     durable_id: u64,
     syncing_upto: u64,
+    /// Records in batches written but not yet in a sync.
+    unsynced_records: usize,
+    /// When the oldest of those was written, and when the newest.
+    first_unsynced_at: Option<Instant>,
+    last_written_at: Option<Instant>,
+    /// How many callers usually wait at once: `waiting` sampled as each sync
+    /// completes, decaying. Once that many records are written, nobody
+    /// else is coming and the sync starts at once.
+    peak_waiting: usize,
+    /// Recent fdatasync time, in nanoseconds (exponential average).
+    sync_nanos: u64,
+    /// When the last sync finished.
+    last_sync_end: Option<Instant>,
     file: Option<Arc<File>>,
     shutdown: bool,
 }
@@ -387,20 +432,63 @@ impl TierLog {
     /// Batches up to `id` are on disk: hand out their receipts.
     fn mark_durable(&self, id: u64) {
         let mut done = Vec::new();
+        let mut records = 0;
         {
             let mut sy = lock(&self.sync);
             sy.durable_id = sy.durable_id.max(id);
             let durable = sy.durable_id;
             while sy.pending.front().is_some_and(|b| b.id <= durable) {
-                done.extend(sy.pending.pop_front());
+                if let Some(b) = sy.pending.pop_front() {
+                    records += b.done.len();
+                    done.push(b);
+                }
             }
+            let now_waiting = self.waiting.load(Ordering::SeqCst);
+            let decayed = sy.peak_waiting - sy.peak_waiting.div_ceil(16);
+            sy.peak_waiting = now_waiting.max(decayed);
         }
+        self.synced_records
+            .fetch_add(records as u64, Ordering::Relaxed);
+        self.answered(records);
         // Wake the callers outside the lock, so the writer can go on.
         for b in done {
             for (slot, r) in b.done {
                 slot.fill(Ok(r));
             }
         }
+    }
+
+    /// A sync that began at `started` has just returned.
+    fn note_sync(&self, started: Instant) {
+        let now = Instant::now();
+        let took =
+            u64::try_from(now.saturating_duration_since(started).as_nanos()).unwrap_or(u64::MAX);
+        self.sync_time_nanos.fetch_add(took, Ordering::Relaxed);
+        let mut sy = lock(&self.sync);
+        sy.last_sync_end = Some(now);
+        sy.sync_nanos = if sy.sync_nanos == 0 {
+            took
+        } else {
+            (sy.sync_nanos.saturating_mul(7) + took) / 8
+        };
+    }
+
+    /// `n` waiting callers are about to get their answer.
+    fn answered(&self, n: usize) {
+        if n > 0 {
+            self.waiting.fetch_sub(n, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether a sync should start now rather than wait for more records:
+    /// every caller that usually waits has its record written (so nobody
+    /// else is coming), or the records written so far have waited long
+    /// enough for company, or no record has come in for a while.
+    fn sync_due(&self, sy: &SyncState, now: Instant) -> Option<Duration> {
+        let (Some(first), Some(last)) = (sy.first_unsynced_at, sy.last_written_at) else {
+            return None;
+        };
+        gather_wait(sy, sy.unsynced_records, first, last, now)
     }
 
     /// A sync failed: nothing written since the last good sync can be
@@ -420,7 +508,9 @@ impl TierLog {
         let mut sy = lock(&self.sync);
         let durable = sy.durable_id;
         let failed: Vec<WrittenBatch> = sy.pending.drain(..).filter(|b| b.id > durable).collect();
+        sy.unsynced_records = 0;
         drop(sy);
+        self.answered(failed.iter().map(|b| b.done.len()).sum());
         for b in failed {
             for (slot, _) in b.done {
                 slot.fill(Err(make()));
@@ -431,9 +521,19 @@ impl TierLog {
     /// Syncs the open segment from the writer's side (before a checkpoint
     /// or a roll), so everything written so far is durable.
     fn sync_now(&self, st: &WriterState, disk: &Disk<'_>) -> Result<(), AuditError> {
-        let upto = lock(&self.sync).written_id;
+        let upto = {
+            let mut sy = lock(&self.sync);
+            sy.syncing_upto = sy.syncing_upto.max(sy.written_id);
+            sy.unsynced_records = 0;
+            sy.first_unsynced_at = None;
+            sy.written_id
+        };
+        self.syncs.fetch_add(1, Ordering::Relaxed);
         if let Some(seg) = &st.seg {
-            if let Err(e) = disk.sync(&seg.file) {
+            let started = Instant::now();
+            let r = disk.sync(&seg.file);
+            self.note_sync(started);
+            if let Err(e) = r {
                 self.poison(&e);
                 return Err(AuditError::WriteFailed {
                     tier: self.tier,
@@ -470,6 +570,35 @@ fn fresh_nonce() -> Result<[u8; 12], AuditError> {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// How much longer to gather `count` records, the first of which came at
+/// `first` and the last at `last`; `None` once the sync should start:
+/// when as many records are in as callers usually wait at once (nobody else
+/// is coming), after about one sync time, or after 50 µs with no record.
+fn gather_wait(
+    sy: &SyncState,
+    count: usize,
+    first: Instant,
+    last: Instant,
+    now: Instant,
+) -> Option<Duration> {
+    if count >= sy.peak_waiting {
+        return None;
+    }
+    // Gathering starts when the last sync ended: records written while it
+    // was in flight wait a little more so that the callers it just answered
+    // can join them (else the callers split into two groups that take
+    // turns, each record waiting about two syncs).
+    let (first, last) = match sy.last_sync_end {
+        Some(end) => (first.max(end), last.max(end)),
+        None => (first, last),
+    };
+    let cap = Duration::from_nanos(sy.sync_nanos.clamp(50_000, 2_000_000));
+    let quiet = Duration::from_micros(50);
+    let cap_left = cap.checked_sub(now.saturating_duration_since(first))?;
+    let quiet_left = quiet.checked_sub(now.saturating_duration_since(last))?;
+    Some(cap_left.min(quiet_left))
 }
 
 /// A tamper-evident, encrypted, durable audit log. `Send + Sync`; share it
@@ -551,6 +680,10 @@ impl Audit {
                 sync_cond: Condvar::new(),
                 poisoned: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
+                waiting: AtomicUsize::new(0),
+                syncs: AtomicU64::new(0),
+                synced_records: AtomicU64::new(0),
+                sync_time_nanos: AtomicU64::new(0),
             });
         }
         for t in report.torn_tails() {
@@ -658,7 +791,8 @@ impl Audit {
                 sealed,
                 slot: Arc::clone(&slot),
             });
-            if q.items.len() == 1 {
+            log.waiting.fetch_add(1, Ordering::SeqCst);
+            if q.items.len() == q.wake_at {
                 log.cond.notify_one();
             }
         }
@@ -679,6 +813,18 @@ impl Audit {
             }
         }
         Ok(out)
+    }
+
+    /// Syncs run, records they made durable and nanoseconds spent in
+    /// them, over all tiers (for the benchmark).
+    pub(crate) fn sync_stats(&self) -> (u64, u64, u64) {
+        self.core.tiers.iter().fold((0, 0, 0), |(s, r, t), l| {
+            (
+                s + l.syncs.load(Ordering::Relaxed),
+                r + l.synced_records.load(Ordering::Relaxed),
+                t + l.sync_time_nanos.load(Ordering::Relaxed),
+            )
+        })
     }
 
     /// Number of records ever written to `tier` (the next seq).
@@ -853,7 +999,7 @@ impl Core {
         let _guard = PanicGuard(log);
         let max = self.options.max_batch_records.max(1);
         loop {
-            let batch: Vec<Pending> = {
+            let (batch, gathered) = {
                 let mut q = lock(&log.queue);
                 while q.items.is_empty() && !q.shutdown {
                     let (guard, waited) = log
@@ -877,11 +1023,56 @@ impl Core {
                     log.sync_cond.notify_all();
                     return;
                 }
+                let gathered = max > 1 && {
+                    q = self.gather(log, q);
+                    true
+                };
                 let n = q.items.len().min(max);
-                q.items.drain(..n).collect()
+                let batch = if n == q.items.len() {
+                    std::mem::take(&mut q.items)
+                } else {
+                    q.items.drain(..n).collect()
+                };
+                (batch, gathered)
             };
-            self.commit(log, batch);
+            self.commit(log, batch, gathered);
         }
+    }
+
+    /// With records queued and no sync in flight, waits (without writing)
+    /// for the rest of the group to come in, so that it is written with one
+    /// `pwrite` and synced at once, and the writer does not compete for the
+    /// CPU with the callers on their way back.
+    fn gather<'a>(&self, log: &'a TierLog, mut q: MutexGuard<'a, Queue>) -> MutexGuard<'a, Queue> {
+        let started = Instant::now();
+        let mut seen = q.items.len();
+        let mut seen_at = started;
+        while !q.shutdown {
+            let now = Instant::now();
+            let wait = {
+                let sy = lock(&log.sync);
+                if sy.syncing_upto > sy.durable_id {
+                    // A sync is in flight: write now, sync next.
+                    None
+                } else {
+                    let count = sy.unsynced_records + q.items.len();
+                    gather_wait(&sy, count, started, seen_at, now)
+                        .map(|w| (w, sy.peak_waiting.saturating_sub(sy.unsynced_records)))
+                }
+            };
+            let Some((wait, wake_at)) = wait else { break };
+            q.wake_at = wake_at.max(q.items.len() + 1);
+            q = log
+                .cond
+                .wait_timeout(q, wait)
+                .map_or_else(|e| e.into_inner().0, |(g, _)| g);
+            if q.items.len() > seen {
+                seen = q.items.len();
+                seen_at = Instant::now();
+            }
+        }
+        q.wake_at = 1;
+        q
     }
 
     fn idle_checkpoint(&self, log: &TierLog) {
@@ -908,11 +1099,29 @@ impl Core {
         let mut sy = lock(&log.sync);
         loop {
             if sy.written_id > sy.syncing_upto && !log.poisoned.load(Ordering::SeqCst) {
+                // With no other sync in flight, wait a little for the
+                // callers just answered to come back, so that one sync
+                // takes them all instead of every other one.
+                let idle = sy.syncing_upto <= sy.durable_id;
+                if idle && !sy.shutdown {
+                    if let Some(wait) = log.sync_due(&sy, Instant::now()) {
+                        sy = log
+                            .sync_cond
+                            .wait_timeout(sy, wait)
+                            .map_or_else(|e| e.into_inner().0, |(g, _)| g);
+                        continue;
+                    }
+                }
                 let target = sy.written_id;
                 sy.syncing_upto = target;
+                sy.unsynced_records = 0;
+                sy.first_unsynced_at = None;
                 let file = sy.file.clone();
                 drop(sy);
+                log.syncs.fetch_add(1, Ordering::Relaxed);
+                let started = Instant::now();
                 let r = file.as_deref().map_or(Ok(()), |f| disk.sync(f));
+                log.note_sync(started);
                 match r {
                     Ok(()) => log.mark_durable(target),
                     Err(e) => log.poison(&e),
@@ -928,9 +1137,10 @@ impl Core {
     }
 
     /// Writes one batch and hands every caller its result.
-    fn commit(&self, log: &TierLog, batch: Vec<Pending>) {
+    fn commit(&self, log: &TierLog, batch: Vec<Pending>, gathered: bool) {
         let tier = log.tier;
         if log.poisoned.load(Ordering::SeqCst) {
+            log.answered(batch.len());
             for p in batch {
                 p.slot.fill(Err(AuditError::Poisoned { tier }));
             }
@@ -945,28 +1155,41 @@ impl Core {
                     // The roll synced the old segment: all earlier batches are durable.
                     log.mark_durable(before);
                 }
-                let done = batch.into_iter().map(|p| p.slot).zip(receipts).collect();
+                let done: Vec<(Arc<Slot>, Receipt)> =
+                    batch.into_iter().map(|p| p.slot).zip(receipts).collect();
                 // Nobody else queued and no sync in flight: sync here and
                 // save the hand-off to a syncer (what a lone writer wants).
                 // Otherwise hand it off, so the next batch can be written
                 // while this one syncs.
                 let queue_empty = lock(&log.queue).items.is_empty();
-                let inline = {
+                let (inline, notify) = {
                     let mut sy = lock(&log.sync);
                     sy.written_id += 1;
                     let id = sy.written_id;
+                    let now = Instant::now();
+                    let first = sy.first_unsynced_at.is_none();
+                    sy.unsynced_records += done.len();
+                    sy.first_unsynced_at.get_or_insert(now);
+                    sy.last_written_at = Some(now);
                     sy.pending.push_back(WrittenBatch { id, done });
                     sy.file = st.seg.as_ref().map(|s| Arc::clone(&s.file));
                     let idle = sy.syncing_upto <= sy.durable_id;
-                    let inline = self.options.sync_threads == 0 || (idle && queue_empty);
+                    let due = gathered || log.sync_due(&sy, now).is_none();
+                    // Inline only when nobody else is coming either (a lone
+                    // writer, or the last of a group); otherwise a syncer
+                    // gathers them. A gathering syncer times its own wait,
+                    // so it is woken only to start or to stop gathering.
+                    let inline = self.options.sync_threads == 0 || (idle && queue_empty && due);
                     if inline {
                         sy.syncing_upto = id;
+                        sy.unsynced_records = 0;
+                        sy.first_unsynced_at = None;
                     }
-                    inline
+                    (inline, !inline && (!idle || due || first))
                 };
                 if inline {
                     let _ = log.sync_now(&st, &Disk(self.options.fault.as_deref()));
-                } else {
+                } else if notify {
                     log.sync_cond.notify_one();
                 }
                 if log.poisoned.load(Ordering::SeqCst) {
@@ -987,6 +1210,7 @@ impl Core {
                     tracing::error!(%tier, error = %failure.source, "audit log write failed; records refused");
                 }
                 let (kind, msg) = (failure.source.kind(), failure.source.to_string());
+                log.answered(batch.len());
                 for p in batch {
                     p.slot.fill(Err(AuditError::WriteFailed {
                         tier,
@@ -1014,6 +1238,7 @@ impl Drop for PanicGuard<'_> {
             q.shutdown = true;
             q.items.drain(..).collect()
         };
+        log.answered(queued.len());
         for p in queued {
             p.slot.fill(Err(AuditError::Poisoned { tier: log.tier }));
         }
