@@ -15,7 +15,7 @@ use rampart_store::{Expect, Keyring, Store, StoreError};
 use serde::{Deserialize, Serialize};
 
 use crate::ciphertext::{self, NONCE_LEN, TAG_LEN};
-use crate::policy::{Policies, Request};
+use crate::policy::{self, Policies, Request, Statement};
 use crate::{valid_name, Auditor, Caller, KeysError};
 
 const KEYS_NS: &str = "keys";
@@ -376,6 +376,22 @@ impl KeyService {
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, loaded.clone());
         Ok(loaded)
+    }
+
+    /// The key `env/name` for one batch call: loaded at its first item,
+    /// then reused by the call's other items.
+    async fn load_for_batch<'k, 'a>(
+        &self,
+        keys: &'k mut BatchKeys<'a>,
+        env: &'a str,
+        name: &'a str,
+    ) -> Result<&'k Loaded, KeysError> {
+        if keys.find(env, name).is_none() {
+            let loaded = self.load(env, name).await?;
+            keys.insert(env, name, loaded);
+        }
+        keys.find(env, name)
+            .ok_or_else(|| KeysError::Internal("batch key missing".into()))
     }
 
     fn forget(&self, env: &str, name: &str) {
@@ -951,6 +967,7 @@ impl KeyService {
         }
         let decided = self.authorise_batch(caller, action, &targets).await;
         let mut failures = Vec::new();
+        let mut keys = BatchKeys::default();
         for (i, ((slot, target), decision)) in out.iter_mut().zip(&targets).zip(decided).enumerate()
         {
             let Some(t) = target else { continue };
@@ -958,10 +975,10 @@ impl KeyService {
                 *slot = Err(e);
                 continue;
             }
-            let res = match self.load(t.env, t.name).await {
+            let res = match self.load_for_batch(&mut keys, t.env, t.name).await {
                 Ok(l) => items
                     .get(i)
-                    .map_or(Err(KeysError::Decrypt), |(p, c)| Self::seal_with(&l, p, c)),
+                    .map_or(Err(KeysError::Decrypt), |(p, c)| Self::seal_with(l, p, c)),
                 Err(e) => Err(e),
             };
             if let Err(e) = &res {
@@ -1005,6 +1022,7 @@ impl KeyService {
         let decided = self.authorise_batch(caller, action, &targets).await;
         let mut out = Vec::with_capacity(items.len());
         let mut failures = Vec::new();
+        let mut keys = BatchKeys::default();
         for (i, ((p, (_, context)), decision)) in
             parsed.into_iter().zip(items).zip(decided).enumerate()
         {
@@ -1015,8 +1033,8 @@ impl KeyService {
                 }
                 (Ok(p), Ok(())) => p,
             };
-            let res = match self.load(p.environment, p.key).await {
-                Ok(l) => Self::open_with(&l, &p, context),
+            let res = match self.load_for_batch(&mut keys, p.environment, p.key).await {
+                Ok(l) => Self::open_with(l, &p, context),
                 Err(e) => Err(e),
             };
             if let Err(e) = &res {
@@ -1054,6 +1072,7 @@ impl KeyService {
         }
         let decided = self.authorise_batch(caller, action, &targets).await;
         let mut failures = Vec::new();
+        let mut keys = BatchKeys::default();
         for (i, ((target, early), decision)) in targets.iter().zip(early).zip(decided).enumerate() {
             let t = match (target, early, decision) {
                 (_, Some(e), _) | (_, None, Err(e)) => {
@@ -1067,9 +1086,9 @@ impl KeyService {
                 }
             };
             let res = async {
-                let loaded = self.load(t.env, t.name).await?;
+                let loaded = self.load_for_batch(&mut keys, t.env, t.name).await?;
                 let plaintext = DataKey::generate()?;
-                let wrapped = Self::seal_with(&loaded, plaintext.expose(), t.context)?;
+                let wrapped = Self::seal_with(loaded, plaintext.expose(), t.context)?;
                 Ok::<_, KeysError>(GeneratedDataKey { plaintext, wrapped })
             }
             .await;
@@ -1113,6 +1132,7 @@ impl KeyService {
         let decided = self.authorise_batch(caller, action, &targets).await;
         let mut out = Vec::with_capacity(items.len());
         let mut failures = Vec::new();
+        let mut keys = BatchKeys::default();
         for (i, ((p, (_, context)), decision)) in
             parsed.into_iter().zip(items).zip(decided).enumerate()
         {
@@ -1124,9 +1144,9 @@ impl KeyService {
                 (Ok(p), Ok(())) => p,
             };
             let res = async {
-                let loaded = self.load(p.environment, p.key).await?;
-                let plain = Self::open_with(&loaded, &p, context)?;
-                Self::seal_with(&loaded, plain.expose(), context)
+                let loaded = self.load_for_batch(&mut keys, p.environment, p.key).await?;
+                let plain = Self::open_with(loaded, &p, context)?;
+                Self::seal_with(loaded, plain.expose(), context)
             }
             .await;
             if let Err(e) = &res {
@@ -1153,37 +1173,88 @@ impl KeyService {
         targets: &[Option<BatchTarget<'_>>],
     ) -> Vec<Result<(), KeysError>> {
         let mut out: Vec<Result<(), KeysError>> = Vec::with_capacity(targets.len());
-        // (env, name, allowed, reason) -> item indices.
-        let mut groups: BTreeMap<(&str, &str, bool, String), Vec<usize>> = BTreeMap::new();
+        // Each environment's policy is read once per call, with the context
+        // keys its conditions read: items of the same key whose contexts
+        // agree on those keys get the same decision, so it is made once
+        // (`policy::condition_context_keys`). Every item is still decided,
+        // recorded and refused or allowed on its own.
+        let mut policies: HashMap<&str, (Arc<Vec<Statement>>, Vec<String>)> = HashMap::new();
+        // (env, name, the context's values of those keys) -> group.
+        let mut memo: HashMap<(&str, &str, Vec<Option<&str>>), usize> = HashMap::new();
+        let mut last: Option<(&str, &str, Vec<Option<&str>>, usize)> = None;
+        // (env, name, allowed, reason) and the item indices.
+        let mut groups: Vec<(GroupKey<'_>, Vec<usize>)> = Vec::new();
+        let mut group_index: HashMap<GroupKey<'_>, usize> = HashMap::new();
         for (i, t) in targets.iter().enumerate() {
             let Some(t) = t else {
                 out.push(Ok(()));
                 continue;
             };
-            let res = resource(t.name);
-            let decision = self
-                .policies
-                .decide(
-                    caller,
-                    &Request {
-                        action,
-                        resource: &res,
-                        environment: t.env,
-                        context: Some(t.context),
-                    },
-                )
-                .await;
-            match decision {
-                Ok(d) => {
-                    groups
-                        .entry((t.env, t.name, d.allowed, d.reason))
-                        .or_default()
-                        .push(i);
-                    out.push(Ok(()));
+            if !policies.contains_key(t.env) {
+                match self.policies.get(t.env).await {
+                    Ok(statements) => {
+                        let keys = policy::condition_context_keys(&statements)
+                            .into_iter()
+                            .map(str::to_owned)
+                            .collect();
+                        policies.insert(t.env, (statements, keys));
+                    }
+                    Err(e) => {
+                        out.push(Err(e));
+                        continue;
+                    }
                 }
-                Err(e) => out.push(Err(e)),
             }
+            let Some((statements, keys)) = policies.get(t.env) else {
+                out.push(Err(KeysError::Internal("policy snapshot missing".into())));
+                continue;
+            };
+            let values: Vec<Option<&str>> = keys
+                .iter()
+                .map(|k| t.context.get(k).map(String::as_str))
+                .collect();
+            let group = match &last {
+                Some((env, name, v, g)) if *env == t.env && *name == t.name && *v == values => *g,
+                _ => {
+                    let key = (t.env, t.name, values);
+                    let g = match memo.get(&key) {
+                        Some(g) => *g,
+                        None => {
+                            let res = resource(t.name);
+                            let d = policy::evaluate(
+                                statements,
+                                caller,
+                                &Request {
+                                    action,
+                                    resource: &res,
+                                    environment: t.env,
+                                    context: Some(t.context),
+                                },
+                            );
+                            let group_key = (t.env, t.name, d.allowed, d.reason);
+                            let g = match group_index.get(&group_key) {
+                                Some(g) => *g,
+                                None => {
+                                    group_index.insert(group_key.clone(), groups.len());
+                                    groups.push((group_key, Vec::new()));
+                                    groups.len() - 1
+                                }
+                            };
+                            memo.insert(key.clone(), g);
+                            g
+                        }
+                    };
+                    last = Some((key.0, key.1, key.2, g));
+                    g
+                }
+            };
+            if let Some((_, indices)) = groups.get_mut(group) {
+                indices.push(i);
+            }
+            out.push(Ok(()));
         }
+        // In the order of (env, name, allowed, reason), as before.
+        groups.sort_by(|a, b| a.0.cmp(&b.0));
         let total = targets.len().to_string();
         let mut pending = Vec::new();
         for ((env, name, allowed, reason), indices) in groups {
@@ -1265,6 +1336,37 @@ struct BatchTarget<'a> {
     env: &'a str,
     name: &'a str,
     context: &'a Context,
+}
+
+/// A batch decision's record: (env, name, allowed, reason).
+type GroupKey<'a> = (&'a str, &'a str, bool, String);
+
+/// The keys one batch call has loaded, each loaded once per call (as a
+/// single call loads its key once), so items do not each go through the
+/// shared cache. A failed load is not kept: every item of that key tries
+/// again and gets its own error.
+#[derive(Default)]
+struct BatchKeys<'a> {
+    loaded: Vec<(&'a str, &'a str, Arc<Loaded>)>,
+    index: HashMap<(&'a str, &'a str), usize>,
+    last: usize,
+}
+
+impl<'a> BatchKeys<'a> {
+    fn find(&mut self, env: &'a str, name: &'a str) -> Option<&Loaded> {
+        let hit = match self.loaded.get(self.last) {
+            Some((e, n, _)) if *e == env && *n == name => self.last,
+            _ => *self.index.get(&(env, name))?,
+        };
+        self.last = hit;
+        self.loaded.get(hit).map(|(_, _, l)| &**l)
+    }
+
+    fn insert(&mut self, env: &'a str, name: &'a str, loaded: Arc<Loaded>) {
+        self.last = self.loaded.len();
+        self.index.insert((env, name), self.last);
+        self.loaded.push((env, name, loaded));
+    }
 }
 
 /// Most item indices one batch audit record names.
