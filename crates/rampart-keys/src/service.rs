@@ -175,7 +175,22 @@ pub struct GeneratedDataKey {
 struct Loaded {
     record: KeyRecord,
     loaded_at: u64,
-    ciphers: HashMap<u32, Arc<Aes256Gcm>>,
+    /// By version, ascending (the versions not retired nor destroyed).
+    ciphers: Vec<(u32, Aes256Gcm)>,
+}
+
+impl Loaded {
+    fn cipher(&self, version: u32) -> Option<&Aes256Gcm> {
+        // The current version is the last and the one encryption uses.
+        match self.ciphers.last() {
+            Some((v, c)) if *v == version => Some(c),
+            _ => self
+                .ciphers
+                .iter()
+                .find(|(v, _)| *v == version)
+                .map(|(_, c)| c),
+        }
+    }
 }
 
 /// How long a cached key record is trusted before it is read again, so a
@@ -323,7 +338,7 @@ impl KeyService {
 
     fn build(&self, record: KeyRecord) -> Result<Loaded, KeysError> {
         let root = self.keyring.root();
-        let mut ciphers = HashMap::new();
+        let mut ciphers = Vec::new();
         if !matches!(record.state, KeyState::Destroyed { .. }) {
             for v in &record.versions {
                 if v.version < record.min_decryption_version {
@@ -337,7 +352,7 @@ impl KeyService {
                     &blob,
                     &purpose(&record.environment, &record.name, v.version),
                 )?;
-                ciphers.insert(v.version, Arc::new(Aes256Gcm::new(key.expose().into())));
+                ciphers.push((v.version, Aes256Gcm::new(key.expose().into())));
             }
         }
         Ok(Loaded {
@@ -738,24 +753,29 @@ impl KeyService {
 
     // ----- cryptography -----
 
+    /// Encrypts under the key's current version; `aad` is scratch space
+    /// for the associated data (a batch reuses one buffer for every item).
     fn seal_with(
         loaded: &Loaded,
         plaintext: &[u8],
         context: &Context,
+        aad: &mut Vec<u8>,
     ) -> Result<Vec<u8>, KeysError> {
         Self::usable(loaded)?;
         let r = &loaded.record;
         let version = r.current();
         let cipher = loaded
-            .ciphers
-            .get(&version)
+            .cipher(version)
             .ok_or_else(|| KeysError::Destroyed(record_id(&r.environment, &r.name)))?;
-        let mut out = ciphertext::header(&r.environment, &r.name, version)?;
-        let aad = ciphertext::aad(&out, context);
+        // Sealed in place in the output, allocated once at its final size:
+        // header, nonce, then the plaintext's bytes encrypted where they
+        // lie, then the tag.
+        let mut out = Vec::with_capacity(
+            ciphertext::header_len(&r.environment, &r.name) + NONCE_LEN + plaintext.len() + TAG_LEN,
+        );
+        ciphertext::write_header(&mut out, &r.environment, &r.name, version)?;
+        ciphertext::aad_into(aad, &out, context);
         let nonce: [u8; NONCE_LEN] = random_nonce()?;
-        // Sealed in place in the output: header, nonce, then the
-        // plaintext's bytes encrypted where they lie, then the tag.
-        out.reserve(NONCE_LEN + plaintext.len() + TAG_LEN);
         out.extend_from_slice(&nonce);
         let body = out.len();
         out.extend_from_slice(plaintext);
@@ -763,44 +783,46 @@ impl KeyService {
             .get_mut(body..)
             .ok_or_else(|| KeysError::Internal("encryption failed".into()))?;
         let tag = cipher
-            .encrypt_in_place_detached(Nonce::from_slice(&nonce), &aad, sealed)
+            .encrypt_in_place_detached(Nonce::from_slice(&nonce), aad, sealed)
             .map_err(|_| KeysError::Internal("encryption failed".into()))?;
         out.extend_from_slice(&tag);
         Ok(out)
     }
 
+    /// Decrypts with the version the ciphertext names; `aad` as for
+    /// [`KeyService::seal_with`].
     fn open_with(
         loaded: &Loaded,
         parsed: &ciphertext::Parsed<'_>,
         context: &Context,
+        aad: &mut Vec<u8>,
     ) -> Result<SecretBytes, KeysError> {
         Self::usable(loaded)?;
         let r = &loaded.record;
-        let id = record_id(&r.environment, &r.name);
+        let id = || record_id(&r.environment, &r.name);
         if parsed.version < r.min_decryption_version {
             return Err(KeysError::RetiredVersion {
-                key: id,
+                key: id(),
                 version: parsed.version,
                 min: r.min_decryption_version,
             });
         }
         if parsed.version > r.current() {
             return Err(KeysError::UnknownVersion {
-                key: id,
+                key: id(),
                 version: parsed.version,
             });
         }
         let cipher = loaded
-            .ciphers
-            .get(&parsed.version)
-            .ok_or(KeysError::Destroyed(id))?;
-        let aad = ciphertext::aad(parsed.header, context);
+            .cipher(parsed.version)
+            .ok_or_else(|| KeysError::Destroyed(id()))?;
+        ciphertext::aad_into(aad, parsed.header, context);
         cipher
             .decrypt(
                 Nonce::from_slice(parsed.nonce),
                 Payload {
                     msg: parsed.body,
-                    aad: &aad,
+                    aad,
                 },
             )
             .map(SecretBytes::new)
@@ -846,7 +868,7 @@ impl KeyService {
         self.authorise(caller, "keys:encrypt", env, &resource(name), Some(context))
             .await?;
         let res = match self.load(env, name).await {
-            Ok(l) => Self::seal_with(&l, plaintext, context),
+            Ok(l) => Self::seal_with(&l, plaintext, context, &mut Vec::new()),
             Err(e) => Err(e),
         };
         self.with_error_record(caller, "keys:encrypt", env, name, res)
@@ -868,7 +890,7 @@ impl KeyService {
         self.authorise(caller, "keys:decrypt", env, &resource(name), Some(context))
             .await?;
         let res = match self.load(env, name).await {
-            Ok(l) => Self::open_with(&l, &parsed, context),
+            Ok(l) => Self::open_with(&l, &parsed, context, &mut Vec::new()),
             Err(e) => Err(e),
         };
         self.with_error_record(caller, "keys:decrypt", env, name, res)
@@ -895,7 +917,7 @@ impl KeyService {
         let res = async {
             let loaded = self.load(env, name).await?;
             let plaintext = DataKey::generate()?;
-            let wrapped = Self::seal_with(&loaded, plaintext.expose(), context)?;
+            let wrapped = Self::seal_with(&loaded, plaintext.expose(), context, &mut Vec::new())?;
             Ok(GeneratedDataKey { plaintext, wrapped })
         }
         .await;
@@ -931,8 +953,9 @@ impl KeyService {
             .await?;
         let res = async {
             let loaded = self.load(env, name).await?;
-            let plain = Self::open_with(&loaded, &parsed, context)?;
-            Self::seal_with(&loaded, plain.expose(), context)
+            let mut aad = Vec::new();
+            let plain = Self::open_with(&loaded, &parsed, context, &mut aad)?;
+            Self::seal_with(&loaded, plain.expose(), context, &mut aad)
         }
         .await;
         self.with_error_record(caller, "keys:rewrap", env, name, res)
@@ -968,6 +991,7 @@ impl KeyService {
         let decided = self.authorise_batch(caller, action, &targets).await;
         let mut failures = Vec::new();
         let mut keys = BatchKeys::default();
+        let mut aad = Vec::new();
         for (i, ((slot, target), decision)) in out.iter_mut().zip(&targets).zip(decided).enumerate()
         {
             let Some(t) = target else { continue };
@@ -976,9 +1000,9 @@ impl KeyService {
                 continue;
             }
             let res = match self.load_for_batch(&mut keys, t.env, t.name).await {
-                Ok(l) => items
-                    .get(i)
-                    .map_or(Err(KeysError::Decrypt), |(p, c)| Self::seal_with(l, p, c)),
+                Ok(l) => items.get(i).map_or(Err(KeysError::Decrypt), |(p, c)| {
+                    Self::seal_with(l, p, c, &mut aad)
+                }),
                 Err(e) => Err(e),
             };
             if let Err(e) = &res {
@@ -1023,6 +1047,7 @@ impl KeyService {
         let mut out = Vec::with_capacity(items.len());
         let mut failures = Vec::new();
         let mut keys = BatchKeys::default();
+        let mut aad = Vec::new();
         for (i, ((p, (_, context)), decision)) in
             parsed.into_iter().zip(items).zip(decided).enumerate()
         {
@@ -1034,7 +1059,7 @@ impl KeyService {
                 (Ok(p), Ok(())) => p,
             };
             let res = match self.load_for_batch(&mut keys, p.environment, p.key).await {
-                Ok(l) => Self::open_with(l, &p, context),
+                Ok(l) => Self::open_with(l, &p, context, &mut aad),
                 Err(e) => Err(e),
             };
             if let Err(e) = &res {
@@ -1073,6 +1098,7 @@ impl KeyService {
         let decided = self.authorise_batch(caller, action, &targets).await;
         let mut failures = Vec::new();
         let mut keys = BatchKeys::default();
+        let mut aad = Vec::new();
         for (i, ((target, early), decision)) in targets.iter().zip(early).zip(decided).enumerate() {
             let t = match (target, early, decision) {
                 (_, Some(e), _) | (_, None, Err(e)) => {
@@ -1088,7 +1114,7 @@ impl KeyService {
             let res = async {
                 let loaded = self.load_for_batch(&mut keys, t.env, t.name).await?;
                 let plaintext = DataKey::generate()?;
-                let wrapped = Self::seal_with(loaded, plaintext.expose(), t.context)?;
+                let wrapped = Self::seal_with(loaded, plaintext.expose(), t.context, &mut aad)?;
                 Ok::<_, KeysError>(GeneratedDataKey { plaintext, wrapped })
             }
             .await;
@@ -1133,6 +1159,7 @@ impl KeyService {
         let mut out = Vec::with_capacity(items.len());
         let mut failures = Vec::new();
         let mut keys = BatchKeys::default();
+        let mut aad = Vec::new();
         for (i, ((p, (_, context)), decision)) in
             parsed.into_iter().zip(items).zip(decided).enumerate()
         {
@@ -1145,8 +1172,8 @@ impl KeyService {
             };
             let res = async {
                 let loaded = self.load_for_batch(&mut keys, p.environment, p.key).await?;
-                let plain = Self::open_with(loaded, &p, context)?;
-                Self::seal_with(loaded, plain.expose(), context)
+                let plain = Self::open_with(loaded, &p, context, &mut aad)?;
+                Self::seal_with(loaded, plain.expose(), context, &mut aad)
             }
             .await;
             if let Err(e) = &res {
@@ -1178,7 +1205,11 @@ impl KeyService {
         // agree on those keys get the same decision, so it is made once
         // (`policy::condition_context_keys`). Every item is still decided,
         // recorded and refused or allowed on its own.
-        let mut policies: HashMap<&str, (Arc<Vec<Statement>>, Vec<String>)> = HashMap::new();
+        type Snapshot = Arc<(Arc<Vec<Statement>>, Vec<String>)>;
+        let mut policies: HashMap<&str, Snapshot> = HashMap::new();
+        // The last item's environment and its snapshot, so a run of items
+        // of one environment looks nothing up.
+        let mut current: Option<(&str, Snapshot)> = None;
         // (env, name, the context's values of those keys) -> group.
         let mut memo: HashMap<(&str, &str, Vec<Option<&str>>), usize> = HashMap::new();
         let mut last: Option<(&str, &str, Vec<Option<&str>>, usize)> = None;
@@ -1190,25 +1221,32 @@ impl KeyService {
                 out.push(Ok(()));
                 continue;
             };
-            if !policies.contains_key(t.env) {
-                match self.policies.get(t.env).await {
-                    Ok(statements) => {
-                        let keys = policy::condition_context_keys(&statements)
-                            .into_iter()
-                            .map(str::to_owned)
-                            .collect();
-                        policies.insert(t.env, (statements, keys));
-                    }
-                    Err(e) => {
-                        out.push(Err(e));
-                        continue;
-                    }
-                }
+            if current.as_ref().is_none_or(|(env, _)| *env != t.env) {
+                let snapshot = match policies.get(t.env) {
+                    Some(s) => s.clone(),
+                    None => match self.policies.get(t.env).await {
+                        Ok(statements) => {
+                            let keys = policy::condition_context_keys(&statements)
+                                .into_iter()
+                                .map(str::to_owned)
+                                .collect();
+                            let s = Arc::new((statements, keys));
+                            policies.insert(t.env, s.clone());
+                            s
+                        }
+                        Err(e) => {
+                            out.push(Err(e));
+                            continue;
+                        }
+                    },
+                };
+                current = Some((t.env, snapshot));
             }
-            let Some((statements, keys)) = policies.get(t.env) else {
+            let Some((_, snapshot)) = &current else {
                 out.push(Err(KeysError::Internal("policy snapshot missing".into())));
                 continue;
             };
+            let (statements, keys) = &**snapshot;
             let values: Vec<Option<&str>> = keys
                 .iter()
                 .map(|k| t.context.get(k).map(String::as_str))
