@@ -193,6 +193,14 @@ impl Loaded {
     }
 }
 
+// The cached ciphers hold expanded key material; their AES round keys
+// must be wiped when a `Loaded` is dropped (the `zeroize` feature of `aes`,
+// see Cargo.toml). Fails to compile if that feature is lost.
+const _: fn() = || {
+    fn wiped_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+    wiped_on_drop::<aes::Aes256>();
+};
+
 /// How long a cached key record is trusted before it is read again, so a
 /// change made by another node (rotation, destruction) is seen within it.
 pub const CACHE_TTL_SECS: u64 = 5;
