@@ -409,11 +409,14 @@ impl KeyService {
         env: &'a str,
         name: &'a str,
     ) -> Result<&'k Loaded, KeysError> {
-        if keys.find(env, name).is_none() {
-            let loaded = self.load(env, name).await?;
-            keys.insert(env, name, loaded);
-        }
-        keys.find(env, name)
+        let i = match keys.position(env, name) {
+            Some(i) => i,
+            None => {
+                let loaded = self.load(env, name).await?;
+                keys.insert(env, name, loaded)
+            }
+        };
+        keys.at(i)
             .ok_or_else(|| KeysError::Internal("batch key missing".into()))
     }
 
@@ -982,8 +985,11 @@ impl KeyService {
         let action = "keys:encrypt";
         let mut out: Vec<Result<Vec<u8>, KeysError>> = Vec::with_capacity(items.len());
         let mut targets = Vec::with_capacity(items.len());
+        // The key is resolved once; when it is bad, every item says so.
+        let resolved = key_ref(caller, key).ok();
         for (plaintext, context) in items {
-            match key_ref(caller, key)
+            match resolved
+                .map_or_else(|| key_ref(caller, key), Ok)
                 .and_then(|k| Self::check_input(plaintext, context).map(|()| k))
             {
                 Ok((env, name)) => {
@@ -1030,16 +1036,7 @@ impl KeyService {
         items: &[(Vec<u8>, Context)],
     ) -> Vec<Result<SecretBytes, KeysError>> {
         let action = "keys:decrypt";
-        let parsed: Vec<Result<ciphertext::Parsed<'_>, KeysError>> = items
-            .iter()
-            .map(|(blob, context)| {
-                ciphertext::check_context(context)?;
-                let p = ciphertext::parse(blob)?;
-                valid_name(p.environment)?;
-                valid_name(p.key)?;
-                Ok(p)
-            })
-            .collect();
+        let parsed = parse_batch(items);
         let targets: Vec<Option<BatchTarget<'_>>> = parsed
             .iter()
             .zip(items)
@@ -1090,8 +1087,11 @@ impl KeyService {
         let mut out = Vec::with_capacity(contexts.len());
         let mut targets = Vec::with_capacity(contexts.len());
         let mut early = Vec::with_capacity(contexts.len());
+        let resolved = key_ref(caller, key).ok();
         for context in contexts {
-            match key_ref(caller, key).and_then(|k| ciphertext::check_context(context).map(|()| k))
+            match resolved
+                .map_or_else(|| key_ref(caller, key), Ok)
+                .and_then(|k| ciphertext::check_context(context).map(|()| k))
             {
                 Ok((env, name)) => {
                     targets.push(Some(BatchTarget { env, name, context }));
@@ -1142,16 +1142,7 @@ impl KeyService {
         items: &[(Vec<u8>, Context)],
     ) -> Vec<Result<Vec<u8>, KeysError>> {
         let action = "keys:rewrap";
-        let parsed: Vec<Result<ciphertext::Parsed<'_>, KeysError>> = items
-            .iter()
-            .map(|(blob, context)| {
-                ciphertext::check_context(context)?;
-                let p = ciphertext::parse(blob)?;
-                valid_name(p.environment)?;
-                valid_name(p.key)?;
-                Ok(p)
-            })
-            .collect();
+        let parsed = parse_batch(items);
         let targets: Vec<Option<BatchTarget<'_>>> = parsed
             .iter()
             .zip(items)
@@ -1229,7 +1220,7 @@ impl KeyService {
                 out.push(Ok(()));
                 continue;
             };
-            if current.as_ref().is_none_or(|(env, _)| *env != t.env) {
+            if current.as_ref().is_none_or(|(env, _)| !same(env, t.env)) {
                 let snapshot = match policies.get(t.env) {
                     Some(s) => s.clone(),
                     None => match self.policies.get(t.env).await {
@@ -1260,7 +1251,11 @@ impl KeyService {
                 .map(|k| t.context.get(k).map(String::as_str))
                 .collect();
             let group = match &last {
-                Some((env, name, v, g)) if *env == t.env && *name == t.name && *v == values => *g,
+                Some((env, name, v, g))
+                    if same(env, t.env) && same(name, t.name) && *v == values =>
+                {
+                    *g
+                }
                 _ => {
                     let key = (t.env, t.name, values);
                     let g = match memo.get(&key) {
@@ -1377,6 +1372,25 @@ impl KeyService {
     }
 }
 
+/// Checks and parses the items of a batch of ciphertexts as single calls
+/// do; names equal to the previous item's valid ones are not checked again.
+fn parse_batch(items: &[(Vec<u8>, Context)]) -> Vec<Result<ciphertext::Parsed<'_>, KeysError>> {
+    let mut valid: Option<(&str, &str)> = None;
+    items
+        .iter()
+        .map(|(blob, context)| {
+            ciphertext::check_context(context)?;
+            let p = ciphertext::parse(blob)?;
+            if !valid.is_some_and(|(e, n)| e == p.environment && n == p.key) {
+                valid_name(p.environment)?;
+                valid_name(p.key)?;
+                valid = Some((p.environment, p.key));
+            }
+            Ok(p)
+        })
+        .collect()
+}
+
 /// One item of a batch call, as its policy decision sees it.
 struct BatchTarget<'a> {
     env: &'a str,
@@ -1399,20 +1413,31 @@ struct BatchKeys<'a> {
 }
 
 impl<'a> BatchKeys<'a> {
-    fn find(&mut self, env: &'a str, name: &'a str) -> Option<&Loaded> {
+    fn position(&mut self, env: &'a str, name: &'a str) -> Option<usize> {
         let hit = match self.loaded.get(self.last) {
-            Some((e, n, _)) if *e == env && *n == name => self.last,
+            Some((e, n, _)) if same(e, env) && same(n, name) => self.last,
             _ => *self.index.get(&(env, name))?,
         };
         self.last = hit;
-        self.loaded.get(hit).map(|(_, _, l)| &**l)
+        Some(hit)
     }
 
-    fn insert(&mut self, env: &'a str, name: &'a str, loaded: Arc<Loaded>) {
+    fn insert(&mut self, env: &'a str, name: &'a str, loaded: Arc<Loaded>) -> usize {
         self.last = self.loaded.len();
         self.index.insert((env, name), self.last);
         self.loaded.push((env, name, loaded));
+        self.last
     }
+
+    fn at(&self, i: usize) -> Option<&Loaded> {
+        self.loaded.get(i).map(|(_, _, l)| &**l)
+    }
+}
+
+/// String equality that skips the bytes when both are the same slice (the
+/// items of `encrypt_batch` all name their key with the caller's string).
+fn same(a: &str, b: &str) -> bool {
+    std::ptr::eq(a, b) || a == b
 }
 
 /// Most item indices one batch audit record names.
