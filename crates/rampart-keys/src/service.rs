@@ -201,6 +201,9 @@ const _: fn() = || {
     wiped_on_drop::<aes::Aes256>();
 };
 
+/// Loaded keys by environment, then name.
+type KeyCache = HashMap<String, HashMap<String, Arc<Loaded>>>;
+
 /// How long a cached key record is trusted before it is read again, so a
 /// change made by another node (rotation, destruction) is seen within it.
 pub const CACHE_TTL_SECS: u64 = 5;
@@ -213,7 +216,9 @@ pub struct KeyService {
     policies: Policies,
     auditor: Auditor,
     clock: SharedClock,
-    cache: Arc<RwLock<HashMap<String, Arc<Loaded>>>>,
+    /// Loaded keys by environment, then name (looked up without building
+    /// an `env/name` string).
+    cache: Arc<RwLock<KeyCache>>,
 }
 
 impl std::fmt::Debug for KeyService {
@@ -371,18 +376,19 @@ impl KeyService {
     }
 
     async fn load(&self, env: &str, name: &str) -> Result<Arc<Loaded>, KeysError> {
-        let id = record_id(env, name);
         let now = self.clock.unix_secs();
         if let Some(l) = self
             .cache
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&id)
+            .get(env)
+            .and_then(|keys| keys.get(name))
         {
             if now.saturating_sub(l.loaded_at) < CACHE_TTL_SECS {
                 return Ok(l.clone());
             }
         }
+        let id = record_id(env, name);
         let entry = self
             .store
             .get(KEYS_NS, &id)
@@ -397,7 +403,9 @@ impl KeyService {
         self.cache
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id, loaded.clone());
+            .entry(env.to_owned())
+            .or_default()
+            .insert(name.to_owned(), loaded.clone());
         Ok(loaded)
     }
 
@@ -421,10 +429,14 @@ impl KeyService {
     }
 
     fn forget(&self, env: &str, name: &str) {
-        self.cache
+        if let Some(keys) = self
+            .cache
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&record_id(env, name));
+            .get_mut(env)
+        {
+            keys.remove(name);
+        }
     }
 
     /// Reads, changes and writes a key record under compare-and-set.
