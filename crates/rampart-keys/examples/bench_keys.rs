@@ -59,12 +59,14 @@ async fn main() {
     raw_pairs(n);
     let raw_one = n as f64 / t.elapsed().as_secs_f64();
     let t = Instant::now();
+    let cpu = cpu_secs();
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| raw_pairs(n / threads));
         }
     });
     let raw_rate = (n / threads * threads) as f64 / t.elapsed().as_secs_f64();
+    let raw_cpu = cpu_per_pair(cpu, n / threads * threads);
     println!(
         "raw AES-256-GCM encrypt+decrypt 1 KiB: {raw_one:.0} pairs/s on 1 thread, {raw_rate:.0} on {threads} (the ratios below use this one)"
     );
@@ -192,6 +194,7 @@ async fn main() {
         })
         .collect();
     let t = Instant::now();
+    let cpu = cpu_secs();
     let mut tasks = Vec::new();
     for (items, mut cts) in inputs {
         let keys = keys.clone();
@@ -219,6 +222,7 @@ async fn main() {
     let elapsed = t.elapsed().as_secs_f64();
     lat.sort();
     let pairs = (lat.len() * batch) as f64 / elapsed;
+    let batch_cpu = cpu_per_pair(cpu, lat.len() * batch);
     let p = |q: f64| {
         lat.get(((lat.len() as f64 - 1.0) * q) as usize)
             .map(|d| d.as_micros())
@@ -231,6 +235,18 @@ async fn main() {
         p(0.5),
         p(0.99)
     );
+
+    // The machine is shared, so wall-clock rates move with other people's
+    // load; the process's CPU time (every thread: workers, audit writer and
+    // syncer) per pair moves much less, and gives a second ratio.
+    if let (Some(r), Some(b)) = (raw_cpu, batch_cpu) {
+        println!(
+            "CPU time per pair (all threads): raw {:.2} us, batches {:.2} us, CPU ratio {:.3}",
+            r * 1e6,
+            b * 1e6,
+            r / b
+        );
+    }
 
     // For reference only (the ratios above use the first raw figure): raw
     // AES-256-GCM over data shaped like the batches, `conc` callers' worth
@@ -271,16 +287,40 @@ async fn main() {
     };
     let per_thread = (conc / threads).max(1);
     let t = Instant::now();
+    let cpu = cpu_secs();
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| shaped(per_thread));
         }
     });
-    let shaped_rate = (threads * per_thread * batch * rounds) as f64 / t.elapsed().as_secs_f64();
+    let shaped_pairs = threads * per_thread * batch * rounds;
+    let shaped_rate = shaped_pairs as f64 / t.elapsed().as_secs_f64();
+    let shaped_cpu = cpu_per_pair(cpu, shaped_pairs);
     println!(
-        "reference: raw AES-256-GCM over batch-shaped data ({} distinct 1 KiB items, {aad_len}-byte AAD each): {shaped_rate:.0} pairs/s ({:.2} of raw); batches' ratio to it {:.3}",
+        "reference: raw AES-256-GCM over batch-shaped data ({} distinct 1 KiB items, {aad_len}-byte AAD each): {shaped_rate:.0} pairs/s ({:.2} of raw); batches' ratio to it {:.3}{}",
         threads * per_thread * batch,
         shaped_rate / raw_rate,
-        pairs / shaped_rate
+        pairs / shaped_rate,
+        match (shaped_cpu, batch_cpu) {
+            (Some(r), Some(b)) => format!(", CPU {:.2} us per pair, batches' CPU ratio to it {:.3}", r * 1e6, r / b),
+            _ => String::new(),
+        }
     );
+}
+
+/// CPU time (user and system, every thread) this process has used, from
+/// /proc/self/stat in clock ticks of 1/100 s; `None` where that is missing.
+fn cpu_secs() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The fields after the command name, which is in parentheses.
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// CPU seconds per pair since `start`.
+fn cpu_per_pair(start: Option<f64>, pairs: usize) -> Option<f64> {
+    Some((cpu_secs()? - start?) / pairs.max(1) as f64)
 }
