@@ -46,17 +46,34 @@ pub struct Parsed<'a> {
 
 /// Writes a header for `environment`/`key` at `version`.
 pub fn header(environment: &str, key: &str, version: u32) -> Result<Vec<u8>, KeysError> {
+    let mut h = Vec::with_capacity(header_len(environment, key));
+    write_header(&mut h, environment, key, version)?;
+    Ok(h)
+}
+
+/// The length of the header for `environment`/`key`.
+pub fn header_len(environment: &str, key: &str) -> usize {
+    7 + environment.len() + key.len()
+}
+
+/// Appends the header for `environment`/`key` at `version` to `out` (the
+/// same bytes as [`header`]); on error nothing is appended.
+pub fn write_header(
+    out: &mut Vec<u8>,
+    environment: &str,
+    key: &str,
+    version: u32,
+) -> Result<(), KeysError> {
     let el = u8::try_from(environment.len())
         .map_err(|_| KeysError::Malformed("environment name too long"))?;
     let nl = u8::try_from(key.len()).map_err(|_| KeysError::Malformed("key name too long"))?;
-    let mut h = Vec::with_capacity(7 + environment.len() + key.len());
-    h.push(FORMAT_V1);
-    h.push(el);
-    h.extend_from_slice(environment.as_bytes());
-    h.push(nl);
-    h.extend_from_slice(key.as_bytes());
-    h.extend_from_slice(&version.to_be_bytes());
-    Ok(h)
+    out.push(FORMAT_V1);
+    out.push(el);
+    out.extend_from_slice(environment.as_bytes());
+    out.push(nl);
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(&version.to_be_bytes());
+    Ok(())
 }
 
 fn take<'a>(buf: &mut &'a [u8], n: usize, what: &'static str) -> Result<&'a [u8], KeysError> {
@@ -132,8 +149,17 @@ pub fn check_context(context: &BTreeMap<String, String>) -> Result<(), KeysError
 /// The associated data: the header, then the context in canonical form
 /// (entries sorted by key, each length-prefixed, so no two contexts encode alike).
 pub fn aad(header: &[u8], context: &BTreeMap<String, String>) -> Vec<u8> {
+    let mut out = Vec::new();
+    aad_into(&mut out, header, context);
+    out
+}
+
+/// Writes [`aad`]`(header, context)` into `out`, replacing what it held, so
+/// that one buffer serves many items.
+pub fn aad_into(out: &mut Vec<u8>, header: &[u8], context: &BTreeMap<String, String>) {
     let size: usize = context.iter().map(|(k, v)| 8 + k.len() + v.len()).sum();
-    let mut out = Vec::with_capacity(header.len() + 4 + size);
+    out.clear();
+    out.reserve(header.len() + 4 + size);
     out.extend_from_slice(header);
     out.extend_from_slice(&(context.len() as u32).to_be_bytes());
     for (k, v) in context {
@@ -142,7 +168,6 @@ pub fn aad(header: &[u8], context: &BTreeMap<String, String>) -> Vec<u8> {
         out.extend_from_slice(&(v.len() as u32).to_be_bytes());
         out.extend_from_slice(v.as_bytes());
     }
-    out
 }
 
 #[cfg(test)]
@@ -167,5 +192,20 @@ mod tests {
         let b: BTreeMap<String, String> = [("a".into(), "bc".into())].into();
         assert_ne!(aad(b"h", &a), aad(b"h", &b));
         assert_ne!(aad(b"h", &a), aad(b"h", &BTreeMap::new()));
+    }
+
+    #[test]
+    fn reused_buffers_encode_alike() {
+        let a: BTreeMap<String, String> = [("k".into(), "v".into())].into();
+        let mut buf = b"left over from before".to_vec();
+        aad_into(&mut buf, b"hh", &a);
+        assert_eq!(buf, aad(b"hh", &a));
+        let mut out = b"x".to_vec();
+        write_header(&mut out, "prod", "k", 3).unwrap();
+        assert_eq!(&out[1..], header("prod", "k", 3).unwrap());
+        assert_eq!(out.len(), 1 + header_len("prod", "k"));
+        let long = "e".repeat(300);
+        assert!(write_header(&mut out, &long, "k", 1).is_err());
+        assert_eq!(out.len(), 1 + header_len("prod", "k"));
     }
 }

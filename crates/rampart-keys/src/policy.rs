@@ -226,6 +226,27 @@ pub fn evaluate(statements: &[Statement], caller: &Caller, req: &Request<'_>) ->
     }
 }
 
+/// The context keys that some statement's conditions read, sorted and
+/// without repeats. [`evaluate`] reads a request's context only through
+/// these keys (whether each is present, and its value), so two requests
+/// that differ only in their contexts, and agree on these keys, get the same
+/// decision: a batch decides such items once.
+pub fn condition_context_keys(statements: &[Statement]) -> Vec<&str> {
+    let mut keys: Vec<&str> = statements
+        .iter()
+        .flat_map(|s| {
+            s.conditions
+                .context_equals
+                .keys()
+                .chain(&s.conditions.context_keys)
+                .map(String::as_str)
+        })
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys
+}
+
 /// Checks a policy once, when it is set, so evaluation never meets a bad one.
 pub fn validate(statements: &[Statement]) -> Result<(), KeysError> {
     let bad = |why: String| Err(KeysError::InvalidRequest(why));
@@ -428,6 +449,62 @@ mod tests {
         missing.remove("purpose");
         r.context = Some(&missing);
         assert!(!evaluate(&p, &via, &r).allowed, "context key");
+    }
+
+    #[test]
+    fn decisions_depend_on_the_context_only_through_condition_keys() {
+        let mut s = stmt(Effect::Allow, &["*"], &["keys:*"], &["key:k"]);
+        s.conditions
+            .context_equals
+            .insert("tenant".into(), "acme".into());
+        s.conditions.context_keys = vec!["purpose".into(), "tenant".into()];
+        let mut d = stmt(Effect::Deny, &["*"], &["keys:decrypt"], &["key:*"]);
+        d.conditions.context_keys = vec!["legacy".into()];
+        let p = vec![s, d];
+        assert_eq!(
+            condition_context_keys(&p),
+            vec!["legacy", "purpose", "tenant"]
+        );
+        assert!(condition_context_keys(&[]).is_empty());
+        // Contexts that agree on those keys decide alike, whatever else they hold.
+        let c = Caller::direct(Principal::service("prod", "payments"));
+        let keys = condition_context_keys(&p);
+        let values = ["", "acme", "x"];
+        let mut contexts = Vec::new();
+        for extra in [None, Some("noise")] {
+            for mask in 0..27u32 {
+                let mut ctx = BTreeMap::new();
+                let mut m = mask;
+                for k in ["tenant", "purpose", "legacy"] {
+                    match m % 3 {
+                        0 => {}
+                        v => {
+                            ctx.insert(k.to_string(), values[v as usize].to_string());
+                        }
+                    }
+                    m /= 3;
+                }
+                if let Some(e) = extra {
+                    ctx.insert("other".to_string(), e.to_string());
+                }
+                contexts.push(ctx);
+            }
+        }
+        for action in ["keys:encrypt", "keys:decrypt"] {
+            for a in &contexts {
+                for b in &contexts {
+                    let same = keys.iter().all(|k| a.get(*k) == b.get(*k));
+                    if !same {
+                        continue;
+                    }
+                    let mut ra = req(action, "key:k", "prod");
+                    ra.context = Some(a);
+                    let mut rb = ra;
+                    rb.context = Some(b);
+                    assert_eq!(evaluate(&p, &c, &ra), evaluate(&p, &c, &rb));
+                }
+            }
+        }
     }
 
     #[test]

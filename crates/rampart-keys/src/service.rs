@@ -15,7 +15,7 @@ use rampart_store::{Expect, Keyring, Store, StoreError};
 use serde::{Deserialize, Serialize};
 
 use crate::ciphertext::{self, NONCE_LEN, TAG_LEN};
-use crate::policy::{Policies, Request};
+use crate::policy::{self, Policies, Request, Statement};
 use crate::{valid_name, Auditor, Caller, KeysError};
 
 const KEYS_NS: &str = "keys";
@@ -175,8 +175,34 @@ pub struct GeneratedDataKey {
 struct Loaded {
     record: KeyRecord,
     loaded_at: u64,
-    ciphers: HashMap<u32, Arc<Aes256Gcm>>,
+    /// By version, ascending (the versions not retired nor destroyed).
+    ciphers: Vec<(u32, Aes256Gcm)>,
 }
+
+impl Loaded {
+    fn cipher(&self, version: u32) -> Option<&Aes256Gcm> {
+        // The current version is the last and the one encryption uses.
+        match self.ciphers.last() {
+            Some((v, c)) if *v == version => Some(c),
+            _ => self
+                .ciphers
+                .iter()
+                .find(|(v, _)| *v == version)
+                .map(|(_, c)| c),
+        }
+    }
+}
+
+// The cached ciphers hold expanded key material; their AES round keys
+// must be wiped when a `Loaded` is dropped (the `zeroize` feature of `aes`,
+// see Cargo.toml). Fails to compile if that feature is lost.
+const _: fn() = || {
+    fn wiped_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+    wiped_on_drop::<aes::Aes256>();
+};
+
+/// Loaded keys by environment, then name.
+type KeyCache = HashMap<String, HashMap<String, Arc<Loaded>>>;
 
 /// How long a cached key record is trusted before it is read again, so a
 /// change made by another node (rotation, destruction) is seen within it.
@@ -190,7 +216,9 @@ pub struct KeyService {
     policies: Policies,
     auditor: Auditor,
     clock: SharedClock,
-    cache: Arc<RwLock<HashMap<String, Arc<Loaded>>>>,
+    /// Loaded keys by environment, then name (looked up without building
+    /// an `env/name` string).
+    cache: Arc<RwLock<KeyCache>>,
 }
 
 impl std::fmt::Debug for KeyService {
@@ -323,7 +351,7 @@ impl KeyService {
 
     fn build(&self, record: KeyRecord) -> Result<Loaded, KeysError> {
         let root = self.keyring.root();
-        let mut ciphers = HashMap::new();
+        let mut ciphers = Vec::new();
         if !matches!(record.state, KeyState::Destroyed { .. }) {
             for v in &record.versions {
                 if v.version < record.min_decryption_version {
@@ -337,7 +365,7 @@ impl KeyService {
                     &blob,
                     &purpose(&record.environment, &record.name, v.version),
                 )?;
-                ciphers.insert(v.version, Arc::new(Aes256Gcm::new(key.expose().into())));
+                ciphers.push((v.version, Aes256Gcm::new(key.expose().into())));
             }
         }
         Ok(Loaded {
@@ -348,18 +376,19 @@ impl KeyService {
     }
 
     async fn load(&self, env: &str, name: &str) -> Result<Arc<Loaded>, KeysError> {
-        let id = record_id(env, name);
         let now = self.clock.unix_secs();
         if let Some(l) = self
             .cache
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&id)
+            .get(env)
+            .and_then(|keys| keys.get(name))
         {
             if now.saturating_sub(l.loaded_at) < CACHE_TTL_SECS {
                 return Ok(l.clone());
             }
         }
+        let id = record_id(env, name);
         let entry = self
             .store
             .get(KEYS_NS, &id)
@@ -374,15 +403,40 @@ impl KeyService {
         self.cache
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id, loaded.clone());
+            .entry(env.to_owned())
+            .or_default()
+            .insert(name.to_owned(), loaded.clone());
         Ok(loaded)
     }
 
+    /// The key `env/name` for one batch call: loaded at its first item,
+    /// then reused by the call's other items.
+    async fn load_for_batch<'k, 'a>(
+        &self,
+        keys: &'k mut BatchKeys<'a>,
+        env: &'a str,
+        name: &'a str,
+    ) -> Result<&'k Loaded, KeysError> {
+        let i = match keys.position(env, name) {
+            Some(i) => i,
+            None => {
+                let loaded = self.load(env, name).await?;
+                keys.insert(env, name, loaded)
+            }
+        };
+        keys.at(i)
+            .ok_or_else(|| KeysError::Internal("batch key missing".into()))
+    }
+
     fn forget(&self, env: &str, name: &str) {
-        self.cache
+        if let Some(keys) = self
+            .cache
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&record_id(env, name));
+            .get_mut(env)
+        {
+            keys.remove(name);
+        }
     }
 
     /// Reads, changes and writes a key record under compare-and-set.
@@ -722,24 +776,29 @@ impl KeyService {
 
     // ----- cryptography -----
 
+    /// Encrypts under the key's current version; `aad` is scratch space
+    /// for the associated data (a batch reuses one buffer for every item).
     fn seal_with(
         loaded: &Loaded,
         plaintext: &[u8],
         context: &Context,
+        aad: &mut Vec<u8>,
     ) -> Result<Vec<u8>, KeysError> {
         Self::usable(loaded)?;
         let r = &loaded.record;
         let version = r.current();
         let cipher = loaded
-            .ciphers
-            .get(&version)
+            .cipher(version)
             .ok_or_else(|| KeysError::Destroyed(record_id(&r.environment, &r.name)))?;
-        let mut out = ciphertext::header(&r.environment, &r.name, version)?;
-        let aad = ciphertext::aad(&out, context);
+        // Sealed in place in the output, allocated once at its final size:
+        // header, nonce, then the plaintext's bytes encrypted where they
+        // lie, then the tag.
+        let mut out = Vec::with_capacity(
+            ciphertext::header_len(&r.environment, &r.name) + NONCE_LEN + plaintext.len() + TAG_LEN,
+        );
+        ciphertext::write_header(&mut out, &r.environment, &r.name, version)?;
+        ciphertext::aad_into(aad, &out, context);
         let nonce: [u8; NONCE_LEN] = random_nonce()?;
-        // Sealed in place in the output: header, nonce, then the
-        // plaintext's bytes encrypted where they lie, then the tag.
-        out.reserve(NONCE_LEN + plaintext.len() + TAG_LEN);
         out.extend_from_slice(&nonce);
         let body = out.len();
         out.extend_from_slice(plaintext);
@@ -747,44 +806,46 @@ impl KeyService {
             .get_mut(body..)
             .ok_or_else(|| KeysError::Internal("encryption failed".into()))?;
         let tag = cipher
-            .encrypt_in_place_detached(Nonce::from_slice(&nonce), &aad, sealed)
+            .encrypt_in_place_detached(Nonce::from_slice(&nonce), aad, sealed)
             .map_err(|_| KeysError::Internal("encryption failed".into()))?;
         out.extend_from_slice(&tag);
         Ok(out)
     }
 
+    /// Decrypts with the version the ciphertext names; `aad` as for
+    /// [`KeyService::seal_with`].
     fn open_with(
         loaded: &Loaded,
         parsed: &ciphertext::Parsed<'_>,
         context: &Context,
+        aad: &mut Vec<u8>,
     ) -> Result<SecretBytes, KeysError> {
         Self::usable(loaded)?;
         let r = &loaded.record;
-        let id = record_id(&r.environment, &r.name);
+        let id = || record_id(&r.environment, &r.name);
         if parsed.version < r.min_decryption_version {
             return Err(KeysError::RetiredVersion {
-                key: id,
+                key: id(),
                 version: parsed.version,
                 min: r.min_decryption_version,
             });
         }
         if parsed.version > r.current() {
             return Err(KeysError::UnknownVersion {
-                key: id,
+                key: id(),
                 version: parsed.version,
             });
         }
         let cipher = loaded
-            .ciphers
-            .get(&parsed.version)
-            .ok_or(KeysError::Destroyed(id))?;
-        let aad = ciphertext::aad(parsed.header, context);
+            .cipher(parsed.version)
+            .ok_or_else(|| KeysError::Destroyed(id()))?;
+        ciphertext::aad_into(aad, parsed.header, context);
         cipher
             .decrypt(
                 Nonce::from_slice(parsed.nonce),
                 Payload {
                     msg: parsed.body,
-                    aad: &aad,
+                    aad,
                 },
             )
             .map(SecretBytes::new)
@@ -830,7 +891,7 @@ impl KeyService {
         self.authorise(caller, "keys:encrypt", env, &resource(name), Some(context))
             .await?;
         let res = match self.load(env, name).await {
-            Ok(l) => Self::seal_with(&l, plaintext, context),
+            Ok(l) => Self::seal_with(&l, plaintext, context, &mut Vec::new()),
             Err(e) => Err(e),
         };
         self.with_error_record(caller, "keys:encrypt", env, name, res)
@@ -852,7 +913,7 @@ impl KeyService {
         self.authorise(caller, "keys:decrypt", env, &resource(name), Some(context))
             .await?;
         let res = match self.load(env, name).await {
-            Ok(l) => Self::open_with(&l, &parsed, context),
+            Ok(l) => Self::open_with(&l, &parsed, context, &mut Vec::new()),
             Err(e) => Err(e),
         };
         self.with_error_record(caller, "keys:decrypt", env, name, res)
@@ -879,7 +940,7 @@ impl KeyService {
         let res = async {
             let loaded = self.load(env, name).await?;
             let plaintext = DataKey::generate()?;
-            let wrapped = Self::seal_with(&loaded, plaintext.expose(), context)?;
+            let wrapped = Self::seal_with(&loaded, plaintext.expose(), context, &mut Vec::new())?;
             Ok(GeneratedDataKey { plaintext, wrapped })
         }
         .await;
@@ -915,8 +976,9 @@ impl KeyService {
             .await?;
         let res = async {
             let loaded = self.load(env, name).await?;
-            let plain = Self::open_with(&loaded, &parsed, context)?;
-            Self::seal_with(&loaded, plain.expose(), context)
+            let mut aad = Vec::new();
+            let plain = Self::open_with(&loaded, &parsed, context, &mut aad)?;
+            Self::seal_with(&loaded, plain.expose(), context, &mut aad)
         }
         .await;
         self.with_error_record(caller, "keys:rewrap", env, name, res)
@@ -935,8 +997,11 @@ impl KeyService {
         let action = "keys:encrypt";
         let mut out: Vec<Result<Vec<u8>, KeysError>> = Vec::with_capacity(items.len());
         let mut targets = Vec::with_capacity(items.len());
+        // The key is resolved once; when it is bad, every item says so.
+        let resolved = key_ref(caller, key).ok();
         for (plaintext, context) in items {
-            match key_ref(caller, key)
+            match resolved
+                .map_or_else(|| key_ref(caller, key), Ok)
                 .and_then(|k| Self::check_input(plaintext, context).map(|()| k))
             {
                 Ok((env, name)) => {
@@ -951,6 +1016,8 @@ impl KeyService {
         }
         let decided = self.authorise_batch(caller, action, &targets).await;
         let mut failures = Vec::new();
+        let mut keys = BatchKeys::default();
+        let mut aad = Vec::new();
         for (i, ((slot, target), decision)) in out.iter_mut().zip(&targets).zip(decided).enumerate()
         {
             let Some(t) = target else { continue };
@@ -958,10 +1025,10 @@ impl KeyService {
                 *slot = Err(e);
                 continue;
             }
-            let res = match self.load(t.env, t.name).await {
-                Ok(l) => items
-                    .get(i)
-                    .map_or(Err(KeysError::Decrypt), |(p, c)| Self::seal_with(&l, p, c)),
+            let res = match self.load_for_batch(&mut keys, t.env, t.name).await {
+                Ok(l) => items.get(i).map_or(Err(KeysError::Decrypt), |(p, c)| {
+                    Self::seal_with(l, p, c, &mut aad)
+                }),
                 Err(e) => Err(e),
             };
             if let Err(e) = &res {
@@ -981,16 +1048,7 @@ impl KeyService {
         items: &[(Vec<u8>, Context)],
     ) -> Vec<Result<SecretBytes, KeysError>> {
         let action = "keys:decrypt";
-        let parsed: Vec<Result<ciphertext::Parsed<'_>, KeysError>> = items
-            .iter()
-            .map(|(blob, context)| {
-                ciphertext::check_context(context)?;
-                let p = ciphertext::parse(blob)?;
-                valid_name(p.environment)?;
-                valid_name(p.key)?;
-                Ok(p)
-            })
-            .collect();
+        let parsed = parse_batch(items);
         let targets: Vec<Option<BatchTarget<'_>>> = parsed
             .iter()
             .zip(items)
@@ -1005,6 +1063,8 @@ impl KeyService {
         let decided = self.authorise_batch(caller, action, &targets).await;
         let mut out = Vec::with_capacity(items.len());
         let mut failures = Vec::new();
+        let mut keys = BatchKeys::default();
+        let mut aad = Vec::new();
         for (i, ((p, (_, context)), decision)) in
             parsed.into_iter().zip(items).zip(decided).enumerate()
         {
@@ -1015,8 +1075,8 @@ impl KeyService {
                 }
                 (Ok(p), Ok(())) => p,
             };
-            let res = match self.load(p.environment, p.key).await {
-                Ok(l) => Self::open_with(&l, &p, context),
+            let res = match self.load_for_batch(&mut keys, p.environment, p.key).await {
+                Ok(l) => Self::open_with(l, &p, context, &mut aad),
                 Err(e) => Err(e),
             };
             if let Err(e) = &res {
@@ -1039,8 +1099,11 @@ impl KeyService {
         let mut out = Vec::with_capacity(contexts.len());
         let mut targets = Vec::with_capacity(contexts.len());
         let mut early = Vec::with_capacity(contexts.len());
+        let resolved = key_ref(caller, key).ok();
         for context in contexts {
-            match key_ref(caller, key).and_then(|k| ciphertext::check_context(context).map(|()| k))
+            match resolved
+                .map_or_else(|| key_ref(caller, key), Ok)
+                .and_then(|k| ciphertext::check_context(context).map(|()| k))
             {
                 Ok((env, name)) => {
                     targets.push(Some(BatchTarget { env, name, context }));
@@ -1054,6 +1117,8 @@ impl KeyService {
         }
         let decided = self.authorise_batch(caller, action, &targets).await;
         let mut failures = Vec::new();
+        let mut keys = BatchKeys::default();
+        let mut aad = Vec::new();
         for (i, ((target, early), decision)) in targets.iter().zip(early).zip(decided).enumerate() {
             let t = match (target, early, decision) {
                 (_, Some(e), _) | (_, None, Err(e)) => {
@@ -1067,9 +1132,9 @@ impl KeyService {
                 }
             };
             let res = async {
-                let loaded = self.load(t.env, t.name).await?;
+                let loaded = self.load_for_batch(&mut keys, t.env, t.name).await?;
                 let plaintext = DataKey::generate()?;
-                let wrapped = Self::seal_with(&loaded, plaintext.expose(), t.context)?;
+                let wrapped = Self::seal_with(loaded, plaintext.expose(), t.context, &mut aad)?;
                 Ok::<_, KeysError>(GeneratedDataKey { plaintext, wrapped })
             }
             .await;
@@ -1089,16 +1154,7 @@ impl KeyService {
         items: &[(Vec<u8>, Context)],
     ) -> Vec<Result<Vec<u8>, KeysError>> {
         let action = "keys:rewrap";
-        let parsed: Vec<Result<ciphertext::Parsed<'_>, KeysError>> = items
-            .iter()
-            .map(|(blob, context)| {
-                ciphertext::check_context(context)?;
-                let p = ciphertext::parse(blob)?;
-                valid_name(p.environment)?;
-                valid_name(p.key)?;
-                Ok(p)
-            })
-            .collect();
+        let parsed = parse_batch(items);
         let targets: Vec<Option<BatchTarget<'_>>> = parsed
             .iter()
             .zip(items)
@@ -1113,6 +1169,8 @@ impl KeyService {
         let decided = self.authorise_batch(caller, action, &targets).await;
         let mut out = Vec::with_capacity(items.len());
         let mut failures = Vec::new();
+        let mut keys = BatchKeys::default();
+        let mut aad = Vec::new();
         for (i, ((p, (_, context)), decision)) in
             parsed.into_iter().zip(items).zip(decided).enumerate()
         {
@@ -1124,9 +1182,9 @@ impl KeyService {
                 (Ok(p), Ok(())) => p,
             };
             let res = async {
-                let loaded = self.load(p.environment, p.key).await?;
-                let plain = Self::open_with(&loaded, &p, context)?;
-                Self::seal_with(&loaded, plain.expose(), context)
+                let loaded = self.load_for_batch(&mut keys, p.environment, p.key).await?;
+                let plain = Self::open_with(loaded, &p, context, &mut aad)?;
+                Self::seal_with(loaded, plain.expose(), context, &mut aad)
             }
             .await;
             if let Err(e) = &res {
@@ -1153,37 +1211,103 @@ impl KeyService {
         targets: &[Option<BatchTarget<'_>>],
     ) -> Vec<Result<(), KeysError>> {
         let mut out: Vec<Result<(), KeysError>> = Vec::with_capacity(targets.len());
-        // (env, name, allowed, reason) -> item indices.
-        let mut groups: BTreeMap<(&str, &str, bool, String), Vec<usize>> = BTreeMap::new();
+        // Each environment's policy is read once per call, with the context
+        // keys its conditions read: items of the same key whose contexts
+        // agree on those keys get the same decision, so it is made once
+        // (`policy::condition_context_keys`). Every item is still decided,
+        // recorded and refused or allowed on its own.
+        type Snapshot = Arc<(Arc<Vec<Statement>>, Vec<String>)>;
+        let mut policies: HashMap<&str, Snapshot> = HashMap::new();
+        // The last item's environment and its snapshot, so a run of items
+        // of one environment looks nothing up.
+        let mut current: Option<(&str, Snapshot)> = None;
+        // (env, name, the context's values of those keys) -> group.
+        let mut memo: HashMap<(&str, &str, Vec<Option<&str>>), usize> = HashMap::new();
+        let mut last: Option<(&str, &str, Vec<Option<&str>>, usize)> = None;
+        // (env, name, allowed, reason) and the item indices.
+        let mut groups: Vec<(GroupKey<'_>, Vec<usize>)> = Vec::new();
+        let mut group_index: HashMap<GroupKey<'_>, usize> = HashMap::new();
         for (i, t) in targets.iter().enumerate() {
             let Some(t) = t else {
                 out.push(Ok(()));
                 continue;
             };
-            let res = resource(t.name);
-            let decision = self
-                .policies
-                .decide(
-                    caller,
-                    &Request {
-                        action,
-                        resource: &res,
-                        environment: t.env,
-                        context: Some(t.context),
+            if current.as_ref().is_none_or(|(env, _)| !same(env, t.env)) {
+                let snapshot = match policies.get(t.env) {
+                    Some(s) => s.clone(),
+                    None => match self.policies.get(t.env).await {
+                        Ok(statements) => {
+                            let keys = policy::condition_context_keys(&statements)
+                                .into_iter()
+                                .map(str::to_owned)
+                                .collect();
+                            let s = Arc::new((statements, keys));
+                            policies.insert(t.env, s.clone());
+                            s
+                        }
+                        Err(e) => {
+                            out.push(Err(e));
+                            continue;
+                        }
                     },
-                )
-                .await;
-            match decision {
-                Ok(d) => {
-                    groups
-                        .entry((t.env, t.name, d.allowed, d.reason))
-                        .or_default()
-                        .push(i);
-                    out.push(Ok(()));
-                }
-                Err(e) => out.push(Err(e)),
+                };
+                current = Some((t.env, snapshot));
             }
+            let Some((_, snapshot)) = &current else {
+                out.push(Err(KeysError::Internal("policy snapshot missing".into())));
+                continue;
+            };
+            let (statements, keys) = &**snapshot;
+            let values: Vec<Option<&str>> = keys
+                .iter()
+                .map(|k| t.context.get(k).map(String::as_str))
+                .collect();
+            let group = match &last {
+                Some((env, name, v, g))
+                    if same(env, t.env) && same(name, t.name) && *v == values =>
+                {
+                    *g
+                }
+                _ => {
+                    let key = (t.env, t.name, values);
+                    let g = match memo.get(&key) {
+                        Some(g) => *g,
+                        None => {
+                            let res = resource(t.name);
+                            let d = policy::evaluate(
+                                statements,
+                                caller,
+                                &Request {
+                                    action,
+                                    resource: &res,
+                                    environment: t.env,
+                                    context: Some(t.context),
+                                },
+                            );
+                            let group_key = (t.env, t.name, d.allowed, d.reason);
+                            let g = match group_index.get(&group_key) {
+                                Some(g) => *g,
+                                None => {
+                                    group_index.insert(group_key.clone(), groups.len());
+                                    groups.push((group_key, Vec::new()));
+                                    groups.len() - 1
+                                }
+                            };
+                            memo.insert(key.clone(), g);
+                            g
+                        }
+                    };
+                    last = Some((key.0, key.1, key.2, g));
+                    g
+                }
+            };
+            if let Some((_, indices)) = groups.get_mut(group) {
+                indices.push(i);
+            }
+            out.push(Ok(()));
         }
+        // In the order of (env, name, allowed, reason), as before.
+        groups.sort_by(|a, b| a.0.cmp(&b.0));
         let total = targets.len().to_string();
         let mut pending = Vec::new();
         for ((env, name, allowed, reason), indices) in groups {
@@ -1260,11 +1384,72 @@ impl KeyService {
     }
 }
 
+/// Checks and parses the items of a batch of ciphertexts as single calls
+/// do; names equal to the previous item's valid ones are not checked again.
+fn parse_batch(items: &[(Vec<u8>, Context)]) -> Vec<Result<ciphertext::Parsed<'_>, KeysError>> {
+    let mut valid: Option<(&str, &str)> = None;
+    items
+        .iter()
+        .map(|(blob, context)| {
+            ciphertext::check_context(context)?;
+            let p = ciphertext::parse(blob)?;
+            if !valid.is_some_and(|(e, n)| e == p.environment && n == p.key) {
+                valid_name(p.environment)?;
+                valid_name(p.key)?;
+                valid = Some((p.environment, p.key));
+            }
+            Ok(p)
+        })
+        .collect()
+}
+
 /// One item of a batch call, as its policy decision sees it.
 struct BatchTarget<'a> {
     env: &'a str,
     name: &'a str,
     context: &'a Context,
+}
+
+/// A batch decision's record: (env, name, allowed, reason).
+type GroupKey<'a> = (&'a str, &'a str, bool, String);
+
+/// The keys one batch call has loaded, each loaded once per call (as a
+/// single call loads its key once), so items do not each go through the
+/// shared cache. A failed load is not kept: every item of that key tries
+/// again and gets its own error.
+#[derive(Default)]
+struct BatchKeys<'a> {
+    loaded: Vec<(&'a str, &'a str, Arc<Loaded>)>,
+    index: HashMap<(&'a str, &'a str), usize>,
+    last: usize,
+}
+
+impl<'a> BatchKeys<'a> {
+    fn position(&mut self, env: &'a str, name: &'a str) -> Option<usize> {
+        let hit = match self.loaded.get(self.last) {
+            Some((e, n, _)) if same(e, env) && same(n, name) => self.last,
+            _ => *self.index.get(&(env, name))?,
+        };
+        self.last = hit;
+        Some(hit)
+    }
+
+    fn insert(&mut self, env: &'a str, name: &'a str, loaded: Arc<Loaded>) -> usize {
+        self.last = self.loaded.len();
+        self.index.insert((env, name), self.last);
+        self.loaded.push((env, name, loaded));
+        self.last
+    }
+
+    fn at(&self, i: usize) -> Option<&Loaded> {
+        self.loaded.get(i).map(|(_, _, l)| &**l)
+    }
+}
+
+/// String equality that skips the bytes when both are the same slice (the
+/// items of `encrypt_batch` all name their key with the caller's string).
+fn same(a: &str, b: &str) -> bool {
+    std::ptr::eq(a, b) || a == b
 }
 
 /// Most item indices one batch audit record names.

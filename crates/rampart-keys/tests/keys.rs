@@ -725,6 +725,79 @@ async fn data_keys_batches_and_bad_input() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_decisions_match_single_calls_item_by_item() {
+    // Decisions are shared within a batch only between items whose contexts
+    // agree on the keys the conditions read; each item must still get what
+    // a single call would.
+    let k = kit().await;
+    let mut allow = stmt(
+        "tenant-acme",
+        &["service:payments"],
+        &["keys:encrypt", "keys:decrypt"],
+        &["key:payments", "key:orders"],
+    );
+    allow.conditions.context_equals = ctx(&[("tenant", "acme")]);
+    let mut deny = stmt("no-legacy", &["*"], &["keys:decrypt"], &["key:*"]);
+    deny.effect = Effect::Deny;
+    deny.conditions.context_keys = vec!["legacy".into()];
+    k.keys
+        .policies()
+        .set("prod", vec![allow, deny])
+        .await
+        .unwrap();
+    let contexts = [
+        ctx(&[("tenant", "acme")]),
+        ctx(&[("tenant", "evil")]),
+        ctx(&[("tenant", "acme"), ("other", "1")]),
+        ctx(&[]),
+        ctx(&[("tenant", "acme"), ("legacy", "")]),
+        ctx(&[("tenant", "acme"), ("other", "2")]),
+        ctx(&[("tenant", "acme!")]),
+    ];
+    for key in ["payments", "orders"] {
+        let items: Vec<(Vec<u8>, Context)> = contexts
+            .iter()
+            .cycle()
+            .take(3 * contexts.len())
+            .enumerate()
+            .map(|(i, c)| (vec![i as u8; 5], c.clone()))
+            .collect();
+        let batch = k.keys.encrypt_batch(&payments(), key, &items).await;
+        let mut to_open = Vec::new();
+        for ((p, c), got) in items.iter().zip(&batch) {
+            let single = k.keys.encrypt(&payments(), key, p, c).await;
+            assert_eq!(
+                got.is_ok(),
+                single.is_ok(),
+                "{key} {c:?}: {got:?} {single:?}"
+            );
+            if let Ok(ct) = got {
+                to_open.push((ct.clone(), c.clone()));
+                // The decrypt side: with `legacy` added, the deny applies.
+                let mut legacy = c.clone();
+                legacy.insert("legacy".into(), "1".into());
+                to_open.push((ct.clone(), legacy));
+            }
+        }
+        assert_eq!(to_open.len(), 2 * 3 * 4, "{key}");
+        let opened = k.keys.decrypt_batch(&payments(), &to_open).await;
+        for ((ct, c), got) in to_open.iter().zip(&opened) {
+            let single = k.keys.decrypt(&payments(), ct, c).await;
+            match (got, &single) {
+                (Ok(a), Ok(b)) => assert_eq!(a.expose(), b.expose()),
+                (Err(KeysError::Denied { reason: a }), Err(KeysError::Denied { reason: b })) => {
+                    assert_eq!(a, b)
+                }
+                // A context with `legacy` could not have been encrypted
+                // with another context, so it is denied (or fails) alike.
+                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+                _ => panic!("{key} {c:?}: {got:?} {single:?}"),
+            }
+        }
+    }
+}
+
 #[test]
 fn ciphertext_parser_never_panics_on_random_input() {
     let mut seed = [0u8; 32];
