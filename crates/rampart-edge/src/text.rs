@@ -3,7 +3,7 @@
 //! written straight into a `String` rather than through `core::fmt`, whose
 //! machinery costs more than the few bytes it writes here.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// Appends `ip` as `Display` writes it (dotted quad; RFC 5952 for IPv6).
 pub fn push_ip(out: &mut String, ip: IpAddr) {
@@ -29,6 +29,48 @@ pub fn ip_text(ip: IpAddr) -> String {
     let mut s = String::with_capacity(15);
     push_ip(&mut s, ip);
     s
+}
+
+/// `addr` as text, as `addr.to_string()` gives it (`1.2.3.4:80`,
+/// `[::1]:80`; a v6 scope id is left to std).
+pub fn socket_addr_text(addr: SocketAddr) -> String {
+    match addr {
+        SocketAddr::V4(a) => {
+            let mut s = String::with_capacity(21);
+            push_ip(&mut s, IpAddr::V4(*a.ip()));
+            s.push(':');
+            push_u16(&mut s, a.port());
+            s
+        }
+        SocketAddr::V6(a) if a.scope_id() == 0 => {
+            let mut s = String::with_capacity(48);
+            s.push('[');
+            push_ip(&mut s, IpAddr::V6(*a.ip()));
+            s.push_str("]:");
+            push_u16(&mut s, a.port());
+            s
+        }
+        SocketAddr::V6(a) => a.to_string(),
+    }
+}
+
+fn push_u16(out: &mut String, n: u16) {
+    let mut digits = [0u8; 5];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        if let Some(d) = digits.get_mut(i) {
+            *d = b'0' + (n % 10) as u8;
+        }
+        n /= 10;
+        if n == 0 || i == 0 {
+            break;
+        }
+    }
+    for &d in digits.get(i..).unwrap_or_default() {
+        out.push(char::from(d));
+    }
 }
 
 fn push_u8(out: &mut String, n: u8) {
@@ -66,6 +108,16 @@ mod tests {
                 IpAddr::from(a)
             };
             prop_assert_eq!(ip_text(ip), ip.to_string());
+        }
+
+        #[test]
+        fn socket_addr_text_is_display(a in any::<[u8; 4]>(), b in any::<[u16; 8]>(), port in any::<u16>(), v6 in any::<bool>(), scope in 0u32..3) {
+            let addr = if v6 {
+                SocketAddr::V6(std::net::SocketAddrV6::new(b.into(), port, 0, scope))
+            } else {
+                SocketAddr::from((a, port))
+            };
+            prop_assert_eq!(socket_addr_text(addr), addr.to_string());
         }
 
         #[test]

@@ -1,9 +1,13 @@
 //! Strict JSON request bodies: unknown fields, wrong types and bad syntax
-//! become 400 errors that name the field.
+//! become 400 errors that name the field. And [`B64Json`], the answers of
+//! the crypto endpoints, written straight into the response body.
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, Request};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
 use serde::de::DeserializeOwned;
 
 use super::ApiError;
@@ -66,5 +70,148 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
                 Err(err)
             }
         }
+    }
+}
+
+/// A JSON answer made of objects whose values are the base64 of bytes
+/// (`{"ciphertext":"…"}`, `{"results":[{"plaintext":"…"},{"error":…}]}`),
+/// written straight into the body: base64 needs no JSON escaping, so
+/// nothing is built twice, and a plaintext is copied once (into the
+/// body) rather than through a string and a `serde_json::Value`.
+pub struct B64Json {
+    out: Vec<u8>,
+    /// Whether the next field or array item is the first of its object or
+    /// array (no comma before it).
+    first: bool,
+}
+
+impl B64Json {
+    /// An empty answer with room for about `bytes` bytes of binary values.
+    pub fn with_capacity(bytes: usize) -> Self {
+        B64Json {
+            out: Vec::with_capacity(bytes.div_ceil(3) * 4 + 64),
+            first: true,
+        }
+    }
+
+    /// One object of base64 fields: `{"name":"b64",…}`. Field names are
+    /// the handlers' own constants, never input.
+    pub fn object(fields: &[(&'static str, &[u8])]) -> Self {
+        let mut j = B64Json::with_capacity(fields.iter().map(|(_, v)| v.len()).sum());
+        j.open_object(fields);
+        j
+    }
+
+    /// Opens `{"results":[`.
+    pub fn results(capacity: usize) -> Self {
+        let mut j = B64Json::with_capacity(capacity);
+        j.out.extend_from_slice(b"{\"results\":[");
+        j
+    }
+
+    /// An item of `results`: an object of base64 fields.
+    pub fn item(&mut self, fields: &[(&'static str, &[u8])]) {
+        self.comma();
+        self.open_object(fields);
+    }
+
+    /// An item of `results`: `{"error":{"code":…,"message":…}}`.
+    pub fn error_item(&mut self, code: &str, message: &str) {
+        self.comma();
+        let e = serde_json::json!({ "error": { "code": code, "message": message } });
+        // Serialising a Value into a String cannot fail.
+        self.out.extend_from_slice(e.to_string().as_bytes());
+    }
+
+    /// The finished answer, 200.
+    pub fn finish_results(mut self) -> Response {
+        self.out.extend_from_slice(b"]}");
+        self.into_response()
+    }
+
+    fn comma(&mut self) {
+        if !self.first {
+            self.out.push(b',');
+        }
+        self.first = false;
+    }
+
+    fn open_object(&mut self, fields: &[(&'static str, &[u8])]) {
+        self.out.push(b'{');
+        for (i, (name, value)) in fields.iter().enumerate() {
+            if i > 0 {
+                self.out.push(b',');
+            }
+            self.out.push(b'"');
+            self.out.extend_from_slice(name.as_bytes());
+            self.out.extend_from_slice(b"\":\"");
+            push_b64(&mut self.out, value);
+            self.out.push(b'"');
+        }
+        self.out.push(b'}');
+    }
+}
+
+/// Appends the base64 of `bytes` (one pass of the engine over the whole
+/// input, rather than `encode_string`'s chunks).
+fn push_b64(out: &mut Vec<u8>, bytes: &[u8]) {
+    let start = out.len();
+    let len = base64::encoded_len(bytes.len(), true).unwrap_or(0);
+    out.resize(start + len, 0);
+    let written = out
+        .get_mut(start..)
+        .map_or(0, |tail| B64.encode_slice(bytes, tail).unwrap_or(0));
+    out.truncate(start + written);
+}
+
+impl IntoResponse for B64Json {
+    fn into_response(self) -> Response {
+        let mut resp = Response::new(Body::from(self.out));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_json(r: Response) -> serde_json::Value {
+        let bytes = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn objects_and_results_are_the_json_a_value_would_give() {
+        let r =
+            B64Json::object(&[("ciphertext", b"\x00\xffab"), ("plaintext", b"")]).into_response();
+        assert_eq!(
+            r.headers().get(header::CONTENT_TYPE).unwrap(),
+            "application/json"
+        );
+        assert_eq!(
+            body_json(r).await,
+            serde_json::json!({ "ciphertext": B64.encode(b"\x00\xffab"), "plaintext": "" })
+        );
+
+        let mut j = B64Json::results(16);
+        j.item(&[("ciphertext", b"one")]);
+        j.error_item("denied", "a \"quoted\" message\n");
+        j.item(&[("ciphertext", b"two")]);
+        assert_eq!(
+            body_json(j.finish_results()).await,
+            serde_json::json!({ "results": [
+                { "ciphertext": B64.encode(b"one") },
+                { "error": { "code": "denied", "message": "a \"quoted\" message\n" } },
+                { "ciphertext": B64.encode(b"two") },
+            ] })
+        );
+        assert_eq!(
+            body_json(B64Json::results(0).finish_results()).await,
+            serde_json::json!({ "results": [] })
+        );
     }
 }

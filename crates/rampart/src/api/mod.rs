@@ -493,7 +493,7 @@ async fn observe(
             ev.node = st.node_name.clone();
             ev.reason = Some(format!("status {}", status.as_u16()));
             ev.request_id = Some(rid.clone());
-            ev.source = Some(peer.to_string());
+            ev.source = Some(rampart_edge::text::socket_addr_text(peer));
             if let Err(e) = audit.record_async(ev).await {
                 tracing::error!(error = %e, "audit log refused a record: failing closed");
                 resp = ApiError::unavailable("the audit log cannot record this call; refused")

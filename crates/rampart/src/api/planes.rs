@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::response::Response;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use base64::engine::general_purpose::STANDARD as B64;
@@ -17,7 +18,7 @@ use rampart_secrets::SecretKind;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::json::ApiJson;
+use super::json::{ApiJson, B64Json};
 use super::{ApiError, Authenticated, Credential, RequestMeta, SharedState};
 
 /// The routes of the keys and secrets planes.
@@ -90,7 +91,7 @@ fn caller(who: &Authenticated, meta: &RequestMeta, env: &str) -> Result<Caller, 
     };
     let mut c = Caller::direct(principal);
     c.request_id = Some(meta.request_id.clone());
-    c.source = Some(meta.peer.to_string());
+    c.source = Some(rampart_edge::text::socket_addr_text(meta.peer));
     c.auth = who.auth_method().to_string();
     Ok(c)
 }
@@ -176,7 +177,7 @@ async fn encrypt(
     meta: RequestMeta,
     Path((env, name)): Path<(String, String)>,
     ApiJson(body): ApiJson<EncryptBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<B64Json, ApiError> {
     let c = caller(&who, &meta, &env)?;
     let plain = zeroize::Zeroizing::new(b64("plaintext", &body.plaintext)?);
     let ct = st
@@ -184,7 +185,7 @@ async fn encrypt(
         .keys
         .encrypt(&c, &name, &plain, &body.context)
         .await?;
-    Ok(Json(json!({ "ciphertext": B64.encode(ct) })))
+    Ok(B64Json::object(&[("ciphertext", &ct)]))
 }
 
 #[derive(Deserialize)]
@@ -201,11 +202,11 @@ async fn decrypt(
     meta: RequestMeta,
     Path(env): Path<String>,
     ApiJson(body): ApiJson<CiphertextBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<B64Json, ApiError> {
     let c = caller(&who, &meta, &env)?;
     let ct = b64("ciphertext", &body.ciphertext)?;
     let plain = st.planes()?.keys.decrypt(&c, &ct, &body.context).await?;
-    Ok(Json(json!({ "plaintext": B64.encode(plain.expose()) })))
+    Ok(B64Json::object(&[("plaintext", plain.expose())]))
 }
 
 async fn rewrap(
@@ -214,11 +215,11 @@ async fn rewrap(
     meta: RequestMeta,
     Path(env): Path<String>,
     ApiJson(body): ApiJson<CiphertextBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<B64Json, ApiError> {
     let c = caller(&who, &meta, &env)?;
     let ct = b64("ciphertext", &body.ciphertext)?;
     let out = st.planes()?.keys.rewrap(&c, &ct, &body.context).await?;
-    Ok(Json(json!({ "ciphertext": B64.encode(out) })))
+    Ok(B64Json::object(&[("ciphertext", &out)]))
 }
 
 #[derive(Deserialize)]
@@ -234,17 +235,17 @@ async fn data_key(
     meta: RequestMeta,
     Path((env, name)): Path<(String, String)>,
     ApiJson(body): ApiJson<ContextBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<B64Json, ApiError> {
     let c = caller(&who, &meta, &env)?;
     let dk = st
         .planes()?
         .keys
         .generate_data_key(&c, &name, &body.context)
         .await?;
-    Ok(Json(json!({
-        "plaintext": B64.encode(dk.plaintext.expose()),
-        "ciphertext": B64.encode(&dk.wrapped),
-    })))
+    Ok(B64Json::object(&[
+        ("plaintext", dk.plaintext.expose()),
+        ("ciphertext", &dk.wrapped),
+    ]))
 }
 
 /// Most items one batch call takes.
@@ -281,16 +282,25 @@ fn batch_size(field: &'static str, n: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// One item's answer in a batch: its value, or the error a single call
-/// would have answered (code and message, no status: the batch is a 200).
-fn batch_item<T>(res: Result<T, rampart_keys::KeysError>, ok: impl FnOnce(T) -> Value) -> Value {
-    match res {
-        Ok(v) => ok(v),
-        Err(e) => {
-            let e = ApiError::from(e);
-            json!({ "error": { "code": e.code, "message": e.message } })
+/// The answer of a batch call: each item's value, or the error a single
+/// call would have answered (code and message, no status: the batch is a
+/// 200). `bytes` is about how many bytes the values hold in all.
+fn batch_results<T>(
+    out: Vec<Result<T, rampart_keys::KeysError>>,
+    bytes: usize,
+    fields: impl Fn(&T, &mut B64Json),
+) -> Response {
+    let mut j = B64Json::results(bytes);
+    for res in out {
+        match res {
+            Ok(v) => fields(&v, &mut j),
+            Err(e) => {
+                let e = ApiError::from(e);
+                j.error_item(e.code, &e.message);
+            }
         }
     }
+    j.finish_results()
 }
 
 /// Decodes every item's base64 first: one bad item refuses the whole batch
@@ -320,7 +330,7 @@ async fn encrypt_batch(
     meta: RequestMeta,
     Path((env, name)): Path<(String, String)>,
     ApiJson(body): ApiJson<EncryptBatchBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let c = caller(&who, &meta, &env)?;
     batch_size("items", body.items.len())?;
     let plains = b64_items("plaintext", body.items.iter().map(|i| i.plaintext.as_str()))?;
@@ -330,14 +340,13 @@ async fn encrypt_batch(
         .map(|(p, i)| (p, i.context))
         .collect();
     let out = st.planes()?.keys.encrypt_batch(&c, &name, &items).await;
+    let bytes = items.iter().map(|(p, _)| p.len() + 64).sum();
     for (p, _) in items {
         drop(zeroize::Zeroizing::new(p));
     }
-    let results: Vec<Value> = out
-        .into_iter()
-        .map(|r| batch_item(r, |ct| json!({ "ciphertext": B64.encode(ct) })))
-        .collect();
-    Ok(Json(json!({ "results": results })))
+    Ok(batch_results(out, bytes, |ct, j| {
+        j.item(&[("ciphertext", ct)])
+    }))
 }
 
 async fn decrypt_batch(
@@ -346,7 +355,7 @@ async fn decrypt_batch(
     meta: RequestMeta,
     Path(env): Path<String>,
     ApiJson(body): ApiJson<CiphertextBatchBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let c = caller(&who, &meta, &env)?;
     batch_size("items", body.items.len())?;
     let cts = b64_items(
@@ -359,11 +368,10 @@ async fn decrypt_batch(
         .map(|(ct, i)| (ct, i.context))
         .collect();
     let out = st.planes()?.keys.decrypt_batch(&c, &items).await;
-    let results: Vec<Value> = out
-        .into_iter()
-        .map(|r| batch_item(r, |pt| json!({ "plaintext": B64.encode(pt.expose()) })))
-        .collect();
-    Ok(Json(json!({ "results": results })))
+    let bytes = items.iter().map(|(ct, _)| ct.len()).sum();
+    Ok(batch_results(out, bytes, |pt, j| {
+        j.item(&[("plaintext", pt.expose())])
+    }))
 }
 
 async fn rewrap_batch(
@@ -372,7 +380,7 @@ async fn rewrap_batch(
     meta: RequestMeta,
     Path(env): Path<String>,
     ApiJson(body): ApiJson<CiphertextBatchBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let c = caller(&who, &meta, &env)?;
     batch_size("items", body.items.len())?;
     let cts = b64_items(
@@ -385,11 +393,10 @@ async fn rewrap_batch(
         .map(|(ct, i)| (ct, i.context))
         .collect();
     let out = st.planes()?.keys.rewrap_batch(&c, &items).await;
-    let results: Vec<Value> = out
-        .into_iter()
-        .map(|r| batch_item(r, |ct| json!({ "ciphertext": B64.encode(ct) })))
-        .collect();
-    Ok(Json(json!({ "results": results })))
+    let bytes = items.iter().map(|(ct, _)| ct.len()).sum();
+    Ok(batch_results(out, bytes, |ct, j| {
+        j.item(&[("ciphertext", ct)])
+    }))
 }
 
 async fn data_key_batch(
@@ -398,7 +405,7 @@ async fn data_key_batch(
     meta: RequestMeta,
     Path((env, name)): Path<(String, String)>,
     ApiJson(body): ApiJson<ContextBatchBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let c = caller(&who, &meta, &env)?;
     batch_size("contexts", body.contexts.len())?;
     let out = st
@@ -406,18 +413,13 @@ async fn data_key_batch(
         .keys
         .generate_data_key_batch(&c, &name, &body.contexts)
         .await;
-    let results: Vec<Value> = out
-        .into_iter()
-        .map(|r| {
-            batch_item(r, |dk| {
-                json!({
-                    "plaintext": B64.encode(dk.plaintext.expose()),
-                    "ciphertext": B64.encode(&dk.wrapped),
-                })
-            })
-        })
-        .collect();
-    Ok(Json(json!({ "results": results })))
+    let bytes = out.len() * 160;
+    Ok(batch_results(out, bytes, |dk, j| {
+        j.item(&[
+            ("plaintext", dk.plaintext.expose()),
+            ("ciphertext", &dk.wrapped),
+        ])
+    }))
 }
 
 async fn rotate_key(
