@@ -26,12 +26,14 @@
 
 mod auditor;
 pub mod ciphertext;
+pub mod envelope;
 mod error;
 pub mod policy;
 mod principal;
 mod service;
 
 pub use auditor::Auditor;
+pub use envelope::{Envelope, EnvelopeLimits};
 pub use error::KeysError;
 pub use policy::{Conditions, Decision, Effect, Policies, Statement};
 pub use principal::{Caller, Principal};

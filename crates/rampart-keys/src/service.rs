@@ -279,6 +279,11 @@ impl KeyService {
         &self.auditor
     }
 
+    /// The clock the plane reads time from.
+    pub(crate) fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+
     /// The policy decision point for keys and for the planes built on them
     /// (secrets): decides, records the decision with its reason, returns
     /// `Err(Denied)` for a deny, and refuses when the audit log does.

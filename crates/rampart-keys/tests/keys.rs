@@ -10,8 +10,8 @@ use rampart_core::{Clock, ManualClock};
 use rampart_crypto::RootKey;
 use rampart_keys::policy::{Conditions, Effect, Statement};
 use rampart_keys::{
-    ciphertext, Auditor, Caller, Context, KeyService, KeySpec, KeyState, KeysError, Policies,
-    Principal,
+    ciphertext, envelope, Auditor, Caller, Context, Envelope, EnvelopeLimits, KeyService, KeySpec,
+    KeyState, KeysError, Policies, Principal,
 };
 use rampart_store::{Keyring, RootKeySource, SqliteStore, Store};
 
@@ -811,4 +811,174 @@ fn ciphertext_parser_never_panics_on_random_input() {
         let _ = ciphertext::parse(&buf);
     }
     let _ = BTreeMap::<String, String>::new();
+}
+
+fn envelope(k: &Kit, caller: Caller, key: &str, limits: EnvelopeLimits) -> Envelope {
+    Envelope::new(&k.keys, caller, key, limits)
+}
+
+fn allowed_actions(audit: &Audit, action: &str) -> usize {
+    records(audit, Outcome::Allowed)
+        .iter()
+        .filter(|r| r.event.action == action)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envelope_round_trip_context_tamper_and_truncation() {
+    let k = kit().await;
+    let env = envelope(&k, payments(), "payments", EnvelopeLimits::default());
+    let c = ctx(&[("tenant", "acme")]);
+    let msgs: Vec<Vec<u8>> = {
+        let mut v = Vec::new();
+        for i in 0..20u8 {
+            v.push(env.encrypt(&[i; 300], &c).await.unwrap());
+        }
+        v
+    };
+    // One data key for twenty messages, each with its own nonce.
+    assert_eq!(env.data_keys_generated(), 1);
+    assert_eq!(allowed_actions(&k.audit, "keys:generate-data-key"), 1);
+    assert_ne!(
+        msgs[0][..msgs[0].len() - 316],
+        msgs[1][..msgs[1].len() - 316]
+    );
+
+    // Another envelope of the same caller opens them, unwrapping once.
+    let reader = envelope(&k, payments(), "payments", EnvelopeLimits::default());
+    for (i, m) in msgs.iter().enumerate() {
+        assert_eq!(
+            reader.decrypt(m, &c).await.unwrap().expose(),
+            &[i as u8; 300]
+        );
+    }
+    assert_eq!(reader.data_keys_unwrapped(), 1);
+    assert_eq!(allowed_actions(&k.audit, "keys:decrypt"), 1);
+
+    // The wrong context is refused, by the plane (no cached key for it) and
+    // by the message's own associated data.
+    let other = ctx(&[("tenant", "evil")]);
+    assert!(reader.decrypt(&msgs[0], &other).await.is_err());
+    assert!(reader.decrypt(&msgs[0], &Context::new()).await.is_err());
+
+    // One flipped byte anywhere is refused; every truncation is refused.
+    let m = &msgs[3];
+    for i in 0..m.len() {
+        let mut bad = m.clone();
+        bad[i] ^= 0x01;
+        assert!(reader.decrypt(&bad, &c).await.is_err(), "flipped byte {i}");
+    }
+    for n in 0..m.len() {
+        assert!(reader.decrypt(&m[..n], &c).await.is_err(), "length {n}");
+    }
+    // And nothing of the key shows in Debug.
+    let dbg = format!("{reader:?}");
+    assert!(dbg.contains("data_keys_unwrapped"), "{dbg}");
+    assert!(!dbg.contains("cipher"), "{dbg}");
+    assert!(envelope::parse(m).is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envelope_limits_renew_data_keys_and_policy_changes_take_effect_at_expiry() {
+    let k = kit().await;
+    let limits = EnvelopeLimits {
+        max_age_secs: 60,
+        max_messages: 3,
+        max_bytes: 1 << 20,
+    };
+    let env = envelope(&k, payments(), "payments", limits);
+    let c = ctx(&[("tenant", "acme")]);
+    for _ in 0..7 {
+        env.encrypt(b"x", &c).await.unwrap();
+    }
+    // 3 messages per data key: 7 messages took 3 keys.
+    assert_eq!(env.data_keys_generated(), 3);
+    // A different context gets its own data key.
+    env.encrypt(b"x", &ctx(&[("tenant", "other")]))
+        .await
+        .unwrap();
+    assert_eq!(env.data_keys_generated(), 4);
+
+    // The byte limit renews too.
+    let bytes = EnvelopeLimits {
+        max_bytes: 1000,
+        ..EnvelopeLimits::default()
+    };
+    let env2 = envelope(&k, payments(), "payments", bytes);
+    env2.encrypt(&[0; 600], &c).await.unwrap();
+    env2.encrypt(&[0; 600], &c).await.unwrap();
+    assert_eq!(env2.data_keys_generated(), 2);
+    assert!(env2.encrypt(&[0; 1001], &c).await.is_err());
+
+    // Revoke payments' access: the cached data key still seals until it
+    // expires (the documented bound), then the plane refuses.
+    let env3 = envelope(&k, payments(), "payments", EnvelopeLimits::default());
+    let sealed = env3.encrypt(b"before", &c).await.unwrap();
+    let reader = envelope(&k, payments(), "payments", EnvelopeLimits::default());
+    assert_eq!(
+        reader.decrypt(&sealed, &c).await.unwrap().expose(),
+        b"before"
+    );
+    k.keys
+        .policies()
+        .set(
+            "prod",
+            vec![stmt("ops-admin", &["role:ops"], &["keys:*"], &["key:*"])],
+        )
+        .await
+        .unwrap();
+    env3.encrypt(b"still cached", &c).await.unwrap();
+    assert_eq!(
+        reader.decrypt(&sealed, &c).await.unwrap().expose(),
+        b"before"
+    );
+    k.clock.advance(Duration::from_secs(300));
+    assert!(matches!(
+        env3.encrypt(b"after", &c).await,
+        Err(KeysError::Denied { .. })
+    ));
+    assert!(matches!(
+        reader.decrypt(&sealed, &c).await,
+        Err(KeysError::Denied { .. })
+    ));
+    // A fresh envelope is refused at once, and the refusals are on record.
+    let fresh = envelope(&k, payments(), "payments", EnvelopeLimits::default());
+    assert!(fresh.decrypt(&sealed, &c).await.is_err());
+    assert!(records(&k.audit, Outcome::Denied).len() >= 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envelope_across_environments_and_after_destruction() {
+    let k = kit().await;
+    let c = Context::new();
+    // staging's open policy does not let a staging caller near prod's key.
+    let staging = Caller::direct(Principal::service("staging", "payments"));
+    let cross = envelope(
+        &k,
+        staging.clone(),
+        "prod/payments",
+        EnvelopeLimits::default(),
+    );
+    assert!(matches!(
+        cross.encrypt(b"x", &c).await,
+        Err(KeysError::Denied { .. })
+    ));
+    let env = envelope(&k, payments(), "payments", EnvelopeLimits::default());
+    let sealed = env.encrypt(b"gone soon", &c).await.unwrap();
+    let staged = envelope(&k, staging, "payments", EnvelopeLimits::default());
+    assert!(staged.decrypt(&sealed, &c).await.is_err());
+
+    // Destroy the key: once the caches have expired nobody can open the
+    // message again.
+    k.keys
+        .schedule_deletion(&ops(), "payments", Some(7))
+        .await
+        .unwrap();
+    k.clock.advance(Duration::from_secs(7 * DAY));
+    k.keys.purge_due(k.clock.unix_secs()).await.unwrap();
+    for caller in [payments(), ops()] {
+        let e = envelope(&k, caller, "payments", EnvelopeLimits::default());
+        assert!(e.decrypt(&sealed, &c).await.is_err());
+    }
+    assert!(env.decrypt(&sealed, &c).await.is_err());
 }
