@@ -31,8 +31,14 @@
 //! Message format, version 1: the version byte `0xE1`, the wrapped data key
 //! as a big-endian `u16` length and its bytes (the plane's own ciphertext
 //! format), a 96-bit nonce, the sealed plaintext, a 16-byte tag. The
-//! associated data is everything before the nonce followed by the context
-//! in the plane's canonical encoding ([`crate::ciphertext::aad`]).
+//! associated data is the version byte followed by the context in the
+//! plane's canonical encoding ([`crate::ciphertext::aad`]). The wrapped key
+//! is not in it: only its own data key opens a message (the tag is under
+//! that key), so a header whose wrapped key is replaced by another wrapping
+//! of the same data key (a rewrap to a newer key version, which needs the
+//! right to unwrap it) still opens, and any other replacement fails. That
+//! lets a store rewrap its messages' headers after a key rotation without
+//! touching the data, and keeps the associated data short.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -92,7 +98,7 @@ struct Entry {
     cipher: Aes256Gcm,
     /// The message header: version, length, wrapped key.
     header: Vec<u8>,
-    /// The associated data: header then canonical context.
+    /// The associated data: version byte then canonical context.
     aad: Vec<u8>,
     /// The canonical context.
     context: Vec<u8>,
@@ -408,8 +414,8 @@ impl Envelope {
 
 impl Entry {
     fn new(cipher: Aes256Gcm, header: Vec<u8>, ctx: Vec<u8>, context: &Context, now: u64) -> Self {
-        let mut aad = Vec::with_capacity(header.len() + ctx.len());
-        aad.extend_from_slice(&header);
+        let mut aad = Vec::with_capacity(1 + ctx.len());
+        aad.push(ENVELOPE_V1);
         aad.extend_from_slice(&ctx);
         Entry {
             cipher,

@@ -871,6 +871,22 @@ async fn envelope_round_trip_context_tamper_and_truncation() {
     for n in 0..m.len() {
         assert!(reader.decrypt(&m[..n], &c).await.is_err(), "length {n}");
     }
+    // After a rotation, a message's header can be rewrapped to the new
+    // key version without touching the data, and still opens.
+    k.keys.rotate(&ops(), "payments").await.unwrap();
+    let p = envelope::parse(m).unwrap();
+    let rewrapped = k.keys.rewrap(&payments(), p.wrapped, &c).await.unwrap();
+    assert_ne!(rewrapped.as_slice(), p.wrapped);
+    assert_eq!(ciphertext::parse(&rewrapped).unwrap().version, 2);
+    let mut moved = vec![envelope::ENVELOPE_V1];
+    moved.extend_from_slice(&(rewrapped.len() as u16).to_be_bytes());
+    moved.extend_from_slice(&rewrapped);
+    moved.extend_from_slice(&m[p.header.len()..]);
+    let fresh = envelope(&k, payments(), "payments", EnvelopeLimits::default());
+    assert_eq!(
+        fresh.decrypt(&moved, &c).await.unwrap().expose(),
+        &[3u8; 300]
+    );
     // And nothing of the key shows in Debug.
     let dbg = format!("{reader:?}");
     assert!(dbg.contains("data_keys_unwrapped"), "{dbg}");
