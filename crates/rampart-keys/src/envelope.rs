@@ -48,9 +48,10 @@ use std::sync::{Arc, RwLock};
 use aes_gcm::aead::{AeadInPlace, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use rampart_core::SharedClock;
-use rampart_crypto::{random_nonce, SecretBytes};
+use rampart_crypto::SecretBytes;
 
 use crate::ciphertext::{self, NONCE_LEN, TAG_LEN};
+use crate::service::seal_after_header;
 use crate::{Caller, Context, KeyService, KeysError, MAX_PLAINTEXT};
 
 /// The version byte of an envelope message.
@@ -434,19 +435,7 @@ impl Entry {
 fn seal(e: &Entry, plaintext: &[u8]) -> Result<Vec<u8>, KeysError> {
     let mut out = Vec::with_capacity(e.header.len() + NONCE_LEN + plaintext.len() + TAG_LEN);
     out.extend_from_slice(&e.header);
-    let nonce = random_nonce()?;
-    out.extend_from_slice(&nonce);
-    let body = out.len();
-    out.extend_from_slice(plaintext);
-    let sealed = out
-        .get_mut(body..)
-        .ok_or_else(|| KeysError::Internal("encryption failed".into()))?;
-    let tag = e
-        .cipher
-        .encrypt_in_place_detached(Nonce::from_slice(&nonce), &e.aad, sealed)
-        .map_err(|_| KeysError::Internal("encryption failed".into()))?;
-    out.extend_from_slice(&tag);
-    Ok(out)
+    seal_after_header(&e.cipher, out, plaintext, &e.aad)
 }
 
 /// Opens one message under `e` (whose header and context it matches).

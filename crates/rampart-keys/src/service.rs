@@ -227,6 +227,29 @@ impl std::fmt::Debug for KeyService {
     }
 }
 
+/// Appends a fresh random nonce, `plaintext` sealed in place and the tag
+/// to `out`, which holds the header already (with room reserved for the
+/// rest): the layout of the plane's ciphertexts and of envelope messages.
+pub(crate) fn seal_after_header(
+    cipher: &Aes256Gcm,
+    mut out: Vec<u8>,
+    plaintext: &[u8],
+    aad: &[u8],
+) -> Result<Vec<u8>, KeysError> {
+    let nonce: [u8; NONCE_LEN] = random_nonce()?;
+    out.extend_from_slice(&nonce);
+    let body = out.len();
+    out.extend_from_slice(plaintext);
+    let sealed = out
+        .get_mut(body..)
+        .ok_or_else(|| KeysError::Internal("encryption failed".into()))?;
+    let tag = cipher
+        .encrypt_in_place_detached(Nonce::from_slice(&nonce), aad, sealed)
+        .map_err(|_| KeysError::Internal("encryption failed".into()))?;
+    out.extend_from_slice(&tag);
+    Ok(out)
+}
+
 fn purpose(env: &str, name: &str, version: u32) -> String {
     format!("keys/{env}/{name}/v{version}")
 }
@@ -803,18 +826,7 @@ impl KeyService {
         );
         ciphertext::write_header(&mut out, &r.environment, &r.name, version)?;
         ciphertext::aad_into(aad, &out, context);
-        let nonce: [u8; NONCE_LEN] = random_nonce()?;
-        out.extend_from_slice(&nonce);
-        let body = out.len();
-        out.extend_from_slice(plaintext);
-        let sealed = out
-            .get_mut(body..)
-            .ok_or_else(|| KeysError::Internal("encryption failed".into()))?;
-        let tag = cipher
-            .encrypt_in_place_detached(Nonce::from_slice(&nonce), aad, sealed)
-            .map_err(|_| KeysError::Internal("encryption failed".into()))?;
-        out.extend_from_slice(&tag);
-        Ok(out)
+        seal_after_header(cipher, out, plaintext, aad)
     }
 
     /// Decrypts with the version the ciphertext names; `aad` as for
