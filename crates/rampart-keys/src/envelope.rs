@@ -26,7 +26,13 @@
 //! sealed and opened only under the context its data key was made for;
 //! the context is also bound to every message as associated data.
 //! Plaintext data keys live only inside the AES-GCM ciphers (their round
-//! keys wiped on drop); nothing here prints them.
+//! keys wiped on drop); nothing here prints them. Each thread that seals or
+//! opens keeps its last key per direction in a thread-local slot (so that
+//! threads share no counter per message): dropping or clearing the
+//! envelope empties the calling thread's slots, and another thread's slot
+//! is emptied at that thread's next seal (or, for the opening slot, open)
+//! with any envelope, or when the thread ends: a dropped envelope's key can
+//! outlive it in at most one slot per thread and direction until then.
 //!
 //! Message format, version 1: the version byte `0xE1`, the wrapped data key
 //! as a big-endian `u16` length and its bytes (the plane's own ciphertext
@@ -183,6 +189,12 @@ pub struct Envelope {
     data_keys_unwrapped: AtomicU64,
 }
 
+impl Drop for Envelope {
+    fn drop(&mut self) {
+        self.release_thread_slots();
+    }
+}
+
 impl std::fmt::Debug for Envelope {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Envelope")
@@ -225,10 +237,27 @@ impl Envelope {
     }
 
     /// Drops every cached data key: the next message asks the plane again.
+    /// Other threads stop using theirs at once and release them at their
+    /// next seal or open with any envelope.
     pub fn clear(&self) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         write(&self.sealing).clear();
         write(&self.opening).clear();
+        self.release_thread_slots();
+    }
+
+    /// Empties the calling thread's slots if they hold this envelope's keys.
+    fn release_thread_slots(&self) {
+        for slots in [&SEALING, &OPENING] {
+            // During thread teardown the slot may be gone already.
+            let _ = slots.try_with(|cell| {
+                if let Ok(mut c) = cell.try_borrow_mut() {
+                    if c.as_ref().is_some_and(|s| s.envelope == self.id) {
+                        *c = None;
+                    }
+                }
+            });
+        }
     }
 
     /// Runs `f` with this thread's slot for this envelope when it holds an
@@ -250,7 +279,13 @@ impl Envelope {
                 && matches(&s.entry)
                 && s.entry.fresh(now, &self.limits)
                 && s.take(len, &self.limits);
-            usable.then(|| f(&s.entry))
+            if !usable {
+                // Whatever comes next replaces it; do not keep its key
+                // meanwhile (the plane may refuse the next one).
+                *slot = None;
+                return None;
+            }
+            Some(f(&s.entry))
         })
     }
 
