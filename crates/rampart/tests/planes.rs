@@ -534,3 +534,65 @@ fn key_batches_through_the_api_answer_per_item_and_refuse_bad_input() {
         "{events}"
     );
 }
+
+#[test]
+fn a_key_operation_is_one_record_and_a_refused_call_is_still_on_record() {
+    let (_r, admin, srv) = node();
+    let t = Some(admin.as_str());
+    let events = |query: &str| -> Vec<serde_json::Value> {
+        let r = srv.get(&format!("/v1/audit/events?{query}"), t);
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()["events"].as_array().unwrap().clone()
+    };
+    let with_id = |evs: &[serde_json::Value], id: &str| -> usize {
+        evs.iter().filter(|e| e["request_id"] == id).count()
+    };
+
+    // An encrypt that succeeds: its decision in tier security names the
+    // request, and there is no second record of it in api-access.
+    let ok = srv.post(
+        "/v1/keys/prod/api-data/encrypt",
+        t,
+        json!({"plaintext": b64("one record"), "context": {"tenant": "acme"}}),
+    );
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    let ok_id = ok.request_id.clone().unwrap();
+    let security = events("tier=security&action=keys:encrypt");
+    assert_eq!(with_id(&security, &ok_id), 1, "{security:?}");
+    let access = events("tier=api-access");
+    assert_eq!(with_id(&access, &ok_id), 0, "{access:?}");
+
+    // A call refused before any plane saw it (bad base64) is recorded by
+    // the API itself, with its status.
+    let bad = srv.post(
+        "/v1/keys/prod/api-data/encrypt",
+        t,
+        json!({"plaintext": "%%%"}),
+    );
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    let bad_id = bad.request_id.clone().unwrap();
+    let access = events("tier=api-access");
+    assert_eq!(with_id(&access, &bad_id), 1, "{access:?}");
+
+    // A decrypt that fails after an allowed decision (a tampered
+    // ciphertext): the decision and the error in security, and the call's
+    // 4xx in api-access.
+    let tampered = {
+        use base64::Engine;
+        let b = base64::engine::general_purpose::STANDARD;
+        let mut raw = b.decode(ok.json()["ciphertext"].as_str().unwrap()).unwrap();
+        *raw.last_mut().unwrap() ^= 1;
+        b.encode(&raw)
+    };
+    let dec = srv.post(
+        "/v1/keys/prod/decrypt",
+        t,
+        json!({"ciphertext": tampered, "context": {"tenant": "acme"}}),
+    );
+    assert!(dec.status >= 400 && dec.status < 500, "{}", dec.body);
+    let dec_id = dec.request_id.clone().unwrap();
+    let security = events("tier=security&action=keys:decrypt");
+    assert!(with_id(&security, &dec_id) >= 1, "{security:?}");
+    let access = events("tier=api-access");
+    assert_eq!(with_id(&access, &dec_id), 1, "{access:?}");
+}

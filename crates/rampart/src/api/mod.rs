@@ -438,6 +438,23 @@ fn allowed(allow: &[IpNet], ip: IpAddr) -> bool {
     ip.is_loopback() || allow.iter().any(|n| n.contains(&ip))
 }
 
+/// Put in a response's extensions by a handler whose plane has already
+/// recorded the call durably in the audit log (with the request id and
+/// source): a successful answer then gets no second, api-access record.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RecordedByPlane;
+
+/// An answer whose call its plane has recorded (see [`RecordedByPlane`]).
+pub(crate) struct Recorded<T>(pub T);
+
+impl<T: IntoResponse> IntoResponse for Recorded<T> {
+    fn into_response(self) -> Response {
+        let mut resp = self.0.into_response();
+        resp.extensions_mut().insert(RecordedByPlane);
+        resp
+    }
+}
+
 /// Request id, source allow-list, access log and metrics for every request.
 async fn observe(
     State(st): State<SharedState>,
@@ -474,8 +491,14 @@ async fn observe(
         ApiError::forbidden("source address not allowed").into_response()
     };
     // Every /v1 call is recorded before its answer leaves; if the audit log
-    // cannot take the record, the caller gets 503 instead (fail closed).
-    if path.starts_with("/v1/") {
+    // cannot take the record, the caller gets 503 instead (fail closed). A
+    // successful call whose plane has already put its own durable record of
+    // it in the log (the keys plane's crypto operations: tier security, with
+    // this request id, the source, actor, action, resource and decision)
+    // gets no second record here, as a KMS call is one CloudTrail event.
+    let recorded_by_plane =
+        resp.status().is_success() && resp.extensions_mut().remove::<RecordedByPlane>().is_some();
+    if path.starts_with("/v1/") && !recorded_by_plane {
         if let Some(audit) = &st.audit {
             let status = resp.status();
             let outcome = match status.as_u16() {

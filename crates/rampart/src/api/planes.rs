@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::json::{ApiJson, B64Json};
-use super::{ApiError, Authenticated, Credential, RequestMeta, SharedState};
+use super::{ApiError, Authenticated, Credential, Recorded, RequestMeta, SharedState};
 
 /// The routes of the keys and secrets planes.
 pub fn routes() -> Router<SharedState> {
@@ -177,7 +177,7 @@ async fn encrypt(
     meta: RequestMeta,
     Path((env, name)): Path<(String, String)>,
     ApiJson(body): ApiJson<EncryptBody>,
-) -> Result<B64Json, ApiError> {
+) -> Result<Recorded<B64Json>, ApiError> {
     let c = caller(&who, &meta, &env)?;
     let plain = zeroize::Zeroizing::new(b64("plaintext", &body.plaintext)?);
     let ct = st
@@ -185,7 +185,7 @@ async fn encrypt(
         .keys
         .encrypt(&c, &name, &plain, &body.context)
         .await?;
-    Ok(B64Json::object(&[("ciphertext", &ct)]))
+    Ok(Recorded(B64Json::object(&[("ciphertext", &ct)])))
 }
 
 #[derive(Deserialize)]
@@ -202,11 +202,11 @@ async fn decrypt(
     meta: RequestMeta,
     Path(env): Path<String>,
     ApiJson(body): ApiJson<CiphertextBody>,
-) -> Result<B64Json, ApiError> {
+) -> Result<Recorded<B64Json>, ApiError> {
     let c = caller(&who, &meta, &env)?;
     let ct = b64("ciphertext", &body.ciphertext)?;
     let plain = st.planes()?.keys.decrypt(&c, &ct, &body.context).await?;
-    Ok(B64Json::object(&[("plaintext", plain.expose())]))
+    Ok(Recorded(B64Json::object(&[("plaintext", plain.expose())])))
 }
 
 async fn rewrap(
@@ -215,11 +215,11 @@ async fn rewrap(
     meta: RequestMeta,
     Path(env): Path<String>,
     ApiJson(body): ApiJson<CiphertextBody>,
-) -> Result<B64Json, ApiError> {
+) -> Result<Recorded<B64Json>, ApiError> {
     let c = caller(&who, &meta, &env)?;
     let ct = b64("ciphertext", &body.ciphertext)?;
     let out = st.planes()?.keys.rewrap(&c, &ct, &body.context).await?;
-    Ok(B64Json::object(&[("ciphertext", &out)]))
+    Ok(Recorded(B64Json::object(&[("ciphertext", &out)])))
 }
 
 #[derive(Deserialize)]
@@ -235,17 +235,17 @@ async fn data_key(
     meta: RequestMeta,
     Path((env, name)): Path<(String, String)>,
     ApiJson(body): ApiJson<ContextBody>,
-) -> Result<B64Json, ApiError> {
+) -> Result<Recorded<B64Json>, ApiError> {
     let c = caller(&who, &meta, &env)?;
     let dk = st
         .planes()?
         .keys
         .generate_data_key(&c, &name, &body.context)
         .await?;
-    Ok(B64Json::object(&[
+    Ok(Recorded(B64Json::object(&[
         ("plaintext", dk.plaintext.expose()),
         ("ciphertext", &dk.wrapped),
-    ]))
+    ])))
 }
 
 /// Most items one batch call takes.
