@@ -493,7 +493,7 @@ async fn observe(
     // Every /v1 call is recorded before its answer leaves; if the audit log
     // cannot take the record, the caller gets 503 instead (fail closed). A
     // successful call whose plane has already put its own durable record of
-    // it in the log (the keys plane's crypto operations: tier security, with
+    // it in the log (the keys plane's single crypto operations and secret reads: tier security, with
     // this request id, the source, actor, action, resource and decision)
     // gets no second record here, as a KMS call is one CloudTrail event.
     let recorded_by_plane =

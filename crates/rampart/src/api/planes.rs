@@ -521,7 +521,7 @@ async fn get_secret(
     meta: RequestMeta,
     Path((env, service, name)): Path<(String, String, String)>,
     Query(q): Query<VersionQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Recorded<Json<Value>>, ApiError> {
     let c = caller(&who, &meta, &env)?;
     let s = st
         .planes()?
@@ -529,13 +529,13 @@ async fn get_secret(
         .get(&c, &service, &name, q.version)
         .await?;
     let bytes = s.value.expose();
-    Ok(Json(json!({
+    Ok(Recorded(Json(json!({
         "version": s.version,
         "kind": s.kind,
         "created_at": s.created_at,
         "value": std::str::from_utf8(bytes).ok(),
         "value_base64": B64.encode(bytes),
-    })))
+    }))))
 }
 
 async fn list_secrets(
