@@ -251,3 +251,18 @@ fn waf_exclusions_load_in_order_with_canonical_collections() {
     );
     assert_eq!(c.routes[0].waf.mode, WafMode::Block);
 }
+
+#[test]
+fn audit_commit_delay_defaults_to_zero_and_is_bounded() {
+    let c = Config::parse("", "t.toml").unwrap();
+    assert_eq!(c.audit.commit_delay_us, 0);
+    let c = Config::parse("[audit]\ncommit_delay_us = 1000\n", "t.toml").unwrap();
+    assert_eq!(c.audit.commit_delay_us, 1000);
+    for bad in ["-1", "10001", "4294967296"] {
+        let err =
+            Config::parse(&format!("[audit]\ncommit_delay_us = {bad}\n"), "t.toml").unwrap_err();
+        let d = &err.diagnostics()[0];
+        assert_eq!(d.path, "audit.commit_delay_us", "{bad}: {d}");
+        assert_eq!(d.line, 2, "{bad}: {d}");
+    }
+}

@@ -10,6 +10,9 @@ use ipnet::IpNet;
 use crate::model::*;
 use crate::raw::{RawConfig, RawError, S};
 
+/// Longest `audit.commit_delay_us` accepted (10 ms).
+const MAX_COMMIT_DELAY_US: u32 = 10_000;
+
 struct Checker {
     errors: Vec<RawError>,
 }
@@ -754,6 +757,23 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
             .checkpoint_dir
             .as_ref()
             .map(|d| PathBuf::from(d.get_ref())),
+        commit_delay_us: match &raw.audit.commit_delay_us {
+            None => 0,
+            Some(v) => match u32::try_from(*v.get_ref()) {
+                Ok(d) if d <= MAX_COMMIT_DELAY_US => d,
+                _ => {
+                    c.err(
+                        v,
+                        "audit.commit_delay_us",
+                        format!(
+                            "invalid value {}: must be 0 to {MAX_COMMIT_DELAY_US}",
+                            v.get_ref()
+                        ),
+                    );
+                    0
+                }
+            },
+        },
     };
 
     // Edge.
