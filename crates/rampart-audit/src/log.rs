@@ -47,6 +47,11 @@ use crate::verify::{
 
 const NANOS_PER_DAY: u64 = 86_400 * 1_000_000_000;
 
+/// [`AuditOptions::commit_delay`] by default.
+const DEFAULT_COMMIT_DELAY: Duration = Duration::from_millis(2);
+/// [`AuditOptions::commit_siblings`] by default.
+const DEFAULT_COMMIT_SIBLINGS: usize = 16;
+
 /// How the log is laid out and when it rolls and checkpoints.
 #[derive(Debug, Clone)]
 pub struct AuditOptions {
@@ -84,18 +89,26 @@ pub struct AuditOptions {
     pub sync_threads: usize,
     /// How long a group may keep gathering records before its sync starts,
     /// like PostgreSQL's `commit_delay`: the quiet spell that ends a group
-    /// is at least this long, and its cap at least twice this. Fewer,
-    /// larger syncs cost less CPU per record (each fdatasync costs about
-    /// 100 µs of kernel CPU on the project's VM), at up to this much more
-    /// latency per record. Zero (the default) keeps the adaptive wait only.
+    /// is at least this long, and its cap at least twice this. It applies
+    /// only while at least [`AuditOptions::commit_siblings`] callers
+    /// usually wait at once, that is under heavy concurrent load, where
+    /// fewer, larger syncs leave more CPU for the callers' own work (each
+    /// fdatasync costs about 100 µs of kernel CPU on the project's VM).
+    /// A group that holds every caller who usually waits still syncs at
+    /// once. Zero keeps the adaptive wait only. Default 2 ms.
     pub commit_delay: Duration,
+    /// How many callers must usually wait at once before
+    /// [`AuditOptions::commit_delay`] applies, like PostgreSQL's
+    /// `commit_siblings`; 0 applies it always. Default 16.
+    pub commit_siblings: usize,
     /// Test support: makes writes and syncs fail on demand.
     pub fault: Option<Arc<FaultInjector>>,
 }
 
 impl AuditOptions {
     /// Defaults: 64 MiB or one day per segment, a checkpoint every 10,000
-    /// records or 60 s, 4 MiB preallocation.
+    /// records or 60 s, 4 MiB preallocation, a 2 ms commit delay once 16
+    /// callers usually wait at once.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         AuditOptions {
             dir: dir.into(),
@@ -108,7 +121,8 @@ impl AuditOptions {
             preallocate_bytes: 4 << 20,
             max_batch_records: 4096,
             sync_threads: 1,
-            commit_delay: Duration::ZERO,
+            commit_delay: DEFAULT_COMMIT_DELAY,
+            commit_siblings: DEFAULT_COMMIT_SIBLINGS,
             fault: None,
         }
     }
@@ -431,6 +445,8 @@ struct SyncState {
     shutdown: bool,
     /// [`AuditOptions::commit_delay`].
     commit_delay: Duration,
+    /// [`AuditOptions::commit_siblings`].
+    commit_siblings: usize,
 }
 
 struct WrittenBatch {
@@ -586,8 +602,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// `first` and the last at `last`; `None` once the sync should start:
 /// when as many records are in as callers usually wait at once (nobody else
 /// is coming), after about one sync time, or after 50 µs with no record
-/// (with a commit delay, the quiet spell is at least the delay and the cap
-/// at least twice it).
+/// (with a commit delay in force, at least `commit_siblings` callers
+/// usually waiting, the quiet spell is at least the delay and the cap at
+/// least twice it).
 fn gather_wait(
     sy: &SyncState,
     count: usize,
@@ -606,9 +623,14 @@ fn gather_wait(
         Some(end) => (first.max(end), last.max(end)),
         None => (first, last),
     };
-    let cap = Duration::from_nanos(sy.sync_nanos.clamp(50_000, 2_000_000))
-        .max(sy.commit_delay.saturating_mul(2));
-    let quiet = Duration::from_micros(50).max(sy.commit_delay);
+    let delay = if sy.peak_waiting >= sy.commit_siblings {
+        sy.commit_delay
+    } else {
+        Duration::ZERO
+    };
+    let cap =
+        Duration::from_nanos(sy.sync_nanos.clamp(50_000, 2_000_000)).max(delay.saturating_mul(2));
+    let quiet = Duration::from_micros(50).max(delay);
     let cap_left = cap.checked_sub(now.saturating_duration_since(first))?;
     let quiet_left = quiet.checked_sub(now.saturating_duration_since(last))?;
     Some(cap_left.min(quiet_left))
@@ -691,6 +713,7 @@ impl Audit {
                 state: Mutex::new(state),
                 sync: Mutex::new(SyncState {
                     commit_delay: options.commit_delay,
+                    commit_siblings: options.commit_siblings,
                     ..SyncState::default()
                 }),
                 sync_cond: Condvar::new(),
@@ -1640,5 +1663,36 @@ mod tests {
         );
         // Everyone who usually waits is in: due at once, delay or not.
         assert_eq!(gather_wait(&sy, 64, t0, t0, at), None);
+    }
+
+    #[test]
+    fn the_commit_delay_waits_for_enough_siblings() {
+        let t0 = Instant::now();
+        let at = t0 + Duration::from_micros(60);
+        let mut sy = SyncState {
+            peak_waiting: 15,
+            sync_nanos: 200_000,
+            commit_delay: Duration::from_millis(2),
+            commit_siblings: 16,
+            ..SyncState::default()
+        };
+        // Fewer callers than the siblings usually wait together: light
+        // load, no delay; 60 µs of quiet ends the group.
+        assert_eq!(gather_wait(&sy, 3, t0, t0, at), None);
+        // Sixteen or more: the group keeps gathering for up to 2 ms of
+        // quiet, 4 ms in all, unless all sixteen are in.
+        sy.peak_waiting = 16;
+        assert!(gather_wait(&sy, 3, t0, t0, at).is_some());
+        assert!(gather_wait(&sy, 3, t0, t0, t0 + Duration::from_micros(1900)).is_some());
+        let last = t0 + Duration::from_micros(3900);
+        assert_eq!(
+            gather_wait(&sy, 15, t0, last, t0 + Duration::from_micros(4001)),
+            None
+        );
+        assert_eq!(gather_wait(&sy, 16, t0, t0, at), None);
+        // 0 siblings: the delay applies whatever the load.
+        sy.peak_waiting = 2;
+        sy.commit_siblings = 0;
+        assert!(gather_wait(&sy, 1, t0, t0, at).is_some());
     }
 }

@@ -300,9 +300,13 @@ pub struct Audit {
     /// A second directory to copy checkpoints to.
     pub checkpoint_dir: Option<PathBuf>,
     /// How long a group commit may wait for more records (microseconds,
-    /// 0 = the log's own adaptive wait only): fewer, larger syncs for less
-    /// CPU per record, at up to this much added latency.
+    /// 0 = the log's own adaptive wait only) once `commit_siblings`
+    /// callers usually wait at once: fewer, larger syncs for less CPU per
+    /// record under heavy load, at up to this much added latency.
     pub commit_delay_us: u32,
+    /// How many callers must usually wait at once for `commit_delay_us` to
+    /// apply (0 = always), like PostgreSQL's `commit_siblings`.
+    pub commit_siblings: u32,
 }
 
 /// The public edge: listeners, certificates, network rules, the WAF.

@@ -176,6 +176,7 @@ pub(crate) struct RawAudit {
     pub checkpoint_every_seconds: Option<S<i64>>,
     pub checkpoint_dir: Option<S<String>>,
     pub commit_delay_us: Option<S<i64>>,
+    pub commit_siblings: Option<S<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -253,16 +253,28 @@ fn waf_exclusions_load_in_order_with_canonical_collections() {
 }
 
 #[test]
-fn audit_commit_delay_defaults_to_zero_and_is_bounded() {
+fn audit_commit_delay_and_siblings_have_defaults_and_bounds() {
     let c = Config::parse("", "t.toml").unwrap();
-    assert_eq!(c.audit.commit_delay_us, 0);
-    let c = Config::parse("[audit]\ncommit_delay_us = 1000\n", "t.toml").unwrap();
-    assert_eq!(c.audit.commit_delay_us, 1000);
-    for bad in ["-1", "10001", "4294967296"] {
-        let err =
-            Config::parse(&format!("[audit]\ncommit_delay_us = {bad}\n"), "t.toml").unwrap_err();
+    assert_eq!(
+        (c.audit.commit_delay_us, c.audit.commit_siblings),
+        (2000, 16)
+    );
+    let c = Config::parse(
+        "[audit]\ncommit_delay_us = 0\ncommit_siblings = 0\n",
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!((c.audit.commit_delay_us, c.audit.commit_siblings), (0, 0));
+    for (key, bad) in [
+        ("commit_delay_us", "-1"),
+        ("commit_delay_us", "10001"),
+        ("commit_delay_us", "4294967296"),
+        ("commit_siblings", "-1"),
+        ("commit_siblings", "1001"),
+    ] {
+        let err = Config::parse(&format!("[audit]\n{key} = {bad}\n"), "t.toml").unwrap_err();
         let d = &err.diagnostics()[0];
-        assert_eq!(d.path, "audit.commit_delay_us", "{bad}: {d}");
+        assert_eq!(d.path, format!("audit.{key}"), "{bad}: {d}");
         assert_eq!(d.line, 2, "{bad}: {d}");
     }
 }

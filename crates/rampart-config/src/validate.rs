@@ -12,6 +12,12 @@ use crate::raw::{RawConfig, RawError, S};
 
 /// Longest `audit.commit_delay_us` accepted (10 ms).
 const MAX_COMMIT_DELAY_US: u32 = 10_000;
+/// `audit.commit_delay_us` by default.
+const DEFAULT_COMMIT_DELAY_US: u32 = 2_000;
+/// Largest `audit.commit_siblings` accepted.
+const MAX_COMMIT_SIBLINGS: u32 = 1_000;
+/// `audit.commit_siblings` by default.
+const DEFAULT_COMMIT_SIBLINGS: u32 = 16;
 
 struct Checker {
     errors: Vec<RawError>,
@@ -116,6 +122,23 @@ impl Checker {
             rules: rules?,
             target,
         })
+    }
+
+    /// An optional integer from 0 to `max`; `default` when absent or wrong
+    /// (a wrong value is an error at its place).
+    fn bounded(&mut self, v: Option<&S<i64>>, path: &str, max: u32, default: u32) -> u32 {
+        let Some(v) = v else { return default };
+        match u32::try_from(*v.get_ref()) {
+            Ok(n) if n <= max => n,
+            _ => {
+                self.err(
+                    v,
+                    path,
+                    format!("invalid value {}: must be 0 to {max}", v.get_ref()),
+                );
+                default
+            }
+        }
     }
 
     fn err<T>(&mut self, at: &S<T>, path: impl Into<String>, message: impl Into<String>) {
@@ -757,23 +780,18 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
             .checkpoint_dir
             .as_ref()
             .map(|d| PathBuf::from(d.get_ref())),
-        commit_delay_us: match &raw.audit.commit_delay_us {
-            None => 0,
-            Some(v) => match u32::try_from(*v.get_ref()) {
-                Ok(d) if d <= MAX_COMMIT_DELAY_US => d,
-                _ => {
-                    c.err(
-                        v,
-                        "audit.commit_delay_us",
-                        format!(
-                            "invalid value {}: must be 0 to {MAX_COMMIT_DELAY_US}",
-                            v.get_ref()
-                        ),
-                    );
-                    0
-                }
-            },
-        },
+        commit_delay_us: c.bounded(
+            raw.audit.commit_delay_us.as_ref(),
+            "audit.commit_delay_us",
+            MAX_COMMIT_DELAY_US,
+            DEFAULT_COMMIT_DELAY_US,
+        ),
+        commit_siblings: c.bounded(
+            raw.audit.commit_siblings.as_ref(),
+            "audit.commit_siblings",
+            MAX_COMMIT_SIBLINGS,
+            DEFAULT_COMMIT_SIBLINGS,
+        ),
     };
 
     // Edge.

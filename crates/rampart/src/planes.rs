@@ -58,6 +58,7 @@ pub fn audit_options(data_dir: &Path, config: &Config) -> AuditOptions {
     o.checkpoint_every = Duration::from_secs(u64::from(config.audit.checkpoint_every_seconds));
     o.checkpoint_dir = config.audit.checkpoint_dir.clone();
     o.commit_delay = Duration::from_micros(u64::from(config.audit.commit_delay_us));
+    o.commit_siblings = usize::try_from(config.audit.commit_siblings).unwrap_or(usize::MAX);
     o
 }
 
