@@ -48,8 +48,8 @@ pub use event::{
 };
 pub use keys::AuditKeys;
 pub use log::{
-    Audit, AuditOptions, Disposed, FaultInjector, OpenReport, RecordFuture, RetentionReport,
-    TierOpenReport, TornTail,
+    Audit, AuditOptions, CommitStats, Disposed, FaultInjector, OpenReport, RecordFuture,
+    RetentionReport, TierOpenReport, TornTail,
 };
 pub use proof::{verify_proof, InclusionProof};
 pub use search::{AuditReader, Query};

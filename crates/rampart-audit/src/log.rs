@@ -217,6 +217,17 @@ impl Disk<'_> {
     }
 }
 
+/// One tier's group-commit figures (see [`Audit::commit_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// fdatasyncs run.
+    pub syncs: u64,
+    /// Records those syncs made durable.
+    pub records: u64,
+    /// Time spent in them, in nanoseconds.
+    pub sync_nanos: u64,
+}
+
 /// A torn write found and cut on open.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TornTail {
@@ -856,6 +867,27 @@ impl Audit {
 
     /// Syncs run, records they made durable and nanoseconds spent in
     /// them, over all tiers (for the benchmark).
+    /// Group-commit figures per tier since the log was opened: fdatasyncs,
+    /// records they made durable, and time spent in them. Records per sync
+    /// and mean sync time show what `commit_delay` and `commit_siblings`
+    /// do on a deployment.
+    pub fn commit_stats(&self) -> Vec<(Tier, CommitStats)> {
+        self.core
+            .tiers
+            .iter()
+            .map(|l| {
+                (
+                    l.tier,
+                    CommitStats {
+                        syncs: l.syncs.load(Ordering::Relaxed),
+                        records: l.synced_records.load(Ordering::Relaxed),
+                        sync_nanos: l.sync_time_nanos.load(Ordering::Relaxed),
+                    },
+                )
+            })
+            .collect()
+    }
+
     pub(crate) fn sync_stats(&self) -> (u64, u64, u64) {
         self.core.tiers.iter().fold((0, 0, 0), |(s, r, t), l| {
             (

@@ -67,6 +67,7 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
     let running =
         planes::start(node.keyring.clone(), audit.clone(), &config, clock.clone()).await?;
     let metrics = Arc::new(Metrics::new(clock.unix_secs()));
+    metrics.set_audit(audit.clone());
     let edge = edge::start(
         &config,
         metrics.clone(),

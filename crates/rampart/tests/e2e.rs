@@ -358,6 +358,19 @@ fn control_api_answers_health_metrics_and_json_errors() {
     );
     assert!(m.body.contains("route=\"/v1/whoami\",status=\"401\""));
     assert!(m.body.contains("rampart_build_info"));
+    // The audit log's group commits, by tier: the calls above were recorded.
+    let records = m
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix("rampart_audit_records_total{tier=\"api-access\"} "))
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(records.is_some_and(|n| n >= 1), "{}", m.body);
+    assert!(m
+        .body
+        .contains("rampart_audit_syncs_total{tier=\"api-access\"}"));
+    assert!(m
+        .body
+        .contains("rampart_audit_sync_seconds_total{tier=\"api-access\"}"));
 }
 
 #[test]

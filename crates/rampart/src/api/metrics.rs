@@ -1,6 +1,7 @@
 //! Prometheus metrics for the control API.
 
-use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -34,6 +35,11 @@ struct EdgeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TierLabels {
+    tier: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UpstreamLabels {
     service: String,
     upstream: String,
@@ -48,7 +54,11 @@ pub struct Metrics {
     upstream_up: Family<UpstreamLabels, Gauge>,
     upstream_breaker_open: Family<UpstreamLabels, Gauge>,
     upstream_in_flight: Family<UpstreamLabels, Gauge>,
+    audit_syncs: Family<TierLabels, Counter>,
+    audit_records: Family<TierLabels, Counter>,
+    audit_sync_seconds: Family<TierLabels, Counter<f64, AtomicU64>>,
     edge: Mutex<Option<rampart_edge::EdgeHandle>>,
+    audit: Mutex<Option<Arc<rampart_audit::Audit>>>,
 }
 
 impl Metrics {
@@ -114,6 +124,24 @@ impl Metrics {
             "Requests in flight to the upstream",
             upstream_in_flight.clone(),
         );
+        let audit_syncs = Family::<TierLabels, Counter>::default();
+        registry.register(
+            "audit_syncs",
+            "Audit log fdatasyncs (group commits) by tier",
+            audit_syncs.clone(),
+        );
+        let audit_records = Family::<TierLabels, Counter>::default();
+        registry.register(
+            "audit_records",
+            "Audit records made durable by tier",
+            audit_records.clone(),
+        );
+        let audit_sync_seconds = Family::<TierLabels, Counter<f64, AtomicU64>>::default();
+        registry.register(
+            "audit_sync_seconds",
+            "Time spent in audit log fdatasyncs by tier",
+            audit_sync_seconds.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             requests,
@@ -123,7 +151,11 @@ impl Metrics {
             upstream_up,
             upstream_breaker_open,
             upstream_in_flight,
+            audit_syncs,
+            audit_records,
+            audit_sync_seconds,
             edge: Mutex::new(None),
+            audit: Mutex::new(None),
         }
     }
 
@@ -131,6 +163,33 @@ impl Metrics {
     pub fn set_edge(&self, handle: rampart_edge::EdgeHandle) {
         if let Ok(mut e) = self.edge.lock() {
             *e = Some(handle);
+        }
+    }
+
+    /// Lets `/metrics` report the audit log's group commits.
+    pub fn set_audit(&self, audit: Arc<rampart_audit::Audit>) {
+        if let Ok(mut a) = self.audit.lock() {
+            *a = Some(audit);
+        }
+    }
+
+    /// Brings the audit counters up to the log's own totals.
+    fn refresh_audit(&self) {
+        let Ok(audit) = self.audit.lock() else { return };
+        let Some(audit) = audit.as_ref() else { return };
+        for (tier, st) in audit.commit_stats() {
+            let l = TierLabels {
+                tier: tier.as_str(),
+            };
+            let syncs = self.audit_syncs.get_or_create(&l);
+            syncs.inc_by(st.syncs.saturating_sub(syncs.get()));
+            let records = self.audit_records.get_or_create(&l);
+            records.inc_by(st.records.saturating_sub(records.get()));
+            let secs = self.audit_sync_seconds.get_or_create(&l);
+            let total = st.sync_nanos as f64 / 1e9;
+            if total > secs.get() {
+                secs.inc_by(total - secs.get());
+            }
         }
     }
 
@@ -186,9 +245,12 @@ impl Metrics {
     }
 
     pub fn render(&self) -> String {
-        self.refresh_upstreams();
         let mut out = String::new();
+        // Under the registry lock, so that two scrapes at once cannot both
+        // add the same audit delta.
         if let Ok(reg) = self.registry.lock() {
+            self.refresh_upstreams();
+            self.refresh_audit();
             let _ = encode(&mut out, &reg);
         }
         out
