@@ -865,8 +865,6 @@ impl Audit {
         Ok(out)
     }
 
-    /// Syncs run, records they made durable and nanoseconds spent in
-    /// them, over all tiers (for the benchmark).
     /// Group-commit figures per tier since the log was opened: fdatasyncs,
     /// records they made durable, and time spent in them. Records per sync
     /// and mean sync time show what `commit_delay` and `commit_siblings`
@@ -888,14 +886,14 @@ impl Audit {
             .collect()
     }
 
+    /// Syncs run, records they made durable and nanoseconds spent in
+    /// them, over all tiers (for the benchmark).
     pub(crate) fn sync_stats(&self) -> (u64, u64, u64) {
-        self.core.tiers.iter().fold((0, 0, 0), |(s, r, t), l| {
-            (
-                s + l.syncs.load(Ordering::Relaxed),
-                r + l.synced_records.load(Ordering::Relaxed),
-                t + l.sync_time_nanos.load(Ordering::Relaxed),
-            )
-        })
+        self.commit_stats()
+            .into_iter()
+            .fold((0, 0, 0), |(s, r, t), (_, c)| {
+                (s + c.syncs, r + c.records, t + c.sync_nanos)
+            })
     }
 
     /// Number of records ever written to `tier` (the next seq).

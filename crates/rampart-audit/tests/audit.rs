@@ -155,6 +155,29 @@ fn audit_is_send_sync_and_shareable() {
 }
 
 #[test]
+fn commit_stats_count_each_tiers_syncs_and_records() {
+    let t = TestLog::new();
+    let audit = t.open();
+    fill(&audit, Tier::Network, 5);
+    let stats = audit.commit_stats();
+    assert_eq!(stats.len(), Tier::ALL.len());
+    let of = |tier: Tier| {
+        stats
+            .iter()
+            .find(|(t, _)| *t == tier)
+            .map(|(_, s)| *s)
+            .unwrap()
+    };
+    // One caller at a time: every record is synced before the next comes,
+    // so each has a sync of its own (checkpoints sync too).
+    let net = of(Tier::Network);
+    assert_eq!(net.records, 5);
+    assert!(net.syncs >= 5, "{net:?}");
+    assert!(net.sync_nanos > 0, "{net:?}");
+    assert_eq!(of(Tier::Security), rampart_audit::CommitStats::default());
+}
+
+#[test]
 fn records_come_back_through_search_and_export() {
     let t = TestLog::new();
     let audit = t.open();
