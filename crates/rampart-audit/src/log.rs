@@ -609,6 +609,26 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// After this long with no sync, the count of callers who usually wait
+/// (`peak_waiting`, last set while the log was busy) halves, and again for
+/// each further spell: a lone record after a burst syncs at once.
+const PEAK_HALF_LIFE: Duration = Duration::from_millis(10);
+
+/// How many callers usually wait at once, for a group whose first record
+/// came at `first`: `peak_waiting`, halved for each [`PEAK_HALF_LIFE`] the
+/// log sat idle before it. Under steady load syncs end far more often than
+/// that, so the figure is the measured one.
+fn usual_waiters(sy: &SyncState, first: Instant) -> usize {
+    let idle = sy
+        .last_sync_end
+        .map_or(Duration::ZERO, |end| first.saturating_duration_since(end));
+    let halvings = idle.as_nanos() / PEAK_HALF_LIFE.as_nanos();
+    u32::try_from(halvings)
+        .ok()
+        .and_then(|h| sy.peak_waiting.checked_shr(h))
+        .unwrap_or(0)
+}
+
 /// How much longer to gather `count` records, the first of which came at
 /// `first` and the last at `last`; `None` once the sync should start:
 /// when as many records are in as callers usually wait at once (nobody else
@@ -623,7 +643,8 @@ fn gather_wait(
     last: Instant,
     now: Instant,
 ) -> Option<Duration> {
-    if count >= sy.peak_waiting {
+    let usual = usual_waiters(sy, first);
+    if count >= usual {
         return None;
     }
     // Gathering starts when the last sync ended: records written while it
@@ -634,7 +655,7 @@ fn gather_wait(
         Some(end) => (first.max(end), last.max(end)),
         None => (first, last),
     };
-    let delay = if sy.peak_waiting >= sy.commit_siblings {
+    let delay = if usual >= sy.commit_siblings {
         sy.commit_delay
     } else {
         Duration::ZERO
@@ -1125,8 +1146,10 @@ impl Core {
                     None
                 } else {
                     let count = sy.unsynced_records + q.items.len();
-                    gather_wait(&sy, count, started, seen_at, now)
-                        .map(|w| (w, sy.peak_waiting.saturating_sub(sy.unsynced_records)))
+                    gather_wait(&sy, count, started, seen_at, now).map(|w| {
+                        let usual = usual_waiters(&sy, started);
+                        (w, usual.saturating_sub(sy.unsynced_records))
+                    })
                 }
             };
             let Some((wait, wake_at)) = wait else { break };
@@ -1724,5 +1747,40 @@ mod tests {
         sy.peak_waiting = 2;
         sy.commit_siblings = 0;
         assert!(gather_wait(&sy, 1, t0, t0, at).is_some());
+    }
+
+    #[test]
+    fn a_burst_is_forgotten_once_the_log_sits_idle() {
+        let end = Instant::now();
+        let mut sy = SyncState {
+            peak_waiting: 64,
+            sync_nanos: 200_000,
+            commit_delay: Duration::from_millis(2),
+            commit_siblings: 16,
+            last_sync_end: Some(end),
+            ..SyncState::default()
+        };
+        // Busy: a record 1 ms after the last sync waits for company.
+        let first = end + Duration::from_millis(1);
+        assert_eq!(usual_waiters(&sy, first), 64);
+        assert!(gather_wait(&sy, 1, first, first, first + Duration::from_micros(60)).is_some());
+        // 25 ms idle: 64 halved twice is 16, still busy enough to wait.
+        let first = end + Duration::from_millis(25);
+        assert_eq!(usual_waiters(&sy, first), 16);
+        assert!(gather_wait(&sy, 1, first, first, first + Duration::from_micros(60)).is_some());
+        // 35 ms idle: 8 usual waiters, below the siblings: no delay, and
+        // after 60 µs of quiet the lone record syncs.
+        let first = end + Duration::from_millis(35);
+        assert_eq!(usual_waiters(&sy, first), 8);
+        assert_eq!(
+            gather_wait(&sy, 1, first, first, first + Duration::from_micros(60)),
+            None
+        );
+        // Long idle: nobody is expected; sync at once.
+        let first = end + Duration::from_secs(5);
+        assert_eq!(usual_waiters(&sy, first), 0);
+        assert_eq!(gather_wait(&sy, 1, first, first, first), None);
+        sy.last_sync_end = None;
+        assert_eq!(usual_waiters(&sy, first), 64);
     }
 }
