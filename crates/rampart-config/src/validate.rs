@@ -124,17 +124,28 @@ impl Checker {
         })
     }
 
-    /// An optional integer from 0 to `max`; `default` when absent or wrong
+    /// An optional integer within `range`; `default` when absent or wrong
     /// (a wrong value is an error at its place).
-    fn bounded(&mut self, v: Option<&S<i64>>, path: &str, max: u32, default: u32) -> u32 {
+    fn bounded(
+        &mut self,
+        v: Option<&S<i64>>,
+        path: &str,
+        range: std::ops::RangeInclusive<u32>,
+        default: u32,
+    ) -> u32 {
         let Some(v) = v else { return default };
         match u32::try_from(*v.get_ref()) {
-            Ok(n) if n <= max => n,
+            Ok(n) if range.contains(&n) => n,
             _ => {
                 self.err(
                     v,
                     path,
-                    format!("invalid value {}: must be 0 to {max}", v.get_ref()),
+                    format!(
+                        "invalid value {}: must be {} to {}",
+                        v.get_ref(),
+                        range.start(),
+                        range.end()
+                    ),
                 );
                 default
             }
@@ -190,19 +201,9 @@ impl Checker {
         }
     }
 
+    /// A count from 1 to `max` (days, records, seconds).
     fn days(&mut self, v: &Option<S<i64>>, path: &str, default: u32, max: u32) -> u32 {
-        let Some(v) = v else { return default };
-        match u32::try_from(*v.get_ref()) {
-            Ok(d) if (1..=max).contains(&d) => d,
-            _ => {
-                self.err(
-                    v,
-                    path,
-                    format!("invalid value {}: must be 1 to {max}", v.get_ref()),
-                );
-                default
-            }
-        }
+        self.bounded(v.as_ref(), path, 1..=max, default)
     }
 
     fn cidr(&mut self, v: &S<String>, path: &str) -> Option<IpNet> {
@@ -783,13 +784,13 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
         commit_delay_us: c.bounded(
             raw.audit.commit_delay_us.as_ref(),
             "audit.commit_delay_us",
-            MAX_COMMIT_DELAY_US,
+            0..=MAX_COMMIT_DELAY_US,
             DEFAULT_COMMIT_DELAY_US,
         ),
         commit_siblings: c.bounded(
             raw.audit.commit_siblings.as_ref(),
             "audit.commit_siblings",
-            MAX_COMMIT_SIBLINGS,
+            0..=MAX_COMMIT_SIBLINGS,
             DEFAULT_COMMIT_SIBLINGS,
         ),
     };
