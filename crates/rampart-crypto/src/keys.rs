@@ -44,8 +44,30 @@ impl std::fmt::Debug for DataKey {
 
 /// Plaintext secret bytes (a decrypted secret, a pepper, a private key).
 /// Zeroized on drop; `Debug` is redacted.
-#[derive(Clone, Default, Zeroize, ZeroizeOnDrop)]
+#[derive(Clone, Default)]
 pub struct SecretBytes(Vec<u8>);
+
+/// Wipes the whole allocation (what `zeroize` does for a `Vec`) in one
+/// bulk pass: `Vec`'s own `zeroize` first writes each initialised byte
+/// with its own volatile store and then bulk-wipes the full capacity,
+/// which covers those bytes again. After `clear` the spare capacity is
+/// the whole allocation, so the bulk wipe alone leaves nothing behind.
+/// The per-byte pass cost about 0.3 µs per decrypted 1 KiB message here
+/// (`crates/rampart-keys/BENCH.md`).
+impl Zeroize for SecretBytes {
+    fn zeroize(&mut self) {
+        self.0.clear();
+        self.0.spare_capacity_mut().zeroize();
+    }
+}
+
+impl Drop for SecretBytes {
+    fn drop(&mut self) {
+        self.zeroize();
+    }
+}
+
+impl ZeroizeOnDrop for SecretBytes {}
 
 impl SecretBytes {
     /// Wraps bytes that are secret.
@@ -147,6 +169,19 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn zeroize_empties_secret_bytes_in_place() {
+        let mut s = SecretBytes::new(b"correct horse battery staple".to_vec());
+        let cap = s.0.capacity();
+        s.zeroize();
+        assert!(s.expose().is_empty());
+        // Wiped where it lies, not moved to a new allocation.
+        assert_eq!(s.0.capacity(), cap);
+        let mut empty = SecretBytes::default();
+        empty.zeroize();
+        assert!(empty.expose().is_empty());
+    }
 
     #[test]
     fn debug_never_shows_key_bytes() {

@@ -11,6 +11,7 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
+use rampart_crypto::SecretBytes;
 use rampart_identity::PrincipalKind;
 use rampart_keys::policy::Statement;
 use rampart_keys::{Caller, KeySpec, Principal};
@@ -179,11 +180,11 @@ async fn encrypt(
     ApiJson(body): ApiJson<EncryptBody>,
 ) -> Result<Recorded<B64Json>, ApiError> {
     let c = caller(&who, &meta, &env)?;
-    let plain = zeroize::Zeroizing::new(b64("plaintext", &body.plaintext)?);
+    let plain = SecretBytes::new(b64("plaintext", &body.plaintext)?);
     let ct = st
         .planes()?
         .keys
-        .encrypt(&c, &name, &plain, &body.context)
+        .encrypt(&c, &name, plain.expose(), &body.context)
         .await?;
     Ok(Recorded(B64Json::object(&[("ciphertext", &ct)])))
 }
@@ -342,7 +343,7 @@ async fn encrypt_batch(
     let out = st.planes()?.keys.encrypt_batch(&c, &name, &items).await;
     let bytes = items.iter().map(|(p, _)| p.len() + 64).sum();
     for (p, _) in items {
-        drop(zeroize::Zeroizing::new(p));
+        drop(SecretBytes::new(p));
     }
     Ok(batch_results(out, bytes, |ct, j| {
         j.item(&[("ciphertext", ct)])
