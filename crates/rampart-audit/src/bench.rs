@@ -162,8 +162,9 @@ fn run_tasks(
     sync_threads: usize,
 ) -> Result<(u64, f64, SyncFigures), AuditError> {
     let mut options = AuditOptions::new(dir);
+    // The shipped defaults (a signed checkpoint every 1,000 records, as
+    // `rampart up` writes them), except that no segment rolls mid-run.
     options.segment_roll_interval = None;
-    options.checkpoint_every_records = 100_000;
     options.sync_threads = sync_threads;
     let (audit, _) = Audit::open(options, AuditKeys::generate()?, SystemClock::shared())?;
     let audit = Arc::new(audit);
@@ -334,8 +335,9 @@ fn run_writers(
     sync_threads: usize,
 ) -> Result<(u64, f64), AuditError> {
     let mut options = AuditOptions::new(dir);
+    // The shipped defaults (a signed checkpoint every 1,000 records, as
+    // `rampart up` writes them), except that no segment rolls mid-run.
     options.segment_roll_interval = None;
-    options.checkpoint_every_records = 100_000;
     options.sync_threads = sync_threads;
     if baseline {
         // One record per write, and its own fsync before the next.

@@ -106,8 +106,8 @@ pub struct AuditOptions {
 }
 
 impl AuditOptions {
-    /// Defaults: 64 MiB or one day per segment, a checkpoint every 10,000
-    /// records or 60 s, 4 MiB preallocation, a 2 ms commit delay once 16
+    /// Defaults: 64 MiB or one day per segment, a checkpoint every 1,000
+    /// records or 60 s (as `rampart.toml` has them), 4 MiB preallocation, a 2 ms commit delay once 16
     /// callers usually wait at once.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         AuditOptions {
@@ -116,7 +116,7 @@ impl AuditOptions {
             retention: RetentionPolicy::default(),
             segment_max_bytes: 64 << 20,
             segment_roll_interval: Some(Duration::from_secs(86_400)),
-            checkpoint_every_records: 10_000,
+            checkpoint_every_records: 1_000,
             checkpoint_every: Duration::from_secs(60),
             preallocate_bytes: 4 << 20,
             max_batch_records: 4096,

@@ -341,6 +341,37 @@ mod tests {
         drop_interim_service_tokens(&store).await.unwrap();
     }
 
+    /// The configuration crate depends on no plane, so it writes the audit
+    /// log's defaults down a second time: an `[audit]`-less file must give
+    /// exactly the log's own defaults.
+    #[test]
+    fn an_empty_audit_section_gives_the_logs_own_defaults() {
+        let from_config = audit_options(Path::new("/d"), &config(""));
+        let own = AuditOptions::new("/d/audit");
+        assert_eq!(from_config.dir, own.dir);
+        assert_eq!(from_config.commit_delay, own.commit_delay);
+        assert_eq!(from_config.commit_siblings, own.commit_siblings);
+        assert_eq!(
+            from_config.checkpoint_every_records,
+            own.checkpoint_every_records
+        );
+        assert_eq!(from_config.checkpoint_every, own.checkpoint_every);
+        assert_eq!(from_config.checkpoint_dir, own.checkpoint_dir);
+        for tier in [
+            Tier::Security,
+            Tier::Processing,
+            Tier::Application,
+            Tier::Network,
+            Tier::ApiAccess,
+        ] {
+            assert_eq!(
+                from_config.retention.days(tier),
+                own.retention.days(tier),
+                "{tier}"
+            );
+        }
+    }
+
     #[test]
     fn no_roles_keeps_the_built_in_table_and_admin_totp() {
         let c = identity_config(&config(""));
