@@ -337,6 +337,77 @@ pub struct Edge {
     pub revoked_client_serials: Vec<String>,
     /// The edge's default token buckets.
     pub rate_limits: EdgeRateLimits,
+    /// How a service's instances are chosen.
+    pub balance: EdgeBalance,
+    /// Time to connect to an upstream instance, in milliseconds.
+    pub connect_timeout_ms: u32,
+    /// Time for an upstream to send its response headers, in seconds.
+    pub upstream_timeout_seconds: u32,
+    /// Time for a client to send its request headers, in seconds.
+    pub header_read_timeout_seconds: u32,
+    /// Time for a client to send its request body, in seconds.
+    pub body_read_timeout_seconds: u32,
+    /// How long in-flight requests may run once shutdown begins, in seconds.
+    pub drain_seconds: u32,
+    /// The circuit breaker of every upstream instance.
+    pub breaker: EdgeBreaker,
+    /// Active health checks; `None` ejects on failed requests only.
+    pub health_check: Option<EdgeHealthCheck>,
+}
+
+/// How the edge picks an instance of a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EdgeBalance {
+    /// In turn.
+    #[default]
+    RoundRobin,
+    /// The less busy of two picked at random (power of two choices).
+    LeastRequests,
+}
+
+/// When an upstream instance's circuit breaker opens, and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EdgeBreaker {
+    /// Consecutive connect errors or 5xx answers that open it.
+    pub failures_to_open: u32,
+    /// Seconds it stays open before one probe request is let through.
+    pub open_seconds: u32,
+}
+
+impl Default for EdgeBreaker {
+    fn default() -> Self {
+        EdgeBreaker {
+            failures_to_open: 3,
+            open_seconds: 10,
+        }
+    }
+}
+
+/// Active health checks: `GET path` on every instance every interval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EdgeHealthCheck {
+    /// The path requested (a 2xx or 3xx answer is healthy).
+    pub path: String,
+    /// Milliseconds between checks.
+    pub interval_ms: u32,
+    /// Milliseconds allowed for an answer.
+    pub timeout_ms: u32,
+    /// Consecutive healthy answers that bring an instance back.
+    pub rise: u32,
+    /// Consecutive failures that take it out.
+    pub fall: u32,
+}
+
+impl Default for EdgeHealthCheck {
+    fn default() -> Self {
+        EdgeHealthCheck {
+            path: "/healthz".into(),
+            interval_ms: 5_000,
+            timeout_ms: 2_000,
+            rise: 2,
+            fall: 3,
+        }
+    }
 }
 
 /// The edge's default token buckets (a route's own `rate_limit` replaces

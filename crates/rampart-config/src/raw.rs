@@ -49,6 +49,31 @@ pub(crate) struct RawEdge {
     #[serde(default)]
     pub revoked_client_serials: Vec<S<String>>,
     pub rate_limits: Option<RawRateLimits>,
+    pub balance: Option<S<String>>,
+    pub connect_timeout_ms: Option<S<i64>>,
+    pub upstream_timeout_seconds: Option<S<i64>>,
+    pub header_read_timeout_seconds: Option<S<i64>>,
+    pub body_read_timeout_seconds: Option<S<i64>>,
+    pub drain_seconds: Option<S<i64>>,
+    pub breaker: Option<RawBreaker>,
+    pub health_check: Option<RawHealthCheck>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBreaker {
+    pub failures_to_open: Option<S<i64>>,
+    pub open_seconds: Option<S<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHealthCheck {
+    pub path: Option<S<String>>,
+    pub interval_ms: Option<S<i64>>,
+    pub timeout_ms: Option<S<i64>>,
+    pub rise: Option<S<i64>>,
+    pub fall: Option<S<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

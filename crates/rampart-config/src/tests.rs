@@ -278,3 +278,95 @@ fn audit_commit_delay_and_siblings_have_defaults_and_bounds() {
         assert_eq!(d.line, 2, "{bad}: {d}");
     }
 }
+
+#[test]
+fn edge_upstream_settings_have_defaults_and_bounds() {
+    let c = Config::parse("[edge]\n", "t.toml").unwrap();
+    let e = c.edge.unwrap();
+    assert_eq!(e.balance, EdgeBalance::RoundRobin);
+    assert_eq!(
+        (
+            e.connect_timeout_ms,
+            e.upstream_timeout_seconds,
+            e.header_read_timeout_seconds,
+            e.body_read_timeout_seconds,
+            e.drain_seconds
+        ),
+        (3000, 60, 10, 30, 30)
+    );
+    assert_eq!(e.breaker, EdgeBreaker::default());
+    assert_eq!(e.health_check, None);
+
+    let c = Config::parse(
+        "[edge]\nbalance = \"least_requests\"\nconnect_timeout_ms = 250\n\
+         upstream_timeout_seconds = 5\nheader_read_timeout_seconds = 2\n\
+         body_read_timeout_seconds = 7\ndrain_seconds = 0\n\
+         [edge.breaker]\nfailures_to_open = 5\nopen_seconds = 20\n\
+         [edge.health_check]\ninterval_ms = 1000\nrise = 3\n",
+        "t.toml",
+    )
+    .unwrap();
+    let e = c.edge.unwrap();
+    assert_eq!(e.balance, EdgeBalance::LeastRequests);
+    assert_eq!(
+        (
+            e.connect_timeout_ms,
+            e.upstream_timeout_seconds,
+            e.header_read_timeout_seconds,
+            e.body_read_timeout_seconds,
+            e.drain_seconds
+        ),
+        (250, 5, 2, 7, 0)
+    );
+    assert_eq!(
+        e.breaker,
+        EdgeBreaker {
+            failures_to_open: 5,
+            open_seconds: 20
+        }
+    );
+    // An empty table turns checks on with the defaults it does not set.
+    assert_eq!(
+        e.health_check,
+        Some(EdgeHealthCheck {
+            path: "/healthz".into(),
+            interval_ms: 1000,
+            timeout_ms: 1000,
+            rise: 3,
+            fall: 3,
+        })
+    );
+    let c = Config::parse("[edge.health_check]\ninterval_ms = 500\n", "t.toml").unwrap();
+    assert_eq!(c.edge.unwrap().health_check.unwrap().timeout_ms, 500);
+
+    for (table, key, bad) in [
+        ("edge", "balance", "\"random\""),
+        ("edge", "connect_timeout_ms", "0"),
+        ("edge", "upstream_timeout_seconds", "3601"),
+        ("edge", "drain_seconds", "-1"),
+        ("edge.breaker", "failures_to_open", "0"),
+        ("edge.breaker", "open_seconds", "0"),
+        ("edge.health_check", "path", "\"healthz\""),
+        ("edge.health_check", "path", "\"/a b\""),
+        ("edge.health_check", "interval_ms", "99"),
+        ("edge.health_check", "timeout_ms", "9"),
+        ("edge.health_check", "rise", "0"),
+        ("edge.health_check", "fall", "101"),
+    ] {
+        let err = Config::parse(&format!("[{table}]\n{key} = {bad}\n"), "t.toml").unwrap_err();
+        let d = &err.diagnostics()[0];
+        assert_eq!(d.path, format!("{table}.{key}"), "{bad}: {d}");
+        assert_eq!(d.line, 2, "{bad}: {d}");
+    }
+    let err = Config::parse(
+        "[edge.health_check]\ninterval_ms = 1000\ntimeout_ms = 2000\n",
+        "t.toml",
+    )
+    .unwrap_err();
+    let d = &err.diagnostics()[0];
+    assert_eq!(
+        (d.path.as_str(), d.line),
+        ("edge.health_check.timeout_ms", 3)
+    );
+    assert!(d.to_string().contains("longer than interval_ms"), "{d}");
+}

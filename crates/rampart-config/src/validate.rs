@@ -10,6 +10,12 @@ use ipnet::IpNet;
 use crate::model::*;
 use crate::raw::{RawConfig, RawError, S};
 
+/// Text that can go into a request line or header as it is: visible
+/// ASCII, no spaces.
+fn valid_header_text(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic())
+}
+
 /// Longest `audit.commit_delay_us` accepted (10 ms).
 const MAX_COMMIT_DELAY_US: u32 = 10_000;
 /// `audit.commit_delay_us` by default.
@@ -929,7 +935,112 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
                 }
             }
         }
+        let balance = match e.balance.as_ref().map(|v| (v, v.get_ref().as_str())) {
+            None | Some((_, "round_robin")) => EdgeBalance::RoundRobin,
+            Some((_, "least_requests")) => EdgeBalance::LeastRequests,
+            Some((v, other)) => {
+                c.err(
+                    v,
+                    "edge.balance",
+                    format!("unknown balance {other:?}: expected round_robin or least_requests"),
+                );
+                EdgeBalance::RoundRobin
+            }
+        };
+        let breaker = e.breaker.as_ref().map_or_else(EdgeBreaker::default, |b| {
+            let d = EdgeBreaker::default();
+            EdgeBreaker {
+                failures_to_open: c.bounded(
+                    b.failures_to_open.as_ref(),
+                    "edge.breaker.failures_to_open",
+                    1..=1_000,
+                    d.failures_to_open,
+                ),
+                open_seconds: c.bounded(
+                    b.open_seconds.as_ref(),
+                    "edge.breaker.open_seconds",
+                    1..=3_600,
+                    d.open_seconds,
+                ),
+            }
+        });
+        let health_check = e.health_check.as_ref().map(|h| {
+            let d = EdgeHealthCheck::default();
+            let path = match &h.path {
+                Some(p) if p.get_ref().starts_with('/') && valid_header_text(p.get_ref()) => {
+                    p.get_ref().clone()
+                }
+                Some(p) => {
+                    c.err(
+                        p,
+                        "edge.health_check.path",
+                        format!(
+                            "invalid path {:?}: must start with / and hold no spaces or control characters",
+                            p.get_ref()
+                        ),
+                    );
+                    d.path.clone()
+                }
+                None => d.path.clone(),
+            };
+            let interval_ms = c.bounded(
+                h.interval_ms.as_ref(),
+                "edge.health_check.interval_ms",
+                100..=3_600_000,
+                d.interval_ms,
+            );
+            let timeout_ms = c.bounded(
+                h.timeout_ms.as_ref(),
+                "edge.health_check.timeout_ms",
+                10..=60_000,
+                d.timeout_ms.min(interval_ms),
+            );
+            if timeout_ms > interval_ms {
+                if let Some(v) = &h.timeout_ms {
+                    c.err(
+                        v,
+                        "edge.health_check.timeout_ms",
+                        format!("{timeout_ms} is longer than interval_ms ({interval_ms})"),
+                    );
+                }
+            }
+            EdgeHealthCheck {
+                path,
+                interval_ms,
+                timeout_ms,
+                rise: c.bounded(h.rise.as_ref(), "edge.health_check.rise", 1..=100, d.rise),
+                fall: c.bounded(h.fall.as_ref(), "edge.health_check.fall", 1..=100, d.fall),
+            }
+        });
         Edge {
+            balance,
+            connect_timeout_ms: c.bounded(
+                e.connect_timeout_ms.as_ref(),
+                "edge.connect_timeout_ms",
+                1..=60_000,
+                3_000,
+            ),
+            upstream_timeout_seconds: c.bounded(
+                e.upstream_timeout_seconds.as_ref(),
+                "edge.upstream_timeout_seconds",
+                1..=3_600,
+                60,
+            ),
+            header_read_timeout_seconds: c.bounded(
+                e.header_read_timeout_seconds.as_ref(),
+                "edge.header_read_timeout_seconds",
+                1..=300,
+                10,
+            ),
+            body_read_timeout_seconds: c.bounded(
+                e.body_read_timeout_seconds.as_ref(),
+                "edge.body_read_timeout_seconds",
+                1..=3_600,
+                30,
+            ),
+            drain_seconds: c.bounded(e.drain_seconds.as_ref(), "edge.drain_seconds", 0..=3_600, 30),
+            breaker,
+            health_check,
             rate_limits,
             client_ca,
             client_auth,

@@ -137,6 +137,11 @@ impl Pool {
         }
     }
 
+    /// The service whose instances these are.
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
     /// Number of instances.
     pub fn len(&self) -> usize {
         self.nodes.len()

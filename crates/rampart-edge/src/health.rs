@@ -1,5 +1,11 @@
 //! Active health checks: every interval, `GET path` on every instance of
 //! every pool, fed to [`Pool::record_check`].
+//!
+//! A probe carries the edge's signed assertion when the edge signs them
+//! (subject [`PROBE_SUBJECT`], no roles, the pool's service, route
+//! [`PROBE_ROUTE`]), so a service that refuses traffic without one (see
+//! [`crate::assertion`]) still answers its health checks, and can tell them
+//! from user traffic.
 
 use std::sync::Arc;
 
@@ -8,18 +14,34 @@ use http::Request;
 use http_body_util::Full;
 use tokio::task::JoinSet;
 
+use crate::assertion::AssertionSigner;
 use crate::balance::Pool;
 use crate::config::HealthCheck;
 use crate::proxy::UpstreamClient;
 
-/// Probes every instance of `pools` once, concurrently.
-pub async fn check_all(pools: Vec<Arc<Pool>>, client: &UpstreamClient, hc: &HealthCheck) {
+/// The principal a health probe's assertion names.
+pub const PROBE_SUBJECT: &str = "rampart-edge-health";
+/// The route a health probe's assertion names.
+pub const PROBE_ROUTE: &str = "health-check";
+
+/// Probes every instance of `pools` once, concurrently; `now` (seconds
+/// since the Unix epoch) dates the probes' assertions.
+pub async fn check_all(
+    pools: Vec<Arc<Pool>>,
+    client: &UpstreamClient,
+    hc: &HealthCheck,
+    signer: Option<&AssertionSigner>,
+    now: u64,
+) {
     let mut probes = JoinSet::new();
     for pool in pools {
+        let assertion =
+            signer.and_then(|s| s.header(PROBE_SUBJECT, &[], pool.service(), PROBE_ROUTE, now));
         for (i, addr) in pool.addrs().into_iter().enumerate() {
-            let (pool, client, hc) = (pool.clone(), client.clone(), hc.clone());
+            let (pool, client, hc, assertion) =
+                (pool.clone(), client.clone(), hc.clone(), assertion.clone());
             probes.spawn(async move {
-                let ok = probe(&client, &addr, &hc).await;
+                let ok = probe(&client, &addr, &hc, assertion).await;
                 pool.record_check(i, ok, hc.rise, hc.fall);
             });
         }
@@ -27,12 +49,19 @@ pub async fn check_all(pools: Vec<Arc<Pool>>, client: &UpstreamClient, hc: &Heal
     while probes.join_next().await.is_some() {}
 }
 
-async fn probe(client: &UpstreamClient, addr: &str, hc: &HealthCheck) -> bool {
-    let Ok(req) = Request::get(hc.path.as_str())
+async fn probe(
+    client: &UpstreamClient,
+    addr: &str,
+    hc: &HealthCheck,
+    assertion: Option<http::HeaderValue>,
+) -> bool {
+    let mut req = Request::get(hc.path.as_str())
         .header(http::header::HOST, addr)
-        .header(http::header::USER_AGENT, "rampart-edge-health")
-        .body(Full::new(Bytes::new()))
-    else {
+        .header(http::header::USER_AGENT, "rampart-edge-health");
+    if let Some(a) = assertion {
+        req = req.header(crate::assertion::HEADER, a);
+    }
+    let Ok(req) = req.body(Full::new(Bytes::new())) else {
         return false;
     };
     let answer = async {

@@ -324,7 +324,9 @@ impl Edge {
                 loop {
                     tick.tick().await;
                     let pools = st.routing().pools.values().cloned().collect();
-                    crate::health::check_all(pools, &st.client, &hc).await;
+                    let now = st.clock.unix_secs();
+                    let signer = st.assertion.as_deref();
+                    crate::health::check_all(pools, &st.client, &hc, signer, now).await;
                 }
             });
         }

@@ -5,13 +5,15 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use rampart_audit::{Actor, Audit, Event, Outcome, Tier};
-use rampart_config::{ClientAuthMode, Config, RouteAuth};
+use rampart_config::{ClientAuthMode, Config, EdgeBalance, RouteAuth};
 use rampart_core::SharedClock;
 use rampart_edge::{
-    AccessRecord, AuditSink, AuthOutcome, AuthRequest, Authenticator, CertConfig, CertSource,
-    ClientAuth, ClientCert, DurableRecord, Edge, EdgeConfig, Principal,
+    AccessRecord, AuditSink, AuthOutcome, AuthRequest, Authenticator, Balance, BreakerSettings,
+    CertConfig, CertSource, ClientAuth, ClientCert, DurableRecord, Edge, EdgeConfig, HealthCheck,
+    Principal,
 };
 use rampart_identity::Identity;
 use rampart_store::Keyring;
@@ -356,6 +358,26 @@ pub async fn start(
     ec.deny_cidrs = e.deny_cidrs.clone();
     ec.max_body_bytes = e.max_body_bytes;
     ec.rate_limits = e.rate_limits.into();
+    ec.balance = match e.balance {
+        EdgeBalance::RoundRobin => Balance::RoundRobin,
+        EdgeBalance::LeastRequests => Balance::LeastRequests,
+    };
+    ec.connect_timeout = Duration::from_millis(u64::from(e.connect_timeout_ms));
+    ec.upstream_timeout = Duration::from_secs(u64::from(e.upstream_timeout_seconds));
+    ec.header_read_timeout = Duration::from_secs(u64::from(e.header_read_timeout_seconds));
+    ec.body_read_timeout = Duration::from_secs(u64::from(e.body_read_timeout_seconds));
+    ec.drain_deadline = Duration::from_secs(u64::from(e.drain_seconds));
+    ec.breaker = BreakerSettings {
+        failures_to_open: e.breaker.failures_to_open,
+        open_for: Duration::from_secs(u64::from(e.breaker.open_seconds)),
+    };
+    ec.health_check = e.health_check.as_ref().map(|h| HealthCheck {
+        path: h.path.clone(),
+        interval: Duration::from_millis(u64::from(h.interval_ms)),
+        timeout: Duration::from_millis(u64::from(h.timeout_ms)),
+        rise: h.rise,
+        fall: h.fall,
+    });
     ec.clock = clock.clone();
     if e.certificates.is_empty() {
         let mut hosts: Vec<String> = config

@@ -13,18 +13,17 @@ use util::Rampart;
 /// The assertion header the upstream saw last.
 type Seen = Arc<std::sync::Mutex<Option<String>>>;
 
-/// A tiny HTTP/1.1 upstream that answers every request with its path,
-/// counts what reached it and keeps the edge's assertion header.
-fn upstream() -> (u16, Arc<AtomicUsize>, Seen) {
+/// A tiny HTTP/1.1 upstream on a free port: for each request (no bodies in
+/// these tests) `answer` gets the path and the edge's assertion header and
+/// returns the body of a 200.
+fn spawn_upstream(answer: impl Fn(&str, Option<String>) -> String + Send + Sync + 'static) -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
-    let hits = Arc::new(AtomicUsize::new(0));
-    let seen: Seen = Arc::default();
-    let (h, seen2) = (hits.clone(), seen.clone());
+    let answer = Arc::new(answer);
     std::thread::spawn(move || {
         for conn in l.incoming() {
             let Ok(mut s) = conn else { continue };
-            let (h, seen) = (h.clone(), seen2.clone());
+            let answer = answer.clone();
             std::thread::spawn(move || {
                 let mut r = BufReader::new(s.try_clone().unwrap());
                 loop {
@@ -33,7 +32,6 @@ fn upstream() -> (u16, Arc<AtomicUsize>, Seen) {
                         return;
                     }
                     let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
-                    // Read headers (no bodies in these tests).
                     let mut assertion = None;
                     loop {
                         let mut hdr = String::new();
@@ -46,9 +44,7 @@ fn upstream() -> (u16, Arc<AtomicUsize>, Seen) {
                             }
                         }
                     }
-                    *seen.lock().unwrap() = assertion;
-                    h.fetch_add(1, Ordering::SeqCst);
-                    let body = format!("upstream saw {path}");
+                    let body = answer(&path, assertion);
                     let resp = format!(
                         "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
                         body.len()
@@ -59,6 +55,20 @@ fn upstream() -> (u16, Arc<AtomicUsize>, Seen) {
                 }
             });
         }
+    });
+    port
+}
+
+/// An upstream that answers every request with its path, counts what
+/// reached it and keeps the edge's assertion header.
+fn upstream() -> (u16, Arc<AtomicUsize>, Seen) {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let seen: Seen = Arc::default();
+    let (h, seen2) = (hits.clone(), seen.clone());
+    let port = spawn_upstream(move |path, assertion| {
+        *seen2.lock().unwrap() = assertion;
+        h.fetch_add(1, Ordering::SeqCst);
+        format!("upstream saw {path}")
     });
     (port, hits, seen)
 }
@@ -298,6 +308,170 @@ waf_exclusions = [{{ rule = 1001 }}, {{ rule = 942100 }}]
         )),
         "{metrics}"
     );
+}
+
+/// Every request an upstream got: its path and its assertion header.
+type Requests = Arc<std::sync::Mutex<Vec<(String, Option<String>)>>>;
+
+/// An upstream that answers `ok` and keeps the path and assertion of
+/// every request.
+fn recording_upstream() -> (u16, Requests) {
+    let got: Requests = Arc::default();
+    let got2 = got.clone();
+    let port = spawn_upstream(move |path, assertion| {
+        got2.lock().unwrap().push((path.to_string(), assertion));
+        "ok".into()
+    });
+    (port, got)
+}
+
+#[test]
+fn active_health_checks_from_the_config_file_eject_a_dead_instance_and_sign_their_probes() {
+    let (alive, got) = recording_upstream();
+    // An instance nobody listens on: connections are refused.
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let r = Rampart::new();
+    std::fs::write(
+        r.path("rampart.toml"),
+        format!(
+            r#"
+[edge]
+balance = "least_requests"
+connect_timeout_ms = 500
+drain_seconds = 5
+
+[edge.breaker]
+failures_to_open = 1
+open_seconds = 600
+
+[edge.health_check]
+path = "/status"
+interval_ms = 200
+timeout_ms = 150
+rise = 1
+fall = 1
+
+[[environments]]
+name = "prod"
+
+[[services]]
+name = "app"
+environment = "prod"
+port = {alive}
+upstreams = ["127.0.0.1:{alive}", "127.0.0.1:{dead}"]
+
+[[routes]]
+host = "127.0.0.1"
+service = "app"
+"#
+        ),
+    )
+    .unwrap();
+    let admin = r.init();
+    let srv = r.up(&["--config", "rampart.toml", "--data-dir", "data"]);
+
+    // With no traffic at all, the probes find the dead instance and take it
+    // out; the live one stays in.
+    let metric = |port: u16| {
+        format!("rampart_edge_upstream_up{{service=\"app\",upstream=\"127.0.0.1:{port}\"}}")
+    };
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = srv.get("/metrics", None).body;
+        if metrics.contains(&format!("{} 0", metric(dead))) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        metrics.contains(&format!("{} 0", metric(dead))),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("{} 1", metric(alive))),
+        "{metrics}"
+    );
+
+    // The probes asked for the configured path, signed by the edge as its
+    // health checker for the service, so a service that refuses unsigned
+    // traffic still answers them.
+    let probes: Vec<_> = got.lock().unwrap().clone();
+    assert!(!probes.is_empty(), "no probe reached the live instance");
+    let key = srv.get("/v1/edge/assertion-key", Some(&admin)).json();
+    let key_bytes: [u8; 32] = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        key["public_key"].as_str().unwrap(),
+    )
+    .unwrap()
+    .try_into()
+    .unwrap();
+    let vk = ed25519_dalek::VerifyingKey::from_bytes(&key_bytes).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for (path, assertion) in &probes {
+        assert_eq!(path, "/status");
+        let claims = rampart_edge::assertion::verify(
+            assertion.as_deref().expect("a probe without an assertion"),
+            &vk,
+            now,
+            "app",
+        )
+        .unwrap();
+        assert_eq!(claims.sub, "rampart-edge-health");
+        assert!(claims.roles.is_empty());
+    }
+
+    // Traffic goes to the live instance only: every answer is its own.
+    let https = srv
+        .printed
+        .iter()
+        .find_map(|l| l.strip_prefix("edge https: "))
+        .unwrap()
+        .to_string();
+    let a = agent(&std::fs::read(r.path("data/tls/ca.pem")).unwrap());
+    for i in 0..6 {
+        let mut resp = a.get(format!("{https}/req{i}")).call().unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.body_mut().read_to_string().unwrap(), "ok");
+    }
+    let seen: Vec<String> = got
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(p, _)| p.clone())
+        .filter(|p| p.starts_with("/req"))
+        .collect();
+    assert_eq!(seen.len(), 6, "{seen:?}");
+}
+
+#[test]
+fn bad_edge_upstream_settings_are_refused_with_their_line() {
+    let r = Rampart::new();
+    std::fs::write(
+        r.path("bad.toml"),
+        "[edge]\nbalance = \"random\"\n\n[edge.health_check]\npath = \"status\"\ninterval_ms = 1000\ntimeout_ms = 5000\n",
+    )
+    .unwrap();
+    let out = r.run(&["config", "check", "bad.toml"]);
+    assert!(!out.status.success());
+    let err = util::stderr(&out);
+    for want in [
+        "bad.toml:2:",
+        "edge.balance",
+        "least_requests",
+        "bad.toml:5:",
+        "edge.health_check.path",
+        "bad.toml:7:",
+        "edge.health_check.timeout_ms",
+    ] {
+        assert!(err.contains(want), "no {want:?} in {err}");
+    }
 }
 
 #[test]
