@@ -73,6 +73,26 @@ fn upstream() -> (u16, Arc<AtomicUsize>, Seen) {
     (port, hits, seen)
 }
 
+/// The edge's assertion key, from the control API, and the time now.
+fn assertion_key(srv: &util::Server, admin: &str) -> (ed25519_dalek::VerifyingKey, u64) {
+    let key = srv.get("/v1/edge/assertion-key", Some(admin)).json();
+    let key_bytes: [u8; 32] = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        key["public_key"].as_str().unwrap(),
+    )
+    .unwrap()
+    .try_into()
+    .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    (
+        ed25519_dalek::VerifyingKey::from_bytes(&key_bytes).unwrap(),
+        now,
+    )
+}
+
 fn agent(ca: &[u8]) -> ureq::Agent {
     use ureq::tls::{Certificate, RootCerts, TlsConfig};
     let tls = TlsConfig::builder()
@@ -188,19 +208,7 @@ waf_exclusions = [{{ rule = 1001 }}, {{ rule = 942100 }}]
 
     // The upstream got a signed assertion it can verify with the edge's public
     // key; a client's forged one is replaced, and no header means "refuse".
-    let key = srv.get("/v1/edge/assertion-key", Some(&admin)).json();
-    let key_bytes: [u8; 32] = base64::Engine::decode(
-        &base64::engine::general_purpose::STANDARD,
-        key["public_key"].as_str().unwrap(),
-    )
-    .unwrap()
-    .try_into()
-    .unwrap();
-    let vk = ed25519_dalek::VerifyingKey::from_bytes(&key_bytes).unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let (vk, now) = assertion_key(&srv, &admin);
     let header = seen
         .lock()
         .unwrap()
@@ -401,19 +409,7 @@ service = "app"
     // traffic still answers them.
     let probes: Vec<_> = got.lock().unwrap().clone();
     assert!(!probes.is_empty(), "no probe reached the live instance");
-    let key = srv.get("/v1/edge/assertion-key", Some(&admin)).json();
-    let key_bytes: [u8; 32] = base64::Engine::decode(
-        &base64::engine::general_purpose::STANDARD,
-        key["public_key"].as_str().unwrap(),
-    )
-    .unwrap()
-    .try_into()
-    .unwrap();
-    let vk = ed25519_dalek::VerifyingKey::from_bytes(&key_bytes).unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let (vk, now) = assertion_key(&srv, &admin);
     for (path, assertion) in &probes {
         assert_eq!(path, "/status");
         let claims = rampart_edge::assertion::verify(
