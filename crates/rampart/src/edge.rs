@@ -202,12 +202,32 @@ impl AuditSink for EdgeAudit {
 pub struct EdgeReload {
     path: std::path::PathBuf,
     handle: rampart_edge::EdgeHandle,
+    /// The `[edge]` section the edge started with.
+    started: Option<rampart_config::Edge>,
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reloaded {
+    /// Routes now served.
+    pub routes: usize,
+    /// `[edge]` settings the file changes that only a restart applies.
+    pub needs_restart: Vec<&'static str>,
 }
 
 impl EdgeReload {
-    /// A reloader of `handle` from `path`.
-    pub fn new(path: std::path::PathBuf, handle: rampart_edge::EdgeHandle) -> Self {
-        EdgeReload { path, handle }
+    /// A reloader of `handle` from `path`; `started` is the `[edge]`
+    /// section the edge was started with.
+    pub fn new(
+        path: std::path::PathBuf,
+        handle: rampart_edge::EdgeHandle,
+        started: Option<rampart_config::Edge>,
+    ) -> Self {
+        EdgeReload {
+            path,
+            handle,
+            started,
+        }
     }
 
     /// The file it reloads.
@@ -215,14 +235,77 @@ impl EdgeReload {
         &self.path
     }
 
-    /// Loads and validates the file and swaps the edge's routing to it
-    /// atomically; returns the number of routes. On error nothing changes
-    /// and the message says why (every config error with file:line:column).
-    pub fn reload(&self) -> Result<usize, String> {
+    /// Loads and validates the file and swaps the edge's routing (routes,
+    /// services and their instances, revoked client serials) to it
+    /// atomically. On error nothing changes and the message says why
+    /// (every config error with file:line:column). Other `[edge]` settings
+    /// keep the values the edge started with; the ones the file changes
+    /// are named in [`Reloaded::needs_restart`].
+    pub fn reload(&self) -> Result<Reloaded, String> {
         let cfg = Config::load(&self.path).map_err(|e| e.to_string())?;
         self.handle.reload(&cfg).map_err(|e| e.to_string())?;
-        Ok(cfg.routes.len())
+        Ok(Reloaded {
+            routes: cfg.routes.len(),
+            needs_restart: start_only_changes(self.started.as_ref(), cfg.edge.as_ref()),
+        })
     }
+}
+
+/// The `[edge]` settings that differ between `old` and `new` and that the
+/// edge reads only at start.
+fn start_only_changes(
+    old: Option<&rampart_config::Edge>,
+    new: Option<&rampart_config::Edge>,
+) -> Vec<&'static str> {
+    let (old, new) = match (old, new) {
+        (Some(o), Some(n)) => (o, n),
+        (None, None) => return Vec::new(),
+        _ => return vec!["edge"],
+    };
+    let mut changed = Vec::new();
+    let mut check = |differs: bool, name: &'static str| {
+        if differs {
+            changed.push(name);
+        }
+    };
+    check(old.http_listen != new.http_listen, "edge.http_listen");
+    check(old.https_listen != new.https_listen, "edge.https_listen");
+    check(
+        old.trusted_proxies != new.trusted_proxies,
+        "edge.trusted_proxies",
+    );
+    check(old.allow_cidrs != new.allow_cidrs, "edge.allow_cidrs");
+    check(old.deny_cidrs != new.deny_cidrs, "edge.deny_cidrs");
+    check(old.waf_rules != new.waf_rules, "edge.waf_rules");
+    check(
+        old.max_body_bytes != new.max_body_bytes,
+        "edge.max_body_bytes",
+    );
+    check(old.certificates != new.certificates, "edge.certificates");
+    check(old.client_ca != new.client_ca, "edge.client_ca");
+    check(old.client_auth != new.client_auth, "edge.client_auth");
+    check(old.rate_limits != new.rate_limits, "edge.rate_limits");
+    check(old.balance != new.balance, "edge.balance");
+    check(
+        old.connect_timeout_ms != new.connect_timeout_ms,
+        "edge.connect_timeout_ms",
+    );
+    check(
+        old.upstream_timeout_seconds != new.upstream_timeout_seconds,
+        "edge.upstream_timeout_seconds",
+    );
+    check(
+        old.header_read_timeout_seconds != new.header_read_timeout_seconds,
+        "edge.header_read_timeout_seconds",
+    );
+    check(
+        old.body_read_timeout_seconds != new.body_read_timeout_seconds,
+        "edge.body_read_timeout_seconds",
+    );
+    check(old.drain_seconds != new.drain_seconds, "edge.drain_seconds");
+    check(old.breaker != new.breaker, "edge.breaker");
+    check(old.health_check != new.health_check, "edge.health_check");
+    changed
 }
 
 /// How long an upstream assertion is valid.

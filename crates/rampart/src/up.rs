@@ -84,7 +84,11 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
         None => None,
     };
     let edge_reload = match (&edge, &config_path) {
-        (Some(e), Some(path)) => Some(edge::EdgeReload::new(path.clone(), e.handle())),
+        (Some(e), Some(path)) => Some(edge::EdgeReload::new(
+            path.clone(),
+            e.handle(),
+            config.edge.clone(),
+        )),
         _ => None,
     };
     let state = Arc::new(AppState {
@@ -191,9 +195,14 @@ fn spawn_reloader(reload: edge::EdgeReload) {
         while hup.recv().await.is_some() {
             let path = reload.path().display().to_string();
             match reload.reload() {
-                Ok(_) => {
+                Ok(done) => {
                     println!("reloaded {path}");
                     tracing::info!(config = %path, "configuration reloaded");
+                    if !done.needs_restart.is_empty() {
+                        let names = done.needs_restart.join(", ");
+                        println!("reload: kept as started until a restart: {names}");
+                        tracing::warn!(config = %path, settings = %names, "changed edge settings take effect at the next start");
+                    }
                 }
                 Err(e) => {
                     println!(

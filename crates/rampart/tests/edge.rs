@@ -537,9 +537,27 @@ fn sighup_reloads_routes_and_refuses_a_bad_config_while_serving() {
     let ok = srv.send("POST", "/v1/edge/reload", Some(&admin), "");
     assert_eq!(ok.status, 200, "{}", ok.body);
     assert_eq!(ok.json()["routes"], 1);
+    assert_eq!(ok.json()["needs_restart"], serde_json::json!([]));
     assert_eq!(status("/b"), 404);
     assert_eq!(status("/a/x"), 200);
     assert_eq!(srv.send("POST", "/v1/edge/reload", None, "").status, 401);
+    // Settings read only at start are kept, and the answer names them.
+    std::fs::write(
+        r.path("rampart.toml"),
+        config("/a").replace(
+            "[edge]\n",
+            "[edge]\nbalance = \"least_requests\"\ndrain_seconds = 1\n",
+        ),
+    )
+    .unwrap();
+    let kept = srv.send("POST", "/v1/edge/reload", Some(&admin), "");
+    assert_eq!(kept.status, 200, "{}", kept.body);
+    assert_eq!(
+        kept.json()["needs_restart"],
+        serde_json::json!(["edge.balance", "edge.drain_seconds"])
+    );
+    hup();
+    std::thread::sleep(std::time::Duration::from_millis(500));
 
     let (exit, lines) = srv.terminate();
     assert!(exit.success());
@@ -549,6 +567,13 @@ fn sighup_reloads_routes_and_refuses_a_bad_config_while_serving() {
     );
     assert!(
         lines.iter().any(|l| l.starts_with("reload refused")),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l
+                == "reload: kept as started until a restart: edge.balance, edge.drain_seconds"),
         "{lines:?}"
     );
 }

@@ -214,7 +214,11 @@ async fn edge_reload(
             ApiError::internal()
         })?;
     match outcome {
-        Ok(routes) => Ok(Json(json!({"reloaded": true, "routes": routes}))),
+        Ok(done) => Ok(Json(json!({
+            "reloaded": true,
+            "routes": done.routes,
+            "needs_restart": done.needs_restart,
+        }))),
         Err(e) => Err(ApiError::new(
             axum::http::StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_config",
