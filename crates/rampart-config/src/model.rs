@@ -26,6 +26,8 @@ pub struct Config {
     pub audit: Audit,
     /// The public edge, if this node runs one.
     pub edge: Option<Edge>,
+    /// Sessions and elevations.
+    pub identity: Identity,
     /// The file this came from, if any.
     pub source: Option<PathBuf>,
 }
@@ -286,6 +288,39 @@ pub struct KeyDecl {
     pub rotation_days: u32,
     /// Free text.
     pub description: String,
+}
+
+/// The identity plane's token and elevation lifetimes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// `iss` of the access tokens it signs.
+    pub issuer: String,
+    /// `aud` of the access tokens it signs.
+    pub audience: String,
+    /// Access token lifetime, seconds.
+    pub access_ttl_seconds: u32,
+    /// Refresh token lifetime, seconds.
+    pub refresh_ttl_seconds: u32,
+    /// A session's absolute lifetime however often it is refreshed, seconds.
+    pub session_max_seconds: u32,
+    /// Longest elevation that may be requested, seconds.
+    pub max_elevation_seconds: u32,
+    /// How long an elevation request waits for approval, seconds.
+    pub elevation_request_ttl_seconds: u32,
+}
+
+impl Default for Identity {
+    fn default() -> Self {
+        Identity {
+            issuer: "rampart".into(),
+            audience: "rampart-api".into(),
+            access_ttl_seconds: 3_600,
+            refresh_ttl_seconds: 14 * 86_400,
+            session_max_seconds: 30 * 86_400,
+            max_elevation_seconds: 8 * 3_600,
+            elevation_request_ttl_seconds: 86_400,
+        }
+    }
 }
 
 /// The audit log's settings.

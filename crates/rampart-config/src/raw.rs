@@ -25,6 +25,20 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub audit: RawAudit,
     pub edge: Option<RawEdge>,
+    #[serde(default)]
+    pub identity: RawIdentity,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawIdentity {
+    pub issuer: Option<S<String>>,
+    pub audience: Option<S<String>>,
+    pub access_ttl_seconds: Option<S<i64>>,
+    pub refresh_ttl_seconds: Option<S<i64>>,
+    pub session_max_seconds: Option<S<i64>>,
+    pub max_elevation_seconds: Option<S<i64>>,
+    pub elevation_request_ttl_seconds: Option<S<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -370,3 +370,64 @@ fn edge_upstream_settings_have_defaults_and_bounds() {
     );
     assert!(d.to_string().contains("longer than interval_ms"), "{d}");
 }
+
+#[test]
+fn identity_lifetimes_have_defaults_bounds_and_order() {
+    let c = Config::parse("", "t.toml").unwrap();
+    assert_eq!(c.identity, Identity::default());
+    let c = Config::parse(
+        "[identity]\nissuer = \"https://id.example.com\"\naudience = \"api\"\n\
+         access_ttl_seconds = 300\nrefresh_ttl_seconds = 3600\n\
+         session_max_seconds = 86400\nmax_elevation_seconds = 600\n\
+         elevation_request_ttl_seconds = 900\n",
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        c.identity,
+        Identity {
+            issuer: "https://id.example.com".into(),
+            audience: "api".into(),
+            access_ttl_seconds: 300,
+            refresh_ttl_seconds: 3600,
+            session_max_seconds: 86400,
+            max_elevation_seconds: 600,
+            elevation_request_ttl_seconds: 900,
+        }
+    );
+    for (key, bad) in [
+        ("issuer", "\"\""),
+        ("audience", "\"two words\""),
+        ("access_ttl_seconds", "59"),
+        ("access_ttl_seconds", "86401"),
+        ("refresh_ttl_seconds", "-1"),
+        ("session_max_seconds", "31536001"),
+        ("max_elevation_seconds", "604801"),
+        ("elevation_request_ttl_seconds", "0"),
+    ] {
+        let err = Config::parse(&format!("[identity]\n{key} = {bad}\n"), "t.toml").unwrap_err();
+        let d = &err.diagnostics()[0];
+        assert_eq!(d.path, format!("identity.{key}"), "{bad}: {d}");
+        assert_eq!(d.line, 2, "{bad}: {d}");
+    }
+    // A refresh token may not die before its access token, nor a session
+    // before its refresh token.
+    let err = Config::parse(
+        "[identity]\naccess_ttl_seconds = 7200\nrefresh_ttl_seconds = 3600\n\
+         session_max_seconds = 1800\n",
+        "t.toml",
+    )
+    .unwrap_err();
+    let got: Vec<_> = err
+        .diagnostics()
+        .iter()
+        .map(|d| (d.path.clone(), d.line))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("identity.refresh_ttl_seconds".to_string(), 3),
+            ("identity.session_max_seconds".to_string(), 4)
+        ]
+    );
+}

@@ -158,6 +158,88 @@ impl Checker {
         }
     }
 
+    /// `[identity]`: lifetimes in range, each no shorter than the one it
+    /// outlives (access ≤ refresh ≤ session), and token claims as text.
+    fn identity(&mut self, raw: &crate::raw::RawIdentity) -> Identity {
+        let d = Identity::default();
+        let mut claim = |v: &Option<S<String>>, path: &str, default: &str| match v {
+            Some(v) if valid_header_text(v.get_ref()) && v.get_ref().len() <= 255 => {
+                v.get_ref().clone()
+            }
+            Some(v) => {
+                self.err(
+                    v,
+                    path,
+                    format!(
+                        "invalid value {:?}: 1 to 255 visible ASCII characters, no spaces",
+                        v.get_ref()
+                    ),
+                );
+                default.to_string()
+            }
+            None => default.to_string(),
+        };
+        let issuer = claim(&raw.issuer, "identity.issuer", &d.issuer);
+        let audience = claim(&raw.audience, "identity.audience", &d.audience);
+        let access_ttl_seconds = self.bounded(
+            raw.access_ttl_seconds.as_ref(),
+            "identity.access_ttl_seconds",
+            60..=86_400,
+            d.access_ttl_seconds,
+        );
+        let refresh_ttl_seconds = self.bounded(
+            raw.refresh_ttl_seconds.as_ref(),
+            "identity.refresh_ttl_seconds",
+            60..=31_536_000,
+            d.refresh_ttl_seconds.max(access_ttl_seconds),
+        );
+        let session_max_seconds = self.bounded(
+            raw.session_max_seconds.as_ref(),
+            "identity.session_max_seconds",
+            60..=31_536_000,
+            d.session_max_seconds.max(refresh_ttl_seconds),
+        );
+        for (v, path, value, floor, what) in [
+            (
+                &raw.refresh_ttl_seconds,
+                "identity.refresh_ttl_seconds",
+                refresh_ttl_seconds,
+                access_ttl_seconds,
+                "access_ttl_seconds",
+            ),
+            (
+                &raw.session_max_seconds,
+                "identity.session_max_seconds",
+                session_max_seconds,
+                refresh_ttl_seconds,
+                "refresh_ttl_seconds",
+            ),
+        ] {
+            if let Some(v) = v.as_ref().filter(|_| value < floor) {
+                self.err(v, path, format!("{value} is shorter than {what} ({floor})"));
+            }
+        }
+        Identity {
+            issuer,
+            audience,
+            access_ttl_seconds,
+            refresh_ttl_seconds,
+            session_max_seconds,
+            max_elevation_seconds: self.bounded(
+                raw.max_elevation_seconds.as_ref(),
+                "identity.max_elevation_seconds",
+                60..=604_800,
+                d.max_elevation_seconds,
+            ),
+            elevation_request_ttl_seconds: self.bounded(
+                raw.elevation_request_ttl_seconds.as_ref(),
+                "identity.elevation_request_ttl_seconds",
+                60..=604_800,
+                d.elevation_request_ttl_seconds,
+            ),
+        }
+    }
+
     fn err<T>(&mut self, at: &S<T>, path: impl Into<String>, message: impl Into<String>) {
         self.err_span(Some(at.span()), path, message);
     }
@@ -768,6 +850,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
             max,
         ),
     };
+    let identity = c.identity(&raw.identity);
     let audit = Audit {
         retention,
         checkpoint_every_records: c.days(
@@ -1071,6 +1154,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
 
     if c.errors.is_empty() {
         Ok(Config {
+            identity,
             edge,
             node,
             control: Control { listen, allow },

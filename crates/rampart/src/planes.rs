@@ -92,8 +92,16 @@ const INSECURE_HASHING_ENV: &str = "RAMPART_INSECURE_TEST_PASSWORD_HASHING";
 /// removes the role from the TOTP-required set (`admin` requires TOTP
 /// unless declared otherwise).
 pub fn identity_config(config: &Config) -> IdentityConfig {
+    let id = &config.identity;
     let mut cfg = IdentityConfig {
         node: config.node.name.clone(),
+        issuer: id.issuer.clone(),
+        audience: id.audience.clone(),
+        access_ttl_secs: u64::from(id.access_ttl_seconds),
+        refresh_ttl_secs: u64::from(id.refresh_ttl_seconds),
+        session_max_secs: u64::from(id.session_max_seconds),
+        max_elevation_secs: u64::from(id.max_elevation_seconds),
+        elevation_request_ttl_secs: u64::from(id.elevation_request_ttl_seconds),
         ..IdentityConfig::default()
     };
     for r in &config.roles {
@@ -370,6 +378,38 @@ mod tests {
                 "{tier}"
             );
         }
+    }
+
+    /// As for the audit log: an `[identity]`-less file gives exactly the
+    /// identity plane's own defaults.
+    #[test]
+    fn an_empty_identity_section_gives_the_planes_own_defaults() {
+        let c = identity_config(&config(""));
+        let own = IdentityConfig::default();
+        assert_eq!(
+            (c.issuer.as_str(), c.audience.as_str()),
+            (own.issuer.as_str(), own.audience.as_str())
+        );
+        assert_eq!(
+            (
+                c.access_ttl_secs,
+                c.refresh_ttl_secs,
+                c.session_max_secs,
+                c.max_elevation_secs,
+                c.elevation_request_ttl_secs
+            ),
+            (
+                own.access_ttl_secs,
+                own.refresh_ttl_secs,
+                own.session_max_secs,
+                own.max_elevation_secs,
+                own.elevation_request_ttl_secs
+            )
+        );
+        let c = identity_config(&config(
+            "[identity]\naccess_ttl_seconds = 300\nrefresh_ttl_seconds = 3600\n",
+        ));
+        assert_eq!((c.access_ttl_secs, c.refresh_ttl_secs), (300, 3600));
     }
 
     #[test]

@@ -22,6 +22,10 @@ require_mfa = false
 [[roles]]
 name = "team_member"
 permissions = ["keys:encrypt", "secrets:read"]
+
+[identity]
+issuer = "https://id.test"
+access_ttl_seconds = 600
 "#;
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -109,6 +113,16 @@ fn login_refresh_reuse_logout_and_jwks() {
     assert_eq!(srv.get("/v1/keys/prod", Some(&access1)).status, 403);
     // And never outside their environments.
     assert_eq!(srv.get("/v1/keys/staging", Some(&access1)).status, 403);
+
+    // Its lifetime and issuer are the config file's.
+    let claims = b64url_json(access1.split('.').nth(1).unwrap());
+    assert_eq!(claims["iss"], "https://id.test", "{claims}");
+    assert_eq!(claims["aud"], "rampart-api", "{claims}");
+    assert_eq!(
+        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+        600,
+        "{claims}"
+    );
 
     // The token is signed by a key the JWKS publishes.
     let jwks = srv.get("/.well-known/jwks.json", None);
