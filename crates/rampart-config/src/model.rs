@@ -93,6 +93,9 @@ pub struct Service {
     pub upstreams: Vec<Upstream>,
     /// Secrets injected by `rampart run`: environment variable → secret name.
     pub secrets: std::collections::BTreeMap<String, String>,
+    /// The path the edge's active health checks request on its instances
+    /// (`None`: `[edge.health_check]`'s).
+    pub health_path: Option<String>,
     /// Free text.
     pub description: String,
 }

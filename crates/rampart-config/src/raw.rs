@@ -142,6 +142,7 @@ pub(crate) struct RawService {
     pub upstreams: Vec<S<String>>,
     #[serde(default)]
     pub secrets: std::collections::BTreeMap<String, S<String>>,
+    pub health_path: Option<S<String>>,
     #[serde(default)]
     pub description: String,
 }

@@ -336,6 +336,20 @@ fn edge_upstream_settings_have_defaults_and_bounds() {
             fall: 3,
         })
     );
+    let svc = |path: &str| {
+        format!(
+            "[[environments]]\nname = \"prod\"\n[[services]]\nname = \"a\"\nenvironment = \"prod\"\nport = 80\nhealth_path = {path}\n"
+        )
+    };
+    let c = Config::parse(&svc("\"/ready\""), "t.toml").unwrap();
+    assert_eq!(c.services[0].health_path.as_deref(), Some("/ready"));
+    let err = Config::parse(&svc("\"ready\""), "t.toml").unwrap_err();
+    let d = &err.diagnostics()[0];
+    assert_eq!(
+        (d.path.as_str(), d.line),
+        ("services[0].health_path", 7),
+        "{d}"
+    );
     let c = Config::parse("[edge.health_check]\ninterval_ms = 500\n", "t.toml").unwrap();
     assert_eq!(c.edge.unwrap().health_check.unwrap().timeout_ms, 500);
 

@@ -240,6 +240,23 @@ impl Checker {
         }
     }
 
+    /// A path to request, as it goes on the request line: `/` first, then
+    /// visible ASCII.
+    fn request_path(&mut self, v: &S<String>, path: &str) -> Option<String> {
+        let p = v.get_ref();
+        if p.starts_with('/') && valid_header_text(p) {
+            return Some(p.clone());
+        }
+        self.err(
+            v,
+            path,
+            format!(
+                "invalid path {p:?}: must start with / and hold no spaces or control characters"
+            ),
+        );
+        None
+    }
+
     fn err<T>(&mut self, at: &S<T>, path: impl Into<String>, message: impl Into<String>) {
         self.err_span(Some(at.span()), path, message);
     }
@@ -574,6 +591,10 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
             c.name(secret, &p(&format!("secrets.{var}")));
         }
         services.push(Service {
+            health_path: s
+                .health_path
+                .as_ref()
+                .and_then(|v| c.request_path(v, &p("health_path"))),
             name: c.name(&s.name, &p("name")),
             secrets: s
                 .secrets
@@ -1049,23 +1070,11 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
         });
         let health_check = e.health_check.as_ref().map(|h| {
             let d = EdgeHealthCheck::default();
-            let path = match &h.path {
-                Some(p) if p.get_ref().starts_with('/') && valid_header_text(p.get_ref()) => {
-                    p.get_ref().clone()
-                }
-                Some(p) => {
-                    c.err(
-                        p,
-                        "edge.health_check.path",
-                        format!(
-                            "invalid path {:?}: must start with / and hold no spaces or control characters",
-                            p.get_ref()
-                        ),
-                    );
-                    d.path.clone()
-                }
-                None => d.path.clone(),
-            };
+            let path = h
+                .path
+                .as_ref()
+                .and_then(|p| c.request_path(p, "edge.health_check.path"))
+                .unwrap_or_else(|| d.path.clone());
             let interval_ms = c.bounded(
                 h.interval_ms.as_ref(),
                 "edge.health_check.interval_ms",
@@ -1121,7 +1130,12 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
                 1..=3_600,
                 30,
             ),
-            drain_seconds: c.bounded(e.drain_seconds.as_ref(), "edge.drain_seconds", 0..=3_600, 30),
+            drain_seconds: c.bounded(
+                e.drain_seconds.as_ref(),
+                "edge.drain_seconds",
+                0..=3_600,
+                30,
+            ),
             breaker,
             health_check,
             rate_limits,

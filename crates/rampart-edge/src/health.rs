@@ -1,5 +1,6 @@
-//! Active health checks: every interval, `GET path` on every instance of
-//! every pool, fed to [`Pool::record_check`].
+//! Active health checks: every interval, `GET path` (the service's own
+//! path, else the checks') on every instance of every pool, fed to
+//! [`Pool::record_check`].
 //!
 //! A probe carries the edge's signed assertion when the edge signs them
 //! (subject [`PROBE_SUBJECT`], no roles, the pool's service, route
@@ -24,24 +25,29 @@ pub const PROBE_SUBJECT: &str = "rampart-edge-health";
 /// The route a health probe's assertion names.
 pub const PROBE_ROUTE: &str = "health-check";
 
-/// Probes every instance of `pools` once, concurrently; `now` (seconds
-/// since the Unix epoch) dates the probes' assertions.
+/// Probes every instance of `pools` once, concurrently, each pool on its
+/// path; `now` (seconds since the Unix epoch) dates the probes' assertions.
 pub async fn check_all(
-    pools: Vec<Arc<Pool>>,
+    pools: Vec<(Arc<Pool>, String)>,
     client: &UpstreamClient,
     hc: &HealthCheck,
     signer: Option<&AssertionSigner>,
     now: u64,
 ) {
     let mut probes = JoinSet::new();
-    for pool in pools {
+    for (pool, path) in pools {
         let assertion =
             signer.and_then(|s| s.header(PROBE_SUBJECT, &[], pool.service(), PROBE_ROUTE, now));
         for (i, addr) in pool.addrs().into_iter().enumerate() {
-            let (pool, client, hc, assertion) =
-                (pool.clone(), client.clone(), hc.clone(), assertion.clone());
+            let (pool, client, hc, assertion, path) = (
+                pool.clone(),
+                client.clone(),
+                hc.clone(),
+                assertion.clone(),
+                path.clone(),
+            );
             probes.spawn(async move {
-                let ok = probe(&client, &addr, &hc, assertion).await;
+                let ok = probe(&client, &addr, &path, hc.timeout, assertion).await;
                 pool.record_check(i, ok, hc.rise, hc.fall);
             });
         }
@@ -52,10 +58,11 @@ pub async fn check_all(
 async fn probe(
     client: &UpstreamClient,
     addr: &str,
-    hc: &HealthCheck,
+    path: &str,
+    timeout: std::time::Duration,
     assertion: Option<http::HeaderValue>,
 ) -> bool {
-    let mut req = Request::get(hc.path.as_str())
+    let mut req = Request::get(path)
         .header(http::header::HOST, addr)
         .header(http::header::USER_AGENT, "rampart-edge-health");
     if let Some(a) = assertion {
@@ -71,8 +78,5 @@ async fn probe(
         let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
         Some(ok)
     };
-    matches!(
-        tokio::time::timeout(hc.timeout, answer).await,
-        Ok(Some(true))
-    )
+    matches!(tokio::time::timeout(timeout, answer).await, Ok(Some(true)))
 }

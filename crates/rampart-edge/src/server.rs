@@ -112,6 +112,8 @@ impl EdgeHandle {
 struct Routing {
     router: Router,
     pools: HashMap<String, Arc<Pool>>,
+    /// Services' own health check paths.
+    health_paths: HashMap<String, String>,
     schemas: HashMap<std::path::PathBuf, Arc<jsonschema::Validator>>,
     revoked: RevokedSerials,
 }
@@ -169,9 +171,15 @@ impl Routing {
                 .iter()
                 .flat_map(|e| e.revoked_client_serials.iter()),
         );
+        let health_paths = config
+            .services
+            .iter()
+            .filter_map(|s| Some((s.name.clone(), s.health_path.clone()?)))
+            .collect();
         Ok(Routing {
             router: Router::new(config.routes.clone()),
             pools,
+            health_paths,
             schemas,
             revoked,
         })
@@ -323,7 +331,16 @@ impl Edge {
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tick.tick().await;
-                    let pools = st.routing().pools.values().cloned().collect();
+                    let routing = st.routing();
+                    let pools = routing
+                        .pools
+                        .values()
+                        .map(|p| {
+                            let path = routing.health_paths.get(p.service()).unwrap_or(&hc.path);
+                            (p.clone(), path.clone())
+                        })
+                        .collect();
+                    drop(routing);
                     let now = st.clock.unix_secs();
                     let signer = st.assertion.as_deref();
                     crate::health::check_all(pools, &st.client, &hc, signer, now).await;

@@ -336,6 +336,7 @@ fn recording_upstream() -> (u16, Requests) {
 #[test]
 fn active_health_checks_from_the_config_file_eject_a_dead_instance_and_sign_their_probes() {
     let (alive, got) = recording_upstream();
+    let (other, other_got) = recording_upstream();
     // An instance nobody listens on: connections are refused.
     let dead = TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -372,6 +373,14 @@ environment = "prod"
 port = {alive}
 upstreams = ["127.0.0.1:{alive}", "127.0.0.1:{dead}"]
 
+# A service with a health path of its own.
+[[services]]
+name = "other"
+environment = "prod"
+port = {other}
+upstreams = ["127.0.0.1:{other}"]
+health_path = "/other/ready"
+
 [[routes]]
 host = "127.0.0.1"
 service = "app"
@@ -392,7 +401,10 @@ service = "app"
         metrics = srv.get("/metrics", None).body;
         // Both probes of a round run at once: the refused one can be in
         // before the live one's answer.
-        if metrics.contains(&format!("{} 0", metric(dead))) && !got.lock().unwrap().is_empty() {
+        if metrics.contains(&format!("{} 0", metric(dead)))
+            && !got.lock().unwrap().is_empty()
+            && !other_got.lock().unwrap().is_empty()
+        {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
@@ -423,6 +435,18 @@ service = "app"
         .unwrap();
         assert_eq!(claims.sub, "rampart-edge-health");
         assert!(claims.roles.is_empty());
+    }
+    let other_probes: Vec<_> = other_got.lock().unwrap().clone();
+    for (path, assertion) in &other_probes {
+        assert_eq!(path, "/other/ready");
+        let claims = rampart_edge::assertion::verify(
+            assertion.as_deref().expect("a probe without an assertion"),
+            &vk,
+            now,
+            "other",
+        )
+        .unwrap();
+        assert_eq!(claims.sub, "rampart-edge-health");
     }
 
     // Traffic goes to the live instance only: every answer is its own.
