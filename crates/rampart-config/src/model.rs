@@ -310,6 +310,35 @@ pub struct Identity {
     pub max_elevation_seconds: u32,
     /// How long an elevation request waits for approval, seconds.
     pub elevation_request_ttl_seconds: u32,
+    /// Brute-force throttling of logins.
+    pub throttle: LoginThrottle,
+}
+
+/// Growing delays after failed logins, per account and per source address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoginThrottle {
+    /// Failures per account before delays start.
+    pub free_failures_per_account: u32,
+    /// Failures per source address before delays start.
+    pub free_failures_per_source: u32,
+    /// The first delay, seconds; it doubles with each further failure.
+    pub base_delay_seconds: u32,
+    /// The longest delay, seconds.
+    pub max_delay_seconds: u32,
+    /// Seconds without a failure after which failures are forgotten.
+    pub forget_after_seconds: u32,
+}
+
+impl Default for LoginThrottle {
+    fn default() -> Self {
+        LoginThrottle {
+            free_failures_per_account: 5,
+            free_failures_per_source: 20,
+            base_delay_seconds: 1,
+            max_delay_seconds: 900,
+            forget_after_seconds: 3_600,
+        }
+    }
 }
 
 impl Default for Identity {
@@ -322,6 +351,7 @@ impl Default for Identity {
             session_max_seconds: 30 * 86_400,
             max_elevation_seconds: 8 * 3_600,
             elevation_request_ttl_seconds: 86_400,
+            throttle: LoginThrottle::default(),
         }
     }
 }

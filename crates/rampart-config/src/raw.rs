@@ -39,6 +39,17 @@ pub(crate) struct RawIdentity {
     pub session_max_seconds: Option<S<i64>>,
     pub max_elevation_seconds: Option<S<i64>>,
     pub elevation_request_ttl_seconds: Option<S<i64>>,
+    pub throttle: Option<RawThrottle>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawThrottle {
+    pub free_failures_per_account: Option<S<i64>>,
+    pub free_failures_per_source: Option<S<i64>>,
+    pub base_delay_seconds: Option<S<i64>>,
+    pub max_delay_seconds: Option<S<i64>>,
+    pub forget_after_seconds: Option<S<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

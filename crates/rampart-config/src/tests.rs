@@ -407,6 +407,7 @@ fn identity_lifetimes_have_defaults_bounds_and_order() {
             session_max_seconds: 86400,
             max_elevation_seconds: 600,
             elevation_request_ttl_seconds: 900,
+            throttle: LoginThrottle::default(),
         }
     );
     for (key, bad) in [
@@ -443,5 +444,44 @@ fn identity_lifetimes_have_defaults_bounds_and_order() {
             ("identity.refresh_ttl_seconds".to_string(), 3),
             ("identity.session_max_seconds".to_string(), 4)
         ]
+    );
+}
+
+#[test]
+fn login_throttle_has_defaults_and_bounds() {
+    let c = Config::parse(
+        "[identity.throttle]\nfree_failures_per_account = 3\n",
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        c.identity.throttle,
+        LoginThrottle {
+            free_failures_per_account: 3,
+            ..LoginThrottle::default()
+        }
+    );
+    for (key, bad) in [
+        ("free_failures_per_account", "1001"),
+        ("free_failures_per_source", "-1"),
+        ("base_delay_seconds", "0"),
+        ("max_delay_seconds", "86401"),
+        ("forget_after_seconds", "59"),
+    ] {
+        let err =
+            Config::parse(&format!("[identity.throttle]\n{key} = {bad}\n"), "t.toml").unwrap_err();
+        let d = &err.diagnostics()[0];
+        assert_eq!(d.path, format!("identity.throttle.{key}"), "{bad}: {d}");
+        assert_eq!(d.line, 2, "{bad}: {d}");
+    }
+    let err = Config::parse(
+        "[identity.throttle]\nbase_delay_seconds = 60\nmax_delay_seconds = 30\n",
+        "t.toml",
+    )
+    .unwrap_err();
+    let d = &err.diagnostics()[0];
+    assert_eq!(
+        (d.path.as_str(), d.line),
+        ("identity.throttle.max_delay_seconds", 3)
     );
 }

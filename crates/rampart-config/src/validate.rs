@@ -237,6 +237,63 @@ impl Checker {
                 60..=604_800,
                 d.elevation_request_ttl_seconds,
             ),
+            throttle: raw
+                .throttle
+                .as_ref()
+                .map_or(d.throttle, |t| self.throttle(t)),
+        }
+    }
+
+    /// `[identity.throttle]`; the longest delay at least the first.
+    fn throttle(&mut self, t: &crate::raw::RawThrottle) -> LoginThrottle {
+        let d = LoginThrottle::default();
+        let p = |f: &str| format!("identity.throttle.{f}");
+        let base_delay_seconds = self.bounded(
+            t.base_delay_seconds.as_ref(),
+            &p("base_delay_seconds"),
+            1..=3_600,
+            d.base_delay_seconds,
+        );
+        let max_delay_seconds = self.bounded(
+            t.max_delay_seconds.as_ref(),
+            &p("max_delay_seconds"),
+            1..=86_400,
+            d.max_delay_seconds.max(base_delay_seconds),
+        );
+        if let Some(v) = t
+            .max_delay_seconds
+            .as_ref()
+            .filter(|_| max_delay_seconds < base_delay_seconds)
+        {
+            self.err(
+                v,
+                p("max_delay_seconds"),
+                format!(
+                    "{max_delay_seconds} is shorter than base_delay_seconds ({base_delay_seconds})"
+                ),
+            );
+        }
+        LoginThrottle {
+            free_failures_per_account: self.bounded(
+                t.free_failures_per_account.as_ref(),
+                &p("free_failures_per_account"),
+                0..=1_000,
+                d.free_failures_per_account,
+            ),
+            free_failures_per_source: self.bounded(
+                t.free_failures_per_source.as_ref(),
+                &p("free_failures_per_source"),
+                0..=100_000,
+                d.free_failures_per_source,
+            ),
+            base_delay_seconds,
+            max_delay_seconds,
+            forget_after_seconds: self.bounded(
+                t.forget_after_seconds.as_ref(),
+                &p("forget_after_seconds"),
+                60..=604_800,
+                d.forget_after_seconds,
+            ),
         }
     }
 

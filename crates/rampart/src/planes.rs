@@ -11,7 +11,7 @@ use rampart_audit::{Audit, AuditKeys, AuditOptions, RetentionPolicy, Tier};
 use rampart_config::Config;
 use rampart_core::SharedClock;
 use rampart_crypto::{random_array, SecretBytes};
-use rampart_identity::{Identity, IdentityConfig, PasswordParams};
+use rampart_identity::{Identity, IdentityConfig, PasswordParams, ThrottleConfig};
 use rampart_keys::policy::{Effect, Statement};
 use rampart_keys::{Auditor, KeyService, KeySpec, Policies};
 use rampart_secrets::SecretService;
@@ -102,6 +102,14 @@ pub fn identity_config(config: &Config) -> IdentityConfig {
         session_max_secs: u64::from(id.session_max_seconds),
         max_elevation_secs: u64::from(id.max_elevation_seconds),
         elevation_request_ttl_secs: u64::from(id.elevation_request_ttl_seconds),
+        throttle: ThrottleConfig {
+            free_failures_per_account: id.throttle.free_failures_per_account,
+            free_failures_per_source: id.throttle.free_failures_per_source,
+            base_delay_secs: u64::from(id.throttle.base_delay_seconds),
+            max_delay_secs: u64::from(id.throttle.max_delay_seconds),
+            forget_after_secs: u64::from(id.throttle.forget_after_seconds),
+            ..ThrottleConfig::default()
+        },
         ..IdentityConfig::default()
     };
     for r in &config.roles {
@@ -406,6 +414,7 @@ mod tests {
                 own.elevation_request_ttl_secs
             )
         );
+        assert_eq!(c.throttle, own.throttle);
         let c = identity_config(&config(
             "[identity]\naccess_ttl_seconds = 300\nrefresh_ttl_seconds = 3600\n",
         ));
