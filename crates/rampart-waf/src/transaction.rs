@@ -185,6 +185,9 @@ struct LinkCheck<'r> {
     wants_bytes: bool,
     /// Bytes a value must hold for the (non-negated) operator to match.
     required: Option<&'r ByteSet>,
+    /// The name of every hit of the current target, when it fixes the
+    /// name ([`Target::fixed_name`]).
+    name: Option<&'r str>,
 }
 
 /// A fast hasher for the small integer keys of [`TfCache`] (not exposed to
@@ -229,9 +232,11 @@ impl Val<'_> {
     }
 }
 
-/// One matched value, kept after the borrow of the collections ends.
-struct Hit {
-    name: String,
+/// One matched value, kept after the borrow of the collections ends. Its
+/// name is borrowed from the rule when the target fixes it
+/// ([`Target::fixed_name`]).
+struct Hit<'w> {
+    name: Cow<'w, str>,
     value: Vec<u8>,
     caps: Option<Vec<Vec<u8>>>,
 }
@@ -323,13 +328,13 @@ pub(crate) struct Transaction<'w> {
     slots: Vec<Slot>,
     tx: VarMap<'w>,
     persist: HashMap<VarName, VarMap<'w>>,
-    matched_vars: Vec<(String, Vec<u8>)>,
+    matched_vars: Vec<(Cow<'w, str>, Vec<u8>)>,
     /// MATCHED_VAR when it is no longer in `matched_vars`.
-    matched_var: Option<(String, Vec<u8>)>,
+    matched_var: Option<(Cow<'w, str>, Vec<u8>)>,
     /// MATCHED_VAR's position in `matched_vars`, when it is there.
     matched_at: Option<usize>,
     /// The current link's hits (a buffer kept from link to link).
-    hit_buf: Vec<Hit>,
+    hit_buf: Vec<Hit<'w>>,
     removed_ids: Vec<IdRange>,
     removed_tags: Vec<TagSelect<'w>>,
     removed_targets_by_id: Vec<(Vec<IdRange>, Exclusion)>,
@@ -1001,11 +1006,11 @@ impl<'w> Transaction<'w> {
             Some(i) => self
                 .matched_vars
                 .get(i)
-                .map(|(n, v)| (n.as_str(), v.as_slice())),
+                .map(|(n, v)| (n.as_ref(), v.as_slice())),
             None => self
                 .matched_var
                 .as_ref()
-                .map(|(n, v)| (n.as_str(), v.as_slice())),
+                .map(|(n, v)| (n.as_ref(), v.as_slice())),
         }
     }
 
@@ -1120,7 +1125,7 @@ impl<'w> Transaction<'w> {
     }
 
     /// Runs the operator over every selected value of a link.
-    fn match_link(&self, idx: usize, top: &Rule, link: &Rule, hits: &mut Vec<Hit>) {
+    fn match_link(&self, idx: usize, top: &'w Rule, link: &'w Rule, hits: &mut Vec<Hit<'w>>) {
         let RuleBody::Match { targets, op } = &link.body else {
             return;
         };
@@ -1135,7 +1140,7 @@ impl<'w> Transaction<'w> {
                 extra.push(ex);
             }
         }
-        let ctx = LinkCheck {
+        let mut ctx = LinkCheck {
             top,
             op,
             transforms: &link.actions.transforms,
@@ -1152,6 +1157,7 @@ impl<'w> Transaction<'w> {
             } else {
                 op.op.required_bytes()
             },
+            name: None,
         };
         let skip = link.skip_bytes;
         // exclusions: the rule's own `!VAR:key` plus ctl removals
@@ -1172,13 +1178,15 @@ impl<'w> Transaction<'w> {
                     continue;
                 }
             }
+            ctx.name = t.fixed_name.as_deref();
             if t.count {
                 let mut n = 0usize;
                 self.collect(t, &mut |v| n += usize::from(!excluded(&v)));
+                let mut digits = [0u8; 20];
                 let v = Val {
                     var: t.var,
                     key: Cow::Borrowed(""),
-                    value: Cow::Owned(n.to_string().into_bytes()),
+                    value: Cow::Borrowed(write_usize(&mut digits, n)),
                     count: true,
                     id: None,
                     bytes: ByteSet::ALL,
@@ -1198,7 +1206,7 @@ impl<'w> Transaction<'w> {
 
     /// Transforms one value as the link asks and runs its operator; records
     /// a hit when the (possibly negated) operator matches.
-    fn check_value(&self, ctx: &LinkCheck<'_>, v: &Val<'_>, hits: &mut Vec<Hit>) {
+    fn check_value(&self, ctx: &LinkCheck<'w>, v: &Val<'_>, hits: &mut Vec<Hit<'w>>) {
         // The common case first: a stored value that the chain leaves as
         // it is (its bytes are then the operator's input's) and that lacks
         // every byte the operator needs.
@@ -1222,8 +1230,14 @@ impl<'w> Transaction<'w> {
             eval_with(&op.op, input, bytes, &mut expand, caps) != op.negated
         };
         let mut hit = |cur: &[u8], caps_buf: Vec<Vec<u8>>| {
-            let mut name = String::with_capacity(v.var.name().len() + v.key.len() + 1);
-            v.write_name(&mut name);
+            let name = match ctx.name {
+                Some(n) => Cow::Borrowed(n),
+                None => {
+                    let mut name = String::with_capacity(v.var.name().len() + v.key.len() + 1);
+                    v.write_name(&mut name);
+                    Cow::Owned(name)
+                }
+            };
             hits.push(Hit {
                 name,
                 value: cur.to_vec(),
@@ -1545,6 +1559,7 @@ impl<'w> Transaction<'w> {
                     var: *var,
                     selector: sel,
                     count: false,
+                    fixed_name: None,
                 };
                 let mut first = None;
                 self.collect(&t, &mut |v| {
@@ -1748,6 +1763,23 @@ fn store<'w>(map: &mut VarMap<'w>, key: Cow<'w, str>, value: &[u8]) {
     }
 }
 
+/// `n` in decimal, written at the end of `buf`.
+fn write_usize(buf: &mut [u8; 20], n: usize) -> &[u8] {
+    let mut i = buf.len();
+    let mut m = n;
+    loop {
+        i -= 1;
+        if let Some(d) = buf.get_mut(i) {
+            *d = b'0' + (m % 10) as u8;
+        }
+        m /= 10;
+        if m == 0 || i == 0 {
+            break;
+        }
+    }
+    buf.get(i..).unwrap_or(&[])
+}
+
 /// Appends `n` in decimal.
 fn push_int(out: &mut Vec<u8>, n: i64) {
     let mut digits = [0u8; 20];
@@ -1947,6 +1979,38 @@ SecRule ARGS "!@rx union" "id:3,phase:1,pass,t:none"
             super::push_int(&mut out, n);
             assert_eq!(out, format!("x{n}").into_bytes());
         }
+    }
+
+    #[test]
+    fn counts_are_written_as_to_string_does() {
+        for n in [0, 7, 10, 99, 123_456_789, usize::MAX] {
+            let mut buf = [0u8; 20];
+            assert_eq!(super::write_usize(&mut buf, n), n.to_string().as_bytes());
+        }
+    }
+
+    #[test]
+    fn fixed_hit_names_are_the_names_values_are_matched_as() {
+        // MATCHED_VAR_NAME as the next link sees it, for each kind of
+        // target whose name is fixed at load, and for one that is not
+        let rules = r#"
+SecRuleEngine On
+SecAction "id:1,phase:1,pass,nolog,setvar:tx.Some_Key=5"
+SecRule TX:SOME_KEY "@eq 5" "id:2,phase:1,pass,nolog,chain"
+  SecRule MATCHED_VAR_NAME "@streq TX:some_key" "t:none"
+SecRule &ARGS:a "@eq 2" "id:3,phase:1,pass,nolog,chain"
+  SecRule MATCHED_VAR_NAME "@streq &ARGS" "t:none"
+SecRule REQUEST_METHOD "@streq GET" "id:4,phase:1,pass,nolog,chain"
+  SecRule MATCHED_VAR_NAME "@streq REQUEST_METHOD" "t:none"
+SecRule ARGS:A "@streq x" "id:5,phase:1,pass,nolog,chain"
+  SecRule MATCHED_VAR_NAME "@streq ARGS:a" "t:none"
+SecRule &TX:some_key "@eq 1" "id:6,phase:1,pass,nolog,chain"
+  SecRule MATCHED_VARS_NAMES "@streq &TX" "t:none"
+"#;
+        assert_eq!(
+            ids(rules, &Request::new("GET", "/?a=x&a=y")),
+            vec![1, 2, 3, 4, 5, 6]
+        );
     }
 
     #[test]
