@@ -20,6 +20,7 @@ use crate::operators::{atoi, eval_with, Op, Operator};
 use crate::prefilter::ByteSet;
 use crate::request::{Action, Request, Response, RuleMatch, Verdict};
 use crate::rule::{Rule, RuleBody};
+use crate::small::SmallBytes;
 use crate::transformations::Transform;
 use crate::variables::{Exclusion, Kind, Selector, Target, VarName, VAR_COUNT};
 use std::borrow::Cow;
@@ -237,7 +238,7 @@ impl Val<'_> {
 /// ([`Target::fixed_name`]).
 struct Hit<'w> {
     name: Cow<'w, str>,
-    value: Vec<u8>,
+    value: SmallBytes,
     caps: Option<Vec<Vec<u8>>>,
 }
 
@@ -328,9 +329,9 @@ pub(crate) struct Transaction<'w> {
     slots: Vec<Slot>,
     tx: VarMap<'w>,
     persist: HashMap<VarName, VarMap<'w>>,
-    matched_vars: Vec<(Cow<'w, str>, Vec<u8>)>,
+    matched_vars: Vec<(Cow<'w, str>, SmallBytes)>,
     /// MATCHED_VAR when it is no longer in `matched_vars`.
-    matched_var: Option<(Cow<'w, str>, Vec<u8>)>,
+    matched_var: Option<(Cow<'w, str>, SmallBytes)>,
     /// MATCHED_VAR's position in `matched_vars`, when it is there.
     matched_at: Option<usize>,
     /// The current link's hits (a buffer kept from link to link).
@@ -1003,14 +1004,8 @@ impl<'w> Transaction<'w> {
     /// MATCHED_VAR's name and value: the last value a rule matched.
     fn matched_var(&self) -> Option<(&str, &[u8])> {
         match self.matched_at {
-            Some(i) => self
-                .matched_vars
-                .get(i)
-                .map(|(n, v)| (n.as_ref(), v.as_slice())),
-            None => self
-                .matched_var
-                .as_ref()
-                .map(|(n, v)| (n.as_ref(), v.as_slice())),
+            Some(i) => self.matched_vars.get(i).map(|(n, v)| (n.as_ref(), &**v)),
+            None => self.matched_var.as_ref().map(|(n, v)| (n.as_ref(), &**v)),
         }
     }
 
@@ -1240,7 +1235,7 @@ impl<'w> Transaction<'w> {
             };
             hits.push(Hit {
                 name,
-                value: cur.to_vec(),
+                value: SmallBytes::copy_of(cur),
                 caps: if ctx.want_caps && !op.negated {
                     Some(caps_buf)
                 } else {
