@@ -1,4 +1,4 @@
-//! Short byte strings kept inline: the values of MATCHED_VARS.
+//! Short byte strings kept inline: the values of MATCHED_VARS and TX.
 //!
 //! A rule that matches copies each matched value out of the collections
 //! (the rule's actions may change them, TX above all). Most such values
@@ -6,7 +6,8 @@
 //! each, freed when the next rule clears MATCHED_VARS, was a large share
 //! of the engine's allocations. [`SmallBytes`] holds up to
 //! [`INLINE`] bytes in place, in four words (a `Vec<u8>` and one word),
-//! and longer values on the heap.
+//! and longer values on the heap. TX values (flags, levels, scores) are
+//! short too, and CRS sets a few dozen new ones on every request.
 
 use std::ops::Deref;
 
@@ -30,6 +31,28 @@ impl SmallBytes {
                 SmallBytes::Inline { len, buf }
             }
             _ => SmallBytes::Heap(b.to_vec()),
+        }
+    }
+
+    /// Holds `b` from now on, in the heap buffer it has if it has one.
+    pub(crate) fn set(&mut self, b: &[u8]) {
+        match self {
+            SmallBytes::Heap(v) => {
+                v.clear();
+                v.extend_from_slice(b);
+            }
+            SmallBytes::Inline { .. } => *self = SmallBytes::copy_of(b),
+        }
+    }
+}
+
+impl From<Vec<u8>> for SmallBytes {
+    /// Inline when short, else the vector itself (no copy).
+    fn from(v: Vec<u8>) -> SmallBytes {
+        if v.len() <= INLINE {
+            SmallBytes::copy_of(&v)
+        } else {
+            SmallBytes::Heap(v)
         }
     }
 }
@@ -67,6 +90,17 @@ mod tests {
             assert_eq!(matches!(b, SmallBytes::Inline { .. }), n <= INLINE);
         }
         assert!(SmallBytes::default().is_empty());
+    }
+
+    #[test]
+    fn set_and_from_hold_what_they_are_given() {
+        let long: Vec<u8> = (0..100u8).collect();
+        for (a, b) in [(0, 5), (5, 0), (3, 40), (40, 3), (40, 60), (60, 40)] {
+            let mut s = SmallBytes::from(long[..a].to_vec());
+            assert_eq!(&*s, &long[..a]);
+            s.set(&long[..b]);
+            assert_eq!(&*s, &long[..b]);
+        }
     }
 
     #[test]

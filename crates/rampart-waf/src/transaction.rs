@@ -33,7 +33,7 @@ use std::sync::Arc;
 /// literally in the rules are borrowed from them rather than copied on
 /// every request. Listed in key order where a rule reads a whole
 /// collection.
-type VarMap<'w> = HashMap<Cow<'w, str>, Vec<u8>, SeededState>;
+type VarMap<'w> = HashMap<Cow<'w, str>, SmallBytes, SeededState>;
 
 /// Builds [`KeyHasher`]s with the engine's random seed.
 #[derive(Clone, Copy)]
@@ -1404,7 +1404,7 @@ impl<'w> Transaction<'w> {
             let mut selected: Vec<(&'a str, &'a [u8])> = map
                 .iter()
                 .filter(|(k, _)| t.selector.matches(k))
-                .map(|(k, v)| (k.as_ref(), v.as_slice()))
+                .map(|(k, v)| (k.as_ref(), &**v))
                 .collect();
             selected.sort_unstable_by(|a, b| a.0.cmp(b.0));
             for (k, v) in selected {
@@ -1601,7 +1601,7 @@ impl<'w> Transaction<'w> {
     /// (operator arguments such as `%{tx.restricted_headers_basic}`).
     fn expand_borrowed<'s>(&'s self, m: &Macro, rule: &Rule) -> Cow<'s, [u8]> {
         if let [Seg::Var(VarName::Tx, Some(k))] = m.segs.as_slice() {
-            return Cow::Borrowed(self.tx.get(k.as_str()).map_or(&[][..], Vec::as_slice));
+            return Cow::Borrowed(self.tx.get(k.as_str()).map_or(&[][..], |v| &**v));
         }
         Cow::Owned(self.expand(m, rule))
     }
@@ -1644,13 +1644,11 @@ impl<'w> Transaction<'w> {
                         let v = self.expand(m, top);
                         let map = self.collection(sv.coll);
                         match map.get_mut(key.as_ref()) {
-                            Some(slot) => {
-                                slot.clear();
-                                slot.extend_from_slice(&v);
-                            }
+                            Some(slot) => slot.set(&v),
                             // a new variable takes the expansion's buffer
+                            // when it is too long to be held inline
                             None => {
-                                map.insert(key, v);
+                                map.insert(key, SmallBytes::from(v));
                             }
                         }
                     }
@@ -1666,15 +1664,11 @@ impl<'w> Transaction<'w> {
                         }
                     };
                     let map = self.collection(sv.coll);
+                    let mut digits = [0u8; 20];
                     match map.get_mut(key.as_ref()) {
-                        Some(slot) => {
-                            let n = apply(atoi(slot));
-                            slot.clear();
-                            push_int(slot, n);
-                        }
+                        Some(slot) => slot.set(write_int(&mut digits, apply(atoi(slot)))),
                         None => {
-                            let mut v = Vec::new();
-                            push_int(&mut v, apply(0));
+                            let v = SmallBytes::copy_of(write_int(&mut digits, apply(0)));
                             map.insert(key, v);
                         }
                     }
@@ -1748,12 +1742,9 @@ impl<'w> Transaction<'w> {
 /// Sets `key` in `map` to `value`, reusing the buffer of an existing value.
 fn store<'w>(map: &mut VarMap<'w>, key: Cow<'w, str>, value: &[u8]) {
     match map.get_mut(key.as_ref()) {
-        Some(slot) => {
-            slot.clear();
-            slot.extend_from_slice(value);
-        }
+        Some(slot) => slot.set(value),
         None => {
-            map.insert(key, value.to_vec());
+            map.insert(key, SmallBytes::copy_of(value));
         }
     }
 }
@@ -1775,14 +1766,13 @@ fn write_usize(buf: &mut [u8; 20], n: usize) -> &[u8] {
     buf.get(i..).unwrap_or(&[])
 }
 
-/// Appends `n` in decimal.
-fn push_int(out: &mut Vec<u8>, n: i64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
+/// `n` in decimal, written at the end of `buf` (`i64::MIN` takes all 20).
+fn write_int(buf: &mut [u8; 20], n: i64) -> &[u8] {
+    let mut i = buf.len();
     let mut m = n.unsigned_abs();
     loop {
         i -= 1;
-        if let Some(d) = digits.get_mut(i) {
+        if let Some(d) = buf.get_mut(i) {
             *d = b'0' + (m % 10) as u8;
         }
         m /= 10;
@@ -1790,10 +1780,19 @@ fn push_int(out: &mut Vec<u8>, n: i64) {
             break;
         }
     }
-    if n < 0 {
-        out.push(b'-');
+    if n < 0 && i > 0 {
+        i -= 1;
+        if let Some(d) = buf.get_mut(i) {
+            *d = b'-';
+        }
     }
-    out.extend_from_slice(digits.get(i..).unwrap_or(&[]));
+    buf.get(i..).unwrap_or(&[])
+}
+
+/// Appends `n` in decimal.
+fn push_int(out: &mut Vec<u8>, n: i64) {
+    let mut digits = [0u8; 20];
+    out.extend_from_slice(write_int(&mut digits, n));
 }
 
 /// The result of a transformation if it changed the value (of length
