@@ -1976,6 +1976,31 @@ SecRule ARGS "!@rx union" "id:3,phase:1,pass,t:none"
     }
 
     #[test]
+    fn every_ctl_target_removal_applies() {
+        // one, two and three removals (by id and by tag) for the same rule
+        let rules = r#"
+SecRuleEngine On
+SecRule ARGS:one "@streq 1" "id:1,phase:1,pass,nolog,ctl:ruleRemoveTargetById=10;ARGS:a"
+SecRule ARGS:two "@streq 1" "id:2,phase:1,pass,nolog,tag:t,ctl:ruleRemoveTargetByTag=^x$;ARGS:b"
+SecRule ARGS:three "@streq 1" "id:3,phase:1,pass,nolog,ctl:ruleRemoveTargetById=10;ARGS:c"
+SecRule ARGS "@streq bad" "id:10,phase:1,pass,nolog,tag:x"
+"#;
+        let req = |q: &str| Request::new("GET", &format!("/?{q}"));
+        assert_eq!(ids(rules, &req("a=bad")), vec![10]);
+        assert_eq!(ids(rules, &req("one=1&a=bad")), vec![1]);
+        assert_eq!(ids(rules, &req("one=1&a=bad&b=bad")), vec![1, 10]);
+        assert_eq!(ids(rules, &req("one=1&two=1&a=bad&b=bad")), vec![1, 2]);
+        assert_eq!(
+            ids(rules, &req("one=1&two=1&three=1&a=bad&b=bad&c=bad")),
+            vec![1, 2, 3]
+        );
+        assert_eq!(
+            ids(rules, &req("one=1&two=1&three=1&a=bad&b=bad&c=bad&d=bad")),
+            vec![1, 2, 3, 10]
+        );
+    }
+
+    #[test]
     fn counts_are_written_as_to_string_does() {
         for n in [0, 7, 10, 99, 123_456_789, usize::MAX] {
             let mut buf = [0u8; 20];
