@@ -48,6 +48,7 @@ mod operators;
 mod prefilter;
 mod request;
 mod rule;
+mod small;
 mod transaction;
 mod transformations;
 mod variables;

@@ -20,6 +20,7 @@ use crate::operators::{atoi, eval_with, Op, Operator};
 use crate::prefilter::ByteSet;
 use crate::request::{Action, Request, Response, RuleMatch, Verdict};
 use crate::rule::{Rule, RuleBody};
+use crate::small::SmallBytes;
 use crate::transformations::Transform;
 use crate::variables::{Exclusion, Kind, Selector, Target, VarName, VAR_COUNT};
 use std::borrow::Cow;
@@ -32,7 +33,7 @@ use std::sync::Arc;
 /// literally in the rules are borrowed from them rather than copied on
 /// every request. Listed in key order where a rule reads a whole
 /// collection.
-type VarMap<'w> = HashMap<Cow<'w, str>, Vec<u8>, SeededState>;
+type VarMap<'w> = HashMap<Cow<'w, str>, SmallBytes, SeededState>;
 
 /// Builds [`KeyHasher`]s with the engine's random seed.
 #[derive(Clone, Copy)]
@@ -185,6 +186,9 @@ struct LinkCheck<'r> {
     wants_bytes: bool,
     /// Bytes a value must hold for the (non-negated) operator to match.
     required: Option<&'r ByteSet>,
+    /// The name of every hit of the current target, when it fixes the
+    /// name ([`Target::fixed_name`]).
+    name: Option<&'r str>,
 }
 
 /// A fast hasher for the small integer keys of [`TfCache`] (not exposed to
@@ -229,10 +233,12 @@ impl Val<'_> {
     }
 }
 
-/// One matched value, kept after the borrow of the collections ends.
-struct Hit {
-    name: String,
-    value: Vec<u8>,
+/// One matched value, kept after the borrow of the collections ends. Its
+/// name is borrowed from the rule when the target fixes it
+/// ([`Target::fixed_name`]).
+struct Hit<'w> {
+    name: Cow<'w, str>,
+    value: SmallBytes,
     caps: Option<Vec<Vec<u8>>>,
 }
 
@@ -323,13 +329,13 @@ pub(crate) struct Transaction<'w> {
     slots: Vec<Slot>,
     tx: VarMap<'w>,
     persist: HashMap<VarName, VarMap<'w>>,
-    matched_vars: Vec<(String, Vec<u8>)>,
+    matched_vars: Vec<(Cow<'w, str>, SmallBytes)>,
     /// MATCHED_VAR when it is no longer in `matched_vars`.
-    matched_var: Option<(String, Vec<u8>)>,
+    matched_var: Option<(Cow<'w, str>, SmallBytes)>,
     /// MATCHED_VAR's position in `matched_vars`, when it is there.
     matched_at: Option<usize>,
     /// The current link's hits (a buffer kept from link to link).
-    hit_buf: Vec<Hit>,
+    hit_buf: Vec<Hit<'w>>,
     removed_ids: Vec<IdRange>,
     removed_tags: Vec<TagSelect<'w>>,
     removed_targets_by_id: Vec<(Vec<IdRange>, Exclusion)>,
@@ -998,14 +1004,8 @@ impl<'w> Transaction<'w> {
     /// MATCHED_VAR's name and value: the last value a rule matched.
     fn matched_var(&self) -> Option<(&str, &[u8])> {
         match self.matched_at {
-            Some(i) => self
-                .matched_vars
-                .get(i)
-                .map(|(n, v)| (n.as_str(), v.as_slice())),
-            None => self
-                .matched_var
-                .as_ref()
-                .map(|(n, v)| (n.as_str(), v.as_slice())),
+            Some(i) => self.matched_vars.get(i).map(|(n, v)| (n.as_ref(), &**v)),
+            None => self.matched_var.as_ref().map(|(n, v)| (n.as_ref(), &**v)),
         }
     }
 
@@ -1120,7 +1120,7 @@ impl<'w> Transaction<'w> {
     }
 
     /// Runs the operator over every selected value of a link.
-    fn match_link(&self, idx: usize, top: &Rule, link: &Rule, hits: &mut Vec<Hit>) {
+    fn match_link(&self, idx: usize, top: &'w Rule, link: &'w Rule, hits: &mut Vec<Hit<'w>>) {
         let RuleBody::Match { targets, op } = &link.body else {
             return;
         };
@@ -1135,7 +1135,7 @@ impl<'w> Transaction<'w> {
                 extra.push(ex);
             }
         }
-        let ctx = LinkCheck {
+        let mut ctx = LinkCheck {
             top,
             op,
             transforms: &link.actions.transforms,
@@ -1152,6 +1152,7 @@ impl<'w> Transaction<'w> {
             } else {
                 op.op.required_bytes()
             },
+            name: None,
         };
         let skip = link.skip_bytes;
         // exclusions: the rule's own `!VAR:key` plus ctl removals
@@ -1172,13 +1173,15 @@ impl<'w> Transaction<'w> {
                     continue;
                 }
             }
+            ctx.name = t.fixed_name.as_deref();
             if t.count {
                 let mut n = 0usize;
                 self.collect(t, &mut |v| n += usize::from(!excluded(&v)));
+                let mut digits = [0u8; 20];
                 let v = Val {
                     var: t.var,
                     key: Cow::Borrowed(""),
-                    value: Cow::Owned(n.to_string().into_bytes()),
+                    value: Cow::Borrowed(write_usize(&mut digits, n)),
                     count: true,
                     id: None,
                     bytes: ByteSet::ALL,
@@ -1198,7 +1201,7 @@ impl<'w> Transaction<'w> {
 
     /// Transforms one value as the link asks and runs its operator; records
     /// a hit when the (possibly negated) operator matches.
-    fn check_value(&self, ctx: &LinkCheck<'_>, v: &Val<'_>, hits: &mut Vec<Hit>) {
+    fn check_value(&self, ctx: &LinkCheck<'w>, v: &Val<'_>, hits: &mut Vec<Hit<'w>>) {
         // The common case first: a stored value that the chain leaves as
         // it is (its bytes are then the operator's input's) and that lacks
         // every byte the operator needs.
@@ -1222,11 +1225,17 @@ impl<'w> Transaction<'w> {
             eval_with(&op.op, input, bytes, &mut expand, caps) != op.negated
         };
         let mut hit = |cur: &[u8], caps_buf: Vec<Vec<u8>>| {
-            let mut name = String::with_capacity(v.var.name().len() + v.key.len() + 1);
-            v.write_name(&mut name);
+            let name = match ctx.name {
+                Some(n) => Cow::Borrowed(n),
+                None => {
+                    let mut name = String::with_capacity(v.var.name().len() + v.key.len() + 1);
+                    v.write_name(&mut name);
+                    Cow::Owned(name)
+                }
+            };
             hits.push(Hit {
                 name,
-                value: cur.to_vec(),
+                value: SmallBytes::copy_of(cur),
                 caps: if ctx.want_caps && !op.negated {
                     Some(caps_buf)
                 } else {
@@ -1395,7 +1404,7 @@ impl<'w> Transaction<'w> {
             let mut selected: Vec<(&'a str, &'a [u8])> = map
                 .iter()
                 .filter(|(k, _)| t.selector.matches(k))
-                .map(|(k, v)| (k.as_ref(), v.as_slice()))
+                .map(|(k, v)| (k.as_ref(), &**v))
                 .collect();
             selected.sort_unstable_by(|a, b| a.0.cmp(b.0));
             for (k, v) in selected {
@@ -1545,6 +1554,7 @@ impl<'w> Transaction<'w> {
                     var: *var,
                     selector: sel,
                     count: false,
+                    fixed_name: None,
                 };
                 let mut first = None;
                 self.collect(&t, &mut |v| {
@@ -1591,7 +1601,7 @@ impl<'w> Transaction<'w> {
     /// (operator arguments such as `%{tx.restricted_headers_basic}`).
     fn expand_borrowed<'s>(&'s self, m: &Macro, rule: &Rule) -> Cow<'s, [u8]> {
         if let [Seg::Var(VarName::Tx, Some(k))] = m.segs.as_slice() {
-            return Cow::Borrowed(self.tx.get(k.as_str()).map_or(&[][..], Vec::as_slice));
+            return Cow::Borrowed(self.tx.get(k.as_str()).map_or(&[][..], |v| &**v));
         }
         Cow::Owned(self.expand(m, rule))
     }
@@ -1634,13 +1644,11 @@ impl<'w> Transaction<'w> {
                         let v = self.expand(m, top);
                         let map = self.collection(sv.coll);
                         match map.get_mut(key.as_ref()) {
-                            Some(slot) => {
-                                slot.clear();
-                                slot.extend_from_slice(&v);
-                            }
+                            Some(slot) => slot.set(&v),
                             // a new variable takes the expansion's buffer
+                            // when it is too long to be held inline
                             None => {
-                                map.insert(key, v);
+                                map.insert(key, SmallBytes::from(v));
                             }
                         }
                     }
@@ -1656,15 +1664,11 @@ impl<'w> Transaction<'w> {
                         }
                     };
                     let map = self.collection(sv.coll);
+                    let mut digits = [0u8; 20];
                     match map.get_mut(key.as_ref()) {
-                        Some(slot) => {
-                            let n = apply(atoi(slot));
-                            slot.clear();
-                            push_int(slot, n);
-                        }
+                        Some(slot) => slot.set(write_int(&mut digits, apply(atoi(slot)))),
                         None => {
-                            let mut v = Vec::new();
-                            push_int(&mut v, apply(0));
+                            let v = SmallBytes::copy_of(write_int(&mut digits, apply(0)));
                             map.insert(key, v);
                         }
                     }
@@ -1738,24 +1742,20 @@ impl<'w> Transaction<'w> {
 /// Sets `key` in `map` to `value`, reusing the buffer of an existing value.
 fn store<'w>(map: &mut VarMap<'w>, key: Cow<'w, str>, value: &[u8]) {
     match map.get_mut(key.as_ref()) {
-        Some(slot) => {
-            slot.clear();
-            slot.extend_from_slice(value);
-        }
+        Some(slot) => slot.set(value),
         None => {
-            map.insert(key, value.to_vec());
+            map.insert(key, SmallBytes::copy_of(value));
         }
     }
 }
 
-/// Appends `n` in decimal.
-fn push_int(out: &mut Vec<u8>, n: i64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    let mut m = n.unsigned_abs();
+/// `n` in decimal, written at the end of `buf`.
+fn write_usize(buf: &mut [u8; 20], n: usize) -> &[u8] {
+    let mut i = buf.len();
+    let mut m = n;
     loop {
         i -= 1;
-        if let Some(d) = digits.get_mut(i) {
+        if let Some(d) = buf.get_mut(i) {
             *d = b'0' + (m % 10) as u8;
         }
         m /= 10;
@@ -1763,10 +1763,36 @@ fn push_int(out: &mut Vec<u8>, n: i64) {
             break;
         }
     }
-    if n < 0 {
-        out.push(b'-');
+    buf.get(i..).unwrap_or(&[])
+}
+
+/// `n` in decimal, written at the end of `buf` (`i64::MIN` takes all 20).
+fn write_int(buf: &mut [u8; 20], n: i64) -> &[u8] {
+    let mut i = buf.len();
+    let mut m = n.unsigned_abs();
+    loop {
+        i -= 1;
+        if let Some(d) = buf.get_mut(i) {
+            *d = b'0' + (m % 10) as u8;
+        }
+        m /= 10;
+        if m == 0 || i == 0 {
+            break;
+        }
     }
-    out.extend_from_slice(digits.get(i..).unwrap_or(&[]));
+    if n < 0 && i > 0 {
+        i -= 1;
+        if let Some(d) = buf.get_mut(i) {
+            *d = b'-';
+        }
+    }
+    buf.get(i..).unwrap_or(&[])
+}
+
+/// Appends `n` in decimal.
+fn push_int(out: &mut Vec<u8>, n: i64) {
+    let mut digits = [0u8; 20];
+    out.extend_from_slice(write_int(&mut digits, n));
 }
 
 /// The result of a transformation if it changed the value (of length
@@ -1947,6 +1973,63 @@ SecRule ARGS "!@rx union" "id:3,phase:1,pass,t:none"
             super::push_int(&mut out, n);
             assert_eq!(out, format!("x{n}").into_bytes());
         }
+    }
+
+    #[test]
+    fn every_ctl_target_removal_applies() {
+        // one, two and three removals (by id and by tag) for the same rule
+        let rules = r#"
+SecRuleEngine On
+SecRule ARGS:one "@streq 1" "id:1,phase:1,pass,nolog,ctl:ruleRemoveTargetById=10;ARGS:a"
+SecRule ARGS:two "@streq 1" "id:2,phase:1,pass,nolog,tag:t,ctl:ruleRemoveTargetByTag=^x$;ARGS:b"
+SecRule ARGS:three "@streq 1" "id:3,phase:1,pass,nolog,ctl:ruleRemoveTargetById=10;ARGS:c"
+SecRule ARGS "@streq bad" "id:10,phase:1,pass,nolog,tag:x"
+"#;
+        let req = |q: &str| Request::new("GET", &format!("/?{q}"));
+        assert_eq!(ids(rules, &req("a=bad")), vec![10]);
+        assert_eq!(ids(rules, &req("one=1&a=bad")), vec![1]);
+        assert_eq!(ids(rules, &req("one=1&a=bad&b=bad")), vec![1, 10]);
+        assert_eq!(ids(rules, &req("one=1&two=1&a=bad&b=bad")), vec![1, 2]);
+        assert_eq!(
+            ids(rules, &req("one=1&two=1&three=1&a=bad&b=bad&c=bad")),
+            vec![1, 2, 3]
+        );
+        assert_eq!(
+            ids(rules, &req("one=1&two=1&three=1&a=bad&b=bad&c=bad&d=bad")),
+            vec![1, 2, 3, 10]
+        );
+    }
+
+    #[test]
+    fn counts_are_written_as_to_string_does() {
+        for n in [0, 7, 10, 99, 123_456_789, usize::MAX] {
+            let mut buf = [0u8; 20];
+            assert_eq!(super::write_usize(&mut buf, n), n.to_string().as_bytes());
+        }
+    }
+
+    #[test]
+    fn fixed_hit_names_are_the_names_values_are_matched_as() {
+        // MATCHED_VAR_NAME as the next link sees it, for each kind of
+        // target whose name is fixed at load, and for one that is not
+        let rules = r#"
+SecRuleEngine On
+SecAction "id:1,phase:1,pass,nolog,setvar:tx.Some_Key=5"
+SecRule TX:SOME_KEY "@eq 5" "id:2,phase:1,pass,nolog,chain"
+  SecRule MATCHED_VAR_NAME "@streq TX:some_key" "t:none"
+SecRule &ARGS:a "@eq 2" "id:3,phase:1,pass,nolog,chain"
+  SecRule MATCHED_VAR_NAME "@streq &ARGS" "t:none"
+SecRule REQUEST_METHOD "@streq GET" "id:4,phase:1,pass,nolog,chain"
+  SecRule MATCHED_VAR_NAME "@streq REQUEST_METHOD" "t:none"
+SecRule ARGS:A "@streq x" "id:5,phase:1,pass,nolog,chain"
+  SecRule MATCHED_VAR_NAME "@streq ARGS:a" "t:none"
+SecRule &TX:some_key "@eq 1" "id:6,phase:1,pass,nolog,chain"
+  SecRule MATCHED_VARS_NAMES "@streq &TX" "t:none"
+"#;
+        assert_eq!(
+            ids(rules, &Request::new("GET", "/?a=x&a=y")),
+            vec![1, 2, 3, 4, 5, 6]
+        );
     }
 
     #[test]

@@ -226,6 +226,28 @@ pub(crate) struct Target {
     pub selector: Selector,
     /// `&VAR`: the number of values instead of the values.
     pub count: bool,
+    /// The name every value this target selects is matched as
+    /// (MATCHED_VAR_NAME), when the target alone fixes it: `&VAR`, a
+    /// scalar, `TX:key` (TX keys are looked up exactly). Worked out once,
+    /// so that a hit borrows it instead of writing a name per request.
+    pub fixed_name: Option<String>,
+}
+
+impl Target {
+    pub(crate) fn new(var: VarName, selector: Selector, count: bool) -> Target {
+        let fixed_name = match (&selector, var.kind()) {
+            _ if count => Some(format!("&{}", var.name())),
+            (_, Kind::Scalar) => Some(var.name().to_string()),
+            (Selector::Key(k), Kind::Tx | Kind::Persist) => Some(format!("{}:{k}", var.name())),
+            _ => None,
+        };
+        Target {
+            var,
+            selector,
+            count,
+            fixed_name,
+        }
+    }
 }
 
 /// A `!VAR:key` element: values it selects are skipped.
@@ -298,11 +320,7 @@ pub(crate) fn parse_targets(s: &str, at: &Location) -> Result<Targets, Error> {
         if negated {
             out.exclusions.push(Exclusion { var, selector });
         } else {
-            out.targets.push(Target {
-                var,
-                selector,
-                count,
-            });
+            out.targets.push(Target::new(var, selector, count));
         }
     }
     Ok(out)
