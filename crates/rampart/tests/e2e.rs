@@ -90,7 +90,15 @@ fn init_then_restart_with_right_and_wrong_root_key() {
         .mode();
     assert_eq!(mode & 0o777, 0o600);
     // The credential is not stored anywhere in the clear.
-    let secret = cred.rsplit_once('_').unwrap().1;
+    // `rk_admin_<hex id>_<base64url secret>`: the secret may itself hold
+    // `_`, so split after the id, not at the last `_` (a short tail would
+    // turn up in the database by chance).
+    let secret = cred
+        .strip_prefix("rk_admin_")
+        .and_then(|rest| rest.split_once('_'))
+        .unwrap()
+        .1;
+    assert_eq!(secret.len(), 43, "{cred}");
     for f in tree(&r.path("data")).into_iter().filter(|p| p.is_file()) {
         let bytes = std::fs::read(&f).unwrap();
         assert!(
