@@ -265,18 +265,16 @@ fn audit_commit_delay_and_siblings_have_defaults_and_bounds() {
     )
     .unwrap();
     assert_eq!((c.audit.commit_delay_us, c.audit.commit_siblings), (0, 0));
-    for (key, bad) in [
-        ("commit_delay_us", "-1"),
-        ("commit_delay_us", "10001"),
-        ("commit_delay_us", "4294967296"),
-        ("commit_siblings", "-1"),
-        ("commit_siblings", "1001"),
-    ] {
-        let err = Config::parse(&format!("[audit]\n{key} = {bad}\n"), "t.toml").unwrap_err();
-        let d = &err.diagnostics()[0];
-        assert_eq!(d.path, format!("audit.{key}"), "{bad}: {d}");
-        assert_eq!(d.line, 2, "{bad}: {d}");
-    }
+    refuses_each_at_its_line(
+        "audit",
+        &[
+            ("commit_delay_us", "-1"),
+            ("commit_delay_us", "10001"),
+            ("commit_delay_us", "4294967296"),
+            ("commit_siblings", "-1"),
+            ("commit_siblings", "1001"),
+        ],
+    );
 }
 
 #[test]
@@ -343,8 +341,7 @@ fn edge_upstream_settings_have_defaults_and_bounds() {
     };
     let c = Config::parse(&svc("\"/ready\""), "t.toml").unwrap();
     assert_eq!(c.services[0].health_path.as_deref(), Some("/ready"));
-    let err = Config::parse(&svc("\"ready\""), "t.toml").unwrap_err();
-    let d = &err.diagnostics()[0];
+    let d = first_error(&svc("\"ready\""));
     assert_eq!(
         (d.path.as_str(), d.line),
         ("services[0].health_path", 7),
@@ -353,31 +350,31 @@ fn edge_upstream_settings_have_defaults_and_bounds() {
     let c = Config::parse("[edge.health_check]\ninterval_ms = 500\n", "t.toml").unwrap();
     assert_eq!(c.edge.unwrap().health_check.unwrap().timeout_ms, 500);
 
-    for (table, key, bad) in [
-        ("edge", "balance", "\"random\""),
-        ("edge", "connect_timeout_ms", "0"),
-        ("edge", "upstream_timeout_seconds", "3601"),
-        ("edge", "drain_seconds", "-1"),
-        ("edge.breaker", "failures_to_open", "0"),
-        ("edge.breaker", "open_seconds", "0"),
-        ("edge.health_check", "path", "\"healthz\""),
-        ("edge.health_check", "path", "\"/a b\""),
-        ("edge.health_check", "interval_ms", "99"),
-        ("edge.health_check", "timeout_ms", "9"),
-        ("edge.health_check", "rise", "0"),
-        ("edge.health_check", "fall", "101"),
-    ] {
-        let err = Config::parse(&format!("[{table}]\n{key} = {bad}\n"), "t.toml").unwrap_err();
-        let d = &err.diagnostics()[0];
-        assert_eq!(d.path, format!("{table}.{key}"), "{bad}: {d}");
-        assert_eq!(d.line, 2, "{bad}: {d}");
-    }
-    let err = Config::parse(
-        "[edge.health_check]\ninterval_ms = 1000\ntimeout_ms = 2000\n",
-        "t.toml",
-    )
-    .unwrap_err();
-    let d = &err.diagnostics()[0];
+    refuses_each_at_its_line(
+        "edge",
+        &[
+            ("balance", "\"random\""),
+            ("connect_timeout_ms", "0"),
+            ("upstream_timeout_seconds", "3601"),
+            ("drain_seconds", "-1"),
+        ],
+    );
+    refuses_each_at_its_line(
+        "edge.breaker",
+        &[("failures_to_open", "0"), ("open_seconds", "0")],
+    );
+    refuses_each_at_its_line(
+        "edge.health_check",
+        &[
+            ("path", "\"healthz\""),
+            ("path", "\"/a b\""),
+            ("interval_ms", "99"),
+            ("timeout_ms", "9"),
+            ("rise", "0"),
+            ("fall", "101"),
+        ],
+    );
+    let d = first_error("[edge.health_check]\ninterval_ms = 1000\ntimeout_ms = 2000\n");
     assert_eq!(
         (d.path.as_str(), d.line),
         ("edge.health_check.timeout_ms", 3)
@@ -410,21 +407,19 @@ fn identity_lifetimes_have_defaults_bounds_and_order() {
             throttle: LoginThrottle::default(),
         }
     );
-    for (key, bad) in [
-        ("issuer", "\"\""),
-        ("audience", "\"two words\""),
-        ("access_ttl_seconds", "59"),
-        ("access_ttl_seconds", "86401"),
-        ("refresh_ttl_seconds", "-1"),
-        ("session_max_seconds", "31536001"),
-        ("max_elevation_seconds", "604801"),
-        ("elevation_request_ttl_seconds", "0"),
-    ] {
-        let err = Config::parse(&format!("[identity]\n{key} = {bad}\n"), "t.toml").unwrap_err();
-        let d = &err.diagnostics()[0];
-        assert_eq!(d.path, format!("identity.{key}"), "{bad}: {d}");
-        assert_eq!(d.line, 2, "{bad}: {d}");
-    }
+    refuses_each_at_its_line(
+        "identity",
+        &[
+            ("issuer", "\"\""),
+            ("audience", "\"two words\""),
+            ("access_ttl_seconds", "59"),
+            ("access_ttl_seconds", "86401"),
+            ("refresh_ttl_seconds", "-1"),
+            ("session_max_seconds", "31536001"),
+            ("max_elevation_seconds", "604801"),
+            ("elevation_request_ttl_seconds", "0"),
+        ],
+    );
     // A refresh token may not die before its access token, nor a session
     // before its refresh token.
     let err = Config::parse(
@@ -461,27 +456,34 @@ fn login_throttle_has_defaults_and_bounds() {
             ..LoginThrottle::default()
         }
     );
-    for (key, bad) in [
-        ("free_failures_per_account", "1001"),
-        ("free_failures_per_source", "-1"),
-        ("base_delay_seconds", "0"),
-        ("max_delay_seconds", "86401"),
-        ("forget_after_seconds", "59"),
-    ] {
-        let err =
-            Config::parse(&format!("[identity.throttle]\n{key} = {bad}\n"), "t.toml").unwrap_err();
-        let d = &err.diagnostics()[0];
-        assert_eq!(d.path, format!("identity.throttle.{key}"), "{bad}: {d}");
-        assert_eq!(d.line, 2, "{bad}: {d}");
-    }
-    let err = Config::parse(
-        "[identity.throttle]\nbase_delay_seconds = 60\nmax_delay_seconds = 30\n",
-        "t.toml",
-    )
-    .unwrap_err();
-    let d = &err.diagnostics()[0];
+    refuses_each_at_its_line(
+        "identity.throttle",
+        &[
+            ("free_failures_per_account", "1001"),
+            ("free_failures_per_source", "-1"),
+            ("base_delay_seconds", "0"),
+            ("max_delay_seconds", "86401"),
+            ("forget_after_seconds", "59"),
+        ],
+    );
+    let d = first_error("[identity.throttle]\nbase_delay_seconds = 60\nmax_delay_seconds = 30\n");
     assert_eq!(
         (d.path.as_str(), d.line),
         ("identity.throttle.max_delay_seconds", 3)
     );
+}
+
+/// The first error `text` gets.
+fn first_error(text: &str) -> Diagnostic {
+    Config::parse(text, "t.toml").unwrap_err().diagnostics()[0].clone()
+}
+
+/// Each `key = bad` alone in `[table]` is refused, at line 2, naming
+/// `table.key`.
+fn refuses_each_at_its_line(table: &str, cases: &[(&str, &str)]) {
+    for (key, bad) in cases {
+        let d = first_error(&format!("[{table}]\n{key} = {bad}\n"));
+        assert_eq!(d.path, format!("{table}.{key}"), "{bad}: {d}");
+        assert_eq!(d.line, 2, "{bad}: {d}");
+    }
 }
