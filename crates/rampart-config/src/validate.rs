@@ -199,26 +199,18 @@ impl Checker {
             60..=31_536_000,
             d.session_max_seconds.max(refresh_ttl_seconds),
         );
-        for (v, path, value, floor, what) in [
-            (
-                &raw.refresh_ttl_seconds,
-                "identity.refresh_ttl_seconds",
-                refresh_ttl_seconds,
-                access_ttl_seconds,
-                "access_ttl_seconds",
-            ),
-            (
-                &raw.session_max_seconds,
-                "identity.session_max_seconds",
-                session_max_seconds,
-                refresh_ttl_seconds,
-                "refresh_ttl_seconds",
-            ),
-        ] {
-            if let Some(v) = v.as_ref().filter(|_| value < floor) {
-                self.err(v, path, format!("{value} is shorter than {what} ({floor})"));
-            }
-        }
+        self.not_shorter(
+            raw.refresh_ttl_seconds.as_ref(),
+            "identity.refresh_ttl_seconds",
+            refresh_ttl_seconds,
+            (access_ttl_seconds, "access_ttl_seconds"),
+        );
+        self.not_shorter(
+            raw.session_max_seconds.as_ref(),
+            "identity.session_max_seconds",
+            session_max_seconds,
+            (refresh_ttl_seconds, "refresh_ttl_seconds"),
+        );
         Identity {
             issuer,
             audience,
@@ -260,19 +252,12 @@ impl Checker {
             1..=86_400,
             d.max_delay_seconds.max(base_delay_seconds),
         );
-        if let Some(v) = t
-            .max_delay_seconds
-            .as_ref()
-            .filter(|_| max_delay_seconds < base_delay_seconds)
-        {
-            self.err(
-                v,
-                p("max_delay_seconds"),
-                format!(
-                    "{max_delay_seconds} is shorter than base_delay_seconds ({base_delay_seconds})"
-                ),
-            );
-        }
+        self.not_shorter(
+            t.max_delay_seconds.as_ref(),
+            &p("max_delay_seconds"),
+            max_delay_seconds,
+            (base_delay_seconds, "base_delay_seconds"),
+        );
         LoginThrottle {
             free_failures_per_account: self.bounded(
                 t.free_failures_per_account.as_ref(),
@@ -312,6 +297,15 @@ impl Checker {
             ),
         );
         None
+    }
+
+    /// A duration the file set at `v` (`value` once checked) may not be
+    /// shorter than the setting `floor` names.
+    fn not_shorter(&mut self, v: Option<&S<i64>>, path: &str, value: u32, floor: (u32, &str)) {
+        let (floor, name) = floor;
+        if let Some(v) = v.filter(|_| value < floor) {
+            self.err(v, path, format!("{value} is shorter than {name} ({floor})"));
+        }
     }
 
     fn err<T>(&mut self, at: &S<T>, path: impl Into<String>, message: impl Into<String>) {
