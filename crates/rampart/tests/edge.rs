@@ -73,6 +73,16 @@ fn upstream() -> (u16, Arc<AtomicUsize>, Seen) {
     (port, hits, seen)
 }
 
+/// The edge's HTTPS base URL, as `rampart up` prints it.
+fn edge_https(srv: &util::Server) -> String {
+    srv.printed
+        .iter()
+        .find_map(|l| l.strip_prefix("edge https: "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_string()
+}
+
 /// The edge's assertion key, from the control API, and the time now.
 fn assertion_key(srv: &util::Server, admin: &str) -> (ed25519_dalek::VerifyingKey, u64) {
     let key = srv.get("/v1/edge/assertion-key", Some(admin)).json();
@@ -424,38 +434,25 @@ service = "app"
     let probes: Vec<_> = got.lock().unwrap().clone();
     assert!(!probes.is_empty(), "no probe reached the live instance");
     let (vk, now) = assertion_key(&srv, &admin);
-    for (path, assertion) in &probes {
-        assert_eq!(path, "/status");
-        let claims = rampart_edge::assertion::verify(
-            assertion.as_deref().expect("a probe without an assertion"),
-            &vk,
-            now,
-            "app",
-        )
-        .unwrap();
-        assert_eq!(claims.sub, "rampart-edge-health");
-        assert!(claims.roles.is_empty());
-    }
-    let other_probes: Vec<_> = other_got.lock().unwrap().clone();
-    for (path, assertion) in &other_probes {
-        assert_eq!(path, "/other/ready");
-        let claims = rampart_edge::assertion::verify(
-            assertion.as_deref().expect("a probe without an assertion"),
-            &vk,
-            now,
-            "other",
-        )
-        .unwrap();
-        assert_eq!(claims.sub, "rampart-edge-health");
-    }
+    let probed_as = |probes: &[(String, Option<String>)], want_path: &str, svc: &str| {
+        for (path, assertion) in probes {
+            assert_eq!(path, want_path);
+            let claims = rampart_edge::assertion::verify(
+                assertion.as_deref().expect("a probe without an assertion"),
+                &vk,
+                now,
+                svc,
+            )
+            .unwrap();
+            assert_eq!(claims.sub, "rampart-edge-health");
+            assert!(claims.roles.is_empty());
+        }
+    };
+    probed_as(&probes, "/status", "app");
+    probed_as(&other_got.lock().unwrap().clone(), "/other/ready", "other");
 
     // Traffic goes to the live instance only: every answer is its own.
-    let https = srv
-        .printed
-        .iter()
-        .find_map(|l| l.strip_prefix("edge https: "))
-        .unwrap()
-        .to_string();
+    let https = edge_https(&srv);
     let a = agent(&std::fs::read(r.path("data/tls/ca.pem")).unwrap());
     for i in 0..6 {
         let mut resp = a.get(format!("{https}/req{i}")).call().unwrap();
@@ -508,12 +505,7 @@ fn sighup_reloads_routes_and_refuses_a_bad_config_while_serving() {
     std::fs::write(r.path("rampart.toml"), config("/a")).unwrap();
     let admin = r.init();
     let srv = r.up(&["--config", "rampart.toml", "--data-dir", "data"]);
-    let https = srv
-        .printed
-        .iter()
-        .find_map(|l| l.strip_prefix("edge https: "))
-        .unwrap()
-        .to_string();
+    let https = edge_https(&srv);
     let a = agent(&std::fs::read(r.path("data/tls/ca.pem")).unwrap());
     let status = |path: &str| {
         a.get(format!("{https}{path}"))
@@ -685,13 +677,7 @@ service = "app"
     .unwrap();
     let admin = r.init();
     let srv = r.up(&["--config", "rampart.toml", "--data-dir", "data"]);
-    let https = srv
-        .printed
-        .iter()
-        .find_map(|l| l.strip_prefix("edge https: "))
-        .and_then(|l| l.split_whitespace().next())
-        .unwrap()
-        .to_string();
+    let https = edge_https(&srv);
     let server_ca = std::fs::read(r.path("data/tls/ca.pem")).unwrap();
 
     // Without a certificate: the public route answers, the internal one refuses.
