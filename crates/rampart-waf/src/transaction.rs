@@ -1177,11 +1177,11 @@ impl<'w> Transaction<'w> {
             if t.count {
                 let mut n = 0usize;
                 self.collect(t, &mut |v| n += usize::from(!excluded(&v)));
-                let mut digits = [0u8; 20];
+                let mut digits = itoa::Buffer::new();
                 let v = Val {
                     var: t.var,
                     key: Cow::Borrowed(""),
-                    value: Cow::Borrowed(write_usize(&mut digits, n)),
+                    value: Cow::Borrowed(digits.format(n).as_bytes()),
                     count: true,
                     id: None,
                     bytes: ByteSet::ALL,
@@ -1664,11 +1664,11 @@ impl<'w> Transaction<'w> {
                         }
                     };
                     let map = self.collection(sv.coll);
-                    let mut digits = [0u8; 20];
+                    let mut digits = itoa::Buffer::new();
                     match map.get_mut(key.as_ref()) {
-                        Some(slot) => slot.set(write_int(&mut digits, apply(atoi(slot)))),
+                        Some(slot) => slot.set(digits.format(apply(atoi(slot))).as_bytes()),
                         None => {
-                            let v = SmallBytes::copy_of(write_int(&mut digits, apply(0)));
+                            let v = SmallBytes::copy_of(digits.format(apply(0)).as_bytes());
                             map.insert(key, v);
                         }
                     }
@@ -1749,50 +1749,9 @@ fn store<'w>(map: &mut VarMap<'w>, key: Cow<'w, str>, value: &[u8]) {
     }
 }
 
-/// `n` in decimal, written at the end of `buf`.
-fn write_usize(buf: &mut [u8; 20], n: usize) -> &[u8] {
-    let mut i = buf.len();
-    let mut m = n;
-    loop {
-        i -= 1;
-        if let Some(d) = buf.get_mut(i) {
-            *d = b'0' + (m % 10) as u8;
-        }
-        m /= 10;
-        if m == 0 || i == 0 {
-            break;
-        }
-    }
-    buf.get(i..).unwrap_or(&[])
-}
-
-/// `n` in decimal, written at the end of `buf` (`i64::MIN` takes all 20).
-fn write_int(buf: &mut [u8; 20], n: i64) -> &[u8] {
-    let mut i = buf.len();
-    let mut m = n.unsigned_abs();
-    loop {
-        i -= 1;
-        if let Some(d) = buf.get_mut(i) {
-            *d = b'0' + (m % 10) as u8;
-        }
-        m /= 10;
-        if m == 0 || i == 0 {
-            break;
-        }
-    }
-    if n < 0 && i > 0 {
-        i -= 1;
-        if let Some(d) = buf.get_mut(i) {
-            *d = b'-';
-        }
-    }
-    buf.get(i..).unwrap_or(&[])
-}
-
 /// Appends `n` in decimal.
 fn push_int(out: &mut Vec<u8>, n: i64) {
-    let mut digits = [0u8; 20];
-    out.extend_from_slice(write_int(&mut digits, n));
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// The result of a transformation if it changed the value (of length
@@ -2001,14 +1960,6 @@ SecRule ARGS "@streq bad" "id:10,phase:1,pass,nolog,tag:x"
     }
 
     #[test]
-    fn counts_are_written_as_to_string_does() {
-        for n in [0, 7, 10, 99, 123_456_789, usize::MAX] {
-            let mut buf = [0u8; 20];
-            assert_eq!(super::write_usize(&mut buf, n), n.to_string().as_bytes());
-        }
-    }
-
-    #[test]
     fn fixed_hit_names_are_the_names_values_are_matched_as() {
         // MATCHED_VAR_NAME as the next link sees it, for each kind of
         // target whose name is fixed at load, and for one that is not
@@ -2029,6 +1980,33 @@ SecRule &TX:some_key "@eq 1" "id:6,phase:1,pass,nolog,chain"
         assert_eq!(
             ids(rules, &Request::new("GET", "/?a=x&a=y")),
             vec![1, 2, 3, 4, 5, 6]
+        );
+    }
+
+    #[test]
+    fn counts_are_written_in_decimal() {
+        // `&VAR` values are the count's decimal text, as `to_string` writes it
+        let rules = r#"
+SecRule &ARGS "@streq 0" "id:1,phase:1,pass,nolog"
+SecRule &ARGS "@streq 7" "id:2,phase:1,pass,nolog"
+SecRule &ARGS "@streq 12" "id:3,phase:1,pass,nolog"
+"#;
+        assert_eq!(ids(rules, &Request::new("GET", "/")), vec![1]);
+        let seven: Vec<String> = (0..7).map(|i| format!("a{i}=x")).collect();
+        assert_eq!(
+            ids(
+                rules,
+                &Request::new("GET", &format!("/?{}", seven.join("&")))
+            ),
+            vec![2]
+        );
+        let twelve: Vec<String> = (0..12).map(|i| format!("a{i}=x")).collect();
+        assert_eq!(
+            ids(
+                rules,
+                &Request::new("GET", &format!("/?{}", twelve.join("&")))
+            ),
+            vec![3]
         );
     }
 
