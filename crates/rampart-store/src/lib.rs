@@ -2,9 +2,10 @@
 //!
 //! Planes never see SQL. They see the [`Store`] trait: namespaced records
 //! with versions, compare-and-set writes, prefix listing and atomic batches.
-//! That shape maps one-to-one onto a table in SQLite (the embedded backend
-//! here, one file in the data directory) and in PostgreSQL (the backend for
-//! many nodes), so a new backend never touches a plane.
+//! That shape maps one-to-one onto a table in SQLite ([`SqliteStore`], the
+//! embedded backend, one file in the data directory) and in PostgreSQL
+//! ([`PgStore`], the backend that many nodes share), so a new backend never
+//! touches a plane.
 //!
 //! Secrets are never stored in the clear: [`SealedStore`] encrypts values
 //! with AES-256-GCM under a data key that the [`Keyring`] keeps wrapped by the
@@ -24,6 +25,7 @@
 mod error;
 mod keyring;
 mod migrations;
+mod postgres;
 mod sealed;
 mod sqlite;
 
@@ -32,6 +34,7 @@ use async_trait::async_trait;
 pub use error::StoreError;
 pub use keyring::{Keyring, RootKeySource, RootMeta};
 pub use migrations::LATEST_VERSION;
+pub use postgres::{PgOptions, PgStore};
 pub use sealed::SealedStore;
 pub use sqlite::{SqliteStore, DB_FILE};
 

@@ -1,12 +1,19 @@
 //! The embedded backend: one SQLite file in WAL mode with full fsync, so an
 //! acknowledged write survives a crash.
+//!
+//! Writes take the database's write lock when their transaction begins
+//! (`BEGIN IMMEDIATE`). A transaction that read first and asked for the lock
+//! later would fail at once ("database is locked") whenever another process
+//! on the same file, such as a `rampart keys` command beside `rampart up`,
+//! had written in between; taken up front, the lock is waited for instead
+//! (up to the busy timeout).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use rampart_core::SharedClock;
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
 use crate::migrations;
 use crate::{Entry, Expect, Op, Store, StoreError};
@@ -189,7 +196,7 @@ impl Store for SqliteStore {
     ) -> Result<u64, StoreError> {
         let (ns, key, value) = (ns.to_string(), key.to_string(), value.to_vec());
         self.with(move |c, now| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let v = put_in(&tx, &ns, &key, &value, expect, now)?;
             tx.commit()?;
             Ok(v)
@@ -200,7 +207,7 @@ impl Store for SqliteStore {
     async fn delete(&self, ns: &str, key: &str, expect: Expect) -> Result<bool, StoreError> {
         let (ns, key) = (ns.to_string(), key.to_string());
         self.with(move |c, _| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let gone = delete_in(&tx, &ns, &key, expect)?;
             tx.commit()?;
             Ok(gone)
@@ -238,7 +245,7 @@ impl Store for SqliteStore {
 
     async fn apply(&self, ops: Vec<Op>) -> Result<(), StoreError> {
         self.with(move |c, now| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             for op in &ops {
                 match op {
                     Op::Put {
