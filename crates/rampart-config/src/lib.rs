@@ -137,6 +137,11 @@ impl Config {
                 *ca = base.join(&*ca);
             }
         }
+        if let (StoreBackend::Postgres(pg), Some(base)) = (&mut cfg.store, path.parent()) {
+            if let Some(ca) = pg.tls_ca.as_mut() {
+                *ca = base.join(&*ca);
+            }
+        }
         if let Some(base) = path.parent() {
             for r in &mut cfg.routes {
                 if let Some(s) = r.json_schema.as_mut() {

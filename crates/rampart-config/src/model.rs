@@ -28,6 +28,8 @@ pub struct Config {
     pub edge: Option<Edge>,
     /// Sessions and elevations.
     pub identity: Identity,
+    /// Where keys, secrets, identities and policies are kept.
+    pub store: StoreBackend,
     /// The file this came from, if any.
     pub source: Option<PathBuf>,
 }
@@ -355,6 +357,37 @@ impl Default for Identity {
         }
     }
 }
+
+/// Where the planes keep their records (`[store]`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum StoreBackend {
+    /// One SQLite file in the data directory: a single node.
+    #[default]
+    Sqlite,
+    /// One PostgreSQL database that every node of a deployment shares.
+    Postgres(PostgresStore),
+}
+
+/// How to reach the shared PostgreSQL database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresStore {
+    /// The environment variable that holds the connection string (it
+    /// carries a password, so it is never written in the file).
+    pub url_env: String,
+    /// Most connections a node keeps open.
+    pub pool_size: u32,
+    /// CA certificates (PEM) the server's certificate must chain to; when
+    /// set, TLS is required (relative paths are relative to the file).
+    pub tls_ca: Option<PathBuf>,
+    /// How long to wait for a connection.
+    pub connect_timeout_seconds: u32,
+    /// How often a node re-reads identities (principals, API keys,
+    /// elevations, revocations) that other nodes may have changed.
+    pub reload_interval_ms: u32,
+}
+
+/// `[store] url_env` by default.
+pub const DEFAULT_DATABASE_URL_ENV: &str = "RAMPART_DATABASE_URL";
 
 /// The audit log's settings.
 #[derive(Debug, Clone, PartialEq, Eq)]

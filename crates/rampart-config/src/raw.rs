@@ -27,6 +27,18 @@ pub(crate) struct RawConfig {
     pub edge: Option<RawEdge>,
     #[serde(default)]
     pub identity: RawIdentity,
+    pub store: Option<S<RawStore>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawStore {
+    pub backend: S<String>,
+    pub url_env: Option<S<String>>,
+    pub pool_size: Option<S<i64>>,
+    pub tls_ca: Option<S<String>>,
+    pub connect_timeout_seconds: Option<S<i64>>,
+    pub reload_interval_ms: Option<S<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -487,3 +487,77 @@ fn refuses_each_at_its_line(table: &str, cases: &[(&str, &str)]) {
         assert_eq!(d.line, 2, "{bad}: {d}");
     }
 }
+
+#[test]
+fn store_is_sqlite_by_default_and_postgres_by_name_of_its_url_variable() {
+    let c = Config::parse("", "t.toml").unwrap();
+    assert_eq!(c.store, StoreBackend::Sqlite);
+    let c = Config::parse("[store]\nbackend = \"sqlite\"\n", "t.toml").unwrap();
+    assert_eq!(c.store, StoreBackend::Sqlite);
+    let c = Config::parse("[store]\nbackend = \"postgres\"\n", "t.toml").unwrap();
+    assert_eq!(
+        c.store,
+        StoreBackend::Postgres(PostgresStore {
+            url_env: DEFAULT_DATABASE_URL_ENV.to_string(),
+            pool_size: 16,
+            tls_ca: None,
+            connect_timeout_seconds: 10,
+            reload_interval_ms: 2_000,
+        })
+    );
+    let c = Config::parse(
+        "[store]\nbackend = \"postgres\"\nurl_env = \"PG_URL\"\npool_size = 4\n\
+         tls_ca = \"pg-ca.pem\"\nconnect_timeout_seconds = 3\nreload_interval_ms = 500\n",
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        c.store,
+        StoreBackend::Postgres(PostgresStore {
+            url_env: "PG_URL".into(),
+            pool_size: 4,
+            tls_ca: Some(PathBuf::from("pg-ca.pem")),
+            connect_timeout_seconds: 3,
+            reload_interval_ms: 500,
+        })
+    );
+}
+
+#[test]
+fn store_refuses_bad_values_at_their_line() {
+    for (line, path, expect) in [
+        // A connection string pasted in place of the variable's name.
+        (
+            "url_env = \"postgres://u:p@db/x\"",
+            "store.url_env",
+            "never goes in this file",
+        ),
+        ("pool_size = 0", "store.pool_size", "1 to 512"),
+        ("pool_size = 513", "store.pool_size", "1 to 512"),
+        (
+            "connect_timeout_seconds = 0",
+            "store.connect_timeout_seconds",
+            "1 to 300",
+        ),
+        (
+            "reload_interval_ms = 99",
+            "store.reload_interval_ms",
+            "100 to 60000",
+        ),
+        ("password = \"x\"", "store.password", "unknown field"),
+    ] {
+        let d = first_error(&format!("[store]\nbackend = \"postgres\"\n{line}\n"));
+        assert_eq!((d.path.as_str(), d.line), (path, 3), "{line}: {d}");
+        assert!(d.message.contains(expect), "{line}: {d}");
+        assert!(!d.to_string().contains("u:p@"), "{d}");
+    }
+    let d = first_error("[store]\nbackend = \"mysql\"\n");
+    assert_eq!((d.path.as_str(), d.line), ("store.backend", 2));
+    assert!(d.message.contains("unknown backend"), "{d}");
+    // PostgreSQL settings under the SQLite backend are a mistake, not ignored.
+    let d = first_error("[store]\nbackend = \"sqlite\"\npool_size = 4\n");
+    assert_eq!((d.path.as_str(), d.line), ("store.pool_size", 3));
+    assert!(d.message.contains("only for backend"), "{d}");
+    let d = first_error("[store]\nurl_env = \"X\"\n");
+    assert!(d.message.contains("backend"), "{d}");
+}

@@ -16,6 +16,15 @@ fn valid_header_text(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic())
 }
 
+/// An environment variable name as the project writes them: `A-Z`, `0-9`
+/// and `_`, not starting with a digit.
+fn valid_env_name(var: &str) -> bool {
+    var.starts_with(|ch: char| ch.is_ascii_uppercase() || ch == '_')
+        && var
+            .chars()
+            .all(|ch| ch.is_ascii_uppercase() || ch.is_ascii_digit() || ch == '_')
+}
+
 /// Longest `audit.commit_delay_us` accepted (10 ms).
 const MAX_COMMIT_DELAY_US: u32 = 10_000;
 /// `audit.commit_delay_us` by default.
@@ -233,6 +242,81 @@ impl Checker {
                 .throttle
                 .as_ref()
                 .map_or(d.throttle, |t| self.throttle(t)),
+        }
+    }
+
+    /// `[store]`: the backend, and for PostgreSQL how to reach it. The
+    /// connection string itself is never in the file, only the name of
+    /// the variable that holds it.
+    fn store(&mut self, st: &S<crate::raw::RawStore>) -> StoreBackend {
+        let raw = st.get_ref();
+        match raw.backend.get_ref().as_str() {
+            "sqlite" => {
+                let extra: [(&str, Option<std::ops::Range<usize>>); 5] = [
+                    ("url_env", raw.url_env.as_ref().map(|v| v.span())),
+                    ("pool_size", raw.pool_size.as_ref().map(|v| v.span())),
+                    ("tls_ca", raw.tls_ca.as_ref().map(|v| v.span())),
+                    (
+                        "connect_timeout_seconds",
+                        raw.connect_timeout_seconds.as_ref().map(|v| v.span()),
+                    ),
+                    (
+                        "reload_interval_ms",
+                        raw.reload_interval_ms.as_ref().map(|v| v.span()),
+                    ),
+                ];
+                for (field, span) in extra {
+                    if let Some(span) = span {
+                        self.errors.push(RawError {
+                            span: Some(span),
+                            path: format!("store.{field}"),
+                            message: "only for backend = \"postgres\"".into(),
+                        });
+                    }
+                }
+                StoreBackend::Sqlite
+            }
+            "postgres" => {
+                let url_env = match &raw.url_env {
+                    Some(v) if valid_env_name(v.get_ref()) => v.get_ref().clone(),
+                    Some(v) => {
+                        // Not echoed: it may be a connection string with
+                        // its password, pasted in the wrong place.
+                        self.err(
+                            v,
+                            "store.url_env",
+                            "not an environment variable name: use A-Z, 0-9 and _ (the variable holds the connection string; the string itself never goes in this file)",
+                        );
+                        DEFAULT_DATABASE_URL_ENV.to_string()
+                    }
+                    None => DEFAULT_DATABASE_URL_ENV.to_string(),
+                };
+                StoreBackend::Postgres(PostgresStore {
+                    url_env,
+                    pool_size: self.bounded(raw.pool_size.as_ref(), "store.pool_size", 1..=512, 16),
+                    tls_ca: raw.tls_ca.as_ref().map(|p| PathBuf::from(p.get_ref())),
+                    connect_timeout_seconds: self.bounded(
+                        raw.connect_timeout_seconds.as_ref(),
+                        "store.connect_timeout_seconds",
+                        1..=300,
+                        10,
+                    ),
+                    reload_interval_ms: self.bounded(
+                        raw.reload_interval_ms.as_ref(),
+                        "store.reload_interval_ms",
+                        100..=60_000,
+                        2_000,
+                    ),
+                })
+            }
+            other => {
+                self.err(
+                    &raw.backend,
+                    "store.backend",
+                    format!("unknown backend {other:?}: use \"sqlite\" or \"postgres\""),
+                );
+                StoreBackend::Sqlite
+            }
         }
     }
 
@@ -628,11 +712,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
             .filter_map(|(j, u)| c.upstream(u, &format!("services[{i}].upstreams[{j}]")))
             .collect();
         for (var, secret) in &s.secrets {
-            let var_ok = var.starts_with(|ch: char| ch.is_ascii_uppercase() || ch == '_')
-                && var
-                    .chars()
-                    .all(|ch| ch.is_ascii_uppercase() || ch.is_ascii_digit() || ch == '_');
-            if !var_ok {
+            if !valid_env_name(var) {
                 c.err(
                     secret,
                     p(&format!("secrets.{var}")),
@@ -923,6 +1003,10 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
         ),
     };
     let identity = c.identity(&raw.identity);
+    let store = match &raw.store {
+        Some(st) => c.store(st),
+        None => StoreBackend::Sqlite,
+    };
     let audit = Audit {
         retention,
         checkpoint_every_records: c.days(
@@ -1220,6 +1304,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
     if c.errors.is_empty() {
         Ok(Config {
             identity,
+            store,
             edge,
             node,
             control: Control { listen, allow },

@@ -8,7 +8,7 @@ use rampart_store::Expect;
 use serde::{Deserialize, Serialize};
 
 use crate::policy::{Principal, PrincipalKind, Role, Scope, PLATFORM_ENV};
-use crate::service::{new_id, read_lock, write_lock, Identity, NS_ELEVATIONS};
+use crate::service::{new_id, read_lock, Identity, NS_ELEVATIONS};
 use crate::IdentityError;
 
 /// Where an elevation stands.
@@ -109,9 +109,7 @@ impl Identity {
         };
         self.put_json(NS_ELEVATIONS, &e.id, &e, Expect::Absent)
             .await?;
-        write_lock(&self.cache)
-            .elevations
-            .insert(e.id.clone(), e.clone());
+        self.cache_mut().elevations.insert(e.id.clone(), e.clone());
         self.record_by(
             actor,
             "identity.elevation.request",
@@ -179,9 +177,7 @@ impl Identity {
             d.status = ElevationStatus::Denied;
         }
         self.put_json(NS_ELEVATIONS, id, &d, Expect::Any).await?;
-        write_lock(&self.cache)
-            .elevations
-            .insert(id.to_owned(), d.clone());
+        self.cache_mut().elevations.insert(id.to_owned(), d.clone());
         self.record_by(
             actor,
             action,
@@ -249,9 +245,7 @@ impl Identity {
             let was = e.status;
             e.status = ElevationStatus::Expired;
             self.put_json(NS_ELEVATIONS, &e.id, &e, Expect::Any).await?;
-            write_lock(&self.cache)
-                .elevations
-                .insert(e.id.clone(), e.clone());
+            self.cache_mut().elevations.insert(e.id.clone(), e.clone());
             self.record(
                 "system",
                 "local",

@@ -244,6 +244,9 @@ pub struct Identity {
     pub(crate) cache: RwLock<Cache>,
     pub(crate) signing: RwLock<Signing>,
     pub(crate) revoked: RwLock<HashMap<String, u64>>,
+    /// Changes this node made to `cache` or `revoked`, counted so that a
+    /// reload that read the store before one of them does not undo it.
+    pub(crate) local_changes: std::sync::atomic::AtomicU64,
     pub(crate) token_cache: RwLock<HashMap<[u8; 32], (Principal, u64)>>,
     keyring: Arc<Keyring>,
 }
@@ -336,6 +339,7 @@ impl Identity {
             cache: RwLock::new(Cache::default()),
             signing: RwLock::new(signing),
             revoked: RwLock::new(HashMap::new()),
+            local_changes: std::sync::atomic::AtomicU64::new(0),
             token_cache: RwLock::new(HashMap::new()),
             keyring,
         };
@@ -345,7 +349,13 @@ impl Identity {
 
     /// Reloads every cached record from the store (after another node
     /// changed them, or to recover from a suspected divergence).
-    pub async fn reload(&self) -> Result<(), IdentityError> {
+    ///
+    /// A reload that overlaps a change made here keeps what it had (the
+    /// change is in the store, so the next reload reads it); it reports
+    /// whether it replaced the records.
+    pub async fn reload(&self) -> Result<bool, IdentityError> {
+        use std::sync::atomic::Ordering;
+        let before = self.local_changes.load(Ordering::Acquire);
         let mut cache = Cache::default();
         for (k, e) in self.store.list(NS_USERS, "", LIST_LIMIT).await? {
             let u: UserRecord = from_json(NS_USERS, &k, &e.value)?;
@@ -368,10 +378,35 @@ impl Identity {
                 revoked.insert(k, until);
             }
         }
-        *write_lock(&self.cache) = cache;
-        *write_lock(&self.revoked) = revoked;
+        {
+            // Both locks are held while the count is compared, and every
+            // local change bumps the count under one of them.
+            let mut c = write_lock(&self.cache);
+            let mut r = write_lock(&self.revoked);
+            if self.local_changes.load(Ordering::Acquire) != before {
+                return Ok(false);
+            }
+            *c = cache;
+            *r = revoked;
+        }
         write_lock(&self.token_cache).clear();
-        Ok(())
+        Ok(true)
+    }
+
+    /// The cached records, for a change this node makes.
+    pub(crate) fn cache_mut(&self) -> RwLockWriteGuard<'_, Cache> {
+        let guard = write_lock(&self.cache);
+        self.local_changes
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        guard
+    }
+
+    /// The revoked sessions, for a revocation this node makes.
+    pub(crate) fn revoked_mut(&self) -> RwLockWriteGuard<'_, HashMap<String, u64>> {
+        let guard = write_lock(&self.revoked);
+        self.local_changes
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        guard
     }
 
     /// The authorisation check, to hand to every plane and the edge.
@@ -549,9 +584,7 @@ impl Identity {
                 .await
             {
                 Ok(_) => {
-                    write_lock(&self.cache)
-                        .users
-                        .insert(id.to_owned(), u.clone());
+                    self.cache_mut().users.insert(id.to_owned(), u.clone());
                     return Ok(u);
                 }
                 Err(IdentityError::Store(StoreError::Conflict { .. })) => continue,
@@ -671,7 +704,7 @@ impl Identity {
             Err(e) => return Err(e.into()),
         }
         {
-            let mut c = write_lock(&self.cache);
+            let mut c = self.cache_mut();
             c.names.insert(rec.name.clone(), id.clone());
             c.users.insert(id.clone(), rec.clone());
         }

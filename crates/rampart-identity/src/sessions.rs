@@ -650,7 +650,7 @@ impl Identity {
             .saturating_add(self.cfg.access_ttl_secs)
             .saturating_add(SKEW);
         self.put_json(NS_REVOKED, sid, &until, Expect::Any).await?;
-        write_lock(&self.revoked).insert(sid.to_owned(), until);
+        self.revoked_mut().insert(sid.to_owned(), until);
         Ok(())
     }
 
@@ -946,7 +946,7 @@ impl Identity {
             revoked_at: None,
         };
         self.put_json(NS_APIKEYS, &id, &rec, Expect::Absent).await?;
-        write_lock(&self.cache).keys.insert(id.clone(), rec.clone());
+        self.cache_mut().keys.insert(id.clone(), rec.clone());
         self.record_by(
             actor,
             "identity.apikey.create",
@@ -1038,7 +1038,7 @@ impl Identity {
         let mut r = rec;
         r.revoked_at = Some(self.now());
         self.put_json(NS_APIKEYS, id, &r, Expect::Any).await?;
-        write_lock(&self.cache).keys.insert(id.to_owned(), r);
+        self.cache_mut().keys.insert(id.to_owned(), r);
         self.record_by(
             actor,
             "identity.apikey.revoke",

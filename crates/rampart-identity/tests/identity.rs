@@ -78,6 +78,31 @@ async fn harness() -> H {
 }
 
 impl H {
+    /// A service principal in `live` and an API key of it.
+    async fn service_with_key(&self, name: &str) -> (User, NewApiKey) {
+        let svc = self
+            .id
+            .create_user(
+                &self.sys,
+                NewUser {
+                    name: name.into(),
+                    kind: PrincipalKind::Service,
+                    roles: [Role::TeamMember].into(),
+                    teams: vec![],
+                    environments: ["live".to_string()].into(),
+                    password: None,
+                },
+            )
+            .await
+            .unwrap();
+        let k = self
+            .id
+            .create_api_key(&self.sys, &svc.id, "ci", "live")
+            .await
+            .unwrap();
+        (svc, k)
+    }
+
     async fn user(&self, name: &str, roles: &[Role], envs: &[&str]) -> User {
         self.id
             .create_user(
@@ -181,24 +206,7 @@ async fn each_role_allowed_and_denied_on_a_sample_of_operations() {
 #[tokio::test]
 async fn api_key_verified_then_revoked_and_refused() {
     let h = harness().await;
-    let svc =
-        h.id.create_user(
-            &h.sys,
-            NewUser {
-                name: "billing-svc".into(),
-                kind: PrincipalKind::Service,
-                roles: [Role::TeamMember].into(),
-                teams: vec![],
-                environments: ["live".to_string()].into(),
-                password: None,
-            },
-        )
-        .await
-        .unwrap();
-    let k =
-        h.id.create_api_key(&h.sys, &svc.id, "ci", "live")
-            .await
-            .unwrap();
+    let (svc, k) = h.service_with_key("billing-svc").await;
     assert!(k.key.starts_with(&format!("rk_live_{}_", k.info.id)));
     assert_eq!(k.info.prefix, format!("rk_live_{}", k.info.id));
     // Service principals cannot log in with passwords, and a key for an
@@ -1288,4 +1296,44 @@ async fn pruning_deletes_only_what_can_never_be_accepted_again() {
         .audited("identity.prune", Outcome::Allowed)
         .iter()
         .any(|r| r.contains("2 refresh tokens, 1 sessions")));
+}
+
+/// Two nodes over one store (as over a shared PostgreSQL database): what one
+/// changes, the other applies at its next reload, revocations included, and
+/// a reload that overlaps a change of its own node does not undo it.
+#[tokio::test]
+async fn a_second_node_applies_changes_at_its_next_reload() {
+    let h = harness().await;
+    let other = Identity::open(
+        h.store.clone(),
+        h.keyring.clone(),
+        h.audit.clone(),
+        h.clock.clone(),
+        cfg(),
+    )
+    .await
+    .unwrap();
+    let (svc, k) = h.service_with_key("billing-svc").await;
+    // Unknown on the other node until it reloads.
+    assert!(other.verify_api_key(&k.key, None).await.is_err());
+    assert!(other.reload().await.unwrap());
+    assert_eq!(other.verify_api_key(&k.key, None).await.unwrap().id, svc.id);
+    // Revoked on the first node: refused on the other after its reload.
+    h.id.revoke_api_key(&h.sys, &k.info.id).await.unwrap();
+    assert!(other.reload().await.unwrap());
+    assert!(matches!(
+        other.verify_api_key(&k.key, None).await,
+        Err(IdentityError::InvalidApiKey)
+    ));
+    // A logged-out session, likewise.
+    let u = h.user("max", &[Role::TeamMember], &["live"]).await;
+    let t = h.login(&u.name).await.unwrap();
+    h.id.logout(&h.id.verify_access(&t.access_token).unwrap())
+        .await
+        .unwrap();
+    assert!(h.id.verify_access(&t.access_token).is_err());
+    // Until its reload the other node has not heard of it.
+    assert!(other.verify_access(&t.access_token).is_ok());
+    assert!(other.reload().await.unwrap());
+    assert!(other.verify_access(&t.access_token).is_err());
 }

@@ -96,7 +96,7 @@ async fn main() {
     .unwrap();
     let keys = KeyService::new(
         keyring,
-        Policies::new(store.clone()),
+        Policies::new(store.clone(), clock.clone()),
         Auditor::new(Arc::new(audit), "bench"),
         clock,
     );

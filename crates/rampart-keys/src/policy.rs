@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
+use rampart_core::SharedClock;
 use rampart_store::{Expect, Store};
 use serde::{Deserialize, Serialize};
 
@@ -291,18 +292,33 @@ pub fn validate(statements: &[Statement]) -> Result<(), KeysError> {
 }
 
 /// The policies of every environment, kept in the store (namespace `policy`,
-/// one JSON record per environment) and cached in memory.
-#[derive(Debug, Clone)]
+/// one JSON record per environment) and cached in memory for
+/// [`CACHE_TTL_SECS`](crate::CACHE_TTL_SECS), so that a policy another node
+/// sets through a shared store takes effect here within that time.
+#[derive(Clone)]
 pub struct Policies {
     store: Arc<dyn Store>,
-    cache: Arc<RwLock<HashMap<String, Arc<Vec<Statement>>>>>,
+    clock: SharedClock,
+    cache: Arc<RwLock<HashMap<String, Cached>>>,
+}
+
+/// A policy and when it was read (Unix seconds).
+type Cached = (u64, Arc<Vec<Statement>>);
+
+impl std::fmt::Debug for Policies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policies")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Policies {
-    /// Policies kept in `store`.
-    pub fn new(store: Arc<dyn Store>) -> Self {
+    /// Policies kept in `store`; `clock` times the cache.
+    pub fn new(store: Arc<dyn Store>, clock: SharedClock) -> Self {
         Policies {
             store,
+            clock,
             cache: Arc::default(),
         }
     }
@@ -320,22 +336,26 @@ impl Policies {
         self.store
             .put(POLICY_NS, environment, &json, Expect::Any)
             .await?;
+        let now = self.clock.unix_secs();
         self.cache
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(environment.to_owned(), Arc::new(statements));
+            .insert(environment.to_owned(), (now, Arc::new(statements)));
         Ok(())
     }
 
     /// The policy of `environment` (empty, so deny-all, if none was set).
     pub async fn get(&self, environment: &str) -> Result<Arc<Vec<Statement>>, KeysError> {
-        if let Some(p) = self
+        let now = self.clock.unix_secs();
+        if let Some((loaded_at, p)) = self
             .cache
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(environment)
         {
-            return Ok(p.clone());
+            if now.saturating_sub(*loaded_at) < crate::CACHE_TTL_SECS {
+                return Ok(p.clone());
+            }
         }
         let statements: Vec<Statement> = match self.store.get(POLICY_NS, environment).await? {
             Some(e) => serde_json::from_slice(&e.value)
@@ -346,7 +366,7 @@ impl Policies {
         self.cache
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(environment.to_owned(), p.clone());
+            .insert(environment.to_owned(), (now, p.clone()));
         Ok(p)
     }
 
@@ -519,5 +539,29 @@ mod tests {
             &["secret:a/*"]
         )])
         .is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_policy_set_through_another_handle_is_seen_within_the_cache_time() {
+        use rampart_core::ManualClock;
+        use rampart_store::SqliteStore;
+        let clock = Arc::new(ManualClock::at_unix_secs(1_000));
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory(clock.clone()).unwrap());
+        // Two nodes over one store.
+        let (here, there) = (
+            Policies::new(store.clone(), clock.clone()),
+            Policies::new(store, clock.clone()),
+        );
+        assert!(here.get("prod").await.unwrap().is_empty());
+        let allow = stmt(Effect::Allow, &["role:ops"], &["keys:encrypt"], &["*"]);
+        there.set("prod", vec![allow]).await.unwrap();
+        // Within the cache time the old (empty, deny-all) policy holds.
+        clock.advance(std::time::Duration::from_secs(crate::CACHE_TTL_SECS - 1));
+        assert!(here.get("prod").await.unwrap().is_empty());
+        clock.advance(std::time::Duration::from_secs(1));
+        assert_eq!(here.get("prod").await.unwrap().len(), 1);
+        // The writer sees its own change at once.
+        there.set("prod", Vec::new()).await.unwrap();
+        assert!(there.get("prod").await.unwrap().is_empty());
     }
 }

@@ -61,7 +61,7 @@ async fn kit() -> Kit {
     let audit = Arc::new(audit);
     let keys = KeyService::new(
         keyring.clone(),
-        Policies::new(store.clone()),
+        Policies::new(store.clone(), clock.clone()),
         Auditor::new(audit.clone(), "node-1"),
         clock.clone(),
     );
@@ -478,7 +478,7 @@ async fn deletion_window_cancel_and_destruction() {
     }
     let fresh = KeyService::new(
         k.keyring.clone(),
-        Policies::new(k.store.clone()),
+        Policies::new(k.store.clone(), k.clock.clone()),
         k.keys.auditor().clone(),
         k.clock.clone(),
     );

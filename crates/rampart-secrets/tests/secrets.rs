@@ -67,7 +67,7 @@ async fn kit() -> Kit {
     let audit = Arc::new(audit);
     let keys = KeyService::new(
         keyring,
-        Policies::new(store.clone()),
+        Policies::new(store.clone(), clock.clone()),
         Auditor::new(audit.clone(), "n1"),
         clock.clone(),
     );

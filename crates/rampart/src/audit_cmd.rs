@@ -15,8 +15,14 @@ use crate::errors::CliError;
 use crate::{node, planes};
 
 async fn open(data: &DataArgs) -> Result<(std::path::PathBuf, rampart_audit::AuditKeys), CliError> {
-    let dir = node::data_dir(data, None);
-    let n = node::open(&dir, data, SystemClock::shared()).await?;
+    let config = data
+        .config
+        .as_deref()
+        .map(rampart_config::Config::load)
+        .transpose()
+        .map_err(CliError::Config)?;
+    let dir = node::data_dir(data, config.as_ref());
+    let n = node::open(&dir, data, config.as_ref(), SystemClock::shared()).await?;
     let keys = planes::audit_keys(&n.keyring).await?;
     Ok((dir, keys))
 }

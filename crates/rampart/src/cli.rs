@@ -549,6 +549,12 @@ pub struct DataArgs {
     /// key file root.key (mode 0600) in the data directory.
     #[arg(long, value_name = "VAR")]
     pub passphrase_env: Option<String>,
+
+    /// Configuration file: its data_dir, its [store] (SQLite in the data directory,
+    /// or a shared PostgreSQL database) and, for `init`, its control address.
+    /// `up` reads ./rampart.toml without it.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
 }
 
 /// `rampart init`
@@ -556,10 +562,6 @@ pub struct DataArgs {
 pub struct InitArgs {
     #[command(flatten)]
     pub data: DataArgs,
-
-    /// Configuration file whose data_dir and control address to use.
-    #[arg(long, short)]
-    pub config: Option<PathBuf>,
 }
 
 /// `rampart up`
@@ -567,10 +569,6 @@ pub struct InitArgs {
 pub struct UpArgs {
     #[command(flatten)]
     pub data: DataArgs,
-
-    /// Configuration file [default: ./rampart.toml].
-    #[arg(long, short)]
-    pub config: Option<PathBuf>,
 
     /// Development mode: without --config, use a generated development config, and
     /// initialise the data directory if it is new.

@@ -2,12 +2,11 @@
 //! one rename, so a failure part-way leaves nothing behind.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use rampart_config::Config;
+use rampart_config::{Config, StoreBackend};
 use rampart_core::{SharedClock, SystemClock};
 use rampart_crypto::{KdfParams, RootKey};
-use rampart_store::{Keyring, RootKeySource, SqliteStore, Store};
+use rampart_store::{Keyring, RootKeySource, RootMeta};
 use zeroize::Zeroizing;
 
 use crate::cli::{DataArgs, InitArgs};
@@ -19,11 +18,16 @@ use crate::{bootstrap, tls};
 pub struct Initialised {
     pub data_dir: PathBuf,
     pub source: RootKeySource,
-    pub admin_credential: Zeroizing<String>,
+    /// The bootstrap admin's credential; `None` for a node that joined a
+    /// shared store another node initialised (its admins already exist).
+    pub admin_credential: Option<Zeroizing<String>>,
+    /// Where the records are: `sqlite`, or the shared PostgreSQL store.
+    pub store: &'static str,
 }
 
 pub async fn run(args: InitArgs) -> Result<(), CliError> {
     let config = args
+        .data
         .config
         .as_deref()
         .map(Config::load)
@@ -34,7 +38,14 @@ pub async fn run(args: InitArgs) -> Result<(), CliError> {
         .as_ref()
         .map(|c| c.control.listen.ip())
         .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
-    let done = initialise(&dir, &args.data, control_ip, SystemClock::shared()).await?;
+    let done = initialise(
+        &dir,
+        &args.data,
+        config.as_ref(),
+        control_ip,
+        SystemClock::shared(),
+    )
+    .await?;
     print_initialised(&done);
     Ok(())
 }
@@ -52,8 +63,21 @@ pub fn print_initialised(done: &Initialised) {
         RootKeySource::Env => println!("  root key: from {}; set it for `rampart up` too", node::ROOT_KEY_ENV),
     }
     println!("  control API CA certificate: {d}/tls/ca.pem");
-    println!("  bootstrap admin credential (shown once, store it now; only its hash is kept):");
-    println!("    {}", done.admin_credential.as_str());
+    match (&done.admin_credential, done.store) {
+        (Some(cred), store) => {
+            if store == "postgres" {
+                println!("  store: PostgreSQL, shared; other nodes join it with `rampart init` and the same root key");
+                if done.source == RootKeySource::File {
+                    println!("    (give them this node's key: RAMPART_ROOT_KEY=\"$(cat {d}/{ROOT_KEY_FILE})\")");
+                }
+            }
+            println!("  bootstrap admin credential (shown once, store it now; only its hash is kept):");
+            println!("    {}", cred.as_str());
+        }
+        (None, _) => println!(
+            "  store: joined the shared PostgreSQL store another node initialised; its admins and keys are this node's too"
+        ),
+    }
 }
 
 /// Creates the data directory at `dir`. Refuses a directory that already
@@ -61,6 +85,7 @@ pub fn print_initialised(done: &Initialised) {
 pub async fn initialise(
     dir: &Path,
     data: &DataArgs,
+    config: Option<&Config>,
     control_ip: std::net::IpAddr,
     clock: SharedClock,
 ) -> Result<Initialised, CliError> {
@@ -102,7 +127,7 @@ pub async fn initialise(
             parent.display()
         ))
     })?;
-    let result = build(&staging, pass, env_key, control_ip, clock).await;
+    let result = build(&staging, pass, env_key, config, control_ip, clock).await;
     let result = result.and_then(|(source, cred)| {
         if dir.exists() {
             std::fs::remove_dir(dir)
@@ -121,6 +146,10 @@ pub async fn initialise(
             data_dir: dir.to_path_buf(),
             source,
             admin_credential,
+            store: match node::backend(config) {
+                StoreBackend::Sqlite => "sqlite",
+                StoreBackend::Postgres(_) => "postgres",
+            },
         }),
         Err(e) => {
             let _ = std::fs::remove_dir_all(&staging);
@@ -133,14 +162,48 @@ async fn build(
     staging: &Path,
     pass: Option<Zeroizing<String>>,
     env_key: Option<RootKey>,
+    config: Option<&Config>,
     control_ip: std::net::IpAddr,
     clock: SharedClock,
-) -> Result<(RootKeySource, Zeroizing<String>), CliError> {
+) -> Result<(RootKeySource, Option<Zeroizing<String>>), CliError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(staging, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| CliError::Input(format!("{}: {e}", staging.display())))?;
+    }
+    let store = node::open_store(config, staging, true, clock.clone()).await?;
+    if let Some(meta) = RootMeta::read(store.as_ref()).await? {
+        // A shared store another node initialised: join it with its root key.
+        let root = match (pass, env_key) {
+            (Some(p), _) => {
+                let kdf = meta.kdf.as_ref().ok_or_else(|| {
+                    CliError::Input(
+                        "the shared store's root key is not derived from a passphrase: drop --passphrase-env and set RAMPART_ROOT_KEY".into(),
+                    )
+                })?;
+                RootKey::from_passphrase(p.as_bytes(), kdf)?
+            }
+            (None, Some(k)) => k,
+            (None, None) => {
+                return Err(CliError::Input(format!(
+                    "the shared store is already initialised: to join it, give this node the same root key ({} in {}, or --passphrase-env for a passphrase-derived key)",
+                    match meta.source {
+                        RootKeySource::File => "the first node's root.key, base64,",
+                        _ => "the key",
+                    },
+                    node::ROOT_KEY_ENV
+                )))
+            }
+        };
+        let keyring = Keyring::unlock(store.clone(), root).await?;
+        if meta.source == RootKeySource::File {
+            // `rampart up` on this node finds the key where the first
+            // node keeps it.
+            keyring.root().write_file(&staging.join(ROOT_KEY_FILE))?;
+        }
+        tls::write_dev_ca(&keyring, staging).await?;
+        return Ok((meta.source, None));
     }
     let (root, source, kdf) = match (pass, env_key) {
         (Some(p), _) => {
@@ -158,11 +221,10 @@ async fn build(
             (k, RootKeySource::File, None)
         }
     };
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(staging, true, clock.clone())?);
     let keyring = Keyring::initialise(store.clone(), root, source, kdf, clock.unix_secs()).await?;
     tls::generate_dev_pki(&keyring, staging, control_ip, clock.as_ref()).await?;
     let cred = bootstrap::create_admin(&keyring, clock.unix_secs()).await?;
     drop(keyring);
     drop(store);
-    Ok((source, cred))
+    Ok((source, Some(cred)))
 }

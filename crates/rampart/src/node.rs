@@ -4,10 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rampart_config::Config;
+use rampart_config::{Config, StoreBackend};
 use rampart_core::SharedClock;
 use rampart_crypto::RootKey;
-use rampart_store::{Keyring, RootKeySource, RootMeta, SqliteStore, Store};
+use rampart_store::{Keyring, PgOptions, PgStore, RootKeySource, RootMeta, SqliteStore, Store};
 use zeroize::Zeroizing;
 
 use crate::cli::DataArgs;
@@ -63,11 +63,79 @@ pub fn env_root_key() -> Result<Option<RootKey>, CliError> {
     }
 }
 
+/// The store the configuration names (SQLite without one).
+pub fn backend(config: Option<&Config>) -> &StoreBackend {
+    static SQLITE: StoreBackend = StoreBackend::Sqlite;
+    config.map_or(&SQLITE, |c| &c.store)
+}
+
+/// Whether `dir` holds an initialised node: its SQLite file, or for a
+/// shared PostgreSQL store the data directory `rampart init` made.
+pub fn is_initialised(dir: &Path, config: Option<&Config>) -> bool {
+    match backend(config) {
+        StoreBackend::Sqlite => dir.join(rampart_store::DB_FILE).is_file(),
+        StoreBackend::Postgres(_) => dir.join("tls").is_dir(),
+    }
+}
+
+/// Opens the store the configuration names: the SQLite file in `dir`
+/// (created if `create`), or the PostgreSQL database that the variable
+/// `[store] url_env` points at, migrated to this build's schema.
+pub async fn open_store(
+    config: Option<&Config>,
+    dir: &Path,
+    create: bool,
+    clock: SharedClock,
+) -> Result<Arc<dyn Store>, CliError> {
+    match backend(config) {
+        StoreBackend::Sqlite => Ok(Arc::new(SqliteStore::open(dir, create, clock)?)),
+        StoreBackend::Postgres(pg) => {
+            let var = &pg.url_env;
+            let url = match std::env::var(var) {
+                Ok(v) if !v.trim().is_empty() => Zeroizing::new(v),
+                Ok(_) => {
+                    return Err(CliError::Input(format!(
+                        "environment variable {var} is empty: it must hold the PostgreSQL connection string ([store] url_env)"
+                    )))
+                }
+                Err(std::env::VarError::NotPresent) => {
+                    return Err(CliError::Input(format!(
+                        "environment variable {var} is not set: it must hold the PostgreSQL connection string ([store] url_env)"
+                    )))
+                }
+                Err(std::env::VarError::NotUnicode(_)) => {
+                    return Err(CliError::Input(format!(
+                        "environment variable {var} is not valid UTF-8 ([store] url_env)"
+                    )))
+                }
+            };
+            let opts = PgOptions {
+                url,
+                pool_size: pg.pool_size as usize,
+                tls_ca: pg.tls_ca.clone(),
+                connect_timeout: std::time::Duration::from_secs(u64::from(
+                    pg.connect_timeout_seconds,
+                )),
+            };
+            Ok(Arc::new(PgStore::connect(opts, clock).await?))
+        }
+    }
+}
+
 /// Opens an initialised data directory and unlocks it with its root key.
-pub async fn open(dir: &Path, args: &DataArgs, clock: SharedClock) -> Result<Node, CliError> {
-    if !dir.join(rampart_store::DB_FILE).is_file() {
+pub async fn open(
+    dir: &Path,
+    args: &DataArgs,
+    config: Option<&Config>,
+    clock: SharedClock,
+) -> Result<Node, CliError> {
+    if !is_initialised(dir, config) {
+        let hint = match (backend(config), config.and_then(|c| c.source.as_ref())) {
+            (StoreBackend::Postgres(_), Some(file)) => format!(" --config {}", file.display()),
+            _ => String::new(),
+        };
         return Err(CliError::Input(format!(
-            "data directory {} is not initialised: run `rampart init --data-dir {}` first",
+            "data directory {} is not initialised: run `rampart init --data-dir {}{hint}` first",
             dir.display(),
             dir.display()
         )));
@@ -87,12 +155,18 @@ pub async fn open(dir: &Path, args: &DataArgs, clock: SharedClock) -> Result<Nod
         None
     };
 
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir, false, clock)?);
+    let store = open_store(config, dir, false, clock).await?;
     let meta = RootMeta::read(store.as_ref()).await?.ok_or_else(|| {
-        CliError::Input(format!(
-            "data directory {} has no root key record: it was not initialised by `rampart init`",
-            dir.display()
-        ))
+        CliError::Input(match backend(config) {
+            StoreBackend::Sqlite => format!(
+                "data directory {} has no root key record: it was not initialised by `rampart init`",
+                dir.display()
+            ),
+            StoreBackend::Postgres(pg) => format!(
+                "the PostgreSQL store in {} has no root key record: run `rampart init` against it first",
+                pg.url_env
+            ),
+        })
     })?;
     let root = match (pass, env_key, file_key) {
         (Some(p), _, _) => {

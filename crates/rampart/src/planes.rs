@@ -181,7 +181,7 @@ pub async fn start(
     let plane_err = |e: rampart_keys::KeysError| CliError::Runtime(format!("keys plane: {e}"));
     let keys = KeyService::new(
         keyring,
-        Policies::new(store.clone()),
+        Policies::new(store.clone(), clock.clone()),
         Auditor::new(audit, &config.node.name),
         clock.clone(),
     );

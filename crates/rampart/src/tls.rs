@@ -128,6 +128,21 @@ pub async fn generate_dev_pki(
     Ok(())
 }
 
+/// Writes `tls/ca.pem` into `dir` from the development CA a shared store
+/// already holds (for a node that joins it).
+pub async fn write_dev_ca(keyring: &Keyring, dir: &Path) -> Result<(), CliError> {
+    let ca = keyring
+        .store()
+        .get(TLS_NS, "ca.der")
+        .await?
+        .ok_or_else(|| CliError::Input("the shared store holds no development CA".into()))?;
+    let pem = pem::encode(&pem::Pem::new("CERTIFICATE", ca.value));
+    let tls_dir = dir.join("tls");
+    std::fs::create_dir_all(&tls_dir)
+        .and_then(|_| std::fs::write(tls_dir.join("ca.pem"), pem))
+        .map_err(|e| CliError::Input(format!("{}: {e}", tls_dir.display())))
+}
+
 /// The control API's TLS configuration: TLS 1.3 and 1.2 only, HTTP/2 and 1.1.
 pub async fn control_server_config(
     keyring: &Keyring,

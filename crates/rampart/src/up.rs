@@ -18,7 +18,7 @@ use crate::{edge, init, node, planes, tls};
 const DEFAULT_CONFIG: &str = "rampart.toml";
 
 fn load_config(args: &UpArgs) -> Result<(Config, Option<PathBuf>), CliError> {
-    if let Some(path) = &args.config {
+    if let Some(path) = &args.data.config {
         return Ok((
             Config::load(path).map_err(CliError::Config)?,
             Some(path.clone()),
@@ -44,12 +44,18 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
     let (config, config_path) = load_config(&args)?;
     let dir = node::data_dir(&args.data, Some(&config));
 
-    if args.dev && !dir.join(rampart_store::DB_FILE).exists() {
-        let done =
-            init::initialise(&dir, &args.data, config.control.listen.ip(), clock.clone()).await?;
+    if args.dev && !node::is_initialised(&dir, Some(&config)) {
+        let done = init::initialise(
+            &dir,
+            &args.data,
+            Some(&config),
+            config.control.listen.ip(),
+            clock.clone(),
+        )
+        .await?;
         init::print_initialised(&done);
     }
-    let node = node::open(&dir, &args.data, clock.clone()).await?;
+    let node = node::open(&dir, &args.data, Some(&config), clock.clone()).await?;
     if config_path.is_none() {
         // Show the operator the file they are running, to copy and edit.
         let dev_path = dir.join(DEFAULT_CONFIG);
@@ -96,7 +102,7 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
         edge_assertion_key,
         node_name: config.node.name.clone(),
         planes: Some(running),
-        identity: Some(identity),
+        identity: Some(identity.clone()),
         audit: Some(audit.clone()),
         store: node.store.clone(),
         verifier,
@@ -123,6 +129,7 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
     .handle(handle.clone())
     .serve(api::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>());
     let state_for_jobs = state;
+    let identity_for_reload = identity;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let edge_task = edge.map(|e| {
@@ -143,6 +150,12 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
         }))
     });
     println!("data directory: {}", dir.display());
+    if let rampart_config::StoreBackend::Postgres(pg) = &config.store {
+        println!(
+            "store: PostgreSQL, shared with the other nodes (identity changes from them apply within {} ms)",
+            pg.reload_interval_ms
+        );
+    }
     println!("audit log: {}", dir.join(planes::AUDIT_DIR).display());
     println!(
         "control API: https://{addr} (trust {}/tls/ca.pem)",
@@ -152,6 +165,12 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
     tracing::info!(%addr, node = %config.node.name, "control API listening");
 
     planes::spawn_scheduler(state_for_jobs, audit.clone(), Duration::from_secs(60));
+    if let rampart_config::StoreBackend::Postgres(pg) = &config.store {
+        spawn_identity_reload(
+            identity_for_reload,
+            Duration::from_millis(u64::from(pg.reload_interval_ms)),
+        );
+    }
     let drain = Duration::from_secs(args.drain_seconds);
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -181,6 +200,23 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
     }
     println!("rampart stopped");
     Ok(())
+}
+
+/// Re-reads the identity records every `every`, so that principals, API
+/// keys, elevations and revocations that other nodes sharing the store
+/// changed apply here too. A failed read keeps the records it had.
+fn spawn_identity_reload(identity: Arc<rampart_identity::Identity>, every: Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Err(e) = identity.reload().await {
+                tracing::warn!(error = %e, "reloading identities from the shared store");
+            }
+        }
+    });
 }
 
 /// On SIGHUP, re-reads the configuration and swaps the edge's routing to it
