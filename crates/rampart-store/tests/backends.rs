@@ -398,3 +398,62 @@ async fn postgres_errors_name_the_server_never_the_password() {
         .to_string();
     assert!(err.contains(&ca.display().to_string()), "{err}");
 }
+
+/// With `tls_ca` every pooled connection is TLS, checked against that CA;
+/// a server whose certificate another CA issued is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_tls_is_verified_against_the_configured_ca() {
+    let Some(url) = fresh_pg_database().await else {
+        return;
+    };
+    let (Ok(ca), Ok(other_ca)) = (
+        std::env::var("RAMPART_TEST_PG_CA"),
+        std::env::var("RAMPART_TEST_PG_OTHER_CA"),
+    ) else {
+        println!("SKIP: the test server offers no TLS (RAMPART_TEST_PG_CA unset)");
+        return;
+    };
+    let app = format!(
+        "tls_{}",
+        rampart_crypto::hex(&rampart_crypto::random_array::<6>().unwrap())
+    );
+    let with_ca = |ca: &str| {
+        let mut o = pg_options(&format!("{url}?application_name={app}"));
+        o.tls_ca = Some(ca.into());
+        o.connect_timeout = Duration::from_secs(5);
+        o
+    };
+    let s = PgStore::connect(with_ca(&ca), clock()).await.unwrap();
+    s.put("ns", "k", b"over tls", Expect::Any).await.unwrap();
+    assert_eq!(s.get("ns", "k").await.unwrap().unwrap().value, b"over tls");
+
+    // The server's own view of this store's connections.
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let task = tokio::spawn(conn);
+    let row = client
+        .query_one(
+            "SELECT COUNT(*), COALESCE(bool_and(s.ssl), false) FROM pg_stat_ssl s
+             JOIN pg_stat_activity a USING (pid) WHERE a.application_name = $1",
+            &[&app],
+        )
+        .await
+        .unwrap();
+    let (count, all_tls): (i64, bool) = (row.get(0), row.get(1));
+    assert!(
+        count >= 1 && all_tls,
+        "{count} connections, all TLS: {all_tls}"
+    );
+    drop(client);
+    let _ = task.await;
+
+    let err = PgStore::connect(with_ca(&other_ca), clock())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("certificate") || err.contains("Certificate"),
+        "{err}"
+    );
+}
