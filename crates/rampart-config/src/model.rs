@@ -30,6 +30,8 @@ pub struct Config {
     pub identity: Identity,
     /// Where keys, secrets, identities and policies are kept.
     pub store: StoreBackend,
+    /// Redis, through which the nodes share their rate-limit buckets.
+    pub redis: Option<Redis>,
     /// The file this came from, if any.
     pub source: Option<PathBuf>,
 }
@@ -385,6 +387,22 @@ pub struct PostgresStore {
     /// elevations, revocations) that other nodes may have changed.
     pub reload_interval_ms: u32,
 }
+
+/// Redis, shared by the nodes of a deployment (`[redis]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redis {
+    /// The environment variable that holds the URL (it may carry a
+    /// password, so it is never written in the file).
+    pub url_env: String,
+    /// How often a node sends its rate-limit counts and reads back the
+    /// shared buckets.
+    pub sync_interval_ms: u32,
+    /// Prefix of every key Rampart writes.
+    pub key_prefix: String,
+}
+
+/// `[redis] url_env` by default.
+pub const DEFAULT_REDIS_URL_ENV: &str = "RAMPART_REDIS_URL";
 
 /// `[store] url_env` by default.
 pub const DEFAULT_DATABASE_URL_ENV: &str = "RAMPART_DATABASE_URL";

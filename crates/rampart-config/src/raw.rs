@@ -28,6 +28,15 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub identity: RawIdentity,
     pub store: Option<S<RawStore>>,
+    pub redis: Option<RawRedis>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRedis {
+    pub url_env: Option<S<String>>,
+    pub sync_interval_ms: Option<S<i64>>,
+    pub key_prefix: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

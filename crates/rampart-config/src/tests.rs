@@ -561,3 +561,43 @@ fn store_refuses_bad_values_at_their_line() {
     let d = first_error("[store]\nurl_env = \"X\"\n");
     assert!(d.message.contains("backend"), "{d}");
 }
+
+#[test]
+fn redis_has_defaults_and_refuses_bad_values_at_their_line() {
+    assert_eq!(Config::parse("", "t.toml").unwrap().redis, None);
+    let c = Config::parse("[redis]\n", "t.toml").unwrap();
+    assert_eq!(
+        c.redis,
+        Some(Redis {
+            url_env: DEFAULT_REDIS_URL_ENV.into(),
+            sync_interval_ms: 100,
+            key_prefix: "rampart:".into(),
+        })
+    );
+    let c = Config::parse(
+        "[redis]\nurl_env = \"LIMITS_REDIS\"\nsync_interval_ms = 50\nkey_prefix = \"acme:prod:\"\n",
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        c.redis,
+        Some(Redis {
+            url_env: "LIMITS_REDIS".into(),
+            sync_interval_ms: 50,
+            key_prefix: "acme:prod:".into(),
+        })
+    );
+    refuses_each_at_its_line(
+        "redis",
+        &[
+            ("url_env", "\"redis://:hunter2@cache:6379/\""),
+            ("sync_interval_ms", "9"),
+            ("sync_interval_ms", "5001"),
+            ("key_prefix", "\"\""),
+            ("key_prefix", "\"has space\""),
+            ("password", "\"x\""),
+        ],
+    );
+    let d = first_error("[redis]\nurl_env = \"redis://:hunter2@cache:6379/\"\n");
+    assert!(!d.to_string().contains("hunter2"), "{d}");
+}

@@ -320,6 +320,50 @@ impl Checker {
         }
     }
 
+    /// `[redis]`: the URL's variable, the sync interval, the key prefix.
+    fn redis(&mut self, raw: &crate::raw::RawRedis) -> Redis {
+        let url_env = match &raw.url_env {
+            Some(v) if valid_env_name(v.get_ref()) => v.get_ref().clone(),
+            Some(v) => {
+                // Not echoed: it may be a URL with its password.
+                self.err(
+                    v,
+                    "redis.url_env",
+                    "not an environment variable name: use A-Z, 0-9 and _ (the variable holds the URL; the URL itself never goes in this file)",
+                );
+                DEFAULT_REDIS_URL_ENV.to_string()
+            }
+            None => DEFAULT_REDIS_URL_ENV.to_string(),
+        };
+        let key_prefix = match &raw.key_prefix {
+            Some(p) if (1..=64).contains(&p.get_ref().len()) && valid_header_text(p.get_ref()) => {
+                p.get_ref().clone()
+            }
+            Some(p) => {
+                self.err(
+                    p,
+                    "redis.key_prefix",
+                    format!(
+                        "invalid key prefix {:?}: 1 to 64 visible ASCII characters, no spaces",
+                        p.get_ref()
+                    ),
+                );
+                "rampart:".to_string()
+            }
+            None => "rampart:".to_string(),
+        };
+        Redis {
+            url_env,
+            sync_interval_ms: self.bounded(
+                raw.sync_interval_ms.as_ref(),
+                "redis.sync_interval_ms",
+                10..=5_000,
+                100,
+            ),
+            key_prefix,
+        }
+    }
+
     /// `[identity.throttle]`; the longest delay at least the first.
     fn throttle(&mut self, t: &crate::raw::RawThrottle) -> LoginThrottle {
         let d = LoginThrottle::default();
@@ -1007,6 +1051,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
         Some(st) => c.store(st),
         None => StoreBackend::Sqlite,
     };
+    let redis = raw.redis.as_ref().map(|r| c.redis(r));
     let audit = Audit {
         retention,
         checkpoint_every_records: c.days(
@@ -1305,6 +1350,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
         Ok(Config {
             identity,
             store,
+            redis,
             edge,
             node,
             control: Control { listen, allow },

@@ -57,6 +57,7 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod router;
 mod server;
+pub mod shared_limits;
 pub mod text;
 mod tls;
 pub mod upstream;
@@ -73,3 +74,4 @@ pub use ratelimit::{CounterStore, MemoryStore, Rate, RateLimits};
 pub use server::{
     client_addr, parse_host, request_host, Edge, EdgeAddrs, EdgeBody, EdgeHandle, HSTS,
 };
+pub use shared_limits::{SharedCounters, SharedLimitsError, SharedLimitsOptions};

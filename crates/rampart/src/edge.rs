@@ -441,6 +441,24 @@ pub async fn start(
     ec.deny_cidrs = e.deny_cidrs.clone();
     ec.max_body_bytes = e.max_body_bytes;
     ec.rate_limits = e.rate_limits.into();
+    if let Some(r) = &config.redis {
+        let url = crate::node::url_from_env(&r.url_env, "the Redis URL", "[redis] url_env")?;
+        let shared = rampart_edge::SharedCounters::connect(
+            rampart_edge::SharedLimitsOptions {
+                url,
+                sync_interval: Duration::from_millis(u64::from(r.sync_interval_ms)),
+                key_prefix: r.key_prefix.clone(),
+            },
+            clock.clone(),
+        )
+        .await
+        .map_err(|e| CliError::Input(format!("shared rate limits: {e}")))?;
+        println!(
+            "edge rate limits: shared through Redis (synced every {} ms)",
+            r.sync_interval_ms
+        );
+        ec.counter_store = shared;
+    }
     ec.balance = match e.balance {
         EdgeBalance::RoundRobin => Balance::RoundRobin,
         EdgeBalance::LeastRequests => Balance::LeastRequests,

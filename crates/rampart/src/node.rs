@@ -78,6 +78,23 @@ pub fn is_initialised(dir: &Path, config: Option<&Config>) -> bool {
     }
 }
 
+/// A connection string from the environment variable `var` (named by the
+/// config's `field`), never echoed.
+pub fn url_from_env(var: &str, what: &str, field: &str) -> Result<Zeroizing<String>, CliError> {
+    match std::env::var(var) {
+        Ok(v) if !v.trim().is_empty() => Ok(Zeroizing::new(v)),
+        Ok(_) => Err(CliError::Input(format!(
+            "environment variable {var} is empty: it must hold {what} ({field})"
+        ))),
+        Err(std::env::VarError::NotPresent) => Err(CliError::Input(format!(
+            "environment variable {var} is not set: it must hold {what} ({field})"
+        ))),
+        Err(std::env::VarError::NotUnicode(_)) => Err(CliError::Input(format!(
+            "environment variable {var} is not valid UTF-8 ({field})"
+        ))),
+    }
+}
+
 /// Opens the store the configuration names: the SQLite file in `dir`
 /// (created if `create`), or the PostgreSQL database that the variable
 /// `[store] url_env` points at, migrated to this build's schema.
@@ -90,25 +107,11 @@ pub async fn open_store(
     match backend(config) {
         StoreBackend::Sqlite => Ok(Arc::new(SqliteStore::open(dir, create, clock)?)),
         StoreBackend::Postgres(pg) => {
-            let var = &pg.url_env;
-            let url = match std::env::var(var) {
-                Ok(v) if !v.trim().is_empty() => Zeroizing::new(v),
-                Ok(_) => {
-                    return Err(CliError::Input(format!(
-                        "environment variable {var} is empty: it must hold the PostgreSQL connection string ([store] url_env)"
-                    )))
-                }
-                Err(std::env::VarError::NotPresent) => {
-                    return Err(CliError::Input(format!(
-                        "environment variable {var} is not set: it must hold the PostgreSQL connection string ([store] url_env)"
-                    )))
-                }
-                Err(std::env::VarError::NotUnicode(_)) => {
-                    return Err(CliError::Input(format!(
-                        "environment variable {var} is not valid UTF-8 ([store] url_env)"
-                    )))
-                }
-            };
+            let url = url_from_env(
+                &pg.url_env,
+                "the PostgreSQL connection string",
+                "[store] url_env",
+            )?;
             let opts = PgOptions {
                 url,
                 pool_size: pg.pool_size as usize,

@@ -749,3 +749,102 @@ service = "app"
     assert_eq!(ev["actor"]["principal"], "lost-laptop", "{ev}");
     assert_eq!(ev["details"]["client_cert_serial"], "b", "{ev}");
 }
+
+/// Two edges (two nodes, each its own data directory) in front of one
+/// upstream share a route's per-client bucket through Redis: what one node
+/// admitted counts on the other within a sync interval.
+#[test]
+fn two_edges_share_rate_limits_through_redis() {
+    let Ok(redis_url) = std::env::var("RAMPART_TEST_REDIS_URL") else {
+        println!("SKIP: RAMPART_TEST_REDIS_URL is not set; run under scripts/with-redis");
+        return;
+    };
+    let (port, hits, _) = upstream();
+    let prefix = format!("e2e-{}:", std::process::id());
+    let node = |name: &str| {
+        let r = Rampart::new();
+        std::fs::write(
+            r.path("rampart.toml"),
+            format!(
+                r#"
+[node]
+name = "{name}"
+
+[redis]
+url_env = "LIMITS_REDIS_URL"
+sync_interval_ms = 50
+key_prefix = "{prefix}"
+
+[edge]
+
+[[environments]]
+name = "prod"
+
+[[services]]
+name = "app"
+environment = "prod"
+port = {port}
+upstreams = ["127.0.0.1:{port}"]
+
+[[routes]]
+host = "127.0.0.1"
+service = "app"
+rate_limit = {{ burst = 6, per_second = 0.01 }}
+"#
+            ),
+        )
+        .unwrap();
+        r.init();
+        let mut cmd = r.cmd(&[]);
+        cmd.env("LIMITS_REDIS_URL", &redis_url);
+        let srv = r.up_with(cmd, &["--config", "rampart.toml", "--data-dir", "data"]);
+        assert!(
+            srv.printed
+                .iter()
+                .any(|l| l.starts_with("edge rate limits: shared through Redis")),
+            "{:?}",
+            srv.printed
+        );
+        let a = agent(&std::fs::read(r.path("data/tls/ca.pem")).unwrap());
+        (r, srv, a)
+    };
+    let (_ra, srv_a, agent_a) = node("edge-a");
+    let (_rb, srv_b, agent_b) = node("edge-b");
+    let (url_a, url_b) = (edge_https(&srv_a), edge_https(&srv_b));
+    let status = |agent: &ureq::Agent, base: &str| {
+        agent
+            .get(format!("{base}/x"))
+            .call()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let settle = || std::thread::sleep(std::time::Duration::from_millis(400));
+
+    // Four through A; B then sees two left for this client, A none.
+    for _ in 0..4 {
+        assert_eq!(status(&agent_a, &url_a), 200);
+    }
+    settle();
+    assert_eq!(status(&agent_b, &url_b), 200);
+    settle();
+    assert_eq!(status(&agent_b, &url_b), 200);
+    let refused = agent_b.get(format!("{url_b}/x")).call().unwrap();
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
+    settle();
+    assert_eq!(status(&agent_a, &url_a), 429);
+    assert_eq!(hits.load(Ordering::SeqCst), 6);
+
+    // Without the variable naming Redis, the node does not start.
+    let r = Rampart::new();
+    std::fs::write(r.path("rampart.toml"), "[redis]\n[edge]\n").unwrap();
+    r.init();
+    let out = r.run(&["up", "--config", "rampart.toml", "--data-dir", "data"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        util::stderr(&out).contains("RAMPART_REDIS_URL is not set"),
+        "{}",
+        util::stderr(&out)
+    );
+}
