@@ -277,20 +277,11 @@ impl Checker {
                 StoreBackend::Sqlite
             }
             "postgres" => {
-                let url_env = match &raw.url_env {
-                    Some(v) if valid_env_name(v.get_ref()) => v.get_ref().clone(),
-                    Some(v) => {
-                        // Not echoed: it may be a connection string with
-                        // its password, pasted in the wrong place.
-                        self.err(
-                            v,
-                            "store.url_env",
-                            "not an environment variable name: use A-Z, 0-9 and _ (the variable holds the connection string; the string itself never goes in this file)",
-                        );
-                        DEFAULT_DATABASE_URL_ENV.to_string()
-                    }
-                    None => DEFAULT_DATABASE_URL_ENV.to_string(),
-                };
+                let url_env = self.url_env(
+                    raw.url_env.as_ref(),
+                    "store.url_env",
+                    DEFAULT_DATABASE_URL_ENV,
+                );
                 StoreBackend::Postgres(PostgresStore {
                     url_env,
                     pool_size: self.bounded(raw.pool_size.as_ref(), "store.pool_size", 1..=512, 16),
@@ -320,21 +311,27 @@ impl Checker {
         }
     }
 
-    /// `[redis]`: the URL's variable, the sync interval, the key prefix.
-    fn redis(&mut self, raw: &crate::raw::RawRedis) -> Redis {
-        let url_env = match &raw.url_env {
+    /// The name of the environment variable that holds a connection URL
+    /// (`default` when absent or wrong). A wrong value is not echoed: it may
+    /// be the URL itself, password and all, pasted in the wrong place.
+    fn url_env(&mut self, v: Option<&S<String>>, path: &str, default: &str) -> String {
+        match v {
             Some(v) if valid_env_name(v.get_ref()) => v.get_ref().clone(),
             Some(v) => {
-                // Not echoed: it may be a URL with its password.
                 self.err(
                     v,
-                    "redis.url_env",
-                    "not an environment variable name: use A-Z, 0-9 and _ (the variable holds the URL; the URL itself never goes in this file)",
+                    path,
+                    "not an environment variable name: use A-Z, 0-9 and _ (the variable holds the connection URL; the URL itself never goes in this file)",
                 );
-                DEFAULT_REDIS_URL_ENV.to_string()
+                default.to_string()
             }
-            None => DEFAULT_REDIS_URL_ENV.to_string(),
-        };
+            None => default.to_string(),
+        }
+    }
+
+    /// `[redis]`: the URL's variable, the sync interval, the key prefix.
+    fn redis(&mut self, raw: &crate::raw::RawRedis) -> Redis {
+        let url_env = self.url_env(raw.url_env.as_ref(), "redis.url_env", DEFAULT_REDIS_URL_ENV);
         let key_prefix = match &raw.key_prefix {
             Some(p) if (1..=64).contains(&p.get_ref().len()) && valid_header_text(p.get_ref()) => {
                 p.get_ref().clone()
