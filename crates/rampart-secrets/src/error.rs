@@ -63,6 +63,17 @@ pub enum SecretsError {
     /// Another writer changed the secret at the same time; retry.
     #[error("concurrent update of {0}; retry")]
     Conflict(String),
+    /// Another rotation of the secret (on this node or another sharing the
+    /// store) has staged a password and not finished.
+    #[error(
+        "a rotation of {name} is in progress (staged {age_secs} s ago); try again once it ends"
+    )]
+    RotationInProgress {
+        /// The secret.
+        name: String,
+        /// Seconds since that rotation staged its password.
+        age_secs: u64,
+    },
     /// Starting or waiting for a child process failed.
     #[error("running {program}: {source}")]
     Spawn {

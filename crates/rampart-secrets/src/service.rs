@@ -642,11 +642,22 @@ impl SecretService {
         if r.kind != SecretKind::Postgres {
             return Err(SecretsError::NotRotatable(name.to_owned()));
         }
-        let r = if r.pending.is_some() {
-            self.reconcile_one(caller, &r).await?;
-            self.read(&env, service, name).await?.0
-        } else {
-            r
+        // A staged password younger than STALE_PENDING_SECS belongs to a
+        // rotation still under way, here or on another node sharing the
+        // store: leave it alone. An older one was left by a crash.
+        let now = self.clock.unix_secs();
+        let r = match &r.pending {
+            Some(p) if now < p.created_at.saturating_add(STALE_PENDING_SECS) => {
+                return Err(SecretsError::RotationInProgress {
+                    name: name.to_owned(),
+                    age_secs: now.saturating_sub(p.created_at),
+                })
+            }
+            Some(_) => {
+                self.reconcile_one(caller, &r).await?;
+                self.read(&env, service, name).await?.0
+            }
+            None => r,
         };
         if let Some(d) = r.deleted {
             return Err(SecretsError::Deleted {
@@ -694,16 +705,30 @@ impl SecretService {
         // crash after the next step never loses it.
         let version = r.current().max(r.pending.as_ref().map_or(0, |p| p.version)) + 1;
         let staged = self.seal(caller, &r, version, &new_json).await?;
-        self.modify(&env, service, name, |rec| {
-            rec.pending = Some(staged.clone());
-            Ok(())
+        // Staging is the claim: only one rotation can move `pending` from
+        // empty, so only one sets a password on the server.
+        self.modify(&env, service, name, |rec| match &rec.pending {
+            Some(p) => Err(SecretsError::RotationInProgress {
+                name: name.to_owned(),
+                age_secs: staged.created_at.saturating_sub(p.created_at),
+            }),
+            None => {
+                rec.pending = Some(staged.clone());
+                Ok(())
+            }
         })
         .await
-        .map_err(|e| fail(RotationStep::Stage, e.to_string(), true))?;
+        .map_err(|e| match e {
+            e @ SecretsError::RotationInProgress { .. } => e,
+            e => fail(RotationStep::Stage, e.to_string(), true),
+        })?;
+        let ours = |rec: &SecretRecord| rec.pending.as_ref().is_some_and(|p| p.version == version);
         let unstage = || async {
             let _ = self
                 .modify(&env, service, name, |rec| {
-                    rec.pending = None;
+                    if ours(rec) {
+                        rec.pending = None;
+                    }
                     Ok(())
                 })
                 .await;
@@ -752,6 +777,9 @@ impl SecretService {
             )),
             _ => {
                 self.modify(&env, service, name, |rec| {
+                    if !ours(rec) {
+                        return Err(SecretsError::Conflict(name.to_owned()));
+                    }
                     let Some(p) = rec.pending.take() else {
                         return Err(SecretsError::Conflict(name.to_owned()));
                     };

@@ -718,10 +718,20 @@ async fn postgres_rotation_interrupted_by_a_crash_is_settled() {
     assert_eq!(cur2.version, 2);
     assert!(login(&pg, &role, &password_of(&cur2)).await);
 
-    // An on-demand rotation settles a left-over staged version first.
+    // While a staged version is fresh, it may be another node's rotation
+    // under way: a second rotation is refused rather than racing it (two
+    // rotations each setting a password could leave the server with the
+    // one the store does not hold). Once stale, an on-demand rotation
+    // settles it first.
     s.inject_rotation_fault(Some(RotationFault::CrashAfterSet));
     s.rotate(&payments(), "payments", "db").await.unwrap_err();
     s.inject_rotation_fault(None);
+    assert!(matches!(
+        s.rotate(&payments(), "payments", "db").await,
+        Err(SecretsError::RotationInProgress { .. })
+    ));
+    k.clock
+        .advance(Duration::from_secs(rampart_secrets::STALE_PENDING_SECS));
     let v = s.rotate(&payments(), "payments", "db").await.unwrap();
     let cur3 = s.get(&payments(), "payments", "db", None).await.unwrap();
     assert_eq!(cur3.version, v);
@@ -734,6 +744,71 @@ async fn postgres_rotation_interrupted_by_a_crash_is_settled() {
         })
         .unwrap();
     assert_eq!(settled.len(), 3, "each settlement is on record");
+    admin_exec(&pg, &format!("DROP ROLE {role}")).await;
+}
+
+/// Two nodes over one store rotate the same password at once: one claims
+/// the rotation by staging first, the other is refused before it touches
+/// the server, and the stored password is the one that logs in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_rotations_on_two_nodes_leave_one_working_password() {
+    let Some(pg) = pg_url() else { return };
+    let k = kit().await;
+    let other_node = SecretService::new(k.secrets.keys().clone(), k.store.clone(), k.clock.clone());
+    let role = format!("app_race_{}", std::process::id());
+    admin_exec(
+        &pg,
+        &format!("DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN PASSWORD 'before-race'"),
+    )
+    .await;
+    let admin = PostgresAdmin::Inline {
+        user: pg.user.clone(),
+        password: pg.password.clone(),
+    };
+    k.secrets
+        .put(
+            &payments(),
+            "payments",
+            "db",
+            &app_secret(&pg, &role, "before-race", admin),
+            SecretKind::Postgres,
+        )
+        .await
+        .unwrap();
+    let caller = payments();
+    for round in 0..4 {
+        let (a, b) = tokio::join!(
+            k.secrets.rotate(&caller, "payments", "db"),
+            other_node.rotate(&caller, "payments", "db"),
+        );
+        let won = usize::from(a.is_ok()) + usize::from(b.is_ok());
+        assert!(won <= 1, "round {round}: both rotated");
+        for r in [&a, &b] {
+            if let Err(e) = r {
+                assert!(
+                    matches!(
+                        e,
+                        SecretsError::RotationInProgress { .. } | SecretsError::Conflict(_)
+                    ),
+                    "round {round}: {e}"
+                );
+            }
+        }
+        let cur = k
+            .secrets
+            .get(&payments(), "payments", "db", None)
+            .await
+            .unwrap();
+        assert!(
+            login(&pg, &role, &password_of(&cur)).await,
+            "round {round}: the stored password logs in"
+        );
+        let cur_other = other_node
+            .get(&payments(), "payments", "db", None)
+            .await
+            .unwrap();
+        assert_eq!(cur_other.version, cur.version);
+    }
     admin_exec(&pg, &format!("DROP ROLE {role}")).await;
 }
 

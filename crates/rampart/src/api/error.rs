@@ -137,6 +137,9 @@ impl From<rampart_secrets::SecretsError> for ApiError {
                 ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", e.to_string())
             }
             S::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            S::RotationInProgress { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "rotation_in_progress", e.to_string())
+            }
             S::Rotation { .. } => {
                 tracing::error!(error = %e, "secret rotation failed");
                 ApiError::new(StatusCode::BAD_GATEWAY, "rotation_failed", e.to_string())
