@@ -631,6 +631,20 @@ impl KeyService {
 
     /// Adds a new version; new ciphertexts use it, old ones still decrypt.
     pub async fn rotate(&self, caller: &Caller, key: &str) -> Result<u32, KeysError> {
+        let v = self.rotate_if(caller, key, None).await?;
+        // Without a condition a version is always added.
+        v.ok_or_else(|| KeysError::Conflict(key.to_owned()))
+    }
+
+    /// Rotates, or with `due_by` only if the key's period has run out by
+    /// then, decided on the record as written (so that nodes sharing the
+    /// store and running their schedulers at once rotate it once).
+    async fn rotate_if(
+        &self,
+        caller: &Caller,
+        key: &str,
+        due_by: Option<u64>,
+    ) -> Result<Option<u32>, KeysError> {
         let (env, name) = key_ref(caller, key)?;
         self.authorise(caller, "keys:rotate", env, &resource(name), None)
             .await?;
@@ -642,10 +656,13 @@ impl KeyService {
                         "key {env}/{name} is not enabled; it cannot be rotated"
                     )));
                 }
+                if due_by.is_some_and(|t| r.next_rotation_at() > t) {
+                    return Ok(None);
+                }
                 let v = r.current().saturating_add(1);
                 r.versions.push(self.new_version(env, name, v, now)?);
                 r.last_rotated_at = now;
-                Ok(v)
+                Ok(Some(v))
             })
             .await;
         match res {
@@ -659,14 +676,16 @@ impl KeyService {
     }
 
     /// Rotates every enabled key whose period has run out by `now`; for the
-    /// scheduler. Returns the keys rotated (`env/name`, new version).
+    /// scheduler. Returns the keys rotated (`env/name`, new version); a key
+    /// another node rotated first is not rotated again.
     pub async fn rotate_due(&self, now: u64) -> Result<Vec<(String, u32)>, KeysError> {
         let mut out = Vec::new();
         for r in self.all_records(None).await? {
             if r.state == KeyState::Enabled && r.next_rotation_at() <= now {
                 let sys = Caller::system(&r.environment, "scheduler");
-                let v = self.rotate(&sys, &r.name).await?;
-                out.push((record_id(&r.environment, &r.name), v));
+                if let Some(v) = self.rotate_if(&sys, &r.name, Some(now)).await? {
+                    out.push((record_id(&r.environment, &r.name), v));
+                }
             }
         }
         Ok(out)

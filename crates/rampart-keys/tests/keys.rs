@@ -373,6 +373,32 @@ async fn rotation_rewrap_and_retired_versions() {
         .is_err());
 }
 
+/// Two nodes' schedulers over one store, at the same moment: each due key
+/// gets one new version, not one per node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedulers_of_two_nodes_rotate_a_due_key_once() {
+    let k = kit().await;
+    let other = KeyService::new(
+        k.keyring.clone(),
+        Policies::new(k.store.clone(), k.clock.clone()),
+        k.keys.auditor().clone(),
+        k.clock.clone(),
+    );
+    k.clock.advance(Duration::from_secs(366 * DAY));
+    let now = k.clock.unix_secs();
+    let (a, b) = tokio::join!(k.keys.rotate_due(now), other.rotate_due(now));
+    let mut all: Vec<(String, u32)> = a.unwrap().into_iter().chain(b.unwrap()).collect();
+    all.sort();
+    assert_eq!(
+        all,
+        vec![
+            ("prod/orders".to_string(), 2),
+            ("prod/payments".to_string(), 2),
+            ("staging/payments".to_string(), 2)
+        ]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduled_rotation_follows_each_keys_period() {
     let k = kit().await;
