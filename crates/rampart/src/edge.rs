@@ -457,6 +457,7 @@ pub async fn start(
             "edge rate limits: shared through Redis (synced every {} ms)",
             r.sync_interval_ms
         );
+        metrics.set_shared_limits(shared.clone());
         ec.counter_store = shared;
     }
     ec.balance = match e.balance {

@@ -835,6 +835,14 @@ rate_limit = {{ burst = 6, per_second = 0.01 }}
     settle();
     assert_eq!(status(&agent_a, &url_a), 429);
     assert_eq!(hits.load(Ordering::SeqCst), 6);
+    let m = srv_a.get("/metrics", None).body;
+    assert!(
+        m.lines().any(
+            |l| l.starts_with("rampart_edge_rate_limit_syncs_total{result=\"ok\"}")
+                && !l.ends_with(" 0")
+        ),
+        "{m}"
+    );
 
     // Without the variable naming Redis, the node does not start.
     let r = Rampart::new();

@@ -57,8 +57,15 @@ pub struct Metrics {
     audit_syncs: Family<TierLabels, Counter>,
     audit_records: Family<TierLabels, Counter>,
     audit_sync_seconds: Family<TierLabels, Counter<f64, AtomicU64>>,
+    shared_limit_syncs: Family<ResultLabels, Counter>,
     edge: Mutex<Option<rampart_edge::EdgeHandle>>,
     audit: Mutex<Option<Arc<rampart_audit::Audit>>>,
+    shared_limits: Mutex<Option<Arc<rampart_edge::SharedCounters>>>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
 }
 
 impl Metrics {
@@ -142,8 +149,16 @@ impl Metrics {
             "Time spent in audit log fdatasyncs by tier",
             audit_sync_seconds.clone(),
         );
+        let shared_limit_syncs = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "edge_rate_limit_syncs",
+            "Syncs of the edge's shared rate-limit buckets with Redis, by result (ok, failed)",
+            shared_limit_syncs.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
+            shared_limit_syncs,
+            shared_limits: Mutex::new(None),
             requests,
             latency,
             edge_requests,
@@ -170,6 +185,27 @@ impl Metrics {
     pub fn set_audit(&self, audit: Arc<rampart_audit::Audit>) {
         if let Ok(mut a) = self.audit.lock() {
             *a = Some(audit);
+        }
+    }
+
+    /// Lets `/metrics` report the syncs of shared rate-limit buckets.
+    pub fn set_shared_limits(&self, counters: Arc<rampart_edge::SharedCounters>) {
+        if let Ok(mut c) = self.shared_limits.lock() {
+            *c = Some(counters);
+        }
+    }
+
+    fn refresh_shared_limits(&self) {
+        let Ok(c) = self.shared_limits.lock() else {
+            return;
+        };
+        let Some(c) = c.as_ref() else { return };
+        let (ok, failed) = c.sync_counts();
+        for (result, total) in [("ok", ok), ("failed", failed)] {
+            let counter = self
+                .shared_limit_syncs
+                .get_or_create(&ResultLabels { result });
+            counter.inc_by(total.saturating_sub(counter.get()));
         }
     }
 
@@ -251,6 +287,7 @@ impl Metrics {
         if let Ok(reg) = self.registry.lock() {
             self.refresh_upstreams();
             self.refresh_audit();
+            self.refresh_shared_limits();
             let _ = encode(&mut out, &reg);
         }
         out
