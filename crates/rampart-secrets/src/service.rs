@@ -595,6 +595,15 @@ impl SecretService {
                 continue;
             };
             if r.deleted.is_none() && last + u64::from(days) * DAY <= now {
+                // Read again just before: another node's scheduler sharing
+                // the store may have rotated it since the listing (and if
+                // one is rotating it now, staging refuses this one).
+                let Ok((fresh, _)) = self.read(&r.environment, &r.service, &r.name).await else {
+                    continue;
+                };
+                if fresh.last_rotated_at != r.last_rotated_at || fresh.pending.is_some() {
+                    continue;
+                }
                 let sys = Caller::system(&r.environment, "scheduler");
                 out.push((id, self.rotate(&sys, &r.service, &r.name).await));
             }
