@@ -142,6 +142,11 @@ impl Config {
                 *ca = base.join(&*ca);
             }
         }
+        if let (Some(redis), Some(base)) = (cfg.redis.as_mut(), path.parent()) {
+            if let Some(ca) = redis.tls_ca.as_mut() {
+                *ca = base.join(&*ca);
+            }
+        }
         if let Some(base) = path.parent() {
             for r in &mut cfg.routes {
                 if let Some(s) = r.json_schema.as_mut() {

@@ -399,6 +399,10 @@ pub struct Redis {
     pub sync_interval_ms: u32,
     /// Prefix of every key Rampart writes.
     pub key_prefix: String,
+    /// CA certificates (PEM) a `rediss://` server's certificate must chain
+    /// to (relative paths are relative to the file); without it, the
+    /// system's roots.
+    pub tls_ca: Option<PathBuf>,
 }
 
 /// `[redis] url_env` by default.

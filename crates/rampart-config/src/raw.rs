@@ -37,6 +37,7 @@ pub(crate) struct RawRedis {
     pub url_env: Option<S<String>>,
     pub sync_interval_ms: Option<S<i64>>,
     pub key_prefix: Option<S<String>>,
+    pub tls_ca: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -572,10 +572,12 @@ fn redis_has_defaults_and_refuses_bad_values_at_their_line() {
             url_env: DEFAULT_REDIS_URL_ENV.into(),
             sync_interval_ms: 100,
             key_prefix: "rampart:".into(),
+            tls_ca: None,
         })
     );
     let c = Config::parse(
-        "[redis]\nurl_env = \"LIMITS_REDIS\"\nsync_interval_ms = 50\nkey_prefix = \"acme:prod:\"\n",
+        "[redis]\nurl_env = \"LIMITS_REDIS\"\nsync_interval_ms = 50\nkey_prefix = \"acme:prod:\"\n\
+         tls_ca = \"redis-ca.pem\"\n",
         "t.toml",
     )
     .unwrap();
@@ -585,6 +587,7 @@ fn redis_has_defaults_and_refuses_bad_values_at_their_line() {
             url_env: "LIMITS_REDIS".into(),
             sync_interval_ms: 50,
             key_prefix: "acme:prod:".into(),
+            tls_ca: Some(PathBuf::from("redis-ca.pem")),
         })
     );
     refuses_each_at_its_line(

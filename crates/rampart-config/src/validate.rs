@@ -358,6 +358,7 @@ impl Checker {
                 100,
             ),
             key_prefix,
+            tls_ca: raw.tls_ca.as_ref().map(|p| PathBuf::from(p.get_ref())),
         }
     }
 

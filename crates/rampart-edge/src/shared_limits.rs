@@ -18,6 +18,9 @@
 //! the shared bucket goes below zero (down to minus its burst) and refills
 //! from there, so over time the limit holds.
 //!
+//! With a `rediss://` URL the connection is TLS (rustls), checked against
+//! the CA file given, else the system's roots.
+//!
 //! If Redis cannot be reached, the local buckets keep limiting (each node
 //! then enforces the limits on its own), the counts are kept and sent once
 //! it answers again, and each failed sync is logged and counted.
@@ -83,6 +86,9 @@ pub struct SharedLimitsOptions {
     /// Prefix of every key, so that one Redis can serve several
     /// deployments.
     pub key_prefix: String,
+    /// CA certificates (PEM) that a `rediss://` server's certificate must
+    /// chain to; without it, the system's roots.
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for SharedLimitsOptions {
@@ -91,6 +97,7 @@ impl std::fmt::Debug for SharedLimitsOptions {
             .field("url", &"<redacted>")
             .field("sync_interval", &self.sync_interval)
             .field("key_prefix", &self.key_prefix)
+            .field("tls_ca", &self.tls_ca)
             .finish()
     }
 }
@@ -146,6 +153,16 @@ fn describe(info: &redis::ConnectionInfo) -> String {
     }
 }
 
+fn loopback(info: &redis::ConnectionInfo) -> bool {
+    match info.addr() {
+        redis::ConnectionAddr::Tcp(host, _) => {
+            matches!(host.as_str(), "localhost" | "127.0.0.1" | "::1" | "[::1]")
+        }
+        redis::ConnectionAddr::Unix(_) => true,
+        _ => false,
+    }
+}
+
 fn lock(m: &Mutex<HashMap<String, Slot>>) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -173,7 +190,35 @@ impl SharedCounters {
             target: target.clone(),
             why: redis_message(&e),
         };
-        let client = redis::Client::open(info).map_err(fail)?;
+        let tls = matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. });
+        let client = match &opts.tls_ca {
+            Some(ca) if tls => {
+                let pem = std::fs::read(ca).map_err(|e| SharedLimitsError {
+                    target: target.clone(),
+                    why: format!("{}: {e}", ca.display()),
+                })?;
+                redis::Client::build_with_tls(
+                    info,
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(pem),
+                    },
+                )
+                .map_err(fail)?
+            }
+            Some(_) => {
+                return Err(SharedLimitsError {
+                    target,
+                    why: "a CA file (tls_ca) needs a rediss:// URL".into(),
+                })
+            }
+            None => {
+                if !tls && !loopback(&info) {
+                    tracing::warn!(target_addr = %target, "Redis connection without TLS: use a rediss:// URL unless the network is private");
+                }
+                redis::Client::open(info).map_err(fail)?
+            }
+        };
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(Some(Duration::from_secs(5)))

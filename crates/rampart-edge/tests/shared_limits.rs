@@ -34,6 +34,7 @@ async fn node(url: &str, prefix: &str, clock: SharedClock) -> Arc<SharedCounters
             // Long: the test syncs by hand.
             sync_interval: Duration::from_secs(3600),
             key_prefix: prefix.to_string(),
+            tls_ca: None,
         },
         clock,
     )
@@ -141,6 +142,7 @@ async fn a_bad_address_or_password_is_an_error_that_never_shows_the_password() {
             url: Zeroizing::new(wrong.clone()),
             sync_interval: Duration::from_secs(1),
             key_prefix: "x:".into(),
+            tls_ca: None,
         },
         clock.clone(),
     )
@@ -168,6 +170,7 @@ async fn a_bad_address_or_password_is_an_error_that_never_shows_the_password() {
                 url: Zeroizing::new(bad),
                 sync_interval: Duration::from_secs(1),
                 key_prefix: "x:".into(),
+                tls_ca: None,
             },
             clock.clone(),
         )
@@ -181,6 +184,42 @@ async fn a_bad_address_or_password_is_an_error_that_never_shows_the_password() {
         url: Zeroizing::new(wrong),
         sync_interval: Duration::from_secs(1),
         key_prefix: "x:".into(),
+        tls_ca: None,
     };
     assert!(!format!("{opts:?}").contains(secret));
+}
+
+/// Over `rediss://` with a CA file the connection is TLS and the server's
+/// certificate is checked: the right CA works, another is refused, and a CA
+/// file with a plain `redis://` URL is a mistake, not ignored.
+#[tokio::test]
+async fn tls_is_verified_against_the_configured_ca() {
+    let Some(url) = redis_url() else { return };
+    let (Ok(tls_url), Ok(ca), Ok(other)) = (
+        std::env::var("RAMPART_TEST_REDIS_TLS_URL"),
+        std::env::var("RAMPART_TEST_REDIS_CA"),
+        std::env::var("RAMPART_TEST_REDIS_OTHER_CA"),
+    ) else {
+        println!("SKIP: the test Redis offers no TLS");
+        return;
+    };
+    let clock: SharedClock = Arc::new(ManualClock::at_unix_secs(1_000));
+    let connect = |url: &str, ca: &str| {
+        SharedCounters::connect(
+            SharedLimitsOptions {
+                url: Zeroizing::new(url.to_string()),
+                sync_interval: Duration::from_secs(3600),
+                key_prefix: prefix(),
+                tls_ca: Some(ca.into()),
+            },
+            clock.clone(),
+        )
+    };
+    let c = connect(&tls_url, &ca).await.unwrap();
+    c.take("k", Rate::new(2, 1.0), 1).unwrap();
+    assert_eq!(c.sync_now().await.unwrap(), 1);
+    let err = connect(&tls_url, &other).await.unwrap_err().to_string();
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    let err = connect(&url, &ca).await.unwrap_err().to_string();
+    assert!(err.contains("rediss://"), "{err}");
 }

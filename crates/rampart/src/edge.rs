@@ -448,6 +448,7 @@ pub async fn start(
                 url,
                 sync_interval: Duration::from_millis(u64::from(r.sync_interval_ms)),
                 key_prefix: r.key_prefix.clone(),
+                tls_ca: r.tls_ca.clone(),
             },
             clock.clone(),
         )

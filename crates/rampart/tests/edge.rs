@@ -761,8 +761,13 @@ fn two_edges_share_rate_limits_through_redis() {
     };
     let (port, hits, _) = upstream();
     let prefix = format!("e2e-{}:", std::process::id());
-    let node = |name: &str| {
+    // Node B reaches Redis over TLS where the test server offers it.
+    let tls = std::env::var("RAMPART_TEST_REDIS_TLS_URL")
+        .ok()
+        .zip(std::env::var("RAMPART_TEST_REDIS_CA").ok());
+    let node = |name: &str, url: &str, ca: Option<&str>| {
         let r = Rampart::new();
+        let tls_ca = ca.map(|c| format!("tls_ca = {c:?}")).unwrap_or_default();
         std::fs::write(
             r.path("rampart.toml"),
             format!(
@@ -774,6 +779,7 @@ name = "{name}"
 url_env = "LIMITS_REDIS_URL"
 sync_interval_ms = 50
 key_prefix = "{prefix}"
+{tls_ca}
 
 [edge]
 
@@ -796,7 +802,7 @@ rate_limit = {{ burst = 6, per_second = 0.01 }}
         .unwrap();
         r.init();
         let mut cmd = r.cmd(&[]);
-        cmd.env("LIMITS_REDIS_URL", &redis_url);
+        cmd.env("LIMITS_REDIS_URL", url);
         let srv = r.up_with(cmd, &["--config", "rampart.toml", "--data-dir", "data"]);
         assert!(
             srv.printed
@@ -808,8 +814,11 @@ rate_limit = {{ burst = 6, per_second = 0.01 }}
         let a = agent(&std::fs::read(r.path("data/tls/ca.pem")).unwrap());
         (r, srv, a)
     };
-    let (_ra, srv_a, agent_a) = node("edge-a");
-    let (_rb, srv_b, agent_b) = node("edge-b");
+    let (_ra, srv_a, agent_a) = node("edge-a", &redis_url, None);
+    let (_rb, srv_b, agent_b) = match &tls {
+        Some((tls_url, ca)) => node("edge-b", tls_url, Some(ca)),
+        None => node("edge-b", &redis_url, None),
+    };
     let (url_a, url_b) = (edge_https(&srv_a), edge_https(&srv_b));
     let status = |agent: &ureq::Agent, base: &str| {
         agent
