@@ -85,6 +85,7 @@ impl CounterStore for MemoryStore {
                 let elapsed = now_nanos.saturating_sub(b.at_nanos) as f64 / 1e9;
                 b.tokens + elapsed * rate.per_second < burst
             });
+            evict_least_recent(&mut map, PRUNE_ABOVE, |b| b.at_nanos);
         }
         // Look up before inserting, so the common case allocates no key.
         if !map.contains_key(key) {
@@ -114,6 +115,32 @@ impl CounterStore for MemoryStore {
     }
 }
 
+/// Past `cap` entries, drops the least recently used until a tenth of
+/// `cap` is free, so that many distinct keys (an IPv6 client can use as
+/// many addresses as it likes) can neither grow memory without bound nor
+/// make every request scan the map: a full scan happens at most once per
+/// `cap / 10` new keys. A dropped bucket starts full again if its key comes
+/// back, which only loosens the limit for it.
+pub(crate) fn evict_least_recent<V>(
+    map: &mut HashMap<String, V>,
+    cap: usize,
+    last_used: impl Fn(&V) -> u64,
+) {
+    if map.len() <= cap {
+        return;
+    }
+    let keep = cap - cap / 10;
+    if keep == 0 {
+        map.clear();
+        return;
+    }
+    let mut times: Vec<u64> = map.values().map(&last_used).collect();
+    let cut = times.len() - keep;
+    let (_, nth, _) = times.select_nth_unstable(cut);
+    let threshold = *nth;
+    map.retain(|_, v| last_used(v) > threshold);
+}
+
 /// Whether a route prefix looks like an authentication endpoint, which
 /// gets the stricter per-client bucket.
 pub fn looks_like_auth(path_prefix: &str) -> bool {
@@ -141,6 +168,23 @@ mod tests {
         assert!(s.take("other", r, t0).is_ok());
         assert!(s.take("k", r, t0 + 1_000_000_000).is_ok());
         assert!(s.take("k", r, t0 + 1_000_000_000).is_err());
+    }
+
+    #[test]
+    fn many_keys_are_bounded_and_the_least_recent_go_first() {
+        let s = MemoryStore::default();
+        let r = Rate::new(2, 0.001);
+        let t0 = 1_000_000_000_000u64;
+        // Each key used once (so not full): nothing the prune can forget.
+        for i in 0..(PRUNE_ABOVE + 50) {
+            let _ = s.take(&format!("c|2001:db8::{i:x}"), r, t0 + i as u64);
+        }
+        let map = s.buckets.lock().unwrap();
+        assert!(map.len() <= PRUNE_ABOVE, "{}", map.len());
+        assert!(map.len() >= PRUNE_ABOVE - PRUNE_ABOVE / 10);
+        // The newest keys are kept, the oldest dropped.
+        assert!(map.contains_key(&format!("c|2001:db8::{:x}", PRUNE_ABOVE + 49)));
+        assert!(!map.contains_key("c|2001:db8::0"));
     }
 
     #[test]

@@ -71,6 +71,11 @@ return tostring(tokens)
 /// A bucket unused this long, with nothing left to send, is forgotten here.
 const IDLE: Duration = Duration::from_secs(120);
 
+/// Most buckets kept here. Past it (many client addresses), the least
+/// recently used are dropped with any unsent counts: the shared limit is
+/// then looser for them, never stricter.
+const MAX_SLOTS: usize = 200_000;
+
 /// A bucket used this recently is read back at every sync even when this
 /// node has admitted nothing since the last one, so that what other nodes
 /// took shows here within an interval.
@@ -368,6 +373,9 @@ impl CounterStore for SharedCounters {
     fn take(&self, key: &str, rate: Rate, now_nanos: u64) -> Result<(), Duration> {
         let burst = f64::from(rate.burst);
         let mut slots = lock(&self.slots);
+        if slots.len() >= MAX_SLOTS {
+            crate::ratelimit::evict_least_recent(&mut slots, MAX_SLOTS - 1, |s| s.last_used_nanos);
+        }
         if !slots.contains_key(key) {
             slots.insert(
                 key.to_string(),
