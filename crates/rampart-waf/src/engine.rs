@@ -10,7 +10,7 @@ use crate::operators::{Op, Operator, RxEngine};
 use crate::prefilter::ByteSet;
 use crate::rule::{Rule, RuleBody};
 use crate::transformations::Transform;
-use crate::variables::parse_targets;
+use crate::variables::{parse_targets, Kind};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -278,6 +278,7 @@ impl WafBuilder {
                     chain: None,
                     tf_path: Vec::new(),
                     skip_bytes: None,
+                    skip_slots: Vec::new(),
                 });
             }
             "secdefaultaction" => {
@@ -448,6 +449,7 @@ impl WafBuilder {
                 chain: None,
                 tf_path: Vec::new(),
                 skip_bytes: None,
+                skip_slots: Vec::new(),
             };
             parent.last_link_mut().chain = Some(Box::new(link));
             if chain {
@@ -486,6 +488,7 @@ impl WafBuilder {
             chain: None,
             tf_path: Vec::new(),
             skip_bytes: None,
+            skip_slots: Vec::new(),
         };
         if chain {
             self.open_chain = Some(rule);
@@ -581,6 +584,20 @@ fn prepare(r: &mut Rule, chains: &mut ChainTrie) {
             })
         }
         _ => None,
+    };
+    r.skip_slots = match (&r.body, r.skip_bytes) {
+        (RuleBody::Match { targets, .. }, Some(_)) => targets
+            .targets
+            .iter()
+            .take(crate::rule::SKIP_SLOTS)
+            .map(|t| match t.var.kind() {
+                _ if t.count => None,
+                Kind::Keyed | Kind::Scalar => Some((t.var as u8, false)),
+                Kind::Names(src) => Some((src as u8, true)),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
     };
     if let Some(c) = r.chain.as_deref_mut() {
         prepare(c, chains);

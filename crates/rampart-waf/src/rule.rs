@@ -38,7 +38,17 @@ pub(crate) struct Rule {
     /// byte that would make the transformations change it and every byte
     /// the non-negated operator needs), so it is skipped unread.
     pub skip_bytes: Option<ByteSet>,
+    /// Filled by [`crate::engine::WafBuilder::build`] when the link has
+    /// `skip_bytes`: per target (up to [`SKIP_SLOTS`]), the stored slot
+    /// whose byte union decides whether it can yield a value (its index and
+    /// whether its keys or its values are read); `None` for a target read
+    /// elsewhere (TX, a count, MATCHED_*), which is always read.
+    pub skip_slots: Vec<Option<(u8, bool)>>,
 }
+
+/// Most targets of a link whose stored slots are tested before the link
+/// is set up (one bit each); later ones are always read.
+pub(crate) const SKIP_SLOTS: usize = 64;
 
 impl Rule {
     pub(crate) fn marker_name(&self) -> Option<&str> {

@@ -19,7 +19,7 @@ use crate::macros::{Macro, Seg};
 use crate::operators::{atoi, eval_with, Op, Operator};
 use crate::prefilter::ByteSet;
 use crate::request::{Action, Request, Response, RuleMatch, Verdict};
-use crate::rule::{Rule, RuleBody};
+use crate::rule::{Rule, RuleBody, SKIP_SLOTS};
 use crate::small::SmallBytes;
 use crate::transformations::Transform;
 use crate::variables::{Exclusion, Kind, Selector, Target, VarName, VAR_COUNT};
@@ -537,22 +537,6 @@ impl<'w> Transaction<'w> {
             .get(v as usize)
             .map(|s| s.entries.as_slice())
             .unwrap_or(&[])
-    }
-
-    /// The union of the bytes of every value a target may select, for a
-    /// target read from a stored slot; `None` for TX, MATCHED_* and the
-    /// like.
-    fn stored_bytes(&self, t: &Target) -> Option<ByteSet> {
-        let (var, keys) = match t.var.kind() {
-            Kind::Keyed | Kind::Scalar => (t.var, false),
-            Kind::Names(src) => (src, true),
-            _ => return None,
-        };
-        Some(match self.slots.get(var as usize) {
-            Some(s) if keys => s.keys,
-            Some(s) => s.values,
-            None => ByteSet::default(),
-        })
     }
 
     fn generation(&self, v: VarName) -> u32 {
@@ -1124,6 +1108,30 @@ impl<'w> Transaction<'w> {
         let RuleBody::Match { targets, op } = &link.body else {
             return;
         };
+        let skip = link.skip_bytes;
+        // The targets whose stored collection holds a byte of `skip` (or
+        // that are read elsewhere), one bit each: when none is left the
+        // link cannot match and is not set up at all.
+        let mut live = u64::MAX;
+        if let Some(s) = &skip {
+            for (i, slot) in link.skip_slots.iter().enumerate() {
+                if let Some((var, keys)) = *slot {
+                    let have = match self.slots.get(usize::from(var)) {
+                        Some(st) if keys => st.keys,
+                        Some(st) => st.values,
+                        None => ByteSet::default(),
+                    };
+                    if !have.intersects(s) {
+                        live &= !(1u64 << i);
+                    }
+                }
+            }
+            if targets.targets.len() <= link.skip_slots.len()
+                && live & (u64::MAX >> (64 - link.skip_slots.len().max(1))) == 0
+            {
+                return;
+            }
+        }
         let mut extra: Vec<&Exclusion> = Vec::new();
         for (ids, ex) in &self.removed_targets_by_id {
             if ids.iter().any(|r| r.contains(top.id)) {
@@ -1154,24 +1162,18 @@ impl<'w> Transaction<'w> {
             },
             name: None,
         };
-        let skip = link.skip_bytes;
         // exclusions: the rule's own `!VAR:key` plus ctl removals
         let excluded = |v: &Val<'_>| {
             targets.exclusions.iter().any(|e| e.excludes(v.var, &v.key))
                 || extra.iter().any(|e| e.excludes(v.var, &v.key))
         };
-        for t in &targets.targets {
-            if extra.iter().any(|e| e.removes_target(t)) {
+        for (i, t) in targets.targets.iter().enumerate() {
+            // the same for all of a stored collection at once
+            if i < SKIP_SLOTS && live & (1u64 << i) == 0 {
                 continue;
             }
-            // the same for all of a stored collection at once
-            if let Some(s) = skip.filter(|_| !t.count) {
-                if self
-                    .stored_bytes(t)
-                    .is_some_and(|have| !have.intersects(&s))
-                {
-                    continue;
-                }
+            if extra.iter().any(|e| e.removes_target(t)) {
+                continue;
             }
             ctx.name = t.fixed_name.as_deref();
             if t.count {
