@@ -2,7 +2,7 @@
 //! shared by every request.
 
 use crate::actions::{
-    parse_actions, parse_id_ranges, tag_regex, Actions, Ctl, Disruptive, EngineMode,
+    parse_actions, parse_id_ranges, tag_regex, Actions, Ctl, Disruptive, EngineMode, SetOp,
 };
 use crate::error::{syntax, Error, Location};
 use crate::lexer::{lex, Directive};
@@ -10,7 +10,7 @@ use crate::operators::{Op, Operator, RxEngine};
 use crate::prefilter::ByteSet;
 use crate::rule::{Rule, RuleBody};
 use crate::transformations::Transform;
-use crate::variables::{parse_targets, Kind};
+use crate::variables::{parse_targets, Kind, Selector, VarName};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -178,6 +178,10 @@ impl WafBuilder {
         for r in &mut rules {
             prepare(r, &mut chains);
         }
+        let mut tx_keys = TxKeys::default();
+        for r in &mut rules {
+            tx_keys.intern_rule(r);
+        }
         let tag_sets = tag_sets(&rules);
         let tf_triggers = chains.triggers;
         let fancy: Vec<u64> = rules
@@ -212,6 +216,8 @@ impl WafBuilder {
             skip_after,
             tag_sets,
             tf_triggers,
+            tx_keys: tx_keys.keys,
+            tx_ids: tx_keys.ids,
             hash_seed: {
                 use std::hash::BuildHasher;
                 std::collections::hash_map::RandomState::new().hash_one(0x7261_6d70_u64)
@@ -604,6 +610,66 @@ fn prepare(r: &mut Rule, chains: &mut ChainTrie) {
     }
 }
 
+/// The TX keys the rules name literally (in `setvar`, `TX:key` targets
+/// and `%{tx.key}` macros), each given an id: a transaction keeps their
+/// values in a vector indexed by it rather than hashing the key on every
+/// read and write. Ids 0 to 9 are the capture keys `0` to `9`.
+#[derive(Default)]
+struct TxKeys {
+    keys: Vec<String>,
+    ids: HashMap<String, u32>,
+}
+
+impl TxKeys {
+    fn id(&mut self, key: &str) -> u32 {
+        if self.keys.is_empty() {
+            for d in 0..10u8 {
+                let k = char::from(b'0' + d).to_string();
+                self.ids.insert(k.clone(), u32::from(d));
+                self.keys.push(k);
+            }
+        }
+        if let Some(&id) = self.ids.get(key) {
+            return id;
+        }
+        let id = u32::try_from(self.keys.len()).unwrap_or(u32::MAX);
+        self.keys.push(key.to_string());
+        self.ids.insert(key.to_string(), id);
+        id
+    }
+
+    fn intern_rule(&mut self, r: &mut Rule) {
+        let mut id = |k: &str| self.id(k);
+        let a = &mut r.actions;
+        for m in a.msg.iter_mut().chain(a.logdata.iter_mut()) {
+            m.intern_tx(&mut id);
+        }
+        for sv in &mut a.setvars {
+            sv.key.intern_tx(&mut id);
+            if sv.coll == VarName::Tx {
+                sv.key_id = sv.key.as_literal().map(&mut id);
+            }
+            match &mut sv.op {
+                SetOp::Set(m) | SetOp::Add(m) | SetOp::Sub(m) => m.intern_tx(&mut id),
+                SetOp::Delete => {}
+            }
+        }
+        if let RuleBody::Match { targets, op } = &mut r.body {
+            if let Some(m) = op.op.macro_mut() {
+                m.intern_tx(&mut id);
+            }
+            for t in &mut targets.targets {
+                if let (VarName::Tx, Selector::Key(k)) = (t.var, &t.selector) {
+                    t.tx_id = Some(id(k));
+                }
+            }
+        }
+        if let Some(c) = r.chain.as_deref_mut() {
+            self.intern_rule(c);
+        }
+    }
+}
+
 /// For every tag regex a `ctl` can name at run time, which rules (by index)
 /// carry a matching tag, so that a transaction never runs it per rule.
 fn tag_sets(rules: &[Rule]) -> HashMap<String, Vec<bool>> {
@@ -779,6 +845,10 @@ pub struct Waf {
     /// chain up to that node to change it (`None`: it may change any
     /// value). A value lacking them all skips the chain and its cache.
     pub(crate) tf_triggers: Vec<Option<ByteSet>>,
+    /// The TX keys the rules name, by id ([`TxKeys`]).
+    pub(crate) tx_keys: Vec<String>,
+    /// The id of each key in `tx_keys`.
+    pub(crate) tx_ids: HashMap<String, u32>,
     /// Random seed of the transaction's TX hash maps.
     pub(crate) hash_seed: u64,
     pub(crate) config: Config,

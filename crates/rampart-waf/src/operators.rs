@@ -408,6 +408,26 @@ pub(crate) enum Op {
 }
 
 impl Op {
+    /// The macro argument of the operator, if it has one.
+    pub(crate) fn macro_mut(&mut self) -> Option<&mut Macro> {
+        match self {
+            Op::RxMacro(m)
+            | Op::StrEq(m)
+            | Op::Eq(m)
+            | Op::Ge(m)
+            | Op::Gt(m)
+            | Op::Le(m)
+            | Op::Lt(m)
+            | Op::Within(m)
+            | Op::BeginsWith(m)
+            | Op::EndsWith(m)
+            | Op::Contains(m)
+            | Op::ContainsWord(m)
+            | Op::StrMatch(m) => Some(m),
+            _ => None,
+        }
+    }
+
     /// When the (non-negated) operator can only match a value that holds
     /// one of these bytes: the rarest byte of each prefilter literal or
     /// phrase, in both ASCII cases.

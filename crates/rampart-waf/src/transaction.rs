@@ -275,6 +275,7 @@ pub(crate) enum Stop {
 struct Spare {
     slots: Vec<Slot>,
     tf_cache: TfCache,
+    tx_named: Vec<Option<SmallBytes>>,
 }
 
 thread_local! {
@@ -288,26 +289,28 @@ const SPARE_CACHE_ENTRIES: usize = 1024;
 
 impl Spare {
     /// This thread's spare buffers, or new ones.
-    fn take() -> (Vec<Slot>, TfCache) {
+    fn take() -> (Vec<Slot>, TfCache, Vec<Option<SmallBytes>>) {
         let spare = SPARE
             .try_with(|s| s.try_borrow_mut().ok().and_then(|mut s| s.take()))
             .ok()
             .flatten();
         match spare {
-            Some(s) => (s.slots, s.tf_cache),
+            Some(s) => (s.slots, s.tf_cache, s.tx_named),
             None => (
                 vec![Slot::default(); VAR_COUNT],
                 TfCache::with_capacity_and_hasher(256, BuildHasherDefault::default()),
+                Vec::new(),
             ),
         }
     }
 
     /// Empties a finished transaction's buffers and keeps them for the
     /// next (unless they grew past the limits).
-    fn keep(mut slots: Vec<Slot>, mut tf_cache: TfCache) {
+    fn keep(mut slots: Vec<Slot>, mut tf_cache: TfCache, mut tx_named: Vec<Option<SmallBytes>>) {
         if slots.len() != VAR_COUNT || tf_cache.capacity() > SPARE_CACHE_ENTRIES {
             return;
         }
+        tx_named.fill(None);
         for s in &mut slots {
             if s.entries.capacity() > SPARE_SLOT_VALUES {
                 *s = Slot::default();
@@ -318,7 +321,11 @@ impl Spare {
         tf_cache.clear();
         let _ = SPARE.try_with(|s| {
             if let Ok(mut s) = s.try_borrow_mut() {
-                *s = Some(Spare { slots, tf_cache });
+                *s = Some(Spare {
+                    slots,
+                    tf_cache,
+                    tx_named,
+                });
             }
         });
     }
@@ -327,6 +334,10 @@ impl Spare {
 pub(crate) struct Transaction<'w> {
     waf: &'w Waf,
     slots: Vec<Slot>,
+    /// TX variables whose keys the rules name, by key id
+    /// ([`Waf::tx_keys`]).
+    tx_named: Vec<Option<SmallBytes>>,
+    /// The other TX variables (keys made at run time).
     tx: VarMap<'w>,
     persist: HashMap<VarName, VarMap<'w>>,
     matched_vars: Vec<(Cow<'w, str>, SmallBytes)>,
@@ -402,11 +413,13 @@ fn path_and_query(uri: &str) -> &str {
 impl<'w> Transaction<'w> {
     pub(crate) fn new(waf: &'w Waf, req: &Request) -> Self {
         let cfg = &waf.config;
-        let (slots, tf_cache) = Spare::take();
+        let (slots, tf_cache, mut tx_named) = Spare::take();
+        tx_named.resize_with(waf.tx_keys.len(), || None);
         let mut t = Transaction {
             waf,
             slots,
-            tx: VarMap::with_capacity_and_hasher(128, SeededState(waf.hash_seed)),
+            tx_named,
+            tx: VarMap::with_hasher(SeededState(waf.hash_seed)),
             persist: HashMap::new(),
             matched_vars: Vec::new(),
             matched_var: None,
@@ -681,10 +694,9 @@ impl<'w> Transaction<'w> {
     /// The action, the deciding rule and the inbound and outbound scores.
     fn outcome(&self) -> (Action, Option<u64>, i64, i64) {
         let score = self
-            .tx
-            .get("blocking_inbound_anomaly_score")
-            .or_else(|| self.tx.get("anomaly_score"))
-            .map(|v| atoi(v))
+            .tx_get("blocking_inbound_anomaly_score")
+            .or_else(|| self.tx_get("anomaly_score"))
+            .map(atoi)
             .unwrap_or(0);
         let (action, disrupted_by) = match &self.disruption {
             Some((a, id)) => {
@@ -698,9 +710,8 @@ impl<'w> Transaction<'w> {
             None => (Action::Pass, None),
         };
         let outbound = self
-            .tx
-            .get("blocking_outbound_anomaly_score")
-            .map(|v| atoi(v))
+            .tx_get("blocking_outbound_anomaly_score")
+            .map(atoi)
             .unwrap_or(0);
         (action, disrupted_by, score, outbound)
     }
@@ -728,7 +739,7 @@ impl<'w> Transaction<'w> {
             anomaly_score,
             outbound_anomaly_score,
         };
-        Spare::keep(self.slots, self.tf_cache.into_inner());
+        Spare::keep(self.slots, self.tf_cache.into_inner(), self.tx_named);
         verdict
     }
 
@@ -1094,12 +1105,14 @@ impl<'w> Transaction<'w> {
     }
 
     fn set_captures(&mut self, caps: &[Vec<u8>]) {
-        const KEYS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+        // the keys `0` to `9` are ids 0 to 9 (`TxKeys`)
         for (i, c) in caps.iter().enumerate() {
-            let key: Cow<'w, str> = KEYS
-                .get(i)
-                .map_or_else(|| i.to_string().into(), |k| Cow::Borrowed(*k));
-            store(&mut self.tx, key, c);
+            match self.tx_named.get_mut(i).filter(|_| i < 10) {
+                Some(slot) => store_named(slot, c),
+                None => self
+                    .var_ref(VarName::Tx, None, Cow::Owned(i.to_string()))
+                    .put(c),
+            }
         }
     }
 
@@ -1401,14 +1414,7 @@ impl<'w> Transaction<'w> {
         out: &mut impl FnMut(Val<'a>),
     ) {
         let lacks = |b: &ByteSet| skip.is_some_and(|s| !b.intersects(&s));
-        let push_map = |out: &mut dyn FnMut(Val<'a>), map: &'a VarMap<'w>| {
-            // in key order, as ModSecurity lists a collection
-            let mut selected: Vec<(&'a str, &'a [u8])> = map
-                .iter()
-                .filter(|(k, _)| t.selector.matches(k))
-                .map(|(k, v)| (k.as_ref(), &**v))
-                .collect();
-            selected.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let push_sorted = |out: &mut dyn FnMut(Val<'a>), selected: Vec<(&'a str, &'a [u8])>| {
             for (k, v) in selected {
                 out(Val {
                     var: t.var,
@@ -1422,11 +1428,23 @@ impl<'w> Transaction<'w> {
         };
         match t.var.kind() {
             // setvar stores TX keys lowercased, as key selectors are.
-            Kind::Tx | Kind::Persist => {
-                let map = match t.var {
-                    VarName::Tx => Some(&self.tx),
-                    v => self.persist.get(&v),
-                };
+            Kind::Tx => match &t.selector {
+                Selector::Key(k) => {
+                    if let Some((k, v)) = self.tx_entry(k, t.tx_id) {
+                        out(Val {
+                            var: t.var,
+                            key: Cow::Borrowed(k),
+                            value: Cow::Borrowed(v),
+                            count: false,
+                            id: None,
+                            bytes: ByteSet::ALL,
+                        });
+                    }
+                }
+                sel => push_sorted(out, self.tx_sorted(sel)),
+            },
+            Kind::Persist => {
+                let map = self.persist.get(&t.var);
                 match (&t.selector, map) {
                     (_, None) => {}
                     (Selector::Key(k), Some(m)) => {
@@ -1441,7 +1459,16 @@ impl<'w> Transaction<'w> {
                             });
                         }
                     }
-                    (_, Some(m)) => push_map(out, m),
+                    (_, Some(m)) => {
+                        // in key order, as ModSecurity lists a collection
+                        let mut selected: Vec<(&'a str, &'a [u8])> = m
+                            .iter()
+                            .filter(|(k, _)| t.selector.matches(k))
+                            .map(|(k, v)| (k.as_ref(), &**v))
+                            .collect();
+                        selected.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                        push_sorted(out, selected)
+                    }
                 }
             }
             Kind::Keyed => {
@@ -1547,7 +1574,7 @@ impl<'w> Transaction<'w> {
                 "phase" => Some(rule.phase.to_string().into_bytes()),
                 _ => None,
             },
-            Seg::Var(var, key) => {
+            Seg::Var(var, key, _) => {
                 let sel = match key {
                     Some(k) => Selector::Key(k.clone()),
                     None => Selector::All,
@@ -1557,6 +1584,7 @@ impl<'w> Transaction<'w> {
                     selector: sel,
                     count: false,
                     fixed_name: None,
+                    tx_id: None,
                 };
                 let mut first = None;
                 self.collect(&t, &mut |v| {
@@ -1575,11 +1603,18 @@ impl<'w> Transaction<'w> {
             match seg {
                 Seg::Lit(s) => out.extend_from_slice(s.as_bytes()),
                 // TX (most macros) straight from the map, without a copy
-                Seg::Var(var, key) if matches!(var.kind(), Kind::Tx | Kind::Persist) => {
-                    let map = match var {
-                        VarName::Tx => Some(&self.tx),
-                        v => self.persist.get(v),
+                Seg::Var(VarName::Tx, key, id) => {
+                    let value = match key {
+                        Some(k) => self.tx_entry(k, *id).map(|e| e.1),
+                        // the first in key order
+                        None => self.tx_sorted(&Selector::All).first().map(|e| e.1),
                     };
+                    if let Some(v) = value {
+                        out.extend_from_slice(v);
+                    }
+                }
+                Seg::Var(var, key, _) if var.kind() == Kind::Persist => {
+                    let map = self.persist.get(var);
                     let value = match key {
                         Some(k) => map.and_then(|m| m.get(k.as_str())),
                         // the first in key order
@@ -1602,8 +1637,8 @@ impl<'w> Transaction<'w> {
     /// [`Transaction::expand`], borrowing the value of a lone `%{TX.key}`
     /// (operator arguments such as `%{tx.restricted_headers_basic}`).
     fn expand_borrowed<'s>(&'s self, m: &Macro, rule: &Rule) -> Cow<'s, [u8]> {
-        if let [Seg::Var(VarName::Tx, Some(k))] = m.segs.as_slice() {
-            return Cow::Borrowed(self.tx.get(k.as_str()).map_or(&[][..], |v| &**v));
+        if let [Seg::Var(VarName::Tx, Some(k), id)] = m.segs.as_slice() {
+            return Cow::Borrowed(self.tx_entry(k, *id).map_or(&[][..], |e| e.1));
         }
         Cow::Owned(self.expand(m, rule))
     }
@@ -1614,8 +1649,8 @@ impl<'w> Transaction<'w> {
         if let Some(lit) = m.as_literal() {
             return atoi(lit.as_bytes());
         }
-        if let [Seg::Var(VarName::Tx, Some(k))] = m.segs.as_slice() {
-            return self.tx.get(k.as_str()).map_or(0, |v| atoi(v));
+        if let [Seg::Var(VarName::Tx, Some(k), id)] = m.segs.as_slice() {
+            return self.tx_entry(k, *id).map_or(0, |e| atoi(e.1));
         }
         atoi(&self.expand(m, rule))
     }
@@ -1623,7 +1658,9 @@ impl<'w> Transaction<'w> {
     fn run_actions(&mut self, top: &Rule, link: &'w Rule) {
         for sv in &link.actions.setvars {
             let key: Cow<'w, str> = match sv.key.as_literal() {
-                Some(k) if !k.bytes().any(|b| b.is_ascii_uppercase()) => Cow::Borrowed(k),
+                Some(k) if sv.key_id.is_some() || !k.bytes().any(|b| b.is_ascii_uppercase()) => {
+                    Cow::Borrowed(k)
+                }
                 _ => {
                     let mut k = self.expand(&sv.key, top);
                     k.make_ascii_lowercase();
@@ -1637,43 +1674,24 @@ impl<'w> Transaction<'w> {
             // sets and adds to the same hundred or so TX variables on every
             // request.
             match &sv.op {
-                SetOp::Delete => {
-                    self.collection(sv.coll).remove(key.as_ref());
-                }
+                SetOp::Delete => self.var_ref(sv.coll, sv.key_id, key).remove(),
                 SetOp::Set(m) => match m.as_literal() {
-                    Some(lit) => store(self.collection(sv.coll), key, lit.as_bytes()),
+                    Some(lit) => self.var_ref(sv.coll, sv.key_id, key).put(lit.as_bytes()),
                     None => {
                         let v = self.expand(m, top);
-                        let map = self.collection(sv.coll);
-                        match map.get_mut(key.as_ref()) {
-                            Some(slot) => slot.set(&v),
-                            // a new variable takes the expansion's buffer
-                            // when it is too long to be held inline
-                            None => {
-                                map.insert(key, SmallBytes::from(v));
-                            }
-                        }
+                        self.var_ref(sv.coll, sv.key_id, key).put_owned(v);
                     }
                 },
                 SetOp::Add(m) | SetOp::Sub(m) => {
                     let delta = self.macro_int(m, top);
-                    let add = matches!(sv.op, SetOp::Add(_));
-                    let apply = |cur: i64| {
-                        if add {
-                            cur.saturating_add(delta)
-                        } else {
-                            cur.saturating_sub(delta)
-                        }
+                    let var = self.var_ref(sv.coll, sv.key_id, key);
+                    let cur = var.get().map_or(0, |v| atoi(v));
+                    let new = if matches!(sv.op, SetOp::Add(_)) {
+                        cur.saturating_add(delta)
+                    } else {
+                        cur.saturating_sub(delta)
                     };
-                    let map = self.collection(sv.coll);
-                    let mut digits = itoa::Buffer::new();
-                    match map.get_mut(key.as_ref()) {
-                        Some(slot) => slot.set(digits.format(apply(atoi(slot))).as_bytes()),
-                        None => {
-                            let v = SmallBytes::copy_of(digits.format(apply(0)).as_bytes());
-                            map.insert(key, v);
-                        }
-                    }
+                    var.put(itoa::Buffer::new().format(new).as_bytes());
                 }
             }
         }
@@ -1729,6 +1747,53 @@ impl<'w> Transaction<'w> {
         }
     }
 
+    /// A TX value and its key, by the key's id when the rules name it (as
+    /// read from a rule) or else by the key itself.
+    fn tx_entry(&self, key: &str, id: Option<u32>) -> Option<(&str, &[u8])> {
+        let id = id.or_else(|| self.waf.tx_ids.get(key).copied());
+        match id {
+            Some(id) => {
+                let v = self.tx_named.get(id as usize)?.as_ref()?;
+                let k = self.waf.tx_keys.get(id as usize)?;
+                Some((k.as_str(), &**v))
+            }
+            None => self.tx.get_key_value(key).map(|(k, v)| (k.as_ref(), &**v)),
+        }
+    }
+
+    /// A TX value by key.
+    fn tx_get(&self, key: &str) -> Option<&[u8]> {
+        self.tx_entry(key, None).map(|e| e.1)
+    }
+
+    /// The TX variables `sel` selects, in key order (as ModSecurity lists
+    /// a collection).
+    fn tx_sorted(&self, sel: &Selector) -> Vec<(&str, &[u8])> {
+        let named = self
+            .tx_named
+            .iter()
+            .zip(&self.waf.tx_keys)
+            .filter_map(|(v, k)| Some((k.as_str(), &**v.as_ref()?)));
+        let other = self.tx.iter().map(|(k, v)| (k.as_ref(), &**v));
+        let mut selected: Vec<(&str, &[u8])> =
+            named.chain(other).filter(|(k, _)| sel.matches(k)).collect();
+        selected.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        selected
+    }
+
+    /// Where `setvar` writes: a TX variable the rules name by its id, any
+    /// other by its key.
+    fn var_ref(&mut self, coll: VarName, id: Option<u32>, key: Cow<'w, str>) -> VarRef<'_, 'w> {
+        if coll == VarName::Tx {
+            let id = id.or_else(|| self.waf.tx_ids.get(key.as_ref()).copied());
+            return match id.and_then(|id| self.tx_named.get_mut(id as usize)) {
+                Some(v) => VarRef::Named(v),
+                None => VarRef::Map(&mut self.tx, key),
+            };
+        }
+        VarRef::Map(self.collection(coll), key)
+    }
+
     fn collection(&mut self, coll: VarName) -> &mut VarMap<'w> {
         if coll == VarName::Tx {
             &mut self.tx
@@ -1738,6 +1803,62 @@ impl<'w> Transaction<'w> {
                 .entry(coll)
                 .or_insert_with(|| VarMap::with_hasher(SeededState(seed)))
         }
+    }
+}
+
+/// A variable `setvar` writes.
+enum VarRef<'a, 'w> {
+    /// A TX variable the rules name.
+    Named(&'a mut Option<SmallBytes>),
+    /// A variable of a map, by key.
+    Map(&'a mut VarMap<'w>, Cow<'w, str>),
+}
+
+impl VarRef<'_, '_> {
+    fn get(&self) -> Option<&SmallBytes> {
+        match self {
+            VarRef::Named(v) => v.as_ref(),
+            VarRef::Map(m, k) => m.get(k.as_ref()),
+        }
+    }
+
+    fn put(self, value: &[u8]) {
+        match self {
+            VarRef::Named(v) => store_named(v, value),
+            VarRef::Map(m, k) => store(m, k, value),
+        }
+    }
+
+    /// [`VarRef::put`]; a new variable takes the buffer when it is too
+    /// long to be held inline.
+    fn put_owned(self, value: Vec<u8>) {
+        match self {
+            VarRef::Named(Some(v)) => v.set(&value),
+            VarRef::Named(v) => *v = Some(SmallBytes::from(value)),
+            VarRef::Map(m, k) => match m.get_mut(k.as_ref()) {
+                Some(v) => v.set(&value),
+                None => {
+                    m.insert(k, SmallBytes::from(value));
+                }
+            },
+        }
+    }
+
+    fn remove(self) {
+        match self {
+            VarRef::Named(v) => *v = None,
+            VarRef::Map(m, k) => {
+                m.remove(k.as_ref());
+            }
+        }
+    }
+}
+
+/// Sets a named TX variable to `value`, reusing the buffer it has.
+fn store_named(slot: &mut Option<SmallBytes>, value: &[u8]) {
+    match slot {
+        Some(v) => v.set(value),
+        None => *slot = Some(SmallBytes::copy_of(value)),
     }
 }
 
@@ -2024,6 +2145,33 @@ SecRule TX:b "@streq x10" "id:6,phase:1,pass,nolog,setvar:!tx.b"
 SecRule &TX:b "@eq 0" "id:7,phase:1,pass,nolog"
 "#;
         assert_eq!(ids(rules, &Request::new("GET", "/")), [1, 2, 3, 4, 5, 6, 7]);
+    }
+
+    #[test]
+    fn tx_keys_named_by_the_rules_and_made_at_run_time_are_one_variable() {
+        // `tx.k_a` is named by the rules (an id); the same key made by a
+        // macro at run time, and keys no rule names, must meet it
+        let rules = r#"
+SecAction "id:1,phase:1,pass,nolog,setvar:tx.n=a,setvar:tx.k_a=1"
+SecAction "id:2,phase:1,pass,nolog,setvar:tx.k_%{tx.n}=+4,setvar:tx.m_%{tx.n}=7"
+SecRule TX:k_a "@eq 5" "id:3,phase:1,pass,nolog"
+SecRule TX:/^m_/ "@eq 7" "id:4,phase:1,pass,nolog,setvar:!tx.k_%{tx.n}"
+SecRule &TX:k_a "@eq 0" "id:5,phase:1,pass,nolog"
+SecRule TX:/^[km]_/ "@rx ." "id:6,phase:1,pass,log"
+SecRule REQUEST_URI "@rx (b)(c)" "id:7,phase:1,pass,nolog,capture,setvar:tx.x=%{tx.2}"
+SecRule TX:x "@streq c" "id:8,phase:1,pass,nolog"
+"#;
+        let waf = Waf::from_str_named("t.conf", rules).unwrap();
+        for _ in 0..4 {
+            let v = waf.evaluate(&Request::new("GET", "/abc"));
+            assert_eq!(v.matched_ids, [1, 2, 3, 4, 5, 6, 7, 8]);
+            let names: Vec<&str> = v
+                .matched_rules
+                .iter()
+                .map(|m| m.matched_var_name.as_str())
+                .collect();
+            assert_eq!(names, ["TX:m_a"]);
+        }
     }
 
     #[test]

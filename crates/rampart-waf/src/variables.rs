@@ -231,6 +231,9 @@ pub(crate) struct Target {
     /// scalar, `TX:key` (TX keys are looked up exactly). Worked out once,
     /// so that a hit borrows it instead of writing a name per request.
     pub fixed_name: Option<String>,
+    /// For `TX:key`, the key's id (filled by
+    /// [`crate::engine::WafBuilder::build`]).
+    pub tx_id: Option<u32>,
 }
 
 impl Target {
@@ -246,6 +249,7 @@ impl Target {
             selector,
             count,
             fixed_name,
+            tx_id: None,
         }
     }
 }
