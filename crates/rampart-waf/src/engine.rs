@@ -182,6 +182,9 @@ impl WafBuilder {
         for r in &mut rules {
             tx_keys.intern_rule(r);
         }
+        for r in &mut rules {
+            tx_keys.select(r);
+        }
         let tag_sets = tag_sets(&rules);
         let tf_triggers = chains.triggers;
         let fancy: Vec<u64> = rules
@@ -666,6 +669,26 @@ impl TxKeys {
         }
         if let Some(c) = r.chain.as_deref_mut() {
             self.intern_rule(c);
+        }
+    }
+
+    /// Lists, for every `TX` and `TX:/regex/` target, the keys the rules
+    /// name that it selects ([`crate::variables::Target::tx_selected`]).
+    fn select(&self, r: &mut Rule) {
+        if let RuleBody::Match { targets, .. } = &mut r.body {
+            for t in &mut targets.targets {
+                if t.var == VarName::Tx && !matches!(t.selector, Selector::Key(_)) {
+                    let mut ids: Vec<u32> = (0..self.keys.len())
+                        .filter(|&i| self.keys.get(i).is_some_and(|k| t.selector.matches(k)))
+                        .filter_map(|i| u32::try_from(i).ok())
+                        .collect();
+                    ids.sort_by(|&a, &b| self.keys.get(a as usize).cmp(&self.keys.get(b as usize)));
+                    t.tx_selected = Some(ids);
+                }
+            }
+        }
+        if let Some(c) = r.chain.as_deref_mut() {
+            self.select(c);
         }
     }
 }

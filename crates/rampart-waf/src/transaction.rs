@@ -1441,7 +1441,7 @@ impl<'w> Transaction<'w> {
                         });
                     }
                 }
-                sel => push_sorted(out, self.tx_sorted(sel)),
+                sel => push_sorted(out, self.tx_sorted(sel, t.tx_selected.as_deref())),
             },
             Kind::Persist => {
                 let map = self.persist.get(&t.var);
@@ -1585,6 +1585,7 @@ impl<'w> Transaction<'w> {
                     count: false,
                     fixed_name: None,
                     tx_id: None,
+                    tx_selected: None,
                 };
                 let mut first = None;
                 self.collect(&t, &mut |v| {
@@ -1607,7 +1608,7 @@ impl<'w> Transaction<'w> {
                     let value = match key {
                         Some(k) => self.tx_entry(k, *id).map(|e| e.1),
                         // the first in key order
-                        None => self.tx_sorted(&Selector::All).first().map(|e| e.1),
+                        None => self.tx_sorted(&Selector::All, None).first().map(|e| e.1),
                     };
                     if let Some(v) = value {
                         out.extend_from_slice(v);
@@ -1767,17 +1768,37 @@ impl<'w> Transaction<'w> {
     }
 
     /// The TX variables `sel` selects, in key order (as ModSecurity lists
-    /// a collection).
-    fn tx_sorted(&self, sel: &Selector) -> Vec<(&str, &[u8])> {
-        let named = self
-            .tx_named
-            .iter()
-            .zip(&self.waf.tx_keys)
-            .filter_map(|(v, k)| Some((k.as_str(), &**v.as_ref()?)));
-        let other = self.tx.iter().map(|(k, v)| (k.as_ref(), &**v));
-        let mut selected: Vec<(&str, &[u8])> =
-            named.chain(other).filter(|(k, _)| sel.matches(k)).collect();
-        selected.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    /// a collection). `named`, when given, are the ids of the keys the
+    /// rules name that `sel` selects, in key order ([`Target::tx_selected`]).
+    fn tx_sorted(&self, sel: &Selector, named: Option<&[u32]>) -> Vec<(&str, &[u8])> {
+        let value = |id: usize| self.tx_named.get(id).and_then(Option::as_ref);
+        let mut selected: Vec<(&str, &[u8])> = match named {
+            Some(ids) => ids
+                .iter()
+                .filter_map(|&id| {
+                    let v = value(id as usize)?;
+                    Some((self.waf.tx_keys.get(id as usize)?.as_str(), &**v))
+                })
+                .collect(),
+            None => self
+                .waf
+                .tx_keys
+                .iter()
+                .enumerate()
+                .filter_map(|(id, k)| Some((k.as_str(), &**value(id)?)))
+                .filter(|(k, _)| sel.matches(k))
+                .collect(),
+        };
+        let before = selected.len();
+        selected.extend(
+            self.tx
+                .iter()
+                .map(|(k, v)| (k.as_ref(), &**v))
+                .filter(|(k, _)| sel.matches(k)),
+        );
+        if named.is_none() || selected.len() > before {
+            selected.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        }
         selected
     }
 

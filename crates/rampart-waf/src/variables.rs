@@ -234,6 +234,10 @@ pub(crate) struct Target {
     /// For `TX:key`, the key's id (filled by
     /// [`crate::engine::WafBuilder::build`]).
     pub tx_id: Option<u32>,
+    /// For `TX` and `TX:/regex/`, the ids of the keys the rules name that
+    /// it selects, in key order (filled by
+    /// [`crate::engine::WafBuilder::build`]).
+    pub tx_selected: Option<Vec<u32>>,
 }
 
 impl Target {
@@ -250,6 +254,7 @@ impl Target {
             count,
             fixed_name,
             tx_id: None,
+            tx_selected: None,
         }
     }
 }
