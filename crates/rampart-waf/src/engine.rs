@@ -9,6 +9,7 @@ use crate::lexer::{lex, Directive};
 use crate::operators::{Op, Operator, RxEngine};
 use crate::prefilter::ByteSet;
 use crate::rule::{Rule, RuleBody};
+use crate::transaction::SeededState;
 use crate::transformations::Transform;
 use crate::variables::{parse_targets, Kind, Selector, VarName};
 use std::collections::{BTreeMap, HashMap};
@@ -174,6 +175,10 @@ impl WafBuilder {
             ));
         }
         let mut rules = std::mem::take(&mut self.rules);
+        let hash_seed = {
+            use std::hash::BuildHasher;
+            std::collections::hash_map::RandomState::new().hash_one(0x7261_6d70_u64)
+        };
         let mut chains = ChainTrie::default();
         for r in &mut rules {
             prepare(r, &mut chains);
@@ -184,6 +189,10 @@ impl WafBuilder {
         }
         for r in &mut rules {
             tx_keys.select(r);
+        }
+        let mut sel_keys = SelKeys::new(hash_seed);
+        for r in &mut rules {
+            sel_keys.intern_rule(r);
         }
         let tag_sets = tag_sets(&rules);
         let tf_triggers = chains.triggers;
@@ -221,10 +230,8 @@ impl WafBuilder {
             tf_triggers,
             tx_keys: tx_keys.keys,
             tx_ids: tx_keys.ids,
-            hash_seed: {
-                use std::hash::BuildHasher;
-                std::collections::hash_map::RandomState::new().hash_one(0x7261_6d70_u64)
-            },
+            sel_keys,
+            hash_seed,
             config: self.config.clone(),
             warnings,
             id: NEXT_WAF_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
@@ -594,20 +601,6 @@ fn prepare(r: &mut Rule, chains: &mut ChainTrie) {
         }
         _ => None,
     };
-    r.skip_slots = match (&r.body, r.skip_bytes) {
-        (RuleBody::Match { targets, .. }, Some(_)) => targets
-            .targets
-            .iter()
-            .take(crate::rule::SKIP_SLOTS)
-            .map(|t| match t.var.kind() {
-                _ if t.count => None,
-                Kind::Keyed | Kind::Scalar => Some((t.var as u8, false)),
-                Kind::Names(src) => Some((src as u8, true)),
-                _ => None,
-            })
-            .collect(),
-        _ => Vec::new(),
-    };
     if let Some(c) = r.chain.as_deref_mut() {
         prepare(c, chains);
     }
@@ -689,6 +682,102 @@ impl TxKeys {
         }
         if let Some(c) = r.chain.as_deref_mut() {
             self.select(c);
+        }
+    }
+}
+
+/// No key id ([`SelKeys`]).
+pub(crate) const NO_KEY: u8 = u8::MAX;
+
+/// Most key ids ([`SelKeys`]): one bit each in a slot's mask.
+const SEL_KEYS: usize = 64;
+
+/// Longest key given an id ([`SelKeys`]).
+const SEL_KEY_LEN: usize = 64;
+
+/// The keys targets select in stored collections (`REQUEST_HEADERS:Referer`,
+/// `REQUEST_COOKIES:/*`), lowercased, each given an id (up to
+/// [`SEL_KEYS`]): a stored value gets the id of its key when it is stored,
+/// so that such a target compares ids instead of keys, and passes over a
+/// collection whose mask of key ids lacks its own.
+#[derive(Debug)]
+pub(crate) struct SelKeys {
+    ids: HashMap<Box<[u8]>, u8, SeededState>,
+    /// The longest key with an id.
+    longest: usize,
+}
+
+impl SelKeys {
+    fn new(seed: u64) -> SelKeys {
+        SelKeys {
+            ids: HashMap::with_hasher(SeededState(seed)),
+            longest: 0,
+        }
+    }
+
+    /// The id of `key`, compared ASCII-case-insensitively, or [`NO_KEY`].
+    pub(crate) fn id(&self, key: &str) -> u8 {
+        if key.len() > self.longest {
+            return NO_KEY;
+        }
+        let mut buf = [0u8; SEL_KEY_LEN];
+        let Some(low) = buf.get_mut(..key.len()) else {
+            return NO_KEY;
+        };
+        low.copy_from_slice(key.as_bytes());
+        low.make_ascii_lowercase();
+        self.ids.get(&*low).copied().unwrap_or(NO_KEY)
+    }
+
+    fn intern_rule(&mut self, r: &mut Rule) {
+        if let RuleBody::Match { targets, .. } = &mut r.body {
+            for t in &mut targets.targets {
+                let Selector::Key(k) = &t.selector else {
+                    continue;
+                };
+                if !matches!(t.var.kind(), Kind::Keyed | Kind::Names(_)) || k.len() > SEL_KEY_LEN {
+                    continue;
+                }
+                let k = k.to_ascii_lowercase().into_bytes().into_boxed_slice();
+                let next = self.ids.len();
+                t.key_id = match self.ids.get(&k) {
+                    Some(&id) => Some(id),
+                    None if next < SEL_KEYS => {
+                        let id = u8::try_from(next).unwrap_or(NO_KEY);
+                        self.longest = self.longest.max(k.len());
+                        self.ids.insert(k, id);
+                        Some(id)
+                    }
+                    None => None,
+                };
+            }
+        }
+        r.skip_slots = match (&r.body, r.skip_bytes) {
+            (RuleBody::Match { targets, .. }, skip)
+                if skip.is_some() || targets.targets.iter().any(|t| t.key_id.is_some()) =>
+            {
+                targets
+                    .targets
+                    .iter()
+                    .take(crate::rule::SKIP_SLOTS)
+                    .map(|t| {
+                        let (var, keys) = match t.var.kind() {
+                            _ if t.count => return None,
+                            Kind::Keyed | Kind::Scalar => (t.var, false),
+                            Kind::Names(src) => (src, true),
+                            _ => return None,
+                        };
+                        match (skip, t.key_id) {
+                            (None, None) => None,
+                            (_, id) => Some((var as u8, keys, id.unwrap_or(NO_KEY))),
+                        }
+                    })
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
+        if let Some(c) = r.chain.as_deref_mut() {
+            self.intern_rule(c);
         }
     }
 }
@@ -872,6 +961,8 @@ pub struct Waf {
     pub(crate) tx_keys: Vec<String>,
     /// The id of each key in `tx_keys`.
     pub(crate) tx_ids: HashMap<String, u32>,
+    /// The keys targets select in stored collections, by id.
+    pub(crate) sel_keys: SelKeys,
     /// Random seed of the transaction's TX hash maps.
     pub(crate) hash_seed: u64,
     pub(crate) config: Config,

@@ -39,11 +39,14 @@ pub(crate) struct Rule {
     /// the non-negated operator needs), so it is skipped unread.
     pub skip_bytes: Option<ByteSet>,
     /// Filled by [`crate::engine::WafBuilder::build`] when the link has
-    /// `skip_bytes`: per target (up to [`SKIP_SLOTS`]), the stored slot
-    /// whose byte union decides whether it can yield a value (its index and
-    /// whether its keys or its values are read); `None` for a target read
-    /// elsewhere (TX, a count, MATCHED_*), which is always read.
-    pub skip_slots: Vec<Option<(u8, bool)>>,
+    /// `skip_bytes` or a target selecting one key of a stored collection:
+    /// per target (up to [`SKIP_SLOTS`]), the stored slot that decides
+    /// whether it can yield a value (its index, whether its keys or its
+    /// values are read, whose byte union is tested against `skip_bytes`,
+    /// and the key's id, [`crate::engine::SelKeys`], or
+    /// [`crate::engine::NO_KEY`]); `None` for a target always read (TX, a
+    /// count, MATCHED_*, or a whole collection without `skip_bytes`).
+    pub skip_slots: Vec<Option<(u8, bool, u8)>>,
 }
 
 /// Most targets of a link whose stored slots are tested before the link

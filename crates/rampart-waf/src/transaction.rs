@@ -12,8 +12,8 @@
 
 use crate::actions::{AllowScope, BodyProcessor, Ctl, Disruptive, EngineMode, IdRange, SetOp};
 use crate::body;
-use crate::engine::ROOT_NODE;
 use crate::engine::{BodyLimitAction, Waf};
+use crate::engine::{SelKeys, NO_KEY, ROOT_NODE};
 use crate::exclusions::Exclusions;
 use crate::macros::{Macro, Seg};
 use crate::operators::{atoi, eval_with, Op, Operator};
@@ -36,8 +36,8 @@ use std::sync::Arc;
 type VarMap<'w> = HashMap<Cow<'w, str>, SmallBytes, SeededState>;
 
 /// Builds [`KeyHasher`]s with the engine's random seed.
-#[derive(Clone, Copy)]
-struct SeededState(u64);
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SeededState(pub(crate) u64);
 
 impl std::hash::BuildHasher for SeededState {
     type Hasher = KeyHasher;
@@ -52,7 +52,7 @@ impl std::hash::BuildHasher for SeededState {
 /// (`setvar:tx.%{MATCHED_VAR_NAME}=…`), but only as many as the request
 /// has values, which the engine's limits bound, so even keys made to
 /// collide cost no more than a linear search.
-struct KeyHasher(u64);
+pub(crate) struct KeyHasher(u64);
 
 impl Hasher for KeyHasher {
     fn finish(&self) -> u64 {
@@ -106,6 +106,9 @@ struct Val<'a> {
 #[derive(Clone)]
 struct Entry {
     key: String,
+    /// The id of `key` among the keys targets select
+    /// ([`crate::engine::SelKeys`]), or [`NO_KEY`].
+    key_id: u8,
     value: Vec<u8>,
     key_bytes: ByteSet,
     value_bytes: ByteSet,
@@ -118,16 +121,20 @@ struct Slot {
     entries: Vec<Entry>,
     keys: ByteSet,
     values: ByteSet,
+    /// The ids of the entries' keys, one bit each.
+    key_mask: u64,
 }
 
 impl Slot {
-    fn push(&mut self, key: String, value: Vec<u8>) {
+    fn push(&mut self, key_id: u8, key: String, value: Vec<u8>) {
         let key_bytes = ByteSet::of(key.as_bytes());
         let value_bytes = ByteSet::of(&value);
         self.keys.union_with(&key_bytes);
         self.values.union_with(&value_bytes);
+        self.key_mask |= 1u64.checked_shl(u32::from(key_id)).unwrap_or(0);
         self.entries.push(Entry {
             key,
+            key_id,
             value,
             key_bytes,
             value_bytes,
@@ -138,6 +145,24 @@ impl Slot {
         self.entries.clear();
         self.keys = ByteSet::default();
         self.values = ByteSet::default();
+        self.key_mask = 0;
+    }
+}
+
+/// A slot being filled: its values get the ids of their keys.
+struct SlotMut<'s> {
+    slot: &'s mut Slot,
+    keys: &'s SelKeys,
+}
+
+impl SlotMut<'_> {
+    fn push(&mut self, key: String, value: Vec<u8>) {
+        let id = self.keys.id(&key);
+        self.slot.push(id, key, value);
+    }
+
+    fn clear(&mut self) {
+        self.slot.clear();
     }
 }
 
@@ -530,8 +555,9 @@ impl<'w> Transaction<'w> {
         t
     }
 
-    fn slot(&mut self, v: VarName) -> &mut Slot {
+    fn slot(&mut self, v: VarName) -> SlotMut<'_> {
         let idx = v as usize;
+        let keys = &self.waf.sel_keys;
         if let Some(g) = self.generations.get_mut(idx) {
             *g = g.wrapping_add(1);
         }
@@ -540,7 +566,7 @@ impl<'w> Transaction<'w> {
             self.slots.resize(idx + 1, Slot::default());
         }
         match self.slots.get_mut(idx) {
-            Some(s) => s,
+            Some(slot) => SlotMut { slot, keys },
             None => unreachable!("slot table covers every variable"),
         }
     }
@@ -570,8 +596,8 @@ impl<'w> Transaction<'w> {
     /// [`Transaction::set`], taking the value's buffer.
     fn set_owned(&mut self, v: VarName, value: Vec<u8>) {
         let s = self.slot(v);
-        s.clear();
-        s.push(String::new(), value);
+        s.slot.clear();
+        s.slot.push(NO_KEY, String::new(), value);
     }
 
     fn add_arg(&mut self, which: VarName, k: String, v: Vec<u8>) {
@@ -838,7 +864,7 @@ impl<'w> Transaction<'w> {
                         .push(name, size.to_string().into_bytes());
                 }
                 self.set(VarName::FilesCombinedSize, total.to_string().as_bytes());
-                let headers = self.slot(VarName::MultipartPartHeaders);
+                let mut headers = self.slot(VarName::MultipartPartHeaders);
                 headers.clear();
                 for (k, v) in m.part_headers {
                     headers.push(k, v);
@@ -884,7 +910,7 @@ impl<'w> Transaction<'w> {
             Some(BodyProcessor::Xml) => {
                 match crate::xml::parse_xml(body, self.waf.config.xml_depth_limit, arg_limit) {
                     Ok(x) => {
-                        let slot = self.slot(VarName::Xml);
+                        let mut slot = self.slot(VarName::Xml);
                         for v in x.text {
                             slot.push("/*".to_string(), v);
                         }
@@ -1126,15 +1152,20 @@ impl<'w> Transaction<'w> {
         // that are read elsewhere), one bit each: when none is left the
         // link cannot match and is not set up at all.
         let mut live = u64::MAX;
-        if let Some(s) = &skip {
+        if !link.skip_slots.is_empty() {
             for (i, slot) in link.skip_slots.iter().enumerate() {
-                if let Some((var, keys)) = *slot {
-                    let have = match self.slots.get(usize::from(var)) {
-                        Some(st) if keys => st.keys,
-                        Some(st) => st.values,
-                        None => ByteSet::default(),
+                if let Some((var, keys, key)) = *slot {
+                    let Some(st) = self.slots.get(usize::from(var)) else {
+                        live &= !(1u64 << i);
+                        continue;
                     };
-                    if !have.intersects(s) {
+                    let have = if keys { &st.keys } else { &st.values };
+                    // the key it selects is not there, or no value holds
+                    // a byte of `skip`
+                    if (key != NO_KEY
+                        && st.key_mask & 1u64.checked_shl(u32::from(key)).unwrap_or(0) == 0)
+                        || skip.as_ref().is_some_and(|s| !have.intersects(s))
+                    {
                         live &= !(1u64 << i);
                     }
                 }
@@ -1474,7 +1505,12 @@ impl<'w> Transaction<'w> {
             Kind::Keyed => {
                 let g = self.generation(t.var);
                 for (pos, e) in self.get_slot(t.var).iter().enumerate() {
-                    if !lacks(&e.value_bytes) && t.selector.matches(&e.key) {
+                    // one key by its id, when it has one
+                    if t.key_id.is_some_and(|id| e.key_id != id) {
+                        continue;
+                    }
+                    if !lacks(&e.value_bytes) && (t.key_id.is_some() || t.selector.matches(&e.key))
+                    {
                         out(Val {
                             var: t.var,
                             key: Cow::Borrowed(&e.key),
@@ -1489,7 +1525,10 @@ impl<'w> Transaction<'w> {
             Kind::Names(src) => {
                 let g = self.generation(src);
                 for (pos, e) in self.get_slot(src).iter().enumerate() {
-                    if !lacks(&e.key_bytes) && t.selector.matches(&e.key) {
+                    if t.key_id.is_some_and(|id| e.key_id != id) {
+                        continue;
+                    }
+                    if !lacks(&e.key_bytes) && (t.key_id.is_some() || t.selector.matches(&e.key)) {
                         out(Val {
                             var: t.var,
                             key: Cow::Borrowed(&e.key),
@@ -1586,6 +1625,7 @@ impl<'w> Transaction<'w> {
                     fixed_name: None,
                     tx_id: None,
                     tx_selected: None,
+                    key_id: None,
                 };
                 let mut first = None;
                 self.collect(&t, &mut |v| {
@@ -2192,6 +2232,50 @@ SecRule TX:x "@streq c" "id:8,phase:1,pass,nolog"
                 .map(|m| m.matched_var_name.as_str())
                 .collect();
             assert_eq!(names, ["TX:m_a"]);
+        }
+    }
+
+    #[test]
+    fn keys_selected_by_id_match_as_the_names_do() {
+        // one key of a stored collection is found by its id: in any case,
+        // every value with that key, as a name too, and a count
+        let long = "x".repeat(70);
+        let rules = format!(
+            r#"
+SecRule REQUEST_HEADERS:X-Probe "@rx ^v" "id:1,phase:1,pass,log"
+SecRule REQUEST_HEADERS_NAMES:x-probe "@rx ." "id:2,phase:1,pass,log"
+SecRule &REQUEST_HEADERS:x-PROBE "@eq 2" "id:3,phase:1,pass,nolog"
+SecRule &REQUEST_HEADERS:x-absent "@eq 0" "id:4,phase:1,pass,nolog"
+SecRule REQUEST_HEADERS:x-absent "@rx ^" "id:5,phase:1,pass,nolog"
+SecRule REQUEST_HEADERS:{long} "@rx ^w$" "id:6,phase:1,pass,log"
+SecRule ARGS:A|REQUEST_COOKIES:c "@rx ." "id:7,phase:1,pass,log"
+"#
+        );
+        let waf = Waf::from_str_named("t.conf", &rules).unwrap();
+        let req = Request::new("GET", "/?a=1&b=2")
+            .header("x-probe", "v1")
+            .header("Host", "h")
+            .header("X-PROBE", "v2")
+            .header(&long.to_uppercase(), "w")
+            .header("Cookie", "C=3; d=4");
+        for _ in 0..4 {
+            let v = waf.evaluate(&req);
+            assert_eq!(v.matched_ids, [1, 2, 3, 4, 6, 7]);
+            let names: Vec<&str> = v
+                .matched_rules
+                .iter()
+                .map(|m| m.matched_var_name.as_str())
+                .collect();
+            let long_name = format!("REQUEST_HEADERS:{}", long.to_uppercase());
+            assert_eq!(
+                names,
+                [
+                    "REQUEST_HEADERS:X-PROBE",
+                    "REQUEST_HEADERS_NAMES:X-PROBE",
+                    long_name.as_str(),
+                    "REQUEST_COOKIES:C"
+                ]
+            );
         }
     }
 

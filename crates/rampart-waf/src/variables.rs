@@ -238,6 +238,10 @@ pub(crate) struct Target {
     /// it selects, in key order (filled by
     /// [`crate::engine::WafBuilder::build`]).
     pub tx_selected: Option<Vec<u32>>,
+    /// For one key of a stored collection (`REQUEST_HEADERS:User-Agent`),
+    /// the key's id ([`crate::engine::SelKeys`]; filled by
+    /// [`crate::engine::WafBuilder::build`]).
+    pub key_id: Option<u8>,
 }
 
 impl Target {
@@ -255,6 +259,7 @@ impl Target {
             fixed_name,
             tx_id: None,
             tx_selected: None,
+            key_id: None,
         }
     }
 }
