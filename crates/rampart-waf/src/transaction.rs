@@ -335,7 +335,10 @@ impl Spare {
         if slots.len() != VAR_COUNT || tf_cache.capacity() > SPARE_CACHE_ENTRIES {
             return;
         }
-        tx_named.fill(None);
+        // most of the rules' keys were never set
+        for v in tx_named.iter_mut().filter(|v| v.is_some()) {
+            *v = None;
+        }
         for s in &mut slots {
             if s.entries.capacity() > SPARE_SLOT_VALUES {
                 *s = Slot::default();
