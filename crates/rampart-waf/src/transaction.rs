@@ -301,6 +301,9 @@ struct Spare {
     slots: Vec<Slot>,
     tf_cache: TfCache,
     tx_named: Vec<Option<SmallBytes>>,
+    /// Emptied shells of the cache's shared results, for the next results
+    /// ([`Transaction::shared`]).
+    shells: Vec<Arc<Vec<u8>>>,
 }
 
 thread_local! {
@@ -311,27 +314,33 @@ thread_local! {
 /// cache may have room for: a large request's buffers are freed, not kept.
 const SPARE_SLOT_VALUES: usize = 64;
 const SPARE_CACHE_ENTRIES: usize = 1024;
+/// Most emptied result shells kept.
+const SPARE_SHELLS: usize = 256;
 
 impl Spare {
     /// This thread's spare buffers, or new ones.
-    fn take() -> (Vec<Slot>, TfCache, Vec<Option<SmallBytes>>) {
+    fn take() -> Spare {
         let spare = SPARE
             .try_with(|s| s.try_borrow_mut().ok().and_then(|mut s| s.take()))
             .ok()
             .flatten();
-        match spare {
-            Some(s) => (s.slots, s.tf_cache, s.tx_named),
-            None => (
-                vec![Slot::default(); VAR_COUNT],
-                TfCache::with_capacity_and_hasher(256, BuildHasherDefault::default()),
-                Vec::new(),
-            ),
-        }
+        spare.unwrap_or_else(|| Spare {
+            slots: vec![Slot::default(); VAR_COUNT],
+            tf_cache: TfCache::with_capacity_and_hasher(256, BuildHasherDefault::default()),
+            tx_named: Vec::new(),
+            shells: Vec::new(),
+        })
     }
 
     /// Empties a finished transaction's buffers and keeps them for the
     /// next (unless they grew past the limits).
-    fn keep(mut slots: Vec<Slot>, mut tf_cache: TfCache, mut tx_named: Vec<Option<SmallBytes>>) {
+    fn keep(self) {
+        let Spare {
+            mut slots,
+            mut tf_cache,
+            mut tx_named,
+            mut shells,
+        } = self;
         if slots.len() != VAR_COUNT || tf_cache.capacity() > SPARE_CACHE_ENTRIES {
             return;
         }
@@ -346,13 +355,24 @@ impl Spare {
                 s.clear();
             }
         }
-        tf_cache.clear();
+        // a result shared by several entries is emptied by the last
+        for (_, e) in tf_cache.drain() {
+            if let Some(mut shell) = e.value {
+                if let Some(v) = Arc::get_mut(&mut shell) {
+                    if shells.len() < SPARE_SHELLS {
+                        *v = Vec::new();
+                        shells.push(shell);
+                    }
+                }
+            }
+        }
         let _ = SPARE.try_with(|s| {
             if let Ok(mut s) = s.try_borrow_mut() {
                 *s = Some(Spare {
                     slots,
                     tf_cache,
                     tx_named,
+                    shells,
                 });
             }
         });
@@ -382,6 +402,8 @@ pub(crate) struct Transaction<'w> {
     /// Per slot, bumped on every change (part of each value's cache id).
     generations: Vec<u32>,
     tf_cache: RefCell<TfCache>,
+    /// Emptied shells for shared results ([`Transaction::shared`]).
+    tf_shells: RefCell<Vec<Arc<Vec<u8>>>>,
     /// Bytes of the cache's budget spent ([`CACHE_BUDGET`]).
     tf_cache_bytes: Cell<usize>,
     engine: EngineMode,
@@ -441,7 +463,12 @@ fn path_and_query(uri: &str) -> &str {
 impl<'w> Transaction<'w> {
     pub(crate) fn new(waf: &'w Waf, req: &Request) -> Self {
         let cfg = &waf.config;
-        let (slots, tf_cache, mut tx_named) = Spare::take();
+        let Spare {
+            slots,
+            tf_cache,
+            mut tx_named,
+            shells,
+        } = Spare::take();
         tx_named.resize_with(waf.tx_keys.len(), || None);
         let mut t = Transaction {
             waf,
@@ -459,6 +486,7 @@ impl<'w> Transaction<'w> {
             removed_targets_by_tag: Vec::new(),
             generations: vec![0; VAR_COUNT],
             tf_cache: RefCell::new(tf_cache),
+            tf_shells: RefCell::new(shells),
             tf_cache_bytes: Cell::new(0),
             engine: cfg.engine,
             body_access: cfg.request_body_access,
@@ -768,7 +796,13 @@ impl<'w> Transaction<'w> {
             anomaly_score,
             outbound_anomaly_score,
         };
-        Spare::keep(self.slots, self.tf_cache.into_inner(), self.tx_named);
+        Spare {
+            slots: self.slots,
+            tf_cache: self.tf_cache.into_inner(),
+            tx_named: self.tx_named,
+            shells: self.tf_shells.into_inner(),
+        }
+        .keep();
         verdict
     }
 
@@ -1391,7 +1425,7 @@ impl<'w> Transaction<'w> {
             let mut cost = CACHE_ENTRY_COST;
             if let Some(o) = changed(tf.apply(input), input.len()) {
                 cost += o.len();
-                cur = Some(Arc::new(o));
+                cur = Some(self.shared(o));
             }
             if self.charge_cache(cost) {
                 cache.insert(
@@ -1408,6 +1442,26 @@ impl<'w> Transaction<'w> {
             e.bytes = bytes;
         }
         (cur, bytes)
+    }
+
+    /// `v` as a result the cache can share between entries, in an emptied
+    /// shell of an earlier one when there is one (one allocation fewer).
+    fn shared(&self, v: Vec<u8>) -> Arc<Vec<u8>> {
+        let shell = self
+            .tf_shells
+            .try_borrow_mut()
+            .ok()
+            .and_then(|mut s| s.pop());
+        match shell {
+            Some(mut shell) => match Arc::get_mut(&mut shell) {
+                Some(slot) => {
+                    *slot = v;
+                    shell
+                }
+                None => Arc::new(v),
+            },
+            None => Arc::new(v),
+        }
     }
 
     /// True when the chain up to `node` leaves a value holding `bytes` as
