@@ -118,7 +118,10 @@ struct Entry {
 /// their key and value bytes, which lets a rule skip the whole collection.
 #[derive(Clone, Default)]
 struct Slot {
+    /// Its values are the first `len`; the others are earlier values kept
+    /// for their buffers.
     entries: Vec<Entry>,
+    len: usize,
     keys: ByteSet,
     values: ByteSet,
     /// The ids of the entries' keys, one bit each.
@@ -126,26 +129,67 @@ struct Slot {
 }
 
 impl Slot {
+    /// Its values.
+    fn values(&self) -> &[Entry] {
+        self.entries.get(..self.len).unwrap_or(&[])
+    }
+
     fn push(&mut self, key_id: u8, key: String, value: Vec<u8>) {
-        let key_bytes = ByteSet::of(key.as_bytes());
-        let value_bytes = ByteSet::of(&value);
-        self.keys.union_with(&key_bytes);
-        self.values.union_with(&value_bytes);
-        self.key_mask |= 1u64.checked_shl(u32::from(key_id)).unwrap_or(0);
-        self.entries.push(Entry {
+        let e = Entry {
+            key_bytes: ByteSet::of(key.as_bytes()),
+            value_bytes: ByteSet::of(&value),
             key,
             key_id,
             value,
-            key_bytes,
-            value_bytes,
-        });
+        };
+        self.add_bytes(&e);
+        match self.entries.get_mut(self.len) {
+            Some(old) => *old = e,
+            None => self.entries.push(e),
+        }
+        self.len += 1;
+    }
+
+    /// [`Slot::push`], copying into the buffers of a kept entry when there
+    /// is one.
+    fn push_copy(&mut self, key_id: u8, key: &str, value: &[u8]) {
+        let Some(e) = self.entries.get_mut(self.len) else {
+            return self.push(key_id, key.to_string(), value.to_vec());
+        };
+        e.key.clear();
+        e.key.push_str(key);
+        e.key_id = key_id;
+        e.value.clear();
+        e.value.extend_from_slice(value);
+        e.key_bytes = ByteSet::of(key.as_bytes());
+        e.value_bytes = ByteSet::of(value);
+        let e = e.byte_sets();
+        self.add_bytes_of(e);
+        self.len += 1;
+    }
+
+    fn add_bytes(&mut self, e: &Entry) {
+        self.add_bytes_of((e.key_id, e.key_bytes, e.value_bytes));
+    }
+
+    fn add_bytes_of(&mut self, (key_id, key_bytes, value_bytes): (u8, ByteSet, ByteSet)) {
+        self.keys.union_with(&key_bytes);
+        self.values.union_with(&value_bytes);
+        self.key_mask |= 1u64.checked_shl(u32::from(key_id)).unwrap_or(0);
     }
 
     fn clear(&mut self) {
-        self.entries.clear();
+        self.len = 0;
         self.keys = ByteSet::default();
         self.values = ByteSet::default();
         self.key_mask = 0;
+    }
+}
+
+impl Entry {
+    /// Its key id and byte sets.
+    fn byte_sets(&self) -> (u8, ByteSet, ByteSet) {
+        (self.key_id, self.key_bytes, self.value_bytes)
     }
 }
 
@@ -159,6 +203,12 @@ impl SlotMut<'_> {
     fn push(&mut self, key: String, value: Vec<u8>) {
         let id = self.keys.id(&key);
         self.slot.push(id, key, value);
+    }
+
+    /// [`SlotMut::push`], copying the key and the value.
+    fn push_copy(&mut self, key: &str, value: &[u8]) {
+        let id = self.keys.id(key);
+        self.slot.push_copy(id, key, value);
     }
 
     fn clear(&mut self) {
@@ -314,6 +364,8 @@ thread_local! {
 /// cache may have room for: a large request's buffers are freed, not kept.
 const SPARE_SLOT_VALUES: usize = 64;
 const SPARE_CACHE_ENTRIES: usize = 1024;
+/// Largest key or value buffer a kept slot entry may have.
+const SPARE_BUFFER: usize = 1024;
 /// Most emptied result shells kept.
 const SPARE_SHELLS: usize = 256;
 
@@ -353,6 +405,10 @@ impl Spare {
                 *s = Slot::default();
             } else {
                 s.clear();
+                // large buffers are not kept
+                s.entries.retain(|e| {
+                    e.key.capacity() <= SPARE_BUFFER && e.value.capacity() <= SPARE_BUFFER
+                });
             }
         }
         // a result shared by several entries is emptied by the last
@@ -545,8 +601,7 @@ impl<'w> Transaction<'w> {
             }
         }
         for (name, value) in &req.headers {
-            t.slot(VarName::RequestHeaders)
-                .push(name.clone(), value.clone());
+            t.slot(VarName::RequestHeaders).push_copy(name, value);
             if name.eq_ignore_ascii_case("cookie") {
                 for c in value.split(|&b| b == b';') {
                     let c = trim(c);
@@ -558,7 +613,7 @@ impl<'w> Transaction<'w> {
                         None => (c, &[][..]),
                     };
                     t.slot(VarName::RequestCookies)
-                        .push(String::from_utf8_lossy(k).into_owned(), v.to_vec());
+                        .push_copy(&String::from_utf8_lossy(k), v);
                 }
             } else if name.eq_ignore_ascii_case("host") {
                 let host = String::from_utf8_lossy(value);
@@ -603,10 +658,7 @@ impl<'w> Transaction<'w> {
     }
 
     fn get_slot(&self, v: VarName) -> &[Entry] {
-        self.slots
-            .get(v as usize)
-            .map(|s| s.entries.as_slice())
-            .unwrap_or(&[])
+        self.slots.get(v as usize).map(Slot::values).unwrap_or(&[])
     }
 
     fn generation(&self, v: VarName) -> u32 {
@@ -621,7 +673,9 @@ impl<'w> Transaction<'w> {
     }
 
     fn set(&mut self, v: VarName, value: &[u8]) {
-        self.set_owned(v, value.to_vec());
+        let s = self.slot(v);
+        s.slot.clear();
+        s.slot.push_copy(NO_KEY, "", value);
     }
 
     /// [`Transaction::set`], taking the value's buffer.
@@ -632,7 +686,7 @@ impl<'w> Transaction<'w> {
     }
 
     fn add_arg(&mut self, which: VarName, k: String, v: Vec<u8>) {
-        self.slot(VarName::Args).push(k.clone(), v.clone());
+        self.slot(VarName::Args).push_copy(&k, &v);
         self.slot(which).push(k, v);
     }
 
@@ -682,8 +736,7 @@ impl<'w> Transaction<'w> {
             format!("{} {}", resp.protocol, resp.status).as_bytes(),
         );
         for (name, value) in &resp.headers {
-            self.slot(VarName::ResponseHeaders)
-                .push(name.clone(), value.clone());
+            self.slot(VarName::ResponseHeaders).push_copy(name, value);
             if name.eq_ignore_ascii_case("content-type") {
                 self.set(VarName::ResponseContentType, value);
             } else if name.eq_ignore_ascii_case("content-length") {
@@ -2333,6 +2386,25 @@ SecRule ARGS:A|REQUEST_COOKIES:c "@rx ." "id:7,phase:1,pass,log"
                     "REQUEST_COOKIES:C"
                 ]
             );
+        }
+    }
+
+    #[test]
+    fn kept_entries_of_a_longer_request_are_not_read() {
+        let rules = r#"
+SecRule &REQUEST_HEADERS "@eq 1" "id:1,phase:1,pass,nolog"
+SecRule REQUEST_HEADERS|REQUEST_COOKIES|REQUEST_COOKIES_NAMES "@rx old" "id:2,phase:1,pass,nolog"
+SecRule REQUEST_HEADERS:Host "@streq new" "id:3,phase:1,pass,nolog"
+"#;
+        let waf = Waf::from_str_named("t.conf", rules).unwrap();
+        let long = Request::new("GET", "/")
+            .header("Host", "old")
+            .header("Cookie", "old=old")
+            .header("X-Old", &*"old".repeat(500));
+        let short = Request::new("GET", "/").header("host", "new");
+        for _ in 0..3 {
+            assert_eq!(waf.evaluate(&long).matched_ids, [2]);
+            assert_eq!(waf.evaluate(&short).matched_ids, [1, 3]);
         }
     }
 
