@@ -1172,10 +1172,13 @@ impl<'w> Transaction<'w> {
     fn eval_link(&mut self, idx: usize, top: &'w Rule, link: &'w Rule) -> bool {
         // the number of hits, and their captures when the link captures
         let (n, caps) = match &link.body {
-            RuleBody::Match { .. } => {
+            RuleBody::Match { targets, .. } => {
+                let Some(live) = self.live_targets(link, targets.targets.len()) else {
+                    return false;
+                };
                 // one buffer for every link's hits, kept between links
                 let mut hits = std::mem::take(&mut self.hit_buf);
-                self.match_link(idx, top, link, &mut hits);
+                self.match_link(idx, top, link, live, &mut hits);
                 if hits.is_empty() {
                     self.hit_buf = hits;
                     return false;
@@ -1232,15 +1235,12 @@ impl<'w> Transaction<'w> {
         }
     }
 
-    /// Runs the operator over every selected value of a link.
-    fn match_link(&self, idx: usize, top: &'w Rule, link: &'w Rule, hits: &mut Vec<Hit<'w>>) {
-        let RuleBody::Match { targets, op } = &link.body else {
-            return;
-        };
+    /// The targets of a link (of `n`) whose stored collection holds the key
+    /// they select and a byte of the link's skip bytes (or that are read
+    /// elsewhere), one bit each; `None` when none is left: the link cannot
+    /// match and is not set up at all.
+    fn live_targets(&self, link: &Rule, n: usize) -> Option<u64> {
         let skip = link.skip_bytes;
-        // The targets whose stored collection holds a byte of `skip` (or
-        // that are read elsewhere), one bit each: when none is left the
-        // link cannot match and is not set up at all.
         let mut live = u64::MAX;
         if !link.skip_slots.is_empty() {
             for (i, slot) in link.skip_slots.iter().enumerate() {
@@ -1260,12 +1260,30 @@ impl<'w> Transaction<'w> {
                     }
                 }
             }
-            if targets.targets.len() <= link.skip_slots.len()
+            if n <= link.skip_slots.len()
                 && live & (u64::MAX >> (64 - link.skip_slots.len().max(1))) == 0
             {
-                return;
+                return None;
             }
         }
+        Some(live)
+    }
+
+    /// Runs the operator over every selected value of a link, of whose
+    /// targets only those in `live` ([`Transaction::live_targets`]) can
+    /// yield a value.
+    fn match_link(
+        &self,
+        idx: usize,
+        top: &'w Rule,
+        link: &'w Rule,
+        live: u64,
+        hits: &mut Vec<Hit<'w>>,
+    ) {
+        let RuleBody::Match { targets, op } = &link.body else {
+            return;
+        };
+        let skip = link.skip_bytes;
         let mut extra: Vec<&Exclusion> = Vec::new();
         for (ids, ex) in &self.removed_targets_by_id {
             if ids.iter().any(|r| r.contains(top.id)) {
