@@ -1122,10 +1122,16 @@ impl<'w> Transaction<'w> {
 
     /// Empties MATCHED_VARS, first moving MATCHED_VAR out of it if it
     /// points there (it outlives the rule that set it).
+    #[inline]
     fn clear_matched_vars(&mut self) {
-        if self.matched_vars.is_empty() && self.matched_at.is_none() {
-            return;
+        if !self.matched_vars.is_empty() || self.matched_at.is_some() {
+            self.empty_matched_vars();
         }
+    }
+
+    /// [`Transaction::clear_matched_vars`] when there is something to do.
+    #[inline(never)]
+    fn empty_matched_vars(&mut self) {
         if let Some(i) = self.matched_at.take() {
             if let Some(e) = self.matched_vars.get_mut(i) {
                 self.matched_var = Some(std::mem::take(e));
