@@ -183,7 +183,7 @@ impl WafBuilder {
         for r in &mut rules {
             prepare(r, &mut chains);
         }
-        let mut tx_keys = TxKeys::default();
+        let mut tx_keys = TxKeys::new(hash_seed);
         for r in &mut rules {
             tx_keys.intern_rule(r);
         }
@@ -610,13 +610,19 @@ fn prepare(r: &mut Rule, chains: &mut ChainTrie) {
 /// and `%{tx.key}` macros), each given an id: a transaction keeps their
 /// values in a vector indexed by it rather than hashing the key on every
 /// read and write. Ids 0 to 9 are the capture keys `0` to `9`.
-#[derive(Default)]
 struct TxKeys {
     keys: Vec<String>,
-    ids: HashMap<String, u32>,
+    ids: HashMap<String, u32, SeededState>,
 }
 
 impl TxKeys {
+    fn new(seed: u64) -> TxKeys {
+        TxKeys {
+            keys: Vec::new(),
+            ids: HashMap::with_hasher(SeededState(seed)),
+        }
+    }
+
     fn id(&mut self, key: &str) -> u32 {
         if self.keys.is_empty() {
             for d in 0..10u8 {
@@ -705,6 +711,8 @@ pub(crate) struct SelKeys {
     ids: HashMap<Box<[u8]>, u8, SeededState>,
     /// The longest key with an id.
     longest: usize,
+    /// The lengths of the keys with an id, one bit each.
+    lengths: u128,
 }
 
 impl SelKeys {
@@ -712,12 +720,15 @@ impl SelKeys {
         SelKeys {
             ids: HashMap::with_hasher(SeededState(seed)),
             longest: 0,
+            lengths: 0,
         }
     }
 
     /// The id of `key`, compared ASCII-case-insensitively, or [`NO_KEY`].
     pub(crate) fn id(&self, key: &str) -> u8 {
-        if key.len() > self.longest {
+        if key.len() > self.longest
+            || self.lengths & 1u128.checked_shl(key.len() as u32).unwrap_or(0) == 0
+        {
             return NO_KEY;
         }
         let mut buf = [0u8; SEL_KEY_LEN];
@@ -745,6 +756,7 @@ impl SelKeys {
                     None if next < SEL_KEYS => {
                         let id = u8::try_from(next).unwrap_or(NO_KEY);
                         self.longest = self.longest.max(k.len());
+                        self.lengths |= 1u128.checked_shl(k.len() as u32).unwrap_or(0);
                         self.ids.insert(k, id);
                         Some(id)
                     }
@@ -960,7 +972,7 @@ pub struct Waf {
     /// The TX keys the rules name, by id ([`TxKeys`]).
     pub(crate) tx_keys: Vec<String>,
     /// The id of each key in `tx_keys`.
-    pub(crate) tx_ids: HashMap<String, u32>,
+    pub(crate) tx_ids: HashMap<String, u32, SeededState>,
     /// The keys targets select in stored collections, by id.
     pub(crate) sel_keys: SelKeys,
     /// Random seed of the transaction's TX hash maps.
