@@ -579,19 +579,39 @@ impl<'w> Transaction<'w> {
         }
         t.set_owned(VarName::RequestLine, line);
         t.set(VarName::QueryString, query.unwrap_or("").as_bytes());
-        t.set_owned(
-            VarName::RemoteAddr,
-            req.remote_addr.to_string().into_bytes(),
+        match req.remote_addr {
+            // written on the stack, as `Display` writes it
+            std::net::IpAddr::V4(a) => {
+                let mut buf = [0u8; 15];
+                let mut len = 0;
+                for (i, o) in a.octets().iter().enumerate() {
+                    let mut digits = itoa::Buffer::new();
+                    let part = digits.format(*o).as_bytes();
+                    let dot = usize::from(i > 0);
+                    if let Some(dst) = buf.get_mut(len..len + dot + part.len()) {
+                        let (sep, num) = dst.split_at_mut(dot);
+                        sep.fill(b'.');
+                        num.copy_from_slice(part);
+                    }
+                    len += dot + part.len();
+                }
+                t.set(VarName::RemoteAddr, buf.get(..len).unwrap_or(&[]));
+            }
+            a @ std::net::IpAddr::V6(_) => {
+                t.set_owned(VarName::RemoteAddr, a.to_string().into_bytes())
+            }
+        }
+        let mut digits = itoa::Buffer::new();
+        t.set(
+            VarName::RemotePort,
+            digits.format(req.remote_port).as_bytes(),
         );
-        let mut port = Vec::with_capacity(5);
-        push_int(&mut port, i64::from(req.remote_port));
-        t.set_owned(VarName::RemotePort, port);
         t.set(VarName::UniqueId, b"rampart");
         t.set(VarName::ReqbodyError, b"0");
         t.set(VarName::InboundDataError, b"0");
         t.set(
             VarName::RequestBodyLength,
-            req.body.len().to_string().as_bytes(),
+            digits.format(req.body.len()).as_bytes(),
         );
         if let Some(q) = query {
             for (k, v) in
@@ -618,10 +638,8 @@ impl<'w> Transaction<'w> {
             } else if name.eq_ignore_ascii_case("host") {
                 let host = String::from_utf8_lossy(value);
                 let (h, p) = match host.rsplit_once(':') {
-                    Some((h, p)) if !h.ends_with(']') || host.starts_with('[') => {
-                        (h.to_string(), p.to_string())
-                    }
-                    _ => (host.to_string(), "80".to_string()),
+                    Some((h, p)) if !h.ends_with(']') || host.starts_with('[') => (h, p),
+                    _ => (host.as_ref(), "80"),
                 };
                 t.set(VarName::ServerName, h.as_bytes());
                 t.set(VarName::ServerPort, p.as_bytes());
@@ -696,7 +714,10 @@ impl<'w> Transaction<'w> {
             .iter()
             .map(|e| e.key.len() + e.value.len())
             .sum();
-        self.set(VarName::ArgsCombinedSize, n.to_string().as_bytes());
+        self.set(
+            VarName::ArgsCombinedSize,
+            itoa::Buffer::new().format(n).as_bytes(),
+        );
     }
 
     /// Runs phases 1 and 2; returns whether the response phases may run.
@@ -2067,11 +2088,6 @@ fn store<'w>(map: &mut VarMap<'w>, key: Cow<'w, str>, value: &[u8]) {
     }
 }
 
-/// Appends `n` in decimal.
-fn push_int(out: &mut Vec<u8>, n: i64) {
-    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-}
-
 /// The result of a transformation if it changed the value (of length
 /// `len`): an owned result, or a shorter slice (`trim`).
 fn changed(out: Cow<'_, [u8]>, len: usize) -> Option<Vec<u8>> {
@@ -2244,11 +2260,25 @@ SecRule ARGS "!@rx union" "id:3,phase:1,pass,t:none"
     }
 
     #[test]
-    fn integers_are_written_as_to_string_does() {
-        for n in [0, 7, -7, 10, 99, -100, 123_456_789, i64::MAX, i64::MIN] {
-            let mut out = b"x".to_vec();
-            super::push_int(&mut out, n);
-            assert_eq!(out, format!("x{n}").into_bytes());
+    fn remote_addresses_are_written_as_display_does() {
+        let rules = r#"
+SecRule REMOTE_ADDR "@rx ^(.*)$" "id:1,phase:1,pass,capture,log,logdata:%{TX.1}"
+SecRule REMOTE_PORT "@rx ^(.*)$" "id:2,phase:1,pass,capture,log,logdata:%{TX.1}"
+"#;
+        let waf = Waf::from_str_named("t.conf", rules).unwrap();
+        for addr in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.200.3.45",
+            "255.255.255.255",
+            "::1",
+        ] {
+            let mut req = Request::new("GET", "/");
+            req.remote_addr = addr.parse().unwrap();
+            req.remote_port = 65535;
+            let v = waf.evaluate(&req);
+            let data: Vec<&str> = v.matched_rules.iter().map(|m| m.data.as_str()).collect();
+            assert_eq!(data, [addr, "65535"]);
         }
     }
 
