@@ -82,6 +82,9 @@ pub(crate) struct SetVar {
     pub coll: VarName,
     pub key: Macro,
     pub op: SetOp,
+    /// The id of a literal TX key (filled by
+    /// [`crate::engine::WafBuilder::build`]).
+    pub key_id: Option<u32>,
 }
 
 /// What `setvar` does.
@@ -362,6 +365,7 @@ fn parse_setvar(v: &str, at: &Location) -> Result<SetVar, Error> {
         coll,
         key: Macro::parse(&key.to_ascii_lowercase()),
         op,
+        key_id: None,
     })
 }
 

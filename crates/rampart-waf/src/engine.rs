@@ -2,15 +2,16 @@
 //! shared by every request.
 
 use crate::actions::{
-    parse_actions, parse_id_ranges, tag_regex, Actions, Ctl, Disruptive, EngineMode,
+    parse_actions, parse_id_ranges, tag_regex, Actions, Ctl, Disruptive, EngineMode, SetOp,
 };
 use crate::error::{syntax, Error, Location};
 use crate::lexer::{lex, Directive};
 use crate::operators::{Op, Operator, RxEngine};
 use crate::prefilter::ByteSet;
 use crate::rule::{Rule, RuleBody};
+use crate::transaction::SeededState;
 use crate::transformations::Transform;
-use crate::variables::parse_targets;
+use crate::variables::{parse_targets, Kind, Selector, VarName};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -174,9 +175,24 @@ impl WafBuilder {
             ));
         }
         let mut rules = std::mem::take(&mut self.rules);
+        let hash_seed = {
+            use std::hash::BuildHasher;
+            std::collections::hash_map::RandomState::new().hash_one(0x7261_6d70_u64)
+        };
         let mut chains = ChainTrie::default();
         for r in &mut rules {
             prepare(r, &mut chains);
+        }
+        let mut tx_keys = TxKeys::new(hash_seed);
+        for r in &mut rules {
+            tx_keys.intern_rule(r);
+        }
+        for r in &mut rules {
+            tx_keys.select(r);
+        }
+        let mut sel_keys = SelKeys::new(hash_seed);
+        for r in &mut rules {
+            sel_keys.intern_rule(r);
         }
         let tag_sets = tag_sets(&rules);
         let tf_triggers = chains.triggers;
@@ -212,10 +228,10 @@ impl WafBuilder {
             skip_after,
             tag_sets,
             tf_triggers,
-            hash_seed: {
-                use std::hash::BuildHasher;
-                std::collections::hash_map::RandomState::new().hash_one(0x7261_6d70_u64)
-            },
+            tx_keys: tx_keys.keys,
+            tx_ids: tx_keys.ids,
+            sel_keys,
+            hash_seed,
             config: self.config.clone(),
             warnings,
             id: NEXT_WAF_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
@@ -278,6 +294,7 @@ impl WafBuilder {
                     chain: None,
                     tf_path: Vec::new(),
                     skip_bytes: None,
+                    skip_slots: Vec::new(),
                 });
             }
             "secdefaultaction" => {
@@ -448,6 +465,7 @@ impl WafBuilder {
                 chain: None,
                 tf_path: Vec::new(),
                 skip_bytes: None,
+                skip_slots: Vec::new(),
             };
             parent.last_link_mut().chain = Some(Box::new(link));
             if chain {
@@ -486,6 +504,7 @@ impl WafBuilder {
             chain: None,
             tf_path: Vec::new(),
             skip_bytes: None,
+            skip_slots: Vec::new(),
         };
         if chain {
             self.open_chain = Some(rule);
@@ -584,6 +603,194 @@ fn prepare(r: &mut Rule, chains: &mut ChainTrie) {
     };
     if let Some(c) = r.chain.as_deref_mut() {
         prepare(c, chains);
+    }
+}
+
+/// The TX keys the rules name literally (in `setvar`, `TX:key` targets
+/// and `%{tx.key}` macros), each given an id: a transaction keeps their
+/// values in a vector indexed by it rather than hashing the key on every
+/// read and write. Ids 0 to 9 are the capture keys `0` to `9`.
+struct TxKeys {
+    keys: Vec<String>,
+    ids: HashMap<String, u32, SeededState>,
+}
+
+impl TxKeys {
+    fn new(seed: u64) -> TxKeys {
+        TxKeys {
+            keys: Vec::new(),
+            ids: HashMap::with_hasher(SeededState(seed)),
+        }
+    }
+
+    fn id(&mut self, key: &str) -> u32 {
+        if self.keys.is_empty() {
+            for d in 0..10u8 {
+                let k = char::from(b'0' + d).to_string();
+                self.ids.insert(k.clone(), u32::from(d));
+                self.keys.push(k);
+            }
+        }
+        if let Some(&id) = self.ids.get(key) {
+            return id;
+        }
+        let id = u32::try_from(self.keys.len()).unwrap_or(u32::MAX);
+        self.keys.push(key.to_string());
+        self.ids.insert(key.to_string(), id);
+        id
+    }
+
+    fn intern_rule(&mut self, r: &mut Rule) {
+        let mut id = |k: &str| self.id(k);
+        let a = &mut r.actions;
+        for m in a.msg.iter_mut().chain(a.logdata.iter_mut()) {
+            m.intern_tx(&mut id);
+        }
+        for sv in &mut a.setvars {
+            sv.key.intern_tx(&mut id);
+            if sv.coll == VarName::Tx {
+                sv.key_id = sv.key.as_literal().map(&mut id);
+            }
+            match &mut sv.op {
+                SetOp::Set(m) | SetOp::Add(m) | SetOp::Sub(m) => m.intern_tx(&mut id),
+                SetOp::Delete => {}
+            }
+        }
+        if let RuleBody::Match { targets, op } = &mut r.body {
+            if let Some(m) = op.op.macro_mut() {
+                m.intern_tx(&mut id);
+            }
+            for t in &mut targets.targets {
+                if let (VarName::Tx, Selector::Key(k)) = (t.var, &t.selector) {
+                    t.tx_id = Some(id(k));
+                }
+            }
+        }
+        if let Some(c) = r.chain.as_deref_mut() {
+            self.intern_rule(c);
+        }
+    }
+
+    /// Lists, for every `TX` and `TX:/regex/` target, the keys the rules
+    /// name that it selects ([`crate::variables::Target::tx_selected`]).
+    fn select(&self, r: &mut Rule) {
+        if let RuleBody::Match { targets, .. } = &mut r.body {
+            for t in &mut targets.targets {
+                if t.var == VarName::Tx && !matches!(t.selector, Selector::Key(_)) {
+                    let mut ids: Vec<u32> = (0..self.keys.len())
+                        .filter(|&i| self.keys.get(i).is_some_and(|k| t.selector.matches(k)))
+                        .filter_map(|i| u32::try_from(i).ok())
+                        .collect();
+                    ids.sort_by(|&a, &b| self.keys.get(a as usize).cmp(&self.keys.get(b as usize)));
+                    t.tx_selected = Some(ids);
+                }
+            }
+        }
+        if let Some(c) = r.chain.as_deref_mut() {
+            self.select(c);
+        }
+    }
+}
+
+/// No key id ([`SelKeys`]).
+pub(crate) const NO_KEY: u8 = u8::MAX;
+
+/// Most key ids ([`SelKeys`]): one bit each in a slot's mask.
+const SEL_KEYS: usize = 64;
+
+/// Longest key given an id ([`SelKeys`]).
+const SEL_KEY_LEN: usize = 64;
+
+/// The keys targets select in stored collections (`REQUEST_HEADERS:Referer`,
+/// `REQUEST_COOKIES:/*`), lowercased, each given an id (up to
+/// [`SEL_KEYS`]): a stored value gets the id of its key when it is stored,
+/// so that such a target compares ids instead of keys, and passes over a
+/// collection whose mask of key ids lacks its own.
+#[derive(Debug)]
+pub(crate) struct SelKeys {
+    ids: HashMap<Box<[u8]>, u8, SeededState>,
+    /// The longest key with an id.
+    longest: usize,
+    /// The lengths of the keys with an id, one bit each.
+    lengths: u128,
+}
+
+impl SelKeys {
+    fn new(seed: u64) -> SelKeys {
+        SelKeys {
+            ids: HashMap::with_hasher(SeededState(seed)),
+            longest: 0,
+            lengths: 0,
+        }
+    }
+
+    /// The id of `key`, compared ASCII-case-insensitively, or [`NO_KEY`].
+    pub(crate) fn id(&self, key: &str) -> u8 {
+        if key.len() > self.longest
+            || self.lengths & 1u128.checked_shl(key.len() as u32).unwrap_or(0) == 0
+        {
+            return NO_KEY;
+        }
+        let mut buf = [0u8; SEL_KEY_LEN];
+        let Some(low) = buf.get_mut(..key.len()) else {
+            return NO_KEY;
+        };
+        low.copy_from_slice(key.as_bytes());
+        low.make_ascii_lowercase();
+        self.ids.get(&*low).copied().unwrap_or(NO_KEY)
+    }
+
+    fn intern_rule(&mut self, r: &mut Rule) {
+        if let RuleBody::Match { targets, .. } = &mut r.body {
+            for t in &mut targets.targets {
+                let Selector::Key(k) = &t.selector else {
+                    continue;
+                };
+                if !matches!(t.var.kind(), Kind::Keyed | Kind::Names(_)) || k.len() > SEL_KEY_LEN {
+                    continue;
+                }
+                let k = k.to_ascii_lowercase().into_bytes().into_boxed_slice();
+                let next = self.ids.len();
+                t.key_id = match self.ids.get(&k) {
+                    Some(&id) => Some(id),
+                    None if next < SEL_KEYS => {
+                        let id = u8::try_from(next).unwrap_or(NO_KEY);
+                        self.longest = self.longest.max(k.len());
+                        self.lengths |= 1u128.checked_shl(k.len() as u32).unwrap_or(0);
+                        self.ids.insert(k, id);
+                        Some(id)
+                    }
+                    None => None,
+                };
+            }
+        }
+        r.skip_slots = match (&r.body, r.skip_bytes) {
+            (RuleBody::Match { targets, .. }, skip)
+                if skip.is_some() || targets.targets.iter().any(|t| t.key_id.is_some()) =>
+            {
+                targets
+                    .targets
+                    .iter()
+                    .take(crate::rule::SKIP_SLOTS)
+                    .map(|t| {
+                        let (var, keys) = match t.var.kind() {
+                            _ if t.count => return None,
+                            Kind::Keyed | Kind::Scalar => (t.var, false),
+                            Kind::Names(src) => (src, true),
+                            _ => return None,
+                        };
+                        match (skip, t.key_id) {
+                            (None, None) => None,
+                            (_, id) => Some((var as u8, keys, id.unwrap_or(NO_KEY))),
+                        }
+                    })
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
+        if let Some(c) = r.chain.as_deref_mut() {
+            self.intern_rule(c);
+        }
     }
 }
 
@@ -762,6 +969,12 @@ pub struct Waf {
     /// chain up to that node to change it (`None`: it may change any
     /// value). A value lacking them all skips the chain and its cache.
     pub(crate) tf_triggers: Vec<Option<ByteSet>>,
+    /// The TX keys the rules name, by id ([`TxKeys`]).
+    pub(crate) tx_keys: Vec<String>,
+    /// The id of each key in `tx_keys`.
+    pub(crate) tx_ids: HashMap<String, u32, SeededState>,
+    /// The keys targets select in stored collections, by id.
+    pub(crate) sel_keys: SelKeys,
     /// Random seed of the transaction's TX hash maps.
     pub(crate) hash_seed: u64,
     pub(crate) config: Config,

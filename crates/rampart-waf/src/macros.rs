@@ -8,8 +8,10 @@ use crate::variables::VarName;
 pub(crate) enum Seg {
     /// Literal text.
     Lit(String),
-    /// The first value of a variable, optionally by key (lowercased).
-    Var(VarName, Option<String>),
+    /// The first value of a variable, optionally by key (lowercased), and
+    /// for a TX key the rules name, its id (filled by
+    /// [`crate::engine::WafBuilder::build`]).
+    Var(VarName, Option<String>, Option<u32>),
     /// A field of the current rule (`id`, `msg`, `severity`, …), lowercase.
     Rule(String),
 }
@@ -43,7 +45,7 @@ impl Macro {
             let seg = if name.eq_ignore_ascii_case("rule") {
                 key.map(Seg::Rule)
             } else {
-                VarName::parse(name).map(|v| Seg::Var(v, key))
+                VarName::parse(name).map(|v| Seg::Var(v, key, None))
             };
             match seg {
                 Some(seg) => {
@@ -75,6 +77,15 @@ impl Macro {
         }
     }
 
+    /// Sets the id of every TX key it reads (`id` interns a key).
+    pub(crate) fn intern_tx(&mut self, id: &mut impl FnMut(&str) -> u32) {
+        for seg in &mut self.segs {
+            if let Seg::Var(VarName::Tx, Some(k), slot) = seg {
+                *slot = Some(id(k));
+            }
+        }
+    }
+
     /// Expands with `lookup` resolving each reference (absent → empty).
     pub(crate) fn expand(&self, mut lookup: impl FnMut(&Seg) -> Option<Vec<u8>>) -> Vec<u8> {
         let mut out = Vec::new();
@@ -103,9 +114,9 @@ mod tests {
             m.segs,
             vec![
                 Seg::Lit("Matched ".into()),
-                Seg::Var(VarName::Tx, Some("0".into())),
+                Seg::Var(VarName::Tx, Some("0".into()), None),
                 Seg::Lit(" in ".into()),
-                Seg::Var(VarName::MatchedVarName, None),
+                Seg::Var(VarName::MatchedVarName, None, None),
                 Seg::Lit(": ".into()),
                 Seg::Rule("id".into()),
                 Seg::Lit(" %{nope}".into()),

@@ -394,7 +394,9 @@ pub(crate) enum Op {
     ContainsWord(Macro),
     StrMatch(Macro),
     IpMatch(Vec<ipnet::IpNet>),
-    ValidateByteRange(Box<[bool; 256]>),
+    /// `@validateByteRange`: the bytes outside the ranges, any of which
+    /// makes it match.
+    ValidateByteRange(ByteSet),
     ValidateUrlEncoding,
     ValidateUtf8Encoding,
     DetectSqli,
@@ -408,12 +410,34 @@ pub(crate) enum Op {
 }
 
 impl Op {
+    /// The macro argument of the operator, if it has one.
+    pub(crate) fn macro_mut(&mut self) -> Option<&mut Macro> {
+        match self {
+            Op::RxMacro(m)
+            | Op::StrEq(m)
+            | Op::Eq(m)
+            | Op::Ge(m)
+            | Op::Gt(m)
+            | Op::Le(m)
+            | Op::Lt(m)
+            | Op::Within(m)
+            | Op::BeginsWith(m)
+            | Op::EndsWith(m)
+            | Op::Contains(m)
+            | Op::ContainsWord(m)
+            | Op::StrMatch(m) => Some(m),
+            _ => None,
+        }
+    }
+
     /// When the (non-negated) operator can only match a value that holds
     /// one of these bytes: the rarest byte of each prefilter literal or
-    /// phrase, in both ASCII cases.
+    /// phrase, in both ASCII cases; for `@validateByteRange`, the bytes
+    /// outside its ranges.
     pub(crate) fn required_bytes(&self) -> Option<&ByteSet> {
         match self {
             Op::Rx(rx) => rx.required_bytes(),
+            Op::ValidateByteRange(outside) => Some(outside),
             Op::Pm(p) => p.rare.as_ref(),
             _ => None,
         }
@@ -519,7 +543,13 @@ fn build(name: &str, arg: &str, dir: &Path, at: &Location) -> Result<Op, Error> 
                 at,
             )?)
         }
-        "validatebyterange" => Op::ValidateByteRange(byte_range(arg, at)?),
+        "validatebyterange" => {
+            let allowed = byte_range(arg, at)?;
+            let outside: Vec<u8> = (0..=255u8)
+                .filter(|&b| !allowed.get(usize::from(b)).copied().unwrap_or(false))
+                .collect();
+            Op::ValidateByteRange(ByteSet::from_bytes(&outside))
+        }
         "validateurlencoding" => Op::ValidateUrlEncoding,
         "validateutf8encoding" => Op::ValidateUtf8Encoding,
         "detectsqli" => Op::DetectSqli,
@@ -731,9 +761,11 @@ fn eval_other<'o>(
             .ok()
             .and_then(|s| s.trim().parse::<IpAddr>().ok())
             .is_some_and(|ip| nets.iter().any(|n| n.contains(&ip))),
-        Op::ValidateByteRange(t) => input
-            .iter()
-            .any(|&b| !t.get(usize::from(b)).copied().unwrap_or(false)),
+        // the input's byte set, when given, holds exactly its bytes
+        Op::ValidateByteRange(outside) => match bytes {
+            Some(b) => b.intersects(outside),
+            None => input.iter().any(|&b| outside.contains(b)),
+        },
         Op::ValidateUrlEncoding => invalid_url_encoding(input),
         Op::ValidateUtf8Encoding => std::str::from_utf8(input).is_err(),
         Op::DetectSqli => {
@@ -820,6 +852,35 @@ mod tests {
                 "{:?}",
                 String::from_utf8_lossy(input)
             );
+        }
+    }
+
+    #[test]
+    fn validate_byte_range_byte_test_agrees_with_the_scan() {
+        let at = Location {
+            file: "t".into(),
+            line: 1,
+        };
+        let op = build("validateByteRange", "1-8, 32-126,200", Path::new("."), &at).unwrap();
+        let mut none = |_: &Macro| Cow::Owned(Vec::new());
+        for (input, outside) in [
+            (&b"plain text ~"[..], false),
+            (b"\x01\x08 \xc8", false),
+            (b"tab\there", true),
+            (b"nul\0", true),
+            (b"\x7f", true),
+            (b"\xc9", true),
+            (b"", false),
+        ] {
+            let bytes = ByteSet::of(input);
+            assert_eq!(
+                eval_with(&op, input, Some(&bytes), &mut none, None),
+                outside
+            );
+            assert_eq!(eval_with(&op, input, None, &mut none, None), outside);
+            // a value lacking every byte the link needs is passed over
+            let need = op.required_bytes().unwrap();
+            assert_eq!(bytes.intersects(need), outside);
         }
     }
 

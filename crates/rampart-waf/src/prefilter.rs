@@ -72,6 +72,13 @@ impl ByteSet {
         ByteSet(self.0.map(|w| !w))
     }
 
+    /// True when `b` is in the set.
+    pub(crate) fn contains(&self, b: u8) -> bool {
+        self.0
+            .get(usize::from(b >> 6))
+            .is_some_and(|w| w & (1u64 << (b & 63)) != 0)
+    }
+
     fn insert(&mut self, b: u8) {
         if let Some(w) = self.0.get_mut(usize::from(b >> 6)) {
             *w |= 1 << (b & 63);

@@ -38,7 +38,20 @@ pub(crate) struct Rule {
     /// byte that would make the transformations change it and every byte
     /// the non-negated operator needs), so it is skipped unread.
     pub skip_bytes: Option<ByteSet>,
+    /// Filled by [`crate::engine::WafBuilder::build`] when the link has
+    /// `skip_bytes` or a target selecting one key of a stored collection:
+    /// per target (up to [`SKIP_SLOTS`]), the stored slot that decides
+    /// whether it can yield a value (its index, whether its keys or its
+    /// values are read, whose byte union is tested against `skip_bytes`,
+    /// and the key's id, [`crate::engine::SelKeys`], or
+    /// [`crate::engine::NO_KEY`]); `None` for a target always read (TX, a
+    /// count, MATCHED_*, or a whole collection without `skip_bytes`).
+    pub skip_slots: Vec<Option<(u8, bool, u8)>>,
 }
+
+/// Most targets of a link whose stored slots are tested before the link
+/// is set up (one bit each); later ones are always read.
+pub(crate) const SKIP_SLOTS: usize = 64;
 
 impl Rule {
     pub(crate) fn marker_name(&self) -> Option<&str> {

@@ -12,14 +12,14 @@
 
 use crate::actions::{AllowScope, BodyProcessor, Ctl, Disruptive, EngineMode, IdRange, SetOp};
 use crate::body;
-use crate::engine::ROOT_NODE;
 use crate::engine::{BodyLimitAction, Waf};
+use crate::engine::{SelKeys, NO_KEY, ROOT_NODE};
 use crate::exclusions::Exclusions;
 use crate::macros::{Macro, Seg};
 use crate::operators::{atoi, eval_with, Op, Operator};
 use crate::prefilter::ByteSet;
 use crate::request::{Action, Request, Response, RuleMatch, Verdict};
-use crate::rule::{Rule, RuleBody};
+use crate::rule::{Rule, RuleBody, SKIP_SLOTS};
 use crate::small::SmallBytes;
 use crate::transformations::Transform;
 use crate::variables::{Exclusion, Kind, Selector, Target, VarName, VAR_COUNT};
@@ -36,8 +36,8 @@ use std::sync::Arc;
 type VarMap<'w> = HashMap<Cow<'w, str>, SmallBytes, SeededState>;
 
 /// Builds [`KeyHasher`]s with the engine's random seed.
-#[derive(Clone, Copy)]
-struct SeededState(u64);
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SeededState(pub(crate) u64);
 
 impl std::hash::BuildHasher for SeededState {
     type Hasher = KeyHasher;
@@ -52,7 +52,7 @@ impl std::hash::BuildHasher for SeededState {
 /// (`setvar:tx.%{MATCHED_VAR_NAME}=…`), but only as many as the request
 /// has values, which the engine's limits bound, so even keys made to
 /// collide cost no more than a linear search.
-struct KeyHasher(u64);
+pub(crate) struct KeyHasher(u64);
 
 impl Hasher for KeyHasher {
     fn finish(&self) -> u64 {
@@ -106,6 +106,9 @@ struct Val<'a> {
 #[derive(Clone)]
 struct Entry {
     key: String,
+    /// The id of `key` among the keys targets select
+    /// ([`crate::engine::SelKeys`]), or [`NO_KEY`].
+    key_id: u8,
     value: Vec<u8>,
     key_bytes: ByteSet,
     value_bytes: ByteSet,
@@ -115,29 +118,101 @@ struct Entry {
 /// their key and value bytes, which lets a rule skip the whole collection.
 #[derive(Clone, Default)]
 struct Slot {
+    /// Its values are the first `len`; the others are earlier values kept
+    /// for their buffers.
     entries: Vec<Entry>,
+    len: usize,
     keys: ByteSet,
     values: ByteSet,
+    /// The ids of the entries' keys, one bit each.
+    key_mask: u64,
 }
 
 impl Slot {
-    fn push(&mut self, key: String, value: Vec<u8>) {
-        let key_bytes = ByteSet::of(key.as_bytes());
-        let value_bytes = ByteSet::of(&value);
+    /// Its values.
+    fn values(&self) -> &[Entry] {
+        self.entries.get(..self.len).unwrap_or(&[])
+    }
+
+    fn push(&mut self, key_id: u8, key: String, value: Vec<u8>) {
+        let e = Entry {
+            key_bytes: ByteSet::of(key.as_bytes()),
+            value_bytes: ByteSet::of(&value),
+            key,
+            key_id,
+            value,
+        };
+        self.add_bytes(&e);
+        match self.entries.get_mut(self.len) {
+            Some(old) => *old = e,
+            None => self.entries.push(e),
+        }
+        self.len += 1;
+    }
+
+    /// [`Slot::push`], copying into the buffers of a kept entry when there
+    /// is one.
+    fn push_copy(&mut self, key_id: u8, key: &str, value: &[u8]) {
+        let Some(e) = self.entries.get_mut(self.len) else {
+            return self.push(key_id, key.to_string(), value.to_vec());
+        };
+        e.key.clear();
+        e.key.push_str(key);
+        e.key_id = key_id;
+        e.value.clear();
+        e.value.extend_from_slice(value);
+        e.key_bytes = ByteSet::of(key.as_bytes());
+        e.value_bytes = ByteSet::of(value);
+        let e = e.byte_sets();
+        self.add_bytes_of(e);
+        self.len += 1;
+    }
+
+    fn add_bytes(&mut self, e: &Entry) {
+        self.add_bytes_of((e.key_id, e.key_bytes, e.value_bytes));
+    }
+
+    fn add_bytes_of(&mut self, (key_id, key_bytes, value_bytes): (u8, ByteSet, ByteSet)) {
         self.keys.union_with(&key_bytes);
         self.values.union_with(&value_bytes);
-        self.entries.push(Entry {
-            key,
-            value,
-            key_bytes,
-            value_bytes,
-        });
+        self.key_mask |= 1u64.checked_shl(u32::from(key_id)).unwrap_or(0);
     }
 
     fn clear(&mut self) {
-        self.entries.clear();
+        self.len = 0;
         self.keys = ByteSet::default();
         self.values = ByteSet::default();
+        self.key_mask = 0;
+    }
+}
+
+impl Entry {
+    /// Its key id and byte sets.
+    fn byte_sets(&self) -> (u8, ByteSet, ByteSet) {
+        (self.key_id, self.key_bytes, self.value_bytes)
+    }
+}
+
+/// A slot being filled: its values get the ids of their keys.
+struct SlotMut<'s> {
+    slot: &'s mut Slot,
+    keys: &'s SelKeys,
+}
+
+impl SlotMut<'_> {
+    fn push(&mut self, key: String, value: Vec<u8>) {
+        let id = self.keys.id(&key);
+        self.slot.push(id, key, value);
+    }
+
+    /// [`SlotMut::push`], copying the key and the value.
+    fn push_copy(&mut self, key: &str, value: &[u8]) {
+        let id = self.keys.id(key);
+        self.slot.push_copy(id, key, value);
+    }
+
+    fn clear(&mut self) {
+        self.slot.clear();
     }
 }
 
@@ -275,6 +350,10 @@ pub(crate) enum Stop {
 struct Spare {
     slots: Vec<Slot>,
     tf_cache: TfCache,
+    tx_named: Vec<Option<SmallBytes>>,
+    /// Emptied shells of the cache's shared results, for the next results
+    /// ([`Transaction::shared`]).
+    shells: Vec<Arc<Vec<u8>>>,
 }
 
 thread_local! {
@@ -285,40 +364,72 @@ thread_local! {
 /// cache may have room for: a large request's buffers are freed, not kept.
 const SPARE_SLOT_VALUES: usize = 64;
 const SPARE_CACHE_ENTRIES: usize = 1024;
+/// Largest key or value buffer a kept slot entry may have.
+const SPARE_BUFFER: usize = 1024;
+/// Most emptied result shells kept.
+const SPARE_SHELLS: usize = 256;
 
 impl Spare {
     /// This thread's spare buffers, or new ones.
-    fn take() -> (Vec<Slot>, TfCache) {
+    fn take() -> Spare {
         let spare = SPARE
             .try_with(|s| s.try_borrow_mut().ok().and_then(|mut s| s.take()))
             .ok()
             .flatten();
-        match spare {
-            Some(s) => (s.slots, s.tf_cache),
-            None => (
-                vec![Slot::default(); VAR_COUNT],
-                TfCache::with_capacity_and_hasher(256, BuildHasherDefault::default()),
-            ),
-        }
+        spare.unwrap_or_else(|| Spare {
+            slots: vec![Slot::default(); VAR_COUNT],
+            tf_cache: TfCache::with_capacity_and_hasher(256, BuildHasherDefault::default()),
+            tx_named: Vec::new(),
+            shells: Vec::new(),
+        })
     }
 
     /// Empties a finished transaction's buffers and keeps them for the
     /// next (unless they grew past the limits).
-    fn keep(mut slots: Vec<Slot>, mut tf_cache: TfCache) {
+    fn keep(self) {
+        let Spare {
+            mut slots,
+            mut tf_cache,
+            mut tx_named,
+            mut shells,
+        } = self;
         if slots.len() != VAR_COUNT || tf_cache.capacity() > SPARE_CACHE_ENTRIES {
             return;
+        }
+        // most of the rules' keys were never set
+        for v in tx_named.iter_mut().filter(|v| v.is_some()) {
+            *v = None;
         }
         for s in &mut slots {
             if s.entries.capacity() > SPARE_SLOT_VALUES {
                 *s = Slot::default();
             } else {
                 s.clear();
+                // large buffers are not kept
+                s.entries.retain(|e| {
+                    e.key.capacity() <= SPARE_BUFFER && e.value.capacity() <= SPARE_BUFFER
+                });
             }
         }
-        tf_cache.clear();
+        // a result shared by several entries is emptied by the last
+        for (_, e) in tf_cache.drain() {
+            if let Some(mut shell) = e.value {
+                if let Some(v) = Arc::get_mut(&mut shell) {
+                    if shells.len() < SPARE_SHELLS {
+                        *v = Vec::new();
+                        shells.push(shell);
+                    }
+                }
+            }
+        }
         let _ = SPARE.try_with(|s| {
             if let Ok(mut s) = s.try_borrow_mut() {
-                *s = Some(Spare { slots, tf_cache });
+                *s = Some(Spare {
+                    slots,
+                    tf_cache,
+                    tx_named,
+                    shells,
+                });
             }
         });
     }
@@ -327,6 +438,10 @@ impl Spare {
 pub(crate) struct Transaction<'w> {
     waf: &'w Waf,
     slots: Vec<Slot>,
+    /// TX variables whose keys the rules name, by key id
+    /// ([`Waf::tx_keys`]).
+    tx_named: Vec<Option<SmallBytes>>,
+    /// The other TX variables (keys made at run time).
     tx: VarMap<'w>,
     persist: HashMap<VarName, VarMap<'w>>,
     matched_vars: Vec<(Cow<'w, str>, SmallBytes)>,
@@ -343,6 +458,8 @@ pub(crate) struct Transaction<'w> {
     /// Per slot, bumped on every change (part of each value's cache id).
     generations: Vec<u32>,
     tf_cache: RefCell<TfCache>,
+    /// Emptied shells for shared results ([`Transaction::shared`]).
+    tf_shells: RefCell<Vec<Arc<Vec<u8>>>>,
     /// Bytes of the cache's budget spent ([`CACHE_BUDGET`]).
     tf_cache_bytes: Cell<usize>,
     engine: EngineMode,
@@ -402,11 +519,18 @@ fn path_and_query(uri: &str) -> &str {
 impl<'w> Transaction<'w> {
     pub(crate) fn new(waf: &'w Waf, req: &Request) -> Self {
         let cfg = &waf.config;
-        let (slots, tf_cache) = Spare::take();
+        let Spare {
+            slots,
+            tf_cache,
+            mut tx_named,
+            shells,
+        } = Spare::take();
+        tx_named.resize_with(waf.tx_keys.len(), || None);
         let mut t = Transaction {
             waf,
             slots,
-            tx: VarMap::with_capacity_and_hasher(128, SeededState(waf.hash_seed)),
+            tx_named,
+            tx: VarMap::with_hasher(SeededState(waf.hash_seed)),
             persist: HashMap::new(),
             matched_vars: Vec::new(),
             matched_var: None,
@@ -418,6 +542,7 @@ impl<'w> Transaction<'w> {
             removed_targets_by_tag: Vec::new(),
             generations: vec![0; VAR_COUNT],
             tf_cache: RefCell::new(tf_cache),
+            tf_shells: RefCell::new(shells),
             tf_cache_bytes: Cell::new(0),
             engine: cfg.engine,
             body_access: cfg.request_body_access,
@@ -454,19 +579,39 @@ impl<'w> Transaction<'w> {
         }
         t.set_owned(VarName::RequestLine, line);
         t.set(VarName::QueryString, query.unwrap_or("").as_bytes());
-        t.set_owned(
-            VarName::RemoteAddr,
-            req.remote_addr.to_string().into_bytes(),
+        match req.remote_addr {
+            // written on the stack, as `Display` writes it
+            std::net::IpAddr::V4(a) => {
+                let mut buf = [0u8; 15];
+                let mut len = 0;
+                for (i, o) in a.octets().iter().enumerate() {
+                    let mut digits = itoa::Buffer::new();
+                    let part = digits.format(*o).as_bytes();
+                    let dot = usize::from(i > 0);
+                    if let Some(dst) = buf.get_mut(len..len + dot + part.len()) {
+                        let (sep, num) = dst.split_at_mut(dot);
+                        sep.fill(b'.');
+                        num.copy_from_slice(part);
+                    }
+                    len += dot + part.len();
+                }
+                t.set(VarName::RemoteAddr, buf.get(..len).unwrap_or(&[]));
+            }
+            a @ std::net::IpAddr::V6(_) => {
+                t.set_owned(VarName::RemoteAddr, a.to_string().into_bytes())
+            }
+        }
+        let mut digits = itoa::Buffer::new();
+        t.set(
+            VarName::RemotePort,
+            digits.format(req.remote_port).as_bytes(),
         );
-        let mut port = Vec::with_capacity(5);
-        push_int(&mut port, i64::from(req.remote_port));
-        t.set_owned(VarName::RemotePort, port);
         t.set(VarName::UniqueId, b"rampart");
         t.set(VarName::ReqbodyError, b"0");
         t.set(VarName::InboundDataError, b"0");
         t.set(
             VarName::RequestBodyLength,
-            req.body.len().to_string().as_bytes(),
+            digits.format(req.body.len()).as_bytes(),
         );
         if let Some(q) = query {
             for (k, v) in
@@ -476,8 +621,7 @@ impl<'w> Transaction<'w> {
             }
         }
         for (name, value) in &req.headers {
-            t.slot(VarName::RequestHeaders)
-                .push(name.clone(), value.clone());
+            t.slot(VarName::RequestHeaders).push_copy(name, value);
             if name.eq_ignore_ascii_case("cookie") {
                 for c in value.split(|&b| b == b';') {
                     let c = trim(c);
@@ -489,15 +633,13 @@ impl<'w> Transaction<'w> {
                         None => (c, &[][..]),
                     };
                     t.slot(VarName::RequestCookies)
-                        .push(String::from_utf8_lossy(k).into_owned(), v.to_vec());
+                        .push_copy(&String::from_utf8_lossy(k), v);
                 }
             } else if name.eq_ignore_ascii_case("host") {
                 let host = String::from_utf8_lossy(value);
                 let (h, p) = match host.rsplit_once(':') {
-                    Some((h, p)) if !h.ends_with(']') || host.starts_with('[') => {
-                        (h.to_string(), p.to_string())
-                    }
-                    _ => (host.to_string(), "80".to_string()),
+                    Some((h, p)) if !h.ends_with(']') || host.starts_with('[') => (h, p),
+                    _ => (host.as_ref(), "80"),
                 };
                 t.set(VarName::ServerName, h.as_bytes());
                 t.set(VarName::ServerPort, p.as_bytes());
@@ -517,8 +659,9 @@ impl<'w> Transaction<'w> {
         t
     }
 
-    fn slot(&mut self, v: VarName) -> &mut Slot {
+    fn slot(&mut self, v: VarName) -> SlotMut<'_> {
         let idx = v as usize;
+        let keys = &self.waf.sel_keys;
         if let Some(g) = self.generations.get_mut(idx) {
             *g = g.wrapping_add(1);
         }
@@ -527,32 +670,13 @@ impl<'w> Transaction<'w> {
             self.slots.resize(idx + 1, Slot::default());
         }
         match self.slots.get_mut(idx) {
-            Some(s) => s,
+            Some(slot) => SlotMut { slot, keys },
             None => unreachable!("slot table covers every variable"),
         }
     }
 
     fn get_slot(&self, v: VarName) -> &[Entry] {
-        self.slots
-            .get(v as usize)
-            .map(|s| s.entries.as_slice())
-            .unwrap_or(&[])
-    }
-
-    /// The union of the bytes of every value a target may select, for a
-    /// target read from a stored slot; `None` for TX, MATCHED_* and the
-    /// like.
-    fn stored_bytes(&self, t: &Target) -> Option<ByteSet> {
-        let (var, keys) = match t.var.kind() {
-            Kind::Keyed | Kind::Scalar => (t.var, false),
-            Kind::Names(src) => (src, true),
-            _ => return None,
-        };
-        Some(match self.slots.get(var as usize) {
-            Some(s) if keys => s.keys,
-            Some(s) => s.values,
-            None => ByteSet::default(),
-        })
+        self.slots.get(v as usize).map(Slot::values).unwrap_or(&[])
     }
 
     fn generation(&self, v: VarName) -> u32 {
@@ -567,18 +691,20 @@ impl<'w> Transaction<'w> {
     }
 
     fn set(&mut self, v: VarName, value: &[u8]) {
-        self.set_owned(v, value.to_vec());
+        let s = self.slot(v);
+        s.slot.clear();
+        s.slot.push_copy(NO_KEY, "", value);
     }
 
     /// [`Transaction::set`], taking the value's buffer.
     fn set_owned(&mut self, v: VarName, value: Vec<u8>) {
         let s = self.slot(v);
-        s.clear();
-        s.push(String::new(), value);
+        s.slot.clear();
+        s.slot.push(NO_KEY, String::new(), value);
     }
 
     fn add_arg(&mut self, which: VarName, k: String, v: Vec<u8>) {
-        self.slot(VarName::Args).push(k.clone(), v.clone());
+        self.slot(VarName::Args).push_copy(&k, &v);
         self.slot(which).push(k, v);
     }
 
@@ -588,7 +714,10 @@ impl<'w> Transaction<'w> {
             .iter()
             .map(|e| e.key.len() + e.value.len())
             .sum();
-        self.set(VarName::ArgsCombinedSize, n.to_string().as_bytes());
+        self.set(
+            VarName::ArgsCombinedSize,
+            itoa::Buffer::new().format(n).as_bytes(),
+        );
     }
 
     /// Runs phases 1 and 2; returns whether the response phases may run.
@@ -628,8 +757,7 @@ impl<'w> Transaction<'w> {
             format!("{} {}", resp.protocol, resp.status).as_bytes(),
         );
         for (name, value) in &resp.headers {
-            self.slot(VarName::ResponseHeaders)
-                .push(name.clone(), value.clone());
+            self.slot(VarName::ResponseHeaders).push_copy(name, value);
             if name.eq_ignore_ascii_case("content-type") {
                 self.set(VarName::ResponseContentType, value);
             } else if name.eq_ignore_ascii_case("content-length") {
@@ -697,10 +825,9 @@ impl<'w> Transaction<'w> {
     /// The action, the deciding rule and the inbound and outbound scores.
     fn outcome(&self) -> (Action, Option<u64>, i64, i64) {
         let score = self
-            .tx
-            .get("blocking_inbound_anomaly_score")
-            .or_else(|| self.tx.get("anomaly_score"))
-            .map(|v| atoi(v))
+            .tx_get("blocking_inbound_anomaly_score")
+            .or_else(|| self.tx_get("anomaly_score"))
+            .map(atoi)
             .unwrap_or(0);
         let (action, disrupted_by) = match &self.disruption {
             Some((a, id)) => {
@@ -714,9 +841,8 @@ impl<'w> Transaction<'w> {
             None => (Action::Pass, None),
         };
         let outbound = self
-            .tx
-            .get("blocking_outbound_anomaly_score")
-            .map(|v| atoi(v))
+            .tx_get("blocking_outbound_anomaly_score")
+            .map(atoi)
             .unwrap_or(0);
         (action, disrupted_by, score, outbound)
     }
@@ -744,7 +870,13 @@ impl<'w> Transaction<'w> {
             anomaly_score,
             outbound_anomaly_score,
         };
-        Spare::keep(self.slots, self.tf_cache.into_inner());
+        Spare {
+            slots: self.slots,
+            tf_cache: self.tf_cache.into_inner(),
+            tx_named: self.tx_named,
+            shells: self.tf_shells.into_inner(),
+        }
+        .keep();
         verdict
     }
 
@@ -843,7 +975,7 @@ impl<'w> Transaction<'w> {
                         .push(name, size.to_string().into_bytes());
                 }
                 self.set(VarName::FilesCombinedSize, total.to_string().as_bytes());
-                let headers = self.slot(VarName::MultipartPartHeaders);
+                let mut headers = self.slot(VarName::MultipartPartHeaders);
                 headers.clear();
                 for (k, v) in m.part_headers {
                     headers.push(k, v);
@@ -889,7 +1021,7 @@ impl<'w> Transaction<'w> {
             Some(BodyProcessor::Xml) => {
                 match crate::xml::parse_xml(body, self.waf.config.xml_depth_limit, arg_limit) {
                     Ok(x) => {
-                        let slot = self.slot(VarName::Xml);
+                        let mut slot = self.slot(VarName::Xml);
                         for v in x.text {
                             slot.push("/*".to_string(), v);
                         }
@@ -1011,10 +1143,16 @@ impl<'w> Transaction<'w> {
 
     /// Empties MATCHED_VARS, first moving MATCHED_VAR out of it if it
     /// points there (it outlives the rule that set it).
+    #[inline]
     fn clear_matched_vars(&mut self) {
-        if self.matched_vars.is_empty() && self.matched_at.is_none() {
-            return;
+        if !self.matched_vars.is_empty() || self.matched_at.is_some() {
+            self.empty_matched_vars();
         }
+    }
+
+    /// [`Transaction::clear_matched_vars`] when there is something to do.
+    #[inline(never)]
+    fn empty_matched_vars(&mut self) {
         if let Some(i) = self.matched_at.take() {
             if let Some(e) = self.matched_vars.get_mut(i) {
                 self.matched_var = Some(std::mem::take(e));
@@ -1061,10 +1199,13 @@ impl<'w> Transaction<'w> {
     fn eval_link(&mut self, idx: usize, top: &'w Rule, link: &'w Rule) -> bool {
         // the number of hits, and their captures when the link captures
         let (n, caps) = match &link.body {
-            RuleBody::Match { .. } => {
+            RuleBody::Match { targets, .. } => {
+                let Some(live) = self.live_targets(link, targets.targets.len()) else {
+                    return false;
+                };
                 // one buffer for every link's hits, kept between links
                 let mut hits = std::mem::take(&mut self.hit_buf);
-                self.match_link(idx, top, link, &mut hits);
+                self.match_link(idx, top, link, live, &mut hits);
                 if hits.is_empty() {
                     self.hit_buf = hits;
                     return false;
@@ -1110,20 +1251,66 @@ impl<'w> Transaction<'w> {
     }
 
     fn set_captures(&mut self, caps: &[Vec<u8>]) {
-        const KEYS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+        // the keys `0` to `9` are ids 0 to 9 (`TxKeys`)
         for (i, c) in caps.iter().enumerate() {
-            let key: Cow<'w, str> = KEYS
-                .get(i)
-                .map_or_else(|| i.to_string().into(), |k| Cow::Borrowed(*k));
-            store(&mut self.tx, key, c);
+            match self.tx_named.get_mut(i).filter(|_| i < 10) {
+                Some(slot) => store_named(slot, c),
+                None => self
+                    .var_ref(VarName::Tx, None, Cow::Owned(i.to_string()))
+                    .put(c),
+            }
         }
     }
 
-    /// Runs the operator over every selected value of a link.
-    fn match_link(&self, idx: usize, top: &'w Rule, link: &'w Rule, hits: &mut Vec<Hit<'w>>) {
+    /// The targets of a link (of `n`) whose stored collection holds the key
+    /// they select and a byte of the link's skip bytes (or that are read
+    /// elsewhere), one bit each; `None` when none is left: the link cannot
+    /// match and is not set up at all.
+    fn live_targets(&self, link: &Rule, n: usize) -> Option<u64> {
+        let skip = link.skip_bytes;
+        let mut live = u64::MAX;
+        if !link.skip_slots.is_empty() {
+            for (i, slot) in link.skip_slots.iter().enumerate() {
+                if let Some((var, keys, key)) = *slot {
+                    let Some(st) = self.slots.get(usize::from(var)) else {
+                        live &= !(1u64 << i);
+                        continue;
+                    };
+                    let have = if keys { &st.keys } else { &st.values };
+                    // the key it selects is not there, or no value holds
+                    // a byte of `skip`
+                    if (key != NO_KEY
+                        && st.key_mask & 1u64.checked_shl(u32::from(key)).unwrap_or(0) == 0)
+                        || skip.as_ref().is_some_and(|s| !have.intersects(s))
+                    {
+                        live &= !(1u64 << i);
+                    }
+                }
+            }
+            if n <= link.skip_slots.len()
+                && live & (u64::MAX >> (64 - link.skip_slots.len().max(1))) == 0
+            {
+                return None;
+            }
+        }
+        Some(live)
+    }
+
+    /// Runs the operator over every selected value of a link, of whose
+    /// targets only those in `live` ([`Transaction::live_targets`]) can
+    /// yield a value.
+    fn match_link(
+        &self,
+        idx: usize,
+        top: &'w Rule,
+        link: &'w Rule,
+        live: u64,
+        hits: &mut Vec<Hit<'w>>,
+    ) {
         let RuleBody::Match { targets, op } = &link.body else {
             return;
         };
+        let skip = link.skip_bytes;
         let mut extra: Vec<&Exclusion> = Vec::new();
         for (ids, ex) in &self.removed_targets_by_id {
             if ids.iter().any(|r| r.contains(top.id)) {
@@ -1154,24 +1341,18 @@ impl<'w> Transaction<'w> {
             },
             name: None,
         };
-        let skip = link.skip_bytes;
         // exclusions: the rule's own `!VAR:key` plus ctl removals
         let excluded = |v: &Val<'_>| {
             targets.exclusions.iter().any(|e| e.excludes(v.var, &v.key))
                 || extra.iter().any(|e| e.excludes(v.var, &v.key))
         };
-        for t in &targets.targets {
-            if extra.iter().any(|e| e.removes_target(t)) {
+        for (i, t) in targets.targets.iter().enumerate() {
+            // the same for all of a stored collection at once
+            if i < SKIP_SLOTS && live & (1u64 << i) == 0 {
                 continue;
             }
-            // the same for all of a stored collection at once
-            if let Some(s) = skip.filter(|_| !t.count) {
-                if self
-                    .stored_bytes(t)
-                    .is_some_and(|have| !have.intersects(&s))
-                {
-                    continue;
-                }
+            if extra.iter().any(|e| e.removes_target(t)) {
+                continue;
             }
             ctx.name = t.fixed_name.as_deref();
             if t.count {
@@ -1342,7 +1523,7 @@ impl<'w> Transaction<'w> {
             let mut cost = CACHE_ENTRY_COST;
             if let Some(o) = changed(tf.apply(input), input.len()) {
                 cost += o.len();
-                cur = Some(Arc::new(o));
+                cur = Some(self.shared(o));
             }
             if self.charge_cache(cost) {
                 cache.insert(
@@ -1359,6 +1540,26 @@ impl<'w> Transaction<'w> {
             e.bytes = bytes;
         }
         (cur, bytes)
+    }
+
+    /// `v` as a result the cache can share between entries, in an emptied
+    /// shell of an earlier one when there is one (one allocation fewer).
+    fn shared(&self, v: Vec<u8>) -> Arc<Vec<u8>> {
+        let shell = self
+            .tf_shells
+            .try_borrow_mut()
+            .ok()
+            .and_then(|mut s| s.pop());
+        match shell {
+            Some(mut shell) => match Arc::get_mut(&mut shell) {
+                Some(slot) => {
+                    *slot = v;
+                    shell
+                }
+                None => Arc::new(v),
+            },
+            None => Arc::new(v),
+        }
     }
 
     /// True when the chain up to `node` leaves a value holding `bytes` as
@@ -1399,14 +1600,7 @@ impl<'w> Transaction<'w> {
         out: &mut impl FnMut(Val<'a>),
     ) {
         let lacks = |b: &ByteSet| skip.is_some_and(|s| !b.intersects(&s));
-        let push_map = |out: &mut dyn FnMut(Val<'a>), map: &'a VarMap<'w>| {
-            // in key order, as ModSecurity lists a collection
-            let mut selected: Vec<(&'a str, &'a [u8])> = map
-                .iter()
-                .filter(|(k, _)| t.selector.matches(k))
-                .map(|(k, v)| (k.as_ref(), &**v))
-                .collect();
-            selected.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let push_sorted = |out: &mut dyn FnMut(Val<'a>), selected: Vec<(&'a str, &'a [u8])>| {
             for (k, v) in selected {
                 out(Val {
                     var: t.var,
@@ -1420,11 +1614,23 @@ impl<'w> Transaction<'w> {
         };
         match t.var.kind() {
             // setvar stores TX keys lowercased, as key selectors are.
-            Kind::Tx | Kind::Persist => {
-                let map = match t.var {
-                    VarName::Tx => Some(&self.tx),
-                    v => self.persist.get(&v),
-                };
+            Kind::Tx => match &t.selector {
+                Selector::Key(k) => {
+                    if let Some((k, v)) = self.tx_entry(k, t.tx_id) {
+                        out(Val {
+                            var: t.var,
+                            key: Cow::Borrowed(k),
+                            value: Cow::Borrowed(v),
+                            count: false,
+                            id: None,
+                            bytes: ByteSet::ALL,
+                        });
+                    }
+                }
+                sel => push_sorted(out, self.tx_sorted(sel, t.tx_selected.as_deref())),
+            },
+            Kind::Persist => {
+                let map = self.persist.get(&t.var);
                 match (&t.selector, map) {
                     (_, None) => {}
                     (Selector::Key(k), Some(m)) => {
@@ -1439,13 +1645,27 @@ impl<'w> Transaction<'w> {
                             });
                         }
                     }
-                    (_, Some(m)) => push_map(out, m),
+                    (_, Some(m)) => {
+                        // in key order, as ModSecurity lists a collection
+                        let mut selected: Vec<(&'a str, &'a [u8])> = m
+                            .iter()
+                            .filter(|(k, _)| t.selector.matches(k))
+                            .map(|(k, v)| (k.as_ref(), &**v))
+                            .collect();
+                        selected.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                        push_sorted(out, selected)
+                    }
                 }
             }
             Kind::Keyed => {
                 let g = self.generation(t.var);
                 for (pos, e) in self.get_slot(t.var).iter().enumerate() {
-                    if !lacks(&e.value_bytes) && t.selector.matches(&e.key) {
+                    // one key by its id, when it has one
+                    if t.key_id.is_some_and(|id| e.key_id != id) {
+                        continue;
+                    }
+                    if !lacks(&e.value_bytes) && (t.key_id.is_some() || t.selector.matches(&e.key))
+                    {
                         out(Val {
                             var: t.var,
                             key: Cow::Borrowed(&e.key),
@@ -1460,7 +1680,10 @@ impl<'w> Transaction<'w> {
             Kind::Names(src) => {
                 let g = self.generation(src);
                 for (pos, e) in self.get_slot(src).iter().enumerate() {
-                    if !lacks(&e.key_bytes) && t.selector.matches(&e.key) {
+                    if t.key_id.is_some_and(|id| e.key_id != id) {
+                        continue;
+                    }
+                    if !lacks(&e.key_bytes) && (t.key_id.is_some() || t.selector.matches(&e.key)) {
                         out(Val {
                             var: t.var,
                             key: Cow::Borrowed(&e.key),
@@ -1545,7 +1768,7 @@ impl<'w> Transaction<'w> {
                 "phase" => Some(rule.phase.to_string().into_bytes()),
                 _ => None,
             },
-            Seg::Var(var, key) => {
+            Seg::Var(var, key, _) => {
                 let sel = match key {
                     Some(k) => Selector::Key(k.clone()),
                     None => Selector::All,
@@ -1555,6 +1778,9 @@ impl<'w> Transaction<'w> {
                     selector: sel,
                     count: false,
                     fixed_name: None,
+                    tx_id: None,
+                    tx_selected: None,
+                    key_id: None,
                 };
                 let mut first = None;
                 self.collect(&t, &mut |v| {
@@ -1573,11 +1799,18 @@ impl<'w> Transaction<'w> {
             match seg {
                 Seg::Lit(s) => out.extend_from_slice(s.as_bytes()),
                 // TX (most macros) straight from the map, without a copy
-                Seg::Var(var, key) if matches!(var.kind(), Kind::Tx | Kind::Persist) => {
-                    let map = match var {
-                        VarName::Tx => Some(&self.tx),
-                        v => self.persist.get(v),
+                Seg::Var(VarName::Tx, key, id) => {
+                    let value = match key {
+                        Some(k) => self.tx_entry(k, *id).map(|e| e.1),
+                        // the first in key order
+                        None => self.tx_sorted(&Selector::All, None).first().map(|e| e.1),
                     };
+                    if let Some(v) = value {
+                        out.extend_from_slice(v);
+                    }
+                }
+                Seg::Var(var, key, _) if var.kind() == Kind::Persist => {
+                    let map = self.persist.get(var);
                     let value = match key {
                         Some(k) => map.and_then(|m| m.get(k.as_str())),
                         // the first in key order
@@ -1600,8 +1833,8 @@ impl<'w> Transaction<'w> {
     /// [`Transaction::expand`], borrowing the value of a lone `%{TX.key}`
     /// (operator arguments such as `%{tx.restricted_headers_basic}`).
     fn expand_borrowed<'s>(&'s self, m: &Macro, rule: &Rule) -> Cow<'s, [u8]> {
-        if let [Seg::Var(VarName::Tx, Some(k))] = m.segs.as_slice() {
-            return Cow::Borrowed(self.tx.get(k.as_str()).map_or(&[][..], |v| &**v));
+        if let [Seg::Var(VarName::Tx, Some(k), id)] = m.segs.as_slice() {
+            return Cow::Borrowed(self.tx_entry(k, *id).map_or(&[][..], |e| e.1));
         }
         Cow::Owned(self.expand(m, rule))
     }
@@ -1612,8 +1845,8 @@ impl<'w> Transaction<'w> {
         if let Some(lit) = m.as_literal() {
             return atoi(lit.as_bytes());
         }
-        if let [Seg::Var(VarName::Tx, Some(k))] = m.segs.as_slice() {
-            return self.tx.get(k.as_str()).map_or(0, |v| atoi(v));
+        if let [Seg::Var(VarName::Tx, Some(k), id)] = m.segs.as_slice() {
+            return self.tx_entry(k, *id).map_or(0, |e| atoi(e.1));
         }
         atoi(&self.expand(m, rule))
     }
@@ -1621,7 +1854,9 @@ impl<'w> Transaction<'w> {
     fn run_actions(&mut self, top: &Rule, link: &'w Rule) {
         for sv in &link.actions.setvars {
             let key: Cow<'w, str> = match sv.key.as_literal() {
-                Some(k) if !k.bytes().any(|b| b.is_ascii_uppercase()) => Cow::Borrowed(k),
+                Some(k) if sv.key_id.is_some() || !k.bytes().any(|b| b.is_ascii_uppercase()) => {
+                    Cow::Borrowed(k)
+                }
                 _ => {
                     let mut k = self.expand(&sv.key, top);
                     k.make_ascii_lowercase();
@@ -1635,43 +1870,24 @@ impl<'w> Transaction<'w> {
             // sets and adds to the same hundred or so TX variables on every
             // request.
             match &sv.op {
-                SetOp::Delete => {
-                    self.collection(sv.coll).remove(key.as_ref());
-                }
+                SetOp::Delete => self.var_ref(sv.coll, sv.key_id, key).remove(),
                 SetOp::Set(m) => match m.as_literal() {
-                    Some(lit) => store(self.collection(sv.coll), key, lit.as_bytes()),
+                    Some(lit) => self.var_ref(sv.coll, sv.key_id, key).put(lit.as_bytes()),
                     None => {
                         let v = self.expand(m, top);
-                        let map = self.collection(sv.coll);
-                        match map.get_mut(key.as_ref()) {
-                            Some(slot) => slot.set(&v),
-                            // a new variable takes the expansion's buffer
-                            // when it is too long to be held inline
-                            None => {
-                                map.insert(key, SmallBytes::from(v));
-                            }
-                        }
+                        self.var_ref(sv.coll, sv.key_id, key).put_owned(v);
                     }
                 },
                 SetOp::Add(m) | SetOp::Sub(m) => {
                     let delta = self.macro_int(m, top);
-                    let add = matches!(sv.op, SetOp::Add(_));
-                    let apply = |cur: i64| {
-                        if add {
-                            cur.saturating_add(delta)
-                        } else {
-                            cur.saturating_sub(delta)
-                        }
+                    let var = self.var_ref(sv.coll, sv.key_id, key);
+                    let cur = var.get().map_or(0, |v| atoi(v));
+                    let new = if matches!(sv.op, SetOp::Add(_)) {
+                        cur.saturating_add(delta)
+                    } else {
+                        cur.saturating_sub(delta)
                     };
-                    let map = self.collection(sv.coll);
-                    let mut digits = itoa::Buffer::new();
-                    match map.get_mut(key.as_ref()) {
-                        Some(slot) => slot.set(digits.format(apply(atoi(slot))).as_bytes()),
-                        None => {
-                            let v = SmallBytes::copy_of(digits.format(apply(0)).as_bytes());
-                            map.insert(key, v);
-                        }
-                    }
+                    var.put(itoa::Buffer::new().format(new).as_bytes());
                 }
             }
         }
@@ -1727,6 +1943,73 @@ impl<'w> Transaction<'w> {
         }
     }
 
+    /// A TX value and its key, by the key's id when the rules name it (as
+    /// read from a rule) or else by the key itself.
+    fn tx_entry(&self, key: &str, id: Option<u32>) -> Option<(&str, &[u8])> {
+        let id = id.or_else(|| self.waf.tx_ids.get(key).copied());
+        match id {
+            Some(id) => {
+                let v = self.tx_named.get(id as usize)?.as_ref()?;
+                let k = self.waf.tx_keys.get(id as usize)?;
+                Some((k.as_str(), &**v))
+            }
+            None => self.tx.get_key_value(key).map(|(k, v)| (k.as_ref(), &**v)),
+        }
+    }
+
+    /// A TX value by key.
+    fn tx_get(&self, key: &str) -> Option<&[u8]> {
+        self.tx_entry(key, None).map(|e| e.1)
+    }
+
+    /// The TX variables `sel` selects, in key order (as ModSecurity lists
+    /// a collection). `named`, when given, are the ids of the keys the
+    /// rules name that `sel` selects, in key order ([`Target::tx_selected`]).
+    fn tx_sorted(&self, sel: &Selector, named: Option<&[u32]>) -> Vec<(&str, &[u8])> {
+        let value = |id: usize| self.tx_named.get(id).and_then(Option::as_ref);
+        let mut selected: Vec<(&str, &[u8])> = match named {
+            Some(ids) => ids
+                .iter()
+                .filter_map(|&id| {
+                    let v = value(id as usize)?;
+                    Some((self.waf.tx_keys.get(id as usize)?.as_str(), &**v))
+                })
+                .collect(),
+            None => self
+                .waf
+                .tx_keys
+                .iter()
+                .enumerate()
+                .filter_map(|(id, k)| Some((k.as_str(), &**value(id)?)))
+                .filter(|(k, _)| sel.matches(k))
+                .collect(),
+        };
+        let before = selected.len();
+        selected.extend(
+            self.tx
+                .iter()
+                .map(|(k, v)| (k.as_ref(), &**v))
+                .filter(|(k, _)| sel.matches(k)),
+        );
+        if named.is_none() || selected.len() > before {
+            selected.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        }
+        selected
+    }
+
+    /// Where `setvar` writes: a TX variable the rules name by its id, any
+    /// other by its key.
+    fn var_ref(&mut self, coll: VarName, id: Option<u32>, key: Cow<'w, str>) -> VarRef<'_, 'w> {
+        if coll == VarName::Tx {
+            let id = id.or_else(|| self.waf.tx_ids.get(key.as_ref()).copied());
+            return match id.and_then(|id| self.tx_named.get_mut(id as usize)) {
+                Some(v) => VarRef::Named(v),
+                None => VarRef::Map(&mut self.tx, key),
+            };
+        }
+        VarRef::Map(self.collection(coll), key)
+    }
+
     fn collection(&mut self, coll: VarName) -> &mut VarMap<'w> {
         if coll == VarName::Tx {
             &mut self.tx
@@ -1739,6 +2022,62 @@ impl<'w> Transaction<'w> {
     }
 }
 
+/// A variable `setvar` writes.
+enum VarRef<'a, 'w> {
+    /// A TX variable the rules name.
+    Named(&'a mut Option<SmallBytes>),
+    /// A variable of a map, by key.
+    Map(&'a mut VarMap<'w>, Cow<'w, str>),
+}
+
+impl VarRef<'_, '_> {
+    fn get(&self) -> Option<&SmallBytes> {
+        match self {
+            VarRef::Named(v) => v.as_ref(),
+            VarRef::Map(m, k) => m.get(k.as_ref()),
+        }
+    }
+
+    fn put(self, value: &[u8]) {
+        match self {
+            VarRef::Named(v) => store_named(v, value),
+            VarRef::Map(m, k) => store(m, k, value),
+        }
+    }
+
+    /// [`VarRef::put`]; a new variable takes the buffer when it is too
+    /// long to be held inline.
+    fn put_owned(self, value: Vec<u8>) {
+        match self {
+            VarRef::Named(Some(v)) => v.set(&value),
+            VarRef::Named(v) => *v = Some(SmallBytes::from(value)),
+            VarRef::Map(m, k) => match m.get_mut(k.as_ref()) {
+                Some(v) => v.set(&value),
+                None => {
+                    m.insert(k, SmallBytes::from(value));
+                }
+            },
+        }
+    }
+
+    fn remove(self) {
+        match self {
+            VarRef::Named(v) => *v = None,
+            VarRef::Map(m, k) => {
+                m.remove(k.as_ref());
+            }
+        }
+    }
+}
+
+/// Sets a named TX variable to `value`, reusing the buffer it has.
+fn store_named(slot: &mut Option<SmallBytes>, value: &[u8]) {
+    match slot {
+        Some(v) => v.set(value),
+        None => *slot = Some(SmallBytes::copy_of(value)),
+    }
+}
+
 /// Sets `key` in `map` to `value`, reusing the buffer of an existing value.
 fn store<'w>(map: &mut VarMap<'w>, key: Cow<'w, str>, value: &[u8]) {
     match map.get_mut(key.as_ref()) {
@@ -1747,11 +2086,6 @@ fn store<'w>(map: &mut VarMap<'w>, key: Cow<'w, str>, value: &[u8]) {
             map.insert(key, SmallBytes::copy_of(value));
         }
     }
-}
-
-/// Appends `n` in decimal.
-fn push_int(out: &mut Vec<u8>, n: i64) {
-    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// The result of a transformation if it changed the value (of length
@@ -1926,11 +2260,25 @@ SecRule ARGS "!@rx union" "id:3,phase:1,pass,t:none"
     }
 
     #[test]
-    fn integers_are_written_as_to_string_does() {
-        for n in [0, 7, -7, 10, 99, -100, 123_456_789, i64::MAX, i64::MIN] {
-            let mut out = b"x".to_vec();
-            super::push_int(&mut out, n);
-            assert_eq!(out, format!("x{n}").into_bytes());
+    fn remote_addresses_are_written_as_display_does() {
+        let rules = r#"
+SecRule REMOTE_ADDR "@rx ^(.*)$" "id:1,phase:1,pass,capture,log,logdata:%{TX.1}"
+SecRule REMOTE_PORT "@rx ^(.*)$" "id:2,phase:1,pass,capture,log,logdata:%{TX.1}"
+"#;
+        let waf = Waf::from_str_named("t.conf", rules).unwrap();
+        for addr in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.200.3.45",
+            "255.255.255.255",
+            "::1",
+        ] {
+            let mut req = Request::new("GET", "/");
+            req.remote_addr = addr.parse().unwrap();
+            req.remote_port = 65535;
+            let v = waf.evaluate(&req);
+            let data: Vec<&str> = v.matched_rules.iter().map(|m| m.data.as_str()).collect();
+            assert_eq!(data, [addr, "65535"]);
         }
     }
 
@@ -2022,6 +2370,96 @@ SecRule TX:b "@streq x10" "id:6,phase:1,pass,nolog,setvar:!tx.b"
 SecRule &TX:b "@eq 0" "id:7,phase:1,pass,nolog"
 "#;
         assert_eq!(ids(rules, &Request::new("GET", "/")), [1, 2, 3, 4, 5, 6, 7]);
+    }
+
+    #[test]
+    fn tx_keys_named_by_the_rules_and_made_at_run_time_are_one_variable() {
+        // `tx.k_a` is named by the rules (an id); the same key made by a
+        // macro at run time, and keys no rule names, must meet it
+        let rules = r#"
+SecAction "id:1,phase:1,pass,nolog,setvar:tx.n=a,setvar:tx.k_a=1"
+SecAction "id:2,phase:1,pass,nolog,setvar:tx.k_%{tx.n}=+4,setvar:tx.m_%{tx.n}=7"
+SecRule TX:k_a "@eq 5" "id:3,phase:1,pass,nolog"
+SecRule TX:/^m_/ "@eq 7" "id:4,phase:1,pass,nolog,setvar:!tx.k_%{tx.n}"
+SecRule &TX:k_a "@eq 0" "id:5,phase:1,pass,nolog"
+SecRule TX:/^[km]_/ "@rx ." "id:6,phase:1,pass,log"
+SecRule REQUEST_URI "@rx (b)(c)" "id:7,phase:1,pass,nolog,capture,setvar:tx.x=%{tx.2}"
+SecRule TX:x "@streq c" "id:8,phase:1,pass,nolog"
+"#;
+        let waf = Waf::from_str_named("t.conf", rules).unwrap();
+        for _ in 0..4 {
+            let v = waf.evaluate(&Request::new("GET", "/abc"));
+            assert_eq!(v.matched_ids, [1, 2, 3, 4, 5, 6, 7, 8]);
+            let names: Vec<&str> = v
+                .matched_rules
+                .iter()
+                .map(|m| m.matched_var_name.as_str())
+                .collect();
+            assert_eq!(names, ["TX:m_a"]);
+        }
+    }
+
+    #[test]
+    fn keys_selected_by_id_match_as_the_names_do() {
+        // one key of a stored collection is found by its id: in any case,
+        // every value with that key, as a name too, and a count
+        let long = "x".repeat(70);
+        let rules = format!(
+            r#"
+SecRule REQUEST_HEADERS:X-Probe "@rx ^v" "id:1,phase:1,pass,log"
+SecRule REQUEST_HEADERS_NAMES:x-probe "@rx ." "id:2,phase:1,pass,log"
+SecRule &REQUEST_HEADERS:x-PROBE "@eq 2" "id:3,phase:1,pass,nolog"
+SecRule &REQUEST_HEADERS:x-absent "@eq 0" "id:4,phase:1,pass,nolog"
+SecRule REQUEST_HEADERS:x-absent "@rx ^" "id:5,phase:1,pass,nolog"
+SecRule REQUEST_HEADERS:{long} "@rx ^w$" "id:6,phase:1,pass,log"
+SecRule ARGS:A|REQUEST_COOKIES:c "@rx ." "id:7,phase:1,pass,log"
+"#
+        );
+        let waf = Waf::from_str_named("t.conf", &rules).unwrap();
+        let req = Request::new("GET", "/?a=1&b=2")
+            .header("x-probe", "v1")
+            .header("Host", "h")
+            .header("X-PROBE", "v2")
+            .header(&long.to_uppercase(), "w")
+            .header("Cookie", "C=3; d=4");
+        for _ in 0..4 {
+            let v = waf.evaluate(&req);
+            assert_eq!(v.matched_ids, [1, 2, 3, 4, 6, 7]);
+            let names: Vec<&str> = v
+                .matched_rules
+                .iter()
+                .map(|m| m.matched_var_name.as_str())
+                .collect();
+            let long_name = format!("REQUEST_HEADERS:{}", long.to_uppercase());
+            assert_eq!(
+                names,
+                [
+                    "REQUEST_HEADERS:X-PROBE",
+                    "REQUEST_HEADERS_NAMES:X-PROBE",
+                    long_name.as_str(),
+                    "REQUEST_COOKIES:C"
+                ]
+            );
+        }
+    }
+
+    #[test]
+    fn kept_entries_of_a_longer_request_are_not_read() {
+        let rules = r#"
+SecRule &REQUEST_HEADERS "@eq 1" "id:1,phase:1,pass,nolog"
+SecRule REQUEST_HEADERS|REQUEST_COOKIES|REQUEST_COOKIES_NAMES "@rx old" "id:2,phase:1,pass,nolog"
+SecRule REQUEST_HEADERS:Host "@streq new" "id:3,phase:1,pass,nolog"
+"#;
+        let waf = Waf::from_str_named("t.conf", rules).unwrap();
+        let long = Request::new("GET", "/")
+            .header("Host", "old")
+            .header("Cookie", "old=old")
+            .header("X-Old", &*"old".repeat(500));
+        let short = Request::new("GET", "/").header("host", "new");
+        for _ in 0..3 {
+            assert_eq!(waf.evaluate(&long).matched_ids, [2]);
+            assert_eq!(waf.evaluate(&short).matched_ids, [1, 3]);
+        }
     }
 
     #[test]

@@ -231,6 +231,17 @@ pub(crate) struct Target {
     /// scalar, `TX:key` (TX keys are looked up exactly). Worked out once,
     /// so that a hit borrows it instead of writing a name per request.
     pub fixed_name: Option<String>,
+    /// For `TX:key`, the key's id (filled by
+    /// [`crate::engine::WafBuilder::build`]).
+    pub tx_id: Option<u32>,
+    /// For `TX` and `TX:/regex/`, the ids of the keys the rules name that
+    /// it selects, in key order (filled by
+    /// [`crate::engine::WafBuilder::build`]).
+    pub tx_selected: Option<Vec<u32>>,
+    /// For one key of a stored collection (`REQUEST_HEADERS:User-Agent`),
+    /// the key's id ([`crate::engine::SelKeys`]; filled by
+    /// [`crate::engine::WafBuilder::build`]).
+    pub key_id: Option<u8>,
 }
 
 impl Target {
@@ -246,6 +257,9 @@ impl Target {
             selector,
             count,
             fixed_name,
+            tx_id: None,
+            tx_selected: None,
+            key_id: None,
         }
     }
 }
