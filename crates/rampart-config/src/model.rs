@@ -472,6 +472,9 @@ pub struct Edge {
     pub body_read_timeout_seconds: u32,
     /// How long in-flight requests may run once shutdown begins, in seconds.
     pub drain_seconds: u32,
+    /// Threads that serve HTTPS connections, each a runtime of its own
+    /// (`None`: one per core; `Some(0)`: the process's shared runtime).
+    pub worker_threads: Option<u32>,
     /// The circuit breaker of every upstream instance.
     pub breaker: EdgeBreaker,
     /// Active health checks; `None` ejects on failed requests only.

@@ -604,3 +604,15 @@ fn redis_has_defaults_and_refuses_bad_values_at_their_line() {
     let d = first_error("[redis]\nurl_env = \"redis://:hunter2@cache:6379/\"\n");
     assert!(!d.to_string().contains("hunter2"), "{d}");
 }
+
+#[test]
+fn edge_worker_threads_default_to_one_per_core_and_are_bounded() {
+    let edge = |text: &str| Config::parse(text, "t.toml").unwrap().edge.unwrap();
+    assert_eq!(edge("[edge]\n").worker_threads, None);
+    assert_eq!(edge("[edge]\nworker_threads = 0\n").worker_threads, Some(0));
+    assert_eq!(edge("[edge]\nworker_threads = 4\n").worker_threads, Some(4));
+    refuses_each_at_its_line(
+        "edge",
+        &[("worker_threads", "257"), ("worker_threads", "-1")],
+    );
+}

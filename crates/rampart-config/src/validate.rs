@@ -1314,6 +1314,10 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
                 0..=3_600,
                 30,
             ),
+            worker_threads: e
+                .worker_threads
+                .as_ref()
+                .map(|w| c.bounded(Some(w), "edge.worker_threads", 0..=256, 0)),
             breaker,
             health_check,
             rate_limits,

@@ -139,6 +139,10 @@ pub struct EdgeConfig {
     pub body_read_timeout: Duration,
     /// How long in-flight requests may run after shutdown begins.
     pub drain_deadline: Duration,
+    /// Threads that serve HTTPS connections, each with a single-threaded
+    /// runtime of its own: `None` one per core, `Some(0)` none (connections
+    /// run on the runtime that calls `serve`).
+    pub worker_threads: Option<usize>,
     /// The clock.
     pub clock: SharedClock,
 }
@@ -186,6 +190,7 @@ impl EdgeConfig {
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
             drain_deadline: Duration::from_secs(30),
+            worker_threads: None,
             clock: SystemClock::shared(),
         }
     }

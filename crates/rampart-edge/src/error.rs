@@ -53,6 +53,9 @@ pub enum Error {
     /// Accepting connections failed.
     #[error("accept: {0}")]
     Accept(std::io::Error),
+    /// A worker thread (or its runtime) could not be started.
+    #[error("starting edge worker thread: {0}")]
+    Worker(std::io::Error),
 }
 
 /// A request the edge answers itself instead of forwarding.

@@ -71,7 +71,9 @@ struct Idle {
 
 /// The pool of kept-alive upstream connections, by `host:port`.
 pub struct Upstreams {
-    idle: Mutex<HashMap<String, Vec<Idle>>>,
+    /// By thread, then address: a connection is reused on the thread (and
+    /// so the reactor) that made it.
+    idle: Mutex<HashMap<std::thread::ThreadId, HashMap<String, Vec<Idle>>>>,
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle_per_addr: usize,
@@ -191,11 +193,14 @@ impl Upstreams {
 
     fn pop(&self, addr: &str) -> Option<Idle> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.get_mut(addr)?.pop()
+        idle.get_mut(&std::thread::current().id())?
+            .get_mut(addr)?
+            .pop()
     }
 
     fn put(&self, addr: &str, link: Link) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let idle = all.entry(std::thread::current().id()).or_default();
         let now = Instant::now();
         let list = match idle.get_mut(addr) {
             Some(list) => list,

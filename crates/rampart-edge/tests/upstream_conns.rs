@@ -122,11 +122,33 @@ async fn one_upstream_connection_serves_many_requests() {
         assert_eq!(r.status, StatusCode::OK, "{r:?}");
         assert_eq!(r.body, format!("ok {i}"));
     }
-    assert_eq!(
-        up.conns.load(Ordering::SeqCst),
-        1,
-        "sequential requests reuse one kept-alive upstream connection"
+    // Connections are pooled per worker thread (one per core by default),
+    // and each client connection lands on one of them.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let made = up.conns.load(Ordering::SeqCst);
+    assert!(
+        (1..=threads).contains(&made),
+        "sequential requests reuse one kept-alive upstream connection per worker thread: {made} for {threads} threads"
     );
+}
+
+/// One worker thread, or none (connections on the shared runtime): one
+/// upstream connection for every sequential request.
+#[tokio::test]
+async fn with_one_thread_every_request_shares_one_upstream_connection() {
+    for threads in [1, 0] {
+        let up = raw_upstream(Mode::KeepAlive).await;
+        let cfg = config(
+            &[("app", vec![up.addr])],
+            "[[routes]]\nhost = \"api.test\"\nservice = \"app\"\n",
+        );
+        let edge = TestEdge::start(cfg, |c| c.worker_threads = Some(threads)).await;
+        for i in 1..=10 {
+            let r = edge.https("GET", "api.test", "/x").await;
+            assert_eq!(r.body, format!("ok {i}"), "{threads} threads: {r:?}");
+        }
+        assert_eq!(up.conns.load(Ordering::SeqCst), 1, "{threads} threads");
+    }
 }
 
 #[tokio::test]

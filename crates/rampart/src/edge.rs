@@ -303,6 +303,10 @@ fn start_only_changes(
         "edge.body_read_timeout_seconds",
     );
     check(old.drain_seconds != new.drain_seconds, "edge.drain_seconds");
+    check(
+        old.worker_threads != new.worker_threads,
+        "edge.worker_threads",
+    );
     check(old.breaker != new.breaker, "edge.breaker");
     check(old.health_check != new.health_check, "edge.health_check");
     changed
@@ -470,6 +474,7 @@ pub async fn start(
     ec.header_read_timeout = Duration::from_secs(u64::from(e.header_read_timeout_seconds));
     ec.body_read_timeout = Duration::from_secs(u64::from(e.body_read_timeout_seconds));
     ec.drain_deadline = Duration::from_secs(u64::from(e.drain_seconds));
+    ec.worker_threads = e.worker_threads.map(|n| n as usize);
     ec.breaker = BreakerSettings {
         failures_to_open: e.breaker.failures_to_open,
         open_for: Duration::from_secs(u64::from(e.breaker.open_seconds)),
