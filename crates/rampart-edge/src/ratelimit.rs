@@ -67,10 +67,54 @@ pub struct MemoryStore {
     buckets: Mutex<HashMap<String, Bucket>>,
 }
 
+/// One token bucket: the tokens it held when it was last counted.
 #[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    at_nanos: u64,
+pub(crate) struct Bucket {
+    pub(crate) tokens: f64,
+    /// When `tokens` was counted (Unix nanoseconds).
+    pub(crate) at_nanos: u64,
+}
+
+impl Bucket {
+    /// A full bucket at `now_nanos`.
+    pub(crate) fn full(rate: Rate, now_nanos: u64) -> Bucket {
+        Bucket {
+            tokens: f64::from(rate.burst),
+            at_nanos: now_nanos,
+        }
+    }
+
+    /// Refills for the time since it was counted, then takes one token, or
+    /// says how long until one is there.
+    pub(crate) fn take(&mut self, rate: Rate, now_nanos: u64) -> Result<(), Duration> {
+        let elapsed = now_nanos.saturating_sub(self.at_nanos) as f64 / 1e9;
+        self.tokens = (self.tokens + elapsed * rate.per_second).min(f64::from(rate.burst));
+        self.at_nanos = now_nanos.max(self.at_nanos);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else if rate.per_second > 0.0 {
+            Err(Duration::from_secs_f64(
+                (1.0 - self.tokens) / rate.per_second,
+            ))
+        } else {
+            Err(Duration::from_secs(3600))
+        }
+    }
+}
+
+/// `key`'s entry, made by `make` if absent. Looks up before inserting, so
+/// the common case allocates no key. `None` only if the map refused the
+/// insert (it cannot).
+pub(crate) fn entry<'m, V>(
+    map: &'m mut HashMap<String, V>,
+    key: &str,
+    make: impl FnOnce() -> V,
+) -> Option<&'m mut V> {
+    if !map.contains_key(key) {
+        map.insert(key.to_string(), make());
+    }
+    map.get_mut(key)
 }
 
 /// Above this many buckets, full ones are forgotten (they carry no state).
@@ -87,31 +131,10 @@ impl CounterStore for MemoryStore {
             });
             evict_least_recent(&mut map, PRUNE_ABOVE, |b| b.at_nanos);
         }
-        // Look up before inserting, so the common case allocates no key.
-        if !map.contains_key(key) {
-            map.insert(
-                key.to_string(),
-                Bucket {
-                    tokens: burst,
-                    at_nanos: now_nanos,
-                },
-            );
-        }
-        let Some(b) = map.get_mut(key) else {
-            // Inserted just above, under the same lock; refuse if not.
+        let Some(b) = entry(&mut map, key, || Bucket::full(rate, now_nanos)) else {
             return Err(Duration::from_secs(1));
         };
-        let elapsed = now_nanos.saturating_sub(b.at_nanos) as f64 / 1e9;
-        b.tokens = (b.tokens + elapsed * rate.per_second).min(burst);
-        b.at_nanos = now_nanos.max(b.at_nanos);
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            Ok(())
-        } else if rate.per_second > 0.0 {
-            Err(Duration::from_secs_f64((1.0 - b.tokens) / rate.per_second))
-        } else {
-            Err(Duration::from_secs(3600))
-        }
+        b.take(rate, now_nanos)
     }
 }
 

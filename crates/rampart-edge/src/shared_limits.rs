@@ -36,7 +36,7 @@ use rampart_core::SharedClock;
 use redis::aio::ConnectionManager;
 use zeroize::Zeroizing;
 
-use crate::ratelimit::{CounterStore, Rate};
+use crate::ratelimit::{Bucket, CounterStore, Rate};
 
 /// Refills, charges and answers one shared bucket (a hash of `t`, the
 /// tokens, and `at`, when they were counted). Time is Redis's own, so the
@@ -116,10 +116,8 @@ pub struct SharedLimitsError {
 }
 
 struct Slot {
-    /// Tokens as this node sees them.
-    tokens: f64,
-    /// When `tokens` was last brought up to date (Unix nanoseconds).
-    at_nanos: u64,
+    /// The bucket as this node sees it.
+    bucket: Bucket,
     rate: Rate,
     /// Admitted here and not yet sent.
     pending: u32,
@@ -193,7 +191,7 @@ impl SharedCounters {
         let target = describe(&info);
         let fail = |e: redis::RedisError| SharedLimitsError {
             target: target.clone(),
-            why: redis_message(&e),
+            why: e.to_string(),
         };
         let tls = matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. });
         let client = match &opts.tls_ca {
@@ -257,7 +255,7 @@ impl SharedCounters {
         let mut conn = self.conn.clone();
         self.sync(&mut conn).await.map_err(|e| SharedLimitsError {
             target: self.target.clone(),
-            why: redis_message(&e),
+            why: e.to_string(),
         })
     }
 
@@ -327,8 +325,8 @@ impl SharedCounters {
             };
             if let Some(s) = slots.get_mut(key) {
                 // What was admitted here since the batch left is owed too.
-                s.tokens = (left - f64::from(s.pending)).min(f64::from(rate.burst));
-                s.at_nanos = now;
+                s.bucket.tokens = (left - f64::from(s.pending)).min(f64::from(rate.burst));
+                s.bucket.at_nanos = now;
             }
         }
         Ok(batch.len())
@@ -354,7 +352,7 @@ async fn sync_loop(counters: Weak<SharedCounters>, every: Duration) {
                 if failed == 1 || failed % 100 == 0 {
                     tracing::warn!(
                         target_addr = %c.target,
-                        error = %redis_message(&e),
+                        error = %e.to_string(),
                         failed,
                         "shared rate limits: sync with Redis failed; limiting per node until it answers"
                     );
@@ -364,47 +362,26 @@ async fn sync_loop(counters: Weak<SharedCounters>, every: Duration) {
     }
 }
 
-/// A Redis error's text without anything from the URL.
-fn redis_message(e: &redis::RedisError) -> String {
-    e.to_string()
-}
-
 impl CounterStore for SharedCounters {
     fn take(&self, key: &str, rate: Rate, now_nanos: u64) -> Result<(), Duration> {
-        let burst = f64::from(rate.burst);
         let mut slots = lock(&self.slots);
         if slots.len() >= MAX_SLOTS {
             crate::ratelimit::evict_least_recent(&mut slots, MAX_SLOTS - 1, |s| s.last_used_nanos);
         }
-        if !slots.contains_key(key) {
-            slots.insert(
-                key.to_string(),
-                Slot {
-                    tokens: burst,
-                    at_nanos: now_nanos,
-                    rate,
-                    pending: 0,
-                    last_used_nanos: now_nanos,
-                },
-            );
-        }
-        let Some(s) = slots.get_mut(key) else {
+        let made = || Slot {
+            bucket: Bucket::full(rate, now_nanos),
+            rate,
+            pending: 0,
+            last_used_nanos: now_nanos,
+        };
+        let Some(s) = crate::ratelimit::entry(&mut slots, key, made) else {
             return Err(Duration::from_secs(1));
         };
         // The route's rate may have changed on reload: the newest applies.
         s.rate = rate;
         s.last_used_nanos = now_nanos;
-        let elapsed = now_nanos.saturating_sub(s.at_nanos) as f64 / 1e9;
-        s.tokens = (s.tokens + elapsed * rate.per_second).min(burst);
-        s.at_nanos = now_nanos.max(s.at_nanos);
-        if s.tokens >= 1.0 {
-            s.tokens -= 1.0;
-            s.pending = s.pending.saturating_add(1);
-            Ok(())
-        } else if rate.per_second > 0.0 {
-            Err(Duration::from_secs_f64((1.0 - s.tokens) / rate.per_second))
-        } else {
-            Err(Duration::from_secs(3600))
-        }
+        s.bucket.take(rate, now_nanos)?;
+        s.pending = s.pending.saturating_add(1);
+        Ok(())
     }
 }

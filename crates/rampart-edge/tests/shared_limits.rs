@@ -27,19 +27,20 @@ fn prefix() -> String {
     format!("rampart-test:{:016x}:", h.finish())
 }
 
+/// Options for `url`; the sync interval is long, as the tests sync by hand.
+fn options(url: &str, prefix: &str, tls_ca: Option<&str>) -> SharedLimitsOptions {
+    SharedLimitsOptions {
+        url: Zeroizing::new(url.to_string()),
+        sync_interval: Duration::from_secs(3600),
+        key_prefix: prefix.to_string(),
+        tls_ca: tls_ca.map(Into::into),
+    }
+}
+
 async fn node(url: &str, prefix: &str, clock: SharedClock) -> Arc<SharedCounters> {
-    SharedCounters::connect(
-        SharedLimitsOptions {
-            url: Zeroizing::new(url.to_string()),
-            // Long: the test syncs by hand.
-            sync_interval: Duration::from_secs(3600),
-            key_prefix: prefix.to_string(),
-            tls_ca: None,
-        },
-        clock,
-    )
-    .await
-    .unwrap()
+    SharedCounters::connect(options(url, prefix, None), clock)
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -137,19 +138,10 @@ async fn a_bad_address_or_password_is_an_error_that_never_shows_the_password() {
     // The right server, the wrong password.
     let (_, rest) = url.split_once('@').unwrap();
     let wrong = format!("redis://:{secret}@{rest}");
-    let err = SharedCounters::connect(
-        SharedLimitsOptions {
-            url: Zeroizing::new(wrong.clone()),
-            sync_interval: Duration::from_secs(1),
-            key_prefix: "x:".into(),
-            tls_ca: None,
-        },
-        clock.clone(),
-    )
-    .await
-    .unwrap_err()
-    .to_string();
-    println!("{err}");
+    let err = SharedCounters::connect(options(&wrong, "x:", None), clock.clone())
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(!err.contains(secret), "{err}");
     assert!(
         err.contains(rest.trim_end_matches('/').split('/').next().unwrap()),
@@ -165,28 +157,13 @@ async fn a_bad_address_or_password_is_an_error_that_never_shows_the_password() {
         format!("redis://:{secret}@127.0.0.1:{port}/"),
         format!("notredis://:{secret}@127.0.0.1:{port}/"),
     ] {
-        let err = SharedCounters::connect(
-            SharedLimitsOptions {
-                url: Zeroizing::new(bad),
-                sync_interval: Duration::from_secs(1),
-                key_prefix: "x:".into(),
-                tls_ca: None,
-            },
-            clock.clone(),
-        )
-        .await
-        .unwrap_err()
-        .to_string();
-        println!("{err}");
+        let err = SharedCounters::connect(options(&bad, "x:", None), clock.clone())
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(!err.contains(secret), "{err}");
     }
-    let opts = SharedLimitsOptions {
-        url: Zeroizing::new(wrong),
-        sync_interval: Duration::from_secs(1),
-        key_prefix: "x:".into(),
-        tls_ca: None,
-    };
-    assert!(!format!("{opts:?}").contains(secret));
+    assert!(!format!("{:?}", options(&wrong, "x:", None)).contains(secret));
 }
 
 /// Over `rediss://` with a CA file the connection is TLS and the server's
@@ -205,15 +182,7 @@ async fn tls_is_verified_against_the_configured_ca() {
     };
     let clock: SharedClock = Arc::new(ManualClock::at_unix_secs(1_000));
     let connect = |url: &str, ca: &str| {
-        SharedCounters::connect(
-            SharedLimitsOptions {
-                url: Zeroizing::new(url.to_string()),
-                sync_interval: Duration::from_secs(3600),
-                key_prefix: prefix(),
-                tls_ca: Some(ca.into()),
-            },
-            clock.clone(),
-        )
+        SharedCounters::connect(options(url, &prefix(), Some(ca)), clock.clone())
     };
     let c = connect(&tls_url, &ca).await.unwrap();
     c.take("k", Rate::new(2, 1.0), 1).unwrap();
