@@ -78,6 +78,20 @@ async fn harness() -> H {
 }
 
 impl H {
+    /// Another `Identity` over this harness's store, keys, log and clock:
+    /// a restart, or a second node.
+    async fn open_again(&self, cfg: IdentityConfig) -> Identity {
+        Identity::open(
+            self.store.clone(),
+            self.keyring.clone(),
+            self.audit.clone(),
+            self.clock.clone(),
+            cfg,
+        )
+        .await
+        .unwrap()
+    }
+
     /// A service principal in `live` and an API key of it.
     async fn service_with_key(&self, name: &str) -> (User, NewApiKey) {
         let svc = self
@@ -334,15 +348,7 @@ async fn expired_wrong_audience_tampered_and_alg_none_tokens_are_refused() {
         audience: "someone-else".into(),
         ..cfg()
     };
-    let other = Identity::open(
-        h.store.clone(),
-        h.keyring.clone(),
-        h.audit.clone(),
-        h.clock.clone(),
-        other_cfg,
-    )
-    .await
-    .unwrap();
+    let other = h.open_again(other_cfg).await;
     assert!(other.verify_access(&t.access_token).is_err());
     let t_other = other
         .login(
@@ -454,15 +460,7 @@ async fn logout_refuses_the_old_access_token_at_once() {
 
     // The list survives a restart, and is pruned once the tokens it guards
     // have expired.
-    let reopened = Identity::open(
-        h.store.clone(),
-        h.keyring.clone(),
-        h.audit.clone(),
-        h.clock.clone(),
-        cfg(),
-    )
-    .await
-    .unwrap();
+    let reopened = h.open_again(cfg()).await;
     assert!(reopened.verify_access(&a.access_token).is_err());
     assert_eq!(reopened.revocation_list_len(), 2);
     h.advance(3600 + 61);
@@ -1304,15 +1302,7 @@ async fn pruning_deletes_only_what_can_never_be_accepted_again() {
 #[tokio::test]
 async fn a_second_node_applies_changes_at_its_next_reload() {
     let h = harness().await;
-    let other = Identity::open(
-        h.store.clone(),
-        h.keyring.clone(),
-        h.audit.clone(),
-        h.clock.clone(),
-        cfg(),
-    )
-    .await
-    .unwrap();
+    let other = h.open_again(cfg()).await;
     let (svc, k) = h.service_with_key("billing-svc").await;
     // Unknown on the other node until it reloads.
     assert!(other.verify_api_key(&k.key, None).await.is_err());
