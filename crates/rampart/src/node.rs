@@ -36,18 +36,25 @@ pub fn data_dir(args: &DataArgs, config: Option<&Config>) -> PathBuf {
 
 /// Reads a passphrase from the named environment variable.
 pub fn passphrase(var: &str) -> Result<Zeroizing<String>, CliError> {
-    match std::env::var(var) {
-        Ok(v) if !v.is_empty() => Ok(Zeroizing::new(v)),
-        Ok(_) => Err(CliError::Input(format!(
-            "environment variable {var} is empty (named by --passphrase-env)"
-        ))),
-        Err(std::env::VarError::NotPresent) => Err(CliError::Input(format!(
-            "environment variable {var} is not set (named by --passphrase-env)"
-        ))),
-        Err(std::env::VarError::NotUnicode(_)) => Err(CliError::Input(format!(
-            "environment variable {var} is not valid UTF-8 (named by --passphrase-env)"
-        ))),
-    }
+    secret_from_env(var, str::is_empty, " (named by --passphrase-env)")
+}
+
+/// A secret from the environment variable `var`, never echoed; `blank`
+/// says which values count as empty, `context` ends every message.
+fn secret_from_env(
+    var: &str,
+    blank: impl Fn(&str) -> bool,
+    context: &str,
+) -> Result<Zeroizing<String>, CliError> {
+    let state = match std::env::var(var) {
+        Ok(v) if !blank(&v) => return Ok(Zeroizing::new(v)),
+        Ok(_) => "is empty",
+        Err(std::env::VarError::NotPresent) => "is not set",
+        Err(std::env::VarError::NotUnicode(_)) => "is not valid UTF-8",
+    };
+    Err(CliError::Input(format!(
+        "environment variable {var} {state}{context}"
+    )))
 }
 
 /// The root key given in `RAMPART_ROOT_KEY`, if set.
@@ -81,18 +88,11 @@ pub fn is_initialised(dir: &Path, config: Option<&Config>) -> bool {
 /// A connection string from the environment variable `var` (named by the
 /// config's `field`), never echoed.
 pub fn url_from_env(var: &str, what: &str, field: &str) -> Result<Zeroizing<String>, CliError> {
-    match std::env::var(var) {
-        Ok(v) if !v.trim().is_empty() => Ok(Zeroizing::new(v)),
-        Ok(_) => Err(CliError::Input(format!(
-            "environment variable {var} is empty: it must hold {what} ({field})"
-        ))),
-        Err(std::env::VarError::NotPresent) => Err(CliError::Input(format!(
-            "environment variable {var} is not set: it must hold {what} ({field})"
-        ))),
-        Err(std::env::VarError::NotUnicode(_)) => Err(CliError::Input(format!(
-            "environment variable {var} is not valid UTF-8 ({field})"
-        ))),
-    }
+    secret_from_env(
+        var,
+        |v| v.trim().is_empty(),
+        &format!(": it must hold {what} ({field})"),
+    )
 }
 
 /// Opens the store the configuration names: the SQLite file in `dir`
