@@ -1600,16 +1600,19 @@ impl<'w> Transaction<'w> {
         out: &mut impl FnMut(Val<'a>),
     ) {
         let lacks = |b: &ByteSet| skip.is_some_and(|s| !b.intersects(&s));
+        // A value of a map collection (TX, persistent): no slot, so no id
+        // and no byte set.
+        let map_val = |k: &'a str, v: &'a [u8]| Val {
+            var: t.var,
+            key: Cow::Borrowed(k),
+            value: Cow::Borrowed(v),
+            count: false,
+            id: None,
+            bytes: ByteSet::ALL,
+        };
         let push_sorted = |out: &mut dyn FnMut(Val<'a>), selected: Vec<(&'a str, &'a [u8])>| {
             for (k, v) in selected {
-                out(Val {
-                    var: t.var,
-                    key: Cow::Borrowed(k),
-                    value: Cow::Borrowed(v),
-                    count: false,
-                    id: None,
-                    bytes: ByteSet::ALL,
-                });
+                out(map_val(k, v));
             }
         };
         match t.var.kind() {
@@ -1617,14 +1620,7 @@ impl<'w> Transaction<'w> {
             Kind::Tx => match &t.selector {
                 Selector::Key(k) => {
                     if let Some((k, v)) = self.tx_entry(k, t.tx_id) {
-                        out(Val {
-                            var: t.var,
-                            key: Cow::Borrowed(k),
-                            value: Cow::Borrowed(v),
-                            count: false,
-                            id: None,
-                            bytes: ByteSet::ALL,
-                        });
+                        out(map_val(k, v));
                     }
                 }
                 sel => push_sorted(out, self.tx_sorted(sel, t.tx_selected.as_deref())),
@@ -1635,14 +1631,7 @@ impl<'w> Transaction<'w> {
                     (_, None) => {}
                     (Selector::Key(k), Some(m)) => {
                         if let Some((k, v)) = m.get_key_value(k.as_str()) {
-                            out(Val {
-                                var: t.var,
-                                key: Cow::Borrowed(k.as_ref()),
-                                value: Cow::Borrowed(v),
-                                count: false,
-                                id: None,
-                                bytes: ByteSet::ALL,
-                            });
+                            out(map_val(k.as_ref(), v));
                         }
                     }
                     (_, Some(m)) => {
