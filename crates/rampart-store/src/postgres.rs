@@ -25,10 +25,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use deadpool_postgres::GenericClient;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use rampart_core::SharedClock;
 use tokio_postgres::config::{Host, SslMode};
-use tokio_postgres::{GenericClient, NoTls};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::NoTls;
 use zeroize::Zeroizing;
 
 use crate::migrations::LATEST_VERSION;
@@ -242,7 +244,7 @@ impl PgStore {
         )
         .await
         .map_err(|e| self.err(e))?;
-        let current = self.version_in(&*tx).await?;
+        let current = self.version_in(&tx).await?;
         if current > LATEST_VERSION {
             return Err(StoreError::NewerSchema {
                 found: current,
@@ -277,6 +279,29 @@ impl PgStore {
         Ok(v.map_or(0, |v| v.max(0) as u32))
     }
 
+    /// At most one row of `sql`, through the connection's statement cache
+    /// (one round trip once the statement is prepared, not two).
+    async fn one_row(
+        &self,
+        c: &impl GenericClient,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<tokio_postgres::Row>, tokio_postgres::Error> {
+        let stmt = c.prepare_cached(sql).await?;
+        c.query_opt(&stmt, params).await
+    }
+
+    /// Runs `sql` through the statement cache; the rows it changed.
+    async fn exec(
+        &self,
+        c: &impl GenericClient,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, tokio_postgres::Error> {
+        let stmt = c.prepare_cached(sql).await?;
+        c.execute(&stmt, params).await
+    }
+
     async fn put_in(
         &self,
         c: &impl GenericClient,
@@ -288,7 +313,8 @@ impl PgStore {
     ) -> Result<u64, StoreError> {
         let row = match expect {
             Expect::Any => {
-                c.query_opt(
+                self.one_row(
+                    c,
                     "INSERT INTO rampart_records (ns, key, value, version, updated_at)
                      VALUES ($1, $2, $3, 1, $4)
                      ON CONFLICT (ns, key) DO UPDATE SET value = EXCLUDED.value,
@@ -299,7 +325,8 @@ impl PgStore {
                 .await
             }
             Expect::Absent => {
-                c.query_opt(
+                self.one_row(
+                    c,
                     "INSERT INTO rampart_records (ns, key, value, version, updated_at)
                      VALUES ($1, $2, $3, 1, $4)
                      ON CONFLICT (ns, key) DO NOTHING
@@ -310,7 +337,8 @@ impl PgStore {
             }
             Expect::Version(v) => {
                 let v = i64::try_from(v).unwrap_or(i64::MAX);
-                c.query_opt(
+                self.one_row(
+                    c,
                     "UPDATE rampart_records SET value = $3, version = version + 1, updated_at = $4
                      WHERE ns = $1 AND key = $2 AND version = $5
                      RETURNING version",
@@ -338,8 +366,9 @@ impl PgStore {
     ) -> Result<bool, StoreError> {
         match expect {
             Expect::Any => {
-                let n = c
-                    .execute(
+                let n = self
+                    .exec(
+                        c,
                         "DELETE FROM rampart_records WHERE ns = $1 AND key = $2",
                         &[&ns, &key],
                     )
@@ -348,8 +377,9 @@ impl PgStore {
                 Ok(n > 0)
             }
             Expect::Absent => {
-                let row = c
-                    .query_opt(
+                let row = self
+                    .one_row(
+                        c,
                         "SELECT 1 FROM rampart_records WHERE ns = $1 AND key = $2",
                         &[&ns, &key],
                     )
@@ -362,8 +392,9 @@ impl PgStore {
             }
             Expect::Version(v) => {
                 let v = i64::try_from(v).unwrap_or(i64::MAX);
-                let n = c
-                    .execute(
+                let n = self
+                    .exec(
+                        c,
                         "DELETE FROM rampart_records WHERE ns = $1 AND key = $2 AND version = $3",
                         &[&ns, &key, &v],
                     )
@@ -398,14 +429,12 @@ fn entry(row: &tokio_postgres::Row, first: usize) -> Result<Entry, tokio_postgre
 impl Store for PgStore {
     async fn get(&self, ns: &str, key: &str) -> Result<Option<Entry>, StoreError> {
         let c = self.client().await?;
-        let stmt = c
-            .prepare_cached(
+        let row = self
+            .one_row(
+                &c,
                 "SELECT value, version, updated_at FROM rampart_records WHERE ns = $1 AND key = $2",
+                &[&ns, &key],
             )
-            .await
-            .map_err(|e| self.err(e))?;
-        let row = c
-            .query_opt(&stmt, &[&ns, &key])
             .await
             .map_err(|e| self.err(e))?;
         row.map(|r| entry(&r, 0))
@@ -422,12 +451,12 @@ impl Store for PgStore {
     ) -> Result<u64, StoreError> {
         let c = self.client().await?;
         let now = self.clock.unix_secs() as i64;
-        self.put_in(&**c, ns, key, value, expect, now).await
+        self.put_in(&c, ns, key, value, expect, now).await
     }
 
     async fn delete(&self, ns: &str, key: &str, expect: Expect) -> Result<bool, StoreError> {
         let c = self.client().await?;
-        self.delete_in(&**c, ns, key, expect).await
+        self.delete_in(&c, ns, key, expect).await
     }
 
     async fn list(
@@ -469,10 +498,10 @@ impl Store for PgStore {
                     value,
                     expect,
                 } => {
-                    self.put_in(&*tx, ns, key, value, *expect, now).await?;
+                    self.put_in(&tx, ns, key, value, *expect, now).await?;
                 }
                 Op::Delete { ns, key, expect } => {
-                    self.delete_in(&*tx, ns, key, *expect).await?;
+                    self.delete_in(&tx, ns, key, *expect).await?;
                 }
             }
         }
@@ -489,7 +518,7 @@ impl Store for PgStore {
 
     async fn schema_version(&self) -> Result<u32, StoreError> {
         let c = self.client().await?;
-        self.version_in(&**c).await
+        self.version_in(&c).await
     }
 
     fn backend(&self) -> &'static str {
