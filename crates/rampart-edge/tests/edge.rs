@@ -434,7 +434,10 @@ async fn all_upstreams_down_gives_503_with_retry_after() {
     let mut last = None;
     for _ in 0..5 {
         let r = edge.https("GET", "api.test", "/").await;
-        assert!(r.status == StatusCode::BAD_GATEWAY || r.status == StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            r.status == StatusCode::BAD_GATEWAY || r.status == StatusCode::SERVICE_UNAVAILABLE,
+            "{r:?}"
+        );
         last = Some(r);
     }
     let r = last.unwrap();
@@ -563,7 +566,7 @@ async fn slow_headers_are_cut_off() {
     })
     .await;
     let cfg = edge.client_config(rustls::DEFAULT_VERSIONS, &[b"http/1.1"]);
-    let mut tls = edge.tls("api.test", cfg).await.unwrap();
+    let mut tls = edge.tls("api.test", cfg).await.expect("raw_https connect");
     tls.write_all(b"GET / HTTP/1.1\r\nHost: api.test\r\n")
         .await
         .unwrap();
@@ -712,7 +715,7 @@ async fn certificates_can_be_swapped_in_memory() {
 /// Sends raw bytes over TLS and returns what comes back before close.
 async fn raw_https(edge: &TestEdge, bytes: &[u8]) -> String {
     let cfg = edge.client_config(rustls::DEFAULT_VERSIONS, &[b"http/1.1"]);
-    let mut tls = edge.tls("api.test", cfg).await.unwrap();
+    let mut tls = edge.tls("api.test", cfg).await.expect("raw_https connect");
     tls.write_all(bytes).await.unwrap();
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(3), tls.read_to_end(&mut buf))

@@ -347,12 +347,12 @@ fn recording_upstream() -> (u16, Requests) {
 fn active_health_checks_from_the_config_file_eject_a_dead_instance_and_sign_their_probes() {
     let (alive, got) = recording_upstream();
     let (other, other_got) = recording_upstream();
-    // An instance nobody listens on: connections are refused.
-    let dead = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // An instance nobody listens on: connections are refused. The socket is
+    // bound and kept (never listening), so that no test running beside is
+    // given the port for a live server.
+    let reserved = tokio::net::TcpSocket::new_v4().unwrap();
+    reserved.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let dead = reserved.local_addr().unwrap().port();
     let r = Rampart::new();
     std::fs::write(
         r.path("rampart.toml"),

@@ -125,8 +125,15 @@ pub async fn upstream(name: &'static str) -> Upstream {
 
 /// An address where nothing listens.
 pub async fn dead_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap()
+    // A socket bound but never listening: connects are refused, and the
+    // port stays taken for the life of the test process. (A listener bound
+    // and dropped freed the port, and a test running beside could be given
+    // it for its live upstream, which the "dead" address then reached.)
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = s.local_addr().unwrap();
+    Box::leak(Box::new(s));
+    addr
 }
 
 /// Config text with one environment, the services and the routes given.
