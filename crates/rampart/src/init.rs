@@ -21,8 +21,8 @@ pub struct Initialised {
     /// The bootstrap admin's credential; `None` for a node that joined a
     /// shared store another node initialised (its admins already exist).
     pub admin_credential: Option<Zeroizing<String>>,
-    /// Where the records are: `sqlite`, or the shared PostgreSQL store.
-    pub store: &'static str,
+    /// Whether the records are in a PostgreSQL store other nodes share.
+    pub shared: bool,
 }
 
 pub async fn run(args: InitArgs) -> Result<(), CliError> {
@@ -63,9 +63,9 @@ pub fn print_initialised(done: &Initialised) {
         RootKeySource::Env => println!("  root key: from {}; set it for `rampart up` too", node::ROOT_KEY_ENV),
     }
     println!("  control API CA certificate: {d}/tls/ca.pem");
-    match (&done.admin_credential, done.store) {
-        (Some(cred), store) => {
-            if store == "postgres" {
+    match &done.admin_credential {
+        Some(cred) => {
+            if done.shared {
                 println!("  store: PostgreSQL, shared; other nodes join it with `rampart init` and the same root key");
                 if done.source == RootKeySource::File {
                     println!("    (give them this node's key: RAMPART_ROOT_KEY=\"$(cat {d}/{ROOT_KEY_FILE})\")");
@@ -74,7 +74,7 @@ pub fn print_initialised(done: &Initialised) {
             println!("  bootstrap admin credential (shown once, store it now; only its hash is kept):");
             println!("    {}", cred.as_str());
         }
-        (None, _) => println!(
+        None => println!(
             "  store: joined the shared PostgreSQL store another node initialised; its admins and keys are this node's too"
         ),
     }
@@ -146,10 +146,7 @@ pub async fn initialise(
             data_dir: dir.to_path_buf(),
             source,
             admin_credential,
-            store: match node::backend(config) {
-                StoreBackend::Sqlite => "sqlite",
-                StoreBackend::Postgres(_) => "postgres",
-            },
+            shared: matches!(node::backend(config), StoreBackend::Postgres(_)),
         }),
         Err(e) => {
             let _ = std::fs::remove_dir_all(&staging);
@@ -176,14 +173,12 @@ async fn build(
     if let Some(meta) = RootMeta::read(store.as_ref()).await? {
         // A shared store another node initialised: join it with its root key.
         let root = match (pass, env_key) {
-            (Some(p), _) => {
-                let kdf = meta.kdf.as_ref().ok_or_else(|| {
-                    CliError::Input(
-                        "the shared store's root key is not derived from a passphrase: drop --passphrase-env and set RAMPART_ROOT_KEY".into(),
-                    )
-                })?;
-                RootKey::from_passphrase(p.as_bytes(), kdf)?
-            }
+            (Some(p), _) => node::passphrase_root_key(
+                &p,
+                &meta,
+                "the shared store's",
+                " and set RAMPART_ROOT_KEY",
+            )?,
             (None, Some(k)) => k,
             (None, None) => {
                 return Err(CliError::Input(format!(

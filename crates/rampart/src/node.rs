@@ -125,6 +125,23 @@ pub async fn open_store(
     }
 }
 
+/// The root key derived from `pass` with the Argon2id parameters the store
+/// records; `whose` names the store and `instead` ends the message when
+/// its key is not passphrase-derived.
+pub fn passphrase_root_key(
+    pass: &str,
+    meta: &RootMeta,
+    whose: &str,
+    instead: &str,
+) -> Result<RootKey, CliError> {
+    let kdf = meta.kdf.as_ref().ok_or_else(|| {
+        CliError::Input(format!(
+            "{whose} root key is not derived from a passphrase: drop --passphrase-env{instead}"
+        ))
+    })?;
+    Ok(RootKey::from_passphrase(pass.as_bytes(), kdf)?)
+}
+
 /// Opens an initialised data directory and unlocks it with its root key.
 pub async fn open(
     dir: &Path,
@@ -172,14 +189,7 @@ pub async fn open(
         })
     })?;
     let root = match (pass, env_key, file_key) {
-        (Some(p), _, _) => {
-            let kdf = meta.kdf.as_ref().ok_or_else(|| {
-                CliError::Input(
-                    "this data directory's root key is not derived from a passphrase: drop --passphrase-env".into(),
-                )
-            })?;
-            RootKey::from_passphrase(p.as_bytes(), kdf)?
-        }
+        (Some(p), _, _) => passphrase_root_key(&p, &meta, "this data directory's", "")?,
         (None, Some(k), _) | (None, None, Some(k)) => k,
         (None, None, None) => {
             return Err(CliError::Input(match meta.source {

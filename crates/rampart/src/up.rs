@@ -129,7 +129,6 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
     .handle(handle.clone())
     .serve(api::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>());
     let state_for_jobs = state;
-    let identity_for_reload = identity;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let edge_task = edge.map(|e| {
@@ -155,6 +154,10 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
             "store: PostgreSQL, shared with the other nodes (identity changes from them apply within {} ms)",
             pg.reload_interval_ms
         );
+        spawn_identity_reload(
+            identity,
+            Duration::from_millis(u64::from(pg.reload_interval_ms)),
+        );
     }
     println!("audit log: {}", dir.join(planes::AUDIT_DIR).display());
     println!(
@@ -165,12 +168,6 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
     tracing::info!(%addr, node = %config.node.name, "control API listening");
 
     planes::spawn_scheduler(state_for_jobs, audit.clone(), Duration::from_secs(60));
-    if let rampart_config::StoreBackend::Postgres(pg) = &config.store {
-        spawn_identity_reload(
-            identity_for_reload,
-            Duration::from_millis(u64::from(pg.reload_interval_ms)),
-        );
-    }
     let drain = Duration::from_secs(args.drain_seconds);
     tokio::spawn(async move {
         wait_for_signal().await;
