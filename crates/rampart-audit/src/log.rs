@@ -303,14 +303,21 @@ struct Slot {
 #[derive(Default)]
 struct SlotInner {
     result: Option<Result<Receipt, AuditError>>,
+    /// The result has been set (it stays set once the caller took it).
+    filled: bool,
     waker: Option<std::task::Waker>,
+    /// The relay of the thread the future was pending on, if any.
+    relay: Option<Arc<Relay>>,
 }
 
 impl Slot {
+    /// Sets the result and wakes the caller directly (the rare paths:
+    /// failures; receipts go through [`TierLog::hand_out`]).
     fn fill(&self, r: Result<Receipt, AuditError>) {
         let waker = {
             let mut g = lock(&self.inner);
             g.result = Some(r);
+            g.filled = true;
             g.waker.take()
         };
         match waker {
@@ -326,6 +333,57 @@ impl Slot {
                 return r;
             }
             g = self.ready.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// Futures pending on one thread share a relay, so a batch of receipts
+/// costs one cross-thread wake-up per thread rather than one per record.
+///
+/// Waking a task from another thread makes its executor's thread wake up
+/// too (for tokio, a `write` to its eventfd), even when it is already
+/// awake and about to run that task. When a sync completes, the writer
+/// fills every slot, then marks each relay concerned `due` and wakes one
+/// future per relay; that future, polled on its own thread, wakes the
+/// relay's other completed futures from there, which for a single-thread
+/// executor is a push onto its own run queue. Under load the edge saw one
+/// eventfd write per request from the audit writer before this.
+///
+/// Any poll or drop of a future registered with a relay that finds it due
+/// does that work, so it is done as long as a woken future is polled or
+/// dropped, as every executor does.
+#[derive(Default)]
+struct Relay {
+    /// Slots whose futures were pending on this thread.
+    waiting: Mutex<Vec<Arc<Slot>>>,
+    /// Some of `waiting` have their results: the next poll wakes them.
+    due: AtomicBool,
+}
+
+thread_local! {
+    static RELAY: Arc<Relay> = Arc::new(Relay::default());
+}
+
+impl Relay {
+    /// Wakes every waiting future whose result is in, if a batch marked
+    /// this relay due since the last time.
+    fn drain(&self) {
+        if !self.due.load(Ordering::Relaxed) || !self.due.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let mut wake = Vec::new();
+        lock(&self.waiting).retain(|slot| {
+            let mut g = lock(&slot.inner);
+            if !g.filled {
+                return true;
+            }
+            if let Some(w) = g.waker.take() {
+                wake.push(w);
+            }
+            false
+        });
+        for w in wake {
+            w.wake();
         }
     }
 }
@@ -351,17 +409,62 @@ impl std::future::Future for RecordFuture {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
         use std::task::Poll;
-        match &mut self.get_mut().state {
-            Err(early) => Poll::Ready(Err(early.take().unwrap_or(AuditError::Closed))),
-            Ok(slot) => {
-                let mut g = lock(&slot.inner);
-                match g.result.take() {
-                    Some(r) => Poll::Ready(r),
-                    None => {
-                        g.waker = Some(cx.waker().clone());
-                        Poll::Pending
-                    }
+        let slot = match &mut self.get_mut().state {
+            Err(early) => return Poll::Ready(Err(early.take().unwrap_or(AuditError::Closed))),
+            Ok(slot) => slot,
+        };
+        let (joined, relay) = {
+            let mut g = lock(&slot.inner);
+            if let Some(r) = g.result.take() {
+                g.waker = None;
+                let relay = g.relay.take();
+                drop(g);
+                if let Some(relay) = relay {
+                    relay.drain();
                 }
+                return Poll::Ready(r);
+            }
+            match &mut g.waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                w => *w = Some(cx.waker().clone()),
+            }
+            match &g.relay {
+                Some(relay) => (false, Arc::clone(relay)),
+                None => match RELAY.try_with(Arc::clone) {
+                    Ok(relay) => {
+                        g.relay = Some(Arc::clone(&relay));
+                        (true, relay)
+                    }
+                    // The thread is exiting: plain wake-ups.
+                    Err(_) => return Poll::Pending,
+                },
+            }
+        };
+        if joined {
+            lock(&relay.waiting).push(Arc::clone(slot));
+            // The result may have come in between the two locks; the writer
+            // then woke this future itself or left it to the relay.
+            let mut g = lock(&slot.inner);
+            if let Some(r) = g.result.take() {
+                g.waker = None;
+                g.relay = None;
+                drop(g);
+                relay.drain();
+                return Poll::Ready(r);
+            }
+        }
+        relay.drain();
+        Poll::Pending
+    }
+}
+
+impl Drop for RecordFuture {
+    fn drop(&mut self) {
+        // A future dropped after its wake-up must still pass it on.
+        if let Ok(slot) = &self.state {
+            let relay = lock(&slot.inner).relay.take();
+            if let Some(relay) = relay {
+                relay.drain();
             }
         }
     }
@@ -488,9 +591,57 @@ impl TierLog {
             .fetch_add(records as u64, Ordering::Relaxed);
         self.answered(records);
         // Wake the callers outside the lock, so the writer can go on.
+        Self::hand_out(done);
+    }
+
+    /// Gives durable batches their receipts: fills every slot first, then
+    /// wakes blocked threads and futures with no relay directly, and one
+    /// future per [`Relay`], which wakes the rest on its own thread.
+    fn hand_out(done: Vec<WrittenBatch>) {
+        let mut relayed: Vec<(Arc<Relay>, Arc<Slot>)> = Vec::new();
         for b in done {
             for (slot, r) in b.done {
-                slot.fill(Ok(r));
+                let direct = {
+                    let mut g = lock(&slot.inner);
+                    g.result = Some(Ok(r));
+                    g.filled = true;
+                    match &g.relay {
+                        Some(relay) => {
+                            relayed.push((Arc::clone(relay), Arc::clone(&slot)));
+                            None
+                        }
+                        None => Some(g.waker.take()),
+                    }
+                };
+                match direct {
+                    Some(Some(w)) => w.wake(),
+                    Some(None) => slot.ready.notify_one(),
+                    None => {}
+                }
+            }
+        }
+        if relayed.is_empty() {
+            return;
+        }
+        // Every slot is filled: mark the relays due, then wake one future
+        // of each (one whose waker is still there: others may have been
+        // woken already by an earlier batch's drain).
+        let mut relays: Vec<&Arc<Relay>> = Vec::new();
+        for (relay, _) in &relayed {
+            if !relays.iter().any(|r| Arc::ptr_eq(r, relay)) {
+                relay.due.store(true, Ordering::Release);
+                relays.push(relay);
+            }
+        }
+        let mut kicked: Vec<&Arc<Relay>> = Vec::with_capacity(relays.len());
+        for (relay, slot) in &relayed {
+            if kicked.iter().any(|r| Arc::ptr_eq(r, relay)) {
+                continue;
+            }
+            let waker = lock(&slot.inner).waker.take();
+            if let Some(w) = waker {
+                w.wake();
+                kicked.push(relay);
             }
         }
     }
@@ -1688,6 +1839,140 @@ fn quarantine(file: &File, path: &Path, from: u64, to: u64) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Poll, Wake, Waker};
+
+    /// A waker that counts its wake-ups.
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn woken(c: &[Arc<Count>]) -> Vec<usize> {
+        c.iter().map(|c| c.0.load(Ordering::SeqCst)).collect()
+    }
+
+    /// `n` record futures, each polled once (pending) on this thread with
+    /// a counting waker of its own.
+    fn pending_futures(n: usize) -> (Vec<Arc<Slot>>, Vec<RecordFuture>, Vec<Arc<Count>>) {
+        let slots: Vec<Arc<Slot>> = (0..n).map(|_| Arc::new(Slot::default())).collect();
+        let mut futures: Vec<RecordFuture> = slots
+            .iter()
+            .map(|s| RecordFuture {
+                state: Ok(Arc::clone(s)),
+            })
+            .collect();
+        let counts: Vec<Arc<Count>> = (0..n).map(|_| Arc::default()).collect();
+        for (f, c) in futures.iter_mut().zip(&counts) {
+            let waker = Waker::from(Arc::clone(c));
+            assert!(Pin::new(f)
+                .poll(&mut Context::from_waker(&waker))
+                .is_pending());
+        }
+        (slots, futures, counts)
+    }
+
+    /// Hands out receipts for `slots` from another thread, as the syncer does.
+    fn hand_out_elsewhere(slots: &[Arc<Slot>]) {
+        let done = vec![WrittenBatch {
+            id: 1,
+            done: slots
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let receipt = Receipt {
+                        tier: Tier::Security,
+                        seq: i as u64,
+                        hash: [0; 32],
+                    };
+                    (Arc::clone(s), receipt)
+                })
+                .collect(),
+        }];
+        std::thread::spawn(move || TierLog::hand_out(done))
+            .join()
+            .unwrap();
+    }
+
+    fn poll_once(f: &mut RecordFuture, c: &Arc<Count>) -> Poll<Result<Receipt, AuditError>> {
+        let waker = Waker::from(Arc::clone(c));
+        Pin::new(f).poll(&mut Context::from_waker(&waker))
+    }
+
+    #[test]
+    fn a_batch_wakes_one_future_per_thread_and_it_wakes_the_rest() {
+        let (slots, mut futures, counts) = pending_futures(5);
+        hand_out_elsewhere(&slots);
+        assert_eq!(woken(&counts), [1, 0, 0, 0, 0]);
+        // Polled on its thread, the woken one resolves and wakes the others.
+        let Poll::Ready(Ok(r)) = poll_once(&mut futures[0], &counts[0]) else {
+            panic!("the woken future is not ready");
+        };
+        assert_eq!(r.seq, 0);
+        assert_eq!(woken(&counts), [1, 1, 1, 1, 1]);
+        for (i, (f, c)) in futures.iter_mut().zip(&counts).enumerate().skip(1) {
+            let Poll::Ready(Ok(r)) = poll_once(f, c) else {
+                panic!("future {i} is not ready");
+            };
+            assert_eq!(r.seq, i as u64);
+        }
+        assert_eq!(woken(&counts), [1, 1, 1, 1, 1], "no wake-up twice");
+    }
+
+    #[test]
+    fn a_woken_future_dropped_unpolled_still_wakes_the_rest() {
+        let (slots, mut futures, counts) = pending_futures(3);
+        hand_out_elsewhere(&slots);
+        assert_eq!(woken(&counts), [1, 0, 0]);
+        drop(futures.remove(0));
+        assert_eq!(woken(&counts), [1, 1, 1]);
+        for (f, c) in futures.iter_mut().zip(&counts[1..]) {
+            assert!(matches!(poll_once(f, c), Poll::Ready(Ok(_))));
+        }
+    }
+
+    #[test]
+    fn futures_on_two_threads_get_one_wake_up_each_thread() {
+        let (slots_here, mut here, counts_here) = pending_futures(3);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let other = std::thread::spawn(move || {
+            let (slots, mut futures, counts) = pending_futures(3);
+            tx.send(slots).unwrap();
+            go_rx.recv().unwrap();
+            let first = woken(&counts);
+            for (f, c) in futures.iter_mut().zip(&counts) {
+                assert!(matches!(poll_once(f, c), Poll::Ready(Ok(_))));
+            }
+            first
+        });
+        let slots_there = rx.recv().unwrap();
+        let all: Vec<Arc<Slot>> = slots_here.iter().chain(&slots_there).cloned().collect();
+        hand_out_elsewhere(&all);
+        go_tx.send(()).unwrap();
+        assert_eq!(other.join().unwrap(), [1, 0, 0]);
+        assert_eq!(woken(&counts_here), [1, 0, 0]);
+        for (f, c) in here.iter_mut().zip(&counts_here) {
+            assert!(matches!(poll_once(f, c), Poll::Ready(Ok(_))));
+        }
+    }
+
+    #[test]
+    fn a_result_that_comes_in_before_the_first_poll_is_ready_at_once() {
+        let slot = Arc::new(Slot::default());
+        let mut f = RecordFuture {
+            state: Ok(Arc::clone(&slot)),
+        };
+        hand_out_elsewhere(std::slice::from_ref(&slot));
+        let c = Arc::new(Count::default());
+        assert!(matches!(poll_once(&mut f, &c), Poll::Ready(Ok(_))));
+        assert_eq!(woken(&[c]), [0]);
+    }
 
     #[test]
     fn a_commit_delay_lengthens_the_gathering_wait() {

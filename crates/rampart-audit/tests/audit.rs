@@ -973,3 +973,97 @@ fn a_failed_sync_under_concurrency_refuses_everyone_and_hangs_nobody() {
     drop(audit);
     t.verify().unwrap();
 }
+
+/// `tasks` tasks each recording `per_task` records on `runtime`, some of
+/// them racing a timer that drops the record future (sometimes after its
+/// wake-up); every task ends, and every record it queued is in the log.
+fn async_writers(
+    runtime: &tokio::runtime::Runtime,
+    audit: &Arc<Audit>,
+    tasks: usize,
+    per_task: u64,
+) -> u64 {
+    let handles: Vec<_> = (0..tasks)
+        .map(|t| {
+            let audit = Arc::clone(audit);
+            runtime.spawn(async move {
+                let mut queued = 0u64;
+                for i in 0..per_task {
+                    let fut = audit.record_async(event(
+                        Tier::Application,
+                        &format!("task-{t}"),
+                        "x",
+                        Outcome::Allowed,
+                    ));
+                    queued += 1;
+                    if (t as u64 + i) % 5 == 0 {
+                        // Abandon the wait now and then; the record stays.
+                        tokio::select! {
+                            r = fut => { r.unwrap(); }
+                            () = tokio::time::sleep(Duration::from_micros(50)) => {}
+                        }
+                    } else {
+                        fut.await.unwrap();
+                    }
+                }
+                queued
+            })
+        })
+        .collect();
+    runtime.block_on(async {
+        let mut total = 0;
+        for h in handles {
+            total += tokio::time::timeout(Duration::from_secs(60), h)
+                .await
+                .expect("a task waited for a wake-up that never came")
+                .unwrap();
+        }
+        total
+    })
+}
+
+#[test]
+fn record_futures_on_single_thread_runtimes_are_all_woken() {
+    let t = TestLog::new();
+    let mut o = t.options();
+    o.checkpoint_every_records = 1000;
+    let audit = Arc::new(t.open_with(o));
+    // Two threads, each its own runtime, as the edge's workers run.
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let audit = Arc::clone(&audit);
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                async_writers(&rt, &audit, 24, 40)
+            })
+        })
+        .collect();
+    let queued: u64 = threads.into_iter().map(|h| h.join().unwrap()).sum();
+    audit.close().unwrap();
+    assert_eq!(audit.next_seq(Tier::Application), queued);
+    drop(audit);
+    let report = t.verify().unwrap();
+    assert!(report.findings.is_empty(), "{:?}", report.findings);
+}
+
+#[test]
+fn record_futures_on_a_multi_thread_runtime_are_all_woken() {
+    let t = TestLog::new();
+    let mut o = t.options();
+    o.checkpoint_every_records = 1000;
+    let audit = Arc::new(t.open_with(o));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(3)
+        .enable_all()
+        .build()
+        .unwrap();
+    let queued = async_writers(&rt, &audit, 48, 30);
+    audit.close().unwrap();
+    assert_eq!(audit.next_seq(Tier::Application), queued);
+    drop(audit);
+    let report = t.verify().unwrap();
+    assert!(report.findings.is_empty(), "{:?}", report.findings);
+}
