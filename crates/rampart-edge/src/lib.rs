@@ -61,6 +61,7 @@ pub mod shared_limits;
 pub mod text;
 mod tls;
 pub mod upstream;
+pub mod workers;
 
 pub use balance::{Balance, BreakerSettings, BreakerState, UpstreamStatus};
 pub use config::{CertConfig, CertSource, ClientAuth, EdgeConfig, HealthCheck};

@@ -33,6 +33,7 @@ use crate::mtls::{ClientCert, RevokedSerials};
 use crate::phases::{self, Phase, RequestCtx};
 use crate::proxy::{self, UpstreamClient};
 use crate::router::Router;
+use crate::workers::Workers;
 
 /// The body of every response the edge sends.
 pub type EdgeBody = BoxBody<Bytes, hyper::Error>;
@@ -353,7 +354,7 @@ impl Edge {
             let certs = state.certificates.clone();
             checks.spawn(watch_certificates(resolver, certs, every));
         }
-        let workers = Workers::start(state.worker_threads)?;
+        let workers = Workers::start("edge-worker", state.worker_threads).map_err(Error::Worker)?;
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -380,26 +381,8 @@ impl Edge {
                     let st = state.clone();
                     let builder = builder.clone();
                     let watcher = graceful.watcher();
-                    // The connection lives on one worker thread from here
-                    // on: its socket moves to that thread's reactor.
-                    let (stream, on) = match workers.next() {
-                        Some(h) => match stream.into_std() {
-                            Ok(s) => (Moved::Std(s), h),
-                            Err(_) => continue,
-                        },
-                        None => (Moved::Tokio(stream), tokio::runtime::Handle::current()),
-                    };
-                    conns.spawn_on(async move {
-                        let stream = match stream {
-                            Moved::Tokio(s) => s,
-                            Moved::Std(s) => match TcpStream::from_std(s) {
-                                Ok(s) => s,
-                                Err(e) => {
-                                    tracing::debug!(%peer, error = %e, "connection lost moving to its worker");
-                                    return;
-                                }
-                            },
-                        };
+                    // The connection lives on one worker thread from here on.
+                    workers.spawn(&mut conns, stream, peer, move |stream| async move {
                         let hs = tokio::time::timeout(st.header_read_timeout, acceptor.accept(stream)).await;
                         let tls = match hs {
                             Ok(Ok(tls)) => tls,
@@ -434,7 +417,7 @@ impl Edge {
                         if let Err(e) = watcher.watch(conn).await {
                             tracing::debug!(%peer, error = %e, "https connection ended");
                         }
-                    }, &on);
+                    });
                 }
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}
             }
@@ -452,95 +435,6 @@ impl Edge {
         conns.shutdown().await;
         workers.stop();
         Ok(())
-    }
-}
-
-/// An accepted socket on its way to the thread that will serve it.
-enum Moved {
-    Tokio(TcpStream),
-    Std(std::net::TcpStream),
-}
-
-/// One single-threaded runtime per core for HTTPS connections, as nginx
-/// runs one worker process per core: a connection and every task it
-/// wakes (its upstream connection, its audit receipt) stay on one thread,
-/// so no request pays for hand-offs between threads or for work stealing.
-/// Measured on the project's 2-core VM (`docs/edge.md`): about 11 % less
-/// CPU per request than connections on the shared multi-threaded runtime.
-struct Workers {
-    handles: Vec<tokio::runtime::Handle>,
-    stops: Vec<tokio::sync::oneshot::Sender<()>>,
-    next: std::sync::atomic::AtomicUsize,
-}
-
-impl Workers {
-    /// `None`: one per core; `Some(0)`: none.
-    fn start(threads: Option<usize>) -> Result<Workers> {
-        let n =
-            threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        let mut handles = Vec::with_capacity(n);
-        let mut stops = Vec::with_capacity(n);
-        for i in 0..n {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(Error::Worker)?;
-            handles.push(rt.handle().clone());
-            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-            stops.push(tx);
-            std::thread::Builder::new()
-                .name(format!("edge-worker-{i}"))
-                .spawn(move || {
-                    rt.block_on(async {
-                        tokio::select! {
-                            _ = rx => {}
-                            () = timer_anchor() => {}
-                        }
-                    });
-                })
-                .map_err(Error::Worker)?;
-        }
-        Ok(Workers {
-            handles,
-            stops,
-            next: std::sync::atomic::AtomicUsize::new(0),
-        })
-    }
-
-    fn next(&self) -> Option<tokio::runtime::Handle> {
-        if self.handles.is_empty() {
-            return None;
-        }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len();
-        self.handles.get(i).cloned()
-    }
-
-    fn stop(self) {
-        for s in self.stops {
-            let _ = s.send(());
-        }
-    }
-}
-
-/// How often a worker's [`timer_anchor`] wakes.
-const TIMER_ANCHOR: Duration = Duration::from_millis(500);
-
-/// Keeps a timer due within [`TIMER_ANCHOR`] on a worker's runtime, forever.
-///
-/// Every request arms a timer (hyper's header-read timeout, 10 s by
-/// default, as each keep-alive connection waits for its next request). When
-/// tokio registers a timer due earlier than the earliest one it knew of as
-/// it last went to sleep, or when it knew of none, it wakes its own I/O
-/// driver through an eventfd: a `write` system call, and a spurious return
-/// from `epoll_wait` later. Under load a worker often sleeps with no timer
-/// armed (every connection waiting for its upstream or its audit receipt),
-/// so that happened on about every request (`perf trace`: 0.9 eventfd
-/// writes per request from the workers). With this timer always due
-/// sooner, registering a request's timer never wakes the driver. Its own
-/// cost is two wake-ups a second.
-async fn timer_anchor() {
-    loop {
-        tokio::time::sleep(TIMER_ANCHOR).await;
     }
 }
 

@@ -1,7 +1,6 @@
 //! `rampart up`: start every plane the configuration names, say what listens
 //! where, and stop gracefully on SIGTERM or SIGINT.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -120,14 +119,7 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
     let addr = listener
         .local_addr()
         .map_err(|e| CliError::Runtime(format!("listener address: {e}")))?;
-    let handle = axum_server::Handle::new();
-    let server = axum_server::tls_rustls::from_tcp_rustls(
-        listener,
-        axum_server::tls_rustls::RustlsConfig::from_config(tls_config),
-    )
-    .map_err(|e| CliError::Runtime(format!("control API: {e}")))?
-    .handle(handle.clone())
-    .serve(api::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>());
+    let router = api::router(state.clone());
     let state_for_jobs = state;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -169,7 +161,7 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
 
     planes::spawn_scheduler(state_for_jobs, audit.clone(), Duration::from_secs(60));
     let drain = Duration::from_secs(args.drain_seconds);
-    tokio::spawn(async move {
+    let stop = async move {
         wait_for_signal().await;
         println!(
             "shutting down: finishing in-flight requests (up to {}s)",
@@ -177,11 +169,8 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
         );
         tracing::info!("shutdown requested");
         let _ = stop_tx.send(true);
-        handle.graceful_shutdown(Some(drain));
-    });
-    server
-        .await
-        .map_err(|e| CliError::Runtime(format!("control API: {e}")))?;
+    };
+    api::serve::serve(listener, tls_config, router, stop, drain).await?;
     if let Some(task) = edge_task {
         match task.await {
             Ok(Ok(())) => {}

@@ -29,6 +29,7 @@ mod identity;
 mod json;
 mod metrics;
 mod planes;
+pub mod serve;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
