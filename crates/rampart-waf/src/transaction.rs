@@ -1484,12 +1484,22 @@ impl<'w> Transaction<'w> {
         // MATCHED_VAR(S) and %{MATCHED_VAR} carry the value as the
         // operator saw it, after transformations (ModSecurity, Coraza):
         // CRS chains like 944120 test it again without `t:lowercase`.
+        // A stored value's first stage is checked with its byte set (the
+        // prefilter's byte tests then spare most of them the literal
+        // scan), and the leading transformations it holds no trigger byte
+        // of are passed over: they would leave it as it is.
         let mut cur: Cow<'_, [u8]> = Cow::Borrowed(&v.value);
         let mut matched = false;
-        if ctx.multi && check(&cur, None, &mut caps_buf) {
-            matched = true;
+        if ctx.multi {
+            matched = check(&cur, root.as_ref(), &mut caps_buf);
         }
-        for tf in ctx.transforms {
+        let skip = root.map_or(0, |r| {
+            ctx.tf_path
+                .iter()
+                .take_while(|&&n| self.leaves_unchanged(n, &r))
+                .count()
+        });
+        for tf in ctx.transforms.iter().skip(skip) {
             if matched {
                 break;
             }
@@ -2238,6 +2248,20 @@ SecRule MATCHED_VAR "@rx attack" "id:2,phase:1,pass,t:none"
         let r: Vec<(std::borrow::Cow<'static, str>, u64)> = super::recycle(v);
         assert!(r.is_empty());
         assert!(r.capacity() >= 40);
+    }
+
+    #[test]
+    fn multi_match_checks_every_stage_of_a_stored_value() {
+        let rules = r#"
+SecRule REQUEST_HEADERS:X "@rx ^ab c$" "id:1,phase:1,pass,multiMatch,t:none,t:urlDecode,t:lowercase,t:removeWhitespace"
+SecRule REQUEST_HEADERS:X "@rx ^abc$" "id:2,phase:1,pass,multiMatch,t:none,t:urlDecode,t:lowercase,t:removeWhitespace"
+SecRule REQUEST_HEADERS:X "@rx ^Ab%20c$" "id:3,phase:1,pass,multiMatch,t:none,t:urlDecode,t:lowercase"
+"#;
+        let with = |x: &str| Request::new("GET", "/").header("X", x);
+        assert_eq!(ids(rules, &with("Ab c")), [1, 2]);
+        assert_eq!(ids(rules, &with("ab c")), [1, 2]);
+        assert_eq!(ids(rules, &with("Ab%20c")), [1, 2, 3]);
+        assert_eq!(ids(rules, &with("abc")), [2]);
     }
 
     #[test]
