@@ -177,6 +177,9 @@ pub(crate) struct Prefilter {
     /// The rarest byte of each literal, in both ASCII cases.
     rare: ByteSet,
     pairs: BytePairs,
+    /// Every literal is one byte: `rare` holds exactly them (in both
+    /// cases), so a value's byte set answers without the scan.
+    single_bytes: bool,
 }
 
 /// A second byte test after the rarest byte's: a value holding a literal
@@ -306,7 +309,13 @@ impl Prefilter {
             .prefilter(rare_enough)
             .build(&lits)
             .ok()?;
-        Some(Prefilter { ac, rare, pairs })
+        let single_bytes = lits.iter().all(|l| l.len() == 1);
+        Some(Prefilter {
+            ac,
+            rare,
+            pairs,
+            single_bytes,
+        })
     }
 
     /// The rarest byte of each literal (both cases): a value holding none of
@@ -318,8 +327,17 @@ impl Prefilter {
     /// False only when the regex cannot match `input`; `bytes`, when given,
     /// must be `ByteSet::of(input)`.
     pub(crate) fn may_match(&self, input: &[u8], bytes: Option<&ByteSet>) -> bool {
-        if bytes.is_some_and(|b| !b.intersects(&self.rare) || !self.pairs.may_match(b)) {
-            return false;
+        if let Some(b) = bytes {
+            if !b.intersects(&self.rare) {
+                return false;
+            }
+            // a value holding one of the one-byte literals contains it
+            if self.single_bytes {
+                return true;
+            }
+            if !self.pairs.may_match(b) {
+                return false;
+            }
         }
         self.ac.is_match(input)
     }
@@ -881,6 +899,10 @@ mod tests {
             ("(?i)(?:cat|less|more)\\s+/etc/passwd", ";Cat /etc/passwd"),
             ("x(?:ab|cd)*y", "xy"),
             (r"\bselect\b", "select"),
+            // literals of one byte: the byte test alone answers
+            (r"x?\(", "f(1)"),
+            ("(?i)a|b", "XBX"),
+            (r"[;|]\s*id", "a;id"),
         ];
         for (p, input) in cases {
             assert!(!skips(p, input), "{p:?} on {input:?}");
@@ -894,6 +916,7 @@ mod tests {
             ("(?:^|[^a-z])on(?:load|error)=", "page=2&sort=asc"),
             ("(?i)(?:cat|less|more)\\s+/etc/passwd", "a normal sentence"),
             (r"(?:\.\./)+etc", "/static/app.js"),
+            (r"\(|\)", "no brackets here"),
         ];
         for (p, input) in cases {
             assert!(skips(p, input), "{p:?} on {input:?}");
