@@ -16,7 +16,11 @@
 //! Before the scan comes a cheaper test: each literal's rarest byte (both
 //! ASCII cases) goes into a 256-bit set, and a value whose [`ByteSet`] holds
 //! none of them cannot contain any literal. The engine computes a value's
-//! byte set once and tests it against every rule's prefilter.
+//! byte set once and tests it against every rule's prefilter. When every
+//! literal is a single byte, that test is the whole answer; otherwise a
+//! second one (each literal's two rarest bytes) comes before the scan,
+//! which runs without Aho-Corasick's own prefilter when the literals'
+//! rarest bytes are too common in request data for it to pay off.
 
 use aho_corasick::AhoCorasick;
 use regex_syntax::hir::{Class, Hir, HirKind};
