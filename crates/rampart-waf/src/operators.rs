@@ -769,14 +769,20 @@ fn eval_other<'o>(
         Op::ValidateUrlEncoding => invalid_url_encoding(input),
         Op::ValidateUtf8Encoding => std::str::from_utf8(input).is_err(),
         Op::DetectSqli => {
-            let r = std::panic::catch_unwind(|| libinjectionrs::detect_sqli(input));
+            // What `libinjectionrs::detect_sqli` does, but for the
+            // fingerprint: it works it out once more after deciding (a
+            // whole tokenizing and folding pass), for every input; only a
+            // match uses it (`capture`, TX.0), so only a match pays for it.
+            let r = std::panic::catch_unwind(|| {
+                let flags = libinjectionrs::SqliFlags::FLAG_NONE;
+                let mut state = libinjectionrs::SqliState::new(input, flags);
+                state.detect().then(|| state.get_fingerprint())
+            });
             match r {
-                Ok(res) if res.is_injection() => {
+                Ok(Some(fp)) => {
                     if let Some(c) = caps {
                         c.clear();
-                        if let Some(fp) = res.fingerprint {
-                            c.push(fp.as_str().as_bytes().to_vec());
-                        }
+                        c.push(fp.as_str().as_bytes().to_vec());
                     }
                     true
                 }
@@ -827,6 +833,41 @@ fn invalid_url_encoding(input: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn detect_sqli_agrees_with_the_library_wrapper() {
+        let inputs: [&[u8]; 16] = [
+            b"",
+            b"dark",
+            b"leather boots",
+            b"1' UNION SELECT username,password FROM users--",
+            b"admin' OR '1'='1'--",
+            b"1 AND 1=1",
+            b"\"; DROP TABLE users; --",
+            b"Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36",
+            b"https://shop.example.com/",
+            b"GA1.2.1234567890.1700000000",
+            b"1/*!UNION*/SELECT",
+            b"x' AND sleep(5)#",
+            b"-1 OR 1",
+            b"@@version",
+            b"1e1'",
+            b"\xff\xfe'",
+        ];
+        let mut matched = 0;
+        for input in inputs {
+            let want = libinjectionrs::detect_sqli(input);
+            let mut caps = Vec::new();
+            let got = eval(&Op::DetectSqli, input, &mut |_| Vec::new(), Some(&mut caps));
+            assert_eq!(got, want.is_injection(), "{input:?}");
+            if got {
+                let fp = want.fingerprint.map(|f| f.as_str().as_bytes().to_vec());
+                assert_eq!(caps.first(), fp.as_ref(), "{input:?}");
+                matched += 1;
+            }
+        }
+        assert!(matched >= 3, "too few injections to check the fingerprint");
+    }
 
     #[test]
     fn pm_byte_test_agrees_with_the_scan() {

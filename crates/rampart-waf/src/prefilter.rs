@@ -16,7 +16,11 @@
 //! Before the scan comes a cheaper test: each literal's rarest byte (both
 //! ASCII cases) goes into a 256-bit set, and a value whose [`ByteSet`] holds
 //! none of them cannot contain any literal. The engine computes a value's
-//! byte set once and tests it against every rule's prefilter.
+//! byte set once and tests it against every rule's prefilter. When every
+//! literal is a single byte, that test is the whole answer; otherwise a
+//! second one (each literal's two rarest bytes) comes before the scan,
+//! which runs without Aho-Corasick's own prefilter when the literals'
+//! rarest bytes are too common in request data for it to pay off.
 
 use aho_corasick::AhoCorasick;
 use regex_syntax::hir::{Class, Hir, HirKind};
@@ -152,6 +156,12 @@ fn rarity(b: u8) -> u8 {
     }
 }
 
+/// The [`rarity`] of digits and of common punctuation: as a literal's
+/// rarest byte, too common for Aho-Corasick's own prefilter to pay off
+/// ([`Prefilter::from_literals`]).
+const COMMON_LOW: u8 = 40;
+const COMMON_HIGH: u8 = 50;
+
 /// What every match of a syntax-tree node is known to satisfy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Req {
@@ -171,6 +181,9 @@ pub(crate) struct Prefilter {
     /// The rarest byte of each literal, in both ASCII cases.
     rare: ByteSet,
     pairs: BytePairs,
+    /// Every literal is one byte: `rare` holds exactly them (in both
+    /// cases), so a value's byte set answers without the scan.
+    single_bytes: bool,
 }
 
 /// A second byte test after the rarest byte's: a value holding a literal
@@ -281,11 +294,32 @@ impl Prefilter {
     fn from_literals(lits: Set) -> Option<Prefilter> {
         let rare = rare_bytes(lits.iter().map(Vec::as_slice))?;
         let pairs = BytePairs::new(lits.iter().map(Vec::as_slice));
+        // Aho-Corasick's own prefilter skips to bytes it expects to be
+        // rare and runs the automaton from each. When the rarest byte of
+        // every literal is a digit or common punctuation (`/`, `.`, `=`,
+        // space: `rarity` 40 to 50; 944260's `class.module.classloader…`)
+        // it stops every few bytes of a header or URL and costs more than
+        // the automaton alone. A literal of one byte keeps it: each stop
+        // is then a match, found at once.
+        let rare_enough = lits.iter().any(|l| {
+            l.len() == 1
+                || l.iter()
+                    .map(|&b| rarity(b))
+                    .max()
+                    .is_some_and(|r| !(COMMON_LOW..=COMMON_HIGH).contains(&r))
+        });
         let ac = AhoCorasick::builder()
             .ascii_case_insensitive(true)
+            .prefilter(rare_enough)
             .build(&lits)
             .ok()?;
-        Some(Prefilter { ac, rare, pairs })
+        let single_bytes = lits.iter().all(|l| l.len() == 1);
+        Some(Prefilter {
+            ac,
+            rare,
+            pairs,
+            single_bytes,
+        })
     }
 
     /// The rarest byte of each literal (both cases): a value holding none of
@@ -297,8 +331,17 @@ impl Prefilter {
     /// False only when the regex cannot match `input`; `bytes`, when given,
     /// must be `ByteSet::of(input)`.
     pub(crate) fn may_match(&self, input: &[u8], bytes: Option<&ByteSet>) -> bool {
-        if bytes.is_some_and(|b| !b.intersects(&self.rare) || !self.pairs.may_match(b)) {
-            return false;
+        if let Some(b) = bytes {
+            if !b.intersects(&self.rare) {
+                return false;
+            }
+            // a value holding one of the one-byte literals contains it
+            if self.single_bytes {
+                return true;
+            }
+            if !self.pairs.may_match(b) {
+                return false;
+            }
         }
         self.ac.is_match(input)
     }
@@ -860,6 +903,10 @@ mod tests {
             ("(?i)(?:cat|less|more)\\s+/etc/passwd", ";Cat /etc/passwd"),
             ("x(?:ab|cd)*y", "xy"),
             (r"\bselect\b", "select"),
+            // literals of one byte: the byte test alone answers
+            (r"x?\(", "f(1)"),
+            ("(?i)a|b", "XBX"),
+            (r"[;|]\s*id", "a;id"),
         ];
         for (p, input) in cases {
             assert!(!skips(p, input), "{p:?} on {input:?}");
@@ -873,6 +920,7 @@ mod tests {
             ("(?:^|[^a-z])on(?:load|error)=", "page=2&sort=asc"),
             ("(?i)(?:cat|less|more)\\s+/etc/passwd", "a normal sentence"),
             (r"(?:\.\./)+etc", "/static/app.js"),
+            (r"\(|\)", "no brackets here"),
         ];
         for (p, input) in cases {
             assert!(skips(p, input), "{p:?} on {input:?}");

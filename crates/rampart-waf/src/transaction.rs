@@ -354,6 +354,20 @@ struct Spare {
     /// Emptied shells of the cache's shared results, for the next results
     /// ([`Transaction::shared`]).
     shells: Vec<Arc<Vec<u8>>>,
+    /// The emptied hit buffer and MATCHED_VARS: their elements borrow from
+    /// the engine, so they are kept as buffers only ([`recycle`]).
+    hits: Vec<Hit<'static>>,
+    matched_vars: Vec<(Cow<'static, str>, SmallBytes)>,
+}
+
+/// An emptied vector's buffer, for elements with another lifetime:
+/// collecting it through `filter_map` keeps its allocation (the element
+/// types have the same layout), so that buffers whose elements borrow from
+/// one engine can be kept for the next transaction, on any engine. Were
+/// the allocation not kept, this would only cost one.
+fn recycle<T, U>(mut v: Vec<T>) -> Vec<U> {
+    v.clear();
+    v.into_iter().filter_map(|_| None).collect()
 }
 
 thread_local! {
@@ -368,6 +382,8 @@ const SPARE_CACHE_ENTRIES: usize = 1024;
 const SPARE_BUFFER: usize = 1024;
 /// Most emptied result shells kept.
 const SPARE_SHELLS: usize = 256;
+/// Most hits or MATCHED_VARS entries the kept buffers may have room for.
+const SPARE_HITS: usize = 64;
 
 impl Spare {
     /// This thread's spare buffers, or new ones.
@@ -381,6 +397,8 @@ impl Spare {
             tf_cache: TfCache::with_capacity_and_hasher(256, BuildHasherDefault::default()),
             tx_named: Vec::new(),
             shells: Vec::new(),
+            hits: Vec::new(),
+            matched_vars: Vec::new(),
         })
     }
 
@@ -392,7 +410,15 @@ impl Spare {
             mut tf_cache,
             mut tx_named,
             mut shells,
+            mut hits,
+            mut matched_vars,
         } = self;
+        if hits.capacity() > SPARE_HITS {
+            hits = Vec::new();
+        }
+        if matched_vars.capacity() > SPARE_HITS {
+            matched_vars = Vec::new();
+        }
         if slots.len() != VAR_COUNT || tf_cache.capacity() > SPARE_CACHE_ENTRIES {
             return;
         }
@@ -429,6 +455,8 @@ impl Spare {
                     tf_cache,
                     tx_named,
                     shells,
+                    hits,
+                    matched_vars,
                 });
             }
         });
@@ -524,6 +552,8 @@ impl<'w> Transaction<'w> {
             tf_cache,
             mut tx_named,
             shells,
+            hits,
+            matched_vars,
         } = Spare::take();
         tx_named.resize_with(waf.tx_keys.len(), || None);
         let mut t = Transaction {
@@ -532,10 +562,10 @@ impl<'w> Transaction<'w> {
             tx_named,
             tx: VarMap::with_hasher(SeededState(waf.hash_seed)),
             persist: HashMap::new(),
-            matched_vars: Vec::new(),
+            matched_vars: recycle(matched_vars),
             matched_var: None,
             matched_at: None,
-            hit_buf: Vec::new(),
+            hit_buf: recycle(hits),
             removed_ids: Vec::new(),
             removed_tags: Vec::new(),
             removed_targets_by_id: Vec::new(),
@@ -875,6 +905,8 @@ impl<'w> Transaction<'w> {
             tf_cache: self.tf_cache.into_inner(),
             tx_named: self.tx_named,
             shells: self.tf_shells.into_inner(),
+            hits: recycle(self.hit_buf),
+            matched_vars: recycle(self.matched_vars),
         }
         .keep();
         verdict
@@ -1452,12 +1484,22 @@ impl<'w> Transaction<'w> {
         // MATCHED_VAR(S) and %{MATCHED_VAR} carry the value as the
         // operator saw it, after transformations (ModSecurity, Coraza):
         // CRS chains like 944120 test it again without `t:lowercase`.
+        // A stored value's first stage is checked with its byte set (the
+        // prefilter's byte tests then spare most of them the literal
+        // scan), and the leading transformations it holds no trigger byte
+        // of are passed over: they would leave it as it is.
         let mut cur: Cow<'_, [u8]> = Cow::Borrowed(&v.value);
         let mut matched = false;
-        if ctx.multi && check(&cur, None, &mut caps_buf) {
-            matched = true;
+        if ctx.multi {
+            matched = check(&cur, root.as_ref(), &mut caps_buf);
         }
-        for tf in ctx.transforms {
+        let skip = root.map_or(0, |r| {
+            ctx.tf_path
+                .iter()
+                .take_while(|&&n| self.leaves_unchanged(n, &r))
+                .count()
+        });
+        for tf in ctx.transforms.iter().skip(skip) {
             if matched {
                 break;
             }
@@ -2176,6 +2218,50 @@ SecRule ARGS_NAMES "@rx ^n$" "id:2,phase:1,pass,t:none,t:lowercase"
                 .matched_ids
                 .is_empty());
         }
+    }
+
+    #[test]
+    fn kept_hits_and_matched_vars_carry_nothing_over() {
+        // rule 1's chain reads MATCHED_VARS, rule 2 MATCHED_VAR
+        let rules = r#"
+SecRule ARGS "@rx ^attack" "id:1,phase:1,pass,t:none,chain"
+    SecRule MATCHED_VARS "@rx ^attack2$" "t:none"
+SecRule MATCHED_VAR "@rx attack" "id:2,phase:1,pass,t:none"
+"#;
+        let waf = Waf::from_str_named("t.conf", rules).unwrap();
+        let many: String = (0..100).map(|i| format!("k{i}=attack&")).collect();
+        for _ in 0..3 {
+            let hit = waf.evaluate(&Request::new("GET", "/?a=attack1&b=attack2"));
+            assert_eq!(hit.matched_ids, [1, 2]);
+            let big = waf.evaluate(&Request::new("GET", &format!("/?{many}")));
+            assert_eq!(big.matched_ids, [2]);
+            assert!(waf
+                .evaluate(&Request::new("GET", "/?a=benign"))
+                .matched_ids
+                .is_empty());
+        }
+    }
+
+    #[test]
+    fn recycled_buffers_are_empty_and_keep_their_room() {
+        let v: Vec<(std::borrow::Cow<'_, str>, u64)> = vec![("a".into(), 1); 40];
+        let r: Vec<(std::borrow::Cow<'static, str>, u64)> = super::recycle(v);
+        assert!(r.is_empty());
+        assert!(r.capacity() >= 40);
+    }
+
+    #[test]
+    fn multi_match_checks_every_stage_of_a_stored_value() {
+        let rules = r#"
+SecRule REQUEST_HEADERS:X "@rx ^ab c$" "id:1,phase:1,pass,multiMatch,t:none,t:urlDecode,t:lowercase,t:removeWhitespace"
+SecRule REQUEST_HEADERS:X "@rx ^abc$" "id:2,phase:1,pass,multiMatch,t:none,t:urlDecode,t:lowercase,t:removeWhitespace"
+SecRule REQUEST_HEADERS:X "@rx ^Ab%20c$" "id:3,phase:1,pass,multiMatch,t:none,t:urlDecode,t:lowercase"
+"#;
+        let with = |x: &str| Request::new("GET", "/").header("X", x);
+        assert_eq!(ids(rules, &with("Ab c")), [1, 2]);
+        assert_eq!(ids(rules, &with("ab c")), [1, 2]);
+        assert_eq!(ids(rules, &with("Ab%20c")), [1, 2, 3]);
+        assert_eq!(ids(rules, &with("abc")), [2]);
     }
 
     #[test]
