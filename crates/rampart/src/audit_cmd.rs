@@ -167,16 +167,21 @@ fn read_small(path: &Path) -> Result<String, CliError> {
 
 /// `rampart bench audit`.
 pub fn bench(dir: Option<&Path>) -> Result<(), CliError> {
-    let tmp;
-    let dir = match dir {
-        Some(d) => d.to_path_buf(),
-        None => {
-            tmp = tempfile::tempdir().map_err(|e| CliError::Runtime(e.to_string()))?;
-            tmp.path().to_path_buf()
+    // Always a fresh directory (inside `--dir` when given, so on the disk
+    // to measure), removed afterwards: a run that found an earlier run's
+    // logs would append to them under new keys, and measure and verify
+    // something else.
+    let tmp = match dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)
+                .map_err(|e| CliError::Input(format!("{}: {e}", d.display())))?;
+            tempfile::tempdir_in(d)
         }
-    };
+        None => tempfile::tempdir(),
+    }
+    .map_err(|e| CliError::Runtime(format!("scratch directory: {e}")))?;
     let report =
-        rampart_audit::bench::run_bench(&dir, rampart_audit::bench::BenchOptions::default())
+        rampart_audit::bench::run_bench(tmp.path(), rampart_audit::bench::BenchOptions::default())
             .map_err(audit_err)?;
     println!("{report}");
     Ok(())

@@ -478,7 +478,7 @@ pub struct RunArgs {
 pub enum BenchCommand {
     /// Durable audit appends/s with 1, 8 and 64 writers against one fsync per record, and verify MB/s.
     Audit {
-        /// Scratch directory on the disk to measure [default: a temporary directory].
+        /// Directory on the disk to measure; the run works in a fresh subdirectory of it, removed afterwards [default: a temporary directory].
         #[arg(long)]
         dir: Option<PathBuf>,
     },
