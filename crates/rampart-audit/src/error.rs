@@ -39,6 +39,15 @@ pub enum AuditError {
     /// Another process holds the log directory.
     #[error("audit directory {0} is in use by another writer")]
     Locked(PathBuf),
+    /// None of a tier's checkpoints verifies under the key the log was
+    /// opened with: another node's log, or checkpoints rewritten.
+    #[error("audit log tier {tier}: none of its {checkpoints} checkpoint(s) verifies under this node's audit signing key (the log of another node or data directory, or rewritten checkpoints); not writing to it. `rampart audit verify` lists what it finds")]
+    ForeignKey {
+        /// The tier.
+        tier: Tier,
+        /// Checkpoints whose signature does not verify.
+        checkpoints: usize,
+    },
     /// The log on disk is damaged in a way a crash does not explain.
     #[error("audit log is corrupt: {0}")]
     Corrupt(Box<Finding>),

@@ -42,7 +42,7 @@ use crate::merkle::{leaf_hash, to_hex, Frontier, Hash};
 use crate::proof::InclusionProof;
 use crate::search::{AuditReader, Query};
 use crate::verify::{
-    list_segments, load_checkpoints, scan_tier, segment_name, Finding, SegmentRange,
+    list_segments, load_checkpoints, scan_tier, segment_name, Finding, Problem, SegmentRange,
 };
 
 const NANOS_PER_DAY: u64 = 86_400 * 1_000_000_000;
@@ -1751,7 +1751,31 @@ fn recover_tier(
     if let Some(copy) = &options.checkpoint_dir {
         cp_files.push(checkpoint::path_for(copy, tier));
     }
+    let before = problems.len();
     let cps = load_checkpoints(tier, &cp_files, vk, problems)?;
+    // Checkpoints signed, but none under this key: appending would make a
+    // log that never verifies again. Some bad among good ones (tampering)
+    // are reported in the open report and by `verify`.
+    let unsigned = problems
+        .get(before..)
+        .unwrap_or_default()
+        .iter()
+        .filter(|f| {
+            matches!(
+                f.problem,
+                Problem::Checkpoint {
+                    error: crate::checkpoint::CheckpointError::BadSignature,
+                    ..
+                }
+            )
+        })
+        .count();
+    if cps.is_empty() && unsigned > 0 {
+        return Err(AuditError::ForeignKey {
+            tier,
+            checkpoints: unsigned,
+        });
+    }
     // Resume from the newest segment's header instead of reading the whole
     // tier; `verify` is what reads and checks everything.
     let on_disk = list_segments(&tier_dir)?;

@@ -1067,3 +1067,57 @@ fn record_futures_on_a_multi_thread_runtime_are_all_woken() {
     let report = t.verify().unwrap();
     assert!(report.findings.is_empty(), "{:?}", report.findings);
 }
+
+#[test]
+fn a_log_signed_under_another_key_is_refused_at_open() {
+    let t = TestLog::new();
+    let audit = t.open();
+    fill(&audit, Tier::Security, 25);
+    audit.close().unwrap();
+    drop(audit);
+    // Another node's keys (or another data directory's): the log refuses
+    // to go on rather than append records nothing will ever verify.
+    let other = AuditKeys::generate().unwrap();
+    let err = Audit::open(t.options(), other, t.clock.clone()).unwrap_err();
+    match &err {
+        AuditError::ForeignKey { tier, checkpoints } => {
+            assert_eq!(*tier, Tier::Security);
+            assert!(*checkpoints >= 2, "{checkpoints}");
+        }
+        e => panic!("expected ForeignKey, got {e}"),
+    }
+    assert!(err.to_string().contains("rampart audit verify"));
+    // Nothing was written by the refused open; the right key still works
+    // and the log verifies.
+    let audit = t.open();
+    fill(&audit, Tier::Security, 3);
+    audit.close().unwrap();
+    drop(audit);
+    assert!(t.verify().unwrap().findings.is_empty());
+}
+
+#[test]
+fn one_rewritten_checkpoint_among_good_ones_is_reported_at_open() {
+    let t = TestLog::new();
+    let audit = t.open();
+    fill(&audit, Tier::Security, 25);
+    audit.close().unwrap();
+    drop(audit);
+    let cp_file = t.dir.join("security/checkpoints.jsonl");
+    let text = fs::read_to_string(&cp_file).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    // Flip one character of the first checkpoint's merkle root.
+    let first = &mut lines[0];
+    let at = first.find("\"merkle_root\":\"").unwrap() + 15;
+    let c = if &first[at..at + 1] == "0" { "1" } else { "0" };
+    first.replace_range(at..at + 1, c);
+    fs::write(&cp_file, lines.join("\n") + "\n").unwrap();
+    let (audit, report) = Audit::open(t.options(), keys(), t.clock.clone()).unwrap();
+    assert_eq!(
+        report.checkpoint_problems.len(),
+        1,
+        "{:?}",
+        report.checkpoint_problems
+    );
+    drop(audit);
+}

@@ -75,6 +75,11 @@ pub async fn open_audit(
     for torn in report.torn_tails() {
         println!("audit log: cut a torn tail after a crash: {torn:?}");
     }
+    for problem in &report.checkpoint_problems {
+        // Some checkpoints verify and these do not: rewritten or damaged.
+        println!("audit log: WARNING: {problem} (run `rampart audit verify`)");
+        tracing::error!(%problem, "audit checkpoint does not verify");
+    }
     Ok(Arc::new(audit))
 }
 
