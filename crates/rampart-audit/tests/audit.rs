@@ -996,7 +996,7 @@ fn async_writers(
                         Outcome::Allowed,
                     ));
                     queued += 1;
-                    if (t as u64 + i) % 5 == 0 {
+                    if (t as u64 + i).is_multiple_of(5) {
                         // Abandon the wait now and then; the record stays.
                         tokio::select! {
                             r = fut => { r.unwrap(); }
