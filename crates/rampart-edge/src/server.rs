@@ -33,7 +33,7 @@ use crate::mtls::{ClientCert, RevokedSerials};
 use crate::phases::{self, Phase, RequestCtx};
 use crate::proxy::{self, UpstreamClient};
 use crate::router::Router;
-use crate::workers::Workers;
+use crate::workers::{self, Workers};
 
 /// The body of every response the edge sends.
 pub type EdgeBody = BoxBody<Bytes, hyper::Error>;
@@ -471,22 +471,12 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener> {
         .map_err(|source| Error::Bind { addr, source })
 }
 
-/// Accepts from `l`, or waits forever when there is no listener. Accept
-/// errors (such as running out of descriptors) are logged and back off.
+/// Accepts from `l` ([`workers::accept`]), or waits forever when there is
+/// no listener.
 async fn accept(l: Option<&TcpListener>) -> Option<(TcpStream, SocketAddr)> {
-    let Some(l) = l else {
-        return std::future::pending().await;
-    };
-    match l.accept().await {
-        Ok((s, peer)) => {
-            let _ = s.set_nodelay(true);
-            Some((s, peer))
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "accept failed");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            None
-        }
+    match l {
+        Some(l) => workers::accept(l).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
 /// The worker runtimes of one listener.
@@ -115,6 +115,23 @@ impl Workers {
     pub fn stop(self) {
         for s in self.stops {
             let _ = s.send(());
+        }
+    }
+}
+
+/// Accepts a connection from `l`, with Nagle's algorithm off. An accept
+/// error (such as running out of descriptors) is logged and backs off for
+/// 50 ms, then gives `None`, so a listener's loop does not spin.
+pub async fn accept(l: &TcpListener) -> Option<(TcpStream, SocketAddr)> {
+    match l.accept().await {
+        Ok((s, peer)) => {
+            let _ = s.set_nodelay(true);
+            Some((s, peer))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "accept failed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            None
         }
     }
 }

@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use rampart_edge::workers::Workers;
+use rampart_edge::workers::{self, Workers};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
@@ -51,17 +51,8 @@ pub async fn serve(
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            r = listener.accept() => {
-                let (stream, peer) = match r {
-                    Ok(c) => c,
-                    Err(e) => {
-                        // Out of descriptors, say: back off rather than spin.
-                        tracing::warn!(error = %e, "control API: accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
+            r = workers::accept(&listener) => {
+                let Some((stream, peer)) = r else { continue };
                 let acceptor = acceptor.clone();
                 let builder = builder.clone();
                 let router = router.clone();
