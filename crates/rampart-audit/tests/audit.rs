@@ -1022,26 +1022,14 @@ fn async_writers(
     })
 }
 
-#[test]
-fn record_futures_on_single_thread_runtimes_are_all_woken() {
+/// Runs `writers` against a fresh log; then every record they queued is in
+/// it, and it verifies.
+fn all_woken(writers: impl FnOnce(&Arc<Audit>) -> u64) {
     let t = TestLog::new();
     let mut o = t.options();
     o.checkpoint_every_records = 1000;
     let audit = Arc::new(t.open_with(o));
-    // Two threads, each its own runtime, as the edge's workers run.
-    let threads: Vec<_> = (0..2)
-        .map(|_| {
-            let audit = Arc::clone(&audit);
-            std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                async_writers(&rt, &audit, 24, 40)
-            })
-        })
-        .collect();
-    let queued: u64 = threads.into_iter().map(|h| h.join().unwrap()).sum();
+    let queued = writers(&audit);
     audit.close().unwrap();
     assert_eq!(audit.next_seq(Tier::Application), queued);
     drop(audit);
@@ -1050,22 +1038,35 @@ fn record_futures_on_single_thread_runtimes_are_all_woken() {
 }
 
 #[test]
+fn record_futures_on_single_thread_runtimes_are_all_woken() {
+    // Two threads, each its own runtime, as the edge's workers run.
+    all_woken(|audit| {
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let audit = Arc::clone(audit);
+                std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    async_writers(&rt, &audit, 24, 40)
+                })
+            })
+            .collect();
+        threads.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+}
+
+#[test]
 fn record_futures_on_a_multi_thread_runtime_are_all_woken() {
-    let t = TestLog::new();
-    let mut o = t.options();
-    o.checkpoint_every_records = 1000;
-    let audit = Arc::new(t.open_with(o));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(3)
-        .enable_all()
-        .build()
-        .unwrap();
-    let queued = async_writers(&rt, &audit, 48, 30);
-    audit.close().unwrap();
-    assert_eq!(audit.next_seq(Tier::Application), queued);
-    drop(audit);
-    let report = t.verify().unwrap();
-    assert!(report.findings.is_empty(), "{:?}", report.findings);
+    all_woken(|audit| {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(3)
+            .enable_all()
+            .build()
+            .unwrap();
+        async_writers(&rt, audit, 48, 30)
+    });
 }
 
 #[test]

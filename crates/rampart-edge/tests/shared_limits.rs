@@ -43,16 +43,21 @@ async fn node(url: &str, prefix: &str, clock: SharedClock) -> Arc<SharedCounters
         .unwrap()
 }
 
+/// Two nodes on `url` sharing a fresh key prefix (returned), their clocks
+/// standing still.
+async fn two_nodes(url: &str) -> (String, Arc<SharedCounters>, Arc<SharedCounters>) {
+    let prefix = prefix();
+    let clock: SharedClock = Arc::new(ManualClock::at_unix_secs(1_000));
+    let a = node(url, &prefix, clock.clone()).await;
+    let b = node(url, &prefix, clock).await;
+    (prefix, a, b)
+}
+
 #[tokio::test]
 async fn two_nodes_share_one_bucket() {
     let Some(url) = redis_url() else { return };
-    let prefix = prefix();
-    let clock: SharedClock = Arc::new(ManualClock::at_unix_secs(1_000));
+    let (prefix, a, b) = two_nodes(&url).await;
     let t = 1_000_000_000_000;
-    let (a, b) = (
-        node(&url, &prefix, clock.clone()).await,
-        node(&url, &prefix, clock.clone()).await,
-    );
     // 10 tokens, refilling about once in 17 minutes: none refill here.
     let rate = Rate::new(10, 0.001);
     for _ in 0..6 {
@@ -106,13 +111,8 @@ async fn two_nodes_share_one_bucket() {
 #[tokio::test]
 async fn buckets_refill_by_redis_time() {
     let Some(url) = redis_url() else { return };
-    let prefix = prefix();
-    let clock: SharedClock = Arc::new(ManualClock::at_unix_secs(1_000));
+    let (_, a, b) = two_nodes(&url).await;
     let t = 1_000_000_000_000;
-    let (a, b) = (
-        node(&url, &prefix, clock.clone()).await,
-        node(&url, &prefix, clock.clone()).await,
-    );
     // 5 tokens, 1000 a second. A empties the shared bucket.
     let fast = Rate::new(5, 1000.0);
     for _ in 0..5 {

@@ -28,6 +28,8 @@ mod migrations;
 mod postgres;
 mod sealed;
 mod sqlite;
+#[cfg(feature = "test-support")]
+pub mod testing;
 
 use async_trait::async_trait;
 

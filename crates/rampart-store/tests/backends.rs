@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rampart_core::{ManualClock, SharedClock};
+use rampart_store::testing::fresh_pg_database;
 use rampart_store::{Expect, Op, PgOptions, PgStore, SqliteStore, Store, StoreError};
 use zeroize::Zeroizing;
 
@@ -21,34 +22,6 @@ fn pg_options(url: &str) -> PgOptions {
         tls_ca: None,
         connect_timeout: Duration::from_secs(10),
     }
-}
-
-/// A URL to a fresh, empty database on the test server, or `None` (with a
-/// note) when there is no server.
-async fn fresh_pg_database() -> Option<String> {
-    let Ok(url) = std::env::var("RAMPART_TEST_PG_URL") else {
-        println!("SKIP: RAMPART_TEST_PG_URL is not set; run under scripts/with-postgres for the PostgreSQL backend");
-        return None;
-    };
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .expect("connect to the test server");
-    let task = tokio::spawn(conn);
-    let name = format!(
-        "rampart_test_{}",
-        rampart_crypto::hex(&rampart_crypto::random_array::<8>().unwrap())
-    );
-    client
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .expect("create a test database");
-    drop(client);
-    let _ = task.await;
-    let base = url
-        .rsplit_once('/')
-        .map(|(base, _)| base)
-        .expect("URL with a database");
-    Some(format!("{base}/{name}"))
 }
 
 async fn pg_at(url: &str) -> Arc<dyn Store> {
@@ -77,7 +50,7 @@ macro_rules! on_every_backend {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres_backend() {
-                let Some(url) = fresh_pg_database().await else {
+                let Some(url) = fresh_pg_database("rampart_test").await else {
                     return;
                 };
                 $body(move || {
@@ -290,7 +263,7 @@ on_every_backend!(concurrency, concurrent_writers_lose_nothing);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_nodes_starting_together_migrate_once_and_newer_schema_is_refused() {
-    let Some(url) = fresh_pg_database().await else {
+    let Some(url) = fresh_pg_database("rampart_test").await else {
         return;
     };
     let mut starts = Vec::new();
@@ -403,7 +376,7 @@ async fn postgres_errors_name_the_server_never_the_password() {
 /// a server whose certificate another CA issued is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_tls_is_verified_against_the_configured_ca() {
-    let Some(url) = fresh_pg_database().await else {
+    let Some(url) = fresh_pg_database("rampart_test").await else {
         return;
     };
     let (Ok(ca), Ok(other_ca)) = (

@@ -298,35 +298,9 @@ pub fn tree(dir: &Path) -> Vec<PathBuf> {
 /// `scripts/with-postgres` started (`RAMPART_TEST_PG_URL`), or `None`, with
 /// a note, when there is none.
 pub fn fresh_pg_database() -> Option<String> {
-    let Ok(url) = std::env::var("RAMPART_TEST_PG_URL") else {
-        println!("SKIP: RAMPART_TEST_PG_URL is not set; run under scripts/with-postgres for the PostgreSQL store");
-        return None;
-    };
-    let name = format!("rampart_e2e_{:016x}", random_u64());
-    let rt = tokio::runtime::Builder::new_current_thread()
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap();
-    rt.block_on(async {
-        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .expect("connect to the test PostgreSQL server");
-        let task = tokio::spawn(conn);
-        client
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .expect("create a test database");
-        drop(client);
-        let _ = task.await;
-    });
-    let (base, _) = url.rsplit_once('/').expect("URL with a database");
-    Some(format!("{base}/{name}"))
-}
-
-/// A random number (from the standard library's randomly keyed hasher).
-fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u32(std::process::id());
-    h.finish()
+        .unwrap()
+        .block_on(rampart_store::testing::fresh_pg_database("rampart_e2e"))
 }
