@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rampart_audit::{Audit, AuditKeys, AuditOptions, RetentionPolicy, Tier};
+use rampart_audit::{Audit, AuditKeys, AuditOptions, OpenReport, RetentionPolicy, Tier};
 use rampart_config::Config;
 use rampart_core::SharedClock;
 use rampart_crypto::{random_array, SecretBytes};
@@ -62,13 +62,15 @@ pub fn audit_options(data_dir: &Path, config: &Config) -> AuditOptions {
     o
 }
 
-/// Opens the audit log for writing (one writer per data directory).
+/// Opens the audit log for writing (one writer per data directory), with
+/// what opening found (torn tails cut, checkpoints that do not verify),
+/// which is also printed and logged here.
 pub async fn open_audit(
     keyring: &Keyring,
     data_dir: &Path,
     config: &Config,
     clock: SharedClock,
-) -> Result<Arc<Audit>, CliError> {
+) -> Result<(Arc<Audit>, OpenReport), CliError> {
     let keys = audit_keys(keyring).await?;
     let (audit, report) = Audit::open(audit_options(data_dir, config), keys, clock)
         .map_err(|e| CliError::Runtime(format!("audit log: {e}")))?;
@@ -80,7 +82,7 @@ pub async fn open_audit(
         println!("audit log: WARNING: {problem} (run `rampart audit verify`)");
         tracing::error!(%problem, "audit checkpoint does not verify");
     }
-    Ok(Arc::new(audit))
+    Ok((Arc::new(audit), report))
 }
 
 /// Set (to anything) only by the end-to-end tests: hash new passwords with

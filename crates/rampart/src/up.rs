@@ -66,13 +66,14 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
     }
     let tls_config = tls::control_server_config(&node.keyring).await?;
     let verifier = Verifier::new(&node.keyring, clock.clone()).await?;
-    let audit = planes::open_audit(&node.keyring, &dir, &config, clock.clone()).await?;
+    let (audit, audit_report) =
+        planes::open_audit(&node.keyring, &dir, &config, clock.clone()).await?;
     let identity =
         planes::open_identity(node.keyring.clone(), audit.clone(), &config, clock.clone()).await?;
     let running =
         planes::start(node.keyring.clone(), audit.clone(), &config, clock.clone()).await?;
     let metrics = Arc::new(Metrics::new(clock.unix_secs()));
-    metrics.set_audit(audit.clone());
+    metrics.set_audit(audit.clone(), &audit_report);
     let edge = edge::start(
         &config,
         metrics.clone(),

@@ -57,6 +57,8 @@ pub struct Metrics {
     audit_syncs: Family<TierLabels, Counter>,
     audit_records: Family<TierLabels, Counter>,
     audit_sync_seconds: Family<TierLabels, Counter<f64, AtomicU64>>,
+    audit_torn_tails: Family<TierLabels, Gauge>,
+    audit_checkpoint_problems: Family<TierLabels, Gauge>,
     shared_limit_syncs: Family<ResultLabels, Counter>,
     edge: Mutex<Option<rampart_edge::EdgeHandle>>,
     audit: Mutex<Option<Arc<rampart_audit::Audit>>>,
@@ -149,6 +151,18 @@ impl Metrics {
             "Time spent in audit log fdatasyncs by tier",
             audit_sync_seconds.clone(),
         );
+        let audit_torn_tails = Family::<TierLabels, Gauge>::default();
+        registry.register(
+            "audit_open_torn_tails",
+            "Torn tails (records cut short by a crash) cut from the tier's log when this process opened it",
+            audit_torn_tails.clone(),
+        );
+        let audit_checkpoint_problems = Family::<TierLabels, Gauge>::default();
+        registry.register(
+            "audit_open_checkpoint_problems",
+            "Checkpoints of the tier that did not verify when this process opened the log (run `rampart audit verify`)",
+            audit_checkpoint_problems.clone(),
+        );
         let shared_limit_syncs = Family::<ResultLabels, Counter>::default();
         registry.register(
             "edge_rate_limit_syncs",
@@ -169,6 +183,8 @@ impl Metrics {
             audit_syncs,
             audit_records,
             audit_sync_seconds,
+            audit_torn_tails,
+            audit_checkpoint_problems,
             edge: Mutex::new(None),
             audit: Mutex::new(None),
         }
@@ -181,8 +197,30 @@ impl Metrics {
         }
     }
 
-    /// Lets `/metrics` report the audit log's group commits.
-    pub fn set_audit(&self, audit: Arc<rampart_audit::Audit>) {
+    /// Lets `/metrics` report the audit log's group commits, and what
+    /// opening it found: per tier, torn tails cut and checkpoints that did
+    /// not verify (0 for a healthy tier, so alerts can match on `> 0`).
+    pub fn set_audit(&self, audit: Arc<rampart_audit::Audit>, report: &rampart_audit::OpenReport) {
+        for tier in rampart_audit::Tier::ALL {
+            let l = TierLabels {
+                tier: tier.as_str(),
+            };
+            let torn = report
+                .torn_tails()
+                .filter(|t| t.finding.tier == tier)
+                .count();
+            let bad = report
+                .checkpoint_problems
+                .iter()
+                .filter(|p| p.tier == tier)
+                .count();
+            self.audit_torn_tails
+                .get_or_create(&l)
+                .set(i64::try_from(torn).unwrap_or(i64::MAX));
+            self.audit_checkpoint_problems
+                .get_or_create(&l)
+                .set(i64::try_from(bad).unwrap_or(i64::MAX));
+        }
         if let Ok(mut a) = self.audit.lock() {
             *a = Some(audit);
         }
