@@ -39,6 +39,30 @@ pub(crate) const NS_REFRESH: &str = "identity/refresh";
 pub(crate) const NS_REVOKED: &str = "identity/revoked";
 pub(crate) const NS_SIGNING: &str = "identity/signing";
 pub(crate) const NS_ELEVATIONS: &str = "identity/elevations";
+/// One record, `generation`, rewritten in the same atomic write as every
+/// change to a namespace nodes cache (principals, API keys, elevations,
+/// revocations): its version tells another node whether to re-read them.
+pub(crate) const NS_META: &str = "identity/meta";
+const GENERATION: &str = "generation";
+/// Even when the generation has not moved, a node re-reads everything this
+/// often (seconds), so that a change written without it (by an older
+/// binary during a rolling upgrade, or by hand) still arrives.
+const FULL_RELOAD_SECS: u64 = 60;
+
+/// Whether writes to `ns` must move the generation.
+fn cached_ns(ns: &str) -> bool {
+    [NS_USERS, NS_APIKEYS, NS_ELEVATIONS, NS_REVOKED].contains(&ns)
+}
+
+/// The write that moves the generation, to add to a change's batch.
+pub(crate) fn generation_bump() -> rampart_store::Op {
+    rampart_store::Op::Put {
+        ns: NS_META.into(),
+        key: GENERATION.into(),
+        value: b"{}".to_vec(),
+        expect: Expect::Any,
+    }
+}
 pub(crate) const LIST_LIMIT: usize = 1_000_000;
 
 /// Identity configuration, as `rampart.toml` gives it.
@@ -248,7 +272,16 @@ pub struct Identity {
     /// reload that read the store before one of them does not undo it.
     pub(crate) local_changes: std::sync::atomic::AtomicU64,
     pub(crate) token_cache: RwLock<HashMap<[u8; 32], (Principal, u64)>>,
+    /// The generation the cache was last read at, and when (Unix seconds),
+    /// for [`Identity::refresh`].
+    loaded: std::sync::Mutex<Loaded>,
     keyring: Arc<Keyring>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Loaded {
+    generation: Option<u64>,
+    at: u64,
 }
 
 impl std::fmt::Debug for Identity {
@@ -341,6 +374,7 @@ impl Identity {
             revoked: RwLock::new(HashMap::new()),
             local_changes: std::sync::atomic::AtomicU64::new(0),
             token_cache: RwLock::new(HashMap::new()),
+            loaded: std::sync::Mutex::new(Loaded::default()),
             keyring,
         };
         id.reload().await?;
@@ -356,6 +390,9 @@ impl Identity {
     pub async fn reload(&self) -> Result<bool, IdentityError> {
         use std::sync::atomic::Ordering;
         let before = self.local_changes.load(Ordering::Acquire);
+        // Read before the records: a change that lands between the two is
+        // then read with a generation older than its own, and read again.
+        let generation = self.generation().await?;
         let mut cache = Cache::default();
         for (k, e) in self.store.list(NS_USERS, "", LIST_LIMIT).await? {
             let u: UserRecord = from_json(NS_USERS, &k, &e.value)?;
@@ -390,7 +427,38 @@ impl Identity {
             *r = revoked;
         }
         write_lock(&self.token_cache).clear();
+        if let Ok(mut l) = self.loaded.lock() {
+            *l = Loaded {
+                generation,
+                at: now,
+            };
+        }
         Ok(true)
+    }
+
+    /// What the periodic reload of a node sharing its store calls: reads
+    /// one record, the generation, and re-reads everything ([`reload`]) only
+    /// when another write has moved it since the last read, or when the
+    /// last full read is a minute old. Returns whether the records were
+    /// re-read and replaced.
+    ///
+    /// [`reload`]: Identity::reload
+    pub async fn reload_if_changed(&self) -> Result<bool, IdentityError> {
+        let generation = self.generation().await?;
+        let now = self.now();
+        let last = self.loaded.lock().map(|l| *l).unwrap_or_default();
+        if generation == last.generation && now.saturating_sub(last.at) < FULL_RELOAD_SECS {
+            return Ok(false);
+        }
+        self.reload().await
+    }
+
+    async fn generation(&self) -> Result<Option<u64>, IdentityError> {
+        Ok(self
+            .store
+            .get(NS_META, GENERATION)
+            .await?
+            .map(|e| e.version))
     }
 
     /// The cached records, for a change this node makes.
@@ -485,8 +553,20 @@ impl Identity {
         key: &str,
         v: &T,
         expect: Expect,
-    ) -> Result<u64, IdentityError> {
-        Ok(self.store.put(ns, key, &to_json(v)?, expect).await?)
+    ) -> Result<(), IdentityError> {
+        let value = to_json(v)?;
+        if cached_ns(ns) {
+            let put = rampart_store::Op::Put {
+                ns: ns.into(),
+                key: key.into(),
+                value,
+                expect,
+            };
+            self.store.apply(vec![put, generation_bump()]).await?;
+        } else {
+            self.store.put(ns, key, &value, expect).await?;
+        }
+        Ok(())
     }
 
     pub(crate) fn user(&self, id: &str) -> Option<UserRecord> {
@@ -695,6 +775,7 @@ impl Identity {
                 value: to_json(&rec)?,
                 expect: Expect::Absent,
             },
+            generation_bump(),
         ];
         match self.store.apply(ops).await {
             Ok(()) => {}

@@ -1059,8 +1059,13 @@ impl Identity {
         if let Some(id) = touch {
             let rec = read_lock(&self.cache).keys.get(&id).cloned();
             if let Some(rec) = rec {
-                // Best effort: a failed bookkeeping write does not refuse the key.
-                let _ = self.put_json(NS_APIKEYS, &id, &rec, Expect::Any).await;
+                // Best effort: a failed bookkeeping write does not refuse the
+                // key. It leaves the generation alone: other nodes need not
+                // re-read everything for a `last_used` (their minute's full
+                // read brings it).
+                if let Ok(value) = crate::service::to_json(&rec) {
+                    let _ = self.store.put(NS_APIKEYS, &id, &value, Expect::Any).await;
+                }
             }
         }
         Ok(p)

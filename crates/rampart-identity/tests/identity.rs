@@ -1327,3 +1327,43 @@ async fn a_second_node_applies_changes_at_its_next_reload() {
     assert!(other.reload().await.unwrap());
     assert!(other.verify_access(&t.access_token).is_err());
 }
+
+/// The periodic reload reads one record, the identity generation, and
+/// re-reads everything only when a change moved it; a change written
+/// without it (by hand, or by an older node during an upgrade) still
+/// arrives at the minute's full read.
+#[tokio::test]
+async fn reload_if_changed_reads_everything_only_after_a_change_or_a_minute() {
+    let h = harness().await;
+    let other = h.open_again(cfg()).await;
+    // Nothing changed since it opened.
+    assert!(!other.reload_if_changed().await.unwrap());
+
+    let (svc, k) = h.service_with_key("billing-svc").await;
+    assert!(other.verify_api_key(&k.key, None).await.is_err());
+    assert!(other.reload_if_changed().await.unwrap());
+    assert_eq!(other.verify_api_key(&k.key, None).await.unwrap().id, svc.id);
+    assert!(!other.reload_if_changed().await.unwrap());
+
+    // A revocation moves it too.
+    h.id.revoke_api_key(&h.sys, &k.info.id).await.unwrap();
+    assert!(other.reload_if_changed().await.unwrap());
+    assert!(matches!(
+        other.verify_api_key(&k.key, None).await,
+        Err(IdentityError::InvalidApiKey)
+    ));
+
+    // A key deleted behind the plane's back: unseen until the full read.
+    let (_, k2) = h.service_with_key("ledger-svc").await;
+    assert!(other.reload_if_changed().await.unwrap());
+    assert!(other.verify_api_key(&k2.key, None).await.is_ok());
+    assert!(h
+        .store
+        .delete("identity/apikeys", &k2.info.id, rampart_store::Expect::Any)
+        .await
+        .unwrap());
+    assert!(!other.reload_if_changed().await.unwrap());
+    h.clock.set_unix_secs(h.clock.unix_secs() + 61);
+    assert!(other.reload_if_changed().await.unwrap());
+    assert!(other.verify_api_key(&k2.key, None).await.is_err());
+}

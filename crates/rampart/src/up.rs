@@ -189,9 +189,11 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Re-reads the identity records every `every`, so that principals, API
-/// keys, elevations and revocations that other nodes sharing the store
-/// changed apply here too. A failed read keeps the records it had.
+/// Every `every`, checks whether other nodes sharing the store changed
+/// principals, API keys, elevations or revocations (one read of the
+/// identity generation) and re-reads them if so, or if the last full read is
+/// a minute old, so their changes apply here too. A failed read keeps the
+/// records it had.
 fn spawn_identity_reload(identity: Arc<rampart_identity::Identity>, every: Duration) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
@@ -199,7 +201,7 @@ fn spawn_identity_reload(identity: Arc<rampart_identity::Identity>, every: Durat
         tick.tick().await;
         loop {
             tick.tick().await;
-            if let Err(e) = identity.reload().await {
+            if let Err(e) = identity.reload_if_changed().await {
                 tracing::warn!(error = %e, "reloading identities from the shared store");
             }
         }
