@@ -34,18 +34,7 @@ pub async fn run(args: InitArgs) -> Result<(), CliError> {
         .transpose()
         .map_err(CliError::Config)?;
     let dir = node::data_dir(&args.data, config.as_ref());
-    let control_ip = config
-        .as_ref()
-        .map(|c| c.control.listen.ip())
-        .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
-    let done = initialise(
-        &dir,
-        &args.data,
-        config.as_ref(),
-        control_ip,
-        SystemClock::shared(),
-    )
-    .await?;
+    let done = initialise(&dir, &args.data, config.as_ref(), SystemClock::shared()).await?;
     print_initialised(&done);
     Ok(())
 }
@@ -86,7 +75,6 @@ pub async fn initialise(
     dir: &Path,
     data: &DataArgs,
     config: Option<&Config>,
-    control_ip: std::net::IpAddr,
     clock: SharedClock,
 ) -> Result<Initialised, CliError> {
     // Everything that can be wrong with the input is checked before any write.
@@ -127,7 +115,7 @@ pub async fn initialise(
             parent.display()
         ))
     })?;
-    let result = build(&staging, pass, env_key, config, control_ip, clock).await;
+    let result = build(&staging, pass, env_key, config, clock).await;
     let result = result.and_then(|(source, cred)| {
         if dir.exists() {
             std::fs::remove_dir(dir)
@@ -160,7 +148,6 @@ async fn build(
     pass: Option<Zeroizing<String>>,
     env_key: Option<RootKey>,
     config: Option<&Config>,
-    control_ip: std::net::IpAddr,
     clock: SharedClock,
 ) -> Result<(RootKeySource, Option<Zeroizing<String>>), CliError> {
     #[cfg(unix)]
@@ -217,7 +204,7 @@ async fn build(
         }
     };
     let keyring = Keyring::initialise(store.clone(), root, source, kdf, clock.unix_secs()).await?;
-    tls::generate_dev_pki(&keyring, staging, control_ip, clock.as_ref()).await?;
+    tls::generate_dev_pki(&keyring, staging, clock.as_ref()).await?;
     let cred = bootstrap::create_admin(&keyring, clock.unix_secs()).await?;
     drop(keyring);
     drop(store);

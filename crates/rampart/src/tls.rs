@@ -1,6 +1,7 @@
-//! The development PKI made at init: a CA and a control API server
-//! certificate signed by it. Private keys are kept sealed in the store; only
-//! the CA certificate is written out, for clients to trust.
+//! The development PKI: a CA made at init (its key sealed in the store; only
+//! its certificate is written out, for clients to trust) and the server
+//! certificates it issues when a node starts: the control API's, and the
+//! edge's when the configuration gives it none.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -65,12 +66,13 @@ fn server_params(
     Ok(p)
 }
 
-/// Makes the development CA and server certificate, stores them, and writes
-/// `tls/ca.pem` into `dir`.
+/// Makes the development CA, stores it (its key sealed), and writes
+/// `tls/ca.pem` into `dir`. Server certificates are issued from it when a
+/// node starts (see [`control_server_config`]), so each node of a shared
+/// store gets one naming its own address.
 pub async fn generate_dev_pki(
     keyring: &Keyring,
     dir: &Path,
-    control_ip: IpAddr,
     clock: &dyn Clock,
 ) -> Result<(), CliError> {
     let now = clock.unix_secs();
@@ -87,15 +89,6 @@ pub async fn generate_dev_pki(
     let ca_key = KeyPair::generate().map_err(pki_err)?;
     let ca_cert = ca.self_signed(&ca_key).map_err(pki_err)?;
 
-    let mut names = vec!["localhost".to_string()];
-    if !control_ip.is_unspecified() && !control_ip.is_loopback() {
-        names.push(control_ip.to_string());
-    }
-    let srv = server_params(names, "Rampart control API", now, 397)?;
-    let srv_key = KeyPair::generate().map_err(pki_err)?;
-    let issuer = Issuer::new(ca, &ca_key);
-    let srv_cert = srv.signed_by(&srv_key, &issuer).map_err(pki_err)?;
-
     let store = keyring.store();
     let sealed = sealed(keyring).await?;
     sealed
@@ -106,19 +99,8 @@ pub async fn generate_dev_pki(
             Expect::Absent,
         )
         .await?;
-    sealed
-        .put(
-            TLS_NS,
-            "server.key",
-            &Zeroizing::new(srv_key.serialize_der()),
-            Expect::Absent,
-        )
-        .await?;
     store
         .put(TLS_NS, "ca.der", ca_cert.der(), Expect::Absent)
-        .await?;
-    store
-        .put(TLS_NS, "server.der", srv_cert.der(), Expect::Absent)
         .await?;
 
     let tls_dir = dir.join("tls");
@@ -126,6 +108,24 @@ pub async fn generate_dev_pki(
         .and_then(|_| std::fs::write(tls_dir.join("ca.pem"), ca_cert.pem()))
         .map_err(|e| CliError::Input(format!("{}: {e}", tls_dir.display())))?;
     Ok(())
+}
+
+/// The development CA as an issuer, and its certificate.
+async fn dev_issuer(
+    keyring: &Keyring,
+) -> Result<(Issuer<'static, KeyPair>, CertificateDer<'static>), CliError> {
+    let store = keyring.store();
+    let missing = || CliError::Input("the data directory holds no development CA".into());
+    let ca_der = store.get(TLS_NS, "ca.der").await?.ok_or_else(missing)?;
+    let (ca_key, _) = sealed(keyring)
+        .await?
+        .get(TLS_NS, "ca.key")
+        .await?
+        .ok_or_else(missing)?;
+    let ca_key = KeyPair::try_from(ca_key.expose()).map_err(pki_err)?;
+    let ca_cert = CertificateDer::from(ca_der.value);
+    let issuer = Issuer::from_ca_cert_der(&ca_cert, ca_key).map_err(pki_err)?;
+    Ok((issuer, ca_cert))
 }
 
 /// Writes `tls/ca.pem` into `dir` from the development CA a shared store
@@ -143,24 +143,31 @@ pub async fn write_dev_ca(keyring: &Keyring, dir: &Path) -> Result<(), CliError>
         .map_err(|e| CliError::Input(format!("{}: {e}", tls_dir.display())))
 }
 
-/// The control API's TLS configuration: TLS 1.3 and 1.2 only, HTTP/2 and 1.1.
+/// The control API's TLS configuration: TLS 1.3 and 1.2 only, HTTP/2 and 1.1,
+/// with a certificate issued now by the development CA for this node:
+/// `localhost`, the loopback addresses and `listen_ip` (unless it is the
+/// unspecified address). Issued at every start and kept in memory only, so
+/// nodes sharing a store each name their own address, and a restart renews
+/// it; clients trust the CA (`tls/ca.pem`), not the leaf.
 pub async fn control_server_config(
     keyring: &Keyring,
+    listen_ip: IpAddr,
+    clock: &dyn Clock,
 ) -> Result<Arc<rustls::ServerConfig>, CliError> {
-    let store = keyring.store();
-    let missing = || CliError::Input("the data directory holds no control API certificate".into());
-    let cert = store.get(TLS_NS, "server.der").await?.ok_or_else(missing)?;
-    let ca = store.get(TLS_NS, "ca.der").await?.ok_or_else(missing)?;
-    let (key, _) = sealed(keyring)
-        .await?
-        .get(TLS_NS, "server.key")
-        .await?
-        .ok_or_else(missing)?;
-    let chain = vec![
-        CertificateDer::from(cert.value),
-        CertificateDer::from(ca.value),
+    let (issuer, ca_cert) = dev_issuer(keyring).await?;
+    let mut names = vec!["localhost".to_string()];
+    let always = [
+        IpAddr::from([127, 0, 0, 1]),
+        IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
     ];
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.expose().to_vec()));
+    if !listen_ip.is_unspecified() && !always.contains(&listen_ip) {
+        names.push(listen_ip.to_string());
+    }
+    let params = server_params(names, "Rampart control API", clock.unix_secs(), 397)?;
+    let key = KeyPair::generate().map_err(pki_err)?;
+    let cert = params.signed_by(&key, &issuer).map_err(pki_err)?;
+    let chain = vec![cert.der().clone(), ca_cert];
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -180,18 +187,7 @@ pub async fn edge_dev_certificate(
     names: &[String],
     clock: &dyn Clock,
 ) -> Result<(String, Zeroizing<String>), CliError> {
-    let store = keyring.store();
-    let missing = || CliError::Input("the data directory holds no development CA".into());
-    let ca_der = store.get(TLS_NS, "ca.der").await?.ok_or_else(missing)?;
-    let (ca_key, _) = sealed(keyring)
-        .await?
-        .get(TLS_NS, "ca.key")
-        .await?
-        .ok_or_else(missing)?;
-    let ca_key = KeyPair::try_from(ca_key.expose()).map_err(pki_err)?;
-    let ca_cert = CertificateDer::from(ca_der.value);
-    let issuer = Issuer::from_ca_cert_der(&ca_cert, ca_key).map_err(pki_err)?;
-
+    let (issuer, _) = dev_issuer(keyring).await?;
     let mut all: Vec<String> = vec!["localhost".into()];
     for n in names {
         if !all.contains(n) && n.parse::<IpAddr>().is_err() {

@@ -44,14 +44,7 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
     let dir = node::data_dir(&args.data, Some(&config));
 
     if args.dev && !node::is_initialised(&dir, Some(&config)) {
-        let done = init::initialise(
-            &dir,
-            &args.data,
-            Some(&config),
-            config.control.listen.ip(),
-            clock.clone(),
-        )
-        .await?;
+        let done = init::initialise(&dir, &args.data, Some(&config), clock.clone()).await?;
         init::print_initialised(&done);
     }
     let node = node::open(&dir, &args.data, Some(&config), clock.clone()).await?;
@@ -64,7 +57,8 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
         }
         println!("development config: {} (built in)", dev_path.display());
     }
-    let tls_config = tls::control_server_config(&node.keyring).await?;
+    let listen = args.control_listen.unwrap_or(config.control.listen);
+    let tls_config = tls::control_server_config(&node.keyring, listen.ip(), clock.as_ref()).await?;
     let verifier = Verifier::new(&node.keyring, clock.clone()).await?;
     let (audit, audit_report) =
         planes::open_audit(&node.keyring, &dir, &config, clock.clone()).await?;
@@ -113,7 +107,6 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
         services: config.services.len(),
     });
 
-    let listen = args.control_listen.unwrap_or(config.control.listen);
     let listener = std::net::TcpListener::bind(listen)
         .and_then(|l| l.set_nonblocking(true).map(|_| l))
         .map_err(|e| CliError::Input(format!("cannot listen on {listen}: {e}")))?;

@@ -144,12 +144,26 @@ fn two_nodes_share_one_postgres_store() {
     assert!(!stdout(&out).contains(&password) && !stderr(&out).contains(&password));
 
     // Both nodes up.
-    let up = |r: &Rampart| {
+    // B's control API on another loopback address: clients that trust the
+    // shared development CA reach it there, so its certificate names B's
+    // own address (each node has its own, issued when it starts).
+    let up = |r: &Rampart, control: &str| {
         let mut c = r.cmd(&[]);
         c.env("RAMPART_DATABASE_URL", &db);
-        r.up_with(c, &["--config", "rampart.toml", "--data-dir", "data"])
+        r.up_with(
+            c,
+            &[
+                "--config",
+                "rampart.toml",
+                "--data-dir",
+                "data",
+                "--control-listen",
+                control,
+            ],
+        )
     };
-    let (srv_a, srv_b) = (up(&a), up(&b));
+    let (srv_a, srv_b) = (up(&a, "127.0.0.1:0"), up(&b, "127.0.0.2:0"));
+    assert!(srv_b.addr.starts_with("127.0.0.2:"), "{}", srv_b.addr);
     let admin = Some(admin.as_str());
     assert_eq!(srv_b.get("/v1/whoami", admin).status, 200);
     let status = srv_b.get("/v1/status", admin).json();

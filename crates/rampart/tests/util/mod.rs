@@ -57,10 +57,11 @@ impl Rampart {
     }
 
     pub fn up_with(&self, mut cmd: Command, args: &[&str]) -> Server {
-        cmd.arg("up")
-            .args(args)
-            .args(["--control-listen", "127.0.0.1:0"])
-            .args(["--edge-http-listen", "127.0.0.1:0"])
+        cmd.arg("up").args(args);
+        if !args.contains(&"--control-listen") {
+            cmd.args(["--control-listen", "127.0.0.1:0"]);
+        }
+        cmd.args(["--edge-http-listen", "127.0.0.1:0"])
             .args(["--edge-https-listen", "127.0.0.1:0"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
