@@ -1242,6 +1242,32 @@ impl Core {
         loop {
             let (batch, gathered) = {
                 let mut q = lock(&log.queue);
+                // Right after a group is answered, when a group of callers
+                // usually waits, sleep until that many are back (or about
+                // one sync time has passed) instead of being woken by the
+                // first of them: a wake-up that would only start gathering
+                // costs the callers' threads a preemption and the writer
+                // two context switches per group.
+                if max > 1 && q.items.is_empty() && !q.shutdown {
+                    let expect = {
+                        let sy = lock(&log.sync);
+                        let usual = usual_waiters(&sy, Instant::now());
+                        (sy.syncing_upto <= sy.durable_id).then(|| {
+                            (
+                                usual.saturating_sub(sy.unsynced_records),
+                                Duration::from_nanos(sy.sync_nanos.clamp(50_000, 2_000_000)),
+                            )
+                        })
+                    };
+                    if let Some((n, cap)) = expect.filter(|(n, _)| *n > 1) {
+                        q.wake_at = n;
+                        q = log
+                            .cond
+                            .wait_timeout(q, cap)
+                            .map_or_else(|e| e.into_inner().0, |(g, _)| g);
+                        q.wake_at = 1;
+                    }
+                }
                 while q.items.is_empty() && !q.shutdown {
                     let (guard, waited) = log
                         .cond
