@@ -191,6 +191,9 @@ pub struct PruneReport {
     /// Revocation-list entries past the last moment an access token of the
     /// revoked session could be valid.
     pub revocations: usize,
+    /// Login throttle entries with nothing left to wait for and their
+    /// failures forgotten.
+    pub throttle_entries: usize,
     /// Records that could not be read and were left alone.
     pub unreadable: usize,
 }
@@ -198,7 +201,7 @@ pub struct PruneReport {
 impl PruneReport {
     /// Whether anything was deleted.
     pub fn deleted_any(&self) -> bool {
-        self.refresh_tokens + self.sessions + self.revocations > 0
+        self.refresh_tokens + self.sessions + self.revocations + self.throttle_entries > 0
     }
 }
 
@@ -232,7 +235,7 @@ impl Identity {
         let now = self.now();
         let name = req.username.as_str();
         let resource = format!("user:{}", name.chars().take(64).collect::<String>());
-        if let Some(retry_after) = self.throttle.check(name, source, now) {
+        if let Some(retry_after) = self.throttle_check(name, source, now).await {
             self.record(
                 name,
                 "password",
@@ -264,16 +267,16 @@ impl Identity {
         };
         let user = match (ok, user) {
             (true, Some(u)) => u,
-            _ => return Err(self.login_failed(name, &resource, why, source, now)),
+            _ => return Err(self.login_failed(name, &resource, why, source, now).await),
         };
         let amr = self
             .check_second_factor(&user, req.totp.as_deref(), &resource, source, now)
             .await?;
-        self.throttle.success(name);
+        self.throttle_success(name).await;
         self.issue_session(&user, &amr, None, source).await
     }
 
-    fn login_failed(
+    async fn login_failed(
         &self,
         name: &str,
         resource: &str,
@@ -281,7 +284,7 @@ impl Identity {
         source: Option<&str>,
         now: u64,
     ) -> IdentityError {
-        let delay = self.throttle.failure(name, source, now);
+        let delay = self.throttle_failure(name, source, now).await;
         let reason = match delay {
             Some(d) => format!("{why}; next attempt delayed {} s", d.as_secs()),
             None => why.to_owned(),
@@ -377,13 +380,15 @@ impl Identity {
                 });
                 Ok(method)
             }
-            Err(IdentityError::InvalidCredentials) => Err(self.login_failed(
-                &user.name,
-                resource,
-                "wrong or reused second factor",
-                source,
-                now,
-            )),
+            Err(IdentityError::InvalidCredentials) => Err(self
+                .login_failed(
+                    &user.name,
+                    resource,
+                    "wrong or reused second factor",
+                    source,
+                    now,
+                )
+                .await),
             Err(e) => Err(e),
         }
     }
@@ -738,6 +743,7 @@ impl Identity {
             }
         }
         write_lock(&self.revoked).retain(|_, until| *until > now);
+        report.throttle_entries = self.prune_throttle(now).await?;
         if report.deleted_any() || report.unreadable > 0 {
             self.record(
                 "system",
@@ -746,8 +752,12 @@ impl Identity {
                 "-",
                 Outcome::Allowed,
                 format!(
-                    "deleted {} refresh tokens, {} sessions, {} revocations; {} unreadable left",
-                    report.refresh_tokens, report.sessions, report.revocations, report.unreadable
+                    "deleted {} refresh tokens, {} sessions, {} revocations, {} login throttle entries; {} unreadable left",
+                    report.refresh_tokens,
+                    report.sessions,
+                    report.revocations,
+                    report.throttle_entries,
+                    report.unreadable
                 ),
                 None,
             )?;

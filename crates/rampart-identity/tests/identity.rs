@@ -1367,3 +1367,188 @@ async fn reload_if_changed_reads_everything_only_after_a_change_or_a_minute() {
     assert!(other.reload_if_changed().await.unwrap());
     assert!(other.verify_api_key(&k2.key, None).await.is_err());
 }
+
+/// Two nodes over one store: failed logins through one count on the other,
+/// so spreading attempts over nodes buys nothing; a success on either
+/// clears the account on both; the store holds no account names; idle
+/// entries are pruned.
+#[tokio::test]
+async fn login_failures_are_counted_across_nodes_sharing_a_store() {
+    let h = harness().await;
+    let other = h.open_again(cfg()).await;
+    h.user("max", &[Role::TeamMember], &["platform", "live"])
+        .await;
+    let bad = LoginRequest {
+        username: "max".into(),
+        password: "wrong password!".into(),
+        totp: None,
+    };
+    // Six failures alternating between the nodes: five free, the sixth
+    // imposes 1 s, which the other node enforces.
+    for attempt in 0..6 {
+        let node = if attempt % 2 == 0 { &h.id } else { &other };
+        assert!(matches!(
+            node.login(&bad, Some("198.51.100.7")).await,
+            Err(IdentityError::InvalidCredentials)
+        ));
+    }
+    for node in [&h.id, &other] {
+        match node.login(&bad, Some("203.0.113.9")).await {
+            Err(IdentityError::Throttled { retry_after }) => assert_eq!(retry_after.as_secs(), 1),
+            r => panic!("{r:?}"),
+        }
+    }
+    // The next failure, on the other node, doubles it for both.
+    h.advance(1);
+    assert!(matches!(
+        other.login(&bad, None).await,
+        Err(IdentityError::InvalidCredentials)
+    ));
+    match h.id.login(&bad, None).await {
+        Err(IdentityError::Throttled { retry_after }) => assert_eq!(retry_after.as_secs(), 2),
+        r => panic!("{r:?}"),
+    }
+    // A success through the first node clears the account on the other.
+    h.advance(2);
+    assert!(h.login("max").await.is_ok());
+    assert!(matches!(
+        other.login(&bad, None).await,
+        Err(IdentityError::InvalidCredentials)
+    ));
+
+    // The shared entries name neither the account nor the address.
+    let entries = h.store.list("identity/throttle", "", 100).await.unwrap();
+    assert!(!entries.is_empty());
+    for (k, e) in &entries {
+        let text = format!("{k} {}", String::from_utf8_lossy(&e.value));
+        assert!(
+            !text.contains("max") && !text.contains("198.51.100.7"),
+            "{text}"
+        );
+    }
+    // An hour and more later nothing is left to wait for: pruned.
+    h.advance(3601);
+    let r = h.id.prune().await.unwrap();
+    assert_eq!(r.throttle_entries, entries.len(), "{r:?}");
+    assert!(h
+        .store
+        .list("identity/throttle", "", 100)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+/// A store whose login-throttle namespace fails on demand, as a shared
+/// database would while unreachable.
+#[derive(Debug)]
+struct ThrottleDown {
+    inner: Arc<dyn Store>,
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl ThrottleDown {
+    fn check(&self, ns: &str) -> Result<(), rampart_store::StoreError> {
+        if ns == "identity/throttle" && self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(rampart_store::StoreError::Backend(
+                "connection refused".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for ThrottleDown {
+    async fn get(
+        &self,
+        ns: &str,
+        key: &str,
+    ) -> Result<Option<rampart_store::Entry>, rampart_store::StoreError> {
+        self.check(ns)?;
+        self.inner.get(ns, key).await
+    }
+    async fn put(
+        &self,
+        ns: &str,
+        key: &str,
+        value: &[u8],
+        expect: rampart_store::Expect,
+    ) -> Result<u64, rampart_store::StoreError> {
+        self.check(ns)?;
+        self.inner.put(ns, key, value, expect).await
+    }
+    async fn delete(
+        &self,
+        ns: &str,
+        key: &str,
+        expect: rampart_store::Expect,
+    ) -> Result<bool, rampart_store::StoreError> {
+        self.check(ns)?;
+        self.inner.delete(ns, key, expect).await
+    }
+    async fn list(
+        &self,
+        ns: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, rampart_store::Entry)>, rampart_store::StoreError> {
+        self.check(ns)?;
+        self.inner.list(ns, prefix, limit).await
+    }
+    async fn apply(&self, ops: Vec<rampart_store::Op>) -> Result<(), rampart_store::StoreError> {
+        self.inner.apply(ops).await
+    }
+    async fn ping(&self) -> Result<(), rampart_store::StoreError> {
+        self.inner.ping().await
+    }
+    async fn schema_version(&self) -> Result<u32, rampart_store::StoreError> {
+        self.inner.schema_version().await
+    }
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+}
+
+/// While the store cannot take the shared counts, the node's own counts
+/// still throttle: throttling never turns off.
+#[tokio::test]
+async fn login_throttling_falls_back_to_the_node_while_the_store_fails() {
+    let h = harness().await;
+    h.user("max", &[Role::TeamMember], &["platform", "live"])
+        .await;
+    let flaky = Arc::new(ThrottleDown {
+        inner: h.store.clone(),
+        down: std::sync::atomic::AtomicBool::new(true),
+    });
+    let node = Identity::open(
+        flaky.clone(),
+        h.keyring.clone(),
+        h.audit.clone(),
+        h.clock.clone(),
+        cfg(),
+    )
+    .await
+    .unwrap();
+    let bad = LoginRequest {
+        username: "max".into(),
+        password: "wrong password!".into(),
+        totp: None,
+    };
+    for _ in 0..6 {
+        assert!(matches!(
+            node.login(&bad, None).await,
+            Err(IdentityError::InvalidCredentials)
+        ));
+    }
+    assert!(matches!(
+        node.login(&bad, None).await,
+        Err(IdentityError::Throttled { .. })
+    ));
+    // Nothing reached the store meanwhile.
+    assert!(h
+        .store
+        .list("identity/throttle", "", 10)
+        .await
+        .unwrap()
+        .is_empty());
+}

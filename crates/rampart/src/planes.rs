@@ -244,8 +244,9 @@ async fn drop_interim_service_tokens(store: &dyn rampart_store::Store) -> Result
     Ok(())
 }
 
-/// How often the scheduler prunes spent sessions, refresh tokens and
-/// revocations from the store, seconds of the node's clock.
+/// How often the scheduler prunes spent sessions, refresh tokens,
+/// revocations and idle login-throttle entries from the store, seconds of
+/// the node's clock.
 pub const PRUNE_EVERY_SECS: u64 = 600;
 
 /// Runs the periodic jobs until the process ends: key rotation and

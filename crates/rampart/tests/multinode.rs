@@ -169,6 +169,25 @@ fn two_nodes_share_one_postgres_store() {
     let status = srv_b.get("/v1/status", admin).json();
     assert_eq!(status["store"]["backend"], "postgres", "{status}");
 
+    // Failed logins spread over both nodes are counted once: five are free,
+    // the sixth imposes a wait, so the seventh attempt is refused with 429
+    // whichever node it reaches (each node alone has seen at most four).
+    let mut refused_at = None;
+    for attempt in 1..=7 {
+        let srv = if attempt % 2 == 1 { &srv_a } else { &srv_b };
+        let r = srv.post(
+            "/v1/auth/login",
+            None,
+            json!({"username": "mallory", "password": "guessing-password-1"}),
+        );
+        if r.status == 429 {
+            refused_at = Some(attempt);
+            break;
+        }
+        assert_eq!(r.status, 401, "attempt {attempt}: {}", r.body);
+    }
+    assert_eq!(refused_at, Some(7));
+
     // A ciphertext made through A opens through B, with its context.
     let ct = srv_a.post(
         "/v1/keys/prod/api-data/encrypt",
