@@ -180,6 +180,9 @@ pub enum SharedThrottleError {
     /// The store failed, or kept losing the compare-and-set race.
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// An entry could not be encoded for the store.
+    #[error("encode a throttle entry: {0}")]
+    Encode(#[from] serde_json::Error),
     /// Redis did not answer, or answered an error.
     #[error("redis {target}: {source}")]
     Redis {
@@ -247,8 +250,7 @@ impl StoreThrottle {
                 None => (Entry::default(), Expect::Absent),
             };
             let delay = entry.fail(cfg, free, now);
-            // An entry of three integers always encodes.
-            let value = serde_json::to_vec(&entry).unwrap_or_default();
+            let value = serde_json::to_vec(&entry)?;
             match self.store.put(NS_THROTTLE, key, &value, expect).await {
                 Ok(_) => return Ok(delay),
                 // Another attempt counted meanwhile: count on top of it.
