@@ -180,6 +180,14 @@ pub enum SharedThrottleError {
     /// The store failed, or kept losing the compare-and-set race.
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// Redis did not answer in time.
+    #[error("redis {target}: no answer within {} ms", after.as_millis())]
+    RedisTimeout {
+        /// `host:port/db`.
+        target: String,
+        /// How long the call waited.
+        after: Duration,
+    },
     /// An entry could not be encoded for the store.
     #[error("encode a throttle entry: {0}")]
     Encode(#[from] serde_json::Error),

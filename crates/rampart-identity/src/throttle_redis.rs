@@ -12,7 +12,9 @@
 //! deployment's identity pepper) of the account name or address: Redis
 //! never holds a submitted name.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 
@@ -53,6 +55,11 @@ for i, key in ipairs(KEYS) do
 end
 return longest
 ";
+
+/// Longest a login waits for Redis before this node's own counts decide:
+/// a Redis that stopped answering (rather than refusing connections) must
+/// not hold every login for the connection's own timeouts.
+const CALL_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The login throttle's shared counts in Redis.
 pub struct RedisThrottle {
@@ -100,20 +107,25 @@ impl RedisThrottle {
         format!("{}{key}", self.prefix)
     }
 
-    fn counted<T>(&self, r: Result<T, redis::RedisError>) -> Result<T, SharedThrottleError> {
-        match r {
-            Ok(v) => {
-                self.ok.fetch_add(1, Ordering::Relaxed);
-                Ok(v)
-            }
-            Err(source) => {
-                self.failed.fetch_add(1, Ordering::Relaxed);
-                Err(SharedThrottleError::Redis {
-                    target: self.target.clone(),
-                    source,
-                })
-            }
-        }
+    /// Runs one call to Redis within [`CALL_TIMEOUT`], counting how it went.
+    async fn counted<T>(
+        &self,
+        call: impl Future<Output = Result<T, redis::RedisError>>,
+    ) -> Result<T, SharedThrottleError> {
+        let r = match tokio::time::timeout(CALL_TIMEOUT, call).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(source)) => Err(SharedThrottleError::Redis {
+                target: self.target.clone(),
+                source,
+            }),
+            Err(_) => Err(SharedThrottleError::RedisTimeout {
+                target: self.target.clone(),
+                after: CALL_TIMEOUT,
+            }),
+        };
+        let count = if r.is_ok() { &self.ok } else { &self.failed };
+        count.fetch_add(1, Ordering::Relaxed);
+        r
     }
 }
 
@@ -125,7 +137,7 @@ impl SharedThrottle for RedisThrottle {
             pipe.hget(self.key(k), "b");
         }
         let mut conn = self.conn.clone();
-        let until: Vec<Option<u64>> = self.counted(pipe.query_async(&mut conn).await)?;
+        let until: Vec<Option<u64>> = self.counted(pipe.query_async(&mut conn)).await?;
         Ok(until
             .into_iter()
             .map(|b| b.unwrap_or(0).saturating_sub(now))
@@ -152,16 +164,14 @@ impl SharedThrottle for RedisThrottle {
         }
         let mut conn = self.conn.clone();
         // EVALSHA, loading the script first if Redis does not know it.
-        let delay: u64 = self.counted(call.invoke_async(&mut conn).await)?;
+        let delay: u64 = self.counted(call.invoke_async(&mut conn)).await?;
         Ok(delay)
     }
 
     async fn clear(&self, key: &str) -> Result<(), SharedThrottleError> {
         let mut conn = self.conn.clone();
-        let r: Result<(), _> = redis::cmd("DEL")
-            .arg(self.key(key))
-            .query_async(&mut conn)
-            .await;
-        self.counted(r)
+        let mut del = redis::cmd("DEL");
+        del.arg(self.key(key));
+        self.counted(del.query_async::<()>(&mut conn)).await
     }
 }

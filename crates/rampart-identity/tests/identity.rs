@@ -1722,27 +1722,66 @@ async fn login_failures_are_counted_across_nodes_sharing_redis() {
         .unwrap();
 }
 
-/// A TCP relay to Redis that can be cut, as a network failure would.
+/// A TCP relay to Redis that can stall (forward nothing more, as a Redis
+/// or network that stopped answering would) or be cut (as a refused
+/// connection would).
 struct Relay {
     addr: std::net::SocketAddr,
+    stalled: Arc<std::sync::atomic::AtomicBool>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// Copies `from` to `to` until either closes; bytes read while stalled are
+/// dropped, so no answer ever comes.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    stalled: Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if stalled.load(std::sync::atomic::Ordering::SeqCst) {
+            continue;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
 }
 
 impl Relay {
     async fn to(upstream: std::net::SocketAddr) -> Relay {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stalled.clone();
         let task = tokio::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
-            while let Ok((mut down, _)) = listener.accept().await {
-                conns.spawn(async move {
-                    if let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
-                    }
-                });
+            while let Ok((down, _)) = listener.accept().await {
+                let Ok(up) = tokio::net::TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let (down_r, down_w) = down.into_split();
+                let (up_r, up_w) = up.into_split();
+                conns.spawn(pump(down_r, up_w, flag.clone()));
+                conns.spawn(pump(up_r, down_w, flag.clone()));
             }
         });
-        Relay { addr, task }
+        Relay {
+            addr,
+            stalled,
+            task,
+        }
+    }
+
+    fn stall(&self) {
+        self.stalled
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Closes the listener and every relayed connection.
@@ -1750,6 +1789,63 @@ impl Relay {
         self.task.abort();
         let _ = self.task.await;
     }
+}
+
+/// A relay to the test Redis, and `url` rewritten to go through it.
+async fn relayed(url: &str) -> (Relay, String) {
+    let info = redis::IntoConnectionInfo::into_connection_info(url).unwrap();
+    let upstream = match info.addr() {
+        redis::ConnectionAddr::Tcp(host, port) => tokio::net::lookup_host((host.as_str(), *port))
+            .await
+            .unwrap()
+            .next()
+            .unwrap(),
+        other => panic!("RAMPART_TEST_REDIS_URL is not plain TCP: {other}"),
+    };
+    let relay = Relay::to(upstream).await;
+    let through = url.replacen(&upstream.to_string(), &relay.addr.to_string(), 1);
+    assert_ne!(through, url, "the URL names {upstream} literally");
+    (relay, through)
+}
+
+/// A Redis that stops answering holds each call for about a second, then
+/// this node's own counts decide.
+#[tokio::test]
+async fn login_throttling_decides_locally_when_redis_stops_answering() {
+    let Some(url) = redis_url() else { return };
+    let h = harness().await;
+    let (relay, through) = relayed(&url).await;
+    let shared = Arc::new(RedisThrottle::new(
+        redis_conn(&through).await,
+        "test".into(),
+        &redis_prefix(),
+    ));
+    let node = h
+        .open_again(cfg())
+        .await
+        .with_shared_throttle(shared.clone());
+    let bad = wrong_password("max");
+    for _ in 0..5 {
+        assert!(node.login(&bad, None).await.is_err());
+    }
+    relay.stall();
+    // The sixth failure: its check and its count each wait out the call
+    // timeout; this node's count imposes 1 s, and the next attempt is
+    // refused on it.
+    let started = std::time::Instant::now();
+    assert!(matches!(
+        node.login(&bad, None).await,
+        Err(IdentityError::InvalidCredentials)
+    ));
+    assert_eq!(throttled_for(node.login(&bad, None).await), 1);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(2900) && took < Duration::from_secs(6),
+        "{took:?}"
+    );
+    assert_eq!(node.throttle_fallbacks(), 3);
+    assert_eq!(shared.call_counts(), (10, 3));
+    relay.cut().await;
 }
 
 /// While Redis cannot be reached, each node's own counts throttle (so
@@ -1761,18 +1857,7 @@ async fn login_throttling_falls_back_to_the_node_while_redis_is_down() {
     let h = harness().await;
     h.user("max", &[Role::TeamMember], &["platform", "live"])
         .await;
-    let info = redis::IntoConnectionInfo::into_connection_info(url.as_str()).unwrap();
-    let upstream = match info.addr() {
-        redis::ConnectionAddr::Tcp(host, port) => tokio::net::lookup_host((host.as_str(), *port))
-            .await
-            .unwrap()
-            .next()
-            .unwrap(),
-        other => panic!("RAMPART_TEST_REDIS_URL is not plain TCP: {other}"),
-    };
-    let relay = Relay::to(upstream).await;
-    let relayed = url.replacen(&upstream.to_string(), &relay.addr.to_string(), 1);
-    assert_ne!(relayed, url, "the URL names {upstream} literally");
+    let (relay, relayed) = relayed(&url).await;
     let prefix = redis_prefix();
     let shared = Arc::new(RedisThrottle::new(
         redis_conn(&relayed).await,
