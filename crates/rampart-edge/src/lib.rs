@@ -75,4 +75,4 @@ pub use ratelimit::{CounterStore, MemoryStore, Rate, RateLimits};
 pub use server::{
     client_addr, parse_host, request_host, Edge, EdgeAddrs, EdgeBody, EdgeHandle, HSTS,
 };
-pub use shared_limits::{SharedCounters, SharedLimitsError, SharedLimitsOptions};
+pub use shared_limits::{connect_redis, SharedCounters, SharedLimitsError, SharedLimitsOptions};

@@ -170,6 +170,67 @@ fn lock(m: &Mutex<HashMap<String, Slot>>) -> std::sync::MutexGuard<'_, HashMap<S
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Connects to the Redis at `url` (`redis://` or `rediss://`, TLS checked
+/// against the CA file `tls_ca` if given, else the system's roots) and
+/// checks that it answers; returns the connection and `host:port/db`, for
+/// messages. The rate-limit buckets and the login throttle both use it.
+pub async fn connect_redis(
+    url: &Zeroizing<String>,
+    tls_ca: Option<&std::path::Path>,
+) -> Result<(ConnectionManager, String), SharedLimitsError> {
+    use redis::IntoConnectionInfo;
+    let info = url
+        .as_str()
+        .into_connection_info()
+        .map_err(|e| SharedLimitsError {
+            target: "(url)".into(),
+            // The parser's message does not quote the URL.
+            why: format!("the connection URL is not valid: {}", e.category()),
+        })?;
+    let target = describe(&info);
+    let fail = |e: redis::RedisError| SharedLimitsError {
+        target: target.clone(),
+        why: e.to_string(),
+    };
+    let tls = matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. });
+    let client = match tls_ca {
+        Some(ca) if tls => {
+            let pem = std::fs::read(ca).map_err(|e| SharedLimitsError {
+                target: target.clone(),
+                why: format!("{}: {e}", ca.display()),
+            })?;
+            redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                },
+            )
+            .map_err(fail)?
+        }
+        Some(_) => {
+            return Err(SharedLimitsError {
+                target,
+                why: "a CA file (tls_ca) needs a rediss:// URL".into(),
+            })
+        }
+        None => {
+            if !tls && !loopback(&info) {
+                tracing::warn!(target_addr = %target, "Redis connection without TLS: use a rediss:// URL unless the network is private");
+            }
+            redis::Client::open(info).map_err(fail)?
+        }
+    };
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(Duration::from_secs(5)))
+        .set_number_of_retries(2);
+    let conn = ConnectionManager::new_with_config(client, config)
+        .await
+        .map_err(fail)?;
+    Ok((conn, target))
+}
+
 impl SharedCounters {
     /// Connects, checks that Redis answers, and starts syncing every
     /// `sync_interval` on the current Tokio runtime (the task ends when the
@@ -178,57 +239,11 @@ impl SharedCounters {
         opts: SharedLimitsOptions,
         clock: SharedClock,
     ) -> Result<Arc<SharedCounters>, SharedLimitsError> {
-        use redis::IntoConnectionInfo;
-        let info = opts
-            .url
-            .as_str()
-            .into_connection_info()
-            .map_err(|e| SharedLimitsError {
-                target: "(url)".into(),
-                // The parser's message does not quote the URL.
-                why: format!("the connection URL is not valid: {}", e.category()),
-            })?;
-        let target = describe(&info);
+        let (mut conn, target) = connect_redis(&opts.url, opts.tls_ca.as_deref()).await?;
         let fail = |e: redis::RedisError| SharedLimitsError {
             target: target.clone(),
             why: e.to_string(),
         };
-        let tls = matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. });
-        let client = match &opts.tls_ca {
-            Some(ca) if tls => {
-                let pem = std::fs::read(ca).map_err(|e| SharedLimitsError {
-                    target: target.clone(),
-                    why: format!("{}: {e}", ca.display()),
-                })?;
-                redis::Client::build_with_tls(
-                    info,
-                    redis::TlsCertificates {
-                        client_tls: None,
-                        root_cert: Some(pem),
-                    },
-                )
-                .map_err(fail)?
-            }
-            Some(_) => {
-                return Err(SharedLimitsError {
-                    target,
-                    why: "a CA file (tls_ca) needs a rediss:// URL".into(),
-                })
-            }
-            None => {
-                if !tls && !loopback(&info) {
-                    tracing::warn!(target_addr = %target, "Redis connection without TLS: use a rediss:// URL unless the network is private");
-                }
-                redis::Client::open(info).map_err(fail)?
-            }
-        };
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_response_timeout(Some(Duration::from_secs(5)))
-            .set_number_of_retries(2);
-        let mut conn = ConnectionManager::new_with_config(client, config)
-            .await
-            .map_err(fail)?;
         let script = redis::Script::new(SCRIPT);
         script
             .prepare_invoke()

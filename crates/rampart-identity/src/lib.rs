@@ -61,6 +61,7 @@ pub mod policy;
 mod service;
 mod sessions;
 pub mod throttle;
+pub mod throttle_redis;
 pub mod token;
 pub mod totp;
 
@@ -73,7 +74,8 @@ pub use policy::{
 };
 pub use service::{Identity, IdentityConfig, NewUser, Team, User};
 pub use sessions::{ApiKeyInfo, LoginRequest, NewApiKey, PruneReport, Tokens, TotpEnrolment};
-pub use throttle::ThrottleConfig;
+pub use throttle::{SharedThrottle, SharedThrottleError, ThrottleConfig};
+pub use throttle_redis::RedisThrottle;
 
 /// Records an event and waits until it is durable. Identity's checks are
 /// synchronous, but they run inside the async server: on a multi-threaded

@@ -27,7 +27,7 @@ use crate::policy::{
     Authorizer, Policy, Principal, PrincipalKind, Role, Scope, Target, PLATFORM_ENV,
 };
 use crate::sessions::ApiKeyRecord;
-use crate::throttle::{Throttle, ThrottleConfig};
+use crate::throttle::{SharedThrottle, StoreThrottle, Throttle, ThrottleConfig};
 use crate::IdentityError;
 
 pub(crate) const NS_USERS: &str = "identity/users";
@@ -265,6 +265,11 @@ pub struct Identity {
     pub(crate) totp_key: DataKey,
     pub(crate) passwords: Passwords,
     pub(crate) throttle: Throttle,
+    /// Where the counts every node shares live (the store unless
+    /// [`Identity::with_shared_throttle`] says otherwise).
+    pub(crate) shared_throttle: Arc<dyn SharedThrottle>,
+    /// Times the shared counts failed and this node's own decided.
+    pub(crate) throttle_fallbacks: std::sync::atomic::AtomicU64,
     pub(crate) cache: RwLock<Cache>,
     pub(crate) signing: RwLock<Signing>,
     pub(crate) revoked: RwLock<HashMap<String, u64>>,
@@ -361,6 +366,10 @@ impl Identity {
         let signing = load_signing(store.as_ref(), &keyring, clock.unix_secs()).await?;
         let id = Identity {
             throttle: Throttle::new(cfg.throttle),
+            shared_throttle: Arc::new(StoreThrottle {
+                store: store.clone(),
+            }),
+            throttle_fallbacks: std::sync::atomic::AtomicU64::new(0),
             store,
             clock,
             cfg,
@@ -480,6 +489,13 @@ impl Identity {
     /// The authorisation check, to hand to every plane and the edge.
     pub fn authorizer(&self) -> &Authorizer {
         &self.authz
+    }
+
+    /// Keeps the login throttle's shared counts in `shared` (Redis, when
+    /// `[redis]` is configured) rather than the store.
+    pub fn with_shared_throttle(mut self, shared: Arc<dyn SharedThrottle>) -> Identity {
+        self.shared_throttle = shared;
+        self
     }
 
     /// The configuration in force.

@@ -6,14 +6,18 @@
 //! `Retry-After`. Accounts are keyed by the name submitted, known or not, so
 //! throttling reveals nothing about which accounts exist.
 //!
-//! The identity plane keeps the counts in its store (under keyed hashes of
-//! the account names and addresses), so every node sharing a store sees
-//! the failures made through any of them and a restart forgets nothing;
-//! the prune job drops idle entries. [`Throttle`] is the same logic in
-//! memory, per node, bounded in size: always kept up to date, it decides
-//! alone while the store cannot be reached, so throttling never turns off.
+//! The counts every node shares sit behind [`SharedThrottle`], under keyed
+//! hashes of the account names and addresses: by default records in the
+//! identity plane's store (so nodes sharing a store see the failures made
+//! through any of them, and a restart forgets nothing; the prune job drops
+//! idle entries), or Redis when `[redis]` is configured
+//! ([`crate::RedisThrottle`]: one atomic script per failure, keys that
+//! expire on their own). [`Throttle`] is the same logic in memory, per
+//! node, bounded in size: always kept up to date, it decides alone while
+//! the shared counts cannot be reached, so throttling never turns off.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -169,10 +173,150 @@ pub(crate) const NS_THROTTLE: &str = "identity/throttle";
 /// Rounds of compare-and-set before a failure is counted locally only.
 const CAS_ROUNDS: usize = 8;
 
-/// The shared counts, kept in the identity plane's store.
+/// Why the shared counts could not be read or written. The throttle then
+/// decides from this node's own counts.
+#[derive(Debug, thiserror::Error)]
+pub enum SharedThrottleError {
+    /// The store failed, or kept losing the compare-and-set race.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// Redis did not answer in time.
+    #[error("redis {target}: no answer within {} ms", after.as_millis())]
+    RedisTimeout {
+        /// `host:port/db`.
+        target: String,
+        /// How long the call waited.
+        after: Duration,
+    },
+    /// An entry could not be encoded for the store.
+    #[error("encode a throttle entry: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// Redis did not answer, or answered an error.
+    #[error("redis {target}: {source}")]
+    Redis {
+        /// `host:port/db` (never the password).
+        target: String,
+        /// What the client reported.
+        #[source]
+        source: redis::RedisError,
+    },
+}
+
+/// Where the counts that every node shares live: the store (the default)
+/// or Redis ([`crate::RedisThrottle`]). Keys are already keyed hashes of
+/// the account names and addresses; time is the identity plane's clock,
+/// passed in, so every node counts on the same scale as its own fallback.
+#[async_trait::async_trait]
+pub trait SharedThrottle: Send + Sync + std::fmt::Debug {
+    /// Seconds still to wait at `now`, the longest over `keys`.
+    async fn wait(&self, keys: &[String], now: u64) -> Result<u64, SharedThrottleError>;
+
+    /// Counts one failure at `now` on each key (with its number of free
+    /// failures), atomically per key; returns the longest delay imposed,
+    /// in seconds (0 for none).
+    async fn fail(
+        &self,
+        keys: &[(String, u32)],
+        cfg: &ThrottleConfig,
+        now: u64,
+    ) -> Result<u64, SharedThrottleError>;
+
+    /// Forgets a key's failures.
+    async fn clear(&self, key: &str) -> Result<(), SharedThrottleError>;
+}
+
+/// The shared counts as records in the identity plane's store, under
+/// compare-and-set.
+#[derive(Debug)]
+pub(crate) struct StoreThrottle {
+    pub(crate) store: std::sync::Arc<dyn rampart_store::Store>,
+}
+
+impl StoreThrottle {
+    async fn entry(&self, key: &str) -> Result<Option<Entry>, SharedThrottleError> {
+        let Some(e) = self.store.get(NS_THROTTLE, key).await? else {
+            return Ok(None);
+        };
+        // An unreadable entry counts as none; the next failure rewrites it.
+        Ok(serde_json::from_slice::<Entry>(&e.value).ok())
+    }
+
+    async fn fail_one(
+        &self,
+        key: &str,
+        cfg: &ThrottleConfig,
+        free: u32,
+        now: u64,
+    ) -> Result<u64, SharedThrottleError> {
+        for _ in 0..CAS_ROUNDS {
+            let current = self.store.get(NS_THROTTLE, key).await?;
+            let (mut entry, expect) = match &current {
+                Some(e) => (
+                    serde_json::from_slice::<Entry>(&e.value).unwrap_or_default(),
+                    Expect::Version(e.version),
+                ),
+                None => (Entry::default(), Expect::Absent),
+            };
+            let delay = entry.fail(cfg, free, now);
+            let value = serde_json::to_vec(&entry)?;
+            match self.store.put(NS_THROTTLE, key, &value, expect).await {
+                Ok(_) => return Ok(delay),
+                // Another attempt counted meanwhile: count on top of it.
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StoreError::Conflict {
+            ns: NS_THROTTLE.into(),
+            key: key.into(),
+        }
+        .into())
+    }
+}
+
+#[async_trait::async_trait]
+impl SharedThrottle for StoreThrottle {
+    async fn wait(&self, keys: &[String], now: u64) -> Result<u64, SharedThrottleError> {
+        let mut wait = 0;
+        for k in keys {
+            wait = wait.max(self.entry(k).await?.map_or(0, |e| e.wait(now)));
+        }
+        Ok(wait)
+    }
+
+    async fn fail(
+        &self,
+        keys: &[(String, u32)],
+        cfg: &ThrottleConfig,
+        now: u64,
+    ) -> Result<u64, SharedThrottleError> {
+        let mut delay = 0;
+        for (k, free) in keys {
+            delay = delay.max(self.fail_one(k, cfg, *free, now).await?);
+        }
+        Ok(delay)
+    }
+
+    async fn clear(&self, key: &str) -> Result<(), SharedThrottleError> {
+        self.store.delete(NS_THROTTLE, key, Expect::Any).await?;
+        Ok(())
+    }
+}
+
+/// Logs a fallback to the node's own counts: the first, then every 100th,
+/// so that an outage does not flood the log.
+fn fallback(count: &AtomicU64, what: &str, e: &SharedThrottleError) {
+    let n = count.fetch_add(1, Ordering::Relaxed) + 1;
+    if n == 1 || n.is_multiple_of(100) {
+        tracing::warn!(error = %e, fallbacks = n, "login throttle: {what}; this node's own counts decide");
+    }
+}
+
+/// The throttle as the identity plane runs it: the shared counts decide,
+/// this node's own (always kept up to date) while they cannot be had.
 impl Identity {
     /// How long an attempt for `account` from `source` must wait: from the
-    /// counts all nodes share, or this node's own while the store fails.
+    /// counts all nodes share, or this node's own while those fail.
     pub(crate) async fn throttle_check(
         &self,
         account: &str,
@@ -181,20 +325,25 @@ impl Identity {
     ) -> Option<Duration> {
         let local = self.throttle.check(account, source, now);
         let (a, s) = Throttle::keys(account, source);
-        let mut wait = 0;
-        for k in std::iter::once(a).chain(s) {
-            match self.shared_entry(&k).await {
-                Ok(e) => wait = wait.max(e.map_or(0, |(e, _)| e.wait(now))),
-                Err(e) => {
-                    tracing::warn!(error = %e, "login throttle: the store did not answer; this node's counts decide");
-                    return local;
-                }
+        let keys: Vec<String> = std::iter::once(a)
+            .chain(s)
+            .map(|k| self.throttle_key(&k))
+            .collect();
+        match self.shared_throttle.wait(&keys, now).await {
+            Ok(w) => (w > 0).then(|| Duration::from_secs(w)),
+            Err(e) => {
+                fallback(
+                    &self.throttle_fallbacks,
+                    "the shared counts did not answer",
+                    &e,
+                );
+                local
             }
         }
-        (wait > 0).then(|| Duration::from_secs(wait))
     }
 
-    /// Counts a failure, here and in the store; returns the delay imposed.
+    /// Counts a failure, here and in the shared counts; returns the delay
+    /// imposed.
     pub(crate) async fn throttle_failure(
         &self,
         account: &str,
@@ -204,36 +353,39 @@ impl Identity {
         let local = self.throttle.failure(account, source, now);
         let cfg = *self.throttle.config();
         let (a, s) = Throttle::keys(account, source);
-        let mut delay = 0;
-        let keys = std::iter::once((a, cfg.free_failures_per_account))
-            .chain(s.map(|s| (s, cfg.free_failures_per_source)));
-        for (k, free) in keys {
-            match self.shared_fail(&k, &cfg, free, now).await {
-                Ok(d) => delay = delay.max(d),
-                Err(e) => {
-                    tracing::warn!(error = %e, "login throttle: the store did not take a failure; this node's counts decide");
-                    return local;
-                }
+        let keys: Vec<(String, u32)> = std::iter::once((a, cfg.free_failures_per_account))
+            .chain(s.map(|s| (s, cfg.free_failures_per_source)))
+            .map(|(k, free)| (self.throttle_key(&k), free))
+            .collect();
+        match self.shared_throttle.fail(&keys, &cfg, now).await {
+            Ok(d) => (d > 0).then(|| Duration::from_secs(d)),
+            Err(e) => {
+                fallback(
+                    &self.throttle_fallbacks,
+                    "the shared counts did not take a failure",
+                    &e,
+                );
+                local
             }
         }
-        (delay > 0).then(|| Duration::from_secs(delay))
     }
 
     /// Clears the account's failures after a successful login, here and in
-    /// the store (the source's count stands).
+    /// the shared counts (the source's count stands).
     pub(crate) async fn throttle_success(&self, account: &str) {
         self.throttle.success(account);
         let (a, _) = Throttle::keys(account, None);
-        if let Err(e) = self
-            .store
-            .delete(NS_THROTTLE, &self.throttle_key(&a), Expect::Any)
-            .await
-        {
-            tracing::warn!(error = %e, "login throttle: the store did not clear an account's failures");
+        if let Err(e) = self.shared_throttle.clear(&self.throttle_key(&a)).await {
+            fallback(
+                &self.throttle_fallbacks,
+                "the shared counts did not clear an account's failures",
+                &e,
+            );
         }
     }
 
-    /// Deletes the shared entries that no longer matter; returns how many.
+    /// Deletes the store's entries that no longer matter; returns how many.
+    /// (Redis forgets its own: each key expires.)
     pub(crate) async fn prune_throttle(&self, now: u64) -> Result<usize, IdentityError> {
         let cfg = *self.throttle.config();
         let mut gone = 0;
@@ -255,56 +407,16 @@ impl Identity {
         Ok(gone)
     }
 
-    /// The store key of an entry: a keyed hash, so the store holds no
-    /// submitted account names or addresses.
+    /// The shared key of an entry: a keyed hash under the deployment's
+    /// pepper, so neither the store nor Redis holds submitted account
+    /// names or addresses.
     fn throttle_key(&self, key: &str) -> String {
         self.peppered("throttle", key.as_bytes())
     }
 
-    async fn shared_entry(&self, key: &str) -> Result<Option<(Entry, u64)>, IdentityError> {
-        let Some(e) = self.store.get(NS_THROTTLE, &self.throttle_key(key)).await? else {
-            return Ok(None);
-        };
-        // An unreadable entry counts as none; the next failure rewrites it.
-        Ok(serde_json::from_slice::<Entry>(&e.value)
-            .ok()
-            .map(|t| (t, e.version)))
-    }
-
-    async fn shared_fail(
-        &self,
-        key: &str,
-        cfg: &ThrottleConfig,
-        free: u32,
-        now: u64,
-    ) -> Result<u64, IdentityError> {
-        let store_key = self.throttle_key(key);
-        for _ in 0..CAS_ROUNDS {
-            let current = self.store.get(NS_THROTTLE, &store_key).await?;
-            let (mut entry, expect) = match &current {
-                Some(e) => (
-                    serde_json::from_slice::<Entry>(&e.value).unwrap_or_default(),
-                    Expect::Version(e.version),
-                ),
-                None => (Entry::default(), Expect::Absent),
-            };
-            let delay = entry.fail(cfg, free, now);
-            let value = crate::service::to_json(&entry)?;
-            match self
-                .store
-                .put(NS_THROTTLE, &store_key, &value, expect)
-                .await
-            {
-                Ok(_) => return Ok(delay),
-                // Another attempt counted meanwhile: count on top of it.
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(IdentityError::Store(StoreError::Conflict {
-            ns: NS_THROTTLE.into(),
-            key: store_key,
-        }))
+    /// Times the shared counts did not answer and this node's own decided.
+    pub fn throttle_fallbacks(&self) -> u64 {
+        self.throttle_fallbacks.load(Ordering::Relaxed)
     }
 }
 
@@ -342,5 +454,44 @@ mod tests {
         assert!(t.failure("user99", Some("9.9.9.9"), 5).is_some());
         assert!(t.check("fresh", Some("9.9.9.9"), 5).is_some());
         assert!(t.check("fresh", Some("8.8.8.8"), 5).is_none());
+    }
+
+    fn store_throttle() -> StoreThrottle {
+        let clock: rampart_core::SharedClock =
+            std::sync::Arc::new(rampart_core::ManualClock::at_unix_secs(1_000));
+        StoreThrottle {
+            store: std::sync::Arc::new(rampart_store::SqliteStore::in_memory(clock).unwrap()),
+        }
+    }
+
+    /// The store backend counts as the in-memory throttle does, per key,
+    /// answering the longest delay and wait over its keys.
+    #[tokio::test]
+    async fn store_backend_counts_each_key_with_its_free_failures() {
+        let shared = store_throttle();
+        let cfg = ThrottleConfig {
+            free_failures_per_account: 2,
+            free_failures_per_source: 3,
+            ..ThrottleConfig::default()
+        };
+        let keys = [("acct".to_string(), 2), ("addr".to_string(), 3)];
+        let names = ["acct".to_string(), "addr".to_string()];
+        let mut delays = vec![];
+        for _ in 0..5 {
+            delays.push(shared.fail(&keys, &cfg, 100).await.unwrap());
+        }
+        // The account's third failure costs 1 s, then 2, then 4; the
+        // source's fourth 1 s, then 2: the longest counts.
+        assert_eq!(delays, [0, 0, 1, 2, 4]);
+        assert_eq!(shared.wait(&names, 100).await.unwrap(), 4);
+        assert_eq!(shared.wait(&names, 103).await.unwrap(), 1);
+        assert_eq!(shared.wait(&names[1..], 100).await.unwrap(), 2);
+        // Clearing the account leaves the source's count.
+        shared.clear("acct").await.unwrap();
+        assert_eq!(shared.wait(&names, 100).await.unwrap(), 2);
+        assert_eq!(shared.fail(&keys, &cfg, 100).await.unwrap(), 4);
+        // Past forget_after, both start again.
+        let later = 100 + cfg.forget_after_secs + 1;
+        assert_eq!(shared.fail(&keys, &cfg, later).await.unwrap(), 0);
     }
 }

@@ -1552,3 +1552,426 @@ async fn login_throttling_falls_back_to_the_node_while_the_store_fails() {
         .unwrap()
         .is_empty());
 }
+
+// --- The login throttle's shared counts in Redis -------------------------
+//
+// Against a real Redis server (`RAMPART_TEST_REDIS_URL`, which
+// `scripts/test` provides through `scripts/with-redis`); skipped without.
+
+fn redis_url() -> Option<String> {
+    match std::env::var("RAMPART_TEST_REDIS_URL") {
+        Ok(u) => Some(u),
+        Err(_) => {
+            println!("SKIP: RAMPART_TEST_REDIS_URL is not set; run under scripts/with-redis");
+            None
+        }
+    }
+}
+
+/// A key prefix no other test run uses.
+fn redis_prefix() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    format!("rampart-test:{:016x}:", h.finish())
+}
+
+async fn redis_conn(url: &str) -> redis::aio::ConnectionManager {
+    let client = redis::Client::open(url).unwrap();
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(2)))
+        .set_number_of_retries(1);
+    redis::aio::ConnectionManager::new_with_config(client, config)
+        .await
+        .unwrap()
+}
+
+/// A node of the harness's deployment whose throttle counts in Redis.
+async fn redis_node(h: &H, conn: redis::aio::ConnectionManager, prefix: &str) -> Arc<Identity> {
+    let shared = Arc::new(RedisThrottle::new(conn, "test".into(), prefix));
+    Arc::new(h.open_again(cfg()).await.with_shared_throttle(shared))
+}
+
+fn wrong_password(name: &str) -> LoginRequest {
+    LoginRequest {
+        username: name.into(),
+        password: "wrong password!".into(),
+        totp: None,
+    }
+}
+
+fn throttled_for(r: Result<Tokens, IdentityError>) -> u64 {
+    match r {
+        Err(IdentityError::Throttled { retry_after }) => retry_after.as_secs(),
+        r => panic!("expected a throttled login: {r:?}"),
+    }
+}
+
+/// Two nodes sharing one Redis: failures through A make B refuse with the
+/// same delay, the delay doubles whichever node counts the next failure, a
+/// success clears the account on both, Redis holds no account names or
+/// addresses and its keys expire; once `forget_after` has passed, failures
+/// count from zero again.
+#[tokio::test]
+async fn login_failures_are_counted_across_nodes_sharing_redis() {
+    let Some(url) = redis_url() else { return };
+    let h = harness().await;
+    h.user("max", &[Role::TeamMember], &["platform", "live"])
+        .await;
+    let prefix = redis_prefix();
+    let mut conn = redis_conn(&url).await;
+    let a = redis_node(&h, conn.clone(), &prefix).await;
+    let b = redis_node(&h, conn.clone(), &prefix).await;
+    let bad = wrong_password("max");
+
+    // Six failures, all through A: five free, the sixth imposes 1 s, which
+    // B (which has counted nothing itself) enforces.
+    for _ in 0..6 {
+        assert!(matches!(
+            a.login(&bad, Some("198.51.100.7")).await,
+            Err(IdentityError::InvalidCredentials)
+        ));
+    }
+    assert_eq!(throttled_for(b.login(&bad, Some("203.0.113.9")).await), 1);
+    // Account names are keyed by the name submitted, whatever its case.
+    let upper = wrong_password("MAX");
+    assert_eq!(throttled_for(b.login(&upper, None).await), 1);
+    // The next failure, on B, doubles it for A.
+    h.advance(1);
+    assert!(matches!(
+        b.login(&bad, None).await,
+        Err(IdentityError::InvalidCredentials)
+    ));
+    assert_eq!(throttled_for(a.login(&bad, None).await), 2);
+    // An account that does not exist is throttled the same way.
+    for _ in 0..6 {
+        assert!(matches!(
+            a.login(&wrong_password("nobody"), None).await,
+            Err(IdentityError::InvalidCredentials)
+        ));
+    }
+    assert_eq!(
+        throttled_for(b.login(&wrong_password("nobody"), None).await),
+        1
+    );
+
+    // Redis holds keyed hashes under the prefix, never the names or the
+    // address, and every key expires.
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 3, "max, nobody, 198.51.100.7: {keys:?}");
+    for k in &keys {
+        assert!(k.starts_with(&format!("{prefix}login-throttle:")), "{k}");
+        let fields: Vec<String> = redis::cmd("HGETALL")
+            .arg(k)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let text = format!("{k} {fields:?}");
+        for clear in ["max", "nobody", "198.51.100.7"] {
+            assert!(!text.contains(clear), "{text}");
+        }
+        let ttl: i64 = redis::cmd("TTL")
+            .arg(k)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!((1..=3601).contains(&ttl), "{k}: TTL {ttl}");
+    }
+
+    // A success through A clears the account on B: its next failure is
+    // free again.
+    h.advance(2);
+    let good = LoginRequest {
+        username: "max".into(),
+        password: PASSWORD.into(),
+        totp: None,
+    };
+    assert!(a.login(&good, None).await.is_ok());
+    assert!(matches!(
+        b.login(&bad, None).await,
+        Err(IdentityError::InvalidCredentials)
+    ));
+
+    // "nobody" has seven failures, the last doubling its delay; an hour
+    // later they are forgotten, so five more are free again.
+    assert!(matches!(
+        b.login(&wrong_password("nobody"), None).await,
+        Err(IdentityError::InvalidCredentials)
+    ));
+    assert_eq!(
+        throttled_for(a.login(&wrong_password("nobody"), None).await),
+        2
+    );
+    h.advance(3601);
+    for node in [&a, &b, &a, &b, &a] {
+        assert!(matches!(
+            node.login(&wrong_password("nobody"), None).await,
+            Err(IdentityError::InvalidCredentials)
+        ));
+    }
+    assert_eq!(a.throttle_fallbacks() + b.throttle_fallbacks(), 0);
+    let _: () = redis::cmd("DEL")
+        .arg(keys)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
+
+/// A TCP relay to Redis that can stall (forward nothing more, as a Redis
+/// or network that stopped answering would) or be cut (as a refused
+/// connection would).
+struct Relay {
+    addr: std::net::SocketAddr,
+    stalled: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Copies `from` to `to` until either closes; bytes read while stalled are
+/// dropped, so no answer ever comes.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    stalled: Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if stalled.load(std::sync::atomic::Ordering::SeqCst) {
+            continue;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+impl Relay {
+    async fn to(upstream: std::net::SocketAddr) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stalled.clone();
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((down, _)) = listener.accept().await {
+                let Ok(up) = tokio::net::TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let (down_r, down_w) = down.into_split();
+                let (up_r, up_w) = up.into_split();
+                conns.spawn(pump(down_r, up_w, flag.clone()));
+                conns.spawn(pump(up_r, down_w, flag.clone()));
+            }
+        });
+        Relay {
+            addr,
+            stalled,
+            task,
+        }
+    }
+
+    fn stall(&self) {
+        self.stalled
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Closes the listener and every relayed connection.
+    async fn cut(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+/// A relay to the test Redis, and `url` rewritten to go through it.
+async fn relayed(url: &str) -> (Relay, String) {
+    let info = redis::IntoConnectionInfo::into_connection_info(url).unwrap();
+    let upstream = match info.addr() {
+        redis::ConnectionAddr::Tcp(host, port) => tokio::net::lookup_host((host.as_str(), *port))
+            .await
+            .unwrap()
+            .next()
+            .unwrap(),
+        other => panic!("RAMPART_TEST_REDIS_URL is not plain TCP: {other}"),
+    };
+    let relay = Relay::to(upstream).await;
+    let through = url.replacen(&upstream.to_string(), &relay.addr.to_string(), 1);
+    assert_ne!(through, url, "the URL names {upstream} literally");
+    (relay, through)
+}
+
+/// A Redis that stops answering holds each call for about a second, then
+/// this node's own counts decide.
+#[tokio::test]
+async fn login_throttling_decides_locally_when_redis_stops_answering() {
+    let Some(url) = redis_url() else { return };
+    let h = harness().await;
+    let (relay, through) = relayed(&url).await;
+    let shared = Arc::new(RedisThrottle::new(
+        redis_conn(&through).await,
+        "test".into(),
+        &redis_prefix(),
+    ));
+    let node = h
+        .open_again(cfg())
+        .await
+        .with_shared_throttle(shared.clone());
+    let bad = wrong_password("max");
+    for _ in 0..5 {
+        assert!(node.login(&bad, None).await.is_err());
+    }
+    relay.stall();
+    // The sixth failure: its check and its count each wait out the call
+    // timeout; this node's count imposes 1 s, and the next attempt is
+    // refused on it.
+    let started = std::time::Instant::now();
+    assert!(matches!(
+        node.login(&bad, None).await,
+        Err(IdentityError::InvalidCredentials)
+    ));
+    assert_eq!(throttled_for(node.login(&bad, None).await), 1);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(2900) && took < Duration::from_secs(6),
+        "{took:?}"
+    );
+    assert_eq!(node.throttle_fallbacks(), 3);
+    assert_eq!(shared.call_counts(), (10, 3));
+    relay.cut().await;
+}
+
+/// While Redis cannot be reached, each node's own counts throttle (so
+/// throttling never turns off), the calls that failed are counted, and
+/// the failures are not in Redis.
+#[tokio::test]
+async fn login_throttling_falls_back_to_the_node_while_redis_is_down() {
+    let Some(url) = redis_url() else { return };
+    let h = harness().await;
+    h.user("max", &[Role::TeamMember], &["platform", "live"])
+        .await;
+    let (relay, relayed) = relayed(&url).await;
+    let prefix = redis_prefix();
+    let shared = Arc::new(RedisThrottle::new(
+        redis_conn(&relayed).await,
+        "test".into(),
+        &prefix,
+    ));
+    let node = h
+        .open_again(cfg())
+        .await
+        .with_shared_throttle(shared.clone());
+    let bad = wrong_password("max");
+    // Two failures counted in Redis, then Redis goes away.
+    for _ in 0..2 {
+        assert!(node.login(&bad, None).await.is_err());
+    }
+    let (ok_before, failed_before) = shared.call_counts();
+    assert!(ok_before >= 4, "{ok_before}");
+    assert_eq!(failed_before, 0);
+    relay.cut().await;
+    // Four more failures: this node's own count reaches six, the sixth
+    // imposing 1 s, so the next attempt is refused.
+    for _ in 0..4 {
+        assert!(matches!(
+            node.login(&bad, None).await,
+            Err(IdentityError::InvalidCredentials)
+        ));
+    }
+    assert_eq!(throttled_for(node.login(&bad, None).await), 1);
+    assert!(
+        node.throttle_fallbacks() >= 9,
+        "{}",
+        node.throttle_fallbacks()
+    );
+    let (_, failed) = shared.call_counts();
+    assert!(failed >= 9, "{failed}");
+    // Redis saw only the two failures made before it went away.
+    let mut conn = redis_conn(&url).await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let f: u32 = redis::cmd("HGET")
+        .arg(&keys[0])
+        .arg("f")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(f, 2);
+    let _: () = redis::cmd("DEL")
+        .arg(keys)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
+
+/// The Redis script counts exactly as the in-memory throttle does: the
+/// same delays over a schedule of failures with short and long gaps (some
+/// past `forget_after`), for the free failures of an account and of a
+/// source.
+#[tokio::test]
+async fn redis_script_counts_as_the_in_memory_throttle_does() {
+    let Some(url) = redis_url() else { return };
+    let prefix = redis_prefix();
+    let mut conn = redis_conn(&url).await;
+    let redis_throttle = RedisThrottle::new(conn.clone(), "test".into(), &prefix);
+    let cfg = ThrottleConfig {
+        forget_after_secs: 50,
+        max_delay_secs: 40,
+        ..ThrottleConfig::default()
+    };
+    let memory = throttle::Throttle::new(cfg);
+    let mut now = T0;
+    // A fixed pseudo-random walk: mostly small steps, now and then a gap.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in 0..300 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        now += match x % 10 {
+            0 => 51 + x % 30,
+            1..=3 => 0,
+            _ => x % 9,
+        };
+        let free = cfg.free_failures_per_source;
+        let expected = memory
+            .failure("acct", Some("addr"), now)
+            .map_or(0, |d| d.as_secs());
+        let got = redis_throttle
+            .fail(
+                &[
+                    ("acct".into(), cfg.free_failures_per_account),
+                    ("addr".into(), free),
+                ],
+                &cfg,
+                now,
+            )
+            .await
+            .unwrap();
+        assert_eq!(got, expected, "failure {i} at {now}");
+        let expected_wait = memory
+            .check("acct", Some("addr"), now)
+            .map_or(0, |d| d.as_secs());
+        let wait = redis_throttle
+            .wait(&["acct".into(), "addr".into()], now)
+            .await
+            .unwrap();
+        assert_eq!(wait, expected_wait, "wait after failure {i} at {now}");
+    }
+    let _: () = redis::cmd("DEL")
+        .arg(format!("{prefix}login-throttle:acct"))
+        .arg(format!("{prefix}login-throttle:addr"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}

@@ -11,7 +11,7 @@ use rampart_audit::{Audit, AuditKeys, AuditOptions, OpenReport, RetentionPolicy,
 use rampart_config::Config;
 use rampart_core::SharedClock;
 use rampart_crypto::{random_array, SecretBytes};
-use rampart_identity::{Identity, IdentityConfig, PasswordParams, ThrottleConfig};
+use rampart_identity::{Identity, IdentityConfig, PasswordParams, RedisThrottle, ThrottleConfig};
 use rampart_keys::policy::{Effect, Statement};
 use rampart_keys::{Auditor, KeyService, KeySpec, Policies};
 use rampart_secrets::SecretService;
@@ -145,23 +145,37 @@ pub fn identity_config(config: &Config) -> IdentityConfig {
 }
 
 /// Opens the identity plane (after the audit log, which it writes to).
-/// A role name other than the four identity knows is fatal here.
+/// A role name other than the four identity knows is fatal here. With
+/// `[redis]`, the login throttle's shared counts live in Redis (returned
+/// too, for `/metrics`); without, in the store.
 pub async fn open_identity(
     keyring: Arc<Keyring>,
     audit: Arc<Audit>,
     config: &Config,
     clock: SharedClock,
-) -> Result<Arc<Identity>, CliError> {
+) -> Result<(Arc<Identity>, Option<Arc<RedisThrottle>>), CliError> {
     let store = keyring.store().clone();
-    Identity::open(store, keyring, audit, clock, identity_config(config))
+    let identity = Identity::open(store, keyring, audit, clock, identity_config(config))
         .await
-        .map(Arc::new)
         .map_err(|e| match e {
             rampart_identity::IdentityError::Config(m) => CliError::Input(format!(
                 "identity plane: {m} (roles are admin, team_admin, team_member, individual)"
             )),
             other => CliError::Runtime(format!("identity plane: {other}")),
-        })
+        })?;
+    let Some(r) = &config.redis else {
+        return Ok((Arc::new(identity), None));
+    };
+    let url = crate::node::url_from_env(&r.url_env, "the Redis URL", "[redis] url_env")?;
+    let (conn, target) = rampart_edge::connect_redis(&url, r.tls_ca.as_deref())
+        .await
+        .map_err(|e| CliError::Input(format!("login throttle: {e}")))?;
+    let shared = Arc::new(RedisThrottle::new(conn, target, &r.key_prefix));
+    println!("login throttle: counts shared through Redis");
+    Ok((
+        Arc::new(identity.with_shared_throttle(shared.clone())),
+        Some(shared),
+    ))
 }
 
 /// The statement every environment starts with: the platform admin may do

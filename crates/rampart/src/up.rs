@@ -62,12 +62,15 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
     let verifier = Verifier::new(&node.keyring, clock.clone()).await?;
     let (audit, audit_report) =
         planes::open_audit(&node.keyring, &dir, &config, clock.clone()).await?;
-    let identity =
+    let (identity, login_throttle) =
         planes::open_identity(node.keyring.clone(), audit.clone(), &config, clock.clone()).await?;
     let running =
         planes::start(node.keyring.clone(), audit.clone(), &config, clock.clone()).await?;
     let metrics = Arc::new(Metrics::new(clock.unix_secs()));
     metrics.set_audit(audit.clone(), &audit_report);
+    if let Some(t) = login_throttle {
+        metrics.set_login_throttle(t);
+    }
     let edge = edge::start(
         &config,
         metrics.clone(),

@@ -271,3 +271,93 @@ fn two_nodes_share_one_postgres_store() {
     let (sb, _) = srv_b.terminate();
     assert!(sa.success() && sb.success());
 }
+
+/// Two nodes on one PostgreSQL store and one Redis (`[redis]`, so the login
+/// throttle counts there): failed logins spread over both nodes are
+/// counted once, so the seventh is refused with 429 and the sixth's delay
+/// as Retry-After whichever node it reaches, and each node's `/metrics` shows its calls to
+/// Redis. Runs when both `RAMPART_TEST_PG_URL` and `RAMPART_TEST_REDIS_URL`
+/// name a server (`scripts/test` starts both).
+#[test]
+fn two_nodes_throttle_logins_through_redis() {
+    let Ok(redis_url) = std::env::var("RAMPART_TEST_REDIS_URL") else {
+        println!("SKIP: RAMPART_TEST_REDIS_URL is not set; run under scripts/with-redis");
+        return;
+    };
+    let Some(db) = util::fresh_pg_database() else {
+        return;
+    };
+    let prefix = format!("e2e-throttle-{}:", std::process::id());
+    let (a, b) = (Rampart::new(), Rampart::new());
+    for (r, name) in [(&a, "node-a"), (&b, "node-b")] {
+        let with_redis = format!(
+            "{}\n[redis]\nurl_env = \"THROTTLE_REDIS_URL\"\nkey_prefix = \"{prefix}\"\n\n\
+             [identity.throttle]\nbase_delay_seconds = 30\n",
+            config(name)
+        );
+        std::fs::write(r.path("rampart.toml"), with_redis).unwrap();
+    }
+    let init = |r: &Rampart, root_key: Option<&str>| {
+        let mut c = r.cmd(&["init", "--config", "rampart.toml", "--data-dir", "data"]);
+        c.env("RAMPART_DATABASE_URL", &db);
+        if let Some(k) = root_key {
+            c.env("RAMPART_ROOT_KEY", k);
+        }
+        c.output().unwrap()
+    };
+    let out = init(&a, None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let root_key = std::fs::read_to_string(a.path("data/root.key")).unwrap();
+    let out = init(&b, Some(root_key.trim()));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let up = |r: &Rampart, control: &str| {
+        let mut c = r.cmd(&[]);
+        c.env("RAMPART_DATABASE_URL", &db);
+        c.env("THROTTLE_REDIS_URL", &redis_url);
+        r.up_with(
+            c,
+            &[
+                "--config",
+                "rampart.toml",
+                "--data-dir",
+                "data",
+                "--control-listen",
+                control,
+            ],
+        )
+    };
+    let (srv_a, srv_b) = (up(&a, "127.0.0.1:0"), up(&b, "127.0.0.2:0"));
+
+    let mut refused_at = None;
+    for attempt in 1..=7 {
+        let srv = if attempt % 2 == 1 { &srv_a } else { &srv_b };
+        let r = srv.post(
+            "/v1/auth/login",
+            None,
+            json!({"username": "mallory", "password": "guessing-password-1"}),
+        );
+        if r.status == 429 {
+            // 30 s from the sixth failure (a second may have ticked since).
+            let wait = r.retry_after.as_deref().and_then(|w| w.parse::<u64>().ok());
+            assert!(matches!(wait, Some(29 | 30)), "{wait:?}: {}", r.body);
+            refused_at = Some(attempt);
+            break;
+        }
+        assert_eq!(r.status, 401, "attempt {attempt}: {}", r.body);
+    }
+    assert_eq!(refused_at, Some(7));
+
+    for srv in [&srv_a, &srv_b] {
+        let metrics = srv.get("/metrics", None).body;
+        let calls = |result: &str| {
+            let line = format!("rampart_login_throttle_redis_calls_total{{result=\"{result}\"}} ");
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(line.as_str()))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("no {line}in {metrics}"))
+        };
+        assert!(calls("ok") >= 3, "{metrics}");
+        assert_eq!(calls("failed"), 0, "{metrics}");
+    }
+}

@@ -63,6 +63,8 @@ pub struct Metrics {
     edge: Mutex<Option<rampart_edge::EdgeHandle>>,
     audit: Mutex<Option<Arc<rampart_audit::Audit>>>,
     shared_limits: Mutex<Option<Arc<rampart_edge::SharedCounters>>>,
+    login_throttle_calls: Family<ResultLabels, Counter>,
+    login_throttle: Mutex<Option<Arc<rampart_identity::RedisThrottle>>>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -169,8 +171,16 @@ impl Metrics {
             "Syncs of the edge's shared rate-limit buckets with Redis, by result (ok, failed)",
             shared_limit_syncs.clone(),
         );
+        let login_throttle_calls = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "login_throttle_redis_calls",
+            "Calls to Redis for the login throttle's shared counts, by result (ok, failed: this node's own counts decided)",
+            login_throttle_calls.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
+            login_throttle_calls,
+            login_throttle: Mutex::new(None),
             shared_limit_syncs,
             shared_limits: Mutex::new(None),
             requests,
@@ -230,6 +240,27 @@ impl Metrics {
     pub fn set_shared_limits(&self, counters: Arc<rampart_edge::SharedCounters>) {
         if let Ok(mut c) = self.shared_limits.lock() {
             *c = Some(counters);
+        }
+    }
+
+    /// Lets `/metrics` report the login throttle's calls to Redis.
+    pub fn set_login_throttle(&self, throttle: Arc<rampart_identity::RedisThrottle>) {
+        if let Ok(mut t) = self.login_throttle.lock() {
+            *t = Some(throttle);
+        }
+    }
+
+    fn refresh_login_throttle(&self) {
+        let Ok(t) = self.login_throttle.lock() else {
+            return;
+        };
+        let Some(t) = t.as_ref() else { return };
+        let (ok, failed) = t.call_counts();
+        for (result, total) in [("ok", ok), ("failed", failed)] {
+            let counter = self
+                .login_throttle_calls
+                .get_or_create(&ResultLabels { result });
+            counter.inc_by(total.saturating_sub(counter.get()));
         }
     }
 
@@ -326,6 +357,7 @@ impl Metrics {
             self.refresh_upstreams();
             self.refresh_audit();
             self.refresh_shared_limits();
+            self.refresh_login_throttle();
             let _ = encode(&mut out, &reg);
         }
         out
