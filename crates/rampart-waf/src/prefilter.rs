@@ -99,39 +99,6 @@ impl ByteSet {
         }
     }
 
-    /// The set with `A`–`Z` replaced by `a`–`z`.
-    pub(crate) fn ascii_lowercase(&self) -> ByteSet {
-        // 'A'..='Z' are bits 1..=26 of the second word, 'a'..='z' 33..=58
-        const UPPER: u64 = 0x07ff_fffe;
-        let mut w = self.0;
-        if let Some(x) = w.get_mut(1) {
-            *x = (*x & !UPPER) | ((*x & UPPER) << 32);
-        }
-        ByteSet(w)
-    }
-
-    /// Keeps only the bytes also in `other`.
-    pub(crate) fn intersect_with(&mut self, other: &ByteSet) {
-        for (a, b) in self.0.iter_mut().zip(&other.0) {
-            *a &= b;
-        }
-    }
-
-    /// The bytes of the set, in increasing order.
-    pub(crate) fn bytes(&self) -> impl Iterator<Item = u8> + '_ {
-        self.0.iter().enumerate().flat_map(|(i, &w)| {
-            let mut w = w;
-            std::iter::from_fn(move || {
-                if w == 0 {
-                    return None;
-                }
-                let bit = w.trailing_zeros();
-                w &= w - 1;
-                Some((i as u32 * 64 + bit) as u8)
-            })
-        })
-    }
-
     /// Adds the bytes of `other`.
     pub(crate) fn union_with(&mut self, other: &ByteSet) {
         for (a, b) in self.0.iter_mut().zip(&other.0) {
@@ -205,9 +172,10 @@ pub(crate) struct BytePairs {
     /// whose rarest byte it is, in both ASCII cases (every byte for a
     /// literal of one distinct byte). Empty: the test is off.
     second: Vec<(u8, ByteSet)>,
-    /// The rarest bytes, lowercase.
-    rare_lower: ByteSet,
-    /// Per byte: its position in `second` plus one (0: none).
+    /// The rarest bytes, in both ASCII cases.
+    rare: ByteSet,
+    /// Per byte, in both ASCII cases: its position in `second` plus one
+    /// (0: none).
     second_at: Box<[u8; 256]>,
 }
 
@@ -217,7 +185,7 @@ impl BytePairs {
     pub(crate) fn new<'a>(lits: impl IntoIterator<Item = &'a [u8]>) -> BytePairs {
         let off = BytePairs {
             second: Vec::new(),
-            rare_lower: ByteSet::default(),
+            rare: ByteSet::default(),
             second_at: Box::new([0; 256]),
         };
         let mut second: Vec<(u8, ByteSet)> = Vec::new();
@@ -247,15 +215,16 @@ impl BytePairs {
         }
         let mut pairs = BytePairs { second, ..off };
         for (i, (b1, _)) in pairs.second.iter().enumerate() {
-            let (Ok(at), Some(slot)) = (
-                u8::try_from(i + 1),
-                pairs.second_at.get_mut(usize::from(*b1)),
-            ) else {
+            let Ok(at) = u8::try_from(i + 1) else {
                 pairs.second.clear();
                 return pairs;
             };
-            *slot = at;
-            pairs.rare_lower.insert(*b1);
+            for b in [*b1, b1.to_ascii_uppercase()] {
+                if let Some(slot) = pairs.second_at.get_mut(usize::from(b)) {
+                    *slot = at;
+                }
+                pairs.rare.insert(b);
+            }
         }
         pairs
     }
@@ -265,16 +234,21 @@ impl BytePairs {
         if self.second.is_empty() {
             return true;
         }
-        let mut present = bytes.ascii_lowercase();
-        present.intersect_with(&self.rare_lower);
-        let found = present.bytes().any(|b1| {
-            let at = self.second_at.get(usize::from(b1)).copied().unwrap_or(0);
-            match self.second.get(usize::from(at).wrapping_sub(1)) {
-                Some((_, s)) => bytes.intersects(s),
-                None => true,
+        // each rarest byte present, in either case (both cases index the
+        // same pair), without a lowercased copy of the set
+        for (base, (&w, &r)) in (0u32..).step_by(64).zip(bytes.0.iter().zip(&self.rare.0)) {
+            let mut w = w & r;
+            while w != 0 {
+                let b1 = (base + w.trailing_zeros()) as usize;
+                w &= w - 1;
+                let at = self.second_at.get(b1).copied().unwrap_or(0);
+                match self.second.get(usize::from(at).wrapping_sub(1)) {
+                    Some((_, s)) if !bytes.intersects(s) => {}
+                    _ => return true,
+                }
             }
-        });
-        found
+        }
+        false
     }
 }
 
@@ -938,6 +912,20 @@ mod tests {
     }
 
     #[test]
+    fn byte_sets_hold_every_byte_at_every_length() {
+        let all: Vec<u8> = (0..=255).rev().collect();
+        for len in 0..=all.len() {
+            let Some(input) = all.get(..len) else {
+                continue;
+            };
+            let set = ByteSet::of(input);
+            for b in 0..=255u8 {
+                assert_eq!(set.contains(b), input.contains(&b), "{len} {b}");
+            }
+        }
+    }
+
+    #[test]
     fn byte_pairs_need_both_bytes_of_a_literal() {
         let lits: [&[u8]; 3] = [b"<script", b"javascript:", b"zz"];
         let pairs = BytePairs::new(lits);
@@ -950,6 +938,13 @@ mod tests {
         assert!(!has(b"a:b"));
         // a literal of one distinct byte needs only that byte
         assert!(has(b"a:b z"));
+        // a rarest byte that is a letter is found in either case
+        let letters = BytePairs::new([&b"jq"[..]]);
+        for v in [&b"JQ"[..], b"jQ", b"Jq", b"xx jq"] {
+            assert!(letters.may_match(&ByteSet::of(v)), "{v:?}");
+        }
+        assert!(!letters.may_match(&ByteSet::of(b"Q and no other")));
+        assert!(!letters.may_match(&ByteSet::of(b"J alone")));
         // an empty literal is everywhere: the test is off
         let off = BytePairs::new([&b""[..], b"x"]);
         assert!(off.may_match(&ByteSet::default()));
