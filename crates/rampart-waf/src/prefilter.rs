@@ -230,6 +230,7 @@ impl BytePairs {
     }
 
     /// False only when `bytes` (a value's) lacks one byte of each pair.
+    #[inline]
     pub(crate) fn may_match(&self, bytes: &ByteSet) -> bool {
         if self.second.is_empty() {
             return true;
