@@ -48,11 +48,36 @@ impl ByteSet {
     /// The bytes present in `input`.
     pub(crate) fn of(input: &[u8]) -> ByteSet {
         let mut w = [0u64; 4];
-        for &b in input {
-            // `b >> 6` is below 4: the check compiles away
-            if let Some(x) = w.get_mut(usize::from(b >> 6)) {
-                *x |= 1u64 << (b & 63);
+        // each byte's bit in its word, looked up (one load instead of
+        // setting a register to one and shifting it). Built at compile
+        // time, where an index out of range is a build error, not a panic
+        // (`get_mut` is not a const fn yet).
+        #[allow(clippy::indexing_slicing)]
+        const BIT: [u64; 256] = {
+            let mut t = [0u64; 256];
+            let mut i = 0;
+            while i < 256 {
+                t[i] = 1 << (i & 63);
+                i += 1;
             }
+            t
+        };
+        let mut add = |b: u8| {
+            // `b >> 6` is below 4 and `b` below 256: the checks compile away
+            if let (Some(x), Some(bit)) = (w.get_mut(usize::from(b >> 6)), BIT.get(usize::from(b)))
+            {
+                *x |= bit;
+            }
+        };
+        // eight bytes a turn: the loop's own test and step once per eight
+        let mut chunks = input.chunks_exact(8);
+        for c in &mut chunks {
+            for &b in c {
+                add(b);
+            }
+        }
+        for &b in chunks.remainder() {
+            add(b);
         }
         ByteSet(w)
     }
@@ -87,39 +112,6 @@ impl ByteSet {
         if let Some(w) = self.0.get_mut(usize::from(b >> 6)) {
             *w |= 1 << (b & 63);
         }
-    }
-
-    /// The set with `A`–`Z` replaced by `a`–`z`.
-    pub(crate) fn ascii_lowercase(&self) -> ByteSet {
-        // 'A'..='Z' are bits 1..=26 of the second word, 'a'..='z' 33..=58
-        const UPPER: u64 = 0x07ff_fffe;
-        let mut w = self.0;
-        if let Some(x) = w.get_mut(1) {
-            *x = (*x & !UPPER) | ((*x & UPPER) << 32);
-        }
-        ByteSet(w)
-    }
-
-    /// Keeps only the bytes also in `other`.
-    pub(crate) fn intersect_with(&mut self, other: &ByteSet) {
-        for (a, b) in self.0.iter_mut().zip(&other.0) {
-            *a &= b;
-        }
-    }
-
-    /// The bytes of the set, in increasing order.
-    pub(crate) fn bytes(&self) -> impl Iterator<Item = u8> + '_ {
-        self.0.iter().enumerate().flat_map(|(i, &w)| {
-            let mut w = w;
-            std::iter::from_fn(move || {
-                if w == 0 {
-                    return None;
-                }
-                let bit = w.trailing_zeros();
-                w &= w - 1;
-                Some((i as u32 * 64 + bit) as u8)
-            })
-        })
     }
 
     /// Adds the bytes of `other`.
@@ -195,9 +187,10 @@ pub(crate) struct BytePairs {
     /// whose rarest byte it is, in both ASCII cases (every byte for a
     /// literal of one distinct byte). Empty: the test is off.
     second: Vec<(u8, ByteSet)>,
-    /// The rarest bytes, lowercase.
-    rare_lower: ByteSet,
-    /// Per byte: its position in `second` plus one (0: none).
+    /// The rarest bytes, in both ASCII cases.
+    rare: ByteSet,
+    /// Per byte, in both ASCII cases: its position in `second` plus one
+    /// (0: none).
     second_at: Box<[u8; 256]>,
 }
 
@@ -207,7 +200,7 @@ impl BytePairs {
     pub(crate) fn new<'a>(lits: impl IntoIterator<Item = &'a [u8]>) -> BytePairs {
         let off = BytePairs {
             second: Vec::new(),
-            rare_lower: ByteSet::default(),
+            rare: ByteSet::default(),
             second_at: Box::new([0; 256]),
         };
         let mut second: Vec<(u8, ByteSet)> = Vec::new();
@@ -237,34 +230,41 @@ impl BytePairs {
         }
         let mut pairs = BytePairs { second, ..off };
         for (i, (b1, _)) in pairs.second.iter().enumerate() {
-            let (Ok(at), Some(slot)) = (
-                u8::try_from(i + 1),
-                pairs.second_at.get_mut(usize::from(*b1)),
-            ) else {
+            let Ok(at) = u8::try_from(i + 1) else {
                 pairs.second.clear();
                 return pairs;
             };
-            *slot = at;
-            pairs.rare_lower.insert(*b1);
+            for b in [*b1, b1.to_ascii_uppercase()] {
+                if let Some(slot) = pairs.second_at.get_mut(usize::from(b)) {
+                    *slot = at;
+                }
+                pairs.rare.insert(b);
+            }
         }
         pairs
     }
 
     /// False only when `bytes` (a value's) lacks one byte of each pair.
+    #[inline]
     pub(crate) fn may_match(&self, bytes: &ByteSet) -> bool {
         if self.second.is_empty() {
             return true;
         }
-        let mut present = bytes.ascii_lowercase();
-        present.intersect_with(&self.rare_lower);
-        let found = present.bytes().any(|b1| {
-            let at = self.second_at.get(usize::from(b1)).copied().unwrap_or(0);
-            match self.second.get(usize::from(at).wrapping_sub(1)) {
-                Some((_, s)) => bytes.intersects(s),
-                None => true,
+        // each rarest byte present, in either case (both cases index the
+        // same pair), without a lowercased copy of the set
+        for (base, (&w, &r)) in (0u32..).step_by(64).zip(bytes.0.iter().zip(&self.rare.0)) {
+            let mut w = w & r;
+            while w != 0 {
+                let b1 = (base + w.trailing_zeros()) as usize;
+                w &= w - 1;
+                let at = self.second_at.get(b1).copied().unwrap_or(0);
+                match self.second.get(usize::from(at).wrapping_sub(1)) {
+                    Some((_, s)) if !bytes.intersects(s) => {}
+                    _ => return true,
+                }
             }
-        });
-        found
+        }
+        false
     }
 }
 
@@ -928,6 +928,20 @@ mod tests {
     }
 
     #[test]
+    fn byte_sets_hold_every_byte_at_every_length() {
+        let all: Vec<u8> = (0..=255).rev().collect();
+        for len in 0..=all.len() {
+            let Some(input) = all.get(..len) else {
+                continue;
+            };
+            let set = ByteSet::of(input);
+            for b in 0..=255u8 {
+                assert_eq!(set.contains(b), input.contains(&b), "{len} {b}");
+            }
+        }
+    }
+
+    #[test]
     fn byte_pairs_need_both_bytes_of_a_literal() {
         let lits: [&[u8]; 3] = [b"<script", b"javascript:", b"zz"];
         let pairs = BytePairs::new(lits);
@@ -940,6 +954,13 @@ mod tests {
         assert!(!has(b"a:b"));
         // a literal of one distinct byte needs only that byte
         assert!(has(b"a:b z"));
+        // a rarest byte that is a letter is found in either case
+        let letters = BytePairs::new([&b"jq"[..]]);
+        for v in [&b"JQ"[..], b"jQ", b"Jq", b"xx jq"] {
+            assert!(letters.may_match(&ByteSet::of(v)), "{v:?}");
+        }
+        assert!(!letters.may_match(&ByteSet::of(b"Q and no other")));
+        assert!(!letters.may_match(&ByteSet::of(b"J alone")));
         // an empty literal is everywhere: the test is off
         let off = BytePairs::new([&b""[..], b"x"]);
         assert!(off.may_match(&ByteSet::default()));
