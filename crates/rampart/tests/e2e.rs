@@ -489,3 +489,31 @@ fn a_torn_audit_tail_is_cut_at_start_and_counted_on_metrics() {
     let out = r.run(&["audit", "verify", "--data-dir", "data"]);
     assert!(out.status.success(), "{} {}", stdout(&out), stderr(&out));
 }
+
+/// With `[redis]` (here without `[edge]`: the login throttle's counts live
+/// there), a node whose Redis does not answer refuses to start, naming the
+/// server and not the URL's password.
+#[test]
+fn up_refuses_to_start_when_redis_does_not_answer() {
+    let r = Rampart::new();
+    std::fs::write(r.path("rampart.toml"), "[redis]\n").unwrap();
+    r.init();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let out = r
+        .cmd(&["up", "--config", "rampart.toml", "--data-dir", "data"])
+        .env(
+            "RAMPART_REDIS_URL",
+            format!("redis://:hunter2-secret@127.0.0.1:{port}/0"),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains(&format!("redis 127.0.0.1:{port}")), "{err}");
+    assert!(!err.contains("hunter2-secret"), "{err}");
+    assert!(!stdout(&out).contains("hunter2-secret"));
+    assert!(!err.contains("panicked"), "{err}");
+}
