@@ -780,6 +780,12 @@ fn usual_waiters(sy: &SyncState, first: Instant) -> usize {
         .unwrap_or(0)
 }
 
+/// About one sync time, the recent fdatasync time bounded to 50 µs–2 ms:
+/// how long a group may wait for company.
+fn about_one_sync(sy: &SyncState) -> Duration {
+    Duration::from_nanos(sy.sync_nanos.clamp(50_000, 2_000_000))
+}
+
 /// How much longer to gather `count` records, the first of which came at
 /// `first` and the last at `last`; `None` once the sync should start:
 /// when as many records are in as callers usually wait at once (nobody else
@@ -811,8 +817,7 @@ fn gather_wait(
     } else {
         Duration::ZERO
     };
-    let cap =
-        Duration::from_nanos(sy.sync_nanos.clamp(50_000, 2_000_000)).max(delay.saturating_mul(2));
+    let cap = about_one_sync(sy).max(delay.saturating_mul(2));
     let quiet = Duration::from_micros(50).max(delay);
     let cap_left = cap.checked_sub(now.saturating_duration_since(first))?;
     let quiet_left = quiet.checked_sub(now.saturating_duration_since(last))?;
@@ -1242,31 +1247,8 @@ impl Core {
         loop {
             let (batch, gathered) = {
                 let mut q = lock(&log.queue);
-                // Right after a group is answered, when a group of callers
-                // usually waits, sleep until that many are back (or about
-                // one sync time has passed) instead of being woken by the
-                // first of them: a wake-up that would only start gathering
-                // costs the callers' threads a preemption and the writer
-                // two context switches per group.
-                if max > 1 && q.items.is_empty() && !q.shutdown {
-                    let expect = {
-                        let sy = lock(&log.sync);
-                        let usual = usual_waiters(&sy, Instant::now());
-                        (sy.syncing_upto <= sy.durable_id).then(|| {
-                            (
-                                usual.saturating_sub(sy.unsynced_records),
-                                Duration::from_nanos(sy.sync_nanos.clamp(50_000, 2_000_000)),
-                            )
-                        })
-                    };
-                    if let Some((n, cap)) = expect.filter(|(n, _)| *n > 1) {
-                        q.wake_at = n;
-                        q = log
-                            .cond
-                            .wait_timeout(q, cap)
-                            .map_or_else(|e| e.into_inner().0, |(g, _)| g);
-                        q.wake_at = 1;
-                    }
+                if max > 1 {
+                    q = Self::await_usual_group(log, q);
                 }
                 while q.items.is_empty() && !q.shutdown {
                     let (guard, waited) = log
@@ -1304,6 +1286,39 @@ impl Core {
             };
             self.commit(log, batch, gathered);
         }
+    }
+
+    /// Right after a group is answered, when a group of callers usually
+    /// waits, sleeps until that many are back (or about one sync time has
+    /// passed) instead of being woken by the first of them: a wake-up that
+    /// would only start gathering costs the callers' threads a preemption
+    /// and the writer two context switches per group.
+    fn await_usual_group<'a>(
+        log: &'a TierLog,
+        mut q: MutexGuard<'a, Queue>,
+    ) -> MutexGuard<'a, Queue> {
+        if !q.items.is_empty() || q.shutdown {
+            return q;
+        }
+        let expect = {
+            let sy = lock(&log.sync);
+            let usual = usual_waiters(&sy, Instant::now());
+            (sy.syncing_upto <= sy.durable_id).then(|| {
+                (
+                    usual.saturating_sub(sy.unsynced_records),
+                    about_one_sync(&sy),
+                )
+            })
+        };
+        if let Some((n, cap)) = expect.filter(|(n, _)| *n > 1) {
+            q.wake_at = n;
+            q = log
+                .cond
+                .wait_timeout(q, cap)
+                .map_or_else(|e| e.into_inner().0, |(g, _)| g);
+            q.wake_at = 1;
+        }
+        q
     }
 
     /// With records queued and no sync in flight, waits (without writing)
