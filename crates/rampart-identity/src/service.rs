@@ -397,11 +397,16 @@ impl Identity {
     /// change is in the store, so the next reload reads it); it reports
     /// whether it replaced the records.
     pub async fn reload(&self) -> Result<bool, IdentityError> {
+        let generation = self.generation().await?;
+        self.reload_at(generation).await
+    }
+
+    /// [`Identity::reload`], the generation already read. It must be read
+    /// before the records: a change that lands between the two is then
+    /// read with a generation older than its own, and read again.
+    async fn reload_at(&self, generation: Option<u64>) -> Result<bool, IdentityError> {
         use std::sync::atomic::Ordering;
         let before = self.local_changes.load(Ordering::Acquire);
-        // Read before the records: a change that lands between the two is
-        // then read with a generation older than its own, and read again.
-        let generation = self.generation().await?;
         let mut cache = Cache::default();
         for (k, e) in self.store.list(NS_USERS, "", LIST_LIMIT).await? {
             let u: UserRecord = from_json(NS_USERS, &k, &e.value)?;
@@ -459,7 +464,7 @@ impl Identity {
         if generation == last.generation && now.saturating_sub(last.at) < FULL_RELOAD_SECS {
             return Ok(false);
         }
-        self.reload().await
+        self.reload_at(generation).await
     }
 
     async fn generation(&self) -> Result<Option<u64>, IdentityError> {
