@@ -10,7 +10,7 @@ mod util;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use util::{credential, stderr, stdout, Rampart};
+use util::{credential, stderr, stdout, Rampart, Resp, Server};
 
 fn config(node: &str) -> String {
     format!(
@@ -59,6 +59,55 @@ fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// `rampart init` for a node of the shared store at `db`; with `root_key`
+/// it joins a store another node initialised.
+fn init_node(r: &Rampart, db: &str, root_key: Option<&str>) -> std::process::Output {
+    let mut c = r.cmd(&["init", "--config", "rampart.toml", "--data-dir", "data"]);
+    c.env("RAMPART_DATABASE_URL", db);
+    if let Some(k) = root_key {
+        c.env("RAMPART_ROOT_KEY", k);
+    }
+    c.output().unwrap()
+}
+
+/// `rampart up` for a node of the shared store at `db`, its control API on
+/// `control`, with `env` set too.
+fn up_node(r: &Rampart, db: &str, control: &str, env: &[(&str, &str)]) -> Server {
+    let mut c = r.cmd(&[]);
+    c.env("RAMPART_DATABASE_URL", db);
+    c.envs(env.iter().copied());
+    r.up_with(
+        c,
+        &[
+            "--config",
+            "rampart.toml",
+            "--data-dir",
+            "data",
+            "--control-listen",
+            control,
+        ],
+    )
+}
+
+/// Failed logins for one account, odd attempts through `a` and even ones
+/// through `b`, each refused with 401, until one is refused with 429 (or
+/// `most` attempts): that attempt and its answer.
+fn failed_logins_until_throttled(a: &Server, b: &Server, most: u32) -> Option<(u32, Resp)> {
+    for attempt in 1..=most {
+        let srv = if attempt % 2 == 1 { a } else { b };
+        let r = srv.post(
+            "/v1/auth/login",
+            None,
+            json!({"username": "mallory", "password": "guessing-password-1"}),
+        );
+        if r.status == 429 {
+            return Some((attempt, r));
+        }
+        assert_eq!(r.status, 401, "attempt {attempt}: {}", r.body);
+    }
+    None
+}
+
 #[test]
 fn two_nodes_share_one_postgres_store() {
     let Some(db) = util::fresh_pg_database() else {
@@ -67,14 +116,7 @@ fn two_nodes_share_one_postgres_store() {
     let (a, b) = (Rampart::new(), Rampart::new());
     std::fs::write(a.path("rampart.toml"), config("node-a")).unwrap();
     std::fs::write(b.path("rampart.toml"), config("node-b")).unwrap();
-    let init = |r: &Rampart, root_key: Option<&str>| {
-        let mut c = r.cmd(&["init", "--config", "rampart.toml", "--data-dir", "data"]);
-        c.env("RAMPART_DATABASE_URL", &db);
-        if let Some(k) = root_key {
-            c.env("RAMPART_ROOT_KEY", k);
-        }
-        c.output().unwrap()
-    };
+    let init = |r: &Rampart, root_key: Option<&str>| init_node(r, &db, root_key);
 
     // Without the variable naming the database: refused, naming it.
     let out = a
@@ -147,22 +189,10 @@ fn two_nodes_share_one_postgres_store() {
     // B's control API on another loopback address: clients that trust the
     // shared development CA reach it there, so its certificate names B's
     // own address (each node has its own, issued when it starts).
-    let up = |r: &Rampart, control: &str| {
-        let mut c = r.cmd(&[]);
-        c.env("RAMPART_DATABASE_URL", &db);
-        r.up_with(
-            c,
-            &[
-                "--config",
-                "rampart.toml",
-                "--data-dir",
-                "data",
-                "--control-listen",
-                control,
-            ],
-        )
-    };
-    let (srv_a, srv_b) = (up(&a, "127.0.0.1:0"), up(&b, "127.0.0.2:0"));
+    let (srv_a, srv_b) = (
+        up_node(&a, &db, "127.0.0.1:0", &[]),
+        up_node(&b, &db, "127.0.0.2:0", &[]),
+    );
     assert!(srv_b.addr.starts_with("127.0.0.2:"), "{}", srv_b.addr);
     let admin = Some(admin.as_str());
     assert_eq!(srv_b.get("/v1/whoami", admin).status, 200);
@@ -172,21 +202,8 @@ fn two_nodes_share_one_postgres_store() {
     // Failed logins spread over both nodes are counted once: five are free,
     // the sixth imposes a wait, so the seventh attempt is refused with 429
     // whichever node it reaches (each node alone has seen at most four).
-    let mut refused_at = None;
-    for attempt in 1..=7 {
-        let srv = if attempt % 2 == 1 { &srv_a } else { &srv_b };
-        let r = srv.post(
-            "/v1/auth/login",
-            None,
-            json!({"username": "mallory", "password": "guessing-password-1"}),
-        );
-        if r.status == 429 {
-            refused_at = Some(attempt);
-            break;
-        }
-        assert_eq!(r.status, 401, "attempt {attempt}: {}", r.body);
-    }
-    assert_eq!(refused_at, Some(7));
+    let refused = failed_logins_until_throttled(&srv_a, &srv_b, 7);
+    assert_eq!(refused.map(|(attempt, _)| attempt), Some(7));
 
     // A ciphertext made through A opens through B, with its context.
     let ct = srv_a.post(
@@ -297,55 +314,22 @@ fn two_nodes_throttle_logins_through_redis() {
         );
         std::fs::write(r.path("rampart.toml"), with_redis).unwrap();
     }
-    let init = |r: &Rampart, root_key: Option<&str>| {
-        let mut c = r.cmd(&["init", "--config", "rampart.toml", "--data-dir", "data"]);
-        c.env("RAMPART_DATABASE_URL", &db);
-        if let Some(k) = root_key {
-            c.env("RAMPART_ROOT_KEY", k);
-        }
-        c.output().unwrap()
-    };
-    let out = init(&a, None);
+    let out = init_node(&a, &db, None);
     assert!(out.status.success(), "{}", stderr(&out));
     let root_key = std::fs::read_to_string(a.path("data/root.key")).unwrap();
-    let out = init(&b, Some(root_key.trim()));
+    let out = init_node(&b, &db, Some(root_key.trim()));
     assert!(out.status.success(), "{}", stderr(&out));
-    let up = |r: &Rampart, control: &str| {
-        let mut c = r.cmd(&[]);
-        c.env("RAMPART_DATABASE_URL", &db);
-        c.env("THROTTLE_REDIS_URL", &redis_url);
-        r.up_with(
-            c,
-            &[
-                "--config",
-                "rampart.toml",
-                "--data-dir",
-                "data",
-                "--control-listen",
-                control,
-            ],
-        )
-    };
-    let (srv_a, srv_b) = (up(&a, "127.0.0.1:0"), up(&b, "127.0.0.2:0"));
+    let env = [("THROTTLE_REDIS_URL", redis_url.as_str())];
+    let (srv_a, srv_b) = (
+        up_node(&a, &db, "127.0.0.1:0", &env),
+        up_node(&b, &db, "127.0.0.2:0", &env),
+    );
 
-    let mut refused_at = None;
-    for attempt in 1..=7 {
-        let srv = if attempt % 2 == 1 { &srv_a } else { &srv_b };
-        let r = srv.post(
-            "/v1/auth/login",
-            None,
-            json!({"username": "mallory", "password": "guessing-password-1"}),
-        );
-        if r.status == 429 {
-            // 30 s from the sixth failure (a second may have ticked since).
-            let wait = r.retry_after.as_deref().and_then(|w| w.parse::<u64>().ok());
-            assert!(matches!(wait, Some(29 | 30)), "{wait:?}: {}", r.body);
-            refused_at = Some(attempt);
-            break;
-        }
-        assert_eq!(r.status, 401, "attempt {attempt}: {}", r.body);
-    }
-    assert_eq!(refused_at, Some(7));
+    let (attempt, r) = failed_logins_until_throttled(&srv_a, &srv_b, 7).expect("never throttled");
+    assert_eq!(attempt, 7);
+    // 30 s from the sixth failure (a second may have ticked since).
+    let wait = r.retry_after.as_deref().and_then(|w| w.parse::<u64>().ok());
+    assert!(matches!(wait, Some(29 | 30)), "{wait:?}: {}", r.body);
 
     for srv in [&srv_a, &srv_b] {
         let metrics = srv.get("/metrics", None).body;
