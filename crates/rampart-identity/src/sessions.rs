@@ -767,7 +767,7 @@ impl Identity {
 
     /// Deletes a record if it is still at `version`; a record changed
     /// meanwhile (or already gone) is left alone.
-    async fn delete_unchanged(
+    pub(crate) async fn delete_unchanged(
         &self,
         ns: &str,
         key: &str,

@@ -392,16 +392,8 @@ impl Identity {
         for (k, e) in self.store.list(NS_THROTTLE, "", LIST_LIMIT).await? {
             let idle =
                 serde_json::from_slice::<Entry>(&e.value).map_or(true, |t| t.idle(&cfg, now));
-            if idle {
-                match self
-                    .store
-                    .delete(NS_THROTTLE, &k, Expect::Version(e.version))
-                    .await
-                {
-                    Ok(true) => gone += 1,
-                    Ok(false) | Err(StoreError::Conflict { .. }) => {}
-                    Err(e) => return Err(e.into()),
-                }
+            if idle && self.delete_unchanged(NS_THROTTLE, &k, e.version).await? {
+                gone += 1;
             }
         }
         Ok(gone)
