@@ -247,7 +247,7 @@ pub(crate) fn read_file(path: &Path) -> Result<(Vec<Line>, u64), AuditError> {
 
 /// Appends a checkpoint line and syncs it.
 pub(crate) fn append(path: &Path, cp: &Checkpoint) -> Result<(), AuditError> {
-    let mut line = serde_json::to_vec(cp).map_err(AuditError::Encode)?;
+    let mut line = serde_json::to_vec(cp).map_err(|e| AuditError::Encode(e.to_string()))?;
     line.push(b'\n');
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let fresh = !path.exists();

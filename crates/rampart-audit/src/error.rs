@@ -80,19 +80,18 @@ pub enum AuditError {
         seq: u64,
     },
     /// A decrypted record is not a valid event.
-    #[error("record {seq} of tier {tier} does not hold a valid event: {source}")]
+    #[error("record {seq} of tier {tier} does not hold a valid event: {reason}")]
     BadEvent {
         /// The tier.
         tier: Tier,
         /// The record.
         seq: u64,
-        /// The parse error.
-        #[source]
-        source: serde_json::Error,
+        /// What is wrong with it.
+        reason: String,
     },
     /// An event could not be encoded.
     #[error("event could not be encoded: {0}")]
-    Encode(#[source] serde_json::Error),
+    Encode(String),
     /// The event is larger than a record may be.
     #[error("event of {0} bytes is larger than the record limit")]
     TooLarge(usize),

@@ -999,8 +999,7 @@ impl Audit {
         }
         let time = self.core.clock.unix_nanos();
         // Room for a typical record and the tag, so neither grows the buffer.
-        let mut plain = Vec::with_capacity(512);
-        serde_json::to_writer(&mut plain, &event).map_err(AuditError::Encode)?;
+        let plain = event.encode(Vec::with_capacity(512))?;
         if plain.len() + BODY_FIXED + TAG_LEN > MAX_BODY {
             return Err(AuditError::TooLarge(plain.len()));
         }

@@ -234,8 +234,11 @@ impl AuditReader {
                 .cipher
                 .open(tier.code(), t, frame.nonce(), frame.ciphertext())
                 .ok_or(AuditError::Decrypt { tier, seq })?;
-            let event: Event = serde_json::from_slice(&plain)
-                .map_err(|source| AuditError::BadEvent { tier, seq, source })?;
+            let event = Event::decode(&plain).map_err(|reason| AuditError::BadEvent {
+                tier,
+                seq,
+                reason,
+            })?;
             if event.tier != tier || !query.matches(&event) {
                 continue;
             }

@@ -510,7 +510,7 @@ fn concurrent_writers_get_distinct_durable_receipts() {
 fn segments_roll_by_size_and_by_day_and_verify_across_them() {
     let t = TestLog::new();
     let mut o = t.options();
-    o.segment_max_bytes = 4096;
+    o.segment_max_bytes = 2048;
     let audit = t.open_with(o.clone());
     fill(&audit, Tier::Network, 40);
     t.clock.advance(Duration::from_secs(86_400));
@@ -908,7 +908,7 @@ fn an_idle_log_still_checkpoints_every_t() {
 fn open_resumes_from_the_newest_header_and_verify_checks_every_header() {
     let t = TestLog::new();
     let mut o = t.options();
-    o.segment_max_bytes = 4096;
+    o.segment_max_bytes = 2048;
     let audit = t.open_with(o.clone());
     fill(&audit, Tier::Network, 30);
     drop(audit);
@@ -1121,4 +1121,53 @@ fn one_rewritten_checkpoint_among_good_ones_is_reported_at_open() {
         report.checkpoint_problems
     );
     drop(audit);
+}
+
+/// A log written before events were stored in their compact form (the
+/// fixture holds three events as JSON, written by the code of `25d6c60`
+/// with this file's keys): it still opens, verifies and searches, and new
+/// records follow the old ones in the same chain.
+#[test]
+fn a_log_with_json_events_stays_readable_and_takes_compact_ones_after_them() {
+    let t = TestLog::new();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/json-events");
+    fs::create_dir_all(t.dir.join("security")).unwrap();
+    for name in ["00000000000000000000.seg", "checkpoints.jsonl"] {
+        fs::copy(
+            fixture.join("security").join(name),
+            t.dir.join("security").join(name),
+        )
+        .unwrap();
+    }
+    verify(&t.dir, &vk(), None).unwrap();
+
+    let mut o = t.options();
+    o.checkpoint_dir = None;
+    let audit = t.open_with(o);
+    assert_eq!(audit.next_seq(Tier::Security), 3);
+    let old = audit.search(&Query::default()).unwrap();
+    assert_eq!(old.len(), 3);
+    assert_eq!(old[1].event.actor.principal, "alice-1");
+    assert_eq!(old[1].event.actor.auth, "password+totp");
+    assert_eq!(old[1].event.outcome, Outcome::Denied);
+    assert_eq!(
+        old[1].event.reason.as_deref(),
+        Some("policy \"prod\" denies\nrole reader")
+    );
+    assert_eq!(
+        old[2].event.details.get("status").map(String::as_str),
+        Some("200")
+    );
+
+    let mut e = event(Tier::Security, "bob", "keys.encrypt", Outcome::Denied);
+    e.details.insert("bytes".into(), "1024".into());
+    e.reason = Some("quote \" newline \n and ünïcode".into());
+    audit.record(e.clone()).unwrap();
+    let all = audit.search(&Query::default()).unwrap();
+    assert_eq!(all.len(), 4);
+    assert_eq!(all[3].event, e);
+    assert_eq!(all[..3], old[..]);
+    audit.close().unwrap();
+    drop(audit);
+    verify(&t.dir, &vk(), None).unwrap();
 }

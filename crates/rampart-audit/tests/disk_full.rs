@@ -77,16 +77,16 @@ fn a_full_filesystem_refuses_records_and_loses_no_acknowledged_one() {
     let err = refused.expect("a 192 KiB disk must fill up");
     assert!(!acknowledged.is_empty());
     eprintln!("disk full after {} records: {err}", acknowledged.len());
-    // Still full: still refused.
-    assert!(audit
-        .record(Event::new(
-            Tier::Security,
-            Actor::new("mallory", "mtls"),
-            "x",
-            "y",
-            Outcome::Allowed
-        ))
-        .is_err());
+    // Still full: a record as large as the refused one is still refused.
+    let mut e = Event::new(
+        Tier::Security,
+        Actor::new("mallory", "mtls"),
+        "secrets.read",
+        "secret/db",
+        Outcome::Allowed,
+    );
+    e.reason = Some("x".repeat(200));
+    assert!(audit.record(e).is_err());
     drop(audit);
 
     // Give the disk room, reopen: exactly the acknowledged records, verify passes.
