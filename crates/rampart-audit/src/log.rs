@@ -527,6 +527,18 @@ struct TierLog {
     closed: AtomicBool,
     /// Records queued and not yet answered (callers waiting).
     waiting: AtomicUsize,
+    /// A periodic checkpoint the writer took and a syncer thread appends
+    /// once the records it counts are durable (see [`PendingCheckpoint`]).
+    /// Every checkpoint line is appended with this lock held, so the
+    /// checkpoint file stays in order.
+    cp_pending: Mutex<Option<PendingCheckpoint>>,
+    /// Set while `cp_pending` holds a checkpoint, for the syncer to see
+    /// without taking the lock.
+    cp_waiting: AtomicBool,
+    /// The batch (`written_id`) the pending checkpoint's records end in.
+    cp_upto: AtomicU64,
+    /// A deferred checkpoint could not be appended: take another.
+    cp_retry: AtomicBool,
     /// Syncs run and records they made durable, for the benchmark.
     syncs: AtomicU64,
     synced_records: AtomicU64,
@@ -566,6 +578,21 @@ struct SyncState {
 struct WrittenBatch {
     id: u64,
     done: Vec<(Arc<Slot>, Receipt)>,
+}
+
+/// The state a periodic checkpoint covers, taken by the writer after a
+/// batch. Signing it and appending its line (two files with
+/// `checkpoint_dir`, each synced) happen on a syncer thread once the batch
+/// is durable, not in the writer, which meanwhile takes the next group.
+/// Any other checkpoint (manual, closing, idle, disposal, or a proof's)
+/// first appends the pending one, so lines stay in order and nothing reads
+/// the files expecting a checkpoint that is not yet there.
+struct PendingCheckpoint {
+    frontier: Frontier,
+    chain_head: Hash,
+    time: u64,
+    /// The batch its last record was written in.
+    upto: u64,
 }
 
 impl TierLog {
@@ -730,7 +757,16 @@ impl TierLog {
             }
         }
         self.mark_durable(upto);
+        if self.cp_waiting.load(Ordering::SeqCst) {
+            self.sync_cond.notify_one();
+        }
         Ok(())
+    }
+
+    /// Is the pending checkpoint's batch durable? (Call with `sync` held.)
+    fn pending_checkpoint_ready(&self, sy: &SyncState) -> bool {
+        self.cp_waiting.load(Ordering::SeqCst)
+            && self.cp_upto.load(Ordering::SeqCst) <= sy.durable_id
     }
 }
 
@@ -908,6 +944,10 @@ impl Audit {
                 poisoned: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
                 waiting: AtomicUsize::new(0),
+                cp_pending: Mutex::new(None),
+                cp_waiting: AtomicBool::new(false),
+                cp_upto: AtomicU64::new(0),
+                cp_retry: AtomicBool::new(false),
                 syncs: AtomicU64::new(0),
                 synced_records: AtomicU64::new(0),
                 sync_time_nanos: AtomicU64::new(0),
@@ -1032,6 +1072,7 @@ impl Audit {
         let mut out = Vec::new();
         for log in &self.core.tiers {
             let mut st = lock(&log.state);
+            drop(self.core.flush_pending_checkpoint(log, &st)?);
             if st.frontier.size() > st.last_cp_count
                 || (st.frontier.size() > 0 && st.last_cp_count == 0)
             {
@@ -1102,6 +1143,7 @@ impl Audit {
             if seq >= st.frontier.size() {
                 return Err(AuditError::NoSuchRecord { tier, seq });
             }
+            drop(self.core.flush_pending_checkpoint(log, &st)?);
             if seq >= st.last_cp_count {
                 let now = self.core.clock.unix_nanos();
                 st.checkpoint(&self.core, log, CheckpointKind::Manual, now)?;
@@ -1164,6 +1206,7 @@ impl Audit {
             };
             {
                 let st = lock(&log.state);
+                let _in_order = self.core.flush_pending_checkpoint(log, &st)?;
                 let cp = Checkpoint::sign(
                     &self.core.signing_key,
                     tier,
@@ -1173,7 +1216,7 @@ impl Audit {
                     now,
                     Some(disposal),
                 );
-                st.append_checkpoint(&self.core.options, tier, &cp)?;
+                append_line(&self.core.options, tier, &cp)?;
                 for s in &expired {
                     fs::remove_file(&s.path).map_err(|e| AuditError::io(&s.path, e))?;
                 }
@@ -1209,6 +1252,9 @@ impl Audit {
             let mut st = lock(&log.state);
             if log.poisoned.load(Ordering::SeqCst) {
                 continue;
+            }
+            if let Err(e) = self.core.flush_pending_checkpoint(log, &st).map(drop) {
+                first_err.get_or_insert(e);
             }
             if st.frontier.size() > st.last_cp_count {
                 if let Err(e) = st.checkpoint(&self.core, log, CheckpointKind::Close, now) {
@@ -1358,6 +1404,88 @@ impl Core {
         q
     }
 
+    /// Takes the periodic checkpoint due after a batch without writing it:
+    /// a syncer thread signs and appends it once the batch is durable
+    /// (see [`PendingCheckpoint`]). While an earlier one is still on its
+    /// way, this one stays due.
+    fn defer_checkpoint(log: &TierLog, st: &mut WriterState, now: u64) {
+        let mut slot = lock(&log.cp_pending);
+        if slot.is_some() {
+            return;
+        }
+        let upto = lock(&log.sync).written_id;
+        *slot = Some(PendingCheckpoint {
+            frontier: st.frontier.clone(),
+            chain_head: st.chain_head,
+            time: now,
+            upto,
+        });
+        log.cp_upto.store(upto, Ordering::SeqCst);
+        log.cp_waiting.store(true, Ordering::SeqCst);
+        log.cp_retry.store(false, Ordering::SeqCst);
+        st.last_cp_count = st.frontier.size();
+        st.last_cp_time = now;
+        drop(slot);
+        log.sync_cond.notify_one();
+    }
+
+    /// Signs and appends the checkpoint in `slot`, emptying it. On failure
+    /// the writer takes a new one after its next batch.
+    fn append_pending(
+        &self,
+        log: &TierLog,
+        slot: &mut Option<PendingCheckpoint>,
+    ) -> Result<(), AuditError> {
+        let Some(p) = slot.take() else {
+            return Ok(());
+        };
+        log.cp_waiting.store(false, Ordering::SeqCst);
+        let cp = Checkpoint::sign(
+            &self.signing_key,
+            log.tier,
+            CheckpointKind::Periodic,
+            &p.frontier,
+            &p.chain_head,
+            p.time,
+            None,
+        );
+        append_line(&self.options, log.tier, &cp).inspect_err(|_| {
+            log.cp_retry.store(true, Ordering::SeqCst);
+        })
+    }
+
+    /// A syncer's part: appends the pending checkpoint if its records are
+    /// durable by now.
+    fn append_pending_if_durable(&self, log: &TierLog) {
+        let mut slot = lock(&log.cp_pending);
+        let ready = slot
+            .as_ref()
+            .is_some_and(|p| p.upto <= lock(&log.sync).durable_id);
+        if ready && !log.poisoned.load(Ordering::SeqCst) {
+            if let Err(e) = self.append_pending(log, &mut slot) {
+                tracing::warn!(tier = %log.tier, error = %e, "audit checkpoint failed; will retry");
+            }
+        }
+    }
+
+    /// Before any other checkpoint of the tier is written: makes the
+    /// pending one's records durable and appends it. Returns the lock that
+    /// keeps checkpoint lines in order; hold it while appending another.
+    fn flush_pending_checkpoint<'a>(
+        &self,
+        log: &'a TierLog,
+        st: &WriterState,
+    ) -> Result<MutexGuard<'a, Option<PendingCheckpoint>>, AuditError> {
+        let mut slot = lock(&log.cp_pending);
+        if let Some(p) = slot.as_ref() {
+            if p.upto > lock(&log.sync).durable_id {
+                log.sync_now(st, &Disk(self.options.fault.as_deref()))?;
+            }
+            self.append_pending(log, &mut slot)?;
+        }
+        Ok(slot)
+    }
+
     fn idle_checkpoint(&self, log: &TierLog) {
         if log.poisoned.load(Ordering::SeqCst) {
             return;
@@ -1381,6 +1509,12 @@ impl Core {
         let disk = Disk(self.options.fault.as_deref());
         let mut sy = lock(&log.sync);
         loop {
+            if log.pending_checkpoint_ready(&sy) && !log.poisoned.load(Ordering::SeqCst) {
+                drop(sy);
+                self.append_pending_if_durable(log);
+                sy = lock(&log.sync);
+                continue;
+            }
             if sy.written_id > sy.syncing_upto && !log.poisoned.load(Ordering::SeqCst) {
                 // With no other sync in flight, wait a little for the
                 // callers just answered to come back, so that one sync
@@ -1480,8 +1614,10 @@ impl Core {
                     log.fail_pending(&|| AuditError::Poisoned { tier });
                     return;
                 }
-                if st.checkpoint_due(&self.options, now) {
-                    if let Err(e) = st.checkpoint(self, log, CheckpointKind::Periodic, now) {
+                if log.cp_retry.load(Ordering::SeqCst) || st.checkpoint_due(&self.options, now) {
+                    if self.options.sync_threads > 0 {
+                        Self::defer_checkpoint(log, &mut st, now);
+                    } else if let Err(e) = st.checkpoint(self, log, CheckpointKind::Periodic, now) {
                         tracing::warn!(%tier, error = %e, "audit checkpoint failed; will retry");
                     }
                 }
@@ -1503,6 +1639,17 @@ impl Core {
             }
         }
     }
+}
+
+/// Appends a checkpoint's line to the tier's checkpoint file and its copy,
+/// each synced. Callers hold the tier's `cp_pending` lock, so that lines
+/// are appended in order.
+fn append_line(options: &AuditOptions, tier: Tier, cp: &Checkpoint) -> Result<(), AuditError> {
+    checkpoint::append(&checkpoint::path_for(&options.dir, tier), cp)?;
+    if let Some(copy) = &options.checkpoint_dir {
+        checkpoint::append(&checkpoint::path_for(copy, tier), cp)?;
+    }
+    Ok(())
 }
 
 /// Should a writer or syncer thread ever panic, nobody may wait forever:
@@ -1559,19 +1706,6 @@ impl WriterState {
                 || now.saturating_sub(self.last_cp_time) >= every)
     }
 
-    fn append_checkpoint(
-        &self,
-        options: &AuditOptions,
-        tier: Tier,
-        cp: &Checkpoint,
-    ) -> Result<(), AuditError> {
-        checkpoint::append(&checkpoint::path_for(&options.dir, tier), cp)?;
-        if let Some(copy) = &options.checkpoint_dir {
-            checkpoint::append(&checkpoint::path_for(copy, tier), cp)?;
-        }
-        Ok(())
-    }
-
     fn checkpoint(
         &mut self,
         core: &Core,
@@ -1581,6 +1715,7 @@ impl WriterState {
     ) -> Result<Checkpoint, AuditError> {
         // A checkpoint may only count records that are on disk.
         log.sync_now(self, &Disk(core.options.fault.as_deref()))?;
+        let _in_order = core.flush_pending_checkpoint(log, self)?;
         let tier = log.tier;
         let cp = Checkpoint::sign(
             &core.signing_key,
@@ -1591,7 +1726,7 @@ impl WriterState {
             now,
             None,
         );
-        self.append_checkpoint(&core.options, tier, &cp)?;
+        append_line(&core.options, tier, &cp)?;
         self.last_cp_count = self.frontier.size();
         self.last_cp_time = now;
         Ok(cp)

@@ -1171,3 +1171,53 @@ fn a_log_with_json_events_stays_readable_and_takes_compact_ones_after_them() {
     drop(audit);
     verify(&t.dir, &vk(), None).unwrap();
 }
+
+fn checkpoint_counts(file: &Path) -> Vec<u64> {
+    fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["count"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// Periodic checkpoints are signed and appended by a syncer thread after
+/// their records are durable, not by the writer; any other checkpoint, and
+/// a proof, first appends the one on its way, so both files stay in order
+/// and a proof never waits for a line that is not there.
+#[test]
+fn deferred_checkpoints_land_in_order_before_any_other() {
+    let t = TestLog::new();
+    let audit = t.open();
+    let main = t.dir.join("network/checkpoints.jsonl");
+    let copy = t.copy.join("network/checkpoints.jsonl");
+    for round in 1..=20u64 {
+        fill(&audit, Tier::Network, 10); // each tenth record makes one due
+        if round % 3 == 0 {
+            // At once, while the periodic one may still be on its way.
+            audit.checkpoint_now().unwrap();
+        }
+        if round % 4 == 0 {
+            let seq = audit.next_seq(Tier::Network) - 1;
+            let proof = audit.prove(Tier::Network, seq).unwrap();
+            verify_proof(&proof, &vk()).unwrap();
+        }
+    }
+    // The last periodic one arrives without any other call.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while checkpoint_counts(&main).last() != Some(&200) {
+        assert!(Instant::now() < deadline, "{:?}", checkpoint_counts(&main));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for file in [&main, &copy] {
+        let counts = checkpoint_counts(file);
+        assert!(counts.windows(2).all(|w| w[0] < w[1]), "{counts:?}");
+        assert!(counts.len() >= 20, "{counts:?}");
+    }
+    audit.close().unwrap();
+    drop(audit);
+    t.verify().unwrap();
+}
