@@ -755,8 +755,7 @@ service = "app"
 /// admitted counts on the other within a sync interval.
 #[test]
 fn two_edges_share_rate_limits_through_redis() {
-    let Ok(redis_url) = std::env::var("RAMPART_TEST_REDIS_URL") else {
-        println!("SKIP: RAMPART_TEST_REDIS_URL is not set; run under scripts/with-redis");
+    let Some(redis_url) = util::test_redis_url() else {
         return;
     };
     let (port, hits, _) = upstream();

@@ -297,8 +297,7 @@ fn two_nodes_share_one_postgres_store() {
 /// name a server (`scripts/test` starts both).
 #[test]
 fn two_nodes_throttle_logins_through_redis() {
-    let Ok(redis_url) = std::env::var("RAMPART_TEST_REDIS_URL") else {
-        println!("SKIP: RAMPART_TEST_REDIS_URL is not set; run under scripts/with-redis");
+    let Some(redis_url) = util::test_redis_url() else {
         return;
     };
     let Some(db) = util::fresh_pg_database() else {

@@ -305,3 +305,14 @@ pub fn fresh_pg_database() -> Option<String> {
         .unwrap()
         .block_on(rampart_store::testing::fresh_pg_database("rampart_e2e"))
 }
+
+/// The Redis server that `scripts/with-redis` started
+/// (`RAMPART_TEST_REDIS_URL`), or `None`, with a SKIP note, when there is
+/// none.
+pub fn test_redis_url() -> Option<String> {
+    let url = std::env::var("RAMPART_TEST_REDIS_URL").ok();
+    if url.is_none() {
+        println!("SKIP: RAMPART_TEST_REDIS_URL is not set; run under scripts/with-redis");
+    }
+    url
+}
