@@ -1413,15 +1413,20 @@ impl Core {
         if slot.is_some() {
             return;
         }
-        let upto = lock(&log.sync).written_id;
+        // Flagged under the sync lock, under which the syncer checks the
+        // flag before it waits, so the wake-up below cannot be missed.
+        let upto = {
+            let sy = lock(&log.sync);
+            log.cp_upto.store(sy.written_id, Ordering::SeqCst);
+            log.cp_waiting.store(true, Ordering::SeqCst);
+            sy.written_id
+        };
         *slot = Some(PendingCheckpoint {
             frontier: st.frontier.clone(),
             chain_head: st.chain_head,
             time: now,
             upto,
         });
-        log.cp_upto.store(upto, Ordering::SeqCst);
-        log.cp_waiting.store(true, Ordering::SeqCst);
         log.cp_retry.store(false, Ordering::SeqCst);
         st.last_cp_count = st.frontier.size();
         st.last_cp_time = now;
