@@ -1407,9 +1407,14 @@ impl Core {
     /// Takes the periodic checkpoint due after a batch without writing it:
     /// a syncer thread signs and appends it once the batch is durable
     /// (see [`PendingCheckpoint`]). While an earlier one is still on its
-    /// way, this one stays due.
+    /// way (or being appended), this one stays due.
     fn defer_checkpoint(log: &TierLog, st: &mut WriterState, now: u64) {
-        let mut slot = lock(&log.cp_pending);
+        // Never wait here for a syncer that is appending the previous one.
+        let mut slot = match log.cp_pending.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        };
         if slot.is_some() {
             return;
         }
