@@ -535,7 +535,8 @@ struct TierLog {
     /// Set while `cp_pending` holds a checkpoint, for the syncer to see
     /// without taking the lock.
     cp_waiting: AtomicBool,
-    /// The batch (`written_id`) the pending checkpoint's records end in.
+    /// The batch (`written_id`) the pending checkpoint's records end in;
+    /// written only with `cp_pending` held.
     cp_upto: AtomicU64,
     /// A deferred checkpoint could not be appended: take another.
     cp_retry: AtomicBool,
@@ -591,8 +592,6 @@ struct PendingCheckpoint {
     frontier: Frontier,
     chain_head: Hash,
     time: u64,
-    /// The batch its last record was written in.
-    upto: u64,
 }
 
 impl TierLog {
@@ -1420,17 +1419,15 @@ impl Core {
         }
         // Flagged under the sync lock, under which the syncer checks the
         // flag before it waits, so the wake-up below cannot be missed.
-        let upto = {
+        {
             let sy = lock(&log.sync);
             log.cp_upto.store(sy.written_id, Ordering::SeqCst);
             log.cp_waiting.store(true, Ordering::SeqCst);
-            sy.written_id
-        };
+        }
         *slot = Some(PendingCheckpoint {
             frontier: st.frontier.clone(),
             chain_head: st.chain_head,
             time: now,
-            upto,
         });
         log.cp_retry.store(false, Ordering::SeqCst);
         st.last_cp_count = st.frontier.size();
@@ -1468,9 +1465,8 @@ impl Core {
     /// durable by now.
     fn append_pending_if_durable(&self, log: &TierLog) {
         let mut slot = lock(&log.cp_pending);
-        let ready = slot
-            .as_ref()
-            .is_some_and(|p| p.upto <= lock(&log.sync).durable_id);
+        let ready =
+            slot.is_some() && log.cp_upto.load(Ordering::SeqCst) <= lock(&log.sync).durable_id;
         if ready && !log.poisoned.load(Ordering::SeqCst) {
             if let Err(e) = self.append_pending(log, &mut slot) {
                 tracing::warn!(tier = %log.tier, error = %e, "audit checkpoint failed; will retry");
@@ -1487,8 +1483,8 @@ impl Core {
         st: &WriterState,
     ) -> Result<MutexGuard<'a, Option<PendingCheckpoint>>, AuditError> {
         let mut slot = lock(&log.cp_pending);
-        if let Some(p) = slot.as_ref() {
-            if p.upto > lock(&log.sync).durable_id {
+        if slot.is_some() {
+            if log.cp_upto.load(Ordering::SeqCst) > lock(&log.sync).durable_id {
                 log.sync_now(st, &Disk(self.options.fault.as_deref()))?;
             }
             self.append_pending(log, &mut slot)?;
