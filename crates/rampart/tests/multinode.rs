@@ -40,6 +40,11 @@ port = 8081
 name = "api-data"
 environment = "prod"
 service = "api"
+
+# Long enough that the throttled attempt lands inside the wait: delays count
+# in whole seconds, so a 1 s delay imposed at x.999 s is over 1 ms later.
+[identity.throttle]
+base_delay_seconds = 30
 "#
     )
 }
@@ -307,8 +312,7 @@ fn two_nodes_throttle_logins_through_redis() {
     let (a, b) = (Rampart::new(), Rampart::new());
     for (r, name) in [(&a, "node-a"), (&b, "node-b")] {
         let with_redis = format!(
-            "{}\n[redis]\nurl_env = \"THROTTLE_REDIS_URL\"\nkey_prefix = \"{prefix}\"\n\n\
-             [identity.throttle]\nbase_delay_seconds = 30\n",
+            "{}\n[redis]\nurl_env = \"THROTTLE_REDIS_URL\"\nkey_prefix = \"{prefix}\"\n",
             config(name)
         );
         std::fs::write(r.path("rampart.toml"), with_redis).unwrap();
