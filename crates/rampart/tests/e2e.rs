@@ -350,6 +350,28 @@ fn control_api_answers_health_metrics_and_json_errors() {
     assert_eq!(st["store"]["schema_version"], 1);
     assert_eq!(st["environments"][0], "dev");
 
+    // Hostile path parameters and query strings: JSON 400s naming the
+    // parameter, never axum's plain-text rejections.
+    let bad_utf8 = srv.get("/v1/secrets/dev/%ff%fe/db", Some(&cred));
+    assert_eq!(bad_utf8.status, 400, "{}", bad_utf8.body);
+    assert!(bad_utf8.content_type.starts_with("application/json"));
+    assert_eq!(bad_utf8.json()["error"]["code"], "invalid_path");
+    assert_eq!(bad_utf8.json()["error"]["field"], "service");
+    for (query, field) in [
+        ("limit=99999999999999999999", "limit"),
+        ("limit=-1", "limit"),
+        ("limit=%ff", "limit"),
+    ] {
+        let resp = srv.get(&format!("/v1/audit/events?{query}"), Some(&cred));
+        assert_eq!(resp.status, 400, "{query}: {}", resp.body);
+        assert!(resp.content_type.starts_with("application/json"));
+        assert_eq!(resp.json()["error"]["code"], "invalid_query", "{query}");
+        assert_eq!(resp.json()["error"]["field"], field, "{query}");
+    }
+    let bad_version = srv.get("/v1/secrets/dev/app/db?version=x", Some(&cred));
+    assert_eq!(bad_version.status, 400, "{}", bad_version.body);
+    assert_eq!(bad_version.json()["error"]["field"], "version");
+
     let wrong_method = srv.request("POST", "/healthz", None);
     assert_eq!(wrong_method.status, 405);
     assert_eq!(wrong_method.json()["error"]["code"], "method_not_allowed");

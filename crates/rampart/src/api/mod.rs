@@ -25,6 +25,7 @@
 //! condition match it.
 
 mod error;
+mod extract;
 mod identity;
 mod json;
 mod metrics;
@@ -253,7 +254,7 @@ fn bad_param(field: &str, e: impl std::fmt::Display) -> ApiError {
 async fn audit_events(
     State(st): State<SharedState>,
     who: Authenticated,
-    axum::extract::Query(q): axum::extract::Query<AuditQuery>,
+    extract::Query(q): extract::Query<AuditQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     if !who.is_admin() {
         return Err(ApiError::forbidden(
