@@ -63,6 +63,10 @@ pub enum Error {
 pub enum Reject {
     /// The Host header is missing or malformed.
     BadHost,
+    /// The path cannot be normalised safely (see [`crate::path`]).
+    BadPath(crate::path::PathError),
+    /// A `Transfer-Encoding` other than `chunked`.
+    UnsupportedTransferEncoding,
     /// The request carried both Content-Length and Transfer-Encoding
     /// (a request-smuggling attempt; see [`crate::framing`]).
     ConflictingFraming,
@@ -131,11 +135,13 @@ impl Reject {
     pub fn status(&self) -> StatusCode {
         match self {
             Reject::BadHost
+            | Reject::BadPath(_)
             | Reject::ConflictingFraming
             | Reject::BadBody
             | Reject::BadJson { .. }
             | Reject::SchemaViolation { .. } => StatusCode::BAD_REQUEST,
             Reject::CertRevoked => StatusCode::FORBIDDEN,
+            Reject::UnsupportedTransferEncoding => StatusCode::NOT_IMPLEMENTED,
             Reject::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Reject::NoRoute => StatusCode::NOT_FOUND,
             Reject::IpDenied | Reject::Forbidden => StatusCode::FORBIDDEN,
@@ -171,6 +177,8 @@ impl Reject {
     pub fn reason(&self) -> &'static str {
         match self {
             Reject::BadHost => "bad_host",
+            Reject::BadPath(_) => "bad_path",
+            Reject::UnsupportedTransferEncoding => "unsupported_transfer_encoding",
             Reject::ConflictingFraming => "conflicting_framing",
             Reject::NoRoute => "no_route",
             Reject::IpDenied => "ip_denied",

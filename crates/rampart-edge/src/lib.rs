@@ -52,6 +52,7 @@ pub mod framing;
 mod health;
 pub mod hooks;
 pub mod mtls;
+pub mod path;
 pub mod phases;
 pub mod proxy;
 pub mod ratelimit;

@@ -57,6 +57,9 @@ pub struct RequestCtx {
     pub schema: Option<Arc<jsonschema::Validator>>,
     /// What the WAF found (set by the firewall phase when a rule matched).
     pub waf: Option<WafFindings>,
+    /// The normalised path the route was matched on, when it differs from
+    /// the path received; sent upstream in its place (see [`crate::path`]).
+    pub forward_path: Option<String>,
     pending: Option<Incoming>,
     body: Option<Bytes>,
 }
@@ -86,6 +89,7 @@ impl RequestCtx {
             client_cert: None,
             schema: None,
             waf: None,
+            forward_path: None,
             pending: Some(body),
             body: None,
         }

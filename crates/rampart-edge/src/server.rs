@@ -41,6 +41,11 @@ pub type EdgeBody = BoxBody<Bytes, hyper::Error>;
 /// `Strict-Transport-Security` sent on every HTTPS response.
 pub const HSTS: &str = "max-age=31536000; includeSubDomains";
 
+/// The largest HTTP/1 request head (request line and headers) the edge
+/// reads, like nginx's `large_client_header_buffers` (4 × 8 KiB) with room
+/// to spare; above it the answer is 431.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+
 /// Where the edge listens, once bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EdgeAddrs {
@@ -322,6 +327,9 @@ impl Edge {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
+            // A request head above this is refused with 431 (hyper's default
+            // lets one header line grow to about 400 KiB).
+            .max_buf_size(MAX_HEAD_BYTES)
             .timer(TokioTimer::new())
             .header_read_timeout(state.header_read_timeout);
         let graceful = GracefulShutdown::new();
@@ -485,11 +493,41 @@ fn full(b: impl Into<Bytes>) -> EdgeBody {
 }
 
 /// The host a request names (URI authority, else `Host`), validated,
-/// lowercase, without port.
+/// lowercase, without port. `None` (a 400) also for two `Host` headers,
+/// or a `Host` that names another host than the URI's authority (HTTP/2's
+/// `:authority`, or an absolute-form request target): the edge would route
+/// by one and the service might act on the other.
 pub fn request_host(uri: &http::Uri, headers: &http::HeaderMap) -> Option<String> {
+    let mut all = headers.get_all(HOST).iter();
+    let header = match (all.next(), all.next()) {
+        (_, Some(_)) => return None,
+        (Some(v), None) => Some(parse_host(v.to_str().ok()?)?),
+        (None, None) => None,
+    };
     match uri.authority() {
-        Some(a) => parse_host(a.as_str()),
-        None => parse_host(headers.get(HOST)?.to_str().ok()?),
+        Some(a) => {
+            let host = parse_host(a.as_str())?;
+            match header {
+                Some(h) if h != host => None,
+                _ => Some(host),
+            }
+        }
+        None => header,
+    }
+}
+
+/// A `Transfer-Encoding` other than plain `chunked`: the edge would pass
+/// the coded body on as if it were the content (nginx answers 501 too).
+/// hyper itself refuses a coding list that does not end in `chunked`.
+fn unsupported_transfer_encoding(headers: &http::HeaderMap) -> bool {
+    let mut codings = headers
+        .get_all(http::header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','));
+    match (codings.next(), codings.next()) {
+        (None, _) => false,
+        (Some(only), None) => !only.trim_ascii().eq_ignore_ascii_case(b"chunked"),
+        (Some(_), Some(_)) => true,
     }
 }
 
@@ -694,12 +732,27 @@ impl State {
                 return Err(Reject::CertRevoked);
             }
         }
+        if unsupported_transfer_encoding(&head.headers) {
+            return Err(Reject::UnsupportedTransferEncoding);
+        }
+        // A path that cannot be normalised is still routed as received, so
+        // that the firewall inspects it with its route's settings and an
+        // attack is recorded as such; it is refused before the proxy.
+        let (path, bad_path) = match crate::path::normalize(head.uri.path()) {
+            Ok(p) => (p, None),
+            Err(e) => (std::borrow::Cow::Borrowed(head.uri.path()), Some(e)),
+        };
         let route = routing
             .router
-            .find(&host, head.uri.path())
+            .find(&host, &path)
             .ok_or(Reject::NoRoute)?
             .clone();
+        let forward_path = match path {
+            std::borrow::Cow::Owned(p) => Some(p),
+            std::borrow::Cow::Borrowed(_) => None,
+        };
         let mut ctx = RequestCtx::new(head, body, client, host, route, rec.request_id.clone());
+        ctx.forward_path = forward_path;
         ctx.forwarded_for = forwarded_for;
         rec.route = Some(ctx.route_label.clone());
         if phases::declared_too_large(&ctx.head, self.max_body) {
@@ -730,6 +783,9 @@ impl State {
         rec.waf = ctx.waf.take();
         rec.bytes_in = ctx.body().map_or(0, |b| b.len() as u64);
         let checks = outcome?;
+        if let Some(e) = bad_path {
+            return Err(Reject::BadPath(e));
+        }
         let assertion = self.assertion.as_ref().and_then(|signer| {
             let (sub, roles) = match &ctx.principal {
                 Some(p) => (p.id.as_str(), p.roles.as_slice()),
@@ -827,7 +883,13 @@ fn reject_response(reject: &Reject, request_id: &str) -> Response<EdgeBody> {
     if let Some(s) = reject.retry_after_secs() {
         r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(s));
     }
-    if let Reject::ConflictingFraming = reject {
+    // After a request the edge cannot read safely (or that looks built to
+    // confuse parsers), the connection is not reused, as nginx does.
+    if let Reject::ConflictingFraming
+    | Reject::UnsupportedTransferEncoding
+    | Reject::BadHost
+    | Reject::BadPath(_) = reject
+    {
         r.headers_mut()
             .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     }

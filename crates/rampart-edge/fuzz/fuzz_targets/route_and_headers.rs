@@ -1,5 +1,6 @@
-//! Feeds arbitrary bytes to the route matcher, host validation and
-//! X-Forwarded-For handling: none may panic.
+//! Feeds arbitrary bytes to the route matcher, path normalisation, host
+//! validation and X-Forwarded-For handling: none may panic, and a
+//! normalised path normalises to itself.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -30,6 +31,10 @@ fuzz_target!(|data: &[u8]| {
     }]);
     if let Some(h) = rampart_edge::parse_host(host) {
         let _ = router.find(&h, rest);
+    }
+    if let Ok(once) = rampart_edge::path::normalize(rest) {
+        let twice = rampart_edge::path::normalize(&once);
+        assert!(twice.is_ok_and(|t| t == once), "{rest:?}");
     }
     let mut headers = http::HeaderMap::new();
     if let Ok(v) = http::HeaderValue::from_bytes(rest.as_bytes()) {

@@ -111,6 +111,10 @@ pub async fn upstream(name: &'static str) -> Upstream {
                         }
                         resp.headers_mut()
                             .insert("x-upstream", name.parse().unwrap());
+                        // The path and query as the service received them.
+                        let pq = req.uri().path_and_query().map_or("", |p| p.as_str());
+                        resp.headers_mut()
+                            .insert("x-upstream-path", pq.parse().unwrap());
                         Ok::<_, Infallible>(resp)
                     }
                 });

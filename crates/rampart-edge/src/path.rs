@@ -1,0 +1,240 @@
+//! Request paths as the router and the services see them.
+//!
+//! A route's authentication and roles are chosen by path prefix, so the
+//! path the edge matches must be the path the service acts on. Services
+//! and their frameworks resolve `..`, decode `%2e`, and merge `//`; a
+//! request for `/public/../admin` matched as it was written would take the
+//! `/public` route's rules to the service's `/admin`. So, before routing,
+//! the edge normalises the path (RFC 3986 §6.2.2): percent-encoded
+//! unreserved characters are decoded, other escapes are upper-cased, `.`
+//! and `..` segments are resolved and repeated slashes merged. The route
+//! is matched on the result and the request is forwarded with it (the
+//! query string unchanged). The firewall still sees the request as it was
+//! sent, so traversal rules can match it.
+//!
+//! Refused, as nginx refuses them: a `..` that climbs above the root, an
+//! encoded `/` or `\` (`%2F`, `%5C`, which a service may decode into a
+//! separator after routing), an encoded NUL, a raw backslash, a bad escape.
+
+use std::borrow::Cow;
+
+/// Why a path was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathError {
+    /// Not an origin-form path (it does not start with `/`).
+    NotAbsolute,
+    /// `%` not followed by two hex digits.
+    BadEscape,
+    /// `%2F`, `%5C` or `%00`, or a raw backslash.
+    EncodedSeparator,
+    /// A `..` segment above the root.
+    AboveRoot,
+}
+
+impl std::fmt::Display for PathError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PathError::NotAbsolute => "the path does not start with /",
+            PathError::BadEscape => "the path has a malformed percent escape",
+            PathError::EncodedSeparator => {
+                "the path has an encoded slash, backslash or NUL, or a backslash"
+            }
+            PathError::AboveRoot => "the path climbs above the root",
+        })
+    }
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// The normalised form of `path` (see the module doc); borrowed when the
+/// path is already normal, which is the common case.
+pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
+    let bytes = path.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return Err(PathError::NotAbsolute);
+    }
+    if bytes.contains(&b'\\') {
+        return Err(PathError::EncodedSeparator);
+    }
+    let suspicious =
+        bytes.contains(&b'%') || bytes.windows(2).any(|w| matches!(w, [b'/', b'/' | b'.']));
+    if !suspicious {
+        return Ok(Cow::Borrowed(path));
+    }
+    // Decode what may be decoded; keep other escapes, upper-cased.
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b != b'%' {
+            decoded.push(b);
+            i += 1;
+            continue;
+        }
+        let (Some(h), Some(l)) = (
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) else {
+            return Err(PathError::BadEscape);
+        };
+        let c = h << 4 | l;
+        if matches!(c, b'/' | b'\\' | 0) {
+            return Err(PathError::EncodedSeparator);
+        }
+        if unreserved(c) {
+            decoded.push(c);
+        } else {
+            decoded.push(b'%');
+            decoded.extend_from_slice(format!("{c:02X}").as_bytes());
+        }
+        i += 3;
+    }
+    // Resolve dot segments and merge empty ones.
+    let mut out: Vec<&[u8]> = Vec::new();
+    let mut segments = decoded.split(|&b| b == b'/').skip(1).peekable();
+    let mut trailing = false;
+    while let Some(seg) = segments.next() {
+        let last = segments.peek().is_none();
+        match seg {
+            b"" => trailing = last,
+            b"." => trailing = last,
+            b".." => {
+                if out.pop().is_none() {
+                    return Err(PathError::AboveRoot);
+                }
+                trailing = last;
+            }
+            s => {
+                out.push(s);
+                trailing = false;
+            }
+        }
+    }
+    let mut norm = Vec::with_capacity(decoded.len());
+    for seg in &out {
+        norm.push(b'/');
+        norm.extend_from_slice(seg);
+    }
+    if trailing || out.is_empty() {
+        norm.push(b'/');
+    }
+    if norm == bytes {
+        return Ok(Cow::Borrowed(path));
+    }
+    // Only ASCII bytes were decoded, and only ASCII was added, so the
+    // result is as valid UTF-8 as the input.
+    String::from_utf8(norm)
+        .map(Cow::Owned)
+        .map_err(|_| PathError::BadEscape)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(p: &str) -> Result<String, PathError> {
+        normalize(p).map(Cow::into_owned)
+    }
+
+    #[test]
+    fn normal_paths_are_borrowed_unchanged() {
+        for p in [
+            "/",
+            "/a",
+            "/a/b/",
+            "/api/v1/users/42",
+            "/a.b/c..d/.e",
+            "/~x/y-z_",
+        ] {
+            assert!(
+                matches!(normalize(p), Ok(Cow::Borrowed(q)) if q == p),
+                "{p}"
+            );
+        }
+    }
+
+    #[test]
+    fn dot_segments_and_repeated_slashes_are_resolved() {
+        let cases = [
+            ("/public/../admin", "/admin"),
+            ("/public/./a/../b", "/public/b"),
+            ("/a/b/..", "/a/"),
+            ("/a/b/.", "/a/b/"),
+            ("//admin", "/admin"),
+            ("/a//b///c", "/a/b/c"),
+            ("/a/", "/a/"),
+            ("/.", "/"),
+            ("/a/..", "/"),
+            ("/public/%2e%2e/admin", "/admin"),
+            ("/public/%2E%2e/admin", "/admin"),
+            ("/public/.%2e/admin", "/admin"),
+            ("/%61dmin", "/admin"),
+            ("/a%7eb", "/a~b"),
+            ("/a%20b", "/a%20b"),
+            ("/a%3fb%c3%a9", "/a%3Fb%C3%A9"),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(n(raw).as_deref(), Ok(want), "{raw}");
+        }
+    }
+
+    #[test]
+    fn hostile_paths_are_refused() {
+        let cases = [
+            ("/..", PathError::AboveRoot),
+            ("/a/../..", PathError::AboveRoot),
+            ("/%2e%2e/etc/passwd", PathError::AboveRoot),
+            ("/public%2F..%2Fadmin", PathError::EncodedSeparator),
+            ("/a%2fb", PathError::EncodedSeparator),
+            ("/a%5Cb", PathError::EncodedSeparator),
+            ("/a%00b", PathError::EncodedSeparator),
+            ("/a\\..\\admin", PathError::EncodedSeparator),
+            ("/a%", PathError::BadEscape),
+            ("/a%4", PathError::BadEscape),
+            ("/a%zz", PathError::BadEscape),
+            ("a/b", PathError::NotAbsolute),
+            ("", PathError::NotAbsolute),
+            ("*", PathError::NotAbsolute),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(n(raw), Err(want), "{raw}");
+        }
+    }
+
+    #[test]
+    fn normalising_twice_changes_nothing_and_never_panics() {
+        let parts = [
+            "/", "a", ".", "..", "%2e", "%2E", "%41", "%", "%2f", "//", "é", "%c3%a9",
+        ];
+        // Every sequence of up to four parts.
+        let mut stack = vec![String::from("/")];
+        for _ in 0..4 {
+            let mut next = Vec::new();
+            for p in &stack {
+                for part in parts {
+                    next.push(format!("{p}{part}"));
+                }
+            }
+            for p in &next {
+                if let Ok(once) = normalize(p) {
+                    let twice = normalize(&once).map(Cow::into_owned);
+                    assert_eq!(twice.as_deref(), Ok(once.as_ref()), "{p}");
+                    assert!(
+                        !once.contains("/../") && !once.contains("/./") && !once.contains("//")
+                    );
+                }
+            }
+            stack = next;
+        }
+    }
+}
