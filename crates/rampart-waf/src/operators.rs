@@ -2,9 +2,10 @@
 
 use crate::error::{syntax, Error, Location};
 use crate::macros::Macro;
-use crate::prefilter::{BytePairs, ByteSet, Prefilter};
+use crate::prefilter::{BigramSet, BytePairs, ByteSet, Prefilter};
 use aho_corasick::AhoCorasick;
 use std::borrow::Cow;
+use std::cell::OnceCell;
 use std::net::IpAddr;
 use std::path::Path;
 
@@ -316,20 +317,22 @@ impl Rx {
 
     /// Matches; when `caps` is given, fills it with groups 0..=9.
     pub(crate) fn is_match(&self, input: &[u8], caps: Option<&mut Vec<Vec<u8>>>) -> bool {
-        self.is_match_with(input, None, caps)
+        self.is_match_with(input, None, None, caps)
     }
 
-    /// [`Rx::is_match`], with the input's byte set when the caller has it.
+    /// [`Rx::is_match`], with the input's byte set (and the cell of its
+    /// pair set) when the caller has it.
     fn is_match_with(
         &self,
         input: &[u8],
         bytes: Option<&ByteSet>,
+        grams: Option<&OnceCell<BigramSet>>,
         caps: Option<&mut Vec<Vec<u8>>>,
     ) -> bool {
         if self
             .prefilter
             .as_ref()
-            .is_some_and(|p| !p.may_match(input, bytes))
+            .is_some_and(|p| !p.may_match_grams(input, bytes, grams))
         {
             return false;
         }
@@ -685,23 +688,25 @@ pub(crate) fn eval(
     expand: &mut dyn FnMut(&Macro) -> Vec<u8>,
     caps: Option<&mut Vec<Vec<u8>>>,
 ) -> bool {
-    eval_with(op, input, None, &mut |m| Cow::Owned(expand(m)), caps)
+    eval_with(op, input, None, None, &mut |m| Cow::Owned(expand(m)), caps)
 }
 
 /// [`eval`], with the input's byte set when the caller has it (it lets
-/// `@rx` prefilters reject most values without a scan).
+/// `@rx` prefilters reject most values without a scan) and, for a stored
+/// value, the cell of its pair set ([`BigramSet`], built on first use).
 #[inline]
 pub(crate) fn eval_with<'o>(
     op: &'o Op,
     input: &[u8],
     bytes: Option<&ByteSet>,
+    grams: Option<&OnceCell<BigramSet>>,
     expand: &mut dyn FnMut(&Macro) -> Cow<'o, [u8]>,
     caps: Option<&mut Vec<Vec<u8>>>,
 ) -> bool {
     // `@rx`, most checks, without the set-up of the other operators
     match op {
-        Op::Rx(r) => r.is_match_with(input, bytes, caps),
-        _ => eval_other(op, input, bytes, expand, caps),
+        Op::Rx(r) => r.is_match_with(input, bytes, grams, caps),
+        _ => eval_other(op, input, bytes, grams, expand, caps),
     }
 }
 
@@ -710,6 +715,7 @@ fn eval_other<'o>(
     op: &'o Op,
     input: &[u8],
     bytes: Option<&ByteSet>,
+    grams: Option<&OnceCell<BigramSet>>,
     expand: &mut dyn FnMut(&Macro) -> Cow<'o, [u8]>,
     caps: Option<&mut Vec<Vec<u8>>>,
 ) -> bool {
@@ -720,15 +726,15 @@ fn eval_other<'o>(
         }
     };
     match op {
-        Op::Rx(r) => r.is_match_with(input, bytes, caps),
+        Op::Rx(r) => r.is_match_with(input, bytes, grams, caps),
         Op::RxMacro(m) => {
             let pat = String::from_utf8_lossy(&arg(m)).into_owned();
             Rx::compile(&pat).is_ok_and(|r| r.is_match(input, caps))
         }
         Op::Pm(p)
-            if bytes
-                .zip(p.rare.as_ref())
-                .is_some_and(|(b, r)| !b.intersects(r) || !p.pairs.may_match(b)) =>
+            if bytes.zip(p.rare.as_ref()).is_some_and(|(b, r)| {
+                !b.intersects(r) || !p.pairs.may_match_with(b, grams.map(|g| (input, g)))
+            }) =>
         {
             false
         }
@@ -883,16 +889,26 @@ mod tests {
             "Ünïcode".as_bytes(),
             b"ZZ",
             b"z z",
+            b"<a> scrip t",
             b"plain",
             b"",
         ] {
             let bytes = ByteSet::of(input);
+            let scan = eval_with(&op, input, None, None, &mut none, None);
+            let name = String::from_utf8_lossy(input);
             assert_eq!(
-                eval_with(&op, input, Some(&bytes), &mut none, None),
-                eval_with(&op, input, None, &mut none, None),
-                "{:?}",
-                String::from_utf8_lossy(input)
+                eval_with(&op, input, Some(&bytes), None, &mut none, None),
+                scan,
+                "{name:?}"
             );
+            // with the pair set, to be built or built
+            for cell in [OnceCell::new(), OnceCell::from(BigramSet::of(input))] {
+                assert_eq!(
+                    eval_with(&op, input, Some(&bytes), Some(&cell), &mut none, None),
+                    scan,
+                    "{name:?}"
+                );
+            }
         }
     }
 
@@ -915,10 +931,10 @@ mod tests {
         ] {
             let bytes = ByteSet::of(input);
             assert_eq!(
-                eval_with(&op, input, Some(&bytes), &mut none, None),
+                eval_with(&op, input, Some(&bytes), None, &mut none, None),
                 outside
             );
-            assert_eq!(eval_with(&op, input, None, &mut none, None), outside);
+            assert_eq!(eval_with(&op, input, None, None, &mut none, None), outside);
             // a value lacking every byte the link needs is passed over
             let need = op.required_bytes().unwrap();
             assert_eq!(bytes.intersects(need), outside);

@@ -24,6 +24,7 @@
 
 use aho_corasick::AhoCorasick;
 use regex_syntax::hir::{Class, Hir, HirKind};
+use std::cell::OnceCell;
 use std::collections::BTreeSet;
 
 /// Most strings an exact set may hold before it is treated as factors.
@@ -37,6 +38,21 @@ const MAX_CLASS: usize = 16;
 
 type Set = BTreeSet<Vec<u8>>;
 
+/// Each byte's bit in its word (`1 << (b & 63)`), looked up: one load
+/// instead of setting a register to one and shifting it. Built at compile
+/// time, where an index out of range is a build error, not a panic
+/// (`get_mut` is not a const fn yet).
+#[allow(clippy::indexing_slicing)]
+const BIT: [u64; 256] = {
+    let mut t = [0u64; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = 1 << (i & 63);
+        i += 1;
+    }
+    t
+};
+
 /// A set of byte values, 256 bits.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct ByteSet([u64; 4]);
@@ -48,20 +64,6 @@ impl ByteSet {
     /// The bytes present in `input`.
     pub(crate) fn of(input: &[u8]) -> ByteSet {
         let mut w = [0u64; 4];
-        // each byte's bit in its word, looked up (one load instead of
-        // setting a register to one and shifting it). Built at compile
-        // time, where an index out of range is a build error, not a panic
-        // (`get_mut` is not a const fn yet).
-        #[allow(clippy::indexing_slicing)]
-        const BIT: [u64; 256] = {
-            let mut t = [0u64; 256];
-            let mut i = 0;
-            while i < 256 {
-                t[i] = 1 << (i & 63);
-                i += 1;
-            }
-            t
-        };
         let mut add = |b: u8| {
             // `b >> 6` is below 4 and `b` below 256: the checks compile away
             if let (Some(x), Some(bit)) = (w.get_mut(usize::from(b >> 6)), BIT.get(usize::from(b)))
@@ -127,6 +129,83 @@ impl ByteSet {
     }
 }
 
+/// A hashed set of a value's adjacent byte pairs (ASCII-lowercased), 1024
+/// bits: a value holding a literal (ASCII case ignored) holds each of its
+/// pairs, so a literal one of whose pairs is absent is not there. Built
+/// once per stored value, when a prefilter first needs it, and shared by
+/// every rule that tests the value; it spares most Aho-Corasick scans that
+/// would find nothing. Collisions only make it say "present" wrongly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BigramSet([u64; 16]);
+
+/// ASCII lowercase of every byte.
+#[allow(clippy::indexing_slicing)]
+const LOWER: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = (i as u8).to_ascii_lowercase();
+        i += 1;
+    }
+    t
+};
+
+/// The bit of the pair `a`, `b` (both lowercased) in a [`BigramSet`].
+#[inline]
+fn bigram_bit(a: u8, b: u8) -> u32 {
+    ((u32::from(a) << 8) | u32::from(b)).wrapping_mul(0x9E37_79B1) >> 22
+}
+
+impl BigramSet {
+    /// The pairs of adjacent bytes of `input`, ASCII-lowercased.
+    pub(crate) fn of(input: &[u8]) -> BigramSet {
+        let mut w = [0u64; 16];
+        let lower = |b: u8| LOWER.get(usize::from(b)).copied().unwrap_or(b);
+        let Some((&first, rest)) = input.split_first() else {
+            return BigramSet(w);
+        };
+        let mut prev = lower(first);
+        let mut add = |b: u8| {
+            let b = lower(b);
+            let bit = bigram_bit(prev, b);
+            // `bit` is below 1024: the checks compile away
+            if let (Some(x), Some(m)) =
+                (w.get_mut((bit >> 6) as usize), BIT.get((bit & 63) as usize))
+            {
+                *x |= m;
+            }
+            prev = b;
+        };
+        // eight bytes a turn: the loop's own test and step once per eight
+        let mut chunks = rest.chunks_exact(8);
+        for c in &mut chunks {
+            for &b in c {
+                add(b);
+            }
+        }
+        for &b in chunks.remainder() {
+            add(b);
+        }
+        BigramSet(w)
+    }
+
+    /// True when the set may hold the pair whose bit is `bit`.
+    #[inline]
+    fn has_bit(&self, bit: u16) -> bool {
+        // `& 15`: the index is in range, no check
+        self.0
+            .get(usize::from((bit >> 6) & 15))
+            .is_some_and(|w| w & (1u64 << (bit & 63)) != 0)
+    }
+
+    /// True when the set may hold the pair `a`, `b` (ASCII case ignored);
+    /// false only when `input` has no such adjacent pair.
+    #[cfg(test)]
+    fn may_hold(&self, a: u8, b: u8) -> bool {
+        self.has_bit(bigram_bit(a.to_ascii_lowercase(), b.to_ascii_lowercase()) as u16)
+    }
+}
+
 /// How rare a byte is in ordinary request data (higher is rarer): letters
 /// by English frequency, then digits, then common URL and header
 /// punctuation, then the characters attacks need, then control and
@@ -185,8 +264,12 @@ pub(crate) struct Prefilter {
 pub(crate) struct BytePairs {
     /// Per rarest byte (lowercase): the second rarest byte of each literal
     /// whose rarest byte it is, in both ASCII cases (every byte for a
-    /// literal of one distinct byte). Empty: the test is off.
-    second: Vec<(u8, ByteSet)>,
+    /// literal of one distinct byte), and the [`BigramSet`] bits of the
+    /// rarest pairs of adjacent bytes of each such literal (up to
+    /// [`PAIRS_PER_LITERAL`], rarest first, the first repeated when there
+    /// are fewer; `None` when one of them has no pair, being one byte
+    /// long). Empty: the test is off.
+    second: Vec<(u8, ByteSet, Option<LiteralPairs>)>,
     /// The rarest bytes, in both ASCII cases.
     rare: ByteSet,
     /// Per byte, in both ASCII cases: its position in `second` plus one
@@ -204,7 +287,9 @@ impl BytePairs {
             second_at: Box::new([0; 256]),
         };
         let mut second: Vec<(u8, ByteSet)> = Vec::new();
+        let mut grams: Vec<Option<Vec<[u16; PAIRS_PER_LITERAL]>>> = Vec::new();
         for l in lits {
+            let gram = literal_pairs(l);
             let Some(b1) = l.iter().copied().max_by_key(|&b| rarity(b)) else {
                 return off;
             };
@@ -223,13 +308,35 @@ impl BytePairs {
                 }
                 None => ByteSet::ALL,
             };
-            match second.iter_mut().find(|(b, _)| *b == b1) {
-                Some((_, s)) => s.union_with(&set),
-                None => second.push((b1, set)),
+            match second.iter().position(|(b, _)| *b == b1) {
+                Some(i) => {
+                    if let Some((_, s)) = second.get_mut(i) {
+                        s.union_with(&set);
+                    }
+                    if let Some(g) = grams.get_mut(i) {
+                        match (g.as_mut(), gram) {
+                            (Some(list), Some(bits)) => {
+                                if !list.contains(&bits) {
+                                    list.push(bits);
+                                }
+                            }
+                            _ => *g = None,
+                        }
+                    }
+                }
+                None => {
+                    second.push((b1, set));
+                    grams.push(gram.map(|bits| vec![bits]));
+                }
             }
         }
+        let second = second
+            .into_iter()
+            .zip(grams)
+            .map(|((b1, s), g)| (b1, s, g.and_then(LiteralPairs::new)))
+            .collect();
         let mut pairs = BytePairs { second, ..off };
-        for (i, (b1, _)) in pairs.second.iter().enumerate() {
+        for (i, (b1, ..)) in pairs.second.iter().enumerate() {
             let Ok(at) = u8::try_from(i + 1) else {
                 pairs.second.clear();
                 return pairs;
@@ -245,8 +352,22 @@ impl BytePairs {
     }
 
     /// False only when `bytes` (a value's) lacks one byte of each pair.
-    #[inline]
+    #[cfg(test)]
     pub(crate) fn may_match(&self, bytes: &ByteSet) -> bool {
+        self.may_match_with(bytes, None)
+    }
+
+    /// [`BytePairs::may_match`]; with `value` (the value and the cell of
+    /// its [`BigramSet`], empty or holding `BigramSet::of(value)`), false
+    /// too when the value lacks a pair of adjacent bytes of each literal
+    /// whose rarest and second rarest bytes it holds (the set is built
+    /// when first needed).
+    #[inline]
+    pub(crate) fn may_match_with(
+        &self,
+        bytes: &ByteSet,
+        value: Option<(&[u8], &OnceCell<BigramSet>)>,
+    ) -> bool {
         if self.second.is_empty() {
             return true;
         }
@@ -258,14 +379,113 @@ impl BytePairs {
                 let b1 = (base + w.trailing_zeros()) as usize;
                 w &= w - 1;
                 let at = self.second_at.get(b1).copied().unwrap_or(0);
-                match self.second.get(usize::from(at).wrapping_sub(1)) {
-                    Some((_, s)) if !bytes.intersects(s) => {}
+                let i = usize::from(at).wrapping_sub(1);
+                match (self.second.get(i), value) {
+                    (Some((_, s, _)), _) if !bytes.intersects(s) => {}
+                    (Some((_, _, Some(lits))), Some((input, cell))) => {
+                        if holds_pairs_of_one(lits, input, cell) {
+                            return true;
+                        }
+                    }
                     _ => return true,
                 }
             }
         }
         false
     }
+}
+
+/// True when the [`BigramSet`] of `input` (in `cell`, built here when
+/// empty) may hold every pair of one of `lits`.
+#[inline(never)]
+fn holds_pairs_of_one(lits: &LiteralPairs, input: &[u8], cell: &OnceCell<BigramSet>) -> bool {
+    let g = cell.get_or_init(|| BigramSet::of(input));
+    let mut start = 0;
+    for &(first, end) in lits.firsts.iter() {
+        let end = end as usize;
+        if g.has_bit(first)
+            && lits
+                .rest
+                .get(start..end)
+                .is_some_and(|r| r.iter().any(|l| l.iter().all(|&b| g.has_bit(b))))
+        {
+            return true;
+        }
+        start = end;
+    }
+    false
+}
+
+/// The [`BigramSet`] bits of the pairs of adjacent bytes of some literals
+/// ([`literal_pairs`]), by their rarest pair: each distinct rarest pair is
+/// looked up once (literals share them: the groups of CRS's prefilters
+/// hold 9,241 literals with pairs but only 3,382 distinct rarest pairs).
+#[derive(Debug)]
+struct LiteralPairs {
+    /// Each distinct rarest pair, and the end of the run of `rest` that
+    /// follows it (the run starts where the one before ends).
+    firsts: Box<[(u16, u32)]>,
+    /// The other pairs of each literal.
+    rest: Box<[[u16; PAIRS_PER_LITERAL - 1]]>,
+}
+
+impl LiteralPairs {
+    /// `None` (the look-up is off) past what a run's end can hold.
+    fn new(mut lits: Vec<[u16; PAIRS_PER_LITERAL]>) -> Option<LiteralPairs> {
+        lits.sort_unstable();
+        lits.dedup();
+        let mut firsts: Vec<(u16, u32)> = Vec::new();
+        let mut rest = Vec::with_capacity(lits.len());
+        for l in lits {
+            let [first, others @ ..] = l;
+            let end = u32::try_from(rest.len() + 1).ok()?;
+            match firsts.last_mut() {
+                Some((f, e)) if *f == first => *e = end,
+                _ => firsts.push((first, end)),
+            }
+            rest.push(others);
+        }
+        Some(LiteralPairs {
+            firsts: firsts.into_boxed_slice(),
+            rest: rest.into_boxed_slice(),
+        })
+    }
+}
+
+/// Most pairs of adjacent bytes of a literal that [`BytePairs`] looks up.
+const PAIRS_PER_LITERAL: usize = 4;
+
+/// The [`BigramSet`] bits of the rarest pairs of adjacent bytes of `lit`
+/// (ASCII-lowercased), rarest first, the first repeated when there are
+/// fewer than [`PAIRS_PER_LITERAL`]; `None` for a literal shorter than two
+/// bytes.
+fn literal_pairs(lit: &[u8]) -> Option<[u16; PAIRS_PER_LITERAL]> {
+    let mut pairs: Vec<(u16, u16)> = lit
+        .windows(2)
+        .filter_map(|w| match *w {
+            [a, b] => {
+                let (a, b) = (a.to_ascii_lowercase(), b.to_ascii_lowercase());
+                Some((
+                    u16::from(rarity(a)) + u16::from(rarity(b)),
+                    bigram_bit(a, b) as u16,
+                ))
+            }
+            _ => None,
+        })
+        .collect();
+    pairs.sort_by(|x, y| y.0.cmp(&x.0).then(x.1.cmp(&y.1)));
+    let mut bits: Vec<u16> = Vec::new();
+    for (_, bit) in pairs {
+        if !bits.contains(&bit) {
+            bits.push(bit);
+        }
+    }
+    let first = *bits.first()?;
+    let mut out = [first; PAIRS_PER_LITERAL];
+    for (o, b) in out.iter_mut().zip(bits) {
+        *o = b;
+    }
+    Some(out)
 }
 
 impl Prefilter {
@@ -330,7 +550,20 @@ impl Prefilter {
 
     /// False only when the regex cannot match `input`; `bytes`, when given,
     /// must be `ByteSet::of(input)`.
+    #[cfg(test)]
     pub(crate) fn may_match(&self, input: &[u8], bytes: Option<&ByteSet>) -> bool {
+        self.may_match_grams(input, bytes, None)
+    }
+
+    /// [`Prefilter::may_match`]; `grams`, when given (only with `bytes`),
+    /// holds `BigramSet::of(input)` or is empty, and is filled with it
+    /// when the pair test needs it.
+    pub(crate) fn may_match_grams(
+        &self,
+        input: &[u8],
+        bytes: Option<&ByteSet>,
+        grams: Option<&OnceCell<BigramSet>>,
+    ) -> bool {
         if let Some(b) = bytes {
             if !b.intersects(&self.rare) {
                 return false;
@@ -339,7 +572,7 @@ impl Prefilter {
             if self.single_bytes {
                 return true;
             }
-            if !self.pairs.may_match(b) {
+            if !self.pairs.may_match_with(b, grams.map(|g| (input, g))) {
                 return false;
             }
         }
@@ -852,6 +1085,21 @@ mod tests {
             "byte test of {pattern:?} skipped matching input {input:?}"
         );
         assert!(skip_by_bytes || !skip, "the byte test never adds a match");
+        // with the value's pair set, empty (built by the test) or built
+        for cell in [
+            OnceCell::new(),
+            OnceCell::from(BigramSet::of(input.as_bytes())),
+        ] {
+            let skip_by_pairs = !pf.may_match_grams(input.as_bytes(), Some(&bytes), Some(&cell));
+            assert!(
+                !(skip_by_pairs && re.is_match(input.as_bytes())),
+                "pair test of {pattern:?} skipped matching input {input:?}"
+            );
+            assert!(
+                skip_by_pairs || !skip_by_bytes,
+                "the pair test never adds a match"
+            );
+        }
         assert!(
             !(skip && re.is_match(input.as_bytes())),
             "prefilter of {pattern:?} skipped matching input {input:?}"
@@ -939,6 +1187,126 @@ mod tests {
                 assert_eq!(set.contains(b), input.contains(&b), "{len} {b}");
             }
         }
+    }
+
+    /// The pair set never says "absent" for a pair the value holds, in
+    /// either ASCII case, at any length.
+    #[test]
+    fn bigram_sets_hold_every_pair_at_every_length() {
+        let mut x: u64 = 0x0123_4567_89ab_cdef;
+        let mut input = Vec::new();
+        for len in 0..=300usize {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // letters (both cases), digits, punctuation and high bytes
+            input.push(match x % 4 {
+                0 => b'a' + (x >> 8) as u8 % 26,
+                1 => b'A' + (x >> 8) as u8 % 26,
+                2 => (x >> 8) as u8,
+                _ => {
+                    let p = b"<>'\" /%=.;0123456789";
+                    p[(x >> 8) as usize % p.len()]
+                }
+            });
+            let value = &input[..len];
+            let set = BigramSet::of(value);
+            assert_eq!(set, BigramSet::of(&value.to_ascii_uppercase()), "{len}");
+            assert_eq!(set, BigramSet::of(&value.to_ascii_lowercase()), "{len}");
+            for w in value.windows(2) {
+                let (a, b) = (w[0], w[1]);
+                for (a, b) in [
+                    (a, b),
+                    (a.to_ascii_uppercase(), b.to_ascii_lowercase()),
+                    (a.to_ascii_lowercase(), b.to_ascii_uppercase()),
+                ] {
+                    assert!(set.may_hold(a, b), "{len}: {a:#x} {b:#x}");
+                }
+            }
+        }
+        assert_eq!(BigramSet::of(b""), BigramSet::of(b"x"));
+        // a set of a few pairs does not hold every pair
+        let few = BigramSet::of(b"select");
+        assert!(few.may_hold(b'L', b'e'));
+        assert!(!few.may_hold(b'<', b's') || !few.may_hold(b'u', b'n'));
+    }
+
+    /// With the value's pair set the pair test still lets through every
+    /// value that holds a literal (ASCII case ignored), and turns away
+    /// values that hold a literal's bytes but not its pairs.
+    #[test]
+    fn byte_pairs_with_pair_sets_never_hide_a_literal() {
+        let lits: [&[u8]; 7] = [
+            b"<script",
+            b"javascript:",
+            b"zz",
+            b"union",
+            b"/etc/passwd",
+            b"\\xff",
+            b"x",
+        ];
+        let pieces: [&[u8]; 14] = [
+            b"<", b"SCRIPT", b"java", b"Script:", b"z", b"Z", b"un", b"ION", b"/etc", b"/PassWD",
+            b"\\", b"xFF", b" ", b"q",
+        ];
+        let pairs = BytePairs::new(lits);
+        let without_x = BytePairs::new(lits.iter().copied().filter(|l| l.len() > 1));
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut turned_away = 0;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let mut v = Vec::new();
+            for k in 0..(x % 6) {
+                v.extend_from_slice(pieces[((x >> (8 * k + 3)) % pieces.len() as u64) as usize]);
+            }
+            let lower = v.to_ascii_lowercase();
+            let holds = |ls: &[&[u8]]| {
+                ls.iter()
+                    .any(|l| lower.windows(l.len()).any(|w| w == l.to_ascii_lowercase()))
+            };
+            let bytes = ByteSet::of(&v);
+            for (p, ls) in [(&pairs, &lits[..]), (&without_x, &lits[..6])] {
+                let cell = OnceCell::new();
+                let may = p.may_match_with(&bytes, Some((&v, &cell)));
+                if holds(ls) {
+                    assert!(may, "{:?}", String::from_utf8_lossy(&v));
+                }
+                // never more than without the pair set
+                assert!(!may || p.may_match(&bytes));
+                turned_away += usize::from(p.may_match(&bytes) && !may);
+            }
+        }
+        assert!(turned_away > 100, "{turned_away}");
+        // literals sharing their rarest byte and their rarest pair
+        let shared: [&[u8]; 6] = [b"zip", b"zipx", b"unzip", b"zap", b"jazz", b"zi"];
+        let pieces: [&[u8]; 9] = [b"z", b"I", b"p", b"x", b"un", b"A", b"J", b"zz", b"-"];
+        let shared_pairs = BytePairs::new(shared);
+        let mut turned_away = 0;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let mut v = Vec::new();
+            for k in 0..(x % 7) {
+                v.extend_from_slice(pieces[((x >> (8 * k + 3)) % pieces.len() as u64) as usize]);
+            }
+            let lower = v.to_ascii_lowercase();
+            let holds = shared
+                .iter()
+                .any(|l| lower.windows(l.len()).any(|w| w == *l));
+            let bytes = ByteSet::of(&v);
+            let may = shared_pairs.may_match_with(&bytes, Some((&v, &OnceCell::new())));
+            assert!(may || !holds, "{:?}", String::from_utf8_lossy(&v));
+            assert!(!may || shared_pairs.may_match(&bytes));
+            turned_away += usize::from(shared_pairs.may_match(&bytes) && !may);
+        }
+        assert!(turned_away > 100, "{turned_away}");
+        let cell = OnceCell::new();
+        let v = b"<a> scrip t";
+        assert!(pairs.may_match(&ByteSet::of(v)));
+        assert!(!pairs.may_match_with(&ByteSet::of(v), Some((v, &cell))));
     }
 
     #[test]

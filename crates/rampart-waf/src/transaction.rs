@@ -17,14 +17,14 @@ use crate::engine::{SelKeys, NO_KEY, ROOT_NODE};
 use crate::exclusions::Exclusions;
 use crate::macros::{Macro, Seg};
 use crate::operators::{atoi, eval_with, Op, Operator};
-use crate::prefilter::ByteSet;
+use crate::prefilter::{BigramSet, ByteSet};
 use crate::request::{Action, Request, Response, RuleMatch, Verdict};
 use crate::rule::{Rule, RuleBody, SKIP_SLOTS};
 use crate::small::SmallBytes;
 use crate::transformations::Transform;
 use crate::variables::{Exclusion, Kind, Selector, Target, VarName, VAR_COUNT};
 use std::borrow::Cow;
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
@@ -99,6 +99,9 @@ struct Val<'a> {
     id: Option<u64>,
     /// The bytes of `value`, for a stored value (with an `id`).
     bytes: ByteSet,
+    /// The pairs of adjacent bytes of `value`, for a stored value: built
+    /// by the first prefilter that needs them, kept for the others.
+    grams: Option<&'a OnceCell<BigramSet>>,
 }
 
 /// One stored value of a collection, with the bytes its key and its value
@@ -112,6 +115,10 @@ struct Entry {
     value: Vec<u8>,
     key_bytes: ByteSet,
     value_bytes: ByteSet,
+    /// The pairs of adjacent bytes of `key` and `value` ([`BigramSet`]),
+    /// built when a prefilter first needs them.
+    key_grams: OnceCell<BigramSet>,
+    value_grams: OnceCell<BigramSet>,
 }
 
 /// A stored collection (or scalar): its values in order and the union of
@@ -141,6 +148,8 @@ impl Slot {
             key,
             key_id,
             value,
+            key_grams: OnceCell::new(),
+            value_grams: OnceCell::new(),
         };
         self.add_bytes(&e);
         match self.entries.get_mut(self.len) {
@@ -163,6 +172,8 @@ impl Slot {
         e.value.extend_from_slice(value);
         e.key_bytes = ByteSet::of(key.as_bytes());
         e.value_bytes = ByteSet::of(value);
+        e.key_grams = OnceCell::new();
+        e.value_grams = OnceCell::new();
         let e = e.byte_sets();
         self.add_bytes_of(e);
         self.len += 1;
@@ -1398,6 +1409,7 @@ impl<'w> Transaction<'w> {
                     count: true,
                     id: None,
                     bytes: ByteSet::ALL,
+                    grams: None,
                 };
                 self.check_value(&ctx, &v, hits);
             } else {
@@ -1429,13 +1441,17 @@ impl<'w> Transaction<'w> {
         let op = ctx.op;
         let mut caps_buf = Vec::new();
         let mut expand = |m: &Macro| self.expand_borrowed(m, ctx.top);
-        let mut check = |input: &[u8], bytes: Option<&ByteSet>, caps_buf: &mut Vec<Vec<u8>>| {
+        // `grams`: only with the stored value itself as `input`
+        let mut check = |input: &[u8],
+                         bytes: Option<&ByteSet>,
+                         grams: Option<&OnceCell<BigramSet>>,
+                         caps_buf: &mut Vec<Vec<u8>>| {
             let caps = if ctx.want_caps {
                 Some(&mut *caps_buf)
             } else {
                 None
             };
-            eval_with(&op.op, input, bytes, &mut expand, caps) != op.negated
+            eval_with(&op.op, input, bytes, grams, &mut expand, caps) != op.negated
         };
         let mut hit = |cur: &[u8], caps_buf: Vec<Vec<u8>>| {
             let name = match ctx.name {
@@ -1459,7 +1475,7 @@ impl<'w> Transaction<'w> {
         // A stored value that the whole chain leaves as it is: every stage
         // (of a multiMatch too) is the value itself, checked once.
         if let Some(root) = unchanged {
-            if check(&v.value, Some(&root), &mut caps_buf) {
+            if check(&v.value, Some(&root), v.grams, &mut caps_buf) {
                 hit(&v.value, caps_buf);
             }
             return;
@@ -1476,7 +1492,7 @@ impl<'w> Transaction<'w> {
                 ctx.wants_bytes,
             );
             let input: &[u8] = cur.as_deref().map_or(&v.value, Vec::as_slice);
-            if check(input, bytes.as_ref(), &mut caps_buf) {
+            if check(input, bytes.as_ref(), None, &mut caps_buf) {
                 hit(input, caps_buf);
             }
             return;
@@ -1491,7 +1507,7 @@ impl<'w> Transaction<'w> {
         let mut cur: Cow<'_, [u8]> = Cow::Borrowed(&v.value);
         let mut matched = false;
         if ctx.multi {
-            matched = check(&cur, root.as_ref(), &mut caps_buf);
+            matched = check(&cur, root.as_ref(), v.grams, &mut caps_buf);
         }
         let skip = root.map_or(0, |r| {
             ctx.tf_path
@@ -1505,12 +1521,12 @@ impl<'w> Transaction<'w> {
             }
             if let Some(o) = changed(tf.apply(&cur), cur.len()) {
                 cur = Cow::Owned(o);
-                if ctx.multi && check(&cur, None, &mut caps_buf) {
+                if ctx.multi && check(&cur, None, None, &mut caps_buf) {
                     matched = true;
                 }
             }
         }
-        if !ctx.multi && check(&cur, None, &mut caps_buf) {
+        if !ctx.multi && check(&cur, None, None, &mut caps_buf) {
             matched = true;
         }
         if matched {
@@ -1651,6 +1667,7 @@ impl<'w> Transaction<'w> {
             count: false,
             id: None,
             bytes: ByteSet::ALL,
+            grams: None,
         };
         let push_sorted = |out: &mut dyn FnMut(Val<'a>), selected: Vec<(&'a str, &'a [u8])>| {
             for (k, v) in selected {
@@ -1704,6 +1721,7 @@ impl<'w> Transaction<'w> {
                             count: false,
                             id: value_id(t.var, g, pos),
                             bytes: e.value_bytes,
+                            grams: Some(&e.value_grams),
                         });
                     }
                 }
@@ -1722,6 +1740,7 @@ impl<'w> Transaction<'w> {
                             count: false,
                             id: value_id(t.var, g, pos),
                             bytes: e.key_bytes,
+                            grams: Some(&e.key_grams),
                         });
                     }
                 }
@@ -1739,6 +1758,7 @@ impl<'w> Transaction<'w> {
                         count: false,
                         id: value_id(t.var, g, pos),
                         bytes: e.value_bytes,
+                        grams: Some(&e.value_grams),
                     });
                 }
             }
@@ -1757,6 +1777,7 @@ impl<'w> Transaction<'w> {
                             count: false,
                             id: None,
                             bytes: ByteSet::ALL,
+                            grams: None,
                         });
                     }
                 }
@@ -1775,6 +1796,7 @@ impl<'w> Transaction<'w> {
                                 count: false,
                                 id: None,
                                 bytes: ByteSet::ALL,
+                                grams: None,
                             });
                         }
                     }
