@@ -20,6 +20,13 @@ impl Router {
         }
     }
 
+    /// Whether any route is for `host` (no port, any case).
+    pub fn serves_host(&self, host: &str) -> bool {
+        self.routes
+            .iter()
+            .any(|r| host_rank(&r.host, host).is_some())
+    }
+
     /// The best route for `host` (no port, any case) and `path`.
     pub fn find(&self, host: &str, path: &str) -> Option<&Arc<Route>> {
         let mut best: Option<(u8, usize, &Arc<Route>)> = None;
@@ -103,5 +110,7 @@ mod tests {
         assert_eq!(svc("www.example.com", "/v1"), Some("wild"));
         assert_eq!(svc("example.com", "/"), None);
         assert_eq!(svc("other.org", "/"), None);
+        assert!(r.serves_host("API.example.com") && r.serves_host("x.example.com"));
+        assert!(!r.serves_host("example.com") && !r.serves_host("evil.test"));
     }
 }

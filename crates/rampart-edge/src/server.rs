@@ -626,6 +626,11 @@ impl State {
         let Some(host) = request_host(req.uri(), req.headers()) else {
             return status_response(StatusCode::BAD_REQUEST);
         };
+        // Only to a site the edge serves: a redirect to whatever host a
+        // request names would let it point a shared cache's copy elsewhere.
+        if !self.routing().router.serves_host(&host) {
+            return status_response(StatusCode::NOT_FOUND);
+        }
         let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
         let location = if self.https_port == 443 {
             format!("https://{host}{pq}")

@@ -27,6 +27,10 @@ async fn plain_http_redirects_to_https_keeping_path_and_query() {
     );
     let r = edge.http("evil.test/x", "/").await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    // No redirect to a host the edge does not serve.
+    let r = edge.http("evil.test", "/").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(r.header("location").is_none());
     assert_eq!(a.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
 
