@@ -31,6 +31,13 @@ pub use model::*;
 /// The configuration Rampart generates for `rampart up --dev` when no file is given.
 pub const DEV_CONFIG: &str = include_str!("dev.toml");
 
+/// `edge.waf_rules` entries with this prefix name a rule set built into the
+/// binary, not a file.
+pub const BUILTIN_PREFIX: &str = "builtin:";
+
+/// The built-in baseline rule set (`rampart_waf::BASELINE_RULES`).
+pub const BUILTIN_BASELINE: &str = "builtin:baseline";
+
 /// One problem in a configuration file, located precisely.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
@@ -130,7 +137,11 @@ impl Config {
                 c.cert = base.join(&c.cert);
                 c.key = base.join(&c.key);
             }
-            for r in &mut edge.waf_rules {
+            for r in edge
+                .waf_rules
+                .iter_mut()
+                .filter(|r| !r.starts_with(BUILTIN_PREFIX))
+            {
                 *r = base.join(&*r).display().to_string();
             }
             for ca in &mut edge.client_ca {

@@ -9,6 +9,7 @@ use ipnet::IpNet;
 
 use crate::model::*;
 use crate::raw::{RawConfig, RawError, S};
+use crate::{BUILTIN_BASELINE, BUILTIN_PREFIX};
 
 /// Text that can go into a request line or header as it is: visible
 /// ASCII, no spaces.
@@ -1329,7 +1330,23 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
             trusted_proxies: c.cidrs(&e.trusted_proxies, "edge.trusted_proxies"),
             allow_cidrs: c.cidrs(&e.allow_cidrs, "edge.allow_cidrs"),
             deny_cidrs: c.cidrs(&e.deny_cidrs, "edge.deny_cidrs"),
-            waf_rules: e.waf_rules.iter().map(|r| r.get_ref().clone()).collect(),
+            waf_rules: e
+                .waf_rules
+                .iter()
+                .map(|r| {
+                    let name = r.get_ref();
+                    if name.starts_with(BUILTIN_PREFIX) && name != BUILTIN_BASELINE {
+                        c.err(
+                            r,
+                            "edge.waf_rules",
+                            format!(
+                                "unknown built-in rule set {name:?}: the one built in is \"{BUILTIN_BASELINE}\""
+                            ),
+                        );
+                    }
+                    name.clone()
+                })
+                .collect(),
             max_body_bytes,
             certificates,
         }

@@ -533,9 +533,16 @@ pub async fn start(
     }
     if !e.waf_rules.is_empty() {
         let mut b = rampart_waf::WafBuilder::new();
-        for f in expand_rule_files(&e.waf_rules)? {
-            b.load_file(&f)
-                .map_err(|err| CliError::Input(format!("WAF rules: {err}")))?;
+        for entry in &e.waf_rules {
+            if entry == rampart_config::BUILTIN_BASELINE {
+                b.load_str(rampart_waf::BASELINE_NAME, rampart_waf::BASELINE_RULES)
+                    .map_err(|err| CliError::Input(format!("WAF rules: {err}")))?;
+                continue;
+            }
+            for f in expand_rule_files(std::slice::from_ref(entry))? {
+                b.load_file(&f)
+                    .map_err(|err| CliError::Input(format!("WAF rules: {err}")))?;
+            }
         }
         let waf = b
             .build()

@@ -417,6 +417,41 @@ fn up_dev_from_nothing_then_sigterm_stops_gracefully() {
     assert!(r.path("rampart-data/rampart.toml").is_file());
     assert_eq!(srv.get("/readyz", None).status, 200);
     assert_eq!(srv.get("/v1/whoami", Some(&cred)).status, 200);
+    // The development edge runs the built-in baseline WAF: an injection is
+    // refused at the edge (no demo service needs to run on :3000 for that).
+    assert!(
+        srv.printed
+            .iter()
+            .any(|l| l.starts_with("edge: WAF loaded")),
+        "{printed}"
+    );
+    let edge = srv
+        .printed
+        .iter()
+        .find_map(|l| l.strip_prefix("edge https: "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let insecure = ureq::Agent::config_builder()
+        .tls_config(
+            ureq::tls::TlsConfig::builder()
+                .disable_verification(true)
+                .build(),
+        )
+        .http_status_as_error(false)
+        .build()
+        .new_agent();
+    let status_of = |path: &str| {
+        let req = ureq::http::Request::builder()
+            .uri(format!("{edge}{path}"))
+            .header("Host", "localhost")
+            .body(())
+            .unwrap();
+        insecure.run(req).unwrap().status().as_u16()
+    };
+    assert_eq!(status_of("/?id=1%27%20OR%201=1--"), 403);
+    assert_eq!(status_of("/?q=%3Cscript%3Ealert(1)%3C/script%3E"), 403);
+    assert_ne!(status_of("/?q=hello"), 403);
     let (status, after) = srv.terminate();
     assert!(status.success(), "{status:?}");
     assert!(after.iter().any(|l| l == "rampart stopped"), "{after:?}");
