@@ -505,7 +505,13 @@ fn mapping(args: &RunArgs, c: &Client) -> Result<BTreeMap<String, String>, CliEr
                         }
                     })
                     .collect();
-                out.insert(var, name.to_string());
+                if let Some(other) = out.insert(var.clone(), name.to_string()) {
+                    // `db.password` and `db-password` would both be
+                    // DB_PASSWORD: refuse rather than pick one.
+                    return Err(CliError::Input(format!(
+                        "secrets {other:?} and {name:?} would both be ${var}; name the variables in the service's `secrets` (--config)"
+                    )));
+                }
             }
         }
     }

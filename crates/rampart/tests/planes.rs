@@ -369,6 +369,40 @@ fn secrets_cli_and_run_inject_without_writing_to_disk() {
     ]);
     assert_eq!(missing.status.code(), Some(2));
     assert!(stderr(&missing).contains("404"), "{}", stderr(&missing));
+
+    // Without a config naming the variables, each secret is its name in
+    // upper case; two names that give one variable are refused, and the
+    // command never starts.
+    let twin = client(&[
+        "secrets",
+        "put",
+        "--env",
+        "prod",
+        "--service",
+        "api",
+        "db.password",
+        "--value-env",
+        "THE_PASSWORD",
+    ]);
+    assert!(twin.status.success(), "{}", stderr(&twin));
+    let clash = client(&[
+        "run",
+        "--env",
+        "prod",
+        "--service",
+        "api",
+        "--",
+        "sh",
+        "-c",
+        "echo started",
+    ]);
+    assert_eq!(clash.status.code(), Some(2), "{}", stderr(&clash));
+    assert!(
+        stderr(&clash).contains("$DB_PASSWORD"),
+        "{}",
+        stderr(&clash)
+    );
+    assert!(!stdout(&clash).contains("started"));
 }
 
 #[test]
