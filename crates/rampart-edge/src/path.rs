@@ -14,7 +14,9 @@
 //!
 //! Refused, as nginx refuses them: a `..` that climbs above the root, an
 //! encoded `/` or `\` (`%2F`, `%5C`, which a service may decode into a
-//! separator after routing), an encoded NUL, a raw backslash, a bad escape.
+//! separator after routing), an encoded NUL, a raw backslash, a bad escape;
+//! and a dot segment with parameters (`/public/..;/admin`), which Java
+//! servers resolve as `..`.
 
 use std::borrow::Cow;
 
@@ -29,6 +31,9 @@ pub enum PathError {
     EncodedSeparator,
     /// A `..` segment above the root.
     AboveRoot,
+    /// A `.` or `..` segment with parameters (`..;x`), which some servers
+    /// (Tomcat, Jetty) resolve as `..` after routing.
+    DotSegmentParameters,
 }
 
 impl std::fmt::Display for PathError {
@@ -40,6 +45,7 @@ impl std::fmt::Display for PathError {
                 "the path has an encoded slash, backslash or NUL, or a backslash"
             }
             PathError::AboveRoot => "the path climbs above the root",
+            PathError::DotSegmentParameters => "the path has a dot segment with parameters (..;)",
         })
     }
 }
@@ -108,6 +114,9 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
         match seg {
             b"" => trailing = last,
             b"." => trailing = last,
+            s if s.starts_with(b"..;") || s.starts_with(b".;") => {
+                return Err(PathError::DotSegmentParameters);
+            }
             b".." => {
                 if out.pop().is_none() {
                     return Err(PathError::AboveRoot);
@@ -198,6 +207,10 @@ mod tests {
             ("/a%2fb", PathError::EncodedSeparator),
             ("/a%5Cb", PathError::EncodedSeparator),
             ("/a%00b", PathError::EncodedSeparator),
+            ("/public/..;/admin", PathError::DotSegmentParameters),
+            ("/public/..;x=1/admin", PathError::DotSegmentParameters),
+            ("/public/.;/admin", PathError::DotSegmentParameters),
+            ("/public/%2e%2e;/admin", PathError::DotSegmentParameters),
             ("/a\\..\\admin", PathError::EncodedSeparator),
             ("/a%", PathError::BadEscape),
             ("/a%4", PathError::BadEscape),
