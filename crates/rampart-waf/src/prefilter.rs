@@ -564,6 +564,16 @@ impl Prefilter {
         bytes: Option<&ByteSet>,
         grams: Option<&OnceCell<BigramSet>>,
     ) -> bool {
+        // a short value without a byte set (TX, MATCHED_VARS, a changed
+        // multiMatch stage) gets one here: cheaper than most scans
+        let own;
+        let bytes = match bytes {
+            None if input.len() <= SHORT_VALUE => {
+                own = ByteSet::of(input);
+                Some(&own)
+            }
+            b => b,
+        };
         if let Some(b) = bytes {
             if !b.intersects(&self.rare) {
                 return false;
@@ -579,6 +589,10 @@ impl Prefilter {
         self.ac.is_match(input)
     }
 }
+
+/// The longest value without a byte set that [`Prefilter::may_match_grams`]
+/// computes one for before scanning it.
+const SHORT_VALUE: usize = 64;
 
 /// The rarest byte of each literal, in both ASCII cases: a value that
 /// contains one of the literals (ASCII case ignored) holds one of these
@@ -1391,5 +1405,50 @@ mod tests {
             matched > 100,
             "too few matching inputs to mean much: {matched}"
         );
+    }
+
+    /// A value handed over without a byte set gets one when it is short
+    /// (up to [`SHORT_VALUE`] bytes): the answer is then the one with its
+    /// byte set, never a rejected match, on either side of the limit.
+    #[test]
+    fn short_values_without_a_byte_set() {
+        let cases = [
+            (
+                "(?i)union\\s+select",
+                "1 UNION  SELECT x",
+                "red leather boots",
+            ),
+            (
+                "(?:^|[^a-z])on(?:load|error)=",
+                "<img onerror=x>",
+                "page=2&sort=asc",
+            ),
+            (r"(?:\.\./)+etc", "../../etc/passwd", "/static/app.js"),
+            ("a(?:b|c+)d", "xxacccdxx", "abcabcabc"),
+            (r"x?\(", "f(1)", "f 1"),
+        ];
+        let mut rejected = 0;
+        for (p, hit, miss) in cases {
+            let re = regex::bytes::Regex::new(p).unwrap();
+            let pf = Prefilter::new(p, false).unwrap();
+            for core in [hit, miss] {
+                for len in 0..=SHORT_VALUE + 8 {
+                    // the value padded with `-` before it to `len` bytes
+                    let pad = len.saturating_sub(core.len());
+                    let input = format!("{}{core}", "-".repeat(pad));
+                    let v = input.as_bytes();
+                    let may = pf.may_match(v, None);
+                    if re.is_match(v) {
+                        assert!(may, "{p:?} rejected matching {input:?}");
+                    }
+                    if v.len() <= SHORT_VALUE {
+                        let with_bytes = pf.may_match(v, Some(&ByteSet::of(v)));
+                        assert_eq!(may, with_bytes, "{p:?} on {input:?}");
+                    }
+                    rejected += usize::from(!may);
+                }
+            }
+        }
+        assert!(rejected > 0, "no value was turned away");
     }
 }
