@@ -32,6 +32,15 @@ pub enum KeysError {
     /// A request argument is out of range or inconsistent.
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// A named request field is out of range (the API names it in its
+    /// error's `field`).
+    #[error("invalid {field}: {message}")]
+    InvalidField {
+        /// The field, as the control API's request bodies name it.
+        field: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
     /// A ciphertext could not be parsed.
     #[error("malformed ciphertext: {0}")]
     Malformed(&'static str),

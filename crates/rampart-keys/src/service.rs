@@ -553,9 +553,10 @@ impl KeyService {
             .await?;
         let period = spec.rotation_period_days.unwrap_or(DEFAULT_ROTATION_DAYS);
         if !(1..=3650).contains(&period) {
-            return Err(KeysError::InvalidRequest(format!(
-                "rotation period {period} days is outside 1..=3650"
-            )));
+            return Err(KeysError::InvalidField {
+                field: "rotation_period_days",
+                message: format!("rotation period {period} days is outside 1..=3650"),
+            });
         }
         let now = self.clock.unix_secs();
         let record = KeyRecord {
@@ -707,18 +708,22 @@ impl KeyService {
             .update(env, name, |r| {
                 if let Some(p) = rotation_period_days {
                     if !(1..=3650).contains(&p) {
-                        return Err(KeysError::InvalidRequest(format!(
-                            "rotation period {p} days is outside 1..=3650"
-                        )));
+                        return Err(KeysError::InvalidField {
+                            field: "rotation_period_days",
+                            message: format!("rotation period {p} days is outside 1..=3650"),
+                        });
                     }
                     r.rotation_period_days = p;
                 }
                 if let Some(m) = min_decryption_version {
                     if m == 0 || m > r.current() {
-                        return Err(KeysError::InvalidRequest(format!(
-                            "minimum decryption version {m} must be between 1 and the current version {}",
-                            r.current()
-                        )));
+                        return Err(KeysError::InvalidField {
+                            field: "min_decryption_version",
+                            message: format!(
+                                "minimum decryption version {m} must be between 1 and the current version {}",
+                                r.current()
+                            ),
+                        });
                     }
                     r.min_decryption_version = m;
                 }
@@ -739,9 +744,10 @@ impl KeyService {
         let (env, name) = key_ref(caller, key)?;
         let days = days.unwrap_or(DEFAULT_DELETION_DAYS);
         if !(7..=30).contains(&days) {
-            return Err(KeysError::InvalidRequest(format!(
-                "deletion window {days} days is outside 7..=30"
-            )));
+            return Err(KeysError::InvalidField {
+                field: "days",
+                message: format!("deletion window {days} days is outside 7..=30"),
+            });
         }
         self.authorise(caller, "keys:schedule-deletion", env, &resource(name), None)
             .await?;

@@ -442,11 +442,11 @@ async fn deletion_window_cancel_and_destruction() {
         .unwrap();
     assert!(matches!(
         k.keys.schedule_deletion(&ops(), "payments", Some(6)).await,
-        Err(KeysError::InvalidRequest(_))
+        Err(KeysError::InvalidField { field: "days", .. })
     ));
     assert!(matches!(
         k.keys.schedule_deletion(&ops(), "payments", Some(31)).await,
-        Err(KeysError::InvalidRequest(_))
+        Err(KeysError::InvalidField { field: "days", .. })
     ));
     assert!(matches!(
         k.keys
@@ -742,7 +742,10 @@ async fn data_keys_batches_and_bad_input() {
     };
     assert!(matches!(
         k.keys.create_key(&ops(), "zero", spec).await,
-        Err(KeysError::InvalidRequest(_))
+        Err(KeysError::InvalidField {
+            field: "rotation_period_days",
+            ..
+        })
     ));
     let listed = k.keys.list_keys(&ops()).await.unwrap();
     assert_eq!(

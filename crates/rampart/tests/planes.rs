@@ -85,6 +85,27 @@ fn keys_through_the_api_allow_deny_and_refuse_bad_input() {
     );
     assert_eq!(pt.json()["plaintext"], b64("card 4111"));
 
+    // A value out of range is refused with the field named.
+    let window = srv.post(
+        "/v1/keys/prod/api-data/schedule-deletion",
+        t,
+        json!({"days": 1}),
+    );
+    assert_eq!(window.status, 400, "{}", window.body);
+    assert_eq!(window.json()["error"]["field"], "days", "{}", window.body);
+    let period = srv.post(
+        "/v1/keys/prod",
+        t,
+        json!({"name": "short-lived", "rotation_period_days": 0}),
+    );
+    assert_eq!(period.status, 400, "{}", period.body);
+    assert_eq!(
+        period.json()["error"]["field"],
+        "rotation_period_days",
+        "{}",
+        period.body
+    );
+
     // Wrong context, tampered ciphertext, bad base64, unknown field, unknown key: 4xx JSON naming it.
     let wrong = srv.post(
         "/v1/keys/prod/decrypt",

@@ -103,6 +103,10 @@ impl From<rampart_keys::KeysError> for ApiError {
             K::InvalidName(_) | K::InvalidRequest(_) => {
                 (StatusCode::BAD_REQUEST, "invalid_request")
             }
+            K::InvalidField { field, .. } => {
+                return ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", e.to_string())
+                    .with_field(*field);
+            }
             K::Malformed(_) => (StatusCode::BAD_REQUEST, "malformed_ciphertext"),
             K::Decrypt => (StatusCode::BAD_REQUEST, "decryption_failed"),
             K::RetiredVersion { .. } => (StatusCode::BAD_REQUEST, "retired_version"),
