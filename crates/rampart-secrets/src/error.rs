@@ -34,6 +34,15 @@ pub enum SecretsError {
     /// A request argument is out of range, malformed or inconsistent.
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// A named request field is out of range (the API names it in its
+    /// error's `field`).
+    #[error("invalid {field}: {message}")]
+    InvalidField {
+        /// The field, as the control API names it.
+        field: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
     /// Rotation was asked of a secret whose kind cannot be rotated.
     #[error("secret {0} is not of a rotatable kind")]
     NotRotatable(String),

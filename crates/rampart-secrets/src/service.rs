@@ -331,10 +331,13 @@ impl SecretService {
     ) -> Result<u32, SecretsError> {
         Self::check_names(service, name)?;
         if value.len() > MAX_SECRET_BYTES {
-            return Err(SecretsError::InvalidRequest(format!(
-                "secret of {} bytes exceeds the limit of {MAX_SECRET_BYTES}",
-                value.len()
-            )));
+            return Err(SecretsError::InvalidField {
+                field: "value",
+                message: format!(
+                    "secret of {} bytes exceeds the limit of {MAX_SECRET_BYTES}",
+                    value.len()
+                ),
+            });
         }
         if kind == SecretKind::Postgres {
             serde_json::from_slice::<PostgresSecret>(value)
@@ -479,9 +482,10 @@ impl SecretService {
         Self::check_names(service, name)?;
         let days = recovery_days.unwrap_or(DEFAULT_RECOVERY_DAYS);
         if !(7..=30).contains(&days) {
-            return Err(SecretsError::InvalidRequest(format!(
-                "recovery window {days} days is outside 7..=30"
-            )));
+            return Err(SecretsError::InvalidField {
+                field: "recovery_days",
+                message: format!("recovery window {days} days is outside 7..=30"),
+            });
         }
         self.authorise(caller, "secrets:delete", service, name)
             .await?;

@@ -218,7 +218,7 @@ async fn versions_put_get_list_and_nothing_in_clear() {
             SecretKind::Generic
         )
         .await,
-        Err(SecretsError::InvalidRequest(_))
+        Err(SecretsError::InvalidField { field: "value", .. })
     ));
     assert!(matches!(
         s.put(
@@ -300,7 +300,10 @@ async fn delete_restore_and_purge_after_the_window() {
         .unwrap();
     assert!(matches!(
         s.delete(&payments(), "payments", "db", Some(3)).await,
-        Err(SecretsError::InvalidRequest(_))
+        Err(SecretsError::InvalidField {
+            field: "recovery_days",
+            ..
+        })
     ));
     let until = s.delete(&payments(), "payments", "db", None).await.unwrap();
     assert_eq!(until, T0 + 7 * DAY);

@@ -424,6 +424,25 @@ fn secrets_cli_and_run_inject_without_writing_to_disk() {
         stderr(&clash)
     );
     assert!(!stdout(&clash).contains("started"));
+
+    // A recovery window out of range names its parameter; nothing is deleted.
+    let window = srv.request(
+        "DELETE",
+        "/v1/secrets/prod/api/db.password?recovery_days=3",
+        Some(&admin),
+    );
+    assert_eq!(window.status, 400, "{}", window.body);
+    assert_eq!(window.json()["error"]["field"], "recovery_days");
+    let still = client(&[
+        "secrets",
+        "get",
+        "--env",
+        "prod",
+        "--service",
+        "api",
+        "db.password",
+    ]);
+    assert!(still.status.success(), "{}", stderr(&still));
 }
 
 #[test]

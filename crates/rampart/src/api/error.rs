@@ -140,6 +140,10 @@ impl From<rampart_secrets::SecretsError> for ApiError {
             S::InvalidRequest(_) | S::NotRotatable(_) => {
                 ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", e.to_string())
             }
+            S::InvalidField { field, .. } => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", e.to_string())
+                    .with_field(field)
+            }
             S::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
             S::RotationInProgress { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "rotation_in_progress", e.to_string())
