@@ -50,13 +50,11 @@ impl std::fmt::Display for PathError {
     }
 }
 
+/// The value of one hex digit.
 fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
+    char::from(b)
+        .to_digit(16)
+        .and_then(|d| u8::try_from(d).ok())
 }
 
 fn unreserved(b: u8) -> bool {
@@ -112,8 +110,7 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     while let Some(seg) = segments.next() {
         let last = segments.peek().is_none();
         match seg {
-            b"" => trailing = last,
-            b"." => trailing = last,
+            b"" | b"." => trailing = last,
             s if s.starts_with(b"..;") || s.starts_with(b".;") => {
                 return Err(PathError::DotSegmentParameters);
             }

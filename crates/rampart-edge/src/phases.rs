@@ -57,9 +57,10 @@ pub struct RequestCtx {
     pub schema: Option<Arc<jsonschema::Validator>>,
     /// What the WAF found (set by the firewall phase when a rule matched).
     pub waf: Option<WafFindings>,
-    /// The normalised path the route was matched on, when it differs from
-    /// the path received; sent upstream in its place (see [`crate::path`]).
-    pub forward_path: Option<String>,
+    /// The normalised path the route was matched on, with the query as
+    /// received, when the path differs from the one received; sent
+    /// upstream in its place (see [`crate::path`]).
+    pub forward_path: Option<http::uri::PathAndQuery>,
     pending: Option<Incoming>,
     body: Option<Bytes>,
 }

@@ -15,7 +15,6 @@ use http_body_util::{BodyExt, Full};
 
 use crate::balance::Pool;
 use crate::error::Reject;
-use crate::path::PathError;
 use crate::phases::RequestCtx;
 use crate::upstream::{UpstreamBody, Upstreams};
 
@@ -148,21 +147,12 @@ fn upstream_request(
     // Origin form (`/path?query`): the connection is to the upstream
     // already, and `Host` says which site. The path is the normalised one
     // the route was matched on.
-    let received = ctx.head.uri.path_and_query();
-    let pq = match &ctx.forward_path {
-        Some(path) => {
-            let mut pq = path.clone();
-            if let Some(q) = received.and_then(http::uri::PathAndQuery::query) {
-                pq.push('?');
-                pq.push_str(q);
-            }
-            http::uri::PathAndQuery::try_from(pq)
-                .map_err(|_| Reject::BadPath(PathError::BadEscape))?
-        }
-        None => received
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-    };
+    let pq = ctx
+        .forward_path
+        .as_ref()
+        .or(ctx.head.uri.path_and_query())
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     let uri = http::Uri::from(pq);
     let mut headers = ctx.head.headers.clone();
     strip_hop_by_hop(&mut headers);

@@ -753,7 +753,17 @@ impl State {
             .ok_or(Reject::NoRoute)?
             .clone();
         let forward_path = match path {
-            std::borrow::Cow::Owned(p) => Some(p),
+            std::borrow::Cow::Owned(mut p) => {
+                if let Some(q) = head.uri.query() {
+                    p.push('?');
+                    p.push_str(q);
+                }
+                // Built from the received path's own bytes: it parses.
+                Some(
+                    http::uri::PathAndQuery::try_from(p)
+                        .map_err(|_| Reject::BadPath(crate::path::PathError::BadEscape))?,
+                )
+            }
             std::borrow::Cow::Borrowed(_) => None,
         };
         let mut ctx = RequestCtx::new(head, body, client, host, route, rec.request_id.clone());
