@@ -56,14 +56,11 @@ mod xml;
 
 pub use actions::EngineMode;
 
-/// The name under which configurations ask for [`BASELINE_RULES`]
-/// (`waf_rules = ["builtin:baseline"]` in `rampart.toml`).
-pub const BASELINE_NAME: &str = "builtin:baseline";
-
 /// Rampart's built-in baseline rule set (`rules/baseline.conf`): a few rules
 /// written for this project that refuse SQL injection, cross-site
 /// scripting, path traversal in parameters and NUL bytes, each on its own
-/// with 403. What `rampart up --dev` runs; for production, load the OWASP
+/// with 403. What `rampart up --dev` runs (`waf_rules =
+/// ["builtin:baseline"]` in `rampart.toml`); for production, load the OWASP
 /// Core Rule Set instead.
 pub const BASELINE_RULES: &str = include_str!("../rules/baseline.conf");
 pub use engine::{BodyLimitAction, Config, Waf, WafBuilder};

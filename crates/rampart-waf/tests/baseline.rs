@@ -1,12 +1,12 @@
 //! The built-in baseline rule set: it loads, refuses the classic attacks
 //! wherever they hide, and lets ordinary traffic through.
 
-use rampart_waf::{Action, Request, Verdict, Waf, BASELINE_NAME, BASELINE_RULES};
+use rampart_waf::{Action, Request, Verdict, Waf, BASELINE_RULES};
 use std::sync::OnceLock;
 
 fn waf() -> &'static Waf {
     static W: OnceLock<Waf> = OnceLock::new();
-    W.get_or_init(|| Waf::from_str_named(BASELINE_NAME, BASELINE_RULES).unwrap())
+    W.get_or_init(|| Waf::from_str_named("baseline.conf", BASELINE_RULES).unwrap())
 }
 
 fn get(uri: &str) -> Verdict {

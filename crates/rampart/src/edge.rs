@@ -535,7 +535,7 @@ pub async fn start(
         let mut b = rampart_waf::WafBuilder::new();
         for entry in &e.waf_rules {
             if entry == rampart_config::BUILTIN_BASELINE {
-                b.load_str(rampart_waf::BASELINE_NAME, rampart_waf::BASELINE_RULES)
+                b.load_str(entry, rampart_waf::BASELINE_RULES)
                     .map_err(|err| CliError::Input(format!("WAF rules: {err}")))?;
                 continue;
             }
