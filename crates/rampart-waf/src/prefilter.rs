@@ -983,6 +983,25 @@ fn group_end(b: &[u8], start: usize) -> Option<usize> {
 mod tests {
     use super::*;
 
+    /// The next value of a xorshift64 sequence: deterministic test data.
+    fn next(x: &mut u64) -> u64 {
+        *x ^= *x << 13;
+        *x ^= *x >> 7;
+        *x ^= *x << 17;
+        *x
+    }
+
+    /// Fewer than `max` of `pieces` glued together, chosen by the next
+    /// value of the sequence (piece `k` by its bits from `8k + shift`).
+    fn glued(x: &mut u64, pieces: &[&[u8]], max: u64, shift: u64) -> Vec<u8> {
+        let x = next(x);
+        let mut v = Vec::new();
+        for k in 0..(x % max) {
+            v.extend_from_slice(pieces[((x >> (8 * k + shift)) % pieces.len() as u64) as usize]);
+        }
+        v
+    }
+
     #[test]
     fn relax_drops_what_only_backtracking_engines_can_do() {
         let r = |p: &str| relax(p);
@@ -1045,14 +1064,7 @@ mod tests {
             };
             with_prefilter += 1;
             for _ in 0..1500 {
-                let mut input = Vec::new();
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                for k in 0..(x % 7) {
-                    let piece = pieces[((x >> (8 * k)) % pieces.len() as u64) as usize];
-                    input.extend_from_slice(piece);
-                }
+                let input = glued(&mut x, &pieces, 7, 0);
                 let text = String::from_utf8_lossy(&input);
                 if !pf.may_match(&input, None) {
                     assert!(
@@ -1210,9 +1222,7 @@ mod tests {
         let mut x: u64 = 0x0123_4567_89ab_cdef;
         let mut input = Vec::new();
         for len in 0..=300usize {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+            let x = next(&mut x);
             // letters (both cases), digits, punctuation and high bytes
             input.push(match x % 4 {
                 0 => b'a' + (x >> 8) as u8 % 26,
@@ -1268,13 +1278,7 @@ mod tests {
         let mut x: u64 = 0x2545_F491_4F6C_DD1D;
         let mut turned_away = 0;
         for _ in 0..20_000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let mut v = Vec::new();
-            for k in 0..(x % 6) {
-                v.extend_from_slice(pieces[((x >> (8 * k + 3)) % pieces.len() as u64) as usize]);
-            }
+            let v = glued(&mut x, &pieces, 6, 3);
             let lower = v.to_ascii_lowercase();
             let holds = |ls: &[&[u8]]| {
                 ls.iter()
@@ -1299,13 +1303,7 @@ mod tests {
         let shared_pairs = BytePairs::new(shared);
         let mut turned_away = 0;
         for _ in 0..20_000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let mut v = Vec::new();
-            for k in 0..(x % 7) {
-                v.extend_from_slice(pieces[((x >> (8 * k + 3)) % pieces.len() as u64) as usize]);
-            }
+            let v = glued(&mut x, &pieces, 7, 3);
             let lower = v.to_ascii_lowercase();
             let holds = shared
                 .iter()
