@@ -238,27 +238,29 @@ fn secrets_cli_and_run_inject_without_writing_to_disk() {
         c.output().unwrap()
     };
     let client = |args: &[&str]| as_(&admin, args);
-    let put = client(&[
-        "secrets",
-        "put",
-        "--env",
-        "prod",
-        "--service",
-        "api",
-        "db-password",
-        "--value-env",
-        "THE_PASSWORD",
-    ]);
+    // `secrets put` (the value from THE_PASSWORD) and `secrets get` of
+    // service api in prod.
+    let put_secret = |token: &str, name: &str| {
+        as_(
+            token,
+            &[
+                "secrets",
+                "put",
+                "--env",
+                "prod",
+                "--service",
+                "api",
+                name,
+                "--value-env",
+                "THE_PASSWORD",
+            ],
+        )
+    };
+    let get_secret =
+        |name: &str| client(&["secrets", "get", "--env", "prod", "--service", "api", name]);
+    let put = put_secret(&admin, "db-password");
     assert!(put.status.success(), "{}", stderr(&put));
-    let get = client(&[
-        "secrets",
-        "get",
-        "--env",
-        "prod",
-        "--service",
-        "api",
-        "db-password",
-    ]);
+    let get = get_secret("db-password");
     assert_eq!(stdout(&get).trim(), "hunter2-very-secret");
 
     // `rampart run` authenticates as the service, with its service
@@ -332,20 +334,7 @@ fn secrets_cli_and_run_inject_without_writing_to_disk() {
     );
     assert_eq!(direct.status, 403, "{}", direct.body);
     // Nor write its secrets: the policy grants reads only.
-    let write = as_(
-        &api,
-        &[
-            "secrets",
-            "put",
-            "--env",
-            "prod",
-            "--service",
-            "api",
-            "db-password",
-            "--value-env",
-            "THE_PASSWORD",
-        ],
-    );
+    let write = put_secret(&api, "db-password");
     assert_eq!(write.status.code(), Some(2), "{}", stderr(&write));
     let events = srv
         .get(
@@ -379,32 +368,14 @@ fn secrets_cli_and_run_inject_without_writing_to_disk() {
         "{}",
         stderr(&nokey)
     );
-    let missing = client(&[
-        "secrets",
-        "get",
-        "--env",
-        "prod",
-        "--service",
-        "api",
-        "nope",
-    ]);
+    let missing = get_secret("nope");
     assert_eq!(missing.status.code(), Some(2));
     assert!(stderr(&missing).contains("404"), "{}", stderr(&missing));
 
     // Without a config naming the variables, each secret is its name in
     // upper case; two names that give one variable are refused, and the
     // command never starts.
-    let twin = client(&[
-        "secrets",
-        "put",
-        "--env",
-        "prod",
-        "--service",
-        "api",
-        "db.password",
-        "--value-env",
-        "THE_PASSWORD",
-    ]);
+    let twin = put_secret(&admin, "db.password");
     assert!(twin.status.success(), "{}", stderr(&twin));
     let clash = client(&[
         "run",
@@ -433,15 +404,7 @@ fn secrets_cli_and_run_inject_without_writing_to_disk() {
     );
     assert_eq!(window.status, 400, "{}", window.body);
     assert_eq!(window.json()["error"]["field"], "recovery_days");
-    let still = client(&[
-        "secrets",
-        "get",
-        "--env",
-        "prod",
-        "--service",
-        "api",
-        "db.password",
-    ]);
+    let still = get_secret("db.password");
     assert!(still.status.success(), "{}", stderr(&still));
 }
 
