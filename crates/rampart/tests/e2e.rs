@@ -368,6 +368,28 @@ fn control_api_answers_health_metrics_and_json_errors() {
         assert_eq!(resp.json()["error"]["code"], "invalid_query", "{query}");
         assert_eq!(resp.json()["error"]["field"], field, "{query}");
     }
+    // A name that breaks the naming rule, in a path or a body, is named
+    // too (its value is not echoed).
+    for (method, path, field) in [
+        ("GET", "/v1/keys/dev/Bad%20Key", "name"),
+        ("GET", "/v1/keys/-dev/app", "env"),
+        ("GET", "/v1/secrets/dev/app%2Fx/db", "service"),
+        ("DELETE", "/v1/secrets/dev/app/..", "name"),
+    ] {
+        let resp = srv.request(method, path, Some(&cred));
+        assert_eq!(resp.status, 400, "{path}: {}", resp.body);
+        assert_eq!(resp.json()["error"]["code"], "invalid_path", "{path}");
+        assert_eq!(resp.json()["error"]["field"], field, "{path}");
+        assert!(!resp.body.contains("Bad Key"), "{}", resp.body);
+    }
+    let long = "k".repeat(65);
+    let resp = srv.post(
+        "/v1/keys/dev",
+        Some(&cred),
+        serde_json::json!({ "name": long }),
+    );
+    assert_eq!(resp.status, 400, "{}", resp.body);
+    assert_eq!(resp.json()["error"]["field"], "name");
     let bad_version = srv.get("/v1/secrets/dev/app/db?version=x", Some(&cred));
     assert_eq!(bad_version.status, 400, "{}", bad_version.body);
     assert_eq!(bad_version.json()["error"]["field"], "version");

@@ -29,9 +29,35 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         match axum::extract::Path::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Path(v)) => Ok(Path(v)),
-            Err(rejection) => Err(path_error(&rejection)),
+            Err(rejection) => {
+                // A [`Name`] in a tuple fails without its key: find it.
+                if is_name_error(&rejection) {
+                    if let Ok(raw) =
+                        axum::extract::RawPathParams::from_request_parts(parts, state).await
+                    {
+                        if let Some((key, _)) = raw
+                            .iter()
+                            .find(|(_, v)| rampart_keys::valid_name(v).is_err())
+                        {
+                            return Err(ApiError::new(
+                                StatusCode::BAD_REQUEST,
+                                "invalid_path",
+                                format!("path parameter `{key}` is {NAME_RULE}"),
+                            )
+                            .with_field(key));
+                        }
+                    }
+                }
+                Err(path_error(&rejection))
+            }
         }
     }
+}
+
+fn is_name_error(rejection: &PathRejection) -> bool {
+    use axum::extract::path::ErrorKind;
+    matches!(rejection, PathRejection::FailedToDeserializePathParams(e)
+        if matches!(e.kind(), ErrorKind::Message(m) if m == NAME_RULE))
 }
 
 /// A path rejection as an API error. The parameter's value is not echoed.
@@ -72,6 +98,42 @@ fn path_error(rejection: &PathRejection) -> ApiError {
         other => {
             tracing::error!(error = %other, "path parameters do not fit the handler");
             ApiError::internal()
+        }
+    }
+}
+
+/// A key, environment, service or secret name taken from a request (a path
+/// parameter or a body field), checked as it is deserialised, so a bad one
+/// is a 400 whose `field` names the parameter or field rather than a plane
+/// error that names neither. Same rule as [`rampart_keys::valid_name`];
+/// the value is not echoed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Name(String);
+
+/// What a bad [`Name`] is told.
+const NAME_RULE: &str =
+    "not a valid name: use 1 to 64 of a-z, 0-9, '.', '_' and '-', starting with a letter or digit";
+
+impl std::ops::Deref for Name {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Name {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match rampart_keys::valid_name(&s) {
+            Ok(()) => Ok(Name(s)),
+            Err(_) => Err(serde::de::Error::custom(NAME_RULE)),
         }
     }
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use axum::extract::State;
 
-use super::extract::{Path, Query};
+use super::extract::{Name, Path, Query};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post, put};
@@ -123,7 +123,7 @@ fn b64(field: &'static str, text: &str) -> Result<Vec<u8>, ApiError> {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CreateKey {
-    name: String,
+    name: Name,
     #[serde(default)]
     description: String,
     rotation_period_days: Option<u32>,
@@ -133,7 +133,7 @@ async fn create_key(
     State(st): State<SharedState>,
     who: Authenticated,
     meta: RequestMeta,
-    Path(env): Path<String>,
+    Path(env): Path<Name>,
     ApiJson(body): ApiJson<CreateKey>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let c = caller(&who, &meta, &env)?;
@@ -149,7 +149,7 @@ async fn list_keys(
     State(st): State<SharedState>,
     who: Authenticated,
     meta: RequestMeta,
-    Path(env): Path<String>,
+    Path(env): Path<Name>,
 ) -> Result<Json<Value>, ApiError> {
     let c = caller(&who, &meta, &env)?;
     let keys = st.planes()?.keys.list_keys(&c).await?;
@@ -160,7 +160,7 @@ async fn describe_key(
     State(st): State<SharedState>,
     who: Authenticated,
     meta: RequestMeta,
-    Path((env, name)): Path<(String, String)>,
+    Path((env, name)): Path<(Name, Name)>,
 ) -> Result<Json<Value>, ApiError> {
     let c = caller(&who, &meta, &env)?;
     Ok(Json(json!(st.planes()?.keys.describe(&c, &name).await?)))
@@ -178,7 +178,7 @@ async fn encrypt(
     State(st): State<SharedState>,
     who: Authenticated,
     meta: RequestMeta,
-    Path((env, name)): Path<(String, String)>,
+    Path((env, name)): Path<(Name, Name)>,
     ApiJson(body): ApiJson<EncryptBody>,
 ) -> Result<Recorded<B64Json>, ApiError> {
     let c = caller(&who, &meta, &env)?;
@@ -203,7 +203,7 @@ async fn decrypt(
     State(st): State<SharedState>,
     who: Authenticated,
     meta: RequestMeta,
-    Path(env): Path<String>,
+    Path(env): Path<Name>,
     ApiJson(body): ApiJson<CiphertextBody>,
 ) -> Result<Recorded<B64Json>, ApiError> {
     let c = caller(&who, &meta, &env)?;
@@ -216,7 +216,7 @@ async fn rewrap(
     State(st): State<SharedState>,
     who: Authenticated,
     meta: RequestMeta,
-    Path(env): Path<String>,
+    Path(env): Path<Name>,
     ApiJson(body): ApiJson<CiphertextBody>,
 ) -> Result<Recorded<B64Json>, ApiError> {
     let c = caller(&who, &meta, &env)?;
@@ -236,7 +236,7 @@ async fn data_key(
     State(st): State<SharedState>,
     who: Authenticated,
     meta: RequestMeta,
-    Path((env, name)): Path<(String, String)>,
+    Path((env, name)): Path<(Name, Name)>,
     ApiJson(body): ApiJson<ContextBody>,
 ) -> Result<Recorded<B64Json>, ApiError> {
     let c = caller(&who, &meta, &env)?;
@@ -331,7 +331,7 @@ async fn encrypt_batch(
     State(st): State<SharedState>,
     who: Authenticated,
     meta: RequestMeta,
-    Path((env, name)): Path<(String, String)>,
+    Path((env, name)): Path<(Name, Name)>,
     ApiJson(body): ApiJson<EncryptBatchBody>,
 ) -> Result<Response, ApiError> {
     let c = caller(&who, &meta, &env)?;
@@ -356,7 +356,7 @@ async fn decrypt_batch(
     State(st): State<SharedState>,
     who: Authenticated,
     meta: RequestMeta,
-    Path(env): Path<String>,
+    Path(env): Path<Name>,
     ApiJson(body): ApiJson<CiphertextBatchBody>,
 ) -> Result<Response, ApiError> {
     let c = caller(&who, &meta, &env)?;
@@ -381,7 +381,7 @@ async fn rewrap_batch(
     State(st): State<SharedState>,
     who: Authenticated,
     meta: RequestMeta,
-    Path(env): Path<String>,
+    Path(env): Path<Name>,
     ApiJson(body): ApiJson<CiphertextBatchBody>,
 ) -> Result<Response, ApiError> {
     let c = caller(&who, &meta, &env)?;
@@ -406,7 +406,7 @@ async fn data_key_batch(
     State(st): State<SharedState>,
     who: Authenticated,
     meta: RequestMeta,
-    Path((env, name)): Path<(String, String)>,
+    Path((env, name)): Path<(Name, Name)>,
     ApiJson(body): ApiJson<ContextBatchBody>,
 ) -> Result<Response, ApiError> {
     let c = caller(&who, &meta, &env)?;
@@ -429,7 +429,7 @@ async fn rotate_key(
     State(st): State<SharedState>,
     who: Authenticated,
     meta: RequestMeta,
-    Path((env, name)): Path<(String, String)>,
+    Path((env, name)): Path<(Name, Name)>,
 ) -> Result<Json<Value>, ApiError> {
     let c = caller(&who, &meta, &env)?;
     let v = st.planes()?.keys.rotate(&c, &name).await?;
@@ -446,7 +446,7 @@ async fn schedule_deletion(
     State(st): State<SharedState>,
     who: Authenticated,
     meta: RequestMeta,
-    Path((env, name)): Path<(String, String)>,
+    Path((env, name)): Path<(Name, Name)>,
     ApiJson(body): ApiJson<DeletionBody>,
 ) -> Result<Json<Value>, ApiError> {
     let c = caller(&who, &meta, &env)?;
@@ -462,7 +462,7 @@ async fn cancel_deletion(
     State(st): State<SharedState>,
     who: Authenticated,
     meta: RequestMeta,
-    Path((env, name)): Path<(String, String)>,
+    Path((env, name)): Path<(Name, Name)>,
 ) -> Result<Json<Value>, ApiError> {
     let c = caller(&who, &meta, &env)?;
     st.planes()?.keys.cancel_deletion(&c, &name).await?;
@@ -488,7 +488,7 @@ async fn put_secret(
     State(st): State<SharedState>,
     who: Authenticated,
     meta: RequestMeta,
-    Path((env, service, name)): Path<(String, String, String)>,
+    Path((env, service, name)): Path<(Name, Name, Name)>,
     ApiJson(body): ApiJson<PutSecret>,
 ) -> Result<Json<Value>, ApiError> {
     let c = caller(&who, &meta, &env)?;
@@ -522,7 +522,7 @@ async fn get_secret(
     State(st): State<SharedState>,
     who: Authenticated,
     meta: RequestMeta,
-    Path((env, service, name)): Path<(String, String, String)>,
+    Path((env, service, name)): Path<(Name, Name, Name)>,
     Query(q): Query<VersionQuery>,
 ) -> Result<Recorded<Json<Value>>, ApiError> {
     let c = caller(&who, &meta, &env)?;
@@ -545,7 +545,7 @@ async fn list_secrets(
     State(st): State<SharedState>,
     who: Authenticated,
     meta: RequestMeta,
-    Path((env, service)): Path<(String, String)>,
+    Path((env, service)): Path<(Name, Name)>,
 ) -> Result<Json<Value>, ApiError> {
     let c = caller(&who, &meta, &env)?;
     let list = st.planes()?.secrets.list(&c, &service).await?;
@@ -562,7 +562,7 @@ async fn delete_secret(
     State(st): State<SharedState>,
     who: Authenticated,
     meta: RequestMeta,
-    Path((env, service, name)): Path<(String, String, String)>,
+    Path((env, service, name)): Path<(Name, Name, Name)>,
     Query(q): Query<RecoveryQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let c = caller(&who, &meta, &env)?;
@@ -578,7 +578,7 @@ async fn restore_secret(
     State(st): State<SharedState>,
     who: Authenticated,
     meta: RequestMeta,
-    Path((env, service, name)): Path<(String, String, String)>,
+    Path((env, service, name)): Path<(Name, Name, Name)>,
 ) -> Result<Json<Value>, ApiError> {
     let c = caller(&who, &meta, &env)?;
     st.planes()?.secrets.restore(&c, &service, &name).await?;
@@ -589,7 +589,7 @@ async fn rotate_secret(
     State(st): State<SharedState>,
     who: Authenticated,
     meta: RequestMeta,
-    Path((env, service, name)): Path<(String, String, String)>,
+    Path((env, service, name)): Path<(Name, Name, Name)>,
 ) -> Result<Json<Value>, ApiError> {
     let c = caller(&who, &meta, &env)?;
     let v = st.planes()?.secrets.rotate(&c, &service, &name).await?;
@@ -599,7 +599,7 @@ async fn rotate_secret(
 async fn get_policy(
     State(st): State<SharedState>,
     who: Authenticated,
-    Path(env): Path<String>,
+    Path(env): Path<Name>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&who)?;
     let statements = st.planes()?.keys.policies().get(&env).await?;
@@ -615,7 +615,7 @@ struct PolicyBody {
 async fn put_policy(
     State(st): State<SharedState>,
     who: Authenticated,
-    Path(env): Path<String>,
+    Path(env): Path<Name>,
     ApiJson(body): ApiJson<PolicyBody>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&who)?;
