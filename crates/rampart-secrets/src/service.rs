@@ -690,7 +690,19 @@ impl SecretService {
                 (user.clone(), zeroize::Zeroizing::new(password.clone()))
             }
             PostgresAdmin::Secret { name: admin } => {
+                // Rotation logs in with the admin's password, to the server
+                // this secret names: only a caller who may read the admin
+                // secret may have it used so.
+                valid_name(admin)?;
+                self.authorise(caller, "secrets:get", service, admin)
+                    .await?;
                 let (ar, _) = self.read(&env, service, admin).await?;
+                if let Some(d) = ar.deleted {
+                    return Err(SecretsError::Deleted {
+                        name: admin.clone(),
+                        recover_until: d.recover_until,
+                    });
+                }
                 let av = ar
                     .versions
                     .last()

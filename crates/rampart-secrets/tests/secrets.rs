@@ -833,3 +833,77 @@ async fn rotating_a_generic_secret_is_refused() {
         Err(SecretsError::NotRotatable(_))
     ));
 }
+
+/// A `postgres` secret pointing at an unreachable server (rotation would
+/// fail at its first connection), with admin credentials from `admin`.
+fn unreachable_pg(admin: PostgresAdmin) -> Vec<u8> {
+    serde_json::to_vec(&PostgresSecret {
+        host: "127.0.0.1".into(),
+        port: 1,
+        dbname: "app".into(),
+        user: "app".into(),
+        password: "old-password".into(),
+        admin,
+    })
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_needs_the_right_to_read_the_admin_secret_it_uses() {
+    let k = kit().await;
+    let s = &k.secrets;
+    // ops keeps the admin credentials; a DBA may write and rotate the
+    // application's secret, but not read the admin one.
+    s.put(
+        &ops(),
+        "payments",
+        "pg-admin",
+        &unreachable_pg(PostgresAdmin::Inline {
+            user: "postgres".into(),
+            password: "root-pw".into(),
+        }),
+        SecretKind::Postgres,
+    )
+    .await
+    .unwrap();
+    let mut policy = (*s.keys().policies().get("prod").await.unwrap()).clone();
+    policy.push(stmt(
+        "dba",
+        &["role:dba"],
+        &["secrets:put", "secrets:rotate"],
+        &["secret:payments/db"],
+    ));
+    policy.push(via_secrets(stmt(
+        "dba-keys",
+        &["role:dba"],
+        &["keys:generate-data-key", "keys:decrypt"],
+        &["key:svc.payments"],
+    )));
+    s.keys().policies().set("prod", policy).await.unwrap();
+    let dba = Caller::direct(Principal::user("prod", "dave", &["dba"]));
+    assert!(matches!(
+        s.get(&dba, "payments", "pg-admin", None).await,
+        Err(SecretsError::Denied { .. })
+    ));
+    // Without the check, rotation would log in to the server the DBA
+    // names (any host) with the admin's password.
+    s.put(
+        &dba,
+        "payments",
+        "db",
+        &unreachable_pg(PostgresAdmin::Secret {
+            name: "pg-admin".into(),
+        }),
+        SecretKind::Postgres,
+    )
+    .await
+    .unwrap();
+    let err = s.rotate(&dba, "payments", "db").await.unwrap_err();
+    assert!(matches!(err, SecretsError::Denied { .. }), "{err}");
+    // A deleted admin secret is not used either.
+    s.delete(&ops(), "payments", "pg-admin", None)
+        .await
+        .unwrap();
+    let err = s.rotate(&ops(), "payments", "db").await.unwrap_err();
+    assert!(matches!(err, SecretsError::Deleted { .. }), "{err}");
+}
