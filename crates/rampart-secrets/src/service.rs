@@ -341,7 +341,7 @@ impl SecretService {
         }
         if kind == SecretKind::Postgres {
             serde_json::from_slice::<PostgresSecret>(value)
-                .map_err(|e| SecretsError::InvalidRequest(format!("postgres secret: {e}")))?;
+                .map_err(|e| SecretsError::InvalidRequest(postgres::shape_error(&e)))?;
         }
         self.authorise(caller, "secrets:put", service, name).await?;
         let env = caller.principal.environment.clone();
@@ -683,8 +683,13 @@ impl SecretService {
             .last()
             .ok_or_else(|| SecretsError::NotFound(name.to_owned()))?;
         let old: PostgresSecret =
-            serde_json::from_slice(self.open(caller, &r, cur).await?.expose())
-                .map_err(|e| fail(RotationStep::Prepare, format!("stored value: {e}"), true))?;
+            serde_json::from_slice(self.open(caller, &r, cur).await?.expose()).map_err(|e| {
+                fail(
+                    RotationStep::Prepare,
+                    format!("stored value: {}", postgres::shape_error(&e)),
+                    true,
+                )
+            })?;
         let (admin_user, admin_password) = match &old.admin {
             PostgresAdmin::Inline { user, password } => {
                 (user.clone(), zeroize::Zeroizing::new(password.clone()))
@@ -713,7 +718,7 @@ impl SecretService {
                 .map_err(|e| {
                     fail(
                         RotationStep::Prepare,
-                        format!("admin secret {admin}: {e}"),
+                        format!("admin secret {admin}: {}", postgres::shape_error(&e)),
                         true,
                     )
                 })?;
@@ -864,8 +869,12 @@ impl SecretService {
         };
         let (env, service, name) = (&r.environment, &r.service, &r.name);
         let staged: PostgresSecret =
-            serde_json::from_slice(self.open(caller, r, p).await?.expose())
-                .map_err(|e| SecretsError::Corrupt(format!("{name}: staged value: {e}")))?;
+            serde_json::from_slice(self.open(caller, r, p).await?.expose()).map_err(|e| {
+                SecretsError::Corrupt(format!(
+                    "{name}: staged value: {}",
+                    postgres::shape_error(&e)
+                ))
+            })?;
         let settled = if postgres::check_login(&staged, &staged.password)
             .await
             .is_ok()
@@ -895,7 +904,12 @@ impl SecretService {
                     let c: PostgresSecret = serde_json::from_slice(
                         self.open(caller, r, v).await?.expose(),
                     )
-                    .map_err(|e| SecretsError::Corrupt(format!("{name}: current value: {e}")))?;
+                    .map_err(|e| {
+                        SecretsError::Corrupt(format!(
+                            "{name}: current value: {}",
+                            postgres::shape_error(&e)
+                        ))
+                    })?;
                     postgres::check_login(&c, &c.password).await.is_ok()
                 }
                 None => false,

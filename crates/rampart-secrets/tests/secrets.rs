@@ -907,3 +907,51 @@ async fn rotation_needs_the_right_to_read_the_admin_secret_it_uses() {
     let err = s.rotate(&ops(), "payments", "db").await.unwrap_err();
     assert!(matches!(err, SecretsError::Deleted { .. }), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_values_never_appear_in_errors_or_the_audit_log() {
+    let k = kit().await;
+    let s = &k.secrets;
+    // A generic secret that happens to be JSON, named as the admin
+    // secret of a postgres one: it does not parse as one.
+    s.put(
+        &payments(),
+        "payments",
+        "pin",
+        b"918273645",
+        SecretKind::Generic,
+    )
+    .await
+    .unwrap();
+    s.put(
+        &payments(),
+        "payments",
+        "db",
+        &unreachable_pg(PostgresAdmin::Secret { name: "pin".into() }),
+        SecretKind::Postgres,
+    )
+    .await
+    .unwrap();
+    let err = s.rotate(&payments(), "payments", "db").await.unwrap_err();
+    assert!(!err.to_string().contains("918273645"), "{err}");
+    assert!(!format!("{err:?}").contains("918273645"), "{err:?}");
+    // A postgres value of the wrong shape: its fields are not echoed.
+    let bad = br#"{"host":"h","port":1,"dbname":"d","user":"u","password":4711471147,"admin":{"type":"secret","name":"x"}}"#;
+    let err = s
+        .put(&payments(), "payments", "db2", bad, SecretKind::Postgres)
+        .await
+        .unwrap_err();
+    assert!(!err.to_string().contains("4711471147"), "{err}");
+    let bad = br#"{"host":"h","port":"pw-in-the-wrong-field","dbname":"d","user":"u","password":"p","admin":{"type":"secret","name":"x"}}"#;
+    let err = s
+        .put(&payments(), "payments", "db2", bad, SecretKind::Postgres)
+        .await
+        .unwrap_err();
+    assert!(!err.to_string().contains("pw-in-the-wrong"), "{err}");
+    let records = k.audit.search(&Query::default()).unwrap();
+    assert!(records.iter().any(|r| r.event.action == "secrets:rotated"));
+    for r in records {
+        let text = format!("{:?}", r.event);
+        assert!(!text.contains("918273645"), "{text}");
+    }
+}
