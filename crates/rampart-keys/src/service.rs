@@ -259,7 +259,10 @@ fn record_id(env: &str, name: &str) -> String {
 }
 
 /// Splits `env/name` or `name` (the caller's environment).
-fn key_ref<'a>(caller: &'a Caller, key: &'a str) -> Result<(&'a str, &'a str), KeysError> {
+pub(crate) fn key_ref<'a>(
+    caller: &'a Caller,
+    key: &'a str,
+) -> Result<(&'a str, &'a str), KeysError> {
     let (env, name) = match key.split_once('/') {
         Some((env, name)) => (env, name),
         None => (caller.principal.environment.as_str(), key),

@@ -1027,3 +1027,25 @@ async fn envelope_across_environments_and_after_destruction() {
     }
     assert!(env.decrypt(&sealed, &c).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_envelope_opens_only_messages_of_its_own_key() {
+    let k = kit().await;
+    let c = ctx(&[("tenant", "acme")]);
+    // ops may use every key of prod; an envelope still belongs to one.
+    let orders = envelope(&k, ops(), "orders", EnvelopeLimits::default());
+    let forged = orders.encrypt(b"pay 1000 to mallory", &c).await.unwrap();
+    let payments = envelope(&k, ops(), "payments", EnvelopeLimits::default());
+    let err = payments.decrypt(&forged, &c).await.unwrap_err();
+    assert!(matches!(err, KeysError::InvalidRequest(_)), "{err}");
+    assert_eq!(payments.data_keys_unwrapped(), 0);
+    // Its own messages open, whether the key is named with or without
+    // its environment.
+    let own = payments.encrypt(b"pay 10 to bob", &c).await.unwrap();
+    let spelled = envelope(&k, ops(), "prod/payments", EnvelopeLimits::default());
+    assert_eq!(
+        spelled.decrypt(&own, &c).await.unwrap().expose(),
+        b"pay 10 to bob"
+    );
+    assert!(spelled.decrypt(&forged, &c).await.is_err());
+}
