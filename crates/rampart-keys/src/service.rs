@@ -772,12 +772,21 @@ impl KeyService {
         Ok(delete_at)
     }
 
-    /// Cancels a scheduled deletion; the key is usable again.
+    /// Cancels a scheduled deletion before its window ends; the key is
+    /// usable again.
     pub async fn cancel_deletion(&self, caller: &Caller, key: &str) -> Result<(), KeysError> {
         let (env, name) = key_ref(caller, key)?;
         self.authorise(caller, "keys:cancel-deletion", env, &resource(name), None)
             .await?;
+        let now = self.clock.unix_secs();
         self.update(env, name, |r| match r.state {
+            // Past its window the key is due for destruction, whether or
+            // not the scheduler has got to it.
+            KeyState::PendingDeletion { delete_at, .. } if delete_at <= now => {
+                Err(KeysError::InvalidRequest(format!(
+                    "key {env}/{name}'s deletion window ended at unix time {delete_at}; it can no longer be cancelled"
+                )))
+            }
             KeyState::PendingDeletion { .. } => {
                 r.state = KeyState::Enabled;
                 Ok(())

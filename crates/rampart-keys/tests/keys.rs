@@ -1049,3 +1049,33 @@ async fn an_envelope_opens_only_messages_of_its_own_key() {
     );
     assert!(spelled.decrypt(&forged, &c).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deletion_cannot_be_cancelled_once_its_window_has_ended() {
+    let k = kit().await;
+    let c = Context::new();
+    let ct = k
+        .keys
+        .encrypt(&payments(), "payments", b"gone soon", &c)
+        .await
+        .unwrap();
+    let at = k
+        .keys
+        .schedule_deletion(&ops(), "payments", None)
+        .await
+        .unwrap();
+    // The scheduler has not run yet (or failed): the window is over all the same.
+    k.clock.advance(Duration::from_secs(at - T0));
+    assert!(matches!(
+        k.keys.cancel_deletion(&ops(), "payments").await,
+        Err(KeysError::InvalidRequest(_))
+    ));
+    assert!(matches!(
+        k.keys.decrypt(&payments(), &ct, &c).await,
+        Err(KeysError::PendingDeletion { .. })
+    ));
+    assert_eq!(
+        k.keys.purge_due(k.clock.unix_secs()).await.unwrap(),
+        vec!["prod/payments".to_string()]
+    );
+}
