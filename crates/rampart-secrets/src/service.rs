@@ -517,13 +517,23 @@ impl SecretService {
         Self::check_names(service, name)?;
         self.authorise(caller, "secrets:restore", service, name)
             .await?;
+        let now = self.clock.unix_secs();
         self.modify(&caller.principal.environment, service, name, |r| {
-            if r.deleted.take().is_none() {
-                return Err(SecretsError::InvalidRequest(format!(
+            match r.deleted {
+                None => Err(SecretsError::InvalidRequest(format!(
                     "secret {name} is not deleted"
-                )));
+                ))),
+                // Past its window the secret is due for purging, whether
+                // or not the scheduler has got to it.
+                Some(d) if d.recover_until <= now => Err(SecretsError::InvalidRequest(format!(
+                    "secret {name}'s recovery window ended at unix time {}; it can no longer be restored",
+                    d.recover_until
+                ))),
+                Some(_) => {
+                    r.deleted = None;
+                    Ok(())
+                }
             }
-            Ok(())
         })
         .await
     }

@@ -955,3 +955,25 @@ async fn secret_values_never_appear_in_errors_or_the_audit_log() {
         assert!(!text.contains("918273645"), "{text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_secret_cannot_be_restored_once_its_window_has_ended() {
+    let k = kit().await;
+    let s = &k.secrets;
+    s.put(&payments(), "payments", "db", b"pw", SecretKind::Generic)
+        .await
+        .unwrap();
+    let until = s.delete(&payments(), "payments", "db", None).await.unwrap();
+    // The scheduler has not purged it yet: the window is over all the same.
+    k.clock.advance(Duration::from_secs(until - T0));
+    let err = s.restore(&payments(), "payments", "db").await.unwrap_err();
+    assert!(matches!(err, SecretsError::InvalidRequest(_)), "{err}");
+    assert!(matches!(
+        s.get(&payments(), "payments", "db", None).await,
+        Err(SecretsError::Deleted { .. })
+    ));
+    assert_eq!(
+        s.purge_due(k.clock.unix_secs()).await.unwrap(),
+        vec!["prod/payments/db".to_string()]
+    );
+}
