@@ -996,7 +996,8 @@ impl SecretService {
         service: &str,
         mapping: &BTreeMap<String, String>,
     ) -> Result<crate::EnvMap, SecretsError> {
-        let mut env = crate::EnvMap::default();
+        // Every name is checked before any secret is read.
+        let mut vars: BTreeMap<&str, &str> = BTreeMap::new();
         for (secret, var) in mapping {
             let ok_var = !var.is_empty()
                 && var
@@ -1008,6 +1009,16 @@ impl SecretService {
                     "{var:?} is not a valid environment variable name (A-Z, 0-9, _)"
                 )));
             }
+            // Two secrets for one variable: refuse rather than let one
+            // silently replace the other.
+            if let Some(other) = vars.insert(var, secret) {
+                return Err(SecretsError::InvalidRequest(format!(
+                    "secrets {other:?} and {secret:?} are both mapped to ${var}"
+                )));
+            }
+        }
+        let mut env = crate::EnvMap::default();
+        for (secret, var) in mapping {
             let v = self.get(caller, service, secret, None).await?;
             let text = std::str::from_utf8(v.value.expose()).map_err(|_| {
                 SecretsError::InvalidRequest(format!(

@@ -977,3 +977,30 @@ async fn a_deleted_secret_cannot_be_restored_once_its_window_has_ended() {
         vec!["prod/payments/db".to_string()]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_secrets_mapped_to_one_variable_are_refused() {
+    let k = kit().await;
+    let s = &k.secrets;
+    for (name, value) in [("db-password", "one"), ("db-password-old", "two")] {
+        s.put(
+            &payments(),
+            "payments",
+            name,
+            value.as_bytes(),
+            SecretKind::Generic,
+        )
+        .await
+        .unwrap();
+    }
+    let mapping: BTreeMap<String, String> = [
+        ("db-password".to_string(), "DB_PASSWORD".to_string()),
+        ("db-password-old".to_string(), "DB_PASSWORD".to_string()),
+    ]
+    .into();
+    let err = s
+        .resolve_env(&payments(), "payments", &mapping)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SecretsError::InvalidRequest(_)), "{err}");
+}
