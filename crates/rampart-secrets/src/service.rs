@@ -339,11 +339,23 @@ impl SecretService {
                 ),
             });
         }
+        let mut admin_secret = None;
         if kind == SecretKind::Postgres {
-            serde_json::from_slice::<PostgresSecret>(value)
+            let pg = serde_json::from_slice::<PostgresSecret>(value)
                 .map_err(|e| SecretsError::InvalidRequest(postgres::shape_error(&e)))?;
+            if let PostgresAdmin::Secret { name: admin } = &pg.admin {
+                valid_name(admin)?;
+                admin_secret = Some(admin.clone());
+            }
         }
         self.authorise(caller, "secrets:put", service, name).await?;
+        // The writer chooses the server that rotation, the scheduler's
+        // included, logs in to with the admin secret's password: only a
+        // caller who may read that secret may name it.
+        if let Some(admin) = &admin_secret {
+            self.authorise(caller, "secrets:get", service, admin)
+                .await?;
+        }
         let env = caller.principal.environment.clone();
         self.keys
             .ensure_key(&env, &service_key_name(service), KeySpec::default())

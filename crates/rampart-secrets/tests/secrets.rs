@@ -885,10 +885,11 @@ async fn rotation_needs_the_right_to_read_the_admin_secret_it_uses() {
         s.get(&dba, "payments", "pg-admin", None).await,
         Err(SecretsError::Denied { .. })
     ));
-    // Without the check, rotation would log in to the server the DBA
-    // names (any host) with the admin's password.
+    // Without the check, rotation would log in to the server the secret
+    // names (any host) with the admin's password, for a caller who may
+    // not see it.
     s.put(
-        &dba,
+        &ops(),
         "payments",
         "db",
         &unreachable_pg(PostgresAdmin::Secret {
@@ -1003,4 +1004,68 @@ async fn two_secrets_mapped_to_one_variable_are_refused() {
         .await
         .unwrap_err();
     assert!(matches!(err, SecretsError::InvalidRequest(_)), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writing_a_postgres_secret_that_names_an_admin_secret_needs_the_right_to_read_it() {
+    let k = kit().await;
+    let s = &k.secrets;
+    s.put(
+        &ops(),
+        "payments",
+        "pg-admin",
+        &unreachable_pg(PostgresAdmin::Inline {
+            user: "postgres".into(),
+            password: "root-pw".into(),
+        }),
+        SecretKind::Postgres,
+    )
+    .await
+    .unwrap();
+    let mut policy = (*s.keys().policies().get("prod").await.unwrap()).clone();
+    policy.push(stmt(
+        "dba",
+        &["role:dba"],
+        &["secrets:put", "secrets:rotate"],
+        &["secret:payments/db"],
+    ));
+    policy.push(via_secrets(stmt(
+        "dba-keys",
+        &["role:dba"],
+        &["keys:generate-data-key", "keys:decrypt"],
+        &["key:svc.payments"],
+    )));
+    s.keys().policies().set("prod", policy).await.unwrap();
+    let dba = Caller::direct(Principal::user("prod", "dave", &["dba"]));
+    // Otherwise the DBA could name any host and the admin secret, schedule
+    // a rotation, and the scheduler (which policy does not stop) would log
+    // in there with the admin's password.
+    let evil = unreachable_pg(PostgresAdmin::Secret {
+        name: "pg-admin".into(),
+    });
+    let err = s
+        .put(&dba, "payments", "db", &evil, SecretKind::Postgres)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SecretsError::Denied { .. }), "{err}");
+    assert!(matches!(
+        s.get(&ops(), "payments", "db", None).await,
+        Err(SecretsError::NotFound(_))
+    ));
+    // Inline admin credentials are the writer's own business.
+    let inline = unreachable_pg(PostgresAdmin::Inline {
+        user: "postgres".into(),
+        password: "mine".into(),
+    });
+    s.put(&dba, "payments", "db", &inline, SecretKind::Postgres)
+        .await
+        .unwrap();
+    // A bad admin secret name is refused as it is written.
+    let bad = unreachable_pg(PostgresAdmin::Secret {
+        name: "../pg-admin".into(),
+    });
+    assert!(s
+        .put(&ops(), "payments", "db2", &bad, SecretKind::Postgres)
+        .await
+        .is_err());
 }
