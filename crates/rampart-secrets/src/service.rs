@@ -90,6 +90,25 @@ impl SecretRecord {
     fn current(&self) -> u32 {
         self.versions.last().map_or(0, |v| v.version)
     }
+
+    /// The number for a new version: above every version kept or staged.
+    /// The current (last) version is not always the highest: a rotation's
+    /// staged version made current after a later write comes after it.
+    fn next_version(&self) -> Result<u32, SecretsError> {
+        self.versions
+            .iter()
+            .chain(&self.pending)
+            .map(|v| v.version)
+            .max()
+            .unwrap_or(0)
+            .checked_add(1)
+            .ok_or_else(|| {
+                SecretsError::InvalidRequest(format!(
+                    "secret {} has no version numbers left",
+                    self.name
+                ))
+            })
+    }
 }
 
 /// A secret's value at one version. `Debug` is redacted.
@@ -392,7 +411,7 @@ impl SecretService {
                 "secret {name} is of another kind"
             )));
         }
-        let version = r.current().max(r.pending.as_ref().map_or(0, |p| p.version)) + 1;
+        let version = r.next_version()?;
         let v = self.seal(caller, &r, version, value).await?;
         r.versions.push(v);
         if r.versions.len() > MAX_VERSIONS {
@@ -755,7 +774,7 @@ impl SecretService {
 
         // Stage: the new password is stored before the server knows it, so a
         // crash after the next step never loses it.
-        let version = r.current().max(r.pending.as_ref().map_or(0, |p| p.version)) + 1;
+        let version = r.next_version()?;
         let staged = self.seal(caller, &r, version, &new_json).await?;
         // Staging is the claim: only one rotation can move `pending` from
         // empty, so only one sets a password on the server.

@@ -1069,3 +1069,82 @@ async fn writing_a_postgres_secret_that_names_an_admin_secret_needs_the_right_to
         .await
         .is_err());
 }
+
+/// A value written while a rotation's version is staged gets a number
+/// after it; once the staged version is made current, the next value must
+/// not reuse a number already given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_numbers_are_never_reused_after_a_write_during_a_rotation() {
+    let Some(pg) = pg_url() else { return };
+    let k = kit().await;
+    let s = &k.secrets;
+    let role = format!("app_renum_{}", std::process::id());
+    admin_exec(
+        &pg,
+        &format!("DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN PASSWORD 'first'"),
+    )
+    .await;
+    let admin = || PostgresAdmin::Inline {
+        user: pg.user.clone(),
+        password: pg.password.clone(),
+    };
+    let value = |pw: &str| app_secret(&pg, &role, pw, admin());
+    s.put(
+        &payments(),
+        "payments",
+        "db",
+        &value("first"),
+        SecretKind::Postgres,
+    )
+    .await
+    .unwrap();
+    // Interrupted after the server took version 2's password.
+    s.inject_rotation_fault(Some(RotationFault::CrashAfterSet));
+    s.rotate(&payments(), "payments", "db").await.unwrap_err();
+    s.inject_rotation_fault(None);
+    let v3 = s
+        .put(
+            &payments(),
+            "payments",
+            "db",
+            &value("written"),
+            SecretKind::Postgres,
+        )
+        .await
+        .unwrap();
+    assert_eq!(v3, 3);
+    k.clock
+        .advance(Duration::from_secs(rampart_secrets::STALE_PENDING_SECS));
+    let done = s.reconcile_pending(k.clock.unix_secs()).await.unwrap();
+    assert_eq!(*done[0].1.as_ref().unwrap(), Reconciled::Promoted(2));
+    let v = s
+        .put(
+            &payments(),
+            "payments",
+            "db",
+            &value("later"),
+            SecretKind::Postgres,
+        )
+        .await
+        .unwrap();
+    assert_eq!(v, 4);
+    let meta = s.list(&payments(), "payments").await.unwrap();
+    let mut versions = meta[0].versions.clone();
+    versions.sort_unstable();
+    versions.dedup();
+    assert_eq!(
+        versions.len(),
+        meta[0].versions.len(),
+        "{:?}",
+        meta[0].versions
+    );
+    assert_eq!(
+        password_of(&s.get(&payments(), "payments", "db", Some(3)).await.unwrap()),
+        "written"
+    );
+    assert_eq!(
+        password_of(&s.get(&payments(), "payments", "db", None).await.unwrap()),
+        "later"
+    );
+    admin_exec(&pg, &format!("DROP ROLE {role}")).await;
+}
