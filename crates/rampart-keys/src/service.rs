@@ -415,7 +415,11 @@ impl KeyService {
             .get(env)
             .and_then(|keys| keys.get(name))
         {
-            if now.saturating_sub(l.loaded_at) < CACHE_TTL_SECS {
+            // Not when the clock reads before it was loaded (stepped back).
+            if now
+                .checked_sub(l.loaded_at)
+                .is_some_and(|age| age < CACHE_TTL_SECS)
+            {
                 return Ok(l.clone());
             }
         }

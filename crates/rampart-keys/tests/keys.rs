@@ -1079,3 +1079,58 @@ async fn a_deletion_cannot_be_cancelled_once_its_window_has_ended() {
         vec!["prod/payments".to_string()]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caches_expire_when_the_clock_steps_back() {
+    let k = kit().await;
+    let c = Context::new();
+    let ct = k
+        .keys
+        .encrypt(&payments(), "payments", b"x", &c)
+        .await
+        .unwrap();
+    let env = envelope(
+        &k,
+        payments(),
+        "payments",
+        EnvelopeLimits {
+            max_age_secs: 60,
+            ..EnvelopeLimits::default()
+        },
+    );
+    env.encrypt(b"x", &c).await.unwrap();
+    // This node has payments' key, prod's policy and a data key cached
+    // when the system clock is stepped back an hour (NTP, a VM restore).
+    k.clock.set_unix_secs(T0 - 3600);
+    // Another node over the same store: the envelope's data key expires,
+    // then the key is scheduled for deletion and the policy revoked.
+    k.clock.advance(Duration::from_secs(60));
+    env.encrypt(b"x", &c).await.unwrap();
+    assert_eq!(env.data_keys_generated(), 2, "data key kept past max_age");
+    let other = KeyService::new(
+        k.keyring.clone(),
+        Policies::new(k.store.clone(), k.clock.clone()),
+        k.keys.auditor().clone(),
+        k.clock.clone(),
+    );
+    other
+        .schedule_deletion(&ops(), "payments", None)
+        .await
+        .unwrap();
+    other
+        .policies()
+        .set(
+            "prod",
+            vec![stmt("ops-admin", &["role:ops"], &["keys:*"], &["key:*"])],
+        )
+        .await
+        .unwrap();
+    // Within the cache time of the clock as it now reads, both are seen.
+    k.clock
+        .advance(Duration::from_secs(rampart_keys::CACHE_TTL_SECS));
+    assert_eq!(k.keys.policies().get("prod").await.unwrap().len(), 1);
+    assert!(matches!(
+        k.keys.decrypt(&ops(), &ct, &c).await,
+        Err(KeysError::PendingDeletion { .. })
+    ));
+}
