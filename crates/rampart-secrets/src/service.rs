@@ -320,6 +320,13 @@ impl SecretService {
             .decode(v.wrapped_key.as_bytes())
             .map_err(|_| corrupt())?;
         let sealed = B64.decode(v.sealed.as_bytes()).map_err(|_| corrupt())?;
+        // The data key must be under the service's own key: one wrapped
+        // under another key (planted by whoever can write the store) is
+        // not this secret's, even if the caller may use that key.
+        let under = rampart_keys::ciphertext::parse(&wrapped).map_err(|_| corrupt())?;
+        if under.environment != r.environment || under.key != service_key_name(&r.service) {
+            return Err(corrupt());
+        }
         let dk = self
             .keys
             .decrypt_data_key(&caller.through("secrets"), &wrapped, &ctx)

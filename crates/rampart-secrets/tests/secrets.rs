@@ -1148,3 +1148,80 @@ async fn version_numbers_are_never_reused_after_a_write_during_a_rotation() {
     );
     admin_exec(&pg, &format!("DROP ROLE {role}")).await;
 }
+
+/// Whoever can write the store (a shared database) but not the service's
+/// key must not be able to plant a value: a version whose data key is
+/// wrapped under another key, even one the reader may use, is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_whose_data_key_is_under_another_key_is_refused() {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let k = kit().await;
+    let s = &k.secrets;
+    s.put(&payments(), "payments", "db", b"real", SecretKind::Generic)
+        .await
+        .unwrap();
+    // A data key the attacker knows, made under orders' key (which ops,
+    // the reader, may also use) with the context of payments/db v2.
+    let orders_key = rampart_secrets::service_key_name("orders");
+    s.keys()
+        .ensure_key("prod", &orders_key, Default::default())
+        .await
+        .unwrap();
+    let context: BTreeMap<String, String> = [
+        ("environment", "prod"),
+        ("service", "payments"),
+        ("secret", "db"),
+        ("version", "2"),
+    ]
+    .into_iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    let dk = s
+        .keys()
+        .generate_data_key(&Caller::system("prod", "attacker"), &orders_key, &context)
+        .await
+        .unwrap();
+    let sealed =
+        rampart_crypto::seal(&dk.plaintext, "secret", b"planted", b"prod/payments/db/v2").unwrap();
+    let raw = k
+        .store
+        .get("secrets", "prod/payments/db")
+        .await
+        .unwrap()
+        .unwrap();
+    let mut record: serde_json::Value = serde_json::from_slice(&raw.value).unwrap();
+    record["versions"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "version": 2,
+            "created_at": T0,
+            "wrapped_key": b64.encode(&dk.wrapped),
+            "sealed": b64.encode(sealed),
+        }));
+    k.store
+        .put(
+            "secrets",
+            "prod/payments/db",
+            &serde_json::to_vec(&record).unwrap(),
+            rampart_store::Expect::Any,
+        )
+        .await
+        .unwrap();
+    let got = s.get(&ops(), "payments", "db", None).await;
+    assert!(
+        !matches!(&got, Ok(v) if v.value.expose() == b"planted"),
+        "a planted value was served"
+    );
+    assert!(matches!(got, Err(SecretsError::Corrupt(_))), "{got:?}");
+    // The genuine version still opens.
+    assert_eq!(
+        s.get(&ops(), "payments", "db", Some(1))
+            .await
+            .unwrap()
+            .value
+            .expose(),
+        b"real"
+    );
+}
