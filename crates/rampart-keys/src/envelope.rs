@@ -3,7 +3,8 @@
 //! materials manager uses a KMS.
 //!
 //! An [`Envelope`] belongs to one caller, one key and one set of
-//! [`EnvelopeLimits`]. To encrypt, it asks the keys plane for a data key
+//! [`EnvelopeLimits`], and opens only messages whose data key is wrapped
+//! under that key (of any version). To encrypt, it asks the keys plane for a data key
 //! once ([`KeyService::generate_data_key`]: policy decision and durable
 //! audit record, as for any call) and then seals messages with it locally,
 //! each with a fresh random nonce; a message carries the wrapped data key,
@@ -57,7 +58,7 @@ use rampart_core::SharedClock;
 use rampart_crypto::SecretBytes;
 
 use crate::ciphertext::{self, NONCE_LEN, TAG_LEN};
-use crate::service::seal_after_header;
+use crate::service::{key_ref, seal_after_header};
 use crate::{Caller, Context, KeyService, KeysError, MAX_PLAINTEXT};
 
 /// The version byte of an envelope message.
@@ -117,8 +118,12 @@ struct Entry {
 }
 
 impl Entry {
+    /// Whether it is still within its age limit; not if the clock now
+    /// reads before it was obtained (stepped back), so that the limit is
+    /// never stretched by the size of the step.
     fn fresh(&self, now: u64, limits: &EnvelopeLimits) -> bool {
-        now.saturating_sub(self.created) < limits.max_age_secs
+        now.checked_sub(self.created)
+            .is_some_and(|age| age < limits.max_age_secs)
     }
 
     /// Takes up to a block of messages and bytes (at least `len`) from
@@ -427,6 +432,17 @@ impl Envelope {
         context: &Context,
         now: u64,
     ) -> Result<Arc<Entry>, KeysError> {
+        // The envelope opens messages of its own key only: another key's
+        // message is not one of its writers', whatever else the caller may
+        // decrypt.
+        let (env, name) = key_ref(&self.caller, &self.key)?;
+        let wrapped = ciphertext::parse(parsed.wrapped)?;
+        if wrapped.environment != env || wrapped.key != name {
+            return Err(KeysError::InvalidRequest(format!(
+                "the message's data key is under key {}/{}, not this envelope's key {env}/{name}",
+                wrapped.environment, wrapped.key
+            )));
+        }
         let dk = self
             .keys
             .decrypt_data_key(&self.caller, parsed.wrapped, context)

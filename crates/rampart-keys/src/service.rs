@@ -259,7 +259,10 @@ fn record_id(env: &str, name: &str) -> String {
 }
 
 /// Splits `env/name` or `name` (the caller's environment).
-fn key_ref<'a>(caller: &'a Caller, key: &'a str) -> Result<(&'a str, &'a str), KeysError> {
+pub(crate) fn key_ref<'a>(
+    caller: &'a Caller,
+    key: &'a str,
+) -> Result<(&'a str, &'a str), KeysError> {
     let (env, name) = match key.split_once('/') {
         Some((env, name)) => (env, name),
         None => (caller.principal.environment.as_str(), key),
@@ -412,7 +415,11 @@ impl KeyService {
             .get(env)
             .and_then(|keys| keys.get(name))
         {
-            if now.saturating_sub(l.loaded_at) < CACHE_TTL_SECS {
+            // Not when the clock reads before it was loaded (stepped back).
+            if now
+                .checked_sub(l.loaded_at)
+                .is_some_and(|age| age < CACHE_TTL_SECS)
+            {
                 return Ok(l.clone());
             }
         }
@@ -769,12 +776,21 @@ impl KeyService {
         Ok(delete_at)
     }
 
-    /// Cancels a scheduled deletion; the key is usable again.
+    /// Cancels a scheduled deletion before its window ends; the key is
+    /// usable again.
     pub async fn cancel_deletion(&self, caller: &Caller, key: &str) -> Result<(), KeysError> {
         let (env, name) = key_ref(caller, key)?;
         self.authorise(caller, "keys:cancel-deletion", env, &resource(name), None)
             .await?;
+        let now = self.clock.unix_secs();
         self.update(env, name, |r| match r.state {
+            // Past its window the key is due for destruction, whether or
+            // not the scheduler has got to it.
+            KeyState::PendingDeletion { delete_at, .. } if delete_at <= now => {
+                Err(KeysError::InvalidRequest(format!(
+                    "key {env}/{name}'s deletion window ended at unix time {delete_at}; it can no longer be cancelled"
+                )))
+            }
             KeyState::PendingDeletion { .. } => {
                 r.state = KeyState::Enabled;
                 Ok(())

@@ -1027,3 +1027,110 @@ async fn envelope_across_environments_and_after_destruction() {
     }
     assert!(env.decrypt(&sealed, &c).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_envelope_opens_only_messages_of_its_own_key() {
+    let k = kit().await;
+    let c = ctx(&[("tenant", "acme")]);
+    // ops may use every key of prod; an envelope still belongs to one.
+    let orders = envelope(&k, ops(), "orders", EnvelopeLimits::default());
+    let forged = orders.encrypt(b"pay 1000 to mallory", &c).await.unwrap();
+    let payments = envelope(&k, ops(), "payments", EnvelopeLimits::default());
+    let err = payments.decrypt(&forged, &c).await.unwrap_err();
+    assert!(matches!(err, KeysError::InvalidRequest(_)), "{err}");
+    assert_eq!(payments.data_keys_unwrapped(), 0);
+    // Its own messages open, whether the key is named with or without
+    // its environment.
+    let own = payments.encrypt(b"pay 10 to bob", &c).await.unwrap();
+    let spelled = envelope(&k, ops(), "prod/payments", EnvelopeLimits::default());
+    assert_eq!(
+        spelled.decrypt(&own, &c).await.unwrap().expose(),
+        b"pay 10 to bob"
+    );
+    assert!(spelled.decrypt(&forged, &c).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deletion_cannot_be_cancelled_once_its_window_has_ended() {
+    let k = kit().await;
+    let c = Context::new();
+    let ct = k
+        .keys
+        .encrypt(&payments(), "payments", b"gone soon", &c)
+        .await
+        .unwrap();
+    let at = k
+        .keys
+        .schedule_deletion(&ops(), "payments", None)
+        .await
+        .unwrap();
+    // The scheduler has not run yet (or failed): the window is over all the same.
+    k.clock.advance(Duration::from_secs(at - T0));
+    assert!(matches!(
+        k.keys.cancel_deletion(&ops(), "payments").await,
+        Err(KeysError::InvalidRequest(_))
+    ));
+    assert!(matches!(
+        k.keys.decrypt(&payments(), &ct, &c).await,
+        Err(KeysError::PendingDeletion { .. })
+    ));
+    assert_eq!(
+        k.keys.purge_due(k.clock.unix_secs()).await.unwrap(),
+        vec!["prod/payments".to_string()]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caches_expire_when_the_clock_steps_back() {
+    let k = kit().await;
+    let c = Context::new();
+    let ct = k
+        .keys
+        .encrypt(&payments(), "payments", b"x", &c)
+        .await
+        .unwrap();
+    let env = envelope(
+        &k,
+        payments(),
+        "payments",
+        EnvelopeLimits {
+            max_age_secs: 60,
+            ..EnvelopeLimits::default()
+        },
+    );
+    env.encrypt(b"x", &c).await.unwrap();
+    // This node has payments' key, prod's policy and a data key cached
+    // when the system clock is stepped back an hour (NTP, a VM restore).
+    k.clock.set_unix_secs(T0 - 3600);
+    // Another node over the same store: the envelope's data key expires,
+    // then the key is scheduled for deletion and the policy revoked.
+    k.clock.advance(Duration::from_secs(60));
+    env.encrypt(b"x", &c).await.unwrap();
+    assert_eq!(env.data_keys_generated(), 2, "data key kept past max_age");
+    let other = KeyService::new(
+        k.keyring.clone(),
+        Policies::new(k.store.clone(), k.clock.clone()),
+        k.keys.auditor().clone(),
+        k.clock.clone(),
+    );
+    other
+        .schedule_deletion(&ops(), "payments", None)
+        .await
+        .unwrap();
+    other
+        .policies()
+        .set(
+            "prod",
+            vec![stmt("ops-admin", &["role:ops"], &["keys:*"], &["key:*"])],
+        )
+        .await
+        .unwrap();
+    // Within the cache time of the clock as it now reads, both are seen.
+    k.clock
+        .advance(Duration::from_secs(rampart_keys::CACHE_TTL_SECS));
+    assert_eq!(k.keys.policies().get("prod").await.unwrap().len(), 1);
+    assert!(matches!(
+        k.keys.decrypt(&ops(), &ct, &c).await,
+        Err(KeysError::PendingDeletion { .. })
+    ));
+}

@@ -68,6 +68,22 @@ impl std::fmt::Debug for PostgresSecret {
     }
 }
 
+/// Why a value does not parse as a [`PostgresSecret`], without quoting any
+/// of it: serde's own messages quote the values they reject (a password of
+/// the wrong type, or another secret named as the admin one), and this text
+/// goes into errors and audit records.
+pub(crate) fn shape_error(e: &serde_json::Error) -> String {
+    let what = match e.classify() {
+        serde_json::error::Category::Data => "a field is missing, unknown or of the wrong type",
+        _ => "not valid JSON",
+    };
+    format!(
+        "not a postgres secret: {what} (line {}, column {})",
+        e.line(),
+        e.column()
+    )
+}
+
 /// The steps of a rotation, named in errors and audit records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RotationStep {

@@ -90,6 +90,25 @@ impl SecretRecord {
     fn current(&self) -> u32 {
         self.versions.last().map_or(0, |v| v.version)
     }
+
+    /// The number for a new version: above every version kept or staged.
+    /// The current (last) version is not always the highest: a rotation's
+    /// staged version made current after a later write comes after it.
+    fn next_version(&self) -> Result<u32, SecretsError> {
+        self.versions
+            .iter()
+            .chain(&self.pending)
+            .map(|v| v.version)
+            .max()
+            .unwrap_or(0)
+            .checked_add(1)
+            .ok_or_else(|| {
+                SecretsError::InvalidRequest(format!(
+                    "secret {} has no version numbers left",
+                    self.name
+                ))
+            })
+    }
 }
 
 /// A secret's value at one version. `Debug` is redacted.
@@ -301,6 +320,13 @@ impl SecretService {
             .decode(v.wrapped_key.as_bytes())
             .map_err(|_| corrupt())?;
         let sealed = B64.decode(v.sealed.as_bytes()).map_err(|_| corrupt())?;
+        // The data key must be under the service's own key: one wrapped
+        // under another key (planted by whoever can write the store) is
+        // not this secret's, even if the caller may use that key.
+        let under = rampart_keys::ciphertext::parse(&wrapped).map_err(|_| corrupt())?;
+        if under.environment != r.environment || under.key != service_key_name(&r.service) {
+            return Err(corrupt());
+        }
         let dk = self
             .keys
             .decrypt_data_key(&caller.through("secrets"), &wrapped, &ctx)
@@ -339,11 +365,23 @@ impl SecretService {
                 ),
             });
         }
+        let mut admin_secret = None;
         if kind == SecretKind::Postgres {
-            serde_json::from_slice::<PostgresSecret>(value)
-                .map_err(|e| SecretsError::InvalidRequest(format!("postgres secret: {e}")))?;
+            let pg = serde_json::from_slice::<PostgresSecret>(value)
+                .map_err(|e| SecretsError::InvalidRequest(postgres::shape_error(&e)))?;
+            if let PostgresAdmin::Secret { name: admin } = &pg.admin {
+                valid_name(admin)?;
+                admin_secret = Some(admin.clone());
+            }
         }
         self.authorise(caller, "secrets:put", service, name).await?;
+        // The writer chooses the server that rotation, the scheduler's
+        // included, logs in to with the admin secret's password: only a
+        // caller who may read that secret may name it.
+        if let Some(admin) = &admin_secret {
+            self.authorise(caller, "secrets:get", service, admin)
+                .await?;
+        }
         let env = caller.principal.environment.clone();
         self.keys
             .ensure_key(&env, &service_key_name(service), KeySpec::default())
@@ -380,7 +418,7 @@ impl SecretService {
                 "secret {name} is of another kind"
             )));
         }
-        let version = r.current().max(r.pending.as_ref().map_or(0, |p| p.version)) + 1;
+        let version = r.next_version()?;
         let v = self.seal(caller, &r, version, value).await?;
         r.versions.push(v);
         if r.versions.len() > MAX_VERSIONS {
@@ -517,13 +555,23 @@ impl SecretService {
         Self::check_names(service, name)?;
         self.authorise(caller, "secrets:restore", service, name)
             .await?;
+        let now = self.clock.unix_secs();
         self.modify(&caller.principal.environment, service, name, |r| {
-            if r.deleted.take().is_none() {
-                return Err(SecretsError::InvalidRequest(format!(
+            match r.deleted {
+                None => Err(SecretsError::InvalidRequest(format!(
                     "secret {name} is not deleted"
-                )));
+                ))),
+                // Past its window the secret is due for purging, whether
+                // or not the scheduler has got to it.
+                Some(d) if d.recover_until <= now => Err(SecretsError::InvalidRequest(format!(
+                    "secret {name}'s recovery window ended at unix time {}; it can no longer be restored",
+                    d.recover_until
+                ))),
+                Some(_) => {
+                    r.deleted = None;
+                    Ok(())
+                }
             }
-            Ok(())
         })
         .await
     }
@@ -683,14 +731,31 @@ impl SecretService {
             .last()
             .ok_or_else(|| SecretsError::NotFound(name.to_owned()))?;
         let old: PostgresSecret =
-            serde_json::from_slice(self.open(caller, &r, cur).await?.expose())
-                .map_err(|e| fail(RotationStep::Prepare, format!("stored value: {e}"), true))?;
+            serde_json::from_slice(self.open(caller, &r, cur).await?.expose()).map_err(|e| {
+                fail(
+                    RotationStep::Prepare,
+                    format!("stored value: {}", postgres::shape_error(&e)),
+                    true,
+                )
+            })?;
         let (admin_user, admin_password) = match &old.admin {
             PostgresAdmin::Inline { user, password } => {
                 (user.clone(), zeroize::Zeroizing::new(password.clone()))
             }
             PostgresAdmin::Secret { name: admin } => {
+                // Rotation logs in with the admin's password, to the server
+                // this secret names: only a caller who may read the admin
+                // secret may have it used so.
+                valid_name(admin)?;
+                self.authorise(caller, "secrets:get", service, admin)
+                    .await?;
                 let (ar, _) = self.read(&env, service, admin).await?;
+                if let Some(d) = ar.deleted {
+                    return Err(SecretsError::Deleted {
+                        name: admin.clone(),
+                        recover_until: d.recover_until,
+                    });
+                }
                 let av = ar
                     .versions
                     .last()
@@ -701,7 +766,7 @@ impl SecretService {
                 .map_err(|e| {
                     fail(
                         RotationStep::Prepare,
-                        format!("admin secret {admin}: {e}"),
+                        format!("admin secret {admin}: {}", postgres::shape_error(&e)),
                         true,
                     )
                 })?;
@@ -716,7 +781,7 @@ impl SecretService {
 
         // Stage: the new password is stored before the server knows it, so a
         // crash after the next step never loses it.
-        let version = r.current().max(r.pending.as_ref().map_or(0, |p| p.version)) + 1;
+        let version = r.next_version()?;
         let staged = self.seal(caller, &r, version, &new_json).await?;
         // Staging is the claim: only one rotation can move `pending` from
         // empty, so only one sets a password on the server.
@@ -852,8 +917,12 @@ impl SecretService {
         };
         let (env, service, name) = (&r.environment, &r.service, &r.name);
         let staged: PostgresSecret =
-            serde_json::from_slice(self.open(caller, r, p).await?.expose())
-                .map_err(|e| SecretsError::Corrupt(format!("{name}: staged value: {e}")))?;
+            serde_json::from_slice(self.open(caller, r, p).await?.expose()).map_err(|e| {
+                SecretsError::Corrupt(format!(
+                    "{name}: staged value: {}",
+                    postgres::shape_error(&e)
+                ))
+            })?;
         let settled = if postgres::check_login(&staged, &staged.password)
             .await
             .is_ok()
@@ -883,7 +952,12 @@ impl SecretService {
                     let c: PostgresSecret = serde_json::from_slice(
                         self.open(caller, r, v).await?.expose(),
                     )
-                    .map_err(|e| SecretsError::Corrupt(format!("{name}: current value: {e}")))?;
+                    .map_err(|e| {
+                        SecretsError::Corrupt(format!(
+                            "{name}: current value: {}",
+                            postgres::shape_error(&e)
+                        ))
+                    })?;
                     postgres::check_login(&c, &c.password).await.is_ok()
                 }
                 None => false,
@@ -960,7 +1034,8 @@ impl SecretService {
         service: &str,
         mapping: &BTreeMap<String, String>,
     ) -> Result<crate::EnvMap, SecretsError> {
-        let mut env = crate::EnvMap::default();
+        // Every name is checked before any secret is read.
+        let mut vars: BTreeMap<&str, &str> = BTreeMap::new();
         for (secret, var) in mapping {
             let ok_var = !var.is_empty()
                 && var
@@ -972,6 +1047,16 @@ impl SecretService {
                     "{var:?} is not a valid environment variable name (A-Z, 0-9, _)"
                 )));
             }
+            // Two secrets for one variable: refuse rather than let one
+            // silently replace the other.
+            if let Some(other) = vars.insert(var, secret) {
+                return Err(SecretsError::InvalidRequest(format!(
+                    "secrets {other:?} and {secret:?} are both mapped to ${var}"
+                )));
+            }
+        }
+        let mut env = crate::EnvMap::default();
+        for (secret, var) in mapping {
             let v = self.get(caller, service, secret, None).await?;
             let text = std::str::from_utf8(v.value.expose()).map_err(|_| {
                 SecretsError::InvalidRequest(format!(

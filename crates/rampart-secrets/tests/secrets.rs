@@ -833,3 +833,395 @@ async fn rotating_a_generic_secret_is_refused() {
         Err(SecretsError::NotRotatable(_))
     ));
 }
+
+/// A `postgres` secret pointing at an unreachable server (rotation would
+/// fail at its first connection), with admin credentials from `admin`.
+fn unreachable_pg(admin: PostgresAdmin) -> Vec<u8> {
+    serde_json::to_vec(&PostgresSecret {
+        host: "127.0.0.1".into(),
+        port: 1,
+        dbname: "app".into(),
+        user: "app".into(),
+        password: "old-password".into(),
+        admin,
+    })
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_needs_the_right_to_read_the_admin_secret_it_uses() {
+    let k = kit().await;
+    let s = &k.secrets;
+    // ops keeps the admin credentials; a DBA may write and rotate the
+    // application's secret, but not read the admin one.
+    s.put(
+        &ops(),
+        "payments",
+        "pg-admin",
+        &unreachable_pg(PostgresAdmin::Inline {
+            user: "postgres".into(),
+            password: "root-pw".into(),
+        }),
+        SecretKind::Postgres,
+    )
+    .await
+    .unwrap();
+    let mut policy = (*s.keys().policies().get("prod").await.unwrap()).clone();
+    policy.push(stmt(
+        "dba",
+        &["role:dba"],
+        &["secrets:put", "secrets:rotate"],
+        &["secret:payments/db"],
+    ));
+    policy.push(via_secrets(stmt(
+        "dba-keys",
+        &["role:dba"],
+        &["keys:generate-data-key", "keys:decrypt"],
+        &["key:svc.payments"],
+    )));
+    s.keys().policies().set("prod", policy).await.unwrap();
+    let dba = Caller::direct(Principal::user("prod", "dave", &["dba"]));
+    assert!(matches!(
+        s.get(&dba, "payments", "pg-admin", None).await,
+        Err(SecretsError::Denied { .. })
+    ));
+    // Without the check, rotation would log in to the server the secret
+    // names (any host) with the admin's password, for a caller who may
+    // not see it.
+    s.put(
+        &ops(),
+        "payments",
+        "db",
+        &unreachable_pg(PostgresAdmin::Secret {
+            name: "pg-admin".into(),
+        }),
+        SecretKind::Postgres,
+    )
+    .await
+    .unwrap();
+    let err = s.rotate(&dba, "payments", "db").await.unwrap_err();
+    assert!(matches!(err, SecretsError::Denied { .. }), "{err}");
+    // A deleted admin secret is not used either.
+    s.delete(&ops(), "payments", "pg-admin", None)
+        .await
+        .unwrap();
+    let err = s.rotate(&ops(), "payments", "db").await.unwrap_err();
+    assert!(matches!(err, SecretsError::Deleted { .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_values_never_appear_in_errors_or_the_audit_log() {
+    let k = kit().await;
+    let s = &k.secrets;
+    // A generic secret that happens to be JSON, named as the admin
+    // secret of a postgres one: it does not parse as one.
+    s.put(
+        &payments(),
+        "payments",
+        "pin",
+        b"918273645",
+        SecretKind::Generic,
+    )
+    .await
+    .unwrap();
+    s.put(
+        &payments(),
+        "payments",
+        "db",
+        &unreachable_pg(PostgresAdmin::Secret { name: "pin".into() }),
+        SecretKind::Postgres,
+    )
+    .await
+    .unwrap();
+    let err = s.rotate(&payments(), "payments", "db").await.unwrap_err();
+    assert!(!err.to_string().contains("918273645"), "{err}");
+    assert!(!format!("{err:?}").contains("918273645"), "{err:?}");
+    // A postgres value of the wrong shape: its fields are not echoed.
+    let bad = br#"{"host":"h","port":1,"dbname":"d","user":"u","password":4711471147,"admin":{"type":"secret","name":"x"}}"#;
+    let err = s
+        .put(&payments(), "payments", "db2", bad, SecretKind::Postgres)
+        .await
+        .unwrap_err();
+    assert!(!err.to_string().contains("4711471147"), "{err}");
+    let bad = br#"{"host":"h","port":"pw-in-the-wrong-field","dbname":"d","user":"u","password":"p","admin":{"type":"secret","name":"x"}}"#;
+    let err = s
+        .put(&payments(), "payments", "db2", bad, SecretKind::Postgres)
+        .await
+        .unwrap_err();
+    assert!(!err.to_string().contains("pw-in-the-wrong"), "{err}");
+    let records = k.audit.search(&Query::default()).unwrap();
+    assert!(records.iter().any(|r| r.event.action == "secrets:rotated"));
+    for r in records {
+        let text = format!("{:?}", r.event);
+        assert!(!text.contains("918273645"), "{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_secret_cannot_be_restored_once_its_window_has_ended() {
+    let k = kit().await;
+    let s = &k.secrets;
+    s.put(&payments(), "payments", "db", b"pw", SecretKind::Generic)
+        .await
+        .unwrap();
+    let until = s.delete(&payments(), "payments", "db", None).await.unwrap();
+    // The scheduler has not purged it yet: the window is over all the same.
+    k.clock.advance(Duration::from_secs(until - T0));
+    let err = s.restore(&payments(), "payments", "db").await.unwrap_err();
+    assert!(matches!(err, SecretsError::InvalidRequest(_)), "{err}");
+    assert!(matches!(
+        s.get(&payments(), "payments", "db", None).await,
+        Err(SecretsError::Deleted { .. })
+    ));
+    assert_eq!(
+        s.purge_due(k.clock.unix_secs()).await.unwrap(),
+        vec!["prod/payments/db".to_string()]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_secrets_mapped_to_one_variable_are_refused() {
+    let k = kit().await;
+    let s = &k.secrets;
+    for (name, value) in [("db-password", "one"), ("db-password-old", "two")] {
+        s.put(
+            &payments(),
+            "payments",
+            name,
+            value.as_bytes(),
+            SecretKind::Generic,
+        )
+        .await
+        .unwrap();
+    }
+    let mapping: BTreeMap<String, String> = [
+        ("db-password".to_string(), "DB_PASSWORD".to_string()),
+        ("db-password-old".to_string(), "DB_PASSWORD".to_string()),
+    ]
+    .into();
+    let err = s
+        .resolve_env(&payments(), "payments", &mapping)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SecretsError::InvalidRequest(_)), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writing_a_postgres_secret_that_names_an_admin_secret_needs_the_right_to_read_it() {
+    let k = kit().await;
+    let s = &k.secrets;
+    s.put(
+        &ops(),
+        "payments",
+        "pg-admin",
+        &unreachable_pg(PostgresAdmin::Inline {
+            user: "postgres".into(),
+            password: "root-pw".into(),
+        }),
+        SecretKind::Postgres,
+    )
+    .await
+    .unwrap();
+    let mut policy = (*s.keys().policies().get("prod").await.unwrap()).clone();
+    policy.push(stmt(
+        "dba",
+        &["role:dba"],
+        &["secrets:put", "secrets:rotate"],
+        &["secret:payments/db"],
+    ));
+    policy.push(via_secrets(stmt(
+        "dba-keys",
+        &["role:dba"],
+        &["keys:generate-data-key", "keys:decrypt"],
+        &["key:svc.payments"],
+    )));
+    s.keys().policies().set("prod", policy).await.unwrap();
+    let dba = Caller::direct(Principal::user("prod", "dave", &["dba"]));
+    // Otherwise the DBA could name any host and the admin secret, schedule
+    // a rotation, and the scheduler (which policy does not stop) would log
+    // in there with the admin's password.
+    let evil = unreachable_pg(PostgresAdmin::Secret {
+        name: "pg-admin".into(),
+    });
+    let err = s
+        .put(&dba, "payments", "db", &evil, SecretKind::Postgres)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SecretsError::Denied { .. }), "{err}");
+    assert!(matches!(
+        s.get(&ops(), "payments", "db", None).await,
+        Err(SecretsError::NotFound(_))
+    ));
+    // Inline admin credentials are the writer's own business.
+    let inline = unreachable_pg(PostgresAdmin::Inline {
+        user: "postgres".into(),
+        password: "mine".into(),
+    });
+    s.put(&dba, "payments", "db", &inline, SecretKind::Postgres)
+        .await
+        .unwrap();
+    // A bad admin secret name is refused as it is written.
+    let bad = unreachable_pg(PostgresAdmin::Secret {
+        name: "../pg-admin".into(),
+    });
+    assert!(s
+        .put(&ops(), "payments", "db2", &bad, SecretKind::Postgres)
+        .await
+        .is_err());
+}
+
+/// A value written while a rotation's version is staged gets a number
+/// after it; once the staged version is made current, the next value must
+/// not reuse a number already given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_numbers_are_never_reused_after_a_write_during_a_rotation() {
+    let Some(pg) = pg_url() else { return };
+    let k = kit().await;
+    let s = &k.secrets;
+    let role = format!("app_renum_{}", std::process::id());
+    admin_exec(
+        &pg,
+        &format!("DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN PASSWORD 'first'"),
+    )
+    .await;
+    let admin = || PostgresAdmin::Inline {
+        user: pg.user.clone(),
+        password: pg.password.clone(),
+    };
+    let value = |pw: &str| app_secret(&pg, &role, pw, admin());
+    s.put(
+        &payments(),
+        "payments",
+        "db",
+        &value("first"),
+        SecretKind::Postgres,
+    )
+    .await
+    .unwrap();
+    // Interrupted after the server took version 2's password.
+    s.inject_rotation_fault(Some(RotationFault::CrashAfterSet));
+    s.rotate(&payments(), "payments", "db").await.unwrap_err();
+    s.inject_rotation_fault(None);
+    let v3 = s
+        .put(
+            &payments(),
+            "payments",
+            "db",
+            &value("written"),
+            SecretKind::Postgres,
+        )
+        .await
+        .unwrap();
+    assert_eq!(v3, 3);
+    k.clock
+        .advance(Duration::from_secs(rampart_secrets::STALE_PENDING_SECS));
+    let done = s.reconcile_pending(k.clock.unix_secs()).await.unwrap();
+    assert_eq!(*done[0].1.as_ref().unwrap(), Reconciled::Promoted(2));
+    let v = s
+        .put(
+            &payments(),
+            "payments",
+            "db",
+            &value("later"),
+            SecretKind::Postgres,
+        )
+        .await
+        .unwrap();
+    assert_eq!(v, 4);
+    let meta = s.list(&payments(), "payments").await.unwrap();
+    let mut versions = meta[0].versions.clone();
+    versions.sort_unstable();
+    versions.dedup();
+    assert_eq!(
+        versions.len(),
+        meta[0].versions.len(),
+        "{:?}",
+        meta[0].versions
+    );
+    assert_eq!(
+        password_of(&s.get(&payments(), "payments", "db", Some(3)).await.unwrap()),
+        "written"
+    );
+    assert_eq!(
+        password_of(&s.get(&payments(), "payments", "db", None).await.unwrap()),
+        "later"
+    );
+    admin_exec(&pg, &format!("DROP ROLE {role}")).await;
+}
+
+/// Whoever can write the store (a shared database) but not the service's
+/// key must not be able to plant a value: a version whose data key is
+/// wrapped under another key, even one the reader may use, is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_whose_data_key_is_under_another_key_is_refused() {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let k = kit().await;
+    let s = &k.secrets;
+    s.put(&payments(), "payments", "db", b"real", SecretKind::Generic)
+        .await
+        .unwrap();
+    // A data key the attacker knows, made under orders' key (which ops,
+    // the reader, may also use) with the context of payments/db v2.
+    let orders_key = rampart_secrets::service_key_name("orders");
+    s.keys()
+        .ensure_key("prod", &orders_key, Default::default())
+        .await
+        .unwrap();
+    let context: BTreeMap<String, String> = [
+        ("environment", "prod"),
+        ("service", "payments"),
+        ("secret", "db"),
+        ("version", "2"),
+    ]
+    .into_iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    let dk = s
+        .keys()
+        .generate_data_key(&Caller::system("prod", "attacker"), &orders_key, &context)
+        .await
+        .unwrap();
+    let sealed =
+        rampart_crypto::seal(&dk.plaintext, "secret", b"planted", b"prod/payments/db/v2").unwrap();
+    let raw = k
+        .store
+        .get("secrets", "prod/payments/db")
+        .await
+        .unwrap()
+        .unwrap();
+    let mut record: serde_json::Value = serde_json::from_slice(&raw.value).unwrap();
+    record["versions"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "version": 2,
+            "created_at": T0,
+            "wrapped_key": b64.encode(&dk.wrapped),
+            "sealed": b64.encode(sealed),
+        }));
+    k.store
+        .put(
+            "secrets",
+            "prod/payments/db",
+            &serde_json::to_vec(&record).unwrap(),
+            rampart_store::Expect::Any,
+        )
+        .await
+        .unwrap();
+    let got = s.get(&ops(), "payments", "db", None).await;
+    assert!(
+        !matches!(&got, Ok(v) if v.value.expose() == b"planted"),
+        "a planted value was served"
+    );
+    assert!(matches!(got, Err(SecretsError::Corrupt(_))), "{got:?}");
+    // The genuine version still opens.
+    assert_eq!(
+        s.get(&ops(), "payments", "db", Some(1))
+            .await
+            .unwrap()
+            .value
+            .expose(),
+        b"real"
+    );
+}
