@@ -2,6 +2,9 @@
 //! rotation functions use: stage the new password as a pending version,
 //! set it on the server, test a login with it, and only then make it
 //! current. A failure before the last step puts the old password back.
+//! The server is sent a SCRAM-SHA-256 verifier of the new password (with a
+//! fresh salt), never the password itself, so its statement logs and
+//! statistics do not hold it.
 
 use std::time::Duration;
 
@@ -189,13 +192,18 @@ pub(crate) async fn set_password(
     )
     .await
     .map_err(|e| format!("admin login as {admin_user}: {e}"))?;
-    // ALTER ROLE takes no bind parameters; the password is quoted as a
-    // literal (and generated passwords are alphanumeric anyway).
+    // The server is sent a SCRAM-SHA-256 verifier (fresh salt), never the
+    // password: statement logs, `pg_stat_activity` and
+    // `pg_stat_statements` on the server see only the verifier, as with
+    // psql's `\password`. ALTER ROLE takes no bind parameters; the
+    // verifier is quoted as a literal (it holds no quote anyway).
+    let mut verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
     let mut sql = format!(
         "ALTER ROLE {} WITH PASSWORD {}",
         quote_ident(&target.user),
-        quote_literal(password)
+        quote_literal(&verifier)
     );
+    verifier.zeroize();
     let res = client.batch_execute(&sql).await;
     sql.zeroize();
     res.map_err(|e| format!("ALTER ROLE {}: {}", target.user, e))

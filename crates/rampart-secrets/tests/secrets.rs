@@ -489,6 +489,18 @@ async fn admin_exec(pg: &PgUrl, sql: &str) {
     client.batch_execute(sql).await.unwrap();
 }
 
+async fn admin_query_one(pg: &PgUrl, sql: &str) -> String {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host(&pg.host)
+        .port(pg.port)
+        .dbname("postgres")
+        .user(&pg.user)
+        .password(&pg.password);
+    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    client.query_one(sql, &[]).await.unwrap().get(0)
+}
+
 fn app_secret(pg: &PgUrl, role: &str, password: &str, admin: PostgresAdmin) -> Vec<u8> {
     let s = PostgresSecret {
         host: pg.host.clone(),
@@ -554,6 +566,16 @@ async fn postgres_rotation_on_demand_and_scheduled() {
         !login(&pg, &role, "initial-pw").await,
         "old password no longer works"
     );
+    // The server was sent a SCRAM verifier, not the password: what it
+    // stores is one, and nothing it keeps of the statement holds the
+    // password.
+    let stored = admin_query_one(
+        &pg,
+        &format!("SELECT rolpassword FROM pg_authid WHERE rolname = '{role}'"),
+    )
+    .await;
+    assert!(stored.starts_with("SCRAM-SHA-256$4096:"), "{stored}");
+    assert!(!stored.contains(&pw2));
     assert_eq!(
         password_of(&s.get(&payments(), "payments", "db", Some(1)).await.unwrap()),
         "initial-pw"
