@@ -7,6 +7,7 @@
 //! one environment on a resource of another before any statement is read.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 
 use rampart_core::SharedClock;
@@ -300,6 +301,9 @@ pub struct Policies {
     store: Arc<dyn Store>,
     clock: SharedClock,
     cache: Arc<RwLock<HashMap<String, Cached>>>,
+    /// Bumped (with the cache locked) by every `set`: a `get` that read the
+    /// store before a `set` landed does not cache what it read.
+    generation: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A policy and when it was read (Unix seconds).
@@ -320,6 +324,7 @@ impl Policies {
             store,
             clock,
             cache: Arc::default(),
+            generation: Arc::default(),
         }
     }
 
@@ -337,10 +342,9 @@ impl Policies {
             .put(POLICY_NS, environment, &json, Expect::Any)
             .await?;
         let now = self.clock.unix_secs();
-        self.cache
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(environment.to_owned(), (now, Arc::new(statements)));
+        let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        cache.insert(environment.to_owned(), (now, Arc::new(statements)));
         Ok(())
     }
 
@@ -361,16 +365,19 @@ impl Policies {
                 return Ok(p.clone());
             }
         }
+        let generation = self.generation.load(Ordering::SeqCst);
         let statements: Vec<Statement> = match self.store.get(POLICY_NS, environment).await? {
             Some(e) => serde_json::from_slice(&e.value)
                 .map_err(|e| KeysError::Corrupt(format!("{POLICY_NS}/{environment}: {e}")))?,
             None => Vec::new(),
         };
         let p = Arc::new(statements);
-        self.cache
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(environment.to_owned(), (now, p.clone()));
+        let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
+        // A `set` since the read above: what was read may be the old
+        // policy, so it is used for this call only.
+        if self.generation.load(Ordering::SeqCst) == generation {
+            cache.insert(environment.to_owned(), (now, p.clone()));
+        }
         Ok(p)
     }
 

@@ -219,6 +219,9 @@ pub struct KeyService {
     /// Loaded keys by environment, then name (looked up without building
     /// an `env/name` string).
     cache: Arc<RwLock<KeyCache>>,
+    /// Bumped (with the cache locked) by every `forget`: a `load` that read
+    /// the store before a change landed does not cache what it read.
+    generation: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for KeyService {
@@ -292,6 +295,7 @@ impl KeyService {
             auditor,
             clock,
             cache: Arc::default(),
+            generation: Arc::default(),
         }
     }
 
@@ -424,6 +428,7 @@ impl KeyService {
             }
         }
         let id = record_id(env, name);
+        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
         let entry = self
             .store
             .get(KEYS_NS, &id)
@@ -435,12 +440,16 @@ impl KeyService {
         let record: KeyRecord = serde_json::from_slice(&entry.value)
             .map_err(|e| KeysError::Corrupt(format!("{KEYS_NS}/{id}: {e}")))?;
         let loaded = Arc::new(self.build(record)?);
-        self.cache
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(env.to_owned())
-            .or_default()
-            .insert(name.to_owned(), loaded.clone());
+        let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
+        // A change of this node's since the read above (rotation, a
+        // scheduled deletion): what was read may be the old record, so it
+        // serves this call only.
+        if self.generation.load(std::sync::atomic::Ordering::SeqCst) == generation {
+            cache
+                .entry(env.to_owned())
+                .or_default()
+                .insert(name.to_owned(), loaded.clone());
+        }
         Ok(loaded)
     }
 
@@ -464,12 +473,10 @@ impl KeyService {
     }
 
     fn forget(&self, env: &str, name: &str) {
-        if let Some(keys) = self
-            .cache
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_mut(env)
-        {
+        let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if let Some(keys) = cache.get_mut(env) {
             keys.remove(name);
         }
     }

@@ -13,7 +13,7 @@ use rampart_keys::{
     ciphertext, envelope, Auditor, Caller, Context, Envelope, EnvelopeLimits, KeyService, KeySpec,
     KeyState, KeysError, Policies, Principal,
 };
-use rampart_store::{Keyring, RootKeySource, SqliteStore, Store};
+use rampart_store::{Entry, Expect, Keyring, Op, RootKeySource, SqliteStore, Store, StoreError};
 
 const T0: u64 = 1_795_600_000; // late November 2026
 const DAY: u64 = 86_400;
@@ -40,9 +40,14 @@ fn stmt(id: &str, principals: &[&str], actions: &[&str], resources: &[&str]) -> 
 }
 
 async fn kit() -> Kit {
+    kit_over(|s| s).await
+}
+
+/// [`kit`] over the SQLite store as `wrap` wraps it.
+async fn kit_over(wrap: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store>) -> Kit {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::at_unix_secs(T0));
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory(clock.clone()).unwrap());
+    let store: Arc<dyn Store> = wrap(Arc::new(SqliteStore::in_memory(clock.clone()).unwrap()));
     let keyring = Arc::new(
         Keyring::initialise(
             store.clone(),
@@ -1132,5 +1137,147 @@ async fn caches_expire_when_the_clock_steps_back() {
     assert!(matches!(
         k.keys.decrypt(&ops(), &ct, &c).await,
         Err(KeysError::PendingDeletion { .. })
+    ));
+}
+
+/// A store that, once armed, holds the next read in one namespace after
+/// reading it, until released: a load that read the store just before a
+/// change of the same node landed.
+#[derive(Debug)]
+struct HeldStore {
+    inner: Arc<dyn Store>,
+    /// The namespace whose next read is held.
+    ns: std::sync::Mutex<&'static str>,
+    armed: std::sync::atomic::AtomicBool,
+    reached: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+}
+
+#[async_trait::async_trait]
+impl Store for HeldStore {
+    async fn get(&self, ns: &str, key: &str) -> Result<Option<Entry>, StoreError> {
+        let got = self.inner.get(ns, key).await;
+        let held = *self.ns.lock().unwrap();
+        if ns == held && self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            self.reached.notify_one();
+            self.release.notified().await;
+        }
+        got
+    }
+    async fn put(
+        &self,
+        ns: &str,
+        key: &str,
+        value: &[u8],
+        expect: Expect,
+    ) -> Result<u64, StoreError> {
+        self.inner.put(ns, key, value, expect).await
+    }
+    async fn delete(&self, ns: &str, key: &str, expect: Expect) -> Result<bool, StoreError> {
+        self.inner.delete(ns, key, expect).await
+    }
+    async fn list(
+        &self,
+        ns: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Entry)>, StoreError> {
+        self.inner.list(ns, prefix, limit).await
+    }
+    async fn apply(&self, ops: Vec<Op>) -> Result<(), StoreError> {
+        self.inner.apply(ops).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+    async fn schema_version(&self) -> Result<u32, StoreError> {
+        self.inner.schema_version().await
+    }
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+}
+
+async fn held_kit() -> (Kit, Arc<HeldStore>) {
+    let held: Arc<std::sync::OnceLock<Arc<HeldStore>>> = Arc::default();
+    let slot = held.clone();
+    let k = kit_over(move |inner| {
+        let h = Arc::new(HeldStore {
+            inner,
+            ns: std::sync::Mutex::new("keys"),
+            armed: false.into(),
+            reached: tokio::sync::Notify::new(),
+            release: tokio::sync::Notify::new(),
+        });
+        let _ = slot.set(h.clone());
+        h
+    })
+    .await;
+    let h = held.get().unwrap().clone();
+    (k, h)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_that_raced_a_change_does_not_cache_the_old_record() {
+    let (k, h) = held_kit().await;
+    let c = Context::new();
+    k.keys
+        .encrypt(&payments(), "payments", b"x", &c)
+        .await
+        .unwrap();
+    // The cached record goes stale; the next use reads the store again,
+    // and that read is held after it has the record (enabled).
+    k.clock
+        .advance(Duration::from_secs(rampart_keys::CACHE_TTL_SECS + 1));
+    h.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let keys = k.keys.clone();
+    let racing = tokio::spawn(async move {
+        keys.encrypt(&payments(), "payments", b"y", &Context::new())
+            .await
+    });
+    h.reached.notified().await;
+    // Meanwhile this node schedules the key's deletion.
+    k.keys
+        .schedule_deletion(&ops(), "payments", None)
+        .await
+        .unwrap();
+    h.release.notify_one();
+    // The racing call may finish with what it read (it began first) ...
+    let _ = racing.await.unwrap();
+    // ... but the next one, in the same second, must see the deletion.
+    assert!(matches!(
+        k.keys.encrypt(&payments(), "payments", b"z", &c).await,
+        Err(KeysError::PendingDeletion { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_read_that_raced_a_change_does_not_cache_the_old_policy() {
+    let (k, h) = held_kit().await;
+    assert_eq!(k.keys.policies().get("prod").await.unwrap().len(), 2);
+    k.clock
+        .advance(Duration::from_secs(rampart_keys::CACHE_TTL_SECS + 1));
+    *h.ns.lock().unwrap() = "policy";
+    h.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let policies = k.keys.policies().clone();
+    let racing = tokio::spawn(async move { policies.get("prod").await });
+    h.reached.notified().await;
+    // payments' right to its key is revoked while that read is held.
+    k.keys
+        .policies()
+        .set(
+            "prod",
+            vec![stmt("ops-admin", &["role:ops"], &["keys:*"], &["key:*"])],
+        )
+        .await
+        .unwrap();
+    h.release.notify_one();
+    let _ = racing.await.unwrap();
+    assert_eq!(k.keys.policies().get("prod").await.unwrap().len(), 1);
+    assert!(matches!(
+        k.keys
+            .encrypt(&payments(), "payments", b"z", &Context::new())
+            .await,
+        Err(KeysError::Denied { .. })
     ));
 }
