@@ -71,13 +71,14 @@ impl RootKey {
             B64.decode(text.trim().as_bytes())
                 .map_err(|_| CryptoError::InvalidRootKey("not valid base64".into()))?,
         );
-        let arr: [u8; 32] = raw.as_slice().try_into().map_err(|_| {
+        let arr: Zeroizing<[u8; 32]> = Zeroizing::new(raw.as_slice().try_into().map_err(|_| {
             CryptoError::InvalidRootKey(format!(
                 "decodes to {} bytes, expected 32 (a 256-bit key)",
                 raw.len()
             ))
-        })?;
-        Ok(RootKey(arr))
+        })?);
+        // The local copy is wiped when it goes out of scope.
+        Ok(RootKey(*arr))
     }
 
     /// The key as base64, for writing to a key file or showing once.
@@ -95,11 +96,12 @@ impl RootKey {
             .map_err(|_| CryptoError::Kdf("salt is not valid base64".into()))?;
         let p = Params::new(params.m_cost_kib, params.t_cost, params.p_cost, Some(32))
             .map_err(|e| CryptoError::Kdf(e.to_string()))?;
-        let mut out = [0u8; 32];
+        let mut out = Zeroizing::new([0u8; 32]);
         Argon2::new(Algorithm::Argon2id, Version::V0x13, p)
-            .hash_password_into(passphrase, &salt, &mut out)
+            .hash_password_into(passphrase, &salt, out.as_mut())
             .map_err(|e| CryptoError::Kdf(e.to_string()))?;
-        Ok(RootKey(out))
+        // The local copy is wiped when it goes out of scope.
+        Ok(RootKey(*out))
     }
 
     /// Reads a key file holding the key in base64. Refuses files that others
