@@ -790,6 +790,12 @@ impl SecretService {
                 name: name.to_owned(),
                 age_secs: staged.created_at.saturating_sub(p.created_at),
             }),
+            // A write since the record was read took this number: the
+            // staged value is sealed to it, so this rotation stops here,
+            // before the server is touched (the scheduler tries again).
+            None if rec.next_version().ok() != Some(version) => Err(SecretsError::Conflict(
+                format!("secret {name} got a new version while its rotation was prepared; retry"),
+            )),
             None => {
                 rec.pending = Some(staged.clone());
                 Ok(())

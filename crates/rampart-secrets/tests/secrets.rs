@@ -15,7 +15,7 @@ use rampart_secrets::{
     run_watching, run_with_secrets, PostgresAdmin, PostgresSecret, Reconciled, RotationFault,
     RotationStep, SecretKind, SecretService, SecretsError,
 };
-use rampart_store::{Keyring, RootKeySource, SqliteStore, Store};
+use rampart_store::{Entry, Expect, Keyring, Op, RootKeySource, SqliteStore, Store, StoreError};
 
 const T0: u64 = 1_795_600_000;
 const DAY: u64 = 86_400;
@@ -46,9 +46,14 @@ fn via_secrets(mut s: Statement) -> Statement {
 }
 
 async fn kit() -> Kit {
+    kit_over(|s| s).await
+}
+
+/// [`kit`] over the SQLite store as `wrap` wraps it.
+async fn kit_over(wrap: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store>) -> Kit {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::at_unix_secs(T0));
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory(clock.clone()).unwrap());
+    let store: Arc<dyn Store> = wrap(Arc::new(SqliteStore::in_memory(clock.clone()).unwrap()));
     let keyring = Arc::new(
         Keyring::initialise(
             store.clone(),
@@ -1246,4 +1251,122 @@ async fn a_version_whose_data_key_is_under_another_key_is_refused() {
             .expose(),
         b"real"
     );
+}
+
+/// A store that, once armed, holds the next read of a secret record after
+/// reading it, until released.
+#[derive(Debug)]
+struct HeldStore {
+    inner: Arc<dyn Store>,
+    armed: std::sync::atomic::AtomicBool,
+    reached: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+}
+
+#[async_trait::async_trait]
+impl Store for HeldStore {
+    async fn get(&self, ns: &str, key: &str) -> Result<Option<Entry>, StoreError> {
+        let got = self.inner.get(ns, key).await;
+        if ns == "secrets" && self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            self.reached.notify_one();
+            self.release.notified().await;
+        }
+        got
+    }
+    async fn put(
+        &self,
+        ns: &str,
+        key: &str,
+        value: &[u8],
+        expect: Expect,
+    ) -> Result<u64, StoreError> {
+        self.inner.put(ns, key, value, expect).await
+    }
+    async fn delete(&self, ns: &str, key: &str, expect: Expect) -> Result<bool, StoreError> {
+        self.inner.delete(ns, key, expect).await
+    }
+    async fn list(
+        &self,
+        ns: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Entry)>, StoreError> {
+        self.inner.list(ns, prefix, limit).await
+    }
+    async fn apply(&self, ops: Vec<Op>) -> Result<(), StoreError> {
+        self.inner.apply(ops).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+    async fn schema_version(&self) -> Result<u32, StoreError> {
+        self.inner.schema_version().await
+    }
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_whose_version_number_a_write_took_stops_before_the_server() {
+    let held: Arc<std::sync::OnceLock<Arc<HeldStore>>> = Arc::default();
+    let slot = held.clone();
+    let k = kit_over(move |inner| {
+        let h = Arc::new(HeldStore {
+            inner,
+            armed: false.into(),
+            reached: tokio::sync::Notify::new(),
+            release: tokio::sync::Notify::new(),
+        });
+        let _ = slot.set(h.clone());
+        h
+    })
+    .await;
+    let h = held.get().unwrap().clone();
+    // No server listens there: a rotation that got as far as setting the
+    // password would fail at that step.
+    let value = serde_json::to_vec(&PostgresSecret {
+        host: "127.0.0.1".into(),
+        port: 9,
+        dbname: "postgres".into(),
+        user: "app".into(),
+        password: "initial-pw".into(),
+        admin: PostgresAdmin::Inline {
+            user: "admin".into(),
+            password: "admin-pw".into(),
+        },
+    })
+    .unwrap();
+    let s = k.secrets.clone();
+    s.put(&ops(), "payments", "db", &value, SecretKind::Postgres)
+        .await
+        .unwrap();
+    h.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let rotating = {
+        let s = s.clone();
+        tokio::spawn(async move { s.rotate(&ops(), "payments", "db").await })
+    };
+    h.reached.notified().await;
+    // A write lands while the rotation prepares version 2.
+    assert_eq!(
+        s.put(&ops(), "payments", "db", &value, SecretKind::Postgres)
+            .await
+            .unwrap(),
+        2
+    );
+    h.release.notify_one();
+    match rotating.await.unwrap() {
+        Err(SecretsError::Rotation { step, .. }) => assert_eq!(step, RotationStep::Stage),
+        other => panic!("expected the rotation to stop at staging, got {other:?}"),
+    }
+    // Versions 1 and 2 as written, 2 current, and no staged third.
+    let current = s.get(&ops(), "payments", "db", None).await.unwrap();
+    assert_eq!(current.version, 2);
+    assert!(s.get(&ops(), "payments", "db", Some(1)).await.is_ok());
+    assert!(s.get(&ops(), "payments", "db", Some(3)).await.is_err());
+    assert!(s
+        .reconcile_pending(k.clock.unix_secs())
+        .await
+        .unwrap()
+        .is_empty());
 }
