@@ -13,7 +13,8 @@ use rampart_keys::{
     ciphertext, envelope, Auditor, Caller, Context, Envelope, EnvelopeLimits, KeyService, KeySpec,
     KeyState, KeysError, Policies, Principal,
 };
-use rampart_store::{Entry, Expect, Keyring, Op, RootKeySource, SqliteStore, Store, StoreError};
+use rampart_store::testing::HeldStore;
+use rampart_store::{Keyring, RootKeySource, SqliteStore, Store};
 
 const T0: u64 = 1_795_600_000; // late November 2026
 const DAY: u64 = 86_400;
@@ -1140,75 +1141,12 @@ async fn caches_expire_when_the_clock_steps_back() {
     ));
 }
 
-/// A store that, once armed, holds the next read in one namespace after
-/// reading it, until released: a load that read the store just before a
-/// change of the same node landed.
-#[derive(Debug)]
-struct HeldStore {
-    inner: Arc<dyn Store>,
-    /// The namespace whose next read is held.
-    ns: std::sync::Mutex<&'static str>,
-    armed: std::sync::atomic::AtomicBool,
-    reached: tokio::sync::Notify,
-    release: tokio::sync::Notify,
-}
-
-#[async_trait::async_trait]
-impl Store for HeldStore {
-    async fn get(&self, ns: &str, key: &str) -> Result<Option<Entry>, StoreError> {
-        let got = self.inner.get(ns, key).await;
-        let held = *self.ns.lock().unwrap();
-        if ns == held && self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
-            self.reached.notify_one();
-            self.release.notified().await;
-        }
-        got
-    }
-    async fn put(
-        &self,
-        ns: &str,
-        key: &str,
-        value: &[u8],
-        expect: Expect,
-    ) -> Result<u64, StoreError> {
-        self.inner.put(ns, key, value, expect).await
-    }
-    async fn delete(&self, ns: &str, key: &str, expect: Expect) -> Result<bool, StoreError> {
-        self.inner.delete(ns, key, expect).await
-    }
-    async fn list(
-        &self,
-        ns: &str,
-        prefix: &str,
-        limit: usize,
-    ) -> Result<Vec<(String, Entry)>, StoreError> {
-        self.inner.list(ns, prefix, limit).await
-    }
-    async fn apply(&self, ops: Vec<Op>) -> Result<(), StoreError> {
-        self.inner.apply(ops).await
-    }
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.inner.ping().await
-    }
-    async fn schema_version(&self) -> Result<u32, StoreError> {
-        self.inner.schema_version().await
-    }
-    fn backend(&self) -> &'static str {
-        self.inner.backend()
-    }
-}
-
+/// [`kit`] over a store whose reads can be held (see [`HeldStore`]).
 async fn held_kit() -> (Kit, Arc<HeldStore>) {
     let held: Arc<std::sync::OnceLock<Arc<HeldStore>>> = Arc::default();
     let slot = held.clone();
     let k = kit_over(move |inner| {
-        let h = Arc::new(HeldStore {
-            inner,
-            ns: std::sync::Mutex::new("keys"),
-            armed: false.into(),
-            reached: tokio::sync::Notify::new(),
-            release: tokio::sync::Notify::new(),
-        });
+        let h = HeldStore::new(inner);
         let _ = slot.set(h.clone());
         h
     })
@@ -1229,19 +1167,19 @@ async fn a_load_that_raced_a_change_does_not_cache_the_old_record() {
     // and that read is held after it has the record (enabled).
     k.clock
         .advance(Duration::from_secs(rampart_keys::CACHE_TTL_SECS + 1));
-    h.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    h.hold_next_read("keys");
     let keys = k.keys.clone();
     let racing = tokio::spawn(async move {
         keys.encrypt(&payments(), "payments", b"y", &Context::new())
             .await
     });
-    h.reached.notified().await;
+    h.reached().await;
     // Meanwhile this node schedules the key's deletion.
     k.keys
         .schedule_deletion(&ops(), "payments", None)
         .await
         .unwrap();
-    h.release.notify_one();
+    h.release();
     // The racing call may finish with what it read (it began first) ...
     let _ = racing.await.unwrap();
     // ... but the next one, in the same second, must see the deletion.
@@ -1257,11 +1195,10 @@ async fn a_policy_read_that_raced_a_change_does_not_cache_the_old_policy() {
     assert_eq!(k.keys.policies().get("prod").await.unwrap().len(), 2);
     k.clock
         .advance(Duration::from_secs(rampart_keys::CACHE_TTL_SECS + 1));
-    *h.ns.lock().unwrap() = "policy";
-    h.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    h.hold_next_read("policy");
     let policies = k.keys.policies().clone();
     let racing = tokio::spawn(async move { policies.get("prod").await });
-    h.reached.notified().await;
+    h.reached().await;
     // payments' right to its key is revoked while that read is held.
     k.keys
         .policies()
@@ -1271,7 +1208,7 @@ async fn a_policy_read_that_raced_a_change_does_not_cache_the_old_policy() {
         )
         .await
         .unwrap();
-    h.release.notify_one();
+    h.release();
     let _ = racing.await.unwrap();
     assert_eq!(k.keys.policies().get("prod").await.unwrap().len(), 1);
     assert!(matches!(

@@ -15,7 +15,8 @@ use rampart_secrets::{
     run_watching, run_with_secrets, PostgresAdmin, PostgresSecret, Reconciled, RotationFault,
     RotationStep, SecretKind, SecretService, SecretsError,
 };
-use rampart_store::{Entry, Expect, Keyring, Op, RootKeySource, SqliteStore, Store, StoreError};
+use rampart_store::testing::HeldStore;
+use rampart_store::{Keyring, RootKeySource, SqliteStore, Store};
 
 const T0: u64 = 1_795_600_000;
 const DAY: u64 = 86_400;
@@ -1253,71 +1254,12 @@ async fn a_version_whose_data_key_is_under_another_key_is_refused() {
     );
 }
 
-/// A store that, once armed, holds the next read of a secret record after
-/// reading it, until released.
-#[derive(Debug)]
-struct HeldStore {
-    inner: Arc<dyn Store>,
-    armed: std::sync::atomic::AtomicBool,
-    reached: tokio::sync::Notify,
-    release: tokio::sync::Notify,
-}
-
-#[async_trait::async_trait]
-impl Store for HeldStore {
-    async fn get(&self, ns: &str, key: &str) -> Result<Option<Entry>, StoreError> {
-        let got = self.inner.get(ns, key).await;
-        if ns == "secrets" && self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
-            self.reached.notify_one();
-            self.release.notified().await;
-        }
-        got
-    }
-    async fn put(
-        &self,
-        ns: &str,
-        key: &str,
-        value: &[u8],
-        expect: Expect,
-    ) -> Result<u64, StoreError> {
-        self.inner.put(ns, key, value, expect).await
-    }
-    async fn delete(&self, ns: &str, key: &str, expect: Expect) -> Result<bool, StoreError> {
-        self.inner.delete(ns, key, expect).await
-    }
-    async fn list(
-        &self,
-        ns: &str,
-        prefix: &str,
-        limit: usize,
-    ) -> Result<Vec<(String, Entry)>, StoreError> {
-        self.inner.list(ns, prefix, limit).await
-    }
-    async fn apply(&self, ops: Vec<Op>) -> Result<(), StoreError> {
-        self.inner.apply(ops).await
-    }
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.inner.ping().await
-    }
-    async fn schema_version(&self) -> Result<u32, StoreError> {
-        self.inner.schema_version().await
-    }
-    fn backend(&self) -> &'static str {
-        self.inner.backend()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotation_whose_version_number_a_write_took_stops_before_the_server() {
     let held: Arc<std::sync::OnceLock<Arc<HeldStore>>> = Arc::default();
     let slot = held.clone();
     let k = kit_over(move |inner| {
-        let h = Arc::new(HeldStore {
-            inner,
-            armed: false.into(),
-            reached: tokio::sync::Notify::new(),
-            release: tokio::sync::Notify::new(),
-        });
+        let h = HeldStore::new(inner);
         let _ = slot.set(h.clone());
         h
     })
@@ -1341,12 +1283,12 @@ async fn a_rotation_whose_version_number_a_write_took_stops_before_the_server() 
     s.put(&ops(), "payments", "db", &value, SecretKind::Postgres)
         .await
         .unwrap();
-    h.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    h.hold_next_read("secrets");
     let rotating = {
         let s = s.clone();
         tokio::spawn(async move { s.rotate(&ops(), "payments", "db").await })
     };
-    h.reached.notified().await;
+    h.reached().await;
     // A write lands while the rotation prepares version 2.
     assert_eq!(
         s.put(&ops(), "payments", "db", &value, SecretKind::Postgres)
@@ -1354,7 +1296,7 @@ async fn a_rotation_whose_version_number_a_write_took_stops_before_the_server() 
             .unwrap(),
         2
     );
-    h.release.notify_one();
+    h.release();
     match rotating.await.unwrap() {
         Err(SecretsError::Rotation { step, .. }) => assert_eq!(step, RotationStep::Stage),
         other => panic!("expected the rotation to stop at staging, got {other:?}"),

@@ -29,3 +29,101 @@ pub async fn fresh_pg_database(prefix: &str) -> Option<String> {
     let (base, _) = url.rsplit_once('/').expect("URL with a database");
     Some(format!("{base}/{name}"))
 }
+
+/// A store that, once armed, holds the next read in one namespace after it
+/// has read, until released: a read that lands just before a change made by
+/// the same process, for tests of what a plane caches or stages from it.
+#[derive(Debug)]
+pub struct HeldStore {
+    inner: std::sync::Arc<dyn crate::Store>,
+    ns: std::sync::Mutex<String>,
+    armed: std::sync::atomic::AtomicBool,
+    reached: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+}
+
+impl HeldStore {
+    /// Wraps `inner`; nothing is held until [`HeldStore::hold_next_read`].
+    pub fn new(inner: std::sync::Arc<dyn crate::Store>) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(HeldStore {
+            inner,
+            ns: std::sync::Mutex::new(String::new()),
+            armed: false.into(),
+            reached: tokio::sync::Notify::new(),
+            release: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// Holds the next read in `ns` once it has read.
+    pub fn hold_next_read(&self, ns: &str) {
+        *self.ns.lock().unwrap_or_else(|e| e.into_inner()) = ns.to_owned();
+        self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Waits until the held read has read.
+    pub async fn reached(&self) {
+        self.reached.notified().await;
+    }
+
+    /// Lets the held read return.
+    pub fn release(&self) {
+        self.release.notify_one();
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::Store for HeldStore {
+    async fn get(&self, ns: &str, key: &str) -> Result<Option<crate::Entry>, crate::StoreError> {
+        let got = self.inner.get(ns, key).await;
+        let held = *self.ns.lock().unwrap_or_else(|e| e.into_inner()) == ns;
+        if held && self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            self.reached.notify_one();
+            self.release.notified().await;
+        }
+        got
+    }
+
+    async fn put(
+        &self,
+        ns: &str,
+        key: &str,
+        value: &[u8],
+        expect: crate::Expect,
+    ) -> Result<u64, crate::StoreError> {
+        self.inner.put(ns, key, value, expect).await
+    }
+
+    async fn delete(
+        &self,
+        ns: &str,
+        key: &str,
+        expect: crate::Expect,
+    ) -> Result<bool, crate::StoreError> {
+        self.inner.delete(ns, key, expect).await
+    }
+
+    async fn list(
+        &self,
+        ns: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, crate::Entry)>, crate::StoreError> {
+        self.inner.list(ns, prefix, limit).await
+    }
+
+    async fn apply(&self, ops: Vec<crate::Op>) -> Result<(), crate::StoreError> {
+        self.inner.apply(ops).await
+    }
+
+    async fn ping(&self) -> Result<(), crate::StoreError> {
+        self.inner.ping().await
+    }
+
+    async fn schema_version(&self) -> Result<u32, crate::StoreError> {
+        self.inner.schema_version().await
+    }
+
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+}
