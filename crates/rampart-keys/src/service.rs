@@ -834,18 +834,25 @@ impl KeyService {
                     format!("deletion window ended at {delete_at}"),
                 )
                 .await?;
-            self.update(&r.environment, &r.name, |rec| {
-                if !matches!(rec.state, KeyState::PendingDeletion { .. }) {
-                    return Ok(false);
-                }
-                for v in &mut rec.versions {
-                    v.wrapped = None;
-                }
-                rec.state = KeyState::Destroyed { destroyed_at: now };
-                Ok(true)
-            })
-            .await?;
-            out.push(record_id(&r.environment, &r.name));
+            let (destroyed, _) = self
+                .update(&r.environment, &r.name, |rec| {
+                    // Decided on the record as written: a deletion cancelled
+                    // (and perhaps scheduled again, later) since the list
+                    // was read is not due.
+                    match rec.state {
+                        KeyState::PendingDeletion { delete_at, .. } if delete_at <= now => {}
+                        _ => return Ok(false),
+                    }
+                    for v in &mut rec.versions {
+                        v.wrapped = None;
+                    }
+                    rec.state = KeyState::Destroyed { destroyed_at: now };
+                    Ok(true)
+                })
+                .await?;
+            if destroyed {
+                out.push(record_id(&r.environment, &r.name));
+            }
         }
         Ok(out)
     }

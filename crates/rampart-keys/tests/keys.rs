@@ -1218,3 +1218,43 @@ async fn a_policy_read_that_raced_a_change_does_not_cache_the_old_policy() {
         Err(KeysError::Denied { .. })
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_decides_on_the_record_as_written() {
+    let (k, h) = held_kit().await;
+    let at = k
+        .keys
+        .schedule_deletion(&ops(), "payments", None)
+        .await
+        .unwrap();
+    // Another node whose clock runs an hour behind this one's.
+    let behind = Arc::new(ManualClock::at_unix_secs(at - 3600));
+    let other = KeyService::new(
+        k.keyring.clone(),
+        Policies::new(k.store.clone(), behind.clone()),
+        k.keys.auditor().clone(),
+        behind,
+    );
+    // This node's scheduler finds the window over and reads the record to
+    // destroy it; meanwhile the other node, still within the window,
+    // cancels the deletion and schedules a new one, a week on.
+    k.clock.advance(Duration::from_secs(at - T0));
+    h.hold_next_read("keys");
+    let keys = k.keys.clone();
+    let now = k.clock.unix_secs();
+    let purge = tokio::spawn(async move { keys.purge_due(now).await });
+    h.reached().await;
+    other.cancel_deletion(&ops(), "payments").await.unwrap();
+    other
+        .schedule_deletion(&ops(), "payments", None)
+        .await
+        .unwrap();
+    h.release();
+    assert!(purge.await.unwrap().unwrap().is_empty());
+    let info = other.describe(&ops(), "payments").await.unwrap();
+    assert!(
+        matches!(info.state, KeyState::PendingDeletion { .. }),
+        "{:?}",
+        info.state
+    );
+}
