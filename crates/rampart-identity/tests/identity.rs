@@ -1975,3 +1975,31 @@ async fn redis_script_counts_as_the_in_memory_throttle_does() {
         .await
         .unwrap();
 }
+
+/// A session an API key was exchanged for ends with the key: revoking a
+/// leaked key must not leave its holder a refreshable session for the
+/// session's whole lifetime.
+#[tokio::test]
+async fn revoking_an_api_key_ends_the_sessions_exchanged_for_it() {
+    let h = harness().await;
+    let (_svc, k) = h.service_with_key("billing-svc").await;
+    let (_, other) = h.service_with_key("ledger-svc").await;
+    let t = h.id.exchange_api_key(&k.key, None).await.unwrap();
+    let kept = h.id.exchange_api_key(&other.key, None).await.unwrap();
+    h.advance(10);
+    let t2 = h.id.refresh(&t.refresh_token, None).await.unwrap();
+    assert!(h.id.verify_access(&t2.access_token).is_ok());
+
+    h.id.revoke_api_key(&h.sys, &k.info.id).await.unwrap();
+    assert!(matches!(
+        h.id.verify_access(&t2.access_token),
+        Err(IdentityError::InvalidToken)
+    ));
+    assert!(matches!(
+        h.id.refresh(&t2.refresh_token, None).await,
+        Err(IdentityError::InvalidRefreshToken)
+    ));
+    // Another key's session stands.
+    assert!(h.id.verify_access(&kept.access_token).is_ok());
+    assert!(h.id.refresh(&kept.refresh_token, None).await.is_ok());
+}
