@@ -626,9 +626,17 @@ impl Identity {
             Some(perm) if u.id == actor.id => {
                 self.authz.require_in(actor, perm, env, Scope::Own)?
             }
-            _ => self
-                .authz
-                .require_in(actor, other, env, Scope::Principal(u.target()))?,
+            _ => {
+                // Judged by the roles it holds now: a member elevated to
+                // admin is out of a team admin's reach until it ends.
+                let roles = self.principal_of(&u, "-", None, None).0.roles;
+                let target = Target {
+                    roles: &roles,
+                    ..u.target()
+                };
+                self.authz
+                    .require_in(actor, other, env, Scope::Principal(target))?
+            }
         }
         Ok(u)
     }

@@ -2003,3 +2003,51 @@ async fn revoking_an_api_key_ends_the_sessions_exchanged_for_it() {
     assert!(h.id.verify_access(&kept.access_token).is_ok());
     assert!(h.id.refresh(&kept.refresh_token, None).await.is_ok());
 }
+
+/// Team scoping judges a member by the roles it holds now, elevations
+/// included: a team admin may not reset the password (or TOTP) of a member
+/// elevated to admin and log in as them to act as an admin.
+#[tokio::test]
+async fn a_team_admin_cannot_take_over_a_member_elevated_to_admin() {
+    let h = harness().await;
+    let envs = ["platform", "live"];
+    h.id.create_team(&h.sys, "alpha").await.unwrap();
+    h.user("ada", &[Role::Admin], &envs).await;
+    let u = PrincipalKind::User;
+    h.member("tina", u, &[Role::TeamAdmin], &["alpha"], &envs)
+        .await;
+    h.member("max", u, &[Role::TeamMember], &["alpha"], &envs)
+        .await;
+    let ada = h.login_as("ada").await;
+    let tina = h.login_as("tina").await;
+    let max = h.login_as("max").await;
+    // Before any elevation the team admin manages max.
+    h.id.set_password(&tina, "max", PASSWORD).await.unwrap();
+
+    let e =
+        h.id.request_elevation(&max, Role::Admin, 3600, "INC-7")
+            .await
+            .unwrap();
+    h.id.decide_elevation(&ada, &e.id, true).await.unwrap();
+    forbidden(
+        h.id.set_password(&tina, "max", "tina knows this one now")
+            .await,
+        "password of an elevated admin",
+    );
+    forbidden(
+        h.id.enrol_totp(&tina, "max").await,
+        "TOTP of an elevated admin",
+    );
+    // Had it worked, this login would be tina acting as an admin.
+    let as_max = h.login_as("max").await;
+    assert!(as_max.roles.contains(&Role::Admin));
+    assert!(
+        h.id.authorizer()
+            .decide(&as_max, "identity:users.update", "platform")
+            .allowed
+    );
+
+    // Once the elevation ends, max is a team member again.
+    h.advance(3600);
+    h.id.set_password(&tina, "max", PASSWORD).await.unwrap();
+}
