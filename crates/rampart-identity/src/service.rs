@@ -81,7 +81,8 @@ pub struct IdentityConfig {
     pub session_max_secs: u64,
     /// Role name → permission patterns (`plane:action`, `*` wildcards).
     pub roles: std::collections::BTreeMap<String, Vec<String>>,
-    /// Roles whose holders must log in with TOTP.
+    /// Roles whose holders must log in with TOTP (an elevation to one
+    /// counts only in a session that passed a second factor).
     pub totp_required_roles: Vec<Role>,
     /// Argon2id parameters for new password hashes.
     pub passwords: PasswordParams,
@@ -1053,8 +1054,15 @@ impl Identity {
         } else {
             None
         };
+        // A role that needs TOTP at login needs it through elevation too:
+        // a session that passed no second factor does not gain it.
+        let second_factor_missing = auth_method == "password";
         for e in elevations.into_iter().flatten() {
-            if elevations_apply && e.user == u.id && e.is_active(now) && !u.roles.contains(&e.role)
+            if elevations_apply
+                && e.user == u.id
+                && e.is_active(now)
+                && !u.roles.contains(&e.role)
+                && !(second_factor_missing && self.cfg.totp_required_roles.contains(&e.role))
             {
                 roles.insert(e.role);
                 let end = e.expires_at.unwrap_or(now);

@@ -2051,3 +2051,56 @@ async fn a_team_admin_cannot_take_over_a_member_elevated_to_admin() {
     h.advance(3600);
     h.id.set_password(&tina, "max", PASSWORD).await.unwrap();
 }
+
+/// A role that needs TOTP at login needs it through elevation too: a
+/// session that passed no second factor (a fresh password login, or the
+/// refresh of one begun before the approval) does not carry it.
+#[tokio::test]
+async fn an_elevation_to_a_totp_role_needs_a_totp_session() {
+    let h = harness_with(IdentityConfig {
+        totp_required_roles: vec![Role::Admin],
+        ..cfg()
+    })
+    .await;
+    h.user("max", &[Role::TeamMember], &["platform", "live"])
+        .await;
+    let before = h.login("max").await.unwrap();
+    let max = h.id.verify_access(&before.access_token).unwrap();
+    let e =
+        h.id.request_elevation(&max, Role::Admin, 3600, "INC-9")
+            .await
+            .unwrap();
+    h.id.decide_elevation(&h.sys, &e.id, true).await.unwrap();
+
+    let fresh = h.login_as("max").await;
+    assert_eq!(fresh.auth_method, "password");
+    assert!(!fresh.roles.contains(&Role::Admin), "password-only login");
+    let refreshed = h.id.refresh(&before.refresh_token, None).await.unwrap();
+    let p = h.id.verify_access(&refreshed.access_token).unwrap();
+    assert!(
+        !p.roles.contains(&Role::Admin),
+        "refresh of a password session"
+    );
+
+    // With TOTP the elevation counts.
+    let en = h.id.enrol_totp(&fresh, "max").await.unwrap();
+    let totp = Totp::new(decode_b32(&en.secret_base32));
+    h.id.confirm_totp(&fresh, "max", &totp.code_at(h.clock.unix_secs()))
+        .await
+        .unwrap();
+    h.advance(30);
+    let t =
+        h.id.login(
+            &LoginRequest {
+                username: "max".into(),
+                password: PASSWORD.into(),
+                totp: Some(totp.code_at(h.clock.unix_secs())),
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let p = h.id.verify_access(&t.access_token).unwrap();
+    assert_eq!(p.auth_method, "password+totp");
+    assert!(p.roles.contains(&Role::Admin));
+}
