@@ -1096,14 +1096,25 @@ impl Identity {
     ) -> Result<Principal, IdentityError> {
         let (p, touch) = self.check_api_key(key, source)?;
         if let Some(id) = touch {
-            let rec = read_lock(&self.cache).keys.get(&id).cloned();
-            if let Some(rec) = rec {
-                // Best effort: a failed bookkeeping write does not refuse the
-                // key. It leaves the generation alone: other nodes need not
-                // re-read everything for a `last_used` (their minute's full
-                // read brings it).
-                if let Ok(value) = crate::service::to_json(&rec) {
-                    let _ = self.store.put(NS_APIKEYS, &id, &value, Expect::Any).await;
+            let used = read_lock(&self.cache)
+                .keys
+                .get(&id)
+                .and_then(|r| r.last_used);
+            // Best effort: a failed bookkeeping write does not refuse the
+            // key. It leaves the generation alone: other nodes need not
+            // re-read everything for a `last_used` (their minute's full
+            // read brings it). It changes `last_used` alone on the stored
+            // record, compare-and-set, so that it never writes back a key
+            // revoked meanwhile (here or on another node) as unrevoked.
+            if let Ok(Some(e)) = self.store.get(NS_APIKEYS, &id).await {
+                if let Ok(mut rec) = from_json::<ApiKeyRecord>(NS_APIKEYS, &id, &e.value) {
+                    rec.last_used = used.max(rec.last_used);
+                    if let Ok(value) = to_json(&rec) {
+                        let _ = self
+                            .store
+                            .put(NS_APIKEYS, &id, &value, Expect::Version(e.version))
+                            .await;
+                    }
                 }
             }
         }

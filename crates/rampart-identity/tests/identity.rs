@@ -2104,3 +2104,29 @@ async fn an_elevation_to_a_totp_role_needs_a_totp_session() {
     assert_eq!(p.auth_method, "password+totp");
     assert!(p.roles.contains(&Role::Admin));
 }
+
+/// A node that has not yet heard of a key's revocation may accept the key
+/// until its next reload, but its `last_used` bookkeeping must not write
+/// the key back unrevoked: the revocation must survive on every node.
+#[tokio::test]
+async fn last_used_bookkeeping_never_undoes_a_revocation_made_elsewhere() {
+    let h = harness().await;
+    let other = h.open_again(cfg()).await;
+    let (_svc, k) = h.service_with_key("billing-svc").await;
+    assert!(other.reload().await.unwrap());
+    assert!(h.id.verify_api_key(&k.key, None).await.is_ok());
+    h.advance(61);
+    other.revoke_api_key(&h.sys, &k.info.id).await.unwrap();
+    // Not yet reloaded: this node still accepts it, and records the use.
+    assert!(h.id.verify_api_key(&k.key, None).await.is_ok());
+    for node in [&*h.id, &other] {
+        assert!(node.reload().await.unwrap());
+        assert!(matches!(
+            node.verify_api_key(&k.key, None).await,
+            Err(IdentityError::InvalidApiKey)
+        ));
+    }
+    let listed = other.list_api_keys(&h.sys, None).unwrap();
+    assert!(listed[0].revoked_at.is_some());
+    assert_eq!(listed[0].last_used, Some(T0 + 61));
+}
