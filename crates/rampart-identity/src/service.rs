@@ -423,6 +423,14 @@ impl Identity {
             cache.elevations.insert(r.id.clone(), r);
         }
         let now = self.now();
+        // Signing keys, as rotated here or on another node. A store caught
+        // between a rotation's two writes (no current key) is left for the
+        // next reload.
+        let metas = signing_metas(self.store.as_ref()).await?;
+        if metas.iter().any(|m| m.retired_at.is_none()) {
+            let fresh = signing_from(metas, &self.keyring, now).await?;
+            self.set_signing(fresh);
+        }
         let mut revoked = HashMap::new();
         for (k, e) in self.store.list(NS_REVOKED, "", LIST_LIMIT).await? {
             let until: u64 = from_json(NS_REVOKED, &k, &e.value)?;
@@ -490,6 +498,25 @@ impl Identity {
         self.local_changes
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         guard
+    }
+
+    /// Replaces the signing state, unless it is older than the one held
+    /// (a reload that read the store before this node's own rotation).
+    /// Tokens of a key that stopped verifying leave the token cache.
+    fn set_signing(&self, fresh: Signing) {
+        let latest = |s: &Signing| s.metas.iter().map(|m| m.gen).max();
+        let shrank = {
+            let mut s = write_lock(&self.signing);
+            if latest(&fresh) < latest(&s) {
+                return;
+            }
+            let shrank = s.verifying.keys().any(|k| !fresh.verifying.contains_key(k));
+            *s = fresh;
+            shrank
+        };
+        if shrank {
+            write_lock(&self.token_cache).clear();
+        }
     }
 
     /// The authorisation check, to hand to every plane and the edge.
@@ -1147,7 +1174,7 @@ impl Identity {
         }
         let kid = new_signing_key(self.store.as_ref(), &self.keyring, gen, now).await?;
         let fresh = load_signing(self.store.as_ref(), &self.keyring, now).await?;
-        *write_lock(&self.signing) = fresh;
+        self.set_signing(fresh);
         self.record_by(
             actor,
             "identity.signing.rotate",
@@ -1163,6 +1190,23 @@ impl Identity {
     /// elevations that have ended.
     pub async fn maintain(&self) -> Result<(), IdentityError> {
         let now = self.now();
+        let dropped = {
+            let mut s = write_lock(&self.signing);
+            let ended: Vec<String> = s
+                .metas
+                .iter()
+                .filter(|m| !published(m, now))
+                .map(|m| m.kid.clone())
+                .collect();
+            ended
+                .iter()
+                .filter(|kid| s.verifying.remove(*kid).is_some())
+                .count()
+        };
+        if dropped > 0 {
+            // Tokens it signed must not live on in the cache.
+            write_lock(&self.token_cache).clear();
+        }
         write_lock(&self.revoked).retain(|_, until| *until > now);
         write_lock(&self.token_cache).retain(|_, (_, exp)| *exp > now);
         self.expire_elevations().await
@@ -1207,30 +1251,50 @@ async fn new_signing_key(
     Ok(kid)
 }
 
+/// A retired key stays published (and verifies) for a day, comfortably
+/// past the longest access token it can have signed.
+const PUBLISH_AFTER_RETIRE: u64 = 86_400;
+
+/// Whether a signing key is still published (and verifies) at `now`.
+fn published(m: &SigningMeta, now: u64) -> bool {
+    m.retired_at
+        .is_none_or(|r| r.saturating_add(PUBLISH_AFTER_RETIRE) > now)
+}
+
+async fn signing_metas(store: &dyn Store) -> Result<Vec<SigningMeta>, IdentityError> {
+    let mut metas: Vec<SigningMeta> = Vec::new();
+    for (k, e) in store.list(NS_SIGNING, "", LIST_LIMIT).await? {
+        metas.push(from_json(NS_SIGNING, &k, &e.value)?);
+    }
+    Ok(metas)
+}
+
 async fn load_signing(
     store: &dyn Store,
     keyring: &Keyring,
     now: u64,
 ) -> Result<Signing, IdentityError> {
-    let mut metas: Vec<SigningMeta> = Vec::new();
-    for (k, e) in store.list(NS_SIGNING, "", LIST_LIMIT).await? {
-        metas.push(from_json(NS_SIGNING, &k, &e.value)?);
-    }
+    let metas = signing_metas(store).await?;
     if !metas.iter().any(|m| m.retired_at.is_none()) {
         let gen = metas.iter().map(|m| m.gen).max().unwrap_or(0) + 1;
         new_signing_key(store, keyring, gen, now).await?;
         return Box::pin(load_signing(store, keyring, now)).await;
     }
+    signing_from(metas, keyring, now).await
+}
+
+/// The signing state `metas` describe: the current key and every key
+/// still published.
+async fn signing_from(
+    mut metas: Vec<SigningMeta>,
+    keyring: &Keyring,
+    now: u64,
+) -> Result<Signing, IdentityError> {
     metas.sort_by_key(|m| m.gen);
     let mut verifying = HashMap::new();
     let mut current = None;
-    // A retired key stays published for a day, comfortably past the longest
-    // access token it can have signed.
-    const PUBLISH_AFTER_RETIRE: u64 = 86_400;
     for m in &metas {
-        if m.retired_at
-            .is_some_and(|r| r + PUBLISH_AFTER_RETIRE <= now)
-        {
+        if !published(m, now) {
             continue;
         }
         let seed = keyring

@@ -2130,3 +2130,43 @@ async fn last_used_bookkeeping_never_undoes_a_revocation_made_elsewhere() {
     assert!(listed[0].revoked_at.is_some());
     assert_eq!(listed[0].last_used, Some(T0 + 61));
 }
+
+/// A rotation reaches every node at its next reload (they sign with the
+/// new key and accept its tokens), and a retired key stops verifying, on
+/// every node and for tokens already cached, once its day of publication
+/// is over, as it leaves the JWKS.
+#[tokio::test]
+async fn retired_signing_keys_stop_verifying_on_every_node() {
+    let long = IdentityConfig {
+        access_ttl_secs: 3 * 86_400,
+        ..cfg()
+    };
+    let h = harness_with(long.clone()).await;
+    let other = h.open_again(long).await;
+    h.user("max", &[Role::TeamMember], &["platform", "live"])
+        .await;
+    assert!(other.reload().await.unwrap());
+    let old = h.login("max").await.unwrap();
+    assert!(other.verify_access(&old.access_token).is_ok()); // now cached
+    let kid2 = h.id.rotate_signing_key(&h.sys).await.unwrap();
+
+    other.reload().await.unwrap();
+    assert_eq!(other.current_kid(), kid2);
+    let new = h.login("max").await.unwrap();
+    assert!(other.verify_access(&new.access_token).is_ok());
+    assert_eq!(other.jwks()["keys"].as_array().unwrap().len(), 2);
+
+    h.advance(86_400);
+    // The housekeeping alone drops it (a single node never reloads), and
+    // so does a reload.
+    h.id.maintain().await.unwrap();
+    other.reload().await.unwrap();
+    for node in [&*h.id, &other] {
+        assert_eq!(node.jwks()["keys"].as_array().unwrap().len(), 1);
+        assert!(matches!(
+            node.verify_access(&old.access_token),
+            Err(IdentityError::InvalidToken)
+        ));
+        assert!(node.verify_access(&new.access_token).is_ok());
+    }
+}
