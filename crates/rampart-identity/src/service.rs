@@ -201,7 +201,7 @@ impl From<&UserRecord> for User {
 }
 
 /// What creating a user or service principal takes.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
     /// Unique name: 1–64 of `a-z 0-9 . _ @ -`.
@@ -218,6 +218,18 @@ pub struct NewUser {
     /// Initial password (users only).
     #[serde(default)]
     pub password: Option<String>,
+}
+
+impl std::fmt::Debug for NewUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewUser")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("roles", &self.roles)
+            .field("teams", &self.teams)
+            .field("environments", &self.environments)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A team.
@@ -1318,4 +1330,24 @@ async fn signing_from(
         verifying,
         metas,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_user_debug_never_shows_the_password() {
+        let new = NewUser {
+            name: "max".into(),
+            kind: PrincipalKind::User,
+            roles: [Role::TeamMember].into(),
+            teams: vec![],
+            environments: ["live".to_string()].into(),
+            password: Some("correct horse battery staple".into()),
+        };
+        let shown = format!("{new:?}");
+        assert!(shown.contains("max"));
+        assert!(!shown.contains("correct horse"), "{shown}");
+    }
 }
