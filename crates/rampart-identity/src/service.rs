@@ -1093,8 +1093,9 @@ impl Identity {
         } else {
             None
         };
-        // A role that needs TOTP at login needs it through elevation too:
-        // a session that passed no second factor does not gain it.
+        // A role that needs TOTP at login needs it in every session: one
+        // that passed no second factor gains none through elevation, nor
+        // keeps one granted since it began (a fresh login would be refused).
         let second_factor_missing = auth_method == "password";
         for e in elevations.into_iter().flatten() {
             if elevations_apply
@@ -1107,6 +1108,9 @@ impl Identity {
                 let end = e.expires_at.unwrap_or(now);
                 until = Some(until.map_or(end, |x: u64| x.min(end)));
             }
+        }
+        if second_factor_missing {
+            roles.retain(|r| !self.cfg.totp_required_roles.contains(r));
         }
         let environments = match env_limit {
             Some(env) => u
@@ -1122,8 +1126,8 @@ impl Identity {
                 id: u.id.clone(),
                 name: u.name.clone(),
                 kind: u.kind,
+                base_roles: u.roles.intersection(&roles).copied().collect(),
                 roles,
-                base_roles: u.roles.clone(),
                 teams: u.teams.clone(),
                 environments,
                 auth_method: auth_method.to_owned(),

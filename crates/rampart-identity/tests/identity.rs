@@ -2170,3 +2170,30 @@ async fn retired_signing_keys_stop_verifying_on_every_node() {
         assert!(node.verify_access(&new.access_token).is_ok());
     }
 }
+
+/// A role granted while a password-only session runs does not reach that
+/// session's next tokens when the role needs TOTP: a fresh login would be
+/// refused for want of it, and a refresh must not get round that.
+#[tokio::test]
+async fn a_totp_role_granted_mid_session_needs_a_totp_session() {
+    let h = harness_with(IdentityConfig {
+        totp_required_roles: vec![Role::Admin],
+        ..cfg()
+    })
+    .await;
+    h.user("max", &[Role::TeamMember], &["platform", "live"])
+        .await;
+    let t = h.login("max").await.unwrap();
+    h.id.set_roles(&h.sys, "max", [Role::TeamMember, Role::Admin].into())
+        .await
+        .unwrap();
+    assert!(matches!(
+        h.login("max").await,
+        Err(IdentityError::SecondFactorEnrolmentRequired)
+    ));
+    let r = h.id.refresh(&t.refresh_token, None).await.unwrap();
+    let p = h.id.verify_access(&r.access_token).unwrap();
+    assert_eq!(p.auth_method, "password");
+    assert!(!p.roles.contains(&Role::Admin));
+    assert!(p.roles.contains(&Role::TeamMember));
+}
