@@ -913,8 +913,14 @@ impl Identity {
             "service" => PrincipalKind::Service,
             _ => return Err(Reject::Malformed),
         };
-        let base_roles = self
-            .user(&claims.sub)
+        let user = self.user(&claims.sub);
+        // Disabling revokes the sessions it finds; one begun across it (on
+        // a node that had not heard of it yet, or by a login overlapping
+        // it) is refused here.
+        if user.as_ref().is_some_and(|u| u.disabled) {
+            return Err(Reject::Revoked);
+        }
+        let base_roles = user
             .map(|u| u.roles.intersection(&roles).copied().collect())
             .unwrap_or_default();
         Ok((

@@ -2197,3 +2197,37 @@ async fn a_totp_role_granted_mid_session_needs_a_totp_session() {
     assert!(!p.roles.contains(&Role::Admin));
     assert!(p.roles.contains(&Role::TeamMember));
 }
+
+/// A session that slipped past a disable (begun on a node that had not yet
+/// heard of it, or by a login whose password check overlapped it) is not
+/// on the revocation list; its access tokens must still be refused once
+/// the node knows the principal is disabled.
+#[tokio::test]
+async fn a_token_issued_across_a_disable_is_refused() {
+    let h = harness().await;
+    let other = h.open_again(cfg()).await;
+    h.user("max", &[Role::TeamMember], &["platform", "live"])
+        .await;
+    assert!(other.reload().await.unwrap());
+    h.id.set_disabled(&h.sys, "max", true).await.unwrap();
+    // The other node has not reloaded yet: the login goes through there.
+    let t = other
+        .login(
+            &LoginRequest {
+                username: "max".into(),
+                password: PASSWORD.into(),
+                totp: None,
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(other.reload().await.unwrap());
+    for node in [&*h.id, &other] {
+        assert!(matches!(
+            node.verify_access(&t.access_token),
+            Err(IdentityError::InvalidToken)
+        ));
+    }
+    assert!(h.id.refresh(&t.refresh_token, None).await.is_err());
+}
