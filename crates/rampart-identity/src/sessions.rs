@@ -913,16 +913,21 @@ impl Identity {
             "service" => PrincipalKind::Service,
             _ => return Err(Reject::Malformed),
         };
-        let user = self.user(&claims.sub);
-        // Disabling revokes the sessions it finds; one begun across it (on
-        // a node that had not heard of it yet, or by a login overlapping
-        // it) is refused here.
-        if user.as_ref().is_some_and(|u| u.disabled) {
-            return Err(Reject::Revoked);
-        }
-        let base_roles = user
-            .map(|u| u.roles.intersection(&roles).copied().collect())
-            .unwrap_or_default();
+        // Disabling a principal or taking a role away revokes the sessions
+        // it finds; one begun across it (on a node that had not heard of it
+        // yet, or by a login overlapping it) is caught here: a disabled
+        // principal's tokens are refused, and a token carries only the
+        // roles its principal still holds.
+        let (roles, base_roles) = match self.user(&claims.sub) {
+            Some(u) if u.disabled => return Err(Reject::Revoked),
+            Some(u) => {
+                let held = self.principal_of(&u, &claims.amr, None, None).0.roles;
+                let roles: BTreeSet<Role> = roles.intersection(&held).copied().collect();
+                let base = u.roles.intersection(&roles).copied().collect();
+                (roles, base)
+            }
+            None => (roles, BTreeSet::new()),
+        };
         Ok((
             Principal {
                 id: claims.sub,

@@ -2231,3 +2231,35 @@ async fn a_token_issued_across_a_disable_is_refused() {
     }
     assert!(h.id.refresh(&t.refresh_token, None).await.is_err());
 }
+
+/// Likewise for a role taken away: a token issued across the removal (its
+/// session not among those revoked) carries the role no longer once the
+/// node knows it is gone.
+#[tokio::test]
+async fn a_role_removed_across_a_login_is_not_honoured() {
+    let h = harness().await;
+    let other = h.open_again(cfg()).await;
+    h.user("tina", &[Role::TeamAdmin], &["platform", "live"])
+        .await;
+    assert!(other.reload().await.unwrap());
+    h.id.set_roles(&h.sys, "tina", [Role::Individual].into())
+        .await
+        .unwrap();
+    let t = other
+        .login(
+            &LoginRequest {
+                username: "tina".into(),
+                password: PASSWORD.into(),
+                totp: None,
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(other.reload().await.unwrap());
+    for node in [&*h.id, &other] {
+        let p = node.verify_access(&t.access_token).unwrap();
+        assert!(!p.roles.contains(&Role::TeamAdmin));
+        assert!(!node.authorizer().decide(&p, "keys:rotate", "live").allowed);
+    }
+}
