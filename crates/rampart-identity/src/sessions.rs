@@ -571,10 +571,13 @@ impl Identity {
             return Err(deny("session revoked"));
         }
         if let Some(key_id) = &session.api_key {
-            let live = read_lock(&self.cache)
-                .keys
-                .get(key_id)
-                .is_some_and(|k| k.revoked_at.is_none());
+            // From the store, which every node shares, as the session is.
+            let live = match self.store.get(NS_APIKEYS, key_id).await? {
+                Some(e) => from_json::<ApiKeyRecord>(NS_APIKEYS, key_id, &e.value)?
+                    .revoked_at
+                    .is_none(),
+                None => false,
+            };
             if !live {
                 return Err(deny("API key revoked"));
             }

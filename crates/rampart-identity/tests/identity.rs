@@ -2001,7 +2001,31 @@ async fn revoking_an_api_key_ends_the_sessions_exchanged_for_it() {
     ));
     // Another key's session stands.
     assert!(h.id.verify_access(&kept.access_token).is_ok());
-    assert!(h.id.refresh(&kept.refresh_token, None).await.is_ok());
+    let kept = h.id.refresh(&kept.refresh_token, None).await.unwrap();
+
+    // A revocation that did not end the sessions (written by an older
+    // node, or by hand) still ends them at their next refresh.
+    let e = h
+        .store
+        .get("identity/apikeys", &other.info.id)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut rec: serde_json::Value = serde_json::from_slice(&e.value).unwrap();
+    rec["revoked_at"] = serde_json::json!(T0 + 10);
+    h.store
+        .put(
+            "identity/apikeys",
+            &other.info.id,
+            &serde_json::to_vec(&rec).unwrap(),
+            rampart_store::Expect::Any,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        h.id.refresh(&kept.refresh_token, None).await,
+        Err(IdentityError::InvalidRefreshToken)
+    ));
 }
 
 /// Team scoping judges a member by the roles it holds now, elevations
