@@ -220,7 +220,8 @@ pub struct Target<'a> {
     pub id: &'a str,
     /// The teams it belongs to.
     pub teams: &'a [String],
-    /// The roles it holds without elevation.
+    /// The roles it holds, active elevations included (a member elevated
+    /// to `admin` is out of a team admin's reach while it lasts).
     pub roles: &'a BTreeSet<Role>,
     /// The environments it may act in.
     pub environments: &'a BTreeSet<String>,

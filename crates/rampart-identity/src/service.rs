@@ -81,7 +81,8 @@ pub struct IdentityConfig {
     pub session_max_secs: u64,
     /// Role name → permission patterns (`plane:action`, `*` wildcards).
     pub roles: std::collections::BTreeMap<String, Vec<String>>,
-    /// Roles whose holders must log in with TOTP.
+    /// Roles whose holders must log in with TOTP (an elevation to one
+    /// counts only in a session that passed a second factor).
     pub totp_required_roles: Vec<Role>,
     /// Argon2id parameters for new password hashes.
     pub passwords: PasswordParams,
@@ -200,7 +201,7 @@ impl From<&UserRecord> for User {
 }
 
 /// What creating a user or service principal takes.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
     /// Unique name: 1–64 of `a-z 0-9 . _ @ -`.
@@ -217,6 +218,18 @@ pub struct NewUser {
     /// Initial password (users only).
     #[serde(default)]
     pub password: Option<String>,
+}
+
+impl std::fmt::Debug for NewUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewUser")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("roles", &self.roles)
+            .field("teams", &self.teams)
+            .field("environments", &self.environments)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A team.
@@ -422,6 +435,14 @@ impl Identity {
             cache.elevations.insert(r.id.clone(), r);
         }
         let now = self.now();
+        // Signing keys, as rotated here or on another node. A store caught
+        // between a rotation's two writes (no current key) is left for the
+        // next reload.
+        let metas = signing_metas(self.store.as_ref()).await?;
+        if metas.iter().any(|m| m.retired_at.is_none()) {
+            let fresh = signing_from(metas, &self.keyring, now).await?;
+            self.set_signing(fresh);
+        }
         let mut revoked = HashMap::new();
         for (k, e) in self.store.list(NS_REVOKED, "", LIST_LIMIT).await? {
             let until: u64 = from_json(NS_REVOKED, &k, &e.value)?;
@@ -489,6 +510,25 @@ impl Identity {
         self.local_changes
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         guard
+    }
+
+    /// Replaces the signing state, unless it is older than the one held
+    /// (a reload that read the store before this node's own rotation).
+    /// Tokens of a key that stopped verifying leave the token cache.
+    fn set_signing(&self, fresh: Signing) {
+        let latest = |s: &Signing| s.metas.iter().map(|m| m.gen).max();
+        let shrank = {
+            let mut s = write_lock(&self.signing);
+            if latest(&fresh) < latest(&s) {
+                return;
+            }
+            let shrank = s.verifying.keys().any(|k| !fresh.verifying.contains_key(k));
+            *s = fresh;
+            shrank
+        };
+        if shrank {
+            write_lock(&self.token_cache).clear();
+        }
     }
 
     /// The authorisation check, to hand to every plane and the edge.
@@ -626,9 +666,17 @@ impl Identity {
             Some(perm) if u.id == actor.id => {
                 self.authz.require_in(actor, perm, env, Scope::Own)?
             }
-            _ => self
-                .authz
-                .require_in(actor, other, env, Scope::Principal(u.target()))?,
+            _ => {
+                // Judged by the roles it holds now: a member elevated to
+                // admin is out of a team admin's reach until it ends.
+                let roles = self.principal_of(&u, "-", None, None).0.roles;
+                let target = Target {
+                    roles: &roles,
+                    ..u.target()
+                };
+                self.authz
+                    .require_in(actor, other, env, Scope::Principal(target))?
+            }
         }
         Ok(u)
     }
@@ -1045,13 +1093,24 @@ impl Identity {
         } else {
             None
         };
+        // A role that needs TOTP at login needs it in every session: one
+        // that passed no second factor gains none through elevation, nor
+        // keeps one granted since it began (a fresh login would be refused).
+        let second_factor_missing = auth_method == "password";
         for e in elevations.into_iter().flatten() {
-            if elevations_apply && e.user == u.id && e.is_active(now) && !u.roles.contains(&e.role)
+            if elevations_apply
+                && e.user == u.id
+                && e.is_active(now)
+                && !u.roles.contains(&e.role)
+                && !(second_factor_missing && self.cfg.totp_required_roles.contains(&e.role))
             {
                 roles.insert(e.role);
                 let end = e.expires_at.unwrap_or(now);
                 until = Some(until.map_or(end, |x: u64| x.min(end)));
             }
+        }
+        if second_factor_missing {
+            roles.retain(|r| !self.cfg.totp_required_roles.contains(r));
         }
         let environments = match env_limit {
             Some(env) => u
@@ -1067,8 +1126,8 @@ impl Identity {
                 id: u.id.clone(),
                 name: u.name.clone(),
                 kind: u.kind,
+                base_roles: u.roles.intersection(&roles).copied().collect(),
                 roles,
-                base_roles: u.roles.clone(),
                 teams: u.teams.clone(),
                 environments,
                 auth_method: auth_method.to_owned(),
@@ -1131,7 +1190,7 @@ impl Identity {
         }
         let kid = new_signing_key(self.store.as_ref(), &self.keyring, gen, now).await?;
         let fresh = load_signing(self.store.as_ref(), &self.keyring, now).await?;
-        *write_lock(&self.signing) = fresh;
+        self.set_signing(fresh);
         self.record_by(
             actor,
             "identity.signing.rotate",
@@ -1147,6 +1206,23 @@ impl Identity {
     /// elevations that have ended.
     pub async fn maintain(&self) -> Result<(), IdentityError> {
         let now = self.now();
+        let dropped = {
+            let mut s = write_lock(&self.signing);
+            let ended: Vec<String> = s
+                .metas
+                .iter()
+                .filter(|m| !published(m, now))
+                .map(|m| m.kid.clone())
+                .collect();
+            ended
+                .iter()
+                .filter(|kid| s.verifying.remove(*kid).is_some())
+                .count()
+        };
+        if dropped > 0 {
+            // Tokens it signed must not live on in the cache.
+            write_lock(&self.token_cache).clear();
+        }
         write_lock(&self.revoked).retain(|_, until| *until > now);
         write_lock(&self.token_cache).retain(|_, (_, exp)| *exp > now);
         self.expire_elevations().await
@@ -1191,30 +1267,50 @@ async fn new_signing_key(
     Ok(kid)
 }
 
+/// A retired key stays published (and verifies) for a day, comfortably
+/// past the longest access token it can have signed.
+const PUBLISH_AFTER_RETIRE: u64 = 86_400;
+
+/// Whether a signing key is still published (and verifies) at `now`.
+fn published(m: &SigningMeta, now: u64) -> bool {
+    m.retired_at
+        .is_none_or(|r| r.saturating_add(PUBLISH_AFTER_RETIRE) > now)
+}
+
+async fn signing_metas(store: &dyn Store) -> Result<Vec<SigningMeta>, IdentityError> {
+    let mut metas: Vec<SigningMeta> = Vec::new();
+    for (k, e) in store.list(NS_SIGNING, "", LIST_LIMIT).await? {
+        metas.push(from_json(NS_SIGNING, &k, &e.value)?);
+    }
+    Ok(metas)
+}
+
 async fn load_signing(
     store: &dyn Store,
     keyring: &Keyring,
     now: u64,
 ) -> Result<Signing, IdentityError> {
-    let mut metas: Vec<SigningMeta> = Vec::new();
-    for (k, e) in store.list(NS_SIGNING, "", LIST_LIMIT).await? {
-        metas.push(from_json(NS_SIGNING, &k, &e.value)?);
-    }
+    let metas = signing_metas(store).await?;
     if !metas.iter().any(|m| m.retired_at.is_none()) {
         let gen = metas.iter().map(|m| m.gen).max().unwrap_or(0) + 1;
         new_signing_key(store, keyring, gen, now).await?;
         return Box::pin(load_signing(store, keyring, now)).await;
     }
+    signing_from(metas, keyring, now).await
+}
+
+/// The signing state `metas` describe: the current key and every key
+/// still published.
+async fn signing_from(
+    mut metas: Vec<SigningMeta>,
+    keyring: &Keyring,
+    now: u64,
+) -> Result<Signing, IdentityError> {
     metas.sort_by_key(|m| m.gen);
     let mut verifying = HashMap::new();
     let mut current = None;
-    // A retired key stays published for a day, comfortably past the longest
-    // access token it can have signed.
-    const PUBLISH_AFTER_RETIRE: u64 = 86_400;
     for m in &metas {
-        if m.retired_at
-            .is_some_and(|r| r + PUBLISH_AFTER_RETIRE <= now)
-        {
+        if !published(m, now) {
             continue;
         }
         let seed = keyring
@@ -1238,4 +1334,24 @@ async fn load_signing(
         verifying,
         metas,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_user_debug_never_shows_the_password() {
+        let new = NewUser {
+            name: "max".into(),
+            kind: PrincipalKind::User,
+            roles: [Role::TeamMember].into(),
+            teams: vec![],
+            environments: ["live".to_string()].into(),
+            password: Some("correct horse battery staple".into()),
+        };
+        let shown = format!("{new:?}");
+        assert!(shown.contains("max"));
+        assert!(!shown.contains("correct horse"), "{shown}");
+    }
 }

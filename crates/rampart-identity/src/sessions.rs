@@ -82,6 +82,9 @@ struct SessionRecord {
     created_at: u64,
     expires_at: u64,
     revoked_at: Option<u64>,
+    /// The API key the session was exchanged for: it ends with the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    api_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -273,7 +276,7 @@ impl Identity {
             .check_second_factor(&user, req.totp.as_deref(), &resource, source, now)
             .await?;
         self.throttle_success(name).await;
-        self.issue_session(&user, &amr, None, source).await
+        self.issue_session(&user, &amr, None, None, source).await
     }
 
     async fn login_failed(
@@ -405,12 +408,14 @@ impl Identity {
         Ok(plain.to_vec())
     }
 
-    /// Starts a new session for `user` and issues its first tokens.
+    /// Starts a new session for `user` and issues its first tokens; a
+    /// session exchanged for an API key names it (`api_key`).
     async fn issue_session(
         &self,
         user: &UserRecord,
         amr: &str,
         env_limit: Option<&str>,
+        api_key: Option<&str>,
         source: Option<&str>,
     ) -> Result<Tokens, IdentityError> {
         let now = self.now();
@@ -423,6 +428,7 @@ impl Identity {
             created_at: now,
             expires_at: now.saturating_add(self.cfg.session_max_secs),
             revoked_at: None,
+            api_key: api_key.map(str::to_owned),
         };
         let refresh = new_refresh_token()?;
         let rrec = RefreshRecord {
@@ -563,6 +569,18 @@ impl Identity {
         };
         if session.revoked_at.is_some() {
             return Err(deny("session revoked"));
+        }
+        if let Some(key_id) = &session.api_key {
+            // From the store, which every node shares, as the session is.
+            let live = match self.store.get(NS_APIKEYS, key_id).await? {
+                Some(e) => from_json::<ApiKeyRecord>(NS_APIKEYS, key_id, &e.value)?
+                    .revoked_at
+                    .is_none(),
+                None => false,
+            };
+            if !live {
+                return Err(deny("API key revoked"));
+            }
         }
         if now >= rec.expires_at || now >= session.expires_at {
             return Err(deny("refresh token expired"));
@@ -898,10 +916,21 @@ impl Identity {
             "service" => PrincipalKind::Service,
             _ => return Err(Reject::Malformed),
         };
-        let base_roles = self
-            .user(&claims.sub)
-            .map(|u| u.roles.intersection(&roles).copied().collect())
-            .unwrap_or_default();
+        // Disabling a principal or taking a role away revokes the sessions
+        // it finds; one begun across it (on a node that had not heard of it
+        // yet, or by a login overlapping it) is caught here: a disabled
+        // principal's tokens are refused, and a token carries only the
+        // roles its principal still holds.
+        let (roles, base_roles) = match self.user(&claims.sub) {
+            Some(u) if u.disabled => return Err(Reject::Revoked),
+            Some(u) => {
+                let held = self.principal_of(&u, &claims.amr, None, None).0.roles;
+                let roles: BTreeSet<Role> = roles.intersection(&held).copied().collect();
+                let base = u.roles.intersection(&roles).copied().collect();
+                (roles, base)
+            }
+            None => (roles, BTreeSet::new()),
+        };
         Ok((
             Principal {
                 id: claims.sub,
@@ -1045,10 +1074,24 @@ impl Identity {
             "identity:apikeys.manage",
             &rec.env,
         )?;
+        let owner = rec.owner.clone();
         let mut r = rec;
         r.revoked_at = Some(self.now());
         self.put_json(NS_APIKEYS, id, &r, Expect::Any).await?;
         self.cache_mut().keys.insert(id.to_owned(), r);
+        // Sessions exchanged for the key end with it (refresh checks the
+        // key too; this makes their access tokens refused at once).
+        let now = self.now();
+        for (k, e) in self
+            .store
+            .list(NS_SESSIONS, &format!("{owner}/"), LIST_LIMIT)
+            .await?
+        {
+            let s: SessionRecord = from_json(NS_SESSIONS, &k, &e.value)?;
+            if s.api_key.as_deref() == Some(id) && s.revoked_at.is_none() && s.expires_at > now {
+                self.revoke_session(&owner, &s.sid).await?;
+            }
+        }
         self.record_by(
             actor,
             "identity.apikey.revoke",
@@ -1067,14 +1110,25 @@ impl Identity {
     ) -> Result<Principal, IdentityError> {
         let (p, touch) = self.check_api_key(key, source)?;
         if let Some(id) = touch {
-            let rec = read_lock(&self.cache).keys.get(&id).cloned();
-            if let Some(rec) = rec {
-                // Best effort: a failed bookkeeping write does not refuse the
-                // key. It leaves the generation alone: other nodes need not
-                // re-read everything for a `last_used` (their minute's full
-                // read brings it).
-                if let Ok(value) = crate::service::to_json(&rec) {
-                    let _ = self.store.put(NS_APIKEYS, &id, &value, Expect::Any).await;
+            let used = read_lock(&self.cache)
+                .keys
+                .get(&id)
+                .and_then(|r| r.last_used);
+            // Best effort: a failed bookkeeping write does not refuse the
+            // key. It leaves the generation alone: other nodes need not
+            // re-read everything for a `last_used` (their minute's full
+            // read brings it). It changes `last_used` alone on the stored
+            // record, compare-and-set, so that it never writes back a key
+            // revoked meanwhile (here or on another node) as unrevoked.
+            if let Ok(Some(e)) = self.store.get(NS_APIKEYS, &id).await {
+                if let Ok(mut rec) = from_json::<ApiKeyRecord>(NS_APIKEYS, &id, &e.value) {
+                    rec.last_used = used.max(rec.last_used);
+                    if let Ok(value) = to_json(&rec) {
+                        let _ = self
+                            .store
+                            .put(NS_APIKEYS, &id, &value, Expect::Version(e.version))
+                            .await;
+                    }
                 }
             }
         }
@@ -1157,8 +1211,14 @@ impl Identity {
         let p = self.verify_api_key(key, source).await?;
         let user = self.user(&p.id).ok_or(IdentityError::InvalidApiKey)?;
         let env = p.environments.iter().next().cloned();
-        self.issue_session(&user, "api-key", env.as_deref().or(Some("-")), source)
-            .await
+        self.issue_session(
+            &user,
+            "api-key",
+            env.as_deref().or(Some("-")),
+            p.session.as_deref(),
+            source,
+        )
+        .await
     }
 
     // ------------------------------------------------------------------ TOTP

@@ -1975,3 +1975,315 @@ async fn redis_script_counts_as_the_in_memory_throttle_does() {
         .await
         .unwrap();
 }
+
+/// A session an API key was exchanged for ends with the key: revoking a
+/// leaked key must not leave its holder a refreshable session for the
+/// session's whole lifetime.
+#[tokio::test]
+async fn revoking_an_api_key_ends_the_sessions_exchanged_for_it() {
+    let h = harness().await;
+    let (_svc, k) = h.service_with_key("billing-svc").await;
+    let (_, other) = h.service_with_key("ledger-svc").await;
+    let t = h.id.exchange_api_key(&k.key, None).await.unwrap();
+    let kept = h.id.exchange_api_key(&other.key, None).await.unwrap();
+    h.advance(10);
+    let t2 = h.id.refresh(&t.refresh_token, None).await.unwrap();
+    assert!(h.id.verify_access(&t2.access_token).is_ok());
+
+    h.id.revoke_api_key(&h.sys, &k.info.id).await.unwrap();
+    assert!(matches!(
+        h.id.verify_access(&t2.access_token),
+        Err(IdentityError::InvalidToken)
+    ));
+    assert!(matches!(
+        h.id.refresh(&t2.refresh_token, None).await,
+        Err(IdentityError::InvalidRefreshToken)
+    ));
+    // Another key's session stands.
+    assert!(h.id.verify_access(&kept.access_token).is_ok());
+    let kept = h.id.refresh(&kept.refresh_token, None).await.unwrap();
+
+    // A revocation that did not end the sessions (written by an older
+    // node, or by hand) still ends them at their next refresh.
+    let e = h
+        .store
+        .get("identity/apikeys", &other.info.id)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut rec: serde_json::Value = serde_json::from_slice(&e.value).unwrap();
+    rec["revoked_at"] = serde_json::json!(T0 + 10);
+    h.store
+        .put(
+            "identity/apikeys",
+            &other.info.id,
+            &serde_json::to_vec(&rec).unwrap(),
+            rampart_store::Expect::Any,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        h.id.refresh(&kept.refresh_token, None).await,
+        Err(IdentityError::InvalidRefreshToken)
+    ));
+}
+
+/// Team scoping judges a member by the roles it holds now, elevations
+/// included: a team admin may not reset the password (or TOTP) of a member
+/// elevated to admin and log in as them to act as an admin.
+#[tokio::test]
+async fn a_team_admin_cannot_take_over_a_member_elevated_to_admin() {
+    let h = harness().await;
+    let envs = ["platform", "live"];
+    h.id.create_team(&h.sys, "alpha").await.unwrap();
+    h.user("ada", &[Role::Admin], &envs).await;
+    let u = PrincipalKind::User;
+    h.member("tina", u, &[Role::TeamAdmin], &["alpha"], &envs)
+        .await;
+    h.member("max", u, &[Role::TeamMember], &["alpha"], &envs)
+        .await;
+    let ada = h.login_as("ada").await;
+    let tina = h.login_as("tina").await;
+    let max = h.login_as("max").await;
+    // Before any elevation the team admin manages max.
+    h.id.set_password(&tina, "max", PASSWORD).await.unwrap();
+
+    let e =
+        h.id.request_elevation(&max, Role::Admin, 3600, "INC-7")
+            .await
+            .unwrap();
+    h.id.decide_elevation(&ada, &e.id, true).await.unwrap();
+    forbidden(
+        h.id.set_password(&tina, "max", "tina knows this one now")
+            .await,
+        "password of an elevated admin",
+    );
+    forbidden(
+        h.id.enrol_totp(&tina, "max").await,
+        "TOTP of an elevated admin",
+    );
+    // Had it worked, this login would be tina acting as an admin.
+    let as_max = h.login_as("max").await;
+    assert!(as_max.roles.contains(&Role::Admin));
+    assert!(
+        h.id.authorizer()
+            .decide(&as_max, "identity:users.update", "platform")
+            .allowed
+    );
+
+    // Once the elevation ends, max is a team member again.
+    h.advance(3600);
+    h.id.set_password(&tina, "max", PASSWORD).await.unwrap();
+}
+
+/// A role that needs TOTP at login needs it through elevation too: a
+/// session that passed no second factor (a fresh password login, or the
+/// refresh of one begun before the approval) does not carry it.
+#[tokio::test]
+async fn an_elevation_to_a_totp_role_needs_a_totp_session() {
+    let h = harness_with(IdentityConfig {
+        totp_required_roles: vec![Role::Admin],
+        ..cfg()
+    })
+    .await;
+    h.user("max", &[Role::TeamMember], &["platform", "live"])
+        .await;
+    let before = h.login("max").await.unwrap();
+    let max = h.id.verify_access(&before.access_token).unwrap();
+    let e =
+        h.id.request_elevation(&max, Role::Admin, 3600, "INC-9")
+            .await
+            .unwrap();
+    h.id.decide_elevation(&h.sys, &e.id, true).await.unwrap();
+
+    let fresh = h.login_as("max").await;
+    assert_eq!(fresh.auth_method, "password");
+    assert!(!fresh.roles.contains(&Role::Admin), "password-only login");
+    let refreshed = h.id.refresh(&before.refresh_token, None).await.unwrap();
+    let p = h.id.verify_access(&refreshed.access_token).unwrap();
+    assert!(
+        !p.roles.contains(&Role::Admin),
+        "refresh of a password session"
+    );
+
+    // With TOTP the elevation counts.
+    let en = h.id.enrol_totp(&fresh, "max").await.unwrap();
+    let totp = Totp::new(decode_b32(&en.secret_base32));
+    h.id.confirm_totp(&fresh, "max", &totp.code_at(h.clock.unix_secs()))
+        .await
+        .unwrap();
+    h.advance(30);
+    let t =
+        h.id.login(
+            &LoginRequest {
+                username: "max".into(),
+                password: PASSWORD.into(),
+                totp: Some(totp.code_at(h.clock.unix_secs())),
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let p = h.id.verify_access(&t.access_token).unwrap();
+    assert_eq!(p.auth_method, "password+totp");
+    assert!(p.roles.contains(&Role::Admin));
+}
+
+/// A node that has not yet heard of a key's revocation may accept the key
+/// until its next reload, but its `last_used` bookkeeping must not write
+/// the key back unrevoked: the revocation must survive on every node.
+#[tokio::test]
+async fn last_used_bookkeeping_never_undoes_a_revocation_made_elsewhere() {
+    let h = harness().await;
+    let other = h.open_again(cfg()).await;
+    let (_svc, k) = h.service_with_key("billing-svc").await;
+    assert!(other.reload().await.unwrap());
+    assert!(h.id.verify_api_key(&k.key, None).await.is_ok());
+    h.advance(61);
+    other.revoke_api_key(&h.sys, &k.info.id).await.unwrap();
+    // Not yet reloaded: this node still accepts it, and records the use.
+    assert!(h.id.verify_api_key(&k.key, None).await.is_ok());
+    for node in [&*h.id, &other] {
+        assert!(node.reload().await.unwrap());
+        assert!(matches!(
+            node.verify_api_key(&k.key, None).await,
+            Err(IdentityError::InvalidApiKey)
+        ));
+    }
+    let listed = other.list_api_keys(&h.sys, None).unwrap();
+    assert!(listed[0].revoked_at.is_some());
+    assert_eq!(listed[0].last_used, Some(T0 + 61));
+}
+
+/// A rotation reaches every node at its next reload (they sign with the
+/// new key and accept its tokens), and a retired key stops verifying, on
+/// every node and for tokens already cached, once its day of publication
+/// is over, as it leaves the JWKS.
+#[tokio::test]
+async fn retired_signing_keys_stop_verifying_on_every_node() {
+    let long = IdentityConfig {
+        access_ttl_secs: 3 * 86_400,
+        ..cfg()
+    };
+    let h = harness_with(long.clone()).await;
+    let other = h.open_again(long).await;
+    h.user("max", &[Role::TeamMember], &["platform", "live"])
+        .await;
+    assert!(other.reload().await.unwrap());
+    let old = h.login("max").await.unwrap();
+    assert!(other.verify_access(&old.access_token).is_ok()); // now cached
+    let kid2 = h.id.rotate_signing_key(&h.sys).await.unwrap();
+
+    other.reload().await.unwrap();
+    assert_eq!(other.current_kid(), kid2);
+    let new = h.login("max").await.unwrap();
+    assert!(other.verify_access(&new.access_token).is_ok());
+    assert_eq!(other.jwks()["keys"].as_array().unwrap().len(), 2);
+
+    h.advance(86_400);
+    // The housekeeping alone drops it (a single node never reloads), and
+    // so does a reload.
+    h.id.maintain().await.unwrap();
+    other.reload().await.unwrap();
+    for node in [&*h.id, &other] {
+        assert_eq!(node.jwks()["keys"].as_array().unwrap().len(), 1);
+        assert!(matches!(
+            node.verify_access(&old.access_token),
+            Err(IdentityError::InvalidToken)
+        ));
+        assert!(node.verify_access(&new.access_token).is_ok());
+    }
+}
+
+/// A role granted while a password-only session runs does not reach that
+/// session's next tokens when the role needs TOTP: a fresh login would be
+/// refused for want of it, and a refresh must not get round that.
+#[tokio::test]
+async fn a_totp_role_granted_mid_session_needs_a_totp_session() {
+    let h = harness_with(IdentityConfig {
+        totp_required_roles: vec![Role::Admin],
+        ..cfg()
+    })
+    .await;
+    h.user("max", &[Role::TeamMember], &["platform", "live"])
+        .await;
+    let t = h.login("max").await.unwrap();
+    h.id.set_roles(&h.sys, "max", [Role::TeamMember, Role::Admin].into())
+        .await
+        .unwrap();
+    assert!(matches!(
+        h.login("max").await,
+        Err(IdentityError::SecondFactorEnrolmentRequired)
+    ));
+    let r = h.id.refresh(&t.refresh_token, None).await.unwrap();
+    let p = h.id.verify_access(&r.access_token).unwrap();
+    assert_eq!(p.auth_method, "password");
+    assert!(!p.roles.contains(&Role::Admin));
+    assert!(p.roles.contains(&Role::TeamMember));
+}
+
+/// A session that slipped past a disable (begun on a node that had not yet
+/// heard of it, or by a login whose password check overlapped it) is not
+/// on the revocation list; its access tokens must still be refused once
+/// the node knows the principal is disabled.
+#[tokio::test]
+async fn a_token_issued_across_a_disable_is_refused() {
+    let h = harness().await;
+    let other = h.open_again(cfg()).await;
+    h.user("max", &[Role::TeamMember], &["platform", "live"])
+        .await;
+    assert!(other.reload().await.unwrap());
+    h.id.set_disabled(&h.sys, "max", true).await.unwrap();
+    // The other node has not reloaded yet: the login goes through there.
+    let t = other
+        .login(
+            &LoginRequest {
+                username: "max".into(),
+                password: PASSWORD.into(),
+                totp: None,
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(other.reload().await.unwrap());
+    for node in [&*h.id, &other] {
+        assert!(matches!(
+            node.verify_access(&t.access_token),
+            Err(IdentityError::InvalidToken)
+        ));
+    }
+    assert!(h.id.refresh(&t.refresh_token, None).await.is_err());
+}
+
+/// Likewise for a role taken away: a token issued across the removal (its
+/// session not among those revoked) carries the role no longer once the
+/// node knows it is gone.
+#[tokio::test]
+async fn a_role_removed_across_a_login_is_not_honoured() {
+    let h = harness().await;
+    let other = h.open_again(cfg()).await;
+    h.user("tina", &[Role::TeamAdmin], &["platform", "live"])
+        .await;
+    assert!(other.reload().await.unwrap());
+    h.id.set_roles(&h.sys, "tina", [Role::Individual].into())
+        .await
+        .unwrap();
+    let t = other
+        .login(
+            &LoginRequest {
+                username: "tina".into(),
+                password: PASSWORD.into(),
+                totp: None,
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(other.reload().await.unwrap());
+    for node in [&*h.id, &other] {
+        let p = node.verify_access(&t.access_token).unwrap();
+        assert!(!p.roles.contains(&Role::TeamAdmin));
+        assert!(!node.authorizer().decide(&p, "keys:rotate", "live").allowed);
+    }
+}
