@@ -50,6 +50,14 @@ pub enum IdentityError {
     /// an elevation, an elevation approved by its requester…).
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// A request field is missing or not acceptable; `field` names it.
+    #[error("{field}: {message}")]
+    InvalidField {
+        /// The request field.
+        field: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
     /// The configuration (role permissions, lifetimes) is invalid.
     #[error("invalid identity configuration: {0}")]
     Config(String),
@@ -85,7 +93,7 @@ impl IdentityError {
             IdentityError::Forbidden(_) => 403,
             IdentityError::NotFound(_) => 404,
             IdentityError::AlreadyExists(_) => 409,
-            IdentityError::InvalidRequest(_) => 400,
+            IdentityError::InvalidRequest(_) | IdentityError::InvalidField { .. } => 400,
             IdentityError::Audit(_)
             | IdentityError::Store(_)
             | IdentityError::Crypto(_)
@@ -109,7 +117,9 @@ impl IdentityError {
             IdentityError::Forbidden(_) => "forbidden",
             IdentityError::NotFound(_) => "not_found",
             IdentityError::AlreadyExists(_) => "conflict",
-            IdentityError::InvalidRequest(_) => "invalid_request",
+            IdentityError::InvalidRequest(_) | IdentityError::InvalidField { .. } => {
+                "invalid_request"
+            }
             IdentityError::Audit(_)
             | IdentityError::Store(_)
             | IdentityError::Crypto(_)

@@ -953,22 +953,27 @@ impl Identity {
         Ok(User::from(&u))
     }
 
-    /// Sets a user's password (an admin reset, or the user's own change).
+    /// Sets a user's password: an admin reset (no `current` needed), or the
+    /// user's own change, which needs the `current` password when the
+    /// account has one.
     pub async fn set_password(
         &self,
         actor: &Principal,
         user: &str,
         password: &str,
+        current: Option<&str>,
     ) -> Result<(), IdentityError> {
-        let id = self
-            .require_on(
-                actor,
-                user,
-                Some("identity:password.own"),
-                "identity:users.update",
-                PLATFORM_ENV,
-            )?
-            .id;
+        let u = self.require_on(
+            actor,
+            user,
+            Some("identity:password.own"),
+            "identity:users.update",
+            PLATFORM_ENV,
+        )?;
+        if u.id == actor.id {
+            self.step_up_password(&u, current).await?;
+        }
+        let id = u.id;
         check_new_password(password.as_bytes())?;
         let hash = self.passwords.hash(password.as_bytes())?;
         self.update_user(&id, |u| {

@@ -279,6 +279,55 @@ impl Identity {
         self.issue_session(&user, &amr, None, None, source).await
     }
 
+    /// A user changing their own password shows the current one first (when
+    /// the account has one), as a login would, so that a stolen access
+    /// token alone cannot take the account over. A wrong one counts toward
+    /// the login throttle.
+    pub(crate) async fn step_up_password(
+        &self,
+        u: &UserRecord,
+        current: Option<&str>,
+    ) -> Result<(), IdentityError> {
+        let Some(hash) = &u.password_hash else {
+            return Ok(());
+        };
+        let now = self.now();
+        if let Some(retry_after) = self.throttle_check(&u.name, None, now).await {
+            return Err(IdentityError::Throttled { retry_after });
+        }
+        let Some(current) = current else {
+            return Err(IdentityError::InvalidField {
+                field: "current_password",
+                message: "changing your own password needs the current one".into(),
+            });
+        };
+        if self.passwords.verify(current.as_bytes(), hash) {
+            Ok(())
+        } else {
+            let resource = format!("user:{}", u.name);
+            Err(self
+                .login_failed(&u.name, &resource, "wrong current password", None, now)
+                .await)
+        }
+    }
+
+    /// A user restarting their own TOTP enrolment while one is confirmed
+    /// shows a current code (or a recovery code) first, as a login would:
+    /// a new enrolment replaces the confirmed one.
+    pub(crate) async fn step_up_totp(
+        &self,
+        u: &UserRecord,
+        code: Option<&str>,
+    ) -> Result<(), IdentityError> {
+        if !u.totp.as_ref().is_some_and(|t| t.confirmed) {
+            return Ok(());
+        }
+        let resource = format!("user:{}", u.name);
+        self.check_second_factor(u, code, &resource, None, self.now())
+            .await
+            .map(drop)
+    }
+
     async fn login_failed(
         &self,
         name: &str,
@@ -1225,10 +1274,13 @@ impl Identity {
 
     /// Starts (or restarts) TOTP enrolment for a user: the actor's own, or
     /// anyone's for `identity:users.update`. Not active until confirmed.
+    /// Restarting one's own confirmed enrolment needs a current `code` (or
+    /// a recovery code); an admin's reset of another user's does not.
     pub async fn enrol_totp(
         &self,
         actor: &Principal,
         user: &str,
+        code: Option<&str>,
     ) -> Result<TotpEnrolment, IdentityError> {
         let u = self.require_on(
             actor,
@@ -1237,6 +1289,9 @@ impl Identity {
             "identity:users.update",
             PLATFORM_ENV,
         )?;
+        if u.id == actor.id {
+            self.step_up_totp(&u, code).await?;
+        }
         if u.kind != PrincipalKind::User {
             return Err(IdentityError::InvalidRequest("only users have TOTP".into()));
         }

@@ -518,7 +518,7 @@ async fn totp_code_refused_on_second_use_and_recovery_codes_work_once() {
         h.login("ada").await,
         Err(IdentityError::SecondFactorEnrolmentRequired)
     ));
-    let e = h.id.enrol_totp(&h.sys, "ada").await.unwrap();
+    let e = h.id.enrol_totp(&h.sys, "ada", None).await.unwrap();
     assert!(e
         .otpauth_uri
         .starts_with("otpauth://totp/rampart:ada?secret="));
@@ -980,7 +980,7 @@ async fn team_scoping_each_role_allowed_and_denied_on_team_operations() {
         .await
         .unwrap();
     assert_eq!(added.teams, ["alpha"]);
-    h.id.set_password(&tina, "newbie", "another long password here")
+    h.id.set_password(&tina, "newbie", "another long password here", None)
         .await
         .unwrap();
     assert_eq!(
@@ -1016,7 +1016,7 @@ async fn team_scoping_each_role_allowed_and_denied_on_team_operations() {
         "tina: bob's sessions",
     );
     forbidden(
-        h.id.set_password(&tina, "bob", "another long password here")
+        h.id.set_password(&tina, "bob", "another long password here", None)
             .await,
         "tina: bob's password",
     );
@@ -1191,7 +1191,7 @@ async fn service_principals_mint_no_credentials_whatever_their_roles() {
         "key for max",
     );
     forbidden(
-        h.id.set_password(&bot, "max", "another long password here")
+        h.id.set_password(&bot, "max", "another long password here", None)
             .await,
         "password",
     );
@@ -2046,7 +2046,9 @@ async fn a_team_admin_cannot_take_over_a_member_elevated_to_admin() {
     let tina = h.login_as("tina").await;
     let max = h.login_as("max").await;
     // Before any elevation the team admin manages max.
-    h.id.set_password(&tina, "max", PASSWORD).await.unwrap();
+    h.id.set_password(&tina, "max", PASSWORD, None)
+        .await
+        .unwrap();
 
     let e =
         h.id.request_elevation(&max, Role::Admin, 3600, "INC-7")
@@ -2054,12 +2056,12 @@ async fn a_team_admin_cannot_take_over_a_member_elevated_to_admin() {
             .unwrap();
     h.id.decide_elevation(&ada, &e.id, true).await.unwrap();
     forbidden(
-        h.id.set_password(&tina, "max", "tina knows this one now")
+        h.id.set_password(&tina, "max", "tina knows this one now", None)
             .await,
         "password of an elevated admin",
     );
     forbidden(
-        h.id.enrol_totp(&tina, "max").await,
+        h.id.enrol_totp(&tina, "max", None).await,
         "TOTP of an elevated admin",
     );
     // Had it worked, this login would be tina acting as an admin.
@@ -2073,7 +2075,9 @@ async fn a_team_admin_cannot_take_over_a_member_elevated_to_admin() {
 
     // Once the elevation ends, max is a team member again.
     h.advance(3600);
-    h.id.set_password(&tina, "max", PASSWORD).await.unwrap();
+    h.id.set_password(&tina, "max", PASSWORD, None)
+        .await
+        .unwrap();
 }
 
 /// A role that needs TOTP at login needs it through elevation too: a
@@ -2107,7 +2111,7 @@ async fn an_elevation_to_a_totp_role_needs_a_totp_session() {
     );
 
     // With TOTP the elevation counts.
-    let en = h.id.enrol_totp(&fresh, "max").await.unwrap();
+    let en = h.id.enrol_totp(&fresh, "max", None).await.unwrap();
     let totp = Totp::new(decode_b32(&en.secret_base32));
     h.id.confirm_totp(&fresh, "max", &totp.code_at(h.clock.unix_secs()))
         .await
@@ -2286,4 +2290,73 @@ async fn a_role_removed_across_a_login_is_not_honoured() {
         assert!(!p.roles.contains(&Role::TeamAdmin));
         assert!(!node.authorizer().decide(&p, "keys:rotate", "live").allowed);
     }
+}
+
+/// A stolen access token alone does not take an account over: changing
+/// one's own password needs the current one (an admin's reset does not).
+#[tokio::test]
+async fn changing_ones_own_password_needs_the_current_one() {
+    let h = harness().await;
+    h.user("max", &[Role::TeamMember], &["platform"]).await;
+    let max = h.login_as("max").await;
+    let new = "a brand new long password";
+    assert!(matches!(
+        h.id.set_password(&max, "max", new, None).await,
+        Err(IdentityError::InvalidField {
+            field: "current_password",
+            ..
+        })
+    ));
+    assert!(matches!(
+        h.id.set_password(&max, "max", new, Some("not the password at all"))
+            .await,
+        Err(IdentityError::InvalidCredentials)
+    ));
+    // Neither attempt changed it.
+    assert!(h.login("max").await.is_ok());
+    h.id.set_password(&max, "max", new, Some(PASSWORD))
+        .await
+        .unwrap();
+    let t =
+        h.id.login(
+            &LoginRequest {
+                username: "max".into(),
+                password: new.into(),
+                totp: None,
+            },
+            None,
+        )
+        .await;
+    assert!(t.is_ok());
+    assert!(h.login("max").await.is_err(), "the old password is gone");
+}
+
+/// Restarting one's own confirmed TOTP enrolment needs a current code: a
+/// new enrolment replaces the confirmed one.
+#[tokio::test]
+async fn restarting_ones_own_totp_needs_a_current_code() {
+    let h = harness().await;
+    h.user("max", &[Role::TeamMember], &["platform"]).await;
+    let max = h.login_as("max").await;
+    let en = h.id.enrol_totp(&max, "max", None).await.unwrap();
+    let totp = Totp::new(decode_b32(&en.secret_base32));
+    h.id.confirm_totp(&max, "max", &totp.code_at(h.clock.unix_secs()))
+        .await
+        .unwrap();
+    h.advance(30);
+    assert!(matches!(
+        h.id.enrol_totp(&max, "max", None).await,
+        Err(IdentityError::SecondFactorRequired)
+    ));
+    assert!(matches!(
+        h.id.enrol_totp(&max, "max", Some("000000")).await,
+        Err(IdentityError::InvalidCredentials)
+    ));
+    // Refused, so the confirmed enrolment still guards the account.
+    assert!(matches!(
+        h.login("max").await,
+        Err(IdentityError::SecondFactorRequired)
+    ));
+    let code = totp.code_at(h.clock.unix_secs());
+    h.id.enrol_totp(&max, "max", Some(&code)).await.unwrap();
 }

@@ -360,6 +360,10 @@ pub enum UsersCommand {
         user: String,
         #[arg(long, value_name = "VAR")]
         password_env: String,
+        /// The current password, from this environment variable: needed
+        /// when users change their own.
+        #[arg(long, value_name = "VAR")]
+        current_password_env: Option<String>,
     },
     /// Disable a principal and revoke its sessions.
     Disable { user: String },
@@ -373,6 +377,10 @@ pub enum UsersCommand {
         /// Also write the QR code (SVG) here.
         #[arg(long)]
         qr_out: Option<PathBuf>,
+        /// A current code (or recovery code): needed when users restart
+        /// their own confirmed enrolment.
+        #[arg(long)]
+        code: Option<String>,
     },
     /// Confirm TOTP enrolment with a first code.
     TotpConfirm {

@@ -361,21 +361,32 @@ pub fn users(client: &ClientArgs, cmd: UsersCommand) -> Result<(), CliError> {
             &user_path(&user, "/roles")?,
             Some(json!({"roles": roles})),
         )?,
-        UsersCommand::SetPassword { user, password_env } => {
+        UsersCommand::SetPassword {
+            user,
+            password_env,
+            current_password_env,
+        } => {
             let p = read_env_secret(&password_env)?;
-            c.call(
-                "POST",
-                &user_path(&user, "/password")?,
-                Some(json!({"password": p.as_str()})),
-            )?
+            let mut body = json!({"password": p.as_str()});
+            if let Some(var) = current_password_env {
+                let current = read_env_secret(&var)?;
+                if let Some(obj) = body.as_object_mut() {
+                    obj.insert(
+                        "current_password".into(),
+                        Value::String(current.as_str().to_owned()),
+                    );
+                }
+            }
+            c.call("POST", &user_path(&user, "/password")?, Some(body))?
         }
         UsersCommand::Disable { user } => c.call("POST", &user_path(&user, "/disable")?, None)?,
         UsersCommand::Enable { user } => c.call("POST", &user_path(&user, "/enable")?, None)?,
         UsersCommand::RevokeSessions { user } => {
             c.call("POST", &user_path(&user, "/sessions/revoke")?, None)?
         }
-        UsersCommand::TotpEnrol { user, qr_out } => {
-            let mut v = c.call("POST", &user_path(&user, "/totp")?, None)?;
+        UsersCommand::TotpEnrol { user, qr_out, code } => {
+            let body = code.map(|code| json!({ "code": code }));
+            let mut v = c.call("POST", &user_path(&user, "/totp")?, body)?;
             if let Some(path) = qr_out {
                 let svg = jf(&v, "qr_svg").as_str().unwrap_or_default();
                 std::fs::write(&path, svg)

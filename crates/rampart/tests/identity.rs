@@ -533,3 +533,46 @@ fn a_team_admin_manages_its_own_team_only() {
     let teams = srv.get("/v1/teams", Some(&max)).json();
     assert_eq!(teams["teams"].as_array().unwrap().len(), 1, "{teams}");
 }
+
+#[test]
+fn changing_ones_own_password_over_the_api_needs_the_current_one() {
+    let (_r, admin, srv) = node();
+    create_user(&srv, &admin, "bob", &["team_member"]);
+    let access = s(&login(&srv, "bob"), "access_token");
+    let new = "bob's brand new long password";
+    let missing = srv.post(
+        "/v1/users/bob/password",
+        Some(&access),
+        json!({ "password": new }),
+    );
+    assert_eq!(missing.status, 400, "{}", missing.body);
+    assert_eq!(missing.json()["error"]["field"], "current_password");
+    let wrong = srv.post(
+        "/v1/users/bob/password",
+        Some(&access),
+        json!({ "password": new, "current_password": "not the password at all" }),
+    );
+    assert_refused(&wrong, "invalid_credentials");
+    let ok = srv.post(
+        "/v1/users/bob/password",
+        Some(&access),
+        json!({ "password": new, "current_password": PASSWORD }),
+    );
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    let relogin = srv.post(
+        "/v1/auth/login",
+        None,
+        json!({ "username": "bob", "password": new }),
+    );
+    assert_eq!(relogin.status, 200, "{}", relogin.body);
+    // An admin's reset needs no current password; a first TOTP enrolment
+    // needs no body.
+    let reset = srv.post(
+        "/v1/users/bob/password",
+        Some(&admin),
+        json!({ "password": "an admin reset long password" }),
+    );
+    assert_eq!(reset.status, 200, "{}", reset.body);
+    let enrol = srv.request("POST", "/v1/users/bob/totp", Some(&access));
+    assert_eq!(enrol.status, 200, "{}", enrol.body);
+}

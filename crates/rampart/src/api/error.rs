@@ -184,11 +184,16 @@ impl From<rampart_identity::IdentityError> for ApiError {
                 tracing::error!(error = %e, "identity plane failure");
                 return ApiError::unavailable("the identity plane cannot serve this request");
             }
-            I::Forbidden(_) | I::NotFound(_) | I::AlreadyExists(_) | I::InvalidRequest(_) => {
-                e.to_string()
-            }
+            I::Forbidden(_)
+            | I::NotFound(_)
+            | I::AlreadyExists(_)
+            | I::InvalidRequest(_)
+            | I::InvalidField { .. } => e.to_string(),
         };
         let mut err = ApiError::new(status, e.code(), message);
+        if let I::InvalidField { field, .. } = &e {
+            err = err.with_field(*field);
+        }
         if let I::Throttled { retry_after } = &e {
             err.retry_after = Some(retry_after.as_secs().max(1));
         }

@@ -261,6 +261,9 @@ async fn enable_user(
 #[serde(deny_unknown_fields)]
 struct SetPassword {
     password: String,
+    /// Needed when users change their own password.
+    #[serde(default)]
+    current_password: Option<String>,
 }
 
 async fn set_password(
@@ -271,7 +274,7 @@ async fn set_password(
 ) -> Result<Json<Value>, ApiError> {
     let p = actor(&st, &who)?;
     st.identity()?
-        .set_password(&p, &user, &body.password)
+        .set_password(&p, &user, &body.password, body.current_password.as_deref())
         .await?;
     Ok(Json(json!({"user": user, "password": "set"})))
 }
@@ -289,13 +292,27 @@ async fn revoke_sessions(
     Ok(Json(json!({"user": target, "revoked_sessions": n})))
 }
 
+/// The optional body of a TOTP enrolment: a current code, needed when users
+/// restart their own confirmed enrolment.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnrolTotp {
+    code: Option<String>,
+}
+
 async fn enrol_totp(
     State(st): State<SharedState>,
     who: Authenticated,
     Path(user): Path<String>,
+    body: Option<ApiJson<EnrolTotp>>,
 ) -> Result<Json<Value>, ApiError> {
     let p = actor(&st, &who)?;
-    Ok(Json(json!(st.identity()?.enrol_totp(&p, &user).await?)))
+    let code = body.and_then(|ApiJson(b)| b.code);
+    Ok(Json(json!(
+        st.identity()?
+            .enrol_totp(&p, &user, code.as_deref())
+            .await?
+    )))
 }
 
 #[derive(Deserialize)]
