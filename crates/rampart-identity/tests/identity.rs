@@ -2360,3 +2360,46 @@ async fn restarting_ones_own_totp_needs_a_current_code() {
     let code = totp.code_at(h.clock.unix_secs());
     h.id.enrol_totp(&max, "max", Some(&code)).await.unwrap();
 }
+
+/// An elevation to admin lasts its hour: the elevated admin may not grant
+/// itself (or anyone) a standing role beyond team_member, which would
+/// outlast it and skip the approval.
+#[tokio::test]
+async fn an_admin_through_an_elevation_grants_no_standing_role() {
+    let h = harness().await;
+    let envs = ["platform", "live"];
+    h.user("ada", &[Role::Admin], &envs).await;
+    h.user("max", &[Role::TeamMember], &envs).await;
+    h.user("zed", &[Role::TeamMember], &envs).await;
+    let ada = h.login_as("ada").await;
+    let max = h.login_as("max").await;
+    let e =
+        h.id.request_elevation(&max, Role::Admin, 3600, "INC-11")
+            .await
+            .unwrap();
+    h.id.decide_elevation(&ada, &e.id, true).await.unwrap();
+    let as_max = h.login_as("max").await;
+    assert!(as_max.roles.contains(&Role::Admin));
+    let set = |roles: &[Role]| roles.iter().cloned().collect::<BTreeSet<Role>>();
+    forbidden(
+        h.id.set_roles(&as_max, "max", set(&[Role::Admin])).await,
+        "itself to standing admin",
+    );
+    forbidden(
+        h.id.set_roles(&as_max, "zed", set(&[Role::Admin])).await,
+        "another to admin",
+    );
+    forbidden(
+        h.id.set_roles(&as_max, "zed", set(&[Role::TeamAdmin]))
+            .await,
+        "another to team admin",
+    );
+    // What a team admin could do, it may.
+    h.id.set_roles(&as_max, "zed", set(&[Role::TeamMember]))
+        .await
+        .unwrap();
+    // A standing admin grants as before.
+    h.id.set_roles(&ada, "zed", set(&[Role::TeamAdmin]))
+        .await
+        .unwrap();
+}
