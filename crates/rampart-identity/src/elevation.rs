@@ -153,6 +153,17 @@ impl Identity {
         }
         self.authz
             .require(actor, "identity:elevations.approve", PLATFORM_ENV)?;
+        // Decided on the record as stored, not on this node's copy, and
+        // written only if nobody decided it meanwhile: an approval on a
+        // node that has not reloaded never overwrites another admin's
+        // denial (or the other way round).
+        let stored = self
+            .store
+            .get(NS_ELEVATIONS, id)
+            .await?
+            .ok_or_else(|| IdentityError::NotFound("elevation".into()))?;
+        let e: Elevation = serde_json::from_slice(&stored.value)
+            .map_err(|err| IdentityError::Corrupt(format!("{NS_ELEVATIONS}/{id}: {err}")))?;
         let now = self.now();
         if e.status != ElevationStatus::Pending {
             return Err(IdentityError::InvalidRequest(
@@ -176,7 +187,17 @@ impl Identity {
         } else {
             d.status = ElevationStatus::Denied;
         }
-        self.put_json(NS_ELEVATIONS, id, &d, Expect::Any).await?;
+        match self
+            .put_json(NS_ELEVATIONS, id, &d, Expect::Version(stored.version))
+            .await
+        {
+            Err(IdentityError::Store(rampart_store::StoreError::Conflict { .. })) => {
+                return Err(IdentityError::InvalidRequest(
+                    "elevation is not pending".into(),
+                ))
+            }
+            other => other?,
+        }
         self.cache_mut().elevations.insert(id.to_owned(), d.clone());
         self.record_by(
             actor,

@@ -2403,3 +2403,32 @@ async fn an_admin_through_an_elevation_grants_no_standing_role() {
         .await
         .unwrap();
 }
+
+/// Two nodes: a denial on one is not overwritten by an approval on the
+/// other before it has reloaded.
+#[tokio::test]
+async fn an_elevation_is_decided_once_across_nodes() {
+    let h = harness().await;
+    let envs = ["platform", "live"];
+    h.user("ada", &[Role::Admin], &envs).await;
+    h.user("bea", &[Role::Admin], &envs).await;
+    h.user("max", &[Role::TeamMember], &envs).await;
+    let ada = h.login_as("ada").await;
+    let bea = h.login_as("bea").await;
+    let max = h.login_as("max").await;
+    let other = h.open_again(cfg()).await;
+    let e =
+        h.id.request_elevation(&max, Role::Admin, 3600, "INC-12")
+            .await
+            .unwrap();
+    assert!(other.reload().await.unwrap());
+    h.id.decide_elevation(&ada, &e.id, false).await.unwrap();
+    // The other node still holds it as pending.
+    assert!(matches!(
+        other.decide_elevation(&bea, &e.id, true).await,
+        Err(IdentityError::InvalidRequest(_))
+    ));
+    assert!(other.reload().await.unwrap());
+    let as_max = other.verify_access(&h.login(&max.name).await.unwrap().access_token);
+    assert!(!as_max.unwrap().roles.contains(&Role::Admin));
+}
