@@ -864,3 +864,71 @@ rate_limit = {{ burst = 6, per_second = 0.01 }}
         util::stderr(&out)
     );
 }
+
+/// The environment wall at the edge: an API key (or a session) passes a
+/// route only in the environment of the route's service.
+#[test]
+fn edge_credentials_pass_only_in_their_own_environment() {
+    let (port, hits, _seen) = upstream();
+    let r = Rampart::new();
+    std::fs::write(
+        r.path("rampart.toml"),
+        format!(
+            r#"
+[edge]
+
+[[environments]]
+name = "prod"
+
+[[environments]]
+name = "staging"
+
+[[services]]
+name = "billing"
+environment = "prod"
+port = {port}
+upstreams = ["127.0.0.1:{port}"]
+
+[[routes]]
+host = "127.0.0.1"
+service = "billing"
+auth = "api_key"
+"#
+        ),
+    )
+    .unwrap();
+    let admin = r.init();
+    let srv = r.up(&["--config", "rampart.toml", "--data-dir", "data"]);
+    let https = edge_https(&srv);
+    let client = agent(&std::fs::read(r.path("data/tls/ca.pem")).unwrap());
+    let created = srv.post(
+        "/v1/users",
+        Some(&admin),
+        serde_json::json!({"name": "billing-job", "kind": "service", "roles": ["team_member"],
+            "environments": ["prod", "staging"]}),
+    );
+    assert_eq!(created.status, 201, "{}", created.body);
+    let key_in = |env: &str| {
+        let k = srv.post(
+            "/v1/apikeys",
+            Some(&admin),
+            serde_json::json!({"environment": env, "owner": "billing-job"}),
+        );
+        assert_eq!(k.status, 201, "{}", k.body);
+        k.json()["key"].as_str().unwrap().to_string()
+    };
+    let (prod, staging) = (key_in("prod"), key_in("staging"));
+    let call = |key: &str| {
+        client
+            .get(format!("{https}/invoices"))
+            .header("Authorization", format!("Bearer {key}"))
+            .call()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(call(&staging), 401, "a staging key at a prod service");
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+    assert_eq!(call(&prod), 200);
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+}
