@@ -126,7 +126,7 @@ impl Throttle {
     pub(crate) fn keys(account: &str, source: Option<&str>) -> (String, Option<String>) {
         (
             format!("a:{}", account.to_lowercase()),
-            source.map(|s| format!("s:{s}")),
+            source.map(source_key),
         )
     }
 
@@ -428,9 +428,41 @@ impl Identity {
     }
 }
 
+/// The count a source address is kept under: an IPv6 address by its /64
+/// (one subscriber's network: counting each address alone would let a
+/// client walk its own prefix past the limit), an IPv4 address (or an
+/// IPv4-mapped IPv6 one) by itself.
+fn source_key(source: &str) -> String {
+    match source.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+            Some(v4) => format!("s:{v4}"),
+            None => {
+                let [a, b, c, d, ..] = v6.segments();
+                format!("s:{a:x}:{b:x}:{c:x}:{d:x}::/64")
+            }
+        },
+        _ => format!("s:{source}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ipv6_source_is_counted_by_its_64() {
+        let t = Throttle::new(ThrottleConfig::default());
+        // Twenty failures, each from another address of one /64.
+        for i in 0..20 {
+            let ip = format!("2001:db8:1:2::{:x}", i + 1);
+            assert_eq!(t.failure(&format!("user{i}"), Some(&ip), 5), None);
+        }
+        assert!(t.failure("user99", Some("2001:db8:1:2::ff"), 5).is_some());
+        assert!(t.check("fresh", Some("2001:db8:1:2:ffff::9"), 5).is_some());
+        assert!(t.check("fresh", Some("2001:db8:1:3::1"), 5).is_none());
+        assert_eq!(source_key("::ffff:9.9.9.9"), "s:9.9.9.9");
+        assert_eq!(source_key("9.9.9.9"), "s:9.9.9.9");
+    }
 
     #[test]
     fn delays_grow_after_free_failures() {
