@@ -595,10 +595,18 @@ impl SecretService {
                     "recovery window ended".into(),
                 )
                 .await?;
-                self.store
+                // Only as listed: a record changed or purged since (by
+                // another node) is left for the next run, and the rest are
+                // still purged.
+                match self
+                    .store
                     .delete(SECRETS_NS, &id, Expect::Version(e.version))
-                    .await?;
-                out.push(id);
+                    .await
+                {
+                    Ok(true) => out.push(id),
+                    Ok(false) | Err(StoreError::Conflict { .. }) => {}
+                    Err(other) => return Err(other.into()),
+                }
             }
         }
         Ok(out)

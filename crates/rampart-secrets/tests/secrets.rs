@@ -1312,3 +1312,36 @@ async fn a_rotation_whose_version_number_a_write_took_stops_before_the_server() 
         .unwrap()
         .is_empty());
 }
+
+/// Two nodes purge at once: the one whose listing went stale skips what
+/// the other purged, without an error, and reports only what it purged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_that_races_another_node_skips_what_that_node_purged() {
+    let held: Arc<std::sync::OnceLock<Arc<HeldStore>>> = Arc::default();
+    let slot = held.clone();
+    let k = kit_over(move |inner| {
+        let h = HeldStore::new(inner);
+        let _ = slot.set(h.clone());
+        h
+    })
+    .await;
+    let h = held.get().unwrap().clone();
+    let s = k.secrets.clone();
+    for name in ["a", "b"] {
+        s.put(&ops(), "payments", name, b"v", SecretKind::Generic)
+            .await
+            .unwrap();
+        s.delete(&ops(), "payments", name, None).await.unwrap();
+    }
+    k.clock.advance(Duration::from_secs(8 * DAY));
+    let now = k.clock.unix_secs();
+    h.hold_next_read("secrets");
+    let stale = {
+        let s = s.clone();
+        tokio::spawn(async move { s.purge_due(now).await })
+    };
+    h.reached().await;
+    assert_eq!(s.purge_due(now).await.unwrap().len(), 2);
+    h.release();
+    assert_eq!(stale.await.unwrap().unwrap(), Vec::<String>::new());
+}

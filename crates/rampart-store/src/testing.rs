@@ -30,8 +30,8 @@ pub async fn fresh_pg_database(prefix: &str) -> Option<String> {
     Some(format!("{base}/{name}"))
 }
 
-/// A store that, once armed, holds the next read in one namespace after it
-/// has read, until released: a read that lands just before a change made by
+/// A store that, once armed, holds the next read (`get` or `list`) in one
+/// namespace after it has read, until released: a read that lands just before a change made by
 /// the same process, for tests of what a plane caches or stages from it.
 #[derive(Debug)]
 pub struct HeldStore {
@@ -69,17 +69,22 @@ impl HeldStore {
     pub fn release(&self) {
         self.release.notify_one();
     }
+
+    /// A read in `ns` has read: holds it if armed for `ns`.
+    async fn hold(&self, ns: &str) {
+        let held = *self.ns.lock().unwrap_or_else(|e| e.into_inner()) == ns;
+        if held && self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            self.reached.notify_one();
+            self.release.notified().await;
+        }
+    }
 }
 
 #[async_trait::async_trait]
 impl crate::Store for HeldStore {
     async fn get(&self, ns: &str, key: &str) -> Result<Option<crate::Entry>, crate::StoreError> {
         let got = self.inner.get(ns, key).await;
-        let held = *self.ns.lock().unwrap_or_else(|e| e.into_inner()) == ns;
-        if held && self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
-            self.reached.notify_one();
-            self.release.notified().await;
-        }
+        self.hold(ns).await;
         got
     }
 
@@ -108,7 +113,9 @@ impl crate::Store for HeldStore {
         prefix: &str,
         limit: usize,
     ) -> Result<Vec<(String, crate::Entry)>, crate::StoreError> {
-        self.inner.list(ns, prefix, limit).await
+        let got = self.inner.list(ns, prefix, limit).await;
+        self.hold(ns).await;
+        got
     }
 
     async fn apply(&self, ops: Vec<crate::Op>) -> Result<(), crate::StoreError> {
