@@ -647,6 +647,10 @@ fn valid_permission(p: &str) -> bool {
 }
 
 /// Checks that names in one list are unique; returns name → index.
+/// The longest service name: a service's secrets are sealed under its key
+/// `svc.<name>`, and key names are at most 64 characters.
+const MAX_SERVICE_NAME: usize = 60;
+
 fn unique<'a>(
     c: &mut Checker,
     list: impl Iterator<Item = (&'a S<String>, String)>,
@@ -747,6 +751,16 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
     let mut services = Vec::new();
     for (i, s) in raw.services.iter().enumerate() {
         let p = |f: &str| format!("services[{i}].{f}");
+        if s.name.get_ref().len() > MAX_SERVICE_NAME {
+            c.err(
+                &s.name,
+                p("name"),
+                format!(
+                    "service name {:?} is longer than {MAX_SERVICE_NAME} characters: its key, svc.<name>, must fit in 64",
+                    s.name.get_ref()
+                ),
+            );
+        }
         check_env(&mut c, &s.environment, &p("environment"));
         let upstreams = s
             .upstreams

@@ -342,6 +342,14 @@ impl SecretService {
     fn check_names(service: &str, name: &str) -> Result<(), SecretsError> {
         valid_name(service)?;
         valid_name(name)?;
+        // The service's key, `svc.<service>`, must be a valid key name too.
+        if service.len() > 60 {
+            return Err(SecretsError::InvalidField {
+                field: "service",
+                message: "a service name is at most 60 characters (its key is svc.<service>)"
+                    .into(),
+            });
+        }
         Ok(())
     }
 

@@ -248,6 +248,15 @@ async fn versions_put_get_list_and_nothing_in_clear() {
         .await,
         Err(SecretsError::Keys(KeysError::InvalidName(_)))
     ));
+    // A service whose key name, svc.<service>, would be over 64 characters.
+    let long = "s".repeat(61);
+    assert!(matches!(
+        s.put(&ops(), &long, "db", b"x", SecretKind::Generic).await,
+        Err(SecretsError::InvalidField {
+            field: "service",
+            ..
+        })
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
