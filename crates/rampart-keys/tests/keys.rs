@@ -1143,14 +1143,8 @@ async fn caches_expire_when_the_clock_steps_back() {
 
 /// [`kit`] over a store whose reads can be held (see [`HeldStore`]).
 async fn held_kit() -> (Kit, Arc<HeldStore>) {
-    let held: Arc<std::sync::OnceLock<Arc<HeldStore>>> = Arc::default();
-    let slot = held.clone();
-    let k = kit_over(move |inner| {
-        let h = HeldStore::new(inner);
-        let _ = slot.set(h.clone());
-        h
-    })
-    .await;
+    let (held, wrap) = HeldStore::wrapping();
+    let k = kit_over(wrap).await;
     let h = held.get().unwrap().clone();
     (k, h)
 }

@@ -50,6 +50,14 @@ async fn kit() -> Kit {
     kit_over(|s| s).await
 }
 
+/// [`kit`] over a store whose reads can be held (see [`HeldStore`]).
+async fn held_kit() -> (Kit, Arc<HeldStore>) {
+    let (held, wrap) = HeldStore::wrapping();
+    let k = kit_over(wrap).await;
+    let h = held.get().unwrap().clone();
+    (k, h)
+}
+
 /// [`kit`] over the SQLite store as `wrap` wraps it.
 async fn kit_over(wrap: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store>) -> Kit {
     let dir = tempfile::tempdir().unwrap();
@@ -885,12 +893,9 @@ fn unreachable_pg(admin: PostgresAdmin) -> Vec<u8> {
     .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rotation_needs_the_right_to_read_the_admin_secret_it_uses() {
-    let k = kit().await;
-    let s = &k.secrets;
-    // ops keeps the admin credentials; a DBA may write and rotate the
-    // application's secret, but not read the admin one.
+/// payments' `pg-admin` secret (kept by ops), and a DBA who may write and
+/// rotate `payments/db` but not read `pg-admin`.
+async fn admin_secret_and_a_dba(s: &SecretService) -> Caller {
     s.put(
         &ops(),
         "payments",
@@ -917,7 +922,16 @@ async fn rotation_needs_the_right_to_read_the_admin_secret_it_uses() {
         &["key:svc.payments"],
     )));
     s.keys().policies().set("prod", policy).await.unwrap();
-    let dba = Caller::direct(Principal::user("prod", "dave", &["dba"]));
+    Caller::direct(Principal::user("prod", "dave", &["dba"]))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_needs_the_right_to_read_the_admin_secret_it_uses() {
+    let k = kit().await;
+    let s = &k.secrets;
+    // ops keeps the admin credentials; a DBA may write and rotate the
+    // application's secret, but not read the admin one.
+    let dba = admin_secret_and_a_dba(s).await;
     assert!(matches!(
         s.get(&dba, "payments", "pg-admin", None).await,
         Err(SecretsError::Denied { .. })
@@ -1047,33 +1061,7 @@ async fn two_secrets_mapped_to_one_variable_are_refused() {
 async fn writing_a_postgres_secret_that_names_an_admin_secret_needs_the_right_to_read_it() {
     let k = kit().await;
     let s = &k.secrets;
-    s.put(
-        &ops(),
-        "payments",
-        "pg-admin",
-        &unreachable_pg(PostgresAdmin::Inline {
-            user: "postgres".into(),
-            password: "root-pw".into(),
-        }),
-        SecretKind::Postgres,
-    )
-    .await
-    .unwrap();
-    let mut policy = (*s.keys().policies().get("prod").await.unwrap()).clone();
-    policy.push(stmt(
-        "dba",
-        &["role:dba"],
-        &["secrets:put", "secrets:rotate"],
-        &["secret:payments/db"],
-    ));
-    policy.push(via_secrets(stmt(
-        "dba-keys",
-        &["role:dba"],
-        &["keys:generate-data-key", "keys:decrypt"],
-        &["key:svc.payments"],
-    )));
-    s.keys().policies().set("prod", policy).await.unwrap();
-    let dba = Caller::direct(Principal::user("prod", "dave", &["dba"]));
+    let dba = admin_secret_and_a_dba(s).await;
     // Otherwise the DBA could name any host and the admin secret, schedule
     // a rotation, and the scheduler (which policy does not stop) would log
     // in there with the admin's password.
@@ -1265,15 +1253,7 @@ async fn a_version_whose_data_key_is_under_another_key_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotation_whose_version_number_a_write_took_stops_before_the_server() {
-    let held: Arc<std::sync::OnceLock<Arc<HeldStore>>> = Arc::default();
-    let slot = held.clone();
-    let k = kit_over(move |inner| {
-        let h = HeldStore::new(inner);
-        let _ = slot.set(h.clone());
-        h
-    })
-    .await;
-    let h = held.get().unwrap().clone();
+    let (k, h) = held_kit().await;
     // No server listens there: a rotation that got as far as setting the
     // password would fail at that step.
     let value = serde_json::to_vec(&PostgresSecret {
@@ -1326,15 +1306,7 @@ async fn a_rotation_whose_version_number_a_write_took_stops_before_the_server() 
 /// the other purged, without an error, and reports only what it purged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purge_that_races_another_node_skips_what_that_node_purged() {
-    let held: Arc<std::sync::OnceLock<Arc<HeldStore>>> = Arc::default();
-    let slot = held.clone();
-    let k = kit_over(move |inner| {
-        let h = HeldStore::new(inner);
-        let _ = slot.set(h.clone());
-        h
-    })
-    .await;
-    let h = held.get().unwrap().clone();
+    let (k, h) = held_kit().await;
     let s = k.secrets.clone();
     for name in ["a", "b"] {
         s.put(&ops(), "payments", name, b"v", SecretKind::Generic)

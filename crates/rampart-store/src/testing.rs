@@ -54,6 +54,26 @@ impl HeldStore {
         })
     }
 
+    /// For a test kit that builds its own store and takes a function to
+    /// wrap it: that function, and a cell that holds the wrapper once the
+    /// kit has called it.
+    #[allow(clippy::type_complexity)]
+    pub fn wrapping() -> (
+        std::sync::Arc<std::sync::OnceLock<std::sync::Arc<HeldStore>>>,
+        impl FnOnce(std::sync::Arc<dyn crate::Store>) -> std::sync::Arc<dyn crate::Store>,
+    ) {
+        let cell: std::sync::Arc<std::sync::OnceLock<std::sync::Arc<HeldStore>>> =
+            std::sync::Arc::default();
+        let slot = cell.clone();
+        let wrap =
+            move |inner: std::sync::Arc<dyn crate::Store>| -> std::sync::Arc<dyn crate::Store> {
+                let h = HeldStore::new(inner);
+                let _ = slot.set(h.clone());
+                h
+            };
+        (cell, wrap)
+    }
+
     /// Holds the next read in `ns` once it has read.
     pub fn hold_next_read(&self, ns: &str) {
         *self.ns.lock().unwrap_or_else(|e| e.into_inner()) = ns.to_owned();
