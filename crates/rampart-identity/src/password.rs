@@ -1,6 +1,12 @@
 //! Password hashing with Argon2id, with parameters from configuration (cheap
 //! ones in tests), and a dummy verification so that unknown accounts cost
 //! the same work as known ones.
+//!
+//! Requests hash and verify off the async runtime ([`Passwords::hash_async`],
+//! [`Passwords::verify_async`]): each takes tens of milliseconds of CPU and
+//! its memory cost, which on an executor thread would stall every other
+//! request that thread serves. At most one per core runs at once, so a
+//! flood of logins cannot take more memory than that.
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
@@ -47,6 +53,8 @@ impl PasswordParams {
 pub struct Passwords {
     argon: Argon2<'static>,
     dummy: String,
+    /// Hashes and verifications running at once, off the runtime.
+    running: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 /// The shortest password accepted.
@@ -60,9 +68,11 @@ impl Passwords {
         let p = Params::new(params.m_cost_kib, params.t_cost, params.p_cost, None)
             .map_err(|e| IdentityError::Config(format!("argon2 parameters: {e}")))?;
         let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, p);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut me = Passwords {
             argon,
             dummy: String::new(),
+            running: std::sync::Arc::new(tokio::sync::Semaphore::new(cores)),
         };
         me.dummy = me.hash(b"rampart dummy password for unknown accounts")?;
         Ok(me)
@@ -97,6 +107,35 @@ impl Passwords {
         let _ = self.verify(password, &self.dummy);
         false
     }
+
+    /// [`Passwords::hash`] on a blocking thread, at most one per core at once.
+    pub async fn hash_async(&self, password: &[u8]) -> Result<String, IdentityError> {
+        let failed = || IdentityError::PasswordHash("the hashing task did not finish".into());
+        let _permit = self.running.acquire().await.map_err(|_| failed())?;
+        let me = self.clone();
+        let pw = zeroize::Zeroizing::new(password.to_vec());
+        tokio::task::spawn_blocking(move || me.hash(&pw))
+            .await
+            .map_err(|_| failed())?
+    }
+
+    /// [`Passwords::verify`] against `phc`, or with `None`
+    /// [`Passwords::verify_dummy`], on a blocking thread, at most one per
+    /// core at once. False if the task could not run.
+    pub async fn verify_async(&self, password: &[u8], phc: Option<&str>) -> bool {
+        let Ok(_permit) = self.running.acquire().await else {
+            return false;
+        };
+        let me = self.clone();
+        let pw = zeroize::Zeroizing::new(password.to_vec());
+        let phc = phc.map(str::to_owned);
+        tokio::task::spawn_blocking(move || match phc {
+            Some(h) => me.verify(&pw, &h),
+            None => me.verify_dummy(&pw),
+        })
+        .await
+        .unwrap_or(false)
+    }
 }
 
 /// Checks a new password's length.
@@ -122,5 +161,46 @@ mod tests {
         assert!(!p.verify(b"wrong", &h));
         assert!(!p.verify(b"x", "not a hash"));
         assert!(!p.verify_dummy(b"anything"));
+    }
+}
+
+#[cfg(test)]
+mod off_runtime_tests {
+    use super::*;
+
+    /// While a costly verification runs, the runtime's one thread still
+    /// serves other tasks.
+    #[tokio::test(flavor = "current_thread")]
+    async fn verification_leaves_the_runtime_free() {
+        let p = Passwords::new(PasswordParams {
+            m_cost_kib: 8 * 1024,
+            t_cost: 2,
+            p_cost: 1,
+        })
+        .unwrap();
+        let phc = p.hash(b"correct horse battery staple").unwrap();
+        let ticks = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counter = ticks.clone();
+        let ticker = tokio::spawn(async move {
+            loop {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::task::yield_now().await;
+            }
+        });
+        let started = std::time::Instant::now();
+        assert!(
+            p.verify_async(b"correct horse battery staple", Some(&phc))
+                .await
+        );
+        assert!(!p.verify_async(b"wrong", Some(&phc)).await);
+        assert!(!p.verify_async(b"anything", None).await);
+        let took = started.elapsed();
+        ticker.abort();
+        // Thousands of ticks while three hashes ran; on the runtime thread
+        // itself there would be none until they were done.
+        let n = ticks.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(n > 100, "{n} ticks in {took:?}");
+        let h = p.hash_async(b"another password here").await.unwrap();
+        assert!(p.verify(b"another password here", &h));
     }
 }

@@ -805,7 +805,7 @@ impl Identity {
         let password_hash = match (&new.kind, &new.password) {
             (PrincipalKind::User, Some(p)) => {
                 check_new_password(p.as_bytes())?;
-                Some(self.passwords.hash(p.as_bytes())?)
+                Some(self.passwords.hash_async(p.as_bytes()).await?)
             }
             (PrincipalKind::User, None) => None,
             (PrincipalKind::Service, None) => None,
@@ -994,7 +994,7 @@ impl Identity {
         }
         let id = u.id;
         check_new_password(password.as_bytes())?;
-        let hash = self.passwords.hash(password.as_bytes())?;
+        let hash = self.passwords.hash_async(password.as_bytes()).await?;
         self.update_user(&id, |u| {
             if u.kind != PrincipalKind::User {
                 return Err(IdentityError::InvalidRequest(

@@ -252,22 +252,20 @@ impl Identity {
         }
         let user = self.user_by_name(name);
         let pw = req.password.as_bytes();
-        let (ok, why) = match &user {
-            None => (self.passwords.verify_dummy(pw), "unknown account"),
+        // The same work whatever the account (a dummy hash for none), so
+        // timing does not tell which it was.
+        let (phc, usable, why) = match &user {
+            None => (None, false, "unknown account"),
             Some(u) => match &u.password_hash {
-                None => (self.passwords.verify_dummy(pw), "no password set"),
-                Some(h) => {
-                    let good = self.passwords.verify(pw, h);
-                    if u.disabled {
-                        (false, "account disabled")
-                    } else if u.kind != PrincipalKind::User {
-                        (false, "not a user")
-                    } else {
-                        (good, "wrong password")
-                    }
+                None => (None, false, "no password set"),
+                Some(_) if u.disabled => (u.password_hash.as_deref(), false, "account disabled"),
+                Some(_) if u.kind != PrincipalKind::User => {
+                    (u.password_hash.as_deref(), false, "not a user")
                 }
+                Some(h) => (Some(h.as_str()), true, "wrong password"),
             },
         };
+        let ok = self.passwords.verify_async(pw, phc).await && usable;
         let user = match (ok, user) {
             (true, Some(u)) => u,
             _ => return Err(self.login_failed(name, &resource, why, source, now).await),
@@ -301,7 +299,11 @@ impl Identity {
                 message: "changing your own password needs the current one".into(),
             });
         };
-        if self.passwords.verify(current.as_bytes(), hash) {
+        if self
+            .passwords
+            .verify_async(current.as_bytes(), Some(hash))
+            .await
+        {
             Ok(())
         } else {
             let resource = format!("user:{}", u.name);
