@@ -123,9 +123,25 @@ impl Passwords {
     /// [`Passwords::verify_dummy`], on a blocking thread, at most one per
     /// core at once. False if the task could not run.
     pub async fn verify_async(&self, password: &[u8], phc: Option<&str>) -> bool {
-        let Ok(_permit) = self.running.acquire().await else {
+        let Ok(_permit) = self.permit().await else {
             return false;
         };
+        self.verify_held(password, phc).await
+    }
+
+    /// A turn to verify, for a caller that must check and count attempts
+    /// around the verification (the login throttle): holding it from the
+    /// throttle check to the failure count keeps parallel attempts from
+    /// all passing the check before any failure is counted.
+    pub(crate) async fn permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, IdentityError> {
+        self.running
+            .acquire()
+            .await
+            .map_err(|_| IdentityError::PasswordHash("password checks are shut down".into()))
+    }
+
+    /// [`Passwords::verify_async`] for a caller holding a [`Passwords::permit`].
+    pub(crate) async fn verify_held(&self, password: &[u8], phc: Option<&str>) -> bool {
         let me = self.clone();
         let pw = zeroize::Zeroizing::new(password.to_vec());
         let phc = phc.map(str::to_owned);

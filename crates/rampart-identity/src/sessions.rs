@@ -238,6 +238,9 @@ impl Identity {
         let now = self.now();
         let name = req.username.as_str();
         let resource = format!("user:{}", name.chars().take(64).collect::<String>());
+        // One turn per core from the throttle check to the failure count,
+        // so parallel attempts cannot all pass the check first.
+        let _turn = self.passwords.permit().await?;
         if let Some(retry_after) = self.throttle_check(name, source, now).await {
             self.record(
                 name,
@@ -265,7 +268,7 @@ impl Identity {
                 Some(h) => (Some(h.as_str()), true, "wrong password"),
             },
         };
-        let ok = self.passwords.verify_async(pw, phc).await && usable;
+        let ok = self.passwords.verify_held(pw, phc).await && usable;
         let user = match (ok, user) {
             (true, Some(u)) => u,
             _ => return Err(self.login_failed(name, &resource, why, source, now).await),
@@ -290,6 +293,7 @@ impl Identity {
             return Ok(());
         };
         let now = self.now();
+        let _turn = self.passwords.permit().await?;
         if let Some(retry_after) = self.throttle_check(&u.name, None, now).await {
             return Err(IdentityError::Throttled { retry_after });
         }
@@ -301,7 +305,7 @@ impl Identity {
         };
         if self
             .passwords
-            .verify_async(current.as_bytes(), Some(hash))
+            .verify_held(current.as_bytes(), Some(hash))
             .await
         {
             Ok(())

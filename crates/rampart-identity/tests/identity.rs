@@ -2432,3 +2432,41 @@ async fn an_elevation_is_decided_once_across_nodes() {
     let as_max = other.verify_access(&h.login(&max.name).await.unwrap().access_token);
     assert!(!as_max.unwrap().roles.contains(&Role::Admin));
 }
+
+/// Wrong passwords sent in parallel do not all pass the throttle's check
+/// before any failure is counted: beyond the free failures, at most one
+/// attempt per concurrent verification slips through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn parallel_wrong_passwords_do_not_outrun_the_throttle() {
+    let h = harness().await;
+    h.user("max", &[Role::TeamMember], &["platform"]).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..24 {
+        let id = h.id.clone();
+        tasks.spawn(async move {
+            id.login(
+                &LoginRequest {
+                    username: "max".into(),
+                    password: format!("guess number {i} here"),
+                    totp: None,
+                },
+                None,
+            )
+            .await
+        });
+    }
+    let (mut refused, mut throttled) = (0, 0);
+    while let Some(r) = tasks.join_next().await {
+        match r.unwrap() {
+            Err(IdentityError::InvalidCredentials) => refused += 1,
+            Err(IdentityError::Throttled { .. }) => throttled += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    let slots = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(
+        refused <= 5 + slots,
+        "{refused} guesses checked, {throttled} throttled"
+    );
+    assert_eq!(refused + throttled, 24);
+}
