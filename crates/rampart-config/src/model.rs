@@ -126,6 +126,9 @@ pub struct Route {
     pub path_prefix: String,
     /// The service name.
     pub service: String,
+    /// The service's environment (resolved at load, so that it travels
+    /// with the route through a reload).
+    pub environment: String,
     /// How callers authenticate.
     pub auth: RouteAuth,
     /// Roles allowed (empty: any authenticated principal).

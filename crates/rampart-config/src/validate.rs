@@ -966,6 +966,11 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
             host,
             path_prefix: prefix,
             service: r.service.get_ref().clone(),
+            environment: services_by_name
+                .get(r.service.get_ref())
+                .and_then(|&i| services.get(i))
+                .map(|s| s.environment.clone())
+                .unwrap_or_default(),
             auth,
             roles: r.roles.iter().map(|r| r.get_ref().clone()).collect(),
             allow_cidrs,

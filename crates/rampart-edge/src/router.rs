@@ -84,6 +84,7 @@ mod tests {
             host: host.into(),
             path_prefix: prefix.into(),
             service: service.into(),
+            environment: String::new(),
             auth: RouteAuth::None,
             roles: vec![],
             allow_cidrs: vec![],

@@ -12,6 +12,7 @@ fn route(host: String, prefix: String) -> Route {
         host,
         path_prefix: prefix,
         service: "s".into(),
+        environment: String::new(),
         auth: RouteAuth::None,
         roles: vec![],
         allow_cidrs: vec![],

@@ -22,53 +22,22 @@ use crate::api::Metrics;
 use crate::errors::CliError;
 use crate::tls;
 
-/// Each service's environment, as the edge's routes name services: an
-/// identity principal passes a route only if it may act in the environment
-/// of the route's service (an API key is limited to one environment, a user
-/// to its own), so the environment wall holds at the edge too. Swapped with
-/// the routing on reload.
-#[derive(Clone, Default)]
-pub struct ServiceEnvironments(Arc<std::sync::RwLock<std::collections::HashMap<String, String>>>);
-
-impl ServiceEnvironments {
-    /// The services of `config`.
-    pub fn from_config(config: &Config) -> Self {
-        let envs = ServiceEnvironments::default();
-        envs.set(config);
-        envs
-    }
-
-    fn set(&self, config: &Config) {
-        let map = config
-            .services
-            .iter()
-            .map(|s| (s.name.clone(), s.environment.clone()))
-            .collect();
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = map;
-    }
-
-    /// Whether `p` may act in the environment of `service` (a service the
-    /// config does not name has none: nobody passes).
-    fn admits(&self, service: &str, p: &rampart_identity::Principal) -> bool {
-        self.0
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(service)
-            .is_some_and(|env| p.environments.contains(env))
-    }
-}
-
 /// Routes with `auth = "api_key"` or `"session"` are checked by the identity
 /// plane: `Authorization: Bearer <access token or API key>` (or `X-Api-Key`).
 /// On `client_cert` routes the certificate (verified by the handshake) names
 /// the principal; the identity plane gives it the roles of the user or
 /// service of that name, refuses it if that principal is disabled, and
 /// leaves it without roles if no principal has that name. A principal the
-/// identity plane knows passes only in its own environments (see
-/// [`ServiceEnvironments`]).
+/// identity plane knows passes only in its own environments: an API key
+/// is limited to one, a user to its own, so the environment wall holds at
+/// the edge too (the route carries its service's environment).
 struct IdentityAuth {
     identity: Arc<Identity>,
-    environments: ServiceEnvironments,
+}
+
+/// Whether `p` may act in the environment of `route`'s service.
+fn admits(route: &rampart_config::Route, p: &rampart_identity::Principal) -> bool {
+    p.environments.contains(&route.environment)
 }
 
 impl Authenticator for IdentityAuth {
@@ -89,7 +58,7 @@ impl Authenticator for IdentityAuth {
                 .map(|(p, _)| p),
             RouteAuth::ClientCert | RouteAuth::None => None,
         }
-        .filter(|p| self.environments.admits(&req.route.service, p));
+        .filter(|p| admits(req.route, p));
         match principal {
             Some(p) => AuthOutcome::Authenticated(Principal {
                 id: p.id,
@@ -101,9 +70,7 @@ impl Authenticator for IdentityAuth {
 
     fn authenticate_certificate(&self, cert: &ClientCert, req: &AuthRequest<'_>) -> AuthOutcome {
         match self.identity.certificate_principal(&cert.principal) {
-            Ok(Some(p)) if !self.environments.admits(&req.route.service, &p) => {
-                AuthOutcome::Unauthenticated
-            }
+            Ok(Some(p)) if !admits(req.route, &p) => AuthOutcome::Unauthenticated,
             Ok(Some(p)) => AuthOutcome::Authenticated(Principal {
                 id: p.id,
                 roles: p.roles.iter().map(|r| r.to_string()).collect(),
@@ -249,8 +216,6 @@ pub struct EdgeReload {
     handle: rampart_edge::EdgeHandle,
     /// The `[edge]` section the edge started with.
     started: Option<rampart_config::Edge>,
-    /// What the authenticator knows of services' environments.
-    environments: ServiceEnvironments,
 }
 
 /// What a reload did.
@@ -269,13 +234,11 @@ impl EdgeReload {
         path: std::path::PathBuf,
         handle: rampart_edge::EdgeHandle,
         started: Option<rampart_config::Edge>,
-        environments: ServiceEnvironments,
     ) -> Self {
         EdgeReload {
             path,
             handle,
             started,
-            environments,
         }
     }
 
@@ -293,7 +256,6 @@ impl EdgeReload {
     pub fn reload(&self) -> Result<Reloaded, String> {
         let cfg = Config::load(&self.path).map_err(|e| e.to_string())?;
         self.handle.reload(&cfg).map_err(|e| e.to_string())?;
-        self.environments.set(&cfg);
         Ok(Reloaded {
             routes: cfg.routes.len(),
             needs_restart: start_only_changes(self.started.as_ref(), cfg.edge.as_ref()),
@@ -479,7 +441,6 @@ pub async fn start(
     metrics: Arc<Metrics>,
     keyring: &Keyring,
     identity: Arc<Identity>,
-    environments: ServiceEnvironments,
     audit: Arc<Audit>,
     clock: SharedClock,
     http_override: Option<SocketAddr>,
@@ -608,10 +569,7 @@ pub async fn start(
         ec.waf = Some(Arc::new(waf));
     }
     ec.assertion = Some(Arc::new(assertion_signer(keyring).await?));
-    ec.authenticator = Arc::new(IdentityAuth {
-        identity,
-        environments,
-    });
+    ec.authenticator = Arc::new(IdentityAuth { identity });
     ec.audit = Arc::new(EdgeAudit {
         audit,
         node: config.node.name.clone(),

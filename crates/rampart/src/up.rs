@@ -71,13 +71,11 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
     if let Some(t) = login_throttle {
         metrics.set_login_throttle(t);
     }
-    let service_environments = edge::ServiceEnvironments::from_config(&config);
     let edge = edge::start(
         &config,
         metrics.clone(),
         &node.keyring,
         identity.clone(),
-        service_environments.clone(),
         audit.clone(),
         clock.clone(),
         args.edge_http_listen,
@@ -93,7 +91,6 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
             path.clone(),
             e.handle(),
             config.edge.clone(),
-            service_environments,
         )),
         _ => None,
     };

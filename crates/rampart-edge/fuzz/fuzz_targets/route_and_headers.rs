@@ -20,6 +20,7 @@ fuzz_target!(|data: &[u8]| {
         host: pat.to_string(),
         path_prefix: prefix.to_string(),
         service: "s".into(),
+        environment: String::new(),
         auth: RouteAuth::None,
         roles: vec![],
         allow_cidrs: vec![],
