@@ -110,13 +110,12 @@ impl Passwords {
 
     /// [`Passwords::hash`] on a blocking thread, at most one per core at once.
     pub async fn hash_async(&self, password: &[u8]) -> Result<String, IdentityError> {
-        let failed = || IdentityError::PasswordHash("the hashing task did not finish".into());
-        let _permit = self.running.acquire().await.map_err(|_| failed())?;
+        let _permit = self.permit().await?;
         let me = self.clone();
         let pw = zeroize::Zeroizing::new(password.to_vec());
         tokio::task::spawn_blocking(move || me.hash(&pw))
             .await
-            .map_err(|_| failed())?
+            .map_err(|_| IdentityError::PasswordHash("the hashing task did not finish".into()))?
     }
 
     /// [`Passwords::verify`] against `phc`, or with `None`

@@ -929,13 +929,8 @@ impl Identity {
         // An admin only through an elevation acts as admin for its hour,
         // and no longer: granting a standing role beyond team_member (to
         // itself or anyone) would outlast it and skip the approval.
-        let standing_admin = self
-            .user_by_id_or_name(&actor.id)
-            .map_or(actor.roles.contains(&Role::Admin), |a| {
-                a.roles.contains(&Role::Admin)
-            });
         if actor.roles.contains(&Role::Admin)
-            && !standing_admin
+            && !actor.base_roles.contains(&Role::Admin)
             && roles.difference(&before).any(|r| *r != Role::TeamMember)
         {
             return Err(self.refuse(
