@@ -118,12 +118,10 @@ struct Entry {
 }
 
 impl Entry {
-    /// Whether it is still within its age limit; not if the clock now
-    /// reads before it was obtained (stepped back), so that the limit is
-    /// never stretched by the size of the step.
+    /// Whether it is still within its age limit (not once the clock has
+    /// stepped back before it was obtained).
     fn fresh(&self, now: u64, limits: &EnvelopeLimits) -> bool {
-        now.checked_sub(self.created)
-            .is_some_and(|age| age < limits.max_age_secs)
+        crate::service::younger_than(now, self.created, limits.max_age_secs)
     }
 
     /// Takes up to a block of messages and bytes (at least `len`) from

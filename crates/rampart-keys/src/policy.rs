@@ -357,11 +357,7 @@ impl Policies {
             .unwrap_or_else(|e| e.into_inner())
             .get(environment)
         {
-            // Not when the clock reads before it was read (stepped back).
-            if now
-                .checked_sub(*loaded_at)
-                .is_some_and(|age| age < crate::CACHE_TTL_SECS)
-            {
+            if crate::service::younger_than(now, *loaded_at, crate::CACHE_TTL_SECS) {
                 return Ok(p.clone());
             }
         }

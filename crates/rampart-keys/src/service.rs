@@ -208,6 +208,13 @@ type KeyCache = HashMap<String, HashMap<String, Arc<Loaded>>>;
 /// change made by another node (rotation, destruction) is seen within it.
 pub const CACHE_TTL_SECS: u64 = 5;
 
+/// Whether something obtained at `since` is younger than `max_age` at
+/// `now`; not if the clock now reads before `since` (stepped back), so an
+/// age limit is never stretched by the size of the step.
+pub(crate) fn younger_than(now: u64, since: u64, max_age: u64) -> bool {
+    now.checked_sub(since).is_some_and(|age| age < max_age)
+}
+
 /// The keys plane. Cheap to clone; share one per process.
 #[derive(Clone)]
 pub struct KeyService {
@@ -419,11 +426,7 @@ impl KeyService {
             .get(env)
             .and_then(|keys| keys.get(name))
         {
-            // Not when the clock reads before it was loaded (stepped back).
-            if now
-                .checked_sub(l.loaded_at)
-                .is_some_and(|age| age < CACHE_TTL_SECS)
-            {
+            if younger_than(now, l.loaded_at, CACHE_TTL_SECS) {
                 return Ok(l.clone());
             }
         }
