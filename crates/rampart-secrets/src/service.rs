@@ -342,8 +342,9 @@ impl SecretService {
     fn check_names(service: &str, name: &str) -> Result<(), SecretsError> {
         valid_name(service)?;
         valid_name(name)?;
-        // The service's key, `svc.<service>`, must be a valid key name too.
-        if service.len() > 60 {
+        // The service's key, `svc.<service>`, must be a valid key name too
+        // (at most 64 characters: a service name of at most 60).
+        if valid_name(&service_key_name(service)).is_err() {
             return Err(SecretsError::InvalidField {
                 field: "service",
                 message: "a service name is at most 60 characters (its key is svc.<service>)"
