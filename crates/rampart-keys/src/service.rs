@@ -701,8 +701,13 @@ impl KeyService {
         for r in self.all_records(None).await? {
             if r.state == KeyState::Enabled && r.next_rotation_at() <= now {
                 let sys = Caller::system(&r.environment, "scheduler");
-                if let Some(v) = self.rotate_if(&sys, &r.name, Some(now)).await? {
-                    out.push((record_id(&r.environment, &r.name), v));
+                match self.rotate_if(&sys, &r.name, Some(now)).await {
+                    Ok(Some(v)) => out.push((record_id(&r.environment, &r.name), v)),
+                    Ok(None) => {}
+                    // As in `purge_due`: left for the next run, the others
+                    // rotate now.
+                    Err(KeysError::Conflict(_)) => {}
+                    Err(e) => return Err(e),
                 }
             }
         }
@@ -837,7 +842,7 @@ impl KeyService {
                     format!("deletion window ended at {delete_at}"),
                 )
                 .await?;
-            let (destroyed, _) = self
+            let updated = self
                 .update(&r.environment, &r.name, |rec| {
                     // Decided on the record as written: a deletion cancelled
                     // (and perhaps scheduled again, later) since the list
@@ -852,9 +857,14 @@ impl KeyService {
                     rec.state = KeyState::Destroyed { destroyed_at: now };
                     Ok(true)
                 })
-                .await?;
-            if destroyed {
-                out.push(record_id(&r.environment, &r.name));
+                .await;
+            match updated {
+                Ok((true, _)) => out.push(record_id(&r.environment, &r.name)),
+                Ok((false, _)) => {}
+                // Changed by others on every try: left for the next run,
+                // and the other due keys are still destroyed in this one.
+                Err(KeysError::Conflict(_)) => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(out)

@@ -1252,3 +1252,47 @@ async fn a_purge_decides_on_the_record_as_written() {
         info.state
     );
 }
+
+#[tokio::test]
+async fn a_key_that_cannot_be_written_does_not_hold_up_the_others_due() {
+    let (k, h) = held_kit().await;
+    for key in ["payments", "orders"] {
+        k.keys
+            .schedule_deletion(&ops(), key, Some(7))
+            .await
+            .unwrap();
+    }
+    k.clock.advance(Duration::from_secs(7 * DAY));
+    // Every write to one of them loses to another writer; the one listed
+    // first must not stop the destruction of the other.
+    h.refuse_puts_to("keys", "prod/orders");
+    let now = k.clock.unix_secs();
+    assert_eq!(
+        k.keys.purge_due(now).await.unwrap(),
+        vec!["prod/payments".to_string()]
+    );
+    let orders = k.keys.describe(&ops(), "orders").await.unwrap();
+    assert!(
+        matches!(orders.state, KeyState::PendingDeletion { .. }),
+        "{:?}",
+        orders.state
+    );
+}
+
+#[tokio::test]
+async fn a_key_that_cannot_be_written_does_not_hold_up_the_other_rotations() {
+    let (k, h) = held_kit().await;
+    k.clock.advance(Duration::from_secs(366 * DAY));
+    h.refuse_puts_to("keys", "prod/orders");
+    let mut rotated = k.keys.rotate_due(k.clock.unix_secs()).await.unwrap();
+    rotated.sort();
+    assert_eq!(
+        rotated,
+        vec![
+            ("prod/payments".to_string(), 2),
+            ("staging/payments".to_string(), 2)
+        ]
+    );
+    let orders = k.keys.describe(&ops(), "orders").await.unwrap();
+    assert_eq!(orders.current_version, 1);
+}

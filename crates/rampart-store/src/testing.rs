@@ -33,9 +33,12 @@ pub async fn fresh_pg_database(prefix: &str) -> Option<String> {
 /// A store that, once armed, holds the next read (`get` or `list`) in one
 /// namespace after it has read, until released: a read that lands just before a change made by
 /// the same process, for tests of what a plane caches or stages from it.
+/// It can also refuse every write to one record as a conflict, as if
+/// another writer always got there first.
 #[derive(Debug)]
 pub struct HeldStore {
     inner: std::sync::Arc<dyn crate::Store>,
+    refused: std::sync::Mutex<Option<(String, String)>>,
     ns: std::sync::Mutex<String>,
     armed: std::sync::atomic::AtomicBool,
     reached: tokio::sync::Notify,
@@ -47,6 +50,7 @@ impl HeldStore {
     pub fn new(inner: std::sync::Arc<dyn crate::Store>) -> std::sync::Arc<Self> {
         std::sync::Arc::new(HeldStore {
             inner,
+            refused: std::sync::Mutex::new(None),
             ns: std::sync::Mutex::new(String::new()),
             armed: false.into(),
             reached: tokio::sync::Notify::new(),
@@ -78,6 +82,12 @@ impl HeldStore {
     pub fn hold_next_read(&self, ns: &str) {
         *self.ns.lock().unwrap_or_else(|e| e.into_inner()) = ns.to_owned();
         self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// From now on, every `put` to `key` in `ns` fails with a conflict.
+    pub fn refuse_puts_to(&self, ns: &str, key: &str) {
+        *self.refused.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((ns.to_owned(), key.to_owned()));
     }
 
     /// Waits until the held read has read.
@@ -115,6 +125,18 @@ impl crate::Store for HeldStore {
         value: &[u8],
         expect: crate::Expect,
     ) -> Result<u64, crate::StoreError> {
+        let refused = self
+            .refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|(n, k)| n == ns && k == key);
+        if refused {
+            return Err(crate::StoreError::Conflict {
+                ns: ns.to_owned(),
+                key: key.to_owned(),
+            });
+        }
         self.inner.put(ns, key, value, expect).await
     }
 
