@@ -73,7 +73,10 @@ pub use policy::{
     PLATFORM_ENV,
 };
 pub use service::{Identity, IdentityConfig, NewUser, Team, User};
-pub use sessions::{ApiKeyInfo, LoginRequest, NewApiKey, PruneReport, Tokens, TotpEnrolment};
+pub use sessions::{
+    ApiKeyInfo, LoginRequest, NewApiKey, PruneReport, Tokens, TotpEnrolment,
+    ENDED_RECORD_RETENTION_SECS,
+};
 pub use throttle::{SharedThrottle, SharedThrottleError, ThrottleConfig};
 pub use throttle_redis::RedisThrottle;
 

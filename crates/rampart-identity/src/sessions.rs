@@ -10,10 +10,11 @@ use rampart_store::{Expect, Op, StoreError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::elevation::{Elevation, ElevationStatus};
 use crate::policy::{Principal, PrincipalKind, Role, Scope, PLATFORM_ENV};
 use crate::service::{
-    from_json, new_id, read_lock, to_json, write_lock, Identity, TotpState, UserRecord, LIST_LIMIT,
-    NS_APIKEYS, NS_REFRESH, NS_REVOKED, NS_SESSIONS,
+    from_json, generation_bump, new_id, read_lock, to_json, write_lock, Identity, TotpState,
+    UserRecord, LIST_LIMIT, NS_APIKEYS, NS_ELEVATIONS, NS_REFRESH, NS_REVOKED, NS_SESSIONS,
 };
 use crate::token::{self, Claims, Expectations, Reject};
 use crate::totp::{qr_svg, Totp};
@@ -197,6 +198,12 @@ pub struct PruneReport {
     /// Login throttle entries with nothing left to wait for and their
     /// failures forgotten.
     pub throttle_entries: usize,
+    /// API keys revoked more than [`ENDED_RECORD_RETENTION_SECS`] ago (and
+    /// more than a refresh-token lifetime ago).
+    pub api_keys: usize,
+    /// Elevations denied or ended more than [`ENDED_RECORD_RETENTION_SECS`]
+    /// ago.
+    pub elevations: usize,
     /// Records that could not be read and were left alone.
     pub unreadable: usize,
 }
@@ -204,9 +211,21 @@ pub struct PruneReport {
 impl PruneReport {
     /// Whether anything was deleted.
     pub fn deleted_any(&self) -> bool {
-        self.refresh_tokens + self.sessions + self.revocations + self.throttle_entries > 0
+        self.refresh_tokens
+            + self.sessions
+            + self.revocations
+            + self.throttle_entries
+            + self.api_keys
+            + self.elevations
+            > 0
     }
 }
+
+/// How long revoked API keys and ended elevations stay listed before
+/// [`Identity::prune`] deletes them (90 days). Their history stays in the
+/// audit log for its retention; what is pruned is the live record every
+/// node holds in memory, which would otherwise grow for ever.
+pub const ENDED_RECORD_RETENTION_SECS: u64 = 90 * 86_400;
 
 fn session_key(user: &str, sid: &str) -> String {
     format!("{user}/{sid}")
@@ -816,6 +835,46 @@ impl Identity {
             }
         }
         write_lock(&self.revoked).retain(|_, until| *until > now);
+        // A refresh of a session exchanged for an API key finds the key
+        // gone and refuses it, as it refuses a revoked one; keeping the key
+        // a refresh-token lifetime anyway lets its listing say why.
+        let keep_keys = ENDED_RECORD_RETENTION_SECS.max(self.cfg.refresh_ttl_secs);
+        for (k, e) in self.store.list(NS_APIKEYS, "", LIST_LIMIT).await? {
+            match from_json::<ApiKeyRecord>(NS_APIKEYS, &k, &e.value) {
+                Ok(r)
+                    if r.revoked_at
+                        .is_some_and(|at| now >= at.saturating_add(keep_keys)) =>
+                {
+                    if self.delete_cached(NS_APIKEYS, &k, e.version).await? {
+                        self.cache_mut().keys.remove(&k);
+                        report.api_keys += 1;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => report.unreadable += 1,
+            }
+        }
+        for (k, e) in self.store.list(NS_ELEVATIONS, "", LIST_LIMIT).await? {
+            match from_json::<Elevation>(NS_ELEVATIONS, &k, &e.value) {
+                Ok(el) => {
+                    let ended_at = match el.status {
+                        ElevationStatus::Denied => Some(el.decided_at.unwrap_or(el.requested_at)),
+                        ElevationStatus::Expired => Some(el.expires_at.unwrap_or_else(|| {
+                            el.requested_at
+                                .saturating_add(self.cfg.elevation_request_ttl_secs)
+                        })),
+                        ElevationStatus::Pending | ElevationStatus::Approved => None,
+                    };
+                    let old = ended_at
+                        .is_some_and(|at| now >= at.saturating_add(ENDED_RECORD_RETENTION_SECS));
+                    if old && self.delete_cached(NS_ELEVATIONS, &k, e.version).await? {
+                        self.cache_mut().elevations.remove(&k);
+                        report.elevations += 1;
+                    }
+                }
+                Err(_) => report.unreadable += 1,
+            }
+        }
         report.throttle_entries = self.prune_throttle(now).await?;
         if report.deleted_any() || report.unreadable > 0 {
             self.record(
@@ -825,11 +884,13 @@ impl Identity {
                 "-",
                 Outcome::Allowed,
                 format!(
-                    "deleted {} refresh tokens, {} sessions, {} revocations, {} login throttle entries; {} unreadable left",
+                    "deleted {} refresh tokens, {} sessions, {} revocations, {} login throttle entries, {} revoked API keys, {} ended elevations; {} unreadable left",
                     report.refresh_tokens,
                     report.sessions,
                     report.revocations,
                     report.throttle_entries,
+                    report.api_keys,
+                    report.elevations,
                     report.unreadable
                 ),
                 None,
@@ -840,6 +901,26 @@ impl Identity {
 
     /// Deletes a record if it is still at `version`; a record changed
     /// meanwhile (or already gone) is left alone.
+    /// [`Identity::delete_unchanged`] for a namespace nodes cache: the
+    /// generation moves with the deletion, so other nodes reload.
+    async fn delete_cached(
+        &self,
+        ns: &str,
+        key: &str,
+        version: u64,
+    ) -> Result<bool, IdentityError> {
+        let delete = Op::Delete {
+            ns: ns.into(),
+            key: key.into(),
+            expect: Expect::Version(version),
+        };
+        match self.store.apply(vec![delete, generation_bump()]).await {
+            Ok(()) => Ok(true),
+            Err(StoreError::Conflict { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     pub(crate) async fn delete_unchanged(
         &self,
         ns: &str,

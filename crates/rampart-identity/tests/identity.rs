@@ -2470,3 +2470,66 @@ async fn parallel_wrong_passwords_do_not_outrun_the_throttle() {
     );
     assert_eq!(refused + throttled, 24);
 }
+
+#[tokio::test]
+async fn pruning_drops_long_revoked_api_keys_and_long_ended_elevations_on_every_node() {
+    const DAY: u64 = 86_400;
+    let h = harness().await;
+    let envs = ["platform", "live"];
+    h.user("max", &[Role::TeamMember], &envs).await;
+    h.user("ada", &[Role::Admin], &envs).await;
+    let max = h.login_as("max").await;
+    let ada = h.login_as("ada").await;
+    let (svc, k) = h.service_with_key("billing-svc").await;
+    let exchanged = h.id.exchange_api_key(&k.key, None).await.unwrap();
+    h.id.revoke_api_key(&h.sys, &k.info.id).await.unwrap();
+    let denied =
+        h.id.request_elevation(&max, Role::TeamAdmin, 600, "INC-1")
+            .await
+            .unwrap();
+    h.id.decide_elevation(&ada, &denied.id, false)
+        .await
+        .unwrap();
+    // Asked for and never decided: it lapses a day later.
+    let lapsed =
+        h.id.request_elevation(&max, Role::TeamAdmin, 600, "INC-2")
+            .await
+            .unwrap();
+    h.advance(DAY);
+    h.id.maintain().await.unwrap();
+    let other = h.open_again(cfg()).await;
+    let listed = |id: &Identity| {
+        let keys = id.list_api_keys(&h.sys, Some(&svc.id)).unwrap().len();
+        let els = id.list_elevations(&h.sys).unwrap();
+        (keys, els.iter().map(|e| e.id.clone()).collect::<Vec<_>>())
+    };
+    assert_eq!(listed(&other).0, 1);
+    assert_eq!(listed(&other).1.len(), 2);
+
+    // Within the retention, nothing goes.
+    h.clock
+        .set_unix_secs(T0 + rampart_identity::ENDED_RECORD_RETENTION_SECS - 1);
+    let r = h.id.prune().await.unwrap();
+    assert_eq!((r.api_keys, r.elevations), (0, 0), "{r:?}");
+    // Then the key and the denied request go; the lapsed one a day later.
+    h.clock
+        .set_unix_secs(T0 + rampart_identity::ENDED_RECORD_RETENTION_SECS);
+    let r = h.id.prune().await.unwrap();
+    assert_eq!((r.api_keys, r.elevations), (1, 1), "{r:?}");
+    assert_eq!(listed(&h.id), (0, vec![lapsed.id.clone()]));
+    // The other node drops them at its next reload.
+    assert!(other.reload().await.unwrap());
+    assert_eq!(listed(&other), (0, vec![lapsed.id.clone()]));
+    h.clock
+        .set_unix_secs(T0 + rampart_identity::ENDED_RECORD_RETENTION_SECS + DAY);
+    assert_eq!(h.id.prune().await.unwrap().elevations, 1);
+    assert!(listed(&h.id).1.is_empty());
+    // A key gone is as refused as a revoked one, and so is the session
+    // exchanged for it.
+    assert!(h.id.verify_api_key(&k.key, None).await.is_err());
+    assert!(h.id.refresh(&exchanged.refresh_token, None).await.is_err());
+    assert!(h
+        .audited("identity.prune", Outcome::Allowed)
+        .iter()
+        .any(|r| r.contains("1 revoked API keys, 1 ended elevations")));
+}
