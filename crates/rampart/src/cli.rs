@@ -200,8 +200,10 @@ pub struct AuditFilter {
 pub enum KeysCommand {
     /// Create a key.
     Create {
+        /// The environment.
         #[arg(long)]
         env: String,
+        /// The key's name.
         name: String,
         /// Days between automatic rotations [default 365].
         #[arg(long)]
@@ -209,35 +211,49 @@ pub enum KeysCommand {
     },
     /// List keys.
     List {
+        /// The environment.
         #[arg(long)]
         env: String,
     },
     /// Show a key and its versions.
     Describe {
+        /// The environment.
         #[arg(long)]
         env: String,
+        /// The key's name.
         name: String,
     },
     /// Make a new version the one that encrypts.
     Rotate {
+        /// The environment.
         #[arg(long)]
         env: String,
+        /// The key's name.
         name: String,
     },
-    /// Encrypt text; prints the ciphertext (base64).
+    /// Encrypt bytes read from an environment variable, a file or standard
+    /// input (never the command line); prints the ciphertext (base64).
     Encrypt {
+        /// The environment.
         #[arg(long)]
         env: String,
+        /// The key's name.
         name: String,
-        /// The plaintext.
+        /// Read the plaintext from this environment variable.
+        #[arg(long, value_name = "VAR", conflicts_with = "from_file")]
+        plaintext_env: Option<String>,
+        /// Read the plaintext from this file (any bytes). Without this or
+        /// --plaintext-env, standard input is read to its end.
         #[arg(long)]
-        plaintext: String,
+        from_file: Option<PathBuf>,
         /// Encryption context, KEY=VALUE (repeat).
         #[arg(long, value_parser = parse_kv)]
         context: Vec<(String, String)>,
     },
-    /// Decrypt a ciphertext (base64); prints the plaintext.
+    /// Decrypt a ciphertext (base64); writes the plaintext's bytes to
+    /// standard output as they are (a newline after them on a terminal).
     Decrypt {
+        /// The environment.
         #[arg(long)]
         env: String,
         /// The ciphertext, base64.
@@ -249,16 +265,21 @@ pub enum KeysCommand {
     },
     /// Schedule the key's destruction after 7 to 30 days.
     ScheduleDeletion {
+        /// The environment.
         #[arg(long)]
         env: String,
+        /// The key's name.
         name: String,
+        /// Days until the material is destroyed (7 to 30).
         #[arg(long, default_value_t = 7)]
         days: u32,
     },
     /// Cancel a scheduled destruction.
     CancelDeletion {
+        /// The environment.
         #[arg(long)]
         env: String,
+        /// The key's name.
         name: String,
     },
 }
@@ -268,10 +289,13 @@ pub enum KeysCommand {
 pub enum SecretsCommand {
     /// Store a new version of a secret, read from an environment variable or a file.
     Put {
+        /// The environment.
         #[arg(long)]
         env: String,
+        /// The service.
         #[arg(long)]
         service: String,
+        /// The secret's name.
         name: String,
         /// Read the value from this environment variable.
         #[arg(long, value_name = "VAR", conflicts_with = "from_file")]
@@ -285,37 +309,50 @@ pub enum SecretsCommand {
     },
     /// Print a secret (latest or --version).
     Get {
+        /// The environment.
         #[arg(long)]
         env: String,
+        /// The service.
         #[arg(long)]
         service: String,
+        /// The secret's name.
         name: String,
+        /// A version number instead of the latest.
         #[arg(long)]
         version: Option<u32>,
     },
     /// List a service's secrets (names and versions, never values).
     List {
+        /// The environment.
         #[arg(long)]
         env: String,
+        /// The service.
         #[arg(long)]
         service: String,
     },
     /// Delete a secret, recoverable for 7 to 30 days.
     Delete {
+        /// The environment.
         #[arg(long)]
         env: String,
+        /// The service.
         #[arg(long)]
         service: String,
+        /// The secret's name.
         name: String,
+        /// Days it stays recoverable (7 to 30) [default 7].
         #[arg(long)]
         recovery_days: Option<u32>,
     },
     /// Rotate a secret now (PostgreSQL passwords: ALTER ROLE, check, store).
     Rotate {
+        /// The environment.
         #[arg(long)]
         env: String,
+        /// The service.
         #[arg(long)]
         service: String,
+        /// The secret's name.
         name: String,
     },
 }
@@ -325,6 +362,7 @@ pub enum SecretsCommand {
 pub enum UsersCommand {
     /// Create a user (or, with --service, a service principal).
     Create {
+        /// The name it logs in with.
         name: String,
         /// A role: admin, team_admin, team_member, individual (repeat; a
         /// service may have none: keys policies name it as service:NAME).

@@ -3,6 +3,7 @@
 //! writes the audit log.
 
 use std::collections::BTreeMap;
+use std::io::{IsTerminal, Read, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -174,9 +175,24 @@ pub fn keys(client: &ClientArgs, cmd: KeysCommand) -> Result<(), CliError> {
         KeysCommand::Encrypt {
             env,
             name,
-            plaintext,
+            plaintext_env,
+            from_file,
             context: ctx,
         } => {
+            let plaintext = Zeroizing::new(match (plaintext_env, from_file) {
+                (Some(var), _) => std::env::var(&var)
+                    .map_err(|_| CliError::Input(format!("environment variable {var} is not set")))?
+                    .into_bytes(),
+                (None, Some(f)) => std::fs::read(&f)
+                    .map_err(|e| CliError::Input(format!("{}: {e}", f.display())))?,
+                (None, None) => {
+                    let mut buf = Vec::new();
+                    std::io::stdin()
+                        .read_to_end(&mut buf)
+                        .map_err(|e| CliError::Input(format!("standard input: {e}")))?;
+                    buf
+                }
+            });
             let v = c.call(
                 "POST",
                 &format!(
@@ -184,9 +200,7 @@ pub fn keys(client: &ClientArgs, cmd: KeysCommand) -> Result<(), CliError> {
                     seg("environment", &env)?,
                     seg("key", &name)?
                 ),
-                Some(
-                    json!({"plaintext": B64.encode(plaintext.as_bytes()), "context": context(ctx)}),
-                ),
+                Some(json!({"plaintext": B64.encode(&*plaintext), "context": context(ctx)})),
             )?;
             println!("{}", jf(&v, "ciphertext").as_str().unwrap_or_default());
             return Ok(());
@@ -205,7 +219,12 @@ pub fn keys(client: &ClientArgs, cmd: KeysCommand) -> Result<(), CliError> {
                 B64.decode(jf(&v, "plaintext").as_str().unwrap_or_default())
                     .map_err(|e| CliError::Runtime(e.to_string()))?,
             );
-            println!("{}", String::from_utf8_lossy(&plain));
+            let mut out = std::io::stdout().lock();
+            let tty = out.is_terminal();
+            out.write_all(&plain)
+                .and_then(|()| if tty { out.write_all(b"\n") } else { Ok(()) })
+                .and_then(|()| out.flush())
+                .map_err(|e| CliError::Runtime(format!("standard output: {e}")))?;
             return Ok(());
         }
         KeysCommand::ScheduleDeletion { env, name, days } => c.call(

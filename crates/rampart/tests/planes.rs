@@ -633,3 +633,88 @@ fn a_key_operation_is_one_record_and_a_refused_call_is_still_on_record() {
     let access = events("tier=api-access");
     assert_eq!(with_id(&access, &dec_id), 1, "{access:?}");
 }
+
+/// `keys encrypt` takes the plaintext from standard input, a file or an
+/// environment variable, never the command line (where `ps` and shell
+/// history would keep it); `keys decrypt` gives back the exact bytes.
+#[test]
+fn keys_cli_encrypts_bytes_from_stdin_or_a_file_and_decrypts_them_exactly() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let (r, admin, srv) = node();
+    let cli = |args: &[&str]| {
+        let mut c = r.cmd(args);
+        c.env("RAMPART_TOKEN", &admin)
+            .env("RAMPART_ADDR", srv.base())
+            .env("RAMPART_DATA_DIR", r.path("data"));
+        c
+    };
+    let decrypt = |ct: &str| {
+        let out = cli(&[
+            "keys",
+            "decrypt",
+            "--env",
+            "prod",
+            "--ciphertext",
+            ct,
+            "--context",
+            "tenant=acme",
+        ])
+        .output()
+        .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        out.stdout
+    };
+    let encrypt = ["keys", "encrypt", "--env", "prod", "api-data"];
+
+    // Any bytes, through standard input.
+    let bytes: Vec<u8> = (0..=255u8).chain(*b"\n\0tail").collect();
+    let mut child = cli(&[&encrypt[..], &["--context", "tenant=acme"]].concat())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&bytes).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ct = stdout(&out).trim().to_string();
+    assert_eq!(decrypt(&ct), bytes);
+
+    // From a file, and from an environment variable.
+    std::fs::write(r.path("card.bin"), b"card 4111\xff").unwrap();
+    let out = cli(&[
+        &encrypt[..],
+        &["--from-file", "card.bin", "--context", "tenant=acme"],
+    ]
+    .concat())
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(decrypt(stdout(&out).trim()), b"card 4111\xff");
+    let out = cli(&[
+        &encrypt[..],
+        &["--plaintext-env", "CARD", "--context", "tenant=acme"],
+    ]
+    .concat())
+    .env("CARD", "card 5500")
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(decrypt(stdout(&out).trim()), b"card 5500");
+
+    // Not on the command line; a variable that is not set is named.
+    let argv = cli(&[&encrypt[..], &["--plaintext", "card 4111"]].concat())
+        .output()
+        .unwrap();
+    assert_eq!(argv.status.code(), Some(2), "{}", stderr(&argv));
+    let unset = cli(&[&encrypt[..], &["--plaintext-env", "NOT_SET_ANYWHERE"]].concat())
+        .output()
+        .unwrap();
+    assert_eq!(unset.status.code(), Some(2), "{}", stderr(&unset));
+    assert!(
+        stderr(&unset).contains("NOT_SET_ANYWHERE"),
+        "{}",
+        stderr(&unset)
+    );
+}
