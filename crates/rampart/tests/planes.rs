@@ -84,6 +84,12 @@ fn keys_through_the_api_allow_deny_and_refuse_bad_input() {
         json!({"ciphertext": ciphertext, "context": {"tenant": "acme"}}),
     );
     assert_eq!(pt.json()["plaintext"], b64("card 4111"));
+    // Base64 that is no ciphertext names the field too.
+    for path in ["/v1/keys/prod/decrypt", "/v1/keys/prod/rewrap"] {
+        let junk = srv.post(path, t, json!({"ciphertext": b64("not a ciphertext")}));
+        assert_eq!(junk.status, 400, "{}", junk.body);
+        assert_eq!(junk.json()["error"]["field"], "ciphertext", "{}", junk.body);
+    }
 
     // A value out of range is refused with the field named.
     let window = srv.post(

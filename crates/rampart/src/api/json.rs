@@ -63,9 +63,21 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
                 } else {
                     inner.to_string()
                 };
+                // A missing field is reported at its object's path: name
+                // the field itself.
+                let missing = message
+                    .strip_prefix("missing field `")
+                    .and_then(|rest| rest.split_once('`'))
+                    .map(|(name, _)| name.to_owned());
+                let field = match (path.as_str(), missing) {
+                    (".", None) => None,
+                    (".", Some(name)) => Some(name),
+                    (_, None) => Some(path),
+                    (_, Some(name)) => Some(format!("{path}.{name}")),
+                };
                 let mut err = ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", message);
-                if path != "." {
-                    err = err.with_field(path);
+                if let Some(field) = field {
+                    err = err.with_field(field);
                 }
                 Err(err)
             }
@@ -232,5 +244,48 @@ mod tests {
             body_json(B64Json::results(0).finish_results()).await,
             serde_json::json!({ "results": [] })
         );
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Outer {
+        name: String,
+        inner: Option<Inner>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Inner {
+        id: u32,
+    }
+
+    async fn field_of(body: &str) -> Option<String> {
+        let req = Request::builder()
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(axum::body::Body::from(body.to_owned()))
+            .unwrap();
+        match ApiJson::<Outer>::from_request(req, &()).await {
+            Ok(_) => panic!("{body} parsed"),
+            Err(e) => body_json(e.into_response()).await["error"]["field"]
+                .as_str()
+                .map(str::to_owned),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_missing_field_is_named_where_it_is_missing() {
+        assert_eq!(field_of("{}").await.as_deref(), Some("name"));
+        assert_eq!(
+            field_of(r#"{"name":"a","inner":{}}"#).await.as_deref(),
+            Some("inner.id")
+        );
+        assert_eq!(field_of(r#"{"name":5}"#).await.as_deref(), Some("name"));
+        assert_eq!(
+            field_of(r#"{"name":"a","extra":1}"#).await.as_deref(),
+            Some("extra")
+        );
+        assert_eq!(field_of("[").await, None);
     }
 }

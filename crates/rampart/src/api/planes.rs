@@ -208,7 +208,12 @@ async fn decrypt(
 ) -> Result<Recorded<B64Json>, ApiError> {
     let c = caller(&who, &meta, &env)?;
     let ct = b64("ciphertext", &body.ciphertext)?;
-    let plain = st.planes()?.keys.decrypt(&c, &ct, &body.context).await?;
+    let plain = st
+        .planes()?
+        .keys
+        .decrypt(&c, &ct, &body.context)
+        .await
+        .map_err(ciphertext_error)?;
     Ok(Recorded(B64Json::object(&[("plaintext", plain.expose())])))
 }
 
@@ -221,8 +226,25 @@ async fn rewrap(
 ) -> Result<Recorded<B64Json>, ApiError> {
     let c = caller(&who, &meta, &env)?;
     let ct = b64("ciphertext", &body.ciphertext)?;
-    let out = st.planes()?.keys.rewrap(&c, &ct, &body.context).await?;
+    let out = st
+        .planes()?
+        .keys
+        .rewrap(&c, &ct, &body.context)
+        .await
+        .map_err(ciphertext_error)?;
     Ok(Recorded(B64Json::object(&[("ciphertext", &out)])))
+}
+
+/// A keys error of a call whose one ciphertext is the body's `ciphertext`:
+/// a malformed one names that field.
+fn ciphertext_error(e: rampart_keys::KeysError) -> ApiError {
+    let malformed = matches!(e, rampart_keys::KeysError::Malformed(_));
+    let err = ApiError::from(e);
+    if malformed {
+        err.with_field("ciphertext")
+    } else {
+        err
+    }
 }
 
 #[derive(Deserialize)]
