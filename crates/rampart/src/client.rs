@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -179,20 +180,7 @@ pub fn keys(client: &ClientArgs, cmd: KeysCommand) -> Result<(), CliError> {
             from_file,
             context: ctx,
         } => {
-            let plaintext = Zeroizing::new(match (plaintext_env, from_file) {
-                (Some(var), _) => std::env::var(&var)
-                    .map_err(|_| CliError::Input(format!("environment variable {var} is not set")))?
-                    .into_bytes(),
-                (None, Some(f)) => std::fs::read(&f)
-                    .map_err(|e| CliError::Input(format!("{}: {e}", f.display())))?,
-                (None, None) => {
-                    let mut buf = Vec::new();
-                    std::io::stdin()
-                        .read_to_end(&mut buf)
-                        .map_err(|e| CliError::Input(format!("standard input: {e}")))?;
-                    buf
-                }
-            });
+            let plaintext = secret_input(plaintext_env, from_file)?.map_or_else(stdin_input, Ok)?;
             let v = c.call(
                 "POST",
                 &format!(
@@ -262,6 +250,32 @@ fn secret_path(env: &str, service: &str, name: Option<&str>) -> Result<String, C
     Ok(p)
 }
 
+/// A secret input named by an environment variable or a file (the
+/// variable first), or `None` when neither is given.
+fn secret_input(
+    var: Option<String>,
+    file: Option<PathBuf>,
+) -> Result<Option<Zeroizing<Vec<u8>>>, CliError> {
+    Ok(Some(Zeroizing::new(match (var, file) {
+        (Some(var), _) => std::env::var(&var)
+            .map_err(|_| CliError::Input(format!("environment variable {var} is not set")))?
+            .into_bytes(),
+        (None, Some(f)) => {
+            std::fs::read(&f).map_err(|e| CliError::Input(format!("{}: {e}", f.display())))?
+        }
+        (None, None) => return Ok(None),
+    })))
+}
+
+/// Standard input, read to its end.
+fn stdin_input() -> Result<Zeroizing<Vec<u8>>, CliError> {
+    let mut buf = Zeroizing::new(Vec::new());
+    std::io::stdin()
+        .read_to_end(&mut buf)
+        .map_err(|e| CliError::Input(format!("standard input: {e}")))?;
+    Ok(buf)
+}
+
 pub fn secrets(client: &ClientArgs, cmd: SecretsCommand) -> Result<(), CliError> {
     let c = Client::new(client)?;
     let v = match cmd {
@@ -273,18 +287,11 @@ pub fn secrets(client: &ClientArgs, cmd: SecretsCommand) -> Result<(), CliError>
             from_file,
             kind,
         } => {
-            let value = Zeroizing::new(match (value_env, from_file) {
-                (Some(var), None) => std::env::var(&var)
-                    .map_err(|_| CliError::Input(format!("environment variable {var} is not set")))?
-                    .into_bytes(),
-                (None, Some(f)) => std::fs::read(&f)
-                    .map_err(|e| CliError::Input(format!("{}: {e}", f.display())))?,
-                _ => {
-                    return Err(CliError::Input(
-                        "give the value with --value-env VAR or --from-file FILE (never on the command line)".into(),
-                    ))
-                }
-            });
+            let value = secret_input(value_env, from_file)?.ok_or_else(|| {
+                CliError::Input(
+                    "give the value with --value-env VAR or --from-file FILE (never on the command line)".into(),
+                )
+            })?;
             c.call(
                 "PUT",
                 &secret_path(&env, &service, Some(&name))?,
