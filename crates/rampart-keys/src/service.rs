@@ -1132,45 +1132,8 @@ impl KeyService {
         caller: &Caller,
         items: &[(Vec<u8>, Context)],
     ) -> Vec<Result<SecretBytes, KeysError>> {
-        let action = "keys:decrypt";
-        let parsed = parse_batch(items);
-        let targets: Vec<Option<BatchTarget<'_>>> = parsed
-            .iter()
-            .zip(items)
-            .map(|(p, (_, context))| {
-                p.as_ref().ok().map(|p| BatchTarget {
-                    env: p.environment,
-                    name: p.key,
-                    context,
-                })
-            })
-            .collect();
-        let decided = self.authorise_batch(caller, action, &targets).await;
-        let mut out = Vec::with_capacity(items.len());
-        let mut failures = Vec::new();
-        let mut keys = BatchKeys::default();
-        let mut aad = Vec::new();
-        for (i, ((p, (_, context)), decision)) in
-            parsed.into_iter().zip(items).zip(decided).enumerate()
-        {
-            let p = match (p, decision) {
-                (Err(e), _) | (Ok(_), Err(e)) => {
-                    out.push(Err(e));
-                    continue;
-                }
-                (Ok(p), Ok(())) => p,
-            };
-            let res = match self.load_for_batch(&mut keys, p.environment, p.key).await {
-                Ok(l) => Self::open_with(l, &p, context, &mut aad),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = &res {
-                failures.push((i, p.environment, p.key, e.to_string()));
-            }
-            out.push(res);
-        }
-        self.record_batch_errors(caller, action, failures).await;
-        out
+        self.ciphertext_batch(caller, "keys:decrypt", items, Self::open_with)
+            .await
     }
 
     /// Generates many data keys under one key; one result per context, in order.
@@ -1238,7 +1201,29 @@ impl KeyService {
         caller: &Caller,
         items: &[(Vec<u8>, Context)],
     ) -> Vec<Result<Vec<u8>, KeysError>> {
-        let action = "keys:rewrap";
+        self.ciphertext_batch(caller, "keys:rewrap", items, |loaded, p, context, aad| {
+            let plain = Self::open_with(loaded, p, context, aad)?;
+            Self::seal_with(loaded, plain.expose(), context, aad)
+        })
+        .await
+    }
+
+    /// A batch call over ciphertexts: each is parsed, decided by policy as
+    /// `action` on the key it names (see [`KeyService::authorise_batch`]),
+    /// and given with that key to `op`; failures after the decision are
+    /// recorded together.
+    async fn ciphertext_batch<T>(
+        &self,
+        caller: &Caller,
+        action: &'static str,
+        items: &[(Vec<u8>, Context)],
+        mut op: impl FnMut(
+            &Loaded,
+            &ciphertext::Parsed<'_>,
+            &Context,
+            &mut Vec<u8>,
+        ) -> Result<T, KeysError>,
+    ) -> Vec<Result<T, KeysError>> {
         let parsed = parse_batch(items);
         let targets: Vec<Option<BatchTarget<'_>>> = parsed
             .iter()
@@ -1266,12 +1251,10 @@ impl KeyService {
                 }
                 (Ok(p), Ok(())) => p,
             };
-            let res = async {
-                let loaded = self.load_for_batch(&mut keys, p.environment, p.key).await?;
-                let plain = Self::open_with(loaded, &p, context, &mut aad)?;
-                Self::seal_with(loaded, plain.expose(), context, &mut aad)
-            }
-            .await;
+            let res = match self.load_for_batch(&mut keys, p.environment, p.key).await {
+                Ok(loaded) => op(loaded, &p, context, &mut aad),
+                Err(e) => Err(e),
+            };
             if let Err(e) = &res {
                 failures.push((i, p.environment, p.key, e.to_string()));
             }
