@@ -374,6 +374,22 @@ async fn encrypt_batch(
     }))
 }
 
+/// The items of a batch of ciphertexts, decoded; the first bad one named.
+fn ciphertext_items(
+    body: CiphertextBatchBody,
+) -> Result<Vec<(Vec<u8>, rampart_keys::Context)>, ApiError> {
+    batch_size("items", body.items.len())?;
+    let cts = b64_items(
+        "ciphertext",
+        body.items.iter().map(|i| i.ciphertext.as_str()),
+    )?;
+    Ok(cts
+        .into_iter()
+        .zip(body.items)
+        .map(|(ct, i)| (ct, i.context))
+        .collect())
+}
+
 async fn decrypt_batch(
     State(st): State<SharedState>,
     who: Authenticated,
@@ -382,16 +398,7 @@ async fn decrypt_batch(
     ApiJson(body): ApiJson<CiphertextBatchBody>,
 ) -> Result<Response, ApiError> {
     let c = caller(&who, &meta, &env)?;
-    batch_size("items", body.items.len())?;
-    let cts = b64_items(
-        "ciphertext",
-        body.items.iter().map(|i| i.ciphertext.as_str()),
-    )?;
-    let items: Vec<(Vec<u8>, BTreeMap<String, String>)> = cts
-        .into_iter()
-        .zip(body.items)
-        .map(|(ct, i)| (ct, i.context))
-        .collect();
+    let items = ciphertext_items(body)?;
     let out = st.planes()?.keys.decrypt_batch(&c, &items).await;
     let bytes = items.iter().map(|(ct, _)| ct.len()).sum();
     Ok(batch_results(out, bytes, |pt, j| {
@@ -407,16 +414,7 @@ async fn rewrap_batch(
     ApiJson(body): ApiJson<CiphertextBatchBody>,
 ) -> Result<Response, ApiError> {
     let c = caller(&who, &meta, &env)?;
-    batch_size("items", body.items.len())?;
-    let cts = b64_items(
-        "ciphertext",
-        body.items.iter().map(|i| i.ciphertext.as_str()),
-    )?;
-    let items: Vec<(Vec<u8>, BTreeMap<String, String>)> = cts
-        .into_iter()
-        .zip(body.items)
-        .map(|(ct, i)| (ct, i.context))
-        .collect();
+    let items = ciphertext_items(body)?;
     let out = st.planes()?.keys.rewrap_batch(&c, &items).await;
     let bytes = items.iter().map(|(ct, _)| ct.len()).sum();
     Ok(batch_results(out, bytes, |ct, j| {
