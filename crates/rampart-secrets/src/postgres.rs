@@ -5,11 +5,19 @@
 //! The server is sent a SCRAM-SHA-256 verifier of the new password (with a
 //! fresh salt), never the password itself, so its statement logs and
 //! statistics do not hold it.
+//!
+//! Credentials never cross an unencrypted connection to another machine:
+//! a server that is not on loopback is reached over TLS only, its
+//! certificate checked against the CA the secret names (`tls_ca`) and its
+//! name against `host`, with SCRAM channel binding required, so that a
+//! machine in the middle can neither ask for the password in the clear nor
+//! relay the login.
 
 use std::time::Duration;
 
 use rampart_crypto::random_array;
 use serde::{Deserialize, Serialize};
+use tokio_postgres::config::{ChannelBinding, SslMode};
 use tokio_postgres::{Config, NoTls};
 use zeroize::Zeroize;
 
@@ -17,7 +25,9 @@ use zeroize::Zeroize;
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresSecret {
-    /// Server host (loopback needs no TLS; TLS is not supported yet).
+    /// Server host: a name or address. One that is not loopback
+    /// (`localhost`, `127.0.0.0/8`, `::1`) is reached only over TLS, and
+    /// must then be the name the server's certificate carries.
     pub host: String,
     /// Server port.
     pub port: u16,
@@ -29,6 +39,12 @@ pub struct PostgresSecret {
     pub password: String,
     /// How to reach the server as a role allowed to `ALTER ROLE` it.
     pub admin: PostgresAdmin,
+    /// The CA certificate(s), PEM, that sign the server's certificate. Given,
+    /// every connection is TLS (1.2 or 1.3) with the certificate and host
+    /// name checked and SCRAM channel binding required; needed unless the
+    /// host is loopback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<String>,
 }
 
 /// The admin credentials rotation uses.
@@ -85,6 +101,50 @@ pub(crate) fn shape_error(e: &serde_json::Error) -> String {
         e.line(),
         e.column()
     )
+}
+
+impl PostgresSecret {
+    /// Checks how the server would be reached: a host that is not loopback
+    /// needs `tls_ca`, and `tls_ca` must hold a usable CA certificate.
+    /// The error names the field and quotes nothing of the value.
+    pub fn check_transport(&self) -> Result<(), (&'static str, String)> {
+        match &self.tls_ca {
+            Some(pem) => tls_config(pem).map(|_| ()).map_err(|e| ("tls_ca", e)),
+            None if is_loopback(&self.host) => Ok(()),
+            None => Err((
+                "tls_ca",
+                "the host is not loopback: give tls_ca, the PEM of the CA that signs the server's certificate (credentials are never sent over an unencrypted connection to another machine)".into(),
+            )),
+        }
+    }
+}
+
+/// Whether `host` names this machine: `localhost` or a loopback address.
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A TLS client configuration trusting only the CA certificates in `pem`.
+fn tls_config(pem: &str) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        let cert = cert.map_err(|_| "not valid PEM".to_owned())?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("not a usable CA certificate: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("no PEM certificate in it".into());
+    }
+    Ok(rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 /// The steps of a rotation, named in errors and audit records.
@@ -155,25 +215,52 @@ fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
+/// Logs in to `target`'s server as `user`, over TLS as
+/// [`PostgresSecret::check_transport`] demands.
 async fn connect(
-    host: &str,
-    port: u16,
-    dbname: &str,
+    target: &PostgresSecret,
     user: &str,
     password: &str,
-) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+) -> Result<tokio_postgres::Client, String> {
+    target
+        .check_transport()
+        .map_err(|(field, why)| format!("{field}: {why}"))?;
     let mut cfg = Config::new();
-    cfg.host(host)
-        .port(port)
-        .dbname(dbname)
+    cfg.host(&target.host)
+        .port(target.port)
+        .dbname(&target.dbname)
         .user(user)
         .password(password)
         .connect_timeout(Duration::from_secs(10));
-    let (client, connection) = cfg.connect(NoTls).await?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
+    let client = match &target.tls_ca {
+        Some(pem) => {
+            cfg.ssl_mode(SslMode::Require)
+                .channel_binding(ChannelBinding::Require);
+            let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls_config(pem)?);
+            let (client, connection) = cfg.connect(tls).await.map_err(|e| describe(&e))?;
+            tokio::spawn(connection);
+            client
+        }
+        None => {
+            cfg.ssl_mode(SslMode::Disable);
+            let (client, connection) = cfg.connect(NoTls).await.map_err(|e| describe(&e))?;
+            tokio::spawn(connection);
+            client
+        }
+    };
     Ok(client)
+}
+
+/// An error with its causes (a TLS failure is in the source chain).
+fn describe(e: &tokio_postgres::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
 }
 
 /// Sets `target.user`'s password to `password` through the admin role.
@@ -183,15 +270,9 @@ pub(crate) async fn set_password(
     admin_password: &str,
     password: &str,
 ) -> Result<(), String> {
-    let client = connect(
-        &target.host,
-        target.port,
-        &target.dbname,
-        admin_user,
-        admin_password,
-    )
-    .await
-    .map_err(|e| format!("admin login as {admin_user}: {e}"))?;
+    let client = connect(target, admin_user, admin_password)
+        .await
+        .map_err(|e| format!("admin login as {admin_user}: {e}"))?;
     // The server is sent a SCRAM-SHA-256 verifier (fresh salt), never the
     // password: statement logs, `pg_stat_activity` and
     // `pg_stat_statements` on the server see only the verifier, as with
@@ -211,15 +292,9 @@ pub(crate) async fn set_password(
 
 /// Logs in as `target.user` with `password` and runs `SELECT 1`.
 pub(crate) async fn check_login(target: &PostgresSecret, password: &str) -> Result<(), String> {
-    let client = connect(
-        &target.host,
-        target.port,
-        &target.dbname,
-        &target.user,
-        password,
-    )
-    .await
-    .map_err(|e| format!("login as {}: {e}", target.user))?;
+    let client = connect(target, &target.user, password)
+        .await
+        .map_err(|e| format!("login as {}: {e}", target.user))?;
     client
         .simple_query("SELECT 1")
         .await
@@ -238,6 +313,30 @@ mod tests {
         assert_eq!(a.len(), 40);
         assert!(a.bytes().all(|c| c.is_ascii_alphanumeric()));
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        for h in [
+            "localhost",
+            "LOCALHOST",
+            "127.0.0.1",
+            "127.8.9.10",
+            "::1",
+            "[::1]",
+        ] {
+            assert!(is_loopback(h), "{h}");
+        }
+        for h in [
+            "db",
+            "localhost.evil.example",
+            "10.0.0.1",
+            "::ffff:10.0.0.1",
+            "0.0.0.0",
+            "",
+        ] {
+            assert!(!is_loopback(h), "{h}");
+        }
     }
 
     #[test]

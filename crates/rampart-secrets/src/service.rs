@@ -378,6 +378,8 @@ impl SecretService {
         if kind == SecretKind::Postgres {
             let pg = serde_json::from_slice::<PostgresSecret>(value)
                 .map_err(|e| SecretsError::InvalidRequest(postgres::shape_error(&e)))?;
+            pg.check_transport()
+                .map_err(|(field, message)| SecretsError::InvalidField { field, message })?;
             if let PostgresAdmin::Secret { name: admin } = &pg.admin {
                 valid_name(admin)?;
                 admin_secret = Some(admin.clone());

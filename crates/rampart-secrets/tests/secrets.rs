@@ -532,6 +532,7 @@ fn app_secret(pg: &PgUrl, role: &str, password: &str, admin: PostgresAdmin) -> V
         user: role.into(),
         password: password.into(),
         admin,
+        tls_ca: None,
     };
     serde_json::to_vec(&s).unwrap()
 }
@@ -889,6 +890,7 @@ fn unreachable_pg(admin: PostgresAdmin) -> Vec<u8> {
         user: "app".into(),
         password: "old-password".into(),
         admin,
+        tls_ca: None,
     })
     .unwrap()
 }
@@ -1266,6 +1268,7 @@ async fn a_rotation_whose_version_number_a_write_took_stops_before_the_server() 
             user: "admin".into(),
             password: "admin-pw".into(),
         },
+        tls_ca: None,
     })
     .unwrap();
     let s = k.secrets.clone();
@@ -1325,4 +1328,149 @@ async fn a_purge_that_races_another_node_skips_what_that_node_purged() {
     assert_eq!(s.purge_due(now).await.unwrap().len(), 2);
     h.release();
     assert_eq!(stale.await.unwrap().unwrap(), Vec::<String>::new());
+}
+
+/// A secret naming a server on another machine must say which CA signs
+/// its certificate: credentials never go there over plain TCP.
+#[tokio::test]
+async fn a_postgres_secret_off_loopback_needs_a_ca_and_a_usable_one() {
+    let k = kit().await;
+    let s = &k.secrets;
+    let secret = |host: &str, tls_ca: Option<&str>| {
+        serde_json::to_vec(&PostgresSecret {
+            host: host.into(),
+            port: 5432,
+            dbname: "app".into(),
+            user: "app".into(),
+            password: "pw".into(),
+            admin: PostgresAdmin::Inline {
+                user: "admin".into(),
+                password: "admin-pw".into(),
+            },
+            tls_ca: tls_ca.map(str::to_owned),
+        })
+        .unwrap()
+    };
+    for host in [
+        "db.internal",
+        "10.0.0.5",
+        "::ffff:10.0.0.5",
+        "[2001:db8::1]",
+    ] {
+        match s
+            .put(
+                &ops(),
+                "payments",
+                "db",
+                &secret(host, None),
+                SecretKind::Postgres,
+            )
+            .await
+        {
+            Err(SecretsError::InvalidField { field, message }) => {
+                assert_eq!(field, "tls_ca");
+                assert!(message.contains("not loopback"), "{message}");
+            }
+            other => panic!("{host}: {other:?}"),
+        }
+    }
+    let junk = "-----BEGIN CERTIFICATE-----\nc2VjcmV0LWlzaA==\n-----END CERTIFICATE-----\n";
+    for ca in ["hunter2", junk] {
+        match s
+            .put(
+                &ops(),
+                "payments",
+                "db",
+                &secret("db.internal", Some(ca)),
+                SecretKind::Postgres,
+            )
+            .await
+        {
+            Err(
+                e @ SecretsError::InvalidField {
+                    field: "tls_ca", ..
+                },
+            ) => {
+                assert!(!e.to_string().contains("hunter2"), "{e}");
+            }
+            other => panic!("{ca}: {other:?}"),
+        }
+    }
+    // Loopback may go without TLS, as before.
+    for host in ["127.0.0.1", "localhost", "::1"] {
+        s.put(
+            &ops(),
+            "payments",
+            "db",
+            &secret(host, None),
+            SecretKind::Postgres,
+        )
+        .await
+        .unwrap();
+    }
+}
+
+/// Rotation over TLS: with the CA that signed the server's certificate it
+/// goes through (channel binding required); with another CA the server is
+/// not trusted, nothing is sent, and the old password stays current.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_rotation_over_tls_checks_the_servers_certificate() {
+    let Some(pg) = pg_url() else { return };
+    let (Ok(ca), Ok(other_ca)) = (
+        std::env::var("RAMPART_TEST_PG_CA"),
+        std::env::var("RAMPART_TEST_PG_OTHER_CA"),
+    ) else {
+        println!("SKIP: RAMPART_TEST_PG_CA is not set; run under scripts/with-postgres");
+        return;
+    };
+    let ca = std::fs::read_to_string(ca).unwrap();
+    let other_ca = std::fs::read_to_string(other_ca).unwrap();
+    let k = kit().await;
+    let s = &k.secrets;
+    let role = format!("tls_{}", T0 % 100_000 + u64::from(std::process::id()));
+    admin_exec(
+        &pg,
+        &format!("DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN PASSWORD 'initial-pw'"),
+    )
+    .await;
+    let value = |tls_ca: &str| {
+        serde_json::to_vec(&PostgresSecret {
+            // The name the server's certificate carries.
+            host: "localhost".into(),
+            port: pg.port,
+            dbname: "postgres".into(),
+            user: role.clone(),
+            password: "initial-pw".into(),
+            admin: PostgresAdmin::Inline {
+                user: pg.user.clone(),
+                password: pg.password.clone(),
+            },
+            tls_ca: Some(tls_ca.to_owned()),
+        })
+        .unwrap()
+    };
+
+    s.put(
+        &ops(),
+        "payments",
+        "db",
+        &value(&other_ca),
+        SecretKind::Postgres,
+    )
+    .await
+    .unwrap();
+    let refused = s.rotate(&ops(), "payments", "db").await;
+    let msg = format!("{refused:?}");
+    assert!(refused.is_err() && msg.contains("certificate"), "{msg}");
+    assert!(!msg.contains(&pg.password), "{msg}");
+    assert!(login(&pg, &role, "initial-pw").await, "old password kept");
+
+    s.put(&ops(), "payments", "db", &value(&ca), SecretKind::Postgres)
+        .await
+        .unwrap();
+    let v = s.rotate(&ops(), "payments", "db").await.unwrap();
+    let new = s.get(&ops(), "payments", "db", Some(v)).await.unwrap();
+    let pw = password_of(&new);
+    assert!(login(&pg, &role, &pw).await, "new password works");
+    assert!(!login(&pg, &role, "initial-pw").await);
 }
