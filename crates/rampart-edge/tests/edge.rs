@@ -191,6 +191,34 @@ async fn forwarded_headers_request_id_and_hop_by_hop() {
 }
 
 #[tokio::test]
+async fn forged_forwarding_headers_and_edge_headers_never_reach_the_service() {
+    let a = upstream("a").await;
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], ROOT), |_| {}).await;
+    let forged = [
+        ("x-real-ip", "127.0.0.1"),
+        ("forwarded", "for=127.0.0.1;proto=https;host=admin.internal"),
+        ("x-forwarded-host", "evil.test"),
+        ("x-forwarded-port", "8443"),
+        ("x-forwarded-prefix", "/admin"),
+        ("x-original-url", "/admin/users"),
+        ("x-rewrite-url", "/admin/users"),
+        ("true-client-ip", "10.0.0.1"),
+        ("x-client-ip", "10.0.0.1"),
+        ("x-rampart-principal", "admin"),
+        ("x-rampart-roles", "admin"),
+    ];
+    let r = edge.https_with("GET", "api.test", "/", &forged).await;
+    assert_eq!(r.status, StatusCode::OK);
+    for (name, _) in forged {
+        assert_eq!(
+            r.header(&format!("echo-{name}")),
+            None,
+            "{name} was forwarded"
+        );
+    }
+}
+
+#[tokio::test]
 async fn denied_cidr_gets_403_and_never_reaches_upstream() {
     let a = upstream("a").await;
     let routes = format!("{ROOT}deny_cidrs = [\"127.0.0.0/8\"]\n");
