@@ -564,7 +564,14 @@ pub fn parse_host(raw: &str) -> Option<String> {
 /// The client address: the peer, or, when the peer is a trusted proxy, the
 /// right-most untrusted address in `X-Forwarded-For`. Also returns the
 /// `X-Forwarded-For` value to send upstream.
+///
+/// An IPv4 client reaching a dual-stack (`[::]`) listener, or named so by
+/// a proxy, appears as an IPv4-mapped IPv6 address (`::ffff:192.0.2.1`),
+/// which no IPv4 network contains: every address is taken in its
+/// canonical form, so that IPv4 deny lists, allow lists, trusted proxies
+/// and rate-limit keys see the IPv4 address it is.
 pub fn client_addr(peer: IpAddr, headers: &http::HeaderMap, trusted: &[IpNet]) -> (IpAddr, String) {
+    let peer = peer.to_canonical();
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
     if !is_trusted(&peer) {
         return (peer, crate::text::ip_text(peer));
@@ -581,6 +588,7 @@ pub fn client_addr(peer: IpAddr, headers: &http::HeaderMap, trusted: &[IpNet]) -
     for hop in chain.iter().rev() {
         match hop.parse::<IpAddr>() {
             Ok(ip) => {
+                let ip = ip.to_canonical();
                 client = ip;
                 if !is_trusted(&ip) {
                     break;
@@ -960,5 +968,25 @@ mod tests {
         let (c, xff) = client_addr(stranger, &h, &proxies);
         assert_eq!(c, stranger);
         assert_eq!(xff, "8.8.8.8");
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_are_ipv4() {
+        // A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d; IPv4
+        // deny lists and trusted proxies must still match them.
+        let h = http::HeaderMap::new();
+        let mapped: IpAddr = "::ffff:203.0.113.7".parse().unwrap();
+        let (c, xff) = client_addr(mapped, &h, &[]);
+        assert_eq!(c, "203.0.113.7".parse::<IpAddr>().unwrap());
+        assert_eq!(xff, "203.0.113.7");
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("::ffff:198.51.100.4"),
+        );
+        let proxies: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let proxy: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        let (c, _) = client_addr(proxy, &h, &proxies);
+        assert_eq!(c, "198.51.100.4".parse::<IpAddr>().unwrap());
     }
 }

@@ -219,6 +219,31 @@ async fn forged_forwarding_headers_and_edge_headers_never_reach_the_service() {
 }
 
 #[tokio::test]
+async fn ipv4_deny_list_holds_on_a_dual_stack_listener() {
+    // On [::], IPv4 clients arrive as ::ffff:127.0.0.1; an IPv4 deny list
+    // must still refuse them.
+    let a = upstream("a").await;
+    let routes = format!("{ROOT}deny_cidrs = [\"127.0.0.0/8\"]\n");
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], &routes), |ec| {
+        ec.https_listen = Some("[::]:0".parse().unwrap());
+    })
+    .await;
+    let port = edge.addrs.https.unwrap().port();
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let cfg = edge.client_config(rustls::DEFAULT_VERSIONS, &[b"http/1.1"]);
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(
+            rustls::pki_types::ServerName::try_from("api.test").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let r = send(tls, "GET", "api.test", "/", &[]).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(a.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
 async fn denied_cidr_gets_403_and_never_reaches_upstream() {
     let a = upstream("a").await;
     let routes = format!("{ROOT}deny_cidrs = [\"127.0.0.0/8\"]\n");
