@@ -246,7 +246,8 @@ impl Phase for RateLimit {
         let route = &ctx.route_label;
         // Keys: `c|IP` (default per-client bucket), `ca|IP|ROUTE` (stricter
         // on authentication routes), `cr|IP|ROUTE` (a route's own per-client
-        // bucket, which replaces the defaults), and `r|ROUTE` per route.
+        // bucket, which replaces the defaults), and `r|ROUTE` per route. An
+        // IPv6 client is its /64 (see [`push_client_key`]).
         let mut key = String::with_capacity(48 + route.len());
         let rate = if let Some(r) = ctx.route.rate_limit {
             key.push_str("cr|");
@@ -258,7 +259,7 @@ impl Phase for RateLimit {
             key.push_str("c|");
             self.limits.per_client
         };
-        crate::text::push_ip(&mut key, ctx.client);
+        push_client_key(&mut key, ctx.client);
         if !key.starts_with("c|") {
             key.push('|');
             key.push_str(route);
@@ -272,6 +273,23 @@ impl Phase for RateLimit {
                 self.store.take(&key, self.limits.per_route, now)
             })
             .map_err(|retry_after| Reject::RateLimited { retry_after })
+    }
+}
+
+/// Appends the client as per-client buckets know it: an IPv4 address as
+/// it is, an IPv6 one as its /64 (`2001:db8:1:2::/64`). One subscriber,
+/// one host even, is given a whole /64 and may send from any address in
+/// it (privacy addresses rotate on their own), so a bucket per IPv6
+/// address would give such a client 2^64 buckets: no limit at all, on
+/// login routes too.
+pub fn push_client_key(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(_) => crate::text::push_ip(out, ip),
+        IpAddr::V6(v6) => {
+            let net = u128::from(v6) & !u128::from(u64::MAX);
+            crate::text::push_ip(out, IpAddr::V6(net.into()));
+            out.push_str("/64");
+        }
     }
 }
 
@@ -703,4 +721,25 @@ pub fn declared_too_large(head: &http::request::Parts, max: usize) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
         .is_some_and(|n| n > max as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_clients_share_a_bucket_per_64() {
+        let key = |ip: &str| {
+            let mut k = String::new();
+            push_client_key(&mut k, ip.parse().unwrap());
+            k
+        };
+        assert_eq!(key("192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("2001:db8:1:2::1"), "2001:db8:1:2::/64");
+        assert_eq!(
+            key("2001:db8:1:2:aaaa:bbbb:cccc:dddd"),
+            key("2001:db8:1:2::2")
+        );
+        assert_ne!(key("2001:db8:1:3::1"), key("2001:db8:1:2::1"));
+    }
 }

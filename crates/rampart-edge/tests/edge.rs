@@ -272,6 +272,38 @@ async fn global_allow_list_refuses_others() {
     );
 }
 
+/// An IPv6 client holds a whole /64: changing the low 64 bits of its
+/// address must not give it a fresh bucket.
+#[tokio::test]
+async fn ipv6_clients_are_limited_per_64_not_per_address() {
+    let a = upstream("a").await;
+    let clock = Arc::new(ManualClock::at_unix_secs(1_000_000));
+    let c = clock.clone();
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], ROOT), |ec| {
+        ec.rate_limits.per_client = Rate::new(2, 0.01);
+        ec.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+        ec.clock = c;
+    })
+    .await;
+    let from = |ip: &'static str| {
+        let edge = &edge;
+        async move {
+            edge.https_with("GET", "api.test", "/", &[("x-forwarded-for", ip)])
+                .await
+                .status
+        }
+    };
+    assert_eq!(from("2001:db8:1:2::1").await, StatusCode::OK);
+    assert_eq!(from("2001:db8:1:2::2").await, StatusCode::OK);
+    assert_eq!(from("2001:db8:1:2::3").await, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        from("2001:db8:1:2:ffff::9").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // Another /64 is another client.
+    assert_eq!(from("2001:db8:1:3::1").await, StatusCode::OK);
+}
+
 #[tokio::test]
 async fn rate_limit_gives_429_with_retry_after() {
     let a = upstream("a").await;
