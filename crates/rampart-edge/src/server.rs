@@ -751,15 +751,23 @@ impl State {
         // A path that cannot be normalised is still routed as received, so
         // that the firewall inspects it with its route's settings and an
         // attack is recorded as such; it is refused before the proxy.
-        let (path, bad_path) = match crate::path::normalize(head.uri.path()) {
+        let (path, mut bad_path) = match crate::path::normalize(head.uri.path()) {
             Ok(p) => (p, None),
             Err(e) => (std::borrow::Cow::Borrowed(head.uri.path()), Some(e)),
         };
-        let route = routing
-            .router
-            .find(&host, &path)
-            .ok_or(Reject::NoRoute)?
-            .clone();
+        // A path that other servers read as another route's (parameters
+        // dropped, another case) is refused like a bad one.
+        let found = match bad_path {
+            Some(_) => routing.router.find(&host, &path),
+            None => routing
+                .router
+                .find_unambiguous(&host, &path)
+                .unwrap_or_else(|e| {
+                    bad_path = Some(e);
+                    routing.router.find(&host, &path)
+                }),
+        };
+        let route = found.ok_or(Reject::NoRoute)?.clone();
         let forward_path = match path {
             std::borrow::Cow::Owned(mut p) => {
                 if let Some(q) = head.uri.query() {

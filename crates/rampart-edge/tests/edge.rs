@@ -906,6 +906,42 @@ async fn paths_are_normalised_before_routing_and_forwarding() {
     assert_eq!(a.hits.load(std::sync::atomic::Ordering::SeqCst), before);
 }
 
+/// A path that Java servers (segment parameters dropped) or
+/// case-insensitive ones read as the `/admin` route's is refused, not
+/// taken to the service under the `/` route's rules.
+#[tokio::test]
+async fn paths_other_servers_read_as_another_route_are_refused() {
+    let a = upstream("a").await;
+    let routes = format!(
+        "{ROOT}[[roles]]\nname = \"admin\"\npermissions = [\"*\"]\n[[routes]]\nhost = \"api.test\"\npath_prefix = \"/admin\"\nservice = \"a\"\nauth = \"api_key\"\nroles = [\"admin\"]\n"
+    );
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], &routes), |ec| {
+        ec.authenticator = Arc::new(RoleAuth);
+    })
+    .await;
+    for sneaky in [
+        "/admin;x=1/users",
+        "/admin;",
+        "/;x/admin/users",
+        "/ADMIN/users",
+        "/Admin",
+        "/public/../Admin/users",
+    ] {
+        let r = edge.https("GET", "api.test", sneaky).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{sneaky}");
+        assert!(r.body.contains("bad_path"), "{sneaky}: {}", r.body);
+    }
+    assert_eq!(a.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    // Parameters and capitals that leave the route as it is pass.
+    for fine in ["/admin/Users;jsessionid=1", "/Public;v=2/Files"] {
+        let r = edge
+            .https_with("GET", "api.test", fine, &[("x-test-role", "admin")])
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{fine}");
+        assert_eq!(r.header("x-upstream-path"), Some(fine));
+    }
+}
+
 /// Host confusion and codings the edge cannot pass on are refused.
 #[tokio::test]
 async fn ambiguous_hosts_and_unknown_transfer_codings_are_refused() {
