@@ -29,6 +29,7 @@ use crate::config::EdgeConfig;
 use crate::error::{Error, Reject, Result};
 use crate::framing::{FramingFlag, FramingGuard};
 use crate::hooks::{AccessRecord, AuditSink};
+use crate::idle::{Activity, IdleGuard, InFlight, Tracked};
 use crate::mtls::{ClientCert, RevokedSerials};
 use crate::phases::{self, Phase, RequestCtx};
 use crate::proxy::{self, UpstreamClient};
@@ -370,11 +371,14 @@ impl Edge {
                 r = accept(http.as_ref()) => {
                     let Some((stream, peer)) = r else { continue };
                     let st = state.clone();
+                    let activity = Activity::default();
+                    let io = IdleGuard::new(stream, activity.clone(), st.header_read_timeout);
                     let svc = service_fn(move |req| {
                         let st = st.clone();
-                        async move { Ok::<_, Infallible>(st.redirect(&req)) }
+                        let busy = activity.begin();
+                        async move { Ok::<_, Infallible>(tracked(st.redirect(&req), busy)) }
                     });
-                    let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+                    let conn = builder.serve_connection(TokioIo::new(io), svc).into_owned();
                     let conn = graceful.watch(conn);
                     conns.spawn(async move {
                         if let Err(e) = conn.await {
@@ -413,14 +417,22 @@ impl Edge {
                         let flag = FramingFlag::default();
                         let seen = Arc::new(AtomicU64::new(0));
                         let guard_flag = flag.clone();
+                        // A connection that carries no request for the
+                        // header-read timeout is closed (see `idle`).
+                        let activity = Activity::default();
+                        let idle = IdleGuard::new(tls, activity.clone(), st.header_read_timeout);
                         let svc = service_fn(move |req| {
                             let st = st.clone();
                             let cert = cert.clone();
                             let index = seen.fetch_add(1, Ordering::Relaxed);
                             let smuggling = flag.is_conflicting(index);
-                            async move { Ok::<_, Infallible>(st.handle(req, peer, cert, smuggling).await) }
+                            let busy = activity.begin();
+                            async move {
+                                let resp = st.handle(req, peer, cert, smuggling).await;
+                                Ok::<_, Infallible>(tracked(resp, busy))
+                            }
                         });
-                        let io = TokioIo::new(FramingGuard::new(tls, guard_flag));
+                        let io = TokioIo::new(FramingGuard::new(idle, guard_flag));
                         let conn = builder.serve_connection(io, svc).into_owned();
                         if let Err(e) = watcher.watch(conn).await {
                             tracing::debug!(%peer, error = %e, "https connection ended");
@@ -486,6 +498,11 @@ async fn accept(l: Option<&TcpListener>) -> Option<(TcpStream, SocketAddr)> {
         Some(l) => workers::accept(l).await,
         None => std::future::pending().await,
     }
+}
+
+/// `resp` with its request kept in flight until its body has ended.
+fn tracked(resp: Response<EdgeBody>, busy: InFlight) -> Response<EdgeBody> {
+    resp.map(|body| Tracked::new(body, busy).boxed())
 }
 
 fn full(b: impl Into<Bytes>) -> EdgeBody {

@@ -667,6 +667,49 @@ async fn slow_headers_are_cut_off() {
     assert_eq!(a.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
 
+/// A connection that carries no request is closed after the header-read
+/// timeout: one silent after its TLS handshake, and an HTTP/2 one whose
+/// last stream has ended. Held open, either costs the edge a descriptor
+/// for as long as the client likes.
+#[tokio::test]
+async fn connections_without_requests_are_closed() {
+    let a = upstream("a").await;
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], ROOT), |ec| {
+        ec.header_read_timeout = Duration::from_millis(300)
+    })
+    .await;
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        let cfg = edge.client_config(rustls::DEFAULT_VERSIONS, &[alpn]);
+        let mut tls = edge.tls("api.test", cfg).await.unwrap();
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(3), tls.read_to_end(&mut buf)).await;
+        assert!(read.is_ok(), "a silent connection ({alpn:?}) was kept open");
+    }
+    let cfg = edge.client_config(rustls::DEFAULT_VERSIONS, &[b"h2"]);
+    let tls = edge.tls("api.test", cfg).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    // A response that takes longer than the timeout is not cut short.
+    let req = http::Request::get("https://api.test/slow")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(&body[..], b"a");
+    // Then, with no stream open, the connection goes.
+    let ended = tokio::time::timeout(Duration::from_secs(3), conn).await;
+    assert!(ended.is_ok(), "an idle HTTP/2 connection was kept open");
+}
+
 #[tokio::test]
 async fn active_health_checks_take_out_a_dead_upstream_without_traffic() {
     let live = upstream("live").await;
