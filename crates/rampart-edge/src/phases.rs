@@ -665,6 +665,12 @@ impl Phase for BodyLimit {
 /// the body must be declared JSON (`application/json` or `+json`, else
 /// 415), parse (else 400 `bad_json`) and satisfy the schema (else 400
 /// `schema_violation` naming the field by JSON Pointer).
+///
+/// An object with the same key twice is `bad_json` too: JSON parsers
+/// disagree on which of the two counts (serde_json, and so the schema
+/// check, keeps the last; others, such as Go's gjson, the first), so
+/// `{"role":"admin","role":"user"}` could pass the schema as `user` and
+/// reach the service as `admin`.
 #[derive(Debug)]
 pub struct JsonSchema;
 
@@ -687,10 +693,18 @@ impl Phase for JsonSchema {
         if !is_json(&ctx.head.headers) {
             return Err(Reject::UnsupportedMediaType);
         }
-        let value: serde_json::Value =
-            serde_json::from_slice(&body).map_err(|e| Reject::BadJson {
-                message: format!("invalid JSON at line {} column {}", e.line(), e.column()),
-            })?;
+        let value = serde_json::from_slice::<UniqueKeys>(&body)
+            .map_err(|e| Reject::BadJson {
+                message: match e.classify() {
+                    serde_json::error::Category::Data => format!(
+                        "duplicate object key at line {} column {}",
+                        e.line(),
+                        e.column()
+                    ),
+                    _ => format!("invalid JSON at line {} column {}", e.line(), e.column()),
+                },
+            })?
+            .0;
         let first = schema
             .iter_errors(&value)
             .next()
@@ -699,6 +713,64 @@ impl Phase for JsonSchema {
                 message: e.masked().to_string(),
             });
         first.map_or(Ok(()), Err)
+    }
+}
+
+/// A JSON value parsed as [`serde_json::Value`] is, but refused (a `Data`
+/// error) if an object holds a key twice.
+struct UniqueKeys(serde_json::Value);
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(UniqueKeysVisitor).map(UniqueKeys)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
+    type Value = serde_json::Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(serde_json::Value::Null, Into::into))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(UniqueKeys(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(serde_json::Value::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut object = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let UniqueKeys(value) = map.next_value()?;
+            if object.insert(key, value).is_some() {
+                return Err(serde::de::Error::custom("duplicate object key"));
+            }
+        }
+        Ok(serde_json::Value::Object(object))
     }
 }
 
