@@ -774,10 +774,15 @@ impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
     }
 }
 
-/// Whether `Content-Type` declares JSON.
+/// Whether `Content-Type` declares JSON, and only JSON: with two
+/// `Content-Type` headers a service may read the body by the other (say, a
+/// form), so a body checked as JSON would not be the body it acts on.
 fn is_json(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(http::header::CONTENT_TYPE)
+    let mut all = headers.get_all(http::header::CONTENT_TYPE).iter();
+    let (Some(only), None) = (all.next(), all.next()) else {
+        return false;
+    };
+    Some(only)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .map(|m| m.trim().to_ascii_lowercase())

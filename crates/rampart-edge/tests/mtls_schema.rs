@@ -332,8 +332,9 @@ async fn json_schema_refuses_bad_bodies_naming_the_field() {
 }
 
 /// Parsers disagree on which of two equal keys counts (serde_json keeps the
-/// last, others the first): a body with one twice is refused, not checked
-/// under one reading and acted on under the other.
+/// last, others the first), and services on which of two `Content-Type`s:
+/// such a body is refused, not checked under one reading and acted on under
+/// the other.
 #[tokio::test]
 async fn json_schema_refuses_duplicate_keys() {
     let a = upstream("a").await;
@@ -356,6 +357,24 @@ async fn json_schema_refuses_duplicate_keys() {
         assert!(r.body.contains("bad_json"), "{body}: {}", r.body);
         assert!(r.body.contains("duplicate"), "{body}: {}", r.body);
     }
+    // Two Content-Types: the body checked as JSON could be read as the
+    // other (here a form that sets qty=98765) by the service.
+    let cfg = edge.client_config(rustls::DEFAULT_VERSIONS, &[b"http/1.1"]);
+    let tls = edge.tls("api.test", cfg).await.unwrap();
+    let polyglot = r#"{"sku":"ABC-1234","qty":2,"note":"&qty=98765&x="}"#;
+    let r = send_body(
+        tls,
+        "POST",
+        "api.test",
+        "/orders",
+        &[
+            ("content-type", "application/json"),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ],
+        polyglot.as_bytes().to_vec(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{}", r.body);
     assert_eq!(a.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
     // Numbers, nulls, nesting and equal keys in different objects still pass.
     let ok = post(
