@@ -554,6 +554,12 @@ impl ResponseCheck for WafResponse<'_> {
 
 /// Authentication: `auth = "none"` gives the anonymous principal; other
 /// modes ask the [`Authenticator`].
+///
+/// A request with two `Authorization` or two `X-Api-Key` headers is
+/// refused (401) on a route that authenticates: the authenticator checks
+/// the first, the service receives both, and one that reads the last (or
+/// decodes a token it trusts the edge to have verified) would act for a
+/// principal nobody checked.
 pub struct Authn {
     /// The identity plane's hook.
     pub authenticator: Arc<dyn Authenticator>,
@@ -567,6 +573,12 @@ impl Phase for Authn {
         if ctx.route.auth == RouteAuth::None {
             ctx.principal = Some(Principal::anonymous());
             return Ok(());
+        }
+        // One credential: the authenticator reads the first header, and a
+        // second one would reach the service unchecked (see the type doc).
+        let repeated = |name: &str| ctx.head.headers.get_all(name).iter().nth(1).is_some();
+        if repeated("authorization") || repeated("x-api-key") {
+            return Err(Reject::Unauthenticated);
         }
         let req = AuthRequest {
             route: &ctx.route,

@@ -486,6 +486,56 @@ async fn protected_route_needs_credentials_and_role() {
     );
 }
 
+/// Accepts `Authorization: Bearer good` (the first such header, as an
+/// authenticator reads it).
+struct BearerAuth;
+
+impl Authenticator for BearerAuth {
+    fn authenticate(&self, req: &AuthRequest<'_>) -> AuthOutcome {
+        match req.head.headers.get("authorization").map(|v| v.as_bytes()) {
+            Some(b"Bearer good") => AuthOutcome::Authenticated(Principal {
+                id: "tester".into(),
+                roles: vec![],
+            }),
+            _ => AuthOutcome::Unauthenticated,
+        }
+    }
+}
+
+/// The edge checks one credential; a second `Authorization` (or
+/// `X-Api-Key`) would reach the service unchecked, and a service that reads
+/// the last one (or decodes a token it trusts the edge to have verified)
+/// would act for whoever that one names.
+#[tokio::test]
+async fn a_second_credential_header_is_refused() {
+    let a = upstream("a").await;
+    let routes = "[[routes]]\nhost = \"api.test\"\npath_prefix = \"/\"\nservice = \"a\"\nauth = \"api_key\"\n";
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], routes), |ec| {
+        ec.authenticator = Arc::new(BearerAuth);
+    })
+    .await;
+    let r = edge
+        .https_with("GET", "api.test", "/", &[("authorization", "Bearer good")])
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    for second in [
+        (
+            "authorization",
+            "Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiJhZG1pbiJ9.",
+        ),
+        ("x-api-key", "someone-else"),
+    ] {
+        let hits = a.hits.load(std::sync::atomic::Ordering::SeqCst);
+        let mut headers = vec![("authorization", "Bearer good"), second];
+        if second.0 == "x-api-key" {
+            headers.push(second);
+        }
+        let r = edge.https_with("GET", "api.test", "/", &headers).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{second:?}");
+        assert_eq!(a.hits.load(std::sync::atomic::Ordering::SeqCst), hits);
+    }
+}
+
 #[tokio::test]
 async fn round_robin_spreads_across_two_upstreams() {
     let (a, b) = (upstream("a").await, upstream("b").await);
