@@ -603,15 +603,15 @@ pub fn client_addr(peer: IpAddr, headers: &http::HeaderMap, trusted: &[IpNet]) -
         .collect();
     let mut client = peer;
     for hop in chain.iter().rev() {
-        match hop.parse::<IpAddr>() {
-            Ok(ip) => {
+        match parse_hop(hop) {
+            Some(ip) => {
                 let ip = ip.to_canonical();
                 client = ip;
                 if !is_trusted(&ip) {
                     break;
                 }
             }
-            Err(_) => break,
+            None => break,
         }
     }
     let mut xff = chain.join(", ");
@@ -620,6 +620,25 @@ pub fn client_addr(peer: IpAddr, headers: &http::HeaderMap, trusted: &[IpNet]) -
     }
     crate::text::push_ip(&mut xff, peer);
     (client, xff)
+}
+
+/// One `X-Forwarded-For` entry: an address, as most proxies write it, or
+/// with a port (`192.0.2.1:4711`, `[2001:db8::1]:4711`) or brackets
+/// (`[2001:db8::1]`), as some load balancers do. Read as a bare address
+/// only, such an entry would stop the walk at the proxy before it, which
+/// would then stand for every client behind it: inside allow lists meant
+/// for the proxy's own network, outside every deny list.
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    if let Ok(ip) = hop.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(sa) = hop.parse::<SocketAddr>() {
+        return Some(sa.ip());
+    }
+    hop.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .and_then(|h| h.parse::<std::net::Ipv6Addr>().ok())
+        .map(IpAddr::V6)
 }
 
 fn add_security_headers(h: &mut http::HeaderMap) {
@@ -993,6 +1012,27 @@ mod tests {
         let (c, xff) = client_addr(stranger, &h, &proxies);
         assert_eq!(c, stranger);
         assert_eq!(xff, "8.8.8.8");
+    }
+
+    #[test]
+    fn xff_entries_with_ports_or_brackets_name_the_client() {
+        let proxies: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        for (entry, want) in [
+            ("203.0.113.9:4711", "203.0.113.9"),
+            ("[2001:db8::1]:4711", "2001:db8::1"),
+            ("[2001:db8::1]", "2001:db8::1"),
+            ("10.0.0.7:80, 203.0.113.9:4711", "203.0.113.9"),
+        ] {
+            let mut h = http::HeaderMap::new();
+            h.insert("x-forwarded-for", HeaderValue::from_str(entry).unwrap());
+            let (c, _) = client_addr(proxy, &h, &proxies);
+            assert_eq!(c, want.parse::<IpAddr>().unwrap(), "{entry}");
+        }
+        // What cannot be read still stops the walk.
+        let mut h = http::HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("unknown"));
+        assert_eq!(client_addr(proxy, &h, &proxies).0, proxy);
     }
 
     #[test]

@@ -682,6 +682,16 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
         )
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
+    // A proxy that writes the client's port too names the same client.
+    let r = edge
+        .https_with(
+            "GET",
+            "api.test",
+            "/",
+            &[("x-forwarded-for", "203.0.113.9:4711")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
 }
 
 #[tokio::test]
