@@ -16,6 +16,9 @@ use rampart_config::Route;
 #[derive(Debug, Clone)]
 pub struct Router {
     routes: Vec<Arc<Route>>,
+    /// Each route's prefix as servers that drop segment parameters read it
+    /// (the prefix itself when it has no `;`), in `routes` order.
+    bare_prefixes: Vec<String>,
     /// Whether a path prefix has capitals (then even a lower-case path may
     /// match another route in another case).
     capitals: bool,
@@ -27,8 +30,16 @@ impl Router {
         let capitals = routes
             .iter()
             .any(|r| r.path_prefix.bytes().any(|b| b.is_ascii_uppercase()));
+        let bare_prefixes = routes
+            .iter()
+            .map(|r| {
+                crate::path::without_parameters(&r.path_prefix)
+                    .unwrap_or_else(|| r.path_prefix.clone())
+            })
+            .collect();
         Router {
             routes: routes.into_iter().map(Arc::new).collect(),
+            bare_prefixes,
             capitals,
         }
     }
@@ -42,7 +53,7 @@ impl Router {
 
     /// The best route for `host` (no port, any case) and `path`.
     pub fn find(&self, host: &str, path: &str) -> Option<&Arc<Route>> {
-        self.find_by(host, path, false)
+        self.find_by(host, path, false, false)
     }
 
     /// Like [`Router::find`] for a normal path (see [`crate::path`]), but
@@ -62,9 +73,9 @@ impl Router {
         }
         let bare = bare.as_deref().unwrap_or(path);
         let same = |other: Option<&Arc<Route>>| other.is_some_and(|o| Arc::ptr_eq(o, route));
-        if same(self.find_by(host, path, true))
-            && same(self.find_by(host, bare, false))
-            && same(self.find_by(host, bare, true))
+        if same(self.find_by(host, path, true, false))
+            && same(self.find_by(host, bare, false, true))
+            && same(self.find_by(host, bare, true, true))
         {
             Ok(Some(route))
         } else {
@@ -74,20 +85,23 @@ impl Router {
 
     /// The best route, prefixes compared without regard to ASCII case when
     /// `any_case` (then, of equally long prefixes, one in the path's own
-    /// case wins).
-    fn find_by(&self, host: &str, path: &str, any_case: bool) -> Option<&Arc<Route>> {
-        // Host rank, prefix length, prefix in the path's own case.
-        type Rank = (u8, usize, bool);
+    /// case wins), and read without their segment parameters when `bare`
+    /// (then, of equally long ones, one that had none wins).
+    fn find_by(&self, host: &str, path: &str, any_case: bool, bare: bool) -> Option<&Arc<Route>> {
+        // Host rank, prefix length, prefix in the path's own case, prefix
+        // as written.
+        type Rank = (u8, usize, bool, bool);
         let mut best: Option<(Rank, &Arc<Route>)> = None;
-        for r in &self.routes {
+        for (r, bare_prefix) in self.routes.iter().zip(&self.bare_prefixes) {
             let Some(host_rank) = host_rank(&r.host, host) else {
                 continue;
             };
-            let exact = prefix_matches(&r.path_prefix, path);
-            if !(exact || (any_case && prefix_matches_any_case(&r.path_prefix, path))) {
+            let prefix = if bare { bare_prefix } else { &r.path_prefix };
+            let exact = prefix_matches(prefix, path);
+            if !(exact || (any_case && prefix_matches_any_case(prefix, path))) {
                 continue;
             }
-            let key = (host_rank, r.path_prefix.len(), exact);
+            let key = (host_rank, prefix.len(), exact, *prefix == r.path_prefix);
             if best.is_none_or(|(k, _)| key > k) {
                 best = Some((key, r));
             }
@@ -204,6 +218,29 @@ mod tests {
         assert_eq!(svc("/public;v=1/Files"), Ok(Some("public")));
         assert_eq!(svc("/administrator"), Ok(Some("public")));
         assert_eq!(r.find_unambiguous("nothing.test", "/ADMIN"), Ok(None));
+    }
+
+    #[test]
+    fn a_prefix_with_parameters_is_read_as_java_servers_read_it() {
+        let alone = Router::new(vec![
+            route("api.test", "/", "public"),
+            route("api.test", "/a;v=1", "v1"),
+        ]);
+        assert_eq!(
+            alone
+                .find_unambiguous("api.test", "/a;v=1/x")
+                .map(|r| r.map(|r| r.service.as_str())),
+            Ok(Some("v1"))
+        );
+        // Beside a route for /a, Java servers would serve it as /a/x.
+        let beside = Router::new(vec![
+            route("api.test", "/a;v=1", "v1"),
+            route("api.test", "/a", "a"),
+        ]);
+        assert_eq!(
+            beside.find_unambiguous("api.test", "/a;v=1/x"),
+            Err(crate::path::PathError::Ambiguous)
+        );
     }
 
     #[test]
