@@ -822,7 +822,14 @@ impl State {
         ctx.forward_path = forward_path;
         ctx.forwarded_for = forwarded_for;
         rec.route = Some(ctx.route_label.clone());
-        if phases::declared_too_large(&ctx.head, self.max_body) {
+        // The route's own limit, when smaller, bounds what is read at all:
+        // a body declared over it is refused before any of it is read, and
+        // one that grows over it is cut off there.
+        let max_body = ctx
+            .route
+            .max_body_bytes
+            .map_or(self.max_body, |m| m.min(self.max_body));
+        if phases::declared_too_large(&ctx.head, max_body) {
             return Err(Reject::BodyTooLarge);
         }
         let pool = routing
@@ -839,13 +846,7 @@ impl State {
             .as_ref()
             .and_then(|p| routing.schemas.get(p))
             .cloned();
-        let outcome = phases::run(
-            &self.phases,
-            &mut ctx,
-            self.max_body,
-            self.body_read_timeout,
-        )
-        .await;
+        let outcome = phases::run(&self.phases, &mut ctx, max_body, self.body_read_timeout).await;
         rec.principal = ctx.principal.as_ref().map(|p| p.id.clone());
         rec.waf = ctx.waf.take();
         rec.bytes_in = ctx.body().map_or(0, |b| b.len() as u64);

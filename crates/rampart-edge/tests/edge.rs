@@ -1129,7 +1129,10 @@ async fn a_refused_access_record_fails_closed_with_503() {
 async fn per_route_rate_limit_and_body_limit_override_the_defaults() {
     let a = upstream("a").await;
     let routes = "[[routes]]\nhost = \"api.test\"\npath_prefix = \"/strict\"\nservice = \"a\"\nmax_body_bytes = 8\nrate_limit = { burst = 1, per_second = 0.1 }\n[[routes]]\nhost = \"api.test\"\npath_prefix = \"/\"\nservice = \"a\"\n";
-    let edge = TestEdge::start(config(&[("a", vec![a.addr])], routes), |_| {}).await;
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], routes), |ec| {
+        ec.body_read_timeout = Duration::from_secs(5)
+    })
+    .await;
     // The strict route's body limit is 8 bytes (the default route takes more)…
     for (path, want) in [
         ("/strict", StatusCode::PAYLOAD_TOO_LARGE),
@@ -1140,7 +1143,25 @@ async fn per_route_rate_limit_and_body_limit_override_the_defaults() {
         let r = send_body(tls, "POST", "api.test", path, &[], vec![b'x'; 9]).await;
         assert_eq!(r.status, want, "{path}");
     }
-    // …and its bucket held one request: the next is 429, the other route is unaffected.
+    // A body declared over the route's limit is refused at once, not read
+    // (up to the edge's own 10 MiB) or waited for first.
+    let cfg = edge.client_config(rustls::DEFAULT_VERSIONS, &[b"http/1.1"]);
+    let mut tls = edge.tls("api.test", cfg).await.unwrap();
+    tls.write_all(b"POST /strict/x HTTP/1.1\r\nHost: api.test\r\nContent-Length: 1000000\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(2), tls.read_exact(&mut head))
+        .await
+        .expect("the edge waited for a body over the route's limit")
+        .unwrap();
+    assert_eq!(&head, b"HTTP/1.1 413");
+    // …and its bucket holds one request (a body refused by its declared
+    // length took none): the next is 429, the other route is unaffected.
+    assert_eq!(
+        edge.https("GET", "api.test", "/strict").await.status,
+        StatusCode::OK
+    );
     let r = edge.https("GET", "api.test", "/strict").await;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
     assert!(r.header("retry-after").is_some());
