@@ -133,7 +133,8 @@ pub struct EdgeConfig {
     pub connect_timeout: Duration,
     /// Time for an upstream to send response headers.
     pub upstream_timeout: Duration,
-    /// Time for a client to send request headers (HTTP/1).
+    /// Time for a client to send request headers (HTTP/1), and the
+    /// longest a connection may carry no request before it is closed.
     pub header_read_timeout: Duration,
     /// Time for a client to send the request body.
     pub body_read_timeout: Duration,

@@ -17,6 +17,14 @@
 //! separator after routing), an encoded NUL, a raw backslash, a bad escape;
 //! and a dot segment with parameters (`/public/..;/admin`), which Java
 //! servers resolve as `..`.
+//!
+//! Two readings of a normal path remain that the route matcher cannot
+//! settle alone: Java servers (Tomcat, Jetty, Spring) drop each segment's
+//! parameters (`/admin;x/users` is their `/admin/users`), and
+//! case-insensitive ones (Express's default router, ASP.NET, IIS) read
+//! `/ADMIN/users` as `/admin/users`. [`without_parameters`] gives the first
+//! reading; [`crate::router::Router::find_unambiguous`] refuses a path whose
+//! readings fall under different routes ([`PathError::Ambiguous`]).
 
 use std::borrow::Cow;
 
@@ -34,6 +42,9 @@ pub enum PathError {
     /// A `.` or `..` segment with parameters (`..;x`), which some servers
     /// (Tomcat, Jetty) resolve as `..` after routing.
     DotSegmentParameters,
+    /// Read without its segment parameters or in another case, as some
+    /// servers read paths, the path falls under another route.
+    Ambiguous,
 }
 
 impl std::fmt::Display for PathError {
@@ -46,6 +57,9 @@ impl std::fmt::Display for PathError {
             }
             PathError::AboveRoot => "the path climbs above the root",
             PathError::DotSegmentParameters => "the path has a dot segment with parameters (..;)",
+            PathError::Ambiguous => {
+                "the path falls under another route without its segment parameters or in another case"
+            }
         })
     }
 }
@@ -144,6 +158,27 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
         .map_err(|_| PathError::BadEscape)
 }
 
+/// `path` (normal, see [`normalize`]) as servers that drop segment
+/// parameters read it: each segment cut at its first `;`, the result
+/// normalised again (`/a;x/b` → `/a/b`, `/;x/a` → `/a`). `None` when the
+/// path has no `;`.
+pub fn without_parameters(path: &str) -> Option<String> {
+    if !path.contains(';') {
+        return None;
+    }
+    let mut out = String::with_capacity(path.len());
+    for (i, seg) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        out.push_str(seg.split(';').next().unwrap_or_default());
+    }
+    Some(match normalize(&out) {
+        Ok(n) => n.into_owned(),
+        Err(_) => out,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,6 +254,21 @@ mod tests {
         for (raw, want) in cases {
             assert_eq!(n(raw), Err(want), "{raw}");
         }
+    }
+
+    #[test]
+    fn parameters_are_dropped_as_java_servers_drop_them() {
+        assert_eq!(without_parameters("/admin/users"), None);
+        assert_eq!(
+            without_parameters("/admin;x=1/users").as_deref(),
+            Some("/admin/users")
+        );
+        assert_eq!(without_parameters("/admin;").as_deref(), Some("/admin"));
+        assert_eq!(
+            without_parameters("/;x/admin;jsessionid=1").as_deref(),
+            Some("/admin")
+        );
+        assert_eq!(without_parameters("/a;b;c/d").as_deref(), Some("/a/d"));
     }
 
     #[test]

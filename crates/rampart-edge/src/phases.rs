@@ -246,7 +246,8 @@ impl Phase for RateLimit {
         let route = &ctx.route_label;
         // Keys: `c|IP` (default per-client bucket), `ca|IP|ROUTE` (stricter
         // on authentication routes), `cr|IP|ROUTE` (a route's own per-client
-        // bucket, which replaces the defaults), and `r|ROUTE` per route.
+        // bucket, which replaces the defaults), and `r|ROUTE` per route. An
+        // IPv6 client is its /64 (see [`push_client_key`]).
         let mut key = String::with_capacity(48 + route.len());
         let rate = if let Some(r) = ctx.route.rate_limit {
             key.push_str("cr|");
@@ -258,7 +259,7 @@ impl Phase for RateLimit {
             key.push_str("c|");
             self.limits.per_client
         };
-        crate::text::push_ip(&mut key, ctx.client);
+        push_client_key(&mut key, ctx.client);
         if !key.starts_with("c|") {
             key.push('|');
             key.push_str(route);
@@ -272,6 +273,23 @@ impl Phase for RateLimit {
                 self.store.take(&key, self.limits.per_route, now)
             })
             .map_err(|retry_after| Reject::RateLimited { retry_after })
+    }
+}
+
+/// Appends the client as per-client buckets know it: an IPv4 address as
+/// it is, an IPv6 one as its /64 (`2001:db8:1:2::/64`). One subscriber,
+/// one host even, is given a whole /64 and may send from any address in
+/// it (privacy addresses rotate on their own), so a bucket per IPv6
+/// address would give such a client 2^64 buckets: no limit at all, on
+/// login routes too.
+pub fn push_client_key(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(_) => crate::text::push_ip(out, ip),
+        IpAddr::V6(v6) => {
+            let net = u128::from(v6) & !u128::from(u64::MAX);
+            crate::text::push_ip(out, IpAddr::V6(net.into()));
+            out.push_str("/64");
+        }
     }
 }
 
@@ -536,6 +554,12 @@ impl ResponseCheck for WafResponse<'_> {
 
 /// Authentication: `auth = "none"` gives the anonymous principal; other
 /// modes ask the [`Authenticator`].
+///
+/// A request with two `Authorization` or two `X-Api-Key` headers is
+/// refused (401) on a route that authenticates: the authenticator checks
+/// the first, the service receives both, and one that reads the last (or
+/// decodes a token it trusts the edge to have verified) would act for a
+/// principal nobody checked.
 pub struct Authn {
     /// The identity plane's hook.
     pub authenticator: Arc<dyn Authenticator>,
@@ -549,6 +573,12 @@ impl Phase for Authn {
         if ctx.route.auth == RouteAuth::None {
             ctx.principal = Some(Principal::anonymous());
             return Ok(());
+        }
+        // One credential: the authenticator reads the first header, and a
+        // second one would reach the service unchecked (see the type doc).
+        let repeated = |name: &str| ctx.head.headers.get_all(name).iter().nth(1).is_some();
+        if repeated("authorization") || repeated("x-api-key") {
+            return Err(Reject::Unauthenticated);
         }
         let req = AuthRequest {
             route: &ctx.route,
@@ -647,6 +677,12 @@ impl Phase for BodyLimit {
 /// the body must be declared JSON (`application/json` or `+json`, else
 /// 415), parse (else 400 `bad_json`) and satisfy the schema (else 400
 /// `schema_violation` naming the field by JSON Pointer).
+///
+/// An object with the same key twice is `bad_json` too: JSON parsers
+/// disagree on which of the two counts (serde_json, and so the schema
+/// check, keeps the last; others, such as Go's gjson, the first), so
+/// `{"role":"admin","role":"user"}` could pass the schema as `user` and
+/// reach the service as `admin`.
 #[derive(Debug)]
 pub struct JsonSchema;
 
@@ -669,10 +705,18 @@ impl Phase for JsonSchema {
         if !is_json(&ctx.head.headers) {
             return Err(Reject::UnsupportedMediaType);
         }
-        let value: serde_json::Value =
-            serde_json::from_slice(&body).map_err(|e| Reject::BadJson {
-                message: format!("invalid JSON at line {} column {}", e.line(), e.column()),
-            })?;
+        let value = serde_json::from_slice::<UniqueKeys>(&body)
+            .map_err(|e| Reject::BadJson {
+                message: match e.classify() {
+                    serde_json::error::Category::Data => format!(
+                        "duplicate object key at line {} column {}",
+                        e.line(),
+                        e.column()
+                    ),
+                    _ => format!("invalid JSON at line {} column {}", e.line(), e.column()),
+                },
+            })?
+            .0;
         let first = schema
             .iter_errors(&value)
             .next()
@@ -684,10 +728,73 @@ impl Phase for JsonSchema {
     }
 }
 
-/// Whether `Content-Type` declares JSON.
+/// A JSON value parsed as [`serde_json::Value`] is, but refused (a `Data`
+/// error) if an object holds a key twice.
+struct UniqueKeys(serde_json::Value);
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(UniqueKeysVisitor).map(UniqueKeys)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
+    type Value = serde_json::Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(serde_json::Value::Null, Into::into))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(UniqueKeys(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(serde_json::Value::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut object = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let UniqueKeys(value) = map.next_value()?;
+            if object.insert(key, value).is_some() {
+                return Err(serde::de::Error::custom("duplicate object key"));
+            }
+        }
+        Ok(serde_json::Value::Object(object))
+    }
+}
+
+/// Whether `Content-Type` declares JSON, and only JSON: with two
+/// `Content-Type` headers a service may read the body by the other (say, a
+/// form), so a body checked as JSON would not be the body it acts on.
 fn is_json(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(http::header::CONTENT_TYPE)
+    let mut all = headers.get_all(http::header::CONTENT_TYPE).iter();
+    let (Some(only), None) = (all.next(), all.next()) else {
+        return false;
+    };
+    Some(only)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .map(|m| m.trim().to_ascii_lowercase())
@@ -703,4 +810,25 @@ pub fn declared_too_large(head: &http::request::Parts, max: usize) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
         .is_some_and(|n| n > max as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_clients_share_a_bucket_per_64() {
+        let key = |ip: &str| {
+            let mut k = String::new();
+            push_client_key(&mut k, ip.parse().unwrap());
+            k
+        };
+        assert_eq!(key("192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("2001:db8:1:2::1"), "2001:db8:1:2::/64");
+        assert_eq!(
+            key("2001:db8:1:2:aaaa:bbbb:cccc:dddd"),
+            key("2001:db8:1:2::2")
+        );
+        assert_ne!(key("2001:db8:1:3::1"), key("2001:db8:1:2::1"));
+    }
 }

@@ -1,6 +1,8 @@
 //! Forwarding to an upstream: balance, build the upstream request (hop-by-hop
-//! headers stripped, `X-Forwarded-*` and `X-Request-Id` set), send, and on
-//! failure retry on another instance when that is safe.
+//! headers stripped, `X-Forwarded-For`, `X-Forwarded-Proto` and
+//! `X-Request-Id` set, other forwarding headers a client could forge
+//! removed), send, and on failure retry on another instance when that is
+//! safe.
 //!
 //! Retry rules: a connect error is retried for any method (nothing was
 //! sent); other errors, timeouts and 502/503/504 only for idempotent
@@ -57,6 +59,43 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
             .flat_map(|v| v.split(','))
             .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok()),
     );
+    for n in gone {
+        h.remove(n);
+    }
+}
+
+/// Headers in which proxies tell services about the client or the original
+/// request, other than the ones the edge sets itself. Services and their
+/// frameworks believe them (a client address from `X-Real-IP` or
+/// `Forwarded`, absolute URLs such as password-reset links built from
+/// `X-Forwarded-Host`, the route from `X-Original-URL`), and only the edge
+/// knows the facts they state, so a client's are removed, not forwarded.
+const FORGEABLE: [&str; 11] = [
+    "forwarded",
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-forwarded-ssl",
+    "x-original-url",
+    "x-rewrite-url",
+];
+
+/// Header names the edge reserves for itself (the assertion among them): a
+/// client's never reach a service.
+const RESERVED_PREFIX: &str = "x-rampart-";
+
+/// Removes the forwarding headers in [`FORGEABLE`] and any in the edge's
+/// own `x-rampart-` namespace.
+fn strip_forgeable(h: &mut HeaderMap) {
+    let gone: Vec<HeaderName> = h
+        .keys()
+        .filter(|n| FORGEABLE.contains(&n.as_str()) || n.as_str().starts_with(RESERVED_PREFIX))
+        .cloned()
+        .collect();
     for n in gone {
         h.remove(n);
     }
@@ -156,6 +195,9 @@ fn upstream_request(
     let uri = http::Uri::from(pq);
     let mut headers = ctx.head.headers.clone();
     strip_hop_by_hop(&mut headers);
+    // Only the edge speaks for the edge: a client's assertion (or any
+    // other `x-rampart-` header) and forwarding claims never pass.
+    strip_forgeable(&mut headers);
     headers.remove(http::header::CONTENT_LENGTH);
     if !headers.contains_key(http::header::HOST) {
         if let Ok(v) = HeaderValue::from_str(&ctx.host) {
@@ -174,8 +216,6 @@ fn upstream_request(
         if https { "https" } else { "http" },
     );
     set(&mut headers, "x-request-id", &ctx.request_id);
-    // Only the edge speaks for the edge: a client's assertion never passes.
-    headers.remove(crate::assertion::HEADER);
     if let Some(a) = assertion {
         headers.insert(HeaderName::from_static(crate::assertion::HEADER), a);
     }
@@ -299,5 +339,22 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("accept"));
+    }
+
+    #[test]
+    fn forgeable_forwarding_headers_and_the_edge_namespace_go() {
+        let mut h = HeaderMap::new();
+        for n in FORGEABLE {
+            h.insert(n, HeaderValue::from_static("127.0.0.1"));
+        }
+        h.insert("x-rampart-assertion", HeaderValue::from_static("v2.x.y"));
+        h.insert("X-Rampart-Principal", HeaderValue::from_static("admin"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        h.insert("accept", HeaderValue::from_static("*/*"));
+        strip_forgeable(&mut h);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        // X-Forwarded-For is rewritten by the caller, not removed here.
+        assert_eq!(left, ["accept", "x-forwarded-for"]);
     }
 }

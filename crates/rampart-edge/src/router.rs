@@ -1,6 +1,12 @@
 //! Route matching: exact host beats `*.suffix` wildcard; within a host the
 //! longest path prefix wins. Prefixes match on segment boundaries, so
 //! `/api` matches `/api` and `/api/x` but not `/apix`.
+//!
+//! [`Router::find_unambiguous`] also refuses a path that other servers
+//! read as one under a different route (see [`crate::path`]): without its
+//! segment parameters (`/admin;x/users`) or in another case
+//! (`/ADMIN/users`), either of which would otherwise take a service's
+//! `/admin` past the `/admin` route's authentication.
 
 use std::sync::Arc;
 
@@ -10,13 +16,31 @@ use rampart_config::Route;
 #[derive(Debug, Clone)]
 pub struct Router {
     routes: Vec<Arc<Route>>,
+    /// Each route's prefix as servers that drop segment parameters read it
+    /// (the prefix itself when it has no `;`), in `routes` order.
+    bare_prefixes: Vec<String>,
+    /// Whether a path prefix has capitals (then even a lower-case path may
+    /// match another route in another case).
+    capitals: bool,
 }
 
 impl Router {
     /// Builds a router over `routes`.
     pub fn new(routes: Vec<Route>) -> Router {
+        let capitals = routes
+            .iter()
+            .any(|r| r.path_prefix.bytes().any(|b| b.is_ascii_uppercase()));
+        let bare_prefixes = routes
+            .iter()
+            .map(|r| {
+                crate::path::without_parameters(&r.path_prefix)
+                    .unwrap_or_else(|| r.path_prefix.clone())
+            })
+            .collect();
         Router {
             routes: routes.into_iter().map(Arc::new).collect(),
+            bare_prefixes,
+            capitals,
         }
     }
 
@@ -29,20 +53,60 @@ impl Router {
 
     /// The best route for `host` (no port, any case) and `path`.
     pub fn find(&self, host: &str, path: &str) -> Option<&Arc<Route>> {
-        let mut best: Option<(u8, usize, &Arc<Route>)> = None;
-        for r in &self.routes {
+        self.find_by(host, path, false, false)
+    }
+
+    /// Like [`Router::find`] for a normal path (see [`crate::path`]), but
+    /// refuses it when the path read without its segment parameters, or
+    /// without regard to case, falls under another route.
+    pub fn find_unambiguous(
+        &self,
+        host: &str,
+        path: &str,
+    ) -> Result<Option<&Arc<Route>>, crate::path::PathError> {
+        let Some(route) = self.find(host, path) else {
+            return Ok(None);
+        };
+        let bare = crate::path::without_parameters(path);
+        if bare.is_none() && !self.capitals && !path.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Ok(Some(route));
+        }
+        let bare = bare.as_deref().unwrap_or(path);
+        let same = |other: Option<&Arc<Route>>| other.is_some_and(|o| Arc::ptr_eq(o, route));
+        if same(self.find_by(host, path, true, false))
+            && same(self.find_by(host, bare, false, true))
+            && same(self.find_by(host, bare, true, true))
+        {
+            Ok(Some(route))
+        } else {
+            Err(crate::path::PathError::Ambiguous)
+        }
+    }
+
+    /// The best route, prefixes compared without regard to ASCII case when
+    /// `any_case` (then, of equally long prefixes, one in the path's own
+    /// case wins), and read without their segment parameters when `bare`
+    /// (then, of equally long ones, one that had none wins).
+    fn find_by(&self, host: &str, path: &str, any_case: bool, bare: bool) -> Option<&Arc<Route>> {
+        // Host rank, prefix length, prefix in the path's own case, prefix
+        // as written.
+        type Rank = (u8, usize, bool, bool);
+        let mut best: Option<(Rank, &Arc<Route>)> = None;
+        for (r, bare_prefix) in self.routes.iter().zip(&self.bare_prefixes) {
             let Some(host_rank) = host_rank(&r.host, host) else {
                 continue;
             };
-            if !prefix_matches(&r.path_prefix, path) {
+            let prefix = if bare { bare_prefix } else { &r.path_prefix };
+            let exact = prefix_matches(prefix, path);
+            if !(exact || (any_case && prefix_matches_any_case(prefix, path))) {
                 continue;
             }
-            let key = (host_rank, r.path_prefix.len());
-            if best.is_none_or(|(h, l, _)| key > (h, l)) {
-                best = Some((host_rank, r.path_prefix.len(), r));
+            let key = (host_rank, prefix.len(), exact, *prefix == r.path_prefix);
+            if best.is_none_or(|(k, _)| key > k) {
+                best = Some((key, r));
             }
         }
-        best.map(|(_, _, r)| r)
+        best.map(|(_, r)| r)
     }
 }
 
@@ -69,9 +133,21 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
         return true;
     }
     match path.strip_prefix(prefix) {
-        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+        Some(rest) => on_boundary(prefix, rest),
         None => false,
     }
+}
+
+fn prefix_matches_any_case(prefix: &str, path: &str) -> bool {
+    match (path.get(..prefix.len()), path.get(prefix.len()..)) {
+        (Some(head), Some(rest)) => head.eq_ignore_ascii_case(prefix) && on_boundary(prefix, rest),
+        _ => false,
+    }
+}
+
+/// Whether `rest`, what follows a matching prefix, starts a new segment.
+fn on_boundary(prefix: &str, rest: &str) -> bool {
+    prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/')
 }
 
 #[cfg(test)]
@@ -113,5 +189,71 @@ mod tests {
         assert_eq!(svc("other.org", "/"), None);
         assert!(r.serves_host("API.example.com") && r.serves_host("x.example.com"));
         assert!(!r.serves_host("example.com") && !r.serves_host("evil.test"));
+    }
+
+    #[test]
+    fn paths_read_as_another_route_by_other_servers_are_refused() {
+        let r = Router::new(vec![
+            route("api.test", "/", "public"),
+            route("api.test", "/admin", "admin"),
+            route("api.test", "/Docs", "docs"),
+        ]);
+        let svc = |p| {
+            r.find_unambiguous("api.test", p)
+                .map(|r| r.map(|r| r.service.as_str()))
+        };
+        let ambiguous = Err(crate::path::PathError::Ambiguous);
+        // Tomcat, Jetty and Spring drop parameters: /admin/users.
+        assert_eq!(svc("/admin;x/users"), ambiguous);
+        assert_eq!(svc("/admin;"), ambiguous);
+        assert_eq!(svc("/;x/admin"), ambiguous);
+        // Case-insensitive services read /admin/users.
+        assert_eq!(svc("/ADMIN/users"), ambiguous);
+        assert_eq!(svc("/Admin"), ambiguous);
+        assert_eq!(svc("/docs/x"), ambiguous);
+        // Every reading on the same route: fine.
+        assert_eq!(svc("/admin/users;jsessionid=1"), Ok(Some("admin")));
+        assert_eq!(svc("/admin/Users/ABC"), Ok(Some("admin")));
+        assert_eq!(svc("/Docs/Intro"), Ok(Some("docs")));
+        assert_eq!(svc("/public;v=1/Files"), Ok(Some("public")));
+        assert_eq!(svc("/administrator"), Ok(Some("public")));
+        assert_eq!(r.find_unambiguous("nothing.test", "/ADMIN"), Ok(None));
+    }
+
+    #[test]
+    fn a_prefix_with_parameters_is_read_as_java_servers_read_it() {
+        let alone = Router::new(vec![
+            route("api.test", "/", "public"),
+            route("api.test", "/a;v=1", "v1"),
+        ]);
+        assert_eq!(
+            alone
+                .find_unambiguous("api.test", "/a;v=1/x")
+                .map(|r| r.map(|r| r.service.as_str())),
+            Ok(Some("v1"))
+        );
+        // Beside a route for /a, Java servers would serve it as /a/x.
+        let beside = Router::new(vec![
+            route("api.test", "/a;v=1", "v1"),
+            route("api.test", "/a", "a"),
+        ]);
+        assert_eq!(
+            beside.find_unambiguous("api.test", "/a;v=1/x"),
+            Err(crate::path::PathError::Ambiguous)
+        );
+    }
+
+    #[test]
+    fn routes_differing_only_in_case_each_keep_their_own_paths() {
+        let r = Router::new(vec![
+            route("api.test", "/API", "upper"),
+            route("api.test", "/api", "lower"),
+        ]);
+        let svc = |p| {
+            r.find_unambiguous("api.test", p)
+                .map(|r| r.map(|r| r.service.as_str()))
+        };
+        assert_eq!(svc("/api/x"), Ok(Some("lower")));
+        assert_eq!(svc("/API/x"), Ok(Some("upper")));
     }
 }

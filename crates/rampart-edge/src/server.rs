@@ -29,6 +29,7 @@ use crate::config::EdgeConfig;
 use crate::error::{Error, Reject, Result};
 use crate::framing::{FramingFlag, FramingGuard};
 use crate::hooks::{AccessRecord, AuditSink};
+use crate::idle::{Activity, IdleGuard, InFlight, Tracked};
 use crate::mtls::{ClientCert, RevokedSerials};
 use crate::phases::{self, Phase, RequestCtx};
 use crate::proxy::{self, UpstreamClient};
@@ -370,11 +371,14 @@ impl Edge {
                 r = accept(http.as_ref()) => {
                     let Some((stream, peer)) = r else { continue };
                     let st = state.clone();
+                    let activity = Activity::default();
+                    let io = IdleGuard::new(stream, activity.clone(), st.header_read_timeout);
                     let svc = service_fn(move |req| {
                         let st = st.clone();
-                        async move { Ok::<_, Infallible>(st.redirect(&req)) }
+                        let busy = activity.begin();
+                        async move { Ok::<_, Infallible>(tracked(st.redirect(&req), busy)) }
                     });
-                    let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+                    let conn = builder.serve_connection(TokioIo::new(io), svc).into_owned();
                     let conn = graceful.watch(conn);
                     conns.spawn(async move {
                         if let Err(e) = conn.await {
@@ -413,14 +417,22 @@ impl Edge {
                         let flag = FramingFlag::default();
                         let seen = Arc::new(AtomicU64::new(0));
                         let guard_flag = flag.clone();
+                        // A connection that carries no request for the
+                        // header-read timeout is closed (see `idle`).
+                        let activity = Activity::default();
+                        let idle = IdleGuard::new(tls, activity.clone(), st.header_read_timeout);
                         let svc = service_fn(move |req| {
                             let st = st.clone();
                             let cert = cert.clone();
                             let index = seen.fetch_add(1, Ordering::Relaxed);
                             let smuggling = flag.is_conflicting(index);
-                            async move { Ok::<_, Infallible>(st.handle(req, peer, cert, smuggling).await) }
+                            let busy = activity.begin();
+                            async move {
+                                let resp = st.handle(req, peer, cert, smuggling).await;
+                                Ok::<_, Infallible>(tracked(resp, busy))
+                            }
                         });
-                        let io = TokioIo::new(FramingGuard::new(tls, guard_flag));
+                        let io = TokioIo::new(FramingGuard::new(idle, guard_flag));
                         let conn = builder.serve_connection(io, svc).into_owned();
                         if let Err(e) = watcher.watch(conn).await {
                             tracing::debug!(%peer, error = %e, "https connection ended");
@@ -486,6 +498,11 @@ async fn accept(l: Option<&TcpListener>) -> Option<(TcpStream, SocketAddr)> {
         Some(l) => workers::accept(l).await,
         None => std::future::pending().await,
     }
+}
+
+/// `resp` with its request kept in flight until its body has ended.
+fn tracked(resp: Response<EdgeBody>, busy: InFlight) -> Response<EdgeBody> {
+    resp.map(|body| Tracked::new(body, busy).boxed())
 }
 
 fn full(b: impl Into<Bytes>) -> EdgeBody {
@@ -564,7 +581,14 @@ pub fn parse_host(raw: &str) -> Option<String> {
 /// The client address: the peer, or, when the peer is a trusted proxy, the
 /// right-most untrusted address in `X-Forwarded-For`. Also returns the
 /// `X-Forwarded-For` value to send upstream.
+///
+/// An IPv4 client reaching a dual-stack (`[::]`) listener, or named so by
+/// a proxy, appears as an IPv4-mapped IPv6 address (`::ffff:192.0.2.1`),
+/// which no IPv4 network contains: every address is taken in its
+/// canonical form, so that IPv4 deny lists, allow lists, trusted proxies
+/// and rate-limit keys see the IPv4 address it is.
 pub fn client_addr(peer: IpAddr, headers: &http::HeaderMap, trusted: &[IpNet]) -> (IpAddr, String) {
+    let peer = peer.to_canonical();
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
     if !is_trusted(&peer) {
         return (peer, crate::text::ip_text(peer));
@@ -579,14 +603,15 @@ pub fn client_addr(peer: IpAddr, headers: &http::HeaderMap, trusted: &[IpNet]) -
         .collect();
     let mut client = peer;
     for hop in chain.iter().rev() {
-        match hop.parse::<IpAddr>() {
-            Ok(ip) => {
+        match parse_hop(hop) {
+            Some(ip) => {
+                let ip = ip.to_canonical();
                 client = ip;
                 if !is_trusted(&ip) {
                     break;
                 }
             }
-            Err(_) => break,
+            None => break,
         }
     }
     let mut xff = chain.join(", ");
@@ -595,6 +620,25 @@ pub fn client_addr(peer: IpAddr, headers: &http::HeaderMap, trusted: &[IpNet]) -
     }
     crate::text::push_ip(&mut xff, peer);
     (client, xff)
+}
+
+/// One `X-Forwarded-For` entry: an address, as most proxies write it, or
+/// with a port (`192.0.2.1:4711`, `[2001:db8::1]:4711`) or brackets
+/// (`[2001:db8::1]`), as some load balancers do. Read as a bare address
+/// only, such an entry would stop the walk at the proxy before it, which
+/// would then stand for every client behind it: inside allow lists meant
+/// for the proxy's own network, outside every deny list.
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    if let Ok(ip) = hop.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(sa) = hop.parse::<SocketAddr>() {
+        return Some(sa.ip());
+    }
+    hop.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .and_then(|h| h.parse::<std::net::Ipv6Addr>().ok())
+        .map(IpAddr::V6)
 }
 
 fn add_security_headers(h: &mut http::HeaderMap) {
@@ -743,15 +787,23 @@ impl State {
         // A path that cannot be normalised is still routed as received, so
         // that the firewall inspects it with its route's settings and an
         // attack is recorded as such; it is refused before the proxy.
-        let (path, bad_path) = match crate::path::normalize(head.uri.path()) {
+        let (path, mut bad_path) = match crate::path::normalize(head.uri.path()) {
             Ok(p) => (p, None),
             Err(e) => (std::borrow::Cow::Borrowed(head.uri.path()), Some(e)),
         };
-        let route = routing
-            .router
-            .find(&host, &path)
-            .ok_or(Reject::NoRoute)?
-            .clone();
+        // A path that other servers read as another route's (parameters
+        // dropped, another case) is refused like a bad one.
+        let found = match bad_path {
+            Some(_) => routing.router.find(&host, &path),
+            None => routing
+                .router
+                .find_unambiguous(&host, &path)
+                .unwrap_or_else(|e| {
+                    bad_path = Some(e);
+                    routing.router.find(&host, &path)
+                }),
+        };
+        let route = found.ok_or(Reject::NoRoute)?.clone();
         let forward_path = match path {
             std::borrow::Cow::Owned(mut p) => {
                 if let Some(q) = head.uri.query() {
@@ -770,7 +822,14 @@ impl State {
         ctx.forward_path = forward_path;
         ctx.forwarded_for = forwarded_for;
         rec.route = Some(ctx.route_label.clone());
-        if phases::declared_too_large(&ctx.head, self.max_body) {
+        // The route's own limit, when smaller, bounds what is read at all:
+        // a body declared over it is refused before any of it is read, and
+        // one that grows over it is cut off there.
+        let max_body = ctx
+            .route
+            .max_body_bytes
+            .map_or(self.max_body, |m| m.min(self.max_body));
+        if phases::declared_too_large(&ctx.head, max_body) {
             return Err(Reject::BodyTooLarge);
         }
         let pool = routing
@@ -787,13 +846,7 @@ impl State {
             .as_ref()
             .and_then(|p| routing.schemas.get(p))
             .cloned();
-        let outcome = phases::run(
-            &self.phases,
-            &mut ctx,
-            self.max_body,
-            self.body_read_timeout,
-        )
-        .await;
+        let outcome = phases::run(&self.phases, &mut ctx, max_body, self.body_read_timeout).await;
         rec.principal = ctx.principal.as_ref().map(|p| p.id.clone());
         rec.waf = ctx.waf.take();
         rec.bytes_in = ctx.body().map_or(0, |b| b.len() as u64);
@@ -960,5 +1013,46 @@ mod tests {
         let (c, xff) = client_addr(stranger, &h, &proxies);
         assert_eq!(c, stranger);
         assert_eq!(xff, "8.8.8.8");
+    }
+
+    #[test]
+    fn xff_entries_with_ports_or_brackets_name_the_client() {
+        let proxies: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        for (entry, want) in [
+            ("203.0.113.9:4711", "203.0.113.9"),
+            ("[2001:db8::1]:4711", "2001:db8::1"),
+            ("[2001:db8::1]", "2001:db8::1"),
+            ("10.0.0.7:80, 203.0.113.9:4711", "203.0.113.9"),
+        ] {
+            let mut h = http::HeaderMap::new();
+            h.insert("x-forwarded-for", HeaderValue::from_str(entry).unwrap());
+            let (c, _) = client_addr(proxy, &h, &proxies);
+            assert_eq!(c, want.parse::<IpAddr>().unwrap(), "{entry}");
+        }
+        // What cannot be read still stops the walk.
+        let mut h = http::HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("unknown"));
+        assert_eq!(client_addr(proxy, &h, &proxies).0, proxy);
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_are_ipv4() {
+        // A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d; IPv4
+        // deny lists and trusted proxies must still match them.
+        let h = http::HeaderMap::new();
+        let mapped: IpAddr = "::ffff:203.0.113.7".parse().unwrap();
+        let (c, xff) = client_addr(mapped, &h, &[]);
+        assert_eq!(c, "203.0.113.7".parse::<IpAddr>().unwrap());
+        assert_eq!(xff, "203.0.113.7");
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("::ffff:198.51.100.4"),
+        );
+        let proxies: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let proxy: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        let (c, _) = client_addr(proxy, &h, &proxies);
+        assert_eq!(c, "198.51.100.4".parse::<IpAddr>().unwrap());
     }
 }

@@ -191,6 +191,59 @@ async fn forwarded_headers_request_id_and_hop_by_hop() {
 }
 
 #[tokio::test]
+async fn forged_forwarding_headers_and_edge_headers_never_reach_the_service() {
+    let a = upstream("a").await;
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], ROOT), |_| {}).await;
+    let forged = [
+        ("x-real-ip", "127.0.0.1"),
+        ("forwarded", "for=127.0.0.1;proto=https;host=admin.internal"),
+        ("x-forwarded-host", "evil.test"),
+        ("x-forwarded-port", "8443"),
+        ("x-forwarded-prefix", "/admin"),
+        ("x-original-url", "/admin/users"),
+        ("x-rewrite-url", "/admin/users"),
+        ("true-client-ip", "10.0.0.1"),
+        ("x-client-ip", "10.0.0.1"),
+        ("x-rampart-principal", "admin"),
+        ("x-rampart-roles", "admin"),
+    ];
+    let r = edge.https_with("GET", "api.test", "/", &forged).await;
+    assert_eq!(r.status, StatusCode::OK);
+    for (name, _) in forged {
+        assert_eq!(
+            r.header(&format!("echo-{name}")),
+            None,
+            "{name} was forwarded"
+        );
+    }
+}
+
+#[tokio::test]
+async fn ipv4_deny_list_holds_on_a_dual_stack_listener() {
+    // On [::], IPv4 clients arrive as ::ffff:127.0.0.1; an IPv4 deny list
+    // must still refuse them.
+    let a = upstream("a").await;
+    let routes = format!("{ROOT}deny_cidrs = [\"127.0.0.0/8\"]\n");
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], &routes), |ec| {
+        ec.https_listen = Some("[::]:0".parse().unwrap());
+    })
+    .await;
+    let port = edge.addrs.https.unwrap().port();
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let cfg = edge.client_config(rustls::DEFAULT_VERSIONS, &[b"http/1.1"]);
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(
+            rustls::pki_types::ServerName::try_from("api.test").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let r = send(tls, "GET", "api.test", "/", &[]).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(a.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
 async fn denied_cidr_gets_403_and_never_reaches_upstream() {
     let a = upstream("a").await;
     let routes = format!("{ROOT}deny_cidrs = [\"127.0.0.0/8\"]\n");
@@ -217,6 +270,38 @@ async fn global_allow_list_refuses_others() {
         edge.https("GET", "api.test", "/").await.status,
         StatusCode::FORBIDDEN
     );
+}
+
+/// An IPv6 client holds a whole /64: changing the low 64 bits of its
+/// address must not give it a fresh bucket.
+#[tokio::test]
+async fn ipv6_clients_are_limited_per_64_not_per_address() {
+    let a = upstream("a").await;
+    let clock = Arc::new(ManualClock::at_unix_secs(1_000_000));
+    let c = clock.clone();
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], ROOT), |ec| {
+        ec.rate_limits.per_client = Rate::new(2, 0.01);
+        ec.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+        ec.clock = c;
+    })
+    .await;
+    let from = |ip: &'static str| {
+        let edge = &edge;
+        async move {
+            edge.https_with("GET", "api.test", "/", &[("x-forwarded-for", ip)])
+                .await
+                .status
+        }
+    };
+    assert_eq!(from("2001:db8:1:2::1").await, StatusCode::OK);
+    assert_eq!(from("2001:db8:1:2::2").await, StatusCode::OK);
+    assert_eq!(from("2001:db8:1:2::3").await, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        from("2001:db8:1:2:ffff::9").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // Another /64 is another client.
+    assert_eq!(from("2001:db8:1:3::1").await, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -401,6 +486,56 @@ async fn protected_route_needs_credentials_and_role() {
     );
 }
 
+/// Accepts `Authorization: Bearer good` (the first such header, as an
+/// authenticator reads it).
+struct BearerAuth;
+
+impl Authenticator for BearerAuth {
+    fn authenticate(&self, req: &AuthRequest<'_>) -> AuthOutcome {
+        match req.head.headers.get("authorization").map(|v| v.as_bytes()) {
+            Some(b"Bearer good") => AuthOutcome::Authenticated(Principal {
+                id: "tester".into(),
+                roles: vec![],
+            }),
+            _ => AuthOutcome::Unauthenticated,
+        }
+    }
+}
+
+/// The edge checks one credential; a second `Authorization` (or
+/// `X-Api-Key`) would reach the service unchecked, and a service that reads
+/// the last one (or decodes a token it trusts the edge to have verified)
+/// would act for whoever that one names.
+#[tokio::test]
+async fn a_second_credential_header_is_refused() {
+    let a = upstream("a").await;
+    let routes = "[[routes]]\nhost = \"api.test\"\npath_prefix = \"/\"\nservice = \"a\"\nauth = \"api_key\"\n";
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], routes), |ec| {
+        ec.authenticator = Arc::new(BearerAuth);
+    })
+    .await;
+    let r = edge
+        .https_with("GET", "api.test", "/", &[("authorization", "Bearer good")])
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    for second in [
+        (
+            "authorization",
+            "Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiJhZG1pbiJ9.",
+        ),
+        ("x-api-key", "someone-else"),
+    ] {
+        let hits = a.hits.load(std::sync::atomic::Ordering::SeqCst);
+        let mut headers = vec![("authorization", "Bearer good"), second];
+        if second.0 == "x-api-key" {
+            headers.push(second);
+        }
+        let r = edge.https_with("GET", "api.test", "/", &headers).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{second:?}");
+        assert_eq!(a.hits.load(std::sync::atomic::Ordering::SeqCst), hits);
+    }
+}
+
 #[tokio::test]
 async fn round_robin_spreads_across_two_upstreams() {
     let (a, b) = (upstream("a").await, upstream("b").await);
@@ -547,6 +682,16 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
         )
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
+    // A proxy that writes the client's port too names the same client.
+    let r = edge
+        .https_with(
+            "GET",
+            "api.test",
+            "/",
+            &[("x-forwarded-for", "203.0.113.9:4711")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
 }
 
 #[tokio::test]
@@ -580,6 +725,49 @@ async fn slow_headers_are_cut_off() {
     let text = String::from_utf8_lossy(&buf);
     assert!(buf.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
     assert_eq!(a.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+/// A connection that carries no request is closed after the header-read
+/// timeout: one silent after its TLS handshake, and an HTTP/2 one whose
+/// last stream has ended. Held open, either costs the edge a descriptor
+/// for as long as the client likes.
+#[tokio::test]
+async fn connections_without_requests_are_closed() {
+    let a = upstream("a").await;
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], ROOT), |ec| {
+        ec.header_read_timeout = Duration::from_millis(300)
+    })
+    .await;
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        let cfg = edge.client_config(rustls::DEFAULT_VERSIONS, &[alpn]);
+        let mut tls = edge.tls("api.test", cfg).await.unwrap();
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(3), tls.read_to_end(&mut buf)).await;
+        assert!(read.is_ok(), "a silent connection ({alpn:?}) was kept open");
+    }
+    let cfg = edge.client_config(rustls::DEFAULT_VERSIONS, &[b"h2"]);
+    let tls = edge.tls("api.test", cfg).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    // A response that takes longer than the timeout is not cut short.
+    let req = http::Request::get("https://api.test/slow")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(&body[..], b"a");
+    // Then, with no stream open, the connection goes.
+    let ended = tokio::time::timeout(Duration::from_secs(3), conn).await;
+    assert!(ended.is_ok(), "an idle HTTP/2 connection was kept open");
 }
 
 #[tokio::test]
@@ -821,6 +1009,42 @@ async fn paths_are_normalised_before_routing_and_forwarding() {
     assert_eq!(a.hits.load(std::sync::atomic::Ordering::SeqCst), before);
 }
 
+/// A path that Java servers (segment parameters dropped) or
+/// case-insensitive ones read as the `/admin` route's is refused, not
+/// taken to the service under the `/` route's rules.
+#[tokio::test]
+async fn paths_other_servers_read_as_another_route_are_refused() {
+    let a = upstream("a").await;
+    let routes = format!(
+        "{ROOT}[[roles]]\nname = \"admin\"\npermissions = [\"*\"]\n[[routes]]\nhost = \"api.test\"\npath_prefix = \"/admin\"\nservice = \"a\"\nauth = \"api_key\"\nroles = [\"admin\"]\n"
+    );
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], &routes), |ec| {
+        ec.authenticator = Arc::new(RoleAuth);
+    })
+    .await;
+    for sneaky in [
+        "/admin;x=1/users",
+        "/admin;",
+        "/;x/admin/users",
+        "/ADMIN/users",
+        "/Admin",
+        "/public/../Admin/users",
+    ] {
+        let r = edge.https("GET", "api.test", sneaky).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{sneaky}");
+        assert!(r.body.contains("bad_path"), "{sneaky}: {}", r.body);
+    }
+    assert_eq!(a.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    // Parameters and capitals that leave the route as it is pass.
+    for fine in ["/admin/Users;jsessionid=1", "/Public;v=2/Files"] {
+        let r = edge
+            .https_with("GET", "api.test", fine, &[("x-test-role", "admin")])
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{fine}");
+        assert_eq!(r.header("x-upstream-path"), Some(fine));
+    }
+}
+
 /// Host confusion and codings the edge cannot pass on are refused.
 #[tokio::test]
 async fn ambiguous_hosts_and_unknown_transfer_codings_are_refused() {
@@ -905,7 +1129,10 @@ async fn a_refused_access_record_fails_closed_with_503() {
 async fn per_route_rate_limit_and_body_limit_override_the_defaults() {
     let a = upstream("a").await;
     let routes = "[[routes]]\nhost = \"api.test\"\npath_prefix = \"/strict\"\nservice = \"a\"\nmax_body_bytes = 8\nrate_limit = { burst = 1, per_second = 0.1 }\n[[routes]]\nhost = \"api.test\"\npath_prefix = \"/\"\nservice = \"a\"\n";
-    let edge = TestEdge::start(config(&[("a", vec![a.addr])], routes), |_| {}).await;
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], routes), |ec| {
+        ec.body_read_timeout = Duration::from_secs(5)
+    })
+    .await;
     // The strict route's body limit is 8 bytes (the default route takes more)…
     for (path, want) in [
         ("/strict", StatusCode::PAYLOAD_TOO_LARGE),
@@ -916,7 +1143,25 @@ async fn per_route_rate_limit_and_body_limit_override_the_defaults() {
         let r = send_body(tls, "POST", "api.test", path, &[], vec![b'x'; 9]).await;
         assert_eq!(r.status, want, "{path}");
     }
-    // …and its bucket held one request: the next is 429, the other route is unaffected.
+    // A body declared over the route's limit is refused at once, not read
+    // (up to the edge's own 10 MiB) or waited for first.
+    let cfg = edge.client_config(rustls::DEFAULT_VERSIONS, &[b"http/1.1"]);
+    let mut tls = edge.tls("api.test", cfg).await.unwrap();
+    tls.write_all(b"POST /strict/x HTTP/1.1\r\nHost: api.test\r\nContent-Length: 1000000\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(2), tls.read_exact(&mut head))
+        .await
+        .expect("the edge waited for a body over the route's limit")
+        .unwrap();
+    assert_eq!(&head, b"HTTP/1.1 413");
+    // …and its bucket holds one request (a body refused by its declared
+    // length took none): the next is 429, the other route is unaffected.
+    assert_eq!(
+        edge.https("GET", "api.test", "/strict").await.status,
+        StatusCode::OK
+    );
     let r = edge.https("GET", "api.test", "/strict").await;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
     assert!(r.header("retry-after").is_some());
