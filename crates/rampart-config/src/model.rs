@@ -452,6 +452,9 @@ pub struct Edge {
     pub waf_rules: Vec<String>,
     /// Largest request body read.
     pub max_body_bytes: usize,
+    /// Bytes of request bodies held in memory at once, all requests
+    /// together; past it, a body being read gets 503.
+    pub max_buffered_body_bytes: usize,
     /// Certificates chosen by SNI; empty means one from the development CA.
     pub certificates: Vec<Certificate>,
     /// PEM files of the CAs client certificates must chain to.

@@ -88,6 +88,7 @@ pub(crate) struct RawEdge {
     #[serde(default)]
     pub waf_rules: Vec<S<String>>,
     pub max_body_bytes: Option<S<i64>>,
+    pub max_buffered_body_bytes: Option<S<i64>>,
     #[serde(default)]
     pub certificates: Vec<RawCertificate>,
     #[serde(default)]

@@ -616,3 +616,29 @@ fn edge_worker_threads_default_to_one_per_core_and_are_bounded() {
         &[("worker_threads", "257"), ("worker_threads", "-1")],
     );
 }
+
+#[test]
+fn edge_body_budget_defaults_and_holds_at_least_one_body() {
+    let e = Config::parse("[edge]\n", "t.toml").unwrap().edge.unwrap();
+    assert_eq!(e.max_buffered_body_bytes, 256 << 20);
+    let e = Config::parse("[edge]\nmax_body_bytes = 536870912\n", "t.toml")
+        .unwrap()
+        .edge
+        .unwrap();
+    assert_eq!(e.max_buffered_body_bytes, 512 << 20);
+    let e = Config::parse("[edge]\nmax_buffered_body_bytes = 20971520\n", "t.toml")
+        .unwrap()
+        .edge
+        .unwrap();
+    assert_eq!(e.max_buffered_body_bytes, 20 << 20);
+    let err = Config::parse(
+        "[edge]\nmax_body_bytes = 1048576\nmax_buffered_body_bytes = 1000\n",
+        "t.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("t.toml:3") && err.contains("edge.max_buffered_body_bytes"),
+        "{err}"
+    );
+}

@@ -1134,6 +1134,20 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
             },
             None => 10 << 20,
         };
+        let max_buffered_body_bytes = match &e.max_buffered_body_bytes {
+            Some(v) => match usize::try_from(*v.get_ref()) {
+                Ok(n) if (max_body_bytes..=1 << 40).contains(&n) => n,
+                _ => {
+                    c.err(
+                        v,
+                        "edge.max_buffered_body_bytes",
+                        format!("must be at least edge.max_body_bytes ({max_body_bytes}) and at most 1099511627776"),
+                    );
+                    max_body_bytes
+                }
+            },
+            None => (256 << 20).max(max_body_bytes),
+        };
         let mut certificates = Vec::new();
         for (i, cert) in e.certificates.iter().enumerate() {
             if cert.names.is_empty() {
@@ -1367,6 +1381,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
                 })
                 .collect(),
             max_body_bytes,
+            max_buffered_body_bytes,
             certificates,
         }
     });

@@ -120,6 +120,10 @@ pub struct EdgeConfig {
     pub audit: Arc<dyn AuditSink>,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// Bytes of request bodies held in memory at once, over all requests
+    /// (bodies a phase reads whole: the WAF's, a schema's); a body that
+    /// would pass it gets 503 with Retry-After.
+    pub max_buffered_body_bytes: usize,
     /// How pools choose.
     pub balance: Balance,
     /// Breaker settings for every upstream.
@@ -182,6 +186,7 @@ impl EdgeConfig {
             authenticator: Arc::new(NoAuthenticator),
             audit: Arc::new(NoAudit),
             max_body_bytes: 10 * 1024 * 1024,
+            max_buffered_body_bytes: 256 * 1024 * 1024,
             balance: Balance::RoundRobin,
             breaker: BreakerSettings::default(),
             health_check: None,

@@ -119,6 +119,9 @@ pub enum Reject {
     BadBody,
     /// The body did not arrive in time.
     BodyTimeout,
+    /// The bytes of request bodies held at once reached
+    /// `max_buffered_body_bytes`.
+    BodyBuffersFull,
     /// No upstream is healthy.
     NoHealthyUpstream {
         /// When to try again.
@@ -155,7 +158,9 @@ impl Reject {
             Reject::Unauthenticated => StatusCode::UNAUTHORIZED,
             Reject::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Reject::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            Reject::NoHealthyUpstream { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Reject::NoHealthyUpstream { .. } | Reject::BodyBuffersFull => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Reject::UpstreamFailed => StatusCode::BAD_GATEWAY,
             Reject::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -169,6 +174,7 @@ impl Reject {
                 let s = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
                 Some(s.max(1))
             }
+            Reject::BodyBuffersFull => Some(1),
             _ => None,
         }
     }
@@ -193,6 +199,7 @@ impl Reject {
             Reject::BodyTooLarge => "body_too_large",
             Reject::BadBody => "bad_body",
             Reject::BodyTimeout => "body_timeout",
+            Reject::BodyBuffersFull => "body_buffers_full",
             Reject::NoHealthyUpstream { .. } => "no_healthy_upstream",
             Reject::UpstreamFailed => "upstream_failed",
             Reject::UpstreamTimeout => "upstream_timeout",

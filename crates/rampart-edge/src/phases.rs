@@ -19,12 +19,13 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock, RwLock};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use ipnet::IpNet;
 use rampart_config::{Route, RouteAuth, WafExclusion, WafMode, WafRuleSelector};
 use rampart_core::SharedClock;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::Reject;
 use crate::hooks::{authorised, AuthOutcome, AuthRequest, Authenticator, Principal, WafFindings};
@@ -63,6 +64,8 @@ pub struct RequestCtx {
     pub forward_path: Option<http::uri::PathAndQuery>,
     pending: Option<Incoming>,
     body: Option<Bytes>,
+    /// The share of the edge's body budget the read body holds.
+    body_permit: Option<OwnedSemaphorePermit>,
 }
 
 impl RequestCtx {
@@ -93,6 +96,7 @@ impl RequestCtx {
             forward_path: None,
             pending: Some(body),
             body: None,
+            body_permit: None,
         }
     }
 
@@ -101,17 +105,53 @@ impl RequestCtx {
         self.body.as_ref()
     }
 
-    /// Reads the body (at most `limit` bytes) unless already read.
-    pub async fn buffer_body(&mut self, limit: usize) -> Result<&Bytes, Reject> {
+    /// Reads the body (at most `limit` bytes) unless already read. Each
+    /// chunk takes its size from `budget`, the bytes all requests may hold
+    /// at once, until the request ends; when the budget has run out the
+    /// request is refused (503) rather than held.
+    pub async fn buffer_body(
+        &mut self,
+        limit: usize,
+        budget: &Arc<Semaphore>,
+    ) -> Result<&Bytes, Reject> {
         if self.body.is_none() {
             let bytes = match self.pending.take() {
-                Some(incoming) => match Limited::new(incoming, limit).collect().await {
-                    Ok(c) => c.to_bytes(),
-                    Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                        return Err(Reject::BodyTooLarge)
+                Some(mut incoming) => {
+                    let mut chunks: Vec<Bytes> = Vec::new();
+                    let mut total = 0usize;
+                    while let Some(frame) = incoming.frame().await {
+                        let frame = frame.map_err(|_| Reject::BadBody)?;
+                        let Ok(data) = frame.into_data() else {
+                            continue; // trailers
+                        };
+                        if data.is_empty() {
+                            continue;
+                        }
+                        total = total.saturating_add(data.len());
+                        if total > limit {
+                            return Err(Reject::BodyTooLarge);
+                        }
+                        let n = u32::try_from(data.len()).map_err(|_| Reject::BodyTooLarge)?;
+                        let permit = budget
+                            .clone()
+                            .try_acquire_many_owned(n)
+                            .map_err(|_| Reject::BodyBuffersFull)?;
+                        match &mut self.body_permit {
+                            Some(held) => held.merge(permit),
+                            None => self.body_permit = Some(permit),
+                        }
+                        chunks.push(data);
                     }
-                    Err(_) => return Err(Reject::BadBody),
-                },
+                    if chunks.len() <= 1 {
+                        chunks.pop().unwrap_or_default()
+                    } else {
+                        let mut all = BytesMut::with_capacity(total);
+                        for c in &chunks {
+                            all.extend_from_slice(c);
+                        }
+                        all.freeze()
+                    }
+                }
                 None => Bytes::new(),
             };
             self.body = Some(bytes);
@@ -172,11 +212,12 @@ pub async fn run<'a>(
     ctx: &mut RequestCtx,
     max_body: usize,
     body_timeout: std::time::Duration,
+    body_budget: &Arc<Semaphore>,
 ) -> Result<ResponseChecks<'a>, Reject> {
     let mut kept = Vec::new();
     for p in phases {
         if p.needs_body() {
-            tokio::time::timeout(body_timeout, ctx.buffer_body(max_body))
+            tokio::time::timeout(body_timeout, ctx.buffer_body(max_body, body_budget))
                 .await
                 .map_err(|_| Reject::BodyTimeout)??;
         }

@@ -46,6 +46,8 @@ pub const HSTS: &str = "max-age=31536000; includeSubDomains";
 /// reads, like nginx's `large_client_header_buffers` (4 × 8 KiB) with room
 /// to spare; above it the answer is 431.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Requests one HTTP/2 connection may carry at once (nginx: 128).
+const MAX_H2_STREAMS: u32 = 128;
 
 /// Where the edge listens, once bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,6 +204,8 @@ struct State {
     trusted_proxies: Vec<IpNet>,
     audit: Arc<dyn AuditSink>,
     max_body: usize,
+    /// Request body bytes all requests may hold at once.
+    body_budget: Arc<tokio::sync::Semaphore>,
     upstream_timeout: Duration,
     header_read_timeout: Duration,
     body_read_timeout: Duration,
@@ -284,6 +288,10 @@ impl Edge {
             trusted_proxies: cfg.trusted_proxies.clone(),
             audit: cfg.audit.clone(),
             max_body: cfg.max_body_bytes,
+            body_budget: Arc::new(tokio::sync::Semaphore::new(
+                cfg.max_buffered_body_bytes
+                    .clamp(cfg.max_body_bytes, tokio::sync::Semaphore::MAX_PERMITS),
+            )),
             upstream_timeout: cfg.upstream_timeout,
             header_read_timeout: cfg.header_read_timeout,
             body_read_timeout: cfg.body_read_timeout,
@@ -333,6 +341,10 @@ impl Edge {
             .max_buf_size(MAX_HEAD_BYTES)
             .timer(TokioTimer::new())
             .header_read_timeout(state.header_read_timeout);
+        // As nginx's http2_max_concurrent_streams: with request bodies read
+        // whole, the streams one connection may open bound what it can make
+        // the edge hold (and `max_buffered_body_bytes` bounds all of them).
+        builder.http2().max_concurrent_streams(MAX_H2_STREAMS);
         let graceful = GracefulShutdown::new();
         let mut conns = JoinSet::new();
         let mut checks = JoinSet::new();
@@ -846,7 +858,14 @@ impl State {
             .as_ref()
             .and_then(|p| routing.schemas.get(p))
             .cloned();
-        let outcome = phases::run(&self.phases, &mut ctx, max_body, self.body_read_timeout).await;
+        let outcome = phases::run(
+            &self.phases,
+            &mut ctx,
+            max_body,
+            self.body_read_timeout,
+            &self.body_budget,
+        )
+        .await;
         rec.principal = ctx.principal.as_ref().map(|p| p.id.clone());
         rec.waf = ctx.waf.take();
         rec.bytes_in = ctx.body().map_or(0, |b| b.len() as u64);

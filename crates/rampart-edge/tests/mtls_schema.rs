@@ -410,3 +410,59 @@ async fn a_reload_with_a_broken_schema_is_refused() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Bodies a phase reads whole share one budget: while slow uploads hold
+/// it, another body gets 503 with Retry-After instead of more memory, and
+/// once they end the budget is whole again.
+#[tokio::test]
+async fn buffered_bodies_share_one_budget() {
+    use tokio::io::AsyncWriteExt;
+    let a = upstream("a").await;
+    let dir = std::env::temp_dir().join(format!("rampart-edge-budget-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let schema = dir.join("order.json");
+    std::fs::write(&schema, ORDER_SCHEMA).unwrap();
+    let text = format!(
+        "[[routes]]\nhost = \"api.test\"\npath_prefix = \"/orders\"\nservice = \"a\"\njson_schema = {:?}\n{ROUTE_ROOT}",
+        schema.display().to_string()
+    );
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], &text), |ec| {
+        ec.max_body_bytes = 64 * 1024;
+        ec.max_buffered_body_bytes = 64 * 1024;
+    })
+    .await;
+
+    // A slow upload: 40,000 bytes declared, 30,000 sent, then nothing.
+    let cfg = edge.client_config(rustls::DEFAULT_VERSIONS, &[b"http/1.1"]);
+    let mut slow = edge.tls("api.test", cfg).await.unwrap();
+    slow.write_all(
+        b"POST /orders HTTP/1.1\r\nhost: api.test\r\ncontent-type: application/json\r\ncontent-length: 40000\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    slow.write_all(&[b' '; 30_000]).await.unwrap();
+    slow.flush().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    let big = format!("{}{{\"sku\":\"ABC-1234\",\"qty\":2}}", " ".repeat(40_000));
+    let r = post(&edge, "application/json", &big).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    assert!(r.body.contains("body_buffers_full"), "{}", r.body);
+    assert_eq!(r.headers.get("retry-after").unwrap(), "1");
+    // Small bodies still fit beside the held one.
+    let ok = post(&edge, "application/json", r#"{"sku":"ABC-1234","qty":2}"#).await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+
+    // The slow client goes: its share comes back.
+    drop(slow);
+    let mut status = StatusCode::SERVICE_UNAVAILABLE;
+    for _ in 0..50 {
+        status = post(&edge, "application/json", &big).await.status;
+        if status != StatusCode::SERVICE_UNAVAILABLE {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, StatusCode::OK);
+    let _ = std::fs::remove_dir_all(&dir);
+}

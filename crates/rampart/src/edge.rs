@@ -293,6 +293,10 @@ fn start_only_changes(
         old.max_body_bytes != new.max_body_bytes,
         "edge.max_body_bytes",
     );
+    check(
+        old.max_buffered_body_bytes != new.max_buffered_body_bytes,
+        "edge.max_buffered_body_bytes",
+    );
     check(old.certificates != new.certificates, "edge.certificates");
     check(old.client_ca != new.client_ca, "edge.client_ca");
     check(old.client_auth != new.client_auth, "edge.client_auth");
@@ -456,6 +460,7 @@ pub async fn start(
     ec.allow_cidrs = e.allow_cidrs.clone();
     ec.deny_cidrs = e.deny_cidrs.clone();
     ec.max_body_bytes = e.max_body_bytes;
+    ec.max_buffered_body_bytes = e.max_buffered_body_bytes;
     ec.rate_limits = e.rate_limits.into();
     if let Some(r) = &config.redis {
         let url = crate::node::url_from_env(&r.url_env, "the Redis URL", "[redis] url_env")?;
