@@ -98,7 +98,8 @@ pub struct AccessRecord {
     pub method: String,
     /// Host (no port).
     pub host: String,
-    /// Path (no query).
+    /// Path, without the query and with segment parameters cut
+    /// (`/login;…`): both can carry credentials.
     pub path: String,
     /// The matched route's `host` + `path_prefix`, if any.
     pub route: Option<String>,
