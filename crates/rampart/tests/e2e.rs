@@ -317,6 +317,18 @@ fn control_api_answers_health_metrics_and_json_errors() {
     let ready = srv.get("/readyz", None);
     assert_eq!(ready.status, 200);
     assert_eq!(ready.json()["store"], "sqlite");
+    // The API's own description, without a credential, as in the repository.
+    let doc = srv.get("/v1/openapi.json", None);
+    assert_eq!(doc.status, 200, "{}", doc.body);
+    let file: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/openapi.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(doc.json(), file);
 
     // Every response carries a request id; a caller's plain id is kept, a hostile one replaced.
     assert!(h.request_id.as_deref().is_some_and(|id| id.len() >= 32));

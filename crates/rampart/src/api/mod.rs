@@ -110,6 +110,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/v1/whoami", get(whoami))
         .route("/v1/status", get(status))
+        .route("/v1/openapi.json", get(openapi))
         .merge(planes::routes())
         .merge(identity::routes())
         .route("/v1/audit/events", get(audit_events))
@@ -120,6 +121,18 @@ pub fn router(state: SharedState) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
+}
+
+/// The OpenAPI document of this API (`docs/openapi.json`, built in so the
+/// binary and the repository cannot disagree; a test keeps it current).
+pub const OPENAPI: &str = include_str!("../../../../docs/openapi.json");
+
+async fn openapi() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
+    )
+        .into_response()
 }
 
 async fn healthz() -> Json<serde_json::Value> {
@@ -565,6 +578,104 @@ async fn observe(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `(method, path)` of every `.route` call (path literal, then method
+    /// routers such as `get(h).post(h)`) in the
+    /// router's source files.
+    fn routes_in_source() -> std::collections::BTreeSet<(String, String)> {
+        let sources = [
+            include_str!("mod.rs"),
+            include_str!("identity.rs"),
+            include_str!("planes.rs"),
+        ];
+        let mut out = std::collections::BTreeSet::new();
+        for src in sources {
+            for (_, rest) in src
+                .match_indices(".route(")
+                .map(|(i, _)| src.split_at(i + 7))
+            {
+                let rest = rest.trim_start();
+                let Some(rest) = rest.strip_prefix('"') else {
+                    continue;
+                };
+                let Some((path, rest)) = rest.split_once('"') else {
+                    continue;
+                };
+                // The method routers, up to the call's closing parenthesis.
+                let mut depth = 1;
+                let mut end = rest.len();
+                for (i, c) in rest.char_indices() {
+                    match c {
+                        '(' => depth += 1,
+                        ')' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                end = i;
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                let handlers = &rest[..end];
+                for method in ["get", "post", "put", "delete", "patch"] {
+                    let call = format!("{method}(");
+                    let found = handlers.match_indices(&call).any(|(i, _)| {
+                        i == 0
+                            || !handlers[..i].ends_with(|c: char| c.is_alphanumeric() || c == '_')
+                    });
+                    if found {
+                        out.insert((method.to_owned(), path.to_owned()));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_openapi_document_describes_exactly_the_routes_served() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        assert_eq!(doc["openapi"], "3.1.0");
+        let mut documented = std::collections::BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                assert!(op["summary"].is_string(), "{method} {path}: no summary");
+                assert!(op["responses"].is_object(), "{method} {path}: no responses");
+                documented.insert((method.clone(), path.clone()));
+            }
+        }
+        let served = routes_in_source();
+        assert!(served.len() > 50, "the route parser found only {served:?}");
+        let undocumented: Vec<_> = served.difference(&documented).collect();
+        let unserved: Vec<_> = documented.difference(&served).collect();
+        assert!(
+            undocumented.is_empty() && unserved.is_empty(),
+            "routes missing from docs/openapi.json: {undocumented:?}; documented but not served: {unserved:?}"
+        );
+        // Every path parameter of a path is declared.
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                let declared: Vec<&str> = op["parameters"]
+                    .as_array()
+                    .map(|ps| {
+                        ps.iter()
+                            .filter(|p| p["in"] == "path")
+                            .filter_map(|p| p["name"].as_str())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                for seg in path.split('/') {
+                    if let Some(name) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                        assert!(
+                            declared.contains(&name),
+                            "{method} {path}: {name} not declared"
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn request_ids_are_distinct_32_hex_digits() {
