@@ -234,6 +234,33 @@ const ORDER_SCHEMA: &str = r#"{
   }
 }"#;
 
+/// A directory holding `order.json` ([`ORDER_SCHEMA`]), removed when
+/// dropped, and routes: `/orders` checked against it, `/` not.
+struct OrderRoutes {
+    dir: std::path::PathBuf,
+    text: String,
+}
+
+impl OrderRoutes {
+    fn new(tag: &str) -> OrderRoutes {
+        let dir = std::env::temp_dir().join(format!("rampart-edge-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let schema = dir.join("order.json");
+        std::fs::write(&schema, ORDER_SCHEMA).unwrap();
+        let text = format!(
+            "[[routes]]\nhost = \"api.test\"\npath_prefix = \"/orders\"\nservice = \"a\"\njson_schema = {:?}\n{ROUTE_ROOT}",
+            schema.display().to_string()
+        );
+        OrderRoutes { dir, text }
+    }
+}
+
+impl Drop for OrderRoutes {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 async fn post(edge: &TestEdge, ctype: &str, body: &str) -> Resp {
     let cfg = edge.client_config(rustls::DEFAULT_VERSIONS, &[b"http/1.1"]);
     let tls = edge.tls("api.test", cfg).await.unwrap();
@@ -251,17 +278,11 @@ async fn post(edge: &TestEdge, ctype: &str, body: &str) -> Resp {
 #[tokio::test]
 async fn json_schema_refuses_bad_bodies_naming_the_field() {
     let a = upstream("a").await;
-    let dir = std::env::temp_dir().join(format!("rampart-edge-schema-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let schema = dir.join("order.json");
-    std::fs::write(&schema, ORDER_SCHEMA).unwrap();
-    let text = format!(
-        "[[routes]]\nhost = \"api.test\"\npath_prefix = \"/orders\"\nservice = \"a\"\njson_schema = {:?}\n{ROUTE_ROOT}",
-        schema.display().to_string()
-    );
+    let routes = OrderRoutes::new("schema");
+    let text = &routes.text;
     let records = Arc::new(Records::default());
     let rec = records.clone();
-    let edge = TestEdge::start(config(&[("a", vec![a.addr])], &text), |ec| ec.audit = rec).await;
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], text), |ec| ec.audit = rec).await;
 
     let ok = post(&edge, "application/json", r#"{"sku":"ABC-1234","qty":2}"#).await;
     assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
@@ -328,7 +349,6 @@ async fn json_schema_refuses_bad_bodies_naming_the_field() {
     // Routes without a schema are not checked.
     let r = edge.https("GET", "api.test", "/").await;
     assert_eq!(r.status, StatusCode::OK);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Parsers disagree on which of two equal keys counts (serde_json keeps the
@@ -338,15 +358,9 @@ async fn json_schema_refuses_bad_bodies_naming_the_field() {
 #[tokio::test]
 async fn json_schema_refuses_duplicate_keys() {
     let a = upstream("a").await;
-    let dir = std::env::temp_dir().join(format!("rampart-edge-schema-dup-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let schema = dir.join("order.json");
-    std::fs::write(&schema, ORDER_SCHEMA).unwrap();
-    let text = format!(
-        "[[routes]]\nhost = \"api.test\"\npath_prefix = \"/orders\"\nservice = \"a\"\njson_schema = {:?}\n{ROUTE_ROOT}",
-        schema.display().to_string()
-    );
-    let edge = TestEdge::start(config(&[("a", vec![a.addr])], &text), |_| {}).await;
+    let routes = OrderRoutes::new("schema-dup");
+    let text = &routes.text;
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], text), |_| {}).await;
     for body in [
         r#"{"sku":"ABC-1234","qty":98765,"qty":2}"#,
         r#"{"sku":"ABC-1234","qty":2,"note":{"a":1,"a":2}}"#,
@@ -384,7 +398,6 @@ async fn json_schema_refuses_duplicate_keys() {
     )
     .await;
     assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
@@ -418,15 +431,9 @@ async fn a_reload_with_a_broken_schema_is_refused() {
 async fn buffered_bodies_share_one_budget() {
     use tokio::io::AsyncWriteExt;
     let a = upstream("a").await;
-    let dir = std::env::temp_dir().join(format!("rampart-edge-budget-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let schema = dir.join("order.json");
-    std::fs::write(&schema, ORDER_SCHEMA).unwrap();
-    let text = format!(
-        "[[routes]]\nhost = \"api.test\"\npath_prefix = \"/orders\"\nservice = \"a\"\njson_schema = {:?}\n{ROUTE_ROOT}",
-        schema.display().to_string()
-    );
-    let edge = TestEdge::start(config(&[("a", vec![a.addr])], &text), |ec| {
+    let routes = OrderRoutes::new("budget");
+    let text = &routes.text;
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], text), |ec| {
         ec.max_body_bytes = 64 * 1024;
         ec.max_buffered_body_bytes = 64 * 1024;
     })
@@ -464,5 +471,4 @@ async fn buffered_bodies_share_one_budget() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert_eq!(status, StatusCode::OK);
-    let _ = std::fs::remove_dir_all(&dir);
 }

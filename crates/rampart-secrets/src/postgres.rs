@@ -237,30 +237,24 @@ async fn connect(
             cfg.ssl_mode(SslMode::Require)
                 .channel_binding(ChannelBinding::Require);
             let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls_config(pem)?);
-            let (client, connection) = cfg.connect(tls).await.map_err(|e| describe(&e))?;
+            let (client, connection) = cfg
+                .connect(tls)
+                .await
+                .map_err(|e| rampart_store::pg_message(&e))?;
             tokio::spawn(connection);
             client
         }
         None => {
             cfg.ssl_mode(SslMode::Disable);
-            let (client, connection) = cfg.connect(NoTls).await.map_err(|e| describe(&e))?;
+            let (client, connection) = cfg
+                .connect(NoTls)
+                .await
+                .map_err(|e| rampart_store::pg_message(&e))?;
             tokio::spawn(connection);
             client
         }
     };
     Ok(client)
-}
-
-/// An error with its causes (a TLS failure is in the source chain).
-fn describe(e: &tokio_postgres::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
 }
 
 /// Sets `target.user`'s password to `password` through the admin role.

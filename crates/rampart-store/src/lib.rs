@@ -36,6 +36,7 @@ use async_trait::async_trait;
 pub use error::StoreError;
 pub use keyring::{Keyring, RootKeySource, RootMeta};
 pub use migrations::LATEST_VERSION;
+pub use postgres::pg_message;
 pub use postgres::{PgOptions, PgStore};
 pub use sealed::SealedStore;
 pub use sqlite::{SqliteStore, DB_FILE};

@@ -115,7 +115,7 @@ fn describe(cfg: &tokio_postgres::Config) -> String {
 
 /// The message of a PostgreSQL error and its causes (the server's own
 /// message for a database error), never the connection string.
-fn pg_message(e: &tokio_postgres::Error) -> String {
+pub fn pg_message(e: &tokio_postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
         return format!("{} ({})", db.message(), db.code().code());
     }
