@@ -757,6 +757,10 @@ impl SecretService {
                     true,
                 )
             })?;
+        // A value stored before hosts off loopback needed a CA stops here,
+        // before anything is staged.
+        old.check_transport()
+            .map_err(|(field, why)| fail(RotationStep::Prepare, format!("{field}: {why}"), true))?;
         let (admin_user, admin_password) = match &old.admin {
             PostgresAdmin::Inline { user, password } => {
                 (user.clone(), zeroize::Zeroizing::new(password.clone()))
