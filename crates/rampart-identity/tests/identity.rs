@@ -1438,77 +1438,6 @@ async fn login_failures_are_counted_across_nodes_sharing_a_store() {
         .is_empty());
 }
 
-/// A store whose login-throttle namespace fails on demand, as a shared
-/// database would while unreachable.
-#[derive(Debug)]
-struct ThrottleDown {
-    inner: Arc<dyn Store>,
-    down: std::sync::atomic::AtomicBool,
-}
-
-impl ThrottleDown {
-    fn check(&self, ns: &str) -> Result<(), rampart_store::StoreError> {
-        if ns == "identity/throttle" && self.down.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(rampart_store::StoreError::Backend(
-                "connection refused".into(),
-            ));
-        }
-        Ok(())
-    }
-}
-
-#[async_trait::async_trait]
-impl Store for ThrottleDown {
-    async fn get(
-        &self,
-        ns: &str,
-        key: &str,
-    ) -> Result<Option<rampart_store::Entry>, rampart_store::StoreError> {
-        self.check(ns)?;
-        self.inner.get(ns, key).await
-    }
-    async fn put(
-        &self,
-        ns: &str,
-        key: &str,
-        value: &[u8],
-        expect: rampart_store::Expect,
-    ) -> Result<u64, rampart_store::StoreError> {
-        self.check(ns)?;
-        self.inner.put(ns, key, value, expect).await
-    }
-    async fn delete(
-        &self,
-        ns: &str,
-        key: &str,
-        expect: rampart_store::Expect,
-    ) -> Result<bool, rampart_store::StoreError> {
-        self.check(ns)?;
-        self.inner.delete(ns, key, expect).await
-    }
-    async fn list(
-        &self,
-        ns: &str,
-        prefix: &str,
-        limit: usize,
-    ) -> Result<Vec<(String, rampart_store::Entry)>, rampart_store::StoreError> {
-        self.check(ns)?;
-        self.inner.list(ns, prefix, limit).await
-    }
-    async fn apply(&self, ops: Vec<rampart_store::Op>) -> Result<(), rampart_store::StoreError> {
-        self.inner.apply(ops).await
-    }
-    async fn ping(&self) -> Result<(), rampart_store::StoreError> {
-        self.inner.ping().await
-    }
-    async fn schema_version(&self) -> Result<u32, rampart_store::StoreError> {
-        self.inner.schema_version().await
-    }
-    fn backend(&self) -> &'static str {
-        self.inner.backend()
-    }
-}
-
 /// While the store cannot take the shared counts, the node's own counts
 /// still throttle: throttling never turns off.
 #[tokio::test]
@@ -1516,10 +1445,9 @@ async fn login_throttling_falls_back_to_the_node_while_the_store_fails() {
     let h = harness().await;
     h.user("max", &[Role::TeamMember], &["platform", "live"])
         .await;
-    let flaky = Arc::new(ThrottleDown {
-        inner: h.store.clone(),
-        down: std::sync::atomic::AtomicBool::new(true),
-    });
+    // The throttle's shared counts cannot be reached.
+    let flaky = rampart_store::testing::HeldStore::new(h.store.clone());
+    flaky.fail_namespace("identity/throttle");
     let node = Identity::open(
         flaky.clone(),
         h.keyring.clone(),

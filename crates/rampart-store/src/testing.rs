@@ -34,11 +34,13 @@ pub async fn fresh_pg_database(prefix: &str) -> Option<String> {
 /// namespace after it has read, until released: a read that lands just before a change made by
 /// the same process, for tests of what a plane caches or stages from it.
 /// It can also refuse every write to one record as a conflict, as if
-/// another writer always got there first.
+/// another writer always got there first, or fail every call in one
+/// namespace, as a shared database would while unreachable.
 #[derive(Debug)]
 pub struct HeldStore {
     inner: std::sync::Arc<dyn crate::Store>,
     refused: std::sync::Mutex<Option<(String, String)>>,
+    down: std::sync::Mutex<Option<String>>,
     ns: std::sync::Mutex<String>,
     armed: std::sync::atomic::AtomicBool,
     reached: tokio::sync::Notify,
@@ -51,6 +53,7 @@ impl HeldStore {
         std::sync::Arc::new(HeldStore {
             inner,
             refused: std::sync::Mutex::new(None),
+            down: std::sync::Mutex::new(None),
             ns: std::sync::Mutex::new(String::new()),
             armed: false.into(),
             reached: tokio::sync::Notify::new(),
@@ -90,6 +93,21 @@ impl HeldStore {
             Some((ns.to_owned(), key.to_owned()));
     }
 
+    /// From now on, every call in `ns` fails as if the database could not
+    /// be reached.
+    pub fn fail_namespace(&self, ns: &str) {
+        *self.down.lock().unwrap_or_else(|e| e.into_inner()) = Some(ns.to_owned());
+    }
+
+    /// The failure of a call in `ns`, if that namespace is down.
+    fn check_up(&self, ns: &str) -> Result<(), crate::StoreError> {
+        let down = self.down.lock().unwrap_or_else(|e| e.into_inner());
+        if down.as_deref() == Some(ns) {
+            return Err(crate::StoreError::Backend("connection refused".into()));
+        }
+        Ok(())
+    }
+
     /// Waits until the held read has read.
     pub async fn reached(&self) {
         self.reached.notified().await;
@@ -113,6 +131,7 @@ impl HeldStore {
 #[async_trait::async_trait]
 impl crate::Store for HeldStore {
     async fn get(&self, ns: &str, key: &str) -> Result<Option<crate::Entry>, crate::StoreError> {
+        self.check_up(ns)?;
         let got = self.inner.get(ns, key).await;
         self.hold(ns).await;
         got
@@ -125,6 +144,7 @@ impl crate::Store for HeldStore {
         value: &[u8],
         expect: crate::Expect,
     ) -> Result<u64, crate::StoreError> {
+        self.check_up(ns)?;
         let refused = self
             .refused
             .lock()
@@ -146,6 +166,7 @@ impl crate::Store for HeldStore {
         key: &str,
         expect: crate::Expect,
     ) -> Result<bool, crate::StoreError> {
+        self.check_up(ns)?;
         self.inner.delete(ns, key, expect).await
     }
 
@@ -155,12 +176,17 @@ impl crate::Store for HeldStore {
         prefix: &str,
         limit: usize,
     ) -> Result<Vec<(String, crate::Entry)>, crate::StoreError> {
+        self.check_up(ns)?;
         let got = self.inner.list(ns, prefix, limit).await;
         self.hold(ns).await;
         got
     }
 
     async fn apply(&self, ops: Vec<crate::Op>) -> Result<(), crate::StoreError> {
+        for op in &ops {
+            let (crate::Op::Put { ns, .. } | crate::Op::Delete { ns, .. }) = op;
+            self.check_up(ns)?;
+        }
         self.inner.apply(ops).await
     }
 
