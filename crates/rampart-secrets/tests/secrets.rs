@@ -484,43 +484,37 @@ fn pg_url() -> Option<PgUrl> {
     })
 }
 
-async fn login(pg: &PgUrl, user: &str, password: &str) -> bool {
+/// A client of the test server, logged in as `user` (no TLS: loopback).
+async fn connect_as(
+    pg: &PgUrl,
+    user: &str,
+    password: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let mut cfg = tokio_postgres::Config::new();
     cfg.host(&pg.host)
         .port(pg.port)
         .dbname("postgres")
         .user(user)
         .password(password);
-    match cfg.connect(tokio_postgres::NoTls).await {
-        Ok((client, conn)) => {
-            tokio::spawn(conn);
-            client.simple_query("SELECT 1").await.is_ok()
-        }
+    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+async fn login(pg: &PgUrl, user: &str, password: &str) -> bool {
+    match connect_as(pg, user, password).await {
+        Ok(client) => client.simple_query("SELECT 1").await.is_ok(),
         Err(_) => false,
     }
 }
 
 async fn admin_exec(pg: &PgUrl, sql: &str) {
-    let mut cfg = tokio_postgres::Config::new();
-    cfg.host(&pg.host)
-        .port(pg.port)
-        .dbname("postgres")
-        .user(&pg.user)
-        .password(&pg.password);
-    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(conn);
+    let client = connect_as(pg, &pg.user, &pg.password).await.unwrap();
     client.batch_execute(sql).await.unwrap();
 }
 
 async fn admin_query_one(pg: &PgUrl, sql: &str) -> String {
-    let mut cfg = tokio_postgres::Config::new();
-    cfg.host(&pg.host)
-        .port(pg.port)
-        .dbname("postgres")
-        .user(&pg.user)
-        .password(&pg.password);
-    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(conn);
+    let client = connect_as(pg, &pg.user, &pg.password).await.unwrap();
     client.query_one(sql, &[]).await.unwrap().get(0)
 }
 
