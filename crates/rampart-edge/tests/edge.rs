@@ -446,19 +446,25 @@ impl Authenticator for RoleAuth {
     }
 }
 
-#[tokio::test]
-async fn protected_route_needs_credentials_and_role() {
-    let a = upstream("a").await;
+/// An edge over upstream `a` with `/` open and `/admin` needing an API key
+/// of a principal with role admin ([`RoleAuth`]); `tweak` adjusts the rest.
+async fn admin_edge(a: &Upstream, tweak: impl FnOnce(&mut rampart_edge::EdgeConfig)) -> TestEdge {
     let routes = format!(
         "{ROOT}[[roles]]\nname = \"admin\"\npermissions = [\"*\"]\n[[routes]]\nhost = \"api.test\"\npath_prefix = \"/admin\"\nservice = \"a\"\nauth = \"api_key\"\nroles = [\"admin\"]\n"
     );
+    TestEdge::start(config(&[("a", vec![a.addr])], &routes), |ec| {
+        ec.authenticator = Arc::new(RoleAuth);
+        tweak(ec);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn protected_route_needs_credentials_and_role() {
+    let a = upstream("a").await;
     let records = Arc::new(Records::default());
     let rec = records.clone();
-    let edge = TestEdge::start(config(&[("a", vec![a.addr])], &routes), |ec| {
-        ec.authenticator = Arc::new(RoleAuth);
-        ec.audit = rec;
-    })
-    .await;
+    let edge = admin_edge(&a, |ec| ec.audit = rec).await;
     assert_eq!(
         edge.https("GET", "api.test", "/admin").await.status,
         StatusCode::UNAUTHORIZED
@@ -959,13 +965,7 @@ async fn hostile_requests_are_refused_or_made_safe() {
 #[tokio::test]
 async fn paths_are_normalised_before_routing_and_forwarding() {
     let a = upstream("a").await;
-    let routes = format!(
-        "{ROOT}[[roles]]\nname = \"admin\"\npermissions = [\"*\"]\n[[routes]]\nhost = \"api.test\"\npath_prefix = \"/admin\"\nservice = \"a\"\nauth = \"api_key\"\nroles = [\"admin\"]\n"
-    );
-    let edge = TestEdge::start(config(&[("a", vec![a.addr])], &routes), |ec| {
-        ec.authenticator = Arc::new(RoleAuth);
-    })
-    .await;
+    let edge = admin_edge(&a, |_| {}).await;
     // Every spelling of /admin needs the admin route's credentials.
     for sneaky in [
         "/public/../admin",
@@ -1015,13 +1015,7 @@ async fn paths_are_normalised_before_routing_and_forwarding() {
 #[tokio::test]
 async fn paths_other_servers_read_as_another_route_are_refused() {
     let a = upstream("a").await;
-    let routes = format!(
-        "{ROOT}[[roles]]\nname = \"admin\"\npermissions = [\"*\"]\n[[routes]]\nhost = \"api.test\"\npath_prefix = \"/admin\"\nservice = \"a\"\nauth = \"api_key\"\nroles = [\"admin\"]\n"
-    );
-    let edge = TestEdge::start(config(&[("a", vec![a.addr])], &routes), |ec| {
-        ec.authenticator = Arc::new(RoleAuth);
-    })
-    .await;
+    let edge = admin_edge(&a, |_| {}).await;
     for sneaky in [
         "/admin;x=1/users",
         "/admin;",
