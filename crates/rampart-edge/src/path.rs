@@ -166,17 +166,41 @@ pub fn without_parameters(path: &str) -> Option<String> {
     if !path.contains(';') {
         return None;
     }
+    let out = cut_parameters(path, "");
+    Some(match normalize(&out) {
+        Ok(n) => n.into_owned(),
+        Err(_) => out,
+    })
+}
+
+/// `path` as the audit log keeps it: each segment's parameters, which can
+/// carry session ids, replaced by `;…` (`/login;jsessionid=…` becomes
+/// `/login;…`).
+pub fn redact_parameters(path: &str) -> Cow<'_, str> {
+    if path.contains(';') {
+        Cow::Owned(cut_parameters(path, ";…"))
+    } else {
+        Cow::Borrowed(path)
+    }
+}
+
+/// `path` with each segment cut at its first `;`, `mark` put where
+/// something was cut.
+fn cut_parameters(path: &str, mark: &str) -> String {
     let mut out = String::with_capacity(path.len());
     for (i, seg) in path.split('/').enumerate() {
         if i > 0 {
             out.push('/');
         }
-        out.push_str(seg.split(';').next().unwrap_or_default());
+        match seg.split_once(';') {
+            Some((name, _)) => {
+                out.push_str(name);
+                out.push_str(mark);
+            }
+            None => out.push_str(seg),
+        }
     }
-    Some(match normalize(&out) {
-        Ok(n) => n.into_owned(),
-        Err(_) => out,
-    })
+    out
 }
 
 #[cfg(test)]
@@ -254,6 +278,16 @@ mod tests {
         for (raw, want) in cases {
             assert_eq!(n(raw), Err(want), "{raw}");
         }
+    }
+
+    #[test]
+    fn audited_paths_keep_no_segment_parameters() {
+        assert_eq!(redact_parameters("/a/b"), "/a/b");
+        assert_eq!(
+            redact_parameters("/login;jsessionid=SECRET/x;y"),
+            "/login;…/x;…"
+        );
+        assert_eq!(redact_parameters("/;"), "/;…");
     }
 
     #[test]

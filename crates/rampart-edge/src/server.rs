@@ -46,29 +46,6 @@ pub const HSTS: &str = "max-age=31536000; includeSubDomains";
 /// reads, like nginx's `large_client_header_buffers` (4 × 8 KiB) with room
 /// to spare; above it the answer is 431.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
-/// The path as the audit log keeps it: without the query (as before) and
-/// without segment parameters, which carry session ids
-/// (`/login;jsessionid=…` becomes `/login;…`).
-fn audited_path(path: &str) -> String {
-    if !path.contains(';') {
-        return path.to_owned();
-    }
-    let mut out = String::with_capacity(path.len());
-    for (i, seg) in path.split('/').enumerate() {
-        if i > 0 {
-            out.push('/');
-        }
-        match seg.split_once(';') {
-            Some((name, _)) => {
-                out.push_str(name);
-                out.push_str(";…");
-            }
-            None => out.push_str(seg),
-        }
-    }
-    out
-}
-
 /// Requests one HTTP/2 connection may carry at once (nginx: 128).
 const MAX_H2_STREAMS: u32 = 128;
 
@@ -747,7 +724,7 @@ impl State {
             client,
             method: head.method.to_string(),
             host: host.clone().unwrap_or_default(),
-            path: audited_path(head.uri.path()),
+            path: crate::path::redact_parameters(head.uri.path()).into_owned(),
             route: None,
             principal: None,
             status: 0,
@@ -1014,13 +991,6 @@ fn reject_response(reject: &Reject, request_id: &str) -> Response<EdgeBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn audited_paths_keep_no_segment_parameters() {
-        assert_eq!(audited_path("/a/b"), "/a/b");
-        assert_eq!(audited_path("/login;jsessionid=SECRET/x;y"), "/login;…/x;…");
-        assert_eq!(audited_path("/;"), "/;…");
-    }
 
     #[test]
     fn host_validation() {
