@@ -23,7 +23,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, ReadBuf};
+
+use crate::watch::{ReadHook, ReadWatch};
 
 /// The most bytes of one head or chunk-size line the guard buffers.
 const MAX_HEAD: usize = 64 * 1024;
@@ -254,67 +256,23 @@ fn chunk_size(line: &[u8]) -> Option<u64> {
 
 /// An I/O stream that shows every byte read to a [`Framing`] watch on its
 /// way to hyper. Writes pass straight through.
-#[derive(Debug)]
-pub struct FramingGuard<IO> {
-    inner: IO,
-    framing: Framing,
-}
+pub type FramingGuard<IO> = ReadWatch<IO, Framing>;
 
-impl<IO> FramingGuard<IO> {
-    /// Watches `inner`, reporting to `flag`.
-    pub fn new(inner: IO, flag: FramingFlag) -> Self {
-        FramingGuard {
-            inner,
-            framing: Framing::new(flag),
-        }
-    }
-}
-
-impl<IO: AsyncRead + Unpin> AsyncRead for FramingGuard<IO> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
+impl ReadHook for Framing {
+    fn poll_read_from<IO: AsyncRead + Unpin>(
+        &mut self,
+        inner: &mut IO,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
-        let this = &mut *self;
-        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let r = Pin::new(inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = &r {
             if let Some(new) = buf.filled().get(before..) {
-                this.framing.feed(new);
+                self.feed(new);
             }
         }
         r
-    }
-}
-
-impl<IO: AsyncWrite + Unpin> AsyncWrite for FramingGuard<IO> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -9,7 +9,7 @@
 //! Each costs a descriptor and memory for as long as the client likes, so
 //! one host could open enough of them to stop the edge accepting.
 //!
-//! [`IdleGuard`] sits under hyper. Once its connection has had no request
+//! [`Idle`], in a [`ReadWatch`](crate::watch::ReadWatch), sits under hyper. Once its connection has had no request
 //! in flight (from the moment the handler takes one until its response
 //! body has been sent or dropped, marked by an [`InFlight`] from
 //! [`Activity::begin`]) for the timeout, its reads end as if the client had
@@ -26,8 +26,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::time::{Instant, Sleep};
+
+use crate::watch::ReadHook;
 
 /// A connection's requests in flight and when the last one ended.
 #[derive(Debug, Clone)]
@@ -120,23 +122,21 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
     }
 }
 
-/// An I/O stream whose reads end once its connection has carried no
-/// request for `timeout` (see the module doc). Writes pass straight
-/// through.
+/// The read side of a connection's idle close (see the module doc): under
+/// a [`ReadWatch`](crate::watch::ReadWatch), its reads end once the connection has carried no
+/// request for `timeout`.
 #[derive(Debug)]
-pub struct IdleGuard<IO> {
-    inner: IO,
+pub struct Idle {
     activity: Activity,
     timeout: Duration,
     timer: Pin<Box<Sleep>>,
     closed: bool,
 }
 
-impl<IO> IdleGuard<IO> {
-    /// Watches `inner`, whose requests `activity` marks.
-    pub fn new(inner: IO, activity: Activity, timeout: Duration) -> Self {
-        IdleGuard {
-            inner,
+impl Idle {
+    /// Watches a connection whose requests `activity` marks.
+    pub fn new(activity: Activity, timeout: Duration) -> Self {
+        Idle {
             activity,
             timeout,
             timer: Box::pin(tokio::time::sleep(timeout)),
@@ -174,54 +174,24 @@ impl<IO> IdleGuard<IO> {
     }
 }
 
-impl<IO: AsyncRead + Unpin> AsyncRead for IdleGuard<IO> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
+impl ReadHook for Idle {
+    fn poll_read_from<IO: AsyncRead + Unpin>(
+        &mut self,
+        inner: &mut IO,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         if self.closed {
             return Poll::Ready(Ok(()));
         }
-        let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Pending if this.expired(cx) => {
+        match Pin::new(inner).poll_read(cx, buf) {
+            Poll::Pending if self.expired(cx) => {
                 // Read as the end of the stream: hyper closes the connection.
                 tracing::debug!("closing a connection that carries no request");
-                this.closed = true;
+                self.closed = true;
                 Poll::Ready(Ok(()))
             }
             other => other,
         }
-    }
-}
-
-impl<IO: AsyncWrite + Unpin> AsyncWrite for IdleGuard<IO> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

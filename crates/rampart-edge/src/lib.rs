@@ -63,6 +63,7 @@ pub mod shared_limits;
 pub mod text;
 mod tls;
 pub mod upstream;
+pub mod watch;
 pub mod workers;
 
 pub use balance::{Balance, BreakerSettings, BreakerState, UpstreamStatus};

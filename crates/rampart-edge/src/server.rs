@@ -27,13 +27,14 @@ use tokio_rustls::TlsAcceptor;
 use crate::balance::{Balance, BreakerSettings, Pool, UpstreamStatus};
 use crate::config::EdgeConfig;
 use crate::error::{Error, Reject, Result};
-use crate::framing::{FramingFlag, FramingGuard};
+use crate::framing::{Framing, FramingFlag};
 use crate::hooks::{AccessRecord, AuditSink};
-use crate::idle::{Activity, IdleGuard, InFlight, Tracked};
+use crate::idle::{Activity, Idle, InFlight, Tracked};
 use crate::mtls::{ClientCert, RevokedSerials};
 use crate::phases::{self, Phase, RequestCtx};
 use crate::proxy::{self, UpstreamClient};
 use crate::router::Router;
+use crate::watch::ReadWatch;
 use crate::workers::{self, Workers};
 
 /// The body of every response the edge sends.
@@ -384,7 +385,7 @@ impl Edge {
                     let Some((stream, peer)) = r else { continue };
                     let st = state.clone();
                     let activity = Activity::default();
-                    let io = IdleGuard::new(stream, activity.clone(), st.header_read_timeout);
+                    let io = ReadWatch::new(stream, Idle::new(activity.clone(), st.header_read_timeout));
                     let svc = service_fn(move |req| {
                         let st = st.clone();
                         let busy = activity.begin();
@@ -432,7 +433,7 @@ impl Edge {
                         // A connection that carries no request for the
                         // header-read timeout is closed (see `idle`).
                         let activity = Activity::default();
-                        let idle = IdleGuard::new(tls, activity.clone(), st.header_read_timeout);
+                        let idle = ReadWatch::new(tls, Idle::new(activity.clone(), st.header_read_timeout));
                         let svc = service_fn(move |req| {
                             let st = st.clone();
                             let cert = cert.clone();
@@ -444,7 +445,7 @@ impl Edge {
                                 Ok::<_, Infallible>(tracked(resp, busy))
                             }
                         });
-                        let io = TokioIo::new(FramingGuard::new(idle, guard_flag));
+                        let io = TokioIo::new(ReadWatch::new(idle, Framing::new(guard_flag)));
                         let conn = builder.serve_connection(io, svc).into_owned();
                         if let Err(e) = watcher.watch(conn).await {
                             tracing::debug!(%peer, error = %e, "https connection ended");
