@@ -476,6 +476,9 @@ pub struct Edge {
     pub header_read_timeout_seconds: u32,
     /// Time for a client to send its request body, in seconds.
     pub body_read_timeout_seconds: u32,
+    /// The longest a client may take none of the response bytes it is
+    /// sent before its connection is closed, in seconds.
+    pub send_timeout_seconds: u32,
     /// How long in-flight requests may run once shutdown begins, in seconds.
     pub drain_seconds: u32,
     /// Threads that serve HTTPS connections, each a runtime of its own

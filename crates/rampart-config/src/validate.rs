@@ -1342,6 +1342,12 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
                 1..=3_600,
                 30,
             ),
+            send_timeout_seconds: c.bounded(
+                e.send_timeout_seconds.as_ref(),
+                "edge.send_timeout_seconds",
+                1..=3_600,
+                60,
+            ),
             drain_seconds: c.bounded(
                 e.drain_seconds.as_ref(),
                 "edge.drain_seconds",

@@ -142,6 +142,10 @@ pub struct EdgeConfig {
     pub header_read_timeout: Duration,
     /// Time for a client to send the request body.
     pub body_read_timeout: Duration,
+    /// The longest a client may take no response bytes it is sent (on the
+    /// socket, or on an HTTP/2 stream's window) before its connection is
+    /// closed, as nginx's `send_timeout`.
+    pub send_timeout: Duration,
     /// How long in-flight requests may run after shutdown begins.
     pub drain_deadline: Duration,
     /// Threads that serve HTTPS connections, each with a single-threaded
@@ -195,6 +199,7 @@ impl EdgeConfig {
             upstream_timeout: Duration::from_secs(60),
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(60),
             drain_deadline: Duration::from_secs(30),
             worker_threads: None,
             clock: SystemClock::shared(),

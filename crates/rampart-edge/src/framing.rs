@@ -25,7 +25,7 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, ReadBuf};
 
-use crate::watch::{ReadHook, ReadWatch};
+use crate::watch::{IoHook, Watched};
 
 /// The most bytes of one head or chunk-size line the guard buffers.
 const MAX_HEAD: usize = 64 * 1024;
@@ -256,9 +256,9 @@ fn chunk_size(line: &[u8]) -> Option<u64> {
 
 /// An I/O stream that shows every byte read to a [`Framing`] watch on its
 /// way to hyper. Writes pass straight through.
-pub type FramingGuard<IO> = ReadWatch<IO, Framing>;
+pub type FramingGuard<IO> = Watched<IO, Framing>;
 
-impl ReadHook for Framing {
+impl IoHook for Framing {
     fn poll_read_from<IO: AsyncRead + Unpin>(
         &mut self,
         inner: &mut IO,

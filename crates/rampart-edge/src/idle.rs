@@ -1,35 +1,54 @@
-//! Closing connections that carry no request.
+//! Connection timeouts hyper does not have: closing connections that carry
+//! no request, and connections whose client stops reading its responses.
 //!
-//! hyper closes an HTTP/1 keep-alive connection that sends no request head
-//! within the header-read timeout, but nothing closes a connection that
-//! sends nothing at all after its TLS handshake (hyper-util's protocol
-//! detection waits for the first bytes without a timer), nor an HTTP/2
-//! connection with no stream open (hyper has no idle timeout for HTTP/2,
-//! and a client that answers pings, or sends its own, keeps one for ever).
-//! Each costs a descriptor and memory for as long as the client likes, so
-//! one host could open enough of them to stop the edge accepting.
+//! **No request.** hyper closes an HTTP/1 keep-alive connection that sends
+//! no request head within the header-read timeout, but nothing closes a
+//! connection that sends nothing at all after its TLS handshake
+//! (hyper-util's protocol detection waits for the first bytes without a
+//! timer), nor an HTTP/2 connection with no stream open (hyper has no idle
+//! timeout for HTTP/2, and a client that answers pings, or sends its own,
+//! keeps one for ever). Each costs a descriptor and memory for as long as
+//! the client likes, so one host could open enough of them to stop the
+//! edge accepting. Once a connection has had no request in flight (from
+//! the moment the handler takes one until its response body has been sent
+//! or dropped, marked by an [`InFlight`] from [`Activity::begin`]) for the
+//! idle timeout, its reads end as if the client had closed, and hyper
+//! closes the connection. Bytes that arrive carry no weight: a request
+//! counts once hyper hands it over.
 //!
-//! [`Idle`], in a [`ReadWatch`](crate::watch::ReadWatch), sits under hyper. Once its connection has had no request
-//! in flight (from the moment the handler takes one until its response
-//! body has been sent or dropped, marked by an [`InFlight`] from
-//! [`Activity::begin`]) for the timeout, its reads end as if the client had
-//! closed, and hyper closes the connection. Bytes that arrive carry no
-//! weight: a request counts once hyper hands it over.
+//! **A client that stops reading** (nginx's `send_timeout`). A response
+//! the client does not take holds its upstream connection, the response's
+//! buffers and the request's place for as long as the client likes. Two
+//! ways to stop reading, two watches, one timeout:
+//! - the socket: a write to the client that makes no progress for the
+//!   send timeout fails, and hyper drops the connection (HTTP/1 and
+//!   HTTP/2 alike);
+//! - an HTTP/2 stream: a client can keep reading the socket yet never
+//!   open its flow-control window, so the edge has nothing it may send and
+//!   the socket never blocks. A response body of an HTTP/2 request
+//!   ([`InFlight::watch_sends`]) notes when it has handed hyper a frame and
+//!   hyper has not asked for the next; one that waits so for the send
+//!   timeout ends the connection's reads, and hyper closes it. A body
+//!   waiting on its upstream does not count: that is not the client's
+//!   doing.
+//!
+//! [`Idle`], the hook of a [`Watched`](crate::watch::Watched) stream under
+//! hyper, carries out both.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
-use tokio::io::{AsyncRead, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use crate::watch::ReadHook;
+use crate::watch::IoHook;
 
 /// A connection's requests in flight and when the last one ended.
 #[derive(Debug, Clone)]
@@ -42,6 +61,13 @@ struct Inner {
     /// When the last request ended (or the connection began), in
     /// milliseconds after `start`.
     last_ms: AtomicU64,
+    /// Watched response bodies waiting for hyper to ask for their next
+    /// frame: (body number, since when in milliseconds after `start`).
+    waiting: Mutex<Vec<(u64, u64)>>,
+    /// How many entries `waiting` has, read without the lock.
+    waiting_count: AtomicUsize,
+    /// Numbers for watched bodies.
+    next_body: AtomicU64,
 }
 
 impl Default for Activity {
@@ -50,6 +76,9 @@ impl Default for Activity {
             start: Instant::now(),
             in_flight: AtomicUsize::new(0),
             last_ms: AtomicU64::new(0),
+            waiting: Mutex::new(Vec::new()),
+            waiting_count: AtomicUsize::new(0),
+            next_body: AtomicU64::new(0),
         }))
     }
 }
@@ -58,38 +87,82 @@ impl Activity {
     /// Marks a request in flight until the returned guard is dropped.
     pub fn begin(&self) -> InFlight {
         self.0.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight(self.0.clone())
+        InFlight {
+            inner: self.0.clone(),
+            body: None,
+        }
     }
 
-    /// When the connection may be closed as idle: `None` while a request
-    /// is in flight.
-    fn idle_deadline(&self, timeout: Duration) -> Option<Instant> {
-        if self.0.in_flight.load(Ordering::Acquire) > 0 {
+    /// When the connection must be closed if nothing changes: idle for
+    /// `idle` with no request in flight, or a watched body waiting for
+    /// `send` ([`None`] while requests are in flight and none waits).
+    fn deadline(&self, idle: Duration, send: Duration) -> Option<Instant> {
+        if self.0.in_flight.load(Ordering::Acquire) == 0 {
+            let last = Duration::from_millis(self.0.last_ms.load(Ordering::Acquire));
+            return Some(self.0.start + last + idle);
+        }
+        if self.0.waiting_count.load(Ordering::Acquire) == 0 {
             return None;
         }
-        let last = Duration::from_millis(self.0.last_ms.load(Ordering::Acquire));
-        Some(self.0.start + last + timeout)
+        let waiting = self.0.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        let since = waiting.iter().map(|&(_, since)| since).min()?;
+        Some(self.0.start + Duration::from_millis(since) + send)
+    }
+}
+
+impl Inner {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn wait(&self, body: u64) {
+        let since = self.now_ms();
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        waiting.push((body, since));
+        self.waiting_count.store(waiting.len(), Ordering::Release);
+    }
+
+    fn stop_waiting(&self, body: u64) {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        waiting.retain(|&(b, _)| b != body);
+        self.waiting_count.store(waiting.len(), Ordering::Release);
     }
 }
 
 /// A request in flight on its connection; dropping it ends the request.
 #[derive(Debug)]
-pub struct InFlight(Arc<Inner>);
+pub struct InFlight {
+    inner: Arc<Inner>,
+    /// The number of its response body, when the body's sends are watched.
+    body: Option<u64>,
+}
+
+impl InFlight {
+    /// Watches the sends of this request's response body (see the module
+    /// doc): for HTTP/2 streams, whose stalls the socket does not show.
+    pub fn watch_sends(mut self) -> Self {
+        self.body = Some(self.inner.next_body.fetch_add(1, Ordering::Relaxed));
+        self
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let ms = u64::try_from(self.0.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.0.last_ms.fetch_max(ms, Ordering::AcqRel);
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let ms = self.inner.now_ms();
+        self.inner.last_ms.fetch_max(ms, Ordering::AcqRel);
+        self.inner.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 /// A response body that keeps its request in flight until it ends or is
-/// dropped.
+/// dropped, and, when its sends are watched, marks the time it waits for
+/// hyper to take its next frame.
 #[derive(Debug)]
 pub struct Tracked<B> {
     inner: B,
-    _in_flight: InFlight,
+    in_flight: InFlight,
+    /// Whether it is marked as waiting.
+    waiting: bool,
 }
 
 impl<B> Tracked<B> {
@@ -97,8 +170,24 @@ impl<B> Tracked<B> {
     pub fn new(inner: B, in_flight: InFlight) -> Self {
         Tracked {
             inner,
-            _in_flight: in_flight,
+            in_flight,
+            waiting: false,
         }
+    }
+
+    fn stop_waiting(&mut self) {
+        if self.waiting {
+            self.waiting = false;
+            if let Some(body) = self.in_flight.body {
+                self.in_flight.inner.stop_waiting(body);
+            }
+        }
+    }
+}
+
+impl<B> Drop for Tracked<B> {
+    fn drop(&mut self) {
+        self.stop_waiting();
     }
 }
 
@@ -110,7 +199,15 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        self.stop_waiting();
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if let (Some(body), Poll::Ready(Some(Ok(f)))) = (self.in_flight.body, &r) {
+            if f.is_data() && !self.inner.is_end_stream() {
+                self.in_flight.inner.wait(body);
+                self.waiting = true;
+            }
+        }
+        r
     }
 
     fn is_end_stream(&self) -> bool {
@@ -122,40 +219,50 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
     }
 }
 
-/// The read side of a connection's idle close (see the module doc): under
-/// a [`ReadWatch`](crate::watch::ReadWatch), its reads end once the connection has carried no
-/// request for `timeout`.
+/// The hook of a connection's timeouts (see the module doc): under a
+/// [`Watched`](crate::watch::Watched) stream, its reads end once the
+/// connection has carried no request for the idle timeout or a watched
+/// body has waited for the send timeout, and a write that makes no
+/// progress for the send timeout fails.
 #[derive(Debug)]
 pub struct Idle {
     activity: Activity,
-    timeout: Duration,
+    idle: Duration,
+    send: Duration,
     timer: Pin<Box<Sleep>>,
     closed: bool,
+    /// Armed while a write makes no progress.
+    stall: Option<Pin<Box<Sleep>>>,
+    stalled: bool,
 }
 
 impl Idle {
     /// Watches a connection whose requests `activity` marks.
-    pub fn new(activity: Activity, timeout: Duration) -> Self {
+    pub fn new(activity: Activity, idle: Duration, send: Duration) -> Self {
         Idle {
             activity,
-            timeout,
-            timer: Box::pin(tokio::time::sleep(timeout)),
+            idle,
+            send,
+            timer: Box::pin(tokio::time::sleep(idle)),
             closed: false,
+            stall: None,
+            stalled: false,
         }
     }
 
-    /// Whether the connection has been idle too long; otherwise arms the
-    /// timer for the next time it could be.
+    /// Whether the connection must close now; otherwise arms the timer for
+    /// the next time it could have to.
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
         loop {
             let now = Instant::now();
-            let deadline = match self.activity.idle_deadline(self.timeout) {
+            let deadline = match self.activity.deadline(self.idle, self.send) {
                 Some(d) => d,
-                // While a request is in flight, look again when the timer
-                // is due (a timeout later if it is past): left armed, it is
-                // not moved on every read.
+                // While requests are in flight and no body waits, look
+                // again when the timer is due (a timeout later if it is
+                // past): left armed, it is not moved on every read. A body
+                // that starts waiting is thus seen within a timeout.
                 None if self.timer.deadline() > now => self.timer.deadline(),
-                None => now + self.timeout,
+                None => now + self.idle.min(self.send),
             };
             if self.timer.deadline() != deadline {
                 self.timer.as_mut().reset(deadline);
@@ -165,7 +272,7 @@ impl Idle {
             }
             if self
                 .activity
-                .idle_deadline(self.timeout)
+                .deadline(self.idle, self.send)
                 .is_some_and(|d| d <= now)
             {
                 return true;
@@ -174,7 +281,7 @@ impl Idle {
     }
 }
 
-impl ReadHook for Idle {
+impl IoHook for Idle {
     fn poll_read_from<IO: AsyncRead + Unpin>(
         &mut self,
         inner: &mut IO,
@@ -187,11 +294,45 @@ impl ReadHook for Idle {
         match Pin::new(inner).poll_read(cx, buf) {
             Poll::Pending if self.expired(cx) => {
                 // Read as the end of the stream: hyper closes the connection.
-                tracing::debug!("closing a connection that carries no request");
+                tracing::debug!(
+                    "closing a connection that is idle or whose client stopped reading"
+                );
                 self.closed = true;
                 Poll::Ready(Ok(()))
             }
             other => other,
+        }
+    }
+
+    fn poll_write_with<IO: AsyncWrite + Unpin, T>(
+        &mut self,
+        inner: &mut IO,
+        cx: &mut Context<'_>,
+        op: impl FnOnce(Pin<&mut IO>, &mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        match op(Pin::new(inner), cx) {
+            Poll::Pending => {
+                let send = self.send;
+                let timer = self
+                    .stall
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(send)));
+                if !self.stalled {
+                    self.stalled = true;
+                    timer.as_mut().reset(Instant::now() + send);
+                }
+                if timer.as_mut().poll(cx).is_ready() {
+                    tracing::debug!("closing a connection whose client stopped reading");
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the client took no response bytes for the send timeout",
+                    )));
+                }
+                Poll::Pending
+            }
+            done => {
+                self.stalled = false;
+                done
+            }
         }
     }
 }

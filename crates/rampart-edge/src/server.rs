@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{HeaderValue, HOST, LOCATION, RETRY_AFTER};
-use http::{Request, Response, StatusCode};
+use http::{Request, Response, StatusCode, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -34,7 +34,7 @@ use crate::mtls::{ClientCert, RevokedSerials};
 use crate::phases::{self, Phase, RequestCtx};
 use crate::proxy::{self, UpstreamClient};
 use crate::router::Router;
-use crate::watch::ReadWatch;
+use crate::watch::Watched;
 use crate::workers::{self, Workers};
 
 /// The body of every response the edge sends.
@@ -209,6 +209,7 @@ struct State {
     body_budget: Arc<tokio::sync::Semaphore>,
     upstream_timeout: Duration,
     header_read_timeout: Duration,
+    send_timeout: Duration,
     body_read_timeout: Duration,
     drain_deadline: Duration,
     worker_threads: Option<usize>,
@@ -295,6 +296,7 @@ impl Edge {
             )),
             upstream_timeout: cfg.upstream_timeout,
             header_read_timeout: cfg.header_read_timeout,
+            send_timeout: cfg.send_timeout,
             body_read_timeout: cfg.body_read_timeout,
             drain_deadline: cfg.drain_deadline,
             worker_threads: cfg.worker_threads,
@@ -385,7 +387,7 @@ impl Edge {
                     let Some((stream, peer)) = r else { continue };
                     let st = state.clone();
                     let activity = Activity::default();
-                    let io = ReadWatch::new(stream, Idle::new(activity.clone(), st.header_read_timeout));
+                    let io = Watched::new(stream, Idle::new(activity.clone(), st.header_read_timeout, st.send_timeout));
                     let svc = service_fn(move |req| {
                         let st = st.clone();
                         let busy = activity.begin();
@@ -431,21 +433,27 @@ impl Edge {
                         let seen = Arc::new(AtomicU64::new(0));
                         let guard_flag = flag.clone();
                         // A connection that carries no request for the
-                        // header-read timeout is closed (see `idle`).
+                        // header-read timeout, or whose client stops
+                        // reading for the send timeout, is closed (see `idle`).
                         let activity = Activity::default();
-                        let idle = ReadWatch::new(tls, Idle::new(activity.clone(), st.header_read_timeout));
+                        let timeouts = Idle::new(activity.clone(), st.header_read_timeout, st.send_timeout);
+                        let idle = Watched::new(tls, timeouts);
                         let svc = service_fn(move |req| {
                             let st = st.clone();
                             let cert = cert.clone();
                             let index = seen.fetch_add(1, Ordering::Relaxed);
                             let smuggling = flag.is_conflicting(index);
-                            let busy = activity.begin();
+                            let busy = match req.version() {
+                                // A stalled stream does not block the socket.
+                                Version::HTTP_2 => activity.begin().watch_sends(),
+                                _ => activity.begin(),
+                            };
                             async move {
                                 let resp = st.handle(req, peer, cert, smuggling).await;
                                 Ok::<_, Infallible>(tracked(resp, busy))
                             }
                         });
-                        let io = TokioIo::new(ReadWatch::new(idle, Framing::new(guard_flag)));
+                        let io = TokioIo::new(Watched::new(idle, Framing::new(guard_flag)));
                         let conn = builder.serve_connection(io, svc).into_owned();
                         if let Err(e) = watcher.watch(conn).await {
                             tracing::debug!(%peer, error = %e, "https connection ended");

@@ -1,7 +1,7 @@
-//! An I/O stream under hyper whose reads a [`ReadHook`] watches or ends,
-//! with every write passed straight through: the read side of the
-//! smuggling guard ([`crate::framing::Framing`]) and of the close of
-//! connections that carry no request (`idle.rs`), around one write side.
+//! An I/O stream under hyper whose reads and writes an [`IoHook`] watches
+//! or ends: the read side of the smuggling guard
+//! ([`crate::framing::Framing`]), and the connection timeouts of
+//! `idle.rs` (no request for too long, a client that stops reading).
 
 use std::io;
 use std::pin::Pin;
@@ -9,8 +9,8 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// What a [`ReadWatch`] does in place of a plain read.
-pub trait ReadHook {
+/// What a [`Watched`] stream does in place of a plain read or write.
+pub trait IoHook {
     /// Reads from `inner` into `buf` (or not), and answers for it.
     fn poll_read_from<IO: AsyncRead + Unpin>(
         &mut self,
@@ -18,23 +18,34 @@ pub trait ReadHook {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>>;
+
+    /// Runs one write-side operation of `inner` (a write, a flush, a
+    /// shutdown) and answers for it; by default, passes it through.
+    fn poll_write_with<IO: AsyncWrite + Unpin, T>(
+        &mut self,
+        inner: &mut IO,
+        cx: &mut Context<'_>,
+        op: impl FnOnce(Pin<&mut IO>, &mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        op(Pin::new(inner), cx)
+    }
 }
 
-/// `inner`, its reads through a [`ReadHook`], its writes untouched.
+/// `inner`, its reads and writes through an [`IoHook`].
 #[derive(Debug)]
-pub struct ReadWatch<IO, H> {
+pub struct Watched<IO, H> {
     inner: IO,
     hook: H,
 }
 
-impl<IO, H> ReadWatch<IO, H> {
-    /// `inner` read through `hook`.
+impl<IO, H> Watched<IO, H> {
+    /// `inner` watched by `hook`.
     pub fn new(inner: IO, hook: H) -> Self {
-        ReadWatch { inner, hook }
+        Watched { inner, hook }
     }
 }
 
-impl<IO: AsyncRead + Unpin, H: ReadHook + Unpin> AsyncRead for ReadWatch<IO, H> {
+impl<IO: AsyncRead + Unpin, H: IoHook + Unpin> AsyncRead for Watched<IO, H> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -45,13 +56,15 @@ impl<IO: AsyncRead + Unpin, H: ReadHook + Unpin> AsyncRead for ReadWatch<IO, H> 
     }
 }
 
-impl<IO: AsyncWrite + Unpin, H: Unpin> AsyncWrite for ReadWatch<IO, H> {
+impl<IO: AsyncWrite + Unpin, H: IoHook + Unpin> AsyncWrite for Watched<IO, H> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let this = &mut *self;
+        this.hook
+            .poll_write_with(&mut this.inner, cx, |io, cx| io.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -59,7 +72,10 @@ impl<IO: AsyncWrite + Unpin, H: Unpin> AsyncWrite for ReadWatch<IO, H> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let this = &mut *self;
+        this.hook.poll_write_with(&mut this.inner, cx, |io, cx| {
+            io.poll_write_vectored(cx, bufs)
+        })
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -67,10 +83,14 @@ impl<IO: AsyncWrite + Unpin, H: Unpin> AsyncWrite for ReadWatch<IO, H> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let this = &mut *self;
+        this.hook
+            .poll_write_with(&mut this.inner, cx, |io, cx| io.poll_flush(cx))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let this = &mut *self;
+        this.hook
+            .poll_write_with(&mut this.inner, cx, |io, cx| io.poll_shutdown(cx))
     }
 }

@@ -318,6 +318,10 @@ fn start_only_changes(
         old.body_read_timeout_seconds != new.body_read_timeout_seconds,
         "edge.body_read_timeout_seconds",
     );
+    check(
+        old.send_timeout_seconds != new.send_timeout_seconds,
+        "edge.send_timeout_seconds",
+    );
     check(old.drain_seconds != new.drain_seconds, "edge.drain_seconds");
     check(
         old.worker_threads != new.worker_threads,
@@ -490,6 +494,7 @@ pub async fn start(
     ec.upstream_timeout = Duration::from_secs(u64::from(e.upstream_timeout_seconds));
     ec.header_read_timeout = Duration::from_secs(u64::from(e.header_read_timeout_seconds));
     ec.body_read_timeout = Duration::from_secs(u64::from(e.body_read_timeout_seconds));
+    ec.send_timeout = Duration::from_secs(u64::from(e.send_timeout_seconds));
     ec.drain_deadline = Duration::from_secs(u64::from(e.drain_seconds));
     ec.worker_threads = e.worker_threads.map(|n| n as usize);
     ec.breaker = BreakerSettings {
