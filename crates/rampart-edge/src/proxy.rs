@@ -101,6 +101,30 @@ fn strip_forgeable(h: &mut HeaderMap) {
     }
 }
 
+/// Joins several `Cookie` fields into one, with `; ` between them.
+///
+/// An HTTP/2 client may send its cookies as several fields, and browsers
+/// do (RFC 9113 §8.2.3, for better header compression); an HTTP/1.1
+/// request carries at most one (RFC 6265 §5.4), and many servers read only
+/// the first, so the upstream would see a session without most of its
+/// cookies. The edge speaks HTTP/1.1 to upstreams and joins them, as the
+/// RFC requires of a gateway.
+fn join_cookies(h: &mut HeaderMap) {
+    let mut all = h.get_all(http::header::COOKIE).iter();
+    let (Some(first), Some(_)) = (all.next(), all.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for v in h.get_all(http::header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(v.as_bytes());
+    }
+    // Each part was a valid field value, and so is their join.
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        h.insert(http::header::COOKIE, v);
+    }
+}
+
 fn idempotent(m: &Method) -> bool {
     matches!(
         *m,
@@ -194,6 +218,7 @@ fn upstream_request(
         .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     let uri = http::Uri::from(pq);
     let mut headers = ctx.head.headers.clone();
+    join_cookies(&mut headers);
     strip_hop_by_hop(&mut headers);
     // Only the edge speaks for the edge: a client's assertion (or any
     // other `x-rampart-` header) and forwarding claims never pass.
@@ -327,6 +352,25 @@ impl hyper::body::Body for Replayed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn several_cookie_fields_become_one() {
+        let mut h = HeaderMap::new();
+        h.append("cookie", HeaderValue::from_static("a=1"));
+        h.append("cookie", HeaderValue::from_static("b=2; c=3"));
+        h.append("cookie", HeaderValue::from_static("d=4"));
+        join_cookies(&mut h);
+        let all: Vec<_> = h.get_all("cookie").iter().collect();
+        assert_eq!(all, ["a=1; b=2; c=3; d=4"]);
+
+        let mut one = HeaderMap::new();
+        one.append("cookie", HeaderValue::from_static("a=1"));
+        join_cookies(&mut one);
+        assert_eq!(one.get_all("cookie").iter().collect::<Vec<_>>(), ["a=1"]);
+        let mut none = HeaderMap::new();
+        join_cookies(&mut none);
+        assert!(none.is_empty());
+    }
 
     #[test]
     fn hop_by_hop_and_connection_listed_headers_go() {

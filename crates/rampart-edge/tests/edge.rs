@@ -638,6 +638,18 @@ async fn http2_requests_are_proxied() {
         HSTS
     );
     assert_eq!(resp.headers().get("echo-host").unwrap(), "api.test");
+
+    // Cookies sent as several fields, as browsers do over HTTP/2, reach
+    // the HTTP/1.1 service as one Cookie header.
+    let req = http::Request::get("https://api.test/x")
+        .header("cookie", "session=abc")
+        .header("cookie", "theme=dark; lang=en")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let cookies: Vec<_> = resp.headers().get_all("echo-cookie").iter().collect();
+    assert_eq!(cookies, ["session=abc; theme=dark; lang=en"]);
 }
 
 #[tokio::test]
