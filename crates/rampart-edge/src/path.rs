@@ -16,7 +16,8 @@
 //! encoded `/` or `\` (`%2F`, `%5C`, which a service may decode into a
 //! separator after routing), an encoded NUL, a raw backslash, a bad escape;
 //! and a dot segment with parameters (`/public/..;/admin`), which Java
-//! servers resolve as `..`.
+//! servers resolve as `..`. Also refused: an escaped overlong UTF-8 form
+//! (`%C0%AE`, `%C0%AF`), which old decoders read as `.` or `/`.
 //!
 //! Two readings of a normal path remain that the route matcher cannot
 //! settle alone: Java servers (Tomcat, Jetty, Spring) drop each segment's
@@ -39,6 +40,10 @@ pub enum PathError {
     EncodedSeparator,
     /// A `..` segment above the root.
     AboveRoot,
+    /// An escaped overlong UTF-8 sequence (`%C0%AF`), which no valid text
+    /// contains and old decoders (Tomcat's CVE-2008-2938, IIS) read as
+    /// `/`, `.` or `\\` after routing.
+    Overlong,
     /// A `.` or `..` segment with parameters (`..;x`), which some servers
     /// (Tomcat, Jetty) resolve as `..` after routing.
     DotSegmentParameters,
@@ -56,6 +61,7 @@ impl std::fmt::Display for PathError {
                 "the path has an encoded slash, backslash or NUL, or a backslash"
             }
             PathError::AboveRoot => "the path climbs above the root",
+            PathError::Overlong => "the path has an overlong UTF-8 escape (such as %C0%AF)",
             PathError::DotSegmentParameters => "the path has a dot segment with parameters (..;)",
             PathError::Ambiguous => {
                 "the path falls under another route without its segment parameters or in another case"
@@ -73,6 +79,24 @@ fn hex(b: u8) -> Option<u8> {
 
 fn unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Whether an escaped byte `c`, followed by `rest`, starts an overlong
+/// UTF-8 sequence: a lead byte `C0` or `C1` (a 2-byte form of ASCII), or
+/// `E0` or `F0` whose next byte, escaped or raw, is below the shortest
+/// form (`E0 80`–`9F`, `F0 80`–`8F`).
+fn overlong(c: u8, rest: Option<&[u8]>) -> bool {
+    let next = || match rest? {
+        [b'%', h, l, ..] => Some(hex(*h)? << 4 | hex(*l)?),
+        [b, ..] => Some(*b),
+        [] => None,
+    };
+    match c {
+        0xC0 | 0xC1 => true,
+        0xE0 => next().is_some_and(|n| (0x80..0xA0).contains(&n)),
+        0xF0 => next().is_some_and(|n| (0x80..0x90).contains(&n)),
+        _ => false,
+    }
 }
 
 /// The normalised form of `path` (see the module doc); borrowed when the
@@ -108,6 +132,9 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
         let c = h << 4 | l;
         if matches!(c, b'/' | b'\\' | 0) {
             return Err(PathError::EncodedSeparator);
+        }
+        if overlong(c, bytes.get(i + 3..)) {
+            return Err(PathError::Overlong);
         }
         if unreserved(c) {
             decoded.push(c);
@@ -263,6 +290,12 @@ mod tests {
             ("/a%2fb", PathError::EncodedSeparator),
             ("/a%5Cb", PathError::EncodedSeparator),
             ("/a%00b", PathError::EncodedSeparator),
+            ("/public/%c0%ae%c0%ae/admin", PathError::Overlong),
+            ("/a%C0%AFb", PathError::Overlong),
+            ("/a%c1%9cb", PathError::Overlong),
+            ("/a%C0%80", PathError::Overlong),
+            ("/a%E0%80%AFb", PathError::Overlong),
+            ("/a%F0%80%80%AFb", PathError::Overlong),
             ("/public/..;/admin", PathError::DotSegmentParameters),
             ("/public/..;x=1/admin", PathError::DotSegmentParameters),
             ("/public/.;/admin", PathError::DotSegmentParameters),
@@ -277,6 +310,20 @@ mod tests {
         ];
         for (raw, want) in cases {
             assert_eq!(n(raw), Err(want), "{raw}");
+        }
+    }
+
+    #[test]
+    fn escaped_text_in_shortest_form_or_latin_1_passes() {
+        for p in [
+            "/caf%C3%A9",
+            "/%E0%A4%85",
+            "/%F0%9F%98%80",
+            "/caf%E9",
+            "/%E0",
+            "/%C2%A0",
+        ] {
+            assert_eq!(n(p).as_deref(), Ok(p), "{p}");
         }
     }
 

@@ -1013,6 +1013,8 @@ async fn paths_are_normalised_before_routing_and_forwarding() {
         "/public%2F..%2Fadmin",
         "/a%5Cb",
         "/a%00",
+        "/public/%c0%ae%c0%ae/admin",
+        "/public%c0%afadmin",
     ] {
         let r = edge.https("GET", "api.test", bad).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
