@@ -479,6 +479,9 @@ pub struct Edge {
     /// The longest a client may take none of the response bytes it is
     /// sent before its connection is closed, in seconds.
     pub send_timeout_seconds: u32,
+    /// How long a connection may carry no request after one has ended,
+    /// in seconds.
+    pub keepalive_timeout_seconds: u32,
     /// How long in-flight requests may run once shutdown begins, in seconds.
     pub drain_seconds: u32,
     /// Threads that serve HTTPS connections, each a runtime of its own

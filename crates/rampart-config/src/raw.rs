@@ -103,6 +103,7 @@ pub(crate) struct RawEdge {
     pub header_read_timeout_seconds: Option<S<i64>>,
     pub body_read_timeout_seconds: Option<S<i64>>,
     pub send_timeout_seconds: Option<S<i64>>,
+    pub keepalive_timeout_seconds: Option<S<i64>>,
     pub drain_seconds: Option<S<i64>>,
     pub worker_threads: Option<S<i64>>,
     pub breaker: Option<RawBreaker>,

@@ -289,9 +289,10 @@ fn edge_upstream_settings_have_defaults_and_bounds() {
             e.header_read_timeout_seconds,
             e.body_read_timeout_seconds,
             e.send_timeout_seconds,
+            e.keepalive_timeout_seconds,
             e.drain_seconds
         ),
-        (3000, 60, 10, 30, 60, 30)
+        (3000, 60, 10, 30, 60, 75, 30)
     );
     assert_eq!(e.breaker, EdgeBreaker::default());
     assert_eq!(e.health_check, None);
@@ -299,7 +300,7 @@ fn edge_upstream_settings_have_defaults_and_bounds() {
     let c = Config::parse(
         "[edge]\nbalance = \"least_requests\"\nconnect_timeout_ms = 250\n\
          upstream_timeout_seconds = 5\nheader_read_timeout_seconds = 2\n\
-         body_read_timeout_seconds = 7\nsend_timeout_seconds = 9\ndrain_seconds = 0\n\
+         body_read_timeout_seconds = 7\nsend_timeout_seconds = 9\nkeepalive_timeout_seconds = 11\ndrain_seconds = 0\n\
          [edge.breaker]\nfailures_to_open = 5\nopen_seconds = 20\n\
          [edge.health_check]\ninterval_ms = 1000\nrise = 3\n",
         "t.toml",
@@ -314,9 +315,10 @@ fn edge_upstream_settings_have_defaults_and_bounds() {
             e.header_read_timeout_seconds,
             e.body_read_timeout_seconds,
             e.send_timeout_seconds,
+            e.keepalive_timeout_seconds,
             e.drain_seconds
         ),
-        (250, 5, 2, 7, 9, 0)
+        (250, 5, 2, 7, 9, 11, 0)
     );
     assert_eq!(
         e.breaker,

@@ -1348,6 +1348,12 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
                 1..=3_600,
                 60,
             ),
+            keepalive_timeout_seconds: c.bounded(
+                e.keepalive_timeout_seconds.as_ref(),
+                "edge.keepalive_timeout_seconds",
+                1..=3_600,
+                75,
+            ),
             drain_seconds: c.bounded(
                 e.drain_seconds.as_ref(),
                 "edge.drain_seconds",

@@ -138,8 +138,11 @@ pub struct EdgeConfig {
     /// Time for an upstream to send response headers.
     pub upstream_timeout: Duration,
     /// Time for a client to send request headers (HTTP/1), and the
-    /// longest a connection may carry no request before it is closed.
+    /// longest a new connection may wait for its first request.
     pub header_read_timeout: Duration,
+    /// The longest a connection may carry no request after one has ended
+    /// (nginx's `keepalive_timeout`).
+    pub keepalive_timeout: Duration,
     /// Time for a client to send the request body.
     pub body_read_timeout: Duration,
     /// The longest a client may take no response bytes it is sent (on the
@@ -198,6 +201,7 @@ impl EdgeConfig {
             connect_timeout: Duration::from_secs(3),
             upstream_timeout: Duration::from_secs(60),
             header_read_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(75),
             body_read_timeout: Duration::from_secs(30),
             send_timeout: Duration::from_secs(60),
             drain_deadline: Duration::from_secs(30),

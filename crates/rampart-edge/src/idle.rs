@@ -11,10 +11,19 @@
 //! the client likes, so one host could open enough of them to stop the
 //! edge accepting. Once a connection has had no request in flight (from
 //! the moment the handler takes one until its response body has been sent
-//! or dropped, marked by an [`InFlight`] from [`Activity::begin`]) for the
-//! idle timeout, its reads end as if the client had closed, and hyper
-//! closes the connection. Bytes that arrive carry no weight: a request
+//! or dropped, marked by an [`InFlight`] from [`Activity::begin`]) for its
+//! timeout, its reads end as if the client had closed, and hyper closes
+//! the connection. The timeout is the first-request one (the header-read
+//! timeout) until a request has come, then the keep-alive one (nginx's
+//! `keepalive_timeout`). Bytes that arrive carry no weight: a request
 //! counts once hyper hands it over.
+//!
+//! **A slow HTTP/1 head.** hyper's own header-read timer runs from the
+//! moment it waits for a head, idle time included, so it would cap the
+//! keep-alive time as well; the edge gives hyper the longer of the two and
+//! times heads here instead: on an HTTP/1 connection, bytes that arrive
+//! with no request in flight start a head, which must be whole (handed
+//! over as a request) within the header-read timeout.
 //!
 //! **A client that stops reading** (nginx's `send_timeout`). A response
 //! the client does not take holds its upstream connection, the response's
@@ -38,7 +47,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -58,9 +67,15 @@ pub struct Activity(Arc<Inner>);
 struct Inner {
     start: Instant,
     in_flight: AtomicUsize,
+    /// Whether a request has begun on the connection.
+    served: AtomicBool,
     /// When the last request ended (or the connection began), in
     /// milliseconds after `start`.
     last_ms: AtomicU64,
+    /// When the first bytes arrived with no request in flight (the start
+    /// of the next HTTP/1 head), in milliseconds after `start`; `NONE` if
+    /// none have.
+    head_ms: AtomicU64,
     /// Watched response bodies waiting for hyper to ask for their next
     /// frame: (body number, since when in milliseconds after `start`).
     waiting: Mutex<Vec<(u64, u64)>>,
@@ -75,7 +90,9 @@ impl Default for Activity {
         Activity(Arc::new(Inner {
             start: Instant::now(),
             in_flight: AtomicUsize::new(0),
+            served: AtomicBool::new(false),
             last_ms: AtomicU64::new(0),
+            head_ms: AtomicU64::new(NONE),
             waiting: Mutex::new(Vec::new()),
             waiting_count: AtomicUsize::new(0),
             next_body: AtomicU64::new(0),
@@ -87,30 +104,58 @@ impl Activity {
     /// Marks a request in flight until the returned guard is dropped.
     pub fn begin(&self) -> InFlight {
         self.0.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.0.served.store(true, Ordering::Release);
+        self.0.head_ms.store(NONE, Ordering::Release);
         InFlight {
             inner: self.0.clone(),
             body: None,
         }
     }
 
-    /// When the connection must be closed if nothing changes: idle for
-    /// `idle` with no request in flight, or a watched body waiting for
-    /// `send` ([`None`] while requests are in flight and none waits).
-    fn deadline(&self, idle: Duration, send: Duration) -> Option<Instant> {
+    /// When the connection must be closed if nothing changes: no first
+    /// request within `t.first_request`, no request in flight for
+    /// `t.keepalive` since the last ended, or a watched body waiting for
+    /// `t.send` ([`None`] while requests are in flight and none waits).
+    fn deadline(&self, t: &ConnTimeouts) -> Option<Instant> {
         if self.0.in_flight.load(Ordering::Acquire) == 0 {
+            if !self.0.served.load(Ordering::Acquire) {
+                return Some(self.0.start + t.first_request);
+            }
             let last = Duration::from_millis(self.0.last_ms.load(Ordering::Acquire));
-            return Some(self.0.start + last + idle);
+            let idle = self.0.start + last + t.keepalive;
+            let head = self.0.head_ms.load(Ordering::Acquire);
+            return Some(match t.head {
+                Some(h) if head != NONE => idle.min(self.0.start + Duration::from_millis(head) + h),
+                _ => idle,
+            });
         }
         if self.0.waiting_count.load(Ordering::Acquire) == 0 {
             return None;
         }
         let waiting = self.0.waiting.lock().unwrap_or_else(|p| p.into_inner());
         let since = waiting.iter().map(|&(_, since)| since).min()?;
-        Some(self.0.start + Duration::from_millis(since) + send)
+        Some(self.0.start + Duration::from_millis(since) + t.send)
     }
 }
 
+/// No time noted.
+const NONE: u64 = u64::MAX;
+
 impl Inner {
+    /// Notes bytes arriving: with no request in flight, the start of a
+    /// head.
+    fn arrived(&self) {
+        if self.in_flight.load(Ordering::Acquire) == 0
+            && self.head_ms.load(Ordering::Acquire) == NONE
+        {
+            let now = self.now_ms();
+            // A request that began meanwhile reset it; its head is in.
+            let _ = self
+                .head_ms
+                .compare_exchange(NONE, now, Ordering::AcqRel, Ordering::Acquire);
+        }
+    }
+
     fn now_ms(&self) -> u64 {
         u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
@@ -219,16 +264,29 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
     }
 }
 
+/// The timeouts [`Idle`] keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnTimeouts {
+    /// The longest a connection may wait for its first request.
+    pub first_request: Duration,
+    /// The longest an HTTP/1 request head may take from its first byte
+    /// (`None` for HTTP/2, whose pings and settings are not heads).
+    pub head: Option<Duration>,
+    /// The longest a connection may carry no request after one has ended.
+    pub keepalive: Duration,
+    /// The longest a client may take none of the response bytes it is sent.
+    pub send: Duration,
+}
+
 /// The hook of a connection's timeouts (see the module doc): under a
 /// [`Watched`](crate::watch::Watched) stream, its reads end once the
-/// connection has carried no request for the idle timeout or a watched
+/// connection has carried no request for its timeout or a watched
 /// body has waited for the send timeout, and a write that makes no
 /// progress for the send timeout fails.
 #[derive(Debug)]
 pub struct Idle {
     activity: Activity,
-    idle: Duration,
-    send: Duration,
+    timeouts: ConnTimeouts,
     timer: Pin<Box<Sleep>>,
     closed: bool,
     /// Armed while a write makes no progress.
@@ -238,12 +296,11 @@ pub struct Idle {
 
 impl Idle {
     /// Watches a connection whose requests `activity` marks.
-    pub fn new(activity: Activity, idle: Duration, send: Duration) -> Self {
+    pub fn new(activity: Activity, timeouts: ConnTimeouts) -> Self {
         Idle {
             activity,
-            idle,
-            send,
-            timer: Box::pin(tokio::time::sleep(idle)),
+            timeouts,
+            timer: Box::pin(tokio::time::sleep(timeouts.first_request)),
             closed: false,
             stall: None,
             stalled: false,
@@ -255,14 +312,15 @@ impl Idle {
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
         loop {
             let now = Instant::now();
-            let deadline = match self.activity.deadline(self.idle, self.send) {
+            let t = &self.timeouts;
+            let deadline = match self.activity.deadline(t) {
                 Some(d) => d,
                 // While requests are in flight and no body waits, look
                 // again when the timer is due (a timeout later if it is
                 // past): left armed, it is not moved on every read. A body
                 // that starts waiting is thus seen within a timeout.
                 None if self.timer.deadline() > now => self.timer.deadline(),
-                None => now + self.idle.min(self.send),
+                None => now + t.keepalive.min(t.send),
             };
             if self.timer.deadline() != deadline {
                 self.timer.as_mut().reset(deadline);
@@ -272,7 +330,7 @@ impl Idle {
             }
             if self
                 .activity
-                .deadline(self.idle, self.send)
+                .deadline(&self.timeouts)
                 .is_some_and(|d| d <= now)
             {
                 return true;
@@ -291,7 +349,14 @@ impl IoHook for Idle {
         if self.closed {
             return Poll::Ready(Ok(()));
         }
+        let before = buf.filled().len();
         match Pin::new(inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                if self.timeouts.head.is_some() {
+                    self.activity.0.arrived();
+                }
+                Poll::Ready(Ok(()))
+            }
             Poll::Pending if self.expired(cx) => {
                 // Read as the end of the stream: hyper closes the connection.
                 tracing::debug!(
@@ -312,7 +377,7 @@ impl IoHook for Idle {
     ) -> Poll<io::Result<T>> {
         match op(Pin::new(inner), cx) {
             Poll::Pending => {
-                let send = self.send;
+                let send = self.timeouts.send;
                 let timer = self
                     .stall
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(send)));

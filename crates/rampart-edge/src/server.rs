@@ -29,7 +29,7 @@ use crate::config::EdgeConfig;
 use crate::error::{Error, Reject, Result};
 use crate::framing::{Framing, FramingFlag};
 use crate::hooks::{AccessRecord, AuditSink};
-use crate::idle::{Activity, Idle, InFlight, Tracked};
+use crate::idle::{Activity, ConnTimeouts, Idle, InFlight, Tracked};
 use crate::mtls::{ClientCert, RevokedSerials};
 use crate::phases::{self, Phase, RequestCtx};
 use crate::proxy::{self, UpstreamClient};
@@ -209,7 +209,7 @@ struct State {
     body_budget: Arc<tokio::sync::Semaphore>,
     upstream_timeout: Duration,
     header_read_timeout: Duration,
-    send_timeout: Duration,
+    conn_timeouts: ConnTimeouts,
     body_read_timeout: Duration,
     drain_deadline: Duration,
     worker_threads: Option<usize>,
@@ -296,7 +296,12 @@ impl Edge {
             )),
             upstream_timeout: cfg.upstream_timeout,
             header_read_timeout: cfg.header_read_timeout,
-            send_timeout: cfg.send_timeout,
+            conn_timeouts: ConnTimeouts {
+                first_request: cfg.header_read_timeout,
+                head: Some(cfg.header_read_timeout),
+                keepalive: cfg.keepalive_timeout,
+                send: cfg.send_timeout,
+            },
             body_read_timeout: cfg.body_read_timeout,
             drain_deadline: cfg.drain_deadline,
             worker_threads: cfg.worker_threads,
@@ -343,7 +348,9 @@ impl Edge {
             // lets one header line grow to about 400 KiB).
             .max_buf_size(MAX_HEAD_BYTES)
             .timer(TokioTimer::new())
-            .header_read_timeout(state.header_read_timeout);
+            // Its timer runs through idle keep-alive time too: heads are
+            // timed in `idle`, and this is the backstop.
+            .header_read_timeout(state.header_read_timeout.max(state.conn_timeouts.keepalive));
         // As nginx's http2_max_concurrent_streams: with request bodies read
         // whole, the streams one connection may open bound what it can make
         // the edge hold (and `max_buffered_body_bytes` bounds all of them).
@@ -387,7 +394,7 @@ impl Edge {
                     let Some((stream, peer)) = r else { continue };
                     let st = state.clone();
                     let activity = Activity::default();
-                    let io = Watched::new(stream, Idle::new(activity.clone(), st.header_read_timeout, st.send_timeout));
+                    let io = Watched::new(stream, Idle::new(activity.clone(), st.conn_timeouts));
                     let svc = service_fn(move |req| {
                         let st = st.clone();
                         let busy = activity.begin();
@@ -432,12 +439,15 @@ impl Edge {
                         let flag = FramingFlag::default();
                         let seen = Arc::new(AtomicU64::new(0));
                         let guard_flag = flag.clone();
-                        // A connection that carries no request for the
-                        // header-read timeout, or whose client stops
-                        // reading for the send timeout, is closed (see `idle`).
+                        // A connection that carries no request for its
+                        // timeout, or whose client stops reading for the
+                        // send timeout, is closed (see `idle`).
                         let activity = Activity::default();
-                        let timeouts = Idle::new(activity.clone(), st.header_read_timeout, st.send_timeout);
-                        let idle = Watched::new(tls, timeouts);
+                        let mut timeouts = st.conn_timeouts;
+                        if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                            timeouts.head = None;
+                        }
+                        let idle = Watched::new(tls, Idle::new(activity.clone(), timeouts));
                         let svc = service_fn(move |req| {
                             let st = st.clone();
                             let cert = cert.clone();

@@ -745,6 +745,95 @@ async fn slow_headers_are_cut_off() {
     assert_eq!(a.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
 
+/// A kept-alive connection waits for its next request up to the
+/// keep-alive timeout, which may be longer than the time a new connection
+/// has for its first, and is closed after it; a slow head on it is still
+/// cut off after the header-read timeout.
+#[tokio::test]
+async fn kept_alive_connections_wait_for_the_keepalive_timeout() {
+    let a = upstream("a").await;
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], ROOT), |ec| {
+        ec.header_read_timeout = Duration::from_millis(300);
+        ec.keepalive_timeout = Duration::from_millis(2500);
+    })
+    .await;
+    let get = || {
+        http::Request::get("https://api.test/x")
+            .header("host", "api.test")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        let cfg = edge.client_config(rustls::DEFAULT_VERSIONS, &[alpn]);
+        let tls = edge.tls("api.test", cfg).await.unwrap();
+        let io = hyper_util::rt::TokioIo::new(tls);
+        // The sender lives until the end: dropped, it would end the
+        // connection from the client's side.
+        let (first, later, conn, _sender): (_, _, _, Box<dyn std::any::Any + Send>) =
+            if alpn == b"h2" {
+                let (mut sender, conn) =
+                    hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                        .await
+                        .unwrap();
+                let conn = tokio::spawn(conn);
+                let first = sender.send_request(get()).await.unwrap().status();
+                tokio::time::sleep(Duration::from_millis(1000)).await;
+                let later = sender.send_request(get()).await.map(|r| r.status());
+                (first, later.ok(), conn, Box::new(sender))
+            } else {
+                let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+                let conn = tokio::spawn(conn);
+                let first = sender.send_request(get()).await.unwrap().status();
+                tokio::time::sleep(Duration::from_millis(1000)).await;
+                let later = sender.send_request(get()).await.map(|r| r.status());
+                (first, later.ok(), conn, Box::new(sender))
+            };
+        assert_eq!(first, StatusCode::OK, "{alpn:?}");
+        assert_eq!(
+            later,
+            Some(StatusCode::OK),
+            "{alpn:?}: a connection idle past the header-read timeout but within the keep-alive one was closed"
+        );
+        let idle_from = std::time::Instant::now();
+        let ended = tokio::time::timeout(Duration::from_secs(6), conn).await;
+        assert!(
+            ended.is_ok(),
+            "{alpn:?}: a connection idle past the keep-alive timeout was kept open"
+        );
+        assert!(
+            idle_from.elapsed() >= Duration::from_millis(2000),
+            "{alpn:?}: closed after {:?}, before the keep-alive timeout",
+            idle_from.elapsed()
+        );
+    }
+    // A second head that trickles in is cut off after the header-read
+    // timeout, not the keep-alive one.
+    let cfg = edge.client_config(rustls::DEFAULT_VERSIONS, &[b"http/1.1"]);
+    let mut tls = edge.tls("api.test", cfg).await.unwrap();
+    tls.write_all(b"GET /x HTTP/1.1\r\nhost: api.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).ends_with("a") {
+        let mut b = [0u8; 4096];
+        let n = tls.read(&mut b).await.unwrap();
+        assert!(n > 0, "closed before the first response");
+        got.extend_from_slice(&b[..n]);
+    }
+    tls.write_all(b"GET /x HTTP/1.1\r\nhost: api.test\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "the slow second head was not cut off");
+    assert!(
+        started.elapsed() < Duration::from_millis(2000),
+        "the slow second head was cut off after {:?}, the keep-alive timeout, not the header-read one",
+        started.elapsed()
+    );
+}
+
 /// A connection that carries no request is closed after the header-read
 /// timeout: one silent after its TLS handshake, and an HTTP/2 one whose
 /// last stream has ended. Held open, either costs the edge a descriptor
@@ -753,7 +842,8 @@ async fn slow_headers_are_cut_off() {
 async fn connections_without_requests_are_closed() {
     let a = upstream("a").await;
     let edge = TestEdge::start(config(&[("a", vec![a.addr])], ROOT), |ec| {
-        ec.header_read_timeout = Duration::from_millis(300)
+        ec.header_read_timeout = Duration::from_millis(300);
+        ec.keepalive_timeout = Duration::from_millis(300);
     })
     .await;
     for alpn in [&b"http/1.1"[..], b"h2"] {

@@ -322,6 +322,10 @@ fn start_only_changes(
         old.send_timeout_seconds != new.send_timeout_seconds,
         "edge.send_timeout_seconds",
     );
+    check(
+        old.keepalive_timeout_seconds != new.keepalive_timeout_seconds,
+        "edge.keepalive_timeout_seconds",
+    );
     check(old.drain_seconds != new.drain_seconds, "edge.drain_seconds");
     check(
         old.worker_threads != new.worker_threads,
@@ -495,6 +499,7 @@ pub async fn start(
     ec.header_read_timeout = Duration::from_secs(u64::from(e.header_read_timeout_seconds));
     ec.body_read_timeout = Duration::from_secs(u64::from(e.body_read_timeout_seconds));
     ec.send_timeout = Duration::from_secs(u64::from(e.send_timeout_seconds));
+    ec.keepalive_timeout = Duration::from_secs(u64::from(e.keepalive_timeout_seconds));
     ec.drain_deadline = Duration::from_secs(u64::from(e.drain_seconds));
     ec.worker_threads = e.worker_threads.map(|n| n as usize);
     ec.breaker = BreakerSettings {
