@@ -51,7 +51,7 @@ mod error;
 pub mod framing;
 mod health;
 pub mod hooks;
-mod idle;
+pub mod idle;
 pub mod mtls;
 pub mod path;
 pub mod phases;

@@ -167,7 +167,15 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
         tracing::info!("shutdown requested");
         let _ = stop_tx.send(true);
     };
-    api::serve::serve(listener, tls_config, router, stop, drain).await?;
+    api::serve::serve(
+        listener,
+        tls_config,
+        router,
+        stop,
+        drain,
+        api::serve::TIMEOUTS,
+    )
+    .await?;
     if let Some(task) = edge_task {
         match task.await {
             Ok(Ok(())) => {}

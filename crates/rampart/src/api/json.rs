@@ -12,6 +12,10 @@ use serde::de::DeserializeOwned;
 
 use super::ApiError;
 
+/// How long a client may take to send a request body, from the moment its
+/// handler asks for it.
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A JSON body deserialised with the failing field's path reported.
 pub struct ApiJson<T>(pub T);
 
@@ -32,7 +36,21 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
             )
             .with_field("content-type"));
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+        // A client that sends its body slowly holds a connection and a
+        // task: the whole body has a deadline, as the edge's bodies do.
+        let read = tokio::time::timeout(BODY_READ_TIMEOUT, Bytes::from_request(req, state))
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    format!(
+                        "the request body did not arrive within {} s",
+                        BODY_READ_TIMEOUT.as_secs()
+                    ),
+                )
+            })?;
+        let bytes = read.map_err(|e| {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body_too_large",
@@ -213,6 +231,43 @@ mod tests {
     async fn body_json(r: Response) -> serde_json::Value {
         let bytes = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
         serde_json::from_slice(&bytes).unwrap()
+    }
+
+    /// A body that sends its first bytes and then nothing, for ever: 408
+    /// once the deadline passes (on tokio's paused clock, which moves on
+    /// by itself once everything waits).
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_stops_arriving_gets_408() {
+        struct Stalls(bool);
+        impl hyper::body::Body for Stalls {
+            type Data = Bytes;
+            type Error = std::io::Error;
+            fn poll_frame(
+                mut self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>>
+            {
+                if std::mem::replace(&mut self.0, true) {
+                    return std::task::Poll::Pending;
+                }
+                std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from_static(
+                    b"{\"a\":",
+                )))))
+            }
+        }
+        let req = Request::builder()
+            .method("POST")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::new(Stalls(false)))
+            .unwrap();
+        let started = tokio::time::Instant::now();
+        let Err(e) = ApiJson::<serde_json::Value>::from_request(req, &()).await else {
+            panic!("a body that never ends was accepted");
+        };
+        assert!(started.elapsed() >= BODY_READ_TIMEOUT);
+        let r = e.into_response();
+        assert_eq!(r.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(body_json(r).await["error"]["code"], "body_timeout");
     }
 
     #[tokio::test]
