@@ -23,8 +23,10 @@
 //! settle alone: Java servers (Tomcat, Jetty, Spring) drop each segment's
 //! parameters (`/admin;x/users` is their `/admin/users`), and
 //! case-insensitive ones (Express's default router, ASP.NET, IIS) read
-//! `/ADMIN/users` as `/admin/users`. [`without_parameters`] gives the first
-//! reading; [`crate::router::Router::find_unambiguous`] refuses a path whose
+//! `/ADMIN/users` as `/admin/users`; and Windows servers (IIS) cut
+//! trailing dots and spaces from each segment (`/admin./users`).
+//! [`without_parameters`] gives the first reading, [`without_trailing_dots`]
+//! the last; [`crate::router::Router::find_unambiguous`] refuses a path whose
 //! readings fall under different routes ([`PathError::Ambiguous`]).
 
 use std::borrow::Cow;
@@ -47,8 +49,9 @@ pub enum PathError {
     /// A `.` or `..` segment with parameters (`..;x`), which some servers
     /// (Tomcat, Jetty) resolve as `..` after routing.
     DotSegmentParameters,
-    /// Read without its segment parameters or in another case, as some
-    /// servers read paths, the path falls under another route.
+    /// Read without its segment parameters, in another case or without
+    /// trailing dots, as some servers read paths, the path falls under
+    /// another route.
     Ambiguous,
 }
 
@@ -64,7 +67,7 @@ impl std::fmt::Display for PathError {
             PathError::Overlong => "the path has an overlong UTF-8 escape (such as %C0%AF)",
             PathError::DotSegmentParameters => "the path has a dot segment with parameters (..;)",
             PathError::Ambiguous => {
-                "the path falls under another route without its segment parameters or in another case"
+                "the path falls under another route without its segment parameters, in another case or without trailing dots"
             }
         })
     }
@@ -200,6 +203,35 @@ pub fn without_parameters(path: &str) -> Option<String> {
     })
 }
 
+/// `path` (normal) as Windows servers (IIS, ASP.NET on Windows) read it:
+/// trailing dots and spaces cut from each segment, as Windows cuts them
+/// from file names (`/admin./x` and `/admin%20/x` are their `/admin/x`),
+/// the result normalised again. `None` when no segment ends so.
+pub fn without_trailing_dots(path: &str) -> Option<String> {
+    let ends = |seg: &str| seg.ends_with('.') || seg.ends_with("%20");
+    if !path.split(['/', ';']).any(ends) {
+        return None;
+    }
+    let mut out = String::with_capacity(path.len());
+    for (i, seg) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        // Parameters stay with their segment: cut before them.
+        let (name, params) = seg.split_at(seg.find(';').unwrap_or(seg.len()));
+        let mut name = name;
+        while let Some(n) = name.strip_suffix('.').or_else(|| name.strip_suffix("%20")) {
+            name = n;
+        }
+        out.push_str(name);
+        out.push_str(params);
+    }
+    Some(match normalize(&out) {
+        Ok(n) => n.into_owned(),
+        Err(_) => out,
+    })
+}
+
 /// `path` as the audit log keeps it: each segment's parameters, which can
 /// carry session ids, replaced by `;…` (`/login;jsessionid=…` becomes
 /// `/login;…`).
@@ -325,6 +357,30 @@ mod tests {
         ] {
             assert_eq!(n(p).as_deref(), Ok(p), "{p}");
         }
+    }
+
+    #[test]
+    fn trailing_dots_and_spaces_are_cut_as_windows_cuts_them() {
+        assert_eq!(without_trailing_dots("/a/b"), None);
+        assert_eq!(without_trailing_dots("/a.b/c"), None);
+        assert_eq!(
+            without_trailing_dots("/admin./x").as_deref(),
+            Some("/admin/x")
+        );
+        assert_eq!(
+            without_trailing_dots("/admin%20/x").as_deref(),
+            Some("/admin/x")
+        );
+        assert_eq!(
+            without_trailing_dots("/admin.%20./").as_deref(),
+            Some("/admin/")
+        );
+        assert_eq!(
+            without_trailing_dots("/admin.;x/y").as_deref(),
+            Some("/admin;x/y")
+        );
+        assert_eq!(without_trailing_dots("/a/.../b").as_deref(), Some("/a/b"));
+        assert_eq!(without_trailing_dots("/x.").as_deref(), Some("/x"));
     }
 
     #[test]

@@ -57,8 +57,9 @@ impl Router {
     }
 
     /// Like [`Router::find`] for a normal path (see [`crate::path`]), but
-    /// refuses it when the path read without its segment parameters, or
-    /// without regard to case, falls under another route.
+    /// refuses it when the path read without its segment parameters,
+    /// without regard to case, or without trailing dots and spaces in its
+    /// segments (and so in any combination), falls under another route.
     pub fn find_unambiguous(
         &self,
         host: &str,
@@ -68,14 +69,28 @@ impl Router {
             return Ok(None);
         };
         let bare = crate::path::without_parameters(path);
-        if bare.is_none() && !self.capitals && !path.bytes().any(|b| b.is_ascii_uppercase()) {
+        let dotted = crate::path::without_trailing_dots(path);
+        if bare.is_none()
+            && dotted.is_none()
+            && !self.capitals
+            && !path.bytes().any(|b| b.is_ascii_uppercase())
+        {
             return Ok(Some(route));
         }
         let bare = bare.as_deref().unwrap_or(path);
         let same = |other: Option<&Arc<Route>>| other.is_some_and(|o| Arc::ptr_eq(o, route));
+        // Windows servers are case-insensitive too; their reading of the
+        // bare path covers the path with its parameters as well.
+        let windows = || {
+            crate::path::without_trailing_dots(bare).is_none_or(|w| {
+                same(self.find_by(host, &w, true, false))
+                    && same(self.find_by(host, &w, true, true))
+            })
+        };
         if same(self.find_by(host, path, true, false))
             && same(self.find_by(host, bare, false, true))
             && same(self.find_by(host, bare, true, true))
+            && (dotted.is_none() || windows())
         {
             Ok(Some(route))
         } else {
@@ -211,12 +226,20 @@ mod tests {
         assert_eq!(svc("/ADMIN/users"), ambiguous);
         assert_eq!(svc("/Admin"), ambiguous);
         assert_eq!(svc("/docs/x"), ambiguous);
+        // Windows servers cut trailing dots and spaces: /admin/users.
+        assert_eq!(svc("/admin./users"), ambiguous);
+        assert_eq!(svc("/admin%20/users"), ambiguous);
+        assert_eq!(svc("/ADMIN../users"), ambiguous);
+        assert_eq!(svc("/admin.;x/users"), ambiguous);
+        assert_eq!(svc("/admin."), ambiguous);
         // Every reading on the same route: fine.
         assert_eq!(svc("/admin/users;jsessionid=1"), Ok(Some("admin")));
         assert_eq!(svc("/admin/Users/ABC"), Ok(Some("admin")));
         assert_eq!(svc("/Docs/Intro"), Ok(Some("docs")));
         assert_eq!(svc("/public;v=1/Files"), Ok(Some("public")));
         assert_eq!(svc("/administrator"), Ok(Some("public")));
+        assert_eq!(svc("/admin/users./x."), Ok(Some("admin")));
+        assert_eq!(svc("/files/report.v1./"), Ok(Some("public")));
         assert_eq!(r.find_unambiguous("nothing.test", "/ADMIN"), Ok(None));
     }
 

@@ -1113,8 +1113,9 @@ async fn paths_are_normalised_before_routing_and_forwarding() {
     assert_eq!(a.hits.load(std::sync::atomic::Ordering::SeqCst), before);
 }
 
-/// A path that Java servers (segment parameters dropped) or
-/// case-insensitive ones read as the `/admin` route's is refused, not
+/// A path that Java servers (segment parameters dropped), case-insensitive
+/// ones or Windows ones (trailing dots cut) read as the `/admin` route's is
+/// refused, not
 /// taken to the service under the `/` route's rules.
 #[tokio::test]
 async fn paths_other_servers_read_as_another_route_are_refused() {
@@ -1127,6 +1128,8 @@ async fn paths_other_servers_read_as_another_route_are_refused() {
         "/ADMIN/users",
         "/Admin",
         "/public/../Admin/users",
+        "/admin./users",
+        "/admin%20/users",
     ] {
         let r = edge.https("GET", "api.test", sneaky).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{sneaky}");
