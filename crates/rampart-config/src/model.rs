@@ -146,6 +146,10 @@ pub struct Route {
     pub json_schema: Option<PathBuf>,
     /// What the web application firewall does on this route.
     pub waf: RouteWaf,
+    /// Whether a WebSocket handshake (an HTTP/1.1 `Upgrade: websocket`)
+    /// on this route is passed on and, once the service accepts it, the
+    /// connection tunnelled to it.
+    pub websocket: bool,
 }
 
 /// The web application firewall's policy on one route.

@@ -203,6 +203,8 @@ pub(crate) struct RawRoute {
     pub waf: Option<S<String>>,
     #[serde(default)]
     pub waf_exclusions: Vec<S<RawWafExclusion>>,
+    #[serde(default)]
+    pub websocket: bool,
 }
 
 /// `{ rule = N }`, `{ tag = "…" }`, either with `target = "COLLECTION[:key]"`.

@@ -169,6 +169,17 @@ fn route_rate_and_body_limits_are_checked() {
 }
 
 #[test]
+fn websocket_is_off_unless_a_route_turns_it_on() {
+    let base = "[[environments]]\nname = \"p\"\n[[services]]\nname = \"a\"\nenvironment = \"p\"\nport = 1\n[[routes]]\nhost = \"x.test\"\nservice = \"a\"\n";
+    assert!(!Config::parse(base, "w.toml").unwrap().routes[0].websocket);
+    let on = Config::parse(&format!("{base}websocket = true\n"), "w.toml").unwrap();
+    assert!(on.routes[0].websocket);
+    let err = Config::parse(&format!("{base}websocket = \"yes\"\n"), "w.toml").unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("w.toml:10"), "{text}");
+}
+
+#[test]
 fn serials_are_normalised() {
     assert_eq!(normalise_serial("0A:1b:FF").as_deref(), Some("a1bff"));
     assert_eq!(normalise_serial("00").as_deref(), Some("0"));

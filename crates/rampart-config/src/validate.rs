@@ -956,6 +956,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
             .filter_map(|(j, x)| c.waf_exclusion(x, &format!("routes[{i}].waf_exclusions[{j}]")))
             .collect();
         routes.push(Route {
+            websocket: r.websocket,
             json_schema,
             waf: RouteWaf {
                 mode: waf,

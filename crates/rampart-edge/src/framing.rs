@@ -18,14 +18,13 @@
 //! connection: hyper refuses malformed input itself.
 
 use std::io;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, ReadBuf};
 
-use crate::watch::{IoHook, Watched};
+use crate::watch::{read_seen, IoHook, Watched};
 
 /// The most bytes of one head or chunk-size line the guard buffers.
 const MAX_HEAD: usize = 64 * 1024;
@@ -265,14 +264,7 @@ impl IoHook for Framing {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = &r {
-            if let Some(new) = buf.filled().get(before..) {
-                self.feed(new);
-            }
-        }
-        r
+        read_seen(inner, cx, buf, |new| self.feed(new))
     }
 }
 

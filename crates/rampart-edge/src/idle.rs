@@ -57,7 +57,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use crate::watch::IoHook;
+use crate::watch::{read_seen, IoHook};
 
 /// A connection's requests in flight and when the last one ended.
 #[derive(Debug, Clone)]
@@ -349,14 +349,13 @@ impl IoHook for Idle {
         if self.closed {
             return Poll::Ready(Ok(()));
         }
-        let before = buf.filled().len();
-        match Pin::new(inner).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) if buf.filled().len() > before => {
-                if self.timeouts.head.is_some() {
-                    self.activity.0.arrived();
-                }
-                Poll::Ready(Ok(()))
+        let heads = self.timeouts.head.is_some();
+        let activity = &self.activity;
+        match read_seen(inner, cx, buf, |_| {
+            if heads {
+                activity.0.arrived();
             }
+        }) {
             Poll::Pending if self.expired(cx) => {
                 // Read as the end of the stream: hyper closes the connection.
                 tracing::debug!(

@@ -62,6 +62,7 @@ mod server;
 pub mod shared_limits;
 pub mod text;
 mod tls;
+pub mod tunnel;
 pub mod upstream;
 pub mod watch;
 pub mod workers;

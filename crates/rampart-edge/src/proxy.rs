@@ -201,7 +201,10 @@ pub async fn forward(
     }
 }
 
-fn upstream_request(
+/// The request sent to an upstream for `ctx`: origin form, the
+/// normalised path, hop-by-hop and forgeable headers gone, the edge's own
+/// forwarding headers and assertion set.
+pub(crate) fn upstream_request(
     ctx: &RequestCtx,
     body: Bytes,
     https: bool,

@@ -184,6 +184,7 @@ mod tests {
             max_body_bytes: None,
             json_schema: None,
             waf: Default::default(),
+            websocket: false,
         }
     }
 

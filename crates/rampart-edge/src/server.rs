@@ -208,6 +208,7 @@ struct State {
     /// Request body bytes all requests may hold at once.
     body_budget: Arc<tokio::sync::Semaphore>,
     upstream_timeout: Duration,
+    connect_timeout: Duration,
     header_read_timeout: Duration,
     conn_timeouts: ConnTimeouts,
     body_read_timeout: Duration,
@@ -295,6 +296,7 @@ impl Edge {
                     .clamp(cfg.max_body_bytes, tokio::sync::Semaphore::MAX_PERMITS),
             )),
             upstream_timeout: cfg.upstream_timeout,
+            connect_timeout: cfg.connect_timeout,
             header_read_timeout: cfg.header_read_timeout,
             conn_timeouts: ConnTimeouts {
                 first_request: cfg.header_read_timeout,
@@ -453,6 +455,12 @@ impl Edge {
                             let cert = cert.clone();
                             let index = seen.fetch_add(1, Ordering::Relaxed);
                             let smuggling = flag.is_conflicting(index);
+                            // A WebSocket tunnel keeps its connection busy
+                            // (see `tunnel`); only a handshake needs this.
+                            let mut req = req;
+                            if req.headers().contains_key(http::header::UPGRADE) {
+                                req.extensions_mut().insert(activity.clone());
+                            }
                             let busy = match req.version() {
                                 // A stalled stream does not block the socket.
                                 Version::HTTP_2 => activity.begin().watch_sends(),
@@ -464,7 +472,7 @@ impl Edge {
                             }
                         });
                         let io = TokioIo::new(Watched::new(idle, Framing::new(guard_flag)));
-                        let conn = builder.serve_connection(io, svc).into_owned();
+                        let conn = builder.serve_connection_with_upgrades(io, svc).into_owned();
                         if let Err(e) = watcher.watch(conn).await {
                             tracing::debug!(%peer, error = %e, "https connection ended");
                         }
@@ -905,6 +913,9 @@ impl State {
                 self.clock.unix_secs(),
             )
         });
+        if ctx.route.websocket && crate::tunnel::is_websocket(&ctx.head) {
+            return self.tunnel(&mut ctx, &pool, assertion, rec).await;
+        }
         let fwd = proxy::forward(
             &self.client,
             &pool,
@@ -948,6 +959,42 @@ impl State {
         }
         refused?;
         Ok(Response::from_parts(parts, body))
+    }
+}
+
+impl State {
+    /// A WebSocket handshake on a route that allows it: see `tunnel`.
+    async fn tunnel(
+        &self,
+        ctx: &mut RequestCtx,
+        pool: &crate::balance::Pool,
+        assertion: Option<HeaderValue>,
+        rec: &mut AccessRecord,
+    ) -> Result<Response<EdgeBody>, Reject> {
+        let Some(client) = ctx.head.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
+            return Err(Reject::UpstreamFailed);
+        };
+        let busy = ctx.head.extensions.get::<Activity>().map(Activity::begin);
+        let (opened, upstream) = crate::tunnel::open(
+            pool,
+            ctx,
+            assertion,
+            self.connect_timeout,
+            self.upstream_timeout,
+        )
+        .await?;
+        rec.upstream = Some(upstream);
+        match opened {
+            crate::tunnel::Opened::Switched(resp, up) => {
+                crate::tunnel::splice(client, up, self.upstream_timeout, busy);
+                Ok(resp.map(|()| full(Bytes::new())))
+            }
+            crate::tunnel::Opened::Refused(resp) => {
+                let (mut parts, body) = resp.into_parts();
+                proxy::strip_hop_by_hop(&mut parts.headers);
+                Ok(Response::from_parts(parts, body.boxed()))
+            }
+        }
     }
 }
 

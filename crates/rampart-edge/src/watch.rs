@@ -31,6 +31,24 @@ pub trait IoHook {
     }
 }
 
+/// Reads from `inner` into `buf` and shows `seen` the bytes the read added,
+/// if it added any: the read side of a hook that only watches.
+pub fn read_seen<IO: AsyncRead + Unpin>(
+    inner: &mut IO,
+    cx: &mut Context<'_>,
+    buf: &mut ReadBuf<'_>,
+    seen: impl FnOnce(&[u8]),
+) -> Poll<io::Result<()>> {
+    let before = buf.filled().len();
+    let r = Pin::new(inner).poll_read(cx, buf);
+    if let Poll::Ready(Ok(())) = &r {
+        if let Some(new) = buf.filled().get(before..).filter(|n| !n.is_empty()) {
+            seen(new);
+        }
+    }
+    r
+}
+
 /// `inner`, its reads and writes through an [`IoHook`].
 #[derive(Debug)]
 pub struct Watched<IO, H> {

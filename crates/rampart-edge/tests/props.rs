@@ -21,6 +21,7 @@ fn route(host: String, prefix: String) -> Route {
         max_body_bytes: None,
         json_schema: None,
         waf: Default::default(),
+        websocket: false,
     }
 }
 

@@ -42,13 +42,8 @@ async fn streaming_upstream(
         while let Ok((mut s, _)) = listener.accept().await {
             let tx = tx.clone();
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    let mut b = [0u8; 1024];
-                    match s.read(&mut b).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&b[..n]),
-                    }
+                if read_head(&mut s).await.is_none() {
+                    return;
                 }
                 let resp = format!(
                     "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
@@ -101,13 +96,9 @@ async fn a_client_that_stops_reading_the_socket_is_cut_off_and_the_upstream_let_
     tls.write_all(b"GET /big HTTP/1.1\r\nhost: api.test\r\n\r\n")
         .await
         .unwrap();
-    let mut got = Vec::new();
-    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-        let mut b = [0u8; 4096];
-        let n = tls.read(&mut b).await.unwrap();
-        assert!(n > 0, "closed before the response head");
-        got.extend_from_slice(&b[..n]);
-    }
+    let got = read_head(&mut tls)
+        .await
+        .expect("closed before the response head");
     assert!(
         got.starts_with(b"HTTP/1.1 200"),
         "{:?}",

@@ -29,6 +29,7 @@ fuzz_target!(|data: &[u8]| {
         max_body_bytes: None,
         json_schema: None,
         waf: Default::default(),
+        websocket: false,
     }]);
     if let Some(h) = rampart_edge::parse_host(host) {
         let _ = router.find(&h, rest);

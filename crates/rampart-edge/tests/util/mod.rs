@@ -354,3 +354,19 @@ where
         body: String::from_utf8_lossy(&body).into_owned(),
     }
 }
+
+/// Reads from `s` until a whole HTTP head (through its blank line) has
+/// arrived, one byte at a time so that nothing after it is taken; `None`
+/// if the stream ends or fails first.
+pub async fn read_head<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        match s.read(&mut b).await {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => head.push(b[0]),
+        }
+    }
+    Some(head)
+}
