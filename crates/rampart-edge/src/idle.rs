@@ -316,11 +316,19 @@ impl Idle {
             let deadline = match self.activity.deadline(t) {
                 Some(d) => d,
                 // While requests are in flight and no body waits, look
-                // again when the timer is due (a timeout later if it is
-                // past): left armed, it is not moved on every read. A body
-                // that starts waiting is thus seen within a timeout.
-                None if self.timer.deadline() > now => self.timer.deadline(),
-                None => now + t.keepalive.min(t.send),
+                // again when the timer is due (a quarter of the send
+                // timeout later if it is past or further): left armed, it
+                // is not moved on every read. A body that starts waiting on a silent
+                // client is thus seen within a quarter of the send timeout,
+                // and its connection closed within 1.25 times it.
+                None => {
+                    let due = self.timer.deadline();
+                    if due > now && due <= now + t.send / 4 {
+                        due
+                    } else {
+                        now + t.send / 4
+                    }
+                }
             };
             if self.timer.deadline() != deadline {
                 self.timer.as_mut().reset(deadline);

@@ -106,7 +106,7 @@ async fn a_client_that_stops_reading_the_socket_is_cut_off_and_the_upstream_let_
     );
     // The client reads nothing more.
     assert_eq!(
-        ended(&mut rx, 20).await,
+        ended(&mut rx, 5).await,
         Some(Ended::Cut),
         "the edge still holds the upstream connection of a response nobody reads"
     );
@@ -158,7 +158,7 @@ async fn an_http2_stream_whose_window_stays_shut_is_cut_off_and_the_upstream_let
     let resp = sender.send_request(get("/big")).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(
-        ended(&mut rx, 20).await,
+        ended(&mut rx, 5).await,
         Some(Ended::Cut),
         "the edge still holds the upstream connection of a stream nobody reads"
     );
