@@ -148,6 +148,11 @@ impl Config {
                 *ca = base.join(&*ca);
             }
         }
+        if let Some(base) = path.parent() {
+            for ca in &mut cfg.control.client_ca {
+                *ca = base.join(&*ca);
+            }
+        }
         if let (StoreBackend::Postgres(pg), Some(base)) = (&mut cfg.store, path.parent()) {
             if let Some(ca) = pg.tls_ca.as_mut() {
                 *ca = base.join(&*ca);

@@ -52,6 +52,9 @@ pub struct Control {
     pub listen: SocketAddr,
     /// Source networks allowed to connect; empty means loopback only.
     pub allow: Vec<IpNet>,
+    /// PEM files of the CAs whose client certificates every connection
+    /// must present (mutual TLS); empty means none is asked for.
+    pub client_ca: Vec<PathBuf>,
 }
 
 /// An environment.

@@ -157,6 +157,8 @@ pub(crate) struct RawControl {
     pub listen: Option<S<String>>,
     #[serde(default)]
     pub allow: Vec<S<String>>,
+    #[serde(default)]
+    pub client_ca: Vec<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

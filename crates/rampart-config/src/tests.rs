@@ -169,6 +169,19 @@ fn route_rate_and_body_limits_are_checked() {
 }
 
 #[test]
+fn control_client_ca_paths_are_kept_and_an_empty_one_is_named() {
+    let c = Config::parse("[control]\nclient_ca = [\"a.pem\", \"b.pem\"]\n", "c.toml").unwrap();
+    assert_eq!(c.control.client_ca.len(), 2);
+    assert!(Config::parse("", "c.toml")
+        .unwrap()
+        .control
+        .client_ca
+        .is_empty());
+    let err = Config::parse("[control]\nclient_ca = [\"a.pem\", \" \"]\n", "c.toml").unwrap_err();
+    assert_eq!(err.diagnostics()[0].path, "control.client_ca[1]");
+}
+
+#[test]
 fn websocket_is_off_unless_a_route_turns_it_on() {
     let base = "[[environments]]\nname = \"p\"\n[[services]]\nname = \"a\"\nenvironment = \"p\"\nport = 1\n[[routes]]\nhost = \"x.test\"\nservice = \"a\"\n";
     assert!(!Config::parse(base, "w.toml").unwrap().routes[0].websocket);

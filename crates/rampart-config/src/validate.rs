@@ -505,6 +505,21 @@ impl Checker {
         parsed
     }
 
+    /// Paths of PEM files; an empty one is an error at `field[i]`.
+    fn pem_paths(&mut self, raw: &[S<String>], field: &str) -> Vec<PathBuf> {
+        raw.iter()
+            .enumerate()
+            .filter_map(|(i, v)| {
+                if v.get_ref().trim().is_empty() {
+                    self.err(v, format!("{field}[{i}]"), "name a PEM file");
+                    None
+                } else {
+                    Some(PathBuf::from(v.get_ref()))
+                }
+            })
+            .collect()
+    }
+
     fn cidrs(&mut self, list: &[S<String>], path: &str) -> Vec<IpNet> {
         list.iter()
             .enumerate()
@@ -704,6 +719,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
         None => SocketAddr::from(([127, 0, 0, 1], 7443)),
     };
     let allow = c.cidrs(&raw.control.allow, "control.allow");
+    let control_client_ca = c.pem_paths(&raw.control.client_ca, "control.client_ca");
 
     // Environments.
     let envs = unique(
@@ -1178,19 +1194,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
                 key: PathBuf::from(cert.key.get_ref()),
             });
         }
-        let client_ca: Vec<PathBuf> = e
-            .client_ca
-            .iter()
-            .enumerate()
-            .filter_map(|(i, v)| {
-                if v.get_ref().trim().is_empty() {
-                    c.err(v, format!("edge.client_ca[{i}]"), "name a PEM file");
-                    None
-                } else {
-                    Some(PathBuf::from(v.get_ref()))
-                }
-            })
-            .collect();
+        let client_ca = c.pem_paths(&e.client_ca, "edge.client_ca");
         let client_auth = match e.client_auth.as_ref().map(|v| (v, v.get_ref().as_str())) {
             None if client_ca.is_empty() => ClientAuthMode::Off,
             None | Some((_, "optional")) => ClientAuthMode::Optional,
@@ -1419,7 +1423,11 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
             redis,
             edge,
             node,
-            control: Control { listen, allow },
+            control: Control {
+                listen,
+                allow,
+                client_ca: control_client_ca,
+            },
             environments,
             services,
             routes,

@@ -99,6 +99,23 @@ pub struct ClientArgs {
     /// CA certificate to trust [default: DATA_DIR/tls/ca.pem].
     #[arg(long, env = "RAMPART_CA", global = true)]
     pub ca: Option<PathBuf>,
+    /// Client certificate (PEM, the chain from the leaf) to present, for a
+    /// control API with `[control] client_ca`.
+    #[arg(
+        long,
+        env = "RAMPART_CLIENT_CERT",
+        global = true,
+        requires = "client_key"
+    )]
+    pub client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(
+        long,
+        env = "RAMPART_CLIENT_KEY",
+        global = true,
+        requires = "client_cert"
+    )]
+    pub client_key: Option<PathBuf>,
     /// Data directory whose tls/ca.pem to trust.
     #[arg(
         long,

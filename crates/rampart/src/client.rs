@@ -19,6 +19,40 @@ use crate::cli::{
 };
 use crate::errors::CliError;
 
+/// The client certificate and key of `--client-cert`/`--client-key`, if
+/// given. The key file's contents never appear in an error.
+fn client_cert(args: &ClientArgs) -> Result<Option<ureq::tls::ClientCert>, CliError> {
+    let (Some(cert_path), Some(key_path)) = (&args.client_cert, &args.client_key) else {
+        return Ok(None);
+    };
+    let read = |p: &PathBuf, what: &str| {
+        std::fs::read(p).map_err(|e| CliError::Input(format!("{what} {}: {e}", p.display())))
+    };
+    let pem = read(cert_path, "client certificate")?;
+    let chain = ureq::tls::parse_pem(&pem)
+        .filter_map(|item| match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| CliError::Input(format!("client certificate {}: {e}", cert_path.display())))?;
+    if chain.is_empty() {
+        return Err(CliError::Input(format!(
+            "client certificate {}: no certificate in the file",
+            cert_path.display()
+        )));
+    }
+    let key = Zeroizing::new(read(key_path, "client key")?);
+    let key = ureq::tls::PrivateKey::from_pem(&key).map_err(|_| {
+        CliError::Input(format!(
+            "client key {}: not a PEM private key",
+            key_path.display()
+        ))
+    })?;
+    Ok(Some(ureq::tls::ClientCert::new_with_certs(&chain, key)))
+}
+
 /// A client of one control API, holding one credential.
 pub struct Client {
     agent: ureq::Agent,
@@ -54,6 +88,7 @@ impl Client {
             .map_err(|e| CliError::Input(format!("CA certificate {}: {e}", ca_path.display())))?;
         let tls = ureq::tls::TlsConfig::builder()
             .root_certs(ureq::tls::RootCerts::Specific(Arc::new(vec![cert])))
+            .client_cert(client_cert(args)?)
             .build();
         let agent = ureq::Agent::config_builder()
             .tls_config(tls)

@@ -149,9 +149,14 @@ pub async fn write_dev_ca(keyring: &Keyring, dir: &Path) -> Result<(), CliError>
 /// unspecified address). Issued at every start and kept in memory only, so
 /// nodes sharing a store each name their own address, and a restart renews
 /// it; clients trust the CA (`tls/ca.pem`), not the leaf.
+///
+/// With `client_ca` (PEM files, `[control] client_ca`), every connection
+/// must present a certificate that chains to one of them: the handshake
+/// fails without one.
 pub async fn control_server_config(
     keyring: &Keyring,
     listen_ip: IpAddr,
+    client_ca: &[std::path::PathBuf],
     clock: &dyn Clock,
 ) -> Result<Arc<rustls::ServerConfig>, CliError> {
     let (issuer, ca_cert) = dev_issuer(keyring).await?;
@@ -169,10 +174,15 @@ pub async fn control_server_config(
     let chain = vec![cert.der().clone(), ca_cert];
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| CliError::Runtime(format!("TLS configuration: {e}")))?
-        .with_no_client_auth()
+        .map_err(|e| CliError::Runtime(format!("TLS configuration: {e}")))?;
+    let builder = if client_ca.is_empty() {
+        builder.with_no_client_auth()
+    } else {
+        builder.with_client_cert_verifier(client_verifier(client_ca, provider)?)
+    };
+    let mut config = builder
         .with_single_cert(chain, key)
         .map_err(|e| CliError::Runtime(format!("TLS certificate: {e}")))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -199,4 +209,30 @@ pub async fn edge_dev_certificate(
     let cert = params.signed_by(&key, &issuer).map_err(pki_err)?;
     // The leaf alone: clients trust the development CA itself.
     Ok((cert.pem(), Zeroizing::new(key.serialize_pem())))
+}
+
+/// A verifier that requires a client certificate chaining to one of the CA
+/// certificates in the PEM files `paths`.
+fn client_verifier(
+    paths: &[std::path::PathBuf],
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, CliError> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for path in paths {
+        let bad =
+            |why: String| CliError::Input(format!("control.client_ca: {}: {why}", path.display()));
+        let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+        let before = roots.len();
+        for der in CertificateDer::pem_slice_iter(&pem) {
+            let der = der.map_err(|e| bad(format!("PEM: {e}")))?;
+            roots.add(der).map_err(|e| bad(e.to_string()))?;
+        }
+        if roots.len() == before {
+            return Err(bad("no CA certificate in the file".into()));
+        }
+    }
+    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .build()
+        .map_err(|e| CliError::Input(format!("control.client_ca: {e}")))
 }

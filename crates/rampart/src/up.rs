@@ -58,7 +58,13 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
         println!("development config: {} (built in)", dev_path.display());
     }
     let listen = args.control_listen.unwrap_or(config.control.listen);
-    let tls_config = tls::control_server_config(&node.keyring, listen.ip(), clock.as_ref()).await?;
+    let tls_config = tls::control_server_config(
+        &node.keyring,
+        listen.ip(),
+        &config.control.client_ca,
+        clock.as_ref(),
+    )
+    .await?;
     let verifier = Verifier::new(&node.keyring, clock.clone()).await?;
     let (audit, audit_report) =
         planes::open_audit(&node.keyring, &dir, &config, clock.clone()).await?;

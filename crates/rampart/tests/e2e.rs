@@ -608,3 +608,127 @@ fn up_refuses_to_start_when_redis_does_not_answer() {
     assert!(!stdout(&out).contains("hunter2-secret"));
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// A CA for clients (PEM) and a client certificate it signed for `cn`
+/// (certificate PEM, key PEM).
+fn client_ca_and_cert(cn: &str) -> (String, (String, String)) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, format!("{cn} clients CA"));
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut leaf = CertificateParams::new(Vec::<String>::new()).unwrap();
+    leaf.distinguished_name.push(DnType::CommonName, cn);
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    (ca_cert.pem(), (cert.pem(), key.serialize_pem()))
+}
+
+/// With `[control] client_ca`, the control API's TLS handshake needs a
+/// client certificate from one of those CAs (as the design's "control
+/// API, mTLS" wants): without one, or with another CA's, nothing is
+/// answered; with one, the API still wants its credential. The CLI
+/// presents one with `--client-cert`/`--client-key`.
+#[test]
+fn a_control_api_with_client_ca_requires_a_client_certificate() {
+    let r = Rampart::new();
+    let (ca, ops) = client_ca_and_cert("ops");
+    let (_, stranger) = client_ca_and_cert("stranger");
+    std::fs::write(r.path("clients.pem"), &ca).unwrap();
+    std::fs::write(
+        r.path("rampart.toml"),
+        "[control]\nclient_ca = [\"clients.pem\"]\n",
+    )
+    .unwrap();
+    let admin = r.init();
+    let srv = r.up_presenting(
+        &["--config", "rampart.toml", "--data-dir", "data"],
+        &ops.0,
+        &ops.1,
+    );
+    assert_eq!(srv.get("/v1/whoami", Some(&admin)).status, 200);
+    assert_eq!(srv.get("/v1/whoami", None).status, 401);
+
+    // Without a certificate, or with another CA's: no answer at all.
+    let ca_pem = std::fs::read(r.path("data/tls/ca.pem")).unwrap();
+    for client in [None, Some(&stranger)] {
+        use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig};
+        let client = client.map(|(c, k)| {
+            ClientCert::new_with_certs(
+                &[Certificate::from_pem(c.as_bytes()).unwrap()],
+                PrivateKey::from_pem(k.as_bytes()).unwrap(),
+            )
+        });
+        let tls = TlsConfig::builder()
+            .root_certs(RootCerts::Specific(std::sync::Arc::new(vec![
+                Certificate::from_pem(&ca_pem).unwrap(),
+            ])))
+            .client_cert(client)
+            .build();
+        let agent = ureq::Agent::config_builder()
+            .tls_config(tls)
+            .http_status_as_error(false)
+            .timeout_global(Some(std::time::Duration::from_secs(10)))
+            .build()
+            .new_agent();
+        let answer = agent.get(srv.url("/healthz")).call();
+        assert!(
+            answer.is_err(),
+            "answered without a valid client certificate"
+        );
+    }
+
+    // The CLI: with the certificate it works, without it fails.
+    std::fs::write(r.path("ops.pem"), &ops.0).unwrap();
+    std::fs::write(r.path("ops.key"), &ops.1).unwrap();
+    let cli = |extra: &[&str]| {
+        let mut c = r.cmd(
+            &[
+                &["users", "list", "--addr", &srv.base(), "--data-dir", "data"],
+                extra,
+            ]
+            .concat(),
+        );
+        c.env("RAMPART_TOKEN", &admin);
+        c.output().unwrap()
+    };
+    let out = cli(&["--client-cert", "ops.pem", "--client-key", "ops.key"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = cli(&[]);
+    assert!(!out.status.success(), "{}", stdout(&out));
+    let out = cli(&["--client-cert", "ops.pem"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--client-key"), "{}", stderr(&out));
+    // A key file that holds no key is named, its contents never shown.
+    std::fs::write(r.path("bad.key"), "secret-looking text\n").unwrap();
+    let out = cli(&["--client-cert", "ops.pem", "--client-key", "bad.key"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("bad.key") && !err.contains("secret-looking"),
+        "{err}"
+    );
+    drop(srv);
+
+    // A CA file that is missing or holds no certificate stops the start.
+    for (file, text) in [("missing.pem", None), ("empty.pem", Some("nothing\n"))] {
+        if let Some(t) = text {
+            std::fs::write(r.path(file), t).unwrap();
+        }
+        std::fs::write(
+            r.path("other.toml"),
+            format!("[control]\nclient_ca = [\"{file}\"]\n"),
+        )
+        .unwrap();
+        let out = r.run(&["up", "--config", "other.toml", "--data-dir", "data"]);
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        assert!(
+            err.contains(file) && err.contains("control.client_ca"),
+            "{err}"
+        );
+    }
+}

@@ -56,7 +56,17 @@ impl Rampart {
         self.up_with(self.cmd(&[]), args)
     }
 
-    pub fn up_with(&self, mut cmd: Command, args: &[&str]) -> Server {
+    pub fn up_with(&self, cmd: Command, args: &[&str]) -> Server {
+        self.start(cmd, args, None)
+    }
+
+    /// Like [`Rampart::up`], with a client that presents `cert`/`key`
+    /// (PEM): for a control API that requires client certificates.
+    pub fn up_presenting(&self, args: &[&str], cert: &str, key: &str) -> Server {
+        self.start(self.cmd(&[]), args, Some((cert, key)))
+    }
+
+    fn start(&self, mut cmd: Command, args: &[&str], client: Option<(&str, &str)>) -> Server {
         cmd.arg("up").args(args);
         if !args.contains(&"--control-listen") {
             cmd.args(["--control-listen", "127.0.0.1:0"]);
@@ -106,7 +116,7 @@ impl Rampart {
         let server = Server {
             child,
             addr,
-            agent: agent(&ca),
+            agent: agent(&ca, client),
             lines: rx,
             printed: seen,
         };
@@ -115,11 +125,18 @@ impl Rampart {
     }
 }
 
-fn agent(ca_pem: &[u8]) -> ureq::Agent {
-    use ureq::tls::{Certificate, RootCerts, TlsConfig};
+fn agent(ca_pem: &[u8], client: Option<(&str, &str)>) -> ureq::Agent {
+    use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig};
     let cert = Certificate::from_pem(ca_pem).unwrap();
+    let client = client.map(|(cert, key)| {
+        ClientCert::new_with_certs(
+            &[Certificate::from_pem(cert.as_bytes()).unwrap()],
+            PrivateKey::from_pem(key.as_bytes()).unwrap(),
+        )
+    });
     let tls = TlsConfig::builder()
         .root_certs(RootCerts::Specific(Arc::new(vec![cert])))
+        .client_cert(client)
         .build();
     ureq::Agent::config_builder()
         .tls_config(tls)
