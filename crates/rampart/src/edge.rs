@@ -216,6 +216,8 @@ pub struct EdgeReload {
     handle: rampart_edge::EdgeHandle,
     /// The `[edge]` section the edge started with.
     started: Option<rampart_config::Edge>,
+    /// What the node runs, told of each reload (for the drift report).
+    running: Option<std::sync::Arc<crate::drift::Running>>,
 }
 
 /// What a reload did.
@@ -239,7 +241,14 @@ impl EdgeReload {
             path,
             handle,
             started,
+            running: None,
         }
+    }
+
+    /// Tells `running` of every successful reload.
+    pub fn reporting_to(mut self, running: std::sync::Arc<crate::drift::Running>) -> Self {
+        self.running = Some(running);
+        self
     }
 
     /// The file it reloads.
@@ -256,6 +265,9 @@ impl EdgeReload {
     pub fn reload(&self) -> Result<Reloaded, String> {
         let cfg = Config::load(&self.path).map_err(|e| e.to_string())?;
         self.handle.reload(&cfg).map_err(|e| e.to_string())?;
+        if let Some(r) = &self.running {
+            r.reloaded(&cfg);
+        }
         Ok(Reloaded {
             routes: cfg.routes.len(),
             needs_restart: start_only_changes(self.started.as_ref(), cfg.edge.as_ref()),
@@ -265,7 +277,7 @@ impl EdgeReload {
 
 /// The `[edge]` settings that differ between `old` and `new` and that the
 /// edge reads only at start.
-fn start_only_changes(
+pub(crate) fn start_only_changes(
     old: Option<&rampart_config::Edge>,
     new: Option<&rampart_config::Edge>,
 ) -> Vec<&'static str> {

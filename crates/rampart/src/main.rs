@@ -16,6 +16,7 @@ mod audit_cmd;
 mod bootstrap;
 mod cli;
 mod client;
+mod drift;
 mod edge;
 mod errors;
 mod init;

@@ -92,16 +92,22 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
         Some(_) => Some(edge::assertion_public_key(&node.keyring).await?),
         None => None,
     };
+    let reloads = edge.is_some() && config_path.is_some();
+    let drift = Arc::new(crate::drift::Running::new(
+        config_path.clone(),
+        config.clone(),
+        reloads,
+    ));
     let edge_reload = match (&edge, &config_path) {
-        (Some(e), Some(path)) => Some(edge::EdgeReload::new(
-            path.clone(),
-            e.handle(),
-            config.edge.clone(),
-        )),
+        (Some(e), Some(path)) => Some(
+            edge::EdgeReload::new(path.clone(), e.handle(), config.edge.clone())
+                .reporting_to(drift.clone()),
+        ),
         _ => None,
     };
     let state = Arc::new(AppState {
         edge_reload: edge_reload.clone(),
+        running: Some(drift),
         edge_assertion_key,
         node_name: config.node.name.clone(),
         planes: Some(running),

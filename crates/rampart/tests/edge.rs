@@ -932,3 +932,56 @@ auth = "api_key"
     assert_eq!(call(&prod), 200);
     assert_eq!(hits.load(Ordering::SeqCst), 1);
 }
+
+/// `GET /v1/status` tells admins whether the config file still says what
+/// the node runs, and if not, what a reload applies and what needs a
+/// restart; a reload moves the routes back in line.
+#[test]
+fn status_reports_drift_between_the_file_and_what_runs() {
+    let (port, _hits, _seen) = upstream();
+    let r = Rampart::new();
+    let config = |prefix: &str| {
+        format!(
+            "[edge]\n\n[[environments]]\nname = \"prod\"\n\n[[services]]\nname = \"app\"\nenvironment = \"prod\"\nport = {port}\nupstreams = [\"127.0.0.1:{port}\"]\n\n[[routes]]\nhost = \"127.0.0.1\"\npath_prefix = \"{prefix}\"\nservice = \"app\"\n"
+        )
+    };
+    std::fs::write(r.path("rampart.toml"), config("/a")).unwrap();
+    let admin = r.init();
+    let srv = r.up(&["--config", "rampart.toml", "--data-dir", "data"]);
+    let drift = || srv.get("/v1/status", Some(&admin)).json()["config"].clone();
+    let d = drift();
+    assert_eq!(d["state"], "current", "{d}");
+    assert!(d["file"].as_str().unwrap().ends_with("rampart.toml"), "{d}");
+
+    std::fs::write(
+        r.path("rampart.toml"),
+        config("/b").replace("[edge]\n", "[edge]\ndrain_seconds = 3\n"),
+    )
+    .unwrap();
+    let d = drift();
+    assert_eq!(d["state"], "drifted", "{d}");
+    assert_eq!(d["reload_applies"], serde_json::json!(["routes"]), "{d}");
+    assert_eq!(
+        d["restart_needed"],
+        serde_json::json!(["edge.drain_seconds"]),
+        "{d}"
+    );
+
+    let ok = srv.send("POST", "/v1/edge/reload", Some(&admin), "");
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    let d = drift();
+    assert_eq!(d["reload_applies"], serde_json::json!([]), "{d}");
+    assert_eq!(
+        d["restart_needed"],
+        serde_json::json!(["edge.drain_seconds"]),
+        "{d}"
+    );
+
+    std::fs::write(r.path("rampart.toml"), "[edge]\nnot valid = = toml\n").unwrap();
+    let d = drift();
+    assert_eq!(d["state"], "invalid", "{d}");
+    assert!(
+        d["error"].as_str().unwrap().contains("rampart.toml:2"),
+        "{d}"
+    );
+}

@@ -69,6 +69,9 @@ pub struct AppState {
     /// Reloads the edge from its config file (`POST /v1/edge/reload`), when
     /// this node runs an edge started from a file.
     pub edge_reload: Option<crate::edge::EdgeReload>,
+    /// What the node runs, for the drift report in `/v1/status`; `None` in
+    /// tests that build a state by hand.
+    pub running: Option<Arc<crate::drift::Running>>,
     /// The audit log every `/v1` call is recorded in.
     pub audit: Option<Arc<rampart_audit::Audit>>,
     pub store: Arc<dyn Store>,
@@ -178,9 +181,9 @@ async fn whoami(who: Authenticated) -> Json<serde_json::Value> {
 
 async fn status(
     State(st): State<SharedState>,
-    Authenticated(_): Authenticated,
+    who: Authenticated,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    Ok(Json(json!({
+    let mut status = json!({
         "node": st.node_name,
         "version": env!("CARGO_PKG_VERSION"),
         "store": {
@@ -190,7 +193,13 @@ async fn status(
         "environments": st.environments,
         "services": st.services,
         "time": st.clock.unix_secs(),
-    })))
+    });
+    // The config file's drift, for admins: its path and errors are theirs.
+    if let (true, Some(running), Some(obj)) = (who.is_admin(), &st.running, status.as_object_mut())
+    {
+        obj.insert("config".into(), running.report());
+    }
+    Ok(Json(status))
 }
 
 /// `GET /v1/edge/assertion-key`: the public key services verify the edge's
