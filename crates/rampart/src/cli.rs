@@ -69,6 +69,16 @@ pub enum Command {
         #[command(subcommand)]
         command: ElevateCommand,
     },
+    /// Show a running node's status (through the control API); for admins
+    /// also the config file's drift from what the node runs.
+    Status {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Exit 1 unless the node's config file says what it runs (for a
+        /// deploy pipeline: the node runs what git holds).
+        #[arg(long)]
+        check_drift: bool,
+    },
     /// Log in with a password; prints the access and refresh tokens.
     Login(LoginArgs),
     /// Start a command with a service's secrets as environment variables; nothing is written to disk.

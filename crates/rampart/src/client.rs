@@ -526,6 +526,27 @@ pub fn elevate(client: &ClientArgs, cmd: ElevateCommand) -> Result<(), CliError>
 
 /// `rampart login`: the tokens go to standard output, for a script to keep
 /// (for instance as RAMPART_TOKEN); nothing is written to disk.
+/// `rampart status`: prints `/v1/status`; with `check_drift`, exits 1
+/// (after printing) unless the config file says what the node runs.
+pub fn status(client: &ClientArgs, check_drift: bool) -> Result<u8, CliError> {
+    let c = Client::new(client)?;
+    let v = c.call("GET", "/v1/status", None)?;
+    print(&v)?;
+    if !check_drift {
+        return Ok(0);
+    }
+    match jf(jf(&v, "config"), "state").as_str() {
+        Some("current") => Ok(0),
+        Some(state) => {
+            eprintln!("config drift: {state}");
+            Ok(1)
+        }
+        None => Err(CliError::Input(
+            "the status has no config report: --check-drift needs an admin credential".into(),
+        )),
+    }
+}
+
 pub fn login(args: &LoginArgs) -> Result<(), CliError> {
     let c = Client::anonymous(&args.client)?;
     let password = read_env_secret(&args.password_env)?;

@@ -51,6 +51,10 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> Result<u8, CliError> {
     let cli = match cli.command {
         Command::Run(args) => return client::run(args),
+        Command::Status {
+            client,
+            check_drift,
+        } => return client::status(&client, check_drift),
         Command::Waf { command } => return waf_cmd::run(command),
         _ => cli,
     };
@@ -83,8 +87,8 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Bench {
             command: BenchCommand::Audit { dir },
         } => audit_cmd::bench(dir.as_deref()),
-        Command::Run(_) | Command::Waf { .. } => Err(CliError::Runtime(
-            "unreachable: run and waf are handled first".into(),
+        Command::Run(_) | Command::Waf { .. } | Command::Status { .. } => Err(CliError::Runtime(
+            "unreachable: run, waf and status are handled first".into(),
         )),
     }
 }

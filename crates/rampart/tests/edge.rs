@@ -952,6 +952,22 @@ fn status_reports_drift_between_the_file_and_what_runs() {
     let d = drift();
     assert_eq!(d["state"], "current", "{d}");
     assert!(d["file"].as_str().unwrap().ends_with("rampart.toml"), "{d}");
+    // `rampart status --check-drift`, for a deploy pipeline.
+    let check = || {
+        let mut c = r.cmd(&[
+            "status",
+            "--check-drift",
+            "--addr",
+            &srv.base(),
+            "--data-dir",
+            "data",
+        ]);
+        c.env("RAMPART_TOKEN", &admin);
+        c.output().unwrap()
+    };
+    let out = check();
+    assert_eq!(out.status.code(), Some(0), "{}", util::stderr(&out));
+    assert!(util::stdout(&out).contains("\"current\""));
 
     std::fs::write(
         r.path("rampart.toml"),
@@ -960,6 +976,9 @@ fn status_reports_drift_between_the_file_and_what_runs() {
     .unwrap();
     let d = drift();
     assert_eq!(d["state"], "drifted", "{d}");
+    let out = check();
+    assert_eq!(out.status.code(), Some(1), "{}", util::stderr(&out));
+    assert!(util::stderr(&out).contains("config drift: drifted"));
     assert_eq!(d["reload_applies"], serde_json::json!(["routes"]), "{d}");
     assert_eq!(
         d["restart_needed"],
