@@ -116,16 +116,23 @@ impl Activity {
     /// request within `t.first_request`, no request in flight for
     /// `t.keepalive` since the last ended, or a watched body waiting for
     /// `t.send` ([`None`] while requests are in flight and none waits).
-    fn deadline(&self, t: &ConnTimeouts) -> Option<Instant> {
+    fn deadline(&self, t: &ConnTimeouts) -> Option<(Instant, Closed)> {
         if self.0.in_flight.load(Ordering::Acquire) == 0 {
             if !self.0.served.load(Ordering::Acquire) {
-                return Some(self.0.start + t.first_request);
+                return Some((self.0.start + t.first_request, Closed::Idle));
             }
             let last = Duration::from_millis(self.0.last_ms.load(Ordering::Acquire));
-            let idle = self.0.start + last + t.keepalive;
+            let idle = (self.0.start + last + t.keepalive, Closed::Idle);
             let head = self.0.head_ms.load(Ordering::Acquire);
             return Some(match t.head {
-                Some(h) if head != NONE => idle.min(self.0.start + Duration::from_millis(head) + h),
+                Some(h) if head != NONE => {
+                    let slow = self.0.start + Duration::from_millis(head) + h;
+                    if slow < idle.0 {
+                        (slow, Closed::SlowHead)
+                    } else {
+                        idle
+                    }
+                }
                 _ => idle,
             });
         }
@@ -134,7 +141,10 @@ impl Activity {
         }
         let waiting = self.0.waiting.lock().unwrap_or_else(|p| p.into_inner());
         let since = waiting.iter().map(|&(_, since)| since).min()?;
-        Some(self.0.start + Duration::from_millis(since) + t.send)
+        Some((
+            self.0.start + Duration::from_millis(since) + t.send,
+            Closed::NotReading,
+        ))
     }
 }
 
@@ -264,6 +274,74 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
     }
 }
 
+/// Why [`Idle`] closed a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    /// No request for the first-request or keep-alive timeout.
+    Idle,
+    /// An HTTP/1 head took longer than the header-read timeout.
+    SlowHead,
+    /// The client took no response bytes for the send timeout.
+    NotReading,
+}
+
+/// Connections [`Idle`] closed, by why, and WebSocket tunnels: what
+/// `/metrics` reports of them.
+#[derive(Debug, Default)]
+pub struct ConnCounts {
+    idle: AtomicU64,
+    slow_head: AtomicU64,
+    not_reading: AtomicU64,
+    tunnels_open: AtomicU64,
+    tunnels: AtomicU64,
+}
+
+impl ConnCounts {
+    fn closed(&self, why: Closed) {
+        let c = match why {
+            Closed::Idle => &self.idle,
+            Closed::SlowHead => &self.slow_head,
+            Closed::NotReading => &self.not_reading,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Connections closed for `why` so far.
+    pub fn closed_for(&self, why: Closed) -> u64 {
+        match why {
+            Closed::Idle => &self.idle,
+            Closed::SlowHead => &self.slow_head,
+            Closed::NotReading => &self.not_reading,
+        }
+        .load(Ordering::Relaxed)
+    }
+
+    /// Counts a tunnel open until the returned guard is dropped.
+    pub fn tunnel(self: &Arc<Self>) -> TunnelOpen {
+        self.tunnels.fetch_add(1, Ordering::Relaxed);
+        self.tunnels_open.fetch_add(1, Ordering::Relaxed);
+        TunnelOpen(self.clone())
+    }
+
+    /// WebSocket tunnels open now, and opened so far.
+    pub fn tunnels(&self) -> (u64, u64) {
+        (
+            self.tunnels_open.load(Ordering::Relaxed),
+            self.tunnels.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// A WebSocket tunnel, counted open while it lives.
+#[derive(Debug)]
+pub struct TunnelOpen(Arc<ConnCounts>);
+
+impl Drop for TunnelOpen {
+    fn drop(&mut self) {
+        self.0.tunnels_open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// The timeouts [`Idle`] keeps.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnTimeouts {
@@ -276,6 +354,16 @@ pub struct ConnTimeouts {
     pub keepalive: Duration,
     /// The longest a client may take none of the response bytes it is sent.
     pub send: Duration,
+}
+
+impl ConnTimeouts {
+    /// hyper's own header-read timeout under [`Idle`]: it runs through
+    /// idle keep-alive time too, so it can only back `Idle` up, a second
+    /// after the longer of the first-request and keep-alive timeouts (so
+    /// that `Idle`, which counts what it closes, comes first).
+    pub fn backstop(&self) -> Duration {
+        self.first_request.max(self.keepalive) + Duration::from_secs(1)
+    }
 }
 
 /// The hook of a connection's timeouts (see the module doc): under a
@@ -292,6 +380,8 @@ pub struct Idle {
     /// Armed while a write makes no progress.
     stall: Option<Pin<Box<Sleep>>>,
     stalled: bool,
+    /// Where closes are counted, if anywhere.
+    counts: Option<Arc<ConnCounts>>,
 }
 
 impl Idle {
@@ -304,7 +394,14 @@ impl Idle {
             closed: false,
             stall: None,
             stalled: false,
+            counts: None,
         }
+    }
+
+    /// Counts the connections it closes in `counts`.
+    pub fn counting(mut self, counts: Arc<ConnCounts>) -> Self {
+        self.counts = Some(counts);
+        self
     }
 
     /// Whether the connection must close now; otherwise arms the timer for
@@ -314,7 +411,7 @@ impl Idle {
             let now = Instant::now();
             let t = &self.timeouts;
             let deadline = match self.activity.deadline(t) {
-                Some(d) => d,
+                Some((d, _)) => d,
                 // While requests are in flight and no body waits, look
                 // again when the timer is due (a quarter of the send
                 // timeout later if it is past or further): left armed, it
@@ -336,12 +433,13 @@ impl Idle {
             if self.timer.as_mut().poll(cx).is_pending() {
                 return false;
             }
-            if self
-                .activity
-                .deadline(&self.timeouts)
-                .is_some_and(|d| d <= now)
-            {
-                return true;
+            if let Some((d, why)) = self.activity.deadline(&self.timeouts) {
+                if d <= now {
+                    if let Some(c) = &self.counts {
+                        c.closed(why);
+                    }
+                    return true;
+                }
             }
         }
     }
@@ -394,6 +492,10 @@ impl IoHook for Idle {
                 }
                 if timer.as_mut().poll(cx).is_ready() {
                     tracing::debug!("closing a connection whose client stopped reading");
+                    if let (false, Some(c)) = (self.closed, &self.counts) {
+                        c.closed(Closed::NotReading);
+                    }
+                    self.closed = true;
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
                         "the client took no response bytes for the send timeout",

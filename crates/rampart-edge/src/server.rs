@@ -29,7 +29,7 @@ use crate::config::EdgeConfig;
 use crate::error::{Error, Reject, Result};
 use crate::framing::{Framing, FramingFlag};
 use crate::hooks::{AccessRecord, AuditSink};
-use crate::idle::{Activity, ConnTimeouts, Idle, InFlight, Tracked};
+use crate::idle::{Activity, ConnCounts, ConnTimeouts, Idle, InFlight, Tracked};
 use crate::mtls::{ClientCert, RevokedSerials};
 use crate::phases::{self, Phase, RequestCtx};
 use crate::proxy::{self, UpstreamClient};
@@ -86,6 +86,12 @@ impl std::fmt::Debug for EdgeHandle {
 }
 
 impl EdgeHandle {
+    /// Connections closed by the edge's timeouts, by why, and WebSocket
+    /// tunnels.
+    pub fn conn_counts(&self) -> Arc<ConnCounts> {
+        self.state.counts.clone()
+    }
+
     /// Swaps in the routes and services of `config`. Pools whose upstream
     /// list is unchanged keep their health state; requests already in
     /// flight finish on the pools they started with. On error nothing
@@ -198,6 +204,7 @@ impl Routing {
 
 struct State {
     routing: RwLock<Arc<Routing>>,
+    counts: Arc<ConnCounts>,
     balance: Balance,
     breaker: BreakerSettings,
     phases: Vec<Box<dyn Phase>>,
@@ -298,6 +305,7 @@ impl Edge {
             upstream_timeout: cfg.upstream_timeout,
             connect_timeout: cfg.connect_timeout,
             header_read_timeout: cfg.header_read_timeout,
+            counts: Arc::default(),
             conn_timeouts: ConnTimeouts {
                 first_request: cfg.header_read_timeout,
                 head: Some(cfg.header_read_timeout),
@@ -351,8 +359,8 @@ impl Edge {
             .max_buf_size(MAX_HEAD_BYTES)
             .timer(TokioTimer::new())
             // Its timer runs through idle keep-alive time too: heads are
-            // timed in `idle`, and this is the backstop.
-            .header_read_timeout(state.header_read_timeout.max(state.conn_timeouts.keepalive));
+            // timed in `idle`, and this is the backstop, a second behind.
+            .header_read_timeout(state.conn_timeouts.backstop());
         // As nginx's http2_max_concurrent_streams: with request bodies read
         // whole, the streams one connection may open bound what it can make
         // the edge hold (and `max_buffered_body_bytes` bounds all of them).
@@ -396,7 +404,7 @@ impl Edge {
                     let Some((stream, peer)) = r else { continue };
                     let st = state.clone();
                     let activity = Activity::default();
-                    let io = Watched::new(stream, Idle::new(activity.clone(), st.conn_timeouts));
+                    let io = Watched::new(stream, Idle::new(activity.clone(), st.conn_timeouts).counting(st.counts.clone()));
                     let svc = service_fn(move |req| {
                         let st = st.clone();
                         let busy = activity.begin();
@@ -449,7 +457,8 @@ impl Edge {
                         if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
                             timeouts.head = None;
                         }
-                        let idle = Watched::new(tls, Idle::new(activity.clone(), timeouts));
+                        let timeouts = Idle::new(activity.clone(), timeouts).counting(st.counts.clone());
+                        let idle = Watched::new(tls, timeouts);
                         let svc = service_fn(move |req| {
                             let st = st.clone();
                             let cert = cert.clone();
@@ -986,7 +995,8 @@ impl State {
         rec.upstream = Some(upstream);
         match opened {
             crate::tunnel::Opened::Switched(resp, up) => {
-                crate::tunnel::splice(client, up, self.upstream_timeout, busy);
+                let open = self.counts.tunnel();
+                crate::tunnel::splice(client, up, self.upstream_timeout, (busy, open));
                 Ok(resp.map(|()| full(Bytes::new())))
             }
             crate::tunnel::Opened::Refused(resp) => {

@@ -35,7 +35,7 @@ use tokio::time::Instant;
 
 use crate::balance::Pool;
 use crate::error::Reject;
-use crate::idle::InFlight;
+use crate::idle::{InFlight, TunnelOpen};
 use crate::phases::RequestCtx;
 use crate::watch::{read_seen, IoHook, Watched};
 
@@ -154,11 +154,16 @@ pub async fn open(
 }
 
 /// Joins the client's connection, once hyper hands it over, to the
-/// upstream's, on a task of its own; `busy` keeps the client connection
-/// counted as busy until the tunnel ends.
-pub fn splice(client: OnUpgrade, upstream: Box<Upgraded>, idle: Duration, busy: Option<InFlight>) {
+/// upstream's, on a task of its own; `held` (the client connection's
+/// request in flight, and the tunnel's count) lives until the tunnel ends.
+pub fn splice(
+    client: OnUpgrade,
+    upstream: Box<Upgraded>,
+    idle: Duration,
+    held: (Option<InFlight>, TunnelOpen),
+) {
     tokio::spawn(async move {
-        let _busy = busy;
+        let _held = held;
         let client = match client.await {
             Ok(c) => c,
             Err(e) => {

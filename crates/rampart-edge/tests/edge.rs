@@ -832,6 +832,9 @@ async fn kept_alive_connections_wait_for_the_keepalive_timeout() {
         "the slow second head was cut off after {:?}, the keep-alive timeout, not the header-read one",
         started.elapsed()
     );
+    let counts = edge.handle.conn_counts();
+    assert_eq!(counts.closed_for(rampart_edge::idle::Closed::SlowHead), 1);
+    assert_eq!(counts.closed_for(rampart_edge::idle::Closed::Idle), 2);
 }
 
 /// A connection that carries no request is closed after the header-read

@@ -124,6 +124,8 @@ async fn a_client_that_stops_reading_the_socket_is_cut_off_and_the_upstream_let_
     .await;
     assert!(closed.is_ok(), "the client's connection stayed open");
     assert!(rest < 1 << 30, "the whole body arrived: {rest} bytes");
+    let counts = edge.handle.conn_counts();
+    assert_eq!(counts.closed_for(rampart_edge::idle::Closed::NotReading), 1);
 }
 
 /// An HTTP/2 client over TLS with a small stream window.
@@ -163,6 +165,8 @@ async fn an_http2_stream_whose_window_stays_shut_is_cut_off_and_the_upstream_let
         "the edge still holds the upstream connection of a stream nobody reads"
     );
     drop(resp);
+    let counts = edge.handle.conn_counts();
+    assert_eq!(counts.closed_for(rampart_edge::idle::Closed::NotReading), 1);
 }
 
 #[tokio::test]

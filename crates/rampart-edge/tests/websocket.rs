@@ -147,6 +147,8 @@ async fn a_tunnel_outlives_the_keepalive_timeout_and_ends_when_idle() {
     .await;
     let (mut tls, head) = handshake(&edge).await;
     assert!(head.starts_with("http/1.1 101"), "{head}");
+    let counts = edge.handle.conn_counts();
+    assert_eq!(counts.tunnels().1, 1);
     // Traffic every 500 ms for 2 s: past the keep-alive timeout, and
     // never idle for the upstream timeout.
     for i in 0..4 {
@@ -162,6 +164,12 @@ async fn a_tunnel_outlives_the_keepalive_timeout_and_ends_when_idle() {
     let mut rest = Vec::new();
     let closed = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut rest)).await;
     assert!(closed.is_ok(), "an idle tunnel was kept open");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        counts.tunnels(),
+        (0, 1),
+        "the closed tunnel is still counted open"
+    );
     assert!(
         started.elapsed() >= Duration::from_millis(1000),
         "closed after {:?}",

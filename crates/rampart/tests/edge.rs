@@ -326,6 +326,15 @@ waf_exclusions = [{{ rule = 1001 }}, {{ rule = 942100 }}]
         )),
         "{metrics}"
     );
+    // Connections closed on timeouts, and WebSocket tunnels.
+    for line in [
+        "rampart_edge_connections_closed_total{reason=\"not_reading\"} 0",
+        "rampart_edge_connections_closed_total{reason=\"slow_head\"} 0",
+        "rampart_edge_websocket_tunnels_open 0",
+        "rampart_edge_websocket_tunnels_total 0",
+    ] {
+        assert!(metrics.contains(line), "no {line:?} in {metrics}");
+    }
 }
 
 /// Every request an upstream got: its path and its assertion header.

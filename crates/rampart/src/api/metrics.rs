@@ -53,6 +53,9 @@ pub struct Metrics {
     edge_latency: Family<RouteLabels, Histogram>,
     upstream_up: Family<UpstreamLabels, Gauge>,
     upstream_breaker_open: Family<UpstreamLabels, Gauge>,
+    edge_closed: Family<ReasonLabels, Counter>,
+    edge_tunnels_open: Gauge<i64>,
+    edge_tunnels: Counter<u64>,
     upstream_in_flight: Family<UpstreamLabels, Gauge>,
     audit_syncs: Family<TierLabels, Counter>,
     audit_records: Family<TierLabels, Counter>,
@@ -70,6 +73,11 @@ pub struct Metrics {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
 }
 
 impl Metrics {
@@ -135,6 +143,24 @@ impl Metrics {
             "Requests in flight to the upstream",
             upstream_in_flight.clone(),
         );
+        let edge_closed = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "edge_connections_closed",
+            "Client connections the edge closed on a timeout, by reason (idle: no request for the first-request or keep-alive timeout; slow_head; not_reading: no response bytes taken for the send timeout)",
+            edge_closed.clone(),
+        );
+        let edge_tunnels_open = Gauge::<i64>::default();
+        registry.register(
+            "edge_websocket_tunnels_open",
+            "WebSocket tunnels open now",
+            edge_tunnels_open.clone(),
+        );
+        let edge_tunnels = Counter::<u64>::default();
+        registry.register(
+            "edge_websocket_tunnels",
+            "WebSocket tunnels opened",
+            edge_tunnels.clone(),
+        );
         let audit_syncs = Family::<TierLabels, Counter>::default();
         registry.register(
             "audit_syncs",
@@ -190,6 +216,9 @@ impl Metrics {
             upstream_up,
             upstream_breaker_open,
             upstream_in_flight,
+            edge_closed,
+            edge_tunnels_open,
+            edge_tunnels,
             audit_syncs,
             audit_records,
             audit_sync_seconds,
@@ -316,6 +345,21 @@ impl Metrics {
     fn refresh_upstreams(&self) {
         let Ok(edge) = self.edge.lock() else { return };
         let Some(edge) = edge.as_ref() else { return };
+        let counts = edge.conn_counts();
+        use rampart_edge::idle::Closed;
+        for (reason, why) in [
+            ("idle", Closed::Idle),
+            ("slow_head", Closed::SlowHead),
+            ("not_reading", Closed::NotReading),
+        ] {
+            let c = self.edge_closed.get_or_create(&ReasonLabels { reason });
+            c.inc_by(counts.closed_for(why).saturating_sub(c.get()));
+        }
+        let (open, total) = counts.tunnels();
+        self.edge_tunnels_open
+            .set(i64::try_from(open).unwrap_or(i64::MAX));
+        self.edge_tunnels
+            .inc_by(total.saturating_sub(self.edge_tunnels.get()));
         for u in edge.upstreams() {
             let l = UpstreamLabels {
                 service: u.service.clone(),

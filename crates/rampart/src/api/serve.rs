@@ -61,7 +61,7 @@ pub async fn serve(
         .timer(TokioTimer::new())
         // Heads are timed by `Idle`; hyper's timer also counts idle
         // keep-alive time, so it is only the backstop.
-        .header_read_timeout(timeouts.keepalive.max(timeouts.first_request));
+        .header_read_timeout(timeouts.backstop());
     let graceful = GracefulShutdown::new();
     let mut conns = JoinSet::new();
     tokio::pin!(shutdown);
