@@ -368,8 +368,13 @@ fn a_rewritten_record_with_fixed_checksum_breaks_the_chain() {
     bytes[range.start + 4..range.start + 8].copy_from_slice(&crc);
     fs::write(&seg, &bytes).unwrap();
     let f = findings(t.verify());
-    assert_eq!(f[0].seq, Some(31));
-    assert_eq!(f[0].problem, Problem::ChainBroken);
+    // The next record's predecessor hash no longer matches; or, when a
+    // checkpoint closes right after record 30 (where group commits fell
+    // decides), that checkpoint's hashes already do not.
+    match (f[0].seq, &f[0].problem) {
+        (Some(31), Problem::ChainBroken) | (Some(30), Problem::RootMismatch { count: 31, .. }) => {}
+        _ => panic!("{f:?}"),
+    }
 }
 
 #[test]
