@@ -432,6 +432,25 @@ fn expand_rule_files(entries: &[String]) -> Result<Vec<PathBuf>, CliError> {
     Ok(out)
 }
 
+/// The WAF of `edge.waf_rules`: each file (or the built-in baseline) loaded
+/// in order, a bad rule an error with its file and line.
+pub fn load_waf(entries: &[String]) -> Result<rampart_waf::Waf, CliError> {
+    let mut b = rampart_waf::WafBuilder::new();
+    for entry in entries {
+        if entry == rampart_config::BUILTIN_BASELINE {
+            b.load_str(entry, rampart_waf::BASELINE_RULES)
+                .map_err(|err| CliError::Input(format!("WAF rules: {err}")))?;
+            continue;
+        }
+        for f in expand_rule_files(std::slice::from_ref(entry))? {
+            b.load_file(&f)
+                .map_err(|err| CliError::Input(format!("WAF rules: {err}")))?;
+        }
+    }
+    b.build()
+        .map_err(|err| CliError::Input(format!("WAF rules: {err}")))
+}
+
 /// Whether `name` matches `pattern`, where `*` stands for any run of
 /// characters; as in shell globs, a leading `*` does not match a leading dot.
 fn wildcard_match(pattern: &str, name: &str) -> bool {
@@ -571,21 +590,7 @@ pub async fn start(
         });
     }
     if !e.waf_rules.is_empty() {
-        let mut b = rampart_waf::WafBuilder::new();
-        for entry in &e.waf_rules {
-            if entry == rampart_config::BUILTIN_BASELINE {
-                b.load_str(entry, rampart_waf::BASELINE_RULES)
-                    .map_err(|err| CliError::Input(format!("WAF rules: {err}")))?;
-                continue;
-            }
-            for f in expand_rule_files(std::slice::from_ref(entry))? {
-                b.load_file(&f)
-                    .map_err(|err| CliError::Input(format!("WAF rules: {err}")))?;
-            }
-        }
-        let waf = b
-            .build()
-            .map_err(|err| CliError::Input(format!("WAF rules: {err}")))?;
+        let waf = load_waf(&e.waf_rules)?;
         println!("edge: WAF loaded {} rules", waf.rule_count());
         for w in waf.warnings() {
             println!("edge: WAF warning: {w}");

@@ -19,6 +19,7 @@ mod client;
 mod drift;
 mod edge;
 mod errors;
+mod files;
 mod init;
 mod node;
 mod planes;
@@ -93,14 +94,19 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
     }
 }
 
+/// Validates the file, then reads the files it names as `up` will.
 fn config_check(file: &std::path::Path) -> Result<(), CliError> {
-    match rampart_config::Config::load(file) {
-        Ok(_) => {
-            println!("ok");
-            Ok(())
-        }
-        Err(e) => Err(CliError::Config(e)),
+    let config = rampart_config::Config::load(file).map_err(CliError::Config)?;
+    let problems = files::problems(&config);
+    if problems.is_empty() {
+        println!("ok");
+        return Ok(());
     }
+    Err(CliError::Input(format!(
+        "{}: files it names:\n  {}",
+        file.display(),
+        problems.join("\n  ")
+    )))
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {

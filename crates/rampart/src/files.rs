@@ -1,0 +1,147 @@
+//! `rampart config check`'s second pass: the files a valid config names
+//! (certificates and keys, CA bundles, WAF rules, JSON Schemas), read and
+//! parsed as `rampart up` will read them, so that a deploy pipeline finds
+//! a missing or broken file before a node does. Problems name the field
+//! and the file, never a key's contents.
+
+use std::path::Path;
+
+use rampart_config::Config;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// Every problem with the files `config` names, one line each.
+pub fn problems(config: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, ca) in config.control.client_ca.iter().enumerate() {
+        certificates(&mut out, &format!("control.client_ca[{i}]"), ca);
+    }
+    if let rampart_config::StoreBackend::Postgres(pg) = &config.store {
+        if let Some(ca) = &pg.tls_ca {
+            certificates(&mut out, "store.tls_ca", ca);
+        }
+    }
+    if let Some(ca) = config.redis.as_ref().and_then(|r| r.tls_ca.as_ref()) {
+        certificates(&mut out, "redis.tls_ca", ca);
+    }
+    if let Some(edge) = &config.edge {
+        for (i, c) in edge.certificates.iter().enumerate() {
+            certificates(&mut out, &format!("edge.certificates[{i}].cert"), &c.cert);
+            private_key(&mut out, &format!("edge.certificates[{i}].key"), &c.key);
+        }
+        for (i, ca) in edge.client_ca.iter().enumerate() {
+            certificates(&mut out, &format!("edge.client_ca[{i}]"), ca);
+        }
+        if !edge.waf_rules.is_empty() {
+            if let Err(e) = crate::edge::load_waf(&edge.waf_rules) {
+                out.push(format!("edge.waf_rules: {e}"));
+            }
+        }
+    }
+    for (i, r) in config.routes.iter().enumerate() {
+        if let Some(schema) = &r.json_schema {
+            let field = format!("routes[{i}].json_schema");
+            if let Some(bytes) = read(&mut out, &field, schema) {
+                if let Err(e) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+                    out.push(format!("{field}: {}: not JSON: {e}", schema.display()));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn read(out: &mut Vec<String>, field: &str, path: &Path) -> Option<Vec<u8>> {
+    match std::fs::read(path) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            out.push(format!("{field}: {}: {e}", path.display()));
+            None
+        }
+    }
+}
+
+/// A PEM file with at least one certificate, all of them parsable.
+fn certificates(out: &mut Vec<String>, field: &str, path: &Path) {
+    let Some(pem) = read(out, field, path) else {
+        return;
+    };
+    let mut n = 0;
+    for der in CertificateDer::pem_slice_iter(&pem) {
+        match der {
+            Ok(_) => n += 1,
+            Err(e) => {
+                out.push(format!("{field}: {}: bad PEM: {e}", path.display()));
+                return;
+            }
+        }
+    }
+    if n == 0 {
+        out.push(format!(
+            "{field}: {}: no certificate in the file",
+            path.display()
+        ));
+    }
+}
+
+/// A PEM file holding a private key. Its contents never reach a message.
+fn private_key(out: &mut Vec<String>, field: &str, path: &Path) {
+    let Some(pem) = read(out, field, path) else {
+        return;
+    };
+    let pem = zeroize::Zeroizing::new(pem);
+    if PrivateKeyDer::from_pem_slice(&pem).is_err() {
+        out.push(format!(
+            "{field}: {}: no PEM private key in the file",
+            path.display()
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_and_broken_files_are_named_by_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["a.test".to_string()]).unwrap();
+        std::fs::write(dir.path().join("good.pem"), cert.cert.pem()).unwrap();
+        std::fs::write(
+            dir.path().join("good.key"),
+            cert.signing_key.serialize_pem(),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("junk.key"), "secret words\n").unwrap();
+        std::fs::write(dir.path().join("empty.pem"), "").unwrap();
+        std::fs::write(
+            dir.path().join("bad.conf"),
+            "SecRule ARGS \"@rx a\" \"id:1,phase:2,nosuchaction\"\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("s.json"), "{not json").unwrap();
+        let text = "[control]\nclient_ca = [\"missing.pem\"]\n\
+                    [edge]\nclient_ca = [\"empty.pem\"]\nwaf_rules = [\"bad.conf\"]\n\
+                    [[edge.certificates]]\nnames = [\"a.test\"]\ncert = \"good.pem\"\nkey = \"junk.key\"\n\
+                    [[edge.certificates]]\nnames = [\"b.test\"]\ncert = \"good.pem\"\nkey = \"good.key\"\n\
+                    [[environments]]\nname = \"p\"\n[[services]]\nname = \"a\"\nenvironment = \"p\"\nport = 1\n\
+                    [[routes]]\nhost = \"a.test\"\nservice = \"a\"\njson_schema = \"s.json\"\n";
+        std::fs::write(dir.path().join("r.toml"), text).unwrap();
+        let config = Config::load(&dir.path().join("r.toml")).unwrap();
+        let p = problems(&config);
+        let fields: Vec<&str> = p.iter().map(|l| l.split(':').next().unwrap()).collect();
+        assert_eq!(
+            fields,
+            [
+                "control.client_ca[0]",
+                "edge.certificates[0].key",
+                "edge.client_ca[0]",
+                "edge.waf_rules",
+                "routes[0].json_schema"
+            ],
+            "{p:#?}"
+        );
+        assert!(p.iter().all(|l| !l.contains("secret words")), "{p:#?}");
+        assert!(p[3].contains("bad.conf"), "{}", p[3]);
+    }
+}
