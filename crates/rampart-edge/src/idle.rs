@@ -297,23 +297,21 @@ pub struct ConnCounts {
 }
 
 impl ConnCounts {
-    fn closed(&self, why: Closed) {
-        let c = match why {
-            Closed::Idle => &self.idle,
-            Closed::SlowHead => &self.slow_head,
-            Closed::NotReading => &self.not_reading,
-        };
-        c.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Connections closed for `why` so far.
-    pub fn closed_for(&self, why: Closed) -> u64 {
+    fn counter(&self, why: Closed) -> &AtomicU64 {
         match why {
             Closed::Idle => &self.idle,
             Closed::SlowHead => &self.slow_head,
             Closed::NotReading => &self.not_reading,
         }
-        .load(Ordering::Relaxed)
+    }
+
+    fn closed(&self, why: Closed) {
+        self.counter(why).fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Connections closed for `why` so far.
+    pub fn closed_for(&self, why: Closed) -> u64 {
+        self.counter(why).load(Ordering::Relaxed)
     }
 
     /// Counts a tunnel open until the returned guard is dropped.
