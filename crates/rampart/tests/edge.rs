@@ -502,15 +502,19 @@ fn bad_edge_upstream_settings_are_refused_with_their_line() {
     }
 }
 
+/// A config with an edge, one service on the upstream at `port`, and one
+/// route for `prefix` on host 127.0.0.1.
+fn one_route_config(port: u16, prefix: &str) -> String {
+    format!(
+        "[edge]\n\n[[environments]]\nname = \"prod\"\n\n[[services]]\nname = \"app\"\nenvironment = \"prod\"\nport = {port}\nupstreams = [\"127.0.0.1:{port}\"]\n\n[[routes]]\nhost = \"127.0.0.1\"\npath_prefix = \"{prefix}\"\nservice = \"app\"\n"
+    )
+}
+
 #[test]
 fn sighup_reloads_routes_and_refuses_a_bad_config_while_serving() {
     let (port, _hits, _seen) = upstream();
     let r = Rampart::new();
-    let config = |prefix: &str| {
-        format!(
-            "[edge]\n\n[[environments]]\nname = \"prod\"\n\n[[services]]\nname = \"app\"\nenvironment = \"prod\"\nport = {port}\nupstreams = [\"127.0.0.1:{port}\"]\n\n[[routes]]\nhost = \"127.0.0.1\"\npath_prefix = \"{prefix}\"\nservice = \"app\"\n"
-        )
-    };
+    let config = |prefix: &str| one_route_config(port, prefix);
     std::fs::write(r.path("rampart.toml"), config("/a")).unwrap();
     let admin = r.init();
     let srv = r.up(&["--config", "rampart.toml", "--data-dir", "data"]);
@@ -949,11 +953,7 @@ auth = "api_key"
 fn status_reports_drift_between_the_file_and_what_runs() {
     let (port, _hits, _seen) = upstream();
     let r = Rampart::new();
-    let config = |prefix: &str| {
-        format!(
-            "[edge]\n\n[[environments]]\nname = \"prod\"\n\n[[services]]\nname = \"app\"\nenvironment = \"prod\"\nport = {port}\nupstreams = [\"127.0.0.1:{port}\"]\n\n[[routes]]\nhost = \"127.0.0.1\"\npath_prefix = \"{prefix}\"\nservice = \"app\"\n"
-        )
-    };
+    let config = |prefix: &str| one_route_config(port, prefix);
     std::fs::write(r.path("rampart.toml"), config("/a")).unwrap();
     let admin = r.init();
     let srv = r.up(&["--config", "rampart.toml", "--data-dir", "data"]);
