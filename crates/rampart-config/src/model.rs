@@ -144,6 +144,10 @@ pub struct Route {
     pub rate_limit: Option<RouteRate>,
     /// Largest request body on this route (the edge's limit still caps it).
     pub max_body_bytes: Option<usize>,
+    /// Time for the service to send its response headers on this route,
+    /// and the longest a WebSocket tunnel may be idle, in seconds, instead
+    /// of the edge's `upstream_timeout_seconds`.
+    pub upstream_timeout_seconds: Option<u32>,
     /// A JSON Schema file that request bodies must satisfy (relative paths
     /// are resolved against the config file by [`crate::Config::load`]).
     pub json_schema: Option<PathBuf>,

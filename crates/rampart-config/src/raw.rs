@@ -201,6 +201,7 @@ pub(crate) struct RawRoute {
     pub deny_cidrs: Vec<S<String>>,
     pub rate_limit: Option<RawRate>,
     pub max_body_bytes: Option<S<i64>>,
+    pub upstream_timeout_seconds: Option<S<i64>>,
     pub json_schema: Option<S<String>>,
     pub waf: Option<S<String>>,
     #[serde(default)]

@@ -146,14 +146,15 @@ fn permissions_allow_dotted_actions_and_wildcards_only() {
 fn route_rate_and_body_limits_are_checked() {
     let base = "[[environments]]\nname = \"p\"\n[[services]]\nname = \"a\"\nenvironment = \"p\"\nport = 1\n[[routes]]\nhost = \"x.test\"\nservice = \"a\"\n";
     let ok = Config::parse(
-        &format!("{base}max_body_bytes = 1024\nrate_limit = {{ burst = 5, per_second = 0.5 }}\n"),
+        &format!("{base}max_body_bytes = 1024\nrate_limit = {{ burst = 5, per_second = 0.5 }}\nupstream_timeout_seconds = 120\n"),
         "r.toml",
     )
     .unwrap();
     assert_eq!(ok.routes[0].max_body_bytes, Some(1024));
+    assert_eq!(ok.routes[0].upstream_timeout_seconds, Some(120));
     assert_eq!(ok.routes[0].rate_limit.map(|r| r.burst), Some(5));
     let err = Config::parse(
-        &format!("{base}max_body_bytes = 0\nrate_limit = {{ burst = 0, per_second = -1.0 }}\n"),
+        &format!("{base}max_body_bytes = 0\nrate_limit = {{ burst = 0, per_second = -1.0 }}\nupstream_timeout_seconds = 0\n"),
         "r.toml",
     )
     .unwrap_err();
@@ -163,7 +164,8 @@ fn route_rate_and_body_limits_are_checked() {
         [
             "routes[0].max_body_bytes",
             "routes[0].rate_limit.burst",
-            "routes[0].rate_limit.per_second"
+            "routes[0].rate_limit.per_second",
+            "routes[0].upstream_timeout_seconds"
         ]
     );
 }

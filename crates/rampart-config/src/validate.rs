@@ -939,6 +939,10 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
                         None
                     }
                 });
+        let upstream_timeout_seconds = r
+            .upstream_timeout_seconds
+            .as_ref()
+            .map(|v| c.bounded(Some(v), &p("upstream_timeout_seconds"), 1..=3_600, 60));
         if auth == RouteAuth::ClientCert {
             if let Some(a) = &r.auth {
                 cert_routes.push((i, a));
@@ -973,6 +977,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
             .collect();
         routes.push(Route {
             websocket: r.websocket,
+            upstream_timeout_seconds,
             json_schema,
             waf: RouteWaf {
                 mode: waf,

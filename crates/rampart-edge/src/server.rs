@@ -922,18 +922,18 @@ impl State {
                 self.clock.unix_secs(),
             )
         });
+        // The route's own upstream timeout, when it has one.
+        let upstream_timeout = ctx
+            .route
+            .upstream_timeout_seconds
+            .map_or(self.upstream_timeout, |s| Duration::from_secs(u64::from(s)));
         if ctx.route.websocket && crate::tunnel::is_websocket(&ctx.head) {
-            return self.tunnel(&mut ctx, &pool, assertion, rec).await;
+            return self
+                .tunnel(&mut ctx, &pool, assertion, upstream_timeout, rec)
+                .await;
         }
-        let fwd = proxy::forward(
-            &self.client,
-            &pool,
-            &ctx,
-            true,
-            self.upstream_timeout,
-            assertion,
-        )
-        .await?;
+        let fwd =
+            proxy::forward(&self.client, &pool, &ctx, true, upstream_timeout, assertion).await?;
         rec.upstream = Some(fwd.upstream);
         let (mut parts, body) = fwd.response.into_parts();
         proxy::strip_hop_by_hop(&mut parts.headers);
@@ -947,7 +947,7 @@ impl State {
         let (body, read) = match limit {
             Some(limit) => {
                 let (read, rest) = tokio::time::timeout(
-                    self.upstream_timeout,
+                    upstream_timeout,
                     proxy::read_prefix(body, limit.saturating_add(1)),
                 )
                 .await
@@ -978,25 +978,21 @@ impl State {
         ctx: &mut RequestCtx,
         pool: &crate::balance::Pool,
         assertion: Option<HeaderValue>,
+        upstream_timeout: Duration,
         rec: &mut AccessRecord,
     ) -> Result<Response<EdgeBody>, Reject> {
         let Some(client) = ctx.head.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
             return Err(Reject::UpstreamFailed);
         };
         let busy = ctx.head.extensions.get::<Activity>().map(Activity::begin);
-        let (opened, upstream) = crate::tunnel::open(
-            pool,
-            ctx,
-            assertion,
-            self.connect_timeout,
-            self.upstream_timeout,
-        )
-        .await?;
+        let (opened, upstream) =
+            crate::tunnel::open(pool, ctx, assertion, self.connect_timeout, upstream_timeout)
+                .await?;
         rec.upstream = Some(upstream);
         match opened {
             crate::tunnel::Opened::Switched(resp, up) => {
                 let open = self.counts.tunnel();
-                crate::tunnel::splice(client, up, self.upstream_timeout, (busy, open));
+                crate::tunnel::splice(client, up, upstream_timeout, (busy, open));
                 Ok(resp.map(|()| full(Bytes::new())))
             }
             crate::tunnel::Opened::Refused(resp) => {

@@ -1274,3 +1274,23 @@ async fn per_route_rate_limit_and_body_limit_override_the_defaults() {
         StatusCode::OK
     );
 }
+
+/// An upstream slower than the upstream timeout gets 504; a route with a
+/// longer timeout of its own waits for it.
+#[tokio::test]
+async fn a_slow_upstream_gets_504_unless_its_route_waits_longer() {
+    let a = upstream("a").await;
+    let routes = "[[routes]]\nhost = \"api.test\"\nservice = \"a\"\nupstream_timeout_seconds = 5\n\
+                  [[routes]]\nhost = \"*.example.test\"\nservice = \"a\"\n";
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], routes), |ec| {
+        ec.upstream_timeout = Duration::from_millis(300)
+    })
+    .await;
+    // `/slow` answers after a second.
+    let started = std::time::Instant::now();
+    let r = edge.https("GET", "x.example.test", "/slow").await;
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT, "{r:?}");
+    assert!(started.elapsed() < Duration::from_millis(900));
+    let r = edge.https("GET", "api.test", "/slow").await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+}

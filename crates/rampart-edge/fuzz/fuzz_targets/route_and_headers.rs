@@ -30,6 +30,7 @@ fuzz_target!(|data: &[u8]| {
         json_schema: None,
         waf: Default::default(),
         websocket: false,
+        upstream_timeout_seconds: None,
     }]);
     if let Some(h) = rampart_edge::parse_host(host) {
         let _ = router.find(&h, rest);
