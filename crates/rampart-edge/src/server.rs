@@ -86,6 +86,16 @@ impl std::fmt::Debug for EdgeHandle {
 }
 
 impl EdgeHandle {
+    /// Each HTTPS certificate served (by its first name) and when it
+    /// expires, in seconds since the Unix epoch.
+    pub fn certificate_expiry(&self) -> Vec<(String, i64)> {
+        self.state
+            .resolver
+            .as_ref()
+            .map(|r| r.expiry())
+            .unwrap_or_default()
+    }
+
     /// Connections closed by the edge's timeouts, by why, and WebSocket
     /// tunnels.
     pub fn conn_counts(&self) -> Arc<ConnCounts> {

@@ -21,6 +21,9 @@ struct CertSet {
     exact: HashMap<String, Arc<CertifiedKey>>,
     wildcard: HashMap<String, Arc<CertifiedKey>>,
     default: Arc<CertifiedKey>,
+    /// Each certificate's first name and when its leaf expires (seconds
+    /// since the Unix epoch), in config order.
+    expiry: Vec<(String, i64)>,
 }
 
 /// Chooses a certificate by server name: exact, then `*.` wildcard one
@@ -32,6 +35,16 @@ pub struct SniResolver {
 }
 
 impl SniResolver {
+    /// Each certificate served (by its first name) and when it expires,
+    /// in seconds since the Unix epoch.
+    pub fn expiry(&self) -> Vec<(String, i64)> {
+        self.set
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .expiry
+            .clone()
+    }
+
     /// Loads `certs` and replaces the current set; on error nothing changes.
     pub fn reload(&self, certs: &[CertConfig]) -> Result<()> {
         let new = Arc::new(load_set(certs)?);
@@ -132,9 +145,13 @@ fn load_set(certs: &[CertConfig]) -> Result<CertSet> {
     let mut exact = HashMap::new();
     let mut wildcard = HashMap::new();
     let mut default = None;
+    let mut expiry = Vec::new();
     for c in certs {
         let key = Arc::new(load(c, &provider)?);
         default.get_or_insert_with(|| key.clone());
+        if let Some(t) = key.cert.first().and_then(|der| not_after(der)) {
+            expiry.push((c.names.first().cloned().unwrap_or_default(), t));
+        }
         for n in &c.names {
             let n = n.to_ascii_lowercase();
             match n.strip_prefix("*.") {
@@ -148,7 +165,14 @@ fn load_set(certs: &[CertConfig]) -> Result<CertSet> {
         exact,
         wildcard,
         default,
+        expiry,
     })
+}
+
+/// When the certificate `der` expires, in seconds since the Unix epoch.
+pub fn not_after(der: &[u8]) -> Option<i64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(cert.validity().not_after.timestamp())
 }
 
 fn load(c: &CertConfig, provider: &rustls::crypto::CryptoProvider) -> Result<CertifiedKey> {

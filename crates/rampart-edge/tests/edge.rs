@@ -127,6 +127,15 @@ async fn sni_chooses_the_certificate() {
             .await
             .unwrap_or_else(|e| panic!("{sni}: {e}"));
     }
+    // Each certificate's expiry, by its first name, for /metrics.
+    let expiry = edge.handle.certificate_expiry();
+    let names: Vec<&str> = expiry.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["api.test", "other.test"]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(expiry.iter().all(|(_, at)| *at > now), "{expiry:?}");
 }
 
 #[tokio::test]

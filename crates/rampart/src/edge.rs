@@ -348,6 +348,9 @@ pub(crate) fn start_only_changes(
     changed
 }
 
+/// A certificate this close to expiry gets a warning at start.
+const CERT_WARN_DAYS: i64 = 14;
+
 /// How long an upstream assertion is valid.
 const ASSERTION_TTL_SECS: u64 = 60;
 
@@ -610,6 +613,15 @@ pub async fn start(
     let edge = Edge::bind(ec)
         .await
         .map_err(|err| CliError::Input(format!("edge: {err}")))?;
+    let now = i64::try_from(clock.unix_secs()).unwrap_or(i64::MAX);
+    for (name, at) in edge.handle().certificate_expiry() {
+        let days = (at - now).div_euclid(86_400);
+        if at <= now {
+            println!("edge: WARNING: the certificate for {name} has expired");
+        } else if days < CERT_WARN_DAYS {
+            println!("edge: WARNING: the certificate for {name} expires in {days} days");
+        }
+    }
     Ok(Some(edge))
 }
 

@@ -10,8 +10,9 @@ use rampart_config::Config;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-/// Every problem with the files `config` names, one line each.
-pub fn problems(config: &Config) -> Vec<String> {
+/// Every problem with the files `config` names, one line each; `now` (in
+/// seconds since the Unix epoch) finds expired edge certificates.
+pub fn problems(config: &Config, now: i64) -> Vec<String> {
     let mut out = Vec::new();
     for (i, ca) in config.control.client_ca.iter().enumerate() {
         certificates(&mut out, &format!("control.client_ca[{i}]"), ca);
@@ -26,7 +27,15 @@ pub fn problems(config: &Config) -> Vec<String> {
     }
     if let Some(edge) = &config.edge {
         for (i, c) in edge.certificates.iter().enumerate() {
-            certificates(&mut out, &format!("edge.certificates[{i}].cert"), &c.cert);
+            let field = format!("edge.certificates[{i}].cert");
+            if let Some(leaf) = certificates(&mut out, &field, &c.cert) {
+                if rampart_edge::certificate_not_after(&leaf).is_some_and(|t| t <= now) {
+                    out.push(format!(
+                        "{field}: {}: the certificate has expired",
+                        c.cert.display()
+                    ));
+                }
+            }
             private_key(&mut out, &format!("edge.certificates[{i}].key"), &c.key);
         }
         for (i, ca) in edge.client_ca.iter().enumerate() {
@@ -61,27 +70,33 @@ fn read(out: &mut Vec<String>, field: &str, path: &Path) -> Option<Vec<u8>> {
     }
 }
 
-/// A PEM file with at least one certificate, all of them parsable.
-fn certificates(out: &mut Vec<String>, field: &str, path: &Path) {
-    let Some(pem) = read(out, field, path) else {
-        return;
-    };
-    let mut n = 0;
+/// A PEM file with at least one certificate, all of them parsable;
+/// returns the first.
+fn certificates(
+    out: &mut Vec<String>,
+    field: &str,
+    path: &Path,
+) -> Option<CertificateDer<'static>> {
+    let pem = read(out, field, path)?;
+    let mut first = None;
     for der in CertificateDer::pem_slice_iter(&pem) {
         match der {
-            Ok(_) => n += 1,
+            Ok(d) => {
+                first.get_or_insert(d);
+            }
             Err(e) => {
                 out.push(format!("{field}: {}: bad PEM: {e}", path.display()));
-                return;
+                return None;
             }
         }
     }
-    if n == 0 {
+    if first.is_none() {
         out.push(format!(
             "{field}: {}: no certificate in the file",
             path.display()
         ));
     }
+    first
 }
 
 /// A PEM file holding a private key. Its contents never reach a message.
@@ -113,6 +128,13 @@ mod tests {
         )
         .unwrap();
         std::fs::write(dir.path().join("junk.key"), "secret words\n").unwrap();
+        let old_key = rcgen::KeyPair::generate().unwrap();
+        let mut old = rcgen::CertificateParams::new(vec!["c.test".to_string()]).unwrap();
+        old.not_before = rcgen::date_time_ymd(2000, 1, 1);
+        old.not_after = rcgen::date_time_ymd(2001, 1, 1);
+        let old = old.self_signed(&old_key).unwrap();
+        std::fs::write(dir.path().join("old.pem"), old.pem()).unwrap();
+        std::fs::write(dir.path().join("old.key"), old_key.serialize_pem()).unwrap();
         std::fs::write(dir.path().join("empty.pem"), "").unwrap();
         std::fs::write(
             dir.path().join("bad.conf"),
@@ -123,18 +145,21 @@ mod tests {
         let text = "[control]\nclient_ca = [\"missing.pem\"]\n\
                     [edge]\nclient_ca = [\"empty.pem\"]\nwaf_rules = [\"bad.conf\"]\n\
                     [[edge.certificates]]\nnames = [\"a.test\"]\ncert = \"good.pem\"\nkey = \"junk.key\"\n\
-                    [[edge.certificates]]\nnames = [\"b.test\"]\ncert = \"good.pem\"\nkey = \"good.key\"\n\
+                    [[edge.certificates]]\nnames = [\"b.test\"]\ncert = \"good.pem\"\nkey = \"good.key\"\n
+                    [[edge.certificates]]\nnames = [\"c.test\"]\ncert = \"old.pem\"\nkey = \"old.key\"\n\
                     [[environments]]\nname = \"p\"\n[[services]]\nname = \"a\"\nenvironment = \"p\"\nport = 1\n\
                     [[routes]]\nhost = \"a.test\"\nservice = \"a\"\njson_schema = \"s.json\"\n";
         std::fs::write(dir.path().join("r.toml"), text).unwrap();
         let config = Config::load(&dir.path().join("r.toml")).unwrap();
-        let p = problems(&config);
+        // 2027-01-15: after old.pem expired, long before good.pem does.
+        let p = problems(&config, 1_800_000_000);
         let fields: Vec<&str> = p.iter().map(|l| l.split(':').next().unwrap()).collect();
         assert_eq!(
             fields,
             [
                 "control.client_ca[0]",
                 "edge.certificates[0].key",
+                "edge.certificates[2].cert",
                 "edge.client_ca[0]",
                 "edge.waf_rules",
                 "routes[0].json_schema"
@@ -142,6 +167,7 @@ mod tests {
             "{p:#?}"
         );
         assert!(p.iter().all(|l| !l.contains("secret words")), "{p:#?}");
-        assert!(p[3].contains("bad.conf"), "{}", p[3]);
+        assert!(p[2].contains("expired"), "{}", p[2]);
+        assert!(p[4].contains("bad.conf"), "{}", p[4]);
     }
 }

@@ -97,7 +97,9 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
 /// Validates the file, then reads the files it names as `up` will.
 fn config_check(file: &std::path::Path) -> Result<(), CliError> {
     let config = rampart_config::Config::load(file).map_err(CliError::Config)?;
-    let problems = files::problems(&config);
+    let clock = rampart_core::SystemClock::shared();
+    let now = i64::try_from(clock.unix_secs()).unwrap_or(i64::MAX);
+    let problems = files::problems(&config, now);
     if problems.is_empty() {
         println!("ok");
         return Ok(());

@@ -332,6 +332,7 @@ waf_exclusions = [{{ rule = 1001 }}, {{ rule = 942100 }}]
         "rampart_edge_connections_closed_total{reason=\"slow_head\"} 0",
         "rampart_edge_websocket_tunnels_open 0",
         "rampart_edge_websocket_tunnels_total 0",
+        "rampart_edge_certificate_expiry_timestamp_seconds{name=",
     ] {
         assert!(metrics.contains(line), "no {line:?} in {metrics}");
     }

@@ -54,6 +54,7 @@ pub struct Metrics {
     upstream_up: Family<UpstreamLabels, Gauge>,
     upstream_breaker_open: Family<UpstreamLabels, Gauge>,
     edge_closed: Family<ReasonLabels, Counter>,
+    edge_cert_expiry: Family<NameLabels, Gauge>,
     edge_tunnels_open: Gauge<i64>,
     edge_tunnels: Counter<u64>,
     upstream_in_flight: Family<UpstreamLabels, Gauge>,
@@ -73,6 +74,11 @@ pub struct Metrics {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NameLabels {
+    name: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -149,6 +155,12 @@ impl Metrics {
             "Client connections the edge closed on a timeout, by reason (idle: no request for the first-request or keep-alive timeout; slow_head; not_reading: no response bytes taken for the send timeout)",
             edge_closed.clone(),
         );
+        let edge_cert_expiry = Family::<NameLabels, Gauge>::default();
+        registry.register(
+            "edge_certificate_expiry_timestamp_seconds",
+            "When each HTTPS certificate the edge serves expires (by its first name), seconds since the Unix epoch",
+            edge_cert_expiry.clone(),
+        );
         let edge_tunnels_open = Gauge::<i64>::default();
         registry.register(
             "edge_websocket_tunnels_open",
@@ -217,6 +229,7 @@ impl Metrics {
             upstream_breaker_open,
             upstream_in_flight,
             edge_closed,
+            edge_cert_expiry,
             edge_tunnels_open,
             edge_tunnels,
             audit_syncs,
@@ -354,6 +367,11 @@ impl Metrics {
         ] {
             let c = self.edge_closed.get_or_create(&ReasonLabels { reason });
             c.inc_by(counts.closed_for(why).saturating_sub(c.get()));
+        }
+        for (name, at) in edge.certificate_expiry() {
+            self.edge_cert_expiry
+                .get_or_create(&NameLabels { name })
+                .set(at);
         }
         let (open, total) = counts.tunnels();
         self.edge_tunnels_open
