@@ -1014,3 +1014,42 @@ fn status_reports_drift_between_the_file_and_what_runs() {
         "{d}"
     );
 }
+
+/// An expired edge certificate: `config check` refuses it, naming the
+/// field and file, and `up` (which still starts, so that a renewal can be
+/// reloaded) warns about it.
+#[test]
+fn an_expired_edge_certificate_is_refused_by_check_and_warned_about_at_start() {
+    let (port, _hits, _seen) = upstream();
+    let r = Rampart::new();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::write(r.path("old.pem"), cert.pem()).unwrap();
+    std::fs::write(r.path("old.key"), key.serialize_pem()).unwrap();
+    let config = one_route_config(port, "/").replace(
+        "[edge]\n",
+        "[edge]\n[[edge.certificates]]\nnames = [\"127.0.0.1\"]\ncert = \"old.pem\"\nkey = \"old.key\"\n",
+    );
+    std::fs::write(r.path("rampart.toml"), config).unwrap();
+    let out = r.run(&["config", "check", "rampart.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = util::stderr(&out);
+    assert!(
+        err.contains("edge.certificates[0].cert")
+            && err.contains("old.pem")
+            && err.contains("expired"),
+        "{err}"
+    );
+    r.init();
+    let srv = r.up(&["--config", "rampart.toml", "--data-dir", "data"]);
+    assert!(
+        srv.printed
+            .iter()
+            .any(|l| l.contains("WARNING: the certificate for 127.0.0.1 has expired")),
+        "{:?}",
+        srv.printed
+    );
+}
