@@ -152,6 +152,9 @@ impl Config {
             for ca in &mut cfg.control.client_ca {
                 *ca = base.join(&*ca);
             }
+            for ca in cfg.services.iter_mut().filter_map(|s| s.tls_ca.as_mut()) {
+                *ca = base.join(&*ca);
+            }
         }
         if let (StoreBackend::Postgres(pg), Some(base)) = (&mut cfg.store, path.parent()) {
             if let Some(ca) = pg.tls_ca.as_mut() {

@@ -103,6 +103,12 @@ pub struct Service {
     /// The path the edge's active health checks request on its instances
     /// (`None`: `[edge.health_check]`'s).
     pub health_path: Option<String>,
+    /// When set, the edge reaches the instances over TLS and verifies
+    /// their certificates against this PEM CA file.
+    pub tls_ca: Option<PathBuf>,
+    /// The name the instances' certificates must carry (`None`: each
+    /// instance's host).
+    pub tls_server_name: Option<String>,
     /// Free text.
     pub description: String,
 }

@@ -182,6 +182,8 @@ pub(crate) struct RawService {
     #[serde(default)]
     pub secrets: std::collections::BTreeMap<String, S<String>>,
     pub health_path: Option<S<String>>,
+    pub tls_ca: Option<S<String>>,
+    pub tls_server_name: Option<S<String>>,
     #[serde(default)]
     pub description: String,
 }

@@ -184,6 +184,32 @@ fn control_client_ca_paths_are_kept_and_an_empty_one_is_named() {
 }
 
 #[test]
+fn service_tls_names_its_ca_and_a_server_name_needs_one() {
+    let base = "[[environments]]\nname = \"p\"\n[[services]]\nname = \"a\"\nenvironment = \"p\"\nport = 1\n";
+    let c = Config::parse(
+        &format!("{base}tls_ca = \"ca.pem\"\ntls_server_name = \"App.Internal\"\n"),
+        "s.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        c.services[0].tls_ca.as_deref(),
+        Some(std::path::Path::new("ca.pem"))
+    );
+    assert_eq!(
+        c.services[0].tls_server_name.as_deref(),
+        Some("app.internal")
+    );
+    let err = Config::parse(
+        &format!("{base}tls_server_name = \"app.internal\"\n"),
+        "s.toml",
+    )
+    .unwrap_err();
+    assert_eq!(err.diagnostics()[0].path, "services[0].tls_server_name");
+    let err = Config::parse(&format!("{base}tls_ca = \"\"\n"), "s.toml").unwrap_err();
+    assert_eq!(err.diagnostics()[0].path, "services[0].tls_ca");
+}
+
+#[test]
 fn websocket_is_off_unless_a_route_turns_it_on() {
     let base = "[[environments]]\nname = \"p\"\n[[services]]\nname = \"a\"\nenvironment = \"p\"\nport = 1\n[[routes]]\nhost = \"x.test\"\nservice = \"a\"\n";
     assert!(!Config::parse(base, "w.toml").unwrap().routes[0].websocket);

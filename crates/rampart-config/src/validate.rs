@@ -794,7 +794,33 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
             }
             c.name(secret, &p(&format!("secrets.{var}")));
         }
+        let tls_ca = s.tls_ca.as_ref().and_then(|v| {
+            if v.get_ref().trim().is_empty() {
+                c.err(v, p("tls_ca"), "name a PEM file");
+                None
+            } else {
+                Some(PathBuf::from(v.get_ref()))
+            }
+        });
+        let tls_server_name = s.tls_server_name.as_ref().and_then(|v| {
+            if tls_ca.is_none() && s.tls_ca.is_none() {
+                c.err(
+                    v,
+                    p("tls_server_name"),
+                    "needs tls_ca: the CA the instances' certificates chain to",
+                );
+                return None;
+            }
+            if valid_hostname(v.get_ref()) {
+                Some(v.get_ref().to_ascii_lowercase())
+            } else {
+                c.err(v, p("tls_server_name"), "must be a host name");
+                None
+            }
+        });
         services.push(Service {
+            tls_ca,
+            tls_server_name,
             health_path: s
                 .health_path
                 .as_ref()

@@ -8,7 +8,7 @@
 //! outcome closes or reopens the breaker. Time comes from the [`Clock`](rampart_core::Clock).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rampart_core::SharedClock;
@@ -97,6 +97,8 @@ pub struct Pool {
     next: AtomicUsize,
     seed: AtomicU64,
     clock: SharedClock,
+    /// TLS to the instances, if the service asks for it.
+    tls: Option<Arc<crate::upstream::UpstreamTls>>,
 }
 
 /// Held while a request is in flight to a node; settles the breaker.
@@ -134,7 +136,19 @@ impl Pool {
             next: AtomicUsize::new(0),
             seed: AtomicU64::new(0x9E37_79B9_7F4A_7C15 ^ clock.unix_nanos()),
             clock,
+            tls: None,
         }
+    }
+
+    /// The same pool, reaching its instances over `tls`.
+    pub fn with_tls(mut self, tls: Option<Arc<crate::upstream::UpstreamTls>>) -> Pool {
+        self.tls = tls;
+        self
+    }
+
+    /// TLS to the instances, if any.
+    pub fn tls(&self) -> Option<&crate::upstream::UpstreamTls> {
+        self.tls.as_deref()
     }
 
     /// The service whose instances these are.

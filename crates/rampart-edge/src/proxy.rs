@@ -170,7 +170,7 @@ pub async fn forward(
         tried.push(lease.index());
         let upstream = lease.addr().to_string();
         let req = upstream_request(ctx, body.clone(), https, assertion.clone())?;
-        match tokio::time::timeout(timeout, client.request(&upstream, req)).await {
+        match tokio::time::timeout(timeout, client.request(&upstream, pool.tls(), req)).await {
             Ok(Ok(response)) => {
                 let status = response.status().as_u16();
                 lease.finish(status < 500);

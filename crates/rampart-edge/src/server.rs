@@ -169,12 +169,26 @@ impl Routing {
         let mut pools = HashMap::new();
         for s in &config.services {
             let addrs: Vec<String> = s.upstreams.iter().map(|u| u.to_string()).collect();
+            let tls = match &s.tls_ca {
+                Some(path) => {
+                    let bad = |reason: String| Error::BadCert {
+                        name: format!("service {} tls_ca {}", s.name, path.display()),
+                        reason,
+                    };
+                    let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+                    let tls = crate::upstream::UpstreamTls::new(&pem, s.tls_server_name.as_deref())
+                        .map_err(bad)?;
+                    Some(Arc::new(tls))
+                }
+                None => None,
+            };
+            let tls_key = tls.as_ref().map(|t| t.key().to_string());
             let kept = old
                 .and_then(|o| o.pools.get(&s.name))
-                .filter(|p| p.addrs() == addrs)
+                .filter(|p| p.addrs() == addrs && p.tls().map(|t| t.key()) == tls_key.as_deref())
                 .cloned();
             let pool = kept.unwrap_or_else(|| {
-                Arc::new(Pool::new(&s.name, addrs, balance, breaker, clock.clone()))
+                Arc::new(Pool::new(&s.name, addrs, balance, breaker, clock.clone()).with_tls(tls))
             });
             pools.insert(s.name.clone(), pool);
         }

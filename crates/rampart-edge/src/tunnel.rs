@@ -30,7 +30,6 @@ use http_body_util::Full;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::balance::Pool;
@@ -89,9 +88,9 @@ pub async fn open(
         };
         tried.push(lease.index());
         let addr = lease.addr().to_string();
-        let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(&addr)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(_)) | Err(_) => {
+        let stream = match crate::upstream::connect_io(&addr, pool.tls(), connect_timeout).await {
+            Ok(s) => s,
+            Err(_) => {
                 lease.finish(false);
                 if tried.len() >= pool.len().min(3) {
                     return Err(Reject::UpstreamFailed);
@@ -99,7 +98,6 @@ pub async fn open(
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
         let mut req = crate::proxy::upstream_request(ctx, Bytes::new(), true, assertion.clone())?;
         req.headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("upgrade"));

@@ -31,9 +31,11 @@ use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-type Conn = http1::Connection<TokioIo<TcpStream>, Full<Bytes>>;
+type Conn = http1::Connection<TokioIo<UpstreamIo>, Full<Bytes>>;
 type Sender = http1::SendRequest<Full<Bytes>>;
 /// One connection: its sender and the connection itself, boxed once when
 /// made so that moving it in and out of the pool moves a pointer.
@@ -100,21 +102,28 @@ impl Upstreams {
         })
     }
 
-    /// Sends `req` to `addr` (`host:port`) and returns the response head;
-    /// its body streams from the connection, which returns to the pool when
-    /// the body ends.
+    /// Sends `req` to `addr` (`host:port`), over TLS with `tls`, and returns
+    /// the response head; its body streams from the connection, which
+    /// returns to the pool when the body ends.
     pub async fn request(
         self: &Arc<Self>,
         addr: &str,
+        tls: Option<&UpstreamTls>,
         req: Request<Full<Bytes>>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        // Plain connections are pooled by address, TLS ones by address and
+        // TLS settings.
+        let key: std::borrow::Cow<'_, str> = match tls {
+            None => addr.into(),
+            Some(t) => format!("{}|{addr}", t.key).into(),
+        };
         let mut req = Some(req);
         // A pooled connection may turn out to be closed only once used: one
         // more go on a fresh connection, for a request that was not sent.
         for fresh in [false, true] {
-            let (mut link, reused) = match self.take_ready(addr, fresh).await {
+            let (mut link, reused) = match self.take_ready(&key, fresh).await {
                 Some(link) => (link, true),
-                None => (self.connect(addr).await?, false),
+                None => (self.connect(addr, tls).await?, false),
             };
             let Some(r) = req.take() else { break };
             let (sender, conn) = &mut *link;
@@ -136,7 +145,7 @@ impl Upstreams {
                         body,
                         conn: keep,
                         pool: Arc::clone(self),
-                        addr: addr.to_string(),
+                        addr: key.into_owned(),
                     };
                     return Ok(Response::from_parts(parts, body));
                 }
@@ -217,21 +226,171 @@ impl Upstreams {
         }
     }
 
-    async fn connect(&self, addr: &str) -> Result<Link, UpstreamError> {
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+    async fn connect(&self, addr: &str, tls: Option<&UpstreamTls>) -> Result<Link, UpstreamError> {
+        let io = connect_io(addr, tls, self.connect_timeout)
             .await
-            .map_err(|_| {
-                UpstreamError::Connect(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "connect timed out",
-                ))
-            })?
             .map_err(UpstreamError::Connect)?;
-        let _ = stream.set_nodelay(true);
-        let link = http1::handshake(TokioIo::new(stream))
+        let link = http1::handshake(TokioIo::new(io))
             .await
             .map_err(|e| UpstreamError::Connect(std::io::Error::other(e)))?;
         Ok(Box::new(link))
+    }
+}
+
+/// How the edge reaches a service's instances over TLS: the CA their
+/// certificates chain to, and the name they carry (else each instance's
+/// host).
+#[derive(Debug)]
+pub struct UpstreamTls {
+    config: Arc<rustls::ClientConfig>,
+    server_name: Option<ServerName<'static>>,
+    /// Tells pooled TLS connections apart from plain ones and from other
+    /// TLS settings to the same address.
+    key: String,
+}
+
+impl UpstreamTls {
+    /// TLS 1.2 and 1.3, certificates verified against the CA certificates
+    /// in `ca_pem`, named `server_name` (or the instance's host).
+    pub fn new(ca_pem: &[u8], server_name: Option<&str>) -> Result<UpstreamTls, String> {
+        use rustls::pki_types::pem::PemObject;
+        use sha2::Digest;
+        let mut roots = rustls::RootCertStore::empty();
+        for der in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem) {
+            let der = der.map_err(|e| format!("CA PEM: {e}"))?;
+            roots.add(der).map_err(|e| format!("CA certificate: {e}"))?;
+        }
+        if roots.is_empty() {
+            return Err("no CA certificate in the file".into());
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let server_name_text = server_name;
+        let server_name = server_name
+            .map(|n| ServerName::try_from(n.to_string()).map_err(|e| format!("server name: {e}")))
+            .transpose()?;
+        Ok(UpstreamTls {
+            config: Arc::new(config),
+            key: format!(
+                "tls:{}:{}",
+                crate::mtls::hex(&sha2::Sha256::digest(ca_pem)),
+                server_name_text.unwrap_or("")
+            ),
+            server_name,
+        })
+    }
+}
+
+impl UpstreamTls {
+    /// What tells these settings apart from others: the CA file's digest
+    /// and the server name.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+}
+
+/// A connection to an instance: plain TCP, or TLS over it.
+#[derive(Debug)]
+pub enum UpstreamIo {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// Connects to `addr`, then, with `tls`, makes the TLS handshake; both
+/// within `timeout`.
+pub async fn connect_io(
+    addr: &str,
+    tls: Option<&UpstreamTls>,
+    timeout: Duration,
+) -> std::io::Result<UpstreamIo> {
+    let connect = async {
+        let stream = TcpStream::connect(addr).await?;
+        let _ = stream.set_nodelay(true);
+        let Some(tls) = tls else {
+            return Ok(UpstreamIo::Plain(stream));
+        };
+        let name = match &tls.server_name {
+            Some(n) => n.clone(),
+            None => {
+                let host = addr
+                    .rsplit_once(':')
+                    .map_or(addr, |(h, _)| h)
+                    .trim_start_matches('[')
+                    .trim_end_matches(']');
+                ServerName::try_from(host.to_string()).map_err(std::io::Error::other)?
+            }
+        };
+        let tls_stream = tokio_rustls::TlsConnector::from(tls.config.clone())
+            .connect(name, stream)
+            .await?;
+        Ok(UpstreamIo::Tls(Box::new(tls_stream)))
+    };
+    tokio::time::timeout(timeout, connect)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
+}
+
+impl AsyncRead for UpstreamIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            UpstreamIo::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            UpstreamIo::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            UpstreamIo::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            UpstreamIo::Plain(s) => s.is_write_vectored(),
+            UpstreamIo::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            UpstreamIo::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            UpstreamIo::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
     }
 }
 

@@ -25,6 +25,11 @@ pub fn problems(config: &Config, now: i64) -> Vec<String> {
     if let Some(ca) = config.redis.as_ref().and_then(|r| r.tls_ca.as_ref()) {
         certificates(&mut out, "redis.tls_ca", ca);
     }
+    for (i, s) in config.services.iter().enumerate() {
+        if let Some(ca) = &s.tls_ca {
+            certificates(&mut out, &format!("services[{i}].tls_ca"), ca);
+        }
+    }
     if let Some(edge) = &config.edge {
         for (i, c) in edge.certificates.iter().enumerate() {
             let field = format!("edge.certificates[{i}].cert");
