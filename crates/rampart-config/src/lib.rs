@@ -152,8 +152,14 @@ impl Config {
             for ca in &mut cfg.control.client_ca {
                 *ca = base.join(&*ca);
             }
-            for ca in cfg.services.iter_mut().filter_map(|s| s.tls_ca.as_mut()) {
-                *ca = base.join(&*ca);
+            for s in &mut cfg.services {
+                if let Some(ca) = s.tls_ca.as_mut() {
+                    *ca = base.join(&*ca);
+                }
+                if let Some(id) = s.tls_client.as_mut() {
+                    id.cert = base.join(&id.cert);
+                    id.key = base.join(&id.key);
+                }
             }
         }
         if let (StoreBackend::Postgres(pg), Some(base)) = (&mut cfg.store, path.parent()) {

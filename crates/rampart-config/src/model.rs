@@ -109,8 +109,20 @@ pub struct Service {
     /// The name the instances' certificates must carry (`None`: each
     /// instance's host).
     pub tls_server_name: Option<String>,
+    /// The certificate (PEM chain) and key the edge presents to the
+    /// instances, when they require client certificates (mutual TLS).
+    pub tls_client: Option<ClientIdentity>,
     /// Free text.
     pub description: String,
+}
+
+/// A client certificate and its key, as PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientIdentity {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key.
+    pub key: PathBuf,
 }
 
 /// How a route authenticates callers.

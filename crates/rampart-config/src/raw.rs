@@ -184,6 +184,8 @@ pub(crate) struct RawService {
     pub health_path: Option<S<String>>,
     pub tls_ca: Option<S<String>>,
     pub tls_server_name: Option<S<String>>,
+    pub tls_client_cert: Option<S<String>>,
+    pub tls_client_key: Option<S<String>>,
     #[serde(default)]
     pub description: String,
 }

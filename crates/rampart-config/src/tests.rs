@@ -207,6 +207,36 @@ fn service_tls_names_its_ca_and_a_server_name_needs_one() {
     assert_eq!(err.diagnostics()[0].path, "services[0].tls_server_name");
     let err = Config::parse(&format!("{base}tls_ca = \"\"\n"), "s.toml").unwrap_err();
     assert_eq!(err.diagnostics()[0].path, "services[0].tls_ca");
+    // A client certificate: with its key, over TLS.
+    let c = Config::parse(
+        &format!(
+            "{base}tls_ca = \"ca.pem\"\ntls_client_cert = \"e.pem\"\ntls_client_key = \"e.key\"\n"
+        ),
+        "s.toml",
+    )
+    .unwrap();
+    let id = c.services[0].tls_client.as_ref().unwrap();
+    assert_eq!(
+        (id.cert.to_str(), id.key.to_str()),
+        (Some("e.pem"), Some("e.key"))
+    );
+    for (text, field) in [
+        (
+            "tls_ca = \"ca.pem\"\ntls_client_cert = \"e.pem\"\n",
+            "services[0].tls_client_cert",
+        ),
+        (
+            "tls_ca = \"ca.pem\"\ntls_client_key = \"e.key\"\n",
+            "services[0].tls_client_key",
+        ),
+        (
+            "tls_client_cert = \"e.pem\"\ntls_client_key = \"e.key\"\n",
+            "services[0].tls_client_cert",
+        ),
+    ] {
+        let err = Config::parse(&format!("{base}{text}"), "s.toml").unwrap_err();
+        assert_eq!(err.diagnostics()[0].path, field, "{text}");
+    }
 }
 
 #[test]

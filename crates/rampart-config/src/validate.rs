@@ -818,9 +818,42 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
                 None
             }
         });
+        let tls_client = match (&s.tls_client_cert, &s.tls_client_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => {
+                if s.tls_ca.is_none() {
+                    c.err(
+                        cert,
+                        p("tls_client_cert"),
+                        "needs tls_ca: a client certificate is presented over TLS",
+                    );
+                }
+                let mut path = |v: &S<String>, f: &str| {
+                    if v.get_ref().trim().is_empty() {
+                        c.err(v, p(f), "name a PEM file");
+                        None
+                    } else {
+                        Some(PathBuf::from(v.get_ref()))
+                    }
+                };
+                match (path(cert, "tls_client_cert"), path(key, "tls_client_key")) {
+                    (Some(cert), Some(key)) => Some(ClientIdentity { cert, key }),
+                    _ => None,
+                }
+            }
+            (Some(v), None) => {
+                c.err(v, p("tls_client_cert"), "needs tls_client_key");
+                None
+            }
+            (None, Some(v)) => {
+                c.err(v, p("tls_client_key"), "needs tls_client_cert");
+                None
+            }
+        };
         services.push(Service {
             tls_ca,
             tls_server_name,
+            tls_client,
             health_path: s
                 .health_path
                 .as_ref()

@@ -176,8 +176,23 @@ impl Routing {
                         reason,
                     };
                     let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
-                    let tls = crate::upstream::UpstreamTls::new(&pem, s.tls_server_name.as_deref())
-                        .map_err(bad)?;
+                    let client = match &s.tls_client {
+                        Some(id) => {
+                            let read = |p: &std::path::Path| {
+                                std::fs::read(p)
+                                    .map(zeroize::Zeroizing::new)
+                                    .map_err(|e| bad(format!("{}: {e}", p.display())))
+                            };
+                            Some((read(&id.cert)?, read(&id.key)?))
+                        }
+                        None => None,
+                    };
+                    let tls = crate::upstream::UpstreamTls::new(
+                        &pem,
+                        s.tls_server_name.as_deref(),
+                        client.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
+                    )
+                    .map_err(bad)?;
                     Some(Arc::new(tls))
                 }
                 None => None,

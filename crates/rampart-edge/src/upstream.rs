@@ -251,8 +251,14 @@ pub struct UpstreamTls {
 
 impl UpstreamTls {
     /// TLS 1.2 and 1.3, certificates verified against the CA certificates
-    /// in `ca_pem`, named `server_name` (or the instance's host).
-    pub fn new(ca_pem: &[u8], server_name: Option<&str>) -> Result<UpstreamTls, String> {
+    /// in `ca_pem`, named `server_name` (or the instance's host); with
+    /// `client` (certificate chain PEM, key PEM), presenting that
+    /// certificate to instances that ask for one.
+    pub fn new(
+        ca_pem: &[u8],
+        server_name: Option<&str>,
+        client: Option<(&[u8], &[u8])>,
+    ) -> Result<UpstreamTls, String> {
         use rustls::pki_types::pem::PemObject;
         use sha2::Digest;
         let mut roots = rustls::RootCertStore::empty();
@@ -264,11 +270,30 @@ impl UpstreamTls {
             return Err("no CA certificate in the file".into());
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| e.to_string())?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_root_certificates(roots);
+        let mut digest = sha2::Sha256::new();
+        digest.update(ca_pem);
+        let config = match client {
+            None => builder.with_no_client_auth(),
+            Some((cert_pem, key_pem)) => {
+                let chain = rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("client certificate PEM: {e}"))?;
+                if chain.is_empty() {
+                    return Err("no client certificate in the file".into());
+                }
+                // The key's own errors could quote it: say only what failed.
+                let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem)
+                    .map_err(|_| "no PEM private key in the client key file".to_string())?;
+                digest.update(cert_pem);
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| format!("client certificate: {e}"))?
+            }
+        };
         let server_name_text = server_name;
         let server_name = server_name
             .map(|n| ServerName::try_from(n.to_string()).map_err(|e| format!("server name: {e}")))
@@ -277,7 +302,7 @@ impl UpstreamTls {
             config: Arc::new(config),
             key: format!(
                 "tls:{}:{}",
-                crate::mtls::hex(&sha2::Sha256::digest(ca_pem)),
+                crate::mtls::hex(&digest.finalize()),
                 server_name_text.unwrap_or("")
             ),
             server_name,

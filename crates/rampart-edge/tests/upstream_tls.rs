@@ -18,6 +18,11 @@ use util::*;
 /// A TLS-only upstream whose certificate, from `ca`, names `names`; it
 /// answers `tls ok` and echoes headers as `echo-<name>`.
 async fn tls_upstream(ca: &TestCa, names: &[&str]) -> SocketAddr {
+    tls_upstream_asking(ca, names, None).await
+}
+
+/// Same, and with `clients`, requiring a client certificate from that CA.
+async fn tls_upstream_asking(ca: &TestCa, names: &[&str], clients: Option<&TestCa>) -> SocketAddr {
     let CertSource::Pem { cert, key } = ca.cert(names).source else {
         panic!("expected PEM")
     };
@@ -25,14 +30,25 @@ async fn tls_upstream(ca: &TestCa, names: &[&str]) -> SocketAddr {
         .collect::<Result<_, _>>()
         .unwrap();
     let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = match clients {
+        None => builder.with_no_client_auth(),
+        Some(c) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(c.der()).unwrap();
+            let v = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(v)
+        }
+    };
+    let config = builder.with_single_cert(chain, key).unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -135,4 +151,35 @@ async fn a_tls_ca_file_without_a_certificate_stops_the_edge() {
     let ec = edge_config(cfg, &ca);
     let err = rampart_edge::Edge::bind(ec).await.unwrap_err().to_string();
     assert!(err.contains("tls_ca") && err.contains("empty.pem"), "{err}");
+}
+
+#[tokio::test]
+async fn a_service_that_requires_client_certificates_gets_the_edges() {
+    let dir = tempfile::tempdir().unwrap();
+    let internal = TestCa::new();
+    let clients = TestCa::new();
+    let up = tls_upstream_asking(&internal, &["127.0.0.1"], Some(&clients)).await;
+    // Without a client certificate, the instance refuses the handshake.
+    let edge = edge_for(up, dir.path(), &internal.pem(), None).await;
+    let r = edge.https("GET", "api.test", "/x").await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{r:?}");
+    // With the edge's, it answers.
+    let (cert, key) = clients.client("rampart-edge", &[7]);
+    std::fs::write(dir.path().join("edge.pem"), cert).unwrap();
+    std::fs::write(dir.path().join("edge.key"), key).unwrap();
+    let ca_file = dir.path().join("upstream-ca.pem");
+    std::fs::write(&ca_file, internal.pem()).unwrap();
+    let mut cfg = config(
+        &[("app", vec![up])],
+        "[[routes]]\nhost = \"api.test\"\nservice = \"app\"\n",
+    );
+    cfg.services[0].tls_ca = Some(ca_file);
+    cfg.services[0].tls_client = Some(rampart_config::ClientIdentity {
+        cert: dir.path().join("edge.pem"),
+        key: dir.path().join("edge.key"),
+    });
+    let edge = TestEdge::start(cfg, |_| {}).await;
+    let r = edge.https("GET", "api.test", "/x").await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!(r.body, "tls ok");
 }

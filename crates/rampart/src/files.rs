@@ -29,6 +29,14 @@ pub fn problems(config: &Config, now: i64) -> Vec<String> {
         if let Some(ca) = &s.tls_ca {
             certificates(&mut out, &format!("services[{i}].tls_ca"), ca);
         }
+        if let Some(id) = &s.tls_client {
+            certificates(
+                &mut out,
+                &format!("services[{i}].tls_client_cert"),
+                &id.cert,
+            );
+            private_key(&mut out, &format!("services[{i}].tls_client_key"), &id.key);
+        }
     }
     if let Some(edge) = &config.edge {
         for (i, c) in edge.certificates.iter().enumerate() {
