@@ -23,7 +23,8 @@ use crate::upstream::{UpstreamBody, Upstreams};
 /// The HTTP client used towards upstreams.
 pub type UpstreamClient = std::sync::Arc<Upstreams>;
 
-const MAX_ATTEMPTS: usize = 3;
+/// Attempts per request, each on another instance.
+pub(crate) const MAX_ATTEMPTS: usize = 3;
 
 /// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [&str; 9] = [

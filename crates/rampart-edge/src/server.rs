@@ -169,34 +169,7 @@ impl Routing {
         let mut pools = HashMap::new();
         for s in &config.services {
             let addrs: Vec<String> = s.upstreams.iter().map(|u| u.to_string()).collect();
-            let tls = match &s.tls_ca {
-                Some(path) => {
-                    let bad = |reason: String| Error::BadCert {
-                        name: format!("service {} tls_ca {}", s.name, path.display()),
-                        reason,
-                    };
-                    let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
-                    let client = match &s.tls_client {
-                        Some(id) => {
-                            let read = |p: &std::path::Path| {
-                                std::fs::read(p)
-                                    .map(zeroize::Zeroizing::new)
-                                    .map_err(|e| bad(format!("{}: {e}", p.display())))
-                            };
-                            Some((read(&id.cert)?, read(&id.key)?))
-                        }
-                        None => None,
-                    };
-                    let tls = crate::upstream::UpstreamTls::new(
-                        &pem,
-                        s.tls_server_name.as_deref(),
-                        client.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
-                    )
-                    .map_err(bad)?;
-                    Some(Arc::new(tls))
-                }
-                None => None,
-            };
+            let tls = service_tls(s)?;
             let tls_key = tls.as_ref().map(|t| t.key().to_string());
             let kept = old
                 .and_then(|o| o.pools.get(&s.name))
@@ -239,6 +212,35 @@ impl Routing {
             revoked,
         })
     }
+}
+
+/// TLS to `s`'s instances, from its `tls_ca` (and client certificate), if
+/// it has one; read at start and at each reload.
+fn service_tls(s: &rampart_config::Service) -> Result<Option<Arc<crate::upstream::UpstreamTls>>> {
+    let Some(path) = &s.tls_ca else {
+        return Ok(None);
+    };
+    let bad = |reason: String| Error::BadCert {
+        name: format!("service {} tls_ca {}", s.name, path.display()),
+        reason,
+    };
+    let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let read = |p: &std::path::Path| {
+        std::fs::read(p)
+            .map(zeroize::Zeroizing::new)
+            .map_err(|e| bad(format!("{}: {e}", p.display())))
+    };
+    let client = match &s.tls_client {
+        Some(id) => Some((read(&id.cert)?, read(&id.key)?)),
+        None => None,
+    };
+    let tls = crate::upstream::UpstreamTls::new(
+        &pem,
+        s.tls_server_name.as_deref(),
+        client.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
+    )
+    .map_err(bad)?;
+    Ok(Some(Arc::new(tls)))
 }
 
 struct State {
@@ -443,7 +445,7 @@ impl Edge {
                     let Some((stream, peer)) = r else { continue };
                     let st = state.clone();
                     let activity = Activity::default();
-                    let io = Watched::new(stream, Idle::new(activity.clone(), st.conn_timeouts).counting(st.counts.clone()));
+                    let io = Watched::new(stream, st.idle(&activity, false));
                     let svc = service_fn(move |req| {
                         let st = st.clone();
                         let busy = activity.begin();
@@ -492,12 +494,8 @@ impl Edge {
                         // timeout, or whose client stops reading for the
                         // send timeout, is closed (see `idle`).
                         let activity = Activity::default();
-                        let mut timeouts = st.conn_timeouts;
-                        if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                            timeouts.head = None;
-                        }
-                        let timeouts = Idle::new(activity.clone(), timeouts).counting(st.counts.clone());
-                        let idle = Watched::new(tls, timeouts);
+                        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                        let idle = Watched::new(tls, st.idle(&activity, h2));
                         let svc = service_fn(move |req| {
                             let st = st.clone();
                             let cert = cert.clone();
@@ -1011,6 +1009,17 @@ impl State {
 }
 
 impl State {
+    /// The timeouts of a connection whose requests `activity` marks (see
+    /// `idle`), counted in the edge's `ConnCounts`; HTTP/2 has no heads to
+    /// time.
+    fn idle(&self, activity: &Activity, h2: bool) -> Idle {
+        let mut timeouts = self.conn_timeouts;
+        if h2 {
+            timeouts.head = None;
+        }
+        Idle::new(activity.clone(), timeouts).counting(self.counts.clone())
+    }
+
     /// A WebSocket handshake on a route that allows it: see `tunnel`.
     async fn tunnel(
         &self,

@@ -100,6 +100,23 @@ pub fn server_config(
     Ok((Arc::new(cfg), resolver))
 }
 
+/// Adds every certificate in `pem` to `roots`; returns how many, or what
+/// was wrong with the PEM or a certificate. The one reader of CA files for
+/// client verifiers (the edge's and the control API's) and for TLS to
+/// services.
+pub fn add_pem_certificates(
+    roots: &mut rustls::RootCertStore,
+    pem: &[u8],
+) -> std::result::Result<usize, String> {
+    let mut n = 0;
+    for der in CertificateDer::pem_slice_iter(pem) {
+        let der = der.map_err(|e| format!("PEM: {e}"))?;
+        roots.add(der).map_err(|e| e.to_string())?;
+        n += 1;
+    }
+    Ok(n)
+}
+
 fn client_verifier(
     ca: &ClientAuth,
     provider: Arc<rustls::crypto::CryptoProvider>,
@@ -110,10 +127,7 @@ fn client_verifier(
     };
     let mut roots = rustls::RootCertStore::empty();
     for pem in &ca.ca_pem {
-        for der in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-            let der = der.map_err(|e| bad(format!("PEM: {e}")))?;
-            roots.add(der).map_err(|e| bad(e.to_string()))?;
-        }
+        add_pem_certificates(&mut roots, pem.as_bytes()).map_err(bad)?;
     }
     if roots.is_empty() {
         return Err(bad("no CA certificate in PEM".into()));

@@ -58,6 +58,13 @@ pub fn is_websocket(head: &http::request::Parts) -> bool {
             .any(|o| o.trim().eq_ignore_ascii_case("upgrade"))
 }
 
+/// Sets `Connection: upgrade` and `Upgrade: websocket`, which the proxy
+/// strips from every other message as hop-by-hop.
+fn set_upgrade(h: &mut http::HeaderMap) {
+    h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+}
+
 /// What the upstream answered a handshake with.
 pub enum Opened {
     /// `101`: the response to send, and the upstream's side of the tunnel.
@@ -92,17 +99,15 @@ pub async fn open(
             Ok(s) => s,
             Err(_) => {
                 lease.finish(false);
-                if tried.len() >= pool.len().min(3) {
+                if tried.len() >= pool.len().min(crate::proxy::MAX_ATTEMPTS) {
                     return Err(Reject::UpstreamFailed);
                 }
                 continue;
             }
         };
         let mut req = crate::proxy::upstream_request(ctx, Bytes::new(), true, assertion.clone())?;
-        req.headers_mut()
-            .insert(CONNECTION, HeaderValue::from_static("upgrade"));
-        req.headers_mut()
-            .insert(UPGRADE, HeaderValue::from_static("websocket"));
+        // The upgrade headers are hop-by-hop, but this hop is upgraded too.
+        set_upgrade(req.headers_mut());
         let sent = tokio::time::timeout(upstream_timeout, async {
             let (mut sender, conn) =
                 hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
@@ -136,14 +141,8 @@ pub async fn open(
             .map_err(|_| Reject::UpstreamTimeout)?
             .map_err(|_| Reject::UpstreamFailed)?;
         let (mut parts, ()) = resp.map(|_| ()).into_parts();
-        // The upgrade headers are hop-by-hop, but this hop is upgraded too.
         crate::proxy::strip_hop_by_hop(&mut parts.headers);
-        parts
-            .headers
-            .insert(CONNECTION, HeaderValue::from_static("upgrade"));
-        parts
-            .headers
-            .insert(UPGRADE, HeaderValue::from_static("websocket"));
+        set_upgrade(&mut parts.headers);
         return Ok((
             Opened::Switched(Response::from_parts(parts, ()), Box::new(upgraded)),
             addr,

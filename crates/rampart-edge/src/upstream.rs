@@ -262,11 +262,9 @@ impl UpstreamTls {
         use rustls::pki_types::pem::PemObject;
         use sha2::Digest;
         let mut roots = rustls::RootCertStore::empty();
-        for der in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem) {
-            let der = der.map_err(|e| format!("CA PEM: {e}"))?;
-            roots.add(der).map_err(|e| format!("CA certificate: {e}"))?;
-        }
-        if roots.is_empty() {
+        if crate::tls::add_pem_certificates(&mut roots, ca_pem).map_err(|e| format!("CA: {e}"))?
+            == 0
+        {
             return Err("no CA certificate in the file".into());
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());

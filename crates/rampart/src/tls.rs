@@ -217,18 +217,12 @@ fn client_verifier(
     paths: &[std::path::PathBuf],
     provider: Arc<rustls::crypto::CryptoProvider>,
 ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, CliError> {
-    use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for path in paths {
         let bad =
             |why: String| CliError::Input(format!("control.client_ca: {}: {why}", path.display()));
         let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
-        let before = roots.len();
-        for der in CertificateDer::pem_slice_iter(&pem) {
-            let der = der.map_err(|e| bad(format!("PEM: {e}")))?;
-            roots.add(der).map_err(|e| bad(e.to_string()))?;
-        }
-        if roots.len() == before {
+        if rampart_edge::add_pem_certificates(&mut roots, &pem).map_err(bad)? == 0 {
             return Err(bad("no CA certificate in the file".into()));
         }
     }
