@@ -513,6 +513,16 @@ async fn admin_exec(pg: &PgUrl, sql: &str) {
     client.batch_execute(sql).await.unwrap();
 }
 
+/// A fresh login role `role` with `password` (dropped first if a run left
+/// it behind).
+async fn create_login_role(pg: &PgUrl, role: &str, password: &str) {
+    admin_exec(
+        pg,
+        &format!("DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN PASSWORD '{password}'"),
+    )
+    .await;
+}
+
 async fn admin_query_one(pg: &PgUrl, sql: &str) -> String {
     let client = connect_as(pg, &pg.user, &pg.password).await.unwrap();
     client.query_one(sql, &[]).await.unwrap().get(0)
@@ -544,11 +554,7 @@ async fn postgres_rotation_on_demand_and_scheduled() {
     let k = kit().await;
     let s = &k.secrets;
     let role = format!("app_{}", T0 % 100_000 + u64::from(std::process::id()));
-    admin_exec(
-        &pg,
-        &format!("DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN PASSWORD 'initial-pw'"),
-    )
-    .await;
+    create_login_role(&pg, &role, "initial-pw").await;
     assert!(login(&pg, &role, "initial-pw").await);
     // The admin credentials live in their own secret, referenced by name.
     let admin = app_secret(
@@ -621,11 +627,7 @@ async fn postgres_rotation_failing_midway_leaves_the_old_password_working() {
     let k = kit().await;
     let s = &k.secrets;
     let role = format!("app_fail_{}", std::process::id());
-    admin_exec(
-        &pg,
-        &format!("DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN PASSWORD 'keep-me'"),
-    )
-    .await;
+    create_login_role(&pg, &role, "keep-me").await;
     let admin = PostgresAdmin::Inline {
         user: pg.user.clone(),
         password: pg.password.clone(),
@@ -703,11 +705,7 @@ async fn postgres_rotation_interrupted_by_a_crash_is_settled() {
     let k = kit().await;
     let s = &k.secrets;
     let role = format!("app_crash_{}", std::process::id());
-    admin_exec(
-        &pg,
-        &format!("DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN PASSWORD 'before-crash'"),
-    )
-    .await;
+    create_login_role(&pg, &role, "before-crash").await;
     let admin = PostgresAdmin::Inline {
         user: pg.user.clone(),
         password: pg.password.clone(),
@@ -799,11 +797,7 @@ async fn concurrent_rotations_on_two_nodes_leave_one_working_password() {
     let k = kit().await;
     let other_node = SecretService::new(k.secrets.keys().clone(), k.store.clone(), k.clock.clone());
     let role = format!("app_race_{}", std::process::id());
-    admin_exec(
-        &pg,
-        &format!("DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN PASSWORD 'before-race'"),
-    )
-    .await;
+    create_login_role(&pg, &role, "before-race").await;
     let admin = PostgresAdmin::Inline {
         user: pg.user.clone(),
         password: pg.password.clone(),
@@ -1100,11 +1094,7 @@ async fn version_numbers_are_never_reused_after_a_write_during_a_rotation() {
     let k = kit().await;
     let s = &k.secrets;
     let role = format!("app_renum_{}", std::process::id());
-    admin_exec(
-        &pg,
-        &format!("DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN PASSWORD 'first'"),
-    )
-    .await;
+    create_login_role(&pg, &role, "first").await;
     let admin = || PostgresAdmin::Inline {
         user: pg.user.clone(),
         password: pg.password.clone(),
@@ -1422,11 +1412,7 @@ async fn postgres_rotation_over_tls_checks_the_servers_certificate() {
     let k = kit().await;
     let s = &k.secrets;
     let role = format!("tls_{}", T0 % 100_000 + u64::from(std::process::id()));
-    admin_exec(
-        &pg,
-        &format!("DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN PASSWORD 'initial-pw'"),
-    )
-    .await;
+    create_login_role(&pg, &role, "initial-pw").await;
     let value = |tls_ca: &str| {
         serde_json::to_vec(&PostgresSecret {
             // The name the server's certificate carries.
