@@ -15,7 +15,6 @@ use std::time::Duration;
 use http::StatusCode;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use util::*;
 
@@ -35,38 +34,35 @@ async fn streaming_upstream(
     size: usize,
     gap: Duration,
 ) -> (SocketAddr, mpsc::UnboundedReceiver<Ended>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                if read_head(&mut s).await.is_none() {
-                    return;
-                }
-                let resp = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
-                    chunks * size
-                );
-                if s.write_all(resp.as_bytes()).await.is_err() {
+    let addr = serve_tcp(move |mut s| {
+        let tx = tx.clone();
+        async move {
+            if read_head(&mut s).await.is_none() {
+                return;
+            }
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
+                chunks * size
+            );
+            if s.write_all(resp.as_bytes()).await.is_err() {
+                let _ = tx.send(Ended::Cut);
+                return;
+            }
+            let chunk = vec![b'x'; size];
+            for _ in 0..chunks {
+                tokio::time::sleep(gap).await;
+                if s.write_all(&chunk).await.is_err() {
                     let _ = tx.send(Ended::Cut);
                     return;
                 }
-                let chunk = vec![b'x'; size];
-                for _ in 0..chunks {
-                    tokio::time::sleep(gap).await;
-                    if s.write_all(&chunk).await.is_err() {
-                        let _ = tx.send(Ended::Cut);
-                        return;
-                    }
-                }
-                let _ = tx.send(Ended::Sent);
-                // Keep the connection open, as a keep-alive server would.
-                let _ = s.read(&mut [0u8; 1]).await;
-            });
+            }
+            let _ = tx.send(Ended::Sent);
+            // Keep the connection open, as a keep-alive server would.
+            let _ = s.read(&mut [0u8; 1]).await;
         }
-    });
+    })
+    .await;
     (addr, rx)
 }
 

@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 use util::*;
 
 #[derive(Clone, Copy)]
@@ -35,69 +34,63 @@ struct RawUpstream {
 /// Reads request heads (and `Content-Length` bodies) and answers each with
 /// `ok <n>`, where n counts requests over all connections.
 async fn raw_upstream(mode: Mode) -> RawUpstream {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let conns = Arc::new(AtomicUsize::new(0));
     let requests = Arc::new(AtomicUsize::new(0));
     let (c, r) = (conns.clone(), requests.clone());
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                return;
-            };
-            c.fetch_add(1, Ordering::SeqCst);
-            let r = r.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                loop {
-                    // Wait for a whole head (and its body).
-                    let (head_end, body_len) = loop {
-                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            let head = String::from_utf8_lossy(&buf[..i]).to_ascii_lowercase();
-                            let len = head
-                                .lines()
-                                .find_map(|l| l.strip_prefix("content-length:"))
-                                .map_or(0, |v| v.trim().parse::<usize>().unwrap());
-                            if buf.len() >= i + 4 + len {
-                                break (i + 4, len);
-                            }
+    let addr = serve_tcp(move |mut s| {
+        c.fetch_add(1, Ordering::SeqCst);
+        let r = r.clone();
+        async move {
+            let mut buf = Vec::new();
+            loop {
+                // Wait for a whole head (and its body).
+                let (head_end, body_len) = loop {
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..i]).to_ascii_lowercase();
+                        let len = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+                        if buf.len() >= i + 4 + len {
+                            break (i + 4, len);
                         }
-                        let mut chunk = [0u8; 4096];
-                        let read = match mode {
-                            Mode::IdleClose => {
-                                match tokio::time::timeout(
-                                    Duration::from_millis(100),
-                                    s.read(&mut chunk),
-                                )
-                                .await
-                                {
-                                    Ok(r) => r,
-                                    Err(_) => return, // idle: close
-                                }
-                            }
-                            _ => s.read(&mut chunk).await,
-                        };
-                        match read {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    };
-                    buf.drain(..head_end + body_len);
-                    let n = r.fetch_add(1, Ordering::SeqCst) + 1;
-                    let body = format!("ok {n}");
-                    let close = matches!(mode, Mode::CloseEach);
-                    let resp = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n{}\r\n{body}",
-                        body.len(),
-                        if close { "connection: close\r\n" } else { "" }
-                    );
-                    if s.write_all(resp.as_bytes()).await.is_err() || close {
-                        return;
                     }
+                    let mut chunk = [0u8; 4096];
+                    let read = match mode {
+                        Mode::IdleClose => {
+                            match tokio::time::timeout(
+                                Duration::from_millis(100),
+                                s.read(&mut chunk),
+                            )
+                            .await
+                            {
+                                Ok(r) => r,
+                                Err(_) => return, // idle: close
+                            }
+                        }
+                        _ => s.read(&mut chunk).await,
+                    };
+                    match read {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                };
+                buf.drain(..head_end + body_len);
+                let n = r.fetch_add(1, Ordering::SeqCst) + 1;
+                let body = format!("ok {n}");
+                let close = matches!(mode, Mode::CloseEach);
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n{}\r\n{body}",
+                    body.len(),
+                    if close { "connection: close\r\n" } else { "" }
+                );
+                if s.write_all(resp.as_bytes()).await.is_err() || close {
+                    return;
                 }
-            });
+            }
         }
-    });
+    })
+    .await;
     RawUpstream {
         addr,
         conns,

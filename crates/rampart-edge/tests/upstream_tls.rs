@@ -12,7 +12,6 @@ use hyper_util::rt::TokioIo;
 use rampart_edge::CertSource;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::TcpListener;
 use util::*;
 
 /// A TLS-only upstream whose certificate, from `ca`, names `names`; it
@@ -50,35 +49,31 @@ async fn tls_upstream_asking(ca: &TestCa, names: &[&str], clients: Option<&TestC
     };
     let config = builder.with_single_cert(chain, key).unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(s).await else {
-                    return;
-                };
-                let svc = hyper::service::service_fn(
-                    |req: http::Request<hyper::body::Incoming>| async move {
-                        let mut resp = http::Response::new(http_body_util::Full::new(
-                            bytes::Bytes::from("tls ok"),
-                        ));
-                        for (k, v) in req.headers() {
-                            let n = http::HeaderName::from_bytes(format!("echo-{k}").as_bytes())
-                                .unwrap();
-                            resp.headers_mut().append(n, v.clone());
-                        }
-                        Ok::<_, std::convert::Infallible>(resp)
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .await;
-            });
+    serve_tcp(move |s| {
+        let acceptor = acceptor.clone();
+        async move {
+            let Ok(tls) = acceptor.accept(s).await else {
+                return;
+            };
+            let svc = hyper::service::service_fn(
+                |req: http::Request<hyper::body::Incoming>| async move {
+                    let mut resp = http::Response::new(http_body_util::Full::new(
+                        bytes::Bytes::from("tls ok"),
+                    ));
+                    for (k, v) in req.headers() {
+                        let n =
+                            http::HeaderName::from_bytes(format!("echo-{k}").as_bytes()).unwrap();
+                        resp.headers_mut().append(n, v.clone());
+                    }
+                    Ok::<_, std::convert::Infallible>(resp)
+                },
+            );
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tls), svc)
+                .await;
         }
-    });
-    addr
+    })
+    .await
 }
 
 /// An edge with one service on `up`, reached over TLS with `ca_pem` as

@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use util::*;
 
@@ -17,45 +16,42 @@ use util::*;
 /// `200 plain`. Sends each request head it reads (lower-cased) on the
 /// channel.
 async fn echo_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<String>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let Some(head) = read_head(&mut s).await else {
-                    return;
-                };
-                let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
-                let _ = tx.send(text.clone());
-                if !text.contains("\r\nupgrade: websocket\r\n") {
-                    let _ = s
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nplain")
-                        .await;
-                    return;
-                }
-                let _ = s
-                    .write_all(
-                        b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\
-                          connection: upgrade\r\nsec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
-                    )
-                    .await;
-                let mut b = [0u8; 4096];
-                loop {
-                    match s.read(&mut b).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => {
-                            let up = b[..n].to_ascii_uppercase();
-                            if s.write_all(&up).await.is_err() {
-                                return;
-                            }
-                        }
+    let addr = serve_tcp(move |mut s| {
+        let tx = tx.clone();
+        async move {
+        let Some(head) = read_head(&mut s).await else {
+            return;
+        };
+        let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        let _ = tx.send(text.clone());
+        if !text.contains("\r\nupgrade: websocket\r\n") {
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nplain")
+                .await;
+            return;
+        }
+        let _ = s
+            .write_all(
+                b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\
+                  connection: upgrade\r\nsec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+            )
+            .await;
+        let mut b = [0u8; 4096];
+        loop {
+            match s.read(&mut b).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    let up = b[..n].to_ascii_uppercase();
+                    if s.write_all(&up).await.is_err() {
+                        return;
                     }
                 }
-            });
+            }
         }
-    });
+        }
+    })
+    .await;
     (addr, rx)
 }
 
