@@ -511,14 +511,22 @@ fn one_route_config(port: u16, prefix: &str) -> String {
     )
 }
 
-#[test]
-fn sighup_reloads_routes_and_refuses_a_bad_config_while_serving() {
+/// A node started from `one_route_config(port, "/a")` in a fresh
+/// directory, before an upstream on `port`: (port, directory, admin
+/// credential, server).
+fn one_route_node() -> (u16, Rampart, String, util::Server) {
     let (port, _hits, _seen) = upstream();
     let r = Rampart::new();
-    let config = |prefix: &str| one_route_config(port, prefix);
-    std::fs::write(r.path("rampart.toml"), config("/a")).unwrap();
+    std::fs::write(r.path("rampart.toml"), one_route_config(port, "/a")).unwrap();
     let admin = r.init();
     let srv = r.up(&["--config", "rampart.toml", "--data-dir", "data"]);
+    (port, r, admin, srv)
+}
+
+#[test]
+fn sighup_reloads_routes_and_refuses_a_bad_config_while_serving() {
+    let (port, r, admin, srv) = one_route_node();
+    let config = |prefix: &str| one_route_config(port, prefix);
     let https = edge_https(&srv);
     let a = agent(&std::fs::read(r.path("data/tls/ca.pem")).unwrap());
     let status = |path: &str| {
@@ -952,12 +960,8 @@ auth = "api_key"
 /// restart; a reload moves the routes back in line.
 #[test]
 fn status_reports_drift_between_the_file_and_what_runs() {
-    let (port, _hits, _seen) = upstream();
-    let r = Rampart::new();
+    let (port, r, admin, srv) = one_route_node();
     let config = |prefix: &str| one_route_config(port, prefix);
-    std::fs::write(r.path("rampart.toml"), config("/a")).unwrap();
-    let admin = r.init();
-    let srv = r.up(&["--config", "rampart.toml", "--data-dir", "data"]);
     let drift = || srv.get("/v1/status", Some(&admin)).json()["config"].clone();
     let d = drift();
     assert_eq!(d["state"], "current", "{d}");
