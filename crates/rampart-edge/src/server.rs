@@ -257,7 +257,6 @@ struct State {
     body_budget: Arc<tokio::sync::Semaphore>,
     upstream_timeout: Duration,
     connect_timeout: Duration,
-    header_read_timeout: Duration,
     conn_timeouts: ConnTimeouts,
     body_read_timeout: Duration,
     drain_deadline: Duration,
@@ -345,7 +344,6 @@ impl Edge {
             )),
             upstream_timeout: cfg.upstream_timeout,
             connect_timeout: cfg.connect_timeout,
-            header_read_timeout: cfg.header_read_timeout,
             counts: Arc::default(),
             conn_timeouts: ConnTimeouts {
                 first_request: cfg.header_read_timeout,
@@ -468,7 +466,8 @@ impl Edge {
                     let watcher = graceful.watcher();
                     // The connection lives on one worker thread from here on.
                     workers.spawn(&mut conns, stream, peer, move |stream| async move {
-                        let hs = tokio::time::timeout(st.header_read_timeout, acceptor.accept(stream)).await;
+                        // The handshake, like the first request, within the header-read timeout.
+                        let hs = tokio::time::timeout(st.conn_timeouts.first_request, acceptor.accept(stream)).await;
                         let tls = match hs {
                             Ok(Ok(tls)) => tls,
                             Ok(Err(e)) => {
