@@ -175,6 +175,12 @@ pub struct Route {
     /// on this route is passed on and, once the service accepts it, the
     /// connection tunnelled to it.
     pub websocket: bool,
+    /// Whether request bodies are passed on to the service as they arrive
+    /// instead of read whole first (nginx's `proxy_request_buffering
+    /// off`): for large uploads. Only where nothing reads the body (no
+    /// JSON Schema, the firewall off); a streamed request is not retried
+    /// on another instance once its body has started.
+    pub stream_request_body: bool,
 }
 
 /// The web application firewall's policy on one route.

@@ -212,6 +212,7 @@ pub(crate) struct RawRoute {
     pub waf_exclusions: Vec<S<RawWafExclusion>>,
     #[serde(default)]
     pub websocket: bool,
+    pub stream_request_body: Option<S<bool>>,
 }
 
 /// `{ rule = N }`, `{ tag = "…" }`, either with `target = "COLLECTION[:key]"`.

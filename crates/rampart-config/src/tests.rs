@@ -251,6 +251,49 @@ fn websocket_is_off_unless_a_route_turns_it_on() {
 }
 
 #[test]
+fn streamed_request_bodies_only_where_nothing_reads_them() {
+    let env = "[[environments]]\nname = \"p\"\n[[services]]\nname = \"a\"\nenvironment = \"p\"\nport = 1\n";
+    let route = "[[routes]]\nhost = \"x.test\"\nservice = \"a\"\n";
+    let base = format!("{env}{route}");
+    assert!(!Config::parse(&base, "s.toml").unwrap().routes[0].stream_request_body);
+    let on = Config::parse(&format!("{base}stream_request_body = true\n"), "s.toml").unwrap();
+    assert!(on.routes[0].stream_request_body);
+    // Refused on the setting's own field and line, with what to change.
+    let refused = |text: String, line: &str, hint: &str| {
+        let err = Config::parse(&text, "s.toml").unwrap_err();
+        assert_eq!(
+            err.diagnostics()[0].path,
+            "routes[0].stream_request_body",
+            "{err}"
+        );
+        let shown = err.to_string();
+        assert!(shown.contains(line) && shown.contains(hint), "{shown}");
+    };
+    // With a JSON Schema.
+    refused(
+        format!("{base}json_schema = \"s.json\"\nstream_request_body = true\n"),
+        "s.toml:11",
+        "json_schema",
+    );
+    // With the firewall on the route (its default once rules are loaded):
+    // refused; with the route's firewall off, or no rules at all: allowed.
+    let waf = "[edge]\nwaf_rules = [\"rules.conf\"]\n";
+    refused(
+        format!("{waf}{base}stream_request_body = true\n"),
+        "s.toml:12",
+        "waf = \"off\"",
+    );
+    for mode in ["block", "detect"] {
+        let text = format!("{waf}{base}waf = \"{mode}\"\nstream_request_body = true\n");
+        assert!(Config::parse(&text, "s.toml").is_err(), "{mode}");
+    }
+    let off = format!("{waf}{base}waf = \"off\"\nstream_request_body = true\n");
+    assert!(Config::parse(&off, "s.toml").unwrap().routes[0].stream_request_body);
+    let err = Config::parse(&format!("{base}stream_request_body = 1\n"), "s.toml").unwrap_err();
+    assert!(err.to_string().contains("s.toml:10"), "{err}");
+}
+
+#[test]
 fn serials_are_normalised() {
     assert_eq!(normalise_serial("0A:1b:FF").as_deref(), Some("a1bff"));
     assert_eq!(normalise_serial("00").as_deref(), Some("0"));

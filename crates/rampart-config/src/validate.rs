@@ -1034,7 +1034,31 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
             .enumerate()
             .filter_map(|(j, x)| c.waf_exclusion(x, &format!("routes[{i}].waf_exclusions[{j}]")))
             .collect();
+        // A streamed body reaches the service before anything could read
+        // it: no check that reads bodies may apply on the route.
+        let stream_request_body = match &r.stream_request_body {
+            Some(v) if *v.get_ref() => {
+                let waf_on = raw.edge.as_ref().is_some_and(|e| !e.waf_rules.is_empty())
+                    && waf != WafMode::Off;
+                if json_schema.is_some() {
+                    c.err(
+                        v,
+                        p("stream_request_body"),
+                        "a streamed body cannot be checked against json_schema: remove one of them",
+                    );
+                } else if waf_on {
+                    c.err(
+                        v,
+                        p("stream_request_body"),
+                        "the firewall reads whole request bodies: set waf = \"off\" on this route to stream them",
+                    );
+                }
+                true
+            }
+            _ => false,
+        };
         routes.push(Route {
+            stream_request_body,
             websocket: r.websocket,
             upstream_timeout_seconds,
             json_schema,

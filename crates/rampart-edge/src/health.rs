@@ -12,13 +12,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::Request;
-use http_body_util::Full;
 use tokio::task::JoinSet;
 
 use crate::assertion::AssertionSigner;
 use crate::balance::Pool;
 use crate::config::HealthCheck;
 use crate::proxy::UpstreamClient;
+use crate::reqbody::ForwardBody;
 
 /// The principal a health probe's assertion names.
 pub const PROBE_SUBJECT: &str = "rampart-edge-health";
@@ -69,11 +69,12 @@ async fn probe(
     if let Some(a) = assertion {
         req = req.header(crate::assertion::HEADER, a);
     }
-    let Ok(req) = req.body(Full::new(Bytes::new())) else {
+    let Ok(req) = req.body(ForwardBody::whole(Bytes::new())) else {
         return false;
     };
+    let mut req = Some(req);
     let answer = async {
-        let resp = client.request(addr, tls, req).await.ok()?;
+        let resp = client.request(addr, tls, &mut req).await.ok()?;
         let ok = resp.status().is_success() || resp.status().is_redirection();
         // Read the (small) body so the connection can serve traffic next.
         let _ = http_body_util::BodyExt::collect(resp.into_body()).await;

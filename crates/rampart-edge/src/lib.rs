@@ -57,6 +57,7 @@ pub mod path;
 pub mod phases;
 pub mod proxy;
 pub mod ratelimit;
+pub mod reqbody;
 pub mod router;
 mod server;
 pub mod shared_limits;

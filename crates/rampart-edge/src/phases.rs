@@ -105,6 +105,25 @@ impl RequestCtx {
         self.body.as_ref()
     }
 
+    /// The client's body, unread, to be streamed to the upstream within
+    /// `limit` bytes and `frame_timeout` between frames; `None` once a
+    /// phase has read it.
+    pub fn take_stream(
+        &mut self,
+        limit: usize,
+        frame_timeout: std::time::Duration,
+    ) -> Option<crate::reqbody::Streamed> {
+        if self.body.is_some() {
+            return None;
+        }
+        let incoming = self.pending.take()?;
+        Some(crate::reqbody::Streamed::new(
+            incoming,
+            limit,
+            frame_timeout,
+        ))
+    }
+
     /// Reads the body (at most `limit` bytes) unless already read. Each
     /// chunk takes its size from `budget`, the bytes all requests may hold
     /// at once, until the request ends; when the budget has run out the
@@ -204,7 +223,9 @@ pub trait ResponseCheck: Send {
 pub type ResponseChecks<'a> = Vec<Box<dyn ResponseCheck + 'a>>;
 
 /// Runs `phases` in order; stops at the first refusal. The body, when a
-/// phase needs it, must arrive within `body_timeout`.
+/// phase needs it, must arrive within `body_timeout`; on a route that
+/// streams request bodies it is not read here (no phase that reads it
+/// applies there: the config refuses that).
 ///
 /// Returns the response checks the phases kept ([`Phase::check_keeping`]).
 pub async fn run<'a>(
@@ -216,7 +237,7 @@ pub async fn run<'a>(
 ) -> Result<ResponseChecks<'a>, Reject> {
     let mut kept = Vec::new();
     for p in phases {
-        if p.needs_body() {
+        if p.needs_body() && !ctx.route.stream_request_body {
             tokio::time::timeout(body_timeout, ctx.buffer_body(max_body, body_budget))
                 .await
                 .map_err(|_| Reject::BodyTimeout)??;

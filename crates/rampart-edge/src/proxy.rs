@@ -13,11 +13,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, Version};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 
 use crate::balance::Pool;
 use crate::error::Reject;
 use crate::phases::RequestCtx;
+use crate::reqbody::{answered_within, ForwardBody, Streamed};
 use crate::upstream::{UpstreamBody, Upstreams};
 
 /// The HTTP client used towards upstreams.
@@ -143,15 +144,33 @@ pub struct Forwarded {
 }
 
 /// Sends the request to an instance of `pool`, retrying as described above.
+///
+/// `streamed` is the client's body when the route streams it (see
+/// `reqbody`); the request then goes to another instance only while its
+/// body is unread (a connect error), and the upstream timeout counts from
+/// the body's last byte.
 pub async fn forward(
     client: &UpstreamClient,
     pool: &Pool,
     ctx: &RequestCtx,
+    streamed: Option<Streamed>,
     https: bool,
     timeout: Duration,
     assertion: Option<HeaderValue>,
 ) -> Result<Forwarded, Reject> {
     let body = ctx.body().cloned().unwrap_or_default();
+    let progress = streamed.as_ref().map(Streamed::progress);
+    // A streamed body can be sent once: the request is built once and
+    // handed back only by a connect error.
+    let mut unsent = match streamed {
+        Some(s) => Some(upstream_request(
+            ctx,
+            ForwardBody::Streamed(s),
+            https,
+            assertion.clone(),
+        )?),
+        None => None,
+    };
     let retry_ok = idempotent(&ctx.head.method);
     let attempts = pool.len().min(MAX_ATTEMPTS);
     let mut tried = Vec::new();
@@ -160,6 +179,17 @@ pub async fn forward(
         if tried.len() >= attempts {
             return last;
         }
+        let mut req = match &progress {
+            None => Some(upstream_request(
+                ctx,
+                ForwardBody::whole(body.clone()),
+                https,
+                assertion.clone(),
+            )?),
+            // Sent already to an instance that failed: nothing to retry.
+            Some(_) if unsent.is_none() => return last,
+            Some(_) => unsent.take(),
+        };
         let Some(lease) = pool.pick(&tried) else {
             if tried.is_empty() {
                 return Err(Reject::NoHealthyUpstream {
@@ -170,9 +200,23 @@ pub async fn forward(
         };
         tried.push(lease.index());
         let upstream = lease.addr().to_string();
-        let req = upstream_request(ctx, body.clone(), https, assertion.clone())?;
-        match tokio::time::timeout(timeout, client.request(&upstream, pool.tls(), req)).await {
-            Ok(Ok(response)) => {
+        let answer = answered_within(
+            timeout,
+            client.request(&upstream, pool.tls(), &mut req),
+            progress.as_deref(),
+        )
+        .await;
+        if progress.is_some() {
+            unsent = req.take();
+        }
+        // A streamed body cut off (too large, too slow, broken) fails the
+        // request whatever the upstream made of it.
+        if let Some(refused) = progress.as_ref().and_then(|p| p.failure()) {
+            lease.finish(true);
+            return Err(refused);
+        }
+        match answer {
+            Some(Ok(response)) => {
                 let status = response.status().as_u16();
                 lease.finish(status < 500);
                 let gateway = matches!(status, 502..=504);
@@ -183,7 +227,7 @@ pub async fn forward(
                 }
                 return Ok(out);
             }
-            Ok(Err(e)) => {
+            Some(Err(e)) => {
                 lease.finish(false);
                 tracing::debug!(%upstream, error = %e, "upstream request failed");
                 last = Err(Reject::UpstreamFailed);
@@ -191,7 +235,7 @@ pub async fn forward(
                     return last;
                 }
             }
-            Err(_) => {
+            None => {
                 lease.finish(false);
                 last = Err(Reject::UpstreamTimeout);
                 if !retry_ok {
@@ -207,10 +251,10 @@ pub async fn forward(
 /// forwarding headers and assertion set.
 pub(crate) fn upstream_request(
     ctx: &RequestCtx,
-    body: Bytes,
+    body: ForwardBody,
     https: bool,
     assertion: Option<HeaderValue>,
-) -> Result<Request<Full<Bytes>>, Reject> {
+) -> Result<Request<ForwardBody>, Reject> {
     // Origin form (`/path?query`): the connection is to the upstream
     // already, and `Host` says which site. The path is the normalised one
     // the route was matched on.
@@ -248,7 +292,7 @@ pub(crate) fn upstream_request(
     if let Some(a) = assertion {
         headers.insert(HeaderName::from_static(crate::assertion::HEADER), a);
     }
-    let mut req = Request::new(Full::new(body));
+    let mut req = Request::new(body);
     *req.method_mut() = ctx.head.method.clone();
     *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_11;

@@ -185,6 +185,7 @@ mod tests {
             json_schema: None,
             waf: Default::default(),
             websocket: false,
+            stream_request_body: false,
             upstream_timeout_seconds: None,
         }
     }

@@ -968,8 +968,27 @@ impl State {
                 .tunnel(&mut ctx, &pool, assertion, upstream_timeout, rec)
                 .await;
         }
-        let fwd =
-            proxy::forward(&self.client, &pool, &ctx, true, upstream_timeout, assertion).await?;
+        let streamed = if ctx.route.stream_request_body {
+            ctx.take_stream(max_body, self.body_read_timeout)
+        } else {
+            None
+        };
+        let progress = streamed.as_ref().map(crate::reqbody::Streamed::progress);
+        let fwd = proxy::forward(
+            &self.client,
+            &pool,
+            &ctx,
+            streamed,
+            true,
+            upstream_timeout,
+            assertion,
+        )
+        .await;
+        if let Some(p) = progress {
+            // What the client had sent by the time the service answered.
+            rec.bytes_in = p.bytes();
+        }
+        let fwd = fwd?;
         rec.upstream = Some(fwd.upstream);
         let (mut parts, body) = fwd.response.into_parts();
         proxy::strip_hop_by_hop(&mut parts.headers);

@@ -26,7 +26,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{HeaderValue, CONNECTION, UPGRADE};
 use http::{Response, StatusCode, Version};
-use http_body_util::Full;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, ReadBuf};
@@ -105,13 +104,20 @@ pub async fn open(
                 continue;
             }
         };
-        let mut req = crate::proxy::upstream_request(ctx, Bytes::new(), true, assertion.clone())?;
+        let mut req = crate::proxy::upstream_request(
+            ctx,
+            crate::reqbody::ForwardBody::whole(Bytes::new()),
+            true,
+            assertion.clone(),
+        )?;
         // The upgrade headers are hop-by-hop, but this hop is upgraded too.
         set_upgrade(req.headers_mut());
         let sent = tokio::time::timeout(upstream_timeout, async {
-            let (mut sender, conn) =
-                hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
-                    .await?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake::<
+                _,
+                crate::reqbody::ForwardBody,
+            >(TokioIo::new(stream))
+            .await?;
             tokio::spawn(async move {
                 if let Err(e) = conn.with_upgrades().await {
                     tracing::debug!(error = %e, "websocket upstream connection ended");

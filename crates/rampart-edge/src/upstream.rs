@@ -27,7 +27,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
@@ -35,8 +34,10 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-type Conn = http1::Connection<TokioIo<UpstreamIo>, Full<Bytes>>;
-type Sender = http1::SendRequest<Full<Bytes>>;
+use crate::reqbody::ForwardBody;
+
+type Conn = http1::Connection<TokioIo<UpstreamIo>, ForwardBody>;
+type Sender = http1::SendRequest<ForwardBody>;
 /// One connection: its sender and the connection itself, boxed once when
 /// made so that moving it in and out of the pool moves a pointer.
 type Link = Box<(Sender, Conn)>;
@@ -102,14 +103,18 @@ impl Upstreams {
         })
     }
 
-    /// Sends `req` to `addr` (`host:port`), over TLS with `tls`, and returns
-    /// the response head; its body streams from the connection, which
-    /// returns to the pool when the body ends.
+    /// Sends the request in `req` to `addr` (`host:port`), over TLS with
+    /// `tls`, and returns the response head; its body streams from the
+    /// connection, which returns to the pool when the body ends.
+    ///
+    /// The request is taken out of `req` only to be sent: after a connect
+    /// error it is still there (its body unread), so that a streamed body
+    /// can go to another instance.
     pub async fn request(
         self: &Arc<Self>,
         addr: &str,
         tls: Option<&UpstreamTls>,
-        req: Request<Full<Bytes>>,
+        req: &mut Option<Request<ForwardBody>>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         // Plain connections are pooled by address, TLS ones by address and
         // TLS settings.
@@ -117,7 +122,6 @@ impl Upstreams {
             None => addr.into(),
             Some(t) => format!("{}|{addr}", t.key).into(),
         };
-        let mut req = Some(req);
         // A pooled connection may turn out to be closed only once used: one
         // more go on a fresh connection, for a request that was not sent.
         for fresh in [false, true] {
@@ -154,12 +158,13 @@ impl Upstreams {
                     // go again on a fresh connection whatever its method.
                     Some(back) if reused => {
                         tracing::debug!(%addr, "pooled upstream connection was closed; reconnecting");
-                        req = Some(back);
+                        *req = Some(back);
                     }
-                    Some(_) => {
+                    Some(back) => {
+                        *req = Some(back);
                         return Err(UpstreamError::Connect(std::io::Error::other(
                             e.into_error(),
-                        )))
+                        )));
                     }
                     None => return Err(UpstreamError::Http(e.into_error())),
                 },

@@ -22,6 +22,7 @@ fn route(host: String, prefix: String) -> Route {
         json_schema: None,
         waf: Default::default(),
         websocket: false,
+        stream_request_body: false,
         upstream_timeout_seconds: None,
     }
 }

@@ -30,6 +30,7 @@ fuzz_target!(|data: &[u8]| {
         json_schema: None,
         waf: Default::default(),
         websocket: false,
+        stream_request_body: false,
         upstream_timeout_seconds: None,
     }]);
     if let Some(h) = rampart_edge::parse_host(host) {
