@@ -112,8 +112,22 @@ pub struct Service {
     /// The certificate (PEM chain) and key the edge presents to the
     /// instances, when they require client certificates (mutual TLS).
     pub tls_client: Option<ClientIdentity>,
+    /// The HTTP version the edge speaks to the instances.
+    pub protocol: UpstreamProtocol,
     /// Free text.
     pub description: String,
+}
+
+/// The HTTP version the edge speaks to a service's instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1, connections kept alive and pooled.
+    #[default]
+    Http1,
+    /// HTTP/2: over TLS (ALPN `h2`) when the service has `tls_ca`, else
+    /// cleartext with prior knowledge (h2c); one multiplexed connection
+    /// per instance and worker thread. What gRPC services need.
+    Http2,
 }
 
 /// A client certificate and its key, as PEM files.

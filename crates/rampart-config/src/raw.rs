@@ -186,6 +186,7 @@ pub(crate) struct RawService {
     pub tls_server_name: Option<S<String>>,
     pub tls_client_cert: Option<S<String>>,
     pub tls_client_key: Option<S<String>>,
+    pub protocol: Option<S<String>>,
     #[serde(default)]
     pub description: String,
 }

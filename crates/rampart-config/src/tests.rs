@@ -294,6 +294,26 @@ fn streamed_request_bodies_only_where_nothing_reads_them() {
 }
 
 #[test]
+fn services_speak_http1_unless_they_say_http2() {
+    let svc = "[[environments]]\nname = \"p\"\n[[services]]\nname = \"a\"\nenvironment = \"p\"\nport = 1\n";
+    let route = "[[routes]]\nhost = \"x.test\"\nservice = \"a\"\n";
+    let c = Config::parse(&format!("{svc}{route}"), "p.toml").unwrap();
+    assert_eq!(c.services[0].protocol, UpstreamProtocol::Http1);
+    let c = Config::parse(&format!("{svc}protocol = \"http2\"\n{route}"), "p.toml").unwrap();
+    assert_eq!(c.services[0].protocol, UpstreamProtocol::Http2);
+    let err = Config::parse(&format!("{svc}protocol = \"grpc\"\n{route}"), "p.toml").unwrap_err();
+    assert_eq!(err.diagnostics()[0].path, "services[0].protocol");
+    assert!(err.to_string().contains("p.toml:7"), "{err}");
+    // WebSocket tunnels are HTTP/1.1 upgrades.
+    let err = Config::parse(
+        &format!("{svc}protocol = \"http2\"\n{route}websocket = true\n"),
+        "p.toml",
+    )
+    .unwrap_err();
+    assert_eq!(err.diagnostics()[0].path, "routes[0].websocket", "{err}");
+}
+
+#[test]
 fn serials_are_normalised() {
     assert_eq!(normalise_serial("0A:1b:FF").as_deref(), Some("a1bff"));
     assert_eq!(normalise_serial("00").as_deref(), Some("0"));

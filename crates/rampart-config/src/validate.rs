@@ -850,7 +850,20 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
                 None
             }
         };
+        let protocol = match s.protocol.as_ref().map(|v| (v, v.get_ref().as_str())) {
+            None | Some((_, "http1")) => UpstreamProtocol::Http1,
+            Some((_, "http2")) => UpstreamProtocol::Http2,
+            Some((v, other)) => {
+                c.err(
+                    v,
+                    p("protocol"),
+                    format!("unknown protocol {other:?}: expected http1 or http2"),
+                );
+                UpstreamProtocol::Http1
+            }
+        };
         services.push(Service {
+            protocol,
             tls_ca,
             tls_server_name,
             tls_client,
@@ -1034,6 +1047,21 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
             .enumerate()
             .filter_map(|(j, x)| c.waf_exclusion(x, &format!("routes[{i}].waf_exclusions[{j}]")))
             .collect();
+        // Tunnels are HTTP/1.1 upgrades, on a connection of their own.
+        let service_protocol = services_by_name
+            .get(r.service.get_ref())
+            .and_then(|&i| services.get(i))
+            .map(|s| s.protocol);
+        if r.websocket && service_protocol == Some(UpstreamProtocol::Http2) {
+            c.err(
+                &r.service,
+                p("websocket"),
+                format!(
+                    "WebSocket tunnels are HTTP/1.1 upgrades: service {:?} speaks http2",
+                    r.service.get_ref()
+                ),
+            );
+        }
         // A streamed body reaches the service before anything could read
         // it: no check that reads bodies may apply on the route.
         let stream_request_body = match &r.stream_request_body {

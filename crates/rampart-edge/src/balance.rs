@@ -99,6 +99,8 @@ pub struct Pool {
     clock: SharedClock,
     /// TLS to the instances, if the service asks for it.
     tls: Option<Arc<crate::upstream::UpstreamTls>>,
+    /// Whether the instances are spoken to in HTTP/2.
+    http2: bool,
 }
 
 /// Held while a request is in flight to a node; settles the breaker.
@@ -137,6 +139,7 @@ impl Pool {
             seed: AtomicU64::new(0x9E37_79B9_7F4A_7C15 ^ clock.unix_nanos()),
             clock,
             tls: None,
+            http2: false,
         }
     }
 
@@ -149,6 +152,20 @@ impl Pool {
     /// TLS to the instances, if any.
     pub fn tls(&self) -> Option<&crate::upstream::UpstreamTls> {
         self.tls.as_deref()
+    }
+
+    /// The same pool, speaking HTTP/2 to its instances when `on`.
+    pub fn with_http2(mut self, on: bool) -> Pool {
+        self.http2 = on;
+        self
+    }
+
+    /// How to reach the instances: TLS or not, HTTP/1.1 or HTTP/2.
+    pub fn reach(&self) -> crate::upstream::Reach<'_> {
+        crate::upstream::Reach {
+            tls: self.tls.as_deref(),
+            http2: self.http2,
+        }
     }
 
     /// The service whose instances these are.

@@ -47,7 +47,7 @@ pub async fn check_all(
                 path.clone(),
             );
             probes.spawn(async move {
-                let ok = probe(&client, &addr, pool.tls(), &path, hc.timeout, assertion).await;
+                let ok = probe(&client, &addr, pool.reach(), &path, hc.timeout, assertion).await;
                 pool.record_check(i, ok, hc.rise, hc.fall);
             });
         }
@@ -58,7 +58,7 @@ pub async fn check_all(
 async fn probe(
     client: &UpstreamClient,
     addr: &str,
-    tls: Option<&crate::upstream::UpstreamTls>,
+    reach: crate::upstream::Reach<'_>,
     path: &str,
     timeout: std::time::Duration,
     assertion: Option<http::HeaderValue>,
@@ -74,7 +74,7 @@ async fn probe(
     };
     let mut req = Some(req);
     let answer = async {
-        let resp = client.request(addr, tls, &mut req).await.ok()?;
+        let resp = client.request(addr, reach, &mut req).await.ok()?;
         let ok = resp.status().is_success() || resp.status().is_redirection();
         // Read the (small) body so the connection can serve traffic next.
         let _ = http_body_util::BodyExt::collect(resp.into_body()).await;

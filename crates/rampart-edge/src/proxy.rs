@@ -168,6 +168,7 @@ pub async fn forward(
             ForwardBody::Streamed(s),
             https,
             assertion.clone(),
+            pool.reach(),
         )?),
         None => None,
     };
@@ -185,6 +186,7 @@ pub async fn forward(
                 ForwardBody::whole(body.clone()),
                 https,
                 assertion.clone(),
+                pool.reach(),
             )?),
             // Sent already to an instance that failed: nothing to retry.
             Some(_) if unsent.is_none() => return last,
@@ -202,7 +204,7 @@ pub async fn forward(
         let upstream = lease.addr().to_string();
         let answer = answered_within(
             timeout,
-            client.request(&upstream, pool.tls(), &mut req),
+            client.request(&upstream, pool.reach(), &mut req),
             progress.as_deref(),
         )
         .await;
@@ -249,11 +251,16 @@ pub async fn forward(
 /// The request sent to an upstream for `ctx`: origin form, the
 /// normalised path, hop-by-hop and forgeable headers gone, the edge's own
 /// forwarding headers and assertion set.
+///
+/// To an HTTP/2 service (`reach.http2`) `TE: trailers`, which gRPC
+/// requires and HTTP/2 allows, is kept when the client sent it (the
+/// request takes HTTP/2's form in `upstream`).
 pub(crate) fn upstream_request(
     ctx: &RequestCtx,
     body: ForwardBody,
     https: bool,
     assertion: Option<HeaderValue>,
+    reach: crate::upstream::Reach<'_>,
 ) -> Result<Request<ForwardBody>, Reject> {
     // Origin form (`/path?query`): the connection is to the upstream
     // already, and `Host` says which site. The path is the normalised one
@@ -264,10 +271,19 @@ pub(crate) fn upstream_request(
         .or(ctx.head.uri.path_and_query())
         .cloned()
         .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-    let uri = http::Uri::from(pq);
     let mut headers = ctx.head.headers.clone();
     join_cookies(&mut headers);
+    let te_trailers = reach.http2
+        && headers
+            .get_all(http::header::TE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
     strip_hop_by_hop(&mut headers);
+    if te_trailers {
+        headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
+    }
     // Only the edge speaks for the edge: a client's assertion (or any
     // other `x-rampart-` header) and forwarding claims never pass.
     strip_forgeable(&mut headers);
@@ -277,6 +293,7 @@ pub(crate) fn upstream_request(
             headers.insert(http::header::HOST, v);
         }
     }
+    let uri = http::Uri::from(pq);
     let set = |h: &mut HeaderMap, name: &'static str, v: &str| {
         if let Ok(v) = HeaderValue::from_str(v) {
             h.insert(HeaderName::from_static(name), v);

@@ -171,12 +171,21 @@ impl Routing {
             let addrs: Vec<String> = s.upstreams.iter().map(|u| u.to_string()).collect();
             let tls = service_tls(s)?;
             let tls_key = tls.as_ref().map(|t| t.key().to_string());
+            let http2 = s.protocol == rampart_config::UpstreamProtocol::Http2;
             let kept = old
                 .and_then(|o| o.pools.get(&s.name))
-                .filter(|p| p.addrs() == addrs && p.tls().map(|t| t.key()) == tls_key.as_deref())
+                .filter(|p| {
+                    p.addrs() == addrs
+                        && p.tls().map(|t| t.key()) == tls_key.as_deref()
+                        && p.reach().http2 == http2
+                })
                 .cloned();
             let pool = kept.unwrap_or_else(|| {
-                Arc::new(Pool::new(&s.name, addrs, balance, breaker, clock.clone()).with_tls(tls))
+                Arc::new(
+                    Pool::new(&s.name, addrs, balance, breaker, clock.clone())
+                        .with_tls(tls)
+                        .with_http2(http2),
+                )
             });
             pools.insert(s.name.clone(), pool);
         }

@@ -109,6 +109,7 @@ pub async fn open(
             crate::reqbody::ForwardBody::whole(Bytes::new()),
             true,
             assertion.clone(),
+            crate::upstream::Reach::default(),
         )?;
         // The upgrade headers are hop-by-hop, but this hop is upgraded too.
         set_upgrade(req.headers_mut());

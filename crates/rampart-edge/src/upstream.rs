@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -77,9 +77,23 @@ pub struct Upstreams {
     /// By thread, then address: a connection is reused on the thread (and
     /// so the reactor) that made it.
     idle: Mutex<HashMap<std::thread::ThreadId, HashMap<String, Vec<Idle>>>>,
+    /// HTTP/2 connections, by thread, then key: one per instance, shared
+    /// by every request on its thread.
+    h2: Mutex<HashMap<std::thread::ThreadId, HashMap<String, H2Sender>>>,
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle_per_addr: usize,
+}
+
+type H2Sender = http2::SendRequest<ForwardBody>;
+
+/// How to reach a service's instances.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Reach<'a> {
+    /// TLS, if the service asks for it.
+    pub tls: Option<&'a UpstreamTls>,
+    /// HTTP/2 instead of HTTP/1.1.
+    pub http2: bool,
 }
 
 impl std::fmt::Debug for Upstreams {
@@ -97,6 +111,7 @@ impl Upstreams {
     pub fn new(connect_timeout: Duration, idle_timeout: Duration) -> Arc<Upstreams> {
         Arc::new(Upstreams {
             idle: Mutex::new(HashMap::new()),
+            h2: Mutex::new(HashMap::new()),
             connect_timeout,
             idle_timeout,
             max_idle_per_addr: 256,
@@ -113,9 +128,13 @@ impl Upstreams {
     pub async fn request(
         self: &Arc<Self>,
         addr: &str,
-        tls: Option<&UpstreamTls>,
+        reach: Reach<'_>,
         req: &mut Option<Request<ForwardBody>>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        if reach.http2 {
+            return self.request_h2(addr, reach.tls, req).await;
+        }
+        let tls = reach.tls;
         // Plain connections are pooled by address, TLS ones by address and
         // TLS settings.
         let key: std::borrow::Cow<'_, str> = match tls {
@@ -173,6 +192,110 @@ impl Upstreams {
         Err(UpstreamError::Connect(std::io::Error::other(
             "pooled upstream connection closed",
         )))
+    }
+
+    /// The same over HTTP/2: the thread's connection to `addr` (made when
+    /// there is none, or it has closed), its connection driven by a task
+    /// of its own since many requests share it.
+    async fn request_h2(
+        self: &Arc<Self>,
+        addr: &str,
+        tls: Option<&UpstreamTls>,
+        req: &mut Option<Request<ForwardBody>>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let key: String = match tls {
+            None => format!("h2|{addr}"),
+            Some(t) => format!("h2|{}|{addr}", t.key),
+        };
+        for fresh in [false, true] {
+            let (mut sender, reused) = match self.h2_sender(&key, fresh) {
+                Some(s) => (s, true),
+                None => (self.connect_h2(&key, addr, tls).await?, false),
+            };
+            if poll_fn(|cx| sender.poll_ready(cx)).await.is_err() {
+                self.forget_h2(&key);
+                if reused {
+                    continue;
+                }
+                return Err(UpstreamError::Connect(std::io::Error::other(
+                    "HTTP/2 connection closed",
+                )));
+            }
+            let Some(mut r) = req.take() else { break };
+            to_http2(&mut r, tls.is_some());
+            match sender.try_send_request(r).await {
+                Ok(resp) => {
+                    let (mut parts, body) = resp.into_parts();
+                    // The edge's own side sets the version it speaks.
+                    parts.version = http::Version::HTTP_11;
+                    let body = UpstreamBody {
+                        body,
+                        conn: None,
+                        pool: Arc::clone(self),
+                        addr: key,
+                    };
+                    return Ok(Response::from_parts(parts, body));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(back) => {
+                        // Not sent (the connection went away): once more on
+                        // a fresh connection, whatever the method.
+                        *req = Some(back);
+                        self.forget_h2(&key);
+                        if !reused {
+                            return Err(UpstreamError::Connect(std::io::Error::other(
+                                e.into_error(),
+                            )));
+                        }
+                    }
+                    None => return Err(UpstreamError::Http(e.into_error())),
+                },
+            }
+        }
+        Err(UpstreamError::Connect(std::io::Error::other(
+            "HTTP/2 connection closed",
+        )))
+    }
+
+    fn h2_sender(&self, key: &str, skip: bool) -> Option<H2Sender> {
+        if skip {
+            return None;
+        }
+        let all = self.h2.lock().unwrap_or_else(|p| p.into_inner());
+        let sender = all.get(&std::thread::current().id())?.get(key)?;
+        (!sender.is_closed()).then(|| sender.clone())
+    }
+
+    fn forget_h2(&self, key: &str) {
+        let mut all = self.h2.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = all.get_mut(&std::thread::current().id()) {
+            m.remove(key);
+        }
+    }
+
+    async fn connect_h2(
+        &self,
+        key: &str,
+        addr: &str,
+        tls: Option<&UpstreamTls>,
+    ) -> Result<H2Sender, UpstreamError> {
+        let io = connect_io_for(addr, tls, self.connect_timeout, true)
+            .await
+            .map_err(UpstreamError::Connect)?;
+        let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+            .await
+            .map_err(|e| UpstreamError::Connect(std::io::Error::other(e)))?;
+        let peer = addr.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(upstream = %peer, error = %e, "HTTP/2 upstream connection ended");
+            }
+        });
+        let mut all = self.h2.lock().unwrap_or_else(|p| p.into_inner());
+        all.entry(std::thread::current().id())
+            .or_default()
+            .insert(key.to_string(), sender.clone());
+        Ok(sender)
     }
 
     /// An idle connection to `addr` that is ready for a request, if any
@@ -242,12 +365,47 @@ impl Upstreams {
     }
 }
 
+/// Puts an HTTP/1.1-shaped request into HTTP/2's form: the target in
+/// absolute form, from the scheme of the connection and the `Host` field
+/// (sent as `:scheme` and `:authority`; the field itself is dropped).
+fn to_http2<B>(req: &mut Request<B>, tls: bool) {
+    *req.version_mut() = http::Version::HTTP_2;
+    if req.uri().scheme().is_some() {
+        return;
+    }
+    // A host that is no authority leaves the request as it is: sent with
+    // its `Host` field, as a client could have.
+    let Some(authority) = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
+    else {
+        return;
+    };
+    let mut parts = req.uri().clone().into_parts();
+    parts.scheme = Some(if tls {
+        http::uri::Scheme::HTTPS
+    } else {
+        http::uri::Scheme::HTTP
+    });
+    parts.authority = Some(authority);
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    if let Ok(uri) = http::Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+        req.headers_mut().remove(http::header::HOST);
+    }
+}
+
 /// How the edge reaches a service's instances over TLS: the CA their
 /// certificates chain to, and the name they carry (else each instance's
 /// host).
 #[derive(Debug)]
 pub struct UpstreamTls {
     config: Arc<rustls::ClientConfig>,
+    /// The same, offering `h2` by ALPN, for HTTP/2 services.
+    config_h2: Arc<rustls::ClientConfig>,
     server_name: Option<ServerName<'static>>,
     /// Tells pooled TLS connections apart from plain ones and from other
     /// TLS settings to the same address.
@@ -301,8 +459,11 @@ impl UpstreamTls {
         let server_name = server_name
             .map(|n| ServerName::try_from(n.to_string()).map_err(|e| format!("server name: {e}")))
             .transpose()?;
+        let mut config_h2 = config.clone();
+        config_h2.alpn_protocols = vec![b"h2".to_vec()];
         Ok(UpstreamTls {
             config: Arc::new(config),
+            config_h2: Arc::new(config_h2),
             key: format!(
                 "tls:{}:{}",
                 crate::mtls::hex(&digest.finalize()),
@@ -337,6 +498,16 @@ pub async fn connect_io(
     tls: Option<&UpstreamTls>,
     timeout: Duration,
 ) -> std::io::Result<UpstreamIo> {
+    connect_io_for(addr, tls, timeout, false).await
+}
+
+/// [`connect_io`], offering `h2` by ALPN when `h2`.
+async fn connect_io_for(
+    addr: &str,
+    tls: Option<&UpstreamTls>,
+    timeout: Duration,
+    h2: bool,
+) -> std::io::Result<UpstreamIo> {
     let connect = async {
         let stream = TcpStream::connect(addr).await?;
         let _ = stream.set_nodelay(true);
@@ -354,7 +525,8 @@ pub async fn connect_io(
                 ServerName::try_from(host.to_string()).map_err(std::io::Error::other)?
             }
         };
-        let tls_stream = tokio_rustls::TlsConnector::from(tls.config.clone())
+        let config = if h2 { &tls.config_h2 } else { &tls.config };
+        let tls_stream = tokio_rustls::TlsConnector::from(config.clone())
             .connect(name, stream)
             .await?;
         Ok(UpstreamIo::Tls(Box::new(tls_stream)))

@@ -895,28 +895,10 @@ async fn active_health_checks_take_out_a_dead_upstream_without_traffic() {
     let live = upstream("live").await;
     let dead = dead_addr().await;
     let edge = TestEdge::start(config(&[("a", vec![dead, live.addr])], ROOT), |ec| {
-        ec.health_check = Some(rampart_edge::HealthCheck {
-            path: "/healthz".into(),
-            interval: Duration::from_millis(50),
-            timeout: Duration::from_millis(200),
-            rise: 1,
-            fall: 2,
-        })
+        ec.health_check = Some(quick_health_check())
     })
     .await;
-    let mut healthy = vec![];
-    for _ in 0..40 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        healthy = edge
-            .handle
-            .upstreams()
-            .iter()
-            .map(|u| (u.addr.clone(), u.healthy))
-            .collect();
-        if healthy.iter().any(|(_, h)| !h) {
-            break;
-        }
-    }
+    let healthy = health_once_one_is_down(&edge).await;
     assert!(healthy.contains(&(dead.to_string(), false)), "{healthy:?}");
     assert!(
         healthy.contains(&(live.addr.to_string(), true)),

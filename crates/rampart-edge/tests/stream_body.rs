@@ -11,15 +11,13 @@
 mod util;
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::body::{Body, Frame};
+use hyper::body::Frame;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc;
@@ -76,21 +74,6 @@ async fn counting_service() -> (SocketAddr, mpsc::UnboundedReceiver<Seen>) {
     (addr, rx)
 }
 
-/// A request body sent from a channel: each `Bytes` is one chunk, and the
-/// body ends when the sender is dropped (chunked, no `Content-Length`).
-struct ChannelBody(mpsc::UnboundedReceiver<Bytes>);
-
-impl Body for ChannelBody {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        self.0.poll_recv(cx).map(|c| c.map(|b| Ok(Frame::data(b))))
-    }
-}
-
 /// Starts a POST of a channel body to `path` on `api.test`; returns the
 /// chunk sender and the pending response (status and body, or an error
 /// when the edge closed the connection first).
@@ -98,7 +81,7 @@ async fn post(
     edge: &TestEdge,
     path: &str,
 ) -> (
-    mpsc::UnboundedSender<Bytes>,
+    mpsc::UnboundedSender<Frame<Bytes>>,
     tokio::task::JoinHandle<Result<(StatusCode, String), hyper::Error>>,
 ) {
     let cfg = edge.client_config(rustls::DEFAULT_VERSIONS, &[b"http/1.1"]);
@@ -154,7 +137,8 @@ async fn a_streamed_body_reaches_the_service_before_it_ends() {
     .await;
 
     let (tx, resp) = post(&edge, "/up/file").await;
-    tx.send(Bytes::from(vec![b'a'; CHUNK])).unwrap();
+    tx.send(Frame::data(Bytes::from(vec![b'a'; CHUNK])))
+        .unwrap();
     // The first chunk is at the service while the client still holds the
     // rest back.
     assert_eq!(
@@ -162,7 +146,8 @@ async fn a_streamed_body_reaches_the_service_before_it_ends() {
         Some(Seen::Bytes(CHUNK))
     );
     for _ in 0..3 {
-        tx.send(Bytes::from(vec![b'b'; CHUNK])).unwrap();
+        tx.send(Frame::data(Bytes::from(vec![b'b'; CHUNK])))
+            .unwrap();
     }
     drop(tx);
     let (status, body) = resp.await.unwrap().unwrap();
@@ -184,10 +169,12 @@ async fn a_route_without_streaming_reads_the_body_whole_first() {
     let edge = TestEdge::start(config(&[("app", vec![up])], &routes("")), |_| {}).await;
 
     let (tx, resp) = post(&edge, "/whole/file").await;
-    tx.send(Bytes::from(vec![b'a'; CHUNK])).unwrap();
+    tx.send(Frame::data(Bytes::from(vec![b'a'; CHUNK])))
+        .unwrap();
     // Nothing reaches the service while the body is incomplete.
     assert_eq!(seen_at_least(&mut seen, 1, 500).await, None);
-    tx.send(Bytes::from(vec![b'b'; CHUNK])).unwrap();
+    tx.send(Frame::data(Bytes::from(vec![b'b'; CHUNK])))
+        .unwrap();
     drop(tx);
     let (status, body) = resp.await.unwrap().unwrap();
     assert_eq!(status, StatusCode::OK);
@@ -207,8 +194,10 @@ async fn a_streamed_body_over_the_limit_is_cut_off_with_413() {
 
     // No Content-Length: the limit can only be found as the body arrives.
     let (tx, resp) = post(&edge, "/up/file").await;
-    tx.send(Bytes::from(vec![b'a'; CHUNK])).unwrap();
-    tx.send(Bytes::from(vec![b'b'; CHUNK])).unwrap();
+    tx.send(Frame::data(Bytes::from(vec![b'a'; CHUNK])))
+        .unwrap();
+    tx.send(Frame::data(Bytes::from(vec![b'b'; CHUNK])))
+        .unwrap();
     drop(tx);
     let (status, body) = resp.await.unwrap().unwrap();
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
@@ -233,7 +222,7 @@ async fn a_streamed_body_the_client_stops_sending_times_out_with_408() {
     .await;
 
     let (tx, resp) = post(&edge, "/up/file").await;
-    tx.send(Bytes::from(vec![b'a'; 1000])).unwrap();
+    tx.send(Frame::data(Bytes::from(vec![b'a'; 1000]))).unwrap();
     // The client keeps its connection and sends nothing more.
     let (status, body) = tokio::time::timeout(Duration::from_secs(5), resp)
         .await
@@ -261,7 +250,7 @@ async fn a_slow_steady_upload_is_not_cut_by_the_upstream_timeout() {
     // never idle for it.
     let (tx, resp) = post(&edge, "/up/file").await;
     for _ in 0..6 {
-        tx.send(Bytes::from(vec![b'a'; 1000])).unwrap();
+        tx.send(Frame::data(Bytes::from(vec![b'a'; 1000]))).unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     drop(tx);
@@ -279,7 +268,8 @@ async fn a_streamed_body_goes_to_another_instance_after_a_connect_error() {
     // to the dead one first and must move on with their body unread.
     for i in 0..4 {
         let (tx, resp) = post(&edge, "/up/file").await;
-        tx.send(Bytes::from(vec![b'a'; 5000 + i])).unwrap();
+        tx.send(Frame::data(Bytes::from(vec![b'a'; 5000 + i])))
+            .unwrap();
         drop(tx);
         let (status, body) = resp.await.unwrap().unwrap();
         assert_eq!(status, StatusCode::OK, "request {i}: {body}");

@@ -387,3 +387,49 @@ where
     });
     addr
 }
+
+/// A request or response body sent from a channel of frames; it ends when
+/// the sender is dropped (chunked in HTTP/1.1, no `Content-Length`).
+pub struct ChannelBody(pub tokio::sync::mpsc::UnboundedReceiver<hyper::body::Frame<Bytes>>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|f| f.map(Ok))
+    }
+}
+
+/// Active health checks every 50 ms, 200 ms to answer, down after two
+/// failures, up after one success.
+pub fn quick_health_check() -> rampart_edge::HealthCheck {
+    rampart_edge::HealthCheck {
+        path: "/healthz".into(),
+        interval: Duration::from_millis(50),
+        timeout: Duration::from_millis(200),
+        rise: 1,
+        fall: 2,
+    }
+}
+
+/// The edge's instances as (address, healthy), once one is down or after
+/// two seconds.
+pub async fn health_once_one_is_down(edge: &TestEdge) -> Vec<(String, bool)> {
+    let mut healthy = vec![];
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        healthy = edge
+            .handle
+            .upstreams()
+            .iter()
+            .map(|u| (u.addr.clone(), u.healthy))
+            .collect();
+        if healthy.iter().any(|(_, h)| !h) {
+            break;
+        }
+    }
+    healthy
+}
