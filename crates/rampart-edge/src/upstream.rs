@@ -79,13 +79,15 @@ pub struct Upstreams {
     idle: Mutex<HashMap<std::thread::ThreadId, HashMap<String, Vec<Idle>>>>,
     /// HTTP/2 connections, by thread, then key: one per instance, shared
     /// by every request on its thread.
-    h2: Mutex<HashMap<std::thread::ThreadId, HashMap<String, H2Sender>>>,
+    h2: Mutex<HashMap<std::thread::ThreadId, HashMap<String, H2Link>>>,
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle_per_addr: usize,
 }
 
 type H2Sender = http2::SendRequest<ForwardBody>;
+/// An HTTP/2 connection's sender and when a request last took it.
+type H2Link = (H2Sender, Instant);
 
 /// How to reach a service's instances.
 #[derive(Debug, Clone, Copy, Default)]
@@ -132,7 +134,8 @@ impl Upstreams {
         req: &mut Option<Request<ForwardBody>>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         if reach.http2 {
-            return self.request_h2(addr, reach.tls, req).await;
+            // Boxed, so that HTTP/1.1 requests do not carry its state.
+            return Box::pin(self.request_h2(addr, reach.tls, req)).await;
         }
         let tls = reach.tls;
         // Plain connections are pooled by address, TLS ones by address and
@@ -257,13 +260,22 @@ impl Upstreams {
         )))
     }
 
+    /// The thread's connection to `key`, if it is open; connections
+    /// unused for the idle timeout are let go here (dropping the pool's
+    /// sender closes a connection once its last request is done).
     fn h2_sender(&self, key: &str, skip: bool) -> Option<H2Sender> {
+        let mut all = self.h2.lock().unwrap_or_else(|p| p.into_inner());
+        let mine = all.get_mut(&std::thread::current().id())?;
+        let now = Instant::now();
+        mine.retain(|_, (s, used)| {
+            !s.is_closed() && now.duration_since(*used) <= self.idle_timeout
+        });
         if skip {
             return None;
         }
-        let all = self.h2.lock().unwrap_or_else(|p| p.into_inner());
-        let sender = all.get(&std::thread::current().id())?.get(key)?;
-        (!sender.is_closed()).then(|| sender.clone())
+        let (sender, used) = mine.get_mut(key)?;
+        *used = now;
+        Some(sender.clone())
     }
 
     fn forget_h2(&self, key: &str) {
@@ -294,7 +306,7 @@ impl Upstreams {
         let mut all = self.h2.lock().unwrap_or_else(|p| p.into_inner());
         all.entry(std::thread::current().id())
             .or_default()
-            .insert(key.to_string(), sender.clone());
+            .insert(key.to_string(), (sender.clone(), Instant::now()));
         Ok(sender)
     }
 
