@@ -195,6 +195,11 @@ pub struct Route {
     /// JSON Schema, the firewall off); a streamed request is not retried
     /// on another instance once its body has started.
     pub stream_request_body: bool,
+    /// What the matched `path_prefix` becomes in the path sent to the
+    /// service (Envoy's `prefix_rewrite`; nginx's `proxy_pass` with a
+    /// URI): `"/"` serves `/api/users` to the service as `/users`. `None`
+    /// sends the path as received (normalised).
+    pub upstream_path_prefix: Option<String>,
 }
 
 /// The web application firewall's policy on one route.

@@ -214,6 +214,7 @@ pub(crate) struct RawRoute {
     #[serde(default)]
     pub websocket: bool,
     pub stream_request_body: Option<S<bool>>,
+    pub upstream_path_prefix: Option<S<String>>,
 }
 
 /// `{ rule = N }`, `{ tag = "…" }`, either with `target = "COLLECTION[:key]"`.

@@ -314,6 +314,35 @@ fn services_speak_http1_unless_they_say_http2() {
 }
 
 #[test]
+fn an_upstream_path_prefix_must_be_a_plain_path() {
+    let base = "[[environments]]\nname = \"p\"\n[[services]]\nname = \"a\"\nenvironment = \"p\"\nport = 1\n[[routes]]\nhost = \"x.test\"\npath_prefix = \"/api\"\nservice = \"a\"\n";
+    assert_eq!(
+        Config::parse(base, "u.toml").unwrap().routes[0].upstream_path_prefix,
+        None
+    );
+    let ok = Config::parse(&format!("{base}upstream_path_prefix = \"/v2\"\n"), "u.toml").unwrap();
+    assert_eq!(ok.routes[0].upstream_path_prefix.as_deref(), Some("/v2"));
+    // As TOML strings.
+    for bad in [
+        r#""v2""#,
+        r#""/a b""#,
+        r#""/x?y""#,
+        r#""/x#y""#,
+        r#""/a/../b""#,
+        r#""/\u007f""#,
+    ] {
+        let text = format!("{base}upstream_path_prefix = {bad}\n");
+        let err = Config::parse(&text, "u.toml").unwrap_err();
+        assert_eq!(
+            err.diagnostics()[0].path,
+            "routes[0].upstream_path_prefix",
+            "{bad}"
+        );
+        assert!(err.to_string().contains("u.toml:11"), "{err}");
+    }
+}
+
+#[test]
 fn serials_are_normalised() {
     assert_eq!(normalise_serial("0A:1b:FF").as_deref(), Some("a1bff"));
     assert_eq!(normalise_serial("00").as_deref(), Some("0"));

@@ -1085,7 +1085,20 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
             }
             _ => false,
         };
+        let upstream_path_prefix = r.upstream_path_prefix.as_ref().and_then(|v| {
+            let text = v.get_ref();
+            if text.contains(['?', '#']) || text.contains("..") {
+                c.err(
+                    v,
+                    p("upstream_path_prefix"),
+                    format!("invalid path prefix {text:?}: must hold no '?', '#' or '..'"),
+                );
+                return None;
+            }
+            c.request_path(v, &p("upstream_path_prefix"))
+        });
         routes.push(Route {
+            upstream_path_prefix,
             stream_request_body,
             websocket: r.websocket,
             upstream_timeout_seconds,

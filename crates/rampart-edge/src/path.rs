@@ -262,6 +262,31 @@ fn cut_parameters(path: &str, mark: &str) -> String {
     out
 }
 
+/// `path` (which starts with the route's `prefix`) with that prefix
+/// replaced by `with`, one `/` between the two parts: the route's
+/// `upstream_path_prefix`. `/api/users` with prefix `/api` (or `/api/`)
+/// and `/` gives `/users`; with `/v2`, `/v2/users`; `/api` alone gives
+/// `with`. A path without the prefix is returned as it is.
+pub fn replace_prefix(path: &str, prefix: &str, with: &str) -> String {
+    let Some(rest) = path.strip_prefix(prefix) else {
+        return path.to_string();
+    };
+    // The prefix's own trailing `/` belongs to the rest.
+    let rest = match prefix.strip_suffix('/') {
+        Some(_) if !rest.is_empty() => Cow::Owned(format!("/{rest}")),
+        _ => Cow::Borrowed(rest),
+    };
+    let mut out = String::with_capacity(with.len() + rest.len());
+    out.push_str(with.strip_suffix('/').unwrap_or(with));
+    out.push_str(&rest);
+    // Nothing left (`with` was `/`), or `with` ended in a `/` that the
+    // rest did not bring back.
+    if out.is_empty() || (rest.is_empty() && with.ends_with('/')) {
+        out.push('/');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -432,6 +457,32 @@ mod tests {
                 }
             }
             stack = next;
+        }
+    }
+
+    #[test]
+    fn prefixes_are_replaced_with_one_slash_between() {
+        let cases = [
+            ("/api/users", "/api", "/", "/users"),
+            ("/api/users", "/api/", "/", "/users"),
+            ("/api/users/7", "/api", "/v2", "/v2/users/7"),
+            ("/api/users", "/api/", "/v2/", "/v2/users"),
+            ("/api", "/api", "/", "/"),
+            ("/api", "/api", "/v2", "/v2"),
+            ("/api/", "/api", "/v2", "/v2/"),
+            ("/api/", "/api/", "/", "/"),
+            ("/api/", "/api/", "/v2/", "/v2/"),
+            ("/users", "/", "/app", "/app/users"),
+            ("/", "/", "/app/", "/app/"),
+            ("/", "/", "/", "/"),
+            ("/other", "/api", "/", "/other"),
+        ];
+        for (path, prefix, with, want) in cases {
+            assert_eq!(
+                replace_prefix(path, prefix, with),
+                want,
+                "{path} {prefix} {with}"
+            );
         }
     }
 }

@@ -186,6 +186,7 @@ mod tests {
             waf: Default::default(),
             websocket: false,
             stream_request_body: false,
+            upstream_path_prefix: None,
             upstream_timeout_seconds: None,
         }
     }

@@ -897,7 +897,12 @@ impl State {
                 }),
         };
         let route = found.ok_or(Reject::NoRoute)?.clone();
-        let forward_path = match path {
+        // The route may give its prefix another name at the service.
+        let rewritten = route
+            .upstream_path_prefix
+            .as_deref()
+            .map(|with| crate::path::replace_prefix(&path, &route.path_prefix, with));
+        let forward_path = match rewritten.map_or(path, std::borrow::Cow::Owned) {
             std::borrow::Cow::Owned(mut p) => {
                 if let Some(q) = head.uri.query() {
                     p.push('?');

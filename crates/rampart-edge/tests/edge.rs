@@ -1285,3 +1285,27 @@ async fn a_slow_upstream_gets_504_unless_its_route_waits_longer() {
     let r = edge.https("GET", "api.test", "/slow").await;
     assert_eq!(r.status, StatusCode::OK, "{r:?}");
 }
+
+#[tokio::test]
+async fn a_route_can_give_its_prefix_another_name_at_the_service() {
+    let a = upstream("a").await;
+    let routes = "[[routes]]\nhost = \"api.test\"\npath_prefix = \"/api\"\nservice = \"a\"\nupstream_path_prefix = \"/\"\n\
+                  [[routes]]\nhost = \"api.test\"\npath_prefix = \"/v1/\"\nservice = \"a\"\nupstream_path_prefix = \"/internal/v1\"\n\
+                  [[routes]]\nhost = \"api.test\"\npath_prefix = \"/\"\nservice = \"a\"\n";
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], routes), |_| {}).await;
+    for (sent, seen) in [
+        ("/api/users?page=2", "/users?page=2"),
+        ("/api", "/"),
+        ("/api/", "/"),
+        // Normalised first, then renamed: the service sees what was routed.
+        ("/api/./users/../orders", "/orders"),
+        ("/v1/items/7", "/internal/v1/items/7"),
+        // Another route, no rename; and a prefix only on a segment boundary.
+        ("/apis/x", "/apis/x"),
+        ("/other", "/other"),
+    ] {
+        let r = edge.https("GET", "api.test", sent).await;
+        assert_eq!(r.status, StatusCode::OK, "{sent}");
+        assert_eq!(r.header("x-upstream-path"), Some(seen), "{sent}");
+    }
+}

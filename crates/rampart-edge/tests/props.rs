@@ -23,6 +23,7 @@ fn route(host: String, prefix: String) -> Route {
         waf: Default::default(),
         websocket: false,
         stream_request_body: false,
+        upstream_path_prefix: None,
         upstream_timeout_seconds: None,
     }
 }
