@@ -1276,6 +1276,12 @@ impl Drop for Audit {
         if let Err(e) = self.close() {
             tracing::warn!(error = %e, "audit log close failed");
         }
+        // Unlocked explicitly, not by closing the file: a child process
+        // forked elsewhere in this process (before its exec closes it)
+        // shares the open file, and with it the lock, so closing our
+        // descriptor alone could leave the directory locked for a moment
+        // after the log is gone.
+        let _ = self._lock.unlock();
     }
 }
 

@@ -200,6 +200,11 @@ pub struct Route {
     /// URI): `"/"` serves `/api/users` to the service as `/users`. `None`
     /// sends the path as received (normalised).
     pub upstream_path_prefix: Option<String>,
+    /// gzip of this route's responses: `Some(false)` never (routes whose
+    /// pages put request input next to secrets, see BREACH), `Some(true)`
+    /// always (with `[edge.gzip]`'s settings, or its defaults), `None` as
+    /// `[edge.gzip]` says.
+    pub gzip: Option<bool>,
 }
 
 /// The web application firewall's policy on one route.
@@ -545,6 +550,46 @@ pub struct Edge {
     pub breaker: EdgeBreaker,
     /// Active health checks; `None` ejects on failed requests only.
     pub health_check: Option<EdgeHealthCheck>,
+    /// gzip of responses for clients that accept it (`[edge.gzip]`);
+    /// `None`: off, except on routes with `gzip = true`.
+    pub gzip: Option<EdgeGzip>,
+}
+
+/// Which responses the edge compresses with gzip, and how hard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EdgeGzip {
+    /// Responses declared shorter than this many bytes are sent as they are.
+    pub min_bytes: u64,
+    /// Media types (`type/subtype`, lower case) compressed.
+    pub types: Vec<String>,
+    /// zlib level, 1 (fastest) to 9 (smallest).
+    pub level: u32,
+}
+
+/// The media types `[edge.gzip]` compresses unless it lists its own: text,
+/// and the structured text formats services send (images, video and
+/// archives are compressed already).
+pub const DEFAULT_GZIP_TYPES: [&str; 10] = [
+    "text/html",
+    "text/css",
+    "text/plain",
+    "text/javascript",
+    "text/xml",
+    "application/javascript",
+    "application/json",
+    "application/xml",
+    "application/problem+json",
+    "image/svg+xml",
+];
+
+impl Default for EdgeGzip {
+    fn default() -> Self {
+        EdgeGzip {
+            min_bytes: 1024,
+            types: DEFAULT_GZIP_TYPES.iter().map(|t| t.to_string()).collect(),
+            level: 5,
+        }
+    }
 }
 
 /// How the edge picks an instance of a service.

@@ -108,6 +108,15 @@ pub(crate) struct RawEdge {
     pub worker_threads: Option<S<i64>>,
     pub breaker: Option<RawBreaker>,
     pub health_check: Option<RawHealthCheck>,
+    pub gzip: Option<RawGzip>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawGzip {
+    pub min_bytes: Option<S<i64>>,
+    pub types: Option<Vec<S<String>>>,
+    pub level: Option<S<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -215,6 +224,7 @@ pub(crate) struct RawRoute {
     pub websocket: bool,
     pub stream_request_body: Option<S<bool>>,
     pub upstream_path_prefix: Option<S<String>>,
+    pub gzip: Option<bool>,
 }
 
 /// `{ rule = N }`, `{ tag = "…" }`, either with `target = "COLLECTION[:key]"`.

@@ -343,6 +343,39 @@ fn an_upstream_path_prefix_must_be_a_plain_path() {
 }
 
 #[test]
+fn gzip_is_configured_by_its_table_and_per_route() {
+    let edge = |gz: &str| {
+        format!("[edge]\n{gz}[[environments]]\nname = \"p\"\n[[services]]\nname = \"a\"\nenvironment = \"p\"\nport = 1\n[[routes]]\nhost = \"x.test\"\nservice = \"a\"\ngzip = false\n")
+    };
+    let off = Config::parse(&edge(""), "g.toml").unwrap();
+    assert_eq!(off.edge.as_ref().unwrap().gzip, None);
+    assert_eq!(off.routes[0].gzip, Some(false));
+    let on = Config::parse(&edge("[edge.gzip]\n"), "g.toml").unwrap();
+    assert_eq!(on.edge.unwrap().gzip, Some(EdgeGzip::default()));
+    let own = Config::parse(
+        &edge("[edge.gzip]\nmin_bytes = 0\nlevel = 9\ntypes = [\"Text/HTML\", \"application/ld+json\"]\n"),
+        "g.toml",
+    )
+    .unwrap();
+    let g = own.edge.unwrap().gzip.unwrap();
+    assert_eq!((g.min_bytes, g.level), (0, 9));
+    assert_eq!(g.types, ["text/html", "application/ld+json"]);
+    for (text, path) in [
+        ("[edge.gzip]\nlevel = 0\n", "edge.gzip.level"),
+        ("[edge.gzip]\nmin_bytes = -1\n", "edge.gzip.min_bytes"),
+        ("[edge.gzip]\ntypes = [\"html\"]\n", "edge.gzip.types[0]"),
+        (
+            "[edge.gzip]\ntypes = [\"text/html; charset=utf-8\"]\n",
+            "edge.gzip.types[0]",
+        ),
+    ] {
+        let err = Config::parse(&edge(text), "g.toml").unwrap_err();
+        assert_eq!(err.diagnostics()[0].path, path, "{text}");
+        assert!(err.to_string().contains("g.toml:3"), "{err}");
+    }
+}
+
+#[test]
 fn serials_are_normalised() {
     assert_eq!(normalise_serial("0A:1b:FF").as_deref(), Some("a1bff"));
     assert_eq!(normalise_serial("00").as_deref(), Some("0"));

@@ -1098,6 +1098,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
             c.request_path(v, &p("upstream_path_prefix"))
         });
         routes.push(Route {
+            gzip: r.gzip,
             upstream_path_prefix,
             stream_request_body,
             websocket: r.websocket,
@@ -1414,6 +1415,44 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
                 ),
             }
         });
+        let gzip = e.gzip.as_ref().map(|g| {
+            let d = EdgeGzip::default();
+            let types = match &g.types {
+                None => d.types,
+                Some(list) => list
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, t)| {
+                        let v = t.get_ref().trim().to_ascii_lowercase();
+                        let ok = v.split_once('/').is_some_and(|(a, b)| {
+                            !a.is_empty()
+                                && !b.is_empty()
+                                && v.bytes().all(|c| c.is_ascii_graphic() && c != b';')
+                        });
+                        if ok {
+                            Some(v)
+                        } else {
+                            c.err(
+                                t,
+                                format!("edge.gzip.types[{i}]"),
+                                format!("invalid media type {:?}: expected type/subtype, no parameters", t.get_ref()),
+                            );
+                            None
+                        }
+                    })
+                    .collect(),
+            };
+            EdgeGzip {
+                min_bytes: u64::from(c.bounded(
+                    g.min_bytes.as_ref(),
+                    "edge.gzip.min_bytes",
+                    0..=1 << 30,
+                    1024,
+                )),
+                types,
+                level: c.bounded(g.level.as_ref(), "edge.gzip.level", 1..=9, d.level),
+            }
+        });
         let health_check = e.health_check.as_ref().map(|h| {
             let d = EdgeHealthCheck::default();
             let path = h
@@ -1500,6 +1539,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
                 .map(|w| c.bounded(Some(w), "edge.worker_threads", 0..=256, 0)),
             breaker,
             health_check,
+            gzip,
             rate_limits,
             client_ca,
             client_auth,

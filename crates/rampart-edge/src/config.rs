@@ -130,6 +130,9 @@ pub struct EdgeConfig {
     pub breaker: BreakerSettings,
     /// Active health checks; `None` for passive ejection only.
     pub health_check: Option<HealthCheck>,
+    /// gzip of responses (see `compress`): `None` off, except on routes
+    /// that turn it on.
+    pub gzip: Option<crate::compress::GzipSettings>,
     /// Signs the assertion sent to upstreams (see [`crate::assertion`]);
     /// `None` sends none.
     pub assertion: Option<std::sync::Arc<crate::assertion::AssertionSigner>>,
@@ -197,6 +200,7 @@ impl EdgeConfig {
             balance: Balance::RoundRobin,
             breaker: BreakerSettings::default(),
             health_check: None,
+            gzip: None,
             assertion: None,
             connect_timeout: Duration::from_secs(3),
             upstream_timeout: Duration::from_secs(60),

@@ -46,6 +46,7 @@
 
 pub mod assertion;
 pub mod balance;
+pub mod compress;
 mod config;
 mod error;
 pub mod framing;

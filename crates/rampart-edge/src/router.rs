@@ -187,6 +187,7 @@ mod tests {
             websocket: false,
             stream_request_body: false,
             upstream_path_prefix: None,
+            gzip: None,
             upstream_timeout_seconds: None,
         }
     }

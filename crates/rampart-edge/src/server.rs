@@ -271,6 +271,8 @@ struct State {
     drain_deadline: Duration,
     worker_threads: Option<usize>,
     health_check: Option<crate::config::HealthCheck>,
+    /// gzip settings; `None`: off except on routes that turn it on.
+    gzip: Option<crate::compress::GzipSettings>,
     assertion: Option<Arc<crate::assertion::AssertionSigner>>,
     resolver: Option<Arc<crate::tls::SniResolver>>,
     certificates: Vec<crate::config::CertConfig>,
@@ -364,6 +366,7 @@ impl Edge {
             drain_deadline: cfg.drain_deadline,
             worker_threads: cfg.worker_threads,
             health_check: cfg.health_check.clone(),
+            gzip: cfg.gzip.clone(),
             assertion: cfg.assertion.clone(),
             resolver,
             certificates: cfg.certificates.clone(),
@@ -1007,7 +1010,7 @@ impl State {
         let (mut parts, body) = fwd.response.into_parts();
         proxy::strip_hop_by_hop(&mut parts.headers);
         if checks.is_empty() {
-            return Ok(Response::from_parts(parts, body.boxed()));
+            return Ok(self.maybe_gzip(&ctx, Response::from_parts(parts, body.boxed())));
         }
         // The response phases: read as much of the body as a check asks
         // for (within the upstream timeout), run the checks, then send the
@@ -1036,7 +1039,35 @@ impl State {
             rec.waf = Some(w);
         }
         refused?;
-        Ok(Response::from_parts(parts, body))
+        Ok(self.maybe_gzip(&ctx, Response::from_parts(parts, body)))
+    }
+
+    /// `resp` compressed with gzip when the route, the request and the
+    /// response call for it (see `compress`).
+    fn maybe_gzip(&self, ctx: &RequestCtx, mut resp: Response<EdgeBody>) -> Response<EdgeBody> {
+        let default;
+        let settings = match (ctx.route.gzip, &self.gzip) {
+            (Some(false), _) | (None, None) => return resp,
+            (_, Some(s)) => s,
+            (Some(true), None) => {
+                default = crate::compress::GzipSettings::default();
+                &default
+            }
+        };
+        if !crate::compress::compressible(settings, &ctx.head.method, resp.status(), resp.headers())
+        {
+            return resp;
+        }
+        if !crate::compress::accepts_gzip(&ctx.head.headers) {
+            // Caches must not give this client's copy to one that takes
+            // gzip, nor the reverse.
+            crate::compress::add_vary(resp.headers_mut());
+            return resp;
+        }
+        let (mut parts, body) = resp.into_parts();
+        crate::compress::mark_compressed(&mut parts.headers);
+        let body = crate::compress::Gzip::new(body, settings.level);
+        Response::from_parts(parts, body.boxed())
     }
 }
 

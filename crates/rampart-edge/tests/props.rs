@@ -24,6 +24,7 @@ fn route(host: String, prefix: String) -> Route {
         websocket: false,
         stream_request_body: false,
         upstream_path_prefix: None,
+        gzip: None,
         upstream_timeout_seconds: None,
     }
 }

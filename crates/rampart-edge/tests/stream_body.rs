@@ -84,12 +84,7 @@ async fn post(
     mpsc::UnboundedSender<Frame<Bytes>>,
     tokio::task::JoinHandle<Result<(StatusCode, String), hyper::Error>>,
 ) {
-    let cfg = edge.client_config(rustls::DEFAULT_VERSIONS, &[b"http/1.1"]);
-    let tls = edge.tls("api.test", cfg).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut sender = edge.h1_client("api.test").await;
     let (tx, rx) = mpsc::unbounded_channel();
     let req = Request::post(path)
         .header("host", "api.test")

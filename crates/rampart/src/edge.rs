@@ -345,6 +345,7 @@ pub(crate) fn start_only_changes(
     );
     check(old.breaker != new.breaker, "edge.breaker");
     check(old.health_check != new.health_check, "edge.health_check");
+    check(old.gzip != new.gzip, "edge.gzip");
     changed
 }
 
@@ -547,6 +548,7 @@ pub async fn start(
         rise: h.rise,
         fall: h.fall,
     });
+    ec.gzip = e.gzip.clone();
     ec.clock = clock.clone();
     if e.certificates.is_empty() {
         let mut hosts: Vec<String> = config

@@ -32,6 +32,7 @@ fuzz_target!(|data: &[u8]| {
         websocket: false,
         stream_request_body: false,
         upstream_path_prefix: None,
+        gzip: None,
         upstream_timeout_seconds: None,
     }]);
     if let Some(h) = rampart_edge::parse_host(host) {

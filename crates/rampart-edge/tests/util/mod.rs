@@ -272,6 +272,23 @@ impl TestEdge {
             .await
     }
 
+    /// A fresh HTTP/1.1 connection over TLS with SNI `host`, its
+    /// connection driven by a task of its own.
+    pub async fn h1_client<B>(&self, host: &str) -> hyper::client::conn::http1::SendRequest<B>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let cfg = self.client_config(rustls::DEFAULT_VERSIONS, &[b"http/1.1"]);
+        let tls = self.tls(host, cfg).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        sender
+    }
+
     /// An HTTPS request over a fresh HTTP/1.1 connection; SNI is `host`.
     pub async fn https(&self, method: &str, host: &str, path: &str) -> Resp {
         let cfg = self.client_config(rustls::DEFAULT_VERSIONS, &[b"http/1.1"]);
