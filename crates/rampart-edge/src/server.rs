@@ -926,10 +926,15 @@ impl State {
         // The route's own limit, when smaller, bounds what is read at all:
         // a body declared over it is refused before any of it is read, and
         // one that grows over it is cut off there.
-        let max_body = ctx
-            .route
-            .max_body_bytes
-            .map_or(self.max_body, |m| m.min(self.max_body));
+        // A streamed body is never held, so the edge's limit (which
+        // bounds what it reads whole) does not cap a streaming route's.
+        let max_body = ctx.route.max_body_bytes.map_or(self.max_body, |m| {
+            if ctx.route.stream_request_body {
+                m
+            } else {
+                m.min(self.max_body)
+            }
+        });
         if phases::declared_too_large(&ctx.head, max_body) {
             return Err(Reject::BodyTooLarge);
         }

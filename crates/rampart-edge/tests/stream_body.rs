@@ -271,3 +271,30 @@ async fn a_streamed_body_goes_to_another_instance_after_a_connect_error() {
         assert_eq!(body, (5000 + i).to_string());
     }
 }
+
+#[tokio::test]
+async fn a_streaming_route_may_take_bodies_over_the_edges_buffered_limit() {
+    let (up, _seen) = counting_service().await;
+    // The edge reads at most 100 kB whole; the streaming route takes 1 MB.
+    let routes = "[[routes]]\nhost = \"api.test\"\nservice = \"app\"\npath_prefix = \"/up\"\nstream_request_body = true\nmax_body_bytes = 1000000\n\
+                  [[routes]]\nhost = \"api.test\"\nservice = \"app\"\npath_prefix = \"/whole\"\nmax_body_bytes = 1000000\n";
+    let edge = TestEdge::start(config(&[("app", vec![up])], routes), |ec| {
+        ec.max_body_bytes = 100_000;
+        ec.max_buffered_body_bytes = 100_000;
+    })
+    .await;
+    for (path, want) in [
+        ("/up/file", StatusCode::OK),
+        ("/whole/file", StatusCode::PAYLOAD_TOO_LARGE),
+    ] {
+        // 128 KiB, over the edge's limit.
+        let (tx, resp) = post(&edge, path).await;
+        for _ in 0..2 {
+            tx.send(Frame::data(Bytes::from(vec![b'a'; CHUNK])))
+                .unwrap();
+        }
+        drop(tx);
+        let (status, body) = resp.await.unwrap().unwrap();
+        assert_eq!(status, want, "{path}: {body}");
+    }
+}

@@ -1,6 +1,7 @@
 //! Feeds arbitrary bytes to the route matcher, path normalisation, host
-//! validation and X-Forwarded-For handling: none may panic, and a
-//! normalised path normalises to itself.
+//! validation, X-Forwarded-For handling, prefix renaming and
+//! Accept-Encoding parsing: none may panic, a normalised path normalises to
+//! itself, and a renamed path keeps what followed the prefix.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -42,10 +43,17 @@ fuzz_target!(|data: &[u8]| {
         let twice = rampart_edge::path::normalize(&once);
         assert!(twice.is_ok_and(|t| t == once), "{rest:?}");
     }
+    if prefix.starts_with('/') && rest.starts_with(prefix) {
+        let renamed = rampart_edge::path::replace_prefix(rest, prefix, pat);
+        let tail = rest[prefix.len()..].trim_start_matches('/');
+        assert!(renamed.ends_with(tail), "{rest:?} {prefix:?} {pat:?}");
+    }
     let mut headers = http::HeaderMap::new();
     if let Ok(v) = http::HeaderValue::from_bytes(rest.as_bytes()) {
-        headers.insert("x-forwarded-for", v);
+        headers.insert("x-forwarded-for", v.clone());
+        headers.insert("accept-encoding", v);
     }
+    let _ = rampart_edge::compress::accepts_gzip(&headers);
     let trusted: Vec<ipnet::IpNet> = vec!["127.0.0.0/8".parse().unwrap_or_else(|_| unreachable!())];
     let _ = rampart_edge::client_addr([127, 0, 0, 1].into(), &headers, &trusted);
 });
