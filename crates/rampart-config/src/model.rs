@@ -633,6 +633,10 @@ pub struct EdgeHealthCheck {
     pub rise: u32,
     /// Consecutive failures that take it out.
     pub fall: u32,
+    /// Milliseconds a reload's new instances of a service have to pass
+    /// their checks before the change is rolled back to the old ones; 0
+    /// applies changes at once.
+    pub deploy_window_ms: u32,
 }
 
 impl Default for EdgeHealthCheck {
@@ -643,6 +647,7 @@ impl Default for EdgeHealthCheck {
             timeout_ms: 2_000,
             rise: 2,
             fall: 3,
+            deploy_window_ms: 60_000,
         }
     }
 }

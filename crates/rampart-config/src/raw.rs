@@ -134,6 +134,7 @@ pub(crate) struct RawHealthCheck {
     pub timeout_ms: Option<S<i64>>,
     pub rise: Option<S<i64>>,
     pub fall: Option<S<i64>>,
+    pub deploy_window_ms: Option<S<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

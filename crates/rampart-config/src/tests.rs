@@ -543,6 +543,7 @@ fn edge_upstream_settings_have_defaults_and_bounds() {
             timeout_ms: 1000,
             rise: 3,
             fall: 3,
+            deploy_window_ms: 60_000,
         })
     );
     let svc = |path: &str| {

@@ -1487,6 +1487,12 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
                 timeout_ms,
                 rise: c.bounded(h.rise.as_ref(), "edge.health_check.rise", 1..=100, d.rise),
                 fall: c.bounded(h.fall.as_ref(), "edge.health_check.fall", 1..=100, d.fall),
+                deploy_window_ms: c.bounded(
+                    h.deploy_window_ms.as_ref(),
+                    "edge.health_check.deploy_window_ms",
+                    0..=3_600_000,
+                    d.deploy_window_ms,
+                ),
             }
         });
         Edge {

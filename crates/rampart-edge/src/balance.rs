@@ -154,6 +154,29 @@ impl Pool {
         self.tls.as_deref()
     }
 
+    /// The same pool with every instance down until active health checks
+    /// find it healthy: a deployment's candidate (see `deploy`).
+    pub fn starting_down(self) -> Pool {
+        for n in &self.nodes {
+            n.down.store(true, Ordering::Relaxed);
+        }
+        self
+    }
+
+    /// Whether no instance is down by its health checks.
+    pub fn all_healthy(&self) -> bool {
+        self.nodes.iter().all(|n| !n.down.load(Ordering::Relaxed))
+    }
+
+    /// The instances down by their health checks.
+    pub fn unhealthy_addrs(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter(|n| n.down.load(Ordering::Relaxed))
+            .map(|n| n.addr.clone())
+            .collect()
+    }
+
     /// The same pool, speaking HTTP/2 to its instances when `on`.
     pub fn with_http2(mut self, on: bool) -> Pool {
         self.http2 = on;

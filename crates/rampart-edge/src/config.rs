@@ -70,6 +70,10 @@ pub struct HealthCheck {
     pub rise: u32,
     /// Consecutive failures that take it out.
     pub fall: u32,
+    /// How long a reload's new instances of a service have to pass their
+    /// checks before the change is rolled back (see `deploy`); zero applies
+    /// changes at once.
+    pub deploy_window: Duration,
 }
 
 impl Default for HealthCheck {
@@ -80,6 +84,7 @@ impl Default for HealthCheck {
             timeout: Duration::from_secs(2),
             rise: 2,
             fall: 3,
+            deploy_window: Duration::from_secs(60),
         }
     }
 }

@@ -109,7 +109,14 @@ impl EdgeHandle {
     pub fn reload(&self, config: &rampart_config::Config) -> Result<()> {
         let st = &self.state;
         let old = st.routing();
-        let new = Routing::build(config, Some(&old), st.balance, st.breaker, &st.clock)?;
+        let new = Routing::build(
+            config,
+            Some(&old),
+            st.balance,
+            st.breaker,
+            &st.clock,
+            st.deploy_gate(),
+        )?;
         *st.routing.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
         tracing::info!(routes = config.routes.len(), "edge routing reloaded");
         Ok(())
@@ -124,6 +131,26 @@ impl EdgeHandle {
         }
     }
 
+    /// Deployments being verified, then the last ones that ended (at most
+    /// [`DEPLOYS_KEPT`]), oldest first (see `deploy`).
+    pub fn deployments(&self) -> Vec<crate::deploy::DeployStatus> {
+        let mut v = self
+            .state
+            .deploy_log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let routing = self.state.routing();
+        let mut open: Vec<_> = routing
+            .deploys
+            .iter()
+            .map(|(name, d)| d.status(name, crate::deploy::DeployState::Verifying))
+            .collect();
+        open.sort_by(|a, b| a.service.cmp(&b.service));
+        v.extend(open);
+        v
+    }
+
     /// Every upstream's breaker state and in-flight count.
     pub fn upstreams(&self) -> Vec<UpstreamStatus> {
         let routing = self.state.routing();
@@ -135,9 +162,13 @@ impl EdgeHandle {
 
 /// Routes, pools, JSON Schemas and revoked client serials: swapped whole
 /// on reload.
+#[derive(Clone)]
 struct Routing {
     router: Router,
     pools: HashMap<String, Arc<Pool>>,
+    /// Services whose new instances are being verified (see `deploy`):
+    /// their traffic stays on `pools` until the candidate is healthy.
+    deploys: HashMap<String, crate::deploy::Deploy>,
     /// Services' own health check paths.
     health_paths: HashMap<String, String>,
     schemas: HashMap<std::path::PathBuf, Arc<jsonschema::Validator>>,
@@ -159,14 +190,20 @@ fn load_schema(path: &std::path::Path) -> Result<jsonschema::Validator> {
 impl Routing {
     /// Builds routing for `config`, keeping the pools (and so the breaker
     /// state) of services whose upstreams did not change.
+    ///
+    /// With `gate` (the deploy window, when active health checks run), a
+    /// service that had instances and gets others keeps serving from the
+    /// old ones while the new set is verified (see `deploy`).
     fn build(
         config: &rampart_config::Config,
         old: Option<&Routing>,
         balance: Balance,
         breaker: BreakerSettings,
         clock: &rampart_core::SharedClock,
+        gate: Option<Duration>,
     ) -> Result<Routing> {
         let mut pools = HashMap::new();
+        let mut deploys = HashMap::new();
         for s in &config.services {
             let addrs: Vec<String> = s.upstreams.iter().map(|u| u.to_string()).collect();
             let tls = service_tls(s)?;
@@ -180,14 +217,49 @@ impl Routing {
                         && p.reach().http2 == http2
                 })
                 .cloned();
-            let pool = kept.unwrap_or_else(|| {
-                Arc::new(
-                    Pool::new(&s.name, addrs, balance, breaker, clock.clone())
-                        .with_tls(tls)
-                        .with_http2(http2),
-                )
+            if let Some(pool) = kept {
+                pools.insert(s.name.clone(), pool);
+                continue;
+            }
+            let serving = old
+                .and_then(|o| o.pools.get(&s.name))
+                .filter(|p| !p.is_empty());
+            let (Some(window), Some(serving)) = (gate.filter(|w| !w.is_zero()), serving) else {
+                let pool = Pool::new(&s.name, addrs, balance, breaker, clock.clone())
+                    .with_tls(tls)
+                    .with_http2(http2);
+                pools.insert(s.name.clone(), Arc::new(pool));
+                continue;
+            };
+            // The same change reloaded again goes on being verified.
+            let same = old.and_then(|o| o.deploys.get(&s.name)).filter(|d| {
+                let p = d.candidate();
+                p.addrs() == addrs
+                    && p.tls().map(|t| t.key()) == tls_key.as_deref()
+                    && p.reach().http2 == http2
             });
-            pools.insert(s.name.clone(), pool);
+            let deploy = match same {
+                Some(d) => d.clone(),
+                None => {
+                    let candidate = Pool::new(&s.name, addrs, balance, breaker, clock.clone())
+                        .with_tls(tls)
+                        .with_http2(http2)
+                        .starting_down();
+                    crate::deploy::Deploy::new(
+                        Arc::new(candidate),
+                        serving.addrs(),
+                        clock.unix_nanos(),
+                        window,
+                    )
+                }
+            };
+            tracing::info!(
+                service = %s.name,
+                new = ?deploy.candidate().addrs(),
+                "verifying a service's new instances before they get traffic"
+            );
+            pools.insert(s.name.clone(), serving.clone());
+            deploys.insert(s.name.clone(), deploy);
         }
         for r in &config.routes {
             if pools.get(&r.service).is_none_or(|p| p.is_empty()) {
@@ -216,6 +288,7 @@ impl Routing {
         Ok(Routing {
             router: Router::new(config.routes.clone()),
             pools,
+            deploys,
             health_paths,
             schemas,
             revoked,
@@ -273,6 +346,8 @@ struct State {
     health_check: Option<crate::config::HealthCheck>,
     /// gzip settings; `None`: off except on routes that turn it on.
     gzip: Option<crate::compress::GzipSettings>,
+    /// The last deployments that ended (see `deploy`).
+    deploy_log: std::sync::Mutex<Vec<crate::deploy::DeployStatus>>,
     assertion: Option<Arc<crate::assertion::AssertionSigner>>,
     resolver: Option<Arc<crate::tls::SniResolver>>,
     certificates: Vec<crate::config::CertConfig>,
@@ -308,7 +383,14 @@ impl Edge {
             .or(addrs.https.map(|a| a.port()))
             .unwrap_or(443);
 
-        let routing = Routing::build(&cfg.config, None, cfg.balance, cfg.breaker, &cfg.clock)?;
+        let routing = Routing::build(
+            &cfg.config,
+            None,
+            cfg.balance,
+            cfg.breaker,
+            &cfg.clock,
+            None,
+        )?;
 
         let mut phases: Vec<Box<dyn Phase>> = vec![
             Box::new(phases::IpRules {
@@ -367,6 +449,7 @@ impl Edge {
             worker_threads: cfg.worker_threads,
             health_check: cfg.health_check.clone(),
             gzip: cfg.gzip.clone(),
+            deploy_log: std::sync::Mutex::default(),
             assertion: cfg.assertion.clone(),
             resolver,
             certificates: cfg.certificates.clone(),
@@ -430,6 +513,7 @@ impl Edge {
                     let pools = routing
                         .pools
                         .values()
+                        .chain(routing.deploys.values().map(|d| d.candidate()))
                         .map(|p| {
                             let path = routing.health_paths.get(p.service()).unwrap_or(&hc.path);
                             (p.clone(), path.clone())
@@ -439,6 +523,7 @@ impl Edge {
                     let now = st.clock.unix_secs();
                     let signer = st.assertion.as_deref();
                     crate::health::check_all(pools, &st.client, &hc, signer, now).await;
+                    st.settle_deploys();
                 }
             });
         }
@@ -1076,7 +1161,57 @@ impl State {
     }
 }
 
+/// Deployments kept in [`EdgeHandle::deployments`] once they have ended.
+pub const DEPLOYS_KEPT: usize = 32;
+
 impl State {
+    /// The deploy window, when active health checks can verify deployments.
+    fn deploy_gate(&self) -> Option<Duration> {
+        self.health_check.as_ref().map(|h| h.deploy_window)
+    }
+
+    /// Promotes the deployments whose new instances are all healthy and
+    /// rolls back those whose window has ended (see `deploy`).
+    fn settle_deploys(&self) {
+        let now = self.clock.unix_nanos();
+        let mut slot = self.routing.write().unwrap_or_else(|p| p.into_inner());
+        let ended: Vec<(String, crate::deploy::DeployState)> = slot
+            .deploys
+            .iter()
+            .map(|(name, d)| (name.clone(), d.decide(now)))
+            .filter(|(_, state)| *state != crate::deploy::DeployState::Verifying)
+            .collect();
+        if ended.is_empty() {
+            return;
+        }
+        let mut next = Routing::clone(&slot);
+        let mut log = self.deploy_log.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, state) in ended {
+            let Some(d) = next.deploys.remove(&name) else {
+                continue;
+            };
+            let status = d.status(&name, state);
+            match state {
+                crate::deploy::DeployState::Promoted => {
+                    tracing::info!(service = %name, new = ?status.new, "new instances verified: they take the traffic");
+                    next.pools.insert(name, d.candidate().clone());
+                }
+                _ => {
+                    tracing::warn!(
+                        service = %name,
+                        unhealthy = ?status.unhealthy,
+                        previous = ?status.previous,
+                        "deployment rolled back: its new instances failed their health checks within the deploy window; the previous instances keep serving"
+                    );
+                }
+            }
+            log.push(status);
+        }
+        let excess = log.len().saturating_sub(DEPLOYS_KEPT);
+        log.drain(..excess);
+        *slot = Arc::new(next);
+    }
+
     /// The timeouts of a connection whose requests `activity` marks (see
     /// `idle`), counted in the edge's `ConnCounts`; HTTP/2 has no heads to
     /// time.

@@ -547,6 +547,7 @@ pub async fn start(
         timeout: Duration::from_millis(u64::from(h.timeout_ms)),
         rise: h.rise,
         fall: h.fall,
+        deploy_window: Duration::from_millis(u64::from(h.deploy_window_ms)),
     });
     ec.gzip = e.gzip.clone();
     ec.clock = clock.clone();

@@ -421,7 +421,8 @@ impl hyper::body::Body for ChannelBody {
 }
 
 /// Active health checks every 50 ms, 200 ms to answer, down after two
-/// failures, up after one success.
+/// failures, up after one success; a reload's new instances have 1 s to
+/// pass.
 pub fn quick_health_check() -> rampart_edge::HealthCheck {
     rampart_edge::HealthCheck {
         path: "/healthz".into(),
@@ -429,6 +430,7 @@ pub fn quick_health_check() -> rampart_edge::HealthCheck {
         timeout: Duration::from_millis(200),
         rise: 1,
         fall: 2,
+        deploy_window: Duration::from_secs(1),
     }
 }
 

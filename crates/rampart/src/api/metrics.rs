@@ -55,6 +55,7 @@ pub struct Metrics {
     upstream_breaker_open: Family<UpstreamLabels, Gauge>,
     edge_closed: Family<ReasonLabels, Counter>,
     edge_cert_expiry: Family<NameLabels, Gauge>,
+    edge_deployment: Family<DeployLabels, Gauge>,
     edge_tunnels_open: Gauge<i64>,
     edge_tunnels: Counter<u64>,
     upstream_in_flight: Family<UpstreamLabels, Gauge>,
@@ -79,6 +80,12 @@ struct ResultLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NameLabels {
     name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeployLabels {
+    service: String,
+    state: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -161,6 +168,12 @@ impl Metrics {
             "When each HTTPS certificate the edge serves expires (by its first name), seconds since the Unix epoch",
             edge_cert_expiry.clone(),
         );
+        let edge_deployment = Family::<DeployLabels, Gauge>::default();
+        registry.register(
+            "edge_deployment",
+            "1 for the state of each service's latest deployment (a reload that changed its instances): verifying, promoted or rolled_back; 0 for the others",
+            edge_deployment.clone(),
+        );
         let edge_tunnels_open = Gauge::<i64>::default();
         registry.register(
             "edge_websocket_tunnels_open",
@@ -230,6 +243,7 @@ impl Metrics {
             upstream_in_flight,
             edge_closed,
             edge_cert_expiry,
+            edge_deployment,
             edge_tunnels_open,
             edge_tunnels,
             audit_syncs,
@@ -372,6 +386,27 @@ impl Metrics {
             self.edge_cert_expiry
                 .get_or_create(&NameLabels { name })
                 .set(at);
+        }
+        // The latest deployment of each service (those that ended come in
+        // the order they ended, those being verified last).
+        let mut latest = std::collections::BTreeMap::new();
+        for d in edge.deployments() {
+            latest.insert(d.service.clone(), d.state);
+        }
+        for (service, state) in latest {
+            use rampart_edge::deploy::DeployState;
+            for s in [
+                DeployState::Verifying,
+                DeployState::Promoted,
+                DeployState::RolledBack,
+            ] {
+                self.edge_deployment
+                    .get_or_create(&DeployLabels {
+                        service: service.clone(),
+                        state: s.as_str(),
+                    })
+                    .set(i64::from(s == state));
+            }
         }
         let (open, total) = counts.tunnels();
         self.edge_tunnels_open
