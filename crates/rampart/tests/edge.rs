@@ -1057,3 +1057,51 @@ fn an_expired_edge_certificate_is_refused_by_check_and_warned_about_at_start() {
         srv.printed
     );
 }
+
+/// A deployment through the real binary: the config is changed to an
+/// instance that never answers and reloaded; the live instance keeps
+/// serving, and once the deploy window has passed the rollback shows in
+/// `/metrics`.
+#[test]
+fn a_reload_to_dead_instances_is_rolled_back_and_shown_in_metrics() {
+    let (port, _hits, _seen) = upstream();
+    let reserved = tokio::net::TcpSocket::new_v4().unwrap();
+    reserved.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let dead = reserved.local_addr().unwrap().port();
+    let checks = "[edge.health_check]\ninterval_ms = 100\ntimeout_ms = 100\nrise = 1\nfall = 1\ndeploy_window_ms = 600\n";
+    let config =
+        |up: u16| one_route_config(up, "/a").replace("[edge]\n", &format!("[edge]\n{checks}"));
+    let r = Rampart::new();
+    std::fs::write(r.path("rampart.toml"), config(port)).unwrap();
+    let admin = r.init();
+    let srv = r.up(&["--config", "rampart.toml", "--data-dir", "data"]);
+    let https = edge_https(&srv);
+    let a = agent(&std::fs::read(r.path("data/tls/ca.pem")).unwrap());
+    let status = || {
+        a.get(format!("{https}/a/x"))
+            .call()
+            .map_or(0, |r| r.status().as_u16())
+    };
+    assert_eq!(status(), 200);
+
+    std::fs::write(r.path("rampart.toml"), config(dead)).unwrap();
+    let ok = srv.send("POST", "/v1/edge/reload", Some(&admin), "");
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    assert_eq!(
+        status(),
+        200,
+        "the old instance serves during the deployment"
+    );
+    let rolled_back = "rampart_edge_deployment{service=\"app\",state=\"rolled_back\"} 1";
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = srv.get("/metrics", None).body;
+        if metrics.contains(rolled_back) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(metrics.contains(rolled_back), "{metrics}");
+    assert_eq!(status(), 200, "the old instance serves after the rollback");
+    drop(reserved);
+}
