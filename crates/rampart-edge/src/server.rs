@@ -906,6 +906,8 @@ impl State {
             client_cert_serial: cert.as_ref().map(|c| c.serial.clone()),
             detail: None,
         };
+        // gRPC runs over HTTP/2 only; its refusals are answered its way.
+        let grpc = head.version == http::Version::HTTP_2 && is_grpc(&head.headers);
         let result = if smuggling {
             // Refused before routing; hyper closes the connection after it.
             Err(Reject::ConflictingFraming)
@@ -920,11 +922,19 @@ impl State {
                 if let Reject::SchemaViolation { field, .. } = &reject {
                     rec.detail = Some(field.clone());
                 }
-                reject_response(&reject, &rec.request_id)
+                if grpc {
+                    // Recorded with the HTTP status it stands for.
+                    rec.status = reject.status().as_u16();
+                    grpc_reject_response(&reject, &rec.request_id)
+                } else {
+                    reject_response(&reject, &rec.request_id)
+                }
             }
         };
         add_security_headers(resp.headers_mut());
-        rec.status = resp.status().as_u16();
+        if rec.status == 0 {
+            rec.status = resp.status().as_u16();
+        }
         rec.bytes_out = resp
             .headers()
             .get(http::header::CONTENT_LENGTH)
@@ -1261,9 +1271,63 @@ fn status_response(status: StatusCode) -> Response<EdgeBody> {
     r
 }
 
-/// The one place a [`Reject`] becomes a response: the status from
-/// [`Reject::status`] and a JSON body
-/// `{"error":{"code","message","field"?,"request_id"}}`.
+/// Whether a request is a gRPC call (`Content-Type: application/grpc`,
+/// with or without a `+format` suffix).
+fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            let v = v.trim_start();
+            v.get(..16)
+                .is_some_and(|p| p.eq_ignore_ascii_case("application/grpc"))
+                && matches!(v.as_bytes().get(16), None | Some(b'+' | b';'))
+        })
+}
+
+/// The gRPC status code for a refusal, from its HTTP status: what a gRPC
+/// client can act on (Envoy answers gRPC calls it refuses the same way).
+fn grpc_status(status: StatusCode) -> u8 {
+    match status.as_u16() {
+        400 | 415 | 422 => 3, // INVALID_ARGUMENT
+        401 => 16,            // UNAUTHENTICATED
+        403 => 7,             // PERMISSION_DENIED
+        404 | 501 => 12,      // UNIMPLEMENTED
+        408 | 504 => 4,       // DEADLINE_EXCEEDED
+        413 | 429 | 431 => 8, // RESOURCE_EXHAUSTED
+        502 | 503 => 14,      // UNAVAILABLE
+        _ => 2,               // UNKNOWN
+    }
+}
+
+/// A refusal of a gRPC call, as gRPC clients read one: HTTP 200 with no
+/// body and the outcome in `grpc-status` and `grpc-message` (the reason
+/// code; a "trailers-only" response), plus the request id and any
+/// `Retry-After`.
+fn grpc_reject_response(reject: &Reject, request_id: &str) -> Response<EdgeBody> {
+    let mut r = Response::new(full(Bytes::new()));
+    let h = r.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert(
+        "grpc-status",
+        HeaderValue::from(u16::from(grpc_status(reject.status()))),
+    );
+    h.insert("grpc-message", HeaderValue::from_static(reject.reason()));
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        h.insert("x-request-id", v);
+    }
+    if let Some(secs) = reject.retry_after_secs() {
+        h.insert(RETRY_AFTER, HeaderValue::from(secs));
+    }
+    r
+}
+
+/// The one place a [`Reject`] becomes a response (but for gRPC calls,
+/// [`grpc_reject_response`]): the status from [`Reject::status`] and a
+/// JSON body `{"error":{"code","message","field"?,"request_id"}}`.
 fn reject_response(reject: &Reject, request_id: &str) -> Response<EdgeBody> {
     let status = reject.status();
     let mut error = serde_json::Map::new();
@@ -1313,6 +1377,32 @@ fn reject_response(reject: &Reject, request_id: &str) -> Response<EdgeBody> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn grpc_calls_are_told_by_their_content_type() {
+        let h = |v: &'static str| {
+            let mut m = http::HeaderMap::new();
+            m.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(v));
+            m
+        };
+        for (v, want) in [
+            ("application/grpc", true),
+            ("application/grpc+proto", true),
+            ("Application/GRPC; charset=utf-8", true),
+            ("application/grpc-web", false),
+            ("application/grpcx", false),
+            ("application/json", false),
+        ] {
+            assert_eq!(is_grpc(&h(v)), want, "{v}");
+        }
+        assert!(!is_grpc(&http::HeaderMap::new()));
+        assert_eq!(grpc_status(StatusCode::UNAUTHORIZED), 16);
+        assert_eq!(grpc_status(StatusCode::FORBIDDEN), 7);
+        assert_eq!(grpc_status(StatusCode::TOO_MANY_REQUESTS), 8);
+        assert_eq!(grpc_status(StatusCode::SERVICE_UNAVAILABLE), 14);
+        assert_eq!(grpc_status(StatusCode::GATEWAY_TIMEOUT), 4);
+        assert_eq!(grpc_status(StatusCode::IM_A_TEAPOT), 2);
+    }
     use super::*;
 
     #[test]

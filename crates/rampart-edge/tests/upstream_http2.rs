@@ -267,3 +267,40 @@ async fn health_checks_of_an_http2_service_speak_http2() {
         "{healthy:?}"
     );
 }
+
+#[tokio::test]
+async fn grpc_calls_the_edge_refuses_get_a_grpc_status() {
+    let (up, _) = h2c_service().await;
+    let routes =
+        "[[routes]]\nhost = \"api.test\"\nservice = \"app\"\ndeny_cidrs = [\"127.0.0.0/8\"]\n";
+    let mut cfg = config(&[("app", vec![up])], routes);
+    cfg.services[0].protocol = rampart_config::UpstreamProtocol::Http2;
+    let records = Arc::new(Records::default());
+    let rec = records.clone();
+    let edge = TestEdge::start(cfg, |ec| ec.audit = rec).await;
+    let mut h2 = h2_client(&edge).await;
+    let call = |ctype: &'static str| {
+        let (_tx, rx) = mpsc::unbounded_channel();
+        Request::post("https://api.test/echo.Echo/Chat")
+            .header("content-type", ctype)
+            .header("te", "trailers")
+            .body(ChannelBody(rx))
+            .unwrap()
+    };
+    // A gRPC client reads the refusal from grpc-status: 7 is
+    // PERMISSION_DENIED, the gRPC reading of the edge's 403.
+    let resp = h2
+        .send_request(call("application/grpc+proto"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["grpc-status"], "7");
+    assert_eq!(resp.headers()["grpc-message"], "ip_denied");
+    assert!(resp.headers().contains_key("x-request-id"));
+    // The audit record keeps the HTTP status the refusal stands for.
+    assert_eq!(records.0.lock().unwrap()[0].status, 403);
+    // Any other call gets the usual JSON refusal.
+    let resp = h2.send_request(call("application/json")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    assert!(!resp.headers().contains_key("grpc-status"));
+}
