@@ -151,6 +151,27 @@ impl EdgeHandle {
         v
     }
 
+    /// The services that do not serve the instances the config names:
+    /// their deployment is being verified, or was rolled back and the
+    /// config not changed since (see `deploy`). Sorted.
+    pub fn pending_deployments(&self) -> Vec<String> {
+        let routing = self.state.routing();
+        let mut v: Vec<String> = routing
+            .configured
+            .iter()
+            .filter(|(name, addrs)| {
+                routing.deploys.contains_key(*name)
+                    || routing
+                        .pools
+                        .get(*name)
+                        .is_some_and(|p| p.addrs() != **addrs)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
     /// Every upstream's breaker state and in-flight count.
     pub fn upstreams(&self) -> Vec<UpstreamStatus> {
         let routing = self.state.routing();
@@ -169,6 +190,9 @@ struct Routing {
     /// Services whose new instances are being verified (see `deploy`):
     /// their traffic stays on `pools` until the candidate is healthy.
     deploys: HashMap<String, crate::deploy::Deploy>,
+    /// Each service's instances as the config names them (which `pools`
+    /// differs from while a deployment is verified or after a rollback).
+    configured: HashMap<String, Vec<String>>,
     /// Services' own health check paths.
     health_paths: HashMap<String, String>,
     schemas: HashMap<std::path::PathBuf, Arc<jsonschema::Validator>>,
@@ -204,8 +228,10 @@ impl Routing {
     ) -> Result<Routing> {
         let mut pools = HashMap::new();
         let mut deploys = HashMap::new();
+        let mut configured = HashMap::new();
         for s in &config.services {
             let addrs: Vec<String> = s.upstreams.iter().map(|u| u.to_string()).collect();
+            configured.insert(s.name.clone(), addrs.clone());
             let tls = service_tls(s)?;
             let tls_key = tls.as_ref().map(|t| t.key().to_string());
             let http2 = s.protocol == rampart_config::UpstreamProtocol::Http2;
@@ -289,6 +315,7 @@ impl Routing {
             router: Router::new(config.routes.clone()),
             pools,
             deploys,
+            configured,
             health_paths,
             schemas,
             revoked,

@@ -69,6 +69,11 @@ async fn new_instances_that_fail_their_checks_are_rolled_back() {
     for _ in 0..3 {
         assert_eq!(body(&edge).await, "a");
     }
+    // The config names instances the service does not serve.
+    assert_eq!(edge.handle.pending_deployments(), ["app"]);
+    // Putting the config back to what serves settles that.
+    deploy(&edge, vec![a.addr]);
+    assert!(edge.handle.pending_deployments().is_empty());
 
     // Every new instance must pass: one good and one dead is rolled back
     // too, and the good one never answered a request.
@@ -95,6 +100,7 @@ async fn new_instances_that_pass_take_the_traffic() {
     let edge = edge_on(a.addr, Some(hc)).await;
     deploy(&edge, vec![b.addr]);
     // Not yet verified: the old instance answers.
+    assert_eq!(edge.handle.pending_deployments(), ["app"]);
     assert_eq!(body(&edge).await, "a");
     let done = settled(&edge).await;
     assert_eq!(done[0].state, DeployState::Promoted, "{done:?}");
@@ -102,6 +108,7 @@ async fn new_instances_that_pass_take_the_traffic() {
     for _ in 0..3 {
         assert_eq!(body(&edge).await, "b");
     }
+    assert!(edge.handle.pending_deployments().is_empty());
     // Reloading the same config again is no new deployment.
     deploy(&edge, vec![b.addr]);
     assert_eq!(edge.handle.deployments().len(), 1);

@@ -527,7 +527,9 @@ pub fn elevate(client: &ClientArgs, cmd: ElevateCommand) -> Result<(), CliError>
 /// `rampart login`: the tokens go to standard output, for a script to keep
 /// (for instance as RAMPART_TOKEN); nothing is written to disk.
 /// `rampart status`: prints `/v1/status`; with `check_drift`, exits 1
-/// (after printing) unless the config file says what the node runs.
+/// (after printing) unless the config file says what the node runs,
+/// including the edge serving every service's new instances (not while a
+/// deployment is verified, nor after one was rolled back).
 pub fn status(client: &ClientArgs, check_drift: bool) -> Result<u8, CliError> {
     let c = Client::new(client)?;
     let v = c.call("GET", "/v1/status", None)?;
@@ -535,7 +537,22 @@ pub fn status(client: &ClientArgs, check_drift: bool) -> Result<u8, CliError> {
     if !check_drift {
         return Ok(0);
     }
+    // A deployment being verified or rolled back: the node serves other
+    // instances than the file names.
+    let pending: Vec<&str> = jf(jf(&v, "deployments"), "pending")
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str())
+        .collect();
     match jf(jf(&v, "config"), "state").as_str() {
+        Some("current") if !pending.is_empty() => {
+            eprintln!(
+                "config drift: new instances not serving (deployment being verified or rolled back): {}",
+                pending.join(", ")
+            );
+            Ok(1)
+        }
         Some("current") => Ok(0),
         Some(state) => {
             eprintln!("config drift: {state}");

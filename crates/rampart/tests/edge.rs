@@ -503,6 +503,20 @@ fn bad_edge_upstream_settings_are_refused_with_their_line() {
     }
 }
 
+/// `rampart status --check-drift` against `srv`, as `admin`.
+fn check_drift(r: &Rampart, srv: &util::Server, admin: &str) -> std::process::Output {
+    let mut c = r.cmd(&[
+        "status",
+        "--check-drift",
+        "--addr",
+        &srv.base(),
+        "--data-dir",
+        "data",
+    ]);
+    c.env("RAMPART_TOKEN", admin);
+    c.output().unwrap()
+}
+
 /// A config with an edge, one service on the upstream at `port`, and one
 /// route for `prefix` on host 127.0.0.1.
 fn one_route_config(port: u16, prefix: &str) -> String {
@@ -967,18 +981,7 @@ fn status_reports_drift_between_the_file_and_what_runs() {
     assert_eq!(d["state"], "current", "{d}");
     assert!(d["file"].as_str().unwrap().ends_with("rampart.toml"), "{d}");
     // `rampart status --check-drift`, for a deploy pipeline.
-    let check = || {
-        let mut c = r.cmd(&[
-            "status",
-            "--check-drift",
-            "--addr",
-            &srv.base(),
-            "--data-dir",
-            "data",
-        ]);
-        c.env("RAMPART_TOKEN", &admin);
-        c.output().unwrap()
-    };
+    let check = || check_drift(&r, &srv, &admin);
     let out = check();
     assert_eq!(out.status.code(), Some(0), "{}", util::stderr(&out));
     assert!(util::stdout(&out).contains("\"current\""));
@@ -1103,5 +1106,21 @@ fn a_reload_to_dead_instances_is_rolled_back_and_shown_in_metrics() {
     }
     assert!(metrics.contains(rolled_back), "{metrics}");
     assert_eq!(status(), 200, "the old instance serves after the rollback");
+    // The status report and a deploy pipeline's drift check say so.
+    let st = srv.get("/v1/status", Some(&admin)).json();
+    assert_eq!(
+        st["deployments"]["pending"],
+        serde_json::json!(["app"]),
+        "{st}"
+    );
+    let recent = &st["deployments"]["recent"][0];
+    assert_eq!(recent["state"], "rolled_back", "{st}");
+    assert_eq!(
+        recent["unhealthy"],
+        serde_json::json!([format!("127.0.0.1:{dead}")])
+    );
+    let out = check_drift(&r, &srv, &admin);
+    assert_eq!(out.status.code(), Some(1), "{}", util::stderr(&out));
+    assert!(util::stderr(&out).contains("app"), "{}", util::stderr(&out));
     drop(reserved);
 }

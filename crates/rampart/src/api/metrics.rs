@@ -257,6 +257,19 @@ impl Metrics {
     }
 
     /// Lets `/metrics` report the edge's upstreams.
+    /// The edge's services that do not serve what the config names, and
+    /// its recent deployments (see `rampart_edge::deploy`), for the status
+    /// report; empty without an edge.
+    pub fn edge_deployments(&self) -> (Vec<String>, Vec<rampart_edge::deploy::DeployStatus>) {
+        match self.edge.lock() {
+            Ok(edge) => edge
+                .as_ref()
+                .map(|e| (e.pending_deployments(), e.deployments()))
+                .unwrap_or_default(),
+            Err(_) => Default::default(),
+        }
+    }
+
     pub fn set_edge(&self, handle: rampart_edge::EdgeHandle) {
         if let Ok(mut e) = self.edge.lock() {
             *e = Some(handle);

@@ -199,6 +199,27 @@ async fn status(
     {
         obj.insert("config".into(), running.report());
     }
+    // The edge's deployments (instances named), for admins too.
+    if let (true, Some(obj)) = (who.is_admin(), status.as_object_mut()) {
+        let (pending, recent) = st.metrics.edge_deployments();
+        let recent: Vec<_> = recent
+            .into_iter()
+            .map(|d| {
+                json!({
+                    "service": d.service,
+                    "state": d.state.as_str(),
+                    "previous": d.previous,
+                    "new": d.new,
+                    "unhealthy": d.unhealthy,
+                    "started": d.started_unix,
+                })
+            })
+            .collect();
+        obj.insert(
+            "deployments".into(),
+            json!({ "pending": pending, "recent": recent }),
+        );
+    }
     Ok(Json(status))
 }
 
