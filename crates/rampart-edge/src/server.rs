@@ -108,16 +108,27 @@ impl EdgeHandle {
     /// changes and the old routing keeps serving.
     pub fn reload(&self, config: &rampart_config::Config) -> Result<()> {
         let st = &self.state;
-        let old = st.routing();
-        let new = Routing::build(
-            config,
-            Some(&old),
-            st.balance,
-            st.breaker,
-            &st.clock,
-            st.deploy_gate(),
-        )?;
-        *st.routing.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
+        let mut old = st.routing();
+        loop {
+            let new = Routing::build(
+                config,
+                Some(&old),
+                st.balance,
+                st.breaker,
+                &st.clock,
+                st.deploy_gate(),
+            )?;
+            let mut slot = st.routing.write().unwrap_or_else(|p| p.into_inner());
+            // A deployment settled while this one was built (files are read
+            // without the lock held): build again on what serves now, so
+            // that its promotion or rollback is not undone.
+            if !Arc::ptr_eq(&slot, &old) {
+                old = slot.clone();
+                continue;
+            }
+            *slot = Arc::new(new);
+            break;
+        }
         tracing::info!(routes = config.routes.len(), "edge routing reloaded");
         Ok(())
     }
