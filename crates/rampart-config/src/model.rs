@@ -205,6 +205,12 @@ pub struct Route {
     /// always (with `[edge.gzip]`'s settings, or its defaults), `None` as
     /// `[edge.gzip]` says.
     pub gzip: Option<bool>,
+    /// Headers set on this route's responses from the service, replacing
+    /// the service's (name in lower case, value), in name order.
+    pub response_headers: Vec<(String, String)>,
+    /// Headers removed from this route's responses from the service
+    /// (`server`, `x-powered-by`…), in lower case.
+    pub remove_response_headers: Vec<String>,
 }
 
 /// The web application firewall's policy on one route.
@@ -509,6 +515,13 @@ pub struct Edge {
     pub deny_cidrs: Vec<IpNet>,
     /// SecLang rule files (for example OWASP CRS), loaded in order; globs allowed.
     pub waf_rules: Vec<String>,
+    /// `Strict-Transport-Security`'s max-age, in seconds (at least a year).
+    pub hsts_max_age_seconds: u32,
+    /// Whether HSTS carries `preload` (for the browsers' preload lists).
+    pub hsts_preload: bool,
+    /// Headers added to every HTTPS response that lacks them (name in lower
+    /// case, value), in name order.
+    pub security_headers: Vec<(String, String)>,
     /// Largest request body read.
     pub max_body_bytes: usize,
     /// Bytes of request bodies held in memory at once, all requests
@@ -565,6 +578,27 @@ pub struct EdgeGzip {
     /// zlib level, 1 (fastest) to 9 (smallest).
     pub level: u32,
 }
+
+/// The headers `[edge] security_headers` adds unless it lists its own.
+pub const DEFAULT_SECURITY_HEADERS: [(&str, &str); 3] = [
+    ("referrer-policy", "strict-origin-when-cross-origin"),
+    ("x-content-type-options", "nosniff"),
+    ("x-frame-options", "DENY"),
+];
+
+/// Response headers a config may not set or remove: the edge frames
+/// responses and sends HSTS itself.
+pub const RESERVED_RESPONSE_HEADERS: [&str; 9] = [
+    "connection",
+    "content-length",
+    "content-encoding",
+    "keep-alive",
+    "strict-transport-security",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
 
 /// The media types `[edge.gzip]` compresses unless it lists its own: text,
 /// and the structured text formats services send (images, video and

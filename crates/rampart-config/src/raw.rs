@@ -87,6 +87,9 @@ pub(crate) struct RawEdge {
     pub deny_cidrs: Vec<S<String>>,
     #[serde(default)]
     pub waf_rules: Vec<S<String>>,
+    pub hsts_max_age_seconds: Option<S<i64>>,
+    pub hsts_preload: Option<S<bool>>,
+    pub security_headers: Option<std::collections::BTreeMap<String, S<String>>>,
     pub max_body_bytes: Option<S<i64>>,
     pub max_buffered_body_bytes: Option<S<i64>>,
     #[serde(default)]
@@ -226,6 +229,10 @@ pub(crate) struct RawRoute {
     pub stream_request_body: Option<S<bool>>,
     pub upstream_path_prefix: Option<S<String>>,
     pub gzip: Option<bool>,
+    #[serde(default)]
+    pub response_headers: std::collections::BTreeMap<String, S<String>>,
+    #[serde(default)]
+    pub remove_response_headers: Vec<S<String>>,
 }
 
 /// `{ rule = N }`, `{ tag = "…" }`, either with `target = "COLLECTION[:key]"`.

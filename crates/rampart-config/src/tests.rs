@@ -376,6 +376,86 @@ fn gzip_is_configured_by_its_table_and_per_route() {
 }
 
 #[test]
+fn security_headers_hsts_and_route_header_rules_are_checked() {
+    let cfg = |edge: &str, route: &str| {
+        format!("[edge]\n{edge}[[environments]]\nname = \"p\"\n[[services]]\nname = \"a\"\nenvironment = \"p\"\nport = 1\n[[routes]]\nhost = \"x.test\"\nservice = \"a\"\n{route}")
+    };
+    let d = Config::parse(&cfg("", ""), "h.toml").unwrap();
+    let e = d.edge.unwrap();
+    assert_eq!(
+        (e.hsts_max_age_seconds, e.hsts_preload),
+        (31_536_000, false)
+    );
+    assert_eq!(e.security_headers.len(), DEFAULT_SECURITY_HEADERS.len());
+    let c = Config::parse(
+        &cfg(
+            "hsts_preload = true\nhsts_max_age_seconds = 63072000\nsecurity_headers = { \"Content-Security-Policy\" = \"default-src 'self'\" }\n",
+            "response_headers = { \"Cache-Control\" = \"no-store\" }\nremove_response_headers = [\"Server\", \"X-Powered-By\"]\n",
+        ),
+        "h.toml",
+    )
+    .unwrap();
+    let e = c.edge.as_ref().unwrap();
+    assert!(e.hsts_preload);
+    assert_eq!(
+        e.security_headers,
+        [(
+            "content-security-policy".to_string(),
+            "default-src 'self'".to_string()
+        )]
+    );
+    assert_eq!(
+        c.routes[0].response_headers,
+        [("cache-control".to_string(), "no-store".to_string())]
+    );
+    assert_eq!(
+        c.routes[0].remove_response_headers,
+        ["server", "x-powered-by"]
+    );
+    for (edge, route, path) in [
+        (
+            "hsts_max_age_seconds = 86400\n",
+            "",
+            "edge.hsts_max_age_seconds",
+        ),
+        (
+            "security_headers = { \"Strict-Transport-Security\" = \"max-age=1\" }\n",
+            "",
+            "edge.security_headers.Strict-Transport-Security",
+        ),
+        (
+            "security_headers = { \"a b\" = \"x\" }\n",
+            "",
+            "edge.security_headers.a b",
+        ),
+        (
+            "security_headers = { \"X-A\" = \"\" }\n",
+            "",
+            "edge.security_headers.X-A",
+        ),
+        (
+            "",
+            "response_headers = { \"Content-Length\" = \"1\" }\n",
+            "routes[0].response_headers.Content-Length",
+        ),
+        (
+            "",
+            "response_headers = { \"X-Rampart-Assertion\" = \"x\" }\n",
+            "routes[0].response_headers.X-Rampart-Assertion",
+        ),
+        (
+            "",
+            "remove_response_headers = [\"Transfer-Encoding\"]\n",
+            "routes[0].remove_response_headers[0]",
+        ),
+    ] {
+        let err = Config::parse(&cfg(edge, route), "h.toml").unwrap_err();
+        assert_eq!(err.diagnostics()[0].path, path, "{err}");
+        assert!(err.to_string().contains("h.toml:"), "{err}");
+    }
+}
+
+#[test]
 fn serials_are_normalised() {
     assert_eq!(normalise_serial("0A:1b:FF").as_deref(), Some("a1bff"));
     assert_eq!(normalise_serial("00").as_deref(), Some("0"));

@@ -39,7 +39,70 @@ struct Checker {
     errors: Vec<RawError>,
 }
 
+/// An HTTP field name (RFC 9110 token), lower-cased; `None` if it is not
+/// one, or is one the edge keeps for itself.
+fn response_header_name(name: &str) -> Result<String, &'static str> {
+    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if name.is_empty() || !name.bytes().all(tchar) {
+        return Err("not a header name");
+    }
+    let lower = name.to_ascii_lowercase();
+    if RESERVED_RESPONSE_HEADERS.contains(&lower.as_str()) || lower.starts_with("x-rampart-") {
+        return Err("kept by the edge (framing, encoding, HSTS and x-rampart- headers)");
+    }
+    Ok(lower)
+}
+
 impl Checker {
+    /// `name = "value"` headers to set on responses, checked: names by
+    /// [`response_header_name`], values printable ASCII (spaces allowed).
+    fn response_headers(
+        &mut self,
+        map: &std::collections::BTreeMap<String, S<String>>,
+        path: &str,
+    ) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        for (name, value) in map {
+            let at = format!("{path}.{name}");
+            let v = value.get_ref();
+            let ok_value = !v.trim().is_empty()
+                && v.bytes()
+                    .all(|b| b == b' ' || b == b'\t' || b.is_ascii_graphic());
+            match response_header_name(name) {
+                Err(why) => self.err(value, at, format!("{name:?}: {why}")),
+                Ok(_) if !ok_value => {
+                    self.err(value, at, "the value must be printable ASCII, not empty")
+                }
+                Ok(lower) if out.iter().any(|(n, _)| *n == lower) => self.err(
+                    value,
+                    at,
+                    format!("{name:?} twice (names are case-insensitive)"),
+                ),
+                Ok(lower) => out.push((lower, v.trim().to_string())),
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Header names to remove from responses, checked as above.
+    fn response_header_names(&mut self, list: &[S<String>], path: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, n) in list.iter().enumerate() {
+            match response_header_name(n.get_ref()) {
+                Ok(lower) => out.push(lower),
+                Err(why) => self.err(
+                    n,
+                    format!("{path}[{i}]"),
+                    format!("{:?}: {why}", n.get_ref()),
+                ),
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// A token bucket `{ burst, per_second }` at `path`.
     fn rate(&mut self, rl: &crate::raw::RawRate, path: &str) -> Option<RouteRate> {
         let burst = u32::try_from(*rl.burst.get_ref()).ok().filter(|b| *b >= 1);
@@ -1097,7 +1160,12 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
             }
             c.request_path(v, &p("upstream_path_prefix"))
         });
+        let response_headers = c.response_headers(&r.response_headers, &p("response_headers"));
+        let remove_response_headers =
+            c.response_header_names(&r.remove_response_headers, &p("remove_response_headers"));
         routes.push(Route {
+            response_headers,
+            remove_response_headers,
             gzip: r.gzip,
             upstream_path_prefix,
             stream_request_body,
@@ -1546,6 +1614,20 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
             breaker,
             health_check,
             gzip,
+            hsts_max_age_seconds: c.bounded(
+                e.hsts_max_age_seconds.as_ref(),
+                "edge.hsts_max_age_seconds",
+                31_536_000..=63_072_000,
+                31_536_000,
+            ),
+            hsts_preload: e.hsts_preload.as_ref().is_some_and(|v| *v.get_ref()),
+            security_headers: match &e.security_headers {
+                None => DEFAULT_SECURITY_HEADERS
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.to_string()))
+                    .collect(),
+                Some(map) => c.response_headers(map, "edge.security_headers"),
+            },
             rate_limits,
             client_ca,
             client_auth,

@@ -138,6 +138,10 @@ pub struct EdgeConfig {
     /// gzip of responses (see `compress`): `None` off, except on routes
     /// that turn it on.
     pub gzip: Option<crate::compress::GzipSettings>,
+    /// The `Strict-Transport-Security` value sent on every HTTPS response.
+    pub hsts: String,
+    /// Headers added to every HTTPS response that lacks them (name, value).
+    pub security_headers: Vec<(String, String)>,
     /// Signs the assertion sent to upstreams (see [`crate::assertion`]);
     /// `None` sends none.
     pub assertion: Option<std::sync::Arc<crate::assertion::AssertionSigner>>,
@@ -206,6 +210,11 @@ impl EdgeConfig {
             breaker: BreakerSettings::default(),
             health_check: None,
             gzip: None,
+            hsts: crate::server::HSTS.to_string(),
+            security_headers: rampart_config::DEFAULT_SECURITY_HEADERS
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
             assertion: None,
             connect_timeout: Duration::from_secs(3),
             upstream_timeout: Duration::from_secs(60),

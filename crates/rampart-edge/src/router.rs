@@ -188,6 +188,8 @@ mod tests {
             stream_request_body: false,
             upstream_path_prefix: None,
             gzip: None,
+            response_headers: vec![],
+            remove_response_headers: vec![],
             upstream_timeout_seconds: None,
         }
     }

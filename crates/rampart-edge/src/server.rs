@@ -384,6 +384,10 @@ struct State {
     health_check: Option<crate::config::HealthCheck>,
     /// gzip settings; `None`: off except on routes that turn it on.
     gzip: Option<crate::compress::GzipSettings>,
+    /// `Strict-Transport-Security`, as sent.
+    hsts: HeaderValue,
+    /// Added to responses that lack them.
+    security_headers: Vec<(http::HeaderName, HeaderValue)>,
     /// The last deployments that ended (see `deploy`).
     deploy_log: std::sync::Mutex<Vec<crate::deploy::DeployStatus>>,
     assertion: Option<Arc<crate::assertion::AssertionSigner>>,
@@ -487,6 +491,11 @@ impl Edge {
             worker_threads: cfg.worker_threads,
             health_check: cfg.health_check.clone(),
             gzip: cfg.gzip.clone(),
+            hsts: HeaderValue::from_str(&cfg.hsts).unwrap_or_else(|_| {
+                tracing::warn!("the HSTS value is no valid header: sending the default");
+                HeaderValue::from_static(HSTS)
+            }),
+            security_headers: header_pairs(&cfg.security_headers),
             deploy_log: std::sync::Mutex::default(),
             assertion: cfg.assertion.clone(),
             resolver,
@@ -860,24 +869,33 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
         .map(IpAddr::V6)
 }
 
-fn add_security_headers(h: &mut http::HeaderMap) {
-    h.insert(
-        http::header::STRICT_TRANSPORT_SECURITY,
-        HeaderValue::from_static(HSTS),
-    );
-    for (name, value) in [
-        (http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        (http::header::X_FRAME_OPTIONS, "DENY"),
-        (
-            http::header::REFERRER_POLICY,
-            "strict-origin-when-cross-origin",
-        ),
-    ] {
-        h.entry(name).or_insert(HeaderValue::from_static(value));
-    }
+/// Header pairs as the edge sends them; a pair that is no valid header
+/// (a config built in code, not checked as `rampart.toml` is) is left out
+/// with a warning.
+fn header_pairs(pairs: &[(String, String)]) -> Vec<(http::HeaderName, HeaderValue)> {
+    pairs
+        .iter()
+        .filter_map(|(n, v)| {
+            let pair = http::HeaderName::from_bytes(n.as_bytes())
+                .ok()
+                .zip(HeaderValue::from_str(v).ok());
+            if pair.is_none() {
+                tracing::warn!(header = %n, "not a valid header: left out");
+            }
+            pair
+        })
+        .collect()
 }
 
 impl State {
+    /// HSTS, always, and the security headers a response lacks.
+    fn add_security_headers(&self, h: &mut http::HeaderMap) {
+        h.insert(http::header::STRICT_TRANSPORT_SECURITY, self.hsts.clone());
+        for (name, value) in &self.security_headers {
+            h.entry(name.clone()).or_insert_with(|| value.clone());
+        }
+    }
+
     fn routing(&self) -> Arc<Routing> {
         self.routing
             .read()
@@ -969,7 +987,7 @@ impl State {
                 }
             }
         };
-        add_security_headers(resp.headers_mut());
+        self.add_security_headers(resp.headers_mut());
         if rec.status == 0 {
             rec.status = resp.status().as_u16();
         }
@@ -983,7 +1001,7 @@ impl State {
             // No record, no answer: the client gets a 503 instead.
             tracing::error!(request_id = %rec.request_id, reason = %why, "access record refused; failing closed");
             let mut refused = status_response(StatusCode::SERVICE_UNAVAILABLE);
-            add_security_headers(refused.headers_mut());
+            self.add_security_headers(refused.headers_mut());
             return refused;
         }
         resp
@@ -1147,6 +1165,13 @@ impl State {
         rec.upstream = Some(fwd.upstream);
         let (mut parts, body) = fwd.response.into_parts();
         proxy::strip_hop_by_hop(&mut parts.headers);
+        // The route's own header rules.
+        for name in &ctx.route.remove_response_headers {
+            parts.headers.remove(name.as_str());
+        }
+        for (name, value) in header_pairs(&ctx.route.response_headers) {
+            parts.headers.insert(name, value);
+        }
         if checks.is_empty() {
             return Ok(self.maybe_gzip(&ctx, Response::from_parts(parts, body.boxed())));
         }

@@ -1309,3 +1309,54 @@ async fn a_route_can_give_its_prefix_another_name_at_the_service() {
         assert_eq!(r.header("x-upstream-path"), Some(seen), "{sent}");
     }
 }
+
+#[tokio::test]
+async fn security_headers_and_hsts_are_configurable_and_routes_edit_responses() {
+    let a = upstream("a").await;
+    let routes = "[[routes]]\nhost = \"api.test\"\npath_prefix = \"/\"\nservice = \"a\"\n\
+                  remove_response_headers = [\"X-Upstream\"]\n\
+                  response_headers = { \"Cache-Control\" = \"no-store\", \"X-Frame-Options\" = \"SAMEORIGIN\" }\n\
+                  [[routes]]\nhost = \"api.test\"\npath_prefix = \"/plain\"\nservice = \"a\"\n";
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], routes), |ec| {
+        ec.hsts = "max-age=63072000; includeSubDomains; preload".into();
+        ec.security_headers = vec![
+            (
+                "content-security-policy".into(),
+                "default-src 'self'".into(),
+            ),
+            ("x-frame-options".into(), "DENY".into()),
+        ];
+    })
+    .await;
+    // A route without rules: the edge's set, and its HSTS.
+    let r = edge.https("GET", "api.test", "/plain").await;
+    assert_eq!(
+        r.header("strict-transport-security"),
+        Some("max-age=63072000; includeSubDomains; preload")
+    );
+    assert_eq!(
+        r.header("content-security-policy"),
+        Some("default-src 'self'")
+    );
+    assert_eq!(r.header("x-frame-options"), Some("DENY"));
+    // The configured set replaces the defaults.
+    assert_eq!(r.header("x-content-type-options"), None);
+    assert_eq!(r.header("x-upstream"), Some("a"));
+    // A route's rules: a header removed, others set over the service's and
+    // the edge's (which only fills what a response lacks).
+    let r = edge.https("GET", "api.test", "/").await;
+    assert_eq!(r.header("x-upstream"), None);
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    assert_eq!(r.header("x-frame-options"), Some("SAMEORIGIN"));
+    assert_eq!(
+        r.header("content-security-policy"),
+        Some("default-src 'self'")
+    );
+    // The edge's own refusals carry the set and HSTS too.
+    let r = edge.https("GET", "nothing.example.test", "/").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        r.header("content-security-policy"),
+        Some("default-src 'self'")
+    );
+}

@@ -25,6 +25,8 @@ fn route(host: String, prefix: String) -> Route {
         stream_request_body: false,
         upstream_path_prefix: None,
         gzip: None,
+        response_headers: vec![],
+        remove_response_headers: vec![],
         upstream_timeout_seconds: None,
     }
 }

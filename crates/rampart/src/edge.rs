@@ -346,6 +346,15 @@ pub(crate) fn start_only_changes(
     check(old.breaker != new.breaker, "edge.breaker");
     check(old.health_check != new.health_check, "edge.health_check");
     check(old.gzip != new.gzip, "edge.gzip");
+    check(
+        old.hsts_max_age_seconds != new.hsts_max_age_seconds,
+        "edge.hsts_max_age_seconds",
+    );
+    check(old.hsts_preload != new.hsts_preload, "edge.hsts_preload");
+    check(
+        old.security_headers != new.security_headers,
+        "edge.security_headers",
+    );
     changed
 }
 
@@ -550,6 +559,12 @@ pub async fn start(
         deploy_window: Duration::from_millis(u64::from(h.deploy_window_ms)),
     });
     ec.gzip = e.gzip.clone();
+    ec.hsts = format!(
+        "max-age={}; includeSubDomains{}",
+        e.hsts_max_age_seconds,
+        if e.hsts_preload { "; preload" } else { "" }
+    );
+    ec.security_headers = e.security_headers.clone();
     ec.clock = clock.clone();
     if e.certificates.is_empty() {
         let mut hosts: Vec<String> = config

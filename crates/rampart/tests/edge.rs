@@ -1124,3 +1124,35 @@ fn a_reload_to_dead_instances_is_rolled_back_and_shown_in_metrics() {
     assert!(util::stderr(&out).contains("app"), "{}", util::stderr(&out));
     drop(reserved);
 }
+
+/// HSTS with `preload` and a security header set from the config file,
+/// through the real binary.
+#[test]
+fn hsts_preload_and_security_headers_come_from_the_config_file() {
+    let (port, _hits, _seen) = upstream();
+    let r = Rampart::new();
+    let config = one_route_config(port, "/").replace(
+        "[edge]\n",
+        "[edge]\nhsts_preload = true\nsecurity_headers = { \"Content-Security-Policy\" = \"default-src 'self'\" }\n",
+    );
+    std::fs::write(r.path("rampart.toml"), config).unwrap();
+    r.init();
+    let srv = r.up(&["--config", "rampart.toml", "--data-dir", "data"]);
+    let a = agent(&std::fs::read(r.path("data/tls/ca.pem")).unwrap());
+    let resp = a.get(format!("{}/x", edge_https(&srv))).call().unwrap();
+    let h = |n: &str| {
+        resp.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    assert_eq!(
+        h("strict-transport-security").as_deref(),
+        Some("max-age=31536000; includeSubDomains; preload")
+    );
+    assert_eq!(
+        h("content-security-policy").as_deref(),
+        Some("default-src 'self'")
+    );
+    assert_eq!(h("x-frame-options"), None);
+}

@@ -34,6 +34,8 @@ fuzz_target!(|data: &[u8]| {
         stream_request_body: false,
         upstream_path_prefix: None,
         gzip: None,
+        response_headers: vec![],
+        remove_response_headers: vec![],
         upstream_timeout_seconds: None,
     }]);
     if let Some(h) = rampart_edge::parse_host(host) {
