@@ -211,6 +211,12 @@ pub struct Route {
     /// Headers removed from this route's responses from the service
     /// (`server`, `x-powered-by`…), in lower case.
     pub remove_response_headers: Vec<String>,
+    /// Headers set on this route's requests to the service, replacing the
+    /// client's (name in lower case, value), in name order.
+    pub request_headers: Vec<(String, String)>,
+    /// Headers removed from this route's requests before they reach the
+    /// service (an `Authorization` the service need not see…).
+    pub remove_request_headers: Vec<String>,
 }
 
 /// The web application firewall's policy on one route.
@@ -598,6 +604,25 @@ pub const RESERVED_RESPONSE_HEADERS: [&str; 9] = [
     "trailer",
     "transfer-encoding",
     "upgrade",
+];
+
+/// Request headers a config may not set or remove: the edge frames
+/// requests, names the host, and states the client, the protocol, the
+/// request id and its assertion itself.
+pub const RESERVED_REQUEST_HEADERS: [&str; 13] = [
+    "connection",
+    "content-length",
+    "host",
+    "keep-alive",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-request-id",
 ];
 
 /// The media types `[edge.gzip]` compresses unless it lists its own: text,

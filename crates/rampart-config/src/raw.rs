@@ -233,6 +233,10 @@ pub(crate) struct RawRoute {
     pub response_headers: std::collections::BTreeMap<String, S<String>>,
     #[serde(default)]
     pub remove_response_headers: Vec<S<String>>,
+    #[serde(default)]
+    pub request_headers: std::collections::BTreeMap<String, S<String>>,
+    #[serde(default)]
+    pub remove_request_headers: Vec<S<String>>,
 }
 
 /// `{ rule = N }`, `{ tag = "…" }`, either with `target = "COLLECTION[:key]"`.

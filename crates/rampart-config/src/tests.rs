@@ -412,6 +412,19 @@ fn security_headers_hsts_and_route_header_rules_are_checked() {
         c.routes[0].remove_response_headers,
         ["server", "x-powered-by"]
     );
+    let c = Config::parse(
+        &cfg(
+            "",
+            "request_headers = { \"X-Env\" = \"prod\" }\nremove_request_headers = [\"Authorization\"]\n",
+        ),
+        "h.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        c.routes[0].request_headers,
+        [("x-env".to_string(), "prod".to_string())]
+    );
+    assert_eq!(c.routes[0].remove_request_headers, ["authorization"]);
     for (edge, route, path) in [
         (
             "hsts_max_age_seconds = 86400\n",
@@ -447,6 +460,21 @@ fn security_headers_hsts_and_route_header_rules_are_checked() {
             "",
             "remove_response_headers = [\"Transfer-Encoding\"]\n",
             "routes[0].remove_response_headers[0]",
+        ),
+        (
+            "",
+            "request_headers = { \"Host\" = \"other.test\" }\n",
+            "routes[0].request_headers.Host",
+        ),
+        (
+            "",
+            "request_headers = { \"X-Forwarded-For\" = \"1.2.3.4\" }\n",
+            "routes[0].request_headers.X-Forwarded-For",
+        ),
+        (
+            "",
+            "remove_request_headers = [\"X-Rampart-Assertion\"]\n",
+            "routes[0].remove_request_headers[0]",
         ),
     ] {
         let err = Config::parse(&cfg(edge, route), "h.toml").unwrap_err();

@@ -39,27 +39,45 @@ struct Checker {
     errors: Vec<RawError>,
 }
 
-/// An HTTP field name (RFC 9110 token), lower-cased; `None` if it is not
-/// one, or is one the edge keeps for itself.
-fn response_header_name(name: &str) -> Result<String, &'static str> {
+/// Which message a header rule edits.
+#[derive(Clone, Copy)]
+enum Side {
+    Request,
+    Response,
+}
+
+/// An HTTP field name (RFC 9110 token), lower-cased; an error if it is not
+/// one, or is one the edge keeps for itself on that side.
+fn header_name(name: &str, side: Side) -> Result<String, &'static str> {
     let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
     if name.is_empty() || !name.bytes().all(tchar) {
         return Err("not a header name");
     }
     let lower = name.to_ascii_lowercase();
-    if RESERVED_RESPONSE_HEADERS.contains(&lower.as_str()) || lower.starts_with("x-rampart-") {
-        return Err("kept by the edge (framing, encoding, HSTS and x-rampart- headers)");
+    let (reserved, why): (&[&str], _) = match side {
+        Side::Response => (
+            &RESERVED_RESPONSE_HEADERS,
+            "kept by the edge (framing, encoding, HSTS and x-rampart- headers)",
+        ),
+        Side::Request => (
+            &RESERVED_REQUEST_HEADERS,
+            "kept by the edge (framing, Host, X-Forwarded-For/-Proto, X-Request-Id and x-rampart- headers)",
+        ),
+    };
+    if reserved.contains(&lower.as_str()) || lower.starts_with("x-rampart-") {
+        return Err(why);
     }
     Ok(lower)
 }
 
 impl Checker {
-    /// `name = "value"` headers to set on responses, checked: names by
-    /// [`response_header_name`], values printable ASCII (spaces allowed).
-    fn response_headers(
+    /// `name = "value"` headers to set on one side, checked: names by
+    /// [`header_name`], values printable ASCII (spaces allowed).
+    fn headers_to_set(
         &mut self,
         map: &std::collections::BTreeMap<String, S<String>>,
         path: &str,
+        side: Side,
     ) -> Vec<(String, String)> {
         let mut out: Vec<(String, String)> = Vec::new();
         for (name, value) in map {
@@ -68,7 +86,7 @@ impl Checker {
             let ok_value = !v.trim().is_empty()
                 && v.bytes()
                     .all(|b| b == b' ' || b == b'\t' || b.is_ascii_graphic());
-            match response_header_name(name) {
+            match header_name(name, side) {
                 Err(why) => self.err(value, at, format!("{name:?}: {why}")),
                 Ok(_) if !ok_value => {
                     self.err(value, at, "the value must be printable ASCII, not empty")
@@ -85,11 +103,11 @@ impl Checker {
         out
     }
 
-    /// Header names to remove from responses, checked as above.
-    fn response_header_names(&mut self, list: &[S<String>], path: &str) -> Vec<String> {
+    /// Header names to remove on one side, checked as above.
+    fn headers_to_remove(&mut self, list: &[S<String>], path: &str, side: Side) -> Vec<String> {
         let mut out = Vec::new();
         for (i, n) in list.iter().enumerate() {
-            match response_header_name(n.get_ref()) {
+            match header_name(n.get_ref(), side) {
                 Ok(lower) => out.push(lower),
                 Err(why) => self.err(
                     n,
@@ -1160,10 +1178,23 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
             }
             c.request_path(v, &p("upstream_path_prefix"))
         });
-        let response_headers = c.response_headers(&r.response_headers, &p("response_headers"));
-        let remove_response_headers =
-            c.response_header_names(&r.remove_response_headers, &p("remove_response_headers"));
+        let response_headers =
+            c.headers_to_set(&r.response_headers, &p("response_headers"), Side::Response);
+        let remove_response_headers = c.headers_to_remove(
+            &r.remove_response_headers,
+            &p("remove_response_headers"),
+            Side::Response,
+        );
+        let request_headers =
+            c.headers_to_set(&r.request_headers, &p("request_headers"), Side::Request);
+        let remove_request_headers = c.headers_to_remove(
+            &r.remove_request_headers,
+            &p("remove_request_headers"),
+            Side::Request,
+        );
         routes.push(Route {
+            request_headers,
+            remove_request_headers,
             response_headers,
             remove_response_headers,
             gzip: r.gzip,
@@ -1626,7 +1657,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
                     .iter()
                     .map(|(n, v)| (n.to_string(), v.to_string()))
                     .collect(),
-                Some(map) => c.response_headers(map, "edge.security_headers"),
+                Some(map) => c.headers_to_set(map, "edge.security_headers", Side::Response),
             },
             rate_limits,
             client_ca,

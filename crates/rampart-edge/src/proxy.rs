@@ -127,6 +127,24 @@ fn join_cookies(h: &mut HeaderMap) {
     }
 }
 
+/// Header pairs as the edge sends them; a pair that is no valid header
+/// (a config built in code, not checked as `rampart.toml` is) is left out
+/// with a warning.
+pub(crate) fn header_pairs(pairs: &[(String, String)]) -> Vec<(http::HeaderName, HeaderValue)> {
+    pairs
+        .iter()
+        .filter_map(|(n, v)| {
+            let pair = http::HeaderName::from_bytes(n.as_bytes())
+                .ok()
+                .zip(HeaderValue::from_str(v).ok());
+            if pair.is_none() {
+                tracing::warn!(header = %n, "not a valid header: left out");
+            }
+            pair
+        })
+        .collect()
+}
+
 fn idempotent(m: &Method) -> bool {
     matches!(
         *m,
@@ -287,6 +305,13 @@ pub(crate) fn upstream_request(
     // Only the edge speaks for the edge: a client's assertion (or any
     // other `x-rampart-` header) and forwarding claims never pass.
     strip_forgeable(&mut headers);
+    // The route's own rules (never on the names the edge sets below).
+    for name in &ctx.route.remove_request_headers {
+        headers.remove(name.as_str());
+    }
+    for (name, value) in header_pairs(&ctx.route.request_headers) {
+        headers.insert(name, value);
+    }
     headers.remove(http::header::CONTENT_LENGTH);
     if !headers.contains_key(http::header::HOST) {
         if let Ok(v) = HeaderValue::from_str(&ctx.host) {

@@ -190,6 +190,8 @@ mod tests {
             gzip: None,
             response_headers: vec![],
             remove_response_headers: vec![],
+            request_headers: vec![],
+            remove_request_headers: vec![],
             upstream_timeout_seconds: None,
         }
     }

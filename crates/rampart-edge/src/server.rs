@@ -495,7 +495,7 @@ impl Edge {
                 tracing::warn!("the HSTS value is no valid header: sending the default");
                 HeaderValue::from_static(HSTS)
             }),
-            security_headers: header_pairs(&cfg.security_headers),
+            security_headers: proxy::header_pairs(&cfg.security_headers),
             deploy_log: std::sync::Mutex::default(),
             assertion: cfg.assertion.clone(),
             resolver,
@@ -869,24 +869,6 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
         .map(IpAddr::V6)
 }
 
-/// Header pairs as the edge sends them; a pair that is no valid header
-/// (a config built in code, not checked as `rampart.toml` is) is left out
-/// with a warning.
-fn header_pairs(pairs: &[(String, String)]) -> Vec<(http::HeaderName, HeaderValue)> {
-    pairs
-        .iter()
-        .filter_map(|(n, v)| {
-            let pair = http::HeaderName::from_bytes(n.as_bytes())
-                .ok()
-                .zip(HeaderValue::from_str(v).ok());
-            if pair.is_none() {
-                tracing::warn!(header = %n, "not a valid header: left out");
-            }
-            pair
-        })
-        .collect()
-}
-
 impl State {
     /// HSTS, always, and the security headers a response lacks.
     fn add_security_headers(&self, h: &mut http::HeaderMap) {
@@ -1169,7 +1151,7 @@ impl State {
         for name in &ctx.route.remove_response_headers {
             parts.headers.remove(name.as_str());
         }
-        for (name, value) in header_pairs(&ctx.route.response_headers) {
+        for (name, value) in proxy::header_pairs(&ctx.route.response_headers) {
             parts.headers.insert(name, value);
         }
         if checks.is_empty() {

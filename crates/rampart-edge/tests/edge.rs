@@ -1360,3 +1360,27 @@ async fn security_headers_and_hsts_are_configurable_and_routes_edit_responses() 
         Some("default-src 'self'")
     );
 }
+
+#[tokio::test]
+async fn routes_set_and_remove_request_headers_before_the_service() {
+    let a = upstream("a").await;
+    let routes = "[[routes]]\nhost = \"api.test\"\npath_prefix = \"/\"\nservice = \"a\"\n\
+                  remove_request_headers = [\"Authorization\"]\n\
+                  request_headers = { \"X-Env\" = \"prod\" }\n";
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], routes), |_| {}).await;
+    let r = edge
+        .https_with(
+            "GET",
+            "api.test",
+            "/",
+            &[("authorization", "Bearer client-token"), ("x-env", "evil")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    // The service never sees the client's credential, and gets the
+    // route's value over the client's.
+    assert_eq!(r.header("echo-authorization"), None);
+    assert_eq!(r.header("echo-x-env"), Some("prod"));
+    // The edge's own headers still come.
+    assert!(r.header("echo-x-request-id").is_some());
+}

@@ -27,6 +27,8 @@ fn route(host: String, prefix: String) -> Route {
         gzip: None,
         response_headers: vec![],
         remove_response_headers: vec![],
+        request_headers: vec![],
+        remove_request_headers: vec![],
         upstream_timeout_seconds: None,
     }
 }

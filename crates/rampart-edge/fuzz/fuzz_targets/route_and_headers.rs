@@ -36,6 +36,8 @@ fuzz_target!(|data: &[u8]| {
         gzip: None,
         response_headers: vec![],
         remove_response_headers: vec![],
+        request_headers: vec![],
+        remove_request_headers: vec![],
         upstream_timeout_seconds: None,
     }]);
     if let Some(h) = rampart_edge::parse_host(host) {
