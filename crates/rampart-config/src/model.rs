@@ -565,6 +565,9 @@ pub struct Edge {
     /// Threads that serve HTTPS connections, each a runtime of its own
     /// (`None`: one per core; `Some(0)`: the process's shared runtime).
     pub worker_threads: Option<u32>,
+    /// Client connections the edge holds at once, both listeners together;
+    /// one more is closed as soon as it is accepted.
+    pub max_connections: u32,
     /// The circuit breaker of every upstream instance.
     pub breaker: EdgeBreaker,
     /// Active health checks; `None` ejects on failed requests only.

@@ -1642,6 +1642,12 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
                 .worker_threads
                 .as_ref()
                 .map(|w| c.bounded(Some(w), "edge.worker_threads", 0..=256, 0)),
+            max_connections: c.bounded(
+                e.max_connections.as_ref(),
+                "edge.max_connections",
+                1..=1_000_000,
+                10_000,
+            ),
             breaker,
             health_check,
             gzip,

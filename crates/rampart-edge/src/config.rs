@@ -135,6 +135,9 @@ pub struct EdgeConfig {
     pub breaker: BreakerSettings,
     /// Active health checks; `None` for passive ejection only.
     pub health_check: Option<HealthCheck>,
+    /// Client connections held at once, both listeners together; one more
+    /// is closed as soon as it is accepted.
+    pub max_connections: usize,
     /// gzip of responses (see `compress`): `None` off, except on routes
     /// that turn it on.
     pub gzip: Option<crate::compress::GzipSettings>,
@@ -210,6 +213,7 @@ impl EdgeConfig {
             breaker: BreakerSettings::default(),
             health_check: None,
             gzip: None,
+            max_connections: 10_000,
             hsts: crate::server::HSTS.to_string(),
             security_headers: rampart_config::DEFAULT_SECURITY_HEADERS
                 .iter()

@@ -283,6 +283,9 @@ pub enum Closed {
     SlowHead,
     /// The client took no response bytes for the send timeout.
     NotReading,
+    /// Accepted while the edge held `max_connections` already, and closed
+    /// at once.
+    OverLimit,
 }
 
 /// Connections [`Idle`] closed, by why, and WebSocket tunnels: what
@@ -292,6 +295,7 @@ pub struct ConnCounts {
     idle: AtomicU64,
     slow_head: AtomicU64,
     not_reading: AtomicU64,
+    over_limit: AtomicU64,
     tunnels_open: AtomicU64,
     tunnels: AtomicU64,
 }
@@ -302,10 +306,11 @@ impl ConnCounts {
             Closed::Idle => &self.idle,
             Closed::SlowHead => &self.slow_head,
             Closed::NotReading => &self.not_reading,
+            Closed::OverLimit => &self.over_limit,
         }
     }
 
-    fn closed(&self, why: Closed) {
+    pub(crate) fn closed(&self, why: Closed) {
         self.counter(why).fetch_add(1, Ordering::Relaxed);
     }
 

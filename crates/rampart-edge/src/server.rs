@@ -382,6 +382,8 @@ struct State {
     drain_deadline: Duration,
     worker_threads: Option<usize>,
     health_check: Option<crate::config::HealthCheck>,
+    /// A permit per client connection held (`max_connections`).
+    conn_slots: Arc<tokio::sync::Semaphore>,
     /// gzip settings; `None`: off except on routes that turn it on.
     gzip: Option<crate::compress::GzipSettings>,
     /// `Strict-Transport-Security`, as sent.
@@ -490,6 +492,10 @@ impl Edge {
             drain_deadline: cfg.drain_deadline,
             worker_threads: cfg.worker_threads,
             health_check: cfg.health_check.clone(),
+            conn_slots: Arc::new(tokio::sync::Semaphore::new(
+                cfg.max_connections
+                    .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+            )),
             gzip: cfg.gzip.clone(),
             hsts: HeaderValue::from_str(&cfg.hsts).unwrap_or_else(|_| {
                 tracing::warn!("the HSTS value is no valid header: sending the default");
@@ -585,6 +591,7 @@ impl Edge {
                 () = &mut shutdown => break,
                 r = accept(http.as_ref()) => {
                     let Some((stream, peer)) = r else { continue };
+                    let Some(slot) = state.admit(peer) else { continue };
                     let st = state.clone();
                     let activity = Activity::default();
                     let io = Watched::new(stream, st.idle(&activity, false));
@@ -596,6 +603,7 @@ impl Edge {
                     let conn = builder.serve_connection(TokioIo::new(io), svc).into_owned();
                     let conn = graceful.watch(conn);
                     conns.spawn(async move {
+                        let _slot = slot;
                         if let Err(e) = conn.await {
                             tracing::debug!(%peer, error = %e, "http connection ended");
                         }
@@ -604,12 +612,14 @@ impl Edge {
                 r = accept(https.as_ref().map(|(l, _)| l)) => {
                     let Some((stream, peer)) = r else { continue };
                     let Some((_, acceptor)) = https.as_ref() else { continue };
+                    let Some(slot) = state.admit(peer) else { continue };
                     let acceptor = acceptor.clone();
                     let st = state.clone();
                     let builder = builder.clone();
                     let watcher = graceful.watcher();
                     // The connection lives on one worker thread from here on.
                     workers.spawn(&mut conns, stream, peer, move |stream| async move {
+                        let _slot = slot;
                         // The handshake, like the first request, within the header-read timeout.
                         let hs = tokio::time::timeout(st.conn_timeouts.first_request, acceptor.accept(stream)).await;
                         let tls = match hs {
@@ -870,6 +880,21 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
 }
 
 impl State {
+    /// A slot for a connection just accepted from `peer`, held while it
+    /// lives; `None` (and the connection closed, and counted) when the edge
+    /// holds `max_connections` already, as nginx does past
+    /// `worker_connections`.
+    fn admit(&self, peer: SocketAddr) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        match self.conn_slots.clone().try_acquire_owned() {
+            Ok(slot) => Some(slot),
+            Err(_) => {
+                self.counts.closed(crate::idle::Closed::OverLimit);
+                tracing::debug!(%peer, "connection refused: max_connections reached");
+                None
+            }
+        }
+    }
+
     /// HSTS, always, and the security headers a response lacks.
     fn add_security_headers(&self, h: &mut http::HeaderMap) {
         h.insert(http::header::STRICT_TRANSPORT_SECURITY, self.hsts.clone());

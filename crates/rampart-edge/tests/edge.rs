@@ -1384,3 +1384,38 @@ async fn routes_set_and_remove_request_headers_before_the_service() {
     // The edge's own headers still come.
     assert!(r.header("echo-x-request-id").is_some());
 }
+
+#[tokio::test]
+async fn connections_past_max_connections_are_closed_until_one_ends() {
+    let a = upstream("a").await;
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], ROOT), |ec| {
+        ec.max_connections = 2;
+    })
+    .await;
+    let cfg = || edge.client_config(rustls::DEFAULT_VERSIONS, &[b"http/1.1"]);
+    let first = edge.tls("api.test", cfg()).await.unwrap();
+    let second = edge.tls("api.test", cfg()).await.unwrap();
+    // A third is accepted by the kernel and closed by the edge at once:
+    // its handshake fails.
+    assert!(edge.tls("api.test", cfg()).await.is_err());
+    assert_eq!(
+        edge.handle
+            .conn_counts()
+            .closed_for(rampart_edge::idle::Closed::OverLimit),
+        1
+    );
+    // Once one ends, there is room again.
+    drop(first);
+    let mut served = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if let Ok(tls) = edge.tls("api.test", cfg()).await {
+            let r = send(tls, "GET", "api.test", "/", &[]).await;
+            assert_eq!(r.status, StatusCode::OK);
+            served = true;
+            break;
+        }
+    }
+    assert!(served, "no room after a connection ended");
+    drop(second);
+}

@@ -343,6 +343,10 @@ pub(crate) fn start_only_changes(
         old.worker_threads != new.worker_threads,
         "edge.worker_threads",
     );
+    check(
+        old.max_connections != new.max_connections,
+        "edge.max_connections",
+    );
     check(old.breaker != new.breaker, "edge.breaker");
     check(old.health_check != new.health_check, "edge.health_check");
     check(old.gzip != new.gzip, "edge.gzip");
@@ -546,6 +550,7 @@ pub async fn start(
     ec.keepalive_timeout = Duration::from_secs(u64::from(e.keepalive_timeout_seconds));
     ec.drain_deadline = Duration::from_secs(u64::from(e.drain_seconds));
     ec.worker_threads = e.worker_threads.map(|n| n as usize);
+    ec.max_connections = e.max_connections as usize;
     ec.breaker = BreakerSettings {
         failures_to_open: e.breaker.failures_to_open,
         open_for: Duration::from_secs(u64::from(e.breaker.open_seconds)),

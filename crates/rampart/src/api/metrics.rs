@@ -391,6 +391,7 @@ impl Metrics {
             ("idle", Closed::Idle),
             ("slow_head", Closed::SlowHead),
             ("not_reading", Closed::NotReading),
+            ("over_limit", Closed::OverLimit),
         ] {
             let c = self.edge_closed.get_or_create(&ReasonLabels { reason });
             c.inc_by(counts.closed_for(why).saturating_sub(c.get()));
