@@ -568,6 +568,9 @@ pub struct Edge {
     /// Client connections the edge holds at once, both listeners together;
     /// one more is closed as soon as it is accepted.
     pub max_connections: u32,
+    /// Of those, connections from one client (an IPv6 one's /64), so that
+    /// one cannot take them all.
+    pub max_connections_per_client: u32,
     /// The circuit breaker of every upstream instance.
     pub breaker: EdgeBreaker,
     /// Active health checks; `None` ejects on failed requests only.

@@ -110,6 +110,7 @@ pub(crate) struct RawEdge {
     pub drain_seconds: Option<S<i64>>,
     pub worker_threads: Option<S<i64>>,
     pub max_connections: Option<S<i64>>,
+    pub max_connections_per_client: Option<S<i64>>,
     pub breaker: Option<RawBreaker>,
     pub health_check: Option<RawHealthCheck>,
     pub gzip: Option<RawGzip>,

@@ -387,7 +387,10 @@ fn security_headers_hsts_and_route_header_rules_are_checked() {
         (31_536_000, false)
     );
     assert_eq!(e.security_headers.len(), DEFAULT_SECURITY_HEADERS.len());
-    assert_eq!(e.max_connections, 10_000);
+    assert_eq!(
+        (e.max_connections, e.max_connections_per_client),
+        (10_000, 512)
+    );
     let c = Config::parse(
         &cfg(
             "hsts_preload = true\nhsts_max_age_seconds = 63072000\nsecurity_headers = { \"Content-Security-Policy\" = \"default-src 'self'\" }\n",
@@ -433,6 +436,11 @@ fn security_headers_hsts_and_route_header_rules_are_checked() {
             "edge.hsts_max_age_seconds",
         ),
         ("max_connections = 0\n", "", "edge.max_connections"),
+        (
+            "max_connections_per_client = 0\n",
+            "",
+            "edge.max_connections_per_client",
+        ),
         (
             "security_headers = { \"Strict-Transport-Security\" = \"max-age=1\" }\n",
             "",

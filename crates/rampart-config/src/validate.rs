@@ -1648,6 +1648,12 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
                 1..=1_000_000,
                 10_000,
             ),
+            max_connections_per_client: c.bounded(
+                e.max_connections_per_client.as_ref(),
+                "edge.max_connections_per_client",
+                1..=1_000_000,
+                512,
+            ),
             breaker,
             health_check,
             gzip,

@@ -138,6 +138,8 @@ pub struct EdgeConfig {
     /// Client connections held at once, both listeners together; one more
     /// is closed as soon as it is accepted.
     pub max_connections: usize,
+    /// Of those, connections from one client (an IPv6 one's /64).
+    pub max_connections_per_client: u32,
     /// gzip of responses (see `compress`): `None` off, except on routes
     /// that turn it on.
     pub gzip: Option<crate::compress::GzipSettings>,
@@ -214,6 +216,7 @@ impl EdgeConfig {
             health_check: None,
             gzip: None,
             max_connections: 10_000,
+            max_connections_per_client: 512,
             hsts: crate::server::HSTS.to_string(),
             security_headers: rampart_config::DEFAULT_SECURITY_HEADERS
                 .iter()

@@ -286,6 +286,9 @@ pub enum Closed {
     /// Accepted while the edge held `max_connections` already, and closed
     /// at once.
     OverLimit,
+    /// Accepted while its client held `max_connections_per_client`
+    /// already, and closed at once.
+    ClientOverLimit,
 }
 
 /// Connections [`Idle`] closed, by why, and WebSocket tunnels: what
@@ -296,6 +299,7 @@ pub struct ConnCounts {
     slow_head: AtomicU64,
     not_reading: AtomicU64,
     over_limit: AtomicU64,
+    client_over_limit: AtomicU64,
     tunnels_open: AtomicU64,
     tunnels: AtomicU64,
 }
@@ -307,6 +311,7 @@ impl ConnCounts {
             Closed::SlowHead => &self.slow_head,
             Closed::NotReading => &self.not_reading,
             Closed::OverLimit => &self.over_limit,
+            Closed::ClientOverLimit => &self.client_over_limit,
         }
     }
 

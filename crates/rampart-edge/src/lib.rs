@@ -63,6 +63,7 @@ pub mod reqbody;
 pub mod router;
 mod server;
 pub mod shared_limits;
+pub mod slots;
 pub mod text;
 mod tls;
 pub mod tunnel;

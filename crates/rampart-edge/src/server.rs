@@ -382,8 +382,9 @@ struct State {
     drain_deadline: Duration,
     worker_threads: Option<usize>,
     health_check: Option<crate::config::HealthCheck>,
-    /// A permit per client connection held (`max_connections`).
-    conn_slots: Arc<tokio::sync::Semaphore>,
+    /// A slot per client connection held (`max_connections`, and per
+    /// client `max_connections_per_client`).
+    slots: crate::slots::Slots,
     /// gzip settings; `None`: off except on routes that turn it on.
     gzip: Option<crate::compress::GzipSettings>,
     /// `Strict-Transport-Security`, as sent.
@@ -492,10 +493,7 @@ impl Edge {
             drain_deadline: cfg.drain_deadline,
             worker_threads: cfg.worker_threads,
             health_check: cfg.health_check.clone(),
-            conn_slots: Arc::new(tokio::sync::Semaphore::new(
-                cfg.max_connections
-                    .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
-            )),
+            slots: crate::slots::Slots::new(cfg.max_connections, cfg.max_connections_per_client),
             gzip: cfg.gzip.clone(),
             hsts: HeaderValue::from_str(&cfg.hsts).unwrap_or_else(|_| {
                 tracing::warn!("the HSTS value is no valid header: sending the default");
@@ -882,14 +880,21 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
 impl State {
     /// A slot for a connection just accepted from `peer`, held while it
     /// lives; `None` (and the connection closed, and counted) when the edge
-    /// holds `max_connections` already, as nginx does past
-    /// `worker_connections`.
-    fn admit(&self, peer: SocketAddr) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        match self.conn_slots.clone().try_acquire_owned() {
+    /// holds `max_connections` already, or this client its
+    /// `max_connections_per_client` (see `slots`).
+    fn admit(&self, peer: SocketAddr) -> Option<crate::slots::Slot> {
+        match self.slots.take(peer.ip()) {
             Ok(slot) => Some(slot),
-            Err(_) => {
-                self.counts.closed(crate::idle::Closed::OverLimit);
-                tracing::debug!(%peer, "connection refused: max_connections reached");
+            Err(full) => {
+                let (why, what) = match full {
+                    crate::slots::Full::Edge => (crate::idle::Closed::OverLimit, "max_connections"),
+                    crate::slots::Full::Client => (
+                        crate::idle::Closed::ClientOverLimit,
+                        "max_connections_per_client",
+                    ),
+                };
+                self.counts.closed(why);
+                tracing::debug!(%peer, "connection refused: {what} reached");
                 None
             }
         }

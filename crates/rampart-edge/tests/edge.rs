@@ -1419,3 +1419,25 @@ async fn connections_past_max_connections_are_closed_until_one_ends() {
     assert!(served, "no room after a connection ended");
     drop(second);
 }
+
+#[tokio::test]
+async fn one_client_cannot_take_every_connection_slot() {
+    let a = upstream("a").await;
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], ROOT), |ec| {
+        ec.max_connections = 100;
+        ec.max_connections_per_client = 1;
+    })
+    .await;
+    let cfg = || edge.client_config(rustls::DEFAULT_VERSIONS, &[b"http/1.1"]);
+    let held = edge.tls("api.test", cfg()).await.unwrap();
+    // Room in all, none for this client (all tests connect from 127.0.0.1).
+    assert!(edge.tls("api.test", cfg()).await.is_err());
+    assert_eq!(
+        edge.handle
+            .conn_counts()
+            .closed_for(rampart_edge::idle::Closed::ClientOverLimit),
+        1
+    );
+    let r = send(held, "GET", "api.test", "/", &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+}

@@ -347,6 +347,10 @@ pub(crate) fn start_only_changes(
         old.max_connections != new.max_connections,
         "edge.max_connections",
     );
+    check(
+        old.max_connections_per_client != new.max_connections_per_client,
+        "edge.max_connections_per_client",
+    );
     check(old.breaker != new.breaker, "edge.breaker");
     check(old.health_check != new.health_check, "edge.health_check");
     check(old.gzip != new.gzip, "edge.gzip");
@@ -551,6 +555,7 @@ pub async fn start(
     ec.drain_deadline = Duration::from_secs(u64::from(e.drain_seconds));
     ec.worker_threads = e.worker_threads.map(|n| n as usize);
     ec.max_connections = e.max_connections as usize;
+    ec.max_connections_per_client = e.max_connections_per_client;
     ec.breaker = BreakerSettings {
         failures_to_open: e.breaker.failures_to_open,
         open_for: Duration::from_secs(u64::from(e.breaker.open_seconds)),

@@ -392,6 +392,7 @@ impl Metrics {
             ("slow_head", Closed::SlowHead),
             ("not_reading", Closed::NotReading),
             ("over_limit", Closed::OverLimit),
+            ("client_over_limit", Closed::ClientOverLimit),
         ] {
             let c = self.edge_closed.get_or_create(&ReasonLabels { reason });
             c.inc_by(counts.closed_for(why).saturating_sub(c.get()));
