@@ -219,6 +219,38 @@ pub struct Route {
     pub remove_request_headers: Vec<String>,
 }
 
+impl Route {
+    /// A route from `host` and `path_prefix` to `service` with every other
+    /// setting at its default (no environment, no authentication, no
+    /// limits of its own, the firewall blocking), as code and tests build
+    /// one; `rampart.toml` routes come from [`crate::Config::parse`].
+    pub fn new(host: &str, path_prefix: &str, service: &str) -> Route {
+        Route {
+            host: host.to_string(),
+            path_prefix: path_prefix.to_string(),
+            service: service.to_string(),
+            environment: String::new(),
+            auth: RouteAuth::None,
+            roles: Vec::new(),
+            allow_cidrs: Vec::new(),
+            deny_cidrs: Vec::new(),
+            rate_limit: None,
+            max_body_bytes: None,
+            upstream_timeout_seconds: None,
+            json_schema: None,
+            waf: RouteWaf::default(),
+            websocket: false,
+            stream_request_body: false,
+            upstream_path_prefix: None,
+            gzip: None,
+            response_headers: Vec::new(),
+            remove_response_headers: Vec::new(),
+            request_headers: Vec::new(),
+            remove_request_headers: Vec::new(),
+        }
+    }
+}
+
 /// The web application firewall's policy on one route.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RouteWaf {

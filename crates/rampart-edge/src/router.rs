@@ -168,32 +168,9 @@ fn on_boundary(prefix: &str, rest: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rampart_config::RouteAuth;
 
     fn route(host: &str, prefix: &str, service: &str) -> Route {
-        Route {
-            host: host.into(),
-            path_prefix: prefix.into(),
-            service: service.into(),
-            environment: String::new(),
-            auth: RouteAuth::None,
-            roles: vec![],
-            allow_cidrs: vec![],
-            deny_cidrs: vec![],
-            rate_limit: None,
-            max_body_bytes: None,
-            json_schema: None,
-            waf: Default::default(),
-            websocket: false,
-            stream_request_body: false,
-            upstream_path_prefix: None,
-            gzip: None,
-            response_headers: vec![],
-            remove_response_headers: vec![],
-            request_headers: vec![],
-            remove_request_headers: vec![],
-            upstream_timeout_seconds: None,
-        }
+        Route::new(host, prefix, service)
     }
 
     #[test]

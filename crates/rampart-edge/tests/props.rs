@@ -3,34 +3,12 @@
 //! their promises on arbitrary input.
 
 use proptest::prelude::*;
-use rampart_config::{Route, RouteAuth};
+use rampart_config::Route;
 use rampart_edge::router::Router;
 use rampart_edge::{client_addr, parse_host};
 
 fn route(host: String, prefix: String) -> Route {
-    Route {
-        host,
-        path_prefix: prefix,
-        service: "s".into(),
-        environment: String::new(),
-        auth: RouteAuth::None,
-        roles: vec![],
-        allow_cidrs: vec![],
-        deny_cidrs: vec![],
-        rate_limit: None,
-        max_body_bytes: None,
-        json_schema: None,
-        waf: Default::default(),
-        websocket: false,
-        stream_request_body: false,
-        upstream_path_prefix: None,
-        gzip: None,
-        response_headers: vec![],
-        remove_response_headers: vec![],
-        request_headers: vec![],
-        remove_request_headers: vec![],
-        upstream_timeout_seconds: None,
-    }
+    Route::new(&host, &prefix, "s")
 }
 
 proptest! {

@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rampart_config::{Route, RouteAuth};
+use rampart_config::Route;
 use rampart_edge::router::Router;
 
 fuzz_target!(|data: &[u8]| {
@@ -17,29 +17,7 @@ fuzz_target!(|data: &[u8]| {
         parts.next().unwrap_or(""),
         parts.next().unwrap_or(""),
     );
-    let router = Router::new(vec![Route {
-        host: pat.to_string(),
-        path_prefix: prefix.to_string(),
-        service: "s".into(),
-        environment: String::new(),
-        auth: RouteAuth::None,
-        roles: vec![],
-        allow_cidrs: vec![],
-        deny_cidrs: vec![],
-        rate_limit: None,
-        max_body_bytes: None,
-        json_schema: None,
-        waf: Default::default(),
-        websocket: false,
-        stream_request_body: false,
-        upstream_path_prefix: None,
-        gzip: None,
-        response_headers: vec![],
-        remove_response_headers: vec![],
-        request_headers: vec![],
-        remove_request_headers: vec![],
-        upstream_timeout_seconds: None,
-    }]);
+    let router = Router::new(vec![Route::new(pat, prefix, "s")]);
     if let Some(h) = rampart_edge::parse_host(host) {
         let _ = router.find(&h, rest);
     }
