@@ -246,13 +246,15 @@ impl Routing {
             let tls = service_tls(s)?;
             let tls_key = tls.as_ref().map(|t| t.key().to_string());
             let http2 = s.protocol == rampart_config::UpstreamProtocol::Http2;
+            // A pool already reaching these instances as the config says.
+            let same = |p: &Pool| {
+                p.addrs() == addrs
+                    && p.tls().map(|t| t.key()) == tls_key.as_deref()
+                    && p.reach().http2 == http2
+            };
             let kept = old
                 .and_then(|o| o.pools.get(&s.name))
-                .filter(|p| {
-                    p.addrs() == addrs
-                        && p.tls().map(|t| t.key()) == tls_key.as_deref()
-                        && p.reach().http2 == http2
-                })
+                .filter(|p| same(p))
                 .cloned();
             if let Some(pool) = kept {
                 pools.insert(s.name.clone(), pool);
@@ -269,13 +271,10 @@ impl Routing {
                 continue;
             };
             // The same change reloaded again goes on being verified.
-            let same = old.and_then(|o| o.deploys.get(&s.name)).filter(|d| {
-                let p = d.candidate();
-                p.addrs() == addrs
-                    && p.tls().map(|t| t.key()) == tls_key.as_deref()
-                    && p.reach().http2 == http2
-            });
-            let deploy = match same {
+            let verifying = old
+                .and_then(|o| o.deploys.get(&s.name))
+                .filter(|d| same(d.candidate()));
+            let deploy = match verifying {
                 Some(d) => d.clone(),
                 None => {
                     let candidate = Pool::new(&s.name, addrs, balance, breaker, clock.clone())
@@ -385,8 +384,11 @@ struct State {
     /// A slot per client connection held (`max_connections`, and per
     /// client `max_connections_per_client`).
     slots: crate::slots::Slots,
-    /// gzip settings; `None`: off except on routes that turn it on.
-    gzip: Option<crate::compress::GzipSettings>,
+    /// Whether responses are compressed where a route does not say.
+    gzip_on: bool,
+    /// The gzip settings (`[edge.gzip]`'s, else the defaults a route's
+    /// `gzip = true` uses).
+    gzip: crate::compress::GzipSettings,
     /// `Strict-Transport-Security`, as sent.
     hsts: HeaderValue,
     /// Added to responses that lack them.
@@ -494,7 +496,8 @@ impl Edge {
             worker_threads: cfg.worker_threads,
             health_check: cfg.health_check.clone(),
             slots: crate::slots::Slots::new(cfg.max_connections, cfg.max_connections_per_client),
-            gzip: cfg.gzip.clone(),
+            gzip_on: cfg.gzip.is_some(),
+            gzip: cfg.gzip.clone().unwrap_or_default(),
             hsts: HeaderValue::from_str(&cfg.hsts).unwrap_or_else(|_| {
                 tracing::warn!("the HSTS value is no valid header: sending the default");
                 HeaderValue::from_static(HSTS)
@@ -1220,15 +1223,10 @@ impl State {
     /// `resp` compressed with gzip when the route, the request and the
     /// response call for it (see `compress`).
     fn maybe_gzip(&self, ctx: &RequestCtx, mut resp: Response<EdgeBody>) -> Response<EdgeBody> {
-        let default;
-        let settings = match (ctx.route.gzip, &self.gzip) {
-            (Some(false), _) | (None, None) => return resp,
-            (_, Some(s)) => s,
-            (Some(true), None) => {
-                default = crate::compress::GzipSettings::default();
-                &default
-            }
-        };
+        if !ctx.route.gzip.unwrap_or(self.gzip_on) {
+            return resp;
+        }
+        let settings = &self.gzip;
         if !crate::compress::compressible(settings, &ctx.head.method, resp.status(), resp.headers())
         {
             return resp;
