@@ -345,13 +345,9 @@ impl Phase for RateLimit {
 /// address would give such a client 2^64 buckets: no limit at all, on
 /// login routes too.
 pub fn push_client_key(out: &mut String, ip: IpAddr) {
-    match ip {
-        IpAddr::V4(_) => crate::text::push_ip(out, ip),
-        IpAddr::V6(v6) => {
-            let net = u128::from(v6) & !u128::from(u64::MAX);
-            crate::text::push_ip(out, IpAddr::V6(net.into()));
-            out.push_str("/64");
-        }
+    crate::text::push_ip(out, crate::slots::client_of(ip));
+    if ip.is_ipv6() {
+        out.push_str("/64");
     }
 }
 

@@ -51,8 +51,9 @@ impl Drop for Slot {
     }
 }
 
-/// The client a connection from `ip` counts against.
-fn client_of(ip: IpAddr) -> IpAddr {
+/// The client `ip` stands for: an IPv4 address itself, an IPv6 one its
+/// /64 (also the rate limits' client, `phases::push_client_key`).
+pub(crate) fn client_of(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
