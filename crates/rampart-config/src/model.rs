@@ -547,6 +547,9 @@ pub struct Edge {
     pub https_listen: SocketAddr,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// Layer-4 balancers that must open each connection with a PROXY
+    /// protocol header (v1 or v2) naming the client.
+    pub proxy_protocol_from: Vec<IpNet>,
     /// Source networks allowed on every route (empty: all).
     pub allow_cidrs: Vec<IpNet>,
     /// Source networks refused on every route.

@@ -82,6 +82,8 @@ pub(crate) struct RawEdge {
     #[serde(default)]
     pub trusted_proxies: Vec<S<String>>,
     #[serde(default)]
+    pub proxy_protocol_from: Vec<S<String>>,
+    #[serde(default)]
     pub allow_cidrs: Vec<S<String>>,
     #[serde(default)]
     pub deny_cidrs: Vec<S<String>>,

@@ -972,3 +972,24 @@ fn edge_body_budget_defaults_and_holds_at_least_one_body() {
         "{err}"
     );
 }
+
+#[test]
+fn proxy_protocol_balancers_are_networks() {
+    let c = Config::parse(
+        "[edge]\nproxy_protocol_from = [\"10.0.0.0/16\", \"2001:db8::/32\"]\n",
+        "t.toml",
+    )
+    .unwrap();
+    let e = c.edge.unwrap();
+    assert_eq!(
+        e.proxy_protocol_from,
+        vec![
+            "10.0.0.0/16".parse::<ipnet::IpNet>().unwrap(),
+            "2001:db8::/32".parse().unwrap()
+        ]
+    );
+    assert!(e.trusted_proxies.is_empty());
+    let d = first_error("[edge]\nproxy_protocol_from = [\n  \"10.0.0.0/16\",\n  \"nlb\",\n]\n");
+    assert_eq!(d.path, "edge.proxy_protocol_from[1]", "{d}");
+    assert_eq!(d.line, 4, "{d}");
+}

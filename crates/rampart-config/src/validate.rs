@@ -1678,6 +1678,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
             http_listen,
             https_listen,
             trusted_proxies: c.cidrs(&e.trusted_proxies, "edge.trusted_proxies"),
+            proxy_protocol_from: c.cidrs(&e.proxy_protocol_from, "edge.proxy_protocol_from"),
             allow_cidrs: c.cidrs(&e.allow_cidrs, "edge.allow_cidrs"),
             deny_cidrs: c.cidrs(&e.deny_cidrs, "edge.deny_cidrs"),
             waf_rules: e

@@ -113,6 +113,9 @@ pub struct EdgeConfig {
     pub deny_cidrs: Vec<IpNet>,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// Layer-4 balancers that open each connection with a PROXY protocol
+    /// header naming the client (see `proxy_protocol`).
+    pub proxy_protocol_from: Vec<IpNet>,
     /// Token-bucket limits.
     pub rate_limits: RateLimits,
     /// Where counters live.
@@ -204,6 +207,7 @@ impl EdgeConfig {
             allow_cidrs: Vec::new(),
             deny_cidrs: Vec::new(),
             trusted_proxies: Vec::new(),
+            proxy_protocol_from: Vec::new(),
             rate_limits: RateLimits::default(),
             counter_store: Arc::new(MemoryStore::default()),
             waf: None,

@@ -289,6 +289,9 @@ pub enum Closed {
     /// Accepted while its client held `max_connections_per_client`
     /// already, and closed at once.
     ClientOverLimit,
+    /// From a balancer in `proxy_protocol_from`, without a valid PROXY
+    /// header within the first-request timeout.
+    ProxyHeader,
 }
 
 /// Connections [`Idle`] closed, by why, and WebSocket tunnels: what
@@ -300,6 +303,7 @@ pub struct ConnCounts {
     not_reading: AtomicU64,
     over_limit: AtomicU64,
     client_over_limit: AtomicU64,
+    proxy_header: AtomicU64,
     tunnels_open: AtomicU64,
     tunnels: AtomicU64,
 }
@@ -312,6 +316,7 @@ impl ConnCounts {
             Closed::NotReading => &self.not_reading,
             Closed::OverLimit => &self.over_limit,
             Closed::ClientOverLimit => &self.client_over_limit,
+            Closed::ProxyHeader => &self.proxy_header,
         }
     }
 

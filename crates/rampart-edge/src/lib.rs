@@ -58,6 +58,7 @@ pub mod mtls;
 pub mod path;
 pub mod phases;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod ratelimit;
 pub mod reqbody;
 pub mod router;

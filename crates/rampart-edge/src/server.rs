@@ -370,6 +370,7 @@ struct State {
     phases: Vec<Box<dyn Phase>>,
     client: UpstreamClient,
     trusted_proxies: Vec<IpNet>,
+    proxy_protocol_from: Vec<IpNet>,
     audit: Arc<dyn AuditSink>,
     max_body: usize,
     /// Request body bytes all requests may hold at once.
@@ -476,6 +477,7 @@ impl Edge {
             phases,
             client,
             trusted_proxies: cfg.trusted_proxies.clone(),
+            proxy_protocol_from: cfg.proxy_protocol_from.clone(),
             audit: cfg.audit.clone(),
             max_body: cfg.max_body_bytes,
             body_budget: Arc::new(tokio::sync::Semaphore::new(
@@ -591,21 +593,25 @@ impl Edge {
             tokio::select! {
                 () = &mut shutdown => break,
                 r = accept(http.as_ref()) => {
-                    let Some((stream, peer)) = r else { continue };
-                    let Some(slot) = state.admit(peer) else { continue };
+                    let Some((mut stream, peer)) = r else { continue };
+                    let Some(mut slot) = state.admit(peer) else { continue };
                     let st = state.clone();
-                    let activity = Activity::default();
-                    let io = Watched::new(stream, st.idle(&activity, false));
-                    let svc = service_fn(move |req| {
-                        let st = st.clone();
-                        let busy = activity.begin();
-                        async move { Ok::<_, Infallible>(tracked(st.redirect(&req), busy)) }
-                    });
-                    let conn = builder.serve_connection(TokioIo::new(io), svc).into_owned();
-                    let conn = graceful.watch(conn);
+                    let builder = builder.clone();
+                    let watcher = graceful.watcher();
                     conns.spawn(async move {
+                        let Some(peer) = st.proxied_client(&mut stream, peer, &mut slot).await else {
+                            return;
+                        };
                         let _slot = slot;
-                        if let Err(e) = conn.await {
+                        let activity = Activity::default();
+                        let io = Watched::new(stream, st.idle(&activity, false));
+                        let svc = service_fn(move |req| {
+                            let st = st.clone();
+                            let busy = activity.begin();
+                            async move { Ok::<_, Infallible>(tracked(st.redirect(&req), busy)) }
+                        });
+                        let conn = builder.serve_connection(TokioIo::new(io), svc).into_owned();
+                        if let Err(e) = watcher.watch(conn).await {
                             tracing::debug!(%peer, error = %e, "http connection ended");
                         }
                     });
@@ -613,13 +619,16 @@ impl Edge {
                 r = accept(https.as_ref().map(|(l, _)| l)) => {
                     let Some((stream, peer)) = r else { continue };
                     let Some((_, acceptor)) = https.as_ref() else { continue };
-                    let Some(slot) = state.admit(peer) else { continue };
+                    let Some(mut slot) = state.admit(peer) else { continue };
                     let acceptor = acceptor.clone();
                     let st = state.clone();
                     let builder = builder.clone();
                     let watcher = graceful.watcher();
                     // The connection lives on one worker thread from here on.
-                    workers.spawn(&mut conns, stream, peer, move |stream| async move {
+                    workers.spawn(&mut conns, stream, peer, move |mut stream| async move {
+                        let Some(peer) = st.proxied_client(&mut stream, peer, &mut slot).await else {
+                            return;
+                        };
                         let _slot = slot;
                         // The handshake, like the first request, within the header-read timeout.
                         let hs = tokio::time::timeout(st.conn_timeouts.first_request, acceptor.accept(stream)).await;
@@ -884,23 +893,69 @@ impl State {
     /// A slot for a connection just accepted from `peer`, held while it
     /// lives; `None` (and the connection closed, and counted) when the edge
     /// holds `max_connections` already, or this client its
-    /// `max_connections_per_client` (see `slots`).
+    /// `max_connections_per_client` (see `slots`). A connection from a
+    /// balancer in `proxy_protocol_from` counts in all only until its PROXY
+    /// header names the client ([`State::proxied_client`]).
     fn admit(&self, peer: SocketAddr) -> Option<crate::slots::Slot> {
-        match self.slots.take(peer.ip()) {
-            Ok(slot) => Some(slot),
-            Err(full) => {
-                let (why, what) = match full {
-                    crate::slots::Full::Edge => (crate::idle::Closed::OverLimit, "max_connections"),
-                    crate::slots::Full::Client => (
-                        crate::idle::Closed::ClientOverLimit,
-                        "max_connections_per_client",
-                    ),
-                };
-                self.counts.closed(why);
-                tracing::debug!(%peer, "connection refused: {what} reached");
-                None
-            }
+        let taken = if self.is_balancer(peer) {
+            self.slots.take_edge()
+        } else {
+            self.slots.take(peer.ip())
+        };
+        taken.map_err(|full| self.refused(full, peer)).ok()
+    }
+
+    fn is_balancer(&self, peer: SocketAddr) -> bool {
+        let ip = peer.ip().to_canonical();
+        self.proxy_protocol_from.iter().any(|n| n.contains(&ip))
+    }
+
+    /// Counts and logs a connection closed for want of a slot.
+    fn refused(&self, full: crate::slots::Full, peer: SocketAddr) {
+        let (why, what) = match full {
+            crate::slots::Full::Edge => (crate::idle::Closed::OverLimit, "max_connections"),
+            crate::slots::Full::Client => (
+                crate::idle::Closed::ClientOverLimit,
+                "max_connections_per_client",
+            ),
+        };
+        self.counts.closed(why);
+        tracing::debug!(%peer, "connection refused: {what} reached");
+    }
+
+    /// The client of a connection accepted from `peer`: `peer` itself, or,
+    /// from a balancer in `proxy_protocol_from`, the client its PROXY
+    /// header names (read within the first-request timeout), with `slot`
+    /// then counted against that client. `None`, and the connection to be
+    /// closed, on a missing or bad header or a client over its cap.
+    async fn proxied_client(
+        &self,
+        stream: &mut TcpStream,
+        peer: SocketAddr,
+        slot: &mut crate::slots::Slot,
+    ) -> Option<SocketAddr> {
+        if !self.is_balancer(peer) {
+            return Some(peer);
         }
+        let read = crate::proxy_protocol::read_header(stream);
+        let client = match tokio::time::timeout(self.conn_timeouts.first_request, read).await {
+            Ok(Ok(named)) => named.unwrap_or(peer),
+            Ok(Err(e)) => {
+                self.counts.closed(crate::idle::Closed::ProxyHeader);
+                tracing::debug!(%peer, error = %e, "connection closed: bad PROXY header");
+                return None;
+            }
+            Err(_) => {
+                self.counts.closed(crate::idle::Closed::ProxyHeader);
+                tracing::debug!(%peer, "connection closed: no PROXY header in time");
+                return None;
+            }
+        };
+        if let Err(full) = self.slots.claim(slot, client.ip()) {
+            self.refused(full, client);
+            return None;
+        }
+        Some(client)
     }
 
     /// HSTS, always, and the security headers a response lacks.

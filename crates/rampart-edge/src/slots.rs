@@ -35,17 +35,21 @@ pub struct Slots {
 #[derive(Debug)]
 pub struct Slot {
     _permit: OwnedSemaphorePermit,
-    client: IpAddr,
+    /// `None` until the client is known (see [`Slots::take_edge`]).
+    client: Option<IpAddr>,
     held: Arc<Mutex<HashMap<IpAddr, u32>>>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        let Some(client) = self.client else {
+            return;
+        };
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = held.get_mut(&self.client) {
+        if let Some(n) = held.get_mut(&client) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                held.remove(&self.client);
+                held.remove(&client);
             }
         }
     }
@@ -73,23 +77,43 @@ impl Slots {
 
     /// A slot for a connection from `peer`, or which cap it is over.
     pub fn take(&self, peer: IpAddr) -> Result<Slot, Full> {
+        let mut slot = self.take_edge()?;
+        self.claim(&mut slot, peer)?;
+        Ok(slot)
+    }
+
+    /// A slot counted against the cap in all only, for a connection whose
+    /// client is not known yet (its PROXY header is still to come); its
+    /// client is counted by [`Slots::claim`].
+    pub fn take_edge(&self) -> Result<Slot, Full> {
         let permit = self
             .all
             .clone()
             .try_acquire_owned()
             .map_err(|_| Full::Edge)?;
-        let client = client_of(peer);
+        Ok(Slot {
+            _permit: permit,
+            client: None,
+            held: Arc::clone(&self.held),
+        })
+    }
+
+    /// Counts `slot` against `client`'s cap, or says it is over it (the
+    /// connection is then closed, which gives the slot back). A slot
+    /// counts against one client only: a second claim changes nothing.
+    pub fn claim(&self, slot: &mut Slot, client: IpAddr) -> Result<(), Full> {
+        if slot.client.is_some() {
+            return Ok(());
+        }
+        let client = client_of(client);
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         let n = held.entry(client).or_insert(0);
         if *n >= self.per_client {
             return Err(Full::Client);
         }
         *n += 1;
-        Ok(Slot {
-            _permit: permit,
-            client,
-            held: Arc::clone(&self.held),
-        })
+        slot.client = Some(client);
+        Ok(())
     }
 
     /// Clients holding connections now (for tests and status).
@@ -116,6 +140,24 @@ mod tests {
         assert!(slots.take(b).is_ok());
         drop((a2, b1));
         assert_eq!(slots.clients(), 0);
+    }
+
+    #[test]
+    fn a_slot_taken_before_its_client_is_known_counts_once_claimed() {
+        let slots = Slots::new(3, 1);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let mut s1 = slots.take_edge().unwrap();
+        let mut s2 = slots.take_edge().unwrap();
+        assert_eq!(slots.clients(), 0);
+        slots.claim(&mut s1, a).unwrap();
+        slots.claim(&mut s1, a).unwrap();
+        assert_eq!(slots.claim(&mut s2, a).unwrap_err(), Full::Client);
+        // The unclaimed slot still counts in all.
+        let _s3 = slots.take_edge().unwrap();
+        assert_eq!(slots.take_edge().unwrap_err(), Full::Edge);
+        drop((s1, s2));
+        assert_eq!(slots.clients(), 0);
+        assert!(slots.take(a).is_ok());
     }
 
     #[test]

@@ -298,6 +298,10 @@ pub(crate) fn start_only_changes(
         old.trusted_proxies != new.trusted_proxies,
         "edge.trusted_proxies",
     );
+    check(
+        old.proxy_protocol_from != new.proxy_protocol_from,
+        "edge.proxy_protocol_from",
+    );
     check(old.allow_cidrs != new.allow_cidrs, "edge.allow_cidrs");
     check(old.deny_cidrs != new.deny_cidrs, "edge.deny_cidrs");
     check(old.waf_rules != new.waf_rules, "edge.waf_rules");
@@ -517,6 +521,7 @@ pub async fn start(
     ec.http_listen = http_override.or(e.http_listen);
     ec.https_listen = Some(https_override.unwrap_or(e.https_listen));
     ec.trusted_proxies = e.trusted_proxies.clone();
+    ec.proxy_protocol_from = e.proxy_protocol_from.clone();
     ec.allow_cidrs = e.allow_cidrs.clone();
     ec.deny_cidrs = e.deny_cidrs.clone();
     ec.max_body_bytes = e.max_body_bytes;

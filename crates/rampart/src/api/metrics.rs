@@ -393,6 +393,7 @@ impl Metrics {
             ("not_reading", Closed::NotReading),
             ("over_limit", Closed::OverLimit),
             ("client_over_limit", Closed::ClientOverLimit),
+            ("proxy_header", Closed::ProxyHeader),
         ] {
             let c = self.edge_closed.get_or_create(&ReasonLabels { reason });
             c.inc_by(counts.closed_for(why).saturating_sub(c.get()));
