@@ -1156,3 +1156,66 @@ fn hsts_preload_and_security_headers_come_from_the_config_file() {
     );
     assert_eq!(h("x-frame-options"), None);
 }
+
+/// One HTTPS request to the edge at `https` (its URL) over a connection
+/// that opens with `header`, as a layer-4 balancer sends it: the status
+/// code, or `None` when the edge closed the connection.
+fn status_behind_balancer(https: &str, ca: &[u8], header: &[u8]) -> Option<u16> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+    use std::io::Read;
+    let addr = https.trim_start_matches("https://").trim_end_matches('/');
+    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    tcp.write_all(header).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca).unwrap())
+        .unwrap();
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = ServerName::try_from(addr.rsplit_once(':').unwrap().0.to_string()).unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let host = addr.rsplit_once(':').unwrap().0;
+    let req = format!("GET /x HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    tls.write_all(req.as_bytes()).ok()?;
+    let mut out = Vec::new();
+    let _ = tls.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out);
+    text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+}
+
+/// Behind a layer-4 balancer: `proxy_protocol_from` in the config file
+/// makes the PROXY header's client the one the IP rules judge.
+#[test]
+fn the_proxy_protocol_header_names_the_client_for_the_ip_rules() {
+    let (port, hits, _seen) = upstream();
+    let r = Rampart::new();
+    let config = one_route_config(port, "/").replace(
+        "[edge]\n",
+        "[edge]\nproxy_protocol_from = [\"127.0.0.0/8\"]\ndeny_cidrs = [\"203.0.113.0/24\"]\n",
+    );
+    std::fs::write(r.path("rampart.toml"), config).unwrap();
+    r.init();
+    let srv = r.up(&["--config", "rampart.toml", "--data-dir", "data"]);
+    let https = edge_https(&srv);
+    let ca = std::fs::read(r.path("data/tls/ca.pem")).unwrap();
+    let v1 = |client: &str| format!("PROXY TCP4 {client} 127.0.0.1 40000 443\r\n").into_bytes();
+    assert_eq!(
+        status_behind_balancer(&https, &ca, &v1("198.51.100.1")),
+        Some(200)
+    );
+    assert_eq!(
+        status_behind_balancer(&https, &ca, &v1("203.0.113.9")),
+        Some(403)
+    );
+    // From the balancer's address, a connection must carry the header.
+    assert_eq!(status_behind_balancer(&https, &ca, b""), None);
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+}
