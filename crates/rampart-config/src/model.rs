@@ -624,6 +624,9 @@ pub struct EdgeGzip {
     pub types: Vec<String>,
     /// zlib level, 1 (fastest) to 9 (smallest).
     pub level: u32,
+    /// Responses compressed at once, edge-wide; past it, responses go out
+    /// uncompressed. Each holds a deflate state of a few hundred KB.
+    pub max_streams: u32,
 }
 
 /// The headers `[edge] security_headers` adds unless it lists its own.
@@ -688,6 +691,7 @@ impl Default for EdgeGzip {
             min_bytes: 1024,
             types: DEFAULT_GZIP_TYPES.iter().map(|t| t.to_string()).collect(),
             level: 5,
+            max_streams: 1024,
         }
     }
 }

@@ -124,6 +124,7 @@ pub(crate) struct RawGzip {
     pub min_bytes: Option<S<i64>>,
     pub types: Option<Vec<S<String>>>,
     pub level: Option<S<i64>>,
+    pub max_streams: Option<S<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -353,15 +353,16 @@ fn gzip_is_configured_by_its_table_and_per_route() {
     let on = Config::parse(&edge("[edge.gzip]\n"), "g.toml").unwrap();
     assert_eq!(on.edge.unwrap().gzip, Some(EdgeGzip::default()));
     let own = Config::parse(
-        &edge("[edge.gzip]\nmin_bytes = 0\nlevel = 9\ntypes = [\"Text/HTML\", \"application/ld+json\"]\n"),
+        &edge("[edge.gzip]\nmin_bytes = 0\nlevel = 9\ntypes = [\"Text/HTML\", \"application/ld+json\"]\nmax_streams = 64\n"),
         "g.toml",
     )
     .unwrap();
     let g = own.edge.unwrap().gzip.unwrap();
-    assert_eq!((g.min_bytes, g.level), (0, 9));
+    assert_eq!((g.min_bytes, g.level, g.max_streams), (0, 9, 64));
     assert_eq!(g.types, ["text/html", "application/ld+json"]);
     for (text, path) in [
         ("[edge.gzip]\nlevel = 0\n", "edge.gzip.level"),
+        ("[edge.gzip]\nmax_streams = 0\n", "edge.gzip.max_streams"),
         ("[edge.gzip]\nmin_bytes = -1\n", "edge.gzip.min_bytes"),
         ("[edge.gzip]\ntypes = [\"html\"]\n", "edge.gzip.types[0]"),
         (

@@ -1550,6 +1550,12 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
                 )),
                 types,
                 level: c.bounded(g.level.as_ref(), "edge.gzip.level", 1..=9, d.level),
+                max_streams: c.bounded(
+                    g.max_streams.as_ref(),
+                    "edge.gzip.max_streams",
+                    1..=1_000_000,
+                    d.max_streams,
+                ),
             }
         });
         let health_check = e.health_check.as_ref().map(|h| {

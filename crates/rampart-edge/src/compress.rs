@@ -12,7 +12,9 @@
 //! Each frame of the upstream's body is compressed as it comes and
 //! flushed (a sync flush), so streamed responses (server-sent events, long
 //! polls) reach the client without waiting for the rest; the deflate
-//! dictionary carries over between frames.
+//! dictionary carries over between frames. At most `max_streams`
+//! responses are compressed at once ([`Streams`]); past that they go out
+//! as they are.
 //!
 //! Compressing a response that holds a secret next to text the client
 //! chose can leak the secret through the compressed length (BREACH): turn
@@ -21,6 +23,7 @@
 
 use std::io::Write;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -28,6 +31,7 @@ use flate2::write::GzEncoder;
 use http::header::{HeaderMap, HeaderValue};
 use http::{Method, StatusCode};
 use hyper::body::{Body, Frame, SizeHint};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub use rampart_config::EdgeGzip as GzipSettings;
 
@@ -162,6 +166,9 @@ pub struct Gzip<B> {
     inner: B,
     /// `None` once the stream has been finished.
     enc: Option<GzEncoder<Vec<u8>>>,
+    /// The stream's place under `max_streams`, given back with the
+    /// encoder's memory.
+    slot: Option<OwnedSemaphorePermit>,
 }
 
 impl<B> std::fmt::Debug for Gzip<B> {
@@ -174,7 +181,10 @@ impl<B> Gzip<B> {
     /// The last frame: the end of the gzip stream.
     fn finish<E>(&mut self) -> Option<Result<Frame<Bytes>, E>> {
         let mut enc = self.enc.take()?;
-        deflate(&mut enc, &[]).map(|out| Ok(Frame::data(out)))
+        let out = deflate(&mut enc, &[]);
+        drop(enc);
+        self.slot = None;
+        out.map(|out| Ok(Frame::data(out)))
     }
 
     /// Compresses `inner` at zlib `level` (1–9).
@@ -185,7 +195,44 @@ impl<B> Gzip<B> {
                 Vec::new(),
                 flate2::Compression::new(level.clamp(1, 9)),
             )),
+            slot: None,
         }
+    }
+
+    /// The same, holding `slot` (of [`Streams`]) until the stream ends or
+    /// the body is dropped.
+    pub fn holding(mut self, slot: OwnedSemaphorePermit) -> Gzip<B> {
+        self.slot = Some(slot);
+        self
+    }
+}
+
+/// How many responses the edge compresses at once (`[edge.gzip]
+/// max_streams`): each holds a deflate state of a few hundred KB (the
+/// window, the match finder's tables and the output buffer), so without a
+/// cap connections times HTTP/2 streams would bound the memory. A
+/// response that finds no room goes out uncompressed, as
+/// a client that does not take gzip gets it.
+#[derive(Debug, Clone)]
+pub struct Streams(Arc<Semaphore>);
+
+impl Streams {
+    /// Room for `max` streams at once (at least one).
+    pub fn new(max: u32) -> Streams {
+        let max = usize::try_from(max).unwrap_or(usize::MAX);
+        Streams(Arc::new(Semaphore::new(
+            max.clamp(1, Semaphore::MAX_PERMITS),
+        )))
+    }
+
+    /// A place for one more stream, if there is room.
+    pub fn take(&self) -> Option<OwnedSemaphorePermit> {
+        self.0.clone().try_acquire_owned().ok()
+    }
+
+    /// Places free now (for tests and status).
+    pub fn free(&self) -> usize {
+        self.0.available_permits()
     }
 }
 
@@ -230,6 +277,7 @@ where
                         Some(out) => return Poll::Ready(Some(Ok(Frame::data(out)))),
                         None => {
                             this.enc = None;
+                            this.slot = None;
                             return Poll::Ready(None);
                         }
                     },

@@ -390,6 +390,8 @@ struct State {
     /// The gzip settings (`[edge.gzip]`'s, else the defaults a route's
     /// `gzip = true` uses).
     gzip: crate::compress::GzipSettings,
+    /// Room for compressed responses (`[edge.gzip] max_streams`).
+    gzip_streams: crate::compress::Streams,
     /// `Strict-Transport-Security`, as sent.
     hsts: HeaderValue,
     /// Added to responses that lack them.
@@ -500,6 +502,13 @@ impl Edge {
             slots: crate::slots::Slots::new(cfg.max_connections, cfg.max_connections_per_client),
             gzip_on: cfg.gzip.is_some(),
             gzip: cfg.gzip.clone().unwrap_or_default(),
+            gzip_streams: crate::compress::Streams::new(
+                cfg.gzip
+                    .as_ref()
+                    .map_or(crate::compress::GzipSettings::default().max_streams, |g| {
+                        g.max_streams
+                    }),
+            ),
             hsts: HeaderValue::from_str(&cfg.hsts).unwrap_or_else(|_| {
                 tracing::warn!("the HSTS value is no valid header: sending the default");
                 HeaderValue::from_static(HSTS)
@@ -1286,15 +1295,21 @@ impl State {
         {
             return resp;
         }
-        if !crate::compress::accepts_gzip(&ctx.head.headers) {
+        // A client that takes gzip gets it while the edge has room for
+        // another stream (see `compress::Streams`).
+        let slot = match crate::compress::accepts_gzip(&ctx.head.headers) {
+            true => self.gzip_streams.take(),
+            false => None,
+        };
+        let Some(slot) = slot else {
             // Caches must not give this client's copy to one that takes
             // gzip, nor the reverse.
             crate::compress::add_vary(resp.headers_mut());
             return resp;
-        }
+        };
         let (mut parts, body) = resp.into_parts();
         crate::compress::mark_compressed(&mut parts.headers);
-        let body = crate::compress::Gzip::new(body, settings.level);
+        let body = crate::compress::Gzip::new(body, settings.level).holding(slot);
         Response::from_parts(parts, body.boxed())
     }
 }

@@ -196,3 +196,55 @@ async fn a_streamed_response_is_compressed_part_by_part() {
     let all = String::from_utf8(d.finish().unwrap()).unwrap();
     assert_eq!(all, "first part\n".repeat(50) + &"second part\n".repeat(50));
 }
+
+/// The stream of `/stream` with gzip asked for, its first frame read.
+async fn open_stream(edge: &TestEdge) -> (http::HeaderMap, hyper::body::Incoming) {
+    let mut sender = edge.h1_client("api.test").await;
+    let req = Request::get("/stream")
+        .header("host", "api.test")
+        .header("accept-encoding", "gzip")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let (parts, mut body) = sender.send_request(req).await.unwrap().into_parts();
+    body.frame().await.unwrap().unwrap();
+    (parts.headers, body)
+}
+
+#[tokio::test]
+async fn past_max_streams_responses_go_out_uncompressed_until_one_ends() {
+    let up = service().await;
+    let edge = TestEdge::start(config(&[("app", vec![up])], ROUTES), |ec| {
+        ec.gzip = Some(rampart_config::EdgeGzip {
+            max_streams: 1,
+            ..Default::default()
+        })
+    })
+    .await;
+    // One compressed stream in flight holds the only place.
+    let (h, held) = open_stream(&edge).await;
+    assert_eq!(h["content-encoding"], "gzip");
+    let (status, h, body) = get(&edge, "GET", "/report", true).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!h.contains_key("content-encoding"));
+    assert_eq!(h["vary"], "Accept-Encoding");
+    assert_eq!(String::from_utf8(body).unwrap(), page());
+    // A stream whose client goes away gives its place back too.
+    drop(held);
+    // (Within a second: the service sends its second part after two.)
+    let mut freed = false;
+    for _ in 0..20 {
+        let (_, h, body) = get(&edge, "GET", "/report", true).await;
+        if h.get("content-encoding").is_some() {
+            assert_eq!(gunzip(&body), page());
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(freed, "the place of a dropped stream never came back");
+    // And a whole response gives it back as it ends.
+    for _ in 0..3 {
+        let (_, h, _) = get(&edge, "GET", "/report", true).await;
+        assert_eq!(h["content-encoding"], "gzip");
+    }
+}
