@@ -560,6 +560,12 @@ pub struct Edge {
     pub hsts_max_age_seconds: u32,
     /// Whether HSTS carries `preload` (for the browsers' preload lists).
     pub hsts_preload: bool,
+    /// Whether the HTTPS listener takes TLS 1.3 only (else 1.2 and 1.3).
+    pub tls13_only: bool,
+    /// TLS sessions kept for resumption (0: none).
+    pub tls_session_cache: u32,
+    /// Whether resumption may also use stateless session tickets.
+    pub tls_session_tickets: bool,
     /// Headers added to every HTTPS response that lacks them (name in lower
     /// case, value), in name order.
     pub security_headers: Vec<(String, String)>,

@@ -994,3 +994,33 @@ fn proxy_protocol_balancers_are_networks() {
     assert_eq!(d.path, "edge.proxy_protocol_from[1]", "{d}");
     assert_eq!(d.line, 4, "{d}");
 }
+
+#[test]
+fn tls_version_and_session_resumption_have_safe_defaults_and_bounds() {
+    let c = Config::parse("[edge]\n", "t.toml").unwrap();
+    let e = c.edge.unwrap();
+    assert_eq!(
+        (e.tls13_only, e.tls_session_cache, e.tls_session_tickets),
+        (false, 20_000, false)
+    );
+    let c = Config::parse(
+        "[edge]\ntls_min_version = \"1.3\"\ntls_session_cache = 0\ntls_session_tickets = true\n",
+        "t.toml",
+    )
+    .unwrap();
+    let e = c.edge.unwrap();
+    assert_eq!(
+        (e.tls13_only, e.tls_session_cache, e.tls_session_tickets),
+        (true, 0, true)
+    );
+    refuses_each_at_its_line(
+        "edge",
+        &[
+            ("tls_min_version", "\"1.1\""),
+            ("tls_min_version", "\"TLSv1.3\""),
+            ("tls_session_cache", "-1"),
+            ("tls_session_cache", "1000001"),
+            ("tls_session_tickets", "\"yes\""),
+        ],
+    );
+}

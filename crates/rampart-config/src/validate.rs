@@ -1670,6 +1670,25 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
                 31_536_000,
             ),
             hsts_preload: e.hsts_preload.as_ref().is_some_and(|v| *v.get_ref()),
+            tls13_only: match e.tls_min_version.as_ref().map(|v| (v, v.get_ref().as_str())) {
+                None | Some((_, "1.2")) => false,
+                Some((_, "1.3")) => true,
+                Some((v, other)) => {
+                    c.err(
+                        v,
+                        "edge.tls_min_version",
+                        format!("unknown TLS version {other:?}: expected \"1.2\" or \"1.3\""),
+                    );
+                    false
+                }
+            },
+            tls_session_cache: c.bounded(
+                e.tls_session_cache.as_ref(),
+                "edge.tls_session_cache",
+                0..=1_000_000,
+                20_000,
+            ),
+            tls_session_tickets: e.tls_session_tickets.as_ref().is_some_and(|v| *v.get_ref()),
             security_headers: match &e.security_headers {
                 None => DEFAULT_SECURITY_HEADERS
                     .iter()

@@ -104,6 +104,8 @@ pub struct EdgeConfig {
     pub certificates: Vec<CertConfig>,
     /// Mutual TLS; `None` asks clients for no certificate.
     pub client_auth: Option<ClientAuth>,
+    /// TLS versions and session resumption of the HTTPS listener.
+    pub tls: crate::tls::TlsSettings,
     /// How often file-backed certificates are checked for changes and
     /// reloaded (`None`: only through [`crate::EdgeHandle::reload_certificates`]).
     pub cert_poll_interval: Option<Duration>,
@@ -203,6 +205,7 @@ impl EdgeConfig {
             redirect_https_port: None,
             certificates: Vec::new(),
             client_auth: None,
+            tls: crate::tls::TlsSettings::default(),
             cert_poll_interval: Some(Duration::from_secs(30)),
             allow_cidrs: Vec::new(),
             deny_cidrs: Vec::new(),

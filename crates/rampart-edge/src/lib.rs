@@ -85,4 +85,4 @@ pub use server::{
     client_addr, parse_host, request_host, Edge, EdgeAddrs, EdgeBody, EdgeHandle, HSTS,
 };
 pub use shared_limits::{connect_redis, SharedCounters, SharedLimitsError, SharedLimitsOptions};
-pub use tls::{add_pem_certificates, not_after as certificate_not_after};
+pub use tls::{add_pem_certificates, not_after as certificate_not_after, TlsSettings};

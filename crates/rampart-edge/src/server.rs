@@ -413,8 +413,11 @@ impl Edge {
         let mut resolver = None;
         let https = match cfg.https_listen {
             Some(addr) => {
-                let (tls, r) =
-                    crate::tls::server_config(&cfg.certificates, cfg.client_auth.as_ref())?;
+                let (tls, r) = crate::tls::server_config(
+                    &cfg.certificates,
+                    cfg.client_auth.as_ref(),
+                    &cfg.tls,
+                )?;
                 resolver = Some(r);
                 Some((bind(addr).await?, TlsAcceptor::from(tls)))
             }

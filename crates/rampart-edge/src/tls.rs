@@ -78,25 +78,72 @@ impl CertSet {
     }
 }
 
+/// The HTTPS listener's protocol versions and session resumption.
+///
+/// Resumption lets a returning client skip the key exchange's signature and
+/// certificate (a full handshake costs the edge an ECDSA or RSA signature).
+/// By default it works from a cache of sessions held in memory, as nginx's
+/// `ssl_session_cache` in Mozilla's recommended configuration; TLS 1.3
+/// resumption still runs an (EC)DHE exchange, so forward secrecy holds.
+/// Stateless tickets (`session_tickets`) let sessions outlive the cache
+/// but are encrypted under a ticket key that, until it rotates (rustls
+/// rotates it every 6 hours), could decrypt them all, which is why
+/// Mozilla's configuration turns them off and so does the default here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// TLS 1.3 only; else 1.2 and 1.3.
+    pub tls13_only: bool,
+    /// Sessions kept for resumption (0: none).
+    pub session_cache: usize,
+    /// Stateless session tickets.
+    pub session_tickets: bool,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        TlsSettings {
+            tls13_only: false,
+            session_cache: 20_000,
+            session_tickets: false,
+        }
+    }
+}
+
 /// Builds the server configuration; the resolver allows certificate reload.
 /// With `client_auth`, clients are asked for a certificate that chains to
 /// its CAs (and must send one when it is `required`).
 pub fn server_config(
     certs: &[CertConfig],
     client_auth: Option<&ClientAuth>,
+    settings: &TlsSettings,
 ) -> Result<(Arc<ServerConfig>, Arc<SniResolver>)> {
     let resolver = Arc::new(SniResolver {
         set: RwLock::new(Arc::new(load_set(certs)?)),
     });
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let versions: &[&'static rustls::SupportedProtocolVersion] = if settings.tls13_only {
+        &[&rustls::version::TLS13]
+    } else {
+        &[&rustls::version::TLS13, &rustls::version::TLS12]
+    };
+    let builder =
+        ServerConfig::builder_with_provider(provider.clone()).with_protocol_versions(versions)?;
     let builder = match client_auth {
         None => builder.with_no_client_auth(),
         Some(ca) => builder.with_client_cert_verifier(client_verifier(ca, provider)?),
     };
     let mut cfg = builder.with_cert_resolver(resolver.clone());
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    cfg.session_storage = match settings.session_cache {
+        0 => Arc::new(rustls::server::NoServerSessionStorage {}),
+        n => rustls::server::ServerSessionMemoryCache::new(n),
+    };
+    if settings.session_tickets {
+        cfg.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    } else if settings.session_cache == 0 {
+        // No ticket a client could use: send none.
+        cfg.send_tls13_tickets = 0;
+    }
     Ok((Arc::new(cfg), resolver))
 }
 

@@ -363,6 +363,15 @@ pub(crate) fn start_only_changes(
         "edge.hsts_max_age_seconds",
     );
     check(old.hsts_preload != new.hsts_preload, "edge.hsts_preload");
+    check(old.tls13_only != new.tls13_only, "edge.tls_min_version");
+    check(
+        old.tls_session_cache != new.tls_session_cache,
+        "edge.tls_session_cache",
+    );
+    check(
+        old.tls_session_tickets != new.tls_session_tickets,
+        "edge.tls_session_tickets",
+    );
     check(
         old.security_headers != new.security_headers,
         "edge.security_headers",
@@ -580,6 +589,11 @@ pub async fn start(
         if e.hsts_preload { "; preload" } else { "" }
     );
     ec.security_headers = e.security_headers.clone();
+    ec.tls = rampart_edge::TlsSettings {
+        tls13_only: e.tls13_only,
+        session_cache: usize::try_from(e.tls_session_cache).unwrap_or(usize::MAX),
+        session_tickets: e.tls_session_tickets,
+    };
     ec.clock = clock.clone();
     if e.certificates.is_empty() {
         let mut hosts: Vec<String> = config
