@@ -114,6 +114,8 @@ pub struct Service {
     pub tls_client: Option<ClientIdentity>,
     /// The HTTP version the edge speaks to the instances.
     pub protocol: UpstreamProtocol,
+    /// How its instances are picked, when not as `[edge] balance` says.
+    pub balance: Option<EdgeBalance>,
     /// Free text.
     pub description: String,
 }
@@ -710,6 +712,10 @@ pub enum EdgeBalance {
     RoundRobin,
     /// The less busy of two picked at random (power of two choices).
     LeastRequests,
+    /// By the client's address (an IPv6 client's /64), so that a client
+    /// keeps to one instance while it is up (rendezvous hashing: when an
+    /// instance leaves, only its own clients move), as nginx's `ip_hash`.
+    ClientHash,
 }
 
 /// When an upstream instance's circuit breaker opens, and for how long.

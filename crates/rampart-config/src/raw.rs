@@ -208,6 +208,7 @@ pub(crate) struct RawService {
     pub tls_client_cert: Option<S<String>>,
     pub tls_client_key: Option<S<String>>,
     pub protocol: Option<S<String>>,
+    pub balance: Option<S<String>>,
     #[serde(default)]
     pub description: String,
 }

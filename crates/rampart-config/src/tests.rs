@@ -1024,3 +1024,24 @@ fn tls_version_and_session_resumption_have_safe_defaults_and_bounds() {
         ],
     );
 }
+
+#[test]
+fn a_service_may_balance_by_client_apart_from_the_edge_default() {
+    let svc = |balance: &str| {
+        format!(
+            "[edge]\nbalance = \"least_requests\"\n\
+             [[environments]]\nname = \"prod\"\n\
+             [[services]]\nname = \"a\"\nenvironment = \"prod\"\nport = 80\n{balance}"
+        )
+    };
+    let c = Config::parse(&svc("balance = \"client_hash\"\n"), "t.toml").unwrap();
+    assert_eq!(c.services[0].balance, Some(EdgeBalance::ClientHash));
+    assert_eq!(c.edge.unwrap().balance, EdgeBalance::LeastRequests);
+    let c = Config::parse(&svc(""), "t.toml").unwrap();
+    assert_eq!(c.services[0].balance, None);
+    let d = first_error(&svc("balance = \"sticky\"\n"));
+    assert_eq!((d.path.as_str(), d.line), ("services[0].balance", 9), "{d}");
+    assert!(d.to_string().contains("client_hash"), "{d}");
+    let d = first_error("[edge]\nbalance = \"ip_hash\"\n");
+    assert_eq!((d.path.as_str(), d.line), ("edge.balance", 2), "{d}");
+}

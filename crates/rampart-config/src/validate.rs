@@ -601,6 +601,25 @@ impl Checker {
             .collect()
     }
 
+    /// A balancing method by its name.
+    fn balance(&mut self, v: &S<String>, path: &str) -> Option<EdgeBalance> {
+        match v.get_ref().as_str() {
+            "round_robin" => Some(EdgeBalance::RoundRobin),
+            "least_requests" => Some(EdgeBalance::LeastRequests),
+            "client_hash" => Some(EdgeBalance::ClientHash),
+            other => {
+                self.err(
+                    v,
+                    path,
+                    format!(
+                        "unknown balance {other:?}: expected round_robin, least_requests or client_hash"
+                    ),
+                );
+                None
+            }
+        }
+    }
+
     fn cidrs(&mut self, list: &[S<String>], path: &str) -> Vec<IpNet> {
         list.iter()
             .enumerate()
@@ -945,6 +964,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
         };
         services.push(Service {
             protocol,
+            balance: s.balance.as_ref().and_then(|v| c.balance(v, &p("balance"))),
             tls_ca,
             tls_server_name,
             tls_client,
@@ -1485,18 +1505,11 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
                 }
             }
         }
-        let balance = match e.balance.as_ref().map(|v| (v, v.get_ref().as_str())) {
-            None | Some((_, "round_robin")) => EdgeBalance::RoundRobin,
-            Some((_, "least_requests")) => EdgeBalance::LeastRequests,
-            Some((v, other)) => {
-                c.err(
-                    v,
-                    "edge.balance",
-                    format!("unknown balance {other:?}: expected round_robin or least_requests"),
-                );
-                EdgeBalance::RoundRobin
-            }
-        };
+        let balance = e
+            .balance
+            .as_ref()
+            .and_then(|v| c.balance(v, "edge.balance"))
+            .unwrap_or_default();
         let breaker = e.breaker.as_ref().map_or_else(EdgeBreaker::default, |b| {
             let d = EdgeBreaker::default();
             EdgeBreaker {

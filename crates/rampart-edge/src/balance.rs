@@ -1,6 +1,6 @@
-//! Upstream pools: choosing an instance (round robin or power of two
-//! choices over in-flight requests), passive ejection and the per-upstream
-//! circuit breaker.
+//! Upstream pools: choosing an instance (round robin, power of two
+//! choices over in-flight requests, or by the client's address),
+//! passive ejection and the per-upstream circuit breaker.
 //!
 //! Passive ejection *is* the breaker opening: after `failures_to_open`
 //! consecutive connect errors or 5xx the upstream is open (ejected) for
@@ -21,6 +21,47 @@ pub enum Balance {
     RoundRobin,
     /// Two at random, the one with fewer requests in flight.
     LeastRequests,
+    /// By the client (see [`client_affinity`]): the available instance
+    /// with the highest score for it (rendezvous hashing), so a client
+    /// keeps to one instance while that instance is up, and when one
+    /// leaves or comes back only its own clients move.
+    ClientHash,
+}
+
+impl From<rampart_config::EdgeBalance> for Balance {
+    fn from(b: rampart_config::EdgeBalance) -> Self {
+        match b {
+            rampart_config::EdgeBalance::RoundRobin => Balance::RoundRobin,
+            rampart_config::EdgeBalance::LeastRequests => Balance::LeastRequests,
+            rampart_config::EdgeBalance::ClientHash => Balance::ClientHash,
+        }
+    }
+}
+
+/// A 64-bit mix of `x` (SplitMix64's finaliser): spreads close inputs
+/// apart, for rendezvous scores.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// FNV-1a of `bytes`, mixed: the same on every node and every run, so that
+/// several edges send a client to the same instance.
+fn stable_hash(bytes: &[u8]) -> u64 {
+    let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    mix(h)
+}
+
+/// What [`Balance::ClientHash`] keeps a client to: its address, an IPv6
+/// client's /64 (whose privacy addresses change).
+pub fn client_affinity(client: std::net::IpAddr) -> u64 {
+    match crate::slots::client_of(client.to_canonical()) {
+        std::net::IpAddr::V4(v4) => stable_hash(&v4.octets()),
+        std::net::IpAddr::V6(v6) => stable_hash(&v6.octets()),
+    }
 }
 
 /// Breaker settings.
@@ -64,6 +105,8 @@ enum State {
 pub struct UpstreamNode {
     /// Its address as configured (`host:port`).
     pub addr: String,
+    /// [`stable_hash`] of the address, for [`Balance::ClientHash`].
+    key: u64,
     in_flight: AtomicUsize,
     state: Mutex<State>,
     /// Set by active health checks; passive ejection is the breaker.
@@ -123,6 +166,7 @@ impl Pool {
         let nodes = addrs
             .into_iter()
             .map(|addr| UpstreamNode {
+                key: stable_hash(addr.as_bytes()),
                 addr,
                 in_flight: AtomicUsize::new(0),
                 state: Mutex::new(State::Closed { failures: 0 }),
@@ -206,8 +250,24 @@ impl Pool {
         self.nodes.is_empty()
     }
 
-    /// Picks an available upstream not in `tried` and leases it.
-    pub fn pick(&self, tried: &[usize]) -> Option<Lease<'_>> {
+    /// How the pool picks an instance.
+    pub fn balance(&self) -> Balance {
+        self.balance
+    }
+
+    /// What [`Pool::pick`] is given for a request from `client`:
+    /// [`client_affinity`] when the pool balances by client, else 0.
+    pub fn affinity(&self, client: std::net::IpAddr) -> u64 {
+        match self.balance {
+            Balance::ClientHash => client_affinity(client),
+            _ => 0,
+        }
+    }
+
+    /// Picks an available upstream not in `tried` and leases it;
+    /// `affinity` ([`client_affinity`]) matters to [`Balance::ClientHash`]
+    /// only.
+    pub fn pick(&self, tried: &[usize], affinity: u64) -> Option<Lease<'_>> {
         let now = self.clock.unix_nanos();
         let candidates: Vec<usize> = (0..self.nodes.len())
             .filter(|i| !tried.contains(i))
@@ -237,13 +297,17 @@ impl Pool {
                     (a, b) => a.or(b),
                 }
             }
+            Balance::ClientHash => candidates
+                .iter()
+                .copied()
+                .max_by_key(|&i| self.nodes.get(i).map_or(0, |node| mix(node.key ^ affinity))),
         }?;
         // Admission may race with another request taking the half-open
         // probe; `admit` is the authoritative check.
         if !self.admit(chosen, now) {
             let mut tried = tried.to_vec();
             tried.push(chosen);
-            return self.pick(&tried);
+            return self.pick(&tried, affinity);
         }
         if let Some(node) = self.nodes.get(chosen) {
             node.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -463,7 +527,7 @@ mod tests {
         );
         let picks: Vec<String> = (0..4)
             .map(|_| {
-                let l = p.pick(&[]).unwrap();
+                let l = p.pick(&[], 0).unwrap();
                 let a = l.addr().to_string();
                 l.finish(true);
                 a
@@ -478,10 +542,10 @@ mod tests {
             Balance::LeastRequests,
             Arc::new(ManualClock::at_unix_secs(100)),
         );
-        let busy = p.pick(&[]).unwrap();
+        let busy = p.pick(&[], 0).unwrap();
         let busy_addr = busy.addr().to_string();
         for _ in 0..20 {
-            let l = p.pick(&[]).unwrap();
+            let l = p.pick(&[], 0).unwrap();
             // With two nodes, p2c either sees both (picks the idle one) or
             // the same one twice.
             if l.addr() == busy_addr {
@@ -497,25 +561,25 @@ mod tests {
         let clock = Arc::new(ManualClock::at_unix_secs(100));
         let p = pool(Balance::RoundRobin, clock.clone());
         for _ in 0..2 {
-            p.pick(&[1]).unwrap().finish(false);
+            p.pick(&[1], 0).unwrap().finish(false);
         }
         assert_eq!(p.status()[0].state, BreakerState::Open);
         // Only b is available now.
         for _ in 0..3 {
-            let l = p.pick(&[]).unwrap();
+            let l = p.pick(&[], 0).unwrap();
             assert_eq!(l.addr(), "b:1");
             l.finish(true);
         }
-        assert!(p.pick(&[1]).is_none());
+        assert!(p.pick(&[1], 0).is_none());
         assert_eq!(p.retry_after(), Duration::from_secs(5));
         clock.advance(Duration::from_secs(5));
-        let probe = p.pick(&[1]).unwrap();
+        let probe = p.pick(&[1], 0).unwrap();
         assert_eq!(p.status()[0].state, BreakerState::HalfOpen);
-        assert!(p.pick(&[1]).is_none(), "one probe at a time");
+        assert!(p.pick(&[1], 0).is_none(), "one probe at a time");
         probe.finish(false);
         assert_eq!(p.status()[0].state, BreakerState::Open);
         clock.advance(Duration::from_secs(5));
-        p.pick(&[1]).unwrap().finish(true);
+        p.pick(&[1], 0).unwrap().finish(true);
         assert_eq!(p.status()[0].state, BreakerState::Closed);
     }
 
@@ -530,7 +594,7 @@ mod tests {
         p.record_check(0, false, 2, 2);
         assert!(!p.status()[0].healthy);
         for _ in 0..4 {
-            let l = p.pick(&[]).unwrap();
+            let l = p.pick(&[], 0).unwrap();
             assert_eq!(l.addr(), "b:1");
             l.finish(true);
         }
@@ -538,5 +602,74 @@ mod tests {
         assert!(!p.status()[0].healthy);
         p.record_check(0, true, 2, 2);
         assert!(p.status()[0].healthy);
+    }
+
+    fn three(balance: Balance) -> Pool {
+        Pool::new(
+            "svc",
+            vec![
+                "10.0.0.1:80".into(),
+                "10.0.0.2:80".into(),
+                "10.0.0.3:80".into(),
+            ],
+            balance,
+            BreakerSettings::default(),
+            Arc::new(ManualClock::at_unix_secs(100)),
+        )
+    }
+
+    fn pick_for(p: &Pool, tried: &[usize], client: &str) -> usize {
+        let l = p
+            .pick(tried, client_affinity(client.parse().unwrap()))
+            .unwrap();
+        let i = l.index;
+        l.finish(true);
+        i
+    }
+
+    #[test]
+    fn client_hash_keeps_a_client_to_one_instance_and_spreads_clients() {
+        let p = three(Balance::ClientHash);
+        let mut seen = [0usize; 3];
+        for n in 0..300u32 {
+            let client = format!("198.51.{}.{}", n / 250, n % 250 + 1);
+            let first = pick_for(&p, &[], &client);
+            for _ in 0..3 {
+                assert_eq!(pick_for(&p, &[], &client), first, "{client}");
+            }
+            seen[first] += 1;
+        }
+        assert!(seen.iter().all(|&n| n > 50), "{seen:?}");
+        // An IPv6 client is its /64.
+        assert_eq!(
+            pick_for(&p, &[], "2001:db8:7:7::1"),
+            pick_for(&p, &[], "2001:db8:7:7:ffff::2")
+        );
+    }
+
+    #[test]
+    fn client_hash_moves_only_the_clients_of_an_instance_that_is_out() {
+        let p = three(Balance::ClientHash);
+        let clients: Vec<String> = (1..=200).map(|n| format!("203.0.113.{n}")).collect();
+        let before: Vec<usize> = clients.iter().map(|c| pick_for(&p, &[], c)).collect();
+        // Instance 1 taken out (as a retry excludes it, or its breaker).
+        let after: Vec<usize> = clients.iter().map(|c| pick_for(&p, &[1], c)).collect();
+        for ((c, b), a) in clients.iter().zip(&before).zip(&after) {
+            if *b == 1 {
+                assert_ne!(*a, 1, "{c}");
+            } else {
+                assert_eq!(a, b, "{c} moved although its instance stayed");
+            }
+        }
+        // The same on every node, every run and every version: the hash is
+        // fixed (a change would move every client on upgrade).
+        assert_eq!(
+            client_affinity("192.0.2.1".parse().unwrap()),
+            0x1e00e9a12f8249cb
+        );
+        assert_eq!(
+            client_affinity("::ffff:192.0.2.1".parse().unwrap()),
+            client_affinity("192.0.2.1".parse().unwrap())
+        );
     }
 }

@@ -192,6 +192,7 @@ pub async fn forward(
     };
     let retry_ok = idempotent(&ctx.head.method);
     let attempts = pool.len().min(MAX_ATTEMPTS);
+    let affinity = pool.affinity(ctx.client);
     let mut tried = Vec::new();
     let mut last: Result<Forwarded, Reject> = Err(Reject::UpstreamFailed);
     loop {
@@ -210,7 +211,7 @@ pub async fn forward(
             Some(_) if unsent.is_none() => return last,
             Some(_) => unsent.take(),
         };
-        let Some(lease) = pool.pick(&tried) else {
+        let Some(lease) = pool.pick(&tried, affinity) else {
             if tried.is_empty() {
                 return Err(Reject::NoHealthyUpstream {
                     retry_after: pool.retry_after(),

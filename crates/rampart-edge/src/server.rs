@@ -246,11 +246,14 @@ impl Routing {
             let tls = service_tls(s)?;
             let tls_key = tls.as_ref().map(|t| t.key().to_string());
             let http2 = s.protocol == rampart_config::UpstreamProtocol::Http2;
-            // A pool already reaching these instances as the config says.
+            let balance = s.balance.map_or(balance, Balance::from);
+            // A pool already reaching and balancing these instances as
+            // the config says.
             let same = |p: &Pool| {
                 p.addrs() == addrs
                     && p.tls().map(|t| t.key()) == tls_key.as_deref()
                     && p.reach().http2 == http2
+                    && p.balance() == balance
             };
             let kept = old
                 .and_then(|o| o.pools.get(&s.name))

@@ -83,7 +83,7 @@ pub async fn open(
 ) -> Result<(Opened, String), Reject> {
     let mut tried = Vec::new();
     loop {
-        let Some(lease) = pool.pick(&tried) else {
+        let Some(lease) = pool.pick(&tried, pool.affinity(ctx.client)) else {
             return Err(if tried.is_empty() {
                 Reject::NoHealthyUpstream {
                     retry_after: pool.retry_after(),

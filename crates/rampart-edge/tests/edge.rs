@@ -1441,3 +1441,43 @@ async fn one_client_cannot_take_every_connection_slot() {
     let r = send(held, "GET", "api.test", "/", &[]).await;
     assert_eq!(r.status, StatusCode::OK);
 }
+
+/// A service with `balance = "client_hash"` keeps each client to one
+/// instance (the client as the trusted proxy's `X-Forwarded-For` names
+/// it), spreads clients over its instances, and when a client's instance
+/// is down sends it to another while the other clients stay put.
+#[tokio::test]
+async fn client_hash_keeps_each_client_to_one_instance() {
+    let (a, b) = (upstream("a").await, upstream("b").await);
+    let dead = dead_addr().await;
+    let text = format!(
+        "[[environments]]\nname = \"test\"\n\
+         [[services]]\nname = \"s\"\nenvironment = \"test\"\nport = 8080\nbalance = \"client_hash\"\n\
+         upstreams = [\"{}\", \"{}\", \"{dead}\"]\n\
+         [[routes]]\nhost = \"api.test\"\nservice = \"s\"\n",
+        a.addr, b.addr
+    );
+    let cfg = rampart_config::Config::parse(&text, "t.toml").unwrap();
+    let edge = TestEdge::start(cfg, |ec| {
+        ec.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+    })
+    .await;
+    let mut seen = std::collections::HashMap::new();
+    for n in 1..=40 {
+        let client = format!("198.51.100.{n}");
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            let r = edge
+                .https_with("GET", "api.test", "/", &[("x-forwarded-for", &client)])
+                .await;
+            assert_eq!(r.status, StatusCode::OK, "{client}");
+            got.push(r.header("x-upstream").unwrap().to_string());
+        }
+        // The clients whose instance is the dead one move, to one other
+        // instance, every time.
+        assert!(got.windows(2).all(|w| w[0] == w[1]), "{client}: {got:?}");
+        *seen.entry(got[0].clone()).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(seen.values().all(|&n| n >= 5), "{seen:?}");
+}

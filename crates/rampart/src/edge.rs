@@ -8,12 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rampart_audit::{Actor, Audit, Event, Outcome, Tier};
-use rampart_config::{ClientAuthMode, Config, EdgeBalance, RouteAuth};
+use rampart_config::{ClientAuthMode, Config, RouteAuth};
 use rampart_core::SharedClock;
 use rampart_edge::{
-    AccessRecord, AuditSink, AuthOutcome, AuthRequest, Authenticator, Balance, BreakerSettings,
-    CertConfig, CertSource, ClientAuth, ClientCert, DurableRecord, Edge, EdgeConfig, HealthCheck,
-    Principal,
+    AccessRecord, AuditSink, AuthOutcome, AuthRequest, Authenticator, BreakerSettings, CertConfig,
+    CertSource, ClientAuth, ClientCert, DurableRecord, Edge, EdgeConfig, HealthCheck, Principal,
 };
 use rampart_identity::Identity;
 use rampart_store::Keyring;
@@ -556,10 +555,7 @@ pub async fn start(
         metrics.set_shared_limits(shared.clone());
         ec.counter_store = shared;
     }
-    ec.balance = match e.balance {
-        EdgeBalance::RoundRobin => Balance::RoundRobin,
-        EdgeBalance::LeastRequests => Balance::LeastRequests,
-    };
+    ec.balance = e.balance.into();
     ec.connect_timeout = Duration::from_millis(u64::from(e.connect_timeout_ms));
     ec.upstream_timeout = Duration::from_secs(u64::from(e.upstream_timeout_seconds));
     ec.header_read_timeout = Duration::from_secs(u64::from(e.header_read_timeout_seconds));
