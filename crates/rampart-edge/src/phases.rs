@@ -31,6 +31,7 @@ use crate::error::Reject;
 use crate::hooks::{authorised, AuthOutcome, AuthRequest, Authenticator, Principal, WafFindings};
 use crate::mtls::ClientCert;
 use crate::ratelimit::{looks_like_auth, CounterStore, Rate, RateLimits};
+use crate::router::RouteEntry;
 
 /// What the phases see and fill in.
 #[derive(Debug)]
@@ -42,10 +43,7 @@ pub struct RequestCtx {
     /// The validated host, lowercase, without port.
     pub host: String,
     /// The matched route.
-    pub route: Arc<Route>,
-    /// The route as records, rate-limit keys and assertions name it: host
-    /// and path prefix.
-    pub route_label: String,
+    pub route: Arc<RouteEntry>,
     /// Set by authentication.
     pub principal: Option<Principal>,
     /// Sent upstream as `X-Request-Id`.
@@ -75,14 +73,10 @@ impl RequestCtx {
         body: Incoming,
         client: IpAddr,
         host: String,
-        route: Arc<Route>,
+        route: Arc<RouteEntry>,
         request_id: String,
     ) -> RequestCtx {
-        let mut route_label = String::with_capacity(route.host.len() + route.path_prefix.len());
-        route_label.push_str(&route.host);
-        route_label.push_str(&route.path_prefix);
         RequestCtx {
-            route_label,
             head,
             client,
             host,
@@ -305,7 +299,7 @@ impl Phase for RateLimit {
     }
     fn check(&self, ctx: &mut RequestCtx) -> Result<(), Reject> {
         let now = self.clock.unix_nanos();
-        let route = &ctx.route_label;
+        let route = ctx.route.label();
         // Keys: `c|IP` (default per-client bucket), `ca|IP|ROUTE` (stricter
         // on authentication routes), `cr|IP|ROUTE` (a route's own per-client
         // bucket, which replaces the defaults), and `r|ROUTE` per route. An

@@ -127,24 +127,6 @@ fn join_cookies(h: &mut HeaderMap) {
     }
 }
 
-/// Header pairs as the edge sends them; a pair that is no valid header
-/// (a config built in code, not checked as `rampart.toml` is) is left out
-/// with a warning.
-pub(crate) fn header_pairs(pairs: &[(String, String)]) -> Vec<(http::HeaderName, HeaderValue)> {
-    pairs
-        .iter()
-        .filter_map(|(n, v)| {
-            let pair = http::HeaderName::from_bytes(n.as_bytes())
-                .ok()
-                .zip(HeaderValue::from_str(v).ok());
-            if pair.is_none() {
-                tracing::warn!(header = %n, "not a valid header: left out");
-            }
-            pair
-        })
-        .collect()
-}
-
 fn idempotent(m: &Method) -> bool {
     matches!(
         *m,
@@ -307,11 +289,11 @@ pub(crate) fn upstream_request(
     // other `x-rampart-` header) and forwarding claims never pass.
     strip_forgeable(&mut headers);
     // The route's own rules (never on the names the edge sets below).
-    for name in &ctx.route.remove_request_headers {
-        headers.remove(name.as_str());
+    for name in &ctx.route.remove_request {
+        headers.remove(name);
     }
-    for (name, value) in header_pairs(&ctx.route.request_headers) {
-        headers.insert(name, value);
+    for (name, value) in &ctx.route.set_request {
+        headers.insert(name, value.clone());
     }
     headers.remove(http::header::CONTENT_LENGTH);
     if !headers.contains_key(http::header::HOST) {

@@ -8,14 +8,98 @@
 //! (`/ADMIN/users`), either of which would otherwise take a service's
 //! `/admin` past the `/admin` route's authentication.
 
+use std::ops::Deref;
 use std::sync::Arc;
 
+use http::{HeaderName, HeaderValue};
 use rampart_config::Route;
+
+/// A route, with what the edge works out from it once, when the routes
+/// are loaded, rather than on each of its requests: its header rules as
+/// header names and values, and its label. Reads as the [`Route`] it was
+/// made from.
+#[derive(Debug)]
+pub struct RouteEntry {
+    route: Route,
+    /// Host and path prefix, as records, rate-limit keys and assertions
+    /// name the route.
+    label: String,
+    /// `request_headers`, set over the client's before the service.
+    pub(crate) set_request: Vec<(HeaderName, HeaderValue)>,
+    /// `remove_request_headers`.
+    pub(crate) remove_request: Vec<HeaderName>,
+    /// `response_headers`, set over the service's.
+    pub(crate) set_response: Vec<(HeaderName, HeaderValue)>,
+    /// `remove_response_headers`.
+    pub(crate) remove_response: Vec<HeaderName>,
+}
+
+impl RouteEntry {
+    /// Works `route` out. A header name or value that is not valid
+    /// (the config refuses them at load) is left out with a warning.
+    pub fn new(route: Route) -> RouteEntry {
+        let mut label = String::with_capacity(route.host.len() + route.path_prefix.len());
+        label.push_str(&route.host);
+        label.push_str(&route.path_prefix);
+        RouteEntry {
+            label,
+            set_request: header_pairs(&route.request_headers),
+            remove_request: header_names(&route.remove_request_headers),
+            set_response: header_pairs(&route.response_headers),
+            remove_response: header_names(&route.remove_response_headers),
+            route,
+        }
+    }
+
+    /// Host and path prefix, as records, rate-limit keys and assertions
+    /// name the route.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+}
+
+impl Deref for RouteEntry {
+    type Target = Route;
+
+    fn deref(&self) -> &Route {
+        &self.route
+    }
+}
+
+/// Header names and values from text, leaving out (with a warning) those
+/// that are not valid.
+pub(crate) fn header_pairs(pairs: &[(String, String)]) -> Vec<(HeaderName, HeaderValue)> {
+    pairs
+        .iter()
+        .filter_map(|(n, v)| {
+            let pair = HeaderName::from_bytes(n.as_bytes())
+                .ok()
+                .zip(HeaderValue::from_str(v).ok());
+            if pair.is_none() {
+                tracing::warn!(header = %n, "not a valid header: left out");
+            }
+            pair
+        })
+        .collect()
+}
+
+fn header_names(names: &[String]) -> Vec<HeaderName> {
+    names
+        .iter()
+        .filter_map(|n| {
+            let name = HeaderName::from_bytes(n.as_bytes()).ok();
+            if name.is_none() {
+                tracing::warn!(header = %n, "not a valid header name: left out");
+            }
+            name
+        })
+        .collect()
+}
 
 /// The routes, ready for matching.
 #[derive(Debug, Clone)]
 pub struct Router {
-    routes: Vec<Arc<Route>>,
+    routes: Vec<Arc<RouteEntry>>,
     /// Each route's prefix as servers that drop segment parameters read it
     /// (the prefix itself when it has no `;`), in `routes` order.
     bare_prefixes: Vec<String>,
@@ -38,7 +122,10 @@ impl Router {
             })
             .collect();
         Router {
-            routes: routes.into_iter().map(Arc::new).collect(),
+            routes: routes
+                .into_iter()
+                .map(|r| Arc::new(RouteEntry::new(r)))
+                .collect(),
             bare_prefixes,
             capitals,
         }
@@ -52,7 +139,7 @@ impl Router {
     }
 
     /// The best route for `host` (no port, any case) and `path`.
-    pub fn find(&self, host: &str, path: &str) -> Option<&Arc<Route>> {
+    pub fn find(&self, host: &str, path: &str) -> Option<&Arc<RouteEntry>> {
         self.find_by(host, path, false, false)
     }
 
@@ -64,7 +151,7 @@ impl Router {
         &self,
         host: &str,
         path: &str,
-    ) -> Result<Option<&Arc<Route>>, crate::path::PathError> {
+    ) -> Result<Option<&Arc<RouteEntry>>, crate::path::PathError> {
         let Some(route) = self.find(host, path) else {
             return Ok(None);
         };
@@ -78,7 +165,7 @@ impl Router {
             return Ok(Some(route));
         }
         let bare = bare.as_deref().unwrap_or(path);
-        let same = |other: Option<&Arc<Route>>| other.is_some_and(|o| Arc::ptr_eq(o, route));
+        let same = |other: Option<&Arc<RouteEntry>>| other.is_some_and(|o| Arc::ptr_eq(o, route));
         // Windows servers are case-insensitive too; their reading of the
         // bare path covers the path with its parameters as well.
         let windows = || {
@@ -102,11 +189,17 @@ impl Router {
     /// `any_case` (then, of equally long prefixes, one in the path's own
     /// case wins), and read without their segment parameters when `bare`
     /// (then, of equally long ones, one that had none wins).
-    fn find_by(&self, host: &str, path: &str, any_case: bool, bare: bool) -> Option<&Arc<Route>> {
+    fn find_by(
+        &self,
+        host: &str,
+        path: &str,
+        any_case: bool,
+        bare: bool,
+    ) -> Option<&Arc<RouteEntry>> {
         // Host rank, prefix length, prefix in the path's own case, prefix
         // as written.
         type Rank = (u8, usize, bool, bool);
-        let mut best: Option<(Rank, &Arc<Route>)> = None;
+        let mut best: Option<(Rank, &Arc<RouteEntry>)> = None;
         for (r, bare_prefix) in self.routes.iter().zip(&self.bare_prefixes) {
             let Some(host_rank) = host_rank(&r.host, host) else {
                 continue;
@@ -174,6 +267,44 @@ mod tests {
     }
 
     #[test]
+    fn a_route_entry_holds_its_header_rules_ready_and_reads_as_its_route() {
+        let mut r = route("api.test", "/v1", "svc");
+        r.request_headers = vec![
+            ("X-Env".into(), "prod".into()),
+            ("bad name".into(), "x".into()),
+        ];
+        r.remove_request_headers = vec!["Authorization".into()];
+        r.response_headers = vec![("Cache-Control".into(), "no-store".into())];
+        r.remove_response_headers = vec!["Server".into(), "X-Powered-By".into()];
+        let e = RouteEntry::new(r);
+        assert_eq!(e.label(), "api.test/v1");
+        assert_eq!(e.service, "svc");
+        // The invalid pair is left out (the config refuses it at load).
+        assert_eq!(
+            e.set_request,
+            vec![(
+                HeaderName::from_static("x-env"),
+                HeaderValue::from_static("prod")
+            )]
+        );
+        assert_eq!(e.remove_request, vec![http::header::AUTHORIZATION]);
+        assert_eq!(
+            e.set_response,
+            vec![(
+                http::header::CACHE_CONTROL,
+                HeaderValue::from_static("no-store")
+            )]
+        );
+        assert_eq!(
+            e.remove_response,
+            vec![
+                http::header::SERVER,
+                HeaderName::from_static("x-powered-by")
+            ]
+        );
+    }
+
+    #[test]
     fn exact_host_and_longest_prefix_win() {
         let r = Router::new(vec![
             route("*.example.com", "/", "wild"),
@@ -226,7 +357,10 @@ mod tests {
         assert_eq!(svc("/administrator"), Ok(Some("public")));
         assert_eq!(svc("/admin/users./x."), Ok(Some("admin")));
         assert_eq!(svc("/files/report.v1./"), Ok(Some("public")));
-        assert_eq!(r.find_unambiguous("nothing.test", "/ADMIN"), Ok(None));
+        assert!(matches!(
+            r.find_unambiguous("nothing.test", "/ADMIN"),
+            Ok(None)
+        ));
     }
 
     #[test]
@@ -246,10 +380,10 @@ mod tests {
             route("api.test", "/a;v=1", "v1"),
             route("api.test", "/a", "a"),
         ]);
-        assert_eq!(
+        assert!(matches!(
             beside.find_unambiguous("api.test", "/a;v=1/x"),
             Err(crate::path::PathError::Ambiguous)
-        );
+        ));
     }
 
     #[test]

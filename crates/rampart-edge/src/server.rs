@@ -519,7 +519,7 @@ impl Edge {
                 tracing::warn!("the HSTS value is no valid header: sending the default");
                 HeaderValue::from_static(HSTS)
             }),
-            security_headers: proxy::header_pairs(&cfg.security_headers),
+            security_headers: crate::router::header_pairs(&cfg.security_headers),
             deploy_log: std::sync::Mutex::default(),
             assertion: cfg.assertion.clone(),
             resolver,
@@ -1158,7 +1158,7 @@ impl State {
         let mut ctx = RequestCtx::new(head, body, client, host, route, rec.request_id.clone());
         ctx.forward_path = forward_path;
         ctx.forwarded_for = forwarded_for;
-        rec.route = Some(ctx.route_label.clone());
+        rec.route = Some(ctx.route.label().to_string());
         // The route's own limit, when smaller, bounds what is read at all:
         // a body declared over it is refused before any of it is read, and
         // one that grows over it is cut off there.
@@ -1212,7 +1212,7 @@ impl State {
                 sub,
                 roles,
                 &ctx.route.service,
-                &ctx.route_label,
+                ctx.route.label(),
                 self.clock.unix_secs(),
             )
         });
@@ -1251,11 +1251,11 @@ impl State {
         let (mut parts, body) = fwd.response.into_parts();
         proxy::strip_hop_by_hop(&mut parts.headers);
         // The route's own header rules.
-        for name in &ctx.route.remove_response_headers {
-            parts.headers.remove(name.as_str());
+        for name in &ctx.route.remove_response {
+            parts.headers.remove(name);
         }
-        for (name, value) in proxy::header_pairs(&ctx.route.response_headers) {
-            parts.headers.insert(name, value);
+        for (name, value) in &ctx.route.set_response {
+            parts.headers.insert(name, value.clone());
         }
         if checks.is_empty() {
             return Ok(self.maybe_gzip(&ctx, Response::from_parts(parts, body.boxed())));
