@@ -16,8 +16,14 @@ bench_install() {
     }
 }
 
-# bench_release_bin : builds the release `rampart` and prints its path.
+# bench_release_bin : builds the release `rampart` and prints its path, or
+# prints $RAMPART_BENCH_BIN when set (a binary built elsewhere, to compare
+# two builds on the same load).
 bench_release_bin() {
+    if [ -n "${RAMPART_BENCH_BIN:-}" ]; then
+        echo "$RAMPART_BENCH_BIN"
+        return
+    fi
     cargo build --release -q -p rampart
     local target="${CARGO_TARGET_DIR:-target}"
     case "$target" in

@@ -1041,7 +1041,23 @@ fn a_service_may_balance_by_client_apart_from_the_edge_default() {
     assert_eq!(c.services[0].balance, None);
     let d = first_error(&svc("balance = \"sticky\"\n"));
     assert_eq!((d.path.as_str(), d.line), ("services[0].balance", 9), "{d}");
-    assert!(d.to_string().contains("client_hash"), "{d}");
+    assert!(
+        d.to_string().contains(
+            "unknown balance \"sticky\": expected round_robin, least_requests or client_hash"
+        ),
+        "{d}"
+    );
     let d = first_error("[edge]\nbalance = \"ip_hash\"\n");
     assert_eq!((d.path.as_str(), d.line), ("edge.balance", 2), "{d}");
+    let d = first_error("[edge]\ntls_min_version = \"1.1\"\n");
+    assert_eq!(
+        (d.path.as_str(), d.line),
+        ("edge.tls_min_version", 2),
+        "{d}"
+    );
+    assert!(
+        d.to_string()
+            .contains("unknown TLS version \"1.1\": expected 1.2 or 1.3"),
+        "{d}"
+    );
 }

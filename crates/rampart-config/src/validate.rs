@@ -601,23 +601,45 @@ impl Checker {
             .collect()
     }
 
+    /// The value `v` names among `choices`, or an error at `path` that
+    /// lists them ("unknown {what} …: expected a, b or c").
+    fn one_of<T: Copy>(
+        &mut self,
+        v: &S<String>,
+        path: &str,
+        what: &str,
+        choices: &[(&str, T)],
+    ) -> Option<T> {
+        let got = v.get_ref().as_str();
+        if let Some((_, t)) = choices.iter().find(|(name, _)| *name == got) {
+            return Some(*t);
+        }
+        let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
+        let expected = match names.split_last() {
+            Some((last, [])) => (*last).to_string(),
+            Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+            None => String::new(),
+        };
+        self.err(
+            v,
+            path,
+            format!("unknown {what} {got:?}: expected {expected}"),
+        );
+        None
+    }
+
     /// A balancing method by its name.
     fn balance(&mut self, v: &S<String>, path: &str) -> Option<EdgeBalance> {
-        match v.get_ref().as_str() {
-            "round_robin" => Some(EdgeBalance::RoundRobin),
-            "least_requests" => Some(EdgeBalance::LeastRequests),
-            "client_hash" => Some(EdgeBalance::ClientHash),
-            other => {
-                self.err(
-                    v,
-                    path,
-                    format!(
-                        "unknown balance {other:?}: expected round_robin, least_requests or client_hash"
-                    ),
-                );
-                None
-            }
-        }
+        self.one_of(
+            v,
+            path,
+            "balance",
+            &[
+                ("round_robin", EdgeBalance::RoundRobin),
+                ("least_requests", EdgeBalance::LeastRequests),
+                ("client_hash", EdgeBalance::ClientHash),
+            ],
+        )
     }
 
     fn cidrs(&mut self, list: &[S<String>], path: &str) -> Vec<IpNet> {
@@ -950,18 +972,21 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
                 None
             }
         };
-        let protocol = match s.protocol.as_ref().map(|v| (v, v.get_ref().as_str())) {
-            None | Some((_, "http1")) => UpstreamProtocol::Http1,
-            Some((_, "http2")) => UpstreamProtocol::Http2,
-            Some((v, other)) => {
-                c.err(
+        let protocol = s
+            .protocol
+            .as_ref()
+            .and_then(|v| {
+                c.one_of(
                     v,
-                    p("protocol"),
-                    format!("unknown protocol {other:?}: expected http1 or http2"),
-                );
-                UpstreamProtocol::Http1
-            }
-        };
+                    &p("protocol"),
+                    "protocol",
+                    &[
+                        ("http1", UpstreamProtocol::Http1),
+                        ("http2", UpstreamProtocol::Http2),
+                    ],
+                )
+            })
+            .unwrap_or(UpstreamProtocol::Http1);
         services.push(Service {
             protocol,
             balance: s.balance.as_ref().and_then(|v| c.balance(v, &p("balance"))),
@@ -1064,22 +1089,23 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
                 ),
             );
         }
-        let auth = match r.auth.as_ref().map(|a| a.get_ref().as_str()) {
-            None | Some("none") => RouteAuth::None,
-            Some("api_key") => RouteAuth::ApiKey,
-            Some("session") => RouteAuth::Session,
-            Some("client_cert") => RouteAuth::ClientCert,
-            Some(other) => {
-                if let Some(a) = &r.auth {
-                    c.err(
-                        a,
-                        p("auth"),
-                        format!("unknown auth {other:?}: expected none, api_key, session or client_cert"),
-                    );
-                }
-                RouteAuth::None
-            }
-        };
+        let auth = r
+            .auth
+            .as_ref()
+            .and_then(|a| {
+                c.one_of(
+                    a,
+                    &p("auth"),
+                    "auth",
+                    &[
+                        ("none", RouteAuth::None),
+                        ("api_key", RouteAuth::ApiKey),
+                        ("session", RouteAuth::Session),
+                        ("client_cert", RouteAuth::ClientCert),
+                    ],
+                )
+            })
+            .unwrap_or(RouteAuth::None);
         for (j, role) in r.roles.iter().enumerate() {
             if !roles_by_name.contains_key(role.get_ref()) {
                 c.err(
@@ -1129,19 +1155,22 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
                 Some(PathBuf::from(v.get_ref()))
             }
         });
-        let waf = match r.waf.as_ref().map(|w| (w, w.get_ref().as_str())) {
-            None | Some((_, "block")) => WafMode::Block,
-            Some((_, "detect")) => WafMode::Detect,
-            Some((_, "off")) => WafMode::Off,
-            Some((w, other)) => {
-                c.err(
+        let waf = r
+            .waf
+            .as_ref()
+            .and_then(|w| {
+                c.one_of(
                     w,
-                    p("waf"),
-                    format!("unknown waf mode {other:?}: expected block, detect or off"),
-                );
-                WafMode::Block
-            }
-        };
+                    &p("waf"),
+                    "waf mode",
+                    &[
+                        ("block", WafMode::Block),
+                        ("detect", WafMode::Detect),
+                        ("off", WafMode::Off),
+                    ],
+                )
+            })
+            .unwrap_or(WafMode::Block);
         let exclusions = r
             .waf_exclusions
             .iter()
@@ -1444,19 +1473,21 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
             });
         }
         let client_ca = c.pem_paths(&e.client_ca, "edge.client_ca");
-        let client_auth = match e.client_auth.as_ref().map(|v| (v, v.get_ref().as_str())) {
+        let client_auth = match &e.client_auth {
             None if client_ca.is_empty() => ClientAuthMode::Off,
-            None | Some((_, "optional")) => ClientAuthMode::Optional,
-            Some((_, "required")) => ClientAuthMode::Required,
-            Some((_, "off")) => ClientAuthMode::Off,
-            Some((v, other)) => {
-                c.err(
+            None => ClientAuthMode::Optional,
+            Some(v) => c
+                .one_of(
                     v,
                     "edge.client_auth",
-                    format!("unknown client_auth {other:?}: expected off, optional or required"),
-                );
-                ClientAuthMode::Off
-            }
+                    "client_auth",
+                    &[
+                        ("off", ClientAuthMode::Off),
+                        ("optional", ClientAuthMode::Optional),
+                        ("required", ClientAuthMode::Required),
+                    ],
+                )
+                .unwrap_or(ClientAuthMode::Off),
         };
         if let Some(v) = &e.client_auth {
             if client_auth != ClientAuthMode::Off && client_ca.is_empty() {
@@ -1683,18 +1714,15 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
                 31_536_000,
             ),
             hsts_preload: e.hsts_preload.as_ref().is_some_and(|v| *v.get_ref()),
-            tls13_only: match e.tls_min_version.as_ref().map(|v| (v, v.get_ref().as_str())) {
-                None | Some((_, "1.2")) => false,
-                Some((_, "1.3")) => true,
-                Some((v, other)) => {
-                    c.err(
-                        v,
-                        "edge.tls_min_version",
-                        format!("unknown TLS version {other:?}: expected \"1.2\" or \"1.3\""),
-                    );
-                    false
-                }
-            },
+            tls13_only: e.tls_min_version.as_ref().is_some_and(|v| {
+                c.one_of(
+                    v,
+                    "edge.tls_min_version",
+                    "TLS version",
+                    &[("1.2", false), ("1.3", true)],
+                )
+                .unwrap_or(false)
+            }),
             tls_session_cache: c.bounded(
                 e.tls_session_cache.as_ref(),
                 "edge.tls_session_cache",
