@@ -174,6 +174,9 @@ pub struct Route {
     pub allow_cidrs: Vec<IpNet>,
     /// Source networks denied.
     pub deny_cidrs: Vec<IpNet>,
+    /// The HTTP methods this route takes (empty: any), upper case, each
+    /// once; `GET` takes `HEAD` too. Others get 405 with `Allow`.
+    pub methods: Vec<String>,
     /// Requests per client on this route, instead of the edge's default.
     pub rate_limit: Option<RouteRate>,
     /// Largest request body on this route (the edge's limit still caps it).
@@ -236,6 +239,7 @@ impl Route {
             roles: Vec::new(),
             allow_cidrs: Vec::new(),
             deny_cidrs: Vec::new(),
+            methods: Vec::new(),
             rate_limit: None,
             max_body_bytes: None,
             upstream_timeout_seconds: None,

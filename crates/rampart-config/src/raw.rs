@@ -246,6 +246,8 @@ pub(crate) struct RawRoute {
     pub request_headers: std::collections::BTreeMap<String, S<String>>,
     #[serde(default)]
     pub remove_request_headers: Vec<S<String>>,
+    #[serde(default)]
+    pub methods: Vec<S<String>>,
 }
 
 /// `{ rule = N }`, `{ tag = "…" }`, either with `target = "COLLECTION[:key]"`.

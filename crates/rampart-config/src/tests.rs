@@ -1061,3 +1061,34 @@ fn a_service_may_balance_by_client_apart_from_the_edge_default() {
         "{d}"
     );
 }
+
+#[test]
+fn route_methods_are_upper_case_methods_each_once() {
+    let route = |methods: &str| {
+        format!(
+            "[[environments]]\nname = \"prod\"\n\
+             [[services]]\nname = \"a\"\nenvironment = \"prod\"\nport = 80\n\
+             [[routes]]\nhost = \"api.test\"\nservice = \"a\"\n{methods}"
+        )
+    };
+    let c = Config::parse(
+        &route("methods = [\"GET\", \"POST\", \"PROPFIND\"]\n"),
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(c.routes[0].methods, vec!["GET", "POST", "PROPFIND"]);
+    let c = Config::parse(&route(""), "t.toml").unwrap();
+    assert!(c.routes[0].methods.is_empty());
+    let d = first_error(&route("methods = [\n  \"GET\",\n  \"post\",\n]\n"));
+    assert_eq!(
+        (d.path.as_str(), d.line),
+        ("routes[0].methods[1]", 12),
+        "{d}"
+    );
+    assert!(d.to_string().contains("upper case"), "{d}");
+    let d = first_error(&route("methods = [\"GET\", \"GET\"]\n"));
+    assert_eq!(d.path, "routes[0].methods[1]", "{d}");
+    assert!(d.to_string().contains("twice"), "{d}");
+    let d = first_error(&route("websocket = true\nmethods = [\"POST\"]\n"));
+    assert_eq!((d.path.as_str(), d.line), ("routes[0].methods", 11), "{d}");
+}

@@ -1241,7 +1241,41 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
             &p("remove_request_headers"),
             Side::Request,
         );
+        let mut methods: Vec<String> = Vec::new();
+        for (j, m) in r.methods.iter().enumerate() {
+            let name = m.get_ref();
+            let path = format!("routes[{i}].methods[{j}]");
+            if name.is_empty()
+                || name.len() > 32
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_')
+            {
+                c.err(
+                    m,
+                    &path,
+                    format!(
+                        "invalid method {name:?}: expected an HTTP method in upper case, as clients send it, such as GET or POST"
+                    ),
+                );
+            } else if methods.contains(name) {
+                c.err(m, &path, format!("method {name:?} is listed twice"));
+            } else {
+                methods.push(name.clone());
+            }
+        }
+        if r.websocket && !methods.is_empty() && !methods.iter().any(|m| m == "GET") {
+            if let Some(first) = r.methods.first() {
+                c.err(
+                    first,
+                    p("methods"),
+                    "a websocket route takes GET: a WebSocket handshake is a GET request"
+                        .to_string(),
+                );
+            }
+        }
         routes.push(Route {
+            methods,
             request_headers,
             remove_request_headers,
             response_headers,

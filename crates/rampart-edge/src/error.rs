@@ -74,6 +74,11 @@ pub enum Reject {
     NoRoute,
     /// The client address is denied by an IP rule.
     IpDenied,
+    /// The route does not take the request's method.
+    MethodNotAllowed {
+        /// The methods it takes, for the `Allow` header.
+        allow: http::HeaderValue,
+    },
     /// A token bucket is empty.
     RateLimited {
         /// When a token will be available again.
@@ -147,6 +152,7 @@ impl Reject {
             Reject::UnsupportedTransferEncoding => StatusCode::NOT_IMPLEMENTED,
             Reject::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Reject::NoRoute => StatusCode::NOT_FOUND,
+            Reject::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Reject::IpDenied | Reject::Forbidden => StatusCode::FORBIDDEN,
             Reject::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Reject::Waf { status, .. } => {
@@ -188,6 +194,7 @@ impl Reject {
             Reject::ConflictingFraming => "conflicting_framing",
             Reject::NoRoute => "no_route",
             Reject::IpDenied => "ip_denied",
+            Reject::MethodNotAllowed { .. } => "method_not_allowed",
             Reject::RateLimited { .. } => "rate_limited",
             Reject::Waf { .. } | Reject::WafRedirect { .. } => "waf",
             Reject::Unauthenticated => "unauthenticated",

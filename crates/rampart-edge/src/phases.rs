@@ -281,6 +281,24 @@ impl Phase for IpRules {
     }
 }
 
+/// The route's `methods`: any other gets 405 with `Allow`. After the IP
+/// rules and rate limits, so that a refused client learns nothing of the
+/// route, and before the firewall and authentication, which a request
+/// the route never takes need not pass.
+#[derive(Debug)]
+pub struct Methods;
+
+impl Phase for Methods {
+    fn name(&self) -> &'static str {
+        "methods"
+    }
+    fn check(&self, ctx: &mut RequestCtx) -> Result<(), Reject> {
+        ctx.route
+            .allows(&ctx.head.method)
+            .map_err(|allow| Reject::MethodNotAllowed { allow })
+    }
+}
+
 /// Token buckets per client address (stricter on auth-like routes) and
 /// per route.
 #[derive(Debug)]

@@ -32,6 +32,10 @@ pub struct RouteEntry {
     pub(crate) set_response: Vec<(HeaderName, HeaderValue)>,
     /// `remove_response_headers`.
     pub(crate) remove_response: Vec<HeaderName>,
+    /// `methods` (with `HEAD` when `GET` is there); empty: any.
+    methods: Vec<http::Method>,
+    /// The `Allow` header of a 405 on this route.
+    allow: Option<HeaderValue>,
 }
 
 impl RouteEntry {
@@ -41,7 +45,23 @@ impl RouteEntry {
         let mut label = String::with_capacity(route.host.len() + route.path_prefix.len());
         label.push_str(&route.host);
         label.push_str(&route.path_prefix);
+        let mut methods: Vec<http::Method> = route
+            .methods
+            .iter()
+            .filter_map(|m| http::Method::from_bytes(m.as_bytes()).ok())
+            .collect();
+        if methods.contains(&http::Method::GET) && !methods.contains(&http::Method::HEAD) {
+            methods.push(http::Method::HEAD);
+        }
+        let allow = (!methods.is_empty())
+            .then(|| {
+                let names: Vec<&str> = methods.iter().map(http::Method::as_str).collect();
+                HeaderValue::from_str(&names.join(", ")).ok()
+            })
+            .flatten();
         RouteEntry {
+            methods,
+            allow,
             label,
             set_request: header_pairs(&route.request_headers),
             remove_request: header_names(&route.remove_request_headers),
@@ -55,6 +75,15 @@ impl RouteEntry {
     /// name the route.
     pub fn label(&self) -> &str {
         &self.label
+    }
+
+    /// Whether the route takes `method`; when not, the `Allow` header
+    /// that says which it does.
+    pub fn allows(&self, method: &http::Method) -> Result<(), HeaderValue> {
+        match &self.allow {
+            Some(allow) if !self.methods.contains(method) => Err(allow.clone()),
+            _ => Ok(()),
+        }
     }
 }
 

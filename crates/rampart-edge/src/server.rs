@@ -458,6 +458,7 @@ impl Edge {
                 store: cfg.counter_store.clone(),
                 clock: cfg.clock.clone(),
             }),
+            Box::new(phases::Methods),
         ];
         if let Some(waf) = &cfg.waf {
             phases.push(Box::new(phases::Firewall { waf: waf.clone() }));
@@ -1438,14 +1439,14 @@ fn is_grpc(headers: &http::HeaderMap) -> bool {
 /// client can act on (Envoy answers gRPC calls it refuses the same way).
 fn grpc_status(status: StatusCode) -> u8 {
     match status.as_u16() {
-        400 | 415 | 422 => 3, // INVALID_ARGUMENT
-        401 => 16,            // UNAUTHENTICATED
-        403 => 7,             // PERMISSION_DENIED
-        404 | 501 => 12,      // UNIMPLEMENTED
-        408 | 504 => 4,       // DEADLINE_EXCEEDED
-        413 | 429 | 431 => 8, // RESOURCE_EXHAUSTED
-        502 | 503 => 14,      // UNAVAILABLE
-        _ => 2,               // UNKNOWN
+        400 | 415 | 422 => 3,  // INVALID_ARGUMENT
+        401 => 16,             // UNAUTHENTICATED
+        403 => 7,              // PERMISSION_DENIED
+        404 | 405 | 501 => 12, // UNIMPLEMENTED
+        408 | 504 => 4,        // DEADLINE_EXCEEDED
+        413 | 429 | 431 => 8,  // RESOURCE_EXHAUSTED
+        502 | 503 => 14,       // UNAVAILABLE
+        _ => 2,                // UNKNOWN
     }
 }
 
@@ -1521,6 +1522,9 @@ fn reject_response(reject: &Reject, request_id: &str) -> Response<EdgeBody> {
             r.headers_mut().insert(LOCATION, v);
         }
     }
+    if let Reject::MethodNotAllowed { allow } = reject {
+        r.headers_mut().insert(http::header::ALLOW, allow.clone());
+    }
     r
 }
 
@@ -1550,6 +1554,7 @@ mod tests {
         assert_eq!(grpc_status(StatusCode::TOO_MANY_REQUESTS), 8);
         assert_eq!(grpc_status(StatusCode::SERVICE_UNAVAILABLE), 14);
         assert_eq!(grpc_status(StatusCode::GATEWAY_TIMEOUT), 4);
+        assert_eq!(grpc_status(StatusCode::METHOD_NOT_ALLOWED), 12);
         assert_eq!(grpc_status(StatusCode::IM_A_TEAPOT), 2);
     }
     use super::*;

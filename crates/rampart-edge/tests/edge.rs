@@ -1481,3 +1481,45 @@ async fn client_hash_keeps_each_client_to_one_instance() {
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert!(seen.values().all(|&n| n >= 5), "{seen:?}");
 }
+
+/// A route's `methods` take those methods (and `HEAD` with `GET`); any
+/// other gets 405 with `Allow` and never reaches the service, audited
+/// with its reason; a route without the setting takes any method.
+#[tokio::test]
+async fn a_route_refuses_methods_it_does_not_take_with_405_and_allow() {
+    let a = upstream("a").await;
+    let routes = format!(
+        "{ROOT}methods = [\"GET\", \"POST\"]\n\
+         [[routes]]\nhost = \"api.test\"\npath_prefix = \"/any\"\nservice = \"a\"\n"
+    );
+    let records = Arc::new(Records::default());
+    let rec = records.clone();
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], &routes), |ec| ec.audit = rec).await;
+    for m in ["GET", "HEAD", "POST"] {
+        let r = edge.https(m, "api.test", "/x").await;
+        assert_eq!(r.status, StatusCode::OK, "{m}");
+    }
+    let passed = a.hits.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(passed, 3);
+    for m in ["DELETE", "PUT", "OPTIONS", "TRACE", "PROPFIND"] {
+        let r = edge.https(m, "api.test", "/x").await;
+        assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{m}");
+        assert_eq!(r.header("allow"), Some("GET, POST, HEAD"), "{m}");
+        assert!(
+            r.body.contains("\"code\":\"method_not_allowed\""),
+            "{}",
+            r.body
+        );
+    }
+    assert_eq!(a.hits.load(std::sync::atomic::Ordering::SeqCst), passed);
+    {
+        let recs = records.0.lock().unwrap();
+        let refused: Vec<_> = recs.iter().filter(|r| r.status == 405).collect();
+        assert_eq!(refused.len(), 5);
+        assert!(refused
+            .iter()
+            .all(|r| r.reason == Some("method_not_allowed")));
+    }
+    let r = edge.https("DELETE", "api.test", "/any/thing").await;
+    assert_eq!(r.status, StatusCode::OK);
+}
