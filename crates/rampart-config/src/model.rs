@@ -177,6 +177,8 @@ pub struct Route {
     /// The HTTP methods this route takes (empty: any), upper case, each
     /// once; `GET` takes `HEAD` too. Others get 405 with `Allow`.
     pub methods: Vec<String>,
+    /// Cross-origin requests from browsers (CORS), answered by the edge.
+    pub cors: Option<RouteCors>,
     /// Requests per client on this route, instead of the edge's default.
     pub rate_limit: Option<RouteRate>,
     /// Largest request body on this route (the edge's limit still caps it).
@@ -240,6 +242,7 @@ impl Route {
             allow_cidrs: Vec::new(),
             deny_cidrs: Vec::new(),
             methods: Vec::new(),
+            cors: None,
             rate_limit: None,
             max_body_bytes: None,
             upstream_timeout_seconds: None,
@@ -255,6 +258,28 @@ impl Route {
             remove_request_headers: Vec::new(),
         }
     }
+}
+
+/// Which browser pages may call a route from another origin (CORS), as
+/// the edge answers their preflight requests and marks the responses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteCors {
+    /// Origins allowed, `scheme://host[:port]` in lower case; empty when
+    /// `any_origin`.
+    pub origins: Vec<String>,
+    /// `origins = ["*"]`: any origin, without credentials.
+    pub any_origin: bool,
+    /// Methods a preflight may ask for (default `GET`, `HEAD`, `POST`).
+    pub methods: Vec<String>,
+    /// Request headers a preflight may ask for, lower case.
+    pub headers: Vec<String>,
+    /// Response headers the page may read beyond the safelisted ones,
+    /// lower case.
+    pub expose_headers: Vec<String>,
+    /// Whether the page may send cookies and credentials.
+    pub credentials: bool,
+    /// How long a browser may keep a preflight's answer, seconds.
+    pub max_age_seconds: u32,
 }
 
 /// The web application firewall's policy on one route.

@@ -248,6 +248,22 @@ pub(crate) struct RawRoute {
     pub remove_request_headers: Vec<S<String>>,
     #[serde(default)]
     pub methods: Vec<S<String>>,
+    pub cors: Option<S<RawCors>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCors {
+    #[serde(default)]
+    pub origins: Vec<S<String>>,
+    #[serde(default)]
+    pub methods: Vec<S<String>>,
+    #[serde(default)]
+    pub headers: Vec<S<String>>,
+    #[serde(default)]
+    pub expose_headers: Vec<S<String>>,
+    pub credentials: Option<S<bool>>,
+    pub max_age_seconds: Option<S<i64>>,
 }
 
 /// `{ rule = N }`, `{ tag = "…" }`, either with `target = "COLLECTION[:key]"`.

@@ -1092,3 +1092,71 @@ fn route_methods_are_upper_case_methods_each_once() {
     let d = first_error(&route("websocket = true\nmethods = [\"POST\"]\n"));
     assert_eq!((d.path.as_str(), d.line), ("routes[0].methods", 11), "{d}");
 }
+
+#[test]
+fn route_cors_names_origins_and_refuses_what_browsers_would() {
+    let route = |cors: &str| {
+        format!(
+            "[[environments]]\nname = \"prod\"\n\
+             [[services]]\nname = \"a\"\nenvironment = \"prod\"\nport = 80\n\
+             [[routes]]\nhost = \"api.test\"\nservice = \"a\"\n{cors}"
+        )
+    };
+    let c = Config::parse(
+        &route(
+            "cors = { origins = [\"https://App.Example.com\", \"http://[::1]:8080\"], \
+             headers = [\"Content-Type\"], credentials = true, max_age_seconds = 60 }\n",
+        ),
+        "t.toml",
+    )
+    .unwrap();
+    let cors = c.routes[0].cors.clone().unwrap();
+    assert_eq!(
+        cors.origins,
+        vec!["https://app.example.com", "http://[::1]:8080"]
+    );
+    assert_eq!(cors.methods, vec!["GET", "HEAD", "POST"]);
+    assert_eq!(cors.headers, vec!["content-type"]);
+    assert!(cors.credentials && !cors.any_origin);
+    assert_eq!(cors.max_age_seconds, 60);
+    let any = Config::parse(&route("cors = { origins = [\"*\"] }\n"), "t.toml").unwrap();
+    assert!(any.routes[0].cors.as_ref().unwrap().any_origin);
+    for (cors, path) in [
+        (
+            "cors = { origins = [\"https://app.example.com/\"] }",
+            "routes[0].cors.origins[0]",
+        ),
+        (
+            "cors = { origins = [\"app.example.com\"] }",
+            "routes[0].cors.origins[0]",
+        ),
+        (
+            "cors = { origins = [\"https://a.test:99999\"] }",
+            "routes[0].cors.origins[0]",
+        ),
+        ("cors = { origins = [] }", "routes[0].cors.origins"),
+        (
+            "cors = { origins = [\"*\"], credentials = true }",
+            "routes[0].cors.credentials",
+        ),
+        (
+            "cors = { origins = [\"*\", \"https://a.test\"] }",
+            "routes[0].cors.origins",
+        ),
+        (
+            "cors = { origins = [\"https://a.test\"], methods = [\"get\"] }",
+            "routes[0].cors.methods[0]",
+        ),
+        (
+            "cors = { origins = [\"https://a.test\"], headers = [\"bad header\"] }",
+            "routes[0].cors.headers[0]",
+        ),
+        (
+            "cors = { origins = [\"https://a.test\"], max_age_seconds = 90000 }",
+            "routes[0].cors.max_age_seconds",
+        ),
+    ] {
+        let d = first_error(&route(&format!("{cors}\n")));
+        assert_eq!((d.path.as_str(), d.line), (path, 10), "{cors}: {d}");
+    }
+}

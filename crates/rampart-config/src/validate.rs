@@ -70,6 +70,39 @@ fn header_name(name: &str, side: Side) -> Result<String, &'static str> {
     Ok(lower)
 }
 
+/// A CORS origin, `scheme://host[:port]` as browsers send it (lower case,
+/// no path), or `None`.
+fn origin(text: &str) -> Option<String> {
+    let lower = text.to_ascii_lowercase();
+    let (scheme, rest) = lower.split_once("://")?;
+    if scheme.is_empty()
+        || !scheme
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b))
+    {
+        return None;
+    }
+    let (host, port) = match rest.strip_prefix('[') {
+        Some(v6) => {
+            let (addr, after) = v6.split_once(']')?;
+            addr.parse::<std::net::Ipv6Addr>().ok()?;
+            (&rest[..addr.len() + 2], after.strip_prefix(':'))
+        }
+        None => match rest.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (rest, None),
+        },
+    };
+    let host_ok = host.starts_with('[')
+        || (!host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'));
+    let port_ok = port.is_none_or(|p| !p.starts_with('+') && p.parse::<u16>().is_ok_and(|n| n > 0));
+    let whole = host.len() + port.map_or(0, |p| p.len() + 1) == rest.len();
+    (host_ok && port_ok && whole).then_some(lower)
+}
+
 impl Checker {
     /// `name = "value"` headers to set on one side, checked: names by
     /// [`header_name`], values printable ASCII (spaces allowed).
@@ -119,6 +152,126 @@ impl Checker {
         out.sort();
         out.dedup();
         out
+    }
+
+    /// HTTP methods, upper case, each once.
+    fn methods(&mut self, list: &[S<String>], path: &str) -> Vec<String> {
+        let mut methods: Vec<String> = Vec::new();
+        for (j, m) in list.iter().enumerate() {
+            let name = m.get_ref();
+            let path = format!("{path}[{j}]");
+            if name.is_empty()
+                || name.len() > 32
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_')
+            {
+                self.err(
+                    m,
+                    &path,
+                    format!(
+                        "invalid method {name:?}: expected an HTTP method in upper case, as clients send it, such as GET or POST"
+                    ),
+                );
+            } else if methods.contains(name) {
+                self.err(m, &path, format!("method {name:?} is listed twice"));
+            } else {
+                methods.push(name.clone());
+            }
+        }
+        methods
+    }
+
+    /// Header names in lower case, each once (any name, as CORS lists
+    /// them).
+    fn cors_headers(&mut self, list: &[S<String>], path: &str) -> Vec<String> {
+        let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        let mut out: Vec<String> = Vec::new();
+        for (j, n) in list.iter().enumerate() {
+            let name = n.get_ref();
+            if name.is_empty() || !name.bytes().all(tchar) {
+                self.err(
+                    n,
+                    format!("{path}[{j}]"),
+                    format!("{name:?}: not a header name"),
+                );
+                continue;
+            }
+            let lower = name.to_ascii_lowercase();
+            if !out.contains(&lower) {
+                out.push(lower);
+            }
+        }
+        out
+    }
+
+    /// A route's `cors` table at `path`.
+    fn cors(&mut self, v: &S<crate::raw::RawCors>, path: &str) -> RouteCors {
+        let raw = v.get_ref();
+        let mut origins = Vec::new();
+        let mut any_origin = false;
+        for (j, o) in raw.origins.iter().enumerate() {
+            let text = o.get_ref();
+            if text == "*" {
+                any_origin = true;
+            } else if let Some(origin) = origin(text) {
+                if !origins.contains(&origin) {
+                    origins.push(origin);
+                }
+            } else {
+                self.err(
+                    o,
+                    format!("{path}.origins[{j}]"),
+                    format!(
+                        "invalid origin {text:?}: expected scheme://host[:port] with no path, such as https://app.example.com, or \"*\""
+                    ),
+                );
+            }
+        }
+        if raw.origins.is_empty() {
+            self.err(
+                v,
+                format!("{path}.origins"),
+                "name at least one origin, or \"*\"",
+            );
+        }
+        if any_origin && !origins.is_empty() {
+            self.err(
+                v,
+                format!("{path}.origins"),
+                "\"*\" stands for every origin: list it alone",
+            );
+        }
+        let credentials = raw.credentials.as_ref().is_some_and(|c| *c.get_ref());
+        if any_origin && credentials {
+            if let Some(c) = &raw.credentials {
+                self.err(
+                    c,
+                    format!("{path}.credentials"),
+                    "browsers refuse credentials with any origin (\"*\"): name the origins",
+                );
+            }
+        }
+        let methods = if raw.methods.is_empty() {
+            vec!["GET".into(), "HEAD".into(), "POST".into()]
+        } else {
+            self.methods(&raw.methods, &format!("{path}.methods"))
+        };
+        RouteCors {
+            origins,
+            any_origin,
+            methods,
+            headers: self.cors_headers(&raw.headers, &format!("{path}.headers")),
+            expose_headers: self
+                .cors_headers(&raw.expose_headers, &format!("{path}.expose_headers")),
+            credentials,
+            max_age_seconds: self.bounded(
+                raw.max_age_seconds.as_ref(),
+                &format!("{path}.max_age_seconds"),
+                0..=86_400,
+                600,
+            ),
+        }
     }
 
     /// A token bucket `{ burst, per_second }` at `path`.
@@ -1241,29 +1394,8 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
             &p("remove_request_headers"),
             Side::Request,
         );
-        let mut methods: Vec<String> = Vec::new();
-        for (j, m) in r.methods.iter().enumerate() {
-            let name = m.get_ref();
-            let path = format!("routes[{i}].methods[{j}]");
-            if name.is_empty()
-                || name.len() > 32
-                || !name
-                    .bytes()
-                    .all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_')
-            {
-                c.err(
-                    m,
-                    &path,
-                    format!(
-                        "invalid method {name:?}: expected an HTTP method in upper case, as clients send it, such as GET or POST"
-                    ),
-                );
-            } else if methods.contains(name) {
-                c.err(m, &path, format!("method {name:?} is listed twice"));
-            } else {
-                methods.push(name.clone());
-            }
-        }
+        let methods = c.methods(&r.methods, &p("methods"));
+        let cors = r.cors.as_ref().map(|v| c.cors(v, &p("cors")));
         if r.websocket && !methods.is_empty() && !methods.iter().any(|m| m == "GET") {
             if let Some(first) = r.methods.first() {
                 c.err(
@@ -1275,6 +1407,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
             }
         }
         routes.push(Route {
+            cors,
             methods,
             request_headers,
             remove_request_headers,

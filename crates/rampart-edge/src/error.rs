@@ -74,6 +74,12 @@ pub enum Reject {
     NoRoute,
     /// The client address is denied by an IP rule.
     IpDenied,
+    /// A CORS preflight, answered by the edge (204) on a route with
+    /// `cors` (see [`crate::cors`]).
+    Preflight {
+        /// The answer's headers.
+        headers: http::HeaderMap,
+    },
     /// The route does not take the request's method.
     MethodNotAllowed {
         /// The methods it takes, for the `Allow` header.
@@ -153,6 +159,7 @@ impl Reject {
             Reject::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Reject::NoRoute => StatusCode::NOT_FOUND,
             Reject::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Reject::Preflight { .. } => StatusCode::NO_CONTENT,
             Reject::IpDenied | Reject::Forbidden => StatusCode::FORBIDDEN,
             Reject::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Reject::Waf { status, .. } => {
@@ -195,6 +202,7 @@ impl Reject {
             Reject::NoRoute => "no_route",
             Reject::IpDenied => "ip_denied",
             Reject::MethodNotAllowed { .. } => "method_not_allowed",
+            Reject::Preflight { .. } => "cors_preflight",
             Reject::RateLimited { .. } => "rate_limited",
             Reject::Waf { .. } | Reject::WafRedirect { .. } => "waf",
             Reject::Unauthenticated => "unauthenticated",

@@ -48,6 +48,7 @@ pub mod assertion;
 pub mod balance;
 pub mod compress;
 mod config;
+pub mod cors;
 pub mod deploy;
 mod error;
 pub mod framing;

@@ -281,6 +281,29 @@ impl Phase for IpRules {
     }
 }
 
+/// A CORS preflight on a route with `cors`, answered by the edge (see
+/// [`crate::cors`]), before the route's methods, the firewall and
+/// authentication.
+#[derive(Debug)]
+pub struct CorsPreflight;
+
+impl Phase for CorsPreflight {
+    fn name(&self) -> &'static str {
+        "cors_preflight"
+    }
+    fn check(&self, ctx: &mut RequestCtx) -> Result<(), Reject> {
+        match ctx
+            .route
+            .cors
+            .as_ref()
+            .and_then(|c| c.preflight(&ctx.head.method, &ctx.head.headers))
+        {
+            Some(headers) => Err(Reject::Preflight { headers }),
+            None => Ok(()),
+        }
+    }
+}
+
 /// The route's `methods`: any other gets 405 with `Allow`. After the IP
 /// rules and rate limits, so that a refused client learns nothing of the
 /// route, and before the firewall and authentication, which a request

@@ -36,6 +36,8 @@ pub struct RouteEntry {
     methods: Vec<http::Method>,
     /// The `Allow` header of a 405 on this route.
     allow: Option<HeaderValue>,
+    /// `cors`.
+    pub(crate) cors: Option<crate::cors::Cors>,
 }
 
 impl RouteEntry {
@@ -60,6 +62,7 @@ impl RouteEntry {
             })
             .flatten();
         RouteEntry {
+            cors: route.cors.as_ref().map(crate::cors::Cors::new),
             methods,
             allow,
             label,

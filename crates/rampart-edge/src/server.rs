@@ -458,6 +458,7 @@ impl Edge {
                 store: cfg.counter_store.clone(),
                 clock: cfg.clock.clone(),
             }),
+            Box::new(phases::CorsPreflight),
             Box::new(phases::Methods),
         ];
         if let Some(waf) = &cfg.waf {
@@ -1258,6 +1259,9 @@ impl State {
         for (name, value) in &ctx.route.set_response {
             parts.headers.insert(name, value.clone());
         }
+        if let Some(cors) = &ctx.route.cors {
+            cors.apply(&ctx.head.headers, &mut parts.headers);
+        }
         if checks.is_empty() {
             return Ok(self.maybe_gzip(&ctx, Response::from_parts(parts, body.boxed())));
         }
@@ -1480,6 +1484,12 @@ fn grpc_reject_response(reject: &Reject, request_id: &str) -> Response<EdgeBody>
 /// JSON body `{"error":{"code","message","field"?,"request_id"}}`.
 fn reject_response(reject: &Reject, request_id: &str) -> Response<EdgeBody> {
     let status = reject.status();
+    if let Reject::Preflight { headers } = reject {
+        let mut r = Response::new(full(Bytes::new()));
+        *r.status_mut() = status;
+        *r.headers_mut() = headers.clone();
+        return r;
+    }
     let mut error = serde_json::Map::new();
     let mut put = |k: &str, v: serde_json::Value| {
         error.insert(k.to_string(), v);

@@ -1523,3 +1523,99 @@ async fn a_route_refuses_methods_it_does_not_take_with_405_and_allow() {
     let r = edge.https("DELETE", "api.test", "/any/thing").await;
     assert_eq!(r.status, StatusCode::OK);
 }
+
+/// A route with `cors`: a browser's preflight is answered by the edge
+/// (204, before authentication, which it could not pass), fully for an
+/// allowed origin and without allowances for another; the service's
+/// answers carry `Access-Control-Allow-Origin` for the allowed origin only.
+#[tokio::test]
+async fn cors_preflights_are_answered_at_the_edge_and_responses_marked() {
+    let a = upstream("a").await;
+    let routes = format!(
+        "{ROOT}auth = \"api_key\"\n\
+         cors = {{ origins = [\"https://app.example.com\"], methods = [\"GET\", \"PUT\"], headers = [\"authorization\", \"content-type\"], credentials = true }}\n\
+         [[routes]]\nhost = \"api.test\"\npath_prefix = \"/open\"\nservice = \"a\"\n\
+         cors = {{ origins = [\"https://app.example.com\"] }}\n"
+    );
+    let records = Arc::new(Records::default());
+    let rec = records.clone();
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], &routes), |ec| ec.audit = rec).await;
+    let asked = [
+        ("origin", "https://app.example.com"),
+        ("access-control-request-method", "PUT"),
+        (
+            "access-control-request-headers",
+            "authorization,content-type",
+        ),
+    ];
+    let r = edge.https_with("OPTIONS", "api.test", "/x", &asked).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    assert_eq!(r.header("access-control-allow-methods"), Some("GET, PUT"));
+    assert_eq!(
+        r.header("access-control-allow-headers"),
+        Some("authorization, content-type")
+    );
+    assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
+    assert!(r.body.is_empty());
+    // Another origin's preflight is answered without allowances.
+    let r = edge
+        .https_with(
+            "OPTIONS",
+            "api.test",
+            "/x",
+            &[
+                ("origin", "https://evil.example"),
+                ("access-control-request-method", "PUT"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert_eq!(r.header("access-control-allow-origin"), None);
+    assert_eq!(a.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    // The authenticated route still refuses an actual call without a key.
+    let r = edge
+        .https_with(
+            "GET",
+            "api.test",
+            "/x",
+            &[("origin", "https://app.example.com")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    // The open route's answers carry the allowance for the allowed origin.
+    let r = edge
+        .https_with(
+            "GET",
+            "api.test",
+            "/open",
+            &[("origin", "https://app.example.com")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    let r = edge
+        .https_with(
+            "GET",
+            "api.test",
+            "/open",
+            &[("origin", "https://evil.example")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("access-control-allow-origin"), None);
+    assert_eq!(r.header("vary"), Some("Origin"));
+    let recs = records.0.lock().unwrap();
+    assert_eq!(
+        recs.iter()
+            .filter(|r| r.reason == Some("cors_preflight") && r.status == 204)
+            .count(),
+        2
+    );
+}

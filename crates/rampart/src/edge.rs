@@ -96,7 +96,7 @@ struct EdgeAudit {
 impl EdgeAudit {
     fn event(&self, rec: &AccessRecord) -> Event {
         let outcome = match rec.status {
-            401 | 403 | 429 => Outcome::Denied,
+            401 | 403 | 405 | 429 => Outcome::Denied,
             s if s >= 500 => Outcome::Error,
             _ => Outcome::Allowed,
         };
