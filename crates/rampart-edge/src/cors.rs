@@ -7,9 +7,11 @@
 //! the firewall and authentication, which a preflight could not pass on an
 //! authenticated route. The answer names the origin, methods and headers
 //! only when the route allows all that was asked; otherwise it has none of
-//! them and the browser does not make the call. Responses from the service
-//! to an allowed origin get `Access-Control-Allow-Origin` (and the
-//! credentials and exposed headers the route allows).
+//! them and the browser does not make the call. Responses to an allowed
+//! origin, the service's and the edge's own refusals on the route (a 401
+//! the page must read to send its user to sign in), get
+//! `Access-Control-Allow-Origin` (and the credentials and exposed headers
+//! the route allows).
 
 use http::header::{
     ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
@@ -119,10 +121,10 @@ impl Cors {
         Some(out)
     }
 
-    /// Marks a response to a request with `request` headers: an allowed
-    /// origin may read it. The service's own CORS headers give way to the
-    /// route's.
-    pub fn apply(&self, request: &HeaderMap, response: &mut HeaderMap) {
+    /// Marks a response to a request from `origin` (its `Origin`
+    /// header): an allowed origin may read it. The service's own CORS
+    /// headers give way to the route's.
+    pub fn apply(&self, origin: Option<&HeaderValue>, response: &mut HeaderMap) {
         for name in [
             ACCESS_CONTROL_ALLOW_ORIGIN,
             ACCESS_CONTROL_ALLOW_CREDENTIALS,
@@ -133,7 +135,7 @@ impl Cors {
         if !self.any_origin {
             response.append(VARY, HeaderValue::from_static("Origin"));
         }
-        let Some(allow) = request.get(ORIGIN).and_then(|o| self.allow_origin(o)) else {
+        let Some(allow) = origin.and_then(|o| self.allow_origin(o)) else {
             return;
         };
         response.insert(ACCESS_CONTROL_ALLOW_ORIGIN, allow);
@@ -238,11 +240,17 @@ mod tests {
     fn responses_name_only_an_allowed_origin_and_replace_the_services() {
         let p = policy(false);
         let mut resp = req(&[("access-control-allow-origin", "*")]);
-        p.apply(&req(&[("origin", "https://evil.example")]), &mut resp);
+        p.apply(
+            req(&[("origin", "https://evil.example")]).get(ORIGIN),
+            &mut resp,
+        );
         assert!(resp.get("access-control-allow-origin").is_none());
         assert_eq!(resp["vary"], "Origin");
         let mut resp = HeaderMap::new();
-        p.apply(&req(&[("origin", "https://app.example.com")]), &mut resp);
+        p.apply(
+            req(&[("origin", "https://app.example.com")]).get(ORIGIN),
+            &mut resp,
+        );
         assert_eq!(
             resp["access-control-allow-origin"],
             "https://app.example.com"
@@ -259,7 +267,10 @@ mod tests {
             max_age_seconds: 0,
         });
         let mut resp = HeaderMap::new();
-        any.apply(&req(&[("origin", "https://x.example")]), &mut resp);
+        any.apply(
+            req(&[("origin", "https://x.example")]).get(ORIGIN),
+            &mut resp,
+        );
         assert_eq!(resp["access-control-allow-origin"], "*");
         assert!(resp.get("vary").is_none());
     }

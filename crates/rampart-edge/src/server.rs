@@ -33,7 +33,7 @@ use crate::idle::{Activity, ConnCounts, ConnTimeouts, Idle, InFlight, Tracked};
 use crate::mtls::{ClientCert, RevokedSerials};
 use crate::phases::{self, Phase, RequestCtx};
 use crate::proxy::{self, UpstreamClient};
-use crate::router::Router;
+use crate::router::{RouteEntry, Router};
 use crate::watch::Watched;
 use crate::workers::{self, Workers};
 
@@ -1051,12 +1051,25 @@ impl State {
         };
         // gRPC runs over HTTP/2 only; its refusals are answered its way.
         let grpc = head.version == http::Version::HTTP_2 && is_grpc(&head.headers);
+        // A refusal on a route with `cors` is marked for the page's origin.
+        let origin = head.headers.get(http::header::ORIGIN).cloned();
+        let mut routed = None;
         let result = if smuggling {
             // Refused before routing; hyper closes the connection after it.
             Err(Reject::ConflictingFraming)
         } else {
-            self.pass(head, body, host, forwarded_for, cert, &mut rec)
-                .await
+            self.pass(
+                Received {
+                    head,
+                    body,
+                    host,
+                    forwarded_for,
+                    cert,
+                },
+                &mut rec,
+                &mut routed,
+            )
+            .await
         };
         let mut resp = match result {
             Ok(r) => r,
@@ -1065,13 +1078,20 @@ impl State {
                 if let Reject::SchemaViolation { field, .. } = &reject {
                     rec.detail = Some(field.clone());
                 }
-                if grpc {
+                let mut resp = if grpc {
                     // Recorded with the HTTP status it stands for.
                     rec.status = reject.status().as_u16();
                     grpc_reject_response(&reject, &rec.request_id)
                 } else {
                     reject_response(&reject, &rec.request_id)
+                };
+                if let (Some(cors), false) = (
+                    routed.as_ref().and_then(|r| r.cors.as_ref()),
+                    matches!(reject, Reject::Preflight { .. }),
+                ) {
+                    cors.apply(origin.as_ref(), resp.headers_mut());
                 }
+                resp
             }
         };
         self.add_security_headers(resp.headers_mut());
@@ -1097,13 +1117,17 @@ impl State {
     /// Route → phases → balance and proxy.
     async fn pass(
         &self,
-        head: http::request::Parts,
-        body: Incoming,
-        host: Option<String>,
-        forwarded_for: String,
-        cert: Option<Arc<ClientCert>>,
+        req: Received,
         rec: &mut AccessRecord,
+        routed: &mut Option<Arc<RouteEntry>>,
     ) -> Result<Response<EdgeBody>, Reject> {
+        let Received {
+            head,
+            body,
+            host,
+            forwarded_for,
+            cert,
+        } = req;
         let client = rec.client;
         let host = host.ok_or(Reject::BadHost)?;
         let routing = self.routing();
@@ -1138,6 +1162,9 @@ impl State {
                 }),
         };
         let route = found.ok_or(Reject::NoRoute)?.clone();
+        if route.cors.is_some() {
+            *routed = Some(route.clone());
+        }
         // The route may give its prefix another name at the service.
         let rewritten = route
             .upstream_path_prefix
@@ -1260,7 +1287,10 @@ impl State {
             parts.headers.insert(name, value.clone());
         }
         if let Some(cors) = &ctx.route.cors {
-            cors.apply(&ctx.head.headers, &mut parts.headers);
+            cors.apply(
+                ctx.head.headers.get(http::header::ORIGIN),
+                &mut parts.headers,
+            );
         }
         if checks.is_empty() {
             return Ok(self.maybe_gzip(&ctx, Response::from_parts(parts, body.boxed())));
@@ -1477,6 +1507,18 @@ fn grpc_reject_response(reject: &Reject, request_id: &str) -> Response<EdgeBody>
         h.insert(RETRY_AFTER, HeaderValue::from(secs));
     }
     r
+}
+
+/// A request as [`State::handle`] hands it on to be routed and passed.
+struct Received {
+    head: http::request::Parts,
+    body: Incoming,
+    /// The validated host, if it is one.
+    host: Option<String>,
+    /// What `X-Forwarded-For` the service gets.
+    forwarded_for: String,
+    /// The verified client certificate, on mutual TLS connections.
+    cert: Option<Arc<ClientCert>>,
 }
 
 /// The one place a [`Reject`] becomes a response (but for gRPC calls,

@@ -1527,7 +1527,8 @@ async fn a_route_refuses_methods_it_does_not_take_with_405_and_allow() {
 /// A route with `cors`: a browser's preflight is answered by the edge
 /// (204, before authentication, which it could not pass), fully for an
 /// allowed origin and without allowances for another; the service's
-/// answers carry `Access-Control-Allow-Origin` for the allowed origin only.
+/// answers and the edge's refusals on the route carry
+/// `Access-Control-Allow-Origin` for the allowed origin only.
 #[tokio::test]
 async fn cors_preflights_are_answered_at_the_edge_and_responses_marked() {
     let a = upstream("a").await;
@@ -1576,7 +1577,8 @@ async fn cors_preflights_are_answered_at_the_edge_and_responses_marked() {
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     assert_eq!(r.header("access-control-allow-origin"), None);
     assert_eq!(a.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
-    // The authenticated route still refuses an actual call without a key.
+    // The authenticated route still refuses an actual call without a key,
+    // in words the page may read (to send its user to sign in).
     let r = edge
         .https_with(
             "GET",
@@ -1586,6 +1588,11 @@ async fn cors_preflights_are_answered_at_the_edge_and_responses_marked() {
         )
         .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
     // The open route's answers carry the allowance for the allowed origin.
     let r = edge
         .https_with(
