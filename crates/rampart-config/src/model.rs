@@ -673,6 +673,15 @@ pub const DEFAULT_SECURITY_HEADERS: [(&str, &str); 3] = [
     ("x-frame-options", "DENY"),
 ];
 
+/// [`DEFAULT_SECURITY_HEADERS`] as owned (name, value) pairs, as
+/// `[edge] security_headers` holds them.
+pub fn default_security_headers() -> Vec<(String, String)> {
+    DEFAULT_SECURITY_HEADERS
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect()
+}
+
 /// Response headers a config may not set or remove: the edge frames
 /// responses and sends HSTS itself.
 pub const RESERVED_RESPONSE_HEADERS: [&str; 9] = [

@@ -46,14 +46,16 @@ enum Side {
     Response,
 }
 
-/// An HTTP field name (RFC 9110 token), lower-cased; an error if it is not
-/// one, or is one the edge keeps for itself on that side.
-fn header_name(name: &str, side: Side) -> Result<String, &'static str> {
+/// An HTTP field name (RFC 9110 token), lower-cased, or `None`.
+fn field_name(name: &str) -> Option<String> {
     let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-    if name.is_empty() || !name.bytes().all(tchar) {
-        return Err("not a header name");
-    }
-    let lower = name.to_ascii_lowercase();
+    (!name.is_empty() && name.bytes().all(tchar)).then(|| name.to_ascii_lowercase())
+}
+
+/// An HTTP field name, lower-cased; an error if it is not one, or is one
+/// the edge keeps for itself on that side.
+fn header_name(name: &str, side: Side) -> Result<String, &'static str> {
+    let lower = field_name(name).ok_or("not a header name")?;
     let (reserved, why): (&[&str], _) = match side {
         Side::Response => (
             &RESERVED_RESPONSE_HEADERS,
@@ -185,21 +187,16 @@ impl Checker {
     /// Header names in lower case, each once (any name, as CORS lists
     /// them).
     fn cors_headers(&mut self, list: &[S<String>], path: &str) -> Vec<String> {
-        let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
         let mut out: Vec<String> = Vec::new();
         for (j, n) in list.iter().enumerate() {
-            let name = n.get_ref();
-            if name.is_empty() || !name.bytes().all(tchar) {
-                self.err(
+            match field_name(n.get_ref()) {
+                None => self.err(
                     n,
                     format!("{path}[{j}]"),
-                    format!("{name:?}: not a header name"),
-                );
-                continue;
-            }
-            let lower = name.to_ascii_lowercase();
-            if !out.contains(&lower) {
-                out.push(lower);
+                    format!("{:?}: not a header name", n.get_ref()),
+                ),
+                Some(lower) if !out.contains(&lower) => out.push(lower),
+                Some(_) => {}
             }
         }
         out
@@ -1898,10 +1895,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
             ),
             tls_session_tickets: e.tls_session_tickets.as_ref().is_some_and(|v| *v.get_ref()),
             security_headers: match &e.security_headers {
-                None => DEFAULT_SECURITY_HEADERS
-                    .iter()
-                    .map(|(n, v)| (n.to_string(), v.to_string()))
-                    .collect(),
+                None => default_security_headers(),
                 Some(map) => c.headers_to_set(map, "edge.security_headers", Side::Response),
             },
             rate_limits,

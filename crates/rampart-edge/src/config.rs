@@ -225,10 +225,7 @@ impl EdgeConfig {
             max_connections: 10_000,
             max_connections_per_client: 512,
             hsts: crate::server::HSTS.to_string(),
-            security_headers: rampart_config::DEFAULT_SECURITY_HEADERS
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.to_string()))
-                .collect(),
+            security_headers: rampart_config::default_security_headers(),
             assertion: None,
             connect_timeout: Duration::from_secs(3),
             upstream_timeout: Duration::from_secs(60),

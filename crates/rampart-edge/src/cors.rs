@@ -35,9 +35,7 @@ pub struct Cors {
 }
 
 fn joined(items: &[String]) -> Option<HeaderValue> {
-    (!items.is_empty())
-        .then(|| HeaderValue::from_str(&items.join(", ")).ok())
-        .flatten()
+    crate::router::comma_list(items.iter().map(String::as_str))
 }
 
 impl Cors {
@@ -46,11 +44,7 @@ impl Cors {
         Cors {
             origins: c.origins.clone(),
             any_origin: c.any_origin,
-            methods: c
-                .methods
-                .iter()
-                .filter_map(|m| Method::from_bytes(m.as_bytes()).ok())
-                .collect(),
+            methods: crate::router::parse_methods(&c.methods),
             allow_methods: joined(&c.methods),
             headers: c.headers.clone(),
             expose: joined(&c.expose_headers),

@@ -47,20 +47,11 @@ impl RouteEntry {
         let mut label = String::with_capacity(route.host.len() + route.path_prefix.len());
         label.push_str(&route.host);
         label.push_str(&route.path_prefix);
-        let mut methods: Vec<http::Method> = route
-            .methods
-            .iter()
-            .filter_map(|m| http::Method::from_bytes(m.as_bytes()).ok())
-            .collect();
+        let mut methods = parse_methods(&route.methods);
         if methods.contains(&http::Method::GET) && !methods.contains(&http::Method::HEAD) {
             methods.push(http::Method::HEAD);
         }
-        let allow = (!methods.is_empty())
-            .then(|| {
-                let names: Vec<&str> = methods.iter().map(http::Method::as_str).collect();
-                HeaderValue::from_str(&names.join(", ")).ok()
-            })
-            .flatten();
+        let allow = comma_list(methods.iter().map(http::Method::as_str));
         RouteEntry {
             cors: route.cors.as_ref().map(crate::cors::Cors::new),
             methods,
@@ -96,6 +87,22 @@ impl Deref for RouteEntry {
     fn deref(&self) -> &Route {
         &self.route
     }
+}
+
+/// Methods from their names (checked at load).
+pub(crate) fn parse_methods(names: &[String]) -> Vec<http::Method> {
+    names
+        .iter()
+        .filter_map(|m| http::Method::from_bytes(m.as_bytes()).ok())
+        .collect()
+}
+
+/// `a, b, c` as a header value (`Allow`, CORS lists); `None` for none.
+pub(crate) fn comma_list<'a>(items: impl IntoIterator<Item = &'a str>) -> Option<HeaderValue> {
+    let items: Vec<&str> = items.into_iter().collect();
+    (!items.is_empty())
+        .then(|| HeaderValue::from_str(&items.join(", ")).ok())
+        .flatten()
 }
 
 /// Header names and values from text, leaving out (with a warning) those

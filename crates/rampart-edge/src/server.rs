@@ -448,6 +448,7 @@ impl Edge {
             None,
         )?;
 
+        let gzip = cfg.gzip.clone().unwrap_or_default();
         let mut phases: Vec<Box<dyn Phase>> = vec![
             Box::new(phases::IpRules {
                 allow: cfg.allow_cidrs.clone(),
@@ -509,14 +510,8 @@ impl Edge {
             health_check: cfg.health_check.clone(),
             slots: crate::slots::Slots::new(cfg.max_connections, cfg.max_connections_per_client),
             gzip_on: cfg.gzip.is_some(),
-            gzip: cfg.gzip.clone().unwrap_or_default(),
-            gzip_streams: crate::compress::Streams::new(
-                cfg.gzip
-                    .as_ref()
-                    .map_or(crate::compress::GzipSettings::default().max_streams, |g| {
-                        g.max_streams
-                    }),
-            ),
+            gzip_streams: crate::compress::Streams::new(gzip.max_streams),
+            gzip,
             hsts: HeaderValue::from_str(&cfg.hsts).unwrap_or_else(|_| {
                 tracing::warn!("the HSTS value is no valid header: sending the default");
                 HeaderValue::from_static(HSTS)
@@ -1052,8 +1047,7 @@ impl State {
         // gRPC runs over HTTP/2 only; its refusals are answered its way.
         let grpc = head.version == http::Version::HTTP_2 && is_grpc(&head.headers);
         // A refusal on a route with `cors` is marked for the page's origin.
-        let origin = head.headers.get(http::header::ORIGIN).cloned();
-        let mut routed = None;
+        let mut cors_route = None;
         let result = if smuggling {
             // Refused before routing; hyper closes the connection after it.
             Err(Reject::ConflictingFraming)
@@ -1067,7 +1061,7 @@ impl State {
                     cert,
                 },
                 &mut rec,
-                &mut routed,
+                &mut cors_route,
             )
             .await
         };
@@ -1085,11 +1079,12 @@ impl State {
                 } else {
                     reject_response(&reject, &rec.request_id)
                 };
-                if let (Some(cors), false) = (
-                    routed.as_ref().and_then(|r| r.cors.as_ref()),
-                    matches!(reject, Reject::Preflight { .. }),
-                ) {
-                    cors.apply(origin.as_ref(), resp.headers_mut());
+                if let (Some((route, origin)), false) =
+                    (&cors_route, matches!(reject, Reject::Preflight { .. }))
+                {
+                    if let Some(cors) = &route.cors {
+                        cors.apply(origin.as_ref(), resp.headers_mut());
+                    }
                 }
                 resp
             }
@@ -1119,7 +1114,7 @@ impl State {
         &self,
         req: Received,
         rec: &mut AccessRecord,
-        routed: &mut Option<Arc<RouteEntry>>,
+        cors_route: &mut Option<(Arc<RouteEntry>, Option<HeaderValue>)>,
     ) -> Result<Response<EdgeBody>, Reject> {
         let Received {
             head,
@@ -1163,7 +1158,8 @@ impl State {
         };
         let route = found.ok_or(Reject::NoRoute)?.clone();
         if route.cors.is_some() {
-            *routed = Some(route.clone());
+            let origin = head.headers.get(http::header::ORIGIN).cloned();
+            *cors_route = Some((route.clone(), origin));
         }
         // The route may give its prefix another name at the service.
         let rewritten = route
@@ -1582,6 +1578,7 @@ fn reject_response(reject: &Reject, request_id: &str) -> Response<EdgeBody> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn grpc_calls_are_told_by_their_content_type() {
@@ -1609,7 +1606,6 @@ mod tests {
         assert_eq!(grpc_status(StatusCode::METHOD_NOT_ALLOWED), 12);
         assert_eq!(grpc_status(StatusCode::IM_A_TEAPOT), 2);
     }
-    use super::*;
 
     #[test]
     fn host_validation() {
