@@ -243,24 +243,118 @@ impl Progress {
 /// when `progress` is given, a frame of the request body: the upstream's
 /// time to answer counts from the last byte the client sent. `None` when
 /// the time ran out.
-pub async fn answered_within<F: Future>(
+///
+/// A future of its own rather than an `async fn`: an `async fn` keeps its
+/// future argument beside the copy it awaits, which doubled the size of
+/// every request's state and the bytes moved to start it.
+pub fn answered_within<F: Future>(
     timeout: Duration,
     fut: F,
     progress: Option<&Progress>,
-) -> Option<F::Output> {
-    let Some(p) = progress else {
-        return tokio::time::timeout(timeout, fut).await.ok();
-    };
-    let mut fut = std::pin::pin!(fut);
-    loop {
-        let from = p.last_activity();
-        tokio::select! {
-            out = &mut fut => return Some(out),
-            () = tokio::time::sleep_until(from + timeout) => {
-                if p.last_activity() == from {
-                    return None;
-                }
-            }
+) -> AnsweredWithin<'_, F> {
+    let from = progress.map(Progress::last_activity);
+    AnsweredWithin {
+        fut,
+        timer: tokio::time::sleep_until(from.unwrap_or_else(Instant::now) + timeout),
+        timeout,
+        progress,
+        from,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`answered_within`]: the awaited future and one timer,
+    /// pushed back while the client's body keeps arriving.
+    pub struct AnsweredWithin<'a, F> {
+        #[pin]
+        fut: F,
+        #[pin]
+        timer: Sleep,
+        timeout: Duration,
+        progress: Option<&'a Progress>,
+        // The body's last activity when the timer was set.
+        from: Option<Instant>,
+    }
+}
+
+impl<F: Future> Future for AnsweredWithin<'_, F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Poll::Ready(out) = this.fut.poll(cx) {
+            return Poll::Ready(Some(out));
         }
+        loop {
+            if this.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            // The time ran out, unless the body moved since the timer was set.
+            let (Some(p), Some(from)) = (*this.progress, *this.from) else {
+                return Poll::Ready(None);
+            };
+            let last = p.last_activity();
+            if last == from {
+                return Poll::Ready(None);
+            }
+            *this.from = Some(last);
+            this.timer.as_mut().reset(last + *this.timeout);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_answer_in_time_is_given() {
+        let out = answered_within(Duration::from_secs(5), async { 7 }, None).await;
+        assert_eq!(out, Some(7));
+    }
+
+    #[tokio::test]
+    async fn no_answer_within_the_timeout_is_none() {
+        let started = Instant::now();
+        let out = answered_within(
+            Duration::from_millis(30),
+            std::future::pending::<()>(),
+            None,
+        );
+        assert_eq!(out.await, None);
+        assert!(started.elapsed() >= Duration::from_millis(30));
+    }
+
+    #[tokio::test]
+    async fn a_body_still_arriving_pushes_the_deadline_back() {
+        let progress = Arc::new(Progress::new());
+        let feeder = {
+            let p = Arc::clone(&progress);
+            tokio::spawn(async move {
+                for _ in 0..10 {
+                    tokio::time::sleep(Duration::from_millis(15)).await;
+                    p.touch();
+                }
+            })
+        };
+        // The answer comes 170 ms in: well past the 80 ms timeout counted
+        // from the start, within it counted from the body's last frame
+        // (about 150 ms in).
+        let slow = async {
+            tokio::time::sleep(Duration::from_millis(170)).await;
+            1
+        };
+        let out = answered_within(Duration::from_millis(80), slow, Some(&progress)).await;
+        assert_eq!(out, Some(1));
+        feeder.await.ok();
+        // Once the body is done, the timeout runs from its last frame.
+        let started = Instant::now();
+        let out = answered_within(
+            Duration::from_millis(30),
+            std::future::pending::<()>(),
+            Some(&progress),
+        );
+        assert_eq!(out.await, None);
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 }

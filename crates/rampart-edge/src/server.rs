@@ -687,10 +687,13 @@ impl Edge {
                                 Version::HTTP_2 => activity.begin().watch_sends(),
                                 _ => activity.begin(),
                             };
-                            async move {
+                            // Boxed where it is made: hyper moves the
+                            // service's future into its own slot, which
+                            // copied all of a request's state (some 7 KiB).
+                            Box::pin(async move {
                                 let resp = st.handle(req, peer, cert, smuggling).await;
                                 Ok::<_, Infallible>(tracked(resp, busy))
-                            }
+                            })
                         });
                         let io = TokioIo::new(Watched::new(idle, Framing::new(guard_flag)));
                         let conn = builder.serve_connection_with_upgrades(io, svc).into_owned();
@@ -1247,9 +1250,9 @@ impl State {
             .upstream_timeout_seconds
             .map_or(self.upstream_timeout, |s| Duration::from_secs(u64::from(s)));
         if ctx.route.websocket && crate::tunnel::is_websocket(&ctx.head) {
-            return self
-                .tunnel(&mut ctx, &pool, assertion, upstream_timeout, rec)
-                .await;
+            // Boxed: rare, and its state would otherwise ride in every
+            // request's future.
+            return Box::pin(self.tunnel(&mut ctx, &pool, assertion, upstream_timeout, rec)).await;
         }
         let streamed = if ctx.route.stream_request_body {
             ctx.take_stream(max_body, self.body_read_timeout)

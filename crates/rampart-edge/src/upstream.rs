@@ -149,7 +149,9 @@ impl Upstreams {
         for fresh in [false, true] {
             let (mut link, reused) = match self.take_ready(&key, fresh).await {
                 Some(link) => (link, true),
-                None => (self.connect(addr, tls).await?, false),
+                // Boxed: a new connection is rare on a warm pool, and its
+                // state would otherwise ride in every request's future.
+                None => (Box::pin(self.connect(addr, tls)).await?, false),
             };
             let Some(r) = req.take() else { break };
             let (sender, conn) = &mut *link;
