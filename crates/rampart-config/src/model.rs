@@ -75,6 +75,9 @@ pub struct Upstream {
     pub host: String,
     /// Port.
     pub port: u16,
+    /// Its share of the service's requests against the other instances'
+    /// (1–100, default 1), as nginx's `weight=`.
+    pub weight: u32,
 }
 
 impl std::fmt::Display for Upstream {

@@ -199,7 +199,7 @@ pub(crate) struct RawService {
     pub environment: S<String>,
     pub port: S<i64>,
     #[serde(default)]
-    pub upstreams: Vec<S<String>>,
+    pub upstreams: Vec<S<RawUpstream>>,
     #[serde(default)]
     pub secrets: std::collections::BTreeMap<String, S<String>>,
     pub health_path: Option<S<String>>,
@@ -361,4 +361,55 @@ pub(crate) fn parse(text: &str) -> Result<RawConfig, RawError> {
 
 fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or(s).trim()
+}
+
+/// One of a service's `upstreams`: `"host:port"`, or
+/// `{ addr = "host:port", weight = N }`.
+#[derive(Debug)]
+pub(crate) struct RawUpstream {
+    pub addr: String,
+    pub weight: Option<i64>,
+}
+
+impl<'de> Deserialize<'de> for RawUpstream {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Entry;
+        impl<'de> serde::de::Visitor<'de> for Entry {
+            type Value = RawUpstream;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(r#""host:port" or { addr = "host:port", weight = N }"#)
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawUpstream, E> {
+                Ok(RawUpstream {
+                    addr: v.to_owned(),
+                    weight: None,
+                })
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<RawUpstream, A::Error> {
+                use serde::de::Error;
+                let (mut addr, mut weight) = (None, None);
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "addr" if addr.is_none() => addr = Some(map.next_value::<String>()?),
+                        "weight" if weight.is_none() => weight = Some(map.next_value::<i64>()?),
+                        "addr" | "weight" => {
+                            return Err(A::Error::duplicate_field("addr or weight"))
+                        }
+                        other => return Err(A::Error::unknown_field(other, &["addr", "weight"])),
+                    }
+                }
+                Ok(RawUpstream {
+                    addr: addr.ok_or_else(|| A::Error::missing_field("addr"))?,
+                    weight,
+                })
+            }
+        }
+        d.deserialize_any(Entry)
+    }
 }

@@ -1160,3 +1160,70 @@ fn route_cors_names_origins_and_refuses_what_browsers_would() {
         assert_eq!((d.path.as_str(), d.line), (path, 10), "{cors}: {d}");
     }
 }
+
+#[test]
+fn upstreams_may_carry_weights() {
+    let svc = |upstreams: &str| {
+        format!(
+            "[[environments]]\nname = \"prod\"\n\
+             [[services]]\nname = \"a\"\nenvironment = \"prod\"\nport = 80\n\
+             upstreams = [\n  {upstreams}\n]\n"
+        )
+    };
+    let c = Config::parse(
+        &svc(r#""10.0.0.1:80", { addr = "10.0.0.2:80", weight = 9 }, { addr = "[::1]:81" }"#),
+        "t.toml",
+    )
+    .unwrap();
+    let got: Vec<(String, u32)> = c.services[0]
+        .upstreams
+        .iter()
+        .map(|u| (u.to_string(), u.weight))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("10.0.0.1:80".to_string(), 1),
+            ("10.0.0.2:80".to_string(), 9),
+            ("[::1]:81".to_string(), 1)
+        ]
+    );
+    // Each refusal names the entry and its line (8: the entry's own).
+    for (entry, path, message) in [
+        (
+            r#"{ addr = "10.0.0.2:80", weight = 0 }"#,
+            "services[0].upstreams[0].weight",
+            "invalid weight 0: expected 1 to 100",
+        ),
+        (
+            r#"{ addr = "10.0.0.2:80", weight = 101 }"#,
+            "services[0].upstreams[0].weight",
+            "invalid weight 101",
+        ),
+        (
+            r#"{ addr = "10.0.0.2:0", weight = 2 }"#,
+            "services[0].upstreams[0]",
+            "port 0",
+        ),
+        (
+            r#"{ addr = "10.0.0.2:80", weigth = 2 }"#,
+            "services[0].upstreams",
+            "unknown field `weigth`",
+        ),
+        (
+            r#"{ weight = 2 }"#,
+            "services[0].upstreams",
+            "missing field `addr`",
+        ),
+        (
+            r#"{ addr = "10.0.0.2:80", weight = "heavy" }"#,
+            "services[0].upstreams",
+            "invalid type",
+        ),
+    ] {
+        let d = first_error(&svc(entry));
+        assert!(d.path.starts_with(path), "{entry}: {d}");
+        assert_eq!(d.line, 8, "{entry}: {d}");
+        assert!(d.to_string().contains(message), "{entry}: {d}");
+    }
+}

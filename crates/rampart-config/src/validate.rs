@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use ipnet::IpNet;
 
 use crate::model::*;
-use crate::raw::{RawConfig, RawError, S};
+use crate::raw::{RawConfig, RawError, RawUpstream, S};
 use crate::{BUILTIN_BASELINE, BUILTIN_PREFIX};
 
 /// Text that can go into a request line or header as it is: visible
@@ -28,6 +28,8 @@ fn valid_env_name(var: &str) -> bool {
 
 /// Longest `audit.commit_delay_us` accepted (10 ms).
 const MAX_COMMIT_DELAY_US: u32 = 10_000;
+/// Highest `weight` of an upstream (Envoy allows up to 128).
+const MAX_UPSTREAM_WEIGHT: u32 = 100;
 /// `audit.commit_delay_us` by default.
 const DEFAULT_COMMIT_DELAY_US: u32 = 2_000;
 /// Largest `audit.commit_siblings` accepted.
@@ -799,8 +801,23 @@ impl Checker {
             .collect()
     }
 
-    fn upstream(&mut self, v: &S<String>, path: &str) -> Option<Upstream> {
-        let s = v.get_ref();
+    fn upstream(&mut self, v: &S<RawUpstream>, path: &str) -> Option<Upstream> {
+        let raw = v.get_ref();
+        let s = raw.addr.as_str();
+        let weight = match raw.weight {
+            None => 1,
+            Some(w) => match u32::try_from(w) {
+                Ok(w @ 1..=MAX_UPSTREAM_WEIGHT) => w,
+                _ => {
+                    self.err(
+                        v,
+                        format!("{path}.weight"),
+                        format!("invalid weight {w}: expected 1 to {MAX_UPSTREAM_WEIGHT}"),
+                    );
+                    return None;
+                }
+            },
+        };
         if let Ok(addr) = s.parse::<SocketAddr>() {
             if addr.port() == 0 {
                 self.err(v, path, format!("invalid upstream {s:?}: port 0"));
@@ -809,6 +826,7 @@ impl Checker {
             return Some(Upstream {
                 host: addr.ip().to_string(),
                 port: addr.port(),
+                weight,
             });
         }
         let parsed = s.rsplit_once(':').and_then(|(host, port)| {
@@ -816,6 +834,7 @@ impl Checker {
             valid_hostname(host).then(|| Upstream {
                 host: host.to_string(),
                 port,
+                weight,
             })
         });
         if parsed.is_none() {

@@ -1,6 +1,16 @@
 //! Upstream pools: choosing an instance (round robin, power of two
-//! choices over in-flight requests, or by the client's address),
-//! passive ejection and the per-upstream circuit breaker.
+//! choices over in-flight requests, or by the client's address, each
+//! weighted by the instances' `weight`), passive ejection and the
+//! per-upstream circuit breaker.
+//!
+//! Weights, when they differ, work in each way as nginx's `weight=` and
+//! Envoy's load-balancing weights do: round robin walks a smooth schedule
+//! in which each instance appears `weight` times (spread out, not in
+//! runs); least requests draws its two candidates in proportion to weight
+//! and keeps the one with more weight per request in flight; the client
+//! hash gives each instance a weighted rendezvous score (`weight / -ln u`),
+//! so an instance keeps a share of clients in proportion to its weight and
+//! only its own clients move when it leaves.
 //!
 //! Passive ejection *is* the breaker opening: after `failures_to_open`
 //! consecutive connect errors or 5xx the upstream is open (ejected) for
@@ -55,6 +65,51 @@ fn stable_hash(bytes: &[u8]) -> u64 {
     mix(h)
 }
 
+/// The weighted rendezvous score of an instance whose plain score for a
+/// client is `h`: `weight / -ln u` with `u` in (0, 1) taken from `h`. With
+/// equal weights it orders instances as `h` does.
+fn rendezvous_score(h: u64, weight: u32) -> f64 {
+    let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    f64::from(weight) / -u.ln()
+}
+
+/// A smooth round-robin schedule for `weights` (after dividing them by
+/// their greatest common divisor): nginx's smooth weighted round robin run
+/// once through, so that instance `i` appears `weights[i]` times and the
+/// turns of a heavy instance are spread between the others' (5, 1, 1 gives
+/// a a b a c a a).
+fn schedule(weights: &[u32]) -> Vec<u32> {
+    let g = weights.iter().fold(0u32, |g, &w| gcd(g, w.max(1))).max(1);
+    let w: Vec<i64> = weights.iter().map(|&w| i64::from(w.max(1) / g)).collect();
+    let total: i64 = w.iter().sum();
+    let mut current = vec![0i64; w.len()];
+    let mut out = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+    for _ in 0..total {
+        for (c, w) in current.iter_mut().zip(&w) {
+            *c += w;
+        }
+        // The highest current weight; the first of equals.
+        let (best, _) =
+            current.iter().enumerate().fold(
+                (0, i64::MIN),
+                |(bi, bc), (i, &c)| if c > bc { (i, c) } else { (bi, bc) },
+            );
+        if let Some(c) = current.get_mut(best) {
+            *c -= total;
+        }
+        out.push(u32::try_from(best).unwrap_or(u32::MAX));
+    }
+    out
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
 /// What [`Balance::ClientHash`] keeps a client to: its address, an IPv6
 /// client's /64 (whose privacy addresses change).
 pub fn client_affinity(client: std::net::IpAddr) -> u64 {
@@ -107,6 +162,8 @@ pub struct UpstreamNode {
     pub addr: String,
     /// [`stable_hash`] of the address, for [`Balance::ClientHash`].
     key: u64,
+    /// Its share of requests (1 unless configured).
+    weight: u32,
     in_flight: AtomicUsize,
     state: Mutex<State>,
     /// Set by active health checks; passive ejection is the breaker.
@@ -138,6 +195,9 @@ pub struct Pool {
     balance: Balance,
     breaker: BreakerSettings,
     next: AtomicUsize,
+    /// When the weights differ: node indices, each `weight` times, in a
+    /// smooth order (see [`schedule`]); empty when they are all equal.
+    schedule: Vec<u32>,
     seed: AtomicU64,
     clock: SharedClock,
     /// TLS to the instances, if the service asks for it.
@@ -167,6 +227,7 @@ impl Pool {
             .into_iter()
             .map(|addr| UpstreamNode {
                 key: stable_hash(addr.as_bytes()),
+                weight: 1,
                 addr,
                 in_flight: AtomicUsize::new(0),
                 state: Mutex::new(State::Closed { failures: 0 }),
@@ -180,6 +241,7 @@ impl Pool {
             balance,
             breaker,
             next: AtomicUsize::new(0),
+            schedule: Vec::new(),
             seed: AtomicU64::new(0x9E37_79B9_7F4A_7C15 ^ clock.unix_nanos()),
             clock,
             tls: None,
@@ -191,6 +253,26 @@ impl Pool {
     pub fn with_tls(mut self, tls: Option<Arc<crate::upstream::UpstreamTls>>) -> Pool {
         self.tls = tls;
         self
+    }
+
+    /// The same pool with the instances' weights, in pool order (1 for
+    /// any not given; 0 is taken as 1).
+    pub fn with_weights(mut self, weights: &[u32]) -> Pool {
+        for (node, &w) in self.nodes.iter_mut().zip(weights) {
+            node.weight = w.max(1);
+        }
+        let w: Vec<u32> = self.nodes.iter().map(|n| n.weight).collect();
+        self.schedule = if w.iter().all(|&x| Some(&x) == w.first()) {
+            Vec::new()
+        } else {
+            schedule(&w)
+        };
+        self
+    }
+
+    /// The instances' weights, in pool order.
+    pub fn weights(&self) -> Vec<u32> {
+        self.nodes.iter().map(|n| n.weight).collect()
     }
 
     /// TLS to the instances, if any.
@@ -277,18 +359,41 @@ impl Pool {
             return None;
         }
         let n = candidates.len();
+        let weighted = !self.schedule.is_empty();
         let chosen = match self.balance {
+            Balance::RoundRobin if weighted => {
+                let k = self.next.fetch_add(1, Ordering::Relaxed);
+                match self.schedule.get(k % self.schedule.len()) {
+                    Some(&i) if candidates.contains(&(i as usize)) => Some(i as usize),
+                    // Its turn is not available (down, open, tried): the
+                    // others by weight, so that none takes all of its turns.
+                    _ => self.draw_weighted(&candidates, mix(k as u64)),
+                }
+            }
             Balance::RoundRobin => {
                 let k = self.next.fetch_add(1, Ordering::Relaxed);
                 candidates.get(k % n).copied()
             }
             Balance::LeastRequests => {
                 let r = self.random();
-                let a = candidates.get((r % n as u64) as usize).copied();
-                let b = candidates.get(((r >> 32) % n as u64) as usize).copied();
+                let (a, b) = if weighted {
+                    (
+                        self.draw_weighted(&candidates, r),
+                        self.draw_weighted(&candidates, r >> 32),
+                    )
+                } else {
+                    (
+                        candidates.get((r % n as u64) as usize).copied(),
+                        candidates.get(((r >> 32) % n as u64) as usize).copied(),
+                    )
+                };
                 match (a, b) {
+                    // The one with more weight per request in flight (with
+                    // equal weights: fewer in flight; ties keep `a`).
                     (Some(a), Some(b)) => {
-                        if self.in_flight(b) < self.in_flight(a) {
+                        let flight = |i: usize| self.in_flight(i) as u128 + 1;
+                        let weight = |i: usize| u128::from(self.weight(i));
+                        if weight(b) * flight(a) > weight(a) * flight(b) {
                             Some(b)
                         } else {
                             Some(a)
@@ -297,6 +402,14 @@ impl Pool {
                     (a, b) => a.or(b),
                 }
             }
+            Balance::ClientHash if weighted => candidates.iter().copied().max_by(|&x, &y| {
+                let score = |i: usize| {
+                    self.nodes.get(i).map_or(0.0, |node| {
+                        rendezvous_score(mix(node.key ^ affinity), node.weight)
+                    })
+                };
+                score(x).total_cmp(&score(y))
+            }),
             Balance::ClientHash => candidates
                 .iter()
                 .copied()
@@ -445,6 +558,31 @@ impl Pool {
                 tracing::warn!(service = %self.service, upstream = %node.addr, "upstream failed health checks");
             }
         }
+    }
+
+    fn weight(&self, i: usize) -> u32 {
+        self.nodes.get(i).map_or(1, |n| n.weight)
+    }
+
+    /// A candidate drawn in proportion to weight (a random place in the
+    /// schedule), or evenly among the candidates when a few draws land
+    /// only on instances that are not.
+    fn draw_weighted(&self, candidates: &[usize], r: u64) -> Option<usize> {
+        let len = self.schedule.len() as u64;
+        let mut r = r;
+        for _ in 0..4 {
+            let i = self
+                .schedule
+                .get((r % len.max(1)) as usize)
+                .map(|&i| i as usize);
+            if let Some(i) = i.filter(|i| candidates.contains(i)) {
+                return Some(i);
+            }
+            r = mix(r);
+        }
+        candidates
+            .get((r % candidates.len().max(1) as u64) as usize)
+            .copied()
     }
 
     fn random(&self) -> u64 {
@@ -671,5 +809,86 @@ mod tests {
             client_affinity("::ffff:192.0.2.1".parse().unwrap()),
             client_affinity("192.0.2.1".parse().unwrap())
         );
+    }
+
+    #[test]
+    fn the_schedule_spreads_each_instance_by_its_weight() {
+        let s = schedule(&[5, 1, 1]);
+        assert_eq!(s.len(), 7);
+        for (i, w) in [(0, 5), (1, 1), (2, 1)] {
+            assert_eq!(s.iter().filter(|&&x| x == i).count(), w, "{s:?}");
+        }
+        // Spread out, as nginx orders them.
+        assert_eq!(s, [0, 0, 1, 0, 2, 0, 0]);
+        // Weights are reduced by their common divisor.
+        assert_eq!(schedule(&[20, 40]), schedule(&[1, 2]));
+        assert_eq!(schedule(&[1, 2]).len(), 3);
+    }
+
+    fn weighted(balance: Balance, weights: &[u32]) -> Pool {
+        three(balance).with_weights(weights)
+    }
+
+    #[test]
+    fn weighted_round_robin_gives_each_its_share() {
+        let p = weighted(Balance::RoundRobin, &[3, 1, 1]);
+        let mut seen = [0usize; 3];
+        for _ in 0..500 {
+            let l = p.pick(&[], 0).unwrap();
+            seen[l.index] += 1;
+            l.finish(true);
+        }
+        assert_eq!(seen, [300, 100, 100]);
+        // With the heaviest tried already, the others share its turns too.
+        let mut seen = [0usize; 3];
+        for _ in 0..2000 {
+            let l = p.pick(&[0], 0).unwrap();
+            seen[l.index] += 1;
+            l.finish(true);
+        }
+        assert_eq!(seen[0], 0);
+        assert!((850..=1150).contains(&seen[1]), "{seen:?}");
+        // Equal weights are plain round robin.
+        assert!(weighted(Balance::RoundRobin, &[2, 2, 2])
+            .schedule
+            .is_empty());
+    }
+
+    #[test]
+    fn weighted_least_requests_keeps_load_in_proportion() {
+        let p = weighted(Balance::LeastRequests, &[4, 1, 1]);
+        // Requests that stay in flight pile up in proportion to weight.
+        let held: Vec<Lease<'_>> = (0..600).map(|_| p.pick(&[], 0).unwrap()).collect();
+        let mut seen = [0usize; 3];
+        for l in &held {
+            seen[l.index] += 1;
+        }
+        assert!((360..=440).contains(&seen[0]), "{seen:?}");
+        assert!(seen[1] >= 80 && seen[2] >= 80, "{seen:?}");
+    }
+
+    #[test]
+    fn weighted_client_hash_shares_clients_by_weight_and_moves_only_an_instance_s_own() {
+        let p = weighted(Balance::ClientHash, &[2, 1, 1]);
+        let clients: Vec<String> = (0..4000u32)
+            .map(|n| format!("198.{}.{}.{}", 18 + n / 62500, (n / 250) % 250, n % 250 + 1))
+            .collect();
+        let first: Vec<usize> = clients.iter().map(|c| pick_for(&p, &[], c)).collect();
+        let mut seen = [0usize; 3];
+        for &i in &first {
+            seen[i] += 1;
+        }
+        // Expected 2000 / 1000 / 1000.
+        assert!((1850..=2150).contains(&seen[0]), "{seen:?}");
+        assert!((850..=1150).contains(&seen[1]), "{seen:?}");
+        // With instance 1 out, only its clients move.
+        for (c, &was) in clients.iter().zip(&first) {
+            let now = pick_for(&p, &[1], c);
+            if was != 1 {
+                assert_eq!(now, was, "{c}");
+            }
+        }
+        // Each client keeps to its instance.
+        assert_eq!(pick_for(&p, &[], &clients[7]), first[7]);
     }
 }

@@ -242,6 +242,7 @@ impl Routing {
         let mut configured = HashMap::new();
         for s in &config.services {
             let addrs: Vec<String> = s.upstreams.iter().map(|u| u.to_string()).collect();
+            let weights: Vec<u32> = s.upstreams.iter().map(|u| u.weight).collect();
             configured.insert(s.name.clone(), addrs.clone());
             let tls = service_tls(s)?;
             let tls_key = tls.as_ref().map(|t| t.key().to_string());
@@ -249,12 +250,13 @@ impl Routing {
             let balance = s.balance.map_or(balance, Balance::from);
             // A pool already reaching and balancing these instances as
             // the config says.
-            let same = |p: &Pool| {
+            let same_instances = |p: &Pool| {
                 p.addrs() == addrs
                     && p.tls().map(|t| t.key()) == tls_key.as_deref()
                     && p.reach().http2 == http2
                     && p.balance() == balance
             };
+            let same = |p: &Pool| same_instances(p) && p.weights() == weights;
             let kept = old
                 .and_then(|o| o.pools.get(&s.name))
                 .filter(|p| same(p))
@@ -266,8 +268,13 @@ impl Routing {
             let serving = old
                 .and_then(|o| o.pools.get(&s.name))
                 .filter(|p| !p.is_empty());
-            let (Some(window), Some(serving)) = (gate.filter(|w| !w.is_zero()), serving) else {
+            // New weights for the same instances need no verifying.
+            let reweighted = serving.is_some_and(|p| same_instances(p));
+            let (Some(window), Some(serving), false) =
+                (gate.filter(|w| !w.is_zero()), serving, reweighted)
+            else {
                 let pool = Pool::new(&s.name, addrs, balance, breaker, clock.clone())
+                    .with_weights(&weights)
                     .with_tls(tls)
                     .with_http2(http2);
                 pools.insert(s.name.clone(), Arc::new(pool));
@@ -281,6 +288,7 @@ impl Routing {
                 Some(d) => d.clone(),
                 None => {
                     let candidate = Pool::new(&s.name, addrs, balance, breaker, clock.clone())
+                        .with_weights(&weights)
                         .with_tls(tls)
                         .with_http2(http2)
                         .starting_down();

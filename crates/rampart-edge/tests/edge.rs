@@ -1482,6 +1482,53 @@ async fn client_hash_keeps_each_client_to_one_instance() {
     assert!(seen.values().all(|&n| n >= 5), "{seen:?}");
 }
 
+/// Upstreams with weights share a service's requests in proportion: with
+/// round robin exactly, in nginx's smooth order; by client, in proportion
+/// over many clients.
+#[tokio::test]
+async fn weighted_upstreams_share_requests_by_weight() {
+    let (a, b) = (upstream("a").await, upstream("b").await);
+    let text = |balance: &str| {
+        format!(
+            "[[environments]]\nname = \"test\"\n\
+             [[services]]\nname = \"s\"\nenvironment = \"test\"\nport = 8080\nbalance = \"{balance}\"\n\
+             upstreams = [{{ addr = \"{}\", weight = 3 }}, \"{}\"]\n\
+             [[routes]]\nhost = \"api.test\"\nservice = \"s\"\n",
+            a.addr, b.addr
+        )
+    };
+    let cfg = rampart_config::Config::parse(&text("round_robin"), "t.toml").unwrap();
+    let edge = TestEdge::start(cfg, |ec| {
+        ec.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+    })
+    .await;
+    let mut order = String::new();
+    for _ in 0..80 {
+        let r = edge.https("GET", "api.test", "/").await;
+        assert_eq!(r.status, StatusCode::OK);
+        order.push_str(r.header("x-upstream").unwrap());
+    }
+    assert_eq!(order.matches('a').count(), 60, "{order}");
+    assert!(!order.contains("aaaa"), "{order}");
+
+    let cfg = rampart_config::Config::parse(&text("client_hash"), "t.toml").unwrap();
+    let edge = TestEdge::start(cfg, |ec| {
+        ec.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+    })
+    .await;
+    let mut to_a = 0;
+    for n in 1..=200 {
+        let client = format!("198.51.{}.{}", n / 100, n % 100 + 1);
+        let r = edge
+            .https_with("GET", "api.test", "/", &[("x-forwarded-for", &client)])
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{client}");
+        to_a += usize::from(r.header("x-upstream") == Some("a"));
+    }
+    // Expected 150 of 200.
+    assert!((125..=175).contains(&to_a), "{to_a}");
+}
+
 /// A route's `methods` take those methods (and `HEAD` with `GET`); any
 /// other gets 405 with `Allow` and never reaches the service, audited
 /// with its reason; a route without the setting takes any method.
