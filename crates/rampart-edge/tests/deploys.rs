@@ -130,3 +130,33 @@ async fn with_no_window_or_no_checks_a_reload_applies_at_once() {
     assert_eq!(body(&edge).await, "b");
     assert!(edge.handle.deployments().is_empty());
 }
+
+/// New weights for the same instances are no deployment: they apply at
+/// once, window or not.
+#[tokio::test]
+async fn a_reload_that_changes_only_weights_applies_at_once() {
+    let (a, b) = (upstream("a").await, upstream("b").await);
+    let mut hc = quick_health_check();
+    hc.interval = Duration::from_millis(300);
+    hc.deploy_window = Duration::from_secs(3);
+    let edge = TestEdge::start(config(&[("app", vec![a.addr, b.addr])], ROUTES), |ec| {
+        ec.health_check = Some(hc)
+    })
+    .await;
+    let text = format!(
+        "[[environments]]\nname = \"test\"\n\
+         [[services]]\nname = \"app\"\nenvironment = \"test\"\nport = 8080\n\
+         upstreams = [{{ addr = \"{}\", weight = 3 }}, \"{}\"]\n{ROUTES}",
+        a.addr, b.addr
+    );
+    edge.handle
+        .reload(&rampart_config::Config::parse(&text, "t.toml").unwrap())
+        .unwrap();
+    assert!(edge.handle.deployments().is_empty());
+    assert!(edge.handle.pending_deployments().is_empty());
+    let mut got = String::new();
+    for _ in 0..8 {
+        got.push_str(&body(&edge).await);
+    }
+    assert_eq!(got.matches('a').count(), 6, "{got}");
+}
