@@ -182,6 +182,9 @@ pub struct Route {
     pub methods: Vec<String>,
     /// Cross-origin requests from browsers (CORS), answered by the edge.
     pub cors: Option<RouteCors>,
+    /// Requests are answered with a redirect instead of reaching a service
+    /// (then `service` and `environment` are empty).
+    pub redirect: Option<RouteRedirect>,
     /// Requests per client on this route, instead of the edge's default.
     pub rate_limit: Option<RouteRate>,
     /// Largest request body on this route (the edge's limit still caps it).
@@ -245,6 +248,7 @@ impl Route {
             allow_cidrs: Vec::new(),
             deny_cidrs: Vec::new(),
             methods: Vec::new(),
+            redirect: None,
             cors: None,
             rate_limit: None,
             max_body_bytes: None,
@@ -261,6 +265,17 @@ impl Route {
             remove_request_headers: Vec::new(),
         }
     }
+}
+
+/// Where a redirecting route sends its clients, as nginx's
+/// `return 301 https://example.com$request_uri`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteRedirect {
+    /// `scheme://host[:port][/path]`, without a trailing `/`: the request's
+    /// path and query are appended.
+    pub to: String,
+    /// 301, 302, 303, 307 or 308.
+    pub status: u16,
 }
 
 /// Which browser pages may call a route from another origin (CORS), as

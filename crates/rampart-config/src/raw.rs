@@ -218,7 +218,9 @@ pub(crate) struct RawService {
 pub(crate) struct RawRoute {
     pub host: S<String>,
     pub path_prefix: Option<S<String>>,
-    pub service: S<String>,
+    pub service: Option<S<String>>,
+    pub redirect: Option<S<String>>,
+    pub redirect_status: Option<S<i64>>,
     pub auth: Option<S<String>>,
     #[serde(default)]
     pub roles: Vec<S<String>>,

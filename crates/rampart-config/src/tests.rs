@@ -1227,3 +1227,100 @@ fn upstreams_may_carry_weights() {
         assert!(d.to_string().contains(message), "{entry}: {d}");
     }
 }
+
+#[test]
+fn a_route_may_redirect_instead_of_serving_a_service() {
+    let base = "[[environments]]\nname = \"prod\"\n\
+                [[services]]\nname = \"a\"\nenvironment = \"prod\"\nport = 80\n";
+    let c = Config::parse(
+        &format!(
+            "{base}[[routes]]\nhost = \"old.example.com\"\nredirect = \"HTTPS://New.Example.com/docs/\"\n\
+             [[routes]]\nhost = \"www.example.com\"\nredirect = \"https://example.com:8443\"\nredirect_status = 308\n\
+             [[routes]]\nhost = \"example.com\"\nservice = \"a\"\n"
+        ),
+        "t.toml",
+    )
+    .unwrap();
+    let r = &c.routes;
+    assert_eq!(
+        r[0].redirect,
+        Some(RouteRedirect {
+            to: "https://new.example.com/docs".into(),
+            status: 301
+        })
+    );
+    assert_eq!((r[0].service.as_str(), r[0].environment.as_str()), ("", ""));
+    assert_eq!(
+        r[1].redirect,
+        Some(RouteRedirect {
+            to: "https://example.com:8443".into(),
+            status: 308
+        })
+    );
+    assert_eq!((r[2].service.as_str(), r[2].redirect.as_ref()), ("a", None));
+
+    // Each refusal at its line (8: the route's host, 9 and 10: the lines after).
+    let route = |lines: &str| format!("{base}[[routes]]\nhost = \"x.example.com\"\n{lines}\n");
+    for (lines, path, line, message) in [
+        (
+            "service = \"a\"\nredirect = \"https://example.com\"",
+            "routes[0].service",
+            9,
+            "either serves a service or redirects",
+        ),
+        ("", "routes[0].service", 8, "missing service"),
+        (
+            "service = \"a\"\nredirect_status = 302",
+            "routes[0].redirect_status",
+            10,
+            "redirect_status needs redirect",
+        ),
+        (
+            "redirect = \"https://example.com\"\nredirect_status = 300",
+            "routes[0].redirect_status",
+            10,
+            "expected 301, 302, 303, 307 or 308",
+        ),
+        (
+            "redirect = \"https://example.com\"\nauth = \"api_key\"",
+            "routes[0].auth",
+            10,
+            "auth needs a service",
+        ),
+        (
+            "redirect = \"https://example.com\"\nwebsocket = true",
+            "routes[0].websocket",
+            8,
+            "websocket needs a service",
+        ),
+    ] {
+        let d = first_error(&route(lines));
+        assert_eq!((d.path.as_str(), d.line), (path, line), "{lines}: {d}");
+        assert!(d.to_string().contains(message), "{lines}: {d}");
+    }
+    for bad in [
+        "ftp://example.com",
+        "https://",
+        "https://example.com?a=1",
+        "https://example.com/a#b",
+        "https://example.com/../x",
+        "https://exa mple.com",
+        "https://example.com:0",
+        "https://example.com:http",
+        "https://[::1/x",
+        "example.com/path",
+    ] {
+        let d = first_error(&route(&format!("redirect = \"{bad}\"")));
+        assert_eq!(
+            (d.path.as_str(), d.line),
+            ("routes[0].redirect", 9),
+            "{bad}: {d}"
+        );
+        assert!(d.to_string().contains("invalid redirect"), "{bad}: {d}");
+    }
+    let ok = Config::parse(&route("redirect = \"http://[::1]:8080/a\""), "t.toml").unwrap();
+    assert_eq!(
+        ok.routes[0].redirect.as_ref().unwrap().to,
+        "http://[::1]:8080/a"
+    );
+}

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use ipnet::IpNet;
 
 use crate::model::*;
-use crate::raw::{RawConfig, RawError, RawUpstream, S};
+use crate::raw::{RawConfig, RawError, RawRoute, RawUpstream, S};
 use crate::{BUILTIN_BASELINE, BUILTIN_PREFIX};
 
 /// Text that can go into a request line or header as it is: visible
@@ -1247,17 +1247,20 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
                 format!("duplicate route {host}{prefix} (also routes[{first}])"),
             );
         }
-        if !services_by_name.contains_key(r.service.get_ref()) {
-            c.err(
-                &r.service,
-                p("service"),
-                format!(
-                    "unknown service {:?} (defined: {})",
-                    r.service.get_ref(),
-                    list(service_names())
-                ),
-            );
+        if let Some(svc) = &r.service {
+            if !services_by_name.contains_key(svc.get_ref()) {
+                c.err(
+                    svc,
+                    p("service"),
+                    format!(
+                        "unknown service {:?} (defined: {})",
+                        svc.get_ref(),
+                        list(service_names())
+                    ),
+                );
+            }
         }
+        let redirect = route_redirect(&mut c, r, i);
         let auth = r
             .auth
             .as_ref()
@@ -1347,19 +1350,22 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
             .filter_map(|(j, x)| c.waf_exclusion(x, &format!("routes[{i}].waf_exclusions[{j}]")))
             .collect();
         // Tunnels are HTTP/1.1 upgrades, on a connection of their own.
-        let service_protocol = services_by_name
-            .get(r.service.get_ref())
-            .and_then(|&i| services.get(i))
-            .map(|s| s.protocol);
-        if r.websocket && service_protocol == Some(UpstreamProtocol::Http2) {
-            c.err(
-                &r.service,
-                p("websocket"),
-                format!(
-                    "WebSocket tunnels are HTTP/1.1 upgrades: service {:?} speaks http2",
-                    r.service.get_ref()
-                ),
-            );
+        let route_service = r
+            .service
+            .as_ref()
+            .and_then(|svc| services_by_name.get(svc.get_ref()))
+            .and_then(|&i| services.get(i));
+        if let (true, Some(svc), Some(s)) = (r.websocket, &r.service, route_service) {
+            if s.protocol == UpstreamProtocol::Http2 {
+                c.err(
+                    svc,
+                    p("websocket"),
+                    format!(
+                        "WebSocket tunnels are HTTP/1.1 upgrades: service {:?} speaks http2",
+                        svc.get_ref()
+                    ),
+                );
+            }
         }
         // A streamed body reaches the service before anything could read
         // it: no check that reads bodies may apply on the route.
@@ -1443,12 +1449,11 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
             max_body_bytes,
             host,
             path_prefix: prefix,
-            service: r.service.get_ref().clone(),
-            environment: services_by_name
-                .get(r.service.get_ref())
-                .and_then(|&i| services.get(i))
+            service: route_service.map(|s| s.name.clone()).unwrap_or_default(),
+            environment: route_service
                 .map(|s| s.environment.clone())
                 .unwrap_or_default(),
+            redirect,
             auth,
             roles: r.roles.iter().map(|r| r.get_ref().clone()).collect(),
             allow_cidrs,
@@ -1987,6 +1992,185 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
         c.errors.sort_by_key(|e| e.span.as_ref().map(|s| s.start));
         Err(c.errors)
     }
+}
+
+/// HTTP statuses a route may redirect with.
+const REDIRECT_STATUSES: [u16; 5] = [301, 302, 303, 307, 308];
+
+/// The settings that need a service behind the route, refused beside
+/// `redirect`: each that is set, with where (`None`: a bare value whose
+/// place is not kept).
+fn service_settings(r: &RawRoute) -> Vec<(&'static str, Option<Range<usize>>)> {
+    fn at<T>(v: Option<&S<T>>) -> Option<Range<usize>> {
+        v.map(S::span)
+    }
+    let set: [(&'static str, bool, Option<Range<usize>>); 17] = [
+        ("auth", r.auth.is_some(), at(r.auth.as_ref())),
+        ("roles", !r.roles.is_empty(), at(r.roles.first())),
+        ("methods", !r.methods.is_empty(), at(r.methods.first())),
+        ("cors", r.cors.is_some(), at(r.cors.as_ref())),
+        (
+            "max_body_bytes",
+            r.max_body_bytes.is_some(),
+            at(r.max_body_bytes.as_ref()),
+        ),
+        (
+            "upstream_timeout_seconds",
+            r.upstream_timeout_seconds.is_some(),
+            at(r.upstream_timeout_seconds.as_ref()),
+        ),
+        (
+            "json_schema",
+            r.json_schema.is_some(),
+            at(r.json_schema.as_ref()),
+        ),
+        ("waf", r.waf.is_some(), at(r.waf.as_ref())),
+        (
+            "waf_exclusions",
+            !r.waf_exclusions.is_empty(),
+            at(r.waf_exclusions.first()),
+        ),
+        ("websocket", r.websocket, None),
+        (
+            "stream_request_body",
+            r.stream_request_body.is_some(),
+            at(r.stream_request_body.as_ref()),
+        ),
+        (
+            "upstream_path_prefix",
+            r.upstream_path_prefix.is_some(),
+            at(r.upstream_path_prefix.as_ref()),
+        ),
+        ("gzip", r.gzip.is_some(), None),
+        (
+            "response_headers",
+            !r.response_headers.is_empty(),
+            at(r.response_headers.values().next()),
+        ),
+        (
+            "remove_response_headers",
+            !r.remove_response_headers.is_empty(),
+            at(r.remove_response_headers.first()),
+        ),
+        (
+            "request_headers",
+            !r.request_headers.is_empty(),
+            at(r.request_headers.values().next()),
+        ),
+        (
+            "remove_request_headers",
+            !r.remove_request_headers.is_empty(),
+            at(r.remove_request_headers.first()),
+        ),
+    ];
+    set.into_iter()
+        .filter(|(_, on, _)| *on)
+        .map(|(name, _, span)| (name, span))
+        .collect()
+}
+
+/// A route's `redirect` and `redirect_status`: a route either serves a
+/// service or redirects, and a redirecting one takes none of the settings
+/// that need a service.
+fn route_redirect(c: &mut Checker, r: &RawRoute, i: usize) -> Option<RouteRedirect> {
+    let p = |f: &str| format!("routes[{i}].{f}");
+    let Some(to) = &r.redirect else {
+        if r.service.is_none() {
+            c.err(
+                &r.host,
+                p("service"),
+                "missing service: a route serves a service or sets redirect",
+            );
+        }
+        if let Some(st) = &r.redirect_status {
+            c.err(st, p("redirect_status"), "redirect_status needs redirect");
+        }
+        return None;
+    };
+    if let Some(svc) = &r.service {
+        c.err(
+            svc,
+            p("service"),
+            "a route either serves a service or redirects: not both",
+        );
+    }
+    for (name, span) in service_settings(r) {
+        c.err_span(
+            Some(span.unwrap_or_else(|| r.host.span())),
+            p(name),
+            format!("{name} needs a service: a redirecting route takes none"),
+        );
+    }
+    let status = match &r.redirect_status {
+        None => 301,
+        Some(st) => match u16::try_from(*st.get_ref()) {
+            Ok(s) if REDIRECT_STATUSES.contains(&s) => s,
+            _ => {
+                c.err(
+                    st,
+                    p("redirect_status"),
+                    format!(
+                        "invalid redirect_status {}: expected 301, 302, 303, 307 or 308",
+                        st.get_ref()
+                    ),
+                );
+                301
+            }
+        },
+    };
+    let Some(target) = redirect_target(to.get_ref()) else {
+        c.err(
+            to,
+            p("redirect"),
+            format!(
+                "invalid redirect {:?}: expected http(s)://host[:port] with an optional path, and no query, fragment or '..'",
+                to.get_ref()
+            ),
+        );
+        return None;
+    };
+    Some(RouteRedirect { to: target, status })
+}
+
+/// `scheme://host[:port][/path]` made canonical (scheme and host in lower
+/// case, no trailing `/`), or `None`.
+fn redirect_target(s: &str) -> Option<String> {
+    let (scheme, rest) = s.split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    if scheme != "https" && scheme != "http" {
+        return None;
+    }
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        let (addr, after) = v6.split_once(']')?;
+        addr.parse::<std::net::Ipv6Addr>().ok()?;
+        after
+    } else {
+        let (host, after) = authority.split_at(authority.find(':').unwrap_or(authority.len()));
+        if !valid_hostname(host) && host.parse::<std::net::Ipv4Addr>().is_err() {
+            return None;
+        }
+        after
+    };
+    // What follows the host: nothing, or a port.
+    if !host.is_empty() {
+        host.strip_prefix(':')?
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)?;
+    }
+    if path
+        .bytes()
+        .any(|b| !b.is_ascii_graphic() || matches!(b, b'?' | b'#' | b'\\'))
+        || path.contains("..")
+    {
+        return None;
+    }
+    Some(format!(
+        "{scheme}://{}{}",
+        authority.to_ascii_lowercase(),
+        path.trim_end_matches('/')
+    ))
 }
 
 fn list(names: BTreeSet<String>) -> String {

@@ -80,6 +80,14 @@ pub enum Reject {
         /// The answer's headers.
         headers: http::HeaderMap,
     },
+    /// The route redirects its requests (`redirect`): answered with
+    /// `status` and `Location`, no body.
+    Redirect {
+        /// 301, 302, 303, 307 or 308.
+        status: u16,
+        /// Where to.
+        location: http::HeaderValue,
+    },
     /// The route does not take the request's method.
     MethodNotAllowed {
         /// The methods it takes, for the `Allow` header.
@@ -160,6 +168,9 @@ impl Reject {
             Reject::NoRoute => StatusCode::NOT_FOUND,
             Reject::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Reject::Preflight { .. } => StatusCode::NO_CONTENT,
+            Reject::Redirect { status, .. } => {
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::MOVED_PERMANENTLY)
+            }
             Reject::IpDenied | Reject::Forbidden => StatusCode::FORBIDDEN,
             Reject::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Reject::Waf { status, .. } => {
@@ -203,6 +214,7 @@ impl Reject {
             Reject::IpDenied => "ip_denied",
             Reject::MethodNotAllowed { .. } => "method_not_allowed",
             Reject::Preflight { .. } => "cors_preflight",
+            Reject::Redirect { .. } => "redirect",
             Reject::RateLimited { .. } => "rate_limited",
             Reject::Waf { .. } | Reject::WafRedirect { .. } => "waf",
             Reject::Unauthenticated => "unauthenticated",

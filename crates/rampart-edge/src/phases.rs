@@ -281,6 +281,43 @@ impl Phase for IpRules {
     }
 }
 
+/// A route with `redirect` answers every request with its redirect: after
+/// the IP rules and rate limits, before anything that needs a service.
+/// The request's path (normalised) and query are appended to the target, as
+/// nginx's `return 301 https://example.com$request_uri`.
+#[derive(Debug)]
+pub struct Redirect;
+
+impl Phase for Redirect {
+    fn name(&self) -> &'static str {
+        "redirect"
+    }
+    fn check(&self, ctx: &mut RequestCtx) -> Result<(), Reject> {
+        let Some(r) = &ctx.route.redirect else {
+            return Ok(());
+        };
+        // The normalised path, as routing saw it.
+        let rest = ctx
+            .forward_path
+            .as_ref()
+            .or(ctx.head.uri.path_and_query())
+            .map_or("/", |pq| pq.as_str());
+        let mut location = String::with_capacity(r.to.len() + rest.len());
+        location.push_str(&r.to);
+        location.push_str(rest);
+        // The target was checked at load and hyper only takes visible
+        // bytes in a path, so this does not fail; if it did, the bare
+        // target would do.
+        let location = http::HeaderValue::from_str(&location)
+            .or_else(|_| http::HeaderValue::from_str(&r.to))
+            .map_err(|_| Reject::NoRoute)?;
+        Err(Reject::Redirect {
+            status: r.status,
+            location,
+        })
+    }
+}
+
 /// A CORS preflight on a route with `cors`, answered by the edge (see
 /// [`crate::cors`]), before the route's methods, the firewall and
 /// authentication.

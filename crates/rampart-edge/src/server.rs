@@ -308,7 +308,7 @@ impl Routing {
             pools.insert(s.name.clone(), serving.clone());
             deploys.insert(s.name.clone(), deploy);
         }
-        for r in &config.routes {
+        for r in config.routes.iter().filter(|r| r.redirect.is_none()) {
             if pools.get(&r.service).is_none_or(|p| p.is_empty()) {
                 return Err(Error::NoUpstreams(r.service.clone()));
             }
@@ -467,6 +467,7 @@ impl Edge {
                 store: cfg.counter_store.clone(),
                 clock: cfg.clock.clone(),
             }),
+            Box::new(phases::Redirect),
             Box::new(phases::CorsPreflight),
             Box::new(phases::Methods),
         ];
@@ -1210,13 +1211,11 @@ impl State {
         if phases::declared_too_large(&ctx.head, max_body) {
             return Err(Reject::BodyTooLarge);
         }
-        let pool = routing
-            .pools
-            .get(&ctx.route.service)
-            .ok_or(Reject::NoHealthyUpstream {
-                retry_after: Duration::from_secs(1),
-            })?
-            .clone();
+        // A redirect carries the path on: one the edge would refuse is
+        // refused here rather than sent on.
+        if let (Some(_), Some(e)) = (&ctx.route.redirect, &bad_path) {
+            return Err(Reject::BadPath(*e));
+        }
         ctx.client_cert = cert;
         ctx.schema = ctx
             .route
@@ -1239,6 +1238,13 @@ impl State {
         if let Some(e) = bad_path {
             return Err(Reject::BadPath(e));
         }
+        let pool = routing
+            .pools
+            .get(&ctx.route.service)
+            .ok_or(Reject::NoHealthyUpstream {
+                retry_after: Duration::from_secs(1),
+            })?
+            .clone();
         let assertion = self.assertion.as_ref().and_then(|signer| {
             let (sub, roles) = match &ctx.principal {
                 Some(p) => (p.id.as_str(), p.roles.as_slice()),
@@ -1537,6 +1543,12 @@ fn reject_response(reject: &Reject, request_id: &str) -> Response<EdgeBody> {
         let mut r = Response::new(full(Bytes::new()));
         *r.status_mut() = status;
         *r.headers_mut() = headers.clone();
+        return r;
+    }
+    if let Reject::Redirect { location, .. } = reject {
+        let mut r = Response::new(full(Bytes::new()));
+        *r.status_mut() = status;
+        r.headers_mut().insert(LOCATION, location.clone());
         return r;
     }
     let mut error = serde_json::Map::new();

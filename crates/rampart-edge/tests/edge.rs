@@ -1571,6 +1571,54 @@ async fn a_route_refuses_methods_it_does_not_take_with_405_and_allow() {
     assert_eq!(r.status, StatusCode::OK);
 }
 
+/// A route with `redirect` answers every request with its status and
+/// `Location` (the target, then the request's path and query), never
+/// reaching a service, after the IP rules; it is audited as a redirect.
+#[tokio::test]
+async fn a_redirecting_route_answers_with_location_and_reaches_no_service() {
+    let a = upstream("a").await;
+    let routes = format!(
+        "{ROOT}\
+         [[routes]]\nhost = \"old.example.test\"\nredirect = \"https://new.test/v2\"\n\
+         [[routes]]\nhost = \"api.test\"\npath_prefix = \"/moved\"\nredirect = \"https://api.test\"\nredirect_status = 308\n\
+         [[routes]]\nhost = \"closed.example.test\"\nredirect = \"https://new.test\"\ndeny_cidrs = [\"127.0.0.0/8\"]\n"
+    );
+    let records = Arc::new(Records::default());
+    let rec = records.clone();
+    let edge = TestEdge::start(config(&[("a", vec![a.addr])], &routes), |ec| ec.audit = rec).await;
+    let r = edge
+        .https("GET", "old.example.test", "/docs/page?lang=en&x=1")
+        .await;
+    assert_eq!(r.status, StatusCode::MOVED_PERMANENTLY);
+    assert_eq!(
+        r.header("location"),
+        Some("https://new.test/v2/docs/page?lang=en&x=1")
+    );
+    assert_eq!(r.body, "");
+    assert!(r.header("strict-transport-security").is_some());
+    // The path goes on normalised, as routing saw it.
+    let r = edge.https("GET", "old.example.test", "/a/./b/../c").await;
+    assert_eq!(r.header("location"), Some("https://new.test/v2/a/c"));
+    let r = edge.https("POST", "api.test", "/moved/x").await;
+    assert_eq!(r.status, StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(r.header("location"), Some("https://api.test/moved/x"));
+    // The rest of the host still reaches its service.
+    let r = edge.https("GET", "api.test", "/other").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(a.hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // IP rules come first.
+    let r = edge.https("GET", "closed.example.test", "/").await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(r.header("location"), None);
+    let recs = records.0.lock().unwrap();
+    let redirected: Vec<_> = recs
+        .iter()
+        .filter(|r| r.reason == Some("redirect"))
+        .collect();
+    assert_eq!(redirected.len(), 3);
+    assert_eq!((redirected[0].status, redirected[2].status), (301, 308));
+}
+
 /// A route with `cors`: a browser's preflight is answered by the edge
 /// (204, before authentication, which it could not pass), fully for an
 /// allowed origin and without allowances for another; the service's
