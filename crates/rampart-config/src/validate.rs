@@ -2004,69 +2004,43 @@ fn service_settings(r: &RawRoute) -> Vec<(&'static str, Option<Range<usize>>)> {
     fn at<T>(v: Option<&S<T>>) -> Option<Range<usize>> {
         v.map(S::span)
     }
-    let set: [(&'static str, bool, Option<Range<usize>>); 17] = [
-        ("auth", r.auth.is_some(), at(r.auth.as_ref())),
-        ("roles", !r.roles.is_empty(), at(r.roles.first())),
-        ("methods", !r.methods.is_empty(), at(r.methods.first())),
-        ("cors", r.cors.is_some(), at(r.cors.as_ref())),
-        (
-            "max_body_bytes",
-            r.max_body_bytes.is_some(),
-            at(r.max_body_bytes.as_ref()),
-        ),
+    let spanned = [
+        ("auth", at(r.auth.as_ref())),
+        ("roles", at(r.roles.first())),
+        ("methods", at(r.methods.first())),
+        ("cors", at(r.cors.as_ref())),
+        ("max_body_bytes", at(r.max_body_bytes.as_ref())),
         (
             "upstream_timeout_seconds",
-            r.upstream_timeout_seconds.is_some(),
             at(r.upstream_timeout_seconds.as_ref()),
         ),
-        (
-            "json_schema",
-            r.json_schema.is_some(),
-            at(r.json_schema.as_ref()),
-        ),
-        ("waf", r.waf.is_some(), at(r.waf.as_ref())),
-        (
-            "waf_exclusions",
-            !r.waf_exclusions.is_empty(),
-            at(r.waf_exclusions.first()),
-        ),
-        ("websocket", r.websocket, None),
-        (
-            "stream_request_body",
-            r.stream_request_body.is_some(),
-            at(r.stream_request_body.as_ref()),
-        ),
-        (
-            "upstream_path_prefix",
-            r.upstream_path_prefix.is_some(),
-            at(r.upstream_path_prefix.as_ref()),
-        ),
-        ("gzip", r.gzip.is_some(), None),
-        (
-            "response_headers",
-            !r.response_headers.is_empty(),
-            at(r.response_headers.values().next()),
-        ),
+        ("json_schema", at(r.json_schema.as_ref())),
+        ("waf", at(r.waf.as_ref())),
+        ("waf_exclusions", at(r.waf_exclusions.first())),
+        ("stream_request_body", at(r.stream_request_body.as_ref())),
+        ("upstream_path_prefix", at(r.upstream_path_prefix.as_ref())),
+        ("response_headers", at(r.response_headers.values().next())),
         (
             "remove_response_headers",
-            !r.remove_response_headers.is_empty(),
             at(r.remove_response_headers.first()),
         ),
-        (
-            "request_headers",
-            !r.request_headers.is_empty(),
-            at(r.request_headers.values().next()),
-        ),
+        ("request_headers", at(r.request_headers.values().next())),
         (
             "remove_request_headers",
-            !r.remove_request_headers.is_empty(),
             at(r.remove_request_headers.first()),
         ),
     ];
-    set.into_iter()
-        .filter(|(_, on, _)| *on)
-        .map(|(name, _, span)| (name, span))
-        .collect()
+    let mut out: Vec<_> = spanned
+        .into_iter()
+        .filter_map(|(name, span)| span.map(|s| (name, Some(s))))
+        .collect();
+    if r.websocket {
+        out.push(("websocket", None));
+    }
+    if r.gzip.is_some() {
+        out.push(("gzip", None));
+    }
+    out
 }
 
 /// A route's `redirect` and `redirect_status`: a route either serves a
