@@ -2154,3 +2154,52 @@ fn list(names: BTreeSet<String>) -> String {
         names.into_iter().collect::<Vec<_>>().join(", ")
     }
 }
+
+#[cfg(test)]
+mod redirect_tests {
+    use super::redirect_target;
+
+    #[test]
+    fn targets_are_canonical_or_refused_never_a_panic() {
+        for (input, want) in [
+            ("https://example.com", Some("https://example.com")),
+            (
+                "HTTP://Example.COM:8080/A/b/",
+                Some("http://example.com:8080/A/b"),
+            ),
+            ("https://example.com/", Some("https://example.com")),
+            ("https://192.0.2.7:443/x", Some("https://192.0.2.7:443/x")),
+            ("https://[2001:db8::1]/x", Some("https://[2001:db8::1]/x")),
+            (
+                "https://[2001:db8::1]:8443",
+                Some("https://[2001:db8::1]:8443"),
+            ),
+            ("https://[2001:db8::1", None),
+            ("https://[nonsense]/", None),
+            ("https://example.com:", None),
+            ("https://example.com:65536", None),
+            ("https://user@example.com", None),
+            ("https://example.com/a b", None),
+            ("https://example.com/a\\b", None),
+            ("https://example.com/é", None),
+            ("https://exämple.com", None),
+            ("https://example.com/\u{0}", None),
+            ("https://example.com\r\nSet-Cookie: a=b", None),
+            ("javascript://example.com", None),
+            ("//example.com", None),
+            ("", None),
+            ("https://", None),
+            ("https:///path", None),
+        ] {
+            assert_eq!(redirect_target(input).as_deref(), want, "{input:?}");
+        }
+        // Whatever is accepted is visible ASCII, fit for a header.
+        let mut input = String::from("https://a.example/");
+        for c in (0u8..=255).map(char::from) {
+            input.push(c);
+            if let Some(t) = redirect_target(&input) {
+                assert!(t.bytes().all(|b| b.is_ascii_graphic()), "{t:?}");
+            }
+        }
+    }
+}
