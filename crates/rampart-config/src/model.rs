@@ -78,6 +78,9 @@ pub struct Upstream {
     /// Its share of the service's requests against the other instances'
     /// (1–100, default 1), as nginx's `weight=`.
     pub weight: u32,
+    /// Used only while no other instance is available, as nginx's
+    /// `backup`.
+    pub backup: bool,
 }
 
 impl std::fmt::Display for Upstream {

@@ -371,6 +371,7 @@ fn first_line(s: &str) -> &str {
 pub(crate) struct RawUpstream {
     pub addr: String,
     pub weight: Option<i64>,
+    pub backup: Option<bool>,
 }
 
 impl<'de> Deserialize<'de> for RawUpstream {
@@ -380,13 +381,14 @@ impl<'de> Deserialize<'de> for RawUpstream {
             type Value = RawUpstream;
 
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(r#""host:port" or { addr = "host:port", weight = N }"#)
+                f.write_str(r#""host:port" or { addr = "host:port", weight = N, backup = B }"#)
             }
 
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawUpstream, E> {
                 Ok(RawUpstream {
                     addr: v.to_owned(),
                     weight: None,
+                    backup: None,
                 })
             }
 
@@ -395,20 +397,23 @@ impl<'de> Deserialize<'de> for RawUpstream {
                 mut map: A,
             ) -> Result<RawUpstream, A::Error> {
                 use serde::de::Error;
-                let (mut addr, mut weight) = (None, None);
+                const FIELDS: &[&str] = &["addr", "weight", "backup"];
+                let (mut addr, mut weight, mut backup) = (None, None, None);
                 while let Some(key) = map.next_key::<String>()? {
                     match key.as_str() {
                         "addr" if addr.is_none() => addr = Some(map.next_value::<String>()?),
                         "weight" if weight.is_none() => weight = Some(map.next_value::<i64>()?),
-                        "addr" | "weight" => {
-                            return Err(A::Error::duplicate_field("addr or weight"))
-                        }
-                        other => return Err(A::Error::unknown_field(other, &["addr", "weight"])),
+                        "backup" if backup.is_none() => backup = Some(map.next_value::<bool>()?),
+                        "addr" => return Err(A::Error::duplicate_field("addr")),
+                        "weight" => return Err(A::Error::duplicate_field("weight")),
+                        "backup" => return Err(A::Error::duplicate_field("backup")),
+                        other => return Err(A::Error::unknown_field(other, FIELDS)),
                     }
                 }
                 Ok(RawUpstream {
                     addr: addr.ok_or_else(|| A::Error::missing_field("addr"))?,
                     weight,
+                    backup,
                 })
             }
         }

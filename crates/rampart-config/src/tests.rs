@@ -1324,3 +1324,31 @@ fn a_route_may_redirect_instead_of_serving_a_service() {
         "http://[::1]:8080/a"
     );
 }
+
+#[test]
+fn upstreams_may_be_backups_but_not_all_of_them() {
+    let svc = |upstreams: &str| {
+        format!(
+            "[[environments]]\nname = \"prod\"\n\
+             [[services]]\nname = \"a\"\nenvironment = \"prod\"\nport = 80\n\
+             upstreams = [{upstreams}]\n"
+        )
+    };
+    let c = Config::parse(
+        &svc(r#""10.0.0.1:80", { addr = "10.0.0.2:80", backup = true, weight = 2 }"#),
+        "t.toml",
+    )
+    .unwrap();
+    let u = &c.services[0].upstreams;
+    assert_eq!((u[0].backup, u[1].backup, u[1].weight), (false, true, 2));
+    let d = first_error(&svc(r#"{ addr = "10.0.0.2:80", backup = true }"#));
+    assert_eq!(
+        (d.path.as_str(), d.line),
+        ("services[0].upstreams", 7),
+        "{d}"
+    );
+    assert!(d.to_string().contains("every instance is a backup"), "{d}");
+    let d = first_error(&svc(r#"{ addr = "10.0.0.2:80", backup = "yes" }"#));
+    assert_eq!(d.line, 7, "{d}");
+    assert!(d.to_string().contains("invalid type"), "{d}");
+}

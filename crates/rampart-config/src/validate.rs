@@ -804,6 +804,7 @@ impl Checker {
     fn upstream(&mut self, v: &S<RawUpstream>, path: &str) -> Option<Upstream> {
         let raw = v.get_ref();
         let s = raw.addr.as_str();
+        let backup = raw.backup.unwrap_or(false);
         let weight = match raw.weight {
             None => 1,
             Some(w) => match u32::try_from(w) {
@@ -827,6 +828,7 @@ impl Checker {
                 host: addr.ip().to_string(),
                 port: addr.port(),
                 weight,
+                backup,
             });
         }
         let parsed = s.rsplit_once(':').and_then(|(host, port)| {
@@ -835,6 +837,7 @@ impl Checker {
                 host: host.to_string(),
                 port,
                 weight,
+                backup,
             })
         });
         if parsed.is_none() {
@@ -1074,7 +1077,17 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
             .iter()
             .enumerate()
             .filter_map(|(j, u)| c.upstream(u, &format!("services[{i}].upstreams[{j}]")))
-            .collect();
+            .collect::<Vec<Upstream>>();
+        if let (Some(first), true) = (
+            s.upstreams.first(),
+            !upstreams.is_empty() && upstreams.iter().all(|u| u.backup),
+        ) {
+            c.err(
+                first,
+                p("upstreams"),
+                "every instance is a backup: backups stand in for the others, so one at least must not be",
+            );
+        }
         for (var, secret) in &s.secrets {
             if !valid_env_name(var) {
                 c.err(

@@ -164,6 +164,8 @@ pub struct UpstreamNode {
     key: u64,
     /// Its share of requests (1 unless configured).
     weight: u32,
+    /// Used only while no other instance is available.
+    backup: bool,
     in_flight: AtomicUsize,
     state: Mutex<State>,
     /// Set by active health checks; passive ejection is the breaker.
@@ -228,6 +230,7 @@ impl Pool {
             .map(|addr| UpstreamNode {
                 key: stable_hash(addr.as_bytes()),
                 weight: 1,
+                backup: false,
                 addr,
                 in_flight: AtomicUsize::new(0),
                 state: Mutex::new(State::Closed { failures: 0 }),
@@ -261,13 +264,44 @@ impl Pool {
         for (node, &w) in self.nodes.iter_mut().zip(weights) {
             node.weight = w.max(1);
         }
-        let w: Vec<u32> = self.nodes.iter().map(|n| n.weight).collect();
+        self.reschedule();
+        self
+    }
+
+    /// The same pool with these instances (`true`, in pool order) kept as
+    /// backups, as nginx's `backup`: they take requests only while no
+    /// other instance is available.
+    pub fn with_backups(mut self, backups: &[bool]) -> Pool {
+        for (node, &b) in self.nodes.iter_mut().zip(backups) {
+            node.backup = b;
+        }
+        self.reschedule();
+        self
+    }
+
+    /// The weighted schedule over the instances that are not backups
+    /// (empty when their weights are all equal).
+    fn reschedule(&mut self) {
+        let (index, w): (Vec<u32>, Vec<u32>) = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| !n.backup)
+            .map(|(i, n)| (u32::try_from(i).unwrap_or(u32::MAX), n.weight))
+            .unzip();
         self.schedule = if w.iter().all(|&x| Some(&x) == w.first()) {
             Vec::new()
         } else {
             schedule(&w)
+                .into_iter()
+                .filter_map(|k| index.get(k as usize).copied())
+                .collect()
         };
-        self
+    }
+
+    /// Which instances are backups, in pool order.
+    pub fn backups(&self) -> Vec<bool> {
+        self.nodes.iter().map(|n| n.backup).collect()
     }
 
     /// The instances' weights, in pool order.
@@ -351,12 +385,17 @@ impl Pool {
     /// only.
     pub fn pick(&self, tried: &[usize], affinity: u64) -> Option<Lease<'_>> {
         let now = self.clock.unix_nanos();
-        let candidates: Vec<usize> = (0..self.nodes.len())
+        let mut candidates: Vec<usize> = (0..self.nodes.len())
             .filter(|i| !tried.contains(i))
             .filter(|&i| self.would_admit(i, now))
             .collect();
         if candidates.is_empty() {
             return None;
+        }
+        // Backups only while no other instance is available.
+        let is_backup = |i: usize| self.nodes.get(i).is_some_and(|n| n.backup);
+        if candidates.iter().any(|&i| !is_backup(i)) {
+            candidates.retain(|&i| !is_backup(i));
         }
         let n = candidates.len();
         let weighted = !self.schedule.is_empty();
@@ -890,5 +929,40 @@ mod tests {
         }
         // Each client keeps to its instance.
         assert_eq!(pick_for(&p, &[], &clients[7]), first[7]);
+    }
+
+    #[test]
+    fn backups_serve_only_while_no_other_instance_can() {
+        let p = three(Balance::RoundRobin).with_backups(&[false, false, true]);
+        assert!((0..20).all(|_| pick_with(&p, &[]) != 2));
+        assert_eq!(pick_with(&p, &[0, 1]), 2);
+        // Weighted, by client, by load: the same.
+        for balance in [Balance::LeastRequests, Balance::ClientHash] {
+            let p = three(balance)
+                .with_weights(&[1, 1, 50])
+                .with_backups(&[false, false, true]);
+            for n in 0..20u8 {
+                let l = p.pick(&[], client_affinity([192, 0, 2, n].into())).unwrap();
+                assert_ne!(l.index, 2);
+                l.finish(true);
+            }
+            let l = p.pick(&[1, 0], 0).unwrap();
+            assert_eq!(l.index, 2);
+        }
+        let p = three(Balance::RoundRobin)
+            .with_weights(&[3, 1, 9])
+            .with_backups(&[false, false, true]);
+        let mut seen = [0usize; 3];
+        for _ in 0..400 {
+            seen[pick_with(&p, &[])] += 1;
+        }
+        assert_eq!(seen, [300, 100, 0]);
+    }
+
+    fn pick_with(p: &Pool, tried: &[usize]) -> usize {
+        let l = p.pick(tried, 0).unwrap();
+        let i = l.index;
+        l.finish(true);
+        i
     }
 }

@@ -243,6 +243,7 @@ impl Routing {
         for s in &config.services {
             let addrs: Vec<String> = s.upstreams.iter().map(|u| u.to_string()).collect();
             let weights: Vec<u32> = s.upstreams.iter().map(|u| u.weight).collect();
+            let backups: Vec<bool> = s.upstreams.iter().map(|u| u.backup).collect();
             configured.insert(s.name.clone(), addrs.clone());
             let tls = service_tls(s)?;
             let tls_key = tls.as_ref().map(|t| t.key().to_string());
@@ -256,7 +257,8 @@ impl Routing {
                     && p.reach().http2 == http2
                     && p.balance() == balance
             };
-            let same = |p: &Pool| same_instances(p) && p.weights() == weights;
+            let same =
+                |p: &Pool| same_instances(p) && p.weights() == weights && p.backups() == backups;
             let kept = old
                 .and_then(|o| o.pools.get(&s.name))
                 .filter(|p| same(p))
@@ -268,13 +270,15 @@ impl Routing {
             let serving = old
                 .and_then(|o| o.pools.get(&s.name))
                 .filter(|p| !p.is_empty());
-            // New weights for the same instances need no verifying.
+            // New weights or backups for the same instances need no
+            // verifying.
             let reweighted = serving.is_some_and(|p| same_instances(p));
             let (Some(window), Some(serving), false) =
                 (gate.filter(|w| !w.is_zero()), serving, reweighted)
             else {
                 let pool = Pool::new(&s.name, addrs, balance, breaker, clock.clone())
                     .with_weights(&weights)
+                    .with_backups(&backups)
                     .with_tls(tls)
                     .with_http2(http2);
                 pools.insert(s.name.clone(), Arc::new(pool));
@@ -289,6 +293,7 @@ impl Routing {
                 None => {
                     let candidate = Pool::new(&s.name, addrs, balance, breaker, clock.clone())
                         .with_weights(&weights)
+                        .with_backups(&backups)
                         .with_tls(tls)
                         .with_http2(http2)
                         .starting_down();

@@ -1529,6 +1529,35 @@ async fn weighted_upstreams_share_requests_by_weight() {
     assert!((125..=175).contains(&to_a), "{to_a}");
 }
 
+/// A backup instance takes no requests while another can, and all of
+/// them once none can (here the only other refuses connections).
+#[tokio::test]
+async fn a_backup_stands_in_only_when_the_others_are_out() {
+    let (a, b) = (upstream("a").await, upstream("b").await);
+    let with = |primary: String| {
+        let text = format!(
+            "[[environments]]\nname = \"test\"\n\
+             [[services]]\nname = \"s\"\nenvironment = \"test\"\nport = 8080\n\
+             upstreams = [\"{primary}\", {{ addr = \"{}\", backup = true }}]\n\
+             [[routes]]\nhost = \"api.test\"\nservice = \"s\"\n",
+            b.addr
+        );
+        rampart_config::Config::parse(&text, "t.toml").unwrap()
+    };
+    let edge = TestEdge::start(with(a.addr.to_string()), |_| {}).await;
+    for _ in 0..10 {
+        let r = edge.https("GET", "api.test", "/").await;
+        assert_eq!(r.header("x-upstream"), Some("a"));
+    }
+    let dead = dead_addr().await;
+    let edge = TestEdge::start(with(dead.to_string()), |_| {}).await;
+    for _ in 0..10 {
+        let r = edge.https("GET", "api.test", "/").await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.header("x-upstream"), Some("b"));
+    }
+}
+
 /// A route's `methods` take those methods (and `HEAD` with `GET`); any
 /// other gets 405 with `Allow` and never reaches the service, audited
 /// with its reason; a route without the setting takes any method.
