@@ -1192,6 +1192,17 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
         });
     }
     let service_names = || services_by_name.keys().cloned().collect::<BTreeSet<_>>();
+    let unknown_service = |c: &mut Checker, svc: &S<String>, path: String| {
+        c.err(
+            svc,
+            path,
+            format!(
+                "unknown service {:?} (defined: {})",
+                svc.get_ref(),
+                list(service_names())
+            ),
+        );
+    };
 
     // Roles.
     let roles_by_name = unique(
@@ -1262,15 +1273,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
         }
         if let Some(svc) = &r.service {
             if !services_by_name.contains_key(svc.get_ref()) {
-                c.err(
-                    svc,
-                    p("service"),
-                    format!(
-                        "unknown service {:?} (defined: {})",
-                        svc.get_ref(),
-                        list(service_names())
-                    ),
-                );
+                unknown_service(&mut c, svc, p("service"));
             }
         }
         let redirect = route_redirect(&mut c, r, i);
@@ -1493,15 +1496,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
         }
         if let Some(svc) = &k.service {
             match services_by_name.get(svc.get_ref()) {
-                None => c.err(
-                    svc,
-                    p("service"),
-                    format!(
-                        "unknown service {:?} (defined: {})",
-                        svc.get_ref(),
-                        list(service_names())
-                    ),
-                ),
+                None => unknown_service(&mut c, svc, p("service")),
                 Some(&si) => {
                     if let Some(s) = raw.services.get(si) {
                         if s.environment.get_ref() != k.environment.get_ref() {
