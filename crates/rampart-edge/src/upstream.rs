@@ -72,14 +72,19 @@ struct Idle {
     since: Instant,
 }
 
+/// Maps looked up on every request by keys the edge makes itself (thread
+/// ids, configured addresses), so they need no hash that resists chosen
+/// keys: foldhash (hashbrown's own) instead of SipHash.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// The pool of kept-alive upstream connections, by `host:port`.
 pub struct Upstreams {
     /// By thread, then address: a connection is reused on the thread (and
     /// so the reactor) that made it.
-    idle: Mutex<HashMap<std::thread::ThreadId, HashMap<String, Vec<Idle>>>>,
+    idle: Mutex<FastMap<std::thread::ThreadId, FastMap<String, Vec<Idle>>>>,
     /// HTTP/2 connections, by thread, then key: one per instance, shared
     /// by every request on its thread.
-    h2: Mutex<HashMap<std::thread::ThreadId, HashMap<String, H2Link>>>,
+    h2: Mutex<FastMap<std::thread::ThreadId, FastMap<String, H2Link>>>,
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle_per_addr: usize,
@@ -112,8 +117,8 @@ impl Upstreams {
     /// connections are closed after `idle_timeout`.
     pub fn new(connect_timeout: Duration, idle_timeout: Duration) -> Arc<Upstreams> {
         Arc::new(Upstreams {
-            idle: Mutex::new(HashMap::new()),
-            h2: Mutex::new(HashMap::new()),
+            idle: Mutex::new(FastMap::default()),
+            h2: Mutex::new(FastMap::default()),
             connect_timeout,
             idle_timeout,
             max_idle_per_addr: 256,
