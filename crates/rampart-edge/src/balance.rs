@@ -186,6 +186,10 @@ pub struct UpstreamStatus {
     pub in_flight: usize,
     /// False when active health checks mark it down.
     pub healthy: bool,
+    /// Its `weight`.
+    pub weight: u32,
+    /// Whether it is a backup.
+    pub backup: bool,
 }
 
 /// The instances of one service.
@@ -500,6 +504,8 @@ impl Pool {
                 },
                 in_flight: n.in_flight.load(Ordering::Relaxed),
                 healthy: !n.down.load(Ordering::Relaxed),
+                weight: n.weight,
+                backup: n.backup,
             })
             .collect()
     }

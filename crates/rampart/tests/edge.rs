@@ -320,12 +320,14 @@ waf_exclusions = [{{ rule = 1001 }}, {{ rule = 942100 }}]
         "{metrics}"
     );
     assert!(metrics.contains("status=\"403\""), "{metrics}");
-    assert!(
-        metrics.contains(&format!(
-            "rampart_edge_upstream_up{{service=\"app\",upstream=\"127.0.0.1:{port}\"}} 1"
-        )),
-        "{metrics}"
-    );
+    for (name, value) in [("up", 1), ("weight", 1), ("backup", 0)] {
+        assert!(
+            metrics.contains(&format!(
+                "rampart_edge_upstream_{name}{{service=\"app\",upstream=\"127.0.0.1:{port}\"}} {value}"
+            )),
+            "{name}: {metrics}"
+        );
+    }
     // Connections closed on timeouts, and WebSocket tunnels.
     for line in [
         "rampart_edge_connections_closed_total{reason=\"not_reading\"} 0",

@@ -59,6 +59,8 @@ pub struct Metrics {
     edge_tunnels_open: Gauge<i64>,
     edge_tunnels: Counter<u64>,
     upstream_in_flight: Family<UpstreamLabels, Gauge>,
+    upstream_weight: Family<UpstreamLabels, Gauge>,
+    upstream_backup: Family<UpstreamLabels, Gauge>,
     audit_syncs: Family<TierLabels, Counter>,
     audit_records: Family<TierLabels, Counter>,
     audit_sync_seconds: Family<TierLabels, Counter<f64, AtomicU64>>,
@@ -156,6 +158,18 @@ impl Metrics {
             "Requests in flight to the upstream",
             upstream_in_flight.clone(),
         );
+        let upstream_weight = Family::<UpstreamLabels, Gauge>::default();
+        registry.register(
+            "edge_upstream_weight",
+            "The upstream's configured weight (its share of the service's requests)",
+            upstream_weight.clone(),
+        );
+        let upstream_backup = Family::<UpstreamLabels, Gauge>::default();
+        registry.register(
+            "edge_upstream_backup",
+            "1 when the upstream is a backup, used only while no other instance is available",
+            upstream_backup.clone(),
+        );
         let edge_closed = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "edge_connections_closed",
@@ -241,6 +255,8 @@ impl Metrics {
             upstream_up,
             upstream_breaker_open,
             upstream_in_flight,
+            upstream_weight,
+            upstream_backup,
             edge_closed,
             edge_cert_expiry,
             edge_deployment,
@@ -444,6 +460,12 @@ impl Metrics {
             self.upstream_in_flight
                 .get_or_create(&l)
                 .set(i64::try_from(u.in_flight).unwrap_or(i64::MAX));
+            self.upstream_weight
+                .get_or_create(&l)
+                .set(i64::from(u.weight));
+            self.upstream_backup
+                .get_or_create(&l)
+                .set(i64::from(u.backup));
         }
     }
 
