@@ -7,7 +7,7 @@ use crate::actions::{
 use crate::error::{syntax, Error, Location};
 use crate::lexer::{lex, Directive};
 use crate::operators::{Op, Operator, RxEngine};
-use crate::prefilter::ByteSet;
+use crate::prefilter::{ByteSet, LiteralIndex, Prefilter};
 use crate::rule::{Rule, RuleBody};
 use crate::transaction::SeededState;
 use crate::transformations::Transform;
@@ -211,6 +211,7 @@ impl WafBuilder {
         for r in &rules {
             unavailable(r, &mut warnings);
         }
+        LiteralIndex::share(rules.iter().flat_map(prefilters));
         let mut by_phase: [Vec<usize>; 6] = Default::default();
         for (i, r) in rules.iter().enumerate() {
             for (p, list) in by_phase.iter_mut().enumerate() {
@@ -792,6 +793,23 @@ impl SelKeys {
             self.intern_rule(c);
         }
     }
+}
+
+/// The literal prefilters of the `@rx` operators of a rule and its chain.
+fn prefilters(r: &Rule) -> Vec<&Prefilter> {
+    let mut out = Vec::new();
+    let mut link = Some(r);
+    while let Some(l) = link {
+        if let RuleBody::Match {
+            op: Operator { op: Op::Rx(rx), .. },
+            ..
+        } = &l.body
+        {
+            out.extend(rx.prefilter());
+        }
+        link = l.chain.as_deref();
+    }
+    out
 }
 
 /// For every tag regex a `ctl` can name at run time, which rules (by index)

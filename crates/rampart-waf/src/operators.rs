@@ -2,10 +2,9 @@
 
 use crate::error::{syntax, Error, Location};
 use crate::macros::Macro;
-use crate::prefilter::{BigramSet, BytePairs, ByteSet, Prefilter};
+use crate::prefilter::{BytePairs, ByteSet, Prefilter, ValueFacts};
 use aho_corasick::AhoCorasick;
 use std::borrow::Cow;
-use std::cell::OnceCell;
 use std::net::IpAddr;
 use std::path::Path;
 
@@ -304,6 +303,11 @@ impl Rx {
         }
     }
 
+    /// The literal prefilter guarding this regex, if any.
+    pub(crate) fn prefilter(&self) -> Option<&Prefilter> {
+        self.prefilter.as_ref()
+    }
+
     /// True when a literal prefilter guards this regex.
     pub(crate) fn has_prefilter(&self) -> bool {
         self.prefilter.is_some()
@@ -326,13 +330,13 @@ impl Rx {
         &self,
         input: &[u8],
         bytes: Option<&ByteSet>,
-        grams: Option<&OnceCell<BigramSet>>,
+        facts: Option<&ValueFacts>,
         caps: Option<&mut Vec<Vec<u8>>>,
     ) -> bool {
         if self
             .prefilter
             .as_ref()
-            .is_some_and(|p| !p.may_match_grams(input, bytes, grams))
+            .is_some_and(|p| !p.may_match_grams(input, bytes, facts))
         {
             return false;
         }
@@ -693,20 +697,21 @@ pub(crate) fn eval(
 
 /// [`eval`], with the input's byte set when the caller has it (it lets
 /// `@rx` prefilters reject most values without a scan) and, for a stored
-/// value, the cell of its pair set ([`BigramSet`], built on first use).
+/// value, what the prefilters work out about it ([`ValueFacts`], each
+/// part built on first use).
 #[inline]
 pub(crate) fn eval_with<'o>(
     op: &'o Op,
     input: &[u8],
     bytes: Option<&ByteSet>,
-    grams: Option<&OnceCell<BigramSet>>,
+    facts: Option<&ValueFacts>,
     expand: &mut dyn FnMut(&Macro) -> Cow<'o, [u8]>,
     caps: Option<&mut Vec<Vec<u8>>>,
 ) -> bool {
     // `@rx`, most checks, without the set-up of the other operators
     match op {
-        Op::Rx(r) => r.is_match_with(input, bytes, grams, caps),
-        _ => eval_other(op, input, bytes, grams, expand, caps),
+        Op::Rx(r) => r.is_match_with(input, bytes, facts, caps),
+        _ => eval_other(op, input, bytes, facts, expand, caps),
     }
 }
 
@@ -715,7 +720,7 @@ fn eval_other<'o>(
     op: &'o Op,
     input: &[u8],
     bytes: Option<&ByteSet>,
-    grams: Option<&OnceCell<BigramSet>>,
+    facts: Option<&ValueFacts>,
     expand: &mut dyn FnMut(&Macro) -> Cow<'o, [u8]>,
     caps: Option<&mut Vec<Vec<u8>>>,
 ) -> bool {
@@ -726,14 +731,14 @@ fn eval_other<'o>(
         }
     };
     match op {
-        Op::Rx(r) => r.is_match_with(input, bytes, grams, caps),
+        Op::Rx(r) => r.is_match_with(input, bytes, facts, caps),
         Op::RxMacro(m) => {
             let pat = String::from_utf8_lossy(&arg(m)).into_owned();
             Rx::compile(&pat).is_ok_and(|r| r.is_match(input, caps))
         }
         Op::Pm(p)
             if bytes.zip(p.rare.as_ref()).is_some_and(|(b, r)| {
-                !b.intersects(r) || !p.pairs.may_match_with(b, grams.map(|g| (input, g)))
+                !b.intersects(r) || !p.pairs.may_match_with(b, facts.map(|f| (input, f.grams())))
             }) =>
         {
             false
@@ -902,9 +907,12 @@ mod tests {
                 "{name:?}"
             );
             // with the pair set, to be built or built
-            for cell in [OnceCell::new(), OnceCell::from(BigramSet::of(input))] {
+            for facts in [
+                ValueFacts::default(),
+                ValueFacts::with_grams(crate::prefilter::BigramSet::of(input)),
+            ] {
                 assert_eq!(
-                    eval_with(&op, input, Some(&bytes), Some(&cell), &mut none, None),
+                    eval_with(&op, input, Some(&bytes), Some(&facts), &mut none, None),
                     scan,
                     "{name:?}"
                 );

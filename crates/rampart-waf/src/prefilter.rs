@@ -25,7 +25,8 @@
 use aho_corasick::AhoCorasick;
 use regex_syntax::hir::{Class, Hir, HirKind};
 use std::cell::OnceCell;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, OnceLock};
 
 /// Most strings an exact set may hold before it is treated as factors.
 const MAX_EXACT: usize = 64;
@@ -255,6 +256,12 @@ pub(crate) struct Prefilter {
     /// Every literal is one byte: `rare` holds exactly them (in both
     /// cases), so a value's byte set answers without the scan.
     single_bytes: bool,
+    /// The literals (ASCII-lowercased), for a [`LiteralIndex`].
+    lits: Box<[Box<[u8]>]>,
+    /// The [`LiteralIndex`] this prefilter shares and its place there:
+    /// a stored value is scanned once for the literals of every prefilter
+    /// of the index, instead of once per prefilter.
+    shared: OnceLock<(Arc<LiteralIndex>, u16)>,
 }
 
 /// A second byte test after the rarest byte's: a value holding a literal
@@ -539,6 +546,8 @@ impl Prefilter {
             rare,
             pairs,
             single_bytes,
+            lits: lits.into_iter().map(Vec::into_boxed_slice).collect(),
+            shared: OnceLock::new(),
         })
     }
 
@@ -555,14 +564,15 @@ impl Prefilter {
         self.may_match_grams(input, bytes, None)
     }
 
-    /// [`Prefilter::may_match`]; `grams`, when given (only with `bytes`),
-    /// holds `BigramSet::of(input)` or is empty, and is filled with it
-    /// when the pair test needs it.
+    /// [`Prefilter::may_match`]; `facts`, when given (only with `bytes`),
+    /// are those of `input` (a stored value), worked out when first
+    /// needed: the literals of every prefilter sharing a
+    /// [`LiteralIndex`] found in it by one scan, or its pair set.
     pub(crate) fn may_match_grams(
         &self,
         input: &[u8],
         bytes: Option<&ByteSet>,
-        grams: Option<&OnceCell<BigramSet>>,
+        facts: Option<&ValueFacts>,
     ) -> bool {
         // a short value without a byte set (TX, MATCHED_VARS, a changed
         // multiMatch stage) gets one here: cheaper than most scans
@@ -582,11 +592,271 @@ impl Prefilter {
             if self.single_bytes {
                 return true;
             }
-            if !self.pairs.may_match_with(b, grams.map(|g| (input, g))) {
+            if let (Some(f), Some((index, at))) = (facts, self.shared.get()) {
+                return f.found.get_or_init(|| index.scan(input)).has(*at);
+            }
+            if !self
+                .pairs
+                .may_match_with(b, facts.map(|f| (input, &f.grams)))
+            {
                 return false;
             }
         }
         self.ac.is_match(input)
+    }
+
+    /// The literals, ASCII-lowercased.
+    #[cfg(test)]
+    pub(crate) fn literals(&self) -> impl Iterator<Item = &[u8]> {
+        self.lits.iter().map(|l| &**l)
+    }
+}
+
+/// Most prefilters one [`LiteralIndex`] serves (the bits of a [`Found`]).
+const FOUND_WORDS: usize = 4;
+
+/// Which prefilters of a [`LiteralIndex`] have a literal in a value, one
+/// bit each.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub(crate) struct Found([u64; FOUND_WORDS]);
+
+impl Found {
+    /// True when the prefilter at `at` has a literal in the value.
+    #[inline]
+    fn has(&self, at: u16) -> bool {
+        self.0
+            .get(usize::from(at >> 6))
+            .is_some_and(|w| w & (1u64 << (at & 63)) != 0)
+    }
+
+    fn insert(&mut self, at: u16) {
+        if let Some(w) = self.0.get_mut(usize::from(at >> 6)) {
+            *w |= 1u64 << (at & 63);
+        }
+    }
+
+    fn union_with(&mut self, other: &Found) {
+        for (w, o) in self.0.iter_mut().zip(other.0) {
+            *w |= o;
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.iter().all(|&w| w == 0)
+    }
+}
+
+/// What the prefilters work out about one stored value (key or value),
+/// each part when a prefilter first needs it, kept for every other rule
+/// that tests the value.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct ValueFacts {
+    /// The value's pairs of adjacent bytes.
+    grams: OnceCell<BigramSet>,
+    /// The prefilters of the [`LiteralIndex`] that have a literal in it.
+    found: OnceCell<Found>,
+}
+
+impl ValueFacts {
+    /// The cell of the value's pair set ([`BigramSet`]).
+    pub(crate) fn grams(&self) -> &OnceCell<BigramSet> {
+        &self.grams
+    }
+
+    /// Facts whose pair set is built already.
+    #[cfg(test)]
+    pub(crate) fn with_grams(grams: BigramSet) -> ValueFacts {
+        ValueFacts {
+            grams: OnceCell::from(grams),
+            found: OnceCell::new(),
+        }
+    }
+}
+
+/// The literals of many prefilters (every `@rx` prefilter of a rule set
+/// whose literals are not all single bytes, up to `FOUND_WORDS * 64`) in
+/// one automaton: one pass over a stored value finds which of them have
+/// a literal there ([`Found`]), and each rule testing the value reads its
+/// bit instead of running its own pair test and scan.
+///
+/// An Aho-Corasick automaton worked out into a full transition table over
+/// byte classes (the literals' bytes, ASCII-lowercased; every other byte
+/// is one class), in which each state carries the prefilters of every
+/// literal ending there, its own and its failure states'. The answer is
+/// the one each prefilter's own scan gives: the same literals, ASCII case
+/// ignored, each found wherever it ends.
+#[derive(Debug)]
+pub(crate) struct LiteralIndex {
+    /// Each byte's class.
+    class: Box<[u8; 256]>,
+    /// log2 of a row's length (the classes, rounded up to a power of two).
+    shift: u32,
+    /// Per state and class: the next state's row start (its number shifted
+    /// by `shift`), plus one when literals end there.
+    next: Box<[u32]>,
+    /// Per state: its position in `sets`.
+    set_at: Box<[u32]>,
+    /// The distinct sets of prefilters that states carry.
+    sets: Box<[Found]>,
+}
+
+/// A transition not yet worked out, while a [`LiteralIndex`] is built.
+const NO_STATE: u32 = u32::MAX;
+
+impl LiteralIndex {
+    /// Builds one index over `prefilters` (those whose literals are all
+    /// single bytes, or that share one already, are left out, and so are
+    /// the ones past what a [`Found`] holds) and hands it to each.
+    pub(crate) fn share<'a>(prefilters: impl IntoIterator<Item = &'a Prefilter>) {
+        let mut members: Vec<&Prefilter> = Vec::new();
+        for p in prefilters {
+            if members.len() >= FOUND_WORDS * 64 {
+                break;
+            }
+            if !p.single_bytes
+                && p.shared.get().is_none()
+                && !members.iter().any(|m| std::ptr::eq(*m, p))
+            {
+                members.push(p);
+            }
+        }
+        let lits = (0u16..)
+            .zip(&members)
+            .flat_map(|(at, p)| p.lits.iter().map(move |l| (&**l, at)));
+        let Some(index) = LiteralIndex::new(lits) else {
+            return;
+        };
+        let index = Arc::new(index);
+        for (at, p) in (0u16..).zip(members) {
+            let _ = p.shared.set((Arc::clone(&index), at));
+        }
+    }
+
+    /// The index of `lits`, each with its prefilter's place; `None` when
+    /// there is none or the table would be too large to number.
+    fn new<'a>(lits: impl IntoIterator<Item = (&'a [u8], u16)>) -> Option<LiteralIndex> {
+        let lits: Vec<(Vec<u8>, u16)> = lits
+            .into_iter()
+            .map(|(l, at)| (l.to_ascii_lowercase(), at))
+            .collect();
+        if lits.is_empty() || lits.iter().any(|(l, _)| l.is_empty()) {
+            return None;
+        }
+        // classes: 0 for every byte no literal holds
+        let mut class = Box::new([0u8; 256]);
+        let mut classes = 1usize;
+        for (l, _) in &lits {
+            for &b in l {
+                let slot = class.get_mut(usize::from(b))?;
+                if *slot == 0 {
+                    *slot = u8::try_from(classes).ok()?;
+                    classes += 1;
+                }
+            }
+        }
+        for b in 0..=255u8 {
+            let c = class.get(usize::from(b.to_ascii_lowercase())).copied()?;
+            *class.get_mut(usize::from(b))? = c;
+        }
+        let stride = classes.next_power_of_two().max(2);
+        let shift = stride.trailing_zeros();
+        // the trie: `next` holds its edges, NO_STATE elsewhere
+        let mut next: Vec<u32> = vec![NO_STATE; stride];
+        let mut own: Vec<Found> = vec![Found::default()];
+        for (l, at) in &lits {
+            let mut s = 0usize;
+            for &b in l {
+                let i = s * stride + usize::from(class.get(usize::from(b)).copied()?);
+                s = match next.get(i).copied()? {
+                    NO_STATE => {
+                        let t = own.len();
+                        *next.get_mut(i)? = u32::try_from(t).ok()?;
+                        own.push(Found::default());
+                        next.extend(std::iter::repeat(NO_STATE).take(stride));
+                        t
+                    }
+                    t => t as usize,
+                };
+            }
+            own.get_mut(s)?.insert(*at);
+        }
+        let states = own.len();
+        u32::try_from(states.checked_mul(stride)?.checked_mul(2)?).ok()?;
+        // failure links in breadth-first order, which completes every
+        // state's row (and its set) before any deeper state reads it
+        let mut fail = vec![0usize; states];
+        let mut queue = std::collections::VecDeque::new();
+        for c in 0..stride {
+            let slot = next.get_mut(c)?;
+            if *slot == NO_STATE {
+                *slot = 0;
+            } else {
+                queue.push_back(*slot as usize);
+            }
+        }
+        while let Some(s) = queue.pop_front() {
+            let f = *fail.get(s)?;
+            for c in 0..stride {
+                let via_fail = next.get(f * stride + c).copied()?;
+                let slot = next.get_mut(s * stride + c)?;
+                if *slot == NO_STATE {
+                    *slot = via_fail;
+                } else {
+                    let t = *slot as usize;
+                    *fail.get_mut(t)? = via_fail as usize;
+                    let inherited = *own.get(via_fail as usize)?;
+                    own.get_mut(t)?.union_with(&inherited);
+                    queue.push_back(t);
+                }
+            }
+        }
+        // rows numbered by their start, flagged where literals end
+        let mut set_of: HashMap<Found, u32> = HashMap::new();
+        let mut sets: Vec<Found> = Vec::new();
+        let mut set_at = Vec::with_capacity(states);
+        for f in &own {
+            let i = *set_of.entry(*f).or_insert_with(|| {
+                sets.push(*f);
+                (sets.len() - 1) as u32
+            });
+            set_at.push(i);
+        }
+        for t in next.iter_mut() {
+            let to = *t as usize;
+            let ends = !own.get(to)?.is_empty();
+            *t = (*t << shift) | u32::from(ends);
+        }
+        Some(LiteralIndex {
+            class,
+            shift,
+            next: next.into_boxed_slice(),
+            set_at: set_at.into_boxed_slice(),
+            sets: sets.into_boxed_slice(),
+        })
+    }
+
+    /// The prefilters holding a literal that `input` contains (ASCII case
+    /// ignored).
+    #[inline(never)]
+    fn scan(&self, input: &[u8]) -> Found {
+        let mut found = Found::default();
+        let mut row = 0u32;
+        for &b in input {
+            let c = u32::from(self.class.get(usize::from(b)).copied().unwrap_or(0));
+            let t = self.next.get((row | c) as usize).copied().unwrap_or(0);
+            row = t & !1;
+            if t & 1 != 0 {
+                let set = self
+                    .set_at
+                    .get((t >> self.shift) as usize)
+                    .copied()
+                    .unwrap_or(0);
+                if let Some(f) = self.sets.get(set as usize) {
+                    found.union_with(f);
+                }
+            }
+        }
+        found
     }
 }
 

@@ -17,14 +17,14 @@ use crate::engine::{SelKeys, NO_KEY, ROOT_NODE};
 use crate::exclusions::Exclusions;
 use crate::macros::{Macro, Seg};
 use crate::operators::{atoi, eval_with, Op, Operator};
-use crate::prefilter::{BigramSet, ByteSet};
+use crate::prefilter::{ByteSet, ValueFacts};
 use crate::request::{Action, Request, Response, RuleMatch, Verdict};
 use crate::rule::{Rule, RuleBody, SKIP_SLOTS};
 use crate::small::SmallBytes;
 use crate::transformations::Transform;
 use crate::variables::{Exclusion, Kind, Selector, Target, VarName, VAR_COUNT};
 use std::borrow::Cow;
-use std::cell::{Cell, OnceCell, RefCell};
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
@@ -99,9 +99,9 @@ struct Val<'a> {
     id: Option<u64>,
     /// The bytes of `value`, for a stored value (with an `id`).
     bytes: ByteSet,
-    /// The pairs of adjacent bytes of `value`, for a stored value: built
-    /// by the first prefilter that needs them, kept for the others.
-    grams: Option<&'a OnceCell<BigramSet>>,
+    /// What the prefilters work out about `value`, for a stored value:
+    /// built by the first prefilter that needs it, kept for the others.
+    grams: Option<&'a ValueFacts>,
 }
 
 /// One stored value of a collection, with the bytes its key and its value
@@ -115,10 +115,10 @@ struct Entry {
     value: Vec<u8>,
     key_bytes: ByteSet,
     value_bytes: ByteSet,
-    /// The pairs of adjacent bytes of `key` and `value` ([`BigramSet`]),
-    /// built when a prefilter first needs them.
-    key_grams: OnceCell<BigramSet>,
-    value_grams: OnceCell<BigramSet>,
+    /// What the prefilters work out about `key` and `value`
+    /// ([`ValueFacts`]), built when a prefilter first needs it.
+    key_grams: ValueFacts,
+    value_grams: ValueFacts,
 }
 
 /// A stored collection (or scalar): its values in order and the union of
@@ -148,8 +148,8 @@ impl Slot {
             key,
             key_id,
             value,
-            key_grams: OnceCell::new(),
-            value_grams: OnceCell::new(),
+            key_grams: ValueFacts::default(),
+            value_grams: ValueFacts::default(),
         };
         self.add_bytes(&e);
         match self.entries.get_mut(self.len) {
@@ -172,8 +172,8 @@ impl Slot {
         e.value.extend_from_slice(value);
         e.key_bytes = ByteSet::of(key.as_bytes());
         e.value_bytes = ByteSet::of(value);
-        e.key_grams = OnceCell::new();
-        e.value_grams = OnceCell::new();
+        e.key_grams = ValueFacts::default();
+        e.value_grams = ValueFacts::default();
         let e = e.byte_sets();
         self.add_bytes_of(e);
         self.len += 1;
@@ -1444,7 +1444,7 @@ impl<'w> Transaction<'w> {
         // `grams`: only with the stored value itself as `input`
         let mut check = |input: &[u8],
                          bytes: Option<&ByteSet>,
-                         grams: Option<&OnceCell<BigramSet>>,
+                         grams: Option<&ValueFacts>,
                          caps_buf: &mut Vec<Vec<u8>>| {
             let caps = if ctx.want_caps {
                 Some(&mut *caps_buf)
