@@ -592,8 +592,8 @@ impl Prefilter {
             if self.single_bytes {
                 return true;
             }
-            if let (Some(f), Some((index, at))) = (facts, self.shared.get()) {
-                return f.found.get_or_init(|| index.scan(input)).has(*at);
+            if let (Some(f), Some((index, at))) = (facts, self.shared()) {
+                return f.found_in(index, input).has(at);
             }
             if !self
                 .pairs
@@ -603,6 +603,11 @@ impl Prefilter {
             }
         }
         self.ac.is_match(input)
+    }
+
+    /// The [`LiteralIndex`] this prefilter shares, and its place there.
+    pub(crate) fn shared(&self) -> Option<(&LiteralIndex, u16)> {
+        self.shared.get().map(|(index, at)| (&**index, *at))
     }
 
     /// The literals, ASCII-lowercased.
@@ -623,7 +628,7 @@ pub(crate) struct Found([u64; FOUND_WORDS]);
 impl Found {
     /// True when the prefilter at `at` has a literal in the value.
     #[inline]
-    fn has(&self, at: u16) -> bool {
+    pub(crate) fn has(&self, at: u16) -> bool {
         self.0
             .get(usize::from(at >> 6))
             .is_some_and(|w| w & (1u64 << (at & 63)) != 0)
@@ -661,6 +666,13 @@ impl ValueFacts {
     /// The cell of the value's pair set ([`BigramSet`]).
     pub(crate) fn grams(&self) -> &OnceCell<BigramSet> {
         &self.grams
+    }
+
+    /// The prefilters of `index` that have a literal in `value` (whose
+    /// facts these are), found by its first caller.
+    #[inline]
+    pub(crate) fn found_in(&self, index: &LiteralIndex, value: &[u8]) -> &Found {
+        self.found.get_or_init(|| index.scan(value))
     }
 
     /// Facts whose pair set is built already.

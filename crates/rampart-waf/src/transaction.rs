@@ -17,7 +17,7 @@ use crate::engine::{SelKeys, NO_KEY, ROOT_NODE};
 use crate::exclusions::Exclusions;
 use crate::macros::{Macro, Seg};
 use crate::operators::{atoi, eval_with, Op, Operator};
-use crate::prefilter::{ByteSet, ValueFacts};
+use crate::prefilter::{ByteSet, LiteralIndex, ValueFacts};
 use crate::request::{Action, Request, Response, RuleMatch, Verdict};
 use crate::rule::{Rule, RuleBody, SKIP_SLOTS};
 use crate::small::SmallBytes;
@@ -86,6 +86,28 @@ impl KeyHasher {
     fn mix(&mut self, w: u64) {
         self.0 = (self.0.rotate_left(26) ^ w).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
+}
+
+/// Which stored values a link's collection loop passes over, before
+/// they are offered to its operator, because they cannot match.
+#[derive(Clone, Copy)]
+struct PassOver<'i> {
+    /// Those lacking every byte of this set ([`Rule::skip_bytes`]).
+    lacking: Option<ByteSet>,
+    /// Those that the link's transformations leave as they are (chain
+    /// node `last`) and that hold no literal of its `@rx` prefilter, by
+    /// its place in the shared [`LiteralIndex`].
+    found: Option<(&'i LiteralIndex, u16)>,
+    last: u32,
+}
+
+impl PassOver<'_> {
+    /// Passes over nothing.
+    const NONE: PassOver<'static> = PassOver {
+        lacking: None,
+        found: None,
+        last: ROOT_NODE,
+    };
 }
 
 /// One value offered to an operator.
@@ -1384,6 +1406,14 @@ impl<'w> Transaction<'w> {
             },
             name: None,
         };
+        let pass_over = PassOver {
+            lacking: skip,
+            found: match &op.op {
+                Op::Rx(rx) if !op.negated => rx.prefilter().and_then(|p| p.shared()),
+                _ => None,
+            },
+            last: link.tf_path.last().copied().unwrap_or(ROOT_NODE),
+        };
         // exclusions: the rule's own `!VAR:key` plus ctl removals
         let excluded = |v: &Val<'_>| {
             targets.exclusions.iter().any(|e| e.excludes(v.var, &v.key))
@@ -1415,7 +1445,7 @@ impl<'w> Transaction<'w> {
             } else {
                 // A stored value lacking every byte of `skip` cannot match:
                 // it is passed over before its key and exclusions are read.
-                self.collect_unless(t, skip, &mut |v| {
+                self.collect_unless(t, pass_over, &mut |v| {
                     if !excluded(&v) {
                         self.check_value(&ctx, &v, hits);
                     }
@@ -1646,18 +1676,19 @@ impl<'w> Transaction<'w> {
 
     /// Hands every value `t` selects to `out`, in collection order.
     fn collect<'a>(&'a self, t: &Target, out: &mut impl FnMut(Val<'a>)) {
-        self.collect_unless(t, None, out)
+        self.collect_unless(t, PassOver::NONE, out)
     }
 
-    /// [`Transaction::collect`], passing over the stored values that hold
-    /// none of the bytes of `skip` (before their keys are compared).
-    fn collect_unless<'a>(
-        &'a self,
-        t: &Target,
-        skip: Option<ByteSet>,
-        out: &mut impl FnMut(Val<'a>),
-    ) {
-        let lacks = |b: &ByteSet| skip.is_some_and(|s| !b.intersects(&s));
+    /// [`Transaction::collect`], passing over the stored values that
+    /// [`PassOver`] rules out.
+    fn collect_unless<'a>(&'a self, t: &Target, pass: PassOver<'_>, out: &mut impl FnMut(Val<'a>)) {
+        let lacks = |b: &ByteSet| pass.lacking.is_some_and(|s| !b.intersects(&s));
+        // after the key test: the scan is for values the target selects
+        let absent = |b: &ByteSet, facts: &ValueFacts, value: &[u8]| {
+            pass.found.is_some_and(|(index, at)| {
+                self.leaves_unchanged(pass.last, b) && !facts.found_in(index, value).has(at)
+            })
+        };
         // A value of a map collection (TX, persistent): no slot, so no id
         // and no byte set.
         let map_val = |k: &'a str, v: &'a [u8]| Val {
@@ -1712,7 +1743,9 @@ impl<'w> Transaction<'w> {
                     if t.key_id.is_some_and(|id| e.key_id != id) {
                         continue;
                     }
-                    if !lacks(&e.value_bytes) && (t.key_id.is_some() || t.selector.matches(&e.key))
+                    if !lacks(&e.value_bytes)
+                        && (t.key_id.is_some() || t.selector.matches(&e.key))
+                        && !absent(&e.value_bytes, &e.value_grams, &e.value)
                     {
                         out(Val {
                             var: t.var,
@@ -1732,7 +1765,10 @@ impl<'w> Transaction<'w> {
                     if t.key_id.is_some_and(|id| e.key_id != id) {
                         continue;
                     }
-                    if !lacks(&e.key_bytes) && (t.key_id.is_some() || t.selector.matches(&e.key)) {
+                    if !lacks(&e.key_bytes)
+                        && (t.key_id.is_some() || t.selector.matches(&e.key))
+                        && !absent(&e.key_bytes, &e.key_grams, e.key.as_bytes())
+                    {
                         out(Val {
                             var: t.var,
                             key: Cow::Borrowed(&e.key),
@@ -1748,7 +1784,7 @@ impl<'w> Transaction<'w> {
             Kind::Scalar => {
                 let g = self.generation(t.var);
                 for (pos, e) in self.get_slot(t.var).iter().enumerate() {
-                    if lacks(&e.value_bytes) {
+                    if lacks(&e.value_bytes) || absent(&e.value_bytes, &e.value_grams, &e.value) {
                         continue;
                     }
                     out(Val {
