@@ -14,7 +14,8 @@ use std::path::Path;
 #[derive(Debug)]
 pub(crate) struct Rx {
     re: RxImpl,
-    prefilter: Option<Prefilter>,
+    /// Boxed: most rules' operators are not `@rx` and need not its room.
+    prefilter: Option<Box<Prefilter>>,
 }
 
 #[derive(Debug)]
@@ -283,14 +284,14 @@ impl Rx {
         match fast {
             Ok((r, prefilter)) => Ok(Rx {
                 re: RxImpl::Fast(r),
-                prefilter,
+                prefilter: prefilter.map(Box::new),
             }),
             Err(fast_err) => fancy_regex::RegexBuilder::new(&format!("(?s){pattern}"))
                 .backtrack_limit(1_000_000)
                 .build()
                 .map(|r| Rx {
                     re: RxImpl::Fancy(Box::new(r)),
-                    prefilter: Prefilter::for_backtracking(pattern),
+                    prefilter: Prefilter::for_backtracking(pattern).map(Box::new),
                 })
                 .map_err(|e| format!("{e} (regex crate: {fast_err})")),
         }
@@ -305,7 +306,7 @@ impl Rx {
 
     /// The literal prefilter guarding this regex, if any.
     pub(crate) fn prefilter(&self) -> Option<&Prefilter> {
-        self.prefilter.as_ref()
+        self.prefilter.as_deref()
     }
 
     /// True when a literal prefilter guards this regex.
@@ -316,7 +317,7 @@ impl Rx {
     /// A value holding none of these bytes cannot match (see
     /// [`Op::required_bytes`]).
     fn required_bytes(&self) -> Option<&ByteSet> {
-        self.prefilter.as_ref().map(Prefilter::rare)
+        self.prefilter.as_deref().map(Prefilter::rare)
     }
 
     /// Matches; when `caps` is given, fills it with groups 0..=9.

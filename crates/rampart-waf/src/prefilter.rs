@@ -609,12 +609,6 @@ impl Prefilter {
     pub(crate) fn shared(&self) -> Option<(&LiteralIndex, u16)> {
         self.shared.get().map(|(index, at)| (&**index, *at))
     }
-
-    /// The literals, ASCII-lowercased.
-    #[cfg(test)]
-    pub(crate) fn literals(&self) -> impl Iterator<Item = &[u8]> {
-        self.lits.iter().map(|l| &**l)
-    }
 }
 
 /// Most prefilters one [`LiteralIndex`] serves (the bits of a [`Found`]).
@@ -784,7 +778,7 @@ impl LiteralIndex {
                         let t = own.len();
                         *next.get_mut(i)? = u32::try_from(t).ok()?;
                         own.push(Found::default());
-                        next.extend(std::iter::repeat(NO_STATE).take(stride));
+                        next.extend(std::iter::repeat_n(NO_STATE, stride));
                         t
                     }
                     t => t as usize,
@@ -1394,11 +1388,11 @@ mod tests {
         );
         assert!(skip_by_bytes || !skip, "the byte test never adds a match");
         // with the value's pair set, empty (built by the test) or built
-        for cell in [
-            OnceCell::new(),
-            OnceCell::from(BigramSet::of(input.as_bytes())),
+        for facts in [
+            ValueFacts::default(),
+            ValueFacts::with_grams(BigramSet::of(input.as_bytes())),
         ] {
-            let skip_by_pairs = !pf.may_match_grams(input.as_bytes(), Some(&bytes), Some(&cell));
+            let skip_by_pairs = !pf.may_match_grams(input.as_bytes(), Some(&bytes), Some(&facts));
             assert!(
                 !(skip_by_pairs && re.is_match(input.as_bytes())),
                 "pair test of {pattern:?} skipped matching input {input:?}"
@@ -1408,11 +1402,52 @@ mod tests {
                 "the pair test never adds a match"
             );
         }
+        // through a literal index shared with other prefilters: the answer
+        // of the prefilter's own scan
+        if let Some(shared) = shared_prefilter(pattern) {
+            let (index, at) = shared.shared().expect("shared");
+            let found = ValueFacts::default();
+            let by_index = !found.found_in(index, input.as_bytes()).has(at);
+            assert_eq!(
+                by_index,
+                !pf.ac.is_match(input.as_bytes()),
+                "index and scan of {pattern:?} differ on {input:?}"
+            );
+            let facts = ValueFacts::default();
+            assert_eq!(
+                !shared.may_match_grams(input.as_bytes(), Some(&bytes), Some(&facts)),
+                skip_by_bytes || by_index,
+                "{pattern:?} on {input:?}"
+            );
+        }
         assert!(
             !(skip && re.is_match(input.as_bytes())),
             "prefilter of {pattern:?} skipped matching input {input:?}"
         );
         skip
+    }
+
+    /// The prefilter of `pattern`, sharing a [`LiteralIndex`] with the
+    /// prefilters of other patterns (whose literals overlap its own);
+    /// `None` when it has none or its literals are all single bytes.
+    fn shared_prefilter(pattern: &str) -> Option<Prefilter> {
+        let others: Vec<Prefilter> = [
+            "(?i)union\\s+select",
+            "<script|javascript:",
+            "(?:/etc/passwd|\\.\\./)",
+            "x[0-9]y|zz|on(?:load|error)=",
+            "sel|ion|ab",
+        ]
+        .iter()
+        .filter_map(|p| Prefilter::new(p, false))
+        .collect();
+        let pf = Prefilter::new(pattern, false)?;
+        if pf.single_bytes {
+            return None;
+        }
+        let (first, rest) = others.split_at(2);
+        LiteralIndex::share(first.iter().chain([&pf]).chain(rest));
+        Some(pf)
     }
 
     #[test]
