@@ -639,10 +639,6 @@ impl Found {
             *w |= o;
         }
     }
-
-    fn is_empty(&self) -> bool {
-        self.0.iter().all(|&w| w == 0)
-    }
 }
 
 /// What the prefilters work out about one stored value (key or value),
@@ -685,29 +681,21 @@ impl ValueFacts {
 /// a literal there ([`Found`]), and each rule testing the value reads its
 /// bit instead of running its own pair test and scan.
 ///
-/// An Aho-Corasick automaton worked out into a full transition table over
-/// byte classes (the literals' bytes, ASCII-lowercased; every other byte
-/// is one class), in which each state carries the prefilters of every
-/// literal ending there, its own and its failure states'. The answer is
-/// the one each prefilter's own scan gives: the same literals, ASCII case
-/// ignored, each found wherever it ends.
+/// One Aho-Corasick DFA (the `aho-corasick` crate, ASCII case ignored)
+/// over the distinct literals, searched for overlapping matches, so that
+/// every literal is found wherever it ends; each literal carries the set
+/// of prefilters it belongs to. The answer is the one each prefilter's
+/// own scan gives.
 #[derive(Debug)]
 pub(crate) struct LiteralIndex {
-    /// Each byte's class.
-    class: Box<[u8; 256]>,
-    /// log2 of a row's length (the classes, rounded up to a power of two).
-    shift: u32,
-    /// Per state and class: the next state's row start (its number shifted
-    /// by `shift`), plus one when literals end there.
-    next: Box<[u32]>,
-    /// Per state: its position in `sets`.
-    set_at: Box<[u32]>,
-    /// The distinct sets of prefilters that states carry.
+    /// The distinct literals (ASCII-lowercased), as a DFA walked byte by
+    /// byte.
+    dfa: aho_corasick::dfa::DFA,
+    /// Where an unanchored walk starts.
+    start: aho_corasick::automaton::StateID,
+    /// Per literal (pattern id): the prefilters holding it.
     sets: Box<[Found]>,
 }
-
-/// A transition not yet worked out, while a [`LiteralIndex`] is built.
-const NO_STATE: u32 = u32::MAX;
 
 impl LiteralIndex {
     /// Builds one index over `prefilters` (those whose literals are all
@@ -739,104 +727,36 @@ impl LiteralIndex {
     }
 
     /// The index of `lits`, each with its prefilter's place; `None` when
-    /// there is none or the table would be too large to number.
+    /// there is none or one is empty.
     fn new<'a>(lits: impl IntoIterator<Item = (&'a [u8], u16)>) -> Option<LiteralIndex> {
-        let lits: Vec<(Vec<u8>, u16)> = lits
-            .into_iter()
-            .map(|(l, at)| (l.to_ascii_lowercase(), at))
-            .collect();
-        if lits.is_empty() || lits.iter().any(|(l, _)| l.is_empty()) {
+        let mut place: HashMap<Vec<u8>, usize> = HashMap::new();
+        let mut patterns: Vec<Vec<u8>> = Vec::new();
+        let mut sets: Vec<Found> = Vec::new();
+        for (l, at) in lits {
+            if l.is_empty() {
+                return None;
+            }
+            let i = *place.entry(l.to_ascii_lowercase()).or_insert_with_key(|k| {
+                patterns.push(k.clone());
+                sets.push(Found::default());
+                sets.len() - 1
+            });
+            sets.get_mut(i)?.insert(at);
+        }
+        if patterns.is_empty() {
             return None;
         }
-        // classes: 0 for every byte no literal holds
-        let mut class = Box::new([0u8; 256]);
-        let mut classes = 1usize;
-        for (l, _) in &lits {
-            for &b in l {
-                let slot = class.get_mut(usize::from(b))?;
-                if *slot == 0 {
-                    *slot = u8::try_from(classes).ok()?;
-                    classes += 1;
-                }
-            }
-        }
-        for b in 0..=255u8 {
-            let c = class.get(usize::from(b.to_ascii_lowercase())).copied()?;
-            *class.get_mut(usize::from(b))? = c;
-        }
-        let stride = classes.next_power_of_two().max(2);
-        let shift = stride.trailing_zeros();
-        // the trie: `next` holds its edges, NO_STATE elsewhere
-        let mut next: Vec<u32> = vec![NO_STATE; stride];
-        let mut own: Vec<Found> = vec![Found::default()];
-        for (l, at) in &lits {
-            let mut s = 0usize;
-            for &b in l {
-                let i = s * stride + usize::from(class.get(usize::from(b)).copied()?);
-                s = match next.get(i).copied()? {
-                    NO_STATE => {
-                        let t = own.len();
-                        *next.get_mut(i)? = u32::try_from(t).ok()?;
-                        own.push(Found::default());
-                        next.extend(std::iter::repeat_n(NO_STATE, stride));
-                        t
-                    }
-                    t => t as usize,
-                };
-            }
-            own.get_mut(s)?.insert(*at);
-        }
-        let states = own.len();
-        u32::try_from(states.checked_mul(stride)?.checked_mul(2)?).ok()?;
-        // failure links in breadth-first order, which completes every
-        // state's row (and its set) before any deeper state reads it
-        let mut fail = vec![0usize; states];
-        let mut queue = std::collections::VecDeque::new();
-        for c in 0..stride {
-            let slot = next.get_mut(c)?;
-            if *slot == NO_STATE {
-                *slot = 0;
-            } else {
-                queue.push_back(*slot as usize);
-            }
-        }
-        while let Some(s) = queue.pop_front() {
-            let f = *fail.get(s)?;
-            for c in 0..stride {
-                let via_fail = next.get(f * stride + c).copied()?;
-                let slot = next.get_mut(s * stride + c)?;
-                if *slot == NO_STATE {
-                    *slot = via_fail;
-                } else {
-                    let t = *slot as usize;
-                    *fail.get_mut(t)? = via_fail as usize;
-                    let inherited = *own.get(via_fail as usize)?;
-                    own.get_mut(t)?.union_with(&inherited);
-                    queue.push_back(t);
-                }
-            }
-        }
-        // rows numbered by their start, flagged where literals end
-        let mut set_of: HashMap<Found, u32> = HashMap::new();
-        let mut sets: Vec<Found> = Vec::new();
-        let mut set_at = Vec::with_capacity(states);
-        for f in &own {
-            let i = *set_of.entry(*f).or_insert_with(|| {
-                sets.push(*f);
-                (sets.len() - 1) as u32
-            });
-            set_at.push(i);
-        }
-        for t in next.iter_mut() {
-            let to = *t as usize;
-            let ends = !own.get(to)?.is_empty();
-            *t = (*t << shift) | u32::from(ends);
-        }
+        let dfa = aho_corasick::dfa::DFA::builder()
+            .ascii_case_insensitive(true)
+            .prefilter(false)
+            .build(&patterns)
+            .ok()?;
+        let start =
+            aho_corasick::automaton::Automaton::start_state(&dfa, aho_corasick::Anchored::No)
+                .ok()?;
         Some(LiteralIndex {
-            class,
-            shift,
-            next: next.into_boxed_slice(),
-            set_at: set_at.into_boxed_slice(),
+            dfa,
+            start,
             sets: sets.into_boxed_slice(),
         })
     }
@@ -845,20 +765,17 @@ impl LiteralIndex {
     /// ignored).
     #[inline(never)]
     fn scan(&self, input: &[u8]) -> Found {
+        use aho_corasick::automaton::Automaton;
         let mut found = Found::default();
-        let mut row = 0u32;
+        let mut sid = self.start;
         for &b in input {
-            let c = u32::from(self.class.get(usize::from(b)).copied().unwrap_or(0));
-            let t = self.next.get((row | c) as usize).copied().unwrap_or(0);
-            row = t & !1;
-            if t & 1 != 0 {
-                let set = self
-                    .set_at
-                    .get((t >> self.shift) as usize)
-                    .copied()
-                    .unwrap_or(0);
-                if let Some(f) = self.sets.get(set as usize) {
-                    found.union_with(f);
+            sid = self.dfa.next_state(aho_corasick::Anchored::No, sid, b);
+            if self.dfa.is_match(sid) {
+                for i in 0..self.dfa.match_len(sid) {
+                    let p = self.dfa.match_pattern(sid, i);
+                    if let Some(f) = self.sets.get(p.as_usize()) {
+                        found.union_with(f);
+                    }
                 }
             }
         }
@@ -1720,6 +1637,92 @@ mod tests {
             matched > 100,
             "too few matching inputs to mean much: {matched}"
         );
+    }
+
+    /// One scan of the shared index answers for every prefilter as its own
+    /// scan does: literals overlapping and nested, in either ASCII case,
+    /// among other bytes (non-ASCII ones too).
+    #[test]
+    fn literal_index_agrees_with_each_prefilters_scan() {
+        let patterns = [
+            ("(?i)union\\s+select", false),
+            ("<script|javascript:", false),
+            ("(?:/etc/passwd|\\.\\./)", false),
+            ("x[0-9]y|zz|on(?:load|error)=", false),
+            ("sel|ion|ab", false),
+            ("ab|abc|bc|c[d-f]", false),
+            ("[<>]", false),
+            ("(?i)caf\u{e9}|na\u{ef}ve", true),
+        ];
+        let prefilters: Vec<Prefilter> = patterns
+            .iter()
+            .map(|(p, u)| Prefilter::new(p, *u).unwrap())
+            .collect();
+        LiteralIndex::share(prefilters.iter());
+        let shared = prefilters.iter().filter(|p| p.shared().is_some()).count();
+        assert_eq!(shared, prefilters.len() - 1, "all but the single bytes");
+        let tokens = [
+            "union", "UNION", "ion", "uni", "sel", "select", "SeLeCt", "<", "script", "<ScRiPt",
+            "java", "script:", "/etc/", "passwd", "..", "/", "x", "1", "y", "zz", "z", "on",
+            "load", "=", "ab", "C", "d", "caf", "\u{e9}", "\u{c9}", "na", "\u{ef}ve", " ",
+        ];
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let (mut found, mut missing) = (0, 0);
+        for _ in 0..5000 {
+            let s: String = (0..next(9)).map(|_| tokens[next(tokens.len())]).collect();
+            let facts = ValueFacts::default();
+            for p in &prefilters {
+                let Some((index, at)) = p.shared() else {
+                    assert!(p.single_bytes);
+                    continue;
+                };
+                let by_index = facts.found_in(index, s.as_bytes()).has(at);
+                assert_eq!(by_index, p.ac.is_match(s.as_bytes()), "{s:?}");
+                found += usize::from(by_index);
+                missing += usize::from(!by_index);
+            }
+        }
+        assert!(found > 1000 && missing > 1000, "{found} {missing}");
+    }
+
+    /// An index serves at most `FOUND_WORDS * 64` prefilters, each once;
+    /// the others scan on their own, as before.
+    #[test]
+    fn literal_index_places() {
+        let prefilters: Vec<Prefilter> = (0..FOUND_WORDS * 64 + 20)
+            .map(|i| Prefilter::new(&format!("lit{i}x"), false).unwrap())
+            .collect();
+        LiteralIndex::share(prefilters.iter().chain(prefilters.first()));
+        for (i, p) in prefilters.iter().enumerate() {
+            match p.shared() {
+                Some((index, at)) => {
+                    assert_eq!(usize::from(at), i);
+                    let facts = ValueFacts::default();
+                    let hit = format!("a LIT{i}X b");
+                    assert!(facts.found_in(index, hit.as_bytes()).has(at));
+                    let miss = format!("a lit{i}y b");
+                    assert!(!ValueFacts::default()
+                        .found_in(index, miss.as_bytes())
+                        .has(at));
+                }
+                None => assert!(i >= FOUND_WORDS * 64, "{i}"),
+            }
+        }
+        // shared once: a second index leaves them where they are
+        LiteralIndex::share(prefilters.iter().rev());
+        assert_eq!(
+            prefilters.first().and_then(|p| p.shared()).map(|s| s.1),
+            Some(0)
+        );
+        assert!(prefilters.last().and_then(|p| p.shared()).is_some());
+        assert!(LiteralIndex::new(std::iter::empty()).is_none());
+        assert!(LiteralIndex::new([(&b""[..], 0)]).is_none());
     }
 
     /// A value handed over without a byte set gets one when it is short

@@ -2301,6 +2301,42 @@ SecRule MATCHED_VAR "@rx attack" "id:2,phase:1,pass,t:none"
     }
 
     #[test]
+    fn values_passed_over_for_lacking_a_links_literals() {
+        // the prefilters of 1, 2, 3, 5 and 6 share the literal index; a
+        // value the chain changes is never passed over, nor one offered to
+        // a negated operator
+        let rules = r#"
+SecRule ARGS "@rx union\s+select" "id:1,phase:1,pass,t:none"
+SecRule ARGS "@rx union\s+select" "id:2,phase:1,pass,t:none,t:lowercase"
+SecRule ARGS|ARGS_NAMES "@rx <script" "id:3,phase:1,pass,t:none,t:urlDecode"
+SecRule ARGS:q "!@rx union\s+select" "id:4,phase:1,pass,t:none"
+SecRule REQUEST_HEADERS|REQUEST_HEADERS_NAMES "@rx javascript:|onerror=" "id:5,phase:1,pass,t:none"
+SecRule REQUEST_URI "@rx /etc/passwd" "id:6,phase:1,pass,t:none"
+"#;
+        let waf = Waf::from_str_named("t.conf", rules).unwrap();
+        let cases: [(Request, &[u64]); 9] = [
+            (Request::new("GET", "/?q=hello"), &[4]),
+            (Request::new("GET", "/?q=union%20select"), &[1, 2]),
+            (Request::new("GET", "/?q=UNION%20SELECT"), &[2, 4]),
+            (Request::new("GET", "/?q=hello"), &[4]),
+            (Request::new("GET", "/?q=%253cscript"), &[3, 4]),
+            (Request::new("GET", "/?%3Cscript=1"), &[3]),
+            (
+                Request::new("GET", "/").header("X", "javascript:alert(1)"),
+                &[5],
+            ),
+            (Request::new("GET", "/").header("X", "JavaScript:"), &[]),
+            (Request::new("GET", "/etc/passwd"), &[6]),
+        ];
+        // twice: kept entries start each transaction without facts
+        for _ in 0..2 {
+            for (req, want) in &cases {
+                assert_eq!(waf.evaluate(req).matched_ids, *want, "{req:?}");
+            }
+        }
+    }
+
+    #[test]
     fn recycled_buffers_are_empty_and_keep_their_room() {
         let v: Vec<(std::borrow::Cow<'_, str>, u64)> = vec![("a".into(), 1); 40];
         let r: Vec<(std::borrow::Cow<'static, str>, u64)> = super::recycle(v);
