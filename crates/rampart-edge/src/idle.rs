@@ -49,7 +49,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -389,6 +389,8 @@ pub struct Idle {
     activity: Activity,
     timeouts: ConnTimeouts,
     timer: Pin<Box<Sleep>>,
+    /// The waker `timer` was last polled with while it stayed pending.
+    registered: Option<Waker>,
     closed: bool,
     /// Armed while a write makes no progress.
     stall: Option<Pin<Box<Sleep>>>,
@@ -404,6 +406,7 @@ impl Idle {
             activity,
             timeouts,
             timer: Box::pin(tokio::time::sleep(timeouts.first_request)),
+            registered: None,
             closed: false,
             stall: None,
             stalled: false,
@@ -417,35 +420,55 @@ impl Idle {
         self
     }
 
-    /// Whether the connection must close now; otherwise arms the timer for
-    /// the next time it could have to.
+    /// Whether the connection must close now; otherwise makes sure the
+    /// timer will wake the connection's task no later than the next time
+    /// it could have to.
+    ///
+    /// The timer is kept armed at or before that time rather than moved to
+    /// it on every read: a deadline that moves later (each request that
+    /// ends pushes the keep-alive one back) leaves it where it is, and when
+    /// it fires early the deadline is worked out again and the timer moved
+    /// on. Nor is it polled again while it is armed, has not fired and was
+    /// last polled with a waker that wakes the same task: it holds that
+    /// waker already. This spares a timer-wheel update and a waker
+    /// registration on most reads of a busy connection.
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
         loop {
             let now = Instant::now();
             let t = &self.timeouts;
-            let deadline = match self.activity.deadline(t) {
+            let want = match self.activity.deadline(t) {
                 Some((d, _)) => d,
                 // While requests are in flight and no body waits, look
-                // again when the timer is due (a quarter of the send
-                // timeout later if it is past or further): left armed, it
-                // is not moved on every read. A body that starts waiting on a silent
-                // client is thus seen within a quarter of the send timeout,
-                // and its connection closed within 1.25 times it.
-                None => {
-                    let due = self.timer.deadline();
-                    if due > now && due <= now + t.send / 4 {
-                        due
-                    } else {
-                        now + t.send / 4
-                    }
-                }
+                // again a quarter of the send timeout later at most. A
+                // body that starts waiting on a silent client is thus
+                // seen within a quarter of the send timeout, and its
+                // connection closed within 1.25 times it.
+                None => now + t.send / 4,
             };
-            if self.timer.deadline() != deadline {
-                self.timer.as_mut().reset(deadline);
-            }
-            if self.timer.as_mut().poll(cx).is_pending() {
+            let armed = self.timer.deadline();
+            let moved = (armed > want || armed <= now) && armed != want;
+            if moved {
+                self.timer.as_mut().reset(want);
+            } else if !self.timer.is_elapsed()
+                && self
+                    .registered
+                    .as_ref()
+                    .is_some_and(|w| w.will_wake(cx.waker()))
+            {
                 return false;
             }
+            // A poll refused for want of cooperative budget registers no
+            // waker with the timer (tokio wakes the task at once instead).
+            let registers = tokio::task::coop::has_budget_remaining();
+            if self.timer.as_mut().poll(cx).is_pending() {
+                self.registered = match self.registered.take() {
+                    Some(w) if registers && w.will_wake(cx.waker()) => Some(w),
+                    _ if registers => Some(cx.waker().clone()),
+                    _ => None,
+                };
+                return false;
+            }
+            self.registered = None;
             if let Some((d, why)) = self.activity.deadline(&self.timeouts) {
                 if d <= now {
                     if let Some(c) = &self.counts {
@@ -521,5 +544,62 @@ impl IoHook for Idle {
                 done
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::watch::Watched;
+    use tokio::io::AsyncReadExt;
+
+    /// A busy connection pushes its keep-alive deadline back with every
+    /// request that ends, while its timer stays armed at the earlier time
+    /// (the first-request timeout): the timer fires early, is moved on, and
+    /// the connection closes one keep-alive timeout after its last request,
+    /// neither before nor long after.
+    #[tokio::test]
+    async fn a_deadline_pushed_back_by_each_request_closes_after_the_last() {
+        let keepalive = Duration::from_millis(400);
+        let timeouts = ConnTimeouts {
+            first_request: Duration::from_millis(100),
+            head: None,
+            keepalive,
+            send: Duration::from_secs(10),
+        };
+        let activity = Activity::default();
+        let (client, server) = tokio::io::duplex(64);
+        let mut watched = Watched::new(server, Idle::new(activity.clone(), timeouts));
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 16];
+            let n = watched.read(&mut buf).await;
+            (n.ok(), std::time::Instant::now())
+        });
+        // requests of 10 ms every 50 ms for 1.2 s: three keep-alive
+        // timeouts from the start, each within one of the last
+        let mut last_end = std::time::Instant::now();
+        for _ in 0..24 {
+            let req = activity.begin();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            drop(req);
+            last_end = std::time::Instant::now();
+            tokio::time::sleep(Duration::from_millis(40)).await;
+            assert!(!reader.is_finished(), "closed while busy");
+        }
+        let (n, closed_at) = tokio::time::timeout(Duration::from_secs(3), reader)
+            .await
+            .expect("the idle connection was kept open")
+            .expect("reader task");
+        assert_eq!(n, Some(0), "the read ends as the stream's end");
+        let idle = closed_at.duration_since(last_end);
+        assert!(
+            idle >= keepalive - Duration::from_millis(20),
+            "closed after {idle:?}"
+        );
+        assert!(
+            idle < keepalive + Duration::from_millis(400),
+            "closed after {idle:?}"
+        );
+        drop(client);
     }
 }
