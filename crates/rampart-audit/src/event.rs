@@ -230,9 +230,14 @@ pub struct Event {
     /// What else the plane knows of the event, by name (for the edge:
     /// status, latency, bytes, upstream, matched WAF rules…). Values are
     /// never secrets.
+    /// Names are mostly fixed ones (`"status"`), borrowed rather than
+    /// copied into every event.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub details: std::collections::BTreeMap<String, String>,
+    pub details: Details,
 }
+
+/// The details of an [`Event`]: values by name.
+pub type Details = std::collections::BTreeMap<std::borrow::Cow<'static, str>, String>;
 
 impl Event {
     /// An event with the required fields; node, environment and the optional
@@ -284,7 +289,7 @@ struct EventV1Out<'a> {
     reason: Option<&'a str>,
     request_id: Option<&'a str>,
     source: Option<&'a str>,
-    details: &'a std::collections::BTreeMap<String, String>,
+    details: &'a Details,
 }
 
 /// The same, as read.
@@ -301,7 +306,7 @@ struct EventV1In {
     reason: Option<String>,
     request_id: Option<String>,
     source: Option<String>,
-    details: std::collections::BTreeMap<String, String>,
+    details: Details,
 }
 
 impl Outcome {

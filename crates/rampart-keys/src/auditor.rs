@@ -60,7 +60,7 @@ impl Auditor {
         resource: &str,
         outcome: Outcome,
         reason: String,
-        details: BTreeMap<String, String>,
+        details: rampart_audit::Details,
     ) -> RecordFuture {
         let mut event = Event::new(
             Tier::Security,

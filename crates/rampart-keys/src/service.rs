@@ -1381,9 +1381,9 @@ impl KeyService {
         for ((env, name, allowed, reason), indices) in groups {
             for chunk in indices.chunks(BATCH_RECORD_ITEMS) {
                 let mut details = BTreeMap::new();
-                details.insert("batch_size".to_owned(), total.clone());
-                details.insert("batch_items".to_owned(), chunk.len().to_string());
-                details.insert("batch_indices".to_owned(), index_ranges(chunk));
+                details.insert("batch_size".into(), total.clone());
+                details.insert("batch_items".into(), chunk.len().to_string());
+                details.insert("batch_indices".into(), index_ranges(chunk));
                 let outcome = if allowed {
                     Outcome::Allowed
                 } else {
@@ -1433,8 +1433,8 @@ impl KeyService {
         for ((env, name, err), indices) in groups {
             for chunk in indices.chunks(BATCH_RECORD_ITEMS) {
                 let mut details = BTreeMap::new();
-                details.insert("batch_items".to_owned(), chunk.len().to_string());
-                details.insert("batch_indices".to_owned(), index_ranges(chunk));
+                details.insert("batch_items".into(), chunk.len().to_string());
+                details.insert("batch_indices".into(), index_ranges(chunk));
                 pending.push(self.auditor.submit(
                     caller,
                     env,
