@@ -391,6 +391,9 @@ pub struct Idle {
     timer: Pin<Box<Sleep>>,
     /// The waker `timer` was last polled with while it stayed pending.
     registered: Option<Waker>,
+    /// Whether `timer` is due within a quarter of the send timeout of the
+    /// last time the clock was read here (so of now, too).
+    armed_soon: bool,
     closed: bool,
     /// Armed while a write makes no progress.
     stall: Option<Pin<Box<Sleep>>>,
@@ -407,6 +410,7 @@ impl Idle {
             timeouts,
             timer: Box::pin(tokio::time::sleep(timeouts.first_request)),
             registered: None,
+            armed_soon: false,
             closed: false,
             stall: None,
             stalled: false,
@@ -430,13 +434,31 @@ impl Idle {
     /// it fires early the deadline is worked out again and the timer moved
     /// on. Nor is it polled again while it is armed, has not fired and was
     /// last polled with a waker that wakes the same task: it holds that
-    /// waker already. This spares a timer-wheel update and a waker
-    /// registration on most reads of a busy connection.
+    /// waker already. This spares a timer-wheel update, a waker
+    /// registration and a read of the clock on most reads of a busy
+    /// connection.
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
         loop {
-            let now = Instant::now();
             let t = &self.timeouts;
-            let want = match self.activity.deadline(t) {
+            let deadline = self.activity.deadline(t);
+            let armed = self.timer.deadline();
+            // Most reads end here, without reading the clock: the timer has
+            // not fired, holds this task's waker and is due no later than
+            // it must be.
+            if !self.timer.is_elapsed()
+                && self
+                    .registered
+                    .as_ref()
+                    .is_some_and(|w| w.will_wake(cx.waker()))
+                && match deadline {
+                    Some((d, _)) => armed <= d,
+                    None => self.armed_soon,
+                }
+            {
+                return false;
+            }
+            let now = Instant::now();
+            let want = match deadline {
                 Some((d, _)) => d,
                 // While requests are in flight and no body waits, look
                 // again a quarter of the send timeout later at most. A
@@ -445,18 +467,10 @@ impl Idle {
                 // connection closed within 1.25 times it.
                 None => now + t.send / 4,
             };
-            let armed = self.timer.deadline();
-            let moved = (armed > want || armed <= now) && armed != want;
-            if moved {
+            if (armed > want || armed <= now) && armed != want {
                 self.timer.as_mut().reset(want);
-            } else if !self.timer.is_elapsed()
-                && self
-                    .registered
-                    .as_ref()
-                    .is_some_and(|w| w.will_wake(cx.waker()))
-            {
-                return false;
             }
+            self.armed_soon = self.timer.deadline() <= now + t.send / 4;
             // A poll refused for want of cooperative budget registers no
             // waker with the timer (tokio wakes the task at once instead).
             let registers = tokio::task::coop::has_budget_remaining();
