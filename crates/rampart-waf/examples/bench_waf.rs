@@ -29,17 +29,39 @@ use std::time::{Duration, Instant};
 /// Loads CRS as the regression test does, with the paranoia level set by a
 /// `SecAction` ahead of `crs-setup.conf.example` and JSON bodies parsed as
 /// ModSecurity's recommended configuration (rule 200001) does.
+///
+/// CRS 3 (Debian's 3.3.4, which `scripts/bench-waf` runs) is loaded too:
+/// its setup file is `crs-setup.conf` where there is no `.example` one, or
+/// the file `RAMPART_CRS_SETUP` names (Debian keeps it in
+/// `/etc/modsecurity/crs/`), and its paranoia level variable is
+/// `tx.paranoia_level` (CRS 4: `tx.blocking_paranoia_level`).
 fn load_crs(dir: &Path, paranoia: u8) -> Result<Waf, rampart_waf::Error> {
     let mut b = WafBuilder::new();
+    let init = std::fs::read_to_string(dir.join("rules/REQUEST-901-INITIALIZATION.conf"))
+        .unwrap_or_default();
+    let level_var = if init.contains("blocking_paranoia_level") || init.is_empty() {
+        "blocking_paranoia_level"
+    } else {
+        "paranoia_level"
+    };
     let setup = format!(
         "SecRuleEngine On\nSecRequestBodyAccess On\n\
          SecAction \"id:900000,phase:1,pass,nolog,\
-         setvar:tx.blocking_paranoia_level={paranoia}\"\n\
+         setvar:tx.{level_var}={paranoia}\"\n\
          SecRule REQUEST_HEADERS:Content-Type \"@rx ^application/json\" \
          \"id:200001,phase:1,t:none,t:lowercase,pass,nolog,ctl:requestBodyProcessor=JSON\"\n"
     );
     b.load_str(dir.join("rules/rampart-bench-setup.conf"), &setup)?;
-    b.load_file(dir.join("crs-setup.conf.example"))?;
+    let setup_file = match std::env::var_os("RAMPART_CRS_SETUP") {
+        Some(f) => std::path::PathBuf::from(f),
+        None if !dir.join("crs-setup.conf.example").exists()
+            && dir.join("crs-setup.conf").exists() =>
+        {
+            dir.join("crs-setup.conf")
+        }
+        None => dir.join("crs-setup.conf.example"),
+    };
+    b.load_file(setup_file)?;
     let mut rules: Vec<_> = std::fs::read_dir(dir.join("rules"))
         .map_err(|source| rampart_waf::Error::Io {
             path: dir.join("rules"),
