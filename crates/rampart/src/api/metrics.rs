@@ -45,12 +45,23 @@ struct UpstreamLabels {
     upstream: String,
 }
 
+/// One route's edge metrics: handles on the entries of the families that
+/// `/metrics` encodes (a clone shares its counter).
+struct EdgeRoute {
+    latency: Histogram,
+    by_status: Vec<(u16, Counter)>,
+}
+
 pub struct Metrics {
     registry: Mutex<Registry>,
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram>,
     edge_requests: Family<EdgeLabels, Counter>,
     edge_latency: Family<RouteLabels, Histogram>,
+    /// The two families' metrics for each route seen, found by the route's
+    /// name alone: a request costs no label sets (two `String`s and two
+    /// look-ups of the families' maps).
+    edge_routes: std::sync::RwLock<std::collections::HashMap<Box<str>, EdgeRoute>>,
     upstream_up: Family<UpstreamLabels, Gauge>,
     upstream_breaker_open: Family<UpstreamLabels, Gauge>,
     edge_closed: Family<ReasonLabels, Counter>,
@@ -252,6 +263,7 @@ impl Metrics {
             latency,
             edge_requests,
             edge_latency,
+            edge_routes: Default::default(),
             upstream_up,
             upstream_breaker_open,
             upstream_in_flight,
@@ -385,17 +397,47 @@ impl Metrics {
 
     /// Counts one edge request (`route` is "unmatched" when none matched).
     pub fn observe_edge(&self, route: &str, status: u16, seconds: f64) {
-        self.edge_requests
-            .get_or_create(&EdgeLabels {
-                route: route.to_string(),
-                status,
-            })
-            .inc();
-        self.edge_latency
-            .get_or_create(&RouteLabels {
-                route: route.to_string(),
-            })
-            .observe(seconds);
+        {
+            let routes = self
+                .edge_routes
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(r) = routes.get(route) {
+                if let Some((_, c)) = r.by_status.iter().find(|(s, _)| *s == status) {
+                    c.inc();
+                    r.latency.observe(seconds);
+                    return;
+                }
+            }
+        }
+        // The first request of a route, or of a status on it.
+        let mut routes = self
+            .edge_routes
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let r = routes.entry(route.into()).or_insert_with(|| EdgeRoute {
+            latency: self
+                .edge_latency
+                .get_or_create(&RouteLabels {
+                    route: route.to_string(),
+                })
+                .clone(),
+            by_status: Vec::new(),
+        });
+        if !r.by_status.iter().any(|(s, _)| *s == status) {
+            let c = self
+                .edge_requests
+                .get_or_create(&EdgeLabels {
+                    route: route.to_string(),
+                    status,
+                })
+                .clone();
+            r.by_status.push((status, c));
+        }
+        if let Some((_, c)) = r.by_status.iter().find(|(s, _)| *s == status) {
+            c.inc();
+        }
+        r.latency.observe(seconds);
     }
 
     fn refresh_upstreams(&self) {
@@ -496,5 +538,32 @@ impl Metrics {
             let _ = encode(&mut out, &reg);
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Edge requests are counted per route and status, and their latency
+    /// per route, as the families encode them, whether the route and
+    /// status were seen before or not.
+    #[test]
+    fn edge_requests_counted_per_route_and_status() {
+        let m = Metrics::new(0);
+        m.observe_edge("api.test/", 200, 0.001);
+        m.observe_edge("api.test/", 200, 0.002);
+        m.observe_edge("api.test/", 404, 0.003);
+        m.observe_edge("unmatched", 404, 0.004);
+        let text = m.render();
+        for line in [
+            r#"rampart_edge_requests_total{route="api.test/",status="200"} 2"#,
+            r#"rampart_edge_requests_total{route="api.test/",status="404"} 1"#,
+            r#"rampart_edge_requests_total{route="unmatched",status="404"} 1"#,
+            r#"rampart_edge_request_duration_seconds_count{route="api.test/"} 3"#,
+            r#"rampart_edge_request_duration_seconds_count{route="unmatched"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+        }
     }
 }
