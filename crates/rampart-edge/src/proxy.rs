@@ -28,40 +28,71 @@ pub type UpstreamClient = std::sync::Arc<Upstreams>;
 pub(crate) const MAX_ATTEMPTS: usize = 3;
 
 /// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "proxy-connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+static HOP_BY_HOP: [HeaderName; 9] = [
+    HeaderName::from_static("connection"),
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-authenticate"),
+    HeaderName::from_static("proxy-authorization"),
+    HeaderName::from_static("te"),
+    HeaderName::from_static("trailer"),
+    HeaderName::from_static("transfer-encoding"),
+    HeaderName::from_static("upgrade"),
 ];
+
+/// The place in [`HOP_BY_HOP`] of a header name (in lower case, as a
+/// [`HeaderName`] holds it).
+fn hop_index(name: &str) -> Option<usize> {
+    Some(match name {
+        "connection" => 0,
+        "proxy-connection" => 1,
+        "keep-alive" => 2,
+        "proxy-authenticate" => 3,
+        "proxy-authorization" => 4,
+        "te" => 5,
+        "trailer" => 6,
+        "transfer-encoding" => 7,
+        "upgrade" => 8,
+        _ => return None,
+    })
+}
 
 /// Removes hop-by-hop headers, including those named in `Connection`.
 ///
-/// Most messages carry none, or only `Connection`: one pass over the names
-/// finds those present, and only they (and what `Connection` lists) are
-/// removed.
+/// Most messages carry none, or only `Connection` naming none but
+/// hop-by-hop headers and `close` (an upstream's `Connection: keep-alive`):
+/// one pass over the names finds those present, and only they are
+/// removed; a name is built only for other headers `Connection` lists.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let mut gone: Vec<HeaderName> = h
-        .keys()
-        .filter(|n| HOP_BY_HOP.contains(&n.as_str()))
-        .cloned()
-        .collect();
-    if gone.is_empty() {
+    let mut present = 0u16;
+    for n in h.keys() {
+        if let Some(i) = hop_index(n.as_str()) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
-    gone.extend(
-        h.get_all(http::header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok()),
-    );
-    for n in gone {
+    let listed: Vec<HeaderName> = h
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|n| {
+            // as sent (lower case) in all but odd messages
+            let known = |n: &str| n == "close" || hop_index(n).is_some();
+            !known(n)
+                && (!n.bytes().any(|b| b.is_ascii_uppercase()) || !known(&n.to_ascii_lowercase()))
+        })
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+        .collect();
+    for (i, hop) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            h.remove(hop);
+        }
+    }
+    for n in listed {
         h.remove(n);
     }
 }
@@ -446,6 +477,15 @@ mod tests {
     }
 
     #[test]
+    fn hop_index_names_each_hop_by_hop_header() {
+        for (i, n) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_index(n.as_str()), Some(i));
+        }
+        assert_eq!(hop_index("Connection"), None, "names are lower case");
+        assert_eq!(hop_index("x-connection"), None);
+    }
+
+    #[test]
     fn hop_by_hop_and_connection_listed_headers_go() {
         let mut h = HeaderMap::new();
         h.insert("connection", HeaderValue::from_static("close, x-secret"));
@@ -456,6 +496,30 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("accept"));
+        // names listed in any case, beside hop-by-hop ones and `close`, in
+        // several Connection headers; a message without any keeps all
+        let mut h = HeaderMap::new();
+        h.append("connection", HeaderValue::from_static("Keep-Alive , X-A"));
+        h.append("connection", HeaderValue::from_static("close,TE, x-b,,"));
+        for n in [
+            "keep-alive",
+            "te",
+            "x-a",
+            "x-b",
+            "x-c",
+            "upgrade",
+            "proxy-connection",
+        ] {
+            h.insert(n, HeaderValue::from_static("1"));
+        }
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["x-c"]);
+        let mut plain = HeaderMap::new();
+        plain.insert("x-a", HeaderValue::from_static("1"));
+        plain.insert("content-type", HeaderValue::from_static("text/plain"));
+        strip_hop_by_hop(&mut plain);
+        assert_eq!(plain.len(), 2);
     }
 
     #[test]
