@@ -827,31 +827,28 @@ fn unsupported_transfer_encoding(headers: &http::HeaderMap) -> bool {
 
 /// Validates `host[:port]`; returns the host, lowercase.
 pub fn parse_host(raw: &str) -> Option<String> {
-    let (host, port) = if let Some(rest) = raw.strip_prefix('[') {
+    if let Some(rest) = raw.strip_prefix('[') {
         let (v6, after) = rest.split_once(']')?;
         v6.parse::<std::net::Ipv6Addr>().ok()?;
         // Only a port may follow the bracket: `[::1]evil.com` is refused,
         // not read as `[::1]`.
-        let port = match after {
-            "" => None,
-            _ => Some(after.strip_prefix(':')?),
-        };
-        (format!("[{v6}]"), port)
-    } else {
-        match raw.rsplit_once(':') {
-            Some((h, p)) => (h.to_string(), Some(p)),
-            None => (raw.to_string(), None),
+        if !after.is_empty() {
+            after.strip_prefix(':')?.parse::<u16>().ok()?;
         }
-    };
-    if let Some(p) = port {
-        p.parse::<u16>().ok()?;
+        return Some(format!("[{}]", v6.to_ascii_lowercase()));
     }
+    let host = match raw.rsplit_once(':') {
+        Some((h, p)) => {
+            p.parse::<u16>().ok()?;
+            h
+        }
+        None => raw,
+    };
     let ok = !host.is_empty()
         && host.len() <= 253
-        && (host.starts_with('[')
-            || host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'));
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
     ok.then(|| host.to_ascii_lowercase())
 }
 
@@ -1646,6 +1643,17 @@ mod tests {
         assert_eq!(parse_host("evil.com/x"), None);
         assert_eq!(parse_host("x:99999"), None);
         assert_eq!(parse_host(""), None);
+        assert_eq!(parse_host(":80"), None);
+        assert_eq!(parse_host("a:b:80"), None);
+        assert_eq!(parse_host("a.example:"), None);
+        assert_eq!(
+            parse_host("[2001:DB8::A]:443").as_deref(),
+            Some("[2001:db8::a]")
+        );
+        assert_eq!(parse_host("[2001:db8::a%eth0]"), None);
+        assert_eq!(parse_host(&"a".repeat(253)).map(|h| h.len()), Some(253));
+        assert_eq!(parse_host(&"a".repeat(254)), None);
+        assert_eq!(parse_host("caf\u{e9}.example"), None);
     }
 
     #[test]
