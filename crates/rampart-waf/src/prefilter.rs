@@ -612,32 +612,29 @@ impl Prefilter {
 }
 
 /// Most prefilters one [`LiteralIndex`] serves (the bits of a [`Found`]).
-const FOUND_WORDS: usize = 4;
+const MAX_SHARED: usize = 256;
 
 /// Which prefilters of a [`LiteralIndex`] have a literal in a value, one
-/// bit each.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub(crate) struct Found([u64; FOUND_WORDS]);
+/// bit each: a set of places below [`MAX_SHARED`], held as the 256 bits of
+/// a [`ByteSet`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Found(ByteSet);
 
 impl Found {
     /// True when the prefilter at `at` has a literal in the value.
     #[inline]
     pub(crate) fn has(&self, at: u16) -> bool {
-        self.0
-            .get(usize::from(at >> 6))
-            .is_some_and(|w| w & (1u64 << (at & 63)) != 0)
+        u8::try_from(at).is_ok_and(|b| self.0.contains(b))
     }
 
     fn insert(&mut self, at: u16) {
-        if let Some(w) = self.0.get_mut(usize::from(at >> 6)) {
-            *w |= 1u64 << (at & 63);
+        if let Ok(b) = u8::try_from(at) {
+            self.0.insert(b);
         }
     }
 
     fn union_with(&mut self, other: &Found) {
-        for (w, o) in self.0.iter_mut().zip(other.0) {
-            *w |= o;
-        }
+        self.0.union_with(&other.0);
     }
 }
 
@@ -676,7 +673,7 @@ impl ValueFacts {
 }
 
 /// The literals of many prefilters (every `@rx` prefilter of a rule set
-/// whose literals are not all single bytes, up to `FOUND_WORDS * 64`) in
+/// whose literals are not all single bytes, up to `MAX_SHARED`) in
 /// one automaton: one pass over a stored value finds which of them have
 /// a literal there ([`Found`]), and each rule testing the value reads its
 /// bit instead of running its own pair test and scan.
@@ -704,7 +701,7 @@ impl LiteralIndex {
     pub(crate) fn share<'a>(prefilters: impl IntoIterator<Item = &'a Prefilter>) {
         let mut members: Vec<&Prefilter> = Vec::new();
         for p in prefilters {
-            if members.len() >= FOUND_WORDS * 64 {
+            if members.len() >= MAX_SHARED {
                 break;
             }
             if !p.single_bytes
@@ -1176,6 +1173,17 @@ fn group_end(b: &[u8], start: usize) -> Option<usize> {
 mod tests {
     use super::*;
 
+    /// A seeded xorshift draw below `n`, for random inputs that every run
+    /// repeats.
+    fn xorshift(mut seed: u64) -> impl FnMut(usize) -> usize {
+        move |n| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        }
+    }
+
     /// The next value of a xorshift64 sequence: deterministic test data.
     fn next(x: &mut u64) -> u64 {
         *x ^= *x << 13;
@@ -1617,13 +1625,7 @@ mod tests {
             "union", "UNION", "sel", "ect", "sel3ct", " ", "\t", "x", "ab", "cd", "c", "d", "e",
             "on", "ON", "load", "=", "0", "5", "y", "zz", ";", "ls", "id", "ion", "ID",
         ];
-        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = |n: usize| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % n as u64) as usize
-        };
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
         let mut matched = 0;
         for p in patterns {
             let re = regex::bytes::Regex::new(p).unwrap();
@@ -1666,13 +1668,7 @@ mod tests {
             "java", "script:", "/etc/", "passwd", "..", "/", "x", "1", "y", "zz", "z", "on",
             "load", "=", "ab", "C", "d", "caf", "\u{e9}", "\u{c9}", "na", "\u{ef}ve", " ",
         ];
-        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
-        let mut next = |n: usize| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % n as u64) as usize
-        };
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d);
         let (mut found, mut missing) = (0, 0);
         for _ in 0..5000 {
             let s: String = (0..next(9)).map(|_| tokens[next(tokens.len())]).collect();
@@ -1691,11 +1687,11 @@ mod tests {
         assert!(found > 1000 && missing > 1000, "{found} {missing}");
     }
 
-    /// An index serves at most `FOUND_WORDS * 64` prefilters, each once;
+    /// An index serves at most `MAX_SHARED` prefilters, each once;
     /// the others scan on their own, as before.
     #[test]
     fn literal_index_places() {
-        let prefilters: Vec<Prefilter> = (0..FOUND_WORDS * 64 + 20)
+        let prefilters: Vec<Prefilter> = (0..MAX_SHARED + 20)
             .map(|i| Prefilter::new(&format!("lit{i}x"), false).unwrap())
             .collect();
         LiteralIndex::share(prefilters.iter().chain(prefilters.first()));
@@ -1711,7 +1707,7 @@ mod tests {
                         .found_in(index, miss.as_bytes())
                         .has(at));
                 }
-                None => assert!(i >= FOUND_WORDS * 64, "{i}"),
+                None => assert!(i >= MAX_SHARED, "{i}"),
             }
         }
         // shared once: a second index leaves them where they are
