@@ -261,7 +261,7 @@ pub(crate) struct Prefilter {
     /// The [`LiteralIndex`] this prefilter shares and its place there:
     /// a stored value is scanned once for the literals of every prefilter
     /// of the index, instead of once per prefilter.
-    shared: OnceLock<(Arc<LiteralIndex>, u16)>,
+    shared: OnceLock<(Arc<LiteralIndex>, u8)>,
 }
 
 /// A second byte test after the rarest byte's: a value holding a literal
@@ -606,13 +606,14 @@ impl Prefilter {
     }
 
     /// The [`LiteralIndex`] this prefilter shares, and its place there.
-    pub(crate) fn shared(&self) -> Option<(&LiteralIndex, u16)> {
+    pub(crate) fn shared(&self) -> Option<(&LiteralIndex, u8)> {
         self.shared.get().map(|(index, at)| (&**index, *at))
     }
 }
 
-/// Most prefilters one [`LiteralIndex`] serves (the bits of a [`Found`]).
-const MAX_SHARED: usize = 256;
+/// Most prefilters one [`LiteralIndex`] serves (the bits of a [`Found`]),
+/// each at a place that is a `u8`.
+const MAX_SHARED: usize = 1 << u8::BITS;
 
 /// Which prefilters of a [`LiteralIndex`] have a literal in a value, one
 /// bit each: a set of places below [`MAX_SHARED`], held as the 256 bits of
@@ -623,14 +624,12 @@ pub(crate) struct Found(ByteSet);
 impl Found {
     /// True when the prefilter at `at` has a literal in the value.
     #[inline]
-    pub(crate) fn has(&self, at: u16) -> bool {
-        u8::try_from(at).is_ok_and(|b| self.0.contains(b))
+    pub(crate) fn has(&self, at: u8) -> bool {
+        self.0.contains(at)
     }
 
-    fn insert(&mut self, at: u16) {
-        if let Ok(b) = u8::try_from(at) {
-            self.0.insert(b);
-        }
+    fn insert(&mut self, at: u8) {
+        self.0.insert(at);
     }
 
     fn union_with(&mut self, other: &Found) {
@@ -711,21 +710,21 @@ impl LiteralIndex {
                 members.push(p);
             }
         }
-        let lits = (0u16..)
+        let lits = (0u8..=u8::MAX)
             .zip(&members)
             .flat_map(|(at, p)| p.lits.iter().map(move |l| (&**l, at)));
         let Some(index) = LiteralIndex::new(lits) else {
             return;
         };
         let index = Arc::new(index);
-        for (at, p) in (0u16..).zip(members) {
+        for (at, p) in (0u8..=u8::MAX).zip(members) {
             let _ = p.shared.set((Arc::clone(&index), at));
         }
     }
 
     /// The index of `lits`, each with its prefilter's place; `None` when
     /// there is none or one is empty.
-    fn new<'a>(lits: impl IntoIterator<Item = (&'a [u8], u16)>) -> Option<LiteralIndex> {
+    fn new<'a>(lits: impl IntoIterator<Item = (&'a [u8], u8)>) -> Option<LiteralIndex> {
         let mut place: HashMap<Vec<u8>, usize> = HashMap::new();
         let mut patterns: Vec<Vec<u8>> = Vec::new();
         let mut sets: Vec<Found> = Vec::new();

@@ -97,7 +97,7 @@ struct PassOver<'i> {
     /// Those that the link's transformations leave as they are (chain
     /// node `last`) and that hold no literal of its `@rx` prefilter, by
     /// its place in the shared [`LiteralIndex`].
-    found: Option<(&'i LiteralIndex, u16)>,
+    found: Option<(&'i LiteralIndex, u8)>,
     last: u32,
 }
 

@@ -424,19 +424,21 @@ impl Metrics {
                 .clone(),
             by_status: Vec::new(),
         });
-        if !r.by_status.iter().any(|(s, _)| *s == status) {
-            let c = self
-                .edge_requests
-                .get_or_create(&EdgeLabels {
-                    route: route.to_string(),
-                    status,
-                })
-                .clone();
-            r.by_status.push((status, c));
-        }
-        if let Some((_, c)) = r.by_status.iter().find(|(s, _)| *s == status) {
-            c.inc();
-        }
+        let counter = match r.by_status.iter().find(|(s, _)| *s == status) {
+            Some((_, c)) => c.clone(),
+            None => {
+                let c = self
+                    .edge_requests
+                    .get_or_create(&EdgeLabels {
+                        route: route.to_string(),
+                        status,
+                    })
+                    .clone();
+                r.by_status.push((status, c.clone()));
+                c
+            }
+        };
+        counter.inc();
         r.latency.observe(seconds);
     }
 
