@@ -22,7 +22,16 @@ pub(crate) struct Rx {
 enum RxImpl {
     Fast(regex::bytes::Regex),
     Fancy(Box<fancy_regex::Regex>),
+    /// A pattern such as `^.*$` that, with `.` matching every byte, matches
+    /// every input whole (CRS 3's 901318 and 920450 capture a value with
+    /// it): the match and its only group are the input, without a search.
+    Whole,
 }
+
+/// Patterns that match every input whole when `.` matches every byte (as
+/// [`Rx::compile`] builds them): leftmost-first, the greedy `.*` runs from
+/// the start to the end.
+const WHOLE_INPUT: [&str; 4] = ["^.*$", "^.*", ".*$", ".*"];
 
 /// Which engine compiled a pattern (load statistics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -269,6 +278,12 @@ impl Rx {
     pub(crate) fn compile(pattern: &str) -> Result<Rx, String> {
         let pattern = &pcre_braces(&pcre_classes(pattern));
         let bytes_pattern = byte_escapes(pattern);
+        if WHOLE_INPUT.contains(&bytes_pattern.as_str()) {
+            return Ok(Rx {
+                re: RxImpl::Whole,
+                prefilter: None,
+            });
+        }
         let build = |unicode: bool| {
             regex::bytes::RegexBuilder::new(if unicode { pattern } else { &bytes_pattern })
                 .dot_matches_new_line(true)
@@ -299,7 +314,7 @@ impl Rx {
 
     pub(crate) fn engine(&self) -> RxEngine {
         match self.re {
-            RxImpl::Fast(_) => RxEngine::Fast,
+            RxImpl::Fast(_) | RxImpl::Whole => RxEngine::Fast,
             RxImpl::Fancy(_) => RxEngine::Fancy,
         }
     }
@@ -342,6 +357,13 @@ impl Rx {
             return false;
         }
         match &self.re {
+            RxImpl::Whole => {
+                if let Some(out) = caps {
+                    out.clear();
+                    out.push(input.to_vec());
+                }
+                true
+            }
             RxImpl::Fast(r) => match caps {
                 None => r.is_match(input),
                 // Most values do not match: the DFA answers that without the
@@ -845,6 +867,48 @@ fn invalid_url_encoding(input: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn whole_input_patterns_agree_with_the_regex_they_stand_for() {
+        let inputs: [&[u8]; 7] = [
+            b"",
+            b"host",
+            b"two\nlines\n",
+            b"\r\n",
+            b"\xff\xfe invalid UTF-8 \x00",
+            "caf\u{e9}".as_bytes(),
+            b"Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0",
+        ];
+        for pattern in WHOLE_INPUT {
+            let rx = Rx::compile(pattern).unwrap();
+            assert!(matches!(rx.re, RxImpl::Whole), "{pattern}");
+            let re = regex::bytes::RegexBuilder::new(pattern)
+                .dot_matches_new_line(true)
+                .unicode(false)
+                .build()
+                .unwrap();
+            for input in inputs {
+                let mut caps = Vec::new();
+                assert_eq!(
+                    rx.is_match(input, Some(&mut caps)),
+                    re.is_match(input),
+                    "{pattern} {input:?}"
+                );
+                let want: Vec<Vec<u8>> = re
+                    .captures(input)
+                    .map(|c| {
+                        c.iter()
+                            .map(|m| m.map_or(vec![], |m| m.as_bytes().to_vec()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                assert_eq!(caps, want, "{pattern} {input:?}");
+            }
+        }
+        // anything more is a search
+        assert!(matches!(Rx::compile("^.+$").unwrap().re, RxImpl::Fast(_)));
+        assert!(matches!(Rx::compile("^(.*)$").unwrap().re, RxImpl::Fast(_)));
+    }
 
     #[test]
     fn detect_sqli_agrees_with_the_library_wrapper() {
