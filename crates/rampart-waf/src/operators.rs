@@ -607,8 +607,15 @@ fn build(name: &str, arg: &str, dir: &Path, at: &Location) -> Result<Op, Error> 
 fn pm(phrases: Vec<String>, at: &Location) -> Result<Phrases, Error> {
     let rare = crate::prefilter::rare_bytes(phrases.iter().map(String::as_bytes));
     let pairs = BytePairs::new(phrases.iter().map(String::as_bytes));
+    // Without the crate's own prefilter: a value reaches the automaton only
+    // after the rare-byte and pair tests found a phrase's bytes in it, and
+    // with hundreds of phrases (`@pmFromFile`) the crate's rare bytes are
+    // common ones, so its prefilter stopped at nearly every byte. The
+    // (contiguous NFA) automaton alone costs 4% less over CRS 3.3.4; a DFA
+    // saved little more and took 17 MB.
     let ac = AhoCorasick::builder()
         .ascii_case_insensitive(true)
+        .prefilter(false)
         .build(phrases)
         .map_err(|e| syntax(at, format!("@pm: {e}")))?;
     Ok(Phrases { ac, rare, pairs })
