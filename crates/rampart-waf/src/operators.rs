@@ -20,7 +20,7 @@ pub(crate) struct Rx {
 
 #[derive(Debug)]
 enum RxImpl {
-    Fast(regex::bytes::Regex),
+    Fast(regex_automata::meta::Regex),
     Fancy(Box<fancy_regex::Regex>),
     /// A pattern such as `^.*$` that, with `.` matching every byte, matches
     /// every input whole (CRS 3's 901318 and 920450 capture a value with
@@ -284,17 +284,37 @@ impl Rx {
                 prefilter: None,
             });
         }
-        let build = |unicode: bool| {
-            regex::bytes::RegexBuilder::new(if unicode { pattern } else { &bytes_pattern })
-                .dot_matches_new_line(true)
-                .unicode(unicode)
-                .size_limit(256 << 20)
-                .dfa_size_limit(64 << 20)
-                .build()
+        // As `regex::bytes::Regex` builds it, but without the regex's own
+        // literal prefilter when ours guards it: a value reaches the regex
+        // only once ours found one of its literals, and a second search for
+        // them (an Aho-Corasick scan for patterns such as 930100's) would
+        // only repeat the work.
+        let build = |unicode: bool, ours: bool| {
+            regex_automata::meta::Builder::new()
+                .configure(
+                    regex_automata::meta::Config::new()
+                        .match_kind(regex_automata::MatchKind::LeftmostFirst)
+                        .utf8_empty(false)
+                        .nfa_size_limit(Some(256 << 20))
+                        .hybrid_cache_capacity(64 << 20)
+                        .auto_prefilter(!ours),
+                )
+                .syntax(
+                    regex_automata::util::syntax::Config::new()
+                        .utf8(false)
+                        .unicode(unicode)
+                        .dot_matches_new_line(true),
+                )
+                .build(if unicode { pattern } else { &bytes_pattern })
+                .map_err(|e| e.to_string())
         };
-        let fast = match build(false) {
-            Ok(r) => Ok((r, Prefilter::new(&bytes_pattern, false))),
-            Err(_) => build(true).map(|r| (r, Prefilter::new(pattern, true))),
+        let bytes_prefilter = Prefilter::new(&bytes_pattern, false);
+        let fast = match build(false, bytes_prefilter.is_some()) {
+            Ok(r) => Ok((r, bytes_prefilter)),
+            Err(_) => {
+                let p = Prefilter::new(pattern, true);
+                build(true, p.is_some()).map(|r| (r, p))
+            }
         };
         match fast {
             Ok((r, prefilter)) => Ok(Rx {
@@ -369,16 +389,23 @@ impl Rx {
                 // Most values do not match: the DFA answers that without the
                 // cost of setting up capture slots.
                 Some(_) if !r.is_match(input) => false,
-                Some(out) => match r.captures(input) {
-                    None => false,
-                    Some(c) => {
-                        out.clear();
-                        for i in 0..c.len().min(10) {
-                            out.push(c.get(i).map(|m| m.as_bytes().to_vec()).unwrap_or_default());
-                        }
-                        true
+                Some(out) => {
+                    let mut c = r.create_captures();
+                    r.captures(input, &mut c);
+                    if !c.is_match() {
+                        return false;
                     }
-                },
+                    out.clear();
+                    for i in 0..c.group_len().min(10) {
+                        out.push(
+                            c.get_group(i)
+                                .and_then(|m| input.get(m.range()))
+                                .map(<[u8]>::to_vec)
+                                .unwrap_or_default(),
+                        );
+                    }
+                    true
+                }
             },
             RxImpl::Fancy(r) => {
                 let text = String::from_utf8_lossy(input);
