@@ -16,9 +16,11 @@
 //! benchmark thread (wall-clock rates, which other load on the machine
 //! lowers, are printed beside them). Each level also prints a digest of
 //! every request's matched rule ids, so that two builds can be checked to
-//! decide alike.
+//! decide alike. With `RAMPART_BENCH_RESPONSE=1` every request that passes
+//! is followed, as in the edge, by a small `200 text/plain` response through
+//! the response phases and logging (`Waf::evaluate_response`).
 
-use rampart_waf::{Request, Waf, WafBuilder};
+use rampart_waf::{Request, Response, Waf, WafBuilder};
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::hint::black_box;
@@ -170,6 +172,24 @@ fn cpu_ns() -> Option<u64> {
     s.split_whitespace().next()?.parse().ok()
 }
 
+/// The upstream's answer that `RAMPART_BENCH_RESPONSE=1` puts through the
+/// response phases after each request (set once, in `main`).
+static RESPONSE: std::sync::OnceLock<Option<Response>> = std::sync::OnceLock::new();
+
+/// A small upstream answer, as `scripts/bench-waf`'s upstream sends.
+fn small_response() -> Response {
+    Response {
+        status: 200,
+        protocol: "HTTP/1.1".into(),
+        headers: vec![
+            ("Content-Type".into(), b"text/plain".to_vec()),
+            ("Content-Length".into(), b"20".to_vec()),
+            ("Date".into(), b"Sat, 05 Dec 2026 12:00:00 GMT".to_vec()),
+        ],
+        body: b"hello from upstream\n".to_vec(),
+    }
+}
+
 /// How long to measure: a minimum wall time, or a fixed number of rounds
 /// (for instruction counts under callgrind).
 #[derive(Clone, Copy)]
@@ -183,9 +203,14 @@ enum Budget {
 /// split a run per set (`--dump-after=bench_waf::rate`).
 #[inline(never)]
 fn rate(waf: &Waf, reqs: &[&Request], budget: Budget) -> (f64, Option<f64>) {
+    let resp = RESPONSE.get().and_then(Option::as_ref);
+    let evaluate = |r: &Request| match resp {
+        Some(resp) => waf.evaluate_response(r, resp),
+        None => waf.evaluate(r),
+    };
     if let Budget::Time(_) = budget {
         for r in reqs.iter().cycle().take(reqs.len() * 5) {
-            black_box(waf.evaluate(black_box(r)));
+            black_box(evaluate(black_box(r)));
         }
     }
     let start = Instant::now();
@@ -198,7 +223,7 @@ fn rate(waf: &Waf, reqs: &[&Request], budget: Budget) -> (f64, Option<f64>) {
     } {
         rounds += 1;
         for r in reqs {
-            black_box(waf.evaluate(black_box(r)));
+            black_box(evaluate(black_box(r)));
         }
         n += reqs.len() as u64;
     }
@@ -317,6 +342,11 @@ fn main() -> ExitCode {
             Budget::Time(Duration::from_secs_f64(secs))
         }
     };
+    let with_response = std::env::var_os("RAMPART_BENCH_RESPONSE").is_some_and(|v| v == "1");
+    if with_response {
+        println!("each passing request is followed by a 200 response (phases 3 to 5)");
+    }
+    let _ = RESPONSE.set(with_response.then(small_response));
     let mut results = Vec::new();
     for pl in levels {
         match run(Path::new(&dir), pl, budget) {
