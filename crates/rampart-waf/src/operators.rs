@@ -703,7 +703,13 @@ fn byte_range(arg: &str, at: &Location) -> Result<Box<[bool; 256]>, Error> {
 
 /// Parses a number as C's `atoi` does: leading sign and digits, else 0.
 pub(crate) fn atoi(s: &[u8]) -> i64 {
-    let s = trim_ascii(s);
+    // leading white space, a sign, then digits up to the first other byte
+    // (what follows the number, white space included, is never read)
+    let start = s
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(s.len());
+    let s = s.get(start..).unwrap_or(&[]);
     let (neg, digits) = match s.first() {
         Some(b'-') => (true, s.get(1..).unwrap_or(&[])),
         Some(b'+') => (false, s.get(1..).unwrap_or(&[])),
@@ -721,17 +727,6 @@ pub(crate) fn atoi(s: &[u8]) -> i64 {
     } else {
         v
     }
-}
-
-fn trim_ascii(s: &[u8]) -> &[u8] {
-    let start = s.iter().take_while(|c| c.is_ascii_whitespace()).count();
-    let s = s.get(start..).unwrap_or(&[]);
-    let end = s.len()
-        - s.iter()
-            .rev()
-            .take_while(|c| c.is_ascii_whitespace())
-            .count();
-    s.get(..end).unwrap_or(&[])
 }
 
 fn find(h: &[u8], n: &[u8]) -> Option<usize> {
@@ -901,6 +896,29 @@ fn invalid_url_encoding(input: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn atoi_reads_as_c_does() {
+        let cases: [(&[u8], i64); 14] = [
+            (b"", 0),
+            (b"0", 0),
+            (b"1", 1),
+            (b"42", 42),
+            (b"  7", 7),
+            (b"\t\n 8 ", 8),
+            (b"-5", -5),
+            (b"+6", 6),
+            (b"12abc", 12),
+            (b"1 2", 1),
+            (b"abc", 0),
+            (b"-", 0),
+            (b" - 3", 0),
+            (b"99999999999999999999999", i64::MAX),
+        ];
+        for (input, want) in cases {
+            assert_eq!(atoi(input), want, "{input:?}");
+        }
+    }
 
     #[test]
     fn whole_input_patterns_agree_with_the_regex_they_stand_for() {
