@@ -6,9 +6,9 @@ use crate::actions::{
 };
 use crate::error::{syntax, Error, Location};
 use crate::lexer::{lex, Directive};
-use crate::operators::{Op, Operator, RxEngine};
+use crate::operators::{atoi, Op, Operator, RxEngine};
 use crate::prefilter::{ByteSet, LiteralIndex, Prefilter};
-use crate::rule::{Rule, RuleBody};
+use crate::rule::{Cmp, Rule, RuleBody, TxCompare};
 use crate::transaction::SeededState;
 use crate::transformations::Transform;
 use crate::variables::{parse_targets, Kind, Selector, VarName};
@@ -189,6 +189,7 @@ impl WafBuilder {
         }
         for r in &mut rules {
             tx_keys.select(r);
+            set_tx_compare(r);
         }
         let mut sel_keys = SelKeys::new(hash_seed);
         for r in &mut rules {
@@ -296,6 +297,7 @@ impl WafBuilder {
                     tf_path: Vec::new(),
                     skip_bytes: None,
                     skip_slots: Vec::new(),
+                    tx_compare: None,
                 });
             }
             "secdefaultaction" => {
@@ -467,6 +469,7 @@ impl WafBuilder {
                 tf_path: Vec::new(),
                 skip_bytes: None,
                 skip_slots: Vec::new(),
+                tx_compare: None,
             };
             parent.last_link_mut().chain = Some(Box::new(link));
             if chain {
@@ -506,6 +509,7 @@ impl WafBuilder {
             tf_path: Vec::new(),
             skip_bytes: None,
             skip_slots: Vec::new(),
+            tx_compare: None,
         };
         if chain {
             self.open_chain = Some(rule);
@@ -793,6 +797,49 @@ impl SelKeys {
             self.intern_rule(c);
         }
     }
+}
+
+/// Fills [`Rule::tx_compare`] for a link and its chain, once TX keys have
+/// their ids.
+fn set_tx_compare(r: &mut Rule) {
+    r.tx_compare = tx_compare(r);
+    if let Some(c) = r.chain.as_deref_mut() {
+        set_tx_compare(c);
+    }
+}
+
+/// A link whose only target is one TX key (its value, or with `&` whether
+/// it is set), with no exclusion and no transformation, compared by a
+/// numeric operator with a number written in the rule.
+fn tx_compare(r: &Rule) -> Option<TxCompare> {
+    let RuleBody::Match { targets, op } = &r.body else {
+        return None;
+    };
+    let [t] = targets.targets.as_slice() else {
+        return None;
+    };
+    if t.var != VarName::Tx
+        || !matches!(t.selector, Selector::Key(_))
+        || !targets.exclusions.is_empty()
+        || !r.actions.transforms.is_empty()
+    {
+        return None;
+    }
+    let (cmp, m) = match &op.op {
+        Op::Eq(m) => (Cmp::Eq, m),
+        Op::Ge(m) => (Cmp::Ge, m),
+        Op::Gt(m) => (Cmp::Gt, m),
+        Op::Le(m) => (Cmp::Le, m),
+        Op::Lt(m) => (Cmp::Lt, m),
+        _ => return None,
+    };
+    Some(TxCompare {
+        tx_id: t.tx_id?,
+        count: t.count,
+        cmp,
+        value: atoi(m.as_literal()?.as_bytes()),
+        negated: op.negated,
+    })
 }
 
 /// The literal prefilters of the `@rx` operators of a rule and its chain.

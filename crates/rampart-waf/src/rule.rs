@@ -47,6 +47,46 @@ pub(crate) struct Rule {
     /// [`crate::engine::NO_KEY`]); `None` for a target always read (TX, a
     /// count, MATCHED_*, or a whole collection without `skip_bytes`).
     pub skip_slots: Vec<Option<(u8, bool, u8)>>,
+    /// Filled by [`crate::engine::WafBuilder::build`] for a link that only
+    /// compares one TX value with a number (CRS's paranoia-level gates, its
+    /// `&TX:key "@eq 0"` defaults), so that a link that does not match is
+    /// told without being set up.
+    pub tx_compare: Option<TxCompare>,
+}
+
+/// A link that compares one TX key's value (or, with `count`, whether the
+/// key is set: 1 or 0) with `value`; see [`Rule::tx_compare`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TxCompare {
+    pub tx_id: u32,
+    pub count: bool,
+    pub cmp: Cmp,
+    pub value: i64,
+    pub negated: bool,
+}
+
+/// The numeric operators.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Cmp {
+    Eq,
+    Ge,
+    Gt,
+    Le,
+    Lt,
+}
+
+impl TxCompare {
+    /// Whether the (possibly negated) operator matches the number `n`.
+    pub(crate) fn holds(&self, n: i64) -> bool {
+        let r = match self.cmp {
+            Cmp::Eq => n == self.value,
+            Cmp::Ge => n >= self.value,
+            Cmp::Gt => n > self.value,
+            Cmp::Le => n <= self.value,
+            Cmp::Lt => n < self.value,
+        };
+        r != self.negated
+    }
 }
 
 /// Most targets of a link whose stored slots are tested before the link

@@ -19,7 +19,7 @@ use crate::macros::{Macro, Seg};
 use crate::operators::{atoi, eval_with, Op, Operator};
 use crate::prefilter::{ByteSet, LiteralIndex, ValueFacts};
 use crate::request::{Action, Request, Response, RuleMatch, Verdict};
-use crate::rule::{Rule, RuleBody, SKIP_SLOTS};
+use crate::rule::{Rule, RuleBody, TxCompare, SKIP_SLOTS};
 use crate::small::SmallBytes;
 use crate::transformations::Transform;
 use crate::variables::{Exclusion, Kind, Selector, Target, VarName, VAR_COUNT};
@@ -1265,6 +1265,13 @@ impl<'w> Transaction<'w> {
         // the number of hits, and their captures when the link captures
         let (n, caps) = match &link.body {
             RuleBody::Match { targets, .. } => {
+                // A TX comparison that does not hold needs no set-up; one
+                // that holds goes the whole way (hits, MATCHED_VAR, actions).
+                if let Some(c) = &link.tx_compare {
+                    if !self.tx_compare_may_hold(c) {
+                        return false;
+                    }
+                }
                 let Some(live) = self.live_targets(link, targets.targets.len()) else {
                     return false;
                 };
@@ -1312,6 +1319,21 @@ impl<'w> Transaction<'w> {
         match &link.chain {
             Some(child) => self.eval_link(idx, top, child),
             None => true,
+        }
+    }
+
+    /// False when a [`TxCompare`] link cannot match: its key's value (or
+    /// whether it is set) fails the comparison, or the key is not set. True
+    /// whenever ctl target removals are in force, which the full path reads.
+    fn tx_compare_may_hold(&self, c: &TxCompare) -> bool {
+        if !self.removed_targets_by_id.is_empty() || !self.removed_targets_by_tag.is_empty() {
+            return true;
+        }
+        let value = self.tx_named.get(c.tx_id as usize).and_then(Option::as_ref);
+        match (c.count, value) {
+            (true, v) => c.holds(i64::from(v.is_some())),
+            (false, Some(v)) => c.holds(atoi(v)),
+            (false, None) => false,
         }
     }
 
@@ -2334,6 +2356,37 @@ SecRule REQUEST_URI "@rx /etc/passwd" "id:6,phase:1,pass,t:none"
                 assert_eq!(waf.evaluate(req).matched_ids, *want, "{req:?}");
             }
         }
+    }
+
+    #[test]
+    fn tx_comparisons_decide_as_the_full_path_does() {
+        // links that compare one TX key with a number: told without set-up
+        // when they fail, the full way when they hold; negated, counted,
+        // unset, non-numeric and removed by a ctl
+        let rules = r#"
+SecAction "id:1,phase:1,pass,nolog,setvar:tx.level=2,setvar:tx.word=abc"
+SecRule TX:LEVEL "@lt 2" "id:10,phase:1,pass"
+SecRule TX:level "@ge 2" "id:11,phase:1,pass,setvar:tx.seen=%{MATCHED_VAR}"
+SecRule TX:seen "@eq 2" "id:12,phase:1,pass"
+SecRule TX:level "!@eq 2" "id:13,phase:1,pass"
+SecRule TX:level "!@gt 2" "id:14,phase:1,pass"
+SecRule &TX:level "@eq 0" "id:15,phase:1,pass"
+SecRule &TX:level "@eq 1" "id:16,phase:1,pass"
+SecRule &TX:unset "@eq 0" "id:17,phase:1,pass"
+SecRule TX:unset "@eq 0" "id:18,phase:1,pass"
+SecRule TX:word "@eq 0" "id:19,phase:1,pass"
+SecRule TX:word "@le -1" "id:20,phase:1,pass"
+SecRule ARGS:drop "@streq 1" "id:30,phase:1,pass,nolog,ctl:ruleRemoveTargetById=31;TX:level"
+SecRule TX:level "@eq 2" "id:31,phase:1,pass"
+SecRule &TX:level "@eq 0" "id:32,phase:1,pass,ctl:ruleRemoveTargetById=33;TX:level"
+SecRule &TX:level "@eq 1" "id:33,phase:1,pass"
+"#;
+        let waf = Waf::from_str_named("t.conf", rules).unwrap();
+        let v = waf.evaluate(&Request::new("GET", "/"));
+        assert_eq!(v.matched_ids, [1, 11, 12, 14, 16, 17, 19, 31, 33]);
+        // rule 31 loses its only target to rule 30's ctl
+        let v = waf.evaluate(&Request::new("GET", "/?drop=1"));
+        assert_eq!(v.matched_ids, [1, 11, 12, 14, 16, 17, 19, 30, 33]);
     }
 
     #[test]
