@@ -49,8 +49,8 @@ pub(crate) struct Rule {
     pub skip_slots: Vec<Option<(u8, bool, u8)>>,
     /// Filled by [`crate::engine::WafBuilder::build`] for a link that only
     /// compares one TX value with a number (CRS's paranoia-level gates, its
-    /// `&TX:key "@eq 0"` defaults), so that a link that does not match is
-    /// told without being set up.
+    /// `&TX:key "@eq 0"` defaults), so that the link is told, and its one
+    /// hit made, without being set up.
     pub tx_compare: Option<TxCompare>,
 }
 

@@ -1265,19 +1265,24 @@ impl<'w> Transaction<'w> {
         // the number of hits, and their captures when the link captures
         let (n, caps) = match &link.body {
             RuleBody::Match { targets, .. } => {
-                // A TX comparison that does not hold needs no set-up; one
-                // that holds goes the whole way (hits, MATCHED_VAR, actions).
-                if let Some(c) = &link.tx_compare {
-                    if !self.tx_compare_may_hold(c) {
-                        return false;
-                    }
-                }
-                let Some(live) = self.live_targets(link, targets.targets.len()) else {
-                    return false;
-                };
                 // one buffer for every link's hits, kept between links
                 let mut hits = std::mem::take(&mut self.hit_buf);
-                self.match_link(idx, top, link, live, &mut hits);
+                // A TX comparison is told without set-up: the one hit it
+                // yields when it holds is the one the full way would.
+                match link
+                    .tx_compare
+                    .as_ref()
+                    .zip(targets.targets.first())
+                    .and_then(|(c, t)| self.tx_compare_hit(c, t, link.actions.capture))
+                {
+                    Some(Some(hit)) => hits.push(hit),
+                    Some(None) => {}
+                    None => {
+                        if let Some(live) = self.live_targets(link, targets.targets.len()) {
+                            self.match_link(idx, top, link, live, &mut hits);
+                        }
+                    }
+                }
                 if hits.is_empty() {
                     self.hit_buf = hits;
                     return false;
@@ -1322,19 +1327,42 @@ impl<'w> Transaction<'w> {
         }
     }
 
-    /// False when a [`TxCompare`] link cannot match: its key's value (or
-    /// whether it is set) fails the comparison, or the key is not set. True
-    /// whenever ctl target removals are in force, which the full path reads.
-    fn tx_compare_may_hold(&self, c: &TxCompare) -> bool {
+    /// A [`TxCompare`] link told without set-up: `Some(None)` when it does
+    /// not match (its key's value, or whether it is set, fails the
+    /// comparison, or the key is not set), `Some(Some(hit))` with the hit the
+    /// full way would record when it does; `None` (take the full way) while
+    /// ctl target removals are in force, or for a holding link that captures.
+    fn tx_compare_hit(
+        &self,
+        c: &TxCompare,
+        t: &'w Target,
+        capture: bool,
+    ) -> Option<Option<Hit<'w>>> {
         if !self.removed_targets_by_id.is_empty() || !self.removed_targets_by_tag.is_empty() {
-            return true;
+            return None;
         }
         let value = self.tx_named.get(c.tx_id as usize).and_then(Option::as_ref);
-        match (c.count, value) {
-            (true, v) => c.holds(i64::from(v.is_some())),
-            (false, Some(v)) => c.holds(atoi(v)),
-            (false, None) => false,
+        let mut digits = itoa::Buffer::new();
+        let seen: &[u8] = match (c.count, value) {
+            (true, v) => {
+                let n = i64::from(v.is_some());
+                if !c.holds(n) {
+                    return Some(None);
+                }
+                digits.format(n).as_bytes()
+            }
+            (false, Some(v)) if c.holds(atoi(v)) => v,
+            (false, _) => return Some(None),
+        };
+        if capture {
+            return None;
         }
+        let name = t.fixed_name.as_deref()?;
+        Some(Some(Hit {
+            name: Cow::Borrowed(name),
+            value: SmallBytes::copy_of(seen),
+            caps: None,
+        }))
     }
 
     fn set_captures(&mut self, caps: &[Vec<u8>]) {
@@ -2384,6 +2412,24 @@ SecRule &TX:level "@eq 1" "id:33,phase:1,pass"
         let waf = Waf::from_str_named("t.conf", rules).unwrap();
         let v = waf.evaluate(&Request::new("GET", "/"));
         assert_eq!(v.matched_ids, [1, 11, 12, 14, 16, 17, 19, 31, 33]);
+        let names: Vec<(u64, &str)> = v
+            .matched_rules
+            .iter()
+            .map(|m| (m.id, m.matched_var_name.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                (11, "TX:level"),
+                (12, "TX:seen"),
+                (14, "TX:level"),
+                (16, "&TX"),
+                (17, "&TX"),
+                (19, "TX:word"),
+                (31, "TX:level"),
+                (33, "&TX")
+            ]
+        );
         // rule 31 loses its only target to rule 30's ctl
         let v = waf.evaluate(&Request::new("GET", "/?drop=1"));
         assert_eq!(v.matched_ids, [1, 11, 12, 14, 16, 17, 19, 30, 33]);
