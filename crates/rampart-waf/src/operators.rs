@@ -217,6 +217,10 @@ fn quantifier_len(b: &[u8]) -> Option<usize> {
 /// `regex` crate does not: `[` (a nested class there, unless it opens a POSIX
 /// class like `[:alpha:]`) and `&&`/`~~` (set operations there). CRS 3.3
 /// writes classes such as `[^"(),\/:;<=>?![\x5c\]{}]` (920470).
+///
+/// Also `\<` and `\>`: in PCRE an escaped punctuation character is that
+/// character, in the `regex` crate these two are word boundaries (and refused
+/// inside a class, so CRS 3's 921200 fell to the backtracking engine).
 fn pcre_classes(pattern: &str) -> String {
     let mut out = String::with_capacity(pattern.len() + 8);
     let mut in_class = false;
@@ -224,9 +228,13 @@ fn pcre_classes(pattern: &str) -> String {
     let mut chars = pattern.chars().peekable();
     while let Some(c) = chars.next() {
         if c == '\\' {
-            out.push(c);
-            if let Some(n) = chars.next() {
-                out.push(n);
+            match chars.next() {
+                Some(n @ ('<' | '>')) => out.push(n),
+                Some(n) => {
+                    out.push(c);
+                    out.push(n);
+                }
+                None => out.push(c),
             }
             class_start = false;
             continue;
@@ -918,6 +926,25 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(atoi(input), want, "{input:?}");
         }
+    }
+
+    #[test]
+    fn escaped_angle_brackets_are_the_characters_as_in_pcre() {
+        // in the regex crate `\<` and `\>` are word boundaries, refused in
+        // a class; PCRE (ModSecurity) reads both as the characters
+        let rx = Rx::compile(r"a\<b\>c").unwrap();
+        assert!(matches!(rx.re, RxImpl::Fast(_)));
+        assert!(rx.is_match(b"xa<b>cx", None));
+        assert!(!rx.is_match(b"a b c", None));
+        let rx = Rx::compile(r"^[^\<\>\!]+$").unwrap();
+        assert!(matches!(rx.re, RxImpl::Fast(_)));
+        assert!(rx.is_match(b"plain", None));
+        assert!(!rx.is_match(b"a<b", None));
+        assert!(!rx.is_match(b"a>b", None));
+        // an escaped backslash before `<` stays a backslash
+        let rx = Rx::compile(r"\\<").unwrap();
+        assert!(rx.is_match(b"\\<", None));
+        assert!(!rx.is_match(b"<", None));
     }
 
     #[test]
