@@ -298,6 +298,7 @@ impl WafBuilder {
                     skip_bytes: None,
                     skip_slots: Vec::new(),
                     tx_compare: None,
+                    tf_bytes: Vec::new(),
                 });
             }
             "secdefaultaction" => {
@@ -470,6 +471,7 @@ impl WafBuilder {
                 skip_bytes: None,
                 skip_slots: Vec::new(),
                 tx_compare: None,
+                tf_bytes: Vec::new(),
             };
             parent.last_link_mut().chain = Some(Box::new(link));
             if chain {
@@ -510,6 +512,7 @@ impl WafBuilder {
             skip_bytes: None,
             skip_slots: Vec::new(),
             tx_compare: None,
+            tf_bytes: Vec::new(),
         };
         if chain {
             self.open_chain = Some(rule);
@@ -595,6 +598,12 @@ pub(crate) const ROOT_NODE: u32 = 0;
 /// Resolves the transformation chains of a rule and its chain links.
 fn prepare(r: &mut Rule, chains: &mut ChainTrie) {
     r.tf_path = chains.path(&r.actions.transforms);
+    r.tf_bytes = r
+        .actions
+        .transforms
+        .iter()
+        .map(|t| (t.triggers(), t.introduces()))
+        .collect();
     let last = r.tf_path.last().copied().unwrap_or(ROOT_NODE);
     let triggers = chains.triggers.get(last as usize).copied().flatten();
     r.skip_bytes = match &r.body {

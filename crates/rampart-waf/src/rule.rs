@@ -52,7 +52,16 @@ pub(crate) struct Rule {
     /// `&TX:key "@eq 0"` defaults), so that the link is told, and its one
     /// hit made, without being set up.
     pub tx_compare: Option<TxCompare>,
+    /// Filled by [`crate::engine::WafBuilder::build`]: per transformation
+    /// of this link, its trigger bytes and the bytes it may introduce
+    /// ([`crate::transformations::Transform::triggers`], `introduces`),
+    /// worked out once for [`crate::transformations::chain_may_hold`].
+    pub tf_bytes: Vec<TfBytes>,
 }
+
+/// A transformation's trigger bytes and the bytes it may introduce (`None`:
+/// it may change any value; it may produce any byte).
+pub(crate) type TfBytes = (Option<ByteSet>, Option<ByteSet>);
 
 /// A link that compares one TX key's value (or, with `count`, whether the
 /// key is set: 1 or 0) with `value`; see [`Rule::tx_compare`].

@@ -19,9 +19,9 @@ use crate::macros::{Macro, Seg};
 use crate::operators::{atoi, eval_with, Op, Operator};
 use crate::prefilter::{ByteSet, LiteralIndex, ValueFacts};
 use crate::request::{Action, Request, Response, RuleMatch, Verdict};
-use crate::rule::{Rule, RuleBody, TxCompare, SKIP_SLOTS};
+use crate::rule::{Rule, RuleBody, TfBytes, TxCompare, SKIP_SLOTS};
 use crate::small::SmallBytes;
-use crate::transformations::Transform;
+use crate::transformations::{chain_may_hold, Transform};
 use crate::variables::{Exclusion, Kind, Selector, Target, VarName, VAR_COUNT};
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
@@ -287,6 +287,8 @@ struct LinkCheck<'r> {
     op: &'r Operator,
     transforms: &'r [Transform],
     tf_path: &'r [u32],
+    /// The transformations' trigger and introduced bytes ([`Rule::tf_bytes`]).
+    tf_bytes: &'r [TfBytes],
     want_caps: bool,
     multi: bool,
     /// The operator (`@rx` with a prefilter, `@pm`) can reject a value by
@@ -1442,6 +1444,7 @@ impl<'w> Transaction<'w> {
             op,
             transforms: &link.actions.transforms,
             tf_path: &link.tf_path,
+            tf_bytes: &link.tf_bytes,
             want_caps: link.actions.capture,
             multi: link.actions.multi_match || top.actions.multi_match,
             wants_bytes: match &op.op {
@@ -1513,8 +1516,15 @@ impl<'w> Transaction<'w> {
         let root = v.id.map(|_| v.bytes);
         let last = ctx.tf_path.last().copied().unwrap_or(ROOT_NODE);
         let unchanged = root.filter(|r| self.leaves_unchanged(last, r));
-        if let (Some(need), Some(root)) = (ctx.required, &unchanged) {
-            if !root.intersects(need) {
+        if let (Some(need), Some(root)) = (ctx.required, &root) {
+            // A value the chain changes: none of its stages can hold a
+            // needed byte when the value lacks them and the transformations
+            // that may change it cannot introduce one (lowercase, cmdLine…).
+            let may_hold = match unchanged {
+                Some(_) => root.intersects(need),
+                None => chain_may_hold(ctx.tf_bytes, root, need),
+            };
+            if !may_hold {
                 return;
             }
         }

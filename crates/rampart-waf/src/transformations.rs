@@ -2,6 +2,7 @@
 //! ModSecurity's behaviour as pinned by the secrules-language-tests vectors.
 
 use crate::prefilter::ByteSet;
+use crate::rule::TfBytes;
 use std::borrow::Cow;
 
 /// One transformation.
@@ -120,6 +121,39 @@ impl Transform {
             SqlHexDecode => ByteSet::from_bytes(b"xX"),
             Utf8ToUnicode => ByteSet::range(0x80, 0xff),
             Base64Decode | Base64DecodeExt | Base64Encode | HexDecode | HexEncode | Length
+            | Sha1 | Md5 => return None,
+        })
+    }
+
+    /// The bytes the transformation may put into its output that were not
+    /// in its input (when it changes it at all, see [`Transform::triggers`]);
+    /// `None` when it may produce any byte (decoders, hashes, encodings).
+    /// An over-approximation: bytes it only removes or keeps are not listed.
+    pub(crate) fn introduces(self) -> Option<ByteSet> {
+        use Transform::*;
+        Some(match self {
+            Lowercase => ByteSet::range(b'a', b'z'),
+            Uppercase => ByteSet::range(b'A', b'Z'),
+            // lowercases, and writes one space for a run of separators
+            CmdLine => {
+                let mut t = ByteSet::range(b'a', b'z');
+                t.union_with(&ByteSet::from_bytes(b" "));
+                t
+            }
+            CompressWhitespace | ReplaceNulls | ReplaceComments => ByteSet::from_bytes(b" "),
+            RemoveWhitespace | RemoveNulls | Trim | TrimLeft | TrimRight => ByteSet::default(),
+            // segments removed; the Windows form turns `\` into `/`
+            NormalizePath | NormalizePathWin => ByteSet::from_bytes(b"/."),
+            // `%uXXXX`, lower-case hex digits
+            Utf8ToUnicode => {
+                let mut t = ByteSet::range(b'0', b'9');
+                t.union_with(&ByteSet::range(b'a', b'f'));
+                t.union_with(&ByteSet::from_bytes(b"%u"));
+                t
+            }
+            UrlDecode | UrlDecodeUni | UrlEncode | HtmlEntityDecode | JsDecode | CssDecode
+            | EscapeSeqDecode | RemoveComments | RemoveCommentsChar | SqlHexDecode
+            | Base64Decode | Base64DecodeExt | Base64Encode | HexDecode | HexEncode | Length
             | Sha1 | Md5 => return None,
         })
     }
@@ -802,6 +836,25 @@ fn trim_right(s: &[u8]) -> &[u8] {
     s.get(..s.len() - n).unwrap_or(&[])
 }
 
+/// Whether a value holding the bytes `present` may, after a chain of
+/// transformations (or at any stage of it, for multiMatch), hold a byte of
+/// `need`: false means no stage can. `chain` is each transformation's
+/// [`TfBytes`]: one the value holds no trigger byte of leaves it as it is;
+/// one that may change it adds the bytes it may introduce.
+pub(crate) fn chain_may_hold(chain: &[TfBytes], present: &ByteSet, need: &ByteSet) -> bool {
+    let mut present = *present;
+    for (triggers, introduces) in chain {
+        if triggers.is_some_and(|tr| !tr.intersects(&present)) {
+            continue;
+        }
+        match introduces {
+            Some(i) => present.union_with(i),
+            None => return true,
+        }
+    }
+    present.intersects(need)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -860,18 +913,81 @@ mod tests {
         "trimRight",
     ];
 
-    #[test]
-    fn values_without_trigger_bytes_are_left_unchanged() {
-        // xorshift: deterministic inputs over every byte, and over the
-        // bytes each transformation does not list as triggers
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
+    /// A seeded xorshift64 sequence: deterministic test data.
+    fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+        move || {
             seed ^= seed << 13;
             seed ^= seed >> 7;
             seed ^= seed << 17;
             seed
+        }
+    }
+
+    /// Bytes that the transformations treat specially.
+    const INTERESTING: &[u8] = b"aZ09 %+&\\/.*-#<>!;'\"^,\t\r\n\0\x0b\xa0\xc3\xa9xX()u";
+
+    #[test]
+    fn introduced_bytes_cover_every_new_byte_of_the_output() {
+        // what `chain_may_hold` relies on: a transformation's output holds
+        // only bytes of its input and bytes it lists as introduced
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d);
+        let all: Vec<u8> = (0..=255u8).collect();
+        for name in ALL_NAMES {
+            let tf = Transform::parse(name).unwrap();
+            let Some(intro) = tf.introduces() else {
+                continue;
+            };
+            for round in 0..4000 {
+                let len = (next() % 24) as usize;
+                let pool: &[u8] = if round % 2 == 0 { &all } else { INTERESTING };
+                let input: Vec<u8> = (0..len)
+                    .map(|_| pool[(next() % pool.len() as u64) as usize])
+                    .collect();
+                let mut allowed = ByteSet::of(&input);
+                allowed.union_with(&intro);
+                let out = tf.apply(&input);
+                assert!(
+                    out.iter().all(|b| allowed.intersects(&ByteSet::of(&[*b]))),
+                    "{name}: {input:?} -> {out:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn chain_may_hold_follows_the_chain() {
+        let facts = |names: &[&str]| -> Vec<TfBytes> {
+            names
+                .iter()
+                .map(|n| {
+                    let t = Transform::parse(n).unwrap();
+                    (t.triggers(), t.introduces())
+                })
+                .collect()
         };
-        let interesting = b"aZ09 %+&\\/.*-#<>!;'\"^,\t\r\n\0\x0b\xa0\xc3\xa9xX()u";
+        let dot = ByteSet::from_bytes(b".");
+        let lower = facts(&["lowercase", "cmdLine", "removeNulls"]);
+        // lowercase and cmdLine cannot bring a dot
+        assert!(!chain_may_hold(&lower, &ByteSet::of(b"Mozilla X11"), &dot));
+        assert!(chain_may_hold(&lower, &ByteSet::of(b"Mozilla/5.0"), &dot));
+        // a decoder may bring anything, but only when triggered
+        let decode = facts(&["urlDecodeUni", "lowercase"]);
+        assert!(chain_may_hold(&decode, &ByteSet::of(b"a%2eb"), &dot));
+        assert!(!chain_may_hold(&decode, &ByteSet::of(b"AB"), &dot));
+        // lowercase brings letters
+        assert!(chain_may_hold(
+            &lower,
+            &ByteSet::of(b"ABC"),
+            &ByteSet::from_bytes(b"a")
+        ));
+    }
+
+    #[test]
+    fn values_without_trigger_bytes_are_left_unchanged() {
+        // xorshift: deterministic inputs over every byte, and over the
+        // bytes each transformation does not list as triggers
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
+        let interesting = INTERESTING;
         for name in ALL_NAMES {
             let tf = Transform::parse(name).unwrap();
             let Some(trig) = tf.triggers() else {
