@@ -299,6 +299,7 @@ impl WafBuilder {
                     skip_slots: Vec::new(),
                     tx_compare: None,
                     tf_bytes: Vec::new(),
+                    tags: std::sync::Arc::from([]),
                 });
             }
             "secdefaultaction" => {
@@ -472,6 +473,7 @@ impl WafBuilder {
                 skip_slots: Vec::new(),
                 tx_compare: None,
                 tf_bytes: Vec::new(),
+                tags: std::sync::Arc::from([]),
             };
             parent.last_link_mut().chain = Some(Box::new(link));
             if chain {
@@ -513,6 +515,7 @@ impl WafBuilder {
             skip_slots: Vec::new(),
             tx_compare: None,
             tf_bytes: Vec::new(),
+            tags: std::sync::Arc::from([]),
         };
         if chain {
             self.open_chain = Some(rule);
@@ -604,6 +607,7 @@ fn prepare(r: &mut Rule, chains: &mut ChainTrie) {
         .iter()
         .map(|t| (t.triggers(), t.introduces()))
         .collect();
+    r.tags = r.actions.tags.iter().cloned().collect();
     let last = r.tf_path.last().copied().unwrap_or(ROOT_NODE);
     let triggers = chains.triggers.get(last as usize).copied().flatten();
     r.skip_bytes = match &r.body {

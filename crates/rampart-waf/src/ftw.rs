@@ -675,7 +675,7 @@ pub fn log_text(v: &Verdict) -> String {
         if let Some(s) = r.severity {
             out.push_str(&format!(" [severity \"{s}\"]"));
         }
-        for t in &r.tags {
+        for t in r.tags.iter() {
             out.push_str(&format!(" [tag \"{t}\"]"));
         }
         out.push_str(&format!(" against variable `{}'\n", r.matched_var_name));
@@ -822,7 +822,7 @@ tests:
                     msg: "m".into(),
                     data: "found within ARGS:x".into(),
                     severity: Some(2),
-                    tags: vec![],
+                    tags: std::sync::Arc::from([]),
                     matched_var_name: "ARGS:x".into(),
                 })
                 .collect(),

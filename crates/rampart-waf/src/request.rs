@@ -121,8 +121,8 @@ pub struct RuleMatch {
     pub data: String,
     /// Severity 0 (emergency) to 7 (debug), if the rule set one.
     pub severity: Option<u8>,
-    /// `tag` values.
-    pub tags: Vec<String>,
+    /// `tag` values, shared with the rule (a match copies no strings).
+    pub tags: std::sync::Arc<[String]>,
     /// The variable that matched last, e.g. `ARGS:id`.
     pub matched_var_name: String,
 }

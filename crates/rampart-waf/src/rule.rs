@@ -57,6 +57,9 @@ pub(crate) struct Rule {
     /// ([`crate::transformations::Transform::triggers`], `introduces`),
     /// worked out once for [`crate::transformations::chain_may_hold`].
     pub tf_bytes: Vec<TfBytes>,
+    /// Filled by [`crate::engine::WafBuilder::build`]: the `tag` values,
+    /// shared with every [`crate::RuleMatch`] of this rule.
+    pub tags: std::sync::Arc<[String]>,
 }
 
 /// A transformation's trigger bytes and the bytes it may introduce (`None`:

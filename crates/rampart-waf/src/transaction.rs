@@ -1253,7 +1253,7 @@ impl<'w> Transaction<'w> {
                 msg: String::from_utf8_lossy(&msg).into_owned(),
                 data: String::from_utf8_lossy(&data).into_owned(),
                 severity: rule.actions.severity,
-                tags: rule.actions.tags.clone(),
+                tags: std::sync::Arc::clone(&rule.tags),
                 matched_var_name: self
                     .matched_var()
                     .map(|(n, _)| n.to_string())
@@ -2443,6 +2443,18 @@ SecRule &TX:level "@eq 1" "id:33,phase:1,pass"
         // rule 31 loses its only target to rule 30's ctl
         let v = waf.evaluate(&Request::new("GET", "/?drop=1"));
         assert_eq!(v.matched_ids, [1, 11, 12, 14, 16, 17, 19, 30, 33]);
+    }
+
+    #[test]
+    fn matches_carry_the_tags_updates_added() {
+        let rules = r#"
+SecRule ARGS "@streq x" "id:1,phase:1,pass,log,tag:'first'"
+SecRuleUpdateActionById 1 "tag:'second'"
+"#;
+        let waf = Waf::from_str_named("t.conf", rules).unwrap();
+        let v = waf.evaluate(&Request::new("GET", "/?a=x"));
+        let m = v.matched_rules.first().unwrap();
+        assert_eq!(&*m.tags, ["first", "second"]);
     }
 
     #[test]

@@ -65,7 +65,7 @@ fn sqli_is_blocked_by_anomaly_score_with_details() {
         "Matched Data: union select found within ARGS:q: 1' union select password"
     );
     assert_eq!(m.severity, Some(2));
-    assert_eq!(m.tags, vec!["attack-sqli"]);
+    assert_eq!(&*m.tags, ["attack-sqli"]);
     let last = v.matched_rules.last().unwrap();
     assert_eq!(last.msg, "Inbound Anomaly Score Exceeded (Total Score: 5)");
 }
