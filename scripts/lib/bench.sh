@@ -49,7 +49,7 @@ bench_cert() {
 # (what both ModSecurity and Rampart's edge load there).
 waf_rule_files() {
     mkdir -p "$1" "$2"
-    crs_setup=/etc/modsecurity/crs/crs-setup.conf
+    local crs_setup=/etc/modsecurity/crs/crs-setup.conf f
     # ModSecurity's recommended settings that can change a verdict.
     cat > "$1/engine.conf" <<CONF
 SecRuleEngine On

@@ -8,7 +8,7 @@ use crate::error::{syntax, Error, Location};
 use crate::lexer::{lex, Directive};
 use crate::operators::{atoi, Op, Operator, RxEngine};
 use crate::prefilter::{ByteSet, LiteralIndex, Prefilter};
-use crate::rule::{Cmp, Rule, RuleBody, TxCompare};
+use crate::rule::{Rule, RuleBody, TxCompare};
 use crate::transaction::SeededState;
 use crate::transformations::Transform;
 use crate::variables::{parse_targets, Kind, Selector, VarName};
@@ -838,18 +838,13 @@ fn tx_compare(r: &Rule) -> Option<TxCompare> {
     {
         return None;
     }
-    let (cmp, m) = match &op.op {
-        Op::Eq(m) => (Cmp::Eq, m),
-        Op::Ge(m) => (Cmp::Ge, m),
-        Op::Gt(m) => (Cmp::Gt, m),
-        Op::Le(m) => (Cmp::Le, m),
-        Op::Lt(m) => (Cmp::Lt, m),
-        _ => return None,
+    let Op::Num(cmp, m) = &op.op else {
+        return None;
     };
     Some(TxCompare {
         tx_id: t.tx_id?,
         count: t.count,
-        cmp,
+        cmp: *cmp,
         value: atoi(m.as_literal()?.as_bytes()),
         negated: op.negated,
     })

@@ -447,11 +447,9 @@ pub(crate) enum Op {
     RxMacro(Macro),
     Pm(Phrases),
     StrEq(Macro),
-    Eq(Macro),
-    Ge(Macro),
-    Gt(Macro),
-    Le(Macro),
-    Lt(Macro),
+    /// `@eq`, `@ge`, `@gt`, `@le`, `@lt`: the value and the argument read as
+    /// numbers ([`atoi`]).
+    Num(Cmp, Macro),
     Within(Macro),
     BeginsWith(Macro),
     EndsWith(Macro),
@@ -480,11 +478,7 @@ impl Op {
         match self {
             Op::RxMacro(m)
             | Op::StrEq(m)
-            | Op::Eq(m)
-            | Op::Ge(m)
-            | Op::Gt(m)
-            | Op::Le(m)
-            | Op::Lt(m)
+            | Op::Num(_, m)
             | Op::Within(m)
             | Op::BeginsWith(m)
             | Op::EndsWith(m)
@@ -518,6 +512,29 @@ pub(crate) struct Phrases {
     rare: Option<ByteSet>,
     /// The second byte test ([`BytePairs`]).
     pairs: BytePairs,
+}
+
+/// The numeric operators' comparisons.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Cmp {
+    Eq,
+    Ge,
+    Gt,
+    Le,
+    Lt,
+}
+
+impl Cmp {
+    /// Whether `a` compares so with `b` (`@ge`: `a >= b`).
+    pub(crate) fn holds(self, a: i64, b: i64) -> bool {
+        match self {
+            Cmp::Eq => a == b,
+            Cmp::Ge => a >= b,
+            Cmp::Gt => a > b,
+            Cmp::Le => a <= b,
+            Cmp::Lt => a < b,
+        }
+    }
 }
 
 /// An operator with its negation flag.
@@ -585,11 +602,11 @@ fn build(name: &str, arg: &str, dir: &Path, at: &Location) -> Result<Op, Error> 
             Op::Pm(pm(phrases, at)?)
         }
         "streq" => Op::StrEq(m()),
-        "eq" => Op::Eq(m()),
-        "ge" => Op::Ge(m()),
-        "gt" => Op::Gt(m()),
-        "le" => Op::Le(m()),
-        "lt" => Op::Lt(m()),
+        "eq" => Op::Num(Cmp::Eq, m()),
+        "ge" => Op::Num(Cmp::Ge, m()),
+        "gt" => Op::Num(Cmp::Gt, m()),
+        "le" => Op::Num(Cmp::Le, m()),
+        "lt" => Op::Num(Cmp::Lt, m()),
         "within" => Op::Within(m()),
         "beginswith" => Op::BeginsWith(m()),
         "endswith" => Op::EndsWith(m()),
@@ -814,11 +831,7 @@ fn eval_other<'o>(
             None => false,
         },
         Op::StrEq(m) => *arg(m) == *input,
-        Op::Eq(m) => atoi(input) == atoi(&arg(m)),
-        Op::Ge(m) => atoi(input) >= atoi(&arg(m)),
-        Op::Gt(m) => atoi(input) > atoi(&arg(m)),
-        Op::Le(m) => atoi(input) <= atoi(&arg(m)),
-        Op::Lt(m) => atoi(input) < atoi(&arg(m)),
+        Op::Num(cmp, m) => cmp.holds(atoi(input), atoi(&arg(m))),
         Op::Within(m) => {
             let a = arg(m);
             find(&a, input).is_some()

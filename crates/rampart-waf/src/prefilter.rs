@@ -1169,22 +1169,18 @@ fn group_end(b: &[u8], start: usize) -> Option<usize> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A seeded xorshift draw below `n`, for random inputs that every run
     /// repeats.
     fn xorshift(mut seed: u64) -> impl FnMut(usize) -> usize {
-        move |n| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % n as u64) as usize
-        }
+        move |n| (next(&mut seed) % n as u64) as usize
     }
 
-    /// The next value of a xorshift64 sequence: deterministic test data.
-    fn next(x: &mut u64) -> u64 {
+    /// The next value of a xorshift64 sequence: deterministic test data
+    /// (the transformations' tests draw from it too).
+    pub(crate) fn next(x: &mut u64) -> u64 {
         *x ^= *x << 13;
         *x ^= *x >> 7;
         *x ^= *x << 17;

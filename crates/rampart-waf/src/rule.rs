@@ -2,8 +2,9 @@
 
 use crate::actions::{Actions, Disruptive};
 use crate::error::Location;
-use crate::operators::Operator;
+use crate::operators::{Cmp, Operator};
 use crate::prefilter::ByteSet;
+use crate::transformations::TfBytes;
 use crate::variables::Targets;
 
 /// What a rule entry is.
@@ -62,10 +63,6 @@ pub(crate) struct Rule {
     pub tags: std::sync::Arc<[String]>,
 }
 
-/// A transformation's trigger bytes and the bytes it may introduce (`None`:
-/// it may change any value; it may produce any byte).
-pub(crate) type TfBytes = (Option<ByteSet>, Option<ByteSet>);
-
 /// A link that compares one TX key's value (or, with `count`, whether the
 /// key is set: 1 or 0) with `value`; see [`Rule::tx_compare`].
 #[derive(Debug, Clone, Copy)]
@@ -77,27 +74,10 @@ pub(crate) struct TxCompare {
     pub negated: bool,
 }
 
-/// The numeric operators.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Cmp {
-    Eq,
-    Ge,
-    Gt,
-    Le,
-    Lt,
-}
-
 impl TxCompare {
     /// Whether the (possibly negated) operator matches the number `n`.
     pub(crate) fn holds(&self, n: i64) -> bool {
-        let r = match self.cmp {
-            Cmp::Eq => n == self.value,
-            Cmp::Ge => n >= self.value,
-            Cmp::Gt => n > self.value,
-            Cmp::Le => n <= self.value,
-            Cmp::Lt => n < self.value,
-        };
-        r != self.negated
+        self.cmp.holds(n, self.value) != self.negated
     }
 }
 

@@ -2,7 +2,6 @@
 //! ModSecurity's behaviour as pinned by the secrules-language-tests vectors.
 
 use crate::prefilter::ByteSet;
-use crate::rule::TfBytes;
 use std::borrow::Cow;
 
 /// One transformation.
@@ -836,6 +835,11 @@ fn trim_right(s: &[u8]) -> &[u8] {
     s.get(..s.len() - n).unwrap_or(&[])
 }
 
+/// A transformation's trigger bytes and the bytes it may introduce
+/// ([`Transform::triggers`], [`Transform::introduces`]; `None`: it may
+/// change any value, it may produce any byte).
+pub(crate) type TfBytes = (Option<ByteSet>, Option<ByteSet>);
+
 /// Whether a value holding the bytes `present` may, after a chain of
 /// transformations (or at any stage of it, for multiMatch), hold a byte of
 /// `need`: false means no stage can. `chain` is each transformation's
@@ -915,12 +919,7 @@ mod tests {
 
     /// A seeded xorshift64 sequence: deterministic test data.
     fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
-        move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        }
+        move || crate::prefilter::tests::next(&mut seed)
     }
 
     /// Bytes that the transformations treat specially.
