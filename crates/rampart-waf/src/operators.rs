@@ -314,7 +314,11 @@ impl Rx {
                         .dot_matches_new_line(true),
                 )
                 .build(if unicode { pattern } else { &bytes_pattern })
-                .map_err(|e| e.to_string())
+                // the parser's own message says what and where
+                .map_err(|e| {
+                    e.syntax_error()
+                        .map_or_else(|| e.to_string(), |s| s.to_string())
+                })
         };
         let bytes_prefilter = Prefilter::new(&bytes_pattern, false);
         let fast = match build(false, bytes_prefilter.is_some()) {
@@ -939,6 +943,12 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(atoi(input), want, "{input:?}");
         }
+    }
+
+    #[test]
+    fn a_bad_pattern_is_refused_with_the_parsers_reason() {
+        let e = Rx::compile("a(b").err().unwrap();
+        assert!(e.contains("unclosed group"), "{e}");
     }
 
     #[test]
