@@ -496,16 +496,33 @@ impl Op {
     /// When the (non-negated) operator can only match a value that holds
     /// one of these bytes: the rarest byte of each prefilter literal or
     /// phrase, in both ASCII cases; for `@validateByteRange`, the bytes
-    /// outside its ranges.
+    /// outside its ranges; for `@detectSQLi` and `@detectXSS`, the bytes
+    /// without which libinjection finds nothing ([`SQLI_NEEDS`],
+    /// [`XSS_NEEDS`]).
     pub(crate) fn required_bytes(&self) -> Option<&ByteSet> {
         match self {
             Op::Rx(rx) => rx.required_bytes(),
             Op::ValidateByteRange(outside) => Some(outside),
             Op::Pm(p) => p.rare.as_ref(),
+            Op::DetectSqli => Some(&SQLI_NEEDS),
+            Op::DetectXss => Some(&XSS_NEEDS),
             _ => None,
         }
     }
 }
+
+/// `@detectSQLi` never matches a value made only of ASCII letters, digits
+/// and `_`: libinjection reads it as one word or number token, or a number
+/// and a word, and no fingerprint of those (`n`, `1`, `1n`, `1U` with two
+/// tokens…) is an injection. The test
+/// `detection_needs_the_bytes_it_is_said_to` holds the library to it.
+const SQLI_NEEDS: ByteSet =
+    ByteSet::all_but(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_");
+
+/// `@detectXSS` needs a `<` (a tag, comment or doctype) or a `=` (an
+/// attribute's value after its name): libinjection's HTML5 tokenizer makes
+/// nothing else it judges, in any of its contexts.
+const XSS_NEEDS: ByteSet = ByteSet::only(b"<=");
 
 /// The phrases of `@pm` / `@pmFromFile`, matched ASCII-case-insensitively.
 #[derive(Debug)]
@@ -1045,6 +1062,97 @@ mod tests {
             }
         }
         assert!(matched >= 3, "too few injections to check the fingerprint");
+    }
+
+    #[test]
+    fn detection_needs_the_bytes_it_is_said_to() {
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || crate::prefilter::tests::next(&mut seed);
+        let mut pick = |from: &[&[u8]], max: u64, out: &mut Vec<u8>| {
+            out.clear();
+            for _ in 0..=next() % max {
+                let k = (next() % from.len() as u64) as usize;
+                out.extend_from_slice(from.get(k).copied().unwrap_or_default());
+            }
+        };
+        let holds = |set: &ByteSet, v: &[u8]| v.iter().any(|&b| set.contains(b));
+        let mut v = Vec::new();
+        // @detectSQLi: words, numbers and keywords run together, with the
+        // number suffixes libinjection reads specially (1d, 1f, 0x, 1e)
+        let sqli: [&[u8]; 24] = [
+            b"1",
+            b"0",
+            b"9",
+            b"1d",
+            b"1f",
+            b"0x1f",
+            b"1e5",
+            b"0b1",
+            b"union",
+            b"UNION",
+            b"select",
+            b"or",
+            b"AND",
+            b"sleep",
+            b"null",
+            b"true",
+            b"x",
+            b"b",
+            b"n",
+            b"q",
+            b"u",
+            b"e",
+            b"_",
+            b"LOCALTIMESTAMP",
+        ];
+        for _ in 0..20_000 {
+            pick(&sqli, 5, &mut v);
+            assert!(!holds(&SQLI_NEEDS, &v));
+            assert!(!libinjectionrs::detect_sqli(&v).is_injection(), "{v:?}");
+        }
+        // @detectXSS: HTML and script fragments but for `<` and `=`
+        let xss: [&[u8]; 24] = [
+            b"script",
+            b"onerror",
+            b"javascript:",
+            b"style",
+            b"href",
+            b" ",
+            b"\"",
+            b"'",
+            b"`",
+            b"/",
+            b">",
+            b"!--",
+            b"?",
+            b"&#60;",
+            b"&lt;",
+            b"%3c",
+            b"expression(",
+            b"data:",
+            b"vbscript:",
+            b"\t",
+            b"\n",
+            b"\0",
+            b"x",
+            b"\xff",
+        ];
+        for _ in 0..20_000 {
+            pick(&xss, 8, &mut v);
+            assert!(!holds(&XSS_NEEDS, &v));
+            assert!(!libinjectionrs::detect_xss(&v).is_injection(), "{v:?}");
+        }
+        // and either may match once its bytes are there
+        for (op, input, needs) in [
+            (Op::DetectSqli, &b"1' or '1'='1"[..], &SQLI_NEEDS),
+            (Op::DetectSqli, b"1 union select 1", &SQLI_NEEDS),
+            (Op::DetectXss, b"<script>alert(1)", &XSS_NEEDS),
+            (Op::DetectXss, b"x onerror=alert(1)", &XSS_NEEDS),
+        ] {
+            assert!(holds(needs, input));
+            assert_eq!(op.required_bytes(), Some(needs));
+            assert!(eval(&op, input, &mut |_| Vec::new(), None), "{input:?}");
+        }
     }
 
     #[test]

@@ -62,6 +62,28 @@ impl ByteSet {
     /// Every byte.
     pub(crate) const ALL: ByteSet = ByteSet([u64::MAX; 4]);
 
+    /// Every byte but those in `except` (for constants).
+    pub(crate) const fn all_but(mut except: &[u8]) -> ByteSet {
+        let [mut a, mut b, mut c, mut d] = [u64::MAX; 4];
+        while let [x, rest @ ..] = except {
+            let bit = !(1u64 << (*x & 63));
+            match *x >> 6 {
+                0 => a &= bit,
+                1 => b &= bit,
+                2 => c &= bit,
+                _ => d &= bit,
+            }
+            except = rest;
+        }
+        ByteSet([a, b, c, d])
+    }
+
+    /// Exactly the bytes in `bytes` (for constants).
+    pub(crate) const fn only(bytes: &[u8]) -> ByteSet {
+        let ByteSet([a, b, c, d]) = ByteSet::all_but(bytes);
+        ByteSet([!a, !b, !c, !d])
+    }
+
     /// The bytes present in `input`.
     pub(crate) fn of(input: &[u8]) -> ByteSet {
         let mut w = [0u64; 4];
