@@ -11,7 +11,11 @@
 //! optional parts, sets that grow too big) becomes "nothing", and a pattern
 //! whose whole requirement is "nothing" (or could be the empty string) gets
 //! no prefilter at all. Literals are ASCII-lowercased and searched
-//! case-insensitively: that loses precision, never a match.
+//! case-insensitively: that loses precision, never a match. Each node also
+//! gets the strings its matches begin and end with, when few: two
+//! neighbours in a concatenation then require the end of the one joined to
+//! the start of the other (`/.` for 930100's separator before its dots,
+//! where each alone only requires `/` or `.`).
 //!
 //! Before the scan comes a cheaper test: each literal's rarest byte (both
 //! ASCII cases) goes into a 256-bit set, and a value whose [`ByteSet`] holds
@@ -820,7 +824,7 @@ pub(crate) fn rare_bytes<'a>(lits: impl IntoIterator<Item = &'a [u8]>) -> Option
 
 /// The literals one of which every match contains, if there is a usable set.
 fn required(hir: &Hir) -> Option<Set> {
-    let set = match analyze(hir) {
+    let set = match analyze(hir).req {
         Req::Exact(s) | Req::Factors(s) => s,
         Req::Any => return None,
     };
@@ -837,24 +841,173 @@ fn exact_of<I: IntoIterator<Item = Vec<u8>>>(items: I) -> Req {
     Req::Exact(items.into_iter().collect())
 }
 
-fn analyze(hir: &Hir) -> Req {
+/// What is known of a node's matches: its requirement, and the strings
+/// its matches begin and end with.
+struct Info {
+    req: Req,
+    /// Strings one of which every match begins with (`pre`) or ends with
+    /// (`suf`), none empty, each cut to [`EDGE_LEN`] bytes; `None` when a
+    /// match may be empty or nothing small bounds them. Two neighbours of
+    /// a concatenation give a requirement across their boundary: `/.`
+    /// from `(?:/|\\)` and `(?:\.|%2e)` where each alone only gives `/` and
+    /// `.`.
+    pre: Option<Set>,
+    suf: Option<Set>,
+    /// Matches only the empty string (an anchor, a word boundary).
+    zero_width: bool,
+}
+
+/// Longest beginning or end of a match kept in [`Info::pre`] and
+/// [`Info::suf`].
+const EDGE_LEN: usize = 4;
+
+fn analyze(hir: &Hir) -> Info {
+    let edges = |set: &Set| (cut(set, true), cut(set, false));
     match hir.kind() {
-        HirKind::Empty | HirKind::Look(_) => exact_of([Vec::new()]),
-        HirKind::Literal(l) => exact_of([l.0.to_ascii_lowercase()]),
-        HirKind::Class(c) => class(c).map_or(Req::Any, Req::Exact),
-        HirKind::Capture(c) => analyze(&c.sub),
-        HirKind::Repetition(r) => {
-            if r.min == 0 {
-                Req::Any
-            } else if r.min == 1 && r.max == Some(1) {
-                analyze(&r.sub)
-            } else {
-                as_factors(analyze(&r.sub))
+        HirKind::Empty | HirKind::Look(_) => Info {
+            req: exact_of([Vec::new()]),
+            pre: None,
+            suf: None,
+            zero_width: true,
+        },
+        HirKind::Literal(l) => {
+            let set: Set = [l.0.to_ascii_lowercase()].into_iter().collect();
+            let (pre, suf) = edges(&set);
+            Info {
+                req: Req::Exact(set),
+                pre,
+                suf,
+                zero_width: false,
             }
         }
-        HirKind::Concat(parts) => concat(parts),
-        HirKind::Alternation(parts) => alternation(parts),
+        HirKind::Class(c) => match class(c) {
+            Some(set) => {
+                let (pre, suf) = edges(&set);
+                Info {
+                    req: Req::Exact(set),
+                    pre,
+                    suf,
+                    zero_width: false,
+                }
+            }
+            None => Info {
+                req: Req::Any,
+                pre: None,
+                suf: None,
+                zero_width: false,
+            },
+        },
+        HirKind::Capture(c) => analyze(&c.sub),
+        HirKind::Repetition(r) => {
+            let sub = analyze(&r.sub);
+            if r.min == 0 {
+                return Info {
+                    req: Req::Any,
+                    pre: None,
+                    suf: None,
+                    zero_width: sub.zero_width,
+                };
+            }
+            if r.min == 1 && r.max == Some(1) {
+                return sub;
+            }
+            // two copies in a row: the end of one and the start of the next
+            let mut req = as_factors(sub.req);
+            if r.min >= 2 {
+                if let Some(j) = sub
+                    .suf
+                    .as_ref()
+                    .zip(sub.pre.as_ref())
+                    .and_then(|(a, b)| join(a, b))
+                {
+                    if let Req::Factors(f) = &req {
+                        if score(&j) > score(f) {
+                            req = Req::Factors(j);
+                        }
+                    } else {
+                        req = Req::Factors(j);
+                    }
+                }
+            }
+            Info {
+                req,
+                pre: sub.pre,
+                suf: sub.suf,
+                zero_width: sub.zero_width,
+            }
+        }
+        HirKind::Concat(parts) => concat(&parts.iter().map(analyze).collect::<Vec<_>>()),
+        HirKind::Alternation(parts) => alternation(parts.iter().map(analyze).collect()),
     }
+}
+
+/// Each string of `set` cut to its first (`front`) or last [`EDGE_LEN`]
+/// bytes: `None` when one is empty or there are too many.
+fn cut(set: &Set, front: bool) -> Option<Set> {
+    if set.len() <= MAX_FACTORS && set.iter().all(|x| (1..=EDGE_LEN).contains(&x.len())) {
+        return Some(set.clone());
+    }
+    let out: Set = set
+        .iter()
+        .map(|x| {
+            let n = x.len().min(EDGE_LEN);
+            let part = if front {
+                x.get(..n)
+            } else {
+                x.get(x.len() - n..)
+            };
+            part.unwrap_or_default().to_vec()
+        })
+        .collect();
+    (usable(&out) && out.len() <= MAX_FACTORS).then_some(out)
+}
+
+/// What a match of a node ending with a string of `left` followed by a
+/// match beginning with one of `right` contains: an end of the one joined
+/// to a start of the other, as long as [`MAX_FACTORS`] allows (both cut
+/// shorter until it does).
+fn join(left: &Set, right: &Set) -> Option<Set> {
+    // the ends of each length 1 to EDGE_LEN (index k - 1)
+    let ends = |set: &Set, front: bool| -> Vec<Set> {
+        (1..=EDGE_LEN)
+            .map(|k| {
+                set.iter()
+                    .map(|x| {
+                        let n = x.len().min(k);
+                        let part = if front {
+                            x.get(..n)
+                        } else {
+                            x.get(x.len() - n..)
+                        };
+                        part.unwrap_or_default().to_vec()
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    let (tails, heads) = (ends(left, false), ends(right, true));
+    for total in (2..=2 * EDGE_LEN).rev() {
+        for kl in (1..=EDGE_LEN.min(total - 1)).rev() {
+            let (Some(a), Some(b)) = (tails.get(kl - 1), heads.get(total - kl - 1)) else {
+                continue;
+            };
+            if a.len().saturating_mul(b.len()) > MAX_FACTORS {
+                continue;
+            }
+            let mut out = Set::new();
+            for x in a {
+                for y in b {
+                    let mut s = x.clone();
+                    s.extend_from_slice(y);
+                    out.insert(s);
+                }
+            }
+            if usable(&out) {
+                return Some(out);
+            }
+        }
+    }
+    None
 }
 
 /// The (lowercased) strings a class matches, when there are few.
@@ -922,7 +1075,7 @@ fn score(s: &Set) -> (usize, std::cmp::Reverse<usize>) {
     (shortest.min(4), std::cmp::Reverse(s.len()))
 }
 
-fn concat(parts: &[Hir]) -> Req {
+fn concat(kids: &[Info]) -> Info {
     let mut best: Option<Set> = None;
     let mut consider = |s: Set| {
         if usable(&s) && best.as_ref().is_none_or(|b| score(&s) > score(b)) {
@@ -931,38 +1084,141 @@ fn concat(parts: &[Hir]) -> Req {
     };
     let empty_run = || -> Set { [Vec::new()].into_iter().collect() };
     // Consecutive exact parts multiply into one exact run; any match of the
-    // concatenation contains a match of each run and of each part.
+    // concatenation contains a match of each run and of each part, and the
+    // end of each part's match joined to the start of the next's (parts
+    // that match only the empty string lie between them without a gap).
     let mut run = empty_run();
     let mut all_exact = true;
-    for p in parts {
-        match analyze(p) {
-            Req::Exact(s) => match cross(&run, &s) {
-                Some(joined) => run = joined,
+    let mut last_end: Option<&Set> = None;
+    // whether the last part (not of zero width) went into the run
+    let mut last_in_run = false;
+    for k in kids {
+        let in_run = match &k.req {
+            Req::Exact(s) => match cross(&run, s) {
+                Some(joined) => {
+                    run = joined;
+                    true
+                }
                 None => {
                     all_exact = false;
-                    consider(std::mem::replace(&mut run, s));
+                    consider(std::mem::replace(&mut run, s.clone()));
+                    false
                 }
             },
             Req::Factors(f) => {
                 all_exact = false;
                 consider(std::mem::replace(&mut run, empty_run()));
-                consider(f);
+                consider(f.clone());
+                false
             }
             Req::Any => {
                 all_exact = false;
                 consider(std::mem::replace(&mut run, empty_run()));
+                false
             }
+        };
+        if !k.zero_width {
+            // two parts multiplied into the run already hold their join
+            if !(in_run && last_in_run) {
+                if let Some(j) = last_end.zip(k.pre.as_ref()).and_then(|(a, b)| join(a, b)) {
+                    consider(j);
+                }
+            }
+            last_end = k.suf.as_ref();
+            last_in_run = in_run;
         }
     }
+    let zero_width = kids.iter().all(|k| k.zero_width);
+    let pre = concat_edge(kids.iter(), true);
+    let suf = concat_edge(kids.iter().rev(), false);
     if all_exact {
-        return Req::Exact(run);
+        return Info {
+            req: Req::Exact(run),
+            pre,
+            suf,
+            zero_width,
+        };
     }
     consider(run);
-    best.map_or(Req::Any, Req::Factors)
+    Info {
+        req: best.map_or(Req::Any, Req::Factors),
+        pre,
+        suf,
+        zero_width,
+    }
 }
 
-fn alternation(parts: &[Hir]) -> Req {
-    let reqs: Vec<Req> = parts.iter().map(analyze).collect();
+/// The strings a concatenation's matches begin with (`front`, `kids` in
+/// order) or end with (`kids` from the last): its leading exact parts
+/// multiplied out, joined to the start of the first part that is not
+/// exact.
+fn concat_edge<'a>(kids: impl Iterator<Item = &'a Info>, front: bool) -> Option<Set> {
+    let mut acc: Set = [Vec::new()].into_iter().collect();
+    for k in kids {
+        if k.zero_width {
+            continue;
+        }
+        if let Req::Exact(s) = &k.req {
+            if usable(s) {
+                let joined = if front {
+                    cross(&acc, s)
+                } else {
+                    cross(s, &acc)
+                };
+                if let Some(j) = joined {
+                    acc = j;
+                    continue;
+                }
+            }
+        }
+        let edge = if front { &k.pre } else { &k.suf };
+        if let Some(e) = edge {
+            if acc.len().saturating_mul(e.len()) <= MAX_FACTORS {
+                let mut out = Set::new();
+                for a in &acc {
+                    for b in e {
+                        let (x, y) = if front { (a, b) } else { (b, a) };
+                        let mut s = x.clone();
+                        s.extend_from_slice(y);
+                        out.insert(s);
+                    }
+                }
+                acc = out;
+            }
+        }
+        break;
+    }
+    cut(&acc, front)
+}
+
+fn alternation(mut kids: Vec<Info>) -> Info {
+    // a match begins (ends) with what one of the branches begins (ends) with
+    let mut edge = |front: bool| -> Option<Set> {
+        let mut all = Set::new();
+        for k in &mut kids {
+            let e = if front { k.pre.take() } else { k.suf.take() }?;
+            if all.is_empty() {
+                all = e;
+            } else {
+                all.extend(e);
+            }
+            if all.len() > MAX_FACTORS {
+                return None;
+            }
+        }
+        Some(all)
+    };
+    let (pre, suf) = (edge(true), edge(false));
+    let zero_width = kids.iter().all(|k| k.zero_width);
+    Info {
+        req: alternation_req(kids.into_iter().map(|k| k.req).collect()),
+        pre,
+        suf,
+        zero_width,
+    }
+}
+
+fn alternation_req(reqs: Vec<Req>) -> Req {
     if reqs.iter().all(|r| matches!(r, Req::Exact(_))) {
         let mut all = Set::new();
         for r in reqs {
@@ -1402,6 +1658,111 @@ pub(crate) mod tests {
         assert_eq!(lits(r"\d+union"), Some(vec!["union".into()]));
         // a class of a few bytes multiplies out
         assert_eq!(lits("ab[cd]"), Some(vec!["abc".into(), "abd".into()]));
+    }
+
+    #[test]
+    fn neighbours_join_across_their_boundary() {
+        // a separator, then dots: each alone only requires one byte
+        assert_eq!(
+            lits(r"(?:/|\\)(?:\.|%2e)+"),
+            Some(vec![
+                "/%2e".into(),
+                "/.".into(),
+                "\\%2e".into(),
+                "\\.".into()
+            ])
+        );
+        // an anchor or word boundary between them is no gap
+        assert_eq!(
+            lits(r"[ab]\b[cd]"),
+            Some(vec!["ac".into(), "ad".into(), "bc".into(), "bd".into()])
+        );
+        // two copies of a repeated part: the end of one, the start of the next
+        assert_eq!(
+            lits(r"(?:x|\.)(?:y|\.)*(?:\(|\)){2,}"),
+            Some(vec!["((".into(), "()".into(), ")(".into(), "))".into()])
+        );
+        // a part that may be empty breaks the join
+        assert_eq!(lits(r"[ab]c?[de]"), Some(vec!["a".into(), "b".into()]));
+    }
+
+    /// Strings drawn from the pattern's own syntax tree (with noise around
+    /// them): whenever the regex matches one, its prefilter lets it through,
+    /// with and without the value's byte set.
+    #[test]
+    fn drawn_matches_are_never_skipped() {
+        fn draw(hir: &Hir, x: &mut u64, out: &mut Vec<u8>) {
+            match hir.kind() {
+                HirKind::Empty | HirKind::Look(_) => {}
+                HirKind::Literal(l) => out.extend_from_slice(&l.0),
+                HirKind::Class(Class::Bytes(b)) => {
+                    let r = b.ranges()[(next(x) % b.ranges().len() as u64) as usize];
+                    let span = u64::from(r.end() - r.start()) + 1;
+                    out.push(r.start() + (next(x) % span) as u8);
+                }
+                HirKind::Class(Class::Unicode(u)) => {
+                    let r = u.ranges()[(next(x) % u.ranges().len() as u64) as usize];
+                    let span = u64::from(u32::from(r.end()) - u32::from(r.start())) + 1;
+                    let c = char::from_u32(u32::from(r.start()) + (next(x) % span) as u32)
+                        .unwrap_or(r.start());
+                    out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+                }
+                HirKind::Capture(c) => draw(&c.sub, x, out),
+                HirKind::Repetition(r) => {
+                    let most = r.max.unwrap_or(r.min + 3).min(r.min + 3);
+                    for _ in 0..r.min + (next(x) % u64::from(most - r.min + 1)) as u32 {
+                        draw(&r.sub, x, out);
+                    }
+                }
+                HirKind::Concat(parts) => parts.iter().for_each(|p| draw(p, x, out)),
+                HirKind::Alternation(parts) => {
+                    draw(&parts[(next(x) % parts.len() as u64) as usize], x, out)
+                }
+            }
+        }
+        // shapes from CRS (930100, 932170, 941160, 942190) and some of our own
+        let patterns = [
+            r"(?i)(?:\x5c|%(?:c(?:0%(?:[2aq]f|5c|9v)|1%(?:[19p]c|8s|af))|2(?:5(?:c(?:0%25af|1%259c)|2f|5c)|%46|f)|%32(?:%66|%46)|u(?:221[56]|002f)|1u|5c)|0x(?:2f|5c)|/)(?:%(?:2(?:(?:5(?:c0%25a|2))?e|%45)|u(?:(?:002|ff0)e|2024)|c0%ae|%2e|1u|e)|\.){2,3}(?:\x5c|%(?:2f|5c)|0x(?:2f|5c)|/)",
+            r"^\(\s*\)\s+\{",
+            r#"(?i)(?:\W|^)(?:javascript:(?:[\s\S]+[=\x5c\(\[\.<]|[\s\S]*?(?:\bname\b|\x5c[ux]\d))|data:(?:(?:[a-z]\w+/\w[\w+-]+\w)?[;,]|[\s\S]*?;[\s\S]*?\b(?:base64|charset=)|[\s\S]*?,[\s\S]*?<[\s\S]*?\w[\s\S]*?>))|@\W*?i\W*?m\W*?p\W*?o\W*?r\W*?t\W*?(?:/\*[\s\S]*?)?(?:[\\"']|\W*?u\W*?r\W*?l[\s\S]*?\()|\W*?-\W*?m\W*?o\W*?z\W*?-\W*?b\W*?i\W*?n\W*?d\W*?i\W*?n\W*?g[\s\S]*?:[\s\S]*?\W*?u\W*?r\W*?l[\s\S]*?\("#,
+            r"(?i)\b(?:s(?:elect|leep)|union)\b\s*(?:\(|all|distinct)",
+            r"(?:[ab]|cd)\b(?:e|fg)+(?:\.|%2e){2,}[/\\]",
+            r"(?i)on(?:load|error|mouse(?:over|out))\s*=",
+            r"x(?:ab|cd)*y(?:z|\d)",
+            r"(?:\$|<|>)\(|\$\{",
+            r"(x+yz)(w|v)",
+            r"(k|l)(mn(o|p)+)",
+        ];
+        let noise: [&[u8]; 8] = [b"", b"a", b" ", b"/", b"%", b".", b"Z", b"\xff"];
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut matched = 0;
+        for p in patterns {
+            let hir = regex_syntax::ParserBuilder::new()
+                .unicode(false)
+                .utf8(false)
+                .dot_matches_new_line(true)
+                .build()
+                .parse(p)
+                .unwrap();
+            let re = regex::bytes::RegexBuilder::new(p)
+                .unicode(false)
+                .dot_matches_new_line(true)
+                .build()
+                .unwrap();
+            let pf = Prefilter::new(p, false).unwrap_or_else(|| panic!("no prefilter for {p}"));
+            for _ in 0..3000 {
+                let mut v = glued(&mut x, &noise, 3, 0);
+                draw(&hir, &mut x, &mut v);
+                v.extend(glued(&mut x, &noise, 3, 8));
+                if re.is_match(&v) {
+                    matched += 1;
+                    let bytes = ByteSet::of(&v);
+                    assert!(pf.may_match(&v, None), "{p} skipped {v:?}");
+                    assert!(pf.may_match(&v, Some(&bytes)), "{p} skipped {v:?}");
+                }
+            }
+        }
+        assert!(matched > 10_000, "too few drawn strings matched: {matched}");
     }
 
     #[test]
