@@ -862,7 +862,13 @@ struct Info {
 const EDGE_LEN: usize = 4;
 
 fn analyze(hir: &Hir) -> Info {
-    let edges = |set: &Set| (cut(set, true), cut(set, false));
+    // a node that matches exactly one of `set`
+    let exact = |set: Set| Info {
+        pre: cut(&set, true),
+        suf: cut(&set, false),
+        req: Req::Exact(set),
+        zero_width: false,
+    };
     match hir.kind() {
         HirKind::Empty | HirKind::Look(_) => Info {
             req: exact_of([Vec::new()]),
@@ -870,26 +876,9 @@ fn analyze(hir: &Hir) -> Info {
             suf: None,
             zero_width: true,
         },
-        HirKind::Literal(l) => {
-            let set: Set = [l.0.to_ascii_lowercase()].into_iter().collect();
-            let (pre, suf) = edges(&set);
-            Info {
-                req: Req::Exact(set),
-                pre,
-                suf,
-                zero_width: false,
-            }
-        }
+        HirKind::Literal(l) => exact([l.0.to_ascii_lowercase()].into_iter().collect()),
         HirKind::Class(c) => match class(c) {
-            Some(set) => {
-                let (pre, suf) = edges(&set);
-                Info {
-                    req: Req::Exact(set),
-                    pre,
-                    suf,
-                    zero_width: false,
-                }
-            }
+            Some(set) => exact(set),
             None => Info {
                 req: Req::Any,
                 pre: None,
@@ -947,10 +936,16 @@ fn cut(set: &Set, front: bool) -> Option<Set> {
     if set.len() <= MAX_FACTORS && set.iter().all(|x| (1..=EDGE_LEN).contains(&x.len())) {
         return Some(set.clone());
     }
-    let out: Set = set
-        .iter()
+    let out = ends(set, EDGE_LEN, front);
+    (usable(&out) && out.len() <= MAX_FACTORS).then_some(out)
+}
+
+/// The first (`front`) or last `k` bytes of each string of `set` (the
+/// whole of a shorter one).
+fn ends(set: &Set, k: usize, front: bool) -> Set {
+    set.iter()
         .map(|x| {
-            let n = x.len().min(EDGE_LEN);
+            let n = x.len().min(k);
             let part = if front {
                 x.get(..n)
             } else {
@@ -958,8 +953,20 @@ fn cut(set: &Set, front: bool) -> Option<Set> {
             };
             part.unwrap_or_default().to_vec()
         })
-        .collect();
-    (usable(&out) && out.len() <= MAX_FACTORS).then_some(out)
+        .collect()
+}
+
+/// Every string of `a` followed by every string of `b`.
+fn product(a: &Set, b: &Set) -> Set {
+    let mut out = Set::new();
+    for x in a {
+        for y in b {
+            let mut s = x.clone();
+            s.extend_from_slice(y);
+            out.insert(s);
+        }
+    }
+    out
 }
 
 /// What a match of a node ending with a string of `left` followed by a
@@ -968,24 +975,8 @@ fn cut(set: &Set, front: bool) -> Option<Set> {
 /// shorter until it does).
 fn join(left: &Set, right: &Set) -> Option<Set> {
     // the ends of each length 1 to EDGE_LEN (index k - 1)
-    let ends = |set: &Set, front: bool| -> Vec<Set> {
-        (1..=EDGE_LEN)
-            .map(|k| {
-                set.iter()
-                    .map(|x| {
-                        let n = x.len().min(k);
-                        let part = if front {
-                            x.get(..n)
-                        } else {
-                            x.get(x.len() - n..)
-                        };
-                        part.unwrap_or_default().to_vec()
-                    })
-                    .collect()
-            })
-            .collect()
-    };
-    let (tails, heads) = (ends(left, false), ends(right, true));
+    let tails: Vec<Set> = (1..=EDGE_LEN).map(|k| ends(left, k, false)).collect();
+    let heads: Vec<Set> = (1..=EDGE_LEN).map(|k| ends(right, k, true)).collect();
     for total in (2..=2 * EDGE_LEN).rev() {
         for kl in (1..=EDGE_LEN.min(total - 1)).rev() {
             let (Some(a), Some(b)) = (tails.get(kl - 1), heads.get(total - kl - 1)) else {
@@ -994,14 +985,7 @@ fn join(left: &Set, right: &Set) -> Option<Set> {
             if a.len().saturating_mul(b.len()) > MAX_FACTORS {
                 continue;
             }
-            let mut out = Set::new();
-            for x in a {
-                for y in b {
-                    let mut s = x.clone();
-                    s.extend_from_slice(y);
-                    out.insert(s);
-                }
-            }
+            let out = product(a, b);
             if usable(&out) {
                 return Some(out);
             }
@@ -1051,21 +1035,11 @@ fn as_factors(r: Req) -> Req {
 
 /// Every string of `a` followed by every string of `b`, within the limits.
 fn cross(a: &Set, b: &Set) -> Option<Set> {
-    if a.len().saturating_mul(b.len()) > MAX_EXACT {
+    let longest = |s: &Set| s.iter().map(Vec::len).max().unwrap_or(0);
+    if a.len().saturating_mul(b.len()) > MAX_EXACT || longest(a) + longest(b) > MAX_LEN {
         return None;
     }
-    let mut out = Set::new();
-    for x in a {
-        for y in b {
-            if x.len() + y.len() > MAX_LEN {
-                return None;
-            }
-            let mut s = x.clone();
-            s.extend_from_slice(y);
-            out.insert(s);
-        }
-    }
-    Some(out)
+    Some(product(a, b))
 }
 
 /// How selective a factor set is: longer shortest literal first, then
@@ -1174,16 +1148,11 @@ fn concat_edge<'a>(kids: impl Iterator<Item = &'a Info>, front: bool) -> Option<
         let edge = if front { &k.pre } else { &k.suf };
         if let Some(e) = edge {
             if acc.len().saturating_mul(e.len()) <= MAX_FACTORS {
-                let mut out = Set::new();
-                for a in &acc {
-                    for b in e {
-                        let (x, y) = if front { (a, b) } else { (b, a) };
-                        let mut s = x.clone();
-                        s.extend_from_slice(y);
-                        out.insert(s);
-                    }
-                }
-                acc = out;
+                acc = if front {
+                    product(&acc, e)
+                } else {
+                    product(e, &acc)
+                };
             }
         }
         break;
