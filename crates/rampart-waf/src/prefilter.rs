@@ -900,8 +900,11 @@ fn analyze(hir: &Hir) -> Info {
             if r.min == 1 && r.max == Some(1) {
                 return sub;
             }
+            let mut best = match as_factors(sub.req) {
+                Req::Factors(f) => Some(f),
+                _ => None,
+            };
             // two copies in a row: the end of one and the start of the next
-            let mut req = as_factors(sub.req);
             if r.min >= 2 {
                 if let Some(j) = sub
                     .suf
@@ -909,17 +912,11 @@ fn analyze(hir: &Hir) -> Info {
                     .zip(sub.pre.as_ref())
                     .and_then(|(a, b)| join(a, b))
                 {
-                    if let Req::Factors(f) = &req {
-                        if score(&j) > score(f) {
-                            req = Req::Factors(j);
-                        }
-                    } else {
-                        req = Req::Factors(j);
-                    }
+                    keep_better(&mut best, j);
                 }
             }
             Info {
-                req,
+                req: best.map_or(Req::Any, Req::Factors),
                 pre: sub.pre,
                 suf: sub.suf,
                 zero_width: sub.zero_width,
@@ -1049,13 +1046,16 @@ fn score(s: &Set) -> (usize, std::cmp::Reverse<usize>) {
     (shortest.min(4), std::cmp::Reverse(s.len()))
 }
 
+/// Keeps `s` in `best` when it is usable and more selective ([`score`]).
+fn keep_better(best: &mut Option<Set>, s: Set) {
+    if usable(&s) && best.as_ref().is_none_or(|b| score(&s) > score(b)) {
+        *best = Some(s);
+    }
+}
+
 fn concat(kids: &[Info]) -> Info {
     let mut best: Option<Set> = None;
-    let mut consider = |s: Set| {
-        if usable(&s) && best.as_ref().is_none_or(|b| score(&s) > score(b)) {
-            best = Some(s);
-        }
-    };
+    let mut consider = |s: Set| keep_better(&mut best, s);
     let empty_run = || -> Set { [Vec::new()].into_iter().collect() };
     // Consecutive exact parts multiply into one exact run; any match of the
     // concatenation contains a match of each run and of each part, and the
@@ -1689,7 +1689,7 @@ pub(crate) mod tests {
                 }
             }
         }
-        // shapes from CRS (930100, 932170, 941160, 942190) and some of our own
+        // shapes from CRS (930100, 932170, 941170) and some of our own
         let patterns = [
             r"(?i)(?:\x5c|%(?:c(?:0%(?:[2aq]f|5c|9v)|1%(?:[19p]c|8s|af))|2(?:5(?:c(?:0%25af|1%259c)|2f|5c)|%46|f)|%32(?:%66|%46)|u(?:221[56]|002f)|1u|5c)|0x(?:2f|5c)|/)(?:%(?:2(?:(?:5(?:c0%25a|2))?e|%45)|u(?:(?:002|ff0)e|2024)|c0%ae|%2e|1u|e)|\.){2,3}(?:\x5c|%(?:2f|5c)|0x(?:2f|5c)|/)",
             r"^\(\s*\)\s+\{",

@@ -1269,7 +1269,7 @@ impl<'w> Transaction<'w> {
             RuleBody::Match { targets, .. } => {
                 // A TX comparison is told without set-up: the one hit it
                 // yields when it holds is the one the full way would make,
-                // recorded as it would record it (CRS's paranoia-level
+                // recorded here without the hit buffer (CRS's paranoia-level
                 // gates, about 170 links a request).
                 if let Some(told) = link
                     .tx_compare
@@ -1282,37 +1282,33 @@ impl<'w> Transaction<'w> {
                     };
                     self.clear_matched_vars();
                     self.matched_vars.push((hit.name, hit.value));
-                    self.matched_at = Some(0);
-                    self.run_actions(top, link);
-                    return match &link.chain {
-                        Some(child) => self.eval_link(idx, top, child),
-                        None => true,
-                    };
-                }
-                // one buffer for every link's hits, kept between links
-                let mut hits = std::mem::take(&mut self.hit_buf);
-                if let Some(live) = self.live_targets(link, targets.targets.len()) {
-                    self.match_link(idx, top, link, live, &mut hits);
-                }
-                if hits.is_empty() {
+                    (1, Vec::new())
+                } else {
+                    // one buffer for every link's hits, kept between links
+                    let mut hits = std::mem::take(&mut self.hit_buf);
+                    if let Some(live) = self.live_targets(link, targets.targets.len()) {
+                        self.match_link(idx, top, link, live, &mut hits);
+                    }
+                    if hits.is_empty() {
+                        self.hit_buf = hits;
+                        return false;
+                    }
+                    self.clear_matched_vars();
+                    let n = hits.len();
+                    let mut caps = Vec::new();
+                    for h in hits.drain(..) {
+                        if let Some(c) = &h.caps {
+                            self.set_captures(c);
+                        }
+                        self.matched_vars.push((h.name, h.value));
+                        if h.caps.is_some() || !caps.is_empty() {
+                            caps.resize_with(self.matched_vars.len() - 1, || None);
+                            caps.push(h.caps);
+                        }
+                    }
                     self.hit_buf = hits;
-                    return false;
+                    (n, caps)
                 }
-                self.clear_matched_vars();
-                let n = hits.len();
-                let mut caps = Vec::new();
-                for h in hits.drain(..) {
-                    if let Some(c) = &h.caps {
-                        self.set_captures(c);
-                    }
-                    self.matched_vars.push((h.name, h.value));
-                    if h.caps.is_some() || !caps.is_empty() {
-                        caps.resize_with(self.matched_vars.len() - 1, || None);
-                        caps.push(h.caps);
-                    }
-                }
-                self.hit_buf = hits;
-                (n, caps)
             }
             RuleBody::Action => (0, Vec::new()),
             RuleBody::Marker(_) => return false,
