@@ -25,6 +25,7 @@ use crate::transformations::{chain_may_hold, TfBytes, Transform};
 use crate::variables::{Exclusion, Kind, Selector, Target, VarName, VAR_COUNT};
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
+use std::collections::hash_map::Entry as MapEntry;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
@@ -2205,12 +2206,15 @@ impl VarRef<'_, '_> {
         match self {
             VarRef::Named(Some(v)) => v.set(&value),
             VarRef::Named(v) => *v = Some(SmallBytes::from(value)),
-            VarRef::Map(m, k) => match m.get_mut(k.as_ref()) {
-                Some(v) => v.set(&value),
-                None => {
-                    m.insert(k, SmallBytes::from(value));
+            VarRef::Map(m, k) => {
+                reserve_first(m);
+                match m.entry(k) {
+                    MapEntry::Occupied(mut e) => e.get_mut().set(&value),
+                    MapEntry::Vacant(e) => {
+                        e.insert(SmallBytes::from(value));
+                    }
                 }
-            },
+            }
         }
     }
 
@@ -2234,11 +2238,20 @@ fn store_named(slot: &mut Option<SmallBytes>, value: &[u8]) {
 
 /// Sets `key` in `map` to `value`, reusing the buffer of an existing value.
 fn store<'w>(map: &mut VarMap<'w>, key: Cow<'w, str>, value: &[u8]) {
-    match map.get_mut(key.as_ref()) {
-        Some(slot) => slot.set(value),
-        None => {
-            map.insert(key, SmallBytes::copy_of(value));
+    reserve_first(map);
+    match map.entry(key) {
+        MapEntry::Occupied(mut e) => e.get_mut().set(value),
+        MapEntry::Vacant(e) => {
+            e.insert(SmallBytes::copy_of(value));
         }
+    }
+}
+
+/// Room for the variables a request usually adds (CRS: one
+/// `header_name_*` per header) at once, instead of growing by doubling.
+fn reserve_first(map: &mut VarMap<'_>) {
+    if map.capacity() == 0 {
+        map.reserve(16);
     }
 }
 
