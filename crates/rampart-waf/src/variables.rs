@@ -180,6 +180,9 @@ impl KeyRegex {
     #[inline(never)]
     fn is_match(&self, key: &str) -> bool {
         match &self.prefix {
+            // the literal as written (TX keys are stored lowercased): the
+            // regex matches it whatever follows
+            Some(p) if key.as_bytes().starts_with(p.as_bytes()) => true,
             // For ASCII text, the case-insensitive regex `^literal` is an
             // ASCII-case-insensitive prefix test (Unicode's extra case
             // pairs of `k` and `s` are not ASCII).
