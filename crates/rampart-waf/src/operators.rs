@@ -2,7 +2,7 @@
 
 use crate::error::{syntax, Error, Location};
 use crate::macros::Macro;
-use crate::prefilter::{BytePairs, ByteSet, Prefilter, ValueFacts};
+use crate::prefilter::{find, BytePairs, ByteSet, Prefilter, ValueFacts};
 use aho_corasick::AhoCorasick;
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -775,22 +775,6 @@ pub(crate) fn atoi(s: &[u8]) -> i64 {
     }
 }
 
-/// Where `n` first occurs in `h`. A short `h` (an `@within` list, a
-/// header value) is searched in place, each window tested on its first and
-/// last byte before the whole of it: building `memmem`'s searcher for the
-/// needle costs more than that whole search.
-fn find(h: &[u8], n: &[u8]) -> Option<usize> {
-    const SHORT: usize = 128;
-    let (Some(&first), Some(&last)) = (n.first(), n.last()) else {
-        return Some(0);
-    };
-    if h.len() > SHORT {
-        return memchr::memmem::find(h, n);
-    }
-    h.windows(n.len())
-        .position(|w| w.first() == Some(&first) && w.last() == Some(&last) && w == n)
-}
-
 /// Runs an operator (without negation) on one value. `expand` resolves
 /// macros in the argument; `caps` receives capture groups for `capture`.
 pub(crate) fn eval(
@@ -947,27 +931,6 @@ fn invalid_url_encoding(input: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn find_in_place_agrees_with_memmem() {
-        // short texts are searched in place, long ones by memmem: both
-        // must give the first occurrence, on texts of few distinct bytes
-        // (so that needles often occur, partly or wholly)
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut draw = |n: u64| crate::prefilter::tests::next(&mut seed) % n;
-        for _ in 0..20_000 {
-            let h: Vec<u8> = (0..draw(200)).map(|_| b"/ab-"[draw(4) as usize]).collect();
-            let n: Vec<u8> = (0..draw(8)).map(|_| b"/ab-"[draw(4) as usize]).collect();
-            let want = if n.is_empty() {
-                Some(0)
-            } else {
-                memchr::memmem::find(&h, &n)
-            };
-            assert_eq!(find(&h, &n), want, "{h:?} {n:?}");
-        }
-        assert_eq!(find(b"/proxy/ /if/", b"/if/"), Some(8));
-        assert_eq!(find(b"/if/", b"/proxy/ /if/"), None);
-    }
 
     #[test]
     fn atoi_reads_as_c_does() {

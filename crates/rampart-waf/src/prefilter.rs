@@ -645,6 +645,24 @@ impl Prefilter {
     }
 }
 
+/// Where `n` first occurs in `h` (at 0 when `n` is empty), for the string
+/// operators (`@within`, `@contains`) and the comment transformations. A
+/// short `h` (an `@within` list, a header value) is searched in place, each
+/// window tested on its first and last byte before the whole of it:
+/// building `memmem`'s searcher for the needle costs more than that whole
+/// search.
+pub(crate) fn find(h: &[u8], n: &[u8]) -> Option<usize> {
+    const SHORT: usize = 128;
+    let (Some(&first), Some(&last)) = (n.first(), n.last()) else {
+        return Some(0);
+    };
+    if h.len() > SHORT {
+        return memchr::memmem::find(h, n);
+    }
+    h.windows(n.len())
+        .position(|w| w.first() == Some(&first) && w.last() == Some(&last) && w == n)
+}
+
 /// Most prefilters one [`LiteralIndex`] serves (the bits of a [`Found`]),
 /// each at a place that is a `u8`.
 const MAX_SHARED: usize = 1 << u8::BITS;
@@ -1635,6 +1653,27 @@ pub(crate) mod tests {
         assert_eq!(lits(r"\d+union"), Some(vec!["union".into()]));
         // a class of a few bytes multiplies out
         assert_eq!(lits("ab[cd]"), Some(vec!["abc".into(), "abd".into()]));
+    }
+
+    #[test]
+    fn find_in_place_agrees_with_memmem() {
+        // short texts are searched in place, long ones by memmem: both
+        // must give the first occurrence, on texts of few distinct bytes
+        // (so that needles often occur, partly or wholly)
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut draw = |n: u64| next(&mut seed) % n;
+        for _ in 0..20_000 {
+            let h: Vec<u8> = (0..draw(200)).map(|_| b"/ab-"[draw(4) as usize]).collect();
+            let n: Vec<u8> = (0..draw(8)).map(|_| b"/ab-"[draw(4) as usize]).collect();
+            let want = if n.is_empty() {
+                Some(0)
+            } else {
+                memchr::memmem::find(&h, &n)
+            };
+            assert_eq!(find(&h, &n), want, "{h:?} {n:?}");
+        }
+        assert_eq!(find(b"/proxy/ /if/", b"/if/"), Some(8));
+        assert_eq!(find(b"/if/", b"/proxy/ /if/"), None);
     }
 
     #[test]

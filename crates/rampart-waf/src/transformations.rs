@@ -1,7 +1,7 @@
 //! Transformation functions (`t:`), byte in, bytes out. Each follows
 //! ModSecurity's behaviour as pinned by the secrules-language-tests vectors.
 
-use crate::prefilter::ByteSet;
+use crate::prefilter::{find, ByteSet};
 use std::borrow::Cow;
 
 /// One transformation.
@@ -550,10 +550,6 @@ fn compress_whitespace(input: &[u8]) -> Vec<u8> {
         }
     }
     out
-}
-
-fn find(h: &[u8], needle: &[u8]) -> Option<usize> {
-    h.windows(needle.len()).position(|w| w == needle)
 }
 
 fn replace_comments(input: &[u8]) -> Vec<u8> {
