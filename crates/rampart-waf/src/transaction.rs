@@ -2206,15 +2206,12 @@ impl VarRef<'_, '_> {
         match self {
             VarRef::Named(Some(v)) => v.set(&value),
             VarRef::Named(v) => *v = Some(SmallBytes::from(value)),
-            VarRef::Map(m, k) => {
-                reserve_first(m);
-                match m.entry(k) {
-                    MapEntry::Occupied(mut e) => e.get_mut().set(&value),
-                    MapEntry::Vacant(e) => {
-                        e.insert(SmallBytes::from(value));
-                    }
+            VarRef::Map(m, k) => match map_entry(m, k) {
+                MapEntry::Occupied(mut e) => e.get_mut().set(&value),
+                MapEntry::Vacant(e) => {
+                    e.insert(SmallBytes::from(value));
                 }
-            }
+            },
         }
     }
 
@@ -2238,8 +2235,7 @@ fn store_named(slot: &mut Option<SmallBytes>, value: &[u8]) {
 
 /// Sets `key` in `map` to `value`, reusing the buffer of an existing value.
 fn store<'w>(map: &mut VarMap<'w>, key: Cow<'w, str>, value: &[u8]) {
-    reserve_first(map);
-    match map.entry(key) {
+    match map_entry(map, key) {
         MapEntry::Occupied(mut e) => e.get_mut().set(value),
         MapEntry::Vacant(e) => {
             e.insert(SmallBytes::copy_of(value));
@@ -2247,12 +2243,17 @@ fn store<'w>(map: &mut VarMap<'w>, key: Cow<'w, str>, value: &[u8]) {
     }
 }
 
-/// Room for the variables a request usually adds (CRS: one
-/// `header_name_*` per header) at once, instead of growing by doubling.
-fn reserve_first(map: &mut VarMap<'_>) {
+/// `key`'s entry in `map`, which takes room at its first key for the
+/// variables a request usually adds (CRS: one `header_name_*` per header)
+/// at once, instead of growing by doubling.
+fn map_entry<'m, 'w>(
+    map: &'m mut VarMap<'w>,
+    key: Cow<'w, str>,
+) -> MapEntry<'m, Cow<'w, str>, SmallBytes> {
     if map.capacity() == 0 {
         map.reserve(16);
     }
+    map.entry(key)
 }
 
 /// The result of a transformation if it changed the value (of length
