@@ -99,7 +99,12 @@ pub struct AuditOptions {
     pub commit_delay: Duration,
     /// How many callers must usually wait at once before
     /// [`AuditOptions::commit_delay`] applies, like PostgreSQL's
-    /// `commit_siblings`; 0 applies it always. Default 16.
+    /// `commit_siblings`; 0 applies it always. Default 16. They are
+    /// counted on each tier and on all tiers together, and either count
+    /// will do: a tier with few callers of its own, each of whom also
+    /// waits on a busier tier (the edge's denials go to api-access and
+    /// security), then syncs as seldom as the busy one instead of every
+    /// few records.
     pub commit_siblings: usize,
     /// Test support: makes writes and syncs fail on demand.
     pub fault: Option<Arc<FaultInjector>>,
@@ -527,6 +532,8 @@ struct TierLog {
     closed: AtomicBool,
     /// Records queued and not yet answered (callers waiting).
     waiting: AtomicUsize,
+    /// The same for every tier together, shared by them all.
+    all_waiting: Arc<AtomicUsize>,
     /// A periodic checkpoint the writer took and a syncer thread appends
     /// once the records it counts are durable (see [`PendingCheckpoint`]).
     /// Every checkpoint line is appended with this lock held, so the
@@ -564,6 +571,10 @@ struct SyncState {
     /// completes, decaying. Once that many records are written, nobody
     /// else is coming and the sync starts at once.
     peak_waiting: usize,
+    /// The same for the callers waiting on any tier, sampled at this
+    /// tier's syncs: whether the log as a whole is busy enough for the
+    /// commit delay ([`gather_wait`]).
+    peak_all_waiting: usize,
     /// Recent fdatasync time, in nanoseconds (exponential average).
     sync_nanos: u64,
     /// When the last sync finished.
@@ -612,6 +623,9 @@ impl TierLog {
             let now_waiting = self.waiting.load(Ordering::SeqCst);
             let decayed = sy.peak_waiting - sy.peak_waiting.div_ceil(16);
             sy.peak_waiting = now_waiting.max(decayed);
+            let all_waiting = self.all_waiting.load(Ordering::SeqCst);
+            let decayed = sy.peak_all_waiting - sy.peak_all_waiting.div_ceil(16);
+            sy.peak_all_waiting = all_waiting.max(decayed);
         }
         self.synced_records
             .fetch_add(records as u64, Ordering::Relaxed);
@@ -691,6 +705,7 @@ impl TierLog {
     fn answered(&self, n: usize) {
         if n > 0 {
             self.waiting.fetch_sub(n, Ordering::SeqCst);
+            self.all_waiting.fetch_sub(n, Ordering::SeqCst);
         }
     }
 
@@ -805,13 +820,19 @@ const PEAK_HALF_LIFE: Duration = Duration::from_millis(10);
 /// log sat idle before it. Under steady load syncs end far more often than
 /// that, so the figure is the measured one.
 fn usual_waiters(sy: &SyncState, first: Instant) -> usize {
+    decayed_peak(sy, sy.peak_waiting, first)
+}
+
+/// `peak` halved for each [`PEAK_HALF_LIFE`] the log sat idle before
+/// `first`.
+fn decayed_peak(sy: &SyncState, peak: usize, first: Instant) -> usize {
     let idle = sy
         .last_sync_end
         .map_or(Duration::ZERO, |end| first.saturating_duration_since(end));
     let halvings = idle.as_nanos() / PEAK_HALF_LIFE.as_nanos();
     u32::try_from(halvings)
         .ok()
-        .and_then(|h| sy.peak_waiting.checked_shr(h))
+        .and_then(|h| peak.checked_shr(h))
         .unwrap_or(0)
 }
 
@@ -826,8 +847,8 @@ fn about_one_sync(sy: &SyncState) -> Duration {
 /// when as many records are in as callers usually wait at once (nobody else
 /// is coming), after about one sync time, or after 50 µs with no record
 /// (with a commit delay in force, at least `commit_siblings` callers
-/// usually waiting, the quiet spell is at least the delay and the cap at
-/// least twice it).
+/// usually waiting on this tier or on all tiers together, the quiet spell
+/// is at least the delay and the cap at least twice it).
 fn gather_wait(
     sy: &SyncState,
     count: usize,
@@ -847,7 +868,11 @@ fn gather_wait(
         Some(end) => (first.max(end), last.max(end)),
         None => (first, last),
     };
-    let delay = if usual >= sy.commit_siblings {
+    // The siblings are counted over every tier: a caller that waits on two
+    // tiers (the edge's denials go to api-access and security) waits for
+    // the busier one anyway, so the quieter one need not sync its few
+    // records at once, a sync of its own for every few of them.
+    let delay = if usual.max(decayed_peak(sy, sy.peak_all_waiting, first)) >= sy.commit_siblings {
         sy.commit_delay
     } else {
         Duration::ZERO
@@ -925,6 +950,7 @@ impl Audit {
             checkpoint_problems: Vec::new(),
         };
         let mut tiers = Vec::new();
+        let all_waiting = Arc::new(AtomicUsize::new(0));
         for tier in Tier::ALL {
             let (state, tier_report) =
                 recover_tier(&options, tier, &vk, now, &mut report.checkpoint_problems)?;
@@ -943,6 +969,7 @@ impl Audit {
                 poisoned: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
                 waiting: AtomicUsize::new(0),
+                all_waiting: Arc::clone(&all_waiting),
                 cp_pending: Mutex::new(None),
                 cp_waiting: AtomicBool::new(false),
                 cp_upto: AtomicU64::new(0),
@@ -1057,6 +1084,7 @@ impl Audit {
                 slot: Arc::clone(&slot),
             });
             log.waiting.fetch_add(1, Ordering::SeqCst);
+            log.all_waiting.fetch_add(1, Ordering::SeqCst);
             if q.items.len() == q.wake_at {
                 log.cond.notify_one();
             }
@@ -2243,6 +2271,34 @@ mod tests {
         sy.peak_waiting = 2;
         sy.commit_siblings = 0;
         assert!(gather_wait(&sy, 1, t0, t0, at).is_some());
+    }
+
+    #[test]
+    fn the_siblings_count_callers_waiting_on_any_tier() {
+        let t0 = Instant::now();
+        let at = t0 + Duration::from_micros(60);
+        let mut sy = SyncState {
+            peak_waiting: 6,
+            peak_all_waiting: 6,
+            sync_nanos: 200_000,
+            commit_delay: Duration::from_millis(2),
+            commit_siblings: 16,
+            ..SyncState::default()
+        };
+        // Six callers on this tier and no more in all: light load, the
+        // group of three is due after 60 µs of quiet.
+        assert_eq!(gather_wait(&sy, 3, t0, t0, at), None);
+        // The same six while 64 callers wait on the log as a whole (the
+        // others on a busier tier): the delay applies, and the group
+        // keeps gathering until its six are in or 2 ms pass quietly.
+        sy.peak_all_waiting = 64;
+        assert!(gather_wait(&sy, 3, t0, t0, at).is_some());
+        assert!(gather_wait(&sy, 3, t0, t0, t0 + Duration::from_micros(1900)).is_some());
+        assert_eq!(
+            gather_wait(&sy, 3, t0, t0, t0 + Duration::from_micros(2001)),
+            None
+        );
+        assert_eq!(gather_wait(&sy, 6, t0, t0, at), None);
     }
 
     #[test]
