@@ -515,6 +515,9 @@ pub(crate) struct Transaction<'w> {
     matched_at: Option<usize>,
     /// The current link's hits (a buffer kept from link to link).
     hit_buf: Vec<Hit<'w>>,
+    /// The buffer `setvar` values with macros are expanded into before
+    /// they are copied into the variable's own (kept from one to the next).
+    scratch: Vec<u8>,
     removed_ids: Vec<IdRange>,
     removed_tags: Vec<TagSelect<'w>>,
     removed_targets_by_id: Vec<(Vec<IdRange>, Exclusion)>,
@@ -602,6 +605,7 @@ impl<'w> Transaction<'w> {
             matched_var: None,
             matched_at: None,
             hit_buf: recycle(hits),
+            scratch: Vec::new(),
             removed_ids: Vec::new(),
             removed_tags: Vec::new(),
             removed_targets_by_id: Vec::new(),
@@ -1950,6 +1954,12 @@ impl<'w> Transaction<'w> {
 
     fn expand(&self, m: &Macro, rule: &Rule) -> Vec<u8> {
         let mut out = Vec::with_capacity(32);
+        self.expand_into(m, rule, &mut out);
+        out
+    }
+
+    /// [`Transaction::expand`], appending to `out`.
+    fn expand_into(&self, m: &Macro, rule: &Rule, out: &mut Vec<u8>) {
         for seg in &m.segs {
             match seg {
                 Seg::Lit(s) => out.extend_from_slice(s.as_bytes()),
@@ -1982,7 +1992,6 @@ impl<'w> Transaction<'w> {
                 }
             }
         }
-        out
     }
 
     /// [`Transaction::expand`], borrowing the value of a lone `%{TX.key}`
@@ -2029,8 +2038,11 @@ impl<'w> Transaction<'w> {
                 SetOp::Set(m) => match m.as_literal() {
                     Some(lit) => self.var_ref(sv.coll, sv.key_id, key).put(lit.as_bytes()),
                     None => {
-                        let v = self.expand(m, top);
-                        self.var_ref(sv.coll, sv.key_id, key).put_owned(v);
+                        let mut v = std::mem::take(&mut self.scratch);
+                        v.clear();
+                        self.expand_into(m, top, &mut v);
+                        self.var_ref(sv.coll, sv.key_id, key).put(&v);
+                        self.scratch = v;
                     }
                 },
                 SetOp::Add(m) | SetOp::Sub(m) => {
@@ -2197,21 +2209,6 @@ impl VarRef<'_, '_> {
         match self {
             VarRef::Named(v) => store_named(v, value),
             VarRef::Map(m, k) => store(m, k, value),
-        }
-    }
-
-    /// [`VarRef::put`]; a new variable takes the buffer when it is too
-    /// long to be held inline.
-    fn put_owned(self, value: Vec<u8>) {
-        match self {
-            VarRef::Named(Some(v)) => v.set(&value),
-            VarRef::Named(v) => *v = Some(SmallBytes::from(value)),
-            VarRef::Map(m, k) => match map_entry(m, k) {
-                MapEntry::Occupied(mut e) => e.get_mut().set(&value),
-                MapEntry::Vacant(e) => {
-                    e.insert(SmallBytes::from(value));
-                }
-            },
         }
     }
 
