@@ -1300,13 +1300,15 @@ impl<'w> Transaction<'w> {
                     }
                     self.clear_matched_vars();
                     let n = hits.len();
+                    // each hit's captures, set as TX.0-9 below before its
+                    // actions run (the last hit's stay for the chain)
                     let mut caps = Vec::new();
                     for h in hits.drain(..) {
-                        if let Some(c) = &h.caps {
-                            self.set_captures(c);
-                        }
                         self.matched_vars.push((h.name, h.value));
                         if h.caps.is_some() || !caps.is_empty() {
+                            if caps.is_empty() {
+                                caps.reserve_exact(n);
+                            }
                             caps.resize_with(self.matched_vars.len() - 1, || None);
                             caps.push(h.caps);
                         }
