@@ -3,6 +3,7 @@
 use crate::error::{syntax, Error, Location};
 use crate::macros::Macro;
 use crate::prefilter::{find, BytePairs, ByteSet, Prefilter, ValueFacts};
+use crate::small::SmallBytes;
 use aho_corasick::AhoCorasick;
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -368,7 +369,7 @@ impl Rx {
     }
 
     /// Matches; when `caps` is given, fills it with groups 0..=9.
-    pub(crate) fn is_match(&self, input: &[u8], caps: Option<&mut Vec<Vec<u8>>>) -> bool {
+    pub(crate) fn is_match(&self, input: &[u8], caps: Option<&mut Vec<SmallBytes>>) -> bool {
         self.is_match_with(input, None, None, caps)
     }
 
@@ -379,7 +380,7 @@ impl Rx {
         input: &[u8],
         bytes: Option<&ByteSet>,
         facts: Option<&ValueFacts>,
-        caps: Option<&mut Vec<Vec<u8>>>,
+        caps: Option<&mut Vec<SmallBytes>>,
     ) -> bool {
         if self
             .prefilter
@@ -392,7 +393,7 @@ impl Rx {
             RxImpl::Whole => {
                 if let Some(out) = caps {
                     out.clear();
-                    out.push(input.to_vec());
+                    out.push(SmallBytes::copy_of(input));
                 }
                 true
             }
@@ -412,8 +413,7 @@ impl Rx {
                         out.push(
                             c.get_group(i)
                                 .and_then(|m| input.get(m.range()))
-                                .map(<[u8]>::to_vec)
-                                .unwrap_or_default(),
+                                .map_or_else(SmallBytes::default, SmallBytes::copy_of),
                         );
                     }
                     true
@@ -427,11 +427,9 @@ impl Rx {
                         Ok(Some(c)) => {
                             out.clear();
                             for i in 0..c.len().min(10) {
-                                out.push(
-                                    c.get(i)
-                                        .map(|m| m.as_str().as_bytes().to_vec())
-                                        .unwrap_or_default(),
-                                );
+                                out.push(c.get(i).map_or_else(SmallBytes::default, |m| {
+                                    SmallBytes::copy_of(m.as_str().as_bytes())
+                                }));
                             }
                             true
                         }
@@ -781,7 +779,7 @@ pub(crate) fn eval(
     op: &Op,
     input: &[u8],
     expand: &mut dyn FnMut(&Macro) -> Vec<u8>,
-    caps: Option<&mut Vec<Vec<u8>>>,
+    caps: Option<&mut Vec<SmallBytes>>,
 ) -> bool {
     eval_with(op, input, None, None, &mut |m| Cow::Owned(expand(m)), caps)
 }
@@ -797,7 +795,7 @@ pub(crate) fn eval_with<'o>(
     bytes: Option<&ByteSet>,
     facts: Option<&ValueFacts>,
     expand: &mut dyn FnMut(&Macro) -> Cow<'o, [u8]>,
-    caps: Option<&mut Vec<Vec<u8>>>,
+    caps: Option<&mut Vec<SmallBytes>>,
 ) -> bool {
     // `@rx`, most checks, without the set-up of the other operators
     match op {
@@ -813,7 +811,7 @@ fn eval_other<'o>(
     bytes: Option<&ByteSet>,
     facts: Option<&ValueFacts>,
     expand: &mut dyn FnMut(&Macro) -> Cow<'o, [u8]>,
-    caps: Option<&mut Vec<Vec<u8>>>,
+    caps: Option<&mut Vec<SmallBytes>>,
 ) -> bool {
     let mut arg = |m: &'o Macro| -> Cow<'o, [u8]> {
         match m.as_literal() {
@@ -838,7 +836,7 @@ fn eval_other<'o>(
             Some(found) => {
                 if let Some(c) = caps {
                     c.clear();
-                    c.push(input.get(found.range()).unwrap_or(&[]).to_vec());
+                    c.push(SmallBytes::copy_of(input.get(found.range()).unwrap_or(&[])));
                 }
                 true
             }
@@ -880,7 +878,7 @@ fn eval_other<'o>(
                 Ok(Some(fp)) => {
                     if let Some(c) = caps {
                         c.clear();
-                        c.push(fp.as_str().as_bytes().to_vec());
+                        c.push(SmallBytes::copy_of(fp.as_str().as_bytes()));
                     }
                     true
                 }
@@ -1014,6 +1012,7 @@ mod tests {
                             .collect()
                     })
                     .unwrap_or_default();
+                let caps: Vec<Vec<u8>> = caps.iter().map(|c| c.to_vec()).collect();
                 assert_eq!(caps, want, "{pattern} {input:?}");
             }
         }
@@ -1050,7 +1049,11 @@ mod tests {
             assert_eq!(got, want.is_injection(), "{input:?}");
             if got {
                 let fp = want.fingerprint.map(|f| f.as_str().as_bytes().to_vec());
-                assert_eq!(caps.first(), fp.as_ref(), "{input:?}");
+                assert_eq!(
+                    caps.first().map(|c| c.to_vec()).as_ref(),
+                    fp.as_ref(),
+                    "{input:?}"
+                );
                 matched += 1;
             }
         }

@@ -350,7 +350,7 @@ impl Val<'_> {
 struct Hit<'w> {
     name: Cow<'w, str>,
     value: SmallBytes,
-    caps: Option<Vec<Vec<u8>>>,
+    caps: Option<Vec<SmallBytes>>,
 }
 
 /// The rules a `ctl` names by tag: the table worked out at load, or the
@@ -1379,7 +1379,7 @@ impl<'w> Transaction<'w> {
         }))
     }
 
-    fn set_captures(&mut self, caps: &[Vec<u8>]) {
+    fn set_captures(&mut self, caps: &[SmallBytes]) {
         // the keys `0` to `9` are ids 0 to 9 (`TxKeys`)
         for (i, c) in caps.iter().enumerate() {
             match self.tx_named.get_mut(i).filter(|_| i < 10) {
@@ -1547,7 +1547,7 @@ impl<'w> Transaction<'w> {
         let mut check = |input: &[u8],
                          bytes: Option<&ByteSet>,
                          grams: Option<&ValueFacts>,
-                         caps_buf: &mut Vec<Vec<u8>>| {
+                         caps_buf: &mut Vec<SmallBytes>| {
             let caps = if ctx.want_caps {
                 Some(&mut *caps_buf)
             } else {
@@ -1555,7 +1555,7 @@ impl<'w> Transaction<'w> {
             };
             eval_with(&op.op, input, bytes, grams, &mut expand, caps) != op.negated
         };
-        let mut hit = |cur: &[u8], caps_buf: Vec<Vec<u8>>| {
+        let mut hit = |cur: &[u8], caps_buf: Vec<SmallBytes>| {
             let name = match ctx.name {
                 Some(n) => Cow::Borrowed(n),
                 None => {
