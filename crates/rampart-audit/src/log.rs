@@ -620,12 +620,11 @@ impl TierLog {
                     done.push(b);
                 }
             }
-            let now_waiting = self.waiting.load(Ordering::SeqCst);
-            let decayed = sy.peak_waiting - sy.peak_waiting.div_ceil(16);
-            sy.peak_waiting = now_waiting.max(decayed);
-            let all_waiting = self.all_waiting.load(Ordering::SeqCst);
-            let decayed = sy.peak_all_waiting - sy.peak_all_waiting.div_ceil(16);
-            sy.peak_all_waiting = all_waiting.max(decayed);
+            sample_peak(&mut sy.peak_waiting, self.waiting.load(Ordering::SeqCst));
+            sample_peak(
+                &mut sy.peak_all_waiting,
+                self.all_waiting.load(Ordering::SeqCst),
+            );
         }
         self.synced_records
             .fetch_add(records as u64, Ordering::Relaxed);
@@ -823,6 +822,12 @@ fn usual_waiters(sy: &SyncState, first: Instant) -> usize {
     decayed_peak(sy, sy.peak_waiting, first)
 }
 
+/// A peak of callers waiting, sampled at a sync: `now` if higher, else the
+/// peak less a sixteenth.
+fn sample_peak(peak: &mut usize, now: usize) {
+    *peak = now.max(*peak - peak.div_ceil(16));
+}
+
 /// `peak` halved for each [`PEAK_HALF_LIFE`] the log sat idle before
 /// `first`.
 fn decayed_peak(sy: &SyncState, peak: usize, first: Instant) -> usize {
@@ -872,7 +877,8 @@ fn gather_wait(
     // tiers (the edge's denials go to api-access and security) waits for
     // the busier one anyway, so the quieter one need not sync its few
     // records at once, a sync of its own for every few of them.
-    let delay = if usual.max(decayed_peak(sy, sy.peak_all_waiting, first)) >= sy.commit_siblings {
+    let siblings = usual.max(decayed_peak(sy, sy.peak_all_waiting, first));
+    let delay = if siblings >= sy.commit_siblings {
         sy.commit_delay
     } else {
         Duration::ZERO
