@@ -477,6 +477,8 @@ impl Drop for RecordFuture {
 
 struct Pending {
     time: u64,
+    /// When it was queued ([`SyncState::note_arrivals`]).
+    at: Instant,
     nonce: [u8; 12],
     sealed: Vec<u8>,
     slot: Arc<Slot>,
@@ -568,8 +570,8 @@ struct SyncState {
     first_unsynced_at: Option<Instant>,
     last_written_at: Option<Instant>,
     /// How many callers usually wait at once: `waiting` sampled as each sync
-    /// completes, decaying. Once that many records are written, nobody
-    /// else is coming and the sync starts at once.
+    /// completes, decaying. Once that many records are written (or fewer,
+    /// [`group_target`]), the sync starts at once.
     peak_waiting: usize,
     /// The same for the callers waiting on any tier, sampled at this
     /// tier's syncs: whether the log as a whole is busy enough for the
@@ -579,6 +581,21 @@ struct SyncState {
     sync_nanos: u64,
     /// When the last sync finished.
     last_sync_end: Option<Instant>,
+    /// Records already written for the next group when the last sync
+    /// finished (those that came in while it was in flight).
+    unsynced_at_end: usize,
+    /// Of the records written since, how many were queued after it ended,
+    /// and when the first and the last of them were.
+    fresh: usize,
+    fresh_first: Option<Instant>,
+    fresh_last: Option<Instant>,
+    /// Recent time between records queued after a sync ended, in
+    /// nanoseconds (exponential average; 0 = not yet known).
+    arrival_gap_nanos: u64,
+    /// Recent time from a sync's end to the first record queued after it,
+    /// when none came in while it was in flight: how long the callers it
+    /// answered take to come back (exponential average).
+    return_nanos: u64,
     file: Option<Arc<File>>,
     shutdown: bool,
     /// [`AuditOptions::commit_delay`].
@@ -693,6 +710,7 @@ impl TierLog {
         self.sync_time_nanos.fetch_add(took, Ordering::Relaxed);
         let mut sy = lock(&self.sync);
         sy.last_sync_end = Some(now);
+        sy.unsynced_at_end = sy.unsynced_records;
         sy.sync_nanos = if sy.sync_nanos == 0 {
             took
         } else {
@@ -709,8 +727,7 @@ impl TierLog {
     }
 
     /// Whether a sync should start now rather than wait for more records:
-    /// every caller that usually waits has its record written (so nobody
-    /// else is coming), or the records written so far have waited long
+    /// the group holds as many as it waits for ([`group_target`]), or the records written so far have waited long
     /// enough for company, or no record has come in for a while.
     fn sync_due(&self, sy: &SyncState, now: Instant) -> Option<Duration> {
         let (Some(first), Some(last)) = (sy.first_unsynced_at, sy.last_written_at) else {
@@ -752,8 +769,7 @@ impl TierLog {
         let upto = {
             let mut sy = lock(&self.sync);
             sy.syncing_upto = sy.syncing_upto.max(sy.written_id);
-            sy.unsynced_records = 0;
-            sy.first_unsynced_at = None;
+            sy.close_group();
             sy.written_id
         };
         self.syncs.fetch_add(1, Ordering::Relaxed);
@@ -814,6 +830,81 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// each further spell: a lone record after a burst syncs at once.
 const PEAK_HALF_LIFE: Duration = Duration::from_millis(10);
 
+/// `avg` moved a quarter of the way to `sample` (`sample` if `avg` is 0).
+fn ewma4(avg: u64, sample: u64) -> u64 {
+    if avg == 0 {
+        sample
+    } else {
+        (avg.saturating_mul(3) / 4).saturating_add(sample / 4)
+    }
+}
+
+impl SyncState {
+    /// A batch is written whose records queued after the last sync ended
+    /// number `n`, the first of them queued at `first` and the last at
+    /// `last`.
+    fn note_arrivals(&mut self, n: usize, first: Instant, last: Instant) {
+        if n == 0 {
+            return;
+        }
+        self.fresh += n;
+        self.fresh_first = Some(self.fresh_first.map_or(first, |f| f.min(first)));
+        self.fresh_last = Some(self.fresh_last.map_or(last, |l| l.max(last)));
+    }
+
+    /// The records written so far go into a sync that starts now: the next
+    /// group starts empty. Notes how far apart this group's records came
+    /// after the last sync ended and, when none came while it was in
+    /// flight, how long after its end the first of them came.
+    fn close_group(&mut self) {
+        if let (Some(first), Some(last), true) =
+            (self.fresh_first, self.fresh_last, self.fresh >= 2)
+        {
+            let span = last.saturating_duration_since(first).as_nanos();
+            let gap = span / (self.fresh as u128 - 1);
+            self.arrival_gap_nanos = ewma4(
+                self.arrival_gap_nanos,
+                u64::try_from(gap).unwrap_or(u64::MAX),
+            );
+        }
+        if let (Some(end), Some(first), 0) =
+            (self.last_sync_end, self.fresh_first, self.unsynced_at_end)
+        {
+            let back = first.saturating_duration_since(end).as_nanos();
+            self.return_nanos = ewma4(self.return_nanos, u64::try_from(back).unwrap_or(u64::MAX));
+        }
+        self.fresh = 0;
+        self.fresh_first = None;
+        self.fresh_last = None;
+        self.unsynced_records = 0;
+        self.unsynced_at_end = 0;
+        self.first_unsynced_at = None;
+    }
+}
+
+/// How many records a group waits for before its sync starts, of the
+/// `usual` callers that wait at once: all of them, less those expected to
+/// come in while its sync is in flight and its callers find their way back
+/// (the recent sync time and return time over the recent gap between
+/// records).
+///
+/// A group that waits for its last caller leaves every core idle while it
+/// syncs: everyone is waiting. When the callers do real work between two
+/// records (the edge's requests), the last few are better left to the next
+/// group: the CPU works on them while the sync is in flight. When they come
+/// back faster than that (a burst, nothing to do between records), the
+/// whole group waits for them, as before. Never fewer than a quarter.
+fn group_target(sy: &SyncState, usual: usize) -> usize {
+    if sy.arrival_gap_nanos == 0 {
+        return usual;
+    }
+    let meanwhile = sy.sync_nanos.saturating_add(sy.return_nanos) / sy.arrival_gap_nanos;
+    match usize::try_from(meanwhile) {
+        Ok(m) if m < usual => (usual - m).max(usual.div_ceil(4)),
+        _ => usual,
+    }
+}
+
 /// How many callers usually wait at once, for a group whose first record
 /// came at `first`: `peak_waiting`, halved for each [`PEAK_HALF_LIFE`] the
 /// log sat idle before it. Under steady load syncs end far more often than
@@ -849,8 +940,9 @@ fn about_one_sync(sy: &SyncState) -> Duration {
 
 /// How much longer to gather `count` records, the first of which came at
 /// `first` and the last at `last`; `None` once the sync should start:
-/// when as many records are in as callers usually wait at once (nobody else
-/// is coming), after about one sync time, or after 50 µs with no record
+/// when the group holds as many records as it waits for ([`group_target`]:
+/// the callers that usually wait at once, less those better left to the
+/// next group), after about one sync time, or after 50 µs with no record
 /// (with a commit delay in force, at least `commit_siblings` callers
 /// usually waiting on this tier or on all tiers together, the quiet spell
 /// is at least the delay and the cap at least twice it).
@@ -862,7 +954,7 @@ fn gather_wait(
     now: Instant,
 ) -> Option<Duration> {
     let usual = usual_waiters(sy, first);
-    if count >= usual {
+    if count >= group_target(sy, usual) {
         return None;
     }
     // Gathering starts when the last sync ended: records written while it
@@ -1085,6 +1177,7 @@ impl Audit {
             }
             q.items.push(Pending {
                 time,
+                at: Instant::now(),
                 nonce,
                 sealed,
                 slot: Arc::clone(&slot),
@@ -1386,7 +1479,7 @@ impl Core {
         }
         let expect = {
             let sy = lock(&log.sync);
-            let usual = usual_waiters(&sy, Instant::now());
+            let usual = group_target(&sy, usual_waiters(&sy, Instant::now()));
             (sy.syncing_upto <= sy.durable_id).then(|| {
                 (
                     usual.saturating_sub(sy.unsynced_records),
@@ -1423,7 +1516,7 @@ impl Core {
                 } else {
                     let count = sy.unsynced_records + q.items.len();
                     gather_wait(&sy, count, started, seen_at, now).map(|w| {
-                        let usual = usual_waiters(&sy, started);
+                        let usual = group_target(&sy, usual_waiters(&sy, started));
                         (w, usual.saturating_sub(sy.unsynced_records))
                     })
                 }
@@ -1577,8 +1670,7 @@ impl Core {
                 }
                 let target = sy.written_id;
                 sy.syncing_upto = target;
-                sy.unsynced_records = 0;
-                sy.first_unsynced_at = None;
+                sy.close_group();
                 let file = sy.file.clone();
                 drop(sy);
                 log.syncs.fetch_add(1, Ordering::Relaxed);
@@ -1611,13 +1703,28 @@ impl Core {
         }
         let mut st = lock(&log.state);
         let now = self.clock.unix_nanos();
-        let before = lock(&log.sync).written_id;
+        let (before, ended) = {
+            let sy = lock(&log.sync);
+            (sy.written_id, sy.last_sync_end)
+        };
         match st.write_batch(&self.options, tier, &batch, now) {
             Ok((receipts, rolled)) => {
                 if rolled {
                     // The roll synced the old segment: all earlier batches are durable.
                     log.mark_durable(before);
                 }
+                // queued in order: those after the last sync's end are a tail
+                let fresh = match ended {
+                    Some(end) => batch
+                        .get(batch.partition_point(|p| p.at <= end)..)
+                        .unwrap_or_default(),
+                    None => &[],
+                };
+                let arrivals = (
+                    fresh.len(),
+                    fresh.first().map(|p| p.at),
+                    fresh.last().map(|p| p.at),
+                );
                 let done: Vec<(Arc<Slot>, Receipt)> =
                     batch.into_iter().map(|p| p.slot).zip(receipts).collect();
                 // Nobody else queued and no sync in flight: sync here and
@@ -1632,6 +1739,9 @@ impl Core {
                     let now = Instant::now();
                     let first = sy.first_unsynced_at.is_none();
                     sy.unsynced_records += done.len();
+                    if let (n, Some(first), Some(last)) = arrivals {
+                        sy.note_arrivals(n, first, last);
+                    }
                     sy.first_unsynced_at.get_or_insert(now);
                     sy.last_written_at = Some(now);
                     sy.pending.push_back(WrittenBatch { id, done });
@@ -1645,8 +1755,7 @@ impl Core {
                     let inline = self.options.sync_threads == 0 || (idle && queue_empty && due);
                     if inline {
                         sy.syncing_upto = id;
-                        sy.unsynced_records = 0;
-                        sy.first_unsynced_at = None;
+                        sy.close_group();
                     }
                     (inline, !inline && (!idle || due || first))
                 };
@@ -2305,6 +2414,73 @@ mod tests {
             None
         );
         assert_eq!(gather_wait(&sy, 6, t0, t0, at), None);
+    }
+
+    #[test]
+    fn a_group_leaves_to_the_next_the_callers_due_back_while_it_syncs() {
+        let t0 = Instant::now();
+        let at = t0 + Duration::from_micros(60);
+        let mut sy = SyncState {
+            peak_waiting: 64,
+            sync_nanos: 200_000,
+            commit_delay: Duration::from_millis(2),
+            commit_siblings: 16,
+            ..SyncState::default()
+        };
+        // Nothing measured yet: the group waits for all 64.
+        assert_eq!(group_target(&sy, 64), 64);
+        assert!(gather_wait(&sy, 60, t0, t0, at).is_some());
+        // Records 25 µs apart, the callers back 300 µs after a sync ends:
+        // in the 500 µs of a sync and a return, 20 more would come in. The
+        // group syncs once 44 are in; the CPU works on the other 20
+        // meanwhile.
+        sy.arrival_gap_nanos = 25_000;
+        sy.return_nanos = 300_000;
+        assert_eq!(group_target(&sy, 64), 44);
+        assert!(gather_wait(&sy, 43, t0, t0, at).is_some());
+        assert_eq!(gather_wait(&sy, 44, t0, t0, at), None);
+        // Callers with nothing to do between records come back in a burst
+        // (1 µs apart): the whole group waits for them, as before.
+        sy.arrival_gap_nanos = 1_000;
+        sy.return_nanos = 20_000;
+        assert_eq!(group_target(&sy, 64), 64);
+        // Slow syncs: never fewer than a quarter of the usual waiters.
+        sy.arrival_gap_nanos = 25_000;
+        sy.sync_nanos = 1_200_000;
+        assert_eq!(group_target(&sy, 64), 16);
+    }
+
+    #[test]
+    fn closing_a_group_measures_how_its_callers_came_back() {
+        let end = Instant::now();
+        let mut sy = SyncState {
+            last_sync_end: Some(end),
+            ..SyncState::default()
+        };
+        // Nothing came while the sync was in flight; the first record came
+        // 300 µs after its end, then one every 20 µs, in two batches.
+        let us = |n: u64| end + Duration::from_micros(n);
+        sy.unsynced_records = 10;
+        sy.note_arrivals(10, us(300), us(480));
+        sy.unsynced_records += 6;
+        sy.note_arrivals(6, us(500), us(600));
+        sy.close_group();
+        assert_eq!(sy.arrival_gap_nanos, 20_000);
+        assert_eq!(sy.return_nanos, 300_000);
+        assert_eq!(
+            (sy.unsynced_records, sy.fresh, sy.fresh_first),
+            (0, 0, None)
+        );
+        // A group that had records waiting when the sync ended: the first
+        // one after it is not a caller coming back, so the return time is
+        // kept; the gap moves a quarter of the way to its 80 µs.
+        sy.unsynced_at_end = 5;
+        sy.unsynced_records = 8;
+        sy.note_arrivals(3, us(650), us(810));
+        sy.close_group();
+        assert_eq!(sy.arrival_gap_nanos, 35_000);
+        assert_eq!(sy.return_nanos, 300_000);
+        assert_eq!(sy.unsynced_at_end, 0);
     }
 
     #[test]
