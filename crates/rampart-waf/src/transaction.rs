@@ -406,9 +406,50 @@ fn recycle<T, U>(mut v: Vec<T>) -> Vec<U> {
     v.into_iter().filter_map(|_| None).collect()
 }
 
-thread_local! {
-    static SPARE: RefCell<Option<Spare>> = const { RefCell::new(None) };
+/// A thread's kept buffers: one set for each transaction that ended while
+/// others were open (the edge keeps a request's transaction open while
+/// the upstream answers, so a thread has several at once).
+///
+/// Transformation caches are kept apart: an open transaction gives its
+/// table back once its request phases are done
+/// ([`Transaction::release_caches`]), and the next transaction takes it.
+#[derive(Default)]
+struct SparePool {
+    spares: Vec<(Spare, usize)>,
+    tables: Vec<TfCache>,
+    /// The bytes they all hold, about ([`Spare::keep`], [`table_bytes`]).
+    bytes: usize,
 }
+
+/// About the bytes an empty transformation cache holds.
+fn table_bytes(t: &TfCache) -> usize {
+    t.capacity() * (std::mem::size_of::<((u64, u32), Cached)>() + 1)
+}
+
+/// Empties a transformation cache, keeping the emptied shells of its
+/// shared results (up to [`SPARE_SHELLS`]) for the next results.
+fn empty_cache(cache: &mut TfCache, shells: &mut Vec<Arc<Vec<u8>>>) {
+    // a result shared by several entries is emptied by the last
+    for (_, e) in cache.drain() {
+        if let Some(mut shell) = e.value {
+            if let Some(v) = Arc::get_mut(&mut shell) {
+                if shells.len() < SPARE_SHELLS {
+                    *v = Vec::new();
+                    shells.push(shell);
+                }
+            }
+        }
+    }
+}
+
+thread_local! {
+    static SPARES: RefCell<SparePool> = RefCell::new(SparePool::default());
+}
+
+/// Most sets of buffers a thread keeps, and most bytes they may hold
+/// together: past either, a finished transaction's buffers are freed.
+const SPARES_PER_THREAD: usize = 64;
+const SPARE_POOL_BYTES: usize = 8 << 20;
 
 /// Most values a kept slot may have room for, and most entries the kept
 /// cache may have room for: a large request's buffers are freed, not kept.
@@ -422,20 +463,61 @@ const SPARE_SHELLS: usize = 256;
 const SPARE_HITS: usize = 64;
 
 impl Spare {
-    /// This thread's spare buffers, or new ones.
+    /// This thread's spare buffers (the last kept), or new ones; with a
+    /// kept transformation cache when the buffers have none.
     fn take() -> Spare {
-        let spare = SPARE
-            .try_with(|s| s.try_borrow_mut().ok().and_then(|mut s| s.take()))
-            .ok()
-            .flatten();
-        spare.unwrap_or_else(|| Spare {
+        let (spare, table) = SPARES
+            .try_with(|p| {
+                let Ok(mut p) = p.try_borrow_mut() else {
+                    return (None, None);
+                };
+                let spare = p.spares.pop().map(|(spare, held)| {
+                    p.bytes = p.bytes.saturating_sub(held);
+                    spare
+                });
+                let table = if spare.as_ref().is_some_and(|s| s.tf_cache.capacity() > 0) {
+                    None
+                } else {
+                    p.tables.pop().inspect(|t| {
+                        p.bytes = p.bytes.saturating_sub(table_bytes(t));
+                    })
+                };
+                (spare, table)
+            })
+            .unwrap_or((None, None));
+        let mut spare = spare.unwrap_or_else(|| Spare {
             slots: vec![Slot::default(); VAR_COUNT],
-            tf_cache: TfCache::with_capacity_and_hasher(256, BuildHasherDefault::default()),
+            tf_cache: TfCache::default(),
             tx_named: Vec::new(),
             shells: Vec::new(),
             hits: Vec::new(),
             matched_vars: Vec::new(),
-        })
+        });
+        if spare.tf_cache.capacity() == 0 {
+            spare.tf_cache = table.unwrap_or_else(|| {
+                TfCache::with_capacity_and_hasher(256, BuildHasherDefault::default())
+            });
+        }
+        spare
+    }
+
+    /// Keeps an emptied transformation cache for the next transaction
+    /// (unless it grew past the limits).
+    fn keep_table(table: TfCache) {
+        if table.capacity() == 0 || table.capacity() > SPARE_CACHE_ENTRIES {
+            return;
+        }
+        let bytes = table_bytes(&table);
+        let _ = SPARES.try_with(|p| {
+            if let Ok(mut p) = p.try_borrow_mut() {
+                if p.tables.len() < SPARES_PER_THREAD
+                    && p.bytes.saturating_add(bytes) <= SPARE_POOL_BYTES
+                {
+                    p.bytes += bytes;
+                    p.tables.push(table);
+                }
+            }
+        });
     }
 
     /// Empties a finished transaction's buffers and keeps them for the
@@ -462,6 +544,8 @@ impl Spare {
         for v in tx_named.iter_mut().filter(|v| v.is_some()) {
             *v = None;
         }
+        // the bytes the kept slot entries hold
+        let mut held = 0;
         for s in &mut slots {
             if s.entries.capacity() > SPARE_SLOT_VALUES {
                 *s = Slot::default();
@@ -469,33 +553,45 @@ impl Spare {
                 s.clear();
                 // large buffers are not kept
                 s.entries.retain(|e| {
-                    e.key.capacity() <= SPARE_BUFFER && e.value.capacity() <= SPARE_BUFFER
+                    let keep =
+                        e.key.capacity() <= SPARE_BUFFER && e.value.capacity() <= SPARE_BUFFER;
+                    if keep {
+                        held += e.key.capacity() + e.value.capacity();
+                    }
+                    keep
                 });
+                held += s.entries.capacity() * std::mem::size_of::<Entry>();
             }
         }
-        // a result shared by several entries is emptied by the last
-        for (_, e) in tf_cache.drain() {
-            if let Some(mut shell) = e.value {
-                if let Some(v) = Arc::get_mut(&mut shell) {
-                    if shells.len() < SPARE_SHELLS {
-                        *v = Vec::new();
-                        shells.push(shell);
-                    }
+        empty_cache(&mut tf_cache, &mut shells);
+        let spare = Spare {
+            slots,
+            tf_cache,
+            tx_named,
+            shells,
+            hits,
+            matched_vars,
+        };
+        let held = held + spare.held_besides_slots();
+        let _ = SPARES.try_with(|p| {
+            if let Ok(mut p) = p.try_borrow_mut() {
+                if p.spares.len() < SPARES_PER_THREAD
+                    && p.bytes.saturating_add(held) <= SPARE_POOL_BYTES
+                {
+                    p.bytes += held;
+                    p.spares.push((spare, held));
                 }
             }
-        }
-        let _ = SPARE.try_with(|s| {
-            if let Ok(mut s) = s.try_borrow_mut() {
-                *s = Some(Spare {
-                    slots,
-                    tf_cache,
-                    tx_named,
-                    shells,
-                    hits,
-                    matched_vars,
-                });
-            }
         });
+    }
+
+    /// About the bytes its buffers hold besides its slots' entries.
+    fn held_besides_slots(&self) -> usize {
+        table_bytes(&self.tf_cache)
+            + self.tx_named.capacity() * std::mem::size_of::<Option<SmallBytes>>()
+            + self.shells.len() * std::mem::size_of::<Vec<u8>>()
+            + self.hits.capacity() * std::mem::size_of::<Hit<'static>>()
+            + self.matched_vars.capacity() * std::mem::size_of::<(Cow<'static, str>, SmallBytes)>()
     }
 }
 
@@ -581,6 +677,23 @@ fn path_and_query(uri: &str) -> &str {
         };
     }
     uri
+}
+
+/// A transaction's buffers, emptied, go to its thread's pool for the next
+/// one, however it ends: a verdict, or a request blocked before its
+/// response ([`Spare::keep`]).
+impl Drop for Transaction<'_> {
+    fn drop(&mut self) {
+        Spare {
+            slots: std::mem::take(&mut self.slots),
+            tf_cache: std::mem::take(self.tf_cache.get_mut()),
+            tx_named: std::mem::take(&mut self.tx_named),
+            shells: std::mem::take(self.tf_shells.get_mut()),
+            hits: recycle(std::mem::take(&mut self.hit_buf)),
+            matched_vars: recycle(std::mem::take(&mut self.matched_vars)),
+        }
+        .keep();
+    }
 }
 
 impl<'w> Transaction<'w> {
@@ -930,35 +1043,27 @@ impl<'w> Transaction<'w> {
         }
     }
 
-    pub(crate) fn into_verdict(self) -> Verdict {
+    pub(crate) fn into_verdict(mut self) -> Verdict {
         let (action, disrupted_by, anomaly_score, outbound_anomaly_score) = self.outcome();
-        let verdict = Verdict {
+        // the buffers are kept for the next transaction when `self` drops
+        Verdict {
             action,
             disrupted_by,
-            matched_rules: self.matched_rules,
-            matched_ids: self.matched_ids,
+            matched_rules: std::mem::take(&mut self.matched_rules),
+            matched_ids: std::mem::take(&mut self.matched_ids),
             anomaly_score,
             outbound_anomaly_score,
-        };
-        Spare {
-            slots: self.slots,
-            tf_cache: self.tf_cache.into_inner(),
-            tx_named: self.tx_named,
-            shells: self.tf_shells.into_inner(),
-            hits: recycle(self.hit_buf),
-            matched_vars: recycle(self.matched_vars),
         }
-        .keep();
-        verdict
     }
 
     /// Drops the transformation caches (kept values of the request phases)
     /// while the transaction waits for the response, so that an open
     /// transaction holds little more than its variables.
     pub(crate) fn release_caches(&mut self) {
-        self.tf_cache.get_mut().clear();
-        self.tf_cache.get_mut().shrink_to_fit();
+        let mut table = std::mem::take(self.tf_cache.get_mut());
+        empty_cache(&mut table, self.tf_shells.get_mut());
         self.tf_cache_bytes.set(0);
+        Spare::keep_table(table);
     }
 
     /// Whether the engine is on (or detecting) after the request phases.
@@ -2354,6 +2459,77 @@ SecRule ARGS_NAMES "@rx ^n$" "id:2,phase:1,pass,t:none,t:lowercase"
                 .matched_ids
                 .is_empty());
         }
+    }
+
+    /// The current thread's pool: sets of buffers and tables kept.
+    fn pooled() -> (usize, usize) {
+        super::SPARES.with(|p| {
+            let p = p.borrow();
+            (p.spares.len(), p.tables.len())
+        })
+    }
+
+    #[test]
+    fn open_transactions_each_give_their_buffers_back_however_they_end() {
+        let rules = r#"
+SecRuleEngine On
+SecResponseBodyAccess On
+SecRule ARGS "@rx attack" "id:1,phase:1,deny,status:403,t:none,t:lowercase"
+SecRule RESPONSE_BODY "@contains leak" "id:2,phase:4,deny,status:403"
+"#;
+        let waf = Waf::from_str_named("t.conf", rules).unwrap();
+        // a thread of its own: the pool starts empty
+        std::thread::spawn(move || {
+            let ok = Request::new("GET", "/?q=hello");
+            let bad = Request::new("GET", "/?q=ATTACK");
+            // Three open at once, as the edge holds them while the
+            // upstream answers: each gives its transformation cache back
+            // when its request phases end, and the next one takes it.
+            let a = waf.inspect(&ok, None);
+            assert_eq!(pooled(), (0, 1));
+            let b = waf.inspect(&bad, None);
+            let c = waf.inspect(&ok, None);
+            assert_eq!(pooled(), (0, 1));
+            assert_eq!(b.request_verdict().matched_ids, [1]);
+            // the blocked one is dropped without a response, the others
+            // finish: all three sets of buffers are kept
+            drop(b);
+            let body = |s: &str| {
+                crate::request::Response::new(200)
+                    .header("Content-Type", "text/html")
+                    .body(s)
+            };
+            assert!(a.finish(&body("fine")).matched_ids.is_empty());
+            assert_eq!(c.finish(&body("a leak")).matched_ids, [2]);
+            assert_eq!(pooled().0, 3);
+            // the next ones take them, and see nothing of the last ones
+            let d = waf.inspect(&ok, None);
+            assert!(d.request_verdict().matched_ids.is_empty());
+            assert_eq!(pooled().0, 2);
+            assert!(d.finish(&body("fine")).matched_ids.is_empty());
+            assert_eq!(waf.evaluate(&bad).matched_ids, [1]);
+            assert_eq!(pooled().0, 3);
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn a_thread_keeps_a_bounded_pool() {
+        let waf =
+            Waf::from_str_named("t.conf", r#"SecRule ARGS "@rx x" "id:1,phase:1,pass""#).unwrap();
+        std::thread::spawn(move || {
+            let req = Request::new("GET", "/?q=hello");
+            let open: Vec<_> = (0..super::SPARES_PER_THREAD + 6)
+                .map(|_| waf.inspect(&req, None))
+                .collect();
+            drop(open);
+            assert_eq!(pooled().0, super::SPARES_PER_THREAD);
+            let bytes = super::SPARES.with(|p| p.borrow().bytes);
+            assert!(bytes > 0 && bytes <= super::SPARE_POOL_BYTES);
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]
