@@ -1139,20 +1139,22 @@ impl Audit {
     /// the record was not taken and the caller must refuse its action.
     /// Blocks the thread; from async code use [`Audit::record_async`].
     pub fn record(&self, event: Event) -> Result<Receipt, AuditError> {
-        self.enqueue(event)?.wait()
+        self.enqueue(&event)?.wait()
     }
 
     /// Records an event without blocking a thread: encrypts it now and
     /// resolves once the record is fsynced (same guarantees as
     /// [`Audit::record`]). Works on any executor; the future is `'static`.
-    pub fn record_async(&self, event: Event) -> RecordFuture {
+    /// The event is encoded at once, so a borrowed one can be changed and
+    /// recorded again (the same event in another tier) without a copy.
+    pub fn record_async(&self, event: impl std::borrow::Borrow<Event>) -> RecordFuture {
         RecordFuture {
-            state: self.enqueue(event).map_err(Some),
+            state: self.enqueue(event.borrow()).map_err(Some),
         }
     }
 
     /// Encrypts an event and queues it for its tier's writer.
-    fn enqueue(&self, event: Event) -> Result<Arc<Slot>, AuditError> {
+    fn enqueue(&self, event: &Event) -> Result<Arc<Slot>, AuditError> {
         let tier = event.tier;
         let log = self.tier_log(tier)?;
         if log.closed.load(Ordering::SeqCst) {

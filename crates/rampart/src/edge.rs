@@ -189,14 +189,13 @@ impl AuditSink for EdgeAudit {
             rec.status,
             rec.latency.as_secs_f64(),
         );
-        let access = self.event(rec);
-        let security = (access.outcome == Outcome::Denied).then(|| {
-            let mut ev = access.clone();
+        let mut ev = self.event(rec);
+        let first = self.audit.record_async(&ev);
+        // a denial also goes to the security tier: the same event, encoded again
+        let second = (ev.outcome == Outcome::Denied).then(|| {
             ev.tier = Tier::Security;
-            ev
+            self.audit.record_async(&ev)
         });
-        let first = self.audit.record_async(access);
-        let second = security.map(|ev| self.audit.record_async(ev));
         Box::pin(async move {
             first.await.map_err(|e| e.to_string())?;
             if let Some(f) = second {
