@@ -394,6 +394,8 @@ struct Spare {
     /// the engine, so they are kept as buffers only ([`recycle`]).
     hits: Vec<Hit<'static>>,
     matched_vars: Vec<(Cow<'static, str>, SmallBytes)>,
+    /// The buffer `setvar` values are expanded into.
+    scratch: Vec<u8>,
 }
 
 /// An emptied vector's buffer, for elements with another lifetime:
@@ -457,6 +459,8 @@ const SPARE_SLOT_VALUES: usize = 64;
 const SPARE_CACHE_ENTRIES: usize = 1024;
 /// Largest key or value buffer a kept slot entry may have.
 const SPARE_BUFFER: usize = 1024;
+/// Room made for the ids of the rules a transaction matches.
+const MATCHED_IDS_ROOM: usize = 256;
 /// Most emptied result shells kept.
 const SPARE_SHELLS: usize = 256;
 /// Most hits or MATCHED_VARS entries the kept buffers may have room for.
@@ -492,6 +496,7 @@ impl Spare {
             shells: Vec::new(),
             hits: Vec::new(),
             matched_vars: Vec::new(),
+            scratch: Vec::new(),
         });
         if spare.tf_cache.capacity() == 0 {
             spare.tf_cache = table.unwrap_or_else(|| {
@@ -530,7 +535,12 @@ impl Spare {
             mut shells,
             mut hits,
             mut matched_vars,
+            mut scratch,
         } = self;
+        if scratch.capacity() > SPARE_BUFFER {
+            scratch = Vec::new();
+        }
+        scratch.clear();
         if hits.capacity() > SPARE_HITS {
             hits = Vec::new();
         }
@@ -571,6 +581,7 @@ impl Spare {
             shells,
             hits,
             matched_vars,
+            scratch,
         };
         let held = held + spare.held_besides_slots();
         let _ = SPARES.try_with(|p| {
@@ -592,6 +603,7 @@ impl Spare {
             + self.shells.len() * std::mem::size_of::<Vec<u8>>()
             + self.hits.capacity() * std::mem::size_of::<Hit<'static>>()
             + self.matched_vars.capacity() * std::mem::size_of::<(Cow<'static, str>, SmallBytes)>()
+            + self.scratch.capacity()
     }
 }
 
@@ -691,6 +703,7 @@ impl Drop for Transaction<'_> {
             shells: std::mem::take(self.tf_shells.get_mut()),
             hits: recycle(std::mem::take(&mut self.hit_buf)),
             matched_vars: recycle(std::mem::take(&mut self.matched_vars)),
+            scratch: std::mem::take(&mut self.scratch),
         }
         .keep();
     }
@@ -706,6 +719,7 @@ impl<'w> Transaction<'w> {
             shells,
             hits,
             matched_vars,
+            scratch,
         } = Spare::take();
         tx_named.resize_with(waf.tx_keys.len(), || None);
         let mut t = Transaction {
@@ -718,7 +732,7 @@ impl<'w> Transaction<'w> {
             matched_var: None,
             matched_at: None,
             hit_buf: recycle(hits),
-            scratch: Vec::new(),
+            scratch,
             removed_ids: Vec::new(),
             removed_tags: Vec::new(),
             removed_targets_by_id: Vec::new(),
@@ -734,7 +748,9 @@ impl<'w> Transaction<'w> {
             force_body_var: false,
             disruption: None,
             matched_rules: Vec::new(),
-            matched_ids: Vec::new(),
+            // every rule that matches, CRS's paranoia-level gates (about
+            // 170 a request) too: room for them at once
+            matched_ids: Vec::with_capacity(MATCHED_IDS_ROOM),
             phase: 1,
         };
         let uri = path_and_query(&req.uri);
