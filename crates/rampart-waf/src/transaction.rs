@@ -423,6 +423,23 @@ struct SparePool {
     bytes: usize,
 }
 
+impl SparePool {
+    /// Whether one more of `count` kept things, holding `bytes`, stays
+    /// within the pool's limits.
+    fn has_room(&self, count: usize, bytes: usize) -> bool {
+        count < SPARES_PER_THREAD && self.bytes.saturating_add(bytes) <= SPARE_POOL_BYTES
+    }
+}
+
+/// Runs `f` on this thread's pool; `None` while the thread is ending or
+/// the pool is in use.
+fn with_pool<R>(f: impl FnOnce(&mut SparePool) -> R) -> Option<R> {
+    SPARES
+        .try_with(|p| p.try_borrow_mut().ok().map(|mut p| f(&mut p)))
+        .ok()
+        .flatten()
+}
+
 /// About the bytes an empty transformation cache holds.
 fn table_bytes(t: &TfCache) -> usize {
     t.capacity() * (std::mem::size_of::<((u64, u32), Cached)>() + 1)
@@ -470,25 +487,21 @@ impl Spare {
     /// This thread's spare buffers (the last kept), or new ones; with a
     /// kept transformation cache when the buffers have none.
     fn take() -> Spare {
-        let (spare, table) = SPARES
-            .try_with(|p| {
-                let Ok(mut p) = p.try_borrow_mut() else {
-                    return (None, None);
-                };
-                let spare = p.spares.pop().map(|(spare, held)| {
-                    p.bytes = p.bytes.saturating_sub(held);
-                    spare
-                });
-                let table = if spare.as_ref().is_some_and(|s| s.tf_cache.capacity() > 0) {
-                    None
-                } else {
-                    p.tables.pop().inspect(|t| {
-                        p.bytes = p.bytes.saturating_sub(table_bytes(t));
-                    })
-                };
-                (spare, table)
-            })
-            .unwrap_or((None, None));
+        let (spare, table) = with_pool(|p| {
+            let spare = p.spares.pop().map(|(spare, held)| {
+                p.bytes = p.bytes.saturating_sub(held);
+                spare
+            });
+            let table = if spare.as_ref().is_some_and(|s| s.tf_cache.capacity() > 0) {
+                None
+            } else {
+                p.tables.pop().inspect(|t| {
+                    p.bytes = p.bytes.saturating_sub(table_bytes(t));
+                })
+            };
+            (spare, table)
+        })
+        .unwrap_or((None, None));
         let mut spare = spare.unwrap_or_else(|| Spare {
             slots: vec![Slot::default(); VAR_COUNT],
             tf_cache: TfCache::default(),
@@ -513,14 +526,10 @@ impl Spare {
             return;
         }
         let bytes = table_bytes(&table);
-        let _ = SPARES.try_with(|p| {
-            if let Ok(mut p) = p.try_borrow_mut() {
-                if p.tables.len() < SPARES_PER_THREAD
-                    && p.bytes.saturating_add(bytes) <= SPARE_POOL_BYTES
-                {
-                    p.bytes += bytes;
-                    p.tables.push(table);
-                }
+        with_pool(|p| {
+            if p.has_room(p.tables.len(), bytes) {
+                p.bytes += bytes;
+                p.tables.push(table);
             }
         });
     }
@@ -584,14 +593,10 @@ impl Spare {
             scratch,
         };
         let held = held + spare.held_besides_slots();
-        let _ = SPARES.try_with(|p| {
-            if let Ok(mut p) = p.try_borrow_mut() {
-                if p.spares.len() < SPARES_PER_THREAD
-                    && p.bytes.saturating_add(held) <= SPARE_POOL_BYTES
-                {
-                    p.bytes += held;
-                    p.spares.push((spare, held));
-                }
+        with_pool(|p| {
+            if p.has_room(p.spares.len(), held) {
+                p.bytes += held;
+                p.spares.push((spare, held));
             }
         });
     }
@@ -1072,9 +1077,10 @@ impl<'w> Transaction<'w> {
         }
     }
 
-    /// Drops the transformation caches (kept values of the request phases)
-    /// while the transaction waits for the response, so that an open
-    /// transaction holds little more than its variables.
+    /// Empties the transformation cache (kept values of the request
+    /// phases) while the transaction waits for the response, so that an
+    /// open transaction holds little more than its variables; its table
+    /// goes to the thread's pool for the next transaction.
     pub(crate) fn release_caches(&mut self) {
         let mut table = std::mem::take(self.tf_cache.get_mut());
         empty_cache(&mut table, self.tf_shells.get_mut());
