@@ -477,7 +477,8 @@ impl Drop for RecordFuture {
 
 struct Pending {
     time: u64,
-    /// When it was queued ([`SyncState::note_arrivals`]).
+    /// When it was queued ([`SyncState::note_arrivals`]). Taken under the
+    /// queue's lock, so a batch's records are in this order.
     at: Instant,
     nonce: [u8; 12],
     sealed: Vec<u8>,
@@ -727,8 +728,9 @@ impl TierLog {
     }
 
     /// Whether a sync should start now rather than wait for more records:
-    /// the group holds as many as it waits for ([`group_target`]), or the records written so far have waited long
-    /// enough for company, or no record has come in for a while.
+    /// the group holds as many as it waits for ([`group_target`]), or the
+    /// records written so far have waited long enough for company, or no
+    /// record has come in for a while.
     fn sync_due(&self, sy: &SyncState, now: Instant) -> Option<Duration> {
         let (Some(first), Some(last)) = (sy.first_unsynced_at, sy.last_written_at) else {
             return None;
@@ -1722,11 +1724,10 @@ impl Core {
                         .unwrap_or_default(),
                     None => &[],
                 };
-                let arrivals = (
-                    fresh.len(),
-                    fresh.first().map(|p| p.at),
-                    fresh.last().map(|p| p.at),
-                );
+                let arrivals = fresh
+                    .first()
+                    .zip(fresh.last())
+                    .map(|(f, l)| (fresh.len(), f.at, l.at));
                 let done: Vec<(Arc<Slot>, Receipt)> =
                     batch.into_iter().map(|p| p.slot).zip(receipts).collect();
                 // Nobody else queued and no sync in flight: sync here and
@@ -1741,7 +1742,7 @@ impl Core {
                     let now = Instant::now();
                     let first = sy.first_unsynced_at.is_none();
                     sy.unsynced_records += done.len();
-                    if let (n, Some(first), Some(last)) = arrivals {
+                    if let Some((n, first, last)) = arrivals {
                         sy.note_arrivals(n, first, last);
                     }
                     sy.first_unsynced_at.get_or_insert(now);
