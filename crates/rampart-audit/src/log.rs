@@ -537,6 +537,9 @@ struct TierLog {
     waiting: AtomicUsize,
     /// The same for every tier together, shared by them all.
     all_waiting: Arc<AtomicUsize>,
+    /// When a leading tier last began a sync, shared by them all
+    /// ([`follows`]).
+    lead: Arc<LeadClock>,
     /// A periodic checkpoint the writer took and a syncer thread appends
     /// once the records it counts are durable (see [`PendingCheckpoint`]).
     /// Every checkpoint line is appended with this lock held, so the
@@ -569,6 +572,8 @@ struct SyncState {
     unsynced_records: usize,
     /// When the oldest of those was written, and when the newest.
     first_unsynced_at: Option<Instant>,
+    /// When the oldest of those was queued.
+    first_queued_at: Option<Instant>,
     last_written_at: Option<Instant>,
     /// How many callers usually wait at once: `waiting` sampled as each sync
     /// completes, decaying. Once that many records are written (or fewer,
@@ -735,7 +740,29 @@ impl TierLog {
         let (Some(first), Some(last)) = (sy.first_unsynced_at, sy.last_written_at) else {
             return None;
         };
-        gather_wait(sy, sy.unsynced_records, first, last, now)
+        let led = self.lead.led_since(sy.first_queued_at.unwrap_or(first));
+        gather_wait(sy, sy.unsynced_records, first, last, now, led)
+    }
+
+    /// A sync of this tier's group begins: when the tier leads
+    /// ([`follows`]), the tiers that follow it and have callers waiting
+    /// sync theirs too. Call without this tier's `sync` or `queue` lock.
+    fn lead_sync(&self, tiers: &[TierLog], leads: bool) {
+        if !leads {
+            return;
+        }
+        self.lead.mark(Instant::now());
+        for other in tiers {
+            if other.tier == self.tier || other.waiting.load(Ordering::SeqCst) == 0 {
+                continue;
+            }
+            // Under each lock in turn, so that a waiter that read the lead
+            // clock before the mark is already waiting when woken.
+            drop(lock(&other.sync));
+            other.sync_cond.notify_all();
+            drop(lock(&other.queue));
+            other.cond.notify_one();
+        }
     }
 
     /// A sync failed: nothing written since the last good sync can be
@@ -881,6 +908,70 @@ impl SyncState {
         self.unsynced_records = 0;
         self.unsynced_at_end = 0;
         self.first_unsynced_at = None;
+        self.first_queued_at = None;
+    }
+
+    /// Whether this tier leads the group that would sync now (it does not
+    /// follow another, [`follows`]).
+    fn leads(&self, now: Instant) -> bool {
+        !follows(self, self.first_unsynced_at.unwrap_or(now))
+    }
+}
+
+/// When a leading tier ([`follows`]) last began a sync, for the tiers that
+/// follow it: nanoseconds after `base`, plus one (0: never).
+struct LeadClock {
+    base: Instant,
+    last: AtomicU64,
+}
+
+impl LeadClock {
+    fn new() -> Self {
+        LeadClock {
+            base: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    fn mark(&self, at: Instant) {
+        let nanos = at.saturating_duration_since(self.base).as_nanos();
+        let v = u64::try_from(nanos)
+            .unwrap_or(u64::MAX - 1)
+            .saturating_add(1);
+        self.last.fetch_max(v, Ordering::SeqCst);
+    }
+
+    /// Whether a leading tier began a sync at or after `since`.
+    fn led_since(&self, since: Instant) -> bool {
+        match self.last.load(Ordering::SeqCst).checked_sub(1) {
+            Some(n) => self.base + Duration::from_nanos(n) >= since,
+            None => false,
+        }
+    }
+}
+
+/// Whether a tier follows another: fewer than half of the callers waiting
+/// on any tier (sampled at its syncs) usually wait on it. The edge's
+/// denials wait on security and api-access alike, and every request on
+/// api-access: a security record's caller waits for api-access's sync
+/// anyway. Such a tier does not sync on its own count of records; its
+/// group syncs when a leading tier begins a sync after the group's first
+/// record came in (or after its quiet spell or cap, [`gather_wait`]), so
+/// the two syncs run side by side for the same callers instead of the
+/// quieter tier syncing every few records. A tier on its own leads.
+fn follows(sy: &SyncState, first: Instant) -> bool {
+    let usual = usual_waiters(sy, first);
+    usual.saturating_mul(2) < decayed_peak(sy, sy.peak_all_waiting, first)
+}
+
+/// How many records a group waits for before its sync starts: none for a
+/// tier that follows another ([`follows`]: it waits for a lead instead),
+/// else [`group_target`].
+fn own_target(sy: &SyncState, first: Instant) -> usize {
+    if follows(sy, first) {
+        usize::MAX
+    } else {
+        group_target(sy, usual_waiters(sy, first))
     }
 }
 
@@ -947,16 +1038,23 @@ fn about_one_sync(sy: &SyncState) -> Duration {
 /// next group), after about one sync time, or after 50 µs with no record
 /// (with a commit delay in force, at least `commit_siblings` callers
 /// usually waiting on this tier or on all tiers together, the quiet spell
-/// is at least the delay and the cap at least twice it).
+/// is at least the delay and the cap at least twice it). A tier that
+/// follows another ([`follows`]) waits for no count but for `led`: a
+/// leading tier began a sync since the group's first record came in.
 fn gather_wait(
     sy: &SyncState,
     count: usize,
     first: Instant,
     last: Instant,
     now: Instant,
+    led: bool,
 ) -> Option<Duration> {
     let usual = usual_waiters(sy, first);
-    if count >= group_target(sy, usual) {
+    if follows(sy, first) {
+        if led && count > 0 {
+            return None;
+        }
+    } else if count >= group_target(sy, usual) {
         return None;
     }
     // Gathering starts when the last sync ended: records written while it
@@ -1051,6 +1149,7 @@ impl Audit {
         };
         let mut tiers = Vec::new();
         let all_waiting = Arc::new(AtomicUsize::new(0));
+        let lead = Arc::new(LeadClock::new());
         for tier in Tier::ALL {
             let (state, tier_report) =
                 recover_tier(&options, tier, &vk, now, &mut report.checkpoint_problems)?;
@@ -1070,6 +1169,7 @@ impl Audit {
                 closed: AtomicBool::new(false),
                 waiting: AtomicUsize::new(0),
                 all_waiting: Arc::clone(&all_waiting),
+                lead: Arc::clone(&lead),
                 cp_pending: Mutex::new(None),
                 cp_waiting: AtomicBool::new(false),
                 cp_upto: AtomicU64::new(0),
@@ -1483,7 +1583,7 @@ impl Core {
         }
         let expect = {
             let sy = lock(&log.sync);
-            let usual = group_target(&sy, usual_waiters(&sy, Instant::now()));
+            let usual = own_target(&sy, Instant::now());
             (sy.syncing_upto <= sy.durable_id).then(|| {
                 (
                     usual.saturating_sub(sy.unsynced_records),
@@ -1519,8 +1619,13 @@ impl Core {
                     None
                 } else {
                     let count = sy.unsynced_records + q.items.len();
-                    gather_wait(&sy, count, started, seen_at, now).map(|w| {
-                        let usual = group_target(&sy, usual_waiters(&sy, started));
+                    let queued = sy
+                        .first_queued_at
+                        .or_else(|| q.items.first().map(|p| p.at))
+                        .unwrap_or(started);
+                    let led = log.lead.led_since(queued);
+                    gather_wait(&sy, count, started, seen_at, now, led).map(|w| {
+                        let usual = own_target(&sy, started);
                         (w, usual.saturating_sub(sy.unsynced_records))
                     })
                 }
@@ -1674,9 +1779,11 @@ impl Core {
                 }
                 let target = sy.written_id;
                 sy.syncing_upto = target;
+                let leads = sy.leads(Instant::now());
                 sy.close_group();
                 let file = sy.file.clone();
                 drop(sy);
+                log.lead_sync(&self.tiers, leads);
                 log.syncs.fetch_add(1, Ordering::Relaxed);
                 let started = Instant::now();
                 let r = file.as_deref().map_or(Ok(()), |f| disk.sync(f));
@@ -1728,6 +1835,7 @@ impl Core {
                     .first()
                     .zip(fresh.last())
                     .map(|(f, l)| (fresh.len(), f.at, l.at));
+                let queued_at = batch.first().map(|p| p.at);
                 let done: Vec<(Arc<Slot>, Receipt)> =
                     batch.into_iter().map(|p| p.slot).zip(receipts).collect();
                 // Nobody else queued and no sync in flight: sync here and
@@ -1735,7 +1843,7 @@ impl Core {
                 // Otherwise hand it off, so the next batch can be written
                 // while this one syncs.
                 let queue_empty = lock(&log.queue).items.is_empty();
-                let (inline, notify) = {
+                let (inline, notify, leads) = {
                     let mut sy = lock(&log.sync);
                     sy.written_id += 1;
                     let id = sy.written_id;
@@ -1746,6 +1854,9 @@ impl Core {
                         sy.note_arrivals(n, first, last);
                     }
                     sy.first_unsynced_at.get_or_insert(now);
+                    if first {
+                        sy.first_queued_at = queued_at;
+                    }
                     sy.last_written_at = Some(now);
                     sy.pending.push_back(WrittenBatch { id, done });
                     sy.file = st.seg.as_ref().map(|s| Arc::clone(&s.file));
@@ -1756,12 +1867,14 @@ impl Core {
                     // gathers them. A gathering syncer times its own wait,
                     // so it is woken only to start or to stop gathering.
                     let inline = self.options.sync_threads == 0 || (idle && queue_empty && due);
+                    let leads = inline && sy.leads(now);
                     if inline {
                         sy.syncing_upto = id;
                         sy.close_group();
                     }
-                    (inline, !inline && (!idle || due || first))
+                    (inline, !inline && (!idle || due || first), leads)
                 };
+                log.lead_sync(&self.tiers, leads);
                 if inline {
                     let _ = log.sync_now(&st, &Disk(self.options.fault.as_deref()));
                 } else if notify {
@@ -2341,23 +2454,23 @@ mod tests {
         };
         // Without a delay: 60 µs after the last record the group is due.
         let at = t0 + Duration::from_micros(60);
-        assert_eq!(gather_wait(&sy, 3, t0, t0, at), None);
+        assert_eq!(gather_wait(&sy, 3, t0, t0, at, false), None);
         // With 1 ms: still gathering after 60 µs and 900 µs of quiet, due
         // after 1 ms of quiet, and never later than 2 ms after the first.
         sy.commit_delay = Duration::from_millis(1);
-        assert!(gather_wait(&sy, 3, t0, t0, at).is_some());
-        assert!(gather_wait(&sy, 3, t0, t0, t0 + Duration::from_micros(900)).is_some());
+        assert!(gather_wait(&sy, 3, t0, t0, at, false).is_some());
+        assert!(gather_wait(&sy, 3, t0, t0, t0 + Duration::from_micros(900), false).is_some());
         assert_eq!(
-            gather_wait(&sy, 3, t0, t0, t0 + Duration::from_micros(1001)),
+            gather_wait(&sy, 3, t0, t0, t0 + Duration::from_micros(1001), false),
             None
         );
         let last = t0 + Duration::from_micros(1900);
         assert_eq!(
-            gather_wait(&sy, 3, t0, last, t0 + Duration::from_micros(2001)),
+            gather_wait(&sy, 3, t0, last, t0 + Duration::from_micros(2001), false),
             None
         );
         // Everyone who usually waits is in: due at once, delay or not.
-        assert_eq!(gather_wait(&sy, 64, t0, t0, at), None);
+        assert_eq!(gather_wait(&sy, 64, t0, t0, at, false), None);
     }
 
     #[test]
@@ -2373,22 +2486,22 @@ mod tests {
         };
         // Fewer callers than the siblings usually wait together: light
         // load, no delay; 60 µs of quiet ends the group.
-        assert_eq!(gather_wait(&sy, 3, t0, t0, at), None);
+        assert_eq!(gather_wait(&sy, 3, t0, t0, at, false), None);
         // Sixteen or more: the group keeps gathering for up to 2 ms of
         // quiet, 4 ms in all, unless all sixteen are in.
         sy.peak_waiting = 16;
-        assert!(gather_wait(&sy, 3, t0, t0, at).is_some());
-        assert!(gather_wait(&sy, 3, t0, t0, t0 + Duration::from_micros(1900)).is_some());
+        assert!(gather_wait(&sy, 3, t0, t0, at, false).is_some());
+        assert!(gather_wait(&sy, 3, t0, t0, t0 + Duration::from_micros(1900), false).is_some());
         let last = t0 + Duration::from_micros(3900);
         assert_eq!(
-            gather_wait(&sy, 15, t0, last, t0 + Duration::from_micros(4001)),
+            gather_wait(&sy, 15, t0, last, t0 + Duration::from_micros(4001), false),
             None
         );
-        assert_eq!(gather_wait(&sy, 16, t0, t0, at), None);
+        assert_eq!(gather_wait(&sy, 16, t0, t0, at, false), None);
         // 0 siblings: the delay applies whatever the load.
         sy.peak_waiting = 2;
         sy.commit_siblings = 0;
-        assert!(gather_wait(&sy, 1, t0, t0, at).is_some());
+        assert!(gather_wait(&sy, 1, t0, t0, at, false).is_some());
     }
 
     #[test]
@@ -2405,18 +2518,40 @@ mod tests {
         };
         // Six callers on this tier and no more in all: light load, the
         // group of three is due after 60 µs of quiet.
-        assert_eq!(gather_wait(&sy, 3, t0, t0, at), None);
+        assert_eq!(gather_wait(&sy, 3, t0, t0, at, false), None);
         // The same six while 64 callers wait on the log as a whole (the
-        // others on a busier tier): the delay applies, and the group
-        // keeps gathering until its six are in or 2 ms pass quietly.
+        // others on a busier tier): the delay applies, and the tier follows
+        // the busier one. Its group keeps gathering, even with its six in,
+        // until that tier begins a sync or 2 ms pass quietly.
         sy.peak_all_waiting = 64;
-        assert!(gather_wait(&sy, 3, t0, t0, at).is_some());
-        assert!(gather_wait(&sy, 3, t0, t0, t0 + Duration::from_micros(1900)).is_some());
+        assert!(follows(&sy, t0));
+        assert!(gather_wait(&sy, 3, t0, t0, at, false).is_some());
+        assert!(gather_wait(&sy, 3, t0, t0, t0 + Duration::from_micros(1900), false).is_some());
         assert_eq!(
-            gather_wait(&sy, 3, t0, t0, t0 + Duration::from_micros(2001)),
+            gather_wait(&sy, 3, t0, t0, t0 + Duration::from_micros(2001), false),
             None
         );
-        assert_eq!(gather_wait(&sy, 6, t0, t0, at), None);
+        assert!(gather_wait(&sy, 6, t0, t0, at, false).is_some());
+        assert_eq!(gather_wait(&sy, 3, t0, t0, at, true), None);
+        assert_eq!(own_target(&sy, t0), usize::MAX);
+        // Half the callers or more: the tier leads, and syncs on its count.
+        sy.peak_waiting = 32;
+        assert!(!follows(&sy, t0));
+        assert_eq!(gather_wait(&sy, 32, t0, t0, at, false), None);
+    }
+
+    #[test]
+    fn a_following_tier_sees_only_the_leads_after_its_group_began() {
+        let lead = LeadClock::new();
+        let t0 = Instant::now();
+        assert!(!lead.led_since(lead.base));
+        lead.mark(t0 + Duration::from_micros(100));
+        assert!(lead.led_since(t0));
+        assert!(lead.led_since(t0 + Duration::from_micros(100)));
+        assert!(!lead.led_since(t0 + Duration::from_micros(101)));
+        // an earlier mark from a slower thread does not move it back
+        lead.mark(t0);
+        assert!(lead.led_since(t0 + Duration::from_micros(100)));
     }
 
     #[test]
@@ -2432,7 +2567,7 @@ mod tests {
         };
         // Nothing measured yet: the group waits for all 64.
         assert_eq!(group_target(&sy, 64), 64);
-        assert!(gather_wait(&sy, 60, t0, t0, at).is_some());
+        assert!(gather_wait(&sy, 60, t0, t0, at, false).is_some());
         // Records 25 µs apart, the callers back 300 µs after a sync ends:
         // in the 500 µs of a sync and a return, 20 more would come in. The
         // group syncs once 44 are in; the CPU works on the other 20
@@ -2440,8 +2575,8 @@ mod tests {
         sy.arrival_gap_nanos = 25_000;
         sy.return_nanos = 300_000;
         assert_eq!(group_target(&sy, 64), 44);
-        assert!(gather_wait(&sy, 43, t0, t0, at).is_some());
-        assert_eq!(gather_wait(&sy, 44, t0, t0, at), None);
+        assert!(gather_wait(&sy, 43, t0, t0, at, false).is_some());
+        assert_eq!(gather_wait(&sy, 44, t0, t0, at, false), None);
         // Callers with nothing to do between records come back in a burst
         // (1 µs apart): the whole group waits for them, as before.
         sy.arrival_gap_nanos = 1_000;
@@ -2500,23 +2635,46 @@ mod tests {
         // Busy: a record 1 ms after the last sync waits for company.
         let first = end + Duration::from_millis(1);
         assert_eq!(usual_waiters(&sy, first), 64);
-        assert!(gather_wait(&sy, 1, first, first, first + Duration::from_micros(60)).is_some());
+        assert!(gather_wait(
+            &sy,
+            1,
+            first,
+            first,
+            first + Duration::from_micros(60),
+            false
+        )
+        .is_some());
         // 25 ms idle: 64 halved twice is 16, still busy enough to wait.
         let first = end + Duration::from_millis(25);
         assert_eq!(usual_waiters(&sy, first), 16);
-        assert!(gather_wait(&sy, 1, first, first, first + Duration::from_micros(60)).is_some());
+        assert!(gather_wait(
+            &sy,
+            1,
+            first,
+            first,
+            first + Duration::from_micros(60),
+            false
+        )
+        .is_some());
         // 35 ms idle: 8 usual waiters, below the siblings: no delay, and
         // after 60 µs of quiet the lone record syncs.
         let first = end + Duration::from_millis(35);
         assert_eq!(usual_waiters(&sy, first), 8);
         assert_eq!(
-            gather_wait(&sy, 1, first, first, first + Duration::from_micros(60)),
+            gather_wait(
+                &sy,
+                1,
+                first,
+                first,
+                first + Duration::from_micros(60),
+                false
+            ),
             None
         );
         // Long idle: nobody is expected; sync at once.
         let first = end + Duration::from_secs(5);
         assert_eq!(usual_waiters(&sy, first), 0);
-        assert_eq!(gather_wait(&sy, 1, first, first, first), None);
+        assert_eq!(gather_wait(&sy, 1, first, first, first, false), None);
         sy.last_sync_end = None;
         assert_eq!(usual_waiters(&sy, first), 64);
     }
