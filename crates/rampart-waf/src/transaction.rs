@@ -568,6 +568,9 @@ impl Spare {
         for s in &mut slots {
             if s.entries.capacity() > SPARE_SLOT_VALUES {
                 *s = Slot::default();
+            } else if s.entries.is_empty() {
+                // most variables are never set: nothing to sort through
+                s.clear();
             } else {
                 s.clear();
                 // large buffers are not kept
