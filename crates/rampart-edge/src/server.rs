@@ -1539,6 +1539,24 @@ struct Received {
 /// The one place a [`Reject`] becomes a response (but for gRPC calls,
 /// [`grpc_reject_response`]): the status from [`Reject::status`] and a
 /// JSON body `{"error":{"code","message","field"?,"request_id"}}`.
+/// The JSON body of a refusal: `{"error": {...}}`, its keys in the order
+/// they always had (alphabetical).
+#[derive(serde::Serialize)]
+struct RejectBody<'a> {
+    error: RejectError<'a>,
+}
+
+#[derive(serde::Serialize)]
+struct RejectError<'a> {
+    code: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+    message: &'a str,
+    request_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rule: Option<u64>,
+}
+
 fn reject_response(reject: &Reject, request_id: &str) -> Response<EdgeBody> {
     let status = reject.status();
     if let Reject::Preflight { headers } = reject {
@@ -1553,24 +1571,29 @@ fn reject_response(reject: &Reject, request_id: &str) -> Response<EdgeBody> {
         r.headers_mut().insert(LOCATION, location.clone());
         return r;
     }
-    let mut error = serde_json::Map::new();
-    let mut put = |k: &str, v: serde_json::Value| {
-        error.insert(k.to_string(), v);
-    };
-    put("code", reject.reason().into());
     let message = match reject {
         Reject::SchemaViolation { message, .. } | Reject::BadJson { message } => message.as_str(),
         _ => status.canonical_reason().unwrap_or(""),
     };
-    put("message", message.into());
-    match reject {
-        Reject::SchemaViolation { field, .. } => put("field", field.as_str().into()),
-        Reject::Waf { rule: Some(id), .. } => put("rule", (*id).into()),
-        _ => {}
-    }
-    put("request_id", request_id.into());
-    let mut text = serde_json::json!({ "error": error }).to_string();
-    text.push('\n');
+    let body = RejectBody {
+        error: RejectError {
+            code: reject.reason(),
+            field: match reject {
+                Reject::SchemaViolation { field, .. } => Some(field.as_str()),
+                _ => None,
+            },
+            message,
+            request_id,
+            rule: match reject {
+                Reject::Waf { rule: Some(id), .. } => Some(*id),
+                _ => None,
+            },
+        },
+    };
+    // Serializing plain strings and numbers cannot fail; were it to, the
+    // status alone still says what happened.
+    let mut text = serde_json::to_vec(&body).unwrap_or_default();
+    text.push(b'\n');
     let mut r = Response::new(full(text));
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -1604,6 +1627,41 @@ fn reject_response(reject: &Reject, request_id: &str) -> Response<EdgeBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::BodyExt;
+
+    async fn body_text(r: Response<EdgeBody>) -> String {
+        let bytes = r.into_body().collect().await.map(|b| b.to_bytes());
+        String::from_utf8(bytes.unwrap_or_default().to_vec()).unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn a_refusal_names_its_reason_rule_field_and_request_id() {
+        let r = reject_response(
+            &Reject::Waf {
+                status: 403,
+                rule: Some(942100),
+            },
+            "r-1",
+        );
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        assert_eq!(
+            body_text(r).await,
+            "{\"error\":{\"code\":\"waf\",\"message\":\"Forbidden\",\"request_id\":\"r-1\",\"rule\":942100}}\n"
+        );
+        let r = reject_response(
+            &Reject::SchemaViolation {
+                field: "/qty".into(),
+                message: "\"x\" is not of type integer".into(),
+            },
+            "r\"2",
+        );
+        let text = body_text(r).await;
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        assert_eq!(v["error"]["field"], "/qty");
+        assert_eq!(v["error"]["message"], "\"x\" is not of type integer");
+        assert_eq!(v["error"]["request_id"], "r\"2");
+        assert!(v["error"].get("rule").is_none());
+    }
 
     #[test]
     fn grpc_calls_are_told_by_their_content_type() {
