@@ -2632,45 +2632,30 @@ mod tests {
             last_sync_end: Some(end),
             ..SyncState::default()
         };
-        // Busy: a record 1 ms after the last sync waits for company.
-        let first = end + Duration::from_millis(1);
-        assert_eq!(usual_waiters(&sy, first), 64);
-        assert!(gather_wait(
-            &sy,
-            1,
-            first,
-            first,
-            first + Duration::from_micros(60),
-            false
-        )
-        .is_some());
-        // 25 ms idle: 64 halved twice is 16, still busy enough to wait.
-        let first = end + Duration::from_millis(25);
-        assert_eq!(usual_waiters(&sy, first), 16);
-        assert!(gather_wait(
-            &sy,
-            1,
-            first,
-            first,
-            first + Duration::from_micros(60),
-            false
-        )
-        .is_some());
-        // 35 ms idle: 8 usual waiters, below the siblings: no delay, and
-        // after 60 µs of quiet the lone record syncs.
-        let first = end + Duration::from_millis(35);
-        assert_eq!(usual_waiters(&sy, first), 8);
-        assert_eq!(
+        // A lone record `first`, after 60 µs of quiet.
+        let lone = |sy: &SyncState, first: Instant| {
             gather_wait(
-                &sy,
+                sy,
                 1,
                 first,
                 first,
                 first + Duration::from_micros(60),
-                false
-            ),
-            None
-        );
+                false,
+            )
+        };
+        // Busy: a record 1 ms after the last sync waits for company.
+        let first = end + Duration::from_millis(1);
+        assert_eq!(usual_waiters(&sy, first), 64);
+        assert!(lone(&sy, first).is_some());
+        // 25 ms idle: 64 halved twice is 16, still busy enough to wait.
+        let first = end + Duration::from_millis(25);
+        assert_eq!(usual_waiters(&sy, first), 16);
+        assert!(lone(&sy, first).is_some());
+        // 35 ms idle: 8 usual waiters, below the siblings: no delay, and
+        // after 60 µs of quiet the lone record syncs.
+        let first = end + Duration::from_millis(35);
+        assert_eq!(usual_waiters(&sy, first), 8);
+        assert_eq!(lone(&sy, first), None);
         // Long idle: nobody is expected; sync at once.
         let first = end + Duration::from_secs(5);
         assert_eq!(usual_waiters(&sy, first), 0);
