@@ -568,20 +568,20 @@ impl Spare {
         for s in &mut slots {
             if s.entries.capacity() > SPARE_SLOT_VALUES {
                 *s = Slot::default();
-            } else if s.entries.is_empty() {
-                // most variables are never set: nothing to sort through
-                s.clear();
             } else {
                 s.clear();
-                // large buffers are not kept
-                s.entries.retain(|e| {
-                    let keep =
-                        e.key.capacity() <= SPARE_BUFFER && e.value.capacity() <= SPARE_BUFFER;
-                    if keep {
-                        held += e.key.capacity() + e.value.capacity();
-                    }
-                    keep
-                });
+                // large buffers are not kept; most variables are never
+                // set, and then there is nothing to sort through
+                if !s.entries.is_empty() {
+                    s.entries.retain(|e| {
+                        let keep =
+                            e.key.capacity() <= SPARE_BUFFER && e.value.capacity() <= SPARE_BUFFER;
+                        if keep {
+                            held += e.key.capacity() + e.value.capacity();
+                        }
+                        keep
+                    });
+                }
                 held += s.entries.capacity() * std::mem::size_of::<Entry>();
             }
         }
