@@ -1536,9 +1536,6 @@ struct Received {
     cert: Option<Arc<ClientCert>>,
 }
 
-/// The one place a [`Reject`] becomes a response (but for gRPC calls,
-/// [`grpc_reject_response`]): the status from [`Reject::status`] and a
-/// JSON body `{"error":{"code","message","field"?,"request_id"}}`.
 /// The JSON body of a refusal: `{"error": {...}}`, its keys in the order
 /// they always had (alphabetical).
 #[derive(serde::Serialize)]
@@ -1557,6 +1554,10 @@ struct RejectError<'a> {
     rule: Option<u64>,
 }
 
+/// The one place a [`Reject`] becomes a response (but for gRPC calls,
+/// [`grpc_reject_response`]): the status from [`Reject::status`] and a
+/// JSON body `{"error":{"code","field"?,"message","request_id","rule"?}}`
+/// ([`RejectBody`]).
 fn reject_response(reject: &Reject, request_id: &str) -> Response<EdgeBody> {
     let status = reject.status();
     if let Reject::Preflight { headers } = reject {
