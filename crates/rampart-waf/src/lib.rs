@@ -46,6 +46,7 @@ mod lexer;
 mod macros;
 mod operators;
 mod prefilter;
+mod recall;
 mod request;
 mod rule;
 mod small;

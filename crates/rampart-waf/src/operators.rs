@@ -3,6 +3,7 @@
 use crate::error::{syntax, Error, Location};
 use crate::macros::Macro;
 use crate::prefilter::{find, BytePairs, ByteSet, Prefilter, ValueFacts};
+use crate::recall::{recall, Detector};
 use crate::small::SmallBytes;
 use aho_corasick::AhoCorasick;
 use std::borrow::Cow;
@@ -864,34 +865,45 @@ fn eval_other<'o>(
         },
         Op::ValidateUrlEncoding => invalid_url_encoding(input),
         Op::ValidateUtf8Encoding => std::str::from_utf8(input).is_err(),
-        Op::DetectSqli => {
-            // What `libinjectionrs::detect_sqli` does, but for the
-            // fingerprint: it works it out once more after deciding (a
-            // whole tokenizing and folding pass), for every input; only a
-            // match uses it (`capture`, TX.0), so only a match pays for it.
-            let r = std::panic::catch_unwind(|| {
-                let flags = libinjectionrs::SqliFlags::FLAG_NONE;
-                let mut state = libinjectionrs::SqliState::new(input, flags);
-                state.detect().then(|| state.get_fingerprint())
-            });
-            match r {
-                Ok(Some(fp)) => {
-                    if let Some(c) = caps {
-                        c.clear();
-                        c.push(SmallBytes::copy_of(fp.as_str().as_bytes()));
-                    }
-                    true
+        Op::DetectSqli => match recall(Detector::Sqli, input, detect_sqli) {
+            Some(fp) => {
+                if let Some(c) = caps {
+                    c.clear();
+                    c.push(fp);
                 }
-                _ => false,
+                true
             }
-        }
-        Op::DetectXss => {
-            std::panic::catch_unwind(|| libinjectionrs::detect_xss(input).is_injection())
-                .unwrap_or(false)
-        }
+            None => false,
+        },
+        Op::DetectXss => recall(Detector::Xss, input, detect_xss).is_some(),
         Op::Unconditional => true,
         Op::NoMatch | Op::Unavailable(_) => false,
     }
+}
+
+/// libinjection's SQL verdict: the fingerprint when it finds an injection.
+/// What `libinjectionrs::detect_sqli` does, but for the fingerprint: it
+/// works it out once more after deciding (a whole tokenizing and folding
+/// pass), for every input; only a match uses it (`capture`, TX.0), so only
+/// a match pays for it. A panic in the library counts as no injection.
+fn detect_sqli(input: &[u8]) -> Option<SmallBytes> {
+    std::panic::catch_unwind(|| {
+        let flags = libinjectionrs::SqliFlags::FLAG_NONE;
+        let mut state = libinjectionrs::SqliState::new(input, flags);
+        state
+            .detect()
+            .then(|| SmallBytes::copy_of(state.get_fingerprint().as_str().as_bytes()))
+    })
+    .ok()
+    .flatten()
+}
+
+/// libinjection's XSS verdict (`Some`, empty, for an injection); a panic in
+/// the library counts as none.
+fn detect_xss(input: &[u8]) -> Option<SmallBytes> {
+    std::panic::catch_unwind(|| libinjectionrs::detect_xss(input).is_injection())
+        .unwrap_or(false)
+        .then(SmallBytes::default)
 }
 
 fn contains_word(input: &[u8], word: &[u8]) -> bool {

@@ -1,0 +1,228 @@
+//! libinjection's answers about recently seen values, remembered per thread.
+//!
+//! `@detectSQLi` and `@detectXSS` are the costliest operators CRS runs on
+//! ordinary traffic: every value holding a byte that is not a letter, digit
+//! or `_` (a User-Agent, a Referer, a search phrase, a cookie) goes through
+//! libinjection's tokenizer and fingerprint search, several passes for SQL.
+//! The same values come back request after request (a browser sends the
+//! same User-Agent and cookies every time), and libinjection's answer
+//! depends on the value alone, so each thread keeps its last answers in a
+//! small table: a value seen again costs a hash and a comparison.
+//!
+//! The table is direct-mapped (one slot per hash, the newest answer
+//! replaces the one before) and bounded: [`SLOTS`] values of at most
+//! [`MAX_VALUE`] bytes each; longer values are always worked out afresh.
+//! The hash is seeded at random per thread and an answer is only taken for
+//! a value equal byte for byte to the one it was given for, so a value
+//! made to collide costs no more than the work the table saves others.
+
+use crate::small::SmallBytes;
+use crate::transaction::SeededState;
+use std::cell::RefCell;
+use std::hash::{BuildHasher, Hasher};
+
+/// Slots per thread (a power of two).
+const SLOTS: usize = 256;
+/// Longest value remembered, in bytes: at most `SLOTS * MAX_VALUE`
+/// (256 KiB) of values per thread.
+const MAX_VALUE: usize = 1024;
+
+/// Which of libinjection's detectors answered.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Detector {
+    Sqli,
+    Xss,
+}
+
+/// A detector's answer: `None` when it finds no injection, else the SQL
+/// fingerprint (empty for XSS), which `capture` puts in TX.0.
+pub(crate) type Answer = Option<SmallBytes>;
+
+struct Slot {
+    hash: u64,
+    detector: Detector,
+    value: Vec<u8>,
+    answer: Answer,
+}
+
+struct Table {
+    seed: SeededState,
+    slots: Vec<Option<Slot>>,
+}
+
+impl Table {
+    fn new() -> Table {
+        // a seed drawn at random for this thread (std's per-process keys,
+        // advanced for every `RandomState`)
+        let seed = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        Table {
+            seed: SeededState(seed),
+            slots: Vec::new(),
+        }
+    }
+
+    fn hash(&self, detector: Detector, value: &[u8]) -> u64 {
+        let mut h = self.seed.build_hasher();
+        h.write_u8(detector as u8);
+        h.write(value);
+        h.finish()
+    }
+}
+
+thread_local! {
+    static TABLE: RefCell<Table> = RefCell::new(Table::new());
+}
+
+/// `detect`'s answer about `value`: the remembered one when this thread
+/// asked the same detector about the same value last in its slot, else
+/// `detect(value)`, remembered for next time.
+pub(crate) fn recall(
+    detector: Detector,
+    value: &[u8],
+    detect: impl FnOnce(&[u8]) -> Answer,
+) -> Answer {
+    if value.len() > MAX_VALUE {
+        return detect(value);
+    }
+    // the lookup and the store each borrow the table briefly; `detect`
+    // runs between them with the table free
+    let found = TABLE.try_with(|t| {
+        let t = t.try_borrow().ok()?;
+        let hash = t.hash(detector, value);
+        let slot = t.slots.get(slot_of(hash)).and_then(Option::as_ref);
+        Some(match slot {
+            Some(s) if s.hash == hash && s.detector == detector && s.value == value => {
+                Ok(s.answer.clone())
+            }
+            _ => Err(hash),
+        })
+    });
+    let hash = match found {
+        Ok(Some(Ok(answer))) => return answer,
+        Ok(Some(Err(hash))) => hash,
+        // the thread is ending, or the table is in use further up
+        _ => return detect(value),
+    };
+    let answer = detect(value);
+    let _ = TABLE.try_with(|t| {
+        let Ok(mut t) = t.try_borrow_mut() else {
+            return;
+        };
+        if t.slots.is_empty() {
+            t.slots.resize_with(SLOTS, || None);
+        }
+        if let Some(place) = t.slots.get_mut(slot_of(hash)) {
+            match place {
+                // the slot's buffer is reused for the new value
+                Some(s) => {
+                    s.hash = hash;
+                    s.detector = detector;
+                    s.value.clear();
+                    s.value.extend_from_slice(value);
+                    s.answer = answer.clone();
+                }
+                None => {
+                    *place = Some(Slot {
+                        hash,
+                        detector,
+                        value: value.to_vec(),
+                        answer: answer.clone(),
+                    })
+                }
+            }
+        }
+    });
+    answer
+}
+
+fn slot_of(hash: u64) -> usize {
+    // the high bits, which the hasher mixes best
+    (hash >> 56) as usize & (SLOTS - 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    fn fp(s: &str) -> Answer {
+        Some(SmallBytes::copy_of(s.as_bytes()))
+    }
+
+    /// An answer as plain bytes, to compare.
+    fn b(a: Answer) -> Option<Vec<u8>> {
+        a.map(|f| f.to_vec())
+    }
+
+    #[test]
+    fn a_value_seen_again_is_answered_without_the_detector() {
+        let calls = Cell::new(0);
+        let detect = |v: &[u8]| {
+            calls.set(calls.get() + 1);
+            (v == b"1' or '1'='1").then(|| SmallBytes::copy_of(b"s&sos"))
+        };
+        let attack = b"1' or '1'='1";
+        assert_eq!(b(recall(Detector::Sqli, attack, detect)), b(fp("s&sos")));
+        assert_eq!(b(recall(Detector::Sqli, attack, detect)), b(fp("s&sos")));
+        assert_eq!(calls.get(), 1);
+        assert_eq!(b(recall(Detector::Sqli, b"hello world", detect)), b(None));
+        assert_eq!(b(recall(Detector::Sqli, b"hello world", detect)), b(None));
+        assert_eq!(calls.get(), 2);
+        // the other detector's answer about the same value is its own
+        let xss = |_: &[u8]| {
+            calls.set(calls.get() + 1);
+            None
+        };
+        assert_eq!(b(recall(Detector::Xss, attack, xss)), b(None));
+        assert_eq!(calls.get(), 3);
+        assert_eq!(b(recall(Detector::Sqli, attack, detect)), b(fp("s&sos")));
+        assert_eq!(calls.get(), 3);
+    }
+
+    #[test]
+    fn long_values_are_never_kept_and_every_answer_is_the_detectors() {
+        let calls = Cell::new(0);
+        let long = vec![b'\''; MAX_VALUE + 1];
+        for _ in 0..3 {
+            let got = recall(Detector::Xss, &long, |_| {
+                calls.set(calls.get() + 1);
+                fp("")
+            });
+            assert_eq!(b(got), b(fp("")));
+        }
+        assert_eq!(calls.get(), 3);
+
+        // many more values than slots, asked twice over in varying order:
+        // whatever stays or goes, each answer is the one for its value
+        let answer_for = |v: &[u8]| {
+            (v.iter().map(|&b| u32::from(b)).sum::<u32>() % 3 == 0).then(|| SmallBytes::copy_of(v))
+        };
+        let values: Vec<Vec<u8>> = (0..SLOTS * 4)
+            .map(|i| format!("value {i} ' or {}", i * 7).into_bytes())
+            .collect();
+        for round in 0..2 {
+            for (i, v) in values.iter().enumerate() {
+                let v = if round == 1 {
+                    &values[values.len() - 1 - i]
+                } else {
+                    v
+                };
+                assert_eq!(b(recall(Detector::Sqli, v, answer_for)), b(answer_for(v)));
+            }
+        }
+    }
+
+    #[test]
+    fn a_detector_that_asks_again_from_inside_gets_its_own_answer() {
+        // the table is not borrowed while a detector runs
+        let outer = recall(Detector::Sqli, b"a'b", |_| {
+            let inner = recall(Detector::Xss, b"<b>", |_| fp(""));
+            assert_eq!(b(inner), b(fp("")));
+            fp("sn")
+        });
+        assert_eq!(b(outer), b(fp("sn")));
+        assert_eq!(b(recall(Detector::Xss, b"<b>", |_| None)), b(fp("")));
+    }
+}
