@@ -9,6 +9,12 @@
 //! depends on the value alone, so each thread keeps its last answers in a
 //! small table: a value seen again costs a hash and a comparison.
 //!
+//! An answer comes quicker from the table than from libinjection, so a
+//! client that could time it would learn whether a value it guessed whole
+//! was seen lately. Answers are therefore kept per client address (the
+//! transaction's, set for each phase with [`set_client`]): a client can
+//! only find its own values there, which is also where the repeats are.
+//!
 //! The table is direct-mapped (one slot per hash, the newest answer
 //! replaces the one before) and bounded: [`SLOTS`] values of at most
 //! [`MAX_VALUE`] bytes each; longer values are always worked out afresh.
@@ -18,8 +24,9 @@
 
 use crate::small::SmallBytes;
 use crate::transaction::SeededState;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::hash::{BuildHasher, Hasher};
+use std::net::IpAddr;
 
 /// Slots per thread (a power of two).
 const SLOTS: usize = 256;
@@ -40,6 +47,7 @@ pub(crate) type Answer = Option<SmallBytes>;
 
 struct Slot {
     hash: u64,
+    client: u128,
     detector: Detector,
     value: Vec<u8>,
     answer: Answer,
@@ -63,8 +71,9 @@ impl Table {
         }
     }
 
-    fn hash(&self, detector: Detector, value: &[u8]) -> u64 {
+    fn hash(&self, client: u128, detector: Detector, value: &[u8]) -> u64 {
         let mut h = self.seed.build_hasher();
+        h.write(&client.to_le_bytes());
         h.write_u8(detector as u8);
         h.write(value);
         h.finish()
@@ -73,11 +82,24 @@ impl Table {
 
 thread_local! {
     static TABLE: RefCell<Table> = RefCell::new(Table::new());
+    /// The client whose values the operators on this thread look at now.
+    static CLIENT: Cell<u128> = const { Cell::new(0) };
+}
+
+/// Sets the client whose values this thread's operators look at from now
+/// on: only answers about that client's values are reused.
+pub(crate) fn set_client(addr: IpAddr) {
+    let key = match addr {
+        IpAddr::V4(a) => u128::from(a.to_ipv6_mapped()),
+        IpAddr::V6(a) => u128::from(a),
+    };
+    let _ = CLIENT.try_with(|c| c.set(key));
 }
 
 /// `detect`'s answer about `value`: the remembered one when this thread
-/// asked the same detector about the same value last in its slot, else
-/// `detect(value)`, remembered for next time.
+/// asked the same detector about the same value of the same client
+/// ([`set_client`]) last in its slot, else `detect(value)`, remembered for
+/// next time.
 pub(crate) fn recall(
     detector: Detector,
     value: &[u8],
@@ -88,12 +110,20 @@ pub(crate) fn recall(
     }
     // the lookup and the store each borrow the table briefly; `detect`
     // runs between them with the table free
+    let Ok(client) = CLIENT.try_with(Cell::get) else {
+        return detect(value);
+    };
     let found = TABLE.try_with(|t| {
         let t = t.try_borrow().ok()?;
-        let hash = t.hash(detector, value);
+        let hash = t.hash(client, detector, value);
         let slot = t.slots.get(slot_of(hash)).and_then(Option::as_ref);
         Some(match slot {
-            Some(s) if s.hash == hash && s.detector == detector && s.value == value => {
+            Some(s)
+                if s.hash == hash
+                    && s.client == client
+                    && s.detector == detector
+                    && s.value == value =>
+            {
                 Ok(s.answer.clone())
             }
             _ => Err(hash),
@@ -118,6 +148,7 @@ pub(crate) fn recall(
                 // the slot's buffer is reused for the new value
                 Some(s) => {
                     s.hash = hash;
+                    s.client = client;
                     s.detector = detector;
                     s.value.clear();
                     s.value.extend_from_slice(value);
@@ -126,6 +157,7 @@ pub(crate) fn recall(
                 None => {
                     *place = Some(Slot {
                         hash,
+                        client,
                         detector,
                         value: value.to_vec(),
                         answer: answer.clone(),
@@ -179,6 +211,29 @@ mod tests {
         assert_eq!(calls.get(), 3);
         assert_eq!(b(recall(Detector::Sqli, attack, detect)), b(fp("s&sos")));
         assert_eq!(calls.get(), 3);
+    }
+
+    #[test]
+    fn a_client_is_never_answered_from_another_clients_values() {
+        let calls = Cell::new(0);
+        let detect = |_: &[u8]| {
+            calls.set(calls.get() + 1);
+            fp("sos")
+        };
+        let value = b"session=abc'def";
+        set_client(IpAddr::from([192, 0, 2, 1]));
+        assert_eq!(b(recall(Detector::Sqli, value, detect)), b(fp("sos")));
+        assert_eq!(b(recall(Detector::Sqli, value, detect)), b(fp("sos")));
+        assert_eq!(calls.get(), 1);
+        // another client asking the same works it out afresh
+        set_client(IpAddr::from([192, 0, 2, 2]));
+        assert_eq!(b(recall(Detector::Sqli, value, detect)), b(fp("sos")));
+        assert_eq!(calls.get(), 2);
+        // and so does the same address in IPv6 that is not the mapped form
+        set_client("2001:db8::1".parse().unwrap());
+        assert_eq!(b(recall(Detector::Sqli, value, detect)), b(fp("sos")));
+        assert_eq!(calls.get(), 3);
+        set_client(IpAddr::from([0, 0, 0, 0]));
     }
 
     #[test]

@@ -654,6 +654,10 @@ pub(crate) struct Transaction<'w> {
     matched_rules: Vec<RuleMatch>,
     matched_ids: Vec<u64>,
     phase: u8,
+    /// The client's address: the libinjection answers this transaction
+    /// may reuse are those given about its own client's values
+    /// ([`crate::recall`]).
+    client: std::net::IpAddr,
 }
 
 impl Waf {
@@ -760,6 +764,7 @@ impl<'w> Transaction<'w> {
             // 170 a request) too: room for them at once
             matched_ids: Vec::with_capacity(MATCHED_IDS_ROOM),
             phase: 1,
+            client: req.remote_addr,
         };
         let uri = path_and_query(&req.uri);
         let (path, query) = match uri.split_once('?') {
@@ -1253,6 +1258,9 @@ impl<'w> Transaction<'w> {
 
     pub(crate) fn run_phase(&mut self, phase: u8) -> Option<Stop> {
         self.phase = phase;
+        // a phase runs to its end on this thread: its operators look up
+        // only answers about this client's values
+        crate::recall::set_client(self.client);
         let waf = self.waf;
         let list = waf
             .by_phase
