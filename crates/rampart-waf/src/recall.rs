@@ -65,9 +65,11 @@ impl Table {
         let seed = std::collections::hash_map::RandomState::new()
             .build_hasher()
             .finish();
+        let mut slots = Vec::new();
+        slots.resize_with(SLOTS, || None);
         Table {
             seed: SeededState(seed),
-            slots: Vec::new(),
+            slots,
         }
     }
 
@@ -140,30 +142,21 @@ pub(crate) fn recall(
         let Ok(mut t) = t.try_borrow_mut() else {
             return;
         };
-        if t.slots.is_empty() {
-            t.slots.resize_with(SLOTS, || None);
-        }
         if let Some(place) = t.slots.get_mut(slot_of(hash)) {
-            match place {
-                // the slot's buffer is reused for the new value
-                Some(s) => {
-                    s.hash = hash;
-                    s.client = client;
-                    s.detector = detector;
-                    s.value.clear();
-                    s.value.extend_from_slice(value);
-                    s.answer = answer.clone();
-                }
-                None => {
-                    *place = Some(Slot {
-                        hash,
-                        client,
-                        detector,
-                        value: value.to_vec(),
-                        answer: answer.clone(),
-                    })
-                }
-            }
+            // a slot's buffer is reused for each new value
+            let s = place.get_or_insert_with(|| Slot {
+                hash,
+                client,
+                detector,
+                value: Vec::new(),
+                answer: None,
+            });
+            s.hash = hash;
+            s.client = client;
+            s.detector = detector;
+            s.value.clear();
+            s.value.extend_from_slice(value);
+            s.answer = answer.clone();
         }
     });
     answer
