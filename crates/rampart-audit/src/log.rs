@@ -313,21 +313,33 @@ struct SlotInner {
     waker: Option<std::task::Waker>,
     /// The relay of the thread the future was pending on, if any.
     relay: Option<Arc<Relay>>,
+    /// A thread waits on the condvar ([`Slot::wait`]). Only then is it
+    /// notified: a notification is a `futex` call whether or not anyone
+    /// waits, and most slots have no blocked thread (a future not yet
+    /// polled when its record became durable, such as the edge's second
+    /// record of a denial, has neither waker nor waiter).
+    blocked: bool,
 }
 
 impl Slot {
     /// Sets the result and wakes the caller directly (the rare paths:
     /// failures; receipts go through [`TierLog::hand_out`]).
     fn fill(&self, r: Result<Receipt, AuditError>) {
-        let waker = {
+        let wake = {
             let mut g = lock(&self.inner);
             g.result = Some(r);
             g.filled = true;
-            g.waker.take()
+            g.take_wake()
         };
-        match waker {
-            Some(w) => w.wake(),
-            None => self.ready.notify_one(),
+        self.wake(wake);
+    }
+
+    /// Performs what [`SlotInner::take_wake`] said, outside the lock.
+    fn wake(&self, wake: Wakeup) {
+        match wake {
+            Wakeup::Task(w) => w.wake(),
+            Wakeup::Thread => self.ready.notify_one(),
+            Wakeup::Nobody => {}
         }
     }
 
@@ -335,9 +347,33 @@ impl Slot {
         let mut g = lock(&self.inner);
         loop {
             if let Some(r) = g.result.take() {
+                g.blocked = false;
                 return r;
             }
+            g.blocked = true;
             g = self.ready.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// Whom a filled slot must wake.
+enum Wakeup {
+    /// The future that left this waker.
+    Task(std::task::Waker),
+    /// The thread blocked in [`Slot::wait`].
+    Thread,
+    /// No one yet: the caller finds the result when it first looks.
+    Nobody,
+}
+
+impl SlotInner {
+    /// Whom to wake now that the result is in (under the slot's lock; the
+    /// waker is taken).
+    fn take_wake(&mut self) -> Wakeup {
+        match self.waker.take() {
+            Some(w) => Wakeup::Task(w),
+            None if self.blocked => Wakeup::Thread,
+            None => Wakeup::Nobody,
         }
     }
 }
@@ -672,13 +708,11 @@ impl TierLog {
                             relayed.push((Arc::clone(relay), Arc::clone(&slot)));
                             None
                         }
-                        None => Some(g.waker.take()),
+                        None => Some(g.take_wake()),
                     }
                 };
-                match direct {
-                    Some(Some(w)) => w.wake(),
-                    Some(None) => slot.ready.notify_one(),
-                    None => {}
+                if let Some(wake) = direct {
+                    slot.wake(wake);
                 }
             }
         }
@@ -2430,6 +2464,34 @@ mod tests {
         for (f, c) in here.iter_mut().zip(&counts_here) {
             assert!(matches!(poll_once(f, c), Poll::Ready(Ok(_))));
         }
+    }
+
+    /// Spawns a thread that blocks in [`Slot::wait`] and returns once it is
+    /// blocked there.
+    fn blocked_waiter(slot: &Arc<Slot>) -> std::thread::JoinHandle<Result<Receipt, AuditError>> {
+        let s = Arc::clone(slot);
+        let waiter = std::thread::spawn(move || s.wait());
+        while !lock(&slot.inner).blocked {
+            std::thread::yield_now();
+        }
+        waiter
+    }
+
+    #[test]
+    fn blocked_threads_are_woken_and_a_slot_nobody_waits_on_wakes_no_one() {
+        // Neither a waker nor a blocked thread: no notification at all.
+        assert!(matches!(SlotInner::default().take_wake(), Wakeup::Nobody));
+        // A receipt handed out from another thread wakes a blocked caller.
+        let slot = Arc::new(Slot::default());
+        let waiter = blocked_waiter(&slot);
+        hand_out_elsewhere(std::slice::from_ref(&slot));
+        assert_eq!(waiter.join().unwrap().unwrap().seq, 0);
+        assert!(!lock(&slot.inner).blocked);
+        // So does a failure.
+        let slot = Arc::new(Slot::default());
+        let waiter = blocked_waiter(&slot);
+        slot.fill(Err(AuditError::Closed));
+        assert!(matches!(waiter.join().unwrap(), Err(AuditError::Closed)));
     }
 
     #[test]
