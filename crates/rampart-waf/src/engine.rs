@@ -175,10 +175,7 @@ impl WafBuilder {
             ));
         }
         let mut rules = std::mem::take(&mut self.rules);
-        let hash_seed = {
-            use std::hash::BuildHasher;
-            std::collections::hash_map::RandomState::new().hash_one(0x7261_6d70_u64)
-        };
+        let hash_seed = SeededState::random().0;
         let mut chains = ChainTrie::default();
         for r in &mut rules {
             prepare(r, &mut chains);

@@ -60,15 +60,11 @@ struct Table {
 
 impl Table {
     fn new() -> Table {
-        // a seed drawn at random for this thread (std's per-process keys,
-        // advanced for every `RandomState`)
-        let seed = std::collections::hash_map::RandomState::new()
-            .build_hasher()
-            .finish();
         let mut slots = Vec::new();
         slots.resize_with(SLOTS, || None);
         Table {
-            seed: SeededState(seed),
+            // a seed of this thread's own
+            seed: SeededState::random(),
             slots,
         }
     }

@@ -40,6 +40,15 @@ type VarMap<'w> = HashMap<Cow<'w, str>, SmallBytes, SeededState>;
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct SeededState(pub(crate) u64);
 
+impl SeededState {
+    /// A seed drawn at random (std's per-process keys, advanced for every
+    /// `RandomState`).
+    pub(crate) fn random() -> SeededState {
+        use std::hash::BuildHasher;
+        SeededState(std::collections::hash_map::RandomState::new().hash_one(0x7261_6d70_u64))
+    }
+}
+
 impl std::hash::BuildHasher for SeededState {
     type Hasher = KeyHasher;
 
