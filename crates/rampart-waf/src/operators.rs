@@ -748,6 +748,10 @@ fn byte_range(arg: &str, at: &Location) -> Result<Box<[bool; 256]>, Error> {
 
 /// Parses a number as C's `atoi` does: leading sign and digits, else 0.
 pub(crate) fn atoi(s: &[u8]) -> i64 {
+    // one digit: most TX values CRS compares (paranoia levels, flags)
+    if let [d @ b'0'..=b'9'] = s {
+        return i64::from(d - b'0');
+    }
     // leading white space, a sign, then digits up to the first other byte
     // (what follows the number, white space included, is never read)
     let start = s
