@@ -15,6 +15,7 @@
 //! the runner then reads it once, bounded by the body limit, and keeps it
 //! for later phases and for retries.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock, RwLock};
@@ -598,28 +599,26 @@ impl Phase for Firewall {
         if mode == WafMode::Off {
             return Ok(None);
         }
+        // The engine reads the request where it lies: no header is copied.
         let h = &ctx.head;
-        let mut headers: Vec<(String, Vec<u8>)> = Vec::with_capacity(h.headers.len() + 1);
+        let mut headers: Vec<rampart_waf::Field<'_>> = Vec::with_capacity(h.headers.len() + 1);
         // HTTP/2 carries the host in :authority; CRS rules read Host.
         if !h.headers.contains_key(http::header::HOST) {
-            headers.push(("Host".into(), ctx.host.clone().into_bytes()));
+            headers.push((Cow::Borrowed("Host"), Cow::Borrowed(ctx.host.as_bytes())));
         }
         headers.extend(
             h.headers
                 .iter()
-                .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec())),
+                .map(|(k, v)| (Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_bytes()))),
         );
         let req = rampart_waf::Request {
-            method: h.method.as_str().to_string(),
-            uri: h
-                .uri
-                .path_and_query()
-                .map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
-            protocol: format!("{:?}", h.version),
+            method: Cow::Borrowed(h.method.as_str()),
+            uri: Cow::Borrowed(h.uri.path_and_query().map_or("/", |p| p.as_str())),
+            protocol: Cow::Borrowed(version_text(h.version)),
             remote_addr: ctx.client,
             remote_port: 0,
             headers,
-            body: ctx.body().map(|b| b.to_vec()).unwrap_or_default(),
+            body: Cow::Borrowed(ctx.body().map_or(&[][..], |b| &b[..])),
         };
         let ex = self.exclusions(&ctx.route.waf.exclusions);
         let inspection = self.waf.inspect(&req, ex.as_deref());
@@ -643,20 +642,32 @@ struct WafResponse<'a> {
     mode: WafMode,
 }
 
-fn header_list(headers: &http::HeaderMap) -> Vec<(String, Vec<u8>)> {
+/// A header map as the engine reads it, borrowed.
+fn header_list(headers: &http::HeaderMap) -> Vec<rampart_waf::Field<'_>> {
     headers
         .iter()
-        .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+        .map(|(k, v)| (Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_bytes())))
         .collect()
+}
+
+/// The protocol as a request or status line writes it.
+fn version_text(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    }
 }
 
 impl ResponseCheck for WafResponse<'_> {
     fn body_limit(&self, head: &http::response::Parts) -> Option<usize> {
-        let ct: Vec<(String, Vec<u8>)> = head
+        let ct: Vec<rampart_waf::Field<'_>> = head
             .headers
             .get_all(http::header::CONTENT_TYPE)
             .iter()
-            .map(|v| ("content-type".to_string(), v.as_bytes().to_vec()))
+            .map(|v| (Cow::Borrowed("content-type"), Cow::Borrowed(v.as_bytes())))
             .collect();
         self.inspection.response_body_limit(&ct)
     }
@@ -669,9 +680,9 @@ impl ResponseCheck for WafResponse<'_> {
     ) -> Result<(), Reject> {
         let resp = rampart_waf::Response {
             status: head.status.as_u16(),
-            protocol: format!("{:?}", head.version),
+            protocol: Cow::Borrowed(version_text(head.version)),
             headers: header_list(&head.headers),
-            body: body.to_vec(),
+            body: Cow::Borrowed(body),
         };
         let v = self.inspection.finish(&resp);
         ctx.waf = findings(self.mode, &v);
@@ -945,6 +956,21 @@ pub fn declared_too_large(head: &http::request::Parts, max: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_engine_is_told_the_protocol_as_the_request_line_writes_it() {
+        // CRS 920430 compares REQUEST_PROTOCOL with `HTTP/1.0 HTTP/1.1
+        // HTTP/2 HTTP/2.0`: the text must be http's own
+        for v in [
+            http::Version::HTTP_09,
+            http::Version::HTTP_10,
+            http::Version::HTTP_11,
+            http::Version::HTTP_2,
+            http::Version::HTTP_3,
+        ] {
+            assert_eq!(version_text(v), format!("{v:?}"));
+        }
+    }
 
     #[test]
     fn ipv6_clients_share_a_bucket_per_64() {

@@ -33,7 +33,7 @@ fn crs(dir: &Path, paranoia: u8) -> Waf {
     b.build().unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn benign() -> Request {
+fn benign() -> Request<'static> {
     Request::new("POST", "/shop/cart/update?lang=en&currency=EUR")
         .header("Host", "shop.example.com")
         .header(
@@ -48,7 +48,7 @@ fn benign() -> Request {
         .body("item=4711&quantity=2&note=Gift+wrap+please&coupon=")
 }
 
-fn attack() -> Request {
+fn attack() -> Request<'static> {
     Request::new(
         "GET",
         "/search?q=1%27+UNION+SELECT+username,password+FROM+users--&next=%3Cscript%3Ealert(1)%3C/script%3E",

@@ -103,7 +103,7 @@ fn browser(req: Request) -> Request {
         .header("Upgrade-Insecure-Requests", "1")
 }
 
-fn post(uri: &str, content_type: &str, body: &str) -> Request {
+fn post(uri: &str, content_type: &str, body: &str) -> Request<'static> {
     browser(Request::new("POST", uri))
         .header("Content-Type", content_type)
         .header("Content-Length", body.len().to_string())
@@ -111,11 +111,11 @@ fn post(uri: &str, content_type: &str, body: &str) -> Request {
         .body(body)
 }
 
-fn get(uri: &str) -> Request {
+fn get(uri: &str) -> Request<'static> {
     browser(Request::new("GET", uri))
 }
 
-fn benign() -> Vec<Request> {
+fn benign() -> Vec<Request<'static>> {
     vec![
         get("/"),
         get("/products?category=shoes&page=2&sort=price_asc"),
@@ -141,7 +141,7 @@ fn benign() -> Vec<Request> {
     ]
 }
 
-fn attacks() -> Vec<Request> {
+fn attacks() -> Vec<Request<'static>> {
     vec![
         get("/search?q=1%27+UNION+SELECT+username,password+FROM+users--"),
         post(
@@ -174,19 +174,19 @@ fn cpu_ns() -> Option<u64> {
 
 /// The upstream's answer that `RAMPART_BENCH_RESPONSE=1` puts through the
 /// response phases after each request (set once, in `main`).
-static RESPONSE: std::sync::OnceLock<Option<Response>> = std::sync::OnceLock::new();
+static RESPONSE: std::sync::OnceLock<Option<Response<'static>>> = std::sync::OnceLock::new();
 
 /// A small upstream answer, as `scripts/bench-waf`'s upstream sends.
-fn small_response() -> Response {
+fn small_response() -> Response<'static> {
     Response {
         status: 200,
         protocol: "HTTP/1.1".into(),
         headers: vec![
-            ("Content-Type".into(), b"text/plain".to_vec()),
-            ("Content-Length".into(), b"20".to_vec()),
-            ("Date".into(), b"Sat, 05 Dec 2026 12:00:00 GMT".to_vec()),
+            ("Content-Type".into(), b"text/plain"[..].into()),
+            ("Content-Length".into(), b"20"[..].into()),
+            ("Date".into(), b"Sat, 05 Dec 2026 12:00:00 GMT"[..].into()),
         ],
-        body: b"hello from upstream\n".to_vec(),
+        body: b"hello from upstream\n"[..].into(),
     }
 }
 
@@ -236,7 +236,7 @@ fn rate(waf: &Waf, reqs: &[&Request], budget: Budget) -> (f64, Option<f64>) {
 }
 
 /// The three request sets: benign, attacks, and four benign to one attack.
-fn sets() -> [(&'static str, Vec<Request>); 3] {
+fn sets() -> [(&'static str, Vec<Request<'static>>); 3] {
     let (b, a) = (benign(), attacks());
     let mut m = Vec::new();
     for (i, r) in b.iter().cycle().take(4 * a.len()).enumerate() {

@@ -196,7 +196,7 @@ SecRule TX:ANOMALY_SCORE "@ge 5" "id:949,phase:2,deny,status:403,msg:'Anomaly sc
         Waf::from_str_named("mini.conf", RULES).unwrap()
     }
 
-    fn sqli(arg: &str) -> Request {
+    fn sqli(arg: &str) -> Request<'static> {
         Request::new("GET", &format!("/?{arg}=1%20UNION%20SELECT%20pw"))
     }
 

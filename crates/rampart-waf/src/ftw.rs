@@ -514,7 +514,7 @@ impl Input {
 impl Stage {
     /// The request as the engine should see it, or why it cannot be built (an
     /// `encoded_request` that is not an HTTP/1.x request).
-    pub fn request(&self) -> Result<Request, String> {
+    pub fn request(&self) -> Result<Request<'static>, String> {
         let i = &self.input;
         if let Some(raw) = &i.raw {
             return parse_raw(raw).ok_or_else(|| "the raw request is not HTTP/1.x".to_string());
@@ -524,13 +524,14 @@ impl Stage {
             None => "HTTP/1.1".into(),
             // A request line without a version is HTTP/0.9 to the server (920430).
             Some("") => "HTTP/0.9".into(),
-            Some(v) => v.into(),
+            Some(v) => v.to_string().into(),
         };
         for (k, v) in i.headers.iter().chain(&i.autocompleted()) {
-            req.headers.push((k.clone(), v.clone().into_bytes()));
+            req.headers
+                .push((k.clone().into(), v.clone().into_bytes().into()));
         }
         if let Some(d) = &i.data {
-            req.body = d.clone();
+            req.body = d.clone().into();
         }
         Ok(req)
     }
@@ -576,14 +577,14 @@ impl Stage {
     /// The response the CRS suite's backend (albedo) would send for this
     /// stage: `/reflect` answers with the status, headers and body its JSON
     /// request body describes, anything else with an empty 200.
-    pub fn backend_response(&self, req: &Request) -> Response {
+    pub fn backend_response(&self, req: &Request<'_>) -> Response<'static> {
         backend_response(&req.uri, self.input.data.as_deref())
     }
 }
 
 /// Splits a raw HTTP/1.x request (go-ftw's `encoded_request`); the body is
 /// cut to a declared `Content-Length`.
-fn parse_raw(raw: &[u8]) -> Option<Request> {
+fn parse_raw(raw: &[u8]) -> Option<Request<'static>> {
     let (head_len, sep) = match raw.windows(4).position(|w| w == b"\r\n\r\n") {
         Some(p) => (p, 4),
         None => (raw.windows(2).position(|w| w == b"\n\n")?, 2),
@@ -592,25 +593,27 @@ fn parse_raw(raw: &[u8]) -> Option<Request> {
     let mut lines = head.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
     let mut line = lines.next()?.splitn(3, ' ');
     let mut req = Request::new(line.next()?, line.next()?);
-    req.protocol = line.next().unwrap_or("HTTP/0.9").to_string();
+    req.protocol = line.next().unwrap_or("HTTP/0.9").to_string().into();
     for l in lines {
         let (k, v) = l.split_once(':')?;
-        req.headers
-            .push((k.to_string(), v.trim_start().as_bytes().to_vec()));
+        req.headers.push((
+            k.to_string().into(),
+            v.trim_start().as_bytes().to_vec().into(),
+        ));
     }
-    req.body = raw.get(head_len + sep..)?.to_vec();
+    req.body = raw.get(head_len + sep..)?.to_vec().into();
     let declared = req
         .headers
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
         .and_then(|(_, v)| std::str::from_utf8(v).ok()?.trim().parse::<usize>().ok());
     if let Some(n) = declared {
-        req.body.truncate(n);
+        req.body.to_mut().truncate(n);
     }
     Some(req)
 }
 
-fn backend_response(uri: &str, body: Option<&[u8]>) -> Response {
+fn backend_response(uri: &str, body: Option<&[u8]>) -> Response<'static> {
     let plain = || Response::new(200).header("Content-Type", "text/plain; charset=utf-8");
     let path = uri.split('?').next().unwrap_or("");
     if path != "/reflect" {
@@ -638,11 +641,12 @@ fn backend_response(uri: &str, body: Option<&[u8]>) -> Response {
         resp = resp.header("Content-Type", "text/plain; charset=utf-8");
     }
     if let Some(b) = spec.get("body").and_then(|b| b.as_str()) {
-        resp.body = b.as_bytes().to_vec();
+        resp.body = b.as_bytes().to_vec().into();
     } else if let Some(b) = spec.get("encodedBody").and_then(|b| b.as_str()) {
         resp.body = base64::engine::general_purpose::STANDARD
             .decode(b)
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .into();
     }
     resp
 }
@@ -840,10 +844,10 @@ tests:
         assert_eq!(s.expect.ids, vec![942100]);
         let req = s.request().unwrap();
         assert_eq!(req.method, "POST");
-        assert!(req.headers.contains(&("X-Num".into(), b"5".to_vec())));
+        assert!(req.headers.contains(&("X-Num".into(), b"5"[..].into())));
         assert!(req
             .headers
-            .contains(&("Content-Length".into(), b"12".to_vec())));
+            .contains(&("Content-Length".into(), b"12"[..].into())));
         assert_eq!(f.tests[1].stages[0].expect.status, vec![400]);
         assert_eq!(f.tests[1].stages[0].request().unwrap().protocol, "HTTP/0.9");
         assert!(f.tests[1].stages[0]

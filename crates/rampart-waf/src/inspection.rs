@@ -9,10 +9,12 @@
 //! [`Inspection::finish`] runs phases 3, 4 and 5 on the response. Nothing is
 //! evaluated twice.
 
+use std::borrow::Cow;
+
 use crate::actions::EngineMode;
 use crate::engine::Waf;
 use crate::exclusions::Exclusions;
-use crate::request::{Request, Response, Verdict};
+use crate::request::{Field, Request, Response, Verdict};
 use crate::transaction::Transaction;
 
 /// A WAF transaction between the request phases and the response phases.
@@ -82,19 +84,19 @@ impl Inspection<'_> {
     /// `SecResponseBodyMimeType`. A caller should buffer up to `limit + 1`
     /// bytes, so that the engine sees when the body is over the limit and
     /// applies `SecResponseBodyLimitAction`.
-    pub fn response_body_limit(&self, headers: &[(String, Vec<u8>)]) -> Option<usize> {
+    pub fn response_body_limit(&self, headers: &[Field<'_>]) -> Option<usize> {
         if !self.respond || !self.t.response_body_access() {
             return None;
         }
         let probe = Response {
             status: 200,
-            protocol: String::new(),
+            protocol: Cow::Borrowed(""),
             headers: headers
                 .iter()
                 .filter(|(k, _)| k.eq_ignore_ascii_case("content-type"))
-                .cloned()
+                .map(|(k, v)| (Cow::Borrowed(&**k), Cow::Borrowed(&**v)))
                 .collect(),
-            body: Vec::new(),
+            body: Cow::Borrowed(&[]),
         };
         self.t
             .response_body_inspected(&probe)
@@ -142,7 +144,7 @@ SecRule TX:WATCHED "@eq 1" "id:40,phase:5,pass,log,msg:'watched request finished
         Waf::from_str_named("inspect.conf", RULES).unwrap()
     }
 
-    fn html(body: &str) -> Response {
+    fn html(body: &str) -> Response<'static> {
         Response::new(200)
             .header("Content-Type", "text/html; charset=utf-8")
             .body(body)
@@ -170,7 +172,7 @@ SecRule TX:WATCHED "@eq 1" "id:40,phase:5,pass,log,msg:'watched request finished
         let i = waf.inspect(&req, None);
         assert!(i.request_verdict().is_pass());
         assert!(i.wants_response());
-        let headers = vec![("Content-Type".to_string(), b"text/html".to_vec())];
+        let headers = vec![("Content-Type".into(), b"text/html"[..].into())];
         assert_eq!(i.response_body_limit(&headers), Some(64));
         let v = i.finish(&html("<p>You have an error in your SQL syntax</p>"));
         assert_eq!(v.action, Action::Deny { status: 403 });
@@ -188,7 +190,7 @@ SecRule TX:WATCHED "@eq 1" "id:40,phase:5,pass,log,msg:'watched request finished
     fn unlisted_media_types_are_not_buffered_and_logging_runs_last() {
         let waf = waf();
         let i = waf.inspect(&Request::new("GET", "/?watch=1"), None);
-        let json = vec![("content-type".to_string(), b"application/json".to_vec())];
+        let json = vec![("content-type".into(), b"application/json"[..].into())];
         assert_eq!(i.response_body_limit(&json), None);
         assert_eq!(i.response_body_limit(&[]), None);
         let v = i.finish(&Response::new(200));

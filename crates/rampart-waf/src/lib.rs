@@ -68,7 +68,7 @@ pub use engine::{BodyLimitAction, Config, Waf, WafBuilder};
 pub use error::{Error, Location};
 pub use exclusions::Exclusions;
 pub use inspection::Inspection;
-pub use request::{Action, Request, Response, RuleMatch, Verdict};
+pub use request::{Action, Field, Request, Response, RuleMatch, Verdict};
 
 /// Hooks for conformance tests (secrules-language-tests vectors); not part
 /// of the stable API.

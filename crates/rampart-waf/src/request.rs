@@ -1,87 +1,101 @@
 //! What the edge hands the engine and what it gets back.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
-/// An HTTP request as it arrived, before any normalisation.
+/// An HTTP request as it arrived, before any normalisation. Its fields
+/// borrow or own their bytes: the edge lends the engine the request it
+/// already holds (`Request<'a>`), without copying a header; the builder
+/// methods make an owned one (`Request<'static>`).
 #[derive(Debug, Clone)]
-pub struct Request {
+pub struct Request<'a> {
     /// The method, e.g. `GET`.
-    pub method: String,
+    pub method: Cow<'a, str>,
     /// The request target exactly as sent (path and query, or absolute form).
-    pub uri: String,
+    pub uri: Cow<'a, str>,
     /// The protocol, e.g. `HTTP/1.1`.
-    pub protocol: String,
+    pub protocol: Cow<'a, str>,
     /// The client address.
     pub remote_addr: IpAddr,
     /// The client port.
     pub remote_port: u16,
     /// Header fields in arrival order, names as sent.
-    pub headers: Vec<(String, Vec<u8>)>,
+    pub headers: Vec<Field<'a>>,
     /// The request body (empty when there is none).
-    pub body: Vec<u8>,
+    pub body: Cow<'a, [u8]>,
 }
 
-impl Request {
+/// One header field: its name as sent and its value.
+pub type Field<'a> = (Cow<'a, str>, Cow<'a, [u8]>);
+
+impl Request<'static> {
     /// A request with no headers and no body, from 127.0.0.1.
-    pub fn new(method: &str, uri: &str) -> Request {
+    pub fn new(method: &str, uri: &str) -> Request<'static> {
         Request {
-            method: method.to_string(),
-            uri: uri.to_string(),
-            protocol: "HTTP/1.1".to_string(),
+            method: Cow::Owned(method.to_string()),
+            uri: Cow::Owned(uri.to_string()),
+            protocol: Cow::Borrowed("HTTP/1.1"),
             remote_addr: IpAddr::from([127, 0, 0, 1]),
             remote_port: 0,
             headers: Vec::new(),
-            body: Vec::new(),
+            body: Cow::Borrowed(&[]),
         }
     }
+}
 
+impl<'a> Request<'a> {
     /// Adds a header (builder style).
-    pub fn header(mut self, name: &str, value: impl Into<Vec<u8>>) -> Request {
-        self.headers.push((name.to_string(), value.into()));
+    pub fn header(mut self, name: &str, value: impl Into<Vec<u8>>) -> Request<'a> {
+        self.headers
+            .push((Cow::Owned(name.to_string()), Cow::Owned(value.into())));
         self
     }
 
     /// Sets the body (builder style).
-    pub fn body(mut self, body: impl Into<Vec<u8>>) -> Request {
-        self.body = body.into();
+    pub fn body(mut self, body: impl Into<Vec<u8>>) -> Request<'a> {
+        self.body = Cow::Owned(body.into());
         self
     }
 }
 
-/// An upstream response as the edge received it, for phases 3 and 4.
+/// An upstream response as the edge received it, for phases 3 and 4; it
+/// borrows or owns its bytes as [`Request`] does.
 #[derive(Debug, Clone)]
-pub struct Response {
+pub struct Response<'a> {
     /// The status code, e.g. 200.
     pub status: u16,
     /// The protocol, e.g. `HTTP/1.1`.
-    pub protocol: String,
+    pub protocol: Cow<'a, str>,
     /// Header fields in arrival order, names as sent.
-    pub headers: Vec<(String, Vec<u8>)>,
+    pub headers: Vec<Field<'a>>,
     /// The response body, or as much of it as the edge buffered (inspected
     /// only with `SecResponseBodyAccess On` and a listed media type).
-    pub body: Vec<u8>,
+    pub body: Cow<'a, [u8]>,
 }
 
-impl Response {
+impl Response<'static> {
     /// A response with this status, no headers and no body.
-    pub fn new(status: u16) -> Response {
+    pub fn new(status: u16) -> Response<'static> {
         Response {
             status,
-            protocol: "HTTP/1.1".to_string(),
+            protocol: Cow::Borrowed("HTTP/1.1"),
             headers: Vec::new(),
-            body: Vec::new(),
+            body: Cow::Borrowed(&[]),
         }
     }
+}
 
+impl<'a> Response<'a> {
     /// Adds a header (builder style).
-    pub fn header(mut self, name: &str, value: impl Into<Vec<u8>>) -> Response {
-        self.headers.push((name.to_string(), value.into()));
+    pub fn header(mut self, name: &str, value: impl Into<Vec<u8>>) -> Response<'a> {
+        self.headers
+            .push((Cow::Owned(name.to_string()), Cow::Owned(value.into())));
         self
     }
 
     /// Sets the body (builder style).
-    pub fn body(mut self, body: impl Into<Vec<u8>>) -> Response {
-        self.body = body.into();
+    pub fn body(mut self, body: impl Into<Vec<u8>>) -> Response<'a> {
+        self.body = Cow::Owned(body.into());
         self
     }
 }

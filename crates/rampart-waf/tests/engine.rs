@@ -282,10 +282,10 @@ fn hostile_inputs_do_not_panic() {
     let mut r = Request::new("POST", "/%00%ff%c0%af?%=%%u12&a=%uZZZZ");
     r.headers.push((
         "Content-Type".into(),
-        b"multipart/form-data; boundary=\"".to_vec(),
+        b"multipart/form-data; boundary=\""[..].into(),
     ));
-    r.headers.push(("Cookie".into(), nasty.clone()));
-    r.body = nasty;
+    r.headers.push(("Cookie".into(), nasty.clone().into()));
+    r.body = nasty.into();
     let _ = waf().evaluate(&r);
     let _ = post(
         "/",
