@@ -696,6 +696,11 @@ impl Waf {
     }
 }
 
+/// Expanded bytes as text, without a copy when they are UTF-8 already.
+fn text(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
 fn path_and_query(uri: &str) -> &str {
     // absolute-form: scheme://authority/path?query. Origin-form targets
     // start with `/` and may carry `://` in their query (`?u=http://x/`).
@@ -1408,8 +1413,8 @@ impl<'w> Transaction<'w> {
             self.matched_rules.push(RuleMatch {
                 id: rule.id,
                 phase: rule.phase,
-                msg: String::from_utf8_lossy(&msg).into_owned(),
-                data: String::from_utf8_lossy(&data).into_owned(),
+                msg: text(msg),
+                data: text(data),
                 severity: rule.actions.severity,
                 tags: std::sync::Arc::clone(&rule.tags),
                 matched_var_name: self
@@ -2202,10 +2207,7 @@ impl<'w> Transaction<'w> {
                 _ => {
                     let mut k = self.expand(&sv.key, top);
                     k.make_ascii_lowercase();
-                    Cow::Owned(match String::from_utf8(k) {
-                        Ok(k) => k,
-                        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
-                    })
+                    Cow::Owned(text(k))
                 }
             };
             // Values are written into the variable's existing buffer: CRS
