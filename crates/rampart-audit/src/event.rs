@@ -275,9 +275,10 @@ impl Event {
 /// end: a reader ignores bytes after the fields it knows.
 const EVENT_V1: u8 = 1;
 
-/// The fixed field order of a version 1 event, as written.
+/// The fixed field order of a version 1 event, as written; `D` is the
+/// details as a map (an [`Event`]'s, or an [`EventRef`]'s pairs).
 #[derive(Serialize)]
-struct EventV1Out<'a> {
+struct EventV1Out<'a, D> {
     tier: u8,
     node: &'a str,
     environment: &'a str,
@@ -289,7 +290,107 @@ struct EventV1Out<'a> {
     reason: Option<&'a str>,
     request_id: Option<&'a str>,
     source: Option<&'a str>,
-    details: &'a Details,
+    details: D,
+}
+
+/// An event lent to the log rather than given: the fields of an [`Event`],
+/// borrowed, with its details as name and value pairs. A caller that
+/// records an event per request (the edge) builds it from what it holds,
+/// without an owned string or a map. It is stored exactly as the [`Event`]
+/// with the same fields: details in name order, and of two with one name,
+/// the later.
+#[derive(Debug, Clone, Copy)]
+pub struct EventRef<'a> {
+    /// The tier (and so the retention) the record goes to.
+    pub tier: Tier,
+    /// The node that saw the event.
+    pub node: &'a str,
+    /// The environment.
+    pub environment: &'a str,
+    /// Who acted: the principal.
+    pub principal: &'a str,
+    /// How the principal authenticated.
+    pub auth: &'a str,
+    /// What was attempted.
+    pub action: &'a str,
+    /// What it was attempted on.
+    pub resource: &'a str,
+    /// What came of it.
+    pub outcome: Outcome,
+    /// Why, when the outcome needs a reason.
+    pub reason: Option<&'a str>,
+    /// The request id that ties this record to others.
+    pub request_id: Option<&'a str>,
+    /// The source address of the request.
+    pub source: Option<&'a str>,
+    /// What else the plane knows, as (name, value) pairs in any order.
+    /// Values are never secrets.
+    pub details: &'a [(&'a str, &'a str)],
+}
+
+/// Most details an [`EventRef`] puts in order without allocating.
+const INLINE_DETAILS: usize = 32;
+
+/// An [`EventRef`]'s details, written as the map an [`Event`]'s would be:
+/// in name order, one value per name (the later one).
+struct PairsAsMap<'a>(&'a [(&'a str, &'a str)]);
+
+impl Serialize for PairsAsMap<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let pairs = self.0;
+        if pairs.len() > INLINE_DETAILS {
+            let map: std::collections::BTreeMap<&str, &str> = pairs.iter().copied().collect();
+            return map.serialize(ser);
+        }
+        // Indices in name order (a stable sort, on the stack), then of each
+        // run of one name, the last.
+        let mut slots = [0u8; INLINE_DETAILS];
+        let order = slots.get_mut(..pairs.len()).unwrap_or_default();
+        for (i, o) in (0u8..).zip(order.iter_mut()) {
+            *o = i;
+        }
+        order.sort_by(|&a, &b| name_of(pairs, a).cmp(name_of(pairs, b)));
+        let kept = || {
+            order
+                .iter()
+                .zip(order.iter().skip(1).map(Some).chain([None]))
+                .filter(|(&i, next)| next.is_none_or(|&j| name_of(pairs, j) != name_of(pairs, i)))
+                .filter_map(|(&i, _)| pairs.get(usize::from(i)))
+        };
+        let mut map = ser.serialize_map(Some(kept().count()))?;
+        for (name, value) in kept() {
+            map.serialize_entry(name, value)?;
+        }
+        map.end()
+    }
+}
+
+fn name_of<'a>(pairs: &[(&'a str, &'a str)], i: u8) -> &'a str {
+    pairs.get(usize::from(i)).map_or("", |p| p.0)
+}
+
+impl EventRef<'_> {
+    /// Appends the event's stored form (version 1) to `out`: the same
+    /// bytes as the equal [`Event`]'s.
+    pub(crate) fn encode(&self, mut out: Vec<u8>) -> Result<Vec<u8>, AuditError> {
+        out.push(EVENT_V1);
+        let wire = EventV1Out {
+            tier: self.tier.code(),
+            node: self.node,
+            environment: self.environment,
+            principal: self.principal,
+            auth: self.auth,
+            action: self.action,
+            resource: self.resource,
+            outcome: self.outcome.code(),
+            reason: self.reason,
+            request_id: self.request_id,
+            source: self.source,
+            details: PairsAsMap(self.details),
+        };
+        postcard::to_extend(&wire, out).map_err(|e| AuditError::Encode(e.to_string()))
+    }
 }
 
 /// The same, as read.
@@ -509,6 +610,70 @@ fn days_from_civil(y: i64, m: u64, d: u64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The [`Event`] an [`EventRef`] stands for.
+    fn owned(e: &EventRef<'_>) -> Event {
+        let mut ev = Event::new(
+            e.tier,
+            Actor::new(e.principal, e.auth),
+            e.action,
+            e.resource,
+            e.outcome,
+        );
+        ev.node = e.node.to_owned();
+        ev.environment = e.environment.to_owned();
+        ev.reason = e.reason.map(str::to_owned);
+        ev.request_id = e.request_id.map(str::to_owned);
+        ev.source = e.source.map(str::to_owned);
+        for (k, v) in e.details {
+            ev.details.insert((*k).to_owned().into(), (*v).to_owned());
+        }
+        ev
+    }
+
+    #[test]
+    fn a_lent_event_is_stored_as_the_owned_one() {
+        let many: Vec<(String, String)> = (0..40)
+            .rev()
+            .map(|i| (format!("k{i:02}"), format!("v{i}")))
+            .collect();
+        let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (&**k, &**v)).collect();
+        let lists: [&[(&str, &str)]; 5] = [
+            &[],
+            &[("status", "200")],
+            // out of order, one name twice: the later value is kept
+            &[
+                ("status", "403"),
+                ("latency_ms", "1.250"),
+                ("bytes_in", "0"),
+                ("status", "404"),
+                ("waf_rules", "942100,949110"),
+                ("", "empty name"),
+            ],
+            &many,
+            &[("z", "1"), ("é", "2"), ("a", "3"), ("a", "4"), ("a", "5")],
+        ];
+        for details in lists {
+            let e = EventRef {
+                tier: Tier::Security,
+                node: "node-1",
+                environment: "prod",
+                principal: "anonymous",
+                auth: "edge",
+                action: "edge.get",
+                resource: "shop.example.com/cart",
+                outcome: Outcome::Denied,
+                reason: Some("status 403: waf"),
+                request_id: Some("r-1"),
+                source: None,
+                details,
+            };
+            let lent = e.encode(Vec::new()).unwrap();
+            let own = owned(&e);
+            assert_eq!(lent, own.encode(Vec::new()).unwrap());
+            assert_eq!(Event::decode(&lent).unwrap(), own);
+        }
+    }
 
     #[test]
     fn tier_names_are_kebab_case() {

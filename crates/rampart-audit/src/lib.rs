@@ -43,8 +43,8 @@ mod verify;
 pub use checkpoint::{Checkpoint, CheckpointError, CheckpointKind, Disposal};
 pub use error::AuditError;
 pub use event::{
-    format_rfc3339, parse_rfc3339, unix_nanos, Actor, Details, Event, Outcome, Receipt, Record,
-    RetentionPolicy, Tier,
+    format_rfc3339, parse_rfc3339, unix_nanos, Actor, Details, Event, EventRef, Outcome, Receipt,
+    Record, RetentionPolicy, Tier,
 };
 pub use keys::AuditKeys;
 pub use log::{

@@ -35,7 +35,7 @@ use rampart_core::SharedClock;
 
 use crate::checkpoint::{self, Checkpoint, CheckpointKind, Disposal};
 use crate::error::AuditError;
-use crate::event::{Event, Receipt, RetentionPolicy, Tier};
+use crate::event::{Event, EventRef, Receipt, RetentionPolicy, Tier};
 use crate::format::{SegmentHeader, BODY_FIXED, FRAME_PREFIX, MAX_BODY, TAG_LEN};
 use crate::keys::{AuditKeys, RecordCipher};
 use crate::merkle::{leaf_hash, to_hex, Frontier, Hash};
@@ -1289,9 +1289,28 @@ impl Audit {
         }
     }
 
+    /// [`Audit::record_async`] for an event lent rather than given (see
+    /// [`EventRef`]): the record is the same as the equal [`Event`]'s.
+    pub fn record_ref_async(&self, event: &EventRef<'_>) -> RecordFuture {
+        RecordFuture {
+            state: self
+                .enqueue_with(event.tier, |out| event.encode(out))
+                .map_err(Some),
+        }
+    }
+
     /// Encrypts an event and queues it for its tier's writer.
     fn enqueue(&self, event: &Event) -> Result<Arc<Slot>, AuditError> {
-        let tier = event.tier;
+        self.enqueue_with(event.tier, |out| event.encode(out))
+    }
+
+    /// [`Audit::enqueue`] of an event of `tier` that `encode` appends to the
+    /// buffer it is given.
+    fn enqueue_with(
+        &self,
+        tier: Tier,
+        encode: impl FnOnce(Vec<u8>) -> Result<Vec<u8>, AuditError>,
+    ) -> Result<Arc<Slot>, AuditError> {
         let log = self.tier_log(tier)?;
         if log.closed.load(Ordering::SeqCst) {
             return Err(AuditError::Closed);
@@ -1301,7 +1320,7 @@ impl Audit {
         }
         let time = self.core.clock.unix_nanos();
         // Room for a typical record and the tag, so neither grows the buffer.
-        let plain = event.encode(Vec::with_capacity(512))?;
+        let plain = encode(Vec::with_capacity(512))?;
         if plain.len() + BODY_FIXED + TAG_LEN > MAX_BODY {
             return Err(AuditError::TooLarge(plain.len()));
         }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rampart_audit::{Actor, Audit, Event, Outcome, Tier};
+use rampart_audit::{Audit, EventRef, Outcome, Tier};
 use rampart_config::{ClientAuthMode, Config, RouteAuth};
 use rampart_core::SharedClock;
 use rampart_edge::{
@@ -93,84 +93,146 @@ struct EdgeAudit {
     metrics: Arc<Metrics>,
 }
 
-impl EdgeAudit {
-    fn event(&self, rec: &AccessRecord) -> Event {
-        let outcome = match rec.status {
-            401 | 403 | 405 | 429 => Outcome::Denied,
-            s if s >= 500 => Outcome::Error,
-            _ => Outcome::Allowed,
-        };
-        let principal = rec.principal.clone().unwrap_or_else(|| "anonymous".into());
-        let mut action = String::with_capacity(5 + rec.method.len());
-        action.push_str("edge.");
-        action.extend(rec.method.chars().map(|c| c.to_ascii_lowercase()));
-        let mut resource = String::with_capacity(rec.host.len() + rec.path.len());
-        resource.push_str(&rec.host);
-        resource.push_str(&rec.path);
-        let mut ev = Event::new(
-            Tier::ApiAccess,
-            Actor::new(principal, "edge"),
-            action,
-            resource,
-            outcome,
-        );
-        ev.node = self.node.clone();
-        ev.reason = Some(match rec.reason {
-            Some(r) => format!("status {}: {r}", rec.status),
-            None => format!("status {}", rec.status),
+thread_local! {
+    /// The text of this thread's edge audit events (one a request), kept
+    /// between requests so that building one allocates nothing.
+    static EVENT_TEXT: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+/// Most details an edge event has.
+const EDGE_DETAILS: usize = 14;
+
+/// Appends what `f` writes to `text` and returns where it is.
+fn span(text: &mut String, f: impl FnOnce(&mut String)) -> std::ops::Range<usize> {
+    let start = text.len();
+    f(text);
+    start..text.len()
+}
+
+/// Puts `name` = `value`, when there is a value, at `details[*n]`.
+fn add_detail<'a>(
+    details: &mut [(&'a str, &'a str)],
+    n: &mut usize,
+    name: &'static str,
+    value: Option<&'a str>,
+) {
+    if let (Some(v), Some(slot)) = (value, details.get_mut(*n)) {
+        *slot = (name, v);
+        *n += 1;
+    }
+}
+
+/// `n` in decimal.
+fn push_int(text: &mut String, n: impl itoa::Integer) {
+    text.push_str(itoa::Buffer::new().format(n));
+}
+
+/// Calls `f` with the audit event of `rec` (tier api-access) seen by
+/// `node`, lent: its text is written into this thread's buffer, not into
+/// strings of its own.
+fn with_edge_event<R>(node: &str, rec: &AccessRecord, f: impl FnOnce(&mut EventRef<'_>) -> R) -> R {
+    let outcome = match rec.status {
+        401 | 403 | 405 | 429 => Outcome::Denied,
+        s if s >= 500 => Outcome::Error,
+        _ => Outcome::Allowed,
+    };
+    EVENT_TEXT.with_borrow_mut(|text| {
+        text.clear();
+        let action = span(text, |t| {
+            t.push_str("edge.");
+            t.extend(rec.method.chars().map(|c| c.to_ascii_lowercase()));
         });
-        ev.request_id = Some(rec.request_id.clone());
-        ev.source = Some(rampart_edge::text::ip_text(rec.client));
-        let d = &mut ev.details;
-        d.insert("status".into(), rec.status.to_string());
+        let resource = span(text, |t| {
+            t.push_str(&rec.host);
+            t.push_str(&rec.path);
+        });
+        let reason = span(text, |t| {
+            t.push_str("status ");
+            push_int(t, rec.status);
+            if let Some(r) = rec.reason {
+                t.push_str(": ");
+                t.push_str(r);
+            }
+        });
+        let source = span(text, |t| rampart_edge::text::push_ip(t, rec.client));
+        let status = span(text, |t| push_int(t, rec.status));
         // Milliseconds with three decimals, without float formatting.
-        let micros = (rec.latency.as_nanos() + 500) / 1000;
-        let mut ms = (micros / 1000).to_string();
-        ms.push('.');
-        let frac = (micros % 1000) as u16;
-        for digit in [frac / 100, (frac / 10) % 10, frac % 10] {
-            ms.push(char::from(b'0' + digit as u8));
-        }
-        d.insert("latency_ms".into(), ms);
-        d.insert("bytes_in".into(), rec.bytes_in.to_string());
-        if let Some(n) = rec.bytes_out {
-            d.insert("bytes_out".into(), n.to_string());
-        }
-        if let Some(r) = &rec.route {
-            d.insert("route".into(), r.clone());
-        }
-        if let Some(u) = &rec.upstream {
-            d.insert("upstream".into(), u.clone());
-        }
-        if let Some(s) = &rec.client_cert_serial {
-            d.insert("client_cert_serial".into(), s.clone());
-        }
-        if let Some(f) = &rec.detail {
-            d.insert("field".into(), f.clone());
-        }
-        if let Some(w) = &rec.waf {
+        let latency = span(text, |t| {
+            let micros = (rec.latency.as_nanos() + 500) / 1000;
+            push_int(t, micros / 1000);
+            t.push('.');
+            let frac = (micros % 1000) as u16;
+            for digit in [frac / 100, (frac / 10) % 10, frac % 10] {
+                t.push(char::from(b'0' + digit as u8));
+            }
+        });
+        let bytes_in = span(text, |t| push_int(t, rec.bytes_in));
+        let bytes_out = rec.bytes_out.map(|n| span(text, |t| push_int(t, n)));
+        let waf = rec.waf.as_ref().map(|w| {
+            let rules = span(text, |t| {
+                for (i, id) in w.rule_ids.iter().enumerate() {
+                    if i > 0 {
+                        t.push(',');
+                    }
+                    push_int(t, *id);
+                }
+            });
+            let messages = span(text, |t| {
+                for (i, m) in w.messages.iter().enumerate() {
+                    if i > 0 {
+                        t.push_str(" | ");
+                    }
+                    t.push_str(m);
+                }
+            });
+            let score = span(text, |t| push_int(t, w.anomaly_score));
+            let outbound = (w.outbound_anomaly_score != 0)
+                .then(|| span(text, |t| push_int(t, w.outbound_anomaly_score)));
+            let disrupted = w.disrupted_by.map(|id| span(text, |t| push_int(t, id)));
             let mode = match w.mode {
                 rampart_config::WafMode::Block => "block",
                 rampart_config::WafMode::Detect => "detect",
                 rampart_config::WafMode::Off => "off",
             };
-            d.insert("waf_mode".into(), mode.into());
-            let ids: Vec<String> = w.rule_ids.iter().map(u64::to_string).collect();
-            d.insert("waf_rules".into(), ids.join(","));
-            d.insert("waf_messages".into(), w.messages.join(" | "));
-            d.insert("waf_anomaly_score".into(), w.anomaly_score.to_string());
-            if w.outbound_anomaly_score != 0 {
-                d.insert(
-                    "waf_outbound_anomaly_score".into(),
-                    w.outbound_anomaly_score.to_string(),
-                );
-            }
-            if let Some(id) = w.disrupted_by {
-                d.insert("waf_disrupted_by".into(), id.to_string());
-            }
+            (mode, rules, messages, score, outbound, disrupted)
+        });
+        let t: &str = text;
+        let at = |r: std::ops::Range<usize>| t.get(r).unwrap_or("");
+        let mut details = [("", ""); EDGE_DETAILS];
+        let mut n = 0;
+        let mut add = |name, value| add_detail(&mut details, &mut n, name, value);
+        add("status", Some(at(status)));
+        add("latency_ms", Some(at(latency)));
+        add("bytes_in", Some(at(bytes_in)));
+        add("bytes_out", bytes_out.map(at));
+        add("route", rec.route.as_deref());
+        add("upstream", rec.upstream.as_deref());
+        add("client_cert_serial", rec.client_cert_serial.as_deref());
+        add("field", rec.detail.as_deref());
+        if let Some((mode, rules, messages, score, outbound, disrupted)) = waf {
+            add("waf_mode", Some(mode));
+            add("waf_rules", Some(at(rules)));
+            add("waf_messages", Some(at(messages)));
+            add("waf_anomaly_score", Some(at(score)));
+            add("waf_outbound_anomaly_score", outbound.map(at));
+            add("waf_disrupted_by", disrupted.map(at));
         }
-        ev
-    }
+        let mut ev = EventRef {
+            tier: Tier::ApiAccess,
+            node,
+            environment: "",
+            principal: rec.principal.as_deref().unwrap_or("anonymous"),
+            auth: "edge",
+            action: at(action),
+            resource: at(resource),
+            outcome,
+            reason: Some(at(reason)),
+            request_id: Some(&rec.request_id),
+            source: Some(at(source)),
+            details: details.get(..n).unwrap_or_default(),
+        };
+        f(&mut ev)
+    })
 }
 
 impl AuditSink for EdgeAudit {
@@ -189,12 +251,14 @@ impl AuditSink for EdgeAudit {
             rec.status,
             rec.latency.as_secs_f64(),
         );
-        let mut ev = self.event(rec);
-        let first = self.audit.record_async(&ev);
-        // a denial also goes to the security tier: the same event, encoded again
-        let second = (ev.outcome == Outcome::Denied).then(|| {
-            ev.tier = Tier::Security;
-            self.audit.record_async(&ev)
+        let (first, second) = with_edge_event(&self.node, rec, |ev| {
+            let first = self.audit.record_ref_async(ev);
+            // a denial also goes to the security tier: the same event, encoded again
+            let second = (ev.outcome == Outcome::Denied).then(|| {
+                ev.tier = Tier::Security;
+                self.audit.record_ref_async(ev)
+            });
+            (first, second)
         });
         Box::pin(async move {
             first.await.map_err(|e| e.to_string())?;
@@ -712,5 +776,132 @@ mod tests {
         let in_dir = dir.path().join("*/x.conf").display().to_string();
         let e = expand_rule_files(&[in_dir]).unwrap_err().to_string();
         assert!(e.contains("file name only"), "{e}");
+    }
+
+    // The audit event the edge records per request.
+
+    fn record() -> AccessRecord {
+        AccessRecord {
+            request_id: "req-1".into(),
+            client: "2001:db8::7".parse().unwrap(),
+            method: "PoST".into(),
+            host: "shop.example.com".into(),
+            path: "/cart".into(),
+            route: Some("shop.example.com/".into()),
+            principal: None,
+            status: 403,
+            reason: Some("waf"),
+            upstream: None,
+            bytes_in: 120,
+            bytes_out: Some(87),
+            latency: Duration::from_micros(1_234_567),
+            waf: Some(rampart_edge::WafFindings {
+                mode: rampart_config::WafMode::Block,
+                rule_ids: vec![942100, 949110],
+                messages: vec![
+                    "SQL Injection Attack Detected via libinjection".into(),
+                    "Inbound Anomaly Score Exceeded".into(),
+                ],
+                anomaly_score: 5,
+                outbound_anomaly_score: 0,
+                disrupted_by: Some(949110),
+            }),
+            client_cert_serial: None,
+            detail: None,
+        }
+    }
+
+    #[test]
+    fn an_edge_event_holds_what_the_request_did() {
+        let (head, details) = with_edge_event("node-a", &record(), |e| {
+            let head = (
+                e.tier,
+                e.node.to_owned(),
+                e.principal.to_owned(),
+                e.auth.to_owned(),
+                e.action.to_owned(),
+                e.resource.to_owned(),
+                e.outcome,
+                e.reason.map(str::to_owned),
+                e.request_id.map(str::to_owned),
+                e.source.map(str::to_owned),
+            );
+            let details: Vec<(String, String)> = e
+                .details
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            (head, details)
+        });
+        assert_eq!(
+            head,
+            (
+                Tier::ApiAccess,
+                "node-a".into(),
+                "anonymous".into(),
+                "edge".into(),
+                "edge.post".into(),
+                "shop.example.com/cart".into(),
+                Outcome::Denied,
+                Some("status 403: waf".into()),
+                Some("req-1".into()),
+                Some("2001:db8::7".into()),
+            )
+        );
+        let want = [
+            ("status", "403"),
+            ("latency_ms", "1234.567"),
+            ("bytes_in", "120"),
+            ("bytes_out", "87"),
+            ("route", "shop.example.com/"),
+            ("waf_mode", "block"),
+            ("waf_rules", "942100,949110"),
+            (
+                "waf_messages",
+                "SQL Injection Attack Detected via libinjection | Inbound Anomaly Score Exceeded",
+            ),
+            ("waf_anomaly_score", "5"),
+            ("waf_disrupted_by", "949110"),
+        ];
+        let want: Vec<(String, String)> = want
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        assert_eq!(details, want);
+    }
+
+    #[test]
+    fn a_second_event_on_the_thread_keeps_nothing_of_the_first() {
+        let mut rec = record();
+        with_edge_event("n", &rec, |_| ());
+        rec.waf = None;
+        rec.status = 200;
+        rec.reason = None;
+        rec.bytes_out = None;
+        rec.latency = Duration::from_micros(999);
+        rec.principal = Some("svc-billing".into());
+        let (reason, principal, outcome, details) = with_edge_event("n", &rec, |e| {
+            (
+                e.reason.map(str::to_owned),
+                e.principal.to_owned(),
+                e.outcome,
+                e.details
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>(),
+            )
+        });
+        assert_eq!(reason.as_deref(), Some("status 200"));
+        assert_eq!(principal, "svc-billing");
+        assert_eq!(outcome, Outcome::Allowed);
+        assert_eq!(
+            details,
+            [
+                "status=200",
+                "latency_ms=0.999",
+                "bytes_in=120",
+                "route=shop.example.com/"
+            ]
+        );
     }
 }
