@@ -99,6 +99,9 @@ thread_local! {
     static EVENT_TEXT: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
 }
 
+/// The most text of an edge event kept between requests.
+const MAX_KEPT_TEXT: usize = 16 * 1024;
+
 /// Most details an edge event has.
 const EDGE_DETAILS: usize = 14;
 
@@ -231,7 +234,12 @@ fn with_edge_event<R>(node: &str, rec: &AccessRecord, f: impl FnOnce(&mut EventR
             source: Some(at(source)),
             details: details.get(..n).unwrap_or_default(),
         };
-        f(&mut ev)
+        let out = f(&mut ev);
+        // a very long host or path is not kept for the thread's life
+        if text.capacity() > MAX_KEPT_TEXT {
+            *text = String::new();
+        }
+        out
     })
 }
 
@@ -868,6 +876,15 @@ mod tests {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         assert_eq!(details, want);
+    }
+
+    #[test]
+    fn a_long_path_is_recorded_whole_and_its_buffer_not_kept() {
+        let mut rec = record();
+        rec.path = format!("/{}", "a".repeat(40_000));
+        let resource_len = with_edge_event("n", &rec, |e| e.resource.len());
+        assert_eq!(resource_len, "shop.example.com".len() + 40_001);
+        assert!(EVENT_TEXT.with_borrow(|t| t.capacity()) <= MAX_KEPT_TEXT);
     }
 
     #[test]
