@@ -879,6 +879,26 @@ mod tests {
     }
 
     #[test]
+    fn an_event_with_every_detail_keeps_them_all() {
+        // EDGE_DETAILS must hold every detail the edge writes
+        let mut rec = record();
+        rec.upstream = Some("127.0.0.1:3000".into());
+        rec.client_cert_serial = Some("0a1b".into());
+        rec.detail = Some("/items/0".into());
+        if let Some(w) = rec.waf.as_mut() {
+            w.outbound_anomaly_score = 4;
+        }
+        let names = with_edge_event("n", &rec, |e| {
+            e.details
+                .iter()
+                .map(|(k, _)| (*k).to_owned())
+                .collect::<Vec<_>>()
+        });
+        assert_eq!(names.len(), EDGE_DETAILS, "{names:?}");
+        assert!(names.iter().any(|n| n == "waf_outbound_anomaly_score"));
+    }
+
+    #[test]
     fn a_long_path_is_recorded_whole_and_its_buffer_not_kept() {
         let mut rec = record();
         rec.path = format!("/{}", "a".repeat(40_000));
