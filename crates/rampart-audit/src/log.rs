@@ -556,6 +556,11 @@ struct WriterState {
     frontier: Frontier,
     chain_head: Hash,
     last_cp_count: u64,
+    /// The record count the every-N-records cadence counts from: the last
+    /// checkpoint's count, or for a periodic one taken late (its due point
+    /// passed while an earlier one was still being appended), the point it
+    /// was due at, so one late checkpoint does not shift every later one.
+    cp_cadence_from: u64,
     last_cp_time: u64,
     buf: Vec<u8>,
 }
@@ -1701,8 +1706,14 @@ impl Core {
     /// Takes the periodic checkpoint due after a batch without writing it:
     /// a syncer thread signs and appends it once the batch is durable
     /// (see [`PendingCheckpoint`]). While an earlier one is still on its
-    /// way (or being appended), this one stays due.
-    fn defer_checkpoint(log: &TierLog, st: &mut WriterState, now: u64) {
+    /// way (or being appended), this one stays due; taken late, it still
+    /// leaves the next one due where the every-`every_records` cadence
+    /// puts it.
+    ///
+    /// If the earlier one's records are durable but the syncer has not
+    /// appended it yet (on a busy machine it may not run for a while), it
+    /// is appended here, so periodic checkpoints do not fall behind.
+    fn defer_checkpoint(&self, log: &TierLog, st: &mut WriterState, now: u64, every_records: u64) {
         // Never wait here for a syncer that is appending the previous one.
         let mut slot = match log.cp_pending.try_lock() {
             Ok(g) => g,
@@ -1710,7 +1721,13 @@ impl Core {
             Err(std::sync::TryLockError::WouldBlock) => return,
         };
         if slot.is_some() {
-            return;
+            if log.cp_upto.load(Ordering::SeqCst) > lock(&log.sync).durable_id {
+                return;
+            }
+            if let Err(e) = self.append_pending(log, &mut slot) {
+                tracing::warn!(tier = %log.tier, error = %e, "audit checkpoint failed; will retry");
+                return;
+            }
         }
         // Flagged under the sync lock, under which the syncer checks the
         // flag before it waits, so the wake-up below cannot be missed.
@@ -1725,7 +1742,9 @@ impl Core {
             time: now,
         });
         log.cp_retry.store(false, Ordering::SeqCst);
-        st.last_cp_count = st.frontier.size();
+        let size = st.frontier.size();
+        st.cp_cadence_from = cadence_after(st.cp_cadence_from, size, every_records);
+        st.last_cp_count = size;
         st.last_cp_time = now;
         drop(slot);
         log.sync_cond.notify_one();
@@ -1940,7 +1959,8 @@ impl Core {
                 }
                 if log.cp_retry.load(Ordering::SeqCst) || st.checkpoint_due(&self.options, now) {
                     if self.options.sync_threads > 0 {
-                        Self::defer_checkpoint(log, &mut st, now);
+                        let every = self.options.checkpoint_every_records.max(1);
+                        self.defer_checkpoint(log, &mut st, now, every);
                     } else if let Err(e) = st.checkpoint(self, log, CheckpointKind::Periodic, now) {
                         tracing::warn!(%tier, error = %e, "audit checkpoint failed; will retry");
                     }
@@ -1962,6 +1982,19 @@ impl Core {
                 }
             }
         }
+    }
+}
+
+/// Where the every-`every` cadence counts from once a periodic checkpoint
+/// covering `size` records is taken, having counted from `from`: the last
+/// point on the cadence at or below `size` if the checkpoint was due by
+/// count (taken on time or late), else `size` (taken by the clock).
+fn cadence_after(from: u64, size: u64, every: u64) -> u64 {
+    let since = size.saturating_sub(from);
+    if since >= every {
+        size - since % every
+    } else {
+        size
     }
 }
 
@@ -2026,7 +2059,8 @@ impl WriterState {
         let size = self.frontier.size();
         let every = u64::try_from(options.checkpoint_every.as_nanos()).unwrap_or(u64::MAX);
         size > self.last_cp_count
-            && (size - self.last_cp_count >= options.checkpoint_every_records.max(1)
+            && (size.saturating_sub(self.cp_cadence_from)
+                >= options.checkpoint_every_records.max(1)
                 || now.saturating_sub(self.last_cp_time) >= every)
     }
 
@@ -2052,6 +2086,7 @@ impl WriterState {
         );
         append_line(&core.options, tier, &cp)?;
         self.last_cp_count = self.frontier.size();
+        self.cp_cadence_from = self.last_cp_count;
         self.last_cp_time = now;
         Ok(cp)
     }
@@ -2337,6 +2372,7 @@ fn recover_tier(
         seg,
         next_segment,
         last_cp_count: cps.last().map_or(0, |c| c.v.cp.count),
+        cp_cadence_from: cps.last().map_or(0, |c| c.v.cp.count),
         last_cp_time: now,
         frontier: scan.frontier,
         chain_head: scan.chain_head,
@@ -2425,6 +2461,20 @@ mod tests {
     fn poll_once(f: &mut RecordFuture, c: &Arc<Count>) -> Poll<Result<Receipt, AuditError>> {
         let waker = Waker::from(Arc::clone(c));
         Pin::new(f).poll(&mut Context::from_waker(&waker))
+    }
+
+    #[test]
+    fn a_late_periodic_checkpoint_leaves_the_next_where_the_cadence_puts_it() {
+        // On time: every 10 records.
+        assert_eq!(cadence_after(0, 10, 10), 10);
+        // Due at 190, taken at 191 (the one at 180 was still being
+        // appended): the next is due at 200, not 201.
+        assert_eq!(cadence_after(180, 191, 10), 190);
+        // One batch of 35 records: the next is due at 40.
+        assert_eq!(cadence_after(0, 35, 10), 30);
+        // Taken by the clock after 4 records: counted afresh from there.
+        assert_eq!(cadence_after(100, 104, 10), 104);
+        assert_eq!(cadence_after(7, 7, 1), 7);
     }
 
     #[test]
