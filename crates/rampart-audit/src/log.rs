@@ -295,6 +295,10 @@ pub struct Disposed {
 pub struct RetentionReport {
     /// One entry per tier that lost segments.
     pub disposed: Vec<Disposed>,
+    /// Segment bytes read to decide and to dispose: a sealed segment is
+    /// read when it first becomes the oldest and again when it goes, so a
+    /// run that disposes of nothing reads nothing.
+    pub bytes_read: u64,
 }
 
 /// Where the writer thread leaves one caller's result: a blocked thread
@@ -594,6 +598,11 @@ struct TierLog {
     cp_upto: AtomicU64,
     /// A deferred checkpoint could not be appended: take another.
     cp_retry: AtomicBool,
+    /// Sealed segments that retention has read and found still within the
+    /// tier's retention: segment number to its newest record's time. A
+    /// sealed segment never changes, so retention reads each one when it
+    /// becomes the oldest and again only to dispose of it, not every run.
+    retention_seen: Mutex<std::collections::BTreeMap<u64, u64>>,
     /// Syncs run and records they made durable, for the benchmark.
     syncs: AtomicU64,
     synced_records: AtomicU64,
@@ -1213,6 +1222,7 @@ impl Audit {
                 cp_waiting: AtomicBool::new(false),
                 cp_upto: AtomicU64::new(0),
                 cp_retry: AtomicBool::new(false),
+                retention_seen: Mutex::new(std::collections::BTreeMap::new()),
                 syncs: AtomicU64::new(0),
                 synced_records: AtomicU64::new(0),
                 sync_time_nanos: AtomicU64::new(0),
@@ -1465,11 +1475,22 @@ impl Audit {
                 &vk,
                 &mut problems,
             )?;
+            // The oldest sealed segments whose newest record is past the
+            // horizon: each read once (from its header's state) to learn
+            // its newest record's time, remembered while it is kept.
+            let found = self.expired_prefix(log, &tier_dir, &cps, active, horizon, &mut report)?;
+            let Some(cut) = found else {
+                continue;
+            };
+            // Read them all again, from the oldest, before they go: the
+            // disposal record states the chain head and Merkle frontier
+            // at the cut, so those are computed, not trusted.
             let range = SegmentRange {
                 resume_from: None,
-                stop_before: Some(active),
+                stop_before: Some(cut + 1),
             };
             let scan = scan_tier(tier, &tier_dir, &cps, range, &mut |_, _| {})?;
+            report.bytes_read += scan.bytes;
             if let Some(f) = scan.findings.into_iter().next().or(scan.torn) {
                 return Err(AuditError::Corrupt(Box::new(f)));
             }
@@ -1505,8 +1526,10 @@ impl Audit {
                     Some(disposal),
                 );
                 append_line(&self.core.options, tier, &cp)?;
+                let mut seen = lock(&log.retention_seen);
                 for s in &expired {
                     fs::remove_file(&s.path).map_err(|e| AuditError::io(&s.path, e))?;
+                    seen.remove(&s.number);
                 }
                 checkpoint::sync_dir(&st.tier_dir)?;
             }
@@ -1519,6 +1542,57 @@ impl Audit {
             });
         }
         Ok(report)
+    }
+
+    /// The newest of the oldest sealed segments (those before `active`) in
+    /// which every record is older than `horizon`, if any. A segment not
+    /// seen before is read once, from the state its header holds; one found
+    /// within retention is remembered, so a run that disposes of nothing
+    /// reads nothing.
+    fn expired_prefix(
+        &self,
+        log: &TierLog,
+        tier_dir: &Path,
+        cps: &[crate::verify::FiledCheckpoint],
+        active: u64,
+        horizon: u64,
+        report: &mut RetentionReport,
+    ) -> Result<Option<u64>, AuditError> {
+        let sealed: Vec<u64> = list_segments(tier_dir)?
+            .into_iter()
+            .map(|(n, _)| n)
+            .filter(|n| *n < active)
+            .collect();
+        let mut seen = lock(&log.retention_seen);
+        // Segments gone since (disposed of) are forgotten.
+        seen.retain(|n, _| sealed.binary_search(n).is_ok());
+        let mut cut = None;
+        for &n in &sealed {
+            let newest = match seen.get(&n) {
+                Some(&t) => t,
+                None => {
+                    let range = SegmentRange {
+                        resume_from: Some(n),
+                        stop_before: Some(n + 1),
+                    };
+                    let scan = scan_tier(log.tier, tier_dir, cps, range, &mut |_, _| {})?;
+                    report.bytes_read += scan.bytes;
+                    if let Some(f) = scan.findings.into_iter().next().or(scan.torn) {
+                        return Err(AuditError::Corrupt(Box::new(f)));
+                    }
+                    let Some(info) = scan.segments.first() else {
+                        break;
+                    };
+                    info.max_time
+                }
+            };
+            if newest >= horizon {
+                seen.insert(n, newest);
+                break;
+            }
+            cut = Some(n);
+        }
+        Ok(cut)
     }
 
     /// Refuses further records, writes a closing checkpoint for every tier

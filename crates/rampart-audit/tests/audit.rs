@@ -791,6 +791,62 @@ fn retention_drops_whole_old_segments_and_signs_the_disposal() {
     assert_eq!(f[0].problem, Problem::MissingDisposal { first_seq: 21 });
 }
 
+/// Retention runs every minute on a node. It must not read the whole log
+/// each time: a kept segment is read once, when it becomes the oldest, and
+/// once more to dispose of it, and tampering is still found before a
+/// segment goes.
+#[test]
+fn retention_reads_a_kept_segment_once_and_checks_it_again_before_disposal() {
+    let t = TestLog::new();
+    let mut o = t.options();
+    o.retention = o.retention.with(Tier::Network, 30);
+    let audit = t.open_with(o);
+    for _day in 0..3 {
+        fill(&audit, Tier::Network, 7);
+        t.clock.advance(Duration::from_secs(86_400));
+    }
+    fill(&audit, Tier::Network, 1); // day 3: the open segment
+    let segs = t.segments(Tier::Network);
+    assert_eq!(segs.len(), 4);
+    let size: Vec<u64> = segs
+        .iter()
+        .map(|p| fs::metadata(p).unwrap().len())
+        .collect();
+
+    // Nothing is old enough: the oldest is read once to learn so...
+    let r = audit.apply_retention().unwrap();
+    assert!(r.disposed.is_empty());
+    assert_eq!(r.bytes_read, size[0]);
+    // ...and not again while it is kept.
+    for _ in 0..3 {
+        let r = audit.apply_retention().unwrap();
+        assert_eq!((r.disposed.len(), r.bytes_read), (0, 0));
+    }
+
+    // Day 30 and a half: day 0's records are past 30 days, day 1's not.
+    t.clock.advance(Duration::from_secs(86_400 * 27 + 43_200));
+    let r = audit.apply_retention().unwrap();
+    assert_eq!(r.disposed.len(), 1);
+    assert_eq!(r.disposed[0].segments, vec![segs[0].clone()]);
+    // Read again before it went, and the new oldest read for the first time.
+    assert_eq!(r.bytes_read, size[0] + size[1]);
+    let r = audit.apply_retention().unwrap();
+    assert_eq!((r.disposed.len(), r.bytes_read), (0, 0));
+
+    // A kept segment altered after it was read is refused when it expires,
+    // and stays on disk.
+    let mut bytes = fs::read(&segs[1]).unwrap();
+    let at = bytes.len() - 10;
+    bytes[at] ^= 0x01;
+    fs::write(&segs[1], &bytes).unwrap();
+    t.clock.advance(Duration::from_secs(86_400));
+    assert!(matches!(
+        audit.apply_retention(),
+        Err(AuditError::Corrupt(_))
+    ));
+    assert!(segs[1].exists());
+}
+
 #[test]
 fn every_acknowledged_record_survives_sigkill() {
     let t = TestLog::new();
