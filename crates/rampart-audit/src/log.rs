@@ -42,7 +42,8 @@ use crate::merkle::{leaf_hash, to_hex, Frontier, Hash};
 use crate::proof::InclusionProof;
 use crate::search::{AuditReader, Query};
 use crate::verify::{
-    list_segments, load_checkpoints, scan_tier, segment_name, Finding, Problem, SegmentRange,
+    list_segments, load_checkpoints, scan_tier, segment_name, FiledCheckpoint, Finding, Problem,
+    SegmentRange,
 };
 
 const NANOS_PER_DAY: u64 = 86_400 * 1_000_000_000;
@@ -1468,20 +1469,22 @@ impl Audit {
                 (st.seg.as_ref().map(|s| s.number), st.tier_dir.clone())
             };
             let Some(active) = active else { continue };
-            let mut problems = Vec::new();
-            let cps = load_checkpoints(
+            // Read (and their signatures checked) only if a segment is.
+            let mut cps = LazyCheckpoints {
                 tier,
-                &[checkpoint::path_for(&self.core.options.dir, tier)],
-                &vk,
-                &mut problems,
-            )?;
+                path: checkpoint::path_for(&self.core.options.dir, tier),
+                vk: &vk,
+                loaded: None,
+            };
             // The oldest sealed segments whose newest record is past the
             // horizon: each read once (from its header's state) to learn
             // its newest record's time, remembered while it is kept.
-            let found = self.expired_prefix(log, &tier_dir, &cps, active, horizon, &mut report)?;
+            let found =
+                self.expired_prefix(log, &tier_dir, &mut cps, active, horizon, &mut report)?;
             let Some(cut) = found else {
                 continue;
             };
+            let cps = cps.get()?;
             // Read them all again, from the oldest, before they go: the
             // disposal record states the chain head and Merkle frontier
             // at the cut, so those are computed, not trusted.
@@ -1489,7 +1492,7 @@ impl Audit {
                 resume_from: None,
                 stop_before: Some(cut + 1),
             };
-            let scan = scan_tier(tier, &tier_dir, &cps, range, &mut |_, _| {})?;
+            let scan = scan_tier(tier, &tier_dir, cps, range, &mut |_, _| {})?;
             report.bytes_read += scan.bytes;
             if let Some(f) = scan.findings.into_iter().next().or(scan.torn) {
                 return Err(AuditError::Corrupt(Box::new(f)));
@@ -1553,7 +1556,7 @@ impl Audit {
         &self,
         log: &TierLog,
         tier_dir: &Path,
-        cps: &[crate::verify::FiledCheckpoint],
+        cps: &mut LazyCheckpoints<'_>,
         active: u64,
         horizon: u64,
         report: &mut RetentionReport,
@@ -1575,7 +1578,7 @@ impl Audit {
                         resume_from: Some(n),
                         stop_before: Some(n + 1),
                     };
-                    let scan = scan_tier(log.tier, tier_dir, cps, range, &mut |_, _| {})?;
+                    let scan = scan_tier(log.tier, tier_dir, cps.get()?, range, &mut |_, _| {})?;
                     report.bytes_read += scan.bytes;
                     if let Some(f) = scan.findings.into_iter().next().or(scan.torn) {
                         return Err(AuditError::Corrupt(Box::new(f)));
@@ -2069,6 +2072,28 @@ fn cadence_after(from: u64, size: u64, every: u64) -> u64 {
         size - since % every
     } else {
         size
+    }
+}
+
+/// A tier's checkpoints for retention, read and checked the first time
+/// they are wanted: a run that reads no segment reads no checkpoint either
+/// (the file gains a line every thousand records or minute, each with a
+/// signature to check).
+struct LazyCheckpoints<'a> {
+    tier: Tier,
+    path: PathBuf,
+    vk: &'a VerifyingKey,
+    loaded: Option<Vec<FiledCheckpoint>>,
+}
+
+impl LazyCheckpoints<'_> {
+    fn get(&mut self) -> Result<&[FiledCheckpoint], AuditError> {
+        if self.loaded.is_none() {
+            let mut problems = Vec::new();
+            let path = std::slice::from_ref(&self.path);
+            self.loaded = Some(load_checkpoints(self.tier, path, self.vk, &mut problems)?);
+        }
+        Ok(self.loaded.as_deref().unwrap_or_default())
     }
 }
 
