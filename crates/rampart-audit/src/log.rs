@@ -42,8 +42,8 @@ use crate::merkle::{leaf_hash, to_hex, Frontier, Hash};
 use crate::proof::InclusionProof;
 use crate::search::{AuditReader, Query};
 use crate::verify::{
-    list_segments, load_checkpoints, scan_tier, segment_name, FiledCheckpoint, Finding, Problem,
-    SegmentRange,
+    list_segments, load_checkpoints, load_checkpoints_from, scan_tier, segment_name,
+    FiledCheckpoint, Finding, Problem, SegmentRange,
 };
 
 const NANOS_PER_DAY: u64 = 86_400 * 1_000_000_000;
@@ -1481,10 +1481,10 @@ impl Audit {
             // its newest record's time, remembered while it is kept.
             let found =
                 self.expired_prefix(log, &tier_dir, &mut cps, active, horizon, &mut report)?;
-            let Some(cut) = found else {
+            let Some((oldest, cut)) = found else {
                 continue;
             };
-            let cps = cps.get()?;
+            let cps = cps.get(&tier_dir.join(segment_name(oldest)))?;
             // Read them all again, from the oldest, before they go: the
             // disposal record states the chain head and Merkle frontier
             // at the cut, so those are computed, not trusted.
@@ -1547,8 +1547,9 @@ impl Audit {
         Ok(report)
     }
 
-    /// The newest of the oldest sealed segments (those before `active`) in
-    /// which every record is older than `horizon`, if any. A segment not
+    /// The oldest sealed segment (of those before `active`) and the newest
+    /// of the run from it in which every record is older than `horizon`, if
+    /// there is such a run. A segment not
     /// seen before is read once, from the state its header holds; one found
     /// within retention is remembered, so a run that disposes of nothing
     /// reads nothing.
@@ -1560,7 +1561,7 @@ impl Audit {
         active: u64,
         horizon: u64,
         report: &mut RetentionReport,
-    ) -> Result<Option<u64>, AuditError> {
+    ) -> Result<Option<(u64, u64)>, AuditError> {
         let sealed: Vec<u64> = list_segments(tier_dir)?
             .into_iter()
             .map(|(n, _)| n)
@@ -1578,7 +1579,8 @@ impl Audit {
                         resume_from: Some(n),
                         stop_before: Some(n + 1),
                     };
-                    let scan = scan_tier(log.tier, tier_dir, cps.get()?, range, &mut |_, _| {})?;
+                    let cps = cps.get(&tier_dir.join(segment_name(n)))?;
+                    let scan = scan_tier(log.tier, tier_dir, cps, range, &mut |_, _| {})?;
                     report.bytes_read += scan.bytes;
                     if let Some(f) = scan.findings.into_iter().next().or(scan.torn) {
                         return Err(AuditError::Corrupt(Box::new(f)));
@@ -1595,7 +1597,7 @@ impl Audit {
             }
             cut = Some(n);
         }
-        Ok(cut)
+        Ok(sealed.first().copied().zip(cut))
     }
 
     /// Refuses further records, writes a closing checkpoint for every tier
@@ -2083,17 +2085,26 @@ struct LazyCheckpoints<'a> {
     tier: Tier,
     path: PathBuf,
     vk: &'a VerifyingKey,
-    loaded: Option<Vec<FiledCheckpoint>>,
+    /// The lines from this count on, once read.
+    loaded: Option<(u64, Vec<FiledCheckpoint>)>,
 }
 
 impl LazyCheckpoints<'_> {
-    fn get(&mut self) -> Result<&[FiledCheckpoint], AuditError> {
-        if self.loaded.is_none() {
+    /// Those of use to a scan that starts at the segment `first`, of which
+    /// only the ones counting at least its first record are checked.
+    fn get(&mut self, first: &Path) -> Result<&[FiledCheckpoint], AuditError> {
+        let from = crate::verify::read_header(self.tier, first)?.first_seq;
+        if self.loaded.as_ref().is_none_or(|(at, _)| *at > from) {
             let mut problems = Vec::new();
             let path = std::slice::from_ref(&self.path);
-            self.loaded = Some(load_checkpoints(self.tier, path, self.vk, &mut problems)?);
+            let cps = load_checkpoints_from(self.tier, path, self.vk, &mut problems, from)?;
+            self.loaded = Some((from, cps));
         }
-        Ok(self.loaded.as_deref().unwrap_or_default())
+        Ok(self
+            .loaded
+            .as_ref()
+            .map(|(_, c)| c.as_slice())
+            .unwrap_or_default())
     }
 }
 

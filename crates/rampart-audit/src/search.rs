@@ -19,7 +19,7 @@ use crate::keys::RecordCipher;
 use crate::merkle::{to_hex, PrunedTree};
 use crate::proof::InclusionProof;
 use crate::verify::{
-    list_segments, load_checkpoints, read_header, scan_tier, Finding, Problem, SegmentRange,
+    list_segments, load_checkpoints_from, read_header, scan_tier, Finding, Problem, SegmentRange,
 };
 
 /// Which records to return. Every filter that is set must match.
@@ -264,12 +264,25 @@ impl AuditReader {
         seq: u64,
         key: &VerifyingKey,
     ) -> Result<InclusionProof, AuditError> {
+        // Start at the segment that holds the record: its header has the
+        // frontier over everything before it, which is all the proof needs.
+        let tier_dir = self.dir.join(tier.as_str());
+        let mut start = None;
+        for (n, path) in list_segments(&tier_dir)? {
+            let first_seq = read_header(tier, &path)?.first_seq;
+            if first_seq > seq {
+                break;
+            }
+            start = Some((n, first_seq));
+        }
+        // Only the checkpoints from there on are of use (and checked).
         let mut problems = Vec::new();
-        let cps = load_checkpoints(
+        let cps = load_checkpoints_from(
             tier,
             &[checkpoint::path_for(&self.dir, tier)],
             key,
             &mut problems,
+            start.map_or(0, |(_, first_seq)| first_seq),
         )?;
         let Some(latest) = cps.last() else {
             return Err(AuditError::NotCheckpointed { tier, seq });
@@ -278,19 +291,10 @@ impl AuditReader {
         if seq >= size {
             return Err(AuditError::NotCheckpointed { tier, seq });
         }
-        // Start at the segment that holds the record: its header has the
-        // frontier over everything before it, which is all the proof needs.
-        let tier_dir = self.dir.join(tier.as_str());
-        let mut resume_from = None;
-        for (n, path) in list_segments(&tier_dir)? {
-            if read_header(tier, &path)?.first_seq > seq {
-                break;
-            }
-            resume_from = Some(n);
-        }
-        if resume_from.is_none() {
+        let Some((resume_from, _)) = start else {
             return Err(AuditError::NoSuchRecord { tier, seq });
-        }
+        };
+        let resume_from = Some(resume_from);
         let range = SegmentRange {
             resume_from,
             stop_before: None,

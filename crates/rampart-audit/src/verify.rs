@@ -405,6 +405,20 @@ pub(crate) fn load_checkpoints(
     key: &VerifyingKey,
     findings: &mut Vec<Finding>,
 ) -> Result<Vec<FiledCheckpoint>, AuditError> {
+    load_checkpoints_from(tier, files, key, findings, 0)
+}
+
+/// [`load_checkpoints`] for a scan that starts at record `from_count`:
+/// lines that count fewer records are passed over without checking their
+/// signatures (a scan cannot use them, and the files keep every checkpoint
+/// the tier ever had, one every thousand records or minute).
+pub(crate) fn load_checkpoints_from(
+    tier: Tier,
+    files: &[PathBuf],
+    key: &VerifyingKey,
+    findings: &mut Vec<Finding>,
+    from_count: u64,
+) -> Result<Vec<FiledCheckpoint>, AuditError> {
     let mut out = Vec::new();
     for file in files {
         let (lines, _) = checkpoint::read_file(file)?;
@@ -421,6 +435,7 @@ pub(crate) fn load_checkpoints(
                     line: line.number,
                     reason,
                 })),
+                Ok(cp) if cp.count < from_count => {}
                 Ok(cp) if cp.tier != tier => {
                     findings.push(at(Problem::CheckpointTier { line: line.number }))
                 }

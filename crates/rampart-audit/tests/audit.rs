@@ -847,6 +847,47 @@ fn retention_reads_a_kept_segment_once_and_checks_it_again_before_disposal() {
     assert!(segs[1].exists());
 }
 
+/// A proof checks only the checkpoints from the record's segment on (the
+/// file keeps every line the tier ever had, one every thousand records by
+/// default, each with a signature to check): a bad line before that
+/// segment does not stop a proof, one within it is passed over, and
+/// `verify` still checks and names every line.
+#[test]
+fn a_bad_checkpoint_line_is_passed_over_by_proofs_and_named_by_verify() {
+    let t = TestLog::new();
+    let audit = t.open();
+    fill(&audit, Tier::Processing, 25); // checkpoints at 10 and 20
+    t.clock.advance(Duration::from_secs(86_400));
+    fill(&audit, Tier::Processing, 25); // a new segment from 25: 30, 40, 50
+    audit.checkpoint_now().unwrap();
+    assert_eq!(t.segments(Tier::Processing).len(), 2);
+    // Spoil the signature of the line that counts 10 records.
+    let file = t.dir.join("processing/checkpoints.jsonl");
+    let text = fs::read_to_string(&file).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let mut cp: rampart_audit::Checkpoint = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(cp.count, 10);
+    let last = cp.signature.pop().unwrap();
+    cp.signature.push(if last == 'A' { 'B' } else { 'A' });
+    lines[0] = serde_json::to_string(&cp).unwrap();
+    fs::write(&file, lines.join("\n") + "\n").unwrap();
+
+    // A record in the second segment: the spoilt line is not read.
+    let proof = audit.prove(Tier::Processing, 45).unwrap();
+    verify_proof(&proof, &vk()).unwrap();
+    assert_eq!(proof.tree_size, 50);
+    // A record in the first: the line is read, found bad and passed over.
+    let proof = audit.prove(Tier::Processing, 5).unwrap();
+    verify_proof(&proof, &vk()).unwrap();
+    drop(audit);
+    let f = findings(t.verify());
+    assert!(
+        f.iter()
+            .any(|f| matches!(f.problem, Problem::Checkpoint { line: 1, .. })),
+        "{f:?}"
+    );
+}
+
 #[test]
 fn every_acknowledged_record_survives_sigkill() {
     let t = TestLog::new();
