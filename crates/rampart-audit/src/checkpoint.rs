@@ -269,7 +269,12 @@ pub(crate) fn append(path: &Path, cp: &Checkpoint) -> Result<(), AuditError> {
 
 /// Cuts a torn last line off a checkpoint file.
 pub(crate) fn repair(path: &Path) -> Result<(), AuditError> {
-    let (_, whole) = read_file(path)?;
+    // Up to the last newline; the lines themselves are not parsed here.
+    let whole = match fs::read(path) {
+        Ok(bytes) => bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1) as u64,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(AuditError::io(path, e)),
+    };
     if let Ok(meta) = fs::metadata(path) {
         if meta.len() > whole {
             tracing::warn!(path = %path.display(), "cutting a torn checkpoint line");

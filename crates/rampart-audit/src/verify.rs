@@ -411,7 +411,8 @@ pub(crate) fn load_checkpoints(
 /// [`load_checkpoints`] for a scan that starts at record `from_count`:
 /// lines that count fewer records are passed over without checking their
 /// signatures (a scan cannot use them, and the files keep every checkpoint
-/// the tier ever had, one every thousand records or minute).
+/// the tier ever had, one every thousand records or minute). The newest
+/// line of the files is always checked, whatever it counts.
 pub(crate) fn load_checkpoints_from(
     tier: Tier,
     files: &[PathBuf],
@@ -420,8 +421,20 @@ pub(crate) fn load_checkpoints_from(
     from_count: u64,
 ) -> Result<Vec<FiledCheckpoint>, AuditError> {
     let mut out = Vec::new();
+    let mut read = Vec::with_capacity(files.len());
     for file in files {
-        let (lines, _) = checkpoint::read_file(file)?;
+        read.push(checkpoint::read_file(file)?.0);
+    }
+    let newest = read
+        .iter()
+        .flatten()
+        .filter_map(|l| l.parsed.as_ref().ok())
+        .filter(|cp| cp.tier == tier)
+        .map(|cp| cp.count)
+        .max()
+        .unwrap_or(0);
+    let from_count = from_count.min(newest);
+    for (file, lines) in files.iter().zip(read) {
         for line in lines {
             let at = |problem| Finding {
                 tier,

@@ -1229,6 +1229,69 @@ fn one_rewritten_checkpoint_among_good_ones_is_reported_at_open() {
     drop(audit);
 }
 
+/// Opening checks the checkpoints from the newest segment's first record on
+/// (and the newest line), not every line the tier ever had: those files
+/// grow for the life of the log, and checking each signature made every
+/// start slower than the last. `verify` still checks them all.
+#[test]
+fn opening_checks_the_newest_segments_checkpoints_and_verify_checks_all() {
+    let t = TestLog::new();
+    let audit = t.open();
+    fill(&audit, Tier::Security, 25); // segment from 0: 10, 20, and 25 at close
+    audit.close().unwrap();
+    drop(audit);
+    t.clock.advance(Duration::from_secs(86_400));
+    let audit = t.open();
+    fill(&audit, Tier::Security, 25); // segment from 25: 35, 45, and 50 at close
+    audit.close().unwrap();
+    drop(audit);
+    assert_eq!(t.segments(Tier::Security).len(), 2);
+    let cp_file = t.dir.join("security/checkpoints.jsonl");
+    let spoil = |count: u64| {
+        let text = fs::read_to_string(&cp_file).unwrap();
+        let lines: Vec<String> = text
+            .lines()
+            .map(|l| {
+                let mut cp: rampart_audit::Checkpoint = serde_json::from_str(l).unwrap();
+                if cp.count == count {
+                    let last = cp.signature.pop().unwrap();
+                    cp.signature.push(if last == 'A' { 'B' } else { 'A' });
+                }
+                serde_json::to_string(&cp).unwrap()
+            })
+            .collect();
+        fs::write(&cp_file, lines.join("\n") + "\n").unwrap();
+    };
+
+    // A bad line before the newest segment: not read at open...
+    spoil(10);
+    let (audit, report) = Audit::open(t.options(), keys(), t.clock.clone()).unwrap();
+    assert!(report.checkpoint_problems.is_empty(), "{report:?}");
+    drop(audit);
+    // ...but named by verify.
+    let f = findings(t.verify());
+    assert!(
+        f.iter()
+            .any(|f| matches!(f.problem, Problem::Checkpoint { line: 1, .. })),
+        "{f:?}"
+    );
+    // One within it: reported at open.
+    spoil(45);
+    let (audit, report) = Audit::open(t.options(), keys(), t.clock.clone()).unwrap();
+    assert_eq!(report.checkpoint_problems.len(), 1, "{report:?}");
+    drop(audit);
+    // Another node's key is still refused: the lines opening reads are
+    // signed under none it holds.
+    let other = AuditKeys::generate().unwrap();
+    assert!(matches!(
+        Audit::open(t.options(), other, t.clock.clone()),
+        Err(AuditError::ForeignKey {
+            tier: Tier::Security,
+            ..
+        })
+    ));
+}
+
 /// A log written before events were stored in their compact form (the
 /// fixture holds three events as JSON, written by the code of `25d6c60`
 /// with this file's keys): it still opens, verifies and searches, and new
