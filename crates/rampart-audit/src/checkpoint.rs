@@ -4,7 +4,7 @@
 //! directory).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
@@ -218,31 +218,38 @@ pub(crate) struct Line {
     pub(crate) parsed: Result<Checkpoint, String>,
 }
 
-/// Reads a checkpoint file. A last line without its newline is a torn write
-/// and is skipped; returns the lines and the length of the whole lines.
-pub(crate) fn read_file(path: &Path) -> Result<(Vec<Line>, u64), AuditError> {
-    let mut text = String::new();
-    match File::open(path) {
-        Ok(mut f) => {
-            f.read_to_string(&mut text)
-                .map_err(|e| AuditError::io(path, e))?;
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+/// Reads a checkpoint file line by line, handing each whole line to `f`
+/// (so that a file kept for the life of the log is never held in memory
+/// at once). A last line without its newline is a torn write and is
+/// skipped; blank lines are passed over but counted.
+pub(crate) fn for_each_line(path: &Path, f: &mut dyn FnMut(Line)) -> Result<(), AuditError> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(AuditError::io(path, e)),
+    };
+    let mut reader = std::io::BufReader::with_capacity(64 * 1024, file);
+    let mut buf = Vec::new();
+    let mut number = 0usize;
+    loop {
+        buf.clear();
+        let n = reader
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| AuditError::io(path, e))?;
+        if n == 0 || buf.last() != Some(&b'\n') {
+            return Ok(());
+        }
+        number += 1;
+        let text = buf.strip_suffix(b"\n").unwrap_or(&buf);
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        if text.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        f(Line {
+            number,
+            parsed: serde_json::from_slice(text).map_err(|e| e.to_string()),
+        });
     }
-    let whole = text.rfind('\n').map_or(0, |i| i + 1);
-    let lines = text
-        .get(..whole)
-        .unwrap_or_default()
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| Line {
-            number: i + 1,
-            parsed: serde_json::from_str(l).map_err(|e| e.to_string()),
-        })
-        .collect();
-    Ok((lines, whole as u64))
 }
 
 /// Appends a checkpoint line and syncs it.
@@ -338,5 +345,39 @@ mod tests {
             bad.verify_signature(&key.verifying_key()),
             Err(CheckpointError::MalformedSignature)
         );
+    }
+
+    #[test]
+    fn lines_are_read_one_by_one_and_a_torn_last_line_is_not() {
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let mut f = Frontier::new();
+        f.push(leaf_hash(b"a"));
+        let cp = Checkpoint::sign(
+            &key,
+            Tier::Security,
+            CheckpointKind::Periodic,
+            &f,
+            &[1; 32],
+            9,
+            None,
+        );
+        let json = serde_json::to_string(&cp).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("checkpoints.jsonl");
+        let mut text = Vec::new();
+        text.extend_from_slice(json.as_bytes());
+        text.extend_from_slice(b"\n\n"); // a blank line, counted
+        text.extend_from_slice(json.as_bytes());
+        text.extend_from_slice(b"\r\n"); // written on another system
+        text.extend_from_slice(b"{\"count\": \xff}\n"); // not UTF-8: unreadable, not an error
+        text.extend_from_slice(&json.as_bytes()[..20]); // torn: no newline
+        fs::write(&path, &text).unwrap();
+        let mut seen = Vec::new();
+        for_each_line(&path, &mut |l| seen.push((l.number, l.parsed.is_ok()))).unwrap();
+        assert_eq!(seen, vec![(1, true), (3, true), (4, false)]);
+        // A missing file has no lines.
+        let mut n = 0;
+        for_each_line(&dir.path().join("none"), &mut |_| n += 1).unwrap();
+        assert_eq!(n, 0);
     }
 }

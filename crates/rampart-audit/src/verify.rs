@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use ed25519_dalek::VerifyingKey;
 
-use crate::checkpoint::{self, CheckpointError, Verified};
+use crate::checkpoint::{self, Checkpoint, CheckpointError, Verified};
 use crate::error::AuditError;
 use crate::event::Tier;
 use crate::format::{Frame, FrameError, HeaderError, SegmentReader};
@@ -421,21 +421,12 @@ pub(crate) fn load_checkpoints_from(
     from_count: u64,
 ) -> Result<Vec<FiledCheckpoint>, AuditError> {
     let mut out = Vec::new();
-    let mut read = Vec::with_capacity(files.len());
+    // The lines that count the most records among those below
+    // `from_count`: checked only if none counts `from_count` or more.
+    let mut newest_below: Vec<(PathBuf, usize, Checkpoint)> = Vec::new();
+    let mut newest = None;
     for file in files {
-        read.push(checkpoint::read_file(file)?.0);
-    }
-    let newest = read
-        .iter()
-        .flatten()
-        .filter_map(|l| l.parsed.as_ref().ok())
-        .filter(|cp| cp.tier == tier)
-        .map(|cp| cp.count)
-        .max()
-        .unwrap_or(0);
-    let from_count = from_count.min(newest);
-    for (file, lines) in files.iter().zip(read) {
-        for line in lines {
+        checkpoint::for_each_line(file, &mut |line| {
             let at = |problem| Finding {
                 tier,
                 file: Some(file.clone()),
@@ -448,26 +439,67 @@ pub(crate) fn load_checkpoints_from(
                     line: line.number,
                     reason,
                 })),
-                Ok(cp) if cp.count < from_count => {}
-                Ok(cp) if cp.tier != tier => {
+                Ok(cp) if cp.tier != tier && cp.count >= from_count => {
                     findings.push(at(Problem::CheckpointTier { line: line.number }))
                 }
-                Ok(cp) => match cp.verified(key) {
-                    Ok(v) => out.push(FiledCheckpoint {
-                        file: file.clone(),
-                        line: line.number,
-                        v,
-                    }),
-                    Err(error) => findings.push(at(Problem::Checkpoint {
-                        line: line.number,
-                        error,
-                    })),
-                },
+                Ok(cp) if cp.tier != tier => {}
+                Ok(cp) => {
+                    newest = newest.max(Some(cp.count));
+                    if cp.count >= from_count {
+                        check_line(key, file, line.number, cp, &mut out, findings, tier);
+                    } else if newest_below
+                        .first()
+                        .is_none_or(|(_, _, b)| b.count <= cp.count)
+                    {
+                        if newest_below
+                            .first()
+                            .is_some_and(|(_, _, b)| b.count < cp.count)
+                        {
+                            newest_below.clear();
+                        }
+                        newest_below.push((file.clone(), line.number, cp));
+                    }
+                }
             }
+        })?;
+    }
+    if newest.is_some_and(|n| n < from_count) {
+        for (file, number, cp) in newest_below {
+            check_line(key, &file, number, cp, &mut out, findings, tier);
         }
     }
     out.sort_by_key(|c| c.v.cp.count);
     Ok(out)
+}
+
+/// Checks one checkpoint line's signature: a good one joins `out`, a bad
+/// one becomes a finding.
+fn check_line(
+    key: &VerifyingKey,
+    file: &Path,
+    number: usize,
+    cp: Checkpoint,
+    out: &mut Vec<FiledCheckpoint>,
+    findings: &mut Vec<Finding>,
+    tier: Tier,
+) {
+    match cp.verified(key) {
+        Ok(v) => out.push(FiledCheckpoint {
+            file: file.to_path_buf(),
+            line: number,
+            v,
+        }),
+        Err(error) => findings.push(Finding {
+            tier,
+            file: Some(file.to_path_buf()),
+            seq: None,
+            offset: None,
+            problem: Problem::Checkpoint {
+                line: number,
+                error,
+            },
+        }),
+    }
 }
 
 /// Scans a tier's segments in order, checking everything it can and calling
