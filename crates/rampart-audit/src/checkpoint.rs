@@ -313,20 +313,25 @@ mod tests {
     use super::*;
     use crate::merkle::leaf_hash;
 
-    #[test]
-    fn signature_covers_every_field() {
-        let key = SigningKey::from_bytes(&[7; 32]);
+    /// A periodic checkpoint over one record, signed with `key`.
+    fn one_checkpoint(key: &SigningKey) -> Checkpoint {
         let mut f = Frontier::new();
         f.push(leaf_hash(b"a"));
-        let cp = Checkpoint::sign(
-            &key,
+        Checkpoint::sign(
+            key,
             Tier::Security,
             CheckpointKind::Periodic,
             &f,
             &[1; 32],
             9,
             None,
-        );
+        )
+    }
+
+    #[test]
+    fn signature_covers_every_field() {
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let cp = one_checkpoint(&key);
         assert!(cp.verify_signature(&key.verifying_key()).is_ok());
         let mut bad = cp.clone();
         bad.count = 2;
@@ -350,17 +355,7 @@ mod tests {
     #[test]
     fn lines_are_read_one_by_one_and_a_torn_last_line_is_not() {
         let key = SigningKey::from_bytes(&[7; 32]);
-        let mut f = Frontier::new();
-        f.push(leaf_hash(b"a"));
-        let cp = Checkpoint::sign(
-            &key,
-            Tier::Security,
-            CheckpointKind::Periodic,
-            &f,
-            &[1; 32],
-            9,
-            None,
-        );
+        let cp = one_checkpoint(&key);
         let json = serde_json::to_string(&cp).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("checkpoints.jsonl");
