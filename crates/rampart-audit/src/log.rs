@@ -533,6 +533,9 @@ struct Queue {
     /// more while it gathers a group).
     wake_at: usize,
     shutdown: bool,
+    /// A syncer has appended the pending checkpoint that kept a due one
+    /// from being taken: take it now, even if no record comes.
+    retry_checkpoint: bool,
 }
 
 impl Default for Queue {
@@ -541,6 +544,7 @@ impl Default for Queue {
             items: Vec::new(),
             wake_at: 1,
             shutdown: false,
+            retry_checkpoint: false,
         }
     }
 }
@@ -600,6 +604,9 @@ struct TierLog {
     cp_upto: AtomicU64,
     /// A deferred checkpoint could not be appended: take another.
     cp_retry: AtomicBool,
+    /// A due periodic checkpoint found the previous one still on its way:
+    /// the syncer that appends that one wakes the writer to take it.
+    cp_blocked: AtomicBool,
     /// Sealed segments that retention has read and found still within the
     /// tier's retention: segment number to its newest record's time. A
     /// sealed segment never changes, so retention reads each one when it
@@ -1224,6 +1231,7 @@ impl Audit {
                 cp_waiting: AtomicBool::new(false),
                 cp_upto: AtomicU64::new(0),
                 cp_retry: AtomicBool::new(false),
+                cp_blocked: AtomicBool::new(false),
                 retention_seen: Mutex::new(std::collections::BTreeMap::new()),
                 syncs: AtomicU64::new(0),
                 synced_records: AtomicU64::new(0),
@@ -1670,6 +1678,13 @@ impl Core {
                     q = Self::await_usual_group(log, q);
                 }
                 while q.items.is_empty() && !q.shutdown {
+                    if q.retry_checkpoint {
+                        q.retry_checkpoint = false;
+                        drop(q);
+                        self.retry_due_checkpoint(log);
+                        q = lock(&log.queue);
+                        continue;
+                    }
                     let (guard, waited) = log
                         .cond
                         .wait_timeout(q, self.options.checkpoint_every)
@@ -1794,14 +1809,29 @@ impl Core {
     /// appended it yet (on a busy machine it may not run for a while), it
     /// is appended here, so periodic checkpoints do not fall behind.
     fn defer_checkpoint(&self, log: &TierLog, st: &mut WriterState, now: u64, every_records: u64) {
-        // Never wait here for a syncer that is appending the previous one.
-        let mut slot = match log.cp_pending.try_lock() {
-            Ok(g) => g,
-            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return,
+        // Never wait here for a syncer that is appending the previous one;
+        // it wakes the writer once it has (`cp_blocked`), so this one is
+        // taken then even if no other record comes.
+        let try_slot = || match log.cp_pending.try_lock() {
+            Ok(g) => Some(g),
+            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        };
+        let mut slot = match try_slot() {
+            Some(g) => g,
+            None => {
+                log.cp_blocked.store(true, Ordering::SeqCst);
+                // Once more, in case the syncer let go before the flag was up.
+                match try_slot() {
+                    Some(g) => g,
+                    None => return,
+                }
+            }
         };
         if slot.is_some() {
             if log.cp_upto.load(Ordering::SeqCst) > lock(&log.sync).durable_id {
+                // The syncer appends it once durable, then wakes the writer.
+                log.cp_blocked.store(true, Ordering::SeqCst);
                 return;
             }
             if let Err(e) = self.append_pending(log, &mut slot) {
@@ -1865,6 +1895,27 @@ impl Core {
             if let Err(e) = self.append_pending(log, &mut slot) {
                 tracing::warn!(tier = %log.tier, error = %e, "audit checkpoint failed; will retry");
             }
+        }
+        drop(slot);
+        // A due checkpoint waited for this one: have the writer take it.
+        if log.cp_blocked.swap(false, Ordering::SeqCst) {
+            lock(&log.queue).retry_checkpoint = true;
+            log.cond.notify_one();
+        }
+    }
+
+    /// The writer, woken by [`Core::append_pending_if_durable`]: takes the
+    /// periodic checkpoint that came due while the previous one was on its
+    /// way, if it still is due.
+    fn retry_due_checkpoint(&self, log: &TierLog) {
+        if log.poisoned.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut st = lock(&log.state);
+        let now = self.clock.unix_nanos();
+        if log.cp_retry.load(Ordering::SeqCst) || st.checkpoint_due(&self.options, now) {
+            let every = self.options.checkpoint_every_records.max(1);
+            self.defer_checkpoint(log, &mut st, now, every);
         }
     }
 

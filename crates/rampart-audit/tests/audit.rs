@@ -1269,8 +1269,11 @@ fn opening_checks_the_newest_segments_checkpoints_and_verify_checks_all() {
     drop(audit);
     // ...but named by verify.
     verify_names_checkpoint_line(&t, 1);
-    // One within it: reported at open.
-    spoil(45);
+    // One within it: reported at open. (The first periodic checkpoint of
+    // each opening counts exactly ten records more than the last line: no
+    // earlier one can still be on its way. Later ones may come a record
+    // or two late on a busy machine.)
+    spoil(35);
     let (audit, report) = Audit::open(t.options(), keys(), t.clock.clone()).unwrap();
     assert_eq!(report.checkpoint_problems.len(), 1, "{report:?}");
     drop(audit);
