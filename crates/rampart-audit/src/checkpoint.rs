@@ -5,6 +5,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
@@ -276,22 +277,35 @@ pub(crate) fn append(path: &Path, cp: &Checkpoint) -> Result<(), AuditError> {
 
 /// Cuts a torn last line off a checkpoint file.
 pub(crate) fn repair(path: &Path) -> Result<(), AuditError> {
-    // Up to the last newline; the lines themselves are not parsed here.
-    let whole = match fs::read(path) {
-        Ok(bytes) => bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1) as u64,
+    let io = |e| AuditError::io(path, e);
+    let f = match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(AuditError::io(path, e)),
+        Err(e) => return Err(io(e)),
     };
-    if let Ok(meta) = fs::metadata(path) {
-        if meta.len() > whole {
-            tracing::warn!(path = %path.display(), "cutting a torn checkpoint line");
-            let f = OpenOptions::new()
-                .write(true)
-                .open(path)
-                .map_err(|e| AuditError::io(path, e))?;
-            f.set_len(whole).map_err(|e| AuditError::io(path, e))?;
-            f.sync_all().map_err(|e| AuditError::io(path, e))?;
+    // Up to the last newline, looked for from the end: the file is kept
+    // for the life of the log and is not read whole here.
+    let len = f.metadata().map_err(io)?.len();
+    let mut whole = len;
+    let mut chunk = [0u8; 4096];
+    while whole > 0 {
+        let start = whole.saturating_sub(chunk.len() as u64);
+        let part = chunk
+            .get_mut(..usize::try_from(whole - start).unwrap_or(0))
+            .unwrap_or_default();
+        f.read_exact_at(part, start).map_err(io)?;
+        match part.iter().rposition(|&b| b == b'\n') {
+            Some(i) => {
+                whole = start + i as u64 + 1;
+                break;
+            }
+            None => whole = start,
         }
+    }
+    if len > whole {
+        tracing::warn!(path = %path.display(), "cutting a torn checkpoint line");
+        f.set_len(whole).map_err(io)?;
+        f.sync_all().map_err(io)?;
     }
     Ok(())
 }
@@ -374,5 +388,24 @@ mod tests {
         let mut n = 0;
         for_each_line(&dir.path().join("none"), &mut |_| n += 1).unwrap();
         assert_eq!(n, 0);
+    }
+
+    #[test]
+    fn repair_cuts_only_a_torn_last_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("checkpoints.jsonl");
+        let whole = b"{\"a\":1}\n{\"b\":2}\n".to_vec();
+        let cases: [(Vec<u8>, &[u8]); 4] = [
+            (whole.clone(), &whole),                          // nothing torn
+            ([&whole[..], b"{\"c\""].concat(), &whole),       // a short torn line
+            ([&whole[..], &[b'x'; 10_000]].concat(), &whole), // one longer than a read
+            (b"{\"torn".to_vec(), b""),                       // no whole line at all
+        ];
+        for (before, after) in cases {
+            fs::write(&path, &before).unwrap();
+            repair(&path).unwrap();
+            assert_eq!(fs::read(&path).unwrap(), after);
+        }
+        repair(&dir.path().join("none")).unwrap();
     }
 }
