@@ -1558,10 +1558,9 @@ impl Audit {
 
     /// The oldest sealed segment (of those before `active`) and the newest
     /// of the run from it in which every record is older than `horizon`, if
-    /// there is such a run. A segment not
-    /// seen before is read once, from the state its header holds; one found
-    /// within retention is remembered, so a run that disposes of nothing
-    /// reads nothing.
+    /// there is such a run. A segment not seen before is read once, from the
+    /// state its header holds; one found within retention is remembered, so
+    /// a run that disposes of nothing reads nothing.
     fn expired_prefix(
         &self,
         log: &TierLog,
@@ -1802,13 +1801,12 @@ impl Core {
     /// a syncer thread signs and appends it once the batch is durable
     /// (see [`PendingCheckpoint`]). While an earlier one is still on its
     /// way (or being appended), this one stays due; taken late, it still
-    /// leaves the next one due where the every-`every_records` cadence
-    /// puts it.
+    /// leaves the next one due where the every-N-records cadence puts it.
     ///
     /// If the earlier one's records are durable but the syncer has not
     /// appended it yet (on a busy machine it may not run for a while), it
     /// is appended here, so periodic checkpoints do not fall behind.
-    fn defer_checkpoint(&self, log: &TierLog, st: &mut WriterState, now: u64, every_records: u64) {
+    fn defer_checkpoint(&self, log: &TierLog, st: &mut WriterState, now: u64) {
         // Never wait here for a syncer that is appending the previous one;
         // it wakes the writer once it has (`cp_blocked`), so this one is
         // taken then even if no other record comes.
@@ -1853,7 +1851,8 @@ impl Core {
         });
         log.cp_retry.store(false, Ordering::SeqCst);
         let size = st.frontier.size();
-        st.cp_cadence_from = cadence_after(st.cp_cadence_from, size, every_records);
+        let every = self.options.checkpoint_every_records.max(1);
+        st.cp_cadence_from = cadence_after(st.cp_cadence_from, size, every);
         st.last_cp_count = size;
         st.last_cp_time = now;
         drop(slot);
@@ -1913,9 +1912,19 @@ impl Core {
         }
         let mut st = lock(&log.state);
         let now = self.clock.unix_nanos();
-        if log.cp_retry.load(Ordering::SeqCst) || st.checkpoint_due(&self.options, now) {
-            let every = self.options.checkpoint_every_records.max(1);
-            self.defer_checkpoint(log, &mut st, now, every);
+        self.take_due_checkpoint(log, &mut st, now);
+    }
+
+    /// Takes the periodic checkpoint if one is due (or a deferred one
+    /// failed): deferred to a syncer thread, or written here without one.
+    fn take_due_checkpoint(&self, log: &TierLog, st: &mut WriterState, now: u64) {
+        if !log.cp_retry.load(Ordering::SeqCst) && !st.checkpoint_due(&self.options, now) {
+            return;
+        }
+        if self.options.sync_threads > 0 {
+            self.defer_checkpoint(log, st, now);
+        } else if let Err(e) = st.checkpoint(self, log, CheckpointKind::Periodic, now) {
+            tracing::warn!(tier = %log.tier, error = %e, "audit checkpoint failed; will retry");
         }
     }
 
@@ -2088,14 +2097,7 @@ impl Core {
                     log.fail_pending(&|| AuditError::Poisoned { tier });
                     return;
                 }
-                if log.cp_retry.load(Ordering::SeqCst) || st.checkpoint_due(&self.options, now) {
-                    if self.options.sync_threads > 0 {
-                        let every = self.options.checkpoint_every_records.max(1);
-                        self.defer_checkpoint(log, &mut st, now, every);
-                    } else if let Err(e) = st.checkpoint(self, log, CheckpointKind::Periodic, now) {
-                        tracing::warn!(%tier, error = %e, "audit checkpoint failed; will retry");
-                    }
-                }
+                self.take_due_checkpoint(log, &mut st, now);
             }
             Err(failure) => {
                 if failure.poison {
