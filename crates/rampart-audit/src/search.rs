@@ -294,9 +294,8 @@ impl AuditReader {
         let Some((resume_from, _)) = start else {
             return Err(AuditError::NoSuchRecord { tier, seq });
         };
-        let resume_from = Some(resume_from);
         let range = SegmentRange {
-            resume_from,
+            resume_from: Some(resume_from),
             stop_before: None,
         };
         let mut leaves = Vec::new();

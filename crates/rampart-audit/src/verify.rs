@@ -424,7 +424,7 @@ pub(crate) fn load_checkpoints_from(
     // The lines that count the most records among those below
     // `from_count`: checked only if none counts `from_count` or more.
     let mut newest_below: Vec<(PathBuf, usize, Checkpoint)> = Vec::new();
-    let mut newest = None;
+    let mut any_from = false;
     for file in files {
         checkpoint::for_each_line(file, &mut |line| {
             let at = |problem| Finding {
@@ -443,18 +443,14 @@ pub(crate) fn load_checkpoints_from(
                     findings.push(at(Problem::CheckpointTier { line: line.number }))
                 }
                 Ok(cp) if cp.tier != tier => {}
+                Ok(cp) if cp.count >= from_count => {
+                    any_from = true;
+                    check_line(key, file, line.number, cp, &mut out, findings, tier);
+                }
                 Ok(cp) => {
-                    newest = newest.max(Some(cp.count));
-                    if cp.count >= from_count {
-                        check_line(key, file, line.number, cp, &mut out, findings, tier);
-                    } else if newest_below
-                        .first()
-                        .is_none_or(|(_, _, b)| b.count <= cp.count)
-                    {
-                        if newest_below
-                            .first()
-                            .is_some_and(|(_, _, b)| b.count < cp.count)
-                        {
+                    let below = newest_below.first().map(|(_, _, b)| b.count);
+                    if below.is_none_or(|b| b <= cp.count) {
+                        if below.is_some_and(|b| b < cp.count) {
                             newest_below.clear();
                         }
                         newest_below.push((file.clone(), line.number, cp));
@@ -463,7 +459,7 @@ pub(crate) fn load_checkpoints_from(
             }
         })?;
     }
-    if newest.is_some_and(|n| n < from_count) {
+    if !any_from {
         for (file, number, cp) in newest_below {
             check_line(key, &file, number, cp, &mut out, findings, tier);
         }
