@@ -278,7 +278,8 @@ pub(crate) fn append(path: &Path, cp: &Checkpoint) -> Result<(), AuditError> {
 /// Cuts a torn last line off a checkpoint file.
 pub(crate) fn repair(path: &Path) -> Result<(), AuditError> {
     let io = |e| AuditError::io(path, e);
-    let f = match OpenOptions::new().read(true).write(true).open(path) {
+    // Opened for writing only to cut, as an append-only file would refuse.
+    let f = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(io(e)),
@@ -304,6 +305,7 @@ pub(crate) fn repair(path: &Path) -> Result<(), AuditError> {
     }
     if len > whole {
         tracing::warn!(path = %path.display(), "cutting a torn checkpoint line");
+        let f = OpenOptions::new().write(true).open(path).map_err(io)?;
         f.set_len(whole).map_err(io)?;
         f.sync_all().map_err(io)?;
     }
