@@ -16,6 +16,7 @@ mod audit_cmd;
 mod bootstrap;
 mod cli;
 mod client;
+mod cpu;
 mod drift;
 mod edge;
 mod errors;
@@ -38,6 +39,7 @@ use crate::errors::CliError;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    cpu::check();
     let cli = Cli::parse();
     let result = run(cli);
     match result {
