@@ -38,6 +38,7 @@ mod log;
 pub mod merkle;
 mod proof;
 mod search;
+mod times;
 mod verify;
 
 pub use checkpoint::{Checkpoint, CheckpointError, CheckpointKind, Disposal};

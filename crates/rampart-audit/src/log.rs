@@ -557,6 +557,9 @@ struct ActiveSegment {
     len: u64,
     allocated: u64,
     bucket: u64,
+    /// Its records' oldest and newest times, for the time index once it
+    /// is sealed.
+    span: Option<crate::times::Span>,
 }
 
 struct WriterState {
@@ -2312,6 +2315,13 @@ impl WriterState {
             if let Err(e) = old.file.set_len(old.len).and_then(|()| old.file.sync_all()) {
                 tracing::warn!(%tier, error = %e, "could not trim the finished segment; its zero fill stays");
             }
+            // Sealed and durable: its span goes to the time index. Without
+            // the line, searches read the segment; nothing else depends on it.
+            if let Some(span) = old.span {
+                if let Err(e) = crate::times::append(&self.tier_dir, old.number, span) {
+                    tracing::warn!(%tier, segment = old.number, error = %e, "could not add the sealed segment to the time index; searches will read it");
+                }
+            }
         }
         self.seg = Some(ActiveSegment {
             file: Arc::new(file),
@@ -2320,6 +2330,7 @@ impl WriterState {
             len: start,
             allocated: start + options.preallocate_bytes,
             bucket,
+            span: None,
         });
         self.next_segment += 1;
         Ok(())
@@ -2351,7 +2362,9 @@ impl WriterState {
         let mut frontier = self.frontier.clone();
         let mut prev = self.chain_head;
         let mut receipts = Vec::with_capacity(batch.len());
+        let mut span = None;
         for p in batch {
+            span = crate::times::widen(span, p.time);
             let seq = frontier.size();
             let start = buf.len();
             let body_len = u32::try_from(BODY_FIXED + p.sealed.len()).unwrap_or(u32::MAX);
@@ -2382,6 +2395,11 @@ impl WriterState {
         let result = self.write_out(options, &buf);
         self.buf = buf;
         result?;
+        if let (Some(seg), Some(batch_span)) = (self.seg.as_mut(), span) {
+            seg.span = Some(seg.span.map_or(batch_span, |s| {
+                s.with(batch_span.oldest).with(batch_span.newest)
+            }));
+        }
         self.frontier = frontier;
         self.chain_head = prev;
         Ok((receipts, roll))
@@ -2530,6 +2548,7 @@ fn recover_tier(
             len: last.data_end,
             allocated,
             bucket: WriterState::bucket(options, last.created),
+            span: last.span,
         });
     }
     let next_segment = list_segments(&tier_dir)?.last().map_or(0, |(n, _)| n + 1);

@@ -136,13 +136,12 @@ impl AuditReader {
         let mut seen = 0usize;
         let mut buf = Vec::new();
         for tier in query.tier.map_or(Tier::ALL.to_vec(), |t| vec![t]) {
-            let segments = list_segments(&self.dir.join(tier.as_str()))?;
-            let n = segments.len();
-            for (i, (_, path)) in segments.iter().enumerate() {
+            let segments = self.segments_for(tier, query)?;
+            for (newest, path) in &segments {
                 if seen >= limit {
                     return Ok(());
                 }
-                self.segment_records(tier, path, i + 1 == n, query, &mut buf, &mut |r| {
+                self.segment_records(tier, path, *newest, query, &mut buf, &mut |r| {
                     f(r)?;
                     seen += 1;
                     Ok(seen < limit)
@@ -150,6 +149,33 @@ impl AuditReader {
             }
         }
         Ok(())
+    }
+
+    /// The segments of `tier` that can hold a record `query`'s time range
+    /// takes, oldest first, each with whether it is the tier's newest (which
+    /// may end in a batch still being written). A sealed segment whose span
+    /// in the time index misses the range is left out; one without a span
+    /// (or with no range asked) is kept. See [`crate::times`].
+    fn segments_for(&self, tier: Tier, query: &Query) -> Result<Vec<(bool, PathBuf)>, AuditError> {
+        let tier_dir = self.dir.join(tier.as_str());
+        let segments = list_segments(&tier_dir)?;
+        let from = query.from.map(unix_nanos);
+        let to = query.to.map(unix_nanos);
+        let spans = if from.is_some() || to.is_some() {
+            crate::times::load(&tier_dir)
+                .map_err(|e| AuditError::io(crate::times::path(&tier_dir), e))?
+        } else {
+            Default::default()
+        };
+        let n = segments.len();
+        Ok(segments
+            .into_iter()
+            .enumerate()
+            .filter(|(i, (number, _))| {
+                i + 1 == n || spans.get(number).is_none_or(|s| s.meets(from, to))
+            })
+            .map(|(i, (_, path))| (i + 1 == n, path))
+            .collect())
     }
 
     /// Up to `limit` matching records of one tier, newest first if asked.
@@ -161,7 +187,7 @@ impl AuditReader {
     ) -> Result<Vec<Record>, AuditError> {
         let mut out = Vec::new();
         let mut buf = Vec::new();
-        let segments = list_segments(&self.dir.join(tier.as_str()))?;
+        let segments = self.segments_for(tier, query)?;
         let n = segments.len();
         let order: Vec<usize> = if query.newest_first {
             (0..n).rev().collect()
@@ -169,12 +195,12 @@ impl AuditReader {
             (0..n).collect()
         };
         for i in order {
-            let Some((_, path)) = segments.get(i) else {
+            let Some((newest, path)) = segments.get(i) else {
                 continue;
             };
             let mut found = Vec::new();
             let room = limit - out.len();
-            self.segment_records(tier, path, i + 1 == n, query, &mut buf, &mut |r| {
+            self.segment_records(tier, path, *newest, query, &mut buf, &mut |r| {
                 found.push(r);
                 // Newest first needs the whole segment to know its newest.
                 Ok(query.newest_first || found.len() < room)

@@ -120,6 +120,16 @@ pub enum Problem {
         /// Records the log holds.
         log_count: u64,
     },
+    /// The time index gives a segment another span than its records have:
+    /// a search bounded in time could pass over records it should return.
+    TimeIndex {
+        /// The segment.
+        segment: u64,
+        /// Oldest and newest record time (Unix nanoseconds) in the index.
+        indexed: (u64, u64),
+        /// The same, read from the segment (`None`: it has no records).
+        actual: Option<(u64, u64)>,
+    },
     /// A file could not be read.
     Unreadable(String),
 }
@@ -169,6 +179,22 @@ impl fmt::Display for Problem {
                 f,
                 "checkpoint counts {checkpoint_count} records but the log holds {log_count}: the tail was cut"
             ),
+            Problem::TimeIndex {
+                segment,
+                indexed,
+                actual,
+            } => {
+                write!(
+                    f,
+                    "the time index gives segment {segment} records from {} to {}, ",
+                    indexed.0, indexed.1
+                )?;
+                match actual {
+                    Some((a, b)) => write!(f, "but they run from {a} to {b}")?,
+                    None => write!(f, "but it has none")?,
+                }
+                write!(f, ": time-bounded searches could miss records")
+            }
             Problem::Unreadable(e) => write!(f, "cannot read: {e}"),
         }
     }
@@ -306,7 +332,10 @@ pub(crate) struct SegmentInfo {
     pub(crate) data_start: u64,
     /// Where its records end.
     pub(crate) data_end: u64,
+    /// Its newest record's time (0 when it has none).
     pub(crate) max_time: u64,
+    /// Its oldest and newest record times (`None` when it has none).
+    pub(crate) span: Option<crate::times::Span>,
     pub(crate) created: u64,
     pub(crate) frontier_end: Frontier,
     pub(crate) chain_end: Hash,
@@ -647,6 +676,7 @@ pub(crate) fn scan_tier(
             end_seq: header.first_seq,
             data_end: 0,
             max_time: 0,
+            span: None,
             created: header.created_unix_nanos,
             frontier_end: Frontier::new(),
             chain_end: [0; 32],
@@ -690,6 +720,7 @@ pub(crate) fn scan_tier(
             scan.chain_head = *leaf;
             scan.frontier.push(*leaf);
             info.max_time = info.max_time.max(frame.time_unix_nanos());
+            info.span = crate::times::widen(info.span, frame.time_unix_nanos());
             if checkpoints
                 .get(cp_idx)
                 .is_some_and(|c| c.v.cp.count == scan.frontier.size())
@@ -764,6 +795,44 @@ pub(crate) fn scan_tier(
         }
     }
     Ok(scan)
+}
+
+/// Every line of the tier's time index that names a segment the scan read
+/// and gives it another span than its records have (see [`crate::times`]).
+fn time_index_findings(tier: Tier, tier_dir: &Path, segments: &[SegmentInfo]) -> Vec<Finding> {
+    let index = crate::times::path(tier_dir);
+    let spans = match crate::times::load(tier_dir) {
+        Ok(spans) => spans,
+        Err(e) => {
+            return vec![Finding {
+                tier,
+                file: Some(index),
+                seq: None,
+                offset: None,
+                problem: Problem::Unreadable(e.to_string()),
+            }]
+        }
+    };
+    segments
+        .iter()
+        .filter_map(|seg| {
+            let indexed = spans.get(&seg.number)?;
+            if seg.span == Some(*indexed) {
+                return None;
+            }
+            Some(Finding {
+                tier,
+                file: Some(index.clone()),
+                seq: None,
+                offset: None,
+                problem: Problem::TimeIndex {
+                    segment: seg.number,
+                    indexed: (indexed.oldest, indexed.newest),
+                    actual: seg.span.map(|s| (s.oldest, s.newest)),
+                },
+            })
+        })
+        .collect()
 }
 
 /// Leaf hashes of `frames`, split over two threads when there are enough.
@@ -885,6 +954,9 @@ pub fn verify(
         )?;
         report.findings.append(&mut findings);
         report.findings.extend(scan.findings);
+        report
+            .findings
+            .extend(time_index_findings(tier, &tier_dir, &scan.segments));
         report.warnings.extend(scan.torn);
         report.bytes += scan.bytes;
         report.tiers.push(TierReport {

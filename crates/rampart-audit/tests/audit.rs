@@ -1402,3 +1402,155 @@ fn deferred_checkpoints_land_in_order_before_any_other() {
     drop(audit);
     t.verify().unwrap();
 }
+
+/// The records of a search, by seq.
+fn seqs(audit: &Audit, query: &Query) -> Result<Vec<u64>, AuditError> {
+    Ok(audit.search(query)?.iter().map(|r| r.seq).collect())
+}
+
+/// A search from `from` (inclusive) to `to` (exclusive), seconds after START.
+fn between(from: Option<u64>, to: Option<u64>) -> Query {
+    let at = |s: u64| UNIX_EPOCH + Duration::from_secs(START + s);
+    Query {
+        tier: Some(Tier::Network),
+        from: from.map(at),
+        to: to.map(at),
+        ..Query::default()
+    }
+}
+
+#[test]
+fn a_time_bounded_search_reads_only_the_segments_its_range_can_hold() {
+    let t = TestLog::new();
+    let mut o = t.options();
+    o.segment_max_bytes = 2048;
+    o.segment_roll_interval = None;
+    let audit = t.open_with(o.clone());
+    // A record a second, from START + 1000 on; record 12 is stamped
+    // 900 s earlier than its neighbours (a clock stepped back), so its
+    // segment's span must reach back to it.
+    t.clock.advance(Duration::from_secs(1000));
+    for i in 0..20 {
+        if i == 12 {
+            t.clock.set_unix_secs(START + 100);
+            fill(&audit, Tier::Network, 1);
+            t.clock.set_unix_secs(START + 1012);
+        } else {
+            fill(&audit, Tier::Network, 1);
+        }
+        t.clock.advance(Duration::from_secs(1));
+    }
+    // Reopened mid-segment: the segment it goes on with must keep the span
+    // of the records written before.
+    drop(audit);
+    let audit = t.open_with(o.clone());
+    for _ in 0..20 {
+        fill(&audit, Tier::Network, 1);
+        t.clock.advance(Duration::from_secs(1));
+    }
+    let segs = t.segments(Tier::Network);
+    assert!(segs.len() >= 4, "{} segments", segs.len());
+    // Every sealed segment has its line.
+    let index = fs::read_to_string(t.dir.join("network").join("times")).unwrap();
+    assert_eq!(index.lines().count(), segs.len() - 1, "{index}");
+    t.verify().unwrap();
+
+    // Bounded searches return exactly what an unbounded one filtered by
+    // time does, the record stamped early included.
+    let all = audit.search(&between(None, None)).unwrap();
+    assert_eq!(all.len(), 40);
+    let secs_of = |r: &rampart_audit::Record| r.time_unix_nanos / 1_000_000_000 - START;
+    for (from, to) in [
+        (None, Some(1005)),
+        (Some(1005), Some(1015)),
+        (Some(1030), None),
+        (Some(50), Some(150)),
+        (Some(150), Some(1000)),
+        (Some(1039), Some(1040)),
+    ] {
+        let want: Vec<u64> = all
+            .iter()
+            .filter(|r| from.is_none_or(|f| secs_of(r) >= f) && to.is_none_or(|t| secs_of(r) < t))
+            .map(|r| r.seq)
+            .collect();
+        assert_eq!(
+            seqs(&audit, &between(from, to)).unwrap(),
+            want,
+            "{from:?}..{to:?}"
+        );
+    }
+    assert_eq!(
+        seqs(&audit, &between(Some(50), Some(150))).unwrap(),
+        vec![12]
+    );
+
+    // Damage to the first segment (records from START + 1000 to about
+    // START + 1007) does not touch a search whose range it cannot hold: it
+    // is not read. One that can hold it, and an unbounded one, still fail.
+    let first = &segs[0];
+    let (_, range) = frames(first)[1].clone();
+    let mut bytes = fs::read(first).unwrap();
+    bytes[range.start + 40] ^= 0x55;
+    fs::write(first, &bytes).unwrap();
+    let late = seqs(&audit, &between(Some(1030), None)).unwrap();
+    assert_eq!(late.len(), 10);
+    assert!(matches!(
+        audit.search(&between(Some(1000), Some(1003))),
+        Err(AuditError::Corrupt(_))
+    ));
+    assert!(matches!(
+        audit.search(&between(None, None)),
+        Err(AuditError::Corrupt(_))
+    ));
+    fs::write(
+        first,
+        fs::read(first)
+            .map(|mut b| {
+                b[range.start + 40] ^= 0x55;
+                b
+            })
+            .unwrap(),
+    )
+    .unwrap();
+    drop(audit);
+    t.verify().unwrap();
+}
+
+#[test]
+fn verify_names_a_time_index_line_that_would_hide_records() {
+    let t = TestLog::new();
+    let mut o = t.options();
+    o.segment_max_bytes = 2048;
+    o.segment_roll_interval = None;
+    let audit = t.open_with(o);
+    for _ in 0..20 {
+        fill(&audit, Tier::Network, 1);
+        t.clock.advance(Duration::from_secs(1));
+    }
+    drop(audit);
+    let path = t.dir.join("network").join("times");
+    let index = fs::read_to_string(&path).unwrap();
+    let first = index.lines().next().unwrap().to_string();
+    let fields: Vec<u64> = first.split(' ').map(|f| f.parse().unwrap()).collect();
+    // The first segment's line narrowed to its last record: a search for
+    // its first records would pass it over.
+    let forged = format!("{} {} {}", fields[0], fields[2], fields[2]);
+    fs::write(&path, index.replacen(&first, &forged, 1)).unwrap();
+    let f = findings(t.verify());
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(
+        f[0].problem,
+        Problem::TimeIndex {
+            segment: fields[0],
+            indexed: (fields[2], fields[2]),
+            actual: Some((fields[1], fields[2])),
+        }
+    );
+    assert!(f[0]
+        .to_string()
+        .contains("time-bounded searches could miss records"));
+    // A line torn by a crash is no line: the segment is read, nothing is
+    // reported.
+    fs::write(&path, format!("{index}{} 1", fields[0] + 1)).unwrap();
+    t.verify().unwrap();
+}
