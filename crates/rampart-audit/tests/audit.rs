@@ -1554,3 +1554,35 @@ fn verify_names_a_time_index_line_that_would_hide_records() {
     fs::write(&path, format!("{index}{} 1", fields[0] + 1)).unwrap();
     t.verify().unwrap();
 }
+
+#[test]
+fn an_unreadable_time_index_makes_searches_read_every_segment() {
+    let t = TestLog::new();
+    let mut o = t.options();
+    o.segment_max_bytes = 2048;
+    o.segment_roll_interval = None;
+    let audit = t.open_with(o);
+    for _ in 0..20 {
+        fill(&audit, Tier::Network, 1);
+        t.clock.advance(Duration::from_secs(1));
+    }
+    let path = t.dir.join("network").join("times");
+    fs::remove_file(&path).unwrap();
+    fs::create_dir(&path).unwrap();
+    assert_eq!(
+        seqs(&audit, &between(Some(0), Some(3))).unwrap(),
+        vec![0, 1, 2]
+    );
+    assert_eq!(
+        seqs(&audit, &between(Some(17), None)).unwrap(),
+        vec![17, 18, 19]
+    );
+    // verify names it
+    drop(audit);
+    let f = findings(t.verify());
+    assert!(
+        matches!(&f[0].problem, Problem::Unreadable(_))
+            && f[0].file.as_deref() == Some(path.as_path()),
+        "{f:?}"
+    );
+}
