@@ -5,98 +5,57 @@
 //! features and how to rebuild instead.
 //!
 //! `is_x86_feature_detected!` cannot tell: for a feature enabled at compile
-//! time it answers `true` without asking the CPU. So the check reads CPUID
-//! itself.
+//! time it answers `true` without asking the CPU. CPUID itself takes
+//! `unsafe` before Rust 1.95 (this crate forbids it and supports 1.89), so
+//! the check reads the kernel's list of the CPU's features,
+//! `/proc/cpuinfo`, which also leaves out AVX when the kernel does not save
+//! its registers. Where that file cannot be read there is nothing to check
+//! against, and the check stays silent.
 
 // Without AVX2 enabled (a build for an older CPU) there is nothing to check.
 #![cfg_attr(not(target_feature = "avx2"), allow(dead_code))]
 
-/// The features an x86-64-v3 build may use, beyond x86-64-v2's, which it
-/// also needs, with the CPUID bit that reports each.
-#[cfg(target_arch = "x86_64")]
-const NEEDED: &[(&str, Reg, u32)] = &[
+use std::io::BufRead;
+
+/// The features an x86-64-v3 build may use (x86-64-v2's with them), each
+/// with its name in `/proc/cpuinfo`.
+const NEEDED: &[(&str, &str)] = &[
     // x86-64-v2
-    ("cx16", Reg::Leaf1Ecx, 13),
-    ("popcnt", Reg::Leaf1Ecx, 23),
-    ("sse3", Reg::Leaf1Ecx, 0),
-    ("ssse3", Reg::Leaf1Ecx, 9),
-    ("sse4.1", Reg::Leaf1Ecx, 19),
-    ("sse4.2", Reg::Leaf1Ecx, 20),
-    ("lahf_lm", Reg::Ext1Ecx, 0),
+    ("cx16", "cx16"),
+    ("lahf_lm", "lahf_lm"),
+    ("popcnt", "popcnt"),
+    ("sse3", "pni"),
+    ("ssse3", "ssse3"),
+    ("sse4.1", "sse4_1"),
+    ("sse4.2", "sse4_2"),
     // x86-64-v3
-    ("avx", Reg::Leaf1Ecx, 28),
-    ("fma", Reg::Leaf1Ecx, 12),
-    ("movbe", Reg::Leaf1Ecx, 22),
-    ("f16c", Reg::Leaf1Ecx, 29),
-    ("avx2", Reg::Leaf7Ebx, 5),
-    ("bmi1", Reg::Leaf7Ebx, 3),
-    ("bmi2", Reg::Leaf7Ebx, 8),
-    ("lzcnt", Reg::Ext1Ecx, 5),
+    ("avx", "avx"),
+    ("avx2", "avx2"),
+    ("bmi1", "bmi1"),
+    ("bmi2", "bmi2"),
+    ("f16c", "f16c"),
+    ("fma", "fma"),
+    ("lzcnt", "abm"),
+    ("movbe", "movbe"),
 ];
 
-/// Which CPUID output holds a feature bit.
-#[cfg(target_arch = "x86_64")]
-#[derive(Clone, Copy)]
-enum Reg {
-    /// Leaf 1, ECX.
-    Leaf1Ecx,
-    /// Leaf 7 (sub-leaf 0), EBX.
-    Leaf7Ebx,
-    /// Leaf 0x8000_0001, ECX.
-    Ext1Ecx,
-}
-
-/// What CPUID and XGETBV said.
-#[cfg(target_arch = "x86_64")]
-#[derive(Clone, Copy, Default)]
-struct Cpuid {
-    leaf1_ecx: u32,
-    leaf7_ebx: u32,
-    ext1_ecx: u32,
-    /// Whether the OS saves the extended register state (OSXSAVE).
-    os_saves_avx: bool,
-}
-
-/// The x86-64-v3 features `id` lacks (an AVX the OS does not save counts
-/// as missing, as do AVX2 and FMA then).
-#[cfg(target_arch = "x86_64")]
-fn missing(id: &Cpuid) -> Vec<&'static str> {
+/// The features of [`NEEDED`] that the `flags` list (space-separated, as
+/// `/proc/cpuinfo` gives it) lacks.
+fn missing(flags: &str) -> Vec<&'static str> {
+    let has = |name: &str| flags.split_ascii_whitespace().any(|f| f == name);
     NEEDED
         .iter()
-        .filter(|(name, reg, bit)| {
-            let word = match reg {
-                Reg::Leaf1Ecx => id.leaf1_ecx,
-                Reg::Leaf7Ebx => id.leaf7_ebx,
-                Reg::Ext1Ecx => id.ext1_ecx,
-            };
-            let avx_state = matches!(*name, "avx" | "avx2" | "fma" | "f16c");
-            word & (1 << bit) == 0 || (avx_state && !id.os_saves_avx)
-        })
-        .map(|(name, _, _)| *name)
+        .filter(|(_, cpuinfo_name)| !has(cpuinfo_name))
+        .map(|(name, _)| *name)
         .collect()
 }
 
-/// Reads the CPU's feature bits.
-#[cfg(target_arch = "x86_64")]
-fn read_cpuid() -> Cpuid {
-    use std::arch::x86_64::{__cpuid, __cpuid_count};
-    // Leaves above the highest one the CPU reports are not asked for.
-    let (max, max_ext) = (__cpuid(0).eax, __cpuid(0x8000_0000).eax);
-    let leaf1 = if max >= 1 { __cpuid(1).ecx } else { 0 };
-    Cpuid {
-        leaf1_ecx: leaf1,
-        leaf7_ebx: if max >= 7 { __cpuid_count(7, 0).ebx } else { 0 },
-        ext1_ecx: if max_ext >= 0x8000_0001 {
-            __cpuid(0x8000_0001).ecx
-        } else {
-            0
-        },
-        // OSXSAVE (leaf 1 ECX bit 27): the OS saves the extended register
-        // state; Linux then saves the AVX registers wherever the CPU has
-        // them (reading XCR0 itself would take `unsafe`, which this crate
-        // does without)
-        os_saves_avx: leaf1 & (1 << 27) != 0,
-    }
+/// The first CPU's feature list: the value of the first `flags` line.
+fn flags_of(cpuinfo: impl BufRead) -> Option<String> {
+    cpuinfo.lines().map_while(Result::ok).find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        (key.trim() == "flags").then(|| value.trim().to_string())
+    })
 }
 
 /// Exits with a message naming what is missing when this build needs CPU
@@ -104,13 +63,18 @@ fn read_cpuid() -> Cpuid {
 pub fn check() {
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
     {
-        let lacking = missing(&read_cpuid());
+        let Ok(file) = std::fs::File::open("/proc/cpuinfo") else {
+            return;
+        };
+        let Some(flags) = flags_of(std::io::BufReader::new(file)) else {
+            return;
+        };
+        let lacking = missing(&flags);
         if !lacking.is_empty() {
             eprintln!(
                 "rampart: this build uses x86-64-v3 CPU features (AVX2, BMI2, FMA, …) and this \
                  CPU lacks: {}.\nRebuild for a plain x86-64 CPU with \
-                 `RUSTFLAGS=\"-C target-cpu=x86-64\" cargo build --release` (README.md, \
-                 \"Building for an older CPU\").",
+                 `RUSTFLAGS=\"-C target-cpu=x86-64\" cargo build --release` (README.md).",
                 lacking.join(", ")
             );
             std::process::exit(1);
@@ -118,56 +82,48 @@ pub fn check() {
     }
 }
 
-#[cfg(all(test, target_arch = "x86_64"))]
+#[cfg(test)]
 mod tests {
     use super::*;
 
-    fn all_bits() -> Cpuid {
-        let mut id = Cpuid {
-            os_saves_avx: true,
-            ..Cpuid::default()
-        };
-        for (_, reg, bit) in NEEDED {
-            match reg {
-                Reg::Leaf1Ecx => id.leaf1_ecx |= 1 << bit,
-                Reg::Leaf7Ebx => id.leaf7_ebx |= 1 << bit,
-                Reg::Ext1Ecx => id.ext1_ecx |= 1 << bit,
-            }
-        }
-        id
-    }
+    const ALL: &str = "fpu vme sse sse2 pni ssse3 fma cx16 sse4_1 sse4_2 movbe popcnt avx \
+                       f16c lahf_lm abm avx2 bmi1 bmi2";
 
     #[test]
     fn a_cpu_with_every_feature_lacks_none() {
-        assert!(missing(&all_bits()).is_empty());
+        assert!(missing(ALL).is_empty());
     }
 
     #[test]
-    fn a_missing_feature_is_named() {
-        let mut id = all_bits();
-        id.leaf7_ebx &= !(1 << 5);
-        id.leaf7_ebx &= !(1 << 8);
-        assert_eq!(missing(&id), vec!["avx2", "bmi2"]);
+    fn missing_features_are_named() {
+        // a Sandy Bridge: AVX without AVX2, BMI, FMA, LZCNT, MOVBE, F16C
+        let old = "fpu sse sse2 pni ssse3 cx16 sse4_1 sse4_2 popcnt avx lahf_lm";
+        assert_eq!(
+            missing(old),
+            vec!["avx2", "bmi1", "bmi2", "f16c", "fma", "lzcnt", "movbe"]
+        );
+        // a name is a whole word: `avx512f` is not `avx`
+        assert!(missing("avx512f avx2").contains(&"avx"));
+        assert_eq!(missing("").len(), NEEDED.len());
     }
 
     #[test]
-    fn avx_the_os_does_not_save_counts_as_missing() {
-        let mut id = all_bits();
-        id.os_saves_avx = false;
-        assert_eq!(missing(&id), vec!["avx", "fma", "f16c", "avx2"]);
-    }
-
-    #[test]
-    fn a_cpu_without_any_extension_lacks_them_all() {
-        assert_eq!(missing(&Cpuid::default()).len(), NEEDED.len());
+    fn the_flags_are_the_first_cpus() {
+        let text = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu avx2 bmi2\n\
+                    bugs\t\t: none\n\nprocessor\t: 1\nflags\t\t: fpu\n";
+        assert_eq!(flags_of(text.as_bytes()).as_deref(), Some("fpu avx2 bmi2"));
+        assert_eq!(flags_of(&b"processor\t: 0\n"[..]), None);
     }
 
     #[test]
     fn this_machine_runs_what_it_built() {
         // the tests themselves run the build's code: if they got here, the
         // CPU has what the build uses
-        if cfg!(target_feature = "avx2") {
-            assert!(missing(&read_cpuid()).is_empty());
+        if cfg!(all(target_arch = "x86_64", target_feature = "avx2")) {
+            if let Ok(f) = std::fs::File::open("/proc/cpuinfo") {
+                let flags = flags_of(std::io::BufReader::new(f)).unwrap();
+                assert!(missing(&flags).is_empty(), "{flags}");
+            }
         }
     }
 }
