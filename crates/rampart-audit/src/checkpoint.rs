@@ -224,6 +224,20 @@ pub(crate) struct Line {
 /// at once). A last line without its newline is a torn write and is
 /// skipped; blank lines are passed over but counted.
 pub(crate) fn for_each_line(path: &Path, f: &mut dyn FnMut(Line)) -> Result<(), AuditError> {
+    read_lines(path, &mut |number, text| {
+        f(Line {
+            number,
+            parsed: serde_json::from_slice(text).map_err(|e| e.to_string()),
+        })
+    })
+}
+
+/// Reads an append-only file of lines (checkpoints, the time index) one
+/// at a time, handing `f` each whole line's number (from 1) and text
+/// without its line ending. A missing file has no lines; a last line
+/// without its newline is a torn write and is skipped; blank lines are
+/// passed over but counted.
+pub(crate) fn read_lines(path: &Path, f: &mut dyn FnMut(usize, &[u8])) -> Result<(), AuditError> {
     let file = match File::open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -246,10 +260,7 @@ pub(crate) fn for_each_line(path: &Path, f: &mut dyn FnMut(Line)) -> Result<(), 
         if text.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        f(Line {
-            number,
-            parsed: serde_json::from_slice(text).map_err(|e| e.to_string()),
-        });
+        f(number, text);
     }
 }
 
@@ -257,6 +268,12 @@ pub(crate) fn for_each_line(path: &Path, f: &mut dyn FnMut(Line)) -> Result<(), 
 pub(crate) fn append(path: &Path, cp: &Checkpoint) -> Result<(), AuditError> {
     let mut line = serde_json::to_vec(cp).map_err(|e| AuditError::Encode(e.to_string()))?;
     line.push(b'\n');
+    append_line(path, &line)
+}
+
+/// Appends `line` (with its newline) to an append-only file in one write
+/// and syncs it; a file it creates has its directory entry synced too.
+pub(crate) fn append_line(path: &Path, line: &[u8]) -> Result<(), AuditError> {
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let fresh = !path.exists();
     if fresh {
@@ -267,7 +284,7 @@ pub(crate) fn append(path: &Path, cp: &Checkpoint) -> Result<(), AuditError> {
         .append(true)
         .open(path)
         .map_err(|e| AuditError::io(path, e))?;
-    f.write_all(&line).map_err(|e| AuditError::io(path, e))?;
+    f.write_all(line).map_err(|e| AuditError::io(path, e))?;
     f.sync_data().map_err(|e| AuditError::io(path, e))?;
     if fresh {
         sync_dir(&dir)?;

@@ -1512,7 +1512,7 @@ impl Audit {
             let expired: Vec<_> = scan
                 .segments
                 .iter()
-                .take_while(|s| s.max_time < horizon)
+                .take_while(|s| s.max_time() < horizon)
                 .collect();
             let (Some(first), Some(last)) = (expired.first(), expired.last()) else {
                 continue;
@@ -1599,7 +1599,7 @@ impl Audit {
                     let Some(info) = scan.segments.first() else {
                         break;
                     };
-                    info.max_time
+                    info.max_time()
                 }
             };
             if newest >= horizon {
@@ -2362,7 +2362,8 @@ impl WriterState {
         let mut frontier = self.frontier.clone();
         let mut prev = self.chain_head;
         let mut receipts = Vec::with_capacity(batch.len());
-        let mut span = None;
+        // the segment's span with this batch's records, kept once written
+        let mut span = self.seg.as_ref().and_then(|s| s.span);
         for p in batch {
             span = crate::times::widen(span, p.time);
             let seq = frontier.size();
@@ -2395,10 +2396,8 @@ impl WriterState {
         let result = self.write_out(options, &buf);
         self.buf = buf;
         result?;
-        if let (Some(seg), Some(batch_span)) = (self.seg.as_mut(), span) {
-            seg.span = Some(seg.span.map_or(batch_span, |s| {
-                s.with(batch_span.oldest).with(batch_span.newest)
-            }));
+        if let Some(seg) = self.seg.as_mut() {
+            seg.span = span;
         }
         self.frontier = frontier;
         self.chain_head = prev;

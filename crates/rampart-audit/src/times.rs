@@ -18,9 +18,10 @@
 //! index edited to hide records from searches is reported.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+
+use crate::checkpoint::{append_line, read_lines};
+use crate::error::AuditError;
 
 /// The index file's name in a tier's directory.
 const FILE: &str = "times";
@@ -65,40 +66,22 @@ pub(crate) fn path(tier_dir: &Path) -> PathBuf {
     tier_dir.join(FILE)
 }
 
-/// Appends `segment`'s span and makes it durable.
-pub(crate) fn append(tier_dir: &Path, segment: u64, span: Span) -> io::Result<()> {
-    let mut f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path(tier_dir))?;
-    // One write of the whole line: a crash leaves at most a torn last
-    // line, which does not parse and so counts as no line.
-    f.write_all(format!("{segment} {} {}\n", span.oldest, span.newest).as_bytes())?;
-    f.sync_data()
+/// Appends `segment`'s span and makes it durable. One write of the whole
+/// line: a crash leaves at most a torn last line, which counts as no line.
+pub(crate) fn append(tier_dir: &Path, segment: u64, span: Span) -> Result<(), AuditError> {
+    let line = format!("{segment} {} {}\n", span.oldest, span.newest);
+    append_line(&path(tier_dir), line.as_bytes())
 }
 
 /// The spans the index holds, by segment number; a missing file is an empty
 /// index, a line that does not parse is passed over.
-pub(crate) fn load(tier_dir: &Path) -> io::Result<HashMap<u64, Span>> {
-    let mut text = Vec::new();
-    match File::open(path(tier_dir)) {
-        Ok(mut f) => {
-            f.read_to_end(&mut text)?;
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(HashMap::new()),
-        Err(e) => return Err(e),
-    }
+pub(crate) fn load(tier_dir: &Path) -> Result<HashMap<u64, Span>, AuditError> {
     let mut spans = HashMap::new();
-    // only whole lines: a torn last line is not one
-    let whole = text
-        .iter()
-        .rposition(|&b| b == b'\n')
-        .map_or(&[][..], |end| text.get(..end).unwrap_or_default());
-    for line in whole.split(|&b| b == b'\n') {
+    read_lines(&path(tier_dir), &mut |_, line| {
         if let Some((segment, span)) = parse(line) {
             spans.insert(segment, span);
         }
-    }
+    })?;
     Ok(spans)
 }
 
@@ -124,13 +107,13 @@ mod tests {
         assert!(load(dir.path()).unwrap().is_empty());
         append(dir.path(), 0, Span::at(5).with(9).with(3)).unwrap();
         append(dir.path(), 1, Span::at(10)).unwrap();
-        let mut f = OpenOptions::new()
+        let mut f = std::fs::OpenOptions::new()
             .append(true)
             .open(path(dir.path()))
             .unwrap();
         // a line too many fields, one backwards, one not a number, then a
         // torn last line
-        f.write_all(b"2 1 2 3\n3 9 8\nx 1 2\n4 1 2\n5 1").unwrap();
+        std::io::Write::write_all(&mut f, b"2 1 2 3\n3 9 8\nx 1 2\n4 1 2\n5 1").unwrap();
         let spans = load(dir.path()).unwrap();
         assert_eq!(spans.len(), 3, "{spans:?}");
         assert_eq!(

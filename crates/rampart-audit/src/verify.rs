@@ -332,13 +332,18 @@ pub(crate) struct SegmentInfo {
     pub(crate) data_start: u64,
     /// Where its records end.
     pub(crate) data_end: u64,
-    /// Its newest record's time (0 when it has none).
-    pub(crate) max_time: u64,
     /// Its oldest and newest record times (`None` when it has none).
     pub(crate) span: Option<crate::times::Span>,
     pub(crate) created: u64,
     pub(crate) frontier_end: Frontier,
     pub(crate) chain_end: Hash,
+}
+
+impl SegmentInfo {
+    /// Its newest record's time (0 when it has none).
+    pub(crate) fn max_time(&self) -> u64 {
+        self.span.map_or(0, |s| s.newest)
+    }
 }
 
 /// Which segments a scan reads.
@@ -675,7 +680,6 @@ pub(crate) fn scan_tier(
             first_seq: header.first_seq,
             end_seq: header.first_seq,
             data_end: 0,
-            max_time: 0,
             span: None,
             created: header.created_unix_nanos,
             frontier_end: Frontier::new(),
@@ -719,7 +723,6 @@ pub(crate) fn scan_tier(
             on_record(frame, leaf);
             scan.chain_head = *leaf;
             scan.frontier.push(*leaf);
-            info.max_time = info.max_time.max(frame.time_unix_nanos());
             info.span = crate::times::widen(info.span, frame.time_unix_nanos());
             if checkpoints
                 .get(cp_idx)

@@ -1419,12 +1419,29 @@ fn between(from: Option<u64>, to: Option<u64>) -> Query {
     }
 }
 
-#[test]
-fn a_time_bounded_search_reads_only_the_segments_its_range_can_hold() {
-    let t = TestLog::new();
+/// Options for several small segments, rolled by size only.
+fn small_segments(t: &TestLog) -> AuditOptions {
     let mut o = t.options();
     o.segment_max_bytes = 2048;
     o.segment_roll_interval = None;
+    o
+}
+
+/// A network log of 20 records a second apart, over several segments.
+fn twenty_seconds_of_network_records() -> (TestLog, Audit) {
+    let t = TestLog::new();
+    let audit = t.open_with(small_segments(&t));
+    for _ in 0..20 {
+        fill(&audit, Tier::Network, 1);
+        t.clock.advance(Duration::from_secs(1));
+    }
+    (t, audit)
+}
+
+#[test]
+fn a_time_bounded_search_reads_only_the_segments_its_range_can_hold() {
+    let t = TestLog::new();
+    let o = small_segments(&t);
     let audit = t.open_with(o.clone());
     // A record a second, from START + 1000 on; record 12 is stamped
     // 900 s earlier than its neighbours (a clock stepped back), so its
@@ -1518,15 +1535,7 @@ fn a_time_bounded_search_reads_only_the_segments_its_range_can_hold() {
 
 #[test]
 fn verify_names_a_time_index_line_that_would_hide_records() {
-    let t = TestLog::new();
-    let mut o = t.options();
-    o.segment_max_bytes = 2048;
-    o.segment_roll_interval = None;
-    let audit = t.open_with(o);
-    for _ in 0..20 {
-        fill(&audit, Tier::Network, 1);
-        t.clock.advance(Duration::from_secs(1));
-    }
+    let (t, audit) = twenty_seconds_of_network_records();
     drop(audit);
     let path = t.dir.join("network").join("times");
     let index = fs::read_to_string(&path).unwrap();
@@ -1557,15 +1566,7 @@ fn verify_names_a_time_index_line_that_would_hide_records() {
 
 #[test]
 fn an_unreadable_time_index_makes_searches_read_every_segment() {
-    let t = TestLog::new();
-    let mut o = t.options();
-    o.segment_max_bytes = 2048;
-    o.segment_roll_interval = None;
-    let audit = t.open_with(o);
-    for _ in 0..20 {
-        fill(&audit, Tier::Network, 1);
-        t.clock.advance(Duration::from_secs(1));
-    }
+    let (t, audit) = twenty_seconds_of_network_records();
     let path = t.dir.join("network").join("times");
     fs::remove_file(&path).unwrap();
     fs::create_dir(&path).unwrap();
