@@ -19,6 +19,9 @@
 //! decide alike. With `RAMPART_BENCH_RESPONSE=1` every request that passes
 //! is followed, as in the edge, by a small `200 text/plain` response through
 //! the response phases and logging (`Waf::evaluate_response`).
+//! `RAMPART_BENCH_EXTRA` is SecLang loaded after the rules (`\n` between
+//! directives), for example `SecRuleRemoveById 920450` to see what one rule
+//! costs.
 
 use rampart_waf::{Request, Response, Waf, WafBuilder};
 use std::collections::hash_map::DefaultHasher;
@@ -75,6 +78,10 @@ fn load_crs(dir: &Path, paranoia: u8) -> Result<Waf, rampart_waf::Error> {
     rules.sort();
     for r in rules {
         b.load_file(&r)?;
+    }
+    if let Some(extra) = std::env::var_os("RAMPART_BENCH_EXTRA") {
+        let extra = extra.to_string_lossy().replace("\\n", "\n");
+        b.load_str(dir.join("rules/rampart-bench-extra.conf"), &extra)?;
     }
     b.build()
 }
