@@ -159,8 +159,13 @@ impl ByteSet {
     }
 
     /// True when the two sets share a byte.
+    #[inline]
     pub(crate) fn intersects(&self, other: &ByteSet) -> bool {
-        self.0.iter().zip(&other.0).any(|(a, b)| a & b != 0)
+        // Without an early exit: the four ANDs and ORs are one 256-bit AND
+        // and test (AVX2), instead of up to four compares and branches; the
+        // engine asks this several thousand times a request.
+        let ([a, b, c, d], [e, f, g, h]) = (self.0, other.0);
+        (a & e) | (b & f) | (c & g) | (d & h) != 0
     }
 }
 
