@@ -793,7 +793,7 @@ pub(crate) fn eval(
 /// `@rx` prefilters reject most values without a scan) and, for a stored
 /// value, what the prefilters work out about it ([`ValueFacts`], each
 /// part built on first use).
-#[inline]
+#[inline(always)]
 pub(crate) fn eval_with<'o>(
     op: &'o Op,
     input: &[u8],
