@@ -1489,8 +1489,9 @@ impl Audit {
                 loaded: None,
             };
             // The oldest sealed segments whose newest record is past the
-            // horizon: each read once (from its header's state) to learn
-            // its newest record's time, remembered while it is kept.
+            // horizon: each segment's newest record time from the time
+            // index, or else read once (from its header's state) to learn
+            // it, remembered while it is kept.
             let found =
                 self.expired_prefix(log, &tier_dir, &mut cps, active, horizon, &mut report)?;
             let Some((oldest, cut)) = found else {
@@ -1509,11 +1510,20 @@ impl Audit {
             if let Some(f) = scan.findings.into_iter().next().or(scan.torn) {
                 return Err(AuditError::Corrupt(Box::new(f)));
             }
+            // What goes is what the records say, not the index: a segment
+            // the index put past the horizon whose records are not is kept,
+            // and its records' time remembered instead of the index's.
             let expired: Vec<_> = scan
                 .segments
                 .iter()
                 .take_while(|s| s.max_time() < horizon)
                 .collect();
+            {
+                let mut seen = lock(&log.retention_seen);
+                for s in scan.segments.iter().skip(expired.len()) {
+                    seen.insert(s.number, s.max_time());
+                }
+            }
             let (Some(first), Some(last)) = (expired.first(), expired.last()) else {
                 continue;
             };
@@ -1561,9 +1571,13 @@ impl Audit {
 
     /// The oldest sealed segment (of those before `active`) and the newest
     /// of the run from it in which every record is older than `horizon`, if
-    /// there is such a run. A segment not seen before is read once, from the
-    /// state its header holds; one found within retention is remembered, so
-    /// a run that disposes of nothing reads nothing.
+    /// there is such a run. A segment not seen before has its newest record
+    /// time from the time index, or, when the index has no line for it (or
+    /// cannot be read), is read once, from the state its header holds; one
+    /// found within retention is remembered, so a run that disposes of
+    /// nothing reads nothing. The index only decides which segments the
+    /// disposal reads: it reads each one it removes and removes only those
+    /// whose records are all past the horizon.
     fn expired_prefix(
         &self,
         log: &TierLog,
@@ -1582,9 +1596,22 @@ impl Audit {
         // Segments gone since (disposed of) are forgotten.
         seen.retain(|n, _| sealed.binary_search(n).is_ok());
         let mut cut = None;
+        // read once a run, and only if a segment is not remembered
+        let mut index = None;
+        let mut indexed = |n: u64| {
+            index
+                .get_or_insert_with(|| {
+                    crate::times::load(tier_dir).unwrap_or_else(|e| {
+                        tracing::warn!(tier = %log.tier, error = %e, "cannot read the audit time index; retention reads each segment to learn its newest record");
+                        Default::default()
+                    })
+                })
+                .get(&n)
+                .map(|s: &crate::times::Span| s.newest)
+        };
         for &n in &sealed {
-            let newest = match seen.get(&n) {
-                Some(&t) => t,
+            let newest = match seen.get(&n).copied().or_else(|| indexed(n)) {
+                Some(t) => t,
                 None => {
                     let range = SegmentRange {
                         resume_from: Some(n),

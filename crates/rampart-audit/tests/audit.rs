@@ -799,11 +799,11 @@ fn retention_drops_whole_old_segments_and_signs_the_disposal() {
 }
 
 /// Retention runs every minute on a node. It must not read the whole log
-/// each time: a kept segment is read once, when it becomes the oldest, and
-/// once more to dispose of it, and tampering is still found before a
-/// segment goes.
+/// each time: it learns when a kept segment expires from the time index,
+/// without reading it, and reads each segment once, to dispose of it, so
+/// that tampering is still found before a segment goes.
 #[test]
-fn retention_reads_a_kept_segment_once_and_checks_it_again_before_disposal() {
+fn retention_reads_a_segment_only_to_remove_it_and_checks_it_first() {
     let t = TestLog::new();
     let mut o = t.options();
     o.retention = o.retention.with(Tier::Network, 30);
@@ -820,11 +820,7 @@ fn retention_reads_a_kept_segment_once_and_checks_it_again_before_disposal() {
         .map(|p| fs::metadata(p).unwrap().len())
         .collect();
 
-    // Nothing is old enough: the oldest is read once to learn so...
-    let r = audit.apply_retention().unwrap();
-    assert!(r.disposed.is_empty());
-    assert_eq!(r.bytes_read, size[0]);
-    // ...and not again while it is kept.
+    // Nothing is old enough, and the index says so: nothing is read.
     for _ in 0..3 {
         let r = audit.apply_retention().unwrap();
         assert_eq!((r.disposed.len(), r.bytes_read), (0, 0));
@@ -835,13 +831,12 @@ fn retention_reads_a_kept_segment_once_and_checks_it_again_before_disposal() {
     let r = audit.apply_retention().unwrap();
     assert_eq!(r.disposed.len(), 1);
     assert_eq!(r.disposed[0].segments, vec![segs[0].clone()]);
-    // Read again before it went, and the new oldest read for the first time.
-    assert_eq!(r.bytes_read, size[0] + size[1]);
+    // Read before it went; the new oldest is not read.
+    assert_eq!(r.bytes_read, size[0]);
     let r = audit.apply_retention().unwrap();
     assert_eq!((r.disposed.len(), r.bytes_read), (0, 0));
 
-    // A kept segment altered after it was read is refused when it expires,
-    // and stays on disk.
+    // A kept segment altered is refused when it expires, and stays on disk.
     let mut bytes = fs::read(&segs[1]).unwrap();
     let at = bytes.len() - 10;
     bytes[at] ^= 0x01;
@@ -852,6 +847,96 @@ fn retention_reads_a_kept_segment_once_and_checks_it_again_before_disposal() {
         Err(AuditError::Corrupt(_))
     ));
     assert!(segs[1].exists());
+}
+
+/// Without a time index (a log older than it, or the file lost), retention
+/// reads the oldest kept segment once to learn when it expires, and again
+/// before it goes.
+#[test]
+fn retention_without_a_time_index_reads_a_kept_segment_once_and_again_before_disposal() {
+    let t = TestLog::new();
+    let mut o = t.options();
+    o.retention = o.retention.with(Tier::Network, 30);
+    let audit = t.open_with(o);
+    for _day in 0..3 {
+        fill(&audit, Tier::Network, 7);
+        t.clock.advance(Duration::from_secs(86_400));
+    }
+    fill(&audit, Tier::Network, 1);
+    let segs = t.segments(Tier::Network);
+    let size: Vec<u64> = segs
+        .iter()
+        .map(|p| fs::metadata(p).unwrap().len())
+        .collect();
+    fs::remove_file(t.dir.join("network").join("times")).unwrap();
+
+    let r = audit.apply_retention().unwrap();
+    assert_eq!((r.disposed.len(), r.bytes_read), (0, size[0]));
+    for _ in 0..3 {
+        let r = audit.apply_retention().unwrap();
+        assert_eq!((r.disposed.len(), r.bytes_read), (0, 0));
+    }
+    t.clock.advance(Duration::from_secs(86_400 * 27 + 43_200));
+    let r = audit.apply_retention().unwrap();
+    assert_eq!(r.disposed[0].segments, vec![segs[0].clone()]);
+    assert_eq!(r.bytes_read, size[0] + size[1]);
+    let r = audit.apply_retention().unwrap();
+    assert_eq!((r.disposed.len(), r.bytes_read), (0, 0));
+}
+
+/// A time index line that makes a segment look older than its records
+/// are does not get it removed early: the records decide, and what they
+/// say is remembered over the index.
+#[test]
+fn retention_removes_only_what_the_records_put_past_the_horizon() {
+    let t = TestLog::new();
+    let mut o = t.options();
+    o.retention = o.retention.with(Tier::Network, 30);
+    let audit = t.open_with(o);
+    for _day in 0..3 {
+        fill(&audit, Tier::Network, 7);
+        t.clock.advance(Duration::from_secs(86_400));
+    }
+    fill(&audit, Tier::Network, 1);
+    let segs = t.segments(Tier::Network);
+    let size: Vec<u64> = segs
+        .iter()
+        .map(|p| fs::metadata(p).unwrap().len())
+        .collect();
+    // Every indexed segment said to hold day 0's times only.
+    let path = t.dir.join("network").join("times");
+    let index = fs::read_to_string(&path).unwrap();
+    let first: Vec<&str> = index.lines().next().unwrap().split(' ').collect();
+    let lied: String = index
+        .lines()
+        .map(|l| {
+            format!(
+                "{} {} {}\n",
+                l.split(' ').next().unwrap(),
+                first[1],
+                first[2]
+            )
+        })
+        .collect();
+    fs::write(&path, lied).unwrap();
+
+    // Day 30 and a half: the index puts all three past the horizon; their
+    // records put only day 0's there.
+    t.clock.advance(Duration::from_secs(86_400 * 27 + 43_200));
+    let r = audit.apply_retention().unwrap();
+    assert_eq!(r.disposed.len(), 1);
+    assert_eq!(r.disposed[0].segments, vec![segs[0].clone()]);
+    assert_eq!(r.bytes_read, size[0] + size[1] + size[2]);
+    assert!(segs[1].exists() && segs[2].exists());
+    // The records' times are remembered: the next run reads nothing.
+    let r = audit.apply_retention().unwrap();
+    assert_eq!((r.disposed.len(), r.bytes_read), (0, 0));
+    // Day 31 and a half: day 1's segment goes, day 2's stays.
+    t.clock.advance(Duration::from_secs(86_400));
+    let r = audit.apply_retention().unwrap();
+    assert_eq!(r.disposed[0].segments, vec![segs[1].clone()]);
+    assert_eq!(r.bytes_read, size[1]);
+    assert!(segs[2].exists());
 }
 
 /// A proof checks only the checkpoints from the record's segment on (the
