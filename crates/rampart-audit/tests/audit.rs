@@ -798,13 +798,10 @@ fn retention_drops_whole_old_segments_and_signs_the_disposal() {
     assert_eq!(f[0].problem, Problem::MissingDisposal { first_seq: 21 });
 }
 
-/// Retention runs every minute on a node. It must not read the whole log
-/// each time: it learns when a kept segment expires from the time index,
-/// without reading it, and reads each segment once, to dispose of it, so
-/// that tampering is still found before a segment goes.
-#[test]
-fn retention_reads_a_segment_only_to_remove_it_and_checks_it_first() {
-    let t = TestLog::new();
+/// A log whose network tier keeps 30 days, with a segment for each of
+/// days 0 to 2 (7 records each) and day 3's open one (1 record); the
+/// segments' paths and sizes.
+fn three_days_kept_thirty(t: &TestLog) -> (Audit, Vec<PathBuf>, Vec<u64>) {
     let mut o = t.options();
     o.retention = o.retention.with(Tier::Network, 30);
     let audit = t.open_with(o);
@@ -812,13 +809,24 @@ fn retention_reads_a_segment_only_to_remove_it_and_checks_it_first() {
         fill(&audit, Tier::Network, 7);
         t.clock.advance(Duration::from_secs(86_400));
     }
-    fill(&audit, Tier::Network, 1); // day 3: the open segment
+    fill(&audit, Tier::Network, 1);
     let segs = t.segments(Tier::Network);
     assert_eq!(segs.len(), 4);
-    let size: Vec<u64> = segs
+    let size = segs
         .iter()
         .map(|p| fs::metadata(p).unwrap().len())
         .collect();
+    (audit, segs, size)
+}
+
+/// Retention runs every minute on a node. It must not read the whole log
+/// each time: it learns when a kept segment expires from the time index,
+/// without reading it, and reads each segment once, to dispose of it, so
+/// that tampering is still found before a segment goes.
+#[test]
+fn retention_reads_a_segment_only_to_remove_it_and_checks_it_first() {
+    let t = TestLog::new();
+    let (audit, segs, size) = three_days_kept_thirty(&t);
 
     // Nothing is old enough, and the index says so: nothing is read.
     for _ in 0..3 {
@@ -855,19 +863,7 @@ fn retention_reads_a_segment_only_to_remove_it_and_checks_it_first() {
 #[test]
 fn retention_without_a_time_index_reads_a_kept_segment_once_and_again_before_disposal() {
     let t = TestLog::new();
-    let mut o = t.options();
-    o.retention = o.retention.with(Tier::Network, 30);
-    let audit = t.open_with(o);
-    for _day in 0..3 {
-        fill(&audit, Tier::Network, 7);
-        t.clock.advance(Duration::from_secs(86_400));
-    }
-    fill(&audit, Tier::Network, 1);
-    let segs = t.segments(Tier::Network);
-    let size: Vec<u64> = segs
-        .iter()
-        .map(|p| fs::metadata(p).unwrap().len())
-        .collect();
+    let (audit, segs, size) = three_days_kept_thirty(&t);
     fs::remove_file(t.dir.join("network").join("times")).unwrap();
 
     let r = audit.apply_retention().unwrap();
@@ -890,19 +886,7 @@ fn retention_without_a_time_index_reads_a_kept_segment_once_and_again_before_dis
 #[test]
 fn retention_removes_only_what_the_records_put_past_the_horizon() {
     let t = TestLog::new();
-    let mut o = t.options();
-    o.retention = o.retention.with(Tier::Network, 30);
-    let audit = t.open_with(o);
-    for _day in 0..3 {
-        fill(&audit, Tier::Network, 7);
-        t.clock.advance(Duration::from_secs(86_400));
-    }
-    fill(&audit, Tier::Network, 1);
-    let segs = t.segments(Tier::Network);
-    let size: Vec<u64> = segs
-        .iter()
-        .map(|p| fs::metadata(p).unwrap().len())
-        .collect();
+    let (audit, segs, size) = three_days_kept_thirty(&t);
     // Every indexed segment said to hold day 0's times only.
     let path = t.dir.join("network").join("times");
     let index = fs::read_to_string(&path).unwrap();
