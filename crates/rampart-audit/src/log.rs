@@ -1626,6 +1626,14 @@ impl Audit {
                     let Some(info) = scan.segments.first() else {
                         break;
                     };
+                    // The line the index lacks (a log older than the index,
+                    // or a crash between sealing and indexing), from the
+                    // records just read, so that searches pass it over too.
+                    if let Some(span) = info.span {
+                        if let Err(e) = crate::times::append(tier_dir, n, span) {
+                            tracing::warn!(tier = %log.tier, segment = n, error = %e, "cannot add a segment to the audit time index");
+                        }
+                    }
                     info.max_time()
                 }
             };

@@ -858,16 +858,23 @@ fn retention_reads_a_segment_only_to_remove_it_and_checks_it_first() {
 }
 
 /// Without a time index (a log older than it, or the file lost), retention
-/// reads the oldest kept segment once to learn when it expires, and again
-/// before it goes.
+/// reads the oldest kept segment once to learn when it expires, adds its
+/// line to the index, and reads it again before it goes.
 #[test]
 fn retention_without_a_time_index_reads_a_kept_segment_once_and_again_before_disposal() {
     let t = TestLog::new();
     let (audit, segs, size) = three_days_kept_thirty(&t);
-    fs::remove_file(t.dir.join("network").join("times")).unwrap();
+    let index = t.dir.join("network").join("times");
+    let lines = fs::read_to_string(&index).unwrap();
+    fs::remove_file(&index).unwrap();
 
     let r = audit.apply_retention().unwrap();
     assert_eq!((r.disposed.len(), r.bytes_read), (0, size[0]));
+    // The oldest segment's line is back, as the writer had written it.
+    assert_eq!(
+        fs::read_to_string(&index).unwrap(),
+        lines.lines().next().unwrap().to_string() + "\n"
+    );
     for _ in 0..3 {
         let r = audit.apply_retention().unwrap();
         assert_eq!((r.disposed.len(), r.bytes_read), (0, 0));
@@ -878,6 +885,8 @@ fn retention_without_a_time_index_reads_a_kept_segment_once_and_again_before_dis
     assert_eq!(r.bytes_read, size[0] + size[1]);
     let r = audit.apply_retention().unwrap();
     assert_eq!((r.disposed.len(), r.bytes_read), (0, 0));
+    drop(audit);
+    t.verify().unwrap();
 }
 
 /// A time index line that makes a segment look older than its records
