@@ -292,7 +292,8 @@ pub(crate) fn append_line(path: &Path, line: &[u8]) -> Result<(), AuditError> {
     Ok(())
 }
 
-/// Cuts a torn last line off a checkpoint file.
+/// Cuts a torn last line off a checkpoint file (or another file of lines
+/// appended whole, such as the time index).
 pub(crate) fn repair(path: &Path) -> Result<(), AuditError> {
     let io = |e| AuditError::io(path, e);
     // Opened for writing only to cut, as an append-only file would refuse.
@@ -321,7 +322,7 @@ pub(crate) fn repair(path: &Path) -> Result<(), AuditError> {
         }
     }
     if len > whole {
-        tracing::warn!(path = %path.display(), "cutting a torn checkpoint line");
+        tracing::warn!(path = %path.display(), "cutting a torn last line");
         let f = OpenOptions::new().write(true).open(path).map_err(io)?;
         f.set_len(whole).map_err(io)?;
         f.sync_all().map_err(io)?;

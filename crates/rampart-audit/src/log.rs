@@ -2492,6 +2492,14 @@ fn recover_tier(
     }
     let cp_path = checkpoint::path_for(&options.dir, tier);
     checkpoint::repair(&cp_path)?;
+    // The time index too: a line appended after a torn one would otherwise
+    // join it, and the joined line could parse (a torn `5` and `12 100 200`
+    // make `512 100 200`), giving a segment a span it does not have.
+    // An index that cannot be repaired is no reason not to open: it is only
+    // an aid, and searches read every segment when it cannot be read.
+    if let Err(e) = checkpoint::repair(&crate::times::path(&tier_dir)) {
+        tracing::warn!(%tier, error = %e, "cannot repair the audit time index");
+    }
     if let Some(copy) = &options.checkpoint_dir {
         checkpoint::repair(&checkpoint::path_for(copy, tier))?;
     }

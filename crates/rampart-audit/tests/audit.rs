@@ -1642,6 +1642,43 @@ fn verify_names_a_time_index_line_that_would_hide_records() {
     t.verify().unwrap();
 }
 
+/// A time index line torn by a crash is cut when the log is opened, so that
+/// the next line appended does not join it: the joined line could parse
+/// and give a segment a span it does not have.
+#[test]
+fn a_torn_time_index_line_is_cut_at_open() {
+    let (t, audit) = twenty_seconds_of_network_records();
+    drop(audit);
+    let path = t.dir.join("network").join("times");
+    let index = fs::read_to_string(&path).unwrap();
+    // A torn line: the first digit of a segment number.
+    fs::write(&path, format!("{index}9")).unwrap();
+    let audit = t.open_with(small_segments(&t));
+    assert_eq!(fs::read_to_string(&path).unwrap(), index);
+    // More segments sealed after reopening: every line is whole and
+    // matches its segment.
+    for _ in 0..20 {
+        fill(&audit, Tier::Network, 1);
+        t.clock.advance(Duration::from_secs(1));
+    }
+    drop(audit);
+    let after = fs::read_to_string(&path).unwrap();
+    assert!(after.len() > index.len() && after.starts_with(&index));
+    // One line for each sealed segment (all but the newest), by its number.
+    let numbers = |p: &PathBuf| -> u64 {
+        let name = p.file_name().unwrap().to_str().unwrap();
+        name.trim_end_matches(".seg").parse().unwrap()
+    };
+    let segs = t.segments(Tier::Network);
+    let sealed: BTreeSet<u64> = segs[..segs.len() - 1].iter().map(numbers).collect();
+    let indexed: BTreeSet<u64> = after
+        .lines()
+        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(indexed, sealed, "{after}");
+    t.verify().unwrap();
+}
+
 #[test]
 fn an_unreadable_time_index_makes_searches_read_every_segment() {
     let (t, audit) = twenty_seconds_of_network_records();
@@ -1663,5 +1700,11 @@ fn an_unreadable_time_index_makes_searches_read_every_segment() {
         matches!(&f[0].problem, Problem::Unreadable(_))
             && f[0].file.as_deref() == Some(path.as_path()),
         "{f:?}"
+    );
+    // and the log still opens (the index is only an aid) and searches
+    let audit = t.open_with(small_segments(&t));
+    assert_eq!(
+        seqs(&audit, &between(Some(17), None)).unwrap(),
+        vec![17, 18, 19]
     );
 }
