@@ -8,13 +8,13 @@
 //! when `RAMPART_CRS_DIR` is unset.
 
 use rampart_waf::{Request, Waf, WafBuilder};
+use std::hint::black_box;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 /// The allocator the `rampart` binary ships with, as in `examples/bench_waf`.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use std::hint::black_box;
-use std::path::Path;
-use std::time::{Duration, Instant};
 
 fn crs(dir: &Path, paranoia: u8) -> Waf {
     let mut b = WafBuilder::new();

@@ -24,18 +24,18 @@
 //! costs.
 
 use rampart_waf::{Request, Response, Waf, WafBuilder};
-
-/// The allocator the `rampart` binary ships with (its `main.rs`): the
-/// engine allocates small buffers on every request, and the figures are
-/// meant to be the engine's as it runs in the edge.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::hint::black_box;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
+
+/// The allocator the `rampart` binary ships with (its `main.rs`): the
+/// engine allocates small buffers on every request, and the figures are
+/// meant to be the engine's as it runs in the edge.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Loads CRS as the regression test does, with the paranoia level set by a
 /// `SecAction` ahead of `crs-setup.conf.example` and JSON bodies parsed as
