@@ -864,7 +864,7 @@ fn retention_reads_a_segment_only_to_remove_it_and_checks_it_first() {
 fn retention_without_a_time_index_reads_a_kept_segment_once_and_again_before_disposal() {
     let t = TestLog::new();
     let (audit, segs, size) = three_days_kept_thirty(&t);
-    let index = t.dir.join("network").join("times");
+    let index = network_time_index(&t);
     let lines = fs::read_to_string(&index).unwrap();
     fs::remove_file(&index).unwrap();
 
@@ -897,7 +897,7 @@ fn retention_removes_only_what_the_records_put_past_the_horizon() {
     let t = TestLog::new();
     let (audit, segs, size) = three_days_kept_thirty(&t);
     // Every indexed segment said to hold day 0's times only.
-    let path = t.dir.join("network").join("times");
+    let path = network_time_index(&t);
     let index = fs::read_to_string(&path).unwrap();
     let first: Vec<&str> = index.lines().next().unwrap().split(' ').collect();
     let lied: String = index
@@ -1505,6 +1505,11 @@ fn small_segments(t: &TestLog) -> AuditOptions {
     o
 }
 
+/// The network tier's time index file.
+fn network_time_index(t: &TestLog) -> PathBuf {
+    t.dir.join("network").join("times")
+}
+
 /// A network log of 20 records a second apart, over several segments.
 fn twenty_seconds_of_network_records() -> (TestLog, Audit) {
     let t = TestLog::new();
@@ -1546,7 +1551,7 @@ fn a_time_bounded_search_reads_only_the_segments_its_range_can_hold() {
     let segs = t.segments(Tier::Network);
     assert!(segs.len() >= 4, "{} segments", segs.len());
     // Every sealed segment has its line.
-    let index = fs::read_to_string(t.dir.join("network").join("times")).unwrap();
+    let index = fs::read_to_string(network_time_index(&t)).unwrap();
     assert_eq!(index.lines().count(), segs.len() - 1, "{index}");
     t.verify().unwrap();
 
@@ -1615,7 +1620,7 @@ fn a_time_bounded_search_reads_only_the_segments_its_range_can_hold() {
 fn verify_names_a_time_index_line_that_would_hide_records() {
     let (t, audit) = twenty_seconds_of_network_records();
     drop(audit);
-    let path = t.dir.join("network").join("times");
+    let path = network_time_index(&t);
     let index = fs::read_to_string(&path).unwrap();
     let first = index.lines().next().unwrap().to_string();
     let fields: Vec<u64> = first.split(' ').map(|f| f.parse().unwrap()).collect();
@@ -1649,7 +1654,7 @@ fn verify_names_a_time_index_line_that_would_hide_records() {
 fn a_torn_time_index_line_is_cut_at_open() {
     let (t, audit) = twenty_seconds_of_network_records();
     drop(audit);
-    let path = t.dir.join("network").join("times");
+    let path = network_time_index(&t);
     let index = fs::read_to_string(&path).unwrap();
     // A torn line: the first digit of a segment number.
     fs::write(&path, format!("{index}9")).unwrap();
@@ -1682,7 +1687,7 @@ fn a_torn_time_index_line_is_cut_at_open() {
 #[test]
 fn an_unreadable_time_index_makes_searches_read_every_segment() {
     let (t, audit) = twenty_seconds_of_network_records();
-    let path = t.dir.join("network").join("times");
+    let path = network_time_index(&t);
     fs::remove_file(&path).unwrap();
     fs::create_dir(&path).unwrap();
     assert_eq!(
