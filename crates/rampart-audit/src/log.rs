@@ -1601,13 +1601,14 @@ impl Audit {
         let mut indexed = |n: u64| {
             index
                 .get_or_insert_with(|| {
-                    crate::times::load(tier_dir).unwrap_or_else(|e| {
-                        tracing::warn!(tier = %log.tier, error = %e, "cannot read the audit time index; retention reads each segment to learn its newest record");
-                        Default::default()
-                    })
+                    crate::times::load_or_empty(
+                        log.tier,
+                        tier_dir,
+                        "retention reads each segment to learn its newest record",
+                    )
                 })
                 .get(&n)
-                .map(|s: &crate::times::Span| s.newest)
+                .map(|s| s.newest)
         };
         for &n in &sealed {
             let newest = match seen.get(&n).copied().or_else(|| indexed(n)) {

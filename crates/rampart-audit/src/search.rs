@@ -164,10 +164,7 @@ impl AuditReader {
         // An index that cannot be read passes nothing over: every segment
         // is read, as before there was one.
         let spans = if from.is_some() || to.is_some() {
-            crate::times::load(&tier_dir).unwrap_or_else(|e| {
-                tracing::warn!(%tier, error = %e, "cannot read the audit time index; the search reads every segment");
-                Default::default()
-            })
+            crate::times::load_or_empty(tier, &tier_dir, "the search reads every segment")
         } else {
             Default::default()
         };

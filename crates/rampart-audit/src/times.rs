@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 
 use crate::checkpoint::{append_line, read_lines};
 use crate::error::AuditError;
+use crate::event::Tier;
 
 /// The index file's name in a tier's directory.
 const FILE: &str = "times";
@@ -83,6 +84,16 @@ pub(crate) fn load(tier_dir: &Path) -> Result<HashMap<u64, Span>, AuditError> {
         }
     })?;
     Ok(spans)
+}
+
+/// [`load`], or an empty index when the file cannot be read, with a
+/// warning that ends with what the caller does `instead`: the index is only
+/// an aid, and a segment without a line is read.
+pub(crate) fn load_or_empty(tier: Tier, tier_dir: &Path, instead: &str) -> HashMap<u64, Span> {
+    load(tier_dir).unwrap_or_else(|e| {
+        tracing::warn!(%tier, error = %e, "cannot read the audit time index; {instead}");
+        HashMap::new()
+    })
 }
 
 /// One line: `<segment> <oldest> <newest>`, oldest not after newest.
