@@ -211,16 +211,10 @@ impl WafBuilder {
         }
         LiteralIndex::share(rules.iter().flat_map(prefilters));
         let mut by_phase: [Vec<usize>; 6] = Default::default();
-        for (i, r) in rules.iter().enumerate() {
-            for (p, list) in by_phase.iter_mut().enumerate() {
-                if r.marker_name().is_some() || usize::from(r.phase) == p {
-                    list.push(i);
-                }
-            }
+        let mut skip_after: [Vec<usize>; 6] = Default::default();
+        for (p, (list, resume)) in by_phase.iter_mut().zip(&mut skip_after).enumerate() {
+            (*list, *resume) = phase_plan(&rules, p);
         }
-        let skip_after = by_phase
-            .each_ref()
-            .map(|list| skip_after_targets(&rules, list));
         Ok(Waf {
             rules,
             by_phase,
@@ -894,6 +888,40 @@ fn tag_sets(rules: &[Rule]) -> HashMap<String, Vec<bool>> {
 /// that rule's `skipAfter` fires: just past the first later marker of that
 /// name (or rule with that id), else the end of the list. Positions whose
 /// rule has no `skipAfter` get the end too; they are never read.
+/// One phase's rules in order, markers left out, and aligned with them
+/// the position to resume at when the rule there has `skipAfter` and
+/// matches (past the named marker or rule; the end when there is none
+/// after it). Markers are placed in every phase, as `skipAfter` may name
+/// one from any phase, but they do nothing when reached, so the list a
+/// transaction walks holds only the rules it may evaluate.
+fn phase_plan(rules: &[Rule], phase: usize) -> (Vec<usize>, Vec<usize>) {
+    let full: Vec<usize> = (0..rules.len())
+        .filter(|&i| {
+            rules
+                .get(i)
+                .is_some_and(|r| r.marker_name().is_some() || usize::from(r.phase) == phase)
+        })
+        .collect();
+    let targets = skip_after_targets(rules, &full);
+    // position in the list without markers of each position in `full`
+    // (and of its end)
+    let mut compact_at = Vec::with_capacity(full.len() + 1);
+    let mut list = Vec::with_capacity(full.len());
+    let mut resume = Vec::with_capacity(full.len());
+    for (&idx, &target) in full.iter().zip(&targets) {
+        compact_at.push(list.len());
+        if rules.get(idx).is_some_and(|r| r.marker_name().is_none()) {
+            list.push(idx);
+            resume.push(target);
+        }
+    }
+    compact_at.push(list.len());
+    for r in &mut resume {
+        *r = compact_at.get(*r).copied().unwrap_or(list.len());
+    }
+    (list, resume)
+}
+
 fn skip_after_targets(rules: &[Rule], list: &[usize]) -> Vec<usize> {
     let mut out = Vec::with_capacity(list.len());
     for (pos, &idx) in list.iter().enumerate() {
@@ -1027,7 +1055,7 @@ fn number(v: &str, at: &Location) -> Result<usize, Error> {
 #[derive(Debug)]
 pub struct Waf {
     pub(crate) rules: Vec<Rule>,
-    /// Indices into `rules` per phase (markers appear in every phase).
+    /// Indices into `rules` per phase, without the markers.
     pub(crate) by_phase: [Vec<usize>; 6],
     /// Per phase, aligned with `by_phase`: the list position to resume at
     /// when the rule there matches and has `skipAfter`.

@@ -1287,7 +1287,7 @@ impl<'w> Transaction<'w> {
             let Some(rule) = waf.rules.get(idx) else {
                 continue;
             };
-            if rule.marker_name().is_some() || self.rule_removed(idx, rule) {
+            if self.rule_removed(idx, rule) {
                 continue;
             }
             if !self.eval_rule(idx, rule) {
@@ -1339,17 +1339,10 @@ impl<'w> Transaction<'w> {
                     .copied()
                     .unwrap_or(list.len());
             } else if rule.actions.skip > 0 {
-                let mut left = rule.actions.skip;
-                while left > 0 && i < list.len() {
-                    if list
-                        .get(i)
-                        .and_then(|&j| waf.rules.get(j))
-                        .is_some_and(|r| r.marker_name().is_none())
-                    {
-                        left -= 1;
-                    }
-                    i += 1;
-                }
+                // the list holds no markers: each entry is a rule skipped
+                i = i
+                    .saturating_add(usize::try_from(rule.actions.skip).unwrap_or(usize::MAX))
+                    .min(list.len());
             }
         }
         None

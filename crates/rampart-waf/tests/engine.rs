@@ -488,3 +488,35 @@ SecRule REMOTE_ADDR "@rbl dnsbl.example" "id:2,phase:1,deny,status:403""#,
     );
     assert!(warned("2", "@rbl never matches"), "{:?}", w.warnings());
 }
+
+/// `skip` counts rules, not markers, and `skipAfter` resumes past the
+/// marker or rule it names, in each phase, however markers and rules of
+/// other phases lie between.
+#[test]
+fn skip_and_skip_after_pass_over_markers_and_other_phases() {
+    let text = r#"
+SecRuleEngine On
+SecAction "id:1,phase:1,pass,nolog,skip:2"
+SecMarker A
+SecAction "id:2,phase:1,pass,nolog"
+SecMarker B
+SecAction "id:3,phase:1,pass,nolog"
+SecAction "id:4,phase:1,pass,nolog"
+SecAction "id:5,phase:2,pass,nolog,skipAfter:C"
+SecAction "id:6,phase:1,pass,nolog"
+SecAction "id:7,phase:2,pass,nolog"
+SecMarker C
+SecAction "id:8,phase:2,pass,nolog,skipAfter:9"
+SecAction "id:9,phase:2,pass,nolog"
+SecAction "id:10,phase:2,pass,nolog"
+SecAction "id:11,phase:2,pass,nolog,skipAfter:END"
+SecAction "id:12,phase:2,pass,nolog"
+SecMarker END
+SecAction "id:13,phase:1,pass,nolog,skip:5"
+SecMarker D
+SecAction "id:14,phase:2,pass,nolog"
+"#;
+    let w = Waf::from_str_named("skips.conf", text).unwrap();
+    let v = w.evaluate(&Request::new("GET", "/").header("Host", "example.com"));
+    assert_eq!(v.matched_ids, vec![1, 4, 6, 13, 5, 8, 10, 11, 14]);
+}
