@@ -37,9 +37,12 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
-# bench_cert KEY CERT CN SAN : a one-day self-signed ECDSA P-256 certificate.
+# bench_cert KEY CERT CN SAN : a self-signed ECDSA P-256 certificate, valid
+# for 30 days so that the edge's warning about certificates that expire
+# within 14 days does not show in every benchmark's output (the files live
+# only as long as the run's temporary directory).
 bench_cert() {
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
         -subj "/CN=$3" -addext "subjectAltName=$4" -keyout "$1" -out "$2" 2>/dev/null
 }
 
