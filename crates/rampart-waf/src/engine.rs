@@ -884,23 +884,18 @@ fn tag_sets(rules: &[Rule]) -> HashMap<String, Vec<bool>> {
     out
 }
 
-/// For each position of a phase's rule list, where evaluation resumes after
-/// that rule's `skipAfter` fires: just past the first later marker of that
-/// name (or rule with that id), else the end of the list. Positions whose
-/// rule has no `skipAfter` get the end too; they are never read.
 /// One phase's rules in order, markers left out, and aligned with them
 /// the position to resume at when the rule there has `skipAfter` and
 /// matches (past the named marker or rule; the end when there is none
-/// after it). Markers are placed in every phase, as `skipAfter` may name
-/// one from any phase, but they do nothing when reached, so the list a
-/// transaction walks holds only the rules it may evaluate.
+/// after it). The positions are worked out on the phase's list with every
+/// marker in it, as `skipAfter` may name a marker from any phase; markers
+/// do nothing when reached, so the list a transaction walks leaves them out.
 fn phase_plan(rules: &[Rule], phase: usize) -> (Vec<usize>, Vec<usize>) {
-    let full: Vec<usize> = (0..rules.len())
-        .filter(|&i| {
-            rules
-                .get(i)
-                .is_some_and(|r| r.marker_name().is_some() || usize::from(r.phase) == phase)
-        })
+    let full: Vec<usize> = rules
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.marker_name().is_some() || usize::from(r.phase) == phase)
+        .map(|(i, _)| i)
         .collect();
     let targets = skip_after_targets(rules, &full);
     // position in the list without markers of each position in `full`
@@ -922,6 +917,10 @@ fn phase_plan(rules: &[Rule], phase: usize) -> (Vec<usize>, Vec<usize>) {
     (list, resume)
 }
 
+/// For each position of a phase's rule list, where evaluation resumes after
+/// that rule's `skipAfter` fires: just past the first later marker of that
+/// name (or rule with that id), else the end of the list. Positions whose
+/// rule has no `skipAfter` get the end too; they are never read.
 fn skip_after_targets(rules: &[Rule], list: &[usize]) -> Vec<usize> {
     let mut out = Vec::with_capacity(list.len());
     for (pos, &idx) in list.iter().enumerate() {
