@@ -594,6 +594,9 @@ struct TierLog {
     /// When a leading tier last began a sync, shared by them all
     /// ([`follows`]).
     lead: Arc<LeadClock>,
+    /// When the callers last said they had nothing else to do
+    /// ([`Audit::callers_idle`]), shared by them all.
+    idle: Arc<LeadClock>,
     /// A periodic checkpoint the writer took and a syncer thread appends
     /// once the records it counts are durable (see [`PendingCheckpoint`]).
     /// Every checkpoint line is appended with this lock held, so the
@@ -637,6 +640,8 @@ struct SyncState {
     /// When the oldest of those was queued.
     first_queued_at: Option<Instant>,
     last_written_at: Option<Instant>,
+    /// When the last record written so far was queued.
+    last_queued_at: Option<Instant>,
     /// How many callers usually wait at once: `waiting` sampled as each sync
     /// completes, decaying. Once that many records are written (or fewer,
     /// [`group_target`]), the sync starts at once.
@@ -801,7 +806,8 @@ impl TierLog {
             return None;
         };
         let led = self.lead.led_since(sy.first_queued_at.unwrap_or(first));
-        gather_wait(sy, sy.unsynced_records, first, last, now, led)
+        let idle = sy.last_queued_at.is_some_and(|at| self.idle.led_since(at));
+        gather_wait(sy, sy.unsynced_records, first, last, now, led, idle)
     }
 
     /// A sync of this tier's group begins: when the tier leads
@@ -978,8 +984,10 @@ impl SyncState {
     }
 }
 
-/// When a leading tier ([`follows`]) last began a sync, for the tiers that
-/// follow it: nanoseconds after `base`, plus one (0: never).
+/// An instant shared between threads: when a leading tier ([`follows`])
+/// last began a sync, for the tiers that follow it, or when the callers
+/// last went idle ([`Audit::callers_idle`]); nanoseconds after `base`,
+/// plus one (0: never).
 struct LeadClock {
     base: Instant,
     last: AtomicU64,
@@ -1101,6 +1109,12 @@ fn about_one_sync(sy: &SyncState) -> Duration {
 /// is at least the delay and the cap at least twice it). A tier that
 /// follows another ([`follows`]) waits for no count but for `led`: a
 /// leading tier began a sync since the group's first record came in.
+///
+/// `idle`: the callers said they had nothing else to do after the group's
+/// last record came in ([`Audit::callers_idle`]). No company can come
+/// until the group is answered, so it syncs at once: waiting would only
+/// leave the CPU idle.
+#[allow(clippy::too_many_arguments)]
 fn gather_wait(
     sy: &SyncState,
     count: usize,
@@ -1108,7 +1122,11 @@ fn gather_wait(
     last: Instant,
     now: Instant,
     led: bool,
+    idle: bool,
 ) -> Option<Duration> {
+    if idle && count > 0 {
+        return None;
+    }
     let usual = usual_waiters(sy, first);
     if follows(sy, first) {
         if led && count > 0 {
@@ -1210,6 +1228,7 @@ impl Audit {
         let mut tiers = Vec::new();
         let all_waiting = Arc::new(AtomicUsize::new(0));
         let lead = Arc::new(LeadClock::new());
+        let idle = Arc::new(LeadClock::new());
         for tier in Tier::ALL {
             let (state, tier_report) =
                 recover_tier(&options, tier, &vk, now, &mut report.checkpoint_problems)?;
@@ -1230,6 +1249,7 @@ impl Audit {
                 waiting: AtomicUsize::new(0),
                 all_waiting: Arc::clone(&all_waiting),
                 lead: Arc::clone(&lead),
+                idle: Arc::clone(&idle),
                 cp_pending: Mutex::new(None),
                 cp_waiting: AtomicBool::new(false),
                 cp_upto: AtomicU64::new(0),
@@ -1283,6 +1303,33 @@ impl Audit {
             _lock: lock_file,
         };
         Ok((audit, report))
+    }
+
+    /// Tells the log that its callers have nothing else to do until the
+    /// records they wait on are durable: the edge calls it when every
+    /// worker thread is about to park.
+    ///
+    /// A group commit gathering records for company (the adaptive wait,
+    /// and [`AuditOptions::commit_delay`] under load) then syncs at once:
+    /// no more records can come before it is answered, so waiting would
+    /// only leave the CPU idle. Records queued after the call gather as
+    /// before. Cheap when nothing waits; never blocks for long.
+    pub fn callers_idle(&self) {
+        let Some(first) = self.core.tiers.first() else {
+            return;
+        };
+        first.idle.mark(Instant::now());
+        for t in &self.core.tiers {
+            if t.waiting.load(Ordering::SeqCst) == 0 {
+                continue;
+            }
+            // Under each lock in turn, so that a gatherer that read the
+            // clock before the mark is already waiting when woken.
+            drop(lock(&t.sync));
+            t.sync_cond.notify_all();
+            drop(lock(&t.queue));
+            t.cond.notify_one();
+        }
     }
 
     /// The public key that checks this log's checkpoints.
@@ -1815,7 +1862,8 @@ impl Core {
                         .or_else(|| q.items.first().map(|p| p.at))
                         .unwrap_or(started);
                     let led = log.lead.led_since(queued);
-                    gather_wait(&sy, count, started, seen_at, now, led).map(|w| {
+                    let idle = q.items.last().is_some_and(|p| log.idle.led_since(p.at));
+                    gather_wait(&sy, count, started, seen_at, now, led, idle).map(|w| {
                         let usual = own_target(&sy, started);
                         (w, usual.saturating_sub(sy.unsynced_records))
                     })
@@ -2087,6 +2135,7 @@ impl Core {
                     .zip(fresh.last())
                     .map(|(f, l)| (fresh.len(), f.at, l.at));
                 let queued_at = batch.first().map(|p| p.at);
+                let last_queued = batch.last().map(|p| p.at);
                 let done: Vec<(Arc<Slot>, Receipt)> =
                     batch.into_iter().map(|p| p.slot).zip(receipts).collect();
                 // Nobody else queued and no sync in flight: sync here and
@@ -2109,6 +2158,9 @@ impl Core {
                         sy.first_queued_at = queued_at;
                     }
                     sy.last_written_at = Some(now);
+                    if last_queued.is_some() {
+                        sy.last_queued_at = last_queued;
+                    }
                     sy.pending.push_back(WrittenBatch { id, done });
                     sy.file = st.seg.as_ref().map(|s| Arc::clone(&s.file));
                     let idle = sy.syncing_upto <= sy.durable_id;
@@ -2819,23 +2871,80 @@ mod tests {
         };
         // Without a delay: 60 µs after the last record the group is due.
         let at = t0 + Duration::from_micros(60);
-        assert_eq!(gather_wait(&sy, 3, t0, t0, at, false), None);
+        assert_eq!(gather_wait(&sy, 3, t0, t0, at, false, false), None);
         // With 1 ms: still gathering after 60 µs and 900 µs of quiet, due
         // after 1 ms of quiet, and never later than 2 ms after the first.
         sy.commit_delay = Duration::from_millis(1);
-        assert!(gather_wait(&sy, 3, t0, t0, at, false).is_some());
-        assert!(gather_wait(&sy, 3, t0, t0, t0 + Duration::from_micros(900), false).is_some());
+        assert!(gather_wait(&sy, 3, t0, t0, at, false, false).is_some());
+        assert!(gather_wait(
+            &sy,
+            3,
+            t0,
+            t0,
+            t0 + Duration::from_micros(900),
+            false,
+            false
+        )
+        .is_some());
         assert_eq!(
-            gather_wait(&sy, 3, t0, t0, t0 + Duration::from_micros(1001), false),
+            gather_wait(
+                &sy,
+                3,
+                t0,
+                t0,
+                t0 + Duration::from_micros(1001),
+                false,
+                false
+            ),
             None
         );
         let last = t0 + Duration::from_micros(1900);
         assert_eq!(
-            gather_wait(&sy, 3, t0, last, t0 + Duration::from_micros(2001), false),
+            gather_wait(
+                &sy,
+                3,
+                t0,
+                last,
+                t0 + Duration::from_micros(2001),
+                false,
+                false
+            ),
             None
         );
         // Everyone who usually waits is in: due at once, delay or not.
-        assert_eq!(gather_wait(&sy, 64, t0, t0, at, false), None);
+        assert_eq!(gather_wait(&sy, 64, t0, t0, at, false, false), None);
+    }
+
+    #[test]
+    fn idle_callers_end_the_gathering_wait() {
+        let t0 = Instant::now();
+        let at = t0 + Duration::from_micros(60);
+        let sy = SyncState {
+            peak_waiting: 64,
+            sync_nanos: 200_000,
+            commit_delay: Duration::from_millis(2),
+            commit_siblings: 16,
+            ..SyncState::default()
+        };
+        // Under load a group of 3 keeps gathering for company…
+        assert!(gather_wait(&sy, 3, t0, t0, at, false, false).is_some());
+        // …unless the callers went idle after its last record: then
+        // nothing more can come until it is answered.
+        assert_eq!(gather_wait(&sy, 3, t0, t0, at, false, true), None);
+        // An empty group has nothing to sync.
+        assert!(gather_wait(&sy, 0, t0, t0, at, false, true).is_some());
+    }
+
+    #[test]
+    fn callers_idle_marks_the_shared_clock_for_records_queued_before() {
+        let clock = LeadClock::new();
+        let queued = Instant::now();
+        assert!(!clock.led_since(queued));
+        clock.mark(Instant::now());
+        assert!(clock.led_since(queued));
+        // A record queued after the callers went idle gathers as before.
+        let later = Instant::now() + Duration::from_millis(1);
+        assert!(!clock.led_since(later));
     }
 
     #[test]
@@ -2851,22 +2960,39 @@ mod tests {
         };
         // Fewer callers than the siblings usually wait together: light
         // load, no delay; 60 µs of quiet ends the group.
-        assert_eq!(gather_wait(&sy, 3, t0, t0, at, false), None);
+        assert_eq!(gather_wait(&sy, 3, t0, t0, at, false, false), None);
         // Sixteen or more: the group keeps gathering for up to 2 ms of
         // quiet, 4 ms in all, unless all sixteen are in.
         sy.peak_waiting = 16;
-        assert!(gather_wait(&sy, 3, t0, t0, at, false).is_some());
-        assert!(gather_wait(&sy, 3, t0, t0, t0 + Duration::from_micros(1900), false).is_some());
+        assert!(gather_wait(&sy, 3, t0, t0, at, false, false).is_some());
+        assert!(gather_wait(
+            &sy,
+            3,
+            t0,
+            t0,
+            t0 + Duration::from_micros(1900),
+            false,
+            false
+        )
+        .is_some());
         let last = t0 + Duration::from_micros(3900);
         assert_eq!(
-            gather_wait(&sy, 15, t0, last, t0 + Duration::from_micros(4001), false),
+            gather_wait(
+                &sy,
+                15,
+                t0,
+                last,
+                t0 + Duration::from_micros(4001),
+                false,
+                false
+            ),
             None
         );
-        assert_eq!(gather_wait(&sy, 16, t0, t0, at, false), None);
+        assert_eq!(gather_wait(&sy, 16, t0, t0, at, false, false), None);
         // 0 siblings: the delay applies whatever the load.
         sy.peak_waiting = 2;
         sy.commit_siblings = 0;
-        assert!(gather_wait(&sy, 1, t0, t0, at, false).is_some());
+        assert!(gather_wait(&sy, 1, t0, t0, at, false, false).is_some());
     }
 
     #[test]
@@ -2883,26 +3009,43 @@ mod tests {
         };
         // Six callers on this tier and no more in all: light load, the
         // group of three is due after 60 µs of quiet.
-        assert_eq!(gather_wait(&sy, 3, t0, t0, at, false), None);
+        assert_eq!(gather_wait(&sy, 3, t0, t0, at, false, false), None);
         // The same six while 64 callers wait on the log as a whole (the
         // others on a busier tier): the delay applies, and the tier follows
         // the busier one. Its group keeps gathering, even with its six in,
         // until that tier begins a sync or 2 ms pass quietly.
         sy.peak_all_waiting = 64;
         assert!(follows(&sy, t0));
-        assert!(gather_wait(&sy, 3, t0, t0, at, false).is_some());
-        assert!(gather_wait(&sy, 3, t0, t0, t0 + Duration::from_micros(1900), false).is_some());
+        assert!(gather_wait(&sy, 3, t0, t0, at, false, false).is_some());
+        assert!(gather_wait(
+            &sy,
+            3,
+            t0,
+            t0,
+            t0 + Duration::from_micros(1900),
+            false,
+            false
+        )
+        .is_some());
         assert_eq!(
-            gather_wait(&sy, 3, t0, t0, t0 + Duration::from_micros(2001), false),
+            gather_wait(
+                &sy,
+                3,
+                t0,
+                t0,
+                t0 + Duration::from_micros(2001),
+                false,
+                false
+            ),
             None
         );
-        assert!(gather_wait(&sy, 6, t0, t0, at, false).is_some());
-        assert_eq!(gather_wait(&sy, 3, t0, t0, at, true), None);
+        assert!(gather_wait(&sy, 6, t0, t0, at, false, false).is_some());
+        assert_eq!(gather_wait(&sy, 3, t0, t0, at, true, false), None);
         assert_eq!(own_target(&sy, t0), usize::MAX);
         // Half the callers or more: the tier leads, and syncs on its count.
         sy.peak_waiting = 32;
         assert!(!follows(&sy, t0));
-        assert_eq!(gather_wait(&sy, 32, t0, t0, at, false), None);
+        assert_eq!(gather_wait(&sy, 32, t0, t0, at, false, false), None);
     }
 
     #[test]
@@ -2932,7 +3075,7 @@ mod tests {
         };
         // Nothing measured yet: the group waits for all 64.
         assert_eq!(group_target(&sy, 64), 64);
-        assert!(gather_wait(&sy, 60, t0, t0, at, false).is_some());
+        assert!(gather_wait(&sy, 60, t0, t0, at, false, false).is_some());
         // Records 25 µs apart, the callers back 300 µs after a sync ends:
         // in the 500 µs of a sync and a return, 20 more would come in. The
         // group syncs once 44 are in; the CPU works on the other 20
@@ -2940,8 +3083,8 @@ mod tests {
         sy.arrival_gap_nanos = 25_000;
         sy.return_nanos = 300_000;
         assert_eq!(group_target(&sy, 64), 44);
-        assert!(gather_wait(&sy, 43, t0, t0, at, false).is_some());
-        assert_eq!(gather_wait(&sy, 44, t0, t0, at, false), None);
+        assert!(gather_wait(&sy, 43, t0, t0, at, false, false).is_some());
+        assert_eq!(gather_wait(&sy, 44, t0, t0, at, false, false), None);
         // Callers with nothing to do between records come back in a burst
         // (1 µs apart): the whole group waits for them, as before.
         sy.arrival_gap_nanos = 1_000;
@@ -3006,6 +3149,7 @@ mod tests {
                 first,
                 first + Duration::from_micros(60),
                 false,
+                false,
             )
         };
         // Busy: a record 1 ms after the last sync waits for company.
@@ -3024,7 +3168,7 @@ mod tests {
         // Long idle: nobody is expected; sync at once.
         let first = end + Duration::from_secs(5);
         assert_eq!(usual_waiters(&sy, first), 0);
-        assert_eq!(gather_wait(&sy, 1, first, first, first, false), None);
+        assert_eq!(gather_wait(&sy, 1, first, first, first, false, false), None);
         sy.last_sync_end = None;
         assert_eq!(usual_waiters(&sy, first), 64);
     }

@@ -158,6 +158,12 @@ pub trait AuditSink: Send + Sync {
         self.record(rec);
         Box::pin(std::future::ready(Ok(())))
     }
+
+    /// Every edge worker is about to park: the requests in flight wait on
+    /// their records (or on I/O), and no new record comes until one of
+    /// them wakes. A log that gathers records into group commits can sync
+    /// what it holds at once. Runs on a worker thread: must not block.
+    fn callers_idle(&self) {}
 }
 
 /// What [`AuditSink::record_durable`] returns: `Err` with a reason (never

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -388,6 +388,10 @@ struct State {
     trusted_proxies: Vec<IpNet>,
     proxy_protocol_from: Vec<IpNet>,
     audit: Arc<dyn AuditSink>,
+    /// Requests being handled, and those of them waiting for their access
+    /// record to be durable ([`State::only_audit_waits`]).
+    handling: AtomicUsize,
+    awaiting_audit: AtomicUsize,
     max_body: usize,
     /// Request body bytes all requests may hold at once.
     body_budget: Arc<tokio::sync::Semaphore>,
@@ -504,6 +508,8 @@ impl Edge {
             trusted_proxies: cfg.trusted_proxies.clone(),
             proxy_protocol_from: cfg.proxy_protocol_from.clone(),
             audit: cfg.audit.clone(),
+            handling: AtomicUsize::new(0),
+            awaiting_audit: AtomicUsize::new(0),
             max_body: cfg.max_body_bytes,
             body_budget: Arc::new(tokio::sync::Semaphore::new(
                 cfg.max_buffered_body_bytes
@@ -613,7 +619,17 @@ impl Edge {
             let certs = state.certificates.clone();
             checks.spawn(watch_certificates(resolver, certs, every));
         }
-        let workers = Workers::start("edge-worker", state.worker_threads).map_err(Error::Worker)?;
+        // All workers parked and every request they hold waiting for its
+        // access record: no record can come until a sync answers them, so
+        // the log need not wait for company (`docs/edge.md`).
+        let idle_state = Arc::clone(&state);
+        let on_idle: crate::workers::IdleHook = Arc::new(move || {
+            if idle_state.only_audit_waits() {
+                idle_state.audit.callers_idle();
+            }
+        });
+        let workers = Workers::start("edge-worker", state.worker_threads, Some(on_idle))
+            .map_err(Error::Worker)?;
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -1037,6 +1053,7 @@ impl State {
         smuggling: bool,
     ) -> Response<EdgeBody> {
         let started = Instant::now();
+        let _handling = Held::count(&self.handling);
         let (head, body) = req.into_parts();
         let (client, forwarded_for) = client_addr(peer.ip(), &head.headers, &self.trusted_proxies);
         let host = request_host(&head.uri, &head.headers);
@@ -1113,7 +1130,10 @@ impl State {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
         rec.latency = started.elapsed();
-        if let Err(why) = self.audit.record_durable(&rec).await {
+        let waiting = Held::count(&self.awaiting_audit);
+        let durable = self.audit.record_durable(&rec).await;
+        drop(waiting);
+        if let Err(why) = durable {
             // No record, no answer: the client gets a 503 instead.
             tracing::error!(request_id = %rec.request_id, reason = %why, "access record refused; failing closed");
             let mut refused = status_response(StatusCode::SERVICE_UNAVAILABLE);
@@ -1121,6 +1141,16 @@ impl State {
             return refused;
         }
         resp
+    }
+
+    /// Whether every request being handled is waiting for its access
+    /// record (and at least one is): then no new record comes until the
+    /// audit log answers one of them.
+    fn only_audit_waits(&self) -> bool {
+        only_audit_waits(
+            self.handling.load(Ordering::SeqCst),
+            self.awaiting_audit.load(Ordering::SeqCst),
+        )
     }
 
     /// Route → phases → balance and proxy.
@@ -1524,6 +1554,29 @@ fn grpc_reject_response(reject: &Reject, request_id: &str) -> Response<EdgeBody>
     r
 }
 
+/// [`State::only_audit_waits`] from its two counts (`waiting` is read
+/// second: a request that finished between the reads only lowers it).
+fn only_audit_waits(handling: usize, waiting: usize) -> bool {
+    waiting > 0 && waiting >= handling
+}
+
+/// One count held in a counter for as long as it lives (dropped with the
+/// request's future, however it ends).
+struct Held<'a>(&'a AtomicUsize);
+
+impl<'a> Held<'a> {
+    fn count(c: &'a AtomicUsize) -> Held<'a> {
+        c.fetch_add(1, Ordering::SeqCst);
+        Held(c)
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// A request as [`State::handle`] hands it on to be routed and passed.
 struct Received {
     head: http::request::Parts,
@@ -1633,6 +1686,23 @@ mod tests {
     async fn body_text(r: Response<EdgeBody>) -> String {
         let bytes = r.into_body().collect().await.map(|b| b.to_bytes());
         String::from_utf8(bytes.unwrap_or_default().to_vec()).unwrap_or_default()
+    }
+
+    #[test]
+    fn the_log_is_told_only_when_every_request_waits_for_its_record() {
+        // Nothing in hand: nothing to hurry.
+        assert!(!only_audit_waits(0, 0));
+        // One request still at its upstream: its record is yet to come.
+        assert!(!only_audit_waits(3, 2));
+        assert!(only_audit_waits(3, 3));
+        // Counts held while a request is handled and dropped after.
+        let c = AtomicUsize::new(0);
+        {
+            let _a = Held::count(&c);
+            let _b = Held::count(&c);
+            assert_eq!(c.load(Ordering::SeqCst), 2);
+        }
+        assert_eq!(c.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test]

@@ -8,15 +8,26 @@
 //! project's 2-core VM (`docs/edge.md`): about 11 % less CPU per request
 //! than connections on the shared multi-threaded runtime. The edge's HTTPS
 //! listener and the control API both serve through it.
+//!
+//! An [`IdleHook`] runs when every worker is about to park: the edge tells
+//! its audit log then that no more records are coming until the ones its
+//! requests wait on are durable (`docs/edge.md`, "When the workers go
+//! idle").
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
+
+/// What runs on a worker thread when it is the last of the workers to
+/// park (all of them have nothing to do until I/O or a timer wakes one).
+/// It must be quick and must not block.
+pub type IdleHook = Arc<dyn Fn() + Send + Sync>;
 
 /// The worker runtimes of one listener.
 pub struct Workers {
@@ -36,16 +47,35 @@ impl std::fmt::Debug for Workers {
 impl Workers {
     /// Starts `threads` workers named `name-0`, `name-1`, …: `None` is one
     /// per core, `Some(0)` none (connections then stay on the runtime that
-    /// accepted them).
-    pub fn start(name: &str, threads: Option<usize>) -> io::Result<Workers> {
+    /// accepted them). `on_idle` runs each time all of them are parked.
+    pub fn start(
+        name: &str,
+        threads: Option<usize>,
+        on_idle: Option<IdleHook>,
+    ) -> io::Result<Workers> {
         let n =
             threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let mut handles = Vec::with_capacity(n);
         let mut stops = Vec::with_capacity(n);
+        // Workers parked now; the one that makes it `n` runs the hook.
+        let parked = Arc::new(AtomicUsize::new(0));
         for i in 0..n {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
+            let mut builder = tokio::runtime::Builder::new_current_thread();
+            builder.enable_all();
+            if let Some(hook) = &on_idle {
+                let (hook, on_park, on_unpark) =
+                    (Arc::clone(hook), Arc::clone(&parked), Arc::clone(&parked));
+                builder
+                    .on_thread_park(move || {
+                        if on_park.fetch_add(1, Ordering::SeqCst) + 1 == n {
+                            hook();
+                        }
+                    })
+                    .on_thread_unpark(move || {
+                        on_unpark.fetch_sub(1, Ordering::SeqCst);
+                    });
+            }
+            let rt = builder.build()?;
             handles.push(rt.handle().clone());
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
             stops.push(tx);
@@ -155,5 +185,33 @@ const TIMER_ANCHOR: Duration = Duration::from_millis(500);
 async fn timer_anchor() {
     loop {
         tokio::time::sleep(TIMER_ANCHOR).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_idle_hook_runs_once_every_worker_has_parked() {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&runs);
+        let hook: IdleHook = Arc::new(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+        });
+        let workers = Workers::start("idle-test", Some(2), Some(hook)).expect("workers");
+        // Nothing to do: both park at once, and the second to park runs it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while runs.load(Ordering::SeqCst) == 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(runs.load(Ordering::SeqCst) > 0);
+        workers.stop();
+    }
+
+    #[test]
+    fn workers_without_a_hook_start_and_stop() {
+        let workers = Workers::start("plain-test", Some(1), None).expect("workers");
+        workers.stop();
     }
 }

@@ -253,6 +253,10 @@ impl AuditSink for EdgeAudit {
         });
     }
 
+    fn callers_idle(&self) {
+        self.audit.callers_idle();
+    }
+
     fn record_durable(&self, rec: &AccessRecord) -> DurableRecord {
         self.metrics.observe_edge(
             rec.route.as_deref().unwrap_or("unmatched"),

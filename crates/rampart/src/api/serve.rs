@@ -52,7 +52,7 @@ pub async fn serve(
 ) -> Result<(), CliError> {
     let listener = TcpListener::from_std(listener)
         .map_err(|e| CliError::Runtime(format!("control API listener: {e}")))?;
-    let workers = Workers::start("control-worker", None)
+    let workers = Workers::start("control-worker", None, None)
         .map_err(|e| CliError::Runtime(format!("control API workers: {e}")))?;
     let acceptor = TlsAcceptor::from(tls);
     let mut builder = auto::Builder::new(TokioExecutor::new());
