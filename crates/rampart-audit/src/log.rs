@@ -2684,6 +2684,18 @@ fn quarantine(file: &File, path: &Path, from: u64, to: u64) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`gather_wait`] for a tier that is not led and callers that are
+    /// not idle.
+    fn plain(
+        sy: &SyncState,
+        count: usize,
+        first: Instant,
+        last: Instant,
+        now: Instant,
+    ) -> Option<Duration> {
+        gather_wait(sy, count, first, last, now, false, false)
+    }
     use std::future::Future;
     use std::pin::Pin;
     use std::task::{Context, Poll, Wake, Waker};
@@ -2871,48 +2883,23 @@ mod tests {
         };
         // Without a delay: 60 µs after the last record the group is due.
         let at = t0 + Duration::from_micros(60);
-        assert_eq!(gather_wait(&sy, 3, t0, t0, at, false, false), None);
+        assert_eq!(plain(&sy, 3, t0, t0, at), None);
         // With 1 ms: still gathering after 60 µs and 900 µs of quiet, due
         // after 1 ms of quiet, and never later than 2 ms after the first.
         sy.commit_delay = Duration::from_millis(1);
-        assert!(gather_wait(&sy, 3, t0, t0, at, false, false).is_some());
-        assert!(gather_wait(
-            &sy,
-            3,
-            t0,
-            t0,
-            t0 + Duration::from_micros(900),
-            false,
-            false
-        )
-        .is_some());
+        assert!(plain(&sy, 3, t0, t0, at).is_some());
+        assert!(plain(&sy, 3, t0, t0, t0 + Duration::from_micros(900)).is_some());
         assert_eq!(
-            gather_wait(
-                &sy,
-                3,
-                t0,
-                t0,
-                t0 + Duration::from_micros(1001),
-                false,
-                false
-            ),
+            plain(&sy, 3, t0, t0, t0 + Duration::from_micros(1001)),
             None
         );
         let last = t0 + Duration::from_micros(1900);
         assert_eq!(
-            gather_wait(
-                &sy,
-                3,
-                t0,
-                last,
-                t0 + Duration::from_micros(2001),
-                false,
-                false
-            ),
+            plain(&sy, 3, t0, last, t0 + Duration::from_micros(2001)),
             None
         );
         // Everyone who usually waits is in: due at once, delay or not.
-        assert_eq!(gather_wait(&sy, 64, t0, t0, at, false, false), None);
+        assert_eq!(plain(&sy, 64, t0, t0, at), None);
     }
 
     #[test]
@@ -2927,7 +2914,7 @@ mod tests {
             ..SyncState::default()
         };
         // Under load a group of 3 keeps gathering for company…
-        assert!(gather_wait(&sy, 3, t0, t0, at, false, false).is_some());
+        assert!(plain(&sy, 3, t0, t0, at).is_some());
         // …unless the callers went idle after its last record: then
         // nothing more can come until it is answered.
         assert_eq!(gather_wait(&sy, 3, t0, t0, at, false, true), None);
@@ -2960,39 +2947,22 @@ mod tests {
         };
         // Fewer callers than the siblings usually wait together: light
         // load, no delay; 60 µs of quiet ends the group.
-        assert_eq!(gather_wait(&sy, 3, t0, t0, at, false, false), None);
+        assert_eq!(plain(&sy, 3, t0, t0, at), None);
         // Sixteen or more: the group keeps gathering for up to 2 ms of
         // quiet, 4 ms in all, unless all sixteen are in.
         sy.peak_waiting = 16;
-        assert!(gather_wait(&sy, 3, t0, t0, at, false, false).is_some());
-        assert!(gather_wait(
-            &sy,
-            3,
-            t0,
-            t0,
-            t0 + Duration::from_micros(1900),
-            false,
-            false
-        )
-        .is_some());
+        assert!(plain(&sy, 3, t0, t0, at).is_some());
+        assert!(plain(&sy, 3, t0, t0, t0 + Duration::from_micros(1900)).is_some());
         let last = t0 + Duration::from_micros(3900);
         assert_eq!(
-            gather_wait(
-                &sy,
-                15,
-                t0,
-                last,
-                t0 + Duration::from_micros(4001),
-                false,
-                false
-            ),
+            plain(&sy, 15, t0, last, t0 + Duration::from_micros(4001)),
             None
         );
-        assert_eq!(gather_wait(&sy, 16, t0, t0, at, false, false), None);
+        assert_eq!(plain(&sy, 16, t0, t0, at), None);
         // 0 siblings: the delay applies whatever the load.
         sy.peak_waiting = 2;
         sy.commit_siblings = 0;
-        assert!(gather_wait(&sy, 1, t0, t0, at, false, false).is_some());
+        assert!(plain(&sy, 1, t0, t0, at).is_some());
     }
 
     #[test]
@@ -3009,43 +2979,26 @@ mod tests {
         };
         // Six callers on this tier and no more in all: light load, the
         // group of three is due after 60 µs of quiet.
-        assert_eq!(gather_wait(&sy, 3, t0, t0, at, false, false), None);
+        assert_eq!(plain(&sy, 3, t0, t0, at), None);
         // The same six while 64 callers wait on the log as a whole (the
         // others on a busier tier): the delay applies, and the tier follows
         // the busier one. Its group keeps gathering, even with its six in,
         // until that tier begins a sync or 2 ms pass quietly.
         sy.peak_all_waiting = 64;
         assert!(follows(&sy, t0));
-        assert!(gather_wait(&sy, 3, t0, t0, at, false, false).is_some());
-        assert!(gather_wait(
-            &sy,
-            3,
-            t0,
-            t0,
-            t0 + Duration::from_micros(1900),
-            false,
-            false
-        )
-        .is_some());
+        assert!(plain(&sy, 3, t0, t0, at).is_some());
+        assert!(plain(&sy, 3, t0, t0, t0 + Duration::from_micros(1900)).is_some());
         assert_eq!(
-            gather_wait(
-                &sy,
-                3,
-                t0,
-                t0,
-                t0 + Duration::from_micros(2001),
-                false,
-                false
-            ),
+            plain(&sy, 3, t0, t0, t0 + Duration::from_micros(2001)),
             None
         );
-        assert!(gather_wait(&sy, 6, t0, t0, at, false, false).is_some());
+        assert!(plain(&sy, 6, t0, t0, at).is_some());
         assert_eq!(gather_wait(&sy, 3, t0, t0, at, true, false), None);
         assert_eq!(own_target(&sy, t0), usize::MAX);
         // Half the callers or more: the tier leads, and syncs on its count.
         sy.peak_waiting = 32;
         assert!(!follows(&sy, t0));
-        assert_eq!(gather_wait(&sy, 32, t0, t0, at, false, false), None);
+        assert_eq!(plain(&sy, 32, t0, t0, at), None);
     }
 
     #[test]
@@ -3075,7 +3028,7 @@ mod tests {
         };
         // Nothing measured yet: the group waits for all 64.
         assert_eq!(group_target(&sy, 64), 64);
-        assert!(gather_wait(&sy, 60, t0, t0, at, false, false).is_some());
+        assert!(plain(&sy, 60, t0, t0, at).is_some());
         // Records 25 µs apart, the callers back 300 µs after a sync ends:
         // in the 500 µs of a sync and a return, 20 more would come in. The
         // group syncs once 44 are in; the CPU works on the other 20
@@ -3083,8 +3036,8 @@ mod tests {
         sy.arrival_gap_nanos = 25_000;
         sy.return_nanos = 300_000;
         assert_eq!(group_target(&sy, 64), 44);
-        assert!(gather_wait(&sy, 43, t0, t0, at, false, false).is_some());
-        assert_eq!(gather_wait(&sy, 44, t0, t0, at, false, false), None);
+        assert!(plain(&sy, 43, t0, t0, at).is_some());
+        assert_eq!(plain(&sy, 44, t0, t0, at), None);
         // Callers with nothing to do between records come back in a burst
         // (1 µs apart): the whole group waits for them, as before.
         sy.arrival_gap_nanos = 1_000;
@@ -3168,7 +3121,7 @@ mod tests {
         // Long idle: nobody is expected; sync at once.
         let first = end + Duration::from_secs(5);
         assert_eq!(usual_waiters(&sy, first), 0);
-        assert_eq!(gather_wait(&sy, 1, first, first, first, false, false), None);
+        assert_eq!(plain(&sy, 1, first, first, first), None);
         sy.last_sync_end = None;
         assert_eq!(usual_waiters(&sy, first), 64);
     }
