@@ -1324,11 +1324,20 @@ impl Audit {
                 continue;
             }
             // Under each lock in turn, so that a gatherer that read the
-            // clock before the mark is already waiting when woken.
-            drop(lock(&t.sync));
-            t.sync_cond.notify_all();
-            drop(lock(&t.queue));
-            t.cond.notify_one();
+            // clock before the mark is already waiting when woken; and
+            // only where records gather (written but in no sync yet, or
+            // queued), not for those already in a sync.
+            let gathering = {
+                let sy = lock(&t.sync);
+                sy.unsynced_records > 0 && sy.syncing_upto <= sy.durable_id
+            };
+            if gathering {
+                t.sync_cond.notify_all();
+            }
+            let queued = !lock(&t.queue).items.is_empty();
+            if queued {
+                t.cond.notify_one();
+            }
         }
     }
 
