@@ -2693,6 +2693,9 @@ fn quarantine(file: &File, path: &Path, from: u64, to: u64) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Poll, Wake, Waker};
 
     /// [`gather_wait`] for a tier that is not led and callers that are
     /// not idle.
@@ -2705,9 +2708,6 @@ mod tests {
     ) -> Option<Duration> {
         gather_wait(sy, count, first, last, now, false, false)
     }
-    use std::future::Future;
-    use std::pin::Pin;
-    use std::task::{Context, Poll, Wake, Waker};
 
     /// A waker that counts its wake-ups.
     #[derive(Default)]
@@ -2932,15 +2932,23 @@ mod tests {
     }
 
     #[test]
-    fn callers_idle_marks_the_shared_clock_for_records_queued_before() {
-        let clock = LeadClock::new();
+    fn callers_idle_marks_every_tier_for_the_records_queued_before() {
+        let tmp = tempfile::tempdir().expect("temporary directory");
+        let keys = AuditKeys {
+            encryption_key: zeroize::Zeroizing::new([7u8; 32]),
+            signing_key: SigningKey::from_bytes(&[9u8; 32]),
+        };
+        let clock: SharedClock = Arc::new(rampart_core::SystemClock);
+        let (audit, _) =
+            Audit::open(AuditOptions::new(tmp.path()), keys, clock).expect("open the log");
         let queued = Instant::now();
-        assert!(!clock.led_since(queued));
-        clock.mark(Instant::now());
-        assert!(clock.led_since(queued));
-        // A record queued after the callers went idle gathers as before.
-        let later = Instant::now() + Duration::from_millis(1);
-        assert!(!clock.led_since(later));
+        let marked = |at: Instant| audit.core.tiers.iter().all(|t| t.idle.led_since(at));
+        assert!(!marked(queued));
+        audit.callers_idle();
+        // Every tier sees it, for records queued before the call…
+        assert!(marked(queued));
+        // …and a record queued after it gathers as before.
+        assert!(!marked(Instant::now() + Duration::from_millis(1)));
     }
 
     #[test]
@@ -3104,15 +3112,7 @@ mod tests {
         };
         // A lone record `first`, after 60 µs of quiet.
         let lone = |sy: &SyncState, first: Instant| {
-            gather_wait(
-                sy,
-                1,
-                first,
-                first,
-                first + Duration::from_micros(60),
-                false,
-                false,
-            )
+            plain(sy, 1, first, first, first + Duration::from_micros(60))
         };
         // Busy: a record 1 ms after the last sync waits for company.
         let first = end + Duration::from_millis(1);

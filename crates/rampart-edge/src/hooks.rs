@@ -159,9 +159,9 @@ pub trait AuditSink: Send + Sync {
         Box::pin(std::future::ready(Ok(())))
     }
 
-    /// Every edge worker is about to park: the requests in flight wait on
-    /// their records (or on I/O), and no new record comes until one of
-    /// them wakes. A log that gathers records into group commits can sync
+    /// Every edge worker is about to park and every request in flight
+    /// waits for its record, so no new record comes until the log answers
+    /// one of them. A log that gathers records into group commits can sync
     /// what it holds at once. Runs on a worker thread: must not block.
     fn callers_idle(&self) {}
 }
