@@ -117,6 +117,14 @@ pub enum AuditError {
         /// The sequence number asked for.
         seq: u64,
     },
+    /// A derived copy between two tiers the log was not opened for.
+    #[error("the audit log does not copy records of tier {from} to tier {to} (not in its options' copies)")]
+    CopyNotDeclared {
+        /// The tier of the record.
+        from: Tier,
+        /// The tier of the copy asked for.
+        to: Tier,
+    },
     /// An inclusion proof does not hold.
     #[error("inclusion proof is invalid: {0}")]
     InvalidProof(&'static str),

@@ -370,7 +370,43 @@ fn name_of<'a>(pairs: &[(&'a str, &'a str)], i: u8) -> &'a str {
     pairs.get(usize::from(i)).map_or("", |p| p.0)
 }
 
+/// A field after version 1's, and the last: the record's event also goes,
+/// as a derived copy, to the tier whose code follows
+/// ([`crate::Audit::record_ref_async_with_copy`]). Readers that do not
+/// know it ignore it, as they do any later field.
+const LATER_COPY: u8 = b'c';
+
+/// The copy a stored event asks for (see [`LATER_COPY`]): its tier, and
+/// its stored form, the same bytes with that tier's code and no mark.
+pub(crate) fn copy_of(plain: &[u8]) -> Option<(Tier, Vec<u8>)> {
+    let (&EVENT_V1, rest) = plain.split_first()? else {
+        return None;
+    };
+    let (_, later) = postcard::take_from_bytes::<EventV1In>(rest).ok()?;
+    let &[LATER_COPY, code] = later else {
+        return None;
+    };
+    let tier = Tier::from_code(code)?;
+    let mut copy = plain.get(..plain.len() - later.len())?.to_vec();
+    // the tier is the first field, one byte (postcard writes a u8 as is)
+    *copy.get_mut(1)? = tier.code();
+    Some((tier, copy))
+}
+
 impl EventRef<'_> {
+    /// The event's stored form, marked as having a copy in tier `copy`
+    /// ([`LATER_COPY`]), and the copy's stored form: the same as
+    /// `EventRef { tier: copy, .. }` would have.
+    pub(crate) fn encode_with_copy(&self, copy: Tier) -> Result<(Vec<u8>, Vec<u8>), AuditError> {
+        let mut plain = self.encode(Vec::with_capacity(512))?;
+        let mut copy_plain = plain.clone();
+        if let Some(t) = copy_plain.get_mut(1) {
+            *t = copy.code();
+        }
+        plain.extend_from_slice(&[LATER_COPY, copy.code()]);
+        Ok((plain, copy_plain))
+    }
+
     /// Appends the event's stored form (version 1) to `out`: the same
     /// bytes as the equal [`Event`]'s.
     pub(crate) fn encode(&self, mut out: Vec<u8>) -> Result<Vec<u8>, AuditError> {
@@ -654,25 +690,56 @@ mod tests {
             &[("z", "1"), ("é", "2"), ("a", "3"), ("a", "4"), ("a", "5")],
         ];
         for details in lists {
-            let e = EventRef {
-                tier: Tier::Security,
-                node: "node-1",
-                environment: "prod",
-                principal: "anonymous",
-                auth: "edge",
-                action: "edge.get",
-                resource: "shop.example.com/cart",
-                outcome: Outcome::Denied,
-                reason: Some("status 403: waf"),
-                request_id: Some("r-1"),
-                source: None,
-                details,
-            };
+            let e = edge_denial(Tier::Security, details);
             let lent = e.encode(Vec::new()).unwrap();
             let own = owned(&e);
             assert_eq!(lent, own.encode(Vec::new()).unwrap());
             assert_eq!(Event::decode(&lent).unwrap(), own);
         }
+    }
+
+    /// A denial as the edge lends it.
+    fn edge_denial<'a>(tier: Tier, details: &'a [(&'a str, &'a str)]) -> EventRef<'a> {
+        EventRef {
+            tier,
+            node: "node-1",
+            environment: "prod",
+            principal: "anonymous",
+            auth: "edge",
+            action: "edge.get",
+            resource: "shop.example.com/cart",
+            outcome: Outcome::Denied,
+            reason: Some("status 403: waf"),
+            request_id: Some("r-1"),
+            source: None,
+            details,
+        }
+    }
+
+    #[test]
+    fn a_marked_event_reads_as_itself_and_names_its_copy() {
+        let details = [("status", "403"), ("waf_rules", "942100")];
+        let e = edge_denial(Tier::ApiAccess, &details);
+        let (marked, copy) = e.encode_with_copy(Tier::Security).unwrap();
+        // the marked record reads as the event, the mark ignored
+        assert_eq!(Event::decode(&marked).unwrap(), owned(&e));
+        // the copy is exactly what the event in the other tier stores
+        let other = EventRef {
+            tier: Tier::Security,
+            ..e
+        };
+        assert_eq!(copy, other.encode(Vec::new()).unwrap());
+        assert_eq!(copy_of(&marked), Some((Tier::Security, copy.clone())));
+        // an unmarked record, or one whose later bytes are anything else, asks for none
+        assert_eq!(copy_of(&copy), None);
+        let mut odd = copy.clone();
+        odd.extend_from_slice(&[LATER_COPY, 99]);
+        assert_eq!(copy_of(&odd), None);
+        odd.truncate(copy.len());
+        odd.extend_from_slice(&[LATER_COPY, Tier::Security.code(), 0]);
+        assert_eq!(copy_of(&odd), None);
+        assert_eq!(copy_of(b"{}"), None);
+        assert_eq!(copy_of(&[]), None);
     }
 
     #[test]

@@ -30,6 +30,7 @@
 
 pub mod bench;
 pub mod checkpoint;
+mod copies;
 mod error;
 mod event;
 pub mod format;

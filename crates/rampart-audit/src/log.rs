@@ -34,6 +34,7 @@ use ed25519_dalek::{SigningKey, VerifyingKey};
 use rampart_core::SharedClock;
 
 use crate::checkpoint::{self, Checkpoint, CheckpointKind, Disposal};
+use crate::copies::CopyMark;
 use crate::error::AuditError;
 use crate::event::{Event, EventRef, Receipt, RetentionPolicy, Tier};
 use crate::format::{SegmentHeader, BODY_FIXED, FRAME_PREFIX, MAX_BODY, TAG_LEN};
@@ -50,6 +51,9 @@ const NANOS_PER_DAY: u64 = 86_400 * 1_000_000_000;
 
 /// [`AuditOptions::commit_delay`] by default.
 const DEFAULT_COMMIT_DELAY: Duration = Duration::from_millis(2);
+
+/// [`AuditOptions::copy_delay`] by default.
+const DEFAULT_COPY_DELAY: Duration = Duration::from_millis(50);
 /// [`AuditOptions::commit_siblings`] by default.
 const DEFAULT_COMMIT_SIBLINGS: usize = 16;
 
@@ -107,6 +111,14 @@ pub struct AuditOptions {
     /// security), then syncs as seldom as the busy one instead of every
     /// few records.
     pub commit_siblings: usize,
+    /// Pairs of tiers (from, to) whose records may ask for a derived copy
+    /// in the other ([`Audit::record_ref_async_with_copy`]): the edge's
+    /// denials, recorded in api-access, copied to security. Opening the
+    /// log writes every copy a crash left out.
+    pub copies: Vec<(Tier, Tier)>,
+    /// How long derived copies may gather before their tier writes them
+    /// (one write and one sync for all of them). Default 50 ms.
+    pub copy_delay: Duration,
     /// Test support: makes writes and syncs fail on demand.
     pub fault: Option<Arc<FaultInjector>>,
 }
@@ -129,6 +141,8 @@ impl AuditOptions {
             sync_threads: 1,
             commit_delay: DEFAULT_COMMIT_DELAY,
             commit_siblings: DEFAULT_COMMIT_SIBLINGS,
+            copies: Vec::new(),
+            copy_delay: DEFAULT_COPY_DELAY,
             fault: None,
         }
     }
@@ -270,6 +284,9 @@ pub struct OpenReport {
     /// Damaged checkpoint lines among those opening reads, the ones from
     /// each tier's newest segment on (skipped; `verify` checks every line).
     pub checkpoint_problems: Vec<Finding>,
+    /// Derived copies a crash left out, written by opening, per pair of
+    /// tiers (from, to, how many; see [`AuditOptions::copies`]).
+    pub copies_restored: Vec<(Tier, Tier, usize)>,
 }
 
 impl OpenReport {
@@ -518,6 +535,11 @@ impl Drop for RecordFuture {
 }
 
 struct Pending {
+    /// Whether a caller waits on `slot` (and is counted in `waiting`); a
+    /// derived copy has no caller.
+    counted: bool,
+    /// A derived copy to queue for its tier once this record is written.
+    copy: Option<(Tier, Box<Pending>)>,
     time: u64,
     /// When it was queued ([`SyncState::note_arrivals`]). Taken under the
     /// queue's lock, so a batch's records are in this order.
@@ -529,6 +551,11 @@ struct Pending {
 
 struct Queue {
     items: Vec<Pending>,
+    /// Derived copies waiting to be written, in the order their records
+    /// were written, each with its record's tier and sequence number.
+    copies: Vec<(Tier, u64, Pending)>,
+    /// When the oldest of them was queued.
+    copies_since: Option<Instant>,
     /// The writer wants waking when this many records are queued (1, or
     /// more while it gathers a group).
     wake_at: usize,
@@ -542,6 +569,8 @@ impl Default for Queue {
     fn default() -> Self {
         Queue {
             items: Vec::new(),
+            copies: Vec::new(),
+            copies_since: None,
             wake_at: 1,
             shutdown: false,
             retry_checkpoint: false,
@@ -578,8 +607,18 @@ struct WriterState {
     buf: Vec<u8>,
 }
 
+/// A pair's mark file ([`crate::copies`]), for the tier that takes the
+/// copies of `from`'s records, and the last mark written to it.
+struct MarkFile {
+    from: Tier,
+    path: PathBuf,
+    last: Mutex<(File, CopyMark)>,
+}
+
 struct TierLog {
     tier: Tier,
+    /// For each tier whose records this one takes copies of, its mark.
+    copy_marks: Vec<MarkFile>,
     queue: Mutex<Queue>,
     cond: Condvar,
     state: Mutex<WriterState>,
@@ -680,6 +719,10 @@ struct SyncState {
 struct WrittenBatch {
     id: u64,
     done: Vec<(Arc<Slot>, Receipt)>,
+    /// For the derived copies in the batch, per tier they were copied
+    /// from: the record sequence number after the last of them, and this
+    /// tier's after the batch ([`CopyMark`]).
+    copied: Vec<(Tier, CopyMark)>,
 }
 
 /// The state a periodic checkpoint covers, taken by the writer after a
@@ -696,17 +739,42 @@ struct PendingCheckpoint {
 }
 
 impl TierLog {
+    /// Copies of the records of `from` up to `mark` are durable here:
+    /// moves the pair's mark forward (never back). Not synced: a mark
+    /// lost in a crash only makes opening read further back.
+    fn note_copies(&self, from: Tier, mark: CopyMark) {
+        let Some(m) = self.copy_marks.iter().find(|m| m.from == from) else {
+            return;
+        };
+        let mut g = lock(&m.last);
+        if mark.from_seq <= g.1.from_seq {
+            return;
+        }
+        match crate::copies::write(&g.0, &m.path, mark, false) {
+            Ok(()) => g.1 = mark,
+            Err(e) => {
+                tracing::warn!(tier = %self.tier, %from, error = %e, "cannot update the audit copy mark; the next open reads further back")
+            }
+        }
+    }
+
     /// Batches up to `id` are on disk: hand out their receipts.
     fn mark_durable(&self, id: u64) {
         let mut done = Vec::new();
         let mut records = 0;
+        let mut copied: Vec<(Tier, CopyMark)> = Vec::new();
         {
             let mut sy = lock(&self.sync);
             sy.durable_id = sy.durable_id.max(id);
             let durable = sy.durable_id;
             while sy.pending.front().is_some_and(|b| b.id <= durable) {
-                if let Some(b) = sy.pending.pop_front() {
+                if let Some(mut b) = sy.pending.pop_front() {
                     records += b.done.len();
+                    // later batches' marks replace earlier ones
+                    for (from, mark) in b.copied.drain(..) {
+                        copied.retain(|(f, _)| *f != from);
+                        copied.push((from, mark));
+                    }
                     done.push(b);
                 }
             }
@@ -719,6 +787,9 @@ impl TierLog {
         self.synced_records
             .fetch_add(records as u64, Ordering::Relaxed);
         self.answered(records);
+        for (from, mark) in copied {
+            self.note_copies(from, mark);
+        }
         // Wake the callers outside the lock, so the writer can go on.
         Self::hand_out(done);
     }
@@ -1224,6 +1295,7 @@ impl Audit {
         let mut report = OpenReport {
             tiers: Vec::new(),
             checkpoint_problems: Vec::new(),
+            copies_restored: Vec::new(),
         };
         let mut tiers = Vec::new();
         let all_waiting = Arc::new(AtomicUsize::new(0));
@@ -1235,6 +1307,7 @@ impl Audit {
             report.tiers.push(tier_report);
             tiers.push(TierLog {
                 tier,
+                copy_marks: Vec::new(),
                 queue: Mutex::new(Queue::default()),
                 cond: Condvar::new(),
                 state: Mutex::new(state),
@@ -1263,6 +1336,50 @@ impl Audit {
         }
         for t in report.torn_tails() {
             tracing::warn!(segment = %t.segment.display(), offset = t.offset, bytes = t.bytes_cut, "audit log: cut a torn write left by a crash");
+        }
+        // Each pair of tiers with copies: its mark, and how far back to
+        // look for copies a crash left out (see `crate::copies`).
+        let mut restore = Vec::new();
+        for &(from, to) in &options.copies {
+            if from == to || restore.iter().any(|&(f, t, _)| (f, t) == (from, to)) {
+                continue;
+            }
+            let next = |t: Tier| {
+                tiers
+                    .get(t.index())
+                    .map_or(0, |l: &TierLog| lock(&l.state).frontier.size())
+            };
+            let path = crate::copies::mark_path(&options.dir, from, to);
+            let found = crate::copies::read(&path).map_err(|e| AuditError::io(&path, e))?;
+            let file = crate::copies::open(&path).map_err(|e| AuditError::io(&path, e))?;
+            let mark = match found {
+                crate::copies::Found::None => {
+                    // New pair: no record of `from` so far asks for a copy.
+                    let mark = CopyMark {
+                        from_seq: next(from),
+                        to_seq: next(to),
+                    };
+                    crate::copies::write(&file, &path, mark, true)
+                        .map_err(|e| AuditError::io(&path, e))?;
+                    mark
+                }
+                crate::copies::Found::Mark(mark) => {
+                    restore.push((from, to, mark));
+                    mark
+                }
+                crate::copies::Found::Damaged => {
+                    tracing::warn!(%from, %to, path = %path.display(), "audit copy mark damaged; reading both tiers from the start for missing copies");
+                    restore.push((from, to, CopyMark::default()));
+                    CopyMark::default()
+                }
+            };
+            if let Some(l) = tiers.get_mut(to.index()) {
+                l.copy_marks.push(MarkFile {
+                    from,
+                    path,
+                    last: Mutex::new((file, mark)),
+                });
+            }
         }
         let core = Arc::new(Core {
             options,
@@ -1302,7 +1419,56 @@ impl Audit {
             workers: Mutex::new(workers),
             _lock: lock_file,
         };
+        for (from, to, mark) in restore {
+            let n = audit.restore_copies(from, to, mark)?;
+            if n > 0 {
+                tracing::warn!(%from, %to, copies = n, "audit log: wrote the copies a crash left out");
+            }
+            report.copies_restored.push((from, to, n));
+        }
         Ok((audit, report))
+    }
+
+    /// Writes the copies in `to` of records of `from` that a crash left
+    /// out, looking back to `mark`, and moves the mark to the end of both
+    /// tiers (durably). Returns how many it wrote.
+    fn restore_copies(&self, from: Tier, to: Tier, mark: CopyMark) -> Result<usize, AuditError> {
+        let reader = AuditReader::new(&self.core.options.dir, self.encryption_key.clone());
+        // What `to` holds since the mark, by time and content.
+        let mut have = std::collections::HashSet::new();
+        reader.plain_records_from(to, mark.to_seq, &mut |_, time, plain| {
+            have.insert((time, leaf_hash(plain)));
+        })?;
+        let mut missing = Vec::new();
+        let mut from_next = mark.from_seq;
+        reader.plain_records_from(from, mark.from_seq, &mut |seq, time, plain| {
+            from_next = from_next.max(seq + 1);
+            if let Some((tier, copy)) = crate::event::copy_of(plain) {
+                if tier == to && !have.contains(&(time, leaf_hash(&copy))) {
+                    missing.push((time, copy));
+                }
+            }
+        })?;
+        let log = self.taking(to)?;
+        let mut slots = Vec::with_capacity(missing.len());
+        for (time, copy) in missing {
+            let pending = self.seal(to, time, copy, None)?;
+            slots.push(self.push(log, pending)?);
+        }
+        for slot in &slots {
+            slot.wait()?;
+        }
+        let done = CopyMark {
+            from_seq: from_next,
+            to_seq: self.next_seq(to),
+        };
+        if let Some(m) = log.copy_marks.iter().find(|m| m.from == from) {
+            let mut g = lock(&m.last);
+            crate::copies::write(&g.0, &m.path, done, true)
+                .map_err(|e| AuditError::io(&m.path, e))?;
+            g.1 = done;
+        }
+        Ok(slots.len())
     }
 
     /// Tells the log that its callers have nothing else to do until the
@@ -1383,6 +1549,44 @@ impl Audit {
         }
     }
 
+    /// [`Audit::record_ref_async`], and the same event as a derived copy in
+    /// tier `copy` (see [`crate::copies`]): the future resolves once the
+    /// record is durable; the copy is written and synced within about
+    /// [`AuditOptions::copy_delay`], and if a crash comes first, opening
+    /// the log writes it from the record. The pair must be in
+    /// [`AuditOptions::copies`]. Refused, as a record is, when either
+    /// tier refuses records.
+    pub fn record_ref_async_with_copy(&self, event: &EventRef<'_>, copy: Tier) -> RecordFuture {
+        RecordFuture {
+            state: self.enqueue_with_copy(event, copy).map_err(Some),
+        }
+    }
+
+    /// [`Audit::record_ref_async_with_copy`], blocking the thread until
+    /// the record is durable (as [`Audit::record`]).
+    pub fn record_with_copy(
+        &self,
+        event: &EventRef<'_>,
+        copy: Tier,
+    ) -> Result<Receipt, AuditError> {
+        self.enqueue_with_copy(event, copy)?.wait()
+    }
+
+    fn enqueue_with_copy(&self, event: &EventRef<'_>, copy: Tier) -> Result<Arc<Slot>, AuditError> {
+        let from = event.tier;
+        if copy == from || !self.core.options.copies.contains(&(from, copy)) {
+            return Err(AuditError::CopyNotDeclared { from, to: copy });
+        }
+        let log = self.taking(from)?;
+        self.taking(copy)?;
+        let time = self.core.clock.unix_nanos();
+        let (plain, copy_plain) = event.encode_with_copy(copy)?;
+        let mut copied = self.seal(copy, time, copy_plain, None)?;
+        copied.counted = false;
+        let pending = self.seal(from, time, plain, Some((copy, Box::new(copied))))?;
+        self.push(log, pending)
+    }
+
     /// Encrypts an event and queues it for its tier's writer.
     fn enqueue(&self, event: &Event) -> Result<Arc<Slot>, AuditError> {
         self.enqueue_with(event.tier, |out| event.encode(out))
@@ -1395,6 +1599,16 @@ impl Audit {
         tier: Tier,
         encode: impl FnOnce(Vec<u8>) -> Result<Vec<u8>, AuditError>,
     ) -> Result<Arc<Slot>, AuditError> {
+        let log = self.taking(tier)?;
+        let time = self.core.clock.unix_nanos();
+        // Room for a typical record and the tag, so neither grows the buffer.
+        let plain = encode(Vec::with_capacity(512))?;
+        let pending = self.seal(tier, time, plain, None)?;
+        self.push(log, pending)
+    }
+
+    /// The tier's log, if it takes records.
+    fn taking(&self, tier: Tier) -> Result<&TierLog, AuditError> {
         let log = self.tier_log(tier)?;
         if log.closed.load(Ordering::SeqCst) {
             return Err(AuditError::Closed);
@@ -1402,27 +1616,43 @@ impl Audit {
         if log.poisoned.load(Ordering::SeqCst) {
             return Err(AuditError::Poisoned { tier });
         }
-        let time = self.core.clock.unix_nanos();
-        // Room for a typical record and the tag, so neither grows the buffer.
-        let plain = encode(Vec::with_capacity(512))?;
+        Ok(log)
+    }
+
+    /// Encrypts a stored event of `tier` taken at `time`, as a record
+    /// whose caller waits for it.
+    fn seal(
+        &self,
+        tier: Tier,
+        time: u64,
+        plain: Vec<u8>,
+        copy: Option<(Tier, Box<Pending>)>,
+    ) -> Result<Pending, AuditError> {
         if plain.len() + BODY_FIXED + TAG_LEN > MAX_BODY {
             return Err(AuditError::TooLarge(plain.len()));
         }
         let nonce = fresh_nonce()?;
         let sealed = self.cipher.seal(tier.code(), time, &nonce, plain)?;
-        let slot = Arc::new(Slot::default());
+        Ok(Pending {
+            counted: true,
+            copy,
+            time,
+            at: Instant::now(),
+            nonce,
+            sealed,
+            slot: Arc::new(Slot::default()),
+        })
+    }
+
+    /// Queues a sealed record for its tier's writer.
+    fn push(&self, log: &TierLog, pending: Pending) -> Result<Arc<Slot>, AuditError> {
+        let slot = Arc::clone(&pending.slot);
         {
             let mut q = lock(&log.queue);
             if q.shutdown {
                 return Err(AuditError::Closed);
             }
-            q.items.push(Pending {
-                time,
-                at: Instant::now(),
-                nonce,
-                sealed,
-                slot: Arc::clone(&slot),
-            });
+            q.items.push(pending);
             log.waiting.fetch_add(1, Ordering::SeqCst);
             log.all_waiting.fetch_add(1, Ordering::SeqCst);
             if q.items.len() == q.wake_at {
@@ -1716,6 +1946,26 @@ impl Audit {
         let now = self.core.clock.unix_nanos();
         let mut first_err = None;
         for log in &self.core.tiers {
+            if log.closed.load(Ordering::SeqCst) {
+                continue;
+            }
+            // Copies queued after this tier's writer stopped (their records
+            // were written last): written here, made durable below.
+            let copies = std::mem::take(&mut lock(&log.queue).copies);
+            if !copies.is_empty() {
+                let mut copied: Vec<(Tier, u64)> = Vec::new();
+                let mut batch = Vec::with_capacity(copies.len());
+                for (from, seq, c) in copies {
+                    match copied.iter_mut().find(|(t, _)| *t == from) {
+                        Some((_, upto)) => *upto = (*upto).max(seq + 1),
+                        None => copied.push((from, seq + 1)),
+                    }
+                    batch.push(c);
+                }
+                self.core.commit(log, batch, false, copied);
+            }
+        }
+        for log in &self.core.tiers {
             if log.closed.swap(true, Ordering::SeqCst) {
                 continue;
             }
@@ -1765,8 +2015,9 @@ impl Core {
         };
         let _guard = PanicGuard(log);
         let max = self.options.max_batch_records.max(1);
+        let copy_delay = self.options.copy_delay;
         loop {
-            let (batch, gathered) = {
+            let (batch, gathered, copied) = {
                 let mut q = lock(&log.queue);
                 if max > 1 {
                     q = Self::await_usual_group(log, q);
@@ -1779,19 +2030,32 @@ impl Core {
                         q = lock(&log.queue);
                         continue;
                     }
+                    // Derived copies are written once the oldest has
+                    // waited `copy_delay` (or with the next batch).
+                    let wait = match q.copies_since {
+                        Some(since) => match copy_delay.checked_sub(since.elapsed()) {
+                            Some(left) if !left.is_zero() => left,
+                            _ => break,
+                        },
+                        None => self.options.checkpoint_every,
+                    };
                     let (guard, waited) = log
                         .cond
-                        .wait_timeout(q, self.options.checkpoint_every)
+                        .wait_timeout(q, wait.min(self.options.checkpoint_every))
                         .unwrap_or_else(|e| e.into_inner());
                     q = guard;
-                    if waited.timed_out() && q.items.is_empty() && !q.shutdown {
+                    if waited.timed_out()
+                        && q.items.is_empty()
+                        && q.copies.is_empty()
+                        && !q.shutdown
+                    {
                         // Idle: still checkpoint every T when records came in.
                         drop(q);
                         self.idle_checkpoint(log);
                         q = lock(&log.queue);
                     }
                 }
-                if q.items.is_empty() {
+                if q.items.is_empty() && q.copies.is_empty() {
                     drop(q);
                     let st = lock(&log.state);
                     let _ = log.sync_now(&st, &Disk(self.options.fault.as_deref()));
@@ -1800,19 +2064,30 @@ impl Core {
                     log.sync_cond.notify_all();
                     return;
                 }
-                let gathered = max > 1 && {
+                let gathered = max > 1 && !q.items.is_empty() && {
                     q = self.gather(log, q);
                     true
                 };
+                // Any copies waiting go first, with the batch.
+                let mut batch = Vec::with_capacity(q.copies.len() + q.items.len().min(max));
+                let mut copied: Vec<(Tier, u64)> = Vec::new();
+                for (from, seq, c) in q.copies.drain(..) {
+                    match copied.iter_mut().find(|(t, _)| *t == from) {
+                        Some((_, upto)) => *upto = (*upto).max(seq + 1),
+                        None => copied.push((from, seq + 1)),
+                    }
+                    batch.push(c);
+                }
+                q.copies_since = None;
                 let n = q.items.len().min(max);
-                let batch = if n == q.items.len() {
-                    std::mem::take(&mut q.items)
+                if n == q.items.len() {
+                    batch.append(&mut q.items);
                 } else {
-                    q.items.drain(..n).collect()
-                };
-                (batch, gathered)
+                    batch.extend(q.items.drain(..n));
+                }
+                (batch, gathered, copied)
             };
-            self.commit(log, batch, gathered);
+            self.commit(log, batch, gathered, copied);
         }
     }
 
@@ -2110,11 +2385,37 @@ impl Core {
         }
     }
 
-    /// Writes one batch and hands every caller its result.
-    fn commit(&self, log: &TierLog, batch: Vec<Pending>, gathered: bool) {
+    /// Queues the derived copies of records of `from` just written, in
+    /// order, for their tiers' writers (see [`crate::copies`]); those a
+    /// writer that has stopped leaves are written by [`Audit::close`].
+    fn queue_copies(&self, from: Tier, copies: Vec<(Tier, u64, Pending)>) {
+        for (to, seq, c) in copies {
+            let Some(log) = self.tiers.get(to.index()) else {
+                continue;
+            };
+            let mut q = lock(&log.queue);
+            q.copies.push((from, seq, c));
+            if q.copies_since.is_none() {
+                q.copies_since = Some(Instant::now());
+                log.cond.notify_one();
+            }
+        }
+    }
+
+    /// Writes one batch and hands every caller its result. `copied`: for
+    /// the derived copies at the batch's head (see [`crate::copies`]), per
+    /// tier they were copied from, the sequence number after the last.
+    fn commit(
+        &self,
+        log: &TierLog,
+        mut batch: Vec<Pending>,
+        gathered: bool,
+        copied: Vec<(Tier, u64)>,
+    ) {
         let tier = log.tier;
+        let callers = batch.iter().filter(|p| p.counted).count();
         if log.poisoned.load(Ordering::SeqCst) {
-            log.answered(batch.len());
+            log.answered(callers);
             for p in batch {
                 p.slot.fill(Err(AuditError::Poisoned { tier }));
             }
@@ -2132,6 +2433,33 @@ impl Core {
                     // The roll synced the old segment: all earlier batches are durable.
                     log.mark_durable(before);
                 }
+                // The records written that asked for copies: queue them.
+                let mut copies = Vec::new();
+                for (p, r) in batch.iter_mut().zip(&receipts) {
+                    if let Some((to, c)) = p.copy.take() {
+                        copies.push((to, r.seq, *c));
+                    }
+                }
+                self.queue_copies(tier, copies);
+                let next = receipts.last().map_or(0, |r| r.seq + 1);
+                let copied: Vec<(Tier, CopyMark)> = copied
+                    .into_iter()
+                    .map(|(from, from_seq)| {
+                        (
+                            from,
+                            CopyMark {
+                                from_seq,
+                                to_seq: next,
+                            },
+                        )
+                    })
+                    .collect();
+                // The copies at the head have no callers: the rest is the
+                // group whose callers wait.
+                let copies_here = batch.len() - callers;
+                let batch = batch.split_off(copies_here);
+                let mut receipts = receipts;
+                let receipts = receipts.split_off(copies_here.min(receipts.len()));
                 // queued in order: those after the last sync's end are a tail
                 let fresh = match ended {
                     Some(end) => batch
@@ -2170,7 +2498,7 @@ impl Core {
                     if last_queued.is_some() {
                         sy.last_queued_at = last_queued;
                     }
-                    sy.pending.push_back(WrittenBatch { id, done });
+                    sy.pending.push_back(WrittenBatch { id, done, copied });
                     sy.file = st.seg.as_ref().map(|s| Arc::clone(&s.file));
                     let idle = sy.syncing_upto <= sy.durable_id;
                     let due = gathered || log.sync_due(&sy, now).is_none();
@@ -2206,7 +2534,10 @@ impl Core {
                     tracing::error!(%tier, error = %failure.source, "audit log write failed; records refused");
                 }
                 let (kind, msg) = (failure.source.kind(), failure.source.to_string());
-                log.answered(batch.len());
+                // Copies in the batch are lost with it; the records they
+                // came from are durable or refused, and opening the log
+                // writes the copies of the durable ones.
+                log.answered(callers);
                 for p in batch {
                     p.slot.fill(Err(AuditError::WriteFailed {
                         tier,
@@ -2759,6 +3090,7 @@ mod tests {
                     (Arc::clone(s), receipt)
                 })
                 .collect(),
+            copied: Vec::new(),
         }];
         std::thread::spawn(move || TierLog::hand_out(done))
             .join()

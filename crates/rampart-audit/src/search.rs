@@ -218,6 +218,48 @@ impl AuditReader {
         Ok(out)
     }
 
+    /// Every record of `tier` from sequence number `from` on, in order, as
+    /// its time and decrypted stored form: what opening the log reads to
+    /// find the derived copies a crash left out (see [`crate::copies`]).
+    /// Reads only the segments that can hold them. A torn frame ends the
+    /// newest segment (opening has cut it by then); anywhere else it is
+    /// corruption.
+    pub(crate) fn plain_records_from(
+        &self,
+        tier: Tier,
+        from: u64,
+        f: &mut dyn FnMut(u64, u64, &[u8]),
+    ) -> Result<(), AuditError> {
+        let tier_dir = self.dir.join(tier.as_str());
+        let segments = list_segments(&tier_dir)?;
+        // the last segment starting at or before `from`, and every later one
+        let mut start = 0;
+        for (i, (_, path)) in segments.iter().enumerate() {
+            if read_header(tier, path)?.first_seq <= from {
+                start = i;
+            } else {
+                break;
+            }
+        }
+        let n = segments.len();
+        let mut buf = Vec::new();
+        for (i, (_, path)) in segments.iter().enumerate().skip(start) {
+            each_frame(tier, path, i + 1 == n, &mut buf, &mut |frame| {
+                let seq = frame.seq();
+                if seq >= from {
+                    let t = frame.time_unix_nanos();
+                    let plain = self
+                        .cipher
+                        .open(tier.code(), t, frame.nonce(), frame.ciphertext())
+                        .ok_or(AuditError::Decrypt { tier, seq })?;
+                    f(seq, t, &plain);
+                }
+                Ok(true)
+            })?;
+        }
+        Ok(())
+    }
+
     /// Decrypts the records of one segment that match, in order, until
     /// `f` says stop. `last`: the newest segment, which may end in a batch
     /// still being written.
@@ -232,29 +274,10 @@ impl AuditReader {
     ) -> Result<(), AuditError> {
         let from = query.from.map(unix_nanos);
         let to = query.to.map(unix_nanos);
-        buf.clear();
-        File::open(path)
-            .and_then(|mut file| file.read_to_end(buf))
-            .map_err(|e| AuditError::io(path, e))?;
-        let corrupt = |problem| {
-            AuditError::Corrupt(Box::new(Finding {
-                tier,
-                file: Some(path.to_path_buf()),
-                seq: None,
-                offset: None,
-                problem,
-            }))
-        };
-        let (_, mut reader) = SegmentReader::new(buf).map_err(|e| corrupt(Problem::Header(e)))?;
-        while let Some(frame) = reader.next_frame() {
-            let frame = match frame {
-                Ok(frame) => frame,
-                Err(_) if last => break,
-                Err(e) => return Err(corrupt(Problem::Frame(e))),
-            };
+        each_frame(tier, path, last, buf, &mut |frame| {
             let t = frame.time_unix_nanos();
             if from.is_some_and(|from| t < from) || to.is_some_and(|to| t >= to) {
-                continue;
+                return Ok(true);
             }
             let seq = frame.seq();
             let plain = self
@@ -267,20 +290,16 @@ impl AuditReader {
                 reason,
             })?;
             if event.tier != tier || !query.matches(&event) {
-                continue;
+                return Ok(true);
             }
-            let more = f(Record {
+            f(Record {
                 seq,
                 time: format_rfc3339(t),
                 time_unix_nanos: t,
                 hash: to_hex(&crate::merkle::leaf_hash(frame.body)),
                 event,
-            })?;
-            if !more {
-                break;
-            }
-        }
-        Ok(())
+            })
+        })
     }
 
     /// An RFC 6962 inclusion proof for record `seq` of `tier` against the
@@ -363,4 +382,42 @@ impl AuditReader {
             checkpoint: latest.v.cp.clone(),
         })
     }
+}
+
+/// Reads one segment file of `tier` into `buf` and passes each frame to
+/// `f` in order, until it says stop. `last`: the tier's newest segment,
+/// whose torn tail (a batch still being written) ends it; a damaged frame
+/// anywhere else is corruption.
+fn each_frame(
+    tier: Tier,
+    path: &Path,
+    last: bool,
+    buf: &mut Vec<u8>,
+    f: &mut dyn FnMut(crate::format::Frame<'_>) -> Result<bool, AuditError>,
+) -> Result<(), AuditError> {
+    buf.clear();
+    File::open(path)
+        .and_then(|mut file| file.read_to_end(buf))
+        .map_err(|e| AuditError::io(path, e))?;
+    let corrupt = |problem| {
+        AuditError::Corrupt(Box::new(Finding {
+            tier,
+            file: Some(path.to_path_buf()),
+            seq: None,
+            offset: None,
+            problem,
+        }))
+    };
+    let (_, mut reader) = SegmentReader::new(buf).map_err(|e| corrupt(Problem::Header(e)))?;
+    while let Some(frame) = reader.next_frame() {
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(_) if last => break,
+            Err(e) => return Err(corrupt(Problem::Frame(e))),
+        };
+        if !f(frame)? {
+            break;
+        }
+    }
+    Ok(())
 }

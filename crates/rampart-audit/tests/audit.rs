@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use rampart_audit::format::SegmentReader;
 use rampart_audit::{
     verify, verify_proof, Actor, Audit, AuditError, AuditKeys, AuditOptions, CheckpointError,
-    CheckpointKind, Event, FaultInjector, Outcome, Problem, Query, Tier,
+    CheckpointKind, Event, EventRef, FaultInjector, Outcome, Problem, Query, Tier,
 };
 use rampart_core::ManualClock;
 
@@ -990,13 +990,14 @@ fn verify_names_checkpoint_line(t: &TestLog, line: usize) {
     );
 }
 
-#[test]
-fn every_acknowledged_record_survives_sigkill() {
-    let t = TestLog::new();
+/// Runs the load generator on `t`'s log with `args` after its directories
+/// until it has acknowledged `want` records, kills it (SIGKILL) and returns
+/// every sequence number it acknowledged.
+fn acked_before_sigkill(t: &TestLog, args: &[&str], want: usize) -> BTreeSet<u64> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_rampart-audit-loadgen"))
         .arg(&t.dir)
         .arg(&t.copy)
-        .arg("16")
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -1005,7 +1006,7 @@ fn every_acknowledged_record_survives_sigkill() {
     let mut lines = BufReader::new(stdout).lines();
     let mut acked = BTreeSet::new();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while acked.len() < 3000 && Instant::now() < deadline {
+    while acked.len() < want && Instant::now() < deadline {
         match lines.next() {
             Some(Ok(l)) => {
                 acked.insert(l.trim().parse::<u64>().unwrap());
@@ -1020,10 +1021,17 @@ fn every_acknowledged_record_survives_sigkill() {
     }
     child.wait().unwrap();
     assert!(
-        acked.len() >= 3000,
+        acked.len() >= want,
         "loadgen acknowledged only {}",
         acked.len()
     );
+    acked
+}
+
+#[test]
+fn every_acknowledged_record_survives_sigkill() {
+    let t = TestLog::new();
+    let acked = acked_before_sigkill(&t, &["16"], 3000);
 
     let (audit, report) = Audit::open(t.options(), keys(), t.clock.clone()).unwrap();
     let _ = report.torn_tails().count();
@@ -1715,4 +1723,233 @@ fn an_unreadable_time_index_makes_searches_read_every_segment() {
         seqs(&audit, &between(Some(17), None)).unwrap(),
         vec![17, 18, 19]
     );
+}
+
+/// A denial as the edge records it: in api-access, with a copy in security.
+fn denial<'a>(id: &'a str, details: &'a [(&'a str, &'a str)]) -> EventRef<'a> {
+    EventRef {
+        tier: Tier::ApiAccess,
+        node: "node-1",
+        environment: "test",
+        principal: "anonymous",
+        auth: "edge",
+        action: "edge.get",
+        resource: "shop.example.com/cart",
+        outcome: Outcome::Denied,
+        reason: Some("status 403: waf"),
+        request_id: Some(id),
+        source: Some("192.0.2.7"),
+        details,
+    }
+}
+
+fn with_copies(t: &TestLog, delay: Duration) -> AuditOptions {
+    let mut o = t.options();
+    o.copies = vec![(Tier::ApiAccess, Tier::Security)];
+    o.copy_delay = delay;
+    o
+}
+
+fn request_ids(audit: &Audit, tier: Tier) -> Vec<String> {
+    audit
+        .search(&Query {
+            tier: Some(tier),
+            ..Query::default()
+        })
+        .unwrap()
+        .into_iter()
+        .map(|r| r.event.request_id.unwrap_or_default())
+        .collect()
+}
+
+/// Copies every file under `from` to `to`: what a crash of the machine
+/// leaves when everything synced so far is on disk and nothing else.
+fn snapshot(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            snapshot(&e.path(), &dest);
+        } else {
+            fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_record_with_a_copy_is_answered_at_its_sync_and_its_copy_follows() {
+    let t = TestLog::new();
+    let audit = t.open_with(with_copies(&t, Duration::from_millis(20)));
+    let details = [("status", "403"), ("waf_rules", "942100")];
+    let mut receipts = Vec::new();
+    for i in 0..5 {
+        let id = format!("r-{i}");
+        receipts.push(
+            audit
+                .record_with_copy(&denial(&id, &details), Tier::Security)
+                .unwrap(),
+        );
+    }
+    assert!(receipts.iter().all(|r| r.tier == Tier::ApiAccess));
+    // within the copy delay (and a sync), the copies are in security
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while request_ids(&audit, Tier::Security).len() < 5 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let api = audit
+        .search(&Query {
+            tier: Some(Tier::ApiAccess),
+            ..Query::default()
+        })
+        .unwrap();
+    let sec = audit
+        .search(&Query {
+            tier: Some(Tier::Security),
+            ..Query::default()
+        })
+        .unwrap();
+    assert_eq!(sec.len(), 5);
+    for (a, s) in api.iter().zip(&sec) {
+        // the same event, the same time, in the other tier
+        assert_eq!(a.time_unix_nanos, s.time_unix_nanos);
+        assert_eq!(s.event.tier, Tier::Security);
+        let mut same = s.event.clone();
+        same.tier = Tier::ApiAccess;
+        assert_eq!(same, a.event);
+    }
+    // a pair the log was not opened for is refused
+    assert!(matches!(
+        audit.record_with_copy(&denial("x", &details), Tier::Network),
+        Err(AuditError::CopyNotDeclared {
+            from: Tier::ApiAccess,
+            to: Tier::Network
+        })
+    ));
+    // copies still waiting when the log closes are written by the close
+    let slow = TestLog::new();
+    let audit2 = slow.open_with(with_copies(&slow, Duration::from_secs(3600)));
+    audit2
+        .record_with_copy(&denial("late", &details), Tier::Security)
+        .unwrap();
+    audit2.close().unwrap();
+    drop(audit2);
+    let (reopened, report) = Audit::open(
+        with_copies(&slow, Duration::from_secs(3600)),
+        keys(),
+        slow.clock.clone(),
+    )
+    .unwrap();
+    assert_eq!(
+        report.copies_restored,
+        vec![(Tier::ApiAccess, Tier::Security, 0)]
+    );
+    assert_eq!(
+        request_ids(&reopened, Tier::Security),
+        vec!["late".to_string()]
+    );
+    drop(reopened);
+    slow.verify().unwrap();
+    drop(audit);
+    t.verify().unwrap();
+}
+
+#[test]
+fn a_crash_before_the_copies_are_written_loses_none_of_them() {
+    let t = TestLog::new();
+    // the copies would wait an hour: a crash comes first
+    let audit = t.open_with(with_copies(&t, Duration::from_secs(3600)));
+    // (records of security written after the copies would take them along)
+    fill(&audit, Tier::Security, 2);
+    for i in 0..3 {
+        let id = format!("r-{i}");
+        audit
+            .record_with_copy(&denial(&id, &[]), Tier::Security)
+            .unwrap();
+    }
+    let crashed = t._tmp.path().join("crashed");
+    snapshot(&t.dir, &crashed);
+    audit.close().unwrap();
+    drop(audit);
+
+    let open_crashed = |dir: &Path| {
+        let mut o = with_copies(&t, Duration::from_secs(3600));
+        o.dir = dir.to_path_buf();
+        o.checkpoint_dir = None;
+        Audit::open(o, keys(), t.clock.clone()).unwrap()
+    };
+    let (audit, report) = open_crashed(&crashed);
+    assert_eq!(
+        report.copies_restored,
+        vec![(Tier::ApiAccess, Tier::Security, 3)]
+    );
+    let mut ids = request_ids(&audit, Tier::Security);
+    ids.sort();
+    assert_eq!(ids, vec!["r-0", "r-1", "r-2", "req-1", "req-1"]);
+    audit.close().unwrap();
+    drop(audit);
+    verify(&crashed, &vk(), None).unwrap();
+    let mark = crashed.join("security").join("copies-from-api-access");
+    for damage in [false, true] {
+        // Once written, opening again writes none twice; a damaged mark
+        // makes it read both tiers from the start, and still none twice.
+        if damage {
+            fs::write(&mark, b"garbage").unwrap();
+        }
+        let (audit, report) = open_crashed(&crashed);
+        assert_eq!(
+            report.copies_restored,
+            vec![(Tier::ApiAccess, Tier::Security, 0)]
+        );
+        assert_eq!(request_ids(&audit, Tier::Security).len(), 5);
+        drop(audit);
+    }
+    verify(&crashed, &vk(), None).unwrap();
+}
+
+#[test]
+fn every_acknowledged_denial_has_its_copy_after_sigkill() {
+    let t = TestLog::new();
+    // its copies wait an hour: the kill comes before any is written
+    let acked = acked_before_sigkill(&t, &["8", "copies"], 1000);
+
+    let (audit, report) = Audit::open(
+        with_copies(&t, Duration::from_secs(3600)),
+        keys(),
+        t.clock.clone(),
+    )
+    .unwrap();
+    let restored = report.copies_restored[0].2;
+    assert!(
+        restored >= acked.len(),
+        "restored {restored} of {}",
+        acked.len()
+    );
+    let api = audit
+        .search(&Query {
+            tier: Some(Tier::ApiAccess),
+            ..Query::default()
+        })
+        .unwrap();
+    let copied: BTreeSet<String> = request_ids(&audit, Tier::Security).into_iter().collect();
+    let mut lost = Vec::new();
+    for r in api.iter().filter(|r| acked.contains(&r.seq)) {
+        let id = r.event.request_id.clone().unwrap_or_default();
+        if !copied.contains(&id) {
+            lost.push(id);
+        }
+    }
+    assert_eq!(
+        api.iter().filter(|r| acked.contains(&r.seq)).count(),
+        acked.len()
+    );
+    assert!(
+        lost.is_empty(),
+        "acknowledged denials without a copy: {:?}",
+        &lost[..lost.len().min(5)]
+    );
+    // each denial once in security
+    assert_eq!(copied.len(), request_ids(&audit, Tier::Security).len());
+    drop(audit);
+    t.verify().unwrap();
 }

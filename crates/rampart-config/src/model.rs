@@ -588,6 +588,9 @@ pub struct Audit {
     /// How many callers must usually wait at once for `commit_delay_us` to
     /// apply (0 = always), like PostgreSQL's `commit_siblings`.
     pub commit_siblings: u32,
+    /// How long the security tier's copies of the edge's denials may
+    /// gather before they are written and synced, in milliseconds.
+    pub copy_delay_ms: u32,
 }
 
 /// The public edge: listeners, certificates, network rules, the WAF.

@@ -317,6 +317,7 @@ pub(crate) struct RawAudit {
     pub checkpoint_dir: Option<S<String>>,
     pub commit_delay_us: Option<S<i64>>,
     pub commit_siblings: Option<S<i64>>,
+    pub copy_delay_ms: Option<S<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -599,8 +599,19 @@ fn audit_commit_delay_and_siblings_have_defaults_and_bounds() {
             ("commit_delay_us", "4294967296"),
             ("commit_siblings", "-1"),
             ("commit_siblings", "1001"),
+            ("copy_delay_ms", "0"),
+            ("copy_delay_ms", "60001"),
         ],
     );
+    assert_eq!(c.audit.copy_delay_ms, 50);
+    let c = Config::parse(
+        "[audit]
+copy_delay_ms = 10000
+",
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(c.audit.copy_delay_ms, 10_000);
 }
 
 #[test]

@@ -36,6 +36,10 @@ const DEFAULT_COMMIT_DELAY_US: u32 = 2_000;
 const MAX_COMMIT_SIBLINGS: u32 = 1_000;
 /// `audit.commit_siblings` by default.
 const DEFAULT_COMMIT_SIBLINGS: u32 = 16;
+/// Largest `audit.copy_delay_ms` accepted.
+const MAX_COPY_DELAY_MS: u32 = 60_000;
+/// `audit.copy_delay_ms` by default.
+const DEFAULT_COPY_DELAY_MS: u32 = 50;
 
 struct Checker {
     errors: Vec<RawError>,
@@ -1591,6 +1595,12 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<RawError>> {
             "audit.commit_siblings",
             0..=MAX_COMMIT_SIBLINGS,
             DEFAULT_COMMIT_SIBLINGS,
+        ),
+        copy_delay_ms: c.bounded(
+            raw.audit.copy_delay_ms.as_ref(),
+            "audit.copy_delay_ms",
+            1..=MAX_COPY_DELAY_MS,
+            DEFAULT_COPY_DELAY_MS,
         ),
     };
 

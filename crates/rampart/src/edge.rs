@@ -84,9 +84,11 @@ impl Authenticator for IdentityAuth {
 }
 
 /// Every edge request goes to the audit log's api-access tier, and denials
-/// also to the security tier; the edge answers only once the records are
-/// durable: if the log refuses one, the client gets a 503 instead (fail
-/// closed).
+/// also to the security tier, as a derived copy; the edge answers only
+/// once the api-access record is durable (the copy follows within the
+/// log's copy delay, and opening the log after a crash writes any copy
+/// missing): if the log refuses a record, the client gets a 503 instead
+/// (fail closed).
 struct EdgeAudit {
     audit: Arc<Audit>,
     node: String,
@@ -263,22 +265,15 @@ impl AuditSink for EdgeAudit {
             rec.status,
             rec.latency.as_secs_f64(),
         );
-        let (first, second) = with_edge_event(&self.node, rec, |ev| {
-            let first = self.audit.record_ref_async(ev);
-            // a denial also goes to the security tier: the same event, encoded again
-            let second = (ev.outcome == Outcome::Denied).then(|| {
-                ev.tier = Tier::Security;
+        let kept = with_edge_event(&self.node, rec, |ev| {
+            if ev.outcome == Outcome::Denied {
+                // a denial also goes to the security tier, as a derived copy
+                self.audit.record_ref_async_with_copy(ev, Tier::Security)
+            } else {
                 self.audit.record_ref_async(ev)
-            });
-            (first, second)
-        });
-        Box::pin(async move {
-            first.await.map_err(|e| e.to_string())?;
-            if let Some(f) = second {
-                f.await.map_err(|e| e.to_string())?;
             }
-            Ok(())
-        })
+        });
+        Box::pin(async move { kept.await.map(drop).map_err(|e| e.to_string()) })
     }
 }
 

@@ -59,6 +59,9 @@ pub fn audit_options(data_dir: &Path, config: &Config) -> AuditOptions {
     o.checkpoint_dir = config.audit.checkpoint_dir.clone();
     o.commit_delay = Duration::from_micros(u64::from(config.audit.commit_delay_us));
     o.commit_siblings = usize::try_from(config.audit.commit_siblings).unwrap_or(usize::MAX);
+    // The edge's denials: recorded in api-access, copied to security.
+    o.copies = vec![(Tier::ApiAccess, Tier::Security)];
+    o.copy_delay = Duration::from_millis(u64::from(config.audit.copy_delay_ms));
     o
 }
 
@@ -76,6 +79,11 @@ pub async fn open_audit(
         .map_err(|e| CliError::Runtime(format!("audit log: {e}")))?;
     for torn in report.torn_tails() {
         println!("audit log: cut a torn tail after a crash: {torn:?}");
+    }
+    for (from, to, n) in &report.copies_restored {
+        if *n > 0 {
+            println!("audit log: wrote {n} {to} copies of {from} records that a crash left out");
+        }
     }
     for problem in &report.checkpoint_problems {
         // Some checkpoints verify and these do not: rewritten or damaged.
@@ -389,6 +397,7 @@ mod tests {
         assert_eq!(from_config.dir, own.dir);
         assert_eq!(from_config.commit_delay, own.commit_delay);
         assert_eq!(from_config.commit_siblings, own.commit_siblings);
+        assert_eq!(from_config.copy_delay, own.copy_delay);
         assert_eq!(
             from_config.checkpoint_every_records,
             own.checkpoint_every_records

@@ -103,6 +103,28 @@ fn assertion_key(srv: &util::Server, admin: &str) -> (ed25519_dalek::VerifyingKe
     )
 }
 
+/// `/v1/audit/events?QUERY` once its events satisfy `done` (the records
+/// land as requests are answered, a denial's security copy shortly after),
+/// or as it is after 5 s.
+fn events_once(
+    srv: &util::Server,
+    admin: &str,
+    query: &str,
+    done: impl Fn(&Vec<serde_json::Value>) -> bool,
+) -> serde_json::Value {
+    let mut found = serde_json::Value::Null;
+    for _ in 0..50 {
+        found = srv
+            .get(&format!("/v1/audit/events?{query}"), Some(admin))
+            .json();
+        if found["events"].as_array().is_some_and(&done) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    found
+}
+
 fn agent(ca: &[u8]) -> ureq::Agent {
     use ureq::tls::{Certificate, RootCerts, TlsConfig};
     let tls = TlsConfig::builder()
@@ -266,19 +288,9 @@ waf_exclusions = [{{ rule = 1001 }}, {{ rule = 942100 }}]
     assert_eq!(hits.load(Ordering::SeqCst), 3);
 
     // Every request is in the api-access tier; the denial also in the security tier.
-    let mut found = serde_json::Value::Null;
-    for _ in 0..50 {
-        found = srv
-            .get(
-                "/v1/audit/events?tier=api-access&action=edge.get",
-                Some(&admin),
-            )
-            .json();
-        if found["events"].as_array().is_some_and(|e| e.len() >= 2) {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let found = events_once(&srv, &admin, "tier=api-access&action=edge.get", |e| {
+        e.len() >= 2
+    });
     let events = found["events"].as_array().unwrap();
     assert!(
         events.iter().any(|e| e["outcome"] == "denied"
@@ -291,12 +303,10 @@ waf_exclusions = [{{ rule = 1001 }}, {{ rule = 942100 }}]
             .any(|e| e["outcome"] == "allowed" && e["resource"] == "127.0.0.1/hello"),
         "{found}"
     );
-    let security = srv
-        .get(
-            "/v1/audit/events?tier=security&action=edge.get",
-            Some(&admin),
-        )
-        .json();
+    // The security tier's copy follows within the log's copy delay.
+    let security = events_once(&srv, &admin, "tier=security&action=edge.get", |e| {
+        e.iter().any(|e| e["outcome"] == "denied")
+    });
     assert!(
         security["events"]
             .as_array()
@@ -754,26 +764,14 @@ service = "app"
         403
     );
     assert_eq!(hits.load(Ordering::SeqCst), 2);
-    let mut found = serde_json::Value::Null;
-    for _ in 0..50 {
-        found = srv
-            .get(
-                "/v1/audit/events?tier=security&action=edge.get",
-                Some(&admin),
-            )
-            .json();
-        if found["events"].as_array().is_some_and(|e| {
-            e.iter().any(|e| {
-                e["reason"]
-                    .as_str()
-                    .unwrap_or("")
-                    .contains("client_cert_revoked")
-            })
-        }) {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let found = events_once(&srv, &admin, "tier=security&action=edge.get", |e| {
+        e.iter().any(|e| {
+            e["reason"]
+                .as_str()
+                .unwrap_or("")
+                .contains("client_cert_revoked")
+        })
+    });
     let events = found["events"].as_array().unwrap();
     let ev = events
         .iter()
@@ -1220,4 +1218,58 @@ fn the_proxy_protocol_header_names_the_client_for_the_ip_rules() {
     // From the balancer's address, a connection must carry the header.
     assert_eq!(status_behind_balancer(&https, &ca, b""), None);
     assert_eq!(hits.load(Ordering::SeqCst), 1);
+}
+
+/// A denial's security-tier copy is written after the answer (within the
+/// log's copy delay); a kill before that loses nothing: the next start
+/// writes it from the durable api-access record.
+#[test]
+fn a_denials_security_copy_survives_a_kill_before_it_is_written() {
+    let (port, _hits, _seen) = upstream();
+    let r = Rampart::new();
+    std::fs::write(
+        r.path("rampart.toml"),
+        format!(
+            "[audit]\ncopy_delay_ms = 60000\n\n{}",
+            one_route_config(port, "/")
+        )
+        .replace("[edge]\n", "[edge]\ndeny_cidrs = [\"127.0.0.0/8\"]\n"),
+    )
+    .unwrap();
+    let admin = r.init();
+    let args = ["--config", "rampart.toml", "--data-dir", "data"];
+    let srv = r.up(&args);
+    let https = edge_https(&srv);
+    let a = agent(&std::fs::read(r.path("data/tls/ca.pem")).unwrap());
+    let resp = a.get(format!("{https}/x")).call().unwrap();
+    assert_eq!(resp.status(), 403);
+    let denied = |srv: &util::Server, tier: &str| {
+        srv.get(
+            &format!("/v1/audit/events?tier={tier}&action=edge.get&outcome=denied"),
+            Some(&admin),
+        )
+        .json()["events"]
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    // answered once the api-access record was durable; the copy waits
+    assert_eq!(denied(&srv, "api-access"), 1);
+    assert_eq!(denied(&srv, "security"), 0);
+    drop(srv); // SIGKILL
+
+    let srv = r.up(&args);
+    assert!(
+        srv.printed
+            .iter()
+            .any(|l| l
+                .contains("wrote 1 security copies of api-access records that a crash left out")),
+        "{:?}",
+        srv.printed
+    );
+    assert_eq!(denied(&srv, "security"), 1);
+    assert_eq!(denied(&srv, "api-access"), 1);
+    let (status, _) = srv.terminate();
+    assert!(status.success());
+    let out = r.run(&["audit", "verify", "--data-dir", "data"]);
+    assert!(out.status.success(), "{}", util::stderr(&out));
 }

@@ -1,14 +1,17 @@
 //! Test support for the crash test: appends from many threads and prints
 //! `<seq>` for every receipt as soon as it is acknowledged, until killed.
 //!
-//! Usage: `rampart-audit-loadgen DIR CHECKPOINT_DIR THREADS`. Keys are fixed
-//! test keys (see `test_keys`), so the test can reopen the log.
+//! Usage: `rampart-audit-loadgen DIR CHECKPOINT_DIR THREADS [copies]`. Keys
+//! are fixed test keys (see `test_keys`), so the test can reopen the log.
+//! With `copies`, each record goes to api-access with a derived copy in
+//! security that waits an hour to be written (so a kill leaves them out);
+//! the receipts printed are api-access's.
 #![forbid(unsafe_code)]
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use rampart_audit::{Actor, Audit, AuditKeys, AuditOptions, Event, Outcome, Tier};
+use rampart_audit::{Actor, Audit, AuditKeys, AuditOptions, Event, EventRef, Outcome, Tier};
 use rampart_core::SystemClock;
 
 /// The fixed keys the crash test uses.
@@ -25,7 +28,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err("usage: rampart-audit-loadgen DIR CHECKPOINT_DIR THREADS".into());
     };
     let threads: usize = threads.parse()?;
+    let copies = args.get(4).is_some_and(|a| a == "copies");
     let mut options = AuditOptions::new(dir);
+    options.copies = vec![(Tier::ApiAccess, Tier::Security)];
+    options.copy_delay = std::time::Duration::from_secs(3600);
     options.checkpoint_dir = Some(copy.into());
     options.checkpoint_every_records = 500;
     options.segment_max_bytes = 256 * 1024;
@@ -47,7 +53,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         Outcome::Allowed,
                     );
                     e.request_id = Some(format!("{t}-{i}"));
-                    match audit.record(e) {
+                    let r = if copies {
+                        let id = format!("{t}-{i}");
+                        let who = format!("loadgen-{t}");
+                        let resource = format!("item/{i}");
+                        let ev = EventRef {
+                            tier: Tier::ApiAccess,
+                            node: "",
+                            environment: "",
+                            principal: &who,
+                            auth: "test",
+                            action: "load.append",
+                            resource: &resource,
+                            outcome: Outcome::Denied,
+                            reason: Some("loadgen"),
+                            request_id: Some(&id),
+                            source: None,
+                            details: &[],
+                        };
+                        audit.record_with_copy(&ev, Tier::Security)
+                    } else {
+                        audit.record(e)
+                    };
+                    match r {
                         Ok(r) => {
                             let mut o = out.lock().unwrap_or_else(|e| e.into_inner());
                             let _ = writeln!(o, "{}", r.seq);
