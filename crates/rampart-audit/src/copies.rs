@@ -22,6 +22,10 @@
 //! damaged one makes it read both tiers from the start. The file is
 //! created, and synced, when the log is first opened with the pair, so a
 //! pair without one has never had copies.
+//!
+//! The mark is not signed: whoever can write the log's directory can make
+//! opening skip copies (as they could delete segments). The records the
+//! copies come from stay in their own tier, where `verify` checks them.
 
 use std::fs::{File, OpenOptions};
 use std::io;
