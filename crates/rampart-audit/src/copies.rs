@@ -17,6 +17,11 @@
 //! copy among the records of `to` before `to_seq`. Opening reads the
 //! records of `from` from `from_seq` on and writes the copies of the
 //! marked ones that are not among the records of `to` from `to_seq` on.
+//! The mark also moves on without copies: once no copy is on its way and
+//! 4,096 records of `from` have passed, it moves past
+//! them, so opening after a crash reads back a few thousand records, not to
+//! the last copy (which may be days old). A copy lost to a failed write
+//! keeps it where it is until the next open writes that copy.
 //! The file is rewritten in place without a sync: a stale mark only makes
 //! opening read further back (a copy found is not written twice), and a
 //! damaged one makes it read both tiers from the start. The file is

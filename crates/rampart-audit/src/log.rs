@@ -51,11 +51,15 @@ const NANOS_PER_DAY: u64 = 86_400 * 1_000_000_000;
 
 /// [`AuditOptions::commit_delay`] by default.
 const DEFAULT_COMMIT_DELAY: Duration = Duration::from_millis(2);
-
-/// [`AuditOptions::copy_delay`] by default.
-const DEFAULT_COPY_DELAY: Duration = Duration::from_millis(50);
 /// [`AuditOptions::commit_siblings`] by default.
 const DEFAULT_COMMIT_SIBLINGS: usize = 16;
+/// [`AuditOptions::copy_delay`] by default.
+const DEFAULT_COPY_DELAY: Duration = Duration::from_millis(50);
+/// How many records of a tier with copies may pass, none of them waiting
+/// for its copy, before its pair's mark is moved past them: at most this
+/// many (and those since the last copy in flight) are read again when the
+/// log is opened after a crash.
+const MARK_STRIDE: u64 = 4096;
 
 /// How the log is laid out and when it rolls and checkpoints.
 #[derive(Debug, Clone)]
@@ -613,6 +617,9 @@ struct MarkFile {
     from: Tier,
     path: PathBuf,
     last: Mutex<(File, CopyMark)>,
+    /// Copies of `from`'s records queued and not yet durable (one lost
+    /// to a failed write stays counted, so the mark never passes it).
+    in_flight: AtomicUsize,
 }
 
 struct TierLog {
@@ -720,9 +727,9 @@ struct WrittenBatch {
     id: u64,
     done: Vec<(Arc<Slot>, Receipt)>,
     /// For the derived copies in the batch, per tier they were copied
-    /// from: the record sequence number after the last of them, and this
-    /// tier's after the batch ([`CopyMark`]).
-    copied: Vec<(Tier, CopyMark)>,
+    /// from: the record sequence number after the last of them and this
+    /// tier's after the batch ([`CopyMark`]), and how many there are.
+    copied: Vec<(Tier, CopyMark, usize)>,
 }
 
 /// The state a periodic checkpoint covers, taken by the writer after a
@@ -747,13 +754,40 @@ impl TierLog {
             return;
         };
         let mut g = lock(&m.last);
+        self.move_mark(m, &mut g, mark);
+    }
+
+    /// No copy of `from`'s records is on its way here, and `from` has
+    /// written records up to `from_seq`: moves the pair's mark past them
+    /// once [`MARK_STRIDE`] have passed since it last moved, so opening
+    /// after a crash does not read back to the last copy (which may be
+    /// long ago). Any later copy comes after this tier's records so far.
+    fn pass_copies(&self, from: Tier, from_seq: u64) {
+        let Some(m) = self.copy_marks.iter().find(|m| m.from == from) else {
+            return;
+        };
+        if m.in_flight.load(Ordering::SeqCst) > 0 {
+            return;
+        }
+        let mut g = lock(&m.last);
+        if from_seq < g.1.from_seq.saturating_add(MARK_STRIDE) {
+            return;
+        }
+        let mark = CopyMark {
+            from_seq,
+            to_seq: g.1.to_seq,
+        };
+        self.move_mark(m, &mut g, mark);
+    }
+
+    fn move_mark(&self, m: &MarkFile, g: &mut MutexGuard<'_, (File, CopyMark)>, mark: CopyMark) {
         if mark.from_seq <= g.1.from_seq {
             return;
         }
         match crate::copies::write(&g.0, &m.path, mark, false) {
             Ok(()) => g.1 = mark,
             Err(e) => {
-                tracing::warn!(tier = %self.tier, %from, error = %e, "cannot update the audit copy mark; the next open reads further back")
+                tracing::warn!(tier = %self.tier, from = %m.from, error = %e, "cannot update the audit copy mark; the next open reads further back")
             }
         }
     }
@@ -762,7 +796,7 @@ impl TierLog {
     fn mark_durable(&self, id: u64) {
         let mut done = Vec::new();
         let mut records = 0;
-        let mut copied: Vec<(Tier, CopyMark)> = Vec::new();
+        let mut copied: Vec<(Tier, CopyMark, usize)> = Vec::new();
         {
             let mut sy = lock(&self.sync);
             sy.durable_id = sy.durable_id.max(id);
@@ -771,9 +805,11 @@ impl TierLog {
                 if let Some(mut b) = sy.pending.pop_front() {
                     records += b.done.len();
                     // later batches' marks replace earlier ones
-                    for (from, mark) in b.copied.drain(..) {
-                        copied.retain(|(f, _)| *f != from);
-                        copied.push((from, mark));
+                    for (from, mark, n) in b.copied.drain(..) {
+                        match copied.iter_mut().find(|(f, _, _)| *f == from) {
+                            Some(c) => *c = (from, mark, c.2 + n),
+                            None => copied.push((from, mark, n)),
+                        }
                     }
                     done.push(b);
                 }
@@ -787,8 +823,11 @@ impl TierLog {
         self.synced_records
             .fetch_add(records as u64, Ordering::Relaxed);
         self.answered(records);
-        for (from, mark) in copied {
+        for (from, mark, n) in copied {
             self.note_copies(from, mark);
+            if let Some(m) = self.copy_marks.iter().find(|m| m.from == from) {
+                m.in_flight.fetch_sub(n, Ordering::SeqCst);
+            }
         }
         // Wake the callers outside the lock, so the writer can go on.
         Self::hand_out(done);
@@ -1378,6 +1417,7 @@ impl Audit {
                     from,
                     path,
                     last: Mutex::new((file, mark)),
+                    in_flight: AtomicUsize::new(0),
                 });
             }
         }
@@ -1550,7 +1590,7 @@ impl Audit {
     }
 
     /// [`Audit::record_ref_async`], and the same event as a derived copy in
-    /// tier `copy` (see [`crate::copies`]): the future resolves once the
+    /// tier `copy` (how it survives a crash: the crate's `copies` module): the future resolves once the
     /// record is durable; the copy is written and synced within about
     /// [`AuditOptions::copy_delay`], and if a crash comes first, opening
     /// the log writes it from the record. The pair must be in
@@ -1951,17 +1991,10 @@ impl Audit {
             }
             // Copies queued after this tier's writer stopped (their records
             // were written last): written here, made durable below.
-            let copies = std::mem::take(&mut lock(&log.queue).copies);
+            let mut copies = std::mem::take(&mut lock(&log.queue).copies);
             if !copies.is_empty() {
-                let mut copied: Vec<(Tier, u64)> = Vec::new();
                 let mut batch = Vec::with_capacity(copies.len());
-                for (from, seq, c) in copies {
-                    match copied.iter_mut().find(|(t, _)| *t == from) {
-                        Some((_, upto)) => *upto = (*upto).max(seq + 1),
-                        None => copied.push((from, seq + 1)),
-                    }
-                    batch.push(c);
-                }
+                let copied = take_copies(&mut copies, &mut batch);
                 self.core.commit(log, batch, false, copied);
             }
         }
@@ -2070,14 +2103,7 @@ impl Core {
                 };
                 // Any copies waiting go first, with the batch.
                 let mut batch = Vec::with_capacity(q.copies.len() + q.items.len().min(max));
-                let mut copied: Vec<(Tier, u64)> = Vec::new();
-                for (from, seq, c) in q.copies.drain(..) {
-                    match copied.iter_mut().find(|(t, _)| *t == from) {
-                        Some((_, upto)) => *upto = (*upto).max(seq + 1),
-                        None => copied.push((from, seq + 1)),
-                    }
-                    batch.push(c);
-                }
+                let copied = take_copies(&mut q.copies, &mut batch);
                 q.copies_since = None;
                 let n = q.items.len().min(max);
                 if n == q.items.len() {
@@ -2393,6 +2419,9 @@ impl Core {
             let Some(log) = self.tiers.get(to.index()) else {
                 continue;
             };
+            if let Some(m) = log.copy_marks.iter().find(|m| m.from == from) {
+                m.in_flight.fetch_add(1, Ordering::SeqCst);
+            }
             let mut q = lock(&log.queue);
             q.copies.push((from, seq, c));
             if q.copies_since.is_none() {
@@ -2410,7 +2439,7 @@ impl Core {
         log: &TierLog,
         mut batch: Vec<Pending>,
         gathered: bool,
-        copied: Vec<(Tier, u64)>,
+        copied: Vec<(Tier, u64, usize)>,
     ) {
         let tier = log.tier;
         let callers = batch.iter().filter(|p| p.counted).count();
@@ -2440,18 +2469,26 @@ impl Core {
                         copies.push((to, r.seq, *c));
                     }
                 }
-                self.queue_copies(tier, copies);
                 let next = receipts.last().map_or(0, |r| r.seq + 1);
-                let copied: Vec<(Tier, CopyMark)> = copied
+                if copies.is_empty() {
+                    for &(from, to) in &self.options.copies {
+                        if from == tier {
+                            if let Some(to_log) = self.tiers.get(to.index()) {
+                                to_log.pass_copies(from, next);
+                            }
+                        }
+                    }
+                } else {
+                    self.queue_copies(tier, copies);
+                }
+                let copied: Vec<(Tier, CopyMark, usize)> = copied
                     .into_iter()
-                    .map(|(from, from_seq)| {
-                        (
-                            from,
-                            CopyMark {
-                                from_seq,
-                                to_seq: next,
-                            },
-                        )
+                    .map(|(from, from_seq, n)| {
+                        let mark = CopyMark {
+                            from_seq,
+                            to_seq: next,
+                        };
+                        (from, mark, n)
                     })
                     .collect();
                 // The copies at the head have no callers: the rest is the
@@ -2547,6 +2584,27 @@ impl Core {
             }
         }
     }
+}
+
+/// Moves the queued copies into `batch` (its head) and returns, per tier
+/// they were copied from, the sequence number after the last of them and
+/// how many there are.
+fn take_copies(
+    copies: &mut Vec<(Tier, u64, Pending)>,
+    batch: &mut Vec<Pending>,
+) -> Vec<(Tier, u64, usize)> {
+    let mut copied: Vec<(Tier, u64, usize)> = Vec::new();
+    for (from, seq, c) in copies.drain(..) {
+        match copied.iter_mut().find(|(t, _, _)| *t == from) {
+            Some((_, upto, n)) => {
+                *upto = (*upto).max(seq + 1);
+                *n += 1;
+            }
+            None => copied.push((from, seq + 1, 1)),
+        }
+        batch.push(c);
+    }
+    copied
 }
 
 /// Where the every-`every` cadence counts from once a periodic checkpoint

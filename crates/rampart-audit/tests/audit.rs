@@ -1953,3 +1953,59 @@ fn every_acknowledged_denial_has_its_copy_after_sigkill() {
     drop(audit);
     t.verify().unwrap();
 }
+
+/// The first record of a tier's copy mark (`<to>/copies-from-<from>`:
+/// from_seq, to_seq, little-endian, then a CRC).
+fn mark_from_seq(dir: &Path) -> u64 {
+    let b = fs::read(dir.join("security").join("copies-from-api-access")).unwrap();
+    u64::from_le_bytes(b[..8].try_into().unwrap())
+}
+
+#[test]
+fn the_copy_mark_passes_records_without_copies_but_never_a_copy_on_its_way() {
+    let many = |audit: &Audit, n: usize| {
+        let futures: Vec<_> = (0..n)
+            .map(|_| audit.record_async(event(Tier::ApiAccess, "u", "edge.get", Outcome::Allowed)))
+            .collect();
+        for f in futures {
+            block_on(f).unwrap();
+        }
+    };
+    // A copy that waits an hour: thousands of records later the mark has
+    // not passed it, and a crash then loses none.
+    let t = TestLog::new();
+    let audit = t.open_with(with_copies(&t, Duration::from_secs(3600)));
+    audit
+        .record_with_copy(&denial("r-0", &[]), Tier::Security)
+        .unwrap();
+    many(&audit, 5000);
+    assert_eq!(mark_from_seq(&t.dir), 0);
+    let crashed = t._tmp.path().join("crashed");
+    snapshot(&t.dir, &crashed);
+    drop(audit);
+    let mut o = with_copies(&t, Duration::from_secs(3600));
+    o.dir = crashed.clone();
+    o.checkpoint_dir = None;
+    let (audit, report) = Audit::open(o, keys(), t.clock.clone()).unwrap();
+    assert_eq!(
+        report.copies_restored,
+        vec![(Tier::ApiAccess, Tier::Security, 1)]
+    );
+    drop(audit);
+
+    // Once the copy is durable, the mark moves past the records after it.
+    let t = TestLog::new();
+    let audit = t.open_with(with_copies(&t, Duration::from_millis(10)));
+    audit
+        .record_with_copy(&denial("r-0", &[]), Tier::Security)
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while mark_from_seq(&t.dir) < 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(mark_from_seq(&t.dir), 1);
+    many(&audit, 5000);
+    assert!(mark_from_seq(&t.dir) > 4096, "{}", mark_from_seq(&t.dir));
+    drop(audit);
+    t.verify().unwrap();
+}
