@@ -1590,8 +1590,8 @@ impl Audit {
     }
 
     /// [`Audit::record_ref_async`], and the same event as a derived copy in
-    /// tier `copy` (how it survives a crash: the crate's `copies` module): the future resolves once the
-    /// record is durable; the copy is written and synced within about
+    /// tier `copy`: the future resolves once the record is durable; the
+    /// copy is written and synced within about
     /// [`AuditOptions::copy_delay`], and if a crash comes first, opening
     /// the log writes it from the record. The pair must be in
     /// [`AuditOptions::copies`]. Refused, as a record is, when either
