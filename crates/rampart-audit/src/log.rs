@@ -111,9 +111,8 @@ pub struct AuditOptions {
     /// `commit_siblings`; 0 applies it always. Default 16. They are
     /// counted on each tier and on all tiers together, and either count
     /// will do: a tier with few callers of its own, each of whom also
-    /// waits on a busier tier (the edge's denials go to api-access and
-    /// security), then syncs as seldom as the busy one instead of every
-    /// few records.
+    /// waits on a busier tier, then syncs as seldom as the busy one
+    /// instead of every few records.
     pub commit_siblings: usize,
     /// Pairs of tiers (from, to) whose records may ask for a derived copy
     /// in the other ([`Audit::record_ref_async_with_copy`]): the edge's
