@@ -621,6 +621,21 @@ struct MarkFile {
     in_flight: AtomicUsize,
 }
 
+impl MarkFile {
+    /// Writes `mark` to the file (durably with `sync`) and keeps it as the
+    /// last one.
+    fn set(
+        &self,
+        g: &mut MutexGuard<'_, (File, CopyMark)>,
+        mark: CopyMark,
+        sync: bool,
+    ) -> io::Result<()> {
+        crate::copies::write(&g.0, &self.path, mark, sync)?;
+        g.1 = mark;
+        Ok(())
+    }
+}
+
 struct TierLog {
     tier: Tier,
     /// For each tier whose records this one takes copies of, its mark.
@@ -745,15 +760,16 @@ struct PendingCheckpoint {
 }
 
 impl TierLog {
-    /// Copies of the records of `from` up to `mark` are durable here:
-    /// moves the pair's mark forward (never back). Not synced: a mark
-    /// lost in a crash only makes opening read further back.
-    fn note_copies(&self, from: Tier, mark: CopyMark) {
+    /// `n` copies of the records of `from`, up to `mark`, are durable
+    /// here: moves the pair's mark forward (never back) and counts them
+    /// off those in flight. Not synced: a mark lost in a crash only makes
+    /// opening read further back.
+    fn copies_durable(&self, from: Tier, mark: CopyMark, n: usize) {
         let Some(m) = self.copy_marks.iter().find(|m| m.from == from) else {
             return;
         };
-        let mut g = lock(&m.last);
-        self.move_mark(m, &mut g, mark);
+        self.move_mark(m, &mut lock(&m.last), mark);
+        m.in_flight.fetch_sub(n, Ordering::SeqCst);
     }
 
     /// No copy of `from`'s records is on its way here, and `from` has
@@ -783,11 +799,8 @@ impl TierLog {
         if mark.from_seq <= g.1.from_seq {
             return;
         }
-        match crate::copies::write(&g.0, &m.path, mark, false) {
-            Ok(()) => g.1 = mark,
-            Err(e) => {
-                tracing::warn!(tier = %self.tier, from = %m.from, error = %e, "cannot update the audit copy mark; the next open reads further back")
-            }
+        if let Err(e) = m.set(g, mark, false) {
+            tracing::warn!(tier = %self.tier, from = %m.from, error = %e, "cannot update the audit copy mark; the next open reads further back")
         }
     }
 
@@ -823,10 +836,7 @@ impl TierLog {
             .fetch_add(records as u64, Ordering::Relaxed);
         self.answered(records);
         for (from, mark, n) in copied {
-            self.note_copies(from, mark);
-            if let Some(m) = self.copy_marks.iter().find(|m| m.from == from) {
-                m.in_flight.fetch_sub(n, Ordering::SeqCst);
-            }
+            self.copies_durable(from, mark, n);
         }
         // Wake the callers outside the lock, so the writer can go on.
         Self::hand_out(done);
@@ -1502,10 +1512,8 @@ impl Audit {
             to_seq: self.next_seq(to),
         };
         if let Some(m) = log.copy_marks.iter().find(|m| m.from == from) {
-            let mut g = lock(&m.last);
-            crate::copies::write(&g.0, &m.path, done, true)
+            m.set(&mut lock(&m.last), done, true)
                 .map_err(|e| AuditError::io(&m.path, e))?;
-            g.1 = done;
         }
         Ok(slots.len())
     }

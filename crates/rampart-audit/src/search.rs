@@ -230,20 +230,10 @@ impl AuditReader {
         from: u64,
         f: &mut dyn FnMut(u64, u64, &[u8]),
     ) -> Result<(), AuditError> {
-        let tier_dir = self.dir.join(tier.as_str());
-        let segments = list_segments(&tier_dir)?;
-        // the last segment starting at or before `from`, and every later one
-        let mut start = 0;
-        for (i, (_, path)) in segments.iter().enumerate() {
-            if read_header(tier, path)?.first_seq <= from {
-                start = i;
-            } else {
-                break;
-            }
-        }
+        let segments = self.segments_from(tier, from)?.segments;
         let n = segments.len();
         let mut buf = Vec::new();
-        for (i, (_, path)) in segments.iter().enumerate().skip(start) {
+        for (i, (_, path)) in segments.iter().enumerate() {
             each_frame(tier, path, i + 1 == n, &mut buf, &mut |frame| {
                 let seq = frame.seq();
                 if seq >= from {
@@ -258,6 +248,32 @@ impl AuditReader {
             })?;
         }
         Ok(())
+    }
+
+    /// The segments of `tier` (number and path, oldest first) from the one
+    /// that holds record `seq` on, and that one's first sequence number: it
+    /// is the newest that starts at or before `seq`. When `seq` is older
+    /// than every segment kept, all of them and `None`. Reads headers from
+    /// the newest back, so a record near the tail costs one or two, not one
+    /// per segment.
+    fn segments_from(&self, tier: Tier, seq: u64) -> Result<SegmentsFrom, AuditError> {
+        let mut segments = list_segments(&self.dir.join(tier.as_str()))?;
+        for i in (0..segments.len()).rev() {
+            let Some((_, path)) = segments.get(i) else {
+                continue;
+            };
+            let first_seq = read_header(tier, path)?.first_seq;
+            if first_seq <= seq {
+                return Ok(SegmentsFrom {
+                    segments: segments.split_off(i),
+                    first_seq: Some(first_seq),
+                });
+            }
+        }
+        Ok(SegmentsFrom {
+            segments,
+            first_seq: None,
+        })
     }
 
     /// Decrypts the records of one segment that match, in order, until
@@ -312,15 +328,11 @@ impl AuditReader {
     ) -> Result<InclusionProof, AuditError> {
         // Start at the segment that holds the record: its header has the
         // frontier over everything before it, which is all the proof needs.
-        let tier_dir = self.dir.join(tier.as_str());
-        let mut start = None;
-        for (n, path) in list_segments(&tier_dir)? {
-            let first_seq = read_header(tier, &path)?.first_seq;
-            if first_seq > seq {
-                break;
-            }
-            start = Some((n, first_seq));
-        }
+        let from = self.segments_from(tier, seq)?;
+        let start = from
+            .first_seq
+            .zip(from.segments.first())
+            .map(|(f, (n, _))| (*n, f));
         // Only the checkpoints from there on are of use (and checked).
         let mut problems = Vec::new();
         let cps = load_checkpoints_from(
@@ -346,6 +358,7 @@ impl AuditReader {
         };
         let mut leaves = Vec::new();
         let mut record = None;
+        let tier_dir = self.dir.join(tier.as_str());
         let scan = scan_tier(tier, &tier_dir, &cps, range, &mut |frame, leaf| {
             if frame.seq() < size {
                 leaves.push(*leaf);
@@ -382,6 +395,14 @@ impl AuditReader {
             checkpoint: latest.v.cp.clone(),
         })
     }
+}
+
+/// What [`AuditReader::segments_from`] finds.
+struct SegmentsFrom {
+    /// Number and path of each segment, oldest first.
+    segments: Vec<(u64, PathBuf)>,
+    /// The first one's first sequence number, when it holds the record.
+    first_seq: Option<u64>,
 }
 
 /// Reads one segment file of `tier` into `buf` and passes each frame to

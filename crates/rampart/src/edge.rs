@@ -135,7 +135,7 @@ fn push_int(text: &mut String, n: impl itoa::Integer) {
 /// Calls `f` with the audit event of `rec` (tier api-access) seen by
 /// `node`, lent: its text is written into this thread's buffer, not into
 /// strings of its own.
-fn with_edge_event<R>(node: &str, rec: &AccessRecord, f: impl FnOnce(&mut EventRef<'_>) -> R) -> R {
+fn with_edge_event<R>(node: &str, rec: &AccessRecord, f: impl FnOnce(&EventRef<'_>) -> R) -> R {
     let outcome = match rec.status {
         401 | 403 | 405 | 429 => Outcome::Denied,
         s if s >= 500 => Outcome::Error,
@@ -222,7 +222,7 @@ fn with_edge_event<R>(node: &str, rec: &AccessRecord, f: impl FnOnce(&mut EventR
             add("waf_outbound_anomaly_score", outbound.map(at));
             add("waf_disrupted_by", disrupted.map(at));
         }
-        let mut ev = EventRef {
+        let ev = EventRef {
             tier: Tier::ApiAccess,
             node,
             environment: "",
@@ -236,7 +236,7 @@ fn with_edge_event<R>(node: &str, rec: &AccessRecord, f: impl FnOnce(&mut EventR
             source: Some(at(source)),
             details: details.get(..n).unwrap_or_default(),
         };
-        let out = f(&mut ev);
+        let out = f(&ev);
         // a very long host or path is not kept for the thread's life
         if text.capacity() > MAX_KEPT_TEXT {
             *text = String::new();

@@ -44,19 +44,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let audit = Arc::clone(&audit);
             let out = Arc::clone(&out);
             std::thread::spawn(move || {
+                let who = format!("loadgen-{t}");
                 for i in 0u64.. {
-                    let mut e = Event::new(
-                        Tier::Security,
-                        Actor::new(format!("loadgen-{t}"), "test"),
-                        "load.append",
-                        format!("item/{i}"),
-                        Outcome::Allowed,
-                    );
-                    e.request_id = Some(format!("{t}-{i}"));
+                    let resource = format!("item/{i}");
+                    let id = format!("{t}-{i}");
                     let r = if copies {
-                        let id = format!("{t}-{i}");
-                        let who = format!("loadgen-{t}");
-                        let resource = format!("item/{i}");
                         let ev = EventRef {
                             tier: Tier::ApiAccess,
                             node: "",
@@ -73,6 +65,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         };
                         audit.record_with_copy(&ev, Tier::Security)
                     } else {
+                        let mut e = Event::new(
+                            Tier::Security,
+                            Actor::new(who.clone(), "test"),
+                            "load.append",
+                            resource,
+                            Outcome::Allowed,
+                        );
+                        e.request_id = Some(id);
                         audit.record(e)
                     };
                     match r {
