@@ -30,7 +30,11 @@
 //!
 //! The mark is not signed: whoever can write the log's directory can make
 //! opening skip copies (as they could delete segments). The records the
-//! copies come from stay in their own tier, where `verify` checks them.
+//! copies come from stay in their own tier, where `verify` checks them,
+//! and [`crate::AuditReader::check_copies`] (run by `rampart audit
+//! verify`, as it needs the encryption key) reads both tiers whole and
+//! names every marked record whose copy is missing: pending after the
+//! mark, lost before it.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -123,6 +127,87 @@ pub(crate) fn write(file: &File, path: &Path, mark: CopyMark, sync: bool) -> io:
         }
     }
     Ok(())
+}
+
+/// How long after the oldest record a tier keeps a copy may have been
+/// written and still have been disposed of with older ones: copies wait at
+/// most [`crate::AuditOptions::copy_delay`] (a minute in `rampart.toml`),
+/// so an hour is ample.
+pub(crate) const DISPOSAL_MARGIN_NANOS: u64 = 3_600_000_000_000;
+
+/// What [`crate::AuditReader::check_copies`] found of one pair of tiers:
+/// whether every record of `from` that carries a copy has that copy in `to`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyCheck {
+    /// The tier whose records carry copies.
+    pub from: Tier,
+    /// The tier the copies go to.
+    pub to: Tier,
+    /// Records of `from` that carry a copy for `to`.
+    pub marked: u64,
+    /// Of those, how many have their copy in `to`.
+    pub present: u64,
+    /// How many are older than every record `to` still keeps (by its
+    /// retention, up to an hour's margin): their copies were disposed of.
+    pub disposed: u64,
+    /// Sequence numbers (in `from`) of records after the pair's mark whose
+    /// copy is not in `to`: on their way in a running log (written within
+    /// the copy delay), or left out by a crash (the next open writes them).
+    pub pending: Vec<u64>,
+    /// Sequence numbers of records before the mark whose copy is not in
+    /// `to`, though the mark says every copy before it was durable: lost.
+    pub lost: Vec<u64>,
+}
+
+impl CopyCheck {
+    /// Whether no copy is lost (pending ones are not a fault).
+    pub fn is_ok(&self) -> bool {
+        self.lost.is_empty()
+    }
+}
+
+/// At most this many sequence numbers are named in a report line.
+const NAMED: usize = 5;
+
+fn seqs(f: &mut std::fmt::Formatter<'_>, seqs: &[u64]) -> std::fmt::Result {
+    for (i, s) in seqs.iter().take(NAMED).enumerate() {
+        write!(f, "{}{s}", if i == 0 { "" } else { ", " })?;
+    }
+    if seqs.len() > NAMED {
+        write!(f, ", ...")?;
+    }
+    Ok(())
+}
+
+impl std::fmt::Display for CopyCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "copies {} -> {}: {} of {} present",
+            self.from, self.to, self.present, self.marked
+        )?;
+        if self.disposed > 0 {
+            write!(f, ", {} disposed of by retention", self.disposed)?;
+        }
+        if !self.pending.is_empty() {
+            write!(f, "\n  {} not written yet (seq ", self.pending.len())?;
+            seqs(f, &self.pending)?;
+            write!(
+                f,
+                "): a running node writes them within [audit] copy_delay_ms, a stopped one when it next starts"
+            )?;
+        }
+        if !self.lost.is_empty() {
+            write!(f, "\n  {} LOST (seq ", self.lost.len())?;
+            seqs(f, &self.lost)?;
+            write!(
+                f,
+                "): missing from {} though its mark says they were written",
+                self.to
+            )?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -379,6 +379,11 @@ const LATER_COPY: u8 = b'c';
 /// The copy a stored event asks for (see [`LATER_COPY`]): its tier, and
 /// its stored form, the same bytes with that tier's code and no mark.
 pub(crate) fn copy_of(plain: &[u8]) -> Option<(Tier, Vec<u8>)> {
+    // The mark is the last two bytes: most records end otherwise and need
+    // no decoding to say so.
+    let [.., LATER_COPY, _] = plain else {
+        return None;
+    };
     let (&EVENT_V1, rest) = plain.split_first()? else {
         return None;
     };
@@ -740,6 +745,15 @@ mod tests {
         assert_eq!(copy_of(&odd), None);
         assert_eq!(copy_of(b"{}"), None);
         assert_eq!(copy_of(&[]), None);
+        // an unmarked event whose own last bytes look like a mark (a
+        // client's value ending in "c" and a tier's code) asks for none
+        let tail = format!("x{}{}", LATER_COPY as char, Tier::Security.code() as char);
+        let details = [("field", tail.as_str())];
+        let looks = edge_denial(Tier::ApiAccess, &details)
+            .encode(Vec::new())
+            .unwrap();
+        assert!(looks.ends_with(&[LATER_COPY, Tier::Security.code()]));
+        assert_eq!(copy_of(&looks), None);
     }
 
     #[test]

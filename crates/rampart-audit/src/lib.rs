@@ -43,6 +43,7 @@ mod times;
 mod verify;
 
 pub use checkpoint::{Checkpoint, CheckpointError, CheckpointKind, Disposal};
+pub use copies::CopyCheck;
 pub use error::AuditError;
 pub use event::{
     format_rfc3339, parse_rfc3339, unix_nanos, Actor, Details, Event, EventRef, Outcome, Receipt,

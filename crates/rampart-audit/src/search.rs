@@ -12,11 +12,12 @@ use ed25519_dalek::VerifyingKey;
 use zeroize::Zeroizing;
 
 use crate::checkpoint;
+use crate::copies::{self, CopyCheck};
 use crate::error::AuditError;
 use crate::event::{format_rfc3339, unix_nanos, Event, Outcome, Record, Tier};
 use crate::format::SegmentReader;
 use crate::keys::RecordCipher;
-use crate::merkle::{to_hex, PrunedTree};
+use crate::merkle::{leaf_hash, to_hex, PrunedTree};
 use crate::proof::InclusionProof;
 use crate::verify::{
     list_segments, load_checkpoints_from, read_header, scan_tier, Finding, Problem, SegmentRange,
@@ -248,6 +249,84 @@ impl AuditReader {
             })?;
         }
         Ok(())
+    }
+
+    /// The pairs of tiers (`from`, `to`) this log has kept derived copies
+    /// for: those with a mark file (made when the log is first opened with
+    /// the pair, before any copy).
+    pub fn copy_pairs(&self) -> Vec<(Tier, Tier)> {
+        let mut pairs = Vec::new();
+        for to in Tier::ALL {
+            for from in Tier::ALL {
+                if from != to && copies::mark_path(&self.dir, from, to).exists() {
+                    pairs.push((from, to));
+                }
+            }
+        }
+        pairs
+    }
+
+    /// Checks that every record of `from` carrying a copy for `to` has it
+    /// there (matched, as opening does, by time and content). A copy
+    /// missing after the pair's mark is pending (on its way, or left out by
+    /// a crash for the next open to write); one missing before it is lost.
+    /// Safe on a running log: the mark is read first, and a copy is durable
+    /// before the mark passes its record. Holds a hash of each copy expected
+    /// (about 100 bytes a record with a copy) while it reads `to`.
+    pub fn check_copies(&self, from: Tier, to: Tier) -> Result<CopyCheck, AuditError> {
+        let mark_path = copies::mark_path(&self.dir, from, to);
+        let mark = match copies::read(&mark_path).map_err(|e| AuditError::io(&mark_path, e))? {
+            copies::Found::Mark(m) => m.from_seq,
+            copies::Found::None | copies::Found::Damaged => 0,
+        };
+        let mut check = CopyCheck {
+            from,
+            to,
+            marked: 0,
+            present: 0,
+            disposed: 0,
+            pending: Vec::new(),
+            lost: Vec::new(),
+        };
+        // The copies expected, by time and content, with their record's seq.
+        let mut expected = std::collections::HashMap::new();
+        self.plain_records_from(from, 0, &mut |seq, time, plain| {
+            if let Some((tier, copy)) = crate::event::copy_of(plain) {
+                if tier == to {
+                    check.marked += 1;
+                    expected.insert((time, leaf_hash(&copy)), seq);
+                }
+            }
+        })?;
+        let mut oldest_kept = None;
+        self.plain_records_from(to, 0, &mut |_, time, plain| {
+            oldest_kept.get_or_insert(time);
+            if expected.remove(&(time, leaf_hash(plain))).is_some() {
+                check.present += 1;
+            }
+        })?;
+        // Whether `to` has disposed of records (its oldest segment starts
+        // after the first record).
+        let disposed_any = {
+            let kept = self.segments_from(to, 0)?;
+            kept.first_seq.is_none() && !kept.segments.is_empty()
+        };
+        let mut missing: Vec<(u64, u64)> =
+            expected.into_iter().map(|((t, _), seq)| (seq, t)).collect();
+        missing.sort_unstable();
+        for (seq, time) in missing {
+            let before_kept = oldest_kept.is_none_or(|oldest: u64| {
+                time < oldest.saturating_add(copies::DISPOSAL_MARGIN_NANOS)
+            });
+            if disposed_any && before_kept {
+                check.disposed += 1;
+            } else if seq >= mark {
+                check.pending.push(seq);
+            } else {
+                check.lost.push(seq);
+            }
+        }
+        Ok(check)
     }
 
     /// The segments of `tier` (number and path, oldest first) from the one

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use rampart_audit::format::SegmentReader;
 use rampart_audit::{
-    verify, verify_proof, Actor, Audit, AuditError, AuditKeys, AuditOptions, CheckpointError,
-    CheckpointKind, Event, EventRef, FaultInjector, Outcome, Problem, Query, Tier,
+    verify, verify_proof, Actor, Audit, AuditError, AuditKeys, AuditOptions, AuditReader,
+    CheckpointError, CheckpointKind, Event, EventRef, FaultInjector, Outcome, Problem, Query, Tier,
 };
 use rampart_core::ManualClock;
 
@@ -1855,6 +1855,57 @@ fn a_record_with_a_copy_is_answered_at_its_sync_and_its_copy_follows() {
 }
 
 #[test]
+fn copies_disposed_of_by_retention_are_not_counted_lost() {
+    let t = TestLog::new();
+    let mut o = with_copies(&t, Duration::from_secs(3600));
+    o.retention = o.retention.with(Tier::Security, 30);
+    let deny = |ids: &[&str]| {
+        // closing writes the copies still waiting
+        let audit = t.open_with(o.clone());
+        for id in ids {
+            audit
+                .record_with_copy(&denial(id, &[]), Tier::Security)
+                .unwrap();
+        }
+        audit.close().unwrap();
+    };
+    deny(&["day-0-a", "day-0-b"]);
+    t.clock.advance(Duration::from_secs(86_400 * 31));
+    deny(&["day-31"]);
+    let audit = t.open_with(o.clone());
+    let report = audit.apply_retention().unwrap();
+    assert!(
+        report.disposed.iter().any(|d| d.tier == Tier::Security),
+        "{report:?}"
+    );
+    drop(audit);
+    assert_eq!(request_ids_in(&t.dir, Tier::Security), vec!["day-31"]);
+    let reader = AuditReader::new(&t.dir, keys().encryption_key);
+    let check = reader
+        .check_copies(Tier::ApiAccess, Tier::Security)
+        .unwrap();
+    assert_eq!(
+        (check.marked, check.present, check.disposed),
+        (3, 1, 2),
+        "{check}"
+    );
+    assert!(check.pending.is_empty() && check.lost.is_empty());
+    assert!(check.to_string().contains("2 disposed of by retention"));
+}
+
+fn request_ids_in(dir: &Path, tier: Tier) -> Vec<String> {
+    AuditReader::new(dir, keys().encryption_key)
+        .search(&Query {
+            tier: Some(tier),
+            ..Query::default()
+        })
+        .unwrap()
+        .into_iter()
+        .map(|r| r.event.request_id.unwrap_or_default())
+        .collect()
+}
+
+#[test]
 fn a_crash_before_the_copies_are_written_loses_none_of_them() {
     let t = TestLog::new();
     // the copies would wait an hour: a crash comes first
@@ -1869,8 +1920,23 @@ fn a_crash_before_the_copies_are_written_loses_none_of_them() {
     }
     let crashed = t._tmp.path().join("crashed");
     snapshot(&t.dir, &crashed);
+    let forged = t._tmp.path().join("forged");
+    snapshot(&t.dir, &forged);
     audit.close().unwrap();
     drop(audit);
+    // Checked before opening, the crashed log's copies are pending, not lost.
+    let check = |dir: &Path| {
+        let reader = AuditReader::new(dir, keys().encryption_key);
+        assert_eq!(reader.copy_pairs(), vec![(Tier::ApiAccess, Tier::Security)]);
+        reader
+            .check_copies(Tier::ApiAccess, Tier::Security)
+            .unwrap()
+    };
+    let before = check(&crashed);
+    assert_eq!((before.marked, before.present, before.disposed), (3, 0, 0));
+    assert_eq!(before.pending.len(), 3);
+    assert!(before.is_ok(), "{before}");
+    assert!(before.to_string().contains("3 not written yet"), "{before}");
 
     let open_crashed = |dir: &Path| {
         let mut o = with_copies(&t, Duration::from_secs(3600));
@@ -1889,6 +1955,17 @@ fn a_crash_before_the_copies_are_written_loses_none_of_them() {
     audit.close().unwrap();
     drop(audit);
     verify(&crashed, &vk(), None).unwrap();
+    let after = check(&crashed);
+    assert_eq!((after.marked, after.present), (3, 3));
+    assert!(after.pending.is_empty() && after.lost.is_empty(), "{after}");
+    // A mark that says the copies were written when they were not (moved
+    // by hand, or by a bug): the check names them lost.
+    let mark_name = Path::new("security").join("copies-from-api-access");
+    fs::copy(crashed.join(&mark_name), forged.join(&mark_name)).unwrap();
+    let lost = check(&forged);
+    assert_eq!(lost.lost.len(), 3, "{lost}");
+    assert!(!lost.is_ok());
+    assert!(lost.to_string().contains("3 LOST"), "{lost}");
     let mark = crashed.join("security").join("copies-from-api-access");
     for damage in [false, true] {
         // Once written, opening again writes none twice; a damaged mark

@@ -75,6 +75,23 @@ pub async fn run(cmd: AuditCommand) -> Result<(), CliError> {
             match verify(&audit_dir, &vk, checkpoint_dir.as_deref()) {
                 Ok(report) => {
                     println!("{report}");
+                    // Derived copies (a denial's in the security tier) are
+                    // checked with the encryption key: their marks are
+                    // inside the encrypted records.
+                    let reader = AuditReader::new(&audit_dir, keys.encryption_key.clone());
+                    let mut lost = 0;
+                    for (from, to) in reader.copy_pairs() {
+                        let check = reader.check_copies(from, to).map_err(|e| {
+                            CliError::Verify(format!("audit log verification failed: {e}"))
+                        })?;
+                        println!("{check}");
+                        lost += check.lost.len();
+                    }
+                    if lost > 0 {
+                        return Err(CliError::Verify(format!(
+                            "audit log verification failed: {lost} derived copies lost"
+                        )));
+                    }
                     println!("ok");
                     Ok(())
                 }

@@ -1256,6 +1256,15 @@ fn a_denials_security_copy_survives_a_kill_before_it_is_written() {
     assert_eq!(denied(&srv, "api-access"), 1);
     assert_eq!(denied(&srv, "security"), 0);
     drop(srv); // SIGKILL
+               // Offline, verify names the copy not written yet, and passes.
+    let out = r.run(&["audit", "verify", "--data-dir", "data"]);
+    assert!(out.status.success(), "{}", util::stderr(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("copies api-access -> security: 0 of 1 present")
+            && said.contains("1 not written yet"),
+        "{said}"
+    );
 
     let srv = r.up(&args);
     assert!(
@@ -1272,4 +1281,9 @@ fn a_denials_security_copy_survives_a_kill_before_it_is_written() {
     assert!(status.success());
     let out = r.run(&["audit", "verify", "--data-dir", "data"]);
     assert!(out.status.success(), "{}", util::stderr(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("copies api-access -> security: 1 of 1 present\nok"),
+        "{said}"
+    );
 }
