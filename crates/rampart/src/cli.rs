@@ -549,7 +549,7 @@ pub struct RunArgs {
 /// `rampart bench …`
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
-    /// Durable audit appends/s with 1, 8 and 64 writers against one fsync per record, and verify MB/s.
+    /// Durable audit appends/s with 1, 8 and 64 writers against one fsync per record, verify MB/s and the copies check's.
     Audit {
         /// Directory on the disk to measure; the run works in a fresh subdirectory of it, removed afterwards [default: a temporary directory].
         #[arg(long)]
