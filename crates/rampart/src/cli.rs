@@ -148,7 +148,8 @@ pub struct ClientArgs {
 /// `rampart audit …`
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Check chains, Merkle roots and checkpoint signatures; exit 1 naming the first problem.
+    /// Check chains, Merkle roots and checkpoint signatures, and that every denial recorded in
+    /// api-access has its security copy; exit 1 naming the first problem.
     Verify {
         #[command(flatten)]
         data: DataArgs,
