@@ -1482,25 +1482,11 @@ impl Audit {
     /// out, looking back to `mark`, and moves the mark to the end of both
     /// tiers (durably). Returns how many it wrote.
     fn restore_copies(&self, from: Tier, to: Tier, mark: CopyMark) -> Result<usize, AuditError> {
-        let reader = AuditReader::new(&self.core.options.dir, self.encryption_key.clone());
-        // What `to` holds since the mark, by time and content.
-        let mut have = std::collections::HashSet::new();
-        reader.plain_records_from(to, mark.to_seq, &mut |_, time, plain| {
-            have.insert((time, leaf_hash(plain)));
-        })?;
-        let mut missing = Vec::new();
-        let mut from_next = mark.from_seq;
-        reader.plain_records_from(from, mark.from_seq, &mut |seq, time, plain| {
-            from_next = from_next.max(seq + 1);
-            if let Some((tier, copy)) = crate::event::copy_of(plain) {
-                if tier == to && !have.contains(&(time, leaf_hash(&copy))) {
-                    missing.push((time, copy));
-                }
-            }
-        })?;
+        let found = AuditReader::new(&self.core.options.dir, self.encryption_key.clone())
+            .match_copies(from, to, mark)?;
         let log = self.taking(to)?;
-        let mut slots = Vec::with_capacity(missing.len());
-        for (time, copy) in missing {
+        let mut slots = Vec::with_capacity(found.missing.len());
+        for (_, time, copy) in found.missing {
             let pending = self.seal(to, time, copy, None)?;
             slots.push(self.push(log, pending)?);
         }
@@ -1508,7 +1494,7 @@ impl Audit {
             slot.wait()?;
         }
         let done = CopyMark {
-            from_seq: from_next,
+            from_seq: found.from_next,
             to_seq: self.next_seq(to),
         };
         if let Some(m) = log.copy_marks.iter().find(|m| m.from == from) {

@@ -12,7 +12,7 @@ use ed25519_dalek::VerifyingKey;
 use zeroize::Zeroizing;
 
 use crate::checkpoint;
-use crate::copies::{self, CopyCheck};
+use crate::copies::{self, CopyCheck, CopyMark};
 use crate::error::AuditError;
 use crate::event::{format_rfc3339, unix_nanos, Event, Outcome, Record, Tier};
 use crate::format::SegmentReader;
@@ -271,53 +271,34 @@ impl AuditReader {
     /// missing after the pair's mark is pending (on its way, or left out by
     /// a crash for the next open to write); one missing before it is lost.
     /// Safe on a running log: the mark is read first, and a copy is durable
-    /// before the mark passes its record. Holds a hash of each copy expected
-    /// (about 100 bytes a record with a copy) while it reads `to`.
+    /// before the mark passes its record. Holds a hash of each record of
+    /// `to` (about 100 bytes a record) while it reads `from`.
     pub fn check_copies(&self, from: Tier, to: Tier) -> Result<CopyCheck, AuditError> {
         let mark_path = copies::mark_path(&self.dir, from, to);
         let mark = match copies::read(&mark_path).map_err(|e| AuditError::io(&mark_path, e))? {
             copies::Found::Mark(m) => m.from_seq,
             copies::Found::None | copies::Found::Damaged => 0,
         };
+        let found = self.match_copies(from, to, CopyMark::default())?;
         let mut check = CopyCheck {
             from,
             to,
-            marked: 0,
-            present: 0,
+            marked: found.marked,
+            present: found.marked - found.missing.len() as u64,
             disposed: 0,
             pending: Vec::new(),
             lost: Vec::new(),
         };
-        // The copies expected, by time and content, with their record's seq.
-        let mut expected = std::collections::HashMap::new();
-        self.plain_records_from(from, 0, &mut |seq, time, plain| {
-            if let Some((tier, copy)) = crate::event::copy_of(plain) {
-                if tier == to {
-                    check.marked += 1;
-                    expected.insert((time, leaf_hash(&copy)), seq);
-                }
-            }
-        })?;
-        let mut oldest_kept = None;
-        self.plain_records_from(to, 0, &mut |_, time, plain| {
-            oldest_kept.get_or_insert(time);
-            if expected.remove(&(time, leaf_hash(plain))).is_some() {
-                check.present += 1;
-            }
-        })?;
         // Whether `to` has disposed of records (its oldest segment starts
         // after the first record).
         let disposed_any = {
             let kept = self.segments_from(to, 0)?;
             kept.first_seq.is_none() && !kept.segments.is_empty()
         };
-        let mut missing: Vec<(u64, u64)> =
-            expected.into_iter().map(|((t, _), seq)| (seq, t)).collect();
-        missing.sort_unstable();
-        for (seq, time) in missing {
-            let before_kept = oldest_kept.is_none_or(|oldest: u64| {
-                time < oldest.saturating_add(copies::DISPOSAL_MARGIN_NANOS)
-            });
+        for (seq, time, _) in found.missing {
+            let before_kept = found
+                .to_oldest
+                .is_none_or(|oldest| time < oldest.saturating_add(copies::DISPOSAL_MARGIN_NANOS));
             if disposed_any && before_kept {
                 check.disposed += 1;
             } else if seq >= mark {
@@ -327,6 +308,42 @@ impl AuditReader {
             }
         }
         Ok(check)
+    }
+
+    /// The records of `from` from `start.from_seq` on that carry a copy for
+    /// `to`, and which of those copies are not among the records of `to`
+    /// from `start.to_seq` on, matched by time and content: what opening
+    /// writes after a crash and what [`AuditReader::check_copies`] reports.
+    pub(crate) fn match_copies(
+        &self,
+        from: Tier,
+        to: Tier,
+        start: CopyMark,
+    ) -> Result<CopyMatch, AuditError> {
+        let mut have = std::collections::HashSet::new();
+        let mut to_oldest = None;
+        self.plain_records_from(to, start.to_seq, &mut |_, time, plain| {
+            to_oldest.get_or_insert(time);
+            have.insert((time, leaf_hash(plain)));
+        })?;
+        let mut found = CopyMatch {
+            marked: 0,
+            missing: Vec::new(),
+            from_next: start.from_seq,
+            to_oldest,
+        };
+        self.plain_records_from(from, start.from_seq, &mut |seq, time, plain| {
+            found.from_next = found.from_next.max(seq + 1);
+            if let Some((tier, copy)) = crate::event::copy_of(plain) {
+                if tier == to {
+                    found.marked += 1;
+                    if !have.contains(&(time, leaf_hash(&copy))) {
+                        found.missing.push((seq, time, copy));
+                    }
+                }
+            }
+        })?;
+        Ok(found)
     }
 
     /// The segments of `tier` (number and path, oldest first) from the one
@@ -482,6 +499,19 @@ struct SegmentsFrom {
     segments: Vec<(u64, PathBuf)>,
     /// The first one's first sequence number, when it holds the record.
     first_seq: Option<u64>,
+}
+
+/// What [`AuditReader::match_copies`] found.
+pub(crate) struct CopyMatch {
+    /// Records of `from` read that carry a copy for `to`.
+    pub marked: u64,
+    /// Those whose copy `to` lacks: their sequence number, time and the
+    /// copy's stored form, in order.
+    pub missing: Vec<(u64, u64, Vec<u8>)>,
+    /// The sequence number after the last record of `from` read.
+    pub from_next: u64,
+    /// The time of the first record of `to` read.
+    pub to_oldest: Option<u64>,
 }
 
 /// Reads one segment file of `tier` into `buf` and passes each frame to
