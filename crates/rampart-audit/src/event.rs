@@ -393,9 +393,15 @@ pub(crate) fn copy_of(plain: &[u8]) -> Option<(Tier, Vec<u8>)> {
     };
     let tier = Tier::from_code(code)?;
     let mut copy = plain.get(..plain.len() - later.len())?.to_vec();
-    // the tier is the first field, one byte (postcard writes a u8 as is)
-    *copy.get_mut(1)? = tier.code();
+    set_tier(&mut copy, tier)?;
     Some((tier, copy))
+}
+
+/// Sets the tier of a stored (version 1) event: its first field, the byte
+/// after the version (postcard writes a u8 as is).
+fn set_tier(plain: &mut [u8], tier: Tier) -> Option<()> {
+    *plain.get_mut(1)? = tier.code();
+    Some(())
 }
 
 impl EventRef<'_> {
@@ -405,9 +411,7 @@ impl EventRef<'_> {
     pub(crate) fn encode_with_copy(&self, copy: Tier) -> Result<(Vec<u8>, Vec<u8>), AuditError> {
         let mut plain = self.encode(Vec::with_capacity(512))?;
         let mut copy_plain = plain.clone();
-        if let Some(t) = copy_plain.get_mut(1) {
-            *t = copy.code();
-        }
+        set_tier(&mut copy_plain, copy);
         plain.extend_from_slice(&[LATER_COPY, copy.code()]);
         Ok((plain, copy_plain))
     }
