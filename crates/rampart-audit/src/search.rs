@@ -224,14 +224,19 @@ impl AuditReader {
     /// find the derived copies a crash left out (see [`crate::copies`]).
     /// Reads only the segments that can hold them. A torn frame ends the
     /// newest segment (opening has cut it by then); anywhere else it is
-    /// corruption.
+    /// corruption. Returns whether record `from` is no longer kept (the
+    /// tier's oldest segment starts after it: retention disposed of it).
     pub(crate) fn plain_records_from(
         &self,
         tier: Tier,
         from: u64,
         f: &mut dyn FnMut(u64, u64, &[u8]),
-    ) -> Result<(), AuditError> {
-        let segments = self.segments_from(tier, from)?.segments;
+    ) -> Result<bool, AuditError> {
+        let SegmentsFrom {
+            segments,
+            first_seq,
+        } = self.segments_from(tier, from)?;
+        let gone = first_seq.is_none() && !segments.is_empty();
         let n = segments.len();
         let mut buf = Vec::new();
         for (i, (_, path)) in segments.iter().enumerate() {
@@ -248,7 +253,7 @@ impl AuditReader {
                 Ok(true)
             })?;
         }
-        Ok(())
+        Ok(gone)
     }
 
     /// The pairs of tiers (`from`, `to`) this log has kept derived copies
@@ -289,17 +294,11 @@ impl AuditReader {
             pending: Vec::new(),
             lost: Vec::new(),
         };
-        // Whether `to` has disposed of records (its oldest segment starts
-        // after the first record).
-        let disposed_any = {
-            let kept = self.segments_from(to, 0)?;
-            kept.first_seq.is_none() && !kept.segments.is_empty()
-        };
         for (seq, time, _) in found.missing {
             let before_kept = found
                 .to_oldest
                 .is_none_or(|oldest| time < oldest.saturating_add(copies::DISPOSAL_MARGIN_NANOS));
-            if disposed_any && before_kept {
+            if found.to_disposed && before_kept {
                 check.disposed += 1;
             } else if seq >= mark {
                 check.pending.push(seq);
@@ -322,7 +321,7 @@ impl AuditReader {
     ) -> Result<CopyMatch, AuditError> {
         let mut have = std::collections::HashSet::new();
         let mut to_oldest = None;
-        self.plain_records_from(to, start.to_seq, &mut |_, time, plain| {
+        let to_disposed = self.plain_records_from(to, start.to_seq, &mut |_, time, plain| {
             to_oldest.get_or_insert(time);
             have.insert((time, leaf_hash(plain)));
         })?;
@@ -331,6 +330,7 @@ impl AuditReader {
             missing: Vec::new(),
             from_next: start.from_seq,
             to_oldest,
+            to_disposed,
         };
         self.plain_records_from(from, start.from_seq, &mut |seq, time, plain| {
             found.from_next = found.from_next.max(seq + 1);
@@ -512,6 +512,9 @@ pub(crate) struct CopyMatch {
     pub from_next: u64,
     /// The time of the first record of `to` read.
     pub to_oldest: Option<u64>,
+    /// Whether `to` no longer keeps record `start.to_seq` (retention
+    /// disposed of it and those before).
+    pub to_disposed: bool,
 }
 
 /// Reads one segment file of `tier` into `buf` and passes each frame to
